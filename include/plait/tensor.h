@@ -1,0 +1,49 @@
+/*
+ * tensor.h: the numeric kernels of the client (matmul, RMSNorm, RoPE,
+ * softmax, SwiGLU) and a small thread pool they run on.
+ *
+ * Kernels come in pairs <op>_forward / <op>_backward, outputs first,
+ * gradients prefixed with d. Every optimized kernel has a plain reference
+ * twin (<op>_ref) that the tests compare it with.
+ *
+ * Thread-safety: kernels are reentrant; a pool is used by one caller at a time.
+ */
+#ifndef PLAIT_TENSOR_H
+#define PLAIT_TENSOR_H
+
+#include "plait/plait.h"
+
+typedef struct plait_pool_s plait_pool_t;
+
+/**
+ * \brief Start a pool of n threads (the caller counts as one: n - 1 workers).
+ * \return 0, PLAIT_EINVAL (n < 1 or > 256), PLAIT_ENOMEM.
+ */
+int plait_pool_create(plait_pool_t **out /* OUT */, int n);
+/** \brief Stop and free. NULL is safe. */
+void plait_pool_destroy(plait_pool_t *p);
+/** \brief Number of threads (1 for a NULL pool). */
+int plait_pool_size(const plait_pool_t *p);
+/** A task body: run items [begin, end) of a job. */
+typedef void (*plait_pool_fn)(void *ctx, size_t begin, size_t end);
+/** \brief Split [0, n) in contiguous chunks over the pool and wait. NULL pool runs inline. */
+void plait_pool_run(plait_pool_t *p, plait_pool_fn fn, void *ctx, size_t n);
+
+/**
+ * out (N, OC) = inp (N, IC) · W (OC, IC)ᵀ, or out += ... when accumulate.
+ */
+void plait_matmul_forward(plait_pool_t *pool, float *out, const float *inp, const float *w,
+                          size_t N, size_t IC, size_t OC, int accumulate);
+/**
+ * dinp (N, IC) += dout (N, OC) · W (OC, IC), if dinp != NULL;
+ * dw (OC, IC) += doutᵀ · inp, if dw != NULL.
+ */
+void plait_matmul_backward(plait_pool_t *pool, float *dinp, float *dw, const float *dout,
+                           const float *inp, const float *w, size_t N, size_t IC, size_t OC);
+/* Plain reference kernels with the same contracts. */
+void plait_matmul_forward_ref(float *out, const float *inp, const float *w, size_t N, size_t IC,
+                              size_t OC, int accumulate);
+void plait_matmul_backward_ref(float *dinp, float *dw, const float *dout, const float *inp,
+                               const float *w, size_t N, size_t IC, size_t OC);
+
+#endif /* PLAIT_TENSOR_H */

@@ -1,0 +1,60 @@
+/*
+ * testutil.c: see testutil.h.
+ */
+#include "testutil.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const char *tu_assets_dir(void)
+{
+    const char *e = getenv("PLAIT_ASSETS");
+    return (e && *e) ? e : PLAIT_DEFAULT_ASSETS;
+}
+
+const char *tu_reference_dir(void)
+{
+    const char *e = getenv("PLAIT_REFERENCE");
+    return (e && *e) ? e : PLAIT_DEFAULT_REFERENCE;
+}
+
+char *tu_path(const char *dir, const char *name)
+{
+    size_t n = strlen(dir) + strlen(name) + 2;
+    char *p = malloc(n);
+    if (p) snprintf(p, n, "%s/%s", dir, name);
+    return p;
+}
+
+uint8_t *tu_read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    if (fseek(f, 0, SEEK_END) != 0) { fclose(f); return NULL; }
+    long sz = ftell(f);
+    if (sz < 0) { fclose(f); return NULL; }
+    rewind(f);
+    uint8_t *buf = malloc((size_t)sz + 1);
+    if (buf && fread(buf, 1, (size_t)sz, f) != (size_t)sz) { free(buf); buf = NULL; }
+    fclose(f);
+    if (buf) { buf[sz] = 0; if (len) *len = (size_t)sz; }
+    return buf;
+}
+
+int tu_write_file(const char *path, const void *buf, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f) return -1;
+    size_t w = fwrite(buf, 1, len, f);
+    int rc = fclose(f);
+    return (w == len && rc == 0) ? 0 : -1;
+}
+
+char *tu_tmpdir(const char *tag)
+{
+    char tmpl[512];
+    snprintf(tmpl, sizeof(tmpl), "%s/tmp-%s-XXXXXX", PLAIT_BINARY_DIR, tag);
+    char *d = mkdtemp(tmpl);
+    return d ? strdup(d) : NULL;
+}

@@ -1,0 +1,24 @@
+/*
+ * testutil.h: helpers shared by the unit tests: where the shared assets and
+ * reference values are, reading whole files, and scratch directories.
+ */
+#ifndef PLAIT_TESTUTIL_H
+#define PLAIT_TESTUTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/** Directory of the shared assets: $PLAIT_ASSETS or ../shared/assets. */
+const char *tu_assets_dir(void);
+/** Directory of the reference values: $PLAIT_REFERENCE or ../shared/reference. */
+const char *tu_reference_dir(void);
+/** Join dir and name into a static-per-call heap string (caller frees). */
+char *tu_path(const char *dir, const char *name);
+/** Read a whole file; returns malloc'd bytes (NUL-terminated) or NULL. */
+uint8_t *tu_read_file(const char *path, size_t *len /* OUT */);
+/** Write bytes to a file; returns 0 on success. */
+int tu_write_file(const char *path, const void *buf, size_t len);
+/** Make a fresh scratch directory under the build tree; caller frees. */
+char *tu_tmpdir(const char *tag);
+
+#endif
