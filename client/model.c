@@ -1,0 +1,220 @@
+/*
+ * model.c: loading llama2.c legacy (v0) float32 checkpoints, read-only.
+ *
+ * File layout (all little-endian): 7 int32 header fields (dim, hidden_dim,
+ * n_layers, n_heads, n_kv_heads, vocab_size, seq_len; a negative vocab_size
+ * means the classifier is stored separately), then float32 tensors in the
+ * order of plait_model_weights_t, then two legacy RoPE tables of
+ * seq_len * head_size / 2 floats each (skipped), then the classifier when
+ * untied. The header is parsed field by field, every field is bounded before
+ * any size is computed, sizes are computed in 64-bit with overflow checks,
+ * and the file size must equal the size the header implies exactly: a
+ * truncated or oversized file is rejected before a weight is touched.
+ *
+ * The weights are memory-mapped read-only and never copied; the file's
+ * SHA-256 is computed at load (it binds adapters to their base model).
+ */
+#include "plait/model.h"
+#include "plait/crypto.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define HEADER_BYTES 28
+
+void plait_model_init(plait_model_t *m) { memset(m, 0, sizeof(*m)); }
+
+int plait_model_config_validate(plait_model_config_t *c)
+{
+#define BOUND(field, lo, hi)                                                               \
+    if (c->field < (lo) || c->field > (hi))                                                \
+        return plait_fail(PLAIT_EPROTO, "model header: " #field " = %d is outside %d..%d", \
+                          c->field, (int)(lo), (int)(hi));
+    BOUND(dim, 1, PLAIT_MODEL_MAX_DIM);
+    BOUND(hidden_dim, 1, PLAIT_MODEL_MAX_HIDDEN);
+    BOUND(n_layers, 1, PLAIT_MODEL_MAX_LAYERS);
+    BOUND(n_heads, 1, PLAIT_MODEL_MAX_HEADS);
+    BOUND(n_kv_heads, 1, PLAIT_MODEL_MAX_HEADS);
+    BOUND(vocab_size, 1, PLAIT_MODEL_MAX_VOCAB);
+    BOUND(seq_len, 1, PLAIT_MODEL_MAX_SEQ);
+#undef BOUND
+    if (c->dim % c->n_heads != 0)
+        return plait_fail(PLAIT_EPROTO, "model header: dim %d is not a multiple of n_heads %d", c->dim,
+                          c->n_heads);
+    if (c->n_kv_heads > c->n_heads || c->n_heads % c->n_kv_heads != 0)
+        return plait_fail(PLAIT_EPROTO, "model header: n_heads %d is not a multiple of n_kv_heads %d",
+                          c->n_heads, c->n_kv_heads);
+    c->head_size = c->dim / c->n_heads;
+    if (c->head_size % 2 != 0)
+        return plait_fail(PLAIT_EPROTO, "model header: head size %d is odd (rotary pairs need even)",
+                          c->head_size);
+    c->kv_dim = c->n_kv_heads * c->head_size;
+    c->shared = c->shared ? 1 : 0;
+    return 0;
+}
+
+/* Number of floats the weights occupy, excluding the RoPE tables. Bounded
+ * fields keep every product below 2^62, so no overflow is possible. */
+static uint64_t weight_floats(const plait_model_config_t *c)
+{
+    uint64_t C = (uint64_t)c->dim, H = (uint64_t)c->hidden_dim, L = (uint64_t)c->n_layers;
+    uint64_t V = (uint64_t)c->vocab_size, KV = (uint64_t)c->kv_dim;
+    uint64_t n = V * C;                          /* token_embedding */
+    n += L * C;                                  /* rms_att */
+    n += L * C * C + 2 * L * KV * C + L * C * C; /* wq wk wv wo */
+    n += L * C;                                  /* rms_ffn */
+    n += 3 * L * H * C;                          /* w1 w2 w3 */
+    n += C;                                      /* rms_final */
+    if (!c->shared) n += V * C;                  /* wcls */
+    return n;
+}
+
+static void point_weights(plait_model_t *m, const float *p, const float *wcls_if_untied)
+{
+    const plait_model_config_t *c = &m->cfg;
+    size_t C = (size_t)c->dim, H = (size_t)c->hidden_dim, L = (size_t)c->n_layers;
+    size_t V = (size_t)c->vocab_size, KV = (size_t)c->kv_dim;
+    m->w.token_embedding = p; p += V * C;
+    m->w.rms_att = p;         p += L * C;
+    m->w.wq = p;              p += L * C * C;
+    m->w.wk = p;              p += L * KV * C;
+    m->w.wv = p;              p += L * KV * C;
+    m->w.wo = p;              p += L * C * C;
+    m->w.rms_ffn = p;         p += L * C;
+    m->w.w1 = p;              p += L * H * C;
+    m->w.w2 = p;              p += L * C * H;
+    m->w.w3 = p;              p += L * H * C;
+    m->w.rms_final = p;       p += C;
+    m->w.wcls = c->shared ? m->w.token_embedding : (wcls_if_untied ? wcls_if_untied : p);
+}
+
+static int32_t rd_i32(const uint8_t *b)
+{
+    uint32_t u = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+    return (int32_t)u;
+}
+
+int plait_model_load(plait_model_t *m, const char *path)
+{
+    int ret = PLAIT_EINTERNAL;
+    int fd = -1;
+    void *map = MAP_FAILED;
+    struct stat st;
+
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return plait_fail(PLAIT_EIO, "model %s: cannot open: %s", path, strerror(errno));
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        ret = plait_fail(PLAIT_EIO, "model %s: not a regular file", path);
+        goto exit;
+    }
+    if ((uint64_t)st.st_size < HEADER_BYTES) {
+        ret = plait_fail(PLAIT_EPROTO, "model %s: file is %lld bytes, shorter than the 28-byte header",
+                         path, (long long)st.st_size);
+        goto exit;
+    }
+    uint8_t hdr[HEADER_BYTES];
+    if (pread(fd, hdr, HEADER_BYTES, 0) != HEADER_BYTES) {
+        ret = plait_fail(PLAIT_EIO, "model %s: cannot read header", path);
+        goto exit;
+    }
+    plait_model_config_t c;
+    memset(&c, 0, sizeof(c));
+    c.dim = rd_i32(hdr);
+    c.hidden_dim = rd_i32(hdr + 4);
+    c.n_layers = rd_i32(hdr + 8);
+    c.n_heads = rd_i32(hdr + 12);
+    c.n_kv_heads = rd_i32(hdr + 16);
+    int32_t vocab = rd_i32(hdr + 20);
+    c.seq_len = rd_i32(hdr + 24);
+    c.shared = vocab > 0;
+    c.vocab_size = vocab == INT32_MIN ? 0 : (vocab < 0 ? -vocab : vocab);
+    if ((ret = plait_model_config_validate(&c)) != 0) {
+        /* Prefix the file name to the detail the validator recorded. */
+        char detail[400];
+        snprintf(detail, sizeof(detail), "%s", plait_errmsg());
+        ret = plait_fail(ret, "model %s: %s", path, detail);
+        goto exit;
+    }
+    uint64_t rope = 2ull * (uint64_t)c.seq_len * (uint64_t)(c.head_size / 2);
+    uint64_t expect = HEADER_BYTES + 4ull * (weight_floats(&c) + rope);
+    if ((uint64_t)st.st_size != expect) {
+        ret = plait_fail(PLAIT_EPROTO,
+                         "model %s: file is %lld bytes but its header (dim %d, layers %d, vocab %d%s) "
+                         "implies %llu: %s",
+                         path, (long long)st.st_size, c.dim, c.n_layers, c.vocab_size,
+                         c.shared ? ", tied" : ", untied", (unsigned long long)expect,
+                         (uint64_t)st.st_size < expect ? "truncated" : "trailing bytes");
+        goto exit;
+    }
+    map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (map == MAP_FAILED) {
+        ret = plait_fail(PLAIT_EIO, "model %s: mmap failed: %s", path, strerror(errno));
+        goto exit;
+    }
+    /* The header is 28 bytes, so the floats after it are 4-byte aligned. */
+    const float *base = (const float *)((const uint8_t *)map + HEADER_BYTES);
+    m->cfg = c;
+    m->map = map;
+    m->map_len = (size_t)st.st_size;
+    /* Untied classifier follows the RoPE tables. */
+    uint64_t before_cls = weight_floats(&c) - (c.shared ? 0 : (uint64_t)c.vocab_size * (uint64_t)c.dim);
+    point_weights(m, base, c.shared ? NULL : base + before_cls + rope);
+    plait_sha256((const uint8_t *)map, m->map_len, m->sha256);
+    map = MAP_FAILED;
+    ret = 0;
+exit:
+    if (map != MAP_FAILED) munmap(map, (size_t)st.st_size);
+    if (fd >= 0) close(fd);
+    return ret;
+}
+
+static uint64_t mix64(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+int plait_model_init_random(plait_model_t *m, const plait_model_config_t *cfg, uint64_t seed)
+{
+    plait_model_config_t c = *cfg;
+    int rc = plait_model_config_validate(&c);
+    if (rc != 0) return rc;
+    uint64_t n = weight_floats(&c);
+    if (n > SIZE_MAX / sizeof(float)) return plait_fail(PLAIT_ENOMEM, "random model of %llu floats", (unsigned long long)n);
+    float *buf = malloc((size_t)n * sizeof(float));
+    if (!buf) return plait_fail(PLAIT_ENOMEM, "random model of %llu floats", (unsigned long long)n);
+    uint64_t s = seed;
+    for (uint64_t i = 0; i < n; i++) {
+        /* Box-Muller, std 0.02 as GPT-2-style initializations use. */
+        double u1 = ((double)(mix64(&s) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+        double u2 = (double)(mix64(&s) >> 11) * (1.0 / 9007199254740992.0);
+        buf[i] = (float)(0.02 * sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+    }
+    m->cfg = c;
+    m->owned = buf;
+    point_weights(m, buf, NULL);
+    /* Norm weights start at one. */
+    size_t C = (size_t)c.dim, L = (size_t)c.n_layers;
+    for (size_t i = 0; i < L * C; i++) ((float *)m->w.rms_att)[i] = 1.0f;
+    for (size_t i = 0; i < L * C; i++) ((float *)m->w.rms_ffn)[i] = 1.0f;
+    for (size_t i = 0; i < C; i++) ((float *)m->w.rms_final)[i] = 1.0f;
+    memset(m->sha256, 0, sizeof(m->sha256));
+    return 0;
+}
+
+void plait_model_free(plait_model_t *m)
+{
+    if (!m) return;
+    if (m->map) munmap(m->map, m->map_len);
+    free(m->owned);
+    memset(m, 0, sizeof(*m));
+}
