@@ -10,6 +10,7 @@
  * must agree with them (tests/unit/check_tensor.c).
  */
 #include "plait/tensor.h"
+#include "tensor_int.h"
 
 #include <pthread.h>
 #include <stdlib.h>
@@ -238,3 +239,7 @@ void plait_matmul_backward(plait_pool_t *pool, float *dinp, float *dw, const flo
     if (dinp) plait_pool_run(pool, mm_bwd_dinp_rows, &j, N);
     if (dw) plait_pool_run(pool, mm_bwd_dw_rows, &j, OC);
 }
+
+/* Only one (portable) path exists so far; the switch is a no-op. */
+void plait__tensor_force_scalar(int on) { (void)on; }
+int plait__tensor_simd_active(void) { return 0; }
