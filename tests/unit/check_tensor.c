@@ -362,6 +362,10 @@ START_TEST(test_cpu_query)
     plait__tensor_force_scalar(1);
     ck_assert_int_eq(plait__tensor_simd_active(), 0);
     plait__tensor_force_scalar(0);
+    ck_assert_int_eq(plait__tensor_simd_active(), plait_cpu_has_avx2_fma());
+#if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__)
+    ck_assert_int_eq(plait_cpu_has_avx2_fma(), 1); /* built for it, so the CPU has it */
+#endif
 }
 END_TEST
 
