@@ -1,0 +1,809 @@
+/*
+ * train.c: LoRA training engine: forward, backward and AdamW for adapters on
+ * a frozen llama2.c-architecture model (after llm.c train_gpt2.c).
+ *
+ * Shape letters (as in model.h): B = batch (sequences), T = sequence length,
+ * N = B*T rows, C = dim, H = hidden_dim, L = n_layers, NH = n_heads,
+ * NKV = n_kv_heads, HS = head_size, KV = kv_dim, V = vocab_size, R = rank,
+ * P = threads.
+ *
+ * Invariants:
+ *  - Every buffer is allocated in plait_train_create(): one activation arena
+ *    (forward values saved for backward plus backward scratch), one gradient
+ *    arena, one arena each for AdamW m and v. Forward, backward and step
+ *    allocate nothing.
+ *  - grads[i] is the gradient of lora->params[goff + i], where goff is 0 when
+ *    A is trained and lora->n_a under FFA-LoRA (train_a = 0; A then has no
+ *    gradient and no optimizer state). m and v mirror grads exactly, so the
+ *    optimizer and clipping are flat loops over one span.
+ *  - The base model is never written and has no gradient; gradients flow
+ *    through its frozen weights (dinp) only as far down as an adapter needs.
+ *  - A LoRA projection stores u = s * x·Aᵀ (N, R) in forward and reuses it
+ *    for y += u·Bᵀ, for dB = dyᵀ·u and nowhere recomputes x·Aᵀ.
+ *  - Large matmuls go through plait_matmul_* (tensor.c) so they share its
+ *    optimized kernels; the element-wise kernels here are threaded over rows
+ *    (or (batch, head) pairs for attention) with plain inner loops over
+ *    contiguous memory that the compiler can vectorize.
+ *  - Sums that decide the match with the float64 reference (the loss, the
+ *    softmax normalizers, the gradient norm, AdamW) accumulate in double.
+ *
+ * Workload: one micro-batch is a few GFLOP at most; the pool is dispatched a
+ * few dozen times per layer, so kernels are fused where that saves a pass.
+ */
+#include "plait/train.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define RMS_EPS 1e-5f
+#define ROPE_THETA 10000.0f
+/* torch clip_grad_norm_: coef = max_norm / (norm + 1e-6). */
+#define CLIP_EPS 1e-6
+
+struct plait_trainer_s {
+    const plait_model_t *m;
+    plait_lora_t *lora;
+    plait_train_config_t cfg;
+    plait_pool_t *pool;
+    int own_pool;
+    size_t B, T, C, H, L, NH, NKV, HS, KV, V, R, P;
+
+    /* ---- activation arena: forward values kept for backward ---- */
+    float *acts;      /* the arena */
+    float *resid;     /* (L+1, N, C) residual stream entering each layer; [L] enters the final norm */
+    float *ln1;       /* (L, N, C) attention RMSNorm output */
+    float *rstd1;     /* (L, N) its 1/rms */
+    float *q;         /* (L, N, C) queries after RoPE */
+    float *k;         /* (L, N, KV) keys after RoPE */
+    float *v;         /* (L, N, KV) values */
+    float *att;       /* (L, B, NH, T, T) softmax probabilities (row t uses 0..t) */
+    float *atty;      /* (L, N, C) attention output, input of wo */
+    float *res2;      /* (L, N, C) residual after attention */
+    float *ln2;       /* (L, N, C) FFN RMSNorm output */
+    float *rstd2;     /* (L, N) */
+    float *h1;        /* (L, N, H) w1 output (pre-activation) */
+    float *h3;        /* (L, N, H) w3 output */
+    float *hg;        /* (L, N, H) silu(h1) * h3, input of w2 */
+    float *lnf;       /* (N, C) final RMSNorm output */
+    float *rstdf;     /* (N) */
+    float **u;        /* [L * PLAIT_NPROJ] -> (N, R) s * x·Aᵀ, or NULL if not adapted */
+    /* ---- backward scratch (one layer at a time) ---- */
+    float *dres;      /* (N, C) gradient of the residual stream */
+    float *dln;       /* (N, C) gradient of a norm output */
+    float *datty;     /* (N, C) */
+    float *dq;        /* (N, C) */
+    float *dk;        /* (N, KV) */
+    float *dv;        /* (N, KV) */
+    float *dh1;       /* (N, H) */
+    float *dh3;       /* (N, H) */
+    float *dhg;       /* (N, H) */
+    float *du;        /* (N, R) */
+    float *datt;      /* (B, NKV, T) one score-gradient row per attention task */
+    float *logits;    /* (P, PLAIT_TRAIN_LOGIT_ROWS, V) per-thread logit rows */
+    double *row_loss; /* (N) per-position loss, summed in order for determinism */
+    float *rope_cos;  /* (T, HS/2) */
+    float *rope_sin;  /* (T, HS/2) */
+
+    /* ---- parameters' state ---- */
+    float *grads;     /* (n_grads) mirrors lora->params[goff ..] */
+    float *opt_m;     /* (n_grads) AdamW first moment */
+    float *opt_v;     /* (n_grads) AdamW second moment */
+    size_t n_grads, goff;
+    int n_micro;      /* micro-batches accumulated since the last step */
+    long steps;       /* optimizer steps taken */
+    double last_norm; /* gradient norm before clipping at the last step */
+};
+
+/* ------------------------------------------------------------------ config */
+
+plait_train_config_t plait_train_config_default(void)
+{
+    plait_train_config_t c;
+    memset(&c, 0, sizeof(c));
+    c.B = 8;              /* 8 sequences: fits a phone's memory for small models */
+    c.T = 128;            /* 128 tokens per sequence */
+    c.lr = 1e-3;          /* the usual LoRA learning rate */
+    c.beta1 = 0.9;        /* torch.optim.AdamW default */
+    c.beta2 = 0.999;      /* torch.optim.AdamW default */
+    c.eps = 1e-8;         /* torch.optim.AdamW default */
+    c.weight_decay = 0.01; /* torch.optim.AdamW default */
+    c.grad_clip = 1.0;    /* global-norm clipping, as most fine-tuning recipes do */
+    c.accum_steps = 1;    /* one micro-batch per step */
+    c.warmup_steps = 0;   /* no warm-up */
+    c.total_steps = 0;    /* no decay: constant lr */
+    c.min_lr_frac = 0.1;  /* cosine floor at 10% of lr when decay is on */
+    c.train_a = 1;        /* train both A and B */
+    c.threads = 1;        /* single-threaded unless asked */
+    c.pool = NULL;        /* the trainer creates its own pool of `threads` */
+    return c;
+}
+
+int plait_train_config_validate(const plait_train_config_t *c, const plait_model_t *m)
+{
+    if (c->B < 1 || c->B > 65536) return plait_fail(PLAIT_EINVAL, "train: B = %d is outside 1..65536", c->B);
+    if (c->T < 1) return plait_fail(PLAIT_EINVAL, "train: T = %d must be at least 1", c->T);
+    if (m && c->T > m->cfg.seq_len)
+        return plait_fail(PLAIT_EINVAL, "train: T = %d exceeds the model's seq_len %d", c->T, m->cfg.seq_len);
+    if ((size_t)c->B * (size_t)c->T > ((size_t)1 << 24))
+        return plait_fail(PLAIT_EINVAL, "train: B*T = %zu exceeds 2^24 positions", (size_t)c->B * (size_t)c->T);
+    if (!(c->lr > 0.0) || !isfinite(c->lr)) return plait_fail(PLAIT_EINVAL, "train: lr %g must be positive", c->lr);
+    if (!(c->beta1 >= 0.0 && c->beta1 < 1.0))
+        return plait_fail(PLAIT_EINVAL, "train: beta1 %g is outside [0, 1)", c->beta1);
+    if (!(c->beta2 >= 0.0 && c->beta2 < 1.0))
+        return plait_fail(PLAIT_EINVAL, "train: beta2 %g is outside [0, 1)", c->beta2);
+    if (!(c->eps > 0.0) || !isfinite(c->eps)) return plait_fail(PLAIT_EINVAL, "train: eps %g must be positive", c->eps);
+    if (!(c->weight_decay >= 0.0) || !isfinite(c->weight_decay))
+        return plait_fail(PLAIT_EINVAL, "train: weight_decay %g must be >= 0", c->weight_decay);
+    if (!(c->grad_clip >= 0.0) || !isfinite(c->grad_clip))
+        return plait_fail(PLAIT_EINVAL, "train: grad_clip %g must be >= 0 (0 = off)", c->grad_clip);
+    if (c->accum_steps < 1 || c->accum_steps > 1 << 20)
+        return plait_fail(PLAIT_EINVAL, "train: accum_steps %d is outside 1..2^20", c->accum_steps);
+    if (c->warmup_steps < 0) return plait_fail(PLAIT_EINVAL, "train: warmup_steps %d < 0", c->warmup_steps);
+    if (c->total_steps < 0) return plait_fail(PLAIT_EINVAL, "train: total_steps %d < 0", c->total_steps);
+    if (!(c->min_lr_frac >= 0.0 && c->min_lr_frac <= 1.0))
+        return plait_fail(PLAIT_EINVAL, "train: min_lr_frac %g is outside [0, 1]", c->min_lr_frac);
+    if (c->train_a != 0 && c->train_a != 1) return plait_fail(PLAIT_EINVAL, "train: train_a %d is not 0 or 1", c->train_a);
+    if (!c->pool && (c->threads < 1 || c->threads > 256))
+        return plait_fail(PLAIT_EINVAL, "train: threads %d is outside 1..256", c->threads);
+    return 0;
+}
+
+double plait_train_lr_at(const plait_train_config_t *c, long step)
+{
+    if (step < 0) step = 0;
+    if (c->warmup_steps > 0 && step < c->warmup_steps) return c->lr * (double)(step + 1) / (double)c->warmup_steps;
+    if (c->total_steps <= c->warmup_steps) return c->lr;
+    double min_lr = c->lr * c->min_lr_frac;
+    if (step >= c->total_steps) return min_lr;
+    double progress = (double)(step - c->warmup_steps) / (double)(c->total_steps - c->warmup_steps);
+    return min_lr + 0.5 * (1.0 + cos(M_PI * progress)) * (c->lr - min_lr);
+}
+
+/* ------------------------------------------------------------ kernels
+ * Each kernel is a pool job over independent rows; `job_t` carries the
+ * arguments of whichever kernel runs (as tensor.c's mm_job_t does). */
+
+typedef struct {
+    plait_trainer_t *tr;
+    float *out, *out2, *out3;
+    const float *in, *in2, *in3, *in4, *w;
+    size_t nb, n, C, H;
+    const int32_t *tokens;
+    float scale;
+} job_t;
+
+/* out (N, C) = inp * rstd * w; rstd (N) kept for backward. */
+static void rmsnorm_forward_rows(void *ctx, size_t b, size_t e)
+{
+    job_t *j = ctx;
+    size_t C = j->C;
+    for (size_t n = b; n < e; n++) {
+        const float *x = j->in + n * C;
+        float *o = j->out + n * C;
+        double ss = 0.0;
+        for (size_t i = 0; i < C; i++) ss += (double)x[i] * (double)x[i];
+        float rstd = (float)(1.0 / sqrt(ss / (double)C + (double)RMS_EPS));
+        for (size_t i = 0; i < C; i++) o[i] = x[i] * rstd * j->w[i];
+        j->out2[n] = rstd;
+    }
+}
+
+static void rmsnorm_forward(plait_trainer_t *tr, float *out, float *rstd, const float *inp, const float *w, size_t N,
+                            size_t C)
+{
+    job_t j = {.out = out, .out2 = rstd, .in = inp, .w = w, .C = C};
+    plait_pool_run(tr->pool, rmsnorm_forward_rows, &j, N);
+}
+
+/* dinp (N, C) += d/dx of (x * rstd(x) * w) applied to dout. */
+static void rmsnorm_backward_rows(void *ctx, size_t b, size_t e)
+{
+    job_t *j = ctx;
+    size_t C = j->C;
+    for (size_t n = b; n < e; n++) {
+        const float *x = j->in2 + n * C, *dy = j->in + n * C;
+        float *dx = j->out + n * C;
+        float rstd = j->in3[n];
+        double dot = 0.0; /* sum_i dy_i w_i x_i */
+        for (size_t i = 0; i < C; i++) dot += (double)(dy[i] * j->w[i]) * (double)x[i];
+        float c2 = (float)(dot / (double)C) * rstd * rstd * rstd;
+        for (size_t i = 0; i < C; i++) dx[i] += dy[i] * j->w[i] * rstd - x[i] * c2;
+    }
+}
+
+static void rmsnorm_backward(plait_trainer_t *tr, float *dinp, const float *dout, const float *inp, const float *rstd,
+                             const float *w, size_t N, size_t C)
+{
+    job_t j = {.out = dinp, .in = dout, .in2 = inp, .in3 = rstd, .w = w, .C = C};
+    plait_pool_run(tr->pool, rmsnorm_backward_rows, &j, N);
+}
+
+/* Rotate interleaved pairs of every head of q (N, C) and k (N, KV) in place;
+ * scale = +1 forward, -1 backward (the transpose of a rotation is its inverse). */
+static void rope_rows(void *ctx, size_t b, size_t e)
+{
+    job_t *j = ctx;
+    plait_trainer_t *tr = j->tr;
+    size_t T = tr->T, HS = tr->HS, half = HS / 2, C = tr->C, KV = tr->KV;
+    float sgn = j->scale;
+    for (size_t n = b; n < e; n++) {
+        const float *cs = tr->rope_cos + (n % T) * half, *sn = tr->rope_sin + (n % T) * half;
+        for (int which = 0; which < 2; which++) {
+            float *x = which == 0 ? j->out + n * C : j->out2 + n * KV;
+            size_t width = which == 0 ? C : KV;
+            for (size_t h0 = 0; h0 < width; h0 += HS) {
+                float *xh = x + h0;
+                for (size_t i = 0; i < half; i++) {
+                    float c = cs[i], s = sgn * sn[i];
+                    float xr = xh[2 * i], xi = xh[2 * i + 1];
+                    xh[2 * i] = xr * c - xi * s;
+                    xh[2 * i + 1] = xr * s + xi * c;
+                }
+            }
+        }
+    }
+}
+
+static void rope_apply(plait_trainer_t *tr, float *q, float *k, size_t N, float sgn)
+{
+    job_t j = {.tr = tr, .out = q, .out2 = k, .scale = sgn};
+    plait_pool_run(tr->pool, rope_rows, &j, N);
+}
+
+/* Causal attention for (b, h) pairs: att (B, NH, T, T), out (N, C). */
+static void attention_forward_pairs(void *ctx, size_t b0, size_t e0)
+{
+    job_t *j = ctx;
+    plait_trainer_t *tr = j->tr;
+    size_t T = tr->T, HS = tr->HS, C = tr->C, KV = tr->KV, NH = tr->NH, rep = tr->NH / tr->NKV;
+    const float *q = j->in, *k = j->in2, *v = j->in3;
+    float scale = 1.0f / sqrtf((float)HS);
+    for (size_t pair = b0; pair < e0; pair++) {
+        size_t b = pair / NH, h = pair % NH, g = h / rep;
+        float *att = j->out2 + pair * T * T;
+        for (size_t t = 0; t < T; t++) {
+            const float *qt = q + (b * T + t) * C + h * HS;
+            float *a = att + t * T;
+            float mx = -INFINITY;
+            for (size_t t2 = 0; t2 <= t; t2++) {
+                const float *kt = k + (b * T + t2) * KV + g * HS;
+                float s = 0.0f;
+                for (size_t i = 0; i < HS; i++) s += qt[i] * kt[i];
+                s *= scale;
+                a[t2] = s;
+                if (s > mx) mx = s;
+            }
+            double sum = 0.0;
+            for (size_t t2 = 0; t2 <= t; t2++) {
+                float ex = expf(a[t2] - mx);
+                a[t2] = ex;
+                sum += ex;
+            }
+            float inv = (float)(1.0 / sum);
+            float *o = j->out + (b * T + t) * C + h * HS;
+            for (size_t i = 0; i < HS; i++) o[i] = 0.0f;
+            for (size_t t2 = 0; t2 <= t; t2++) {
+                float p = a[t2] * inv;
+                a[t2] = p;
+                const float *vt = v + (b * T + t2) * KV + g * HS;
+                for (size_t i = 0; i < HS; i++) o[i] += p * vt[i];
+            }
+        }
+    }
+}
+
+static void attention_forward(plait_trainer_t *tr, float *out, float *att, const float *q, const float *k,
+                              const float *v, size_t nb)
+{
+    job_t j = {.tr = tr, .out = out, .out2 = att, .in = q, .in2 = k, .in3 = v};
+    plait_pool_run(tr->pool, attention_forward_pairs, &j, nb * tr->NH);
+}
+
+/* Backward of causal attention for (b, g) pairs: a task owns key/value head g
+ * of sequence b and every query head that reads it, so dk and dv need no
+ * synchronization. dq (N, C), dk/dv (N, KV) are overwritten. */
+static void attention_backward_pairs(void *ctx, size_t b0, size_t e0)
+{
+    job_t *j = ctx;
+    plait_trainer_t *tr = j->tr;
+    size_t T = tr->T, HS = tr->HS, C = tr->C, KV = tr->KV, NH = tr->NH, NKV = tr->NKV, rep = NH / NKV;
+    const float *dout = j->in, *att = j->in2, *q = j->in3, *k = j->in4, *v = j->w;
+    float *dq = j->out, *dk = j->out2, *dv = j->out3;
+    float scale = 1.0f / sqrtf((float)HS);
+    for (size_t pair = b0; pair < e0; pair++) {
+        size_t b = pair / NKV, g = pair % NKV;
+        float *datt = tr->datt + pair * T;
+        for (size_t t = 0; t < T; t++) {
+            memset(dk + (b * T + t) * KV + g * HS, 0, HS * sizeof(float));
+            memset(dv + (b * T + t) * KV + g * HS, 0, HS * sizeof(float));
+        }
+        for (size_t h = g * rep; h < (g + 1) * rep; h++) {
+            const float *a_h = att + (b * NH + h) * T * T;
+            for (size_t t = 0; t < T; t++) {
+                const float *a = a_h + t * T;
+                const float *dot_ = dout + (b * T + t) * C + h * HS;
+                const float *qt = q + (b * T + t) * C + h * HS;
+                float *dqt = dq + (b * T + t) * C + h * HS;
+                double sum = 0.0;
+                for (size_t t2 = 0; t2 <= t; t2++) {
+                    const float *vt = v + (b * T + t2) * KV + g * HS;
+                    float *dvt = dv + (b * T + t2) * KV + g * HS;
+                    float s = 0.0f, p = a[t2];
+                    for (size_t i = 0; i < HS; i++) {
+                        s += dot_[i] * vt[i];
+                        dvt[i] += p * dot_[i];
+                    }
+                    datt[t2] = s;
+                    sum += (double)p * (double)s;
+                }
+                float fsum = (float)sum;
+                for (size_t i = 0; i < HS; i++) dqt[i] = 0.0f;
+                for (size_t t2 = 0; t2 <= t; t2++) {
+                    float dp = a[t2] * (datt[t2] - fsum) * scale;
+                    const float *kt = k + (b * T + t2) * KV + g * HS;
+                    float *dkt = dk + (b * T + t2) * KV + g * HS;
+                    for (size_t i = 0; i < HS; i++) {
+                        dqt[i] += dp * kt[i];
+                        dkt[i] += dp * qt[i];
+                    }
+                }
+            }
+        }
+    }
+}
+
+static void attention_backward(plait_trainer_t *tr, float *dq, float *dk, float *dv, const float *dout,
+                               const float *att, const float *q, const float *k, const float *v, size_t nb)
+{
+    job_t j = {.tr = tr, .out = dq, .out2 = dk, .out3 = dv, .in = dout, .in2 = att, .in3 = q, .in4 = k, .w = v};
+    plait_pool_run(tr->pool, attention_backward_pairs, &j, nb * tr->NKV);
+}
+
+/* hg (N, H) = silu(h1) * h3. */
+static void swiglu_forward_rows(void *ctx, size_t b, size_t e)
+{
+    job_t *j = ctx;
+    size_t H = j->H;
+    for (size_t i = b * H; i < e * H; i++) {
+        float x = j->in[i];
+        j->out[i] = x / (1.0f + expf(-x)) * j->in2[i];
+    }
+}
+
+static void swiglu_forward(plait_trainer_t *tr, float *hg, const float *h1, const float *h3, size_t N)
+{
+    job_t j = {.out = hg, .in = h1, .in2 = h3, .H = tr->H};
+    plait_pool_run(tr->pool, swiglu_forward_rows, &j, N);
+}
+
+/* dh1 = dhg * h3 * silu'(h1), dh3 = dhg * silu(h1) (both overwritten). */
+static void swiglu_backward_rows(void *ctx, size_t b, size_t e)
+{
+    job_t *j = ctx;
+    size_t H = j->H;
+    for (size_t i = b * H; i < e * H; i++) {
+        float x = j->in2[i], sig = 1.0f / (1.0f + expf(-x)), d = j->in[i];
+        j->out2[i] = d * x * sig;
+        j->out[i] = d * j->in3[i] * sig * (1.0f + x * (1.0f - sig));
+    }
+}
+
+static void swiglu_backward(plait_trainer_t *tr, float *dh1, float *dh3, const float *dhg, const float *h1,
+                            const float *h3, size_t N)
+{
+    job_t j = {.out = dh1, .out2 = dh3, .in = dhg, .in2 = h1, .in3 = h3, .H = tr->H};
+    plait_pool_run(tr->pool, swiglu_backward_rows, &j, N);
+}
+
+/* Classifier, softmax and cross-entropy, fused per thread: item i of P owns
+ * a contiguous share of the N rows and a PLAIT_TRAIN_LOGIT_ROWS x V scratch,
+ * so the (N, V) logits never exist at once. With dlnf != NULL it also writes
+ * dlnf (N, C) = dlogits · Wcls with dlogits = (softmax - onehot) * scale. */
+static void classifier_items(void *ctx, size_t b0, size_t e0)
+{
+    job_t *j = ctx;
+    plait_trainer_t *tr = j->tr;
+    size_t N = j->n, V = tr->V, C = tr->C, P = tr->P, VC = PLAIT_TRAIN_LOGIT_ROWS;
+    const float *wcls = tr->m->w.wcls;
+    for (size_t item = b0; item < e0; item++) {
+        size_t r0 = N * item / P, r1 = N * (item + 1) / P;
+        float *lg = tr->logits + item * VC * V;
+        for (size_t c0 = r0; c0 < r1; c0 += VC) {
+            size_t nr = r1 - c0 < VC ? r1 - c0 : VC;
+            plait_matmul_forward(NULL, lg, tr->lnf + c0 * C, wcls, nr, C, V, 0);
+            for (size_t r = 0; r < nr; r++) {
+                size_t n = c0 + r, b = n / tr->T, t = n % tr->T;
+                int32_t target = j->tokens[b * (tr->T + 1) + t + 1];
+                float *row = lg + r * V;
+                float mx = row[0];
+                for (size_t i = 1; i < V; i++) mx = row[i] > mx ? row[i] : mx;
+                double sum = 0.0;
+                for (size_t i = 0; i < V; i++) sum += (double)expf(row[i] - mx);
+                tr->row_loss[n] = log(sum) + (double)mx - (double)row[target];
+                if (j->out) {
+                    float inv = (float)(1.0 / sum);
+                    for (size_t i = 0; i < V; i++) row[i] = expf(row[i] - mx) * inv * j->scale;
+                    row[target] -= j->scale;
+                }
+            }
+            if (j->out) {
+                memset(j->out + c0 * C, 0, nr * C * sizeof(float));
+                plait_matmul_backward(NULL, j->out + c0 * C, NULL, lg, NULL, wcls, nr, C, V);
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------ LoRA projections */
+
+static float *grad_of(plait_trainer_t *tr, const float *param)
+{
+    size_t idx = (size_t)(param - tr->lora->params);
+    if (idx < tr->goff) return NULL; /* A under FFA-LoRA: no gradient */
+    return tr->grads + (idx - tr->goff);
+}
+
+typedef struct {
+    float *x;
+    float s;
+} scale_job_t;
+
+static void scale_rows(void *ctx, size_t b, size_t e)
+{
+    scale_job_t *j = ctx;
+    for (size_t i = b; i < e; i++) j->x[i] *= j->s;
+}
+
+/* y (N, out) (=|+=) x (N, in) · Wᵀ + s * (x · Aᵀ) · Bᵀ; keeps u = s * x·Aᵀ. */
+static void proj_forward(plait_trainer_t *tr, float *y, const float *x, size_t l, plait_proj_t p, size_t N,
+                         int accumulate)
+{
+    int in, out;
+    plait_proj_shape(&tr->m->cfg, p, &in, &out);
+    plait_matmul_forward(tr->pool, y, x, plait_proj_weight(tr->m, (int)l, p), N, (size_t)in, (size_t)out,
+                         accumulate);
+    size_t slot = plait_lora_slot((int)l, p);
+    const float *A = tr->lora->A[slot];
+    if (!A) return;
+    float *u = tr->u[slot];
+    plait_matmul_forward(tr->pool, u, x, A, N, (size_t)in, tr->R, 0);
+    scale_job_t sj = {u, tr->lora->scaling};
+    scale_rows(&sj, 0, N * tr->R); /* N*R floats: too small to dispatch */
+    plait_matmul_forward(tr->pool, y, u, tr->lora->B[slot], N, tr->R, (size_t)out, 1);
+}
+
+/* Given dy (N, out): dB += dyᵀ·u, dA += (s·dy·B)ᵀ·x (when A is trained) and,
+ * if dx != NULL, dx (N, in) += dy·W + s·(dy·B)·A. */
+static void proj_backward(plait_trainer_t *tr, float *dx, const float *dy, const float *x, size_t l, plait_proj_t p,
+                          size_t N)
+{
+    int in, out;
+    plait_proj_shape(&tr->m->cfg, p, &in, &out);
+    size_t slot = plait_lora_slot((int)l, p);
+    const float *A = tr->lora->A[slot];
+    if (A) {
+        const float *Bw = tr->lora->B[slot];
+        float *dA = grad_of(tr, A), *dB = grad_of(tr, Bw);
+        memset(tr->du, 0, N * tr->R * sizeof(float));
+        plait_matmul_backward(tr->pool, tr->du, dB, dy, tr->u[slot], Bw, N, tr->R, (size_t)out);
+        scale_job_t sj = {tr->du, tr->lora->scaling};
+        scale_rows(&sj, 0, N * tr->R);
+        if (dx || dA) plait_matmul_backward(tr->pool, dx, dA, tr->du, x, A, N, (size_t)in, tr->R);
+    }
+    if (dx)
+        plait_matmul_backward(tr->pool, dx, NULL, dy, x, plait_proj_weight(tr->m, (int)l, p), N, (size_t)in,
+                              (size_t)out);
+}
+
+/* ------------------------------------------------------ forward/backward */
+
+static int check_tokens(const plait_trainer_t *tr, const int32_t *tokens, size_t rows)
+{
+    size_t W = tr->T + 1;
+    for (size_t i = 0; i < rows * W; i++) {
+        if (tokens[i] < 0 || (size_t)tokens[i] >= tr->V)
+            return plait_fail(PLAIT_EINVAL, "train: token %d at row %zu, column %zu is outside 0..%zu", tokens[i],
+                              i / W, i % W, tr->V - 1);
+    }
+    return 0;
+}
+
+/* Slices of the saved activations for layer l. */
+#define LNC(ptr, l) ((ptr) + (l) * N_full * C)
+
+/* Forward over nb <= B rows; returns the mean loss. With dscale > 0 the
+ * classifier also leaves dlnf in tr->dln for backward. */
+static double forward(plait_trainer_t *tr, const int32_t *tokens, size_t nb, float dscale)
+{
+    size_t T = tr->T, C = tr->C, KV = tr->KV, H = tr->H, N = nb * T, N_full = tr->B * T;
+    const plait_model_weights_t *w = &tr->m->w;
+    /* Embedding: resid[0] rows are token embeddings. */
+    for (size_t n = 0; n < N; n++) {
+        int32_t tok = tokens[(n / T) * (T + 1) + n % T];
+        memcpy(tr->resid + n * C, w->token_embedding + (size_t)tok * C, C * sizeof(float));
+    }
+    for (size_t l = 0; l < tr->L; l++) {
+        float *x = LNC(tr->resid, l), *ln1 = LNC(tr->ln1, l), *q = LNC(tr->q, l), *atty = LNC(tr->atty, l);
+        float *k = tr->k + l * N_full * KV, *v = tr->v + l * N_full * KV;
+        float *res2 = LNC(tr->res2, l), *ln2 = LNC(tr->ln2, l);
+        float *h1 = tr->h1 + l * N_full * H, *h3 = tr->h3 + l * N_full * H, *hg = tr->hg + l * N_full * H;
+        float *att = tr->att + l * tr->B * tr->NH * T * T;
+        rmsnorm_forward(tr, ln1, tr->rstd1 + l * N_full, x, w->rms_att + l * C, N, C);
+        proj_forward(tr, q, ln1, l, PLAIT_WQ, N, 0);
+        proj_forward(tr, k, ln1, l, PLAIT_WK, N, 0);
+        proj_forward(tr, v, ln1, l, PLAIT_WV, N, 0);
+        rope_apply(tr, q, k, N, 1.0f);
+        attention_forward(tr, atty, att, q, k, v, nb);
+        memcpy(res2, x, N * C * sizeof(float));
+        proj_forward(tr, res2, atty, l, PLAIT_WO, N, 1);
+        rmsnorm_forward(tr, ln2, tr->rstd2 + l * N_full, res2, w->rms_ffn + l * C, N, C);
+        proj_forward(tr, h1, ln2, l, PLAIT_W1, N, 0);
+        proj_forward(tr, h3, ln2, l, PLAIT_W3, N, 0);
+        swiglu_forward(tr, hg, h1, h3, N);
+        float *xn = LNC(tr->resid, l + 1);
+        memcpy(xn, res2, N * C * sizeof(float));
+        proj_forward(tr, xn, hg, l, PLAIT_W2, N, 1);
+    }
+    rmsnorm_forward(tr, tr->lnf, tr->rstdf, LNC(tr->resid, tr->L), w->rms_final, N, C);
+    job_t j = {.tr = tr, .out = dscale > 0.0f ? tr->dln : NULL, .n = N, .tokens = tokens, .scale = dscale};
+    plait_pool_run(tr->pool, classifier_items, &j, tr->P);
+    double sum = 0.0;
+    for (size_t n = 0; n < N; n++) sum += tr->row_loss[n];
+    return sum / (double)N;
+}
+
+/* Backward over the full B rows; expects dlnf in tr->dln (from forward). */
+static void backward(plait_trainer_t *tr)
+{
+    size_t T = tr->T, C = tr->C, KV = tr->KV, H = tr->H, N = tr->B * T, N_full = N;
+    const plait_model_weights_t *w = &tr->m->w;
+    const plait_lora_t *lo = tr->lora;
+    memset(tr->dres, 0, N * C * sizeof(float));
+    rmsnorm_backward(tr, tr->dres, tr->dln, LNC(tr->resid, tr->L), tr->rstdf, w->rms_final, N, C);
+    for (size_t li = tr->L; li-- > 0;) {
+        size_t l = li;
+        float *x = LNC(tr->resid, l), *ln1 = LNC(tr->ln1, l), *q = LNC(tr->q, l), *atty = LNC(tr->atty, l);
+        float *k = tr->k + l * N_full * KV, *v = tr->v + l * N_full * KV;
+        float *res2 = LNC(tr->res2, l), *ln2 = LNC(tr->ln2, l);
+        float *h1 = tr->h1 + l * N_full * H, *h3 = tr->h3 + l * N_full * H, *hg = tr->hg + l * N_full * H;
+        float *att = tr->att + l * tr->B * tr->NH * T * T;
+        /* FFN: resid[l+1] = res2 + W2(silu(W1 ln2) * W3 ln2). */
+        memset(tr->dhg, 0, N * H * sizeof(float));
+        proj_backward(tr, tr->dhg, tr->dres, hg, l, PLAIT_W2, N);
+        swiglu_backward(tr, tr->dh1, tr->dh3, tr->dhg, h1, h3, N);
+        memset(tr->dln, 0, N * C * sizeof(float));
+        proj_backward(tr, tr->dln, tr->dh1, ln2, l, PLAIT_W1, N);
+        proj_backward(tr, tr->dln, tr->dh3, ln2, l, PLAIT_W3, N);
+        rmsnorm_backward(tr, tr->dres, tr->dln, res2, tr->rstd2 + l * N_full, w->rms_ffn + l * C, N, C);
+        /* Attention: res2 = x + Wo(attention(rope(Wq ln1), rope(Wk ln1), Wv ln1)). */
+        memset(tr->datty, 0, N * C * sizeof(float));
+        proj_backward(tr, tr->datty, tr->dres, atty, l, PLAIT_WO, N);
+        int need_dx = l > 0;
+        int qkv_adapted = lo->A[plait_lora_slot((int)l, PLAIT_WQ)] || lo->A[plait_lora_slot((int)l, PLAIT_WK)] ||
+                          lo->A[plait_lora_slot((int)l, PLAIT_WV)];
+        if (!need_dx && !qkv_adapted) break; /* nothing below needs a gradient */
+        attention_backward(tr, tr->dq, tr->dk, tr->dv, tr->datty, att, q, k, v, tr->B);
+        rope_apply(tr, tr->dq, tr->dk, N, -1.0f);
+        float *dx = need_dx ? tr->dln : NULL;
+        if (dx) memset(dx, 0, N * C * sizeof(float));
+        proj_backward(tr, dx, tr->dq, ln1, l, PLAIT_WQ, N);
+        proj_backward(tr, dx, tr->dk, ln1, l, PLAIT_WK, N);
+        proj_backward(tr, dx, tr->dv, ln1, l, PLAIT_WV, N);
+        if (dx) rmsnorm_backward(tr, tr->dres, dx, x, tr->rstd1 + l * N_full, w->rms_att + l * C, N, C);
+    }
+}
+
+int plait_train_forward_backward(plait_trainer_t *tr, const int32_t *tokens, float *loss)
+{
+    if (!tr || !tokens) return plait_fail(PLAIT_EINVAL, "train: NULL trainer or tokens");
+    if (tr->n_micro >= tr->cfg.accum_steps)
+        return plait_fail(PLAIT_EINVAL, "train: %d micro-batches accumulated already (accum_steps %d): step first",
+                          tr->n_micro, tr->cfg.accum_steps);
+    int rc = check_tokens(tr, tokens, tr->B);
+    if (rc != 0) return rc;
+    float dscale = 1.0f / (float)((double)tr->B * (double)tr->T * (double)tr->cfg.accum_steps);
+    double l = forward(tr, tokens, tr->B, dscale);
+    backward(tr);
+    tr->n_micro++;
+    if (loss) *loss = (float)l;
+    return 0;
+}
+
+int plait_train_eval_loss(plait_trainer_t *tr, const int32_t *tokens, size_t n_rows, float *loss)
+{
+    if (!tr || !tokens || n_rows == 0) return plait_fail(PLAIT_EINVAL, "train: eval needs a trainer and >= 1 row");
+    int rc = check_tokens(tr, tokens, n_rows);
+    if (rc != 0) return rc;
+    double sum = 0.0;
+    for (size_t r = 0; r < n_rows; r += tr->B) {
+        size_t nb = n_rows - r < tr->B ? n_rows - r : tr->B;
+        sum += forward(tr, tokens + r * (tr->T + 1), nb, 0.0f) * (double)(nb * tr->T);
+    }
+    if (loss) *loss = (float)(sum / (double)(n_rows * tr->T));
+    return 0;
+}
+
+/* ---------------------------------------------------------------- optimizer */
+
+double plait_train_grad_norm(const plait_trainer_t *tr)
+{
+    double ss = 0.0;
+    for (size_t i = 0; i < tr->n_grads; i++) ss += (double)tr->grads[i] * (double)tr->grads[i];
+    return sqrt(ss);
+}
+
+int plait_train_step(plait_trainer_t *tr)
+{
+    if (!tr) return plait_fail(PLAIT_EINVAL, "train: NULL trainer");
+    if (tr->n_micro != tr->cfg.accum_steps)
+        return plait_fail(PLAIT_EINVAL, "train: step after %d of %d micro-batches", tr->n_micro, tr->cfg.accum_steps);
+    const plait_train_config_t *c = &tr->cfg;
+    size_t n = tr->n_grads;
+    float *g = tr->grads, *p = tr->lora->params + tr->goff;
+    double norm = plait_train_grad_norm(tr);
+    tr->last_norm = norm;
+    if (c->grad_clip > 0.0) {
+        double coef = c->grad_clip / (norm + CLIP_EPS);
+        if (coef < 1.0)
+            for (size_t i = 0; i < n; i++) g[i] = (float)((double)g[i] * coef);
+    }
+    double lr = plait_train_lr_at(c, tr->steps);
+    double t = (double)(tr->steps + 1);
+    double bc1 = 1.0 - pow(c->beta1, t), bc2 = 1.0 - pow(c->beta2, t);
+    double step_size = lr / bc1, bc2_sqrt = sqrt(bc2), decay = 1.0 - lr * c->weight_decay;
+    double b1 = c->beta1, b2 = c->beta2;
+    for (size_t i = 0; i < n; i++) {
+        double gi = g[i];
+        double m = b1 * (double)tr->opt_m[i] + (1.0 - b1) * gi;
+        double v = b2 * (double)tr->opt_v[i] + (1.0 - b2) * gi * gi;
+        tr->opt_m[i] = (float)m;
+        tr->opt_v[i] = (float)v;
+        double pi = (double)p[i] * decay;
+        pi -= step_size * m / (sqrt(v) / bc2_sqrt + c->eps);
+        p[i] = (float)pi;
+    }
+    memset(g, 0, n * sizeof(float));
+    tr->n_micro = 0;
+    tr->steps++;
+    return 0;
+}
+
+const float *plait_train_grads(const plait_trainer_t *tr) { return tr->grads; }
+size_t plait_train_grads_count(const plait_trainer_t *tr) { return tr->n_grads; }
+size_t plait_train_grads_offset(const plait_trainer_t *tr) { return tr->goff; }
+long plait_train_steps_done(const plait_trainer_t *tr) { return tr->steps; }
+double plait_train_last_grad_norm(const plait_trainer_t *tr) { return tr->last_norm; }
+
+/* ---------------------------------------------------------------- lifecycle */
+
+int plait_train_create(plait_trainer_t **out, const plait_model_t *m, plait_lora_t *lora,
+                       const plait_train_config_t *cfg)
+{
+    if (!out) return plait_fail(PLAIT_EINVAL, "train: NULL out");
+    *out = NULL;
+    if (!m || !lora || !cfg || !lora->params) return plait_fail(PLAIT_EINVAL, "train: NULL model, adapter or config");
+    int rc = plait_train_config_validate(cfg, m);
+    if (rc != 0) return rc;
+    const plait_model_config_t *mc = &m->cfg;
+    if (memcmp(&lora->model, mc, sizeof(*mc)) != 0)
+        return plait_fail(PLAIT_EINVAL, "train: the adapter was set up for another model shape");
+    plait_trainer_t *tr = calloc(1, sizeof(*tr));
+    if (!tr) return plait_fail(PLAIT_ENOMEM, "train: trainer struct");
+    tr->m = m;
+    tr->lora = lora;
+    tr->cfg = *cfg;
+    tr->B = (size_t)cfg->B;
+    tr->T = (size_t)cfg->T;
+    tr->C = (size_t)mc->dim;
+    tr->H = (size_t)mc->hidden_dim;
+    tr->L = (size_t)mc->n_layers;
+    tr->NH = (size_t)mc->n_heads;
+    tr->NKV = (size_t)mc->n_kv_heads;
+    tr->HS = (size_t)mc->head_size;
+    tr->KV = (size_t)mc->kv_dim;
+    tr->V = (size_t)mc->vocab_size;
+    tr->R = (size_t)lora->cfg.rank;
+    if (cfg->pool) {
+        tr->pool = cfg->pool;
+    } else {
+        rc = plait_pool_create(&tr->pool, cfg->threads);
+        if (rc != 0) { free(tr); return rc; }
+        tr->own_pool = 1;
+    }
+    tr->P = (size_t)plait_pool_size(tr->pool);
+
+    size_t B = tr->B, T = tr->T, C = tr->C, H = tr->H, L = tr->L, KV = tr->KV, R = tr->R, N = B * T;
+    size_t n_slots = 0;
+    for (size_t s = 0; s < L * PLAIT_NPROJ; s++) n_slots += lora->A[s] != NULL;
+    /* Count the arena in doubles' worth of floats: sizes below are in floats. */
+    size_t sizes[] = {
+        (L + 1) * N * C, /* resid */
+        L * N * C,       /* ln1 */
+        L * N,           /* rstd1 */
+        L * N * C,       /* q */
+        L * N * KV,      /* k */
+        L * N * KV,      /* v */
+        L * B * tr->NH * T * T, /* att */
+        L * N * C,       /* atty */
+        L * N * C,       /* res2 */
+        L * N * C,       /* ln2 */
+        L * N,           /* rstd2 */
+        L * N * H,       /* h1 */
+        L * N * H,       /* h3 */
+        L * N * H,       /* hg */
+        N * C,           /* lnf */
+        N,               /* rstdf */
+        n_slots * N * R, /* u */
+        N * C, N * C, N * C, N * C, /* dres dln datty dq */
+        N * KV, N * KV,  /* dk dv */
+        N * H, N * H, N * H, /* dh1 dh3 dhg */
+        N * R,           /* du */
+        B * tr->NKV * T, /* datt */
+        tr->P * PLAIT_TRAIN_LOGIT_ROWS * tr->V, /* logits */
+        2 * N,           /* row_loss (doubles = 2 floats each) */
+        T * (tr->HS / 2), T * (tr->HS / 2), /* rope cos, sin */
+    };
+    size_t n_sizes = sizeof(sizes) / sizeof(sizes[0]), total = 0;
+    for (size_t i = 0; i < n_sizes; i++) {
+        sizes[i] = (sizes[i] + 15) & ~(size_t)15; /* 64-byte aligned slices */
+        total += sizes[i];
+    }
+    tr->goff = cfg->train_a ? 0 : lora->n_a;
+    tr->n_grads = lora->n_params - tr->goff;
+    tr->acts = aligned_alloc(64, total * sizeof(float));
+    tr->u = calloc(L * PLAIT_NPROJ, sizeof(float *));
+    tr->grads = calloc(tr->n_grads, sizeof(float));
+    tr->opt_m = calloc(tr->n_grads, sizeof(float));
+    tr->opt_v = calloc(tr->n_grads, sizeof(float));
+    if (!tr->acts || !tr->u || !tr->grads || !tr->opt_m || !tr->opt_v) {
+        plait_train_destroy(tr);
+        return plait_fail(PLAIT_ENOMEM, "train: %zu MiB of activations for B=%zu T=%zu",
+                          total * sizeof(float) >> 20, B, T);
+    }
+    memset(tr->acts, 0, total * sizeof(float));
+    float *ptr = tr->acts;
+    size_t si = 0;
+#define TAKE(field) (tr->field = ptr, ptr += sizes[si++])
+    TAKE(resid); TAKE(ln1); TAKE(rstd1); TAKE(q); TAKE(k); TAKE(v); TAKE(att); TAKE(atty); TAKE(res2);
+    TAKE(ln2); TAKE(rstd2); TAKE(h1); TAKE(h3); TAKE(hg); TAKE(lnf); TAKE(rstdf);
+    float *u = ptr;
+    ptr += sizes[si++];
+    TAKE(dres); TAKE(dln); TAKE(datty); TAKE(dq); TAKE(dk); TAKE(dv); TAKE(dh1); TAKE(dh3); TAKE(dhg);
+    TAKE(du); TAKE(datt); TAKE(logits);
+    tr->row_loss = (double *)(void *)ptr;
+    ptr += sizes[si++];
+    TAKE(rope_cos); TAKE(rope_sin);
+#undef TAKE
+    PLAIT_ASSERT(si == n_sizes && ptr == tr->acts + total);
+    for (size_t s = 0; s < L * PLAIT_NPROJ; s++) {
+        if (!lora->A[s]) continue;
+        tr->u[s] = u;
+        u += N * R;
+    }
+    /* RoPE tables computed as torch's precompute_freqs does, in float32:
+     * freq_i = 1 / theta^(2i / HS), angle = pos * freq_i. */
+    size_t half = tr->HS / 2;
+    for (size_t i = 0; i < half; i++) {
+        float freq = 1.0f / powf(ROPE_THETA, (float)(2 * i) / (float)tr->HS);
+        for (size_t t = 0; t < T; t++) {
+            float ang = (float)t * freq;
+            tr->rope_cos[t * half + i] = cosf(ang);
+            tr->rope_sin[t * half + i] = sinf(ang);
+        }
+    }
+    *out = tr;
+    return 0;
+}
+
+void plait_train_destroy(plait_trainer_t *tr)
+{
+    if (!tr) return;
+    if (tr->own_pool) plait_pool_destroy(tr->pool);
+    free(tr->acts);
+    free(tr->u);
+    free(tr->grads);
+    free(tr->opt_m);
+    free(tr->opt_v);
+    free(tr);
+}

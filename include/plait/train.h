@@ -1,0 +1,153 @@
+/*
+ * train.h: LoRA fine-tuning of a frozen llama2.c-architecture model on CPU.
+ *
+ * The trainer runs forward and backward over B sequences of T tokens and
+ * keeps gradients and AdamW state for the adapter only: the base model is
+ * read-only and has no gradient or optimizer state (gradients still flow
+ * through the frozen weights to reach the adapters of lower layers).
+ *
+ * Example (one optimizer step per batch, no accumulation):
+ *     plait_train_config_t cfg = plait_train_config_default();
+ *     cfg.B = 8; cfg.T = 128; cfg.threads = 2;
+ *     plait_trainer_t *tr;
+ *     if (plait_train_create(&tr, &model, &lora, &cfg) != 0) die(plait_errmsg());
+ *     for (int s = 0; s < steps; s++) {
+ *         float loss;
+ *         next_batch(tokens);                    // B rows of T + 1 token ids
+ *         if (plait_train_forward_backward(tr, tokens, &loss) != 0) die(...);
+ *         if (plait_train_step(tr) != 0) die(...);
+ *     }
+ *     plait_train_destroy(tr);
+ *
+ * Loss and gradient semantics. A micro-batch is B rows of T + 1 tokens; row b
+ * feeds tokens[b][0..T-1] and predicts tokens[b][1..T]. The loss a call
+ * reports is the mean cross-entropy over its B*T positions. The gradient it
+ * ADDS to the gradient arena is that of (its mean loss) / accum_steps, so
+ * after accum_steps calls the arena holds the gradient of the mean loss over
+ * all accum_steps*B*T positions: accumulating k micro-batches of B rows is
+ * exactly one batch of k*B rows. plait_train_step() requires exactly
+ * accum_steps calls since the previous step.
+ *
+ * Memory (floats; N = B*T, S = number of adapted (layer, projection) slots,
+ * P = number of threads, VC = PLAIT_TRAIN_LOGIT_ROWS):
+ *   activations  L*(7*N*C + 2*N*KV + 3*N*H + 2*N + B*NH*T*T) + N*C*2 + N
+ *                + S*N*R                       (saved for backward)
+ *   scratch      N*(4*C + 2*KV + 3*H + R) + P*(VC*V + T) + T*HS  (one layer at a time)
+ *   grads, m, v  each n_params (full) or n_params - n_a (train_a = 0)
+ * All of it is allocated once in plait_train_create(); forward, backward and
+ * step allocate nothing.
+ *
+ * Thread-safety: a trainer is used by one thread at a time; it borrows the
+ * model (shared, read-only) and the adapter (written by plait_train_step, so
+ * no one else may write it meanwhile).
+ */
+#ifndef PLAIT_TRAIN_H
+#define PLAIT_TRAIN_H
+
+#include "plait/lora.h"
+#include "plait/model.h"
+#include "plait/tensor.h"
+
+/** Rows of logits one thread materializes at a time (memory/speed trade-off). */
+#define PLAIT_TRAIN_LOGIT_ROWS 16
+
+typedef struct {
+    int B;              /* sequences per micro-batch (default 8) */
+    int T;              /* tokens per sequence, 1..model seq_len (default 128) */
+    double lr;          /* peak learning rate (default 1e-3, the usual LoRA choice) */
+    double beta1;       /* AdamW first-moment decay (default 0.9, torch default) */
+    double beta2;       /* AdamW second-moment decay (default 0.999, torch default) */
+    double eps;         /* AdamW denominator epsilon (default 1e-8, torch default) */
+    double weight_decay; /* decoupled weight decay (default 0.01, torch AdamW default) */
+    double grad_clip;   /* clip the global L2 norm of the gradient to this; 0 = off (default 1.0) */
+    int accum_steps;    /* micro-batches per optimizer step (default 1 = no accumulation) */
+    int warmup_steps;   /* linear warm-up from lr/warmup to lr over this many steps (default 0) */
+    int total_steps;    /* cosine decay from lr to min_lr_frac*lr ends here; 0 = constant lr (default 0) */
+    double min_lr_frac; /* floor of the cosine decay as a fraction of lr (default 0.1) */
+    int train_a;        /* 1 = train A and B; 0 = FFA-LoRA: A frozen, no state for A (default 1) */
+    int threads;        /* threads of the trainer's own pool when pool is NULL (default 1) */
+    plait_pool_t *pool; /* borrowed pool to run on, or NULL to create one (default NULL) */
+} plait_train_config_t;
+
+typedef struct plait_trainer_s plait_trainer_t;
+
+/** \brief The defaults commented in plait_train_config_t. */
+plait_train_config_t plait_train_config_default(void);
+
+/**
+ * \brief Check a configuration against a model.
+ * \param cfg never NULL.
+ * \param m   the model to train on, or NULL to skip the checks that need it (T <= seq_len).
+ * \return 0 or PLAIT_EINVAL naming the bad field in plait_errmsg().
+ */
+int plait_train_config_validate(const plait_train_config_t *cfg, const plait_model_t *m);
+
+/**
+ * \brief Learning rate of the schedule for optimizer step `step` (0-based).
+ *        Warm-up: lr*(step+1)/warmup_steps for step < warmup_steps. Then, if
+ *        total_steps > warmup_steps, cosine from lr down to min_lr_frac*lr
+ *        at step total_steps (and that floor afterwards); otherwise lr.
+ */
+double plait_train_lr_at(const plait_train_config_t *cfg, long step);
+
+/**
+ * \brief Create a trainer; allocates every buffer it will ever use.
+ * \param out  receives the trainer (NULL on failure).
+ * \param m    loaded model; borrowed, must outlive the trainer.
+ * \param lora adapter set up for m's shape; borrowed, must outlive the trainer;
+ *             plait_train_step() updates its params in place.
+ * \param cfg  configuration; copied.
+ * \return 0, PLAIT_EINVAL (bad config, or lora shaped for another model), PLAIT_ENOMEM.
+ */
+int plait_train_create(plait_trainer_t **out /* OUT */, const plait_model_t *m, plait_lora_t *lora,
+                       const plait_train_config_t *cfg) PLAIT_WUR;
+
+/** \brief Free everything the trainer owns (not the model, adapter or a borrowed pool). NULL is safe. */
+void plait_train_destroy(plait_trainer_t *tr);
+
+/**
+ * \brief Forward and backward on one micro-batch; adds its gradient (see the
+ *        semantics above) to the gradient arena.
+ * \param tokens B*(T+1) token ids, row-major; every id must be in 0..V-1.
+ * \param loss   receives the mean cross-entropy of the micro-batch; may be NULL.
+ * \return 0; PLAIT_EINVAL for a bad token id (naming its row and column) or
+ *         more than accum_steps micro-batches without a step. Gradients are
+ *         untouched on error.
+ */
+int plait_train_forward_backward(plait_trainer_t *tr, const int32_t *tokens, float *loss /* OUT */) PLAIT_WUR;
+
+/**
+ * \brief One optimizer step: clip the accumulated gradient to grad_clip
+ *        (global L2 norm), apply torch.optim.AdamW with the scheduled lr and
+ *        bias correction, then zero the gradients.
+ * \return 0; PLAIT_EINVAL if fewer than accum_steps micro-batches were
+ *         accumulated since the previous step (nothing changes then).
+ */
+int plait_train_step(plait_trainer_t *tr) PLAIT_WUR;
+
+/**
+ * \brief Mean cross-entropy of n_rows rows of T + 1 tokens, forward only
+ *        (held-out evaluation); does not touch gradients or optimizer state.
+ * \return 0 or PLAIT_EINVAL (bad token id, n_rows < 1).
+ */
+int plait_train_eval_loss(plait_trainer_t *tr, const int32_t *tokens, size_t n_rows, float *loss /* OUT */) PLAIT_WUR;
+
+/**
+ * \brief The gradient arena: grads[i] is the gradient of
+ *        lora->params[plait_train_grads_offset(tr) + i]. Offset is 0 when A is
+ *        trained and lora->n_a under FFA-LoRA (then only B has gradients).
+ *        Valid until the trainer is destroyed; zeroed by plait_train_step().
+ */
+const float *plait_train_grads(const plait_trainer_t *tr);
+/** \brief Number of floats in the gradient arena. */
+size_t plait_train_grads_count(const plait_trainer_t *tr);
+/** \brief Index into lora->params of grads[0]. */
+size_t plait_train_grads_offset(const plait_trainer_t *tr);
+/** \brief L2 norm of the gradient arena now (double accumulation). */
+double plait_train_grad_norm(const plait_trainer_t *tr);
+/** \brief Optimizer steps taken so far. */
+long plait_train_steps_done(const plait_trainer_t *tr);
+/** \brief Norm of the gradient before clipping at the last step (0 before any). */
+double plait_train_last_grad_norm(const plait_trainer_t *tr);
+
+#endif /* PLAIT_TRAIN_H */
