@@ -1,13 +1,51 @@
 /*
  * tensor.c: the thread pool and the matmul kernels.
  *
- * The pool is a fixed set of workers that run one job at a time: the caller
- * splits [0, n) into one contiguous chunk per thread, runs the first chunk
- * itself and waits for the rest. Jobs are short (one matmul), so the design
- * favours low dispatch latency over generality.
+ * Shape letters: N rows (B*T tokens), IC input channels, OC output channels,
+ * R LoRA rank. Everything is row-major float; W is (OC, IC) as in llama2.c.
  *
- * Plain reference kernels (*_ref) define the contract; the optimized ones
- * must agree with them (tests/unit/check_tensor.c).
+ * Workload. A training step of a small llama2.c model issues hundreds of
+ * matmuls of N = 1024 rows with IC, OC between 8 (LoRA rank) and a few
+ * hundred (32000 for a classifier); inference issues N = 1 matrix-vector
+ * products. So both the per-call dispatch cost and the inner loop matter.
+ *
+ * Pool. A fixed set of workers runs one job at a time: the caller publishes
+ * the job by bumping a generation counter, runs chunk 0 of [0, n) itself and
+ * waits for the rest. Both sides spin briefly (POOL_SPIN, tens of
+ * microseconds) before sleeping on a condition variable, because the next
+ * job of a training step usually arrives within that time, and a futex wake
+ * costs more than the smaller jobs themselves. Every worker takes part in
+ * every job (its chunk may be empty), so the caller never rewrites the job
+ * while a worker could still read it. The spin/sleep hand-off is race-free
+ * by construction: the generation is bumped and the sleeper count read under
+ * the mutex, and the last worker signals completion under it.
+ *
+ * Matmul. All three products are one GEMM, C (M, NN) (+)= A (M, K) · B (K, NN),
+ * with strides that describe the operands in place:
+ *   forward  out  (N, OC)  = inp (N, IC)  · Wᵀ      B(k, j) = W[j, k] (transposed pack)
+ *   dinp     dinp (N, IC) += dout (N, OC) · W       B(k, j) = W[k, j]
+ *   dw       dw  (OC, IC) += doutᵀ (OC, N) · inp    A(m, k) = dout[k, m]
+ * B is packed, per work item, into blocks of KC rows x NC columns stored as
+ * panels of NR = 16 contiguous columns (zero-padded), so the micro-kernel
+ * reads B with aligned vector loads and never handles a column remainder.
+ * The AVX2+FMA micro-kernel keeps a 6 x 16 tile of C in 12 ymm registers and
+ * per k does 2 loads, 6 broadcasts of A and 12 FMAs; rows past the end of A
+ * re-read its last row (never out of bounds) and are not stored. A portable
+ * micro-kernel with the same tile shape is the fallback (and is forced by
+ * plait__tensor_force_scalar for tests).
+ *
+ * Threads. Work items are (row block, column block) pairs taken from an
+ * atomic counter, so a thread that wakes late, or shares a core with other
+ * work, simply takes fewer items. Problems under PAR_MIN_MACS multiply-adds
+ * run on the caller. Forward with N < SMALL_N rows (token-by-token
+ * inference) instead computes dot products of input rows with W rows,
+ * threaded over OC, since packing W would cost as much as the product.
+ *
+ * Invariants. Each element of C is summed in a fixed order (k blocks in
+ * order, k within a block in order) that depends only on the shape, never on
+ * which thread or item computes it: results are bit-identical for any pool.
+ * Outputs must not alias inputs (tensor.h). The plain *_ref kernels define
+ * the contract; tests/unit/check_tensor.c holds the optimized ones to them.
  */
 #include "plait/tensor.h"
 #include "tensor_int.h"
@@ -17,15 +55,32 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* How many times a waiting thread polls before it sleeps. One poll is a CPU
+ * "pause" (tens of cycles), so this is some tens of microseconds. */
+#define POOL_SPIN 4000
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__) || defined(__arm__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
 struct plait_pool_s {
     int n;                  /* threads including the caller */
     pthread_t *threads;     /* n - 1 workers */
     pthread_mutex_t mu;
     pthread_cond_t cv_work; /* a new job (generation bumped) or stop */
-    pthread_cond_t cv_done; /* a worker finished its chunk */
-    unsigned long gen;
-    int pending;            /* workers still running the current job */
-    int stop;
+    pthread_cond_t cv_done; /* the last worker finished the current job */
+    atomic_ulong gen;       /* job generation; bumped under mu */
+    atomic_int pending;     /* workers that have not finished the current job */
+    atomic_int stop;
+    int sleepers;           /* workers blocked on cv_work (under mu) */
+    int caller_waiting;     /* caller blocked on cv_done (under mu) */
+    /* The job: written by the caller before it bumps gen, read by workers
+     * after they see the new gen, never written while pending > 0. */
     plait_pool_fn fn;
     void *ctx;
     size_t total;
@@ -43,6 +98,25 @@ static void chunk(size_t total, int n, int idx, size_t *b, size_t *e)
     *e = *b + base + (i < rem ? 1 : 0);
 }
 
+/* Wait until gen differs from seen: spin, then sleep. Returns the new gen. */
+static unsigned long wait_job(plait_pool_t *p, unsigned long seen)
+{
+    unsigned long g;
+    for (int i = 0; i < POOL_SPIN; i++) {
+        g = atomic_load_explicit(&p->gen, memory_order_acquire);
+        if (g != seen) return g;
+        cpu_relax();
+    }
+    pthread_mutex_lock(&p->mu);
+    while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen) {
+        p->sleepers++;
+        pthread_cond_wait(&p->cv_work, &p->mu);
+        p->sleepers--;
+    }
+    pthread_mutex_unlock(&p->mu);
+    return g;
+}
+
 static void *worker(void *arg)
 {
     worker_arg_t *wa = arg;
@@ -50,22 +124,28 @@ static void *worker(void *arg)
     int idx = wa->idx;
     free(wa);
     unsigned long seen = 0;
-    pthread_mutex_lock(&p->mu);
     for (;;) {
-        while (!p->stop && p->gen == seen) pthread_cond_wait(&p->cv_work, &p->mu);
-        if (p->stop) break;
-        seen = p->gen;
-        plait_pool_fn fn = p->fn;
-        void *ctx = p->ctx;
+        seen = wait_job(p, seen);
+        if (atomic_load_explicit(&p->stop, memory_order_relaxed)) break;
         size_t b, e;
         chunk(p->total, p->n, idx, &b, &e);
-        pthread_mutex_unlock(&p->mu);
-        if (b < e) fn(ctx, b, e);
-        pthread_mutex_lock(&p->mu);
-        if (--p->pending == 0) pthread_cond_signal(&p->cv_done);
+        if (b < e) p->fn(p->ctx, b, e);
+        if (atomic_fetch_sub_explicit(&p->pending, 1, memory_order_acq_rel) == 1) {
+            pthread_mutex_lock(&p->mu);
+            if (p->caller_waiting) pthread_cond_signal(&p->cv_done);
+            pthread_mutex_unlock(&p->mu);
+        }
     }
-    pthread_mutex_unlock(&p->mu);
     return NULL;
+}
+
+/* Publish a new generation (a job, or stop) and wake sleepers. */
+static void publish(plait_pool_t *p)
+{
+    pthread_mutex_lock(&p->mu);
+    atomic_fetch_add_explicit(&p->gen, 1, memory_order_release);
+    if (p->sleepers) pthread_cond_broadcast(&p->cv_work);
+    pthread_mutex_unlock(&p->mu);
 }
 
 int plait_pool_create(plait_pool_t **out, int n)
@@ -74,7 +154,10 @@ int plait_pool_create(plait_pool_t **out, int n)
     if (n < 1 || n > 256) return plait_fail(PLAIT_EINVAL, "thread count %d is outside 1..256", n);
     plait_pool_t *p = calloc(1, sizeof(*p));
     if (!p) return PLAIT_ENOMEM;
-    p->n = n;
+    p->n = 1; /* workers actually started, for destroy on a failed create */
+    atomic_init(&p->gen, 0);
+    atomic_init(&p->pending, 0);
+    atomic_init(&p->stop, 0);
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv_work, NULL);
     pthread_cond_init(&p->cv_done, NULL);
@@ -82,16 +165,24 @@ int plait_pool_create(plait_pool_t **out, int n)
         p->threads = calloc((size_t)n - 1, sizeof(pthread_t));
         if (!p->threads) { plait_pool_destroy(p); return PLAIT_ENOMEM; }
     }
+    /* Workers read p->n to size their chunks, so it must be final before
+     * the first one starts; a failed start shrinks it back before any job. */
+    p->n = n;
     for (int i = 1; i < n; i++) {
         worker_arg_t *wa = malloc(sizeof(*wa));
-        if (!wa) { p->n = i; plait_pool_destroy(p); return PLAIT_ENOMEM; }
-        wa->p = p;
-        wa->idx = i;
-        if (pthread_create(&p->threads[i - 1], NULL, worker, wa) != 0) {
-            free(wa);
-            p->n = i;
+        int rc = wa ? 0 : PLAIT_ENOMEM;
+        if (wa) {
+            wa->p = p;
+            wa->idx = i;
+            if (pthread_create(&p->threads[i - 1], NULL, worker, wa) != 0) {
+                free(wa);
+                rc = plait_fail(PLAIT_ENOMEM, "cannot start worker thread %d", i);
+            }
+        }
+        if (rc != 0) {
+            p->n = i; /* join only the i - 1 workers that started */
             plait_pool_destroy(p);
-            return plait_fail(PLAIT_ENOMEM, "cannot start worker thread %d", i);
+            return rc;
         }
     }
     *out = p;
@@ -101,10 +192,8 @@ int plait_pool_create(plait_pool_t **out, int n)
 void plait_pool_destroy(plait_pool_t *p)
 {
     if (!p) return;
-    pthread_mutex_lock(&p->mu);
-    p->stop = 1;
-    pthread_cond_broadcast(&p->cv_work);
-    pthread_mutex_unlock(&p->mu);
+    atomic_store_explicit(&p->stop, 1, memory_order_relaxed);
+    if (p->n > 1) publish(p); /* the release in publish orders stop before gen */
     for (int i = 1; i < p->n; i++) pthread_join(p->threads[i - 1], NULL);
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->cv_work);
@@ -122,19 +211,23 @@ void plait_pool_run(plait_pool_t *p, plait_pool_fn fn, void *ctx, size_t n)
         fn(ctx, 0, n);
         return;
     }
-    pthread_mutex_lock(&p->mu);
     p->fn = fn;
     p->ctx = ctx;
     p->total = n;
-    p->pending = p->n - 1;
-    p->gen++;
-    pthread_cond_broadcast(&p->cv_work);
-    pthread_mutex_unlock(&p->mu);
+    atomic_store_explicit(&p->pending, p->n - 1, memory_order_relaxed);
+    publish(p);
     size_t b, e;
     chunk(n, p->n, 0, &b, &e);
     if (b < e) fn(ctx, b, e);
+    for (int i = 0; i < POOL_SPIN; i++) {
+        if (atomic_load_explicit(&p->pending, memory_order_acquire) == 0) return;
+        cpu_relax();
+    }
     pthread_mutex_lock(&p->mu);
-    while (p->pending > 0) pthread_cond_wait(&p->cv_done, &p->mu);
+    p->caller_waiting = 1;
+    while (atomic_load_explicit(&p->pending, memory_order_acquire) != 0)
+        pthread_cond_wait(&p->cv_done, &p->mu);
+    p->caller_waiting = 0;
     pthread_mutex_unlock(&p->mu);
 }
 
