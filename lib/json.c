@@ -28,6 +28,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* memset through a volatile pointer so wipes before free are not elided. */
+static void *(*const volatile wipe_memset)(void *, int, size_t) = memset;
+
+static void wipe(void *p, size_t n)
+{
+    if (p && n) wipe_memset(p, 0, n);
+}
+
 enum { NUM_INT = 0, NUM_INT_OVERFLOW = 1, NUM_REAL = 2 };
 
 struct plait_json_s {
@@ -146,6 +154,25 @@ static size_t utf8_len_of(uint32_t cp)
     return cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
 }
 
+bool plait_utf8_valid(const char *s, size_t n, size_t *bad)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    size_t i = 0;
+    while (i < n) {
+        if (u[i] == 0) break;
+        if (u[i] < 0x80) {
+            i++;
+            continue;
+        }
+        size_t k = utf8_seq_len(u + i, n - i);
+        if (k == 0) break;
+        i += k;
+    }
+    if (i == n) return true;
+    if (bad) *bad = i;
+    return false;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Parser                                                                    */
 /* ------------------------------------------------------------------------ */
@@ -184,12 +211,18 @@ static void node_free(plait_json_t *v)
 {
     if (!v) return;
     switch (v->type) {
-    case PLAIT_JSON_STRING: free(v->u.str.s); break;
+    case PLAIT_JSON_STRING:
+        wipe(v->u.str.s, v->u.str.len);
+        free(v->u.str.s);
+        break;
     case PLAIT_JSON_ARRAY:
     case PLAIT_JSON_OBJECT:
         for (size_t i = 0; i < v->u.agg.n; i++) {
             node_free(v->u.agg.items[i]);
-            if (v->u.agg.keys) free(v->u.agg.keys[i]);
+            if (v->u.agg.keys) {
+                wipe(v->u.agg.keys[i], strlen(v->u.agg.keys[i]));
+                free(v->u.agg.keys[i]);
+            }
         }
         free(v->u.agg.items);
         free(v->u.agg.keys);
@@ -503,6 +536,7 @@ static int parse_object(parser_t *p, size_t depth, plait_json_t **out)
         if ((rc = parse_raw_string(p, &key, &keylen)) != 0) goto fail;
         skip_ws(p);
         if (p->pos >= p->len || p->b[p->pos] != ':') {
+            wipe(key, keylen);
             free(key);
             rc = perr(p->pos, "expected ':' after object key");
             goto fail;
@@ -510,10 +544,12 @@ static int parse_object(parser_t *p, size_t depth, plait_json_t **out)
         p->pos++;
         plait_json_t *child = NULL;
         if ((rc = parse_value(p, depth + 1, &child)) != 0) {
+            wipe(key, keylen);
             free(key);
             goto fail;
         }
         if ((rc = agg_push(v, key, child)) != 0) {
+            wipe(key, keylen);
             free(key);
             node_free(child);
             goto fail;
@@ -568,6 +604,7 @@ static int parse_value(parser_t *p, size_t depth, plait_json_t **out)
         if (rc != 0) return rc;
         plait_json_t *v;
         if ((rc = new_node(p, PLAIT_JSON_STRING, &v)) != 0) {
+            wipe(s, n);
             free(s);
             return rc;
         }
@@ -766,6 +803,7 @@ void plait_buf_init(plait_buf_t *b, size_t max)
 void plait_buf_free(plait_buf_t *b)
 {
     if (!b) return;
+    wipe(b->data, b->cap);
     free(b->data);
     b->data = NULL;
     b->len = 0;
@@ -797,10 +835,17 @@ static int buf_reserve(plait_buf_t *b, size_t extra)
     if (need <= b->cap) return 0;
     size_t nc = b->cap ? b->cap : 64;
     while (nc < need) nc = nc > SIZE_MAX / 4 ? need : nc * 2;
-    char *d = realloc(b->data, nc);
+    /* malloc + copy + wipe rather than realloc, so no stale copy of the
+     * text is left behind in freed memory. */
+    char *d = malloc(nc);
     if (!d) {
         b->err = PLAIT_ENOMEM;
         return plait_fail(PLAIT_ENOMEM, "buf: out of memory");
+    }
+    if (b->data) {
+        memcpy(d, b->data, b->len + 1);
+        wipe(b->data, b->cap);
+        free(b->data);
     }
     b->data = d;
     b->cap = nc;

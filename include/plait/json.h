@@ -38,6 +38,10 @@
  * CLI's {"epsilon":1.5} or a log sink's one-object-per-line output, escaping
  * strings so the result is always valid JSON.
  *
+ * Documents may hold private text, so plait_json_free and plait_buf_free
+ * wipe the string memory they release, and plait_buf_t never leaves a stale
+ * copy behind when it grows.
+ *
  * Thread-safety: parsing is reentrant; a parsed tree is immutable and may be
  * read from several threads at once; a plait_buf_t is used by one thread at a
  * time. Numbers are converted with strtod/snprintf, which use the C locale
@@ -190,6 +194,17 @@ const char *plait_json_string(const plait_json_t *v, size_t *len /* OUT */);
  * \return 0, or PLAIT_EPROTO if v is not a boolean.
  */
 int plait_json_bool(const plait_json_t *v, bool *out /* OUT */) PLAIT_WUR;
+
+/**
+ * \brief Check that n bytes are well-formed UTF-8 (RFC 3629: no overlong
+ *        forms, no surrogates, nothing above U+10FFFF) and contain no NUL.
+ *        The same rules the reader applies to raw string bytes.
+ * \param s Bytes; may be NULL only if n is 0.
+ * \param n Bytes in s.
+ * \param bad OUT (may be NULL): on failure, the offset of the first bad byte.
+ * \return true if valid.
+ */
+bool plait_utf8_valid(const char *s, size_t n, size_t *bad /* OUT */);
 
 /* ------------------------------------------------------------------------ */
 /* Writer                                                                    */
