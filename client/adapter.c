@@ -237,7 +237,7 @@ static int parse_tensor_obj(lex_t *x, entry_t *e)
     if ((rc = expect(x, '{')) != 0) return rc;
     if (peek(x) != '}') {
         for (;;) {
-            if ((rc = parse_string(x, &key, PLAIT_ST_MAX_NAME)) != 0) return rc;
+            if ((rc = parse_string(x, &key, PLAIT_ST_MAX_NAME)) != 0) goto out;
             if ((rc = expect(x, ':')) != 0) goto out;
             if (strcmp(key, "dtype") == 0 && !seen_dtype) {
                 seen_dtype = 1;
@@ -410,7 +410,7 @@ static int parse_image(plait_safetensors_t *st, const uint8_t *buf, size_t len)
             }
     }
     /* Ranges tile the data section: sorted, contiguous, in bounds. */
-    qsort(ents, n, sizeof(*ents), cmp_entry_offset);
+    if (n > 1) qsort(ents, n, sizeof(*ents), cmp_entry_offset);
     uint64_t pos = 0;
     for (size_t i = 0; i < n; i++) {
         if (ents[i].begin != pos) {
