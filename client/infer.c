@@ -598,7 +598,7 @@ int plait_generate(plait_infer_t *s, const plait_tok_t *tok, const char *prompt,
         }
         size_t len;
         const char *piece = plait_tok_decode(tok, token, next, &len);
-        if (piece && cb && (!cfg->printable_only || plait_tok_piece_is_printable(piece, len))) {
+        if (piece && len > 0 && cb && (!cfg->printable_only || plait_tok_piece_is_printable(piece, len))) {
             if (cb(ctx, piece, len) != 0) {
                 rc = plait_fail(PLAIT_ECANCELED, "generate: stopped by the callback at position %d", pos);
                 goto exit;

@@ -72,16 +72,20 @@ static int bytes_cmp(const char *a, size_t na, const char *b, size_t nb)
     return na < nb ? -1 : (na > nb ? 1 : 0);
 }
 
-/* qsort has no context argument; the vocabulary being sorted is passed here. */
-static const plait_tok_t *sort_ctx;
+/* A sort record: qsort has no context argument, so each entry carries its
+ * piece (a global context would make concurrent loads race). */
+typedef struct {
+    const char *p;
+    uint32_t len;
+    int id;
+} sort_ent_t;
 
-static int sorted_cmp(const void *pa, const void *pb)
+static int sort_cmp(const void *pa, const void *pb)
 {
-    int a = *(const int *)pa, b = *(const int *)pb;
-    const plait_tok_t *t = sort_ctx;
-    int c = bytes_cmp(t->vocab[a], t->lens[a], t->vocab[b], t->lens[b]);
+    const sort_ent_t *a = pa, *b = pb;
+    int c = bytes_cmp(a->p, a->len, b->p, b->len);
     if (c != 0) return c;
-    return a < b ? -1 : (a > b ? 1 : 0);
+    return a->id < b->id ? -1 : (a->id > b->id ? 1 : 0);
 }
 
 /* Id of the piece equal to s[0..n), the lowest id if repeated, or -1. */
@@ -188,10 +192,15 @@ int plait_tok_parse(plait_tok_t *t, const uint8_t *buf, size_t len, int vocab_si
     }
     t->vocab_size = vocab_size;
     t->max_token_length = (int)mtl;
-    for (size_t i = 0; i < V; i++) t->sorted[i] = (int)i;
-    sort_ctx = t;
-    qsort(t->sorted, V, sizeof(int), sorted_cmp);
-    sort_ctx = NULL;
+    sort_ent_t *ents = malloc(V * sizeof(sort_ent_t));
+    if (!ents) {
+        rc = plait_fail(PLAIT_ENOMEM, "tokenizer: sort table for %zu tokens", V);
+        goto fail;
+    }
+    for (size_t i = 0; i < V; i++) ents[i] = (sort_ent_t){.p = t->vocab[i], .len = t->lens[i], .id = (int)i};
+    qsort(ents, V, sizeof(sort_ent_t), sort_cmp);
+    for (size_t i = 0; i < V; i++) t->sorted[i] = ents[i].id;
+    free(ents);
     for (int i = 0; i < 256; i++) {
         t->byte_pieces[2 * i] = (char)i;
         t->byte_pieces[2 * i + 1] = '\0';
@@ -305,25 +314,34 @@ typedef struct {
     char *buf; /* (2 * max_token_length) */
 } enc_t;
 
-/* Push the pair (a, a.next) if its concatenation is a piece run.c would merge. */
-static void try_pair(enc_t *e, int a)
+/* Push the pair (a, a.next) if its concatenation is a piece run.c would
+ * merge. \return 0 or PLAIT_ENOMEM. */
+static int try_pair(enc_t *e, int a)
 {
-    if (a < 0) return;
+    if (a < 0) return 0;
     int b = e->nodes[a].next;
-    if (b < 0) return;
+    if (b < 0) return 0;
     const plait_tok_t *t = e->t;
     int ia = e->nodes[a].id, ib = e->nodes[b].id;
     size_t na = t->lens[ia], nb = t->lens[ib];
-    if (na + nb > (size_t)t->max_token_length) return; /* no piece is that long */
+    if (na + nb > (size_t)t->max_token_length) return 0; /* no piece is that long */
     memcpy(e->buf, t->vocab[ia], na);
     memcpy(e->buf + na, t->vocab[ib], nb);
     int id = lookup(t, e->buf, na + nb);
     /* run.c starts from best_score = -1e10 and needs a strictly greater score. */
-    if (id < 0 || !(t->scores[id] > -1e10f)) return;
-    if (e->nheap == e->capheap) return; /* cannot happen: capacity covers every push */
+    if (id < 0 || !(t->scores[id] > -1e10f)) return 0;
+    if (e->nheap == e->capheap) {
+        /* Rarely needed: most pairs never merge, so the heap starts at n. */
+        size_t ncap = e->capheap + e->capheap / 2 + 16;
+        cand_t *nh = realloc(e->heap, ncap * sizeof(cand_t));
+        if (!nh) return PLAIT_ENOMEM;
+        e->heap = nh;
+        e->capheap = ncap;
+    }
     cand_t c = {.score = t->scores[id], .left = a, .id = id, .lver = e->nodes[a].ver,
                 .rver = e->nodes[b].ver, .right = b};
     heap_push(e->heap, &e->nheap, c);
+    return 0;
 }
 
 int plait_tok_encode(const plait_tok_t *t, const char *text, size_t len, int bos, int eos, int *tokens,
@@ -337,8 +355,9 @@ int plait_tok_encode(const plait_tok_t *t, const char *text, size_t len, int bos
     int rc = 0;
     enc_t e = {.t = t};
     e.nodes = malloc(maxn * sizeof(node_t));
-    /* Initial pairs (maxn - 1) plus two per merge (at most maxn - 1 merges). */
-    e.capheap = 3 * maxn;
+    /* Initial pairs (maxn - 1); each merge adds at most two, so the heap
+     * grows on demand up to 3 maxn. */
+    e.capheap = maxn;
     e.heap = malloc(e.capheap * sizeof(cand_t));
     e.buf = malloc(2 * (size_t)t->max_token_length + 1);
     if (!e.nodes || !e.heap || !e.buf) {
@@ -372,9 +391,9 @@ int plait_tok_encode(const plait_tok_t *t, const char *text, size_t len, int bos
     }
 
     /* 2. Merge the best pair until none is left. */
-    for (int i = 0; i + 1 < n; i++) try_pair(&e, i);
+    for (int i = 0; i + 1 < n && rc == 0; i++) rc = try_pair(&e, i);
     int count = n;
-    while (e.nheap > 0) {
+    while (e.nheap > 0 && rc == 0) {
         cand_t c = heap_pop(e.heap, &e.nheap);
         node_t *a = &e.nodes[c.left], *b = &e.nodes[c.right];
         if (a->ver != c.lver || b->ver != c.rver || a->next != c.right) continue; /* stale */
@@ -384,8 +403,12 @@ int plait_tok_encode(const plait_tok_t *t, const char *text, size_t len, int bos
         if (b->next >= 0) e.nodes[b->next].prev = c.left;
         b->ver = 0;
         count--;
-        try_pair(&e, a->prev);
-        try_pair(&e, c.left);
+        rc = try_pair(&e, a->prev);
+        if (rc == 0) rc = try_pair(&e, c.left);
+    }
+    if (rc != 0) {
+        rc = plait_fail(PLAIT_ENOMEM, "tok_encode: merge heap for %zu bytes", len);
+        goto exit;
     }
 
     /* 3. Copy out. */
