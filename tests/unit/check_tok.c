@@ -6,6 +6,7 @@
  * trips, and the assets' "about 1.69 chars/token on tinyshakespeare".
  */
 #include <check.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -199,6 +200,79 @@ START_TEST(test_matches_naive)
 }
 END_TEST
 
+/* Build a tokenizer file: the 259 standard tokens, then extra pieces with
+ * the given scores. Returns malloc'd bytes. */
+static uint8_t *build_tok(const char *const *extra, const float *scores, int n_extra, size_t *len)
+{
+    size_t cap = 4 + 259 * 16 + (size_t)n_extra * 16, o = 0;
+    uint8_t *b = malloc(cap);
+    int32_t mtl = 7;
+    memcpy(b, &mtl, 4);
+    o = 4;
+    for (int i = 0; i < 259 + n_extra; i++) {
+        char piece[16];
+        float sc = 0.0f;
+        if (i == 0) snprintf(piece, sizeof(piece), "<unk>");
+        else if (i == 1) snprintf(piece, sizeof(piece), "\n<s>\n");
+        else if (i == 2) snprintf(piece, sizeof(piece), "\n</s>\n");
+        else if (i < 259) snprintf(piece, sizeof(piece), "<0x%02X>", i - 3);
+        else {
+            snprintf(piece, sizeof(piece), "%s", extra[i - 259]);
+            sc = scores[i - 259];
+        }
+        int32_t n = (int32_t)strlen(piece);
+        memcpy(b + o, &sc, 4);
+        memcpy(b + o + 4, &n, 4);
+        memcpy(b + o + 8, piece, (size_t)n);
+        o += 8 + (size_t)n;
+    }
+    *len = o;
+    return b;
+}
+
+/* Merge-order corner cases on a crafted vocabulary: equal scores (leftmost
+ * wins), a duplicated piece (lowest id), scores at or below -1e10 and NaN
+ * (never merged, as run.c's strict comparison from -1e10 implies), +inf. */
+START_TEST(test_crafted_vocab)
+{
+    const char *const extra[] = {" ", "a", "b", "ab", "ba", "aba", "bab", "ab", "aa", " a", "bb", " b", "abab"};
+    const float scores[] = {0, 0, 0, 1.0f, 1.0f, 2.0f, -1e10f, 5.0f, NAN, 1.0f, INFINITY, -2e10f, 1.0f};
+    int n_extra = (int)(sizeof(extra) / sizeof(extra[0]));
+    size_t len;
+    uint8_t *b = build_tok(extra, scores, n_extra, &len);
+    plait_tok_t t;
+    plait_tok_init(&t);
+    ck_assert_msg(plait_tok_parse(&t, b, len, 259 + n_extra) == 0, "%s", plait_errmsg());
+    ck_assert_int_eq(t.space_id, 259);
+    uint64_t s = 777;
+    char txt[200];
+    for (int k = 0; k < 400; k++) {
+        size_t n = 1 + (size_t)(k % 60);
+        for (size_t i = 0; i < n; i++) {
+            s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+            txt[i] = "aab b\xc3"[s % 6];
+        }
+        compare_with_naive(&t, txt, n, k & 1);
+    }
+    size_t n;
+    int ids[16];
+    ck_assert_int_eq(plait_tok_encode(&t, "ab", 2, 0, 0, ids, 16, &n), 0);
+    /* " " "a" "b": pairs " a" (1.0) and "ab" (the lower id of the two "ab",
+     * score 1.0, not the duplicate's 5.0) tie; the leftmost, " a", merges
+     * first, and " ab" is no piece: [" a", "b"]. */
+    ck_assert_uint_eq(n, 2);
+    ck_assert_int_eq(ids[0], 259 + 9);
+    ck_assert_int_eq(ids[1], 259 + 2);
+    ck_assert_int_eq(plait_tok_encode(&t, "bb", 2, 0, 0, ids, 16, &n), 0);
+    /* "bb" has score +inf and wins over " b" (-2e10, never merged). */
+    ck_assert_uint_eq(n, 2);
+    ck_assert_int_eq(ids[0], 259);
+    ck_assert_int_eq(ids[1], 259 + 10);
+    plait_tok_free(&t);
+    free(b);
+}
+END_TEST
+
 /* Decode after BOS reproduces the text byte for byte (byte tokens included). */
 static void round_trip(const plait_tok_t *t, const char *s, size_t len)
 {
@@ -377,6 +451,7 @@ Suite *tok_suite(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_known_encodings);
     tcase_add_test(tc, test_matches_naive);
+    tcase_add_test(tc, test_crafted_vocab);
     tcase_add_test(tc, test_round_trip_and_ratio);
     tcase_add_test(tc, test_decode);
     suite_add_tcase(s, tc);
