@@ -34,7 +34,10 @@
 
 #include "plait/model.h"
 
-void plait_tok_init(plait_tok_t *t) { memset(t, 0, sizeof(*t)); }
+void plait_tok_init(plait_tok_t *t)
+{
+    memset(t, 0, sizeof(*t));
+}
 
 void plait_tok_free(plait_tok_t *t)
 {
@@ -131,14 +134,17 @@ int plait_tok_parse(plait_tok_t *t, const uint8_t *buf, size_t len, int vocab_si
         return plait_fail(PLAIT_EINVAL, "tokenizer: vocab_size %d is outside %d..%d", vocab_size,
                           PLAIT_TOK_MIN_VOCAB, PLAIT_MODEL_MAX_VOCAB);
     size_t V = (size_t)vocab_size;
-    if (len < 4) return plait_fail(PLAIT_EPROTO, "tokenizer: file of %zu bytes is shorter than its header", len);
+    if (len < 4)
+        return plait_fail(PLAIT_EPROTO, "tokenizer: file of %zu bytes is shorter than its header",
+                          len);
     int32_t mtl = rd_i32(buf);
     if (mtl < 1 || mtl > PLAIT_TOK_MAX_PIECE)
         return plait_fail(PLAIT_EPROTO, "tokenizer: max_token_length %d is outside 1..%d", (int)mtl,
                           PLAIT_TOK_MAX_PIECE);
     /* Every token takes at least 8 bytes: refuse before allocating for V. */
     if ((len - 4) / 8 < V)
-        return plait_fail(PLAIT_EPROTO, "tokenizer: file of %zu bytes is truncated: %zu tokens need at least %zu",
+        return plait_fail(PLAIT_EPROTO,
+                          "tokenizer: file of %zu bytes is truncated: %zu tokens need at least %zu",
                           len, V, 4 + 8 * V);
 
     int rc = PLAIT_ENOMEM;
@@ -155,7 +161,8 @@ int plait_tok_parse(plait_tok_t *t, const uint8_t *buf, size_t len, int vocab_si
     size_t off = 4, aoff = 0;
     for (size_t i = 0; i < V; i++) {
         if (len - off < 8) {
-            rc = plait_fail(PLAIT_EPROTO, "tokenizer: truncated at token %zu (offset %zu): missing score/length",
+            rc = plait_fail(PLAIT_EPROTO,
+                            "tokenizer: truncated at token %zu (offset %zu): missing score/length",
                             i, off);
             goto fail;
         }
@@ -163,7 +170,8 @@ int plait_tok_parse(plait_tok_t *t, const uint8_t *buf, size_t len, int vocab_si
         int32_t n = rd_i32(buf + off + 4);
         off += 8;
         if (n < 0 || n > mtl) {
-            rc = plait_fail(PLAIT_EPROTO, "tokenizer: token %zu has length %d, outside 0..%d (max_token_length)",
+            rc = plait_fail(PLAIT_EPROTO,
+                            "tokenizer: token %zu has length %d, outside 0..%d (max_token_length)",
                             i, (int)n, (int)mtl);
             goto fail;
         }
@@ -171,9 +179,11 @@ int plait_tok_parse(plait_tok_t *t, const uint8_t *buf, size_t len, int vocab_si
          * arena (sized for len - 4 - 8 V piece bytes) from overflowing. */
         size_t reserve = 8 * (V - 1 - i);
         if (len - off < reserve || len - off - reserve < (size_t)n) {
-            rc = plait_fail(PLAIT_EPROTO,
-                            "tokenizer: truncated at token %zu (offset %zu): %d bytes declared, %zu left for "
-                            "%zu more tokens", i, off, (int)n, len - off, V - 1 - i);
+            rc = plait_fail(
+                PLAIT_EPROTO,
+                "tokenizer: truncated at token %zu (offset %zu): %d bytes declared, %zu left for "
+                "%zu more tokens",
+                i, off, (int)n, len - off, V - 1 - i);
             goto fail;
         }
         t->vocab[i] = t->arena + aoff;
@@ -186,7 +196,8 @@ int plait_tok_parse(plait_tok_t *t, const uint8_t *buf, size_t len, int vocab_si
         t->byte_of[i] = (int16_t)piece_byte(t->vocab[i], (uint32_t)n);
     }
     if (off != len) {
-        rc = plait_fail(PLAIT_EPROTO, "tokenizer: %zu trailing bytes after %zu tokens (vocab_size mismatch?)",
+        rc = plait_fail(PLAIT_EPROTO,
+                        "tokenizer: %zu trailing bytes after %zu tokens (vocab_size mismatch?)",
                         len - off, V);
         goto fail;
     }
@@ -197,9 +208,11 @@ int plait_tok_parse(plait_tok_t *t, const uint8_t *buf, size_t len, int vocab_si
         rc = plait_fail(PLAIT_ENOMEM, "tokenizer: sort table for %zu tokens", V);
         goto fail;
     }
-    for (size_t i = 0; i < V; i++) ents[i] = (sort_ent_t){.p = t->vocab[i], .len = t->lens[i], .id = (int)i};
+    for (size_t i = 0; i < V; i++)
+        ents[i] = (sort_ent_t){.p = t->vocab[i], .len = t->lens[i], .id = (int)i};
     qsort(ents, V, sizeof(sort_ent_t), sort_cmp);
-    for (size_t i = 0; i < V; i++) t->sorted[i] = ents[i].id;
+    for (size_t i = 0; i < V; i++)
+        t->sorted[i] = ents[i].id;
     free(ents);
     for (int i = 0; i < 256; i++) {
         t->byte_pieces[2 * i] = (char)i;
@@ -253,20 +266,23 @@ exit:
     return rc;
 }
 
-size_t plait_tok_encode_bound(size_t len) { return len + 3; }
+size_t plait_tok_encode_bound(size_t len)
+{
+    return len + 3;
+}
 
 /* ------------------------------------------------------------- encoding */
 
 typedef struct {
-    int id;        /* current token */
+    int id;         /* current token */
     int prev, next; /* list neighbours, -1 at the ends */
-    uint32_t ver;  /* bumped whenever id changes; 0 marks a merged-away node */
+    uint32_t ver;   /* bumped whenever id changes; 0 marks a merged-away node */
 } node_t;
 
 typedef struct {
-    float score;   /* score of the merged piece */
-    int left;      /* node index of the left token (its original position) */
-    int id;        /* merged piece */
+    float score; /* score of the merged piece */
+    int left;    /* node index of the left token (its original position) */
+    int id;      /* merged piece */
     uint32_t lver, rver;
     int right;
 } cand_t;
@@ -338,19 +354,24 @@ static int try_pair(enc_t *e, int a)
         e->heap = nh;
         e->capheap = ncap;
     }
-    cand_t c = {.score = t->scores[id], .left = a, .id = id, .lver = e->nodes[a].ver,
-                .rver = e->nodes[b].ver, .right = b};
+    cand_t c = {.score = t->scores[id],
+                .left = a,
+                .id = id,
+                .lver = e->nodes[a].ver,
+                .rver = e->nodes[b].ver,
+                .right = b};
     heap_push(e->heap, &e->nheap, c);
     return 0;
 }
 
-int plait_tok_encode(const plait_tok_t *t, const char *text, size_t len, int bos, int eos, int *tokens,
-                     size_t cap, size_t *n_out)
+int plait_tok_encode(const plait_tok_t *t, const char *text, size_t len, int bos, int eos,
+                     int *tokens, size_t cap, size_t *n_out)
 {
     if (!t || !t->sorted || (!text && len > 0) || (!tokens && cap > 0) || !n_out)
         return plait_fail(PLAIT_EINVAL, "tok_encode: NULL argument or tokenizer not loaded");
     *n_out = 0;
-    if (len > (size_t)INT32_MAX - 3) return plait_fail(PLAIT_ETOOBIG, "tok_encode: text of %zu bytes", len);
+    if (len > (size_t)INT32_MAX - 3)
+        return plait_fail(PLAIT_ETOOBIG, "tok_encode: text of %zu bytes", len);
     size_t maxn = len + 2; /* BOS, dummy prefix, one token per byte */
     int rc = 0;
     enc_t e = {.t = t};
@@ -375,12 +396,14 @@ int plait_tok_encode(const plait_tok_t *t, const char *text, size_t len, int bos
         /* A code point: this byte plus up to three continuation bytes (run.c
          * also starts a new one at a stray continuation byte after four). */
         size_t end = start + 1;
-        while (end < len && (s[end] & 0xC0) == 0x80 && end - start < 4) end++;
+        while (end < len && (s[end] & 0xC0) == 0x80 && end - start < 4)
+            end++;
         int id = lookup(t, text + start, end - start);
         if (id >= 0) {
             e.nodes[n++].id = id;
         } else {
-            for (size_t i = start; i < end; i++) e.nodes[n++].id = PLAIT_TOK_BYTE0 + s[i];
+            for (size_t i = start; i < end; i++)
+                e.nodes[n++].id = PLAIT_TOK_BYTE0 + s[i];
         }
         start = end;
     }
@@ -391,7 +414,8 @@ int plait_tok_encode(const plait_tok_t *t, const char *text, size_t len, int bos
     }
 
     /* 2. Merge the best pair until none is left. */
-    for (int i = 0; i + 1 < n && rc == 0; i++) rc = try_pair(&e, i);
+    for (int i = 0; i + 1 < n && rc == 0; i++)
+        rc = try_pair(&e, i);
     int count = n;
     while (e.nheap > 0 && rc == 0) {
         cand_t c = heap_pop(e.heap, &e.nheap);
@@ -418,7 +442,8 @@ int plait_tok_encode(const plait_tok_t *t, const char *text, size_t len, int bos
         goto exit;
     }
     size_t k = 0;
-    for (int i = n > 0 ? 0 : -1; i >= 0; i = e.nodes[i].next) tokens[k++] = e.nodes[i].id;
+    for (int i = n > 0 ? 0 : -1; i >= 0; i = e.nodes[i].next)
+        tokens[k++] = e.nodes[i].id;
     if (eos) tokens[k++] = PLAIT_TOK_EOS;
     *n_out = k;
 exit:

@@ -34,19 +34,21 @@ static int *enc(const plait_tok_t *t, const char *s, int bos, int eos, size_t *n
     return ids;
 }
 
-static void expect_ids(const plait_tok_t *t, const char *s, int bos, int eos, const int *want, size_t nwant)
+static void expect_ids(const plait_tok_t *t, const char *s, int bos, int eos, const int *want,
+                       size_t nwant)
 {
     size_t n;
     int *ids = enc(t, s, bos, eos, &n);
     ck_assert_msg(n == nwant, "'%s': %zu ids, expected %zu", s, n, nwant);
-    for (size_t i = 0; i < n; i++) ck_assert_msg(ids[i] == want[i], "'%s': id %zu is %d, expected %d", s, i, ids[i], want[i]);
+    for (size_t i = 0; i < n; i++)
+        ck_assert_msg(ids[i] == want[i], "'%s': id %zu is %d, expected %d", s, i, ids[i], want[i]);
     free(ids);
 }
 
-#define EXPECT(s, bos, eos, ...)                                                              \
-    do {                                                                                      \
-        const int w_[] = {__VA_ARGS__};                                                       \
-        expect_ids(&t, s, bos, eos, w_, sizeof(w_) / sizeof(w_[0]));                          \
+#define EXPECT(s, bos, eos, ...)                                                                   \
+    do {                                                                                           \
+        const int w_[] = {__VA_ARGS__};                                                            \
+        expect_ids(&t, s, bos, eos, w_, sizeof(w_) / sizeof(w_[0]));                               \
     } while (0)
 
 START_TEST(test_load)
@@ -86,18 +88,19 @@ START_TEST(test_known_encodings)
     EXPECT("Hello world", 1, 0, 1, 346, 306, 414, 263, 304, 341);
     EXPECT("a  b", 1, 0, 1, 261, 410, 268);
     EXPECT(" leading", 1, 0, 1, 410, 278, 411, 380, 299);
-    EXPECT("Once upon a time, there was a little girl named Lily.", 1, 0, 1, 403, 407, 261, 378, 432, 383,
-           286, 261, 376, 298, 315, 421, 395, 317, 426);
+    EXPECT("Once upon a time, there was a little girl named Lily.", 1, 0, 1, 403, 407, 261, 378,
+           432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426);
     /* Byte fallback: control bytes, a 3-byte code point that is a piece
      * (€ = 503) and ones that are not (✓, 😀 become 3 and 4 byte tokens). */
     EXPECT("\x01\x7f\t", 1, 0, 1, 410, 4, 130, 12);
     EXPECT("\xe2\x82\xac", 1, 0, 1, 410, 503);
-    EXPECT("h\xc3\xa9llo \xe2\x9c\x93 \xf0\x9f\x98\x80!", 1, 0, 1, 270, 485, 306, 414, 410, 229, 159, 150,
-           410, 243, 162, 155, 131, 443);
-    EXPECT("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.", 1, 0, 1,
-           410, 453, 315, 356, 410, 457, 275, 417, 451, 302, 467, 13, 445, 411, 431, 414, 276, 382, 282, 420,
-           414, 331, 266, 261, 416, 422, 272, 425, 420, 413, 386, 432, 281, 295, 284, 411, 262, 427, 411, 412,
-           433, 426, 13, 13, 447, 306, 467, 13, 437, 427, 411, 412, 433, 432, 262, 427, 411, 412, 433, 426);
+    EXPECT("h\xc3\xa9llo \xe2\x9c\x93 \xf0\x9f\x98\x80!", 1, 0, 1, 270, 485, 306, 414, 410, 229,
+           159, 150, 410, 243, 162, 155, 131, 443);
+    EXPECT("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.",
+           1, 0, 1, 410, 453, 315, 356, 410, 457, 275, 417, 451, 302, 467, 13, 445, 411, 431, 414,
+           276, 382, 282, 420, 414, 331, 266, 261, 416, 422, 272, 425, 420, 413, 386, 432, 281, 295,
+           284, 411, 262, 427, 411, 412, 433, 426, 13, 13, 447, 306, 467, 13, 437, 427, 411, 412,
+           433, 432, 262, 427, 411, 412, 433, 426);
     plait_tok_free(&t);
 }
 END_TEST
@@ -126,7 +129,8 @@ static size_t naive_encode(const plait_tok_t *t, const char *text, size_t len, i
         if (id != -1) {
             tokens[n++] = id;
         } else {
-            for (size_t i = 0; i < str_len; i++) tokens[n++] = (unsigned char)buf[i] + 3;
+            for (size_t i = 0; i < str_len; i++)
+                tokens[n++] = (unsigned char)buf[i] + 3;
         }
         str_len = 0;
     }
@@ -148,7 +152,8 @@ static size_t naive_encode(const plait_tok_t *t, const char *text, size_t len, i
         }
         if (best_idx == -1) break;
         tokens[best_idx] = best_id;
-        for (size_t i = (size_t)best_idx + 1; i + 1 < n; i++) tokens[i] = tokens[i + 1];
+        for (size_t i = (size_t)best_idx + 1; i + 1 < n; i++)
+            tokens[i] = tokens[i + 1];
         n--;
     }
     return n;
@@ -161,7 +166,8 @@ static void compare_with_naive(const plait_tok_t *t, const char *s, size_t len, 
     ck_assert_int_eq(plait_tok_encode(t, s, len, bos, 0, a, cap, &n), 0);
     size_t nb = naive_encode(t, s, len, bos, b);
     ck_assert_msg(n == nb, "len %zu: %zu vs naive %zu tokens", len, n, nb);
-    for (size_t i = 0; i < n; i++) ck_assert_msg(a[i] == b[i], "len %zu: token %zu: %d vs naive %d", len, i, a[i], b[i]);
+    for (size_t i = 0; i < n; i++)
+        ck_assert_msg(a[i] == b[i], "len %zu: token %zu: %d vs naive %d", len, i, a[i], b[i]);
     free(a);
     free(b);
 }
@@ -183,13 +189,15 @@ START_TEST(test_matches_naive)
     }
     /* UTF-8, stray continuation bytes, over-long sequences, NUL bytes, and
      * random bytes: the split into code points must follow run.c too. */
-    const char odd[] = "\x80\x80\x80\x80\x80x\xf0\x9f\x98\x80\x80\x80 caf\xc3\xa9\x00z \xe2\x82\xac\xe2\x82";
+    const char odd[] =
+        "\x80\x80\x80\x80\x80x\xf0\x9f\x98\x80\x80\x80 caf\xc3\xa9\x00z \xe2\x82\xac\xe2\x82";
     compare_with_naive(&t, odd, sizeof(odd) - 1, 1);
     char rnd[300];
     for (int k = 0; k < 20; k++) {
         for (size_t i = 0; i < sizeof(rnd); i++) {
             s ^= s << 13, s ^= s >> 7, s ^= s << 17;
-            static const char alpha[] = "ab \n\xc3\xa9" "e";
+            static const char alpha[] = "ab \n\xc3\xa9"
+                                        "e";
             rnd[i] = k < 10 ? (char)(s & 0xFF) : alpha[s % 7];
         }
         compare_with_naive(&t, rnd, 1 + (size_t)(s % sizeof(rnd)), 1);
@@ -212,10 +220,14 @@ static uint8_t *build_tok(const char *const *extra, const float *scores, int n_e
     for (int i = 0; i < 259 + n_extra; i++) {
         char piece[16];
         float sc = 0.0f;
-        if (i == 0) snprintf(piece, sizeof(piece), "<unk>");
-        else if (i == 1) snprintf(piece, sizeof(piece), "\n<s>\n");
-        else if (i == 2) snprintf(piece, sizeof(piece), "\n</s>\n");
-        else if (i < 259) snprintf(piece, sizeof(piece), "<0x%02X>", i - 3);
+        if (i == 0)
+            snprintf(piece, sizeof(piece), "<unk>");
+        else if (i == 1)
+            snprintf(piece, sizeof(piece), "\n<s>\n");
+        else if (i == 2)
+            snprintf(piece, sizeof(piece), "\n</s>\n");
+        else if (i < 259)
+            snprintf(piece, sizeof(piece), "<0x%02X>", i - 3);
         else {
             snprintf(piece, sizeof(piece), "%s", extra[i - 259]);
             sc = scores[i - 259];
@@ -235,8 +247,10 @@ static uint8_t *build_tok(const char *const *extra, const float *scores, int n_e
  * (never merged, as run.c's strict comparison from -1e10 implies), +inf. */
 START_TEST(test_crafted_vocab)
 {
-    const char *const extra[] = {" ", "a", "b", "ab", "ba", "aba", "bab", "ab", "aa", " a", "bb", " b", "abab"};
-    const float scores[] = {0, 0, 0, 1.0f, 1.0f, 2.0f, -1e10f, 5.0f, NAN, 1.0f, INFINITY, -2e10f, 1.0f};
+    const char *const extra[] = {" ",  "a",  "b",  "ab", "ba", "aba", "bab",
+                                 "ab", "aa", " a", "bb", " b", "abab"};
+    const float scores[] = {0,    0,   0,    1.0f,     1.0f,   2.0f, -1e10f,
+                            5.0f, NAN, 1.0f, INFINITY, -2e10f, 1.0f};
     int n_extra = (int)(sizeof(extra) / sizeof(extra[0]));
     size_t len;
     uint8_t *b = build_tok(extra, scores, n_extra, &len);
@@ -303,7 +317,8 @@ START_TEST(test_round_trip_and_ratio)
     size_t len;
     char *text = (char *)tu_read_file(p, &len);
     ck_assert_ptr_nonnull(text);
-    for (size_t off = 0; off + 5000 < len; off += 97003) round_trip(&t, text + off, 5000);
+    for (size_t off = 0; off + 5000 < len; off += 97003)
+        round_trip(&t, text + off, 5000);
     round_trip(&t, "h\xc3\xa9llo \xe2\x9c\x93 \xf0\x9f\x98\x80!\x01\xff", 17);
     /* The whole file in one go: fast because the merge is O(n log n). */
     size_t cap = plait_tok_encode_bound(len), n;
@@ -359,9 +374,11 @@ static void expect_bad(const uint8_t *buf, size_t len, int vocab, int code, cons
     plait_tok_t t;
     plait_tok_init(&t);
     int rc = plait_tok_parse(&t, buf, len, vocab);
-    ck_assert_msg(rc == code, "len %zu vocab %d: expected %s, got %s (%s)", len, vocab, plait_err_name(code),
-                  plait_err_name(rc), plait_errmsg());
-    if (needle) ck_assert_msg(strstr(plait_errmsg(), needle) != NULL, "detail '%s' lacks '%s'", plait_errmsg(), needle);
+    ck_assert_msg(rc == code, "len %zu vocab %d: expected %s, got %s (%s)", len, vocab,
+                  plait_err_name(code), plait_err_name(rc), plait_errmsg());
+    if (needle)
+        ck_assert_msg(strstr(plait_errmsg(), needle) != NULL, "detail '%s' lacks '%s'",
+                      plait_errmsg(), needle);
     ck_assert_ptr_null(t.vocab);
     plait_tok_free(&t);
 }
@@ -374,7 +391,8 @@ START_TEST(test_bad_files)
     ck_assert_ptr_nonnull(buf);
     ck_assert_uint_eq(len, 6227);
     /* Every proper prefix is truncated. */
-    for (size_t n = 0; n < len; n++) expect_bad(buf, n, V512, PLAIT_EPROTO, NULL);
+    for (size_t n = 0; n < len; n++)
+        expect_bad(buf, n, V512, PLAIT_EPROTO, NULL);
     expect_bad(buf, 100, V512, PLAIT_EPROTO, "truncated");
     expect_bad(buf, len - 1, V512, PLAIT_EPROTO, "truncated");
     /* A trailing byte, or a vocab size that does not match the file. */
@@ -424,8 +442,10 @@ START_TEST(test_bad_files)
             int ids[64];
             size_t n;
             ck_assert_int_eq(plait_tok_encode(&t, txt, strlen(txt), 1, 1, ids, 64, &n), 0);
-            for (size_t i = 0; i < n; i++) ck_assert(ids[i] >= 0 && ids[i] < V512);
-            for (int i = 0; i < V512; i++) (void)plait_tok_decode(&t, 1, i, NULL);
+            for (size_t i = 0; i < n; i++)
+                ck_assert(ids[i] >= 0 && ids[i] < V512);
+            for (int i = 0; i < V512; i++)
+                (void)plait_tok_decode(&t, 1, i, NULL);
         }
         plait_tok_free(&t);
     }
