@@ -45,7 +45,10 @@ void plait_infer_config_default(plait_infer_config_t *cfg)
     cfg->pool = NULL;        /* single-threaded */
 }
 
-void plait_infer_init(plait_infer_t *s) { memset(s, 0, sizeof(*s)); }
+void plait_infer_init(plait_infer_t *s)
+{
+    memset(s, 0, sizeof(*s));
+}
 
 void plait_infer_free(plait_infer_t *s)
 {
@@ -92,7 +95,8 @@ void plait_infer_remerge(plait_infer_t *s)
             for (size_t o = 0; o < (size_t)out; o++) {
                 for (size_t i = 0; i < (size_t)in; i++) {
                     double acc = 0.0;
-                    for (size_t r = 0; r < R; r++) acc += (double)B[o * R + r] * (double)A[r * (size_t)in + i];
+                    for (size_t r = 0; r < R; r++)
+                        acc += (double)B[o * R + r] * (double)A[r * (size_t)in + i];
                     dst[o * (size_t)in + i] = (float)((double)W[o * (size_t)in + i] + sc * acc);
                 }
             }
@@ -115,33 +119,38 @@ int plait_infer_setup(plait_infer_t *s, const plait_model_t *model, const plait_
     const plait_model_config_t *mc = &model->cfg;
     int T = cfg->max_ctx == 0 ? mc->seq_len : cfg->max_ctx;
     if (T < 1 || T > mc->seq_len)
-        return plait_fail(PLAIT_EINVAL, "infer_setup: max_ctx %d is outside 1..%d (the model's seq_len)",
+        return plait_fail(PLAIT_EINVAL,
+                          "infer_setup: max_ctx %d is outside 1..%d (the model's seq_len)",
                           cfg->max_ctx, mc->seq_len);
     if (cfg->prefill_chunk < 1 || cfg->prefill_chunk > MAX_CHUNK)
-        return plait_fail(PLAIT_EINVAL, "infer_setup: prefill_chunk %d is outside 1..%d", cfg->prefill_chunk,
-                          MAX_CHUNK);
+        return plait_fail(PLAIT_EINVAL, "infer_setup: prefill_chunk %d is outside 1..%d",
+                          cfg->prefill_chunk, MAX_CHUNK);
     if (lora) {
         if (!lora->params || !lora->A || !lora->B)
             return plait_fail(PLAIT_EINVAL, "infer_setup: adapter is not set up");
         if (!same_shape(&lora->model, mc))
-            return plait_fail(PLAIT_EMISMATCH,
-                              "infer_setup: adapter made for dim %d hidden %d layers %d heads %d/%d, model is "
-                              "%d %d %d %d/%d",
-                              lora->model.dim, lora->model.hidden_dim, lora->model.n_layers, lora->model.n_heads,
-                              lora->model.n_kv_heads, mc->dim, mc->hidden_dim, mc->n_layers, mc->n_heads,
-                              mc->n_kv_heads);
+            return plait_fail(
+                PLAIT_EMISMATCH,
+                "infer_setup: adapter made for dim %d hidden %d layers %d heads %d/%d, model is "
+                "%d %d %d %d/%d",
+                lora->model.dim, lora->model.hidden_dim, lora->model.n_layers, lora->model.n_heads,
+                lora->model.n_kv_heads, mc->dim, mc->hidden_dim, mc->n_layers, mc->n_heads,
+                mc->n_kv_heads);
     }
     size_t P = (size_t)cfg->prefill_chunk, C = (size_t)mc->dim, H = (size_t)mc->hidden_dim;
     size_t L = (size_t)mc->n_layers, KV = (size_t)mc->kv_dim, HS = (size_t)mc->head_size;
-    size_t NH = (size_t)mc->n_heads, V = (size_t)mc->vocab_size, R = lora ? (size_t)lora->cfg.rank : 1;
+    size_t NH = (size_t)mc->n_heads, V = (size_t)mc->vocab_size,
+           R = lora ? (size_t)lora->cfg.rank : 1;
     size_t Tm = (size_t)T;
 
     /* Sizes, each checked for overflow: model limits keep them far from
      * SIZE_MAX on 64-bit hosts, but a 32-bit device must fail cleanly. */
     size_t n_x, n_h, n_att, n_lt, n_rope, n_act = 0, n_kv, t1;
-    if (!mul_ok(P, C, &n_x) || !mul_ok(P, H, &n_h) || !mul_ok(P * NH, Tm, &n_att) || !mul_ok(P, R, &n_lt) ||
-        !mul_ok(P, HS, &n_rope) || !mul_ok(L, Tm, &t1) || !mul_ok(t1, KV, &n_kv) || n_kv > SIZE_MAX / sizeof(float))
-        return plait_fail(PLAIT_ETOOBIG, "infer_setup: buffers for context %d exceed the address space", T);
+    if (!mul_ok(P, C, &n_x) || !mul_ok(P, H, &n_h) || !mul_ok(P * NH, Tm, &n_att) ||
+        !mul_ok(P, R, &n_lt) || !mul_ok(P, HS, &n_rope) || !mul_ok(L, Tm, &t1) ||
+        !mul_ok(t1, KV, &n_kv) || n_kv > SIZE_MAX / sizeof(float))
+        return plait_fail(PLAIT_ETOOBIG,
+                          "infer_setup: buffers for context %d exceed the address space", T);
     size_t parts[] = {n_x, n_x, n_x, n_x, n_h, n_h, n_att, n_lt, n_rope, V};
     for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
         if (n_act > SIZE_MAX / sizeof(float) - parts[i])
@@ -168,8 +177,9 @@ int plait_infer_setup(plait_infer_t *s, const plait_model_t *model, const plait_
     if (n_merged) s->merged_w = malloc(n_merged * sizeof(float));
     if (!s->act || !s->key_cache || !s->value_cache || !s->w || (n_merged && !s->merged_w)) {
         plait_infer_free(s);
-        return plait_fail(PLAIT_ENOMEM, "infer_setup: %zu activation, 2 x %zu cache and %zu merged floats",
-                          n_act, n_kv, n_merged);
+        return plait_fail(PLAIT_ENOMEM,
+                          "infer_setup: %zu activation, 2 x %zu cache and %zu merged floats", n_act,
+                          n_kv, n_merged);
     }
     float *a = s->act;
     s->x = a, a += n_x;
@@ -190,7 +200,8 @@ int plait_infer_setup(plait_infer_t *s, const plait_model_t *model, const plait_
     s->merged_n = n_merged;
     for (size_t l = 0; l < L; l++)
         for (int p = 0; p < PLAIT_NPROJ; p++)
-            s->w[plait_lora_slot((int)l, (plait_proj_t)p)] = plait_proj_weight(model, (int)l, (plait_proj_t)p);
+            s->w[plait_lora_slot((int)l, (plait_proj_t)p)] =
+                plait_proj_weight(model, (int)l, (plait_proj_t)p);
     if (merge) {
         s->merged = 1;
         plait_infer_remerge(s);
@@ -212,13 +223,14 @@ typedef struct {
 static void mv_rows(void *ctx, size_t b, size_t e)
 {
     mv_job_t *j = ctx;
-    plait_matmul_forward(NULL, j->out + b, j->inp, j->w + b * j->IC, 1, j->IC, e - b, j->accumulate);
+    plait_matmul_forward(NULL, j->out + b, j->inp, j->w + b * j->IC, 1, j->IC, e - b,
+                         j->accumulate);
 }
 
 /* out (N, OC) (+)= inp (N, IC) · W (OC, IC)ᵀ. The matmul splits over rows, so
  * a single row (decoding) is split over output channels here instead. */
-static void mm(plait_infer_t *s, float *out, const float *inp, const float *w, size_t N, size_t IC, size_t OC,
-               int accumulate)
+static void mm(plait_infer_t *s, float *out, const float *inp, const float *w, size_t N, size_t IC,
+               size_t OC, int accumulate)
 {
     if (N == 1 && s->pool && plait_pool_size(s->pool) > 1 && OC >= 64) {
         mv_job_t j = {.out = out, .inp = inp, .w = w, .IC = IC, .accumulate = accumulate};
@@ -243,7 +255,8 @@ static void proj(plait_infer_t *s, int l, plait_proj_t p, float *out, const floa
     float sc = s->lora->scaling;
     float *t = s->lora_t; /* (N, R) */
     mm(s, t, inp, A, N, (size_t)in, R, 0);
-    for (size_t i = 0; i < N * R; i++) t[i] *= sc;
+    for (size_t i = 0; i < N * R; i++)
+        t[i] *= sc;
     mm(s, out, t, B, N, R, (size_t)o, 1);
 }
 
@@ -254,9 +267,11 @@ static void rmsnorm(float *out, const float *x, const float *w, size_t N, size_t
         const float *xr = x + n * C;
         float *o = out + n * C;
         double ss = 0.0;
-        for (size_t i = 0; i < C; i++) ss += (double)xr[i] * (double)xr[i];
+        for (size_t i = 0; i < C; i++)
+            ss += (double)xr[i] * (double)xr[i];
         float inv = (float)(1.0 / sqrt(ss / (double)C + (double)RMS_EPS));
-        for (size_t i = 0; i < C; i++) o[i] = w[i] * (inv * xr[i]);
+        for (size_t i = 0; i < C; i++)
+            o[i] = w[i] * (inv * xr[i]);
     }
 }
 
@@ -271,7 +286,8 @@ static void softmax(float *x, size_t n)
         x[i] = expf(x[i] - mx);
         sum += x[i];
     }
-    for (size_t i = 0; i < n; i++) x[i] /= sum;
+    for (size_t i = 0; i < n; i++)
+        x[i] /= sum;
 }
 
 /* Rotate the interleaved pairs of each head of v (nheads, HS) by rope (HS). */
@@ -299,7 +315,8 @@ static void att_items(void *ctx, size_t b, size_t e)
     att_job_t *j = ctx;
     plait_infer_t *s = j->s;
     const plait_model_config_t *mc = &s->model->cfg;
-    size_t C = (size_t)mc->dim, KV = (size_t)mc->kv_dim, HS = (size_t)mc->head_size, Tm = (size_t)s->max_ctx;
+    size_t C = (size_t)mc->dim, KV = (size_t)mc->kv_dim, HS = (size_t)mc->head_size,
+           Tm = (size_t)s->max_ctx;
     size_t kv_mul = (size_t)(mc->n_heads / mc->n_kv_heads);
     float scale = 1.0f / sqrtf((float)HS);
     const float *kc = s->key_cache + j->l * Tm * KV, *vc = s->value_cache + j->l * Tm * KV;
@@ -310,7 +327,8 @@ static void att_items(void *ctx, size_t b, size_t e)
         for (size_t t = 0; t <= pos; t++) {
             const float *kh = kc + t * KV + kvh * HS;
             float d = 0.0f;
-            for (size_t i = 0; i < HS; i++) d += qh[i] * kh[i];
+            for (size_t i = 0; i < HS; i++)
+                d += qh[i] * kh[i];
             att[t] = d * scale;
         }
         softmax(att, pos + 1);
@@ -319,18 +337,21 @@ static void att_items(void *ctx, size_t b, size_t e)
         for (size_t t = 0; t <= pos; t++) {
             const float *vh = vc + t * KV + kvh * HS;
             float a = att[t];
-            for (size_t i = 0; i < HS; i++) o[i] += a * vh[i];
+            for (size_t i = 0; i < HS; i++)
+                o[i] += a * vh[i];
         }
     }
 }
 
 /* Run tokens[0..n) at positions pos0.. (n <= P, all checked); logits of the
  * last row when want_logits. */
-static void forward_rows(plait_infer_t *s, const int *tokens, size_t n, size_t pos0, int want_logits)
+static void forward_rows(plait_infer_t *s, const int *tokens, size_t n, size_t pos0,
+                         int want_logits)
 {
     const plait_model_t *m = s->model;
     const plait_model_config_t *mc = &m->cfg;
-    size_t C = (size_t)mc->dim, H = (size_t)mc->hidden_dim, KV = (size_t)mc->kv_dim, HS = (size_t)mc->head_size;
+    size_t C = (size_t)mc->dim, H = (size_t)mc->hidden_dim, KV = (size_t)mc->kv_dim,
+           HS = (size_t)mc->head_size;
     size_t NH = (size_t)mc->n_heads, NKV = (size_t)mc->n_kv_heads, Tm = (size_t)s->max_ctx;
 
     for (size_t i = 0; i < n; i++)
@@ -362,7 +383,8 @@ static void forward_rows(plait_infer_t *s, const int *tokens, size_t n, size_t p
         att_job_t aj = {.s = s, .l = lu, .pos0 = pos0, .NH = NH};
         plait_pool_run(s->pool, att_items, &aj, n * NH);
         proj(s, l, PLAIT_WO, s->xb2, s->xb, n);
-        for (size_t i = 0; i < n * C; i++) s->x[i] += s->xb2[i];
+        for (size_t i = 0; i < n * C; i++)
+            s->x[i] += s->xb2[i];
 
         /* Feed-forward block. */
         rmsnorm(s->xb, s->x, m->w.rms_ffn + lu * C, n, C);
@@ -373,7 +395,8 @@ static void forward_rows(plait_infer_t *s, const int *tokens, size_t n, size_t p
             s->hb[i] = v / (1.0f + expf(-v)) * s->hb2[i];
         }
         proj(s, l, PLAIT_W2, s->xb2, s->hb, n);
-        for (size_t i = 0; i < n * C; i++) s->x[i] += s->xb2[i];
+        for (size_t i = 0; i < n * C; i++)
+            s->x[i] += s->xb2[i];
     }
 
     if (want_logits) {
@@ -391,12 +414,13 @@ static int check_tokens(const plait_infer_t *s, const int *tokens, size_t n, int
                           (size_t)pos0 + n - 1, s->max_ctx);
     for (size_t i = 0; i < n; i++)
         if (tokens[i] < 0 || tokens[i] >= s->model->cfg.vocab_size)
-            return plait_fail(PLAIT_EINVAL, "infer: token %d at index %zu is outside 0..%d", tokens[i], i,
-                              s->model->cfg.vocab_size - 1);
+            return plait_fail(PLAIT_EINVAL, "infer: token %d at index %zu is outside 0..%d",
+                              tokens[i], i, s->model->cfg.vocab_size - 1);
     return 0;
 }
 
-int plait_infer_prefill(plait_infer_t *s, const int *tokens, size_t n, int pos0, const float **logits)
+int plait_infer_prefill(plait_infer_t *s, const int *tokens, size_t n, int pos0,
+                        const float **logits)
 {
     int rc = check_tokens(s, tokens, n, pos0);
     if (rc != 0) return rc;
@@ -425,9 +449,15 @@ uint32_t plait_rng_u32(uint64_t *state)
     return (uint32_t)((*state * 0x2545F4914F6CDD1Dull) >> 32);
 }
 
-float plait_rng_f32(uint64_t *state) { return (float)(plait_rng_u32(state) >> 8) / 16777216.0f; }
+float plait_rng_f32(uint64_t *state)
+{
+    return (float)(plait_rng_u32(state) >> 8) / 16777216.0f;
+}
 
-void plait_sampler_init(plait_sampler_t *s) { memset(s, 0, sizeof(*s)); }
+void plait_sampler_init(plait_sampler_t *s)
+{
+    memset(s, 0, sizeof(*s));
+}
 
 void plait_sampler_free(plait_sampler_t *s)
 {
@@ -437,12 +467,15 @@ void plait_sampler_free(plait_sampler_t *s)
     memset(s, 0, sizeof(*s));
 }
 
-int plait_sampler_setup(plait_sampler_t *s, int vocab_size, float temperature, float topp, uint64_t seed)
+int plait_sampler_setup(plait_sampler_t *s, int vocab_size, float temperature, float topp,
+                        uint64_t seed)
 {
     if (!s || vocab_size < 1 || vocab_size > PLAIT_MODEL_MAX_VOCAB)
-        return plait_fail(PLAIT_EINVAL, "sampler: vocab_size %d is outside 1..%d", vocab_size, PLAIT_MODEL_MAX_VOCAB);
+        return plait_fail(PLAIT_EINVAL, "sampler: vocab_size %d is outside 1..%d", vocab_size,
+                          PLAIT_MODEL_MAX_VOCAB);
     if (!(temperature >= 0.0f) || !isfinite(temperature))
-        return plait_fail(PLAIT_EINVAL, "sampler: temperature %g must be finite and >= 0", (double)temperature);
+        return plait_fail(PLAIT_EINVAL, "sampler: temperature %g must be finite and >= 0",
+                          (double)temperature);
     if (isnan(topp)) return plait_fail(PLAIT_EINVAL, "sampler: top-p is NaN");
     plait_sampler_init(s);
     s->probs = malloc((size_t)vocab_size * sizeof(float));
@@ -521,7 +554,8 @@ int plait_sampler_sample(plait_sampler_t *s, const float *logits)
 {
     int n = s->vocab_size;
     if (s->temperature == 0.0f) return argmax(logits, n);
-    for (int i = 0; i < n; i++) s->probs[i] = logits[i] / s->temperature;
+    for (int i = 0; i < n; i++)
+        s->probs[i] = logits[i] / s->temperature;
     softmax(s->probs, (size_t)n);
     float coin = plait_rng_f32(&s->rng);
     if (s->topp <= 0.0f || s->topp >= 1.0f) return sample_mult(s->probs, n, coin);
@@ -532,17 +566,28 @@ int plait_sampler_sample(plait_sampler_t *s, const float *logits)
 
 void plait_gen_config_default(plait_gen_config_t *cfg)
 {
-    cfg->temperature = 1.0f;  /* llama2.c run.c default */
-    cfg->topp = 0.9f;         /* llama2.c run.c default */
-    cfg->steps = 256;         /* llama2.c run.c default */
-    cfg->seed = 42;           /* fixed so runs replay; the CLI may seed from the clock */
-    cfg->bos = 1;             /* run.c always starts with BOS */
-    cfg->stop_at_eos = 1;     /* EOS ends a text for any caller; run.c only checks BOS */
-    cfg->printable_only = 1;  /* run.c safe_printf */
+    cfg->temperature = 1.0f; /* llama2.c run.c default */
+    cfg->topp = 0.9f;        /* llama2.c run.c default */
+    cfg->steps = 256;        /* llama2.c run.c default */
+    cfg->seed = 42;          /* fixed so runs replay; the CLI may seed from the clock */
+    cfg->bos = 1;            /* run.c always starts with BOS */
+    cfg->stop_at_eos = 1;    /* EOS ends a text for any caller; run.c only checks BOS */
+    cfg->printable_only = 1; /* run.c safe_printf */
 }
 
-int plait_generate(plait_infer_t *s, const plait_tok_t *tok, const char *prompt, const plait_gen_config_t *cfg,
-                   plait_piece_cb cb, void *ctx, plait_gen_stats_t *stats)
+int plait_gen_config_validate(const plait_gen_config_t *cfg)
+{
+    if (!cfg) return plait_fail(PLAIT_EINVAL, "generate: no config");
+    if (!(cfg->temperature >= 0.0f) || !isfinite(cfg->temperature))
+        return plait_fail(PLAIT_EINVAL, "generate: temperature %g must be finite and >= 0",
+                          (double)cfg->temperature);
+    if (isnan(cfg->topp)) return plait_fail(PLAIT_EINVAL, "generate: top-p is NaN");
+    return 0;
+}
+
+int plait_generate(plait_infer_t *s, const plait_tok_t *tok, const char *prompt,
+                   const plait_gen_config_t *cfg, plait_piece_cb cb, void *ctx,
+                   plait_gen_stats_t *stats)
 {
     plait_gen_config_t def;
     if (!cfg) {
@@ -550,17 +595,21 @@ int plait_generate(plait_infer_t *s, const plait_tok_t *tok, const char *prompt,
         cfg = &def;
     }
     if (stats) memset(stats, 0, sizeof(*stats)), stats->stop_token = -1;
-    if (!s || !s->act || !tok || !tok->vocab) return plait_fail(PLAIT_EINVAL, "generate: state or tokenizer not set up");
+    int rc = plait_gen_config_validate(cfg);
+    if (rc != 0) return rc;
+    if (!s || !s->act || !tok || !tok->vocab)
+        return plait_fail(PLAIT_EINVAL, "generate: state or tokenizer not set up");
     if (tok->vocab_size != s->model->cfg.vocab_size)
-        return plait_fail(PLAIT_EINVAL, "generate: tokenizer has %d tokens, model %d", tok->vocab_size,
-                          s->model->cfg.vocab_size);
+        return plait_fail(PLAIT_EINVAL, "generate: tokenizer has %d tokens, model %d",
+                          tok->vocab_size, s->model->cfg.vocab_size);
     if (!prompt) prompt = "";
     size_t plen = strlen(prompt), np = 0;
     int steps = cfg->steps <= 0 || cfg->steps > s->max_ctx ? s->max_ctx : cfg->steps;
     plait_sampler_t smp;
     plait_sampler_init(&smp);
-    int *ids = NULL, rc;
-    if ((rc = plait_sampler_setup(&smp, s->model->cfg.vocab_size, cfg->temperature, cfg->topp, cfg->seed)) != 0)
+    int *ids = NULL;
+    if ((rc = plait_sampler_setup(&smp, s->model->cfg.vocab_size, cfg->temperature, cfg->topp,
+                                  cfg->seed)) != 0)
         goto exit;
     size_t cap = plait_tok_encode_bound(plen);
     ids = malloc(cap * sizeof(int));
@@ -570,7 +619,8 @@ int plait_generate(plait_infer_t *s, const plait_tok_t *tok, const char *prompt,
     }
     if ((rc = plait_tok_encode(tok, prompt, plen, cfg->bos, 0, ids, cap, &np)) != 0) goto exit;
     if (np == 0) {
-        rc = plait_fail(PLAIT_EINVAL, "generate: empty prompt without BOS gives nothing to start from");
+        rc = plait_fail(PLAIT_EINVAL,
+                        "generate: empty prompt without BOS gives nothing to start from");
         goto exit;
     }
     if (stats) stats->prompt_tokens = np;
@@ -587,7 +637,8 @@ int plait_generate(plait_infer_t *s, const plait_tok_t *tok, const char *prompt,
         if ((size_t)pos < np - 1) {
             next = ids[pos + 1];
         } else {
-            if ((size_t)pos != np - 1 && (rc = plait_infer_forward(s, token, pos, &logits)) != 0) goto exit;
+            if ((size_t)pos != np - 1 && (rc = plait_infer_forward(s, token, pos, &logits)) != 0)
+                goto exit;
             next = plait_sampler_sample(&smp, logits);
             if (stats) stats->generated_tokens++;
         }
@@ -598,9 +649,11 @@ int plait_generate(plait_infer_t *s, const plait_tok_t *tok, const char *prompt,
         }
         size_t len;
         const char *piece = plait_tok_decode(tok, token, next, &len);
-        if (piece && cb && (!cfg->printable_only || plait_tok_piece_is_printable(piece, len))) {
+        if (piece && len > 0 && cb &&
+            (!cfg->printable_only || plait_tok_piece_is_printable(piece, len))) {
             if (cb(ctx, piece, len) != 0) {
-                rc = plait_fail(PLAIT_ECANCELED, "generate: stopped by the callback at position %d", pos);
+                rc = plait_fail(PLAIT_ECANCELED, "generate: stopped by the callback at position %d",
+                                pos);
                 goto exit;
             }
         }

@@ -34,7 +34,10 @@
 
 #include "plait/model.h"
 
-void plait_tok_init(plait_tok_t *t) { memset(t, 0, sizeof(*t)); }
+void plait_tok_init(plait_tok_t *t)
+{
+    memset(t, 0, sizeof(*t));
+}
 
 void plait_tok_free(plait_tok_t *t)
 {
@@ -72,16 +75,20 @@ static int bytes_cmp(const char *a, size_t na, const char *b, size_t nb)
     return na < nb ? -1 : (na > nb ? 1 : 0);
 }
 
-/* qsort has no context argument; the vocabulary being sorted is passed here. */
-static const plait_tok_t *sort_ctx;
+/* A sort record: qsort has no context argument, so each entry carries its
+ * piece (a global context would make concurrent loads race). */
+typedef struct {
+    const char *p;
+    uint32_t len;
+    int id;
+} sort_ent_t;
 
-static int sorted_cmp(const void *pa, const void *pb)
+static int sort_cmp(const void *pa, const void *pb)
 {
-    int a = *(const int *)pa, b = *(const int *)pb;
-    const plait_tok_t *t = sort_ctx;
-    int c = bytes_cmp(t->vocab[a], t->lens[a], t->vocab[b], t->lens[b]);
+    const sort_ent_t *a = pa, *b = pb;
+    int c = bytes_cmp(a->p, a->len, b->p, b->len);
     if (c != 0) return c;
-    return a < b ? -1 : (a > b ? 1 : 0);
+    return a->id < b->id ? -1 : (a->id > b->id ? 1 : 0);
 }
 
 /* Id of the piece equal to s[0..n), the lowest id if repeated, or -1. */
@@ -127,14 +134,17 @@ int plait_tok_parse(plait_tok_t *t, const uint8_t *buf, size_t len, int vocab_si
         return plait_fail(PLAIT_EINVAL, "tokenizer: vocab_size %d is outside %d..%d", vocab_size,
                           PLAIT_TOK_MIN_VOCAB, PLAIT_MODEL_MAX_VOCAB);
     size_t V = (size_t)vocab_size;
-    if (len < 4) return plait_fail(PLAIT_EPROTO, "tokenizer: file of %zu bytes is shorter than its header", len);
+    if (len < 4)
+        return plait_fail(PLAIT_EPROTO, "tokenizer: file of %zu bytes is shorter than its header",
+                          len);
     int32_t mtl = rd_i32(buf);
     if (mtl < 1 || mtl > PLAIT_TOK_MAX_PIECE)
         return plait_fail(PLAIT_EPROTO, "tokenizer: max_token_length %d is outside 1..%d", (int)mtl,
                           PLAIT_TOK_MAX_PIECE);
     /* Every token takes at least 8 bytes: refuse before allocating for V. */
     if ((len - 4) / 8 < V)
-        return plait_fail(PLAIT_EPROTO, "tokenizer: file of %zu bytes is truncated: %zu tokens need at least %zu",
+        return plait_fail(PLAIT_EPROTO,
+                          "tokenizer: file of %zu bytes is truncated: %zu tokens need at least %zu",
                           len, V, 4 + 8 * V);
 
     int rc = PLAIT_ENOMEM;
@@ -151,7 +161,8 @@ int plait_tok_parse(plait_tok_t *t, const uint8_t *buf, size_t len, int vocab_si
     size_t off = 4, aoff = 0;
     for (size_t i = 0; i < V; i++) {
         if (len - off < 8) {
-            rc = plait_fail(PLAIT_EPROTO, "tokenizer: truncated at token %zu (offset %zu): missing score/length",
+            rc = plait_fail(PLAIT_EPROTO,
+                            "tokenizer: truncated at token %zu (offset %zu): missing score/length",
                             i, off);
             goto fail;
         }
@@ -159,7 +170,8 @@ int plait_tok_parse(plait_tok_t *t, const uint8_t *buf, size_t len, int vocab_si
         int32_t n = rd_i32(buf + off + 4);
         off += 8;
         if (n < 0 || n > mtl) {
-            rc = plait_fail(PLAIT_EPROTO, "tokenizer: token %zu has length %d, outside 0..%d (max_token_length)",
+            rc = plait_fail(PLAIT_EPROTO,
+                            "tokenizer: token %zu has length %d, outside 0..%d (max_token_length)",
                             i, (int)n, (int)mtl);
             goto fail;
         }
@@ -167,9 +179,11 @@ int plait_tok_parse(plait_tok_t *t, const uint8_t *buf, size_t len, int vocab_si
          * arena (sized for len - 4 - 8 V piece bytes) from overflowing. */
         size_t reserve = 8 * (V - 1 - i);
         if (len - off < reserve || len - off - reserve < (size_t)n) {
-            rc = plait_fail(PLAIT_EPROTO,
-                            "tokenizer: truncated at token %zu (offset %zu): %d bytes declared, %zu left for "
-                            "%zu more tokens", i, off, (int)n, len - off, V - 1 - i);
+            rc = plait_fail(
+                PLAIT_EPROTO,
+                "tokenizer: truncated at token %zu (offset %zu): %d bytes declared, %zu left for "
+                "%zu more tokens",
+                i, off, (int)n, len - off, V - 1 - i);
             goto fail;
         }
         t->vocab[i] = t->arena + aoff;
@@ -182,16 +196,24 @@ int plait_tok_parse(plait_tok_t *t, const uint8_t *buf, size_t len, int vocab_si
         t->byte_of[i] = (int16_t)piece_byte(t->vocab[i], (uint32_t)n);
     }
     if (off != len) {
-        rc = plait_fail(PLAIT_EPROTO, "tokenizer: %zu trailing bytes after %zu tokens (vocab_size mismatch?)",
+        rc = plait_fail(PLAIT_EPROTO,
+                        "tokenizer: %zu trailing bytes after %zu tokens (vocab_size mismatch?)",
                         len - off, V);
         goto fail;
     }
     t->vocab_size = vocab_size;
     t->max_token_length = (int)mtl;
-    for (size_t i = 0; i < V; i++) t->sorted[i] = (int)i;
-    sort_ctx = t;
-    qsort(t->sorted, V, sizeof(int), sorted_cmp);
-    sort_ctx = NULL;
+    sort_ent_t *ents = malloc(V * sizeof(sort_ent_t));
+    if (!ents) {
+        rc = plait_fail(PLAIT_ENOMEM, "tokenizer: sort table for %zu tokens", V);
+        goto fail;
+    }
+    for (size_t i = 0; i < V; i++)
+        ents[i] = (sort_ent_t){.p = t->vocab[i], .len = t->lens[i], .id = (int)i};
+    qsort(ents, V, sizeof(sort_ent_t), sort_cmp);
+    for (size_t i = 0; i < V; i++)
+        t->sorted[i] = ents[i].id;
+    free(ents);
     for (int i = 0; i < 256; i++) {
         t->byte_pieces[2 * i] = (char)i;
         t->byte_pieces[2 * i + 1] = '\0';
@@ -244,20 +266,23 @@ exit:
     return rc;
 }
 
-size_t plait_tok_encode_bound(size_t len) { return len + 3; }
+size_t plait_tok_encode_bound(size_t len)
+{
+    return len + 3;
+}
 
 /* ------------------------------------------------------------- encoding */
 
 typedef struct {
-    int id;        /* current token */
+    int id;         /* current token */
     int prev, next; /* list neighbours, -1 at the ends */
-    uint32_t ver;  /* bumped whenever id changes; 0 marks a merged-away node */
+    uint32_t ver;   /* bumped whenever id changes; 0 marks a merged-away node */
 } node_t;
 
 typedef struct {
-    float score;   /* score of the merged piece */
-    int left;      /* node index of the left token (its original position) */
-    int id;        /* merged piece */
+    float score; /* score of the merged piece */
+    int left;    /* node index of the left token (its original position) */
+    int id;      /* merged piece */
     uint32_t lver, rver;
     int right;
 } cand_t;
@@ -305,40 +330,55 @@ typedef struct {
     char *buf; /* (2 * max_token_length) */
 } enc_t;
 
-/* Push the pair (a, a.next) if its concatenation is a piece run.c would merge. */
-static void try_pair(enc_t *e, int a)
+/* Push the pair (a, a.next) if its concatenation is a piece run.c would
+ * merge. \return 0 or PLAIT_ENOMEM. */
+static int try_pair(enc_t *e, int a)
 {
-    if (a < 0) return;
+    if (a < 0) return 0;
     int b = e->nodes[a].next;
-    if (b < 0) return;
+    if (b < 0) return 0;
     const plait_tok_t *t = e->t;
     int ia = e->nodes[a].id, ib = e->nodes[b].id;
     size_t na = t->lens[ia], nb = t->lens[ib];
-    if (na + nb > (size_t)t->max_token_length) return; /* no piece is that long */
+    if (na + nb > (size_t)t->max_token_length) return 0; /* no piece is that long */
     memcpy(e->buf, t->vocab[ia], na);
     memcpy(e->buf + na, t->vocab[ib], nb);
     int id = lookup(t, e->buf, na + nb);
     /* run.c starts from best_score = -1e10 and needs a strictly greater score. */
-    if (id < 0 || !(t->scores[id] > -1e10f)) return;
-    if (e->nheap == e->capheap) return; /* cannot happen: capacity covers every push */
-    cand_t c = {.score = t->scores[id], .left = a, .id = id, .lver = e->nodes[a].ver,
-                .rver = e->nodes[b].ver, .right = b};
+    if (id < 0 || !(t->scores[id] > -1e10f)) return 0;
+    if (e->nheap == e->capheap) {
+        /* Rarely needed: most pairs never merge, so the heap starts at n. */
+        size_t ncap = e->capheap + e->capheap / 2 + 16;
+        cand_t *nh = realloc(e->heap, ncap * sizeof(cand_t));
+        if (!nh) return PLAIT_ENOMEM;
+        e->heap = nh;
+        e->capheap = ncap;
+    }
+    cand_t c = {.score = t->scores[id],
+                .left = a,
+                .id = id,
+                .lver = e->nodes[a].ver,
+                .rver = e->nodes[b].ver,
+                .right = b};
     heap_push(e->heap, &e->nheap, c);
+    return 0;
 }
 
-int plait_tok_encode(const plait_tok_t *t, const char *text, size_t len, int bos, int eos, int *tokens,
-                     size_t cap, size_t *n_out)
+int plait_tok_encode(const plait_tok_t *t, const char *text, size_t len, int bos, int eos,
+                     int *tokens, size_t cap, size_t *n_out)
 {
     if (!t || !t->sorted || (!text && len > 0) || (!tokens && cap > 0) || !n_out)
         return plait_fail(PLAIT_EINVAL, "tok_encode: NULL argument or tokenizer not loaded");
     *n_out = 0;
-    if (len > (size_t)INT32_MAX - 3) return plait_fail(PLAIT_ETOOBIG, "tok_encode: text of %zu bytes", len);
+    if (len > (size_t)INT32_MAX - 3)
+        return plait_fail(PLAIT_ETOOBIG, "tok_encode: text of %zu bytes", len);
     size_t maxn = len + 2; /* BOS, dummy prefix, one token per byte */
     int rc = 0;
     enc_t e = {.t = t};
     e.nodes = malloc(maxn * sizeof(node_t));
-    /* Initial pairs (maxn - 1) plus two per merge (at most maxn - 1 merges). */
-    e.capheap = 3 * maxn;
+    /* Initial pairs (maxn - 1); each merge adds at most two, so the heap
+     * grows on demand up to 3 maxn. */
+    e.capheap = maxn;
     e.heap = malloc(e.capheap * sizeof(cand_t));
     e.buf = malloc(2 * (size_t)t->max_token_length + 1);
     if (!e.nodes || !e.heap || !e.buf) {
@@ -356,12 +396,14 @@ int plait_tok_encode(const plait_tok_t *t, const char *text, size_t len, int bos
         /* A code point: this byte plus up to three continuation bytes (run.c
          * also starts a new one at a stray continuation byte after four). */
         size_t end = start + 1;
-        while (end < len && (s[end] & 0xC0) == 0x80 && end - start < 4) end++;
+        while (end < len && (s[end] & 0xC0) == 0x80 && end - start < 4)
+            end++;
         int id = lookup(t, text + start, end - start);
         if (id >= 0) {
             e.nodes[n++].id = id;
         } else {
-            for (size_t i = start; i < end; i++) e.nodes[n++].id = PLAIT_TOK_BYTE0 + s[i];
+            for (size_t i = start; i < end; i++)
+                e.nodes[n++].id = PLAIT_TOK_BYTE0 + s[i];
         }
         start = end;
     }
@@ -372,9 +414,10 @@ int plait_tok_encode(const plait_tok_t *t, const char *text, size_t len, int bos
     }
 
     /* 2. Merge the best pair until none is left. */
-    for (int i = 0; i + 1 < n; i++) try_pair(&e, i);
+    for (int i = 0; i + 1 < n && rc == 0; i++)
+        rc = try_pair(&e, i);
     int count = n;
-    while (e.nheap > 0) {
+    while (e.nheap > 0 && rc == 0) {
         cand_t c = heap_pop(e.heap, &e.nheap);
         node_t *a = &e.nodes[c.left], *b = &e.nodes[c.right];
         if (a->ver != c.lver || b->ver != c.rver || a->next != c.right) continue; /* stale */
@@ -384,8 +427,12 @@ int plait_tok_encode(const plait_tok_t *t, const char *text, size_t len, int bos
         if (b->next >= 0) e.nodes[b->next].prev = c.left;
         b->ver = 0;
         count--;
-        try_pair(&e, a->prev);
-        try_pair(&e, c.left);
+        rc = try_pair(&e, a->prev);
+        if (rc == 0) rc = try_pair(&e, c.left);
+    }
+    if (rc != 0) {
+        rc = plait_fail(PLAIT_ENOMEM, "tok_encode: merge heap for %zu bytes", len);
+        goto exit;
     }
 
     /* 3. Copy out. */
@@ -395,7 +442,8 @@ int plait_tok_encode(const plait_tok_t *t, const char *text, size_t len, int bos
         goto exit;
     }
     size_t k = 0;
-    for (int i = n > 0 ? 0 : -1; i >= 0; i = e.nodes[i].next) tokens[k++] = e.nodes[i].id;
+    for (int i = n > 0 ? 0 : -1; i >= 0; i = e.nodes[i].next)
+        tokens[k++] = e.nodes[i].id;
     if (eos) tokens[k++] = PLAIT_TOK_EOS;
     *n_out = k;
 exit:

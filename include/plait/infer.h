@@ -55,10 +55,10 @@
 /* Shape letters as in model.h; P = rows of one prefill chunk. */
 
 typedef struct {
-    int max_ctx;          /* positions the KV cache holds; 0 (default) = model seq_len */
-    int merge;            /* 1: merge the adapter into private weight copies; 0 (default): unmerged */
-    int prefill_chunk;    /* P: prompt tokens per batched forward pass (default 32) */
-    plait_pool_t *pool;   /* threads for the matmuls; NULL (default) runs on the caller */
+    int max_ctx;        /* positions the KV cache holds; 0 (default) = model seq_len */
+    int merge;          /* 1: merge the adapter into private weight copies; 0 (default): unmerged */
+    int prefill_chunk;  /* P: prompt tokens per batched forward pass (default 32) */
+    plait_pool_t *pool; /* threads for the matmuls; NULL (default) runs on the caller */
 } plait_infer_config_t;
 
 typedef struct plait_infer_s {
@@ -69,23 +69,23 @@ typedef struct plait_infer_s {
     int chunk;                  /* P */
     int merged;                 /* adapter merged into merged_w */
     /* Activations, one arena; each pointer into it. */
-    float *act;                 /* the activation arena */
-    float *x;                   /* (P, C) residual stream */
-    float *xb;                  /* (P, C) normed input / attention output */
-    float *xb2;                 /* (P, C) projection output */
-    float *q;                   /* (P, C) queries */
-    float *hb;                  /* (P, H) w1 x, then silu(w1 x) * w3 x */
-    float *hb2;                 /* (P, H) w3 x */
-    float *att;                 /* (T_max) attention scores of one head */
-    float *lora_t;              /* (P, R) x · Aᵀ of the adapter, scaled */
-    float *rope;                /* (P, HS) cos and sin per pair: [2j] = cos, [2j+1] = sin */
-    float *logits;              /* (V) */
-    float *key_cache;           /* (L, T_max, KV) */
-    float *value_cache;         /* (L, T_max, KV) */
+    float *act;         /* the activation arena */
+    float *x;           /* (P, C) residual stream */
+    float *xb;          /* (P, C) normed input / attention output */
+    float *xb2;         /* (P, C) projection output */
+    float *q;           /* (P, C) queries */
+    float *hb;          /* (P, H) w1 x, then silu(w1 x) * w3 x */
+    float *hb2;         /* (P, H) w3 x */
+    float *att;         /* (P, NH, T_max) attention scores per row and head */
+    float *lora_t;      /* (P, R) x · Aᵀ of the adapter, scaled */
+    float *rope;        /* (P, HS) cos and sin per pair: [2j] = cos, [2j+1] = sin */
+    float *logits;      /* (V) */
+    float *key_cache;   /* (L, T_max, KV) */
+    float *value_cache; /* (L, T_max, KV) */
     /* Projection weights in use: the base, or a merged copy. */
-    const float **w;            /* [L * PLAIT_NPROJ] (out, in) each */
-    float *merged_w;            /* merged copies of the targeted projections, or NULL */
-    size_t merged_n;            /* floats in merged_w */
+    const float **w; /* [L * PLAIT_NPROJ] (out, in) each */
+    float *merged_w; /* merged copies of the targeted projections, or NULL */
+    size_t merged_n; /* floats in merged_w */
 } plait_infer_t;
 
 /** \brief Defaults: whole context, unmerged, chunk 32, no pool. */
@@ -115,7 +115,8 @@ int plait_infer_setup(plait_infer_t *s, const plait_model_t *model, const plait_
  */
 void plait_infer_remerge(plait_infer_t *s);
 
-/** \brief Release the state's buffers (never the model or adapter). NULL and double free are safe. */
+/** \brief Release the state's buffers (never the model or adapter). NULL and double free are safe.
+ */
 void plait_infer_free(plait_infer_t *s);
 
 /**
@@ -130,7 +131,8 @@ void plait_infer_free(plait_infer_t *s);
  * \return 0; PLAIT_EINVAL for a bad token or state; PLAIT_ETOOBIG for pos
  *         outside the context.
  */
-int plait_infer_forward(plait_infer_t *s, int token, int pos, const float **logits /* OUT */) PLAIT_WUR;
+int plait_infer_forward(plait_infer_t *s, int token, int pos,
+                        const float **logits /* OUT */) PLAIT_WUR;
 
 /**
  * \brief Run n tokens at positions pos0 .. pos0+n-1 in batched passes of up
@@ -154,12 +156,12 @@ typedef struct {
 } plait_probidx_t;
 
 typedef struct {
-    int vocab_size;            /* V */
-    float temperature;         /* 0: greedy (argmax) */
-    float topp;                /* nucleus threshold; <= 0 or >= 1 samples the whole distribution */
-    uint64_t rng;              /* xorshift state */
-    float *probs;              /* (V) work copy of the logits */
-    plait_probidx_t *probidx;  /* (V) nucleus candidates */
+    int vocab_size;           /* V */
+    float temperature;        /* 0: greedy (argmax) */
+    float topp;               /* nucleus threshold; <= 0 or >= 1 samples the whole distribution */
+    uint64_t rng;             /* xorshift state */
+    float *probs;             /* (V) work copy of the logits */
+    plait_probidx_t *probidx; /* (V) nucleus candidates */
 } plait_sampler_t;
 
 /** \brief Make s safe to free. Cannot fail. */
@@ -172,7 +174,8 @@ void plait_sampler_init(plait_sampler_t *s);
  * \return 0; PLAIT_EINVAL (vocab_size < 1, temperature negative or not
  *         finite, topp NaN); PLAIT_ENOMEM.
  */
-int plait_sampler_setup(plait_sampler_t *s, int vocab_size, float temperature, float topp, uint64_t seed) PLAIT_WUR;
+int plait_sampler_setup(plait_sampler_t *s, int vocab_size, float temperature, float topp,
+                        uint64_t seed) PLAIT_WUR;
 /** \brief Free the buffers. NULL and double free are safe. */
 void plait_sampler_free(plait_sampler_t *s);
 /**
@@ -186,12 +189,12 @@ int plait_sampler_sample(plait_sampler_t *s, const float *logits);
 /* ----------------------------------------------------------- generation */
 
 typedef struct {
-    float temperature;  /* 1.0: sample the model's distribution (llama2.c default); 0 = greedy */
-    float topp;         /* 0.9: nucleus sampling (llama2.c default); >= 1 disables */
-    int steps;          /* 256: positions to run, prompt included; <= 0 or > max_ctx means max_ctx */
-    uint64_t seed;      /* 42: sampler seed (the CLI may pass time(NULL) for run.c's behaviour) */
-    int bos;            /* 1: start the prompt with BOS, as run.c does */
-    int stop_at_eos;    /* 1: stop at EOS as well as at BOS (run.c stops only at BOS) */
+    float temperature; /* 1.0: sample the model's distribution (llama2.c default); 0 = greedy */
+    float topp;        /* 0.9: nucleus sampling (llama2.c default); >= 1 disables */
+    int steps;         /* 256: positions to run, prompt included; <= 0 or > max_ctx means max_ctx */
+    uint64_t seed;     /* 42: sampler seed (the CLI may pass time(NULL) for run.c's behaviour) */
+    int bos;           /* 1: start the prompt with BOS, as run.c does */
+    int stop_at_eos;   /* 1: stop at EOS as well as at BOS (run.c stops only at BOS) */
     int printable_only; /* 1: skip pieces that are a lone non-printable byte (run.c safe_printf) */
 } plait_gen_config_t;
 
@@ -211,6 +214,13 @@ typedef int (*plait_piece_cb)(void *ctx, const char *piece, size_t len);
 
 /** \brief Defaults as commented in plait_gen_config_t. */
 void plait_gen_config_default(plait_gen_config_t *cfg);
+
+/**
+ * \brief Check a generation config (for a CLI: before loading anything).
+ * \return 0, or PLAIT_EINVAL naming the field (temperature negative or not
+ *         finite, top-p NaN).
+ */
+int plait_gen_config_validate(const plait_gen_config_t *cfg);
 
 /**
  * \brief Generate text as llama2.c run.c `generate` does: encode the prompt
@@ -235,7 +245,8 @@ void plait_gen_config_default(plait_gen_config_t *cfg);
  *         another vocabulary size, bad temperature or top-p, empty prompt
  *         with bos = 0); PLAIT_ENOMEM; PLAIT_ECANCELED if cb asked to stop.
  */
-int plait_generate(plait_infer_t *s, const plait_tok_t *tok, const char *prompt, const plait_gen_config_t *cfg,
-                   plait_piece_cb cb, void *ctx, plait_gen_stats_t *stats /* OUT */);
+int plait_generate(plait_infer_t *s, const plait_tok_t *tok, const char *prompt,
+                   const plait_gen_config_t *cfg, plait_piece_cb cb, void *ctx,
+                   plait_gen_stats_t *stats /* OUT */);
 
 #endif /* PLAIT_INFER_H */

@@ -45,20 +45,20 @@
 #define PLAIT_TOK_BYTE0 3 /* id of the byte fallback token <0x00> */
 
 /* Limits applied to a tokenizer file before anything is allocated. */
-#define PLAIT_TOK_MAX_PIECE 1024           /* max_token_length bound (llama 32k vocab: 27) */
-#define PLAIT_TOK_MIN_VOCAB 259            /* unk, BOS, EOS and the 256 byte tokens */
-#define PLAIT_TOK_MAX_FILE (256u << 20)    /* 256 MiB */
+#define PLAIT_TOK_MAX_PIECE 1024        /* max_token_length bound (llama 32k vocab: 27) */
+#define PLAIT_TOK_MIN_VOCAB 259         /* unk, BOS, EOS and the 256 byte tokens */
+#define PLAIT_TOK_MAX_FILE (256u << 20) /* 256 MiB */
 
 typedef struct plait_tok_s {
-    int vocab_size;       /* V */
-    int max_token_length; /* longest piece in bytes, as declared by the file */
-    char **vocab;         /* [V] NUL-terminated pieces pointing into arena */
-    uint32_t *lens;       /* [V] piece lengths in bytes (a piece may hold a NUL) */
-    float *scores;        /* [V] merge scores */
-    int16_t *byte_of;     /* [V] raw byte a "<0xNN>" piece stands for, or -1 */
-    int *sorted;          /* [V] ids ordered by piece bytes, then id */
-    int space_id;         /* id of " " (the dummy prefix), or the byte token of ' ' */
-    char *arena;          /* piece bytes, each followed by a NUL */
+    int vocab_size;        /* V */
+    int max_token_length;  /* longest piece in bytes, as declared by the file */
+    char **vocab;          /* [V] NUL-terminated pieces pointing into arena */
+    uint32_t *lens;        /* [V] piece lengths in bytes (a piece may hold a NUL) */
+    float *scores;         /* [V] merge scores */
+    int16_t *byte_of;      /* [V] raw byte a "<0xNN>" piece stands for, or -1 */
+    int *sorted;           /* [V] ids ordered by piece bytes, then id */
+    int space_id;          /* id of " " (the dummy prefix), or the byte token of ' ' */
+    char *arena;           /* piece bytes, each followed by a NUL */
     char byte_pieces[512]; /* (256, 2): each byte value followed by a NUL */
 } plait_tok_t;
 
@@ -109,8 +109,8 @@ size_t plait_tok_encode_bound(size_t len);
  *         PLAIT_ETOOBIG if the result would exceed cap (tokens then holds
  *         nothing useful); PLAIT_ENOMEM.
  */
-int plait_tok_encode(const plait_tok_t *t, const char *text, size_t len, int bos, int eos, int *tokens,
-                     size_t cap, size_t *n_out /* OUT */) PLAIT_WUR;
+int plait_tok_encode(const plait_tok_t *t, const char *text, size_t len, int bos, int eos,
+                     int *tokens, size_t cap, size_t *n_out /* OUT */) PLAIT_WUR;
 
 /**
  * \brief The text of token after prev_token, as llama2.c run.c `decode`:
@@ -120,7 +120,8 @@ int plait_tok_encode(const plait_tok_t *t, const char *text, size_t len, int bos
  * \return a pointer valid while t is loaded (NUL-terminated), or NULL for a
  *         token outside 0..V-1.
  */
-const char *plait_tok_decode(const plait_tok_t *t, int prev_token, int token, size_t *len /* OUT */);
+const char *plait_tok_decode(const plait_tok_t *t, int prev_token, int token,
+                             size_t *len /* OUT */);
 
 /**
  * \brief Whether a piece is safe to print, as run.c `safe_printf` decides:

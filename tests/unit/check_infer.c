@@ -64,8 +64,8 @@ static int collect(void *ctx, const char *piece, size_t len)
 }
 
 /* Generate into a fresh string (caller frees). */
-static char *gen_text(plait_infer_t *st, const plait_tok_t *tok, const char *prompt, const plait_gen_config_t *g,
-                      plait_gen_stats_t *stats)
+static char *gen_text(plait_infer_t *st, const plait_tok_t *tok, const char *prompt,
+                      const plait_gen_config_t *g, plait_gen_stats_t *stats)
 {
     text_t t = {0};
     collect(&t, "", 0);
@@ -81,7 +81,8 @@ static void st_tensor(const uint8_t *file, size_t flen, const char *name, float 
 {
     ck_assert_uint_ge(flen, 8);
     uint64_t hlen = 0;
-    for (int i = 7; i >= 0; i--) hlen = hlen << 8 | file[i];
+    for (int i = 7; i >= 0; i--)
+        hlen = hlen << 8 | file[i];
     ck_assert_uint_le(hlen, flen - 8);
     char *hdr = malloc(hlen + 1);
     memcpy(hdr, file + 8, hlen);
@@ -106,8 +107,8 @@ static void st_tensor(const uint8_t *file, size_t flen, const char *name, float 
 }
 
 /* Fill an adapter from a reference case's adapter_init.safetensors. */
-static void load_adapter(plait_lora_t *lo, const plait_model_t *m, const char *casedir, int rank, float alpha,
-                         uint32_t targets)
+static void load_adapter(plait_lora_t *lo, const plait_model_t *m, const char *casedir, int rank,
+                         float alpha, uint32_t targets)
 {
     char *p = tu_path(casedir, "adapter_init.safetensors");
     size_t flen;
@@ -123,9 +124,11 @@ static void load_adapter(plait_lora_t *lo, const plait_model_t *m, const char *c
             plait_proj_shape(&m->cfg, (plait_proj_t)q, &in, &out);
             char name[96];
             size_t slot = plait_lora_slot(l, (plait_proj_t)q);
-            snprintf(name, sizeof(name), "layers.%d.%s.lora_A", l, plait_proj_name((plait_proj_t)q));
+            snprintf(name, sizeof(name), "layers.%d.%s.lora_A", l,
+                     plait_proj_name((plait_proj_t)q));
             st_tensor(file, flen, name, lo->A[slot], (size_t)rank * (size_t)in);
-            snprintf(name, sizeof(name), "layers.%d.%s.lora_B", l, plait_proj_name((plait_proj_t)q));
+            snprintf(name, sizeof(name), "layers.%d.%s.lora_B", l,
+                     plait_proj_name((plait_proj_t)q));
             st_tensor(file, flen, name, lo->B[slot], (size_t)out * (size_t)rank);
         }
     }
@@ -167,8 +170,8 @@ static double rel_err_row(const float *got, const double *want, int V)
 /* ------------------------------------------- naive double-precision model */
 
 /* out (T, OUT) = in (T, IN) · Wᵀ + s · (in · Aᵀ) · Bᵀ, all in double. */
-static void naive_lin(const plait_model_t *m, const plait_lora_t *lo, int l, plait_proj_t p, const double *in,
-                      double *out, int T)
+static void naive_lin(const plait_model_t *m, const plait_lora_t *lo, int l, plait_proj_t p,
+                      const double *in, double *out, int T)
 {
     int IN, OUT;
     plait_proj_shape(&m->cfg, p, &IN, &OUT);
@@ -182,13 +185,16 @@ static void naive_lin(const plait_model_t *m, const plait_lora_t *lo, int l, pla
         if (A)
             for (int r = 0; r < R; r++) {
                 ax[r] = 0;
-                for (int i = 0; i < IN; i++) ax[r] += (double)A[(size_t)r * IN + i] * x[i];
+                for (int i = 0; i < IN; i++)
+                    ax[r] += (double)A[(size_t)r * IN + i] * x[i];
             }
         for (int o = 0; o < OUT; o++) {
             double y = 0;
-            for (int i = 0; i < IN; i++) y += (double)W[(size_t)o * IN + i] * x[i];
+            for (int i = 0; i < IN; i++)
+                y += (double)W[(size_t)o * IN + i] * x[i];
             if (A)
-                for (int r = 0; r < R; r++) y += (double)lo->scaling * (double)B[(size_t)o * R + r] * ax[r];
+                for (int r = 0; r < R; r++)
+                    y += (double)lo->scaling * (double)B[(size_t)o * R + r] * ax[r];
             out[(size_t)t * OUT + o] = y;
         }
     }
@@ -198,9 +204,11 @@ static void naive_rms(const double *x, const float *w, double *out, int T, int C
 {
     for (int t = 0; t < T; t++) {
         double ss = 0;
-        for (int i = 0; i < C; i++) ss += x[t * C + i] * x[t * C + i];
+        for (int i = 0; i < C; i++)
+            ss += x[t * C + i] * x[t * C + i];
         double inv = 1.0 / sqrt(ss / C + 1e-5);
-        for (int i = 0; i < C; i++) out[t * C + i] = x[t * C + i] * inv * (double)w[i];
+        for (int i = 0; i < C; i++)
+            out[t * C + i] = x[t * C + i] * inv * (double)w[i];
     }
 }
 
@@ -217,17 +225,23 @@ static void naive_rope(double *v, int T, int width, int HS)
 }
 
 /* Full-sequence causal forward without a cache: logits (T, V). */
-static void naive_forward(const plait_model_t *m, const plait_lora_t *lo, const int *tok, int T, double *logits)
+static void naive_forward(const plait_model_t *m, const plait_lora_t *lo, const int *tok, int T,
+                          double *logits)
 {
     const plait_model_config_t *c = &m->cfg;
-    int C = c->dim, H = c->hidden_dim, KV = c->kv_dim, HS = c->head_size, NH = c->n_heads, V = c->vocab_size;
+    int C = c->dim, H = c->hidden_dim, KV = c->kv_dim, HS = c->head_size, NH = c->n_heads,
+        V = c->vocab_size;
     int kvmul = c->n_heads / c->n_kv_heads;
-    double *x = calloc((size_t)T * C, 8), *xn = calloc((size_t)T * C, 8), *q = calloc((size_t)T * C, 8);
-    double *k = calloc((size_t)T * KV, 8), *v = calloc((size_t)T * KV, 8), *ao = calloc((size_t)T * C, 8);
-    double *h1 = calloc((size_t)T * H, 8), *h3 = calloc((size_t)T * H, 8), *tmp = calloc((size_t)T * C, 8);
+    double *x = calloc((size_t)T * C, 8), *xn = calloc((size_t)T * C, 8),
+           *q = calloc((size_t)T * C, 8);
+    double *k = calloc((size_t)T * KV, 8), *v = calloc((size_t)T * KV, 8),
+           *ao = calloc((size_t)T * C, 8);
+    double *h1 = calloc((size_t)T * H, 8), *h3 = calloc((size_t)T * H, 8),
+           *tmp = calloc((size_t)T * C, 8);
     double *att = calloc((size_t)T, 8);
     for (int t = 0; t < T; t++)
-        for (int i = 0; i < C; i++) x[t * C + i] = m->w.token_embedding[(size_t)tok[t] * C + i];
+        for (int i = 0; i < C; i++)
+            x[t * C + i] = m->w.token_embedding[(size_t)tok[t] * C + i];
     for (int l = 0; l < c->n_layers; l++) {
         naive_rms(x, m->w.rms_att + (size_t)l * C, xn, T, C);
         naive_lin(m, lo, l, PLAIT_WQ, xn, q, T);
@@ -241,34 +255,42 @@ static void naive_forward(const plait_model_t *m, const plait_lora_t *lo, const 
                 double mx = -1e300, sum = 0;
                 for (int u = 0; u <= t; u++) {
                     double d = 0;
-                    for (int i = 0; i < HS; i++) d += q[t * C + h * HS + i] * k[u * KV + g * HS + i];
+                    for (int i = 0; i < HS; i++)
+                        d += q[t * C + h * HS + i] * k[u * KV + g * HS + i];
                     att[u] = d / sqrt((double)HS);
                     if (att[u] > mx) mx = att[u];
                 }
-                for (int u = 0; u <= t; u++) sum += (att[u] = exp(att[u] - mx));
+                for (int u = 0; u <= t; u++)
+                    sum += (att[u] = exp(att[u] - mx));
                 for (int i = 0; i < HS; i++) {
                     double o = 0;
-                    for (int u = 0; u <= t; u++) o += att[u] / sum * v[u * KV + g * HS + i];
+                    for (int u = 0; u <= t; u++)
+                        o += att[u] / sum * v[u * KV + g * HS + i];
                     ao[t * C + h * HS + i] = o;
                 }
             }
         naive_lin(m, lo, l, PLAIT_WO, ao, tmp, T);
-        for (int i = 0; i < T * C; i++) x[i] += tmp[i];
+        for (int i = 0; i < T * C; i++)
+            x[i] += tmp[i];
         naive_rms(x, m->w.rms_ffn + (size_t)l * C, xn, T, C);
         naive_lin(m, lo, l, PLAIT_W1, xn, h1, T);
         naive_lin(m, lo, l, PLAIT_W3, xn, h3, T);
-        for (int i = 0; i < T * H; i++) h1[i] = h1[i] / (1.0 + exp(-h1[i])) * h3[i];
+        for (int i = 0; i < T * H; i++)
+            h1[i] = h1[i] / (1.0 + exp(-h1[i])) * h3[i];
         naive_lin(m, lo, l, PLAIT_W2, h1, tmp, T);
-        for (int i = 0; i < T * C; i++) x[i] += tmp[i];
+        for (int i = 0; i < T * C; i++)
+            x[i] += tmp[i];
     }
     naive_rms(x, m->w.rms_final, xn, T, C);
     for (int t = 0; t < T; t++)
         for (int o = 0; o < V; o++) {
             double y = 0;
-            for (int i = 0; i < C; i++) y += (double)m->w.wcls[(size_t)o * C + i] * xn[t * C + i];
+            for (int i = 0; i < C; i++)
+                y += (double)m->w.wcls[(size_t)o * C + i] * xn[t * C + i];
             logits[(size_t)t * V + o] = y;
         }
-    free(x), free(xn), free(q), free(k), free(v), free(ao), free(h1), free(h3), free(tmp), free(att);
+    free(x), free(xn), free(q), free(k), free(v), free(ao), free(h1), free(h3), free(tmp),
+        free(att);
 }
 
 /* ---------------------------------------------------------------- tests */
@@ -352,8 +374,9 @@ END_TEST
 /* Logits of every position: KV-cache forward (token by token and prefill,
  * merged and unmerged) against PyTorch's float64 logits and the naive
  * double forward above. */
-static void check_reference_case(const char *casename, const char *model_dir, const char *model_name, int T,
-                                 int rank, float alpha, uint32_t targets)
+static void check_reference_case(const char *casename, const char *model_dir,
+                                 const char *model_name, int T, int rank, float alpha,
+                                 uint32_t targets)
 {
     char *casedir = tu_path(tu_reference_dir(), casename);
     plait_model_t m;
@@ -375,7 +398,8 @@ static void check_reference_case(const char *casename, const char *model_dir, co
             mx = fmax(mx, fabs(ref[(size_t)t * V + i]));
             err = fmax(err, fabs(naive[(size_t)t * V + i] - ref[(size_t)t * V + i]));
         }
-        ck_assert_msg(err / mx < 1e-6, "%s: naive model differs from PyTorch at %d: %g", casename, t, err / mx);
+        ck_assert_msg(err / mx < 1e-6, "%s: naive model differs from PyTorch at %d: %g", casename,
+                      t, err / mx);
     }
 
     for (int merge = 0; merge <= 1; merge++) {
@@ -394,8 +418,9 @@ static void check_reference_case(const char *casename, const char *model_dir, co
             ck_assert_int_eq(plait_infer_forward(&st, tokens[t], t, &lg), 0);
             double e1 = rel_err_row(lg, ref + (size_t)t * V, V);
             double e2 = rel_err_row(lg, naive + (size_t)t * V, V);
-            ck_assert_msg(e1 < TOL_REF && e2 < TOL_REF, "%s merge=%d pos %d: rel err %g (PyTorch) %g (naive)",
-                          casename, merge, t, e1, e2);
+            ck_assert_msg(e1 < TOL_REF && e2 < TOL_REF,
+                          "%s merge=%d pos %d: rel err %g (PyTorch) %g (naive)", casename, merge, t,
+                          e1, e2);
             worst = fmax(worst, e1);
         }
         /* Prefill of every prefix length ends in the same logits. */
@@ -405,7 +430,8 @@ static void check_reference_case(const char *casename, const char *model_dir, co
             double e = rel_err_row(lg, ref + (size_t)(n - 1) * V, V);
             ck_assert_msg(e < TOL_REF, "%s merge=%d prefill %d: rel err %g", casename, merge, n, e);
         }
-        fprintf(stderr, "%s merge=%d: worst relative logit error vs PyTorch %.3g\n", casename, merge, worst);
+        fprintf(stderr, "%s merge=%d: worst relative logit error vs PyTorch %.3g\n", casename,
+                merge, worst);
         plait_infer_free(&st);
     }
     free(tokens);
@@ -425,7 +451,8 @@ END_TEST
 
 START_TEST(test_reference_tiny_untied_all7)
 {
-    check_reference_case("tiny_untied_all7_r4", NULL, "model.bin", 16, 4, 8.0f, (1u << PLAIT_NPROJ) - 1);
+    check_reference_case("tiny_untied_all7_r4", NULL, "model.bin", 16, 4, 8.0f,
+                         (1u << PLAIT_NPROJ) - 1);
 }
 END_TEST
 
@@ -436,7 +463,8 @@ START_TEST(test_naive_no_adapter)
     load_stories(&m, NULL);
     int T = 48, V = m.cfg.vocab_size;
     int tokens[48];
-    for (int i = 0; i < T; i++) tokens[i] = (i * 37 + 1) % V;
+    for (int i = 0; i < T; i++)
+        tokens[i] = (i * 37 + 1) % V;
     double *naive = malloc((size_t)T * (size_t)V * sizeof(double));
     naive_forward(&m, NULL, tokens, T, naive);
     plait_infer_t st;
@@ -507,7 +535,8 @@ START_TEST(test_merged_vs_unmerged)
     /* Now a non-zero B: the adapter must change the logits, and merged must
      * agree with unmerged after plait_infer_remerge. */
     uint64_t s = 5;
-    for (size_t i = lo.n_a; i < lo.n_params; i++) lo.params[i] = (float)((double)plait_rng_f32(&s) - 0.5) * 0.1f;
+    for (size_t i = lo.n_a; i < lo.n_params; i++)
+        lo.params[i] = (float)((double)plait_rng_f32(&s) - 0.5) * 0.1f;
     plait_infer_remerge(&mg);
     double max_change = 0, worst = 0;
     for (int t = 0; t < T; t++) {
@@ -542,7 +571,8 @@ START_TEST(test_prefill_matches_decode)
     load_stories(&m, NULL);
     int V = m.cfg.vocab_size, T = 100;
     int tokens[100];
-    for (int i = 0; i < T; i++) tokens[i] = (i * 53 + 1) % V;
+    for (int i = 0; i < T; i++)
+        tokens[i] = (i * 53 + 1) % V;
     plait_pool_t *pool;
     ck_assert_int_eq(plait_pool_create(&pool, 2), 0);
     plait_infer_config_t ic;
@@ -605,16 +635,19 @@ START_TEST(test_sampler)
         ck_assert_int_eq(plait_sampler_setup(&sm, 4, 1.0f, topps[k], 1234), 0);
         int count[4] = {0};
         const int N = 40000;
-        for (int i = 0; i < N; i++) count[plait_sampler_sample(&sm, logits)]++;
+        for (int i = 0; i < N; i++)
+            count[plait_sampler_sample(&sm, logits)]++;
         for (int i = 0; i < 4; i++)
-            ck_assert_msg(fabs((double)count[i] / N - want[k][i]) < 0.015, "topp %g token %d: %g, want %g",
-                          (double)topps[k], i, (double)count[i] / N, want[k][i]);
+            ck_assert_msg(fabs((double)count[i] / N - want[k][i]) < 0.015,
+                          "topp %g token %d: %g, want %g", (double)topps[k], i,
+                          (double)count[i] / N, want[k][i]);
         plait_sampler_free(&sm);
     }
     ck_assert_int_eq(memcmp(copy, logits, sizeof(copy)), 0); /* logits untouched */
     /* Low temperature concentrates on the argmax. */
     ck_assert_int_eq(plait_sampler_setup(&sm, 4, 0.01f, 0.9f, 9), 0);
-    for (int i = 0; i < 100; i++) ck_assert_int_eq(plait_sampler_sample(&sm, logits), 0);
+    for (int i = 0; i < 100; i++)
+        ck_assert_int_eq(plait_sampler_sample(&sm, logits), 0);
     plait_sampler_free(&sm);
     plait_sampler_free(&sm);
     ck_assert_int_eq(plait_sampler_setup(&sm, 4, -1.0f, 0.9f, 1), PLAIT_EINVAL);
@@ -654,7 +687,8 @@ START_TEST(test_generate_sampling)
     ck_assert(strncmp(a, "Once upon", 9) == 0);
     /* steps above max_ctx are clamped to it (run.c clamps to seq_len). */
     ck_assert_uint_le(st1.generated_tokens, 64 - 2);
-    ck_assert(st1.stop_token == -1 ? st1.generated_tokens == 62 : st1.stop_token == 1 || st1.stop_token == 2);
+    ck_assert(st1.stop_token == -1 ? st1.generated_tokens == 62
+                                   : st1.stop_token == 1 || st1.stop_token == 2);
     free(b);
     g.seed = 8;
     b = gen_text(&st, &tok, "Once upon", &g, NULL);
@@ -663,13 +697,21 @@ START_TEST(test_generate_sampling)
     free(b);
     /* The callback can stop generation. */
     int calls = 0;
-    ck_assert_int_eq(plait_generate(&st, &tok, "Once upon a time", &g, stop_after_3, &calls, NULL), PLAIT_ECANCELED);
+    ck_assert_int_eq(plait_generate(&st, &tok, "Once upon a time", &g, stop_after_3, &calls, NULL),
+                     PLAIT_ECANCELED);
     ck_assert_int_eq(calls, 3);
     /* A NULL callback discards text; bad configs fail before any callback. */
     ck_assert_int_eq(plait_generate(&st, &tok, NULL, &g, NULL, NULL, NULL), 0);
     calls = 0;
     g.temperature = -1.0f;
+    ck_assert_int_eq(plait_gen_config_validate(&g), PLAIT_EINVAL);
+    ck_assert_ptr_nonnull(strstr(plait_errmsg(), "temperature"));
     ck_assert_int_eq(plait_generate(&st, &tok, "x", &g, stop_after_3, &calls, NULL), PLAIT_EINVAL);
+    g.temperature = 1.0f;
+    g.topp = NAN;
+    ck_assert_int_eq(plait_generate(&st, &tok, "x", &g, stop_after_3, &calls, NULL), PLAIT_EINVAL);
+    g.topp = 0.9f;
+    ck_assert_int_eq(plait_gen_config_validate(&g), 0);
     g.temperature = 1.0f;
     g.bos = 0;
     ck_assert_int_eq(plait_generate(&st, &tok, "", &g, stop_after_3, &calls, NULL), PLAIT_EINVAL);

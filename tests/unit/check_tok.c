@@ -6,6 +6,7 @@
  * trips, and the assets' "about 1.69 chars/token on tinyshakespeare".
  */
 #include <check.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,19 +34,21 @@ static int *enc(const plait_tok_t *t, const char *s, int bos, int eos, size_t *n
     return ids;
 }
 
-static void expect_ids(const plait_tok_t *t, const char *s, int bos, int eos, const int *want, size_t nwant)
+static void expect_ids(const plait_tok_t *t, const char *s, int bos, int eos, const int *want,
+                       size_t nwant)
 {
     size_t n;
     int *ids = enc(t, s, bos, eos, &n);
     ck_assert_msg(n == nwant, "'%s': %zu ids, expected %zu", s, n, nwant);
-    for (size_t i = 0; i < n; i++) ck_assert_msg(ids[i] == want[i], "'%s': id %zu is %d, expected %d", s, i, ids[i], want[i]);
+    for (size_t i = 0; i < n; i++)
+        ck_assert_msg(ids[i] == want[i], "'%s': id %zu is %d, expected %d", s, i, ids[i], want[i]);
     free(ids);
 }
 
-#define EXPECT(s, bos, eos, ...)                                                              \
-    do {                                                                                      \
-        const int w_[] = {__VA_ARGS__};                                                       \
-        expect_ids(&t, s, bos, eos, w_, sizeof(w_) / sizeof(w_[0]));                          \
+#define EXPECT(s, bos, eos, ...)                                                                   \
+    do {                                                                                           \
+        const int w_[] = {__VA_ARGS__};                                                            \
+        expect_ids(&t, s, bos, eos, w_, sizeof(w_) / sizeof(w_[0]));                               \
     } while (0)
 
 START_TEST(test_load)
@@ -85,18 +88,19 @@ START_TEST(test_known_encodings)
     EXPECT("Hello world", 1, 0, 1, 346, 306, 414, 263, 304, 341);
     EXPECT("a  b", 1, 0, 1, 261, 410, 268);
     EXPECT(" leading", 1, 0, 1, 410, 278, 411, 380, 299);
-    EXPECT("Once upon a time, there was a little girl named Lily.", 1, 0, 1, 403, 407, 261, 378, 432, 383,
-           286, 261, 376, 298, 315, 421, 395, 317, 426);
+    EXPECT("Once upon a time, there was a little girl named Lily.", 1, 0, 1, 403, 407, 261, 378,
+           432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426);
     /* Byte fallback: control bytes, a 3-byte code point that is a piece
      * (€ = 503) and ones that are not (✓, 😀 become 3 and 4 byte tokens). */
     EXPECT("\x01\x7f\t", 1, 0, 1, 410, 4, 130, 12);
     EXPECT("\xe2\x82\xac", 1, 0, 1, 410, 503);
-    EXPECT("h\xc3\xa9llo \xe2\x9c\x93 \xf0\x9f\x98\x80!", 1, 0, 1, 270, 485, 306, 414, 410, 229, 159, 150,
-           410, 243, 162, 155, 131, 443);
-    EXPECT("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.", 1, 0, 1,
-           410, 453, 315, 356, 410, 457, 275, 417, 451, 302, 467, 13, 445, 411, 431, 414, 276, 382, 282, 420,
-           414, 331, 266, 261, 416, 422, 272, 425, 420, 413, 386, 432, 281, 295, 284, 411, 262, 427, 411, 412,
-           433, 426, 13, 13, 447, 306, 467, 13, 437, 427, 411, 412, 433, 432, 262, 427, 411, 412, 433, 426);
+    EXPECT("h\xc3\xa9llo \xe2\x9c\x93 \xf0\x9f\x98\x80!", 1, 0, 1, 270, 485, 306, 414, 410, 229,
+           159, 150, 410, 243, 162, 155, 131, 443);
+    EXPECT("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.",
+           1, 0, 1, 410, 453, 315, 356, 410, 457, 275, 417, 451, 302, 467, 13, 445, 411, 431, 414,
+           276, 382, 282, 420, 414, 331, 266, 261, 416, 422, 272, 425, 420, 413, 386, 432, 281, 295,
+           284, 411, 262, 427, 411, 412, 433, 426, 13, 13, 447, 306, 467, 13, 437, 427, 411, 412,
+           433, 432, 262, 427, 411, 412, 433, 426);
     plait_tok_free(&t);
 }
 END_TEST
@@ -125,7 +129,8 @@ static size_t naive_encode(const plait_tok_t *t, const char *text, size_t len, i
         if (id != -1) {
             tokens[n++] = id;
         } else {
-            for (size_t i = 0; i < str_len; i++) tokens[n++] = (unsigned char)buf[i] + 3;
+            for (size_t i = 0; i < str_len; i++)
+                tokens[n++] = (unsigned char)buf[i] + 3;
         }
         str_len = 0;
     }
@@ -147,7 +152,8 @@ static size_t naive_encode(const plait_tok_t *t, const char *text, size_t len, i
         }
         if (best_idx == -1) break;
         tokens[best_idx] = best_id;
-        for (size_t i = (size_t)best_idx + 1; i + 1 < n; i++) tokens[i] = tokens[i + 1];
+        for (size_t i = (size_t)best_idx + 1; i + 1 < n; i++)
+            tokens[i] = tokens[i + 1];
         n--;
     }
     return n;
@@ -160,7 +166,8 @@ static void compare_with_naive(const plait_tok_t *t, const char *s, size_t len, 
     ck_assert_int_eq(plait_tok_encode(t, s, len, bos, 0, a, cap, &n), 0);
     size_t nb = naive_encode(t, s, len, bos, b);
     ck_assert_msg(n == nb, "len %zu: %zu vs naive %zu tokens", len, n, nb);
-    for (size_t i = 0; i < n; i++) ck_assert_msg(a[i] == b[i], "len %zu: token %zu: %d vs naive %d", len, i, a[i], b[i]);
+    for (size_t i = 0; i < n; i++)
+        ck_assert_msg(a[i] == b[i], "len %zu: token %zu: %d vs naive %d", len, i, a[i], b[i]);
     free(a);
     free(b);
 }
@@ -182,13 +189,15 @@ START_TEST(test_matches_naive)
     }
     /* UTF-8, stray continuation bytes, over-long sequences, NUL bytes, and
      * random bytes: the split into code points must follow run.c too. */
-    const char odd[] = "\x80\x80\x80\x80\x80x\xf0\x9f\x98\x80\x80\x80 caf\xc3\xa9\x00z \xe2\x82\xac\xe2\x82";
+    const char odd[] =
+        "\x80\x80\x80\x80\x80x\xf0\x9f\x98\x80\x80\x80 caf\xc3\xa9\x00z \xe2\x82\xac\xe2\x82";
     compare_with_naive(&t, odd, sizeof(odd) - 1, 1);
     char rnd[300];
     for (int k = 0; k < 20; k++) {
         for (size_t i = 0; i < sizeof(rnd); i++) {
             s ^= s << 13, s ^= s >> 7, s ^= s << 17;
-            static const char alpha[] = "ab \n\xc3\xa9" "e";
+            static const char alpha[] = "ab \n\xc3\xa9"
+                                        "e";
             rnd[i] = k < 10 ? (char)(s & 0xFF) : alpha[s % 7];
         }
         compare_with_naive(&t, rnd, 1 + (size_t)(s % sizeof(rnd)), 1);
@@ -196,6 +205,85 @@ START_TEST(test_matches_naive)
     free(text);
     free(p);
     plait_tok_free(&t);
+}
+END_TEST
+
+/* Build a tokenizer file: the 259 standard tokens, then extra pieces with
+ * the given scores. Returns malloc'd bytes. */
+static uint8_t *build_tok(const char *const *extra, const float *scores, int n_extra, size_t *len)
+{
+    size_t cap = 4 + 259 * 16 + (size_t)n_extra * 16, o = 0;
+    uint8_t *b = malloc(cap);
+    int32_t mtl = 7;
+    memcpy(b, &mtl, 4);
+    o = 4;
+    for (int i = 0; i < 259 + n_extra; i++) {
+        char piece[16];
+        float sc = 0.0f;
+        if (i == 0)
+            snprintf(piece, sizeof(piece), "<unk>");
+        else if (i == 1)
+            snprintf(piece, sizeof(piece), "\n<s>\n");
+        else if (i == 2)
+            snprintf(piece, sizeof(piece), "\n</s>\n");
+        else if (i < 259)
+            snprintf(piece, sizeof(piece), "<0x%02X>", i - 3);
+        else {
+            snprintf(piece, sizeof(piece), "%s", extra[i - 259]);
+            sc = scores[i - 259];
+        }
+        int32_t n = (int32_t)strlen(piece);
+        memcpy(b + o, &sc, 4);
+        memcpy(b + o + 4, &n, 4);
+        memcpy(b + o + 8, piece, (size_t)n);
+        o += 8 + (size_t)n;
+    }
+    *len = o;
+    return b;
+}
+
+/* Merge-order corner cases on a crafted vocabulary: equal scores (leftmost
+ * wins), a duplicated piece (lowest id), scores at or below -1e10 and NaN
+ * (never merged, as run.c's strict comparison from -1e10 implies), +inf. */
+START_TEST(test_crafted_vocab)
+{
+    const char *const extra[] = {" ",  "a",  "b",  "ab", "ba", "aba", "bab",
+                                 "ab", "aa", " a", "bb", " b", "abab"};
+    const float scores[] = {0,    0,   0,    1.0f,     1.0f,   2.0f, -1e10f,
+                            5.0f, NAN, 1.0f, INFINITY, -2e10f, 1.0f};
+    int n_extra = (int)(sizeof(extra) / sizeof(extra[0]));
+    size_t len;
+    uint8_t *b = build_tok(extra, scores, n_extra, &len);
+    plait_tok_t t;
+    plait_tok_init(&t);
+    ck_assert_msg(plait_tok_parse(&t, b, len, 259 + n_extra) == 0, "%s", plait_errmsg());
+    ck_assert_int_eq(t.space_id, 259);
+    uint64_t s = 777;
+    char txt[200];
+    for (int k = 0; k < 400; k++) {
+        size_t n = 1 + (size_t)(k % 60);
+        for (size_t i = 0; i < n; i++) {
+            s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+            txt[i] = "aab b\xc3"[s % 6];
+        }
+        compare_with_naive(&t, txt, n, k & 1);
+    }
+    size_t n;
+    int ids[16];
+    ck_assert_int_eq(plait_tok_encode(&t, "ab", 2, 0, 0, ids, 16, &n), 0);
+    /* " " "a" "b": pairs " a" (1.0) and "ab" (the lower id of the two "ab",
+     * score 1.0, not the duplicate's 5.0) tie; the leftmost, " a", merges
+     * first, and " ab" is no piece: [" a", "b"]. */
+    ck_assert_uint_eq(n, 2);
+    ck_assert_int_eq(ids[0], 259 + 9);
+    ck_assert_int_eq(ids[1], 259 + 2);
+    ck_assert_int_eq(plait_tok_encode(&t, "bb", 2, 0, 0, ids, 16, &n), 0);
+    /* "bb" has score +inf and wins over " b" (-2e10, never merged). */
+    ck_assert_uint_eq(n, 2);
+    ck_assert_int_eq(ids[0], 259);
+    ck_assert_int_eq(ids[1], 259 + 10);
+    plait_tok_free(&t);
+    free(b);
 }
 END_TEST
 
@@ -229,7 +317,8 @@ START_TEST(test_round_trip_and_ratio)
     size_t len;
     char *text = (char *)tu_read_file(p, &len);
     ck_assert_ptr_nonnull(text);
-    for (size_t off = 0; off + 5000 < len; off += 97003) round_trip(&t, text + off, 5000);
+    for (size_t off = 0; off + 5000 < len; off += 97003)
+        round_trip(&t, text + off, 5000);
     round_trip(&t, "h\xc3\xa9llo \xe2\x9c\x93 \xf0\x9f\x98\x80!\x01\xff", 17);
     /* The whole file in one go: fast because the merge is O(n log n). */
     size_t cap = plait_tok_encode_bound(len), n;
@@ -285,9 +374,11 @@ static void expect_bad(const uint8_t *buf, size_t len, int vocab, int code, cons
     plait_tok_t t;
     plait_tok_init(&t);
     int rc = plait_tok_parse(&t, buf, len, vocab);
-    ck_assert_msg(rc == code, "len %zu vocab %d: expected %s, got %s (%s)", len, vocab, plait_err_name(code),
-                  plait_err_name(rc), plait_errmsg());
-    if (needle) ck_assert_msg(strstr(plait_errmsg(), needle) != NULL, "detail '%s' lacks '%s'", plait_errmsg(), needle);
+    ck_assert_msg(rc == code, "len %zu vocab %d: expected %s, got %s (%s)", len, vocab,
+                  plait_err_name(code), plait_err_name(rc), plait_errmsg());
+    if (needle)
+        ck_assert_msg(strstr(plait_errmsg(), needle) != NULL, "detail '%s' lacks '%s'",
+                      plait_errmsg(), needle);
     ck_assert_ptr_null(t.vocab);
     plait_tok_free(&t);
 }
@@ -300,7 +391,8 @@ START_TEST(test_bad_files)
     ck_assert_ptr_nonnull(buf);
     ck_assert_uint_eq(len, 6227);
     /* Every proper prefix is truncated. */
-    for (size_t n = 0; n < len; n++) expect_bad(buf, n, V512, PLAIT_EPROTO, NULL);
+    for (size_t n = 0; n < len; n++)
+        expect_bad(buf, n, V512, PLAIT_EPROTO, NULL);
     expect_bad(buf, 100, V512, PLAIT_EPROTO, "truncated");
     expect_bad(buf, len - 1, V512, PLAIT_EPROTO, "truncated");
     /* A trailing byte, or a vocab size that does not match the file. */
@@ -350,8 +442,10 @@ START_TEST(test_bad_files)
             int ids[64];
             size_t n;
             ck_assert_int_eq(plait_tok_encode(&t, txt, strlen(txt), 1, 1, ids, 64, &n), 0);
-            for (size_t i = 0; i < n; i++) ck_assert(ids[i] >= 0 && ids[i] < V512);
-            for (int i = 0; i < V512; i++) (void)plait_tok_decode(&t, 1, i, NULL);
+            for (size_t i = 0; i < n; i++)
+                ck_assert(ids[i] >= 0 && ids[i] < V512);
+            for (int i = 0; i < V512; i++)
+                (void)plait_tok_decode(&t, 1, i, NULL);
         }
         plait_tok_free(&t);
     }
@@ -377,6 +471,7 @@ Suite *tok_suite(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_known_encodings);
     tcase_add_test(tc, test_matches_naive);
+    tcase_add_test(tc, test_crafted_vocab);
     tcase_add_test(tc, test_round_trip_and_ratio);
     tcase_add_test(tc, test_decode);
     suite_add_tcase(s, tc);
