@@ -9,16 +9,21 @@
  * hundred (32000 for a classifier); inference issues N = 1 matrix-vector
  * products. So both the per-call dispatch cost and the inner loop matter.
  *
- * Pool. A fixed set of workers runs one job at a time: the caller publishes
- * the job by bumping a generation counter, runs chunk 0 of [0, n) itself and
- * waits for the rest. Both sides spin briefly (POOL_SPIN, tens of
- * microseconds) before sleeping on a condition variable, because the next
- * job of a training step usually arrives within that time, and a futex wake
- * costs more than the smaller jobs themselves. Every worker takes part in
- * every job (its chunk may be empty), so the caller never rewrites the job
- * while a worker could still read it. The spin/sleep hand-off is race-free
- * by construction: the generation is bumped and the sleeper count read under
- * the mutex, and the last worker signals completion under it.
+ * Pool. A fixed set of workers runs one job at a time. The caller splits
+ * [0, n) into min(n, threads) contiguous chunks, publishes the job by bumping
+ * a generation counter, then claims and runs chunks itself alongside the
+ * workers (chunks are claimed by compare-and-swap on one atomic word that
+ * also carries the generation). So a worker that is slow to wake, or whose
+ * core is busy with other work, delays nothing: the caller runs its chunk,
+ * and waits only for chunks already claimed. Both sides spin briefly
+ * (POOL_SPIN, some tens of microseconds) before sleeping on a condition
+ * variable, because the next job of a training step usually arrives within
+ * that time, and a futex wake costs as much as the smaller jobs themselves.
+ * The hand-off cannot lose a wake-up: the generation is bumped and the
+ * sleeper count read under the mutex, and the thread that finishes the last
+ * chunk signals completion under it. The job fields are read only by a
+ * thread holding an unfinished chunk, so the caller never rewrites them
+ * while they are in use.
  *
  * Matmul. All three products are one GEMM, C (M, NN) (+)= A (M, K) · B (K, NN),
  * with strides that describe the operands in place:
@@ -73,27 +78,29 @@ struct plait_pool_s {
     pthread_t *threads;     /* n - 1 workers */
     pthread_mutex_t mu;
     pthread_cond_t cv_work; /* a new job (generation bumped) or stop */
-    pthread_cond_t cv_done; /* the last worker finished the current job */
+    pthread_cond_t cv_done; /* the last chunk of the current job finished */
     atomic_ulong gen;       /* job generation; bumped under mu */
-    atomic_int pending;     /* workers that have not finished the current job */
+    /* The claim word of the current job: bits 32..63 the low 32 bits of its
+     * generation, 16..31 its chunk count, 0..15 the next unclaimed chunk.
+     * Chunks are claimed by compare-and-swap, so a stale worker (one that
+     * wakes after its job ended) sees a different generation and claims
+     * nothing. */
+    atomic_uint_least64_t claim;
+    atomic_uint done;       /* chunks of the current job finished */
     atomic_int stop;
     int sleepers;           /* workers blocked on cv_work (under mu) */
     int caller_waiting;     /* caller blocked on cv_done (under mu) */
-    /* The job: written by the caller before it bumps gen, read by workers
-     * after they see the new gen, never written while pending > 0. */
+    /* The job: written by the caller before it publishes, read only by a
+     * thread that holds a claimed, unfinished chunk of it, so never while
+     * the caller rewrites it. */
     plait_pool_fn fn;
     void *ctx;
     size_t total;
 };
 
-typedef struct {
-    plait_pool_t *p;
-    int idx;
-} worker_arg_t;
-
-static void chunk(size_t total, int n, int idx, size_t *b, size_t *e)
+static void chunk(size_t total, unsigned n, unsigned idx, size_t *b, size_t *e)
 {
-    size_t base = total / (size_t)n, rem = total % (size_t)n, i = (size_t)idx;
+    size_t base = total / n, rem = total % n, i = idx;
     *b = i * base + (i < rem ? i : rem);
     *e = *b + base + (i < rem ? 1 : 0);
 }
@@ -117,35 +124,58 @@ static unsigned long wait_job(plait_pool_t *p, unsigned long seen)
     return g;
 }
 
+/* Claim and run chunks of job generation g until none is left (or the job
+ * is no longer g). The thread that finishes the last chunk wakes the caller. */
+static void run_chunks(plait_pool_t *p, unsigned long g)
+{
+    uint_least64_t c = atomic_load_explicit(&p->claim, memory_order_acquire);
+    for (;;) {
+        if ((uint32_t)(c >> 32) != (uint32_t)g) return;  /* stale: that job is over */
+        unsigned nchunks = (unsigned)(c >> 16) & 0xffffu, i = (unsigned)c & 0xffffu;
+        if (i >= nchunks) return;
+        if (!atomic_compare_exchange_weak_explicit(&p->claim, &c, c + 1, memory_order_acq_rel,
+                                                   memory_order_acquire))
+            continue; /* c now holds the current word */
+        size_t b, e;
+        chunk(p->total, nchunks, i, &b, &e);
+        p->fn(p->ctx, b, e);
+        if (atomic_fetch_add_explicit(&p->done, 1, memory_order_acq_rel) + 1 == nchunks) {
+            pthread_mutex_lock(&p->mu);
+            if (p->caller_waiting) pthread_cond_signal(&p->cv_done);
+            pthread_mutex_unlock(&p->mu);
+            return;
+        }
+        c = atomic_load_explicit(&p->claim, memory_order_acquire);
+    }
+}
+
 static void *worker(void *arg)
 {
-    worker_arg_t *wa = arg;
-    plait_pool_t *p = wa->p;
-    int idx = wa->idx;
-    free(wa);
+    plait_pool_t *p = arg;
     unsigned long seen = 0;
     for (;;) {
         seen = wait_job(p, seen);
         if (atomic_load_explicit(&p->stop, memory_order_relaxed)) break;
-        size_t b, e;
-        chunk(p->total, p->n, idx, &b, &e);
-        if (b < e) p->fn(p->ctx, b, e);
-        if (atomic_fetch_sub_explicit(&p->pending, 1, memory_order_acq_rel) == 1) {
-            pthread_mutex_lock(&p->mu);
-            if (p->caller_waiting) pthread_cond_signal(&p->cv_done);
-            pthread_mutex_unlock(&p->mu);
-        }
+        run_chunks(p, seen);
     }
     return NULL;
 }
 
-/* Publish a new generation (a job, or stop) and wake sleepers. */
-static void publish(plait_pool_t *p)
+/* Publish a new generation (a job, or stop) and wake sleepers. The claim
+ * word is set before gen is bumped, so a worker that sees the new gen also
+ * sees the new claim word. */
+static unsigned long publish(plait_pool_t *p, unsigned nchunks)
 {
     pthread_mutex_lock(&p->mu);
-    atomic_fetch_add_explicit(&p->gen, 1, memory_order_release);
+    unsigned long g = atomic_load_explicit(&p->gen, memory_order_relaxed) + 1;
+    atomic_store_explicit(&p->done, 0, memory_order_relaxed);
+    atomic_store_explicit(&p->claim,
+                          ((uint_least64_t)(uint32_t)g << 32) | ((uint_least64_t)nchunks << 16),
+                          memory_order_release);
+    atomic_store_explicit(&p->gen, g, memory_order_release);
     if (p->sleepers) pthread_cond_broadcast(&p->cv_work);
     pthread_mutex_unlock(&p->mu);
+    return g;
 }
 
 int plait_pool_create(plait_pool_t **out, int n)
@@ -154,9 +184,10 @@ int plait_pool_create(plait_pool_t **out, int n)
     if (n < 1 || n > 256) return plait_fail(PLAIT_EINVAL, "thread count %d is outside 1..256", n);
     plait_pool_t *p = calloc(1, sizeof(*p));
     if (!p) return PLAIT_ENOMEM;
-    p->n = 1; /* workers actually started, for destroy on a failed create */
+    p->n = 1; /* threads actually started, so destroy joins only those */
     atomic_init(&p->gen, 0);
-    atomic_init(&p->pending, 0);
+    atomic_init(&p->claim, 0);
+    atomic_init(&p->done, 0);
     atomic_init(&p->stop, 0);
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv_work, NULL);
@@ -165,25 +196,12 @@ int plait_pool_create(plait_pool_t **out, int n)
         p->threads = calloc((size_t)n - 1, sizeof(pthread_t));
         if (!p->threads) { plait_pool_destroy(p); return PLAIT_ENOMEM; }
     }
-    /* Workers read p->n to size their chunks, so it must be final before
-     * the first one starts; a failed start shrinks it back before any job. */
-    p->n = n;
     for (int i = 1; i < n; i++) {
-        worker_arg_t *wa = malloc(sizeof(*wa));
-        int rc = wa ? 0 : PLAIT_ENOMEM;
-        if (wa) {
-            wa->p = p;
-            wa->idx = i;
-            if (pthread_create(&p->threads[i - 1], NULL, worker, wa) != 0) {
-                free(wa);
-                rc = plait_fail(PLAIT_ENOMEM, "cannot start worker thread %d", i);
-            }
-        }
-        if (rc != 0) {
-            p->n = i; /* join only the i - 1 workers that started */
+        if (pthread_create(&p->threads[i - 1], NULL, worker, p) != 0) {
             plait_pool_destroy(p);
-            return rc;
+            return plait_fail(PLAIT_ENOMEM, "cannot start worker thread %d", i);
         }
+        p->n = i + 1;
     }
     *out = p;
     return 0;
@@ -193,7 +211,7 @@ void plait_pool_destroy(plait_pool_t *p)
 {
     if (!p) return;
     atomic_store_explicit(&p->stop, 1, memory_order_relaxed);
-    if (p->n > 1) publish(p); /* the release in publish orders stop before gen */
+    if (p->n > 1) publish(p, 0); /* the release in publish orders stop before gen */
     for (int i = 1; i < p->n; i++) pthread_join(p->threads[i - 1], NULL);
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->cv_work);
@@ -211,21 +229,21 @@ void plait_pool_run(plait_pool_t *p, plait_pool_fn fn, void *ctx, size_t n)
         fn(ctx, 0, n);
         return;
     }
+    unsigned nchunks = n < (size_t)p->n ? (unsigned)n : (unsigned)p->n;
     p->fn = fn;
     p->ctx = ctx;
     p->total = n;
-    atomic_store_explicit(&p->pending, p->n - 1, memory_order_relaxed);
-    publish(p);
-    size_t b, e;
-    chunk(n, p->n, 0, &b, &e);
-    if (b < e) fn(ctx, b, e);
+    unsigned long g = publish(p, nchunks);
+    /* The caller claims chunks too: if the workers are slow to wake, it
+     * runs the whole job itself and never waits for them. */
+    run_chunks(p, g);
     for (int i = 0; i < POOL_SPIN; i++) {
-        if (atomic_load_explicit(&p->pending, memory_order_acquire) == 0) return;
+        if (atomic_load_explicit(&p->done, memory_order_acquire) == nchunks) return;
         cpu_relax();
     }
     pthread_mutex_lock(&p->mu);
     p->caller_waiting = 1;
-    while (atomic_load_explicit(&p->pending, memory_order_acquire) != 0)
+    while (atomic_load_explicit(&p->done, memory_order_acquire) != nchunks)
         pthread_cond_wait(&p->cv_done, &p->mu);
     p->caller_waiting = 0;
     pthread_mutex_unlock(&p->mu);
