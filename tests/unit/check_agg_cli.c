@@ -158,6 +158,7 @@ Suite *agg_cli_suite(void)
 {
     Suite *s = suite_create("agg_cli");
     TCase *tc = tcase_create("privacy");
+    tcase_set_timeout(tc, 300); /* shared CI machines and sanitizer builds are slow */
     tcase_add_test(tc, test_privacy_json);
     tcase_add_test(tc, test_privacy_text_and_classic);
     tcase_add_test(tc, test_privacy_bad_flags);
