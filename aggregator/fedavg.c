@@ -87,12 +87,8 @@ int plait_fedavg_add(plait_fedavg_t *fa, const float *u, size_t n, double exampl
         fa->st.rejected_length++;
         return plait_fail(PLAIT_EMISMATCH, "fedavg_add: update has %zu values, expected %zu", n, fa->cfg.dim);
     }
-    double sq = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        double v = u[i];
-        sq += v * v;
-    }
-    if (!isfinite(sq)) { /* a NaN or infinity anywhere makes the sum non-finite */
+    double norm = plait_update_l2(u, n);
+    if (!isfinite(norm)) { /* a NaN or infinity anywhere makes the sum non-finite */
         fa->st.rejected_nonfinite++;
         return plait_fail(PLAIT_EINVAL, "fedavg_add: update contains non-finite values");
     }
@@ -100,7 +96,6 @@ int plait_fedavg_add(plait_fedavg_t *fa, const float *u, size_t n, double exampl
         fa->st.rejected_weight++;
         return plait_fail(PLAIT_EINVAL, "fedavg_add: example count must be finite and > 0");
     }
-    double norm = sqrt(sq);
     if (norm > fa->cfg.clip_norm + fa->cfg.norm_slack) {
         fa->st.rejected_norm++;
         return plait_fail(PLAIT_ETOOBIG, "fedavg_add: update norm %.6g above the clip bound %.6g", norm,

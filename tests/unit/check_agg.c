@@ -457,17 +457,19 @@ Suite *agg_suite(void)
 {
     Suite *s = suite_create("agg");
     TCase *tc = tcase_create("fedavg");
+    tcase_set_timeout(tc, 300); /* shared CI machines and sanitizer builds are slow */
     tcase_add_test(tc, test_fedavg_vs_naive);
     tcase_add_test(tc, test_fedavg_rejects);
     tcase_add_test(tc, test_fedavg_fixed_denominator_uniform);
     tcase_add_test(tc, test_secure_path);
     suite_add_tcase(s, tc);
     tc = tcase_create("optimizers");
+    tcase_set_timeout(tc, 300); /* shared CI machines and sanitizer builds are slow */
     tcase_add_test(tc, test_server_opt_hand);
     tcase_add_test(tc, test_robust);
     suite_add_tcase(s, tc);
     tc = tcase_create("dp");
-    tcase_set_timeout(tc, 60);
+    tcase_set_timeout(tc, 300); /* shared CI machines and sanitizer builds are slow */
     tcase_add_test(tc, test_dp_noise_std);
     tcase_add_test(tc, test_dp_config);
     tcase_add_test(tc, test_adaptive_clipping_converges);

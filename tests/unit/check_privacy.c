@@ -307,7 +307,7 @@ Suite *privacy_suite(void)
 {
     Suite *s = suite_create("privacy");
     TCase *tc = tcase_create("rdp");
-    tcase_set_timeout(tc, 120);
+    tcase_set_timeout(tc, 300); /* shared CI machines and sanitizer builds are slow */
     tcase_add_test(tc, test_known_answers);
     tcase_add_test(tc, test_against_quadrature);
     tcase_add_test(tc, test_default_orders);

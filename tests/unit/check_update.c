@@ -435,6 +435,7 @@ Suite *update_suite(void)
 {
     Suite *s = suite_create("update");
     TCase *tc = tcase_create("clip");
+    tcase_set_timeout(tc, 300); /* shared CI machines and sanitizer builds are slow */
     tcase_add_test(tc, test_span_modes);
     tcase_add_test(tc, test_diff);
     tcase_add_test(tc, test_clip_property);
@@ -442,12 +443,13 @@ Suite *update_suite(void)
     tcase_add_test(tc, test_clip_segments);
     suite_add_tcase(s, tc);
     tc = tcase_create("noise");
+    tcase_set_timeout(tc, 300); /* shared CI machines and sanitizer builds are slow */
     tcase_add_test(tc, test_noise_std);
     tcase_add_test(tc, test_chacha_kat);
     tcase_add_test(tc, test_drbg);
     suite_add_tcase(s, tc);
     tc = tcase_create("quant");
-    tcase_set_timeout(tc, 60);
+    tcase_set_timeout(tc, 300); /* shared CI machines and sanitizer builds are slow */
     tcase_add_test(tc, test_quant_roundtrip);
     tcase_add_test(tc, test_quant_unbiased);
     tcase_add_test(tc, test_quant_sum_with_masks);
