@@ -440,7 +440,7 @@ int plait_infer_forward(plait_infer_t *s, int token, int pos, const float **logi
 
 /* ------------------------------------------------------------- sampling */
 
-uint32_t plait_rng_u32(uint64_t *state)
+uint32_t plait_xorshift_u32(uint64_t *state)
 {
     /* xorshift64* as llama2.c random_u32 (https://en.wikipedia.org/wiki/Xorshift). */
     *state ^= *state >> 12;
@@ -449,9 +449,9 @@ uint32_t plait_rng_u32(uint64_t *state)
     return (uint32_t)((*state * 0x2545F4914F6CDD1Dull) >> 32);
 }
 
-float plait_rng_f32(uint64_t *state)
+float plait_xorshift_f32(uint64_t *state)
 {
-    return (float)(plait_rng_u32(state) >> 8) / 16777216.0f;
+    return (float)(plait_xorshift_u32(state) >> 8) / 16777216.0f;
 }
 
 void plait_sampler_init(plait_sampler_t *s)
@@ -557,7 +557,7 @@ int plait_sampler_sample(plait_sampler_t *s, const float *logits)
     for (int i = 0; i < n; i++)
         s->probs[i] = logits[i] / s->temperature;
     softmax(s->probs, (size_t)n);
-    float coin = plait_rng_f32(&s->rng);
+    float coin = plait_xorshift_f32(&s->rng);
     if (s->topp <= 0.0f || s->topp >= 1.0f) return sample_mult(s->probs, n, coin);
     return sample_topp(s->probs, n, s->topp, s->probidx, coin);
 }

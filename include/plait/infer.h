@@ -146,9 +146,9 @@ int plait_infer_prefill(plait_infer_t *s, const int *tokens, size_t n, int pos0,
 /* ------------------------------------------------------------- sampling */
 
 /** \brief xorshift64* step as llama2.c random_u32: updates *state (never 0). */
-uint32_t plait_rng_u32(uint64_t *state);
+uint32_t plait_xorshift_u32(uint64_t *state);
 /** \brief Uniform float in [0, 1) with 24 random bits (llama2.c random_f32). */
-float plait_rng_f32(uint64_t *state);
+float plait_xorshift_f32(uint64_t *state);
 
 typedef struct {
     float prob;

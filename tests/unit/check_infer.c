@@ -536,7 +536,7 @@ START_TEST(test_merged_vs_unmerged)
      * agree with unmerged after plait_infer_remerge. */
     uint64_t s = 5;
     for (size_t i = lo.n_a; i < lo.n_params; i++)
-        lo.params[i] = (float)((double)plait_rng_f32(&s) - 0.5) * 0.1f;
+        lo.params[i] = (float)((double)plait_xorshift_f32(&s) - 0.5) * 0.1f;
     plait_infer_remerge(&mg);
     double max_change = 0, worst = 0;
     for (int t = 0; t < T; t++) {
@@ -611,11 +611,11 @@ START_TEST(test_sampler)
 {
     /* run.c random_u32 from state 42 (values computed independently). */
     uint64_t s = 42;
-    ck_assert_uint_eq(plait_rng_u32(&s), 1456360119u);
-    ck_assert_uint_eq(plait_rng_u32(&s), 3359763283u);
-    ck_assert_uint_eq(plait_rng_u32(&s), 3393612768u);
+    ck_assert_uint_eq(plait_xorshift_u32(&s), 1456360119u);
+    ck_assert_uint_eq(plait_xorshift_u32(&s), 3359763283u);
+    ck_assert_uint_eq(plait_xorshift_u32(&s), 3393612768u);
     for (int i = 0; i < 1000; i++) {
-        float f = plait_rng_f32(&s);
+        float f = plait_xorshift_f32(&s);
         ck_assert(f >= 0.0f && f < 1.0f);
     }
 
