@@ -34,6 +34,9 @@
 #define RMS_EPS 1e-5f
 #define ROPE_THETA 10000.0
 #define MAX_CHUNK 1024
+/* A matrix-vector product is split over threads only from this many
+ * multiply-adds: below it a pool dispatch costs more than it saves. */
+#define MV_SPLIT_MIN (1u << 15)
 
 /* --------------------------------------------------------------- setup */
 
@@ -232,7 +235,7 @@ static void mv_rows(void *ctx, size_t b, size_t e)
 static void mm(plait_infer_t *s, float *out, const float *inp, const float *w, size_t N, size_t IC,
                size_t OC, int accumulate)
 {
-    if (N == 1 && s->pool && plait_pool_size(s->pool) > 1 && OC >= 64) {
+    if (N == 1 && s->pool && plait_pool_size(s->pool) > 1 && IC * OC >= MV_SPLIT_MIN) {
         mv_job_t j = {.out = out, .inp = inp, .w = w, .IC = IC, .accumulate = accumulate};
         plait_pool_run(s->pool, mv_rows, &j, OC);
         return;
