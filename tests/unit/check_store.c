@@ -690,6 +690,9 @@ START_TEST(test_tampered_rows)
     tampered_case("t_time.db", "UPDATE records SET time = 'yesterday' WHERE id = 2;", 1 << 20);
     tampered_case("t_negtime.db", "UPDATE records SET time = -1 WHERE id = 2;", 1 << 20);
     tampered_case("t_big.db", NULL, 10); /* opened with a smaller max_text */
+    /* Far larger than max_text: sqlite refuses to materialize it (SQLITE_LIMIT_LENGTH). */
+    tampered_case("t_huge.db", "UPDATE records SET text = replace(hex(zeroblob(100000)), '0', 'a') WHERE id = 2;",
+                  1000);
     /* A NULL text needs a table without the NOT NULL constraint. */
     tampered_case("t_null.db",
                   "CREATE TABLE r2(id INTEGER PRIMARY KEY AUTOINCREMENT, time INTEGER, kind TEXT, text TEXT);"
