@@ -273,7 +273,12 @@ static int meta_get(sqlite3 *db, const char *key, int *type, int64_t *num, char 
 {
     sqlite3_stmt *s = NULL;
     int rc = sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key = ?1", -1, &s, NULL);
-    if (rc != SQLITE_OK) return plait_fail(PLAIT_EPROTO, "store: meta table unreadable: %s", sqlite3_errmsg(db));
+    if (rc != SQLITE_OK) {
+        /* A meta table without (key, value) columns belongs to some other application. */
+        if ((rc & 0xff) == SQLITE_ERROR)
+            return plait_fail(PLAIT_EMISMATCH, "store: not a plait store (meta table: %s)", sqlite3_errmsg(db));
+        return sqfail(db, rc, "reading meta");
+    }
     sqlite3_bind_text(s, 1, key, -1, SQLITE_STATIC);
     rc = sqlite3_step(s);
     int ret = 0;
