@@ -397,9 +397,9 @@ static int read_tokens(const char *path, int B, int T, int32_t **out)
     fclose(f);
     if (got != want * sizeof(int32_t)) {
         free(t);
-        return plait_fail(PLAIT_EPROTO, "--tokens %s: %s bytes, expected exactly %zu (B=%d rows of T+1=%d int32)",
-                          path, got > want * sizeof(int32_t) ? "more than" : "fewer", want * sizeof(int32_t), B,
-                          T + 1);
+        return plait_fail(PLAIT_EPROTO, "--tokens %s: %s%zu bytes, expected exactly %zu bytes (B=%d rows of T+1=%d int32)",
+                          path, got > want * sizeof(int32_t) ? "more than " : "", got > want * sizeof(int32_t) ? want * sizeof(int32_t) : got,
+                          want * sizeof(int32_t), B, T + 1);
     }
     *out = t;
     return 0;
