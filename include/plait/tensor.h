@@ -40,6 +40,29 @@ void plait_matmul_forward(plait_pool_t *pool, float *out, const float *inp, cons
  */
 void plait_matmul_backward(plait_pool_t *pool, float *dinp, float *dw, const float *dout,
                            const float *inp, const float *w, size_t N, size_t IC, size_t OC);
+/*
+ * Notes on the two kernels above (they add to, and do not change, the
+ * contracts):
+ * - out must not overlap inp or w; dinp and dw must not overlap each other,
+ *   dout, inp or w. Inputs may overlap each other (e.g. inp == w).
+ * - The result for a given shape does not depend on the pool or its size:
+ *   every output element is summed in the same order whichever thread
+ *   computes it, so runs replay bit for bit.
+ * - An empty reduction (IC == 0 in forward) writes zeros, or leaves out
+ *   unchanged when accumulating. N, IC or OC == 0 is allowed everywhere.
+ * - Small problems run on the calling thread without waking the pool;
+ *   forward with fewer than 8 rows (token-by-token inference) uses a
+ *   dot-product path threaded over OC.
+ */
+
+/**
+ * \brief Whether this CPU runs the AVX2+FMA kernels (x86-64 with both
+ *        extensions); the kernels pick their path with it at run time, so a
+ *        default build runs anywhere.
+ * \return 1 if the SIMD kernels are used, 0 if the portable ones are.
+ */
+int plait_cpu_has_avx2_fma(void);
+
 /* Plain reference kernels with the same contracts. */
 void plait_matmul_forward_ref(float *out, const float *inp, const float *w, size_t N, size_t IC,
                               size_t OC, int accumulate);

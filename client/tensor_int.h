@@ -1,0 +1,20 @@
+/*
+ * tensor_int.h: internals of tensor.c shared with its tests and tools only.
+ * Nothing outside client/, tests/ and tools/ may include this header.
+ */
+#ifndef PLAIT_TENSOR_INT_H
+#define PLAIT_TENSOR_INT_H
+
+/**
+ * \brief Force the portable (non-SIMD) kernels even where the CPU has
+ *        AVX2+FMA, so tests and benchmarks can exercise the fallback.
+ * \param on nonzero forces the fallback; 0 restores runtime dispatch.
+ *
+ * Process-wide; call it only while no kernel is running.
+ */
+void plait__tensor_force_scalar(int on);
+
+/** \brief Nonzero when the SIMD kernels are in use (CPU support and not forced off). */
+int plait__tensor_simd_active(void);
+
+#endif /* PLAIT_TENSOR_INT_H */
