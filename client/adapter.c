@@ -4,9 +4,10 @@
  * Invariants:
  *  - Input is untrusted. The header length is bounded (PLAIT_ST_MAX_HEADER
  *    and the buffer) before anything is allocated; the JSON header is parsed
- *    by a strict recursive-descent parser for the safetensors schema (objects,
- *    arrays, strings with escapes, non-negative integers; anything else is
- *    PLAIT_EPROTO, as are duplicate keys and unknown fields of a tensor).
+ *    by the strict, bounded plait_json reader (depth 3, strings <= 4 KiB,
+ *    duplicate keys rejected) and then checked against the safetensors
+ *    schema: a tensor has exactly dtype, shape and data_offsets, integers are
+ *    non-negative and below 2^53, metadata values are strings.
  *  - After a successful parse, every tensor's byte range lies in the data
  *    section, has exactly dtype size x prod(shape) bytes (computed with
  *    overflow checks), and the ranges sorted by offset tile the data section
@@ -22,6 +23,7 @@
  */
 #include "plait/adapter.h"
 #include "plait/crypto.h"
+#include "plait/json.h"
 
 #include <errno.h>
 #include <math.h>
@@ -34,168 +36,9 @@
 #endif
 
 #define ADAPTER_FORMAT "plait-lora"
-#define MAX_JSON_DEPTH 4 /* the schema nests objects 2 deep and arrays 3 */
+#define MAX_JSON_DEPTH 3 /* root object > tensor object > shape array */
 #define MAX_META 64      /* metadata entries accepted */
 #define MAX_META_VALUE 4096
-
-/* ------------------------------------------------------------- JSON lexer */
-
-typedef struct {
-    const char *p, *end, *start;
-} lex_t;
-
-static void skip_ws(lex_t *x)
-{
-    while (x->p < x->end && (*x->p == ' ' || *x->p == '\t' || *x->p == '\n' || *x->p == '\r')) x->p++;
-}
-
-static int peek(lex_t *x)
-{
-    skip_ws(x);
-    return x->p < x->end ? (unsigned char)*x->p : -1;
-}
-
-static int expect(lex_t *x, char c)
-{
-    if (peek(x) != (unsigned char)c)
-        return plait_fail(PLAIT_EPROTO, "safetensors header: expected '%c' at byte %zu", c,
-                          (size_t)(x->p - x->start));
-    x->p++;
-    return 0;
-}
-
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
-static int read_u4(lex_t *x, unsigned *v)
-{
-    if (x->end - x->p < 4) return -1;
-    unsigned r = 0;
-    for (int i = 0; i < 4; i++) {
-        int h = hexval((unsigned char)x->p[i]);
-        if (h < 0) return -1;
-        r = r * 16 + (unsigned)h;
-    }
-    x->p += 4;
-    *v = r;
-    return 0;
-}
-
-/* A JSON string into a fresh malloc'd NUL-terminated buffer of at most cap
- * bytes (escapes decoded; \u0000 and unpaired surrogates rejected). */
-static int parse_string(lex_t *x, char **out, size_t cap)
-{
-    *out = NULL;
-    if (peek(x) != '"') return plait_fail(PLAIT_EPROTO, "safetensors header: expected a string");
-    x->p++;
-    const char *s = x->p;
-    while (s < x->end && *s != '"') { /* bound the output: decoded <= raw length */
-        if (*s == '\\' && x->end - s < 2) break;
-        s += *s == '\\' ? 2 : 1;
-    }
-    if (s >= x->end || *s != '"') return plait_fail(PLAIT_EPROTO, "safetensors header: unterminated string");
-    size_t need = (size_t)(s - x->p);
-    if (need > cap) return plait_fail(PLAIT_ETOOBIG, "safetensors header: string of %zu bytes exceeds %zu", need, cap);
-    char *buf = malloc(need + 1);
-    if (!buf) return plait_fail(PLAIT_ENOMEM, "safetensors header string");
-    size_t n = 0;
-    while (*x->p != '"') {
-        unsigned char c = (unsigned char)*x->p++;
-        if (c < 0x20) goto bad;
-        if (c != '\\') { buf[n++] = (char)c; continue; }
-        c = (unsigned char)*x->p++;
-        switch (c) {
-        case '"': buf[n++] = '"'; break;
-        case '\\': buf[n++] = '\\'; break;
-        case '/': buf[n++] = '/'; break;
-        case 'b': buf[n++] = '\b'; break;
-        case 'f': buf[n++] = '\f'; break;
-        case 'n': buf[n++] = '\n'; break;
-        case 'r': buf[n++] = '\r'; break;
-        case 't': buf[n++] = '\t'; break;
-        case 'u': {
-            unsigned cp;
-            if (read_u4(x, &cp) != 0 || cp == 0) goto bad;
-            if (cp >= 0xD800 && cp < 0xDC00) {
-                unsigned lo;
-                if (x->end - x->p < 6 || x->p[0] != '\\' || x->p[1] != 'u') goto bad;
-                x->p += 2;
-                if (read_u4(x, &lo) != 0 || lo < 0xDC00 || lo >= 0xE000) goto bad;
-                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-            } else if (cp >= 0xDC00 && cp < 0xE000) {
-                goto bad;
-            }
-            /* \uXXXX is 6 input bytes and at most 3 output bytes; a pair is 12 and 4. */
-            if (cp < 0x80) {
-                buf[n++] = (char)cp;
-            } else if (cp < 0x800) {
-                buf[n++] = (char)(0xC0 | (cp >> 6));
-                buf[n++] = (char)(0x80 | (cp & 0x3F));
-            } else if (cp < 0x10000) {
-                buf[n++] = (char)(0xE0 | (cp >> 12));
-                buf[n++] = (char)(0x80 | ((cp >> 6) & 0x3F));
-                buf[n++] = (char)(0x80 | (cp & 0x3F));
-            } else {
-                buf[n++] = (char)(0xF0 | (cp >> 18));
-                buf[n++] = (char)(0x80 | ((cp >> 12) & 0x3F));
-                buf[n++] = (char)(0x80 | ((cp >> 6) & 0x3F));
-                buf[n++] = (char)(0x80 | (cp & 0x3F));
-            }
-            break;
-        }
-        default: goto bad;
-        }
-    }
-    x->p++; /* closing quote */
-    buf[n] = '\0';
-    *out = buf;
-    return 0;
-bad:
-    free(buf);
-    return plait_fail(PLAIT_EPROTO, "safetensors header: bad string (control character or escape)");
-}
-
-/* A non-negative JSON integer below 2^53 (no sign, fraction or exponent). */
-static int parse_uint(lex_t *x, uint64_t *v)
-{
-    int c = peek(x);
-    if (c < '0' || c > '9') return plait_fail(PLAIT_EPROTO, "safetensors header: expected a non-negative integer");
-    if (c == '0' && x->p + 1 < x->end && x->p[1] >= '0' && x->p[1] <= '9')
-        return plait_fail(PLAIT_EPROTO, "safetensors header: integer with a leading zero");
-    uint64_t r = 0;
-    while (x->p < x->end && *x->p >= '0' && *x->p <= '9') {
-        r = r * 10 + (uint64_t)(*x->p - '0');
-        if (r >= ((uint64_t)1 << 53)) return plait_fail(PLAIT_EPROTO, "safetensors header: integer too large");
-        x->p++;
-    }
-    if (x->p < x->end && (*x->p == '.' || *x->p == 'e' || *x->p == 'E'))
-        return plait_fail(PLAIT_EPROTO, "safetensors header: expected an integer, got a fraction or exponent");
-    *v = r;
-    return 0;
-}
-
-/* [u, u, ...] into out (at most cap values). */
-static int parse_uint_array(lex_t *x, uint64_t *out, int cap, int *n)
-{
-    int rc;
-    *n = 0;
-    if ((rc = expect(x, '[')) != 0) return rc;
-    if (peek(x) == ']') { x->p++; return 0; }
-    for (;;) {
-        if (*n >= cap) return plait_fail(PLAIT_EPROTO, "safetensors header: array longer than %d", cap);
-        if ((rc = parse_uint(x, &out[*n])) != 0) return rc;
-        (*n)++;
-        int c = peek(x);
-        if (c == ',') { x->p++; continue; }
-        if (c == ']') { x->p++; return 0; }
-        return plait_fail(PLAIT_EPROTO, "safetensors header: expected ',' or ']' in an array");
-    }
-}
 
 /* ------------------------------------------------------------- safetensors */
 
@@ -222,108 +65,90 @@ void plait_safetensors_free(plait_safetensors_t *st)
 
 static int dtype_parse(const char *s, plait_st_dtype_t *d, size_t *size)
 {
+    if (!s) return -1;
     if (strcmp(s, "F32") == 0) { *d = PLAIT_ST_F32; *size = 4; return 0; }
     if (strcmp(s, "F64") == 0) { *d = PLAIT_ST_F64; *size = 8; return 0; }
     if (strcmp(s, "I32") == 0) { *d = PLAIT_ST_I32; *size = 4; return 0; }
     return -1;
 }
 
-/* {"dtype": ..., "shape": [...], "data_offsets": [b, e]} */
-static int parse_tensor_obj(lex_t *x, entry_t *e)
+/* A JSON array of at most cap non-negative integers below 2^53. */
+static int uint_array(const plait_json_t *arr, uint64_t *out, int cap, int *n, const char *tname, const char *field)
 {
-    int rc, seen_dtype = 0, seen_shape = 0, seen_off = 0;
-    char *key = NULL, *dt = NULL;
+    if (plait_json_type(arr) != PLAIT_JSON_ARRAY)
+        return plait_fail(PLAIT_EPROTO, "safetensors: tensor '%s' %s is not an array", tname, field);
+    size_t len = plait_json_len(arr);
+    if (len > (size_t)cap)
+        return plait_fail(PLAIT_EPROTO, "safetensors: tensor '%s' %s array longer than %d", tname, field, cap);
+    for (size_t i = 0; i < len; i++) {
+        int64_t v;
+        if (plait_json_int64(plait_json_at(arr, i), &v) != 0 || v < 0 || v >= ((int64_t)1 << 53))
+            return plait_fail(PLAIT_EPROTO, "safetensors: tensor '%s' %s[%zu] is not a non-negative integer", tname,
+                              field, i);
+        out[i] = (uint64_t)v;
+    }
+    *n = (int)len;
+    return 0;
+}
+
+/* {"dtype": ..., "shape": [...], "data_offsets": [b, e]} and nothing else. */
+static int tensor_entry(const plait_json_t *obj, entry_t *e)
+{
+    const char *name = e->t.name;
     size_t dsize = 0;
-    if ((rc = expect(x, '{')) != 0) return rc;
-    if (peek(x) != '}') {
-        for (;;) {
-            if ((rc = parse_string(x, &key, PLAIT_ST_MAX_NAME)) != 0) goto out;
-            if ((rc = expect(x, ':')) != 0) goto out;
-            if (strcmp(key, "dtype") == 0 && !seen_dtype) {
-                seen_dtype = 1;
-                if ((rc = parse_string(x, &dt, 16)) != 0) goto out;
-                if (dtype_parse(dt, &e->t.dtype, &dsize) != 0) {
-                    rc = plait_fail(PLAIT_EPROTO, "safetensors: tensor '%s' has unsupported dtype '%s'", e->t.name, dt);
-                    goto out;
-                }
-            } else if (strcmp(key, "shape") == 0 && !seen_shape) {
-                seen_shape = 1;
-                if ((rc = parse_uint_array(x, e->t.shape, PLAIT_ST_MAX_DIMS, &e->t.ndim)) != 0) goto out;
-            } else if (strcmp(key, "data_offsets") == 0 && !seen_off) {
-                seen_off = 1;
-                uint64_t off[2];
-                int n;
-                if ((rc = parse_uint_array(x, off, 2, &n)) != 0) goto out;
-                if (n != 2) {
-                    rc = plait_fail(PLAIT_EPROTO, "safetensors: tensor '%s' data_offsets needs 2 values", e->t.name);
-                    goto out;
-                }
-                e->begin = off[0];
-                e->end = off[1];
-            } else {
-                rc = plait_fail(PLAIT_EPROTO, "safetensors: tensor '%s' has an unknown or repeated field '%.32s'",
-                                e->t.name, key);
-                goto out;
-            }
-            free(key);
-            key = NULL;
-            int c = peek(x);
-            if (c == ',') { x->p++; continue; }
-            if (c == '}') break;
-            rc = plait_fail(PLAIT_EPROTO, "safetensors header: expected ',' or '}' in tensor '%s'", e->t.name);
-            goto out;
-        }
-    }
-    x->p++;
-    if (!seen_dtype || !seen_shape || !seen_off) {
-        rc = plait_fail(PLAIT_EPROTO, "safetensors: tensor '%s' lacks dtype, shape or data_offsets", e->t.name);
-        goto out;
-    }
+    int rc, n;
+    if (plait_json_type(obj) != PLAIT_JSON_OBJECT)
+        return plait_fail(PLAIT_EPROTO, "safetensors: tensor '%s' is not an object", name);
+    const plait_json_t *dt = plait_json_get(obj, "dtype"), *sh = plait_json_get(obj, "shape"),
+                       *of = plait_json_get(obj, "data_offsets");
+    if (!dt || !sh || !of)
+        return plait_fail(PLAIT_EPROTO, "safetensors: tensor '%s' lacks dtype, shape or data_offsets", name);
+    if (plait_json_len(obj) != 3) /* keys are unique, so a fourth one is unknown */
+        return plait_fail(PLAIT_EPROTO, "safetensors: tensor '%s' has an unknown field", name);
+    if (dtype_parse(plait_json_string(dt, NULL), &e->t.dtype, &dsize) != 0)
+        return plait_fail(PLAIT_EPROTO, "safetensors: tensor '%s' has an unsupported dtype", name);
+    if ((rc = uint_array(sh, e->t.shape, PLAIT_ST_MAX_DIMS, &e->t.ndim, name, "shape")) != 0) return rc;
+    uint64_t off[2];
+    if ((rc = uint_array(of, off, 2, &n, name, "data_offsets")) != 0) return rc;
+    if (n != 2) return plait_fail(PLAIT_EPROTO, "safetensors: tensor '%s' data_offsets needs 2 values", name);
+    e->begin = off[0];
+    e->end = off[1];
     /* numel and byte size with overflow checks. */
     uint64_t numel = 1;
     for (int i = 0; i < e->t.ndim; i++) {
-        if (e->t.shape[i] != 0 && numel > UINT64_MAX / e->t.shape[i]) {
-            rc = plait_fail(PLAIT_EPROTO, "safetensors: tensor '%s' shape overflows", e->t.name);
-            goto out;
-        }
+        if (e->t.shape[i] != 0 && numel > UINT64_MAX / e->t.shape[i])
+            return plait_fail(PLAIT_EPROTO, "safetensors: tensor '%s' shape overflows", name);
         numel *= e->t.shape[i];
     }
-    if (numel > UINT64_MAX / dsize || e->end < e->begin || e->end - e->begin != numel * dsize) {
-        rc = plait_fail(PLAIT_EPROTO, "safetensors: tensor '%s' data_offsets [%llu, %llu] do not match its shape",
-                        e->t.name, (unsigned long long)e->begin, (unsigned long long)e->end);
-        goto out;
-    }
+    if (numel > UINT64_MAX / dsize || e->end < e->begin || e->end - e->begin != numel * dsize)
+        return plait_fail(PLAIT_EPROTO, "safetensors: tensor '%s' data_offsets [%llu, %llu] do not match its shape",
+                          name, (unsigned long long)e->begin, (unsigned long long)e->end);
     e->t.numel = numel;
     e->t.nbytes = (size_t)(numel * dsize);
-    rc = 0;
-out:
-    free(key);
-    free(dt);
-    return rc;
+    return 0;
 }
 
-static int parse_metadata(lex_t *x, plait_safetensors_t *st)
+/* "__metadata__": an object of string values. */
+static int metadata(const plait_json_t *obj, plait_safetensors_t *st)
 {
-    int rc;
-    if ((rc = expect(x, '{')) != 0) return rc;
-    if (peek(x) == '}') { x->p++; return 0; }
-    st->meta = calloc(MAX_META, sizeof(*st->meta));
+    if (plait_json_type(obj) != PLAIT_JSON_OBJECT)
+        return plait_fail(PLAIT_EPROTO, "safetensors: __metadata__ is not an object");
+    size_t n = plait_json_len(obj);
+    if (n > MAX_META) return plait_fail(PLAIT_ETOOBIG, "safetensors: more than %d metadata entries", MAX_META);
+    if (n == 0) return 0;
+    st->meta = calloc(n, sizeof(*st->meta));
     if (!st->meta) return plait_fail(PLAIT_ENOMEM, "safetensors metadata");
-    for (;;) {
-        if (st->n_meta >= MAX_META) return plait_fail(PLAIT_ETOOBIG, "safetensors: more than %d metadata entries", MAX_META);
-        plait_st_meta_t *kv = &st->meta[st->n_meta];
-        if ((rc = parse_string(x, &kv->key, PLAIT_ST_MAX_NAME)) != 0) return rc;
-        st->n_meta++;
-        if ((rc = expect(x, ':')) != 0) return rc;
-        if ((rc = parse_string(x, &kv->value, MAX_META_VALUE)) != 0) return rc;
-        for (size_t i = 0; i + 1 < st->n_meta; i++)
-            if (strcmp(st->meta[i].key, kv->key) == 0)
-                return plait_fail(PLAIT_EPROTO, "safetensors: metadata key '%.64s' repeated", kv->key);
-        int c = peek(x);
-        if (c == ',') { x->p++; continue; }
-        if (c == '}') { x->p++; return 0; }
-        return plait_fail(PLAIT_EPROTO, "safetensors header: expected ',' or '}' in __metadata__");
+    for (size_t i = 0; i < n; i++) {
+        const char *k = plait_json_key_at(obj, i), *v = plait_json_string(plait_json_at(obj, i), NULL);
+        if (!v) return plait_fail(PLAIT_EPROTO, "safetensors: metadata '%.64s' is not a string", k);
+        if (strlen(k) > PLAIT_ST_MAX_NAME)
+            return plait_fail(PLAIT_ETOOBIG, "safetensors: metadata key longer than %d bytes", PLAIT_ST_MAX_NAME);
+        st->meta[i].key = strdup(k);
+        st->meta[i].value = strdup(v);
+        st->n_meta = i + 1;
+        if (!st->meta[i].key || !st->meta[i].value) return plait_fail(PLAIT_ENOMEM, "safetensors metadata");
     }
+    return 0;
 }
 
 static int cmp_entry_offset(const void *a, const void *b)
@@ -331,11 +156,6 @@ static int cmp_entry_offset(const void *a, const void *b)
     const entry_t *x = a, *y = b;
     if (x->begin != y->begin) return x->begin < y->begin ? -1 : 1;
     return x->end < y->end ? -1 : x->end > y->end;
-}
-
-static int cmp_name_ptr(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
 static int parse_image(plait_safetensors_t *st, const uint8_t *buf, size_t len)
@@ -351,65 +171,44 @@ static int parse_image(plait_safetensors_t *st, const uint8_t *buf, size_t len)
                           (unsigned long long)hlen, len);
     const uint8_t *data = buf + 8 + hlen;
     size_t data_len = len - 8 - (size_t)hlen;
-    lex_t x = {(const char *)buf + 8, (const char *)buf + 8 + hlen, (const char *)buf + 8};
+    plait_json_limits_t lim;
+    plait_json_limits_default(&lim);
+    lim.max_depth = MAX_JSON_DEPTH;
+    lim.max_string = MAX_META_VALUE;
+    plait_json_t *root = NULL;
     entry_t *ents = NULL;
-    size_t n = 0, cap = 0;
-    char *key = NULL;
-    char **names = NULL;
-    int rc, seen_meta = 0;
-    if ((rc = expect(&x, '{')) != 0) goto out;
-    if (peek(&x) == '}') {
-        x.p++;
-    } else {
-        for (;;) {
-            if ((rc = parse_string(&x, &key, PLAIT_ST_MAX_NAME)) != 0) goto out;
-            if ((rc = expect(&x, ':')) != 0) goto out;
-            if (strcmp(key, "__metadata__") == 0) {
-                if (seen_meta) { rc = plait_fail(PLAIT_EPROTO, "safetensors: __metadata__ repeated"); goto out; }
-                seen_meta = 1;
-                free(key);
-                key = NULL;
-                if ((rc = parse_metadata(&x, st)) != 0) goto out;
-            } else {
-                if (n == cap) {
-                    if (n >= PLAIT_ST_MAX_TENSORS) {
-                        rc = plait_fail(PLAIT_ETOOBIG, "safetensors: more than %d tensors", PLAIT_ST_MAX_TENSORS);
-                        goto out;
-                    }
-                    size_t nc = cap ? cap * 2 : 16;
-                    entry_t *ne = realloc(ents, nc * sizeof(*ne));
-                    if (!ne) { rc = plait_fail(PLAIT_ENOMEM, "safetensors entries"); goto out; }
-                    ents = ne;
-                    cap = nc;
-                }
-                memset(&ents[n], 0, sizeof(ents[n]));
-                ents[n].t.name = key;
-                key = NULL;
-                n++;
-                if ((rc = parse_tensor_obj(&x, &ents[n - 1])) != 0) goto out;
-            }
-            int c = peek(&x);
-            if (c == ',') { x.p++; continue; }
-            if (c == '}') { x.p++; break; }
-            rc = plait_fail(PLAIT_EPROTO, "safetensors header: expected ',' or '}' at the top level");
+    size_t n = 0;
+    int rc = plait_json_parse_ex((const char *)buf + 8, (size_t)hlen, &lim, &root);
+    if (rc != 0) return rc == PLAIT_EINVAL ? PLAIT_EPROTO : rc; /* detail: "json: offset N: ..." */
+    if (plait_json_type(root) != PLAIT_JSON_OBJECT) {
+        rc = plait_fail(PLAIT_EPROTO, "safetensors: header is not a JSON object");
+        goto out;
+    }
+    size_t members = plait_json_len(root);
+    if (members > PLAIT_ST_MAX_TENSORS + 1) {
+        rc = plait_fail(PLAIT_ETOOBIG, "safetensors: more than %d tensors", PLAIT_ST_MAX_TENSORS);
+        goto out;
+    }
+    ents = calloc(members ? members : 1, sizeof(*ents));
+    if (!ents) { rc = plait_fail(PLAIT_ENOMEM, "safetensors entries"); goto out; }
+    for (size_t i = 0; i < members; i++) {
+        const char *key = plait_json_key_at(root, i);
+        const plait_json_t *val = plait_json_at(root, i);
+        if (strcmp(key, "__metadata__") == 0) {
+            if ((rc = metadata(val, st)) != 0) goto out;
+            continue;
+        }
+        if (strlen(key) > PLAIT_ST_MAX_NAME) {
+            rc = plait_fail(PLAIT_ETOOBIG, "safetensors: tensor name longer than %d bytes", PLAIT_ST_MAX_NAME);
             goto out;
         }
+        ents[n].t.name = strdup(key);
+        if (!ents[n].t.name) { rc = plait_fail(PLAIT_ENOMEM, "safetensors names"); goto out; }
+        n++;
+        if ((rc = tensor_entry(val, &ents[n - 1])) != 0) goto out;
     }
-    skip_ws(&x);
-    if (x.p != x.end) { rc = plait_fail(PLAIT_EPROTO, "safetensors header: trailing bytes after the JSON object"); goto out; }
-    /* Unique names. */
-    if (n > 1) {
-        names = malloc(n * sizeof(*names));
-        if (!names) { rc = plait_fail(PLAIT_ENOMEM, "safetensors names"); goto out; }
-        for (size_t i = 0; i < n; i++) names[i] = ents[i].t.name;
-        qsort(names, n, sizeof(*names), cmp_name_ptr);
-        for (size_t i = 1; i < n; i++)
-            if (strcmp(names[i - 1], names[i]) == 0) {
-                rc = plait_fail(PLAIT_EPROTO, "safetensors: tensor '%.64s' appears twice", names[i]);
-                goto out;
-            }
-    }
-    /* Ranges tile the data section: sorted, contiguous, in bounds. */
+    /* Names are unique (the JSON reader rejects duplicate keys). Ranges must
+     * tile the data section: sorted, contiguous, in bounds. */
     if (n > 1) qsort(ents, n, sizeof(*ents), cmp_entry_offset);
     uint64_t pos = 0;
     for (size_t i = 0; i < n; i++) {
@@ -443,8 +242,7 @@ static int parse_image(plait_safetensors_t *st, const uint8_t *buf, size_t len)
 out:
     for (size_t i = 0; i < n; i++) free(ents[i].t.name);
     free(ents);
-    free(names);
-    free(key);
+    plait_json_free(root);
     return rc;
 }
 

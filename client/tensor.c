@@ -364,25 +364,38 @@ typedef void (*ukernel_fn)(size_t kc, const float *a, size_t ars, size_t acs, co
 /* Pack B(k0 .. k0+kc, j0 .. j0+nc) into panels of NR columns, each panel kc
  * rows of NR contiguous floats; columns past nc are zero, so the micro-kernel
  * never needs a column remainder loop. */
-static void pack_b(float *dst, const gemm_t *g, size_t k0, size_t kc, size_t j0, size_t nc)
+static void pack_b(float *restrict dst, const gemm_t *g, size_t k0, size_t kc, size_t j0,
+                   size_t nc)
 {
     for (size_t p = 0; p < nc; p += NR) {
         size_t w = nc - p < NR ? nc - p : NR;
-        float *d = dst + p * kc;
+        float *restrict d = dst + p * kc;
         if (g->btrans) {
-            for (size_t jj = 0; jj < w; jj++) {
-                const float *s = g->b + (j0 + p + jj) * g->ldb + k0;
-                for (size_t k = 0; k < kc; k++) d[k * NR + jj] = s[k];
+            /* B(k, j) = b[j * ldb + k]: read w rows of b side by side, so the
+             * writes stay sequential. */
+            const float *s = g->b + (j0 + p) * g->ldb + k0;
+            size_t ldb = g->ldb;
+            if (w == NR) {
+                for (size_t k = 0; k < kc; k++)
+                    for (size_t jj = 0; jj < NR; jj++) d[k * NR + jj] = s[jj * ldb + k];
+            } else {
+                for (size_t k = 0; k < kc; k++) {
+                    for (size_t jj = 0; jj < w; jj++) d[k * NR + jj] = s[jj * ldb + k];
+                    for (size_t jj = w; jj < NR; jj++) d[k * NR + jj] = 0.0f;
+                }
             }
         } else {
+            /* B(k, j) = b[k * ldb + j]: each packed row is a slice of a b row. */
             for (size_t k = 0; k < kc; k++) {
-                const float *s = g->b + (k0 + k) * g->ldb + j0 + p;
-                for (size_t jj = 0; jj < w; jj++) d[k * NR + jj] = s[jj];
+                const float *src = g->b + (k0 + k) * g->ldb + j0 + p;
+                if (w == NR) {
+                    memcpy(d + k * NR, src, NR * sizeof(float));
+                } else {
+                    memcpy(d + k * NR, src, w * sizeof(float));
+                    memset(d + k * NR + w, 0, (NR - w) * sizeof(float));
+                }
             }
         }
-        if (w < NR)
-            for (size_t k = 0; k < kc; k++)
-                for (size_t jj = w; jj < NR; jj++) d[k * NR + jj] = 0.0f;
     }
 }
 
@@ -394,9 +407,42 @@ static void store_tile(float *c, size_t ldc, const float *tile, size_t mr, size_
             c[r * ldc + j] = load_c ? c[r * ldc + j] + tile[r * NR + j] : tile[r * NR + j];
 }
 
-/* Portable micro-kernel. The fixed-size inner loop over NR columns is what
- * compilers vectorize at -O2 with the baseline instruction set. Rows past mr
- * re-read row mr - 1 (never past the end of A) and are discarded. */
+/* Portable micro-kernel. GCC and clang get 4-float generic vectors (SSE2 on
+ * baseline x86-64, NEON on arm64) and work on two rows at a time, so the 8
+ * accumulators plus the 4 B vectors fit the 16 registers of the smallest of
+ * those; other compilers get plain loops. Rows past mr re-read row mr - 1
+ * (never past the end of A) and are discarded by store_tile. */
+#if defined(__GNUC__) || defined(__clang__)
+typedef float v4f __attribute__((vector_size(16)));
+
+static void ukernel_portable(size_t kc, const float *a, size_t ars, size_t acs, const float *bp,
+                             float *c, size_t ldc, size_t mr, size_t nr, int load_c)
+{
+    _Alignas(16) float tile[MR * NR];
+    for (size_t r = 0; r < MR; r += 2) {
+        const float *x0 = a + (r < mr ? r : mr - 1) * ars;
+        const float *x1 = a + (r + 1 < mr ? r + 1 : mr - 1) * ars;
+        v4f c00 = {0}, c01 = {0}, c02 = {0}, c03 = {0}, c10 = {0}, c11 = {0}, c12 = {0}, c13 = {0};
+        const float *b = bp;
+        size_t off = 0;
+        for (size_t k = 0; k < kc; k++, off += acs, b += NR) {
+            v4f b0, b1, b2, b3;
+            memcpy(&b0, b, sizeof(b0));
+            memcpy(&b1, b + 4, sizeof(b1));
+            memcpy(&b2, b + 8, sizeof(b2));
+            memcpy(&b3, b + 12, sizeof(b3));
+            float s0 = x0[off], s1 = x1[off];
+            c00 += s0 * b0; c01 += s0 * b1; c02 += s0 * b2; c03 += s0 * b3;
+            c10 += s1 * b0; c11 += s1 * b1; c12 += s1 * b2; c13 += s1 * b3;
+        }
+        float *t = tile + r * NR;
+        memcpy(t, &c00, 16); memcpy(t + 4, &c01, 16); memcpy(t + 8, &c02, 16); memcpy(t + 12, &c03, 16);
+        t += NR;
+        memcpy(t, &c10, 16); memcpy(t + 4, &c11, 16); memcpy(t + 8, &c12, 16); memcpy(t + 12, &c13, 16);
+    }
+    store_tile(c, ldc, tile, mr, nr, load_c);
+}
+#else
 static void ukernel_portable(size_t kc, const float *a, size_t ars, size_t acs, const float *bp,
                              float *c, size_t ldc, size_t mr, size_t nr, int load_c)
 {
@@ -413,6 +459,7 @@ static void ukernel_portable(size_t kc, const float *a, size_t ars, size_t acs, 
     }
     store_tile(c, ldc, acc, mr, nr, load_c);
 }
+#endif
 
 #if PLAIT_HAVE_X86_SIMD
 /* AVX2 micro-kernel: 6 rows x 16 columns = 12 accumulators, 2 B vectors and
