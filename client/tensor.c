@@ -329,9 +329,24 @@ int plait__tensor_simd_active(void)
 #define SMALL_N 8       /* forward with fewer rows uses the dot-product path */
 #define ITEMS_PER_THREAD 4
 
-/* Below this many multiply-adds a call runs on the calling thread: waking
- * the pool costs a few microseconds, as much as ~50k FMAs on one core. */
-#define PAR_MIN_MACS ((size_t)1 << 16)
+/* Below this many multiply-adds (about 10-20 us on one core) a call runs on
+ * the calling thread. Handing a job to the pool costs a microsecond when the
+ * workers are spinning but tens when they sleep or share their core, and the
+ * second thread repacks B; measured with tools/plait-bench-matmul, rank-8
+ * LoRA products of the 260K model (N = 1024, 0.5M MACs) ran no faster on two
+ * threads than on one. */
+#define PAR_MIN_MACS ((size_t)1 << 20)
+static atomic_size_t par_min_macs = PAR_MIN_MACS; /* tests lower it */
+
+size_t plait__tensor_set_par_min_macs(size_t macs)
+{
+    return atomic_exchange(&par_min_macs, macs);
+}
+
+static int run_inline(size_t macs)
+{
+    return macs < atomic_load_explicit(&par_min_macs, memory_order_relaxed);
+}
 
 /*
  * One GEMM call: C (M, NN) = or += A (M, K) · B (K, NN), with
@@ -588,7 +603,7 @@ static void gemm_run(plait_pool_t *pool, gemm_t *g)
     }
     g->simd = plait__tensor_simd_active();
     int threads = plait_pool_size(pool);
-    if (g->M * g->K * g->NN < PAR_MIN_MACS) threads = 1;
+    if (run_inline(g->M * g->K * g->NN)) threads = 1;
     /* Fewer, wider column blocks pack less; narrow them only when the
      * problem would otherwise give the threads too few items. */
     size_t target = threads > 1 ? (size_t)threads * ITEMS_PER_THREAD : 1;
@@ -720,7 +735,7 @@ void plait_matmul_forward(plait_pool_t *pool, float *out, const float *inp, cons
         dot_t d = {.out = out, .inp = inp, .w = w, .N = N, .IC = IC, .OC = OC,
                    .accumulate = accumulate, .simd = plait__tensor_simd_active()};
         size_t items = ceil_div(OC, DOT_OC_CHUNK);
-        if (N * IC * OC < PAR_MIN_MACS) dot_task(&d, 0, items);
+        if (run_inline(N * IC * OC)) dot_task(&d, 0, items);
         else plait_pool_run(pool, dot_task, &d, items);
         return;
     }

@@ -5,7 +5,9 @@
  * by CTest. Each figure is the median of several timed batches, because the
  * machines it runs on are shared and noisy.
  *
- * Usage: plait-bench-matmul [repeats]   (default 7)
+ * Usage: plait-bench-matmul [repeats [filter]]
+ *   repeats  timed batches per figure, default 7
+ *   filter   only shapes whose tag contains this string, e.g. "lora"
  *
  * Shape letters: N rows (B*T tokens), IC input channels, OC output channels.
  * Columns: ref = plain *_ref kernel; port = optimized kernel forced onto the
@@ -122,21 +124,35 @@ static float *fill(size_t n)
     return p;
 }
 
+/* The machine's load, printed with the figures: on a shared machine the
+ * 2-thread column means little when the load is above the core count. */
+static const char *loadavg(void)
+{
+    static char buf[64];
+    FILE *f = fopen("/proc/loadavg", "r");
+    if (!f || !fgets(buf, sizeof(buf), f)) snprintf(buf, sizeof(buf), "unknown\n");
+    if (f) fclose(f);
+    buf[strcspn(buf, "\n")] = 0;
+    return buf;
+}
+
 int main(int argc, char **argv)
 {
     int repeats = argc > 1 ? atoi(argv[1]) : 7;
     if (repeats < 1) repeats = 1;
+    const char *filter = argc > 2 ? argv[2] : NULL;
     plait_pool_t *p1 = NULL, *p2 = NULL;
     if (plait_pool_create(&p1, 1) != 0 || plait_pool_create(&p2, 2) != 0) {
         fprintf(stderr, "cannot create pools\n");
         return 1;
     }
-    printf("plait-bench-matmul: AVX2+FMA %s, median of %d, GFLOP/s\n",
-           plait_cpu_has_avx2_fma() ? "yes" : "no", repeats);
+    printf("plait-bench-matmul: AVX2+FMA %s, median of %d, GFLOP/s, load average %s\n",
+           plait_cpu_has_avx2_fma() ? "yes" : "no", repeats, loadavg());
     printf("%-14s %4s %5s %5s %5s  %7s %7s %7s %7s\n", "shape", "op", "N", "IC", "OC", "ref",
            "port1t", "simd1t", "simd2t");
     for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
         const shape_t *sh = &shapes[s];
+        if (filter && !strstr(sh->tag, filter)) continue;
         bufs_t b = {.N = sh->N, .IC = sh->IC, .OC = sh->OC};
         b.inp = fill(sh->N * sh->IC);
         b.w = fill(sh->OC * sh->IC);
@@ -162,6 +178,7 @@ int main(int argc, char **argv)
         }
         free(b.inp); free(b.w); free(b.out); free(b.dout); free(b.dinp); free(b.dw);
     }
+    printf("load average at the end: %s\n", loadavg());
     plait_pool_destroy(p1);
     plait_pool_destroy(p2);
     return 0;
