@@ -98,8 +98,8 @@ int plait_fedavg_add(plait_fedavg_t *fa, const float *u, size_t n, double exampl
     }
     if (norm > fa->cfg.clip_norm + fa->cfg.norm_slack) {
         fa->st.rejected_norm++;
-        return plait_fail(PLAIT_ETOOBIG, "fedavg_add: update norm %.6g above the clip bound %.6g", norm,
-                          fa->cfg.clip_norm);
+        /* The norm itself is a statistic of private data: it stays out of the detail. */
+        return plait_fail(PLAIT_ETOOBIG, "fedavg_add: update norm above the clip bound %.6g", fa->cfg.clip_norm);
     }
     double w = fa->cfg.uniform_weights ? 1.0 : fmin(examples, fa->cfg.weight_cap) / fa->cfg.weight_cap;
     double *s = fa->sum;
@@ -111,7 +111,6 @@ int plait_fedavg_add(plait_fedavg_t *fa, const float *u, size_t n, double exampl
     for (; i < n; i++) s[i] += w * (double)u[i];
     fa->st.weight_sum += w;
     fa->st.accepted++;
-    if (norm > fa->st.max_norm) fa->st.max_norm = norm;
     return 0;
 }
 

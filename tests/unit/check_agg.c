@@ -79,7 +79,7 @@ START_TEST(test_fedavg_vs_naive)
     plait_fedavg_stats_t st;
     plait_fedavg_stats(fa, &st);
     ck_assert_uint_eq(st.accepted, K);
-    ck_assert_double_le(st.max_norm, 2.0);
+    ck_assert_double_gt(st.weight_sum, 0.0);
     /* reset forgets */
     plait_fedavg_reset(fa);
     ck_assert_int_eq(plait_fedavg_result(fa, got, P), PLAIT_EAGAIN);
