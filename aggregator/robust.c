@@ -83,7 +83,7 @@ int plait_robust_add(plait_robust_t *r, const float *u, size_t n)
     for (size_t i = 0; i < n; i++) sq += (double)u[i] * u[i];
     if (!isfinite(sq)) return plait_fail(PLAIT_EINVAL, "robust_add: non-finite values");
     if (r->cfg.clip_norm > 0 && sqrt(sq) > r->cfg.clip_norm * (1 + 1e-6))
-        return plait_fail(PLAIT_ETOOBIG, "robust_add: norm %.6g above %.6g", sqrt(sq), r->cfg.clip_norm);
+        return plait_fail(PLAIT_ETOOBIG, "robust_add: update norm above the clip bound %.6g", r->cfg.clip_norm);
     memcpy(r->buf + r->count * n, u, n * sizeof(float));
     r->count++;
     return 0;

@@ -17,6 +17,7 @@
  */
 #include "plait/privacy.h"
 
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -100,11 +101,15 @@ static double log_a_frac(double q, double sigma, double alpha)
 static double rdp_one(double q, double z, double alpha)
 {
     if (q == 0.0) return 0.0;
-    if (z == 0.0) return INFINITY;
+    /* z = 0, or so small that 2z^2 underflows: no noise to speak of. */
+    if (!(2.0 * z * z >= DBL_MIN)) return INFINITY;
     if (q == 1.0) return alpha / (2.0 * z * z);
     if (alpha == 1.0) return INFINITY; /* log A_1 = 0: the 0/0 limit is not computed here */
     double log_a = floor(alpha) == alpha ? log_a_int(q, z, alpha) : log_a_frac(q, z, alpha);
-    return log_a / (alpha - 1.0);
+    double r = log_a / (alpha - 1.0);
+    /* A numerical breakdown must never look like privacy: report +inf (the
+     * order is then never chosen) rather than NaN or a negative value. */
+    return isnan(r) ? INFINITY : r;
 }
 
 static int check_orders(const double *orders, size_t n)

@@ -61,8 +61,8 @@ typedef struct {
     uint64_t rejected_nonfinite; /**< NaN or infinity inside (PLAIT_EINVAL) */
     uint64_t rejected_weight;    /**< examples not finite and > 0 (PLAIT_EINVAL) */
     uint64_t rejected_norm;      /**< L2 norm above the bound (PLAIT_ETOOBIG) */
-    double weight_sum;           /**< sum of accepted weights */
-    double max_norm;             /**< largest accepted norm */
+    double weight_sum;           /**< sum of accepted weights (no per-update statistic is kept:
+                                      norms of private updates must not reach logs) */
 } plait_fedavg_stats_t;
 
 /** \brief Defaults (see the field comments); dim is set to 0 and must be filled in. */

@@ -17,6 +17,7 @@
  *     plait_update_diff(upd, local.params + off, global.params + off, len);
  *     plait_clip_info_t ci;
  *     plait_update_clip_l2(upd, len, 1.0, &ci);          // ci.norm: pre-clip norm
+ *     for (size_t i = 0; i < len; i++) upd[i] *= w;      // w = min(examples, cap) / cap
  *     plait_quant_config_t qc;
  *     plait_quant_config_default(&qc);                   // 16 bits, range 1
  *     plait_quant_encode(&qc, upd, len, &rng, words);    // len words

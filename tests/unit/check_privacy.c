@@ -256,6 +256,16 @@ START_TEST(test_composition_laws)
     ck_assert_int_eq(plait_accountant_compose(&c, 0.5, 0.0, 1), 0);
     ck_assert_int_eq(plait_accountant_epsilon(&c, 1e-6, PLAIT_EPS_IMPROVED, &e3, &o), 0);
     ck_assert(isinf(e3));
+    /* a noise multiplier so small that z^2 underflows is no privacy, not NaN */
+    ck_assert_int_eq(plait_accountant_init(&c, NULL, 0), 0);
+    ck_assert_int_eq(plait_accountant_compose(&c, 0.5, 1e-300, 1), 0);
+    ck_assert_int_eq(plait_accountant_epsilon(&c, 1e-6, PLAIT_EPS_IMPROVED, &e3, &o), 0);
+    ck_assert(isinf(e3));
+    /* and a huge one costs (almost) nothing */
+    ck_assert_int_eq(plait_accountant_init(&c, NULL, 0), 0);
+    ck_assert_int_eq(plait_accountant_compose(&c, 0.5, 1e300, 1000), 0);
+    ck_assert_int_eq(plait_accountant_epsilon(&c, 1e-6, PLAIT_EPS_IMPROVED, &e3, &o), 0);
+    ck_assert(e3 >= 0 && e3 < 1e-3);
     /* epsilon <-> delta consistency (dp_accounting test_epsilon_delta_consistency) */
     ck_assert_int_eq(plait_accountant_init(&c, NULL, 0), 0);
     ck_assert_int_eq(plait_accountant_compose(&c, 0.1, 1.0, 1), 0);
