@@ -45,6 +45,40 @@ int plait_update_span(const struct plait_lora_s *l, plait_lora_mode_t mode, size
     return plait_update_span_n(l->n_a, l->n_params, mode, off, len);
 }
 
+int plait_update_tensor_segments(const struct plait_lora_s *l, plait_lora_mode_t mode, size_t *ends, size_t cap,
+                                 size_t *n_seg)
+{
+    if (l == NULL || n_seg == NULL || (cap > 0 && ends == NULL))
+        return plait_fail(PLAIT_EINVAL, "tensor_segments: NULL argument");
+    size_t off, len;
+    int rc = plait_update_span(l, mode, &off, &len);
+    if (rc != 0) return rc;
+    size_t slots = (size_t)(l->model.n_layers > 0 ? l->model.n_layers : 0) * PLAIT_NPROJ;
+    size_t n = 0, prev_start = 0;
+    /* Tensor starts in arena order: all A (if uploaded), then all B (if uploaded). */
+    for (int part = 0; part < 2; part++) {
+        float *const *t = part == 0 ? l->A : l->B;
+        int uploaded = part == 0 ? mode != PLAIT_LORA_MODE_FFA : mode != PLAIT_LORA_MODE_FEDSA;
+        if (!uploaded || t == NULL) continue;
+        for (size_t s = 0; s < slots; s++) {
+            if (t[s] == NULL) continue;
+            size_t start = (size_t)(t[s] - l->params);
+            if (start < off || start >= off + len || (n > 0 && start - off <= prev_start))
+                return plait_fail(PLAIT_EINTERNAL, "tensor_segments: tensor %zu breaks the arena layout", s);
+            if (n > 0 && n - 1 < cap) ends[n - 1] = start - off; /* the previous segment ends here */
+            if (n == 0 && start != off)
+                return plait_fail(PLAIT_EINTERNAL, "tensor_segments: span does not start at a tensor");
+            prev_start = start - off;
+            n++;
+        }
+    }
+    if (n == 0) return plait_fail(PLAIT_EINTERNAL, "tensor_segments: no tensors in the span");
+    if (n - 1 < cap) ends[n - 1] = len;
+    *n_seg = n;
+    if (cap < n) return plait_fail(PLAIT_ETOOBIG, "tensor_segments: %zu segments, room for %zu", n, cap);
+    return 0;
+}
+
 static const char *const mode_names[] = {"ffa", "fedit", "fedsa"};
 
 int plait_lora_mode_parse(const char *s, plait_lora_mode_t *mode)

@@ -72,6 +72,19 @@ int plait_update_span_n(size_t n_a, size_t n_params, plait_lora_mode_t mode, siz
 int plait_update_span(const struct plait_lora_s *l, plait_lora_mode_t mode, size_t *off /* OUT */,
                       size_t *len /* OUT */) PLAIT_WUR;
 
+/**
+ * \brief Per-tensor segment ends of mode's span (relative to its offset), in
+ *        arena order: one segment per uploaded A or B matrix. Feed them to
+ *        plait_update_clip_segments() for per-layer clipping.
+ * \param l     a set-up adapter.
+ * \param ends  room for cap values; may be NULL when cap is 0 (to ask for the count).
+ * \param n_seg receives the number of segments (also when cap is too small).
+ * \return 0; PLAIT_EINVAL (NULL l or n_seg, unknown mode, empty span),
+ *         PLAIT_ETOOBIG (cap < *n_seg), PLAIT_EINTERNAL (arena invariant broken).
+ */
+int plait_update_tensor_segments(const struct plait_lora_s *l, plait_lora_mode_t mode, size_t *ends, size_t cap,
+                                 size_t *n_seg /* OUT */) PLAIT_WUR;
+
 /** \brief Parse "ffa", "fedit" or "fedsa". \return 0 or PLAIT_EINVAL naming the input. */
 int plait_lora_mode_parse(const char *s, plait_lora_mode_t *mode /* OUT */);
 /** \brief Name of a mode ("ffa"), or "unknown". */

@@ -376,6 +376,14 @@ START_TEST(test_dp_noise_std)
     ck_assert_double_le(fabs(sqrt(var) / want_sd - 1), STD_REL_TOL);
     ck_assert_double_gt(fabs(sqrt(var) / (want_sd * 1.05) - 1), STD_REL_TOL); /* a 5% error would show */
     ck_assert_double_eq(dp.clip, 2.0); /* not adaptive: C fixed */
+    /* Replay: the same seed gives the same noised round (the simulator relies on it). */
+    float *again = malloc(n * sizeof(float));
+    plait_dp_t dp2;
+    ck_assert_int_eq(plait_dp_setup(&dp2, &cfg), 0);
+    plait_rng_seed_u64(&r, 31337, 0);
+    ck_assert_int_eq(plait_dp_finish_round(&dp2, sum, n, 0, &r, again, NULL), 0);
+    ck_assert_int_eq(memcmp(out, again, n * sizeof(float)), 0);
+    free(again);
     sum[3] = NAN;
     ck_assert_int_eq(plait_dp_finish_round(&dp, sum, n, 0, &r, out, NULL), PLAIT_EINVAL);
     free(sum);

@@ -54,6 +54,56 @@ START_TEST(test_span_modes)
 }
 END_TEST
 
+/* Per-tensor segments on a real adapter arena: every uploaded matrix is one
+ * segment, and the segments tile the span. */
+START_TEST(test_tensor_segments)
+{
+    plait_model_config_t mc = {.dim = 16, .hidden_dim = 32, .n_layers = 2, .n_heads = 2, .n_kv_heads = 1,
+                               .vocab_size = 32, .seq_len = 16, .head_size = 8, .kv_dim = 8};
+    plait_lora_config_t lc;
+    plait_lora_config_default(&lc); /* rank 8, wq and wv */
+    plait_lora_t l;
+    plait_lora_init(&l);
+    ck_assert_int_eq(plait_lora_setup(&l, &mc, &lc), 0);
+    size_t ends[16], n, off, len;
+    /* FFA: B of wq (16 x 8) and of wv (8 x 8) per layer */
+    ck_assert_int_eq(plait_update_tensor_segments(&l, PLAIT_LORA_MODE_FFA, ends, 16, &n), 0);
+    ck_assert_uint_eq(n, 4);
+    ck_assert_uint_eq(ends[0], 128);
+    ck_assert_uint_eq(ends[1], 192);
+    ck_assert_uint_eq(ends[2], 320);
+    ck_assert_uint_eq(ends[3], 384);
+    ck_assert_int_eq(plait_update_span(&l, PLAIT_LORA_MODE_FFA, &off, &len), 0);
+    ck_assert_uint_eq(len, 384);
+    ck_assert_int_eq(plait_update_tensor_segments(&l, PLAIT_LORA_MODE_FEDIT, ends, 16, &n), 0);
+    ck_assert_uint_eq(n, 8);
+    ck_assert_int_eq(plait_update_span(&l, PLAIT_LORA_MODE_FEDIT, &off, &len), 0);
+    ck_assert_uint_eq(ends[7], len);
+    ck_assert_uint_eq(ends[3], l.n_a); /* A part ends where B begins */
+    ck_assert_int_eq(plait_update_tensor_segments(&l, PLAIT_LORA_MODE_FEDSA, ends, 16, &n), 0);
+    ck_assert_uint_eq(n, 4);
+    ck_assert_uint_eq(ends[3], l.n_a);
+    ck_assert_int_eq(plait_update_tensor_segments(&l, PLAIT_LORA_MODE_FEDIT, ends, 3, &n), PLAIT_ETOOBIG);
+    ck_assert_uint_eq(n, 8);
+    ck_assert_int_eq(plait_update_tensor_segments(&l, PLAIT_LORA_MODE_FEDIT, NULL, 0, &n), PLAIT_ETOOBIG);
+    /* the segments drive per-layer clipping */
+    ck_assert_int_eq(plait_update_tensor_segments(&l, PLAIT_LORA_MODE_FEDIT, ends, 16, &n), 0);
+    plait_rng_t r;
+    plait_rng_seed_u64(&r, 1, 0);
+    float *x = rand_vec(&r, len, 1.0);
+    ck_assert_int_eq(plait_update_clip_segments(x, len, ends, n, NULL, 2.0, NULL), 0);
+    size_t prev = 0;
+    double worst = 0;
+    for (size_t j = 0; j < n; j++) {
+        worst = fmax(worst, plait_update_l2(x + prev, ends[j] - prev));
+        prev = ends[j];
+    }
+    ck_assert_double_le(worst, 2.0 / sqrt(8.0));
+    free(x);
+    plait_lora_free(&l);
+}
+END_TEST
+
 START_TEST(test_diff)
 {
     float a[4] = {1, 2, 3, 4}, b[4] = {0.5f, 2, 4, 0}, d[4];
@@ -447,6 +497,7 @@ Suite *update_suite(void)
     TCase *tc = tcase_create("clip");
     tcase_set_timeout(tc, 300); /* shared CI machines and sanitizer builds are slow */
     tcase_add_test(tc, test_span_modes);
+    tcase_add_test(tc, test_tensor_segments);
     tcase_add_test(tc, test_diff);
     tcase_add_test(tc, test_clip_property);
     tcase_add_test(tc, test_clip_edge_and_errors);
