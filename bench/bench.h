@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 int bench_agg(int argc, char **argv);
+int bench_train(int argc, char **argv);
 
 /** Monotonic seconds. */
 double bench_now(void);

@@ -20,6 +20,7 @@ typedef struct {
 } command_t;
 
 static const command_t commands[] = {
+    {"train", "LoRA training tokens/s and peak RSS (stories260K, 15M shape), optionally vs PyTorch", bench_train},
     {"agg", "FedAvg throughput (updates x params / s) and peak RSS vs. number of updates", bench_agg},
 };
 
