@@ -32,6 +32,7 @@
  */
 #include "plait/train.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,7 +80,7 @@ struct plait_trainer_s {
     float *dh3;       /* (N, H) */
     float *dhg;       /* (N, H) */
     float *du;        /* (N, R) */
-    float *datt;      /* (B, NKV, T) one score-gradient row per attention task */
+    float *attn_scratch; /* (P, T*T + 8*T*HS) per-thread attention scratch (attn_scratch_t) */
     float *logits;    /* (P, PLAIT_TRAIN_LOGIT_ROWS, V) per-thread logit rows */
     double *row_loss; /* (N) per-position loss, summed in order for determinism */
     float *rope_cos;  /* (T, HS/2) */
@@ -159,6 +160,11 @@ double plait_train_lr_at(const plait_train_config_t *c, long step)
     double progress = (double)(step - c->warmup_steps) / (double)(c->total_steps - c->warmup_steps);
     return min_lr + 0.5 * (1.0 + cos(M_PI * progress)) * (c->lr - min_lr);
 }
+
+/* Probabilities below FLT_MIN are flushed to zero: they contribute nothing
+ * measurable, and denormal operands slow every later multiply by ~100x
+ * (a confident model on foreign text produces many). */
+static inline float flush(float p) { return p < FLT_MIN ? 0.0f : p; }
 
 /* ------------------------------------------------------------ kernels
  * Each kernel is a pool job over independent rows; `job_t` carries the
@@ -251,43 +257,85 @@ static void rope_apply(plait_trainer_t *tr, float *q, float *k, size_t N, float 
     plait_pool_run(tr->pool, rope_rows, &j, N);
 }
 
-/* Causal attention for (b, h) pairs: att (B, NH, T, T), out (N, C). */
-static void attention_forward_pairs(void *ctx, size_t b0, size_t e0)
+/* Attention runs per (sequence b, key/value head g): a task gathers that
+ * head's keys and values once, then serves the rep = NH / NKV query heads
+ * that read them, so under GQA dk and dv are accumulated inside one task
+ * and need no synchronization. The products are plait_matmul_* calls on the
+ * calling thread (NULL pool) over contiguous per-head copies, which is where
+ * the SIMD kernels pay off; the pool splits the (b, g) pairs, one contiguous
+ * share per thread with that thread's scratch (tr->attn_scratch). */
+typedef struct {
+    float *qh;  /* (T, HS) */
+    float *kh;  /* (T, HS) */
+    float *vh;  /* (T, HS) */
+    float *vT;  /* (HS, T) */
+    float *oh;  /* (T, HS) output, or dO in backward */
+    float *dqh; /* (T, HS) */
+    float *dkh; /* (T, HS) */
+    float *dvh; /* (T, HS) */
+    float *dp;  /* (T, T) gradient of probabilities, then of scores */
+} attn_scratch_t;
+
+static attn_scratch_t attn_scratch(const plait_trainer_t *tr, size_t item)
+{
+    size_t T = tr->T, HS = tr->HS;
+    float *base = tr->attn_scratch + item * (T * T + 8 * T * HS);
+    attn_scratch_t s = {base, base + T * HS, base + 2 * T * HS, base + 3 * T * HS, base + 4 * T * HS,
+                        base + 5 * T * HS, base + 6 * T * HS, base + 7 * T * HS, base + 8 * T * HS};
+    return s;
+}
+
+/* dst (T, HS) = head `h0 / HS` of rows b*T .. b*T+T-1 of src (N, width). */
+static void gather_head(float *dst, const float *src, size_t width, size_t b, size_t h0, size_t T, size_t HS)
+{
+    for (size_t t = 0; t < T; t++) memcpy(dst + t * HS, src + (b * T + t) * width + h0, HS * sizeof(float));
+}
+
+static void scatter_head(float *dst, const float *src, size_t width, size_t b, size_t h0, size_t T, size_t HS)
+{
+    for (size_t t = 0; t < T; t++) memcpy(dst + (b * T + t) * width + h0, src + t * HS, HS * sizeof(float));
+}
+
+/* att (B, NH, T, T) = causal softmax(q kᵀ / sqrt(HS)) (zeros above the
+ * diagonal), out (N, C) = att · v. */
+static void attention_forward_items(void *ctx, size_t i0, size_t i1)
 {
     job_t *j = ctx;
     plait_trainer_t *tr = j->tr;
-    size_t T = tr->T, HS = tr->HS, C = tr->C, KV = tr->KV, NH = tr->NH, rep = tr->NH / tr->NKV;
+    size_t T = tr->T, HS = tr->HS, C = tr->C, KV = tr->KV, NH = tr->NH, NKV = tr->NKV, rep = NH / NKV, P = tr->P;
+    size_t npairs = j->nb * NKV;
     const float *q = j->in, *k = j->in2, *v = j->in3;
     float scale = 1.0f / sqrtf((float)HS);
-    for (size_t pair = b0; pair < e0; pair++) {
-        size_t b = pair / NH, h = pair % NH, g = h / rep;
-        float *att = j->out2 + pair * T * T;
-        for (size_t t = 0; t < T; t++) {
-            const float *qt = q + (b * T + t) * C + h * HS;
-            float *a = att + t * T;
-            float mx = -INFINITY;
-            for (size_t t2 = 0; t2 <= t; t2++) {
-                const float *kt = k + (b * T + t2) * KV + g * HS;
-                float s = 0.0f;
-                for (size_t i = 0; i < HS; i++) s += qt[i] * kt[i];
-                s *= scale;
-                a[t2] = s;
-                if (s > mx) mx = s;
-            }
-            double sum = 0.0;
-            for (size_t t2 = 0; t2 <= t; t2++) {
-                float ex = expf(a[t2] - mx);
-                a[t2] = ex;
-                sum += ex;
-            }
-            float inv = (float)(1.0 / sum);
-            float *o = j->out + (b * T + t) * C + h * HS;
-            for (size_t i = 0; i < HS; i++) o[i] = 0.0f;
-            for (size_t t2 = 0; t2 <= t; t2++) {
-                float p = a[t2] * inv;
-                a[t2] = p;
-                const float *vt = v + (b * T + t2) * KV + g * HS;
-                for (size_t i = 0; i < HS; i++) o[i] += p * vt[i];
+    for (size_t item = i0; item < i1; item++) {
+        attn_scratch_t s = attn_scratch(tr, item);
+        for (size_t pair = npairs * item / P; pair < npairs * (item + 1) / P; pair++) {
+            size_t b = pair / NKV, g = pair % NKV;
+            gather_head(s.kh, k, KV, b, g * HS, T, HS);
+            for (size_t t = 0; t < T; t++)
+                for (size_t i = 0; i < HS; i++) s.vT[i * T + t] = v[(b * T + t) * KV + g * HS + i];
+            for (size_t h = g * rep; h < (g + 1) * rep; h++) {
+                float *att = j->out2 + (b * NH + h) * T * T;
+                gather_head(s.qh, q, C, b, h * HS, T, HS);
+                plait_matmul_forward(NULL, att, s.qh, s.kh, T, HS, T, 0);
+                for (size_t t = 0; t < T; t++) {
+                    float *a = att + t * T;
+                    float mx = -INFINITY;
+                    for (size_t t2 = 0; t2 <= t; t2++) {
+                        a[t2] *= scale;
+                        mx = a[t2] > mx ? a[t2] : mx;
+                    }
+                    double sum = 0.0;
+                    for (size_t t2 = 0; t2 <= t; t2++) {
+                        float ex = expf(a[t2] - mx);
+                        a[t2] = ex;
+                        sum += ex;
+                    }
+                    float inv = (float)(1.0 / sum);
+                    for (size_t t2 = 0; t2 <= t; t2++) a[t2] = flush(a[t2] * inv);
+                    for (size_t t2 = t + 1; t2 < T; t2++) a[t2] = 0.0f;
+                }
+                plait_matmul_forward(NULL, s.oh, att, s.vT, T, T, HS, 0);
+                scatter_head(j->out, s.oh, C, b, h * HS, T, HS);
             }
         }
     }
@@ -296,59 +344,51 @@ static void attention_forward_pairs(void *ctx, size_t b0, size_t e0)
 static void attention_forward(plait_trainer_t *tr, float *out, float *att, const float *q, const float *k,
                               const float *v, size_t nb)
 {
-    job_t j = {.tr = tr, .out = out, .out2 = att, .in = q, .in2 = k, .in3 = v};
-    plait_pool_run(tr->pool, attention_forward_pairs, &j, nb * tr->NH);
+    job_t j = {.tr = tr, .out = out, .out2 = att, .in = q, .in2 = k, .in3 = v, .nb = nb};
+    plait_pool_run(tr->pool, attention_forward_items, &j, tr->P);
 }
 
-/* Backward of causal attention for (b, g) pairs: a task owns key/value head g
- * of sequence b and every query head that reads it, so dk and dv need no
- * synchronization. dq (N, C), dk/dv (N, KV) are overwritten. */
-static void attention_backward_pairs(void *ctx, size_t b0, size_t e0)
+/* Given dout (N, C): dq (N, C), dk and dv (N, KV), all overwritten. */
+static void attention_backward_items(void *ctx, size_t i0, size_t i1)
 {
     job_t *j = ctx;
     plait_trainer_t *tr = j->tr;
-    size_t T = tr->T, HS = tr->HS, C = tr->C, KV = tr->KV, NH = tr->NH, NKV = tr->NKV, rep = NH / NKV;
+    size_t T = tr->T, HS = tr->HS, C = tr->C, KV = tr->KV, NH = tr->NH, NKV = tr->NKV, rep = NH / NKV, P = tr->P;
+    size_t npairs = j->nb * NKV;
     const float *dout = j->in, *att = j->in2, *q = j->in3, *k = j->in4, *v = j->w;
-    float *dq = j->out, *dk = j->out2, *dv = j->out3;
     float scale = 1.0f / sqrtf((float)HS);
-    for (size_t pair = b0; pair < e0; pair++) {
-        size_t b = pair / NKV, g = pair % NKV;
-        float *datt = tr->datt + pair * T;
-        for (size_t t = 0; t < T; t++) {
-            memset(dk + (b * T + t) * KV + g * HS, 0, HS * sizeof(float));
-            memset(dv + (b * T + t) * KV + g * HS, 0, HS * sizeof(float));
-        }
-        for (size_t h = g * rep; h < (g + 1) * rep; h++) {
-            const float *a_h = att + (b * NH + h) * T * T;
-            for (size_t t = 0; t < T; t++) {
-                const float *a = a_h + t * T;
-                const float *dot_ = dout + (b * T + t) * C + h * HS;
-                const float *qt = q + (b * T + t) * C + h * HS;
-                float *dqt = dq + (b * T + t) * C + h * HS;
-                double sum = 0.0;
-                for (size_t t2 = 0; t2 <= t; t2++) {
-                    const float *vt = v + (b * T + t2) * KV + g * HS;
-                    float *dvt = dv + (b * T + t2) * KV + g * HS;
-                    float s = 0.0f, p = a[t2];
-                    for (size_t i = 0; i < HS; i++) {
-                        s += dot_[i] * vt[i];
-                        dvt[i] += p * dot_[i];
-                    }
-                    datt[t2] = s;
-                    sum += (double)p * (double)s;
+    for (size_t item = i0; item < i1; item++) {
+        attn_scratch_t s = attn_scratch(tr, item);
+        for (size_t pair = npairs * item / P; pair < npairs * (item + 1) / P; pair++) {
+            size_t b = pair / NKV, g = pair % NKV;
+            gather_head(s.kh, k, KV, b, g * HS, T, HS);
+            gather_head(s.vh, v, KV, b, g * HS, T, HS);
+            memset(s.dkh, 0, T * HS * sizeof(float));
+            memset(s.dvh, 0, T * HS * sizeof(float));
+            for (size_t h = g * rep; h < (g + 1) * rep; h++) {
+                const float *a = att + (b * NH + h) * T * T;
+                gather_head(s.qh, q, C, b, h * HS, T, HS);
+                gather_head(s.oh, dout, C, b, h * HS, T, HS);
+                /* dP = dO · Vᵀ; dV += Pᵀ · dO. */
+                plait_matmul_forward(NULL, s.dp, s.oh, s.vh, T, HS, T, 0);
+                plait_matmul_backward(NULL, NULL, s.dvh, a, s.oh, NULL, T, HS, T);
+                /* dS = P ⊙ (dP - rowsum(P ⊙ dP)) * scale, zero above the diagonal. */
+                for (size_t t = 0; t < T; t++) {
+                    const float *pr = a + t * T;
+                    float *dr = s.dp + t * T;
+                    double dot = 0.0;
+                    for (size_t t2 = 0; t2 <= t; t2++) dot += (double)pr[t2] * (double)dr[t2];
+                    float fdot = (float)dot;
+                    for (size_t t2 = 0; t2 <= t; t2++) dr[t2] = pr[t2] * (dr[t2] - fdot) * scale;
+                    for (size_t t2 = t + 1; t2 < T; t2++) dr[t2] = 0.0f;
                 }
-                float fsum = (float)sum;
-                for (size_t i = 0; i < HS; i++) dqt[i] = 0.0f;
-                for (size_t t2 = 0; t2 <= t; t2++) {
-                    float dp = a[t2] * (datt[t2] - fsum) * scale;
-                    const float *kt = k + (b * T + t2) * KV + g * HS;
-                    float *dkt = dk + (b * T + t2) * KV + g * HS;
-                    for (size_t i = 0; i < HS; i++) {
-                        dqt[i] += dp * kt[i];
-                        dkt[i] += dp * qt[i];
-                    }
-                }
+                /* dQ = dS · K; dK += dSᵀ · Q. */
+                memset(s.dqh, 0, T * HS * sizeof(float));
+                plait_matmul_backward(NULL, s.dqh, s.dkh, s.dp, s.qh, s.kh, T, HS, T);
+                scatter_head(j->out, s.dqh, C, b, h * HS, T, HS);
             }
+            scatter_head(j->out2, s.dkh, KV, b, g * HS, T, HS);
+            scatter_head(j->out3, s.dvh, KV, b, g * HS, T, HS);
         }
     }
 }
@@ -356,8 +396,9 @@ static void attention_backward_pairs(void *ctx, size_t b0, size_t e0)
 static void attention_backward(plait_trainer_t *tr, float *dq, float *dk, float *dv, const float *dout,
                                const float *att, const float *q, const float *k, const float *v, size_t nb)
 {
-    job_t j = {.tr = tr, .out = dq, .out2 = dk, .out3 = dv, .in = dout, .in2 = att, .in3 = q, .in4 = k, .w = v};
-    plait_pool_run(tr->pool, attention_backward_pairs, &j, nb * tr->NKV);
+    job_t j = {.tr = tr, .out = dq, .out2 = dk, .out3 = dv, .in = dout, .in2 = att, .in3 = q, .in4 = k, .w = v,
+               .nb = nb};
+    plait_pool_run(tr->pool, attention_backward_items, &j, tr->P);
 }
 
 /* hg (N, H) = silu(h1) * h3. */
@@ -418,12 +459,17 @@ static void classifier_items(void *ctx, size_t b0, size_t e0)
                 float *row = lg + r * V;
                 float mx = row[0];
                 for (size_t i = 1; i < V; i++) mx = row[i] > mx ? row[i] : mx;
+                float zt = row[target] - mx;
                 double sum = 0.0;
-                for (size_t i = 0; i < V; i++) sum += (double)expf(row[i] - mx);
-                tr->row_loss[n] = log(sum) + (double)mx - (double)row[target];
+                for (size_t i = 0; i < V; i++) {
+                    float ex = expf(row[i] - mx);
+                    row[i] = ex;
+                    sum += ex;
+                }
+                tr->row_loss[n] = log(sum) - (double)zt;
                 if (j->out) {
-                    float inv = (float)(1.0 / sum);
-                    for (size_t i = 0; i < V; i++) row[i] = expf(row[i] - mx) * inv * j->scale;
+                    float f = (float)(1.0 / sum) * j->scale;
+                    for (size_t i = 0; i < V; i++) row[i] = flush(row[i] * f);
                     row[target] -= j->scale;
                 }
             }
@@ -739,7 +785,7 @@ int plait_train_create(plait_trainer_t **out, const plait_model_t *m, plait_lora
         N * KV, N * KV,  /* dk dv */
         N * H, N * H, N * H, /* dh1 dh3 dhg */
         N * R,           /* du */
-        B * tr->NKV * T, /* datt */
+        tr->P * (T * T + 8 * T * tr->HS), /* attn_scratch */
         tr->P * PLAIT_TRAIN_LOGIT_ROWS * tr->V, /* logits */
         2 * N,           /* row_loss (doubles = 2 floats each) */
         T * (tr->HS / 2), T * (tr->HS / 2), /* rope cos, sin */
@@ -770,7 +816,7 @@ int plait_train_create(plait_trainer_t **out, const plait_model_t *m, plait_lora
     float *u = ptr;
     ptr += sizes[si++];
     TAKE(dres); TAKE(dln); TAKE(datty); TAKE(dq); TAKE(dk); TAKE(dv); TAKE(dh1); TAKE(dh3); TAKE(dhg);
-    TAKE(du); TAKE(datt); TAKE(logits);
+    TAKE(du); TAKE(attn_scratch); TAKE(logits);
     tr->row_loss = (double *)(void *)ptr;
     ptr += sizes[si++];
     TAKE(rope_cos); TAKE(rope_sin);
