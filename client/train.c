@@ -31,6 +31,7 @@
  * few dozen times per layer, so kernels are fused where that saves a pass.
  */
 #include "plait/train.h"
+#include "tensor_int.h"
 
 #include <float.h>
 #include <math.h>
@@ -165,6 +166,237 @@ double plait_train_lr_at(const plait_train_config_t *c, long step)
  * measurable, and denormal operands slow every later multiply by ~100x
  * (a confident model on foreign text produces many). */
 static inline float flush(float p) { return p < FLT_MIN ? 0.0f : p; }
+
+/* ------------------------------------------------------------ vector helpers
+ * Element-wise spans used by softmax, cross-entropy and SwiGLU. Each has a
+ * portable version and an AVX2+FMA one, picked at run time as tensor.c
+ * picks its kernels (plait__tensor_simd_active(), which tests can force off), so a default (-O2, baseline
+ * x86-64) build still runs them 8 floats at a time. exp is the Cephes
+ * single-precision polynomial (relative error ~2e-7), flushed to 0 below
+ * -87.33 where the result would be denormal; both paths use the same
+ * polynomial. Sums of exponentials accumulate in double. */
+
+#define EXP_LO -87.33f
+#define EXP_HI 88.72f
+#define EXP_LOG2E 1.44269504088896341f
+#define EXP_C1 0.693359375f
+#define EXP_C2 -2.12194440e-4f
+#define EXP_P0 1.9875691500e-4f
+#define EXP_P1 1.3981999507e-3f
+#define EXP_P2 8.3334519073e-3f
+#define EXP_P3 4.1665795894e-2f
+#define EXP_P4 1.6666665459e-1f
+#define EXP_P5 5.0000001201e-1f
+
+static inline float exp_poly(float x)
+{
+    if (x < EXP_LO) return 0.0f;
+    if (x > EXP_HI) x = EXP_HI;
+    float fx = x * EXP_LOG2E + 0.5f;
+    int n = (int)fx;
+    if ((float)n > fx) n--; /* floor */
+    float fn = (float)n;
+    float r = x - fn * EXP_C1;
+    r = r - fn * EXP_C2;
+    float y = EXP_P0;
+    y = y * r + EXP_P1;
+    y = y * r + EXP_P2;
+    y = y * r + EXP_P3;
+    y = y * r + EXP_P4;
+    y = y * r + EXP_P5;
+    y = y * (r * r) + r + 1.0f;
+    uint32_t bits = (uint32_t)(n + 127) << 23;
+    float p2;
+    memcpy(&p2, &bits, 4);
+    return y * p2;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define TRAIN_X86 1
+#include <immintrin.h>
+#define AVX2 __attribute__((target("avx2,fma")))
+
+AVX2 static inline __m256 exp8(__m256 x)
+{
+    __m256 under = _mm256_cmp_ps(x, _mm256_set1_ps(EXP_LO), _CMP_LT_OQ);
+    x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(EXP_HI)), _mm256_set1_ps(EXP_LO));
+    __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(EXP_LOG2E), _mm256_set1_ps(0.5f)));
+    __m256 r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(EXP_C1), x);
+    r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(EXP_C2), r);
+    __m256 y = _mm256_set1_ps(EXP_P0);
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(EXP_P1));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(EXP_P2));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(EXP_P3));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(EXP_P4));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(EXP_P5));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(under, _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
+}
+
+AVX2 static inline double hsum_pd(__m256d a)
+{
+    __m128d s = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+}
+
+AVX2 static double vexp_sum_avx2(float *x, size_t n, float sub, float mul)
+{
+    __m256 vs = _mm256_set1_ps(sub), vm = _mm256_set1_ps(mul);
+    __m256d acc = _mm256_setzero_pd();
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 e = exp8(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), vs), vm));
+        _mm256_storeu_ps(x + i, e);
+        acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+        acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+    }
+    double sum = hsum_pd(acc);
+    for (; i < n; i++) {
+        x[i] = exp_poly((x[i] - sub) * mul);
+        sum += x[i];
+    }
+    return sum;
+}
+
+AVX2 static float vmax_avx2(const float *x, size_t n)
+{
+    __m256 m = _mm256_set1_ps(-INFINITY);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + i));
+    float buf[8], mx = -INFINITY;
+    _mm256_storeu_ps(buf, m);
+    for (int k = 0; k < 8; k++) mx = buf[k] > mx ? buf[k] : mx;
+    for (; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    return mx;
+}
+
+AVX2 static void vscale_flush_avx2(float *x, size_t n, float f)
+{
+    __m256 vf = _mm256_set1_ps(f), lo = _mm256_set1_ps(FLT_MIN);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + i), vf);
+        _mm256_storeu_ps(x + i, _mm256_and_ps(v, _mm256_cmp_ps(v, lo, _CMP_GE_OQ)));
+    }
+    for (; i < n; i++) x[i] = flush(x[i] * f);
+}
+
+AVX2 static double vdot_avx2(const float *a, const float *b, size_t n)
+{
+    __m256 acc = _mm256_setzero_ps();
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+    __m256d d = _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(acc)),
+                              _mm256_cvtps_pd(_mm256_extractf128_ps(acc, 1)));
+    double s = hsum_pd(d);
+    for (; i < n; i++) s += (double)a[i] * (double)b[i];
+    return s;
+}
+
+/* dr = p * (dr - dot) * scale */
+AVX2 static void vsoftmax_bwd_avx2(float *dr, const float *p, size_t n, float dot, float scale)
+{
+    __m256 vd = _mm256_set1_ps(dot), vs = _mm256_set1_ps(scale);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_mul_ps(_mm256_loadu_ps(p + i), _mm256_sub_ps(_mm256_loadu_ps(dr + i), vd));
+        _mm256_storeu_ps(dr + i, _mm256_mul_ps(v, vs));
+    }
+    for (; i < n; i++) dr[i] = p[i] * (dr[i] - dot) * scale;
+}
+
+AVX2 static void swiglu_fwd_avx2(float *out, const float *h1, const float *h3, size_t n)
+{
+    __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_loadu_ps(h1 + i);
+        __m256 sig = _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_sub_ps(zero, x))));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(x, sig), _mm256_loadu_ps(h3 + i)));
+    }
+    for (; i < n; i++) out[i] = h1[i] / (1.0f + exp_poly(-h1[i])) * h3[i];
+}
+
+AVX2 static void swiglu_bwd_avx2(float *dh1, float *dh3, const float *d, const float *h1, const float *h3, size_t n)
+{
+    __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_loadu_ps(h1 + i), g = _mm256_loadu_ps(d + i);
+        __m256 sig = _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_sub_ps(zero, x))));
+        _mm256_storeu_ps(dh3 + i, _mm256_mul_ps(_mm256_mul_ps(g, x), sig));
+        __m256 dsilu = _mm256_mul_ps(sig, _mm256_fmadd_ps(x, _mm256_sub_ps(one, sig), one));
+        _mm256_storeu_ps(dh1 + i, _mm256_mul_ps(_mm256_mul_ps(g, _mm256_loadu_ps(h3 + i)), dsilu));
+    }
+    for (; i < n; i++) {
+        float x = h1[i], sig = 1.0f / (1.0f + exp_poly(-x));
+        dh3[i] = d[i] * x * sig;
+        dh1[i] = d[i] * h3[i] * sig * (1.0f + x * (1.0f - sig));
+    }
+}
+#else
+#define TRAIN_X86 0
+#endif
+
+static int use_avx2(void)
+{
+#if TRAIN_X86
+    return plait__tensor_simd_active(); /* the CPU has AVX2+FMA and tests did not force scalar */
+#else
+    return 0;
+#endif
+}
+
+/* x = exp((x - sub) * mul) (0 below the denormal range); returns the sum. */
+static double vexp_sum(float *x, size_t n, float sub, float mul)
+{
+#if TRAIN_X86
+    if (use_avx2()) return vexp_sum_avx2(x, n, sub, mul);
+#endif
+    double sum = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        x[i] = exp_poly((x[i] - sub) * mul);
+        sum += x[i];
+    }
+    return sum;
+}
+
+static float vmax(const float *x, size_t n)
+{
+#if TRAIN_X86
+    if (use_avx2()) return vmax_avx2(x, n);
+#endif
+    float mx = -INFINITY;
+    for (size_t i = 0; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    return mx;
+}
+
+static void vscale_flush(float *x, size_t n, float f)
+{
+#if TRAIN_X86
+    if (use_avx2()) { vscale_flush_avx2(x, n, f); return; }
+#endif
+    for (size_t i = 0; i < n; i++) x[i] = flush(x[i] * f);
+}
+
+static double vdot(const float *a, const float *b, size_t n)
+{
+#if TRAIN_X86
+    if (use_avx2()) return vdot_avx2(a, b, n);
+#endif
+    double s = 0.0;
+    for (size_t i = 0; i < n; i++) s += (double)a[i] * (double)b[i];
+    return s;
+}
+
+static void vsoftmax_bwd(float *dr, const float *p, size_t n, float dot, float scale)
+{
+#if TRAIN_X86
+    if (use_avx2()) { vsoftmax_bwd_avx2(dr, p, n, dot, scale); return; }
+#endif
+    for (size_t i = 0; i < n; i++) dr[i] = p[i] * (dr[i] - dot) * scale;
+}
 
 /* ------------------------------------------------------------ kernels
  * Each kernel is a pool job over independent rows; `job_t` carries the
@@ -319,20 +551,11 @@ static void attention_forward_items(void *ctx, size_t i0, size_t i1)
                 plait_matmul_forward(NULL, att, s.qh, s.kh, T, HS, T, 0);
                 for (size_t t = 0; t < T; t++) {
                     float *a = att + t * T;
-                    float mx = -INFINITY;
-                    for (size_t t2 = 0; t2 <= t; t2++) {
-                        a[t2] *= scale;
-                        mx = a[t2] > mx ? a[t2] : mx;
-                    }
-                    double sum = 0.0;
-                    for (size_t t2 = 0; t2 <= t; t2++) {
-                        float ex = expf(a[t2] - mx);
-                        a[t2] = ex;
-                        sum += ex;
-                    }
-                    float inv = (float)(1.0 / sum);
-                    for (size_t t2 = 0; t2 <= t; t2++) a[t2] = flush(a[t2] * inv);
-                    for (size_t t2 = t + 1; t2 < T; t2++) a[t2] = 0.0f;
+                    /* scale > 0, so the max of the raw scores is the max of the scaled ones. */
+                    float mx = vmax(a, t + 1);
+                    double sum = vexp_sum(a, t + 1, mx, scale);
+                    vscale_flush(a, t + 1, (float)(1.0 / sum));
+                    memset(a + t + 1, 0, (T - t - 1) * sizeof(float));
                 }
                 plait_matmul_forward(NULL, s.oh, att, s.vT, T, T, HS, 0);
                 scatter_head(j->out, s.oh, C, b, h * HS, T, HS);
@@ -376,11 +599,8 @@ static void attention_backward_items(void *ctx, size_t i0, size_t i1)
                 for (size_t t = 0; t < T; t++) {
                     const float *pr = a + t * T;
                     float *dr = s.dp + t * T;
-                    double dot = 0.0;
-                    for (size_t t2 = 0; t2 <= t; t2++) dot += (double)pr[t2] * (double)dr[t2];
-                    float fdot = (float)dot;
-                    for (size_t t2 = 0; t2 <= t; t2++) dr[t2] = pr[t2] * (dr[t2] - fdot) * scale;
-                    for (size_t t2 = t + 1; t2 < T; t2++) dr[t2] = 0.0f;
+                    vsoftmax_bwd(dr, pr, t + 1, (float)vdot(pr, dr, t + 1), scale);
+                    memset(dr + t + 1, 0, (T - t - 1) * sizeof(float));
                 }
                 /* dQ = dS · K; dK += dSᵀ · Q. */
                 memset(s.dqh, 0, T * HS * sizeof(float));
@@ -406,9 +626,15 @@ static void swiglu_forward_rows(void *ctx, size_t b, size_t e)
 {
     job_t *j = ctx;
     size_t H = j->H;
+#if TRAIN_X86
+    if (use_avx2()) {
+        swiglu_fwd_avx2(j->out + b * H, j->in + b * H, j->in2 + b * H, (e - b) * H);
+        return;
+    }
+#endif
     for (size_t i = b * H; i < e * H; i++) {
         float x = j->in[i];
-        j->out[i] = x / (1.0f + expf(-x)) * j->in2[i];
+        j->out[i] = x / (1.0f + exp_poly(-x)) * j->in2[i];
     }
 }
 
@@ -423,8 +649,14 @@ static void swiglu_backward_rows(void *ctx, size_t b, size_t e)
 {
     job_t *j = ctx;
     size_t H = j->H;
+#if TRAIN_X86
+    if (use_avx2()) {
+        swiglu_bwd_avx2(j->out + b * H, j->out2 + b * H, j->in + b * H, j->in2 + b * H, j->in3 + b * H, (e - b) * H);
+        return;
+    }
+#endif
     for (size_t i = b * H; i < e * H; i++) {
-        float x = j->in2[i], sig = 1.0f / (1.0f + expf(-x)), d = j->in[i];
+        float x = j->in2[i], sig = 1.0f / (1.0f + exp_poly(-x)), d = j->in[i];
         j->out2[i] = d * x * sig;
         j->out[i] = d * j->in3[i] * sig * (1.0f + x * (1.0f - sig));
     }
@@ -457,19 +689,12 @@ static void classifier_items(void *ctx, size_t b0, size_t e0)
                 size_t n = c0 + r, b = n / tr->T, t = n % tr->T;
                 int32_t target = j->tokens[b * (tr->T + 1) + t + 1];
                 float *row = lg + r * V;
-                float mx = row[0];
-                for (size_t i = 1; i < V; i++) mx = row[i] > mx ? row[i] : mx;
+                float mx = vmax(row, V);
                 float zt = row[target] - mx;
-                double sum = 0.0;
-                for (size_t i = 0; i < V; i++) {
-                    float ex = expf(row[i] - mx);
-                    row[i] = ex;
-                    sum += ex;
-                }
+                double sum = vexp_sum(row, V, mx, 1.0f);
                 tr->row_loss[n] = log(sum) - (double)zt;
                 if (j->out) {
-                    float f = (float)(1.0 / sum) * j->scale;
-                    for (size_t i = 0; i < V; i++) row[i] = flush(row[i] * f);
+                    vscale_flush(row, V, (float)(1.0 / sum) * j->scale);
                     row[target] -= j->scale;
                 }
             }
