@@ -31,7 +31,9 @@
  * few dozen times per layer, so kernels are fused where that saves a pass.
  */
 #include "plait/train.h"
+#include "tensor_int.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,7 +81,7 @@ struct plait_trainer_s {
     float *dh3;       /* (N, H) */
     float *dhg;       /* (N, H) */
     float *du;        /* (N, R) */
-    float *datt;      /* (B, NKV, T) one score-gradient row per attention task */
+    float *attn_scratch; /* (P, T*T + 8*T*HS) per-thread attention scratch (attn_scratch_t) */
     float *logits;    /* (P, PLAIT_TRAIN_LOGIT_ROWS, V) per-thread logit rows */
     double *row_loss; /* (N) per-position loss, summed in order for determinism */
     float *rope_cos;  /* (T, HS/2) */
@@ -158,6 +160,242 @@ double plait_train_lr_at(const plait_train_config_t *c, long step)
     if (step >= c->total_steps) return min_lr;
     double progress = (double)(step - c->warmup_steps) / (double)(c->total_steps - c->warmup_steps);
     return min_lr + 0.5 * (1.0 + cos(M_PI * progress)) * (c->lr - min_lr);
+}
+
+/* Probabilities below FLT_MIN are flushed to zero: they contribute nothing
+ * measurable, and denormal operands slow every later multiply by ~100x
+ * (a confident model on foreign text produces many). */
+static inline float flush(float p) { return p < FLT_MIN ? 0.0f : p; }
+
+/* ------------------------------------------------------------ vector helpers
+ * Element-wise spans used by softmax, cross-entropy and SwiGLU. Each has a
+ * portable version and an AVX2+FMA one, picked at run time as tensor.c
+ * picks its kernels (plait__tensor_simd_active(), which tests can force off), so a default (-O2, baseline
+ * x86-64) build still runs them 8 floats at a time. exp is the Cephes
+ * single-precision polynomial (relative error ~2e-7), flushed to 0 below
+ * -87.33 where the result would be denormal; both paths use the same
+ * polynomial. Sums of exponentials accumulate in double. */
+
+#define EXP_LO -87.33f
+#define EXP_HI 88.72f
+#define EXP_LOG2E 1.44269504088896341f
+#define EXP_C1 0.693359375f
+#define EXP_C2 -2.12194440e-4f
+#define EXP_P0 1.9875691500e-4f
+#define EXP_P1 1.3981999507e-3f
+#define EXP_P2 8.3334519073e-3f
+#define EXP_P3 4.1665795894e-2f
+#define EXP_P4 1.6666665459e-1f
+#define EXP_P5 5.0000001201e-1f
+
+static inline float exp_poly(float x)
+{
+    if (x < EXP_LO) return 0.0f;
+    if (x > EXP_HI) x = EXP_HI;
+    float fx = x * EXP_LOG2E + 0.5f;
+    int n = (int)fx;
+    if ((float)n > fx) n--; /* floor */
+    float fn = (float)n;
+    float r = x - fn * EXP_C1;
+    r = r - fn * EXP_C2;
+    float y = EXP_P0;
+    y = y * r + EXP_P1;
+    y = y * r + EXP_P2;
+    y = y * r + EXP_P3;
+    y = y * r + EXP_P4;
+    y = y * r + EXP_P5;
+    y = y * (r * r) + r + 1.0f;
+    uint32_t bits = (uint32_t)(n + 127) << 23;
+    float p2;
+    memcpy(&p2, &bits, 4);
+    return y * p2;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define TRAIN_X86 1
+#include <immintrin.h>
+#define AVX2 __attribute__((target("avx2,fma")))
+
+AVX2 static inline __m256 exp8(__m256 x)
+{
+    __m256 under = _mm256_cmp_ps(x, _mm256_set1_ps(EXP_LO), _CMP_LT_OQ);
+    x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(EXP_HI)), _mm256_set1_ps(EXP_LO));
+    __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(EXP_LOG2E), _mm256_set1_ps(0.5f)));
+    __m256 r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(EXP_C1), x);
+    r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(EXP_C2), r);
+    __m256 y = _mm256_set1_ps(EXP_P0);
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(EXP_P1));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(EXP_P2));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(EXP_P3));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(EXP_P4));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(EXP_P5));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(under, _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
+}
+
+AVX2 static inline double hsum_pd(__m256d a)
+{
+    __m128d s = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+}
+
+AVX2 static double vexp_sum_avx2(float *x, size_t n, float sub, float mul)
+{
+    __m256 vs = _mm256_set1_ps(sub), vm = _mm256_set1_ps(mul);
+    __m256d acc = _mm256_setzero_pd();
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 e = exp8(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), vs), vm));
+        _mm256_storeu_ps(x + i, e);
+        acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+        acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+    }
+    double sum = hsum_pd(acc);
+    for (; i < n; i++) {
+        x[i] = exp_poly((x[i] - sub) * mul);
+        sum += x[i];
+    }
+    return sum;
+}
+
+AVX2 static float vmax_avx2(const float *x, size_t n)
+{
+    __m256 m = _mm256_set1_ps(-INFINITY);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + i));
+    float buf[8], mx = -INFINITY;
+    _mm256_storeu_ps(buf, m);
+    for (int k = 0; k < 8; k++) mx = buf[k] > mx ? buf[k] : mx;
+    for (; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    return mx;
+}
+
+AVX2 static void vscale_flush_avx2(float *x, size_t n, float f)
+{
+    __m256 vf = _mm256_set1_ps(f), lo = _mm256_set1_ps(FLT_MIN);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + i), vf);
+        _mm256_storeu_ps(x + i, _mm256_and_ps(v, _mm256_cmp_ps(v, lo, _CMP_GE_OQ)));
+    }
+    for (; i < n; i++) x[i] = flush(x[i] * f);
+}
+
+AVX2 static double vdot_avx2(const float *a, const float *b, size_t n)
+{
+    __m256 acc = _mm256_setzero_ps();
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+    __m256d d = _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(acc)),
+                              _mm256_cvtps_pd(_mm256_extractf128_ps(acc, 1)));
+    double s = hsum_pd(d);
+    for (; i < n; i++) s += (double)a[i] * (double)b[i];
+    return s;
+}
+
+/* dr = p * (dr - dot) * scale */
+AVX2 static void vsoftmax_bwd_avx2(float *dr, const float *p, size_t n, float dot, float scale)
+{
+    __m256 vd = _mm256_set1_ps(dot), vs = _mm256_set1_ps(scale);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_mul_ps(_mm256_loadu_ps(p + i), _mm256_sub_ps(_mm256_loadu_ps(dr + i), vd));
+        _mm256_storeu_ps(dr + i, _mm256_mul_ps(v, vs));
+    }
+    for (; i < n; i++) dr[i] = p[i] * (dr[i] - dot) * scale;
+}
+
+AVX2 static void swiglu_fwd_avx2(float *out, const float *h1, const float *h3, size_t n)
+{
+    __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_loadu_ps(h1 + i);
+        __m256 sig = _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_sub_ps(zero, x))));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(x, sig), _mm256_loadu_ps(h3 + i)));
+    }
+    for (; i < n; i++) out[i] = h1[i] / (1.0f + exp_poly(-h1[i])) * h3[i];
+}
+
+AVX2 static void swiglu_bwd_avx2(float *dh1, float *dh3, const float *d, const float *h1, const float *h3, size_t n)
+{
+    __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_loadu_ps(h1 + i), g = _mm256_loadu_ps(d + i);
+        __m256 sig = _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_sub_ps(zero, x))));
+        _mm256_storeu_ps(dh3 + i, _mm256_mul_ps(_mm256_mul_ps(g, x), sig));
+        __m256 dsilu = _mm256_mul_ps(sig, _mm256_fmadd_ps(x, _mm256_sub_ps(one, sig), one));
+        _mm256_storeu_ps(dh1 + i, _mm256_mul_ps(_mm256_mul_ps(g, _mm256_loadu_ps(h3 + i)), dsilu));
+    }
+    for (; i < n; i++) {
+        float x = h1[i], sig = 1.0f / (1.0f + exp_poly(-x));
+        dh3[i] = d[i] * x * sig;
+        dh1[i] = d[i] * h3[i] * sig * (1.0f + x * (1.0f - sig));
+    }
+}
+#else
+#define TRAIN_X86 0
+#endif
+
+static int use_avx2(void)
+{
+#if TRAIN_X86
+    return plait__tensor_simd_active(); /* the CPU has AVX2+FMA and tests did not force scalar */
+#else
+    return 0;
+#endif
+}
+
+/* x = exp((x - sub) * mul) (0 below the denormal range); returns the sum. */
+static double vexp_sum(float *x, size_t n, float sub, float mul)
+{
+#if TRAIN_X86
+    if (use_avx2()) return vexp_sum_avx2(x, n, sub, mul);
+#endif
+    double sum = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        x[i] = exp_poly((x[i] - sub) * mul);
+        sum += x[i];
+    }
+    return sum;
+}
+
+static float vmax(const float *x, size_t n)
+{
+#if TRAIN_X86
+    if (use_avx2()) return vmax_avx2(x, n);
+#endif
+    float mx = -INFINITY;
+    for (size_t i = 0; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    return mx;
+}
+
+static void vscale_flush(float *x, size_t n, float f)
+{
+#if TRAIN_X86
+    if (use_avx2()) { vscale_flush_avx2(x, n, f); return; }
+#endif
+    for (size_t i = 0; i < n; i++) x[i] = flush(x[i] * f);
+}
+
+static double vdot(const float *a, const float *b, size_t n)
+{
+#if TRAIN_X86
+    if (use_avx2()) return vdot_avx2(a, b, n);
+#endif
+    double s = 0.0;
+    for (size_t i = 0; i < n; i++) s += (double)a[i] * (double)b[i];
+    return s;
+}
+
+static void vsoftmax_bwd(float *dr, const float *p, size_t n, float dot, float scale)
+{
+#if TRAIN_X86
+    if (use_avx2()) { vsoftmax_bwd_avx2(dr, p, n, dot, scale); return; }
+#endif
+    for (size_t i = 0; i < n; i++) dr[i] = p[i] * (dr[i] - dot) * scale;
 }
 
 /* ------------------------------------------------------------ kernels
@@ -251,43 +489,76 @@ static void rope_apply(plait_trainer_t *tr, float *q, float *k, size_t N, float 
     plait_pool_run(tr->pool, rope_rows, &j, N);
 }
 
-/* Causal attention for (b, h) pairs: att (B, NH, T, T), out (N, C). */
-static void attention_forward_pairs(void *ctx, size_t b0, size_t e0)
+/* Attention runs per (sequence b, key/value head g): a task gathers that
+ * head's keys and values once, then serves the rep = NH / NKV query heads
+ * that read them, so under GQA dk and dv are accumulated inside one task
+ * and need no synchronization. The products are plait_matmul_* calls on the
+ * calling thread (NULL pool) over contiguous per-head copies, which is where
+ * the SIMD kernels pay off; the pool splits the (b, g) pairs, one contiguous
+ * share per thread with that thread's scratch (tr->attn_scratch). */
+typedef struct {
+    float *qh;  /* (T, HS) */
+    float *kh;  /* (T, HS) */
+    float *vh;  /* (T, HS) */
+    float *vT;  /* (HS, T) */
+    float *oh;  /* (T, HS) output, or dO in backward */
+    float *dqh; /* (T, HS) */
+    float *dkh; /* (T, HS) */
+    float *dvh; /* (T, HS) */
+    float *dp;  /* (T, T) gradient of probabilities, then of scores */
+} attn_scratch_t;
+
+static attn_scratch_t attn_scratch(const plait_trainer_t *tr, size_t item)
+{
+    size_t T = tr->T, HS = tr->HS;
+    float *base = tr->attn_scratch + item * (T * T + 8 * T * HS);
+    attn_scratch_t s = {base, base + T * HS, base + 2 * T * HS, base + 3 * T * HS, base + 4 * T * HS,
+                        base + 5 * T * HS, base + 6 * T * HS, base + 7 * T * HS, base + 8 * T * HS};
+    return s;
+}
+
+/* dst (T, HS) = head `h0 / HS` of rows b*T .. b*T+T-1 of src (N, width). */
+static void gather_head(float *dst, const float *src, size_t width, size_t b, size_t h0, size_t T, size_t HS)
+{
+    for (size_t t = 0; t < T; t++) memcpy(dst + t * HS, src + (b * T + t) * width + h0, HS * sizeof(float));
+}
+
+static void scatter_head(float *dst, const float *src, size_t width, size_t b, size_t h0, size_t T, size_t HS)
+{
+    for (size_t t = 0; t < T; t++) memcpy(dst + (b * T + t) * width + h0, src + t * HS, HS * sizeof(float));
+}
+
+/* att (B, NH, T, T) = causal softmax(q kᵀ / sqrt(HS)) (zeros above the
+ * diagonal), out (N, C) = att · v. */
+static void attention_forward_items(void *ctx, size_t i0, size_t i1)
 {
     job_t *j = ctx;
     plait_trainer_t *tr = j->tr;
-    size_t T = tr->T, HS = tr->HS, C = tr->C, KV = tr->KV, NH = tr->NH, rep = tr->NH / tr->NKV;
+    size_t T = tr->T, HS = tr->HS, C = tr->C, KV = tr->KV, NH = tr->NH, NKV = tr->NKV, rep = NH / NKV, P = tr->P;
+    size_t npairs = j->nb * NKV;
     const float *q = j->in, *k = j->in2, *v = j->in3;
     float scale = 1.0f / sqrtf((float)HS);
-    for (size_t pair = b0; pair < e0; pair++) {
-        size_t b = pair / NH, h = pair % NH, g = h / rep;
-        float *att = j->out2 + pair * T * T;
-        for (size_t t = 0; t < T; t++) {
-            const float *qt = q + (b * T + t) * C + h * HS;
-            float *a = att + t * T;
-            float mx = -INFINITY;
-            for (size_t t2 = 0; t2 <= t; t2++) {
-                const float *kt = k + (b * T + t2) * KV + g * HS;
-                float s = 0.0f;
-                for (size_t i = 0; i < HS; i++) s += qt[i] * kt[i];
-                s *= scale;
-                a[t2] = s;
-                if (s > mx) mx = s;
-            }
-            double sum = 0.0;
-            for (size_t t2 = 0; t2 <= t; t2++) {
-                float ex = expf(a[t2] - mx);
-                a[t2] = ex;
-                sum += ex;
-            }
-            float inv = (float)(1.0 / sum);
-            float *o = j->out + (b * T + t) * C + h * HS;
-            for (size_t i = 0; i < HS; i++) o[i] = 0.0f;
-            for (size_t t2 = 0; t2 <= t; t2++) {
-                float p = a[t2] * inv;
-                a[t2] = p;
-                const float *vt = v + (b * T + t2) * KV + g * HS;
-                for (size_t i = 0; i < HS; i++) o[i] += p * vt[i];
+    for (size_t item = i0; item < i1; item++) {
+        attn_scratch_t s = attn_scratch(tr, item);
+        for (size_t pair = npairs * item / P; pair < npairs * (item + 1) / P; pair++) {
+            size_t b = pair / NKV, g = pair % NKV;
+            gather_head(s.kh, k, KV, b, g * HS, T, HS);
+            for (size_t t = 0; t < T; t++)
+                for (size_t i = 0; i < HS; i++) s.vT[i * T + t] = v[(b * T + t) * KV + g * HS + i];
+            for (size_t h = g * rep; h < (g + 1) * rep; h++) {
+                float *att = j->out2 + (b * NH + h) * T * T;
+                gather_head(s.qh, q, C, b, h * HS, T, HS);
+                plait_matmul_forward(NULL, att, s.qh, s.kh, T, HS, T, 0);
+                for (size_t t = 0; t < T; t++) {
+                    float *a = att + t * T;
+                    /* scale > 0, so the max of the raw scores is the max of the scaled ones. */
+                    float mx = vmax(a, t + 1);
+                    double sum = vexp_sum(a, t + 1, mx, scale);
+                    vscale_flush(a, t + 1, (float)(1.0 / sum));
+                    memset(a + t + 1, 0, (T - t - 1) * sizeof(float));
+                }
+                plait_matmul_forward(NULL, s.oh, att, s.vT, T, T, HS, 0);
+                scatter_head(j->out, s.oh, C, b, h * HS, T, HS);
             }
         }
     }
@@ -296,59 +567,48 @@ static void attention_forward_pairs(void *ctx, size_t b0, size_t e0)
 static void attention_forward(plait_trainer_t *tr, float *out, float *att, const float *q, const float *k,
                               const float *v, size_t nb)
 {
-    job_t j = {.tr = tr, .out = out, .out2 = att, .in = q, .in2 = k, .in3 = v};
-    plait_pool_run(tr->pool, attention_forward_pairs, &j, nb * tr->NH);
+    job_t j = {.tr = tr, .out = out, .out2 = att, .in = q, .in2 = k, .in3 = v, .nb = nb};
+    plait_pool_run(tr->pool, attention_forward_items, &j, tr->P);
 }
 
-/* Backward of causal attention for (b, g) pairs: a task owns key/value head g
- * of sequence b and every query head that reads it, so dk and dv need no
- * synchronization. dq (N, C), dk/dv (N, KV) are overwritten. */
-static void attention_backward_pairs(void *ctx, size_t b0, size_t e0)
+/* Given dout (N, C): dq (N, C), dk and dv (N, KV), all overwritten. */
+static void attention_backward_items(void *ctx, size_t i0, size_t i1)
 {
     job_t *j = ctx;
     plait_trainer_t *tr = j->tr;
-    size_t T = tr->T, HS = tr->HS, C = tr->C, KV = tr->KV, NH = tr->NH, NKV = tr->NKV, rep = NH / NKV;
+    size_t T = tr->T, HS = tr->HS, C = tr->C, KV = tr->KV, NH = tr->NH, NKV = tr->NKV, rep = NH / NKV, P = tr->P;
+    size_t npairs = j->nb * NKV;
     const float *dout = j->in, *att = j->in2, *q = j->in3, *k = j->in4, *v = j->w;
-    float *dq = j->out, *dk = j->out2, *dv = j->out3;
     float scale = 1.0f / sqrtf((float)HS);
-    for (size_t pair = b0; pair < e0; pair++) {
-        size_t b = pair / NKV, g = pair % NKV;
-        float *datt = tr->datt + pair * T;
-        for (size_t t = 0; t < T; t++) {
-            memset(dk + (b * T + t) * KV + g * HS, 0, HS * sizeof(float));
-            memset(dv + (b * T + t) * KV + g * HS, 0, HS * sizeof(float));
-        }
-        for (size_t h = g * rep; h < (g + 1) * rep; h++) {
-            const float *a_h = att + (b * NH + h) * T * T;
-            for (size_t t = 0; t < T; t++) {
-                const float *a = a_h + t * T;
-                const float *dot_ = dout + (b * T + t) * C + h * HS;
-                const float *qt = q + (b * T + t) * C + h * HS;
-                float *dqt = dq + (b * T + t) * C + h * HS;
-                double sum = 0.0;
-                for (size_t t2 = 0; t2 <= t; t2++) {
-                    const float *vt = v + (b * T + t2) * KV + g * HS;
-                    float *dvt = dv + (b * T + t2) * KV + g * HS;
-                    float s = 0.0f, p = a[t2];
-                    for (size_t i = 0; i < HS; i++) {
-                        s += dot_[i] * vt[i];
-                        dvt[i] += p * dot_[i];
-                    }
-                    datt[t2] = s;
-                    sum += (double)p * (double)s;
+    for (size_t item = i0; item < i1; item++) {
+        attn_scratch_t s = attn_scratch(tr, item);
+        for (size_t pair = npairs * item / P; pair < npairs * (item + 1) / P; pair++) {
+            size_t b = pair / NKV, g = pair % NKV;
+            gather_head(s.kh, k, KV, b, g * HS, T, HS);
+            gather_head(s.vh, v, KV, b, g * HS, T, HS);
+            memset(s.dkh, 0, T * HS * sizeof(float));
+            memset(s.dvh, 0, T * HS * sizeof(float));
+            for (size_t h = g * rep; h < (g + 1) * rep; h++) {
+                const float *a = att + (b * NH + h) * T * T;
+                gather_head(s.qh, q, C, b, h * HS, T, HS);
+                gather_head(s.oh, dout, C, b, h * HS, T, HS);
+                /* dP = dO · Vᵀ; dV += Pᵀ · dO. */
+                plait_matmul_forward(NULL, s.dp, s.oh, s.vh, T, HS, T, 0);
+                plait_matmul_backward(NULL, NULL, s.dvh, a, s.oh, NULL, T, HS, T);
+                /* dS = P ⊙ (dP - rowsum(P ⊙ dP)) * scale, zero above the diagonal. */
+                for (size_t t = 0; t < T; t++) {
+                    const float *pr = a + t * T;
+                    float *dr = s.dp + t * T;
+                    vsoftmax_bwd(dr, pr, t + 1, (float)vdot(pr, dr, t + 1), scale);
+                    memset(dr + t + 1, 0, (T - t - 1) * sizeof(float));
                 }
-                float fsum = (float)sum;
-                for (size_t i = 0; i < HS; i++) dqt[i] = 0.0f;
-                for (size_t t2 = 0; t2 <= t; t2++) {
-                    float dp = a[t2] * (datt[t2] - fsum) * scale;
-                    const float *kt = k + (b * T + t2) * KV + g * HS;
-                    float *dkt = dk + (b * T + t2) * KV + g * HS;
-                    for (size_t i = 0; i < HS; i++) {
-                        dqt[i] += dp * kt[i];
-                        dkt[i] += dp * qt[i];
-                    }
-                }
+                /* dQ = dS · K; dK += dSᵀ · Q. */
+                memset(s.dqh, 0, T * HS * sizeof(float));
+                plait_matmul_backward(NULL, s.dqh, s.dkh, s.dp, s.qh, s.kh, T, HS, T);
+                scatter_head(j->out, s.dqh, C, b, h * HS, T, HS);
             }
+            scatter_head(j->out2, s.dkh, KV, b, g * HS, T, HS);
+            scatter_head(j->out3, s.dvh, KV, b, g * HS, T, HS);
         }
     }
 }
@@ -356,8 +616,9 @@ static void attention_backward_pairs(void *ctx, size_t b0, size_t e0)
 static void attention_backward(plait_trainer_t *tr, float *dq, float *dk, float *dv, const float *dout,
                                const float *att, const float *q, const float *k, const float *v, size_t nb)
 {
-    job_t j = {.tr = tr, .out = dq, .out2 = dk, .out3 = dv, .in = dout, .in2 = att, .in3 = q, .in4 = k, .w = v};
-    plait_pool_run(tr->pool, attention_backward_pairs, &j, nb * tr->NKV);
+    job_t j = {.tr = tr, .out = dq, .out2 = dk, .out3 = dv, .in = dout, .in2 = att, .in3 = q, .in4 = k, .w = v,
+               .nb = nb};
+    plait_pool_run(tr->pool, attention_backward_items, &j, tr->P);
 }
 
 /* hg (N, H) = silu(h1) * h3. */
@@ -365,9 +626,15 @@ static void swiglu_forward_rows(void *ctx, size_t b, size_t e)
 {
     job_t *j = ctx;
     size_t H = j->H;
+#if TRAIN_X86
+    if (use_avx2()) {
+        swiglu_fwd_avx2(j->out + b * H, j->in + b * H, j->in2 + b * H, (e - b) * H);
+        return;
+    }
+#endif
     for (size_t i = b * H; i < e * H; i++) {
         float x = j->in[i];
-        j->out[i] = x / (1.0f + expf(-x)) * j->in2[i];
+        j->out[i] = x / (1.0f + exp_poly(-x)) * j->in2[i];
     }
 }
 
@@ -382,8 +649,14 @@ static void swiglu_backward_rows(void *ctx, size_t b, size_t e)
 {
     job_t *j = ctx;
     size_t H = j->H;
+#if TRAIN_X86
+    if (use_avx2()) {
+        swiglu_bwd_avx2(j->out + b * H, j->out2 + b * H, j->in + b * H, j->in2 + b * H, j->in3 + b * H, (e - b) * H);
+        return;
+    }
+#endif
     for (size_t i = b * H; i < e * H; i++) {
-        float x = j->in2[i], sig = 1.0f / (1.0f + expf(-x)), d = j->in[i];
+        float x = j->in2[i], sig = 1.0f / (1.0f + exp_poly(-x)), d = j->in[i];
         j->out2[i] = d * x * sig;
         j->out[i] = d * j->in3[i] * sig * (1.0f + x * (1.0f - sig));
     }
@@ -416,14 +689,12 @@ static void classifier_items(void *ctx, size_t b0, size_t e0)
                 size_t n = c0 + r, b = n / tr->T, t = n % tr->T;
                 int32_t target = j->tokens[b * (tr->T + 1) + t + 1];
                 float *row = lg + r * V;
-                float mx = row[0];
-                for (size_t i = 1; i < V; i++) mx = row[i] > mx ? row[i] : mx;
-                double sum = 0.0;
-                for (size_t i = 0; i < V; i++) sum += (double)expf(row[i] - mx);
-                tr->row_loss[n] = log(sum) + (double)mx - (double)row[target];
+                float mx = vmax(row, V);
+                float zt = row[target] - mx;
+                double sum = vexp_sum(row, V, mx, 1.0f);
+                tr->row_loss[n] = log(sum) - (double)zt;
                 if (j->out) {
-                    float inv = (float)(1.0 / sum);
-                    for (size_t i = 0; i < V; i++) row[i] = expf(row[i] - mx) * inv * j->scale;
+                    vscale_flush(row, V, (float)(1.0 / sum) * j->scale);
                     row[target] -= j->scale;
                 }
             }
@@ -739,7 +1010,7 @@ int plait_train_create(plait_trainer_t **out, const plait_model_t *m, plait_lora
         N * KV, N * KV,  /* dk dv */
         N * H, N * H, N * H, /* dh1 dh3 dhg */
         N * R,           /* du */
-        B * tr->NKV * T, /* datt */
+        tr->P * (T * T + 8 * T * tr->HS), /* attn_scratch */
         tr->P * PLAIT_TRAIN_LOGIT_ROWS * tr->V, /* logits */
         2 * N,           /* row_loss (doubles = 2 floats each) */
         T * (tr->HS / 2), T * (tr->HS / 2), /* rope cos, sin */
@@ -770,7 +1041,7 @@ int plait_train_create(plait_trainer_t **out, const plait_model_t *m, plait_lora
     float *u = ptr;
     ptr += sizes[si++];
     TAKE(dres); TAKE(dln); TAKE(datty); TAKE(dq); TAKE(dk); TAKE(dv); TAKE(dh1); TAKE(dh3); TAKE(dhg);
-    TAKE(du); TAKE(datt); TAKE(logits);
+    TAKE(du); TAKE(attn_scratch); TAKE(logits);
     tr->row_loss = (double *)(void *)ptr;
     ptr += sizes[si++];
     TAKE(rope_cos); TAKE(rope_sin);

@@ -12,6 +12,7 @@
 
 #include "plait/adapter.h"
 #include "plait/train.h"
+#include "tensor_int.h"
 #include "testutil.h"
 
 /* Gradients: |ours - ref| <= GRAD_RTOL * max|ref| per tensor (float32 vs
@@ -227,6 +228,20 @@ START_TEST(test_ref_threads)
     model = case_file("tiny_untied_all7_r4", "model.bin");
     run_reference("tiny_untied_all7_r4", model, 2, 16, 4.558780446288427, 2);
     free(model);
+}
+END_TEST
+
+/* The portable (non-SIMD) kernels match the references too. */
+START_TEST(test_ref_scalar)
+{
+    plait__tensor_force_scalar(1);
+    char *model = tu_path(tu_assets_dir(), "stories260K.bin");
+    run_reference("stories260K_wq_wv_r8", model, 2, 32, 18.725818180317074, 2);
+    free(model);
+    model = case_file("tiny_untied_all7_r4", "model.bin");
+    run_reference("tiny_untied_all7_r4", model, 2, 16, 4.558780446288427, 1);
+    free(model);
+    plait__tensor_force_scalar(0);
 }
 END_TEST
 
@@ -588,6 +603,7 @@ Suite *train_suite(void)
     tcase_add_test(tc, test_ref_stories260k);
     tcase_add_test(tc, test_ref_tiny_untied);
     tcase_add_test(tc, test_ref_threads);
+    tcase_add_test(tc, test_ref_scalar);
     tcase_add_test(tc, test_ref_detects_error);
     suite_add_tcase(s, tc);
     tc = tcase_create("gradients");
