@@ -35,6 +35,7 @@
 
 #include <mbedtls/asn1.h>
 #include <mbedtls/error.h>
+#include <mbedtls/oid.h>
 #include <mbedtls/platform_util.h>
 #include <mbedtls/ssl.h>
 #include <mbedtls/x509_crt.h>
@@ -180,6 +181,15 @@ int plait_tls_config_server(plait_tls_config_t **out, const char *ca_pem, const 
     int rc = config_new(out, MBEDTLS_SSL_IS_SERVER, ca_pem, crt_pem, key_pem);
     if (rc != 0) return rc;
     plait_tls_config_t *c = *out;
+    /* mbedTLS would silently find no usable certificate and fail every
+     * handshake with handshake_failure; say so once, here. */
+    if (mbedtls_x509_crt_check_extended_key_usage(&c->own, MBEDTLS_OID_SERVER_AUTH,
+                                                  MBEDTLS_OID_SIZE(MBEDTLS_OID_SERVER_AUTH)) != 0 ||
+        mbedtls_x509_crt_check_key_usage(&c->own, MBEDTLS_X509_KU_DIGITAL_SIGNATURE) != 0) {
+        plait_tls_config_free(c);
+        *out = NULL;
+        return plait_fail(PLAIT_EINVAL, "tls: the server certificate is not issued for serverAuth/digitalSignature");
+    }
     c->require_cert = require_client_cert != 0;
     c->revoked = revoked;
     c->revoked_ud = revoked_ud;
@@ -396,6 +406,18 @@ static int fail(plait_tls_t *s, int mrc, const char *during)
         if (s->peer_revoked) flags |= MBEDTLS_X509_BADCERT_REVOKED;
         code = PLAIT_EAUTH;
         why = plait__pki_flags_reason(flags);
+        break;
+    }
+    case MBEDTLS_ERR_SSL_BAD_HS_CERTIFICATE: {
+        /* mbedTLS reports a chain that verified but whose key usage or
+         * extended key usage is wrong for the role this way. */
+        uint32_t flags = mbedtls_ssl_get_verify_result(&s->ssl);
+        if (flags != 0 && flags != (uint32_t)-1) {
+            code = PLAIT_EAUTH;
+            why = plait__pki_flags_reason(flags);
+        } else {
+            why = "malformed certificate message";
+        }
         break;
     }
     case MBEDTLS_ERR_SSL_NO_CLIENT_CERTIFICATE:
