@@ -177,6 +177,7 @@ START_TEST(test_ca_server_device)
     ck_assert_str_eq(i1der.serial_hex, i1.serial_hex);
     free(der);
 
+    pair_free(&d2);
     ck_assert_int_eq(plait_pki_device_issue(&cfg, ca.crt, ca.key, "bad id", NULL, &d2.crt, &d2.key, NULL),
                      PLAIT_EINVAL);
     ck_assert_ptr_null(d2.crt);
@@ -405,7 +406,9 @@ START_TEST(test_deployment)
 
     char empty[700];
     snprintf(empty, sizeof(empty), "%s/nothing-here", tmpdir);
-    ck_assert_int_eq(plait_pki_enroll(empty, &cfg, "x", &crt2, &key, NULL), PLAIT_ENOENT);
+    char *c3 = NULL, *k3 = NULL;
+    ck_assert_int_eq(plait_pki_enroll(empty, &cfg, "x", &c3, &k3, NULL), PLAIT_ENOENT);
+    ck_assert_ptr_null(c3);
 
     plait_pki_free_pem(csr);
     plait_pki_free_pem(crt);
