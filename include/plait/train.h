@@ -150,4 +150,14 @@ long plait_train_steps_done(const plait_trainer_t *tr);
 /** \brief Norm of the gradient before clipping at the last step (0 before any). */
 double plait_train_last_grad_norm(const plait_trainer_t *tr);
 
+/**
+ * \brief Forget all training state (gradients, AdamW moments, step count,
+ *        micro-batch count) so the trainer starts afresh on whatever the
+ *        borrowed adapter now holds, as a newly created one would. Lets one
+ *        trainer serve many clients in turn (the simulator) without
+ *        reallocating its activation arena.
+ * \param tr a trainer; NULL does nothing.
+ */
+void plait_train_reset(plait_trainer_t *tr);
+
 #endif /* PLAIT_TRAIN_H */
