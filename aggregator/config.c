@@ -1,0 +1,344 @@
+/*
+ * config.c: the aggregator service's configuration (aggcfg.h).
+ *
+ * One table (SETTINGS) describes every setting: name, type, offset in
+ * plait_aggcfg_t, range, default and the comment `init` writes above it.
+ * Defaults, the strict file parser, `--set` flags and the written file all
+ * come from that table, so a setting added there is everywhere at once.
+ *
+ * Input here is untrusted in the ordinary sense (an operator's typo must give
+ * a line number, not a crash): every line is bounded, every number is parsed
+ * whole with its range checked, and strings are bounded by
+ * PLAIT_AGGCFG_STR_MAX. Cross-field rules live in plait_aggcfg_validate().
+ */
+#include "plait/aggcfg.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef enum { T_UINT, T_DOUBLE, T_STR, T_BOOL } stype_t;
+
+typedef struct {
+    const char *name;
+    stype_t type;
+    size_t off;
+    size_t size;    /* T_STR: capacity including the NUL */
+    double min, max;
+    const char *def; /* default as text (parsed through the same code) */
+    const char *comment;
+} setting_t;
+
+#define F(f) offsetof(plait_aggcfg_t, f), sizeof(((plait_aggcfg_t *)0)->f)
+
+static const setting_t SETTINGS[] = {
+    {"listen_addr", T_STR, F(listen_addr), 0, 0, "127.0.0.1",
+     "IPv4/IPv6 address the federation port binds (0.0.0.0 for every interface)"},
+    {"port", T_UINT, F(port), 0, 65535, "7443", "federation TCP port (mutual TLS); 0 picks a free port"},
+    {"metrics_enabled", T_BOOL, F(metrics_enabled), 0, 1, "true", "serve Prometheus metrics over plain HTTP"},
+    {"metrics_addr", T_STR, F(metrics_addr), 0, 0, "127.0.0.1",
+     "address of the metrics endpoint (keep it on a private network: it is not authenticated)"},
+    {"metrics_port", T_UINT, F(metrics_port), 0, 65535, "9464", "metrics port (GET /metrics); 0 picks a free port"},
+    {"port_file", T_STR, F(port_file), 0, 0, "",
+     "once listening, write {\"port\":N,\"metrics_port\":M} here (\"\" = do not)"},
+    {"max_connections", T_UINT, F(max_connections), 1, 1000000, "256",
+     "connections open at once; further ones are closed at accept and counted"},
+    {"max_frame", T_UINT, F(max_frame), 1024, 16777216, "1052672",
+     "largest frame accepted after the Hello, bytes (>= max_chunk_bytes + 256)"},
+    {"max_preauth_frame", T_UINT, F(max_preauth_frame), 64, 65536, "4096",
+     "largest frame accepted before the Hello, bytes (unauthenticated peers get little)"},
+    {"max_chunk_bytes", T_UINT, F(max_chunk_bytes), 4, 16777216, "262144",
+     "adapter bytes per download chunk and update bytes per upload chunk"},
+    {"max_update_elements", T_UINT, F(max_update_elements), 2, 67108865, "16777216",
+     "largest update accepted, in 32-bit words"},
+    {"auth_timeout_s", T_DOUBLE, F(auth_timeout_s), 0.05, 3600, "10",
+     "TLS handshake and Hello must complete within this many seconds"},
+    {"idle_timeout_s", T_DOUBLE, F(idle_timeout_s), 0.05, 86400, "120",
+     "close a connection that sends nothing for this many seconds"},
+    {"base_model", T_STR, F(base_model), 0, 0, "",
+     "path of the base model checkpoint (llama2.c .bin); devices must run the same file (sha256)"},
+    {"lora_rank", T_UINT, F(lora_rank), 1, 1024, "4", "LoRA rank R"},
+    {"lora_alpha", T_DOUBLE, F(lora_alpha), 1e-6, 1e6, "8", "LoRA alpha (scaling alpha / R)"},
+    {"lora_targets", T_STR, F(lora_targets), 0, 0, "wq,wv", "adapted projections: wq,wk,wv,wo,w1,w2,w3"},
+    {"lora_mode", T_STR, F(lora_mode), 0, 0, "ffa", "ffa (A frozen, B averaged), fedit or fedsa"},
+    {"a_seed", T_UINT, F(a_seed), 0, 1.8e19, "1", "seed of the LoRA A matrices"},
+    {"local_steps", T_UINT, F(local_steps), 1, 1000000, "8", "device training steps per round"},
+    {"batch", T_UINT, F(batch), 1, 4096, "2", "device batch size B"},
+    {"seq_len", T_UINT, F(seq_len), 1, 65536, "32", "device sequence length T"},
+    {"lr", T_DOUBLE, F(lr), 1e-12, 1, "0.01", "device learning rate"},
+    {"clip_norm", T_DOUBLE, F(clip_norm), 1e-9, 1e9, "1", "S: L2 bound of a device update"},
+    {"quant_bits", T_UINT, F(quant_bits), 8, 32, "16", "bits per quantized update word"},
+    {"quant_range", T_DOUBLE, F(quant_range), 1e-9, 1e9, "1", "quantization clamps to [-R, R]; R >= clip_norm"},
+    {"example_cap", T_UINT, F(example_cap), 1, 4294967295.0, "64", "device weight = min(examples, cap) / cap"},
+    {"target_cohort", T_UINT, F(target_cohort), 1, 4194304, "8", "updates wanted per round"},
+    {"min_cohort", T_UINT, F(min_cohort), 1, 4194304, "2", "a round with fewer updates at its deadline fails"},
+    {"overselect", T_DOUBLE, F(overselect), 1, 10, "1.25", "select ceil(target_cohort * overselect) devices"},
+    {"selection_timeout_s", T_DOUBLE, F(selection_timeout_s), 0.01, 86400, "60",
+     "selection ends this long after a round opens (training starts with >= min_cohort)"},
+    {"round_timeout_s", T_DOUBLE, F(round_timeout_s), 0.01, 604800, "600",
+     "updates are due this long after training starts"},
+    {"round_pause_s", T_DOUBLE, F(round_pause_s), 0, 86400, "0", "wait between the end of a round and the next"},
+    {"retry_ms", T_UINT, F(retry_ms), 1, 86400000, "5000",
+     "come-back-later delay when no round is selecting (devices add jitter)"},
+    {"pace_rounds", T_UINT, F(pace_rounds), 0, 1000000, "0",
+     "pace steering: a device that took part in one of the last N rounds is told to come back later (0 = off)"},
+    {"server_opt", T_STR, F(server_opt), 0, 0, "fedavg", "server optimizer: fedavg, fedadagrad, fedadam, fedyogi"},
+    {"server_lr", T_DOUBLE, F(server_lr), 1e-12, 1e6, "1", "server learning rate"},
+    {"dp", T_STR, F(dp), 0, 0, "none", "differential privacy: none or central (DP-FedAvg)"},
+    {"noise_multiplier", T_DOUBLE, F(noise_multiplier), 1e-6, 1e6, "1", "z of central DP"},
+    {"population", T_UINT, F(population), 0, 1e15, "0",
+     "devices eligible per round (q = target_cohort / population); required with dp = central"},
+    {"dp_delta", T_DOUBLE, F(dp_delta), 0, 0.5, "0", "delta of the reported epsilon; 0 = 1 / population^1.1"},
+    {"log_level", T_STR, F(log_level), 0, 0, "info", "debug, info, warn or error"},
+};
+#define N_SETTINGS (sizeof(SETTINGS) / sizeof(SETTINGS[0]))
+
+static const setting_t *find(const char *name, size_t n)
+{
+    for (size_t i = 0; i < N_SETTINGS; i++)
+        if (strlen(SETTINGS[i].name) == n && memcmp(SETTINGS[i].name, name, n) == 0) return &SETTINGS[i];
+    return NULL;
+}
+
+/* Parse value text v[0, n) for setting s into c. Returns 0 or a static reason. */
+static const char *apply(plait_aggcfg_t *c, const setting_t *s, const char *v, size_t n)
+{
+    char buf[PLAIT_AGGCFG_STR_MAX + 1];
+    if (n > PLAIT_AGGCFG_STR_MAX) return "value too long";
+    memcpy(buf, v, n);
+    buf[n] = '\0';
+    char *p = (char *)c + s->off;
+    switch (s->type) {
+    case T_UINT: {
+        if (n == 0 || buf[0] < '0' || buf[0] > '9') return "want a non-negative integer";
+        errno = 0;
+        char *end;
+        unsigned long long x = strtoull(buf, &end, 10);
+        if (*end != '\0' || errno == ERANGE) return "want a non-negative integer";
+        if ((double)x < s->min || (double)x > s->max) return "out of range";
+        *(uint64_t *)(void *)p = (uint64_t)x;
+        return NULL;
+    }
+    case T_DOUBLE: {
+        if (n == 0) return "want a number";
+        errno = 0;
+        char *end;
+        double x = strtod(buf, &end);
+        if (*end != '\0' || errno == ERANGE || !isfinite(x)) return "want a finite number";
+        if (x < s->min || x > s->max) return "out of range";
+        *(double *)(void *)p = x;
+        return NULL;
+    }
+    case T_BOOL:
+        if (strcmp(buf, "true") == 0 || strcmp(buf, "1") == 0 || strcmp(buf, "on") == 0) *(int *)(void *)p = 1;
+        else if (strcmp(buf, "false") == 0 || strcmp(buf, "0") == 0 || strcmp(buf, "off") == 0) *(int *)(void *)p = 0;
+        else return "want true or false";
+        return NULL;
+    case T_STR:
+        if (n + 1 > s->size) return "value too long";
+        for (size_t i = 0; i < n; i++)
+            if ((unsigned char)buf[i] < 0x20 || buf[i] == 0x7f || buf[i] == '"') return "control character or quote in value";
+        memcpy(p, buf, n + 1);
+        return NULL;
+    }
+    return "bad setting type";
+}
+
+static const char *range_hint(const setting_t *s, char *buf, size_t len)
+{
+    if (s->type == T_UINT || s->type == T_DOUBLE) snprintf(buf, len, " (%g..%g)", s->min, s->max);
+    else buf[0] = '\0';
+    return buf;
+}
+
+void plait_aggcfg_default(plait_aggcfg_t *c)
+{
+    memset(c, 0, sizeof(*c));
+    for (size_t i = 0; i < N_SETTINGS; i++) {
+        const char *why = apply(c, &SETTINGS[i], SETTINGS[i].def, strlen(SETTINGS[i].def));
+        PLAIT_ASSERT(why == NULL);
+    }
+}
+
+static int is_space(char ch) { return ch == ' ' || ch == '\t' || ch == '\r'; }
+
+/* One line; returns NULL or a reason (with *key_out naming the setting when known). */
+static const char *parse_line(plait_aggcfg_t *c, const char *l, size_t n, unsigned char *seen,
+                              const setting_t **key_out)
+{
+    *key_out = NULL;
+    size_t i = 0;
+    while (i < n && is_space(l[i])) i++;
+    if (i == n || l[i] == '#') return NULL;
+    size_t k0 = i;
+    while (i < n && (l[i] == '_' || (l[i] >= 'a' && l[i] <= 'z') || (l[i] >= '0' && l[i] <= '9'))) i++;
+    size_t k1 = i;
+    if (k1 == k0) return "expected `key = value`";
+    const setting_t *s = find(l + k0, k1 - k0);
+    if (s == NULL) return "unknown setting";
+    *key_out = s;
+    while (i < n && is_space(l[i])) i++;
+    if (i == n || l[i] != '=') return "expected '=' after the key";
+    i++;
+    while (i < n && is_space(l[i])) i++;
+    size_t v0, v1;
+    if (i < n && l[i] == '"') {
+        v0 = ++i;
+        while (i < n && l[i] != '"') i++;
+        if (i == n) return "unterminated \"string\"";
+        v1 = i++;
+        while (i < n && is_space(l[i])) i++;
+        if (i < n && l[i] != '#') return "text after the quoted value";
+    } else {
+        v0 = i;
+        while (i < n && l[i] != '#') i++;
+        v1 = i;
+        while (v1 > v0 && is_space(l[v1 - 1])) v1--;
+        if (s->type != T_STR && v1 == v0) return "missing value";
+    }
+    size_t idx = (size_t)(s - SETTINGS);
+    if (seen[idx]) return "set twice";
+    seen[idx] = 1;
+    return apply(c, s, l + v0, v1 - v0);
+}
+
+int plait_aggcfg_parse(plait_aggcfg_t *c, const char *text, size_t len, const char *name)
+{
+    if (c == NULL || (text == NULL && len > 0)) return plait_fail(PLAIT_EINVAL, "aggcfg_parse: NULL argument");
+    unsigned char seen[N_SETTINGS];
+    memset(seen, 0, sizeof(seen));
+    size_t line = 0, pos = 0;
+    while (pos < len) {
+        line++;
+        size_t e = pos;
+        while (e < len && text[e] != '\n') e++;
+        if (memchr(text + pos, '\0', e - pos) != NULL)
+            return plait_fail(PLAIT_EPROTO, "%s:%zu: NUL byte in line", name, line);
+        if (e - pos > 4096) return plait_fail(PLAIT_EPROTO, "%s:%zu: line longer than 4096 bytes", name, line);
+        const setting_t *s;
+        const char *why = parse_line(c, text + pos, e - pos, seen, &s);
+        if (why != NULL) {
+            char hint[64];
+            if (s != NULL)
+                return plait_fail(PLAIT_EPROTO, "%s:%zu: %s: %s%s", name, line, s->name, why,
+                                  strcmp(why, "out of range") == 0 ? range_hint(s, hint, sizeof(hint)) : "");
+            return plait_fail(PLAIT_EPROTO, "%s:%zu: %s", name, line, why);
+        }
+        pos = e + 1;
+    }
+    return 0;
+}
+
+int plait_aggcfg_load(plait_aggcfg_t *c, const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) {
+        if (errno == ENOENT) return plait_fail(PLAIT_ENOENT, "%s: no such file", path);
+        return plait_fail(PLAIT_EIO, "%s: %s", path, strerror(errno));
+    }
+    char *buf = malloc(PLAIT_AGGCFG_FILE_MAX + 1);
+    if (buf == NULL) {
+        fclose(f);
+        return plait_fail(PLAIT_ENOMEM, "%s: out of memory", path);
+    }
+    size_t n = fread(buf, 1, PLAIT_AGGCFG_FILE_MAX + 1, f);
+    int err = ferror(f);
+    fclose(f);
+    int rc;
+    if (err) rc = plait_fail(PLAIT_EIO, "%s: read error", path);
+    else if (n > PLAIT_AGGCFG_FILE_MAX) rc = plait_fail(PLAIT_ETOOBIG, "%s: larger than %d bytes", path, PLAIT_AGGCFG_FILE_MAX);
+    else rc = plait_aggcfg_parse(c, buf, n, path);
+    free(buf);
+    return rc;
+}
+
+int plait_aggcfg_set(plait_aggcfg_t *c, const char *kv)
+{
+    if (c == NULL || kv == NULL) return plait_fail(PLAIT_EINVAL, "aggcfg_set: NULL argument");
+    const char *eq = strchr(kv, '=');
+    if (eq == NULL) return plait_fail(PLAIT_EINVAL, "--set '%s': want key=value", kv);
+    const setting_t *s = find(kv, (size_t)(eq - kv));
+    if (s == NULL) return plait_fail(PLAIT_EINVAL, "--set: unknown setting '%.*s'", (int)(eq - kv), kv);
+    const char *why = apply(c, s, eq + 1, strlen(eq + 1));
+    if (why != NULL) {
+        char hint[64];
+        return plait_fail(PLAIT_EINVAL, "--set %s: %s%s", s->name, why,
+                          strcmp(why, "out of range") == 0 ? range_hint(s, hint, sizeof(hint)) : "");
+    }
+    return 0;
+}
+
+static int one_of(const char *v, const char *const *names)
+{
+    for (; *names; names++)
+        if (strcmp(v, *names) == 0) return 1;
+    return 0;
+}
+
+int plait_aggcfg_validate(const plait_aggcfg_t *c)
+{
+    static const char *const modes[] = {"ffa", "fedit", "fedsa", NULL};
+    static const char *const opts[] = {"fedavg", "fedadagrad", "fedadam", "fedyogi", NULL};
+    static const char *const dps[] = {"none", "central", NULL};
+    static const char *const levels[] = {"debug", "info", "warn", "error", NULL};
+    if (c == NULL) return plait_fail(PLAIT_EINVAL, "aggcfg_validate: NULL");
+    if (c->base_model[0] == '\0') return plait_fail(PLAIT_EINVAL, "base_model: required (path of the checkpoint)");
+    if (!one_of(c->lora_mode, modes)) return plait_fail(PLAIT_EINVAL, "lora_mode: '%s' is not ffa, fedit or fedsa", c->lora_mode);
+    if (!one_of(c->server_opt, opts))
+        return plait_fail(PLAIT_EINVAL, "server_opt: '%s' is not fedavg, fedadagrad, fedadam or fedyogi", c->server_opt);
+    if (!one_of(c->dp, dps)) return plait_fail(PLAIT_EINVAL, "dp: '%s' is not none or central", c->dp);
+    if (!one_of(c->log_level, levels)) return plait_fail(PLAIT_EINVAL, "log_level: '%s' is not debug, info, warn or error", c->log_level);
+    if (c->min_cohort > c->target_cohort) return plait_fail(PLAIT_EINVAL, "min_cohort: larger than target_cohort");
+    if (c->quant_range < c->clip_norm) return plait_fail(PLAIT_EINVAL, "quant_range: smaller than clip_norm");
+    if (c->max_frame < c->max_chunk_bytes + 256)
+        return plait_fail(PLAIT_EINVAL, "max_frame: must be at least max_chunk_bytes + 256");
+    if (c->max_preauth_frame > c->max_frame) return plait_fail(PLAIT_EINVAL, "max_preauth_frame: larger than max_frame");
+    if (strcmp(c->dp, "central") == 0 && c->population < c->target_cohort)
+        return plait_fail(PLAIT_EINVAL, "population: required with dp = central (at least target_cohort)");
+    if (c->metrics_enabled && c->port != 0 && c->port == c->metrics_port && strcmp(c->listen_addr, c->metrics_addr) == 0)
+        return plait_fail(PLAIT_EINVAL, "metrics_port: same as port");
+    return 0;
+}
+
+static int needs_quotes(const char *v)
+{
+    if (v[0] == '\0') return 1;
+    if (is_space(v[0]) || is_space(v[strlen(v) - 1])) return 1;
+    return strchr(v, '#') != NULL;
+}
+
+int plait_aggcfg_write(const plait_aggcfg_t *c, FILE *f)
+{
+    fputs("# plait-aggregator configuration: every setting, with its default range.\n"
+          "# Format: key = value  (# starts a comment; strings may be \"quoted\").\n"
+          "# Command-line flags (serve --port, --metrics-port, --set key=value) override this file.\n",
+          f);
+    for (size_t i = 0; i < N_SETTINGS; i++) {
+        const setting_t *s = &SETTINGS[i];
+        const char *p = (const char *)c + s->off;
+        char hint[64];
+        fprintf(f, "\n# %s%s\n", s->comment, range_hint(s, hint, sizeof(hint)));
+        switch (s->type) {
+        case T_UINT: fprintf(f, "%s = %llu\n", s->name, (unsigned long long)*(const uint64_t *)(const void *)p); break;
+        case T_DOUBLE: {
+            double v = *(const double *)(const void *)p;
+            char num[40];
+            for (int prec = 15; prec <= 17; prec++) { /* shortest text that reads back exactly */
+                snprintf(num, sizeof(num), "%.*g", prec, v);
+                if (strtod(num, NULL) == v) break;
+            }
+            fprintf(f, "%s = %s\n", s->name, num);
+            break;
+        }
+        case T_BOOL: fprintf(f, "%s = %s\n", s->name, *(const int *)(const void *)p ? "true" : "false"); break;
+        case T_STR:
+            if (needs_quotes(p)) fprintf(f, "%s = \"%s\"\n", s->name, p);
+            else fprintf(f, "%s = %s\n", s->name, p);
+            break;
+        }
+    }
+    if (fflush(f) != 0 || ferror(f)) return plait_fail(PLAIT_EIO, "writing the configuration failed");
+    return 0;
+}

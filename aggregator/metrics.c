@@ -1,0 +1,59 @@
+/*
+ * metrics.c: Prometheus text exposition of the service counters.
+ *
+ * Pure formatting: the loop thread passes its counters and a buffer, gets the
+ * body of a `GET /metrics` answer. Names follow the Prometheus conventions
+ * (`_total` for counters, base units, one HELP and TYPE line per family).
+ */
+#include "metrics.h"
+
+const char *plait__rej_name(plait__rej_t r)
+{
+    static const char *const names[] = {
+#define PLAIT__XX(e, s) s,
+        PLAIT__REJ_MAP(PLAIT__XX)
+#undef PLAIT__XX
+    };
+    return (unsigned)r < PLAIT__REJ_COUNT ? names[r] : "unknown";
+}
+
+static void family(plait_buf_t *b, const char *name, const char *type, const char *help)
+{
+    plait_buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+int plait__metrics_render(const plait__metrics_t *m, plait_buf_t *b)
+{
+    family(b, "plait_rounds_total", "counter", "Rounds ended, by result.");
+    plait_buf_printf(b, "plait_rounds_total{result=\"committed\"} %llu\n", (unsigned long long)m->rounds_committed);
+    plait_buf_printf(b, "plait_rounds_total{result=\"failed\"} %llu\n", (unsigned long long)m->rounds_failed);
+    plait_buf_printf(b, "plait_rounds_total{result=\"abandoned\"} %llu\n", (unsigned long long)m->rounds_abandoned);
+    family(b, "plait_round_duration_seconds", "summary", "Duration of committed rounds, open to commit.");
+    plait_buf_printf(b, "plait_round_duration_seconds_sum %.6f\n", m->round_seconds_sum);
+    plait_buf_printf(b, "plait_round_duration_seconds_count %llu\n", (unsigned long long)m->round_seconds_count);
+    family(b, "plait_last_round_duration_seconds", "gauge", "Duration of the last committed round.");
+    plait_buf_printf(b, "plait_last_round_duration_seconds %.6f\n", m->last_round_seconds);
+    family(b, "plait_global_version", "gauge", "Newest committed global adapter version.");
+    plait_buf_printf(b, "plait_global_version %llu\n", (unsigned long long)m->global_version);
+    family(b, "plait_round_id", "gauge", "Id of the current or last round.");
+    plait_buf_printf(b, "plait_round_id %llu\n", (unsigned long long)m->round_id);
+    family(b, "plait_clients_connected", "gauge", "Open federation connections.");
+    plait_buf_printf(b, "plait_clients_connected %llu\n", (unsigned long long)m->connections_open);
+    family(b, "plait_connections_total", "counter", "Federation connections accepted.");
+    plait_buf_printf(b, "plait_connections_total %llu\n", (unsigned long long)m->connections_total);
+    family(b, "plait_bytes_received_total", "counter", "Bytes received on federation connections (TLS records).");
+    plait_buf_printf(b, "plait_bytes_received_total %llu\n", (unsigned long long)m->bytes_in);
+    family(b, "plait_bytes_sent_total", "counter", "Bytes sent on federation connections (TLS records).");
+    plait_buf_printf(b, "plait_bytes_sent_total %llu\n", (unsigned long long)m->bytes_out);
+    family(b, "plait_tasks_offered_total", "counter", "Tasks offered to devices.");
+    plait_buf_printf(b, "plait_tasks_offered_total %llu\n", (unsigned long long)m->tasks_offered);
+    family(b, "plait_come_back_later_total", "counter", "Come-back-later answers (pace steering, no round, full).");
+    plait_buf_printf(b, "plait_come_back_later_total %llu\n", (unsigned long long)m->come_back_later);
+    family(b, "plait_updates_accepted_total", "counter", "Device updates accepted into a round.");
+    plait_buf_printf(b, "plait_updates_accepted_total %llu\n", (unsigned long long)m->updates_accepted);
+    family(b, "plait_rejections_total", "counter", "Connections or updates refused, by reason.");
+    for (int r = 0; r < PLAIT__REJ_COUNT; r++)
+        plait_buf_printf(b, "plait_rejections_total{reason=\"%s\"} %llu\n", plait__rej_name((plait__rej_t)r),
+                         (unsigned long long)m->rejections[r]);
+    return plait_buf_status(b);
+}

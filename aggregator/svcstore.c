@@ -1,0 +1,163 @@
+/*
+ * svcstore.c: the service's calls into the aggregator store (aggstore.h),
+ * translated from the service's terms (see svcstore.h for why this file
+ * exists). No policy lives here: the service decides what to write and when.
+ */
+#include "svcstore.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "plait/aggstore.h"
+#include "plait/privacy.h"
+
+int plait__svc_open(plait_aggstore_t **out, const char *path, int create, int recover, int64_t *abandoned)
+{
+    plait_aggstore_config_t cfg;
+    plait_aggstore_config_default(&cfg);
+    cfg.path = path;
+    cfg.create = create != 0;
+    cfg.recover_open_rounds = recover != 0;
+    int rc = plait_aggstore_open(out, &cfg);
+    if (rc == 0 && abandoned) {
+        plait_aggstore_info_t info;
+        *abandoned = plait_aggstore_info(*out, &info) == 0 ? info.abandoned_at_open : 0;
+    }
+    return rc;
+}
+
+void plait__svc_close(plait_aggstore_t *st) { plait_aggstore_close(st); }
+
+static int take_blob(plait_aggstore_version_t *v, int64_t *number, uint8_t **blob, size_t *len)
+{
+    *blob = malloc(v->adapter_len);
+    if (!*blob) return plait_fail(PLAIT_ENOMEM, "adapter of %zu bytes", v->adapter_len);
+    memcpy(*blob, v->adapter, v->adapter_len);
+    *len = v->adapter_len;
+    if (number) *number = v->number;
+    return 0;
+}
+
+int plait__svc_latest(plait_aggstore_t *st, int64_t *number, uint8_t **blob, size_t *len)
+{
+    plait_aggstore_version_t v;
+    plait_aggstore_version_init(&v);
+    int rc = plait_aggstore_version_latest(st, &v);
+    if (rc == 0) rc = take_blob(&v, number, blob, len);
+    plait_aggstore_version_free(&v);
+    return rc;
+}
+
+int plait__svc_version(plait_aggstore_t *st, int64_t number, uint8_t **blob, size_t *len)
+{
+    plait_aggstore_version_t v;
+    plait_aggstore_version_init(&v);
+    int rc = plait_aggstore_version_get(st, number, &v);
+    if (rc == 0) rc = take_blob(&v, NULL, blob, len);
+    plait_aggstore_version_free(&v);
+    return rc;
+}
+
+static void fill_lora(plait_aggstore_commit_t *c, const plait__svc_lora_t *lo)
+{
+    c->lora_rank = lo->rank;
+    c->lora_alpha = lo->alpha;
+    c->lora_targets = lo->targets;
+    c->opt_kind = lo->opt_kind;
+}
+
+int plait__svc_put_initial(plait_aggstore_t *st, const uint8_t *blob, size_t len, const uint8_t sha[32],
+                           const plait__svc_lora_t *lo)
+{
+    plait_aggstore_commit_t c;
+    memset(&c, 0, sizeof(c));
+    c.adapter = blob;
+    c.adapter_len = len;
+    c.sha256 = sha;
+    fill_lora(&c, lo);
+    return plait_aggstore_version_put_initial(st, &c);
+}
+
+int plait__svc_round_begin(plait_aggstore_t *st, int64_t target, int64_t min, const char *task_json,
+                           int64_t base_version, int64_t *rid)
+{
+    return plait_aggstore_round_begin(st, target, min, task_json, base_version, rid);
+}
+
+/* The nonzero rejection counters as store rows. */
+static size_t fill_stats(plait_aggstore_stats_t *o, plait_aggstore_rejection_t *rows, const plait__svc_stats_t *s)
+{
+    memset(o, 0, sizeof(*o));
+    o->participants = s->participants;
+    o->dropouts = s->dropouts;
+    o->bytes_up = s->bytes_up;
+    o->bytes_down = s->bytes_down;
+    size_t n = 0;
+    for (int r = 0; r < PLAIT__REJ_COUNT; r++)
+        if (s->rej[r]) {
+            rows[n].reason = plait__rej_name((plait__rej_t)r);
+            rows[n].count = (int64_t)s->rej[r];
+            n++;
+        }
+    o->rejections = rows;
+    o->n_rejections = n;
+    return n;
+}
+
+int plait__svc_round_fail(plait_aggstore_t *st, int64_t rid, const char *reason, const plait__svc_stats_t *stats)
+{
+    plait_aggstore_stats_t s;
+    plait_aggstore_rejection_t rows[PLAIT__REJ_COUNT];
+    if (stats) fill_stats(&s, rows, stats);
+    return plait_aggstore_round_fail(st, rid, reason, stats ? &s : NULL);
+}
+
+int plait__svc_round_commit(plait_aggstore_t *st, int64_t rid, const plait__svc_commit_t *c, int64_t *version)
+{
+    int rc;
+    for (size_t i = 0; i < c->n_uploaders; i++) {
+        rc = plait_aggstore_device_mark_uploaded(st, c->uploaders[i], rid);
+        if (rc != 0 && rc != PLAIT_ESTALE) return rc;
+    }
+    plait_aggstore_commit_t cm;
+    memset(&cm, 0, sizeof(cm));
+    cm.adapter = c->adapter;
+    cm.adapter_len = c->adapter_len;
+    cm.sha256 = c->sha256;
+    fill_lora(&cm, &c->lora);
+    plait_aggstore_stats_t s;
+    plait_aggstore_rejection_t rows[PLAIT__REJ_COUNT];
+    if (c->stats) {
+        fill_stats(&s, rows, c->stats);
+        cm.stats = &s;
+    }
+    plait_aggstore_ledger_t led;
+    if (c->dp) {
+        /* epsilon after this round, recomposed from the whole ledger (a restart
+         * starts a fresh accountant in the round core, so its own figure would
+         * under-report). */
+        plait_accountant_t acc;
+        double eps = INFINITY, order;
+        if ((rc = plait_accountant_init(&acc, NULL, 0)) != 0) return rc;
+        if ((rc = plait_aggstore_ledger_compose(st, &acc)) != 0) return rc;
+        if ((rc = plait_accountant_compose(&acc, c->q, c->z, 1)) != 0) return rc;
+        if (plait_accountant_epsilon(&acc, c->delta, PLAIT_EPS_IMPROVED, &eps, &order) != 0) eps = INFINITY;
+        memset(&led, 0, sizeof(led));
+        led.q = c->q;
+        led.noise_multiplier = c->z;
+        led.steps = 1;
+        led.delta = c->delta;
+        led.epsilon = eps;
+        cm.ledger = &led;
+    }
+    plait_aggstore_metric_t mets[2] = {{"accepted", c->accepted}, {"duration_s", c->duration_s}};
+    cm.metrics = mets;
+    cm.n_metrics = 2;
+    return plait_aggstore_round_commit(st, rid, &cm, version);
+}
+
+int plait__svc_device_check(plait_aggstore_t *st, const char *id, const uint8_t fpr[32])
+{
+    return plait_aggstore_device_check(st, id, fpr);
+}

@@ -1,0 +1,86 @@
+/*
+ * svcstore.h (private to aggregator/): what the service needs from the
+ * aggregator store (aggstore.h), in the service's own terms.
+ *
+ * Why a separate file: aggstore.h and round.h both define the enumerator
+ * PLAIT_ROUND_FAILED, so no translation unit can include both; server.c
+ * includes round.h and calls these wrappers, svcstore.c includes aggstore.h.
+ *
+ * Thread-safety: as aggstore.h: a store object is used by one thread at a
+ * time; the service keeps a writer (moved into its worker jobs) and a reader
+ * (loop thread).
+ */
+#ifndef PLAIT_AGG_SVCSTORE_H
+#define PLAIT_AGG_SVCSTORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "metrics.h"
+#include "plait/plait.h"
+
+typedef struct plait_aggstore_s plait_aggstore_t;
+
+/** \brief Open DIR's database. recover: abandon rounds a crash left open (the service's writer only).
+ *  \param abandoned OUT, may be NULL: rounds this open abandoned. \return aggstore codes. */
+int plait__svc_open(plait_aggstore_t **out, const char *path, int create, int recover,
+                    int64_t *abandoned /* OUT */) PLAIT_WUR;
+void plait__svc_close(plait_aggstore_t *st);
+
+/** \brief Latest version: number and adapter bytes (owned, free()). \return 0, PLAIT_ENOENT when none, errors. */
+int plait__svc_latest(plait_aggstore_t *st, int64_t *number, uint8_t **blob, size_t *len) PLAIT_WUR;
+
+/** \brief A version's adapter bytes (owned, free()). \return 0, PLAIT_ENOENT, errors. */
+int plait__svc_version(plait_aggstore_t *st, int64_t number, uint8_t **blob, size_t *len) PLAIT_WUR;
+
+/** LoRA and optimizer description stored with a version. */
+typedef struct {
+    int rank;
+    double alpha;
+    uint32_t targets;
+    int opt_kind;
+} plait__svc_lora_t;
+
+/** \brief Store the initial adapter as version 1. */
+int plait__svc_put_initial(plait_aggstore_t *st, const uint8_t *blob, size_t len, const uint8_t sha[32],
+                           const plait__svc_lora_t *lo) PLAIT_WUR;
+
+/** \brief Open a round row. \param rid OUT: its id. */
+int plait__svc_round_begin(plait_aggstore_t *st, int64_t target, int64_t min, const char *task_json,
+                           int64_t base_version, int64_t *rid /* OUT */) PLAIT_WUR;
+
+/** Counters of a round as the service keeps them. */
+typedef struct {
+    int64_t participants, dropouts, bytes_up, bytes_down;
+    uint64_t rej[PLAIT__REJ_COUNT];
+} plait__svc_stats_t;
+
+/** \brief Close a round as failed (reason in words). */
+int plait__svc_round_fail(plait_aggstore_t *st, int64_t rid, const char *reason,
+                          const plait__svc_stats_t *stats) PLAIT_WUR;
+
+typedef struct {
+    const uint8_t *adapter;
+    size_t adapter_len;
+    const uint8_t *sha256;
+    plait__svc_lora_t lora;
+    const plait__svc_stats_t *stats;
+    int dp;            /* 1: write a ledger row */
+    double q, z, delta;
+    double accepted, duration_s, epsilon_core;
+    const char *const *uploaders; /* device ids whose updates were accepted */
+    size_t n_uploaders;
+} plait__svc_commit_t;
+
+/**
+ * \brief Record the uploads, then commit the round and its new version in one
+ *        transaction (ledger ε recomposed from the stored ledger plus this round).
+ * \param version OUT: the new version number.
+ */
+int plait__svc_round_commit(plait_aggstore_t *st, int64_t rid, const plait__svc_commit_t *c,
+                            int64_t *version /* OUT */) PLAIT_WUR;
+
+/** \brief After the handshake: enrolled, not revoked, same certificate. \return 0, PLAIT_ENOENT, PLAIT_EAUTH, errors. */
+int plait__svc_device_check(plait_aggstore_t *st, const char *id, const uint8_t fpr[32]) PLAIT_WUR;
+
+#endif
