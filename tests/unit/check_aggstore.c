@@ -1173,7 +1173,7 @@ START_TEST(test_kill9)
     srand(20261123u);
     int64_t known = 0;       /* versions the parent has seen committed */
     int64_t abandoned = 0;
-    const int iterations = 8;
+    const int iterations = 10;
     for (int it = 0; it < iterations; it++) {
         int pfd[2];
         ck_assert_int_eq(pipe(pfd), 0);
@@ -1184,8 +1184,9 @@ START_TEST(test_kill9)
             crash_child(path, pfd[1]);
         }
         close(pfd[1]);
-        /* 0..80 ms: from "before open finished" to "dozens of commits in". */
-        int delay_us = it == 0 ? 0 : (rand() % 80000);
+        /* 0, then 5..255 ms: from "before open finished" to tens of commits in
+         * (each commit waits for an fsync, so most kills land inside one). */
+        int delay_us = it == 0 ? 0 : 5000 + (rand() % 250000);
         usleep((useconds_t)delay_us);
         ck_assert_int_eq(kill(pid, SIGKILL), 0);
         int status = 0;
