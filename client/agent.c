@@ -971,8 +971,11 @@ static int peer_error(plait_agent_t *a, const plait_msg_t *m, uint64_t round)
 {
     int code = m->u.error.code;
     int known = code < 0 && code >= PLAIT_ECANCELED && code != PLAIT_EAGAIN;
-    PLAIT_LOG(PLAIT_LOG_WARN, "agent %s: round %llu: aggregator error %s: %s", a->device_id,
-              (unsigned long long)round, known ? plait_err_name(code) : "unknown", m->u.error.message);
+    char where[48] = "";
+    if (round) snprintf(where, sizeof(where), "round %llu: ", (unsigned long long)round);
+    /* The message is peer text, validated by wire.c (printable, bounded); logged as data. */
+    PLAIT_LOG(PLAIT_LOG_WARN, "agent %s: %saggregator error %s: %s", a->device_id, where,
+              known ? plait_err_name(code) : "unknown", m->u.error.message);
     return plait_fail(known ? code : PLAIT_EPROTO, "aggregator: %s (%s)", m->u.error.message,
                       known ? plait_err_name(code) : "unknown code");
 }
@@ -1440,8 +1443,9 @@ static int compute_update(conn_t *c, const plait_msg_task_t *t, uint64_t deadlin
     p->adapter_version = t->adapter_version;
     p->num_examples = examples;
     res->clip_norm_in = ci.norm;
-    PLAIT_LOG(PLAIT_LOG_INFO, "agent %s: round %llu: update of %zu words (%s clipped to %g%s, %u bits, weight %.3f)",
-              a->device_id, (unsigned long long)round, p->n_words, ci.clipped ? "" : "not", t->clip_norm,
+    PLAIT_LOG(PLAIT_LOG_INFO, "agent %s: round %llu: update of %zu words (%s %g%s, %u bits, weight %.3f)",
+              a->device_id, (unsigned long long)round, p->n_words, ci.clipped ? "clipped to" : "within clip norm",
+              t->clip_norm,
               stddev > 0 ? ", local DP noise" : "", t->quant_bits, w);
     /* The personal copy: FedSA keeps its trained B here (the next round starts from it). */
     if (save_personal(a, &local) != 0)
@@ -1531,6 +1535,19 @@ static int do_task(conn_t *c, const plait_msg_task_t *t, plait_agent_result_t *r
 
 /* ------------------------------------------------------------ run / run_once */
 
+static const char *retry_reason_name(plait_retry_reason_t r)
+{
+    switch (r) {
+    case PLAIT_RETRY_NO_ROUND: return "no round";
+    case PLAIT_RETRY_COHORT_FULL: return "cohort full";
+    case PLAIT_RETRY_PACE: return "pace steering";
+    case PLAIT_RETRY_BUSY: return "aggregator busy";
+    case PLAIT_RETRY_SHUTTING_DOWN: return "aggregator shutting down";
+    case PLAIT_RETRY_INCOMPATIBLE: return "incompatible model or capabilities";
+    }
+    return "unknown reason";
+}
+
 static int check_eligible(plait_agent_t *a, int64_t *n_train)
 {
     plait_store_t *st = NULL;
@@ -1585,8 +1602,8 @@ int plait_agent_run_once(plait_agent_t *a, plait_agent_result_t *res_out)
     case PLAIT_MSG_COME_BACK_LATER:
         res.outcome = PLAIT_AGENT_OUT_COME_BACK;
         res.retry_ms = m.u.come_back_later.retry_ms;
-        PLAIT_LOG(PLAIT_LOG_INFO, "agent %s: come back in %u ms (reason %d)", a->device_id, res.retry_ms,
-                  (int)m.u.come_back_later.reason);
+        PLAIT_LOG(PLAIT_LOG_INFO, "agent %s: come back in %u ms (%s)", a->device_id, res.retry_ms,
+                  retry_reason_name(m.u.come_back_later.reason));
         {
             plait_agent_event_t ev = {.type = PLAIT_AGENT_EV_COME_BACK, .delay_ms = res.retry_ms};
             emit_ev(a, &ev);
