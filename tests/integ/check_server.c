@@ -13,6 +13,8 @@
  * chunks) and every wait is bounded.
  */
 #include <check.h>
+#include <math.h>
+#include <time.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -81,18 +83,23 @@ static void finish(it_dep_t *d)
     ck_assert(it_log_count(d, "shutdown complete") == 1);
 }
 
-/* A client that has a task (hello answered with a task). */
+/* A client that has a task (hello answered with a task; come-back-later retried). */
 static int client_with_task(it_client_t *c, const it_dep_t *d, const char *id, plait_msg_task_t *t)
 {
-    int rc = it_client_connect(c, d, id);
-    if (rc == 0) rc = it_hello(c, d);
-    plait_msg_t m;
-    if (rc == 0) rc = it_recv(c, &m, 10000);
-    if (rc != 0) return rc;
-    rc = m.type == PLAIT_MSG_TASK ? 0 : PLAIT_EBUSY;
-    *t = m.u.task;
-    plait_msg_free(&m);
-    return rc;
+    for (int attempt = 0; attempt < 100; attempt++) {
+        int rc = it_client_connect(c, d, id);
+        if (rc == 0) rc = it_hello(c, d);
+        plait_msg_t m;
+        if (rc == 0) rc = it_recv(c, &m, 10000);
+        if (rc != 0) return rc;
+        int type = m.type;
+        *t = m.u.task;
+        plait_msg_free(&m);
+        if (type == PLAIT_MSG_TASK) return 0;
+        it_client_close(c);
+        usleep(200000);
+    }
+    return PLAIT_EBUSY;
 }
 
 /* Wait for a message of `type` (skipping others); 0 when seen. */

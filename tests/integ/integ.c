@@ -429,14 +429,27 @@ int it_participate(const it_dep_t *d, const char *id, float value, plait_msg_tas
 {
     it_client_t *c = malloc(sizeof(*c));
     if (!c) return PLAIT_ENOMEM;
-    int rc = it_client_connect(c, d, id);
-    if (rc == 0) rc = it_hello(c, d);
+    int rc = PLAIT_EBUSY;
     plait_msg_t m;
-    plait_msg_init(&m, PLAIT_MSG_PING);
-    if (rc == 0) rc = it_recv(c, &m, 20000);
-    if (rc == 0 && m.type != PLAIT_MSG_TASK) rc = PLAIT_EBUSY;
-    plait_msg_task_t t = m.u.task;
-    plait_msg_free(&m);
+    plait_msg_task_t t;
+    memset(&t, 0, sizeof(t));
+    /* Come back later (no round yet, cohort full) is honoured, a bounded number of times. */
+    for (int attempt = 0; attempt < 100 && rc == PLAIT_EBUSY; attempt++) {
+        rc = it_client_connect(c, d, id);
+        if (rc == 0) rc = it_hello(c, d);
+        if (rc == 0) rc = it_recv(c, &m, 20000);
+        if (rc == 0) {
+            if (m.type == PLAIT_MSG_TASK) {
+                t = m.u.task;
+            } else {
+                int ms = m.type == PLAIT_MSG_COME_BACK_LATER ? (int)m.u.come_back_later.retry_ms : 200;
+                rc = PLAIT_EBUSY;
+                it_client_close(c);
+                sleep_ms(ms > 300 ? 300 : ms);
+            }
+            plait_msg_free(&m);
+        }
+    }
     if (rc == 0 && task) *task = t;
     if (rc == 0) rc = download(c, &t);
     uint32_t *w = rc == 0 ? it_update_words(&t, value) : NULL;
