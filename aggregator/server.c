@@ -112,8 +112,11 @@ typedef struct {
 
 typedef struct {
     uint64_t client;
-    int submitted; /* 0 training, 1 accepted, -1 refused or dropped */
+    int submitted; /* 0 training, 1 accepted, 2 held (uploaded during selection), -1 refused or
+                      dropped, -2 left during selection */
     char device[PLAIT_PKI_ID_MAX + 1];
+    uint32_t *pending; /* submitted == 2: the update, owned */
+    size_t n_pending;
 } member_t;
 
 typedef struct {
@@ -217,6 +220,7 @@ static int member_add(plait_server_t *s, uint64_t client, const char *device)
     }
     s->cohort[s->n_cohort].client = client;
     s->cohort[s->n_cohort].submitted = 0;
+    s->cohort[s->n_cohort].pending = NULL;
     snprintf(s->cohort[s->n_cohort].device, sizeof(s->cohort[s->n_cohort].device), "%s", device);
     s->n_cohort++;
     return 0;
@@ -407,11 +411,36 @@ static void conn_leave_round(conn_t *c)
     for (conn_t *o = s->conns; o; o = o->next)
         if (o != c && !o->closing && o->client == c->client && o->round_id == c->round_id) return;
     plait_round_state_t st = plait_round_state(s->round);
-    if (st != PLAIT_ROUND_SELECTION && st != PLAIT_ROUND_TRAINING) return;
-    uint64_t core = s->cur_core;
-    if (plait_round_dropout(s->round, c->client, core, now_s(s)) == 0) {
+    if (st == PLAIT_ROUND_SELECTION) {
+        /* The core takes dropouts only once training starts: report it then. */
+        mb->submitted = -2;
+        return;
+    }
+    if (st != PLAIT_ROUND_TRAINING) return;
+    if (plait_round_dropout(s->round, c->client, s->cur_core, now_s(s)) == 0) {
         mb->submitted = -1;
         PLAIT_LOG(PLAIT_LOG_INFO, "dropout round=%llu device=%s", (unsigned long long)c->round_id, c->device);
+    }
+}
+
+static void submit_member(plait_server_t *s, member_t *mb, uint32_t *words, size_t n, conn_t *c);
+
+/* Once training has started: submit updates held since selection, and report
+ * devices that left during selection as dropouts. */
+static void report_early_dropouts(plait_server_t *s)
+{
+    for (size_t i = 0; i < s->n_cohort && plait_round_state(s->round) == PLAIT_ROUND_TRAINING; i++) {
+        member_t *mb = &s->cohort[i];
+        if (mb->submitted == 2) {
+            uint32_t *w = mb->pending;
+            mb->pending = NULL;
+            submit_member(s, mb, w, mb->n_pending, NULL);
+            continue;
+        }
+        if (mb->submitted != -2) continue;
+        mb->submitted = -1;
+        if (plait_round_dropout(s->round, mb->client, s->cur_core, now_s(s)) == 0)
+            PLAIT_LOG(PLAIT_LOG_INFO, "dropout round=%llu device=%s", (unsigned long long)s->cur_rid, mb->device);
     }
 }
 
@@ -508,7 +537,9 @@ static void offer(conn_t *c)
     }
     plait_round_state_t st = plait_round_state(s->round);
     member_t *mb = member_find(s, c->client);
-    if (mb && mb->submitted == 0 && (st == PLAIT_ROUND_SELECTION || st == PLAIT_ROUND_TRAINING)) {
+    if (mb && (mb->submitted == 0 || (mb->submitted == -2 && st == PLAIT_ROUND_SELECTION)) &&
+        (st == PLAIT_ROUND_SELECTION || st == PLAIT_ROUND_TRAINING)) {
+        mb->submitted = 0;
         /* Reconnected: the device keeps its place; the older connection goes. */
         for (conn_t *o = s->conns; o; o = o->next)
             if (o != c && !o->closing && o->client == c->client && o->round_id == s->cur_rid) {
@@ -669,10 +700,20 @@ static void work_job(uv_work_t *req)
 
 static int rebuild_round(plait_server_t *s);
 
+static void cohort_clear(plait_server_t *s)
+{
+    for (size_t i = 0; i < s->n_cohort; i++) {
+        if (s->cohort[i].pending) plait_zeroize(s->cohort[i].pending, s->cohort[i].n_pending * sizeof(uint32_t));
+        free(s->cohort[i].pending);
+        s->cohort[i].pending = NULL;
+    }
+    s->n_cohort = 0;
+}
+
 static void round_ended(plait_server_t *s)
 {
     s->round_live = 0;
-    s->n_cohort = 0;
+    cohort_clear(s);
     s->next_open = now_s(s) + s->cfg.round_pause_s;
 }
 
@@ -713,7 +754,7 @@ static void after_job(uv_work_t *req, int status)
         s->cur_rid = (uint64_t)j->rid;
         s->m.round_id = s->cur_rid;
         s->round_live = 1;
-        s->n_cohort = 0;
+        cohort_clear(s);
         memset(&s->rs, 0, sizeof(s->rs));
         if (rc != 0) {
             PLAIT_LOG(PLAIT_LOG_ERROR, "round core refused to open: %s", plait_err_name(rc));
@@ -878,6 +919,7 @@ static void round_step(plait_server_t *s)
     plait_round_state_t st = plait_round_state(s->round);
     if (st == PLAIT_ROUND_SELECTION || st == PLAIT_ROUND_TRAINING) {
         (void)plait_round_tick(s->round, now);
+        report_early_dropouts(s);
         st = plait_round_state(s->round);
     }
     if (st == PLAIT_ROUND_AGGREGATION) start_commit(s);
@@ -885,6 +927,51 @@ static void round_step(plait_server_t *s)
 }
 
 /* ---- messages ------------------------------------------------------------------ */
+
+/* Hand a complete update to the round core; ack or refuse on c (NULL: the
+ * device's connection, if it still has one). Takes ownership of words. */
+static void submit_member(plait_server_t *s, member_t *mb, uint32_t *words, size_t n, conn_t *c)
+{
+    if (c == NULL)
+        for (conn_t *o = s->conns; o; o = o->next)
+            if (!o->closing && o->client == mb->client && o->round_id == s->cur_rid) c = o;
+    int rc = plait_round_submit_words(s->round, mb->client, s->cur_core, words, n, 0, now_s(s));
+    plait_zeroize(words, n * sizeof(uint32_t));
+    free(words);
+    if (rc == 0) {
+        mb->submitted = 1;
+        s->m.updates_accepted++;
+        PLAIT_LOG(PLAIT_LOG_INFO, "update accepted round=%llu device=%s words=%zu", (unsigned long long)s->cur_rid,
+                  mb->device, n);
+        if (c) {
+            plait_msg_t a;
+            plait_msg_init(&a, PLAIT_MSG_ACK);
+            a.u.ack.round_id = s->cur_rid;
+            a.u.ack.kind = PLAIT_ACK_UPDATE;
+            a.u.ack.elements = n;
+            (void)send_msg(c, &a);
+        }
+        if (plait_round_state(s->round) == PLAIT_ROUND_AGGREGATION) start_commit(s);
+        return;
+    }
+    mb->submitted = -1; /* the core counted it as refused */
+    plait__rej_t why = PLAIT__REJ_MALFORMED_UPDATE;
+    const char *txt = "malformed update";
+    if (rc == PLAIT_ESTALE) why = PLAIT__REJ_LATE, txt = "round closed";
+    else if (rc == PLAIT_ENOENT) why = PLAIT__REJ_NOT_SELECTED, txt = "not selected";
+    else if (rc == PLAIT_EMISMATCH) why = PLAIT__REJ_WRONG_SHAPE, txt = "wrong update size";
+    else if (rc == PLAIT_ETOOBIG) why = PLAIT__REJ_NORM, txt = "update norm above the clip bound";
+    if (c) {
+        reject(c, why, "update for round %llu refused by the round: %s (%s)", (unsigned long long)s->cur_rid,
+               plait_errmsg(), plait_err_name(rc));
+        fail_conn(c, why, rc, txt);
+    } else {
+        s->m.rejections[why]++;
+        s->rs.rej[why]++;
+        PLAIT_LOG(PLAIT_LOG_WARN, "rejected device=%s reason=%s: held update for round %llu: %s (%s)", mb->device,
+                  plait__rej_name(why), (unsigned long long)s->cur_rid, plait_errmsg(), plait_err_name(rc));
+    }
+}
 
 static void handle_update(conn_t *c, const plait_msg_update_chunk_t *u)
 {
@@ -939,37 +1026,21 @@ static void handle_update(conn_t *c, const plait_msg_update_chunk_t *u)
     c->upd_next++;
     if (c->upd_have < c->upd_total) return;
 
-    uint64_t core = s->cur_core;
-    int rc = plait_round_submit_words(s->round, c->client, core, c->upd, (size_t)c->upd_total, 0, now_s(s));
-    plait_zeroize(c->upd, c->upd_total * sizeof(uint32_t));
-    free(c->upd);
+    uint32_t *words = c->upd;
     c->upd = NULL;
     c->upd_have = 0;
     c->upd_next = 0;
-    if (rc == 0) {
-        mb->submitted = 1;
-        s->m.updates_accepted++;
-        PLAIT_LOG(PLAIT_LOG_INFO, "update accepted round=%llu device=%s words=%llu", (unsigned long long)u->round_id,
-                  c->device, (unsigned long long)expect);
-        plait_msg_t a;
-        plait_msg_init(&a, PLAIT_MSG_ACK);
-        a.u.ack.round_id = u->round_id;
-        a.u.ack.kind = PLAIT_ACK_UPDATE;
-        a.u.ack.elements = expect;
-        (void)send_msg(c, &a);
-        if (plait_round_state(s->round) == PLAIT_ROUND_AGGREGATION) start_commit(s);
+    if (plait_round_state(s->round) == PLAIT_ROUND_SELECTION) {
+        /* Trained before selection ended: hold the update (the member owns it
+         * now, so a disconnect does not lose it) and submit it when training starts. */
+        mb->pending = words;
+        mb->n_pending = (size_t)expect;
+        mb->submitted = 2;
+        PLAIT_LOG(PLAIT_LOG_INFO, "update held until training starts round=%llu device=%s",
+                  (unsigned long long)u->round_id, c->device);
         return;
     }
-    mb->submitted = -1; /* the core counted it as refused */
-    plait__rej_t why = PLAIT__REJ_MALFORMED_UPDATE;
-    const char *txt = "malformed update";
-    if (rc == PLAIT_ESTALE) why = PLAIT__REJ_LATE, txt = "round closed";
-    else if (rc == PLAIT_ENOENT) why = PLAIT__REJ_NOT_SELECTED, txt = "not selected";
-    else if (rc == PLAIT_EMISMATCH) why = PLAIT__REJ_WRONG_SHAPE, txt = "wrong update size";
-    else if (rc == PLAIT_ETOOBIG) why = PLAIT__REJ_NORM, txt = "update norm above the clip bound";
-    reject(c, why, "update for round %llu refused by the round: %s (%s)", (unsigned long long)u->round_id,
-           plait_errmsg(), plait_err_name(rc));
-    fail_conn(c, why, rc, txt);
+    submit_member(s, mb, words, (size_t)expect, c);
 }
 
 static void pump_download(conn_t *c)
@@ -1827,6 +1898,7 @@ void plait_server_destroy(plait_server_t *s)
     plait_lora_free(&s->lora);
     blob_unref(s->blob);
     free(s->committed);
+    cohort_clear(s);
     free(s->cohort);
     free(s->pace);
     plait_rng_wipe(&s->rng);
