@@ -810,6 +810,8 @@ static void after_job(uv_work_t *req, int status)
 
 static int start_job(plait_server_t *s, job_t *j)
 {
+    /* One job at a time: the writer connection and the round core belong to it. */
+    PLAIT_ASSERT(!s->busy);
     j->s = s;
     j->req.data = j;
     s->busy = 1;
@@ -884,6 +886,7 @@ static void round_failed(plait_server_t *s)
 
 static void start_commit(plait_server_t *s)
 {
+    if (s->busy) return; /* already committing (several paths notice AGGREGATION) */
     job_t *j = calloc(1, sizeof(*j));
     if (j && s->n_cohort) j->uploaders = calloc(s->n_cohort, sizeof(char *));
     if (!j || (s->n_cohort && !j->uploaders)) {

@@ -1,0 +1,189 @@
+/*
+ * check_federation.c: the issue's "done when": a real aggregator process and
+ * 8 real `plait-agent join` processes on loopback over mutual TLS run 3
+ * rounds, and the held-out loss of the exported global adapter falls after
+ * every round.
+ *
+ * Data: 8 disjoint 8 KB slices of tinyshakespeare (one device store each,
+ * via `plait-agent ingest`); held-out text: a 16 KB slice far from them. The
+ * base model (stories260K, trained on TinyStories) has not seen Shakespeare,
+ * so the adapter has something to learn. Tiny rounds: 8 local steps, B=2,
+ * T=32; the whole test takes a few seconds, bounded by max-runtime and
+ * the tcase timeout.
+ */
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "integ.h"
+#include "testutil.h"
+
+#ifndef PLAIT_AGENT_BIN
+#define PLAIT_AGENT_BIN ""
+#endif
+
+#define N_AGENTS 8
+#define N_ROUNDS 3
+
+/* Start argv with stdout to out_path (NULL: /dev/null) and stderr to err_path. */
+static pid_t spawn(char *const argv[], const char *out_path, const char *err_path)
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid != 0) return pid;
+    int o = open(out_path ? out_path : "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int e = open(err_path ? err_path : "/dev/null", O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (o >= 0) dup2(o, 1);
+    if (e >= 0) dup2(e, 2);
+    setenv("PLAIT_ASSETS", tu_assets_dir(), 1);
+    execv(argv[0], argv);
+    _exit(127);
+}
+
+/* Wait for pid until deadline (monotonic seconds); kill it past the deadline. Exit status or -1. */
+static int reap(pid_t pid, double deadline)
+{
+    for (;;) {
+        int st;
+        pid_t r = waitpid(pid, &st, WNOHANG);
+        if (r == pid) return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        if ((double)ts.tv_sec + ts.tv_nsec / 1e9 > deadline) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &st, 0);
+            return -1;
+        }
+        usleep(20000);
+    }
+}
+
+static double mono(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static int run(char *const argv[], const char *out_path, const char *err_path, double timeout_s)
+{
+    pid_t pid = spawn(argv, out_path, err_path);
+    return pid < 0 ? -1 : reap(pid, mono() + timeout_s);
+}
+
+static void write_slice(const char *path, const char *text, size_t off, size_t len)
+{
+    ck_assert_int_eq(tu_write_file(path, text + off, len), 0);
+}
+
+/* Held-out loss of base + adapter file. */
+static double heldout_loss(const it_dep_t *d, const char *adapter, const char *heldout)
+{
+    char out[700], err[700];
+    snprintf(out, sizeof(out), "%s/eval.json", d->dir);
+    snprintf(err, sizeof(err), "%s/eval.log", d->dir);
+    char *argv[] = {(char *)PLAIT_AGENT_BIN, "eval", "--text", (char *)heldout, "--adapter", (char *)adapter,
+                    "--seq", "32", "--max-windows", "64", "--json", NULL};
+    ck_assert_int_eq(run(argv, out, err, 60), 0);
+    size_t n;
+    char *j = (char *)tu_read_file(out, &n);
+    ck_assert_ptr_nonnull(j);
+    char *p = strstr(j, "\"adapter_loss\":");
+    ck_assert_ptr_nonnull(p);
+    double loss = strtod(p + strlen("\"adapter_loss\":"), NULL);
+    free(j);
+    return loss;
+}
+
+START_TEST(test_federation_loss_falls)
+{
+    if (PLAIT_AGENT_BIN[0] == '\0') return; /* built without the agent */
+    it_dep_t d;
+    ck_assert_int_eq(it_init(&d, "integ_fed", "target_cohort=8", "min_cohort=6", "overselect=1",
+                             "selection_timeout_s=60", "round_timeout_s=60", "local_steps=8", "batch=2",
+                             "seq_len=32", "lr=0.05", "retry_ms=300", "idle_timeout_s=60", NULL),
+                     0);
+    size_t tlen;
+    char *tp = tu_path(tu_assets_dir(), "tinyshakespeare.txt");
+    char *text = (char *)tu_read_file(tp, &tlen);
+    free(tp);
+    ck_assert_ptr_nonnull(text);
+    ck_assert(tlen > 220000);
+    char heldout[700];
+    snprintf(heldout, sizeof(heldout), "%s/heldout.txt", d.dir);
+    write_slice(heldout, text, 200000, 16000);
+    for (int i = 0; i < N_AGENTS; i++) {
+        char id[16], txt[700], db[700];
+        snprintf(id, sizeof(id), "dev%d", i);
+        ck_assert_int_eq(it_enroll(&d, id), 0);
+        snprintf(txt, sizeof(txt), "%s/%s.txt", d.dir, id);
+        snprintf(db, sizeof(db), "%s/%s.db", d.dir, id);
+        write_slice(txt, text, (size_t)i * 8000, 8000);
+        char *argv[] = {(char *)PLAIT_AGENT_BIN, "ingest", "--db", db, "--text", txt, NULL};
+        ck_assert_int_eq(run(argv, NULL, NULL, 30), 0);
+    }
+    free(text);
+    ck_assert_int_eq(it_start(&d, NULL), 0);
+
+    /* 8 agent processes, each until it has 3 acknowledged rounds */
+    char server[64];
+    snprintf(server, sizeof(server), "127.0.0.1:%d", d.port);
+    pid_t pids[N_AGENTS];
+    for (int i = 0; i < N_AGENTS; i++) {
+        char id[16], crt[700], key[700], db[700], st[700], ca[700], seed[16], log[700];
+        snprintf(id, sizeof(id), "dev%d", i);
+        snprintf(ca, sizeof(ca), "%s/ca.crt", d.dir);
+        snprintf(crt, sizeof(crt), "%s/%s.crt", d.dir, id);
+        snprintf(key, sizeof(key), "%s/%s.key", d.dir, id);
+        snprintf(db, sizeof(db), "%s/%s.db", d.dir, id);
+        snprintf(st, sizeof(st), "%s/%s.state", d.dir, id);
+        snprintf(log, sizeof(log), "%s/%s.log", d.dir, id);
+        snprintf(seed, sizeof(seed), "%d", i + 1);
+        char *argv[] = {(char *)PLAIT_AGENT_BIN, "join", "--server", server, "--ca", ca, "--cert", crt, "--key", key,
+                        "--db", db, "--state", st, "--daemon", "--rounds", "3", "--rejoin-ms", "100", "--seed", seed,
+                        "--max-runtime", "150", NULL};
+        pids[i] = spawn(argv, NULL, log);
+        ck_assert(pids[i] > 0);
+    }
+    double deadline = mono() + 170;
+    for (int i = 0; i < N_AGENTS; i++) ck_assert_int_eq(reap(pids[i], deadline), 0);
+    for (int r = 1; r <= N_ROUNDS; r++) {
+        char needle[96];
+        snprintf(needle, sizeof(needle), "round committed round=%d version=%d accepted=8", r, r + 1);
+        ck_assert_msg(it_log_wait(&d, needle, 10000), "missing: %s", needle);
+    }
+    ck_assert_int_eq(it_stop(&d), 0);
+    ck_assert_int_eq(it_log_count(&d, "reason="), 0); /* nobody was refused */
+
+    /* held-out loss of versions 1 (initial: B = 0, the base model) .. 4 */
+    double loss[N_ROUNDS + 2];
+    for (int v = 1; v <= N_ROUNDS + 1; v++) {
+        char out[700], vs[8];
+        snprintf(out, sizeof(out), "%s/v%d.safetensors", d.dir, v);
+        snprintf(vs, sizeof(vs), "%d", v);
+        ck_assert_int_eq(it_cli("export", d.dir, "--version", vs, "--out", out, NULL), 0);
+        loss[v] = heldout_loss(&d, out, heldout);
+        fprintf(stderr, "federation: held-out loss of global adapter v%d = %.6f\n", v, loss[v]);
+        if (v > 1) ck_assert_msg(loss[v] < loss[v - 1], "loss did not fall: v%d %.6f >= v%d %.6f", v, loss[v], v - 1,
+                                 loss[v - 1]);
+    }
+    ck_assert(loss[N_ROUNDS + 1] < loss[1] - 0.1);
+}
+END_TEST
+
+Suite *federation_suite(void)
+{
+    Suite *s = suite_create("integ_federation");
+    TCase *tc = tcase_create("federation");
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, test_federation_loss_falls);
+    suite_add_tcase(s, tc);
+    return s;
+}
