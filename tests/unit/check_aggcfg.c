@@ -1,0 +1,135 @@
+/*
+ * check_aggcfg.c: the aggregator configuration (aggcfg.h): defaults validate
+ * once base_model is set, the written file parses back to the same struct,
+ * the parser is strict (unknown key, duplicate, bad value, out of range, junk
+ * after a quoted string: each an error naming file:line), precedence
+ * defaults < file < --set, and cross-field rules.
+ */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "plait/aggcfg.h"
+#include "plait/plait.h"
+
+static plait_aggcfg_t base(void)
+{
+    plait_aggcfg_t c;
+    plait_aggcfg_default(&c);
+    snprintf(c.base_model, sizeof(c.base_model), "/models/m.bin");
+    return c;
+}
+
+static int parse(plait_aggcfg_t *c, const char *text) { return plait_aggcfg_parse(c, text, strlen(text), "t.conf"); }
+
+START_TEST(test_defaults)
+{
+    plait_aggcfg_t c;
+    plait_aggcfg_default(&c);
+    ck_assert_int_eq(plait_aggcfg_validate(&c), PLAIT_EINVAL); /* base_model required */
+    ck_assert_ptr_nonnull(strstr(plait_errmsg(), "base_model"));
+    c = base();
+    ck_assert_int_eq(plait_aggcfg_validate(&c), 0);
+    ck_assert_uint_eq(c.port, 7443);
+    ck_assert_uint_eq(c.max_preauth_frame, 4096);
+    ck_assert_str_eq(c.lora_mode, "ffa");
+    ck_assert(c.metrics_enabled == 1);
+}
+END_TEST
+
+START_TEST(test_write_roundtrip)
+{
+    plait_aggcfg_t c = base();
+    snprintf(c.port_file, sizeof(c.port_file), "has # hash and  spaces ");
+    c.lr = 0.037;
+    c.target_cohort = 17;
+    c.metrics_enabled = 0;
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    ck_assert_int_eq(plait_aggcfg_write(&c, f), 0);
+    fclose(f);
+    /* every setting is written, each with a comment line above it */
+    ck_assert_ptr_nonnull(strstr(buf, "\n# "));
+    ck_assert_ptr_nonnull(strstr(buf, "idle_timeout_s = 120\n"));
+    plait_aggcfg_t d;
+    plait_aggcfg_default(&d);
+    ck_assert_int_eq(plait_aggcfg_parse(&d, buf, len, "w.conf"), 0);
+    ck_assert_mem_eq(&c, &d, sizeof(c));
+    free(buf);
+}
+END_TEST
+
+START_TEST(test_strict)
+{
+    plait_aggcfg_t c = base();
+    ck_assert_int_eq(parse(&c, "port = 1\nbogus = 2\n"), PLAIT_EPROTO);
+    ck_assert_ptr_nonnull(strstr(plait_errmsg(), "t.conf:2: unknown setting"));
+    c = base();
+    ck_assert_int_eq(parse(&c, "# c\n\nport = 1\nport = 2\n"), PLAIT_EPROTO);
+    ck_assert_ptr_nonnull(strstr(plait_errmsg(), "t.conf:4: port: set twice"));
+    ck_assert_int_eq(parse(&c, "port = 70000\n"), PLAIT_EPROTO);
+    ck_assert_ptr_nonnull(strstr(plait_errmsg(), "t.conf:1: port: out of range (0..65535)"));
+    ck_assert_int_eq(parse(&c, "lr = abc\n"), PLAIT_EPROTO);
+    ck_assert_int_eq(parse(&c, "lr = nan\n"), PLAIT_EPROTO);
+    ck_assert_int_eq(parse(&c, "port = -1\n"), PLAIT_EPROTO);
+    ck_assert_int_eq(parse(&c, "port = 12x\n"), PLAIT_EPROTO);
+    ck_assert_int_eq(parse(&c, "port 12\n"), PLAIT_EPROTO);
+    ck_assert_int_eq(parse(&c, "port =\n"), PLAIT_EPROTO);
+    ck_assert_int_eq(parse(&c, "metrics_enabled = maybe\n"), PLAIT_EPROTO);
+    ck_assert_int_eq(parse(&c, "port_file = \"a\" b\n"), PLAIT_EPROTO);
+    ck_assert_int_eq(parse(&c, "port_file = \"open\n"), PLAIT_EPROTO);
+    ck_assert_int_eq(plait_aggcfg_parse(&c, "port = 1\0\n", 10, "t.conf"), PLAIT_EPROTO);
+    char longv[400];
+    memset(longv, 'a', sizeof(longv));
+    memcpy(longv, "base_model = ", 13);
+    longv[sizeof(longv) - 1] = '\0';
+    ck_assert_int_eq(parse(&c, longv), PLAIT_EPROTO);
+    /* comments and blanks, quoted values, CRLF */
+    c = base();
+    ck_assert_int_eq(parse(&c, "  # x\r\n\r\nport = 9  # trailing\r\nport_file = \"p # q\"  # c\r\n"), 0);
+    ck_assert_uint_eq(c.port, 9);
+    ck_assert_str_eq(c.port_file, "p # q");
+}
+END_TEST
+
+START_TEST(test_precedence_and_rules)
+{
+    plait_aggcfg_t c = base();
+    ck_assert_int_eq(parse(&c, "port = 9\ntarget_cohort = 4\n"), 0);
+    ck_assert_int_eq(plait_aggcfg_set(&c, "port=0"), 0); /* a flag wins over the file */
+    ck_assert_uint_eq(c.port, 0);
+    ck_assert_int_eq(plait_aggcfg_set(&c, "nope=1"), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_aggcfg_set(&c, "port"), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_aggcfg_set(&c, "min_cohort=5"), 0);
+    ck_assert_int_eq(plait_aggcfg_validate(&c), PLAIT_EINVAL); /* min > target */
+    ck_assert_ptr_nonnull(strstr(plait_errmsg(), "min_cohort"));
+    c = base();
+    ck_assert_int_eq(plait_aggcfg_set(&c, "quant_range=0.5"), 0);
+    ck_assert_int_eq(plait_aggcfg_validate(&c), PLAIT_EINVAL);
+    c = base();
+    ck_assert_int_eq(plait_aggcfg_set(&c, "lora_mode=lol"), 0);
+    ck_assert_int_eq(plait_aggcfg_validate(&c), PLAIT_EINVAL);
+    c = base();
+    ck_assert_int_eq(plait_aggcfg_set(&c, "dp=central"), 0);
+    ck_assert_int_eq(plait_aggcfg_validate(&c), PLAIT_EINVAL); /* population required */
+    ck_assert_int_eq(plait_aggcfg_set(&c, "population=1000"), 0);
+    ck_assert_int_eq(plait_aggcfg_validate(&c), 0);
+    c = base();
+    ck_assert_int_eq(plait_aggcfg_set(&c, "max_chunk_bytes=2000000"), 0);
+    ck_assert_int_eq(plait_aggcfg_validate(&c), PLAIT_EINVAL); /* frame must hold a chunk */
+}
+END_TEST
+
+Suite *aggcfg_suite(void)
+{
+    Suite *s = suite_create("aggcfg");
+    TCase *tc = tcase_create("config");
+    tcase_add_test(tc, test_defaults);
+    tcase_add_test(tc, test_write_roundtrip);
+    tcase_add_test(tc, test_strict);
+    tcase_add_test(tc, test_precedence_and_rules);
+    suite_add_tcase(s, tc);
+    return s;
+}
