@@ -889,7 +889,7 @@ START_TEST(test_decode_task_fields)
         EXPECT_FIELD_ERR(parse_pb(PLAIT_MSG_TASK, &w, &m), "task.quant_range");
     }
     task_inner(&w);
-    pb_bytes(&w, 4, k_sha, 33);
+    pb_bytes(&w, 4, k_blob, 33);
     EXPECT_FIELD_ERR(parse_pb(PLAIT_MSG_TASK, &w, &m), "task.adapter_sha256");
 
     /* submessages merge: override one field of lora / train / dp */
