@@ -859,7 +859,7 @@ static int prepare(const plait_msg_t *m, const plait_wire_limits_t *lim, pb_msg_
     to_envelope(m, pb);
     size_t payload = plait__envelope__get_packed_size(&pb->env);
     if (payload > lim->max_frame - PLAIT_FRAME_HEADER)
-        return plait_fail(PLAIT_ETOOBIG, "%s: frame of %zu bytes above the limit %zu", plait_msg_type_name(m->type),
+        return plait_fail(PLAIT_ETOOBIG, "%s: frame of %zu bytes above the limit %zu", plait_msg_type_name((int)m->type),
                           payload + PLAIT_FRAME_HEADER, lim->max_frame);
     *frame_len = payload + PLAIT_FRAME_HEADER;
     return 0;

@@ -228,7 +228,12 @@ typedef struct {
     uint64_t nonce; /**< echoed by the pong */
 } plait_msg_ping_t;
 
-/** One message: a tagged union. Initialize with plait_msg_init(), release with plait_msg_free(). */
+/**
+ * One message: a tagged union. Initialize with plait_msg_init(), release with
+ * plait_msg_free(). A decoded message owns the storage behind its data/words
+ * pointers (through priv): do not free it twice through copies, and do not
+ * use data/words after plait_msg_free().
+ */
 typedef struct {
     plait_msg_type_t type;
     union {
