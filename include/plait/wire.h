@@ -375,4 +375,87 @@ int plait_wire_encode(const plait_msg_t *m, const plait_wire_limits_t *lim, uint
 int plait_wire_encode_alloc(const plait_msg_t *m, const plait_wire_limits_t *lim,
                             uint8_t **out /* OUT */, size_t *len /* OUT */) PLAIT_WUR;
 
+/* ---- chunked transfers ------------------------------------------------------ */
+
+/*
+ * The sequencing rules of §6 of docs/protocol.md as small pure state
+ * machines, so that the aggregator and the agent split and reassemble
+ * uploads and downloads the same way. Worked example (agent, upload):
+ *
+ *     plait_wire_xfer_t x;
+ *     plait_wire_xfer_init(&x, task.round_id, task.update_elements, 0);
+ *     plait_msg_t m;
+ *     while ((rc = plait_wire_update_tx_next(&x, &lim, words, examples, &m)) == 1)
+ *         send_msg(&m);                       // m borrows words; nothing to free
+ *
+ * and the aggregator, for each UpdateChunk received on that connection:
+ *
+ *     rc = plait_wire_update_rx_add(&x, &msg.u.update_chunk, dst, &examples);
+ *     // 1: complete, 0: more to come, < 0: send Error(rc) and drop the upload
+ */
+
+/** Progress of one chunked transfer (a plain value; no resources). */
+typedef struct {
+    uint64_t id;       /**< round id (update) or adapter version (adapter) */
+    uint64_t total;    /**< words (update) or bytes (adapter) */
+    uint64_t next;     /**< offset of the next chunk */
+    uint32_t index;    /**< index of the next update chunk */
+    uint64_t examples; /**< num_examples of update chunk 0 (receiver) */
+} plait_wire_xfer_t;
+
+/**
+ * \brief Start a transfer of total units from offset (0 for updates; the
+ *        resume offset of an AdapterRequest for adapters). Cannot fail.
+ */
+void plait_wire_xfer_init(plait_wire_xfer_t *x, uint64_t id, uint64_t total, uint64_t offset);
+
+/**
+ * \brief Fill out with the next UpdateChunk: up to lim->max_chunk_bytes / 4
+ *        words of words[0, x->total) from x->next; chunk 0 carries
+ *        num_examples. Advances x.
+ * \param words x->total words, borrowed by out until it is encoded.
+ * \return 1 (out filled), 0 (the transfer is complete; out untouched),
+ *         PLAIT_EINVAL (NULL arguments, bad limits, num_examples 0, total
+ *         outside 1..lim->max_update_elements, offset past total).
+ */
+int plait_wire_update_tx_next(plait_wire_xfer_t *x, const plait_wire_limits_t *lim,
+                              const uint32_t *words, uint64_t num_examples,
+                              plait_msg_t *out /* OUT */) PLAIT_WUR;
+
+/**
+ * \brief Take the next UpdateChunk of an upload (after plait_wire_decode
+ *        validated it) and copy its words into dst at its offset.
+ * \param dst x->total words.
+ * \param num_examples OUT, may be NULL: set from chunk 0.
+ * \return 1 (the upload is complete), 0 (more chunks expected);
+ *         PLAIT_ESTALE (another round), PLAIT_EMISMATCH (total_elements is not
+ *         the task's, or the chunk is not the next one: offset or index out
+ *         of order, duplicate, or after completion). x is unchanged on error.
+ */
+int plait_wire_update_rx_add(plait_wire_xfer_t *x, const plait_msg_update_chunk_t *c, uint32_t *dst,
+                             uint64_t *num_examples /* OUT, may be NULL */) PLAIT_WUR;
+
+/**
+ * \brief Fill out with the next AdapterChunk: up to lim->max_chunk_bytes of
+ *        blob[0, x->total) from x->next; the last chunk carries sha256.
+ * \param blob x->total bytes, borrowed by out until it is encoded.
+ * \return 1 (out filled), 0 (complete), PLAIT_EINVAL.
+ */
+int plait_wire_adapter_tx_next(plait_wire_xfer_t *x, const plait_wire_limits_t *lim,
+                               const uint8_t *blob, const uint8_t sha256[PLAIT_WIRE_SHA256_LEN],
+                               plait_msg_t *out /* OUT */) PLAIT_WUR;
+
+/**
+ * \brief Take the next AdapterChunk of a download and copy its bytes into dst
+ *        at its offset. The last chunk's sha256 must equal expected_sha256
+ *        (the Task's); the caller still hashes what it received.
+ * \param dst x->total bytes.
+ * \return 1 (complete), 0 (more expected); PLAIT_EMISMATCH (another version,
+ *         another total, not the next offset, or a hash other than the
+ *         task's). x is unchanged on error.
+ */
+int plait_wire_adapter_rx_add(plait_wire_xfer_t *x, const plait_msg_adapter_chunk_t *c,
+                              const uint8_t expected_sha256[PLAIT_WIRE_SHA256_LEN],
+                              uint8_t *dst) PLAIT_WUR;
+
 #endif /* PLAIT_WIRE_H */

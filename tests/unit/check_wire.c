@@ -1228,6 +1228,153 @@ START_TEST(test_encode_refuses_invalid)
 }
 END_TEST
 
+/* ---- chunked transfers -------------------------------------------------------- */
+
+/* Encode and decode m (as the peer would see it), into d. */
+static void over_the_wire(const plait_msg_t *m, const plait_wire_limits_t *lim, plait_msg_t *d)
+{
+    uint8_t *buf = NULL;
+    size_t len = 0, used = 0;
+    ck_assert_msg(plait_wire_encode_alloc(m, lim, &buf, &len) == 0, "%s", plait_errmsg());
+    ck_assert_int_eq(plait_wire_parse(buf, len, lim, 0, d, &used), 0);
+    free(buf);
+}
+
+START_TEST(test_update_transfer)
+{
+    plait_wire_limits_t lim;
+    plait_wire_limits_default(&lim);
+    lim.max_chunk_bytes = 64; /* 16 words a chunk */
+    lim.max_frame = 64 + PLAIT_WIRE_CHUNK_OVERHEAD;
+    lim.max_preauth_frame = lim.max_frame;
+    ck_assert_int_eq(plait_wire_limits_validate(&lim), 0);
+    const size_t total = 1001;
+    uint32_t *src = malloc(total * 4), *dst = calloc(total, 4);
+    for (size_t i = 0; i < total; i++)
+        src[i] = (uint32_t)(i * 2654435761u);
+
+    plait_wire_xfer_t tx, rx;
+    plait_wire_xfer_init(&tx, 42, total, 0);
+    plait_wire_xfer_init(&rx, 42, total, 0);
+    plait_msg_t m, d;
+    uint64_t examples = 0;
+    int rc, done = 0, chunks = 0;
+    while ((rc = plait_wire_update_tx_next(&tx, &lim, src, 77, &m)) == 1) {
+        ck_assert_int_eq(done, 0);
+        over_the_wire(&m, &lim, &d);
+        if (chunks == 3) {
+            /* out of order, duplicate, wrong round, wrong total: refused, rx unchanged */
+            plait_msg_update_chunk_t bad = d.u.update_chunk;
+            bad.offset += 16, bad.chunk_index++;
+            ck_assert_int_eq(plait_wire_update_rx_add(&rx, &bad, dst, NULL), PLAIT_EMISMATCH);
+            bad = d.u.update_chunk;
+            bad.offset -= 16, bad.chunk_index--;
+            ck_assert_int_eq(plait_wire_update_rx_add(&rx, &bad, dst, NULL), PLAIT_EMISMATCH);
+            bad = d.u.update_chunk;
+            bad.offset += 16; /* index right, offset wrong */
+            ck_assert_int_eq(plait_wire_update_rx_add(&rx, &bad, dst, NULL), PLAIT_EMISMATCH);
+            bad = d.u.update_chunk;
+            bad.n_words = total; /* runs past the end */
+            ck_assert_int_eq(plait_wire_update_rx_add(&rx, &bad, dst, NULL), PLAIT_EMISMATCH);
+            bad = d.u.update_chunk;
+            bad.round_id = 41;
+            ck_assert_int_eq(plait_wire_update_rx_add(&rx, &bad, dst, NULL), PLAIT_ESTALE);
+            bad = d.u.update_chunk;
+            bad.total_elements = total + 1;
+            ck_assert_int_eq(plait_wire_update_rx_add(&rx, &bad, dst, NULL), PLAIT_EMISMATCH);
+            bad = d.u.update_chunk;
+            bad.chunk_index++;
+            ck_assert_int_eq(plait_wire_update_rx_add(&rx, &bad, dst, NULL), PLAIT_EMISMATCH);
+        }
+        rc = plait_wire_update_rx_add(&rx, &d.u.update_chunk, dst, &examples);
+        ck_assert_int_ge(rc, 0);
+        done = rc;
+        ck_assert_uint_eq(examples, 77);
+        chunks++;
+        if (done) {
+            /* anything after completion is refused */
+            ck_assert_int_eq(plait_wire_update_rx_add(&rx, &d.u.update_chunk, dst, NULL),
+                             PLAIT_EMISMATCH);
+        }
+        plait_msg_free(&d);
+    }
+    ck_assert_int_eq(rc, 0);
+    ck_assert_int_eq(done, 1);
+    ck_assert_int_eq(chunks, (int)((total + 15) / 16));
+    ck_assert_mem_eq(src, dst, total * 4);
+    ck_assert_int_eq(plait_wire_update_tx_next(&tx, &lim, src, 77, &m), 0); /* stays done */
+
+    /* bad sender arguments */
+    plait_wire_xfer_init(&tx, 42, total, 0);
+    ck_assert_int_eq(plait_wire_update_tx_next(&tx, &lim, src, 0, &m), PLAIT_EINVAL);
+    plait_wire_xfer_init(&tx, 42, 0, 0);
+    ck_assert_int_eq(plait_wire_update_tx_next(&tx, &lim, src, 1, &m), PLAIT_EINVAL);
+    plait_wire_xfer_init(&tx, 42, 10, 11);
+    ck_assert_int_eq(plait_wire_update_tx_next(&tx, &lim, src, 1, &m), PLAIT_EINVAL);
+    free(src);
+    free(dst);
+}
+END_TEST
+
+START_TEST(test_adapter_transfer)
+{
+    fill_consts();
+    plait_wire_limits_t lim;
+    plait_wire_limits_default(&lim);
+    lim.max_chunk_bytes = 100;
+    lim.max_frame = 100 + PLAIT_WIRE_CHUNK_OVERHEAD;
+    lim.max_preauth_frame = lim.max_frame;
+    const size_t total = 1234, resume = 300;
+    uint8_t *blob = malloc(total), *dst = calloc(total, 1);
+    for (size_t i = 0; i < total; i++)
+        blob[i] = (uint8_t)(i * 31 + 7);
+    uint8_t other[32];
+    memset(other, 0x55, sizeof(other));
+
+    /* A download resumed at byte 300: the device already holds [0, 300). */
+    memcpy(dst, blob, resume);
+    plait_wire_xfer_t tx, rx;
+    plait_wire_xfer_init(&tx, 7, total, resume);
+    plait_wire_xfer_init(&rx, 7, total, resume);
+    plait_msg_t m, d;
+    int rc, done = 0, chunks = 0;
+    while ((rc = plait_wire_adapter_tx_next(&tx, &lim, blob, k_sha, &m)) == 1) {
+        over_the_wire(&m, &lim, &d);
+        plait_msg_adapter_chunk_t c = d.u.adapter_chunk;
+        ck_assert_int_eq(c.has_sha256, c.offset + c.len == total);
+        if (c.has_sha256) {
+            /* the hash of another adapter is refused */
+            ck_assert_int_eq(plait_wire_adapter_rx_add(&rx, &c, other, dst), PLAIT_EMISMATCH);
+        }
+        plait_msg_adapter_chunk_t bad = c;
+        bad.version = 8;
+        ck_assert_int_eq(plait_wire_adapter_rx_add(&rx, &bad, k_sha, dst), PLAIT_EMISMATCH);
+        bad = c;
+        bad.total_len = total - 1;
+        ck_assert_int_eq(plait_wire_adapter_rx_add(&rx, &bad, k_sha, dst), PLAIT_EMISMATCH);
+        if (chunks > 0) {
+            bad = c;
+            bad.offset -= 100;
+            ck_assert_int_eq(plait_wire_adapter_rx_add(&rx, &bad, k_sha, dst), PLAIT_EMISMATCH);
+        }
+        rc = plait_wire_adapter_rx_add(&rx, &c, k_sha, dst);
+        ck_assert_int_ge(rc, 0);
+        done = rc;
+        chunks++;
+        if (done) ck_assert_int_eq(plait_wire_adapter_rx_add(&rx, &c, k_sha, dst), PLAIT_EMISMATCH);
+        plait_msg_free(&d);
+    }
+    ck_assert_int_eq(rc, 0);
+    ck_assert_int_eq(done, 1);
+    ck_assert_int_eq(chunks, (int)((total - resume + 99) / 100));
+    ck_assert_mem_eq(blob, dst, total);
+    plait_wire_xfer_init(&tx, 7, 0, 0);
+    ck_assert_int_eq(plait_wire_adapter_tx_next(&tx, &lim, blob, k_sha, &m), PLAIT_EINVAL);
+    free(blob);
+    free(dst);
+}
+END_TEST
+
 /* ---- fuzz seeds ------------------------------------------------------------- */
 
 /* Seeds written by this test (PLAIT_WIRE_WRITE_CORPUS=1) into
@@ -1304,6 +1451,11 @@ Suite *wire_suite(void)
     tcase_add_test(tc, test_decode_small_messages);
     tcase_add_test(tc, test_repeated_fields_bounded);
     tcase_set_timeout(tc, 60);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("transfer");
+    tcase_add_test(tc, test_update_transfer);
+    tcase_add_test(tc, test_adapter_transfer);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("encode");
