@@ -756,7 +756,8 @@ int plait_pki_verify(const char *ca_crt_pem, const char *crt_pem, int want_clien
     if (mbedtls_x509_crt_check_key_usage(&crt, MBEDTLS_X509_KU_DIGITAL_SIGNATURE) != 0)
         flags |= MBEDTLS_X509_BADCERT_KEY_USAGE;
     const char *oid = want_client ? MBEDTLS_OID_CLIENT_AUTH : MBEDTLS_OID_SERVER_AUTH;
-    if (mbedtls_x509_crt_check_extended_key_usage(&crt, oid, MBEDTLS_OID_SIZE(MBEDTLS_OID_CLIENT_AUTH)) != 0)
+    size_t oid_len = want_client ? MBEDTLS_OID_SIZE(MBEDTLS_OID_CLIENT_AUTH) : MBEDTLS_OID_SIZE(MBEDTLS_OID_SERVER_AUTH);
+    if (mbedtls_x509_crt_check_extended_key_usage(&crt, oid, oid_len) != 0)
         flags |= MBEDTLS_X509_BADCERT_EXT_KEY_USAGE;
     if (mrc != 0 || flags != 0) {
         *reason = plait__pki_flags_reason(flags);
@@ -856,8 +857,9 @@ int plait_pki_revlist_load(plait_pki_revlist_t *rl, const char *path)
     if (rc == PLAIT_ENOENT) return 0;
     if (rc != 0) return rc;
     size_t lineno = 0;
-    char *save = NULL;
-    for (char *line = strtok_r(text, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
+    for (char *line = text, *next; line != NULL; line = next) {
+        next = strchr(line, '\n');
+        if (next != NULL) *next++ = '\0';
         lineno++;
         char *hash = strchr(line, '#');
         if (hash) *hash = '\0';

@@ -338,10 +338,14 @@ START_TEST(test_revlist)
     ck_assert_int_eq(plait_pki_revlist_contains(&rl, &a), 1);
     ck_assert_int_eq(plait_pki_revlist_contains(&rl, &b), 1);
     plait_pki_revlist_free(&rl);
-    ck_assert_int_eq(plait_pki_write_file(path, "serial 12\nbogus line here\n", 0), 0);
+    ck_assert_int_eq(plait_pki_write_file(path, "serial 12\n\n# note\nbogus line here\n", 0), 0);
     plait_pki_revlist_init(&rl);
     ck_assert_int_eq(plait_pki_revlist_load(&rl, path), PLAIT_EPROTO);
-    ck_assert_ptr_nonnull(strstr(plait_errmsg(), "line 2"));
+    ck_assert_ptr_nonnull(strstr(plait_errmsg(), "line 4"));
+    plait_pki_revlist_free(&rl);
+    ck_assert_int_eq(plait_pki_write_file(path, "sha256 abcd\n", 0), 0);
+    plait_pki_revlist_init(&rl);
+    ck_assert_int_eq(plait_pki_revlist_load(&rl, path), PLAIT_EPROTO);
     plait_pki_revlist_free(&rl);
 }
 END_TEST
