@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include <mbedtls/asn1.h>
+#include <mbedtls/ecp.h>
 #include <mbedtls/error.h>
 #include <mbedtls/oid.h>
 #include <mbedtls/platform_util.h>
@@ -379,7 +380,8 @@ static int alert_is_auth(unsigned char a)
     return a == MBEDTLS_SSL_ALERT_MSG_BAD_CERT || a == MBEDTLS_SSL_ALERT_MSG_UNSUPPORTED_CERT ||
            a == MBEDTLS_SSL_ALERT_MSG_CERT_REVOKED || a == MBEDTLS_SSL_ALERT_MSG_CERT_EXPIRED ||
            a == MBEDTLS_SSL_ALERT_MSG_CERT_UNKNOWN || a == MBEDTLS_SSL_ALERT_MSG_UNKNOWN_CA ||
-           a == MBEDTLS_SSL_ALERT_MSG_ACCESS_DENIED || a == MBEDTLS_SSL_ALERT_MSG_NO_CERT;
+           a == MBEDTLS_SSL_ALERT_MSG_ACCESS_DENIED || a == MBEDTLS_SSL_ALERT_MSG_NO_CERT ||
+           a == MBEDTLS_SSL_ALERT_MSG_DECRYPT_ERROR;
 }
 
 static const char *alert_reason(unsigned char a)
@@ -391,6 +393,7 @@ static const char *alert_reason(unsigned char a)
     case MBEDTLS_SSL_ALERT_MSG_UNSUPPORTED_CERT: return "peer refused our certificate: wrong usage";
     case MBEDTLS_SSL_ALERT_MSG_HANDSHAKE_FAILURE: return "peer aborted the handshake (no common parameters)";
     case MBEDTLS_SSL_ALERT_MSG_BAD_RECORD_MAC: return "peer reported a record that failed authentication";
+    case MBEDTLS_SSL_ALERT_MSG_DECRYPT_ERROR: return "peer could not verify our handshake signature or transcript";
     default: return alert_is_auth(a) ? "peer refused our certificate" : "peer sent a fatal alert";
     }
 }
@@ -443,7 +446,21 @@ static int fail(plait_tls_t *s, int mrc, const char *during)
         break;
     case MBEDTLS_ERR_SSL_INVALID_RECORD: why = "malformed TLS record"; break;
     case MBEDTLS_ERR_SSL_UNEXPECTED_MESSAGE: why = "unexpected TLS message"; break;
-    default: break;
+    case MBEDTLS_ERR_SSL_BAD_HS_CLIENT_HELLO: why = "malformed ClientHello"; break;
+    case MBEDTLS_ERR_SSL_FEATURE_UNAVAILABLE: why = "peer asked for an unsupported TLS feature"; break;
+    case MBEDTLS_ERR_ECP_VERIFY_FAILED:
+    case MBEDTLS_ERR_PK_SIG_LEN_MISMATCH:
+    case MBEDTLS_ERR_SSL_BAD_HS_FINISHED:
+        /* A handshake signature or the Finished transcript MAC did not
+         * verify: the messages were altered or the peer lacks its key. */
+        code = PLAIT_EAUTH;
+        why = "handshake signature or transcript does not verify";
+        break;
+    default:
+        /* Parse errors of a certificate in the peer's Certificate message
+         * come up as X.509 (-0x2xxx) or PK (-0x3xxx) codes. */
+        if (mrc <= -0x2000 && mrc > -0x4000) why = "malformed certificate";
+        break;
     }
     s->state = ST_FAILED;
     s->err = code;

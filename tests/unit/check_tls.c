@@ -8,7 +8,8 @@
  * the feed limit. Each must end in the documented code and reason.
  *
  * Certificates are made once per process (unchecked fixture) and shared by
- * the forked tests.
+ * the forked tests. TLS_DEBUG=1 prints each tampered-handshake outcome and
+ * the session's DEBUG log lines (reason and mbedTLS code).
  */
 #include <arpa/inet.h>
 #include <check.h>
@@ -21,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "plait/log.h"
 #include "plait/pki.h"
 #include "plait/tls.h"
 #include "testutil.h"
@@ -433,6 +435,88 @@ START_TEST(test_garbage_and_limits)
 }
 END_TEST
 
+START_TEST(test_byte_at_a_time)
+{
+    /* Every split point of every flight: the handshake only ever waits. */
+    duo_t d;
+    memset(&d, 0, sizeof(d));
+    ck_assert_int_eq(plait_tls_config_server(&d.scfg, ca.crt, srv.crt, srv.key, 1, NULL, NULL), 0);
+    ck_assert_int_eq(plait_tls_config_client(&d.ccfg, ca.crt, dev.crt, dev.key, "plait-aggregator"), 0);
+    ck_assert_int_eq(plait_tls_new(&d.s, d.scfg), 0);
+    ck_assert_int_eq(plait_tls_new(&d.c, d.ccfg), 0);
+    int crc = PLAIT_EAGAIN, src = PLAIT_EAGAIN;
+    for (int i = 0; i < 100000 && (crc != 0 || src != 0); i++) {
+        const uint8_t *p;
+        if (crc != 0) crc = plait_tls_handshake(d.c);
+        if (src != 0) src = plait_tls_handshake(d.s);
+        ck_assert(crc == 0 || crc == PLAIT_EAGAIN);
+        ck_assert(src == 0 || src == PLAIT_EAGAIN);
+        if (plait_tls_pending_out(d.c, &p) > 0) {
+            ck_assert_int_eq(plait_tls_feed(d.s, p, 1), 0);
+            plait_tls_consume_out(d.c, 1);
+        }
+        if (plait_tls_pending_out(d.s, &p) > 0) {
+            ck_assert_int_eq(plait_tls_feed(d.c, p, 1), 0);
+            plait_tls_consume_out(d.s, 1);
+        }
+    }
+    ck_assert_int_eq(crc, 0);
+    ck_assert_int_eq(src, 0);
+    transfer(d.c, d.s, 3000);
+    duo_free(&d);
+}
+END_TEST
+
+START_TEST(test_tampered_handshake)
+{
+    /* Flip one byte at many positions of each flight: both sides may never
+     * end up established, and nothing may crash. */
+    plait_tls_config_t *scfg = NULL, *ccfg = NULL;
+    if (getenv("TLS_DEBUG")) plait_log_set_level(PLAIT_LOG_DEBUG);
+    ck_assert_int_eq(plait_tls_config_server(&scfg, ca.crt, srv.crt, srv.key, 1, NULL, NULL), 0);
+    ck_assert_int_eq(plait_tls_config_client(&ccfg, ca.crt, dev.crt, dev.key, "plait-aggregator"), 0);
+    for (int flight = 0; flight < 3; flight++) {
+        for (size_t pos = 3; pos < 1400; pos += 97) {
+            plait_tls_t *c = NULL, *s = NULL;
+            ck_assert_int_eq(plait_tls_new(&c, ccfg), 0);
+            ck_assert_int_eq(plait_tls_new(&s, scfg), 0);
+            int crc = PLAIT_EAGAIN, src = PLAIT_EAGAIN, flipped = 0;
+            for (int step = 0; step < 20 && (crc == PLAIT_EAGAIN || src == PLAIT_EAGAIN); step++) {
+                plait_tls_t *from = step % 2 == 0 ? c : s, *to = step % 2 == 0 ? s : c;
+                int *frc = step % 2 == 0 ? &crc : &src;
+                if (*frc == PLAIT_EAGAIN) *frc = plait_tls_handshake(from);
+                const uint8_t *p;
+                size_t n = plait_tls_pending_out(from, &p);
+                if (n == 0) continue;
+                uint8_t *copy = malloc(n);
+                memcpy(copy, p, n);
+                if (step == flight && pos < n) {
+                    copy[pos] ^= 0x20;
+                    flipped = 1;
+                }
+                plait_tls_consume_out(from, n);
+                int frc2 = plait_tls_feed(to, copy, n);
+                ck_assert_int_eq(frc2, 0);
+                free(copy);
+            }
+            if (crc == PLAIT_EAGAIN) crc = plait_tls_handshake(c);
+            if (src == PLAIT_EAGAIN) src = plait_tls_handshake(s);
+            if (flipped)
+                ck_assert_msg(!(crc == 0 && src == 0), "flight %d pos %zu: both established", flight, pos);
+            else
+                ck_assert(crc == 0 && src == 0);
+            if (getenv("TLS_DEBUG")) fprintf(stderr, "flight %d pos %zu: c=%d '%s' s=%d '%s'\n", flight, pos, crc, plait_tls_reason(c), src, plait_tls_reason(s));
+            ck_assert(crc == 0 || crc == PLAIT_EAGAIN || crc == PLAIT_EPROTO || crc == PLAIT_EAUTH);
+            ck_assert(src == 0 || src == PLAIT_EAGAIN || src == PLAIT_EPROTO || src == PLAIT_EAUTH);
+            plait_tls_free(c);
+            plait_tls_free(s);
+        }
+    }
+    plait_tls_config_free(ccfg);
+    plait_tls_config_free(scfg);
+}
+END_TEST
+
 /* ---- blocking sockets in two threads --------------------------------------- */
 
 typedef struct {
@@ -576,6 +660,8 @@ Suite *tls_suite(void)
     tcase_add_test(tm, test_wrong_eku);
     tcase_add_test(tm, test_tampered_record);
     tcase_add_test(tm, test_garbage_and_limits);
+    tcase_add_test(tm, test_byte_at_a_time);
+    tcase_add_test(tm, test_tampered_handshake);
     suite_add_tcase(s, tm);
     TCase *tf = tcase_create("fd");
     tcase_add_unchecked_fixture(tf, certs_setup, certs_teardown);
