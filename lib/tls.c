@@ -20,9 +20,9 @@
  * detail and one DEBUG log line, never key material.
  *
  * Invariants: state moves HANDSHAKE -> OPEN -> (CLOSED | FAILED) only; FAILED
- * is sticky. Buffers are wiped before they are freed (they hold plaintext
- * only transiently, but the output of a not-yet-encrypted write never lands
- * here; input is ciphertext).
+ * is sticky. The session's own buffers only ever hold ciphertext; they are
+ * wiped before they are freed anyway. Plaintext and keys live in mbedTLS's
+ * record buffers and transform, which mbedtls_ssl_free() wipes.
  */
 #include "plait/tls.h"
 
@@ -491,7 +491,9 @@ int plait_tls_handshake(plait_tls_t *s)
         return plait_fail(PLAIT_EAUTH, "tls: handshake: %s", s->reason);
     }
     if (s->have_peer && mbedtls_ssl_get_verify_result(&s->ssl) != 0) {
-        /* VERIFY_OPTIONAL server: a presented certificate must still verify. */
+        /* VERIFY_OPTIONAL server: a presented certificate must still verify.
+         * mbedTLS finished the handshake, so tell the peer ourselves. */
+        (void)mbedtls_ssl_send_alert_message(&s->ssl, MBEDTLS_SSL_ALERT_LEVEL_FATAL, MBEDTLS_SSL_ALERT_MSG_BAD_CERT);
         return fail(s, MBEDTLS_ERR_X509_CERT_VERIFY_FAILED, "handshake");
     }
     s->state = ST_OPEN;

@@ -333,6 +333,10 @@ START_TEST(test_no_client_cert)
     pump_handshake(d.c, d.s, &d.crc, &d.src);
     ck_assert_int_eq(d.src, PLAIT_EAUTH);
     ck_assert_str_eq(plait_tls_reason(d.s), "certificate expired");
+    move(d.s, d.c); /* the server's bad_certificate alert */
+    uint8_t b[8];
+    ck_assert_int_eq(plait_tls_read(d.c, b, sizeof(b)), PLAIT_EAUTH);
+    ck_assert_str_eq(plait_tls_reason(d.c), "peer refused our certificate");
     duo_free(&d);
 }
 END_TEST
@@ -354,6 +358,31 @@ START_TEST(test_wrong_eku)
     plait_tls_config_t *bad = NULL;
     ck_assert_int_eq(plait_tls_config_server(&bad, ca.crt, dev.crt, dev.key, 1, NULL, NULL), PLAIT_EINVAL);
     ck_assert_ptr_null(bad);
+}
+END_TEST
+
+START_TEST(test_bad_server_cert)
+{
+    /* An expired server certificate, and one from another CA: the client refuses. */
+    plait_pki_config_t past = pcfg;
+    past.now = (int64_t)time(NULL) - 1000 * 86400;
+    past.server_days = 30;
+    pair_t old_srv = {0}, alien_srv = {0};
+    ck_assert_int_eq(plait_pki_server_issue(&past, ca.crt, ca.key, NULL, &old_srv.crt, &old_srv.key), 0);
+    ck_assert_int_eq(plait_pki_server_issue(&pcfg, ca2.crt, ca2.key, NULL, &alien_srv.crt, &alien_srv.key), 0);
+    duo_t d;
+    duo_run(&d, &dev, "plait-aggregator", &old_srv, NULL, NULL);
+    ck_assert_int_eq(d.crc, PLAIT_EAUTH);
+    ck_assert_str_eq(plait_tls_reason(d.c), "certificate expired");
+    ck_assert_int_eq(d.src, PLAIT_EAUTH);
+    ck_assert_str_eq(plait_tls_reason(d.s), "peer refused our certificate: expired");
+    duo_free(&d);
+    duo_run(&d, &dev, "plait-aggregator", &alien_srv, NULL, NULL);
+    ck_assert_int_eq(d.crc, PLAIT_EAUTH);
+    ck_assert_str_eq(plait_tls_reason(d.c), "certificate not issued by this deployment's CA");
+    duo_free(&d);
+    pair_free(&old_srv);
+    pair_free(&alien_srv);
 }
 END_TEST
 
@@ -658,6 +687,7 @@ Suite *tls_suite(void)
     tcase_add_test(tm, test_revoked);
     tcase_add_test(tm, test_no_client_cert);
     tcase_add_test(tm, test_wrong_eku);
+    tcase_add_test(tm, test_bad_server_cert);
     tcase_add_test(tm, test_tampered_record);
     tcase_add_test(tm, test_garbage_and_limits);
     tcase_add_test(tm, test_byte_at_a_time);
