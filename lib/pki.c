@@ -38,6 +38,7 @@
 
 #include <mbedtls/asn1write.h>
 #include <mbedtls/bignum.h>
+#include <mbedtls/ctr_drbg.h>
 #include <mbedtls/ecp.h>
 #include <mbedtls/md.h>
 #include <mbedtls/oid.h>
@@ -64,7 +65,7 @@ static int mbed_fail(int code, int mrc, const char *what)
 int plait__pki_rng(void *p_rng, unsigned char *out, size_t len)
 {
     /* Any failure is reported to mbedTLS as an entropy failure. */
-    return plait_drbg_random(p_rng, out, len) == 0 ? 0 : -0x0034; /* MBEDTLS_ERR_CTR_DRBG_ENTROPY_SOURCE_FAILED */
+    return plait_drbg_random(p_rng, out, len) == 0 ? 0 : MBEDTLS_ERR_CTR_DRBG_ENTROPY_SOURCE_FAILED;
 }
 
 /* A DRBG for one call: the caller's, or a fresh system-seeded one. */

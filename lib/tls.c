@@ -257,7 +257,11 @@ static int bio_send(void *p, const unsigned char *buf, size_t len)
 {
     plait_tls_t *s = p;
     if (len > INT_MAX) len = INT_MAX;
-    if (s->out_off > 0 && s->out_off == s->out_len) s->out_off = s->out_len = 0;
+    if (s->out_off > 0) { /* compact: pending bytes move to the front */
+        memmove(s->out, s->out + s->out_off, s->out_len - s->out_off);
+        s->out_len -= s->out_off;
+        s->out_off = 0;
+    }
     if (grow(&s->out, &s->out_cap, s->out_len + len) != 0) return MBEDTLS_ERR_SSL_ALLOC_FAILED;
     memcpy(s->out + s->out_len, buf, len);
     s->out_len += len;

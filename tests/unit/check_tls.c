@@ -176,6 +176,21 @@ START_TEST(test_handshake_and_data)
 
     transfer(d.c, d.s, 5);
     transfer(d.s, d.c, 5);
+
+    /* Partly drained output, then more records behind it. */
+    const uint8_t *p;
+    ck_assert_int_eq(plait_tls_write(d.c, (const uint8_t *)"abc", 3), 3);
+    ck_assert_uint_gt(plait_tls_pending_out(d.c, &p), 7);
+    ck_assert_int_eq(plait_tls_feed(d.s, p, 7), 0);
+    plait_tls_consume_out(d.c, 7);
+    ck_assert_int_eq(plait_tls_write(d.c, (const uint8_t *)"def", 3), 3);
+    move(d.c, d.s);
+    uint8_t six[8];
+    size_t got = 0;
+    int r;
+    while (got < 6 && (r = plait_tls_read(d.s, six + got, sizeof(six) - got)) > 0) got += (size_t)r;
+    ck_assert_uint_eq(got, 6);
+    ck_assert_int_eq(memcmp(six, "abcdef", 6), 0);
     transfer(d.c, d.s, 100000); /* several records */
     transfer(d.s, d.c, 70000);
 
