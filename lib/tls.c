@@ -29,6 +29,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -219,6 +220,55 @@ int plait_tls_config_client(plait_tls_config_t **out, const char *ca_pem, const 
     else if (inet_pton(AF_INET6, server_name, c->server_ip) == 1)
         c->server_ip_len = 16;
     return 0;
+}
+
+typedef struct {
+    char *ca, *crt, *key;
+} pems_t;
+
+static void pems_free(pems_t *p)
+{
+    plait_pki_free_pem(p->ca);
+    plait_pki_free_pem(p->crt);
+    plait_pki_free_pem(p->key); /* wiped: it is a private key */
+}
+
+static int pems_read(pems_t *p, const char *ca, const char *crt, const char *key)
+{
+    memset(p, 0, sizeof(*p));
+    int rc = plait_pki_read_file(ca, &p->ca);
+    if (rc == 0) rc = plait_pki_read_file(crt, &p->crt);
+    if (rc == 0) rc = plait_pki_read_file(key, &p->key);
+    return rc;
+}
+
+int plait_tls_config_server_dir(plait_tls_config_t **out, const char *dir, plait_tls_revoked_cb revoked,
+                                void *revoked_ud)
+{
+    if (out == NULL || dir == NULL) return plait_fail(PLAIT_EINVAL, "tls: NULL argument");
+    *out = NULL;
+    char ca[4096], crt[4096], key[4096];
+    if (snprintf(ca, sizeof(ca), "%s/ca.crt", dir) >= (int)sizeof(ca)) return plait_fail(PLAIT_EINVAL, "tls: path too long");
+    snprintf(crt, sizeof(crt), "%s/server.crt", dir);
+    snprintf(key, sizeof(key), "%s/server.key", dir);
+    pems_t p;
+    int rc = pems_read(&p, ca, crt, key);
+    if (rc == 0) rc = plait_tls_config_server(out, p.ca, p.crt, p.key, 1, revoked, revoked_ud);
+    pems_free(&p);
+    return rc;
+}
+
+int plait_tls_config_client_files(plait_tls_config_t **out, const char *ca_path, const char *crt_path,
+                                  const char *key_path, const char *server_name)
+{
+    if (out == NULL || ca_path == NULL || crt_path == NULL || key_path == NULL)
+        return plait_fail(PLAIT_EINVAL, "tls: NULL argument");
+    *out = NULL;
+    pems_t p;
+    int rc = pems_read(&p, ca_path, crt_path, key_path);
+    if (rc == 0) rc = plait_tls_config_client(out, p.ca, p.crt, p.key, server_name);
+    pems_free(&p);
+    return rc;
 }
 
 /* ---- BIO over the session's buffers -------------------------------------- */

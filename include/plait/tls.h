@@ -103,6 +103,24 @@ int plait_tls_config_server(plait_tls_config_t **out /* OUT */, const char *ca_p
 int plait_tls_config_client(plait_tls_config_t **out /* OUT */, const char *ca_pem, const char *crt_pem,
                             const char *key_pem, const char *server_name) PLAIT_WUR;
 
+/**
+ * \brief Server configuration from a deployment directory made by
+ *        plait_pki_init_deployment(): reads DIR/ca.crt, DIR/server.crt and
+ *        DIR/server.key (never ca.key); client certificates are required.
+ * \return as plait_tls_config_server(); PLAIT_ENOENT / PLAIT_EIO for a missing
+ *         or unreadable file (named in plait_errmsg()).
+ */
+int plait_tls_config_server_dir(plait_tls_config_t **out /* OUT */, const char *dir, plait_tls_revoked_cb revoked,
+                                void *revoked_ud) PLAIT_WUR;
+
+/**
+ * \brief Client configuration from files (the agent's provisioning): the CA
+ *        certificate, the device certificate and its key (PEM paths).
+ * \return as plait_tls_config_client(); PLAIT_ENOENT / PLAIT_EIO for files.
+ */
+int plait_tls_config_client_files(plait_tls_config_t **out /* OUT */, const char *ca_path, const char *crt_path,
+                                  const char *key_path, const char *server_name) PLAIT_WUR;
+
 /** \brief Free a config (wipes its private key and DRBG). NULL is safe. Sessions must be freed first. */
 void plait_tls_config_free(plait_tls_config_t *cfg);
 

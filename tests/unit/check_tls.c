@@ -561,6 +561,66 @@ START_TEST(test_tampered_handshake)
 }
 END_TEST
 
+START_TEST(test_from_files)
+{
+    /* init -> enroll -> files -> configs -> handshake: what the CLI and agent do. */
+    char *tmp = tu_tmpdir("tls");
+    ck_assert_ptr_nonnull(tmp);
+    char dir[600], crtp[700], keyp[700], cap[700];
+    snprintf(dir, sizeof(dir), "%s/deploy", tmp);
+    ck_assert_int_eq(plait_pki_init_deployment(dir, &pcfg), 0);
+    char *crt = NULL, *key = NULL;
+    plait_pki_cert_info_t info;
+    ck_assert_int_eq(plait_pki_enroll(dir, &pcfg, "phone-77", &crt, &key, &info), 0);
+    snprintf(crtp, sizeof(crtp), "%s/phone-77.crt", tmp);
+    snprintf(keyp, sizeof(keyp), "%s/phone-77.key", tmp);
+    snprintf(cap, sizeof(cap), "%s/ca.crt", dir);
+    ck_assert_int_eq(plait_pki_write_file(crtp, crt, 0), 0);
+    ck_assert_int_eq(plait_pki_write_file(keyp, key, 1), 0);
+
+    plait_pki_revlist_t rl;
+    plait_pki_revlist_init(&rl);
+    char revp[700];
+    snprintf(revp, sizeof(revp), "%s/revoked.txt", dir);
+    ck_assert_int_eq(plait_pki_revlist_load(&rl, revp), 0);
+
+    duo_t d;
+    memset(&d, 0, sizeof(d));
+    ck_assert_int_eq(plait_tls_config_server_dir(&d.scfg, dir, plait_pki_revlist_check, &rl), 0);
+    ck_assert_int_eq(plait_tls_config_client_files(&d.ccfg, cap, crtp, keyp, "127.0.0.1"), 0);
+    ck_assert_int_eq(plait_tls_new(&d.s, d.scfg), 0);
+    ck_assert_int_eq(plait_tls_new(&d.c, d.ccfg), 0);
+    pump_handshake(d.c, d.s, &d.crc, &d.src);
+    ck_assert_int_eq(d.crc, 0);
+    ck_assert_int_eq(d.src, 0);
+    ck_assert_str_eq(plait_tls_peer(d.s)->device_id, "phone-77");
+    duo_free(&d);
+
+    /* Revoke through the deployment helpers, reload, and the device is out. */
+    ck_assert_int_eq(plait_pki_revoke(dir, info.serial_hex, NULL), 0);
+    plait_pki_revlist_free(&rl);
+    plait_pki_revlist_init(&rl);
+    ck_assert_int_eq(plait_pki_revlist_load(&rl, revp), 0);
+    memset(&d, 0, sizeof(d));
+    ck_assert_int_eq(plait_tls_config_server_dir(&d.scfg, dir, plait_pki_revlist_check, &rl), 0);
+    ck_assert_int_eq(plait_tls_config_client_files(&d.ccfg, cap, crtp, keyp, "plait-aggregator"), 0);
+    ck_assert_int_eq(plait_tls_new(&d.s, d.scfg), 0);
+    ck_assert_int_eq(plait_tls_new(&d.c, d.ccfg), 0);
+    pump_handshake(d.c, d.s, &d.crc, &d.src);
+    ck_assert_int_eq(d.src, PLAIT_EAUTH);
+    ck_assert_str_eq(plait_tls_reason(d.s), "certificate revoked");
+    duo_free(&d);
+
+    plait_tls_config_t *none = NULL;
+    ck_assert_int_eq(plait_tls_config_server_dir(&none, tmp, NULL, NULL), PLAIT_ENOENT);
+    ck_assert_int_eq(plait_tls_config_client_files(&none, cap, crtp, "/nonexistent/key", "x"), PLAIT_ENOENT);
+    plait_pki_revlist_free(&rl);
+    plait_pki_free_pem(crt);
+    plait_pki_free_pem(key);
+    free(tmp);
+}
+END_TEST
+
 /* ---- blocking sockets in two threads --------------------------------------- */
 
 typedef struct {
@@ -707,6 +767,7 @@ Suite *tls_suite(void)
     tcase_add_test(tm, test_garbage_and_limits);
     tcase_add_test(tm, test_byte_at_a_time);
     tcase_add_test(tm, test_tampered_handshake);
+    tcase_add_test(tm, test_from_files);
     suite_add_tcase(s, tm);
     TCase *tf = tcase_create("fd");
     tcase_add_unchecked_fixture(tf, certs_setup, certs_teardown);
