@@ -35,10 +35,12 @@ typedef struct {
 static pair_t ca, ca2, srv, dev, dev_other_ca, dev_expired, dev_revoked;
 static plait_pki_config_t pcfg;
 
-static void mk_device(pair_t *out, const plait_pki_config_t *cfg, const pair_t *issuer, const char *id)
+static void mk_device(pair_t *out, const plait_pki_config_t *cfg, const pair_t *issuer,
+                      const char *id)
 {
-    ck_assert_int_eq(
-        plait_pki_device_issue(cfg, issuer->crt, issuer->key, id, NULL, &out->crt, &out->key, &out->info), 0);
+    ck_assert_int_eq(plait_pki_device_issue(cfg, issuer->crt, issuer->key, id, NULL, &out->crt,
+                                            &out->key, &out->info),
+                     0);
 }
 
 static void certs_setup(void)
@@ -115,7 +117,8 @@ static void duo_run(duo_t *d, const pair_t *client, const char *server_name, con
                     plait_tls_revoked_cb cb, void *ud)
 {
     memset(d, 0, sizeof(*d));
-    ck_assert_int_eq(plait_tls_config_server(&d->scfg, ca.crt, server->crt, server->key, 1, cb, ud), 0);
+    ck_assert_int_eq(plait_tls_config_server(&d->scfg, ca.crt, server->crt, server->key, 1, cb, ud),
+                     0);
     ck_assert_int_eq(plait_tls_config_client(&d->ccfg, ca.crt, client ? client->crt : NULL,
                                              client ? client->key : NULL, server_name),
                      0);
@@ -136,7 +139,8 @@ static void duo_free(duo_t *d)
 static void transfer(plait_tls_t *a, plait_tls_t *b, size_t len)
 {
     uint8_t *msg = malloc(len), *got = malloc(len);
-    for (size_t i = 0; i < len; i++) msg[i] = (uint8_t)(i * 131 + 7);
+    for (size_t i = 0; i < len; i++)
+        msg[i] = (uint8_t)(i * 131 + 7);
     size_t sent = 0, recvd = 0;
     while (recvd < len) {
         if (sent < len) {
@@ -146,7 +150,8 @@ static void transfer(plait_tls_t *a, plait_tls_t *b, size_t len)
         }
         move(a, b);
         int r = 0;
-        while (recvd < len && (r = plait_tls_read(b, got + recvd, len - recvd)) > 0) recvd += (size_t)r;
+        while (recvd < len && (r = plait_tls_read(b, got + recvd, len - recvd)) > 0)
+            recvd += (size_t)r;
         if (recvd < len) ck_assert_int_eq(r, PLAIT_EAGAIN);
     }
     ck_assert_int_eq(memcmp(msg, got, len), 0);
@@ -188,7 +193,8 @@ START_TEST(test_handshake_and_data)
     uint8_t six[8];
     size_t got = 0;
     int r;
-    while (got < 6 && (r = plait_tls_read(d.s, six + got, sizeof(six) - got)) > 0) got += (size_t)r;
+    while (got < 6 && (r = plait_tls_read(d.s, six + got, sizeof(six) - got)) > 0)
+        got += (size_t)r;
     ck_assert_uint_eq(got, 6);
     ck_assert_int_eq(memcmp(six, "abcdef", 6), 0);
     transfer(d.c, d.s, 100000); /* several records */
@@ -341,7 +347,8 @@ START_TEST(test_no_client_cert)
     /* ... but still refuses a presented certificate that does not verify. */
     memset(&d, 0, sizeof(d));
     ck_assert_int_eq(plait_tls_config_server(&d.scfg, ca.crt, srv.crt, srv.key, 0, NULL, NULL), 0);
-    ck_assert_int_eq(plait_tls_config_client(&d.ccfg, ca.crt, dev_expired.crt, dev_expired.key, "plait-aggregator"),
+    ck_assert_int_eq(plait_tls_config_client(&d.ccfg, ca.crt, dev_expired.crt, dev_expired.key,
+                                             "plait-aggregator"),
                      0);
     ck_assert_int_eq(plait_tls_new(&d.s, d.scfg), 0);
     ck_assert_int_eq(plait_tls_new(&d.c, d.ccfg), 0);
@@ -366,12 +373,14 @@ START_TEST(test_wrong_eku)
     as_client.key = srv.key;
     duo_run(&d, &as_client, "plait-aggregator", &srv, NULL, NULL);
     ck_assert_int_eq(d.src, PLAIT_EAUTH);
-    ck_assert_str_eq(plait_tls_reason(d.s), "certificate not issued for this role (extended key usage)");
+    ck_assert_str_eq(plait_tls_reason(d.s),
+                     "certificate not issued for this role (extended key usage)");
     duo_free(&d);
     /* A device certificate (clientAuth) cannot configure a server: mbedTLS
      * would find no usable certificate and fail every handshake. */
     plait_tls_config_t *bad = NULL;
-    ck_assert_int_eq(plait_tls_config_server(&bad, ca.crt, dev.crt, dev.key, 1, NULL, NULL), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_tls_config_server(&bad, ca.crt, dev.crt, dev.key, 1, NULL, NULL),
+                     PLAIT_EINVAL);
     ck_assert_ptr_null(bad);
 }
 END_TEST
@@ -383,8 +392,10 @@ START_TEST(test_bad_server_cert)
     past.now = (int64_t)time(NULL) - 1000 * 86400;
     past.server_days = 30;
     pair_t old_srv = {0}, alien_srv = {0};
-    ck_assert_int_eq(plait_pki_server_issue(&past, ca.crt, ca.key, NULL, &old_srv.crt, &old_srv.key), 0);
-    ck_assert_int_eq(plait_pki_server_issue(&pcfg, ca2.crt, ca2.key, NULL, &alien_srv.crt, &alien_srv.key), 0);
+    ck_assert_int_eq(
+        plait_pki_server_issue(&past, ca.crt, ca.key, NULL, &old_srv.crt, &old_srv.key), 0);
+    ck_assert_int_eq(
+        plait_pki_server_issue(&pcfg, ca2.crt, ca2.key, NULL, &alien_srv.crt, &alien_srv.key), 0);
     duo_t d;
     duo_run(&d, &dev, "plait-aggregator", &old_srv, NULL, NULL);
     ck_assert_int_eq(d.crc, PLAIT_EAUTH);
@@ -443,7 +454,8 @@ START_TEST(test_garbage_and_limits)
     ck_assert_int_eq(plait_tls_config_server(&scfg, ca.crt, srv.crt, srv.key, 1, NULL, NULL), 0);
     ck_assert_int_eq(plait_tls_new(&s, scfg), 0);
     uint8_t junk[300];
-    for (size_t i = 0; i < sizeof(junk); i++) junk[i] = (uint8_t)(i * 97 + 3);
+    for (size_t i = 0; i < sizeof(junk); i++)
+        junk[i] = (uint8_t)(i * 97 + 3);
     ck_assert_int_eq(plait_tls_feed(s, junk, sizeof(junk)), 0);
     int rc = plait_tls_handshake(s);
     ck_assert(rc == PLAIT_EPROTO || rc == PLAIT_EAUTH);
@@ -468,8 +480,10 @@ START_TEST(test_garbage_and_limits)
 
     /* Configuration errors. */
     plait_tls_config_t *bad = NULL;
-    ck_assert_int_eq(plait_tls_config_server(&bad, ca.crt, srv.crt, dev.key, 1, NULL, NULL), PLAIT_EMISMATCH);
-    ck_assert_int_eq(plait_tls_config_server(&bad, "nope", srv.crt, srv.key, 1, NULL, NULL), PLAIT_EPROTO);
+    ck_assert_int_eq(plait_tls_config_server(&bad, ca.crt, srv.crt, dev.key, 1, NULL, NULL),
+                     PLAIT_EMISMATCH);
+    ck_assert_int_eq(plait_tls_config_server(&bad, "nope", srv.crt, srv.key, 1, NULL, NULL),
+                     PLAIT_EPROTO);
     ck_assert_int_eq(plait_tls_config_client(&bad, ca.crt, dev.crt, dev.key, NULL), PLAIT_EINVAL);
     ck_assert_int_eq(plait_tls_config_client(&bad, ca.crt, dev.crt, NULL, "x"), PLAIT_EINVAL);
     ck_assert_ptr_null(bad);
@@ -485,7 +499,8 @@ START_TEST(test_byte_at_a_time)
     duo_t d;
     memset(&d, 0, sizeof(d));
     ck_assert_int_eq(plait_tls_config_server(&d.scfg, ca.crt, srv.crt, srv.key, 1, NULL, NULL), 0);
-    ck_assert_int_eq(plait_tls_config_client(&d.ccfg, ca.crt, dev.crt, dev.key, "plait-aggregator"), 0);
+    ck_assert_int_eq(plait_tls_config_client(&d.ccfg, ca.crt, dev.crt, dev.key, "plait-aggregator"),
+                     0);
     ck_assert_int_eq(plait_tls_new(&d.s, d.scfg), 0);
     ck_assert_int_eq(plait_tls_new(&d.c, d.ccfg), 0);
     int crc = PLAIT_EAGAIN, src = PLAIT_EAGAIN;
@@ -518,7 +533,8 @@ START_TEST(test_tampered_handshake)
     plait_tls_config_t *scfg = NULL, *ccfg = NULL;
     if (getenv("TLS_DEBUG")) plait_log_set_level(PLAIT_LOG_DEBUG);
     ck_assert_int_eq(plait_tls_config_server(&scfg, ca.crt, srv.crt, srv.key, 1, NULL, NULL), 0);
-    ck_assert_int_eq(plait_tls_config_client(&ccfg, ca.crt, dev.crt, dev.key, "plait-aggregator"), 0);
+    ck_assert_int_eq(plait_tls_config_client(&ccfg, ca.crt, dev.crt, dev.key, "plait-aggregator"),
+                     0);
     for (int flight = 0; flight < 3; flight++) {
         for (size_t pos = 3; pos < 1400; pos += 97) {
             plait_tls_t *c = NULL, *s = NULL;
@@ -546,10 +562,13 @@ START_TEST(test_tampered_handshake)
             if (crc == PLAIT_EAGAIN) crc = plait_tls_handshake(c);
             if (src == PLAIT_EAGAIN) src = plait_tls_handshake(s);
             if (flipped)
-                ck_assert_msg(!(crc == 0 && src == 0), "flight %d pos %zu: both established", flight, pos);
+                ck_assert_msg(!(crc == 0 && src == 0), "flight %d pos %zu: both established",
+                              flight, pos);
             else
                 ck_assert(crc == 0 && src == 0);
-            if (getenv("TLS_DEBUG")) fprintf(stderr, "flight %d pos %zu: c=%d '%s' s=%d '%s'\n", flight, pos, crc, plait_tls_reason(c), src, plait_tls_reason(s));
+            if (getenv("TLS_DEBUG"))
+                fprintf(stderr, "flight %d pos %zu: c=%d '%s' s=%d '%s'\n", flight, pos, crc,
+                        plait_tls_reason(c), src, plait_tls_reason(s));
             ck_assert(crc == 0 || crc == PLAIT_EAGAIN || crc == PLAIT_EPROTO || crc == PLAIT_EAUTH);
             ck_assert(src == 0 || src == PLAIT_EAGAIN || src == PLAIT_EPROTO || src == PLAIT_EAUTH);
             plait_tls_free(c);
@@ -603,7 +622,8 @@ START_TEST(test_from_files)
     ck_assert_int_eq(plait_pki_revlist_load(&rl, revp), 0);
     memset(&d, 0, sizeof(d));
     ck_assert_int_eq(plait_tls_config_server_dir(&d.scfg, dir, plait_pki_revlist_check, &rl), 0);
-    ck_assert_int_eq(plait_tls_config_client_files(&d.ccfg, cap, crtp, keyp, "plait-aggregator"), 0);
+    ck_assert_int_eq(plait_tls_config_client_files(&d.ccfg, cap, crtp, keyp, "plait-aggregator"),
+                     0);
     ck_assert_int_eq(plait_tls_new(&d.s, d.scfg), 0);
     ck_assert_int_eq(plait_tls_new(&d.c, d.ccfg), 0);
     pump_handshake(d.c, d.s, &d.crc, &d.src);
@@ -613,7 +633,8 @@ START_TEST(test_from_files)
 
     plait_tls_config_t *none = NULL;
     ck_assert_int_eq(plait_tls_config_server_dir(&none, tmp, NULL, NULL), PLAIT_ENOENT);
-    ck_assert_int_eq(plait_tls_config_client_files(&none, cap, crtp, "/nonexistent/key", "x"), PLAIT_ENOENT);
+    ck_assert_int_eq(plait_tls_config_client_files(&none, cap, crtp, "/nonexistent/key", "x"),
+                     PLAIT_ENOENT);
     plait_pki_revlist_free(&rl);
     plait_pki_free_pem(crt);
     plait_pki_free_pem(key);
@@ -663,14 +684,16 @@ static void run_fd_pair(int cfd, int sfd, const pair_t *client, int expect_ok)
 
     plait_tls_config_t *ccfg = NULL;
     plait_tls_t *c = NULL;
-    ck_assert_int_eq(plait_tls_config_client(&ccfg, ca.crt, client->crt, client->key, "localhost"), 0);
+    ck_assert_int_eq(plait_tls_config_client(&ccfg, ca.crt, client->crt, client->key, "localhost"),
+                     0);
     ck_assert_int_eq(plait_tls_new(&c, ccfg), 0);
     int rc = plait_tls_fd_handshake(c, cfd);
     if (expect_ok) {
         ck_assert_int_eq(rc, 0);
         const size_t len = 200000;
         uint8_t *msg = malloc(len), *got = malloc(len);
-        for (size_t i = 0; i < len; i++) msg[i] = (uint8_t)(i ^ (i >> 8));
+        for (size_t i = 0; i < len; i++)
+            msg[i] = (uint8_t)(i ^ (i >> 8));
         /* Write in slices and read the echo as we go, so neither side's
          * socket buffer can fill while the other is blocked writing. */
         size_t sent = 0, recvd = 0;
