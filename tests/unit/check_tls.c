@@ -210,6 +210,35 @@ START_TEST(test_handshake_and_data)
 }
 END_TEST
 
+START_TEST(test_x25519_preferred)
+{
+    /* TLS 1.2 handshake messages travel in clear: the server's first flight
+     * holds its ServerKeyExchange with ECParameters named_curve(3) x25519
+     * (0x001d) and a 32-byte public value. */
+    duo_t d;
+    memset(&d, 0, sizeof(d));
+    ck_assert_int_eq(plait_tls_config_server(&d.scfg, ca.crt, srv.crt, srv.key, 1, NULL, NULL), 0);
+    ck_assert_int_eq(plait_tls_config_client(&d.ccfg, ca.crt, dev.crt, dev.key, "localhost"), 0);
+    ck_assert_int_eq(plait_tls_new(&d.s, d.scfg), 0);
+    ck_assert_int_eq(plait_tls_new(&d.c, d.ccfg), 0);
+    ck_assert_int_eq(plait_tls_handshake(d.c), PLAIT_EAGAIN);
+    move(d.c, d.s);
+    ck_assert_int_eq(plait_tls_handshake(d.s), PLAIT_EAGAIN);
+    const uint8_t *p;
+    size_t n = plait_tls_pending_out(d.s, &p);
+    static const uint8_t x25519[] = {0x03, 0x00, 0x1d, 0x20};
+    int found = 0;
+    for (size_t i = 0; i + sizeof(x25519) <= n && !found; i++)
+        found = memcmp(p + i, x25519, sizeof(x25519)) == 0;
+    ck_assert_msg(found, "no x25519 ECParameters in the server's first flight");
+    move(d.s, d.c);
+    pump_handshake(d.c, d.s, &d.crc, &d.src);
+    ck_assert_int_eq(d.crc, 0);
+    ck_assert_int_eq(d.src, 0);
+    duo_free(&d);
+}
+END_TEST
+
 START_TEST(test_write_before_handshake)
 {
     /* write() drives the handshake and says EAGAIN until it can send. */
@@ -777,6 +806,7 @@ Suite *tls_suite(void)
     tcase_add_unchecked_fixture(tm, certs_setup, certs_teardown);
     tcase_set_timeout(tm, 60);
     tcase_add_test(tm, test_handshake_and_data);
+    tcase_add_test(tm, test_x25519_preferred);
     tcase_add_test(tm, test_write_before_handshake);
     tcase_add_test(tm, test_ip_server_name);
     tcase_add_test(tm, test_wrong_server_name);
