@@ -20,6 +20,7 @@
 #include "plait/json.h"
 #include "plait/lora.h"
 #include "plait/sim.h"
+#include "sim_int.h"
 
 /* Largest config file read. */
 #define CONFIG_MAX_BYTES ((size_t)1 << 20)
@@ -247,6 +248,7 @@ static int set_key(plait_sim_config_t *c, const key_t_ *k, const plait_json_t *v
     case K_PATH:
         if (strlen(s) == 0 || strlen(s) >= PLAIT_SIM_PATH_MAX)
             return plait_fail(PLAIT_EPROTO, "config %s.%s: path empty or too long", k->section, k->key);
+        memset(p, 0, PLAIT_SIM_PATH_MAX);
         memcpy(p, s, strlen(s) + 1);
         return 0;
     case K_MODE:
@@ -267,7 +269,7 @@ static int set_key(plait_sim_config_t *c, const key_t_ *k, const plait_json_t *v
         return 0;
     case K_TARGETS:
         if (plait_lora_parse_targets(s, &c->targets) != 0)
-            return plait_fail(PLAIT_EPROTO, "config lora.targets: %s", plait_errmsg());
+            return plait__sim_wrap(PLAIT_EPROTO, "config lora.targets");
         return 0;
     case K_STRATEGY:
         if (plait_server_opt_kind_parse(s, &c->strategy) != 0)
@@ -281,7 +283,7 @@ int plait_sim_config_apply_json(plait_sim_config_t *c, const char *buf, size_t l
 {
     plait_json_t *root = NULL;
     int rc = plait_json_parse(buf, len, &root);
-    if (rc != 0) return plait_fail(rc, "config: %s", plait_errmsg());
+    if (rc != 0) return plait__sim_wrap(rc, "config");
     if (plait_json_type(root) != PLAIT_JSON_OBJECT) {
         plait_json_free(root);
         return plait_fail(PLAIT_EPROTO, "config: the document must be an object of sections");
@@ -339,7 +341,7 @@ int plait_sim_config_load(plait_sim_config_t *c, const char *path)
     }
     int rc = plait_sim_config_apply_json(c, buf, n);
     free(buf);
-    if (rc != 0) return plait_fail(rc, "%s: %s", path, plait_errmsg());
+    if (rc != 0) return plait__sim_wrap(rc, path);
     return 0;
 }
 

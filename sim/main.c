@@ -140,7 +140,7 @@ static int apply_flag(plait_sim_config_t *c, int opt, const char *v)
             rc = plait_fail(PLAIT_EINVAL, "--lora-mode: '%.32s' is not ffa, fedit or fedsa", v);
         break;
     case O_TARGETS:
-        if (plait_lora_parse_targets(v, &c->targets) != 0) rc = plait_fail(PLAIT_EINVAL, "--targets: %s", plait_errmsg());
+        if (plait_lora_parse_targets(v, &c->targets) != 0) rc = plait__sim_wrap(PLAIT_EINVAL, "--targets");
         break;
     case O_SOURCE:
         if (strcmp(v, "shakespeare") == 0) c->source = PLAIT_SIM_SRC_SHAKESPEARE;

@@ -270,7 +270,7 @@ static int read_dir(build_t *b, const char *dir)
         if ((rc = read_file(path, &buf, &len)) != 0) break;
         b->cur_src = map_get(&b->map, names[i], strlen(names[i]));
         if (b->cur_src == SIZE_MAX) rc = plait_fail(PLAIT_ENOMEM, "population: names");
-        else if ((rc = plait_ingest_text(buf, len, on_block, b)) != 0) rc = plait_fail(rc, "%s: %s", path, plait_errmsg());
+        else if ((rc = plait_ingest_text(buf, len, on_block, b)) != 0) rc = plait__sim_wrap(rc, path);
         plait_zeroize(buf, len);
         free(buf);
     }
@@ -396,7 +396,7 @@ int plait_sim_pop_build(plait_sim_pop_t *pop, const plait_sim_config_t *cfg, con
     } else if ((rc = read_file(cfg->data, &buf, &len)) == 0) {
         if (cfg->source == PLAIT_SIM_SRC_SHAKESPEARE) rc = plait_ingest_text(buf, len, on_speech, &b);
         else rc = plait_ingest_jsonl(buf, len, on_jsonl, &b);
-        if (rc != 0) rc = plait_fail(rc, "%s: %s", cfg->data, plait_errmsg());
+        if (rc != 0) rc = plait__sim_wrap(rc, cfg->data);
     }
     if (buf) plait_zeroize(buf, len);
     free(buf);
@@ -445,7 +445,9 @@ int plait_sim_pop_build(plait_sim_pop_t *pop, const plait_sim_config_t *cfg, con
         char path[PLAIT_SIM_PATH_MAX + 32];
         plait_sim_pop_store_path(pop, pop->n, path, sizeof(path));
         if ((rc = write_store(path, pc, np)) != 0) {
-            rc = plait_fail(rc, "client %zu store: %s", pop->n, plait_errmsg());
+            char what[64];
+            snprintf(what, sizeof(what), "client %zu store", pop->n);
+            rc = plait__sim_wrap(rc, what);
             break;
         }
         pop->clients[pop->n++] = c;

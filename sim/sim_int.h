@@ -4,6 +4,8 @@
 #ifndef PLAIT_SIM_INT_H
 #define PLAIT_SIM_INT_H
 
+#include <stdio.h>
+
 #include "plait/data.h"
 #include "plait/sim.h"
 
@@ -28,6 +30,15 @@ enum {
 static inline uint64_t plait__sim_stream(unsigned purpose, uint64_t round, uint64_t client)
 {
     return ((uint64_t)purpose << 56) | ((round & 0xffffffULL) << 32) | (client & 0xffffffffULL);
+}
+
+/* Fail with rc, prefixing the detail recorded on this thread (copied first:
+ * plait_fail must not format its own buffer into itself). */
+static inline int plait__sim_wrap(int rc, const char *prefix)
+{
+    char tmp[512];
+    snprintf(tmp, sizeof(tmp), "%s", plait_errmsg());
+    return plait_fail(rc, "%.512s: %s", prefix, tmp);
 }
 
 /* Append client i's records to train and/or heldout (either may be NULL). */
