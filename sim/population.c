@@ -66,15 +66,18 @@ typedef struct {
     namemap_t map;
     size_t cur_src;  /* dir source: the file being read */
     size_t skipped;
+    uint64_t key;    /* FNV-1a of everything the population depends on */
     int rc;
 } build_t;
 
-static uint64_t fnv(const char *s, size_t n)
+static uint64_t fnv_more(uint64_t h, const void *p, size_t n)
 {
-    uint64_t h = 1469598103934665603ULL;
-    for (size_t i = 0; i < n; i++) h = (h ^ (uint8_t)s[i]) * 1099511628211ULL;
+    const uint8_t *s = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ s[i]) * 1099511628211ULL;
     return h;
 }
+
+static uint64_t fnv(const char *s, size_t n) { return fnv_more(1469598103934665603ULL, s, n); }
 
 static void map_free(namemap_t *m)
 {
@@ -268,6 +271,9 @@ static int read_dir(build_t *b, const char *dir)
         char *buf;
         size_t len;
         if ((rc = read_file(path, &buf, &len)) != 0) break;
+        b->key = fnv_more(b->key, names[i], strlen(names[i]) + 1);
+        b->key = fnv_more(b->key, buf, len);
+        b->key = fnv_more(b->key, "\0", 1);
         b->cur_src = map_get(&b->map, names[i], strlen(names[i]));
         if (b->cur_src == SIZE_MAX) rc = plait_fail(PLAIT_ENOMEM, "population: names");
         else if ((rc = plait_ingest_text(buf, len, on_block, b)) != 0) rc = plait__sim_wrap(rc, path);
@@ -378,6 +384,83 @@ static size_t cut_pieces(const rec_t *recs, const size_t *ids, size_t n, double 
     return np;
 }
 
+/* ---- manifest: reuse the stores of an identical population ---------------------- */
+
+#define MANIFEST "manifest.txt"
+#define MANIFEST_MAGIC "plait-sim-population 1"
+
+/* What the population depends on besides the corpus bytes. */
+static uint64_t key_params(uint64_t h, const plait_sim_config_t *cfg, const plait_tok_t *tok)
+{
+    uint64_t v[] = {(uint64_t)cfg->source, (uint64_t)cfg->min_lines, (uint64_t)cfg->max_clients,
+                    (uint64_t)cfg->seq_len, (uint64_t)tok->vocab_size};
+    h = fnv_more(h, v, sizeof(v));
+    h = fnv_more(h, &cfg->train_fraction, sizeof(double));
+    for (int i = 0; i < tok->vocab_size; i++) {
+        h = fnv_more(h, tok->vocab[i], tok->lens[i]);
+        h = fnv_more(h, &tok->scores[i], sizeof(float));
+    }
+    return h;
+}
+
+/* Load counts from a manifest whose key matches and whose stores all exist; 0 on success. */
+static int manifest_load(plait_sim_pop_t *pop, uint64_t key)
+{
+    char path[PLAIT_SIM_PATH_MAX + 32], line[256];
+    snprintf(path, sizeof(path), "%s/" MANIFEST, pop->dir);
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    unsigned long long k = 0;
+    size_t n = 0, ns = 0, a = 0, b = 0, c = 0;
+    int ok = fgets(line, sizeof(line), f) && strcmp(line, MANIFEST_MAGIC "\n") == 0 &&
+             fscanf(f, "key %llx\nn %zu sources %zu too_few %zu too_small %zu skipped %zu\n", &k, &n, &ns, &a, &b,
+                    &c) == 6 &&
+             k == key && n > 0 && n <= ns && n <= ((size_t)1 << 26);
+    plait_sim_client_t *cl = ok ? calloc(n, sizeof(*cl)) : NULL;
+    ok = ok && cl;
+    for (size_t i = 0; ok && i < n; i++) {
+        plait_sim_client_t *x = &cl[i];
+        ok = fscanf(f, "%u %u %u %u %u %u\n", &x->train_lines, &x->heldout_lines, &x->train_records,
+                    &x->heldout_records, &x->train_tokens, &x->heldout_tokens) == 6;
+        char sp[PLAIT_SIM_PATH_MAX + 32];
+        struct stat sb;
+        plait_sim_pop_store_path(pop, i, sp, sizeof(sp));
+        ok = ok && stat(sp, &sb) == 0 && S_ISREG(sb.st_mode);
+    }
+    fclose(f);
+    if (!ok) {
+        free(cl);
+        return -1;
+    }
+    pop->clients = cl;
+    pop->n = n;
+    pop->n_sources = ns;
+    pop->n_too_few = a;
+    pop->n_too_small = b;
+    pop->n_skipped = c;
+    return 0;
+}
+
+static int manifest_save(const plait_sim_pop_t *pop, uint64_t key)
+{
+    char path[PLAIT_SIM_PATH_MAX + 32], tmp[PLAIT_SIM_PATH_MAX + 48];
+    snprintf(path, sizeof(path), "%s/" MANIFEST, pop->dir);
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f) return plait_fail(PLAIT_EIO, "%s: cannot write", tmp);
+    fprintf(f, MANIFEST_MAGIC "\nkey %016llx\nn %zu sources %zu too_few %zu too_small %zu skipped %zu\n",
+            (unsigned long long)key, pop->n, pop->n_sources, pop->n_too_few, pop->n_too_small, pop->n_skipped);
+    for (size_t i = 0; i < pop->n; i++) {
+        const plait_sim_client_t *x = &pop->clients[i];
+        fprintf(f, "%u %u %u %u %u %u\n", x->train_lines, x->heldout_lines, x->train_records, x->heldout_records,
+                x->train_tokens, x->heldout_tokens);
+    }
+    int ok = !ferror(f);
+    ok &= fclose(f) == 0;
+    if (!ok || rename(tmp, path) != 0) return plait_fail(PLAIT_EIO, "%s: write failed", path);
+    return 0;
+}
+
 int plait_sim_pop_build(plait_sim_pop_t *pop, const plait_sim_config_t *cfg, const plait_tok_t *tok, const char *dir)
 {
     memset(pop, 0, sizeof(*pop));
@@ -388,12 +471,14 @@ int plait_sim_pop_build(plait_sim_pop_t *pop, const plait_sim_config_t *cfg, con
     build_t b;
     memset(&b, 0, sizeof(b));
     b.cfg = cfg;
+    b.key = 1469598103934665603ULL;
     int rc = 0;
     char *buf = NULL;
     size_t len = 0;
     if (cfg->source == PLAIT_SIM_SRC_DIR) {
         rc = read_dir(&b, cfg->data);
     } else if ((rc = read_file(cfg->data, &buf, &len)) == 0) {
+        b.key = fnv_more(b.key, buf, len);
         if (cfg->source == PLAIT_SIM_SRC_SHAKESPEARE) rc = plait_ingest_text(buf, len, on_speech, &b);
         else rc = plait_ingest_jsonl(buf, len, on_jsonl, &b);
         if (rc != 0) rc = plait__sim_wrap(rc, cfg->data);
@@ -403,7 +488,16 @@ int plait_sim_pop_build(plait_sim_pop_t *pop, const plait_sim_config_t *cfg, con
     size_t n_src = b.map.n;
     size_t *start = NULL, *order = NULL;
     piece_t *pc = NULL;
-    if (rc == 0) {
+    uint64_t key = key_params(b.key, cfg, tok);
+    int reused = 0;
+    if (rc == 0 && manifest_load(pop, key) == 0) {
+        reused = 1; /* the stores of an identical population are there: skip the rest */
+    } else if (rc == 0) {
+        char mp[PLAIT_SIM_PATH_MAX + 32];
+        snprintf(mp, sizeof(mp), "%s/" MANIFEST, pop->dir);
+        unlink(mp); /* rewriting: the old manifest no longer describes the stores */
+    }
+    if (rc == 0 && !reused) {
         /* Group records by author, keeping corpus order (a counting sort). */
         start = calloc(n_src + 1, sizeof(size_t));
         order = malloc((b.n ? b.n : 1) * sizeof(size_t));
@@ -423,7 +517,7 @@ int plait_sim_pop_build(plait_sim_pop_t *pop, const plait_sim_config_t *cfg, con
         free(fill);
     }
     size_t T1 = (size_t)cfg->seq_len + 1;
-    for (size_t s = 0; s < n_src && rc == 0; s++) {
+    for (size_t s = 0; s < n_src && rc == 0 && !reused; s++) {
         if (cfg->max_clients && pop->n >= cfg->max_clients) break;
         const size_t *ids = order + start[s];
         size_t nr = start[s + 1] - start[s], lines = 0;
@@ -452,8 +546,11 @@ int plait_sim_pop_build(plait_sim_pop_t *pop, const plait_sim_config_t *cfg, con
         }
         pop->clients[pop->n++] = c;
     }
-    pop->n_sources = n_src;
-    pop->n_skipped = b.skipped;
+    if (!reused) {
+        pop->n_sources = n_src;
+        pop->n_skipped = b.skipped;
+        if (rc == 0 && pop->n > 0) rc = manifest_save(pop, key);
+    }
     for (size_t i = 0; i < b.n; i++) {
         plait_zeroize(b.recs[i].text, b.recs[i].len);
         free(b.recs[i].text);
