@@ -146,8 +146,8 @@ void plait_sim_config_default(plait_sim_config_t *c, const char *assets)
     c->bw_sigma = 1.0;
     c->upload_ratio = 0.25;
     c->eval_clients = 0;            /* all */
-    c->eval_windows = 16;           /* 512 tokens per client at T = 32 */
-    c->personal_clients = 16;
+    c->eval_windows = 8;            /* 256 tokens per client at T = 32 */
+    c->personal_clients = 8;
     c->personal_steps = 0;          /* = local_steps */
     c->eval_every = 1;
 }

@@ -665,7 +665,11 @@ int plait_sim_run(const plait_sim_config_t *cfg, plait_sim_result_t *out)
     plait_sim_round_t *m0 = &res.rounds[0];
     m0->train_loss = NAN;
     m0->clip = plait_round_clip(s.round);
-    if ((rc = eval_round(&s, m0)) != 0) goto exit;
+    /* Every mode starts with B = 0, so the global adapter of round 0 is the base model. */
+    m0->global_loss = res.base_loss;
+    m0->global_ppl = exp(res.base_loss);
+    if ((rc = evaluate(&s, s.pers_ids, s.n_pers, JOB_PERSONAL, &m0->personal_loss, NULL)) != 0) goto exit;
+    m0->personal_ppl = exp(m0->personal_loss);
     m0->wall_s = wall_now() - w0;
     progress(cfg, m0, tty);
     double sim_now = 0;

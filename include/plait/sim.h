@@ -106,8 +106,8 @@ typedef struct {
     double upload_ratio;             /**< upload bandwidth = download · ratio (default 0.25) */
     /* evaluation */
     size_t eval_clients;             /**< clients whose held-out data measure the global adapter; 0 = all (default 0) */
-    size_t eval_windows;             /**< windows of seq_len per client at most; 0 = all (default 16) */
-    size_t personal_clients;         /**< clients fine-tuned for the personalized loss (default 16) */
+    size_t eval_windows;             /**< windows of seq_len per client at most; 0 = all (default 8) */
+    size_t personal_clients;         /**< clients fine-tuned for the personalized loss (default 8) */
     int personal_steps;              /**< their fine-tuning steps; 0 = local_steps (default 0) */
     int eval_every;                  /**< evaluate every k rounds (and the last) (default 1) */
 } plait_sim_config_t;
