@@ -56,7 +56,7 @@ static void usage(FILE *f)
             "  --eval-clients N         global loss over N clients' held-out data (all)\n"
             "  --personal-clients N     clients in the personalized loss (8)\n"
             "  --eval-every N           evaluate every N rounds (1)\n"
-            "  --dropout P, --deadline S  fleet dropout probability (0.05), round deadline in simulated s (60)\n"
+            "  --dropout P, --deadline S  fleet dropout probability (0.05), round deadline in simulated s (15)\n"
             "  --model F, --tokenizer F  base model and tokenizer (shared assets)\n"
             "  --quiet                  no per-round lines\n");
 }
@@ -220,7 +220,7 @@ static int cmd_compare(int argc, char **argv)
     double base = NAN;
     int rc = 0;
     for (size_t i = 0; i < n && rc == 0; i++) {
-        char *eq = strchr(argv[a + i], '=');
+        char *eq = strrchr(argv[a + i], '='); /* names may hold '=' */
         if (!eq) {
             rc = plait_fail(PLAIT_EINVAL, "compare: '%.64s' is not NAME=DIR", argv[a + i]);
             break;

@@ -85,7 +85,7 @@ typedef struct {
     size_t clients_per_round;        /**< target cohort K (default 10) */
     size_t min_clients;              /**< minimum cohort; 0 = ceil(K/2) (default 0) */
     double overselect;               /**< select ceil(K·overselect) (default 1.3) */
-    double deadline_s;               /**< simulated seconds from task to upload deadline (default 60) */
+    double deadline_s;               /**< simulated seconds from task to upload deadline (default 15) */
     /* server */
     plait_server_opt_kind_t strategy; /**< default FEDAVG */
     double server_lr;                /**< 0 = the strategy's default (1 for FedAvg, 0.01 adaptive) (default 0) */
