@@ -505,7 +505,7 @@ int plait_sim_pop_build(plait_sim_pop_t *pop, const plait_sim_config_t *cfg, con
         pop->clients = calloc(n_src ? n_src : 1, sizeof(plait_sim_client_t));
         if (!start || !order || !pc || !pop->clients) rc = plait_fail(PLAIT_ENOMEM, "population: grouping");
     }
-    if (rc == 0) {
+    if (rc == 0 && !reused) {
         for (size_t i = 0; i < b.n; i++) start[b.recs[i].src + 1]++;
         for (size_t s = 0; s < n_src; s++) start[s + 1] += start[s];
         size_t *fill = calloc(n_src ? n_src : 1, sizeof(size_t));
