@@ -1103,6 +1103,64 @@ START_TEST(test_hostile_files)
 }
 END_TEST
 
+/* ---- locks ---- */
+
+START_TEST(test_busy)
+{
+    const char *path = db_path("busy.db");
+    plait_aggstore_t *st = open_agg(path);
+    (void)commit_next(st, NULL, NULL, 0);
+    plait_aggstore_close(st);
+    plait_aggstore_config_t cfg;
+    plait_aggstore_config_default(&cfg);
+    cfg.path = path;
+    cfg.busy_timeout_ms = 0;
+    ck_assert_int_eq(plait_aggstore_open(&st, &cfg), 0);
+    int64_t r = 0;
+    ck_assert_int_eq(plait_aggstore_round_begin(st, 2, 1, "{}", 1, &r), 0);
+
+    /* Another writer holds the lock: writes give PLAIT_EBUSY and change nothing. */
+    sqlite3 *other = NULL;
+    ck_assert_int_eq(sqlite3_open(path, &other), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_exec(other, "BEGIN IMMEDIATE; INSERT INTO metrics VALUES (1, 'x', 1.0)", NULL, NULL, NULL),
+                     SQLITE_OK);
+    uint8_t fp[32] = {3};
+    ck_assert_int_eq(plait_aggstore_device_enroll(st, "d", fp), PLAIT_EBUSY);
+    size_t len;
+    uint8_t *b = make_blob(2, &len);
+    plait_aggstore_commit_t c;
+    fill_commit(&c, b, len);
+    ck_assert_int_eq(plait_aggstore_round_commit(st, r, &c, NULL), PLAIT_EBUSY);
+    /* Readers are not blocked by the writer (WAL), and see only committed data. */
+    plait_aggstore_config_t ro = cfg;
+    ro.read_only = true;
+    plait_aggstore_t *rd = NULL;
+    ck_assert_int_eq(plait_aggstore_open(&rd, &ro), 0);
+    plait_aggstore_version_t v;
+    plait_aggstore_version_init(&v);
+    ck_assert_int_eq(plait_aggstore_version_latest(rd, &v), 0);
+    ck_assert_int_eq(v.number, 1);
+    plait_aggstore_version_free(&v);
+    misc_list_t ml;
+    memset(&ml, 0, sizeof(ml));
+    ck_assert_int_eq(plait_aggstore_metrics_foreach(rd, 1, metric_cb, &ml), 0);
+    ck_assert_int_eq(ml.n, 0);
+    ck_assert_int_eq(sqlite3_exec(other, "ROLLBACK", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(other);
+    /* The lock is gone: the same commit now succeeds, and the reader sees it. */
+    int64_t ver = 0;
+    ck_assert_int_eq(plait_aggstore_round_commit(st, r, &c, &ver), 0);
+    ck_assert_int_eq(ver, 2);
+    ck_assert_int_eq(plait_aggstore_version_latest(rd, &v), 0);
+    ck_assert_int_eq(v.number, 2);
+    ck_assert(blob_matches(2, v.adapter, v.adapter_len));
+    plait_aggstore_version_free(&v);
+    free(b);
+    plait_aggstore_close(rd);
+    plait_aggstore_close(st);
+}
+END_TEST
+
 /* ---- kill -9 ---- */
 
 /* Child: commit versions as fast as possible, reporting each committed number on fd. */
@@ -1266,6 +1324,7 @@ Suite *aggstore_suite(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_commit_atomicity);
     tcase_add_test(tc, test_recovery);
+    tcase_add_test(tc, test_busy);
     tcase_add_test(tc, test_kill9);
     suite_add_tcase(s, tc);
 
