@@ -615,6 +615,38 @@ START_TEST(test_versions)
 }
 END_TEST
 
+/* A realistic size: a 4 MiB adapter and a FedAdam state of 2 x 1M floats. */
+START_TEST(test_large_version)
+{
+    plait_aggstore_t *st = open_agg(db_path("large.db"));
+    size_t n = (size_t)4 << 20, nf = (size_t)2 << 20;
+    uint8_t *blob = malloc(n);
+    float *opt = malloc(nf * sizeof(float));
+    ck_assert_ptr_nonnull(blob);
+    ck_assert_ptr_nonnull(opt);
+    for (size_t i = 0; i < n; i++) blob[i] = (uint8_t)(i * 2654435761u >> 13);
+    for (size_t i = 0; i < nf; i++) opt[i] = (float)i * 0.25f - 1000.0f;
+    plait_aggstore_commit_t c;
+    fill_commit(&c, blob, n);
+    c.opt_state = opt;
+    c.opt_state_len = nf;
+    ck_assert_int_eq(plait_aggstore_version_put_initial(st, &c), 0);
+    plait_aggstore_close(st);
+    st = open_agg(db_path("large.db"));
+    plait_aggstore_version_t v;
+    plait_aggstore_version_init(&v);
+    ck_assert_int_eq(plait_aggstore_version_latest(st, &v), 0);
+    ck_assert_uint_eq(v.adapter_len, n);
+    ck_assert_mem_eq(v.adapter, blob, n);
+    ck_assert_uint_eq(v.opt_state_len, nf);
+    ck_assert_mem_eq(v.opt_state, opt, nf * sizeof(float));
+    plait_aggstore_version_free(&v);
+    plait_aggstore_close(st);
+    free(blob);
+    free(opt);
+}
+END_TEST
+
 /* ---- ledger and metrics ---- */
 
 typedef struct {
@@ -1316,6 +1348,7 @@ Suite *aggstore_suite(void)
     tcase_add_test(tc, test_duplicate_upload);
     tcase_add_test(tc, test_rounds);
     tcase_add_test(tc, test_versions);
+    tcase_add_test(tc, test_large_version);
     tcase_add_test(tc, test_ledger_metrics);
     suite_add_tcase(s, tc);
 
