@@ -608,6 +608,19 @@ static int check_id(const char *id)
     return 0;
 }
 
+/*
+ * A TEXT column's bytes and length, or NULL for any other type. The type is
+ * read first: after sqlite converts a value, its type is undefined.
+ */
+static const unsigned char *text_col(sqlite3_stmt *s, int col, size_t *len)
+{
+    *len = 0;
+    if (sqlite3_column_type(s, col) != SQLITE_TEXT) return NULL;
+    const unsigned char *t = sqlite3_column_text(s, col);
+    if (t) *len = (size_t)sqlite3_column_bytes(s, col);
+    return t;
+}
+
 /* Optional non-negative integer column: NULL gives 0. */
 static bool opt_nonneg(sqlite3_stmt *s, int col, int64_t *out)
 {
@@ -632,9 +645,9 @@ static bool nonneg(sqlite3_stmt *s, int col, int64_t *out)
 static int read_device(sqlite3_stmt *s, plait_aggstore_device_t *d)
 {
     memset(d, 0, sizeof(*d));
-    const unsigned char *id = sqlite3_column_text(s, 0);
-    size_t n = (size_t)sqlite3_column_bytes(s, 0);
-    if (sqlite3_column_type(s, 0) != SQLITE_TEXT || !printable_bytes_ok(id, n, PLAIT_AGGSTORE_MAX_DEVICE_ID))
+    size_t n;
+    const unsigned char *id = text_col(s, 0, &n);
+    if (!printable_bytes_ok(id, n, PLAIT_AGGSTORE_MAX_DEVICE_ID))
         return plait_fail(PLAIT_EPROTO, "aggstore: devices: a row has a malformed id");
     memcpy(d->id, id, n);
     d->id[n] = '\0';
@@ -752,9 +765,10 @@ static int round_state(plait_aggstore_t *st, int64_t round, plait_aggstore_round
     sqlite3_bind_int64(s, 1, round);
     int rc = sqlite3_step(s);
     if (rc == SQLITE_ROW) {
-        const unsigned char *t = sqlite3_column_text(s, 0);
+        size_t tl;
+        const unsigned char *t = text_col(s, 0, &tl);
         ret = plait_fail(PLAIT_EPROTO, "aggstore: rounds: round %lld: malformed state", (long long)round);
-        for (int i = 0; i < 4 && t && sqlite3_column_type(s, 0) == SQLITE_TEXT; i++)
+        for (int i = 0; i < 4 && t; i++)
             if (strcmp((const char *)t, STATE_NAMES[i]) == 0) {
                 *state = (plait_aggstore_round_state_t)i;
                 ret = 0;
@@ -1277,10 +1291,10 @@ static int load_rejections(plait_aggstore_t *st, int64_t round, rej_buf_t *b, si
                              (long long)round, st->max_reasons);
             break;
         }
-        const unsigned char *r = sqlite3_column_text(s, 0);
-        size_t rl = (size_t)sqlite3_column_bytes(s, 0);
+        size_t rl;
+        const unsigned char *r = text_col(s, 0, &rl);
         int64_t cnt;
-        if (sqlite3_column_type(s, 0) != SQLITE_TEXT || !printable_bytes_ok(r, rl, PLAIT_AGGSTORE_MAX_KEY) ||
+        if (!printable_bytes_ok(r, rl, PLAIT_AGGSTORE_MAX_KEY) ||
             !nonneg(s, 1, &cnt)) {
             ret = plait_fail(PLAIT_EPROTO, "aggstore: rejections: round %lld: malformed row", (long long)round);
             break;
@@ -1304,9 +1318,10 @@ static int deliver_round(plait_aggstore_t *st, sqlite3_stmt *s, rej_buf_t *b, pl
     memset(&r, 0, sizeof(r));
     r.id = sqlite3_column_int64(s, 0);
     long long id = (long long)r.id;
-    const unsigned char *state = sqlite3_column_text(s, 1);
+    size_t sl;
+    const unsigned char *state = text_col(s, 1, &sl);
     int si = -1;
-    for (int i = 0; i < 4 && state && sqlite3_column_type(s, 1) == SQLITE_TEXT; i++)
+    for (int i = 0; i < 4 && state; i++)
         if (strcmp((const char *)state, STATE_NAMES[i]) == 0) si = i;
     const char *bad = NULL;
     if (si < 0) bad = "state";
@@ -1326,9 +1341,9 @@ static int deliver_round(plait_aggstore_t *st, sqlite3_stmt *s, rej_buf_t *b, pl
     else if (!nonneg(s, 11, &r.stats.bytes_down)) bad = "bytes_down";
     if (bad) return plait_fail(PLAIT_EPROTO, "aggstore: rounds: round %lld: malformed %s", id, bad);
     r.state = (plait_aggstore_round_state_t)si;
-    const unsigned char *reason = sqlite3_column_text(s, 12);
-    size_t rlen = (size_t)sqlite3_column_bytes(s, 12);
-    if (sqlite3_column_type(s, 12) != SQLITE_TEXT || !reason || rlen > PLAIT_AGGSTORE_MAX_REASON ||
+    size_t rlen;
+    const unsigned char *reason = text_col(s, 12, &rlen);
+    if (!reason || rlen > PLAIT_AGGSTORE_MAX_REASON ||
         strlen((const char *)reason) != rlen)
         return plait_fail(PLAIT_EPROTO, "aggstore: rounds: round %lld: malformed reason", id);
     r.reason = (const char *)reason;
@@ -1742,8 +1757,8 @@ int plait_aggstore_metrics_foreach(plait_aggstore_t *st, int64_t round, plait_ag
     int rc;
     size_t n = 0;
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-        const unsigned char *k = sqlite3_column_text(s, 0);
-        size_t kl = (size_t)sqlite3_column_bytes(s, 0);
+        size_t kl;
+        const unsigned char *k = text_col(s, 0, &kl);
         char key[PLAIT_AGGSTORE_MAX_KEY + 1];
         plait_aggstore_metric_t m;
         if (++n > st->max_metrics) {
@@ -1751,7 +1766,7 @@ int plait_aggstore_metrics_foreach(plait_aggstore_t *st, int64_t round, plait_ag
                              (long long)round, st->max_metrics);
             break;
         }
-        if (sqlite3_column_type(s, 0) != SQLITE_TEXT || !printable_bytes_ok(k, kl, PLAIT_AGGSTORE_MAX_KEY) ||
+        if (!printable_bytes_ok(k, kl, PLAIT_AGGSTORE_MAX_KEY) ||
             !real_col(s, 1, &m.value)) {
             ret = plait_fail(PLAIT_EPROTO, "aggstore: metrics: round %lld: malformed row", (long long)round);
             break;
