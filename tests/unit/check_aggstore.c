@@ -615,6 +615,38 @@ START_TEST(test_versions)
 }
 END_TEST
 
+/* A realistic size: a 4 MiB adapter and a FedAdam state of 2 x 1M floats. */
+START_TEST(test_large_version)
+{
+    plait_aggstore_t *st = open_agg(db_path("large.db"));
+    size_t n = (size_t)4 << 20, nf = (size_t)2 << 20;
+    uint8_t *blob = malloc(n);
+    float *opt = malloc(nf * sizeof(float));
+    ck_assert_ptr_nonnull(blob);
+    ck_assert_ptr_nonnull(opt);
+    for (size_t i = 0; i < n; i++) blob[i] = (uint8_t)(i * 2654435761u >> 13);
+    for (size_t i = 0; i < nf; i++) opt[i] = (float)i * 0.25f - 1000.0f;
+    plait_aggstore_commit_t c;
+    fill_commit(&c, blob, n);
+    c.opt_state = opt;
+    c.opt_state_len = nf;
+    ck_assert_int_eq(plait_aggstore_version_put_initial(st, &c), 0);
+    plait_aggstore_close(st);
+    st = open_agg(db_path("large.db"));
+    plait_aggstore_version_t v;
+    plait_aggstore_version_init(&v);
+    ck_assert_int_eq(plait_aggstore_version_latest(st, &v), 0);
+    ck_assert_uint_eq(v.adapter_len, n);
+    ck_assert_mem_eq(v.adapter, blob, n);
+    ck_assert_uint_eq(v.opt_state_len, nf);
+    ck_assert_mem_eq(v.opt_state, opt, nf * sizeof(float));
+    plait_aggstore_version_free(&v);
+    plait_aggstore_close(st);
+    free(blob);
+    free(opt);
+}
+END_TEST
+
 /* ---- ledger and metrics ---- */
 
 typedef struct {
@@ -1103,6 +1135,64 @@ START_TEST(test_hostile_files)
 }
 END_TEST
 
+/* ---- locks ---- */
+
+START_TEST(test_busy)
+{
+    const char *path = db_path("busy.db");
+    plait_aggstore_t *st = open_agg(path);
+    (void)commit_next(st, NULL, NULL, 0);
+    plait_aggstore_close(st);
+    plait_aggstore_config_t cfg;
+    plait_aggstore_config_default(&cfg);
+    cfg.path = path;
+    cfg.busy_timeout_ms = 0;
+    ck_assert_int_eq(plait_aggstore_open(&st, &cfg), 0);
+    int64_t r = 0;
+    ck_assert_int_eq(plait_aggstore_round_begin(st, 2, 1, "{}", 1, &r), 0);
+
+    /* Another writer holds the lock: writes give PLAIT_EBUSY and change nothing. */
+    sqlite3 *other = NULL;
+    ck_assert_int_eq(sqlite3_open(path, &other), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_exec(other, "BEGIN IMMEDIATE; INSERT INTO metrics VALUES (1, 'x', 1.0)", NULL, NULL, NULL),
+                     SQLITE_OK);
+    uint8_t fp[32] = {3};
+    ck_assert_int_eq(plait_aggstore_device_enroll(st, "d", fp), PLAIT_EBUSY);
+    size_t len;
+    uint8_t *b = make_blob(2, &len);
+    plait_aggstore_commit_t c;
+    fill_commit(&c, b, len);
+    ck_assert_int_eq(plait_aggstore_round_commit(st, r, &c, NULL), PLAIT_EBUSY);
+    /* Readers are not blocked by the writer (WAL), and see only committed data. */
+    plait_aggstore_config_t ro = cfg;
+    ro.read_only = true;
+    plait_aggstore_t *rd = NULL;
+    ck_assert_int_eq(plait_aggstore_open(&rd, &ro), 0);
+    plait_aggstore_version_t v;
+    plait_aggstore_version_init(&v);
+    ck_assert_int_eq(plait_aggstore_version_latest(rd, &v), 0);
+    ck_assert_int_eq(v.number, 1);
+    plait_aggstore_version_free(&v);
+    misc_list_t ml;
+    memset(&ml, 0, sizeof(ml));
+    ck_assert_int_eq(plait_aggstore_metrics_foreach(rd, 1, metric_cb, &ml), 0);
+    ck_assert_int_eq(ml.n, 0);
+    ck_assert_int_eq(sqlite3_exec(other, "ROLLBACK", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(other);
+    /* The lock is gone: the same commit now succeeds, and the reader sees it. */
+    int64_t ver = 0;
+    ck_assert_int_eq(plait_aggstore_round_commit(st, r, &c, &ver), 0);
+    ck_assert_int_eq(ver, 2);
+    ck_assert_int_eq(plait_aggstore_version_latest(rd, &v), 0);
+    ck_assert_int_eq(v.number, 2);
+    ck_assert(blob_matches(2, v.adapter, v.adapter_len));
+    plait_aggstore_version_free(&v);
+    free(b);
+    plait_aggstore_close(rd);
+    plait_aggstore_close(st);
+}
+END_TEST
+
 /* ---- kill -9 ---- */
 
 /* Child: commit versions as fast as possible, reporting each committed number on fd. */
@@ -1258,6 +1348,7 @@ Suite *aggstore_suite(void)
     tcase_add_test(tc, test_duplicate_upload);
     tcase_add_test(tc, test_rounds);
     tcase_add_test(tc, test_versions);
+    tcase_add_test(tc, test_large_version);
     tcase_add_test(tc, test_ledger_metrics);
     suite_add_tcase(s, tc);
 
@@ -1266,6 +1357,7 @@ Suite *aggstore_suite(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_commit_atomicity);
     tcase_add_test(tc, test_recovery);
+    tcase_add_test(tc, test_busy);
     tcase_add_test(tc, test_kill9);
     suite_add_tcase(s, tc);
 
