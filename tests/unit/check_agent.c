@@ -485,7 +485,7 @@ typedef struct {
     /* observed */
     int got_hello;
     plait_msg_hello_t hello;
-    int adapter_requests, pongs, chunks;
+    int adapter_requests, pongs, pings, chunks;
     uint32_t *words;
     size_t n_words;
     uint64_t num_examples;
@@ -496,6 +496,16 @@ typedef struct {
 static void fake_failf(fake_t *f, const char *what, int rc)
 {
     if (!f->fail[0]) snprintf(f->fail, sizeof(f->fail), "%s: %d %s", what, rc, plait_errmsg());
+}
+
+static int fake_send(plait_tls_t *s, int fd, const plait_msg_t *m)
+{
+    uint8_t *b = NULL;
+    size_t n = 0;
+    int rc = plait_wire_encode_alloc(m, NULL, &b, &n);
+    if (rc == 0) rc = plait_tls_fd_write(s, fd, b, n);
+    free(b);
+    return rc;
 }
 
 /* Next message from the agent (Pongs are counted and skipped). */
@@ -513,6 +523,15 @@ static int fake_recv(plait_tls_t *s, int fd, uint8_t *buf, size_t *len, size_t c
                 plait_msg_free(m);
                 continue;
             }
+            if (m->type == PLAIT_MSG_PING) { /* the agent's keepalive while it trains */
+                f->pings++;
+                plait_msg_t pong;
+                plait_msg_init(&pong, PLAIT_MSG_PONG);
+                pong.u.ping.nonce = m->u.ping.nonce;
+                plait_msg_free(m);
+                if ((rc = fake_send(s, fd, &pong)) != 0) return rc;
+                continue;
+            }
             return 0;
         }
         if (rc != PLAIT_EAGAIN) return rc;
@@ -520,16 +539,6 @@ static int fake_recv(plait_tls_t *s, int fd, uint8_t *buf, size_t *len, size_t c
         if (r <= 0) return r == 0 ? PLAIT_EIO : r;
         *len += (size_t)r;
     }
-}
-
-static int fake_send(plait_tls_t *s, int fd, const plait_msg_t *m)
-{
-    uint8_t *b = NULL;
-    size_t n = 0;
-    int rc = plait_wire_encode_alloc(m, NULL, &b, &n);
-    if (rc == 0) rc = plait_tls_fd_write(s, fd, b, n);
-    free(b);
-    return rc;
 }
 
 static void fake_serve(fake_t *f, int fd)
@@ -779,10 +788,11 @@ static void on_event(void *ud, const plait_agent_event_t *ev)
     if (ev->type == PLAIT_AGENT_EV_TRAINING) e->last_step = ev->step;
 }
 
-static plait_agent_t *make_agent(const char *state, int port, evlog_t *ev)
+static plait_agent_t *make_agent_steps(const char *state, int port, evlog_t *ev, uint32_t max_steps)
 {
     plait_agent_config_t cfg;
     base_config(&cfg, state, port);
+    if (max_steps) cfg.max_local_steps = max_steps;
     if (ev) {
         cfg.on_event = on_event;
         cfg.event_ud = ev;
@@ -792,6 +802,8 @@ static plait_agent_t *make_agent(const char *state, int port, evlog_t *ev)
     ck_assert_msg(rc == 0, "create: %s", plait_errmsg());
     return a;
 }
+
+static plait_agent_t *make_agent(const char *state, int port, evlog_t *ev) { return make_agent_steps(state, port, ev, 0); }
 
 /* The words the agent must have sent, recomputed from its personal adapter (same stream). */
 static void check_words_match_personal(const round_t *r, const char *state, const fake_t *f)
@@ -1123,6 +1135,71 @@ START_TEST(test_run_backoff_and_stop)
 }
 END_TEST
 
+/* A long task: the agent pings while it trains and abandons the round at its deadline. */
+START_TEST(test_loopback_keepalive_and_deadline)
+{
+    round_t r;
+    round_setup(&r, 5, PLAIT_LORA_MODE_FFA);
+    r.task.train.local_steps = 500000;
+    r.task.deadline_s = 3;
+    server_t sv;
+    server_start(&sv, FAKE_TASK, &r);
+    char *state = fresh_state("agent_deadline");
+    plait_agent_t *a = make_agent_steps(state, sv.f.port, NULL, 1000000);
+    plait_agent_result_t res;
+    uint64_t t0 = mono_ms();
+    int rc = plait_agent_run_once(a, &res);
+    uint64_t dt = mono_ms() - t0;
+    server_join(&sv);
+    ck_assert_msg(sv.f.fail[0] == 0, "fake server: %s", sv.f.fail);
+    ck_assert_msg(rc == 0, "run_once: %s", plait_errmsg());
+    ck_assert_int_eq(res.outcome, PLAIT_AGENT_OUT_DECLINED);
+    ck_assert_int_eq(res.declined_rc, PLAIT_ECANCELED);
+    ck_assert_int_eq(sv.f.got_error, 1);
+    ck_assert_int_eq(sv.f.error_code, PLAIT_ECANCELED);
+    ck_assert_int_ge(sv.f.pings, 2); /* keepalive 1 s over a 3 s deadline */
+    ck_assert_uint_eq(sv.f.n_words, 0);
+    ck_assert_uint_ge(dt, 2900);
+    ck_assert_uint_lt(dt, 10000);
+    plait__agent_pending_t p;
+    ck_assert_int_eq(plait__agent_pending_load(state, &p), PLAIT_ENOENT);
+    plait_agent_destroy(a);
+    server_free(&sv);
+    round_free(&r);
+    free(state);
+}
+END_TEST
+
+/* plait_agent_stop() during training returns at once and uploads nothing. */
+START_TEST(test_loopback_stop_during_training)
+{
+    round_t r;
+    round_setup(&r, 6, PLAIT_LORA_MODE_FFA);
+    r.task.train.local_steps = 500000;
+    server_t sv;
+    server_start(&sv, FAKE_TASK, &r);
+    char *state = fresh_state("agent_stoptrain");
+    plait_agent_t *a = make_agent_steps(state, sv.f.port, NULL, 1000000);
+    pthread_t th;
+    ck_assert_int_eq(pthread_create(&th, NULL, stopper, a), 0);
+    plait_agent_result_t res;
+    uint64_t t0 = mono_ms();
+    int rc = plait_agent_run_once(a, &res);
+    ck_assert_uint_lt(mono_ms() - t0, 5000);
+    pthread_join(th, NULL);
+    server_join(&sv);
+    ck_assert_int_eq(rc, PLAIT_ECANCELED);
+    ck_assert_uint_eq(sv.f.n_words, 0);
+    plait__agent_state_t st;
+    ck_assert_int_eq(plait__agent_state_load(state, &st), 0);
+    ck_assert_uint_eq(st.last_uploaded, 0);
+    plait_agent_destroy(a);
+    server_free(&sv);
+    round_free(&r);
+    free(state);
+}
+END_TEST
+
 START_TEST(test_create_errors)
 {
     char *state = fresh_state("agent_create");
@@ -1177,6 +1254,8 @@ Suite *agent_suite(void)
     tcase_add_test(tc, test_loopback_come_back_and_error);
     tcase_add_test(tc, test_not_eligible);
     tcase_add_test(tc, test_run_backoff_and_stop);
+    tcase_add_test(tc, test_loopback_keepalive_and_deadline);
+    tcase_add_test(tc, test_loopback_stop_during_training);
     suite_add_tcase(s, tc);
     return s;
 }
