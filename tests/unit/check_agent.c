@@ -31,6 +31,9 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <sys/wait.h>
+#include <signal.h>
+#include <fcntl.h>
 #include <time.h>
 #include <unistd.h>
 #include <arpa/inet.h>
@@ -1200,6 +1203,118 @@ START_TEST(test_loopback_stop_during_training)
 }
 END_TEST
 
+/* Run plait-agent with argv (NULL-terminated), stdout+stderr to out; SIGTERM after sig_ms (0: never).
+ * Returns the exit status, or -1 if it had to be killed at timeout_ms. */
+static int run_cli(char *const argv[], const char *out, int sig_ms, int timeout_ms)
+{
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+        }
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    uint64_t t0 = mono_ms();
+    int signaled = 0;
+    for (;;) {
+        int st;
+        pid_t w = waitpid(pid, &st, WNOHANG);
+        if (w == pid) return WIFEXITED(st) ? WEXITSTATUS(st) : -2;
+        uint64_t el = mono_ms() - t0;
+        if (sig_ms && !signaled && el >= (uint64_t)sig_ms) {
+            kill(pid, SIGTERM);
+            signaled = 1;
+        }
+        if (el >= (uint64_t)timeout_ms) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &st, 0);
+            return -1;
+        }
+        struct timespec ts = {0, 20 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static int file_has(const char *path, const char *needle)
+{
+    size_t n;
+    uint8_t *b = tu_read_file(path, &n);
+    int ok = b && strstr((const char *)b, needle) != NULL;
+    free(b);
+    return ok;
+}
+
+/* The command line the integration tests drive: usage errors, one round, SIGTERM of a daemon. */
+START_TEST(test_cli_join)
+{
+    char *bin = tu_path(PLAIT_BINARY_DIR, "client/plait-agent");
+    char *state = fresh_state("agent_cli");
+    char *out = tu_path(state, "out.txt");
+    char *st2 = tu_path(state, "st");
+    char port_s[32], server[64];
+    {
+        char *argv[] = {bin, "join", "--help", NULL};
+        ck_assert_int_eq(run_cli(argv, out, 0, 10000), 0);
+        ck_assert(file_has(out, "--server HOST:PORT"));
+    }
+    {
+        char *argv[] = {bin, "join", "--ca", g_ca, NULL};
+        ck_assert_int_eq(run_cli(argv, out, 0, 10000), 2);
+        ck_assert(file_has(out, "--server is required"));
+    }
+    {
+        char *argv[] = {bin, "join", "--server", "127.0.0.1", NULL};
+        ck_assert_int_eq(run_cli(argv, out, 0, 10000), 2);
+        ck_assert(file_has(out, "--server"));
+    }
+    {
+        char *argv[] = {bin, "join", "--server", "127.0.0.1:1", "--bogus", NULL};
+        ck_assert_int_eq(run_cli(argv, out, 0, 10000), 2);
+        ck_assert(file_has(out, "--bogus"));
+    }
+    /* One round with the fake aggregator. */
+    round_t r;
+    round_setup(&r, 7, PLAIT_LORA_MODE_FFA);
+    server_t sv;
+    server_start(&sv, FAKE_TASK, &r);
+    snprintf(server, sizeof(server), "127.0.0.1:%d", sv.f.port);
+    {
+        char *argv[] = {bin, "join", "--server", server, "--ca", g_ca, "--cert", g_crt, "--key", g_key, "--db", g_store,
+                        "--state", st2, "--model", g_model, "--tokenizer", g_tok, "--once", "--seed", "5",
+                        "--min-records", "4", NULL};
+        int rc = run_cli(argv, out, 0, 60000);
+        server_join(&sv);
+        ck_assert_msg(rc == 0, "join exited %d", rc);
+        ck_assert(file_has(out, "round 7 acknowledged"));
+        ck_assert(file_has(out, "round 7: uploaded 1921 words"));
+    }
+    ck_assert_msg(sv.f.fail[0] == 0, "fake server: %s", sv.f.fail);
+    ck_assert_uint_eq(sv.f.n_words, r.task.update_elements);
+    server_free(&sv);
+    round_free(&r);
+    /* A daemon that cannot connect backs off; SIGTERM ends it with status 0. */
+    snprintf(port_s, sizeof(port_s), "127.0.0.1:%d", closed_port());
+    {
+        char *argv[] = {bin, "join", "--server", port_s, "--ca", g_ca, "--cert", g_crt, "--key", g_key, "--db", g_store,
+                        "--state", st2, "--model", g_model, "--tokenizer", g_tok, "--daemon",
+                        "--backoff-initial-ms", "60000", "--backoff-max-ms", "60000", NULL};
+        uint64_t t0 = mono_ms();
+        int rc = run_cli(argv, out, 1500, 20000);
+        ck_assert_msg(rc == 0, "join exited %d", rc);
+        ck_assert_uint_lt(mono_ms() - t0, 15000);
+        ck_assert(file_has(out, "Connection refused"));
+    }
+    free(st2);
+    free(out);
+    free(state);
+    free(bin);
+}
+END_TEST
+
 START_TEST(test_create_errors)
 {
     char *state = fresh_state("agent_create");
@@ -1256,6 +1371,7 @@ Suite *agent_suite(void)
     tcase_add_test(tc, test_run_backoff_and_stop);
     tcase_add_test(tc, test_loopback_keepalive_and_deadline);
     tcase_add_test(tc, test_loopback_stop_during_training);
+    tcase_add_test(tc, test_cli_join);
     suite_add_tcase(s, tc);
     return s;
 }
