@@ -811,12 +811,14 @@ static plait_agent_t *make_agent(const char *state, int port, evlog_t *ev) { ret
 /* The words the agent must have sent, recomputed from its personal adapter (same stream). */
 static void check_words_match_personal(const round_t *r, const char *state, const fake_t *f)
 {
+    double stddev = r->task.dp.mode == PLAIT_DP_LOCAL ? r->task.dp.noise_multiplier * r->task.clip_norm : 0.0;
     char *pp = tu_path(state, "personal.safetensors");
     plait_lora_t local;
     plait_lora_init(&local);
     ck_assert_int_eq(plait_adapter_load(&local, pp, &r->model, 0), 0);
     /* FFA: A frozen at the seed; only B moved. */
-    ck_assert_mem_eq(local.params, r->global.params, r->global.n_a * sizeof(float));
+    if (r->task.lora.mode == PLAIT_LORA_MODE_FFA)
+        ck_assert_mem_eq(local.params, r->global.params, r->global.n_a * sizeof(float));
     size_t n = (size_t)r->task.update_elements;
     uint32_t *want = calloc(n, sizeof(uint32_t));
     plait_rng_t rng;
@@ -824,8 +826,8 @@ static void check_words_match_personal(const round_t *r, const char *state, cons
     plait_quant_config_t qc = {.bits = QBITS, .range = QRANGE};
     uint64_t ex = f->num_examples < EXAMPLE_CAP ? f->num_examples : EXAMPLE_CAP;
     double w = (double)ex / EXAMPLE_CAP;
-    ck_assert_int_eq(plait__agent_make_update(&r->global, &local, r->task.lora.mode, CLIP, 0, &qc, w, &rng, want, n, NULL),
-                     0);
+    ck_assert_int_eq(
+        plait__agent_make_update(&r->global, &local, r->task.lora.mode, CLIP, stddev, &qc, w, &rng, want, n, NULL), 0);
     ck_assert_mem_eq(f->words, want, n * sizeof(uint32_t));
     /* and the update is not trivial: training moved B */
     double *dec = malloc((n - 1) * sizeof(double));
@@ -833,7 +835,7 @@ static void check_words_match_personal(const round_t *r, const char *state, cons
     double n2 = 0;
     for (size_t i = 0; i + 1 < n; i++) n2 += dec[i] * dec[i];
     ck_assert_double_gt(sqrt(n2), 0.0);
-    ck_assert_double_le(sqrt(n2), CLIP * w + plait_quant_norm_slack(&qc, n - 1) + 1e-9);
+    if (stddev == 0) ck_assert_double_le(sqrt(n2), CLIP * w + plait_quant_norm_slack(&qc, n - 1) + 1e-9);
     free(dec);
     plait_rng_wipe(&rng);
     free(want);
@@ -1315,6 +1317,91 @@ START_TEST(test_cli_join)
 }
 END_TEST
 
+/* FedIT with local DP: A and B travel, noise z·S is added (same stream: words match bit for bit);
+ * a second round with the same global adapter uses the cached copy. */
+START_TEST(test_loopback_fedit_local_dp_and_cache)
+{
+    round_t r;
+    round_setup(&r, 10, PLAIT_LORA_MODE_FEDIT);
+    r.task.dp.mode = PLAIT_DP_LOCAL;
+    r.task.dp.noise_multiplier = 0.5;
+    ck_assert_uint_eq(r.task.update_elements, r.global.n_params + 1);
+    server_t sv;
+    server_start(&sv, FAKE_TASK, &r);
+    char *state = fresh_state("agent_fedit");
+    plait_agent_t *a = make_agent(state, sv.f.port, NULL);
+    plait_agent_result_t res;
+    int rc = plait_agent_run_once(a, &res);
+    server_join(&sv);
+    ck_assert_msg(sv.f.fail[0] == 0, "fake server: %s", sv.f.fail);
+    ck_assert_msg(rc == 0, "run_once: %s", plait_errmsg());
+    ck_assert_int_eq(res.outcome, PLAIT_AGENT_OUT_ACKED);
+    check_words_match_personal(&r, state, &sv.f);
+    server_free(&sv);
+    /* next round, same adapter bytes: no download */
+    r.task.round_id = 11;
+    server_start(&sv, FAKE_TASK, &r);
+    plait_agent_destroy(a);
+    a = make_agent(state, sv.f.port, NULL);
+    rc = plait_agent_run_once(a, &res);
+    server_join(&sv);
+    ck_assert_msg(rc == 0, "run_once: %s", plait_errmsg());
+    ck_assert_int_eq(res.outcome, PLAIT_AGENT_OUT_ACKED);
+    ck_assert_int_eq(sv.f.adapter_requests, 0);
+    ck_assert_uint_eq(sv.f.hello.last_round_completed, 10);
+    plait_agent_destroy(a);
+    server_free(&sv);
+    round_free(&r);
+    free(state);
+}
+END_TEST
+
+static int flip(void *ud)
+{
+    int *n = ud;
+    return (*n)++ == 0; /* eligible when asked before connecting, not when the task comes */
+}
+
+/* Tasks the agent must refuse, each answered with an Error and nothing uploaded. */
+START_TEST(test_loopback_declines)
+{
+    char *state = fresh_state("agent_decl");
+    for (int k = 0; k < 4; k++) {
+        round_t r;
+        round_setup(&r, 20 + (uint64_t)k, PLAIT_LORA_MODE_FFA);
+        int want = 0, calls = 0;
+        plait_agent_config_t cfg;
+        base_config(&cfg, state, 0);
+        switch (k) {
+        case 0: r.task.secure_agg = 1; want = PLAIT_EINVAL; break;      /* not announced, not supported */
+        case 1: r.task.update_elements += 1; want = PLAIT_EMISMATCH; break; /* wrong span length */
+        case 2: r.task.train.local_steps = 20000; want = PLAIT_ETOOBIG; break; /* above max_local_steps */
+        case 3: cfg.eligible = flip; cfg.eligible_ud = &calls; want = PLAIT_ECANCELED; break;
+        }
+        server_t sv;
+        server_start(&sv, FAKE_TASK, &r);
+        cfg.server_port = sv.f.port;
+        plait_agent_t *a = NULL;
+        ck_assert_int_eq(plait_agent_create(&a, &cfg), 0);
+        plait_agent_result_t res;
+        int rc = plait_agent_run_once(a, &res);
+        server_join(&sv);
+        ck_assert_msg(rc == 0, "case %d: %s", k, plait_errmsg());
+        ck_assert_int_eq(res.outcome, PLAIT_AGENT_OUT_DECLINED);
+        ck_assert_int_eq(res.declined_rc, want);
+        ck_assert_int_eq(sv.f.got_error, 1);
+        ck_assert_int_eq(sv.f.error_code, want);
+        ck_assert_uint_eq(sv.f.n_words, 0);
+        plait__agent_pending_t p;
+        ck_assert_int_eq(plait__agent_pending_load(state, &p), PLAIT_ENOENT);
+        plait_agent_destroy(a);
+        server_free(&sv);
+        round_free(&r);
+    }
+    free(state);
+}
+END_TEST
+
 START_TEST(test_create_errors)
 {
     char *state = fresh_state("agent_create");
@@ -1372,6 +1459,8 @@ Suite *agent_suite(void)
     tcase_add_test(tc, test_loopback_keepalive_and_deadline);
     tcase_add_test(tc, test_loopback_stop_during_training);
     tcase_add_test(tc, test_cli_join);
+    tcase_add_test(tc, test_loopback_fedit_local_dp_and_cache);
+    tcase_add_test(tc, test_loopback_declines);
     suite_add_tcase(s, tc);
     return s;
 }
