@@ -1458,6 +1458,8 @@ exit:
     free(blob);
     plait_lora_free(&seeded);
     plait_lora_free(&global);
+    /* local − global is the unclipped update: wipe the trained weights, not only free them. */
+    if (local.params) plait_zeroize(local.params, local.n_params * sizeof(float));
     plait_lora_free(&local);
     if (rc != 0) plait__agent_pending_free(p);
     return rc;
