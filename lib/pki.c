@@ -38,6 +38,7 @@
 
 #include <mbedtls/asn1write.h>
 #include <mbedtls/bignum.h>
+#include <mbedtls/ctr_drbg.h>
 #include <mbedtls/ecp.h>
 #include <mbedtls/md.h>
 #include <mbedtls/oid.h>
@@ -48,11 +49,11 @@
 
 #include "pki_int.h"
 
-#define PEM_BUF 4096          /* a P-256 certificate with a few SANs is ~800 bytes of PEM */
-#define CSR_MAX (16 * 1024)   /* untrusted CSR input cap */
+#define PEM_BUF 4096        /* a P-256 certificate with a few SANs is ~800 bytes of PEM */
+#define CSR_MAX (16 * 1024) /* untrusted CSR input cap */
 #define FILE_MAX (1024 * 1024)
-#define SKEW_S 300            /* notBefore is backdated this much for device clock skew */
-#define SAN_MAX 16            /* entries in a server subjectAltName */
+#define SKEW_S 300 /* notBefore is backdated this much for device clock skew */
+#define SAN_MAX 16 /* entries in a server subjectAltName */
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -64,7 +65,7 @@ static int mbed_fail(int code, int mrc, const char *what)
 int plait__pki_rng(void *p_rng, unsigned char *out, size_t len)
 {
     /* Any failure is reported to mbedTLS as an entropy failure. */
-    return plait_drbg_random(p_rng, out, len) == 0 ? 0 : -0x0034; /* MBEDTLS_ERR_CTR_DRBG_ENTROPY_SOURCE_FAILED */
+    return plait_drbg_random(p_rng, out, len) == 0 ? 0 : MBEDTLS_ERR_CTR_DRBG_ENTROPY_SOURCE_FAILED;
 }
 
 /* A DRBG for one call: the caller's, or a fresh system-seeded one. */
@@ -106,14 +107,18 @@ const char *plait__pki_flags_reason(uint32_t flags)
 {
     if (flags & MBEDTLS_X509_BADCERT_REVOKED) return "certificate revoked";
     if (flags & MBEDTLS_X509_BADCERT_MISSING) return "no certificate";
-    if (flags & MBEDTLS_X509_BADCERT_NOT_TRUSTED) return "certificate not issued by this deployment's CA";
+    if (flags & MBEDTLS_X509_BADCERT_NOT_TRUSTED)
+        return "certificate not issued by this deployment's CA";
     if (flags & MBEDTLS_X509_BADCERT_EXPIRED) return "certificate expired";
     if (flags & MBEDTLS_X509_BADCERT_FUTURE) return "certificate not yet valid";
-    if (flags & MBEDTLS_X509_BADCERT_CN_MISMATCH) return "certificate does not name the expected server";
-    if (flags & MBEDTLS_X509_BADCERT_EXT_KEY_USAGE) return "certificate not issued for this role (extended key usage)";
+    if (flags & MBEDTLS_X509_BADCERT_CN_MISMATCH)
+        return "certificate does not name the expected server";
+    if (flags & MBEDTLS_X509_BADCERT_EXT_KEY_USAGE)
+        return "certificate not issued for this role (extended key usage)";
     if (flags & (MBEDTLS_X509_BADCERT_KEY_USAGE | MBEDTLS_X509_BADCERT_NS_CERT_TYPE))
         return "certificate key usage forbids this use";
-    if (flags & (MBEDTLS_X509_BADCERT_BAD_MD | MBEDTLS_X509_BADCERT_BAD_PK | MBEDTLS_X509_BADCERT_BAD_KEY))
+    if (flags &
+        (MBEDTLS_X509_BADCERT_BAD_MD | MBEDTLS_X509_BADCERT_BAD_PK | MBEDTLS_X509_BADCERT_BAD_KEY))
         return "certificate uses a disallowed algorithm or key";
     if (flags & MBEDTLS_X509_BADCERT_OTHER) return "certificate rejected (invalid device id)";
     return "certificate verification failed";
@@ -127,8 +132,9 @@ static int name_ok(const char *s, int allow_space)
     if (n == 0 || n > PLAIT_PKI_ID_MAX) return 0;
     for (size_t i = 0; i < n; i++) {
         char c = s[i];
-        int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
-                 c == '_' || c == '-' || (allow_space && c == ' ' && i > 0 && i + 1 < n);
+        int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                 c == '.' || c == '_' || c == '-' ||
+                 (allow_space && c == ' ' && i > 0 && i + 1 < n);
         if (!ok) return 0;
     }
     return 1;
@@ -144,7 +150,8 @@ static int dns_ok(const char *s, size_t n)
     if (n == 0 || n > 253 || s[0] == '.' || s[0] == '-') return 0;
     for (size_t i = 0; i < n; i++) {
         char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '-'))
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '-'))
             return 0;
     }
     return 1;
@@ -163,7 +170,8 @@ static int san_parse(const char *first, const char *list, san_t *out, size_t *n_
     size_t n = 0;
     if (first != NULL) {
         size_t l = strlen(first);
-        if (!dns_ok(first, l)) return plait_fail(PLAIT_EINVAL, "pki: server_name '%s' is not a DNS name", first);
+        if (!dns_ok(first, l))
+            return plait_fail(PLAIT_EINVAL, "pki: server_name '%s' is not a DNS name", first);
         out[n].tag = 0x82;
         memcpy(out[n].data, first, l);
         out[n++].len = l;
@@ -172,12 +180,15 @@ static int san_parse(const char *first, const char *list, san_t *out, size_t *n_
     while (*p) {
         const char *e = strchr(p, ',');
         size_t l = e ? (size_t)(e - p) : strlen(p);
-        while (l > 0 && *p == ' ') p++, l--;
-        while (l > 0 && p[l - 1] == ' ') l--;
+        while (l > 0 && *p == ' ')
+            p++, l--;
+        while (l > 0 && p[l - 1] == ' ')
+            l--;
         if (l > 0) {
             char tmp[256];
             if (l >= sizeof(tmp) || n >= SAN_MAX)
-                return plait_fail(PLAIT_EINVAL, "pki: server_alt_names: too many or too long entries");
+                return plait_fail(PLAIT_EINVAL,
+                                  "pki: server_alt_names: too many or too long entries");
             memcpy(tmp, p, l);
             tmp[l] = '\0';
             san_t *s = &out[n];
@@ -192,7 +203,9 @@ static int san_parse(const char *first, const char *list, san_t *out, size_t *n_
                 memcpy(s->data, tmp, l);
                 s->len = l;
             } else {
-                return plait_fail(PLAIT_EINVAL, "pki: server_alt_names: '%s' is neither a DNS name nor an IP", tmp);
+                return plait_fail(PLAIT_EINVAL,
+                                  "pki: server_alt_names: '%s' is neither a DNS name nor an IP",
+                                  tmp);
             }
             n++;
         }
@@ -218,12 +231,14 @@ void plait_pki_config_default(plait_pki_config_t *cfg)
 int plait_pki_config_validate(const plait_pki_config_t *cfg)
 {
     if (cfg == NULL) return plait_fail(PLAIT_EINVAL, "pki: NULL config");
-    if (!name_ok(cfg->org, 1)) return plait_fail(PLAIT_EINVAL, "pki: org must be 1..64 of [A-Za-z0-9 ._-]");
-    if (!name_ok(cfg->ca_name, 1)) return plait_fail(PLAIT_EINVAL, "pki: ca_name must be 1..64 of [A-Za-z0-9 ._-]");
+    if (!name_ok(cfg->org, 1))
+        return plait_fail(PLAIT_EINVAL, "pki: org must be 1..64 of [A-Za-z0-9 ._-]");
+    if (!name_ok(cfg->ca_name, 1))
+        return plait_fail(PLAIT_EINVAL, "pki: ca_name must be 1..64 of [A-Za-z0-9 ._-]");
     if (!name_ok(cfg->server_name, 0) || !dns_ok(cfg->server_name, strlen(cfg->server_name)))
         return plait_fail(PLAIT_EINVAL, "pki: server_name must be a DNS name of 1..64 characters");
-    if (cfg->ca_days < 1 || cfg->ca_days > 36500 || cfg->server_days < 1 || cfg->server_days > 36500 ||
-        cfg->device_days < 1 || cfg->device_days > 36500)
+    if (cfg->ca_days < 1 || cfg->ca_days > 36500 || cfg->server_days < 1 ||
+        cfg->server_days > 36500 || cfg->device_days < 1 || cfg->device_days > 36500)
         return plait_fail(PLAIT_EINVAL, "pki: validity days must be 1..36500");
     if (cfg->now < 0) return plait_fail(PLAIT_EINVAL, "pki: now must be >= 0");
     san_t san[SAN_MAX];
@@ -254,12 +269,13 @@ static int pem_out(unsigned char *buf, size_t cap, char **out)
 }
 
 /* PEM input must include its NUL in the length mbedTLS sees; DER must not. */
-static int input_view(const uint8_t *buf, size_t len, size_t max, uint8_t **tmp, const uint8_t **use,
-                      size_t *use_len)
+static int input_view(const uint8_t *buf, size_t len, size_t max, uint8_t **tmp,
+                      const uint8_t **use, size_t *use_len)
 {
     *tmp = NULL;
     if (buf == NULL || len == 0) return plait_fail(PLAIT_EINVAL, "pki: empty input");
-    if (len > max) return plait_fail(PLAIT_ETOOBIG, "pki: input of %zu bytes exceeds %zu", len, max);
+    if (len > max)
+        return plait_fail(PLAIT_ETOOBIG, "pki: input of %zu bytes exceeds %zu", len, max);
     static const char begin[] = "-----BEGIN";
     int is_pem = len >= sizeof(begin) - 1 && memcmp(buf, begin, sizeof(begin) - 1) == 0;
     if (!is_pem || buf[len - 1] == '\0') {
@@ -280,22 +296,25 @@ static int load_crt(mbedtls_x509_crt *crt, const char *pem, const char *what)
 {
     if (pem == NULL) return plait_fail(PLAIT_EINVAL, "pki: %s: NULL", what);
     int mrc = mbedtls_x509_crt_parse(crt, (const unsigned char *)pem, strlen(pem) + 1);
-    if (mrc != 0) return plait_fail(PLAIT_EPROTO, "pki: %s: not a parseable certificate (mbedTLS -0x%04x)", what,
-                                    (unsigned)-mrc);
+    if (mrc != 0)
+        return plait_fail(PLAIT_EPROTO, "pki: %s: not a parseable certificate (mbedTLS -0x%04x)",
+                          what, (unsigned)-mrc);
     return 0;
 }
 
 static int p256_key(const mbedtls_pk_context *pk)
 {
-    return mbedtls_pk_get_type(pk) == MBEDTLS_PK_ECKEY && mbedtls_pk_ec(*pk)->grp.id == MBEDTLS_ECP_DP_SECP256R1;
+    return mbedtls_pk_get_type(pk) == MBEDTLS_PK_ECKEY &&
+           mbedtls_pk_ec(*pk)->grp.id == MBEDTLS_ECP_DP_SECP256R1;
 }
 
 static int load_key(mbedtls_pk_context *pk, const char *pem, const char *what)
 {
     if (pem == NULL) return plait_fail(PLAIT_EINVAL, "pki: %s: NULL", what);
     int mrc = mbedtls_pk_parse_key(pk, (const unsigned char *)pem, strlen(pem) + 1, NULL, 0);
-    if (mrc != 0) return plait_fail(PLAIT_EPROTO, "pki: %s: not a parseable private key (mbedTLS -0x%04x)", what,
-                                    (unsigned)-mrc);
+    if (mrc != 0)
+        return plait_fail(PLAIT_EPROTO, "pki: %s: not a parseable private key (mbedTLS -0x%04x)",
+                          what, (unsigned)-mrc);
     if (!p256_key(pk)) return plait_fail(PLAIT_EINVAL, "pki: %s: not an ECDSA P-256 key", what);
     return 0;
 }
@@ -381,8 +400,8 @@ static size_t eku_der(const char *oid, size_t oid_len, unsigned char *out)
 }
 
 /* DER of GeneralNames for the server's subjectAltName; written backwards. */
-static int san_der(const plait_pki_config_t *cfg, unsigned char *buf, size_t cap, unsigned char **start,
-                   size_t *len)
+static int san_der(const plait_pki_config_t *cfg, unsigned char *buf, size_t cap,
+                   unsigned char **start, size_t *len)
 {
     san_t san[SAN_MAX];
     size_t n = 0;
@@ -401,7 +420,8 @@ static int san_der(const plait_pki_config_t *cfg, unsigned char *buf, size_t cap
     }
     if ((w = mbedtls_asn1_write_len(&p, buf, total)) < 0) goto fail;
     total += (size_t)w;
-    if ((w = mbedtls_asn1_write_tag(&p, buf, MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE)) < 0) goto fail;
+    if ((w = mbedtls_asn1_write_tag(&p, buf, MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE)) < 0)
+        goto fail;
     total += (size_t)w;
     *start = p;
     *len = total;
@@ -467,32 +487,35 @@ static int issue(const issue_t *q, plait_drbg_t *rng, char **crt_pem, plait_pki_
     if ((mrc = mbedtls_x509write_crt_set_authority_key_identifier(&w)) != 0) goto fail;
     if (q->kind == KIND_CA) {
         if ((mrc = mbedtls_x509write_crt_set_basic_constraints(&w, 1, 0)) != 0) goto fail;
-        if ((mrc = mbedtls_x509write_crt_set_key_usage(&w, MBEDTLS_X509_KU_KEY_CERT_SIGN | MBEDTLS_X509_KU_CRL_SIGN)) !=
-            0)
+        if ((mrc = mbedtls_x509write_crt_set_key_usage(&w, MBEDTLS_X509_KU_KEY_CERT_SIGN |
+                                                               MBEDTLS_X509_KU_CRL_SIGN)) != 0)
             goto fail;
     } else {
         unsigned char eku[32];
-        size_t eku_len = q->kind == KIND_SERVER
-                             ? eku_der(MBEDTLS_OID_SERVER_AUTH, MBEDTLS_OID_SIZE(MBEDTLS_OID_SERVER_AUTH), eku)
-                             : eku_der(MBEDTLS_OID_CLIENT_AUTH, MBEDTLS_OID_SIZE(MBEDTLS_OID_CLIENT_AUTH), eku);
+        size_t eku_len =
+            q->kind == KIND_SERVER
+                ? eku_der(MBEDTLS_OID_SERVER_AUTH, MBEDTLS_OID_SIZE(MBEDTLS_OID_SERVER_AUTH), eku)
+                : eku_der(MBEDTLS_OID_CLIENT_AUTH, MBEDTLS_OID_SIZE(MBEDTLS_OID_CLIENT_AUTH), eku);
         if ((mrc = mbedtls_x509write_crt_set_basic_constraints(&w, 0, -1)) != 0) goto fail;
-        if ((mrc = mbedtls_x509write_crt_set_key_usage(&w, MBEDTLS_X509_KU_DIGITAL_SIGNATURE)) != 0) goto fail;
-        if ((mrc = mbedtls_x509write_crt_set_extension(&w, MBEDTLS_OID_EXTENDED_KEY_USAGE,
-                                                       MBEDTLS_OID_SIZE(MBEDTLS_OID_EXTENDED_KEY_USAGE), 0, eku,
-                                                       eku_len)) != 0)
+        if ((mrc = mbedtls_x509write_crt_set_key_usage(&w, MBEDTLS_X509_KU_DIGITAL_SIGNATURE)) != 0)
+            goto fail;
+        if ((mrc = mbedtls_x509write_crt_set_extension(
+                 &w, MBEDTLS_OID_EXTENDED_KEY_USAGE,
+                 MBEDTLS_OID_SIZE(MBEDTLS_OID_EXTENDED_KEY_USAGE), 0, eku, eku_len)) != 0)
             goto fail;
         if (q->kind == KIND_SERVER) {
             unsigned char san[2048], *p = NULL;
             size_t san_len = 0;
             if ((rc = san_der(q->cfg, san, sizeof(san), &p, &san_len)) != 0) goto exit;
             rc = PLAIT_EINTERNAL;
-            if ((mrc = mbedtls_x509write_crt_set_extension(&w, MBEDTLS_OID_SUBJECT_ALT_NAME,
-                                                           MBEDTLS_OID_SIZE(MBEDTLS_OID_SUBJECT_ALT_NAME), 0, p,
-                                                           san_len)) != 0)
+            if ((mrc = mbedtls_x509write_crt_set_extension(
+                     &w, MBEDTLS_OID_SUBJECT_ALT_NAME,
+                     MBEDTLS_OID_SIZE(MBEDTLS_OID_SUBJECT_ALT_NAME), 0, p, san_len)) != 0)
                 goto fail;
         }
     }
-    if ((mrc = mbedtls_x509write_crt_pem(&w, buf, sizeof(buf), plait__pki_rng, rng)) != 0) goto fail;
+    if ((mrc = mbedtls_x509write_crt_pem(&w, buf, sizeof(buf), plait__pki_rng, rng)) != 0)
+        goto fail;
     if ((rc = pem_out(buf, sizeof(buf), crt_pem)) != 0) goto exit;
     if (info != NULL) {
         rc = plait_pki_cert_info((const uint8_t *)*crt_pem, strlen(*crt_pem), info);
@@ -511,9 +534,11 @@ exit:
     return rc;
 }
 
-int plait_pki_ca_create(const plait_pki_config_t *cfg, plait_drbg_t *rng, char **ca_crt_pem, char **ca_key_pem)
+int plait_pki_ca_create(const plait_pki_config_t *cfg, plait_drbg_t *rng, char **ca_crt_pem,
+                        char **ca_key_pem)
 {
-    if (ca_crt_pem == NULL || ca_key_pem == NULL) return plait_fail(PLAIT_EINVAL, "pki: NULL output");
+    if (ca_crt_pem == NULL || ca_key_pem == NULL)
+        return plait_fail(PLAIT_EINVAL, "pki: NULL output");
     *ca_crt_pem = *ca_key_pem = NULL;
     int rc = plait_pki_config_validate(cfg);
     if (rc != 0) return rc;
@@ -535,21 +560,25 @@ exit:
 }
 
 /* Load the CA pair and check that the key is the certificate's. */
-static int load_ca(mbedtls_x509_crt *ca, mbedtls_pk_context *ca_key, const char *crt_pem, const char *key_pem)
+static int load_ca(mbedtls_x509_crt *ca, mbedtls_pk_context *ca_key, const char *crt_pem,
+                   const char *key_pem)
 {
     int rc = load_crt(ca, crt_pem, "CA certificate");
     if (rc == 0) rc = load_key(ca_key, key_pem, "CA key");
     if (rc != 0) return rc;
-    if (!ca->ca_istrue) return plait_fail(PLAIT_EINVAL, "pki: the CA certificate is not a CA (basicConstraints)");
+    if (!ca->ca_istrue)
+        return plait_fail(PLAIT_EINVAL, "pki: the CA certificate is not a CA (basicConstraints)");
     int mrc = mbedtls_pk_check_pair(&ca->pk, ca_key);
-    if (mrc != 0) return mbed_fail(PLAIT_EMISMATCH, mrc, "pki: CA key does not match the CA certificate");
+    if (mrc != 0)
+        return mbed_fail(PLAIT_EMISMATCH, mrc, "pki: CA key does not match the CA certificate");
     return 0;
 }
 
 /* Issue a server or device certificate for subject_key (generated when NULL). */
-static int issue_leaf(int kind, const plait_pki_config_t *cfg, const char *ca_crt_pem, const char *ca_key_pem,
-                      const char *cn, mbedtls_pk_context *subject_key, plait_drbg_t *rng, char **crt_pem,
-                      char **key_pem_out, plait_pki_cert_info_t *info)
+static int issue_leaf(int kind, const plait_pki_config_t *cfg, const char *ca_crt_pem,
+                      const char *ca_key_pem, const char *cn, mbedtls_pk_context *subject_key,
+                      plait_drbg_t *rng, char **crt_pem, char **key_pem_out,
+                      plait_pki_cert_info_t *info)
 {
     int rc = plait_pki_config_validate(cfg);
     if (rc != 0) return rc;
@@ -565,8 +594,8 @@ static int issue_leaf(int kind, const plait_pki_config_t *cfg, const char *ca_cr
         if ((rc = gen_key(&key, r.use)) != 0) goto exit;
         subject_key = &key;
     }
-    issue_t q = {kind, cn, cfg->org, subject_key, &ca_key, &ca, cfg,
-                 kind == KIND_SERVER ? cfg->server_days : cfg->device_days};
+    issue_t q = {kind,    cn,  cfg->org, subject_key,
+                 &ca_key, &ca, cfg,      kind == KIND_SERVER ? cfg->server_days : cfg->device_days};
     if ((rc = issue(&q, r.use, crt_pem, info)) != 0) goto exit;
     if (key_pem_out != NULL && (rc = key_pem(&key, key_pem_out)) != 0) {
         plait_pki_free_pem(*crt_pem);
@@ -580,29 +609,32 @@ exit:
     return rc;
 }
 
-int plait_pki_server_issue(const plait_pki_config_t *cfg, const char *ca_crt_pem, const char *ca_key_pem,
-                           plait_drbg_t *rng, char **crt_pem, char **key_pem_out)
+int plait_pki_server_issue(const plait_pki_config_t *cfg, const char *ca_crt_pem,
+                           const char *ca_key_pem, plait_drbg_t *rng, char **crt_pem,
+                           char **key_pem_out)
 {
     if (crt_pem == NULL || key_pem_out == NULL) return plait_fail(PLAIT_EINVAL, "pki: NULL output");
     *crt_pem = *key_pem_out = NULL;
     if (cfg == NULL) return plait_fail(PLAIT_EINVAL, "pki: NULL config");
-    return issue_leaf(KIND_SERVER, cfg, ca_crt_pem, ca_key_pem, cfg->server_name, NULL, rng, crt_pem, key_pem_out,
-                      NULL);
+    return issue_leaf(KIND_SERVER, cfg, ca_crt_pem, ca_key_pem, cfg->server_name, NULL, rng,
+                      crt_pem, key_pem_out, NULL);
 }
 
-int plait_pki_device_issue(const plait_pki_config_t *cfg, const char *ca_crt_pem, const char *ca_key_pem,
-                           const char *device_id, plait_drbg_t *rng, char **crt_pem, char **key_pem_out,
-                           plait_pki_cert_info_t *info)
+int plait_pki_device_issue(const plait_pki_config_t *cfg, const char *ca_crt_pem,
+                           const char *ca_key_pem, const char *device_id, plait_drbg_t *rng,
+                           char **crt_pem, char **key_pem_out, plait_pki_cert_info_t *info)
 {
     if (crt_pem == NULL || key_pem_out == NULL) return plait_fail(PLAIT_EINVAL, "pki: NULL output");
     *crt_pem = *key_pem_out = NULL;
     if (!plait_pki_device_id_valid(device_id))
-        return plait_fail(PLAIT_EINVAL, "pki: device id must be 1..%d of [A-Za-z0-9._-]", PLAIT_PKI_ID_MAX);
-    return issue_leaf(KIND_DEVICE, cfg, ca_crt_pem, ca_key_pem, device_id, NULL, rng, crt_pem, key_pem_out, info);
+        return plait_fail(PLAIT_EINVAL, "pki: device id must be 1..%d of [A-Za-z0-9._-]",
+                          PLAIT_PKI_ID_MAX);
+    return issue_leaf(KIND_DEVICE, cfg, ca_crt_pem, ca_key_pem, device_id, NULL, rng, crt_pem,
+                      key_pem_out, info);
 }
 
-int plait_pki_csr_create(const char *device_id, const char *org, const char *key_pem_in, plait_drbg_t *rng,
-                         char **csr_pem)
+int plait_pki_csr_create(const char *device_id, const char *org, const char *key_pem_in,
+                         plait_drbg_t *rng, char **csr_pem)
 {
     if (csr_pem == NULL) return plait_fail(PLAIT_EINVAL, "pki: NULL output");
     *csr_pem = NULL;
@@ -642,16 +674,19 @@ static void name_cn(const mbedtls_x509_name *name, char *out, size_t cap)
     out[0] = '\0';
     for (; name != NULL; name = name->next) {
         if (name->oid.p == NULL || MBEDTLS_OID_CMP(MBEDTLS_OID_AT_CN, &name->oid) != 0) continue;
-        if (name->val.len == 0 || name->val.len >= cap || memchr(name->val.p, 0, name->val.len) != NULL) return;
+        if (name->val.len == 0 || name->val.len >= cap ||
+            memchr(name->val.p, 0, name->val.len) != NULL)
+            return;
         memcpy(out, name->val.p, name->val.len);
         out[name->val.len] = '\0';
         return;
     }
 }
 
-int plait_pki_issue_from_csr(const plait_pki_config_t *cfg, const char *ca_crt_pem, const char *ca_key_pem,
-                             const uint8_t *csr_buf, size_t csr_len, const char *device_id, plait_drbg_t *rng,
-                             char **crt_pem, plait_pki_cert_info_t *info)
+int plait_pki_issue_from_csr(const plait_pki_config_t *cfg, const char *ca_crt_pem,
+                             const char *ca_key_pem, const uint8_t *csr_buf, size_t csr_len,
+                             const char *device_id, plait_drbg_t *rng, char **crt_pem,
+                             plait_pki_cert_info_t *info)
 {
     if (crt_pem == NULL) return plait_fail(PLAIT_EINVAL, "pki: NULL output");
     *crt_pem = NULL;
@@ -679,10 +714,11 @@ int plait_pki_issue_from_csr(const plait_pki_config_t *cfg, const char *ca_crt_p
         rc = mbed_fail(PLAIT_EINTERNAL, mrc, "pki: hashing CSR");
         goto exit;
     }
-    mrc = mbedtls_pk_verify_ext(csr.sig_pk, csr.sig_opts, &csr.pk, csr.sig_md, hash, mbedtls_md_get_size(md),
-                                csr.sig.p, csr.sig.len);
+    mrc = mbedtls_pk_verify_ext(csr.sig_pk, csr.sig_opts, &csr.pk, csr.sig_md, hash,
+                                mbedtls_md_get_size(md), csr.sig.p, csr.sig.len);
     if (mrc != 0) {
-        rc = mbed_fail(PLAIT_EAUTH, mrc, "pki: CSR self-signature does not verify (request altered or key not held)");
+        rc = mbed_fail(PLAIT_EAUTH, mrc,
+                       "pki: CSR self-signature does not verify (request altered or key not held)");
         goto exit;
     }
     if (!p256_key(&csr.pk)) {
@@ -697,7 +733,8 @@ int plait_pki_issue_from_csr(const plait_pki_config_t *cfg, const char *ca_crt_p
                         device_id != NULL ? "given" : "CSR's", PLAIT_PKI_ID_MAX);
         goto exit;
     }
-    rc = issue_leaf(KIND_DEVICE, cfg, ca_crt_pem, ca_key_pem, id, &csr.pk, rng, crt_pem, NULL, info);
+    rc =
+        issue_leaf(KIND_DEVICE, cfg, ca_crt_pem, ca_key_pem, id, &csr.pk, rng, crt_pem, NULL, info);
 exit:
     mbedtls_x509_csr_free(&csr);
     free(tmp);
@@ -710,8 +747,10 @@ static void crt_info(const mbedtls_x509_crt *crt, plait_pki_cert_info_t *info)
     name_cn(&crt->subject, info->device_id, sizeof(info->device_id));
     const unsigned char *s = crt->serial.p;
     size_t n = crt->serial.len;
-    while (n > 1 && *s == 0) s++, n--;
-    if (n > PLAIT_PKI_SERIAL_HEX_MAX / 2) n = PLAIT_PKI_SERIAL_HEX_MAX / 2; /* parser caps at 32; RFC at 20 */
+    while (n > 1 && *s == 0)
+        s++, n--;
+    if (n > PLAIT_PKI_SERIAL_HEX_MAX / 2)
+        n = PLAIT_PKI_SERIAL_HEX_MAX / 2; /* parser caps at 32; RFC at 20 */
     plait_hex(s, n, info->serial_hex);
     plait_sha256(crt->raw.p, crt->raw.len, info->fingerprint);
     plait_hex(info->fingerprint, 32, info->fingerprint_hex);
@@ -740,7 +779,8 @@ int plait_pki_cert_info(const uint8_t *buf, size_t len, plait_pki_cert_info_t *i
     return rc;
 }
 
-int plait_pki_verify(const char *ca_crt_pem, const char *crt_pem, int want_client, const char **reason)
+int plait_pki_verify(const char *ca_crt_pem, const char *crt_pem, int want_client,
+                     const char **reason)
 {
     static const char *dummy;
     if (reason == NULL) reason = &dummy;
@@ -752,16 +792,19 @@ int plait_pki_verify(const char *ca_crt_pem, const char *crt_pem, int want_clien
     int rc = load_crt(&ca, ca_crt_pem, "CA certificate");
     if (rc == 0) rc = load_crt(&crt, crt_pem, "certificate");
     if (rc != 0) goto exit;
-    int mrc = mbedtls_x509_crt_verify_with_profile(&crt, &ca, NULL, &profile, NULL, &flags, NULL, NULL);
+    int mrc =
+        mbedtls_x509_crt_verify_with_profile(&crt, &ca, NULL, &profile, NULL, &flags, NULL, NULL);
     if (mbedtls_x509_crt_check_key_usage(&crt, MBEDTLS_X509_KU_DIGITAL_SIGNATURE) != 0)
         flags |= MBEDTLS_X509_BADCERT_KEY_USAGE;
     const char *oid = want_client ? MBEDTLS_OID_CLIENT_AUTH : MBEDTLS_OID_SERVER_AUTH;
-    if (mbedtls_x509_crt_check_extended_key_usage(&crt, oid, MBEDTLS_OID_SIZE(MBEDTLS_OID_CLIENT_AUTH)) != 0)
+    size_t oid_len = want_client ? MBEDTLS_OID_SIZE(MBEDTLS_OID_CLIENT_AUTH)
+                                 : MBEDTLS_OID_SIZE(MBEDTLS_OID_SERVER_AUTH);
+    if (mbedtls_x509_crt_check_extended_key_usage(&crt, oid, oid_len) != 0)
         flags |= MBEDTLS_X509_BADCERT_EXT_KEY_USAGE;
     if (mrc != 0 || flags != 0) {
         *reason = plait__pki_flags_reason(flags);
-        rc = plait_fail(PLAIT_EAUTH, "pki: %s (flags 0x%05x, mbedTLS -0x%04x)", *reason, (unsigned)flags,
-                        (unsigned)-mrc);
+        rc = plait_fail(PLAIT_EAUTH, "pki: %s (flags 0x%05x, mbedTLS -0x%04x)", *reason,
+                        (unsigned)flags, (unsigned)-mrc);
     }
 exit:
     mbedtls_x509_crt_free(&crt);
@@ -788,7 +831,8 @@ void plait_pki_revlist_free(plait_pki_revlist_t *rl)
 static int serial_norm(const char *in, char out[PLAIT_PKI_SERIAL_HEX_MAX + 1])
 {
     if (in == NULL) return PLAIT_EINVAL;
-    while (*in == '0') in++;
+    while (*in == '0')
+        in++;
     size_t n = strlen(in);
     if (n == 0 || n > PLAIT_PKI_SERIAL_HEX_MAX) return PLAIT_EINVAL;
     for (size_t i = 0; i < n; i++) {
@@ -805,7 +849,8 @@ int plait_pki_revlist_add_serial(plait_pki_revlist_t *rl, const char *serial_hex
 {
     char norm[PLAIT_PKI_SERIAL_HEX_MAX + 1];
     if (rl == NULL || serial_norm(serial_hex, norm) != 0)
-        return plait_fail(PLAIT_EINVAL, "pki: serial must be 1..%d hex digits", PLAIT_PKI_SERIAL_HEX_MAX);
+        return plait_fail(PLAIT_EINVAL, "pki: serial must be 1..%d hex digits",
+                          PLAIT_PKI_SERIAL_HEX_MAX);
     if (rl->n_serials == rl->cap_serials) {
         size_t cap = rl->cap_serials ? 2 * rl->cap_serials : 16;
         void *p = realloc(rl->serials, cap * sizeof(*rl->serials));
@@ -823,7 +868,8 @@ int plait_pki_revlist_add_fingerprint(plait_pki_revlist_t *rl, const uint8_t fpr
     if (rl->n_fprs == rl->cap_fprs) {
         size_t cap = rl->cap_fprs ? 2 * rl->cap_fprs : 16;
         void *p = realloc(rl->fprs, cap * sizeof(*rl->fprs));
-        if (p == NULL) return plait_fail(PLAIT_ENOMEM, "pki: revocation list of %zu fingerprints", cap);
+        if (p == NULL)
+            return plait_fail(PLAIT_ENOMEM, "pki: revocation list of %zu fingerprints", cap);
         rl->fprs = p;
         rl->cap_fprs = cap;
     }
@@ -856,8 +902,9 @@ int plait_pki_revlist_load(plait_pki_revlist_t *rl, const char *path)
     if (rc == PLAIT_ENOENT) return 0;
     if (rc != 0) return rc;
     size_t lineno = 0;
-    char *save = NULL;
-    for (char *line = strtok_r(text, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
+    for (char *line = text, *next; line != NULL; line = next) {
+        next = strchr(line, '\n');
+        if (next != NULL) *next++ = '\0';
         lineno++;
         char *hash = strchr(line, '#');
         if (hash) *hash = '\0';
@@ -880,7 +927,9 @@ int plait_pki_revlist_load(plait_pki_revlist_t *rl, const char *path)
     }
     free(text);
     if (rc == PLAIT_EINVAL || rc == PLAIT_EPROTO)
-        return plait_fail(PLAIT_EPROTO, "%s: line %zu: expected 'serial <hex>' or 'sha256 <64 hex>'", path, lineno);
+        return plait_fail(PLAIT_EPROTO,
+                          "%s: line %zu: expected 'serial <hex>' or 'sha256 <64 hex>'", path,
+                          lineno);
     return rc;
 }
 
@@ -924,7 +973,9 @@ int plait_pki_read_file(const char *path, char **text)
     if (path == NULL || text == NULL) return plait_fail(PLAIT_EINVAL, "pki: NULL argument");
     *text = NULL;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return plait_fail(errno == ENOENT ? PLAIT_ENOENT : PLAIT_EIO, "%s: %s", path, strerror(errno));
+    if (fd < 0)
+        return plait_fail(errno == ENOENT ? PLAIT_ENOENT : PLAIT_EIO, "%s: %s", path,
+                          strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         close(fd);
@@ -932,7 +983,8 @@ int plait_pki_read_file(const char *path, char **text)
     }
     if (st.st_size > FILE_MAX) {
         close(fd);
-        return plait_fail(PLAIT_ETOOBIG, "%s: %lld bytes exceeds %d", path, (long long)st.st_size, FILE_MAX);
+        return plait_fail(PLAIT_ETOOBIG, "%s: %lld bytes exceeds %d", path, (long long)st.st_size,
+                          FILE_MAX);
     }
     size_t cap = (size_t)st.st_size, n = 0;
     char *buf = malloc(cap + 1);
@@ -959,7 +1011,8 @@ int plait_pki_read_file(const char *path, char **text)
 
 static int dir_path(char *out, size_t cap, const char *dir, const char *name)
 {
-    if (snprintf(out, cap, "%s/%s", dir, name) >= (int)cap) return plait_fail(PLAIT_EINVAL, "pki: path too long");
+    if (snprintf(out, cap, "%s/%s", dir, name) >= (int)cap)
+        return plait_fail(PLAIT_EINVAL, "pki: path too long");
     return 0;
 }
 
@@ -969,9 +1022,11 @@ int plait_pki_init_deployment(const char *dir, const plait_pki_config_t *cfg)
     int rc = plait_pki_config_validate(cfg);
     if (rc != 0) return rc;
     char p[4096];
-    if (mkdir(dir, 0700) != 0 && errno != EEXIST) return plait_fail(PLAIT_EIO, "%s: %s", dir, strerror(errno));
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+        return plait_fail(PLAIT_EIO, "%s: %s", dir, strerror(errno));
     if ((rc = dir_path(p, sizeof(p), dir, "ca.key")) != 0) return rc;
-    if (access(p, F_OK) == 0) return plait_fail(PLAIT_EBUSY, "%s: a deployment CA already exists", dir);
+    if (access(p, F_OK) == 0)
+        return plait_fail(PLAIT_EBUSY, "%s: a deployment CA already exists", dir);
 
     char *ca_crt = NULL, *ca_key = NULL, *srv_crt = NULL, *srv_key = NULL;
     plait_drbg_t d;
@@ -982,15 +1037,22 @@ int plait_pki_init_deployment(const char *dir, const plait_pki_config_t *cfg)
     if ((rc = plait_pki_server_issue(cfg, ca_crt, ca_key, &d, &srv_crt, &srv_key)) != 0) goto exit;
     /* Keys first: a crash half-way leaves ca.key, so a retry refuses to mint a
      * second CA over an existing one; the operator removes the directory. */
-    if ((rc = dir_path(p, sizeof(p), dir, "ca.key")) != 0 || (rc = plait_pki_write_file(p, ca_key, 1)) != 0) goto exit;
-    if ((rc = dir_path(p, sizeof(p), dir, "ca.crt")) != 0 || (rc = plait_pki_write_file(p, ca_crt, 0)) != 0) goto exit;
-    if ((rc = dir_path(p, sizeof(p), dir, "server.key")) != 0 || (rc = plait_pki_write_file(p, srv_key, 1)) != 0)
+    if ((rc = dir_path(p, sizeof(p), dir, "ca.key")) != 0 ||
+        (rc = plait_pki_write_file(p, ca_key, 1)) != 0)
         goto exit;
-    if ((rc = dir_path(p, sizeof(p), dir, "server.crt")) != 0 || (rc = plait_pki_write_file(p, srv_crt, 0)) != 0)
+    if ((rc = dir_path(p, sizeof(p), dir, "ca.crt")) != 0 ||
+        (rc = plait_pki_write_file(p, ca_crt, 0)) != 0)
+        goto exit;
+    if ((rc = dir_path(p, sizeof(p), dir, "server.key")) != 0 ||
+        (rc = plait_pki_write_file(p, srv_key, 1)) != 0)
+        goto exit;
+    if ((rc = dir_path(p, sizeof(p), dir, "server.crt")) != 0 ||
+        (rc = plait_pki_write_file(p, srv_crt, 0)) != 0)
         goto exit;
     if ((rc = dir_path(p, sizeof(p), dir, "revoked.txt")) != 0) goto exit;
     if (access(p, F_OK) != 0)
-        rc = plait_pki_write_file(p, "# Revoked device certificates: 'serial <hex>' or 'sha256 <hex>' per line.\n", 0);
+        rc = plait_pki_write_file(
+            p, "# Revoked device certificates: 'serial <hex>' or 'sha256 <hex>' per line.\n", 0);
 exit:
     plait_pki_free_pem(ca_crt);
     plait_pki_free_pem(ca_key);
@@ -1010,27 +1072,33 @@ static int read_ca(const char *dir, char **crt, char **key)
     return rc;
 }
 
-int plait_pki_enroll(const char *dir, const plait_pki_config_t *cfg, const char *device_id, char **crt_pem,
-                     char **key_pem_out, plait_pki_cert_info_t *info)
+int plait_pki_enroll(const char *dir, const plait_pki_config_t *cfg, const char *device_id,
+                     char **crt_pem, char **key_pem_out, plait_pki_cert_info_t *info)
 {
-    if (dir == NULL || crt_pem == NULL || key_pem_out == NULL) return plait_fail(PLAIT_EINVAL, "pki: NULL argument");
+    if (dir == NULL || crt_pem == NULL || key_pem_out == NULL)
+        return plait_fail(PLAIT_EINVAL, "pki: NULL argument");
     *crt_pem = *key_pem_out = NULL;
     char *ca_crt = NULL, *ca_key = NULL;
     int rc = read_ca(dir, &ca_crt, &ca_key);
-    if (rc == 0) rc = plait_pki_device_issue(cfg, ca_crt, ca_key, device_id, NULL, crt_pem, key_pem_out, info);
+    if (rc == 0)
+        rc = plait_pki_device_issue(cfg, ca_crt, ca_key, device_id, NULL, crt_pem, key_pem_out,
+                                    info);
     plait_pki_free_pem(ca_crt);
     plait_pki_free_pem(ca_key);
     return rc;
 }
 
-int plait_pki_enroll_csr(const char *dir, const plait_pki_config_t *cfg, const uint8_t *csr, size_t csr_len,
-                         const char *device_id, char **crt_pem, plait_pki_cert_info_t *info)
+int plait_pki_enroll_csr(const char *dir, const plait_pki_config_t *cfg, const uint8_t *csr,
+                         size_t csr_len, const char *device_id, char **crt_pem,
+                         plait_pki_cert_info_t *info)
 {
     if (dir == NULL || crt_pem == NULL) return plait_fail(PLAIT_EINVAL, "pki: NULL argument");
     *crt_pem = NULL;
     char *ca_crt = NULL, *ca_key = NULL;
     int rc = read_ca(dir, &ca_crt, &ca_key);
-    if (rc == 0) rc = plait_pki_issue_from_csr(cfg, ca_crt, ca_key, csr, csr_len, device_id, NULL, crt_pem, info);
+    if (rc == 0)
+        rc = plait_pki_issue_from_csr(cfg, ca_crt, ca_key, csr, csr_len, device_id, NULL, crt_pem,
+                                      info);
     plait_pki_free_pem(ca_crt);
     plait_pki_free_pem(ca_key);
     return rc;
@@ -1042,7 +1110,8 @@ int plait_pki_revoke(const char *dir, const char *serial_hex, const uint8_t *fin
     if (dir == NULL || (serial_hex == NULL && fingerprint == NULL))
         return plait_fail(PLAIT_EINVAL, "pki: revoke needs a serial or a fingerprint");
     if (serial_hex != NULL && serial_norm(serial_hex, norm) != 0)
-        return plait_fail(PLAIT_EINVAL, "pki: serial must be 1..%d hex digits", PLAIT_PKI_SERIAL_HEX_MAX);
+        return plait_fail(PLAIT_EINVAL, "pki: serial must be 1..%d hex digits",
+                          PLAIT_PKI_SERIAL_HEX_MAX);
     char p[4096], line[256];
     int rc = dir_path(p, sizeof(p), dir, "revoked.txt");
     if (rc != 0) return rc;

@@ -20,20 +20,22 @@
  * detail and one DEBUG log line, never key material.
  *
  * Invariants: state moves HANDSHAKE -> OPEN -> (CLOSED | FAILED) only; FAILED
- * is sticky. Buffers are wiped before they are freed (they hold plaintext
- * only transiently, but the output of a not-yet-encrypted write never lands
- * here; input is ciphertext).
+ * is sticky. The session's own buffers only ever hold ciphertext; they are
+ * wiped before they are freed anyway. Plaintext and keys live in mbedTLS's
+ * record buffers and transform, which mbedtls_ssl_free() wipes.
  */
 #include "plait/tls.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include <mbedtls/asn1.h>
+#include <mbedtls/ecp.h>
 #include <mbedtls/error.h>
 #include <mbedtls/oid.h>
 #include <mbedtls/platform_util.h>
@@ -64,13 +66,13 @@ enum { ST_HANDSHAKE, ST_OPEN, ST_CLOSED, ST_FAILED };
 struct plait_tls_s {
     mbedtls_ssl_context ssl;
     plait_tls_config_t *cfg;
-    uint8_t *in;                  /* received ciphertext: [in_off, in_len) unconsumed */
+    uint8_t *in; /* received ciphertext: [in_off, in_len) unconsumed */
     size_t in_off, in_len, in_cap;
-    uint8_t *out;                 /* ciphertext to send: [out_off, out_len) pending */
+    uint8_t *out; /* ciphertext to send: [out_off, out_len) pending */
     size_t out_off, out_len, out_cap;
     int state;
-    int err;                      /* sticky PLAIT_E* once FAILED */
-    const char *reason;           /* static; "" until a failure */
+    int err;            /* sticky PLAIT_E* once FAILED */
+    const char *reason; /* static; "" until a failure */
     int have_peer;
     int peer_revoked;
     plait_pki_cert_info_t peer;
@@ -109,13 +111,13 @@ static int parse_pem_crt(mbedtls_x509_crt *crt, const char *pem, const char *wha
 {
     int mrc = mbedtls_x509_crt_parse(crt, (const unsigned char *)pem, strlen(pem) + 1);
     if (mrc != 0)
-        return plait_fail(PLAIT_EPROTO, "tls: %s is not a parseable certificate (mbedTLS -0x%04x)", what,
-                          (unsigned)-mrc);
+        return plait_fail(PLAIT_EPROTO, "tls: %s is not a parseable certificate (mbedTLS -0x%04x)",
+                          what, (unsigned)-mrc);
     return 0;
 }
 
-static int config_new(plait_tls_config_t **out, int endpoint, const char *ca_pem, const char *crt_pem,
-                      const char *key_pem)
+static int config_new(plait_tls_config_t **out, int endpoint, const char *ca_pem,
+                      const char *crt_pem, const char *key_pem)
 {
     *out = NULL;
     plait_tls_config_t *c = calloc(1, sizeof(*c));
@@ -133,25 +135,32 @@ static int config_new(plait_tls_config_t **out, int endpoint, const char *ca_pem
     if ((rc = parse_pem_crt(&c->ca, ca_pem, "CA certificate")) != 0) goto fail;
     if (crt_pem != NULL) {
         if ((rc = parse_pem_crt(&c->own, crt_pem, "own certificate")) != 0) goto fail;
-        mrc = mbedtls_pk_parse_key(&c->key, (const unsigned char *)key_pem, strlen(key_pem) + 1, NULL, 0);
+        mrc = mbedtls_pk_parse_key(&c->key, (const unsigned char *)key_pem, strlen(key_pem) + 1,
+                                   NULL, 0);
         if (mrc != 0) {
-            rc = plait_fail(PLAIT_EPROTO, "tls: private key is not parseable (mbedTLS -0x%04x)", (unsigned)-mrc);
+            rc = plait_fail(PLAIT_EPROTO, "tls: private key is not parseable (mbedTLS -0x%04x)",
+                            (unsigned)-mrc);
             goto fail;
         }
         if ((mrc = mbedtls_pk_check_pair(&c->own.pk, &c->key)) != 0) {
-            rc = plait_fail(PLAIT_EMISMATCH, "tls: private key does not match the certificate (mbedTLS -0x%04x)",
+            rc = plait_fail(PLAIT_EMISMATCH,
+                            "tls: private key does not match the certificate (mbedTLS -0x%04x)",
                             (unsigned)-mrc);
             goto fail;
         }
     }
-    mrc = mbedtls_ssl_config_defaults(&c->conf, endpoint, MBEDTLS_SSL_TRANSPORT_STREAM, MBEDTLS_SSL_PRESET_DEFAULT);
+    mrc = mbedtls_ssl_config_defaults(&c->conf, endpoint, MBEDTLS_SSL_TRANSPORT_STREAM,
+                                      MBEDTLS_SSL_PRESET_DEFAULT);
     if (mrc != 0) {
-        rc = plait_fail(PLAIT_EINTERNAL, "tls: ssl_config_defaults (mbedTLS -0x%04x)", (unsigned)-mrc);
+        rc = plait_fail(PLAIT_EINTERNAL, "tls: ssl_config_defaults (mbedTLS -0x%04x)",
+                        (unsigned)-mrc);
         goto fail;
     }
     mbedtls_ssl_conf_rng(&c->conf, plait__pki_rng, &c->drbg);
-    mbedtls_ssl_conf_min_version(&c->conf, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
-    mbedtls_ssl_conf_max_version(&c->conf, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
+    mbedtls_ssl_conf_min_version(&c->conf, MBEDTLS_SSL_MAJOR_VERSION_3,
+                                 MBEDTLS_SSL_MINOR_VERSION_3);
+    mbedtls_ssl_conf_max_version(&c->conf, MBEDTLS_SSL_MAJOR_VERSION_3,
+                                 MBEDTLS_SSL_MINOR_VERSION_3);
     mbedtls_ssl_conf_ciphersuites(&c->conf, suites);
     mbedtls_ssl_conf_curves(&c->conf, curves);
     mbedtls_ssl_conf_sig_hashes(&c->conf, sig_hashes);
@@ -171,8 +180,9 @@ fail:
     return rc;
 }
 
-int plait_tls_config_server(plait_tls_config_t **out, const char *ca_pem, const char *crt_pem, const char *key_pem,
-                            int require_client_cert, plait_tls_revoked_cb revoked, void *revoked_ud)
+int plait_tls_config_server(plait_tls_config_t **out, const char *ca_pem, const char *crt_pem,
+                            const char *key_pem, int require_client_cert,
+                            plait_tls_revoked_cb revoked, void *revoked_ud)
 {
     if (out == NULL) return plait_fail(PLAIT_EINVAL, "tls: NULL output");
     *out = NULL;
@@ -188,24 +198,29 @@ int plait_tls_config_server(plait_tls_config_t **out, const char *ca_pem, const 
         mbedtls_x509_crt_check_key_usage(&c->own, MBEDTLS_X509_KU_DIGITAL_SIGNATURE) != 0) {
         plait_tls_config_free(c);
         *out = NULL;
-        return plait_fail(PLAIT_EINVAL, "tls: the server certificate is not issued for serverAuth/digitalSignature");
+        return plait_fail(
+            PLAIT_EINVAL,
+            "tls: the server certificate is not issued for serverAuth/digitalSignature");
     }
     c->require_cert = require_client_cert != 0;
     c->revoked = revoked;
     c->revoked_ud = revoked_ud;
     /* OPTIONAL lets a certificate-less client through mbedTLS; plait then
      * still refuses any certificate that was presented and failed. */
-    mbedtls_ssl_conf_authmode(&c->conf, c->require_cert ? MBEDTLS_SSL_VERIFY_REQUIRED : MBEDTLS_SSL_VERIFY_OPTIONAL);
+    mbedtls_ssl_conf_authmode(&c->conf, c->require_cert ? MBEDTLS_SSL_VERIFY_REQUIRED
+                                                        : MBEDTLS_SSL_VERIFY_OPTIONAL);
     return 0;
 }
 
-int plait_tls_config_client(plait_tls_config_t **out, const char *ca_pem, const char *crt_pem, const char *key_pem,
-                            const char *server_name)
+int plait_tls_config_client(plait_tls_config_t **out, const char *ca_pem, const char *crt_pem,
+                            const char *key_pem, const char *server_name)
 {
     if (out == NULL) return plait_fail(PLAIT_EINVAL, "tls: NULL output");
     *out = NULL;
-    if (ca_pem == NULL || server_name == NULL || server_name[0] == '\0' || (crt_pem == NULL) != (key_pem == NULL))
-        return plait_fail(PLAIT_EINVAL, "tls: client needs a CA, a server name, and a certificate with its key");
+    if (ca_pem == NULL || server_name == NULL || server_name[0] == '\0' ||
+        (crt_pem == NULL) != (key_pem == NULL))
+        return plait_fail(PLAIT_EINVAL,
+                          "tls: client needs a CA, a server name, and a certificate with its key");
     size_t n = strlen(server_name);
     if (n >= sizeof(((plait_tls_config_t *)0)->server_name))
         return plait_fail(PLAIT_EINVAL, "tls: server name too long");
@@ -218,6 +233,57 @@ int plait_tls_config_client(plait_tls_config_t **out, const char *ca_pem, const 
     else if (inet_pton(AF_INET6, server_name, c->server_ip) == 1)
         c->server_ip_len = 16;
     return 0;
+}
+
+typedef struct {
+    char *ca, *crt, *key;
+} pems_t;
+
+static void pems_free(pems_t *p)
+{
+    plait_pki_free_pem(p->ca);
+    plait_pki_free_pem(p->crt);
+    plait_pki_free_pem(p->key); /* wiped: it is a private key */
+}
+
+static int pems_read(pems_t *p, const char *ca, const char *crt, const char *key)
+{
+    memset(p, 0, sizeof(*p));
+    int rc = plait_pki_read_file(ca, &p->ca);
+    if (rc == 0) rc = plait_pki_read_file(crt, &p->crt);
+    if (rc == 0) rc = plait_pki_read_file(key, &p->key);
+    return rc;
+}
+
+int plait_tls_config_server_dir(plait_tls_config_t **out, const char *dir,
+                                plait_tls_revoked_cb revoked, void *revoked_ud)
+{
+    if (out == NULL || dir == NULL) return plait_fail(PLAIT_EINVAL, "tls: NULL argument");
+    *out = NULL;
+    char ca[4096], crt[4096], key[4096];
+    if (snprintf(ca, sizeof(ca), "%s/ca.crt", dir) >= (int)sizeof(ca))
+        return plait_fail(PLAIT_EINVAL, "tls: path too long");
+    snprintf(crt, sizeof(crt), "%s/server.crt", dir);
+    snprintf(key, sizeof(key), "%s/server.key", dir);
+    pems_t p;
+    int rc = pems_read(&p, ca, crt, key);
+    if (rc == 0) rc = plait_tls_config_server(out, p.ca, p.crt, p.key, 1, revoked, revoked_ud);
+    pems_free(&p);
+    return rc;
+}
+
+int plait_tls_config_client_files(plait_tls_config_t **out, const char *ca_path,
+                                  const char *crt_path, const char *key_path,
+                                  const char *server_name)
+{
+    if (out == NULL || ca_path == NULL || crt_path == NULL || key_path == NULL)
+        return plait_fail(PLAIT_EINVAL, "tls: NULL argument");
+    *out = NULL;
+    pems_t p;
+    int rc = pems_read(&p, ca_path, crt_path, key_path);
+    if (rc == 0) rc = plait_tls_config_client(out, p.ca, p.crt, p.key, server_name);
+    pems_free(&p);
+    return rc;
 }
 
 /* ---- BIO over the session's buffers -------------------------------------- */
@@ -239,7 +305,8 @@ static int grow(uint8_t **buf, size_t *cap, size_t need)
 {
     if (need <= *cap) return 0;
     size_t c = *cap ? *cap : 4096;
-    while (c < need) c *= 2;
+    while (c < need)
+        c *= 2;
     uint8_t *p = malloc(c);
     if (p == NULL) return -1;
     if (*buf != NULL) {
@@ -256,7 +323,11 @@ static int bio_send(void *p, const unsigned char *buf, size_t len)
 {
     plait_tls_t *s = p;
     if (len > INT_MAX) len = INT_MAX;
-    if (s->out_off > 0 && s->out_off == s->out_len) s->out_off = s->out_len = 0;
+    if (s->out_off > 0) { /* compact: pending bytes move to the front */
+        memmove(s->out, s->out + s->out_off, s->out_len - s->out_off);
+        s->out_len -= s->out_off;
+        s->out_off = 0;
+    }
     if (grow(&s->out, &s->out_cap, s->out_len + len) != 0) return MBEDTLS_ERR_SSL_ALLOC_FAILED;
     memcpy(s->out + s->out_len, buf, len);
     s->out_len += len;
@@ -339,12 +410,13 @@ void plait_tls_free(plait_tls_t *s)
 
 int plait_tls_feed(plait_tls_t *s, const uint8_t *buf, size_t len)
 {
-    if (s == NULL || (buf == NULL && len > 0)) return plait_fail(PLAIT_EINVAL, "tls: NULL argument");
+    if (s == NULL || (buf == NULL && len > 0))
+        return plait_fail(PLAIT_EINVAL, "tls: NULL argument");
     if (len == 0) return 0;
     size_t unconsumed = s->in_len - s->in_off;
     if (len > PLAIT_TLS_IN_MAX || unconsumed + len > PLAIT_TLS_IN_MAX)
-        return plait_fail(PLAIT_ETOOBIG, "tls: %zu bytes of input would wait unconsumed (limit %d)", unconsumed + len,
-                          PLAIT_TLS_IN_MAX);
+        return plait_fail(PLAIT_ETOOBIG, "tls: %zu bytes of input would wait unconsumed (limit %d)",
+                          unconsumed + len, PLAIT_TLS_IN_MAX);
     if (s->in_off > 0) { /* compact: keep the unconsumed tail at the front */
         memmove(s->in, s->in + s->in_off, unconsumed);
         s->in_off = 0;
@@ -379,19 +451,29 @@ static int alert_is_auth(unsigned char a)
     return a == MBEDTLS_SSL_ALERT_MSG_BAD_CERT || a == MBEDTLS_SSL_ALERT_MSG_UNSUPPORTED_CERT ||
            a == MBEDTLS_SSL_ALERT_MSG_CERT_REVOKED || a == MBEDTLS_SSL_ALERT_MSG_CERT_EXPIRED ||
            a == MBEDTLS_SSL_ALERT_MSG_CERT_UNKNOWN || a == MBEDTLS_SSL_ALERT_MSG_UNKNOWN_CA ||
-           a == MBEDTLS_SSL_ALERT_MSG_ACCESS_DENIED || a == MBEDTLS_SSL_ALERT_MSG_NO_CERT;
+           a == MBEDTLS_SSL_ALERT_MSG_ACCESS_DENIED || a == MBEDTLS_SSL_ALERT_MSG_NO_CERT ||
+           a == MBEDTLS_SSL_ALERT_MSG_DECRYPT_ERROR;
 }
 
 static const char *alert_reason(unsigned char a)
 {
     switch (a) {
-    case MBEDTLS_SSL_ALERT_MSG_CERT_REVOKED: return "peer refused our certificate: revoked";
-    case MBEDTLS_SSL_ALERT_MSG_CERT_EXPIRED: return "peer refused our certificate: expired";
-    case MBEDTLS_SSL_ALERT_MSG_UNKNOWN_CA: return "peer refused our certificate: unknown CA";
-    case MBEDTLS_SSL_ALERT_MSG_UNSUPPORTED_CERT: return "peer refused our certificate: wrong usage";
-    case MBEDTLS_SSL_ALERT_MSG_HANDSHAKE_FAILURE: return "peer aborted the handshake (no common parameters)";
-    case MBEDTLS_SSL_ALERT_MSG_BAD_RECORD_MAC: return "peer reported a record that failed authentication";
-    default: return alert_is_auth(a) ? "peer refused our certificate" : "peer sent a fatal alert";
+    case MBEDTLS_SSL_ALERT_MSG_CERT_REVOKED:
+        return "peer refused our certificate: revoked";
+    case MBEDTLS_SSL_ALERT_MSG_CERT_EXPIRED:
+        return "peer refused our certificate: expired";
+    case MBEDTLS_SSL_ALERT_MSG_UNKNOWN_CA:
+        return "peer refused our certificate: unknown CA";
+    case MBEDTLS_SSL_ALERT_MSG_UNSUPPORTED_CERT:
+        return "peer refused our certificate: wrong usage";
+    case MBEDTLS_SSL_ALERT_MSG_HANDSHAKE_FAILURE:
+        return "peer aborted the handshake (no common parameters)";
+    case MBEDTLS_SSL_ALERT_MSG_BAD_RECORD_MAC:
+        return "peer reported a record that failed authentication";
+    case MBEDTLS_SSL_ALERT_MSG_DECRYPT_ERROR:
+        return "peer could not verify our handshake signature or transcript";
+    default:
+        return alert_is_auth(a) ? "peer refused our certificate" : "peer sent a fatal alert";
     }
 }
 
@@ -436,14 +518,38 @@ static int fail(plait_tls_t *s, int mrc, const char *during)
         break;
     }
     case MBEDTLS_ERR_SSL_NO_USABLE_CIPHERSUITE:
-    case MBEDTLS_ERR_SSL_BAD_HS_PROTOCOL_VERSION: why = "no common TLS version, cipher suite or curve"; break;
+    case MBEDTLS_ERR_SSL_BAD_HS_PROTOCOL_VERSION:
+        why = "no common TLS version, cipher suite or curve";
+        break;
     case MBEDTLS_ERR_SSL_ALLOC_FAILED:
         code = PLAIT_ENOMEM;
         why = "out of memory";
         break;
-    case MBEDTLS_ERR_SSL_INVALID_RECORD: why = "malformed TLS record"; break;
-    case MBEDTLS_ERR_SSL_UNEXPECTED_MESSAGE: why = "unexpected TLS message"; break;
-    default: break;
+    case MBEDTLS_ERR_SSL_INVALID_RECORD:
+        why = "malformed TLS record";
+        break;
+    case MBEDTLS_ERR_SSL_UNEXPECTED_MESSAGE:
+        why = "unexpected TLS message";
+        break;
+    case MBEDTLS_ERR_SSL_BAD_HS_CLIENT_HELLO:
+        why = "malformed ClientHello";
+        break;
+    case MBEDTLS_ERR_SSL_FEATURE_UNAVAILABLE:
+        why = "peer asked for an unsupported TLS feature";
+        break;
+    case MBEDTLS_ERR_ECP_VERIFY_FAILED:
+    case MBEDTLS_ERR_PK_SIG_LEN_MISMATCH:
+    case MBEDTLS_ERR_SSL_BAD_HS_FINISHED:
+        /* A handshake signature or the Finished transcript MAC did not
+         * verify: the messages were altered or the peer lacks its key. */
+        code = PLAIT_EAUTH;
+        why = "handshake signature or transcript does not verify";
+        break;
+    default:
+        /* Parse errors of a certificate in the peer's Certificate message
+         * come up as X.509 (-0x2xxx) or PK (-0x3xxx) codes. */
+        if (mrc <= -0x2000 && mrc > -0x4000) why = "malformed certificate";
+        break;
     }
     s->state = ST_FAILED;
     s->err = code;
@@ -474,7 +580,10 @@ int plait_tls_handshake(plait_tls_t *s)
         return plait_fail(PLAIT_EAUTH, "tls: handshake: %s", s->reason);
     }
     if (s->have_peer && mbedtls_ssl_get_verify_result(&s->ssl) != 0) {
-        /* VERIFY_OPTIONAL server: a presented certificate must still verify. */
+        /* VERIFY_OPTIONAL server: a presented certificate must still verify.
+         * mbedTLS finished the handshake, so tell the peer ourselves. */
+        (void)mbedtls_ssl_send_alert_message(&s->ssl, MBEDTLS_SSL_ALERT_LEVEL_FATAL,
+                                             MBEDTLS_SSL_ALERT_MSG_BAD_CERT);
         return fail(s, MBEDTLS_ERR_X509_CERT_VERIFY_FAILED, "handshake");
     }
     s->state = ST_OPEN;
@@ -488,14 +597,16 @@ int plait_tls_established(const plait_tls_t *s)
 
 int plait_tls_read(plait_tls_t *s, uint8_t *buf, size_t cap)
 {
-    if (s == NULL || buf == NULL || cap == 0) return plait_fail(PLAIT_EINVAL, "tls: bad read arguments");
+    if (s == NULL || buf == NULL || cap == 0)
+        return plait_fail(PLAIT_EINVAL, "tls: bad read arguments");
     int rc = plait_tls_handshake(s);
     if (rc != 0) return rc;
     if (s->state == ST_CLOSED) return 0;
     if (cap > INT_MAX) cap = INT_MAX;
     int mrc = mbedtls_ssl_read(&s->ssl, buf, cap);
     if (mrc > 0) return mrc;
-    if (mrc == MBEDTLS_ERR_SSL_WANT_READ || mrc == MBEDTLS_ERR_SSL_WANT_WRITE || mrc == 0) return PLAIT_EAGAIN;
+    if (mrc == MBEDTLS_ERR_SSL_WANT_READ || mrc == MBEDTLS_ERR_SSL_WANT_WRITE || mrc == 0)
+        return PLAIT_EAGAIN;
     if (mrc == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY) {
         s->state = ST_CLOSED;
         return 0;
@@ -505,15 +616,18 @@ int plait_tls_read(plait_tls_t *s, uint8_t *buf, size_t cap)
 
 int plait_tls_write(plait_tls_t *s, const uint8_t *buf, size_t len)
 {
-    if (s == NULL || buf == NULL || len == 0) return plait_fail(PLAIT_EINVAL, "tls: bad write arguments");
+    if (s == NULL || buf == NULL || len == 0)
+        return plait_fail(PLAIT_EINVAL, "tls: bad write arguments");
     int rc = plait_tls_handshake(s);
     if (rc != 0) return rc;
-    if (s->state == ST_CLOSED) return plait_fail(PLAIT_EIO, "tls: write after the peer closed the session");
+    if (s->state == ST_CLOSED)
+        return plait_fail(PLAIT_EIO, "tls: write after the peer closed the session");
     if (len > INT_MAX) len = INT_MAX;
     size_t done = 0;
     while (done < len && plait_tls_pending_out(s, NULL) < PLAIT_TLS_OUT_HIGH) {
         int mrc = mbedtls_ssl_write(&s->ssl, buf + done, len - done);
-        if (mrc == MBEDTLS_ERR_SSL_WANT_READ || mrc == MBEDTLS_ERR_SSL_WANT_WRITE) break;
+        if (mrc == MBEDTLS_ERR_SSL_WANT_READ || mrc == MBEDTLS_ERR_SSL_WANT_WRITE || mrc == 0)
+            break;
         if (mrc < 0) return fail(s, mrc, "write");
         done += (size_t)mrc;
     }
@@ -558,7 +672,9 @@ static int flush_fd(plait_tls_t *s, int fd)
     while ((n = plait_tls_pending_out(s, &p)) > 0) {
         ssize_t w = write(fd, p, n);
         if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return plait_fail(PLAIT_EIO, "tls: write to fd %d: %s", fd, w < 0 ? strerror(errno) : "0 bytes");
+        if (w <= 0)
+            return plait_fail(PLAIT_EIO, "tls: write to fd %d: %s", fd,
+                              w < 0 ? strerror(errno) : "0 bytes");
         plait_tls_consume_out(s, (size_t)w);
     }
     return 0;

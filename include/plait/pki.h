@@ -16,14 +16,18 @@
  *
  *     plait_pki_config_t cfg;
  *     plait_pki_config_default(&cfg);
- *     cfg.server_names = "agg.example.org,10.0.0.5";
- *     if ((rc = plait_pki_init_deployment(dir, &cfg)) != 0) ...   // ca.crt ca.key server.crt server.key
+ *     cfg.server_alt_names = "agg.example.org,10.0.0.5";
+ *     // writes ca.crt, ca.key, server.crt, server.key, revoked.txt
+ *     if ((rc = plait_pki_init_deployment(dir, &cfg)) != 0) goto fail;
  *     char *crt = NULL, *key = NULL;
  *     plait_pki_cert_info_t info;
- *     rc = plait_pki_enroll(dir, &cfg, "phone-0042", &crt, &key, &info);  // or plait_pki_enroll_csr()
+ *     // or plait_pki_enroll_csr() when the device sent a CSR
+ *     rc = plait_pki_enroll(dir, &cfg, "phone-0042", &crt, &key, &info);
  *     ...
- *     plait_pki_free_pem(crt); plait_pki_free_pem(key);
- *     rc = plait_pki_revoke(dir, info.serial_hex, NULL);          // appends to revoked.txt
+ *     plait_pki_free_pem(crt);
+ *     plait_pki_free_pem(key);
+ *     // appends "serial <hex>" to revoked.txt
+ *     rc = plait_pki_revoke(dir, info.serial_hex, NULL);
  *
  * Randomness: every function that needs it takes a `plait_drbg_t *rng`; NULL
  * means "seed a fresh DRBG from the system entropy source for this call".
@@ -51,27 +55,27 @@
 
 /** What plait reads from a certificate (its own or a peer's). */
 typedef struct plait_pki_cert_info_s {
-    char device_id[PLAIT_PKI_ID_MAX + 1];             /**< subject CN ("" when absent) */
-    char serial_hex[PLAIT_PKI_SERIAL_HEX_MAX + 1];    /**< serial, lower-case hex, no leading 00 */
-    uint8_t fingerprint[32];                          /**< SHA-256 of the certificate DER */
-    char fingerprint_hex[65];                         /**< the same in lower-case hex */
-    int64_t not_before;                               /**< validity start, Unix seconds (UTC) */
-    int64_t not_after;                                /**< validity end, Unix seconds (UTC) */
-    int is_ca;                                        /**< basicConstraints CA:true */
+    char device_id[PLAIT_PKI_ID_MAX + 1];          /**< subject CN ("" when absent) */
+    char serial_hex[PLAIT_PKI_SERIAL_HEX_MAX + 1]; /**< serial, lower-case hex, no leading 00 */
+    uint8_t fingerprint[32];                       /**< SHA-256 of the certificate DER */
+    char fingerprint_hex[65];                      /**< the same in lower-case hex */
+    int64_t not_before;                            /**< validity start, Unix seconds (UTC) */
+    int64_t not_after;                             /**< validity end, Unix seconds (UTC) */
+    int is_ca;                                     /**< basicConstraints CA:true */
 } plait_pki_cert_info_t;
 
 /** Settings of a deployment's PKI. Strings are borrowed for each call. */
 typedef struct plait_pki_config_s {
-    const char *org;          /**< subject O of every certificate; default "plait" */
-    const char *ca_name;      /**< CN of the CA; default "plait deployment CA" */
-    const char *server_name;  /**< CN of the server certificate; default "plait-aggregator" */
+    const char *org;         /**< subject O of every certificate; default "plait" */
+    const char *ca_name;     /**< CN of the CA; default "plait deployment CA" */
+    const char *server_name; /**< CN of the server certificate; default "plait-aggregator" */
     /** Comma-separated subjectAltName entries of the server certificate: DNS
      *  names and IPv4/IPv6 literals. The server_name is always added as a DNS
      *  entry. Default "localhost,127.0.0.1". */
     const char *server_alt_names;
-    uint32_t ca_days;         /**< CA validity in days; default 3650 */
-    uint32_t server_days;     /**< server certificate validity; default 825 */
-    uint32_t device_days;     /**< device certificate validity; default 365 */
+    uint32_t ca_days;     /**< CA validity in days; default 3650 */
+    uint32_t server_days; /**< server certificate validity; default 825 */
+    uint32_t device_days; /**< device certificate validity; default 365 */
     /** Issue "as of" this Unix time (notBefore = now - 5 minutes of clock
      *  skew allowance). 0, the default, means the current clock. Tests set it
      *  in the past to make certificates that have already expired. */
@@ -112,8 +116,8 @@ int plait_pki_key_generate(plait_drbg_t *rng, char **key_pem /* OUT */) PLAIT_WU
  * \return 0, PLAIT_EINVAL (bad cfg), PLAIT_ENOMEM, PLAIT_EIO, PLAIT_EINTERNAL.
  *         On error the outputs are left NULL.
  */
-int plait_pki_ca_create(const plait_pki_config_t *cfg, plait_drbg_t *rng, char **ca_crt_pem /* OUT */,
-                        char **ca_key_pem /* OUT */) PLAIT_WUR;
+int plait_pki_ca_create(const plait_pki_config_t *cfg, plait_drbg_t *rng,
+                        char **ca_crt_pem /* OUT */, char **ca_key_pem /* OUT */) PLAIT_WUR;
 
 /**
  * \brief Issue the aggregator's certificate: CN cfg->server_name, EKU
@@ -125,8 +129,9 @@ int plait_pki_ca_create(const plait_pki_config_t *cfg, plait_drbg_t *rng, char *
  * \return 0, PLAIT_EINVAL, PLAIT_EPROTO (CA PEM unparseable), PLAIT_EMISMATCH
  *         (key is not the CA's), PLAIT_ENOMEM, PLAIT_EINTERNAL.
  */
-int plait_pki_server_issue(const plait_pki_config_t *cfg, const char *ca_crt_pem, const char *ca_key_pem,
-                           plait_drbg_t *rng, char **crt_pem /* OUT */, char **key_pem /* OUT */) PLAIT_WUR;
+int plait_pki_server_issue(const plait_pki_config_t *cfg, const char *ca_crt_pem,
+                           const char *ca_key_pem, plait_drbg_t *rng, char **crt_pem /* OUT */,
+                           char **key_pem /* OUT */) PLAIT_WUR;
 
 /**
  * \brief Issue a device certificate with a freshly generated key: CN
@@ -135,9 +140,10 @@ int plait_pki_server_issue(const plait_pki_config_t *cfg, const char *ca_crt_pem
  * \param info OUT, may be NULL: what was issued (serial, fingerprint, ...).
  * \return as plait_pki_server_issue(); PLAIT_EINVAL for an invalid device id.
  */
-int plait_pki_device_issue(const plait_pki_config_t *cfg, const char *ca_crt_pem, const char *ca_key_pem,
-                           const char *device_id, plait_drbg_t *rng, char **crt_pem /* OUT */,
-                           char **key_pem /* OUT */, plait_pki_cert_info_t *info /* OUT */) PLAIT_WUR;
+int plait_pki_device_issue(const plait_pki_config_t *cfg, const char *ca_crt_pem,
+                           const char *ca_key_pem, const char *device_id, plait_drbg_t *rng,
+                           char **crt_pem /* OUT */, char **key_pem /* OUT */,
+                           plait_pki_cert_info_t *info /* OUT */) PLAIT_WUR;
 
 /**
  * \brief Make a certificate signing request (device side: the key never
@@ -146,8 +152,8 @@ int plait_pki_device_issue(const plait_pki_config_t *cfg, const char *ca_crt_pem
  * \param csr_pem OUT: owned PEM ("CERTIFICATE REQUEST").
  * \return 0, PLAIT_EINVAL, PLAIT_EPROTO (key unparseable), PLAIT_ENOMEM, PLAIT_EINTERNAL.
  */
-int plait_pki_csr_create(const char *device_id, const char *org, const char *key_pem, plait_drbg_t *rng,
-                         char **csr_pem /* OUT */) PLAIT_WUR;
+int plait_pki_csr_create(const char *device_id, const char *org, const char *key_pem,
+                         plait_drbg_t *rng, char **csr_pem /* OUT */) PLAIT_WUR;
 
 /**
  * \brief Issue a device certificate for the public key in a CSR.
@@ -165,9 +171,10 @@ int plait_pki_csr_create(const char *device_id, const char *org, const char *key
  *         invalid device id, or no CN and device_id NULL); PLAIT_ETOOBIG;
  *         others as plait_pki_server_issue().
  */
-int plait_pki_issue_from_csr(const plait_pki_config_t *cfg, const char *ca_crt_pem, const char *ca_key_pem,
-                             const uint8_t *csr, size_t csr_len, const char *device_id, plait_drbg_t *rng,
-                             char **crt_pem /* OUT */, plait_pki_cert_info_t *info /* OUT */) PLAIT_WUR;
+int plait_pki_issue_from_csr(const plait_pki_config_t *cfg, const char *ca_crt_pem,
+                             const char *ca_key_pem, const uint8_t *csr, size_t csr_len,
+                             const char *device_id, plait_drbg_t *rng, char **crt_pem /* OUT */,
+                             plait_pki_cert_info_t *info /* OUT */) PLAIT_WUR;
 
 /**
  * \brief Read device id (CN), serial, fingerprint, validity and CA flag from
@@ -175,7 +182,8 @@ int plait_pki_issue_from_csr(const plait_pki_config_t *cfg, const char *ca_crt_p
  * \param crt, crt_len  PEM (with or without trailing NUL) or DER.
  * \return 0, PLAIT_EINVAL, PLAIT_EPROTO (unparseable), PLAIT_ENOMEM.
  */
-int plait_pki_cert_info(const uint8_t *crt, size_t crt_len, plait_pki_cert_info_t *info /* OUT */) PLAIT_WUR;
+int plait_pki_cert_info(const uint8_t *crt, size_t crt_len,
+                        plait_pki_cert_info_t *info /* OUT */) PLAIT_WUR;
 
 /**
  * \brief Verify crt against the CA the way the TLS layer does (chain,
@@ -204,7 +212,7 @@ void plait_pki_free_pem(char *pem);
  */
 typedef struct plait_pki_revlist_s {
     char (*serials)[PLAIT_PKI_SERIAL_HEX_MAX + 1]; /**< owned array, n_serials used */
-    uint8_t (*fprs)[32];                          /**< owned array, n_fprs used */
+    uint8_t (*fprs)[32];                           /**< owned array, n_fprs used */
     size_t n_serials, cap_serials, n_fprs, cap_fprs;
 } plait_pki_revlist_t;
 
@@ -212,11 +220,13 @@ typedef struct plait_pki_revlist_s {
 void plait_pki_revlist_init(plait_pki_revlist_t *rl);
 /** \brief Release rl's memory. NULL and double free are safe. */
 void plait_pki_revlist_free(plait_pki_revlist_t *rl);
-/** \brief Add a serial (hex, leading zeros ignored, case-insensitive). \return 0, PLAIT_EINVAL, PLAIT_ENOMEM. */
+/** \brief Add a serial (hex, leading zeros ignored, case-insensitive). \return 0, PLAIT_EINVAL,
+ * PLAIT_ENOMEM. */
 int plait_pki_revlist_add_serial(plait_pki_revlist_t *rl, const char *serial_hex) PLAIT_WUR;
 /** \brief Add a certificate fingerprint (SHA-256 of its DER). \return 0, PLAIT_ENOMEM. */
 int plait_pki_revlist_add_fingerprint(plait_pki_revlist_t *rl, const uint8_t fpr[32]) PLAIT_WUR;
-/** \brief Is the certificate described by info revoked (by serial or fingerprint)? \return 1 or 0. */
+/** \brief Is the certificate described by info revoked (by serial or fingerprint)? \return 1 or 0.
+ */
 int plait_pki_revlist_contains(const plait_pki_revlist_t *rl, const plait_pki_cert_info_t *info);
 /**
  * \brief Load a revocation file into rl (entries are added). A missing file is
@@ -270,8 +280,8 @@ int plait_pki_enroll(const char *dir, const plait_pki_config_t *cfg, const char 
  *        certificate for a CSR with the CA in dir.
  * \return as plait_pki_issue_from_csr(); PLAIT_ENOENT if dir has no CA.
  */
-int plait_pki_enroll_csr(const char *dir, const plait_pki_config_t *cfg, const uint8_t *csr, size_t csr_len,
-                         const char *device_id, char **crt_pem /* OUT */,
+int plait_pki_enroll_csr(const char *dir, const plait_pki_config_t *cfg, const uint8_t *csr,
+                         size_t csr_len, const char *device_id, char **crt_pem /* OUT */,
                          plait_pki_cert_info_t *info /* OUT */) PLAIT_WUR;
 
 /**

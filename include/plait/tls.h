@@ -15,14 +15,19 @@
  *
  *     on bytes received from the socket:
  *         plait_tls_feed(s, buf, n);
- *         while ((r = plait_tls_read(s, plain, sizeof plain)) > 0) consume(plain, r);
- *         if (r == 0) peer sent close_notify;  else if (r != PLAIT_EAGAIN) fail(r, plait_tls_reason(s));
+ *         while ((r = plait_tls_read(s, plain, sizeof plain)) > 0)
+ *             consume(plain, r);
+ *         if (r == 0) the peer sent close_notify;
+ *         else if (r != PLAIT_EAGAIN) fail(r, plait_tls_reason(s));
  *         flush();
  *     to send plaintext:
- *         r = plait_tls_write(s, msg, len);   // bytes taken (maybe < len), or PLAIT_EAGAIN
+ *         r = plait_tls_write(s, msg, len);  // bytes taken (maybe < len), or PLAIT_EAGAIN
  *         flush();
  *     flush():
- *         while ((n = plait_tls_pending_out(s, &p)) > 0) { send/uv_write a copy of p[0..n); plait_tls_consume_out(s, n); }
+ *         while ((n = plait_tls_pending_out(s, &p)) > 0) {
+ *             send or uv_write a copy of p[0..n);
+ *             plait_tls_consume_out(s, n);
+ *         }
  *
  * plait_tls_read() and plait_tls_write() drive the handshake until it is done;
  * plait_tls_handshake() does only that, for owners that want to know when the
@@ -85,9 +90,9 @@ typedef int (*plait_tls_revoked_cb)(void *ud, const plait_pki_cert_info_t *peer)
  * \return 0, PLAIT_EINVAL (NULL argument), PLAIT_EPROTO (unparseable PEM),
  *         PLAIT_EMISMATCH (key does not match certificate), PLAIT_ENOMEM, PLAIT_EIO (entropy).
  */
-int plait_tls_config_server(plait_tls_config_t **out /* OUT */, const char *ca_pem, const char *crt_pem,
-                            const char *key_pem, int require_client_cert, plait_tls_revoked_cb revoked,
-                            void *revoked_ud) PLAIT_WUR;
+int plait_tls_config_server(plait_tls_config_t **out /* OUT */, const char *ca_pem,
+                            const char *crt_pem, const char *key_pem, int require_client_cert,
+                            plait_tls_revoked_cb revoked, void *revoked_ud) PLAIT_WUR;
 
 /**
  * \brief Client configuration (a device).
@@ -100,10 +105,31 @@ int plait_tls_config_server(plait_tls_config_t **out /* OUT */, const char *ca_p
  *                 mbedTLS 2.28 matches DNS names only). Required.
  * \return as plait_tls_config_server().
  */
-int plait_tls_config_client(plait_tls_config_t **out /* OUT */, const char *ca_pem, const char *crt_pem,
-                            const char *key_pem, const char *server_name) PLAIT_WUR;
+int plait_tls_config_client(plait_tls_config_t **out /* OUT */, const char *ca_pem,
+                            const char *crt_pem, const char *key_pem,
+                            const char *server_name) PLAIT_WUR;
 
-/** \brief Free a config (wipes its private key and DRBG). NULL is safe. Sessions must be freed first. */
+/**
+ * \brief Server configuration from a deployment directory made by
+ *        plait_pki_init_deployment(): reads DIR/ca.crt, DIR/server.crt and
+ *        DIR/server.key (never ca.key); client certificates are required.
+ * \return as plait_tls_config_server(); PLAIT_ENOENT / PLAIT_EIO for a missing
+ *         or unreadable file (named in plait_errmsg()).
+ */
+int plait_tls_config_server_dir(plait_tls_config_t **out /* OUT */, const char *dir,
+                                plait_tls_revoked_cb revoked, void *revoked_ud) PLAIT_WUR;
+
+/**
+ * \brief Client configuration from files (the agent's provisioning): the CA
+ *        certificate, the device certificate and its key (PEM paths).
+ * \return as plait_tls_config_client(); PLAIT_ENOENT / PLAIT_EIO for files.
+ */
+int plait_tls_config_client_files(plait_tls_config_t **out /* OUT */, const char *ca_path,
+                                  const char *crt_path, const char *key_path,
+                                  const char *server_name) PLAIT_WUR;
+
+/** \brief Free a config (wipes its private key and DRBG). NULL is safe. Sessions must be freed
+ * first. */
 void plait_tls_config_free(plait_tls_config_t *cfg);
 
 /**
@@ -162,7 +188,8 @@ int plait_tls_read(plait_tls_t *s, uint8_t *buf, size_t cap) PLAIT_WUR;
  */
 int plait_tls_write(plait_tls_t *s, const uint8_t *buf, size_t len) PLAIT_WUR;
 
-/** \brief Queue a close_notify alert (then flush and close the transport). \return 0 or an error code. */
+/** \brief Queue a close_notify alert (then flush and close the transport). \return 0 or an error
+ * code. */
 int plait_tls_close_notify(plait_tls_t *s);
 
 /**
@@ -176,7 +203,8 @@ const plait_pki_cert_info_t *plait_tls_peer(const plait_tls_t *s);
 /** \brief Why the session failed, as a short static string; "" when it has not. */
 const char *plait_tls_reason(const plait_tls_t *s);
 
-/** \brief The negotiated suite ("TLS-ECDHE-ECDSA-WITH-AES-128-GCM-SHA256"), or "" before the handshake. */
+/** \brief The negotiated suite ("TLS-ECDHE-ECDSA-WITH-AES-128-GCM-SHA256"), or "" before the
+ * handshake. */
 const char *plait_tls_ciphersuite(const plait_tls_t *s);
 
 /* ---- Blocking helpers over a connected file descriptor -------------------
@@ -188,7 +216,8 @@ const char *plait_tls_ciphersuite(const plait_tls_t *s);
 
 /** \brief Run the handshake to completion. \return 0 or as plait_tls_handshake() / PLAIT_EIO. */
 int plait_tls_fd_handshake(plait_tls_t *s, int fd) PLAIT_WUR;
-/** \brief Read up to cap bytes, blocking until some arrive. \return > 0, 0 on close_notify, or an error code. */
+/** \brief Read up to cap bytes, blocking until some arrive. \return > 0, 0 on close_notify, or an
+ * error code. */
 int plait_tls_fd_read(plait_tls_t *s, int fd, uint8_t *buf, size_t cap) PLAIT_WUR;
 /** \brief Write all len bytes. \return 0 or an error code. */
 int plait_tls_fd_write(plait_tls_t *s, int fd, const uint8_t *buf, size_t len) PLAIT_WUR;

@@ -154,8 +154,10 @@ START_TEST(test_ca_server_device)
 
     pair_t d1 = {0}, d2 = {0};
     plait_pki_cert_info_t i1, i2;
-    ck_assert_int_eq(plait_pki_device_issue(&cfg, ca.crt, ca.key, "phone-1", NULL, &d1.crt, &d1.key, &i1), 0);
-    ck_assert_int_eq(plait_pki_device_issue(&cfg, ca.crt, ca.key, "phone-2", NULL, &d2.crt, &d2.key, &i2), 0);
+    ck_assert_int_eq(
+        plait_pki_device_issue(&cfg, ca.crt, ca.key, "phone-1", NULL, &d1.crt, &d1.key, &i1), 0);
+    ck_assert_int_eq(
+        plait_pki_device_issue(&cfg, ca.crt, ca.key, "phone-2", NULL, &d2.crt, &d2.key, &i2), 0);
     ck_assert_str_eq(i1.device_id, "phone-1");
     ck_assert_str_eq(i2.device_id, "phone-2");
     ck_assert_uint_eq(strlen(i1.serial_hex), 32); /* 16-byte serials, never a leading zero byte */
@@ -178,8 +180,9 @@ START_TEST(test_ca_server_device)
     free(der);
 
     pair_free(&d2);
-    ck_assert_int_eq(plait_pki_device_issue(&cfg, ca.crt, ca.key, "bad id", NULL, &d2.crt, &d2.key, NULL),
-                     PLAIT_EINVAL);
+    ck_assert_int_eq(
+        plait_pki_device_issue(&cfg, ca.crt, ca.key, "bad id", NULL, &d2.crt, &d2.key, NULL),
+        PLAIT_EINVAL);
     ck_assert_ptr_null(d2.crt);
     pair_free(&d1);
     pair_free(&srv);
@@ -193,18 +196,23 @@ START_TEST(test_wrong_ca_and_mismatch)
     plait_pki_config_default(&cfg);
     pair_t ca1 = make_ca(&cfg), ca2 = make_ca(&cfg);
     pair_t d = {0};
-    ck_assert_int_eq(plait_pki_device_issue(&cfg, ca2.crt, ca2.key, "stranger", NULL, &d.crt, &d.key, NULL), 0);
+    ck_assert_int_eq(
+        plait_pki_device_issue(&cfg, ca2.crt, ca2.key, "stranger", NULL, &d.crt, &d.key, NULL), 0);
     const char *why = NULL;
     ck_assert_int_eq(plait_pki_verify(ca1.crt, d.crt, 1, &why), PLAIT_EAUTH);
     ck_assert_str_eq(why, "certificate not issued by this deployment's CA");
     /* CA 1's certificate with CA 2's key cannot sign anything. */
     pair_t x = {0};
-    ck_assert_int_eq(plait_pki_device_issue(&cfg, ca1.crt, ca2.key, "dev", NULL, &x.crt, &x.key, NULL),
-                     PLAIT_EMISMATCH);
-    ck_assert_int_eq(plait_pki_device_issue(&cfg, "garbage", ca2.key, "dev", NULL, &x.crt, &x.key, NULL),
+    ck_assert_int_eq(
+        plait_pki_device_issue(&cfg, ca1.crt, ca2.key, "dev", NULL, &x.crt, &x.key, NULL),
+        PLAIT_EMISMATCH);
+    ck_assert_int_eq(
+        plait_pki_device_issue(&cfg, "garbage", ca2.key, "dev", NULL, &x.crt, &x.key, NULL),
+        PLAIT_EPROTO);
+    ck_assert_int_eq(plait_pki_device_issue(&cfg, d.crt, d.key, "dev", NULL, &x.crt, &x.key, NULL),
+                     PLAIT_EINVAL);
+    ck_assert_int_eq(plait_pki_cert_info((const uint8_t *)"junk", 4, &(plait_pki_cert_info_t){0}),
                      PLAIT_EPROTO);
-    ck_assert_int_eq(plait_pki_device_issue(&cfg, d.crt, d.key, "dev", NULL, &x.crt, &x.key, NULL), PLAIT_EINVAL);
-    ck_assert_int_eq(plait_pki_cert_info((const uint8_t *)"junk", 4, &(plait_pki_cert_info_t){0}), PLAIT_EPROTO);
     pair_free(&d);
     pair_free(&ca1);
     pair_free(&ca2);
@@ -221,7 +229,8 @@ START_TEST(test_expired)
     past.device_days = 1;
     pair_t d = {0};
     plait_pki_cert_info_t info;
-    ck_assert_int_eq(plait_pki_device_issue(&past, ca.crt, ca.key, "old-phone", NULL, &d.crt, &d.key, &info), 0);
+    ck_assert_int_eq(
+        plait_pki_device_issue(&past, ca.crt, ca.key, "old-phone", NULL, &d.crt, &d.key, &info), 0);
     ck_assert(info.not_after < (int64_t)time(NULL));
     const char *why = NULL;
     ck_assert_int_eq(plait_pki_verify(ca.crt, d.crt, 1, &why), PLAIT_EAUTH);
@@ -243,15 +252,15 @@ START_TEST(test_csr)
 
     plait_pki_cert_info_t info;
     /* Without the trailing NUL, as read from a file into a length-counted buffer. */
-    ck_assert_int_eq(plait_pki_issue_from_csr(&cfg, ca.crt, ca.key, (const uint8_t *)csr, strlen(csr), NULL, NULL,
-                                              &crt, &info),
+    ck_assert_int_eq(plait_pki_issue_from_csr(&cfg, ca.crt, ca.key, (const uint8_t *)csr,
+                                              strlen(csr), NULL, NULL, &crt, &info),
                      0);
     ck_assert_str_eq(info.device_id, "dev-csr-01");
     ck_assert_int_eq(plait_pki_verify(ca.crt, crt, 1, NULL), 0);
     plait_pki_free_pem(crt);
     /* The operator's id overrides the requested one. */
-    ck_assert_int_eq(plait_pki_issue_from_csr(&cfg, ca.crt, ca.key, (const uint8_t *)csr, strlen(csr) + 1,
-                                              "assigned-7", NULL, &crt, &info),
+    ck_assert_int_eq(plait_pki_issue_from_csr(&cfg, ca.crt, ca.key, (const uint8_t *)csr,
+                                              strlen(csr) + 1, "assigned-7", NULL, &crt, &info),
                      0);
     ck_assert_str_eq(info.device_id, "assigned-7");
     plait_pki_free_pem(crt);
@@ -259,7 +268,8 @@ START_TEST(test_csr)
 
     size_t der_len;
     uint8_t *der = pem_to_der(csr, &der_len);
-    ck_assert_int_eq(plait_pki_issue_from_csr(&cfg, ca.crt, ca.key, der, der_len, NULL, NULL, &crt, NULL), 0);
+    ck_assert_int_eq(
+        plait_pki_issue_from_csr(&cfg, ca.crt, ca.key, der, der_len, NULL, NULL, &crt, NULL), 0);
     plait_pki_free_pem(crt);
     crt = NULL;
 
@@ -269,28 +279,34 @@ START_TEST(test_csr)
     uint8_t *hit = find(alt, der_len, "dev-csr-01");
     ck_assert_ptr_nonnull(hit);
     hit[9] = '2';
-    ck_assert_int_eq(plait_pki_issue_from_csr(&cfg, ca.crt, ca.key, alt, der_len, NULL, NULL, &crt, NULL),
-                     PLAIT_EAUTH);
+    ck_assert_int_eq(
+        plait_pki_issue_from_csr(&cfg, ca.crt, ca.key, alt, der_len, NULL, NULL, &crt, NULL),
+        PLAIT_EAUTH);
     ck_assert_ptr_nonnull(strstr(plait_errmsg(), "self-signature does not verify"));
     ck_assert_ptr_null(crt);
 
     /* Flipped bit in the signature value (last byte of the DER). */
     memcpy(alt, der, der_len);
     alt[der_len - 1] ^= 0x01;
-    ck_assert_int_eq(plait_pki_issue_from_csr(&cfg, ca.crt, ca.key, alt, der_len, NULL, NULL, &crt, NULL),
-                     PLAIT_EAUTH);
+    ck_assert_int_eq(
+        plait_pki_issue_from_csr(&cfg, ca.crt, ca.key, alt, der_len, NULL, NULL, &crt, NULL),
+        PLAIT_EAUTH);
 
     /* Truncations and garbage are malformed, not crashes. */
     for (size_t cut = 1; cut < der_len; cut += 37)
-        ck_assert_int_eq(plait_pki_issue_from_csr(&cfg, ca.crt, ca.key, der, cut, NULL, NULL, &crt, NULL),
-                         PLAIT_EPROTO);
-    ck_assert_int_eq(plait_pki_issue_from_csr(&cfg, ca.crt, ca.key, (const uint8_t *)"-----BEGIN junk", 15, NULL,
-                                              NULL, &crt, NULL),
+        ck_assert_int_eq(
+            plait_pki_issue_from_csr(&cfg, ca.crt, ca.key, der, cut, NULL, NULL, &crt, NULL),
+            PLAIT_EPROTO);
+    ck_assert_int_eq(plait_pki_issue_from_csr(&cfg, ca.crt, ca.key,
+                                              (const uint8_t *)"-----BEGIN junk", 15, NULL, NULL,
+                                              &crt, NULL),
                      PLAIT_EPROTO);
-    ck_assert_int_eq(plait_pki_issue_from_csr(&cfg, ca.crt, ca.key, der, 0, NULL, NULL, &crt, NULL), PLAIT_EINVAL);
-    /* A bad id in the request is refused unless the operator assigns one. */
-    ck_assert_int_eq(plait_pki_issue_from_csr(&cfg, ca.crt, ca.key, der, der_len, "no good", NULL, &crt, NULL),
+    ck_assert_int_eq(plait_pki_issue_from_csr(&cfg, ca.crt, ca.key, der, 0, NULL, NULL, &crt, NULL),
                      PLAIT_EINVAL);
+    /* A bad id in the request is refused unless the operator assigns one. */
+    ck_assert_int_eq(
+        plait_pki_issue_from_csr(&cfg, ca.crt, ca.key, der, der_len, "no good", NULL, &crt, NULL),
+        PLAIT_EINVAL);
     free(alt);
     free(der);
     plait_pki_free_pem(csr);
@@ -338,10 +354,14 @@ START_TEST(test_revlist)
     ck_assert_int_eq(plait_pki_revlist_contains(&rl, &a), 1);
     ck_assert_int_eq(plait_pki_revlist_contains(&rl, &b), 1);
     plait_pki_revlist_free(&rl);
-    ck_assert_int_eq(plait_pki_write_file(path, "serial 12\nbogus line here\n", 0), 0);
+    ck_assert_int_eq(plait_pki_write_file(path, "serial 12\n\n# note\nbogus line here\n", 0), 0);
     plait_pki_revlist_init(&rl);
     ck_assert_int_eq(plait_pki_revlist_load(&rl, path), PLAIT_EPROTO);
-    ck_assert_ptr_nonnull(strstr(plait_errmsg(), "line 2"));
+    ck_assert_ptr_nonnull(strstr(plait_errmsg(), "line 4"));
+    plait_pki_revlist_free(&rl);
+    ck_assert_int_eq(plait_pki_write_file(path, "sha256 abcd\n", 0), 0);
+    plait_pki_revlist_init(&rl);
+    ck_assert_int_eq(plait_pki_revlist_load(&rl, path), PLAIT_EPROTO);
     plait_pki_revlist_free(&rl);
 }
 END_TEST
@@ -389,7 +409,8 @@ START_TEST(test_deployment)
     char *csr = NULL, *crt2 = NULL;
     plait_pki_cert_info_t info2;
     ck_assert_int_eq(plait_pki_csr_create("phone-10", NULL, key, NULL, &csr), 0);
-    ck_assert_int_eq(plait_pki_enroll_csr(dir, &cfg, (const uint8_t *)csr, strlen(csr), NULL, &crt2, &info2), 0);
+    ck_assert_int_eq(
+        plait_pki_enroll_csr(dir, &cfg, (const uint8_t *)csr, strlen(csr), NULL, &crt2, &info2), 0);
     ck_assert_str_eq(info2.device_id, "phone-10");
 
     ck_assert_int_eq(plait_pki_revoke(dir, info.serial_hex, NULL), 0);

@@ -8,7 +8,8 @@
  * the feed limit. Each must end in the documented code and reason.
  *
  * Certificates are made once per process (unchecked fixture) and shared by
- * the forked tests.
+ * the forked tests. TLS_DEBUG=1 prints each tampered-handshake outcome and
+ * the session's DEBUG log lines (reason and mbedTLS code).
  */
 #include <arpa/inet.h>
 #include <check.h>
@@ -21,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "plait/log.h"
 #include "plait/pki.h"
 #include "plait/tls.h"
 #include "testutil.h"
@@ -33,10 +35,12 @@ typedef struct {
 static pair_t ca, ca2, srv, dev, dev_other_ca, dev_expired, dev_revoked;
 static plait_pki_config_t pcfg;
 
-static void mk_device(pair_t *out, const plait_pki_config_t *cfg, const pair_t *issuer, const char *id)
+static void mk_device(pair_t *out, const plait_pki_config_t *cfg, const pair_t *issuer,
+                      const char *id)
 {
-    ck_assert_int_eq(
-        plait_pki_device_issue(cfg, issuer->crt, issuer->key, id, NULL, &out->crt, &out->key, &out->info), 0);
+    ck_assert_int_eq(plait_pki_device_issue(cfg, issuer->crt, issuer->key, id, NULL, &out->crt,
+                                            &out->key, &out->info),
+                     0);
 }
 
 static void certs_setup(void)
@@ -113,7 +117,8 @@ static void duo_run(duo_t *d, const pair_t *client, const char *server_name, con
                     plait_tls_revoked_cb cb, void *ud)
 {
     memset(d, 0, sizeof(*d));
-    ck_assert_int_eq(plait_tls_config_server(&d->scfg, ca.crt, server->crt, server->key, 1, cb, ud), 0);
+    ck_assert_int_eq(plait_tls_config_server(&d->scfg, ca.crt, server->crt, server->key, 1, cb, ud),
+                     0);
     ck_assert_int_eq(plait_tls_config_client(&d->ccfg, ca.crt, client ? client->crt : NULL,
                                              client ? client->key : NULL, server_name),
                      0);
@@ -134,7 +139,8 @@ static void duo_free(duo_t *d)
 static void transfer(plait_tls_t *a, plait_tls_t *b, size_t len)
 {
     uint8_t *msg = malloc(len), *got = malloc(len);
-    for (size_t i = 0; i < len; i++) msg[i] = (uint8_t)(i * 131 + 7);
+    for (size_t i = 0; i < len; i++)
+        msg[i] = (uint8_t)(i * 131 + 7);
     size_t sent = 0, recvd = 0;
     while (recvd < len) {
         if (sent < len) {
@@ -144,7 +150,8 @@ static void transfer(plait_tls_t *a, plait_tls_t *b, size_t len)
         }
         move(a, b);
         int r = 0;
-        while (recvd < len && (r = plait_tls_read(b, got + recvd, len - recvd)) > 0) recvd += (size_t)r;
+        while (recvd < len && (r = plait_tls_read(b, got + recvd, len - recvd)) > 0)
+            recvd += (size_t)r;
         if (recvd < len) ck_assert_int_eq(r, PLAIT_EAGAIN);
     }
     ck_assert_int_eq(memcmp(msg, got, len), 0);
@@ -174,6 +181,22 @@ START_TEST(test_handshake_and_data)
 
     transfer(d.c, d.s, 5);
     transfer(d.s, d.c, 5);
+
+    /* Partly drained output, then more records behind it. */
+    const uint8_t *p;
+    ck_assert_int_eq(plait_tls_write(d.c, (const uint8_t *)"abc", 3), 3);
+    ck_assert_uint_gt(plait_tls_pending_out(d.c, &p), 7);
+    ck_assert_int_eq(plait_tls_feed(d.s, p, 7), 0);
+    plait_tls_consume_out(d.c, 7);
+    ck_assert_int_eq(plait_tls_write(d.c, (const uint8_t *)"def", 3), 3);
+    move(d.c, d.s);
+    uint8_t six[8];
+    size_t got = 0;
+    int r;
+    while (got < 6 && (r = plait_tls_read(d.s, six + got, sizeof(six) - got)) > 0)
+        got += (size_t)r;
+    ck_assert_uint_eq(got, 6);
+    ck_assert_int_eq(memcmp(six, "abcdef", 6), 0);
     transfer(d.c, d.s, 100000); /* several records */
     transfer(d.s, d.c, 70000);
 
@@ -183,6 +206,35 @@ START_TEST(test_handshake_and_data)
     uint8_t buf[16];
     ck_assert_int_eq(plait_tls_read(d.s, buf, sizeof(buf)), 0);
     ck_assert_int_eq(plait_tls_read(d.s, buf, sizeof(buf)), 0);
+    duo_free(&d);
+}
+END_TEST
+
+START_TEST(test_x25519_preferred)
+{
+    /* TLS 1.2 handshake messages travel in clear: the server's first flight
+     * holds its ServerKeyExchange with ECParameters named_curve(3) x25519
+     * (0x001d) and a 32-byte public value. */
+    duo_t d;
+    memset(&d, 0, sizeof(d));
+    ck_assert_int_eq(plait_tls_config_server(&d.scfg, ca.crt, srv.crt, srv.key, 1, NULL, NULL), 0);
+    ck_assert_int_eq(plait_tls_config_client(&d.ccfg, ca.crt, dev.crt, dev.key, "localhost"), 0);
+    ck_assert_int_eq(plait_tls_new(&d.s, d.scfg), 0);
+    ck_assert_int_eq(plait_tls_new(&d.c, d.ccfg), 0);
+    ck_assert_int_eq(plait_tls_handshake(d.c), PLAIT_EAGAIN);
+    move(d.c, d.s);
+    ck_assert_int_eq(plait_tls_handshake(d.s), PLAIT_EAGAIN);
+    const uint8_t *p;
+    size_t n = plait_tls_pending_out(d.s, &p);
+    static const uint8_t x25519[] = {0x03, 0x00, 0x1d, 0x20};
+    int found = 0;
+    for (size_t i = 0; i + sizeof(x25519) <= n && !found; i++)
+        found = memcmp(p + i, x25519, sizeof(x25519)) == 0;
+    ck_assert_msg(found, "no x25519 ECParameters in the server's first flight");
+    move(d.s, d.c);
+    pump_handshake(d.c, d.s, &d.crc, &d.src);
+    ck_assert_int_eq(d.crc, 0);
+    ck_assert_int_eq(d.src, 0);
     duo_free(&d);
 }
 END_TEST
@@ -324,13 +376,18 @@ START_TEST(test_no_client_cert)
     /* ... but still refuses a presented certificate that does not verify. */
     memset(&d, 0, sizeof(d));
     ck_assert_int_eq(plait_tls_config_server(&d.scfg, ca.crt, srv.crt, srv.key, 0, NULL, NULL), 0);
-    ck_assert_int_eq(plait_tls_config_client(&d.ccfg, ca.crt, dev_expired.crt, dev_expired.key, "plait-aggregator"),
+    ck_assert_int_eq(plait_tls_config_client(&d.ccfg, ca.crt, dev_expired.crt, dev_expired.key,
+                                             "plait-aggregator"),
                      0);
     ck_assert_int_eq(plait_tls_new(&d.s, d.scfg), 0);
     ck_assert_int_eq(plait_tls_new(&d.c, d.ccfg), 0);
     pump_handshake(d.c, d.s, &d.crc, &d.src);
     ck_assert_int_eq(d.src, PLAIT_EAUTH);
     ck_assert_str_eq(plait_tls_reason(d.s), "certificate expired");
+    move(d.s, d.c); /* the server's bad_certificate alert */
+    uint8_t b[8];
+    ck_assert_int_eq(plait_tls_read(d.c, b, sizeof(b)), PLAIT_EAUTH);
+    ck_assert_str_eq(plait_tls_reason(d.c), "peer refused our certificate");
     duo_free(&d);
 }
 END_TEST
@@ -345,13 +402,42 @@ START_TEST(test_wrong_eku)
     as_client.key = srv.key;
     duo_run(&d, &as_client, "plait-aggregator", &srv, NULL, NULL);
     ck_assert_int_eq(d.src, PLAIT_EAUTH);
-    ck_assert_str_eq(plait_tls_reason(d.s), "certificate not issued for this role (extended key usage)");
+    ck_assert_str_eq(plait_tls_reason(d.s),
+                     "certificate not issued for this role (extended key usage)");
     duo_free(&d);
     /* A device certificate (clientAuth) cannot configure a server: mbedTLS
      * would find no usable certificate and fail every handshake. */
     plait_tls_config_t *bad = NULL;
-    ck_assert_int_eq(plait_tls_config_server(&bad, ca.crt, dev.crt, dev.key, 1, NULL, NULL), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_tls_config_server(&bad, ca.crt, dev.crt, dev.key, 1, NULL, NULL),
+                     PLAIT_EINVAL);
     ck_assert_ptr_null(bad);
+}
+END_TEST
+
+START_TEST(test_bad_server_cert)
+{
+    /* An expired server certificate, and one from another CA: the client refuses. */
+    plait_pki_config_t past = pcfg;
+    past.now = (int64_t)time(NULL) - 1000 * 86400;
+    past.server_days = 30;
+    pair_t old_srv = {0}, alien_srv = {0};
+    ck_assert_int_eq(
+        plait_pki_server_issue(&past, ca.crt, ca.key, NULL, &old_srv.crt, &old_srv.key), 0);
+    ck_assert_int_eq(
+        plait_pki_server_issue(&pcfg, ca2.crt, ca2.key, NULL, &alien_srv.crt, &alien_srv.key), 0);
+    duo_t d;
+    duo_run(&d, &dev, "plait-aggregator", &old_srv, NULL, NULL);
+    ck_assert_int_eq(d.crc, PLAIT_EAUTH);
+    ck_assert_str_eq(plait_tls_reason(d.c), "certificate expired");
+    ck_assert_int_eq(d.src, PLAIT_EAUTH);
+    ck_assert_str_eq(plait_tls_reason(d.s), "peer refused our certificate: expired");
+    duo_free(&d);
+    duo_run(&d, &dev, "plait-aggregator", &alien_srv, NULL, NULL);
+    ck_assert_int_eq(d.crc, PLAIT_EAUTH);
+    ck_assert_str_eq(plait_tls_reason(d.c), "certificate not issued by this deployment's CA");
+    duo_free(&d);
+    pair_free(&old_srv);
+    pair_free(&alien_srv);
 }
 END_TEST
 
@@ -397,7 +483,8 @@ START_TEST(test_garbage_and_limits)
     ck_assert_int_eq(plait_tls_config_server(&scfg, ca.crt, srv.crt, srv.key, 1, NULL, NULL), 0);
     ck_assert_int_eq(plait_tls_new(&s, scfg), 0);
     uint8_t junk[300];
-    for (size_t i = 0; i < sizeof(junk); i++) junk[i] = (uint8_t)(i * 97 + 3);
+    for (size_t i = 0; i < sizeof(junk); i++)
+        junk[i] = (uint8_t)(i * 97 + 3);
     ck_assert_int_eq(plait_tls_feed(s, junk, sizeof(junk)), 0);
     int rc = plait_tls_handshake(s);
     ck_assert(rc == PLAIT_EPROTO || rc == PLAIT_EAUTH);
@@ -422,14 +509,165 @@ START_TEST(test_garbage_and_limits)
 
     /* Configuration errors. */
     plait_tls_config_t *bad = NULL;
-    ck_assert_int_eq(plait_tls_config_server(&bad, ca.crt, srv.crt, dev.key, 1, NULL, NULL), PLAIT_EMISMATCH);
-    ck_assert_int_eq(plait_tls_config_server(&bad, "nope", srv.crt, srv.key, 1, NULL, NULL), PLAIT_EPROTO);
+    ck_assert_int_eq(plait_tls_config_server(&bad, ca.crt, srv.crt, dev.key, 1, NULL, NULL),
+                     PLAIT_EMISMATCH);
+    ck_assert_int_eq(plait_tls_config_server(&bad, "nope", srv.crt, srv.key, 1, NULL, NULL),
+                     PLAIT_EPROTO);
     ck_assert_int_eq(plait_tls_config_client(&bad, ca.crt, dev.crt, dev.key, NULL), PLAIT_EINVAL);
     ck_assert_int_eq(plait_tls_config_client(&bad, ca.crt, dev.crt, NULL, "x"), PLAIT_EINVAL);
     ck_assert_ptr_null(bad);
     plait_tls_config_free(NULL);
     plait_tls_free(NULL);
     plait_tls_config_free(scfg);
+}
+END_TEST
+
+START_TEST(test_byte_at_a_time)
+{
+    /* Every split point of every flight: the handshake only ever waits. */
+    duo_t d;
+    memset(&d, 0, sizeof(d));
+    ck_assert_int_eq(plait_tls_config_server(&d.scfg, ca.crt, srv.crt, srv.key, 1, NULL, NULL), 0);
+    ck_assert_int_eq(plait_tls_config_client(&d.ccfg, ca.crt, dev.crt, dev.key, "plait-aggregator"),
+                     0);
+    ck_assert_int_eq(plait_tls_new(&d.s, d.scfg), 0);
+    ck_assert_int_eq(plait_tls_new(&d.c, d.ccfg), 0);
+    int crc = PLAIT_EAGAIN, src = PLAIT_EAGAIN;
+    for (int i = 0; i < 100000 && (crc != 0 || src != 0); i++) {
+        const uint8_t *p;
+        if (crc != 0) crc = plait_tls_handshake(d.c);
+        if (src != 0) src = plait_tls_handshake(d.s);
+        ck_assert(crc == 0 || crc == PLAIT_EAGAIN);
+        ck_assert(src == 0 || src == PLAIT_EAGAIN);
+        if (plait_tls_pending_out(d.c, &p) > 0) {
+            ck_assert_int_eq(plait_tls_feed(d.s, p, 1), 0);
+            plait_tls_consume_out(d.c, 1);
+        }
+        if (plait_tls_pending_out(d.s, &p) > 0) {
+            ck_assert_int_eq(plait_tls_feed(d.c, p, 1), 0);
+            plait_tls_consume_out(d.s, 1);
+        }
+    }
+    ck_assert_int_eq(crc, 0);
+    ck_assert_int_eq(src, 0);
+    transfer(d.c, d.s, 3000);
+    duo_free(&d);
+}
+END_TEST
+
+START_TEST(test_tampered_handshake)
+{
+    /* Flip one byte at many positions of each flight: both sides may never
+     * end up established, and nothing may crash. */
+    plait_tls_config_t *scfg = NULL, *ccfg = NULL;
+    if (getenv("TLS_DEBUG")) plait_log_set_level(PLAIT_LOG_DEBUG);
+    ck_assert_int_eq(plait_tls_config_server(&scfg, ca.crt, srv.crt, srv.key, 1, NULL, NULL), 0);
+    ck_assert_int_eq(plait_tls_config_client(&ccfg, ca.crt, dev.crt, dev.key, "plait-aggregator"),
+                     0);
+    for (int flight = 0; flight < 3; flight++) {
+        for (size_t pos = 3; pos < 1400; pos += 97) {
+            plait_tls_t *c = NULL, *s = NULL;
+            ck_assert_int_eq(plait_tls_new(&c, ccfg), 0);
+            ck_assert_int_eq(plait_tls_new(&s, scfg), 0);
+            int crc = PLAIT_EAGAIN, src = PLAIT_EAGAIN, flipped = 0;
+            for (int step = 0; step < 20 && (crc == PLAIT_EAGAIN || src == PLAIT_EAGAIN); step++) {
+                plait_tls_t *from = step % 2 == 0 ? c : s, *to = step % 2 == 0 ? s : c;
+                int *frc = step % 2 == 0 ? &crc : &src;
+                if (*frc == PLAIT_EAGAIN) *frc = plait_tls_handshake(from);
+                const uint8_t *p;
+                size_t n = plait_tls_pending_out(from, &p);
+                if (n == 0) continue;
+                uint8_t *copy = malloc(n);
+                memcpy(copy, p, n);
+                if (step == flight && pos < n) {
+                    copy[pos] ^= 0x20;
+                    flipped = 1;
+                }
+                plait_tls_consume_out(from, n);
+                int frc2 = plait_tls_feed(to, copy, n);
+                ck_assert_int_eq(frc2, 0);
+                free(copy);
+            }
+            if (crc == PLAIT_EAGAIN) crc = plait_tls_handshake(c);
+            if (src == PLAIT_EAGAIN) src = plait_tls_handshake(s);
+            if (flipped)
+                ck_assert_msg(!(crc == 0 && src == 0), "flight %d pos %zu: both established",
+                              flight, pos);
+            else
+                ck_assert(crc == 0 && src == 0);
+            if (getenv("TLS_DEBUG"))
+                fprintf(stderr, "flight %d pos %zu: c=%d '%s' s=%d '%s'\n", flight, pos, crc,
+                        plait_tls_reason(c), src, plait_tls_reason(s));
+            ck_assert(crc == 0 || crc == PLAIT_EAGAIN || crc == PLAIT_EPROTO || crc == PLAIT_EAUTH);
+            ck_assert(src == 0 || src == PLAIT_EAGAIN || src == PLAIT_EPROTO || src == PLAIT_EAUTH);
+            plait_tls_free(c);
+            plait_tls_free(s);
+        }
+    }
+    plait_tls_config_free(ccfg);
+    plait_tls_config_free(scfg);
+}
+END_TEST
+
+START_TEST(test_from_files)
+{
+    /* init -> enroll -> files -> configs -> handshake: what the CLI and agent do. */
+    char *tmp = tu_tmpdir("tls");
+    ck_assert_ptr_nonnull(tmp);
+    char dir[600], crtp[700], keyp[700], cap[700];
+    snprintf(dir, sizeof(dir), "%s/deploy", tmp);
+    ck_assert_int_eq(plait_pki_init_deployment(dir, &pcfg), 0);
+    char *crt = NULL, *key = NULL;
+    plait_pki_cert_info_t info;
+    ck_assert_int_eq(plait_pki_enroll(dir, &pcfg, "phone-77", &crt, &key, &info), 0);
+    snprintf(crtp, sizeof(crtp), "%s/phone-77.crt", tmp);
+    snprintf(keyp, sizeof(keyp), "%s/phone-77.key", tmp);
+    snprintf(cap, sizeof(cap), "%s/ca.crt", dir);
+    ck_assert_int_eq(plait_pki_write_file(crtp, crt, 0), 0);
+    ck_assert_int_eq(plait_pki_write_file(keyp, key, 1), 0);
+
+    plait_pki_revlist_t rl;
+    plait_pki_revlist_init(&rl);
+    char revp[700];
+    snprintf(revp, sizeof(revp), "%s/revoked.txt", dir);
+    ck_assert_int_eq(plait_pki_revlist_load(&rl, revp), 0);
+
+    duo_t d;
+    memset(&d, 0, sizeof(d));
+    ck_assert_int_eq(plait_tls_config_server_dir(&d.scfg, dir, plait_pki_revlist_check, &rl), 0);
+    ck_assert_int_eq(plait_tls_config_client_files(&d.ccfg, cap, crtp, keyp, "127.0.0.1"), 0);
+    ck_assert_int_eq(plait_tls_new(&d.s, d.scfg), 0);
+    ck_assert_int_eq(plait_tls_new(&d.c, d.ccfg), 0);
+    pump_handshake(d.c, d.s, &d.crc, &d.src);
+    ck_assert_int_eq(d.crc, 0);
+    ck_assert_int_eq(d.src, 0);
+    ck_assert_str_eq(plait_tls_peer(d.s)->device_id, "phone-77");
+    duo_free(&d);
+
+    /* Revoke through the deployment helpers, reload, and the device is out. */
+    ck_assert_int_eq(plait_pki_revoke(dir, info.serial_hex, NULL), 0);
+    plait_pki_revlist_free(&rl);
+    plait_pki_revlist_init(&rl);
+    ck_assert_int_eq(plait_pki_revlist_load(&rl, revp), 0);
+    memset(&d, 0, sizeof(d));
+    ck_assert_int_eq(plait_tls_config_server_dir(&d.scfg, dir, plait_pki_revlist_check, &rl), 0);
+    ck_assert_int_eq(plait_tls_config_client_files(&d.ccfg, cap, crtp, keyp, "plait-aggregator"),
+                     0);
+    ck_assert_int_eq(plait_tls_new(&d.s, d.scfg), 0);
+    ck_assert_int_eq(plait_tls_new(&d.c, d.ccfg), 0);
+    pump_handshake(d.c, d.s, &d.crc, &d.src);
+    ck_assert_int_eq(d.src, PLAIT_EAUTH);
+    ck_assert_str_eq(plait_tls_reason(d.s), "certificate revoked");
+    duo_free(&d);
+
+    plait_tls_config_t *none = NULL;
+    ck_assert_int_eq(plait_tls_config_server_dir(&none, tmp, NULL, NULL), PLAIT_ENOENT);
+    ck_assert_int_eq(plait_tls_config_client_files(&none, cap, crtp, "/nonexistent/key", "x"),
+                     PLAIT_ENOENT);
+    plait_pki_revlist_free(&rl);
+    plait_pki_free_pem(crt);
+    plait_pki_free_pem(key);
+    free(tmp);
 }
 END_TEST
 
@@ -475,14 +713,16 @@ static void run_fd_pair(int cfd, int sfd, const pair_t *client, int expect_ok)
 
     plait_tls_config_t *ccfg = NULL;
     plait_tls_t *c = NULL;
-    ck_assert_int_eq(plait_tls_config_client(&ccfg, ca.crt, client->crt, client->key, "localhost"), 0);
+    ck_assert_int_eq(plait_tls_config_client(&ccfg, ca.crt, client->crt, client->key, "localhost"),
+                     0);
     ck_assert_int_eq(plait_tls_new(&c, ccfg), 0);
     int rc = plait_tls_fd_handshake(c, cfd);
     if (expect_ok) {
         ck_assert_int_eq(rc, 0);
         const size_t len = 200000;
         uint8_t *msg = malloc(len), *got = malloc(len);
-        for (size_t i = 0; i < len; i++) msg[i] = (uint8_t)(i ^ (i >> 8));
+        for (size_t i = 0; i < len; i++)
+            msg[i] = (uint8_t)(i ^ (i >> 8));
         /* Write in slices and read the echo as we go, so neither side's
          * socket buffer can fill while the other is blocked writing. */
         size_t sent = 0, recvd = 0;
@@ -566,6 +806,7 @@ Suite *tls_suite(void)
     tcase_add_unchecked_fixture(tm, certs_setup, certs_teardown);
     tcase_set_timeout(tm, 60);
     tcase_add_test(tm, test_handshake_and_data);
+    tcase_add_test(tm, test_x25519_preferred);
     tcase_add_test(tm, test_write_before_handshake);
     tcase_add_test(tm, test_ip_server_name);
     tcase_add_test(tm, test_wrong_server_name);
@@ -574,8 +815,12 @@ Suite *tls_suite(void)
     tcase_add_test(tm, test_revoked);
     tcase_add_test(tm, test_no_client_cert);
     tcase_add_test(tm, test_wrong_eku);
+    tcase_add_test(tm, test_bad_server_cert);
     tcase_add_test(tm, test_tampered_record);
     tcase_add_test(tm, test_garbage_and_limits);
+    tcase_add_test(tm, test_byte_at_a_time);
+    tcase_add_test(tm, test_tampered_handshake);
+    tcase_add_test(tm, test_from_files);
     suite_add_tcase(s, tm);
     TCase *tf = tcase_create("fd");
     tcase_add_unchecked_fixture(tf, certs_setup, certs_teardown);
