@@ -713,6 +713,7 @@ typedef struct {
     plait_tls_t *tls;
     uint8_t *in; /* decrypted bytes not yet parsed into frames */
     size_t in_len, in_cap;
+    int peer_error; /* the aggregator sent an Error (and closes) */
 } conn_t;
 
 static void conn_init(conn_t *c, plait_agent_t *a)
@@ -967,8 +968,10 @@ static void send_error(conn_t *c, int code, const char *text)
 }
 
 /* An Error from the aggregator becomes our return code. */
-static int peer_error(plait_agent_t *a, const plait_msg_t *m, uint64_t round)
+static int peer_error(conn_t *c, const plait_msg_t *m, uint64_t round)
 {
+    plait_agent_t *a = c->a;
+    c->peer_error = 1; /* it closes after an Error: no answer is due */
     int code = m->u.error.code;
     int known = code < 0 && code >= PLAIT_ECANCELED && code != PLAIT_EAGAIN;
     char where[48] = "";
@@ -976,8 +979,8 @@ static int peer_error(plait_agent_t *a, const plait_msg_t *m, uint64_t round)
     /* The message is peer text, validated by wire.c (printable, bounded); logged as data. */
     PLAIT_LOG(PLAIT_LOG_WARN, "agent %s: %saggregator error %s: %s", a->device_id, where,
               known ? plait_err_name(code) : "unknown", m->u.error.message);
-    return plait_fail(known ? code : PLAIT_EPROTO, "aggregator: %s (%s)", m->u.error.message,
-                      known ? plait_err_name(code) : "unknown code");
+    if (!known) return plait_fail(PLAIT_EPROTO, "aggregator: %s (unknown code %d)", m->u.error.message, code);
+    return plait_fail(code, "aggregator: %s", m->u.error.message[0] ? m->u.error.message : plait_strerror(code));
 }
 
 static int unexpected(const plait_msg_t *m, const char *waiting)
@@ -1109,7 +1112,7 @@ static int train_with_keepalive(conn_t *c, job_t *j, uint64_t round, uint64_t ta
             rc = r;
             break;
         }
-        rc = m.type == PLAIT_MSG_ERROR ? peer_error(a, &m, round) : unexpected(&m, "nothing during training");
+        rc = m.type == PLAIT_MSG_ERROR ? peer_error(c, &m, round) : unexpected(&m, "nothing during training");
         plait_msg_free(&m);
         break;
     }
@@ -1165,7 +1168,7 @@ static int get_adapter(conn_t *c, const plait_msg_task_t *t, uint8_t **out, size
     while (got < len) {
         if ((rc = conn_expect(c, now_ms() + a->cfg.io_timeout_ms, &m, "an adapter chunk")) != 0) goto fail;
         if (m.type != PLAIT_MSG_ADAPTER_CHUNK) {
-            rc = m.type == PLAIT_MSG_ERROR ? peer_error(a, &m, t->round_id) : unexpected(&m, "an adapter chunk");
+            rc = m.type == PLAIT_MSG_ERROR ? peer_error(c, &m, t->round_id) : unexpected(&m, "an adapter chunk");
             plait_msg_free(&m);
             goto fail;
         }
@@ -1301,7 +1304,7 @@ static int upload(conn_t *c, const plait__agent_pending_t *p, uint64_t deadline,
     plait_msg_t m;
     if ((rc = conn_expect(c, now_ms() + a->cfg.io_timeout_ms, &m, "the Ack")) != 0) return rc;
     if (m.type == PLAIT_MSG_ERROR) {
-        rc = peer_error(a, &m, p->round_id);
+        rc = peer_error(c, &m, p->round_id);
         plait_msg_free(&m);
         if (rc == PLAIT_ESTALE) { /* the round is closed or was already counted: the words are useless now */
             int r2 = plait__agent_pending_remove(a->state_dir);
@@ -1339,7 +1342,7 @@ static int decline(conn_t *c, plait_agent_result_t *res, uint64_t round, int cod
     plait_agent_t *a = c->a;
     PLAIT_LOG(PLAIT_LOG_WARN, "agent %s: round %llu: declined (%s): %s", a->device_id, (unsigned long long)round,
               plait_err_name(code), why);
-    send_error(c, code, why);
+    if (!c->peer_error) send_error(c, code, why);
     res->outcome = PLAIT_AGENT_OUT_DECLINED;
     res->round_id = round;
     res->declined_rc = code;
@@ -1455,6 +1458,8 @@ exit:
     free(blob);
     plait_lora_free(&seeded);
     plait_lora_free(&global);
+    /* local − global is the unclipped update: wipe the trained weights, not only free them. */
+    if (local.params) plait_zeroize(local.params, local.n_params * sizeof(float));
     plait_lora_free(&local);
     if (rc != 0) plait__agent_pending_free(p);
     return rc;
@@ -1610,12 +1615,12 @@ int plait_agent_run_once(plait_agent_t *a, plait_agent_result_t *res_out)
         }
         break;
     case PLAIT_MSG_TASK: rc = do_task(&c, &m.u.task, &res); break;
-    case PLAIT_MSG_ERROR: rc = peer_error(a, &m, 0); break;
+    case PLAIT_MSG_ERROR: rc = peer_error(&c, &m, 0); break;
     default: rc = unexpected(&m, "a task or come-back-later"); break;
     }
     plait_msg_free(&m);
 out:
-    if (rc == PLAIT_EPROTO && c.tls && plait_tls_established(c.tls)) send_error(&c, PLAIT_EPROTO, plait_errmsg());
+    if (rc == PLAIT_EPROTO && !c.peer_error && c.tls && plait_tls_established(c.tls)) send_error(&c, PLAIT_EPROTO, plait_errmsg());
     conn_close(&c);
     a->last = res;
     if (res_out) *res_out = res;

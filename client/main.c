@@ -786,11 +786,15 @@ static int cmd_generate(int argc, char **argv)
 
 /* ----------------------------------------------------------------- join */
 
-static plait_agent_t *join_agent; /* for the signal handler: plait_agent_stop is async-signal-safe */
+/* For the signal handler: plait_agent_stop is async-signal-safe. A signal that
+ * arrives before the agent exists is remembered and applied once it does. */
+static plait_agent_t *volatile join_agent;
+static volatile sig_atomic_t join_signaled;
 
 static void join_on_signal(int sig)
 {
     (void)sig;
+    join_signaled = 1;
     if (join_agent) plait_agent_stop(join_agent);
 }
 
@@ -965,16 +969,17 @@ static int cmd_join(int argc, char **argv)
     cfg.threads = c.threads;
     if (cfg.seed) PLAIT_LOG(PLAIT_LOG_WARN, "join: --seed makes randomness replayable; for tests only");
 
-    plait_agent_t *a = NULL;
-    int rc = plait_agent_create(&a, &cfg);
-    if (rc != 0) return rc == PLAIT_EINVAL ? die_usage(rc) : die_run(rc);
-    join_agent = a;
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = join_on_signal;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    plait_agent_t *a = NULL;
+    int rc = plait_agent_create(&a, &cfg);
+    if (rc != 0) return rc == PLAIT_EINVAL ? die_usage(rc) : die_run(rc);
+    join_agent = a;
+    if (join_signaled) plait_agent_stop(a);
     rc = plait_agent_run(a);
     const plait_agent_result_t *r = plait_agent_last_result(a);
     if (rc == 0 && !cfg.daemon) {

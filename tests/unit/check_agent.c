@@ -31,6 +31,9 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <sys/wait.h>
+#include <signal.h>
+#include <fcntl.h>
 #include <time.h>
 #include <unistd.h>
 #include <arpa/inet.h>
@@ -485,7 +488,7 @@ typedef struct {
     /* observed */
     int got_hello;
     plait_msg_hello_t hello;
-    int adapter_requests, pongs, chunks;
+    int adapter_requests, pongs, pings, chunks;
     uint32_t *words;
     size_t n_words;
     uint64_t num_examples;
@@ -496,6 +499,16 @@ typedef struct {
 static void fake_failf(fake_t *f, const char *what, int rc)
 {
     if (!f->fail[0]) snprintf(f->fail, sizeof(f->fail), "%s: %d %s", what, rc, plait_errmsg());
+}
+
+static int fake_send(plait_tls_t *s, int fd, const plait_msg_t *m)
+{
+    uint8_t *b = NULL;
+    size_t n = 0;
+    int rc = plait_wire_encode_alloc(m, NULL, &b, &n);
+    if (rc == 0) rc = plait_tls_fd_write(s, fd, b, n);
+    free(b);
+    return rc;
 }
 
 /* Next message from the agent (Pongs are counted and skipped). */
@@ -513,6 +526,15 @@ static int fake_recv(plait_tls_t *s, int fd, uint8_t *buf, size_t *len, size_t c
                 plait_msg_free(m);
                 continue;
             }
+            if (m->type == PLAIT_MSG_PING) { /* the agent's keepalive while it trains */
+                f->pings++;
+                plait_msg_t pong;
+                plait_msg_init(&pong, PLAIT_MSG_PONG);
+                pong.u.ping.nonce = m->u.ping.nonce;
+                plait_msg_free(m);
+                if ((rc = fake_send(s, fd, &pong)) != 0) return rc;
+                continue;
+            }
             return 0;
         }
         if (rc != PLAIT_EAGAIN) return rc;
@@ -520,16 +542,6 @@ static int fake_recv(plait_tls_t *s, int fd, uint8_t *buf, size_t *len, size_t c
         if (r <= 0) return r == 0 ? PLAIT_EIO : r;
         *len += (size_t)r;
     }
-}
-
-static int fake_send(plait_tls_t *s, int fd, const plait_msg_t *m)
-{
-    uint8_t *b = NULL;
-    size_t n = 0;
-    int rc = plait_wire_encode_alloc(m, NULL, &b, &n);
-    if (rc == 0) rc = plait_tls_fd_write(s, fd, b, n);
-    free(b);
-    return rc;
 }
 
 static void fake_serve(fake_t *f, int fd)
@@ -779,10 +791,11 @@ static void on_event(void *ud, const plait_agent_event_t *ev)
     if (ev->type == PLAIT_AGENT_EV_TRAINING) e->last_step = ev->step;
 }
 
-static plait_agent_t *make_agent(const char *state, int port, evlog_t *ev)
+static plait_agent_t *make_agent_steps(const char *state, int port, evlog_t *ev, uint32_t max_steps)
 {
     plait_agent_config_t cfg;
     base_config(&cfg, state, port);
+    if (max_steps) cfg.max_local_steps = max_steps;
     if (ev) {
         cfg.on_event = on_event;
         cfg.event_ud = ev;
@@ -793,15 +806,19 @@ static plait_agent_t *make_agent(const char *state, int port, evlog_t *ev)
     return a;
 }
 
+static plait_agent_t *make_agent(const char *state, int port, evlog_t *ev) { return make_agent_steps(state, port, ev, 0); }
+
 /* The words the agent must have sent, recomputed from its personal adapter (same stream). */
 static void check_words_match_personal(const round_t *r, const char *state, const fake_t *f)
 {
+    double stddev = r->task.dp.mode == PLAIT_DP_LOCAL ? r->task.dp.noise_multiplier * r->task.clip_norm : 0.0;
     char *pp = tu_path(state, "personal.safetensors");
     plait_lora_t local;
     plait_lora_init(&local);
     ck_assert_int_eq(plait_adapter_load(&local, pp, &r->model, 0), 0);
     /* FFA: A frozen at the seed; only B moved. */
-    ck_assert_mem_eq(local.params, r->global.params, r->global.n_a * sizeof(float));
+    if (r->task.lora.mode == PLAIT_LORA_MODE_FFA)
+        ck_assert_mem_eq(local.params, r->global.params, r->global.n_a * sizeof(float));
     size_t n = (size_t)r->task.update_elements;
     uint32_t *want = calloc(n, sizeof(uint32_t));
     plait_rng_t rng;
@@ -809,8 +826,8 @@ static void check_words_match_personal(const round_t *r, const char *state, cons
     plait_quant_config_t qc = {.bits = QBITS, .range = QRANGE};
     uint64_t ex = f->num_examples < EXAMPLE_CAP ? f->num_examples : EXAMPLE_CAP;
     double w = (double)ex / EXAMPLE_CAP;
-    ck_assert_int_eq(plait__agent_make_update(&r->global, &local, r->task.lora.mode, CLIP, 0, &qc, w, &rng, want, n, NULL),
-                     0);
+    ck_assert_int_eq(
+        plait__agent_make_update(&r->global, &local, r->task.lora.mode, CLIP, stddev, &qc, w, &rng, want, n, NULL), 0);
     ck_assert_mem_eq(f->words, want, n * sizeof(uint32_t));
     /* and the update is not trivial: training moved B */
     double *dec = malloc((n - 1) * sizeof(double));
@@ -818,7 +835,7 @@ static void check_words_match_personal(const round_t *r, const char *state, cons
     double n2 = 0;
     for (size_t i = 0; i + 1 < n; i++) n2 += dec[i] * dec[i];
     ck_assert_double_gt(sqrt(n2), 0.0);
-    ck_assert_double_le(sqrt(n2), CLIP * w + plait_quant_norm_slack(&qc, n - 1) + 1e-9);
+    if (stddev == 0) ck_assert_double_le(sqrt(n2), CLIP * w + plait_quant_norm_slack(&qc, n - 1) + 1e-9);
     free(dec);
     plait_rng_wipe(&rng);
     free(want);
@@ -1123,6 +1140,268 @@ START_TEST(test_run_backoff_and_stop)
 }
 END_TEST
 
+/* A long task: the agent pings while it trains and abandons the round at its deadline. */
+START_TEST(test_loopback_keepalive_and_deadline)
+{
+    round_t r;
+    round_setup(&r, 5, PLAIT_LORA_MODE_FFA);
+    r.task.train.local_steps = 500000;
+    r.task.deadline_s = 3;
+    server_t sv;
+    server_start(&sv, FAKE_TASK, &r);
+    char *state = fresh_state("agent_deadline");
+    plait_agent_t *a = make_agent_steps(state, sv.f.port, NULL, 1000000);
+    plait_agent_result_t res;
+    uint64_t t0 = mono_ms();
+    int rc = plait_agent_run_once(a, &res);
+    uint64_t dt = mono_ms() - t0;
+    server_join(&sv);
+    ck_assert_msg(sv.f.fail[0] == 0, "fake server: %s", sv.f.fail);
+    ck_assert_msg(rc == 0, "run_once: %s", plait_errmsg());
+    ck_assert_int_eq(res.outcome, PLAIT_AGENT_OUT_DECLINED);
+    ck_assert_int_eq(res.declined_rc, PLAIT_ECANCELED);
+    ck_assert_int_eq(sv.f.got_error, 1);
+    ck_assert_int_eq(sv.f.error_code, PLAIT_ECANCELED);
+    ck_assert_int_ge(sv.f.pings, 2); /* keepalive 1 s over a 3 s deadline */
+    ck_assert_uint_eq(sv.f.n_words, 0);
+    ck_assert_uint_ge(dt, 2900);
+    ck_assert_uint_lt(dt, 10000);
+    plait__agent_pending_t p;
+    ck_assert_int_eq(plait__agent_pending_load(state, &p), PLAIT_ENOENT);
+    plait_agent_destroy(a);
+    server_free(&sv);
+    round_free(&r);
+    free(state);
+}
+END_TEST
+
+/* plait_agent_stop() during training returns at once and uploads nothing. */
+START_TEST(test_loopback_stop_during_training)
+{
+    round_t r;
+    round_setup(&r, 6, PLAIT_LORA_MODE_FFA);
+    r.task.train.local_steps = 500000;
+    server_t sv;
+    server_start(&sv, FAKE_TASK, &r);
+    char *state = fresh_state("agent_stoptrain");
+    plait_agent_t *a = make_agent_steps(state, sv.f.port, NULL, 1000000);
+    pthread_t th;
+    ck_assert_int_eq(pthread_create(&th, NULL, stopper, a), 0);
+    plait_agent_result_t res;
+    uint64_t t0 = mono_ms();
+    int rc = plait_agent_run_once(a, &res);
+    ck_assert_uint_lt(mono_ms() - t0, 5000);
+    pthread_join(th, NULL);
+    server_join(&sv);
+    ck_assert_int_eq(rc, PLAIT_ECANCELED);
+    ck_assert_uint_eq(sv.f.n_words, 0);
+    plait__agent_state_t st;
+    ck_assert_int_eq(plait__agent_state_load(state, &st), 0);
+    ck_assert_uint_eq(st.last_uploaded, 0);
+    plait_agent_destroy(a);
+    server_free(&sv);
+    round_free(&r);
+    free(state);
+}
+END_TEST
+
+/* Run plait-agent with argv (NULL-terminated), stdout+stderr to out; SIGTERM after sig_ms (0: never).
+ * Returns the exit status, or -1 if it had to be killed at timeout_ms. */
+static int run_cli(char *const argv[], const char *out, int sig_ms, int timeout_ms)
+{
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+        }
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    uint64_t t0 = mono_ms();
+    int signaled = 0;
+    for (;;) {
+        int st;
+        pid_t w = waitpid(pid, &st, WNOHANG);
+        if (w == pid) return WIFEXITED(st) ? WEXITSTATUS(st) : -2;
+        uint64_t el = mono_ms() - t0;
+        if (sig_ms && !signaled && el >= (uint64_t)sig_ms) {
+            kill(pid, SIGTERM);
+            signaled = 1;
+        }
+        if (el >= (uint64_t)timeout_ms) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &st, 0);
+            return -1;
+        }
+        struct timespec ts = {0, 20 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static int file_has(const char *path, const char *needle)
+{
+    size_t n;
+    uint8_t *b = tu_read_file(path, &n);
+    int ok = b && strstr((const char *)b, needle) != NULL;
+    free(b);
+    return ok;
+}
+
+/* The command line the integration tests drive: usage errors, one round, SIGTERM of a daemon. */
+START_TEST(test_cli_join)
+{
+    char *bin = tu_path(PLAIT_BINARY_DIR, "client/plait-agent");
+    char *state = fresh_state("agent_cli");
+    char *out = tu_path(state, "out.txt");
+    char *st2 = tu_path(state, "st");
+    char port_s[32], server[64];
+    {
+        char *argv[] = {bin, "join", "--help", NULL};
+        ck_assert_int_eq(run_cli(argv, out, 0, 10000), 0);
+        ck_assert(file_has(out, "--server HOST:PORT"));
+    }
+    {
+        char *argv[] = {bin, "join", "--ca", g_ca, NULL};
+        ck_assert_int_eq(run_cli(argv, out, 0, 10000), 2);
+        ck_assert(file_has(out, "--server is required"));
+    }
+    {
+        char *argv[] = {bin, "join", "--server", "127.0.0.1", NULL};
+        ck_assert_int_eq(run_cli(argv, out, 0, 10000), 2);
+        ck_assert(file_has(out, "--server"));
+    }
+    {
+        char *argv[] = {bin, "join", "--server", "127.0.0.1:1", "--bogus", NULL};
+        ck_assert_int_eq(run_cli(argv, out, 0, 10000), 2);
+        ck_assert(file_has(out, "--bogus"));
+    }
+    /* One round with the fake aggregator. */
+    round_t r;
+    round_setup(&r, 7, PLAIT_LORA_MODE_FFA);
+    server_t sv;
+    server_start(&sv, FAKE_TASK, &r);
+    snprintf(server, sizeof(server), "127.0.0.1:%d", sv.f.port);
+    {
+        char *argv[] = {bin, "join", "--server", server, "--ca", g_ca, "--cert", g_crt, "--key", g_key, "--db", g_store,
+                        "--state", st2, "--model", g_model, "--tokenizer", g_tok, "--once", "--seed", "5",
+                        "--min-records", "4", NULL};
+        int rc = run_cli(argv, out, 0, 60000);
+        server_join(&sv);
+        ck_assert_msg(rc == 0, "join exited %d", rc);
+        ck_assert(file_has(out, "round 7 acknowledged"));
+        ck_assert(file_has(out, "round 7: uploaded 1921 words"));
+    }
+    ck_assert_msg(sv.f.fail[0] == 0, "fake server: %s", sv.f.fail);
+    ck_assert_uint_eq(sv.f.n_words, r.task.update_elements);
+    server_free(&sv);
+    round_free(&r);
+    /* A daemon that cannot connect backs off; SIGTERM ends it with status 0. */
+    snprintf(port_s, sizeof(port_s), "127.0.0.1:%d", closed_port());
+    {
+        char *argv[] = {bin, "join", "--server", port_s, "--ca", g_ca, "--cert", g_crt, "--key", g_key, "--db", g_store,
+                        "--state", st2, "--model", g_model, "--tokenizer", g_tok, "--daemon",
+                        "--backoff-initial-ms", "60000", "--backoff-max-ms", "60000", NULL};
+        uint64_t t0 = mono_ms();
+        int rc = run_cli(argv, out, 1500, 20000);
+        ck_assert_msg(rc == 0, "join exited %d", rc);
+        ck_assert_uint_lt(mono_ms() - t0, 15000);
+        ck_assert(file_has(out, "Connection refused"));
+    }
+    free(st2);
+    free(out);
+    free(state);
+    free(bin);
+}
+END_TEST
+
+/* FedIT with local DP: A and B travel, noise z·S is added (same stream: words match bit for bit);
+ * a second round with the same global adapter uses the cached copy. */
+START_TEST(test_loopback_fedit_local_dp_and_cache)
+{
+    round_t r;
+    round_setup(&r, 10, PLAIT_LORA_MODE_FEDIT);
+    r.task.dp.mode = PLAIT_DP_LOCAL;
+    r.task.dp.noise_multiplier = 0.5;
+    ck_assert_uint_eq(r.task.update_elements, r.global.n_params + 1);
+    server_t sv;
+    server_start(&sv, FAKE_TASK, &r);
+    char *state = fresh_state("agent_fedit");
+    plait_agent_t *a = make_agent(state, sv.f.port, NULL);
+    plait_agent_result_t res;
+    int rc = plait_agent_run_once(a, &res);
+    server_join(&sv);
+    ck_assert_msg(sv.f.fail[0] == 0, "fake server: %s", sv.f.fail);
+    ck_assert_msg(rc == 0, "run_once: %s", plait_errmsg());
+    ck_assert_int_eq(res.outcome, PLAIT_AGENT_OUT_ACKED);
+    check_words_match_personal(&r, state, &sv.f);
+    server_free(&sv);
+    /* next round, same adapter bytes: no download */
+    r.task.round_id = 11;
+    server_start(&sv, FAKE_TASK, &r);
+    plait_agent_destroy(a);
+    a = make_agent(state, sv.f.port, NULL);
+    rc = plait_agent_run_once(a, &res);
+    server_join(&sv);
+    ck_assert_msg(rc == 0, "run_once: %s", plait_errmsg());
+    ck_assert_int_eq(res.outcome, PLAIT_AGENT_OUT_ACKED);
+    ck_assert_int_eq(sv.f.adapter_requests, 0);
+    ck_assert_uint_eq(sv.f.hello.last_round_completed, 10);
+    plait_agent_destroy(a);
+    server_free(&sv);
+    round_free(&r);
+    free(state);
+}
+END_TEST
+
+static int flip(void *ud)
+{
+    int *n = ud;
+    return (*n)++ == 0; /* eligible when asked before connecting, not when the task comes */
+}
+
+/* Tasks the agent must refuse, each answered with an Error and nothing uploaded. */
+START_TEST(test_loopback_declines)
+{
+    char *state = fresh_state("agent_decl");
+    for (int k = 0; k < 4; k++) {
+        round_t r;
+        round_setup(&r, 20 + (uint64_t)k, PLAIT_LORA_MODE_FFA);
+        int want = 0, calls = 0;
+        plait_agent_config_t cfg;
+        base_config(&cfg, state, 0);
+        switch (k) {
+        case 0: r.task.secure_agg = 1; want = PLAIT_EINVAL; break;      /* not announced, not supported */
+        case 1: r.task.update_elements += 1; want = PLAIT_EMISMATCH; break; /* wrong span length */
+        case 2: r.task.train.local_steps = 20000; want = PLAIT_ETOOBIG; break; /* above max_local_steps */
+        case 3: cfg.eligible = flip; cfg.eligible_ud = &calls; want = PLAIT_ECANCELED; break;
+        }
+        server_t sv;
+        server_start(&sv, FAKE_TASK, &r);
+        cfg.server_port = sv.f.port;
+        plait_agent_t *a = NULL;
+        ck_assert_int_eq(plait_agent_create(&a, &cfg), 0);
+        plait_agent_result_t res;
+        int rc = plait_agent_run_once(a, &res);
+        server_join(&sv);
+        ck_assert_msg(rc == 0, "case %d: %s", k, plait_errmsg());
+        ck_assert_int_eq(res.outcome, PLAIT_AGENT_OUT_DECLINED);
+        ck_assert_int_eq(res.declined_rc, want);
+        ck_assert_int_eq(sv.f.got_error, 1);
+        ck_assert_int_eq(sv.f.error_code, want);
+        ck_assert_uint_eq(sv.f.n_words, 0);
+        plait__agent_pending_t p;
+        ck_assert_int_eq(plait__agent_pending_load(state, &p), PLAIT_ENOENT);
+        plait_agent_destroy(a);
+        server_free(&sv);
+        round_free(&r);
+    }
+    free(state);
+}
+END_TEST
+
 START_TEST(test_create_errors)
 {
     char *state = fresh_state("agent_create");
@@ -1177,6 +1456,11 @@ Suite *agent_suite(void)
     tcase_add_test(tc, test_loopback_come_back_and_error);
     tcase_add_test(tc, test_not_eligible);
     tcase_add_test(tc, test_run_backoff_and_stop);
+    tcase_add_test(tc, test_loopback_keepalive_and_deadline);
+    tcase_add_test(tc, test_loopback_stop_during_training);
+    tcase_add_test(tc, test_cli_join);
+    tcase_add_test(tc, test_loopback_fedit_local_dp_and_cache);
+    tcase_add_test(tc, test_loopback_declines);
     suite_add_tcase(s, tc);
     return s;
 }
