@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include <limits.h>
+#include <signal.h>
 #include <time.h>
 
 #include "plait/adapter.h"
@@ -561,6 +562,8 @@ static int cmd_serve(int argc, char **argv, FILE *out, FILE *err)
     plait_log_level_t lvl;
     if (plait_log_parse_level(c.log_level, &lvl) == 0) plait_log_set_level(lvl);
     plait_log_set_sink(json_sink, err);
+    /* A peer that vanishes must cost a failed write (EPIPE), not the process. */
+    signal(SIGPIPE, SIG_IGN);
     plait_server_t *s = NULL;
     if ((rc = plait_server_create(&s, dir, &c)) != 0) {
         PLAIT_LOG(PLAIT_LOG_ERROR, "cannot start: %s (%s)", plait_errmsg(), plait_err_name(rc));

@@ -429,7 +429,8 @@ static void submit_member(plait_server_t *s, member_t *mb, uint32_t *words, size
  * devices that left during selection as dropouts. */
 static void report_early_dropouts(plait_server_t *s)
 {
-    for (size_t i = 0; i < s->n_cohort && plait_round_state(s->round) == PLAIT_ROUND_TRAINING; i++) {
+    /* s->busy: a submission completed the round and its commit job owns the core now. */
+    for (size_t i = 0; i < s->n_cohort && !s->busy && plait_round_state(s->round) == PLAIT_ROUND_TRAINING; i++) {
         member_t *mb = &s->cohort[i];
         if (mb->submitted == 2) {
             uint32_t *w = mb->pending;
@@ -923,6 +924,7 @@ static void round_step(plait_server_t *s)
     if (st == PLAIT_ROUND_SELECTION || st == PLAIT_ROUND_TRAINING) {
         (void)plait_round_tick(s->round, now);
         report_early_dropouts(s);
+        if (s->busy) return; /* the commit job owns the round core now */
         st = plait_round_state(s->round);
     }
     if (st == PLAIT_ROUND_AGGREGATION) start_commit(s);

@@ -248,6 +248,7 @@ char *it_metrics(const it_dep_t *d)
 
 int it_client_open(it_client_t *c, int port, const char *ca_pem, const char *crt_pem, const char *key_pem)
 {
+    signal(SIGPIPE, SIG_IGN); /* the server may close first: a write then fails with EPIPE */
     memset(c, 0, offsetof(it_client_t, in));
     c->in_len = 0;
     plait_wire_limits_default(&c->lim);
