@@ -79,6 +79,8 @@ static const setting_t SETTINGS[] = {
      "selection ends this long after a round opens (training starts with >= min_cohort)"},
     {"round_timeout_s", T_DOUBLE, F(round_timeout_s), 0.01, 604800, "600",
      "updates are due this long after training starts"},
+    {"rejoin_grace_s", T_DOUBLE, F(rejoin_grace_s), 0, 86400, "10",
+     "a selected device that disconnects may reconnect and resume this long before it counts as a dropout"},
     {"round_pause_s", T_DOUBLE, F(round_pause_s), 0, 86400, "0", "wait between the end of a round and the next"},
     {"retry_ms", T_UINT, F(retry_ms), 1, 86400000, "5000",
      "come-back-later delay when no round is selecting (devices add jitter)"},

@@ -22,7 +22,8 @@
     XX(WRONG_SHAPE, "wrong_shape") XX(MALFORMED_UPDATE, "malformed_update")            \
     XX(NORM, "norm") XX(AUTH_TIMEOUT, "auth_timeout") XX(IDLE_TIMEOUT, "idle_timeout")  \
     XX(TOO_MANY, "too_many_connections") XX(MODEL_MISMATCH, "model_mismatch")           \
-    XX(ORDER, "protocol_order") XX(TLS_BAD_RECORD, "tls_bad_record")
+    XX(ORDER, "protocol_order") XX(TLS_BAD_RECORD, "tls_bad_record")           \
+    XX(WRITE_STALL, "write_stall")
 
 typedef enum {
 #define PLAIT__XX(e, s) PLAIT__REJ_##e,

@@ -81,6 +81,7 @@ struct conn_s {
     uint8_t *in;
     size_t in_len, in_cap;
     size_t out_queued;
+    double t_wprog; /* last write progress (for the write-stall limit) */
     /* round participation */
     uint64_t round_id; /* server round id this connection was selected for, 0 if none */
     blob_t *dl;
@@ -117,6 +118,7 @@ typedef struct {
     char device[PLAIT_PKI_ID_MAX + 1];
     uint32_t *pending; /* submitted == 2: the update, owned */
     size_t n_pending;
+    double left_at;    /* submitted == -2: when its last connection closed */
 } member_t;
 
 typedef struct {
@@ -282,6 +284,7 @@ static void on_conn_write(uv_write_t *req, int status)
     wreq_t *w = (wreq_t *)req;
     conn_t *c = w->owner;
     c->out_queued -= w->len;
+    c->t_wprog = now_s(c->srv);
     free(w);
     if (status < 0) {
         if (!c->closing) {
@@ -312,6 +315,7 @@ static int flush(conn_t *c)
             return PLAIT_EIO;
         }
         plait_tls_consume_out(c->tls, n);
+        if (c->out_queued == 0) c->t_wprog = now_s(c->srv);
         c->out_queued += n;
         c->srv->m.bytes_out += n;
     }
@@ -391,10 +395,13 @@ static void on_conn_closed(uv_handle_t *h)
     free(c);
 }
 
+/* Our FIN is out. Lingering close: keep reading (and discarding) until the
+ * peer closes too, or CLOSE_GRACE_S passes (tick), so that unread input does
+ * not turn our close into a RST that destroys the Error frame in flight. */
 static void on_shutdown(uv_shutdown_t *req, int status)
 {
     conn_t *c = req->data;
-    if (!c->uv_closing) {
+    if (status < 0 && !c->uv_closing) {
         c->uv_closing = 1;
         uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
     }
@@ -410,17 +417,13 @@ static void conn_leave_round(conn_t *c)
     /* Another live connection of the same device keeps its place. */
     for (conn_t *o = s->conns; o; o = o->next)
         if (o != c && !o->closing && o->client == c->client && o->round_id == c->round_id) return;
-    plait_round_state_t st = plait_round_state(s->round);
-    if (st == PLAIT_ROUND_SELECTION) {
-        /* The core takes dropouts only once training starts: report it then. */
-        mb->submitted = -2;
-        return;
-    }
-    if (st != PLAIT_ROUND_TRAINING) return;
-    if (plait_round_dropout(s->round, c->client, s->cur_core, now_s(s)) == 0) {
-        mb->submitted = -1;
-        PLAIT_LOG(PLAIT_LOG_INFO, "dropout round=%llu device=%s", (unsigned long long)c->round_id, c->device);
-    }
+    /* The device may reconnect and resume (protocol.md §6, crash-safe resume):
+     * it becomes a dropout only after rejoin_grace_s, and only in training (the
+     * core takes no dropouts while selecting). */
+    mb->submitted = -2;
+    mb->left_at = now_s(s);
+    PLAIT_LOG(PLAIT_LOG_INFO, "device left round=%llu device=%s (a dropout unless it reconnects within %.3g s)",
+              (unsigned long long)c->round_id, c->device, s->cfg.rejoin_grace_s);
 }
 
 static void submit_member(plait_server_t *s, member_t *mb, uint32_t *words, size_t n, conn_t *c);
@@ -438,7 +441,7 @@ static void report_early_dropouts(plait_server_t *s)
             submit_member(s, mb, w, mb->n_pending, NULL);
             continue;
         }
-        if (mb->submitted != -2) continue;
+        if (mb->submitted != -2 || now_s(s) - mb->left_at < s->cfg.rejoin_grace_s) continue;
         mb->submitted = -1;
         if (plait_round_dropout(s->round, mb->client, s->cur_core, now_s(s)) == 0)
             PLAIT_LOG(PLAIT_LOG_INFO, "dropout round=%llu device=%s", (unsigned long long)s->cur_rid, mb->device);
@@ -451,7 +454,6 @@ static void conn_close(conn_t *c, int graceful)
     c->closing = 1;
     c->dl_active = 0;
     c->t_close = now_s(c->srv);
-    uv_read_stop((uv_stream_t *)&c->tcp);
     conn_leave_round(c);
     if (graceful && c->tls) {
         (void)plait_tls_close_notify(c->tls);
@@ -460,6 +462,7 @@ static void conn_close(conn_t *c, int graceful)
             if (uv_shutdown(&c->shut, (uv_stream_t *)&c->tcp, on_shutdown) == 0) return;
         }
     }
+    uv_read_stop((uv_stream_t *)&c->tcp);
     c->uv_closing = 1;
     uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
 }
@@ -538,9 +541,10 @@ static void offer(conn_t *c)
     }
     plait_round_state_t st = plait_round_state(s->round);
     member_t *mb = member_find(s, c->client);
-    if (mb && (mb->submitted == 0 || (mb->submitted == -2 && st == PLAIT_ROUND_SELECTION)) &&
+    if (mb && (mb->submitted == 0 || mb->submitted == 2 || mb->submitted == -2) &&
         (st == PLAIT_ROUND_SELECTION || st == PLAIT_ROUND_TRAINING)) {
-        mb->submitted = 0;
+        /* Reconnected (crash-safe resume): same task again; a held update stays held. */
+        if (mb->submitted == -2) mb->submitted = 0;
         /* Reconnected: the device keeps its place; the older connection goes. */
         for (conn_t *o = s->conns; o; o = o->next)
             if (o != c && !o->closing && o->client == c->client && o->round_id == s->cur_rid) {
@@ -995,7 +999,7 @@ static void handle_update(conn_t *c, const plait_msg_update_chunk_t *u)
         fail_conn(c, PLAIT__REJ_NOT_SELECTED, PLAIT_ENOENT, "not selected for this round");
         return;
     }
-    if (mb->submitted) {
+    if (mb->submitted == 1 || mb->submitted == -1) {
         reject(c, PLAIT__REJ_DUPLICATE, "second update for round %llu", (unsigned long long)u->round_id);
         fail_conn(c, PLAIT__REJ_DUPLICATE, PLAIT_ESTALE, "duplicate update");
         return;
@@ -1038,6 +1042,10 @@ static void handle_update(conn_t *c, const plait_msg_update_chunk_t *u)
     if (plait_round_state(s->round) == PLAIT_ROUND_SELECTION) {
         /* Trained before selection ended: hold the update (the member owns it
          * now, so a disconnect does not lose it) and submit it when training starts. */
+        if (mb->pending) { /* a resumed device uploads its stored update again: keep one */
+            plait_zeroize(mb->pending, mb->n_pending * sizeof(uint32_t));
+            free(mb->pending);
+        }
         mb->pending = words;
         mb->n_pending = (size_t)expect;
         mb->submitted = 2;
@@ -1283,7 +1291,13 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 {
     conn_t *c = st->data;
     plait_server_t *s = c->srv;
-    if (c->closing) return;
+    if (c->closing) { /* lingering close: discard until the peer's EOF */
+        if (nread < 0 && !c->uv_closing) {
+            c->uv_closing = 1;
+            uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+        }
+        return;
+    }
     if (nread < 0) {
         if (c->upd_have > 0) {
             reject(c, PLAIT__REJ_MID_UPLOAD, "connection closed after %llu of %llu update words; update discarded",
@@ -1548,7 +1562,12 @@ static void on_tick(uv_timer_t *t)
             conn_close(c, 0);
         } else if (now - c->t_last > s->cfg.idle_timeout_s) {
             reject(c, PLAIT__REJ_IDLE_TIMEOUT, "nothing received for %.3g s", s->cfg.idle_timeout_s);
+            if (c->authed) send_error(c, PLAIT_ECANCELED, "idle");
             conn_close(c, 1);
+        } else if (c->out_queued > 0 && now - c->t_wprog > s->cfg.idle_timeout_s) {
+            reject(c, PLAIT__REJ_WRITE_STALL, "%zu bytes unsent for %.3g s: the peer does not read", c->out_queued,
+                   s->cfg.idle_timeout_s);
+            conn_close(c, 0);
         }
     }
     for (mconn_t *mc = s->mconns, *nx; mc; mc = nx) {

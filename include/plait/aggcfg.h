@@ -75,6 +75,7 @@ typedef struct {
     double overselect;            /**< select ceil(target * overselect) devices (default 1.25) */
     double selection_timeout_s;   /**< selection closes after this (default 60 s) */
     double round_timeout_s;       /**< updates are due this long after training starts (default 600 s) */
+    double rejoin_grace_s;        /**< a selected device that disconnects may resume this long before it is a dropout (default 10 s) */
     double round_pause_s;         /**< wait between the end of a round and the next (default 0 s) */
     uint64_t retry_ms;            /**< come-back-later delay when no round is selecting (default 5000) */
     uint64_t pace_rounds;         /**< a device that took part in the last N rounds is told to come back later (default 0: off) */

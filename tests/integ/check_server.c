@@ -29,7 +29,7 @@
 
 #define SETS                                                                                                    \
     "target_cohort=3", "min_cohort=2", "overselect=1", "selection_timeout_s=20", "round_timeout_s=20",          \
-        "auth_timeout_s=2", "idle_timeout_s=10", "max_chunk_bytes=4096", "retry_ms=200"
+        "auth_timeout_s=2", "idle_timeout_s=10", "max_chunk_bytes=4096", "retry_ms=200", "rejoin_grace_s=2"
 
 static void dep_up(it_dep_t *d, const char *tag, int ndev)
 {
@@ -326,45 +326,44 @@ START_TEST(test_bad_updates)
     ck_assert(it_log_wait(&d, "dropout round=1 device=dev2", 5000));
     ck_assert(it_log_wait(&d, "round committed round=1 version=2", 10000));
 
-    /* round 2: a duplicate upload after the ack */
-    ck_assert_int_eq(client_with_task(c, &d, "dev3", &t), 0);
+    /* round 2: a stale-round upload (round 1 is over) */
     free(w);
+    ck_assert_int_eq(client_with_task(c, &d, "dev4", &t), 0);
     w = it_update_words(&t, 0.01f);
-    ck_assert_int_eq(it_upload(c, &t, w, (size_t)t.update_elements, (size_t)t.update_elements, 700), 0);
-    /* the round is still selecting: the update is held, its ack comes when training starts */
-    ck_assert(it_log_wait(&d, "update held until training starts round=2 device=dev3", 5000));
-    ck_assert_int_eq(it_upload(c, &t, w, (size_t)t.update_elements, (size_t)t.update_elements, 700), 0);
+    plait_msg_task_t old = t;
+    old.round_id = 1;
+    (void)it_upload(c, &old, w, (size_t)t.update_elements, (size_t)t.update_elements, 700); /* may be cut short */
     int code = 0;
     ck_assert_int_eq(expect_type(c, PLAIT_MSG_ERROR, &code), 0);
     ck_assert_int_eq(code, PLAIT_ESTALE);
     it_client_close(c);
-    ck_assert(it_log_wait(&d, "reason=duplicate", 5000));
-
-    /* a stale-round upload (round 1 is over) */
-    ck_assert_int_eq(client_with_task(c, &d, "dev4", &t), 0);
-    plait_msg_task_t old = t;
-    old.round_id = 1;
-    ck_assert_int_eq(it_upload(c, &old, w, (size_t)t.update_elements, (size_t)t.update_elements, 700), 0);
-    code = 0;
-    ck_assert_int_eq(expect_type(c, PLAIT_MSG_ERROR, &code), 0);
-    ck_assert_int_eq(code, PLAIT_ESTALE);
-    it_client_close(c);
     ck_assert(it_log_wait(&d, "reason=stale_round", 5000));
-    /* dev4's place was given up: the round now waits for a third device */
 
     /* wrong shape: one word too many */
     ck_assert_int_eq(client_with_task(c, &d, "dev5", &t), 0);
     uint32_t *w2 = calloc((size_t)t.update_elements + 1, 4);
     memcpy(w2, w, (size_t)t.update_elements * 4);
-    ck_assert_int_eq(it_upload(c, &t, w2, (size_t)t.update_elements + 1, (size_t)t.update_elements + 1, 700), 0);
+    (void)it_upload(c, &t, w2, (size_t)t.update_elements + 1, (size_t)t.update_elements + 1, 700);
     code = 0;
     ck_assert_int_eq(expect_type(c, PLAIT_MSG_ERROR, &code), 0);
     ck_assert_int_eq(code, PLAIT_EMISMATCH);
     it_client_close(c);
     ck_assert(it_log_wait(&d, "reason=wrong_shape", 5000));
     free(w2);
-    /* dev3's update alone is below min_cohort: round 2 fails cleanly */
-    ck_assert(it_log_wait(&d, "round failed round=2", 5000));
+
+    /* dev3 completes the cohort (training starts), is acked, then uploads the same round again */
+    ck_assert_int_eq(client_with_task(c, &d, "dev3", &t), 0);
+    ck_assert_int_eq(it_upload(c, &t, w, (size_t)t.update_elements, (size_t)t.update_elements, 700), 0);
+    ck_assert_int_eq(expect_type(c, PLAIT_MSG_ACK, NULL), 0);
+    (void)it_upload(c, &t, w, (size_t)t.update_elements, (size_t)t.update_elements, 700);
+    code = 0;
+    ck_assert_int_eq(expect_type(c, PLAIT_MSG_ERROR, &code), 0);
+    ck_assert_int_eq(code, PLAIT_ESTALE);
+    it_client_close(c);
+    ck_assert(it_log_wait(&d, "reason=duplicate", 5000));
+    /* dev4 and dev5 become dropouts after the rejoin grace; dev3's update
+     * alone is below min_cohort: round 2 fails cleanly */
+    ck_assert(it_log_wait(&d, "round failed round=2", 10000));
 
     /* round 3 (or still 2): an out-of-range word, the quantized form of a
      * non-finite value (NaN and inf cannot be encoded as words: the device's
