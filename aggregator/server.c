@@ -1108,6 +1108,16 @@ static void handle_msg(conn_t *c, const plait_msg_t *m)
         c->authed = 1;
         PLAIT_LOG(PLAIT_LOG_INFO, "hello conn=%llu device=%s client_version=%s caps=%u", (unsigned long long)c->id,
                   c->device, m->u.hello.client_version, m->u.hello.capabilities);
+        uint32_t need = s->mode == PLAIT_LORA_MODE_FFA     ? PLAIT_CAP_FFA
+                        : s->mode == PLAIT_LORA_MODE_FEDIT ? PLAIT_CAP_FEDIT
+                                                           : PLAIT_CAP_FEDSA;
+        if ((m->u.hello.capabilities & need) == 0) {
+            PLAIT_LOG(PLAIT_LOG_INFO, "device=%s cannot train in mode %s: come back later (incompatible)", c->device,
+                      plait_lora_mode_name(s->mode));
+            send_cbl(c, PLAIT_RETRY_INCOMPATIBLE, s->lim.max_retry_ms);
+            conn_close(c, 1);
+            return;
+        }
         offer(c);
         return;
     }

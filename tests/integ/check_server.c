@@ -430,6 +430,57 @@ START_TEST(test_kill9_restart)
 }
 END_TEST
 
+/* ---- connection limits ---------------------------------------------------- */
+
+START_TEST(test_limits)
+{
+    it_dep_t d;
+    ck_assert_int_eq(it_init(&d, "integ_limits", "max_connections=2", "idle_timeout_s=1", "auth_timeout_s=5",
+                             "target_cohort=3", "min_cohort=2", NULL),
+                     0);
+    ck_assert_int_eq(it_enroll(&d, "dev0"), 0);
+    ck_assert_int_eq(it_start(&d, NULL), 0);
+    /* idle: selected, then silent (no keepalive) past idle_timeout_s */
+    it_client_t *c = malloc(sizeof(*c));
+    plait_msg_task_t t;
+    ck_assert_int_eq(client_with_task(c, &d, "dev0", &t), 0);
+    int code = 0;
+    ck_assert_int_eq(expect_type(c, PLAIT_MSG_ERROR, &code), 0);
+    ck_assert_int_eq(code, PLAIT_ECANCELED);
+    it_client_close(c);
+    ck_assert(it_log_wait(&d, "reason=idle_timeout", 5000));
+    /* a ping keeps a connection alive past idle_timeout_s */
+    ck_assert_int_eq(client_with_task(c, &d, "dev0", &t), 0);
+    for (int i = 0; i < 4; i++) {
+        usleep(400000);
+        plait_msg_t p;
+        plait_msg_init(&p, PLAIT_MSG_PING);
+        p.u.ping.nonce = (uint64_t)i + 1;
+        ck_assert_int_eq(it_send(c, &p), 0);
+        ck_assert_int_eq(expect_type(c, PLAIT_MSG_PONG, NULL), 0);
+    }
+    it_client_close(c);
+    free(c);
+    /* max_connections = 2: the third is closed at accept */
+    it_client_t *k[3];
+    for (int i = 0; i < 3; i++) {
+        k[i] = malloc(sizeof(*k[i]));
+        ck_assert_int_eq(it_client_open(k[i], d.port, "x", NULL, NULL) == 0 || k[i]->fd >= 0, 1);
+        usleep(50000);
+    }
+    ck_assert(it_log_wait(&d, "reason=too_many_connections", 5000));
+    for (int i = 0; i < 3; i++) {
+        it_client_close(k[i]);
+        free(k[i]);
+    }
+    /* the metrics endpoint answers only /metrics */
+    char *m = it_metrics(&d);
+    ck_assert_ptr_nonnull(strstr(m, "plait_rejections_total{reason=\"too_many_connections\"} 1"));
+    free(m);
+    finish(&d);
+}
+END_TEST
+
 Suite *server_suite(void)
 {
     Suite *s = suite_create("integ_server");
@@ -442,6 +493,7 @@ Suite *server_suite(void)
         {"bad_bytes", test_bad_bytes},
         {"bad_updates", test_bad_updates},
         {"kill9_restart", test_kill9_restart},
+        {"limits", test_limits},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         TCase *tc = tcase_create(cases[i].name);
