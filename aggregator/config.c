@@ -55,7 +55,7 @@ static const setting_t SETTINGS[] = {
      "largest update accepted, in 32-bit words"},
     {"auth_timeout_s", T_DOUBLE, F(auth_timeout_s), 0.05, 3600, "10",
      "TLS handshake and Hello must complete within this many seconds"},
-    {"idle_timeout_s", T_DOUBLE, F(idle_timeout_s), 0.05, 86400, "120",
+    {"idle_timeout_s", T_DOUBLE, F(idle_timeout_s), 0.05, 86400, "90",
      "close a connection that sends nothing for this many seconds"},
     {"base_model", T_STR, F(base_model), 0, 0, "",
      "path of the base model checkpoint (llama2.c .bin); devices must run the same file (sha256)"},

@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -323,23 +324,29 @@ void it_client_close(it_client_t *c)
     c->cfg = NULL;
 }
 
+static uint8_t g_model_sha[32];
+static int g_model_sha_ok;
+static pthread_once_t g_model_once = PTHREAD_ONCE_INIT;
+
+static void load_model_sha(void)
+{
+    plait_model_t m;
+    memset(&m, 0, sizeof(m));
+    if (plait_model_load(&m, it_model()) != 0) return;
+    memcpy(g_model_sha, m.sha256, 32);
+    plait_model_free(&m);
+    g_model_sha_ok = 1;
+}
+
 int it_hello(it_client_t *c, const it_dep_t *d)
 {
-    static uint8_t sha[32];
-    static int have;
     (void)d;
-    if (!have) {
-        plait_model_t m;
-        memset(&m, 0, sizeof(m));
-        if (plait_model_load(&m, it_model()) != 0) return PLAIT_EIO;
-        memcpy(sha, m.sha256, 32);
-        plait_model_free(&m);
-        have = 1;
-    }
+    pthread_once(&g_model_once, load_model_sha); /* clients run on several threads */
+    if (!g_model_sha_ok) return PLAIT_EIO;
     plait_msg_t h;
     plait_msg_init(&h, PLAIT_MSG_HELLO);
     snprintf(h.u.hello.client_version, sizeof(h.u.hello.client_version), "integ-test/1");
-    memcpy(h.u.hello.base_model_sha256, sha, 32);
+    memcpy(h.u.hello.base_model_sha256, g_model_sha, 32);
     h.u.hello.capabilities = PLAIT_CAP_FFA;
     return it_send(c, &h);
 }

@@ -52,7 +52,7 @@ START_TEST(test_write_roundtrip)
     fclose(f);
     /* every setting is written, each with a comment line above it */
     ck_assert_ptr_nonnull(strstr(buf, "\n# "));
-    ck_assert_ptr_nonnull(strstr(buf, "idle_timeout_s = 120\n"));
+    ck_assert_ptr_nonnull(strstr(buf, "idle_timeout_s = 90\n"));
     plait_aggcfg_t d;
     plait_aggcfg_default(&d);
     ck_assert_int_eq(plait_aggcfg_parse(&d, buf, len, "w.conf"), 0);
