@@ -222,6 +222,7 @@ typedef struct {
     uint64_t checksum;         /**< FNV-1a of the final global adapter and every deterministic metric */
     double wall_s;             /**< whole run */
     double client_rounds_per_s;/**< trained clients per wall second of training */
+    double cpu_s_per_client_round; /**< CPU seconds (all threads) per trained client: load-independent */
     long peak_rss_kb;
 } plait_sim_result_t;
 
