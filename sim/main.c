@@ -293,8 +293,9 @@ int main(int argc, char **argv)
     const plait_sim_round_t *last = &res.rounds[res.n_rounds];
     printf("base %.4f  global %.4f  personalized %.4f  (held-out loss, round %zu)\n", res.base_loss,
            last->global_loss, last->personal_loss, res.n_rounds);
-    printf("%.1f s, %.1f client-rounds/s, peak RSS %ld MiB, checksum %016llx\n", res.wall_s,
-           res.client_rounds_per_s, res.peak_rss_kb / 1024, (unsigned long long)res.checksum);
+    printf("%.1f s, %.1f client-rounds/s (%.1f ms CPU each), peak RSS %ld MiB, checksum %016llx\n", res.wall_s,
+           res.client_rounds_per_s, 1e3 * res.cpu_s_per_client_round, res.peak_rss_kb / 1024,
+           (unsigned long long)res.checksum);
     printf("report: %s/report.md\n", cfg.out_dir);
     plait_sim_result_free(&res);
     return 0;

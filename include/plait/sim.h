@@ -152,7 +152,11 @@ typedef struct {
 
 /**
  * \brief Split a corpus into clients and write each client's store under dir
- *        (created; existing stores there are replaced).
+ *        (created if missing). When dir/manifest.txt describes the same
+ *        population (same corpus bytes, tokenizer and split settings) and
+ *        every store is there, the stores are reused and only the counts are
+ *        read back; otherwise the stores are rewritten and the manifest
+ *        written last.
  * \param tok tokenizer used to count tokens (clients that cannot fill one
  *            window of T + 1 tokens for training and for evaluation are left out).
  * \return 0; PLAIT_EINVAL (config); PLAIT_ENOENT / PLAIT_EIO (files); PLAIT_EPROTO (corpus);
@@ -222,6 +226,7 @@ typedef struct {
     uint64_t checksum;         /**< FNV-1a of the final global adapter and every deterministic metric */
     double wall_s;             /**< whole run */
     double client_rounds_per_s;/**< trained clients per wall second of training */
+    double cpu_s_per_client_round; /**< CPU seconds (all threads) per trained client: load-independent */
     long peak_rss_kb;
 } plait_sim_result_t;
 
