@@ -1164,32 +1164,23 @@ static int get_adapter(conn_t *c, const plait_msg_task_t *t, uint8_t **out, size
     m.u.adapter_request.version = t->adapter_version;
     m.u.adapter_request.offset = 0;
     if ((rc = conn_send(c, &m)) != 0) goto fail;
-    size_t got = 0;
-    while (got < len) {
+    /* wire.h's transfer state checks version, total, offsets and the last chunk's hash. */
+    plait_wire_xfer_t x;
+    plait_wire_xfer_init(&x, t->adapter_version, t->adapter_len, 0);
+    for (;;) {
         if ((rc = conn_expect(c, now_ms() + a->cfg.io_timeout_ms, &m, "an adapter chunk")) != 0) goto fail;
         if (m.type != PLAIT_MSG_ADAPTER_CHUNK) {
             rc = m.type == PLAIT_MSG_ERROR ? peer_error(c, &m, t->round_id) : unexpected(&m, "an adapter chunk");
             plait_msg_free(&m);
             goto fail;
         }
-        const plait_msg_adapter_chunk_t *ch = &m.u.adapter_chunk;
-        if (ch->version != t->adapter_version || ch->offset != got || ch->total_len != t->adapter_len ||
-            ch->len > len - got) {
-            rc = plait_fail(PLAIT_EPROTO, "adapter chunk: version %llu offset %llu total %llu, expected %llu/%zu/%llu",
-                            (unsigned long long)ch->version, (unsigned long long)ch->offset,
-                            (unsigned long long)ch->total_len, (unsigned long long)t->adapter_version, got,
-                            (unsigned long long)t->adapter_len);
-            plait_msg_free(&m);
-            goto fail;
-        }
-        memcpy(buf + got, ch->data, ch->len);
-        got += ch->len;
-        if (ch->has_sha256 && plait_ct_memcmp(ch->sha256, t->adapter_sha256, 32) != 0) {
-            plait_msg_free(&m);
-            rc = plait_fail(PLAIT_EMISMATCH, "adapter chunk hash differs from the task's");
-            goto fail;
-        }
+        int r = plait_wire_adapter_rx_add(&x, &m.u.adapter_chunk, t->adapter_sha256, buf);
         plait_msg_free(&m);
+        if (r < 0) {
+            rc = plait_fail(r == PLAIT_EMISMATCH ? PLAIT_EPROTO : r, "adapter download: %s", plait_errmsg());
+            goto fail;
+        }
+        if (r == 1) break;
     }
     uint8_t h[32];
     plait_sha256(buf, len, h);
@@ -1269,28 +1260,21 @@ static int upload(conn_t *c, const plait__agent_pending_t *p, uint64_t deadline,
 {
     plait_agent_t *a = c->a;
     int rc = 0;
-    uint32_t index = 0;
-    size_t off = 0;
-    while (off < p->n_words) {
+    /* Chunks of chunk_words words (wire.h's sequencing: index, offset, examples in chunk 0). */
+    plait_wire_limits_t lim = a->lim;
+    lim.max_chunk_bytes = a->chunk_words * 4;
+    plait_wire_xfer_t x;
+    plait_wire_xfer_init(&x, p->round_id, p->n_words, 0);
+    plait_msg_t m;
+    int r;
+    while ((r = plait_wire_update_tx_next(&x, &lim, p->words, p->num_examples, &m)) == 1) {
         if (now_ms() >= deadline)
             return plait_fail(PLAIT_ECANCELED, "round %llu: deadline passed during the upload",
                               (unsigned long long)p->round_id);
-        size_t n = p->n_words - off < a->chunk_words ? p->n_words - off : a->chunk_words;
-        plait_msg_t m;
-        plait_msg_init(&m, PLAIT_MSG_UPDATE_CHUNK);
-        plait_msg_update_chunk_t *u = &m.u.update_chunk;
-        u->round_id = p->round_id;
-        u->chunk_index = index;
-        u->offset = off;
-        u->total_elements = p->n_words;
-        u->words = p->words + off;
-        u->n_words = n;
-        u->has_num_examples = index == 0;
-        u->num_examples = index == 0 ? p->num_examples : 0;
         if ((rc = conn_send(c, &m)) != 0) return rc;
-        off += n;
-        index++;
     }
+    if (r < 0) return plait_fail(r, "update upload: %s", plait_errmsg());
+    uint32_t index = x.index;
     if (p->round_id > a->state.last_uploaded) {
         plait__agent_state_t st = a->state;
         st.last_uploaded = p->round_id;
@@ -1301,7 +1285,6 @@ static int upload(conn_t *c, const plait__agent_pending_t *p, uint64_t deadline,
               (unsigned long long)p->round_id, p->n_words, index);
     plait_agent_event_t ev = {.type = PLAIT_AGENT_EV_UPLOADED, .round_id = p->round_id, .bytes = (uint64_t)p->n_words * 4};
     emit_ev(a, &ev);
-    plait_msg_t m;
     if ((rc = conn_expect(c, now_ms() + a->cfg.io_timeout_ms, &m, "the Ack")) != 0) return rc;
     if (m.type == PLAIT_MSG_ERROR) {
         rc = peer_error(c, &m, p->round_id);
