@@ -326,7 +326,8 @@ int plait__tensor_simd_active(void)
 #define KC 256          /* depth of one packed block of B */
 #define NC_MAX 64       /* columns of one packed block of B (4 panels) */
 #define MB_MIN 24       /* fewest rows per work item, to amortize packing */
-#define SMALL_N 8       /* forward with fewer rows uses the dot-product path */
+#define SMALL_N 12      /* forward with fewer rows (and IC >= DOT_MIN_IC) uses dot products */
+#define DOT_MIN_IC 16
 #define ITEMS_PER_THREAD 4
 
 /* Below this many multiply-adds (about 10-20 us on one core) a call runs on
@@ -379,6 +380,44 @@ typedef void (*ukernel_fn)(size_t kc, const float *a, size_t ars, size_t acs, co
 /* Pack B(k0 .. k0+kc, j0 .. j0+nc) into panels of NR columns, each panel kc
  * rows of NR contiguous floats; columns past nc are zero, so the micro-kernel
  * never needs a column remainder loop. */
+#if PLAIT_HAVE_X86_SIMD
+/* One full panel of a transposed pack: d[k * NR + jj] = s[jj * ldb + k] for
+ * jj < 16, k < kc, by 8 x 8 register transposes (the scalar loop costs a few
+ * cycles per element, which shows when N is small). */
+PLAIT_AVX2 static void pack_bt_panel_avx2(float *restrict d, const float *s, size_t ldb, size_t kc)
+{
+    size_t k = 0;
+    for (; k + 8 <= kc; k += 8) {
+        for (size_t h = 0; h < NR; h += 8) {
+            const float *r = s + h * ldb + k;
+            __m256 r0 = _mm256_loadu_ps(r), r1 = _mm256_loadu_ps(r + ldb);
+            __m256 r2 = _mm256_loadu_ps(r + 2 * ldb), r3 = _mm256_loadu_ps(r + 3 * ldb);
+            __m256 r4 = _mm256_loadu_ps(r + 4 * ldb), r5 = _mm256_loadu_ps(r + 5 * ldb);
+            __m256 r6 = _mm256_loadu_ps(r + 6 * ldb), r7 = _mm256_loadu_ps(r + 7 * ldb);
+            __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+            __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+            __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+            __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+            __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+            __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+            __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+            __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+            float *o = d + k * NR + h;
+            _mm256_storeu_ps(o + 0 * NR, _mm256_permute2f128_ps(u0, u4, 0x20));
+            _mm256_storeu_ps(o + 1 * NR, _mm256_permute2f128_ps(u1, u5, 0x20));
+            _mm256_storeu_ps(o + 2 * NR, _mm256_permute2f128_ps(u2, u6, 0x20));
+            _mm256_storeu_ps(o + 3 * NR, _mm256_permute2f128_ps(u3, u7, 0x20));
+            _mm256_storeu_ps(o + 4 * NR, _mm256_permute2f128_ps(u0, u4, 0x31));
+            _mm256_storeu_ps(o + 5 * NR, _mm256_permute2f128_ps(u1, u5, 0x31));
+            _mm256_storeu_ps(o + 6 * NR, _mm256_permute2f128_ps(u2, u6, 0x31));
+            _mm256_storeu_ps(o + 7 * NR, _mm256_permute2f128_ps(u3, u7, 0x31));
+        }
+    }
+    for (; k < kc; k++)
+        for (size_t jj = 0; jj < NR; jj++) d[k * NR + jj] = s[jj * ldb + k];
+}
+#endif
+
 static void pack_b(float *restrict dst, const gemm_t *g, size_t k0, size_t kc, size_t j0,
                    size_t nc)
 {
@@ -390,6 +429,12 @@ static void pack_b(float *restrict dst, const gemm_t *g, size_t k0, size_t kc, s
              * writes stay sequential. */
             const float *s = g->b + (j0 + p) * g->ldb + k0;
             size_t ldb = g->ldb;
+#if PLAIT_HAVE_X86_SIMD
+            if (w == NR && g->simd) {
+                pack_bt_panel_avx2(d, s, ldb, kc);
+                continue;
+            }
+#endif
             if (w == NR) {
                 for (size_t k = 0; k < kc; k++)
                     for (size_t jj = 0; jj < NR; jj++) d[k * NR + jj] = s[jj * ldb + k];
@@ -666,17 +711,53 @@ PLAIT_AVX2 static inline float hsum_avx2(__m256 v)
     return _mm_cvtss_f32(s);
 }
 
-/* Four W rows against one input row at a time: the x vector is loaded once
- * per four FMAs and the four sums are reduced together. */
+/* Eight W rows against one input row at a time: the x vector is loaded once
+ * per eight FMAs, the eight independent sums hide the FMA latency, and they
+ * are reduced together into one vector of eight outputs. The rows of the
+ * batch are the inner loop, so the eight W rows are read from memory once
+ * and from L1 for the other rows. Then blocks of four W rows, then one. */
 PLAIT_AVX2 static void dot_avx2(const dot_t *d, size_t o0, size_t o1)
 {
     size_t IC = d->IC, IC8 = IC & ~(size_t)7;
-    for (size_t n = 0; n < d->N; n++) {
-        const float *x = d->inp + n * IC;
-        float *y = d->out + n * d->OC;
-        size_t o = o0;
-        for (; o + 4 <= o1; o += 4) {
-            const float *w0 = d->w + o * IC, *w1 = w0 + IC, *w2 = w1 + IC, *w3 = w2 + IC;
+    size_t o = o0;
+    for (; o + 8 <= o1; o += 8) {
+        const float *w0 = d->w + o * IC;
+        for (size_t n = 0; n < d->N; n++) {
+            const float *x = d->inp + n * IC;
+            float *y = d->out + n * d->OC + o;
+            __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+            __m256 s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+            __m256 s4 = _mm256_setzero_ps(), s5 = _mm256_setzero_ps();
+            __m256 s6 = _mm256_setzero_ps(), s7 = _mm256_setzero_ps();
+            for (size_t i = 0; i < IC8; i += 8) {
+                __m256 xv = _mm256_loadu_ps(x + i);
+                const float *wi = w0 + i;
+                s0 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(wi), s0);
+                s1 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(wi + IC), s1);
+                s2 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(wi + 2 * IC), s2);
+                s3 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(wi + 3 * IC), s3);
+                s4 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(wi + 4 * IC), s4);
+                s5 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(wi + 5 * IC), s5);
+                s6 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(wi + 6 * IC), s6);
+                s7 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(wi + 7 * IC), s7);
+            }
+            /* Lane l of h03 (low half) / h47 (high half) holds half of sum l. */
+            __m256 h03 = _mm256_hadd_ps(_mm256_hadd_ps(s0, s1), _mm256_hadd_ps(s2, s3));
+            __m256 h47 = _mm256_hadd_ps(_mm256_hadd_ps(s4, s5), _mm256_hadd_ps(s6, s7));
+            __m256 r = _mm256_add_ps(_mm256_permute2f128_ps(h03, h47, 0x20),
+                                     _mm256_permute2f128_ps(h03, h47, 0x31));
+            _Alignas(32) float t[8];
+            _mm256_store_ps(t, r);
+            for (size_t i = IC8; i < IC; i++)
+                for (size_t l = 0; l < 8; l++) t[l] += x[i] * w0[l * IC + i];
+            for (size_t l = 0; l < 8; l++) y[l] = d->accumulate ? y[l] + t[l] : t[l];
+        }
+    }
+    for (; o + 4 <= o1; o += 4) {
+        const float *w0 = d->w + o * IC, *w1 = w0 + IC, *w2 = w1 + IC, *w3 = w2 + IC;
+        for (size_t n = 0; n < d->N; n++) {
+            const float *x = d->inp + n * IC;
+            float *y = d->out + n * d->OC + o;
             __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
             __m256 s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
             for (size_t i = 0; i < IC8; i += 8) {
@@ -697,16 +778,20 @@ PLAIT_AVX2 static void dot_avx2(const dot_t *d, size_t o0, size_t o1)
                 t[2] += x[i] * w2[i];
                 t[3] += x[i] * w3[i];
             }
-            for (size_t l = 0; l < 4; l++) y[o + l] = d->accumulate ? y[o + l] + t[l] : t[l];
+            for (size_t l = 0; l < 4; l++) y[l] = d->accumulate ? y[l] + t[l] : t[l];
         }
-        for (; o < o1; o++) {
-            const float *wr = d->w + o * IC;
+    }
+    for (; o < o1; o++) {
+        const float *wr = d->w + o * IC;
+        for (size_t n = 0; n < d->N; n++) {
+            const float *x = d->inp + n * IC;
+            float *y = d->out + n * d->OC + o;
             __m256 s = _mm256_setzero_ps();
             for (size_t i = 0; i < IC8; i += 8)
                 s = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(wr + i), s);
             float t = hsum_avx2(s);
             for (size_t i = IC8; i < IC; i++) t += x[i] * wr[i];
-            y[o] = d->accumulate ? y[o] + t : t;
+            *y = d->accumulate ? *y + t : t;
         }
     }
 }
@@ -731,7 +816,7 @@ void plait_matmul_forward(plait_pool_t *pool, float *out, const float *inp, cons
                           size_t N, size_t IC, size_t OC, int accumulate)
 {
     if (N == 0 || OC == 0) return;
-    if (N < SMALL_N && IC > 0) {
+    if (N < SMALL_N && IC >= DOT_MIN_IC) {
         dot_t d = {.out = out, .inp = inp, .w = w, .N = N, .IC = IC, .OC = OC,
                    .accumulate = accumulate, .simd = plait__tensor_simd_active()};
         size_t items = ceil_div(OC, DOT_OC_CHUNK);

@@ -51,7 +51,7 @@ void plait_matmul_backward(plait_pool_t *pool, float *dinp, float *dw, const flo
  * - An empty reduction (IC == 0 in forward) writes zeros, or leaves out
  *   unchanged when accumulating. N, IC or OC == 0 is allowed everywhere.
  * - Small problems run on the calling thread without waking the pool;
- *   forward with fewer than 8 rows (token-by-token inference) uses a
+ *   forward with fewer than 12 rows (token-by-token inference) uses a
  *   dot-product path threaded over OC.
  */
 
