@@ -26,7 +26,18 @@ void plait_pool_destroy(plait_pool_t *p);
 int plait_pool_size(const plait_pool_t *p);
 /** A task body: run items [begin, end) of a job. */
 typedef void (*plait_pool_fn)(void *ctx, size_t begin, size_t end);
-/** \brief Split [0, n) in contiguous chunks over the pool and wait. NULL pool runs inline. */
+/**
+ * \brief Split [0, n) in contiguous chunks over the pool and wait. NULL pool runs inline.
+ *
+ * Details (additive to the line above): [0, n) is cut into min(n, threads)
+ * contiguous, non-empty chunks; fn runs once per chunk, on the caller or on
+ * a worker (the caller may run several chunks when workers are slow to
+ * wake), so every index is run exactly once and fn is called at most
+ * plait_pool_size(p) times. n == 0 calls nothing; n == 1 or a pool of one
+ * thread calls fn(ctx, 0, n) on the caller. fn must not call plait_pool_run
+ * on the same pool. Idle workers spin for some tens of microseconds after a
+ * job before they sleep, so back-to-back jobs start quickly.
+ */
 void plait_pool_run(plait_pool_t *p, plait_pool_fn fn, void *ctx, size_t n);
 
 /**
