@@ -522,6 +522,18 @@ static void ukernel_portable(size_t kc, const float *a, size_t ars, size_t acs, 
 #endif
 
 #if PLAIT_HAVE_X86_SIMD
+/* One row of an edge tile: lanes where m0 / m1 are set are real columns. */
+PLAIT_AVX2 static inline void edge_row_avx2(float *cr, __m256i m0, __m256i m1, int n1, int load_c,
+                                            __m256 v0, __m256 v1)
+{
+    if (load_c) v0 = _mm256_add_ps(_mm256_maskload_ps(cr, m0), v0);
+    _mm256_maskstore_ps(cr, m0, v0);
+    if (n1 > 0) {
+        if (load_c) v1 = _mm256_add_ps(_mm256_maskload_ps(cr + 8, m1), v1);
+        _mm256_maskstore_ps(cr + 8, m1, v1);
+    }
+}
+
 /* AVX2 micro-kernel: 6 rows x 16 columns = 12 accumulators, 2 B vectors and
  * one broadcast register: 15 of the 16 ymm registers. Per k: 2 loads,
  * 6 broadcasts, 12 FMAs, no horizontal sums. */
@@ -583,20 +595,18 @@ PLAIT_AVX2 static void ukernel_avx2(size_t kc, const float *a, size_t ars, size_
 #undef ROW
         return;
     }
-    _Alignas(32) float tile[MR * NR];
-    _mm256_store_ps(tile + 0 * NR, c00);
-    _mm256_store_ps(tile + 0 * NR + 8, c01);
-    _mm256_store_ps(tile + 1 * NR, c10);
-    _mm256_store_ps(tile + 1 * NR + 8, c11);
-    _mm256_store_ps(tile + 2 * NR, c20);
-    _mm256_store_ps(tile + 2 * NR + 8, c21);
-    _mm256_store_ps(tile + 3 * NR, c30);
-    _mm256_store_ps(tile + 3 * NR + 8, c31);
-    _mm256_store_ps(tile + 4 * NR, c40);
-    _mm256_store_ps(tile + 4 * NR + 8, c41);
-    _mm256_store_ps(tile + 5 * NR, c50);
-    _mm256_store_ps(tile + 5 * NR + 8, c51);
-    store_tile(c, ldc, tile, mr, nr, load_c);
+    /* Edge tile: masked loads and stores cover the nr columns (masked-off
+     * lanes are never touched), and only mr rows are written. */
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    int n0 = nr < 8 ? (int)nr : 8, n1 = nr > 8 ? (int)nr - 8 : 0;
+    __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(n0), lane);
+    __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(n1), lane);
+    edge_row_avx2(c, m0, m1, n1, load_c, c00, c01);
+    if (mr > 1) edge_row_avx2(c + ldc, m0, m1, n1, load_c, c10, c11);
+    if (mr > 2) edge_row_avx2(c + 2 * ldc, m0, m1, n1, load_c, c20, c21);
+    if (mr > 3) edge_row_avx2(c + 3 * ldc, m0, m1, n1, load_c, c30, c31);
+    if (mr > 4) edge_row_avx2(c + 4 * ldc, m0, m1, n1, load_c, c40, c41);
+    if (mr > 5) edge_row_avx2(c + 5 * ldc, m0, m1, n1, load_c, c50, c51);
 }
 #endif
 
