@@ -625,7 +625,8 @@ static void gemm_task(void *ctx, size_t begin, size_t end)
     for (;;) {
         size_t item = atomic_fetch_add_explicit(&g->next, 1, memory_order_relaxed);
         if (item >= total) break;
-        /* Column-block-major, so consecutive items reuse the same B columns. */
+        /* Column-block-major: consecutive items read the same B columns,
+         * which are then still in cache when they are packed again. */
         size_t m0 = (item % g->m_items) * g->mb, j0 = (item / g->m_items) * g->nc;
         size_t m1 = m0 + g->mb < g->M ? m0 + g->mb : g->M;
         size_t nc = g->NN - j0 < g->nc ? g->NN - j0 : g->nc;
