@@ -16,7 +16,7 @@
  * also carries the generation). So a worker that is slow to wake, or whose
  * core is busy with other work, delays nothing: the caller runs its chunk,
  * and waits only for chunks already claimed. Both sides spin briefly
- * (POOL_SPIN, some tens of microseconds) before sleeping on a condition
+ * (POOL_SPIN_NS, 50 microseconds) before sleeping on a condition
  * variable, because the next job of a training step usually arrives within
  * that time, and a futex wake costs as much as the smaller jobs themselves.
  * The hand-off cannot lose a wake-up: the generation is bumped and the
@@ -59,10 +59,14 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
-/* How many times a waiting thread polls before it sleeps. One poll is a CPU
- * "pause" (tens of cycles), so this is some tens of microseconds. */
-#define POOL_SPIN 4000
+/* How long a waiting thread polls before it sleeps. Long enough to cover the
+ * gap between the kernels of a training step, short enough not to burn a
+ * phone's battery (or a shared core) when the pool is idle. It is measured
+ * on the clock rather than in iterations because a CPU "pause" takes from
+ * ~10 to ~150 cycles depending on the core. */
+#define POOL_SPIN_NS 50000u
 
 static inline void cpu_relax(void)
 {
@@ -71,6 +75,29 @@ static inline void cpu_relax(void)
 #elif defined(__aarch64__) || defined(__arm__)
     __asm__ __volatile__("yield");
 #endif
+}
+
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* A spin budget: call spin_more() once per poll; it turns false once
+ * POOL_SPIN_NS have passed (reading the clock only every 64 polls). */
+typedef struct {
+    unsigned polls;
+    uint64_t start;
+} spin_t;
+
+static int spin_more(spin_t *s)
+{
+    cpu_relax();
+    if ((++s->polls & 63u) != 0) return 1;
+    uint64_t t = mono_ns();
+    if (s->start == 0) s->start = t;
+    return t - s->start < POOL_SPIN_NS;
 }
 
 struct plait_pool_s {
@@ -109,11 +136,11 @@ static void chunk(size_t total, unsigned n, unsigned idx, size_t *b, size_t *e)
 static unsigned long wait_job(plait_pool_t *p, unsigned long seen)
 {
     unsigned long g;
-    for (int i = 0; i < POOL_SPIN; i++) {
+    spin_t sp = {0, 0};
+    do {
         g = atomic_load_explicit(&p->gen, memory_order_acquire);
         if (g != seen) return g;
-        cpu_relax();
-    }
+    } while (spin_more(&sp));
     pthread_mutex_lock(&p->mu);
     while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen) {
         p->sleepers++;
@@ -237,10 +264,10 @@ void plait_pool_run(plait_pool_t *p, plait_pool_fn fn, void *ctx, size_t n)
     /* The caller claims chunks too: if the workers are slow to wake, it
      * runs the whole job itself and never waits for them. */
     run_chunks(p, g);
-    for (int i = 0; i < POOL_SPIN; i++) {
+    spin_t sp = {0, 0};
+    do {
         if (atomic_load_explicit(&p->done, memory_order_acquire) == nchunks) return;
-        cpu_relax();
-    }
+    } while (spin_more(&sp));
     pthread_mutex_lock(&p->mu);
     p->caller_waiting = 1;
     while (atomic_load_explicit(&p->done, memory_order_acquire) != nchunks)
