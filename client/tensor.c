@@ -86,6 +86,9 @@ static uint64_t mono_ns(void)
 
 /* A spin budget: call spin_more() once per poll; it turns false once
  * POOL_SPIN_NS have passed (reading the clock only every 64 polls). */
+#define CLAIM_GEN_SHIFT 24
+#define CLAIM_GEN_MASK ((UINT64_C(1) << 40) - 1)
+
 typedef struct {
     unsigned polls;
     uint64_t start;
@@ -107,8 +110,10 @@ struct plait_pool_s {
     pthread_cond_t cv_work; /* a new job (generation bumped) or stop */
     pthread_cond_t cv_done; /* the last chunk of the current job finished */
     atomic_ulong gen;       /* job generation; bumped under mu */
-    /* The claim word of the current job: bits 32..63 the low 32 bits of its
-     * generation, 16..31 its chunk count, 0..15 the next unclaimed chunk.
+    /* The claim word of the current job: bits 24..63 the low 40 bits of its
+     * generation, 12..23 its chunk count, 0..11 the next unclaimed chunk
+     * (both at most 256). 40 bits: a worker would have to stall between its
+     * load and its compare-and-swap for 2^40 jobs to be fooled.
      * Chunks are claimed by compare-and-swap, so a stale worker (one that
      * wakes after its job ended) sees a different generation and claims
      * nothing. */
@@ -157,8 +162,9 @@ static void run_chunks(plait_pool_t *p, unsigned long g)
 {
     uint_least64_t c = atomic_load_explicit(&p->claim, memory_order_acquire);
     for (;;) {
-        if ((uint32_t)(c >> 32) != (uint32_t)g) return;  /* stale: that job is over */
-        unsigned nchunks = (unsigned)(c >> 16) & 0xffffu, i = (unsigned)c & 0xffffu;
+        if ((c >> CLAIM_GEN_SHIFT) != ((uint_least64_t)g & CLAIM_GEN_MASK))
+            return; /* stale: that job is over */
+        unsigned nchunks = (unsigned)(c >> 12) & 0xfffu, i = (unsigned)c & 0xfffu;
         if (i >= nchunks) return;
         if (!atomic_compare_exchange_weak_explicit(&p->claim, &c, c + 1, memory_order_acq_rel,
                                                    memory_order_acquire))
@@ -197,7 +203,8 @@ static unsigned long publish(plait_pool_t *p, unsigned nchunks)
     unsigned long g = atomic_load_explicit(&p->gen, memory_order_relaxed) + 1;
     atomic_store_explicit(&p->done, 0, memory_order_relaxed);
     atomic_store_explicit(&p->claim,
-                          ((uint_least64_t)(uint32_t)g << 32) | ((uint_least64_t)nchunks << 16),
+                          (((uint_least64_t)g & CLAIM_GEN_MASK) << CLAIM_GEN_SHIFT) |
+                              ((uint_least64_t)nchunks << 12),
                           memory_order_release);
     atomic_store_explicit(&p->gen, g, memory_order_release);
     if (p->sleepers) pthread_cond_broadcast(&p->cv_work);
