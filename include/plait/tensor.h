@@ -35,7 +35,7 @@ typedef void (*plait_pool_fn)(void *ctx, size_t begin, size_t end);
  * wake), so every index is run exactly once and fn is called at most
  * plait_pool_size(p) times. n == 0 calls nothing; n == 1 or a pool of one
  * thread calls fn(ctx, 0, n) on the caller. fn must not call plait_pool_run
- * on the same pool. Idle workers spin for some tens of microseconds after a
+ * on the same pool. Idle workers spin for about 50 microseconds after a
  * job before they sleep, so back-to-back jobs start quickly.
  */
 void plait_pool_run(plait_pool_t *p, plait_pool_fn fn, void *ctx, size_t n);
@@ -58,7 +58,8 @@ void plait_matmul_backward(plait_pool_t *pool, float *dinp, float *dw, const flo
  *   dout, inp or w. Inputs may overlap each other (e.g. inp == w).
  * - The result for a given shape does not depend on the pool or its size:
  *   every output element is summed in the same order whichever thread
- *   computes it, so runs replay bit for bit.
+ *   computes it, so runs replay bit for bit (on the same CPU path: the
+ *   AVX2+FMA and portable kernels round differently).
  * - An empty reduction (IC == 0 in forward) writes zeros, or leaves out
  *   unchanged when accumulating. N, IC or OC == 0 is allowed everywhere.
  * - Small problems run on the calling thread without waking the pool;
@@ -71,6 +72,7 @@ void plait_matmul_backward(plait_pool_t *pool, float *dinp, float *dw, const flo
  *        extensions); the kernels pick their path with it at run time, so a
  *        default build runs anywhere.
  * \return 1 if the SIMD kernels are used, 0 if the portable ones are.
+ *         Safe to call from any thread.
  */
 int plait_cpu_has_avx2_fma(void);
 
