@@ -84,8 +84,8 @@ struct plait_trainer_s {
     float *attn_scratch; /* (P, T*T + 8*T*HS) per-thread attention scratch (attn_scratch_t) */
     float *logits;    /* (P, PLAIT_TRAIN_LOGIT_ROWS, V) per-thread logit rows */
     double *row_loss; /* (N) per-position loss, summed in order for determinism */
-    float *rope_cos;  /* (T, HS/2) */
-    float *rope_sin;  /* (T, HS/2) */
+    float *rope_cos;  /* (T, HS) cos(pos * freq_i) at 2i and 2i+1 */
+    float *rope_sin;  /* (T, HS) -sin at 2i, +sin at 2i+1 */
 
     /* ---- parameters' state ---- */
     float *grads;     /* (n_grads) mirrors lora->params[goff ..] */
@@ -335,6 +335,65 @@ AVX2 static void swiglu_bwd_avx2(float *dh1, float *dh3, const float *d, const f
         dh1[i] = d[i] * h3[i] * sig * (1.0f + x * (1.0f - sig));
     }
 }
+
+/* o = x * rstd * w for one row; returns rstd. */
+AVX2 static float rms_fwd_row_avx2(float *o, const float *x, const float *w, size_t C)
+{
+    __m256 acc = _mm256_setzero_ps();
+    size_t i = 0;
+    for (; i + 8 <= C; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        acc = _mm256_fmadd_ps(v, v, acc);
+    }
+    double ss = hsum_pd(_mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(acc)),
+                                      _mm256_cvtps_pd(_mm256_extractf128_ps(acc, 1))));
+    for (size_t k = i; k < C; k++) ss += (double)x[k] * (double)x[k];
+    float rstd = (float)(1.0 / sqrt(ss / (double)C + (double)RMS_EPS));
+    __m256 vr = _mm256_set1_ps(rstd);
+    for (i = 0; i + 8 <= C; i += 8)
+        _mm256_storeu_ps(o + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), vr), _mm256_loadu_ps(w + i)));
+    for (; i < C; i++) o[i] = x[i] * rstd * w[i];
+    return rstd;
+}
+
+/* dx += dy * w * rstd - x * (mean(dy * w * x) * rstd^3) for one row. */
+AVX2 static void rms_bwd_row_avx2(float *dx, const float *dy, const float *x, const float *w, float rstd, size_t C)
+{
+    __m256 acc = _mm256_setzero_ps();
+    size_t i = 0;
+    for (; i + 8 <= C; i += 8)
+        acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_loadu_ps(dy + i), _mm256_loadu_ps(w + i)), _mm256_loadu_ps(x + i),
+                              acc);
+    double dot = hsum_pd(_mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(acc)),
+                                       _mm256_cvtps_pd(_mm256_extractf128_ps(acc, 1))));
+    for (size_t k = i; k < C; k++) dot += (double)(dy[k] * w[k]) * (double)x[k];
+    float c2 = (float)(dot / (double)C) * rstd * rstd * rstd;
+    __m256 vr = _mm256_set1_ps(rstd), vc = _mm256_set1_ps(c2);
+    for (i = 0; i + 8 <= C; i += 8) {
+        __m256 g = _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(dy + i), _mm256_loadu_ps(w + i)), vr);
+        g = _mm256_fnmadd_ps(_mm256_loadu_ps(x + i), vc, g);
+        _mm256_storeu_ps(dx + i, _mm256_add_ps(_mm256_loadu_ps(dx + i), g));
+    }
+    for (; i < C; i++) dx[i] += dy[i] * w[i] * rstd - x[i] * c2;
+}
+
+/* One head of HS floats: x = x * cs + swap_pairs(x) * sn * sgn. */
+AVX2 static void rope_head_avx2(float *x, const float *cs, const float *sn, size_t HS, float sgn)
+{
+    __m256 vs = _mm256_set1_ps(sgn);
+    size_t i = 0;
+    for (; i + 8 <= HS; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        __m256 sw = _mm256_permute_ps(v, 0xB1); /* (x1, x0, x3, x2, ...) */
+        __m256 r = _mm256_mul_ps(sw, _mm256_mul_ps(_mm256_loadu_ps(sn + i), vs));
+        _mm256_storeu_ps(x + i, _mm256_fmadd_ps(v, _mm256_loadu_ps(cs + i), r));
+    }
+    for (; i < HS; i += 2) {
+        float xr = x[i], xi = x[i + 1];
+        x[i] = xr * cs[i] + xi * sn[i] * sgn;
+        x[i + 1] = xi * cs[i + 1] + xr * sn[i + 1] * sgn;
+    }
+}
 #else
 #define TRAIN_X86 0
 #endif
@@ -416,9 +475,17 @@ static void rmsnorm_forward_rows(void *ctx, size_t b, size_t e)
 {
     job_t *j = ctx;
     size_t C = j->C;
+    int simd = use_avx2();
     for (size_t n = b; n < e; n++) {
         const float *x = j->in + n * C;
         float *o = j->out + n * C;
+#if TRAIN_X86
+        if (simd) {
+            j->out2[n] = rms_fwd_row_avx2(o, x, j->w, C);
+            continue;
+        }
+#endif
+        (void)simd;
         double ss = 0.0;
         for (size_t i = 0; i < C; i++) ss += (double)x[i] * (double)x[i];
         float rstd = (float)(1.0 / sqrt(ss / (double)C + (double)RMS_EPS));
@@ -439,10 +506,18 @@ static void rmsnorm_backward_rows(void *ctx, size_t b, size_t e)
 {
     job_t *j = ctx;
     size_t C = j->C;
+    int simd = use_avx2();
     for (size_t n = b; n < e; n++) {
         const float *x = j->in2 + n * C, *dy = j->in + n * C;
         float *dx = j->out + n * C;
         float rstd = j->in3[n];
+#if TRAIN_X86
+        if (simd) {
+            rms_bwd_row_avx2(dx, dy, x, j->w, rstd, C);
+            continue;
+        }
+#endif
+        (void)simd;
         double dot = 0.0; /* sum_i dy_i w_i x_i */
         for (size_t i = 0; i < C; i++) dot += (double)(dy[i] * j->w[i]) * (double)x[i];
         float c2 = (float)(dot / (double)C) * rstd * rstd * rstd;
@@ -458,25 +533,34 @@ static void rmsnorm_backward(plait_trainer_t *tr, float *dinp, const float *dout
 }
 
 /* Rotate interleaved pairs of every head of q (N, C) and k (N, KV) in place;
- * scale = +1 forward, -1 backward (the transpose of a rotation is its inverse). */
+ * sgn = +1 forward, -1 backward (the transpose of a rotation is its inverse).
+ * The tables hold, per position, cos repeated over each pair and sin with the
+ * pair's sign (-sin, +sin), so a rotation is x * cs + swap_pairs(x) * sn. */
 static void rope_rows(void *ctx, size_t b, size_t e)
 {
     job_t *j = ctx;
     plait_trainer_t *tr = j->tr;
-    size_t T = tr->T, HS = tr->HS, half = HS / 2, C = tr->C, KV = tr->KV;
+    size_t T = tr->T, HS = tr->HS, C = tr->C, KV = tr->KV;
     float sgn = j->scale;
+    int simd = use_avx2();
     for (size_t n = b; n < e; n++) {
-        const float *cs = tr->rope_cos + (n % T) * half, *sn = tr->rope_sin + (n % T) * half;
+        const float *cs = tr->rope_cos + (n % T) * HS, *sn = tr->rope_sin + (n % T) * HS;
         for (int which = 0; which < 2; which++) {
             float *x = which == 0 ? j->out + n * C : j->out2 + n * KV;
             size_t width = which == 0 ? C : KV;
             for (size_t h0 = 0; h0 < width; h0 += HS) {
                 float *xh = x + h0;
-                for (size_t i = 0; i < half; i++) {
-                    float c = cs[i], s = sgn * sn[i];
-                    float xr = xh[2 * i], xi = xh[2 * i + 1];
-                    xh[2 * i] = xr * c - xi * s;
-                    xh[2 * i + 1] = xr * s + xi * c;
+#if TRAIN_X86
+                if (simd) {
+                    rope_head_avx2(xh, cs, sn, HS, sgn);
+                    continue;
+                }
+#endif
+                (void)simd;
+                for (size_t i = 0; i < HS; i += 2) {
+                    float xr = xh[i], xi = xh[i + 1];
+                    xh[i] = xr * cs[i] + xi * (sn[i] * sgn);
+                    xh[i + 1] = xi * cs[i + 1] + xr * (sn[i + 1] * sgn);
                 }
             }
         }
@@ -1013,7 +1097,7 @@ int plait_train_create(plait_trainer_t **out, const plait_model_t *m, plait_lora
         tr->P * (T * T + 8 * T * tr->HS), /* attn_scratch */
         tr->P * PLAIT_TRAIN_LOGIT_ROWS * tr->V, /* logits */
         2 * N,           /* row_loss (doubles = 2 floats each) */
-        T * (tr->HS / 2), T * (tr->HS / 2), /* rope cos, sin */
+        T * tr->HS, T * tr->HS, /* rope cos, sin */
     };
     size_t n_sizes = sizeof(sizes) / sizeof(sizes[0]), total = 0;
     for (size_t i = 0; i < n_sizes; i++) {
@@ -1058,9 +1142,11 @@ int plait_train_create(plait_trainer_t **out, const plait_model_t *m, plait_lora
     for (size_t i = 0; i < half; i++) {
         float freq = 1.0f / powf(ROPE_THETA, (float)(2 * i) / (float)tr->HS);
         for (size_t t = 0; t < T; t++) {
-            float ang = (float)t * freq;
-            tr->rope_cos[t * half + i] = cosf(ang);
-            tr->rope_sin[t * half + i] = sinf(ang);
+            float ang = (float)t * freq, c = cosf(ang), sn = sinf(ang);
+            tr->rope_cos[t * tr->HS + 2 * i] = c;
+            tr->rope_cos[t * tr->HS + 2 * i + 1] = c;
+            tr->rope_sin[t * tr->HS + 2 * i] = -sn;
+            tr->rope_sin[t * tr->HS + 2 * i + 1] = sn;
         }
     }
     *out = tr;
