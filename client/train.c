@@ -39,6 +39,8 @@
 #include <string.h>
 
 #define RMS_EPS 1e-5f
+/* Rows of one causal attention block (see att_block_offset). */
+#define ATT_BLOCK 32
 #define ROPE_THETA 10000.0f
 /* torch clip_grad_norm_: coef = max_norm / (norm + 1e-6). */
 #define CLIP_EPS 1e-6
@@ -50,6 +52,7 @@ struct plait_trainer_s {
     plait_pool_t *pool;
     int own_pool;
     size_t B, T, C, H, L, NH, NKV, HS, KV, V, R, P;
+    size_t att_size;  /* floats of one (b, h) block-triangular probability matrix */
 
     /* ---- activation arena: forward values kept for backward ---- */
     float *acts;      /* the arena */
@@ -59,7 +62,7 @@ struct plait_trainer_s {
     float *q;         /* (L, N, C) queries after RoPE */
     float *k;         /* (L, N, KV) keys after RoPE */
     float *v;         /* (L, N, KV) values */
-    float *att;       /* (L, B, NH, T, T) softmax probabilities (row t uses 0..t) */
+    float *att;       /* (L, B, NH, att_size) causal softmax probabilities in row blocks */
     float *atty;      /* (L, N, C) attention output, input of wo */
     float *res2;      /* (L, N, C) residual after attention */
     float *ln2;       /* (L, N, C) FFN RMSNorm output */
@@ -81,7 +84,7 @@ struct plait_trainer_s {
     float *dh3;       /* (N, H) */
     float *dhg;       /* (N, H) */
     float *du;        /* (N, R) */
-    float *attn_scratch; /* (P, T*T + 8*T*HS) per-thread attention scratch (attn_scratch_t) */
+    float *attn_scratch; /* (P, ATT_BLOCK*T + 7*T*HS) per-thread attention scratch (attn_scratch_t) */
     float *logits;    /* (P, PLAIT_TRAIN_LOGIT_ROWS, V) per-thread logit rows */
     double *row_loss; /* (N) per-position loss, summed in order for determinism */
     float *rope_cos;  /* (T, HS) cos(pos * freq_i) at 2i and 2i+1 */
@@ -92,6 +95,7 @@ struct plait_trainer_s {
     float *opt_m;     /* (n_grads) AdamW first moment */
     float *opt_v;     /* (n_grads) AdamW second moment */
     size_t n_grads, goff;
+    size_t bytes;     /* everything allocated at create */
     int n_micro;      /* micro-batches accumulated since the last step */
     long steps;       /* optimizer steps taken */
     double last_norm; /* gradient norm before clipping at the last step */
@@ -584,20 +588,19 @@ typedef struct {
     float *qh;  /* (T, HS) */
     float *kh;  /* (T, HS) */
     float *vh;  /* (T, HS) */
-    float *vT;  /* (HS, T) */
     float *oh;  /* (T, HS) output, or dO in backward */
     float *dqh; /* (T, HS) */
     float *dkh; /* (T, HS) */
     float *dvh; /* (T, HS) */
-    float *dp;  /* (T, T) gradient of probabilities, then of scores */
+    float *dp;  /* (ATT_BLOCK, T) gradient of one block's probabilities, then scores */
 } attn_scratch_t;
 
 static attn_scratch_t attn_scratch(const plait_trainer_t *tr, size_t item)
 {
     size_t T = tr->T, HS = tr->HS;
-    float *base = tr->attn_scratch + item * (T * T + 8 * T * HS);
-    attn_scratch_t s = {base, base + T * HS, base + 2 * T * HS, base + 3 * T * HS, base + 4 * T * HS,
-                        base + 5 * T * HS, base + 6 * T * HS, base + 7 * T * HS, base + 8 * T * HS};
+    float *base = tr->attn_scratch + item * (ATT_BLOCK * T + 7 * T * HS);
+    attn_scratch_t s = {base,           base + T * HS,     base + 2 * T * HS, base + 3 * T * HS,
+                        base + 4 * T * HS, base + 5 * T * HS, base + 6 * T * HS, base + 7 * T * HS};
     return s;
 }
 
@@ -612,14 +615,29 @@ static void scatter_head(float *dst, const float *src, size_t width, size_t b, s
     for (size_t t = 0; t < T; t++) memcpy(dst + (b * T + t) * width + h0, src + t * HS, HS * sizeof(float));
 }
 
-/* att (B, NH, T, T) = causal softmax(q kᵀ / sqrt(HS)) (zeros above the
- * diagonal), out (N, C) = att · v. */
+/* The causal probabilities of one (b, h) are stored by row blocks of
+ * ATT_BLOCK rows: block k covers rows [r0, r1) = [k*ATT_BLOCK, min(r0 +
+ * ATT_BLOCK, T)) and only the r1 columns a row of it can see, row-major with
+ * row stride r1. Products then skip the masked upper triangle (about half of
+ * the T*T work and memory) while each block stays one matmul call. */
+static size_t att_block_offset(size_t k, size_t T)
+{
+    size_t off = 0;
+    for (size_t i = 0; i < k; i++) {
+        size_t r0 = i * ATT_BLOCK, r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;
+        off += (r1 - r0) * r1;
+    }
+    return off;
+}
+
+/* att (B, NH, att_size) = causal softmax(q kᵀ / sqrt(HS)) (row t of a block
+ * is zero beyond column t), out (N, C) = att · v. */
 static void attention_forward_items(void *ctx, size_t i0, size_t i1)
 {
     job_t *j = ctx;
     plait_trainer_t *tr = j->tr;
     size_t T = tr->T, HS = tr->HS, C = tr->C, KV = tr->KV, NH = tr->NH, NKV = tr->NKV, rep = NH / NKV, P = tr->P;
-    size_t npairs = j->nb * NKV;
+    size_t npairs = j->nb * NKV, AS = tr->att_size;
     const float *q = j->in, *k = j->in2, *v = j->in3;
     float scale = 1.0f / sqrtf((float)HS);
     for (size_t item = i0; item < i1; item++) {
@@ -627,21 +645,26 @@ static void attention_forward_items(void *ctx, size_t i0, size_t i1)
         for (size_t pair = npairs * item / P; pair < npairs * (item + 1) / P; pair++) {
             size_t b = pair / NKV, g = pair % NKV;
             gather_head(s.kh, k, KV, b, g * HS, T, HS);
-            for (size_t t = 0; t < T; t++)
-                for (size_t i = 0; i < HS; i++) s.vT[i * T + t] = v[(b * T + t) * KV + g * HS + i];
+            gather_head(s.vh, v, KV, b, g * HS, T, HS);
             for (size_t h = g * rep; h < (g + 1) * rep; h++) {
-                float *att = j->out2 + (b * NH + h) * T * T;
+                float *att = j->out2 + (b * NH + h) * AS;
                 gather_head(s.qh, q, C, b, h * HS, T, HS);
-                plait_matmul_forward(NULL, att, s.qh, s.kh, T, HS, T, 0);
-                for (size_t t = 0; t < T; t++) {
-                    float *a = att + t * T;
-                    /* scale > 0, so the max of the raw scores is the max of the scaled ones. */
-                    float mx = vmax(a, t + 1);
-                    double sum = vexp_sum(a, t + 1, mx, scale);
-                    vscale_flush(a, t + 1, (float)(1.0 / sum));
-                    memset(a + t + 1, 0, (T - t - 1) * sizeof(float));
+                memset(s.oh, 0, T * HS * sizeof(float));
+                for (size_t r0 = 0; r0 < T; r0 += ATT_BLOCK) {
+                    size_t r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T, rows = r1 - r0;
+                    float *blk = att + att_block_offset(r0 / ATT_BLOCK, T); /* (rows, r1) */
+                    plait_matmul_forward(NULL, blk, s.qh + r0 * HS, s.kh, rows, HS, r1, 0);
+                    for (size_t t = r0; t < r1; t++) {
+                        float *a = blk + (t - r0) * r1;
+                        /* scale > 0, so the max of the raw scores is the max of the scaled ones. */
+                        float mx = vmax(a, t + 1);
+                        double sum = vexp_sum(a, t + 1, mx, scale);
+                        vscale_flush(a, t + 1, (float)(1.0 / sum));
+                        memset(a + t + 1, 0, (r1 - t - 1) * sizeof(float));
+                    }
+                    /* O[r0:r1] = P_blk (rows, r1) · V[0:r1] (r1, HS). */
+                    plait_matmul_backward(NULL, s.oh + r0 * HS, NULL, blk, NULL, s.vh, rows, HS, r1);
                 }
-                plait_matmul_forward(NULL, s.oh, att, s.vT, T, T, HS, 0);
                 scatter_head(j->out, s.oh, C, b, h * HS, T, HS);
             }
         }
@@ -661,7 +684,7 @@ static void attention_backward_items(void *ctx, size_t i0, size_t i1)
     job_t *j = ctx;
     plait_trainer_t *tr = j->tr;
     size_t T = tr->T, HS = tr->HS, C = tr->C, KV = tr->KV, NH = tr->NH, NKV = tr->NKV, rep = NH / NKV, P = tr->P;
-    size_t npairs = j->nb * NKV;
+    size_t npairs = j->nb * NKV, AS = tr->att_size;
     const float *dout = j->in, *att = j->in2, *q = j->in3, *k = j->in4, *v = j->w;
     float scale = 1.0f / sqrtf((float)HS);
     for (size_t item = i0; item < i1; item++) {
@@ -673,22 +696,27 @@ static void attention_backward_items(void *ctx, size_t i0, size_t i1)
             memset(s.dkh, 0, T * HS * sizeof(float));
             memset(s.dvh, 0, T * HS * sizeof(float));
             for (size_t h = g * rep; h < (g + 1) * rep; h++) {
-                const float *a = att + (b * NH + h) * T * T;
+                const float *a_h = att + (b * NH + h) * AS;
                 gather_head(s.qh, q, C, b, h * HS, T, HS);
                 gather_head(s.oh, dout, C, b, h * HS, T, HS);
-                /* dP = dO · Vᵀ; dV += Pᵀ · dO. */
-                plait_matmul_forward(NULL, s.dp, s.oh, s.vh, T, HS, T, 0);
-                plait_matmul_backward(NULL, NULL, s.dvh, a, s.oh, NULL, T, HS, T);
-                /* dS = P ⊙ (dP - rowsum(P ⊙ dP)) * scale, zero above the diagonal. */
-                for (size_t t = 0; t < T; t++) {
-                    const float *pr = a + t * T;
-                    float *dr = s.dp + t * T;
-                    vsoftmax_bwd(dr, pr, t + 1, (float)vdot(pr, dr, t + 1), scale);
-                    memset(dr + t + 1, 0, (T - t - 1) * sizeof(float));
-                }
-                /* dQ = dS · K; dK += dSᵀ · Q. */
                 memset(s.dqh, 0, T * HS * sizeof(float));
-                plait_matmul_backward(NULL, s.dqh, s.dkh, s.dp, s.qh, s.kh, T, HS, T);
+                for (size_t r0 = 0; r0 < T; r0 += ATT_BLOCK) {
+                    size_t r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T, rows = r1 - r0;
+                    const float *blk = a_h + att_block_offset(r0 / ATT_BLOCK, T); /* (rows, r1) */
+                    const float *dob = s.oh + r0 * HS, *qb = s.qh + r0 * HS;
+                    /* dP = dO · Vᵀ; dV[0:r1] += Pᵀ · dO. */
+                    plait_matmul_forward(NULL, s.dp, dob, s.vh, rows, HS, r1, 0);
+                    plait_matmul_backward(NULL, NULL, s.dvh, blk, dob, NULL, rows, HS, r1);
+                    /* dS = P ⊙ (dP - rowsum(P ⊙ dP)) * scale, zero beyond the diagonal. */
+                    for (size_t t = r0; t < r1; t++) {
+                        const float *pr = blk + (t - r0) * r1;
+                        float *dr = s.dp + (t - r0) * r1;
+                        vsoftmax_bwd(dr, pr, t + 1, (float)vdot(pr, dr, t + 1), scale);
+                        memset(dr + t + 1, 0, (r1 - t - 1) * sizeof(float));
+                    }
+                    /* dQ[r0:r1] += dS · K[0:r1]; dK[0:r1] += dSᵀ · Q[r0:r1]. */
+                    plait_matmul_backward(NULL, s.dqh + r0 * HS, s.dkh, s.dp, qb, s.kh, rows, HS, r1);
+                }
                 scatter_head(j->out, s.dqh, C, b, h * HS, T, HS);
             }
             scatter_head(j->out2, s.dkh, KV, b, g * HS, T, HS);
@@ -883,7 +911,7 @@ static double forward(plait_trainer_t *tr, const int32_t *tokens, size_t nb, flo
         float *k = tr->k + l * N_full * KV, *v = tr->v + l * N_full * KV;
         float *res2 = LNC(tr->res2, l), *ln2 = LNC(tr->ln2, l);
         float *h1 = tr->h1 + l * N_full * H, *h3 = tr->h3 + l * N_full * H, *hg = tr->hg + l * N_full * H;
-        float *att = tr->att + l * tr->B * tr->NH * T * T;
+        float *att = tr->att + l * tr->B * tr->NH * tr->att_size;
         rmsnorm_forward(tr, ln1, tr->rstd1 + l * N_full, x, w->rms_att + l * C, N, C);
         proj_forward(tr, q, ln1, l, PLAIT_WQ, N, 0);
         proj_forward(tr, k, ln1, l, PLAIT_WK, N, 0);
@@ -922,7 +950,7 @@ static void backward(plait_trainer_t *tr)
         float *k = tr->k + l * N_full * KV, *v = tr->v + l * N_full * KV;
         float *res2 = LNC(tr->res2, l), *ln2 = LNC(tr->ln2, l);
         float *h1 = tr->h1 + l * N_full * H, *h3 = tr->h3 + l * N_full * H, *hg = tr->hg + l * N_full * H;
-        float *att = tr->att + l * tr->B * tr->NH * T * T;
+        float *att = tr->att + l * tr->B * tr->NH * tr->att_size;
         /* FFN: resid[l+1] = res2 + W2(silu(W1 ln2) * W3 ln2). */
         memset(tr->dhg, 0, N * H * sizeof(float));
         proj_backward(tr, tr->dhg, tr->dres, hg, l, PLAIT_W2, N);
@@ -1029,6 +1057,7 @@ size_t plait_train_grads_count(const plait_trainer_t *tr) { return tr->n_grads; 
 size_t plait_train_grads_offset(const plait_trainer_t *tr) { return tr->goff; }
 long plait_train_steps_done(const plait_trainer_t *tr) { return tr->steps; }
 double plait_train_last_grad_norm(const plait_trainer_t *tr) { return tr->last_norm; }
+size_t plait_train_memory_bytes(const plait_trainer_t *tr) { return tr->bytes; }
 
 /* ---------------------------------------------------------------- lifecycle */
 
@@ -1067,6 +1096,7 @@ int plait_train_create(plait_trainer_t **out, const plait_model_t *m, plait_lora
         tr->own_pool = 1;
     }
     tr->P = (size_t)plait_pool_size(tr->pool);
+    tr->att_size = att_block_offset((tr->T + ATT_BLOCK - 1) / ATT_BLOCK, tr->T);
 
     size_t B = tr->B, T = tr->T, C = tr->C, H = tr->H, L = tr->L, KV = tr->KV, R = tr->R, N = B * T;
     size_t n_slots = 0;
@@ -1079,7 +1109,7 @@ int plait_train_create(plait_trainer_t **out, const plait_model_t *m, plait_lora
         L * N * C,       /* q */
         L * N * KV,      /* k */
         L * N * KV,      /* v */
-        L * B * tr->NH * T * T, /* att */
+        L * B * tr->NH * tr->att_size, /* att */
         L * N * C,       /* atty */
         L * N * C,       /* res2 */
         L * N * C,       /* ln2 */
@@ -1094,7 +1124,7 @@ int plait_train_create(plait_trainer_t **out, const plait_model_t *m, plait_lora
         N * KV, N * KV,  /* dk dv */
         N * H, N * H, N * H, /* dh1 dh3 dhg */
         N * R,           /* du */
-        tr->P * (T * T + 8 * T * tr->HS), /* attn_scratch */
+        tr->P * (ATT_BLOCK * T + 7 * T * tr->HS), /* attn_scratch */
         tr->P * PLAIT_TRAIN_LOGIT_ROWS * tr->V, /* logits */
         2 * N,           /* row_loss (doubles = 2 floats each) */
         T * tr->HS, T * tr->HS, /* rope cos, sin */
@@ -1117,6 +1147,8 @@ int plait_train_create(plait_trainer_t **out, const plait_model_t *m, plait_lora
                           total * sizeof(float) >> 20, B, T);
     }
     memset(tr->acts, 0, total * sizeof(float));
+    tr->bytes = total * sizeof(float) + 3 * tr->n_grads * sizeof(float) + L * PLAIT_NPROJ * sizeof(float *) +
+                sizeof(*tr);
     float *ptr = tr->acts;
     size_t si = 0;
 #define TAKE(field) (tr->field = ptr, ptr += sizes[si++])
