@@ -827,15 +827,10 @@ static float *grad_of(plait_trainer_t *tr, const float *param)
     return tr->grads + (idx - tr->goff);
 }
 
-typedef struct {
-    float *x;
-    float s;
-} scale_job_t;
-
-static void scale_rows(void *ctx, size_t b, size_t e)
+/* x *= f over n floats (N*R spans: too small to dispatch to the pool). */
+static void scale_span(float *x, size_t n, float f)
 {
-    scale_job_t *j = ctx;
-    for (size_t i = b; i < e; i++) j->x[i] *= j->s;
+    for (size_t i = 0; i < n; i++) x[i] *= f;
 }
 
 /* y (N, out) (=|+=) x (N, in) · Wᵀ + s * (x · Aᵀ) · Bᵀ; keeps u = s * x·Aᵀ. */
@@ -851,8 +846,7 @@ static void proj_forward(plait_trainer_t *tr, float *y, const float *x, size_t l
     if (!A) return;
     float *u = tr->u[slot];
     plait_matmul_forward(tr->pool, u, x, A, N, (size_t)in, tr->R, 0);
-    scale_job_t sj = {u, tr->lora->scaling};
-    scale_rows(&sj, 0, N * tr->R); /* N*R floats: too small to dispatch */
+    scale_span(u, N * tr->R, tr->lora->scaling);
     plait_matmul_forward(tr->pool, y, u, tr->lora->B[slot], N, tr->R, (size_t)out, 1);
 }
 
@@ -870,8 +864,7 @@ static void proj_backward(plait_trainer_t *tr, float *dx, const float *dy, const
         float *dA = grad_of(tr, A), *dB = grad_of(tr, Bw);
         memset(tr->du, 0, N * tr->R * sizeof(float));
         plait_matmul_backward(tr->pool, tr->du, dB, dy, tr->u[slot], Bw, N, tr->R, (size_t)out);
-        scale_job_t sj = {tr->du, tr->lora->scaling};
-        scale_rows(&sj, 0, N * tr->R);
+        scale_span(tr->du, N * tr->R, tr->lora->scaling);
         if (dx || dA) plait_matmul_backward(tr->pool, dx, dA, tr->du, x, A, N, (size_t)in, tr->R);
     }
     if (dx)
