@@ -626,7 +626,8 @@ int plait_tls_write(plait_tls_t *s, const uint8_t *buf, size_t len)
     size_t done = 0;
     while (done < len && plait_tls_pending_out(s, NULL) < PLAIT_TLS_OUT_HIGH) {
         int mrc = mbedtls_ssl_write(&s->ssl, buf + done, len - done);
-        if (mrc == MBEDTLS_ERR_SSL_WANT_READ || mrc == MBEDTLS_ERR_SSL_WANT_WRITE) break;
+        if (mrc == MBEDTLS_ERR_SSL_WANT_READ || mrc == MBEDTLS_ERR_SSL_WANT_WRITE || mrc == 0)
+            break;
         if (mrc < 0) return fail(s, mrc, "write");
         done += (size_t)mrc;
     }
