@@ -53,28 +53,32 @@ int plait_wire_limits_validate(const plait_wire_limits_t *lim)
 {
     if (!lim) return plait_fail(PLAIT_EINVAL, "wire limits: NULL");
     if (lim->max_chunk_bytes < 4 || lim->max_chunk_bytes > PLAIT_WIRE_MAX_FRAME_HARD)
-        return plait_fail(PLAIT_EINVAL, "wire limits: max_chunk_bytes %zu outside 4..%zu", lim->max_chunk_bytes,
-                          PLAIT_WIRE_MAX_FRAME_HARD);
+        return plait_fail(PLAIT_EINVAL, "wire limits: max_chunk_bytes %zu outside 4..%zu",
+                          lim->max_chunk_bytes, PLAIT_WIRE_MAX_FRAME_HARD);
     if (lim->max_frame > PLAIT_WIRE_MAX_FRAME_HARD ||
         lim->max_frame < lim->max_chunk_bytes + PLAIT_WIRE_CHUNK_OVERHEAD)
-        return plait_fail(PLAIT_EINVAL, "wire limits: max_frame %zu outside max_chunk_bytes + %d..%zu",
+        return plait_fail(PLAIT_EINVAL,
+                          "wire limits: max_frame %zu outside max_chunk_bytes + %d..%zu",
                           lim->max_frame, PLAIT_WIRE_CHUNK_OVERHEAD, PLAIT_WIRE_MAX_FRAME_HARD);
     if (lim->max_preauth_frame < 64 || lim->max_preauth_frame > lim->max_frame)
         return plait_fail(PLAIT_EINVAL, "wire limits: max_preauth_frame %zu outside 64..max_frame",
                           lim->max_preauth_frame);
     if (lim->max_update_elements < 2 || lim->max_update_elements > ((uint64_t)1 << 32))
         return plait_fail(PLAIT_EINVAL, "wire limits: max_update_elements outside 2..2^32");
-    if (lim->max_adapter_bytes < 1) return plait_fail(PLAIT_EINVAL, "wire limits: max_adapter_bytes is 0");
+    if (lim->max_adapter_bytes < 1)
+        return plait_fail(PLAIT_EINVAL, "wire limits: max_adapter_bytes is 0");
     if (lim->max_string < 1 || lim->max_string > PLAIT_WIRE_MAX_STRING)
-        return plait_fail(PLAIT_EINVAL, "wire limits: max_string %zu outside 1..%d", lim->max_string,
-                          PLAIT_WIRE_MAX_STRING);
-    if (lim->max_deadline_s < 1) return plait_fail(PLAIT_EINVAL, "wire limits: max_deadline_s is 0");
+        return plait_fail(PLAIT_EINVAL, "wire limits: max_string %zu outside 1..%d",
+                          lim->max_string, PLAIT_WIRE_MAX_STRING);
+    if (lim->max_deadline_s < 1)
+        return plait_fail(PLAIT_EINVAL, "wire limits: max_deadline_s is 0");
     if (lim->max_retry_ms < 1) return plait_fail(PLAIT_EINVAL, "wire limits: max_retry_ms is 0");
     return 0;
 }
 
 /* Resolve a caller's limits (NULL: defaults) into *tmp; NULL when invalid. */
-static const plait_wire_limits_t *limits_or_default(const plait_wire_limits_t *lim, plait_wire_limits_t *tmp)
+static const plait_wire_limits_t *limits_or_default(const plait_wire_limits_t *lim,
+                                                    plait_wire_limits_t *tmp)
 {
     if (!lim) {
         plait_wire_limits_default(tmp);
@@ -86,8 +90,9 @@ static const plait_wire_limits_t *limits_or_default(const plait_wire_limits_t *l
 /* ---- message helpers ---------------------------------------------------- */
 
 static const char *const type_names[PLAIT_MSG_TYPE_MAX + 1] = {
-    "unknown",      "hello",        "task", "come_back_later", "adapter_request", "adapter_chunk",
-    "update_chunk", "ack",          "error", "ping",           "pong",
+    "unknown",         "hello",         "task",         "come_back_later",
+    "adapter_request", "adapter_chunk", "update_chunk", "ack",
+    "error",           "ping",          "pong",
 };
 
 const char *plait_msg_type_name(int type)
@@ -124,7 +129,7 @@ typedef struct {
 /* Bytes protobuf-c may hold while unpacking n payload bytes. Each input byte
  * yields at most 4 output bytes (packed fixed32, bytes) or one scan record per
  * 2-byte field (32 bytes); 16x plus a constant for the structs is ample. */
-#define UNPACK_BUDGET(n) ((n) * 16 + ((size_t)64 << 10))
+#define UNPACK_BUDGET(n) ((n)*16 + ((size_t)64 << 10))
 
 static void *budget_alloc(void *data, size_t size)
 {
@@ -183,7 +188,10 @@ void plait_msg_free(plait_msg_t *m)
 
 #define BAD(...) plait_fail(PLAIT_EPROTO, __VA_ARGS__)
 
-static int finite_pos(double x) { return isfinite(x) && x > 0.0; }
+static int finite_pos(double x)
+{
+    return isfinite(x) && x > 0.0;
+}
 
 /* Printable ASCII only (client_version). */
 static int printable_ascii(const char *s, size_t n)
@@ -205,8 +213,10 @@ static int validate_hello(const plait_msg_hello_t *h)
 {
     size_t n = strnlen(h->client_version, sizeof(h->client_version));
     if (n == 0 || n > PLAIT_WIRE_MAX_CLIENT_VERSION)
-        return BAD("hello.client_version: length %zu outside 1..%d", n, PLAIT_WIRE_MAX_CLIENT_VERSION);
-    if (!printable_ascii(h->client_version, n)) return BAD("hello.client_version: not printable ASCII");
+        return BAD("hello.client_version: length %zu outside 1..%d", n,
+                   PLAIT_WIRE_MAX_CLIENT_VERSION);
+    if (!printable_ascii(h->client_version, n))
+        return BAD("hello.client_version: not printable ASCII");
     return 0;
 }
 
@@ -226,23 +236,28 @@ static int validate_task(const plait_msg_task_t *t, const plait_wire_limits_t *l
         t->lora.mode != PLAIT_LORA_MODE_FEDSA)
         return BAD("task.lora.mode: unknown value %d", (int)t->lora.mode);
     if (t->train.local_steps < 1 || t->train.local_steps > PLAIT_WIRE_MAX_LOCAL_STEPS)
-        return BAD("task.train.local_steps: %u outside 1..%u", t->train.local_steps, PLAIT_WIRE_MAX_LOCAL_STEPS);
+        return BAD("task.train.local_steps: %u outside 1..%u", t->train.local_steps,
+                   PLAIT_WIRE_MAX_LOCAL_STEPS);
     if (t->train.batch < 1 || t->train.batch > PLAIT_WIRE_MAX_BATCH)
         return BAD("task.train.batch: %u outside 1..%u", t->train.batch, PLAIT_WIRE_MAX_BATCH);
     if (t->train.seq_len < 1 || t->train.seq_len > PLAIT_WIRE_MAX_SEQ_LEN)
-        return BAD("task.train.seq_len: %u outside 1..%u", t->train.seq_len, PLAIT_WIRE_MAX_SEQ_LEN);
+        return BAD("task.train.seq_len: %u outside 1..%u", t->train.seq_len,
+                   PLAIT_WIRE_MAX_SEQ_LEN);
     if (!finite_pos(t->train.lr) || t->train.lr > 1.0) return BAD("task.train.lr: not in (0, 1]");
     if (!finite_pos(t->clip_norm)) return BAD("task.clip_norm: not finite and > 0");
     if (t->quant_bits < PLAIT_QUANT_MIN_BITS || t->quant_bits > PLAIT_QUANT_MAX_BITS)
-        return BAD("task.quant_bits: %u outside %d..%d", t->quant_bits, PLAIT_QUANT_MIN_BITS, PLAIT_QUANT_MAX_BITS);
+        return BAD("task.quant_bits: %u outside %d..%d", t->quant_bits, PLAIT_QUANT_MIN_BITS,
+                   PLAIT_QUANT_MAX_BITS);
     if (!finite_pos(t->quant_range)) return BAD("task.quant_range: not finite and > 0");
     if (t->secure_agg != 0 && t->secure_agg != 1) return BAD("task.secure_agg: not 0 or 1");
     switch (t->dp.mode) {
     case PLAIT_DP_NONE:
-        if (t->dp.noise_multiplier != 0.0) return BAD("task.dp.noise_multiplier: must be 0 without DP");
+        if (t->dp.noise_multiplier != 0.0)
+            return BAD("task.dp.noise_multiplier: must be 0 without DP");
         break;
     case PLAIT_DP_LOCAL:
-        if (!finite_pos(t->dp.noise_multiplier)) return BAD("task.dp.noise_multiplier: local DP needs z > 0");
+        if (!finite_pos(t->dp.noise_multiplier))
+            return BAD("task.dp.noise_multiplier: local DP needs z > 0");
         break;
     case PLAIT_DP_CENTRAL:
         if (!isfinite(t->dp.noise_multiplier) || t->dp.noise_multiplier < 0.0)
@@ -254,7 +269,8 @@ static int validate_task(const plait_msg_task_t *t, const plait_wire_limits_t *l
     if (t->deadline_s < 1 || t->deadline_s > lim->max_deadline_s)
         return BAD("task.deadline_s: %u outside 1..%u", t->deadline_s, lim->max_deadline_s);
     if (t->update_elements < 2 || t->update_elements > lim->max_update_elements)
-        return BAD("task.update_elements: %llu outside 2..%llu", (unsigned long long)t->update_elements,
+        return BAD("task.update_elements: %llu outside 2..%llu",
+                   (unsigned long long)t->update_elements,
                    (unsigned long long)lim->max_update_elements);
     if (t->example_cap < 1) return BAD("task.example_cap: 0");
     return 0;
@@ -273,21 +289,22 @@ static int validate_areq(const plait_msg_adapter_request_t *r, const plait_wire_
 {
     if (r->round_id == 0) return BAD("adapter_request.round_id: 0");
     if (r->offset >= lim->max_adapter_bytes)
-        return BAD("adapter_request.offset: %llu not below max_adapter_bytes", (unsigned long long)r->offset);
+        return BAD("adapter_request.offset: %llu not below max_adapter_bytes",
+                   (unsigned long long)r->offset);
     return 0;
 }
 
 static int validate_achunk(const plait_msg_adapter_chunk_t *c, const plait_wire_limits_t *lim)
 {
     if (c->total_len < 1 || c->total_len > lim->max_adapter_bytes)
-        return BAD("adapter_chunk.total_len: %llu outside 1..%llu", (unsigned long long)c->total_len,
-                   (unsigned long long)lim->max_adapter_bytes);
+        return BAD("adapter_chunk.total_len: %llu outside 1..%llu",
+                   (unsigned long long)c->total_len, (unsigned long long)lim->max_adapter_bytes);
     if (c->len < 1 || c->len > lim->max_chunk_bytes)
         return BAD("adapter_chunk.data: %zu bytes outside 1..%zu", c->len, lim->max_chunk_bytes);
     if (!c->data) return BAD("adapter_chunk.data: missing");
     if (c->offset > c->total_len || c->len > c->total_len - c->offset)
-        return BAD("adapter_chunk.offset: %llu + %zu bytes exceeds total_len %llu", (unsigned long long)c->offset,
-                   c->len, (unsigned long long)c->total_len);
+        return BAD("adapter_chunk.offset: %llu + %zu bytes exceeds total_len %llu",
+                   (unsigned long long)c->offset, c->len, (unsigned long long)c->total_len);
     int last = c->len == c->total_len - c->offset;
     if (last && !c->has_sha256) return BAD("adapter_chunk.sha256: missing in the last chunk");
     if (!last && c->has_sha256) return BAD("adapter_chunk.sha256: only the last chunk carries it");
@@ -298,22 +315,26 @@ static int validate_uchunk(const plait_msg_update_chunk_t *c, const plait_wire_l
 {
     if (c->round_id == 0) return BAD("update_chunk.round_id: 0");
     if (c->total_elements < 1 || c->total_elements > lim->max_update_elements)
-        return BAD("update_chunk.total_elements: %llu outside 1..%llu", (unsigned long long)c->total_elements,
+        return BAD("update_chunk.total_elements: %llu outside 1..%llu",
+                   (unsigned long long)c->total_elements,
                    (unsigned long long)lim->max_update_elements);
     if (c->n_words < 1 || c->n_words > lim->max_chunk_bytes / 4)
         return BAD("update_chunk.words: %zu outside 1..%zu", c->n_words, lim->max_chunk_bytes / 4);
     if (!c->words) return BAD("update_chunk.words: missing");
     if (c->offset > c->total_elements || c->n_words > c->total_elements - c->offset)
         return BAD("update_chunk.offset: %llu + %zu words exceeds total_elements %llu",
-                   (unsigned long long)c->offset, c->n_words, (unsigned long long)c->total_elements);
+                   (unsigned long long)c->offset, c->n_words,
+                   (unsigned long long)c->total_elements);
     if ((c->chunk_index == 0) != (c->offset == 0))
-        return BAD("update_chunk.chunk_index: %u with offset %llu (0 exactly at offset 0)", c->chunk_index,
-                   (unsigned long long)c->offset);
+        return BAD("update_chunk.chunk_index: %u with offset %llu (0 exactly at offset 0)",
+                   c->chunk_index, (unsigned long long)c->offset);
     if (c->chunk_index > c->offset)
         return BAD("update_chunk.chunk_index: %u exceeds offset %llu", c->chunk_index,
                    (unsigned long long)c->offset);
-    if (c->chunk_index == 0 && !c->has_num_examples) return BAD("update_chunk.num_examples: missing in chunk 0");
-    if (c->chunk_index != 0 && c->has_num_examples) return BAD("update_chunk.num_examples: only chunk 0 carries it");
+    if (c->chunk_index == 0 && !c->has_num_examples)
+        return BAD("update_chunk.num_examples: missing in chunk 0");
+    if (c->chunk_index != 0 && c->has_num_examples)
+        return BAD("update_chunk.num_examples: only chunk 0 carries it");
     if (c->has_num_examples && c->num_examples < 1) return BAD("update_chunk.num_examples: 0");
     return 0;
 }
@@ -327,7 +348,8 @@ static int validate_ack(const plait_msg_ack_t *a)
 
 static int validate_error(const plait_msg_error_t *e, const plait_wire_limits_t *lim)
 {
-    if (e->code >= 0 || e->code < -32768) return BAD("error.code: %d not a negative PLAIT_E* code", e->code);
+    if (e->code >= 0 || e->code < -32768)
+        return BAD("error.code: %d not a negative PLAIT_E* code", e->code);
     size_t n = strnlen(e->message, sizeof(e->message));
     if (n > lim->max_string) return BAD("error.message: %zu bytes above %zu", n, lim->max_string);
     if (!no_controls(e->message, n)) return BAD("error.message: control character");
@@ -337,16 +359,25 @@ static int validate_error(const plait_msg_error_t *e, const plait_wire_limits_t 
 static int validate(const plait_msg_t *m, const plait_wire_limits_t *lim)
 {
     switch (m->type) {
-    case PLAIT_MSG_HELLO: return validate_hello(&m->u.hello);
-    case PLAIT_MSG_TASK: return validate_task(&m->u.task, lim);
-    case PLAIT_MSG_COME_BACK_LATER: return validate_cbl(&m->u.come_back_later, lim);
-    case PLAIT_MSG_ADAPTER_REQUEST: return validate_areq(&m->u.adapter_request, lim);
-    case PLAIT_MSG_ADAPTER_CHUNK: return validate_achunk(&m->u.adapter_chunk, lim);
-    case PLAIT_MSG_UPDATE_CHUNK: return validate_uchunk(&m->u.update_chunk, lim);
-    case PLAIT_MSG_ACK: return validate_ack(&m->u.ack);
-    case PLAIT_MSG_ERROR: return validate_error(&m->u.error, lim);
+    case PLAIT_MSG_HELLO:
+        return validate_hello(&m->u.hello);
+    case PLAIT_MSG_TASK:
+        return validate_task(&m->u.task, lim);
+    case PLAIT_MSG_COME_BACK_LATER:
+        return validate_cbl(&m->u.come_back_later, lim);
+    case PLAIT_MSG_ADAPTER_REQUEST:
+        return validate_areq(&m->u.adapter_request, lim);
+    case PLAIT_MSG_ADAPTER_CHUNK:
+        return validate_achunk(&m->u.adapter_chunk, lim);
+    case PLAIT_MSG_UPDATE_CHUNK:
+        return validate_uchunk(&m->u.update_chunk, lim);
+    case PLAIT_MSG_ACK:
+        return validate_ack(&m->u.ack);
+    case PLAIT_MSG_ERROR:
+        return validate_error(&m->u.error, lim);
     case PLAIT_MSG_PING:
-    case PLAIT_MSG_PONG: return 0;
+    case PLAIT_MSG_PONG:
+        return 0;
     }
     return plait_fail(PLAIT_EINVAL, "message: unknown type %d", (int)m->type);
 }
@@ -374,8 +405,8 @@ static void store_be32(uint8_t *p, uint32_t v)
     p[3] = (uint8_t)v;
 }
 
-int plait_frame_decode(const uint8_t *buf, size_t len, const plait_wire_limits_t *lim, unsigned flags,
-                       plait_frame_t *frame, size_t *consumed)
+int plait_frame_decode(const uint8_t *buf, size_t len, const plait_wire_limits_t *lim,
+                       unsigned flags, plait_frame_t *frame, size_t *consumed)
 {
     plait_wire_limits_t tmp;
     if (!frame || !consumed || (!buf && len > 0) || (flags & ~PLAIT_FRAME_PREAUTH))
@@ -392,8 +423,8 @@ int plait_frame_decode(const uint8_t *buf, size_t len, const plait_wire_limits_t
     /* In uint64_t so that 4 + n cannot wrap where size_t is 32 bits. */
     uint64_t total = 4u + (uint64_t)n;
     if (total > (uint64_t)max)
-        return plait_fail(PLAIT_ETOOBIG, "frame: %llu bytes above the %s limit %zu", (unsigned long long)total,
-                          preauth ? "pre-auth" : "frame", max);
+        return plait_fail(PLAIT_ETOOBIG, "frame: %llu bytes above the %s limit %zu",
+                          (unsigned long long)total, preauth ? "pre-auth" : "frame", max);
     frame->frame_len = (size_t)total;
     if (len < 5) return PLAIT_EAGAIN;
     if (buf[4] != PLAIT_WIRE_VERSION) {
@@ -421,14 +452,16 @@ int plait_frame_decode(const uint8_t *buf, size_t len, const plait_wire_limits_t
 
 /* ---- decode: protobuf-c structs -> plain structs ------------------------- */
 
-#define NEED(cond, field)                                                                                            \
-    do {                                                                                                             \
-        if (!(cond)) return BAD("%s: missing", field);                                                               \
+#define NEED(cond, field)                                                                          \
+    do {                                                                                           \
+        if (!(cond)) return BAD("%s: missing", field);                                             \
     } while (0)
 
-static int copy_sha(const ProtobufCBinaryData *b, uint8_t out[PLAIT_WIRE_SHA256_LEN], const char *field)
+static int copy_sha(const ProtobufCBinaryData *b, uint8_t out[PLAIT_WIRE_SHA256_LEN],
+                    const char *field)
 {
-    if (b->len != PLAIT_WIRE_SHA256_LEN) return BAD("%s: %zu bytes, want %d", field, b->len, PLAIT_WIRE_SHA256_LEN);
+    if (b->len != PLAIT_WIRE_SHA256_LEN)
+        return BAD("%s: %zu bytes, want %d", field, b->len, PLAIT_WIRE_SHA256_LEN);
     memcpy(out, b->data, PLAIT_WIRE_SHA256_LEN);
     return 0;
 }
@@ -452,7 +485,9 @@ static int from_hello(const Plait__Hello *p, plait_msg_hello_t *h)
                         "hello.client_version")) != 0)
         return rc;
     NEED(p->has_base_model_sha256, "hello.base_model_sha256");
-    if ((rc = copy_sha(&p->base_model_sha256, h->base_model_sha256, "hello.base_model_sha256")) != 0) return rc;
+    if ((rc = copy_sha(&p->base_model_sha256, h->base_model_sha256, "hello.base_model_sha256")) !=
+        0)
+        return rc;
     NEED(p->has_capabilities, "hello.capabilities");
     h->capabilities = p->capabilities;
     h->has_last_round = p->has_last_round_completed ? 1 : 0;
@@ -470,7 +505,8 @@ static int from_task(const Plait__Task *p, plait_msg_task_t *t)
     t->round_id = p->round_id;
     t->adapter_version = p->adapter_version;
     t->adapter_len = p->adapter_len;
-    if ((rc = copy_sha(&p->adapter_sha256, t->adapter_sha256, "task.adapter_sha256")) != 0) return rc;
+    if ((rc = copy_sha(&p->adapter_sha256, t->adapter_sha256, "task.adapter_sha256")) != 0)
+        return rc;
 
     const Plait__LoraConfig *l = p->lora;
     NEED(l, "task.lora");
@@ -605,17 +641,28 @@ static int from_ping(const Plait__Ping *p, plait_msg_ping_t *g, const char *fiel
 static int from_envelope(const Plait__Envelope *env, plait_msg_t *m, const plait_wire_limits_t *lim)
 {
     switch (env->msg_case) {
-    case PLAIT__ENVELOPE__MSG_HELLO: return from_hello(env->hello, &m->u.hello);
-    case PLAIT__ENVELOPE__MSG_TASK: return from_task(env->task, &m->u.task);
-    case PLAIT__ENVELOPE__MSG_COME_BACK_LATER: return from_cbl(env->come_back_later, &m->u.come_back_later);
-    case PLAIT__ENVELOPE__MSG_ADAPTER_REQUEST: return from_areq(env->adapter_request, &m->u.adapter_request);
-    case PLAIT__ENVELOPE__MSG_ADAPTER_CHUNK: return from_achunk(env->adapter_chunk, &m->u.adapter_chunk);
-    case PLAIT__ENVELOPE__MSG_UPDATE_CHUNK: return from_uchunk(env->update_chunk, &m->u.update_chunk);
-    case PLAIT__ENVELOPE__MSG_ACK: return from_ack(env->ack, &m->u.ack);
-    case PLAIT__ENVELOPE__MSG_ERROR: return from_error(env->error, &m->u.error, lim);
-    case PLAIT__ENVELOPE__MSG_PING: return from_ping(env->ping, &m->u.ping, "ping.nonce");
-    case PLAIT__ENVELOPE__MSG_PONG: return from_ping(env->pong, &m->u.ping, "pong.nonce");
-    default: return BAD("envelope: no message");
+    case PLAIT__ENVELOPE__MSG_HELLO:
+        return from_hello(env->hello, &m->u.hello);
+    case PLAIT__ENVELOPE__MSG_TASK:
+        return from_task(env->task, &m->u.task);
+    case PLAIT__ENVELOPE__MSG_COME_BACK_LATER:
+        return from_cbl(env->come_back_later, &m->u.come_back_later);
+    case PLAIT__ENVELOPE__MSG_ADAPTER_REQUEST:
+        return from_areq(env->adapter_request, &m->u.adapter_request);
+    case PLAIT__ENVELOPE__MSG_ADAPTER_CHUNK:
+        return from_achunk(env->adapter_chunk, &m->u.adapter_chunk);
+    case PLAIT__ENVELOPE__MSG_UPDATE_CHUNK:
+        return from_uchunk(env->update_chunk, &m->u.update_chunk);
+    case PLAIT__ENVELOPE__MSG_ACK:
+        return from_ack(env->ack, &m->u.ack);
+    case PLAIT__ENVELOPE__MSG_ERROR:
+        return from_error(env->error, &m->u.error, lim);
+    case PLAIT__ENVELOPE__MSG_PING:
+        return from_ping(env->ping, &m->u.ping, "ping.nonce");
+    case PLAIT__ENVELOPE__MSG_PONG:
+        return from_ping(env->pong, &m->u.ping, "pong.nonce");
+    default:
+        return BAD("envelope: no message");
     }
 }
 
@@ -632,14 +679,18 @@ int plait_wire_decode(const plait_frame_t *frame, const plait_wire_limits_t *lim
         return BAD("frame: unknown type %d", (int)frame->type);
     /* The frame limit is enforced before unpacking, whoever built the frame. */
     if (frame->payload_len > lim->max_frame - PLAIT_FRAME_HEADER)
-        return plait_fail(PLAIT_ETOOBIG, "frame: payload %zu bytes above the frame limit", frame->payload_len);
+        return plait_fail(PLAIT_ETOOBIG, "frame: payload %zu bytes above the frame limit",
+                          frame->payload_len);
 
     budget_t b = {0, UNPACK_BUDGET(frame->payload_len), 0, 0};
     ProtobufCAllocator alloc = {budget_alloc, budget_free, &b};
     Plait__Envelope *env = plait__envelope__unpack(&alloc, frame->payload_len, frame->payload);
     if (!env) {
-        if (b.over) return plait_fail(PLAIT_ETOOBIG, "frame: unpacking needs more than %zu bytes", b.budget);
-        if (b.nomem) return plait_fail(PLAIT_ENOMEM, "frame: unpacking %zu bytes", frame->payload_len);
+        if (b.over)
+            return plait_fail(PLAIT_ETOOBIG, "frame: unpacking needs more than %zu bytes",
+                              b.budget);
+        if (b.nomem)
+            return plait_fail(PLAIT_ENOMEM, "frame: unpacking %zu bytes", frame->payload_len);
         return BAD("%s: undecodable payload", plait_msg_type_name((int)frame->type));
     }
     int rc;
@@ -710,7 +761,8 @@ static void to_envelope(const plait_msg_t *m, pb_msg_t *pb)
         const plait_msg_hello_t *h = &m->u.hello;
         plait__hello__init(&pb->hello);
         pb->hello.has_client_version = 1;
-        pb->hello.client_version = bin(h->client_version, strnlen(h->client_version, sizeof(h->client_version)));
+        pb->hello.client_version =
+            bin(h->client_version, strnlen(h->client_version, sizeof(h->client_version)));
         pb->hello.has_base_model_sha256 = 1;
         pb->hello.base_model_sha256 = bin(h->base_model_sha256, PLAIT_WIRE_SHA256_LEN);
         pb->hello.has_capabilities = 1;
@@ -733,14 +785,16 @@ static void to_envelope(const plait_msg_t *m, pb_msg_t *pb)
         p->adapter_version = t->adapter_version;
         p->adapter_len = t->adapter_len;
         p->adapter_sha256 = bin(t->adapter_sha256, PLAIT_WIRE_SHA256_LEN);
-        pb->lora.has_rank = pb->lora.has_alpha = pb->lora.has_targets = pb->lora.has_mode = pb->lora.has_a_seed = 1;
+        pb->lora.has_rank = pb->lora.has_alpha = pb->lora.has_targets = pb->lora.has_mode =
+            pb->lora.has_a_seed = 1;
         pb->lora.rank = t->lora.rank;
         pb->lora.alpha = t->lora.alpha;
         pb->lora.targets = t->lora.targets;
         pb->lora.mode = (Plait__LoraMode)t->lora.mode;
         pb->lora.a_seed = t->lora.a_seed;
         p->lora = &pb->lora;
-        pb->train.has_local_steps = pb->train.has_batch = pb->train.has_seq_len = pb->train.has_lr = 1;
+        pb->train.has_local_steps = pb->train.has_batch = pb->train.has_seq_len = pb->train.has_lr =
+            1;
         pb->train.local_steps = t->train.local_steps;
         pb->train.batch = t->train.batch;
         pb->train.seq_len = t->train.seq_len;
@@ -783,7 +837,8 @@ static void to_envelope(const plait_msg_t *m, pb_msg_t *pb)
     case PLAIT_MSG_ADAPTER_CHUNK: {
         const plait_msg_adapter_chunk_t *c = &m->u.adapter_chunk;
         plait__adapter_chunk__init(&pb->achunk);
-        pb->achunk.has_version = pb->achunk.has_offset = pb->achunk.has_total_len = pb->achunk.has_data = 1;
+        pb->achunk.has_version = pb->achunk.has_offset = pb->achunk.has_total_len =
+            pb->achunk.has_data = 1;
         pb->achunk.version = c->version;
         pb->achunk.offset = c->offset;
         pb->achunk.total_len = c->total_len;
@@ -849,7 +904,8 @@ static void to_envelope(const plait_msg_t *m, pb_msg_t *pb)
 }
 
 /* Validate m and fill pb; *frame_len is the whole frame's size. */
-static int prepare(const plait_msg_t *m, const plait_wire_limits_t *lim, pb_msg_t *pb, size_t *frame_len)
+static int prepare(const plait_msg_t *m, const plait_wire_limits_t *lim, pb_msg_t *pb,
+                   size_t *frame_len)
 {
     plait_wire_limits_t tmp;
     if (!m) return plait_fail(PLAIT_EINVAL, "wire encode: NULL message");
@@ -859,8 +915,9 @@ static int prepare(const plait_msg_t *m, const plait_wire_limits_t *lim, pb_msg_
     to_envelope(m, pb);
     size_t payload = plait__envelope__get_packed_size(&pb->env);
     if (payload > lim->max_frame - PLAIT_FRAME_HEADER)
-        return plait_fail(PLAIT_ETOOBIG, "%s: frame of %zu bytes above the limit %zu", plait_msg_type_name((int)m->type),
-                          payload + PLAIT_FRAME_HEADER, lim->max_frame);
+        return plait_fail(PLAIT_ETOOBIG, "%s: frame of %zu bytes above the limit %zu",
+                          plait_msg_type_name((int)m->type), payload + PLAIT_FRAME_HEADER,
+                          lim->max_frame);
     *frame_len = payload + PLAIT_FRAME_HEADER;
     return 0;
 }
@@ -873,7 +930,8 @@ int plait_wire_encoded_size(const plait_msg_t *m, const plait_wire_limits_t *lim
     return prepare(m, lim, &pb, len);
 }
 
-int plait_wire_encode(const plait_msg_t *m, const plait_wire_limits_t *lim, uint8_t *out, size_t cap, size_t *len)
+int plait_wire_encode(const plait_msg_t *m, const plait_wire_limits_t *lim, uint8_t *out,
+                      size_t cap, size_t *len)
 {
     pb_msg_t pb;
     size_t n = 0;
@@ -881,7 +939,8 @@ int plait_wire_encode(const plait_msg_t *m, const plait_wire_limits_t *lim, uint
     *len = 0;
     int rc = prepare(m, lim, &pb, &n);
     if (rc != 0) return rc;
-    if (n > cap) return plait_fail(PLAIT_ETOOBIG, "wire encode: %zu bytes do not fit in %zu", n, cap);
+    if (n > cap)
+        return plait_fail(PLAIT_ETOOBIG, "wire encode: %zu bytes do not fit in %zu", n, cap);
     store_be32(out, (uint32_t)(n - 4));
     out[4] = PLAIT_WIRE_VERSION;
     out[5] = (uint8_t)m->type;
@@ -891,7 +950,8 @@ int plait_wire_encode(const plait_msg_t *m, const plait_wire_limits_t *lim, uint
     return 0;
 }
 
-int plait_wire_encode_alloc(const plait_msg_t *m, const plait_wire_limits_t *lim, uint8_t **out, size_t *len)
+int plait_wire_encode_alloc(const plait_msg_t *m, const plait_wire_limits_t *lim, uint8_t **out,
+                            size_t *len)
 {
     size_t n = 0;
     if (!out || !len) return plait_fail(PLAIT_EINVAL, "wire encode: NULL output");
@@ -907,4 +967,131 @@ int plait_wire_encode_alloc(const plait_msg_t *m, const plait_wire_limits_t *lim
     }
     *out = buf;
     return 0;
+}
+
+/* ---- chunked transfers ---------------------------------------------------- */
+
+void plait_wire_xfer_init(plait_wire_xfer_t *x, uint64_t id, uint64_t total, uint64_t offset)
+{
+    memset(x, 0, sizeof(*x));
+    x->id = id;
+    x->total = total;
+    x->next = offset;
+}
+
+int plait_wire_update_tx_next(plait_wire_xfer_t *x, const plait_wire_limits_t *lim,
+                              const uint32_t *words, uint64_t num_examples, plait_msg_t *out)
+{
+    plait_wire_limits_t tmp;
+    if (!x || !words || !out) return plait_fail(PLAIT_EINVAL, "update tx: NULL argument");
+    if (!(lim = limits_or_default(lim, &tmp))) return PLAIT_EINVAL;
+    if (x->total < 1 || x->total > lim->max_update_elements || x->next > x->total ||
+        num_examples < 1)
+        return plait_fail(PLAIT_EINVAL, "update tx: total %llu, offset %llu, examples %llu",
+                          (unsigned long long)x->total, (unsigned long long)x->next,
+                          (unsigned long long)num_examples);
+    if (x->next == x->total) return 0;
+    uint64_t n = x->total - x->next;
+    uint64_t cap = lim->max_chunk_bytes / 4;
+    if (n > cap) n = cap;
+    plait_msg_init(out, PLAIT_MSG_UPDATE_CHUNK);
+    plait_msg_update_chunk_t *c = &out->u.update_chunk;
+    c->round_id = x->id;
+    c->chunk_index = x->index;
+    c->offset = x->next;
+    c->total_elements = x->total;
+    c->words = words + x->next;
+    c->n_words = (size_t)n;
+    c->has_num_examples = x->next == 0;
+    c->num_examples = x->next == 0 ? num_examples : 0;
+    x->next += n;
+    x->index++;
+    return 1;
+}
+
+int plait_wire_update_rx_add(plait_wire_xfer_t *x, const plait_msg_update_chunk_t *c, uint32_t *dst,
+                             uint64_t *num_examples)
+{
+    if (!x || !c || !dst || !c->words) return plait_fail(PLAIT_EINVAL, "update rx: NULL argument");
+    if (c->round_id != x->id)
+        return plait_fail(PLAIT_ESTALE, "update_chunk.round_id: %llu, the upload is for round %llu",
+                          (unsigned long long)c->round_id, (unsigned long long)x->id);
+    if (c->total_elements != x->total)
+        return plait_fail(PLAIT_EMISMATCH, "update_chunk.total_elements: %llu, the task has %llu",
+                          (unsigned long long)c->total_elements, (unsigned long long)x->total);
+    if (x->next >= x->total)
+        return plait_fail(PLAIT_EMISMATCH, "update_chunk: the upload is already complete");
+    if (c->offset != x->next || c->chunk_index != x->index)
+        return plait_fail(
+            PLAIT_EMISMATCH, "update_chunk: chunk %u at offset %llu, expected chunk %u at %llu",
+            c->chunk_index, (unsigned long long)c->offset, x->index, (unsigned long long)x->next);
+    if (c->n_words > x->total - c->offset)
+        return plait_fail(PLAIT_EMISMATCH, "update_chunk.words: past total_elements");
+    if (c->chunk_index == 0) {
+        if (!c->has_num_examples || c->num_examples < 1)
+            return plait_fail(PLAIT_EMISMATCH, "update_chunk.num_examples: missing in chunk 0");
+        x->examples = c->num_examples;
+    }
+    memcpy(dst + c->offset, c->words, c->n_words * sizeof(uint32_t));
+    x->next += c->n_words;
+    x->index++;
+    if (num_examples) *num_examples = x->examples;
+    return x->next == x->total ? 1 : 0;
+}
+
+int plait_wire_adapter_tx_next(plait_wire_xfer_t *x, const plait_wire_limits_t *lim,
+                               const uint8_t *blob, const uint8_t sha256[PLAIT_WIRE_SHA256_LEN],
+                               plait_msg_t *out)
+{
+    plait_wire_limits_t tmp;
+    if (!x || !blob || !sha256 || !out)
+        return plait_fail(PLAIT_EINVAL, "adapter tx: NULL argument");
+    if (!(lim = limits_or_default(lim, &tmp))) return PLAIT_EINVAL;
+    if (x->total < 1 || x->total > lim->max_adapter_bytes || x->next > x->total)
+        return plait_fail(PLAIT_EINVAL, "adapter tx: total %llu, offset %llu",
+                          (unsigned long long)x->total, (unsigned long long)x->next);
+    if (x->next == x->total) return 0;
+    uint64_t n = x->total - x->next;
+    if (n > lim->max_chunk_bytes) n = lim->max_chunk_bytes;
+    plait_msg_init(out, PLAIT_MSG_ADAPTER_CHUNK);
+    plait_msg_adapter_chunk_t *c = &out->u.adapter_chunk;
+    c->version = x->id;
+    c->offset = x->next;
+    c->total_len = x->total;
+    c->data = blob + x->next;
+    c->len = (size_t)n;
+    x->next += n;
+    x->index++;
+    if (x->next == x->total) {
+        c->has_sha256 = 1;
+        memcpy(c->sha256, sha256, PLAIT_WIRE_SHA256_LEN);
+    }
+    return 1;
+}
+
+int plait_wire_adapter_rx_add(plait_wire_xfer_t *x, const plait_msg_adapter_chunk_t *c,
+                              const uint8_t expected_sha256[PLAIT_WIRE_SHA256_LEN], uint8_t *dst)
+{
+    if (!x || !c || !expected_sha256 || !dst || !c->data)
+        return plait_fail(PLAIT_EINVAL, "adapter rx: NULL argument");
+    if (c->version != x->id)
+        return plait_fail(PLAIT_EMISMATCH, "adapter_chunk.version: %llu, requested %llu",
+                          (unsigned long long)c->version, (unsigned long long)x->id);
+    if (c->total_len != x->total)
+        return plait_fail(PLAIT_EMISMATCH, "adapter_chunk.total_len: %llu, the task has %llu",
+                          (unsigned long long)c->total_len, (unsigned long long)x->total);
+    if (x->next >= x->total)
+        return plait_fail(PLAIT_EMISMATCH, "adapter_chunk: the download is already complete");
+    if (c->offset != x->next)
+        return plait_fail(PLAIT_EMISMATCH, "adapter_chunk.offset: %llu, expected %llu",
+                          (unsigned long long)c->offset, (unsigned long long)x->next);
+    if (c->len > x->total - c->offset)
+        return plait_fail(PLAIT_EMISMATCH, "adapter_chunk.data: past total_len");
+    int last = c->len == x->total - c->offset;
+    if (last && (!c->has_sha256 || memcmp(c->sha256, expected_sha256, PLAIT_WIRE_SHA256_LEN) != 0))
+        return plait_fail(PLAIT_EMISMATCH, "adapter_chunk.sha256: not the task's adapter hash");
+    memcpy(dst + c->offset, c->data, c->len);
+    x->next += c->len;
+    x->index++;
+    return last ? 1 : 0;
 }

@@ -73,16 +73,16 @@
 
 /** Message types; the value is the frame's type byte and the Envelope field number. */
 typedef enum {
-    PLAIT_MSG_HELLO = 1,            /**< client → aggregator, first frame */
-    PLAIT_MSG_TASK = 2,             /**< aggregator → client: the offer of a round */
-    PLAIT_MSG_COME_BACK_LATER = 3,  /**< aggregator → client: no task now, retry later */
-    PLAIT_MSG_ADAPTER_REQUEST = 4,  /**< client → aggregator: send the adapter from an offset */
-    PLAIT_MSG_ADAPTER_CHUNK = 5,    /**< aggregator → client: a piece of the adapter */
-    PLAIT_MSG_UPDATE_CHUNK = 6,     /**< client → aggregator: a piece of the update */
-    PLAIT_MSG_ACK = 7,              /**< aggregator → client: the update was accepted */
-    PLAIT_MSG_ERROR = 8,            /**< either way: a failure; the sender then closes */
-    PLAIT_MSG_PING = 9,             /**< either way: keepalive */
-    PLAIT_MSG_PONG = 10             /**< answer to a ping, same nonce */
+    PLAIT_MSG_HELLO = 1,           /**< client → aggregator, first frame */
+    PLAIT_MSG_TASK = 2,            /**< aggregator → client: the offer of a round */
+    PLAIT_MSG_COME_BACK_LATER = 3, /**< aggregator → client: no task now, retry later */
+    PLAIT_MSG_ADAPTER_REQUEST = 4, /**< client → aggregator: send the adapter from an offset */
+    PLAIT_MSG_ADAPTER_CHUNK = 5,   /**< aggregator → client: a piece of the adapter */
+    PLAIT_MSG_UPDATE_CHUNK = 6,    /**< client → aggregator: a piece of the update */
+    PLAIT_MSG_ACK = 7,             /**< aggregator → client: the update was accepted */
+    PLAIT_MSG_ERROR = 8,           /**< either way: a failure; the sender then closes */
+    PLAIT_MSG_PING = 9,            /**< either way: keepalive */
+    PLAIT_MSG_PONG = 10            /**< answer to a ping, same nonce */
 } plait_msg_type_t;
 #define PLAIT_MSG_TYPE_MAX 10
 
@@ -101,12 +101,12 @@ typedef enum {
 } plait_dp_mode_t;
 
 typedef enum {
-    PLAIT_RETRY_NO_ROUND = 0,     /**< no round is selecting devices */
-    PLAIT_RETRY_COHORT_FULL = 1,  /**< the round has enough devices */
-    PLAIT_RETRY_PACE = 2,         /**< pace steering: took part recently */
-    PLAIT_RETRY_BUSY = 3,         /**< the aggregator is overloaded */
-    PLAIT_RETRY_SHUTTING_DOWN = 4,/**< the aggregator is stopping */
-    PLAIT_RETRY_INCOMPATIBLE = 5  /**< base model or capabilities do not fit */
+    PLAIT_RETRY_NO_ROUND = 0,      /**< no round is selecting devices */
+    PLAIT_RETRY_COHORT_FULL = 1,   /**< the round has enough devices */
+    PLAIT_RETRY_PACE = 2,          /**< pace steering: took part recently */
+    PLAIT_RETRY_BUSY = 3,          /**< the aggregator is overloaded */
+    PLAIT_RETRY_SHUTTING_DOWN = 4, /**< the aggregator is stopping */
+    PLAIT_RETRY_INCOMPATIBLE = 5   /**< base model or capabilities do not fit */
 } plait_retry_reason_t;
 #define PLAIT_RETRY_REASON_MAX 5
 
@@ -129,9 +129,9 @@ typedef struct {
     uint64_t max_update_elements; /**< UpdateChunk.total_elements and Task.update_elements
                                        (default 2^26 + 1 words; 2..2^32) */
     uint64_t max_adapter_bytes;   /**< adapter blob size (default 256 MiB; >= 1) */
-    size_t max_string;            /**< Error.message bytes (default 256; 1..PLAIT_WIRE_MAX_STRING) */
-    uint32_t max_deadline_s;      /**< Task.deadline_s (default 7 days; >= 1) */
-    uint32_t max_retry_ms;        /**< ComeBackLater.retry_ms (default 24 h; >= 1) */
+    size_t max_string;       /**< Error.message bytes (default 256; 1..PLAIT_WIRE_MAX_STRING) */
+    uint32_t max_deadline_s; /**< Task.deadline_s (default 7 days; >= 1) */
+    uint32_t max_retry_ms;   /**< ComeBackLater.retry_ms (default 24 h; >= 1) */
 } plait_wire_limits_t;
 
 /** \brief Fill lim with the defaults commented in plait_wire_limits_t. \param lim not NULL. */
@@ -143,7 +143,8 @@ int plait_wire_limits_validate(const plait_wire_limits_t *lim);
 /* ---- messages -------------------------------------------------------------- */
 
 typedef struct {
-    char client_version[PLAIT_WIRE_MAX_CLIENT_VERSION + 1]; /**< 1..64 printable ASCII, NUL-terminated */
+    char client_version[PLAIT_WIRE_MAX_CLIENT_VERSION +
+                        1]; /**< 1..64 printable ASCII, NUL-terminated */
     uint8_t base_model_sha256[PLAIT_WIRE_SHA256_LEN];
     uint32_t capabilities;         /**< PLAIT_CAP_* */
     int has_last_round;            /**< 1 if last_round_completed is set */
@@ -168,10 +169,10 @@ typedef struct {
         uint32_t seq_len;     /**< 1..PLAIT_WIRE_MAX_SEQ_LEN */
         double lr;            /**< finite, in (0, 1] */
     } train;
-    double clip_norm;         /**< S, finite, > 0 */
-    uint32_t quant_bits;      /**< PLAIT_QUANT_MIN_BITS..PLAIT_QUANT_MAX_BITS */
-    double quant_range;       /**< R, finite, > 0 */
-    int secure_agg;           /**< 0 or 1 */
+    double clip_norm;    /**< S, finite, > 0 */
+    uint32_t quant_bits; /**< PLAIT_QUANT_MIN_BITS..PLAIT_QUANT_MAX_BITS */
+    double quant_range;  /**< R, finite, > 0 */
+    int secure_agg;      /**< 0 or 1 */
     struct {
         plait_dp_mode_t mode;
         double noise_multiplier; /**< z, finite, >= 0; > 0 for LOCAL, 0 for NONE */
@@ -182,7 +183,7 @@ typedef struct {
 } plait_msg_task_t;
 
 typedef struct {
-    uint32_t retry_ms;           /**< 1..max_retry_ms */
+    uint32_t retry_ms; /**< 1..max_retry_ms */
     plait_retry_reason_t reason;
 } plait_msg_come_back_later_t;
 
@@ -203,14 +204,14 @@ typedef struct {
 } plait_msg_adapter_chunk_t;
 
 typedef struct {
-    uint64_t round_id;        /**< > 0 */
-    uint32_t chunk_index;     /**< 0, 1, ...; 0 exactly when offset == 0; <= offset */
-    uint64_t offset;          /**< in words */
-    uint64_t total_elements;  /**< 1..max_update_elements; offset + n_words <= total */
-    const uint32_t *words;    /**< n_words words; decoded: owned by the plait_msg_t */
-    size_t n_words;           /**< 1..max_chunk_bytes / 4 */
-    int has_num_examples;     /**< set exactly in chunk 0 */
-    uint64_t num_examples;    /**< >= 1 */
+    uint64_t round_id;       /**< > 0 */
+    uint32_t chunk_index;    /**< 0, 1, ...; 0 exactly when offset == 0; <= offset */
+    uint64_t offset;         /**< in words */
+    uint64_t total_elements; /**< 1..max_update_elements; offset + n_words <= total */
+    const uint32_t *words;   /**< n_words words; decoded: owned by the plait_msg_t */
+    size_t n_words;          /**< 1..max_chunk_bytes / 4 */
+    int has_num_examples;    /**< set exactly in chunk 0 */
+    uint64_t num_examples;   /**< >= 1 */
 } plait_msg_update_chunk_t;
 
 typedef struct {
@@ -221,7 +222,8 @@ typedef struct {
 
 typedef struct {
     int code; /**< a PLAIT_E* code: negative, >= -32768 */
-    char message[PLAIT_WIRE_MAX_STRING + 1]; /**< 0..max_string bytes, no control characters, NUL-terminated */
+    char message[PLAIT_WIRE_MAX_STRING +
+                 1]; /**< 0..max_string bytes, no control characters, NUL-terminated */
 } plait_msg_error_t;
 
 typedef struct {
@@ -310,8 +312,9 @@ typedef struct {
  *         PLAIT_EPROTO (bad length, version or type: drop the connection);
  *         PLAIT_EINVAL (NULL outputs, bad limits or flags).
  */
-int plait_frame_decode(const uint8_t *buf, size_t len, const plait_wire_limits_t *lim, unsigned flags,
-                       plait_frame_t *frame /* OUT */, size_t *consumed /* OUT */) PLAIT_WUR;
+int plait_frame_decode(const uint8_t *buf, size_t len, const plait_wire_limits_t *lim,
+                       unsigned flags, plait_frame_t *frame /* OUT */,
+                       size_t *consumed /* OUT */) PLAIT_WUR;
 
 /**
  * \brief Unpack and validate the message of a frame.
@@ -333,8 +336,8 @@ int plait_frame_decode(const uint8_t *buf, size_t len, const plait_wire_limits_t
  *         limit, or unpacking would exceed the allocation cap); PLAIT_ENOMEM;
  *         PLAIT_EINVAL (NULL arguments, bad limits).
  */
-int plait_wire_decode(const plait_frame_t *frame, const plait_wire_limits_t *lim, plait_msg_t *msg /* OUT */)
-    PLAIT_WUR;
+int plait_wire_decode(const plait_frame_t *frame, const plait_wire_limits_t *lim,
+                      plait_msg_t *msg /* OUT */) PLAIT_WUR;
 
 /**
  * \brief plait_frame_decode() then plait_wire_decode(): the first message in buf.
@@ -349,7 +352,8 @@ int plait_wire_parse(const uint8_t *buf, size_t len, const plait_wire_limits_t *
  * \return 0; PLAIT_EPROTO (m fails plait_msg_validate), PLAIT_ETOOBIG (the
  *         frame would exceed lim->max_frame), PLAIT_EINVAL.
  */
-int plait_wire_encoded_size(const plait_msg_t *m, const plait_wire_limits_t *lim, size_t *len /* OUT */) PLAIT_WUR;
+int plait_wire_encoded_size(const plait_msg_t *m, const plait_wire_limits_t *lim,
+                            size_t *len /* OUT */) PLAIT_WUR;
 
 /**
  * \brief Validate m and write its frame into out[0, cap).
@@ -360,15 +364,98 @@ int plait_wire_encoded_size(const plait_msg_t *m, const plait_wire_limits_t *lim
  *         lim->max_frame, or cap too small: nothing written beyond cap),
  *         PLAIT_EINVAL (NULL arguments, bad limits).
  */
-int plait_wire_encode(const plait_msg_t *m, const plait_wire_limits_t *lim, uint8_t *out, size_t cap,
-                      size_t *len /* OUT */) PLAIT_WUR;
+int plait_wire_encode(const plait_msg_t *m, const plait_wire_limits_t *lim, uint8_t *out,
+                      size_t cap, size_t *len /* OUT */) PLAIT_WUR;
 
 /**
  * \brief plait_wire_encode() into a new buffer.
  * \param out OUT: returns owned, free with free(); NULL on failure.
  * \return as plait_wire_encode(), or PLAIT_ENOMEM.
  */
-int plait_wire_encode_alloc(const plait_msg_t *m, const plait_wire_limits_t *lim, uint8_t **out /* OUT */,
-                            size_t *len /* OUT */) PLAIT_WUR;
+int plait_wire_encode_alloc(const plait_msg_t *m, const plait_wire_limits_t *lim,
+                            uint8_t **out /* OUT */, size_t *len /* OUT */) PLAIT_WUR;
+
+/* ---- chunked transfers ------------------------------------------------------ */
+
+/*
+ * The sequencing rules of §6 of docs/protocol.md as small pure state
+ * machines, so that the aggregator and the agent split and reassemble
+ * uploads and downloads the same way. Worked example (agent, upload):
+ *
+ *     plait_wire_xfer_t x;
+ *     plait_wire_xfer_init(&x, task.round_id, task.update_elements, 0);
+ *     plait_msg_t m;
+ *     while ((rc = plait_wire_update_tx_next(&x, &lim, words, examples, &m)) == 1)
+ *         send_msg(&m);                       // m borrows words; nothing to free
+ *
+ * and the aggregator, for each UpdateChunk received on that connection:
+ *
+ *     rc = plait_wire_update_rx_add(&x, &msg.u.update_chunk, dst, &examples);
+ *     // 1: complete, 0: more to come, < 0: send Error(rc) and drop the upload
+ */
+
+/** Progress of one chunked transfer (a plain value; no resources). */
+typedef struct {
+    uint64_t id;       /**< round id (update) or adapter version (adapter) */
+    uint64_t total;    /**< words (update) or bytes (adapter) */
+    uint64_t next;     /**< offset of the next chunk */
+    uint32_t index;    /**< index of the next update chunk */
+    uint64_t examples; /**< num_examples of update chunk 0 (receiver) */
+} plait_wire_xfer_t;
+
+/**
+ * \brief Start a transfer of total units from offset (0 for updates; the
+ *        resume offset of an AdapterRequest for adapters). Cannot fail.
+ */
+void plait_wire_xfer_init(plait_wire_xfer_t *x, uint64_t id, uint64_t total, uint64_t offset);
+
+/**
+ * \brief Fill out with the next UpdateChunk: up to lim->max_chunk_bytes / 4
+ *        words of words[0, x->total) from x->next; chunk 0 carries
+ *        num_examples. Advances x.
+ * \param words x->total words, borrowed by out until it is encoded.
+ * \return 1 (out filled), 0 (the transfer is complete; out untouched),
+ *         PLAIT_EINVAL (NULL arguments, bad limits, num_examples 0, total
+ *         outside 1..lim->max_update_elements, offset past total).
+ */
+int plait_wire_update_tx_next(plait_wire_xfer_t *x, const plait_wire_limits_t *lim,
+                              const uint32_t *words, uint64_t num_examples,
+                              plait_msg_t *out /* OUT */) PLAIT_WUR;
+
+/**
+ * \brief Take the next UpdateChunk of an upload (after plait_wire_decode
+ *        validated it) and copy its words into dst at its offset.
+ * \param dst x->total words.
+ * \param num_examples OUT, may be NULL: set from chunk 0.
+ * \return 1 (the upload is complete), 0 (more chunks expected);
+ *         PLAIT_ESTALE (another round), PLAIT_EMISMATCH (total_elements is not
+ *         the task's, or the chunk is not the next one: offset or index out
+ *         of order, duplicate, or after completion). x is unchanged on error.
+ */
+int plait_wire_update_rx_add(plait_wire_xfer_t *x, const plait_msg_update_chunk_t *c, uint32_t *dst,
+                             uint64_t *num_examples /* OUT, may be NULL */) PLAIT_WUR;
+
+/**
+ * \brief Fill out with the next AdapterChunk: up to lim->max_chunk_bytes of
+ *        blob[0, x->total) from x->next; the last chunk carries sha256.
+ * \param blob x->total bytes, borrowed by out until it is encoded.
+ * \return 1 (out filled), 0 (complete), PLAIT_EINVAL.
+ */
+int plait_wire_adapter_tx_next(plait_wire_xfer_t *x, const plait_wire_limits_t *lim,
+                               const uint8_t *blob, const uint8_t sha256[PLAIT_WIRE_SHA256_LEN],
+                               plait_msg_t *out /* OUT */) PLAIT_WUR;
+
+/**
+ * \brief Take the next AdapterChunk of a download and copy its bytes into dst
+ *        at its offset. The last chunk's sha256 must equal expected_sha256
+ *        (the Task's); the caller still hashes what it received.
+ * \param dst x->total bytes.
+ * \return 1 (complete), 0 (more expected); PLAIT_EMISMATCH (another version,
+ *         another total, not the next offset, or a hash other than the
+ *         task's). x is unchanged on error.
+ */
+int plait_wire_adapter_rx_add(plait_wire_xfer_t *x, const plait_msg_adapter_chunk_t *c,
+                              const uint8_t expected_sha256[PLAIT_WIRE_SHA256_LEN],
+                              uint8_t *dst) PLAIT_WUR;
 
 #endif /* PLAIT_WIRE_H */

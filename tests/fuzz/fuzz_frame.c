@@ -50,19 +50,24 @@ static void run_stream(const uint8_t *data, size_t size, unsigned first_flags)
         int rc = plait_wire_parse(data + off, size - off, &lim, flags, &m, &used);
         if (frc != 0 && frc != PLAIT_EAGAIN && frc != PLAIT_EPROTO && frc != PLAIT_ETOOBIG) abort();
         if (rc != 0 && rc != PLAIT_EAGAIN && rc != PLAIT_EPROTO && rc != PLAIT_ETOOBIG) abort();
-        if (frc != 0 && (rc != frc || fused != 0 || used != 0)) abort(); /* a bad frame is a bad message */
+        if (frc != 0 && (rc != frc || fused != 0 || used != 0))
+            abort(); /* a bad frame is a bad message */
         if (rc != 0) {
             if (used != 0 || m.priv != NULL) abort();
-            if (frc == 0) off += fused; /* the frame was fine, its message was not: skip it */
-            else break;
+            if (frc == 0)
+                off += fused; /* the frame was fine, its message was not: skip it */
+            else
+                break;
             continue;
         }
-        if (used != fused || used < PLAIT_FRAME_HEADER || used > size - off || used != f.frame_len) abort();
+        if (used != fused || used < PLAIT_FRAME_HEADER || used > size - off || used != f.frame_len)
+            abort();
         /* Every proper prefix of an accepted frame is incomplete. */
         for (size_t k = 0; k < used; k += (used > 64 ? used / 64 : 1)) {
             plait_frame_t g;
             size_t u2 = 1;
-            if (plait_frame_decode(data + off, k, &lim, flags, &g, &u2) != PLAIT_EAGAIN || u2 != 0) abort();
+            if (plait_frame_decode(data + off, k, &lim, flags, &g, &u2) != PLAIT_EAGAIN || u2 != 0)
+                abort();
         }
         check_fixed_point(&m, &lim);
         plait_msg_free(&m);

@@ -40,9 +40,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         size_t na = 0, nb = 0, used = 0;
         plait_msg_t d;
         if (plait_wire_encode_alloc(&m, &lim, &a, &na) != 0) abort();
-        if (plait_wire_parse(a, na, &lim, PLAIT_FRAME_PREAUTH, &d, &used) != 0 || used != na) abort();
-        if (memcmp(d.u.hello.base_model_sha256, h->base_model_sha256, PLAIT_WIRE_SHA256_LEN) != 0) abort();
-        if (plait_wire_encode_alloc(&d, &lim, &b, &nb) != 0 || na != nb || memcmp(a, b, na) != 0) abort();
+        if (plait_wire_parse(a, na, &lim, PLAIT_FRAME_PREAUTH, &d, &used) != 0 || used != na)
+            abort();
+        if (memcmp(d.u.hello.base_model_sha256, h->base_model_sha256, PLAIT_WIRE_SHA256_LEN) != 0)
+            abort();
+        if (plait_wire_encode_alloc(&d, &lim, &b, &nb) != 0 || na != nb || memcmp(a, b, na) != 0)
+            abort();
         plait_msg_free(&d);
         free(a);
         free(b);
@@ -58,7 +61,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (size) memcpy(frame + PLAIT_FRAME_HEADER, data, size);
         plait_msg_t p;
         size_t used = 0;
-        int prc = plait_wire_parse(frame, size + PLAIT_FRAME_HEADER, &lim, PLAIT_FRAME_PREAUTH, &p, &used);
+        int prc = plait_wire_parse(frame, size + PLAIT_FRAME_HEADER, &lim, PLAIT_FRAME_PREAUTH, &p,
+                                   &used);
         if (size + PLAIT_FRAME_HEADER > lim.max_preauth_frame) {
             if (prc != PLAIT_ETOOBIG) abort();
         } else if (prc != rc) {

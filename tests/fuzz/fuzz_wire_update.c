@@ -28,7 +28,8 @@ static void fixed_point(const plait_msg_t *m, const plait_wire_limits_t *lim)
     plait_msg_t d;
     if (plait_wire_encode_alloc(m, lim, &a, &na) != 0) abort();
     if (plait_wire_parse(a, na, lim, 0, &d, &used) != 0 || used != na) abort();
-    if (plait_wire_encode_alloc(&d, lim, &b, &nb) != 0 || na != nb || memcmp(a, b, na) != 0) abort();
+    if (plait_wire_encode_alloc(&d, lim, &b, &nb) != 0 || na != nb || memcmp(a, b, na) != 0)
+        abort();
     plait_msg_free(&d);
     free(a);
     free(b);
@@ -38,7 +39,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     plait_wire_limits_t lim;
     plait_wire_limits_default(&lim);
-    static const plait_msg_type_t types[] = {PLAIT_MSG_UPDATE_CHUNK, PLAIT_MSG_ADAPTER_CHUNK, PLAIT_MSG_TASK};
+    static const plait_msg_type_t types[] = {PLAIT_MSG_UPDATE_CHUNK, PLAIT_MSG_ADAPTER_CHUNK,
+                                             PLAIT_MSG_TASK};
     for (size_t t = 0; t < sizeof(types) / sizeof(types[0]); t++) {
         plait_frame_t f = {PLAIT_WIRE_VERSION, types[t], data, size, size + PLAIT_FRAME_HEADER};
         plait_msg_t m;
@@ -55,10 +57,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (u->total_elements > lim.max_update_elements || u->offset > u->total_elements ||
                 u->n_words > u->total_elements - u->offset)
                 abort();
-            if ((u->chunk_index == 0) != (u->offset == 0) || (u->chunk_index == 0) != (u->has_num_examples != 0))
+            if ((u->chunk_index == 0) != (u->offset == 0) ||
+                (u->chunk_index == 0) != (u->has_num_examples != 0))
                 abort();
             uint32_t acc = 0;
-            for (size_t i = 0; i < u->n_words; i++) acc += u->words[i]; /* mod 2^32, as the aggregator sums */
+            for (size_t i = 0; i < u->n_words; i++)
+                acc += u->words[i]; /* mod 2^32, as the aggregator sums */
             (void)acc;
         } else if (m.type == PLAIT_MSG_ADAPTER_CHUNK) {
             const plait_msg_adapter_chunk_t *c = &m.u.adapter_chunk;

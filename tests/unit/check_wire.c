@@ -61,8 +61,10 @@ static uint8_t k_sha[32];
 
 static void fill_consts(void)
 {
-    for (size_t i = 0; i < sizeof(k_blob); i++) k_blob[i] = (uint8_t)(i * 7 + 3);
-    for (size_t i = 0; i < sizeof(k_sha); i++) k_sha[i] = (uint8_t)(0xa0 + i);
+    for (size_t i = 0; i < sizeof(k_blob); i++)
+        k_blob[i] = (uint8_t)(i * 7 + 3);
+    for (size_t i = 0; i < sizeof(k_sha); i++)
+        k_sha[i] = (uint8_t)(0xa0 + i);
 }
 
 static void sample_task(plait_msg_t *m)
@@ -110,7 +112,9 @@ static void sample(int i, plait_msg_t *m)
         m->u.hello.has_last_round = 1;
         m->u.hello.last_round_completed = 41;
         break;
-    case 2: sample_task(m); break;
+    case 2:
+        sample_task(m);
+        break;
     case 3:
         plait_msg_init(m, PLAIT_MSG_COME_BACK_LATER);
         m->u.come_back_later.retry_ms = 30000;
@@ -265,7 +269,9 @@ static void assert_msg_eq(const plait_msg_t *a, const plait_msg_t *b)
         ck_assert_str_eq(a->u.error.message, b->u.error.message);
         break;
     case PLAIT_MSG_PING:
-    case PLAIT_MSG_PONG: ck_assert_uint_eq(a->u.ping.nonce, b->u.ping.nonce); break;
+    case PLAIT_MSG_PONG:
+        ck_assert_uint_eq(a->u.ping.nonce, b->u.ping.nonce);
+        break;
     }
 }
 
@@ -280,8 +286,8 @@ static uint8_t *encode_sample(int i, size_t *len)
 }
 
 /* Parse a whole buffer placed against a guard page. */
-static int parse_guarded(const uint8_t *buf, size_t len, const plait_wire_limits_t *lim, unsigned flags,
-                         plait_msg_t *out, size_t *used)
+static int parse_guarded(const uint8_t *buf, size_t len, const plait_wire_limits_t *lim,
+                         unsigned flags, plait_msg_t *out, size_t *used)
 {
     guarded_t g;
     uint8_t *p = guard_copy(&g, buf, len);
@@ -304,12 +310,14 @@ START_TEST(test_roundtrip_all)
         uint8_t *buf = encode_sample(i, &len);
         ck_assert_uint_eq(len, want);
         /* header: length, version, type */
-        ck_assert_uint_eq(((size_t)buf[0] << 24 | (size_t)buf[1] << 16 | (size_t)buf[2] << 8 | buf[3]) + 4, len);
+        ck_assert_uint_eq(
+            ((size_t)buf[0] << 24 | (size_t)buf[1] << 16 | (size_t)buf[2] << 8 | buf[3]) + 4, len);
         ck_assert_uint_eq(buf[4], PLAIT_WIRE_VERSION);
         ck_assert_uint_eq(buf[5], m.type);
 
         size_t used = 0;
-        ck_assert_msg(parse_guarded(buf, len, NULL, 0, &d, &used) == 0, "sample %d: %s", i, plait_errmsg());
+        ck_assert_msg(parse_guarded(buf, len, NULL, 0, &d, &used) == 0, "sample %d: %s", i,
+                      plait_errmsg());
         ck_assert_uint_eq(used, len);
         assert_msg_eq(&m, &d);
 
@@ -420,7 +428,8 @@ START_TEST(test_every_truncated_payload)
         uint8_t *buf = encode_sample(i, &len);
         for (size_t k = PLAIT_FRAME_HEADER; k < len; k++) {
             uint32_t n = (uint32_t)(k - 4);
-            buf[0] = (uint8_t)(n >> 24), buf[1] = (uint8_t)(n >> 16), buf[2] = (uint8_t)(n >> 8), buf[3] = (uint8_t)n;
+            buf[0] = (uint8_t)(n >> 24), buf[1] = (uint8_t)(n >> 16), buf[2] = (uint8_t)(n >> 8),
+            buf[3] = (uint8_t)n;
             plait_msg_t m;
             size_t used = 0;
             int rc = parse_guarded(buf, k, NULL, 0, &m, &used);
@@ -435,13 +444,15 @@ END_TEST
 
 static void put_header(uint8_t *h, uint32_t n, uint8_t version, uint8_t type)
 {
-    h[0] = (uint8_t)(n >> 24), h[1] = (uint8_t)(n >> 16), h[2] = (uint8_t)(n >> 8), h[3] = (uint8_t)n;
+    h[0] = (uint8_t)(n >> 24), h[1] = (uint8_t)(n >> 16), h[2] = (uint8_t)(n >> 8),
+    h[3] = (uint8_t)n;
     h[4] = version;
     h[5] = type;
 }
 
 /* Decode the first k bytes of h against a guard page. */
-static int frame_guarded(const uint8_t *h, size_t k, const plait_wire_limits_t *lim, unsigned flags, size_t *flen)
+static int frame_guarded(const uint8_t *h, size_t k, const plait_wire_limits_t *lim, unsigned flags,
+                         size_t *flen)
 {
     guarded_t g;
     uint8_t *p = guard_copy(&g, h, k);
@@ -592,7 +603,8 @@ START_TEST(test_full_chunks_fit)
     ck_assert_int_eq(plait_wire_limits_validate(&lim), 0);
     size_t nw = lim.max_chunk_bytes / 4;
     uint32_t *w = malloc(nw * 4);
-    for (size_t i = 0; i < nw; i++) w[i] = (uint32_t)(i * 2654435761u);
+    for (size_t i = 0; i < nw; i++)
+        w[i] = (uint32_t)(i * 2654435761u);
 
     plait_msg_t m, d;
     plait_msg_init(&m, PLAIT_MSG_UPDATE_CHUNK);
@@ -664,11 +676,14 @@ START_TEST(test_flipped_bytes)
         for (size_t k = 0; k < len; k++) {
             for (int v = 0; v < 3; v++) {
                 uint8_t save = buf[k];
-                buf[k] = v == 0 ? (uint8_t)(save ^ 0xff) : v == 1 ? (uint8_t)(save ^ 1) : (uint8_t)0x80;
+                buf[k] = v == 0   ? (uint8_t)(save ^ 0xff)
+                         : v == 1 ? (uint8_t)(save ^ 1)
+                                  : (uint8_t)0x80;
                 plait_msg_t m;
                 size_t used = 0;
                 int rc = parse_guarded(buf, len, NULL, 0, &m, &used);
-                ck_assert_msg(rc == 0 || rc == PLAIT_EPROTO || rc == PLAIT_EAGAIN || rc == PLAIT_ETOOBIG,
+                ck_assert_msg(rc == 0 || rc == PLAIT_EPROTO || rc == PLAIT_EAGAIN ||
+                                  rc == PLAIT_ETOOBIG,
                               "sample %d byte %zu: %s", i, k, plait_err_name(rc));
                 if (rc == 0) {
                     ck_assert_uint_le(used, len);
@@ -691,7 +706,8 @@ START_TEST(test_garbage_payloads)
     uint8_t buf[512];
     for (int iter = 0; iter < 3000; iter++) {
         size_t n = 6 + xs32() % (sizeof(buf) - 6);
-        for (size_t i = 6; i < n; i++) buf[i] = (uint8_t)xs32();
+        for (size_t i = 6; i < n; i++)
+            buf[i] = (uint8_t)xs32();
         /* bias towards plausible protobuf: small field numbers and wire types */
         if (iter % 2) buf[6] = (uint8_t)((1 + iter % PLAIT_MSG_TYPE_MAX) << 3 | 2);
         uint8_t type = (uint8_t)(1 + xs32() % PLAIT_MSG_TYPE_MAX);
@@ -699,7 +715,8 @@ START_TEST(test_garbage_payloads)
         plait_msg_t m;
         size_t used = 0;
         int rc = parse_guarded(buf, n, NULL, 0, &m, &used);
-        ck_assert_msg(rc == 0 || rc == PLAIT_EPROTO || rc == PLAIT_ETOOBIG, "iter %d: %s", iter, plait_err_name(rc));
+        ck_assert_msg(rc == 0 || rc == PLAIT_EPROTO || rc == PLAIT_ETOOBIG, "iter %d: %s", iter,
+                      plait_err_name(rc));
         if (rc == 0) {
             check_accepted(&m);
             plait_msg_free(&m);
@@ -728,7 +745,10 @@ static void pb_varint(pbw_t *w, uint64_t v)
     }
     pb_byte(w, (uint8_t)v);
 }
-static void pb_tag(pbw_t *w, unsigned f, unsigned wt) { pb_varint(w, (uint64_t)f << 3 | wt); }
+static void pb_tag(pbw_t *w, unsigned f, unsigned wt)
+{
+    pb_varint(w, (uint64_t)f << 3 | wt);
+}
 static void pb_u(pbw_t *w, unsigned f, uint64_t v)
 {
     pb_tag(w, f, 0);
@@ -738,20 +758,26 @@ static void pb_bytes(pbw_t *w, unsigned f, const void *p, size_t n)
 {
     pb_tag(w, f, 2);
     pb_varint(w, n);
-    for (size_t i = 0; i < n; i++) pb_byte(w, ((const uint8_t *)p)[i]);
+    for (size_t i = 0; i < n; i++)
+        pb_byte(w, ((const uint8_t *)p)[i]);
 }
-static void pb_sub(pbw_t *w, unsigned f, const pbw_t *s) { pb_bytes(w, f, s->b, s->n); }
+static void pb_sub(pbw_t *w, unsigned f, const pbw_t *s)
+{
+    pb_bytes(w, f, s->b, s->n);
+}
 static void pb_fixed32(pbw_t *w, unsigned f, uint32_t v)
 {
     pb_tag(w, f, 5);
-    for (int i = 0; i < 4; i++) pb_byte(w, (uint8_t)(v >> (8 * i)));
+    for (int i = 0; i < 4; i++)
+        pb_byte(w, (uint8_t)(v >> (8 * i)));
 }
 static void pb_double(pbw_t *w, unsigned f, double d)
 {
     uint64_t v;
     memcpy(&v, &d, 8);
     pb_tag(w, f, 1);
-    for (int i = 0; i < 8; i++) pb_byte(w, (uint8_t)(v >> (8 * i)));
+    for (int i = 0; i < 8; i++)
+        pb_byte(w, (uint8_t)(v >> (8 * i)));
 }
 
 /* Wrap msg as Envelope field `type` in a frame of that type and parse it. */
@@ -766,11 +792,13 @@ static int parse_pb(uint8_t type, const pbw_t *msg, plait_msg_t *out)
     return parse_guarded(frame, env.n + 6, NULL, 0, out, &used);
 }
 
-#define EXPECT_FIELD_ERR(rc, field)                                                                                \
-    do {                                                                                                           \
-        int rc_ = (rc);                                                                                            \
-        ck_assert_msg(rc_ == PLAIT_EPROTO, "want EPROTO for %s, got %s", field, plait_err_name(rc_));              \
-        ck_assert_msg(strstr(plait_errmsg(), field) != NULL, "error '%s' does not name %s", plait_errmsg(), field); \
+#define EXPECT_FIELD_ERR(rc, field)                                                                \
+    do {                                                                                           \
+        int rc_ = (rc);                                                                            \
+        ck_assert_msg(rc_ == PLAIT_EPROTO, "want EPROTO for %s, got %s", field,                    \
+                      plait_err_name(rc_));                                                        \
+        ck_assert_msg(strstr(plait_errmsg(), field) != NULL, "error '%s' does not name %s",        \
+                      plait_errmsg(), field);                                                      \
     } while (0)
 
 static void hello_pb(pbw_t *w, int skip, size_t sha_len, const char *ver, size_t ver_len)
@@ -848,7 +876,8 @@ static void task_inner(pbw_t *w)
     ck_assert_int_eq(plait_wire_encode_alloc(&m, NULL, &buf, &len), 0);
     /* skip header, tag 0x12 and the varint length */
     size_t p = 7;
-    while (buf[p] & 0x80) p++;
+    while (buf[p] & 0x80)
+        p++;
     p++;
     w->n = len - p;
     memcpy(w->b, buf + p, w->n);
@@ -869,9 +898,15 @@ START_TEST(test_decode_task_fields)
         uint64_t v;
         const char *name;
     } top[] = {
-        {1, 0, "task.round_id"},          {3, 0, "task.adapter_len"},       {3, (uint64_t)1 << 40, "task.adapter_len"},
-        {8, 7, "task.quant_bits"},        {8, 33, "task.quant_bits"},       {12, 0, "task.deadline_s"},
-        {12, 8 * 86400, "task.deadline_s"}, {13, 1, "task.update_elements"}, {13, (uint64_t)1 << 30, "task.update_elements"},
+        {1, 0, "task.round_id"},
+        {3, 0, "task.adapter_len"},
+        {3, (uint64_t)1 << 40, "task.adapter_len"},
+        {8, 7, "task.quant_bits"},
+        {8, 33, "task.quant_bits"},
+        {12, 0, "task.deadline_s"},
+        {12, 8 * 86400, "task.deadline_s"},
+        {13, 1, "task.update_elements"},
+        {13, (uint64_t)1 << 30, "task.update_elements"},
         {14, 0, "task.example_cap"},
     };
     for (size_t i = 0; i < sizeof(top) / sizeof(top[0]); i++) {
@@ -898,11 +933,16 @@ START_TEST(test_decode_task_fields)
         uint64_t v;
         const char *name;
     } subs[] = {
-        {5, 1, 0, "task.lora.rank"},           {5, 1, 1025, "task.lora.rank"},
-        {5, 3, 0, "task.lora.targets"},        {5, 3, 1u << 7, "task.lora.targets"},
-        {5, 4, 3, "task.lora.mode"},           {6, 1, 0, "task.train.local_steps"},
-        {6, 2, 4097, "task.train.batch"},      {6, 3, 0, "task.train.seq_len"},
-        {11, 1, 9, "task.dp.mode"},            {11, 1, 0, "task.dp.noise_multiplier"}, /* NONE with z = 0.8 */
+        {5, 1, 0, "task.lora.rank"},
+        {5, 1, 1025, "task.lora.rank"},
+        {5, 3, 0, "task.lora.targets"},
+        {5, 3, 1u << 7, "task.lora.targets"},
+        {5, 4, 3, "task.lora.mode"},
+        {6, 1, 0, "task.train.local_steps"},
+        {6, 2, 4097, "task.train.batch"},
+        {6, 3, 0, "task.train.seq_len"},
+        {11, 1, 9, "task.dp.mode"},
+        {11, 1, 0, "task.dp.noise_multiplier"}, /* NONE with z = 0.8 */
     };
     for (size_t i = 0; i < sizeof(subs) / sizeof(subs[0]); i++) {
         task_inner(&w);
@@ -911,7 +951,9 @@ START_TEST(test_decode_task_fields)
         pb_sub(&w, subs[i].outer, &sub);
         int rc = parse_pb(PLAIT_MSG_TASK, &w, &m);
         /* protobuf-c may itself refuse an unknown value of a closed enum */
-        if (strstr(subs[i].name, "mode") && rc == PLAIT_EPROTO && strstr(plait_errmsg(), "undecodable")) continue;
+        if (strstr(subs[i].name, "mode") && rc == PLAIT_EPROTO &&
+            strstr(plait_errmsg(), "undecodable"))
+            continue;
         EXPECT_FIELD_ERR(rc, subs[i].name);
     }
     task_inner(&w);
@@ -948,7 +990,8 @@ START_TEST(test_decode_chunk_fields)
     pb_u(&w, 2, 0);
     pb_u(&w, 3, 0);
     pb_u(&w, 4, 3);
-    for (uint32_t i = 0; i < 3; i++) pb_fixed32(&w, 5, 0xdead0000u + i);
+    for (uint32_t i = 0; i < 3; i++)
+        pb_fixed32(&w, 5, 0xdead0000u + i);
     pb_u(&w, 6, 1);
     ck_assert_int_eq(parse_pb(PLAIT_MSG_UPDATE_CHUNK, &w, &m), 0);
     ck_assert_uint_eq(m.u.update_chunk.n_words, 3);
@@ -984,7 +1027,8 @@ START_TEST(test_decode_chunk_fields)
         if (uc[i].nw) {
             pb_tag(&w, 5, 2);
             pb_varint(&w, uc[i].nw * 4);
-            for (size_t k = 0; k < uc[i].nw * 4; k++) pb_byte(&w, (uint8_t)k);
+            for (size_t k = 0; k < uc[i].nw * 4; k++)
+                pb_byte(&w, (uint8_t)k);
         }
         if (uc[i].has_ex) pb_u(&w, 6, uc[i].ex);
         EXPECT_FIELD_ERR(parse_pb(PLAIT_MSG_UPDATE_CHUNK, &w, &m), uc[i].name);
@@ -1096,7 +1140,7 @@ START_TEST(test_repeated_fields_bounded)
     uint8_t *p = buf + 6;
     size_t body = reps * 3;
     p[n++] = (PLAIT_MSG_PING << 3) | 2;
-    for (size_t v = body; ; v >>= 7) {
+    for (size_t v = body;; v >>= 7) {
         p[n++] = (uint8_t)(v >= 0x80 ? (v & 0x7f) | 0x80 : v);
         if (v < 0x80) break;
     }
@@ -1126,11 +1170,11 @@ START_TEST(test_encode_refuses_invalid)
     plait_msg_t m;
     size_t n = 0;
     uint8_t out[512];
-#define REFUSE(mutate, field)                                                                                       \
-    do {                                                                                                            \
-        mutate;                                                                                                     \
-        EXPECT_FIELD_ERR(plait_wire_encode(&m, NULL, out, sizeof(out), &n), field);                                 \
-        ck_assert_uint_eq(n, 0);                                                                                    \
+#define REFUSE(mutate, field)                                                                      \
+    do {                                                                                           \
+        mutate;                                                                                    \
+        EXPECT_FIELD_ERR(plait_wire_encode(&m, NULL, out, sizeof(out), &n), field);                \
+        ck_assert_uint_eq(n, 0);                                                                   \
     } while (0)
     REFUSE((sample(0, &m), m.u.hello.client_version[0] = 0), "hello.client_version");
     REFUSE((sample(0, &m), m.u.hello.client_version[1] = '\t'), "hello.client_version");
@@ -1141,20 +1185,26 @@ START_TEST(test_encode_refuses_invalid)
     REFUSE((sample(2, &m), m.u.task.lora.mode = (plait_lora_mode_t)3), "task.lora.mode");
     REFUSE((sample(2, &m), m.u.task.train.lr = 0), "task.train.lr");
     REFUSE((sample(2, &m), m.u.task.train.batch = 0), "task.train.batch");
-    REFUSE((sample(2, &m), m.u.task.train.local_steps = PLAIT_WIRE_MAX_LOCAL_STEPS + 1), "task.train.local_steps");
-    REFUSE((sample(2, &m), m.u.task.train.seq_len = PLAIT_WIRE_MAX_SEQ_LEN + 1), "task.train.seq_len");
+    REFUSE((sample(2, &m), m.u.task.train.local_steps = PLAIT_WIRE_MAX_LOCAL_STEPS + 1),
+           "task.train.local_steps");
+    REFUSE((sample(2, &m), m.u.task.train.seq_len = PLAIT_WIRE_MAX_SEQ_LEN + 1),
+           "task.train.seq_len");
     REFUSE((sample(2, &m), m.u.task.secure_agg = 2), "task.secure_agg");
-    REFUSE((sample(2, &m), m.u.task.dp.mode = PLAIT_DP_LOCAL, m.u.task.dp.noise_multiplier = 0), "task.dp.noise");
-    REFUSE((sample(2, &m), m.u.task.dp.mode = PLAIT_DP_CENTRAL, m.u.task.dp.noise_multiplier = -1), "task.dp.noise");
+    REFUSE((sample(2, &m), m.u.task.dp.mode = PLAIT_DP_LOCAL, m.u.task.dp.noise_multiplier = 0),
+           "task.dp.noise");
+    REFUSE((sample(2, &m), m.u.task.dp.mode = PLAIT_DP_CENTRAL, m.u.task.dp.noise_multiplier = -1),
+           "task.dp.noise");
     REFUSE((sample(2, &m), m.u.task.dp.mode = (plait_dp_mode_t)3), "task.dp.mode");
-    REFUSE((sample(3, &m), m.u.come_back_later.reason = (plait_retry_reason_t)6), "come_back_later.reason");
+    REFUSE((sample(3, &m), m.u.come_back_later.reason = (plait_retry_reason_t)6),
+           "come_back_later.reason");
     REFUSE((sample(4, &m), m.u.adapter_request.round_id = 0), "adapter_request.round_id");
     REFUSE((sample(5, &m), m.u.adapter_chunk.has_sha256 = 1), "adapter_chunk.sha256");
     REFUSE((sample(6, &m), m.u.adapter_chunk.has_sha256 = 0), "adapter_chunk.sha256");
     REFUSE((sample(5, &m), m.u.adapter_chunk.data = NULL), "adapter_chunk.data");
     REFUSE((sample(7, &m), m.u.update_chunk.words = NULL), "update_chunk.words");
-    REFUSE((sample(8, &m), m.u.update_chunk.has_num_examples = 1, m.u.update_chunk.num_examples = 1),
-           "update_chunk.num_examples");
+    REFUSE(
+        (sample(8, &m), m.u.update_chunk.has_num_examples = 1, m.u.update_chunk.num_examples = 1),
+        "update_chunk.num_examples");
     REFUSE((sample(9, &m), m.u.ack.kind = (plait_ack_kind_t)0), "ack.kind");
     REFUSE((sample(9, &m), m.u.ack.round_id = 0), "ack.round_id");
     REFUSE((sample(10, &m), m.u.error.code = 0), "error.code");
@@ -1175,6 +1225,153 @@ START_TEST(test_encode_refuses_invalid)
     sample(12, &m);
     ck_assert_int_eq(plait_wire_encode(&m, NULL, NULL, 10, &n), PLAIT_EINVAL);
     ck_assert_int_eq(plait_wire_encode(&m, NULL, out, sizeof(out), NULL), PLAIT_EINVAL);
+}
+END_TEST
+
+/* ---- chunked transfers -------------------------------------------------------- */
+
+/* Encode and decode m (as the peer would see it), into d. */
+static void over_the_wire(const plait_msg_t *m, const plait_wire_limits_t *lim, plait_msg_t *d)
+{
+    uint8_t *buf = NULL;
+    size_t len = 0, used = 0;
+    ck_assert_msg(plait_wire_encode_alloc(m, lim, &buf, &len) == 0, "%s", plait_errmsg());
+    ck_assert_int_eq(plait_wire_parse(buf, len, lim, 0, d, &used), 0);
+    free(buf);
+}
+
+START_TEST(test_update_transfer)
+{
+    plait_wire_limits_t lim;
+    plait_wire_limits_default(&lim);
+    lim.max_chunk_bytes = 64; /* 16 words a chunk */
+    lim.max_frame = 64 + PLAIT_WIRE_CHUNK_OVERHEAD;
+    lim.max_preauth_frame = lim.max_frame;
+    ck_assert_int_eq(plait_wire_limits_validate(&lim), 0);
+    const size_t total = 1001;
+    uint32_t *src = malloc(total * 4), *dst = calloc(total, 4);
+    for (size_t i = 0; i < total; i++)
+        src[i] = (uint32_t)(i * 2654435761u);
+
+    plait_wire_xfer_t tx, rx;
+    plait_wire_xfer_init(&tx, 42, total, 0);
+    plait_wire_xfer_init(&rx, 42, total, 0);
+    plait_msg_t m, d;
+    uint64_t examples = 0;
+    int rc, done = 0, chunks = 0;
+    while ((rc = plait_wire_update_tx_next(&tx, &lim, src, 77, &m)) == 1) {
+        ck_assert_int_eq(done, 0);
+        over_the_wire(&m, &lim, &d);
+        if (chunks == 3) {
+            /* out of order, duplicate, wrong round, wrong total: refused, rx unchanged */
+            plait_msg_update_chunk_t bad = d.u.update_chunk;
+            bad.offset += 16, bad.chunk_index++;
+            ck_assert_int_eq(plait_wire_update_rx_add(&rx, &bad, dst, NULL), PLAIT_EMISMATCH);
+            bad = d.u.update_chunk;
+            bad.offset -= 16, bad.chunk_index--;
+            ck_assert_int_eq(plait_wire_update_rx_add(&rx, &bad, dst, NULL), PLAIT_EMISMATCH);
+            bad = d.u.update_chunk;
+            bad.offset += 16; /* index right, offset wrong */
+            ck_assert_int_eq(plait_wire_update_rx_add(&rx, &bad, dst, NULL), PLAIT_EMISMATCH);
+            bad = d.u.update_chunk;
+            bad.n_words = total; /* runs past the end */
+            ck_assert_int_eq(plait_wire_update_rx_add(&rx, &bad, dst, NULL), PLAIT_EMISMATCH);
+            bad = d.u.update_chunk;
+            bad.round_id = 41;
+            ck_assert_int_eq(plait_wire_update_rx_add(&rx, &bad, dst, NULL), PLAIT_ESTALE);
+            bad = d.u.update_chunk;
+            bad.total_elements = total + 1;
+            ck_assert_int_eq(plait_wire_update_rx_add(&rx, &bad, dst, NULL), PLAIT_EMISMATCH);
+            bad = d.u.update_chunk;
+            bad.chunk_index++;
+            ck_assert_int_eq(plait_wire_update_rx_add(&rx, &bad, dst, NULL), PLAIT_EMISMATCH);
+        }
+        rc = plait_wire_update_rx_add(&rx, &d.u.update_chunk, dst, &examples);
+        ck_assert_int_ge(rc, 0);
+        done = rc;
+        ck_assert_uint_eq(examples, 77);
+        chunks++;
+        if (done) {
+            /* anything after completion is refused */
+            ck_assert_int_eq(plait_wire_update_rx_add(&rx, &d.u.update_chunk, dst, NULL),
+                             PLAIT_EMISMATCH);
+        }
+        plait_msg_free(&d);
+    }
+    ck_assert_int_eq(rc, 0);
+    ck_assert_int_eq(done, 1);
+    ck_assert_int_eq(chunks, (int)((total + 15) / 16));
+    ck_assert_mem_eq(src, dst, total * 4);
+    ck_assert_int_eq(plait_wire_update_tx_next(&tx, &lim, src, 77, &m), 0); /* stays done */
+
+    /* bad sender arguments */
+    plait_wire_xfer_init(&tx, 42, total, 0);
+    ck_assert_int_eq(plait_wire_update_tx_next(&tx, &lim, src, 0, &m), PLAIT_EINVAL);
+    plait_wire_xfer_init(&tx, 42, 0, 0);
+    ck_assert_int_eq(plait_wire_update_tx_next(&tx, &lim, src, 1, &m), PLAIT_EINVAL);
+    plait_wire_xfer_init(&tx, 42, 10, 11);
+    ck_assert_int_eq(plait_wire_update_tx_next(&tx, &lim, src, 1, &m), PLAIT_EINVAL);
+    free(src);
+    free(dst);
+}
+END_TEST
+
+START_TEST(test_adapter_transfer)
+{
+    fill_consts();
+    plait_wire_limits_t lim;
+    plait_wire_limits_default(&lim);
+    lim.max_chunk_bytes = 100;
+    lim.max_frame = 100 + PLAIT_WIRE_CHUNK_OVERHEAD;
+    lim.max_preauth_frame = lim.max_frame;
+    const size_t total = 1234, resume = 300;
+    uint8_t *blob = malloc(total), *dst = calloc(total, 1);
+    for (size_t i = 0; i < total; i++)
+        blob[i] = (uint8_t)(i * 31 + 7);
+    uint8_t other[32];
+    memset(other, 0x55, sizeof(other));
+
+    /* A download resumed at byte 300: the device already holds [0, 300). */
+    memcpy(dst, blob, resume);
+    plait_wire_xfer_t tx, rx;
+    plait_wire_xfer_init(&tx, 7, total, resume);
+    plait_wire_xfer_init(&rx, 7, total, resume);
+    plait_msg_t m, d;
+    int rc, done = 0, chunks = 0;
+    while ((rc = plait_wire_adapter_tx_next(&tx, &lim, blob, k_sha, &m)) == 1) {
+        over_the_wire(&m, &lim, &d);
+        plait_msg_adapter_chunk_t c = d.u.adapter_chunk;
+        ck_assert_int_eq(c.has_sha256, c.offset + c.len == total);
+        if (c.has_sha256) {
+            /* the hash of another adapter is refused */
+            ck_assert_int_eq(plait_wire_adapter_rx_add(&rx, &c, other, dst), PLAIT_EMISMATCH);
+        }
+        plait_msg_adapter_chunk_t bad = c;
+        bad.version = 8;
+        ck_assert_int_eq(plait_wire_adapter_rx_add(&rx, &bad, k_sha, dst), PLAIT_EMISMATCH);
+        bad = c;
+        bad.total_len = total - 1;
+        ck_assert_int_eq(plait_wire_adapter_rx_add(&rx, &bad, k_sha, dst), PLAIT_EMISMATCH);
+        if (chunks > 0) {
+            bad = c;
+            bad.offset -= 100;
+            ck_assert_int_eq(plait_wire_adapter_rx_add(&rx, &bad, k_sha, dst), PLAIT_EMISMATCH);
+        }
+        rc = plait_wire_adapter_rx_add(&rx, &c, k_sha, dst);
+        ck_assert_int_ge(rc, 0);
+        done = rc;
+        chunks++;
+        if (done) ck_assert_int_eq(plait_wire_adapter_rx_add(&rx, &c, k_sha, dst), PLAIT_EMISMATCH);
+        plait_msg_free(&d);
+    }
+    ck_assert_int_eq(rc, 0);
+    ck_assert_int_eq(done, 1);
+    ck_assert_int_eq(chunks, (int)((total - resume + 99) / 100));
+    ck_assert_mem_eq(blob, dst, total);
+    plait_wire_xfer_init(&tx, 7, 0, 0);
+    ck_assert_int_eq(plait_wire_adapter_tx_next(&tx, &lim, blob, k_sha, &m), PLAIT_EINVAL);
+    free(blob);
+    free(dst);
 }
 END_TEST
 
@@ -1205,10 +1402,10 @@ static void write_or_check_seed(const char *dir, const char *name, const uint8_t
 START_TEST(test_fuzz_seeds)
 {
     static const char *names[N_SAMPLES] = {
-        "valid_hello",        "valid_hello_resume", "valid_task",         "valid_come_back_later",
-        "valid_adapter_req",  "valid_adapter_mid",  "valid_adapter_last", "valid_update_first",
-        "valid_update_next",  "valid_ack",          "valid_error",        "valid_error_empty",
-        "valid_ping",         "valid_pong",
+        "valid_hello",       "valid_hello_resume", "valid_task",         "valid_come_back_later",
+        "valid_adapter_req", "valid_adapter_mid",  "valid_adapter_last", "valid_update_first",
+        "valid_update_next", "valid_ack",          "valid_error",        "valid_error_empty",
+        "valid_ping",        "valid_pong",
     };
     uint8_t stream[4096];
     size_t total = 0;
@@ -1254,6 +1451,11 @@ Suite *wire_suite(void)
     tcase_add_test(tc, test_decode_small_messages);
     tcase_add_test(tc, test_repeated_fields_bounded);
     tcase_set_timeout(tc, 60);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("transfer");
+    tcase_add_test(tc, test_update_transfer);
+    tcase_add_test(tc, test_adapter_transfer);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("encode");
