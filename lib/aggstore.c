@@ -30,9 +30,12 @@
  *     rejections, version, ledger row and metrics land together or not at all;
  *   - devices.last_round only grows, and mark_uploaded refuses round <=
  *     last_round, so a device is counted at most once per round;
- *   - every row handed out was validated here; every blob is size-checked in
- *     SQL (CASE WHEN length(x) <= max) before sqlite materializes it, and
- *     SQLITE_LIMIT_LENGTH bounds what a hostile file can make it allocate;
+ *   - every row handed out was validated here; every blob's size is checked
+ *     (length() reads the record header, not the blob) against the limits
+ *     before it is read: version blobs are then copied by incremental blob
+ *     I/O into a buffer of exactly that size, the task config is withheld in
+ *     SQL (CASE WHEN length(x) <= max); SQLITE_LIMIT_LENGTH also bounds what
+ *     a hostile file can make sqlite allocate;
  *   - the adapter is hashed on every read and compared with its sha256;
  *   - no statement outlives a public call (all are finalized), so read locks
  *     never linger and checkpoints can complete;
@@ -605,6 +608,19 @@ static int check_id(const char *id)
     return 0;
 }
 
+/*
+ * A TEXT column's bytes and length, or NULL for any other type. The type is
+ * read first: after sqlite converts a value, its type is undefined.
+ */
+static const unsigned char *text_col(sqlite3_stmt *s, int col, size_t *len)
+{
+    *len = 0;
+    if (sqlite3_column_type(s, col) != SQLITE_TEXT) return NULL;
+    const unsigned char *t = sqlite3_column_text(s, col);
+    if (t) *len = (size_t)sqlite3_column_bytes(s, col);
+    return t;
+}
+
 /* Optional non-negative integer column: NULL gives 0. */
 static bool opt_nonneg(sqlite3_stmt *s, int col, int64_t *out)
 {
@@ -629,9 +645,9 @@ static bool nonneg(sqlite3_stmt *s, int col, int64_t *out)
 static int read_device(sqlite3_stmt *s, plait_aggstore_device_t *d)
 {
     memset(d, 0, sizeof(*d));
-    const unsigned char *id = sqlite3_column_text(s, 0);
-    size_t n = (size_t)sqlite3_column_bytes(s, 0);
-    if (sqlite3_column_type(s, 0) != SQLITE_TEXT || !printable_bytes_ok(id, n, PLAIT_AGGSTORE_MAX_DEVICE_ID))
+    size_t n;
+    const unsigned char *id = text_col(s, 0, &n);
+    if (!printable_bytes_ok(id, n, PLAIT_AGGSTORE_MAX_DEVICE_ID))
         return plait_fail(PLAIT_EPROTO, "aggstore: devices: a row has a malformed id");
     memcpy(d->id, id, n);
     d->id[n] = '\0';
@@ -749,9 +765,10 @@ static int round_state(plait_aggstore_t *st, int64_t round, plait_aggstore_round
     sqlite3_bind_int64(s, 1, round);
     int rc = sqlite3_step(s);
     if (rc == SQLITE_ROW) {
-        const unsigned char *t = sqlite3_column_text(s, 0);
+        size_t tl;
+        const unsigned char *t = text_col(s, 0, &tl);
         ret = plait_fail(PLAIT_EPROTO, "aggstore: rounds: round %lld: malformed state", (long long)round);
-        for (int i = 0; i < 4 && t && sqlite3_column_type(s, 0) == SQLITE_TEXT; i++)
+        for (int i = 0; i < 4 && t; i++)
             if (strcmp((const char *)t, STATE_NAMES[i]) == 0) {
                 *state = (plait_aggstore_round_state_t)i;
                 ret = 0;
@@ -1274,10 +1291,10 @@ static int load_rejections(plait_aggstore_t *st, int64_t round, rej_buf_t *b, si
                              (long long)round, st->max_reasons);
             break;
         }
-        const unsigned char *r = sqlite3_column_text(s, 0);
-        size_t rl = (size_t)sqlite3_column_bytes(s, 0);
+        size_t rl;
+        const unsigned char *r = text_col(s, 0, &rl);
         int64_t cnt;
-        if (sqlite3_column_type(s, 0) != SQLITE_TEXT || !printable_bytes_ok(r, rl, PLAIT_AGGSTORE_MAX_KEY) ||
+        if (!printable_bytes_ok(r, rl, PLAIT_AGGSTORE_MAX_KEY) ||
             !nonneg(s, 1, &cnt)) {
             ret = plait_fail(PLAIT_EPROTO, "aggstore: rejections: round %lld: malformed row", (long long)round);
             break;
@@ -1301,9 +1318,10 @@ static int deliver_round(plait_aggstore_t *st, sqlite3_stmt *s, rej_buf_t *b, pl
     memset(&r, 0, sizeof(r));
     r.id = sqlite3_column_int64(s, 0);
     long long id = (long long)r.id;
-    const unsigned char *state = sqlite3_column_text(s, 1);
+    size_t sl;
+    const unsigned char *state = text_col(s, 1, &sl);
     int si = -1;
-    for (int i = 0; i < 4 && state && sqlite3_column_type(s, 1) == SQLITE_TEXT; i++)
+    for (int i = 0; i < 4 && state; i++)
         if (strcmp((const char *)state, STATE_NAMES[i]) == 0) si = i;
     const char *bad = NULL;
     if (si < 0) bad = "state";
@@ -1323,15 +1341,15 @@ static int deliver_round(plait_aggstore_t *st, sqlite3_stmt *s, rej_buf_t *b, pl
     else if (!nonneg(s, 11, &r.stats.bytes_down)) bad = "bytes_down";
     if (bad) return plait_fail(PLAIT_EPROTO, "aggstore: rounds: round %lld: malformed %s", id, bad);
     r.state = (plait_aggstore_round_state_t)si;
-    const unsigned char *reason = sqlite3_column_text(s, 12);
-    size_t rlen = (size_t)sqlite3_column_bytes(s, 12);
-    if (sqlite3_column_type(s, 12) != SQLITE_TEXT || !reason || rlen > PLAIT_AGGSTORE_MAX_REASON ||
+    size_t rlen;
+    const unsigned char *reason = text_col(s, 12, &rlen);
+    if (!reason || rlen > PLAIT_AGGSTORE_MAX_REASON ||
         strlen((const char *)reason) != rlen)
         return plait_fail(PLAIT_EPROTO, "aggstore: rounds: round %lld: malformed reason", id);
     r.reason = (const char *)reason;
-    /* The task config: withheld by the query when too long, so never materialized. */
-    if (sqlite3_column_type(s, 14) != SQLITE_INTEGER && sqlite3_column_type(s, 14) != SQLITE_TEXT)
-        return plait_fail(PLAIT_EPROTO, "aggstore: rounds: round %lld: malformed task_config", id);
+    /* The task config: withheld by the query when too long, so never
+     * materialized (length() counts characters for text, so at most 4x
+     * max_config bytes get through; the byte length is checked below). */
     const unsigned char *ty = sqlite3_column_text(s, 14);
     if (!ty || strcmp((const char *)ty, "text") != 0)
         return plait_fail(PLAIT_EPROTO, "aggstore: rounds: round %lld: task_config is not text", id);
@@ -1435,12 +1453,9 @@ void plait_aggstore_version_free(plait_aggstore_version_t *v)
     plait_aggstore_version_init(v);
 }
 
-/* ?1 = number, ?2 = max adapter bytes, ?3 = max opt bytes (blobs withheld when over). */
 #define VERSION_META_COLS                                                                                   \
     "number, round_id, created, sha256, lora_rank, lora_alpha, lora_targets, opt_kind, length(adapter),"   \
     " length(opt_state), typeof(adapter), typeof(opt_state)"
-#define VERSION_BLOB_COLS \
-    ", CASE WHEN length(adapter) <= ?2 THEN adapter END, CASE WHEN length(opt_state) <= ?3 THEN opt_state END"
 
 static bool is_blob_type(sqlite3_stmt *s, int col)
 {
@@ -1484,63 +1499,83 @@ static int read_version_meta(const plait_aggstore_t *st, sqlite3_stmt *s, plait_
     return 0;
 }
 
+/*
+ * Copy column col of version number into a fresh buffer of exactly n bytes
+ * with incremental blob I/O: sqlite reads the pages straight into it, so the
+ * blob is in memory once, and only after its size was checked.
+ */
+static int read_blob(plait_aggstore_t *st, int64_t number, const char *col, size_t n, uint8_t **out)
+{
+    sqlite3_blob *b = NULL;
+    int rc = sqlite3_blob_open(st->db, "main", "versions", col, number, 0, &b);
+    if (rc != SQLITE_OK) {
+        int ret = sqfail(st->db, rc, "opening a version blob");
+        sqlite3_blob_close(b);
+        return ret;
+    }
+    int ret = 0;
+    if ((size_t)sqlite3_blob_bytes(b) != n) {
+        ret = plait_fail(PLAIT_EPROTO, "aggstore: versions: version %lld: %s changed size while read",
+                         (long long)number, col);
+    } else if (!(*out = malloc(n))) {
+        ret = plait_fail(PLAIT_ENOMEM, "aggstore: out of memory");
+    } else if ((rc = sqlite3_blob_read(b, *out, (int)n, 0)) != SQLITE_OK) {
+        ret = sqfail(st->db, rc, "reading a version blob");
+        free(*out);
+        *out = NULL;
+    }
+    sqlite3_blob_close(b);
+    return ret;
+}
+
+/* The body of plait_aggstore_version_get, inside a read transaction. */
+static int version_get_tx(plait_aggstore_t *st, int64_t number, plait_aggstore_version_t *v)
+{
+    sqlite3_stmt *s;
+    int ret = prep(st, "SELECT " VERSION_META_COLS " FROM versions WHERE number = ?1", &s);
+    if (ret != 0) return ret;
+    sqlite3_bind_int64(s, 1, number);
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_DONE) ret = plait_fail(PLAIT_ENOENT, "aggstore: no version %lld", (long long)number);
+    else if (rc != SQLITE_ROW) ret = sqfail(st->db, rc, "reading version");
+    else ret = read_version_meta(st, s, v); /* checks both blob sizes against the limits */
+    sqlite3_finalize(s);
+    if (ret != 0) return ret;
+
+    long long n = (long long)number;
+    if ((ret = read_blob(st, number, "adapter", v->adapter_len, &v->adapter)) != 0) return ret;
+    uint8_t sha[32];
+    plait_sha256(v->adapter, v->adapter_len, sha);
+    if (memcmp(sha, v->sha256, 32) != 0)
+        return plait_fail(PLAIT_EPROTO, "aggstore: versions: version %lld: adapter does not match its sha256", n);
+    if (v->opt_state_len == 0) return 0;
+    uint8_t *o = NULL;
+    if ((ret = read_blob(st, number, "opt_state", v->opt_state_len * 4, &o)) != 0) return ret;
+    /* Decode in place: the buffer has exactly opt_state_len floats' room. */
+    v->opt_state = (float *)(void *)o;
+    for (size_t i = 0; i < v->opt_state_len; i++) {
+        const uint8_t *p = o + 4 * i;
+        uint32_t u = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+        float f;
+        memcpy(&f, &u, 4);
+        if (!isfinite(f))
+            return plait_fail(PLAIT_EPROTO, "aggstore: versions: version %lld: optimizer state element %zu not finite",
+                              n, i);
+        memcpy(o + 4 * i, &f, 4);
+    }
+    return 0;
+}
+
 int plait_aggstore_version_get(plait_aggstore_t *st, int64_t number, plait_aggstore_version_t *v)
 {
     if (!v) return plait_fail(PLAIT_EINVAL, "aggstore: version is NULL");
     plait_aggstore_version_free(v);
     int ret = check_usable(st);
     if (ret != 0) return ret;
-    sqlite3_stmt *s;
-    if ((ret = prep(st, "SELECT " VERSION_META_COLS VERSION_BLOB_COLS " FROM versions WHERE number = ?1", &s)) != 0)
-        return ret;
-    sqlite3_bind_int64(s, 1, number);
-    sqlite3_bind_int64(s, 2, (int64_t)st->max_adapter);
-    sqlite3_bind_int64(s, 3, (int64_t)st->max_opt);
-    int rc = sqlite3_step(s);
-    if (rc == SQLITE_DONE) {
-        ret = plait_fail(PLAIT_ENOENT, "aggstore: no version %lld", (long long)number);
-    } else if (rc != SQLITE_ROW) {
-        if ((rc & 0xff) == SQLITE_TOOBIG)
-            ret = plait_fail(PLAIT_EPROTO, "aggstore: versions: version %lld: a value exceeds the size limit",
-                             (long long)number);
-        else ret = sqfail(st->db, rc, "reading version");
-    } else if ((ret = read_version_meta(st, s, v)) == 0) {
-        long long n = (long long)number;
-        const void *a = sqlite3_column_blob(s, 12);
-        if (!a || (size_t)sqlite3_column_bytes(s, 12) != v->adapter_len) {
-            ret = sqlite3_errcode(st->db) == SQLITE_NOMEM
-                      ? plait_fail(PLAIT_ENOMEM, "aggstore: out of memory")
-                      : plait_fail(PLAIT_EPROTO, "aggstore: versions: version %lld: adapter unreadable", n);
-        } else if (!(v->adapter = malloc(v->adapter_len))) {
-            ret = plait_fail(PLAIT_ENOMEM, "aggstore: out of memory");
-        } else {
-            memcpy(v->adapter, a, v->adapter_len);
-            uint8_t sha[32];
-            plait_sha256(v->adapter, v->adapter_len, sha);
-            if (memcmp(sha, v->sha256, 32) != 0)
-                ret = plait_fail(PLAIT_EPROTO, "aggstore: versions: version %lld: adapter does not match its sha256",
-                                 n);
-        }
-        if (ret == 0 && v->opt_state_len > 0) {
-            const uint8_t *o = sqlite3_column_blob(s, 13);
-            if (!o || (size_t)sqlite3_column_bytes(s, 13) != v->opt_state_len * 4) {
-                ret = plait_fail(PLAIT_EPROTO, "aggstore: versions: version %lld: optimizer state unreadable", n);
-            } else if (!(v->opt_state = malloc(v->opt_state_len * sizeof(float)))) {
-                ret = plait_fail(PLAIT_ENOMEM, "aggstore: out of memory");
-            } else {
-                for (size_t i = 0; i < v->opt_state_len && ret == 0; i++) {
-                    uint32_t u = (uint32_t)o[4 * i] | (uint32_t)o[4 * i + 1] << 8 | (uint32_t)o[4 * i + 2] << 16 |
-                                 (uint32_t)o[4 * i + 3] << 24;
-                    memcpy(&v->opt_state[i], &u, 4);
-                    if (!isfinite(v->opt_state[i]))
-                        ret = plait_fail(PLAIT_EPROTO,
-                                         "aggstore: versions: version %lld: optimizer state element %zu not finite",
-                                         n, i);
-                }
-            }
-        }
-    }
-    sqlite3_finalize(s);
+    /* One read transaction: the row and its blobs come from one snapshot. */
+    if ((ret = exec(st, "BEGIN", "beginning a read")) != 0) return ret;
+    ret = version_get_tx(st, number, v);
+    tx_rollback(st); /* a read transaction: nothing to commit */
     if (ret != 0) plait_aggstore_version_free(v);
     return ret;
 }
@@ -1722,8 +1757,8 @@ int plait_aggstore_metrics_foreach(plait_aggstore_t *st, int64_t round, plait_ag
     int rc;
     size_t n = 0;
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-        const unsigned char *k = sqlite3_column_text(s, 0);
-        size_t kl = (size_t)sqlite3_column_bytes(s, 0);
+        size_t kl;
+        const unsigned char *k = text_col(s, 0, &kl);
         char key[PLAIT_AGGSTORE_MAX_KEY + 1];
         plait_aggstore_metric_t m;
         if (++n > st->max_metrics) {
@@ -1731,7 +1766,7 @@ int plait_aggstore_metrics_foreach(plait_aggstore_t *st, int64_t round, plait_ag
                              (long long)round, st->max_metrics);
             break;
         }
-        if (sqlite3_column_type(s, 0) != SQLITE_TEXT || !printable_bytes_ok(k, kl, PLAIT_AGGSTORE_MAX_KEY) ||
+        if (!printable_bytes_ok(k, kl, PLAIT_AGGSTORE_MAX_KEY) ||
             !real_col(s, 1, &m.value)) {
             ret = plait_fail(PLAIT_EPROTO, "aggstore: metrics: round %lld: malformed row", (long long)round);
             break;

@@ -57,6 +57,12 @@
  * sqlite's message and code in plait_errmsg(). Details never contain blob
  * bytes.
  *
+ * Conventions: every function taking a plait_aggstore_t needs an open store
+ * (NULL gives PLAIT_EINVAL), and one whose callback is running gives
+ * PLAIT_EINVAL too (callbacks must not call back into the store). Strings
+ * and structs passed in are borrowed for the call. Times are unix seconds
+ * taken from the system clock by the store.
+ *
  * Thread-safety: one store object per thread (one sqlite connection each; the
  * connection is opened with SQLITE_OPEN_NOMUTEX). An object may move between
  * threads (e.g. into a uv_queue_work callback) but must not be used by two
