@@ -493,10 +493,13 @@ START_TEST(test_forward_vs_naive)
     static const int Ts[] = {1, 5, 32, 33, 70, 96};
     for (int scalar = 0; scalar < 2; scalar++) {
         plait__tensor_force_scalar(scalar);
-        for (int shared = 0; shared < 2; shared++) {
+        /* shared = 0, 1: head size 4 (the matmul attention path); shared = 2:
+         * head size 8, tied (the row-wise AVX2 path when available). */
+        for (int shared = 0; shared < 3; shared++) {
             plait_model_t m;
             plait_model_init(&m);
-            plait_model_config_t mc = small_cfg(shared);
+            plait_model_config_t mc = small_cfg(shared != 0);
+            if (shared == 2) mc.dim = 32;
             mc.seq_len = 96;
             ck_assert_int_eq(plait_model_init_random(&m, &mc, 31 + (uint64_t)shared), 0);
             for (float *w = m.owned; w < (float *)m.w.rms_att; w++) *w *= 20.0f; /* sharper attention */
