@@ -5,6 +5,8 @@
 #ifndef PLAIT_TENSOR_INT_H
 #define PLAIT_TENSOR_INT_H
 
+#include <stddef.h>
+
 /**
  * \brief Force the portable (non-SIMD) kernels even where the CPU has
  *        AVX2+FMA, so tests and benchmarks can exercise the fallback.
@@ -16,5 +18,13 @@ void plait__tensor_force_scalar(int on);
 
 /** \brief Nonzero when the SIMD kernels are in use (CPU support and not forced off). */
 int plait__tensor_simd_active(void);
+
+/**
+ * \brief Set the size (multiply-adds) below which kernels run on the calling
+ *        thread instead of the pool; 0 threads everything, so tests can
+ *        cover the threaded paths with small shapes.
+ * \return the previous value. Process-wide; call it only while no kernel runs.
+ */
+size_t plait__tensor_set_par_min_macs(size_t macs);
 
 #endif /* PLAIT_TENSOR_INT_H */

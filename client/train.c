@@ -1178,6 +1178,17 @@ long plait_train_steps_done(const plait_trainer_t *tr) { return tr->steps; }
 double plait_train_last_grad_norm(const plait_trainer_t *tr) { return tr->last_norm; }
 size_t plait_train_memory_bytes(const plait_trainer_t *tr) { return tr->bytes; }
 
+void plait_train_reset(plait_trainer_t *tr)
+{
+    if (!tr) return;
+    memset(tr->grads, 0, tr->n_grads * sizeof(float));
+    memset(tr->opt_m, 0, tr->n_grads * sizeof(float));
+    memset(tr->opt_v, 0, tr->n_grads * sizeof(float));
+    tr->n_micro = 0;
+    tr->steps = 0;
+    tr->last_norm = 0.0;
+}
+
 /* ---------------------------------------------------------------- lifecycle */
 
 int plait_train_create(plait_trainer_t **out, const plait_model_t *m, plait_lora_t *lora,

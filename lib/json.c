@@ -22,7 +22,6 @@
  */
 #include "plait/json.h"
 
-#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -379,7 +378,6 @@ static int parse_number(parser_t *p, plait_json_t **out)
     if (!tmp) return plait_fail(PLAIT_ENOMEM, "json: out of memory");
     memcpy(tmp, b + start, n);
     tmp[n] = '\0';
-    errno = 0;
     double d = strtod(tmp, NULL);
     if (tmp != small) free(tmp);
     if (!isfinite(d)) return pbig(start, "number out of range of a double");

@@ -20,10 +20,17 @@
  *     to run then, so a callback cannot step a statement that is in use;
  *   - error details carry sizes, ids and sqlite's message, never text.
  *
+ * Hostile files are bounded: SQLITE_LIMIT_LENGTH is set to max_text plus
+ * ROW_SLACK, so sqlite refuses to materialize a larger value from a crafted
+ * file (SQLITE_TOOBIG, reported as PLAIT_EPROTO) instead of allocating it.
+ *
+ * The split is computed by plait_split(id), an SQL function registered on
+ * this connection only (SQLITE_DIRECTONLY: a crafted schema cannot call it),
+ * so filtering happens in the WHERE clause and the text of skipped rows is
+ * never read.
+ *
  * Expected workload: one user's history, 10^2..10^5 records of up to 1 MiB,
  * bulk ingest in one transaction, read sequentially once per training round.
- * Split counts scan ids only (sqlite loads text lazily, so skipped rows cost
- * no text reads).
  */
 #include "plait/store.h"
 
@@ -38,10 +45,12 @@
 
 #define STORE_MAGIC "plait-store"
 #define STORE_APP_ID 0x504C4154 /* "PLAT" */
+/* Room for the id, time, kind and record header on top of max_text. */
+#define ROW_SLACK 4096
 
 struct plait_store_s {
     sqlite3 *db;
-    sqlite3_stmt *ins, *get, *all, *ids, *cnt, *del, *delb;
+    sqlite3_stmt *ins, *get, *all, *cnt, *cnt_split, *del, *delb;
     uint64_t salt;
     double fraction;
     size_t max_text;
@@ -171,11 +180,22 @@ bool plait_store_is_heldout(const plait_store_t *st, int64_t id)
     return u < st->fraction;
 }
 
-static bool split_match(const plait_store_t *st, plait_store_split_t split, int64_t id)
+/* SQL plait_split(id): PLAIT_STORE_HELDOUT or PLAIT_STORE_TRAIN; NULL for a non-integer. */
+static void split_fn(sqlite3_context *ctx, int argc, sqlite3_value **argv)
 {
-    if (split == PLAIT_STORE_ALL) return true;
-    bool h = plait_store_is_heldout(st, id);
-    return split == PLAIT_STORE_HELDOUT ? h : !h;
+    (void)argc;
+    const plait_store_t *st = sqlite3_user_data(ctx);
+    if (sqlite3_value_type(argv[0]) != SQLITE_INTEGER) {
+        sqlite3_result_null(ctx);
+        return;
+    }
+    bool h = plait_store_is_heldout(st, sqlite3_value_int64(argv[0]));
+    sqlite3_result_int(ctx, h ? PLAIT_STORE_HELDOUT : PLAIT_STORE_TRAIN);
+}
+
+static bool split_ok(plait_store_split_t split)
+{
+    return split == PLAIT_STORE_ALL || split == PLAIT_STORE_TRAIN || split == PLAIT_STORE_HELDOUT;
 }
 
 /*
@@ -253,7 +273,12 @@ static int meta_get(sqlite3 *db, const char *key, int *type, int64_t *num, char 
 {
     sqlite3_stmt *s = NULL;
     int rc = sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key = ?1", -1, &s, NULL);
-    if (rc != SQLITE_OK) return plait_fail(PLAIT_EPROTO, "store: meta table unreadable: %s", sqlite3_errmsg(db));
+    if (rc != SQLITE_OK) {
+        /* A meta table without (key, value) columns belongs to some other application. */
+        if ((rc & 0xff) == SQLITE_ERROR)
+            return plait_fail(PLAIT_EMISMATCH, "store: not a plait store (meta table: %s)", sqlite3_errmsg(db));
+        return sqfail(db, rc, "reading meta");
+    }
     sqlite3_bind_text(s, 1, key, -1, SQLITE_STATIC);
     rc = sqlite3_step(s);
     int ret = 0;
@@ -360,8 +385,8 @@ void plait_store_close(plait_store_t *st)
     sqlite3_finalize(st->ins);
     sqlite3_finalize(st->get);
     sqlite3_finalize(st->all);
-    sqlite3_finalize(st->ids);
     sqlite3_finalize(st->cnt);
+    sqlite3_finalize(st->cnt_split);
     sqlite3_finalize(st->del);
     sqlite3_finalize(st->delb);
     sqlite3_close_v2(st->db);
@@ -391,6 +416,7 @@ int plait_store_open(plait_store_t **out, const plait_store_config_t *cfg)
         goto fail;
     }
     sqlite3_extended_result_codes(st->db, 1);
+    sqlite3_limit(st->db, SQLITE_LIMIT_LENGTH, (int)(cfg->max_text + ROW_SLACK));
     sqlite3_busy_timeout(st->db, cfg->busy_timeout_ms);
     /* Hardening for files that may have been tampered with: no writes to the
      * schema through SQL, no functions run from the schema, and extra b-tree
@@ -432,11 +458,20 @@ int plait_store_open(plait_store_t **out, const plait_store_config_t *cfg)
                     "setting synchronous")) != 0)
         goto fail;
 
+    rc = sqlite3_create_function_v2(st->db, "plait_split", 1,
+                                    SQLITE_UTF8 | SQLITE_DETERMINISTIC | SQLITE_DIRECTONLY, st,
+                                    split_fn, NULL, NULL, NULL);
+    if (rc != SQLITE_OK) {
+        ret = sqfail(st->db, rc, "registering plait_split");
+        goto fail;
+    }
     if ((ret = prepare(st, &st->ins, "INSERT INTO records(time, kind, text) VALUES (?1, ?2, ?3)")) != 0 ||
         (ret = prepare(st, &st->get, "SELECT id, time, kind, text FROM records WHERE id = ?1")) != 0 ||
-        (ret = prepare(st, &st->all, "SELECT id, time, kind, text FROM records ORDER BY id")) != 0 ||
-        (ret = prepare(st, &st->ids, "SELECT id FROM records")) != 0 ||
+        (ret = prepare(st, &st->all,
+                       "SELECT id, time, kind, text FROM records"
+                       " WHERE ?1 = 0 OR plait_split(id) = ?1 ORDER BY id")) != 0 ||
         (ret = prepare(st, &st->cnt, "SELECT count(*) FROM records")) != 0 ||
+        (ret = prepare(st, &st->cnt_split, "SELECT count(*) FROM records WHERE plait_split(id) = ?1")) != 0 ||
         (ret = prepare(st, &st->del, "DELETE FROM records WHERE id = ?1")) != 0 ||
         (ret = prepare(st, &st->delb, "DELETE FROM records WHERE time < ?1")) != 0)
         goto fail;
@@ -573,16 +608,36 @@ int plait_store_count_split(plait_store_t *st, plait_store_split_t split, int64_
     int ret = check_usable(st);
     if (ret != 0) return ret;
     if (!out) return plait_fail(PLAIT_EINVAL, "store: out is NULL");
-    if (split != PLAIT_STORE_TRAIN && split != PLAIT_STORE_HELDOUT)
-        return plait_fail(PLAIT_EINVAL, "store: bad split %d", (int)split);
-    int64_t n = 0;
-    int rc;
-    while ((rc = sqlite3_step(st->ids)) == SQLITE_ROW)
-        if (split_match(st, split, sqlite3_column_int64(st->ids, 0))) n++;
-    if (rc == SQLITE_DONE) *out = n;
+    if (!split_ok(split)) return plait_fail(PLAIT_EINVAL, "store: bad split %d", (int)split);
+    sqlite3_stmt *s = st->cnt_split;
+    sqlite3_bind_int(s, 1, (int)split);
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) *out = sqlite3_column_int64(s, 0);
     else ret = sqfail(st->db, rc, "counting records");
-    sqlite3_reset(st->ids);
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
     return ret;
+}
+
+/*
+ * The id of the row a failed step was on: the first one after last_id in the
+ * split. Reads ids only, so it works on a row whose text sqlite refused to
+ * load. Returns -1 if it cannot tell.
+ */
+static long long find_next_id(plait_store_t *st, long long last_id, plait_store_split_t split)
+{
+    sqlite3_stmt *q = NULL;
+    long long id = -1;
+    if (sqlite3_prepare_v2(st->db,
+                           "SELECT id FROM records WHERE id > ?1 AND (?2 = 0 OR plait_split(id) = ?2)"
+                           " ORDER BY id LIMIT 1",
+                           -1, &q, NULL) != SQLITE_OK)
+        return -1;
+    sqlite3_bind_int64(q, 1, last_id);
+    sqlite3_bind_int(q, 2, (int)split);
+    if (sqlite3_step(q) == SQLITE_ROW) id = sqlite3_column_int64(q, 0);
+    sqlite3_finalize(q);
+    return id;
 }
 
 int plait_store_foreach(plait_store_t *st, plait_store_split_t split, plait_store_record_cb cb, void *ud)
@@ -590,22 +645,29 @@ int plait_store_foreach(plait_store_t *st, plait_store_split_t split, plait_stor
     int ret = check_usable(st);
     if (ret != 0) return ret;
     if (!cb) return plait_fail(PLAIT_EINVAL, "store: callback is NULL");
-    if (split != PLAIT_STORE_ALL && split != PLAIT_STORE_TRAIN && split != PLAIT_STORE_HELDOUT)
-        return plait_fail(PLAIT_EINVAL, "store: bad split %d", (int)split);
+    if (!split_ok(split)) return plait_fail(PLAIT_EINVAL, "store: bad split %d", (int)split);
     sqlite3_stmt *s = st->all;
+    sqlite3_bind_int(s, 1, (int)split);
     int rc;
+    long long last_id = 0;
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-        /* Decide the split from the id alone: the text is never loaded for skipped rows. */
-        if (!split_match(st, split, sqlite3_column_int64(s, 0))) continue;
         plait_store_record_t rec;
+        last_id = sqlite3_column_int64(s, 0);
         if ((ret = read_row(st, s, &rec)) != 0) break;
         st->in_cb = true;
         ret = cb(ud, &rec);
         st->in_cb = false;
         if (ret != 0) break;
     }
-    if (ret == 0 && rc != SQLITE_DONE) ret = sqfail(st->db, rc, "reading records");
+    if (ret == 0 && rc != SQLITE_DONE) {
+        if ((rc & 0xff) == SQLITE_TOOBIG)
+            ret = plait_fail(PLAIT_EPROTO, "store: record %lld: exceeds the row size limit (max_text %zu)",
+                             find_next_id(st, last_id, split), st->max_text);
+        else
+            ret = sqfail(st->db, rc, "reading records");
+    }
     sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
     return ret;
 }
 
@@ -626,6 +688,9 @@ int plait_store_get(plait_store_t *st, int64_t id, plait_store_record_cb cb, voi
         }
     } else if (rc == SQLITE_DONE) {
         ret = plait_fail(PLAIT_ENOENT, "store: no record %lld", (long long)id);
+    } else if ((rc & 0xff) == SQLITE_TOOBIG) {
+        ret = plait_fail(PLAIT_EPROTO, "store: record %lld: exceeds the row size limit (max_text %zu)",
+                         (long long)id, st->max_text);
     } else {
         ret = sqfail(st->db, rc, "reading record");
     }

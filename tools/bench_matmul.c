@@ -5,7 +5,9 @@
  * by CTest. Each figure is the median of several timed batches, because the
  * machines it runs on are shared and noisy.
  *
- * Usage: plait-bench-matmul [repeats]   (default 7)
+ * Usage: plait-bench-matmul [repeats [filter]]
+ *   repeats  timed batches per figure, default 7
+ *   filter   only shapes whose tag contains this string, e.g. "lora"
  *
  * Shape letters: N rows (B*T tokens), IC input channels, OC output channels.
  * Columns: ref = plain *_ref kernel; port = optimized kernel forced onto the
@@ -111,6 +113,37 @@ static double measure(plait_pool_t *pool, int ref, int op, bufs_t *b, int repeat
     return med;
 }
 
+/* A chunk that busy-waits for *(double *)ctx microseconds. */
+static void spin_fn(void *ctx, size_t b, size_t e)
+{
+    double us = *(const double *)ctx;
+    for (size_t i = b; i < e; i++) {
+        double t0 = now_s();
+        while ((now_s() - t0) * 1e6 < us) {
+        }
+    }
+}
+
+/* Median microseconds per plait_pool_run of a two-chunk job whose chunks
+ * take `us` each, back to back on a 2-thread pool: `us` if the hand-off
+ * were free, 2 * us if the work ran serially. This is the dispatch cost
+ * every small kernel pays. */
+static double pool_job_us(plait_pool_t *p, double us, int repeats)
+{
+    double *t = malloc((size_t)repeats * sizeof(double));
+    if (!t) return 0.0;
+    const int jobs = 2000;
+    for (int r = 0; r < repeats; r++) {
+        double t0 = now_s();
+        for (int j = 0; j < jobs; j++) plait_pool_run(p, spin_fn, &us, 2);
+        t[r] = (now_s() - t0) / jobs * 1e6;
+    }
+    qsort(t, (size_t)repeats, sizeof(double), cmp_double);
+    double med = t[repeats / 2];
+    free(t);
+    return med;
+}
+
 static float *fill(size_t n)
 {
     float *p = malloc((n ? n : 1) * sizeof(float));
@@ -122,21 +155,40 @@ static float *fill(size_t n)
     return p;
 }
 
+/* The machine's load, printed with the figures: on a shared machine the
+ * 2-thread column means little when the load is above the core count. */
+static const char *loadavg(void)
+{
+    static char buf[64];
+    FILE *f = fopen("/proc/loadavg", "r");
+    if (!f || !fgets(buf, sizeof(buf), f)) snprintf(buf, sizeof(buf), "unknown\n");
+    if (f) fclose(f);
+    buf[strcspn(buf, "\n")] = 0;
+    return buf;
+}
+
 int main(int argc, char **argv)
 {
     int repeats = argc > 1 ? atoi(argv[1]) : 7;
     if (repeats < 1) repeats = 1;
+    const char *filter = argc > 2 ? argv[2] : NULL;
     plait_pool_t *p1 = NULL, *p2 = NULL;
     if (plait_pool_create(&p1, 1) != 0 || plait_pool_create(&p2, 2) != 0) {
         fprintf(stderr, "cannot create pools\n");
         return 1;
     }
-    printf("plait-bench-matmul: AVX2+FMA %s, median of %d, GFLOP/s\n",
-           plait_cpu_has_avx2_fma() ? "yes" : "no", repeats);
+    printf("plait-bench-matmul: AVX2+FMA %s, median of %d, GFLOP/s, load average %s\n",
+           plait_cpu_has_avx2_fma() ? "yes" : "no", repeats, loadavg());
+    static const double chunk_us[] = {0.0, 2.0, 5.0, 20.0};
+    for (size_t i = 0; i < sizeof(chunk_us) / sizeof(chunk_us[0]); i++)
+        printf("pool, 2 threads, job of 2 chunks x %4.1f us: %6.2f us per job (free hand-off %.0f, "
+               "serial %.0f)\n",
+               chunk_us[i], pool_job_us(p2, chunk_us[i], repeats), chunk_us[i], 2 * chunk_us[i]);
     printf("%-14s %4s %5s %5s %5s  %7s %7s %7s %7s\n", "shape", "op", "N", "IC", "OC", "ref",
            "port1t", "simd1t", "simd2t");
     for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
         const shape_t *sh = &shapes[s];
+        if (filter && !strstr(sh->tag, filter)) continue;
         bufs_t b = {.N = sh->N, .IC = sh->IC, .OC = sh->OC};
         b.inp = fill(sh->N * sh->IC);
         b.w = fill(sh->OC * sh->IC);
@@ -162,6 +214,7 @@ int main(int argc, char **argv)
         }
         free(b.inp); free(b.w); free(b.out); free(b.dout); free(b.dinp); free(b.dw);
     }
+    printf("load average at the end: %s\n", loadavg());
     plait_pool_destroy(p1);
     plait_pool_destroy(p2);
     return 0;

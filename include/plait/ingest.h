@@ -13,7 +13,7 @@
  *   JSONL  one JSON object per line (RFC 8259, parsed by plait_json with
  *          depth 16). "text" (string, non-empty) is required; "time" (integer
  *          >= 0, unix seconds), "kind" (string) and "user" (string) are
- *          optional; other members are ignored. Empty and whitespace-only
+ *          optional (null counts as absent); other members are ignored. Empty and whitespace-only
  *          lines are skipped; a trailing \r is ignored.
  *
  * Text must be UTF-8 without NUL bytes in both formats. Errors name the

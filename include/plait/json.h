@@ -114,16 +114,17 @@ int plait_json_parse_ex(const char *buf, size_t len, const plait_json_limits_t *
                         plait_json_t **out /* OUT */) PLAIT_WUR;
 
 /**
- * \brief Free a tree returned by plait_json_parse. Only roots may be freed;
- *        nodes reached through accessors belong to their root.
+ * \brief Free a tree returned by plait_json_parse, wiping its strings. Only
+ *        roots may be freed; nodes reached through accessors belong to their root.
  * \param v The root; NULL does nothing.
  */
 void plait_json_free(plait_json_t *v);
 
 /**
  * \brief Type of a value.
- * \param v A node; NULL gives PLAIT_JSON_NULL (use the pointer itself to tell
- *          "missing" from "null").
+ * \param v A node; may be NULL.
+ * \return The node's type; PLAIT_JSON_NULL for a NULL v (test the pointer
+ *         itself to tell "missing" from "null").
  */
 plait_json_type_t plait_json_type(const plait_json_t *v);
 
@@ -137,14 +138,16 @@ const plait_json_t *plait_json_get(const plait_json_t *obj, const char *key);
 
 /**
  * \brief Number of elements of an array or members of an object.
- * \param v A node; NULL or a scalar gives 0.
+ * \param v A node; may be NULL.
+ * \return The count; 0 for NULL, a scalar, or an empty array/object.
  */
 size_t plait_json_len(const plait_json_t *v);
 
 /**
  * \brief Element i of an array, or the value of member i of an object (document order).
- * \param v An array or object; anything else gives NULL.
+ * \param v An array or object; anything else (or NULL) gives NULL.
  * \param i Index; i >= plait_json_len(v) gives NULL.
+ * \return The node, borrowed from the tree, or NULL.
  */
 const plait_json_t *plait_json_at(const plait_json_t *v, size_t i);
 
@@ -253,7 +256,7 @@ typedef struct plait_buf_s {
 void plait_buf_init(plait_buf_t *b, size_t max);
 
 /**
- * \brief Release the buffer's memory and return it to the initialized, empty state.
+ * \brief Wipe and release the buffer's memory and return it to the initialized, empty state.
  * \param b The buffer; NULL does nothing; may be called twice.
  */
 void plait_buf_free(plait_buf_t *b);
@@ -280,9 +283,12 @@ int plait_buf_status(const plait_buf_t *b);
 int plait_buf_append(plait_buf_t *b, const char *s, size_t n);
 
 /**
- * \brief Append printf-formatted text (no escaping: never pass untrusted text as a %s here,
- *        use plait_buf_json_string).
- * \return 0, PLAIT_ENOMEM, PLAIT_ETOOBIG (sticky) or PLAIT_EINVAL on a formatting error.
+ * \brief Append printf-formatted text. Nothing is escaped: never format
+ *        untrusted text with %s here, use plait_buf_json_string.
+ * \param b An initialized buffer; must not be NULL.
+ * \param fmt printf format; must not be NULL.
+ * \return 0, PLAIT_ENOMEM, PLAIT_ETOOBIG (sticky) or PLAIT_EINVAL on a
+ *         formatting error (not sticky, nothing appended).
  */
 int plait_buf_printf(plait_buf_t *b, const char *fmt, ...)
 #if defined(__GNUC__)
@@ -290,7 +296,13 @@ int plait_buf_printf(plait_buf_t *b, const char *fmt, ...)
 #endif
     ;
 
-/** \brief As plait_buf_printf with a va_list. */
+/**
+ * \brief As plait_buf_printf, with a va_list.
+ * \param b An initialized buffer; must not be NULL.
+ * \param fmt printf format; must not be NULL.
+ * \param ap Arguments; consumed.
+ * \return As plait_buf_printf.
+ */
 int plait_buf_vprintf(plait_buf_t *b, const char *fmt, va_list ap)
 #if defined(__GNUC__)
     __attribute__((format(printf, 2, 0)))

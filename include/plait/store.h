@@ -33,7 +33,8 @@
  * deleted text with zeros in the database pages, and after every committed
  * deletion it checkpoints the write-ahead log and truncates it
  * (wal_checkpoint(TRUNCATE)), so no copy of a deleted record remains in the
- * database file or its -wal file once plait_store_delete* returns 0. Not
+ * database file or its -wal file once plait_store_delete* returns 0 (inside
+ * a plait_store_begin transaction: once plait_store_commit returns 0). Not
  * covered: copies the file system or flash translation layer keeps of blocks
  * that sqlite overwrote or truncated, and backups made by others; use
  * full-disk/file-based encryption for those.

@@ -159,4 +159,14 @@ double plait_train_last_grad_norm(const plait_trainer_t *tr);
  *         and adapter are not counted). Constant for the trainer's life. */
 size_t plait_train_memory_bytes(const plait_trainer_t *tr);
 
+/**
+ * \brief Forget all training state (gradients, AdamW moments, step count,
+ *        micro-batch count) so the trainer starts afresh on whatever the
+ *        borrowed adapter now holds, as a newly created one would. Lets one
+ *        trainer serve many clients in turn (the simulator) without
+ *        reallocating its activation arena.
+ * \param tr a trainer; NULL does nothing.
+ */
+void plait_train_reset(plait_trainer_t *tr);
+
 #endif /* PLAIT_TRAIN_H */

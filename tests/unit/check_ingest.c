@@ -4,10 +4,12 @@
  * into a store (all or nothing, size limits, the tinyshakespeare corpus).
  */
 #include <check.h>
+#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "plait/ingest.h"
 #include "plait/json.h"
@@ -222,6 +224,22 @@ END_TEST
 
 static char *tmpdir;
 
+/* Remove the scratch directory and the files in it. */
+static void rm_tmpdir(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        char *p = tu_path(dir, e->d_name);
+        if (p) unlink(p);
+        free(p);
+    }
+    closedir(d);
+    rmdir(dir);
+}
+
 static void setup(void)
 {
     tmpdir = tu_tmpdir("ingest");
@@ -230,6 +248,7 @@ static void setup(void)
 
 static void teardown(void)
 {
+    rm_tmpdir(tmpdir);
     free(tmpdir);
 }
 

@@ -466,6 +466,26 @@ END_TEST
 
 /* ---- writer ---- */
 
+START_TEST(test_utf8_valid)
+{
+    size_t bad = 99;
+    ck_assert(plait_utf8_valid("", 0, &bad));
+    ck_assert(plait_utf8_valid(NULL, 0, NULL));
+    ck_assert(plait_utf8_valid("caf\xc3\xa9 \xf0\x9f\x98\x80 \xf4\x8f\xbf\xbf", 15, &bad));
+    ck_assert_uint_eq(bad, 99);
+    ck_assert(!plait_utf8_valid("ab\0c", 4, &bad));
+    ck_assert_uint_eq(bad, 2);
+    ck_assert(!plait_utf8_valid("abc\xc3", 4, &bad)); /* truncated */
+    ck_assert_uint_eq(bad, 3);
+    ck_assert(!plait_utf8_valid("\xed\xa0\x80", 3, &bad)); /* surrogate */
+    ck_assert_uint_eq(bad, 0);
+    ck_assert(!plait_utf8_valid("x\xc0\xaf", 3, &bad)); /* overlong */
+    ck_assert_uint_eq(bad, 1);
+    ck_assert(!plait_utf8_valid("\xf4\x90\x80\x80", 4, &bad)); /* > U+10FFFF */
+    ck_assert(!plait_utf8_valid("\x80", 1, &bad));
+}
+END_TEST
+
 START_TEST(test_escape_basic)
 {
     char out[64];
@@ -610,6 +630,7 @@ Suite *json_suite(void)
     tcase_add_test(tc, test_big_inputs);
     suite_add_tcase(s, tc);
     tc = tcase_create("writer");
+    tcase_add_test(tc, test_utf8_valid);
     tcase_add_test(tc, test_escape_basic);
     tcase_add_test(tc, test_roundtrip);
     tcase_add_test(tc, test_buf);

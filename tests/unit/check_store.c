@@ -5,6 +5,7 @@
  * Hostile files are crafted with sqlite directly; only tests do that.
  */
 #include <check.h>
+#include <dirent.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +18,22 @@
 
 static char *tmpdir;
 
+/* Remove the scratch directory and the files in it. */
+static void rm_tmpdir(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        char *p = tu_path(dir, e->d_name);
+        if (p) unlink(p);
+        free(p);
+    }
+    closedir(d);
+    rmdir(dir);
+}
+
 static void setup(void)
 {
     tmpdir = tu_tmpdir("store");
@@ -25,6 +42,7 @@ static void setup(void)
 
 static void teardown(void)
 {
+    rm_tmpdir(tmpdir);
     free(tmpdir);
     tmpdir = NULL;
 }
@@ -603,6 +621,9 @@ START_TEST(test_not_a_store)
     p = db_path("foreign_meta.db");
     raw_exec(p, "CREATE TABLE meta(key TEXT PRIMARY KEY, value); INSERT INTO meta VALUES ('magic','other');");
     ck_assert_int_eq(open_rc(p), PLAIT_EMISMATCH);
+    p = db_path("foreign_meta_shape.db");
+    raw_exec(p, "CREATE TABLE meta(a, b);");
+    ck_assert_int_eq(open_rc(p), PLAIT_EMISMATCH);
     p = db_path("foreign_app.db");
     raw_exec(p, "PRAGMA application_id = 1234; CREATE TABLE t(x);");
     ck_assert_int_eq(open_rc(p), PLAIT_EMISMATCH);
@@ -690,12 +711,79 @@ START_TEST(test_tampered_rows)
     tampered_case("t_time.db", "UPDATE records SET time = 'yesterday' WHERE id = 2;", 1 << 20);
     tampered_case("t_negtime.db", "UPDATE records SET time = -1 WHERE id = 2;", 1 << 20);
     tampered_case("t_big.db", NULL, 10); /* opened with a smaller max_text */
+    /* Far larger than max_text: sqlite refuses to materialize it (SQLITE_LIMIT_LENGTH). */
+    tampered_case("t_huge.db", "UPDATE records SET text = replace(hex(zeroblob(100000)), '0', 'a') WHERE id = 2;",
+                  1000);
     /* A NULL text needs a table without the NOT NULL constraint. */
     tampered_case("t_null.db",
                   "CREATE TABLE r2(id INTEGER PRIMARY KEY AUTOINCREMENT, time INTEGER, kind TEXT, text TEXT);"
                   "INSERT INTO r2 SELECT * FROM records; DROP TABLE records; ALTER TABLE r2 RENAME TO records;"
                   "UPDATE records SET text = NULL WHERE id = 2;",
                   1 << 20);
+}
+END_TEST
+
+static bool rc_allowed(int rc)
+{
+    return rc == 0 || rc == PLAIT_EPROTO || rc == PLAIT_EMISMATCH || rc == PLAIT_EIO ||
+           rc == PLAIT_ETOOBIG || rc == PLAIT_EINVAL;
+}
+
+/* Damage a valid store at random places; every operation must fail cleanly or work. */
+START_TEST(test_corrupted_files)
+{
+    const char *base = db_path("base.db");
+    plait_store_config_t cfg;
+    plait_store_config_default(&cfg);
+    cfg.path = base;
+    cfg.wal = false; /* everything in one file */
+    plait_store_t *st = NULL;
+    ck_assert_int_eq(plait_store_open(&st, &cfg), 0);
+    char text[300];
+    for (int i = 0; i < 60; i++) {
+        snprintf(text, sizeof(text), "record number %d with some padding text to fill pages ........", i);
+        add_text(st, i, i % 2 ? "chat" : "note", text, NULL);
+    }
+    plait_store_close(st);
+    size_t len;
+    uint8_t *orig = tu_read_file(base, &len);
+    ck_assert_ptr_nonnull(orig);
+    uint8_t *buf = malloc(len);
+    uint32_t seed = 0xC0FFEEu;
+    const char *p = db_path("damaged.db");
+    cfg.path = p;
+    for (int iter = 0; iter < 300; iter++) {
+        memcpy(buf, orig, len);
+        int flips = 1 + (int)((seed = seed * 1664525u + 1013904223u) >> 29);
+        for (int f = 0; f < flips; f++) {
+            seed = seed * 1664525u + 1013904223u;
+            size_t off = (iter % 3 == 0) ? (seed >> 8) % 100 : (seed >> 8) % len; /* header or anywhere */
+            seed = seed * 1664525u + 1013904223u;
+            buf[off] = (uint8_t)(seed >> 24);
+        }
+        ck_assert_int_eq(tu_write_file(p, buf, len), 0);
+        st = NULL;
+        int rc = plait_store_open(&st, &cfg);
+        ck_assert_msg(rc_allowed(rc), "iter %d: open rc %d", iter, rc);
+        if (rc == 0) {
+            count_ctx_t c = {0};
+            int64_t n;
+            rc = plait_store_foreach(st, PLAIT_STORE_ALL, count_cb, &c);
+            ck_assert_msg(rc_allowed(rc), "iter %d: foreach rc %d", iter, rc);
+            rc = plait_store_count_split(st, PLAIT_STORE_HELDOUT, &n);
+            ck_assert_msg(rc_allowed(rc), "iter %d: count rc %d", iter, rc);
+            rc = plait_store_get(st, 5, count_cb, &c);
+            ck_assert_msg(rc_allowed(rc) || rc == PLAIT_ENOENT, "iter %d: get rc %d", iter, rc);
+            rc = plait_store_add(st, 1, "chat", "x", 1, NULL);
+            ck_assert_msg(rc_allowed(rc), "iter %d: add rc %d", iter, rc);
+            rc = plait_store_delete_before(st, 30, &n);
+            ck_assert_msg(rc_allowed(rc), "iter %d: delete rc %d", iter, rc);
+            plait_store_close(st);
+        }
+        unlink(p);
+    }
+    free(buf);
+    free(orig);
 }
 END_TEST
 
@@ -740,6 +828,7 @@ Suite *store_suite(void)
     tcase_add_test(tc, test_not_a_store);
     tcase_add_test(tc, test_schema_version);
     tcase_add_test(tc, test_tampered_rows);
+    tcase_add_test(tc, test_corrupted_files);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "plait/tensor.h"
 #include "tensor_int.h"
@@ -90,7 +91,7 @@ static const size_t big_shapes[][3] = {
     /* N, IC, OC */
     {1024, 64, 172}, {1024, 172, 64}, {1024, 64, 8}, {1024, 8, 64}, {1024, 8, 32},
     {300, 288, 96},  {37, 300, 513},  {1, 768, 1000}, {2, 288, 771}, {1030, 33, 17},
-    {517, 600, 7},
+    {517, 600, 7},   {3, 700, 1001},  {1, 1100, 1000},
 };
 
 /* Pools: index 0 is "no pool", then 1, 2 and 3 threads. */
@@ -182,9 +183,11 @@ static void check_backward(size_t N, size_t IC, size_t OC, int which)
     free(mag_dinp); free(mag_dw); free(ainp); free(aw); free(adout);
 }
 
-static void run_small_grid(int scalar, int fwd)
+static void run_small_grid(int scalar, int fwd, int threaded)
 {
     plait__tensor_force_scalar(scalar);
+    /* Threaded: every call goes to the pool, however small. */
+    size_t saved = plait__tensor_set_par_min_macs(threaded ? 0 : (size_t)-1);
     pools_up();
     for (size_t a = 0; a < COUNT(Ns); a++)
         for (size_t b = 0; b < COUNT(ICs); b++)
@@ -197,6 +200,7 @@ static void run_small_grid(int scalar, int fwd)
                 }
             }
     pools_down();
+    plait__tensor_set_par_min_macs(saved);
     plait__tensor_force_scalar(0);
 }
 
@@ -213,13 +217,10 @@ static void run_big(int scalar)
     plait__tensor_force_scalar(0);
 }
 
-START_TEST(test_forward_grid) { run_small_grid(0, 1); }
+/* Loop index: bit 0 forces the portable path, bit 1 forces threading. */
+START_TEST(test_forward_grid) { run_small_grid(_i & 1, 1, _i >> 1); }
 END_TEST
-START_TEST(test_forward_grid_scalar) { run_small_grid(1, 1); }
-END_TEST
-START_TEST(test_backward_grid) { run_small_grid(0, 0); }
-END_TEST
-START_TEST(test_backward_grid_scalar) { run_small_grid(1, 0); }
+START_TEST(test_backward_grid) { run_small_grid(_i & 1, 0, _i >> 1); }
 END_TEST
 START_TEST(test_big_shapes) { run_big(0); }
 END_TEST
@@ -341,6 +342,45 @@ START_TEST(test_pool_many_jobs)
 }
 END_TEST
 
+typedef struct {
+    atomic_int *hits;
+    size_t slow; /* index whose chunk sleeps */
+} slow_ctx_t;
+
+static void slow_fn(void *ctx, size_t b, size_t e)
+{
+    slow_ctx_t *c = ctx;
+    for (size_t i = b; i < e; i++) {
+        if (i == c->slow) {
+            struct timespec ts = {0, 2000000}; /* 2 ms */
+            nanosleep(&ts, NULL);
+        }
+        atomic_fetch_add(&c->hits[i], 1);
+    }
+}
+
+/* One slow chunk (so other threads finish and may claim what is left), and
+ * jobs that arrive after the workers have given up spinning and sleep. */
+START_TEST(test_pool_slow_and_sleeping)
+{
+    plait_pool_t *p;
+    ck_assert_int_eq(plait_pool_create(&p, 3), 0);
+    for (size_t slow = 0; slow < 3; slow++) {
+        atomic_int hits[3];
+        for (int i = 0; i < 3; i++) atomic_init(&hits[i], 0);
+        slow_ctx_t c = {hits, slow};
+        plait_pool_run(p, slow_fn, &c, 3);
+        for (int i = 0; i < 3; i++) ck_assert_int_eq(atomic_load(&hits[i]), 1);
+    }
+    for (int job = 0; job < 5; job++) {
+        struct timespec ts = {0, 20000000}; /* 20 ms: every worker is asleep */
+        nanosleep(&ts, NULL);
+        check_exactly_once(p, 1000);
+    }
+    plait_pool_destroy(p);
+}
+END_TEST
+
 START_TEST(test_pool_create_limits)
 {
     plait_pool_t *p = (plait_pool_t *)&p;
@@ -374,10 +414,8 @@ Suite *tensor_suite(void)
     Suite *s = suite_create("tensor");
     TCase *tc = tcase_create("matmul");
     tcase_set_timeout(tc, 300);
-    tcase_add_test(tc, test_forward_grid);
-    tcase_add_test(tc, test_forward_grid_scalar);
-    tcase_add_test(tc, test_backward_grid);
-    tcase_add_test(tc, test_backward_grid_scalar);
+    tcase_add_loop_test(tc, test_forward_grid, 0, 4);
+    tcase_add_loop_test(tc, test_backward_grid, 0, 4);
     tcase_add_test(tc, test_big_shapes);
     tcase_add_test(tc, test_big_shapes_scalar);
     tcase_add_test(tc, test_degenerate);
@@ -388,6 +426,7 @@ Suite *tensor_suite(void)
     tcase_set_timeout(tp, 300);
     tcase_add_test(tp, test_pool_exactly_once);
     tcase_add_test(tp, test_pool_many_jobs);
+    tcase_add_test(tp, test_pool_slow_and_sleeping);
     tcase_add_test(tp, test_pool_create_limits);
     suite_add_tcase(s, tp);
     return s;

@@ -1,0 +1,24 @@
+/*
+ * bench.h (private to bench/): the subcommands of plait-bench and the helpers
+ * they share. A subcommand is `int bench_x(int argc, char **argv)` with
+ * argv[0] its own name; it returns the exit status (0 ok, 1 failure, 2 usage).
+ */
+#ifndef PLAIT_BENCH_H
+#define PLAIT_BENCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+int bench_agg(int argc, char **argv);
+int bench_train(int argc, char **argv);
+
+/** Monotonic seconds. */
+double bench_now(void);
+/** Median of n values (sorts v in place). */
+double bench_median(double *v, size_t n);
+/** Parse a positive integer flag value; prints one line and returns -1 on error. */
+int bench_parse_size(const char *cmd, const char *flag, const char *s, size_t max, size_t *out);
+/** One line describing the machine (CPU model, cores). */
+void bench_machine(char *buf, size_t len);
+
+#endif

@@ -1,0 +1,268 @@
+/*
+ * bench_train.c: `plait-bench train`, training throughput and peak memory
+ * of the LoRA engine, side by side with the PyTorch peer in the same run.
+ *
+ * For each model shape (stories260K from the assets, and a random-weight
+ * model of the stories15M shape) and each thread count, a forked child builds
+ * the model, a rank-8 adapter on wq,wv and a B=8, T=128 trainer, runs warm-up
+ * steps, then times each of the measured steps (forward, backward and AdamW
+ * step). The median step time gives tokens/s = B*T / median; the child's
+ * peak RSS comes from wait4(). Repeating in fresh children and reporting
+ * medians keeps one noisy run from deciding a figure.
+ *
+ * With --torch, the PyTorch trainer of ../shared/peers (torch_lora_ref.py,
+ * same architecture, adapters, batch and threads) is run in the same
+ * invocation, and the ratios plait/torch are printed. This is a benchmark,
+ * never a test: nothing here asserts a speed.
+ */
+#include "bench.h"
+
+#include "plait/lora.h"
+#include "plait/model.h"
+#include "plait/train.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+typedef struct {
+    const char *name;
+    const char *model_path; /* NULL: random weights of cfg */
+    plait_model_config_t cfg;
+    const char *torch_args; /* peer flags selecting the same model */
+} shape_t;
+
+typedef struct {
+    int ok;
+    double tok_s;
+} child_result_t;
+
+static int run_child(const shape_t *sh, int threads, int B, int T, int warmup, int steps, double *tok_s)
+{
+    plait_model_t m;
+    plait_model_init(&m);
+    int rc = sh->model_path ? plait_model_load(&m, sh->model_path) : plait_model_init_random(&m, &sh->cfg, 7);
+    if (rc != 0) {
+        fprintf(stderr, "plait-bench train: %s\n", plait_errmsg());
+        return -1;
+    }
+    plait_lora_t lora;
+    plait_lora_init(&lora);
+    plait_lora_config_t lc;
+    plait_lora_config_default(&lc); /* rank 8, alpha 16, wq,wv */
+    if (plait_lora_setup(&lora, &m.cfg, &lc) != 0) return -1;
+    plait_lora_init_weights(&lora, 1);
+    plait_train_config_t tc = plait_train_config_default();
+    tc.B = B;
+    tc.T = T;
+    tc.threads = threads;
+    plait_trainer_t *tr = NULL;
+    if (plait_train_create(&tr, &m, &lora, &tc) != 0) {
+        fprintf(stderr, "plait-bench train: %s\n", plait_errmsg());
+        return -1;
+    }
+    size_t n = (size_t)B * ((size_t)T + 1);
+    int32_t *tokens = malloc(n * sizeof(int32_t));
+    double *dt = malloc((size_t)steps * sizeof(double));
+    if (!tokens || !dt) return -1;
+    uint64_t s = 12345;
+    for (size_t i = 0; i < n; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        tokens[i] = (int32_t)((s >> 33) % (uint64_t)m.cfg.vocab_size);
+    }
+    for (int i = 0; i < warmup + steps; i++) {
+        float loss;
+        double t0 = bench_now();
+        if (plait_train_forward_backward(tr, tokens, &loss) != 0 || plait_train_step(tr) != 0) return -1;
+        if (i >= warmup) dt[i - warmup] = bench_now() - t0;
+    }
+    *tok_s = (double)B * (double)T / bench_median(dt, (size_t)steps);
+    free(dt);
+    free(tokens);
+    plait_train_destroy(tr);
+    plait_lora_free(&lora);
+    plait_model_free(&m);
+    return 0;
+}
+
+static int measure(const shape_t *sh, int threads, int B, int T, int warmup, int steps, double *tok_s,
+                   double *rss_mib)
+{
+    int fds[2];
+    if (pipe(fds) != 0) return -1;
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) return -1;
+    if (pid == 0) {
+        close(fds[0]);
+        child_result_t r = {0, 0};
+        r.ok = run_child(sh, threads, B, T, warmup, steps, &r.tok_s) == 0;
+        ssize_t w = write(fds[1], &r, sizeof(r));
+        _exit(w == (ssize_t)sizeof(r) && r.ok ? 0 : 1);
+    }
+    close(fds[1]);
+    child_result_t r = {0, 0};
+    ssize_t got = read(fds[0], &r, sizeof(r));
+    close(fds[0]);
+    int status;
+    struct rusage ru;
+    if (wait4(pid, &status, 0, &ru) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0 ||
+        got != (ssize_t)sizeof(r) || !r.ok)
+        return -1;
+    *tok_s = r.tok_s;
+    *rss_mib = (double)ru.ru_maxrss / 1024.0;
+    return 0;
+}
+
+/* Run the PyTorch peer once; parse its "tokens/s" and "peak RSS" lines. */
+static int run_torch(const char *peer, const char *args, int threads, int B, int T, int warmup, int steps,
+                     double *tok_s, double *rss_mib)
+{
+    char cmd[2048];
+    snprintf(cmd, sizeof(cmd),
+             "/usr/bin/python3 '%s' %s --lora-r 8 --lora-alpha 16 --lora-targets wq,wv --batch %d --seq %d "
+             "--warmup %d --steps %d --threads %d 2>&1",
+             peer, args, B, T, warmup, steps, threads);
+    FILE *p = popen(cmd, "r");
+    if (!p) return -1;
+    char line[512];
+    int have = 0;
+    while (fgets(line, sizeof(line), p)) {
+        if (strncmp(line, "tokens/s", 8) == 0 && sscanf(strchr(line, ':') + 1, "%lf", tok_s) == 1) have |= 1;
+        if (strncmp(line, "peak RSS", 8) == 0 && sscanf(strchr(line, ':') + 1, "%lf", rss_mib) == 1) have |= 2;
+    }
+    int st = pclose(p);
+    return (st == 0 && have == 3) ? 0 : -1;
+}
+
+static void usage(FILE *f)
+{
+    fputs("usage: plait-bench train [--repeats R] [--steps N] [--warmup N] [--threads LIST] [--torch]\n"
+          "                         [--shape 260K|15M|all] [--batch B] [--seq T]\n"
+          "\n"
+          "Training tokens/s (median over R fresh processes of the median step) and peak RSS of\n"
+          "LoRA fine-tuning (rank 8 on wq,wv) for stories260K ($PLAIT_ASSETS/stories260K.bin) and a\n"
+          "random-weight model of the stories15M shape (dim 288, hidden 768, 6 layers, 6 heads,\n"
+          "vocab 32000).\n"
+          "  --repeats R   processes per configuration (default 3)\n"
+          "  --steps N     timed steps per process (default 20; 6 for 15M)\n"
+          "  --warmup N    untimed steps first (default 3; 2 for 15M)\n"
+          "  --threads L   comma list of thread counts (default 1,2)\n"
+          "  --torch       also run the PyTorch peer (../shared/peers/torch_lora_ref.py, or\n"
+          "                $PLAIT_PEERS/torch_lora_ref.py) at the same settings and print ratios\n",
+          f);
+}
+
+int bench_train(int argc, char **argv)
+{
+    size_t repeats = 3, steps_opt = 0, warmup_opt = 0, B = 8, T = 128;
+    int torch = 0, threads[8] = {1, 2}, n_threads = 2;
+    const char *shape_sel = "all";
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            usage(stdout);
+            return 0;
+        } else if (strcmp(a, "--torch") == 0) {
+            torch = 1;
+        } else if (strcmp(a, "--repeats") == 0) {
+            if (bench_parse_size("train", a, v, 1000, &repeats) != 0) return 2;
+            i++;
+        } else if (strcmp(a, "--steps") == 0) {
+            if (bench_parse_size("train", a, v, 100000, &steps_opt) != 0) return 2;
+            i++;
+        } else if (strcmp(a, "--warmup") == 0) {
+            if (bench_parse_size("train", a, v, 100000, &warmup_opt) != 0) return 2;
+            i++;
+        } else if (strcmp(a, "--batch") == 0) {
+            if (bench_parse_size("train", a, v, 1024, &B) != 0) return 2;
+            i++;
+        } else if (strcmp(a, "--seq") == 0) {
+            if (bench_parse_size("train", a, v, 4096, &T) != 0) return 2;
+            i++;
+        } else if (strcmp(a, "--shape") == 0 && v) {
+            shape_sel = v;
+            if (strcmp(v, "260K") && strcmp(v, "15M") && strcmp(v, "all")) {
+                fprintf(stderr, "plait-bench train: --shape '%.20s' is not 260K, 15M or all\n", v);
+                return 2;
+            }
+            i++;
+        } else if (strcmp(a, "--threads") == 0 && v) {
+            n_threads = 0;
+            for (const char *p = v; *p && n_threads < 8;) {
+                char *end;
+                long t = strtol(p, &end, 10);
+                if (end == p || t < 1 || t > 256) {
+                    fprintf(stderr, "plait-bench train: --threads '%.40s' is not a list of 1..256\n", v);
+                    return 2;
+                }
+                threads[n_threads++] = (int)t;
+                p = *end == ',' ? end + 1 : end;
+                if (*end && *end != ',') {
+                    fprintf(stderr, "plait-bench train: --threads '%.40s' is not a list of 1..256\n", v);
+                    return 2;
+                }
+            }
+            i++;
+        } else {
+            fprintf(stderr, "plait-bench train: unknown flag or missing value '%.40s'\n", a);
+            return 2;
+        }
+    }
+    const char *assets = getenv("PLAIT_ASSETS");
+    if (!assets || !*assets) assets = "../shared/assets";
+    const char *peers = getenv("PLAIT_PEERS");
+    if (!peers || !*peers) peers = "../shared/peers";
+    char model_path[1024], peer[1024], args260[2300];
+    snprintf(model_path, sizeof(model_path), "%s/stories260K.bin", assets);
+    snprintf(peer, sizeof(peer), "%s/torch_lora_ref.py", peers);
+    snprintf(args260, sizeof(args260), "--bin '%s' --data '%s/tinyshakespeare.txt'", model_path, assets);
+    shape_t shapes[2] = {
+        {"stories260K", model_path, {0}, args260},
+        {"15M-shape", NULL,
+         {.dim = 288, .hidden_dim = 768, .n_layers = 6, .n_heads = 6, .n_kv_heads = 6, .vocab_size = 32000,
+          .seq_len = 256, .shared = 1},
+         "--config 15M"},
+    };
+    char machine[256];
+    bench_machine(machine, sizeof(machine));
+    printf("machine: %s\nLoRA r=8 alpha=16 on wq,wv; B=%zu T=%zu; %zu processes per row; medians\n", machine, B, T,
+           repeats);
+    printf("%-12s %7s %12s %10s %12s %10s %8s %8s\n", "model", "threads", "plait tok/s", "plait MiB", "torch tok/s",
+           "torch MiB", "speed x", "mem /");
+    for (int s = 0; s < 2; s++) {
+        if (strcmp(shape_sel, "all") != 0 && strcmp(shape_sel, s == 0 ? "260K" : "15M") != 0) continue;
+        int is15 = s == 1;
+        int steps = (int)(steps_opt ? steps_opt : (is15 ? 6 : 20));
+        int warmup = (int)(warmup_opt ? warmup_opt : (is15 ? 2 : 3));
+        for (int ti = 0; ti < n_threads; ti++) {
+            double tok[1000], rss[1000], ttok[1000], trss[1000];
+            size_t ok = 0, tok_ok = 0;
+            for (size_t r = 0; r < repeats; r++) {
+                if (measure(&shapes[s], threads[ti], (int)B, (int)T, warmup, steps, &tok[ok], &rss[ok]) == 0) ok++;
+                if (torch && run_torch(peer, shapes[s].torch_args, threads[ti], (int)B, (int)T, warmup, steps,
+                                       &ttok[tok_ok], &trss[tok_ok]) == 0)
+                    tok_ok++;
+            }
+            if (ok == 0) {
+                fprintf(stderr, "plait-bench train: %s with %d threads failed\n", shapes[s].name, threads[ti]);
+                return 1;
+            }
+            double mt = bench_median(tok, ok), mr = bench_median(rss, ok);
+            if (tok_ok) {
+                double tt = bench_median(ttok, tok_ok), tr = bench_median(trss, tok_ok);
+                printf("%-12s %7d %12.0f %10.1f %12.0f %10.1f %8.2f %8.2f\n", shapes[s].name, threads[ti], mt, mr, tt,
+                       tr, mt / tt, tr / mr);
+            } else {
+                printf("%-12s %7d %12.0f %10.1f %12s %10s %8s %8s\n", shapes[s].name, threads[ti], mt, mr,
+                       torch ? "failed" : "-", "-", "-", "-");
+            }
+            fflush(stdout);
+        }
+    }
+    if (torch) printf("speed x = plait tok/s / torch tok/s; mem / = torch peak RSS / plait peak RSS\n");
+    return 0;
+}

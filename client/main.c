@@ -1,0 +1,833 @@
+/*
+ * main.c: plait-agent, the device-side command line.
+ *
+ *   plait-agent ingest    fill the device store from a text or JSON-lines file
+ *   plait-agent train     fine-tune a LoRA adapter on the store (or a text file)
+ *   plait-agent eval      held-out loss and perplexity, base model and adapter
+ *   plait-agent generate  sample text, with or without an adapter
+ *   plait-agent info      what the store holds
+ *   plait-agent forget    erase records (one, all before a time, or all)
+ *
+ * Every command takes --help. A bad flag, value or file prints one line that
+ * names it and exits with status 2 (usage) or 1 (a failure while running).
+ * Private text never reaches the terminal except where the user asked for it
+ * (generate prints generated text).
+ */
+#include "plait/adapter.h"
+#include "plait/cli.h"
+#include "plait/data.h"
+#include "plait/infer.h"
+#include "plait/ingest.h"
+#include "plait/log.h"
+#include "plait/lora.h"
+#include "plait/model.h"
+#include "plait/store.h"
+#include "plait/tok.h"
+#include "plait/train.h"
+
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define EXIT_USAGE 2
+
+static const char *prog = "plait-agent";
+static const char *cmd_name = "";
+
+/* Print "plait-agent CMD: <detail>" for the last recorded failure. */
+static int die_usage(int rc)
+{
+    fprintf(stderr, "%s %s: %s\n", prog, cmd_name, plait_errmsg());
+    (void)rc;
+    return EXIT_USAGE;
+}
+
+static int die_run(int rc)
+{
+    fprintf(stderr, "%s %s: %s (%s)\n", prog, cmd_name, plait_errmsg(), plait_err_name(rc));
+    return EXIT_FAILURE;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* ------------------------------------------------------------ shared flags */
+
+/* Values of the flags several commands share, with their defaults. */
+typedef struct {
+    const char *model;     /* --model (default $PLAIT_ASSETS/stories260K.bin) */
+    const char *tokenizer; /* --tokenizer (default $PLAIT_ASSETS/tok512.bin) */
+    const char *db;        /* --db */
+    const char *text;      /* --text */
+    const char *adapter;   /* --adapter */
+    int threads;           /* --threads (default 1) */
+    int batch;             /* --batch (default 8) */
+    int seq;               /* --seq (default 128) */
+    char model_buf[1024];
+    char tok_buf[1024];
+} common_t;
+
+static void common_default(common_t *c)
+{
+    memset(c, 0, sizeof(*c));
+    const char *assets = getenv("PLAIT_ASSETS");
+    if (!assets || !*assets) assets = "../shared/assets";
+    snprintf(c->model_buf, sizeof(c->model_buf), "%s/stories260K.bin", assets);
+    snprintf(c->tok_buf, sizeof(c->tok_buf), "%s/tok512.bin", assets);
+    c->model = c->model_buf;
+    c->tokenizer = c->tok_buf;
+    c->threads = 1;
+    c->batch = 8;
+    c->seq = 128;
+}
+
+enum {
+    OPT_MODEL = 1000, OPT_TOKENIZER, OPT_DB, OPT_TEXT, OPT_ADAPTER, OPT_THREADS, OPT_BATCH, OPT_SEQ,
+    OPT_JSONL, OPT_RANK, OPT_ALPHA, OPT_TARGETS, OPT_STEPS, OPT_LR, OPT_OUT, OPT_SEED, OPT_INIT,
+    OPT_FREEZE_A, OPT_TOKENS, OPT_DUMP, OPT_WARMUP, OPT_COSINE, OPT_WD, OPT_CLIP, OPT_ACCUM,
+    OPT_EVAL_EVERY, OPT_LOG_EVERY, OPT_SPLIT, OPT_MAX_WINDOWS, OPT_PROMPT, OPT_TEMP, OPT_TOPP,
+    OPT_MERGED, OPT_ID, OPT_BEFORE, OPT_ALL, OPT_KIND, OPT_HELDOUT, OPT_QUIET, OPT_JSON,
+    OPT_MIN_LR, OPT_MAX_BYTES
+};
+
+#define COMMON_OPTS                                                                    \
+    {"model", required_argument, 0, OPT_MODEL}, {"tokenizer", required_argument, 0, OPT_TOKENIZER}, \
+    {"db", required_argument, 0, OPT_DB}, {"text", required_argument, 0, OPT_TEXT},     \
+    {"threads", required_argument, 0, OPT_THREADS}, {"help", no_argument, 0, 'h'}
+
+/* Handle a flag of common_t; returns 1 if handled, 0 if not, -1 on a bad value. */
+static int common_opt(common_t *c, int opt, const char *arg)
+{
+    long long v;
+    switch (opt) {
+    case OPT_MODEL: c->model = arg; return 1;
+    case OPT_TOKENIZER: c->tokenizer = arg; return 1;
+    case OPT_DB: c->db = arg; return 1;
+    case OPT_TEXT: c->text = arg; return 1;
+    case OPT_ADAPTER: c->adapter = arg; return 1;
+    case OPT_THREADS:
+        if (plait_cli_int("--threads", arg, 1, 256, &v) != 0) return -1;
+        c->threads = (int)v;
+        return 1;
+    case OPT_BATCH:
+        if (plait_cli_int("--batch", arg, 1, 4096, &v) != 0) return -1;
+        c->batch = (int)v;
+        return 1;
+    case OPT_SEQ:
+        if (plait_cli_int("--seq", arg, 1, PLAIT_MODEL_MAX_SEQ, &v) != 0) return -1;
+        c->seq = (int)v;
+        return 1;
+    default: return 0;
+    }
+}
+
+/* getopt_long loop prologue: reports unknown flags and missing values by name. */
+static int bad_flag(char **argv)
+{
+    const char *f = argv[optind - 1];
+    plait_fail(PLAIT_EINVAL, "unknown flag or missing value: '%.60s' (see --help)", f ? f : "?");
+    return EXIT_USAGE;
+}
+
+static int open_store(plait_store_t **st, const char *path, int create)
+{
+    plait_store_config_t cfg;
+    plait_store_config_default(&cfg);
+    cfg.path = path;
+    cfg.create = create != 0;
+    return plait_store_open(st, &cfg);
+}
+
+/* Model, tokenizer and optional pool, loaded together. */
+typedef struct {
+    plait_model_t model;
+    plait_tok_t tok;
+    plait_pool_t *pool;
+    int have_tok;
+} engine_t;
+
+static int engine_load(engine_t *e, const common_t *c, int need_tok)
+{
+    int rc;
+    plait_model_init(&e->model);
+    plait_tok_init(&e->tok);
+    e->pool = NULL;
+    e->have_tok = 0;
+    if ((rc = plait_model_load(&e->model, c->model)) != 0) return rc;
+    if (need_tok) {
+        if ((rc = plait_tok_load(&e->tok, c->tokenizer, e->model.cfg.vocab_size)) != 0) return rc;
+        e->have_tok = 1;
+    }
+    if (c->threads > 1 && (rc = plait_pool_create(&e->pool, c->threads)) != 0) return rc;
+    return 0;
+}
+
+static void engine_free(engine_t *e)
+{
+    plait_pool_destroy(e->pool);
+    plait_tok_free(&e->tok);
+    plait_model_free(&e->model);
+}
+
+/* Build a corpus from --db (one split) or --text (every block). */
+static int load_corpus(plait_corpus_t *corpus, const common_t *c, const plait_tok_t *tok,
+                       plait_store_split_t split)
+{
+    int rc;
+    if (c->db) {
+        plait_store_t *st = NULL;
+        if ((rc = open_store(&st, c->db, 0)) != 0) return rc;
+        rc = plait_corpus_add_store(corpus, tok, st, split);
+        plait_store_close(st);
+        return rc;
+    }
+    size_t len = 0;
+    FILE *f = fopen(c->text, "rb");
+    if (!f) return plait_fail(PLAIT_EIO, "--text %s: cannot open", c->text);
+    char *buf = NULL;
+    rc = 0;
+    if (fseek(f, 0, SEEK_END) != 0) rc = PLAIT_EIO;
+    long sz = rc == 0 ? ftell(f) : -1;
+    if (sz < 0 || (size_t)sz > PLAIT_INGEST_DEFAULT_MAX_FILE) {
+        fclose(f);
+        return plait_fail(sz < 0 ? PLAIT_EIO : PLAIT_ETOOBIG, "--text %s: unreadable or larger than %zu bytes",
+                          c->text, PLAIT_INGEST_DEFAULT_MAX_FILE);
+    }
+    rewind(f);
+    len = (size_t)sz;
+    buf = malloc(len + 1);
+    if (!buf || fread(buf, 1, len, f) != len) {
+        free(buf);
+        fclose(f);
+        return plait_fail(buf ? PLAIT_EIO : PLAIT_ENOMEM, "--text %s: cannot read", c->text);
+    }
+    fclose(f);
+    buf[len] = '\0';
+    rc = plait_corpus_add_text(corpus, tok, buf, len);
+    free(buf);
+    return rc;
+}
+
+/* --------------------------------------------------------------- ingest */
+
+static void ingest_usage(void)
+{
+    printf("usage: plait-agent ingest --db DB (--text FILE | --jsonl FILE) [--max-bytes N]\n"
+           "\n"
+           "Adds records to the device store DB (created if missing):\n"
+           "  --text FILE    one record per blank-line-separated block\n"
+           "  --jsonl FILE   one JSON object per line: {\"text\": ..., \"time\": unix s, \"kind\": ...}\n"
+           "  --max-bytes N  refuse files larger than N bytes (default 256 MiB)\n"
+           "The file is ingested in one transaction: entirely or not at all.\n");
+}
+
+static int cmd_ingest(int argc, char **argv)
+{
+    common_t c;
+    common_default(&c);
+    const char *jsonl = NULL;
+    uint64_t max_bytes = PLAIT_INGEST_DEFAULT_MAX_FILE;
+    static const struct option opts[] = {COMMON_OPTS, {"jsonl", required_argument, 0, OPT_JSONL},
+                                         {"max-bytes", required_argument, 0, OPT_MAX_BYTES}, {0, 0, 0, 0}};
+    int o;
+    while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        if (o == 'h') { ingest_usage(); return 0; }
+        int h = common_opt(&c, o, optarg);
+        if (h < 0) return die_usage(PLAIT_EINVAL);
+        if (h) continue;
+        if (o == OPT_JSONL) jsonl = optarg;
+        else if (o == OPT_MAX_BYTES) {
+            if (plait_cli_u64("--max-bytes", optarg, &max_bytes) != 0) return die_usage(PLAIT_EINVAL);
+        } else return bad_flag(argv), die_usage(PLAIT_EINVAL);
+    }
+    if (optind < argc) return plait_fail(PLAIT_EINVAL, "unexpected argument '%.60s'", argv[optind]), die_usage(0);
+    if (!c.db) return plait_fail(PLAIT_EINVAL, "--db is required"), die_usage(0);
+    if (!c.text == !jsonl) return plait_fail(PLAIT_EINVAL, "give exactly one of --text and --jsonl"), die_usage(0);
+    plait_store_t *st = NULL;
+    int rc = open_store(&st, c.db, 1);
+    if (rc != 0) return die_run(rc);
+    int64_t added = 0, total = 0, held = 0;
+    rc = plait_ingest_file(st, jsonl ? jsonl : c.text, jsonl ? PLAIT_INGEST_JSONL : PLAIT_INGEST_TEXT,
+                           (size_t)max_bytes, &added);
+    if (rc == 0) rc = plait_store_count(st, &total);
+    if (rc == 0) rc = plait_store_count_split(st, PLAIT_STORE_HELDOUT, &held);
+    plait_store_close(st);
+    if (rc != 0) return die_run(rc);
+    printf("ingested %lld records into %s (%lld in store, %lld held out for evaluation)\n", (long long)added,
+           c.db, (long long)total, (long long)held);
+    return 0;
+}
+
+/* ----------------------------------------------------------------- info */
+
+static int cmd_info(int argc, char **argv)
+{
+    common_t c;
+    common_default(&c);
+    static const struct option opts[] = {COMMON_OPTS, {0, 0, 0, 0}};
+    int o;
+    while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        if (o == 'h') {
+            printf("usage: plait-agent info --db DB\n\nPrints how many records the store holds, per split.\n");
+            return 0;
+        }
+        int h = common_opt(&c, o, optarg);
+        if (h < 0) return die_usage(PLAIT_EINVAL);
+        if (!h) return bad_flag(argv), die_usage(PLAIT_EINVAL);
+    }
+    if (!c.db) return plait_fail(PLAIT_EINVAL, "--db is required"), die_usage(0);
+    plait_store_t *st = NULL;
+    int rc = open_store(&st, c.db, 0);
+    int64_t total = 0, train = 0, held = 0;
+    if (rc == 0) rc = plait_store_count(st, &total);
+    if (rc == 0) rc = plait_store_count_split(st, PLAIT_STORE_TRAIN, &train);
+    if (rc == 0) rc = plait_store_count_split(st, PLAIT_STORE_HELDOUT, &held);
+    plait_store_close(st);
+    if (rc != 0) return die_run(rc);
+    printf("%s: %lld records (%lld train, %lld held out)\n", c.db, (long long)total, (long long)train,
+           (long long)held);
+    return 0;
+}
+
+/* --------------------------------------------------------------- forget */
+
+static int cmd_forget(int argc, char **argv)
+{
+    common_t c;
+    common_default(&c);
+    long long id = 0, before = -1;
+    int all = 0;
+    static const struct option opts[] = {COMMON_OPTS, {"id", required_argument, 0, OPT_ID},
+                                         {"before", required_argument, 0, OPT_BEFORE},
+                                         {"all", no_argument, 0, OPT_ALL}, {0, 0, 0, 0}};
+    int o;
+    while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        if (o == 'h') {
+            printf("usage: plait-agent forget --db DB (--id ID | --before UNIX_SECONDS | --all)\n\n"
+                   "Erases records for good: deleted text is overwritten in the database file.\n");
+            return 0;
+        }
+        int h = common_opt(&c, o, optarg);
+        if (h < 0) return die_usage(PLAIT_EINVAL);
+        if (h) continue;
+        if (o == OPT_ID) {
+            if (plait_cli_int("--id", optarg, 1, INT64_MAX, &id) != 0) return die_usage(0);
+        } else if (o == OPT_BEFORE) {
+            if (plait_cli_int("--before", optarg, 0, INT64_MAX, &before) != 0) return die_usage(0);
+        } else if (o == OPT_ALL) all = 1;
+        else return bad_flag(argv), die_usage(PLAIT_EINVAL);
+    }
+    if (!c.db) return plait_fail(PLAIT_EINVAL, "--db is required"), die_usage(0);
+    if ((id > 0) + (before >= 0) + all != 1)
+        return plait_fail(PLAIT_EINVAL, "give exactly one of --id, --before and --all"), die_usage(0);
+    plait_store_t *st = NULL;
+    int rc = open_store(&st, c.db, 0);
+    int64_t n = 0;
+    if (rc == 0) {
+        if (id > 0) {
+            rc = plait_store_delete(st, id);
+            n = rc == 0;
+        } else {
+            rc = plait_store_delete_before(st, all ? INT64_MAX : before, &n);
+        }
+    }
+    if (rc == 0) rc = plait_store_checkpoint(st);
+    plait_store_close(st);
+    if (rc != 0) return die_run(rc);
+    printf("erased %lld records from %s\n", (long long)n, c.db);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- train */
+
+static void train_usage(void)
+{
+    plait_train_config_t d = plait_train_config_default();
+    printf("usage: plait-agent train [--model M] [--tokenizer TOK] (--db DB | --text FILE) --out ADAPTER [options]\n"
+           "       plait-agent train --model M --init-adapter A --tokens X.i32 --batch B --seq T --dump-grads G\n"
+           "\n"
+           "Fine-tunes a LoRA adapter of the frozen model on the store's training split\n"
+           "(or every block of a text file) and writes it as safetensors.\n"
+           "  --model FILE         llama2.c checkpoint (default $PLAIT_ASSETS/stories260K.bin)\n"
+           "  --tokenizer FILE     llama2.c tokenizer (default $PLAIT_ASSETS/tok512.bin)\n"
+           "  --rank R             LoRA rank (default 8)\n"
+           "  --alpha A            LoRA alpha; scaling is alpha/rank (default 16)\n"
+           "  --targets LIST       projections among wq,wk,wv,wo,w1,w2,w3 (default wq,wv)\n"
+           "  --init-adapter FILE  start from this adapter instead of a fresh one\n"
+           "  --seed N             seeds A's initialization and the batch sampler (default 1)\n"
+           "  --freeze-a           train B only (FFA-LoRA)\n"
+           "  --batch B            sequences per micro-batch (default %d)\n"
+           "  --seq T              tokens per sequence (default %d)\n"
+           "  --steps N            optimizer steps (default 100)\n"
+           "  --lr X               peak learning rate (default %g)\n"
+           "  --warmup N           linear warm-up steps (default 0)\n"
+           "  --cosine             cosine decay to --min-lr-frac of lr over the steps\n"
+           "  --min-lr-frac X      floor of the cosine decay (default %g)\n"
+           "  --weight-decay X     AdamW decoupled weight decay (default %g)\n"
+           "  --clip X             global gradient-norm clip, 0 = off (default %g)\n"
+           "  --accum N            micro-batches per step (default 1)\n"
+           "  --threads N          threads (default 1)\n"
+           "  --eval-every N       evaluate on the held-out split every N steps (default: start and end)\n"
+           "  --log-every N        print progress every N steps (default 10)\n"
+           "  --out FILE           where to write the adapter\n"
+           "Verification: --tokens reads B rows of T+1 int32 tokens; --dump-grads writes the loss\n"
+           "and every adapter gradient of one step on them, before clipping or any update.\n",
+           d.B, d.T, d.lr, d.min_lr_frac, d.weight_decay, d.grad_clip);
+}
+
+/* Read B rows of T+1 little-endian int32 tokens; the size must match exactly. */
+static int read_tokens(const char *path, int B, int T, int32_t **out)
+{
+    size_t want = (size_t)B * ((size_t)T + 1);
+    FILE *f = fopen(path, "rb");
+    if (!f) return plait_fail(PLAIT_EIO, "--tokens %s: cannot open", path);
+    int32_t *t = malloc(want * sizeof(int32_t) + 1);
+    if (!t) {
+        fclose(f);
+        return plait_fail(PLAIT_ENOMEM, "--tokens: %zu tokens", want);
+    }
+    size_t got = fread(t, 1, want * sizeof(int32_t) + 1, f);
+    fclose(f);
+    if (got != want * sizeof(int32_t)) {
+        free(t);
+        return plait_fail(PLAIT_EPROTO, "--tokens %s: %s%zu bytes, expected exactly %zu bytes (B=%d rows of T+1=%d int32)",
+                          path, got > want * sizeof(int32_t) ? "more than " : "", got > want * sizeof(int32_t) ? want * sizeof(int32_t) : got,
+                          want * sizeof(int32_t), B, T + 1);
+    }
+    *out = t;
+    return 0;
+}
+
+static int cmd_train(int argc, char **argv)
+{
+    common_t c;
+    common_default(&c);
+    plait_lora_config_t lc;
+    plait_lora_config_default(&lc);
+    plait_train_config_t tc = plait_train_config_default();
+    const char *out = NULL, *init = NULL, *tokens_path = NULL, *dump = NULL;
+    long long steps = 100, eval_every = 0, log_every = 10;
+    uint64_t seed = 1;
+    int cosine = 0, quiet = 0;
+    long long v;
+    double d;
+    static const struct option opts[] = {
+        COMMON_OPTS, {"batch", required_argument, 0, OPT_BATCH}, {"seq", required_argument, 0, OPT_SEQ},
+        {"rank", required_argument, 0, OPT_RANK}, {"alpha", required_argument, 0, OPT_ALPHA},
+        {"targets", required_argument, 0, OPT_TARGETS}, {"steps", required_argument, 0, OPT_STEPS},
+        {"lr", required_argument, 0, OPT_LR}, {"out", required_argument, 0, OPT_OUT},
+        {"seed", required_argument, 0, OPT_SEED}, {"init-adapter", required_argument, 0, OPT_INIT},
+        {"freeze-a", no_argument, 0, OPT_FREEZE_A}, {"tokens", required_argument, 0, OPT_TOKENS},
+        {"dump-grads", required_argument, 0, OPT_DUMP}, {"warmup", required_argument, 0, OPT_WARMUP},
+        {"cosine", no_argument, 0, OPT_COSINE}, {"min-lr-frac", required_argument, 0, OPT_MIN_LR},
+        {"weight-decay", required_argument, 0, OPT_WD}, {"clip", required_argument, 0, OPT_CLIP},
+        {"accum", required_argument, 0, OPT_ACCUM}, {"eval-every", required_argument, 0, OPT_EVAL_EVERY},
+        {"log-every", required_argument, 0, OPT_LOG_EVERY}, {"quiet", no_argument, 0, OPT_QUIET},
+        {0, 0, 0, 0}};
+    int o;
+    while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        if (o == 'h') { train_usage(); return 0; }
+        int h = common_opt(&c, o, optarg);
+        if (h < 0) return die_usage(PLAIT_EINVAL);
+        if (h) continue;
+        switch (o) {
+        case OPT_RANK:
+            if (plait_cli_int("--rank", optarg, 1, PLAIT_LORA_MAX_RANK, &v) != 0) return die_usage(0);
+            lc.rank = (int)v;
+            break;
+        case OPT_ALPHA:
+            if (plait_cli_double("--alpha", optarg, 1e-6, 1e6, &d) != 0) return die_usage(0);
+            lc.alpha = (float)d;
+            break;
+        case OPT_TARGETS:
+            if (plait_lora_parse_targets(optarg, &lc.targets) != 0) return die_usage(0);
+            break;
+        case OPT_STEPS:
+            if (plait_cli_int("--steps", optarg, 0, 100000000, &steps) != 0) return die_usage(0);
+            break;
+        case OPT_LR:
+            if (plait_cli_double("--lr", optarg, 0, 10, &tc.lr) != 0) return die_usage(0);
+            break;
+        case OPT_OUT: out = optarg; break;
+        case OPT_SEED:
+            if (plait_cli_u64("--seed", optarg, &seed) != 0) return die_usage(0);
+            break;
+        case OPT_INIT: init = optarg; break;
+        case OPT_FREEZE_A: tc.train_a = 0; break;
+        case OPT_TOKENS: tokens_path = optarg; break;
+        case OPT_DUMP: dump = optarg; break;
+        case OPT_WARMUP:
+            if (plait_cli_int("--warmup", optarg, 0, 100000000, &v) != 0) return die_usage(0);
+            tc.warmup_steps = (int)v;
+            break;
+        case OPT_COSINE: cosine = 1; break;
+        case OPT_MIN_LR:
+            if (plait_cli_double("--min-lr-frac", optarg, 0, 1, &tc.min_lr_frac) != 0) return die_usage(0);
+            break;
+        case OPT_WD:
+            if (plait_cli_double("--weight-decay", optarg, 0, 10, &tc.weight_decay) != 0) return die_usage(0);
+            break;
+        case OPT_CLIP:
+            if (plait_cli_double("--clip", optarg, 0, 1e9, &tc.grad_clip) != 0) return die_usage(0);
+            break;
+        case OPT_ACCUM:
+            if (plait_cli_int("--accum", optarg, 1, 65536, &v) != 0) return die_usage(0);
+            tc.accum_steps = (int)v;
+            break;
+        case OPT_EVAL_EVERY:
+            if (plait_cli_int("--eval-every", optarg, 0, 100000000, &eval_every) != 0) return die_usage(0);
+            break;
+        case OPT_LOG_EVERY:
+            if (plait_cli_int("--log-every", optarg, 1, 100000000, &log_every) != 0) return die_usage(0);
+            break;
+        case OPT_QUIET: quiet = 1; break;
+        default: return bad_flag(argv), die_usage(PLAIT_EINVAL);
+        }
+    }
+    if (optind < argc) return plait_fail(PLAIT_EINVAL, "unexpected argument '%.60s'", argv[optind]), die_usage(0);
+    int verify = tokens_path || dump;
+    if (verify && !(tokens_path && dump && init))
+        return plait_fail(PLAIT_EINVAL, "--tokens and --dump-grads go together, with --init-adapter"), die_usage(0);
+    if (!verify && !out) return plait_fail(PLAIT_EINVAL, "--out is required"), die_usage(0);
+    if (!verify && !c.db == !c.text) return plait_fail(PLAIT_EINVAL, "give exactly one of --db and --text"), die_usage(0);
+    tc.B = c.batch;
+    tc.T = c.seq;
+    if (cosine) tc.total_steps = (int)steps;
+
+    engine_t e;
+    plait_lora_t lora;
+    plait_lora_init(&lora);
+    plait_trainer_t *tr = NULL;
+    plait_corpus_t train_c, held_c;
+    plait_corpus_init(&train_c);
+    plait_corpus_init(&held_c);
+    int32_t *batch = NULL;
+    int rc = engine_load(&e, &c, !verify);
+    if (rc != 0) goto fail;
+    if (init) {
+        rc = plait_adapter_load(&lora, init, &e.model, 0);
+    } else {
+        rc = plait_lora_setup(&lora, &e.model.cfg, &lc);
+        if (rc == 0) plait_lora_init_weights(&lora, seed);
+    }
+    if (rc != 0) goto fail;
+    tc.pool = e.pool;
+    tc.threads = c.threads;
+    if ((rc = plait_train_create(&tr, &e.model, &lora, &tc)) != 0) goto fail;
+
+    if (verify) {
+        int32_t *toks = NULL;
+        float loss = 0;
+        if ((rc = read_tokens(tokens_path, tc.B, tc.T, &toks)) != 0) goto fail;
+        rc = plait_train_forward_backward(tr, toks, &loss);
+        free(toks);
+        if (rc == 0)
+            rc = plait_adapter_save_grads(dump, &lora, plait_train_grads(tr), plait_train_grads_offset(tr),
+                                          plait_train_grads_count(tr), loss);
+        if (rc != 0) goto fail;
+        printf("loss %.6f; wrote gradients of %zu adapter parameters to %s\n", (double)loss,
+               plait_train_grads_count(tr), dump);
+        goto done;
+    }
+
+    if ((rc = load_corpus(&train_c, &c, &e.tok, c.db ? PLAIT_STORE_TRAIN : PLAIT_STORE_ALL)) != 0) goto fail;
+    if (c.db && (rc = load_corpus(&held_c, &c, &e.tok, PLAIT_STORE_HELDOUT)) != 0) goto fail;
+    if (train_c.n < (size_t)tc.T + 1) {
+        rc = plait_fail(PLAIT_EINVAL, "the training data holds %zu tokens, fewer than one sequence of --seq %d + 1",
+                        train_c.n, tc.T);
+        goto fail;
+    }
+    int can_eval = plait_corpus_n_windows(&held_c, tc.T) > 0;
+    if (!quiet)
+        printf("training %s adapter (rank %d, %zu parameters%s) on %zu tokens from %zu records; %zu held-out tokens\n",
+               init ? "the given" : "a new", lora.cfg.rank, lora.n_params, tc.train_a ? "" : ", A frozen",
+               train_c.n, train_c.n_records, held_c.n);
+    double loss_eval = 0.0;
+    if (can_eval && (rc = plait_corpus_eval(&held_c, tr, tc.T, 0, &loss_eval, NULL)) != 0) goto fail;
+    if (can_eval && !quiet) printf("step %6d  held-out loss %.4f  perplexity %.2f\n", 0, loss_eval, exp(loss_eval));
+    batch = malloc((size_t)tc.B * ((size_t)tc.T + 1) * sizeof(int32_t));
+    if (!batch) { rc = plait_fail(PLAIT_ENOMEM, "batch buffer"); goto fail; }
+    uint64_t rng = seed ^ 0x5DEECE66Dull;
+    double t0 = now_s(), loss_acc = 0.0;
+    long n_acc = 0;
+    for (long long s = 1; s <= steps; s++) {
+        for (int a = 0; a < tc.accum_steps; a++) {
+            float loss;
+            if ((rc = plait_corpus_sample(&train_c, tc.B, tc.T, &rng, batch)) != 0) goto fail;
+            if ((rc = plait_train_forward_backward(tr, batch, &loss)) != 0) goto fail;
+            loss_acc += loss;
+            n_acc++;
+        }
+        if ((rc = plait_train_step(tr)) != 0) goto fail;
+        if (!quiet && (s % log_every == 0 || s == steps)) {
+            double dt = now_s() - t0;
+            double tok_s = (double)s * tc.accum_steps * tc.B * tc.T / (dt > 0 ? dt : 1e-9);
+            printf("step %6lld  train loss %.4f  lr %.2e  grad norm %.3f  %.0f tokens/s\n", s, loss_acc / (double)n_acc,
+                   plait_train_lr_at(&tc, (long)s - 1), plait_train_last_grad_norm(tr), tok_s);
+            fflush(stdout);
+            loss_acc = 0.0;
+            n_acc = 0;
+        }
+        if (can_eval && eval_every > 0 && s % eval_every == 0 && s != steps) {
+            if ((rc = plait_corpus_eval(&held_c, tr, tc.T, 0, &loss_eval, NULL)) != 0) goto fail;
+            if (!quiet) printf("step %6lld  held-out loss %.4f  perplexity %.2f\n", s, loss_eval, exp(loss_eval));
+        }
+    }
+    if (can_eval && (rc = plait_corpus_eval(&held_c, tr, tc.T, 0, &loss_eval, NULL)) != 0) goto fail;
+    if (can_eval && !quiet) printf("step %6lld  held-out loss %.4f  perplexity %.2f\n", steps, loss_eval, exp(loss_eval));
+    if ((rc = plait_adapter_save(out, &lora, e.model.sha256)) != 0) goto fail;
+    if (!quiet) printf("wrote %s\n", out);
+done:
+    free(batch);
+    plait_corpus_free(&train_c);
+    plait_corpus_free(&held_c);
+    plait_train_destroy(tr);
+    plait_lora_free(&lora);
+    engine_free(&e);
+    return 0;
+fail:
+    free(batch);
+    plait_corpus_free(&train_c);
+    plait_corpus_free(&held_c);
+    plait_train_destroy(tr);
+    plait_lora_free(&lora);
+    engine_free(&e);
+    return die_run(rc);
+}
+
+/* ----------------------------------------------------------------- eval */
+
+static int cmd_eval(int argc, char **argv)
+{
+    common_t c;
+    common_default(&c);
+    const char *split_s = "heldout";
+    long long max_windows = 0;
+    int json = 0;
+    static const struct option opts[] = {
+        COMMON_OPTS, {"adapter", required_argument, 0, OPT_ADAPTER}, {"batch", required_argument, 0, OPT_BATCH},
+        {"seq", required_argument, 0, OPT_SEQ}, {"split", required_argument, 0, OPT_SPLIT},
+        {"max-windows", required_argument, 0, OPT_MAX_WINDOWS}, {"json", no_argument, 0, OPT_JSON}, {0, 0, 0, 0}};
+    int o;
+    while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        if (o == 'h') {
+            printf("usage: plait-agent eval [--model M] [--tokenizer TOK] (--db DB [--split heldout|train|all] | --text FILE)\n"
+                   "                        [--adapter A] [--seq T] [--batch B] [--max-windows N] [--threads N] [--json]\n"
+                   "\n"
+                   "Mean next-token loss (nats/token) and perplexity of the base model and, with\n"
+                   "--adapter, of base+adapter, over non-overlapping windows of --seq tokens\n"
+                   "(default 128) of the store's held-out split or of a text file.\n");
+            return 0;
+        }
+        int h = common_opt(&c, o, optarg);
+        if (h < 0) return die_usage(PLAIT_EINVAL);
+        if (h) continue;
+        if (o == OPT_SPLIT) split_s = optarg;
+        else if (o == OPT_MAX_WINDOWS) {
+            if (plait_cli_int("--max-windows", optarg, 0, 1LL << 40, &max_windows) != 0) return die_usage(0);
+        } else if (o == OPT_JSON) json = 1;
+        else return bad_flag(argv), die_usage(PLAIT_EINVAL);
+    }
+    if (optind < argc) return plait_fail(PLAIT_EINVAL, "unexpected argument '%.60s'", argv[optind]), die_usage(0);
+    if (!c.db == !c.text) return plait_fail(PLAIT_EINVAL, "give exactly one of --db and --text"), die_usage(0);
+    plait_store_split_t split;
+    if (strcmp(split_s, "heldout") == 0) split = PLAIT_STORE_HELDOUT;
+    else if (strcmp(split_s, "train") == 0) split = PLAIT_STORE_TRAIN;
+    else if (strcmp(split_s, "all") == 0) split = PLAIT_STORE_ALL;
+    else return plait_fail(PLAIT_EINVAL, "--split: '%.40s' is not heldout, train or all", split_s), die_usage(0);
+
+    engine_t e;
+    plait_lora_t base_lora, lora;
+    plait_lora_init(&base_lora);
+    plait_lora_init(&lora);
+    plait_trainer_t *tr = NULL;
+    plait_corpus_t corpus;
+    plait_corpus_init(&corpus);
+    double base_loss = 0, ad_loss = 0;
+    size_t ntok = 0;
+    plait_train_config_t tc = plait_train_config_default();
+    tc.B = c.batch;
+    tc.T = c.seq;
+    tc.threads = c.threads;
+    int rc = engine_load(&e, &c, 1);
+    if (rc != 0) goto out;
+    tc.pool = e.pool;
+    if ((rc = load_corpus(&corpus, &c, &e.tok, split)) != 0) goto out;
+    /* The base model is the adapter with B = 0: its correction vanishes exactly. */
+    plait_lora_config_t lc;
+    plait_lora_config_default(&lc);
+    lc.rank = 1;
+    lc.targets = 1u << PLAIT_WQ;
+    if ((rc = plait_lora_setup(&base_lora, &e.model.cfg, &lc)) != 0) goto out;
+    if ((rc = plait_train_create(&tr, &e.model, &base_lora, &tc)) != 0) goto out;
+    if ((rc = plait_corpus_eval(&corpus, tr, tc.T, (size_t)max_windows, &base_loss, &ntok)) != 0) goto out;
+    plait_train_destroy(tr);
+    tr = NULL;
+    if (c.adapter) {
+        if ((rc = plait_adapter_load(&lora, c.adapter, &e.model, 0)) != 0) goto out;
+        if ((rc = plait_train_create(&tr, &e.model, &lora, &tc)) != 0) goto out;
+        if ((rc = plait_corpus_eval(&corpus, tr, tc.T, (size_t)max_windows, &ad_loss, NULL)) != 0) goto out;
+    }
+    if (json) {
+        printf("{\"tokens\":%zu,\"base_loss\":%.6f,\"base_perplexity\":%.4f", ntok, base_loss, exp(base_loss));
+        if (c.adapter) printf(",\"adapter_loss\":%.6f,\"adapter_perplexity\":%.4f", ad_loss, exp(ad_loss));
+        printf("}\n");
+    } else {
+        printf("evaluated %zu tokens (%s)\n", ntok, c.db ? split_s : "text file");
+        printf("base model      loss %.4f  perplexity %.2f\n", base_loss, exp(base_loss));
+        if (c.adapter) printf("base + adapter  loss %.4f  perplexity %.2f\n", ad_loss, exp(ad_loss));
+    }
+out:
+    plait_corpus_free(&corpus);
+    plait_train_destroy(tr);
+    plait_lora_free(&lora);
+    plait_lora_free(&base_lora);
+    engine_free(&e);
+    return rc == 0 ? 0 : die_run(rc);
+}
+
+/* ------------------------------------------------------------- generate */
+
+static int print_piece(void *ctx, const char *piece, size_t len)
+{
+    fwrite(piece, 1, len, (FILE *)ctx);
+    fflush((FILE *)ctx);
+    return 0;
+}
+
+static int cmd_generate(int argc, char **argv)
+{
+    common_t c;
+    common_default(&c);
+    plait_gen_config_t g;
+    plait_gen_config_default(&g);
+    const char *prompt = NULL;
+    int merged = 1;
+    long long v;
+    double d;
+    static const struct option opts[] = {
+        COMMON_OPTS, {"adapter", required_argument, 0, OPT_ADAPTER}, {"prompt", required_argument, 0, OPT_PROMPT},
+        {"temperature", required_argument, 0, OPT_TEMP}, {"top-p", required_argument, 0, OPT_TOPP},
+        {"steps", required_argument, 0, OPT_STEPS}, {"seed", required_argument, 0, OPT_SEED},
+        {"unmerged", no_argument, 0, OPT_MERGED}, {0, 0, 0, 0}};
+    int o;
+    while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        if (o == 'h') {
+            printf("usage: plait-agent generate [--model M] [--tokenizer TOK] [--adapter A] [--prompt TEXT]\n"
+                   "                            [--temperature X] [--top-p X] [--steps N] [--seed N] [--unmerged]\n"
+                   "\n"
+                   "Samples text as llama2.c does (BOS, then the prompt, then up to --steps positions).\n"
+                   "  --temperature X  0 is greedy (default %g)\n"
+                   "  --top-p X        nucleus threshold, 1 disables (default %g)\n"
+                   "  --steps N        positions including the prompt (default %d)\n"
+                   "  --seed N         sampler seed (default %llu)\n"
+                   "  --unmerged       apply the adapter as a side path instead of merging it\n",
+                   (double)g.temperature, (double)g.topp, g.steps, (unsigned long long)g.seed);
+            return 0;
+        }
+        int h = common_opt(&c, o, optarg);
+        if (h < 0) return die_usage(PLAIT_EINVAL);
+        if (h) continue;
+        switch (o) {
+        case OPT_PROMPT: prompt = optarg; break;
+        case OPT_TEMP:
+            if (plait_cli_double("--temperature", optarg, 0, 100, &d) != 0) return die_usage(0);
+            g.temperature = (float)d;
+            break;
+        case OPT_TOPP:
+            if (plait_cli_double("--top-p", optarg, 0, 1, &d) != 0) return die_usage(0);
+            g.topp = (float)d;
+            break;
+        case OPT_STEPS:
+            if (plait_cli_int("--steps", optarg, 1, PLAIT_MODEL_MAX_SEQ, &v) != 0) return die_usage(0);
+            g.steps = (int)v;
+            break;
+        case OPT_SEED:
+            if (plait_cli_u64("--seed", optarg, &g.seed) != 0) return die_usage(0);
+            break;
+        case OPT_MERGED: merged = 0; break;
+        default: return bad_flag(argv), die_usage(PLAIT_EINVAL);
+        }
+    }
+    if (optind < argc) return plait_fail(PLAIT_EINVAL, "unexpected argument '%.60s'", argv[optind]), die_usage(0);
+    engine_t e;
+    plait_lora_t lora;
+    plait_lora_init(&lora);
+    plait_infer_t st;
+    plait_infer_init(&st);
+    int rc = engine_load(&e, &c, 1);
+    if (rc == 0 && c.adapter) rc = plait_adapter_load(&lora, c.adapter, &e.model, 0);
+    if (rc == 0) {
+        plait_infer_config_t ic;
+        plait_infer_config_default(&ic);
+        ic.merge = merged;
+        ic.pool = e.pool;
+        rc = plait_infer_setup(&st, &e.model, c.adapter ? &lora : NULL, &ic);
+    }
+    if (rc == 0) rc = plait_generate(&st, &e.tok, prompt, &g, print_piece, stdout, NULL);
+    if (rc == 0) printf("\n");
+    plait_infer_free(&st);
+    plait_lora_free(&lora);
+    engine_free(&e);
+    return rc == 0 ? 0 : die_run(rc);
+}
+
+/* ----------------------------------------------------------------- main */
+
+typedef struct {
+    const char *name;
+    int (*fn)(int argc, char **argv);
+    const char *help;
+} command_t;
+
+static const command_t commands[] = {
+    {"ingest", cmd_ingest, "add records to the device store from a text or JSON-lines file"},
+    {"train", cmd_train, "fine-tune a LoRA adapter on the store or a text file"},
+    {"eval", cmd_eval, "held-out loss and perplexity of the base model and an adapter"},
+    {"generate", cmd_generate, "sample text with or without an adapter"},
+    {"info", cmd_info, "count the store's records"},
+    {"forget", cmd_forget, "erase records from the store"},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: plait-agent COMMAND [--help] [options]\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+        fprintf(f, "  %-9s %s\n", commands[i].name, commands[i].help);
+    fprintf(f, "\nplait %s. Assets are read from $PLAIT_ASSETS (default ../shared/assets).\n", PLAIT_VERSION_STRING);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    if (strcmp(argv[1], "--version") == 0) {
+        printf("plait-agent %s\n", PLAIT_VERSION_STRING);
+        return 0;
+    }
+    const char *lvl = getenv("PLAIT_LOG_LEVEL");
+    plait_log_level_t level;
+    if (lvl && plait_log_parse_level(lvl, &level) == 0) plait_log_set_level(level);
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+        if (strcmp(argv[1], commands[i].name) == 0) {
+            cmd_name = commands[i].name;
+            opterr = 0; /* unknown flags are reported by name below, in one line */
+            return commands[i].fn(argc - 1, argv + 1);
+        }
+    }
+    fprintf(stderr, "%s: unknown command '%.40s' (try --help)\n", prog, argv[1]);
+    return EXIT_USAGE;
+}

@@ -1,0 +1,52 @@
+/*
+ * cli.c: strict number parsing for command-line flags (see cli.h).
+ */
+#include "plait/cli.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+
+/* Flag values are echoed in errors, so cap how much of one is shown. */
+#define SHOW 40
+
+int plait_cli_int(const char *flag, const char *s, long long lo, long long hi, long long *out)
+{
+    if (!s || !*s) return plait_fail(PLAIT_EINVAL, "%s: missing value", flag);
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (*end != '\0' || errno == ERANGE)
+        return plait_fail(PLAIT_EINVAL, "%s: '%.*s' is not an integer", flag, SHOW, s);
+    if (v < lo || v > hi)
+        return plait_fail(PLAIT_EINVAL, "%s: '%.*s' is outside %lld..%lld", flag, SHOW, s, lo, hi);
+    *out = v;
+    return 0;
+}
+
+int plait_cli_u64(const char *flag, const char *s, uint64_t *out)
+{
+    if (!s || !*s) return plait_fail(PLAIT_EINVAL, "%s: missing value", flag);
+    if (*s == '-') return plait_fail(PLAIT_EINVAL, "%s: '%.*s' is negative", flag, SHOW, s);
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 0);
+    if (*end != '\0' || errno == ERANGE)
+        return plait_fail(PLAIT_EINVAL, "%s: '%.*s' is not an unsigned integer", flag, SHOW, s);
+    *out = (uint64_t)v;
+    return 0;
+}
+
+int plait_cli_double(const char *flag, const char *s, double lo, double hi, double *out)
+{
+    if (!s || !*s) return plait_fail(PLAIT_EINVAL, "%s: missing value", flag);
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (*end != '\0' || errno == ERANGE || !isfinite(v))
+        return plait_fail(PLAIT_EINVAL, "%s: '%.*s' is not a finite number", flag, SHOW, s);
+    if (v < lo || v > hi)
+        return plait_fail(PLAIT_EINVAL, "%s: '%.*s' is outside %g..%g", flag, SHOW, s, lo, hi);
+    *out = v;
+    return 0;
+}

@@ -1,0 +1,739 @@
+/*
+ * tls.c: mutual TLS 1.2 over memory buffers with mbedTLS 2.28.
+ *
+ * A session owns an mbedtls_ssl_context whose BIO callbacks read from an input
+ * buffer (filled by plait_tls_feed) and append to an output buffer (drained by
+ * plait_tls_pending_out/consume_out). The receive callback answers
+ * MBEDTLS_ERR_SSL_WANT_READ when the input is empty, which mbedTLS passes up
+ * and we turn into PLAIT_EAGAIN; the send callback always accepts (output is
+ * bounded by the PLAIT_TLS_OUT_HIGH check in plait_tls_write), so mbedTLS
+ * never sees WANT_WRITE and never holds a half-sent record.
+ *
+ * Authentication: the config pins one CA, the plait X.509 profile (P-256,
+ * SHA-2) and mbedTLS's own key-usage/extended-key-usage checks (clientAuth on
+ * the server side, serverAuth on the client side, MBEDTLS_X509_CHECK_*_USAGE
+ * are on in Debian's build). A per-session verify callback (depth 0 only)
+ * records the peer's identity, rejects a CN that is not a valid device id,
+ * matches an IP-literal server name against iPAddress SANs (mbedTLS 2.28 only
+ * matches DNS names) and consults the revocation hook. Failures become
+ * PLAIT_EAUTH with a static reason; the mbedTLS code goes into the error
+ * detail and one DEBUG log line, never key material.
+ *
+ * Invariants: state moves HANDSHAKE -> OPEN -> (CLOSED | FAILED) only; FAILED
+ * is sticky. The session's own buffers only ever hold ciphertext; they are
+ * wiped before they are freed anyway. Plaintext and keys live in mbedTLS's
+ * record buffers and transform, which mbedtls_ssl_free() wipes.
+ */
+#include "plait/tls.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <mbedtls/asn1.h>
+#include <mbedtls/ecp.h>
+#include <mbedtls/error.h>
+#include <mbedtls/oid.h>
+#include <mbedtls/platform_util.h>
+#include <mbedtls/ssl.h>
+#include <mbedtls/x509_crt.h>
+
+#include "pki_int.h"
+#include "plait/crypto.h"
+#include "plait/log.h"
+
+struct plait_tls_config_s {
+    mbedtls_ssl_config conf;
+    mbedtls_x509_crt ca;
+    mbedtls_x509_crt own;
+    mbedtls_pk_context key;
+    plait_drbg_t drbg;
+    int endpoint;                 /* MBEDTLS_SSL_IS_SERVER / _CLIENT */
+    int require_cert;             /* server: client certificate mandatory */
+    char server_name[256];        /* client: expected name ("" on servers) */
+    uint8_t server_ip[16];        /* client: server_name as an IP literal */
+    size_t server_ip_len;         /* 0: server_name is a DNS name */
+    plait_tls_revoked_cb revoked; /* server: revocation hook, may be NULL */
+    void *revoked_ud;
+};
+
+enum { ST_HANDSHAKE, ST_OPEN, ST_CLOSED, ST_FAILED };
+
+struct plait_tls_s {
+    mbedtls_ssl_context ssl;
+    plait_tls_config_t *cfg;
+    uint8_t *in; /* received ciphertext: [in_off, in_len) unconsumed */
+    size_t in_off, in_len, in_cap;
+    uint8_t *out; /* ciphertext to send: [out_off, out_len) pending */
+    size_t out_off, out_len, out_cap;
+    int state;
+    int err;            /* sticky PLAIT_E* once FAILED */
+    const char *reason; /* static; "" until a failure */
+    int have_peer;
+    int peer_revoked;
+    plait_pki_cert_info_t peer;
+};
+
+static const int suites[] = {
+    MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+    MBEDTLS_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    0,
+};
+
+static const mbedtls_ecp_group_id curves[] = {
+    MBEDTLS_ECP_DP_CURVE25519,
+    MBEDTLS_ECP_DP_SECP256R1,
+    MBEDTLS_ECP_DP_NONE,
+};
+
+static const int sig_hashes[] = {MBEDTLS_MD_SHA256, MBEDTLS_MD_SHA384, MBEDTLS_MD_NONE};
+
+/* ---- configuration ------------------------------------------------------- */
+
+void plait_tls_config_free(plait_tls_config_t *cfg)
+{
+    if (cfg == NULL) return;
+    mbedtls_ssl_config_free(&cfg->conf);
+    mbedtls_x509_crt_free(&cfg->ca);
+    mbedtls_x509_crt_free(&cfg->own);
+    mbedtls_pk_free(&cfg->key);
+    plait_drbg_free(&cfg->drbg);
+    mbedtls_platform_zeroize(cfg, sizeof(*cfg));
+    free(cfg);
+}
+
+static int parse_pem_crt(mbedtls_x509_crt *crt, const char *pem, const char *what)
+{
+    int mrc = mbedtls_x509_crt_parse(crt, (const unsigned char *)pem, strlen(pem) + 1);
+    if (mrc != 0)
+        return plait_fail(PLAIT_EPROTO, "tls: %s is not a parseable certificate (mbedTLS -0x%04x)",
+                          what, (unsigned)-mrc);
+    return 0;
+}
+
+static int config_new(plait_tls_config_t **out, int endpoint, const char *ca_pem,
+                      const char *crt_pem, const char *key_pem)
+{
+    *out = NULL;
+    plait_tls_config_t *c = calloc(1, sizeof(*c));
+    if (c == NULL) return plait_fail(PLAIT_ENOMEM, "tls: config of %zu bytes", sizeof(*c));
+    mbedtls_ssl_config_init(&c->conf);
+    mbedtls_x509_crt_init(&c->ca);
+    mbedtls_x509_crt_init(&c->own);
+    mbedtls_pk_init(&c->key);
+    plait_drbg_init(&c->drbg);
+    c->endpoint = endpoint;
+
+    int rc, mrc;
+    static const uint8_t pers[] = "plait-tls";
+    if ((rc = plait_drbg_seed(&c->drbg, pers, sizeof(pers) - 1)) != 0) goto fail;
+    if ((rc = parse_pem_crt(&c->ca, ca_pem, "CA certificate")) != 0) goto fail;
+    if (crt_pem != NULL) {
+        if ((rc = parse_pem_crt(&c->own, crt_pem, "own certificate")) != 0) goto fail;
+        mrc = mbedtls_pk_parse_key(&c->key, (const unsigned char *)key_pem, strlen(key_pem) + 1,
+                                   NULL, 0);
+        if (mrc != 0) {
+            rc = plait_fail(PLAIT_EPROTO, "tls: private key is not parseable (mbedTLS -0x%04x)",
+                            (unsigned)-mrc);
+            goto fail;
+        }
+        if ((mrc = mbedtls_pk_check_pair(&c->own.pk, &c->key)) != 0) {
+            rc = plait_fail(PLAIT_EMISMATCH,
+                            "tls: private key does not match the certificate (mbedTLS -0x%04x)",
+                            (unsigned)-mrc);
+            goto fail;
+        }
+    }
+    mrc = mbedtls_ssl_config_defaults(&c->conf, endpoint, MBEDTLS_SSL_TRANSPORT_STREAM,
+                                      MBEDTLS_SSL_PRESET_DEFAULT);
+    if (mrc != 0) {
+        rc = plait_fail(PLAIT_EINTERNAL, "tls: ssl_config_defaults (mbedTLS -0x%04x)",
+                        (unsigned)-mrc);
+        goto fail;
+    }
+    mbedtls_ssl_conf_rng(&c->conf, plait__pki_rng, &c->drbg);
+    mbedtls_ssl_conf_min_version(&c->conf, MBEDTLS_SSL_MAJOR_VERSION_3,
+                                 MBEDTLS_SSL_MINOR_VERSION_3);
+    mbedtls_ssl_conf_max_version(&c->conf, MBEDTLS_SSL_MAJOR_VERSION_3,
+                                 MBEDTLS_SSL_MINOR_VERSION_3);
+    mbedtls_ssl_conf_ciphersuites(&c->conf, suites);
+    mbedtls_ssl_conf_curves(&c->conf, curves);
+    mbedtls_ssl_conf_sig_hashes(&c->conf, sig_hashes);
+    mbedtls_ssl_conf_cert_profile(&c->conf, plait__pki_profile());
+    mbedtls_ssl_conf_ca_chain(&c->conf, &c->ca, NULL);
+    mbedtls_ssl_conf_authmode(&c->conf, MBEDTLS_SSL_VERIFY_REQUIRED);
+    mbedtls_ssl_conf_renegotiation(&c->conf, MBEDTLS_SSL_RENEGOTIATION_DISABLED);
+    mbedtls_ssl_conf_session_tickets(&c->conf, MBEDTLS_SSL_SESSION_TICKETS_DISABLED);
+    if (crt_pem != NULL && (mrc = mbedtls_ssl_conf_own_cert(&c->conf, &c->own, &c->key)) != 0) {
+        rc = plait_fail(PLAIT_ENOMEM, "tls: ssl_conf_own_cert (mbedTLS -0x%04x)", (unsigned)-mrc);
+        goto fail;
+    }
+    *out = c;
+    return 0;
+fail:
+    plait_tls_config_free(c);
+    return rc;
+}
+
+int plait_tls_config_server(plait_tls_config_t **out, const char *ca_pem, const char *crt_pem,
+                            const char *key_pem, int require_client_cert,
+                            plait_tls_revoked_cb revoked, void *revoked_ud)
+{
+    if (out == NULL) return plait_fail(PLAIT_EINVAL, "tls: NULL output");
+    *out = NULL;
+    if (ca_pem == NULL || crt_pem == NULL || key_pem == NULL)
+        return plait_fail(PLAIT_EINVAL, "tls: server needs a CA, a certificate and a key");
+    int rc = config_new(out, MBEDTLS_SSL_IS_SERVER, ca_pem, crt_pem, key_pem);
+    if (rc != 0) return rc;
+    plait_tls_config_t *c = *out;
+    /* mbedTLS would silently find no usable certificate and fail every
+     * handshake with handshake_failure; say so once, here. */
+    if (mbedtls_x509_crt_check_extended_key_usage(&c->own, MBEDTLS_OID_SERVER_AUTH,
+                                                  MBEDTLS_OID_SIZE(MBEDTLS_OID_SERVER_AUTH)) != 0 ||
+        mbedtls_x509_crt_check_key_usage(&c->own, MBEDTLS_X509_KU_DIGITAL_SIGNATURE) != 0) {
+        plait_tls_config_free(c);
+        *out = NULL;
+        return plait_fail(
+            PLAIT_EINVAL,
+            "tls: the server certificate is not issued for serverAuth/digitalSignature");
+    }
+    c->require_cert = require_client_cert != 0;
+    c->revoked = revoked;
+    c->revoked_ud = revoked_ud;
+    /* OPTIONAL lets a certificate-less client through mbedTLS; plait then
+     * still refuses any certificate that was presented and failed. */
+    mbedtls_ssl_conf_authmode(&c->conf, c->require_cert ? MBEDTLS_SSL_VERIFY_REQUIRED
+                                                        : MBEDTLS_SSL_VERIFY_OPTIONAL);
+    return 0;
+}
+
+int plait_tls_config_client(plait_tls_config_t **out, const char *ca_pem, const char *crt_pem,
+                            const char *key_pem, const char *server_name)
+{
+    if (out == NULL) return plait_fail(PLAIT_EINVAL, "tls: NULL output");
+    *out = NULL;
+    if (ca_pem == NULL || server_name == NULL || server_name[0] == '\0' ||
+        (crt_pem == NULL) != (key_pem == NULL))
+        return plait_fail(PLAIT_EINVAL,
+                          "tls: client needs a CA, a server name, and a certificate with its key");
+    size_t n = strlen(server_name);
+    if (n >= sizeof(((plait_tls_config_t *)0)->server_name))
+        return plait_fail(PLAIT_EINVAL, "tls: server name too long");
+    int rc = config_new(out, MBEDTLS_SSL_IS_CLIENT, ca_pem, crt_pem, key_pem);
+    if (rc != 0) return rc;
+    plait_tls_config_t *c = *out;
+    memcpy(c->server_name, server_name, n + 1);
+    if (inet_pton(AF_INET, server_name, c->server_ip) == 1)
+        c->server_ip_len = 4;
+    else if (inet_pton(AF_INET6, server_name, c->server_ip) == 1)
+        c->server_ip_len = 16;
+    return 0;
+}
+
+typedef struct {
+    char *ca, *crt, *key;
+} pems_t;
+
+static void pems_free(pems_t *p)
+{
+    plait_pki_free_pem(p->ca);
+    plait_pki_free_pem(p->crt);
+    plait_pki_free_pem(p->key); /* wiped: it is a private key */
+}
+
+static int pems_read(pems_t *p, const char *ca, const char *crt, const char *key)
+{
+    memset(p, 0, sizeof(*p));
+    int rc = plait_pki_read_file(ca, &p->ca);
+    if (rc == 0) rc = plait_pki_read_file(crt, &p->crt);
+    if (rc == 0) rc = plait_pki_read_file(key, &p->key);
+    return rc;
+}
+
+int plait_tls_config_server_dir(plait_tls_config_t **out, const char *dir,
+                                plait_tls_revoked_cb revoked, void *revoked_ud)
+{
+    if (out == NULL || dir == NULL) return plait_fail(PLAIT_EINVAL, "tls: NULL argument");
+    *out = NULL;
+    char ca[4096], crt[4096], key[4096];
+    if (snprintf(ca, sizeof(ca), "%s/ca.crt", dir) >= (int)sizeof(ca))
+        return plait_fail(PLAIT_EINVAL, "tls: path too long");
+    snprintf(crt, sizeof(crt), "%s/server.crt", dir);
+    snprintf(key, sizeof(key), "%s/server.key", dir);
+    pems_t p;
+    int rc = pems_read(&p, ca, crt, key);
+    if (rc == 0) rc = plait_tls_config_server(out, p.ca, p.crt, p.key, 1, revoked, revoked_ud);
+    pems_free(&p);
+    return rc;
+}
+
+int plait_tls_config_client_files(plait_tls_config_t **out, const char *ca_path,
+                                  const char *crt_path, const char *key_path,
+                                  const char *server_name)
+{
+    if (out == NULL || ca_path == NULL || crt_path == NULL || key_path == NULL)
+        return plait_fail(PLAIT_EINVAL, "tls: NULL argument");
+    *out = NULL;
+    pems_t p;
+    int rc = pems_read(&p, ca_path, crt_path, key_path);
+    if (rc == 0) rc = plait_tls_config_client(out, p.ca, p.crt, p.key, server_name);
+    pems_free(&p);
+    return rc;
+}
+
+/* ---- BIO over the session's buffers -------------------------------------- */
+
+static int bio_recv(void *p, unsigned char *buf, size_t len)
+{
+    plait_tls_t *s = p;
+    size_t avail = s->in_len - s->in_off;
+    if (avail == 0) return MBEDTLS_ERR_SSL_WANT_READ;
+    size_t n = len < avail ? len : avail;
+    if (n > INT_MAX) n = INT_MAX;
+    memcpy(buf, s->in + s->in_off, n);
+    s->in_off += n;
+    if (s->in_off == s->in_len) s->in_off = s->in_len = 0;
+    return (int)n;
+}
+
+static int grow(uint8_t **buf, size_t *cap, size_t need)
+{
+    if (need <= *cap) return 0;
+    size_t c = *cap ? *cap : 4096;
+    while (c < need)
+        c *= 2;
+    uint8_t *p = malloc(c);
+    if (p == NULL) return -1;
+    if (*buf != NULL) {
+        memcpy(p, *buf, *cap);
+        mbedtls_platform_zeroize(*buf, *cap);
+        free(*buf);
+    }
+    *buf = p;
+    *cap = c;
+    return 0;
+}
+
+static int bio_send(void *p, const unsigned char *buf, size_t len)
+{
+    plait_tls_t *s = p;
+    if (len > INT_MAX) len = INT_MAX;
+    if (s->out_off > 0) { /* compact: pending bytes move to the front */
+        memmove(s->out, s->out + s->out_off, s->out_len - s->out_off);
+        s->out_len -= s->out_off;
+        s->out_off = 0;
+    }
+    if (grow(&s->out, &s->out_cap, s->out_len + len) != 0) return MBEDTLS_ERR_SSL_ALLOC_FAILED;
+    memcpy(s->out + s->out_len, buf, len);
+    s->out_len += len;
+    return (int)len;
+}
+
+/* ---- certificate checks --------------------------------------------------- */
+
+/* Does crt carry iPAddress SAN ip? mbedTLS 2.28 keeps every SAN entry with its
+ * tag in subject_alt_names but compares only DNS names. */
+static int san_has_ip(const mbedtls_x509_crt *crt, const uint8_t *ip, size_t ip_len)
+{
+    for (const mbedtls_x509_sequence *cur = &crt->subject_alt_names; cur != NULL; cur = cur->next) {
+        if (cur->buf.p == NULL) continue;
+        if (cur->buf.tag == (MBEDTLS_ASN1_CONTEXT_SPECIFIC | 7) && cur->buf.len == ip_len &&
+            memcmp(cur->buf.p, ip, ip_len) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+static int on_verify(void *p, mbedtls_x509_crt *crt, int depth, uint32_t *flags)
+{
+    plait_tls_t *s = p;
+    if (depth != 0) return 0;
+    plait_pki_cert_info_t info;
+    if (plait_pki_cert_info(crt->raw.p, crt->raw.len, &info) != 0) {
+        *flags |= MBEDTLS_X509_BADCERT_OTHER;
+        return 0;
+    }
+    s->peer = info;
+    s->have_peer = 1;
+    if (!plait_pki_device_id_valid(info.device_id)) *flags |= MBEDTLS_X509_BADCERT_OTHER;
+    const plait_tls_config_t *c = s->cfg;
+    if (c->server_ip_len > 0 && !san_has_ip(crt, c->server_ip, c->server_ip_len))
+        *flags |= MBEDTLS_X509_BADCERT_CN_MISMATCH;
+    if (c->revoked != NULL && c->revoked(c->revoked_ud, &info) != 0) {
+        *flags |= MBEDTLS_X509_BADCERT_REVOKED;
+        s->peer_revoked = 1;
+    }
+    return 0;
+}
+
+/* ---- sessions ------------------------------------------------------------- */
+
+int plait_tls_new(plait_tls_t **out, plait_tls_config_t *cfg)
+{
+    if (out == NULL || cfg == NULL) return plait_fail(PLAIT_EINVAL, "tls: NULL argument");
+    *out = NULL;
+    plait_tls_t *s = calloc(1, sizeof(*s));
+    if (s == NULL) return plait_fail(PLAIT_ENOMEM, "tls: session of %zu bytes", sizeof(*s));
+    mbedtls_ssl_init(&s->ssl);
+    s->cfg = cfg;
+    s->reason = "";
+    int mrc = mbedtls_ssl_setup(&s->ssl, &cfg->conf);
+    if (mrc == 0 && cfg->endpoint == MBEDTLS_SSL_IS_CLIENT && cfg->server_ip_len == 0)
+        mrc = mbedtls_ssl_set_hostname(&s->ssl, cfg->server_name);
+    if (mrc != 0) {
+        plait_tls_free(s);
+        return plait_fail(mrc == MBEDTLS_ERR_SSL_ALLOC_FAILED ? PLAIT_ENOMEM : PLAIT_EINVAL,
+                          "tls: session setup (mbedTLS -0x%04x)", (unsigned)-mrc);
+    }
+    mbedtls_ssl_set_bio(&s->ssl, s, bio_send, bio_recv, NULL);
+    mbedtls_ssl_set_verify(&s->ssl, on_verify, s);
+    *out = s;
+    return 0;
+}
+
+void plait_tls_free(plait_tls_t *s)
+{
+    if (s == NULL) return;
+    mbedtls_ssl_free(&s->ssl);
+    if (s->in != NULL) mbedtls_platform_zeroize(s->in, s->in_cap);
+    if (s->out != NULL) mbedtls_platform_zeroize(s->out, s->out_cap);
+    free(s->in);
+    free(s->out);
+    mbedtls_platform_zeroize(s, sizeof(*s));
+    free(s);
+}
+
+int plait_tls_feed(plait_tls_t *s, const uint8_t *buf, size_t len)
+{
+    if (s == NULL || (buf == NULL && len > 0))
+        return plait_fail(PLAIT_EINVAL, "tls: NULL argument");
+    if (len == 0) return 0;
+    size_t unconsumed = s->in_len - s->in_off;
+    if (len > PLAIT_TLS_IN_MAX || unconsumed + len > PLAIT_TLS_IN_MAX)
+        return plait_fail(PLAIT_ETOOBIG, "tls: %zu bytes of input would wait unconsumed (limit %d)",
+                          unconsumed + len, PLAIT_TLS_IN_MAX);
+    if (s->in_off > 0) { /* compact: keep the unconsumed tail at the front */
+        memmove(s->in, s->in + s->in_off, unconsumed);
+        s->in_off = 0;
+        s->in_len = unconsumed;
+    }
+    if (grow(&s->in, &s->in_cap, s->in_len + len) != 0)
+        return plait_fail(PLAIT_ENOMEM, "tls: input buffer of %zu bytes", s->in_len + len);
+    memcpy(s->in + s->in_len, buf, len);
+    s->in_len += len;
+    return 0;
+}
+
+size_t plait_tls_pending_out(const plait_tls_t *s, const uint8_t **buf)
+{
+    if (s == NULL) return 0;
+    if (buf != NULL) *buf = s->out != NULL ? s->out + s->out_off : NULL;
+    return s->out_len - s->out_off;
+}
+
+void plait_tls_consume_out(plait_tls_t *s, size_t n)
+{
+    if (s == NULL) return;
+    size_t pending = s->out_len - s->out_off;
+    PLAIT_ASSERT(n <= pending);
+    s->out_off += n;
+    if (s->out_off == s->out_len) s->out_off = s->out_len = 0;
+}
+
+/* Alert descriptions (RFC 5246 7.2) that mean "your certificate was refused". */
+static int alert_is_auth(unsigned char a)
+{
+    return a == MBEDTLS_SSL_ALERT_MSG_BAD_CERT || a == MBEDTLS_SSL_ALERT_MSG_UNSUPPORTED_CERT ||
+           a == MBEDTLS_SSL_ALERT_MSG_CERT_REVOKED || a == MBEDTLS_SSL_ALERT_MSG_CERT_EXPIRED ||
+           a == MBEDTLS_SSL_ALERT_MSG_CERT_UNKNOWN || a == MBEDTLS_SSL_ALERT_MSG_UNKNOWN_CA ||
+           a == MBEDTLS_SSL_ALERT_MSG_ACCESS_DENIED || a == MBEDTLS_SSL_ALERT_MSG_NO_CERT ||
+           a == MBEDTLS_SSL_ALERT_MSG_DECRYPT_ERROR;
+}
+
+static const char *alert_reason(unsigned char a)
+{
+    switch (a) {
+    case MBEDTLS_SSL_ALERT_MSG_CERT_REVOKED:
+        return "peer refused our certificate: revoked";
+    case MBEDTLS_SSL_ALERT_MSG_CERT_EXPIRED:
+        return "peer refused our certificate: expired";
+    case MBEDTLS_SSL_ALERT_MSG_UNKNOWN_CA:
+        return "peer refused our certificate: unknown CA";
+    case MBEDTLS_SSL_ALERT_MSG_UNSUPPORTED_CERT:
+        return "peer refused our certificate: wrong usage";
+    case MBEDTLS_SSL_ALERT_MSG_HANDSHAKE_FAILURE:
+        return "peer aborted the handshake (no common parameters)";
+    case MBEDTLS_SSL_ALERT_MSG_BAD_RECORD_MAC:
+        return "peer reported a record that failed authentication";
+    case MBEDTLS_SSL_ALERT_MSG_DECRYPT_ERROR:
+        return "peer could not verify our handshake signature or transcript";
+    default:
+        return alert_is_auth(a) ? "peer refused our certificate" : "peer sent a fatal alert";
+    }
+}
+
+/* Translate an mbedTLS failure into the sticky session error. */
+static int fail(plait_tls_t *s, int mrc, const char *during)
+{
+    int code = PLAIT_EPROTO;
+    const char *why = "TLS protocol error";
+    switch (mrc) {
+    case MBEDTLS_ERR_X509_CERT_VERIFY_FAILED: {
+        uint32_t flags = mbedtls_ssl_get_verify_result(&s->ssl);
+        if (s->peer_revoked) flags |= MBEDTLS_X509_BADCERT_REVOKED;
+        code = PLAIT_EAUTH;
+        why = plait__pki_flags_reason(flags);
+        break;
+    }
+    case MBEDTLS_ERR_SSL_BAD_HS_CERTIFICATE: {
+        /* mbedTLS reports a chain that verified but whose key usage or
+         * extended key usage is wrong for the role this way. */
+        uint32_t flags = mbedtls_ssl_get_verify_result(&s->ssl);
+        if (flags != 0 && flags != (uint32_t)-1) {
+            code = PLAIT_EAUTH;
+            why = plait__pki_flags_reason(flags);
+        } else {
+            why = "malformed certificate message";
+        }
+        break;
+    }
+    case MBEDTLS_ERR_SSL_NO_CLIENT_CERTIFICATE:
+        code = PLAIT_EAUTH;
+        why = "peer sent no certificate";
+        break;
+    case MBEDTLS_ERR_SSL_INVALID_MAC:
+        code = PLAIT_EAUTH;
+        why = "record failed authentication (tampered or corrupted)";
+        break;
+    case MBEDTLS_ERR_SSL_FATAL_ALERT_MESSAGE: {
+        /* mbedTLS 2.28 has no getter; the alert is still in the record buffer. */
+        unsigned char a = s->ssl.in_msg != NULL ? s->ssl.in_msg[1] : 0;
+        code = alert_is_auth(a) ? PLAIT_EAUTH : PLAIT_EPROTO;
+        why = alert_reason(a);
+        break;
+    }
+    case MBEDTLS_ERR_SSL_NO_USABLE_CIPHERSUITE:
+    case MBEDTLS_ERR_SSL_BAD_HS_PROTOCOL_VERSION:
+        why = "no common TLS version, cipher suite or curve";
+        break;
+    case MBEDTLS_ERR_SSL_ALLOC_FAILED:
+        code = PLAIT_ENOMEM;
+        why = "out of memory";
+        break;
+    case MBEDTLS_ERR_SSL_INVALID_RECORD:
+        why = "malformed TLS record";
+        break;
+    case MBEDTLS_ERR_SSL_UNEXPECTED_MESSAGE:
+        why = "unexpected TLS message";
+        break;
+    case MBEDTLS_ERR_SSL_BAD_HS_CLIENT_HELLO:
+        why = "malformed ClientHello";
+        break;
+    case MBEDTLS_ERR_SSL_FEATURE_UNAVAILABLE:
+        why = "peer asked for an unsupported TLS feature";
+        break;
+    case MBEDTLS_ERR_ECP_VERIFY_FAILED:
+    case MBEDTLS_ERR_PK_SIG_LEN_MISMATCH:
+    case MBEDTLS_ERR_SSL_BAD_HS_FINISHED:
+        /* A handshake signature or the Finished transcript MAC did not
+         * verify: the messages were altered or the peer lacks its key. */
+        code = PLAIT_EAUTH;
+        why = "handshake signature or transcript does not verify";
+        break;
+    default:
+        /* Parse errors of a certificate in the peer's Certificate message
+         * come up as X.509 (-0x2xxx) or PK (-0x3xxx) codes. */
+        if (mrc <= -0x2000 && mrc > -0x4000) why = "malformed certificate";
+        break;
+    }
+    s->state = ST_FAILED;
+    s->err = code;
+    s->reason = why;
+    PLAIT_LOG(PLAIT_LOG_DEBUG, "tls: %s failed: %s (mbedTLS -0x%04x)", during, why, (unsigned)-mrc);
+    return plait_fail(code, "tls: %s: %s (mbedTLS -0x%04x)", during, why, (unsigned)-mrc);
+}
+
+static int sticky(const plait_tls_t *s)
+{
+    return plait_fail(s->err, "tls: session already failed: %s", s->reason);
+}
+
+int plait_tls_handshake(plait_tls_t *s)
+{
+    if (s == NULL) return plait_fail(PLAIT_EINVAL, "tls: NULL session");
+    if (s->state == ST_FAILED) return sticky(s);
+    if (s->state != ST_HANDSHAKE) return 0;
+    int mrc = mbedtls_ssl_handshake(&s->ssl);
+    if (mrc == MBEDTLS_ERR_SSL_WANT_READ || mrc == MBEDTLS_ERR_SSL_WANT_WRITE) return PLAIT_EAGAIN;
+    if (mrc != 0) return fail(s, mrc, "handshake");
+    if (!s->have_peer && s->cfg->require_cert) {
+        /* Unreachable with VERIFY_REQUIRED; kept so a future change cannot
+         * open an unauthenticated session silently. */
+        s->state = ST_FAILED;
+        s->err = PLAIT_EAUTH;
+        s->reason = "peer sent no certificate";
+        return plait_fail(PLAIT_EAUTH, "tls: handshake: %s", s->reason);
+    }
+    if (s->have_peer && mbedtls_ssl_get_verify_result(&s->ssl) != 0) {
+        /* VERIFY_OPTIONAL server: a presented certificate must still verify.
+         * mbedTLS finished the handshake, so tell the peer ourselves. */
+        (void)mbedtls_ssl_send_alert_message(&s->ssl, MBEDTLS_SSL_ALERT_LEVEL_FATAL,
+                                             MBEDTLS_SSL_ALERT_MSG_BAD_CERT);
+        return fail(s, MBEDTLS_ERR_X509_CERT_VERIFY_FAILED, "handshake");
+    }
+    s->state = ST_OPEN;
+    return 0;
+}
+
+int plait_tls_established(const plait_tls_t *s)
+{
+    return s != NULL && (s->state == ST_OPEN || s->state == ST_CLOSED);
+}
+
+int plait_tls_read(plait_tls_t *s, uint8_t *buf, size_t cap)
+{
+    if (s == NULL || buf == NULL || cap == 0)
+        return plait_fail(PLAIT_EINVAL, "tls: bad read arguments");
+    int rc = plait_tls_handshake(s);
+    if (rc != 0) return rc;
+    if (s->state == ST_CLOSED) return 0;
+    if (cap > INT_MAX) cap = INT_MAX;
+    int mrc = mbedtls_ssl_read(&s->ssl, buf, cap);
+    if (mrc > 0) return mrc;
+    if (mrc == MBEDTLS_ERR_SSL_WANT_READ || mrc == MBEDTLS_ERR_SSL_WANT_WRITE || mrc == 0)
+        return PLAIT_EAGAIN;
+    if (mrc == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY) {
+        s->state = ST_CLOSED;
+        return 0;
+    }
+    return fail(s, mrc, "read");
+}
+
+int plait_tls_write(plait_tls_t *s, const uint8_t *buf, size_t len)
+{
+    if (s == NULL || buf == NULL || len == 0)
+        return plait_fail(PLAIT_EINVAL, "tls: bad write arguments");
+    int rc = plait_tls_handshake(s);
+    if (rc != 0) return rc;
+    if (s->state == ST_CLOSED)
+        return plait_fail(PLAIT_EIO, "tls: write after the peer closed the session");
+    if (len > INT_MAX) len = INT_MAX;
+    size_t done = 0;
+    while (done < len && plait_tls_pending_out(s, NULL) < PLAIT_TLS_OUT_HIGH) {
+        int mrc = mbedtls_ssl_write(&s->ssl, buf + done, len - done);
+        if (mrc == MBEDTLS_ERR_SSL_WANT_READ || mrc == MBEDTLS_ERR_SSL_WANT_WRITE || mrc == 0)
+            break;
+        if (mrc < 0) return fail(s, mrc, "write");
+        done += (size_t)mrc;
+    }
+    return done > 0 ? (int)done : PLAIT_EAGAIN;
+}
+
+int plait_tls_close_notify(plait_tls_t *s)
+{
+    if (s == NULL) return plait_fail(PLAIT_EINVAL, "tls: NULL session");
+    if (s->state == ST_FAILED) return sticky(s);
+    if (s->state == ST_HANDSHAKE) return 0;
+    int mrc = mbedtls_ssl_close_notify(&s->ssl);
+    if (mrc != 0 && mrc != MBEDTLS_ERR_SSL_WANT_WRITE && mrc != MBEDTLS_ERR_SSL_WANT_READ)
+        return fail(s, mrc, "close_notify");
+    return 0;
+}
+
+const plait_pki_cert_info_t *plait_tls_peer(const plait_tls_t *s)
+{
+    if (s == NULL || !plait_tls_established(s) || !s->have_peer) return NULL;
+    return &s->peer;
+}
+
+const char *plait_tls_reason(const plait_tls_t *s)
+{
+    return s != NULL ? s->reason : "";
+}
+
+const char *plait_tls_ciphersuite(const plait_tls_t *s)
+{
+    if (s == NULL || !plait_tls_established(s)) return "";
+    const char *name = mbedtls_ssl_get_ciphersuite(&s->ssl);
+    return name != NULL ? name : "";
+}
+
+/* ---- blocking fd helpers -------------------------------------------------- */
+
+static int flush_fd(plait_tls_t *s, int fd)
+{
+    const uint8_t *p;
+    size_t n;
+    while ((n = plait_tls_pending_out(s, &p)) > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0)
+            return plait_fail(PLAIT_EIO, "tls: write to fd %d: %s", fd,
+                              w < 0 ? strerror(errno) : "0 bytes");
+        plait_tls_consume_out(s, (size_t)w);
+    }
+    return 0;
+}
+
+static int fill_fd(plait_tls_t *s, int fd)
+{
+    uint8_t buf[16 * 1024];
+    for (;;) {
+        ssize_t r = read(fd, buf, sizeof(buf));
+        if (r < 0 && errno == EINTR) continue;
+        if (r == 0) return plait_fail(PLAIT_EIO, "tls: connection closed by peer");
+        if (r < 0) return plait_fail(PLAIT_EIO, "tls: read from fd %d: %s", fd, strerror(errno));
+        return plait_tls_feed(s, buf, (size_t)r);
+    }
+}
+
+int plait_tls_fd_handshake(plait_tls_t *s, int fd)
+{
+    for (;;) {
+        int rc = plait_tls_handshake(s);
+        int frc = s != NULL ? flush_fd(s, fd) : 0; /* also sends the alert after a failure */
+        if (rc != PLAIT_EAGAIN) return rc != 0 ? rc : frc;
+        if (frc != 0) return frc;
+        if ((rc = fill_fd(s, fd)) != 0) return rc;
+    }
+}
+
+int plait_tls_fd_read(plait_tls_t *s, int fd, uint8_t *buf, size_t cap)
+{
+    for (;;) {
+        int rc = plait_tls_read(s, buf, cap);
+        int frc = s != NULL ? flush_fd(s, fd) : 0;
+        if (rc != PLAIT_EAGAIN) return rc;
+        if (frc != 0) return frc;
+        if ((rc = fill_fd(s, fd)) != 0) return rc;
+    }
+}
+
+int plait_tls_fd_write(plait_tls_t *s, int fd, const uint8_t *buf, size_t len)
+{
+    size_t off = 0;
+    while (off < len) {
+        int rc = plait_tls_write(s, buf + off, len - off);
+        int frc = s != NULL ? flush_fd(s, fd) : 0;
+        if (rc > 0)
+            off += (size_t)rc;
+        else if (rc == PLAIT_EAGAIN && !plait_tls_established(s)) {
+            if (frc == 0) frc = fill_fd(s, fd); /* handshake wants the peer's next flight */
+        } else if (rc != PLAIT_EAGAIN)
+            return rc;
+        if (frc != 0) return frc;
+    }
+    return 0;
+}
+
+int plait_tls_fd_close(plait_tls_t *s, int fd)
+{
+    int rc = plait_tls_close_notify(s);
+    int frc = s != NULL ? flush_fd(s, fd) : 0;
+    return rc != 0 ? rc : frc;
+}
