@@ -493,10 +493,13 @@ START_TEST(test_forward_vs_naive)
     static const int Ts[] = {1, 5, 32, 33, 70, 96};
     for (int scalar = 0; scalar < 2; scalar++) {
         plait__tensor_force_scalar(scalar);
-        for (int shared = 0; shared < 2; shared++) {
+        /* shared = 0, 1: head size 4 (the matmul attention path); shared = 2:
+         * head size 8, tied (the row-wise AVX2 path when available). */
+        for (int shared = 0; shared < 3; shared++) {
             plait_model_t m;
             plait_model_init(&m);
-            plait_model_config_t mc = small_cfg(shared);
+            plait_model_config_t mc = small_cfg(shared != 0);
+            if (shared == 2) mc.dim = 32;
             mc.seq_len = 96;
             ck_assert_int_eq(plait_model_init_random(&m, &mc, 31 + (uint64_t)shared), 0);
             for (float *w = m.owned; w < (float *)m.w.rms_att; w++) *w *= 20.0f; /* sharper attention */
@@ -680,6 +683,51 @@ START_TEST(test_clip)
 }
 END_TEST
 
+/* After plait_train_reset a used trainer behaves exactly like a new one. */
+START_TEST(test_reset)
+{
+    plait_model_t m;
+    plait_model_init(&m);
+    plait_model_config_t mc = small_cfg(1);
+    ck_assert_int_eq(plait_model_init_random(&m, &mc, 4), 0);
+    plait_lora_t a, b;
+    random_adapter(&a, &m, 0x7f, 2, 6);
+    random_adapter(&b, &m, 0x7f, 2, 6);
+    float *init = malloc(a.n_params * sizeof(float));
+    memcpy(init, a.params, a.n_params * sizeof(float));
+    int32_t tok[2 * 9];
+    random_tokens(tok, 18, mc.vocab_size, 8);
+    plait_train_config_t cfg = plait_train_config_default();
+    cfg.B = 2;
+    cfg.T = 8;
+    plait_trainer_t *used, *fresh;
+    ck_assert_int_eq(plait_train_create(&used, &m, &a, &cfg), 0);
+    for (int i = 0; i < 3; i++) {
+        ck_assert_int_eq(plait_train_forward_backward(used, tok, NULL), 0);
+        ck_assert_int_eq(plait_train_step(used), 0);
+    }
+    ck_assert_int_eq(plait_train_forward_backward(used, tok, NULL), 0); /* pending micro-batch */
+    plait_train_reset(used);
+    plait_train_reset(NULL);
+    ck_assert_int_eq(plait_train_steps_done(used), 0);
+    memcpy(a.params, init, a.n_params * sizeof(float));
+    ck_assert_int_eq(plait_train_create(&fresh, &m, &b, &cfg), 0);
+    for (int i = 0; i < 2; i++) {
+        ck_assert_int_eq(plait_train_forward_backward(used, tok, NULL), 0);
+        ck_assert_int_eq(plait_train_forward_backward(fresh, tok, NULL), 0);
+        ck_assert_int_eq(plait_train_step(used), 0);
+        ck_assert_int_eq(plait_train_step(fresh), 0);
+    }
+    ck_assert_int_eq(memcmp(a.params, b.params, a.n_params * sizeof(float)), 0);
+    free(init);
+    plait_train_destroy(used);
+    plait_train_destroy(fresh);
+    plait_lora_free(&a);
+    plait_lora_free(&b);
+    plait_model_free(&m);
+}
+END_TEST
+
 START_TEST(test_schedule)
 {
     plait_train_config_t c = plait_train_config_default();
@@ -777,6 +825,7 @@ Suite *train_suite(void)
     tc = tcase_create("optimizer");
     tcase_add_test(tc, test_clip);
     tcase_add_test(tc, test_schedule);
+    tcase_add_test(tc, test_reset);
     tcase_add_test(tc, test_bad_tokens_and_config);
     suite_add_tcase(s, tc);
     return s;
