@@ -1,0 +1,244 @@
+/*
+ * sim.h: plait-sim, a fleet of virtual clients driven through the real
+ * client and aggregator code in one process.
+ *
+ * Pieces:
+ *   - the experiment config (plait_sim_config_t): defaults < JSON file <
+ *     flags; every key is documented in docs/researcher-guide.md. The same
+ *     config is meant to drive the network mode (a real plait-aggregator and
+ *     agents over loopback TLS) once the federation service exists: the
+ *     "rounds", "server", "privacy" and "lora" sections become the
+ *     aggregator's task, the "fleet" and "local" sections the agents'
+ *     behaviour. Only mode "inprocess" runs today.
+ *   - the population (plait_sim_pop_t): virtual clients from a corpus split
+ *     by author (tinyshakespeare by speaker, a folder of .txt files, or JSON
+ *     lines with a "user" field). Each client's records are written once into
+ *     its own device store (sqlite, store.h) in the work directory, tagged
+ *     kind "train" or "heldout" (the first train_fraction of its lines in
+ *     order, the rest held out). Only small per-client counts stay in memory.
+ *   - the fleet model (plait_sim_fleet_*): per-client compute speed,
+ *     bandwidth and availability, per-round dropout and arrival time, drawn
+ *     from the master seed, in simulated seconds.
+ *   - the run (plait_sim_run): rounds of sampling, local training on a
+ *     thread pool (one trainer per worker), the client update pipeline
+ *     (diff → clip → local noise → quantize) and the round core
+ *     (round.h); metrics per round to CSV, JSON lines, an SVG chart and a
+ *     markdown report.
+ *
+ * Reproducibility: every random draw comes from a ChaCha20 stream keyed by
+ * the master seed and numbered by (purpose, round, client), so a run replays
+ * exactly; local training is single-threaded per client and quantized
+ * updates are summed as exact integers, so the metrics and the final
+ * adapter do not depend on the number of threads.
+ *
+ * Thread-safety: a run uses its own threads; call plait_sim_run from one thread.
+ */
+#ifndef PLAIT_SIM_H
+#define PLAIT_SIM_H
+
+#include <stdbool.h>
+
+#include "plait/agg.h"
+#include "plait/plait.h"
+#include "plait/update.h"
+
+#define PLAIT_SIM_PATH_MAX 1024
+
+typedef enum {
+    PLAIT_SIM_SRC_SHAKESPEARE = 0, /**< tinyshakespeare-style: blank-line speeches, "NAME:" first line */
+    PLAIT_SIM_SRC_DIR = 1,         /**< a folder of .txt files, one client per file, blank-line records */
+    PLAIT_SIM_SRC_JSONL = 2        /**< JSON lines with "user" and "text": one client per user */
+} plait_sim_source_t;
+
+/** The experiment. Every field's default is in plait_sim_config_default(). */
+typedef struct {
+    /* run */
+    char mode[16];                   /**< "inprocess" (default); "network" is refused until the service exists */
+    uint64_t seed;                   /**< master seed (default 1) */
+    int threads;                     /**< worker threads, 1..256 (default 2) */
+    char out_dir[PLAIT_SIM_PATH_MAX]; /**< outputs and the clients' stores (default "sim-out") */
+    char model[PLAIT_SIM_PATH_MAX];  /**< llama2.c checkpoint (default <assets>/stories260K.bin) */
+    char tokenizer[PLAIT_SIM_PATH_MAX]; /**< tokenizer (default <assets>/tok512.bin) */
+    int progress;                    /**< -1 auto (bar on a TTY), 0 plain lines, 1 bar (default -1) */
+    bool quiet;                      /**< no per-round output (default false) */
+    /* population */
+    plait_sim_source_t source;       /**< default SHAKESPEARE */
+    char data[PLAIT_SIM_PATH_MAX];   /**< corpus file or folder (default <assets>/tinyshakespeare.txt) */
+    size_t min_lines;                /**< clients with fewer lines are left out (default 20) */
+    double train_fraction;           /**< first fraction of each client's lines trains (default 0.8) */
+    size_t max_clients;              /**< keep at most this many clients, first ones first; 0 = all (default 0) */
+    /* LoRA */
+    plait_lora_mode_t lora_mode;     /**< default FFA */
+    int rank;                        /**< default 8 */
+    double alpha;                    /**< default 16 (scaling alpha/rank = 2) */
+    uint32_t targets;                /**< projection mask (default wq,wv) */
+    /* local training */
+    int local_steps;                 /**< optimizer steps per round (default 10) */
+    double local_epochs;             /**< > 0: steps = ceil(epochs · train tokens / (batch·seq_len)),
+                                          capped at max_local_steps (default 0: use local_steps) */
+    int max_local_steps;             /**< cap for epochs (default 200) */
+    int batch;                       /**< B (default 4) */
+    int seq_len;                     /**< T (default 32) */
+    double lr;                       /**< client AdamW learning rate (default 3e-3) */
+    /* rounds */
+    int rounds;                      /**< default 20 */
+    size_t clients_per_round;        /**< target cohort K (default 10) */
+    size_t min_clients;              /**< minimum cohort; 0 = ceil(K/2) (default 0) */
+    double overselect;               /**< select ceil(K·overselect) (default 1.3) */
+    double deadline_s;               /**< simulated seconds from task to upload deadline (default 60) */
+    /* server */
+    plait_server_opt_kind_t strategy; /**< default FEDAVG */
+    double server_lr;                /**< 0 = the strategy's default (1 for FedAvg, 0.01 adaptive) (default 0) */
+    /* privacy and the update pipeline */
+    double clip;                     /**< client L2 clip S (default 1.0) */
+    double noise_multiplier;         /**< > 0: central DP-FedAvg with this z (default 0: off) */
+    double local_noise;              /**< > 0: clients add N(0, (σS)²) per coordinate (default 0) */
+    unsigned quant_bits;             /**< update quantization (default 16) */
+    double delta;                    /**< δ for ε; 0 = 1/N^1.1 (default 0) */
+    double weight_cap;               /**< client weight = min(train tokens, cap)/cap (default 10000) */
+    /* fleet */
+    double avail_min, avail_max;     /**< each client's availability is uniform in [min, max] (default 0.5, 1) */
+    double dropout;                  /**< probability a selected client drops mid-round (default 0.05) */
+    double speed_median;             /**< training tokens per second, lognormal median (default 200) */
+    double speed_sigma;              /**< its log-space sigma (default 0.7) */
+    double bw_median;                /**< download bytes per second, lognormal median (default 1e6) */
+    double bw_sigma;                 /**< its log-space sigma (default 1.0) */
+    double upload_ratio;             /**< upload bandwidth = download · ratio (default 0.25) */
+    /* evaluation */
+    size_t eval_clients;             /**< clients whose held-out data measure the global adapter; 0 = all (default 0) */
+    size_t eval_windows;             /**< windows of seq_len per client at most; 0 = all (default 16) */
+    size_t personal_clients;         /**< clients fine-tuned for the personalized loss (default 16) */
+    int personal_steps;              /**< their fine-tuning steps; 0 = local_steps (default 0) */
+    int eval_every;                  /**< evaluate every k rounds (and the last) (default 1) */
+} plait_sim_config_t;
+
+/** \brief Fill cfg with the defaults; assets paths are resolved under assets_dir (NULL: "../shared/assets"). */
+void plait_sim_config_default(plait_sim_config_t *cfg, const char *assets_dir);
+/** \brief \return 0 or PLAIT_EINVAL naming the bad field. */
+int plait_sim_config_validate(const plait_sim_config_t *cfg);
+/**
+ * \brief Apply a JSON config document over cfg (unknown keys and wrong types are errors).
+ * \param buf untrusted bytes; never read past len.
+ * \return 0; PLAIT_EPROTO (bad JSON, unknown key, wrong type, detail names the key); PLAIT_ETOOBIG.
+ */
+int plait_sim_config_apply_json(plait_sim_config_t *cfg, const char *buf, size_t len) PLAIT_WUR;
+/** \brief Read a file and apply it. \return as apply_json, plus PLAIT_EIO / PLAIT_ENOENT. */
+int plait_sim_config_load(plait_sim_config_t *cfg, const char *path) PLAIT_WUR;
+/**
+ * \brief Write the config as a JSON document (the format apply_json reads).
+ * \return 0; PLAIT_ENOMEM. out holds the text, owned by the caller (plait_buf_free).
+ */
+struct plait_buf_s;
+int plait_sim_config_to_json(const plait_sim_config_t *cfg, struct plait_buf_s *out) PLAIT_WUR;
+
+/* ---- population ---------------------------------------------------------- */
+
+/** One virtual client's metadata (what stays in memory). */
+typedef struct {
+    uint32_t train_lines, heldout_lines;
+    uint32_t train_records, heldout_records;
+    uint32_t train_tokens, heldout_tokens; /**< as the corpus holds them (BOS per record) */
+} plait_sim_client_t;
+
+typedef struct {
+    plait_sim_client_t *clients; /**< (n) */
+    size_t n;
+    size_t n_sources;     /**< authors/files/users seen in the corpus */
+    size_t n_too_few;     /**< left out: fewer than min_lines lines */
+    size_t n_too_small;   /**< left out: too few tokens for one training or evaluation window */
+    size_t n_skipped;     /**< blocks without a "NAME:" line (Shakespeare) */
+    char dir[PLAIT_SIM_PATH_MAX]; /**< where the stores are */
+} plait_sim_pop_t;
+
+/**
+ * \brief Split a corpus into clients and write each client's store under dir
+ *        (created; existing stores there are replaced).
+ * \param tok tokenizer used to count tokens (clients that cannot fill one
+ *            window of T + 1 tokens for training and for evaluation are left out).
+ * \return 0; PLAIT_EINVAL (config); PLAIT_ENOENT / PLAIT_EIO (files); PLAIT_EPROTO (corpus);
+ *         PLAIT_ENOMEM. On error pop is empty.
+ */
+struct plait_tok_s;
+int plait_sim_pop_build(plait_sim_pop_t *pop /* OUT */, const plait_sim_config_t *cfg, const struct plait_tok_s *tok,
+                        const char *dir) PLAIT_WUR;
+/** \brief Free the metadata (the stores stay on disk). NULL is safe. */
+void plait_sim_pop_free(plait_sim_pop_t *pop);
+/** \brief Path of client i's store into buf. */
+void plait_sim_pop_store_path(const plait_sim_pop_t *pop, size_t i, char *buf, size_t cap);
+
+/* ---- fleet model ---------------------------------------------------------- */
+
+/** A client's fixed traits, a pure function of (seed, client). */
+typedef struct {
+    double speed;        /**< training tokens per simulated second */
+    double bw_down;      /**< bytes per second */
+    double bw_up;
+    double availability; /**< probability of being available in a round */
+} plait_sim_traits_t;
+
+/** What happens to a selected client in one round, a pure function of (seed, round, client). */
+typedef struct {
+    int dropped;         /**< 1: it leaves at drop_at */
+    double drop_at;      /**< seconds after the task */
+    double duration;     /**< download + train + upload seconds (the arrival time if not dropped) */
+} plait_sim_fate_t;
+
+/** \brief Traits of client i. */
+void plait_sim_fleet_traits(const plait_sim_config_t *cfg, size_t client, plait_sim_traits_t *t /* OUT */);
+/** \brief Whether client i is available in round r (1-based). */
+int plait_sim_fleet_available(const plait_sim_config_t *cfg, int round, size_t client);
+/** \brief Fate of client i in round r for a task of bytes_down / bytes_up and work_tokens of training. */
+void plait_sim_fleet_fate(const plait_sim_config_t *cfg, int round, size_t client, double bytes_down,
+                          double bytes_up, double work_tokens, plait_sim_fate_t *f /* OUT */);
+
+/* ---- the run ---------------------------------------------------------------- */
+
+/** Metrics of one round (round 0 is the starting point, before any training). */
+typedef struct {
+    int round;
+    int committed;            /**< the round produced a new global version */
+    size_t available;         /**< clients available for selection */
+    size_t selected, participants, dropouts, stragglers, rejected;
+    uint64_t bytes_up, bytes_down;
+    double sim_time_s;        /**< simulated duration of the round (task to close) */
+    double wall_s;            /**< wall-clock seconds of the round, training and evaluation */
+    double train_loss;        /**< mean last-step training loss of the participants (NAN if none) */
+    double global_loss;       /**< token-weighted held-out loss of the global adapter (NAN if not evaluated) */
+    double global_ppl;
+    double personal_loss;     /**< token-weighted held-out loss after local fine-tuning (NAN if not evaluated) */
+    double personal_ppl;
+    double epsilon;           /**< ε spent so far (0 without DP) */
+    double clip;              /**< clip bound of the round */
+} plait_sim_round_t;
+
+typedef struct {
+    plait_sim_round_t *rounds; /**< (n_rounds + 1): index 0 is the starting point */
+    size_t n_rounds;
+    double base_loss;          /**< the frozen base model on the evaluation clients' held-out data */
+    size_t eval_tokens;        /**< tokens in that evaluation */
+    size_t n_clients;
+    size_t n_params;           /**< adapter parameters, and the span that travels */
+    size_t span_len;
+    uint64_t checksum;         /**< FNV-1a of the final global adapter and every deterministic metric */
+    double wall_s;             /**< whole run */
+    double client_rounds_per_s;/**< trained clients per wall second of training */
+    long peak_rss_kb;
+} plait_sim_result_t;
+
+/** \brief Free a result's arrays. NULL is safe. */
+void plait_sim_result_free(plait_sim_result_t *res);
+
+/**
+ * \brief Run an experiment: build the population under cfg->out_dir/clients,
+ *        run the rounds, write metrics.csv, metrics.jsonl, loss.svg,
+ *        report.md, config.json and global.safetensors into cfg->out_dir.
+ * \param res OUT (may be NULL): the metrics; free with plait_sim_result_free().
+ * \return 0; PLAIT_EINVAL (config); PLAIT_EIO/PLAIT_ENOENT (files); PLAIT_ENOMEM;
+ *         a training error. The detail is in plait_errmsg().
+ */
+int plait_sim_run(const plait_sim_config_t *cfg, plait_sim_result_t *res /* OUT */) PLAIT_WUR;
+
+/** \brief Write the SVG chart of a result into path. \return 0 or PLAIT_EIO. */
+int plait_sim_write_svg(const plait_sim_result_t *res, const char *title, const char *path) PLAIT_WUR;
+
+#endif /* PLAIT_SIM_H */

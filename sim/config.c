@@ -1,0 +1,387 @@
+/*
+ * config.c: the simulator's experiment config: defaults, validation, and the
+ * JSON file format (read and written).
+ *
+ * The file is an object of sections ("run", "population", "lora", "local",
+ * "rounds", "server", "privacy", "fleet", "eval"), each an object of keys.
+ * One table lists every key with its type, range and field, so reading,
+ * writing and the documentation (docs/researcher-guide.md) cannot disagree
+ * about names. The file is untrusted: unknown sections or keys, wrong types
+ * and out-of-range values are errors naming "section.key"; nothing in it can
+ * crash the parser (plait_json bounds depth, nodes and strings).
+ */
+#include <math.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "plait/json.h"
+#include "plait/lora.h"
+#include "plait/sim.h"
+#include "sim_int.h"
+
+/* Largest config file read. */
+#define CONFIG_MAX_BYTES ((size_t)1 << 20)
+
+typedef enum { K_INT, K_SIZE, K_U64, K_DOUBLE, K_BOOL, K_PATH, K_MODE, K_SOURCE, K_LORA_MODE, K_TARGETS,
+               K_STRATEGY, K_UNSIGNED } ktype_t;
+
+typedef struct {
+    const char *section, *key;
+    ktype_t type;
+    size_t off;
+    double lo, hi;
+} key_t_;
+
+#define F(field) offsetof(plait_sim_config_t, field)
+static const key_t_ KEYS[] = {
+    {"run", "mode", K_MODE, F(mode), 0, 0},
+    {"run", "seed", K_U64, F(seed), 0, 0},
+    {"run", "threads", K_INT, F(threads), 1, 256},
+    {"run", "out", K_PATH, F(out_dir), 0, 0},
+    {"run", "model", K_PATH, F(model), 0, 0},
+    {"run", "tokenizer", K_PATH, F(tokenizer), 0, 0},
+    {"run", "progress", K_INT, F(progress), -1, 1},
+    {"run", "quiet", K_BOOL, F(quiet), 0, 0},
+    {"population", "source", K_SOURCE, F(source), 0, 0},
+    {"population", "data", K_PATH, F(data), 0, 0},
+    {"population", "min_lines", K_SIZE, F(min_lines), 1, 1e9},
+    {"population", "train_fraction", K_DOUBLE, F(train_fraction), 0.01, 0.99},
+    {"population", "max_clients", K_SIZE, F(max_clients), 0, 1e9},
+    {"lora", "mode", K_LORA_MODE, F(lora_mode), 0, 0},
+    {"lora", "rank", K_INT, F(rank), 1, PLAIT_LORA_MAX_RANK},
+    {"lora", "alpha", K_DOUBLE, F(alpha), 1e-6, 1e6},
+    {"lora", "targets", K_TARGETS, F(targets), 0, 0},
+    {"local", "steps", K_INT, F(local_steps), 1, 100000},
+    {"local", "epochs", K_DOUBLE, F(local_epochs), 0, 1000},
+    {"local", "max_steps", K_INT, F(max_local_steps), 1, 100000},
+    {"local", "batch", K_INT, F(batch), 1, 1024},
+    {"local", "seq_len", K_INT, F(seq_len), 1, 4096},
+    {"local", "lr", K_DOUBLE, F(lr), 0, 10},
+    {"rounds", "count", K_INT, F(rounds), 1, 1000000},
+    {"rounds", "clients_per_round", K_SIZE, F(clients_per_round), 1, 1e6},
+    {"rounds", "min_clients", K_SIZE, F(min_clients), 0, 1e6},
+    {"rounds", "overselect", K_DOUBLE, F(overselect), 1, 100},
+    {"rounds", "deadline_s", K_DOUBLE, F(deadline_s), 1e-6, 1e9},
+    {"server", "strategy", K_STRATEGY, F(strategy), 0, 0},
+    {"server", "lr", K_DOUBLE, F(server_lr), 0, 100},
+    {"privacy", "clip", K_DOUBLE, F(clip), 1e-9, 1e9},
+    {"privacy", "noise_multiplier", K_DOUBLE, F(noise_multiplier), 0, 1e6},
+    {"privacy", "local_noise", K_DOUBLE, F(local_noise), 0, 1e6},
+    {"privacy", "quant_bits", K_UNSIGNED, F(quant_bits), PLAIT_QUANT_MIN_BITS, 24},
+    {"privacy", "delta", K_DOUBLE, F(delta), 0, 0.5},
+    {"privacy", "weight_cap", K_DOUBLE, F(weight_cap), 1, 1e12},
+    {"fleet", "availability_min", K_DOUBLE, F(avail_min), 0, 1},
+    {"fleet", "availability_max", K_DOUBLE, F(avail_max), 0, 1},
+    {"fleet", "dropout", K_DOUBLE, F(dropout), 0, 1},
+    {"fleet", "speed_median", K_DOUBLE, F(speed_median), 1e-9, 1e12},
+    {"fleet", "speed_sigma", K_DOUBLE, F(speed_sigma), 0, 10},
+    {"fleet", "bandwidth_median", K_DOUBLE, F(bw_median), 1e-9, 1e15},
+    {"fleet", "bandwidth_sigma", K_DOUBLE, F(bw_sigma), 0, 10},
+    {"fleet", "upload_ratio", K_DOUBLE, F(upload_ratio), 1e-6, 1e6},
+    {"eval", "clients", K_SIZE, F(eval_clients), 0, 1e9},
+    {"eval", "windows", K_SIZE, F(eval_windows), 0, 1e9},
+    {"eval", "personal_clients", K_SIZE, F(personal_clients), 0, 1e9},
+    {"eval", "personal_steps", K_INT, F(personal_steps), 0, 100000},
+    {"eval", "every", K_INT, F(eval_every), 1, 1000000},
+};
+#undef F
+#define N_KEYS (sizeof(KEYS) / sizeof(KEYS[0]))
+
+static const char *SOURCES[] = {"shakespeare", "dir", "jsonl"};
+
+static void set_path(char *dst, const char *dir, const char *name)
+{
+    snprintf(dst, PLAIT_SIM_PATH_MAX, "%s/%s", dir, name);
+}
+
+void plait_sim_config_default(plait_sim_config_t *c, const char *assets)
+{
+    memset(c, 0, sizeof(*c));
+    if (!assets) assets = "../shared/assets";
+    snprintf(c->mode, sizeof(c->mode), "inprocess"); /* network mode needs the federation service */
+    c->seed = 1;                    /* one seed fixes everything */
+    c->threads = 2;                 /* the 2-core CI machine */
+    snprintf(c->out_dir, sizeof(c->out_dir), "sim-out");
+    set_path(c->model, assets, "stories260K.bin");
+    set_path(c->tokenizer, assets, "tok512.bin");
+    c->progress = -1;               /* bar on a terminal, lines otherwise */
+    c->quiet = false;
+    c->source = PLAIT_SIM_SRC_SHAKESPEARE;
+    set_path(c->data, assets, "tinyshakespeare.txt");
+    c->min_lines = 20;              /* 163 speakers of tinyshakespeare */
+    c->train_fraction = 0.8;        /* McMahan et al. 2017's 80/20 split of each role */
+    c->max_clients = 0;             /* all */
+    c->lora_mode = PLAIT_LORA_MODE_FFA; /* exact aggregation, half the upload */
+    c->rank = 8;
+    c->alpha = 16;
+    c->targets = (1u << PLAIT_WQ) | (1u << PLAIT_WV);
+    c->local_steps = 10;            /* FedAvg with several local steps */
+    c->local_epochs = 0;            /* steps, not epochs */
+    c->max_local_steps = 200;
+    c->batch = 4;
+    c->seq_len = 32;                /* small windows: fast on 2 cores */
+    c->lr = 3e-3;
+    c->rounds = 20;
+    c->clients_per_round = 10;
+    c->min_clients = 0;             /* ceil(K / 2) */
+    c->overselect = 1.3;            /* absorbs dropouts and stragglers */
+    c->deadline_s = 60;             /* ~10% of clients straggle at the default speeds */
+    c->strategy = PLAIT_OPT_FEDAVG;
+    c->server_lr = 0;               /* the strategy's default */
+    c->clip = 1.0;
+    c->noise_multiplier = 0;        /* no central DP */
+    c->local_noise = 0;
+    c->quant_bits = 16;
+    c->delta = 0;                   /* 1 / N^1.1 */
+    c->weight_cap = 10000;          /* tokens */
+    c->avail_min = 0.5;
+    c->avail_max = 1.0;
+    c->dropout = 0.05;
+    c->speed_median = 200;          /* tokens/s of a throttled phone core */
+    c->speed_sigma = 0.7;
+    c->bw_median = 1e6;             /* 1 MB/s down */
+    c->bw_sigma = 1.0;
+    c->upload_ratio = 0.25;
+    c->eval_clients = 0;            /* all */
+    c->eval_windows = 16;           /* 512 tokens per client at T = 32 */
+    c->personal_clients = 16;
+    c->personal_steps = 0;          /* = local_steps */
+    c->eval_every = 1;
+}
+
+int plait_sim_config_validate(const plait_sim_config_t *c)
+{
+    if (!c) return plait_fail(PLAIT_EINVAL, "config: NULL");
+    if (strcmp(c->mode, "inprocess") != 0) {
+        if (strcmp(c->mode, "network") == 0)
+            return plait_fail(PLAIT_EINVAL, "run.mode: \"network\" needs the federation service (plait-aggregator), "
+                                            "not available yet; use \"inprocess\"");
+        return plait_fail(PLAIT_EINVAL, "run.mode: must be \"inprocess\" or \"network\"");
+    }
+    for (size_t i = 0; i < N_KEYS; i++) {
+        const key_t_ *k = &KEYS[i];
+        const char *p = (const char *)c + k->off;
+        double v;
+        switch (k->type) {
+        case K_INT: v = *(const int *)(const void *)p; break;
+        case K_SIZE: v = (double)*(const size_t *)(const void *)p; break;
+        case K_UNSIGNED: v = *(const unsigned *)(const void *)p; break;
+        case K_DOUBLE: v = *(const double *)(const void *)p; break;
+        case K_PATH:
+            if (p[0] == '\0') return plait_fail(PLAIT_EINVAL, "%s.%s: empty path", k->section, k->key);
+            continue;
+        default: continue;
+        }
+        if (!isfinite(v) || v < k->lo || v > k->hi)
+            return plait_fail(PLAIT_EINVAL, "%s.%s: %g is outside %g..%g", k->section, k->key, v, k->lo, k->hi);
+    }
+    if ((unsigned)c->source > PLAIT_SIM_SRC_JSONL) return plait_fail(PLAIT_EINVAL, "population.source: unknown");
+    if (c->lora_mode != PLAIT_LORA_MODE_FFA && c->lora_mode != PLAIT_LORA_MODE_FEDIT &&
+        c->lora_mode != PLAIT_LORA_MODE_FEDSA)
+        return plait_fail(PLAIT_EINVAL, "lora.mode: unknown");
+    if (c->targets == 0 || c->targets >= (1u << PLAIT_NPROJ))
+        return plait_fail(PLAIT_EINVAL, "lora.targets: no valid projection");
+    if (c->avail_min > c->avail_max)
+        return plait_fail(PLAIT_EINVAL, "fleet.availability_min exceeds fleet.availability_max");
+    if (c->avail_max <= 0) return plait_fail(PLAIT_EINVAL, "fleet.availability_max must be > 0");
+    if (c->min_clients > c->clients_per_round)
+        return plait_fail(PLAIT_EINVAL, "rounds.min_clients exceeds rounds.clients_per_round");
+    if (c->local_noise > 0 && c->noise_multiplier > 0)
+        return plait_fail(PLAIT_EINVAL, "privacy: choose local_noise or noise_multiplier (central DP), not both");
+    double want = ceil((double)c->clients_per_round * c->overselect);
+    if (want > (double)plait_quant_max_cohort(c->quant_bits))
+        return plait_fail(PLAIT_EINVAL, "rounds: %g selected clients could wrap %u-bit sums; lower privacy.quant_bits",
+                          want, c->quant_bits);
+    return 0;
+}
+
+/* ---- JSON -------------------------------------------------------------------- */
+
+static int set_key(plait_sim_config_t *c, const key_t_ *k, const plait_json_t *v)
+{
+    char *p = (char *)c + k->off;
+    const char *s = NULL;
+    if (k->type >= K_PATH && k->type <= K_STRATEGY) {
+        s = plait_json_string(v, NULL);
+        if (!s) return plait_fail(PLAIT_EPROTO, "config %s.%s: expected a string", k->section, k->key);
+    }
+    switch (k->type) {
+    case K_INT:
+    case K_SIZE:
+    case K_U64:
+    case K_UNSIGNED: {
+        int64_t x;
+        if (plait_json_int64(v, &x) != 0)
+            return plait_fail(PLAIT_EPROTO, "config %s.%s: expected an integer", k->section, k->key);
+        if (k->type == K_U64) {
+            if (x < 0) return plait_fail(PLAIT_EPROTO, "config %s.%s: must be >= 0", k->section, k->key);
+            *(uint64_t *)(void *)p = (uint64_t)x;
+            return 0;
+        }
+        if ((double)x < k->lo || (double)x > k->hi)
+            return plait_fail(PLAIT_EPROTO, "config %s.%s: %lld is outside %g..%g", k->section, k->key, (long long)x,
+                              k->lo, k->hi);
+        if (k->type == K_INT) *(int *)(void *)p = (int)x;
+        else if (k->type == K_SIZE) *(size_t *)(void *)p = (size_t)x;
+        else *(unsigned *)(void *)p = (unsigned)x;
+        return 0;
+    }
+    case K_DOUBLE: {
+        if (plait_json_type(v) != PLAIT_JSON_NUMBER)
+            return plait_fail(PLAIT_EPROTO, "config %s.%s: expected a number", k->section, k->key);
+        double x = plait_json_number(v);
+        if (!(x >= k->lo && x <= k->hi))
+            return plait_fail(PLAIT_EPROTO, "config %s.%s: %g is outside %g..%g", k->section, k->key, x, k->lo, k->hi);
+        *(double *)(void *)p = x;
+        return 0;
+    }
+    case K_BOOL: {
+        bool b;
+        if (plait_json_bool(v, &b) != 0)
+            return plait_fail(PLAIT_EPROTO, "config %s.%s: expected true or false", k->section, k->key);
+        *(bool *)(void *)p = b;
+        return 0;
+    }
+    case K_PATH:
+        if (strlen(s) == 0 || strlen(s) >= PLAIT_SIM_PATH_MAX)
+            return plait_fail(PLAIT_EPROTO, "config %s.%s: path empty or too long", k->section, k->key);
+        memset(p, 0, PLAIT_SIM_PATH_MAX);
+        memcpy(p, s, strlen(s) + 1);
+        return 0;
+    case K_MODE:
+        if (strcmp(s, "inprocess") != 0 && strcmp(s, "network") != 0)
+            return plait_fail(PLAIT_EPROTO, "config run.mode: must be \"inprocess\" or \"network\"");
+        snprintf(c->mode, sizeof(c->mode), "%s", s);
+        return 0;
+    case K_SOURCE:
+        for (int i = 0; i < 3; i++)
+            if (strcmp(s, SOURCES[i]) == 0) {
+                c->source = (plait_sim_source_t)i;
+                return 0;
+            }
+        return plait_fail(PLAIT_EPROTO, "config population.source: must be shakespeare, dir or jsonl");
+    case K_LORA_MODE:
+        if (plait_lora_mode_parse(s, &c->lora_mode) != 0)
+            return plait_fail(PLAIT_EPROTO, "config lora.mode: must be ffa, fedit or fedsa");
+        return 0;
+    case K_TARGETS:
+        if (plait_lora_parse_targets(s, &c->targets) != 0)
+            return plait__sim_wrap(PLAIT_EPROTO, "config lora.targets");
+        return 0;
+    case K_STRATEGY:
+        if (plait_server_opt_kind_parse(s, &c->strategy) != 0)
+            return plait_fail(PLAIT_EPROTO, "config server.strategy: must be fedavg, fedadagrad, fedadam or fedyogi");
+        return 0;
+    }
+    return plait_fail(PLAIT_EINTERNAL, "config: key type");
+}
+
+int plait_sim_config_apply_json(plait_sim_config_t *c, const char *buf, size_t len)
+{
+    plait_json_t *root = NULL;
+    int rc = plait_json_parse(buf, len, &root);
+    if (rc != 0) return plait__sim_wrap(rc, "config");
+    if (plait_json_type(root) != PLAIT_JSON_OBJECT) {
+        plait_json_free(root);
+        return plait_fail(PLAIT_EPROTO, "config: the document must be an object of sections");
+    }
+    for (size_t i = 0; i < plait_json_len(root) && rc == 0; i++) {
+        const char *sec = plait_json_key_at(root, i);
+        const plait_json_t *obj = plait_json_at(root, i);
+        int known = 0;
+        for (size_t j = 0; j < N_KEYS; j++) known |= strcmp(KEYS[j].section, sec) == 0;
+        if (!known) {
+            rc = plait_fail(PLAIT_EPROTO, "config: unknown section \"%.64s\"", sec);
+            break;
+        }
+        if (plait_json_type(obj) != PLAIT_JSON_OBJECT) {
+            rc = plait_fail(PLAIT_EPROTO, "config %.64s: expected an object", sec);
+            break;
+        }
+        for (size_t m = 0; m < plait_json_len(obj) && rc == 0; m++) {
+            const char *key = plait_json_key_at(obj, m);
+            const key_t_ *k = NULL;
+            for (size_t j = 0; j < N_KEYS; j++)
+                if (strcmp(KEYS[j].section, sec) == 0 && strcmp(KEYS[j].key, key) == 0) k = &KEYS[j];
+            if (!k) rc = plait_fail(PLAIT_EPROTO, "config: unknown key %.64s.%.64s", sec, key);
+            else rc = set_key(c, k, plait_json_at(obj, m));
+        }
+    }
+    plait_json_free(root);
+    return rc;
+}
+
+int plait_sim_config_load(plait_sim_config_t *c, const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return plait_fail(PLAIT_ENOENT, "config %s: cannot open", path);
+    struct stat sb;
+    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        fclose(f);
+        return plait_fail(PLAIT_EIO, "config %s: not a regular file", path);
+    }
+    if ((size_t)sb.st_size > CONFIG_MAX_BYTES) {
+        fclose(f);
+        return plait_fail(PLAIT_ETOOBIG, "config %s: larger than %zu bytes", path, CONFIG_MAX_BYTES);
+    }
+    size_t n = (size_t)sb.st_size;
+    char *buf = malloc(n + 1);
+    if (!buf) {
+        fclose(f);
+        return plait_fail(PLAIT_ENOMEM, "config buffer");
+    }
+    size_t got = fread(buf, 1, n, f);
+    fclose(f);
+    if (got != n) {
+        free(buf);
+        return plait_fail(PLAIT_EIO, "config %s: short read", path);
+    }
+    int rc = plait_sim_config_apply_json(c, buf, n);
+    free(buf);
+    if (rc != 0) return plait__sim_wrap(rc, path);
+    return 0;
+}
+
+int plait_sim_config_to_json(const plait_sim_config_t *c, plait_buf_t *b)
+{
+    const char *sec = NULL;
+    plait_buf_append(b, "{", 1);
+    for (size_t i = 0; i < N_KEYS; i++) {
+        const key_t_ *k = &KEYS[i];
+        const char *p = (const char *)c + k->off;
+        if (!sec || strcmp(sec, k->section) != 0) {
+            plait_buf_printf(b, "%s\n  \"%s\": {", sec ? "\n  }," : "", k->section);
+            sec = k->section;
+        } else {
+            plait_buf_append(b, ",", 1);
+        }
+        plait_buf_printf(b, "\n    \"%s\": ", k->key);
+        char tg[128];
+        switch (k->type) {
+        case K_INT: plait_buf_printf(b, "%d", *(const int *)(const void *)p); break;
+        case K_SIZE: plait_buf_printf(b, "%zu", *(const size_t *)(const void *)p); break;
+        case K_UNSIGNED: plait_buf_printf(b, "%u", *(const unsigned *)(const void *)p); break;
+        case K_U64: plait_buf_printf(b, "%llu", (unsigned long long)*(const uint64_t *)(const void *)p); break;
+        case K_DOUBLE: plait_buf_json_number(b, *(const double *)(const void *)p); break;
+        case K_BOOL: plait_buf_printf(b, "%s", *(const bool *)(const void *)p ? "true" : "false"); break;
+        case K_PATH: plait_buf_json_string(b, p, strlen(p)); break;
+        case K_MODE: plait_buf_json_string(b, c->mode, strlen(c->mode)); break;
+        case K_SOURCE: plait_buf_printf(b, "\"%s\"", SOURCES[c->source]); break;
+        case K_LORA_MODE: plait_buf_printf(b, "\"%s\"", plait_lora_mode_name(c->lora_mode)); break;
+        case K_TARGETS:
+            plait_lora_format_targets(c->targets, tg, sizeof(tg));
+            plait_buf_printf(b, "\"%s\"", tg);
+            break;
+        case K_STRATEGY: {
+            static const char *names[] = {"fedavg", "fedadagrad", "fedadam", "fedyogi"};
+            plait_buf_printf(b, "\"%s\"", names[c->strategy]);
+            break;
+        }
+        }
+    }
+    plait_buf_append(b, "\n  }\n}\n", 7);
+    return plait_buf_status(b);
+}

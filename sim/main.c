@@ -1,0 +1,301 @@
+/*
+ * main.c: plait-sim, the fleet simulator's command line.
+ *
+ *   plait-sim [flags]            run an experiment (no flags: the default demo,
+ *                                Shakespeare by speaker, 20 rounds, in-process)
+ *   plait-sim compare [flags] NAME=DIR...
+ *                                draw the loss curves of several runs in one SVG
+ *
+ * Settings: defaults < --config FILE < flags. A bad flag, value or config file
+ * prints one line naming it and exits with status 2; a failure while running
+ * exits with 1.
+ */
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "plait/cli.h"
+#include "plait/log.h"
+#include "plait/lora.h"
+#include "plait/sim.h"
+#include "sim_int.h"
+
+#define EXIT_USAGE 2
+
+#ifndef PLAIT_DEFAULT_ASSETS
+#define PLAIT_DEFAULT_ASSETS "../shared/assets"
+#endif
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: plait-sim [flags]             run an experiment (no flags: the default demo)\n"
+            "       plait-sim compare --out FILE.svg [--metric global|personal] [--title T] NAME=DIR...\n"
+            "\n"
+            "flags (defaults < --config FILE < flags; see docs/researcher-guide.md):\n"
+            "  --config FILE            JSON experiment config\n"
+            "  --out DIR                outputs and the clients' stores (default sim-out)\n"
+            "  --rounds N               rounds (20)\n"
+            "  --clients-per-round K    target cohort (10)\n"
+            "  --local-steps E          local optimizer steps per round (10)\n"
+            "  --local-epochs X         local epochs instead of steps\n"
+            "  --lr X                   client learning rate (0.003)\n"
+            "  --strategy S             fedavg | fedadam | fedyogi | fedadagrad (fedavg)\n"
+            "  --server-lr X            server learning rate (strategy default)\n"
+            "  --lora-mode M            ffa | fedit | fedsa (ffa)\n"
+            "  --rank R, --targets L    LoRA rank (8) and projections (wq,wv)\n"
+            "  --clip S                 client L2 clip bound (1.0)\n"
+            "  --noise-multiplier Z     central DP-FedAvg noise multiplier (0: off)\n"
+            "  --seed N, --threads N    master seed (1), worker threads (2)\n"
+            "  --min-lines N            clients need this many lines (20)\n"
+            "  --data PATH              corpus (default: tinyshakespeare.txt)\n"
+            "  --source S               shakespeare | dir | jsonl (shakespeare)\n"
+            "  --max-clients N          keep the first N clients (all)\n"
+            "  --eval-clients N         global loss over N clients' held-out data (all)\n"
+            "  --personal-clients N     clients in the personalized loss (16)\n"
+            "  --eval-every N           evaluate every N rounds (1)\n"
+            "  --dropout P, --deadline S  fleet dropout probability (0.05), round deadline in simulated s (60)\n"
+            "  --model F, --tokenizer F  base model and tokenizer (shared assets)\n"
+            "  --quiet                  no per-round lines\n");
+}
+
+enum {
+    O_CONFIG = 256, O_OUT, O_ROUNDS, O_CPR, O_STEPS, O_EPOCHS, O_LR, O_STRATEGY, O_SERVER_LR, O_MODE, O_RANK,
+    O_TARGETS, O_CLIP, O_NOISE, O_SEED, O_THREADS, O_MIN_LINES, O_DATA, O_SOURCE, O_MAX_CLIENTS, O_EVAL_CLIENTS,
+    O_PERS, O_EVAL_EVERY, O_DROPOUT, O_DEADLINE, O_MODEL, O_TOK, O_QUIET, O_HELP
+};
+
+static const struct option OPTS[] = {
+    {"config", required_argument, 0, O_CONFIG}, {"out", required_argument, 0, O_OUT},
+    {"rounds", required_argument, 0, O_ROUNDS}, {"clients-per-round", required_argument, 0, O_CPR},
+    {"local-steps", required_argument, 0, O_STEPS}, {"local-epochs", required_argument, 0, O_EPOCHS},
+    {"lr", required_argument, 0, O_LR}, {"strategy", required_argument, 0, O_STRATEGY},
+    {"server-lr", required_argument, 0, O_SERVER_LR}, {"lora-mode", required_argument, 0, O_MODE},
+    {"rank", required_argument, 0, O_RANK}, {"targets", required_argument, 0, O_TARGETS},
+    {"clip", required_argument, 0, O_CLIP}, {"noise-multiplier", required_argument, 0, O_NOISE},
+    {"seed", required_argument, 0, O_SEED}, {"threads", required_argument, 0, O_THREADS},
+    {"min-lines", required_argument, 0, O_MIN_LINES}, {"data", required_argument, 0, O_DATA},
+    {"source", required_argument, 0, O_SOURCE}, {"max-clients", required_argument, 0, O_MAX_CLIENTS},
+    {"eval-clients", required_argument, 0, O_EVAL_CLIENTS}, {"personal-clients", required_argument, 0, O_PERS},
+    {"eval-every", required_argument, 0, O_EVAL_EVERY}, {"dropout", required_argument, 0, O_DROPOUT},
+    {"deadline", required_argument, 0, O_DEADLINE}, {"model", required_argument, 0, O_MODEL},
+    {"tokenizer", required_argument, 0, O_TOK}, {"quiet", no_argument, 0, O_QUIET},
+    {"help", no_argument, 0, O_HELP}, {0, 0, 0, 0}};
+
+static int bad(void)
+{
+    fprintf(stderr, "plait-sim: %s\n", plait_errmsg());
+    return EXIT_USAGE;
+}
+
+static int set_str(char *dst, const char *flag, const char *v)
+{
+    if (!v[0] || strlen(v) >= PLAIT_SIM_PATH_MAX) return plait_fail(PLAIT_EINVAL, "%s: empty or too long", flag);
+    snprintf(dst, PLAIT_SIM_PATH_MAX, "%s", v);
+    return 0;
+}
+
+static int apply_flag(plait_sim_config_t *c, int opt, const char *v)
+{
+    long long i;
+    double d;
+    uint64_t u;
+    int rc = 0;
+#define INT(flag, lo, hi, field)                                                                                   \
+    if ((rc = plait_cli_int(flag, v, lo, hi, &i)) == 0) c->field = i;                        \
+    break
+#define DBL(flag, lo, hi, field)                                                                                   \
+    if ((rc = plait_cli_double(flag, v, lo, hi, &d)) == 0) c->field = d;                                           \
+    break
+    switch (opt) {
+    case O_OUT: return set_str(c->out_dir, "--out", v);
+    case O_ROUNDS: INT("--rounds", 1, 1000000, rounds);
+    case O_CPR: INT("--clients-per-round", 1, 1000000, clients_per_round);
+    case O_STEPS: INT("--local-steps", 1, 100000, local_steps);
+    case O_EPOCHS: DBL("--local-epochs", 0, 1000, local_epochs);
+    case O_LR: DBL("--lr", 0, 10, lr);
+    case O_SERVER_LR: DBL("--server-lr", 0, 100, server_lr);
+    case O_RANK: INT("--rank", 1, PLAIT_LORA_MAX_RANK, rank);
+    case O_CLIP: DBL("--clip", 1e-9, 1e9, clip);
+    case O_NOISE: DBL("--noise-multiplier", 0, 1e6, noise_multiplier);
+    case O_THREADS: INT("--threads", 1, 256, threads);
+    case O_MIN_LINES: INT("--min-lines", 1, 1000000000, min_lines);
+    case O_MAX_CLIENTS: INT("--max-clients", 0, 1000000000, max_clients);
+    case O_EVAL_CLIENTS: INT("--eval-clients", 0, 1000000000, eval_clients);
+    case O_PERS: INT("--personal-clients", 0, 1000000000, personal_clients);
+    case O_EVAL_EVERY: INT("--eval-every", 1, 1000000, eval_every);
+    case O_DROPOUT: DBL("--dropout", 0, 1, dropout);
+    case O_DEADLINE: DBL("--deadline", 1e-6, 1e9, deadline_s);
+    case O_SEED:
+        if ((rc = plait_cli_u64("--seed", v, &u)) == 0) c->seed = u;
+        break;
+    case O_STRATEGY:
+        if (plait_server_opt_kind_parse(v, &c->strategy) != 0)
+            rc = plait_fail(PLAIT_EINVAL, "--strategy: '%.32s' is not fedavg, fedadam, fedyogi or fedadagrad", v);
+        break;
+    case O_MODE:
+        if (plait_lora_mode_parse(v, &c->lora_mode) != 0)
+            rc = plait_fail(PLAIT_EINVAL, "--lora-mode: '%.32s' is not ffa, fedit or fedsa", v);
+        break;
+    case O_TARGETS:
+        if (plait_lora_parse_targets(v, &c->targets) != 0) rc = plait__sim_wrap(PLAIT_EINVAL, "--targets");
+        break;
+    case O_SOURCE:
+        if (strcmp(v, "shakespeare") == 0) c->source = PLAIT_SIM_SRC_SHAKESPEARE;
+        else if (strcmp(v, "dir") == 0) c->source = PLAIT_SIM_SRC_DIR;
+        else if (strcmp(v, "jsonl") == 0) c->source = PLAIT_SIM_SRC_JSONL;
+        else rc = plait_fail(PLAIT_EINVAL, "--source: '%.32s' is not shakespeare, dir or jsonl", v);
+        break;
+    case O_DATA: return set_str(c->data, "--data", v);
+    case O_MODEL: return set_str(c->model, "--model", v);
+    case O_TOK: return set_str(c->tokenizer, "--tokenizer", v);
+    case O_QUIET: c->quiet = true; break;
+    default: rc = plait_fail(PLAIT_EINVAL, "unknown flag");
+    }
+#undef INT
+#undef DBL
+    return rc;
+}
+
+/* ---- compare: several runs' metrics.csv in one chart ------------------------------ */
+
+/* Read column col of DIR/metrics.csv into y (rounds 0..), returning the count or -1. */
+static long read_column(const char *dir, const char *col, double *y, size_t cap)
+{
+    char path[PLAIT_SIM_PATH_MAX + 32], line[4096];
+    snprintf(path, sizeof(path), "%s/metrics.csv", dir);
+    FILE *f = fopen(path, "r");
+    if (!f) return plait_fail(PLAIT_ENOENT, "%s: cannot open", path), -1;
+    int idx = -1;
+    if (fgets(line, sizeof(line), f)) {
+        int k = 0;
+        for (char *t = strtok(line, ",\n"); t; t = strtok(NULL, ",\n"), k++)
+            if (strcmp(t, col) == 0) idx = k;
+    }
+    long n = 0;
+    while (idx >= 0 && (size_t)n < cap && fgets(line, sizeof(line), f)) {
+        /* Empty fields (NAN) matter here, so split by hand. */
+        char *p = line;
+        for (int k = 0; k < idx && p; k++) {
+            p = strchr(p, ',');
+            if (p) p++;
+        }
+        y[n++] = (p && *p && *p != ',' && *p != '\n') ? strtod(p, NULL) : NAN;
+    }
+    fclose(f);
+    if (idx < 0) return plait_fail(PLAIT_EPROTO, "%s: no column %s", path, col), -1;
+    return n;
+}
+
+static double read_base(const char *dir)
+{
+    /* The base model's loss is the global loss before training with B = 0 (round 0). */
+    double y[1];
+    return read_column(dir, "global_loss", y, 1) == 1 ? y[0] : NAN;
+}
+
+static int cmd_compare(int argc, char **argv)
+{
+    const char *out = NULL, *metric = "global", *title = "held-out loss";
+    int a = 2;
+    for (; a < argc && strncmp(argv[a], "--", 2) == 0; a += 2) {
+        if (a + 1 >= argc) return plait_fail(PLAIT_EINVAL, "%s: missing value", argv[a]), bad();
+        if (strcmp(argv[a], "--out") == 0) out = argv[a + 1];
+        else if (strcmp(argv[a], "--metric") == 0) metric = argv[a + 1];
+        else if (strcmp(argv[a], "--title") == 0) title = argv[a + 1];
+        else return plait_fail(PLAIT_EINVAL, "compare: unknown flag %.32s", argv[a]), bad();
+    }
+    if (!out || a >= argc) return plait_fail(PLAIT_EINVAL, "compare: needs --out FILE.svg and NAME=DIR..."), bad();
+    if (strcmp(metric, "global") != 0 && strcmp(metric, "personal") != 0)
+        return plait_fail(PLAIT_EINVAL, "--metric: global or personal"), bad();
+    char col[32];
+    snprintf(col, sizeof(col), "%s_loss", metric);
+    size_t n = (size_t)(argc - a), cap = 100000;
+    if (n > 16) return plait_fail(PLAIT_EINVAL, "compare: at most 16 runs"), bad();
+    const char *names[16];
+    double *ys[16] = {0};
+    size_t points = 0;
+    double base = NAN;
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        char *eq = strchr(argv[a + i], '=');
+        if (!eq) {
+            rc = plait_fail(PLAIT_EINVAL, "compare: '%.64s' is not NAME=DIR", argv[a + i]);
+            break;
+        }
+        *eq = '\0';
+        names[i] = argv[a + i];
+        if (!(ys[i] = malloc(cap * sizeof(double)))) {
+            rc = plait_fail(PLAIT_ENOMEM, "compare");
+            break;
+        }
+        for (size_t k = 0; k < cap; k++) ys[i][k] = NAN;
+        long got = read_column(eq + 1, col, ys[i], cap);
+        if (got < 0) {
+            rc = PLAIT_ENOENT;
+            break;
+        }
+        if ((size_t)got > points) points = (size_t)got;
+        if (i == 0) base = read_base(eq + 1);
+    }
+    if (rc == 0) rc = plait__sim_svg_compare(out, title, names, (const double *const *)ys, n, points, base);
+    for (size_t i = 0; i < n; i++) free(ys[i]);
+    if (rc != 0) {
+        fprintf(stderr, "plait-sim compare: %s\n", plait_errmsg());
+        return rc == PLAIT_EINVAL ? EXIT_USAGE : EXIT_FAILURE;
+    }
+    printf("%s\n", out);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && strcmp(argv[1], "compare") == 0) return cmd_compare(argc, argv);
+    const char *assets = getenv("PLAIT_ASSETS");
+    if (!assets || !assets[0]) assets = PLAIT_DEFAULT_ASSETS;
+    plait_sim_config_t cfg;
+    plait_sim_config_default(&cfg, assets);
+    /* First pass: --config and --help, so that flags override the file wherever they appear. */
+    opterr = 0;
+    int opt;
+    while ((opt = getopt_long(argc, argv, "", OPTS, NULL)) != -1) {
+        if (opt == O_HELP) {
+            usage(stdout);
+            return 0;
+        }
+        if (opt == '?' || opt == ':') {
+            const char *flag = argv[optind - 1];
+            fprintf(stderr, "plait-sim: %s: unknown flag or missing value (see --help)\n", flag);
+            return EXIT_USAGE;
+        }
+        if (opt == O_CONFIG && plait_sim_config_load(&cfg, optarg) != 0) return bad();
+    }
+    if (optind < argc) {
+        fprintf(stderr, "plait-sim: unexpected argument '%.64s' (see --help)\n", argv[optind]);
+        return EXIT_USAGE;
+    }
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "", OPTS, NULL)) != -1)
+        if (opt != O_CONFIG && apply_flag(&cfg, opt, optarg) != 0) return bad();
+    if (plait_sim_config_validate(&cfg) != 0) return bad();
+    if (argc == 1)
+        fprintf(stderr, "plait-sim: the default demo: Shakespeare by speaker, %d rounds in-process (--help for "
+                        "options)\n",
+                cfg.rounds);
+    plait_sim_result_t res;
+    int rc = plait_sim_run(&cfg, &res);
+    if (rc != 0) {
+        fprintf(stderr, "plait-sim: %s (%s)\n", plait_errmsg(), plait_err_name(rc));
+        return rc == PLAIT_EINVAL ? EXIT_USAGE : EXIT_FAILURE;
+    }
+    const plait_sim_round_t *last = &res.rounds[res.n_rounds];
+    printf("base %.4f  global %.4f  personalized %.4f  (held-out loss, round %zu)\n", res.base_loss,
+           last->global_loss, last->personal_loss, res.n_rounds);
+    printf("%.1f s, %.1f client-rounds/s, peak RSS %ld MiB, checksum %016llx\n", res.wall_s,
+           res.client_rounds_per_s, res.peak_rss_kb / 1024, (unsigned long long)res.checksum);
+    printf("report: %s/report.md\n", cfg.out_dir);
+    plait_sim_result_free(&res);
+    return 0;
+}

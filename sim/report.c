@@ -1,0 +1,362 @@
+/*
+ * report.c: the simulator's outputs: per-round metrics as CSV and JSON lines,
+ * a hand-written SVG chart (held-out loss per round for the global and the
+ * personalized adapters, the frozen base model as a dashed line), and a short
+ * markdown report. Numbers only: no client names, no text.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "plait/json.h"
+#include "plait/lora.h"
+#include "plait/sim.h"
+#include "sim_int.h"
+
+/* ---- CSV and JSON lines ------------------------------------------------------ */
+
+void plait__sim_csv_header(plait_buf_t *b)
+{
+    plait_buf_printf(b, "round,committed,available,selected,participants,dropouts,stragglers,rejected,bytes_up,"
+                        "bytes_down,sim_time_s,wall_s,train_loss,global_loss,global_ppl,personal_loss,personal_ppl,"
+                        "epsilon,clip\n");
+}
+
+static void csv_num(plait_buf_t *b, double x, int last)
+{
+    if (isfinite(x)) plait_buf_printf(b, "%.6f", x);
+    plait_buf_append(b, last ? "\n" : ",", 1);
+}
+
+void plait__sim_csv_row(plait_buf_t *b, const plait_sim_round_t *m)
+{
+    plait_buf_printf(b, "%d,%d,%zu,%zu,%zu,%zu,%zu,%zu,%llu,%llu,", m->round, m->committed, m->available, m->selected,
+                     m->participants, m->dropouts, m->stragglers, m->rejected, (unsigned long long)m->bytes_up,
+                     (unsigned long long)m->bytes_down);
+    csv_num(b, m->sim_time_s, 0);
+    csv_num(b, m->wall_s, 0);
+    csv_num(b, m->train_loss, 0);
+    csv_num(b, m->global_loss, 0);
+    csv_num(b, m->global_ppl, 0);
+    csv_num(b, m->personal_loss, 0);
+    csv_num(b, m->personal_ppl, 0);
+    csv_num(b, m->epsilon, 0);
+    csv_num(b, m->clip, 1);
+}
+
+static void json_num(plait_buf_t *b, const char *key, double x)
+{
+    plait_buf_printf(b, ",\"%s\":", key);
+    if (isfinite(x)) plait_buf_json_number(b, x);
+    else plait_buf_append(b, "null", 4);
+}
+
+void plait__sim_json_row(plait_buf_t *b, const plait_sim_round_t *m)
+{
+    plait_buf_printf(b,
+                     "{\"round\":%d,\"committed\":%s,\"available\":%zu,\"selected\":%zu,\"participants\":%zu,"
+                     "\"dropouts\":%zu,\"stragglers\":%zu,\"rejected\":%zu,\"bytes_up\":%llu,\"bytes_down\":%llu",
+                     m->round, m->committed ? "true" : "false", m->available, m->selected, m->participants,
+                     m->dropouts, m->stragglers, m->rejected, (unsigned long long)m->bytes_up,
+                     (unsigned long long)m->bytes_down);
+    json_num(b, "sim_time_s", m->sim_time_s);
+    json_num(b, "wall_s", m->wall_s);
+    json_num(b, "train_loss", m->train_loss);
+    json_num(b, "global_loss", m->global_loss);
+    json_num(b, "global_ppl", m->global_ppl);
+    json_num(b, "personal_loss", m->personal_loss);
+    json_num(b, "personal_ppl", m->personal_ppl);
+    json_num(b, "epsilon", m->epsilon);
+    json_num(b, "clip", m->clip);
+    plait_buf_append(b, "}\n", 2);
+}
+
+static int write_buf(const char *dir, const char *name, const plait_buf_t *b)
+{
+    char path[PLAIT_SIM_PATH_MAX + 64];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    if (plait_buf_status(b) != 0) return plait_fail(plait_buf_status(b), "%s: out of memory", path);
+    FILE *f = fopen(path, "wb");
+    if (!f) return plait_fail(PLAIT_EIO, "%s: cannot write", path);
+    int ok = b->len == 0 || fwrite(b->data, 1, b->len, f) == b->len;
+    ok &= fclose(f) == 0;
+    return ok ? 0 : plait_fail(PLAIT_EIO, "%s: write failed", path);
+}
+
+/* ---- SVG ----------------------------------------------------------------------- */
+
+/* A "nice" tick step (1, 2 or 5 times a power of ten) for about n ticks over range. */
+static double nice_step(double range, int n)
+{
+    if (!(range > 0)) return 1;
+    double raw = range / n, p = pow(10, floor(log10(raw))), f = raw / p;
+    return (f < 1.5 ? 1 : f < 3.5 ? 2 : f < 7.5 ? 5 : 10) * p;
+}
+
+typedef struct {
+    const char *name;
+    const char *color;
+    const double *y; /* (n) NAN = no point */
+    size_t n;        /* points at x = 0..n-1 */
+    int dashed;
+} series_t;
+
+static int svg_chart(const char *path, const char *title, const series_t *ser, size_t n_ser, double hline,
+                     const char *hname)
+{
+    const double W = 760, H = 440, L = 70, R = 200, T = 40, B = 55;
+    double pw = W - L - R, ph = H - T - B;
+    double ymin = INFINITY, ymax = -INFINITY;
+    size_t xmax = 1;
+    for (size_t s = 0; s < n_ser; s++) {
+        if (ser[s].n > 0 && ser[s].n - 1 > xmax) xmax = ser[s].n - 1;
+        for (size_t i = 0; i < ser[s].n; i++)
+            if (isfinite(ser[s].y[i])) ymin = fmin(ymin, ser[s].y[i]), ymax = fmax(ymax, ser[s].y[i]);
+    }
+    if (isfinite(hline)) ymin = fmin(ymin, hline), ymax = fmax(ymax, hline);
+    if (!isfinite(ymin)) ymin = 0, ymax = 1;
+    if (ymax - ymin < 1e-6) ymin -= 0.5, ymax += 0.5;
+    double ystep = nice_step(ymax - ymin, 5);
+    ymin = floor(ymin / ystep) * ystep;
+    ymax = ceil(ymax / ystep) * ystep;
+    double xstep = nice_step((double)xmax, 8);
+    if (xstep < 1) xstep = 1;
+#define X(v) (L + pw * (double)(v) / (double)xmax)
+#define Y(v) (T + ph * (1.0 - ((v) - ymin) / (ymax - ymin)))
+    plait_buf_t b;
+    plait_buf_init(&b, 0);
+    plait_buf_printf(&b,
+                     "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" viewBox=\"0 0 %.0f "
+                     "%.0f\" font-family=\"sans-serif\" font-size=\"12\">\n"
+                     "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n",
+                     W, H, W, H);
+    plait_buf_printf(&b, "<text x=\"%.1f\" y=\"22\" font-size=\"15\" text-anchor=\"middle\">", L + pw / 2);
+    for (const char *c = title; *c; c++) {
+        if (*c == '<') plait_buf_printf(&b, "&lt;");
+        else if (*c == '>') plait_buf_printf(&b, "&gt;");
+        else if (*c == '&') plait_buf_printf(&b, "&amp;");
+        else plait_buf_append(&b, c, 1);
+    }
+    plait_buf_printf(&b, "</text>\n");
+    /* Grid, ticks and labels. */
+    for (double y = ymin; y <= ymax + ystep * 1e-6; y += ystep) {
+        plait_buf_printf(&b,
+                         "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#e5e5e5\"/>"
+                         "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"black\"/>"
+                         "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%.*f</text>\n",
+                         L, Y(y), L + pw, Y(y), L - 5, Y(y), L, Y(y), L - 8, Y(y) + 4, ystep < 0.1 ? 2 : 1, y);
+    }
+    for (double x = 0; x <= (double)xmax + 1e-9; x += xstep) {
+        plait_buf_printf(&b,
+                         "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"black\"/>"
+                         "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%.0f</text>\n",
+                         X(x), T + ph, X(x), T + ph + 5, X(x), T + ph + 19, x);
+    }
+    plait_buf_printf(&b,
+                     "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"black\"/>\n"
+                     "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">round</text>\n"
+                     "<text x=\"18\" y=\"%.1f\" text-anchor=\"middle\" transform=\"rotate(-90 18 %.1f)\">held-out "
+                     "loss (nats/token)</text>\n",
+                     L, T, pw, ph, L + pw / 2, H - 12, T + ph / 2, T + ph / 2);
+    /* Series. */
+    double ly = T + 10;
+    if (isfinite(hline)) {
+        plait_buf_printf(&b,
+                         "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#777\" stroke-width=\"1.5\" "
+                         "stroke-dasharray=\"6 4\"/>\n",
+                         L, Y(hline), L + pw, Y(hline));
+        plait_buf_printf(&b,
+                         "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#777\" stroke-width=\"1.5\" "
+                         "stroke-dasharray=\"6 4\"/><text x=\"%.1f\" y=\"%.1f\">%s</text>\n",
+                         L + pw + 15, ly, L + pw + 45, ly, L + pw + 50, ly + 4, hname);
+        ly += 20;
+    }
+    for (size_t s = 0; s < n_ser; s++) {
+        const series_t *x = &ser[s];
+        plait_buf_printf(&b, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"2\"%s points=\"", x->color,
+                         x->dashed ? " stroke-dasharray=\"3 3\"" : "");
+        for (size_t i = 0; i < x->n; i++)
+            if (isfinite(x->y[i])) plait_buf_printf(&b, "%.1f,%.1f ", X(i), Y(x->y[i]));
+        plait_buf_printf(&b, "\"/>\n");
+        for (size_t i = 0; i < x->n; i++)
+            if (isfinite(x->y[i]))
+                plait_buf_printf(&b, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"2.5\" fill=\"%s\"/>\n", X(i), Y(x->y[i]),
+                                 x->color);
+        plait_buf_printf(&b,
+                         "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" stroke-width=\"2\"/>"
+                         "<text x=\"%.1f\" y=\"%.1f\">",
+                         L + pw + 15, ly, L + pw + 45, ly, x->color, L + pw + 50, ly + 4);
+        for (const char *c = x->name; *c; c++) {
+            if (*c == '<' || *c == '>' || *c == '&') continue;
+            plait_buf_append(&b, c, 1);
+        }
+        plait_buf_printf(&b, "</text>\n");
+        ly += 20;
+    }
+    plait_buf_printf(&b, "</svg>\n");
+#undef X
+#undef Y
+    int rc = plait_buf_status(&b);
+    if (rc == 0) {
+        FILE *f = fopen(path, "wb");
+        if (!f) rc = plait_fail(PLAIT_EIO, "%s: cannot write", path);
+        else {
+            int ok = fwrite(b.data, 1, b.len, f) == b.len;
+            ok &= fclose(f) == 0;
+            if (!ok) rc = plait_fail(PLAIT_EIO, "%s: write failed", path);
+        }
+    }
+    plait_buf_free(&b);
+    return rc;
+}
+
+int plait_sim_write_svg(const plait_sim_result_t *res, const char *title, const char *path)
+{
+    size_t n = res->n_rounds + 1;
+    double *g = malloc(n * sizeof(double)), *p = malloc(n * sizeof(double));
+    if (!g || !p) {
+        free(g);
+        free(p);
+        return plait_fail(PLAIT_ENOMEM, "svg");
+    }
+    for (size_t i = 0; i < n; i++) g[i] = res->rounds[i].global_loss, p[i] = res->rounds[i].personal_loss;
+    series_t s[2] = {{"global adapter", "#1f77b4", g, n, 0}, {"personalized", "#ff7f0e", p, n, 0}};
+    int rc = svg_chart(path, title, s, 2, res->base_loss, "base model");
+    free(g);
+    free(p);
+    return rc;
+}
+
+int plait__sim_svg_compare(const char *path, const char *title, const char *const *names, const double *const *ys,
+                           size_t n_series, size_t n_points, double base)
+{
+    static const char *colors[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
+                                   "#e377c2", "#7f7f7f"};
+    series_t s[16];
+    if (n_series > 16) n_series = 16;
+    for (size_t i = 0; i < n_series; i++) s[i] = (series_t){names[i], colors[i % 8], ys[i], n_points, i >= 8};
+    return svg_chart(path, title, s, n_series, base, "base model");
+}
+
+/* ---- markdown report -------------------------------------------------------------- */
+
+static void md_num(plait_buf_t *b, double x, int digits)
+{
+    if (isfinite(x)) plait_buf_printf(b, "%.*f", digits, x);
+    else plait_buf_printf(b, "-");
+}
+
+int plait__sim_write_outputs(const plait_sim_config_t *cfg, const plait_sim_result_t *res, const plait_sim_pop_t *pop,
+                             const char *dir)
+{
+    plait_buf_t csv, jl, md, cj;
+    plait_buf_init(&csv, 0);
+    plait_buf_init(&jl, 0);
+    plait_buf_init(&md, 0);
+    plait_buf_init(&cj, 0);
+    plait__sim_csv_header(&csv);
+    for (size_t r = 0; r <= res->n_rounds; r++) {
+        plait__sim_csv_row(&csv, &res->rounds[r]);
+        plait__sim_json_row(&jl, &res->rounds[r]);
+    }
+    int rc = plait_sim_config_to_json(cfg, &cj);
+    static const char *opt_names[] = {"FedAvg", "FedAdagrad", "FedAdam", "FedYogi"};
+    char tg[128];
+    plait_lora_format_targets(cfg->targets, tg, sizeof(tg));
+    const plait_sim_round_t *last = &res->rounds[res->n_rounds];
+    /* The last evaluated round. */
+    for (size_t r = res->n_rounds; r > 0 && !isfinite(last->global_loss); r--) last = &res->rounds[r - 1];
+    size_t committed = 0, parts = 0, drops = 0, strag = 0;
+    uint64_t up = 0, down = 0;
+    for (size_t r = 1; r <= res->n_rounds; r++) {
+        committed += (size_t)res->rounds[r].committed;
+        parts += res->rounds[r].participants;
+        drops += res->rounds[r].dropouts;
+        strag += res->rounds[r].stragglers;
+        up += res->rounds[r].bytes_up;
+        down += res->rounds[r].bytes_down;
+    }
+    plait_buf_printf(&md, "# plait-sim report\n\n![held-out loss per round](loss.svg)\n\n## Setup\n\n");
+    plait_buf_printf(&md,
+                     "- population: %zu clients (%zu authors in the corpus; %zu with fewer than %zu lines and %zu "
+                     "with too few tokens left out), first %.0f%% of each client's lines train, the rest held out\n",
+                     pop->n, pop->n_sources, pop->n_too_few, cfg->min_lines, pop->n_too_small,
+                     100 * cfg->train_fraction);
+    plait_buf_printf(&md,
+                     "- LoRA: mode %s, rank %d, alpha %g, targets %s; %zu of %zu adapter parameters travel\n",
+                     plait_lora_mode_name(cfg->lora_mode), cfg->rank, cfg->alpha, tg, res->span_len, res->n_params);
+    if (cfg->local_epochs > 0)
+        plait_buf_printf(&md, "- local training: %g epochs (at most %d steps)", cfg->local_epochs,
+                         cfg->max_local_steps);
+    else plait_buf_printf(&md, "- local training: %d steps", cfg->local_steps);
+    plait_buf_printf(&md, " of batch %d × %d tokens, AdamW lr %g\n", cfg->batch, cfg->seq_len, cfg->lr);
+    plait_buf_printf(&md,
+                     "- rounds: %d, %zu clients per round (over-selection %g, deadline %g simulated s), server %s\n",
+                     cfg->rounds, cfg->clients_per_round, cfg->overselect, cfg->deadline_s,
+                     opt_names[cfg->strategy]);
+    plait_buf_printf(&md, "- updates: clip %g, %u-bit quantization", cfg->clip, cfg->quant_bits);
+    if (cfg->noise_multiplier > 0) plait_buf_printf(&md, ", central DP z = %g", cfg->noise_multiplier);
+    if (cfg->local_noise > 0) plait_buf_printf(&md, ", local noise σ = %g·clip", cfg->local_noise);
+    plait_buf_printf(&md, "\n- fleet: availability U[%g, %g], dropout %g, speed lognormal(median %g tok/s, σ %g)\n",
+                     cfg->avail_min, cfg->avail_max, cfg->dropout, cfg->speed_median, cfg->speed_sigma);
+    plait_buf_printf(&md, "- seed %llu, %d threads; full config in `config.json`\n\n",
+                     (unsigned long long)cfg->seed, cfg->threads);
+    plait_buf_printf(&md, "## Result\n\n");
+    plait_buf_printf(&md, "| | held-out loss | perplexity |\n|---|---|---|\n| frozen base model | %.4f | %.2f |\n",
+                     res->base_loss, exp(res->base_loss));
+    plait_buf_printf(&md, "| global adapter, round %d | ", last->round);
+    md_num(&md, last->global_loss, 4);
+    plait_buf_printf(&md, " | ");
+    md_num(&md, last->global_ppl, 2);
+    plait_buf_printf(&md, " |\n| personalized, round %d | ", last->round);
+    md_num(&md, last->personal_loss, 4);
+    plait_buf_printf(&md, " | ");
+    md_num(&md, last->personal_ppl, 2);
+    plait_buf_printf(&md,
+                     " |\n\n%zu of %zu rounds committed; %zu updates, %zu dropouts, %zu stragglers; %.2f MB up, "
+                     "%.2f MB down; ε = %.3g; %.1f s wall, %.1f client-rounds/s, peak RSS %ld MiB; checksum "
+                     "%016llx.\n\n",
+                     committed, res->n_rounds, parts, drops, strag, (double)up / 1e6, (double)down / 1e6,
+                     last->epsilon, res->wall_s, res->client_rounds_per_s, res->peak_rss_kb / 1024,
+                     (unsigned long long)res->checksum);
+    plait_buf_printf(&md, "Global loss: the global adapter on the held-out data of %s clients (token-weighted, at "
+                          "most %zu windows of %d tokens each). Personalized: %zu fixed clients fine-tune the global "
+                          "adapter on their own training data, evaluated on their own held-out data. Round 0 is "
+                          "the starting point (no federated training yet).\n\n",
+                     cfg->eval_clients ? "a fixed sample of" : "all", cfg->eval_windows, cfg->seq_len,
+                     cfg->personal_clients);
+    plait_buf_printf(&md, "## Rounds\n\n| round | ok | clients | dropouts | stragglers | global loss | ppl | "
+                          "personal loss | ε | up kB | down kB | sim s | wall s |\n"
+                          "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for (size_t r = 0; r <= res->n_rounds; r++) {
+        const plait_sim_round_t *m = &res->rounds[r];
+        plait_buf_printf(&md, "| %d | %s | %zu/%zu | %zu | %zu | ", m->round, r == 0 ? "-" : m->committed ? "yes" : "no",
+                         m->participants, m->selected, m->dropouts, m->stragglers);
+        md_num(&md, m->global_loss, 4);
+        plait_buf_printf(&md, " | ");
+        md_num(&md, m->global_ppl, 2);
+        plait_buf_printf(&md, " | ");
+        md_num(&md, m->personal_loss, 4);
+        plait_buf_printf(&md, " | %.3g | %.1f | %.1f | %.1f | %.2f |\n", m->epsilon, (double)m->bytes_up / 1e3,
+                         (double)m->bytes_down / 1e3, m->sim_time_s, m->wall_s);
+    }
+    plait_buf_printf(&md, "\nFiles: `metrics.csv`, `metrics.jsonl`, `loss.svg`, `config.json`, "
+                          "`global.safetensors` (the final global adapter).\n");
+    if (rc == 0) rc = write_buf(dir, "metrics.csv", &csv);
+    if (rc == 0) rc = write_buf(dir, "metrics.jsonl", &jl);
+    if (rc == 0) rc = write_buf(dir, "report.md", &md);
+    if (rc == 0) rc = write_buf(dir, "config.json", &cj);
+    if (rc == 0) {
+        char path[PLAIT_SIM_PATH_MAX + 32], title[256];
+        snprintf(path, sizeof(path), "%s/loss.svg", dir);
+        snprintf(title, sizeof(title), "%s, %s, %zu clients/round", plait_lora_mode_name(cfg->lora_mode),
+                 opt_names[cfg->strategy], cfg->clients_per_round);
+        rc = plait_sim_write_svg(res, title, path);
+    }
+    plait_buf_free(&csv);
+    plait_buf_free(&jl);
+    plait_buf_free(&md);
+    plait_buf_free(&cj);
+    return rc;
+}

@@ -1,0 +1,698 @@
+/*
+ * sim.c: the in-process simulation loop. N virtual clients, rounds driven by
+ * the round core (aggregator/round.c) in simulated time, local training on a
+ * thread pool with one trainer and one adapter per worker, reused.
+ *
+ * A round:
+ *   1. open; every client is available with its own probability; the cohort
+ *      (ceil(K · overselect)) is a seeded sample of the available ones;
+ *   2. each selected client's fate (fleet.c): it drops at some time, or
+ *      arrives download + training + upload seconds after the task;
+ *   3. events are replayed in time order (ties by client id) into the round
+ *      core: dropouts, and the updates of arriving clients. A client is
+ *      trained only when its update is needed (the first K - accepted
+ *      arrivals not yet trained, in parallel), so over-selected clients
+ *      that would arrive after the round closed cost nothing;
+ *   4. the deadline passes (tick); aggregate and commit if the round has
+ *      min_clients updates; the global span is copied into the global adapter;
+ *   5. evaluation: the global adapter on the evaluation clients' held-out
+ *      data, and the personalized loss of a fixed sample of clients
+ *      (fine-tuned from the global adapter on their own training data).
+ *
+ * Client update pipeline, exactly as on a device (update.h): train from the
+ * global adapter → diff over the mode's span → clip to the round's bound →
+ * [local noise] → scale by the client weight → quantize (stochastic
+ * rounding) + the weight word. For FedSA-LoRA the client's B is personal:
+ * loaded from <out>/personal/c<i>.bin when selected and saved back after.
+ *
+ * Memory: the model (mmap), one adapter, trainer and corpus per worker, one
+ * (P + 1)-word update per trained client of the current round, and 24 bytes
+ * of counts per client. Nothing else grows with the number of clients.
+ *
+ * Determinism: each client's work depends only on the global adapter and
+ * its own streams (seed, purpose, round, client); trainers run with one
+ * thread each (kernels are order-fixed); updates are summed as exact
+ * integers; evaluations are summed in client order after all finish.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "plait/adapter.h"
+#include "plait/crypto.h"
+#include "plait/data.h"
+#include "plait/json.h"
+#include "plait/log.h"
+#include "plait/lora.h"
+#include "plait/model.h"
+#include "plait/rng.h"
+#include "plait/round.h"
+#include "plait/sim.h"
+#include "plait/tensor.h"
+#include "plait/tok.h"
+#include "plait/train.h"
+#include "sim_int.h"
+
+enum { JOB_TRAIN = 0, JOB_EVAL = 1, JOB_PERSONAL = 2, JOB_BASE = 3 };
+
+typedef struct {
+    size_t client;
+    int kind;
+    /* outputs */
+    int rc;
+    uint32_t *words;   /* (P + 1), JOB_TRAIN */
+    int unclipped;
+    double loss;       /* last training loss (TRAIN) or held-out loss (others) */
+    size_t tokens;     /* held-out tokens evaluated */
+} job_t;
+
+typedef struct {
+    plait_lora_t lora;
+    plait_trainer_t *tr;
+    float *diff;       /* (P) */
+    int32_t *batch;    /* (B, T + 1) */
+} worker_t;
+
+typedef struct {
+    const plait_sim_config_t *cfg;
+    plait_model_t model;
+    plait_tok_t tok;
+    plait_sim_pop_t pop;
+    plait_lora_t global;
+    size_t off, len;    /* the span that travels */
+    plait_round_t *round;
+    plait_pool_t *pool;
+    worker_t *w;
+    int nw;
+    int cur_round;
+    job_t *jobs;
+    size_t n_jobs;
+    atomic_size_t next;
+    char personal_dir[PLAIT_SIM_PATH_MAX + 16];
+    size_t *eval_ids, n_eval, *pers_ids, n_pers;
+    uint32_t *slab;     /* (want, P + 1) words of the round's trained clients */
+    size_t slab_n;
+    double train_wall;  /* seconds spent training cohort clients */
+    size_t trained;     /* cohort clients trained */
+} sim_t;
+
+static double wall_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* ---- one client's work (worker threads) ------------------------------------ */
+
+static void personal_path(const sim_t *s, size_t client, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "%s/c%07zu.bin", s->personal_dir, client);
+}
+
+/* FedSA-LoRA personal B: n floats, little-endian host order, "PLB1" + count header. A missing file leaves B alone. */
+static int load_personal(const sim_t *s, size_t client, float *b, size_t n)
+{
+    char path[PLAIT_SIM_PATH_MAX + 64];
+    personal_path(s, client, path, sizeof(path));
+    FILE *f = fopen(path, "rb");
+    if (!f) return errno == ENOENT ? 0 : plait_fail(PLAIT_EIO, "personal state of client %zu: cannot open", client);
+    char magic[4];
+    uint64_t count = 0;
+    int rc = 0;
+    if (fread(magic, 1, 4, f) != 4 || memcmp(magic, "PLB1", 4) != 0 || fread(&count, sizeof(count), 1, f) != 1 ||
+        count != n || fread(b, sizeof(float), n, f) != n)
+        rc = plait_fail(PLAIT_EPROTO, "personal state of client %zu: malformed", client);
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        if (!isfinite(b[i])) rc = plait_fail(PLAIT_EPROTO, "personal state of client %zu: non-finite", client);
+    fclose(f);
+    return rc;
+}
+
+static int save_personal(const sim_t *s, size_t client, const float *b, size_t n)
+{
+    char path[PLAIT_SIM_PATH_MAX + 64], tmp[PLAIT_SIM_PATH_MAX + 80];
+    personal_path(s, client, path, sizeof(path));
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    FILE *f = fopen(tmp, "wb");
+    if (!f) return plait_fail(PLAIT_EIO, "personal state of client %zu: cannot write", client);
+    uint64_t count = n;
+    int ok = fwrite("PLB1", 1, 4, f) == 4 && fwrite(&count, sizeof(count), 1, f) == 1 &&
+             fwrite(b, sizeof(float), n, f) == n;
+    ok &= fclose(f) == 0;
+    if (!ok || rename(tmp, path) != 0) return plait_fail(PLAIT_EIO, "personal state of client %zu: write failed", client);
+    return 0;
+}
+
+static int local_steps_for(const plait_sim_config_t *cfg, const plait_sim_client_t *c)
+{
+    if (cfg->local_epochs <= 0) return cfg->local_steps;
+    double per_step = (double)cfg->batch * (double)cfg->seq_len;
+    double steps = ceil(cfg->local_epochs * (double)c->train_tokens / per_step);
+    if (steps < 1) steps = 1;
+    if (steps > cfg->max_local_steps) steps = cfg->max_local_steps;
+    return (int)steps;
+}
+
+/* Start from the global adapter; FedSA-LoRA clients bring their own B. */
+static int start_adapter(sim_t *s, worker_t *w, size_t client, int zero_b)
+{
+    memcpy(w->lora.params, s->global.params, s->global.n_params * sizeof(float));
+    if (zero_b) {
+        memset(w->lora.params + w->lora.n_a, 0, (w->lora.n_params - w->lora.n_a) * sizeof(float));
+        return 0;
+    }
+    if (s->cfg->lora_mode == PLAIT_LORA_MODE_FEDSA)
+        return load_personal(s, client, w->lora.params + w->lora.n_a, w->lora.n_params - w->lora.n_a);
+    return 0;
+}
+
+static int train_steps(sim_t *s, worker_t *w, const plait_corpus_t *c, int steps, uint64_t stream, double *last)
+{
+    const plait_sim_config_t *cfg = s->cfg;
+    plait_rng_t r;
+    plait_rng_seed_u64(&r, cfg->seed, stream);
+    uint64_t st = plait_rng_u64(&r);
+    plait_rng_wipe(&r);
+    plait_train_reset(w->tr);
+    int rc = 0;
+    float loss = NAN;
+    for (int k = 0; k < steps && rc == 0; k++) {
+        if ((rc = plait_corpus_sample(c, cfg->batch, cfg->seq_len, &st, w->batch)) != 0) break;
+        if ((rc = plait_train_forward_backward(w->tr, w->batch, &loss)) != 0) break;
+        rc = plait_train_step(w->tr);
+    }
+    *last = loss;
+    return rc;
+}
+
+static int do_train(sim_t *s, worker_t *w, job_t *j)
+{
+    const plait_sim_config_t *cfg = s->cfg;
+    size_t i = j->client;
+    plait_corpus_t train;
+    plait_corpus_init(&train);
+    int rc = start_adapter(s, w, i, 0);
+    if (rc == 0) rc = plait__sim_load_client(&s->pop, i, &s->tok, &train, NULL);
+    if (rc == 0)
+        rc = train_steps(s, w, &train, local_steps_for(cfg, &s->pop.clients[i]),
+                         plait__sim_stream(PLAIT__SIM_RNG_TRAIN, (uint64_t)s->cur_round, i), &j->loss);
+    plait_corpus_free(&train);
+    if (rc != 0) return rc;
+    if (cfg->lora_mode == PLAIT_LORA_MODE_FEDSA &&
+        (rc = save_personal(s, i, w->lora.params + w->lora.n_a, w->lora.n_params - w->lora.n_a)) != 0)
+        return rc;
+    /* The device's update pipeline. */
+    size_t P = s->len;
+    if ((rc = plait_update_diff(w->diff, w->lora.params + s->off, s->global.params + s->off, P)) != 0) return rc;
+    double S = plait_round_clip(s->round);
+    plait_clip_info_t ci;
+    if ((rc = plait_update_clip_l2(w->diff, P, S, &ci)) != 0) return rc;
+    j->unclipped = ci.norm <= S;
+    plait_rng_t q;
+    plait_rng_seed_u64(&q, cfg->seed, plait__sim_stream(PLAIT__SIM_RNG_QUANT, (uint64_t)s->cur_round, i));
+    if (cfg->local_noise > 0) rc = plait_update_add_noise(w->diff, P, cfg->local_noise * S, &q);
+    double wgt = 1.0;
+    if (cfg->noise_multiplier <= 0) {
+        double ex = (double)s->pop.clients[i].train_tokens;
+        wgt = (ex < cfg->weight_cap ? ex : cfg->weight_cap) / cfg->weight_cap;
+    }
+    for (size_t k = 0; k < P; k++) w->diff[k] = (float)(wgt * (double)w->diff[k]);
+    if (rc == 0) rc = plait_quant_encode(plait_round_quant(s->round), w->diff, P, &q, j->words);
+    if (rc == 0) rc = plait_quant_encode_weight(plait_round_quant(s->round), wgt, &q, &j->words[P]);
+    plait_rng_wipe(&q);
+    plait_zeroize(w->diff, P * sizeof(float));
+    return rc;
+}
+
+static int do_eval(sim_t *s, worker_t *w, job_t *j)
+{
+    const plait_sim_config_t *cfg = s->cfg;
+    size_t i = j->client;
+    plait_corpus_t train, held;
+    plait_corpus_init(&train);
+    plait_corpus_init(&held);
+    int personal = j->kind == JOB_PERSONAL;
+    int rc = start_adapter(s, w, i, j->kind == JOB_BASE);
+    if (rc == 0) rc = plait__sim_load_client(&s->pop, i, &s->tok, personal ? &train : NULL, &held);
+    if (rc == 0 && personal) {
+        double last;
+        int steps = cfg->personal_steps > 0 ? cfg->personal_steps : local_steps_for(cfg, &s->pop.clients[i]);
+        rc = train_steps(s, w, &train, steps, plait__sim_stream(PLAIT__SIM_RNG_PERSONAL, (uint64_t)s->cur_round, i),
+                         &last);
+    }
+    if (rc == 0) rc = plait_corpus_eval(&held, w->tr, cfg->seq_len, cfg->eval_windows, &j->loss, &j->tokens);
+    plait_corpus_free(&train);
+    plait_corpus_free(&held);
+    return rc;
+}
+
+/* Pool body: item k is worker k; it pulls jobs until none are left. */
+static void worker_fn(void *ctx, size_t begin, size_t end)
+{
+    sim_t *s = ctx;
+    for (size_t k = begin; k < end; k++) {
+        worker_t *w = &s->w[k];
+        for (;;) {
+            size_t idx = atomic_fetch_add(&s->next, 1);
+            if (idx >= s->n_jobs) break;
+            job_t *j = &s->jobs[idx];
+            j->rc = j->kind == JOB_TRAIN ? do_train(s, w, j) : do_eval(s, w, j);
+            if (j->rc != 0)
+                PLAIT_LOG(PLAIT_LOG_ERROR, "sim: client %zu round %d: %s (%s)", j->client, s->cur_round,
+                          plait_errmsg(), plait_err_name(j->rc));
+        }
+    }
+}
+
+static int run_jobs(sim_t *s, job_t *jobs, size_t n)
+{
+    if (n == 0) return 0;
+    s->jobs = jobs;
+    s->n_jobs = n;
+    atomic_store(&s->next, 0);
+    plait_pool_run(s->pool, worker_fn, s, (size_t)s->nw);
+    for (size_t k = 0; k < n; k++)
+        if (jobs[k].rc != 0) return plait_fail(jobs[k].rc, "client %zu failed in round %d", jobs[k].client, s->cur_round);
+    return 0;
+}
+
+/* Token-weighted held-out loss over clients ids (kind EVAL, PERSONAL or BASE), summed in id order. */
+static int evaluate(sim_t *s, const size_t *ids, size_t n, int kind, double *loss, size_t *tokens)
+{
+    *loss = NAN;
+    if (tokens) *tokens = 0;
+    if (n == 0) return 0;
+    job_t *jobs = calloc(n, sizeof(job_t));
+    if (!jobs) return plait_fail(PLAIT_ENOMEM, "sim: evaluation jobs");
+    for (size_t k = 0; k < n; k++) jobs[k] = (job_t){.client = ids[k], .kind = kind};
+    int rc = run_jobs(s, jobs, n);
+    double sum = 0;
+    size_t tok = 0;
+    for (size_t k = 0; rc == 0 && k < n; k++) {
+        sum += jobs[k].loss * (double)jobs[k].tokens;
+        tok += jobs[k].tokens;
+    }
+    free(jobs);
+    if (rc == 0 && tok > 0) *loss = sum / (double)tok;
+    if (tokens) *tokens = tok;
+    return rc;
+}
+
+/* ---- the run ------------------------------------------------------------------ */
+
+typedef struct {
+    double t;
+    size_t client;
+    size_t slot;   /* index into the selected list: its update's place in the slab */
+    int dropped;   /* 1: a dropout at t; 0: an arrival at t */
+    int unclipped; /* set once trained */
+} event_t;
+
+static int cmp_event(const void *a, const void *b)
+{
+    const event_t *x = a, *y = b;
+    if (x->t != y->t) return x->t < y->t ? -1 : 1;
+    return x->client < y->client ? -1 : x->client > y->client;
+}
+
+/* The first k of a seeded permutation of 0..n-1, sorted (fixed evaluation samples). */
+static size_t *sample_ids(uint64_t seed, unsigned purpose, size_t n, size_t k)
+{
+    if (k == 0 || k > n) k = n;
+    size_t *p = malloc(n * sizeof(size_t));
+    if (!p) return NULL;
+    for (size_t i = 0; i < n; i++) p[i] = i;
+    plait_rng_t r;
+    plait_rng_seed_u64(&r, seed, plait__sim_stream(purpose, 0, 0));
+    for (size_t i = 0; i < k; i++) {
+        size_t j = i + (size_t)(plait_rng_uniform(&r) * (double)(n - i));
+        size_t t = p[i];
+        p[i] = p[j];
+        p[j] = t;
+    }
+    plait_rng_wipe(&r);
+    for (size_t i = 1; i < k; i++) /* insertion sort: k is small or n is */
+        for (size_t j = i; j > 0 && p[j - 1] > p[j]; j--) {
+            size_t t = p[j];
+            p[j] = p[j - 1];
+            p[j - 1] = t;
+        }
+    return p;
+}
+
+static void sim_free(sim_t *s)
+{
+    if (s->w)
+        for (int k = 0; k < s->nw; k++) {
+            plait_train_destroy(s->w[k].tr);
+            plait_lora_free(&s->w[k].lora);
+            free(s->w[k].diff);
+            free(s->w[k].batch);
+        }
+    free(s->w);
+    plait_pool_destroy(s->pool);
+    plait_round_destroy(s->round);
+    plait_lora_free(&s->global);
+    plait_sim_pop_free(&s->pop);
+    plait_tok_free(&s->tok);
+    plait_model_free(&s->model);
+    free(s->eval_ids);
+    free(s->pers_ids);
+    free(s->slab);
+}
+
+static int setup(sim_t *s, const plait_sim_config_t *cfg)
+{
+    s->cfg = cfg;
+    plait_model_init(&s->model);
+    plait_tok_init(&s->tok);
+    plait_lora_init(&s->global);
+    int rc;
+    if ((rc = plait_model_load(&s->model, cfg->model)) != 0) return rc;
+    if (cfg->seq_len > s->model.cfg.seq_len)
+        return plait_fail(PLAIT_EINVAL, "local.seq_len %d exceeds the model's %d", cfg->seq_len, s->model.cfg.seq_len);
+    if ((rc = plait_tok_load(&s->tok, cfg->tokenizer, s->model.cfg.vocab_size)) != 0) return rc;
+    if (mkdir(cfg->out_dir, 0755) != 0 && errno != EEXIST)
+        return plait_fail(PLAIT_EIO, "%s: cannot create folder", cfg->out_dir);
+    char dir[PLAIT_SIM_PATH_MAX + 16];
+    snprintf(dir, sizeof(dir), "%s/clients", cfg->out_dir);
+    if ((rc = plait_sim_pop_build(&s->pop, cfg, &s->tok, dir)) != 0) return rc;
+    snprintf(s->personal_dir, sizeof(s->personal_dir), "%s/personal", cfg->out_dir);
+    if (mkdir(s->personal_dir, 0700) != 0 && errno != EEXIST)
+        return plait_fail(PLAIT_EIO, "%s: cannot create folder", s->personal_dir);
+    if (cfg->lora_mode == PLAIT_LORA_MODE_FEDSA) /* a fresh run starts without personal state */
+        for (size_t i = 0; i < s->pop.n; i++) {
+            char p[PLAIT_SIM_PATH_MAX + 64];
+            personal_path(s, i, p, sizeof(p));
+            unlink(p);
+        }
+
+    plait_lora_config_t lc;
+    plait_lora_config_default(&lc);
+    lc.rank = cfg->rank;
+    lc.alpha = (float)cfg->alpha;
+    lc.targets = cfg->targets;
+    if ((rc = plait_lora_setup(&s->global, &s->model.cfg, &lc)) != 0) return rc;
+    plait_lora_init_weights(&s->global, cfg->seed); /* A from the task seed, B = 0 */
+    if ((rc = plait_update_span(&s->global, cfg->lora_mode, &s->off, &s->len)) != 0) return rc;
+
+    plait_round_config_t rc_;
+    plait_round_config_default(&rc_);
+    rc_.dim = s->len;
+    rc_.target_cohort = cfg->clients_per_round;
+    rc_.min_cohort = cfg->min_clients ? cfg->min_clients : (cfg->clients_per_round + 1) / 2;
+    rc_.overselect = cfg->overselect;
+    rc_.selection_timeout_s = 0;  /* the whole cohort checks in at once */
+    rc_.round_timeout_s = cfg->deadline_s;
+    rc_.quantized = 1;
+    rc_.quant.bits = cfg->quant_bits;
+    rc_.quant.range = cfg->clip * (cfg->local_noise > 0 ? 1.0 + 4.0 * cfg->local_noise : 1.0);
+    rc_.check_norm = cfg->local_noise > 0 ? 0 : 1;
+    rc_.clip_norm = cfg->clip;
+    plait_server_opt_config_default(&rc_.opt, cfg->strategy);
+    if (cfg->server_lr > 0) rc_.opt.lr = cfg->server_lr;
+    rc_.population = s->pop.n;
+    if (cfg->noise_multiplier > 0) {
+        rc_.dp = 1;
+        rc_.dp_cfg.clip = cfg->clip;
+        rc_.dp_cfg.noise_multiplier = cfg->noise_multiplier;
+        rc_.dp_delta = cfg->delta;
+    }
+    if (rc_.target_cohort > s->pop.n)
+        return plait_fail(PLAIT_EINVAL, "rounds.clients_per_round %zu exceeds the %zu clients", rc_.target_cohort,
+                          s->pop.n);
+    if ((rc = plait_round_create(&s->round, &rc_, s->global.params + s->off, s->len)) != 0) return rc;
+
+    s->nw = cfg->threads;
+    if ((rc = plait_pool_create(&s->pool, s->nw)) != 0) return rc;
+    s->w = calloc((size_t)s->nw, sizeof(worker_t));
+    if (!s->w) return plait_fail(PLAIT_ENOMEM, "sim: workers");
+    plait_train_config_t tc = plait_train_config_default();
+    tc.B = cfg->batch;
+    tc.T = cfg->seq_len;
+    tc.lr = cfg->lr;
+    tc.threads = 1;
+    tc.train_a = cfg->lora_mode != PLAIT_LORA_MODE_FFA;
+    for (int k = 0; k < s->nw; k++) {
+        worker_t *w = &s->w[k];
+        plait_lora_init(&w->lora);
+        if ((rc = plait_lora_setup(&w->lora, &s->model.cfg, &lc)) != 0) return rc;
+        if ((rc = plait_train_create(&w->tr, &s->model, &w->lora, &tc)) != 0) return rc;
+        w->diff = malloc(s->len * sizeof(float));
+        w->batch = malloc((size_t)cfg->batch * ((size_t)cfg->seq_len + 1) * sizeof(int32_t));
+        if (!w->diff || !w->batch) return plait_fail(PLAIT_ENOMEM, "sim: worker buffers");
+    }
+    size_t want = (size_t)ceil((double)cfg->clients_per_round * cfg->overselect);
+    s->slab = malloc(want * (s->len + 1) * sizeof(uint32_t));
+    s->eval_ids = sample_ids(cfg->seed, PLAIT__SIM_RNG_EVAL, s->pop.n, cfg->eval_clients);
+    s->n_eval = cfg->eval_clients && cfg->eval_clients < s->pop.n ? cfg->eval_clients : s->pop.n;
+    s->n_pers = cfg->personal_clients < s->pop.n ? cfg->personal_clients : s->pop.n;
+    s->pers_ids = s->n_pers ? sample_ids(cfg->seed, PLAIT__SIM_RNG_PERSONAL, s->pop.n, s->n_pers) : NULL;
+    if (!s->slab || !s->eval_ids || (s->n_pers && !s->pers_ids)) return plait_fail(PLAIT_ENOMEM, "sim: samples");
+    return 0;
+}
+
+/* One round; fills m. */
+static int one_round(sim_t *s, int r, double *sim_now, plait_sim_round_t *m)
+{
+    const plait_sim_config_t *cfg = s->cfg;
+    plait_round_t *rd = s->round;
+    s->cur_round = r;
+    double t0 = *sim_now;
+    uint64_t rid;
+    int rc = plait_round_open(rd, t0, &rid);
+    if (rc != 0) return rc;
+    plait_round_stats_t st;
+    plait_round_stats(rd, &st);
+    /* Who is available, and the seeded cohort among them. */
+    size_t n = s->pop.n, n_av = 0;
+    size_t *av = malloc(n * sizeof(size_t));
+    if (!av) return plait_fail(PLAIT_ENOMEM, "sim: availability");
+    for (size_t i = 0; i < n; i++)
+        if (plait_sim_fleet_available(cfg, r, i)) av[n_av++] = i;
+    size_t k = st.want < n_av ? st.want : n_av;
+    plait_rng_t sel;
+    plait_rng_seed_u64(&sel, cfg->seed, plait__sim_stream(PLAIT__SIM_RNG_SELECT, (uint64_t)r, 0));
+    for (size_t i = 0; i < k; i++) {
+        size_t j = i + (size_t)(plait_rng_uniform(&sel) * (double)(n_av - i));
+        size_t t = av[i];
+        av[i] = av[j];
+        av[j] = t;
+    }
+    plait_rng_wipe(&sel);
+    for (size_t i = 0; i < k && rc == 0; i++) rc = plait_round_select(rd, av[i], t0);
+    if (rc == 0 && plait_round_state(rd) == PLAIT_ROUND_SELECTION) rc = plait_round_start(rd, t0);
+    m->available = n_av;
+
+    event_t *ev = calloc(k ? k : 1, sizeof(event_t));
+    job_t *jobs = calloc(k ? k : 1, sizeof(job_t));
+    uint8_t *trained = calloc(k ? k : 1, 1);
+    size_t *job_ev = calloc(k ? k : 1, sizeof(size_t));
+    if (!ev || !jobs || !trained || !job_ev) rc = plait_fail(PLAIT_ENOMEM, "sim: round buffers");
+    double bytes_down = (double)s->len * sizeof(float), bytes_up = (double)(s->len + 1) * sizeof(uint32_t);
+    for (size_t i = 0; rc == 0 && i < k; i++) {
+        plait_sim_fate_t f;
+        int steps = local_steps_for(cfg, &s->pop.clients[av[i]]);
+        plait_sim_fleet_fate(cfg, r, av[i], bytes_down, bytes_up, (double)steps * cfg->batch * cfg->seq_len, &f);
+        ev[i] = (event_t){t0 + (f.dropped ? f.drop_at : f.duration), av[i], i, f.dropped, 0};
+    }
+    if (rc == 0) qsort(ev, k, sizeof(event_t), cmp_event);
+    double deadline = t0 + cfg->deadline_s;
+    double loss_sum = 0;
+    size_t loss_n = 0;
+    for (size_t e = 0; rc == 0 && e < k && plait_round_state(rd) == PLAIT_ROUND_TRAINING; e++) {
+        if (ev[e].t >= deadline) break;
+        if (ev[e].dropped) {
+            rc = plait_round_dropout(rd, ev[e].client, rid, ev[e].t);
+            continue;
+        }
+        if (!trained[e]) {
+            /* Train the next arrivals still needed, in parallel. */
+            plait_round_stats(rd, &st);
+            size_t need = cfg->clients_per_round - st.accepted, nj = 0;
+            for (size_t f = e; f < k && nj < need && ev[f].t < deadline; f++) {
+                if (ev[f].dropped || trained[f]) continue;
+                trained[f] = 1;
+                job_ev[nj] = f;
+                jobs[nj] = (job_t){.client = ev[f].client, .kind = JOB_TRAIN,
+                                   .words = s->slab + ev[f].slot * (s->len + 1)};
+                nj++;
+            }
+            double w0 = wall_now();
+            rc = run_jobs(s, jobs, nj);
+            s->train_wall += wall_now() - w0;
+            s->trained += nj;
+            for (size_t q = 0; q < nj; q++) {
+                ev[job_ev[q]].unclipped = jobs[q].unclipped;
+                if (isfinite(jobs[q].loss)) loss_sum += jobs[q].loss, loss_n++;
+            }
+            if (rc != 0) break;
+        }
+        const uint32_t *words = s->slab + ev[e].slot * (s->len + 1);
+        int sub = plait_round_submit_words(rd, ev[e].client, rid, words, s->len + 1, ev[e].unclipped, ev[e].t);
+        if (sub != 0 && sub != PLAIT_ESTALE && sub != PLAIT_ETOOBIG && sub != PLAIT_EPROTO && sub != PLAIT_EINVAL &&
+            sub != PLAIT_EMISMATCH)
+            rc = sub;
+    }
+    if (rc == 0) plait_round_tick(rd, deadline);
+    if (rc == 0 && plait_round_state(rd) == PLAIT_ROUND_TRAINING) plait_round_tick(rd, deadline);
+    if (rc == 0 && plait_round_state(rd) == PLAIT_ROUND_AGGREGATION) {
+        plait_rng_t dp;
+        plait_rng_seed_u64(&dp, cfg->seed, plait__sim_stream(PLAIT__SIM_RNG_DP, (uint64_t)r, 0));
+        rc = plait_round_aggregate(rd, &dp);
+        plait_rng_wipe(&dp);
+        if (rc == 0) rc = plait_round_commit(rd);
+        if (rc == 0) memcpy(s->global.params + s->off, plait_round_global(rd), s->len * sizeof(float));
+    }
+    plait_round_stats(rd, &st);
+    m->round = r;
+    m->committed = st.committed;
+    m->selected = st.selected;
+    m->participants = st.accepted;
+    m->dropouts = st.dropouts;
+    m->stragglers = st.stragglers;
+    m->rejected = st.rej_stale + st.rej_duplicate + st.rej_late + st.rej_unknown + st.rej_length + st.rej_malformed +
+                  st.rej_norm;
+    m->bytes_up = st.bytes_up;
+    m->bytes_down = st.bytes_down;
+    m->sim_time_s = (st.t_close > t0 ? st.t_close : t0) - t0;
+    m->train_loss = loss_n ? loss_sum / (double)loss_n : NAN;
+    m->epsilon = plait_round_epsilon(rd);
+    m->clip = st.clip_used;
+    *sim_now = t0 + m->sim_time_s;
+    free(av);
+    free(ev);
+    free(jobs);
+    free(trained);
+    free(job_ev);
+    return rc;
+}
+
+static int eval_round(sim_t *s, plait_sim_round_t *m)
+{
+    size_t tok;
+    int rc = evaluate(s, s->eval_ids, s->n_eval, JOB_EVAL, &m->global_loss, &tok);
+    if (rc == 0) rc = evaluate(s, s->pers_ids, s->n_pers, JOB_PERSONAL, &m->personal_loss, NULL);
+    m->global_ppl = exp(m->global_loss);
+    m->personal_ppl = exp(m->personal_loss);
+    return rc;
+}
+
+static uint64_t fnv_bytes(uint64_t h, const void *p, size_t n)
+{
+    const uint8_t *b = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 1099511628211ULL;
+    return h;
+}
+
+static uint64_t checksum(const sim_t *s, const plait_sim_result_t *res)
+{
+    uint64_t h = fnv_bytes(1469598103934665603ULL, s->global.params, s->global.n_params * sizeof(float));
+    for (size_t r = 0; r <= res->n_rounds; r++) {
+        const plait_sim_round_t *m = &res->rounds[r];
+        uint64_t u[] = {(uint64_t)m->committed, m->available, m->selected, m->participants, m->dropouts,
+                        m->stragglers, m->rejected, m->bytes_up, m->bytes_down};
+        double d[] = {m->sim_time_s, m->train_loss, m->global_loss, m->personal_loss, m->epsilon, m->clip};
+        h = fnv_bytes(h, u, sizeof(u));
+        h = fnv_bytes(h, d, sizeof(d));
+    }
+    return h;
+}
+
+static void progress(const plait_sim_config_t *cfg, const plait_sim_round_t *m, int tty)
+{
+    if (cfg->quiet) return;
+    if (tty) {
+        int width = 30, done = (int)((double)width * m->round / cfg->rounds);
+        fprintf(stderr, "\r[%.*s%*s] round %d/%d  global %.3f  personal %.3f  clients %zu/%zu ", done,
+                "##############################", width - done, "", m->round, cfg->rounds, m->global_loss,
+                m->personal_loss, m->participants, m->selected);
+        if (m->round == cfg->rounds) fputc('\n', stderr);
+    } else {
+        fprintf(stderr,
+                "round %d/%d: %s, participants %zu/%zu, dropouts %zu, stragglers %zu, global loss %.4f, personal "
+                "loss %.4f, eps %.3g, %.2fs\n",
+                m->round, cfg->rounds, m->committed ? "committed" : (m->round ? "failed" : "start"), m->participants,
+                m->selected, m->dropouts, m->stragglers, m->global_loss, m->personal_loss, m->epsilon, m->wall_s);
+    }
+    fflush(stderr);
+}
+
+void plait_sim_result_free(plait_sim_result_t *res)
+{
+    if (!res) return;
+    free(res->rounds);
+    res->rounds = NULL;
+}
+
+int plait_sim_run(const plait_sim_config_t *cfg, plait_sim_result_t *out)
+{
+    int rc = plait_sim_config_validate(cfg);
+    if (rc != 0) return rc;
+    double w_start = wall_now();
+    sim_t s;
+    memset(&s, 0, sizeof(s));
+    plait_sim_result_t res;
+    memset(&res, 0, sizeof(res));
+    if ((rc = setup(&s, cfg)) != 0) goto exit;
+    res.rounds = calloc((size_t)cfg->rounds + 1, sizeof(plait_sim_round_t));
+    if (!res.rounds) {
+        rc = plait_fail(PLAIT_ENOMEM, "sim: metrics");
+        goto exit;
+    }
+    res.n_rounds = (size_t)cfg->rounds;
+    res.n_clients = s.pop.n;
+    res.n_params = s.global.n_params;
+    res.span_len = s.len;
+    int tty = cfg->progress == 1 || (cfg->progress == -1 && isatty(2));
+    if (!cfg->quiet)
+        fprintf(stderr, "plait-sim: %zu clients (%zu authors; %zu under %zu lines, %zu too small), %s, %zu of %zu "
+                        "parameters travel\n",
+                s.pop.n, s.pop.n_sources, s.pop.n_too_few, cfg->min_lines, s.pop.n_too_small,
+                plait_lora_mode_name(cfg->lora_mode), s.len, s.global.n_params);
+    /* Round 0: the starting point, and the frozen base model. */
+    s.cur_round = 0;
+    double w0 = wall_now();
+    if ((rc = evaluate(&s, s.eval_ids, s.n_eval, JOB_BASE, &res.base_loss, &res.eval_tokens)) != 0) goto exit;
+    plait_sim_round_t *m0 = &res.rounds[0];
+    m0->train_loss = NAN;
+    m0->clip = plait_round_clip(s.round);
+    if ((rc = eval_round(&s, m0)) != 0) goto exit;
+    m0->wall_s = wall_now() - w0;
+    progress(cfg, m0, tty);
+    double sim_now = 0;
+    for (int r = 1; r <= cfg->rounds; r++) {
+        plait_sim_round_t *m = &res.rounds[r];
+        double wr = wall_now();
+        if ((rc = one_round(&s, r, &sim_now, m)) != 0) goto exit;
+        m->global_loss = m->personal_loss = m->global_ppl = m->personal_ppl = NAN;
+        if (r % cfg->eval_every == 0 || r == cfg->rounds)
+            if ((rc = eval_round(&s, m)) != 0) goto exit;
+        m->wall_s = wall_now() - wr;
+        progress(cfg, m, tty);
+    }
+    res.wall_s = wall_now() - w_start;
+    res.client_rounds_per_s = s.train_wall > 0 ? (double)s.trained / s.train_wall : 0;
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) == 0) res.peak_rss_kb = ru.ru_maxrss;
+    res.checksum = checksum(&s, &res);
+    {
+        char path[PLAIT_SIM_PATH_MAX + 32];
+        snprintf(path, sizeof(path), "%s/global.safetensors", cfg->out_dir);
+        if ((rc = plait_adapter_save(path, &s.global, s.model.sha256)) != 0) goto exit;
+        if ((rc = plait__sim_write_outputs(cfg, &res, &s.pop, cfg->out_dir)) != 0) goto exit;
+    }
+exit:
+    sim_free(&s);
+    if (rc == 0 && out) *out = res;
+    else plait_sim_result_free(&res);
+    return rc;
+}

@@ -1,0 +1,62 @@
+/*
+ * sim_int.h: internals shared by the simulator's files (not a public header).
+ */
+#ifndef PLAIT_SIM_INT_H
+#define PLAIT_SIM_INT_H
+
+#include <stdio.h>
+
+#include "plait/data.h"
+#include "plait/sim.h"
+
+/* Kind tags of the two sides of a client's store. */
+#define PLAIT__SIM_KIND_TRAIN "train"
+#define PLAIT__SIM_KIND_HELDOUT "heldout"
+
+/* Purposes of the random streams (the high byte of a stream number). */
+enum {
+    PLAIT__SIM_RNG_TRAITS = 1,
+    PLAIT__SIM_RNG_AVAIL = 2,
+    PLAIT__SIM_RNG_SELECT = 3,
+    PLAIT__SIM_RNG_FATE = 4,
+    PLAIT__SIM_RNG_TRAIN = 5,
+    PLAIT__SIM_RNG_QUANT = 6,
+    PLAIT__SIM_RNG_DP = 7,
+    PLAIT__SIM_RNG_EVAL = 8,
+    PLAIT__SIM_RNG_PERSONAL = 9
+};
+
+/* Stream number of (purpose, round, client): distinct for rounds < 2^24 and clients < 2^32. */
+static inline uint64_t plait__sim_stream(unsigned purpose, uint64_t round, uint64_t client)
+{
+    return ((uint64_t)purpose << 56) | ((round & 0xffffffULL) << 32) | (client & 0xffffffffULL);
+}
+
+/* Fail with rc, prefixing the detail recorded on this thread (copied first:
+ * plait_fail must not format its own buffer into itself). */
+static inline int plait__sim_wrap(int rc, const char *prefix)
+{
+    char tmp[512];
+    snprintf(tmp, sizeof(tmp), "%s", plait_errmsg());
+    return plait_fail(rc, "%.512s: %s", prefix, tmp);
+}
+
+/* Append client i's records to train and/or heldout (either may be NULL). */
+int plait__sim_load_client(const plait_sim_pop_t *pop, size_t i, const plait_tok_t *tok, plait_corpus_t *train,
+                           plait_corpus_t *heldout);
+
+/* Write metrics.csv, metrics.jsonl, loss.svg and report.md into dir. */
+int plait__sim_write_outputs(const plait_sim_config_t *cfg, const plait_sim_result_t *res,
+                             const plait_sim_pop_t *pop, const char *dir);
+
+/* One line of the per-round CSV / JSON into a buffer. */
+struct plait_buf_s;
+void plait__sim_csv_header(struct plait_buf_s *b);
+void plait__sim_csv_row(struct plait_buf_s *b, const plait_sim_round_t *m);
+void plait__sim_json_row(struct plait_buf_s *b, const plait_sim_round_t *m);
+
+/* An SVG of n_series loss curves over rounds 0..n_points-1 (NAN = no point) and a base line. */
+int plait__sim_svg_compare(const char *path, const char *title, const char *const *names, const double *const *ys,
+                           size_t n_series, size_t n_points, double base);
+
+#endif
