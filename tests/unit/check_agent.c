@@ -1310,6 +1310,15 @@ START_TEST(test_cli_join)
         ck_assert_uint_lt(mono_ms() - t0, 15000);
         ck_assert(file_has(out, "Connection refused"));
     }
+    /* --rounds that --max-runtime cuts short is a failure, said in one line. */
+    {
+        char *argv[] = {bin, "join", "--server", port_s, "--ca", g_ca, "--cert", g_crt, "--key", g_key, "--db", g_store,
+                        "--state", st2, "--model", g_model, "--tokenizer", g_tok, "--daemon", "--rounds", "2",
+                        "--max-runtime", "1", "--backoff-initial-ms", "50", NULL};
+        int rc = run_cli(argv, out, 0, 20000);
+        ck_assert_int_eq(rc, 1);
+        ck_assert(file_has(out, "after 0 of 2 rounds"));
+    }
     free(st2);
     free(out);
     free(state);
