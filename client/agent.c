@@ -591,6 +591,22 @@ int plait_agent_create(plait_agent_t **out, const plait_agent_config_t *cfg)
         goto fail;
     }
     if ((rc = plait__agent_state_load(a->state_dir, &a->state)) != 0) goto fail;
+    {
+        /* A crash between recording the Ack and deleting the stored words leaves words
+         * for an acknowledged round: they can never be sent again, so drop them now. */
+        plait__agent_pending_t p;
+        int prc = plait__agent_pending_load(a->state_dir, &p);
+        if ((prc == 0 && p.round_id <= a->state.last_acked) || prc == PLAIT_EPROTO) {
+            PLAIT_LOG(PLAIT_LOG_INFO, "agent %s: dropping a %s stored update", a->device_id,
+                      prc == 0 ? "stale" : "damaged");
+            if ((rc = plait__agent_pending_remove(a->state_dir)) != 0) {
+                plait__agent_pending_free(&p);
+                goto fail;
+            }
+        }
+        plait__agent_pending_free(&p);
+        plait_clear_error();
+    }
 
     if (cfg->seed != 0) {
         plait_rng_seed_u64(&a->jitter, cfg->seed, 0x6a1773ull);

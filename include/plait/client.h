@@ -75,7 +75,7 @@ typedef int (*plait_agent_eligible_cb)(void *ud);
 
 /** What an event reports. */
 typedef enum {
-    PLAIT_AGENT_EV_CONNECTING = 1,  /**< about to connect (attempt = reconnect attempt, 0 first) */
+    PLAIT_AGENT_EV_CONNECTING = 1,  /**< plait_agent_run is about to start a conversation (attempt = failures so far) */
     PLAIT_AGENT_EV_CONNECTED = 2,   /**< TLS established, Hello sent */
     PLAIT_AGENT_EV_COME_BACK = 3,   /**< the aggregator said come back later (delay_ms = its delay) */
     PLAIT_AGENT_EV_TASK = 4,        /**< a round was offered and accepted (round_id) */

@@ -1429,7 +1429,23 @@ START_TEST(test_create_errors)
     ck_assert_int_eq(tu_write_file(sp, "garbage", 7), 0);
     ck_assert_int_eq(plait_agent_create(&a, &cfg), PLAIT_EPROTO);
     unlink(sp);
+    /* Words stored for a round that was acknowledged (a crash before they were deleted) are dropped. */
+    plait__agent_state_t st = {.last_uploaded = 3, .last_acked = 3};
+    ck_assert_int_eq(plait__agent_state_save(state, &st), 0);
+    uint32_t words[3] = {1, 2, 3};
+    plait__agent_pending_t p = {.round_id = 3, .adapter_version = 1, .num_examples = 5, .words = words, .n_words = 3};
+    ck_assert_int_eq(plait__agent_pending_save(state, &p), 0);
     ck_assert_int_eq(plait_agent_create(&a, &cfg), 0);
+    plait__agent_pending_t q;
+    ck_assert_int_eq(plait__agent_pending_load(state, &q), PLAIT_ENOENT);
+    plait_agent_destroy(a);
+    /* ... while words for a round not yet acknowledged are kept for the re-send. */
+    p.round_id = 4;
+    ck_assert_int_eq(plait__agent_pending_save(state, &p), 0);
+    ck_assert_int_eq(plait_agent_create(&a, &cfg), 0);
+    ck_assert_int_eq(plait__agent_pending_load(state, &q), 0);
+    ck_assert_uint_eq(q.round_id, 4);
+    plait__agent_pending_free(&q);
     plait_agent_destroy(a);
     free(sp);
     free(state);
