@@ -72,11 +72,12 @@
 #define PENDING_FILE "pending.upd"
 #define GLOBAL_FILE "global.safetensors"
 #define PERSONAL_FILE "personal.safetensors"
+#define PARTIAL_FILE "global.part"
 #define STATE_MAGIC "plait-agent-state 1"
 #define PENDING_MAGIC "PLAITUPD"
 #define PENDING_VERSION 1u
 #define CLIENT_VERSION "plait-agent/" PLAIT_VERSION_STRING
-#define AGENT_CAPS (PLAIT_CAP_LOCAL_DP | PLAIT_CAP_FFA | PLAIT_CAP_FEDIT | PLAIT_CAP_FEDSA)
+#define AGENT_CAPS (PLAIT_CAP_LOCAL_DP | PLAIT_CAP_FFA | PLAIT_CAP_FEDIT | PLAIT_CAP_FEDSA | PLAIT_CAP_RESUME)
 #define IO_CHUNK (16 * 1024)
 #define PROGRESS_MS 1000u
 
@@ -1147,6 +1148,55 @@ static int train_with_keepalive(conn_t *c, job_t *j, uint64_t round, uint64_t ta
 
 /* --------------------------------------------------------------- the round */
 
+/*
+ * An interrupted download is kept as DIR/global.part: magic, total length,
+ * the task's SHA-256, the byte count, then the bytes. A later task for the
+ * same blob (same hash and length) asks for the rest only (PLAIT_CAP_RESUME);
+ * the final hash check covers the resumed bytes too.
+ */
+#define PART_MAGIC "PLAITPRT"
+#define PART_HEADER (8 + 8 + 32 + 8)
+
+static void partial_save(plait_agent_t *a, const plait_msg_task_t *t, const uint8_t *buf, size_t got)
+{
+    uint8_t *b = malloc(PART_HEADER + got);
+    if (!b) return;
+    memcpy(b, PART_MAGIC, 8);
+    put_u64(b + 8, t->adapter_len);
+    memcpy(b + 16, t->adapter_sha256, 32);
+    put_u64(b + 48, (uint64_t)got);
+    memcpy(b + PART_HEADER, buf, got);
+    if (plait__agent_atomic_write(a->state_dir, PARTIAL_FILE, b, PART_HEADER + got) == 0)
+        PLAIT_LOG(PLAIT_LOG_INFO, "agent %s: kept %zu of %llu adapter bytes to resume", a->device_id, got,
+                  (unsigned long long)t->adapter_len);
+    free(b);
+}
+
+static void partial_remove(plait_agent_t *a)
+{
+    char path[4096];
+    if (path_join(path, sizeof(path), a->state_dir, PARTIAL_FILE) == 0) unlink(path);
+}
+
+/* Bytes of the task's blob already held (copied into buf); 0 when none fit. */
+static size_t partial_load(plait_agent_t *a, const plait_msg_task_t *t, uint8_t *buf)
+{
+    char path[4096];
+    uint8_t *b = NULL;
+    size_t len = 0, got = 0;
+    if (path_join(path, sizeof(path), a->state_dir, PARTIAL_FILE) != 0) return 0;
+    if (read_small(path, PART_HEADER + (size_t)t->adapter_len, &b, &len) == 0 && len >= PART_HEADER &&
+        memcmp(b, PART_MAGIC, 8) == 0 && get_u64(b + 8) == t->adapter_len &&
+        plait_ct_memcmp(b + 16, t->adapter_sha256, 32) == 0 && get_u64(b + 48) == (uint64_t)(len - PART_HEADER) &&
+        len - PART_HEADER < t->adapter_len) {
+        got = len - PART_HEADER;
+        memcpy(buf, b + PART_HEADER, got);
+    }
+    free(b);
+    plait_clear_error();
+    return got;
+}
+
 /* Global adapter blob: the cached copy when its hash matches, else downloaded (and cached). */
 static int get_adapter(conn_t *c, const plait_msg_task_t *t, uint8_t **out, size_t *out_len, uint64_t *downloaded)
 {
@@ -1174,15 +1224,19 @@ static int get_adapter(conn_t *c, const plait_msg_task_t *t, uint8_t **out, size
     len = (size_t)t->adapter_len;
     buf = malloc(len);
     if (!buf) return plait_fail(PLAIT_ENOMEM, "adapter: %zu bytes", len);
+    size_t start = partial_load(a, t, buf);
+    if (start > 0)
+        PLAIT_LOG(PLAIT_LOG_INFO, "agent %s: round %llu: resuming the adapter download at byte %zu", a->device_id,
+                  (unsigned long long)t->round_id, start);
     plait_msg_t m;
     plait_msg_init(&m, PLAIT_MSG_ADAPTER_REQUEST);
     m.u.adapter_request.round_id = t->round_id;
     m.u.adapter_request.version = t->adapter_version;
-    m.u.adapter_request.offset = 0;
-    if ((rc = conn_send(c, &m)) != 0) goto fail;
+    m.u.adapter_request.offset = start;
     /* wire.h's transfer state checks version, total, offsets and the last chunk's hash. */
     plait_wire_xfer_t x;
-    plait_wire_xfer_init(&x, t->adapter_version, t->adapter_len, 0);
+    plait_wire_xfer_init(&x, t->adapter_version, t->adapter_len, start);
+    if ((rc = conn_send(c, &m)) != 0) goto fail;
     for (;;) {
         if ((rc = conn_expect(c, now_ms() + a->cfg.io_timeout_ms, &m, "an adapter chunk")) != 0) goto fail;
         if (m.type != PLAIT_MSG_ADAPTER_CHUNK) {
@@ -1201,16 +1255,26 @@ static int get_adapter(conn_t *c, const plait_msg_task_t *t, uint8_t **out, size
     uint8_t h[32];
     plait_sha256(buf, len, h);
     if (plait_ct_memcmp(h, t->adapter_sha256, 32) != 0) {
-        rc = plait_fail(PLAIT_EMISMATCH, "downloaded adapter does not hash to the task's adapter_sha256");
-        goto fail;
+        partial_remove(a); /* whatever was kept is wrong: start afresh next time */
+        free(buf);
+        return plait_fail(PLAIT_EMISMATCH, "downloaded adapter does not hash to the task's adapter_sha256");
     }
+    partial_remove(a);
     if (plait__agent_atomic_write(a->state_dir, GLOBAL_FILE, buf, len) != 0)
         PLAIT_LOG(PLAIT_LOG_WARN, "agent %s: cannot cache the global adapter: %s", a->device_id, plait_errmsg());
     *out = buf;
     *out_len = len;
-    *downloaded = len;
+    *downloaded = len - start;
     return 0;
 fail:
+    /* Keep what arrived for a resumed download, unless the bytes themselves were refused. */
+    if (rc != PLAIT_EPROTO && x.next > start) {
+        int keep = rc;
+        char msg[256];
+        snprintf(msg, sizeof(msg), "%s", plait_errmsg());
+        partial_save(a, t, buf, (size_t)x.next);
+        plait_fail(keep, "%s", msg);
+    }
     free(buf);
     return rc;
 }

@@ -8,7 +8,8 @@
  * capabilities, last acknowledged round), then either take the aggregator's
  * ComeBackLater delay, or take a Task: download the global adapter (skipped
  * when the cached copy has the task's hash), train it on the device store on
- * a worker thread (the connection is kept alive with Pings meanwhile),
+ * a worker thread (the connection is kept alive with Pings meanwhile; an
+ * interrupted download resumes where it stopped on the next task),
  * compute the update span's difference, clip it, add local DP noise if the
  * task asks for it, quantize it with the example weight, store it in the
  * state directory, upload it in chunks, wait for the Ack, and keep a personal

@@ -475,7 +475,8 @@ typedef enum {
     FAKE_TASK = 0,      /* full round: task, adapter, update, ack */
     FAKE_COME_BACK = 1, /* ComeBackLater */
     FAKE_DROP = 2,      /* task, adapter, then close after the first update chunk */
-    FAKE_ERROR = 3      /* Error(EMISMATCH) after the hello */
+    FAKE_ERROR = 3,     /* Error(EMISMATCH) after the hello */
+    FAKE_DROP_DL = 4    /* task, then close after the first adapter chunk */
 } fake_mode_t;
 
 typedef struct {
@@ -489,6 +490,7 @@ typedef struct {
     int got_hello;
     plait_msg_hello_t hello;
     int adapter_requests, pongs, pings, chunks;
+    uint64_t req_offset; /* offset of the last AdapterRequest */
     uint32_t *words;
     size_t n_words;
     uint64_t num_examples;
@@ -605,6 +607,7 @@ static void fake_serve(fake_t *f, int fd)
         if (m.type == PLAIT_MSG_ADAPTER_REQUEST) {
             f->adapter_requests++;
             uint64_t off = m.u.adapter_request.offset;
+            f->req_offset = off;
             plait_msg_free(&m);
             /* Three chunks, so the agent reassembles. */
             size_t piece = f->blob_len / 3 + 1;
@@ -622,6 +625,7 @@ static void fake_serve(fake_t *f, int fd)
                     fake_failf(f, "send chunk", rc);
                     goto out;
                 }
+                if (f->mode == FAKE_DROP_DL) goto out; /* vanishes mid-download */
             }
             continue;
         }
@@ -1411,6 +1415,75 @@ START_TEST(test_loopback_declines)
 }
 END_TEST
 
+/* A download cut after the first chunk resumes at that offset on the next task (PLAIT_CAP_RESUME). */
+START_TEST(test_loopback_download_resume)
+{
+    round_t r;
+    round_setup(&r, 30, PLAIT_LORA_MODE_FFA);
+    char *state = fresh_state("agent_resume");
+    server_t sv;
+    server_start(&sv, FAKE_DROP_DL, &r);
+    plait_agent_t *a = make_agent(state, sv.f.port, NULL);
+    plait_agent_result_t res;
+    int rc = plait_agent_run_once(a, &res);
+    server_join(&sv);
+    ck_assert_int_eq(rc, PLAIT_EIO);
+    ck_assert_uint_ne(sv.f.hello.capabilities & PLAIT_CAP_RESUME, 0);
+    ck_assert_uint_eq(sv.f.req_offset, 0);
+    char *part = tu_path(state, "global.part");
+    ck_assert_int_eq(access(part, F_OK), 0);
+    server_free(&sv);
+    plait_agent_destroy(a);
+
+    server_start(&sv, FAKE_TASK, &r);
+    evlog_t ev;
+    memset(&ev, 0, sizeof(ev));
+    a = make_agent(state, sv.f.port, &ev);
+    rc = plait_agent_run_once(a, &res);
+    server_join(&sv);
+    ck_assert_msg(sv.f.fail[0] == 0, "fake server: %s", sv.f.fail);
+    ck_assert_msg(rc == 0, "run_once: %s", plait_errmsg());
+    ck_assert_int_eq(res.outcome, PLAIT_AGENT_OUT_ACKED);
+    ck_assert_uint_eq(sv.f.req_offset, r.blob_len / 3 + 1); /* the first chunk's size */
+    ck_assert_int_eq(access(part, F_OK), -1);
+    check_words_match_personal(&r, state, &sv.f);
+    plait_agent_destroy(a);
+    server_free(&sv);
+
+    /* A kept prefix that does not belong to the blob fails the final hash, and is dropped. */
+    uint8_t *img;
+    size_t n;
+    char *gp = tu_path(state, "global.safetensors");
+    unlink(gp);
+    r.task.round_id = 31;
+    server_start(&sv, FAKE_DROP_DL, &r);
+    a = make_agent(state, sv.f.port, NULL);
+    ck_assert_int_eq(plait_agent_run_once(a, &res), PLAIT_EIO);
+    server_join(&sv);
+    server_free(&sv);
+    plait_agent_destroy(a);
+    img = tu_read_file(part, &n);
+    ck_assert_ptr_nonnull(img);
+    img[n - 1] ^= 0x55; /* corrupt a kept byte, header intact */
+    ck_assert_int_eq(tu_write_file(part, img, n), 0);
+    free(img);
+    server_start(&sv, FAKE_TASK, &r);
+    a = make_agent(state, sv.f.port, NULL);
+    rc = plait_agent_run_once(a, &res);
+    server_join(&sv);
+    ck_assert_int_eq(rc, 0);
+    ck_assert_int_eq(res.outcome, PLAIT_AGENT_OUT_DECLINED);
+    ck_assert_int_eq(res.declined_rc, PLAIT_EMISMATCH);
+    ck_assert_int_eq(access(part, F_OK), -1);
+    plait_agent_destroy(a);
+    server_free(&sv);
+    free(gp);
+    free(part);
+    round_free(&r);
+    free(state);
+}
+END_TEST
+
 START_TEST(test_create_errors)
 {
     char *state = fresh_state("agent_create");
@@ -1486,6 +1559,7 @@ Suite *agent_suite(void)
     tcase_add_test(tc, test_cli_join);
     tcase_add_test(tc, test_loopback_fedit_local_dp_and_cache);
     tcase_add_test(tc, test_loopback_declines);
+    tcase_add_test(tc, test_loopback_download_resume);
     suite_add_tcase(s, tc);
     return s;
 }
