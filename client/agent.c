@@ -815,7 +815,8 @@ static int conn_open(conn_t *c)
     memset(&hints, 0, sizeof(hints));
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_ADDRCONFIG;
+    /* No AI_ADDRCONFIG: on a loopback-only host it hides 127.0.0.1 for "localhost". An
+     * address family the host cannot reach fails fast and the next address is tried. */
     int g = getaddrinfo(a->host, port, &hints, &res);
     if (g != 0) return plait_fail(PLAIT_EIO, "resolve %s: %s", a->host, gai_strerror(g));
     int rc = plait_fail(PLAIT_EIO, "connect %s:%s: no address", a->host, port);

@@ -1287,7 +1287,7 @@ START_TEST(test_cli_join)
     round_setup(&r, 7, PLAIT_LORA_MODE_FFA);
     server_t sv;
     server_start(&sv, FAKE_TASK, &r);
-    snprintf(server, sizeof(server), "127.0.0.1:%d", sv.f.port);
+    snprintf(server, sizeof(server), "localhost:%d", sv.f.port); /* a DNS name: resolved, and matched to the SAN */
     {
         char *argv[] = {bin, "join", "--server", server, "--ca", g_ca, "--cert", g_crt, "--key", g_key, "--db", g_store,
                         "--state", st2, "--model", g_model, "--tokenizer", g_tok, "--once", "--seed", "5",
