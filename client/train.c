@@ -27,7 +27,7 @@
  *    run time and a portable twin that tests force and compare.
  *  - Causal attention probabilities are stored in row blocks of ATT_BLOCK
  *    without the masked triangle; the classifier's (N, V) logits never exist
- *    at once (PLAIT_TRAIN_LOGIT_ROWS rows per thread at a time).
+ *    at once (tr->vc rows per thread at a time, see logit_rows()).
  *  - Results do not depend on the thread count: every element is computed
  *    by one task in a fixed order (the sim's 1- vs 2-thread checksum).
  *  - Sums that decide the match with the float64 reference (the loss, the
@@ -60,6 +60,7 @@ struct plait_trainer_s {
     int own_pool;
     size_t B, T, C, H, L, NH, NKV, HS, KV, V, R, P;
     size_t att_size;  /* floats of one (b, h) block-triangular probability matrix */
+    size_t vc;        /* classifier rows per matmul call and thread (logit_rows()) */
 
     /* ---- activation arena: forward values kept for backward ---- */
     float *acts;      /* the arena */
@@ -92,7 +93,7 @@ struct plait_trainer_s {
     float *dhg;       /* (N, H) */
     float *du;        /* (N, R) */
     float *attn_scratch; /* (P, attn_scratch_floats(T, HS)) per-thread attention scratch (attn_scratch_t) */
-    float *logits;    /* (P, PLAIT_TRAIN_LOGIT_ROWS, V) per-thread logit rows */
+    float *logits;    /* (P, vc, V) per-thread logit rows */
     double *row_loss; /* (N) per-position loss, summed in order for determinism */
     float *rope_cos;  /* (T, HS) cos(pos * freq_i) at 2i and 2i+1 */
     float *rope_sin;  /* (T, HS) -sin at 2i, +sin at 2i+1 */
@@ -914,15 +915,25 @@ static void swiglu_backward(plait_trainer_t *tr, float *dh1, float *dh3, const f
     plait_pool_run(tr->pool, swiglu_backward_rows, &j, N);
 }
 
+/* Rows of logits per classifier call: each call streams the whole (V, C)
+ * classifier through the matmul kernel (packing it as it goes), so more rows
+ * per call amortize that; the per-thread scratch of rows x V floats is held
+ * near PLAIT_TRAIN_LOGIT_BYTES (16 rows at least, 256 at most). */
+static size_t logit_rows(size_t V)
+{
+    size_t r = PLAIT_TRAIN_LOGIT_BYTES / (V * sizeof(float));
+    return r < 16 ? 16 : r > 256 ? 256 : r;
+}
+
 /* Classifier, softmax and cross-entropy, fused per thread: item i of P owns
- * a contiguous share of the N rows and a PLAIT_TRAIN_LOGIT_ROWS x V scratch,
+ * a contiguous share of the N rows and a vc x V scratch,
  * so the (N, V) logits never exist at once. With dlnf != NULL it also writes
  * dlnf (N, C) = dlogits · Wcls with dlogits = (softmax - onehot) * scale. */
 static void classifier_items(void *ctx, size_t b0, size_t e0)
 {
     job_t *j = ctx;
     plait_trainer_t *tr = j->tr;
-    size_t N = j->n, V = tr->V, C = tr->C, P = tr->P, VC = PLAIT_TRAIN_LOGIT_ROWS;
+    size_t N = j->n, V = tr->V, C = tr->C, P = tr->P, VC = tr->vc;
     const float *wcls = tr->m->w.wcls;
     for (size_t item = b0; item < e0; item++) {
         size_t r0 = N * item / P, r1 = N * (item + 1) / P;
@@ -1234,6 +1245,7 @@ int plait_train_create(plait_trainer_t **out, const plait_model_t *m, plait_lora
     }
     tr->P = (size_t)plait_pool_size(tr->pool);
     tr->att_size = att_block_offset((tr->T + ATT_BLOCK - 1) / ATT_BLOCK, tr->T);
+    tr->vc = logit_rows(tr->V);
 
     size_t B = tr->B, T = tr->T, C = tr->C, H = tr->H, L = tr->L, KV = tr->KV, R = tr->R, N = B * T;
     size_t n_slots = 0;
@@ -1262,7 +1274,7 @@ int plait_train_create(plait_trainer_t **out, const plait_model_t *m, plait_lora
         N * H, N * H, N * H, /* dh1 dh3 dhg */
         N * R,           /* du */
         tr->P * attn_scratch_floats(T, tr->HS), /* attn_scratch */
-        tr->P * PLAIT_TRAIN_LOGIT_ROWS * tr->V, /* logits */
+        tr->P * tr->vc * tr->V, /* logits */
         2 * N,           /* row_loss (doubles = 2 floats each) */
         T * tr->HS, T * tr->HS, /* rope cos, sin */
     };

@@ -29,7 +29,7 @@
  * accum_steps calls since the previous step.
  *
  * Memory (floats; N = B*T, S = number of adapted (layer, projection) slots,
- * P = threads, VC = PLAIT_TRAIN_LOGIT_ROWS, A(T) = sum over row blocks of 32
+ * P = threads, VC = rows of logits per thread (PLAIT_TRAIN_LOGIT_BYTES), A(T) = sum over row blocks of 32
  * of rows * (last row + 1), about T*T/2 + 16*T: the causal attention
  * probabilities of one head are stored without the masked triangle):
  *   saved for backward  L*(6*N*C + 2*N*KV + 3*N*H + 2*N + B*NH*A(T))
@@ -54,8 +54,9 @@
 #include "plait/model.h"
 #include "plait/tensor.h"
 
-/** Rows of logits one thread materializes at a time (memory/speed trade-off). */
-#define PLAIT_TRAIN_LOGIT_ROWS 16
+/** Bytes of logits one thread materializes at a time (memory/speed trade-off):
+ *  VC = clamp(PLAIT_TRAIN_LOGIT_BYTES / (4 V), 16, 256) rows. */
+#define PLAIT_TRAIN_LOGIT_BYTES (8u << 20)
 
 typedef struct {
     int B;              /* sequences per micro-batch (default 8) */
