@@ -72,17 +72,20 @@
 #define PENDING_FILE "pending.upd"
 #define GLOBAL_FILE "global.safetensors"
 #define PERSONAL_FILE "personal.safetensors"
+#define PARTIAL_FILE "global.part"
 #define STATE_MAGIC "plait-agent-state 1"
 #define PENDING_MAGIC "PLAITUPD"
 #define PENDING_VERSION 1u
 #define CLIENT_VERSION "plait-agent/" PLAIT_VERSION_STRING
-#define AGENT_CAPS (PLAIT_CAP_LOCAL_DP | PLAIT_CAP_FFA | PLAIT_CAP_FEDIT | PLAIT_CAP_FEDSA)
+#define AGENT_CAPS                                                                                 \
+    (PLAIT_CAP_LOCAL_DP | PLAIT_CAP_FFA | PLAIT_CAP_FEDIT | PLAIT_CAP_FEDSA | PLAIT_CAP_RESUME)
 #define IO_CHUNK (16 * 1024)
 #define PROGRESS_MS 1000u
 
 struct plait_agent_s {
     plait_agent_config_t cfg; /* strings point at the owned copies below */
-    char *host, *name, *ca_path, *cert_path, *key_path, *model_path, *tok_path, *store_path, *state_dir;
+    char *host, *name, *ca_path, *cert_path, *key_path, *model_path, *tok_path, *store_path,
+        *state_dir;
     plait_model_t model;
     plait_tok_t tok;
     plait_pool_t *pool;
@@ -91,7 +94,7 @@ struct plait_agent_s {
     plait_wire_limits_t lim;
     size_t chunk_words;
     plait__agent_state_t state;
-    plait_drbg_t drbg; /* production randomness (seed == 0) */
+    plait_drbg_t drbg;  /* production randomness (seed == 0) */
     plait_rng_t jitter; /* jitter of delays (not secret, but seeded from the DRBG anyway) */
     int wake[2];        /* self-pipe: stop and worker completion */
     atomic_int stop;
@@ -137,7 +140,8 @@ static void emit_ev(plait_agent_t *a, const plait_agent_event_t *ev)
 static int path_join(char *out, size_t cap, const char *dir, const char *name)
 {
     int n = snprintf(out, cap, "%s/%s", dir, name);
-    if (n < 0 || (size_t)n >= cap) return plait_fail(PLAIT_EINVAL, "state path too long: %.80s/%s", dir, name);
+    if (n < 0 || (size_t)n >= cap)
+        return plait_fail(PLAIT_EINVAL, "state path too long: %.80s/%s", dir, name);
     return 0;
 }
 
@@ -170,41 +174,58 @@ int plait_agent_config_validate(const plait_agent_config_t *c)
     const struct {
         const char *name;
         const char *v;
-    } req[] = {{"server_host", c->server_host}, {"ca_path", c->ca_path},       {"cert_path", c->cert_path},
-               {"key_path", c->key_path},       {"model_path", c->model_path}, {"tokenizer_path", c->tokenizer_path},
+    } req[] = {{"server_host", c->server_host}, {"ca_path", c->ca_path},
+               {"cert_path", c->cert_path},     {"key_path", c->key_path},
+               {"model_path", c->model_path},   {"tokenizer_path", c->tokenizer_path},
                {"store_path", c->store_path},   {"state_dir", c->state_dir}};
     for (size_t i = 0; i < sizeof(req) / sizeof(req[0]); i++)
-        if (!req[i].v || !*req[i].v) return plait_fail(PLAIT_EINVAL, "agent config: %s is required", req[i].name);
-    if (strlen(c->server_host) > 253) return plait_fail(PLAIT_EINVAL, "agent config: server_host longer than 253 bytes");
-    if (c->server_name && !*c->server_name) return plait_fail(PLAIT_EINVAL, "agent config: server_name is empty");
+        if (!req[i].v || !*req[i].v)
+            return plait_fail(PLAIT_EINVAL, "agent config: %s is required", req[i].name);
+    if (strlen(c->server_host) > 253)
+        return plait_fail(PLAIT_EINVAL, "agent config: server_host longer than 253 bytes");
+    if (c->server_name && !*c->server_name)
+        return plait_fail(PLAIT_EINVAL, "agent config: server_name is empty");
     if (c->server_port < 1 || c->server_port > 65535)
-        return plait_fail(PLAIT_EINVAL, "agent config: server_port %d outside 1..65535", c->server_port);
+        return plait_fail(PLAIT_EINVAL, "agent config: server_port %d outside 1..65535",
+                          c->server_port);
     if (c->threads < 1 || c->threads > 256)
         return plait_fail(PLAIT_EINVAL, "agent config: threads %d outside 1..256", c->threads);
-    if (c->min_records < 1) return plait_fail(PLAIT_EINVAL, "agent config: min_records must be >= 1");
-    if (c->max_local_steps < 1) return plait_fail(PLAIT_EINVAL, "agent config: max_local_steps must be >= 1");
-    if (c->max_batch_tokens < 1) return plait_fail(PLAIT_EINVAL, "agent config: max_batch_tokens must be >= 1");
-    if (c->connect_timeout_ms < 1) return plait_fail(PLAIT_EINVAL, "agent config: connect_timeout_ms must be >= 1");
-    if (c->io_timeout_ms < 1) return plait_fail(PLAIT_EINVAL, "agent config: io_timeout_ms must be >= 1");
+    if (c->min_records < 1)
+        return plait_fail(PLAIT_EINVAL, "agent config: min_records must be >= 1");
+    if (c->max_local_steps < 1)
+        return plait_fail(PLAIT_EINVAL, "agent config: max_local_steps must be >= 1");
+    if (c->max_batch_tokens < 1)
+        return plait_fail(PLAIT_EINVAL, "agent config: max_batch_tokens must be >= 1");
+    if (c->connect_timeout_ms < 1)
+        return plait_fail(PLAIT_EINVAL, "agent config: connect_timeout_ms must be >= 1");
+    if (c->io_timeout_ms < 1)
+        return plait_fail(PLAIT_EINVAL, "agent config: io_timeout_ms must be >= 1");
     if (c->keepalive_ms < 1000 || c->keepalive_ms > 60000)
-        return plait_fail(PLAIT_EINVAL, "agent config: keepalive_ms %u outside 1000..60000 (the aggregator's idle "
-                                        "limit is 90 s)", c->keepalive_ms);
+        return plait_fail(
+            PLAIT_EINVAL,
+            "agent config: keepalive_ms %u outside 1000..60000 (the aggregator's idle "
+            "limit is 90 s)",
+            c->keepalive_ms);
     if (c->backoff_initial_ms < 1 || c->backoff_initial_ms > c->backoff_max_ms)
-        return plait_fail(PLAIT_EINVAL, "agent config: backoff_initial_ms %u must be in 1..backoff_max_ms (%u)",
+        return plait_fail(PLAIT_EINVAL,
+                          "agent config: backoff_initial_ms %u must be in 1..backoff_max_ms (%u)",
                           c->backoff_initial_ms, c->backoff_max_ms);
     if (!(c->backoff_jitter >= 0.0 && c->backoff_jitter <= 1.0))
         return plait_fail(PLAIT_EINVAL, "agent config: backoff_jitter outside 0..1");
     if (!(c->come_back_jitter >= 0.0 && c->come_back_jitter <= 1.0))
         return plait_fail(PLAIT_EINVAL, "agent config: come_back_jitter outside 0..1");
-    if (c->daemon != 0 && c->daemon != 1) return plait_fail(PLAIT_EINVAL, "agent config: daemon must be 0 or 1");
-    if (c->max_attempts < 1) return plait_fail(PLAIT_EINVAL, "agent config: max_attempts must be >= 1");
+    if (c->daemon != 0 && c->daemon != 1)
+        return plait_fail(PLAIT_EINVAL, "agent config: daemon must be 0 or 1");
+    if (c->max_attempts < 1)
+        return plait_fail(PLAIT_EINVAL, "agent config: max_attempts must be >= 1");
     return 0;
 }
 
 uint64_t plait_agent_backoff_ms(const plait_agent_config_t *cfg, uint32_t attempt, double u)
 {
     double max = (double)cfg->backoff_max_ms, base = (double)cfg->backoff_initial_ms;
-    for (uint32_t i = 0; i < attempt && base < max; i++) base *= 2.0;
+    for (uint32_t i = 0; i < attempt && base < max; i++)
+        base *= 2.0;
     if (base > max) base = max;
     if (!(u >= 0.0)) u = 0.0;
     if (u >= 1.0) u = 0.999999;
@@ -221,27 +242,35 @@ uint64_t plait_agent_come_back_ms(const plait_agent_config_t *cfg, uint32_t retr
 
 /* ---------------------------------------------------------- update pipeline */
 
-int plait__agent_make_update(const plait_lora_t *global, const plait_lora_t *local, plait_lora_mode_t mode,
-                             double clip_norm, double noise_stddev, const plait_quant_config_t *qc, double weight,
-                             plait_rng_t *rng, uint32_t *words, size_t n_words, plait_clip_info_t *ci)
+int plait__agent_make_update(const plait_lora_t *global, const plait_lora_t *local,
+                             plait_lora_mode_t mode, double clip_norm, double noise_stddev,
+                             const plait_quant_config_t *qc, double weight, plait_rng_t *rng,
+                             uint32_t *words, size_t n_words, plait_clip_info_t *ci)
 {
-    if (!global || !local || !qc || !rng || !words) return plait_fail(PLAIT_EINVAL, "update: NULL argument");
+    if (!global || !local || !qc || !rng || !words)
+        return plait_fail(PLAIT_EINVAL, "update: NULL argument");
     if (global->n_params != local->n_params || global->n_a != local->n_a)
         return plait_fail(PLAIT_EINVAL, "update: local and global adapters differ in shape");
-    if (!(weight >= 0.0 && weight <= 1.0)) return plait_fail(PLAIT_EINVAL, "update: weight outside [0, 1]");
+    if (!(weight >= 0.0 && weight <= 1.0))
+        return plait_fail(PLAIT_EINVAL, "update: weight outside [0, 1]");
     size_t off, len;
     int rc = plait_update_span(global, mode, &off, &len);
     if (rc != 0) return rc;
     if (n_words != len + 1)
-        return plait_fail(PLAIT_EMISMATCH, "update: %zu words asked for a span of %zu (+1 weight word)", n_words, len);
+        return plait_fail(PLAIT_EMISMATCH,
+                          "update: %zu words asked for a span of %zu (+1 weight word)", n_words,
+                          len);
     float *upd = malloc(len * sizeof(float));
     if (!upd) return plait_fail(PLAIT_ENOMEM, "update: %zu floats", len);
     plait_clip_info_t info;
     memset(&info, 0, sizeof(info));
-    if ((rc = plait_update_diff(upd, local->params + off, global->params + off, len)) != 0) goto exit;
+    if ((rc = plait_update_diff(upd, local->params + off, global->params + off, len)) != 0)
+        goto exit;
     if ((rc = plait_update_clip_l2(upd, len, clip_norm, &info)) != 0) goto exit;
-    if (noise_stddev > 0.0 && (rc = plait_update_add_noise(upd, len, noise_stddev, rng)) != 0) goto exit;
-    for (size_t i = 0; i < len; i++) upd[i] = (float)((double)upd[i] * weight);
+    if (noise_stddev > 0.0 && (rc = plait_update_add_noise(upd, len, noise_stddev, rng)) != 0)
+        goto exit;
+    for (size_t i = 0; i < len; i++)
+        upd[i] = (float)((double)upd[i] * weight);
     if ((rc = plait_quant_encode(qc, upd, len, rng, words)) != 0) goto exit;
     rc = plait_quant_encode_weight(qc, weight, rng, &words[len]);
 exit:
@@ -314,7 +343,8 @@ static int read_small(const char *path, size_t max, uint8_t **out, size_t *len)
     }
     if ((uint64_t)sb.st_size > (uint64_t)max) {
         close(fd);
-        return plait_fail(PLAIT_ETOOBIG, "%s: %lld bytes, more than %zu", path, (long long)sb.st_size, max);
+        return plait_fail(PLAIT_ETOOBIG, "%s: %lld bytes, more than %zu", path,
+                          (long long)sb.st_size, max);
     }
     size_t n = (size_t)sb.st_size;
     uint8_t *b = malloc(n + 1);
@@ -382,7 +412,8 @@ int plait__agent_state_load(const char *dir, plait__agent_state_t *st)
     free(buf);
     if (rc != 0) {
         memset(st, 0, sizeof(*st));
-        return plait_fail(PLAIT_EPROTO, "%s: not a plait agent state file (refusing to guess)", path);
+        return plait_fail(PLAIT_EPROTO, "%s: not a plait agent state file (refusing to guess)",
+                          path);
     }
     return 0;
 }
@@ -397,13 +428,15 @@ int plait__agent_state_save(const char *dir, const plait__agent_state_t *st)
 
 static void put_u64(uint8_t *p, uint64_t v)
 {
-    for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
 }
 
 static uint64_t get_u64(const uint8_t *p)
 {
     uint64_t v = 0;
-    for (int i = 0; i < 8; i++) v |= (uint64_t)p[i] << (8 * i);
+    for (int i = 0; i < 8; i++)
+        v |= (uint64_t)p[i] << (8 * i);
     return v;
 }
 
@@ -411,18 +444,21 @@ static uint64_t get_u64(const uint8_t *p)
 
 int plait__agent_pending_save(const char *dir, const plait__agent_pending_t *p)
 {
-    if (!p || !p->words || p->n_words == 0) return plait_fail(PLAIT_EINVAL, "pending update: empty");
+    if (!p || !p->words || p->n_words == 0)
+        return plait_fail(PLAIT_EINVAL, "pending update: empty");
     size_t len = PENDING_HEADER + p->n_words * 4 + 32;
     uint8_t *b = malloc(len);
     if (!b) return plait_fail(PLAIT_ENOMEM, "pending update: %zu bytes", len);
     memcpy(b, PENDING_MAGIC, 8);
-    for (int i = 0; i < 4; i++) b[8 + i] = (uint8_t)(PENDING_VERSION >> (8 * i));
+    for (int i = 0; i < 4; i++)
+        b[8 + i] = (uint8_t)(PENDING_VERSION >> (8 * i));
     put_u64(b + 12, p->round_id);
     put_u64(b + 20, p->adapter_version);
     put_u64(b + 28, p->num_examples);
     put_u64(b + 36, (uint64_t)p->n_words);
     for (size_t i = 0; i < p->n_words; i++)
-        for (int k = 0; k < 4; k++) b[PENDING_HEADER + 4 * i + (size_t)k] = (uint8_t)(p->words[i] >> (8 * k));
+        for (int k = 0; k < 4; k++)
+            b[PENDING_HEADER + 4 * i + (size_t)k] = (uint8_t)(p->words[i] >> (8 * k));
     plait_sha256(b, len - 32, b + len - 32);
     int rc = plait__agent_atomic_write(dir, PENDING_FILE, b, len);
     free(b);
@@ -443,10 +479,13 @@ int plait__agent_pending_load(const char *dir, plait__agent_pending_t *p)
     rc = PLAIT_EPROTO;
     uint8_t h[32];
     if (len < PENDING_HEADER + 4 + 32 || memcmp(b, PENDING_MAGIC, 8) != 0) goto bad;
-    uint32_t ver = (uint32_t)b[8] | (uint32_t)b[9] << 8 | (uint32_t)b[10] << 16 | (uint32_t)b[11] << 24;
+    uint32_t ver =
+        (uint32_t)b[8] | (uint32_t)b[9] << 8 | (uint32_t)b[10] << 16 | (uint32_t)b[11] << 24;
     if (ver != PENDING_VERSION) goto bad;
     uint64_t n = get_u64(b + 36);
-    if (n == 0 || n > (uint64_t)(len - PENDING_HEADER - 32) / 4 || PENDING_HEADER + n * 4 + 32 != len) goto bad;
+    if (n == 0 || n > (uint64_t)(len - PENDING_HEADER - 32) / 4 ||
+        PENDING_HEADER + n * 4 + 32 != len)
+        goto bad;
     plait_sha256(b, len - 32, h);
     if (plait_ct_memcmp(h, b + len - 32, 32) != 0) goto bad;
     p->words = malloc((size_t)n * sizeof(uint32_t));
@@ -460,7 +499,8 @@ int plait__agent_pending_load(const char *dir, plait__agent_pending_t *p)
     p->n_words = (size_t)n;
     for (size_t i = 0; i < p->n_words; i++) {
         const uint8_t *w = b + PENDING_HEADER + 4 * i;
-        p->words[i] = (uint32_t)w[0] | (uint32_t)w[1] << 8 | (uint32_t)w[2] << 16 | (uint32_t)w[3] << 24;
+        p->words[i] =
+            (uint32_t)w[0] | (uint32_t)w[1] << 8 | (uint32_t)w[2] << 16 | (uint32_t)w[3] << 24;
     }
     free(b);
     if (p->round_id == 0 || p->num_examples == 0) {
@@ -478,7 +518,8 @@ int plait__agent_pending_remove(const char *dir)
     char path[4096];
     int rc;
     if ((rc = path_join(path, sizeof(path), dir, PENDING_FILE)) != 0) return rc;
-    if (unlink(path) != 0 && errno != ENOENT) return plait_fail(PLAIT_EIO, "%s: unlink: %s", path, strerror(errno));
+    if (unlink(path) != 0 && errno != ENOENT)
+        return plait_fail(PLAIT_EIO, "%s: unlink: %s", path, strerror(errno));
     return 0;
 }
 
@@ -489,8 +530,8 @@ void plait__agent_pending_free(plait__agent_pending_t *p)
     memset(p, 0, sizeof(*p));
 }
 
-plait__task_decision_t plait__agent_task_decision(const plait__agent_state_t *st, uint64_t pending_round,
-                                                  uint64_t round_id)
+plait__task_decision_t plait__agent_task_decision(const plait__agent_state_t *st,
+                                                  uint64_t pending_round, uint64_t round_id)
 {
     if (round_id <= st->last_acked) return PLAIT__TASK_STALE;
     if (pending_round != 0 && round_id == pending_round) return PLAIT__TASK_RESEND;
@@ -541,8 +582,8 @@ int plait_agent_create(plait_agent_t **out, const plait_agent_config_t *cfg)
     a->tok_path = dup_str(cfg->tokenizer_path);
     a->store_path = dup_str(cfg->store_path);
     a->state_dir = dup_str(cfg->state_dir);
-    if (!a->host || !a->name || !a->ca_path || !a->cert_path || !a->key_path || !a->model_path || !a->tok_path ||
-        !a->store_path || !a->state_dir) {
+    if (!a->host || !a->name || !a->ca_path || !a->cert_path || !a->key_path || !a->model_path ||
+        !a->tok_path || !a->store_path || !a->state_dir) {
         rc = plait_fail(PLAIT_ENOMEM, "agent config strings");
         goto fail;
     }
@@ -576,9 +617,11 @@ int plait_agent_create(plait_agent_t **out, const plait_agent_config_t *cfg)
         rc = plait_fail(rc, "device certificate %s: %s", a->cert_path, plait_errmsg());
         goto fail;
     }
-    snprintf(a->device_id, sizeof(a->device_id), "%s", info.device_id[0] ? info.device_id : "device");
+    snprintf(a->device_id, sizeof(a->device_id), "%s",
+             info.device_id[0] ? info.device_id : "device");
     if ((rc = plait_tls_config_client(&a->tls, ca, crt, key, a->name)) != 0) {
-        rc = plait_fail(rc, "TLS client config (%s, %s): %s", a->cert_path, a->key_path, plait_errmsg());
+        rc = plait_fail(rc, "TLS client config (%s, %s): %s", a->cert_path, a->key_path,
+                        plait_errmsg());
         goto fail;
     }
     plait_pki_free_pem(ca);
@@ -591,6 +634,22 @@ int plait_agent_create(plait_agent_t **out, const plait_agent_config_t *cfg)
         goto fail;
     }
     if ((rc = plait__agent_state_load(a->state_dir, &a->state)) != 0) goto fail;
+    {
+        /* A crash between recording the Ack and deleting the stored words leaves words
+         * for an acknowledged round: they can never be sent again, so drop them now. */
+        plait__agent_pending_t p;
+        int prc = plait__agent_pending_load(a->state_dir, &p);
+        if ((prc == 0 && p.round_id <= a->state.last_acked) || prc == PLAIT_EPROTO) {
+            PLAIT_LOG(PLAIT_LOG_INFO, "agent %s: dropping a %s stored update", a->device_id,
+                      prc == 0 ? "stale" : "damaged");
+            if ((rc = plait__agent_pending_remove(a->state_dir)) != 0) {
+                plait__agent_pending_free(&p);
+                goto fail;
+            }
+        }
+        plait__agent_pending_free(&p);
+        plait_clear_error();
+    }
 
     if (cfg->seed != 0) {
         plait_rng_seed_u64(&a->jitter, cfg->seed, 0x6a1773ull);
@@ -599,8 +658,10 @@ int plait_agent_create(plait_agent_t **out, const plait_agent_config_t *cfg)
         if ((rc = plait_drbg_seed(&a->drbg, pers, sizeof(pers) - 1)) != 0) goto fail;
         if ((rc = plait_rng_seed_drbg(&a->jitter, &a->drbg)) != 0) goto fail;
     }
-    PLAIT_LOG(PLAIT_LOG_INFO, "agent %s: ready (model %s, last round uploaded %llu, acknowledged %llu)", a->device_id,
-              a->model_path, (unsigned long long)a->state.last_uploaded, (unsigned long long)a->state.last_acked);
+    PLAIT_LOG(PLAIT_LOG_INFO,
+              "agent %s: ready (model %s, last round uploaded %llu, acknowledged %llu)",
+              a->device_id, a->model_path, (unsigned long long)a->state.last_uploaded,
+              (unsigned long long)a->state.last_acked);
     *out = a;
     return 0;
 fail:
@@ -649,11 +710,20 @@ void plait_agent_reset_stop(plait_agent_t *a)
     atomic_store(&a->stop, 0);
 }
 
-const plait_agent_result_t *plait_agent_last_result(const plait_agent_t *a) { return &a->last; }
+const plait_agent_result_t *plait_agent_last_result(const plait_agent_t *a)
+{
+    return &a->last;
+}
 
-uint32_t plait_agent_rounds_acked(const plait_agent_t *a) { return a->rounds_acked; }
+uint32_t plait_agent_rounds_acked(const plait_agent_t *a)
+{
+    return a->rounds_acked;
+}
 
-static int stopped(plait_agent_t *a) { return atomic_load(&a->stop) != 0; }
+static int stopped(plait_agent_t *a)
+{
+    return atomic_load(&a->stop) != 0;
+}
 
 static void drain_wake(plait_agent_t *a)
 {
@@ -760,7 +830,8 @@ static int conn_flush(conn_t *c, uint64_t deadline)
             if (rc < 0 && rc != PLAIT_EAGAIN) return rc;
             continue;
         }
-        return plait_fail(PLAIT_EIO, "send to the aggregator: %s", w < 0 ? strerror(errno) : "0 bytes");
+        return plait_fail(PLAIT_EIO, "send to the aggregator: %s",
+                          w < 0 ? strerror(errno) : "0 bytes");
     }
     return 0;
 }
@@ -798,7 +869,8 @@ static int conn_open(conn_t *c)
     memset(&hints, 0, sizeof(hints));
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_ADDRCONFIG;
+    /* No AI_ADDRCONFIG: on a loopback-only host it hides 127.0.0.1 for "localhost". An
+     * address family the host cannot reach fails fast and the next address is tried. */
     int g = getaddrinfo(a->host, port, &hints, &res);
     if (g != 0) return plait_fail(PLAIT_EIO, "resolve %s: %s", a->host, gai_strerror(g));
     int rc = plait_fail(PLAIT_EIO, "connect %s:%s: no address", a->host, port);
@@ -827,14 +899,17 @@ static int conn_open(conn_t *c)
             while (w == PLAIT_EAGAIN && now_ms() < deadline);
             if (w != 1) {
                 close(fd);
-                rc = w == PLAIT_ECANCELED ? w : plait_fail(PLAIT_EIO, "connect %s:%s: timed out", a->host, port);
+                rc = w == PLAIT_ECANCELED
+                         ? w
+                         : plait_fail(PLAIT_EIO, "connect %s:%s: timed out", a->host, port);
                 if (rc == PLAIT_ECANCELED) break;
                 continue;
             }
             int err = 0;
             socklen_t el = sizeof(err);
             if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) != 0 || err != 0) {
-                rc = plait_fail(PLAIT_EIO, "connect %s:%s: %s", a->host, port, strerror(err ? err : errno));
+                rc = plait_fail(PLAIT_EIO, "connect %s:%s: %s", a->host, port,
+                                strerror(err ? err : errno));
                 close(fd);
                 continue;
             }
@@ -866,12 +941,14 @@ static int conn_send(conn_t *c, const plait_msg_t *m)
     uint8_t *buf = NULL;
     size_t len = 0;
     int rc = plait_wire_encode_alloc(m, &c->a->lim, &buf, &len);
-    if (rc != 0) return plait_fail(rc, "encode %s: %s", plait_msg_type_name(m->type), plait_errmsg());
+    if (rc != 0)
+        return plait_fail(rc, "encode %s: %s", plait_msg_type_name(m->type), plait_errmsg());
     uint64_t deadline = now_ms() + c->a->cfg.io_timeout_ms;
     size_t off = 0;
     while (off < len) {
         int w = plait_tls_write(c->tls, buf + off, len - off);
-        if (w > 0) off += (size_t)w;
+        if (w > 0)
+            off += (size_t)w;
         else if (w != PLAIT_EAGAIN) {
             rc = tls_fail(c, w, "TLS write");
             break;
@@ -912,13 +989,16 @@ static int conn_recv(conn_t *c, uint64_t deadline, plait_msg_t *msg)
                 }
                 return 0;
             }
-            if (rc != PLAIT_EAGAIN) return plait_fail(rc, "from the aggregator: %s", plait_errmsg());
+            if (rc != PLAIT_EAGAIN)
+                return plait_fail(rc, "from the aggregator: %s", plait_errmsg());
         }
         /* Make room for one more TLS record; frames are bounded by max_frame. */
         if (c->in_cap - c->in_len < IO_CHUNK) {
             size_t ncap = c->in_cap ? c->in_cap * 2 : 64 * 1024;
-            if (ncap > c->a->lim.max_frame + 2 * IO_CHUNK) ncap = c->a->lim.max_frame + 2 * IO_CHUNK;
-            if (ncap - c->in_len < IO_CHUNK) return plait_fail(PLAIT_EPROTO, "aggregator frame exceeds the limit");
+            if (ncap > c->a->lim.max_frame + 2 * IO_CHUNK)
+                ncap = c->a->lim.max_frame + 2 * IO_CHUNK;
+            if (ncap - c->in_len < IO_CHUNK)
+                return plait_fail(PLAIT_EPROTO, "aggregator frame exceeds the limit");
             uint8_t *n = realloc(c->in, ncap);
             if (!n) return plait_fail(PLAIT_ENOMEM, "receive buffer");
             c->in = n;
@@ -956,7 +1036,8 @@ static void conn_close(conn_t *c)
     conn_free(c);
 }
 
-/* Send an Error and let the caller close. Failures to send are not reported: we are leaving anyway. */
+/* Send an Error and let the caller close. Failures to send are not reported: we are leaving anyway.
+ */
 static void send_error(conn_t *c, int code, const char *text)
 {
     plait_msg_t m;
@@ -979,14 +1060,17 @@ static int peer_error(conn_t *c, const plait_msg_t *m, uint64_t round)
     /* The message is peer text, validated by wire.c (printable, bounded); logged as data. */
     PLAIT_LOG(PLAIT_LOG_WARN, "agent %s: %saggregator error %s: %s", a->device_id, where,
               known ? plait_err_name(code) : "unknown", m->u.error.message);
-    if (!known) return plait_fail(PLAIT_EPROTO, "aggregator: %s (unknown code %d)", m->u.error.message, code);
-    return plait_fail(code, "aggregator: %s", m->u.error.message[0] ? m->u.error.message : plait_strerror(code));
+    if (!known)
+        return plait_fail(PLAIT_EPROTO, "aggregator: %s (unknown code %d)", m->u.error.message,
+                          code);
+    return plait_fail(code, "aggregator: %s",
+                      m->u.error.message[0] ? m->u.error.message : plait_strerror(code));
 }
 
 static int unexpected(const plait_msg_t *m, const char *waiting)
 {
-    return plait_fail(PLAIT_EPROTO, "aggregator sent %s while the agent waited for %s", plait_msg_type_name(m->type),
-                      waiting);
+    return plait_fail(PLAIT_EPROTO, "aggregator sent %s while the agent waited for %s",
+                      plait_msg_type_name(m->type), waiting);
 }
 
 /* ----------------------------------------------------------------- training */
@@ -1027,7 +1111,9 @@ static void *job_main(void *p)
     if (rc != 0) goto out;
     j->n_records = corpus.n_records;
     if (corpus.n < (size_t)j->T + 1) {
-        rc = plait_fail(PLAIT_EINVAL, "the training split holds %zu tokens, fewer than seq_len %d + 1", corpus.n, j->T);
+        rc = plait_fail(PLAIT_EINVAL,
+                        "the training split holds %zu tokens, fewer than seq_len %d + 1", corpus.n,
+                        j->T);
         goto out;
     }
     plait_train_config_t tc = plait_train_config_default();
@@ -1079,14 +1165,16 @@ static int train_with_keepalive(conn_t *c, job_t *j, uint64_t round, uint64_t ta
 {
     plait_agent_t *a = c->a;
     pthread_t th;
-    if (pthread_create(&th, NULL, job_main, j) != 0) return plait_fail(PLAIT_ENOMEM, "cannot start the training thread");
+    if (pthread_create(&th, NULL, job_main, j) != 0)
+        return plait_fail(PLAIT_ENOMEM, "cannot start the training thread");
     uint64_t next_ping = now_ms() + a->cfg.keepalive_ms, next_progress = now_ms() + PROGRESS_MS;
     int rc = 0;
     unsigned last_step = 0;
     while (!atomic_load(&j->done)) {
         uint64_t now = now_ms();
         if (now >= task_deadline) {
-            rc = plait_fail(PLAIT_ECANCELED, "round %llu: deadline passed during training", (unsigned long long)round);
+            rc = plait_fail(PLAIT_ECANCELED, "round %llu: deadline passed during training",
+                            (unsigned long long)round);
             break;
         }
         if (now >= next_ping) {
@@ -1098,7 +1186,8 @@ static int train_with_keepalive(conn_t *c, job_t *j, uint64_t round, uint64_t ta
         }
         unsigned s = atomic_load(&j->steps_done);
         if (now >= next_progress && s != last_step) {
-            plait_agent_event_t ev = {.type = PLAIT_AGENT_EV_TRAINING, .round_id = round, .step = s, .steps = j->steps};
+            plait_agent_event_t ev = {
+                .type = PLAIT_AGENT_EV_TRAINING, .round_id = round, .step = s, .steps = j->steps};
             emit_ev(a, &ev);
             last_step = s;
             next_progress = now + PROGRESS_MS;
@@ -1112,7 +1201,8 @@ static int train_with_keepalive(conn_t *c, job_t *j, uint64_t round, uint64_t ta
             rc = r;
             break;
         }
-        rc = m.type == PLAIT_MSG_ERROR ? peer_error(c, &m, round) : unexpected(&m, "nothing during training");
+        rc = m.type == PLAIT_MSG_ERROR ? peer_error(c, &m, round)
+                                       : unexpected(&m, "nothing during training");
         plait_msg_free(&m);
         break;
     }
@@ -1122,8 +1212,10 @@ static int train_with_keepalive(conn_t *c, job_t *j, uint64_t round, uint64_t ta
     if (stopped(a) && rc == 0 && j->rc != 0) rc = plait_fail(PLAIT_ECANCELED, "agent stopped");
     if (rc == 0 && j->rc != 0) rc = plait_fail(j->rc, "training: %s", j->err);
     if (rc == 0) {
-        plait_agent_event_t ev = {
-            .type = PLAIT_AGENT_EV_TRAINING, .round_id = round, .step = j->steps, .steps = j->steps};
+        plait_agent_event_t ev = {.type = PLAIT_AGENT_EV_TRAINING,
+                                  .round_id = round,
+                                  .step = j->steps,
+                                  .steps = j->steps};
         emit_ev(a, &ev);
     }
     return rc;
@@ -1131,8 +1223,59 @@ static int train_with_keepalive(conn_t *c, job_t *j, uint64_t round, uint64_t ta
 
 /* --------------------------------------------------------------- the round */
 
+/*
+ * An interrupted download is kept as DIR/global.part: magic, total length,
+ * the task's SHA-256, the byte count, then the bytes. A later task for the
+ * same blob (same hash and length) asks for the rest only (PLAIT_CAP_RESUME);
+ * the final hash check covers the resumed bytes too.
+ */
+#define PART_MAGIC "PLAITPRT"
+#define PART_HEADER (8 + 8 + 32 + 8)
+
+static void partial_save(plait_agent_t *a, const plait_msg_task_t *t, const uint8_t *buf,
+                         size_t got)
+{
+    uint8_t *b = malloc(PART_HEADER + got);
+    if (!b) return;
+    memcpy(b, PART_MAGIC, 8);
+    put_u64(b + 8, t->adapter_len);
+    memcpy(b + 16, t->adapter_sha256, 32);
+    put_u64(b + 48, (uint64_t)got);
+    memcpy(b + PART_HEADER, buf, got);
+    if (plait__agent_atomic_write(a->state_dir, PARTIAL_FILE, b, PART_HEADER + got) == 0)
+        PLAIT_LOG(PLAIT_LOG_INFO, "agent %s: kept %zu of %llu adapter bytes to resume",
+                  a->device_id, got, (unsigned long long)t->adapter_len);
+    free(b);
+}
+
+static void partial_remove(plait_agent_t *a)
+{
+    char path[4096];
+    if (path_join(path, sizeof(path), a->state_dir, PARTIAL_FILE) == 0) unlink(path);
+}
+
+/* Bytes of the task's blob already held (copied into buf); 0 when none fit. */
+static size_t partial_load(plait_agent_t *a, const plait_msg_task_t *t, uint8_t *buf)
+{
+    char path[4096];
+    uint8_t *b = NULL;
+    size_t len = 0, got = 0;
+    if (path_join(path, sizeof(path), a->state_dir, PARTIAL_FILE) != 0) return 0;
+    if (read_small(path, PART_HEADER + (size_t)t->adapter_len, &b, &len) == 0 &&
+        len >= PART_HEADER && memcmp(b, PART_MAGIC, 8) == 0 && get_u64(b + 8) == t->adapter_len &&
+        plait_ct_memcmp(b + 16, t->adapter_sha256, 32) == 0 &&
+        get_u64(b + 48) == (uint64_t)(len - PART_HEADER) && len - PART_HEADER < t->adapter_len) {
+        got = len - PART_HEADER;
+        memcpy(buf, b + PART_HEADER, got);
+    }
+    free(b);
+    plait_clear_error();
+    return got;
+}
+
 /* Global adapter blob: the cached copy when its hash matches, else downloaded (and cached). */
-static int get_adapter(conn_t *c, const plait_msg_task_t *t, uint8_t **out, size_t *out_len, uint64_t *downloaded)
+static int get_adapter(conn_t *c, const plait_msg_task_t *t, uint8_t **out, size_t *out_len,
+                       uint64_t *downloaded)
 {
     plait_agent_t *a = c->a;
     char path[4096];
@@ -1158,52 +1301,62 @@ static int get_adapter(conn_t *c, const plait_msg_task_t *t, uint8_t **out, size
     len = (size_t)t->adapter_len;
     buf = malloc(len);
     if (!buf) return plait_fail(PLAIT_ENOMEM, "adapter: %zu bytes", len);
+    size_t start = partial_load(a, t, buf);
+    if (start > 0)
+        PLAIT_LOG(PLAIT_LOG_INFO, "agent %s: round %llu: resuming the adapter download at byte %zu",
+                  a->device_id, (unsigned long long)t->round_id, start);
     plait_msg_t m;
     plait_msg_init(&m, PLAIT_MSG_ADAPTER_REQUEST);
     m.u.adapter_request.round_id = t->round_id;
     m.u.adapter_request.version = t->adapter_version;
-    m.u.adapter_request.offset = 0;
+    m.u.adapter_request.offset = start;
+    /* wire.h's transfer state checks version, total, offsets and the last chunk's hash. */
+    plait_wire_xfer_t x;
+    plait_wire_xfer_init(&x, t->adapter_version, t->adapter_len, start);
     if ((rc = conn_send(c, &m)) != 0) goto fail;
-    size_t got = 0;
-    while (got < len) {
-        if ((rc = conn_expect(c, now_ms() + a->cfg.io_timeout_ms, &m, "an adapter chunk")) != 0) goto fail;
+    for (;;) {
+        if ((rc = conn_expect(c, now_ms() + a->cfg.io_timeout_ms, &m, "an adapter chunk")) != 0)
+            goto fail;
         if (m.type != PLAIT_MSG_ADAPTER_CHUNK) {
-            rc = m.type == PLAIT_MSG_ERROR ? peer_error(c, &m, t->round_id) : unexpected(&m, "an adapter chunk");
+            rc = m.type == PLAIT_MSG_ERROR ? peer_error(c, &m, t->round_id)
+                                           : unexpected(&m, "an adapter chunk");
             plait_msg_free(&m);
             goto fail;
         }
-        const plait_msg_adapter_chunk_t *ch = &m.u.adapter_chunk;
-        if (ch->version != t->adapter_version || ch->offset != got || ch->total_len != t->adapter_len ||
-            ch->len > len - got) {
-            rc = plait_fail(PLAIT_EPROTO, "adapter chunk: version %llu offset %llu total %llu, expected %llu/%zu/%llu",
-                            (unsigned long long)ch->version, (unsigned long long)ch->offset,
-                            (unsigned long long)ch->total_len, (unsigned long long)t->adapter_version, got,
-                            (unsigned long long)t->adapter_len);
-            plait_msg_free(&m);
-            goto fail;
-        }
-        memcpy(buf + got, ch->data, ch->len);
-        got += ch->len;
-        if (ch->has_sha256 && plait_ct_memcmp(ch->sha256, t->adapter_sha256, 32) != 0) {
-            plait_msg_free(&m);
-            rc = plait_fail(PLAIT_EMISMATCH, "adapter chunk hash differs from the task's");
-            goto fail;
-        }
+        int r = plait_wire_adapter_rx_add(&x, &m.u.adapter_chunk, t->adapter_sha256, buf);
         plait_msg_free(&m);
+        if (r < 0) {
+            rc = plait_fail(r == PLAIT_EMISMATCH ? PLAIT_EPROTO : r, "adapter download: %s",
+                            plait_errmsg());
+            goto fail;
+        }
+        if (r == 1) break;
     }
     uint8_t h[32];
     plait_sha256(buf, len, h);
     if (plait_ct_memcmp(h, t->adapter_sha256, 32) != 0) {
-        rc = plait_fail(PLAIT_EMISMATCH, "downloaded adapter does not hash to the task's adapter_sha256");
-        goto fail;
+        partial_remove(a); /* whatever was kept is wrong: start afresh next time */
+        free(buf);
+        return plait_fail(PLAIT_EMISMATCH,
+                          "downloaded adapter does not hash to the task's adapter_sha256");
     }
+    partial_remove(a);
     if (plait__agent_atomic_write(a->state_dir, GLOBAL_FILE, buf, len) != 0)
-        PLAIT_LOG(PLAIT_LOG_WARN, "agent %s: cannot cache the global adapter: %s", a->device_id, plait_errmsg());
+        PLAIT_LOG(PLAIT_LOG_WARN, "agent %s: cannot cache the global adapter: %s", a->device_id,
+                  plait_errmsg());
     *out = buf;
     *out_len = len;
-    *downloaded = len;
+    *downloaded = len - start;
     return 0;
 fail:
+    /* Keep what arrived for a resumed download, unless the bytes themselves were refused. */
+    if (rc != PLAIT_EPROTO && x.next > start) {
+        int keep = rc;
+        char msg[256];
+        snprintf(msg, sizeof(msg), "%s", plait_errmsg());
+        partial_save(a, t, buf, (size_t)x.next);
+        plait_fail(keep, "%s", msg);
+    }
     free(buf);
     return rc;
 }
@@ -1222,10 +1375,12 @@ static void load_personal_b(plait_agent_t *a, plait_lora_t *local)
     if (path_join(path, sizeof(path), a->state_dir, PERSONAL_FILE) != 0) return;
     plait_lora_t p;
     plait_lora_init(&p);
-    if (plait_adapter_load(&p, path, &a->model, 0) == 0 && p.n_params == local->n_params && p.n_a == local->n_a &&
-        p.cfg.rank == local->cfg.rank && p.cfg.targets == local->cfg.targets) {
+    if (plait_adapter_load(&p, path, &a->model, 0) == 0 && p.n_params == local->n_params &&
+        p.n_a == local->n_a && p.cfg.rank == local->cfg.rank &&
+        p.cfg.targets == local->cfg.targets) {
         memcpy(local->params + local->n_a, p.params + p.n_a, (p.n_params - p.n_a) * sizeof(float));
-        PLAIT_LOG(PLAIT_LOG_DEBUG, "agent %s: FedSA: B starts from the personal adapter", a->device_id);
+        PLAIT_LOG(PLAIT_LOG_DEBUG, "agent %s: FedSA: B starts from the personal adapter",
+                  a->device_id);
     }
     plait_clear_error();
     plait_lora_free(&p);
@@ -1244,53 +1399,50 @@ static int save_personal(plait_agent_t *a, const plait_lora_t *l)
 /* Why a task cannot be taken, checked before anything is downloaded. 0 if it can. */
 static int check_task(plait_agent_t *a, const plait_msg_task_t *t)
 {
-    if (t->secure_agg) return plait_fail(PLAIT_EINVAL, "secure aggregation is not supported by this agent");
+    if (t->secure_agg)
+        return plait_fail(PLAIT_EINVAL, "secure aggregation is not supported by this agent");
     if (t->lora.mode != PLAIT_LORA_MODE_FFA && t->lora.mode != PLAIT_LORA_MODE_FEDIT &&
         t->lora.mode != PLAIT_LORA_MODE_FEDSA)
         return plait_fail(PLAIT_EINVAL, "unknown LoRA mode %d", (int)t->lora.mode);
     if (t->train.local_steps > a->cfg.max_local_steps)
-        return plait_fail(PLAIT_ETOOBIG, "task asks %u local steps, above this device's %u", t->train.local_steps,
-                          a->cfg.max_local_steps);
+        return plait_fail(PLAIT_ETOOBIG, "task asks %u local steps, above this device's %u",
+                          t->train.local_steps, a->cfg.max_local_steps);
     if ((uint64_t)t->train.batch * t->train.seq_len > a->cfg.max_batch_tokens)
-        return plait_fail(PLAIT_ETOOBIG, "task batch %u x seq_len %u is above this device's %u tokens", t->train.batch,
-                          t->train.seq_len, a->cfg.max_batch_tokens);
+        return plait_fail(PLAIT_ETOOBIG,
+                          "task batch %u x seq_len %u is above this device's %u tokens",
+                          t->train.batch, t->train.seq_len, a->cfg.max_batch_tokens);
     if (t->train.seq_len > (uint32_t)a->model.cfg.seq_len)
         return plait_fail(PLAIT_EINVAL, "task seq_len %u is above the model's %d", t->train.seq_len,
                           a->model.cfg.seq_len);
     plait_quant_config_t qc = {.bits = t->quant_bits, .range = t->quant_range};
-    if (plait_quant_config_validate(&qc) != 0) return plait_fail(PLAIT_EINVAL, "task quantization is invalid");
+    if (plait_quant_config_validate(&qc) != 0)
+        return plait_fail(PLAIT_EINVAL, "task quantization is invalid");
     if (t->dp.mode == PLAIT_DP_LOCAL && !(t->dp.noise_multiplier > 0.0))
         return plait_fail(PLAIT_EINVAL, "local DP without a noise multiplier");
     return 0;
 }
 
 /* Upload words in chunks, record the upload, wait for the Ack. */
-static int upload(conn_t *c, const plait__agent_pending_t *p, uint64_t deadline, plait_agent_result_t *res)
+static int upload(conn_t *c, const plait__agent_pending_t *p, uint64_t deadline,
+                  plait_agent_result_t *res)
 {
     plait_agent_t *a = c->a;
     int rc = 0;
-    uint32_t index = 0;
-    size_t off = 0;
-    while (off < p->n_words) {
+    /* Chunks of chunk_words words (wire.h's sequencing: index, offset, examples in chunk 0). */
+    plait_wire_limits_t lim = a->lim;
+    lim.max_chunk_bytes = a->chunk_words * 4;
+    plait_wire_xfer_t x;
+    plait_wire_xfer_init(&x, p->round_id, p->n_words, 0);
+    plait_msg_t m;
+    int r;
+    while ((r = plait_wire_update_tx_next(&x, &lim, p->words, p->num_examples, &m)) == 1) {
         if (now_ms() >= deadline)
             return plait_fail(PLAIT_ECANCELED, "round %llu: deadline passed during the upload",
                               (unsigned long long)p->round_id);
-        size_t n = p->n_words - off < a->chunk_words ? p->n_words - off : a->chunk_words;
-        plait_msg_t m;
-        plait_msg_init(&m, PLAIT_MSG_UPDATE_CHUNK);
-        plait_msg_update_chunk_t *u = &m.u.update_chunk;
-        u->round_id = p->round_id;
-        u->chunk_index = index;
-        u->offset = off;
-        u->total_elements = p->n_words;
-        u->words = p->words + off;
-        u->n_words = n;
-        u->has_num_examples = index == 0;
-        u->num_examples = index == 0 ? p->num_examples : 0;
         if ((rc = conn_send(c, &m)) != 0) return rc;
-        off += n;
-        index++;
     }
+    if (r < 0) return plait_fail(r, "update upload: %s", plait_errmsg());
+    uint32_t index = x.index;
     if (p->round_id > a->state.last_uploaded) {
         plait__agent_state_t st = a->state;
         st.last_uploaded = p->round_id;
@@ -1299,25 +1451,29 @@ static int upload(conn_t *c, const plait__agent_pending_t *p, uint64_t deadline,
     }
     PLAIT_LOG(PLAIT_LOG_INFO, "agent %s: round %llu: uploaded %zu words in %u chunks", a->device_id,
               (unsigned long long)p->round_id, p->n_words, index);
-    plait_agent_event_t ev = {.type = PLAIT_AGENT_EV_UPLOADED, .round_id = p->round_id, .bytes = (uint64_t)p->n_words * 4};
+    plait_agent_event_t ev = {.type = PLAIT_AGENT_EV_UPLOADED,
+                              .round_id = p->round_id,
+                              .bytes = (uint64_t)p->n_words * 4};
     emit_ev(a, &ev);
-    plait_msg_t m;
     if ((rc = conn_expect(c, now_ms() + a->cfg.io_timeout_ms, &m, "the Ack")) != 0) return rc;
     if (m.type == PLAIT_MSG_ERROR) {
         rc = peer_error(c, &m, p->round_id);
         plait_msg_free(&m);
-        if (rc == PLAIT_ESTALE) { /* the round is closed or was already counted: the words are useless now */
+        if (rc == PLAIT_ESTALE) { /* the round is closed or was already counted: the words are
+                                     useless now */
             int r2 = plait__agent_pending_remove(a->state_dir);
             (void)r2;
         }
         return rc;
     }
-    if (m.type != PLAIT_MSG_ACK || m.u.ack.round_id != p->round_id || m.u.ack.elements != p->n_words) {
-        rc = m.type == PLAIT_MSG_ACK ? plait_fail(PLAIT_EPROTO, "Ack for round %llu / %llu words, expected %llu / %zu",
-                                                  (unsigned long long)m.u.ack.round_id,
-                                                  (unsigned long long)m.u.ack.elements,
-                                                  (unsigned long long)p->round_id, p->n_words)
-                                     : unexpected(&m, "the Ack");
+    if (m.type != PLAIT_MSG_ACK || m.u.ack.round_id != p->round_id ||
+        m.u.ack.elements != p->n_words) {
+        rc = m.type == PLAIT_MSG_ACK
+                 ? plait_fail(PLAIT_EPROTO, "Ack for round %llu / %llu words, expected %llu / %zu",
+                              (unsigned long long)m.u.ack.round_id,
+                              (unsigned long long)m.u.ack.elements, (unsigned long long)p->round_id,
+                              p->n_words)
+                 : unexpected(&m, "the Ack");
         plait_msg_free(&m);
         return rc;
     }
@@ -1332,7 +1488,8 @@ static int upload(conn_t *c, const plait__agent_pending_t *p, uint64_t deadline,
     res->outcome = PLAIT_AGENT_OUT_ACKED;
     res->round_id = p->round_id;
     res->num_examples = p->num_examples;
-    PLAIT_LOG(PLAIT_LOG_INFO, "agent %s: round %llu: acknowledged", a->device_id, (unsigned long long)p->round_id);
+    PLAIT_LOG(PLAIT_LOG_INFO, "agent %s: round %llu: acknowledged", a->device_id,
+              (unsigned long long)p->round_id);
     emit(a, PLAIT_AGENT_EV_ACKED, p->round_id, 0);
     return 0;
 }
@@ -1340,8 +1497,8 @@ static int upload(conn_t *c, const plait__agent_pending_t *p, uint64_t deadline,
 static int decline(conn_t *c, plait_agent_result_t *res, uint64_t round, int code, const char *why)
 {
     plait_agent_t *a = c->a;
-    PLAIT_LOG(PLAIT_LOG_WARN, "agent %s: round %llu: declined (%s): %s", a->device_id, (unsigned long long)round,
-              plait_err_name(code), why);
+    PLAIT_LOG(PLAIT_LOG_WARN, "agent %s: round %llu: declined (%s): %s", a->device_id,
+              (unsigned long long)round, plait_err_name(code), why);
     if (!c->peer_error) send_error(c, code, why);
     res->outcome = PLAIT_AGENT_OUT_DECLINED;
     res->round_id = round;
@@ -1351,8 +1508,8 @@ static int decline(conn_t *c, plait_agent_result_t *res, uint64_t round, int cod
 }
 
 /* Compute the round's update: adapter, training, pipeline. Fills p (words owned). */
-static int compute_update(conn_t *c, const plait_msg_task_t *t, uint64_t deadline, plait__agent_pending_t *p,
-                          plait_agent_result_t *res)
+static int compute_update(conn_t *c, const plait_msg_task_t *t, uint64_t deadline,
+                          plait__agent_pending_t *p, plait_agent_result_t *res)
 {
     plait_agent_t *a = c->a;
     uint64_t round = t->round_id;
@@ -1367,15 +1524,17 @@ static int compute_update(conn_t *c, const plait_msg_task_t *t, uint64_t deadlin
     memset(&rng, 0, sizeof(rng));
     int rc = get_adapter(c, t, &blob, &blob_len, &downloaded);
     if (rc != 0) goto exit;
-    PLAIT_LOG(PLAIT_LOG_INFO, "agent %s: round %llu: global adapter v%llu %s (%zu bytes)", a->device_id,
-              (unsigned long long)round, (unsigned long long)t->adapter_version, downloaded ? "downloaded" : "cached",
-              blob_len);
-    plait_agent_event_t ev = {.type = PLAIT_AGENT_EV_DOWNLOADED, .round_id = round, .bytes = downloaded};
+    PLAIT_LOG(PLAIT_LOG_INFO, "agent %s: round %llu: global adapter v%llu %s (%zu bytes)",
+              a->device_id, (unsigned long long)round, (unsigned long long)t->adapter_version,
+              downloaded ? "downloaded" : "cached", blob_len);
+    plait_agent_event_t ev = {
+        .type = PLAIT_AGENT_EV_DOWNLOADED, .round_id = round, .bytes = downloaded};
     emit_ev(a, &ev);
     if ((rc = plait_adapter_load_mem(&global, blob, blob_len, &a->model, 0)) != 0) goto exit;
     if (global.cfg.rank != (int)t->lora.rank || global.cfg.alpha != t->lora.alpha ||
         global.cfg.targets != t->lora.targets) {
-        rc = plait_fail(PLAIT_EMISMATCH, "the global adapter's LoRA config differs from the task's");
+        rc =
+            plait_fail(PLAIT_EMISMATCH, "the global adapter's LoRA config differs from the task's");
         goto exit;
     }
     if (t->lora.mode == PLAIT_LORA_MODE_FFA) {
@@ -1388,7 +1547,8 @@ static int compute_update(conn_t *c, const plait_msg_task_t *t, uint64_t deadlin
     if ((rc = plait_update_span(&global, t->lora.mode, &off, &len)) != 0) goto exit;
     if (t->update_elements != (uint64_t)len + 1) {
         rc = plait_fail(PLAIT_EMISMATCH, "task wants %llu words, the %s span is %zu + 1",
-                        (unsigned long long)t->update_elements, plait_lora_mode_name(t->lora.mode), len);
+                        (unsigned long long)t->update_elements, plait_lora_mode_name(t->lora.mode),
+                        len);
         goto exit;
     }
     if ((rc = lora_clone(&local, &global)) != 0) goto exit;
@@ -1408,7 +1568,8 @@ static int compute_update(conn_t *c, const plait_msg_task_t *t, uint64_t deadlin
     j->steps = t->train.local_steps;
     if (a->cfg.seed != 0)
         j->sample_seed = a->cfg.seed ^ (round * 0x9E3779B97F4A7C15ull);
-    else if ((rc = plait_drbg_random(&a->drbg, (uint8_t *)&j->sample_seed, sizeof(j->sample_seed))) != 0) {
+    else if ((rc = plait_drbg_random(&a->drbg, (uint8_t *)&j->sample_seed,
+                                     sizeof(j->sample_seed))) != 0) {
         free(j);
         goto exit;
     }
@@ -1421,15 +1582,19 @@ static int compute_update(conn_t *c, const plait_msg_task_t *t, uint64_t deadlin
     uint32_t steps = j->steps;
     free(j);
     if (rc != 0) goto exit;
-    PLAIT_LOG(PLAIT_LOG_INFO, "agent %s: round %llu: trained %u steps (B=%u T=%u, %s) on %zu records in %.1f s",
+    PLAIT_LOG(PLAIT_LOG_INFO,
+              "agent %s: round %llu: trained %u steps (B=%u T=%u, %s) on %zu records in %.1f s",
               a->device_id, (unsigned long long)round, steps, t->train.batch, t->train.seq_len,
               plait_lora_mode_name(t->lora.mode), n_records, (double)(now_ms() - t0) / 1000.0);
 
     /* The update: diff → clip → [local noise] → × weight → quantize. */
-    if (a->cfg.seed != 0) plait_rng_seed_u64(&rng, a->cfg.seed, round);
-    else if ((rc = plait_rng_seed_drbg(&rng, &a->drbg)) != 0) goto exit;
+    if (a->cfg.seed != 0)
+        plait_rng_seed_u64(&rng, a->cfg.seed, round);
+    else if ((rc = plait_rng_seed_drbg(&rng, &a->drbg)) != 0)
+        goto exit;
     uint64_t examples = n_records ? n_records : 1;
-    double w = (double)(examples < t->example_cap ? examples : t->example_cap) / (double)t->example_cap;
+    double w =
+        (double)(examples < t->example_cap ? examples : t->example_cap) / (double)t->example_cap;
     double stddev = t->dp.mode == PLAIT_DP_LOCAL ? t->dp.noise_multiplier * t->clip_norm : 0.0;
     plait_quant_config_t qc = {.bits = t->quant_bits, .range = t->quant_range};
     p->words = malloc(((size_t)len + 1) * sizeof(uint32_t));
@@ -1439,20 +1604,22 @@ static int compute_update(conn_t *c, const plait_msg_task_t *t, uint64_t deadlin
     }
     p->n_words = len + 1;
     plait_clip_info_t ci;
-    rc = plait__agent_make_update(&global, &local, t->lora.mode, t->clip_norm, stddev, &qc, w, &rng, p->words,
-                                  p->n_words, &ci);
+    rc = plait__agent_make_update(&global, &local, t->lora.mode, t->clip_norm, stddev, &qc, w, &rng,
+                                  p->words, p->n_words, &ci);
     if (rc != 0) goto exit;
     p->round_id = round;
     p->adapter_version = t->adapter_version;
     p->num_examples = examples;
     res->clip_norm_in = ci.norm;
-    PLAIT_LOG(PLAIT_LOG_INFO, "agent %s: round %llu: update of %zu words (%s %g%s, %u bits, weight %.3f)",
-              a->device_id, (unsigned long long)round, p->n_words, ci.clipped ? "clipped to" : "within clip norm",
-              t->clip_norm,
+    PLAIT_LOG(PLAIT_LOG_INFO,
+              "agent %s: round %llu: update of %zu words (%s %g%s, %u bits, weight %.3f)",
+              a->device_id, (unsigned long long)round, p->n_words,
+              ci.clipped ? "clipped to" : "within clip norm", t->clip_norm,
               stddev > 0 ? ", local DP noise" : "", t->quant_bits, w);
     /* The personal copy: FedSA keeps its trained B here (the next round starts from it). */
     if (save_personal(a, &local) != 0)
-        PLAIT_LOG(PLAIT_LOG_WARN, "agent %s: cannot save the personal adapter: %s", a->device_id, plait_errmsg());
+        PLAIT_LOG(PLAIT_LOG_WARN, "agent %s: cannot save the personal adapter: %s", a->device_id,
+                  plait_errmsg());
 exit:
     plait_rng_wipe(&rng);
     free(blob);
@@ -1473,7 +1640,8 @@ static int do_task(conn_t *c, const plait_msg_task_t *t, plait_agent_result_t *r
     plait__agent_pending_t p;
     memset(&p, 0, sizeof(p));
     int rc = plait__agent_pending_load(a->state_dir, &p);
-    if (rc == PLAIT_EPROTO) { /* a torn file cannot be resent; it was never fully written, so it was never sent */
+    if (rc == PLAIT_EPROTO) { /* a torn file cannot be resent; it was never fully written, so it was
+                                 never sent */
         PLAIT_LOG(PLAIT_LOG_WARN, "agent %s: discarding a damaged pending update", a->device_id);
         rc = plait__agent_pending_remove(a->state_dir);
     } else if (rc == PLAIT_ENOENT) {
@@ -1485,7 +1653,8 @@ static int do_task(conn_t *c, const plait_msg_task_t *t, plait_agent_result_t *r
     char why[160];
     if (d == PLAIT__TASK_STALE) {
         plait__agent_pending_free(&p);
-        snprintf(why, sizeof(why), "round %llu was already uploaded by this device (last acknowledged %llu)",
+        snprintf(why, sizeof(why),
+                 "round %llu was already uploaded by this device (last acknowledged %llu)",
                  (unsigned long long)round, (unsigned long long)a->state.last_acked);
         return decline(c, res, round, PLAIT_ESTALE, why);
     }
@@ -1494,10 +1663,12 @@ static int do_task(conn_t *c, const plait_msg_task_t *t, plait_agent_result_t *r
             plait__agent_pending_free(&p);
             rc = plait__agent_pending_remove(a->state_dir);
             (void)rc;
-            return decline(c, res, round, PLAIT_EMISMATCH, "the stored update does not fit the task; not recomputing it");
+            return decline(c, res, round, PLAIT_EMISMATCH,
+                           "the stored update does not fit the task; not recomputing it");
         }
-        PLAIT_LOG(PLAIT_LOG_INFO, "agent %s: round %llu: re-sending the stored update (not retraining)", a->device_id,
-                  (unsigned long long)round);
+        PLAIT_LOG(PLAIT_LOG_INFO,
+                  "agent %s: round %llu: re-sending the stored update (not retraining)",
+                  a->device_id, (unsigned long long)round);
         emit(a, PLAIT_AGENT_EV_TASK, round, 0);
         rc = upload(c, &p, deadline, res);
         plait__agent_pending_free(&p);
@@ -1509,20 +1680,25 @@ static int do_task(conn_t *c, const plait_msg_task_t *t, plait_agent_result_t *r
     }
     if ((rc = check_task(a, t)) != 0) return decline(c, res, round, rc, plait_errmsg());
     if (a->cfg.eligible && !a->cfg.eligible(a->cfg.eligible_ud))
-        return decline(c, res, round, PLAIT_ECANCELED, "the device is no longer eligible (not idle or not charging)");
+        return decline(c, res, round, PLAIT_ECANCELED,
+                       "the device is no longer eligible (not idle or not charging)");
     PLAIT_LOG(PLAIT_LOG_INFO,
-              "agent %s: round %llu: task (adapter v%llu, %s rank %u, %u steps, B=%u T=%u, lr %g, clip %g, %u bits, "
+              "agent %s: round %llu: task (adapter v%llu, %s rank %u, %u steps, B=%u T=%u, lr %g, "
+              "clip %g, %u bits, "
               "dp %s, deadline %u s)",
               a->device_id, (unsigned long long)round, (unsigned long long)t->adapter_version,
-              plait_lora_mode_name(t->lora.mode), t->lora.rank, t->train.local_steps, t->train.batch, t->train.seq_len,
-              t->train.lr, t->clip_norm, t->quant_bits,
-              t->dp.mode == PLAIT_DP_LOCAL ? "local" : t->dp.mode == PLAIT_DP_CENTRAL ? "central" : "none",
+              plait_lora_mode_name(t->lora.mode), t->lora.rank, t->train.local_steps,
+              t->train.batch, t->train.seq_len, t->train.lr, t->clip_norm, t->quant_bits,
+              t->dp.mode == PLAIT_DP_LOCAL     ? "local"
+              : t->dp.mode == PLAIT_DP_CENTRAL ? "central"
+                                               : "none",
               t->deadline_s);
     emit(a, PLAIT_AGENT_EV_TASK, round, 0);
     rc = compute_update(c, t, deadline, &p, res);
     if (rc == PLAIT_EMISMATCH || rc == PLAIT_EPROTO || rc == PLAIT_ETOOBIG ||
         (rc == PLAIT_EINVAL && !stopped(a)) || (rc == PLAIT_ECANCELED && !stopped(a))) {
-        /* The task cannot be done here (adapter for another model or shape, too little data, deadline): say so. */
+        /* The task cannot be done here (adapter for another model or shape, too little data,
+         * deadline): say so. */
         snprintf(why, sizeof(why), "%s", plait_errmsg());
         int code = rc == PLAIT_EINVAL ? PLAIT_ECANCELED : rc;
         return decline(c, res, round, code, why);
@@ -1543,12 +1719,18 @@ static int do_task(conn_t *c, const plait_msg_task_t *t, plait_agent_result_t *r
 static const char *retry_reason_name(plait_retry_reason_t r)
 {
     switch (r) {
-    case PLAIT_RETRY_NO_ROUND: return "no round";
-    case PLAIT_RETRY_COHORT_FULL: return "cohort full";
-    case PLAIT_RETRY_PACE: return "pace steering";
-    case PLAIT_RETRY_BUSY: return "aggregator busy";
-    case PLAIT_RETRY_SHUTTING_DOWN: return "aggregator shutting down";
-    case PLAIT_RETRY_INCOMPATIBLE: return "incompatible model or capabilities";
+    case PLAIT_RETRY_NO_ROUND:
+        return "no round";
+    case PLAIT_RETRY_COHORT_FULL:
+        return "cohort full";
+    case PLAIT_RETRY_PACE:
+        return "pace steering";
+    case PLAIT_RETRY_BUSY:
+        return "aggregator busy";
+    case PLAIT_RETRY_SHUTTING_DOWN:
+        return "aggregator shutting down";
+    case PLAIT_RETRY_INCOMPATIBLE:
+        return "incompatible model or capabilities";
     }
     return "unknown reason";
 }
@@ -1577,10 +1759,12 @@ int plait_agent_run_once(plait_agent_t *a, plait_agent_result_t *res_out)
     if (rc != 0) return plait_fail(rc, "store %s: %s", a->store_path, plait_errmsg());
     if (n_train < a->cfg.min_records || (a->cfg.eligible && !a->cfg.eligible(a->cfg.eligible_ud))) {
         if (n_train < a->cfg.min_records)
-            PLAIT_LOG(PLAIT_LOG_INFO, "agent %s: not eligible: %lld training records, fewer than %lld", a->device_id,
-                      (long long)n_train, (long long)a->cfg.min_records);
+            PLAIT_LOG(PLAIT_LOG_INFO,
+                      "agent %s: not eligible: %lld training records, fewer than %lld",
+                      a->device_id, (long long)n_train, (long long)a->cfg.min_records);
         else
-            PLAIT_LOG(PLAIT_LOG_INFO, "agent %s: not eligible now (the app says not idle/charging)", a->device_id);
+            PLAIT_LOG(PLAIT_LOG_INFO, "agent %s: not eligible now (the app says not idle/charging)",
+                      a->device_id);
         res.outcome = PLAIT_AGENT_OUT_NOT_ELIGIBLE;
         emit(a, PLAIT_AGENT_EV_NOT_ELIGIBLE, 0, 0);
         a->last = res;
@@ -1592,8 +1776,8 @@ int plait_agent_run_once(plait_agent_t *a, plait_agent_result_t *res_out)
     plait_msg_t m;
     plait_msg_init(&m, PLAIT_MSG_HELLO);
     if ((rc = conn_open(&c)) != 0) goto out;
-    PLAIT_LOG(PLAIT_LOG_INFO, "agent %s: connected to %s:%d (%s)", a->device_id, a->host, a->cfg.server_port,
-              plait_tls_ciphersuite(c.tls));
+    PLAIT_LOG(PLAIT_LOG_INFO, "agent %s: connected to %s:%d (%s)", a->device_id, a->host,
+              a->cfg.server_port, plait_tls_ciphersuite(c.tls));
     plait_msg_hello_t *h = &m.u.hello;
     snprintf(h->client_version, sizeof(h->client_version), "%s", CLIENT_VERSION);
     memcpy(h->base_model_sha256, a->model.sha256, 32);
@@ -1602,7 +1786,9 @@ int plait_agent_run_once(plait_agent_t *a, plait_agent_result_t *res_out)
     h->last_round_completed = a->state.last_acked;
     if ((rc = conn_send(&c, &m)) != 0) goto out;
     emit(a, PLAIT_AGENT_EV_CONNECTED, 0, 0);
-    if ((rc = conn_expect(&c, now_ms() + a->cfg.io_timeout_ms, &m, "a task or come-back-later")) != 0) goto out;
+    if ((rc = conn_expect(&c, now_ms() + a->cfg.io_timeout_ms, &m, "a task or come-back-later")) !=
+        0)
+        goto out;
     switch (m.type) {
     case PLAIT_MSG_COME_BACK_LATER:
         res.outcome = PLAIT_AGENT_OUT_COME_BACK;
@@ -1614,20 +1800,30 @@ int plait_agent_run_once(plait_agent_t *a, plait_agent_result_t *res_out)
             emit_ev(a, &ev);
         }
         break;
-    case PLAIT_MSG_TASK: rc = do_task(&c, &m.u.task, &res); break;
-    case PLAIT_MSG_ERROR: rc = peer_error(&c, &m, 0); break;
-    default: rc = unexpected(&m, "a task or come-back-later"); break;
+    case PLAIT_MSG_TASK:
+        rc = do_task(&c, &m.u.task, &res);
+        break;
+    case PLAIT_MSG_ERROR:
+        rc = peer_error(&c, &m, 0);
+        break;
+    default:
+        rc = unexpected(&m, "a task or come-back-later");
+        break;
     }
     plait_msg_free(&m);
 out:
-    if (rc == PLAIT_EPROTO && !c.peer_error && c.tls && plait_tls_established(c.tls)) send_error(&c, PLAIT_EPROTO, plait_errmsg());
+    if (rc == PLAIT_EPROTO && !c.peer_error && c.tls && plait_tls_established(c.tls))
+        send_error(&c, PLAIT_EPROTO, plait_errmsg());
     conn_close(&c);
     a->last = res;
     if (res_out) *res_out = res;
     return rc;
 }
 
-static double uniform(plait_agent_t *a) { return plait_rng_uniform(&a->jitter); }
+static double uniform(plait_agent_t *a)
+{
+    return plait_rng_uniform(&a->jitter);
+}
 
 int plait_agent_run(plait_agent_t *a)
 {
@@ -1648,8 +1844,8 @@ int plait_agent_run(plait_agent_t *a)
         if (stopped(a)) return 0;
         uint64_t delay;
         if (rc != 0) {
-            PLAIT_LOG(PLAIT_LOG_WARN, "agent %s: attempt %u failed: %s (%s)", a->device_id, attempt + 1, plait_errmsg(),
-                      plait_err_name(rc));
+            PLAIT_LOG(PLAIT_LOG_WARN, "agent %s: attempt %u failed: %s (%s)", a->device_id,
+                      attempt + 1, plait_errmsg(), plait_err_name(rc));
             emit(a, PLAIT_AGENT_EV_ERROR, r.round_id, rc);
             attempt++;
             if (!a->cfg.daemon && attempt >= a->cfg.max_attempts) return rc;
@@ -1666,9 +1862,15 @@ int plait_agent_run(plait_agent_t *a)
                 }
                 delay = plait_agent_come_back_ms(&a->cfg, a->cfg.rejoin_ms, uniform(a));
                 break;
-            case PLAIT_AGENT_OUT_COME_BACK: delay = plait_agent_come_back_ms(&a->cfg, r.retry_ms, uniform(a)); break;
-            case PLAIT_AGENT_OUT_NOT_ELIGIBLE: delay = a->cfg.not_eligible_ms; break;
-            default: delay = plait_agent_come_back_ms(&a->cfg, a->cfg.rejoin_ms, uniform(a)); break;
+            case PLAIT_AGENT_OUT_COME_BACK:
+                delay = plait_agent_come_back_ms(&a->cfg, r.retry_ms, uniform(a));
+                break;
+            case PLAIT_AGENT_OUT_NOT_ELIGIBLE:
+                delay = a->cfg.not_eligible_ms;
+                break;
+            default:
+                delay = plait_agent_come_back_ms(&a->cfg, a->cfg.rejoin_ms, uniform(a));
+                break;
             }
         }
         if (a->cfg.max_runtime_ms) {
@@ -1676,9 +1878,11 @@ int plait_agent_run(plait_agent_t *a)
             uint64_t left = used < a->cfg.max_runtime_ms ? a->cfg.max_runtime_ms - used : 0;
             if (delay > left) delay = left;
         }
-        plait_agent_event_t sl = {.type = PLAIT_AGENT_EV_SLEEP, .attempt = attempt, .delay_ms = delay};
+        plait_agent_event_t sl = {
+            .type = PLAIT_AGENT_EV_SLEEP, .attempt = attempt, .delay_ms = delay};
         emit_ev(a, &sl);
-        PLAIT_LOG(PLAIT_LOG_DEBUG, "agent %s: next attempt in %llu ms", a->device_id, (unsigned long long)delay);
+        PLAIT_LOG(PLAIT_LOG_DEBUG, "agent %s: next attempt in %llu ms", a->device_id,
+                  (unsigned long long)delay);
         if (sleep_ms(a, delay) != 0) return 0;
     }
 }

@@ -27,9 +27,10 @@
  * \return 0; PLAIT_EINVAL (shapes, mode, bounds, a non-finite value: words zeroed);
  *         PLAIT_EMISMATCH (n_words is not span + 1); PLAIT_ENOMEM.
  */
-int plait__agent_make_update(const plait_lora_t *global, const plait_lora_t *local, plait_lora_mode_t mode,
-                             double clip_norm, double noise_stddev, const plait_quant_config_t *qc, double weight,
-                             plait_rng_t *rng, uint32_t *words /* OUT */, size_t n_words,
+int plait__agent_make_update(const plait_lora_t *global, const plait_lora_t *local,
+                             plait_lora_mode_t mode, double clip_norm, double noise_stddev,
+                             const plait_quant_config_t *qc, double weight, plait_rng_t *rng,
+                             uint32_t *words /* OUT */, size_t n_words,
                              plait_clip_info_t *ci /* OUT, may be NULL */) PLAIT_WUR;
 
 /* ---- crash-safe state (files in the state directory) -------------------- */
@@ -45,9 +46,11 @@ typedef struct {
  *        rename over name, fsync dir. A crash leaves the old or the new file.
  * \return 0 or PLAIT_EIO.
  */
-int plait__agent_atomic_write(const char *dir, const char *name, const uint8_t *buf, size_t len) PLAIT_WUR;
+int plait__agent_atomic_write(const char *dir, const char *name, const uint8_t *buf,
+                              size_t len) PLAIT_WUR;
 
-/** \brief Read DIR/state; a missing file gives zeros. \return 0, PLAIT_EPROTO (malformed), PLAIT_EIO. */
+/** \brief Read DIR/state; a missing file gives zeros. \return 0, PLAIT_EPROTO (malformed),
+ * PLAIT_EIO. */
 int plait__agent_state_load(const char *dir, plait__agent_state_t *st /* OUT */) PLAIT_WUR;
 /** \brief Write DIR/state atomically. \return 0 or PLAIT_EIO. */
 int plait__agent_state_save(const char *dir, const plait__agent_state_t *st) PLAIT_WUR;
@@ -61,7 +64,8 @@ typedef struct {
     size_t n_words;
 } plait__agent_pending_t;
 
-/** \brief Write DIR/pending.upd atomically (magic, version, fields, words, SHA-256). \return 0, PLAIT_EIO, PLAIT_ENOMEM. */
+/** \brief Write DIR/pending.upd atomically (magic, version, fields, words, SHA-256). \return 0,
+ * PLAIT_EIO, PLAIT_ENOMEM. */
 int plait__agent_pending_save(const char *dir, const plait__agent_pending_t *p) PLAIT_WUR;
 /**
  * \brief Read DIR/pending.upd, checking magic, version, sizes and the hash.
@@ -88,8 +92,8 @@ typedef enum {
  *        update is STALE: its words are gone, and new ones must not be sent).
  * \param pending_round 0 when no update is stored.
  */
-plait__task_decision_t plait__agent_task_decision(const plait__agent_state_t *st, uint64_t pending_round,
-                                                  uint64_t round_id);
+plait__task_decision_t plait__agent_task_decision(const plait__agent_state_t *st,
+                                                  uint64_t pending_round, uint64_t round_id);
 
 /** \brief Test hook: words per UpdateChunk (default min(max_chunk_bytes / 4, 65536)). */
 void plait__agent_set_chunk_words(plait_agent_t *a, size_t words);

@@ -821,7 +821,8 @@ static void join_usage(void)
            "  --once                 one conversation, retrying failed connections (default)\n"
            "  --daemon               keep taking part until SIGINT/SIGTERM\n"
            "  --rounds N             with --daemon: exit 0 after N acknowledged rounds\n"
-           "  --max-runtime S        exit 0 after S seconds (default: no limit)\n"
+           "  --max-runtime S        stop after S seconds (default: no limit); with --rounds, exit 1\n"
+           "                         if fewer rounds were acknowledged by then\n"
            "  --attempts N           --once: connection attempts before giving up (default %u)\n"
            "  --min-records N        fewest training records to take part (default %lld)\n"
            "  --seed N               derive sampling, rounding and jitter from N (tests only: makes\n"
@@ -996,7 +997,11 @@ static int cmd_join(int argc, char **argv)
         default: printf("stopped\n"); break;
         }
     } else if (rc == 0) {
-        printf("%u rounds acknowledged\n", plait_agent_rounds_acked(a));
+        uint32_t done = plait_agent_rounds_acked(a);
+        printf("%u rounds acknowledged\n", done);
+        /* --rounds N that --max-runtime cut short is a failure a test harness should see. */
+        if (cfg.max_rounds && done < cfg.max_rounds && !join_signaled)
+            rc = plait_fail(PLAIT_ECANCELED, "--max-runtime reached after %u of %u rounds", done, cfg.max_rounds);
     }
     join_agent = NULL;
     plait_agent_destroy(a);

@@ -16,7 +16,7 @@
  * also carries the generation). So a worker that is slow to wake, or whose
  * core is busy with other work, delays nothing: the caller runs its chunk,
  * and waits only for chunks already claimed. Both sides spin briefly
- * (POOL_SPIN, some tens of microseconds) before sleeping on a condition
+ * (POOL_SPIN_NS, 50 microseconds) before sleeping on a condition
  * variable, because the next job of a training step usually arrives within
  * that time, and a futex wake costs as much as the smaller jobs themselves.
  * The hand-off cannot lose a wake-up: the generation is bumped and the
@@ -59,10 +59,14 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
-/* How many times a waiting thread polls before it sleeps. One poll is a CPU
- * "pause" (tens of cycles), so this is some tens of microseconds. */
-#define POOL_SPIN 4000
+/* How long a waiting thread polls before it sleeps. Long enough to cover the
+ * gap between the kernels of a training step, short enough not to burn a
+ * phone's battery (or a shared core) when the pool is idle. It is measured
+ * on the clock rather than in iterations because a CPU "pause" takes from
+ * ~10 to ~150 cycles depending on the core. */
+#define POOL_SPIN_NS 50000u
 
 static inline void cpu_relax(void)
 {
@@ -73,6 +77,32 @@ static inline void cpu_relax(void)
 #endif
 }
 
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* A spin budget: call spin_more() once per poll; it turns false once
+ * POOL_SPIN_NS have passed (reading the clock only every 64 polls). */
+#define CLAIM_GEN_SHIFT 24
+#define CLAIM_GEN_MASK ((UINT64_C(1) << 40) - 1)
+
+typedef struct {
+    unsigned polls;
+    uint64_t start;
+} spin_t;
+
+static int spin_more(spin_t *s)
+{
+    cpu_relax();
+    if ((++s->polls & 63u) != 0) return 1;
+    uint64_t t = mono_ns();
+    if (s->start == 0) s->start = t;
+    return t - s->start < POOL_SPIN_NS;
+}
+
 struct plait_pool_s {
     int n;                  /* threads including the caller */
     pthread_t *threads;     /* n - 1 workers */
@@ -80,8 +110,10 @@ struct plait_pool_s {
     pthread_cond_t cv_work; /* a new job (generation bumped) or stop */
     pthread_cond_t cv_done; /* the last chunk of the current job finished */
     atomic_ulong gen;       /* job generation; bumped under mu */
-    /* The claim word of the current job: bits 32..63 the low 32 bits of its
-     * generation, 16..31 its chunk count, 0..15 the next unclaimed chunk.
+    /* The claim word of the current job: bits 24..63 the low 40 bits of its
+     * generation, 12..23 its chunk count, 0..11 the next unclaimed chunk
+     * (both at most 256). 40 bits: a worker would have to stall between its
+     * load and its compare-and-swap for 2^40 jobs to be fooled.
      * Chunks are claimed by compare-and-swap, so a stale worker (one that
      * wakes after its job ended) sees a different generation and claims
      * nothing. */
@@ -109,11 +141,11 @@ static void chunk(size_t total, unsigned n, unsigned idx, size_t *b, size_t *e)
 static unsigned long wait_job(plait_pool_t *p, unsigned long seen)
 {
     unsigned long g;
-    for (int i = 0; i < POOL_SPIN; i++) {
+    spin_t sp = {0, 0};
+    do {
         g = atomic_load_explicit(&p->gen, memory_order_acquire);
         if (g != seen) return g;
-        cpu_relax();
-    }
+    } while (spin_more(&sp));
     pthread_mutex_lock(&p->mu);
     while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen) {
         p->sleepers++;
@@ -130,8 +162,9 @@ static void run_chunks(plait_pool_t *p, unsigned long g)
 {
     uint_least64_t c = atomic_load_explicit(&p->claim, memory_order_acquire);
     for (;;) {
-        if ((uint32_t)(c >> 32) != (uint32_t)g) return;  /* stale: that job is over */
-        unsigned nchunks = (unsigned)(c >> 16) & 0xffffu, i = (unsigned)c & 0xffffu;
+        if ((c >> CLAIM_GEN_SHIFT) != ((uint_least64_t)g & CLAIM_GEN_MASK))
+            return; /* stale: that job is over */
+        unsigned nchunks = (unsigned)(c >> 12) & 0xfffu, i = (unsigned)c & 0xfffu;
         if (i >= nchunks) return;
         if (!atomic_compare_exchange_weak_explicit(&p->claim, &c, c + 1, memory_order_acq_rel,
                                                    memory_order_acquire))
@@ -170,7 +203,8 @@ static unsigned long publish(plait_pool_t *p, unsigned nchunks)
     unsigned long g = atomic_load_explicit(&p->gen, memory_order_relaxed) + 1;
     atomic_store_explicit(&p->done, 0, memory_order_relaxed);
     atomic_store_explicit(&p->claim,
-                          ((uint_least64_t)(uint32_t)g << 32) | ((uint_least64_t)nchunks << 16),
+                          (((uint_least64_t)g & CLAIM_GEN_MASK) << CLAIM_GEN_SHIFT) |
+                              ((uint_least64_t)nchunks << 12),
                           memory_order_release);
     atomic_store_explicit(&p->gen, g, memory_order_release);
     if (p->sleepers) pthread_cond_broadcast(&p->cv_work);
@@ -237,10 +271,10 @@ void plait_pool_run(plait_pool_t *p, plait_pool_fn fn, void *ctx, size_t n)
     /* The caller claims chunks too: if the workers are slow to wake, it
      * runs the whole job itself and never waits for them. */
     run_chunks(p, g);
-    for (int i = 0; i < POOL_SPIN; i++) {
+    spin_t sp = {0, 0};
+    do {
         if (atomic_load_explicit(&p->done, memory_order_acquire) == nchunks) return;
-        cpu_relax();
-    }
+    } while (spin_more(&sp));
     pthread_mutex_lock(&p->mu);
     p->caller_waiting = 1;
     while (atomic_load_explicit(&p->done, memory_order_acquire) != nchunks)
@@ -326,7 +360,8 @@ int plait__tensor_simd_active(void)
 #define KC 256          /* depth of one packed block of B */
 #define NC_MAX 64       /* columns of one packed block of B (4 panels) */
 #define MB_MIN 24       /* fewest rows per work item, to amortize packing */
-#define SMALL_N 8       /* forward with fewer rows uses the dot-product path */
+#define SMALL_N 12      /* forward with fewer rows (and IC >= DOT_MIN_IC) uses dot products */
+#define DOT_MIN_IC 16
 #define ITEMS_PER_THREAD 4
 
 /* Below this many multiply-adds (about 10-20 us on one core) a call runs on
@@ -379,6 +414,44 @@ typedef void (*ukernel_fn)(size_t kc, const float *a, size_t ars, size_t acs, co
 /* Pack B(k0 .. k0+kc, j0 .. j0+nc) into panels of NR columns, each panel kc
  * rows of NR contiguous floats; columns past nc are zero, so the micro-kernel
  * never needs a column remainder loop. */
+#if PLAIT_HAVE_X86_SIMD
+/* One full panel of a transposed pack: d[k * NR + jj] = s[jj * ldb + k] for
+ * jj < 16, k < kc, by 8 x 8 register transposes (the scalar loop costs a few
+ * cycles per element, which shows when N is small). */
+PLAIT_AVX2 static void pack_bt_panel_avx2(float *restrict d, const float *s, size_t ldb, size_t kc)
+{
+    size_t k = 0;
+    for (; k + 8 <= kc; k += 8) {
+        for (size_t h = 0; h < NR; h += 8) {
+            const float *r = s + h * ldb + k;
+            __m256 r0 = _mm256_loadu_ps(r), r1 = _mm256_loadu_ps(r + ldb);
+            __m256 r2 = _mm256_loadu_ps(r + 2 * ldb), r3 = _mm256_loadu_ps(r + 3 * ldb);
+            __m256 r4 = _mm256_loadu_ps(r + 4 * ldb), r5 = _mm256_loadu_ps(r + 5 * ldb);
+            __m256 r6 = _mm256_loadu_ps(r + 6 * ldb), r7 = _mm256_loadu_ps(r + 7 * ldb);
+            __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+            __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+            __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+            __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+            __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+            __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+            __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+            __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+            float *o = d + k * NR + h;
+            _mm256_storeu_ps(o + 0 * NR, _mm256_permute2f128_ps(u0, u4, 0x20));
+            _mm256_storeu_ps(o + 1 * NR, _mm256_permute2f128_ps(u1, u5, 0x20));
+            _mm256_storeu_ps(o + 2 * NR, _mm256_permute2f128_ps(u2, u6, 0x20));
+            _mm256_storeu_ps(o + 3 * NR, _mm256_permute2f128_ps(u3, u7, 0x20));
+            _mm256_storeu_ps(o + 4 * NR, _mm256_permute2f128_ps(u0, u4, 0x31));
+            _mm256_storeu_ps(o + 5 * NR, _mm256_permute2f128_ps(u1, u5, 0x31));
+            _mm256_storeu_ps(o + 6 * NR, _mm256_permute2f128_ps(u2, u6, 0x31));
+            _mm256_storeu_ps(o + 7 * NR, _mm256_permute2f128_ps(u3, u7, 0x31));
+        }
+    }
+    for (; k < kc; k++)
+        for (size_t jj = 0; jj < NR; jj++) d[k * NR + jj] = s[jj * ldb + k];
+}
+#endif
+
 static void pack_b(float *restrict dst, const gemm_t *g, size_t k0, size_t kc, size_t j0,
                    size_t nc)
 {
@@ -390,6 +463,12 @@ static void pack_b(float *restrict dst, const gemm_t *g, size_t k0, size_t kc, s
              * writes stay sequential. */
             const float *s = g->b + (j0 + p) * g->ldb + k0;
             size_t ldb = g->ldb;
+#if PLAIT_HAVE_X86_SIMD
+            if (w == NR && g->simd) {
+                pack_bt_panel_avx2(d, s, ldb, kc);
+                continue;
+            }
+#endif
             if (w == NR) {
                 for (size_t k = 0; k < kc; k++)
                     for (size_t jj = 0; jj < NR; jj++) d[k * NR + jj] = s[jj * ldb + k];
@@ -477,6 +556,18 @@ static void ukernel_portable(size_t kc, const float *a, size_t ars, size_t acs, 
 #endif
 
 #if PLAIT_HAVE_X86_SIMD
+/* One row of an edge tile: lanes where m0 / m1 are set are real columns. */
+PLAIT_AVX2 static inline void edge_row_avx2(float *cr, __m256i m0, __m256i m1, int n1, int load_c,
+                                            __m256 v0, __m256 v1)
+{
+    if (load_c) v0 = _mm256_add_ps(_mm256_maskload_ps(cr, m0), v0);
+    _mm256_maskstore_ps(cr, m0, v0);
+    if (n1 > 0) {
+        if (load_c) v1 = _mm256_add_ps(_mm256_maskload_ps(cr + 8, m1), v1);
+        _mm256_maskstore_ps(cr + 8, m1, v1);
+    }
+}
+
 /* AVX2 micro-kernel: 6 rows x 16 columns = 12 accumulators, 2 B vectors and
  * one broadcast register: 15 of the 16 ymm registers. Per k: 2 loads,
  * 6 broadcasts, 12 FMAs, no horizontal sums. */
@@ -538,20 +629,18 @@ PLAIT_AVX2 static void ukernel_avx2(size_t kc, const float *a, size_t ars, size_
 #undef ROW
         return;
     }
-    _Alignas(32) float tile[MR * NR];
-    _mm256_store_ps(tile + 0 * NR, c00);
-    _mm256_store_ps(tile + 0 * NR + 8, c01);
-    _mm256_store_ps(tile + 1 * NR, c10);
-    _mm256_store_ps(tile + 1 * NR + 8, c11);
-    _mm256_store_ps(tile + 2 * NR, c20);
-    _mm256_store_ps(tile + 2 * NR + 8, c21);
-    _mm256_store_ps(tile + 3 * NR, c30);
-    _mm256_store_ps(tile + 3 * NR + 8, c31);
-    _mm256_store_ps(tile + 4 * NR, c40);
-    _mm256_store_ps(tile + 4 * NR + 8, c41);
-    _mm256_store_ps(tile + 5 * NR, c50);
-    _mm256_store_ps(tile + 5 * NR + 8, c51);
-    store_tile(c, ldc, tile, mr, nr, load_c);
+    /* Edge tile: masked loads and stores cover the nr columns (masked-off
+     * lanes are never touched), and only mr rows are written. */
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    int n0 = nr < 8 ? (int)nr : 8, n1 = nr > 8 ? (int)nr - 8 : 0;
+    __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(n0), lane);
+    __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(n1), lane);
+    edge_row_avx2(c, m0, m1, n1, load_c, c00, c01);
+    if (mr > 1) edge_row_avx2(c + ldc, m0, m1, n1, load_c, c10, c11);
+    if (mr > 2) edge_row_avx2(c + 2 * ldc, m0, m1, n1, load_c, c20, c21);
+    if (mr > 3) edge_row_avx2(c + 3 * ldc, m0, m1, n1, load_c, c30, c31);
+    if (mr > 4) edge_row_avx2(c + 4 * ldc, m0, m1, n1, load_c, c40, c41);
+    if (mr > 5) edge_row_avx2(c + 5 * ldc, m0, m1, n1, load_c, c50, c51);
 }
 #endif
 
@@ -570,7 +659,8 @@ static void gemm_task(void *ctx, size_t begin, size_t end)
     for (;;) {
         size_t item = atomic_fetch_add_explicit(&g->next, 1, memory_order_relaxed);
         if (item >= total) break;
-        /* Column-block-major, so consecutive items reuse the same B columns. */
+        /* Column-block-major: consecutive items read the same B columns,
+         * which are then still in cache when they are packed again. */
         size_t m0 = (item % g->m_items) * g->mb, j0 = (item / g->m_items) * g->nc;
         size_t m1 = m0 + g->mb < g->M ? m0 + g->mb : g->M;
         size_t nc = g->NN - j0 < g->nc ? g->NN - j0 : g->nc;
@@ -666,17 +756,53 @@ PLAIT_AVX2 static inline float hsum_avx2(__m256 v)
     return _mm_cvtss_f32(s);
 }
 
-/* Four W rows against one input row at a time: the x vector is loaded once
- * per four FMAs and the four sums are reduced together. */
+/* Eight W rows against one input row at a time: the x vector is loaded once
+ * per eight FMAs, the eight independent sums hide the FMA latency, and they
+ * are reduced together into one vector of eight outputs. The rows of the
+ * batch are the inner loop, so the eight W rows are read from memory once
+ * and from L1 for the other rows. Then blocks of four W rows, then one. */
 PLAIT_AVX2 static void dot_avx2(const dot_t *d, size_t o0, size_t o1)
 {
     size_t IC = d->IC, IC8 = IC & ~(size_t)7;
-    for (size_t n = 0; n < d->N; n++) {
-        const float *x = d->inp + n * IC;
-        float *y = d->out + n * d->OC;
-        size_t o = o0;
-        for (; o + 4 <= o1; o += 4) {
-            const float *w0 = d->w + o * IC, *w1 = w0 + IC, *w2 = w1 + IC, *w3 = w2 + IC;
+    size_t o = o0;
+    for (; o + 8 <= o1; o += 8) {
+        const float *w0 = d->w + o * IC;
+        for (size_t n = 0; n < d->N; n++) {
+            const float *x = d->inp + n * IC;
+            float *y = d->out + n * d->OC + o;
+            __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+            __m256 s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+            __m256 s4 = _mm256_setzero_ps(), s5 = _mm256_setzero_ps();
+            __m256 s6 = _mm256_setzero_ps(), s7 = _mm256_setzero_ps();
+            for (size_t i = 0; i < IC8; i += 8) {
+                __m256 xv = _mm256_loadu_ps(x + i);
+                const float *wi = w0 + i;
+                s0 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(wi), s0);
+                s1 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(wi + IC), s1);
+                s2 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(wi + 2 * IC), s2);
+                s3 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(wi + 3 * IC), s3);
+                s4 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(wi + 4 * IC), s4);
+                s5 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(wi + 5 * IC), s5);
+                s6 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(wi + 6 * IC), s6);
+                s7 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(wi + 7 * IC), s7);
+            }
+            /* Lane l of h03 (low half) / h47 (high half) holds half of sum l. */
+            __m256 h03 = _mm256_hadd_ps(_mm256_hadd_ps(s0, s1), _mm256_hadd_ps(s2, s3));
+            __m256 h47 = _mm256_hadd_ps(_mm256_hadd_ps(s4, s5), _mm256_hadd_ps(s6, s7));
+            __m256 r = _mm256_add_ps(_mm256_permute2f128_ps(h03, h47, 0x20),
+                                     _mm256_permute2f128_ps(h03, h47, 0x31));
+            _Alignas(32) float t[8];
+            _mm256_store_ps(t, r);
+            for (size_t i = IC8; i < IC; i++)
+                for (size_t l = 0; l < 8; l++) t[l] += x[i] * w0[l * IC + i];
+            for (size_t l = 0; l < 8; l++) y[l] = d->accumulate ? y[l] + t[l] : t[l];
+        }
+    }
+    for (; o + 4 <= o1; o += 4) {
+        const float *w0 = d->w + o * IC, *w1 = w0 + IC, *w2 = w1 + IC, *w3 = w2 + IC;
+        for (size_t n = 0; n < d->N; n++) {
+            const float *x = d->inp + n * IC;
+            float *y = d->out + n * d->OC + o;
             __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
             __m256 s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
             for (size_t i = 0; i < IC8; i += 8) {
@@ -697,16 +823,20 @@ PLAIT_AVX2 static void dot_avx2(const dot_t *d, size_t o0, size_t o1)
                 t[2] += x[i] * w2[i];
                 t[3] += x[i] * w3[i];
             }
-            for (size_t l = 0; l < 4; l++) y[o + l] = d->accumulate ? y[o + l] + t[l] : t[l];
+            for (size_t l = 0; l < 4; l++) y[l] = d->accumulate ? y[l] + t[l] : t[l];
         }
-        for (; o < o1; o++) {
-            const float *wr = d->w + o * IC;
+    }
+    for (; o < o1; o++) {
+        const float *wr = d->w + o * IC;
+        for (size_t n = 0; n < d->N; n++) {
+            const float *x = d->inp + n * IC;
+            float *y = d->out + n * d->OC + o;
             __m256 s = _mm256_setzero_ps();
             for (size_t i = 0; i < IC8; i += 8)
                 s = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(wr + i), s);
             float t = hsum_avx2(s);
             for (size_t i = IC8; i < IC; i++) t += x[i] * wr[i];
-            y[o] = d->accumulate ? y[o] + t : t;
+            *y = d->accumulate ? *y + t : t;
         }
     }
 }
@@ -731,7 +861,7 @@ void plait_matmul_forward(plait_pool_t *pool, float *out, const float *inp, cons
                           size_t N, size_t IC, size_t OC, int accumulate)
 {
     if (N == 0 || OC == 0) return;
-    if (N < SMALL_N && IC > 0) {
+    if (N < SMALL_N && IC >= DOT_MIN_IC) {
         dot_t d = {.out = out, .inp = inp, .w = w, .N = N, .IC = IC, .OC = OC,
                    .accumulate = accumulate, .simd = plait__tensor_simd_active()};
         size_t items = ceil_div(OC, DOT_OC_CHUNK);

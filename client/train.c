@@ -20,15 +20,22 @@
  *    through its frozen weights (dinp) only as far down as an adapter needs.
  *  - A LoRA projection stores u = s * x·Aᵀ (N, R) in forward and reuses it
  *    for y += u·Bᵀ, for dB = dyᵀ·u and nowhere recomputes x·Aᵀ.
- *  - Large matmuls go through plait_matmul_* (tensor.c) so they share its
- *    optimized kernels; the element-wise kernels here are threaded over rows
- *    (or (batch, head) pairs for attention) with plain inner loops over
- *    contiguous memory that the compiler can vectorize.
+ *  - Projections and the classifier go through plait_matmul_* (tensor.c) so
+ *    they share its optimized kernels. The kernels here are threaded over
+ *    rows, or over (sequence, key/value head) pairs for attention, and their
+ *    inner loops run on contiguous memory, with an AVX2+FMA path picked at
+ *    run time and a portable twin that tests force and compare.
+ *  - Causal attention probabilities are stored in row blocks of ATT_BLOCK
+ *    without the masked triangle; the classifier's (N, V) logits never exist
+ *    at once (tr->vc rows per thread at a time, see logit_rows()).
+ *  - Results do not depend on the thread count: every element is computed
+ *    by one task in a fixed order (the sim's 1- vs 2-thread checksum).
  *  - Sums that decide the match with the float64 reference (the loss, the
  *    softmax normalizers, the gradient norm, AdamW) accumulate in double.
  *
- * Workload: one micro-batch is a few GFLOP at most; the pool is dispatched a
- * few dozen times per layer, so kernels are fused where that saves a pass.
+ * Workload: one micro-batch is a few GFLOP at most (stories260K, B 8, T 128:
+ * about 0.8 GMAC per step, ~30 ms on one core); the pool is dispatched a few
+ * dozen times per layer.
  */
 #include "plait/train.h"
 #include "tensor_int.h"
@@ -39,6 +46,8 @@
 #include <string.h>
 
 #define RMS_EPS 1e-5f
+/* Rows of one causal attention block (see att_block_offset). */
+#define ATT_BLOCK 32
 #define ROPE_THETA 10000.0f
 /* torch clip_grad_norm_: coef = max_norm / (norm + 1e-6). */
 #define CLIP_EPS 1e-6
@@ -50,6 +59,8 @@ struct plait_trainer_s {
     plait_pool_t *pool;
     int own_pool;
     size_t B, T, C, H, L, NH, NKV, HS, KV, V, R, P;
+    size_t att_size;  /* floats of one (b, h) block-triangular probability matrix */
+    size_t vc;        /* classifier rows per matmul call and thread (logit_rows()) */
 
     /* ---- activation arena: forward values kept for backward ---- */
     float *acts;      /* the arena */
@@ -59,7 +70,7 @@ struct plait_trainer_s {
     float *q;         /* (L, N, C) queries after RoPE */
     float *k;         /* (L, N, KV) keys after RoPE */
     float *v;         /* (L, N, KV) values */
-    float *att;       /* (L, B, NH, T, T) softmax probabilities (row t uses 0..t) */
+    float *att;       /* (L, B, NH, att_size) causal softmax probabilities in row blocks */
     float *atty;      /* (L, N, C) attention output, input of wo */
     float *res2;      /* (L, N, C) residual after attention */
     float *ln2;       /* (L, N, C) FFN RMSNorm output */
@@ -81,17 +92,18 @@ struct plait_trainer_s {
     float *dh3;       /* (N, H) */
     float *dhg;       /* (N, H) */
     float *du;        /* (N, R) */
-    float *attn_scratch; /* (P, T*T + 8*T*HS) per-thread attention scratch (attn_scratch_t) */
-    float *logits;    /* (P, PLAIT_TRAIN_LOGIT_ROWS, V) per-thread logit rows */
+    float *attn_scratch; /* (P, attn_scratch_floats(T, HS)) per-thread attention scratch (attn_scratch_t) */
+    float *logits;    /* (P, vc, V) per-thread logit rows */
     double *row_loss; /* (N) per-position loss, summed in order for determinism */
-    float *rope_cos;  /* (T, HS/2) */
-    float *rope_sin;  /* (T, HS/2) */
+    float *rope_cos;  /* (T, HS) cos(pos * freq_i) at 2i and 2i+1 */
+    float *rope_sin;  /* (T, HS) -sin at 2i, +sin at 2i+1 */
 
     /* ---- parameters' state ---- */
     float *grads;     /* (n_grads) mirrors lora->params[goff ..] */
     float *opt_m;     /* (n_grads) AdamW first moment */
     float *opt_v;     /* (n_grads) AdamW second moment */
     size_t n_grads, goff;
+    size_t bytes;     /* everything allocated at create */
     int n_micro;      /* micro-batches accumulated since the last step */
     long steps;       /* optimizer steps taken */
     double last_norm; /* gradient norm before clipping at the last step */
@@ -335,6 +347,65 @@ AVX2 static void swiglu_bwd_avx2(float *dh1, float *dh3, const float *d, const f
         dh1[i] = d[i] * h3[i] * sig * (1.0f + x * (1.0f - sig));
     }
 }
+
+/* o = x * rstd * w for one row; returns rstd. */
+AVX2 static float rms_fwd_row_avx2(float *o, const float *x, const float *w, size_t C)
+{
+    __m256 acc = _mm256_setzero_ps();
+    size_t i = 0;
+    for (; i + 8 <= C; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        acc = _mm256_fmadd_ps(v, v, acc);
+    }
+    double ss = hsum_pd(_mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(acc)),
+                                      _mm256_cvtps_pd(_mm256_extractf128_ps(acc, 1))));
+    for (size_t k = i; k < C; k++) ss += (double)x[k] * (double)x[k];
+    float rstd = (float)(1.0 / sqrt(ss / (double)C + (double)RMS_EPS));
+    __m256 vr = _mm256_set1_ps(rstd);
+    for (i = 0; i + 8 <= C; i += 8)
+        _mm256_storeu_ps(o + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), vr), _mm256_loadu_ps(w + i)));
+    for (; i < C; i++) o[i] = x[i] * rstd * w[i];
+    return rstd;
+}
+
+/* dx += dy * w * rstd - x * (mean(dy * w * x) * rstd^3) for one row. */
+AVX2 static void rms_bwd_row_avx2(float *dx, const float *dy, const float *x, const float *w, float rstd, size_t C)
+{
+    __m256 acc = _mm256_setzero_ps();
+    size_t i = 0;
+    for (; i + 8 <= C; i += 8)
+        acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_loadu_ps(dy + i), _mm256_loadu_ps(w + i)), _mm256_loadu_ps(x + i),
+                              acc);
+    double dot = hsum_pd(_mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(acc)),
+                                       _mm256_cvtps_pd(_mm256_extractf128_ps(acc, 1))));
+    for (size_t k = i; k < C; k++) dot += (double)(dy[k] * w[k]) * (double)x[k];
+    float c2 = (float)(dot / (double)C) * rstd * rstd * rstd;
+    __m256 vr = _mm256_set1_ps(rstd), vc = _mm256_set1_ps(c2);
+    for (i = 0; i + 8 <= C; i += 8) {
+        __m256 g = _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(dy + i), _mm256_loadu_ps(w + i)), vr);
+        g = _mm256_fnmadd_ps(_mm256_loadu_ps(x + i), vc, g);
+        _mm256_storeu_ps(dx + i, _mm256_add_ps(_mm256_loadu_ps(dx + i), g));
+    }
+    for (; i < C; i++) dx[i] += dy[i] * w[i] * rstd - x[i] * c2;
+}
+
+/* One head of HS floats: x = x * cs + swap_pairs(x) * sn * sgn. */
+AVX2 static void rope_head_avx2(float *x, const float *cs, const float *sn, size_t HS, float sgn)
+{
+    __m256 vs = _mm256_set1_ps(sgn);
+    size_t i = 0;
+    for (; i + 8 <= HS; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        __m256 sw = _mm256_permute_ps(v, 0xB1); /* (x1, x0, x3, x2, ...) */
+        __m256 r = _mm256_mul_ps(sw, _mm256_mul_ps(_mm256_loadu_ps(sn + i), vs));
+        _mm256_storeu_ps(x + i, _mm256_fmadd_ps(v, _mm256_loadu_ps(cs + i), r));
+    }
+    for (; i < HS; i += 2) {
+        float xr = x[i], xi = x[i + 1];
+        x[i] = xr * cs[i] + xi * sn[i] * sgn;
+        x[i + 1] = xi * cs[i + 1] + xr * sn[i + 1] * sgn;
+    }
+}
 #else
 #define TRAIN_X86 0
 #endif
@@ -416,9 +487,17 @@ static void rmsnorm_forward_rows(void *ctx, size_t b, size_t e)
 {
     job_t *j = ctx;
     size_t C = j->C;
+    int simd = use_avx2();
     for (size_t n = b; n < e; n++) {
         const float *x = j->in + n * C;
         float *o = j->out + n * C;
+#if TRAIN_X86
+        if (simd) {
+            j->out2[n] = rms_fwd_row_avx2(o, x, j->w, C);
+            continue;
+        }
+#endif
+        (void)simd;
         double ss = 0.0;
         for (size_t i = 0; i < C; i++) ss += (double)x[i] * (double)x[i];
         float rstd = (float)(1.0 / sqrt(ss / (double)C + (double)RMS_EPS));
@@ -439,10 +518,18 @@ static void rmsnorm_backward_rows(void *ctx, size_t b, size_t e)
 {
     job_t *j = ctx;
     size_t C = j->C;
+    int simd = use_avx2();
     for (size_t n = b; n < e; n++) {
         const float *x = j->in2 + n * C, *dy = j->in + n * C;
         float *dx = j->out + n * C;
         float rstd = j->in3[n];
+#if TRAIN_X86
+        if (simd) {
+            rms_bwd_row_avx2(dx, dy, x, j->w, rstd, C);
+            continue;
+        }
+#endif
+        (void)simd;
         double dot = 0.0; /* sum_i dy_i w_i x_i */
         for (size_t i = 0; i < C; i++) dot += (double)(dy[i] * j->w[i]) * (double)x[i];
         float c2 = (float)(dot / (double)C) * rstd * rstd * rstd;
@@ -458,25 +545,34 @@ static void rmsnorm_backward(plait_trainer_t *tr, float *dinp, const float *dout
 }
 
 /* Rotate interleaved pairs of every head of q (N, C) and k (N, KV) in place;
- * scale = +1 forward, -1 backward (the transpose of a rotation is its inverse). */
+ * sgn = +1 forward, -1 backward (the transpose of a rotation is its inverse).
+ * The tables hold, per position, cos repeated over each pair and sin with the
+ * pair's sign (-sin, +sin), so a rotation is x * cs + swap_pairs(x) * sn. */
 static void rope_rows(void *ctx, size_t b, size_t e)
 {
     job_t *j = ctx;
     plait_trainer_t *tr = j->tr;
-    size_t T = tr->T, HS = tr->HS, half = HS / 2, C = tr->C, KV = tr->KV;
+    size_t T = tr->T, HS = tr->HS, C = tr->C, KV = tr->KV;
     float sgn = j->scale;
+    int simd = use_avx2();
     for (size_t n = b; n < e; n++) {
-        const float *cs = tr->rope_cos + (n % T) * half, *sn = tr->rope_sin + (n % T) * half;
+        const float *cs = tr->rope_cos + (n % T) * HS, *sn = tr->rope_sin + (n % T) * HS;
         for (int which = 0; which < 2; which++) {
             float *x = which == 0 ? j->out + n * C : j->out2 + n * KV;
             size_t width = which == 0 ? C : KV;
             for (size_t h0 = 0; h0 < width; h0 += HS) {
                 float *xh = x + h0;
-                for (size_t i = 0; i < half; i++) {
-                    float c = cs[i], s = sgn * sn[i];
-                    float xr = xh[2 * i], xi = xh[2 * i + 1];
-                    xh[2 * i] = xr * c - xi * s;
-                    xh[2 * i + 1] = xr * s + xi * c;
+#if TRAIN_X86
+                if (simd) {
+                    rope_head_avx2(xh, cs, sn, HS, sgn);
+                    continue;
+                }
+#endif
+                (void)simd;
+                for (size_t i = 0; i < HS; i += 2) {
+                    float xr = xh[i], xi = xh[i + 1];
+                    xh[i] = xr * cs[i] + xi * (sn[i] * sgn);
+                    xh[i + 1] = xi * cs[i + 1] + xr * (sn[i + 1] * sgn);
                 }
             }
         }
@@ -487,6 +583,21 @@ static void rope_apply(plait_trainer_t *tr, float *q, float *k, size_t N, float 
 {
     job_t j = {.tr = tr, .out = q, .out2 = k, .scale = sgn};
     plait_pool_run(tr->pool, rope_rows, &j, N);
+}
+
+/* The causal probabilities of one (b, h) are stored by row blocks of
+ * ATT_BLOCK rows: block k covers rows [r0, r1) = [k*ATT_BLOCK, min(r0 +
+ * ATT_BLOCK, T)) and only the r1 columns a row of it can see, row-major with
+ * row stride r1. Products then skip the masked upper triangle (about half of
+ * the T*T work and memory) while each block stays one matmul call. */
+static size_t att_block_offset(size_t k, size_t T)
+{
+    size_t off = 0;
+    for (size_t i = 0; i < k; i++) {
+        size_t r0 = i * ATT_BLOCK, r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;
+        off += (r1 - r0) * r1;
+    }
+    return off;
 }
 
 /* Attention runs per (sequence b, key/value head g): a task gathers that
@@ -500,20 +611,36 @@ typedef struct {
     float *qh;  /* (T, HS) */
     float *kh;  /* (T, HS) */
     float *vh;  /* (T, HS) */
-    float *vT;  /* (HS, T) */
     float *oh;  /* (T, HS) output, or dO in backward */
     float *dqh; /* (T, HS) */
     float *dkh; /* (T, HS) */
     float *dvh; /* (T, HS) */
-    float *dp;  /* (T, T) gradient of probabilities, then of scores */
+    float *dp;  /* (ATT_BLOCK, T) gradient of one block's probabilities, then scores */
+    float *kvT; /* (HS, T8) keys (forward) or values (backward) transposed, zero-padded */
+    float *row; /* (T8) one row of scores */
 } attn_scratch_t;
+
+/* T rounded up to a multiple of 8 (one AVX2 vector). */
+static size_t round8(size_t T) { return (T + 7) & ~(size_t)7; }
+
+/* Floats of one thread's attention scratch. */
+static size_t attn_scratch_floats(size_t T, size_t HS) { return ATT_BLOCK * T + 7 * T * HS + HS * round8(T) + round8(T); }
 
 static attn_scratch_t attn_scratch(const plait_trainer_t *tr, size_t item)
 {
     size_t T = tr->T, HS = tr->HS;
-    float *base = tr->attn_scratch + item * (T * T + 8 * T * HS);
-    attn_scratch_t s = {base, base + T * HS, base + 2 * T * HS, base + 3 * T * HS, base + 4 * T * HS,
-                        base + 5 * T * HS, base + 6 * T * HS, base + 7 * T * HS, base + 8 * T * HS};
+    float *base = tr->attn_scratch + item * attn_scratch_floats(T, HS);
+    attn_scratch_t s;
+    s.qh = base;
+    s.kh = base + T * HS;
+    s.vh = base + 2 * T * HS;
+    s.oh = base + 3 * T * HS;
+    s.dqh = base + 4 * T * HS;
+    s.dkh = base + 5 * T * HS;
+    s.dvh = base + 6 * T * HS;
+    s.dp = base + 7 * T * HS;
+    s.kvT = s.dp + ATT_BLOCK * T;
+    s.row = s.kvT + HS * round8(T);
     return s;
 }
 
@@ -528,36 +655,141 @@ static void scatter_head(float *dst, const float *src, size_t width, size_t b, s
     for (size_t t = 0; t < T; t++) memcpy(dst + (b * T + t) * width + h0, src + t * HS, HS * sizeof(float));
 }
 
-/* att (B, NH, T, T) = causal softmax(q kᵀ / sqrt(HS)) (zeros above the
- * diagonal), out (N, C) = att · v. */
+/* dst (HS, T8) = the same head transposed, columns T..T8-1 zero. */
+static void gather_head_t(float *dst, const float *src, size_t width, size_t b, size_t h0, size_t T, size_t HS)
+{
+    size_t T8 = round8(T);
+    for (size_t t = 0; t < T; t++)
+        for (size_t i = 0; i < HS; i++) dst[i * T8 + t] = src[(b * T + t) * width + h0 + i];
+    for (size_t i = 0; i < HS; i++) memset(dst + i * T8 + T, 0, (T8 - T) * sizeof(float));
+}
+
+#if TRAIN_X86
+/* Row-wise attention for one head when HS is a multiple of 8: scores of a
+ * query row are built 8 keys at a time from transposed keys, softmaxed in
+ * L1 and applied to V at once, so nothing is packed or re-read; this beats
+ * the generic matmul for the small head sizes of small models (HS = 8). */
+AVX2 static void attn_head_fwd_avx2(float *att, float *oh, const float *qh, const float *kT, const float *vh, float *row,
+                                    size_t T, size_t HS, float scale)
+{
+    size_t T8 = round8(T);
+    for (size_t r0 = 0; r0 < T; r0 += ATT_BLOCK) {
+        size_t r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;
+        float *blk = att + att_block_offset(r0 / ATT_BLOCK, T);
+        for (size_t t = r0; t < r1; t++) {
+            size_t n = t + 1;
+            const float *qt = qh + t * HS;
+            for (size_t c = 0; c < n; c += 8) {
+                __m256 acc = _mm256_setzero_ps();
+                for (size_t i = 0; i < HS; i++)
+                    acc = _mm256_fmadd_ps(_mm256_set1_ps(qt[i]), _mm256_loadu_ps(kT + i * T8 + c), acc);
+                _mm256_storeu_ps(row + c, acc);
+            }
+            float mx = vmax_avx2(row, n);
+            double sum = vexp_sum_avx2(row, n, mx, scale);
+            vscale_flush_avx2(row, n, (float)(1.0 / sum));
+            float *a = blk + (t - r0) * r1;
+            memcpy(a, row, n * sizeof(float));
+            memset(a + n, 0, (r1 - n) * sizeof(float));
+            for (size_t j = 0; j < HS; j += 8) {
+                __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+                size_t t2 = 0;
+                for (; t2 + 2 <= n; t2 += 2) {
+                    a0 = _mm256_fmadd_ps(_mm256_set1_ps(row[t2]), _mm256_loadu_ps(vh + t2 * HS + j), a0);
+                    a1 = _mm256_fmadd_ps(_mm256_set1_ps(row[t2 + 1]), _mm256_loadu_ps(vh + (t2 + 1) * HS + j), a1);
+                }
+                if (t2 < n) a0 = _mm256_fmadd_ps(_mm256_set1_ps(row[t2]), _mm256_loadu_ps(vh + t2 * HS + j), a0);
+                _mm256_storeu_ps(oh + t * HS + j, _mm256_add_ps(a0, a1));
+            }
+        }
+    }
+}
+
+/* Backward of one head: dqh (T, HS) overwritten, dkh and dvh accumulated. */
+AVX2 static void attn_head_bwd_avx2(const float *att, const float *qh, const float *kh, const float *vT,
+                                    const float *doh, float *dqh, float *dkh, float *dvh, float *row, size_t T,
+                                    size_t HS, float scale)
+{
+    size_t T8 = round8(T);
+    for (size_t r0 = 0; r0 < T; r0 += ATT_BLOCK) {
+        size_t r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;
+        const float *blk = att + att_block_offset(r0 / ATT_BLOCK, T);
+        for (size_t t = r0; t < r1; t++) {
+            size_t n = t + 1;
+            const float *p = blk + (t - r0) * r1, *dot_ = doh + t * HS, *qt = qh + t * HS;
+            /* dP[t2] = dO[t] · V[t2] */
+            for (size_t c = 0; c < n; c += 8) {
+                __m256 acc = _mm256_setzero_ps();
+                for (size_t i = 0; i < HS; i++)
+                    acc = _mm256_fmadd_ps(_mm256_set1_ps(dot_[i]), _mm256_loadu_ps(vT + i * T8 + c), acc);
+                _mm256_storeu_ps(row + c, acc);
+            }
+            vsoftmax_bwd_avx2(row, p, n, (float)vdot_avx2(p, row, n), scale); /* row = dS */
+            for (size_t j = 0; j < HS; j += 8) {
+                __m256 vdo = _mm256_loadu_ps(dot_ + j), vq = _mm256_loadu_ps(qt + j);
+                __m256 dq0 = _mm256_setzero_ps(), dq1 = _mm256_setzero_ps();
+                size_t t2 = 0;
+                for (; t2 < n; t2++) {
+                    __m256 ps = _mm256_set1_ps(p[t2]), ds = _mm256_set1_ps(row[t2]);
+                    float *dv = dvh + t2 * HS + j, *dk = dkh + t2 * HS + j;
+                    _mm256_storeu_ps(dv, _mm256_fmadd_ps(ps, vdo, _mm256_loadu_ps(dv)));
+                    _mm256_storeu_ps(dk, _mm256_fmadd_ps(ds, vq, _mm256_loadu_ps(dk)));
+                    if (t2 & 1)
+                        dq1 = _mm256_fmadd_ps(ds, _mm256_loadu_ps(kh + t2 * HS + j), dq1);
+                    else
+                        dq0 = _mm256_fmadd_ps(ds, _mm256_loadu_ps(kh + t2 * HS + j), dq0);
+                }
+                _mm256_storeu_ps(dqh + t * HS + j, _mm256_add_ps(dq0, dq1));
+            }
+        }
+    }
+}
+#endif
+
+/* att (B, NH, att_size) = causal softmax(q kᵀ / sqrt(HS)) (row t of a block
+ * is zero beyond column t), out (N, C) = att · v. */
 static void attention_forward_items(void *ctx, size_t i0, size_t i1)
 {
     job_t *j = ctx;
     plait_trainer_t *tr = j->tr;
     size_t T = tr->T, HS = tr->HS, C = tr->C, KV = tr->KV, NH = tr->NH, NKV = tr->NKV, rep = NH / NKV, P = tr->P;
-    size_t npairs = j->nb * NKV;
+    size_t npairs = j->nb * NKV, AS = tr->att_size;
     const float *q = j->in, *k = j->in2, *v = j->in3;
     float scale = 1.0f / sqrtf((float)HS);
+    int rowwise = TRAIN_X86 && HS % 8 == 0 && use_avx2();
     for (size_t item = i0; item < i1; item++) {
         attn_scratch_t s = attn_scratch(tr, item);
         for (size_t pair = npairs * item / P; pair < npairs * (item + 1) / P; pair++) {
             size_t b = pair / NKV, g = pair % NKV;
             gather_head(s.kh, k, KV, b, g * HS, T, HS);
-            for (size_t t = 0; t < T; t++)
-                for (size_t i = 0; i < HS; i++) s.vT[i * T + t] = v[(b * T + t) * KV + g * HS + i];
+            gather_head(s.vh, v, KV, b, g * HS, T, HS);
+            if (rowwise) gather_head_t(s.kvT, k, KV, b, g * HS, T, HS);
             for (size_t h = g * rep; h < (g + 1) * rep; h++) {
-                float *att = j->out2 + (b * NH + h) * T * T;
+                float *att = j->out2 + (b * NH + h) * AS;
                 gather_head(s.qh, q, C, b, h * HS, T, HS);
-                plait_matmul_forward(NULL, att, s.qh, s.kh, T, HS, T, 0);
-                for (size_t t = 0; t < T; t++) {
-                    float *a = att + t * T;
-                    /* scale > 0, so the max of the raw scores is the max of the scaled ones. */
-                    float mx = vmax(a, t + 1);
-                    double sum = vexp_sum(a, t + 1, mx, scale);
-                    vscale_flush(a, t + 1, (float)(1.0 / sum));
-                    memset(a + t + 1, 0, (T - t - 1) * sizeof(float));
+#if TRAIN_X86
+                if (rowwise) {
+                    attn_head_fwd_avx2(att, s.oh, s.qh, s.kvT, s.vh, s.row, T, HS, scale);
+                    scatter_head(j->out, s.oh, C, b, h * HS, T, HS);
+                    continue;
                 }
-                plait_matmul_forward(NULL, s.oh, att, s.vT, T, T, HS, 0);
+#endif
+                memset(s.oh, 0, T * HS * sizeof(float));
+                for (size_t r0 = 0; r0 < T; r0 += ATT_BLOCK) {
+                    size_t r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T, rows = r1 - r0;
+                    float *blk = att + att_block_offset(r0 / ATT_BLOCK, T); /* (rows, r1) */
+                    plait_matmul_forward(NULL, blk, s.qh + r0 * HS, s.kh, rows, HS, r1, 0);
+                    for (size_t t = r0; t < r1; t++) {
+                        float *a = blk + (t - r0) * r1;
+                        /* scale > 0, so the max of the raw scores is the max of the scaled ones. */
+                        float mx = vmax(a, t + 1);
+                        double sum = vexp_sum(a, t + 1, mx, scale);
+                        vscale_flush(a, t + 1, (float)(1.0 / sum));
+                        memset(a + t + 1, 0, (r1 - t - 1) * sizeof(float));
+                    }
+                    /* O[r0:r1] = P_blk (rows, r1) · V[0:r1] (r1, HS). */
+                    plait_matmul_backward(NULL, s.oh + r0 * HS, NULL, blk, NULL, s.vh, rows, HS, r1);
+                }
                 scatter_head(j->out, s.oh, C, b, h * HS, T, HS);
             }
         }
@@ -577,34 +809,48 @@ static void attention_backward_items(void *ctx, size_t i0, size_t i1)
     job_t *j = ctx;
     plait_trainer_t *tr = j->tr;
     size_t T = tr->T, HS = tr->HS, C = tr->C, KV = tr->KV, NH = tr->NH, NKV = tr->NKV, rep = NH / NKV, P = tr->P;
-    size_t npairs = j->nb * NKV;
+    size_t npairs = j->nb * NKV, AS = tr->att_size;
     const float *dout = j->in, *att = j->in2, *q = j->in3, *k = j->in4, *v = j->w;
     float scale = 1.0f / sqrtf((float)HS);
+    int rowwise = TRAIN_X86 && HS % 8 == 0 && use_avx2();
     for (size_t item = i0; item < i1; item++) {
         attn_scratch_t s = attn_scratch(tr, item);
         for (size_t pair = npairs * item / P; pair < npairs * (item + 1) / P; pair++) {
             size_t b = pair / NKV, g = pair % NKV;
             gather_head(s.kh, k, KV, b, g * HS, T, HS);
             gather_head(s.vh, v, KV, b, g * HS, T, HS);
+            if (rowwise) gather_head_t(s.kvT, v, KV, b, g * HS, T, HS);
             memset(s.dkh, 0, T * HS * sizeof(float));
             memset(s.dvh, 0, T * HS * sizeof(float));
             for (size_t h = g * rep; h < (g + 1) * rep; h++) {
-                const float *a = att + (b * NH + h) * T * T;
+                const float *a_h = att + (b * NH + h) * AS;
                 gather_head(s.qh, q, C, b, h * HS, T, HS);
                 gather_head(s.oh, dout, C, b, h * HS, T, HS);
-                /* dP = dO · Vᵀ; dV += Pᵀ · dO. */
-                plait_matmul_forward(NULL, s.dp, s.oh, s.vh, T, HS, T, 0);
-                plait_matmul_backward(NULL, NULL, s.dvh, a, s.oh, NULL, T, HS, T);
-                /* dS = P ⊙ (dP - rowsum(P ⊙ dP)) * scale, zero above the diagonal. */
-                for (size_t t = 0; t < T; t++) {
-                    const float *pr = a + t * T;
-                    float *dr = s.dp + t * T;
-                    vsoftmax_bwd(dr, pr, t + 1, (float)vdot(pr, dr, t + 1), scale);
-                    memset(dr + t + 1, 0, (T - t - 1) * sizeof(float));
+#if TRAIN_X86
+                if (rowwise) {
+                    attn_head_bwd_avx2(a_h, s.qh, s.kh, s.kvT, s.oh, s.dqh, s.dkh, s.dvh, s.row, T, HS, scale);
+                    scatter_head(j->out, s.dqh, C, b, h * HS, T, HS);
+                    continue;
                 }
-                /* dQ = dS · K; dK += dSᵀ · Q. */
+#endif
                 memset(s.dqh, 0, T * HS * sizeof(float));
-                plait_matmul_backward(NULL, s.dqh, s.dkh, s.dp, s.qh, s.kh, T, HS, T);
+                for (size_t r0 = 0; r0 < T; r0 += ATT_BLOCK) {
+                    size_t r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T, rows = r1 - r0;
+                    const float *blk = a_h + att_block_offset(r0 / ATT_BLOCK, T); /* (rows, r1) */
+                    const float *dob = s.oh + r0 * HS, *qb = s.qh + r0 * HS;
+                    /* dP = dO · Vᵀ; dV[0:r1] += Pᵀ · dO. */
+                    plait_matmul_forward(NULL, s.dp, dob, s.vh, rows, HS, r1, 0);
+                    plait_matmul_backward(NULL, NULL, s.dvh, blk, dob, NULL, rows, HS, r1);
+                    /* dS = P ⊙ (dP - rowsum(P ⊙ dP)) * scale, zero beyond the diagonal. */
+                    for (size_t t = r0; t < r1; t++) {
+                        const float *pr = blk + (t - r0) * r1;
+                        float *dr = s.dp + (t - r0) * r1;
+                        vsoftmax_bwd(dr, pr, t + 1, (float)vdot(pr, dr, t + 1), scale);
+                        memset(dr + t + 1, 0, (r1 - t - 1) * sizeof(float));
+                    }
+                    /* dQ[r0:r1] += dS · K[0:r1]; dK[0:r1] += dSᵀ · Q[r0:r1]. */
+                    plait_matmul_backward(NULL, s.dqh + r0 * HS, s.dkh, s.dp, qb, s.kh, rows, HS, r1);
+                }
                 scatter_head(j->out, s.dqh, C, b, h * HS, T, HS);
             }
             scatter_head(j->out2, s.dkh, KV, b, g * HS, T, HS);
@@ -669,15 +915,25 @@ static void swiglu_backward(plait_trainer_t *tr, float *dh1, float *dh3, const f
     plait_pool_run(tr->pool, swiglu_backward_rows, &j, N);
 }
 
+/* Rows of logits per classifier call: each call streams the whole (V, C)
+ * classifier through the matmul kernel (packing it as it goes), so more rows
+ * per call amortize that; the per-thread scratch of rows x V floats is held
+ * near PLAIT_TRAIN_LOGIT_BYTES (16 rows at least, 256 at most). */
+static size_t logit_rows(size_t V)
+{
+    size_t r = PLAIT_TRAIN_LOGIT_BYTES / (V * sizeof(float));
+    return r < 16 ? 16 : r > 256 ? 256 : r;
+}
+
 /* Classifier, softmax and cross-entropy, fused per thread: item i of P owns
- * a contiguous share of the N rows and a PLAIT_TRAIN_LOGIT_ROWS x V scratch,
+ * a contiguous share of the N rows and a vc x V scratch,
  * so the (N, V) logits never exist at once. With dlnf != NULL it also writes
  * dlnf (N, C) = dlogits · Wcls with dlogits = (softmax - onehot) * scale. */
 static void classifier_items(void *ctx, size_t b0, size_t e0)
 {
     job_t *j = ctx;
     plait_trainer_t *tr = j->tr;
-    size_t N = j->n, V = tr->V, C = tr->C, P = tr->P, VC = PLAIT_TRAIN_LOGIT_ROWS;
+    size_t N = j->n, V = tr->V, C = tr->C, P = tr->P, VC = tr->vc;
     const float *wcls = tr->m->w.wcls;
     for (size_t item = b0; item < e0; item++) {
         size_t r0 = N * item / P, r1 = N * (item + 1) / P;
@@ -715,15 +971,10 @@ static float *grad_of(plait_trainer_t *tr, const float *param)
     return tr->grads + (idx - tr->goff);
 }
 
-typedef struct {
-    float *x;
-    float s;
-} scale_job_t;
-
-static void scale_rows(void *ctx, size_t b, size_t e)
+/* x *= f over n floats (N*R spans: too small to dispatch to the pool). */
+static void scale_span(float *x, size_t n, float f)
 {
-    scale_job_t *j = ctx;
-    for (size_t i = b; i < e; i++) j->x[i] *= j->s;
+    for (size_t i = 0; i < n; i++) x[i] *= f;
 }
 
 /* y (N, out) (=|+=) x (N, in) · Wᵀ + s * (x · Aᵀ) · Bᵀ; keeps u = s * x·Aᵀ. */
@@ -739,8 +990,7 @@ static void proj_forward(plait_trainer_t *tr, float *y, const float *x, size_t l
     if (!A) return;
     float *u = tr->u[slot];
     plait_matmul_forward(tr->pool, u, x, A, N, (size_t)in, tr->R, 0);
-    scale_job_t sj = {u, tr->lora->scaling};
-    scale_rows(&sj, 0, N * tr->R); /* N*R floats: too small to dispatch */
+    scale_span(u, N * tr->R, tr->lora->scaling);
     plait_matmul_forward(tr->pool, y, u, tr->lora->B[slot], N, tr->R, (size_t)out, 1);
 }
 
@@ -758,8 +1008,7 @@ static void proj_backward(plait_trainer_t *tr, float *dx, const float *dy, const
         float *dA = grad_of(tr, A), *dB = grad_of(tr, Bw);
         memset(tr->du, 0, N * tr->R * sizeof(float));
         plait_matmul_backward(tr->pool, tr->du, dB, dy, tr->u[slot], Bw, N, tr->R, (size_t)out);
-        scale_job_t sj = {tr->du, tr->lora->scaling};
-        scale_rows(&sj, 0, N * tr->R);
+        scale_span(tr->du, N * tr->R, tr->lora->scaling);
         if (dx || dA) plait_matmul_backward(tr->pool, dx, dA, tr->du, x, A, N, (size_t)in, tr->R);
     }
     if (dx)
@@ -799,7 +1048,7 @@ static double forward(plait_trainer_t *tr, const int32_t *tokens, size_t nb, flo
         float *k = tr->k + l * N_full * KV, *v = tr->v + l * N_full * KV;
         float *res2 = LNC(tr->res2, l), *ln2 = LNC(tr->ln2, l);
         float *h1 = tr->h1 + l * N_full * H, *h3 = tr->h3 + l * N_full * H, *hg = tr->hg + l * N_full * H;
-        float *att = tr->att + l * tr->B * tr->NH * T * T;
+        float *att = tr->att + l * tr->B * tr->NH * tr->att_size;
         rmsnorm_forward(tr, ln1, tr->rstd1 + l * N_full, x, w->rms_att + l * C, N, C);
         proj_forward(tr, q, ln1, l, PLAIT_WQ, N, 0);
         proj_forward(tr, k, ln1, l, PLAIT_WK, N, 0);
@@ -838,7 +1087,7 @@ static void backward(plait_trainer_t *tr)
         float *k = tr->k + l * N_full * KV, *v = tr->v + l * N_full * KV;
         float *res2 = LNC(tr->res2, l), *ln2 = LNC(tr->ln2, l);
         float *h1 = tr->h1 + l * N_full * H, *h3 = tr->h3 + l * N_full * H, *hg = tr->hg + l * N_full * H;
-        float *att = tr->att + l * tr->B * tr->NH * T * T;
+        float *att = tr->att + l * tr->B * tr->NH * tr->att_size;
         /* FFN: resid[l+1] = res2 + W2(silu(W1 ln2) * W3 ln2). */
         memset(tr->dhg, 0, N * H * sizeof(float));
         proj_backward(tr, tr->dhg, tr->dres, hg, l, PLAIT_W2, N);
@@ -945,6 +1194,7 @@ size_t plait_train_grads_count(const plait_trainer_t *tr) { return tr->n_grads; 
 size_t plait_train_grads_offset(const plait_trainer_t *tr) { return tr->goff; }
 long plait_train_steps_done(const plait_trainer_t *tr) { return tr->steps; }
 double plait_train_last_grad_norm(const plait_trainer_t *tr) { return tr->last_norm; }
+size_t plait_train_memory_bytes(const plait_trainer_t *tr) { return tr->bytes; }
 
 void plait_train_reset(plait_trainer_t *tr)
 {
@@ -994,6 +1244,8 @@ int plait_train_create(plait_trainer_t **out, const plait_model_t *m, plait_lora
         tr->own_pool = 1;
     }
     tr->P = (size_t)plait_pool_size(tr->pool);
+    tr->att_size = att_block_offset((tr->T + ATT_BLOCK - 1) / ATT_BLOCK, tr->T);
+    tr->vc = logit_rows(tr->V);
 
     size_t B = tr->B, T = tr->T, C = tr->C, H = tr->H, L = tr->L, KV = tr->KV, R = tr->R, N = B * T;
     size_t n_slots = 0;
@@ -1006,7 +1258,7 @@ int plait_train_create(plait_trainer_t **out, const plait_model_t *m, plait_lora
         L * N * C,       /* q */
         L * N * KV,      /* k */
         L * N * KV,      /* v */
-        L * B * tr->NH * T * T, /* att */
+        L * B * tr->NH * tr->att_size, /* att */
         L * N * C,       /* atty */
         L * N * C,       /* res2 */
         L * N * C,       /* ln2 */
@@ -1021,10 +1273,10 @@ int plait_train_create(plait_trainer_t **out, const plait_model_t *m, plait_lora
         N * KV, N * KV,  /* dk dv */
         N * H, N * H, N * H, /* dh1 dh3 dhg */
         N * R,           /* du */
-        tr->P * (T * T + 8 * T * tr->HS), /* attn_scratch */
-        tr->P * PLAIT_TRAIN_LOGIT_ROWS * tr->V, /* logits */
+        tr->P * attn_scratch_floats(T, tr->HS), /* attn_scratch */
+        tr->P * tr->vc * tr->V, /* logits */
         2 * N,           /* row_loss (doubles = 2 floats each) */
-        T * (tr->HS / 2), T * (tr->HS / 2), /* rope cos, sin */
+        T * tr->HS, T * tr->HS, /* rope cos, sin */
     };
     size_t n_sizes = sizeof(sizes) / sizeof(sizes[0]), total = 0;
     for (size_t i = 0; i < n_sizes; i++) {
@@ -1044,6 +1296,8 @@ int plait_train_create(plait_trainer_t **out, const plait_model_t *m, plait_lora
                           total * sizeof(float) >> 20, B, T);
     }
     memset(tr->acts, 0, total * sizeof(float));
+    tr->bytes = total * sizeof(float) + 3 * tr->n_grads * sizeof(float) + L * PLAIT_NPROJ * sizeof(float *) +
+                sizeof(*tr);
     float *ptr = tr->acts;
     size_t si = 0;
 #define TAKE(field) (tr->field = ptr, ptr += sizes[si++])
@@ -1069,9 +1323,11 @@ int plait_train_create(plait_trainer_t **out, const plait_model_t *m, plait_lora
     for (size_t i = 0; i < half; i++) {
         float freq = 1.0f / powf(ROPE_THETA, (float)(2 * i) / (float)tr->HS);
         for (size_t t = 0; t < T; t++) {
-            float ang = (float)t * freq;
-            tr->rope_cos[t * half + i] = cosf(ang);
-            tr->rope_sin[t * half + i] = sinf(ang);
+            float ang = (float)t * freq, c = cosf(ang), sn = sinf(ang);
+            tr->rope_cos[t * tr->HS + 2 * i] = c;
+            tr->rope_cos[t * tr->HS + 2 * i + 1] = c;
+            tr->rope_sin[t * tr->HS + 2 * i] = -sn;
+            tr->rope_sin[t * tr->HS + 2 * i + 1] = sn;
         }
     }
     *out = tr;

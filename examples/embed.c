@@ -28,12 +28,23 @@ static void on_event(void *ud, const plait_agent_event_t *ev)
 {
     (void)ud;
     switch (ev->type) {
-    case PLAIT_AGENT_EV_TASK: printf("round %llu: taking part\n", (unsigned long long)ev->round_id); break;
-    case PLAIT_AGENT_EV_TRAINING: printf("round %llu: step %u/%u\n", (unsigned long long)ev->round_id, ev->step, ev->steps); break;
-    case PLAIT_AGENT_EV_ACKED: printf("round %llu: update accepted\n", (unsigned long long)ev->round_id); break;
-    case PLAIT_AGENT_EV_COME_BACK: printf("no round now; retry in %llu ms\n", (unsigned long long)ev->delay_ms); break;
-    case PLAIT_AGENT_EV_ERROR: printf("attempt failed: %s\n", plait_err_name(ev->rc)); break;
-    default: break;
+    case PLAIT_AGENT_EV_TASK:
+        printf("round %llu: taking part\n", (unsigned long long)ev->round_id);
+        break;
+    case PLAIT_AGENT_EV_TRAINING:
+        printf("round %llu: step %u/%u\n", (unsigned long long)ev->round_id, ev->step, ev->steps);
+        break;
+    case PLAIT_AGENT_EV_ACKED:
+        printf("round %llu: update accepted\n", (unsigned long long)ev->round_id);
+        break;
+    case PLAIT_AGENT_EV_COME_BACK:
+        printf("no round now; retry in %llu ms\n", (unsigned long long)ev->delay_ms);
+        break;
+    case PLAIT_AGENT_EV_ERROR:
+        printf("attempt failed: %s\n", plait_err_name(ev->rc));
+        break;
+    default:
+        break;
     }
     fflush(stdout);
 }
@@ -48,7 +59,8 @@ static void *agent_thread(void *p)
 int main(int argc, char **argv)
 {
     if (argc < 8) {
-        fprintf(stderr, "usage: %s HOST PORT CA.crt DEV.crt DEV.key STORE STATE_DIR [SECONDS]\n", argv[0]);
+        fprintf(stderr, "usage: %s HOST PORT CA.crt DEV.crt DEV.key STORE STATE_DIR [SECONDS]\n",
+                argv[0]);
         return 2;
     }
     const char *assets = getenv("PLAIT_ASSETS");
@@ -82,7 +94,7 @@ int main(int argc, char **argv)
         return 1;
     }
     struct timespec ts = {.tv_sec = argc > 8 ? atoi(argv[8]) : 60};
-    nanosleep(&ts, NULL); /* the app goes on with its life */
+    nanosleep(&ts, NULL);    /* the app goes on with its life */
     plait_agent_stop(agent); /* e.g. the user unplugged the phone */
     pthread_join(th, NULL);
     printf("%u rounds acknowledged\n", plait_agent_rounds_acked(agent));

@@ -113,6 +113,37 @@ static double measure(plait_pool_t *pool, int ref, int op, bufs_t *b, int repeat
     return med;
 }
 
+/* A chunk that busy-waits for *(double *)ctx microseconds. */
+static void spin_fn(void *ctx, size_t b, size_t e)
+{
+    double us = *(const double *)ctx;
+    for (size_t i = b; i < e; i++) {
+        double t0 = now_s();
+        while ((now_s() - t0) * 1e6 < us) {
+        }
+    }
+}
+
+/* Median microseconds per plait_pool_run of a two-chunk job whose chunks
+ * take `us` each, back to back on a 2-thread pool: `us` if the hand-off
+ * were free, 2 * us if the work ran serially. This is the dispatch cost
+ * every small kernel pays. */
+static double pool_job_us(plait_pool_t *p, double us, int repeats)
+{
+    double *t = malloc((size_t)repeats * sizeof(double));
+    if (!t) return 0.0;
+    const int jobs = 2000;
+    for (int r = 0; r < repeats; r++) {
+        double t0 = now_s();
+        for (int j = 0; j < jobs; j++) plait_pool_run(p, spin_fn, &us, 2);
+        t[r] = (now_s() - t0) / jobs * 1e6;
+    }
+    qsort(t, (size_t)repeats, sizeof(double), cmp_double);
+    double med = t[repeats / 2];
+    free(t);
+    return med;
+}
+
 static float *fill(size_t n)
 {
     float *p = malloc((n ? n : 1) * sizeof(float));
@@ -148,6 +179,11 @@ int main(int argc, char **argv)
     }
     printf("plait-bench-matmul: AVX2+FMA %s, median of %d, GFLOP/s, load average %s\n",
            plait_cpu_has_avx2_fma() ? "yes" : "no", repeats, loadavg());
+    static const double chunk_us[] = {0.0, 2.0, 5.0, 20.0};
+    for (size_t i = 0; i < sizeof(chunk_us) / sizeof(chunk_us[0]); i++)
+        printf("pool, 2 threads, job of 2 chunks x %4.1f us: %6.2f us per job (free hand-off %.0f, "
+               "serial %.0f)\n",
+               chunk_us[i], pool_job_us(p2, chunk_us[i], repeats), chunk_us[i], 2 * chunk_us[i]);
     printf("%-14s %4s %5s %5s %5s  %7s %7s %7s %7s\n", "shape", "op", "N", "IC", "OC", "ref",
            "port1t", "simd1t", "simd2t");
     for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {

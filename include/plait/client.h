@@ -8,7 +8,8 @@
  * capabilities, last acknowledged round), then either take the aggregator's
  * ComeBackLater delay, or take a Task: download the global adapter (skipped
  * when the cached copy has the task's hash), train it on the device store on
- * a worker thread (the connection is kept alive with Pings meanwhile),
+ * a worker thread (the connection is kept alive with Pings meanwhile; an
+ * interrupted download resumes where it stopped on the next task),
  * compute the update span's difference, clip it, add local DP noise if the
  * task asks for it, quantize it with the example weight, store it in the
  * state directory, upload it in chunks, wait for the Ack, and keep a personal
@@ -75,30 +76,31 @@ typedef int (*plait_agent_eligible_cb)(void *ud);
 
 /** What an event reports. */
 typedef enum {
-    PLAIT_AGENT_EV_CONNECTING = 1,  /**< about to connect (attempt = reconnect attempt, 0 first) */
-    PLAIT_AGENT_EV_CONNECTED = 2,   /**< TLS established, Hello sent */
-    PLAIT_AGENT_EV_COME_BACK = 3,   /**< the aggregator said come back later (delay_ms = its delay) */
-    PLAIT_AGENT_EV_TASK = 4,        /**< a round was offered and accepted (round_id) */
-    PLAIT_AGENT_EV_DOWNLOADED = 5,  /**< global adapter ready (bytes = blob size; 0 when cached) */
-    PLAIT_AGENT_EV_TRAINING = 6,    /**< progress: step of steps done */
-    PLAIT_AGENT_EV_UPLOADED = 7,    /**< all update chunks sent (bytes = words·4) */
-    PLAIT_AGENT_EV_ACKED = 8,       /**< the aggregator acknowledged the update */
-    PLAIT_AGENT_EV_DECLINED = 9,    /**< the agent declined or abandoned the task (rc says why) */
-    PLAIT_AGENT_EV_NOT_ELIGIBLE = 10, /**< skipped: too few records or the eligibility callback said no */
-    PLAIT_AGENT_EV_ERROR = 11,      /**< a conversation failed (rc); the daemon backs off */
-    PLAIT_AGENT_EV_SLEEP = 12       /**< the daemon waits delay_ms before the next attempt */
+    /** plait_agent_run starts a conversation (attempt = failures so far) */
+    PLAIT_AGENT_EV_CONNECTING = 1,
+    PLAIT_AGENT_EV_CONNECTED = 2, /**< TLS established, Hello sent */
+    PLAIT_AGENT_EV_COME_BACK = 3, /**< the aggregator said come back later (delay_ms = its delay) */
+    PLAIT_AGENT_EV_TASK = 4,      /**< a round was offered and accepted (round_id) */
+    PLAIT_AGENT_EV_DOWNLOADED = 5,    /**< adapter ready (bytes downloaded; 0 when cached) */
+    PLAIT_AGENT_EV_TRAINING = 6,      /**< progress: step of steps done */
+    PLAIT_AGENT_EV_UPLOADED = 7,      /**< all update chunks sent (bytes = words·4) */
+    PLAIT_AGENT_EV_ACKED = 8,         /**< the aggregator acknowledged the update */
+    PLAIT_AGENT_EV_DECLINED = 9,      /**< the agent declined or abandoned the task (rc says why) */
+    PLAIT_AGENT_EV_NOT_ELIGIBLE = 10, /**< skipped: too few records, or the app said no */
+    PLAIT_AGENT_EV_ERROR = 11,        /**< a conversation failed (rc); the daemon backs off */
+    PLAIT_AGENT_EV_SLEEP = 12         /**< the daemon waits delay_ms before the next attempt */
 } plait_agent_event_type_t;
 
 /** An event; valid only during the callback. Carries no private data. */
 typedef struct {
     plait_agent_event_type_t type;
-    uint64_t round_id;  /**< the round concerned, or 0 */
-    int rc;             /**< a PLAIT_E* code for ERROR / DECLINED, else 0 */
-    uint32_t attempt;   /**< consecutive failed attempts so far (CONNECTING, SLEEP) */
-    uint64_t delay_ms;  /**< COME_BACK, SLEEP */
-    uint32_t step;      /**< TRAINING: optimizer steps done */
-    uint32_t steps;     /**< TRAINING: steps the task asks for */
-    uint64_t bytes;     /**< DOWNLOADED, UPLOADED */
+    uint64_t round_id; /**< the round concerned, or 0 */
+    int rc;            /**< a PLAIT_E* code for ERROR / DECLINED, else 0 */
+    uint32_t attempt;  /**< consecutive failed attempts so far (CONNECTING, SLEEP) */
+    uint64_t delay_ms; /**< COME_BACK, SLEEP */
+    uint32_t step;     /**< TRAINING: optimizer steps done */
+    uint32_t steps;    /**< TRAINING: steps the task asks for */
+    uint64_t bytes;    /**< DOWNLOADED, UPLOADED */
 } plait_agent_event_t;
 
 /** Event callback; called on the thread running the agent. Must not call plait_agent_run*. */
@@ -110,16 +112,16 @@ typedef enum {
     PLAIT_AGENT_OUT_ACKED = 1,        /**< took part in a round; the update was acknowledged */
     PLAIT_AGENT_OUT_COME_BACK = 2,    /**< no task now; retry_ms says when to come back */
     PLAIT_AGENT_OUT_NOT_ELIGIBLE = 3, /**< did not connect: too few records or not idle/charging */
-    PLAIT_AGENT_OUT_DECLINED = 4      /**< a task was offered but the agent declined or abandoned it */
+    PLAIT_AGENT_OUT_DECLINED = 4 /**< a task was offered but the agent declined or abandoned it */
 } plait_agent_outcome_t;
 
 typedef struct {
     plait_agent_outcome_t outcome;
-    uint64_t round_id;      /**< the round of ACKED / DECLINED */
-    uint32_t retry_ms;      /**< COME_BACK: the aggregator's delay (before jitter) */
-    int declined_rc;        /**< DECLINED: why (PLAIT_ESTALE, PLAIT_EMISMATCH, ...) */
-    uint64_t num_examples;  /**< ACKED: records trained on */
-    double clip_norm_in;    /**< ACKED: L2 norm of the update before clipping (a scalar, not data) */
+    uint64_t round_id;     /**< the round of ACKED / DECLINED */
+    uint32_t retry_ms;     /**< COME_BACK: the aggregator's delay (before jitter) */
+    int declined_rc;       /**< DECLINED: why (PLAIT_ESTALE, PLAIT_EMISMATCH, ...) */
+    uint64_t num_examples; /**< ACKED: records trained on */
+    double clip_norm_in;   /**< ACKED: L2 norm of the update before clipping (a scalar, not data) */
 } plait_agent_result_t;
 
 /**
@@ -130,19 +132,22 @@ typedef struct {
     /* Aggregator. */
     const char *server_host; /**< DNS name or IP literal (no default: required) */
     int server_port;         /**< 1..65535 (default 7443) */
-    const char *server_name; /**< name the server certificate must carry; NULL = server_host (default NULL) */
+    const char *server_name; /**< name the server certificate must carry; NULL = server_host
+                                (default NULL) */
     /* Identity and trust: PEM files. */
-    const char *ca_path;     /**< the deployment CA certificate (required) */
-    const char *cert_path;   /**< this device's certificate (required) */
-    const char *key_path;    /**< this device's private key (required; wiped from memory on destroy) */
+    const char *ca_path;   /**< the deployment CA certificate (required) */
+    const char *cert_path; /**< this device's certificate (required) */
+    const char *key_path; /**< this device's private key (required; wiped from memory on destroy) */
     /* Engine and data. */
     const char *model_path;     /**< llama2.c checkpoint (required) */
     const char *tokenizer_path; /**< llama2.c tokenizer (required) */
-    const char *store_path;     /**< the device store (plait-agent ingest); opened read-only per round (required) */
-    const char *state_dir;      /**< crash-safe state, adapter cache, personal adapter; created 0700 (required) */
-    int threads;                /**< training threads, 1..256 (default 1) */
+    /** the device store (plait-agent ingest); opened, never created, for each round (required) */
+    const char *store_path;
+    const char *state_dir; /**< crash-safe state, adapter cache, personal adapter; created 0700
+                              (required) */
+    int threads;           /**< training threads, 1..256 (default 1) */
     /* Eligibility. */
-    int64_t min_records;            /**< fewest training records to take part, >= 1 (default 16) */
+    int64_t min_records; /**< fewest training records to take part, >= 1 (default 16) */
     plait_agent_eligible_cb eligible; /**< NULL: always eligible (default NULL) */
     void *eligible_ud;
     /* Local limits on what a task may ask (a declined task is not an error). */
@@ -160,15 +165,18 @@ typedef struct {
     uint32_t backoff_max_ms;     /**< default 300000 (5 min) */
     double backoff_jitter;       /**< 0..1 (default 0.5) */
     double come_back_jitter;     /**< 0..1 (default 0.5, as docs/protocol.md says) */
-    uint32_t rejoin_ms;          /**< wait after an acknowledged round, jittered like ComeBackLater (default 60000) */
-    uint32_t not_eligible_ms;    /**< wait before re-checking eligibility (default 60000) */
+    uint32_t rejoin_ms; /**< wait after an acknowledged round, jittered like ComeBackLater (default
+                           60000) */
+    uint32_t not_eligible_ms; /**< wait before re-checking eligibility (default 60000) */
     /* Run mode. */
-    int daemon;             /**< 0 (default): plait_agent_run() ends after one conversation that
-                                 reached the aggregator (retrying failed connections with backoff,
-                                 at most max_attempts times); 1: loop until plait_agent_stop() */
-    uint32_t max_attempts;  /**< one-shot: connection attempts, >= 1 (default 5) */
-    uint32_t max_rounds;    /**< daemon: return after this many acknowledged rounds; 0 = no limit (default 0) */
-    uint64_t max_runtime_ms;/**< plait_agent_run(): return after this long; 0 = no limit (default 0) */
+    int daemon;            /**< 0 (default): plait_agent_run() ends after one conversation that
+                                reached the aggregator (retrying failed connections with backoff,
+                                at most max_attempts times); 1: loop until plait_agent_stop() */
+    uint32_t max_attempts; /**< one-shot: connection attempts, >= 1 (default 5) */
+    uint32_t max_rounds;   /**< daemon: return after this many acknowledged rounds; 0 = no limit
+                              (default 0) */
+    /** plait_agent_run(): return after this long; 0 = no limit (default 0) */
+    uint64_t max_runtime_ms;
     /* Randomness. 0 (default): batch sampling, stochastic rounding and local
      * DP noise come from the mbedTLS DRBG (production). Nonzero: all of them
      * are derived from this seed and the round id, so runs replay exactly:
@@ -179,7 +187,10 @@ typedef struct {
     void *event_ud;
 } plait_agent_config_t;
 
-/** \brief Fill cfg with the defaults documented on each field (required strings NULL). \param cfg not NULL. */
+/**
+ * \brief Fill cfg with the defaults documented on each field (required strings NULL).
+ * \param cfg not NULL.
+ */
 void plait_agent_config_default(plait_agent_config_t *cfg);
 
 /**
@@ -221,7 +232,8 @@ void plait_agent_destroy(plait_agent_t *a);
  *         round's deadline passed), PLAIT_ENOMEM, or a store / engine error.
  *         Details in plait_errmsg().
  */
-int plait_agent_run_once(plait_agent_t *a, plait_agent_result_t *res /* OUT, may be NULL */) PLAIT_WUR;
+int plait_agent_run_once(plait_agent_t *a,
+                         plait_agent_result_t *res /* OUT, may be NULL */) PLAIT_WUR;
 
 /**
  * \brief Run conversations until stopped (daemon) or until one conversation

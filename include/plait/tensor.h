@@ -26,7 +26,18 @@ void plait_pool_destroy(plait_pool_t *p);
 int plait_pool_size(const plait_pool_t *p);
 /** A task body: run items [begin, end) of a job. */
 typedef void (*plait_pool_fn)(void *ctx, size_t begin, size_t end);
-/** \brief Split [0, n) in contiguous chunks over the pool and wait. NULL pool runs inline. */
+/**
+ * \brief Split [0, n) in contiguous chunks over the pool and wait. NULL pool runs inline.
+ *
+ * Details (additive to the line above): [0, n) is cut into min(n, threads)
+ * contiguous, non-empty chunks; fn runs once per chunk, on the caller or on
+ * a worker (the caller may run several chunks when workers are slow to
+ * wake), so every index is run exactly once and fn is called at most
+ * plait_pool_size(p) times. n == 0 calls nothing; n == 1 or a pool of one
+ * thread calls fn(ctx, 0, n) on the caller. fn must not call plait_pool_run
+ * on the same pool. Idle workers spin for about 50 microseconds after a
+ * job before they sleep, so back-to-back jobs start quickly.
+ */
 void plait_pool_run(plait_pool_t *p, plait_pool_fn fn, void *ctx, size_t n);
 
 /**
@@ -47,12 +58,15 @@ void plait_matmul_backward(plait_pool_t *pool, float *dinp, float *dw, const flo
  *   dout, inp or w. Inputs may overlap each other (e.g. inp == w).
  * - The result for a given shape does not depend on the pool or its size:
  *   every output element is summed in the same order whichever thread
- *   computes it, so runs replay bit for bit.
+ *   computes it, so runs replay bit for bit (on the same CPU path: the
+ *   AVX2+FMA and portable kernels round differently).
  * - An empty reduction (IC == 0 in forward) writes zeros, or leaves out
  *   unchanged when accumulating. N, IC or OC == 0 is allowed everywhere.
  * - Small problems run on the calling thread without waking the pool;
- *   forward with fewer than 8 rows (token-by-token inference) uses a
+ *   forward with fewer than 12 rows (token-by-token inference) uses a
  *   dot-product path threaded over OC.
+ * - They allocate nothing; each calling or pool thread uses about 70 KiB of
+ *   stack for a packed block of W.
  */
 
 /**
@@ -60,6 +74,7 @@ void plait_matmul_backward(plait_pool_t *pool, float *dinp, float *dw, const flo
  *        extensions); the kernels pick their path with it at run time, so a
  *        default build runs anywhere.
  * \return 1 if the SIMD kernels are used, 0 if the portable ones are.
+ *         Safe to call from any thread.
  */
 int plait_cpu_has_avx2_fma(void);
 

@@ -29,11 +29,17 @@
  * accum_steps calls since the previous step.
  *
  * Memory (floats; N = B*T, S = number of adapted (layer, projection) slots,
- * P = number of threads, VC = PLAIT_TRAIN_LOGIT_ROWS):
- *   activations  L*(7*N*C + 2*N*KV + 3*N*H + 2*N + B*NH*T*T) + N*C*2 + N
- *                + S*N*R                       (saved for backward)
- *   scratch      N*(4*C + 2*KV + 3*H + R) + P*(VC*V + T) + T*HS  (one layer at a time)
- *   grads, m, v  each n_params (full) or n_params - n_a (train_a = 0)
+ * P = threads, VC = rows of logits per thread (PLAIT_TRAIN_LOGIT_BYTES), A(T) = sum over row blocks of 32
+ * of rows * (last row + 1), about T*T/2 + 16*T: the causal attention
+ * probabilities of one head are stored without the masked triangle):
+ *   saved for backward  L*(6*N*C + 2*N*KV + 3*N*H + 2*N + B*NH*A(T))
+ *                       + 2*N*C + N + S*N*R
+ *   scratch             N*(4*C + 2*KV + 3*H + R) + 2*N (per-row loss, double)
+ *                       + P*(VC*V + 32*T + 7*T*HS) + 2*T*HS (RoPE tables)
+ *   grads, m, v         each n_params (full) or n_params - n_a (train_a = 0)
+ * For stories260K (C 64, H 172, L 5, NH 8, KV 32, V 512), B 8, T 128, R 8 on
+ * wq,wv and 2 threads that is 35.7 MiB (plait_train_memory_bytes), a third of
+ * it attention probabilities.
  * All of it is allocated once in plait_train_create(); forward, backward and
  * step allocate nothing.
  *
@@ -48,8 +54,9 @@
 #include "plait/model.h"
 #include "plait/tensor.h"
 
-/** Rows of logits one thread materializes at a time (memory/speed trade-off). */
-#define PLAIT_TRAIN_LOGIT_ROWS 16
+/** Bytes of logits one thread materializes at a time (memory/speed trade-off):
+ *  VC = clamp(PLAIT_TRAIN_LOGIT_BYTES / (4 V), 16, 256) rows. */
+#define PLAIT_TRAIN_LOGIT_BYTES (8u << 20)
 
 typedef struct {
     int B;              /* sequences per micro-batch (default 8) */
@@ -149,6 +156,9 @@ double plait_train_grad_norm(const plait_trainer_t *tr);
 long plait_train_steps_done(const plait_trainer_t *tr);
 /** \brief Norm of the gradient before clipping at the last step (0 before any). */
 double plait_train_last_grad_norm(const plait_trainer_t *tr);
+/** \brief Bytes the trainer allocated at create (its whole footprint; the model
+ *         and adapter are not counted). Constant for the trainer's life. */
+size_t plait_train_memory_bytes(const plait_trainer_t *tr);
 
 /**
  * \brief Forget all training state (gradients, AdamW moments, step count,

@@ -66,12 +66,13 @@
 
 /* ------------------------------------------------------------ shared fixture */
 
-static char *g_dir;  /* scratch dir with the PEM files and the store */
+static char *g_dir; /* scratch dir with the PEM files and the store */
 static char *g_ca, *g_crt, *g_key, *g_srv_crt, *g_srv_key, *g_store, *g_model, *g_tok;
 static char *ca_pem, *ca_key, *srv_pem, *srv_key_pem;
 
 static const char *texts[] = {
-    "Once upon a time there was a little girl named Lily. She liked to play in the park with her dog.",
+    "Once upon a time there was a little girl named Lily. She liked to play in the park with her "
+    "dog.",
     "The sun was shining and the birds were singing. Tom went outside to look for his red ball.",
     "One day a small cat found a big box. The cat jumped into the box and fell asleep.",
     "Mom said it was time for bed. Ben brushed his teeth and read a book about a brave dragon.",
@@ -93,7 +94,8 @@ static void fixture_up(void)
     char *dev_crt = NULL, *dev_key = NULL;
     ck_assert_int_eq(plait_pki_ca_create(&pc, NULL, &ca_pem, &ca_key), 0);
     ck_assert_int_eq(plait_pki_server_issue(&pc, ca_pem, ca_key, NULL, &srv_pem, &srv_key_pem), 0);
-    ck_assert_int_eq(plait_pki_device_issue(&pc, ca_pem, ca_key, "phone-1", NULL, &dev_crt, &dev_key, NULL), 0);
+    ck_assert_int_eq(
+        plait_pki_device_issue(&pc, ca_pem, ca_key, "phone-1", NULL, &dev_crt, &dev_key, NULL), 0);
     g_ca = tu_path(g_dir, "ca.crt");
     g_crt = tu_path(g_dir, "dev.crt");
     g_key = tu_path(g_dir, "dev.key");
@@ -174,12 +176,12 @@ START_TEST(test_config)
     ck_assert_int_eq(d.daemon, 0);
     ck_assert_uint_eq(d.seed, 0);
 
-#define BAD(field, value, word)                                                        \
-    do {                                                                               \
-        plait_agent_config_t b = c;                                                    \
-        b.field = value;                                                               \
-        ck_assert_int_eq(plait_agent_config_validate(&b), PLAIT_EINVAL);               \
-        ck_assert_msg(strstr(plait_errmsg(), word) != NULL, "%s", plait_errmsg());     \
+#define BAD(field, value, word)                                                                    \
+    do {                                                                                           \
+        plait_agent_config_t b = c;                                                                \
+        b.field = value;                                                                           \
+        ck_assert_int_eq(plait_agent_config_validate(&b), PLAIT_EINVAL);                           \
+        ck_assert_msg(strstr(plait_errmsg(), word) != NULL, "%s", plait_errmsg());                 \
     } while (0)
     BAD(server_port, 0, "server_port");
     BAD(server_port, 70000, "server_port");
@@ -212,8 +214,14 @@ END_TEST
 
 static void small_pair(plait_model_t *m, plait_lora_t *g, plait_lora_t *l, double scale)
 {
-    plait_model_config_t mc = {.dim = 16, .hidden_dim = 32, .n_layers = 2, .n_heads = 2, .n_kv_heads = 2,
-                               .vocab_size = 32, .seq_len = 16, .shared = 1};
+    plait_model_config_t mc = {.dim = 16,
+                               .hidden_dim = 32,
+                               .n_layers = 2,
+                               .n_heads = 2,
+                               .n_kv_heads = 2,
+                               .vocab_size = 32,
+                               .seq_len = 16,
+                               .shared = 1};
     ck_assert_int_eq(plait_model_config_validate(&mc), 0);
     plait_model_init(m);
     ck_assert_int_eq(plait_model_init_random(m, &mc, 1), 0);
@@ -237,38 +245,44 @@ START_TEST(test_pipeline_matches_primitives)
     plait_model_t m;
     plait_lora_t g, l;
     small_pair(&m, &g, &l, 0.2);
-    const plait_lora_mode_t modes[] = {PLAIT_LORA_MODE_FFA, PLAIT_LORA_MODE_FEDIT, PLAIT_LORA_MODE_FEDSA};
+    const plait_lora_mode_t modes[] = {PLAIT_LORA_MODE_FFA, PLAIT_LORA_MODE_FEDIT,
+                                       PLAIT_LORA_MODE_FEDSA};
     for (size_t k = 0; k < 3; k++) {
         plait_lora_mode_t mode = modes[k];
         size_t off, len;
         ck_assert_int_eq(plait_update_span(&g, mode, &off, &len), 0);
         plait_quant_config_t qc = {.bits = QBITS, .range = 0.5};
         const double S = 0.3, w = 0.7, sd = k == 2 ? 0.01 : 0.0;
-        uint32_t *got = calloc(len + 1, sizeof(uint32_t)), *want = calloc(len + 1, sizeof(uint32_t));
+        uint32_t *got = calloc(len + 1, sizeof(uint32_t)),
+                 *want = calloc(len + 1, sizeof(uint32_t));
         float *x = malloc(len * sizeof(float));
         plait_rng_t r1, r2;
         plait_rng_seed_u64(&r1, 11, 3);
         plait_rng_seed_u64(&r2, 11, 3);
         plait_clip_info_t ci;
-        ck_assert_int_eq(plait__agent_make_update(&g, &l, mode, S, sd, &qc, w, &r1, got, len + 1, &ci), 0);
+        ck_assert_int_eq(
+            plait__agent_make_update(&g, &l, mode, S, sd, &qc, w, &r1, got, len + 1, &ci), 0);
         /* The same pipeline by hand, in the documented order (privacy.md §2). */
         ck_assert_int_eq(plait_update_diff(x, l.params + off, g.params + off, len), 0);
         double norm0 = plait_update_l2(x, len);
         plait_clip_info_t ci2;
         ck_assert_int_eq(plait_update_clip_l2(x, len, S, &ci2), 0);
         if (sd > 0) ck_assert_int_eq(plait_update_add_noise(x, len, sd, &r2), 0);
-        for (size_t i = 0; i < len; i++) x[i] = (float)((double)x[i] * w);
+        for (size_t i = 0; i < len; i++)
+            x[i] = (float)((double)x[i] * w);
         ck_assert_int_eq(plait_quant_encode(&qc, x, len, &r2, want), 0);
         ck_assert_int_eq(plait_quant_encode_weight(&qc, w, &r2, &want[len]), 0);
         ck_assert_mem_eq(got, want, (len + 1) * sizeof(uint32_t));
         ck_assert_double_eq_tol(ci.norm, norm0, 1e-9);
-        ck_assert_uint_eq(ci.clipped, 1); /* 0.2-wide noise over hundreds of entries is far above S */
+        ck_assert_uint_eq(ci.clipped,
+                          1); /* 0.2-wide noise over hundreds of entries is far above S */
         if (sd == 0) {
             /* Decoded update stays in the clip ball (scaled by w) up to quantization slack. */
             double *dec = malloc(len * sizeof(double));
             ck_assert_int_eq(plait_quant_decode_sum(&qc, got, len, 1, dec), 0);
             double n2 = 0;
-            for (size_t i = 0; i < len; i++) n2 += dec[i] * dec[i];
+            for (size_t i = 0; i < len; i++)
+                n2 += dec[i] * dec[i];
             ck_assert_double_le(sqrt(n2), S * w + plait_quant_norm_slack(&qc, len) + 1e-9);
             double wd;
             ck_assert_int_eq(plait_quant_decode_weight_sum(&qc, got[len], 1, &wd), 0);
@@ -276,14 +290,20 @@ START_TEST(test_pipeline_matches_primitives)
             free(dec);
         }
         /* Wrong word count: refused with the shape named, nothing half-written. */
-        ck_assert_int_eq(plait__agent_make_update(&g, &l, mode, S, 0, &qc, w, &r1, got, len, NULL), PLAIT_EMISMATCH);
+        ck_assert_int_eq(plait__agent_make_update(&g, &l, mode, S, 0, &qc, w, &r1, got, len, NULL),
+                         PLAIT_EMISMATCH);
         /* Weight outside [0, 1] and a non-finite local value are refused; words zeroed. */
-        ck_assert_int_eq(plait__agent_make_update(&g, &l, mode, S, 0, &qc, 1.5, &r1, got, len + 1, NULL), PLAIT_EINVAL);
+        ck_assert_int_eq(
+            plait__agent_make_update(&g, &l, mode, S, 0, &qc, 1.5, &r1, got, len + 1, NULL),
+            PLAIT_EINVAL);
         float keep = l.params[off];
         l.params[off] = NAN;
         memset(got, 0xff, (len + 1) * sizeof(uint32_t));
-        ck_assert_int_eq(plait__agent_make_update(&g, &l, mode, S, 0, &qc, w, &r1, got, len + 1, NULL), PLAIT_EINVAL);
-        for (size_t i = 0; i <= len; i++) ck_assert_uint_eq(got[i], 0);
+        ck_assert_int_eq(
+            plait__agent_make_update(&g, &l, mode, S, 0, &qc, w, &r1, got, len + 1, NULL),
+            PLAIT_EINVAL);
+        for (size_t i = 0; i <= len; i++)
+            ck_assert_uint_eq(got[i], 0);
         l.params[off] = keep;
         free(got);
         free(want);
@@ -310,12 +330,15 @@ START_TEST(test_pipeline_small_update_not_clipped)
     plait_rng_t r;
     plait_rng_seed_u64(&r, 1, 1);
     plait_clip_info_t ci;
-    ck_assert_int_eq(plait__agent_make_update(&g, &l, PLAIT_LORA_MODE_FFA, 10.0, 0, &qc, 1.0, &r, w, len + 1, &ci), 0);
+    ck_assert_int_eq(plait__agent_make_update(&g, &l, PLAIT_LORA_MODE_FFA, 10.0, 0, &qc, 1.0, &r, w,
+                                              len + 1, &ci),
+                     0);
     ck_assert_uint_eq(ci.clipped, 0);
     double *dec = malloc(len * sizeof(double));
     ck_assert_int_eq(plait_quant_decode_sum(&qc, w, len, 1, dec), 0);
     double step = plait_quant_step(&qc);
-    for (size_t i = 0; i < len; i++) ck_assert_double_le(fabs(dec[i] - (double)(l.params[off + i] - g.params[off + i])), step);
+    for (size_t i = 0; i < len; i++)
+        ck_assert_double_le(fabs(dec[i] - (double)(l.params[off + i] - g.params[off + i])), step);
     free(dec);
     free(w);
     plait_rng_wipe(&r);
@@ -355,7 +378,9 @@ START_TEST(test_state_files)
     ck_assert_uint_eq(back.last_acked, 7);
     /* Torn or foreign files are refused, not guessed. */
     char *sp = tu_path(d, "state");
-    const char *bad[] = {"", "plait-agent-state 1\n", "plait-agent-state 1\nlast_uploaded 7\nlast_acked 6",
+    const char *bad[] = {"",
+                         "plait-agent-state 1\n",
+                         "plait-agent-state 1\nlast_uploaded 7\nlast_acked 6",
                          "plait-agent-state 2\nlast_uploaded 7\nlast_acked 6\n",
                          "plait-agent-state 1\nlast_uploaded -7\nlast_acked 6\n",
                          "plait-agent-state 1\nlast_uploaded 7\nlast_acked 6\nextra\n",
@@ -367,7 +392,11 @@ START_TEST(test_state_files)
 
     /* The pending update: round trip, then every truncation and a flipped bit. */
     uint32_t words[5] = {1, 65535, 0, 12345, 32768};
-    plait__agent_pending_t p = {.round_id = 9, .adapter_version = 4, .num_examples = 33, .words = words, .n_words = 5},
+    plait__agent_pending_t p = {.round_id = 9,
+                                .adapter_version = 4,
+                                .num_examples = 33,
+                                .words = words,
+                                .n_words = 5},
                            q;
     ck_assert_int_eq(plait__agent_pending_load(d, &q), PLAIT_ENOENT);
     ck_assert_int_eq(plait__agent_pending_save(d, &p), 0);
@@ -441,7 +470,8 @@ START_TEST(test_backoff)
     for (uint32_t n = 0; n < 40; n++) {
         double base = 1000.0 * pow(2.0, n);
         if (base > 60000.0) base = 60000.0;
-        uint64_t lo = plait_agent_backoff_ms(&c, n, 0.0), hi = plait_agent_backoff_ms(&c, n, 0.999999);
+        uint64_t lo = plait_agent_backoff_ms(&c, n, 0.0),
+                 hi = plait_agent_backoff_ms(&c, n, 0.999999);
         ck_assert_uint_eq(lo, (uint64_t)(base * 0.5));
         ck_assert_uint_le(hi, (uint64_t)base);
         ck_assert_uint_ge(hi + 1, (uint64_t)base);
@@ -454,8 +484,9 @@ START_TEST(test_backoff)
             ck_assert_uint_le(d, (uint64_t)base);
         }
     }
-    ck_assert_uint_le(plait_agent_backoff_ms(&c, UINT32_MAX, 0.9), 60000); /* no overflow at huge n */
-    ck_assert_uint_eq(plait_agent_backoff_ms(&c, 3, NAN), 4000);          /* bad u clamps */
+    ck_assert_uint_le(plait_agent_backoff_ms(&c, UINT32_MAX, 0.9),
+                      60000);                                    /* no overflow at huge n */
+    ck_assert_uint_eq(plait_agent_backoff_ms(&c, 3, NAN), 4000); /* bad u clamps */
     c.backoff_jitter = 0;
     ck_assert_uint_eq(plait_agent_backoff_ms(&c, 2, 0.7), 4000);
     c.come_back_jitter = 0.5;
@@ -475,7 +506,8 @@ typedef enum {
     FAKE_TASK = 0,      /* full round: task, adapter, update, ack */
     FAKE_COME_BACK = 1, /* ComeBackLater */
     FAKE_DROP = 2,      /* task, adapter, then close after the first update chunk */
-    FAKE_ERROR = 3      /* Error(EMISMATCH) after the hello */
+    FAKE_ERROR = 3,     /* Error(EMISMATCH) after the hello */
+    FAKE_DROP_DL = 4    /* task, then close after the first adapter chunk */
 } fake_mode_t;
 
 typedef struct {
@@ -489,6 +521,7 @@ typedef struct {
     int got_hello;
     plait_msg_hello_t hello;
     int adapter_requests, pongs, pings, chunks;
+    uint64_t req_offset; /* offset of the last AdapterRequest */
     uint32_t *words;
     size_t n_words;
     uint64_t num_examples;
@@ -512,8 +545,8 @@ static int fake_send(plait_tls_t *s, int fd, const plait_msg_t *m)
 }
 
 /* Next message from the agent (Pongs are counted and skipped). */
-static int fake_recv(plait_tls_t *s, int fd, uint8_t *buf, size_t *len, size_t cap, unsigned flags, plait_msg_t *m,
-                     fake_t *f)
+static int fake_recv(plait_tls_t *s, int fd, uint8_t *buf, size_t *len, size_t cap, unsigned flags,
+                     plait_msg_t *m, fake_t *f)
 {
     for (;;) {
         size_t used = 0;
@@ -555,7 +588,8 @@ static void fake_serve(fake_t *f, int fd)
         fake_failf(f, "handshake", rc);
         goto out;
     }
-    if ((rc = fake_recv(s, fd, buf, &len, cap, PLAIT_FRAME_PREAUTH, &m, f)) != 0 || m.type != PLAIT_MSG_HELLO) {
+    if ((rc = fake_recv(s, fd, buf, &len, cap, PLAIT_FRAME_PREAUTH, &m, f)) != 0 ||
+        m.type != PLAIT_MSG_HELLO) {
         fake_failf(f, "hello", rc);
         goto out;
     }
@@ -605,6 +639,7 @@ static void fake_serve(fake_t *f, int fd)
         if (m.type == PLAIT_MSG_ADAPTER_REQUEST) {
             f->adapter_requests++;
             uint64_t off = m.u.adapter_request.offset;
+            f->req_offset = off;
             plait_msg_free(&m);
             /* Three chunks, so the agent reassembles. */
             size_t piece = f->blob_len / 3 + 1;
@@ -622,6 +657,7 @@ static void fake_serve(fake_t *f, int fd)
                     fake_failf(f, "send chunk", rc);
                     goto out;
                 }
+                if (f->mode == FAKE_DROP_DL) goto out; /* vanishes mid-download */
             }
             continue;
         }
@@ -631,8 +667,8 @@ static void fake_serve(fake_t *f, int fd)
             goto out;
         }
         const plait_msg_update_chunk_t *u = &m.u.update_chunk;
-        if (u->round_id != f->task.round_id || u->total_elements != expect || u->offset != f->n_words ||
-            u->chunk_index != (uint32_t)f->chunks) {
+        if (u->round_id != f->task.round_id || u->total_elements != expect ||
+            u->offset != f->n_words || u->chunk_index != (uint32_t)f->chunks) {
             fake_failf(f, "chunk order", -1);
             plait_msg_free(&m);
             goto out;
@@ -716,7 +752,8 @@ static void round_setup(round_t *r, uint64_t round_id, plait_lora_mode_t mode)
     plait_lora_init(&r->global);
     ck_assert_int_eq(plait_lora_setup(&r->global, &r->model.cfg, &lc), 0);
     plait_lora_init_weights(&r->global, A_SEED);
-    ck_assert_int_eq(plait_adapter_save_mem(&r->global, r->model.sha256, &r->blob, &r->blob_len), 0);
+    ck_assert_int_eq(plait_adapter_save_mem(&r->global, r->model.sha256, &r->blob, &r->blob_len),
+                     0);
     size_t off, len;
     ck_assert_int_eq(plait_update_span(&r->global, mode, &off, &len), 0);
     plait_msg_task_t *t = &r->task;
@@ -761,7 +798,8 @@ static void server_start(server_t *sv, fake_mode_t mode, const round_t *r)
     memset(sv, 0, sizeof(*sv));
     sv->f.mode = mode;
     sv->f.lfd = listen_any(&sv->f.port);
-    ck_assert_int_eq(plait_tls_config_server(&sv->f.cfg, ca_pem, srv_pem, srv_key_pem, 1, NULL, NULL), 0);
+    ck_assert_int_eq(
+        plait_tls_config_server(&sv->f.cfg, ca_pem, srv_pem, srv_key_pem, 1, NULL, NULL), 0);
     if (r) {
         sv->f.blob = r->blob;
         sv->f.blob_len = r->blob_len;
@@ -777,7 +815,10 @@ static void server_join(server_t *sv)
     plait_tls_config_free(sv->f.cfg);
 }
 
-static void server_free(server_t *sv) { free(sv->f.words); }
+static void server_free(server_t *sv)
+{
+    free(sv->f.words);
+}
 
 typedef struct {
     int counts[16];
@@ -806,12 +847,16 @@ static plait_agent_t *make_agent_steps(const char *state, int port, evlog_t *ev,
     return a;
 }
 
-static plait_agent_t *make_agent(const char *state, int port, evlog_t *ev) { return make_agent_steps(state, port, ev, 0); }
+static plait_agent_t *make_agent(const char *state, int port, evlog_t *ev)
+{
+    return make_agent_steps(state, port, ev, 0);
+}
 
 /* The words the agent must have sent, recomputed from its personal adapter (same stream). */
 static void check_words_match_personal(const round_t *r, const char *state, const fake_t *f)
 {
-    double stddev = r->task.dp.mode == PLAIT_DP_LOCAL ? r->task.dp.noise_multiplier * r->task.clip_norm : 0.0;
+    double stddev =
+        r->task.dp.mode == PLAIT_DP_LOCAL ? r->task.dp.noise_multiplier * r->task.clip_norm : 0.0;
     char *pp = tu_path(state, "personal.safetensors");
     plait_lora_t local;
     plait_lora_init(&local);
@@ -826,16 +871,19 @@ static void check_words_match_personal(const round_t *r, const char *state, cons
     plait_quant_config_t qc = {.bits = QBITS, .range = QRANGE};
     uint64_t ex = f->num_examples < EXAMPLE_CAP ? f->num_examples : EXAMPLE_CAP;
     double w = (double)ex / EXAMPLE_CAP;
-    ck_assert_int_eq(
-        plait__agent_make_update(&r->global, &local, r->task.lora.mode, CLIP, stddev, &qc, w, &rng, want, n, NULL), 0);
+    ck_assert_int_eq(plait__agent_make_update(&r->global, &local, r->task.lora.mode, CLIP, stddev,
+                                              &qc, w, &rng, want, n, NULL),
+                     0);
     ck_assert_mem_eq(f->words, want, n * sizeof(uint32_t));
     /* and the update is not trivial: training moved B */
     double *dec = malloc((n - 1) * sizeof(double));
     ck_assert_int_eq(plait_quant_decode_sum(&qc, f->words, n - 1, 1, dec), 0);
     double n2 = 0;
-    for (size_t i = 0; i + 1 < n; i++) n2 += dec[i] * dec[i];
+    for (size_t i = 0; i + 1 < n; i++)
+        n2 += dec[i] * dec[i];
     ck_assert_double_gt(sqrt(n2), 0.0);
-    if (stddev == 0) ck_assert_double_le(sqrt(n2), CLIP * w + plait_quant_norm_slack(&qc, n - 1) + 1e-9);
+    if (stddev == 0)
+        ck_assert_double_le(sqrt(n2), CLIP * w + plait_quant_norm_slack(&qc, n - 1) + 1e-9);
     free(dec);
     plait_rng_wipe(&rng);
     free(want);
@@ -947,7 +995,8 @@ START_TEST(test_loopback_interrupted_upload_resent)
     ck_assert_int_eq(plait__agent_state_load(state, &st), 0);
     ck_assert_uint_eq(st.last_acked, 0);
 
-    /* 2: restart; the same round is offered: the stored words go again, no download, no training. */
+    /* 2: restart; the same round is offered: the stored words go again, no download, no training.
+     */
     server_start(&sv, FAKE_TASK, &r);
     evlog_t ev;
     memset(&ev, 0, sizeof(ev));
@@ -1205,8 +1254,8 @@ START_TEST(test_loopback_stop_during_training)
 }
 END_TEST
 
-/* Run plait-agent with argv (NULL-terminated), stdout+stderr to out; SIGTERM after sig_ms (0: never).
- * Returns the exit status, or -1 if it had to be killed at timeout_ms. */
+/* Run plait-agent with argv (NULL-terminated), stdout+stderr to out; SIGTERM after sig_ms (0:
+ * never). Returns the exit status, or -1 if it had to be killed at timeout_ms. */
 static int run_cli(char *const argv[], const char *out, int sig_ms, int timeout_ms)
 {
     pid_t pid = fork();
@@ -1283,11 +1332,13 @@ START_TEST(test_cli_join)
     round_setup(&r, 7, PLAIT_LORA_MODE_FFA);
     server_t sv;
     server_start(&sv, FAKE_TASK, &r);
-    snprintf(server, sizeof(server), "127.0.0.1:%d", sv.f.port);
+    snprintf(server, sizeof(server), "localhost:%d",
+             sv.f.port); /* a DNS name: resolved, and matched to the SAN */
     {
-        char *argv[] = {bin, "join", "--server", server, "--ca", g_ca, "--cert", g_crt, "--key", g_key, "--db", g_store,
-                        "--state", st2, "--model", g_model, "--tokenizer", g_tok, "--once", "--seed", "5",
-                        "--min-records", "4", NULL};
+        char *argv[] = {bin,       "join",   "--server", server,          "--ca",        g_ca,
+                        "--cert",  g_crt,    "--key",    g_key,           "--db",        g_store,
+                        "--state", st2,      "--model",  g_model,         "--tokenizer", g_tok,
+                        "--once",  "--seed", "5",        "--min-records", "4",           NULL};
         int rc = run_cli(argv, out, 0, 60000);
         server_join(&sv);
         ck_assert_msg(rc == 0, "join exited %d", rc);
@@ -1301,14 +1352,42 @@ START_TEST(test_cli_join)
     /* A daemon that cannot connect backs off; SIGTERM ends it with status 0. */
     snprintf(port_s, sizeof(port_s), "127.0.0.1:%d", closed_port());
     {
-        char *argv[] = {bin, "join", "--server", port_s, "--ca", g_ca, "--cert", g_crt, "--key", g_key, "--db", g_store,
-                        "--state", st2, "--model", g_model, "--tokenizer", g_tok, "--daemon",
-                        "--backoff-initial-ms", "60000", "--backoff-max-ms", "60000", NULL};
+        char *argv[] = {bin,           "join",
+                        "--server",    port_s,
+                        "--ca",        g_ca,
+                        "--cert",      g_crt,
+                        "--key",       g_key,
+                        "--db",        g_store,
+                        "--state",     st2,
+                        "--model",     g_model,
+                        "--tokenizer", g_tok,
+                        "--daemon",    "--backoff-initial-ms",
+                        "60000",       "--backoff-max-ms",
+                        "60000",       NULL};
         uint64_t t0 = mono_ms();
         int rc = run_cli(argv, out, 1500, 20000);
         ck_assert_msg(rc == 0, "join exited %d", rc);
         ck_assert_uint_lt(mono_ms() - t0, 15000);
         ck_assert(file_has(out, "Connection refused"));
+    }
+    /* --rounds that --max-runtime cuts short is a failure, said in one line. */
+    {
+        char *argv[] = {bin,           "join",
+                        "--server",    port_s,
+                        "--ca",        g_ca,
+                        "--cert",      g_crt,
+                        "--key",       g_key,
+                        "--db",        g_store,
+                        "--state",     st2,
+                        "--model",     g_model,
+                        "--tokenizer", g_tok,
+                        "--daemon",    "--rounds",
+                        "2",           "--max-runtime",
+                        "1",           "--backoff-initial-ms",
+                        "50",          NULL};
+        int rc = run_cli(argv, out, 0, 20000);
+        ck_assert_int_eq(rc, 1);
+        ck_assert(file_has(out, "after 0 of 2 rounds"));
     }
     free(st2);
     free(out);
@@ -1373,10 +1452,23 @@ START_TEST(test_loopback_declines)
         plait_agent_config_t cfg;
         base_config(&cfg, state, 0);
         switch (k) {
-        case 0: r.task.secure_agg = 1; want = PLAIT_EINVAL; break;      /* not announced, not supported */
-        case 1: r.task.update_elements += 1; want = PLAIT_EMISMATCH; break; /* wrong span length */
-        case 2: r.task.train.local_steps = 20000; want = PLAIT_ETOOBIG; break; /* above max_local_steps */
-        case 3: cfg.eligible = flip; cfg.eligible_ud = &calls; want = PLAIT_ECANCELED; break;
+        case 0:
+            r.task.secure_agg = 1;
+            want = PLAIT_EINVAL;
+            break; /* not announced, not supported */
+        case 1:
+            r.task.update_elements += 1;
+            want = PLAIT_EMISMATCH;
+            break; /* wrong span length */
+        case 2:
+            r.task.train.local_steps = 20000;
+            want = PLAIT_ETOOBIG;
+            break; /* above max_local_steps */
+        case 3:
+            cfg.eligible = flip;
+            cfg.eligible_ud = &calls;
+            want = PLAIT_ECANCELED;
+            break;
         }
         server_t sv;
         server_start(&sv, FAKE_TASK, &r);
@@ -1402,6 +1494,76 @@ START_TEST(test_loopback_declines)
 }
 END_TEST
 
+/* A download cut after the first chunk resumes at that offset on the next task (PLAIT_CAP_RESUME).
+ */
+START_TEST(test_loopback_download_resume)
+{
+    round_t r;
+    round_setup(&r, 30, PLAIT_LORA_MODE_FFA);
+    char *state = fresh_state("agent_resume");
+    server_t sv;
+    server_start(&sv, FAKE_DROP_DL, &r);
+    plait_agent_t *a = make_agent(state, sv.f.port, NULL);
+    plait_agent_result_t res;
+    int rc = plait_agent_run_once(a, &res);
+    server_join(&sv);
+    ck_assert_int_eq(rc, PLAIT_EIO);
+    ck_assert_uint_ne(sv.f.hello.capabilities & PLAIT_CAP_RESUME, 0);
+    ck_assert_uint_eq(sv.f.req_offset, 0);
+    char *part = tu_path(state, "global.part");
+    ck_assert_int_eq(access(part, F_OK), 0);
+    server_free(&sv);
+    plait_agent_destroy(a);
+
+    server_start(&sv, FAKE_TASK, &r);
+    evlog_t ev;
+    memset(&ev, 0, sizeof(ev));
+    a = make_agent(state, sv.f.port, &ev);
+    rc = plait_agent_run_once(a, &res);
+    server_join(&sv);
+    ck_assert_msg(sv.f.fail[0] == 0, "fake server: %s", sv.f.fail);
+    ck_assert_msg(rc == 0, "run_once: %s", plait_errmsg());
+    ck_assert_int_eq(res.outcome, PLAIT_AGENT_OUT_ACKED);
+    ck_assert_uint_eq(sv.f.req_offset, r.blob_len / 3 + 1); /* the first chunk's size */
+    ck_assert_int_eq(access(part, F_OK), -1);
+    check_words_match_personal(&r, state, &sv.f);
+    plait_agent_destroy(a);
+    server_free(&sv);
+
+    /* A kept prefix that does not belong to the blob fails the final hash, and is dropped. */
+    uint8_t *img;
+    size_t n;
+    char *gp = tu_path(state, "global.safetensors");
+    unlink(gp);
+    r.task.round_id = 31;
+    server_start(&sv, FAKE_DROP_DL, &r);
+    a = make_agent(state, sv.f.port, NULL);
+    ck_assert_int_eq(plait_agent_run_once(a, &res), PLAIT_EIO);
+    server_join(&sv);
+    server_free(&sv);
+    plait_agent_destroy(a);
+    img = tu_read_file(part, &n);
+    ck_assert_ptr_nonnull(img);
+    img[n - 1] ^= 0x55; /* corrupt a kept byte, header intact */
+    ck_assert_int_eq(tu_write_file(part, img, n), 0);
+    free(img);
+    server_start(&sv, FAKE_TASK, &r);
+    a = make_agent(state, sv.f.port, NULL);
+    rc = plait_agent_run_once(a, &res);
+    server_join(&sv);
+    ck_assert_int_eq(rc, 0);
+    ck_assert_int_eq(res.outcome, PLAIT_AGENT_OUT_DECLINED);
+    ck_assert_int_eq(res.declined_rc, PLAIT_EMISMATCH);
+    ck_assert_int_eq(access(part, F_OK), -1);
+    plait_agent_destroy(a);
+    server_free(&sv);
+    free(gp);
+    free(part);
+    round_free(&r);
+    free(state);
+}
+END_TEST
+
 START_TEST(test_create_errors)
 {
     char *state = fresh_state("agent_create");
@@ -1420,7 +1582,25 @@ START_TEST(test_create_errors)
     ck_assert_int_eq(tu_write_file(sp, "garbage", 7), 0);
     ck_assert_int_eq(plait_agent_create(&a, &cfg), PLAIT_EPROTO);
     unlink(sp);
+    /* Words stored for a round that was acknowledged (a crash before they were deleted) are
+     * dropped. */
+    plait__agent_state_t st = {.last_uploaded = 3, .last_acked = 3};
+    ck_assert_int_eq(plait__agent_state_save(state, &st), 0);
+    uint32_t words[3] = {1, 2, 3};
+    plait__agent_pending_t p = {
+        .round_id = 3, .adapter_version = 1, .num_examples = 5, .words = words, .n_words = 3};
+    ck_assert_int_eq(plait__agent_pending_save(state, &p), 0);
     ck_assert_int_eq(plait_agent_create(&a, &cfg), 0);
+    plait__agent_pending_t q;
+    ck_assert_int_eq(plait__agent_pending_load(state, &q), PLAIT_ENOENT);
+    plait_agent_destroy(a);
+    /* ... while words for a round not yet acknowledged are kept for the re-send. */
+    p.round_id = 4;
+    ck_assert_int_eq(plait__agent_pending_save(state, &p), 0);
+    ck_assert_int_eq(plait_agent_create(&a, &cfg), 0);
+    ck_assert_int_eq(plait__agent_pending_load(state, &q), 0);
+    ck_assert_uint_eq(q.round_id, 4);
+    plait__agent_pending_free(&q);
     plait_agent_destroy(a);
     free(sp);
     free(state);
@@ -1461,6 +1641,7 @@ Suite *agent_suite(void)
     tcase_add_test(tc, test_cli_join);
     tcase_add_test(tc, test_loopback_fedit_local_dp_and_cache);
     tcase_add_test(tc, test_loopback_declines);
+    tcase_add_test(tc, test_loopback_download_resume);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -315,67 +315,230 @@ static double eval_loss(plait_trainer_t *tr, const int32_t *tok, size_t rows)
     return l;
 }
 
+/* Central differences on every `stride`-th adapter element of a small
+ * random model (GQA, all seven targets), tied or untied, over B rows of T
+ * tokens. */
+static void fd_check(int shared, int B, int T, int seq_len, size_t stride)
+{
+    plait_model_t m;
+    plait_model_init(&m);
+    plait_model_config_t mc = small_cfg(shared);
+    mc.seq_len = seq_len;
+    ck_assert_int_eq(plait_model_init_random(&m, &mc, 7 + (uint64_t)shared), 0);
+    /* Larger base weights than the default 0.02 make the loss curve more
+     * (so gradients stand well above float32 rounding). */
+    for (float *w = m.owned; w < (float *)m.w.rms_att; w++) *w *= 5.0f; /* embeddings */
+    for (int p = 0; p < PLAIT_NPROJ; p++)
+        for (int l = 0; l < mc.n_layers; l++) {
+            int in, out;
+            plait_proj_shape(&m.cfg, (plait_proj_t)p, &in, &out);
+            float *w = (float *)plait_proj_weight(&m, l, (plait_proj_t)p);
+            for (int i = 0; i < in * out; i++) w[i] *= 3.0f;
+        }
+    plait_lora_t lora;
+    random_adapter(&lora, &m, 0x7f, 3, 11);
+    plait_train_config_t cfg = plait_train_config_default();
+    cfg.B = B;
+    cfg.T = T;
+    plait_trainer_t *tr;
+    ck_assert_int_eq(plait_train_create(&tr, &m, &lora, &cfg), 0);
+    size_t ntok = (size_t)B * (size_t)(T + 1);
+    int32_t *tok = malloc(ntok * sizeof(int32_t));
+    random_tokens(tok, ntok, mc.vocab_size, 3);
+    float loss;
+    ck_assert_int_eq(plait_train_forward_backward(tr, tok, &loss), 0);
+    const float *g = plait_train_grads(tr);
+    int bad = 0, checked = 0;
+    double worst = 0.0;
+    for (size_t i = 0; i < lora.n_params; i += stride) {
+        float saved = lora.params[i];
+        lora.params[i] = saved + (float)FD_EPS;
+        double lp = eval_loss(tr, tok, (size_t)B);
+        lora.params[i] = saved - (float)FD_EPS;
+        double lm = eval_loss(tr, tok, (size_t)B);
+        lora.params[i] = saved;
+        double fd = (lp - lm) / (2.0 * FD_EPS);
+        double err = fabs(fd - (double)g[i]);
+        worst = fmax(worst, err / (FD_ATOL + FD_RTOL * fabs(fd)));
+        if (err > FD_ATOL + FD_RTOL * fabs(fd)) {
+            bad++;
+            fprintf(stderr, "fd[%zu] (%s): analytic %.6g fd %.6g\n", i, i < lora.n_a ? "A" : "B", (double)g[i], fd);
+        }
+        checked++;
+    }
+    ck_assert_msg(bad == 0, "%d of %d finite-difference checks failed (shared=%d T=%d, worst %.2f of tolerance)", bad,
+                  checked, shared, T, worst);
+    ck_assert_int_gt(checked, 50);
+    /* The check can fail: a gradient off by 10% of the largest one is flagged. */
+    double typical = 0.0;
+    for (size_t i = 0; i < lora.n_params; i++) typical = fmax(typical, fabs((double)g[i]));
+    ck_assert(0.1 * typical > FD_ATOL + FD_RTOL * typical);
+    free(tok);
+    plait_train_destroy(tr);
+    plait_lora_free(&lora);
+    plait_model_free(&m);
+}
+
+/* ------------------------------------------------ naive float64 forward
+ * An independent, deliberately plain model of the architecture (double
+ * precision, full T x T attention, no blocking, no SIMD) to check the
+ * engine's forward at lengths the reference cases do not cover. */
+
+static void nv_proj(double *y, const double *x, const plait_model_t *m, const plait_lora_t *lo, int l, plait_proj_t p)
+{
+    int in, out, R = lo->cfg.rank;
+    plait_proj_shape(&m->cfg, p, &in, &out);
+    const float *W = plait_proj_weight(m, l, p), *A = lo->A[plait_lora_slot(l, p)], *Bm = lo->B[plait_lora_slot(l, p)];
+    double u[64] = {0};
+    if (A)
+        for (int r = 0; r < R; r++)
+            for (int i = 0; i < in; i++) u[r] += (double)A[r * in + i] * x[i];
+    for (int o = 0; o < out; o++) {
+        double acc = 0.0;
+        for (int i = 0; i < in; i++) acc += (double)W[o * in + i] * x[i];
+        if (A)
+            for (int r = 0; r < R; r++) acc += (double)lo->scaling * (double)Bm[o * R + r] * u[r];
+        y[o] = acc;
+    }
+}
+
+static void nv_rmsnorm(double *o, const double *x, const float *w, int C)
+{
+    double ss = 0.0;
+    for (int i = 0; i < C; i++) ss += x[i] * x[i];
+    double r = 1.0 / sqrt(ss / C + 1e-5);
+    for (int i = 0; i < C; i++) o[i] = x[i] * r * (double)w[i];
+}
+
+/* Mean cross-entropy of one row of T + 1 tokens. */
+static double naive_loss(const plait_model_t *m, const plait_lora_t *lo, const int32_t *tok, int T)
+{
+    const plait_model_config_t *c = &m->cfg;
+    int C = c->dim, H = c->hidden_dim, HS = c->head_size, KV = c->kv_dim, NH = c->n_heads, V = c->vocab_size;
+    int rep = c->n_heads / c->n_kv_heads;
+    double *x = calloc((size_t)T * C, sizeof(double)), *q = calloc((size_t)T * C, sizeof(double));
+    double *k = calloc((size_t)T * KV, sizeof(double)), *v = calloc((size_t)T * KV, sizeof(double));
+    double *att = calloc((size_t)T * C, sizeof(double)), *h = calloc((size_t)C, sizeof(double));
+    double *t1 = calloc((size_t)H, sizeof(double)), *t3 = calloc((size_t)H, sizeof(double));
+    double *o = calloc((size_t)C, sizeof(double)), *lg = calloc((size_t)V, sizeof(double));
+    double *sc = calloc((size_t)T, sizeof(double));
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < C; i++) x[t * C + i] = m->w.token_embedding[(size_t)tok[t] * C + i];
+    for (int l = 0; l < c->n_layers; l++) {
+        for (int t = 0; t < T; t++) {
+            nv_rmsnorm(h, x + t * C, m->w.rms_att + l * C, C);
+            nv_proj(q + t * C, h, m, lo, l, PLAIT_WQ);
+            nv_proj(k + t * KV, h, m, lo, l, PLAIT_WK);
+            nv_proj(v + t * KV, h, m, lo, l, PLAIT_WV);
+            for (int hd = 0; hd < NH + c->n_kv_heads; hd++) {
+                double *vec = hd < NH ? q + t * C + hd * HS : k + t * KV + (hd - NH) * HS;
+                for (int i = 0; i < HS / 2; i++) {
+                    double f = 1.0 / pow(10000.0, 2.0 * i / HS), cs = cos(t * f), sn = sin(t * f);
+                    double a0 = vec[2 * i], a1 = vec[2 * i + 1];
+                    vec[2 * i] = a0 * cs - a1 * sn;
+                    vec[2 * i + 1] = a0 * sn + a1 * cs;
+                }
+            }
+        }
+        for (int hd = 0; hd < NH; hd++) {
+            int g = hd / rep;
+            for (int t = 0; t < T; t++) {
+                double mx = -INFINITY, sum = 0.0;
+                for (int s2 = 0; s2 <= t; s2++) {
+                    double d = 0.0;
+                    for (int i = 0; i < HS; i++) d += q[t * C + hd * HS + i] * k[s2 * KV + g * HS + i];
+                    sc[s2] = d / sqrt((double)HS);
+                    mx = fmax(mx, sc[s2]);
+                }
+                for (int s2 = 0; s2 <= t; s2++) sum += exp(sc[s2] - mx);
+                for (int i = 0; i < HS; i++) {
+                    double acc = 0.0;
+                    for (int s2 = 0; s2 <= t; s2++) acc += exp(sc[s2] - mx) / sum * v[s2 * KV + g * HS + i];
+                    att[t * C + hd * HS + i] = acc;
+                }
+            }
+        }
+        for (int t = 0; t < T; t++) {
+            nv_proj(o, att + t * C, m, lo, l, PLAIT_WO);
+            for (int i = 0; i < C; i++) x[t * C + i] += o[i];
+            nv_rmsnorm(h, x + t * C, m->w.rms_ffn + l * C, C);
+            nv_proj(t1, h, m, lo, l, PLAIT_W1);
+            nv_proj(t3, h, m, lo, l, PLAIT_W3);
+            for (int i = 0; i < H; i++) t1[i] = t1[i] / (1.0 + exp(-t1[i])) * t3[i];
+            nv_proj(o, t1, m, lo, l, PLAIT_W2);
+            for (int i = 0; i < C; i++) x[t * C + i] += o[i];
+        }
+    }
+    double loss = 0.0;
+    for (int t = 0; t < T; t++) {
+        nv_rmsnorm(h, x + t * C, m->w.rms_final, C);
+        double mx = -INFINITY, sum = 0.0;
+        for (int vv = 0; vv < V; vv++) {
+            double d = 0.0;
+            for (int i = 0; i < C; i++) d += (double)m->w.wcls[(size_t)vv * C + i] * h[i];
+            lg[vv] = d;
+            mx = fmax(mx, d);
+        }
+        for (int vv = 0; vv < V; vv++) sum += exp(lg[vv] - mx);
+        loss += log(sum) + mx - lg[tok[t + 1]];
+    }
+    free(x); free(q); free(k); free(v); free(att); free(h); free(t1); free(t3); free(o); free(lg); free(sc);
+    return loss / T;
+}
+
+/* The engine's forward equals the naive one at lengths of one, several and
+ * partial attention blocks, on the SIMD and the portable path. */
+START_TEST(test_forward_vs_naive)
+{
+    static const int Ts[] = {1, 5, 32, 33, 70, 96};
+    for (int scalar = 0; scalar < 2; scalar++) {
+        plait__tensor_force_scalar(scalar);
+        /* shared = 0, 1: head size 4 (the matmul attention path); shared = 2:
+         * head size 8, tied (the row-wise AVX2 path when available). */
+        for (int shared = 0; shared < 3; shared++) {
+            plait_model_t m;
+            plait_model_init(&m);
+            plait_model_config_t mc = small_cfg(shared != 0);
+            if (shared == 2) mc.dim = 32;
+            mc.seq_len = 96;
+            ck_assert_int_eq(plait_model_init_random(&m, &mc, 31 + (uint64_t)shared), 0);
+            for (float *w = m.owned; w < (float *)m.w.rms_att; w++) *w *= 20.0f; /* sharper attention */
+            plait_lora_t lora;
+            random_adapter(&lora, &m, 0x7f, 3, 5);
+            int32_t tok[97];
+            random_tokens(tok, 97, mc.vocab_size, 77);
+            for (size_t ti = 0; ti < sizeof(Ts) / sizeof(Ts[0]); ti++) {
+                plait_train_config_t cfg = plait_train_config_default();
+                cfg.B = 1;
+                cfg.T = Ts[ti];
+                plait_trainer_t *tr;
+                ck_assert_int_eq(plait_train_create(&tr, &m, &lora, &cfg), 0);
+                float ours;
+                ck_assert_int_eq(plait_train_eval_loss(tr, tok, 1, &ours), 0);
+                double ref = naive_loss(&m, &lora, tok, Ts[ti]);
+                ck_assert_msg(fabs((double)ours - ref) <= LOSS_RTOL * fabs(ref), "T=%d shared=%d scalar=%d: %.9g vs %.9g",
+                              Ts[ti], shared, scalar, (double)ours, ref);
+                plait_train_destroy(tr);
+            }
+            plait_lora_free(&lora);
+            plait_model_free(&m);
+        }
+    }
+    plait__tensor_force_scalar(0);
+}
+END_TEST
+
 START_TEST(test_finite_differences)
 {
-    for (int shared = 0; shared < 2; shared++) {
-        plait_model_t m;
-        plait_model_init(&m);
-        plait_model_config_t mc = small_cfg(shared);
-        ck_assert_int_eq(plait_model_init_random(&m, &mc, 7 + (uint64_t)shared), 0);
-        /* Larger base weights than the default 0.02 make the loss curve more
-         * (so gradients stand well above float32 rounding). */
-        size_t nw = 0;
-        for (float *w = m.owned; w < (float *)m.w.rms_att; w++, nw++) *w *= 5.0f; /* embeddings */
-        for (int p = 0; p < PLAIT_NPROJ; p++)
-            for (int l = 0; l < mc.n_layers; l++) {
-                int in, out;
-                plait_proj_shape(&m.cfg, (plait_proj_t)p, &in, &out);
-                float *w = (float *)plait_proj_weight(&m, l, (plait_proj_t)p);
-                for (int i = 0; i < in * out; i++) w[i] *= 3.0f;
-            }
-        plait_lora_t lora;
-        random_adapter(&lora, &m, 0x7f, 3, 11);
-        plait_train_config_t cfg = plait_train_config_default();
-        cfg.B = 2;
-        cfg.T = 8;
-        plait_trainer_t *tr;
-        ck_assert_int_eq(plait_train_create(&tr, &m, &lora, &cfg), 0);
-        int32_t tok[2 * 9];
-        random_tokens(tok, 18, mc.vocab_size, 3);
-        float loss;
-        ck_assert_int_eq(plait_train_forward_backward(tr, tok, &loss), 0);
-        const float *g = plait_train_grads(tr);
-        /* Sample every 7th element of the whole arena (A and B of every slot). */
-        int bad = 0, checked = 0;
-        double worst = 0.0;
-        for (size_t i = 0; i < lora.n_params; i += 7) {
-            float saved = lora.params[i];
-            lora.params[i] = saved + (float)FD_EPS;
-            double lp = eval_loss(tr, tok, 2);
-            lora.params[i] = saved - (float)FD_EPS;
-            double lm = eval_loss(tr, tok, 2);
-            lora.params[i] = saved;
-            double fd = (lp - lm) / (2.0 * FD_EPS);
-            double err = fabs(fd - (double)g[i]);
-            worst = fmax(worst, err / (FD_ATOL + FD_RTOL * fabs(fd)));
-            if (err > FD_ATOL + FD_RTOL * fabs(fd)) {
-                bad++;
-                fprintf(stderr, "fd[%zu] (%s): analytic %.6g fd %.6g\n", i, i < lora.n_a ? "A" : "B", (double)g[i], fd);
-            }
-            checked++;
-        }
-        ck_assert_msg(bad == 0, "%d of %d finite-difference checks failed (shared=%d, worst %.2f of tolerance)", bad,
-                      checked, shared, worst);
-        fprintf(stderr, "finite differences (shared=%d): %d checks, worst error %.2f of tolerance\n", shared, checked, worst);
-        ck_assert_int_gt(checked, 50);
-        /* The check can fail: a gradient off by 10% of a typical value is flagged. */
-        double typical = 0.0;
-        for (size_t i = 0; i < lora.n_params; i++) typical = fmax(typical, fabs((double)g[i]));
-        ck_assert(0.1 * typical > FD_ATOL + FD_RTOL * typical);
-        plait_train_destroy(tr);
-        plait_lora_free(&lora);
-        plait_model_free(&m);
-    }
+    fd_check(0, 2, 8, 16, 7);
+    fd_check(1, 2, 8, 16, 7);
+}
+END_TEST
+
+/* T = 70 spans three causal attention blocks, the last one partial. */
+START_TEST(test_finite_differences_long)
+{
+    fd_check(0, 1, 70, 80, 13);
 }
 END_TEST
 
@@ -520,6 +683,51 @@ START_TEST(test_clip)
 }
 END_TEST
 
+/* After plait_train_reset a used trainer behaves exactly like a new one. */
+START_TEST(test_reset)
+{
+    plait_model_t m;
+    plait_model_init(&m);
+    plait_model_config_t mc = small_cfg(1);
+    ck_assert_int_eq(plait_model_init_random(&m, &mc, 4), 0);
+    plait_lora_t a, b;
+    random_adapter(&a, &m, 0x7f, 2, 6);
+    random_adapter(&b, &m, 0x7f, 2, 6);
+    float *init = malloc(a.n_params * sizeof(float));
+    memcpy(init, a.params, a.n_params * sizeof(float));
+    int32_t tok[2 * 9];
+    random_tokens(tok, 18, mc.vocab_size, 8);
+    plait_train_config_t cfg = plait_train_config_default();
+    cfg.B = 2;
+    cfg.T = 8;
+    plait_trainer_t *used, *fresh;
+    ck_assert_int_eq(plait_train_create(&used, &m, &a, &cfg), 0);
+    for (int i = 0; i < 3; i++) {
+        ck_assert_int_eq(plait_train_forward_backward(used, tok, NULL), 0);
+        ck_assert_int_eq(plait_train_step(used), 0);
+    }
+    ck_assert_int_eq(plait_train_forward_backward(used, tok, NULL), 0); /* pending micro-batch */
+    plait_train_reset(used);
+    plait_train_reset(NULL);
+    ck_assert_int_eq(plait_train_steps_done(used), 0);
+    memcpy(a.params, init, a.n_params * sizeof(float));
+    ck_assert_int_eq(plait_train_create(&fresh, &m, &b, &cfg), 0);
+    for (int i = 0; i < 2; i++) {
+        ck_assert_int_eq(plait_train_forward_backward(used, tok, NULL), 0);
+        ck_assert_int_eq(plait_train_forward_backward(fresh, tok, NULL), 0);
+        ck_assert_int_eq(plait_train_step(used), 0);
+        ck_assert_int_eq(plait_train_step(fresh), 0);
+    }
+    ck_assert_int_eq(memcmp(a.params, b.params, a.n_params * sizeof(float)), 0);
+    free(init);
+    plait_train_destroy(used);
+    plait_train_destroy(fresh);
+    plait_lora_free(&a);
+    plait_lora_free(&b);
+    plait_model_free(&m);
+}
+END_TEST
+
 START_TEST(test_schedule)
 {
     plait_train_config_t c = plait_train_config_default();
@@ -609,12 +817,15 @@ Suite *train_suite(void)
     tc = tcase_create("gradients");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_finite_differences);
+    tcase_add_test(tc, test_finite_differences_long);
+    tcase_add_test(tc, test_forward_vs_naive);
     tcase_add_test(tc, test_ffa_lora);
     tcase_add_test(tc, test_accumulation);
     suite_add_tcase(s, tc);
     tc = tcase_create("optimizer");
     tcase_add_test(tc, test_clip);
     tcase_add_test(tc, test_schedule);
+    tcase_add_test(tc, test_reset);
     tcase_add_test(tc, test_bad_tokens_and_config);
     suite_add_tcase(s, tc);
     return s;
