@@ -21,6 +21,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cli.h"
 #include "integ.h"
 #include "plait/adapter.h"
 #include "plait/model.h"
@@ -481,6 +482,91 @@ START_TEST(test_limits)
 }
 END_TEST
 
+/* ---- operator commands: errors, DP ledger -------------------------------- */
+
+/* Run the CLI in-process; stdout and stderr text into out/err (static buffers). */
+static int cli_capture(char *out, char *err, size_t cap, int argc, char **argv)
+{
+    FILE *o = tmpfile(), *e = tmpfile();
+    int rc = plait__agg_cli_main(argc, argv, o, e);
+    rewind(o);
+    rewind(e);
+    size_t n = fread(out, 1, cap - 1, o);
+    out[n] = '\0';
+    n = fread(err, 1, cap - 1, e);
+    err[n] = '\0';
+    fclose(o);
+    fclose(e);
+    return rc;
+}
+
+START_TEST(test_cli)
+{
+    static char out[8192], err[8192];
+    it_dep_t d;
+    ck_assert_int_eq(it_init(&d, "integ_cli", "target_cohort=3", "min_cohort=2", "overselect=1", "dp=central",
+                             "population=30", "noise_multiplier=1.1", "quant_range=4", "retry_ms=200", NULL),
+                     0);
+    /* init refuses an existing deployment and needs --base-model */
+    char *a1[] = {"plait-aggregator", "init", d.dir, "--base-model", (char *)it_model(), NULL};
+    ck_assert_int_eq(cli_capture(out, err, sizeof(out), 5, a1), 1);
+    char *a2[] = {"plait-aggregator", "init", "/nonexistent/x", NULL};
+    ck_assert_int_eq(cli_capture(out, err, sizeof(out), 3, a2), 2);
+    ck_assert_ptr_nonnull(strstr(err, "--base-model"));
+    /* enroll: ids are never reused; bad ids are usage errors */
+    for (int i = 0; i < 3; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "dev%d", i);
+        ck_assert_int_eq(it_enroll(&d, id), 0);
+    }
+    ck_assert_int_ne(it_enroll(&d, "dev0"), 0);
+    char *a3[] = {"plait-aggregator", "enroll", d.dir, "--device", "bad id!", "--out-key", "k", "--out-cert", "c", NULL};
+    ck_assert_int_eq(cli_capture(out, err, sizeof(out), 9, a3), 2);
+    char *a4[] = {"plait-aggregator", "revoke", d.dir, "--device", "nobody", NULL};
+    ck_assert_int_eq(cli_capture(out, err, sizeof(out), 5, a4), 1);
+    /* a config error names the file and line; serve refuses to start */
+    char conf[700];
+    snprintf(conf, sizeof(conf), "%s/aggregator.conf", d.dir);
+    char *c0 = it_read(&d, "aggregator.conf");
+    FILE *f = fopen(conf, "a");
+    fputs("clip_norm = -3\n", f);
+    fclose(f);
+    char *a5[] = {"plait-aggregator", "serve", d.dir, "--port", "0", NULL};
+    ck_assert_int_eq(cli_capture(out, err, sizeof(out), 5, a5), 1);
+    ck_assert_ptr_nonnull(strstr(err, "aggregator.conf:"));
+    ck_assert_ptr_nonnull(strstr(err, "clip_norm: set twice")); /* strict: the file already sets it */
+    ck_assert_int_eq(tu_write_file(conf, c0, strlen(c0)), 0);
+    free(c0);
+    /* a --set flag with a bad value is a usage error */
+    char *a6[] = {"plait-aggregator", "serve", d.dir, "--set", "port=x", NULL};
+    ck_assert_int_eq(cli_capture(out, err, sizeof(out), 5, a6), 2);
+    /* one central-DP round, then privacy DIR reports the ledger */
+    ck_assert_int_eq(it_start(&d, NULL), 0);
+    ck_assert_int_eq(run_round(&d, 0, 3, 0.01f), 3);
+    ck_assert(it_log_wait(&d, "round committed round=1 version=2", 10000));
+    finish(&d);
+    char *a7[] = {"plait-aggregator", "privacy", d.dir, "--json", NULL};
+    ck_assert_int_eq(cli_capture(out, err, sizeof(out), 4, a7), 0);
+    ck_assert_ptr_nonnull(strstr(out, "\"dp_rounds\": 1"));
+    char *e = strstr(out, "\"epsilon\": ");
+    ck_assert_ptr_nonnull(e);
+    double eps = strtod(e + 12, NULL);
+    ck_assert(eps > 0 && isfinite(eps));
+    /* the calculator form still works beside it: q = 3/30, z = 1.1, one round */
+    char *a8[] = {"plait-aggregator", "privacy", "--q", "0.1", "--noise-multiplier", "1.1", "--rounds", "1",
+                  "--delta", "0.0235", "--json", NULL};
+    ck_assert_int_eq(cli_capture(out, err, sizeof(out), 11, a8), 0);
+    char *a9[] = {"plait-aggregator", "status", d.dir, NULL};
+    ck_assert_int_eq(cli_capture(out, err, sizeof(out), 3, a9), 0);
+    ck_assert_ptr_nonnull(strstr(out, "global_version: 2"));
+    ck_assert_ptr_nonnull(strstr(out, "devices: 3 enrolled, 0 revoked"));
+    ck_assert_ptr_nonnull(strstr(out, "privacy: epsilon"));
+    char *a10[] = {"plait-aggregator", "rounds", d.dir, "--last", "2", NULL}; /* round 2: opened, then shutdown */
+    ck_assert_int_eq(cli_capture(out, err, sizeof(out), 5, a10), 0);
+    ck_assert_ptr_nonnull(strstr(out, "committed"));
+}
+END_TEST
+
 Suite *server_suite(void)
 {
     Suite *s = suite_create("integ_server");
@@ -494,6 +580,7 @@ Suite *server_suite(void)
         {"bad_updates", test_bad_updates},
         {"kill9_restart", test_kill9_restart},
         {"limits", test_limits},
+        {"cli", test_cli},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         TCase *tc = tcase_create(cases[i].name);
