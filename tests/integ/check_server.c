@@ -431,6 +431,39 @@ START_TEST(test_kill9_restart)
 }
 END_TEST
 
+/* ---- an update longer than the clip bound ------------------------------------ */
+
+START_TEST(test_norm)
+{
+    it_dep_t d;
+    ck_assert_int_eq(it_init(&d, "integ_norm", "target_cohort=2", "min_cohort=2", "overselect=1", "retry_ms=200",
+                             NULL),
+                     0);
+    ck_assert_int_eq(it_enroll(&d, "dev0"), 0);
+    ck_assert_int_eq(it_enroll(&d, "dev1"), 0);
+    ck_assert_int_eq(it_start(&d, NULL), 0);
+    /* dev0: every coordinate 0.5 over ~1.9k coordinates, norm ~22 > clip 1 */
+    pthread_t th[2];
+    part_t p[2];
+    float vals[2] = {0.5f, 0.01f};
+    for (int i = 0; i < 2; i++) {
+        memset(&p[i], 0, sizeof(p[i]));
+        p[i].d = &d;
+        p[i].value = vals[i];
+        snprintf(p[i].id, sizeof(p[i].id), "dev%d", i);
+        pthread_create(&th[i], NULL, part_main, &p[i]);
+    }
+    for (int i = 0; i < 2; i++) pthread_join(th[i], NULL);
+    ck_assert_int_ne(p[0].rc, 0);
+    ck_assert_int_eq(p[1].rc, 0);
+    ck_assert(it_log_wait(&d, "reason=norm", 5000));
+    /* one accepted update is below min_cohort 2: the round fails, version 1 stays */
+    ck_assert(it_log_wait(&d, "round failed round=1", 5000));
+    finish(&d);
+    ck_assert_int_eq(it_cli("status", d.dir, NULL), 0);
+}
+END_TEST
+
 /* ---- connection limits ---------------------------------------------------- */
 
 START_TEST(test_limits)
@@ -579,6 +612,7 @@ Suite *server_suite(void)
         {"bad_bytes", test_bad_bytes},
         {"bad_updates", test_bad_updates},
         {"kill9_restart", test_kill9_restart},
+        {"norm", test_norm},
         {"limits", test_limits},
         {"cli", test_cli},
     };
