@@ -128,7 +128,7 @@ void plait_sim_config_default(plait_sim_config_t *c, const char *assets)
     c->clients_per_round = 10;
     c->min_clients = 0;             /* ceil(K / 2) */
     c->overselect = 1.3;            /* absorbs dropouts and stragglers */
-    c->deadline_s = 60;             /* ~10% of clients straggle at the default speeds */
+    c->deadline_s = 15;             /* ~11% of clients miss it at the default speeds and 10 steps */
     c->strategy = PLAIT_OPT_FEDAVG;
     c->server_lr = 0;               /* the strategy's default */
     c->clip = 1.0;
@@ -146,8 +146,8 @@ void plait_sim_config_default(plait_sim_config_t *c, const char *assets)
     c->bw_sigma = 1.0;
     c->upload_ratio = 0.25;
     c->eval_clients = 0;            /* all */
-    c->eval_windows = 16;           /* 512 tokens per client at T = 32 */
-    c->personal_clients = 16;
+    c->eval_windows = 8;            /* 256 tokens per client at T = 32 */
+    c->personal_clients = 8;
     c->personal_steps = 0;          /* = local_steps */
     c->eval_every = 1;
 }

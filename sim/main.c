@@ -54,9 +54,9 @@ static void usage(FILE *f)
             "  --source S               shakespeare | dir | jsonl (shakespeare)\n"
             "  --max-clients N          keep the first N clients (all)\n"
             "  --eval-clients N         global loss over N clients' held-out data (all)\n"
-            "  --personal-clients N     clients in the personalized loss (16)\n"
+            "  --personal-clients N     clients in the personalized loss (8)\n"
             "  --eval-every N           evaluate every N rounds (1)\n"
-            "  --dropout P, --deadline S  fleet dropout probability (0.05), round deadline in simulated s (60)\n"
+            "  --dropout P, --deadline S  fleet dropout probability (0.05), round deadline in simulated s (15)\n"
             "  --model F, --tokenizer F  base model and tokenizer (shared assets)\n"
             "  --quiet                  no per-round lines\n");
 }
@@ -220,7 +220,7 @@ static int cmd_compare(int argc, char **argv)
     double base = NAN;
     int rc = 0;
     for (size_t i = 0; i < n && rc == 0; i++) {
-        char *eq = strchr(argv[a + i], '=');
+        char *eq = strrchr(argv[a + i], '='); /* names may hold '=' */
         if (!eq) {
             rc = plait_fail(PLAIT_EINVAL, "compare: '%.64s' is not NAME=DIR", argv[a + i]);
             break;
@@ -293,8 +293,9 @@ int main(int argc, char **argv)
     const plait_sim_round_t *last = &res.rounds[res.n_rounds];
     printf("base %.4f  global %.4f  personalized %.4f  (held-out loss, round %zu)\n", res.base_loss,
            last->global_loss, last->personal_loss, res.n_rounds);
-    printf("%.1f s, %.1f client-rounds/s, peak RSS %ld MiB, checksum %016llx\n", res.wall_s,
-           res.client_rounds_per_s, res.peak_rss_kb / 1024, (unsigned long long)res.checksum);
+    printf("%.1f s, %.1f client-rounds/s (%.1f ms CPU each), peak RSS %ld MiB, checksum %016llx\n", res.wall_s,
+           res.client_rounds_per_s, 1e3 * res.cpu_s_per_client_round, res.peak_rss_kb / 1024,
+           (unsigned long long)res.checksum);
     printf("report: %s/report.md\n", cfg.out_dir);
     plait_sim_result_free(&res);
     return 0;

@@ -472,14 +472,16 @@ int plait_sim_pop_build(plait_sim_pop_t *pop, const plait_sim_config_t *cfg, con
     memset(&b, 0, sizeof(b));
     b.cfg = cfg;
     b.key = 1469598103934665603ULL;
-    int rc = 0;
+    int rc = 0, reused = 0;
     char *buf = NULL;
     size_t len = 0;
     if (cfg->source == PLAIT_SIM_SRC_DIR) {
         rc = read_dir(&b, cfg->data);
     } else if ((rc = read_file(cfg->data, &buf, &len)) == 0) {
+        /* Check for reusable stores before parsing: a reused population never holds the records. */
         b.key = fnv_more(b.key, buf, len);
-        if (cfg->source == PLAIT_SIM_SRC_SHAKESPEARE) rc = plait_ingest_text(buf, len, on_speech, &b);
+        if (manifest_load(pop, key_params(b.key, cfg, tok)) == 0) reused = 1;
+        else if (cfg->source == PLAIT_SIM_SRC_SHAKESPEARE) rc = plait_ingest_text(buf, len, on_speech, &b);
         else rc = plait_ingest_jsonl(buf, len, on_jsonl, &b);
         if (rc != 0) rc = plait__sim_wrap(rc, cfg->data);
     }
@@ -489,10 +491,9 @@ int plait_sim_pop_build(plait_sim_pop_t *pop, const plait_sim_config_t *cfg, con
     size_t *start = NULL, *order = NULL;
     piece_t *pc = NULL;
     uint64_t key = key_params(b.key, cfg, tok);
-    int reused = 0;
-    if (rc == 0 && manifest_load(pop, key) == 0) {
+    if (rc == 0 && !reused && manifest_load(pop, key) == 0) {
         reused = 1; /* the stores of an identical population are there: skip the rest */
-    } else if (rc == 0) {
+    } else if (rc == 0 && !reused) {
         char mp[PLAIT_SIM_PATH_MAX + 32];
         snprintf(mp, sizeof(mp), "%s/" MANIFEST, pop->dir);
         unlink(mp); /* rewriting: the old manifest no longer describes the stores */
@@ -505,7 +506,7 @@ int plait_sim_pop_build(plait_sim_pop_t *pop, const plait_sim_config_t *cfg, con
         pop->clients = calloc(n_src ? n_src : 1, sizeof(plait_sim_client_t));
         if (!start || !order || !pc || !pop->clients) rc = plait_fail(PLAIT_ENOMEM, "population: grouping");
     }
-    if (rc == 0) {
+    if (rc == 0 && !reused) {
         for (size_t i = 0; i < b.n; i++) start[b.recs[i].src + 1]++;
         for (size_t s = 0; s < n_src; s++) start[s + 1] += start[s];
         size_t *fill = calloc(n_src ? n_src : 1, sizeof(size_t));

@@ -100,8 +100,17 @@ typedef struct {
     uint32_t *slab;     /* (want, P + 1) words of the round's trained clients */
     size_t slab_n;
     double train_wall;  /* seconds spent training cohort clients */
+    double train_cpu;   /* CPU seconds of the process (all threads) meanwhile */
     size_t trained;     /* cohort clients trained */
 } sim_t;
+
+static double cpu_now(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0) return 0;
+    return (double)ru.ru_utime.tv_sec + 1e-6 * (double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_sec +
+           1e-6 * (double)ru.ru_stime.tv_usec;
+}
 
 static double wall_now(void)
 {
@@ -526,9 +535,10 @@ static int one_round(sim_t *s, int r, double *sim_now, plait_sim_round_t *m)
                                    .words = s->slab + ev[f].slot * (s->len + 1)};
                 nj++;
             }
-            double w0 = wall_now();
+            double w0 = wall_now(), c0 = cpu_now();
             rc = run_jobs(s, jobs, nj);
             s->train_wall += wall_now() - w0;
+            s->train_cpu += cpu_now() - c0;
             s->trained += nj;
             for (size_t q = 0; q < nj; q++) {
                 ev[job_ev[q]].unclipped = jobs[q].unclipped;
@@ -665,7 +675,11 @@ int plait_sim_run(const plait_sim_config_t *cfg, plait_sim_result_t *out)
     plait_sim_round_t *m0 = &res.rounds[0];
     m0->train_loss = NAN;
     m0->clip = plait_round_clip(s.round);
-    if ((rc = eval_round(&s, m0)) != 0) goto exit;
+    /* Every mode starts with B = 0, so the global adapter of round 0 is the base model. */
+    m0->global_loss = res.base_loss;
+    m0->global_ppl = exp(res.base_loss);
+    if ((rc = evaluate(&s, s.pers_ids, s.n_pers, JOB_PERSONAL, &m0->personal_loss, NULL)) != 0) goto exit;
+    m0->personal_ppl = exp(m0->personal_loss);
     m0->wall_s = wall_now() - w0;
     progress(cfg, m0, tty);
     double sim_now = 0;
@@ -681,6 +695,7 @@ int plait_sim_run(const plait_sim_config_t *cfg, plait_sim_result_t *out)
     }
     res.wall_s = wall_now() - w_start;
     res.client_rounds_per_s = s.train_wall > 0 ? (double)s.trained / s.train_wall : 0;
+    res.cpu_s_per_client_round = s.trained ? s.train_cpu / (double)s.trained : 0;
     struct rusage ru;
     if (getrusage(RUSAGE_SELF, &ru) == 0) res.peak_rss_kb = ru.ru_maxrss;
     res.checksum = checksum(&s, &res);

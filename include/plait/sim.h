@@ -85,7 +85,7 @@ typedef struct {
     size_t clients_per_round;        /**< target cohort K (default 10) */
     size_t min_clients;              /**< minimum cohort; 0 = ceil(K/2) (default 0) */
     double overselect;               /**< select ceil(K·overselect) (default 1.3) */
-    double deadline_s;               /**< simulated seconds from task to upload deadline (default 60) */
+    double deadline_s;               /**< simulated seconds from task to upload deadline (default 15) */
     /* server */
     plait_server_opt_kind_t strategy; /**< default FEDAVG */
     double server_lr;                /**< 0 = the strategy's default (1 for FedAvg, 0.01 adaptive) (default 0) */
@@ -106,8 +106,8 @@ typedef struct {
     double upload_ratio;             /**< upload bandwidth = download · ratio (default 0.25) */
     /* evaluation */
     size_t eval_clients;             /**< clients whose held-out data measure the global adapter; 0 = all (default 0) */
-    size_t eval_windows;             /**< windows of seq_len per client at most; 0 = all (default 16) */
-    size_t personal_clients;         /**< clients fine-tuned for the personalized loss (default 16) */
+    size_t eval_windows;             /**< windows of seq_len per client at most; 0 = all (default 8) */
+    size_t personal_clients;         /**< clients fine-tuned for the personalized loss (default 8) */
     int personal_steps;              /**< their fine-tuning steps; 0 = local_steps (default 0) */
     int eval_every;                  /**< evaluate every k rounds (and the last) (default 1) */
 } plait_sim_config_t;
@@ -152,7 +152,11 @@ typedef struct {
 
 /**
  * \brief Split a corpus into clients and write each client's store under dir
- *        (created; existing stores there are replaced).
+ *        (created if missing). When dir/manifest.txt describes the same
+ *        population (same corpus bytes, tokenizer and split settings) and
+ *        every store is there, the stores are reused and only the counts are
+ *        read back; otherwise the stores are rewritten and the manifest
+ *        written last.
  * \param tok tokenizer used to count tokens (clients that cannot fill one
  *            window of T + 1 tokens for training and for evaluation are left out).
  * \return 0; PLAIT_EINVAL (config); PLAIT_ENOENT / PLAIT_EIO (files); PLAIT_EPROTO (corpus);
@@ -222,6 +226,7 @@ typedef struct {
     uint64_t checksum;         /**< FNV-1a of the final global adapter and every deterministic metric */
     double wall_s;             /**< whole run */
     double client_rounds_per_s;/**< trained clients per wall second of training */
+    double cpu_s_per_client_round; /**< CPU seconds (all threads) per trained client: load-independent */
     long peak_rss_kb;
 } plait_sim_result_t;
 

@@ -104,6 +104,21 @@ START_TEST(test_population_shakespeare)
     ck_assert_uint_eq(ho.n, pop.clients[0].heldout_tokens);
     plait_corpus_free(&tr);
     plait_corpus_free(&ho);
+    /* A second build in the same folder reuses the stores (manifest) with the same counts. */
+    plait_sim_pop_t again;
+    ck_assert_int_eq(plait_sim_pop_build(&again, &c, &tok, dir), 0);
+    ck_assert_uint_eq(again.n, pop.n);
+    ck_assert_uint_eq(again.n_sources, pop.n_sources);
+    ck_assert_uint_eq(again.n_too_few, pop.n_too_few);
+    ck_assert(memcmp(again.clients, pop.clients, pop.n * sizeof(plait_sim_client_t)) == 0);
+    plait_sim_pop_free(&again);
+    /* A damaged manifest is not trusted: the stores are rebuilt. */
+    char *mp = tu_path(dir, "manifest.txt");
+    ck_assert_int_eq(tu_write_file(mp, "plait-sim-population 1\nkey 0\n", 29), 0);
+    ck_assert_int_eq(plait_sim_pop_build(&again, &c, &tok, dir), 0);
+    ck_assert_uint_eq(again.n, 163);
+    plait_sim_pop_free(&again);
+    free(mp);
     plait_sim_pop_free(&pop);
 
     /* At 100 lines, 70 speakers (README). */

@@ -1,0 +1,26 @@
+#!/bin/sh
+# Reproduce the experiments of docs/researcher-guide.md (small settings that
+# finish on a 2-core machine). Usage: sim/scripts/experiments.sh BUILD_DIR OUT_DIR
+# Writes runs under OUT_DIR and the comparison charts into docs/img/.
+set -eu
+BUILD=${1:-build}
+OUT=${2:-sim-experiments}
+SIM="$BUILD/sim/plait-sim"
+mkdir -p "$OUT" docs/img
+COMMON="--rounds 20 --clients-per-round 10 --eval-every 2 --quiet"
+
+# 1. FedAvg (10 local steps) vs FedSGD (1 local step), FFA-LoRA, no personalization.
+"$SIM" $COMMON --personal-clients 0 --local-steps 10 --out "$OUT/fedavg" > "$OUT/fedavg.txt"
+"$SIM" $COMMON --personal-clients 0 --local-steps 1 --out "$OUT/fedsgd" > "$OUT/fedsgd.txt"
+"$SIM" compare --out docs/img/fedavg-vs-fedsgd.svg --title "FedAvg (10 local steps) vs FedSGD (1 step), global loss" \
+    "FedAvg E=10=$OUT/fedavg" "FedSGD E=1=$OUT/fedsgd"
+
+# 2. LoRA aggregation modes on global and personalized loss.
+for m in ffa fedit fedsa; do
+    "$SIM" $COMMON --lora-mode $m --out "$OUT/mode-$m" > "$OUT/mode-$m.txt"
+done
+"$SIM" compare --out docs/img/modes-global.svg --title "LoRA modes: global adapter" \
+    "FFA-LoRA=$OUT/mode-ffa" "FedIT=$OUT/mode-fedit" "FedSA-LoRA=$OUT/mode-fedsa"
+"$SIM" compare --out docs/img/modes-personal.svg --metric personal --title "LoRA modes: personalized" \
+    "FFA-LoRA=$OUT/mode-ffa" "FedIT=$OUT/mode-fedit" "FedSA-LoRA=$OUT/mode-fedsa"
+cp "$OUT/mode-ffa/loss.svg" docs/img/demo-ffa.svg
