@@ -1,0 +1,697 @@
+/*
+ * check_review.c: adversarial review of the on-device engine.
+ *
+ * Part 1 (generality): many model shapes built with plait_model_init_random
+ * (tied/untied, GQA ratios 1..NH, head sizes 2..64, odd hidden and vocab
+ * sizes, dims not a multiple of 8, ranks 1..16, single and all targets,
+ * B 1/3, T 1..33, 1 and 2 threads) are checked against an independent naive
+ * float64 forward written here:
+ *   (a) the trainer's loss, and its adapter gradient against central finite
+ *       differences of the float64 loss (every coordinate for small adapters,
+ *       otherwise a random direction per tensor plus sampled coordinates);
+ *   (b) the inference logits (KV cache; unmerged, merged; token by token and
+ *       chunked prefill) at every position;
+ *   (c) two AdamW steps (with and without clipping) against a hand update.
+ * A deliberately perturbed gradient must be rejected by the same comparison.
+ *
+ * Part 2 (hostile input): headers, tokenizers, adapters, token files, store
+ * rows, ingest JSONL and CLI flags that must end in a clear error.
+ */
+#include <check.h>
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "plait/infer.h"
+#include "plait/lora.h"
+#include "plait/model.h"
+#include "plait/train.h"
+#include "testutil.h"
+
+/* ------------------------------------------------------------ tolerances */
+
+/* Loss: float32 forward vs float64; the trainer accumulates dot products of
+ * at most a few hundred terms and a log-sum-exp over V, so its relative error
+ * is ~1e-6; 1e-4 leaves a wide margin while a wrong attention mask, RoPE or
+ * norm changes the loss by percents. */
+#define LOSS_RTOL 1e-4
+/* Gradient: |g - g_ref| <= GRAD_RTOL * max|g_ref| over the whole adapter.
+ * g_ref is a central difference of the float64 loss with step FD_H on
+ * weights of magnitude ~0.1..1: truncation error ~FD_H^2 * |L'''| ~ 1e-10 and
+ * roundoff ~1e-16 / FD_H ~ 1e-11, both negligible. The float32 backward
+ * deviates by ~1e-5 of the largest gradient (the sum over B*T positions of
+ * products that are each rounded to 2^-24). 2e-3 is 100x that, and a gradient
+ * that is wrong by a few percent of the maximum (a dropped term, a
+ * mis-scaled LoRA path, a wrong head mapping) exceeds it. */
+#define GRAD_RTOL 2e-3
+#define FD_H 1e-5
+/* Directional derivative per tensor (random +-1 direction d over n elements):
+ * |g.d - fd| <= GRAD_RTOL * max|g_ref| * sqrt(n): the float32 errors are
+ * independent per element, so their signed sum grows like sqrt(n). */
+/* Logits of inference vs float64: |diff| <= LOGIT_RTOL * (1 + max|logit|);
+ * same reasoning as LOSS_RTOL. */
+#define LOGIT_RTOL 2e-4
+/* AdamW: parameters after a step vs the float64 hand update:
+ * |p - p_ref| <= ADAM_RTOL * lr + 4 FLT_EPSILON |p|. Each update is at most
+ * ~lr per step, the trainer stores m and v in float (relative 6e-8), so the
+ * only other error is the final rounding of p to float. Elements whose
+ * gradient is comparable to eps are ill-conditioned; the gradients here are
+ * >> eps (checked). */
+#define ADAM_RTOL 1e-4
+
+/* --------------------------------------------------------------- helpers */
+
+static uint64_t rs_next(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+static double rs_unif(uint64_t *s) { return (double)(rs_next(s) >> 11) * (1.0 / 9007199254740992.0); }
+
+typedef struct {
+    int C, H, L, NH, NKV, V, seq, shared;
+    int R;
+    float alpha;
+    uint32_t targets;
+    int B, T, threads;
+} shape_t;
+
+#define ALL7 0x7Fu
+#define TGT(p) (1u << (p))
+
+static const shape_t SHAPES[] = {
+    /* C   H   L  NH NKV V     seq sh R   alpha  targets                         B  T  thr */
+    {12, 37, 2, 6, 3, 7, 8, 1, 1, 3.0f, ALL7, 1, 5, 1},                     /* HS 2, NKV NH/2, all 7 */
+    {20, 173, 2, 5, 1, 300, 20, 0, 3, 7.0f, TGT(PLAIT_WQ), 3, 17, 1},       /* HS 4, NKV 1, untied */
+    {36, 37, 1, 6, 3, 7, 4, 1, 8, 16.0f, TGT(PLAIT_W2), 1, 2, 1},           /* HS 6 */
+    {40, 38, 2, 4, 1, 4099, 3, 1, 16, 8.0f, TGT(PLAIT_W1) | TGT(PLAIT_W3), 1, 1, 1}, /* HS 10, T 1 */
+    {64, 173, 2, 4, 1, 300, 8, 0, 8, 16.0f, ALL7, 3, 5, 2},                 /* HS 16, NKV NH/4 */
+    {64, 37, 1, 1, 1, 7, 40, 1, 3, 5.0f, TGT(PLAIT_WO) | TGT(PLAIT_WK) | TGT(PLAIT_WV), 1, 33, 1}, /* HS 64 */
+    {16, 37, 2, 8, 2, 300, 17, 0, 16, 4.0f, TGT(PLAIT_WK), 3, 17, 2},      /* HS 2, NKV NH/4 */
+    {12, 173, 1, 2, 2, 4099, 17, 0, 1, 2.0f, TGT(PLAIT_W2) | TGT(PLAIT_WO), 1, 17, 1}, /* T == seq */
+    {20, 37, 3, 2, 1, 7, 6, 1, 3, 1.0f, ALL7, 3, 2, 1},                     /* HS 10, 3 layers */
+    {36, 173, 1, 3, 3, 300, 5, 0, 8, 32.0f, TGT(PLAIT_WV) | TGT(PLAIT_W3), 1, 5, 2}, /* HS 12 */
+};
+#define N_SHAPES (sizeof(SHAPES) / sizeof(SHAPES[0]))
+
+/* A model of the shape with weights large enough that every path matters:
+ * embeddings std ~0.5, projections std ~0.6/sqrt(in), norm weights 1 +- 0.3. */
+static void make_model(plait_model_t *m, const shape_t *s, uint64_t seed)
+{
+    plait_model_config_t c;
+    memset(&c, 0, sizeof(c));
+    c.dim = s->C;
+    c.hidden_dim = s->H;
+    c.n_layers = s->L;
+    c.n_heads = s->NH;
+    c.n_kv_heads = s->NKV;
+    c.vocab_size = s->V;
+    c.seq_len = s->seq;
+    c.shared = s->shared;
+    plait_model_init(m);
+    ck_assert_int_eq(plait_model_init_random(m, &c, seed), 0);
+    size_t C = (size_t)c.dim, L = (size_t)c.n_layers, V = (size_t)c.vocab_size;
+    float *emb = (float *)m->w.token_embedding;
+    for (size_t i = 0; i < V * C; i++) emb[i] *= 25.0f;
+    if (!c.shared) {
+        float *cls = (float *)m->w.wcls;
+        for (size_t i = 0; i < V * C; i++) cls[i] *= 25.0f;
+    }
+    for (int l = 0; l < (int)L; l++)
+        for (int p = 0; p < PLAIT_NPROJ; p++) {
+            int in, out;
+            plait_proj_shape(&m->cfg, (plait_proj_t)p, &in, &out);
+            float *w = (float *)plait_proj_weight(m, l, (plait_proj_t)p);
+            float k = (float)(0.6 / sqrt((double)in) / 0.02);
+            for (size_t i = 0; i < (size_t)in * (size_t)out; i++) w[i] *= k;
+        }
+    uint64_t r = seed ^ 0x5555;
+    float *ra = (float *)m->w.rms_att, *rf = (float *)m->w.rms_ffn, *rfin = (float *)m->w.rms_final;
+    for (size_t i = 0; i < L * C; i++) ra[i] = (float)(1.0 + 0.6 * (rs_unif(&r) - 0.5));
+    for (size_t i = 0; i < L * C; i++) rf[i] = (float)(1.0 + 0.6 * (rs_unif(&r) - 0.5));
+    for (size_t i = 0; i < C; i++) rfin[i] = (float)(1.0 + 0.6 * (rs_unif(&r) - 0.5));
+}
+
+/* Adapter with A and B both random and non-zero (so A's gradient is not trivial). */
+static void make_lora(plait_lora_t *l, const plait_model_t *m, const shape_t *s, uint64_t seed)
+{
+    plait_lora_config_t lc = {.rank = s->R, .alpha = s->alpha, .targets = s->targets};
+    plait_lora_init(l);
+    ck_assert_int_eq(plait_lora_setup(l, &m->cfg, &lc), 0);
+    uint64_t r = seed;
+    for (size_t i = 0; i < l->n_params; i++) l->params[i] = (float)(0.8 * (rs_unif(&r) - 0.5));
+}
+
+/* ------------------------------------------------- naive float64 reference */
+
+typedef struct {
+    const plait_model_t *m;
+    const plait_lora_t *l; /* may be NULL */
+    const double *p;       /* adapter params in double, lora layout */
+} ref_t;
+
+static void ref_proj(const ref_t *r, int layer, plait_proj_t pj, const double *x, double *y)
+{
+    int in, out;
+    plait_proj_shape(&r->m->cfg, pj, &in, &out);
+    const float *W = plait_proj_weight(r->m, layer, pj);
+    for (int o = 0; o < out; o++) {
+        double acc = 0.0;
+        for (int i = 0; i < in; i++) acc += (double)W[(size_t)o * (size_t)in + (size_t)i] * x[i];
+        y[o] = acc;
+    }
+    size_t slot = plait_lora_slot(layer, pj);
+    if (!r->l || !r->l->A[slot]) return;
+    int R = r->l->cfg.rank;
+    const double *A = r->p + (r->l->A[slot] - r->l->params);
+    const double *Bm = r->p + (r->l->B[slot] - r->l->params);
+    double sc = (double)r->l->cfg.alpha / (double)R;
+    double u[64];
+    ck_assert_int_le(R, 64);
+    for (int k = 0; k < R; k++) {
+        double acc = 0.0;
+        for (int i = 0; i < in; i++) acc += A[(size_t)k * (size_t)in + (size_t)i] * x[i];
+        u[k] = acc;
+    }
+    for (int o = 0; o < out; o++) {
+        double acc = 0.0;
+        for (int k = 0; k < R; k++) acc += Bm[(size_t)o * (size_t)R + (size_t)k] * u[k];
+        y[o] += sc * acc;
+    }
+}
+
+static void ref_rmsnorm(double *o, const double *x, const float *w, int C)
+{
+    double ss = 0.0;
+    for (int i = 0; i < C; i++) ss += x[i] * x[i];
+    double rs = 1.0 / sqrt(ss / C + 1e-5);
+    for (int i = 0; i < C; i++) o[i] = x[i] * rs * (double)w[i];
+}
+
+static void ref_rope(double *v, int nh, int HS, int pos)
+{
+    for (int h = 0; h < nh; h++)
+        for (int j = 0; j < HS; j += 2) {
+            double ang = pos * pow(10000.0, -(double)j / HS);
+            double c = cos(ang), s = sin(ang);
+            double a = v[h * HS + j], b = v[h * HS + j + 1];
+            v[h * HS + j] = a * c - b * s;
+            v[h * HS + j + 1] = a * s + b * c;
+        }
+}
+
+/* Logits (T, V) of one sequence of T tokens. */
+static void ref_forward_seq(const ref_t *r, const int32_t *tok, int T, double *logits)
+{
+    const plait_model_config_t *c = &r->m->cfg;
+    int C = c->dim, H = c->hidden_dim, KV = c->kv_dim, HS = c->head_size, NH = c->n_heads, V = c->vocab_size;
+    int grp = c->n_heads / c->n_kv_heads;
+    size_t Lz = (size_t)c->n_layers;
+    double *kc = calloc(Lz * (size_t)T * (size_t)KV, sizeof(double));
+    double *vc = calloc(Lz * (size_t)T * (size_t)KV, sizeof(double));
+    double *x = malloc((size_t)C * sizeof(double)), *xb = malloc((size_t)C * sizeof(double));
+    double *q = malloc((size_t)C * sizeof(double)), *ao = malloc((size_t)C * sizeof(double));
+    double *o = malloc((size_t)C * sizeof(double));
+    double *h1 = malloc((size_t)H * sizeof(double)), *h3 = malloc((size_t)H * sizeof(double));
+    double *att = malloc((size_t)T * sizeof(double));
+    ck_assert(kc && vc && x && xb && q && ao && o && h1 && h3 && att);
+    for (int t = 0; t < T; t++) {
+        for (int i = 0; i < C; i++) x[i] = r->m->w.token_embedding[(size_t)tok[t] * (size_t)C + (size_t)i];
+        for (int l = 0; l < c->n_layers; l++) {
+            double *kl = kc + ((size_t)l * (size_t)T + (size_t)t) * (size_t)KV;
+            double *vl = vc + ((size_t)l * (size_t)T + (size_t)t) * (size_t)KV;
+            ref_rmsnorm(xb, x, r->m->w.rms_att + (size_t)l * (size_t)C, C);
+            ref_proj(r, l, PLAIT_WQ, xb, q);
+            ref_proj(r, l, PLAIT_WK, xb, kl);
+            ref_proj(r, l, PLAIT_WV, xb, vl);
+            ref_rope(q, NH, HS, t);
+            ref_rope(kl, c->n_kv_heads, HS, t);
+            for (int h = 0; h < NH; h++) {
+                int kh = h / grp;
+                double mx = -1e300;
+                for (int s = 0; s <= t; s++) {
+                    const double *k = kc + ((size_t)l * (size_t)T + (size_t)s) * (size_t)KV + (size_t)(kh * HS);
+                    double d = 0.0;
+                    for (int i = 0; i < HS; i++) d += q[h * HS + i] * k[i];
+                    att[s] = d / sqrt((double)HS);
+                    if (att[s] > mx) mx = att[s];
+                }
+                double sum = 0.0;
+                for (int s = 0; s <= t; s++) sum += (att[s] = exp(att[s] - mx));
+                for (int i = 0; i < HS; i++) ao[h * HS + i] = 0.0;
+                for (int s = 0; s <= t; s++) {
+                    const double *v = vc + ((size_t)l * (size_t)T + (size_t)s) * (size_t)KV + (size_t)(kh * HS);
+                    for (int i = 0; i < HS; i++) ao[h * HS + i] += att[s] / sum * v[i];
+                }
+            }
+            ref_proj(r, l, PLAIT_WO, ao, o);
+            for (int i = 0; i < C; i++) x[i] += o[i];
+            ref_rmsnorm(xb, x, r->m->w.rms_ffn + (size_t)l * (size_t)C, C);
+            ref_proj(r, l, PLAIT_W1, xb, h1);
+            ref_proj(r, l, PLAIT_W3, xb, h3);
+            for (int i = 0; i < H; i++) h1[i] = h1[i] / (1.0 + exp(-h1[i])) * h3[i];
+            ref_proj(r, l, PLAIT_W2, h1, o);
+            for (int i = 0; i < C; i++) x[i] += o[i];
+        }
+        ref_rmsnorm(xb, x, r->m->w.rms_final, C);
+        for (int v = 0; v < V; v++) {
+            double acc = 0.0;
+            for (int i = 0; i < C; i++) acc += (double)r->m->w.wcls[(size_t)v * (size_t)C + (size_t)i] * xb[i];
+            logits[(size_t)t * (size_t)V + (size_t)v] = acc;
+        }
+    }
+    free(kc), free(vc), free(x), free(xb), free(q), free(ao), free(o), free(h1), free(h3), free(att);
+}
+
+/* Mean cross-entropy of nrows rows of T + 1 tokens. */
+static double ref_loss(const ref_t *r, const int32_t *tokens, int nrows, int T)
+{
+    int V = r->m->cfg.vocab_size;
+    double *lg = malloc((size_t)T * (size_t)V * sizeof(double));
+    ck_assert(lg);
+    double tot = 0.0;
+    for (int b = 0; b < nrows; b++) {
+        const int32_t *row = tokens + (size_t)b * (size_t)(T + 1);
+        ref_forward_seq(r, row, T, lg);
+        for (int t = 0; t < T; t++) {
+            const double *z = lg + (size_t)t * (size_t)V;
+            double mx = z[0];
+            for (int v = 1; v < V; v++)
+                if (z[v] > mx) mx = z[v];
+            double s = 0.0;
+            for (int v = 0; v < V; v++) s += exp(z[v] - mx);
+            tot += log(s) + mx - z[row[t + 1]];
+        }
+    }
+    free(lg);
+    return tot / ((double)nrows * T);
+}
+
+/* ------------------------------------------------ the gradient comparator */
+
+/* Worst ratio |g - fd| / tolerance over the checks (> 1 means a failure).
+ * g holds the trainer's gradient for params[goff ..]; p is the double copy of
+ * the adapter, perturbed in place and restored. */
+static double grad_worst(const ref_t *r, double *p, const float *g, size_t goff, const int32_t *tokens, int B,
+                         int T, uint64_t seed, double *gmax_out)
+{
+    const plait_lora_t *l = r->l;
+    size_t n = l->n_params;
+    uint64_t rs = seed;
+    /* Reference gradient at the sampled coordinates (all of them when small). */
+    int full = n <= 400;
+    size_t nsamp = 0, cap = full ? n : 8 * (size_t)l->model.n_layers * PLAIT_NPROJ + 16;
+    size_t *idx = malloc(cap * sizeof(size_t));
+    double *fd = malloc(cap * sizeof(double));
+    ck_assert(idx && fd);
+    if (full) {
+        for (size_t i = goff; i < n; i++) idx[nsamp++] = i;
+    } else {
+        for (int layer = 0; layer < l->model.n_layers; layer++)
+            for (int pj = 0; pj < PLAIT_NPROJ; pj++) {
+                size_t slot = plait_lora_slot(layer, (plait_proj_t)pj);
+                if (!l->A[slot]) continue;
+                int in, out;
+                plait_proj_shape(&l->model, (plait_proj_t)pj, &in, &out);
+                size_t na = (size_t)l->cfg.rank * (size_t)in, nb = (size_t)out * (size_t)l->cfg.rank;
+                size_t oa = (size_t)(l->A[slot] - l->params), ob = (size_t)(l->B[slot] - l->params);
+                if (oa >= goff) {
+                    idx[nsamp++] = oa;
+                    idx[nsamp++] = oa + na - 1;
+                    idx[nsamp++] = oa + (size_t)(rs_next(&rs) % na);
+                }
+                idx[nsamp++] = ob;
+                idx[nsamp++] = ob + nb - 1;
+                idx[nsamp++] = ob + (size_t)(rs_next(&rs) % nb);
+            }
+    }
+    double gmax = 0.0;
+    for (size_t k = 0; k < nsamp; k++) {
+        size_t i = idx[k];
+        double p0 = p[i];
+        p[i] = p0 + FD_H;
+        double lp = ref_loss(r, tokens, B, T);
+        p[i] = p0 - FD_H;
+        double lm = ref_loss(r, tokens, B, T);
+        p[i] = p0;
+        fd[k] = (lp - lm) / (2.0 * FD_H);
+        if (fabs(fd[k]) > gmax) gmax = fabs(fd[k]);
+    }
+    /* In the sampled case the max over samples underestimates the true max;
+     * also use the trainer's own max so a tiny sample cannot make the check
+     * absurdly tight. */
+    if (!full) {
+        double gm = 0.0;
+        for (size_t i = goff; i < n; i++)
+            if (fabs((double)g[i - goff]) > gm) gm = fabs((double)g[i - goff]);
+        if (gm > gmax) gmax = gm;
+    }
+    ck_assert_msg(gmax > 1e-8, "degenerate gradient (max %g): the check would be vacuous", gmax);
+    double worst = 0.0;
+    for (size_t k = 0; k < nsamp; k++) {
+        double e = fabs((double)g[idx[k] - goff] - fd[k]) / (GRAD_RTOL * gmax);
+        if (e > worst) worst = e;
+    }
+    /* Directional derivative over each tensor (every element is involved). */
+    if (!full) {
+        double *d = malloc(n * sizeof(double));
+        ck_assert(d);
+        for (int layer = 0; layer < l->model.n_layers; layer++)
+            for (int pj = 0; pj < PLAIT_NPROJ; pj++)
+                for (int isb = 0; isb < 2; isb++) {
+                    size_t slot = plait_lora_slot(layer, (plait_proj_t)pj);
+                    if (!l->A[slot]) continue;
+                    int in, out;
+                    plait_proj_shape(&l->model, (plait_proj_t)pj, &in, &out);
+                    size_t off = (size_t)((isb ? l->B[slot] : l->A[slot]) - l->params);
+                    size_t cnt = (size_t)l->cfg.rank * (size_t)(isb ? out : in);
+                    if (off < goff) continue;
+                    double gd = 0.0;
+                    for (size_t i = 0; i < cnt; i++) {
+                        d[i] = (rs_next(&rs) & 1) ? 1.0 : -1.0;
+                        gd += d[i] * (double)g[off + i - goff];
+                    }
+                    for (size_t i = 0; i < cnt; i++) p[off + i] += FD_H * d[i];
+                    double lp = ref_loss(r, tokens, B, T);
+                    for (size_t i = 0; i < cnt; i++) p[off + i] -= 2.0 * FD_H * d[i];
+                    double lm = ref_loss(r, tokens, B, T);
+                    for (size_t i = 0; i < cnt; i++) p[off + i] += FD_H * d[i];
+                    double fdd = (lp - lm) / (2.0 * FD_H);
+                    double e = fabs(gd - fdd) / (GRAD_RTOL * gmax * sqrt((double)cnt));
+                    if (e > worst) worst = e;
+                }
+        free(d);
+    }
+    free(idx);
+    free(fd);
+    if (gmax_out) *gmax_out = gmax;
+    return worst;
+}
+
+static void make_tokens(int32_t *tok, size_t n, int V, uint64_t seed)
+{
+    uint64_t s = seed;
+    for (size_t i = 0; i < n; i++) tok[i] = (int32_t)(rs_next(&s) % (uint64_t)V);
+}
+
+/* ---------------------------------------------------- (a) loss + gradient */
+
+static void check_shape_grad(const shape_t *s, int train_a, int perturb, double *worst_out)
+{
+    plait_model_t m;
+    plait_lora_t l;
+    make_model(&m, s, 1000 + (uint64_t)s->C * 7 + (uint64_t)s->V);
+    make_lora(&l, &m, s, 77 + (uint64_t)s->R);
+    plait_train_config_t tc = plait_train_config_default();
+    tc.B = s->B;
+    tc.T = s->T;
+    tc.threads = s->threads;
+    tc.train_a = train_a;
+    plait_trainer_t *tr = NULL;
+    ck_assert_msg(plait_train_create(&tr, &m, &l, &tc) == 0, "%s", plait_errmsg());
+    size_t ntok = (size_t)s->B * (size_t)(s->T + 1);
+    int32_t *tok = malloc(ntok * sizeof(int32_t));
+    ck_assert(tok);
+    make_tokens(tok, ntok, s->V, 5 + (uint64_t)s->T);
+    float loss = -1.0f;
+    ck_assert_msg(plait_train_forward_backward(tr, tok, &loss) == 0, "%s", plait_errmsg());
+
+    double *p = malloc(l.n_params * sizeof(double));
+    ck_assert(p);
+    for (size_t i = 0; i < l.n_params; i++) p[i] = l.params[i];
+    ref_t r = {.m = &m, .l = &l, .p = p};
+    double lref = ref_loss(&r, tok, s->B, s->T);
+    ck_assert_msg(fabs((double)loss - lref) <= LOSS_RTOL * fabs(lref), "shape C%d V%d: loss %.8g vs ref %.8g",
+                  s->C, s->V, (double)loss, lref);
+    float ev = -1.0f;
+    ck_assert_int_eq(plait_train_eval_loss(tr, tok, (size_t)s->B, &ev), 0);
+    ck_assert_msg(fabs((double)ev - lref) <= LOSS_RTOL * fabs(lref), "eval %.8g vs ref %.8g", (double)ev, lref);
+
+    size_t goff = plait_train_grads_offset(tr), ng = plait_train_grads_count(tr);
+    ck_assert_uint_eq(goff, train_a ? 0 : l.n_a);
+    ck_assert_uint_eq(goff + ng, l.n_params);
+    float *g = malloc(ng * sizeof(float));
+    ck_assert(g);
+    memcpy(g, plait_train_grads(tr), ng * sizeof(float));
+    if (perturb) {
+        /* The comparison must see a single coordinate off by 5% of the max. */
+        float gm = 0.0f;
+        for (size_t i = 0; i < ng; i++)
+            if (fabsf(g[i]) > gm) gm = fabsf(g[i]);
+        g[ng - 1] += 0.05f * gm;
+    }
+    double gmax = 0.0;
+    double worst = grad_worst(&r, p, g, goff, tok, s->B, s->T, 99, &gmax);
+    if (worst_out) *worst_out = worst;
+    if (getenv("REVIEW_VERBOSE"))
+        fprintf(stderr, "grad C%d V%d R%d T%d train_a %d perturb %d: gmax %.3g worst %.3g x tol\n", s->C, s->V, s->R,
+                s->T, train_a, perturb, gmax, worst);
+    if (!perturb)
+        ck_assert_msg(worst <= 1.0, "shape C%d H%d L%d NH%d NKV%d V%d R%d tg%#x B%d T%d: gradient off, %.3g x tol",
+                      s->C, s->H, s->L, s->NH, s->NKV, s->V, s->R, s->targets, s->B, s->T, worst);
+    free(g);
+    free(p);
+    free(tok);
+    plait_train_destroy(tr);
+    plait_lora_free(&l);
+    plait_model_free(&m);
+}
+
+START_TEST(test_shape_grad)
+{
+    check_shape_grad(&SHAPES[_i], 1, 0, NULL);
+}
+END_TEST
+
+START_TEST(test_shape_grad_ffa)
+{
+    /* FFA-LoRA: only B has gradients, offset n_a. */
+    check_shape_grad(&SHAPES[_i], 0, 0, NULL);
+}
+END_TEST
+
+START_TEST(test_grad_perturbed_detected)
+{
+    /* The comparison is not vacuous: a single coordinate wrong by 5% of the
+     * max gradient is reported, on a fully checked and a sampled adapter. */
+    double w = 0.0;
+    check_shape_grad(&SHAPES[0], 1, 1, &w);
+    ck_assert_msg(w > 1.0, "perturbed gradient passed (%.3g x tol)", w);
+    check_shape_grad(&SHAPES[4], 1, 1, &w);
+    ck_assert_msg(w > 1.0, "perturbed gradient passed (%.3g x tol)", w);
+}
+END_TEST
+
+/* ------------------------------------------------------- (b) inference */
+
+static void check_shape_infer(const shape_t *s, int merge, int chunk)
+{
+    plait_model_t m;
+    plait_lora_t l;
+    make_model(&m, s, 2000 + (uint64_t)s->C);
+    make_lora(&l, &m, s, 31);
+    int T = s->seq; /* the whole context */
+    int32_t *tok = malloc((size_t)T * sizeof(int32_t));
+    int *itok = malloc((size_t)T * sizeof(int));
+    double *lg = malloc((size_t)T * (size_t)s->V * sizeof(double));
+    double *p = malloc(l.n_params * sizeof(double));
+    ck_assert(tok && itok && lg && p);
+    make_tokens(tok, (size_t)T, s->V, 17);
+    for (int i = 0; i < T; i++) itok[i] = tok[i];
+    for (size_t i = 0; i < l.n_params; i++) p[i] = l.params[i];
+    ref_t r = {.m = &m, .l = &l, .p = p};
+    ref_forward_seq(&r, tok, T, lg);
+
+    plait_infer_config_t ic;
+    plait_infer_config_default(&ic);
+    ic.merge = merge;
+    ic.prefill_chunk = chunk;
+    plait_infer_t st;
+    plait_infer_init(&st);
+    ck_assert_msg(plait_infer_setup(&st, &m, &l, &ic) == 0, "%s", plait_errmsg());
+    for (int t = 0; t < T; t++) {
+        const float *z = NULL;
+        ck_assert_int_eq(plait_infer_forward(&st, itok[t], t, &z), 0);
+        const double *zr = lg + (size_t)t * (size_t)s->V;
+        double mx = 0.0, worst = 0.0;
+        for (int v = 0; v < s->V; v++)
+            if (fabs(zr[v]) > mx) mx = fabs(zr[v]);
+        for (int v = 0; v < s->V; v++) {
+            double e = fabs((double)z[v] - zr[v]);
+            if (e > worst) worst = e;
+        }
+        ck_assert_msg(worst <= LOGIT_RTOL * (1.0 + mx), "C%d V%d merge %d pos %d: logit off by %g (max %g)", s->C,
+                      s->V, merge, t, worst, mx);
+    }
+    /* Chunked prefill from position 0 and from a middle position. */
+    for (int pos0 = 0; pos0 < T; pos0 += (T > 2 ? T / 2 : 1)) {
+        const float *z = NULL;
+        if (pos0 > 0) ck_assert_int_eq(plait_infer_prefill(&st, itok, (size_t)pos0, 0, &z), 0);
+        ck_assert_int_eq(plait_infer_prefill(&st, itok + pos0, (size_t)(T - pos0), pos0, &z), 0);
+        const double *zr = lg + (size_t)(T - 1) * (size_t)s->V;
+        double mx = 0.0, worst = 0.0;
+        for (int v = 0; v < s->V; v++) {
+            if (fabs(zr[v]) > mx) mx = fabs(zr[v]);
+            if (fabs((double)z[v] - zr[v]) > worst) worst = fabs((double)z[v] - zr[v]);
+        }
+        ck_assert_msg(worst <= LOGIT_RTOL * (1.0 + mx), "prefill C%d pos0 %d: off by %g", s->C, pos0, worst);
+    }
+    /* A wrong position fails cleanly. */
+    ck_assert_int_eq(plait_infer_forward(&st, 0, T, NULL), PLAIT_ETOOBIG);
+    ck_assert_int_eq(plait_infer_forward(&st, s->V, 0, NULL), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_infer_forward(&st, -1, 0, NULL), PLAIT_EINVAL);
+    plait_infer_free(&st);
+    free(tok), free(itok), free(lg), free(p);
+    plait_lora_free(&l);
+    plait_model_free(&m);
+}
+
+START_TEST(test_shape_infer_unmerged)
+{
+    check_shape_infer(&SHAPES[_i], 0, 3);
+}
+END_TEST
+
+START_TEST(test_shape_infer_merged)
+{
+    check_shape_infer(&SHAPES[_i], 1, 1 + _i % 5);
+}
+END_TEST
+
+/* ----------------------------------------------------------- (c) AdamW */
+
+static void hand_adamw(double *p, double *mm, double *vv, const float *g, size_t n, double lr, double wd, double b1,
+                       double b2, double eps, double clip, int t)
+{
+    double ss = 0.0;
+    for (size_t i = 0; i < n; i++) ss += (double)g[i] * g[i];
+    double norm = sqrt(ss), coef = 1.0;
+    if (clip > 0.0 && norm > clip) coef = clip / (norm + 1e-6); /* torch clip_grad_norm_ */
+    for (size_t i = 0; i < n; i++) {
+        double gi = (double)g[i] * coef;
+        mm[i] = b1 * mm[i] + (1 - b1) * gi;
+        vv[i] = b2 * vv[i] + (1 - b2) * gi * gi;
+        double mh = mm[i] / (1 - pow(b1, t)), vh = vv[i] / (1 - pow(b2, t));
+        p[i] = p[i] * (1 - lr * wd) - lr * mh / (sqrt(vh) + eps);
+    }
+}
+
+START_TEST(test_shape_adamw)
+{
+    const shape_t *s = &SHAPES[_i];
+    plait_model_t m;
+    plait_lora_t l;
+    make_model(&m, s, 3000);
+    make_lora(&l, &m, s, 41);
+    plait_train_config_t tc = plait_train_config_default();
+    tc.B = s->B;
+    tc.T = s->T;
+    tc.threads = s->threads;
+    tc.lr = 1e-2;
+    tc.weight_decay = 0.1;
+    tc.grad_clip = 0.0;
+    tc.train_a = _i % 2 == 0;
+    plait_trainer_t *tr = NULL;
+    ck_assert_int_eq(plait_train_create(&tr, &m, &l, &tc), 0);
+    size_t ntok = (size_t)s->B * (size_t)(s->T + 1), goff = plait_train_grads_offset(tr),
+           ng = plait_train_grads_count(tr);
+    int32_t *tok = malloc(ntok * sizeof(int32_t));
+    double *p = malloc(l.n_params * sizeof(double)), *mm = calloc(ng, sizeof(double)), *vv = calloc(ng, sizeof(double));
+    float *g = malloc(ng * sizeof(float));
+    ck_assert(tok && p && mm && vv && g);
+    for (size_t i = 0; i < l.n_params; i++) p[i] = l.params[i];
+    for (int step = 1; step <= 2; step++) {
+        make_tokens(tok, ntok, s->V, (uint64_t)step * 13);
+        ck_assert_int_eq(plait_train_forward_backward(tr, tok, NULL), 0);
+        memcpy(g, plait_train_grads(tr), ng * sizeof(float));
+        double clip = 0.0; /* clipping: test_adamw_clipped */
+        hand_adamw(p + goff, mm, vv, g, ng, tc.lr, tc.weight_decay, tc.beta1, tc.beta2, tc.eps, clip, step);
+        ck_assert_int_eq(plait_train_step(tr), 0);
+        for (size_t i = 0; i < l.n_params; i++) {
+            double e = fabs((double)l.params[i] - p[i]);
+            ck_assert_msg(e <= ADAM_RTOL * tc.lr + 4 * FLT_EPSILON * fabs(p[i]),
+                          "step %d param %zu: %.9g vs %.9g", step, i, (double)l.params[i], p[i]);
+        }
+        /* Gradients are zeroed by the step. */
+        ck_assert_double_eq(plait_train_grad_norm(tr), 0.0);
+    }
+    plait_train_destroy(tr);
+    free(tok), free(p), free(mm), free(vv), free(g);
+    plait_lora_free(&l);
+    plait_model_free(&m);
+}
+END_TEST
+
+START_TEST(test_adamw_clipped)
+{
+    /* Clipping on: the clip threshold is a third of the gradient norm the
+     * first batch produces (measured with a throwaway trainer). */
+    const shape_t *s = &SHAPES[4];
+    plait_model_t m;
+    plait_lora_t l;
+    make_model(&m, s, 3100);
+    make_lora(&l, &m, s, 43);
+    size_t ntok = (size_t)s->B * (size_t)(s->T + 1);
+    int32_t *tok = malloc(ntok * sizeof(int32_t));
+    ck_assert(tok);
+    make_tokens(tok, ntok, s->V, 3);
+    plait_train_config_t tc = plait_train_config_default();
+    tc.B = s->B;
+    tc.T = s->T;
+    tc.lr = 1e-2;
+    plait_trainer_t *tr = NULL;
+    ck_assert_int_eq(plait_train_create(&tr, &m, &l, &tc), 0);
+    ck_assert_int_eq(plait_train_forward_backward(tr, tok, NULL), 0);
+    double norm = plait_train_grad_norm(tr);
+    plait_train_destroy(tr);
+    tc.grad_clip = norm / 3.0;
+    ck_assert_int_eq(plait_train_create(&tr, &m, &l, &tc), 0);
+    size_t ng = plait_train_grads_count(tr);
+    double *p = malloc(ng * sizeof(double)), *mm = calloc(ng, sizeof(double)), *vv = calloc(ng, sizeof(double));
+    float *g = malloc(ng * sizeof(float));
+    ck_assert(p && mm && vv && g);
+    for (size_t i = 0; i < ng; i++) p[i] = l.params[i];
+    ck_assert_int_eq(plait_train_forward_backward(tr, tok, NULL), 0);
+    memcpy(g, plait_train_grads(tr), ng * sizeof(float));
+    hand_adamw(p, mm, vv, g, ng, tc.lr, tc.weight_decay, tc.beta1, tc.beta2, tc.eps, tc.grad_clip, 1);
+    ck_assert_int_eq(plait_train_step(tr), 0);
+    ck_assert_msg(fabs(plait_train_last_grad_norm(tr) - norm) <= 1e-5 * norm, "pre-clip norm");
+    /* After clipping, m = 0.1 * g * coef, v = 0.001 (g coef)^2: the update
+     * of the first step is sign-like, so compare the second step too. */
+    make_tokens(tok, ntok, s->V, 4);
+    ck_assert_int_eq(plait_train_forward_backward(tr, tok, NULL), 0);
+    memcpy(g, plait_train_grads(tr), ng * sizeof(float));
+    hand_adamw(p, mm, vv, g, ng, tc.lr, tc.weight_decay, tc.beta1, tc.beta2, tc.eps, tc.grad_clip, 2);
+    ck_assert_int_eq(plait_train_step(tr), 0);
+    for (size_t i = 0; i < ng; i++)
+        ck_assert_msg(fabs((double)l.params[i] - p[i]) <= ADAM_RTOL * tc.lr + 4 * FLT_EPSILON * fabs(p[i]),
+                      "param %zu: %.9g vs %.9g", i, (double)l.params[i], p[i]);
+    plait_train_destroy(tr);
+    free(tok), free(p), free(mm), free(vv), free(g);
+    plait_lora_free(&l);
+    plait_model_free(&m);
+}
+END_TEST
+
+/* -------------------------------------------------------------- suite */
+
+Suite *review_suite(void)
+{
+    Suite *s = suite_create("review");
+    TCase *tc = tcase_create("shapes");
+    tcase_set_timeout(tc, 120);
+    tcase_add_loop_test(tc, test_shape_grad, 0, (int)N_SHAPES);
+    tcase_add_loop_test(tc, test_shape_grad_ffa, 0, 3);
+    tcase_add_test(tc, test_grad_perturbed_detected);
+    tcase_add_loop_test(tc, test_shape_infer_unmerged, 0, (int)N_SHAPES);
+    tcase_add_loop_test(tc, test_shape_infer_merged, 0, (int)N_SHAPES);
+    tcase_add_loop_test(tc, test_shape_adamw, 0, (int)N_SHAPES);
+    tcase_add_test(tc, test_adamw_clipped);
+    suite_add_tcase(s, tc);
+    return s;
+}
