@@ -678,6 +678,442 @@ START_TEST(test_adamw_clipped)
 }
 END_TEST
 
+
+/* ============================================================ hostile input */
+
+static char *scratch;
+
+static void hostile_setup(void)
+{
+    scratch = tu_tmpdir("review");
+    ck_assert_ptr_nonnull(scratch);
+}
+
+static void hostile_teardown(void)
+{
+    char cmd[1200];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", scratch);
+    if (system(cmd) != 0) fprintf(stderr, "cannot remove %s\n", scratch);
+    free(scratch);
+    scratch = NULL;
+}
+
+static void put_i32(uint8_t *b, int32_t v)
+{
+    uint32_t u = (uint32_t)v;
+    b[0] = (uint8_t)u, b[1] = (uint8_t)(u >> 8), b[2] = (uint8_t)(u >> 16), b[3] = (uint8_t)(u >> 24);
+}
+
+/* Write a header (7 fields) followed by extra zero bytes; load it. */
+static int load_header(const int32_t h[7], size_t extra, plait_model_t *m)
+{
+    size_t n = 28 + extra;
+    uint8_t *buf = calloc(1, n);
+    ck_assert_ptr_nonnull(buf);
+    for (int i = 0; i < 7; i++) put_i32(buf + 4 * i, h[i]);
+    char *path = tu_path(scratch, "model.bin");
+    ck_assert_int_eq(tu_write_file(path, buf, n), 0);
+    plait_model_init(m);
+    int rc = plait_model_load(m, path);
+    free(path);
+    free(buf);
+    return rc;
+}
+
+/* Floats a valid file of this header holds after the 28-byte header. */
+static size_t file_floats(const int32_t h[7])
+{
+    size_t C = (size_t)h[0], H = (size_t)h[1], L = (size_t)h[2], NH = (size_t)h[3], NKV = (size_t)h[4];
+    size_t V = (size_t)(h[5] < 0 ? -h[5] : h[5]), S = (size_t)h[6], HS = C / NH, KV = NKV * HS;
+    size_t n = V * C + L * C + L * C * C * 2 + 2 * L * KV * C + L * C + 3 * L * H * C + C + S * HS;
+    if (h[5] < 0) n += V * C;
+    return n;
+}
+
+START_TEST(test_model_header_hostile)
+{
+    plait_model_t m;
+    static const int32_t bad[][7] = {
+        {16, 32, 1, 2, 4, 300, 8},                /* n_kv_heads > n_heads */
+        {16, 32, 1, 4, 3, 300, 8},                /* n_heads not a multiple of n_kv_heads */
+        {10, 32, 1, 4, 4, 300, 8},                /* dim not divisible by n_heads */
+        {12, 32, 1, 4, 4, 300, 8},                /* head size 3: odd */
+        {16, 32, 1, 2, 2, INT32_MIN, 8},          /* vocab INT32_MIN */
+        {16, 32, 1, 2, 2, 0, 8},                  /* vocab 0 */
+        {16, 32, 1, 2, 2, 300, 0},                /* seq_len 0 */
+        {16, 32, 0, 2, 2, 300, 8},                /* no layers */
+        {16, 0, 1, 2, 2, 300, 8},                 /* no hidden */
+        {-16, 32, 1, 2, 2, 300, 8},               /* negative dim */
+        {INT32_MAX, 32, 1, 2, 2, 300, 8},         /* huge dim */
+        {16, 32, 1, 0, 0, 300, 8},                /* no heads */
+        {16, 32, 1, 2, 0, 300, 8},                /* no kv heads */
+        {16384, 65536, 256, 1024, 1024, -1048576, 1048576}, /* every limit at once: size mismatch */
+        {16384, 65536, 256, 2, 1, 1048576, 1048576},
+        {16, 32, 1, 2, 2, 300, INT32_MAX},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        int rc = load_header(bad[i], 64, &m);
+        ck_assert_msg(rc == PLAIT_EPROTO, "header %zu: rc %d (%s)", i, rc, plait_errmsg());
+        ck_assert_ptr_null(m.map);
+        plait_model_free(&m);
+    }
+    /* A valid header with one float too few or too many. */
+    static const int32_t ok[7] = {16, 37, 1, 2, 1, -300, 1};
+    size_t nf = file_floats(ok);
+    ck_assert_int_eq(load_header(ok, nf * 4 - 4, &m), PLAIT_EPROTO);
+    ck_assert_int_eq(load_header(ok, nf * 4 + 4, &m), PLAIT_EPROTO);
+    ck_assert_int_eq(load_header(ok, nf * 4 + 1, &m), PLAIT_EPROTO);
+    /* Exactly right: seq_len 1 loads, trains at T = 1, refuses T = 2, and
+     * inference refuses position 1. */
+    ck_assert_msg(load_header(ok, nf * 4, &m) == 0, "%s", plait_errmsg());
+    ck_assert_int_eq(m.cfg.seq_len, 1);
+    ck_assert_int_eq(m.cfg.shared, 0);
+    plait_lora_t l;
+    plait_lora_config_t lc;
+    plait_lora_config_default(&lc);
+    plait_lora_init(&l);
+    ck_assert_int_eq(plait_lora_setup(&l, &m.cfg, &lc), 0);
+    plait_train_config_t tc = plait_train_config_default();
+    tc.B = 2;
+    tc.T = 2;
+    plait_trainer_t *tr = NULL;
+    ck_assert_int_eq(plait_train_create(&tr, &m, &l, &tc), PLAIT_EINVAL);
+    ck_assert_ptr_null(tr);
+    tc.T = 1;
+    ck_assert_int_eq(plait_train_create(&tr, &m, &l, &tc), 0);
+    int32_t tok[4] = {1, 2, 299, 0};
+    float loss = 0;
+    ck_assert_int_eq(plait_train_forward_backward(tr, tok, &loss), 0);
+    ck_assert(isfinite(loss) && loss > 0);
+    ck_assert_int_eq(plait_train_step(tr), 0);
+    plait_train_destroy(tr);
+    plait_infer_t st;
+    plait_infer_init(&st);
+    ck_assert_int_eq(plait_infer_setup(&st, &m, &l, NULL), 0);
+    ck_assert_int_eq(plait_infer_forward(&st, 1, 0, NULL), 0);
+    ck_assert_int_eq(plait_infer_forward(&st, 1, 1, NULL), PLAIT_ETOOBIG);
+    ck_assert_int_eq(plait_infer_forward(&st, 1, -1, NULL), PLAIT_ETOOBIG);
+    plait_infer_free(&st);
+    plait_infer_config_t ic;
+    plait_infer_config_default(&ic);
+    ic.max_ctx = 2;
+    plait_infer_init(&st);
+    ck_assert_int_eq(plait_infer_setup(&st, &m, &l, &ic), PLAIT_EINVAL);
+    ic.max_ctx = -1;
+    ck_assert_int_eq(plait_infer_setup(&st, &m, &l, &ic), PLAIT_EINVAL);
+    ic.max_ctx = 0;
+    ic.prefill_chunk = 0;
+    ck_assert_int_eq(plait_infer_setup(&st, &m, &l, &ic), PLAIT_EINVAL);
+    plait_infer_free(&st);
+    plait_lora_free(&l);
+    plait_model_free(&m);
+}
+END_TEST
+
+START_TEST(test_random_model_limits)
+{
+    /* init_random refuses the same headers, and refuses to allocate absurd
+     * sizes with an error rather than a crash. */
+    plait_model_config_t c = {.dim = 16, .hidden_dim = 32, .n_layers = 1, .n_heads = 2, .n_kv_heads = 4,
+                              .vocab_size = 300, .seq_len = 8};
+    plait_model_t m;
+    plait_model_init(&m);
+    ck_assert_int_eq(plait_model_init_random(&m, &c, 1), PLAIT_EPROTO);
+    c.n_kv_heads = 2;
+    c.dim = 14; /* head size 7 */
+    ck_assert_int_eq(plait_model_init_random(&m, &c, 1), PLAIT_EPROTO);
+    c.dim = 16;
+    c.seq_len = PLAIT_MODEL_MAX_SEQ + 1;
+    ck_assert_int_eq(plait_model_init_random(&m, &c, 1), PLAIT_EPROTO);
+    plait_model_free(&m);
+}
+END_TEST
+
+/* -------------------------------------------------------- tokens, trainer */
+
+START_TEST(test_tokens_out_of_range)
+{
+    const shape_t *s = &SHAPES[1]; /* V 300, B 3, T 17 */
+    plait_model_t m;
+    plait_lora_t l;
+    make_model(&m, s, 5);
+    make_lora(&l, &m, s, 5);
+    plait_train_config_t tc = plait_train_config_default();
+    tc.B = s->B;
+    tc.T = s->T;
+    plait_trainer_t *tr = NULL;
+    ck_assert_int_eq(plait_train_create(&tr, &m, &l, &tc), 0);
+    size_t n = (size_t)s->B * (size_t)(s->T + 1);
+    int32_t *tok = calloc(n, sizeof(int32_t));
+    ck_assert_ptr_nonnull(tok);
+    static const int32_t badv[] = {-1, 300, INT32_MAX, INT32_MIN, 301};
+    for (size_t k = 0; k < sizeof(badv) / sizeof(badv[0]); k++) {
+        for (size_t pos = 0; pos < n; pos += n - 1) { /* first id and the last target */
+            memset(tok, 0, n * sizeof(int32_t));
+            tok[pos] = badv[k];
+            float loss = 123.0f;
+            ck_assert_int_eq(plait_train_forward_backward(tr, tok, &loss), PLAIT_EINVAL);
+            ck_assert_int_eq(plait_train_eval_loss(tr, tok, (size_t)s->B, &loss), PLAIT_EINVAL);
+            ck_assert_double_eq(plait_train_grad_norm(tr), 0.0);
+        }
+    }
+    /* No micro-batch was counted: a step now is refused, a valid one works. */
+    ck_assert_int_eq(plait_train_step(tr), PLAIT_EINVAL);
+    memset(tok, 0, n * sizeof(int32_t));
+    float loss;
+    ck_assert_int_eq(plait_train_eval_loss(tr, tok, 0, &loss), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_train_forward_backward(tr, tok, &loss), 0);
+    ck_assert_int_eq(plait_train_forward_backward(tr, tok, &loss), PLAIT_EINVAL); /* accum 1 */
+    ck_assert_int_eq(plait_train_step(tr), 0);
+    /* More eval rows than B are evaluated in chunks. */
+    int32_t *rows = calloc(7 * (size_t)(s->T + 1), sizeof(int32_t));
+    ck_assert_ptr_nonnull(rows);
+    make_tokens(rows, 7 * (size_t)(s->T + 1), s->V, 8);
+    float l7, l1 = 0.0f, lsum = 0.0f;
+    ck_assert_int_eq(plait_train_eval_loss(tr, rows, 7, &l7), 0);
+    for (int r = 0; r < 7; r++) {
+        ck_assert_int_eq(plait_train_eval_loss(tr, rows + (size_t)r * (size_t)(s->T + 1), 1, &l1), 0);
+        lsum += l1;
+    }
+    ck_assert_msg(fabs((double)l7 - (double)lsum / 7.0) <= LOSS_RTOL * fabs((double)l7), "eval chunks %g vs %g",
+                  (double)l7, (double)lsum / 7.0);
+    free(rows);
+    free(tok);
+    plait_train_destroy(tr);
+    /* Trainer configs at and beyond the limits. */
+    tc.T = s->seq + 1;
+    ck_assert_int_eq(plait_train_create(&tr, &m, &l, &tc), PLAIT_EINVAL);
+    tc.T = 0;
+    ck_assert_int_eq(plait_train_create(&tr, &m, &l, &tc), PLAIT_EINVAL);
+    tc.T = s->T;
+    tc.threads = 257;
+    ck_assert_int_eq(plait_train_create(&tr, &m, &l, &tc), PLAIT_EINVAL);
+    tc.threads = 1;
+    tc.B = 0;
+    ck_assert_int_eq(plait_train_create(&tr, &m, &l, &tc), PLAIT_EINVAL);
+    tc.B = INT32_MAX;
+    ck_assert_int_eq(plait_train_create(&tr, &m, &l, &tc), PLAIT_EINVAL);
+    tc.B = 1;
+    tc.lr = NAN;
+    ck_assert_int_eq(plait_train_create(&tr, &m, &l, &tc), PLAIT_EINVAL);
+    ck_assert_ptr_null(tr);
+    plait_lora_free(&l);
+    plait_model_free(&m);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- adapters */
+
+#include "plait/adapter.h"
+
+/* An adapter image built from parts: tensors named for (layer, proj, is_b)
+ * with the given rows/cols, metadata as given. */
+typedef struct {
+    const char *rank, *alpha, *targets, *sha, *format;
+} meta_t;
+
+static int load_crafted(const plait_model_t *m, const meta_t *mt, const plait_st_out_t *t, size_t nt,
+                        plait_lora_t *out)
+{
+    plait_st_meta_t meta[5];
+    size_t nm = 0;
+    if (mt->format) meta[nm++] = (plait_st_meta_t){"format", (char *)mt->format};
+    if (mt->rank) meta[nm++] = (plait_st_meta_t){"rank", (char *)mt->rank};
+    if (mt->alpha) meta[nm++] = (plait_st_meta_t){"alpha", (char *)mt->alpha};
+    if (mt->targets) meta[nm++] = (plait_st_meta_t){"targets", (char *)mt->targets};
+    if (mt->sha) meta[nm++] = (plait_st_meta_t){"base_sha256", (char *)mt->sha};
+    uint8_t *img = NULL;
+    size_t len = 0;
+    ck_assert_int_eq(plait_safetensors_write_mem(t, nt, meta, nm, &img, &len), 0);
+    int rc = plait_adapter_load_mem(out, img, len, m, 0);
+    free(img);
+    return rc;
+}
+
+#define ZERO64 "0000000000000000000000000000000000000000000000000000000000000000"
+
+START_TEST(test_adapter_lying_metadata)
+{
+    /* Model C 12, H 37, 1 layer; adapter on wq: A (R, 12), B (12, R). */
+    shape_t s = {12, 37, 1, 2, 1, 300, 8, 1, 2, 4.0f, TGT(PLAIT_WQ), 1, 2, 1};
+    plait_model_t m;
+    make_model(&m, &s, 9);
+    float data[12 * 16];
+    for (size_t i = 0; i < sizeof(data) / sizeof(data[0]); i++) data[i] = 0.01f * (float)i;
+    plait_st_out_t good[2] = {{"layers.0.wq.lora_A", 2, {2, 12}, data}, {"layers.0.wq.lora_B", 2, {12, 2}, data}};
+    meta_t mt = {"2", "4", "wq", ZERO64, "plait-lora"};
+    plait_lora_t l;
+    plait_lora_init(&l);
+    ck_assert_msg(load_crafted(&m, &mt, good, 2, &l) == 0, "%s", plait_errmsg());
+    ck_assert_int_eq(l.cfg.rank, 2);
+    ck_assert(l.scaling == 2.0f);
+    plait_lora_free(&l);
+
+    /* Each lie must be refused with EPROTO (or EMISMATCH for another base). */
+    static const struct {
+        meta_t mt;
+        int want;
+    } lies[] = {
+        {{"3", "4", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},    /* rank lies about the shapes */
+        {{"1", "4", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},
+        {{"0", "4", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},
+        {{"-2", "4", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},
+        {{"99999999999999999999", "4", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},
+        {{"2x", "4", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},
+        {{"", "4", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},
+        {{"2", "nan", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},   /* alpha */
+        {{"2", "-4", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},
+        {{"2", "0", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},
+        {{"2", "inf", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},
+        {{"2", "1e300", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},
+        {{"2", "1e39", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},  /* finite double, inf as float */
+        {{"2", "", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},
+        {{"2", "4", "wq,wk", ZERO64, "plait-lora"}, PLAIT_EPROTO}, /* targets: wk tensors missing */
+        {{"2", "4", "wk", ZERO64, "plait-lora"}, PLAIT_EPROTO},    /* wq tensors unexpected */
+        {{"2", "4", "", ZERO64, "plait-lora"}, PLAIT_EPROTO},
+        {{"2", "4", "wq,zz", ZERO64, "plait-lora"}, PLAIT_EPROTO},
+        {{"2", "4", "wq", "00", "plait-lora"}, PLAIT_EPROTO},      /* base_sha256 malformed */
+        {{"2", "4", "wq", ZERO64 "0", "plait-lora"}, PLAIT_EPROTO},
+        {{"2", "4", "wq", "g000000000000000000000000000000000000000000000000000000000000000", "plait-lora"},
+         PLAIT_EPROTO},
+        {{"2", "4", "wq", "", "plait-lora"}, PLAIT_EPROTO},
+        {{"2", "4", "wq", "1000000000000000000000000000000000000000000000000000000000000000", "plait-lora"},
+         PLAIT_EMISMATCH},
+        {{"2", "4", "wq", ZERO64, "other"}, PLAIT_EPROTO},
+        {{NULL, "4", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},   /* missing fields */
+        {{"2", NULL, "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},
+        {{"2", "4", NULL, ZERO64, "plait-lora"}, PLAIT_EPROTO},
+        {{"2", "4", "wq", NULL, "plait-lora"}, PLAIT_EPROTO},
+        {{"2", "4", "wq", ZERO64, NULL}, PLAIT_EPROTO},
+    };
+    for (size_t i = 0; i < sizeof(lies) / sizeof(lies[0]); i++) {
+        plait_lora_init(&l);
+        int rc = load_crafted(&m, &lies[i].mt, good, 2, &l);
+        ck_assert_msg(rc == lies[i].want, "lie %zu: rc %d, want %d (%s)", i, rc, lies[i].want, plait_errmsg());
+        ck_assert_ptr_null(l.params);
+        plait_lora_free(&l);
+    }
+    /* Tensors that lie: wrong shapes, transposed, extra, missing, a layer
+     * out of range, non-canonical names, non-finite values. */
+    float nanv[24];
+    for (int i = 0; i < 24; i++) nanv[i] = i == 5 ? NAN : 0.0f;
+    const plait_st_out_t bad_sets[][3] = {
+        {{"layers.0.wq.lora_A", 2, {12, 2}, data}, {"layers.0.wq.lora_B", 2, {12, 2}, data}},
+        {{"layers.0.wq.lora_A", 2, {2, 12}, data}, {"layers.0.wq.lora_B", 2, {2, 12}, data}},
+        {{"layers.0.wq.lora_A", 1, {24}, data}, {"layers.0.wq.lora_B", 2, {12, 2}, data}},
+        {{"layers.0.wq.lora_A", 3, {1, 2, 12}, data}, {"layers.0.wq.lora_B", 2, {12, 2}, data}},
+        {{"layers.0.wq.lora_A", 2, {2, 12}, data}},
+        {{"layers.0.wq.lora_A", 2, {2, 12}, data}, {"layers.0.wq.lora_B", 2, {12, 2}, data},
+         {"layers.1.wq.lora_A", 2, {2, 12}, data}},
+        {{"layers.0.wq.lora_A", 2, {2, 12}, data}, {"layers.0.wq.lora_B", 2, {12, 2}, data},
+         {"extra", 1, {1}, data}},
+        {{"layers.00.wq.lora_A", 2, {2, 12}, data}, {"layers.0.wq.lora_B", 2, {12, 2}, data}},
+        {{"layers.0.wq.lora_A", 2, {2, 12}, data}, {"layers.0.wq.lora_B", 2, {12, 2}, data},
+         {"layers.99999999999999999999.wq.lora_A", 2, {2, 12}, data}},
+        {{"layers.0.wq.lora_A", 2, {2, 12}, data}, {"layers.0.wq.lora_B", 2, {12, 2}, nanv}},
+        {{"layers.0.wq.lora_A", 2, {2, 12}, data}, {"layers.0.wq.lora_B", 2, {12, 2}, data},
+         {"layers.-1.wq.lora_A", 2, {2, 12}, data}},
+        {{"layers.0.wq.lora_A", 2, {2, 12}, data}, {"layers.0.wq.lora_b", 2, {12, 2}, data}},
+    };
+    const size_t nset[] = {2, 2, 2, 2, 1, 3, 3, 2, 3, 2, 3, 2};
+    for (size_t i = 0; i < sizeof(nset) / sizeof(nset[0]); i++) {
+        plait_lora_init(&l);
+        int rc = load_crafted(&m, &mt, bad_sets[i], nset[i], &l);
+        ck_assert_msg(rc == PLAIT_EPROTO, "tensor set %zu: rc %d (%s)", i, rc, plait_errmsg());
+        ck_assert_ptr_null(l.params);
+        plait_lora_free(&l);
+    }
+    plait_model_free(&m);
+}
+END_TEST
+
+/* A hand-written safetensors image (header JSON given) with data bytes. */
+static int load_raw(const plait_model_t *m, const char *json, size_t data_len)
+{
+    size_t hl = strlen(json), len = 8 + hl + data_len;
+    uint8_t *img = calloc(1, len);
+    ck_assert_ptr_nonnull(img);
+    for (int i = 0; i < 8; i++) img[i] = (uint8_t)((uint64_t)hl >> (8 * i));
+    memcpy(img + 8, json, hl);
+    plait_lora_t l;
+    plait_lora_init(&l);
+    int rc = plait_adapter_load_mem(&l, img, len, m, 0);
+    plait_lora_free(&l);
+    free(img);
+    return rc;
+}
+
+#define META_OK "\"__metadata__\":{\"format\":\"plait-lora\",\"rank\":\"1\",\"alpha\":\"1\",\"targets\":\"wq\",\"base_sha256\":\"" ZERO64 "\"}"
+
+START_TEST(test_adapter_raw_hostile)
+{
+    shape_t s = {12, 37, 1, 2, 1, 300, 8, 1, 1, 1.0f, TGT(PLAIT_WQ), 1, 2, 1};
+    plait_model_t m;
+    make_model(&m, &s, 9);
+    const char *A = "\"layers.0.wq.lora_A\":{\"dtype\":\"F32\",\"shape\":[1,12],\"data_offsets\":[0,48]}";
+    const char *Bt = "\"layers.0.wq.lora_B\":{\"dtype\":\"F32\",\"shape\":[12,1],\"data_offsets\":[48,96]}";
+    char json[2048];
+    snprintf(json, sizeof(json), "{%s,%s,%s}", A, Bt, META_OK);
+    ck_assert_msg(load_raw(&m, json, 96) == 0, "%s", plait_errmsg());
+    /* Duplicate tensor (same name twice, different ranges). */
+    snprintf(json, sizeof(json), "{%s,%s,%s,%s}", A, Bt,
+             "\"layers.0.wq.lora_A\":{\"dtype\":\"F32\",\"shape\":[1,12],\"data_offsets\":[96,144]}", META_OK);
+    ck_assert_int_eq(load_raw(&m, json, 144), PLAIT_EPROTO);
+    /* Duplicate metadata key. */
+    snprintf(json, sizeof(json), "{%s,%s,%s,\"__metadata__\":{\"rank\":\"2\"}}", A, Bt, META_OK);
+    ck_assert_int_eq(load_raw(&m, json, 96), PLAIT_EPROTO);
+    /* A name with an embedded NUL that equals a canonical name up to it. */
+    snprintf(json, sizeof(json),
+             "{\"layers.0.wq.lora_A\\u0000x\":{\"dtype\":\"F32\",\"shape\":[1,12],\"data_offsets\":[0,48]},%s,%s}",
+             Bt, META_OK);
+    ck_assert_int_eq(load_raw(&m, json, 96), PLAIT_EPROTO);
+    /* A metadata key with an embedded NUL that shadows "rank". */
+    snprintf(json, sizeof(json), "{%s,%s,\"__metadata__\":{\"rank\\u0000\":\"7\",\"format\":\"plait-lora\","
+             "\"rank\":\"1\",\"alpha\":\"1\",\"targets\":\"wq\",\"base_sha256\":\"" ZERO64 "\"}}", A, Bt);
+    int rc = load_raw(&m, json, 96);
+    ck_assert_msg(rc == PLAIT_EPROTO || rc == 0, "rc %d", rc);
+    /* Overlapping, out-of-range, huge and negative offsets; a hole; bad dtype. */
+    const char *bad[] = {
+        "{\"layers.0.wq.lora_A\":{\"dtype\":\"F32\",\"shape\":[1,12],\"data_offsets\":[0,48]},"
+        "\"layers.0.wq.lora_B\":{\"dtype\":\"F32\",\"shape\":[12,1],\"data_offsets\":[40,88]}," META_OK "}",
+        "{\"layers.0.wq.lora_A\":{\"dtype\":\"F32\",\"shape\":[1,12],\"data_offsets\":[0,48]},"
+        "\"layers.0.wq.lora_B\":{\"dtype\":\"F32\",\"shape\":[12,1],\"data_offsets\":[48,18446744073709551615]}," META_OK "}",
+        "{\"layers.0.wq.lora_A\":{\"dtype\":\"F32\",\"shape\":[1,12],\"data_offsets\":[0,48]},"
+        "\"layers.0.wq.lora_B\":{\"dtype\":\"F32\",\"shape\":[12,1],\"data_offsets\":[-48,0]}," META_OK "}",
+        "{\"layers.0.wq.lora_A\":{\"dtype\":\"F32\",\"shape\":[1,12],\"data_offsets\":[0,48]},"
+        "\"layers.0.wq.lora_B\":{\"dtype\":\"F32\",\"shape\":[4611686018427387904,4],\"data_offsets\":[48,96]}," META_OK "}",
+        "{\"layers.0.wq.lora_A\":{\"dtype\":\"F32\",\"shape\":[1,12],\"data_offsets\":[0,48]},"
+        "\"layers.0.wq.lora_B\":{\"dtype\":\"F16\",\"shape\":[12,1],\"data_offsets\":[48,96]}," META_OK "}",
+        "{\"layers.0.wq.lora_A\":{\"dtype\":\"F32\",\"shape\":[1,12],\"data_offsets\":[0,48]},"
+        "\"layers.0.wq.lora_B\":{\"dtype\":\"F32\",\"shape\":[12,1.5],\"data_offsets\":[48,96]}," META_OK "}",
+        "{\"layers.0.wq.lora_A\":{\"dtype\":\"F32\",\"shape\":[1,12],\"data_offsets\":[0,48]},"
+        "\"layers.0.wq.lora_B\":{\"dtype\":\"F32\",\"shape\":\"12\",\"data_offsets\":[48,96]}," META_OK "}",
+        "{\"layers.0.wq.lora_A\":{\"dtype\":\"F32\",\"shape\":[1,12],\"data_offsets\":[0,48]},"
+        "\"layers.0.wq.lora_B\":{\"dtype\":\"F32\",\"shape\":[12,1],\"data_offsets\":[52,100]}," META_OK "}",
+        "{\"layers.0.wq.lora_A\":{\"dtype\":\"F32\",\"shape\":[1,12],\"data_offsets\":[0,48]},"
+        "\"layers.0.wq.lora_B\":{\"dtype\":\"F32\",\"shape\":[12,1],\"data_offsets\":[48,96]},\"__metadata__\":{\"rank\":1}}",
+        "[]",
+        "",
+        "{\"__metadata__\":{\"format\":\"plait-lora\"}}",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        rc = load_raw(&m, bad[i], 100);
+        ck_assert_msg(rc == PLAIT_EPROTO || rc == PLAIT_ETOOBIG, "raw %zu: rc %d (%s)", i, rc, plait_errmsg());
+    }
+    /* Header length that lies (bigger than the file, and 2^64 - 1). */
+    uint8_t img[16] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, '{', '}'};
+    plait_lora_t l;
+    plait_lora_init(&l);
+    rc = plait_adapter_load_mem(&l, img, sizeof(img), &m, 0);
+    ck_assert(rc == PLAIT_EPROTO || rc == PLAIT_ETOOBIG);
+    img[7] = 0, img[6] = 0, img[5] = 0, img[4] = 0, img[3] = 0, img[2] = 0, img[1] = 0, img[0] = 9;
+    ck_assert_int_eq(plait_adapter_load_mem(&l, img, sizeof(img), &m, 0), PLAIT_EPROTO);
+    ck_assert_int_eq(plait_adapter_load_mem(&l, img, 7, &m, 0), PLAIT_EPROTO);
+    ck_assert_int_eq(plait_adapter_load_mem(&l, NULL, 0, &m, 0), PLAIT_EPROTO);
+    plait_model_free(&m);
+}
+END_TEST
+
 /* -------------------------------------------------------------- suite */
 
 Suite *review_suite(void)
@@ -693,5 +1129,14 @@ Suite *review_suite(void)
     tcase_add_loop_test(tc, test_shape_adamw, 0, (int)N_SHAPES);
     tcase_add_test(tc, test_adamw_clipped);
     suite_add_tcase(s, tc);
+    TCase *th = tcase_create("hostile");
+    tcase_add_checked_fixture(th, hostile_setup, hostile_teardown);
+    tcase_set_timeout(th, 60);
+    tcase_add_test(th, test_model_header_hostile);
+    tcase_add_test(th, test_random_model_limits);
+    tcase_add_test(th, test_tokens_out_of_range);
+    tcase_add_test(th, test_adapter_lying_metadata);
+    tcase_add_test(th, test_adapter_raw_hostile);
+    suite_add_tcase(s, th);
     return s;
 }
