@@ -1114,6 +1114,248 @@ START_TEST(test_adapter_raw_hostile)
 }
 END_TEST
 
+/* ------------------------------------------- non-finite results are errors */
+
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include "plait/data.h"
+#include "plait/tok.h"
+
+/* An adapter for m whose every value is v: with v = 1e20 the LoRA term
+ * (x·Aᵀ)·Bᵀ overflows float32 (1e40), so every logit is inf or NaN. */
+static void huge_lora(plait_lora_t *l, const plait_model_t *m, float v)
+{
+    plait_lora_config_t lc;
+    plait_lora_config_default(&lc);
+    plait_lora_init(l);
+    ck_assert_int_eq(plait_lora_setup(l, &m->cfg, &lc), 0);
+    for (size_t i = 0; i < l->n_params; i++) l->params[i] = v;
+}
+
+START_TEST(test_save_refuses_nonfinite)
+{
+    /* An adapter the loader would refuse must not be written (the trainer
+     * can produce one when it diverges). */
+    shape_t s = {12, 37, 1, 2, 1, 300, 8, 1, 2, 4.0f, TGT(PLAIT_WQ), 1, 2, 1};
+    plait_model_t m;
+    plait_lora_t l;
+    make_model(&m, &s, 9);
+    make_lora(&l, &m, &s, 1);
+    uint8_t sha[32] = {0}, *img = NULL;
+    size_t len = 0;
+    ck_assert_int_eq(plait_adapter_save_mem(&l, sha, &img, &len), 0);
+    free(img);
+    img = NULL;
+    static const float bad[] = {NAN, INFINITY, -INFINITY};
+    for (size_t k = 0; k < 3; k++) {
+        float keep = l.params[l.n_params / 2];
+        l.params[l.n_params / 2] = bad[k];
+        int rc = plait_adapter_save_mem(&l, sha, &img, &len);
+        ck_assert_msg(rc == PLAIT_EINVAL, "non-finite adapter saved (rc %d)", rc);
+        ck_assert_ptr_null(img);
+        l.params[l.n_params / 2] = keep;
+    }
+    plait_lora_free(&l);
+    plait_model_free(&m);
+}
+END_TEST
+
+START_TEST(test_eval_nonfinite_is_error)
+{
+    shape_t s = {16, 37, 1, 2, 1, 300, 16, 1, 8, 16.0f, TGT(PLAIT_WQ) | TGT(PLAIT_WV), 2, 8, 1};
+    plait_model_t m;
+    plait_lora_t l;
+    make_model(&m, &s, 9);
+    huge_lora(&l, &m, 1e20f);
+    plait_train_config_t tc = plait_train_config_default();
+    tc.B = 2;
+    tc.T = 8;
+    plait_trainer_t *tr = NULL;
+    ck_assert_int_eq(plait_train_create(&tr, &m, &l, &tc), 0);
+    plait_corpus_t c;
+    plait_corpus_init(&c);
+    c.n = c.cap = 100;
+    c.tokens = calloc(c.cap, sizeof(int32_t));
+    ck_assert_ptr_nonnull(c.tokens);
+    make_tokens(c.tokens, c.n, s.V, 2);
+    double loss = 0.0;
+    int rc = plait_corpus_eval(&c, tr, tc.T, 0, &loss, NULL);
+    ck_assert_msg(rc == PLAIT_EPROTO, "eval of an overflowing adapter: rc %d, loss %g", rc, loss);
+    plait_corpus_free(&c);
+    plait_train_destroy(tr);
+    plait_lora_free(&l);
+    plait_model_free(&m);
+}
+END_TEST
+
+static int count_piece(void *ctx, const char *piece, size_t len)
+{
+    (void)piece;
+    *(size_t *)ctx += len;
+    return 0;
+}
+
+START_TEST(test_generate_nonfinite_is_error)
+{
+    plait_model_t m;
+    plait_tok_t tok;
+    plait_model_init(&m);
+    plait_tok_init(&tok);
+    char *mp = tu_path(tu_assets_dir(), "stories260K.bin"), *tp = tu_path(tu_assets_dir(), "tok512.bin");
+    ck_assert_int_eq(plait_model_load(&m, mp), 0);
+    ck_assert_int_eq(plait_tok_load(&tok, tp, m.cfg.vocab_size), 0);
+    plait_lora_t l;
+    huge_lora(&l, &m, 1e20f);
+    for (int merge = 0; merge < 2; merge++) {
+        plait_infer_config_t ic;
+        plait_infer_config_default(&ic);
+        ic.merge = merge;
+        plait_infer_t st;
+        plait_infer_init(&st);
+        ck_assert_int_eq(plait_infer_setup(&st, &m, &l, &ic), 0);
+        plait_gen_config_t g;
+        plait_gen_config_default(&g);
+        g.steps = 8;
+        for (int greedy = 0; greedy < 2; greedy++) {
+            g.temperature = greedy ? 0.0f : 1.0f;
+            size_t emitted = 0;
+            int rc = plait_generate(&st, &tok, "Once", &g, count_piece, &emitted, NULL);
+            ck_assert_msg(rc == PLAIT_EPROTO, "merge %d greedy %d: generate on NaN logits returned %d", merge,
+                          greedy, rc);
+        }
+        plait_infer_free(&st);
+    }
+    plait_lora_free(&l);
+    plait_tok_free(&tok);
+    plait_model_free(&m);
+    free(mp);
+    free(tp);
+}
+END_TEST
+
+/* Run plait-agent with args; returns the exit status (128 on a signal). */
+static int agent(char *out, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+#include <stdarg.h>
+static int agent(char *out, size_t cap, const char *fmt, ...)
+{
+    char args[4096], cmd[8192], log[1200];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof(args), fmt, ap);
+    va_end(ap);
+    snprintf(log, sizeof(log), "%s/out.txt", scratch);
+    snprintf(cmd, sizeof(cmd), "PLAIT_ASSETS='%s' timeout 60 '%s/client/plait-agent' %s >'%s' 2>&1", tu_assets_dir(),
+             PLAIT_BINARY_DIR, args, log);
+    int st = system(cmd);
+    size_t n = 0;
+    uint8_t *b = tu_read_file(log, &n);
+    if (out && cap) snprintf(out, cap, "%s", b ? (char *)b : "");
+    free(b);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+START_TEST(test_cli_nonfinite_train)
+{
+    /* train from an adapter that overflows: must fail and write nothing
+     * (before: NaN loss printed, exit 0, and an adapter written that the
+     * agent itself refuses to load). eval must fail too (before: "loss nan",
+     * and --json printed nan, which is not JSON). */
+    plait_model_t m;
+    plait_model_init(&m);
+    char *mp = tu_path(tu_assets_dir(), "stories260K.bin");
+    ck_assert_int_eq(plait_model_load(&m, mp), 0);
+    plait_lora_t l;
+    huge_lora(&l, &m, 1e20f);
+    char *ad = tu_path(scratch, "huge.safetensors"), *outp = tu_path(scratch, "out.safetensors"),
+         *txt = tu_path(scratch, "t.txt");
+    ck_assert_int_eq(plait_adapter_save(ad, &l, m.sha256), 0);
+    static const char text[] = "Once upon a time there was a little girl. She liked to play in the park with her dog.\n";
+    ck_assert_int_eq(tu_write_file(txt, text, sizeof(text) - 1), 0);
+    char out[4096];
+    int rc = agent(out, sizeof(out), "train --text '%s' --init-adapter '%s' --out '%s' --steps 2 --seq 8 --batch 2",
+                   txt, ad, outp);
+    ck_assert_msg(rc == 1, "train exit %d: %s", rc, out);
+    ck_assert_msg(strstr(out, "non-finite") != NULL, "no clear message: %s", out);
+    struct stat sb;
+    ck_assert_msg(stat(outp, &sb) != 0, "an adapter was written");
+    rc = agent(out, sizeof(out), "eval --text '%s' --adapter '%s' --seq 8 --json", txt, ad);
+    ck_assert_msg(rc == 1, "eval exit %d: %s", rc, out);
+    ck_assert_msg(strstr(out, "nan") == NULL, "eval printed nan: %s", out);
+    rc = agent(out, sizeof(out), "generate --adapter '%s' --steps 8 --temperature 0", ad);
+    ck_assert_msg(rc == 1, "generate exit %d: %s", rc, out);
+    free(ad), free(outp), free(txt), free(mp);
+    plait_lora_free(&l);
+    plait_model_free(&m);
+}
+END_TEST
+
+START_TEST(test_cli_hostile_flags)
+{
+    char out[4096];
+    char *txt = tu_path(scratch, "t.txt"), *outp = tu_path(scratch, "o.safetensors"),
+         *db = tu_path(scratch, "s.db"), *jl = tu_path(scratch, "one.jsonl");
+    static const char text[] = "Once upon a time there was a little girl. She liked to play in the park with her dog.\n";
+    ck_assert_int_eq(tu_write_file(txt, text, sizeof(text) - 1), 0);
+    static const char *bad[] = {
+        "--seq 513",                  /* beyond the model's seq_len 512 */
+        "--seq 99999999999999999999", /* overflow */
+        "--batch 99999999999999999999",
+        "--batch -1",
+        "--batch 0",
+        "--threads 257",
+        "--threads 0",
+        "--steps -1",
+        "--rank 0",
+        "--rank 1025",
+        "--alpha nan",
+        "--lr inf",
+        "--targets wq,,wv",
+        "--targets xx",
+        "--seq 200", /* more than the text holds */
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        int rc = agent(out, sizeof(out), "train --text '%s' --out '%s' --steps 1 %s", txt, outp, bad[i]);
+        ck_assert_msg(rc == 1 || rc == 2, "'%s': exit %d: %s", bad[i], rc, out);
+        ck_assert_msg(strchr(out, '\n') != NULL && strlen(out) > 10, "'%s': no message", bad[i]);
+    }
+    /* --steps 0 and --threads 256 are legal. */
+    ck_assert_int_eq(agent(out, sizeof(out), "train --text '%s' --out '%s' --steps 0 --seq 8 --quiet", txt, outp), 0);
+    ck_assert_int_eq(agent(out, sizeof(out), "train --text '%s' --out '%s' --steps 1 --seq 8 --threads 256 --quiet",
+                           txt, outp), 0);
+    /* A store whose one record is in the train split: eval of the held-out
+     * split has nothing to evaluate and says so. */
+    static const char one[] = "{\"text\":\"hello there\"}\n";
+    ck_assert_int_eq(tu_write_file(jl, one, sizeof(one) - 1), 0);
+    ck_assert_int_eq(agent(out, sizeof(out), "ingest --db '%s' --jsonl '%s'", db, jl), 0);
+    int rc = agent(out, sizeof(out), "eval --db '%s'", db);
+    ck_assert_msg(rc == 1 && strstr(out, "no evaluation window"), "eval exit %d: %s", rc, out);
+    rc = agent(out, sizeof(out), "train --db '%s' --out '%s' --steps 1", db, outp);
+    ck_assert_msg(rc == 1 && strstr(out, "fewer than one sequence"), "train exit %d: %s", rc, out);
+    /* Empty store. */
+    char *db2 = tu_path(scratch, "empty.db"), *empty = tu_path(scratch, "empty.jsonl");
+    ck_assert_int_eq(tu_write_file(empty, "", 0), 0);
+    ck_assert_int_eq(agent(out, sizeof(out), "ingest --db '%s' --jsonl '%s'", db2, empty), 0);
+    rc = agent(out, sizeof(out), "train --db '%s' --out '%s' --steps 1 --seq 4", db2, outp);
+    ck_assert_msg(rc == 1, "train on an empty store: exit %d: %s", rc, out);
+    /* Token files for --dump-grads: ids out of range, wrong size. */
+    char *tk = tu_path(scratch, "tok.i32"), *init = tu_path(scratch, "init.safetensors"),
+         *dump = tu_path(scratch, "g.safetensors");
+    ck_assert_int_eq(agent(out, sizeof(out), "train --text '%s' --out '%s' --steps 0 --seq 8 --quiet", txt, init), 0);
+    static const int32_t ids[][3] = {{1, 2, 512}, {1, -1, 3}, {INT32_MIN, 2, 3}, {1, 2, INT32_MAX}};
+    for (size_t i = 0; i < 4; i++) {
+        ck_assert_int_eq(tu_write_file(tk, ids[i], sizeof(ids[i])), 0);
+        rc = agent(out, sizeof(out), "train --init-adapter '%s' --tokens '%s' --batch 1 --seq 2 --dump-grads '%s'",
+                   init, tk, dump);
+        ck_assert_msg(rc == 1 && strstr(out, "outside"), "ids %zu: exit %d: %s", i, rc, out);
+    }
+    rc = agent(out, sizeof(out), "train --init-adapter '%s' --tokens '%s' --batch 2 --seq 2 --dump-grads '%s'", init,
+               tk, dump);
+    ck_assert_msg(rc == 1, "short token file: exit %d: %s", rc, out);
+    free(txt), free(outp), free(db), free(jl), free(db2), free(empty), free(tk), free(init), free(dump);
+}
+END_TEST
+
 /* -------------------------------------------------------------- suite */
 
 Suite *review_suite(void)
@@ -1137,6 +1379,11 @@ Suite *review_suite(void)
     tcase_add_test(th, test_tokens_out_of_range);
     tcase_add_test(th, test_adapter_lying_metadata);
     tcase_add_test(th, test_adapter_raw_hostile);
+    tcase_add_test(th, test_save_refuses_nonfinite);
+    tcase_add_test(th, test_eval_nonfinite_is_error);
+    tcase_add_test(th, test_generate_nonfinite_is_error);
+    tcase_add_test(th, test_cli_nonfinite_train);
+    tcase_add_test(th, test_cli_hostile_flags);
     suite_add_tcase(s, th);
     return s;
 }
