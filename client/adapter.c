@@ -493,6 +493,11 @@ int plait_adapter_save_mem(const plait_lora_t *l, const uint8_t base_sha256[32],
     plait_st_out_t *t;
     char *names;
     size_t n;
+    /* The loader refuses non-finite values, so writing one would produce a
+     * file no device accepts (a diverged trainer can hold NaN): refuse here. */
+    for (size_t i = 0; i < l->n_params; i++)
+        if (!isfinite(l->params[i]))
+            return plait_fail(PLAIT_EINVAL, "adapter: parameter %zu of %zu is not finite; not saving", i, l->n_params);
     int rc = adapter_tensors(l, l->params, 0, &t, &names, &n);
     if (rc != 0) return rc;
     char rank[16], alpha[32], targets[64], hex[65];

@@ -642,6 +642,14 @@ int plait_generate(plait_infer_t *s, const plait_tok_t *tok, const char *prompt,
         } else {
             if ((size_t)pos != np - 1 && (rc = plait_infer_forward(s, token, pos, &logits)) != 0)
                 goto exit;
+            for (int v = 0; v < s->model->cfg.vocab_size; v++)
+                if (!isfinite(logits[v])) {
+                    /* Sampling NaN picks an arbitrary token: garbage text, no error. */
+                    rc = plait_fail(PLAIT_EPROTO,
+                                    "generate: non-finite logit at position %d (the model or adapter overflows float32)",
+                                    pos);
+                    goto exit;
+                }
             next = plait_sampler_sample(&smp, logits);
             if (stats) stats->generated_tokens++;
         }

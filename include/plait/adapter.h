@@ -118,7 +118,8 @@ int plait_safetensors_write_mem(const plait_st_out_t *t, size_t n, const plait_s
  * \brief Serialize an adapter (F32, names above) bound to a base model hash.
  * \param l            a set-up adapter.
  * \param base_sha256  32 bytes, the model's sha256 (plait_model_t.sha256).
- * \return 0, PLAIT_ENOMEM.
+ * \return 0, PLAIT_EINVAL (a parameter is not finite: the loader would
+ *         refuse the file), PLAIT_ENOMEM.
  */
 int plait_adapter_save_mem(const plait_lora_t *l, const uint8_t base_sha256[32], uint8_t **out /* OUT */,
                            size_t *len /* OUT */) PLAIT_WUR;
