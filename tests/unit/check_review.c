@@ -1356,6 +1356,43 @@ START_TEST(test_cli_hostile_flags)
 }
 END_TEST
 
+/* ---------------------------------------- routed: bugs in train.c (branch train)
+ *
+ * These fail on this branch and are registered only when PLAIT_REVIEW_ROUTED
+ * is set, so CI stays green until the train branch fixes them:
+ *   PLAIT_REVIEW_ROUTED=1 build/tests/check_review
+ */
+
+START_TEST(test_routed_train_nonfinite_loss)
+{
+    /* plait_train_forward_backward on a micro-batch whose loss is not finite
+     * returns 0, reports loss NaN and ADDS NaN to the gradient arena; the
+     * next plait_train_step then makes every trained parameter NaN (clipping
+     * cannot help: coef = clip / NaN). Expected: an error (e.g. PLAIT_EPROTO)
+     * with the gradients untouched, as for a bad token id. */
+    shape_t s = {16, 37, 1, 2, 1, 300, 16, 1, 8, 16.0f, TGT(PLAIT_WQ) | TGT(PLAIT_WV), 2, 8, 1};
+    plait_model_t m;
+    plait_lora_t l;
+    make_model(&m, &s, 9);
+    huge_lora(&l, &m, 1e20f);
+    plait_train_config_t tc = plait_train_config_default();
+    tc.B = 2;
+    tc.T = 8;
+    plait_trainer_t *tr = NULL;
+    ck_assert_int_eq(plait_train_create(&tr, &m, &l, &tc), 0);
+    int32_t tok[18];
+    make_tokens(tok, 18, s.V, 1);
+    float loss = 0.0f;
+    int rc = plait_train_forward_backward(tr, tok, &loss);
+    double gn = plait_train_grad_norm(tr);
+    plait_train_destroy(tr);
+    plait_lora_free(&l);
+    plait_model_free(&m);
+    ck_assert_msg(rc != 0 || isfinite(loss), "forward_backward returned 0 with loss %g", (double)loss);
+    ck_assert_msg(gn == 0.0, "gradients touched on a failed micro-batch (norm %g)", gn);
+}
+END_TEST
+
 /* -------------------------------------------------------------- suite */
 
 Suite *review_suite(void)
@@ -1385,5 +1422,10 @@ Suite *review_suite(void)
     tcase_add_test(th, test_cli_nonfinite_train);
     tcase_add_test(th, test_cli_hostile_flags);
     suite_add_tcase(s, th);
+    if (getenv("PLAIT_REVIEW_ROUTED")) {
+        TCase *tr = tcase_create("routed");
+        tcase_add_test(tr, test_routed_train_nonfinite_loss);
+        suite_add_tcase(s, tr);
+    }
     return s;
 }
