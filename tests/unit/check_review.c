@@ -489,13 +489,13 @@ END_TEST
 
 /* ------------------------------------------------------- (b) inference */
 
-static void check_shape_infer(const shape_t *s, int merge, int chunk)
+static void check_shape_infer(const shape_t *s, int merge, int chunk, int threads, int max_ctx)
 {
     plait_model_t m;
     plait_lora_t l;
     make_model(&m, s, 2000 + (uint64_t)s->C);
     make_lora(&l, &m, s, 31);
-    int T = s->seq; /* the whole context */
+    int T = max_ctx ? max_ctx : s->seq; /* the whole context */
     int32_t *tok = malloc((size_t)T * sizeof(int32_t));
     int *itok = malloc((size_t)T * sizeof(int));
     double *lg = malloc((size_t)T * (size_t)s->V * sizeof(double));
@@ -511,6 +511,12 @@ static void check_shape_infer(const shape_t *s, int merge, int chunk)
     plait_infer_config_default(&ic);
     ic.merge = merge;
     ic.prefill_chunk = chunk;
+    ic.max_ctx = max_ctx;
+    plait_pool_t *pool = NULL;
+    if (threads > 1) {
+        ck_assert_int_eq(plait_pool_create(&pool, threads), 0);
+        ic.pool = pool;
+    }
     plait_infer_t st;
     plait_infer_init(&st);
     ck_assert_msg(plait_infer_setup(&st, &m, &l, &ic) == 0, "%s", plait_errmsg());
@@ -546,6 +552,7 @@ static void check_shape_infer(const shape_t *s, int merge, int chunk)
     ck_assert_int_eq(plait_infer_forward(&st, s->V, 0, NULL), PLAIT_EINVAL);
     ck_assert_int_eq(plait_infer_forward(&st, -1, 0, NULL), PLAIT_EINVAL);
     plait_infer_free(&st);
+    plait_pool_destroy(pool);
     free(tok), free(itok), free(lg), free(p);
     plait_lora_free(&l);
     plait_model_free(&m);
@@ -553,13 +560,15 @@ static void check_shape_infer(const shape_t *s, int merge, int chunk)
 
 START_TEST(test_shape_infer_unmerged)
 {
-    check_shape_infer(&SHAPES[_i], 0, 3);
+    check_shape_infer(&SHAPES[_i], 0, 3, 1, 0);
+    /* A context shorter than the model's, on two threads. */
+    if (SHAPES[_i].seq > 2) check_shape_infer(&SHAPES[_i], 0, 2, 2, SHAPES[_i].seq - 1);
 }
 END_TEST
 
 START_TEST(test_shape_infer_merged)
 {
-    check_shape_infer(&SHAPES[_i], 1, 1 + _i % 5);
+    check_shape_infer(&SHAPES[_i], 1, 1 + _i % 5, 1 + _i % 3, 0);
 }
 END_TEST
 
@@ -1528,6 +1537,84 @@ START_TEST(test_routed_train_nonfinite_loss)
 }
 END_TEST
 
+START_TEST(test_accum_equals_big_batch)
+{
+    /* accum_steps 2 of B rows gives the gradient of one batch of 2B rows,
+     * on an odd shape (HS 6, NKV NH/2, rank 3, all targets, two threads). */
+    shape_t s = {36, 37, 2, 6, 3, 300, 9, 0, 3, 5.0f, ALL7, 2, 9, 2};
+    plait_model_t m;
+    plait_lora_t l;
+    make_model(&m, &s, 21);
+    make_lora(&l, &m, &s, 22);
+    int32_t tok[4 * 10];
+    make_tokens(tok, 40, s.V, 23);
+    plait_train_config_t tc = plait_train_config_default();
+    tc.T = 9;
+    tc.threads = 2;
+    tc.B = 4;
+    plait_trainer_t *big = NULL, *acc = NULL;
+    ck_assert_int_eq(plait_train_create(&big, &m, &l, &tc), 0);
+    tc.B = 2;
+    tc.accum_steps = 2;
+    ck_assert_int_eq(plait_train_create(&acc, &m, &l, &tc), 0);
+    float lb, l1, l2;
+    ck_assert_int_eq(plait_train_forward_backward(big, tok, &lb), 0);
+    ck_assert_int_eq(plait_train_forward_backward(acc, tok, &l1), 0);
+    ck_assert_int_eq(plait_train_step(acc), PLAIT_EINVAL); /* one of two micro-batches */
+    ck_assert_int_eq(plait_train_forward_backward(acc, tok + 20, &l2), 0);
+    ck_assert(fabs((double)lb - 0.5 * ((double)l1 + (double)l2)) <= LOSS_RTOL * fabs((double)lb));
+    const float *gb = plait_train_grads(big), *ga = plait_train_grads(acc);
+    size_t n = plait_train_grads_count(big);
+    double gmax = 0.0, worst = 0.0;
+    for (size_t i = 0; i < n; i++) gmax = fmax(gmax, fabs((double)gb[i]));
+    for (size_t i = 0; i < n; i++) worst = fmax(worst, fabs((double)gb[i] - (double)ga[i]));
+    ck_assert_msg(worst <= GRAD_RTOL * gmax, "accumulated gradient off by %g (max %g)", worst, gmax);
+    plait_train_destroy(big);
+    plait_train_destroy(acc);
+    plait_lora_free(&l);
+    plait_model_free(&m);
+}
+END_TEST
+
+START_TEST(test_adapter_other_shape)
+{
+    /* An adapter made for another shape is refused by trainer and inference. */
+    shape_t a = {16, 37, 1, 2, 1, 300, 8, 1, 2, 4.0f, TGT(PLAIT_WQ), 1, 2, 1};
+    shape_t b = a;
+    b.NKV = 2; /* same dim, different kv_dim */
+    plait_model_t ma, mb;
+    plait_lora_t l;
+    make_model(&ma, &a, 1);
+    make_model(&mb, &b, 1);
+    make_lora(&l, &ma, &a, 1);
+    plait_train_config_t tc = plait_train_config_default();
+    tc.B = 1;
+    tc.T = 2;
+    plait_trainer_t *tr = NULL;
+    ck_assert_int_eq(plait_train_create(&tr, &mb, &l, &tc), PLAIT_EINVAL);
+    plait_infer_t st;
+    plait_infer_init(&st);
+    ck_assert_int_eq(plait_infer_setup(&st, &mb, &l, NULL), PLAIT_EMISMATCH);
+    plait_infer_free(&st);
+    uint8_t sha[32] = {0}, *img = NULL;
+    size_t len = 0;
+    ck_assert_int_eq(plait_adapter_save_mem(&l, sha, &img, &len), 0);
+    plait_lora_t l2;
+    plait_lora_init(&l2);
+    ck_assert_int_eq(plait_adapter_load_mem(&l2, img, len, &mb, 0), 0); /* wq is (C, C) in both */
+    plait_lora_free(&l2);
+    free(img);
+    plait_lora_free(&l);
+    make_lora(&l, &ma, &(shape_t){16, 37, 1, 2, 1, 300, 8, 1, 2, 4.0f, TGT(PLAIT_WK), 1, 2, 1}, 1);
+    ck_assert_int_eq(plait_adapter_save_mem(&l, sha, &img, &len), 0);
+    ck_assert_int_eq(plait_adapter_load_mem(&l2, img, len, &mb, 0), PLAIT_EPROTO); /* wk is (KV, C) */
+    free(img);
+    plait_lora_free(&l);
+    plait_model_free(&ma);
+    plait_model_free(&mb);
+}
+END_TEST
+
 /* -------------------------------------------------------------- suite */
 
 Suite *review_suite(void)
@@ -1542,6 +1629,8 @@ Suite *review_suite(void)
     tcase_add_loop_test(tc, test_shape_infer_merged, 0, (int)N_SHAPES);
     tcase_add_loop_test(tc, test_shape_adamw, 0, (int)N_SHAPES);
     tcase_add_test(tc, test_adamw_clipped);
+    tcase_add_test(tc, test_accum_equals_big_batch);
+    tcase_add_test(tc, test_adapter_other_shape);
     suite_add_tcase(s, tc);
     TCase *th = tcase_create("hostile");
     tcase_add_checked_fixture(th, hostile_setup, hostile_teardown);
