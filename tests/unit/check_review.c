@@ -1598,6 +1598,37 @@ START_TEST(test_store_ingest_hostile)
 }
 END_TEST
 
+/* --------------------------------------------------------------------- cli */
+
+#include "plait/cli.h"
+
+START_TEST(test_cli_u64_strict)
+{
+    /* strtoull skips leading blanks and negates a '-' after them: " -1" was
+     * UINT64_MAX, so `ingest --max-bytes " -1"` lifted the file-size cap.
+     * And base 0 read "010" as octal 8 where cli.h promises decimal or 0x. */
+    uint64_t u = 7;
+    ck_assert_int_eq(plait_cli_u64("--max-bytes", " -1", &u), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_cli_u64("--max-bytes", "\t-1", &u), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_cli_u64("--max-bytes", " 5", &u), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_cli_u64("--max-bytes", "+5", &u), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_cli_u64("--max-bytes", "0x", &u), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_cli_u64("--max-bytes", "0x-1", &u), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_cli_u64("--max-bytes", "18446744073709551616", &u), PLAIT_EINVAL);
+    ck_assert_uint_eq(u, 7); /* untouched on error */
+    ck_assert_int_eq(plait_cli_u64("--seed", "010", &u), 0);
+    ck_assert_uint_eq(u, 10);
+    ck_assert_int_eq(plait_cli_u64("--seed", "0x10", &u), 0);
+    ck_assert_uint_eq(u, 16);
+    ck_assert_int_eq(plait_cli_u64("--seed", "0XfF", &u), 0);
+    ck_assert_uint_eq(u, 255);
+    ck_assert_int_eq(plait_cli_u64("--seed", "0", &u), 0);
+    ck_assert_uint_eq(u, 0);
+    ck_assert_int_eq(plait_cli_u64("--seed", "18446744073709551615", &u), 0);
+    ck_assert_uint_eq(u, UINT64_MAX);
+}
+END_TEST
+
 /* ---------------------------------------- routed: bugs in train.c (branch train)
  *
  * These fail on this branch and are registered only when PLAIT_REVIEW_ROUTED
@@ -1745,6 +1776,7 @@ Suite *review_suite(void)
     tcase_add_test(th, test_cli_hostile_flags);
     tcase_add_test(th, test_tok_hostile);
     tcase_add_test(th, test_store_ingest_hostile);
+    tcase_add_test(th, test_cli_u64_strict);
     suite_add_tcase(s, th);
     if (getenv("PLAIT_REVIEW_ROUTED")) {
         TCase *tr = tcase_create("routed");
