@@ -646,7 +646,8 @@ int plait_generate(plait_infer_t *s, const plait_tok_t *tok, const char *prompt,
                 if (!isfinite(logits[v])) {
                     /* Sampling NaN picks an arbitrary token: garbage text, no error. */
                     rc = plait_fail(PLAIT_EPROTO,
-                                    "generate: non-finite logit at position %d (the model or adapter overflows float32)",
+                                    "generate: non-finite logit at position %d "
+                                    "(the model or adapter overflows float32)",
                                     pos);
                     goto exit;
                 }
