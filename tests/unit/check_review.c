@@ -1629,6 +1629,21 @@ START_TEST(test_cli_u64_strict)
 }
 END_TEST
 
+START_TEST(test_lora_targets_trailing_comma)
+{
+    /* "wq,,wv" and ",wq" were refused (empty name) but "wq," was accepted,
+     * by the CLI and as adapter metadata alike. */
+    uint32_t mask = 0;
+    ck_assert_int_eq(plait_lora_parse_targets("wq,,wv", &mask), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_lora_parse_targets(",wq", &mask), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_lora_parse_targets("wq,", &mask), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_lora_parse_targets(",", &mask), PLAIT_EINVAL);
+    ck_assert_int_eq(mask, 0);
+    ck_assert_int_eq(plait_lora_parse_targets("wq,wv", &mask), 0);
+    ck_assert_uint_eq(mask, TGT(PLAIT_WQ) | TGT(PLAIT_WV));
+}
+END_TEST
+
 /* ---------------------------------------- routed: bugs in train.c (branch train)
  *
  * These fail on this branch and are registered only when PLAIT_REVIEW_ROUTED
@@ -1777,6 +1792,7 @@ Suite *review_suite(void)
     tcase_add_test(th, test_tok_hostile);
     tcase_add_test(th, test_store_ingest_hostile);
     tcase_add_test(th, test_cli_u64_strict);
+    tcase_add_test(th, test_lora_targets_trailing_comma);
     suite_add_tcase(s, th);
     if (getenv("PLAIT_REVIEW_ROUTED")) {
         TCase *tr = tcase_create("routed");
