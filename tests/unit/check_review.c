@@ -1644,6 +1644,31 @@ START_TEST(test_lora_targets_trailing_comma)
 }
 END_TEST
 
+START_TEST(test_sampler_tiny_temperature)
+{
+    /* A tiny positive temperature (the CLI accepts 0..100) must act like a
+     * near-greedy one. logits / 1e-38 overflowed to inf, softmax made NaN,
+     * and the sampler returned token 0 (top-p) or V-1 (full distribution):
+     * `generate --temperature 1e-38` printed <unk><unk>... */
+    float logits[300];
+    for (int i = 0; i < 300; i++) logits[i] = (float)((i * 37) % 101) * 0.1f - 3.0f;
+    logits[123] = 9.0f;
+    static const float temps[] = {1e-38f, 1e-30f, 1e-45f};
+    static const float topps[] = {0.9f, 1.0f, 0.0f};
+    for (size_t a = 0; a < 3; a++)
+        for (size_t b = 0; b < 3; b++) {
+            plait_sampler_t smp;
+            plait_sampler_init(&smp);
+            ck_assert_int_eq(plait_sampler_setup(&smp, 300, temps[a], topps[b], 5), 0);
+            for (int k = 0; k < 5; k++) {
+                int id = plait_sampler_sample(&smp, logits);
+                ck_assert_msg(id == 123, "temperature %g top-p %g: sampled %d", (double)temps[a], (double)topps[b], id);
+            }
+            plait_sampler_free(&smp);
+        }
+}
+END_TEST
+
 /* ---------------------------------------- routed: bugs in train.c (branch train)
  *
  * These fail on this branch and are registered only when PLAIT_REVIEW_ROUTED
@@ -1793,6 +1818,7 @@ Suite *review_suite(void)
     tcase_add_test(th, test_store_ingest_hostile);
     tcase_add_test(th, test_cli_u64_strict);
     tcase_add_test(th, test_lora_targets_trailing_comma);
+    tcase_add_test(th, test_sampler_tiny_temperature);
     suite_add_tcase(s, th);
     if (getenv("PLAIT_REVIEW_ROUTED")) {
         TCase *tr = tcase_create("routed");
