@@ -1669,6 +1669,40 @@ START_TEST(test_sampler_tiny_temperature)
 }
 END_TEST
 
+#include <fcntl.h>
+#include <unistd.h>
+
+START_TEST(test_adapter_file_size_bounded)
+{
+    /* An adapter file far larger than any adapter of this model can be (here
+     * a sparse 1 GiB file) is refused from its size, before it is read into
+     * memory: the loader used to malloc and read up to 16 GiB whatever the
+     * model, then fail to parse. */
+    shape_t s = {12, 37, 1, 2, 1, 300, 8, 1, 2, 4.0f, TGT(PLAIT_WQ), 1, 2, 1};
+    plait_model_t m;
+    make_model(&m, &s, 9);
+    char *path = tu_path(scratch, "huge.safetensors");
+    int fd = open(path, O_CREAT | O_TRUNC | O_WRONLY, 0600);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(ftruncate(fd, (off_t)1 << 30), 0);
+    close(fd);
+    plait_lora_t l;
+    plait_lora_init(&l);
+    int rc = plait_adapter_load(&l, path, &m, 0);
+    ck_assert_msg(rc == PLAIT_ETOOBIG, "rc %d (%s)", rc, plait_errmsg());
+    /* The largest legal adapter (rank 1024 on every projection) still loads. */
+    plait_lora_config_t lc = {.rank = PLAIT_LORA_MAX_RANK, .alpha = 1.0f, .targets = ALL7};
+    ck_assert_int_eq(plait_lora_setup(&l, &m.cfg, &lc), 0);
+    uint8_t sha[32] = {0};
+    ck_assert_int_eq(plait_adapter_save(path, &l, sha), 0);
+    plait_lora_free(&l);
+    ck_assert_msg(plait_adapter_load(&l, path, &m, 0) == 0, "%s", plait_errmsg());
+    plait_lora_free(&l);
+    free(path);
+    plait_model_free(&m);
+}
+END_TEST
+
 /* ---------------------------------------- routed: bugs in train.c (branch train)
  *
  * These fail on this branch and are registered only when PLAIT_REVIEW_ROUTED
@@ -1819,6 +1853,7 @@ Suite *review_suite(void)
     tcase_add_test(th, test_cli_u64_strict);
     tcase_add_test(th, test_lora_targets_trailing_comma);
     tcase_add_test(th, test_sampler_tiny_temperature);
+    tcase_add_test(th, test_adapter_file_size_bounded);
     suite_add_tcase(s, th);
     if (getenv("PLAIT_REVIEW_ROUTED")) {
         TCase *tr = tcase_create("routed");
