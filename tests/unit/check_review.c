@@ -72,7 +72,10 @@ static uint64_t rs_next(uint64_t *s)
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     return z ^ (z >> 31);
 }
-static double rs_unif(uint64_t *s) { return (double)(rs_next(s) >> 11) * (1.0 / 9007199254740992.0); }
+static double rs_unif(uint64_t *s)
+{
+    return (double)(rs_next(s) >> 11) * (1.0 / 9007199254740992.0);
+}
 
 typedef struct {
     int C, H, L, NH, NKV, V, seq, shared;
@@ -87,15 +90,18 @@ typedef struct {
 
 static const shape_t SHAPES[] = {
     /* C   H   L  NH NKV V     seq sh R   alpha  targets                         B  T  thr */
-    {12, 37, 2, 6, 3, 7, 8, 1, 1, 3.0f, ALL7, 1, 5, 1},                     /* HS 2, NKV NH/2, all 7 */
-    {20, 173, 2, 5, 1, 300, 20, 0, 3, 7.0f, TGT(PLAIT_WQ), 3, 17, 1},       /* HS 4, NKV 1, untied */
-    {36, 37, 1, 6, 3, 7, 4, 1, 8, 16.0f, TGT(PLAIT_W2), 1, 2, 1},           /* HS 6 */
-    {40, 38, 2, 4, 1, 4099, 3, 1, 16, 8.0f, TGT(PLAIT_W1) | TGT(PLAIT_W3), 1, 1, 1}, /* HS 10, T 1 */
-    {64, 173, 2, 4, 1, 300, 8, 0, 8, 16.0f, ALL7, 3, 5, 2},                 /* HS 16, NKV NH/4 */
-    {64, 37, 1, 1, 1, 7, 40, 1, 3, 5.0f, TGT(PLAIT_WO) | TGT(PLAIT_WK) | TGT(PLAIT_WV), 1, 33, 1}, /* HS 64 */
-    {16, 37, 2, 8, 2, 300, 17, 0, 16, 4.0f, TGT(PLAIT_WK), 3, 17, 2},      /* HS 2, NKV NH/4 */
-    {12, 173, 1, 2, 2, 4099, 17, 0, 1, 2.0f, TGT(PLAIT_W2) | TGT(PLAIT_WO), 1, 17, 1}, /* T == seq */
-    {20, 37, 3, 2, 1, 7, 6, 1, 3, 1.0f, ALL7, 3, 2, 1},                     /* HS 10, 3 layers */
+    {12, 37, 2, 6, 3, 7, 8, 1, 1, 3.0f, ALL7, 1, 5, 1},               /* HS 2, NKV NH/2, all 7 */
+    {20, 173, 2, 5, 1, 300, 20, 0, 3, 7.0f, TGT(PLAIT_WQ), 3, 17, 1}, /* HS 4, NKV 1, untied */
+    {36, 37, 1, 6, 3, 7, 4, 1, 8, 16.0f, TGT(PLAIT_W2), 1, 2, 1},     /* HS 6 */
+    {40, 38, 2, 4, 1, 4099, 3, 1, 16, 8.0f, TGT(PLAIT_W1) | TGT(PLAIT_W3), 1, 1,
+     1},                                                    /* HS 10, T 1 */
+    {64, 173, 2, 4, 1, 300, 8, 0, 8, 16.0f, ALL7, 3, 5, 2}, /* HS 16, NKV NH/4 */
+    {64, 37, 1, 1, 1, 7, 40, 1, 3, 5.0f, TGT(PLAIT_WO) | TGT(PLAIT_WK) | TGT(PLAIT_WV), 1, 33,
+     1},                                                              /* HS 64 */
+    {16, 37, 2, 8, 2, 300, 17, 0, 16, 4.0f, TGT(PLAIT_WK), 3, 17, 2}, /* HS 2, NKV NH/4 */
+    {12, 173, 1, 2, 2, 4099, 17, 0, 1, 2.0f, TGT(PLAIT_W2) | TGT(PLAIT_WO), 1, 17,
+     1},                                                /* T == seq */
+    {20, 37, 3, 2, 1, 7, 6, 1, 3, 1.0f, ALL7, 3, 2, 1}, /* HS 10, 3 layers */
     {36, 173, 1, 3, 3, 300, 5, 0, 8, 32.0f, TGT(PLAIT_WV) | TGT(PLAIT_W3), 1, 5, 2}, /* HS 12 */
 };
 #define N_SHAPES (sizeof(SHAPES) / sizeof(SHAPES[0]))
@@ -118,10 +124,12 @@ static void make_model(plait_model_t *m, const shape_t *s, uint64_t seed)
     ck_assert_int_eq(plait_model_init_random(m, &c, seed), 0);
     size_t C = (size_t)c.dim, L = (size_t)c.n_layers, V = (size_t)c.vocab_size;
     float *emb = (float *)m->w.token_embedding;
-    for (size_t i = 0; i < V * C; i++) emb[i] *= 25.0f;
+    for (size_t i = 0; i < V * C; i++)
+        emb[i] *= 25.0f;
     if (!c.shared) {
         float *cls = (float *)m->w.wcls;
-        for (size_t i = 0; i < V * C; i++) cls[i] *= 25.0f;
+        for (size_t i = 0; i < V * C; i++)
+            cls[i] *= 25.0f;
     }
     for (int l = 0; l < (int)L; l++)
         for (int p = 0; p < PLAIT_NPROJ; p++) {
@@ -129,13 +137,17 @@ static void make_model(plait_model_t *m, const shape_t *s, uint64_t seed)
             plait_proj_shape(&m->cfg, (plait_proj_t)p, &in, &out);
             float *w = (float *)plait_proj_weight(m, l, (plait_proj_t)p);
             float k = (float)(0.6 / sqrt((double)in) / 0.02);
-            for (size_t i = 0; i < (size_t)in * (size_t)out; i++) w[i] *= k;
+            for (size_t i = 0; i < (size_t)in * (size_t)out; i++)
+                w[i] *= k;
         }
     uint64_t r = seed ^ 0x5555;
     float *ra = (float *)m->w.rms_att, *rf = (float *)m->w.rms_ffn, *rfin = (float *)m->w.rms_final;
-    for (size_t i = 0; i < L * C; i++) ra[i] = (float)(1.0 + 0.6 * (rs_unif(&r) - 0.5));
-    for (size_t i = 0; i < L * C; i++) rf[i] = (float)(1.0 + 0.6 * (rs_unif(&r) - 0.5));
-    for (size_t i = 0; i < C; i++) rfin[i] = (float)(1.0 + 0.6 * (rs_unif(&r) - 0.5));
+    for (size_t i = 0; i < L * C; i++)
+        ra[i] = (float)(1.0 + 0.6 * (rs_unif(&r) - 0.5));
+    for (size_t i = 0; i < L * C; i++)
+        rf[i] = (float)(1.0 + 0.6 * (rs_unif(&r) - 0.5));
+    for (size_t i = 0; i < C; i++)
+        rfin[i] = (float)(1.0 + 0.6 * (rs_unif(&r) - 0.5));
 }
 
 /* Adapter with A and B both random and non-zero (so A's gradient is not trivial). */
@@ -145,7 +157,8 @@ static void make_lora(plait_lora_t *l, const plait_model_t *m, const shape_t *s,
     plait_lora_init(l);
     ck_assert_int_eq(plait_lora_setup(l, &m->cfg, &lc), 0);
     uint64_t r = seed;
-    for (size_t i = 0; i < l->n_params; i++) l->params[i] = (float)(0.8 * (rs_unif(&r) - 0.5));
+    for (size_t i = 0; i < l->n_params; i++)
+        l->params[i] = (float)(0.8 * (rs_unif(&r) - 0.5));
 }
 
 /* ------------------------------------------------- naive float64 reference */
@@ -163,7 +176,8 @@ static void ref_proj(const ref_t *r, int layer, plait_proj_t pj, const double *x
     const float *W = plait_proj_weight(r->m, layer, pj);
     for (int o = 0; o < out; o++) {
         double acc = 0.0;
-        for (int i = 0; i < in; i++) acc += (double)W[(size_t)o * (size_t)in + (size_t)i] * x[i];
+        for (int i = 0; i < in; i++)
+            acc += (double)W[(size_t)o * (size_t)in + (size_t)i] * x[i];
         y[o] = acc;
     }
     size_t slot = plait_lora_slot(layer, pj);
@@ -176,12 +190,14 @@ static void ref_proj(const ref_t *r, int layer, plait_proj_t pj, const double *x
     ck_assert_int_le(R, 64);
     for (int k = 0; k < R; k++) {
         double acc = 0.0;
-        for (int i = 0; i < in; i++) acc += A[(size_t)k * (size_t)in + (size_t)i] * x[i];
+        for (int i = 0; i < in; i++)
+            acc += A[(size_t)k * (size_t)in + (size_t)i] * x[i];
         u[k] = acc;
     }
     for (int o = 0; o < out; o++) {
         double acc = 0.0;
-        for (int k = 0; k < R; k++) acc += Bm[(size_t)o * (size_t)R + (size_t)k] * u[k];
+        for (int k = 0; k < R; k++)
+            acc += Bm[(size_t)o * (size_t)R + (size_t)k] * u[k];
         y[o] += sc * acc;
     }
 }
@@ -189,9 +205,11 @@ static void ref_proj(const ref_t *r, int layer, plait_proj_t pj, const double *x
 static void ref_rmsnorm(double *o, const double *x, const float *w, int C)
 {
     double ss = 0.0;
-    for (int i = 0; i < C; i++) ss += x[i] * x[i];
+    for (int i = 0; i < C; i++)
+        ss += x[i] * x[i];
     double rs = 1.0 / sqrt(ss / C + 1e-5);
-    for (int i = 0; i < C; i++) o[i] = x[i] * rs * (double)w[i];
+    for (int i = 0; i < C; i++)
+        o[i] = x[i] * rs * (double)w[i];
 }
 
 static void ref_rope(double *v, int nh, int HS, int pos)
@@ -210,7 +228,8 @@ static void ref_rope(double *v, int nh, int HS, int pos)
 static void ref_forward_seq(const ref_t *r, const int32_t *tok, int T, double *logits)
 {
     const plait_model_config_t *c = &r->m->cfg;
-    int C = c->dim, H = c->hidden_dim, KV = c->kv_dim, HS = c->head_size, NH = c->n_heads, V = c->vocab_size;
+    int C = c->dim, H = c->hidden_dim, KV = c->kv_dim, HS = c->head_size, NH = c->n_heads,
+        V = c->vocab_size;
     int grp = c->n_heads / c->n_kv_heads;
     size_t Lz = (size_t)c->n_layers;
     double *kc = calloc(Lz * (size_t)T * (size_t)KV, sizeof(double));
@@ -222,7 +241,8 @@ static void ref_forward_seq(const ref_t *r, const int32_t *tok, int T, double *l
     double *att = malloc((size_t)T * sizeof(double));
     ck_assert(kc && vc && x && xb && q && ao && o && h1 && h3 && att);
     for (int t = 0; t < T; t++) {
-        for (int i = 0; i < C; i++) x[i] = r->m->w.token_embedding[(size_t)tok[t] * (size_t)C + (size_t)i];
+        for (int i = 0; i < C; i++)
+            x[i] = r->m->w.token_embedding[(size_t)tok[t] * (size_t)C + (size_t)i];
         for (int l = 0; l < c->n_layers; l++) {
             double *kl = kc + ((size_t)l * (size_t)T + (size_t)t) * (size_t)KV;
             double *vl = vc + ((size_t)l * (size_t)T + (size_t)t) * (size_t)KV;
@@ -236,37 +256,48 @@ static void ref_forward_seq(const ref_t *r, const int32_t *tok, int T, double *l
                 int kh = h / grp;
                 double mx = -1e300;
                 for (int s = 0; s <= t; s++) {
-                    const double *k = kc + ((size_t)l * (size_t)T + (size_t)s) * (size_t)KV + (size_t)(kh * HS);
+                    const double *k =
+                        kc + ((size_t)l * (size_t)T + (size_t)s) * (size_t)KV + (size_t)(kh * HS);
                     double d = 0.0;
-                    for (int i = 0; i < HS; i++) d += q[h * HS + i] * k[i];
+                    for (int i = 0; i < HS; i++)
+                        d += q[h * HS + i] * k[i];
                     att[s] = d / sqrt((double)HS);
                     if (att[s] > mx) mx = att[s];
                 }
                 double sum = 0.0;
-                for (int s = 0; s <= t; s++) sum += (att[s] = exp(att[s] - mx));
-                for (int i = 0; i < HS; i++) ao[h * HS + i] = 0.0;
+                for (int s = 0; s <= t; s++)
+                    sum += (att[s] = exp(att[s] - mx));
+                for (int i = 0; i < HS; i++)
+                    ao[h * HS + i] = 0.0;
                 for (int s = 0; s <= t; s++) {
-                    const double *v = vc + ((size_t)l * (size_t)T + (size_t)s) * (size_t)KV + (size_t)(kh * HS);
-                    for (int i = 0; i < HS; i++) ao[h * HS + i] += att[s] / sum * v[i];
+                    const double *v =
+                        vc + ((size_t)l * (size_t)T + (size_t)s) * (size_t)KV + (size_t)(kh * HS);
+                    for (int i = 0; i < HS; i++)
+                        ao[h * HS + i] += att[s] / sum * v[i];
                 }
             }
             ref_proj(r, l, PLAIT_WO, ao, o);
-            for (int i = 0; i < C; i++) x[i] += o[i];
+            for (int i = 0; i < C; i++)
+                x[i] += o[i];
             ref_rmsnorm(xb, x, r->m->w.rms_ffn + (size_t)l * (size_t)C, C);
             ref_proj(r, l, PLAIT_W1, xb, h1);
             ref_proj(r, l, PLAIT_W3, xb, h3);
-            for (int i = 0; i < H; i++) h1[i] = h1[i] / (1.0 + exp(-h1[i])) * h3[i];
+            for (int i = 0; i < H; i++)
+                h1[i] = h1[i] / (1.0 + exp(-h1[i])) * h3[i];
             ref_proj(r, l, PLAIT_W2, h1, o);
-            for (int i = 0; i < C; i++) x[i] += o[i];
+            for (int i = 0; i < C; i++)
+                x[i] += o[i];
         }
         ref_rmsnorm(xb, x, r->m->w.rms_final, C);
         for (int v = 0; v < V; v++) {
             double acc = 0.0;
-            for (int i = 0; i < C; i++) acc += (double)r->m->w.wcls[(size_t)v * (size_t)C + (size_t)i] * xb[i];
+            for (int i = 0; i < C; i++)
+                acc += (double)r->m->w.wcls[(size_t)v * (size_t)C + (size_t)i] * xb[i];
             logits[(size_t)t * (size_t)V + (size_t)v] = acc;
         }
     }
-    free(kc), free(vc), free(x), free(xb), free(q), free(ao), free(o), free(h1), free(h3), free(att);
+    free(kc), free(vc), free(x), free(xb), free(q), free(ao), free(o), free(h1), free(h3),
+        free(att);
 }
 
 /* Mean cross-entropy of nrows rows of T + 1 tokens. */
@@ -285,7 +316,8 @@ static double ref_loss(const ref_t *r, const int32_t *tokens, int nrows, int T)
             for (int v = 1; v < V; v++)
                 if (z[v] > mx) mx = z[v];
             double s = 0.0;
-            for (int v = 0; v < V; v++) s += exp(z[v] - mx);
+            for (int v = 0; v < V; v++)
+                s += exp(z[v] - mx);
             tot += log(s) + mx - z[row[t + 1]];
         }
     }
@@ -298,8 +330,8 @@ static double ref_loss(const ref_t *r, const int32_t *tokens, int nrows, int T)
 /* Worst ratio |g - fd| / tolerance over the checks (> 1 means a failure).
  * g holds the trainer's gradient for params[goff ..]; p is the double copy of
  * the adapter, perturbed in place and restored. */
-static double grad_worst(const ref_t *r, double *p, const float *g, size_t goff, const int32_t *tokens, int B,
-                         int T, uint64_t seed, double *gmax_out)
+static double grad_worst(const ref_t *r, double *p, const float *g, size_t goff,
+                         const int32_t *tokens, int B, int T, uint64_t seed, double *gmax_out)
 {
     const plait_lora_t *l = r->l;
     size_t n = l->n_params;
@@ -311,7 +343,8 @@ static double grad_worst(const ref_t *r, double *p, const float *g, size_t goff,
     double *fd = malloc(cap * sizeof(double));
     ck_assert(idx && fd);
     if (full) {
-        for (size_t i = goff; i < n; i++) idx[nsamp++] = i;
+        for (size_t i = goff; i < n; i++)
+            idx[nsamp++] = i;
     } else {
         for (int layer = 0; layer < l->model.n_layers; layer++)
             for (int pj = 0; pj < PLAIT_NPROJ; pj++) {
@@ -319,7 +352,8 @@ static double grad_worst(const ref_t *r, double *p, const float *g, size_t goff,
                 if (!l->A[slot]) continue;
                 int in, out;
                 plait_proj_shape(&l->model, (plait_proj_t)pj, &in, &out);
-                size_t na = (size_t)l->cfg.rank * (size_t)in, nb = (size_t)out * (size_t)l->cfg.rank;
+                size_t na = (size_t)l->cfg.rank * (size_t)in,
+                       nb = (size_t)out * (size_t)l->cfg.rank;
                 size_t oa = (size_t)(l->A[slot] - l->params), ob = (size_t)(l->B[slot] - l->params);
                 if (oa >= goff) {
                     idx[nsamp++] = oa;
@@ -377,11 +411,14 @@ static double grad_worst(const ref_t *r, double *p, const float *g, size_t goff,
                         d[i] = (rs_next(&rs) & 1) ? 1.0 : -1.0;
                         gd += d[i] * (double)g[off + i - goff];
                     }
-                    for (size_t i = 0; i < cnt; i++) p[off + i] += FD_H * d[i];
+                    for (size_t i = 0; i < cnt; i++)
+                        p[off + i] += FD_H * d[i];
                     double lp = ref_loss(r, tokens, B, T);
-                    for (size_t i = 0; i < cnt; i++) p[off + i] -= 2.0 * FD_H * d[i];
+                    for (size_t i = 0; i < cnt; i++)
+                        p[off + i] -= 2.0 * FD_H * d[i];
                     double lm = ref_loss(r, tokens, B, T);
-                    for (size_t i = 0; i < cnt; i++) p[off + i] += FD_H * d[i];
+                    for (size_t i = 0; i < cnt; i++)
+                        p[off + i] += FD_H * d[i];
                     double fdd = (lp - lm) / (2.0 * FD_H);
                     double e = fabs(gd - fdd) / (GRAD_RTOL * gmax * sqrt((double)cnt));
                     if (e > worst) worst = e;
@@ -397,7 +434,8 @@ static double grad_worst(const ref_t *r, double *p, const float *g, size_t goff,
 static void make_tokens(int32_t *tok, size_t n, int V, uint64_t seed)
 {
     uint64_t s = seed;
-    for (size_t i = 0; i < n; i++) tok[i] = (int32_t)(rs_next(&s) % (uint64_t)V);
+    for (size_t i = 0; i < n; i++)
+        tok[i] = (int32_t)(rs_next(&s) % (uint64_t)V);
 }
 
 /* ---------------------------------------------------- (a) loss + gradient */
@@ -424,14 +462,16 @@ static void check_shape_grad(const shape_t *s, int train_a, int perturb, double 
 
     double *p = malloc(l.n_params * sizeof(double));
     ck_assert(p);
-    for (size_t i = 0; i < l.n_params; i++) p[i] = l.params[i];
+    for (size_t i = 0; i < l.n_params; i++)
+        p[i] = l.params[i];
     ref_t r = {.m = &m, .l = &l, .p = p};
     double lref = ref_loss(&r, tok, s->B, s->T);
-    ck_assert_msg(fabs((double)loss - lref) <= LOSS_RTOL * fabs(lref), "shape C%d V%d: loss %.8g vs ref %.8g",
-                  s->C, s->V, (double)loss, lref);
+    ck_assert_msg(fabs((double)loss - lref) <= LOSS_RTOL * fabs(lref),
+                  "shape C%d V%d: loss %.8g vs ref %.8g", s->C, s->V, (double)loss, lref);
     float ev = -1.0f;
     ck_assert_int_eq(plait_train_eval_loss(tr, tok, (size_t)s->B, &ev), 0);
-    ck_assert_msg(fabs((double)ev - lref) <= LOSS_RTOL * fabs(lref), "eval %.8g vs ref %.8g", (double)ev, lref);
+    ck_assert_msg(fabs((double)ev - lref) <= LOSS_RTOL * fabs(lref), "eval %.8g vs ref %.8g",
+                  (double)ev, lref);
 
     size_t goff = plait_train_grads_offset(tr), ng = plait_train_grads_count(tr);
     ck_assert_uint_eq(goff, train_a ? 0 : l.n_a);
@@ -450,11 +490,13 @@ static void check_shape_grad(const shape_t *s, int train_a, int perturb, double 
     double worst = grad_worst(&r, p, g, goff, tok, s->B, s->T, 99, &gmax);
     if (worst_out) *worst_out = worst;
     if (getenv("REVIEW_VERBOSE"))
-        fprintf(stderr, "grad C%d V%d R%d T%d train_a %d perturb %d: gmax %.3g worst %.3g x tol\n", s->C, s->V, s->R,
-                s->T, train_a, perturb, gmax, worst);
+        fprintf(stderr, "grad C%d V%d R%d T%d train_a %d perturb %d: gmax %.3g worst %.3g x tol\n",
+                s->C, s->V, s->R, s->T, train_a, perturb, gmax, worst);
     if (!perturb)
-        ck_assert_msg(worst <= 1.0, "shape C%d H%d L%d NH%d NKV%d V%d R%d tg%#x B%d T%d: gradient off, %.3g x tol",
-                      s->C, s->H, s->L, s->NH, s->NKV, s->V, s->R, s->targets, s->B, s->T, worst);
+        ck_assert_msg(
+            worst <= 1.0,
+            "shape C%d H%d L%d NH%d NKV%d V%d R%d tg%#x B%d T%d: gradient off, %.3g x tol", s->C,
+            s->H, s->L, s->NH, s->NKV, s->V, s->R, s->targets, s->B, s->T, worst);
     free(g);
     free(p);
     free(tok);
@@ -503,8 +545,10 @@ static void check_shape_infer(const shape_t *s, int merge, int chunk, int thread
     double *p = malloc(l.n_params * sizeof(double));
     ck_assert(tok && itok && lg && p);
     make_tokens(tok, (size_t)T, s->V, 17);
-    for (int i = 0; i < T; i++) itok[i] = tok[i];
-    for (size_t i = 0; i < l.n_params; i++) p[i] = l.params[i];
+    for (int i = 0; i < T; i++)
+        itok[i] = tok[i];
+    for (size_t i = 0; i < l.n_params; i++)
+        p[i] = l.params[i];
     ref_t r = {.m = &m, .l = &l, .p = p};
     ref_forward_seq(&r, tok, T, lg);
 
@@ -532,8 +576,9 @@ static void check_shape_infer(const shape_t *s, int merge, int chunk, int thread
             double e = fabs((double)z[v] - zr[v]);
             if (e > worst) worst = e;
         }
-        ck_assert_msg(worst <= LOGIT_RTOL * (1.0 + mx), "C%d V%d merge %d pos %d: logit off by %g (max %g)", s->C,
-                      s->V, merge, t, worst, mx);
+        ck_assert_msg(worst <= LOGIT_RTOL * (1.0 + mx),
+                      "C%d V%d merge %d pos %d: logit off by %g (max %g)", s->C, s->V, merge, t,
+                      worst, mx);
     }
     /* Chunked prefill from position 0 and from a middle position. */
     for (int pos0 = 0; pos0 < T; pos0 += (T > 2 ? T / 2 : 1)) {
@@ -546,7 +591,8 @@ static void check_shape_infer(const shape_t *s, int merge, int chunk, int thread
             if (fabs(zr[v]) > mx) mx = fabs(zr[v]);
             if (fabs((double)z[v] - zr[v]) > worst) worst = fabs((double)z[v] - zr[v]);
         }
-        ck_assert_msg(worst <= LOGIT_RTOL * (1.0 + mx), "prefill C%d pos0 %d: off by %g", s->C, pos0, worst);
+        ck_assert_msg(worst <= LOGIT_RTOL * (1.0 + mx), "prefill C%d pos0 %d: off by %g", s->C,
+                      pos0, worst);
     }
     /* A wrong position fails cleanly. */
     ck_assert_int_eq(plait_infer_forward(&st, 0, T, NULL), PLAIT_ETOOBIG);
@@ -575,11 +621,12 @@ END_TEST
 
 /* ----------------------------------------------------------- (c) AdamW */
 
-static void hand_adamw(double *p, double *mm, double *vv, const float *g, size_t n, double lr, double wd, double b1,
-                       double b2, double eps, double clip, int t)
+static void hand_adamw(double *p, double *mm, double *vv, const float *g, size_t n, double lr,
+                       double wd, double b1, double b2, double eps, double clip, int t)
 {
     double ss = 0.0;
-    for (size_t i = 0; i < n; i++) ss += (double)g[i] * g[i];
+    for (size_t i = 0; i < n; i++)
+        ss += (double)g[i] * g[i];
     double norm = sqrt(ss), coef = 1.0;
     if (clip > 0.0 && norm > clip) coef = clip / (norm + 1e-6); /* torch clip_grad_norm_ */
     for (size_t i = 0; i < n; i++) {
@@ -611,16 +658,19 @@ START_TEST(test_shape_adamw)
     size_t ntok = (size_t)s->B * (size_t)(s->T + 1), goff = plait_train_grads_offset(tr),
            ng = plait_train_grads_count(tr);
     int32_t *tok = malloc(ntok * sizeof(int32_t));
-    double *p = malloc(l.n_params * sizeof(double)), *mm = calloc(ng, sizeof(double)), *vv = calloc(ng, sizeof(double));
+    double *p = malloc(l.n_params * sizeof(double)), *mm = calloc(ng, sizeof(double)),
+           *vv = calloc(ng, sizeof(double));
     float *g = malloc(ng * sizeof(float));
     ck_assert(tok && p && mm && vv && g);
-    for (size_t i = 0; i < l.n_params; i++) p[i] = l.params[i];
+    for (size_t i = 0; i < l.n_params; i++)
+        p[i] = l.params[i];
     for (int step = 1; step <= 2; step++) {
         make_tokens(tok, ntok, s->V, (uint64_t)step * 13);
         ck_assert_int_eq(plait_train_forward_backward(tr, tok, NULL), 0);
         memcpy(g, plait_train_grads(tr), ng * sizeof(float));
         double clip = 0.0; /* clipping: test_adamw_clipped */
-        hand_adamw(p + goff, mm, vv, g, ng, tc.lr, tc.weight_decay, tc.beta1, tc.beta2, tc.eps, clip, step);
+        hand_adamw(p + goff, mm, vv, g, ng, tc.lr, tc.weight_decay, tc.beta1, tc.beta2, tc.eps,
+                   clip, step);
         ck_assert_int_eq(plait_train_step(tr), 0);
         for (size_t i = 0; i < l.n_params; i++) {
             double e = fabs((double)l.params[i] - p[i]);
@@ -662,13 +712,16 @@ START_TEST(test_adamw_clipped)
     tc.grad_clip = norm / 3.0;
     ck_assert_int_eq(plait_train_create(&tr, &m, &l, &tc), 0);
     size_t ng = plait_train_grads_count(tr);
-    double *p = malloc(ng * sizeof(double)), *mm = calloc(ng, sizeof(double)), *vv = calloc(ng, sizeof(double));
+    double *p = malloc(ng * sizeof(double)), *mm = calloc(ng, sizeof(double)),
+           *vv = calloc(ng, sizeof(double));
     float *g = malloc(ng * sizeof(float));
     ck_assert(p && mm && vv && g);
-    for (size_t i = 0; i < ng; i++) p[i] = l.params[i];
+    for (size_t i = 0; i < ng; i++)
+        p[i] = l.params[i];
     ck_assert_int_eq(plait_train_forward_backward(tr, tok, NULL), 0);
     memcpy(g, plait_train_grads(tr), ng * sizeof(float));
-    hand_adamw(p, mm, vv, g, ng, tc.lr, tc.weight_decay, tc.beta1, tc.beta2, tc.eps, tc.grad_clip, 1);
+    hand_adamw(p, mm, vv, g, ng, tc.lr, tc.weight_decay, tc.beta1, tc.beta2, tc.eps, tc.grad_clip,
+               1);
     ck_assert_int_eq(plait_train_step(tr), 0);
     ck_assert_msg(fabs(plait_train_last_grad_norm(tr) - norm) <= 1e-5 * norm, "pre-clip norm");
     /* After clipping, m = 0.1 * g * coef, v = 0.001 (g coef)^2: the update
@@ -676,10 +729,12 @@ START_TEST(test_adamw_clipped)
     make_tokens(tok, ntok, s->V, 4);
     ck_assert_int_eq(plait_train_forward_backward(tr, tok, NULL), 0);
     memcpy(g, plait_train_grads(tr), ng * sizeof(float));
-    hand_adamw(p, mm, vv, g, ng, tc.lr, tc.weight_decay, tc.beta1, tc.beta2, tc.eps, tc.grad_clip, 2);
+    hand_adamw(p, mm, vv, g, ng, tc.lr, tc.weight_decay, tc.beta1, tc.beta2, tc.eps, tc.grad_clip,
+               2);
     ck_assert_int_eq(plait_train_step(tr), 0);
     for (size_t i = 0; i < ng; i++)
-        ck_assert_msg(fabs((double)l.params[i] - p[i]) <= ADAM_RTOL * tc.lr + 4 * FLT_EPSILON * fabs(p[i]),
+        ck_assert_msg(fabs((double)l.params[i] - p[i]) <=
+                          ADAM_RTOL * tc.lr + 4 * FLT_EPSILON * fabs(p[i]),
                       "param %zu: %.9g vs %.9g", i, (double)l.params[i], p[i]);
     plait_train_destroy(tr);
     free(tok), free(p), free(mm), free(vv), free(g);
@@ -687,7 +742,6 @@ START_TEST(test_adamw_clipped)
     plait_model_free(&m);
 }
 END_TEST
-
 
 /* ============================================================ hostile input */
 
@@ -711,7 +765,8 @@ static void hostile_teardown(void)
 static void put_i32(uint8_t *b, int32_t v)
 {
     uint32_t u = (uint32_t)v;
-    b[0] = (uint8_t)u, b[1] = (uint8_t)(u >> 8), b[2] = (uint8_t)(u >> 16), b[3] = (uint8_t)(u >> 24);
+    b[0] = (uint8_t)u, b[1] = (uint8_t)(u >> 8), b[2] = (uint8_t)(u >> 16),
+    b[3] = (uint8_t)(u >> 24);
 }
 
 /* Write a header (7 fields) followed by extra zero bytes; load it. */
@@ -720,7 +775,8 @@ static int load_header(const int32_t h[7], size_t extra, plait_model_t *m)
     size_t n = 28 + extra;
     uint8_t *buf = calloc(1, n);
     ck_assert_ptr_nonnull(buf);
-    for (int i = 0; i < 7; i++) put_i32(buf + 4 * i, h[i]);
+    for (int i = 0; i < 7; i++)
+        put_i32(buf + 4 * i, h[i]);
     char *path = tu_path(scratch, "model.bin");
     ck_assert_int_eq(tu_write_file(path, buf, n), 0);
     plait_model_init(m);
@@ -733,7 +789,8 @@ static int load_header(const int32_t h[7], size_t extra, plait_model_t *m)
 /* Floats a valid file of this header holds after the 28-byte header. */
 static size_t file_floats(const int32_t h[7])
 {
-    size_t C = (size_t)h[0], H = (size_t)h[1], L = (size_t)h[2], NH = (size_t)h[3], NKV = (size_t)h[4];
+    size_t C = (size_t)h[0], H = (size_t)h[1], L = (size_t)h[2], NH = (size_t)h[3],
+           NKV = (size_t)h[4];
     size_t V = (size_t)(h[5] < 0 ? -h[5] : h[5]), S = (size_t)h[6], HS = C / NH, KV = NKV * HS;
     size_t n = V * C + L * C + L * C * C * 2 + 2 * L * KV * C + L * C + 3 * L * H * C + C + S * HS;
     if (h[5] < 0) n += V * C;
@@ -744,19 +801,19 @@ START_TEST(test_model_header_hostile)
 {
     plait_model_t m;
     static const int32_t bad[][7] = {
-        {16, 32, 1, 2, 4, 300, 8},                /* n_kv_heads > n_heads */
-        {16, 32, 1, 4, 3, 300, 8},                /* n_heads not a multiple of n_kv_heads */
-        {10, 32, 1, 4, 4, 300, 8},                /* dim not divisible by n_heads */
-        {12, 32, 1, 4, 4, 300, 8},                /* head size 3: odd */
-        {16, 32, 1, 2, 2, INT32_MIN, 8},          /* vocab INT32_MIN */
-        {16, 32, 1, 2, 2, 0, 8},                  /* vocab 0 */
-        {16, 32, 1, 2, 2, 300, 0},                /* seq_len 0 */
-        {16, 32, 0, 2, 2, 300, 8},                /* no layers */
-        {16, 0, 1, 2, 2, 300, 8},                 /* no hidden */
-        {-16, 32, 1, 2, 2, 300, 8},               /* negative dim */
-        {INT32_MAX, 32, 1, 2, 2, 300, 8},         /* huge dim */
-        {16, 32, 1, 0, 0, 300, 8},                /* no heads */
-        {16, 32, 1, 2, 0, 300, 8},                /* no kv heads */
+        {16, 32, 1, 2, 4, 300, 8},        /* n_kv_heads > n_heads */
+        {16, 32, 1, 4, 3, 300, 8},        /* n_heads not a multiple of n_kv_heads */
+        {10, 32, 1, 4, 4, 300, 8},        /* dim not divisible by n_heads */
+        {12, 32, 1, 4, 4, 300, 8},        /* head size 3: odd */
+        {16, 32, 1, 2, 2, INT32_MIN, 8},  /* vocab INT32_MIN */
+        {16, 32, 1, 2, 2, 0, 8},          /* vocab 0 */
+        {16, 32, 1, 2, 2, 300, 0},        /* seq_len 0 */
+        {16, 32, 0, 2, 2, 300, 8},        /* no layers */
+        {16, 0, 1, 2, 2, 300, 8},         /* no hidden */
+        {-16, 32, 1, 2, 2, 300, 8},       /* negative dim */
+        {INT32_MAX, 32, 1, 2, 2, 300, 8}, /* huge dim */
+        {16, 32, 1, 0, 0, 300, 8},        /* no heads */
+        {16, 32, 1, 2, 0, 300, 8},        /* no kv heads */
         {16384, 65536, 256, 1024, 1024, -1048576, 1048576}, /* every limit at once: size mismatch */
         {16384, 65536, 256, 2, 1, 1048576, 1048576},
         {16, 32, 1, 2, 2, 300, INT32_MAX},
@@ -824,8 +881,13 @@ START_TEST(test_random_model_limits)
 {
     /* init_random refuses the same headers, and refuses to allocate absurd
      * sizes with an error rather than a crash. */
-    plait_model_config_t c = {.dim = 16, .hidden_dim = 32, .n_layers = 1, .n_heads = 2, .n_kv_heads = 4,
-                              .vocab_size = 300, .seq_len = 8};
+    plait_model_config_t c = {.dim = 16,
+                              .hidden_dim = 32,
+                              .n_layers = 1,
+                              .n_heads = 2,
+                              .n_kv_heads = 4,
+                              .vocab_size = 300,
+                              .seq_len = 8};
     plait_model_t m;
     plait_model_init(&m);
     ck_assert_int_eq(plait_model_init_random(&m, &c, 1), PLAIT_EPROTO);
@@ -882,11 +944,12 @@ START_TEST(test_tokens_out_of_range)
     float l7, l1 = 0.0f, lsum = 0.0f;
     ck_assert_int_eq(plait_train_eval_loss(tr, rows, 7, &l7), 0);
     for (int r = 0; r < 7; r++) {
-        ck_assert_int_eq(plait_train_eval_loss(tr, rows + (size_t)r * (size_t)(s->T + 1), 1, &l1), 0);
+        ck_assert_int_eq(plait_train_eval_loss(tr, rows + (size_t)r * (size_t)(s->T + 1), 1, &l1),
+                         0);
         lsum += l1;
     }
-    ck_assert_msg(fabs((double)l7 - (double)lsum / 7.0) <= LOSS_RTOL * fabs((double)l7), "eval chunks %g vs %g",
-                  (double)l7, (double)lsum / 7.0);
+    ck_assert_msg(fabs((double)l7 - (double)lsum / 7.0) <= LOSS_RTOL * fabs((double)l7),
+                  "eval chunks %g vs %g", (double)l7, (double)lsum / 7.0);
     free(rows);
     free(tok);
     plait_train_destroy(tr);
@@ -922,8 +985,8 @@ typedef struct {
     const char *rank, *alpha, *targets, *sha, *format;
 } meta_t;
 
-static int load_crafted(const plait_model_t *m, const meta_t *mt, const plait_st_out_t *t, size_t nt,
-                        plait_lora_t *out)
+static int load_crafted(const plait_model_t *m, const meta_t *mt, const plait_st_out_t *t,
+                        size_t nt, plait_lora_t *out)
 {
     plait_st_meta_t meta[5];
     size_t nm = 0;
@@ -949,8 +1012,10 @@ START_TEST(test_adapter_lying_metadata)
     plait_model_t m;
     make_model(&m, &s, 9);
     float data[12 * 16];
-    for (size_t i = 0; i < sizeof(data) / sizeof(data[0]); i++) data[i] = 0.01f * (float)i;
-    plait_st_out_t good[2] = {{"layers.0.wq.lora_A", 2, {2, 12}, data}, {"layers.0.wq.lora_B", 2, {12, 2}, data}};
+    for (size_t i = 0; i < sizeof(data) / sizeof(data[0]); i++)
+        data[i] = 0.01f * (float)i;
+    plait_st_out_t good[2] = {{"layers.0.wq.lora_A", 2, {2, 12}, data},
+                              {"layers.0.wq.lora_B", 2, {12, 2}, data}};
     meta_t mt = {"2", "4", "wq", ZERO64, "plait-lora"};
     plait_lora_t l;
     plait_lora_init(&l);
@@ -964,33 +1029,35 @@ START_TEST(test_adapter_lying_metadata)
         meta_t mt;
         int want;
     } lies[] = {
-        {{"3", "4", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},    /* rank lies about the shapes */
+        {{"3", "4", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO}, /* rank lies about the shapes */
         {{"1", "4", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},
         {{"0", "4", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},
         {{"-2", "4", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},
         {{"99999999999999999999", "4", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},
         {{"2x", "4", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},
         {{"", "4", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},
-        {{"2", "nan", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},   /* alpha */
+        {{"2", "nan", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO}, /* alpha */
         {{"2", "-4", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},
         {{"2", "0", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},
         {{"2", "inf", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},
         {{"2", "1e300", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},
-        {{"2", "1e39", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},  /* finite double, inf as float */
+        {{"2", "1e39", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO}, /* finite double, inf as float */
         {{"2", "", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},
         {{"2", "4", "wq,wk", ZERO64, "plait-lora"}, PLAIT_EPROTO}, /* targets: wk tensors missing */
         {{"2", "4", "wk", ZERO64, "plait-lora"}, PLAIT_EPROTO},    /* wq tensors unexpected */
         {{"2", "4", "", ZERO64, "plait-lora"}, PLAIT_EPROTO},
         {{"2", "4", "wq,zz", ZERO64, "plait-lora"}, PLAIT_EPROTO},
-        {{"2", "4", "wq", "00", "plait-lora"}, PLAIT_EPROTO},      /* base_sha256 malformed */
+        {{"2", "4", "wq", "00", "plait-lora"}, PLAIT_EPROTO}, /* base_sha256 malformed */
         {{"2", "4", "wq", ZERO64 "0", "plait-lora"}, PLAIT_EPROTO},
-        {{"2", "4", "wq", "g000000000000000000000000000000000000000000000000000000000000000", "plait-lora"},
+        {{"2", "4", "wq", "g000000000000000000000000000000000000000000000000000000000000000",
+          "plait-lora"},
          PLAIT_EPROTO},
         {{"2", "4", "wq", "", "plait-lora"}, PLAIT_EPROTO},
-        {{"2", "4", "wq", "1000000000000000000000000000000000000000000000000000000000000000", "plait-lora"},
+        {{"2", "4", "wq", "1000000000000000000000000000000000000000000000000000000000000000",
+          "plait-lora"},
          PLAIT_EMISMATCH},
         {{"2", "4", "wq", ZERO64, "other"}, PLAIT_EPROTO},
-        {{NULL, "4", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},   /* missing fields */
+        {{NULL, "4", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO}, /* missing fields */
         {{"2", NULL, "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},
         {{"2", "4", NULL, ZERO64, "plait-lora"}, PLAIT_EPROTO},
         {{"2", "4", "wq", NULL, "plait-lora"}, PLAIT_EPROTO},
@@ -999,29 +1066,35 @@ START_TEST(test_adapter_lying_metadata)
     for (size_t i = 0; i < sizeof(lies) / sizeof(lies[0]); i++) {
         plait_lora_init(&l);
         int rc = load_crafted(&m, &lies[i].mt, good, 2, &l);
-        ck_assert_msg(rc == lies[i].want, "lie %zu: rc %d, want %d (%s)", i, rc, lies[i].want, plait_errmsg());
+        ck_assert_msg(rc == lies[i].want, "lie %zu: rc %d, want %d (%s)", i, rc, lies[i].want,
+                      plait_errmsg());
         ck_assert_ptr_null(l.params);
         plait_lora_free(&l);
     }
     /* Tensors that lie: wrong shapes, transposed, extra, missing, a layer
      * out of range, non-canonical names, non-finite values. */
     float nanv[24];
-    for (int i = 0; i < 24; i++) nanv[i] = i == 5 ? NAN : 0.0f;
+    for (int i = 0; i < 24; i++)
+        nanv[i] = i == 5 ? NAN : 0.0f;
     const plait_st_out_t bad_sets[][3] = {
         {{"layers.0.wq.lora_A", 2, {12, 2}, data}, {"layers.0.wq.lora_B", 2, {12, 2}, data}},
         {{"layers.0.wq.lora_A", 2, {2, 12}, data}, {"layers.0.wq.lora_B", 2, {2, 12}, data}},
         {{"layers.0.wq.lora_A", 1, {24}, data}, {"layers.0.wq.lora_B", 2, {12, 2}, data}},
         {{"layers.0.wq.lora_A", 3, {1, 2, 12}, data}, {"layers.0.wq.lora_B", 2, {12, 2}, data}},
         {{"layers.0.wq.lora_A", 2, {2, 12}, data}},
-        {{"layers.0.wq.lora_A", 2, {2, 12}, data}, {"layers.0.wq.lora_B", 2, {12, 2}, data},
+        {{"layers.0.wq.lora_A", 2, {2, 12}, data},
+         {"layers.0.wq.lora_B", 2, {12, 2}, data},
          {"layers.1.wq.lora_A", 2, {2, 12}, data}},
-        {{"layers.0.wq.lora_A", 2, {2, 12}, data}, {"layers.0.wq.lora_B", 2, {12, 2}, data},
+        {{"layers.0.wq.lora_A", 2, {2, 12}, data},
+         {"layers.0.wq.lora_B", 2, {12, 2}, data},
          {"extra", 1, {1}, data}},
         {{"layers.00.wq.lora_A", 2, {2, 12}, data}, {"layers.0.wq.lora_B", 2, {12, 2}, data}},
-        {{"layers.0.wq.lora_A", 2, {2, 12}, data}, {"layers.0.wq.lora_B", 2, {12, 2}, data},
+        {{"layers.0.wq.lora_A", 2, {2, 12}, data},
+         {"layers.0.wq.lora_B", 2, {12, 2}, data},
          {"layers.99999999999999999999.wq.lora_A", 2, {2, 12}, data}},
         {{"layers.0.wq.lora_A", 2, {2, 12}, data}, {"layers.0.wq.lora_B", 2, {12, 2}, nanv}},
-        {{"layers.0.wq.lora_A", 2, {2, 12}, data}, {"layers.0.wq.lora_B", 2, {12, 2}, data},
+        {{"layers.0.wq.lora_A", 2, {2, 12}, data},
+         {"layers.0.wq.lora_B", 2, {12, 2}, data},
          {"layers.-1.wq.lora_A", 2, {2, 12}, data}},
         {{"layers.0.wq.lora_A", 2, {2, 12}, data}, {"layers.0.wq.lora_b", 2, {12, 2}, data}},
     };
@@ -1043,7 +1116,8 @@ static int load_raw(const plait_model_t *m, const char *json, size_t data_len)
     size_t hl = strlen(json), len = 8 + hl + data_len;
     uint8_t *img = calloc(1, len);
     ck_assert_ptr_nonnull(img);
-    for (int i = 0; i < 8; i++) img[i] = (uint8_t)((uint64_t)hl >> (8 * i));
+    for (int i = 0; i < 8; i++)
+        img[i] = (uint8_t)((uint64_t)hl >> (8 * i));
     memcpy(img + 8, json, hl);
     plait_lora_t l;
     plait_lora_init(&l);
@@ -1053,62 +1127,81 @@ static int load_raw(const plait_model_t *m, const char *json, size_t data_len)
     return rc;
 }
 
-#define META_OK "\"__metadata__\":{\"format\":\"plait-lora\",\"rank\":\"1\",\"alpha\":\"1\",\"targets\":\"wq\",\"base_sha256\":\"" ZERO64 "\"}"
+#define META_OK                                                                                    \
+    "\"__metadata__\":{\"format\":\"plait-lora\",\"rank\":\"1\",\"alpha\":\"1\",\"targets\":"      \
+    "\"wq\",\"base_sha256\":\"" ZERO64 "\"}"
 
 START_TEST(test_adapter_raw_hostile)
 {
     shape_t s = {12, 37, 1, 2, 1, 300, 8, 1, 1, 1.0f, TGT(PLAIT_WQ), 1, 2, 1};
     plait_model_t m;
     make_model(&m, &s, 9);
-    const char *A = "\"layers.0.wq.lora_A\":{\"dtype\":\"F32\",\"shape\":[1,12],\"data_offsets\":[0,48]}";
-    const char *Bt = "\"layers.0.wq.lora_B\":{\"dtype\":\"F32\",\"shape\":[12,1],\"data_offsets\":[48,96]}";
+    const char *A =
+        "\"layers.0.wq.lora_A\":{\"dtype\":\"F32\",\"shape\":[1,12],\"data_offsets\":[0,48]}";
+    const char *Bt =
+        "\"layers.0.wq.lora_B\":{\"dtype\":\"F32\",\"shape\":[12,1],\"data_offsets\":[48,96]}";
     char json[2048];
     snprintf(json, sizeof(json), "{%s,%s,%s}", A, Bt, META_OK);
     ck_assert_msg(load_raw(&m, json, 96) == 0, "%s", plait_errmsg());
     /* Duplicate tensor (same name twice, different ranges). */
-    snprintf(json, sizeof(json), "{%s,%s,%s,%s}", A, Bt,
-             "\"layers.0.wq.lora_A\":{\"dtype\":\"F32\",\"shape\":[1,12],\"data_offsets\":[96,144]}", META_OK);
+    snprintf(
+        json, sizeof(json), "{%s,%s,%s,%s}", A, Bt,
+        "\"layers.0.wq.lora_A\":{\"dtype\":\"F32\",\"shape\":[1,12],\"data_offsets\":[96,144]}",
+        META_OK);
     ck_assert_int_eq(load_raw(&m, json, 144), PLAIT_EPROTO);
     /* Duplicate metadata key. */
     snprintf(json, sizeof(json), "{%s,%s,%s,\"__metadata__\":{\"rank\":\"2\"}}", A, Bt, META_OK);
     ck_assert_int_eq(load_raw(&m, json, 96), PLAIT_EPROTO);
     /* A name with an embedded NUL that equals a canonical name up to it. */
     snprintf(json, sizeof(json),
-             "{\"layers.0.wq.lora_A\\u0000x\":{\"dtype\":\"F32\",\"shape\":[1,12],\"data_offsets\":[0,48]},%s,%s}",
+             "{\"layers.0.wq.lora_A\\u0000x\":{\"dtype\":\"F32\",\"shape\":[1,12],\"data_offsets\":"
+             "[0,48]},%s,%s}",
              Bt, META_OK);
     ck_assert_int_eq(load_raw(&m, json, 96), PLAIT_EPROTO);
     /* A metadata key with an embedded NUL that shadows "rank". */
-    snprintf(json, sizeof(json), "{%s,%s,\"__metadata__\":{\"rank\\u0000\":\"7\",\"format\":\"plait-lora\","
-             "\"rank\":\"1\",\"alpha\":\"1\",\"targets\":\"wq\",\"base_sha256\":\"" ZERO64 "\"}}", A, Bt);
+    snprintf(json, sizeof(json),
+             "{%s,%s,\"__metadata__\":{\"rank\\u0000\":\"7\",\"format\":\"plait-lora\","
+             "\"rank\":\"1\",\"alpha\":\"1\",\"targets\":\"wq\",\"base_sha256\":\"" ZERO64 "\"}}",
+             A, Bt);
     int rc = load_raw(&m, json, 96);
     ck_assert_msg(rc == PLAIT_EPROTO || rc == 0, "rc %d", rc);
     /* Overlapping, out-of-range, huge and negative offsets; a hole; bad dtype. */
     const char *bad[] = {
         "{\"layers.0.wq.lora_A\":{\"dtype\":\"F32\",\"shape\":[1,12],\"data_offsets\":[0,48]},"
-        "\"layers.0.wq.lora_B\":{\"dtype\":\"F32\",\"shape\":[12,1],\"data_offsets\":[40,88]}," META_OK "}",
+        "\"layers.0.wq.lora_B\":{\"dtype\":\"F32\",\"shape\":[12,1],\"data_offsets\":[40,88]}"
+        "," META_OK "}",
         "{\"layers.0.wq.lora_A\":{\"dtype\":\"F32\",\"shape\":[1,12],\"data_offsets\":[0,48]},"
-        "\"layers.0.wq.lora_B\":{\"dtype\":\"F32\",\"shape\":[12,1],\"data_offsets\":[48,18446744073709551615]}," META_OK "}",
+        "\"layers.0.wq.lora_B\":{\"dtype\":\"F32\",\"shape\":[12,1],\"data_offsets\":[48,"
+        "18446744073709551615]}," META_OK "}",
         "{\"layers.0.wq.lora_A\":{\"dtype\":\"F32\",\"shape\":[1,12],\"data_offsets\":[0,48]},"
-        "\"layers.0.wq.lora_B\":{\"dtype\":\"F32\",\"shape\":[12,1],\"data_offsets\":[-48,0]}," META_OK "}",
+        "\"layers.0.wq.lora_B\":{\"dtype\":\"F32\",\"shape\":[12,1],\"data_offsets\":[-48,0]}"
+        "," META_OK "}",
         "{\"layers.0.wq.lora_A\":{\"dtype\":\"F32\",\"shape\":[1,12],\"data_offsets\":[0,48]},"
-        "\"layers.0.wq.lora_B\":{\"dtype\":\"F32\",\"shape\":[4611686018427387904,4],\"data_offsets\":[48,96]}," META_OK "}",
+        "\"layers.0.wq.lora_B\":{\"dtype\":\"F32\",\"shape\":[4611686018427387904,4],\"data_"
+        "offsets\":[48,96]}," META_OK "}",
         "{\"layers.0.wq.lora_A\":{\"dtype\":\"F32\",\"shape\":[1,12],\"data_offsets\":[0,48]},"
-        "\"layers.0.wq.lora_B\":{\"dtype\":\"F16\",\"shape\":[12,1],\"data_offsets\":[48,96]}," META_OK "}",
+        "\"layers.0.wq.lora_B\":{\"dtype\":\"F16\",\"shape\":[12,1],\"data_offsets\":[48,96]}"
+        "," META_OK "}",
         "{\"layers.0.wq.lora_A\":{\"dtype\":\"F32\",\"shape\":[1,12],\"data_offsets\":[0,48]},"
-        "\"layers.0.wq.lora_B\":{\"dtype\":\"F32\",\"shape\":[12,1.5],\"data_offsets\":[48,96]}," META_OK "}",
+        "\"layers.0.wq.lora_B\":{\"dtype\":\"F32\",\"shape\":[12,1.5],\"data_offsets\":[48,96]}"
+        "," META_OK "}",
         "{\"layers.0.wq.lora_A\":{\"dtype\":\"F32\",\"shape\":[1,12],\"data_offsets\":[0,48]},"
-        "\"layers.0.wq.lora_B\":{\"dtype\":\"F32\",\"shape\":\"12\",\"data_offsets\":[48,96]}," META_OK "}",
+        "\"layers.0.wq.lora_B\":{\"dtype\":\"F32\",\"shape\":\"12\",\"data_offsets\":[48,96]}"
+        "," META_OK "}",
         "{\"layers.0.wq.lora_A\":{\"dtype\":\"F32\",\"shape\":[1,12],\"data_offsets\":[0,48]},"
-        "\"layers.0.wq.lora_B\":{\"dtype\":\"F32\",\"shape\":[12,1],\"data_offsets\":[52,100]}," META_OK "}",
+        "\"layers.0.wq.lora_B\":{\"dtype\":\"F32\",\"shape\":[12,1],\"data_offsets\":[52,100]}"
+        "," META_OK "}",
         "{\"layers.0.wq.lora_A\":{\"dtype\":\"F32\",\"shape\":[1,12],\"data_offsets\":[0,48]},"
-        "\"layers.0.wq.lora_B\":{\"dtype\":\"F32\",\"shape\":[12,1],\"data_offsets\":[48,96]},\"__metadata__\":{\"rank\":1}}",
+        "\"layers.0.wq.lora_B\":{\"dtype\":\"F32\",\"shape\":[12,1],\"data_offsets\":[48,96]},\"__"
+        "metadata__\":{\"rank\":1}}",
         "[]",
         "",
         "{\"__metadata__\":{\"format\":\"plait-lora\"}}",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         rc = load_raw(&m, bad[i], 100);
-        ck_assert_msg(rc == PLAIT_EPROTO || rc == PLAIT_ETOOBIG, "raw %zu: rc %d (%s)", i, rc, plait_errmsg());
+        ck_assert_msg(rc == PLAIT_EPROTO || rc == PLAIT_ETOOBIG, "raw %zu: rc %d (%s)", i, rc,
+                      plait_errmsg());
     }
     /* Header length that lies (bigger than the file, and 2^64 - 1). */
     uint8_t img[16] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, '{', '}'};
@@ -1140,7 +1233,8 @@ static void huge_lora(plait_lora_t *l, const plait_model_t *m, float v)
     plait_lora_config_default(&lc);
     plait_lora_init(l);
     ck_assert_int_eq(plait_lora_setup(l, &m->cfg, &lc), 0);
-    for (size_t i = 0; i < l->n_params; i++) l->params[i] = v;
+    for (size_t i = 0; i < l->n_params; i++)
+        l->params[i] = v;
 }
 
 START_TEST(test_save_refuses_nonfinite)
@@ -1212,7 +1306,8 @@ START_TEST(test_generate_nonfinite_is_error)
     plait_tok_t tok;
     plait_model_init(&m);
     plait_tok_init(&tok);
-    char *mp = tu_path(tu_assets_dir(), "stories260K.bin"), *tp = tu_path(tu_assets_dir(), "tok512.bin");
+    char *mp = tu_path(tu_assets_dir(), "stories260K.bin"),
+         *tp = tu_path(tu_assets_dir(), "tok512.bin");
     ck_assert_int_eq(plait_model_load(&m, mp), 0);
     ck_assert_int_eq(plait_tok_load(&tok, tp, m.cfg.vocab_size), 0);
     plait_lora_t l;
@@ -1231,8 +1326,9 @@ START_TEST(test_generate_nonfinite_is_error)
             g.temperature = greedy ? 0.0f : 1.0f;
             size_t emitted = 0;
             int rc = plait_generate(&st, &tok, "Once", &g, count_piece, &emitted, NULL);
-            ck_assert_msg(rc == PLAIT_EPROTO, "merge %d greedy %d: generate on NaN logits returned %d", merge,
-                          greedy, rc);
+            ck_assert_msg(rc == PLAIT_EPROTO,
+                          "merge %d greedy %d: generate on NaN logits returned %d", merge, greedy,
+                          rc);
         }
         plait_infer_free(&st);
     }
@@ -1255,8 +1351,8 @@ static int agent(char *out, size_t cap, const char *fmt, ...)
     vsnprintf(args, sizeof(args), fmt, ap);
     va_end(ap);
     snprintf(log, sizeof(log), "%s/out.txt", scratch);
-    snprintf(cmd, sizeof(cmd), "PLAIT_ASSETS='%s' timeout 60 '%s/client/plait-agent' %s >'%s' 2>&1", tu_assets_dir(),
-             PLAIT_BINARY_DIR, args, log);
+    snprintf(cmd, sizeof(cmd), "PLAIT_ASSETS='%s' timeout 60 '%s/client/plait-agent' %s >'%s' 2>&1",
+             tu_assets_dir(), PLAIT_BINARY_DIR, args, log);
     int st = system(cmd);
     size_t n = 0;
     uint8_t *b = tu_read_file(log, &n);
@@ -1280,10 +1376,12 @@ START_TEST(test_cli_nonfinite_train)
     char *ad = tu_path(scratch, "huge.safetensors"), *outp = tu_path(scratch, "out.safetensors"),
          *txt = tu_path(scratch, "t.txt");
     ck_assert_int_eq(plait_adapter_save(ad, &l, m.sha256), 0);
-    static const char text[] = "Once upon a time there was a little girl. She liked to play in the park with her dog.\n";
+    static const char text[] =
+        "Once upon a time there was a little girl. She liked to play in the park with her dog.\n";
     ck_assert_int_eq(tu_write_file(txt, text, sizeof(text) - 1), 0);
     char out[4096];
-    int rc = agent(out, sizeof(out), "train --text '%s' --init-adapter '%s' --out '%s' --steps 2 --seq 8 --batch 2",
+    int rc = agent(out, sizeof(out),
+                   "train --text '%s' --init-adapter '%s' --out '%s' --steps 2 --seq 8 --batch 2",
                    txt, ad, outp);
     ck_assert_msg(rc == 1, "train exit %d: %s", rc, out);
     ck_assert_msg(strstr(out, "non-finite") != NULL, "no clear message: %s", out);
@@ -1305,7 +1403,8 @@ START_TEST(test_cli_hostile_flags)
     char out[4096];
     char *txt = tu_path(scratch, "t.txt"), *outp = tu_path(scratch, "o.safetensors"),
          *db = tu_path(scratch, "s.db"), *jl = tu_path(scratch, "one.jsonl");
-    static const char text[] = "Once upon a time there was a little girl. She liked to play in the park with her dog.\n";
+    static const char text[] =
+        "Once upon a time there was a little girl. She liked to play in the park with her dog.\n";
     ck_assert_int_eq(tu_write_file(txt, text, sizeof(text) - 1), 0);
     static const char *bad[] = {
         "--seq 513",                  /* beyond the model's seq_len 512 */
@@ -1325,14 +1424,19 @@ START_TEST(test_cli_hostile_flags)
         "--seq 200", /* more than the text holds */
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-        int rc = agent(out, sizeof(out), "train --text '%s' --out '%s' --steps 1 %s", txt, outp, bad[i]);
+        int rc =
+            agent(out, sizeof(out), "train --text '%s' --out '%s' --steps 1 %s", txt, outp, bad[i]);
         ck_assert_msg(rc == 1 || rc == 2, "'%s': exit %d: %s", bad[i], rc, out);
         ck_assert_msg(strchr(out, '\n') != NULL && strlen(out) > 10, "'%s': no message", bad[i]);
     }
     /* --steps 0 and --threads 256 are legal. */
-    ck_assert_int_eq(agent(out, sizeof(out), "train --text '%s' --out '%s' --steps 0 --seq 8 --quiet", txt, outp), 0);
-    ck_assert_int_eq(agent(out, sizeof(out), "train --text '%s' --out '%s' --steps 1 --seq 8 --threads 256 --quiet",
-                           txt, outp), 0);
+    ck_assert_int_eq(agent(out, sizeof(out),
+                           "train --text '%s' --out '%s' --steps 0 --seq 8 --quiet", txt, outp),
+                     0);
+    ck_assert_int_eq(agent(out, sizeof(out),
+                           "train --text '%s' --out '%s' --steps 1 --seq 8 --threads 256 --quiet",
+                           txt, outp),
+                     0);
     /* A store whose one record is in the train split: eval of the held-out
      * split has nothing to evaluate and says so. */
     static const char one[] = "{\"text\":\"hello there\"}\n";
@@ -1351,18 +1455,23 @@ START_TEST(test_cli_hostile_flags)
     /* Token files for --dump-grads: ids out of range, wrong size. */
     char *tk = tu_path(scratch, "tok.i32"), *init = tu_path(scratch, "init.safetensors"),
          *dump = tu_path(scratch, "g.safetensors");
-    ck_assert_int_eq(agent(out, sizeof(out), "train --text '%s' --out '%s' --steps 0 --seq 8 --quiet", txt, init), 0);
+    ck_assert_int_eq(agent(out, sizeof(out),
+                           "train --text '%s' --out '%s' --steps 0 --seq 8 --quiet", txt, init),
+                     0);
     static const int32_t ids[][3] = {{1, 2, 512}, {1, -1, 3}, {INT32_MIN, 2, 3}, {1, 2, INT32_MAX}};
     for (size_t i = 0; i < 4; i++) {
         ck_assert_int_eq(tu_write_file(tk, ids[i], sizeof(ids[i])), 0);
-        rc = agent(out, sizeof(out), "train --init-adapter '%s' --tokens '%s' --batch 1 --seq 2 --dump-grads '%s'",
+        rc = agent(out, sizeof(out),
+                   "train --init-adapter '%s' --tokens '%s' --batch 1 --seq 2 --dump-grads '%s'",
                    init, tk, dump);
         ck_assert_msg(rc == 1 && strstr(out, "outside"), "ids %zu: exit %d: %s", i, rc, out);
     }
-    rc = agent(out, sizeof(out), "train --init-adapter '%s' --tokens '%s' --batch 2 --seq 2 --dump-grads '%s'", init,
+    rc = agent(out, sizeof(out),
+               "train --init-adapter '%s' --tokens '%s' --batch 2 --seq 2 --dump-grads '%s'", init,
                tk, dump);
     ck_assert_msg(rc == 1, "short token file: exit %d: %s", rc, out);
-    free(txt), free(outp), free(db), free(jl), free(db2), free(empty), free(tk), free(init), free(dump);
+    free(txt), free(outp), free(db), free(jl), free(db2), free(empty), free(tk), free(init),
+        free(dump);
 }
 END_TEST
 
@@ -1473,12 +1582,16 @@ START_TEST(test_tok_hostile)
         size_t n = trial == 0 ? 2000 : (size_t)(rs_next(&rs) % 300) + 1;
         for (size_t i = 0; i < n; i++) {
             uint64_t r = rs_next(&rs);
-            if (trial == 0) text[i] = 'a';
-            else if (trial % 3 == 0) text[i] = (char)(r & 0xff); /* any byte, NUL and invalid UTF-8 included */
-            else text[i] = "aab \xc3\xa9"[r % 6];
+            if (trial == 0)
+                text[i] = 'a';
+            else if (trial % 3 == 0)
+                text[i] = (char)(r & 0xff); /* any byte, NUL and invalid UTF-8 included */
+            else
+                text[i] = "aab \xc3\xa9"[r % 6];
         }
         size_t nt = 0;
-        ck_assert_int_eq(plait_tok_encode(&t, text, n, 1, 1, ids, plait_tok_encode_bound(n), &nt), 0);
+        ck_assert_int_eq(plait_tok_encode(&t, text, n, 1, 1, ids, plait_tok_encode_bound(n), &nt),
+                         0);
         ck_assert_uint_le(nt, plait_tok_encode_bound(n));
         ck_assert_int_eq(ids[0], PLAIT_TOK_BOS);
         ck_assert_int_eq(ids[nt - 1], PLAIT_TOK_EOS);
@@ -1492,9 +1605,11 @@ START_TEST(test_tok_hostile)
             memcpy(back + k, p, pl);
             k += pl;
         }
-        ck_assert_msg(k == n && memcmp(back, text, n) == 0, "trial %d: round trip of %zu bytes gave %zu", trial, n, k);
+        ck_assert_msg(k == n && memcmp(back, text, n) == 0,
+                      "trial %d: round trip of %zu bytes gave %zu", trial, n, k);
         /* Too small an output buffer is an error, not an overflow. */
-        if (nt > 2) ck_assert_int_eq(plait_tok_encode(&t, text, n, 1, 1, ids, nt - 1, &nt), PLAIT_ETOOBIG);
+        if (nt > 2)
+            ck_assert_int_eq(plait_tok_encode(&t, text, n, 1, 1, ids, nt - 1, &nt), PLAIT_ETOOBIG);
     }
     free(text), free(back), free(ids), free(big), free(b.b);
     plait_tok_free(&t);
@@ -1506,7 +1621,8 @@ END_TEST
 #include "plait/ingest.h"
 #include "plait/store.h"
 
-static int count_rec(void *ud, int64_t time, const char *kind, const char *user, const char *text, size_t len)
+static int count_rec(void *ud, int64_t time, const char *kind, const char *user, const char *text,
+                     size_t len)
 {
     (void)time, (void)kind, (void)user;
     ck_assert(len >= 1 && strlen(text) == len);
@@ -1525,18 +1641,24 @@ START_TEST(test_store_ingest_hostile)
     ck_assert_int_eq(plait_store_open(&st, &cfg), 0);
     int64_t id;
     ck_assert_int_eq(plait_store_add(st, PLAIT_STORE_TIME_NOW, NULL, "a\0b", 3, &id), PLAIT_EINVAL);
-    ck_assert_int_eq(plait_store_add(st, PLAIT_STORE_TIME_NOW, NULL, "a\xff", 2, &id), PLAIT_EINVAL);
-    ck_assert_int_eq(plait_store_add(st, PLAIT_STORE_TIME_NOW, NULL, "\xed\xa0\x80", 3, &id), PLAIT_EINVAL); /* surrogate */
-    ck_assert_int_eq(plait_store_add(st, PLAIT_STORE_TIME_NOW, NULL, "\xc0\xaf", 2, &id), PLAIT_EINVAL);     /* overlong */
-    ck_assert_int_eq(plait_store_add(st, PLAIT_STORE_TIME_NOW, NULL, "\xf4\x90\x80\x80", 4, &id), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_store_add(st, PLAIT_STORE_TIME_NOW, NULL, "a\xff", 2, &id),
+                     PLAIT_EINVAL);
+    ck_assert_int_eq(plait_store_add(st, PLAIT_STORE_TIME_NOW, NULL, "\xed\xa0\x80", 3, &id),
+                     PLAIT_EINVAL); /* surrogate */
+    ck_assert_int_eq(plait_store_add(st, PLAIT_STORE_TIME_NOW, NULL, "\xc0\xaf", 2, &id),
+                     PLAIT_EINVAL); /* overlong */
+    ck_assert_int_eq(plait_store_add(st, PLAIT_STORE_TIME_NOW, NULL, "\xf4\x90\x80\x80", 4, &id),
+                     PLAIT_EINVAL);
     ck_assert_int_eq(plait_store_add(st, PLAIT_STORE_TIME_NOW, NULL, "x", 0, &id), PLAIT_EINVAL);
     ck_assert_int_eq(plait_store_add(st, -5, NULL, "x", 1, &id), PLAIT_EINVAL);
-    ck_assert_int_eq(plait_store_add(st, PLAIT_STORE_TIME_NOW, "bad\nkind", "x", 1, &id), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_store_add(st, PLAIT_STORE_TIME_NOW, "bad\nkind", "x", 1, &id),
+                     PLAIT_EINVAL);
     ck_assert_int_eq(plait_store_add(st, PLAIT_STORE_TIME_NOW, "", "x", 1, &id), PLAIT_EINVAL);
     char *huge = malloc(4097);
     ck_assert_ptr_nonnull(huge);
     memset(huge, 'a', 4097);
-    ck_assert_int_eq(plait_store_add(st, PLAIT_STORE_TIME_NOW, NULL, huge, 4097, &id), PLAIT_ETOOBIG);
+    ck_assert_int_eq(plait_store_add(st, PLAIT_STORE_TIME_NOW, NULL, huge, 4097, &id),
+                     PLAIT_ETOOBIG);
     ck_assert_int_eq(plait_store_add(st, PLAIT_STORE_TIME_NOW, NULL, huge, 4096, &id), 0);
     ck_assert_int_eq(plait_store_add(st, INT64_MAX, NULL, "\xf0\x9f\x98\x80 ok", 7, &id), 0);
     int64_t n = 0;
@@ -1574,8 +1696,10 @@ START_TEST(test_store_ingest_hostile)
     for (size_t i = 0; i < sizeof(lines) / sizeof(lines[0]); i++) {
         int cnt = 0;
         int rc = plait_ingest_jsonl(lines[i].line, strlen(lines[i].line), count_rec, &cnt);
-        if (lines[i].want == 0) ck_assert_int_eq(rc, 0);
-        else ck_assert_msg(rc < 0, "line %zu accepted: %s", i, lines[i].line);
+        if (lines[i].want == 0)
+            ck_assert_int_eq(rc, 0);
+        else
+            ck_assert_msg(rc < 0, "line %zu accepted: %s", i, lines[i].line);
         ck_assert_msg(rc == 0 || rc == lines[i].want || rc == PLAIT_EPROTO || rc == PLAIT_ETOOBIG,
                       "line %zu: rc %d (%s)", i, rc, plait_errmsg());
     }
@@ -1585,14 +1709,17 @@ START_TEST(test_store_ingest_hostile)
     ck_assert_ptr_nonnull(deep);
     size_t k = 0;
     k += (size_t)sprintf(deep, "{\"x\":");
-    for (size_t i = 0; i < depth; i++) deep[k++] = '[';
-    for (size_t i = 0; i < depth; i++) deep[k++] = ']';
+    for (size_t i = 0; i < depth; i++)
+        deep[k++] = '[';
+    for (size_t i = 0; i < depth; i++)
+        deep[k++] = ']';
     deep[k++] = '}';
     int cnt = 0;
     ck_assert_int_lt(plait_ingest_jsonl(deep, k, count_rec, &cnt), 0);
     ck_assert_int_eq(cnt, 0);
     k = (size_t)sprintf(deep, "{\"text\":\"a\",\"time\":1");
-    for (size_t i = 0; i < 100000; i++) deep[k++] = '0';
+    for (size_t i = 0; i < 100000; i++)
+        deep[k++] = '0';
     deep[k++] = '}';
     ck_assert_int_lt(plait_ingest_jsonl(deep, k, count_rec, &cnt), 0);
     free(deep);
@@ -1652,7 +1779,8 @@ START_TEST(test_sampler_tiny_temperature)
      * and the sampler returned token 0 (top-p) or V-1 (full distribution):
      * `generate --temperature 1e-38` printed <unk><unk>... */
     float logits[300];
-    for (int i = 0; i < 300; i++) logits[i] = (float)((i * 37) % 101) * 0.1f - 3.0f;
+    for (int i = 0; i < 300; i++)
+        logits[i] = (float)((i * 37) % 101) * 0.1f - 3.0f;
     logits[123] = 9.0f;
     static const float temps[] = {1e-38f, 1e-30f, 1e-45f};
     static const float topps[] = {0.9f, 1.0f, 0.0f};
@@ -1663,7 +1791,8 @@ START_TEST(test_sampler_tiny_temperature)
             ck_assert_int_eq(plait_sampler_setup(&smp, 300, temps[a], topps[b], 5), 0);
             for (int k = 0; k < 5; k++) {
                 int id = plait_sampler_sample(&smp, logits);
-                ck_assert_msg(id == 123, "temperature %g top-p %g: sampled %d", (double)temps[a], (double)topps[b], id);
+                ck_assert_msg(id == 123, "temperature %g top-p %g: sampled %d", (double)temps[a],
+                              (double)topps[b], id);
             }
             plait_sampler_free(&smp);
         }
@@ -1736,7 +1865,8 @@ START_TEST(test_routed_train_nonfinite_loss)
     plait_train_destroy(tr);
     plait_lora_free(&l);
     plait_model_free(&m);
-    ck_assert_msg(rc != 0 || isfinite(loss), "forward_backward returned 0 with loss %g", (double)loss);
+    ck_assert_msg(rc != 0 || isfinite(loss), "forward_backward returned 0 with loss %g",
+                  (double)loss);
     ck_assert_msg(gn == 0.0, "gradients touched on a failed micro-batch (norm %g)", gn);
 }
 END_TEST
@@ -1770,9 +1900,12 @@ START_TEST(test_accum_equals_big_batch)
     const float *gb = plait_train_grads(big), *ga = plait_train_grads(acc);
     size_t n = plait_train_grads_count(big);
     double gmax = 0.0, worst = 0.0;
-    for (size_t i = 0; i < n; i++) gmax = fmax(gmax, fabs((double)gb[i]));
-    for (size_t i = 0; i < n; i++) worst = fmax(worst, fabs((double)gb[i] - (double)ga[i]));
-    ck_assert_msg(worst <= GRAD_RTOL * gmax, "accumulated gradient off by %g (max %g)", worst, gmax);
+    for (size_t i = 0; i < n; i++)
+        gmax = fmax(gmax, fabs((double)gb[i]));
+    for (size_t i = 0; i < n; i++)
+        worst = fmax(worst, fabs((double)gb[i] - (double)ga[i]));
+    ck_assert_msg(worst <= GRAD_RTOL * gmax, "accumulated gradient off by %g (max %g)", worst,
+                  gmax);
     plait_train_destroy(big);
     plait_train_destroy(acc);
     plait_lora_free(&l);
@@ -1811,7 +1944,8 @@ START_TEST(test_adapter_other_shape)
     plait_lora_free(&l);
     make_lora(&l, &ma, &(shape_t){16, 37, 1, 2, 1, 300, 8, 1, 2, 4.0f, TGT(PLAIT_WK), 1, 2, 1}, 1);
     ck_assert_int_eq(plait_adapter_save_mem(&l, sha, &img, &len), 0);
-    ck_assert_int_eq(plait_adapter_load_mem(&l2, img, len, &mb, 0), PLAIT_EPROTO); /* wk is (KV, C) */
+    ck_assert_int_eq(plait_adapter_load_mem(&l2, img, len, &mb, 0),
+                     PLAIT_EPROTO); /* wk is (KV, C) */
     free(img);
     plait_lora_free(&l);
     plait_model_free(&ma);
