@@ -254,7 +254,7 @@ int plait_safetensors_parse(plait_safetensors_t *st, const uint8_t *buf, size_t 
     return rc;
 }
 
-static int read_file(const char *path, uint8_t **out, size_t *len)
+static int read_file(const char *path, uint64_t max, uint8_t **out, size_t *len)
 {
     *out = NULL;
     FILE *f = fopen(path, "rb");
@@ -263,8 +263,8 @@ static int read_file(const char *path, uint8_t **out, size_t *len)
     long sz;
     if (fseek(f, 0, SEEK_END) != 0 || (sz = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
         rc = plait_fail(PLAIT_EIO, "%s: cannot size the file", path);
-    } else if ((unsigned long)sz > PLAIT_ST_MAX_FILE) {
-        rc = plait_fail(PLAIT_ETOOBIG, "%s: %ld bytes is too large", path, sz);
+    } else if ((uint64_t)sz > max) {
+        rc = plait_fail(PLAIT_ETOOBIG, "%s: %ld bytes is too large (max %llu)", path, sz, (unsigned long long)max);
     } else {
         uint8_t *buf = malloc(sz ? (size_t)sz : 1);
         if (!buf) {
@@ -296,7 +296,7 @@ int plait_safetensors_read(plait_safetensors_t *st, const char *path)
     plait_safetensors_init(st);
     uint8_t *buf;
     size_t len = 0;
-    int rc = read_file(path, &buf, &len);
+    int rc = read_file(path, PLAIT_ST_MAX_FILE, &buf, &len);
     if (rc != 0) return rc;
     rc = plait_safetensors_parse(st, buf, len);
     if (rc != 0) {
@@ -493,6 +493,11 @@ int plait_adapter_save_mem(const plait_lora_t *l, const uint8_t base_sha256[32],
     plait_st_out_t *t;
     char *names;
     size_t n;
+    /* The loader refuses non-finite values, so writing one would produce a
+     * file no device accepts (a diverged trainer can hold NaN): refuse here. */
+    for (size_t i = 0; i < l->n_params; i++)
+        if (!isfinite(l->params[i]))
+            return plait_fail(PLAIT_EINVAL, "adapter: parameter %zu of %zu is not finite; not saving", i, l->n_params);
     int rc = adapter_tensors(l, l->params, 0, &t, &names, &n);
     if (rc != 0) return rc;
     char rank[16], alpha[32], targets[64], hex[65];
@@ -656,9 +661,21 @@ int plait_adapter_load(plait_lora_t *l, const char *path, const plait_model_t *m
 {
     uint8_t *buf;
     size_t len = 0;
-    if (!l) return plait_fail(PLAIT_EINVAL, "adapter load: NULL adapter");
+    if (!l || !m) return plait_fail(PLAIT_EINVAL, "adapter load: NULL adapter or model");
     plait_lora_init(l);
-    int rc = read_file(path, &buf, &len);
+    /* No adapter of m is larger than rank PLAIT_LORA_MAX_RANK on every
+     * projection plus the largest header: refuse a bigger file before
+     * reading it into memory (the generic cap is 16 GiB). */
+    uint64_t per_rank = 0;
+    for (int p = 0; p < PLAIT_NPROJ; p++) {
+        int in, o;
+        plait_proj_shape(&m->cfg, (plait_proj_t)p, &in, &o);
+        per_rank += (uint64_t)in + (uint64_t)o;
+    }
+    uint64_t max = 8 + (uint64_t)PLAIT_ST_MAX_HEADER +
+                   4 * (uint64_t)m->cfg.n_layers * PLAIT_LORA_MAX_RANK * per_rank;
+    if (max > PLAIT_ST_MAX_FILE) max = PLAIT_ST_MAX_FILE;
+    int rc = read_file(path, max, &buf, &len);
     if (rc != 0) return rc;
     rc = plait_adapter_load_mem(l, buf, len, m, flags);
     free(buf);

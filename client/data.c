@@ -7,6 +7,7 @@
 #include "plait/data.h"
 #include "plait/crypto.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -127,6 +128,15 @@ int plait_corpus_eval(const plait_corpus_t *c, plait_trainer_t *tr, int T, size_
             memcpy(rows + i * W, c->tokens + (w + i) * (size_t)T, W * sizeof(int32_t));
         float l;
         if ((rc = plait_train_eval_loss(tr, rows, k, &l)) != 0) break;
+        if (!isfinite(l)) {
+            /* The model or adapter overflows float32: a NaN perplexity is
+             * not a measurement. */
+            rc = plait_fail(PLAIT_EPROTO,
+                            "eval: non-finite loss on windows %zu..%zu "
+                            "(the model or adapter overflows float32)",
+                            w, w + k - 1);
+            break;
+        }
         sum += (double)l * (double)k;
     }
     plait_zeroize(rows, chunk * W * sizeof(int32_t));

@@ -557,8 +557,22 @@ int plait_sampler_sample(plait_sampler_t *s, const float *logits)
 {
     int n = s->vocab_size;
     if (s->temperature == 0.0f) return argmax(logits, n);
-    for (int i = 0; i < n; i++)
+    int overflow = 0;
+    for (int i = 0; i < n; i++) {
         s->probs[i] = logits[i] / s->temperature;
+        overflow |= isinf(s->probs[i]) && isfinite(logits[i]);
+    }
+    if (overflow) {
+        /* A tiny temperature overflows logits / T to inf, and softmax of inf
+         * is NaN. Softmax is shift-invariant, so divide after subtracting the
+         * maximum: every value is then <= 0 (only run.c's order is kept
+         * otherwise, so samples stay bit-identical to it). */
+        float mx = logits[0];
+        for (int i = 1; i < n; i++)
+            if (logits[i] > mx) mx = logits[i];
+        for (int i = 0; i < n; i++)
+            s->probs[i] = (logits[i] - mx) / s->temperature;
+    }
     softmax(s->probs, (size_t)n);
     float coin = plait_xorshift_f32(&s->rng);
     if (s->topp <= 0.0f || s->topp >= 1.0f) return sample_mult(s->probs, n, coin);
@@ -642,6 +656,15 @@ int plait_generate(plait_infer_t *s, const plait_tok_t *tok, const char *prompt,
         } else {
             if ((size_t)pos != np - 1 && (rc = plait_infer_forward(s, token, pos, &logits)) != 0)
                 goto exit;
+            for (int v = 0; v < s->model->cfg.vocab_size; v++)
+                if (!isfinite(logits[v])) {
+                    /* Sampling NaN picks an arbitrary token: garbage text, no error. */
+                    rc = plait_fail(PLAIT_EPROTO,
+                                    "generate: non-finite logit at position %d "
+                                    "(the model or adapter overflows float32)",
+                                    pos);
+                    goto exit;
+                }
             next = plait_sampler_sample(&smp, logits);
             if (stats) stats->generated_tokens++;
         }

@@ -50,7 +50,8 @@ int plait_lora_parse_targets(const char *list, uint32_t *mask)
                               (int)(n > 32 ? 32 : n), p);
         m |= 1u << proj;
         p += n;
-        if (*p == ',') p++;
+        if (*p == ',' && *++p == '\0') /* "wq," names an empty target, as "wq,,wv" does */
+            return plait_fail(PLAIT_EINVAL, "lora targets list ends with a comma");
     }
     if (m == 0) return plait_fail(PLAIT_EINVAL, "lora targets list is empty");
     *mask = m;

@@ -567,6 +567,13 @@ static int cmd_train(int argc, char **argv)
             float loss;
             if ((rc = plait_corpus_sample(&train_c, tc.B, tc.T, &rng, batch)) != 0) goto fail;
             if ((rc = plait_train_forward_backward(tr, batch, &loss)) != 0) goto fail;
+            if (!isfinite(loss)) {
+                /* Stepping would turn every parameter into NaN, and the
+                 * adapter written then is one no loader accepts. */
+                rc = plait_fail(PLAIT_EPROTO, "training diverged: non-finite loss at step %lld (the model or adapter "
+                                "overflows float32); no adapter written", s);
+                goto fail;
+            }
             loss_acc += loss;
             n_acc++;
         }

@@ -28,9 +28,18 @@ int plait_cli_u64(const char *flag, const char *s, uint64_t *out)
 {
     if (!s || !*s) return plait_fail(PLAIT_EINVAL, "%s: missing value", flag);
     if (*s == '-') return plait_fail(PLAIT_EINVAL, "%s: '%.*s' is negative", flag, SHOW, s);
+    /* strtoull skips blanks and accepts a sign after them (" -1" becomes
+     * UINT64_MAX), and base 0 reads a leading 0 as octal: take digits only,
+     * decimal, or hex after 0x. */
+    int hex = s[0] == '0' && (s[1] == 'x' || s[1] == 'X');
+    const char *digits = hex ? s + 2 : s;
+    int lead = (*digits >= '0' && *digits <= '9') ||
+               (hex && ((*digits >= 'a' && *digits <= 'f') || (*digits >= 'A' && *digits <= 'F')));
+    if (!lead)
+        return plait_fail(PLAIT_EINVAL, "%s: '%.*s' is not an unsigned integer", flag, SHOW, s);
     char *end;
     errno = 0;
-    unsigned long long v = strtoull(s, &end, 0);
+    unsigned long long v = strtoull(digits, &end, hex ? 16 : 10);
     if (*end != '\0' || errno == ERANGE)
         return plait_fail(PLAIT_EINVAL, "%s: '%.*s' is not an unsigned integer", flag, SHOW, s);
     *out = (uint64_t)v;

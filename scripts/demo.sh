@@ -5,10 +5,13 @@
 #   2. measure the frozen model's held-out loss on them,
 #   3. fine-tune a LoRA adapter on the training split, on the CPU,
 #   4. measure the held-out loss again, and
-#   5. sample text from the model without and with the adapter.
+#   5. sample text from the model without and with the adapter; then
+#   6. simulate a fleet: every Shakespeare speaker with 20+ lines is a device,
+#      and federated rounds (FFA-LoRA, FedAvg) improve a shared adapter
+#      (plait-sim's default experiment; report in out/demo/sim/report.md).
 # Environment: PLAIT_ASSETS (default ../shared/assets), SPEAKER (default
 # GLOUCESTER), STEPS (default 150), THREADS (default: all cores), OUT (default
-# out/demo).
+# out/demo), SIM (default 1; 0 skips step 6).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -24,7 +27,7 @@ done
 
 echo "== building (release)"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build build -j "$threads" --target plait-agent >/dev/null
+cmake --build build -j "$threads" --target plait-agent plait-sim >/dev/null
 agent=build/client/plait-agent
 
 mkdir -p "$out"
@@ -50,4 +53,8 @@ echo "== 5. sample without the adapter (prompt '$prompt', temperature 0.8, seed 
 $agent generate --prompt "$prompt" --temperature 0.8 --top-p 0.9 --steps 120 --seed 7
 echo "== 5. sample with the adapter"
 $agent generate --adapter "$out/adapter.safetensors" --prompt "$prompt" --temperature 0.8 --top-p 0.9 --steps 120 --seed 7
-echo "== done: store $out/device.db, adapter $out/adapter.safetensors"
+if [ "${SIM:-1}" != 0 ]; then
+  echo "== 6. federated: simulate a fleet of Shakespeare speakers (20 rounds, 10 devices per round)"
+  build/sim/plait-sim --out "$out/sim" --threads "$threads"
+fi
+echo "== done: store $out/device.db, adapter $out/adapter.safetensors; fleet report $out/sim/report.md"

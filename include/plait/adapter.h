@@ -118,7 +118,8 @@ int plait_safetensors_write_mem(const plait_st_out_t *t, size_t n, const plait_s
  * \brief Serialize an adapter (F32, names above) bound to a base model hash.
  * \param l            a set-up adapter.
  * \param base_sha256  32 bytes, the model's sha256 (plait_model_t.sha256).
- * \return 0, PLAIT_ENOMEM.
+ * \return 0, PLAIT_EINVAL (a parameter is not finite: the loader would
+ *         refuse the file), PLAIT_ENOMEM.
  */
 int plait_adapter_save_mem(const plait_lora_t *l, const uint8_t base_sha256[32], uint8_t **out /* OUT */,
                            size_t *len /* OUT */) PLAIT_WUR;
@@ -139,7 +140,9 @@ int plait_adapter_save(const char *path, const plait_lora_t *l, const uint8_t ba
  */
 int plait_adapter_load_mem(plait_lora_t *l, const uint8_t *buf, size_t len, const plait_model_t *m,
                            unsigned flags) PLAIT_WUR;
-/** \brief Read path then plait_adapter_load_mem(). \return also PLAIT_EIO. */
+/** \brief Read path then plait_adapter_load_mem(). \return also PLAIT_EIO, and
+ *         PLAIT_ETOOBIG, before reading, for a file larger than any adapter of m
+ *         can be (rank PLAIT_LORA_MAX_RANK on every projection). */
 int plait_adapter_load(plait_lora_t *l, const char *path, const plait_model_t *m, unsigned flags) PLAIT_WUR;
 
 /**

@@ -243,7 +243,9 @@ int plait_gen_config_validate(const plait_gen_config_t *cfg);
  *
  * \return 0; PLAIT_EINVAL (state or tokenizer not set up, tokenizer of
  *         another vocabulary size, bad temperature or top-p, empty prompt
- *         with bos = 0); PLAIT_ENOMEM; PLAIT_ECANCELED if cb asked to stop.
+ *         with bos = 0); PLAIT_ENOMEM; PLAIT_ECANCELED if cb asked to stop;
+ *         PLAIT_EPROTO if a logit to sample from is not finite (the model or
+ *         adapter overflows float32; pieces may have been emitted already).
  */
 int plait_generate(plait_infer_t *s, const plait_tok_t *tok, const char *prompt,
                    const plait_gen_config_t *cfg, plait_piece_cb cb, void *ctx,
