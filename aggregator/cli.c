@@ -764,7 +764,15 @@ static int cmd_privacy_dir(int argc, char **argv, FILE *out, FILE *err)
     const char *dir;
     int help, rc = parse_dir_args("privacy", argc, argv, flags, 2, &dir, NULL, NULL, &help, err);
     if (rc != 0) return rc;
-    if (help) return 0;
+    if (help) {
+        fputs("usage: " PROG " privacy DIR [--delta D] [--json]\n\n"
+              "Epsilon spent so far by the deployment in DIR: every central-DP round in its\n"
+              "privacy ledger (sampling rate, noise multiplier, steps) recomposed with the RDP\n"
+              "accountant, at delta D (default: the delta recorded with the latest round).\n"
+              "Without DIR, `privacy --q ...` is the calculator (see `privacy --help`).\n",
+              out);
+        return 0;
+    }
     double delta = 0;
     if (flags[0].value && (parse_double(flags[0].value, &delta) != 0 || !(delta > 0 && delta < 1))) {
         fprintf(err, PROG " privacy: bad value '%s' for --delta (want 0 < delta < 1)\n", flags[0].value);
