@@ -1,0 +1,101 @@
+/*
+ * agent_int.h: internals of client/agent.c shared with its unit tests
+ * (tests/unit/check_agent.c): the update pipeline, the crash-safe state
+ * files, and the decision taken on an offered round.
+ */
+#ifndef PLAIT_AGENT_INT_H
+#define PLAIT_AGENT_INT_H
+
+#include "plait/client.h"
+#include "plait/lora.h"
+#include "plait/rng.h"
+#include "plait/update.h"
+
+/* ---- the update pipeline ------------------------------------------------ */
+
+/**
+ * The device side of docs/privacy.md §2, on one adapter pair:
+ *     Δ = local − global over mode's span → clip to clip_norm → [+ N(0, noise_stddev²)]
+ *       → × weight → quantize (qc) into words[0, len) → weight word words[len]
+ * The float copy of Δ is wiped before returning, on every path.
+ * \param global, local  set-up adapters of the same shape.
+ * \param noise_stddev   0 for none; else the local DP stddev (z·S).
+ * \param weight         in [0, 1].
+ * \param rng            stochastic rounding and noise stream.
+ * \param n_words        must be span length + 1.
+ * \param ci             OUT, may be NULL: the clip report (pre-clip norm).
+ * \return 0; PLAIT_EINVAL (shapes, mode, bounds, a non-finite value: words zeroed);
+ *         PLAIT_EMISMATCH (n_words is not span + 1); PLAIT_ENOMEM.
+ */
+int plait__agent_make_update(const plait_lora_t *global, const plait_lora_t *local,
+                             plait_lora_mode_t mode, double clip_norm, double noise_stddev,
+                             const plait_quant_config_t *qc, double weight, plait_rng_t *rng,
+                             uint32_t *words /* OUT */, size_t n_words,
+                             plait_clip_info_t *ci /* OUT, may be NULL */) PLAIT_WUR;
+
+/* ---- crash-safe state (files in the state directory) -------------------- */
+
+/** Contents of DIR/state. */
+typedef struct {
+    uint64_t last_uploaded; /**< last round whose every update chunk was sent (0: none) */
+    uint64_t last_acked;    /**< last round the aggregator acknowledged (0: none) */
+} plait__agent_state_t;
+
+/**
+ * \brief Write buf to dir/name atomically: dir/.name.tmp (0600), fsync,
+ *        rename over name, fsync dir. A crash leaves the old or the new file.
+ * \return 0 or PLAIT_EIO.
+ */
+int plait__agent_atomic_write(const char *dir, const char *name, const uint8_t *buf,
+                              size_t len) PLAIT_WUR;
+
+/** \brief Read DIR/state; a missing file gives zeros. \return 0, PLAIT_EPROTO (malformed),
+ * PLAIT_EIO. */
+int plait__agent_state_load(const char *dir, plait__agent_state_t *st /* OUT */) PLAIT_WUR;
+/** \brief Write DIR/state atomically. \return 0 or PLAIT_EIO. */
+int plait__agent_state_save(const char *dir, const plait__agent_state_t *st) PLAIT_WUR;
+
+/** A quantized update waiting to be (re)sent: DIR/pending.upd. */
+typedef struct {
+    uint64_t round_id;
+    uint64_t adapter_version;
+    uint64_t num_examples;
+    uint32_t *words; /**< owned (malloc) */
+    size_t n_words;
+} plait__agent_pending_t;
+
+/** \brief Write DIR/pending.upd atomically (magic, version, fields, words, SHA-256). \return 0,
+ * PLAIT_EIO, PLAIT_ENOMEM. */
+int plait__agent_pending_save(const char *dir, const plait__agent_pending_t *p) PLAIT_WUR;
+/**
+ * \brief Read DIR/pending.upd, checking magic, version, sizes and the hash.
+ * \param p OUT: words owned, free with plait__agent_pending_free().
+ * \return 0, PLAIT_ENOENT (none), PLAIT_EPROTO (torn or foreign file), PLAIT_EIO, PLAIT_ENOMEM.
+ */
+int plait__agent_pending_load(const char *dir, plait__agent_pending_t *p /* OUT */) PLAIT_WUR;
+/** \brief Delete DIR/pending.upd (missing is fine). \return 0 or PLAIT_EIO. */
+int plait__agent_pending_remove(const char *dir) PLAIT_WUR;
+/** \brief Free the words; NULL-safe, twice-safe. */
+void plait__agent_pending_free(plait__agent_pending_t *p);
+
+/** What to do with an offered round. */
+typedef enum {
+    PLAIT__TASK_TRAIN = 0,  /**< new round: download, train, upload */
+    PLAIT__TASK_RESEND = 1, /**< the stored update is for this round: send the same words again */
+    PLAIT__TASK_STALE = 2   /**< already acknowledged or older than an uploaded round: decline */
+} plait__task_decision_t;
+
+/**
+ * \brief The no-double-upload rule. round <= last_acked, or round <
+ *        max(last_uploaded, pending round): STALE. round == pending round:
+ *        RESEND. Otherwise TRAIN (round == last_uploaded without a stored
+ *        update is STALE: its words are gone, and new ones must not be sent).
+ * \param pending_round 0 when no update is stored.
+ */
+plait__task_decision_t plait__agent_task_decision(const plait__agent_state_t *st,
+                                                  uint64_t pending_round, uint64_t round_id);
+
+/** \brief Test hook: words per UpdateChunk (default min(max_chunk_bytes / 4, 65536)). */
+void plait__agent_set_chunk_words(plait_agent_t *a, size_t words);
+
+#endif /* PLAIT_AGENT_INT_H */
