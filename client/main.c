@@ -17,6 +17,7 @@
 #include "plait/adapter.h"
 #include "plait/cli.h"
 #include "plait/client.h"
+#include "plait/crypto.h"
 #include "plait/data.h"
 #include "plait/infer.h"
 #include "plait/ingest.h"
@@ -209,13 +210,16 @@ static int load_corpus(plait_corpus_t *corpus, const common_t *c, const plait_to
     len = (size_t)sz;
     buf = malloc(len + 1);
     if (!buf || fread(buf, 1, len, f) != len) {
+        rc = buf ? PLAIT_EIO : PLAIT_ENOMEM;
+        if (buf) plait_zeroize(buf, len + 1);
         free(buf);
         fclose(f);
-        return plait_fail(buf ? PLAIT_EIO : PLAIT_ENOMEM, "--text %s: cannot read", c->text);
+        return plait_fail(rc, "--text %s: cannot read", c->text);
     }
     fclose(f);
     buf[len] = '\0';
     rc = plait_corpus_add_text(corpus, tok, buf, len);
+    plait_zeroize(buf, len + 1); /* the user's private text */
     free(buf);
     return rc;
 }
@@ -597,6 +601,7 @@ static int cmd_train(int argc, char **argv)
     if ((rc = plait_adapter_save(out, &lora, e.model.sha256)) != 0) goto fail;
     if (!quiet) printf("wrote %s\n", out);
 done:
+    if (batch) plait_zeroize(batch, (size_t)tc.B * ((size_t)tc.T + 1) * sizeof(int32_t));
     free(batch);
     plait_corpus_free(&train_c);
     plait_corpus_free(&held_c);
@@ -605,6 +610,7 @@ done:
     engine_free(&e);
     return 0;
 fail:
+    if (batch) plait_zeroize(batch, (size_t)tc.B * ((size_t)tc.T + 1) * sizeof(int32_t));
     free(batch);
     plait_corpus_free(&train_c);
     plait_corpus_free(&held_c);

@@ -38,6 +38,7 @@
  * dozen times per layer.
  */
 #include "plait/train.h"
+#include "plait/crypto.h"
 #include "tensor_int.h"
 
 #include <float.h>
@@ -104,6 +105,7 @@ struct plait_trainer_s {
     float *opt_v;     /* (n_grads) AdamW second moment */
     size_t n_grads, goff;
     size_t bytes;     /* everything allocated at create */
+    size_t bytes_acts; /* bytes of the activation arena (wiped on destroy) */
     int n_micro;      /* micro-batches accumulated since the last step */
     long steps;       /* optimizer steps taken */
     double last_norm; /* gradient norm before clipping at the last step */
@@ -130,6 +132,7 @@ plait_train_config_t plait_train_config_default(void)
     c.train_a = 1;        /* train both A and B */
     c.threads = 1;        /* single-threaded unless asked */
     c.pool = NULL;        /* the trainer creates its own pool of `threads` */
+    c.max_bytes = (size_t)4 << 30; /* 4 GiB: far above any small model's need; phones set less */
     return c;
 }
 
@@ -141,6 +144,7 @@ int plait_train_config_validate(const plait_train_config_t *c, const plait_model
         return plait_fail(PLAIT_EINVAL, "train: T = %d exceeds the model's seq_len %d", c->T, m->cfg.seq_len);
     if ((size_t)c->B * (size_t)c->T > ((size_t)1 << 24))
         return plait_fail(PLAIT_EINVAL, "train: B*T = %zu exceeds 2^24 positions", (size_t)c->B * (size_t)c->T);
+    if (c->max_bytes == 0) return plait_fail(PLAIT_EINVAL, "train: max_bytes must be positive");
     if (!(c->lr > 0.0) || !isfinite(c->lr)) return plait_fail(PLAIT_EINVAL, "train: lr %g must be positive", c->lr);
     if (!(c->beta1 >= 0.0 && c->beta1 < 1.0))
         return plait_fail(PLAIT_EINVAL, "train: beta1 %g is outside [0, 1)", c->beta1);
@@ -1124,6 +1128,11 @@ int plait_train_forward_backward(plait_trainer_t *tr, const int32_t *tokens, flo
     if (rc != 0) return rc;
     float dscale = 1.0f / (float)((double)tr->B * (double)tr->T * (double)tr->cfg.accum_steps);
     double l = forward(tr, tokens, tr->B, dscale);
+    /* A non-finite loss (an adapter or model that overflows float32) would
+     * poison every gradient and then every parameter; refuse the batch and
+     * leave the accumulated gradients as they were. */
+    if (!isfinite(l))
+        return plait_fail(PLAIT_EPROTO, "train: the loss is non-finite (the model or adapter overflows float32)");
     backward(tr);
     tr->n_micro++;
     if (loss) *loss = (float)l;
@@ -1285,6 +1294,15 @@ int plait_train_create(plait_trainer_t **out, const plait_model_t *m, plait_lora
     }
     tr->goff = cfg->train_a ? 0 : lora->n_a;
     tr->n_grads = lora->n_params - tr->goff;
+    /* Refuse before allocating: on a device with overcommit a too-large
+     * arena is not an ENOMEM but a killed process. */
+    if (total > cfg->max_bytes / sizeof(float) ||
+        3 * tr->n_grads > cfg->max_bytes / sizeof(float) - total) {
+        size_t need_mib = (total + 3 * tr->n_grads) / (1u << 18);
+        plait_train_destroy(tr);
+        return plait_fail(PLAIT_ETOOBIG, "train: B=%zu T=%zu needs %zu MiB, above the %zu MiB limit (max_bytes)",
+                          B, T, need_mib, cfg->max_bytes >> 20);
+    }
     tr->acts = aligned_alloc(64, total * sizeof(float));
     tr->u = calloc(L * PLAIT_NPROJ, sizeof(float *));
     tr->grads = calloc(tr->n_grads, sizeof(float));
@@ -1296,6 +1314,7 @@ int plait_train_create(plait_trainer_t **out, const plait_model_t *m, plait_lora
                           total * sizeof(float) >> 20, B, T);
     }
     memset(tr->acts, 0, total * sizeof(float));
+    tr->bytes_acts = total * sizeof(float);
     tr->bytes = total * sizeof(float) + 3 * tr->n_grads * sizeof(float) + L * PLAIT_NPROJ * sizeof(float *) +
                 sizeof(*tr);
     float *ptr = tr->acts;
@@ -1338,6 +1357,10 @@ void plait_train_destroy(plait_trainer_t *tr)
 {
     if (!tr) return;
     if (tr->own_pool) plait_pool_destroy(tr->pool);
+    /* Activations derive from private text and the gradients are unclipped:
+     * both are secrets (STYLE §6). */
+    if (tr->acts) plait_zeroize(tr->acts, tr->bytes_acts);
+    if (tr->grads) plait_zeroize(tr->grads, tr->n_grads * sizeof(float));
     free(tr->acts);
     free(tr->u);
     free(tr->grads);

@@ -74,6 +74,7 @@ typedef struct {
     int train_a;        /* 1 = train A and B; 0 = FFA-LoRA: A frozen, no state for A (default 1) */
     int threads;        /* threads of the trainer's own pool when pool is NULL (default 1) */
     plait_pool_t *pool; /* borrowed pool to run on, or NULL to create one (default NULL) */
+    size_t max_bytes;   /* refuse (PLAIT_ETOOBIG) a trainer whose buffers exceed this (default 4 GiB) */
 } plait_train_config_t;
 
 typedef struct plait_trainer_s plait_trainer_t;

@@ -178,6 +178,8 @@ START_TEST(test_bad_input)
     expect_fail(1, "/nonexistent/m.bin", "generate --model /nonexistent/m.bin");
     expect_fail(1, "/nonexistent/t.bin", "generate --tokenizer /nonexistent/t.bin");
     expect_fail(1, "--text /nonexistent.txt", "train --text /nonexistent.txt --out y");
+    /* A batch whose buffers would exceed the trainer's memory limit is refused before allocating. */
+    expect_fail(1, "above the 4096 MiB limit", "train --text /nonexistent.txt --out y --batch 4096 --seq 512");
     /* A truncated model file names the problem. */
     char *m = tu_path(scratch, "trunc.bin");
     ck_assert_int_eq(tu_write_file(m, "\x40\0\0\0\xac\0\0\0", 8), 0);

@@ -1833,11 +1833,7 @@ START_TEST(test_adapter_file_size_bounded)
 }
 END_TEST
 
-/* ---------------------------------------- routed: bugs in train.c (branch train)
- *
- * These fail on this branch and are registered only when PLAIT_REVIEW_ROUTED
- * is set, so CI stays green until the train branch fixes them:
- *   PLAIT_REVIEW_ROUTED=1 build/tests/check_review
+/* ---------------------------------------- found by review in train.c, now fixed
  */
 
 START_TEST(test_routed_train_nonfinite_loss)
@@ -1990,10 +1986,8 @@ Suite *review_suite(void)
     tcase_add_test(th, test_sampler_tiny_temperature);
     tcase_add_test(th, test_adapter_file_size_bounded);
     suite_add_tcase(s, th);
-    if (getenv("PLAIT_REVIEW_ROUTED")) {
-        TCase *tr = tcase_create("routed");
-        tcase_add_test(tr, test_routed_train_nonfinite_loss);
-        suite_add_tcase(s, tr);
-    }
+    TCase *tr = tcase_create("routed");
+    tcase_add_test(tr, test_routed_train_nonfinite_loss);
+    suite_add_tcase(s, tr);
     return s;
 }
