@@ -222,6 +222,20 @@ const plait_quant_config_t *plait_round_quant(const plait_round_t *r) { return &
 double plait_round_epsilon(const plait_round_t *r) { return r->epsilon; }
 double plait_round_delta(const plait_round_t *r) { return r->delta; }
 
+size_t plait_round_opt_state_len(const plait_round_t *r) { return r ? plait_server_opt_state_len(r->opt) : 0; }
+
+int plait_round_opt_export(const plait_round_t *r, float *out, size_t n)
+{
+    if (!r) return plait_fail(PLAIT_EINVAL, "round_opt_export: NULL round");
+    return plait_server_opt_export(r->opt, out, n);
+}
+
+int plait_round_opt_import(plait_round_t *r, const float *in, size_t n)
+{
+    if (!r) return plait_fail(PLAIT_EINVAL, "round_opt_import: NULL round");
+    return plait_server_opt_import(r->opt, in, n);
+}
+
 void plait_round_stats(const plait_round_t *r, plait_round_stats_t *st)
 {
     *st = r->st;

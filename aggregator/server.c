@@ -674,8 +674,24 @@ static void work_commit(job_t *j)
     cm.duration_s = j->duration;
     cm.uploaders = (const char *const *)j->uploaders;
     cm.n_uploaders = j->n_uploaders;
+    /* The adaptive server optimizers' moments go with the version, so a
+     * restart resumes FedAdam/FedYogi/FedAdagrad where they were. */
+    size_t n_opt = plait_round_opt_state_len(s->round);
+    float *opt = NULL;
+    if (n_opt) {
+        opt = malloc(n_opt * sizeof(float));
+        if (!opt || plait_round_opt_export(s->round, opt, n_opt) != 0) {
+            free(opt);
+            j->rc = PLAIT_ENOMEM;
+            snprintf(j->why, sizeof(j->why), "exporting the optimizer state");
+            return;
+        }
+    }
+    cm.opt_state = opt;
+    cm.opt_state_len = n_opt;
     int64_t ver = 0;
     j->rc = plait__svc_round_commit(s->store, (int64_t)s->cur_rid, &cm, &ver);
+    free(opt);
     if (j->rc != 0) {
         snprintf(j->why, sizeof(j->why), "store commit: %s", plait_errmsg());
         return;
@@ -1773,7 +1789,25 @@ static int setup_round(plait_server_t *s)
         return e;
     }
     plait_drbg_free(&d);
-    return plait_round_create(&s->round, rc, s->committed, s->span_len);
+    if ((e = plait_round_create(&s->round, rc, s->committed, s->span_len)) != 0) return e;
+    /* Resume the server optimizer's state saved with the latest version. */
+    int kind = 0;
+    float *state = NULL;
+    size_t n = 0;
+    e = plait__svc_latest_opt(s->store, &kind, &state, &n);
+    if (e == 0 && n > 0) {
+        if (kind == (int)k && n == plait_round_opt_state_len(s->round)) {
+            e = plait_round_opt_import(s->round, state, n);
+            if (e == 0) PLAIT_LOG(PLAIT_LOG_INFO, "server optimizer state restored (%zu floats)", n);
+        } else {
+            PLAIT_LOG(PLAIT_LOG_WARN, "stored server optimizer state (kind %d, %zu floats) does not fit the configured "
+                      "optimizer; starting it fresh", kind, n);
+        }
+    } else if (e == PLAIT_ENOENT) {
+        e = 0;
+    }
+    free(state);
+    return e;
 }
 
 int plait_server_create(plait_server_t **out, const char *dir, const plait_aggcfg_t *cfg)

@@ -49,6 +49,28 @@ int plait__svc_latest(plait_aggstore_t *st, int64_t *number, uint8_t **blob, siz
     return rc;
 }
 
+int plait__svc_latest_opt(plait_aggstore_t *st, int *kind, float **state, size_t *n)
+{
+    plait_aggstore_version_t v;
+    plait_aggstore_version_init(&v);
+    int rc = plait_aggstore_version_latest(st, &v);
+    *state = NULL;
+    *n = 0;
+    if (rc == 0) {
+        *kind = v.opt_kind;
+        if (v.opt_state_len) {
+            *state = malloc(v.opt_state_len * sizeof(float));
+            if (!*state) rc = plait_fail(PLAIT_ENOMEM, "optimizer state of %zu floats", v.opt_state_len);
+            else {
+                memcpy(*state, v.opt_state, v.opt_state_len * sizeof(float));
+                *n = v.opt_state_len;
+            }
+        }
+    }
+    plait_aggstore_version_free(&v);
+    return rc;
+}
+
 int plait__svc_version(plait_aggstore_t *st, int64_t number, uint8_t **blob, size_t *len)
 {
     plait_aggstore_version_t v;
@@ -126,6 +148,8 @@ int plait__svc_round_commit(plait_aggstore_t *st, int64_t rid, const plait__svc_
     cm.adapter_len = c->adapter_len;
     cm.sha256 = c->sha256;
     fill_lora(&cm, &c->lora);
+    cm.opt_state = c->opt_state;
+    cm.opt_state_len = c->opt_state_len;
     plait_aggstore_stats_t s;
     plait_aggstore_rejection_t rows[PLAIT__REJ_COUNT];
     if (c->stats) {

@@ -30,6 +30,14 @@ void plait__svc_close(plait_aggstore_t *st);
 /** \brief Latest version: number and adapter bytes (owned, free()). \return 0, PLAIT_ENOENT when none, errors. */
 int plait__svc_latest(plait_aggstore_t *st, int64_t *number, uint8_t **blob, size_t *len) PLAIT_WUR;
 
+/**
+ * \brief Server-optimizer state stored with the latest version.
+ * \param kind OUT: the plait_server_opt_kind_t that wrote it.
+ * \param state OUT: owned floats (free()), NULL when *n is 0.
+ * \return 0, PLAIT_ENOENT when there is no version, errors.
+ */
+int plait__svc_latest_opt(plait_aggstore_t *st, int *kind, float **state, size_t *n) PLAIT_WUR;
+
 /** \brief A version's adapter bytes (owned, free()). \return 0, PLAIT_ENOENT, errors. */
 int plait__svc_version(plait_aggstore_t *st, int64_t number, uint8_t **blob, size_t *len) PLAIT_WUR;
 
@@ -65,6 +73,8 @@ typedef struct {
     const uint8_t *sha256;
     plait__svc_lora_t lora;
     const plait__svc_stats_t *stats;
+    const float *opt_state; /* server-optimizer state after this round (NULL when opt_state_len is 0) */
+    size_t opt_state_len;
     int dp;            /* 1: write a ledger row */
     double q, z, delta;
     double accepted, duration_s, epsilon_core;

@@ -178,6 +178,20 @@ double plait_round_epsilon(const plait_round_t *r);
 /** \brief δ the ε refers to. */
 double plait_round_delta(const plait_round_t *r);
 
+/** \brief Floats of server-optimizer state (0 for FedAvg; 2·dim for the adaptive ones). */
+size_t plait_round_opt_state_len(const plait_round_t *r);
+/**
+ * \brief Copy the server optimizer's state (moments) out, so the service can
+ *        persist it with the version it produced. Call between rounds.
+ * \return 0; PLAIT_EMISMATCH if n != plait_round_opt_state_len(); PLAIT_EINVAL.
+ */
+int plait_round_opt_export(const plait_round_t *r, float *out, size_t n) PLAIT_WUR;
+/**
+ * \brief Restore the server optimizer's state after a restart.
+ * \return 0; PLAIT_EMISMATCH (wrong length); PLAIT_EPROTO (a non-finite value); PLAIT_EINVAL.
+ */
+int plait_round_opt_import(plait_round_t *r, const float *in, size_t n) PLAIT_WUR;
+
 /**
  * \brief Open the next round (from IDLE or FAILED).
  * \param round_id OUT (may be NULL): the new round's id (1, 2, ...).

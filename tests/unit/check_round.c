@@ -374,6 +374,25 @@ START_TEST(test_dp_and_adaptive_opt)
     }
     ck_assert(plait_round_delta(r) > 0 && plait_round_delta(r) < 1.0 / 100);
     for (size_t i = 0; i < P; i++) ck_assert(isfinite(plait_round_global(r)[i]));
+    /* The FedAdam moments survive an export/import into a fresh round core
+     * (what the service does across a restart), and nothing else fits. */
+    size_t n = plait_round_opt_state_len(r);
+    ck_assert_uint_eq(n, 2 * P);
+    float st1[2 * P], st2[2 * P];
+    ck_assert_int_eq(plait_round_opt_export(r, st1, n), 0);
+    int nonzero = 0;
+    for (size_t i = 0; i < n; i++) nonzero += st1[i] != 0.0f;
+    ck_assert_int_gt(nonzero, 0);
+    plait_round_t *r2 = make(&c, g0);
+    ck_assert_int_eq(plait_round_opt_export(r2, st2, n), 0);
+    ck_assert(memcmp(st1, st2, sizeof(st1)) != 0); /* a fresh core starts from zero moments */
+    ck_assert_int_eq(plait_round_opt_import(r2, st1, n - 1), PLAIT_EMISMATCH);
+    ck_assert_int_eq(plait_round_opt_import(r2, st1, n), 0);
+    ck_assert_int_eq(plait_round_opt_export(r2, st2, n), 0);
+    ck_assert(memcmp(st1, st2, sizeof(st1)) == 0);
+    st1[3] = NAN;
+    ck_assert_int_eq(plait_round_opt_import(r2, st1, n), PLAIT_EPROTO);
+    plait_round_destroy(r2);
     plait_round_destroy(r);
 }
 END_TEST
