@@ -598,7 +598,7 @@ static int count_round(void *ud, const plait_aggstore_round_t *r)
     scan_t *sc = ud;
     if ((unsigned)r->state < 4) sc->by_state[r->state]++;
     if (r->id > sc->last_id) sc->last_id = r->id;
-    if (r->state == PLAIT_ROUND_OPEN) sc->open_id = r->id;
+    if (r->state == PLAIT_AGGSTORE_ROUND_OPEN) sc->open_id = r->id;
     return 0;
 }
 
@@ -637,8 +637,8 @@ static int cmd_status(int argc, char **argv, FILE *out, FILE *err)
     fprintf(out, "deployment: %s (created %s)\n", info.deployment_id, fmt_time(info.created, tb, sizeof(tb)));
     fprintf(out, "global_version: %lld\n", (long long)ver);
     fprintf(out, "rounds: %lld (committed %lld, failed %lld, abandoned %lld, open %lld)\n", (long long)sc.last_id,
-            (long long)sc.by_state[PLAIT_ROUND_COMMITTED], (long long)sc.by_state[PLAIT_ROUND_FAILED],
-            (long long)sc.by_state[PLAIT_ROUND_ABANDONED], (long long)sc.by_state[PLAIT_ROUND_OPEN]);
+            (long long)sc.by_state[PLAIT_AGGSTORE_ROUND_COMMITTED], (long long)sc.by_state[PLAIT_AGGSTORE_ROUND_FAILED],
+            (long long)sc.by_state[PLAIT_AGGSTORE_ROUND_ABANDONED], (long long)sc.by_state[PLAIT_AGGSTORE_ROUND_OPEN]);
     if (sc.open_id) fprintf(out, "open_round: %lld\n", (long long)sc.open_id);
     fprintf(out, "devices: %lld enrolled, %lld revoked\n", (long long)sc.n, (long long)sc.revoked);
     if (pv.rounds) fprintf(out, "privacy: epsilon %.6g at delta %.3g after %lld DP rounds\n", pv.epsilon, pv.delta,

@@ -2,9 +2,10 @@
  * svcstore.h (private to aggregator/): what the service needs from the
  * aggregator store (aggstore.h), in the service's own terms.
  *
- * Why a separate file: aggstore.h and round.h both define the enumerator
- * PLAIT_ROUND_FAILED, so no translation unit can include both; server.c
- * includes round.h and calls these wrappers, svcstore.c includes aggstore.h.
+ * It keeps server.c in the service's terms (its stats counters, rejection
+ * reasons and LoRA description) and translates them to the store's rows in
+ * one place. (The store's round states are PLAIT_AGGSTORE_ROUND_*, the round
+ * core's PLAIT_ROUND_*.)
  *
  * Thread-safety: as aggstore.h: a store object is used by one thread at a
  * time; the service keeps a writer (moved into its worker jobs) and a reader

@@ -799,7 +799,7 @@ int plait_aggstore_device_mark_uploaded(plait_aggstore_t *st, const char *id, in
         goto fail;
     }
     if ((ret = round_state(st, round, &state, &base)) != 0) goto fail;
-    if (state != PLAIT_ROUND_OPEN) {
+    if (state != PLAIT_AGGSTORE_ROUND_OPEN) {
         ret = plait_fail(PLAIT_ESTALE, "aggstore: round %lld is %s, not open", (long long)round,
                          STATE_NAMES[state]);
         goto fail;
@@ -986,7 +986,7 @@ static int begin_on_open_round(plait_aggstore_t *st, int64_t round, int64_t *bas
     if (ret != 0) return ret;
     plait_aggstore_round_state_t state;
     if ((ret = round_state(st, round, &state, base)) != 0) goto fail;
-    if (state != PLAIT_ROUND_OPEN) {
+    if (state != PLAIT_AGGSTORE_ROUND_OPEN) {
         ret = plait_fail(PLAIT_ESTALE, "aggstore: round %lld is %s, not open", (long long)round, STATE_NAMES[state]);
         goto fail;
     }
@@ -1326,14 +1326,14 @@ static int deliver_round(plait_aggstore_t *st, sqlite3_stmt *s, rej_buf_t *b, pl
     const char *bad = NULL;
     if (si < 0) bad = "state";
     else if (!nonneg(s, 2, &r.started)) bad = "started";
-    else if (!opt_nonneg(s, 3, &r.ended) || (si == PLAIT_ROUND_OPEN) != (sqlite3_column_type(s, 3) == SQLITE_NULL))
+    else if (!opt_nonneg(s, 3, &r.ended) || (si == PLAIT_AGGSTORE_ROUND_OPEN) != (sqlite3_column_type(s, 3) == SQLITE_NULL))
         bad = "ended";
     else if (!nonneg(s, 4, &r.target_cohort) || r.target_cohort < 1 || r.target_cohort > MAX_COHORT)
         bad = "target_cohort";
     else if (!nonneg(s, 5, &r.min_cohort) || r.min_cohort < 1 || r.min_cohort > r.target_cohort) bad = "min_cohort";
     else if (!nonneg(s, 6, &r.base_version)) bad = "base_version";
     else if (!opt_nonneg(s, 7, &r.new_version) ||
-             (si == PLAIT_ROUND_COMMITTED) != (r.new_version >= 1 && sqlite3_column_type(s, 7) == SQLITE_INTEGER))
+             (si == PLAIT_AGGSTORE_ROUND_COMMITTED) != (r.new_version >= 1 && sqlite3_column_type(s, 7) == SQLITE_INTEGER))
         bad = "new_version";
     else if (!nonneg(s, 8, &r.stats.participants)) bad = "participants";
     else if (!nonneg(s, 9, &r.stats.dropouts)) bad = "dropouts";

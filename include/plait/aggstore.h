@@ -269,10 +269,10 @@ int plait_aggstore_devices_foreach(plait_aggstore_t *st, plait_aggstore_device_c
 /* ---- rounds ----------------------------------------------------------------- */
 
 typedef enum {
-    PLAIT_ROUND_OPEN = 0,
-    PLAIT_ROUND_COMMITTED = 1,
-    PLAIT_ROUND_FAILED = 2,
-    PLAIT_ROUND_ABANDONED = 3
+    PLAIT_AGGSTORE_ROUND_OPEN = 0,
+    PLAIT_AGGSTORE_ROUND_COMMITTED = 1,
+    PLAIT_AGGSTORE_ROUND_FAILED = 2,
+    PLAIT_AGGSTORE_ROUND_ABANDONED = 3
 } plait_aggstore_round_state_t;
 
 /** \brief "open", "committed", "failed", "abandoned" (or "?"). */

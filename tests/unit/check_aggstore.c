@@ -438,7 +438,7 @@ START_TEST(test_rounds)
     memset(&l, 0, sizeof(l));
     ck_assert_int_eq(plait_aggstore_round_get(st, r1, round_cb, &l), 0);
     ck_assert_int_eq(l.n, 1);
-    ck_assert_int_eq(l.states[0], PLAIT_ROUND_OPEN);
+    ck_assert_int_eq(l.states[0], PLAIT_AGGSTORE_ROUND_OPEN);
     ck_assert_int_eq(l.participants, 12);
     ck_assert_int_eq(l.dropouts, 2);
     ck_assert_int_eq(l.bytes_up, 1000);
@@ -462,7 +462,7 @@ START_TEST(test_rounds)
     ck_assert_int_eq(plait_aggstore_round_record_stats(st, r1, &stats), PLAIT_ESTALE);
     memset(&l, 0, sizeof(l));
     ck_assert_int_eq(plait_aggstore_round_get(st, r1, round_cb, &l), 0);
-    ck_assert_int_eq(l.states[0], PLAIT_ROUND_FAILED);
+    ck_assert_int_eq(l.states[0], PLAIT_AGGSTORE_ROUND_FAILED);
     ck_assert_int_eq(l.dropouts, 9);
     ck_assert_uint_eq(l.n_rej, 0);
     ck_assert_str_eq(l.reason, "too few updates (3 < 5)");
@@ -482,7 +482,7 @@ START_TEST(test_rounds)
     int64_t r3 = commit_next(st, NULL, NULL, 0);
     memset(&l, 0, sizeof(l));
     ck_assert_int_eq(plait_aggstore_round_get(st, r3, round_cb, &l), 0);
-    ck_assert_int_eq(l.states[0], PLAIT_ROUND_COMMITTED);
+    ck_assert_int_eq(l.states[0], PLAIT_AGGSTORE_ROUND_COMMITTED);
     ck_assert_int_eq(l.new_version, 1);
     ck_assert_int_eq(l.base_version, 0);
 
@@ -497,7 +497,7 @@ START_TEST(test_rounds)
     ck_assert_int_eq(l.n, 2);
     ck_assert_int_eq(l.ids[0], r3);
     ck_assert_int_eq(l.ids[1], r2);
-    ck_assert_str_eq(plait_aggstore_round_state_name(PLAIT_ROUND_ABANDONED), "abandoned");
+    ck_assert_str_eq(plait_aggstore_round_state_name(PLAIT_AGGSTORE_ROUND_ABANDONED), "abandoned");
     plait_aggstore_close(st);
 }
 END_TEST
@@ -767,7 +767,7 @@ static void assert_nothing_committed(plait_aggstore_t *st, const char *path, int
     round_list_t l;
     memset(&l, 0, sizeof(l));
     ck_assert_int_eq(plait_aggstore_round_get(st, r, round_cb, &l), 0);
-    ck_assert_int_eq(l.states[0], PLAIT_ROUND_OPEN);
+    ck_assert_int_eq(l.states[0], PLAIT_AGGSTORE_ROUND_OPEN);
     ck_assert_int_eq(l.new_version, 0);
     ck_assert_int_eq(l.participants, 7); /* recorded before the commit, unchanged */
     ck_assert_uint_eq(l.n_rej, 1);
@@ -852,7 +852,7 @@ START_TEST(test_commit_atomicity)
     round_list_t l;
     memset(&l, 0, sizeof(l));
     ck_assert_int_eq(plait_aggstore_round_get(st, r2, round_cb, &l), 0);
-    ck_assert_int_eq(l.states[0], PLAIT_ROUND_COMMITTED);
+    ck_assert_int_eq(l.states[0], PLAIT_AGGSTORE_ROUND_COMMITTED);
     ck_assert_int_eq(l.participants, 9);
     ck_assert_str_eq(l.rej0, "late");
     ck_assert_int_eq(raw_count(path, "SELECT count(*) FROM ledger"), 1);
@@ -882,7 +882,7 @@ START_TEST(test_recovery)
     round_list_t l;
     memset(&l, 0, sizeof(l));
     ck_assert_int_eq(plait_aggstore_round_get(st, r, round_cb, &l), 0);
-    ck_assert_int_eq(l.states[0], PLAIT_ROUND_OPEN);
+    ck_assert_int_eq(l.states[0], PLAIT_AGGSTORE_ROUND_OPEN);
     uint8_t fp[32] = {0};
     int rc = plait_aggstore_device_enroll(st, "x", fp);
     ck_assert_msg(rc == PLAIT_EIO, "read-only write gave %d", rc);
@@ -895,7 +895,7 @@ START_TEST(test_recovery)
     ck_assert_int_eq(info.abandoned_at_open, 1);
     memset(&l, 0, sizeof(l));
     ck_assert_int_eq(plait_aggstore_round_get(st, r, round_cb, &l), 0);
-    ck_assert_int_eq(l.states[0], PLAIT_ROUND_ABANDONED);
+    ck_assert_int_eq(l.states[0], PLAIT_AGGSTORE_ROUND_ABANDONED);
     ck_assert_int_ge(l.ended, 1);
     ck_assert_ptr_nonnull(strstr(l.reason, "restarted"));
     int64_t n = 0;
@@ -1251,9 +1251,9 @@ typedef struct {
 static int crash_round_cb(void *ud, const plait_aggstore_round_t *r)
 {
     crash_rounds_t *c = ud;
-    if (r->state == PLAIT_ROUND_OPEN) c->open++;
-    if (r->state == PLAIT_ROUND_ABANDONED) c->abandoned++;
-    if (r->state == PLAIT_ROUND_COMMITTED) c->committed++;
+    if (r->state == PLAIT_AGGSTORE_ROUND_OPEN) c->open++;
+    if (r->state == PLAIT_AGGSTORE_ROUND_ABANDONED) c->abandoned++;
+    if (r->state == PLAIT_AGGSTORE_ROUND_COMMITTED) c->committed++;
     return 0;
 }
 
