@@ -26,21 +26,6 @@
 
 static char *tmpdir;
 
-static void rm_tmpdir(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (!d) return;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
-        char *p = tu_path(dir, e->d_name);
-        if (p) unlink(p);
-        free(p);
-    }
-    closedir(d);
-    rmdir(dir);
-}
-
 static void setup(void)
 {
     tmpdir = tu_tmpdir("aggstore");
@@ -49,7 +34,7 @@ static void setup(void)
 
 static void teardown(void)
 {
-    rm_tmpdir(tmpdir);
+    tu_rmdir(tmpdir);
     free(tmpdir);
     tmpdir = NULL;
 }

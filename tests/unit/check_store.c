@@ -18,22 +18,6 @@
 
 static char *tmpdir;
 
-/* Remove the scratch directory and the files in it. */
-static void rm_tmpdir(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (!d) return;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
-        char *p = tu_path(dir, e->d_name);
-        if (p) unlink(p);
-        free(p);
-    }
-    closedir(d);
-    rmdir(dir);
-}
-
 static void setup(void)
 {
     tmpdir = tu_tmpdir("store");
@@ -42,7 +26,7 @@ static void setup(void)
 
 static void teardown(void)
 {
-    rm_tmpdir(tmpdir);
+    tu_rmdir(tmpdir);
     free(tmpdir);
     tmpdir = NULL;
 }

@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <unistd.h>
 
 const char *tu_assets_dir(void)
 {
@@ -57,4 +59,20 @@ char *tu_tmpdir(const char *tag)
     snprintf(tmpl, sizeof(tmpl), "%s/tmp-%s-XXXXXX", PLAIT_BINARY_DIR, tag);
     char *d = mkdtemp(tmpl);
     return d ? strdup(d) : NULL;
+}
+
+void tu_rmdir(const char *dir)
+{
+    if (!dir) return;
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        char *p = tu_path(dir, e->d_name);
+        if (p) unlink(p);
+        free(p);
+    }
+    closedir(d);
+    rmdir(dir);
 }

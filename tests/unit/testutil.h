@@ -18,6 +18,8 @@ char *tu_path(const char *dir, const char *name);
 uint8_t *tu_read_file(const char *path, size_t *len /* OUT */);
 /** Write bytes to a file; returns 0 on success. */
 int tu_write_file(const char *path, const void *buf, size_t len);
+/** Remove the files in dir, then dir itself (not recursive; NULL is safe). */
+void tu_rmdir(const char *dir);
 /** Make a fresh scratch directory under the build tree; caller frees. */
 char *tu_tmpdir(const char *tag);
 
