@@ -18,6 +18,13 @@ double bench_now(void);
 double bench_median(double *v, size_t n);
 /** Parse a positive integer flag value; prints one line and returns -1 on error. */
 int bench_parse_size(const char *cmd, const char *flag, const char *s, size_t max, size_t *out);
+/** The measured work of one run, in a forked child: fills *value, returns 0. */
+typedef int (*bench_child_fn)(void *ctx, double *value);
+/**
+ * Run fn in a forked child so that its peak RSS (wait4 -> ru_maxrss) is its
+ * own; return 0 with the child's *value and peak RSS in MiB, or -1.
+ */
+int bench_fork_measure(bench_child_fn fn, void *ctx, double *value, double *rss_mib);
 /** One line describing the machine (CPU model, cores). */
 void bench_machine(char *buf, size_t len);
 

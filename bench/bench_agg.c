@@ -24,11 +24,6 @@
 
 #define MAX_REPS 101
 
-typedef struct {
-    double seconds;
-    int ok;
-} child_result_t;
-
 static void usage(FILE *f)
 {
     fputs("usage: plait-bench agg [--updates N] [--params P] [--reps R] [--compare M] [--pool K]\n"
@@ -72,33 +67,21 @@ static int run_child(size_t n_updates, size_t P, size_t K, double *secs)
     return 0;
 }
 
-/* Fork, measure, collect time and peak RSS (KiB). */
+typedef struct {
+    size_t n_updates, P, K;
+} agg_job_t;
+
+static int agg_child(void *ctx, double *secs)
+{
+    const agg_job_t *j = ctx;
+    return run_child(j->n_updates, j->P, j->K, secs);
+}
+
+/* One run in a forked child: time and peak RSS (MiB). */
 static int measure(size_t n_updates, size_t P, size_t K, double *secs, double *rss_mib)
 {
-    int fds[2];
-    if (pipe(fds) != 0) return -1;
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0) return -1;
-    if (pid == 0) {
-        close(fds[0]);
-        child_result_t r = {0, 0};
-        r.ok = run_child(n_updates, P, K, &r.seconds) == 0;
-        ssize_t w = write(fds[1], &r, sizeof(r));
-        _exit(w == (ssize_t)sizeof(r) && r.ok ? 0 : 1);
-    }
-    close(fds[1]);
-    child_result_t r = {0, 0};
-    ssize_t got = read(fds[0], &r, sizeof(r));
-    close(fds[0]);
-    int status;
-    struct rusage ru;
-    if (wait4(pid, &status, 0, &ru) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0 ||
-        got != (ssize_t)sizeof(r) || !r.ok)
-        return -1;
-    *secs = r.seconds;
-    *rss_mib = (double)ru.ru_maxrss / 1024.0; /* Linux reports KiB */
-    return 0;
+    agg_job_t j = {n_updates, P, K};
+    return bench_fork_measure(agg_child, &j, secs, rss_mib);
 }
 
 int bench_agg(int argc, char **argv)

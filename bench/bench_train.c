@@ -35,11 +35,6 @@ typedef struct {
     const char *torch_args; /* peer flags selecting the same model */
 } shape_t;
 
-typedef struct {
-    int ok;
-    double tok_s;
-} child_result_t;
-
 static int run_child(const shape_t *sh, int threads, int B, int T, int warmup, int steps, double *tok_s)
 {
     plait_model_t m;
@@ -88,33 +83,22 @@ static int run_child(const shape_t *sh, int threads, int B, int T, int warmup, i
     return 0;
 }
 
+typedef struct {
+    const shape_t *sh;
+    int threads, B, T, warmup, steps;
+} train_job_t;
+
+static int train_child(void *ctx, double *tok_s)
+{
+    const train_job_t *j = ctx;
+    return run_child(j->sh, j->threads, j->B, j->T, j->warmup, j->steps, tok_s);
+}
+
 static int measure(const shape_t *sh, int threads, int B, int T, int warmup, int steps, double *tok_s,
                    double *rss_mib)
 {
-    int fds[2];
-    if (pipe(fds) != 0) return -1;
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0) return -1;
-    if (pid == 0) {
-        close(fds[0]);
-        child_result_t r = {0, 0};
-        r.ok = run_child(sh, threads, B, T, warmup, steps, &r.tok_s) == 0;
-        ssize_t w = write(fds[1], &r, sizeof(r));
-        _exit(w == (ssize_t)sizeof(r) && r.ok ? 0 : 1);
-    }
-    close(fds[1]);
-    child_result_t r = {0, 0};
-    ssize_t got = read(fds[0], &r, sizeof(r));
-    close(fds[0]);
-    int status;
-    struct rusage ru;
-    if (wait4(pid, &status, 0, &ru) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0 ||
-        got != (ssize_t)sizeof(r) || !r.ok)
-        return -1;
-    *tok_s = r.tok_s;
-    *rss_mib = (double)ru.ru_maxrss / 1024.0;
-    return 0;
+    train_job_t j = {sh, threads, B, T, warmup, steps};
+    return bench_fork_measure(train_child, &j, tok_s, rss_mib);
 }
 
 /* Run the PyTorch peer once; parse its "tokens/s" and "peak RSS" lines. */

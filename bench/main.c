@@ -13,6 +13,10 @@
 
 #include "bench.h"
 
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 typedef struct {
     const char *name;
     const char *summary;
@@ -99,4 +103,41 @@ int main(int argc, char **argv)
         if (strcmp(argv[1], commands[i].name) == 0) return commands[i].run(argc - 1, argv + 1);
     fprintf(stderr, "plait-bench: unknown command '%s' (try --help)\n", argv[1]);
     return 2;
+}
+
+typedef struct {
+    int ok;
+    double value;
+} child_result_t;
+
+int bench_fork_measure(bench_child_fn fn, void *ctx, double *value, double *rss_mib)
+{
+    int fds[2];
+    if (pipe(fds) != 0) return -1;
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(fds[0]);
+        close(fds[1]);
+        return -1;
+    }
+    if (pid == 0) {
+        close(fds[0]);
+        child_result_t r = {0, 0};
+        r.ok = fn(ctx, &r.value) == 0;
+        ssize_t w = write(fds[1], &r, sizeof(r));
+        _exit(w == (ssize_t)sizeof(r) && r.ok ? 0 : 1);
+    }
+    close(fds[1]);
+    child_result_t r = {0, 0};
+    ssize_t got = read(fds[0], &r, sizeof(r));
+    close(fds[0]);
+    int status;
+    struct rusage ru;
+    if (wait4(pid, &status, 0, &ru) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0 ||
+        got != (ssize_t)sizeof(r) || !r.ok)
+        return -1;
+    *value = r.value;
+    *rss_mib = (double)ru.ru_maxrss / 1024.0; /* Linux reports KiB */
+    return 0;
 }
