@@ -55,6 +55,8 @@
 #include <errno.h>
 #include <math.h>
 #include <sqlite3.h>
+
+#include "store_int.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -93,26 +95,8 @@ const char *plait_aggstore_round_state_name(plait_aggstore_round_state_t s)
 /* Errors                                                                    */
 /* ------------------------------------------------------------------------ */
 
-static int sq_code(int rc)
-{
-    switch (rc & 0xff) {
-    case SQLITE_BUSY:
-    case SQLITE_LOCKED: return PLAIT_EBUSY;
-    case SQLITE_NOMEM: return PLAIT_ENOMEM;
-    case SQLITE_NOTADB:
-    case SQLITE_CORRUPT: return PLAIT_EPROTO;
-    case SQLITE_TOOBIG: return PLAIT_ETOOBIG;
-    case SQLITE_CONSTRAINT: return PLAIT_EINVAL;
-    default: return PLAIT_EIO;
-    }
-}
-
 /* Translate an sqlite failure; the detail is sqlite's message, never data. */
-static int sqfail(sqlite3 *db, int rc, const char *what)
-{
-    return plait_fail(sq_code(rc), "aggstore: %s: %s (sqlite %d)", what,
-                      db ? sqlite3_errmsg(db) : sqlite3_errstr(rc), rc);
-}
+static int sqfail(sqlite3 *db, int rc, const char *what) { return plait__sqlite_fail(db, rc, "aggstore", what); }
 
 static int check_usable(const plait_aggstore_t *st)
 {

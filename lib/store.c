@@ -37,6 +37,8 @@
 #include <errno.h>
 #include <math.h>
 #include <sqlite3.h>
+
+#include "store_int.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,25 +65,8 @@ struct plait_store_s {
 /* Errors                                                                    */
 /* ------------------------------------------------------------------------ */
 
-static int sq_code(int rc)
-{
-    switch (rc & 0xff) {
-    case SQLITE_BUSY:
-    case SQLITE_LOCKED: return PLAIT_EBUSY;
-    case SQLITE_NOMEM: return PLAIT_ENOMEM;
-    case SQLITE_NOTADB:
-    case SQLITE_CORRUPT: return PLAIT_EPROTO;
-    case SQLITE_TOOBIG: return PLAIT_ETOOBIG;
-    default: return PLAIT_EIO;
-    }
-}
-
 /* Translate an sqlite failure; the detail is sqlite's message, never data. */
-static int sqfail(sqlite3 *db, int rc, const char *what)
-{
-    return plait_fail(sq_code(rc), "store: %s: %s (sqlite %d)", what,
-                      db ? sqlite3_errmsg(db) : sqlite3_errstr(rc), rc);
-}
+static int sqfail(sqlite3 *db, int rc, const char *what) { return plait__sqlite_fail(db, rc, "store", what); }
 
 static int check_usable(const plait_store_t *st)
 {
@@ -501,7 +486,7 @@ static int scrub_after_delete(plait_store_t *st)
 {
     int rc = sqlite3_wal_checkpoint_v2(st->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
     if (rc == SQLITE_OK) return 0;
-    return plait_fail(sq_code(rc),
+    return plait_fail(plait__sqlite_code(rc),
                       "store: records deleted, but the log could not be scrubbed yet (%s, sqlite %d); "
                       "retry plait_store_checkpoint",
                       sqlite3_errmsg(st->db), rc);
