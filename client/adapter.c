@@ -30,6 +30,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#include <fcntl.h>
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "adapter.c assumes a little-endian host (safetensors is little-endian)"
@@ -281,13 +283,30 @@ static int read_file(const char *path, uint64_t max, uint8_t **out, size_t *len)
     return rc;
 }
 
+/* An adapter (and a gradient dump) is derived from the user's private data:
+ * write it readable by its owner only (0600), and atomically, so a crash
+ * leaves either the old file or the new one, never half of one. */
 static int write_file(const char *path, const uint8_t *buf, size_t len)
 {
-    FILE *f = fopen(path, "wb");
-    if (!f) return plait_fail(PLAIT_EIO, "%s: %s", path, strerror(errno));
-    size_t w = fwrite(buf, 1, len, f);
-    int rc = fclose(f);
-    if (w != len || rc != 0) return plait_fail(PLAIT_EIO, "%s: write failed", path);
+    char tmp[4096];
+    int n = snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    if (n < 0 || (size_t)n >= sizeof(tmp)) return plait_fail(PLAIT_EINVAL, "%.64s...: path too long", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) return plait_fail(PLAIT_EIO, "%s: %s", tmp, strerror(errno));
+    size_t off = 0;
+    while (off < len) {
+        ssize_t w = write(fd, buf + off, len - off);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) break;
+        off += (size_t)w;
+    }
+    int ok = off == len && fsync(fd) == 0;
+    if (close(fd) != 0) ok = 0;
+    if (!ok || rename(tmp, path) != 0) {
+        int e = errno;
+        unlink(tmp);
+        return plait_fail(PLAIT_EIO, "%s: write failed: %s", path, strerror(e));
+    }
     return 0;
 }
 

@@ -25,6 +25,7 @@
  * that appears twice resolves to its lower id deterministically.
  */
 #include "plait/tok.h"
+#include "plait/crypto.h"
 
 #include <errno.h>
 #include <math.h>
@@ -447,6 +448,10 @@ int plait_tok_encode(const plait_tok_t *t, const char *text, size_t len, int bos
     if (eos) tokens[k++] = PLAIT_TOK_EOS;
     *n_out = k;
 exit:
+    /* The work buffers held the user's text and its tokens. */
+    if (e.nodes) plait_zeroize(e.nodes, maxn * sizeof(node_t));
+    if (e.heap) plait_zeroize(e.heap, e.capheap * sizeof(cand_t));
+    if (e.buf) plait_zeroize(e.buf, 2 * (size_t)t->max_token_length + 1);
     free(e.nodes);
     free(e.heap);
     free(e.buf);
