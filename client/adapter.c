@@ -543,6 +543,32 @@ int plait_adapter_save(const char *path, const plait_lora_t *l, const uint8_t ba
     return rc;
 }
 
+
+/* "layers.<L>.<proj>.lora_<A|B>" with L decimal (at most 6 digits, so it
+ * cannot overflow), proj one of wq..w3. Written by hand: sscanf's %d has
+ * undefined behaviour on overflow, and names come from untrusted files. */
+static int parse_tensor_name(const char *name, int *layer, plait_proj_t *p, char *ab)
+{
+    static const char pre[] = "layers.";
+    if (strncmp(name, pre, sizeof(pre) - 1) != 0) return -1;
+    const char *c = name + sizeof(pre) - 1;
+    int v = 0, digits = 0;
+    while (*c >= '0' && *c <= '9' && digits < 7) {
+        v = v * 10 + (*c++ - '0');
+        digits++;
+    }
+    if (digits == 0 || digits > 6 || *c++ != '.') return -1;
+    if (c[0] == '\0' || c[1] == '\0' || plait_proj_parse(c, 2, p) != 0) return -1;
+    c += 2;
+    static const char mid[] = ".lora_";
+    if (strncmp(c, mid, sizeof(mid) - 1) != 0) return -1;
+    c += sizeof(mid) - 1;
+    if ((*c != 'A' && *c != 'B') || c[1] != '\0') return -1;
+    *ab = *c;
+    *layer = v;
+    return 0;
+}
+
 int plait_adapter_save_grads(const char *path, const plait_lora_t *l, const float *grads, size_t goff, size_t n,
                              float loss)
 {
@@ -612,12 +638,10 @@ static int adapter_from_st(plait_lora_t *l, const plait_safetensors_t *st, const
     /* Every tensor in the file must be one this configuration calls for. */
     for (size_t i = 0; i < st->n_tensors; i++) {
         const char *name = st->tensors[i].name;
-        int layer, consumed = 0;
-        char proj[3], ab;
+        int layer;
+        char ab;
         plait_proj_t p;
-        if (sscanf(name, "layers.%d.%2[a-z0-9].lora_%c%n", &layer, proj, &ab, &consumed) != 3 ||
-            name[consumed] != '\0' || layer < 0 || layer >= m->cfg.n_layers || (ab != 'A' && ab != 'B') ||
-            plait_proj_parse(proj, strlen(proj), &p) != 0 || !(cfg.targets & (1u << p)))
+        if (parse_tensor_name(name, &layer, &p, &ab) != 0 || layer >= m->cfg.n_layers || !(cfg.targets & (1u << p)))
             return plait_fail(PLAIT_EPROTO, "adapter: unexpected tensor '%.64s' for targets %s and %d layers", name,
                               targets_s, m->cfg.n_layers);
         char canon[64];
