@@ -86,6 +86,9 @@ static const key_t_ KEYS[] = {
     {"eval", "personal_clients", K_SIZE, F(personal_clients), 0, 1e9},
     {"eval", "personal_steps", K_INT, F(personal_steps), 0, 100000},
     {"eval", "every", K_INT, F(eval_every), 1, 1000000},
+    {"eval", "centralized", K_BOOL, F(centralized), 0, 0},
+    {"eval", "centralized_only", K_BOOL, F(centralized_only), 0, 0},
+    {"eval", "centralized_steps", K_INT, F(centralized_steps), 0, 1000000000},
 };
 #undef F
 #define N_KEYS (sizeof(KEYS) / sizeof(KEYS[0]))
@@ -150,6 +153,9 @@ void plait_sim_config_default(plait_sim_config_t *c, const char *assets)
     c->personal_clients = 8;
     c->personal_steps = 0;          /* = local_steps */
     c->eval_every = 1;
+    c->centralized = false;         /* no centralized baseline */
+    c->centralized_only = false;
+    c->centralized_steps = 0;       /* = rounds · clients_per_round · local steps */
 }
 
 int plait_sim_config_validate(const plait_sim_config_t *c)

@@ -58,13 +58,17 @@ static void usage(FILE *f)
             "  --eval-every N           evaluate every N rounds (1)\n"
             "  --dropout P, --deadline S  fleet dropout probability (0.05), round deadline in simulated s (15)\n"
             "  --model F, --tokenizer F  base model and tokenizer (shared assets)\n"
+            "  --centralized            also train one adapter on the pooled training data (the baseline)\n"
+            "  --centralized-only       only that baseline, no federated rounds\n"
+            "  --centralized-steps N    its steps (rounds x clients-per-round x local steps)\n"
             "  --quiet                  no per-round lines\n");
 }
 
 enum {
     O_CONFIG = 256, O_OUT, O_ROUNDS, O_CPR, O_STEPS, O_EPOCHS, O_LR, O_STRATEGY, O_SERVER_LR, O_MODE, O_RANK,
     O_TARGETS, O_CLIP, O_NOISE, O_SEED, O_THREADS, O_MIN_LINES, O_DATA, O_SOURCE, O_MAX_CLIENTS, O_EVAL_CLIENTS,
-    O_PERS, O_EVAL_EVERY, O_DROPOUT, O_DEADLINE, O_MODEL, O_TOK, O_QUIET, O_HELP
+    O_PERS, O_EVAL_EVERY, O_DROPOUT, O_DEADLINE, O_MODEL, O_TOK, O_QUIET, O_HELP,
+    O_CENTRAL, O_CENTRAL_ONLY, O_CENTRAL_STEPS
 };
 
 static const struct option OPTS[] = {
@@ -82,7 +86,9 @@ static const struct option OPTS[] = {
     {"eval-every", required_argument, 0, O_EVAL_EVERY}, {"dropout", required_argument, 0, O_DROPOUT},
     {"deadline", required_argument, 0, O_DEADLINE}, {"model", required_argument, 0, O_MODEL},
     {"tokenizer", required_argument, 0, O_TOK}, {"quiet", no_argument, 0, O_QUIET},
-    {"help", no_argument, 0, O_HELP}, {0, 0, 0, 0}};
+    {"help", no_argument, 0, O_HELP}, {"centralized", no_argument, 0, O_CENTRAL},
+    {"centralized-only", no_argument, 0, O_CENTRAL_ONLY}, {"centralized-steps", required_argument, 0, O_CENTRAL_STEPS},
+    {0, 0, 0, 0}};
 
 static int bad(void)
 {
@@ -152,6 +158,9 @@ static int apply_flag(plait_sim_config_t *c, int opt, const char *v)
     case O_MODEL: return set_str(c->model, "--model", v);
     case O_TOK: return set_str(c->tokenizer, "--tokenizer", v);
     case O_QUIET: c->quiet = true; break;
+    case O_CENTRAL: c->centralized = true; break;
+    case O_CENTRAL_ONLY: c->centralized = c->centralized_only = true; break;
+    case O_CENTRAL_STEPS: INT("--centralized-steps", 0, 1000000000, centralized_steps);
     default: rc = plait_fail(PLAIT_EINVAL, "unknown flag");
     }
 #undef INT
@@ -291,8 +300,13 @@ int main(int argc, char **argv)
         return rc == PLAIT_EINVAL ? EXIT_USAGE : EXIT_FAILURE;
     }
     const plait_sim_round_t *last = &res.rounds[res.n_rounds];
-    printf("base %.4f  global %.4f  personalized %.4f  (held-out loss, round %zu)\n", res.base_loss,
-           last->global_loss, last->personal_loss, res.n_rounds);
+    if (res.n_rounds > 0)
+        printf("base %.4f  global %.4f  personalized %.4f  (held-out loss, round %zu)\n", res.base_loss,
+               last->global_loss, last->personal_loss, res.n_rounds);
+    else printf("base %.4f  (held-out loss)\n", res.base_loss);
+    if (res.centralized_steps > 0)
+        printf("centralized %.4f  (held-out loss after %d steps on the pooled training data, %zu tokens)\n",
+               res.centralized_loss, res.centralized_steps, res.centralized_tokens);
     printf("%.1f s, %.1f client-rounds/s (%.1f ms CPU each), peak RSS %ld MiB, checksum %016llx\n", res.wall_s,
            res.client_rounds_per_s, 1e3 * res.cpu_s_per_client_round, res.peak_rss_kb / 1024,
            (unsigned long long)res.checksum);

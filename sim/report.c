@@ -102,8 +102,10 @@ typedef struct {
     int dashed;
 } series_t;
 
+/* hline/hname: the base model (dashed grey); hline2/hname2: a second reference, the centralized baseline
+ * (dotted green); NAN leaves either out. */
 static int svg_chart(const char *path, const char *title, const series_t *ser, size_t n_ser, double hline,
-                     const char *hname)
+                     const char *hname, double hline2, const char *hname2)
 {
     const double W = 760, H = 440, L = 70, R = 200, T = 40, B = 55;
     double pw = W - L - R, ph = H - T - B;
@@ -115,6 +117,7 @@ static int svg_chart(const char *path, const char *title, const series_t *ser, s
             if (isfinite(ser[s].y[i])) ymin = fmin(ymin, ser[s].y[i]), ymax = fmax(ymax, ser[s].y[i]);
     }
     if (isfinite(hline)) ymin = fmin(ymin, hline), ymax = fmax(ymax, hline);
+    if (isfinite(hline2)) ymin = fmin(ymin, hline2), ymax = fmax(ymax, hline2);
     if (!isfinite(ymin)) ymin = 0, ymax = 1;
     if (ymax - ymin < 1e-6) ymin -= 0.5, ymax += 0.5;
     double ystep = nice_step(ymax - ymin, 5);
@@ -172,6 +175,17 @@ static int svg_chart(const char *path, const char *title, const series_t *ser, s
                          L + pw + 15, ly, L + pw + 45, ly, L + pw + 50, ly + 4, hname);
         ly += 20;
     }
+    if (isfinite(hline2)) {
+        plait_buf_printf(&b,
+                         "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#2ca02c\" "
+                         "stroke-width=\"1.5\" stroke-dasharray=\"2 3\"/>\n",
+                         L, Y(hline2), L + pw, Y(hline2));
+        plait_buf_printf(&b,
+                         "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#2ca02c\" "
+                         "stroke-width=\"1.5\" stroke-dasharray=\"2 3\"/><text x=\"%.1f\" y=\"%.1f\">%s</text>\n",
+                         L + pw + 15, ly, L + pw + 45, ly, L + pw + 50, ly + 4, hname2);
+        ly += 20;
+    }
     for (size_t s = 0; s < n_ser; s++) {
         const series_t *x = &ser[s];
         plait_buf_printf(&b, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"2\"%s points=\"", x->color,
@@ -222,7 +236,8 @@ int plait_sim_write_svg(const plait_sim_result_t *res, const char *title, const 
     }
     for (size_t i = 0; i < n; i++) g[i] = res->rounds[i].global_loss, p[i] = res->rounds[i].personal_loss;
     series_t s[2] = {{"global adapter", "#1f77b4", g, n, 0}, {"personalized", "#ff7f0e", p, n, 0}};
-    int rc = svg_chart(path, title, s, 2, res->base_loss, "base model");
+    int rc = svg_chart(path, title, s, 2, res->base_loss, "base model",
+                       res->centralized_steps > 0 ? res->centralized_loss : NAN, "centralized");
     free(g);
     free(p);
     return rc;
@@ -236,7 +251,7 @@ int plait__sim_svg_compare(const char *path, const char *title, const char *cons
     series_t s[16];
     if (n_series > 16) n_series = 16;
     for (size_t i = 0; i < n_series; i++) s[i] = (series_t){names[i], colors[i % 8], ys[i], n_points, i >= 8};
-    return svg_chart(path, title, s, n_series, base, "base model");
+    return svg_chart(path, title, s, n_series, base, "base model", NAN, "");
 }
 
 /* ---- markdown report -------------------------------------------------------------- */
@@ -313,6 +328,13 @@ int plait__sim_write_outputs(const plait_sim_config_t *cfg, const plait_sim_resu
     md_num(&md, last->personal_loss, 4);
     plait_buf_printf(&md, " | ");
     md_num(&md, last->personal_ppl, 2);
+    if (cfg->centralized || cfg->centralized_only) {
+        plait_buf_printf(&md, " |\n| centralized LoRA, %d steps on the pooled training data | ",
+                         res->centralized_steps);
+        md_num(&md, res->centralized_loss, 4);
+        plait_buf_printf(&md, " | ");
+        md_num(&md, exp(res->centralized_loss), 2);
+    }
     plait_buf_printf(&md,
                      " |\n\n%zu of %zu rounds committed; %zu updates, %zu dropouts, %zu stragglers; %.2f MB up, "
                      "%.2f MB down; ε = %.3g; %.1f s wall, %.1f client-rounds/s, peak RSS %ld MiB; checksum "
@@ -326,6 +348,12 @@ int plait__sim_write_outputs(const plait_sim_config_t *cfg, const plait_sim_resu
                           "the starting point (no federated training yet).\n\n",
                      cfg->eval_clients ? "a fixed sample of" : "all", cfg->eval_windows, cfg->seq_len,
                      cfg->personal_clients);
+    if (cfg->centralized || cfg->centralized_only)
+        plait_buf_printf(&md, "Centralized: one adapter (same LoRA config, initial weights, AdamW, lr, batch and "
+                              "window as the clients) trained for %d steps on the pooled training data of all %zu "
+                              "clients (%zu tokens), evaluated like the global adapter; the reference the global "
+                              "adapter should approach.\n\n",
+                         res->centralized_steps, pop->n, res->centralized_tokens);
     plait_buf_printf(&md, "## Rounds\n\n| round | ok | clients | dropouts | stragglers | global loss | ppl | "
                           "personal loss | ε | up kB | down kB | sim s | wall s |\n"
                           "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
@@ -341,8 +369,19 @@ int plait__sim_write_outputs(const plait_sim_config_t *cfg, const plait_sim_resu
         plait_buf_printf(&md, " | %.3g | %.1f | %.1f | %.1f | %.2f |\n", m->epsilon, (double)m->bytes_up / 1e3,
                          (double)m->bytes_down / 1e3, m->sim_time_s, m->wall_s);
     }
-    plait_buf_printf(&md, "\nFiles: `metrics.csv`, `metrics.jsonl`, `loss.svg`, `config.json`, "
+    plait_buf_printf(&md, "\nFiles: `metrics.csv`, `metrics.jsonl`, `summary.json`, `loss.svg`, `config.json`, "
                           "`global.safetensors` (the final global adapter).\n");
+    plait_buf_t sj;
+    plait_buf_init(&sj, 0);
+    plait_buf_printf(&sj, "{\"rounds\":%zu,\"clients\":%zu", res->n_rounds, res->n_clients);
+    json_num(&sj, "base_loss", res->base_loss);
+    json_num(&sj, "global_loss", last->global_loss);
+    json_num(&sj, "personal_loss", last->personal_loss);
+    json_num(&sj, "centralized_loss", res->centralized_loss);
+    plait_buf_printf(&sj, ",\"centralized_steps\":%d,\"eval_tokens\":%zu,\"checksum\":\"%016llx\"}\n",
+                     res->centralized_steps, res->eval_tokens, (unsigned long long)res->checksum);
+    if (rc == 0) rc = write_buf(dir, "summary.json", &sj);
+    plait_buf_free(&sj);
     if (rc == 0) rc = write_buf(dir, "metrics.csv", &csv);
     if (rc == 0) rc = write_buf(dir, "metrics.jsonl", &jl);
     if (rc == 0) rc = write_buf(dir, "report.md", &md);

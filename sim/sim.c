@@ -614,6 +614,7 @@ static uint64_t checksum(const sim_t *s, const plait_sim_result_t *res)
         h = fnv_bytes(h, u, sizeof(u));
         h = fnv_bytes(h, d, sizeof(d));
     }
+    if (s->cfg->centralized || s->cfg->centralized_only) h = fnv_bytes(h, &res->centralized_loss, sizeof(double));
     return h;
 }
 
@@ -625,7 +626,7 @@ static void progress(const plait_sim_config_t *cfg, const plait_sim_round_t *m, 
         fprintf(stderr, "\r[%.*s%*s] round %d/%d  global %.3f  personal %.3f  clients %zu/%zu ", done,
                 "##############################", width - done, "", m->round, cfg->rounds, m->global_loss,
                 m->personal_loss, m->participants, m->selected);
-        if (m->round == cfg->rounds) fputc('\n', stderr);
+        if (m->round == cfg->rounds || cfg->centralized_only) fputc('\n', stderr);
     } else {
         fprintf(stderr,
                 "round %d/%d: %s, participants %zu/%zu, dropouts %zu, stragglers %zu, global loss %.4f, personal "
@@ -658,7 +659,8 @@ int plait_sim_run(const plait_sim_config_t *cfg, plait_sim_result_t *out)
         rc = plait_fail(PLAIT_ENOMEM, "sim: metrics");
         goto exit;
     }
-    res.n_rounds = (size_t)cfg->rounds;
+    res.n_rounds = cfg->centralized_only ? 0 : (size_t)cfg->rounds;
+    res.centralized_loss = NAN;
     res.n_clients = s.pop.n;
     res.n_params = s.global.n_params;
     res.span_len = s.len;
@@ -683,7 +685,7 @@ int plait_sim_run(const plait_sim_config_t *cfg, plait_sim_result_t *out)
     m0->wall_s = wall_now() - w0;
     progress(cfg, m0, tty);
     double sim_now = 0;
-    for (int r = 1; r <= cfg->rounds; r++) {
+    for (int r = 1; r <= (int)res.n_rounds; r++) {
         plait_sim_round_t *m = &res.rounds[r];
         double wr = wall_now();
         if ((rc = one_round(&s, r, &sim_now, m)) != 0) goto exit;
@@ -692,6 +694,14 @@ int plait_sim_run(const plait_sim_config_t *cfg, plait_sim_result_t *out)
             if ((rc = eval_round(&s, m)) != 0) goto exit;
         m->wall_s = wall_now() - wr;
         progress(cfg, m, tty);
+    }
+    if (cfg->centralized || cfg->centralized_only) {
+        if (!cfg->quiet) fprintf(stderr, "plait-sim: centralized baseline on the pooled training data...\n");
+        if ((rc = plait__sim_centralized(cfg, &s.model, &s.tok, &s.pop, &s.global, s.eval_ids, s.n_eval, &res)) != 0)
+            goto exit;
+        if (!cfg->quiet)
+            fprintf(stderr, "plait-sim: centralized: %d steps on %zu tokens, held-out loss %.4f, %.1f s\n",
+                    res.centralized_steps, res.centralized_tokens, res.centralized_loss, res.centralized_wall_s);
     }
     res.wall_s = wall_now() - w_start;
     res.client_rounds_per_s = s.train_wall > 0 ? (double)s.trained / s.train_wall : 0;

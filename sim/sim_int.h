@@ -7,6 +7,9 @@
 #include <stdio.h>
 
 #include "plait/data.h"
+#include "plait/lora.h"
+#include "plait/model.h"
+#include "plait/tok.h"
 #include "plait/sim.h"
 
 /* Kind tags of the two sides of a client's store. */
@@ -44,6 +47,15 @@ static inline int plait__sim_wrap(int rc, const char *prefix)
 /* Append client i's records to train and/or heldout (either may be NULL). */
 int plait__sim_load_client(const plait_sim_pop_t *pop, size_t i, const plait_tok_t *tok, plait_corpus_t *train,
                            plait_corpus_t *heldout);
+
+/* The centralized baseline (central.c): train one adapter, set up like
+ * global (same LoRA config and initial weights), on the pooled training
+ * splits of every client, and evaluate it token-weighted on the held-out
+ * data of eval_ids (n_eval clients, in order) as the global adapter is.
+ * Fills res->centralized_*. Deterministic from cfg->seed; runs on one thread. */
+int plait__sim_centralized(const plait_sim_config_t *cfg, const plait_model_t *model, const plait_tok_t *tok,
+                           const plait_sim_pop_t *pop, const plait_lora_t *global, const size_t *eval_ids,
+                           size_t n_eval, plait_sim_result_t *res);
 
 /* Write metrics.csv, metrics.jsonl, loss.svg and report.md into dir. */
 int plait__sim_write_outputs(const plait_sim_config_t *cfg, const plait_sim_result_t *res,

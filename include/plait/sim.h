@@ -31,6 +31,13 @@
  * updates are summed as exact integers, so the metrics and the final
  * adapter do not depend on the number of threads.
  *
+ * Centralized baseline (config "centralized"): one adapter with the same
+ * LoRA config, trained with the clients' optimizer, lr, batch and window on
+ * the pooled training splits of every client (read from the same stores),
+ * for as many steps as the federation's clients take in total, and
+ * evaluated on the same held-out data as the global adapter: the reference
+ * the global adapter is meant to approach.
+ *
  * Thread-safety: a run uses its own threads; call plait_sim_run from one thread.
  */
 #ifndef PLAIT_SIM_H
@@ -110,6 +117,12 @@ typedef struct {
     size_t personal_clients;         /**< clients fine-tuned for the personalized loss (default 8) */
     int personal_steps;              /**< their fine-tuning steps; 0 = local_steps (default 0) */
     int eval_every;                  /**< evaluate every k rounds (and the last) (default 1) */
+    /* centralized baseline (sim/central.c) */
+    bool centralized;                /**< also train one adapter on the pooled training text of every client
+                                          and evaluate it like the global adapter (default false) */
+    bool centralized_only;           /**< run only that baseline, no federated rounds (default false) */
+    int centralized_steps;           /**< its optimizer steps; 0 = rounds · clients_per_round · local steps
+                                          (the federation's total client steps) (default 0) */
 } plait_sim_config_t;
 
 /** \brief Fill cfg with the defaults; assets paths are resolved under assets_dir (NULL: "../shared/assets"). */
@@ -228,6 +241,10 @@ typedef struct {
     double client_rounds_per_s;/**< trained clients per wall second of training */
     double cpu_s_per_client_round; /**< CPU seconds (all threads) per trained client: load-independent */
     long peak_rss_kb;
+    double centralized_loss;   /**< held-out loss of the centralized baseline (NAN when not run) */
+    int centralized_steps;     /**< its optimizer steps (0 when not run) */
+    size_t centralized_tokens; /**< tokens of the pooled training corpus it trained on */
+    double centralized_wall_s; /**< its wall-clock seconds, training and evaluation */
 } plait_sim_result_t;
 
 /** \brief Free a result's arrays. NULL is safe. */

@@ -17,10 +17,18 @@ COMMON="--rounds 20 --clients-per-round 10 --eval-every 2 --quiet"
 
 # 2. LoRA aggregation modes on global and personalized loss.
 for m in ffa fedit fedsa; do
-    "$SIM" $COMMON --lora-mode $m --out "$OUT/mode-$m" > "$OUT/mode-$m.txt"
+    "$SIM" $COMMON --centralized --lora-mode $m --out "$OUT/mode-$m" > "$OUT/mode-$m.txt"
 done
 "$SIM" compare --out docs/img/modes-global.svg --title "LoRA modes: global adapter" \
     "FFA-LoRA=$OUT/mode-ffa" "FedIT=$OUT/mode-fedit" "FedSA-LoRA=$OUT/mode-fedsa"
 "$SIM" compare --out docs/img/modes-personal.svg --metric personal --title "LoRA modes: personalized" \
     "FFA-LoRA=$OUT/mode-ffa" "FedIT=$OUT/mode-fedit" "FedSA-LoRA=$OUT/mode-fedsa"
 cp "$OUT/mode-ffa/loss.svg" docs/img/demo-ffa.svg
+
+# 3. The centralized baseline by number of steps (experiment 2's runs hold the 2,000-step one).
+for m in ffa fedit; do
+    for n in 200 500 1000 4000; do
+        "$SIM" --centralized-only --centralized-steps $n --lora-mode $m --quiet --out "$OUT/central-$m-$n" \
+            > "$OUT/central-$m-$n.txt"
+    done
+done

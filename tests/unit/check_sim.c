@@ -391,6 +391,57 @@ START_TEST(test_small_run_fedsa_dp)
 }
 END_TEST
 
+/* The centralized baseline: pooled training data, same evaluation; deterministic whatever the thread count. */
+static double run_central(int threads, const char *tag, plait_sim_result_t *res)
+{
+    plait_sim_config_t c;
+    small_config(&c, tag);
+    c.max_clients = 20;
+    c.centralized_only = true;
+    c.centralized_steps = 30;
+    c.threads = threads;
+    ck_assert_msg(plait_sim_run(&c, res) == 0, "run: %s", plait_errmsg());
+    char *fp = tu_path(c.out_dir, "summary.json");
+    size_t len = 0;
+    uint8_t *buf = tu_read_file(fp, &len);
+    ck_assert_msg(buf && len > 0 && strstr((char *)buf, "\"centralized_loss\":") != NULL, "summary.json");
+    free(buf);
+    free(fp);
+    fp = tu_path(c.out_dir, "loss.svg");
+    buf = tu_read_file(fp, &len);
+    ck_assert_msg(buf && strstr((char *)buf, ">centralized<") != NULL, "loss.svg lacks the centralized line");
+    free(buf);
+    free(fp);
+    return res->centralized_loss;
+}
+
+START_TEST(test_centralized_baseline)
+{
+    plait_sim_result_t r1, r2;
+    double l1 = run_central(1, "sim_central1", &r1), l2 = run_central(2, "sim_central2", &r2);
+    ck_assert_uint_eq(r1.n_rounds, 0); /* centralized only: no federated rounds */
+    ck_assert_int_eq(r1.centralized_steps, 30);
+    ck_assert_uint_gt(r1.centralized_tokens, 0);
+    ck_assert_msg(isfinite(l1) && l1 < r1.base_loss - 0.05, "centralized %g base %g", l1, r1.base_loss);
+    ck_assert_msg(l1 == l2, "centralized %.17g (1 thread) vs %.17g (2 threads)", l1, l2);
+    ck_assert(r1.checksum == r2.checksum);
+    plait_sim_result_free(&r1);
+    plait_sim_result_free(&r2);
+    /* After a federated run: the default step count is the federation's client steps. */
+    plait_sim_config_t c;
+    small_config(&c, "sim_central_fed");
+    c.max_clients = 20;
+    c.rounds = 2;
+    c.centralized = true;
+    plait_sim_result_t r;
+    ck_assert_msg(plait_sim_run(&c, &r) == 0, "run: %s", plait_errmsg());
+    ck_assert_uint_eq(r.n_rounds, 2);
+    ck_assert_int_eq(r.centralized_steps, 2 * 8 * 2);
+    ck_assert(isfinite(r.centralized_loss) && isfinite(r.rounds[2].global_loss));
+    plait_sim_result_free(&r);
+}
+END_TEST
+
 Suite *sim_suite(void)
 {
     Suite *s = suite_create("sim");
@@ -408,6 +459,7 @@ Suite *sim_suite(void)
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, test_small_run_deterministic);
     tcase_add_test(tc, test_small_run_fedsa_dp);
+    tcase_add_test(tc, test_centralized_baseline);
     suite_add_tcase(s, tc);
     return s;
 }
