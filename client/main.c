@@ -519,39 +519,39 @@ static int cmd_train(int argc, char **argv)
     plait_corpus_init(&held_c);
     int32_t *batch = NULL;
     int rc = engine_load(&e, &c, !verify);
-    if (rc != 0) goto fail;
+    if (rc != 0) goto exit;
     if (init) {
         rc = plait_adapter_load(&lora, init, &e.model, 0);
     } else {
         rc = plait_lora_setup(&lora, &e.model.cfg, &lc);
         if (rc == 0) plait_lora_init_weights(&lora, seed);
     }
-    if (rc != 0) goto fail;
+    if (rc != 0) goto exit;
     tc.pool = e.pool;
     tc.threads = c.threads;
-    if ((rc = plait_train_create(&tr, &e.model, &lora, &tc)) != 0) goto fail;
+    if ((rc = plait_train_create(&tr, &e.model, &lora, &tc)) != 0) goto exit;
 
     if (verify) {
         int32_t *toks = NULL;
         float loss = 0;
-        if ((rc = read_tokens(tokens_path, tc.B, tc.T, &toks)) != 0) goto fail;
+        if ((rc = read_tokens(tokens_path, tc.B, tc.T, &toks)) != 0) goto exit;
         rc = plait_train_forward_backward(tr, toks, &loss);
         free(toks);
         if (rc == 0)
             rc = plait_adapter_save_grads(dump, &lora, plait_train_grads(tr), plait_train_grads_offset(tr),
                                           plait_train_grads_count(tr), loss);
-        if (rc != 0) goto fail;
+        if (rc != 0) goto exit;
         printf("loss %.6f; wrote gradients of %zu adapter parameters to %s\n", (double)loss,
                plait_train_grads_count(tr), dump);
-        goto done;
+        goto exit;
     }
 
-    if ((rc = load_corpus(&train_c, &c, &e.tok, c.db ? PLAIT_STORE_TRAIN : PLAIT_STORE_ALL)) != 0) goto fail;
-    if (c.db && (rc = load_corpus(&held_c, &c, &e.tok, PLAIT_STORE_HELDOUT)) != 0) goto fail;
+    if ((rc = load_corpus(&train_c, &c, &e.tok, c.db ? PLAIT_STORE_TRAIN : PLAIT_STORE_ALL)) != 0) goto exit;
+    if (c.db && (rc = load_corpus(&held_c, &c, &e.tok, PLAIT_STORE_HELDOUT)) != 0) goto exit;
     if (train_c.n < (size_t)tc.T + 1) {
         rc = plait_fail(PLAIT_EINVAL, "the training data holds %zu tokens, fewer than one sequence of --seq %d + 1",
                         train_c.n, tc.T);
-        goto fail;
+        goto exit;
     }
     int can_eval = plait_corpus_n_windows(&held_c, tc.T) > 0;
     if (!quiet)
@@ -559,29 +559,29 @@ static int cmd_train(int argc, char **argv)
                init ? "the given" : "a new", lora.cfg.rank, lora.n_params, tc.train_a ? "" : ", A frozen",
                train_c.n, train_c.n_records, held_c.n);
     double loss_eval = 0.0;
-    if (can_eval && (rc = plait_corpus_eval(&held_c, tr, tc.T, 0, &loss_eval, NULL)) != 0) goto fail;
+    if (can_eval && (rc = plait_corpus_eval(&held_c, tr, tc.T, 0, &loss_eval, NULL)) != 0) goto exit;
     if (can_eval && !quiet) printf("step %6d  held-out loss %.4f  perplexity %.2f\n", 0, loss_eval, exp(loss_eval));
     batch = malloc((size_t)tc.B * ((size_t)tc.T + 1) * sizeof(int32_t));
-    if (!batch) { rc = plait_fail(PLAIT_ENOMEM, "batch buffer"); goto fail; }
+    if (!batch) { rc = plait_fail(PLAIT_ENOMEM, "batch buffer"); goto exit; }
     uint64_t rng = seed ^ 0x5DEECE66Dull;
     double t0 = now_s(), loss_acc = 0.0;
     long n_acc = 0;
     for (long long s = 1; s <= steps; s++) {
         for (int a = 0; a < tc.accum_steps; a++) {
             float loss;
-            if ((rc = plait_corpus_sample(&train_c, tc.B, tc.T, &rng, batch)) != 0) goto fail;
-            if ((rc = plait_train_forward_backward(tr, batch, &loss)) != 0) goto fail;
+            if ((rc = plait_corpus_sample(&train_c, tc.B, tc.T, &rng, batch)) != 0) goto exit;
+            if ((rc = plait_train_forward_backward(tr, batch, &loss)) != 0) goto exit;
             if (!isfinite(loss)) {
                 /* Stepping would turn every parameter into NaN, and the
                  * adapter written then is one no loader accepts. */
                 rc = plait_fail(PLAIT_EPROTO, "training diverged: non-finite loss at step %lld (the model or adapter "
                                 "overflows float32); no adapter written", s);
-                goto fail;
+                goto exit;
             }
             loss_acc += loss;
             n_acc++;
         }
-        if ((rc = plait_train_step(tr)) != 0) goto fail;
+        if ((rc = plait_train_step(tr)) != 0) goto exit;
         if (!quiet && (s % log_every == 0 || s == steps)) {
             double dt = now_s() - t0;
             double tok_s = (double)s * tc.accum_steps * tc.B * tc.T / (dt > 0 ? dt : 1e-9);
@@ -592,15 +592,15 @@ static int cmd_train(int argc, char **argv)
             n_acc = 0;
         }
         if (can_eval && eval_every > 0 && s % eval_every == 0 && s != steps) {
-            if ((rc = plait_corpus_eval(&held_c, tr, tc.T, 0, &loss_eval, NULL)) != 0) goto fail;
+            if ((rc = plait_corpus_eval(&held_c, tr, tc.T, 0, &loss_eval, NULL)) != 0) goto exit;
             if (!quiet) printf("step %6lld  held-out loss %.4f  perplexity %.2f\n", s, loss_eval, exp(loss_eval));
         }
     }
-    if (can_eval && (rc = plait_corpus_eval(&held_c, tr, tc.T, 0, &loss_eval, NULL)) != 0) goto fail;
+    if (can_eval && (rc = plait_corpus_eval(&held_c, tr, tc.T, 0, &loss_eval, NULL)) != 0) goto exit;
     if (can_eval && !quiet) printf("step %6lld  held-out loss %.4f  perplexity %.2f\n", steps, loss_eval, exp(loss_eval));
-    if ((rc = plait_adapter_save(out, &lora, e.model.sha256)) != 0) goto fail;
+    if ((rc = plait_adapter_save(out, &lora, e.model.sha256)) != 0) goto exit;
     if (!quiet) printf("wrote %s\n", out);
-done:
+exit:
     if (batch) plait_zeroize(batch, (size_t)tc.B * ((size_t)tc.T + 1) * sizeof(int32_t));
     free(batch);
     plait_corpus_free(&train_c);
@@ -608,16 +608,7 @@ done:
     plait_train_destroy(tr);
     plait_lora_free(&lora);
     engine_free(&e);
-    return 0;
-fail:
-    if (batch) plait_zeroize(batch, (size_t)tc.B * ((size_t)tc.T + 1) * sizeof(int32_t));
-    free(batch);
-    plait_corpus_free(&train_c);
-    plait_corpus_free(&held_c);
-    plait_train_destroy(tr);
-    plait_lora_free(&lora);
-    engine_free(&e);
-    return die_run(rc);
+    return rc == 0 ? 0 : die_run(rc);
 }
 
 /* ----------------------------------------------------------------- eval */
