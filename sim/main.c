@@ -58,13 +58,16 @@ static void usage(FILE *f)
             "  --eval-every N           evaluate every N rounds (1)\n"
             "  --dropout P, --deadline S  fleet dropout probability (0.05), round deadline in simulated s (15)\n"
             "  --model F, --tokenizer F  base model and tokenizer (shared assets)\n"
+            "  --mode M                 inprocess | network (inprocess): network runs a real plait-aggregator\n"
+            "                           and plait-agent processes over loopback TLS\n"
+            "  --aggregator-bin F, --agent-bin F  network mode's binaries (default: this build tree)\n"
             "  --quiet                  no per-round lines\n");
 }
 
 enum {
     O_CONFIG = 256, O_OUT, O_ROUNDS, O_CPR, O_STEPS, O_EPOCHS, O_LR, O_STRATEGY, O_SERVER_LR, O_MODE, O_RANK,
     O_TARGETS, O_CLIP, O_NOISE, O_SEED, O_THREADS, O_MIN_LINES, O_DATA, O_SOURCE, O_MAX_CLIENTS, O_EVAL_CLIENTS,
-    O_PERS, O_EVAL_EVERY, O_DROPOUT, O_DEADLINE, O_MODEL, O_TOK, O_QUIET, O_HELP
+    O_PERS, O_EVAL_EVERY, O_DROPOUT, O_DEADLINE, O_MODEL, O_TOK, O_QUIET, O_HELP, O_RUN_MODE, O_AGG_BIN, O_AGENT_BIN
 };
 
 static const struct option OPTS[] = {
@@ -82,7 +85,9 @@ static const struct option OPTS[] = {
     {"eval-every", required_argument, 0, O_EVAL_EVERY}, {"dropout", required_argument, 0, O_DROPOUT},
     {"deadline", required_argument, 0, O_DEADLINE}, {"model", required_argument, 0, O_MODEL},
     {"tokenizer", required_argument, 0, O_TOK}, {"quiet", no_argument, 0, O_QUIET},
-    {"help", no_argument, 0, O_HELP}, {0, 0, 0, 0}};
+    {"help", no_argument, 0, O_HELP}, {"mode", required_argument, 0, O_RUN_MODE},
+    {"aggregator-bin", required_argument, 0, O_AGG_BIN}, {"agent-bin", required_argument, 0, O_AGENT_BIN},
+    {0, 0, 0, 0}};
 
 static int bad(void)
 {
@@ -152,6 +157,13 @@ static int apply_flag(plait_sim_config_t *c, int opt, const char *v)
     case O_MODEL: return set_str(c->model, "--model", v);
     case O_TOK: return set_str(c->tokenizer, "--tokenizer", v);
     case O_QUIET: c->quiet = true; break;
+    case O_RUN_MODE:
+        if (strcmp(v, "inprocess") != 0 && strcmp(v, "network") != 0)
+            return plait_fail(PLAIT_EINVAL, "--mode: '%.32s' is not inprocess or network", v);
+        snprintf(c->mode, sizeof(c->mode), "%s", v);
+        break;
+    case O_AGG_BIN: return set_str(c->aggregator_bin, "--aggregator-bin", v);
+    case O_AGENT_BIN: return set_str(c->agent_bin, "--agent-bin", v);
     default: rc = plait_fail(PLAIT_EINVAL, "unknown flag");
     }
 #undef INT
