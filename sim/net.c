@@ -46,6 +46,7 @@ struct plait__sim_net_s {
     pid_t pid;
     int port;
     int committed;       /* "round committed" lines seen so far */
+    int failed;          /* "round failed" / "round commit failed" lines seen so far */
 };
 
 static double mono(void)
@@ -61,20 +62,30 @@ static void sleep_ms(int ms)
     nanosleep(&ts, NULL);
 }
 
-/* Start argv with stdout and stderr appended to log (NULL: /dev/null). */
-static pid_t spawn(char *const argv[], const char *log)
+/* Start argv with stderr appended to log (NULL: /dev/null) and stdout to out (truncated; NULL: the log too). */
+static pid_t spawn_out(char *const argv[], const char *log, const char *out)
 {
     fflush(NULL);
     pid_t pid = fork();
     if (pid != 0) return pid;
     int fd = open(log ? log : "/dev/null", O_WRONLY | O_CREAT | O_APPEND, 0644);
+    int fo = out ? open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644) : -1;
     if (fd >= 0) {
-        dup2(fd, 1);
         dup2(fd, 2);
+        if (fo < 0) dup2(fd, 1);
         close(fd);
+    }
+    if (fo >= 0) {
+        dup2(fo, 1);
+        close(fo);
     }
     execv(argv[0], argv);
     _exit(127);
+}
+
+static pid_t spawn(char *const argv[], const char *log)
+{
+    return spawn_out(argv, log, NULL);
 }
 
 /* Wait for pid until deadline (monotonic s); SIGKILL past it. Exit status, or -1. */
@@ -409,7 +420,11 @@ int plait__sim_net_round(plait__sim_net_t *n, int r, size_t span_len, plait_sim_
             line = last;
             break;
         }
-        if (strstr(text, "round commit failed") || strstr(text, "round failed")) {
+        int nf = 0;
+        for (char *p = text; (p = strstr(p, "round ")) != NULL; p++)
+            if (strncmp(p, "round failed", 12) == 0 || strncmp(p, "round commit failed", 19) == 0) nf++;
+        if (nf > n->failed) {
+            n->failed = nf;
             failed = 1;
             break;
         }
@@ -446,10 +461,30 @@ int plait__sim_net_round(plait__sim_net_t *n, int r, size_t span_len, plait_sim_
     snprintf(vs, sizeof(vs), "%llu", version);
     snprintf(adapter, cap, "%s/v%llu.safetensors", base, version);
     char *ex[] = {n->agg, "export", n->dir, "--version", vs, "--out", adapter, NULL};
-    for (int t = 0; t < 20; t++) {
-        if (run_cmd(ex, n->log, 60) == 0) return 0;
-        sleep_ms(250); /* the database may be busy with the service */
+    int exported = 0;
+    for (int t = 0; t < 20 && !exported; t++) {
+        pid_t p = spawn(ex, n->log);
+        exported = p > 0 && reap(p, mono() + 60) == 0;
+        if (!exported) sleep_ms(250); /* the database may be busy with the service */
     }
-    adapter[0] = '\0';
-    return plait_fail(PLAIT_EIO, "network mode: plait-aggregator export --version %s failed (see %s)", vs, n->log);
+    if (!exported) {
+        adapter[0] = '\0';
+        return plait_fail(PLAIT_EIO, "network mode: plait-aggregator export --version %s failed (see %s)", vs, n->log);
+    }
+    /* epsilon so far, from `plait-aggregator status` ("privacy: epsilon E at delta D after N DP rounds") */
+    if (cfg->noise_multiplier > 0) {
+        char sp[NET_PATH];
+        snprintf(sp, sizeof(sp), "%s/status.txt", base);
+        char *sv[] = {n->agg, "status", n->dir, NULL};
+        pid_t p = spawn_out(sv, n->log, sp);
+        if (p > 0 && reap(p, mono() + 60) == 0) {
+            char *txt = read_all(sp);
+            const char *e = txt ? strstr(txt, "privacy: epsilon ") : NULL;
+            m->epsilon = e ? strtod(e + strlen("privacy: epsilon "), NULL) : NAN;
+            free(txt);
+        } else {
+            m->epsilon = NAN;
+        }
+    }
+    return 0;
 }
