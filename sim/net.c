@@ -353,6 +353,7 @@ int plait__sim_net_round(plait__sim_net_t *n, int r, size_t span_len, plait_sim_
     size_t k = cfg->clients_per_round, N = n->pop->n;
     if (k > N) return plait_fail(PLAIT_EINVAL, "rounds.clients_per_round %zu exceeds the %zu clients", k, N);
     adapter[0] = '\0';
+    /* --min-records 1: the population already left out clients too small to train (min_lines, one window). */
     /* Partial Fisher-Yates over a seeded stream: the round's cohort. */
     size_t *perm = malloc(N * sizeof(size_t));
     pid_t *pids = calloc(k, sizeof(pid_t));
@@ -391,7 +392,7 @@ int plait__sim_net_round(plait__sim_net_t *n, int r, size_t span_len, plait_sim_
         snprintf(seed, sizeof(seed), "%llu", (unsigned long long)(s ? s : 1));
         char *argv[] = {n->agent, "join", "--server", server, "--ca", ca, "--cert", crt, "--key", key, "--db", db,
                         "--state", st, "--model", (char *)cfg->model, "--tokenizer", (char *)cfg->tokenizer,
-                        "--daemon", "--rounds", "1", "--rejoin-ms", "100", "--seed", seed, "--max-runtime", rt, NULL};
+                        "--daemon", "--rounds", "1", "--min-records", "1", "--rejoin-ms", "100", "--seed", seed, "--max-runtime", rt, NULL};
         pids[i] = spawn(argv, log);
         if (pids[i] < 0) {
             rc = plait_fail(PLAIT_EIO, "network mode: cannot start plait-agent");
