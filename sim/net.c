@@ -207,6 +207,11 @@ int plait__sim_net_start(plait__sim_net_t **out, const plait_sim_config_t *cfg, 
     n->cfg = cfg;
     n->pop = pop;
     int rc;
+    if (cfg->clients_per_round > 1024) {
+        free(n);
+        return plait_fail(PLAIT_EINVAL, "network mode: rounds.clients_per_round %zu: the whole cohort runs as "
+                                        "processes at once; at most 1024", cfg->clients_per_round);
+    }
     if ((rc = locate(n->agg, cfg->aggregator_bin, "aggregator/plait-aggregator", "--aggregator-bin")) != 0 ||
         (rc = locate(n->agent, cfg->agent_bin, "client/plait-agent", "--agent-bin")) != 0) {
         free(n);
@@ -252,6 +257,7 @@ int plait__sim_net_start(plait__sim_net_t **out, const plait_sim_config_t *cfg, 
     SET("round_timeout_s=120");
     SET("retry_ms=200");
     SET("idle_timeout_s=120");
+    SET("max_connections=%zu", cfg->clients_per_round + 64);
     SET("server_opt=%s", opt_names[cfg->strategy]);
     SET("server_lr=%.17g", cfg->server_lr > 0 ? cfg->server_lr : oc.lr);
     SET("population=%zu", pop->n);
