@@ -412,10 +412,11 @@ int plait__sim_net_round(plait__sim_net_t *n, int r, size_t span_len, plait_sim_
     free(perm);
     free(pids);
     if (rc != 0) return rc;
-    /* The round's line in the aggregator's log (committed or failed), 30 s at most. */
+    /* The round's line in the aggregator's log (committed or failed): 30 s at most, or past the service's round
+     * timeout (120 s) when an agent failed, since the round then closes at its deadline with min_cohort. */
     char *line = NULL, *text = NULL;
     int failed = 0;
-    for (double end = mono() + 30; mono() < end; sleep_ms(100)) {
+    for (double end = mono() + (ok < k ? 130 : 30); mono() < end; sleep_ms(100)) {
         free(text);
         text = read_all(n->log);
         if (!text) continue;
