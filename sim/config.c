@@ -104,7 +104,7 @@ void plait_sim_config_default(plait_sim_config_t *c, const char *assets)
 {
     memset(c, 0, sizeof(*c));
     if (!assets) assets = "../shared/assets";
-    snprintf(c->mode, sizeof(c->mode), "inprocess"); /* network mode needs the federation service */
+    snprintf(c->mode, sizeof(c->mode), "inprocess"); /* "network": sim/net.c */
     c->seed = 1;                    /* one seed fixes everything */
     c->threads = 2;                 /* the 2-core CI machine */
     snprintf(c->out_dir, sizeof(c->out_dir), "sim-out");
@@ -161,12 +161,8 @@ void plait_sim_config_default(plait_sim_config_t *c, const char *assets)
 int plait_sim_config_validate(const plait_sim_config_t *c)
 {
     if (!c) return plait_fail(PLAIT_EINVAL, "config: NULL");
-    if (strcmp(c->mode, "inprocess") != 0) {
-        if (strcmp(c->mode, "network") == 0)
-            return plait_fail(PLAIT_EINVAL, "run.mode: \"network\" needs the federation service (plait-aggregator), "
-                                            "not available yet; use \"inprocess\"");
+    if (strcmp(c->mode, "inprocess") != 0 && strcmp(c->mode, "network") != 0)
         return plait_fail(PLAIT_EINVAL, "run.mode: must be \"inprocess\" or \"network\"");
-    }
     for (size_t i = 0; i < N_KEYS; i++) {
         const key_t_ *k = &KEYS[i];
         const char *p = (const char *)c + k->off;

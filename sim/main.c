@@ -61,6 +61,9 @@ static void usage(FILE *f)
             "  --centralized            also train one adapter on the pooled training data (the baseline)\n"
             "  --centralized-only       only that baseline, no federated rounds\n"
             "  --centralized-steps N    its steps (rounds x clients-per-round x local steps)\n"
+            "  --mode M                 inprocess | network (inprocess): network runs a real plait-aggregator\n"
+            "                           and plait-agent processes over loopback TLS\n"
+            "  --aggregator-bin F, --agent-bin F  network mode's binaries (default: this build tree)\n"
             "  --quiet                  no per-round lines\n");
 }
 
@@ -68,7 +71,7 @@ enum {
     O_CONFIG = 256, O_OUT, O_ROUNDS, O_CPR, O_STEPS, O_EPOCHS, O_LR, O_STRATEGY, O_SERVER_LR, O_MODE, O_RANK,
     O_TARGETS, O_CLIP, O_NOISE, O_SEED, O_THREADS, O_MIN_LINES, O_DATA, O_SOURCE, O_MAX_CLIENTS, O_EVAL_CLIENTS,
     O_PERS, O_EVAL_EVERY, O_DROPOUT, O_DEADLINE, O_MODEL, O_TOK, O_QUIET, O_HELP,
-    O_CENTRAL, O_CENTRAL_ONLY, O_CENTRAL_STEPS
+    O_CENTRAL, O_CENTRAL_ONLY, O_CENTRAL_STEPS, O_RUN_MODE, O_AGG_BIN, O_AGENT_BIN
 };
 
 static const struct option OPTS[] = {
@@ -88,6 +91,8 @@ static const struct option OPTS[] = {
     {"tokenizer", required_argument, 0, O_TOK}, {"quiet", no_argument, 0, O_QUIET},
     {"help", no_argument, 0, O_HELP}, {"centralized", no_argument, 0, O_CENTRAL},
     {"centralized-only", no_argument, 0, O_CENTRAL_ONLY}, {"centralized-steps", required_argument, 0, O_CENTRAL_STEPS},
+    {"mode", required_argument, 0, O_RUN_MODE},
+    {"aggregator-bin", required_argument, 0, O_AGG_BIN}, {"agent-bin", required_argument, 0, O_AGENT_BIN},
     {0, 0, 0, 0}};
 
 static int bad(void)
@@ -161,6 +166,13 @@ static int apply_flag(plait_sim_config_t *c, int opt, const char *v)
     case O_CENTRAL: c->centralized = true; break;
     case O_CENTRAL_ONLY: c->centralized = c->centralized_only = true; break;
     case O_CENTRAL_STEPS: INT("--centralized-steps", 0, 1000000000, centralized_steps);
+    case O_RUN_MODE:
+        if (strcmp(v, "inprocess") != 0 && strcmp(v, "network") != 0)
+            return plait_fail(PLAIT_EINVAL, "--mode: '%.32s' is not inprocess or network", v);
+        snprintf(c->mode, sizeof(c->mode), "%s", v);
+        break;
+    case O_AGG_BIN: return set_str(c->aggregator_bin, "--aggregator-bin", v);
+    case O_AGENT_BIN: return set_str(c->agent_bin, "--agent-bin", v);
     default: rc = plait_fail(PLAIT_EINVAL, "unknown flag");
     }
 #undef INT

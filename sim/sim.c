@@ -586,6 +586,25 @@ static int one_round(sim_t *s, int r, double *sim_now, plait_sim_round_t *m)
     return rc;
 }
 
+/* Network mode: one round on the real service (net.c); the exported global adapter becomes s->global. */
+static int net_round(sim_t *s, plait__sim_net_t *net, int r, plait_sim_round_t *m)
+{
+    s->cur_round = r;
+    char path[PLAIT_SIM_PATH_MAX + 128];
+    double w0 = wall_now();
+    int rc = plait__sim_net_round(net, r, s->len, m, path, sizeof(path));
+    if (rc != 0 || !path[0]) return rc;
+    s->train_wall += wall_now() - w0;
+    s->trained += m->participants;
+    plait_lora_t l;
+    plait_lora_init(&l);
+    if ((rc = plait_adapter_load(&l, path, &s->model, 0)) != 0) return plait__sim_wrap(rc, path);
+    if (l.n_params != s->global.n_params) rc = plait_fail(PLAIT_EMISMATCH, "%s: not this experiment's adapter", path);
+    else memcpy(s->global.params, l.params, l.n_params * sizeof(float));
+    plait_lora_free(&l);
+    return rc;
+}
+
 static int eval_round(sim_t *s, plait_sim_round_t *m)
 {
     size_t tok;
@@ -649,6 +668,8 @@ int plait_sim_run(const plait_sim_config_t *cfg, plait_sim_result_t *out)
     int rc = plait_sim_config_validate(cfg);
     if (rc != 0) return rc;
     double w_start = wall_now();
+    int network = strcmp(cfg->mode, "network") == 0;
+    plait__sim_net_t *net = NULL;
     sim_t s;
     memset(&s, 0, sizeof(s));
     plait_sim_result_t res;
@@ -685,10 +706,16 @@ int plait_sim_run(const plait_sim_config_t *cfg, plait_sim_result_t *out)
     m0->wall_s = wall_now() - w0;
     progress(cfg, m0, tty);
     double sim_now = 0;
+    if (network && res.n_rounds > 0 && (rc = plait__sim_net_start(&net, cfg, &s.pop)) != 0) goto exit;
     for (int r = 1; r <= (int)res.n_rounds; r++) {
         plait_sim_round_t *m = &res.rounds[r];
+        m->round = r;
         double wr = wall_now();
-        if ((rc = one_round(&s, r, &sim_now, m)) != 0) goto exit;
+        if (network) {
+            if ((rc = net_round(&s, net, r, m)) != 0) goto exit;
+        } else if ((rc = one_round(&s, r, &sim_now, m)) != 0) {
+            goto exit;
+        }
         m->global_loss = m->personal_loss = m->global_ppl = m->personal_ppl = NAN;
         if (r % cfg->eval_every == 0 || r == cfg->rounds)
             if ((rc = eval_round(&s, m)) != 0) goto exit;
@@ -716,6 +743,7 @@ int plait_sim_run(const plait_sim_config_t *cfg, plait_sim_result_t *out)
         if ((rc = plait__sim_write_outputs(cfg, &res, &s.pop, cfg->out_dir)) != 0) goto exit;
     }
 exit:
+    plait__sim_net_stop(net);
     sim_free(&s);
     if (rc == 0 && out) *out = res;
     else plait_sim_result_free(&res);

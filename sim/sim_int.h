@@ -71,4 +71,15 @@ void plait__sim_json_row(struct plait_buf_s *b, const plait_sim_round_t *m);
 int plait__sim_svg_compare(const char *path, const char *title, const char *const *names, const double *const *ys,
                            size_t n_series, size_t n_points, double base);
 
+/* Network mode (net.c): a temporary deployment of the real plait-aggregator, served on 127.0.0.1, with one
+ * enrolled device and one training-only store per client. */
+typedef struct plait__sim_net_s plait__sim_net_t;
+int plait__sim_net_start(plait__sim_net_t **out, const plait_sim_config_t *cfg, const plait_sim_pop_t *pop);
+/* Round r: K plait-agent processes (a seeded sample); fills m's counts and, when the round committed, adapter
+ * with the exported global adapter's path ("" otherwise). */
+int plait__sim_net_round(plait__sim_net_t *n, int r, size_t span_len, plait_sim_round_t *m, char *adapter,
+                         size_t cap);
+/* SIGTERM the aggregator, wait for it (bounded), free. NULL is safe. */
+void plait__sim_net_stop(plait__sim_net_t *n);
+
 #endif

@@ -9,7 +9,8 @@
  *     agents over loopback TLS) once the federation service exists: the
  *     "rounds", "server", "privacy" and "lora" sections become the
  *     aggregator's task, the "fleet" and "local" sections the agents'
- *     behaviour. Only mode "inprocess" runs today.
+ *     behaviour. Mode "network" runs it against a real plait-aggregator
+ *     and plait-agent processes on 127.0.0.1 (sim/net.c).
  *   - the population (plait_sim_pop_t): virtual clients from a corpus split
  *     by author (tinyshakespeare by speaker, a folder of .txt files, or JSON
  *     lines with a "user" field). Each client's records are written once into
@@ -60,7 +61,8 @@ typedef enum {
 /** The experiment. Every field's default is in plait_sim_config_default(). */
 typedef struct {
     /* run */
-    char mode[16];                   /**< "inprocess" (default); "network" is refused until the service exists */
+    char mode[16];                   /**< "inprocess" (default) or "network" (real plait-aggregator and
+                                          plait-agent processes over loopback TLS, sim/net.c) */
     uint64_t seed;                   /**< master seed (default 1) */
     int threads;                     /**< worker threads, 1..256 (default 2) */
     char out_dir[PLAIT_SIM_PATH_MAX]; /**< outputs and the clients' stores (default "sim-out") */
@@ -123,6 +125,9 @@ typedef struct {
     bool centralized_only;           /**< run only that baseline, no federated rounds (default false) */
     int centralized_steps;           /**< its optimizer steps; 0 = rounds · clients_per_round · local steps
                                           (the federation's total client steps) (default 0) */
+    /* network mode only (flags, not config keys: they describe the machine, not the experiment) */
+    char aggregator_bin[PLAIT_SIM_PATH_MAX]; /**< plait-aggregator; "" = ../aggregator/ next to plait-sim */
+    char agent_bin[PLAIT_SIM_PATH_MAX];      /**< plait-agent; "" = ../client/ next to plait-sim */
 } plait_sim_config_t;
 
 /** \brief Fill cfg with the defaults; assets paths are resolved under assets_dir (NULL: "../shared/assets"). */

@@ -291,7 +291,9 @@ START_TEST(test_config)
                       bad[i].needle);
     }
     plait_sim_config_default(&d, NULL);
-    snprintf(d.mode, sizeof(d.mode), "network");
+    snprintf(d.mode, sizeof(d.mode), "network"); /* runs (tests/integ/check_simnet.c) */
+    ck_assert_int_eq(plait_sim_config_validate(&d), 0);
+    snprintf(d.mode, sizeof(d.mode), "cluster");
     ck_assert_int_eq(plait_sim_config_validate(&d), PLAIT_EINVAL);
     plait_sim_config_default(&d, NULL);
     d.min_clients = d.clients_per_round + 1;
