@@ -112,6 +112,10 @@ size_t plait_corpus_n_windows(const plait_corpus_t *c, int T)
 int plait_corpus_eval(const plait_corpus_t *c, plait_trainer_t *tr, int T, size_t max_windows,
                       double *loss, size_t *n_tokens)
 {
+    /* The trainer reads rows of its own T + 1 tokens from the staging buffer. */
+    if (T != plait_train_seq_len(tr))
+        return plait_fail(PLAIT_EINVAL, "corpus eval: T = %d but the trainer was made for T = %d", T,
+                          plait_train_seq_len(tr));
     size_t nw = plait_corpus_n_windows(c, T);
     if (max_windows && nw > max_windows) nw = max_windows;
     if (nw == 0)

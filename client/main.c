@@ -35,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/stat.h>
 
 #define EXIT_USAGE 2
 
@@ -394,21 +395,30 @@ static void train_usage(void)
 /* Read B rows of T+1 little-endian int32 tokens; the size must match exactly. */
 static int read_tokens(const char *path, int B, int T, int32_t **out)
 {
-    size_t want = (size_t)B * ((size_t)T + 1);
+    size_t want = (size_t)B * ((size_t)T + 1), bytes = want * sizeof(int32_t);
     FILE *f = fopen(path, "rb");
     if (!f) return plait_fail(PLAIT_EIO, "--tokens %s: cannot open", path);
-    int32_t *t = malloc(want * sizeof(int32_t) + 1);
+    /* The size must match before anything is allocated for it. */
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+        fclose(f);
+        return plait_fail(PLAIT_EIO, "--tokens %s: not a regular file", path);
+    }
+    if ((uint64_t)st.st_size != (uint64_t)bytes) {
+        fclose(f);
+        return plait_fail(PLAIT_EPROTO, "--tokens %s: %lld bytes, expected exactly %zu bytes (B=%d rows of T+1=%d int32)",
+                          path, (long long)st.st_size, bytes, B, T + 1);
+    }
+    int32_t *t = malloc(bytes);
     if (!t) {
         fclose(f);
         return plait_fail(PLAIT_ENOMEM, "--tokens: %zu tokens", want);
     }
-    size_t got = fread(t, 1, want * sizeof(int32_t) + 1, f);
+    size_t got = fread(t, 1, bytes, f);
     fclose(f);
-    if (got != want * sizeof(int32_t)) {
+    if (got != bytes) {
         free(t);
-        return plait_fail(PLAIT_EPROTO, "--tokens %s: %s%zu bytes, expected exactly %zu bytes (B=%d rows of T+1=%d int32)",
-                          path, got > want * sizeof(int32_t) ? "more than " : "", got > want * sizeof(int32_t) ? want * sizeof(int32_t) : got,
-                          want * sizeof(int32_t), B, T + 1);
+        return plait_fail(PLAIT_EIO, "--tokens %s: read %zu of %zu bytes", path, got, bytes);
     }
     *out = t;
     return 0;

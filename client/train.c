@@ -1204,6 +1204,7 @@ size_t plait_train_grads_offset(const plait_trainer_t *tr) { return tr->goff; }
 long plait_train_steps_done(const plait_trainer_t *tr) { return tr->steps; }
 double plait_train_last_grad_norm(const plait_trainer_t *tr) { return tr->last_norm; }
 size_t plait_train_memory_bytes(const plait_trainer_t *tr) { return tr->bytes; }
+int plait_train_seq_len(const plait_trainer_t *tr) { return (int)tr->T; }
 
 void plait_train_reset(plait_trainer_t *tr)
 {

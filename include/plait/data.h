@@ -64,10 +64,9 @@ size_t plait_corpus_n_windows(const plait_corpus_t *c, int T);
  * \brief Mean next-token loss over the corpus' evaluation windows (at most
  *        max_windows of them, 0 = all), computed forward only with tr's
  *        model and adapter.
- * \param T must be the T tr was created with: the trainer reads rows of its
- *          own T + 1 tokens, and nothing here can check it (a smaller T makes
- *          it read past the staging buffer).
- * \return 0, PLAIT_EINVAL (no window fits), PLAIT_EPROTO (the loss is not
+ * \param T must be the T tr was created with (plait_train_seq_len): the
+ *          trainer reads rows of its own T + 1 tokens.
+ * \return 0, PLAIT_EINVAL (T differs from the trainer's, or no window fits), PLAIT_EPROTO (the loss is not
  *         finite: the model or adapter overflows float32), PLAIT_ENOMEM, or
  *         the trainer's error.
  */

@@ -160,6 +160,8 @@ double plait_train_last_grad_norm(const plait_trainer_t *tr);
 /** \brief Bytes the trainer allocated at create (its whole footprint; the model
  *         and adapter are not counted). Constant for the trainer's life. */
 size_t plait_train_memory_bytes(const plait_trainer_t *tr);
+/** \brief T, the tokens per sequence the trainer was created for. */
+int plait_train_seq_len(const plait_trainer_t *tr);
 
 /**
  * \brief Forget all training state (gradients, AdamW moments, step count,

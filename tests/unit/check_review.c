@@ -1951,6 +1951,38 @@ END_TEST
 
 /* -------------------------------------------------------------- suite */
 
+
+START_TEST(test_corpus_eval_checks_T)
+{
+    /* plait_corpus_eval stages rows of T + 1 tokens for a trainer that reads
+     * its own T + 1: a different T is refused instead of read out of bounds. */
+    shape_t s = {16, 37, 1, 2, 1, 300, 16, 1, 2, 4.0f, TGT(PLAIT_WQ), 2, 8, 1};
+    plait_model_t m;
+    plait_lora_t l;
+    make_model(&m, &s, 9);
+    make_lora(&l, &m, &s, 3);
+    plait_train_config_t tc = plait_train_config_default();
+    tc.B = 2;
+    tc.T = 8;
+    plait_trainer_t *tr = NULL;
+    ck_assert_int_eq(plait_train_create(&tr, &m, &l, &tc), 0);
+    ck_assert_int_eq(plait_train_seq_len(tr), 8);
+    plait_corpus_t c;
+    plait_corpus_init(&c);
+    int32_t toks[100];
+    for (int i = 0; i < 100; i++) toks[i] = (int32_t)(i * 7 % 300);
+    c.tokens = toks;
+    c.n = 100;
+    double loss = 0;
+    ck_assert_int_eq(plait_corpus_eval(&c, tr, 4, 0, &loss, NULL), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_corpus_eval(&c, tr, 8, 0, &loss, NULL), 0);
+    ck_assert(isfinite(loss));
+    plait_train_destroy(tr);
+    plait_lora_free(&l);
+    plait_model_free(&m);
+}
+END_TEST
+
 Suite *review_suite(void)
 {
     Suite *s = suite_create("review");
@@ -1988,6 +2020,7 @@ Suite *review_suite(void)
     suite_add_tcase(s, th);
     TCase *tr = tcase_create("routed");
     tcase_add_test(tr, test_routed_train_nonfinite_loss);
+    tcase_add_test(tr, test_corpus_eval_checks_T);
     suite_add_tcase(s, tr);
     return s;
 }
