@@ -383,7 +383,11 @@ int plait_secagg_round_setup(plait_secagg_round_t *r, const uint8_t *dep, size_t
     if (k < 1 || k > n - 1 || (k != n - 1 && k % 2 != 0))
         return plait_fail(PLAIT_EINVAL, "secagg: degree %u for cohort %u (want even, or n - 1)", (unsigned)k,
                           (unsigned)n);
-    if (t < 1 || t > k) return plait_fail(PLAIT_EINVAL, "secagg: threshold %u for degree %u", (unsigned)t, (unsigned)k);
+    /* 2t > k + 1: a device and its k neighbours each reveal at most one of
+     * its two secrets, so no server can collect t shares of both. */
+    if (t > k || 2 * (uint64_t)t <= (uint64_t)k + 1)
+        return plait_fail(PLAIT_EINVAL, "secagg: threshold %u for degree %u (want (k + 1) / 2 < t <= k)",
+                          (unsigned)t, (unsigned)k);
     if (m < 1 || m > 32) return plait_fail(PLAIT_EINVAL, "secagg: ring width %u bits (want 1..32)", m);
     if (len < 1 || len > ((size_t)1 << 30)) return plait_fail(PLAIT_EINVAL, "secagg: vector length %zu", len);
     plait_secagg_round_free(r);

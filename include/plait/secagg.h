@@ -211,7 +211,10 @@ void plait_secagg_round_init(plait_secagg_round_t *r);
  * \brief Derive the round context and build the graph.
  * \param dep, dep_len  deployment id (1..PLAIT_SECAGG_DEP_MAX bytes; not secret).
  * \param p             n, k, t as chosen by the server (validated here: 2 <= n
- *                      <= max, k even or k == n - 1, k <= n - 1, 1 <= t <= k).
+ *                      <= max, k even or k == n - 1, k <= n - 1, and
+ *                      (k + 1) / 2 < t <= k, so that a malicious server cannot
+ *                      collect t shares of both secrets of one device from the
+ *                      device and its honest neighbours, who reveal one each).
  * \param graph_seed    32 bytes from the server (not secret).
  * \param m             ring width, 1..32. \param len words per vector, >= 1.
  * \return 0; PLAIT_EINVAL (with a detail naming the bad field), PLAIT_ENOMEM.

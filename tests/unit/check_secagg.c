@@ -465,24 +465,24 @@ static int run_round(const fleet_t *f, const plait_secagg_round_t *r, const int 
     return ret;
 }
 
-START_TEST(test_round_n8_dropouts)
+START_TEST(test_round_n10_dropouts)
 {
     fleet_t f;
-    fleet_make(&f, 8);
+    fleet_make(&f, 10);
     plait_secagg_round_t r;
-    round_make(&r, 8, 7, 3, 41, 24, 1000);
-    /* One device drops at each stage; four finish. */
-    int stage[9] = {0, FULL, NO_ADVERT, FULL, NO_SHARES, FULL, NO_MASKED, FULL, NO_UNMASK};
+    round_make(&r, 10, 9, 6, 41, 24, 1000);
+    /* One device drops at each stage; six finish (t = 6). */
+    int stage[11] = {0, FULL, NO_ADVERT, FULL, NO_SHARES, FULL, NO_MASKED, FULL, NO_UNMASK, FULL, FULL};
     uint32_t sum[1000], plain[1000];
     ck_assert_int_eq(run_round(&f, &r, stage, 1, 5, sum, plain), 0);
     ck_assert_mem_eq(sum, plain, sizeof(sum));
     /* No dropouts at all. */
-    int none[9] = {0};
+    int none[11] = {0};
     ck_assert_int_eq(run_round(&f, &r, none, 0, 6, sum, plain), 0);
     ck_assert_mem_eq(sum, plain, sizeof(sum));
     /* The full 32-bit ring works too. */
     plait_secagg_round_t r32;
-    round_make(&r32, 8, 7, 3, 41, 32, 1000);
+    round_make(&r32, 10, 9, 6, 41, 32, 1000);
     ck_assert_int_eq(run_round(&f, &r32, stage, 0, 7, sum, plain), 0);
     ck_assert_mem_eq(sum, plain, sizeof(sum));
     plait_secagg_round_free(&r32);
@@ -521,19 +521,19 @@ START_TEST(test_round_threshold_exact)
     fleet_t f;
     fleet_make(&f, 8);
     plait_secagg_round_t r;
-    round_make(&r, 8, 7, 4, 9, 20, 300);
+    round_make(&r, 8, 7, 5, 9, 20, 300);
     uint32_t sum[300], plain[300];
-    /* Exactly t = 4 devices answer the unmask request: the round finishes. */
-    int ok[9] = {0, FULL, NO_UNMASK, FULL, NO_UNMASK, FULL, NO_UNMASK, FULL, NO_UNMASK};
+    /* Exactly t = 5 devices answer the unmask request: the round finishes. */
+    int ok[9] = {0, FULL, NO_UNMASK, FULL, NO_UNMASK, FULL, NO_UNMASK, FULL, FULL};
     ck_assert_int_eq(run_round(&f, &r, ok, 0, 11, sum, plain), 0);
     ck_assert_mem_eq(sum, plain, sizeof(sum));
-    /* t - 1 = 3 answer: the round fails cleanly and writes no sum. */
-    int bad[9] = {0, FULL, NO_UNMASK, FULL, NO_UNMASK, NO_UNMASK, NO_UNMASK, FULL, NO_UNMASK};
+    /* t - 1 = 4 answer: the round fails cleanly and writes no sum. */
+    int bad[9] = {0, FULL, NO_UNMASK, FULL, NO_UNMASK, NO_UNMASK, NO_UNMASK, FULL, FULL};
     for (size_t i = 0; i < 300; i++) sum[i] = 0xDEADu;
     ck_assert_int_eq(run_round(&f, &r, bad, 0, 12, sum, plain), PLAIT_ETHRESHOLD);
     for (size_t i = 0; i < 300; i++) ck_assert_uint_eq(sum[i], 0xDEADu);
     /* Fewer than t masked inputs: the server refuses to start unmasking. */
-    int few[9] = {0, FULL, NO_MASKED, FULL, NO_MASKED, FULL, NO_MASKED, NO_MASKED, NO_MASKED};
+    int few[9] = {0, FULL, NO_MASKED, FULL, NO_MASKED, FULL, NO_MASKED, FULL, NO_MASKED};
     ck_assert_int_eq(run_round(&f, &r, few, 0, 13, sum, plain), PLAIT_ETHRESHOLD);
     plait_secagg_round_free(&r);
     fleet_free(&f);
@@ -585,7 +585,7 @@ START_TEST(test_unmask_refusals)
     fleet_t f;
     fleet_make(&f, 4);
     plait_secagg_round_t r;
-    round_make(&r, 4, 3, 2, 3, 16, 4);
+    round_make(&r, 4, 3, 3, 3, 16, 4);
     mini_t mm;
     memset(&mm, 0, sizeof(mm));
     mini_run(&mm, &f, &r, 21, 1);
@@ -635,7 +635,7 @@ START_TEST(test_server_rejects_bad_reveals)
     fleet_t f;
     fleet_make(&f, 4);
     plait_secagg_round_t r;
-    round_make(&r, 4, 3, 2, 3, 16, 4);
+    round_make(&r, 4, 3, 3, 3, 16, 4);
     mini_t mm;
     memset(&mm, 0, sizeof(mm));
     mini_run(&mm, &f, &r, 23, 1);
@@ -643,22 +643,26 @@ START_TEST(test_server_rejects_bad_reveals)
     ck_assert_int_eq(plait_secagg_server_create(&s, &r), 0);
     uint32_t y[4] = {0};
     for (uint32_t u = 1; u <= 4; u++) ck_assert_int_eq(plait_secagg_server_add_advert(s, &mm.adv[u]), 0);
-    for (uint32_t u = 1; u <= 3; u++) ck_assert_int_eq(plait_secagg_server_mark_shared(s, u), 0);
     ck_assert_int_eq(plait_secagg_server_add_masked(s, 4, y, 4), PLAIT_EINVAL); /* never shared */
-    for (uint32_t u = 1; u <= 2; u++) ck_assert_int_eq(plait_secagg_server_add_masked(s, u, y, 4), 0);
+    for (uint32_t u = 1; u <= 4; u++) ck_assert_int_eq(plait_secagg_server_mark_shared(s, u), 0);
+    for (uint32_t u = 1; u <= 3; u++) ck_assert_int_eq(plait_secagg_server_add_masked(s, u, y, 4), 0);
     uint32_t big[4] = {0x10000u, 0, 0, 0};
-    ck_assert_int_eq(plait_secagg_server_add_masked(s, 3, big, 4), PLAIT_EPROTO); /* > 16 bits */
+    ck_assert_int_eq(plait_secagg_server_add_masked(s, 4, big, 4), PLAIT_EPROTO); /* > 16 bits */
     const uint32_t *sv, *dp;
     size_t ns, nd;
     ck_assert_int_eq(plait_secagg_server_request(s, 1, &sv, &ns, &dp, &nd), 0);
-    ck_assert_uint_eq(ns, 2);
+    ck_assert_uint_eq(ns, 3);
     ck_assert_uint_eq(nd, 1);
-    ck_assert_uint_eq(dp[0], 3);
-    ck_assert_int_eq(plait_secagg_server_add_masked(s, 3, y, 4), PLAIT_EINVAL); /* stage closed */
-    plait_secagg_reveal_t rev = {.owner = 3, .kind = PLAIT_SECAGG_REVEAL_B};
+    ck_assert_uint_eq(dp[0], 4);
+    ck_assert_int_eq(plait_secagg_server_add_masked(s, 4, y, 4), PLAIT_EINVAL); /* stage closed */
+    plait_secagg_reveal_t rev = {.owner = 4, .kind = PLAIT_SECAGG_REVEAL_B};
     ck_assert_int_eq(plait_secagg_server_add_reveals(s, 1, &rev, 1), PLAIT_EPROTO); /* b of a dropout */
+    rev.owner = 2;
+    rev.kind = PLAIT_SECAGG_REVEAL_SK;
+    ck_assert_int_eq(plait_secagg_server_add_reveals(s, 1, &rev, 1), PLAIT_EPROTO); /* key of a survivor */
     plait_secagg_reveal_t two[2] = {{.owner = 2, .kind = PLAIT_SECAGG_REVEAL_B}, {.owner = 2, .kind = PLAIT_SECAGG_REVEAL_B}};
     ck_assert_int_eq(plait_secagg_server_add_reveals(s, 1, two, 2), PLAIT_EPROTO);
+    ck_assert_int_eq(plait_secagg_server_add_reveals(s, 4, two, 1), PLAIT_EINVAL); /* 4 was not asked */
     uint32_t sum[4];
     ck_assert_int_eq(plait_secagg_server_finish(s, sum, 4), PLAIT_ETHRESHOLD);
     plait_secagg_server_free(s);
@@ -781,6 +785,8 @@ START_TEST(test_graph)
     p.k = 9; /* odd and not n - 1 */
     ck_assert_int_eq(plait_secagg_round_setup(&r2, DEP, sizeof(DEP) - 1, 1, &p, seed, 20, 1), PLAIT_EINVAL);
     p.k = 10;
+    p.t = 5; /* 2t <= k + 1: a malicious server could collect both shares */
+    ck_assert_int_eq(plait_secagg_round_setup(&r2, DEP, sizeof(DEP) - 1, 1, &p, seed, 20, 1), PLAIT_EINVAL);
     p.t = 11;
     ck_assert_int_eq(plait_secagg_round_setup(&r2, DEP, sizeof(DEP) - 1, 1, &p, seed, 20, 1), PLAIT_EINVAL);
     plait_secagg_round_free(&r2);
@@ -805,7 +811,7 @@ Suite *secagg_suite(void)
     suite_add_tcase(s, tc);
     tc = tcase_create("round");
     tcase_set_timeout(tc, 300);
-    tcase_add_test(tc, test_round_n8_dropouts);
+    tcase_add_test(tc, test_round_n10_dropouts);
     tcase_add_test(tc, test_round_n50_harary);
     tcase_add_test(tc, test_round_threshold_exact);
     tcase_add_test(tc, test_unmask_refusals);
