@@ -11,6 +11,7 @@
 
 int bench_agg(int argc, char **argv);
 int bench_train(int argc, char **argv);
+int bench_secagg(int argc, char **argv);
 
 /** Monotonic seconds. */
 double bench_now(void);
