@@ -835,7 +835,7 @@ int plait_secagg_device_shares(plait_secagg_device_t *d, plait_drbg_t *rng, plai
     *n_out = c;
     d->state = ST_SHARED;
 exit:
-    if (ret != 0 && out != NULL && cap > 0) plait_zeroize(out, cap < na ? cap : na);
+    if (ret != 0 && out != NULL && cap > 0) plait_zeroize(out, (cap < na ? cap : na) * sizeof(*out));
     if (sk_sh) plait_zeroize(sk_sh, (na + 1) * PLAIT_SECAGG_SHARE_LEN);
     if (b_sh) plait_zeroize(b_sh, (na + 1) * PLAIT_SECAGG_SHARE_LEN);
     free(xs);
@@ -1172,7 +1172,7 @@ int plait_secagg_server_finish(plait_secagg_server_t *s, uint32_t *sum, size_t l
     if (len != r->len) return plait_fail(PLAIT_EINVAL, "secagg: sum of %zu words, round has %zu", len, r->len);
     if (!s->closed) return plait_fail(PLAIT_EINVAL, "secagg: finish before any unmask request");
     uint32_t n = r->p.n, t = r->p.t;
-    qsort(s->held, s->n_held, sizeof(held_t), cmp_held);
+    if (s->n_held > 0) qsort(s->held, s->n_held, sizeof(held_t), cmp_held);
     /* First pass: every survivor's b and every dropout's c_sk must have t shares. */
     size_t *first = calloc((size_t)n + 2, sizeof(size_t)), *cnt = calloc((size_t)n + 2, sizeof(size_t));
     uint32_t *xs = malloc((size_t)t * sizeof(uint32_t));
