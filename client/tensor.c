@@ -35,9 +35,12 @@
  * reads B with aligned vector loads and never handles a column remainder.
  * The AVX2+FMA micro-kernel keeps a 6 x 16 tile of C in 12 ymm registers and
  * per k does 2 loads, 6 broadcasts of A and 12 FMAs; rows past the end of A
- * re-read its last row (never out of bounds) and are not stored. A portable
- * micro-kernel with the same tile shape is the fallback (and is forced by
- * plait__tensor_force_scalar for tests).
+ * re-read its last row (never out of bounds) and are not stored. Where the
+ * CPU has AVX512F, an 8 x 32 tile in 16 zmm registers (panels of NR512 = 32
+ * columns) takes its place: per k 2 loads, 8 broadcasts and 16 FMAs, with
+ * masked stores for edge tiles. A portable micro-kernel with the 6 x 16 tile
+ * is the fallback. The path is the widest the CPU has, narrowed by the
+ * PLAIT_KERNEL environment variable or by plait__tensor_force_path (tests).
  *
  * Threads. Work items are (row block, column block) pairs taken from an
  * atomic counter, so a thread that wakes late, or shares a core with other
@@ -508,6 +511,14 @@ PLAIT_AVX2 static void pack_bt_panel_avx2(float *restrict d, const float *s, siz
 }
 #endif
 
+#if PLAIT_HAVE_X86_SIMD
+PLAIT_AVX512 static inline void copy32_avx512(float *restrict d, const float *s)
+{
+    _mm512_store_ps(d, _mm512_loadu_ps(s)); /* d: a row of a 64-byte aligned panel */
+    _mm512_store_ps(d + 16, _mm512_loadu_ps(s + 16));
+}
+#endif
+
 static void pack_b(float *restrict dst, const gemm_t *g, size_t k0, size_t kc, size_t j0,
                    size_t nc)
 {
@@ -534,6 +545,12 @@ static void pack_b(float *restrict dst, const gemm_t *g, size_t k0, size_t kc, s
             /* B(k, j) = b[k * ldb + j]: each packed row is a slice of a b row. */
             for (size_t k = 0; k < kc; k++) {
                 const float *src = g->b + (k0 + k) * g->ldb + j0 + p;
+#if PLAIT_HAVE_X86_SIMD
+                if (w == NR512 && g->path == PLAIT__KPATH_AVX512) {
+                    copy32_avx512(d + k * NRW, src); /* a call to memcpy per 128 bytes costs more */
+                    continue;
+                }
+#endif
                 memcpy(d + k * NRW, src, w * sizeof(float));
                 if (w < NRW) memset(d + k * NRW + w, 0, (NRW - w) * sizeof(float));
             }
