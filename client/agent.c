@@ -68,11 +68,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define STATE_FILE "state"
-#define PENDING_FILE "pending.upd"
-#define GLOBAL_FILE "global.safetensors"
-#define PERSONAL_FILE "personal.safetensors"
-#define PARTIAL_FILE "global.part"
 #define STATE_MAGIC "plait-agent-state 1"
 #define PENDING_MAGIC "PLAITUPD"
 #define PENDING_VERSION 1u

@@ -316,13 +316,22 @@ static int cmd_forget(int argc, char **argv)
     int all = 0;
     static const struct option opts[] = {COMMON_OPTS, {"id", required_argument, 0, OPT_ID},
                                          {"before", required_argument, 0, OPT_BEFORE},
-                                         {"all", no_argument, 0, OPT_ALL}, {0, 0, 0, 0}};
+                                         {"all", no_argument, 0, OPT_ALL},
+                                         {"state", required_argument, 0, OPT_STATE}, {0, 0, 0, 0}};
+    const char *state = NULL;
     int o;
     while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         if (o == 'h') {
-            printf("usage: plait-agent forget --db DB (--id ID | --before UNIX_SECONDS | --all)\n\n"
-                   "Erases records for good: deleted text is overwritten in the database file.\n");
+            printf("usage: plait-agent forget --db DB (--id ID | --before UNIX_SECONDS | --all) [--state DIR]\n\n"
+                   "Erases records for good: deleted text is overwritten in the database file.\n"
+                   "  --state DIR   the state directory `join` uses with this store: also erase what was\n"
+                   "                derived from the records there (personal adapter, pending update,\n"
+                   "                partial download). Stop the agent first.\n");
             return 0;
+        }
+        if (o == OPT_STATE) {
+            state = optarg;
+            continue;
         }
         int h = common_opt(&c, o, optarg);
         if (h < 0) return die_usage(PLAIT_EINVAL);
@@ -352,6 +361,14 @@ static int cmd_forget(int argc, char **argv)
     plait_store_close(st);
     if (rc != 0) return die_run(rc);
     printf("erased %lld records from %s\n", (long long)n, c.db);
+    if (!state) {
+        printf("no --state given: an agent state directory used with this store still holds its\n"
+               "personal adapter; run again with --state DIR to erase it\n");
+        return 0;
+    }
+    int removed = 0;
+    if ((rc = plait_agent_forget_derived(state, &removed)) != 0) return die_run(rc);
+    printf("erased %d derived files from %s\n", removed, state);
     return 0;
 }
 

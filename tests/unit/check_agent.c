@@ -20,6 +20,7 @@
  * steps. Every wait is bounded (socket timeouts, check's tcase timeout).
  */
 #include <check.h>
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <netinet/in.h>
@@ -1564,6 +1565,146 @@ START_TEST(test_loopback_download_resume)
 }
 END_TEST
 
+static int has_bytes(const uint8_t *b, size_t n, const char *needle)
+{
+    size_t k = strlen(needle);
+    for (size_t i = 0; i + k <= n; i++)
+        if (memcmp(b + i, needle, k) == 0) return 1;
+    return 0;
+}
+
+/* Files under dir (not recursive) containing needle; modes of regular files that are not 0600. */
+static void scan_dir(const char *dir, const char *needle, int *hits, int *loose, char *what, size_t cap)
+{
+    DIR *d = opendir(dir);
+    ck_assert_ptr_nonnull(d);
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        char *p = tu_path(dir, e->d_name);
+        struct stat sb;
+        ck_assert_int_eq(lstat(p, &sb), 0);
+        if (S_ISREG(sb.st_mode)) {
+            if ((sb.st_mode & 0777) != 0600) {
+                (*loose)++;
+                snprintf(what, cap, "%.100s mode %o", e->d_name, (unsigned)(sb.st_mode & 0777));
+            }
+            size_t n = 0;
+            uint8_t *b = tu_read_file(p, &n);
+            if (b && has_bytes(b, n, needle)) {
+                (*hits)++;
+                snprintf(what, cap, "%.100s holds the marker", e->d_name);
+            }
+            free(b);
+        }
+        free(p);
+    }
+    closedir(d);
+}
+
+/* A marker ingested, trained on, uploaded (one round acked, one cut mid-upload so an update is
+ * pending), then `plait-agent forget --all --state`: no byte of it and no file derived from it
+ * is left under the store's and the state's directories; every file there is 0600 under umask
+ * 022. */
+START_TEST(test_forget_leaves_nothing)
+{
+    static const char marker[] = "QZXV-marker-5e1f9c";
+    mode_t old_mask = umask(022);
+    char *sdir = fresh_state("agent_forget_db");
+    char *state = fresh_state("agent_forget_st");
+    char *tdir = fresh_state("agent_forget_txt");
+    char *db = tu_path(sdir, "user.db");
+    char *txt = tu_path(tdir, "in.txt");
+    char *out = tu_path(tdir, "out.txt");
+    char *bin = tu_path(PLAIT_BINARY_DIR, "client/plait-agent");
+    size_t cap = 64 * 1024, len = 0;
+    char *text = malloc(cap);
+    for (int i = 0; i < 40; i++)
+        len += (size_t)snprintf(text + len, cap - len, "%s %s number %d.\n\n", texts[i % 6], marker, i);
+    ck_assert_int_eq(tu_write_file(txt, text, len), 0);
+    free(text);
+    {
+        char *argv[] = {bin, "ingest", "--db", db, "--text", txt, NULL};
+        ck_assert_int_eq(run_cli(argv, out, 0, 30000), 0);
+    }
+    int hits = 0, loose = 0;
+    char what[256] = "";
+    scan_dir(sdir, marker, &hits, &loose, what, sizeof(what));
+    ck_assert_msg(loose == 0, "after ingest: %s", what);
+    ck_assert_int_ge(hits, 1); /* the marker really is in the store */
+
+    round_t r;
+    round_setup(&r, 40, PLAIT_LORA_MODE_FEDSA);
+    server_t sv;
+    for (int k = 0; k < 2; k++) {
+        server_start(&sv, k == 0 ? FAKE_TASK : FAKE_DROP, &r);
+        plait_agent_config_t cfg;
+        base_config(&cfg, state, sv.f.port);
+        cfg.store_path = db;
+        plait_agent_t *a = NULL;
+        ck_assert_int_eq(plait_agent_create(&a, &cfg), 0);
+        plait_agent_result_t res;
+        int rc = plait_agent_run_once(a, &res);
+        server_join(&sv);
+        ck_assert_msg(sv.f.fail[0] == 0, "fake server: %s", sv.f.fail);
+        if (k == 0) {
+            ck_assert_msg(rc == 0, "run_once: %s", plait_errmsg());
+            ck_assert_int_eq(res.outcome, PLAIT_AGENT_OUT_ACKED);
+        } else {
+            ck_assert_int_ne(rc, 0); /* cut mid-upload */
+        }
+        plait_agent_destroy(a);
+        server_free(&sv);
+        r.task.round_id++;
+    }
+    round_free(&r);
+    char *personal = tu_path(state, "personal.safetensors");
+    char *pending = tu_path(state, "pending.upd");
+    char *tmp = tu_path(state, ".personal.safetensors.tmp");
+    ck_assert_int_eq(access(personal, F_OK), 0);
+    ck_assert_int_eq(access(pending, F_OK), 0);
+    /* what a crash mid-write would leave */
+    ck_assert_int_eq(tu_write_file(tmp, marker, sizeof(marker)), 0);
+    ck_assert_int_eq(chmod(tmp, 0600), 0);
+    hits = loose = 0;
+    scan_dir(sdir, marker, &hits, &loose, what, sizeof(what));
+    scan_dir(state, marker, &hits, &loose, what, sizeof(what));
+    ck_assert_msg(loose == 0, "after training: %s", what);
+
+    {
+        char *argv[] = {bin, "forget", "--db", db, "--all", "--state", state, NULL};
+        ck_assert_int_eq(run_cli(argv, out, 0, 30000), 0);
+        ck_assert(file_has(out, "erased 40 records"));
+        ck_assert(file_has(out, "erased 3 derived files"));
+    }
+    ck_assert_int_eq(access(personal, F_OK), -1);
+    ck_assert_int_eq(access(pending, F_OK), -1);
+    ck_assert_int_eq(access(tmp, F_OK), -1);
+    hits = loose = 0;
+    what[0] = 0;
+    scan_dir(sdir, marker, &hits, &loose, what, sizeof(what));
+    scan_dir(state, marker, &hits, &loose, what, sizeof(what));
+    ck_assert_msg(hits == 0 && loose == 0, "after forget: %s", what);
+    /* Without --state the command says what it left. */
+    {
+        char *argv[] = {bin, "forget", "--db", db, "--all", NULL};
+        ck_assert_int_eq(run_cli(argv, out, 0, 30000), 0);
+        ck_assert(file_has(out, "no --state given"));
+    }
+    umask(old_mask);
+    free(personal);
+    free(pending);
+    free(tmp);
+    free(bin);
+    free(out);
+    free(txt);
+    free(db);
+    free(tdir);
+    free(state);
+    free(sdir);
+}
+END_TEST
+
 START_TEST(test_create_errors)
 {
     char *state = fresh_state("agent_create");
@@ -1642,6 +1783,7 @@ Suite *agent_suite(void)
     tcase_add_test(tc, test_loopback_fedit_local_dp_and_cache);
     tcase_add_test(tc, test_loopback_declines);
     tcase_add_test(tc, test_loopback_download_resume);
+    tcase_add_test(tc, test_forget_leaves_nothing);
     suite_add_tcase(s, tc);
     return s;
 }
