@@ -457,10 +457,97 @@ START_TEST(test_norm)
     ck_assert_int_ne(p[0].rc, 0);
     ck_assert_int_eq(p[1].rc, 0);
     ck_assert(it_log_wait(&d, "reason=norm", 5000));
+    /* the refusal names the bound, never the norm computed from the device's update */
+    ck_assert_int_ge(it_log_count(&d, "update norm above the bound"), 1);
+    ck_assert_int_eq(it_log_count(&d, "update norm "), it_log_count(&d, "update norm above the bound"));
     /* one accepted update is below min_cohort 2: the round fails, version 1 stays */
     ck_assert(it_log_wait(&d, "round failed round=1", 5000));
     finish(&d);
     ck_assert_int_eq(it_cli("status", d.dir, NULL), 0);
+}
+END_TEST
+
+/* ---- declines ------------------------------------------------------------------- */
+
+/* The certificate CN of an enrolled test device (what the aggregator logs as device=). */
+static void cert_cn(const it_dep_t *d, const char *label, char *cn, size_t cap)
+{
+    char path[700];
+    snprintf(path, sizeof(path), "%s/%s.crt", d->dir, label);
+    char *pem = NULL;
+    ck_assert_int_eq(plait_pki_read_file(path, &pem), 0);
+    plait_pki_cert_info_t info;
+    ck_assert_int_eq(plait_pki_cert_info((const uint8_t *)pem, strlen(pem) + 1, &info), 0);
+    snprintf(cn, cap, "%s", info.device_id);
+    plait_pki_free_pem(pem);
+}
+
+/* A device that declines its task sends a code (here with smuggled text in an unknown field,
+ * which the decoder drops): the aggregator logs only the code, never offers it that round
+ * again, and the round completes with the other two without waiting for round_timeout_s. */
+START_TEST(test_decline)
+{
+    it_dep_t d;
+    ck_assert_int_eq(it_init(&d, "integ_decline", "target_cohort=3", "min_cohort=2", "overselect=1",
+                             "selection_timeout_s=600", "round_timeout_s=600", "retry_ms=200", NULL),
+                     0);
+    for (int i = 0; i < 3; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "dev%d", i);
+        ck_assert_int_eq(it_enroll(&d, id), 0);
+    }
+    ck_assert_int_eq(it_start(&d, NULL), 0);
+    char cn[PLAIT_PKI_ID_MAX + 1], needle[256];
+    cert_cn(&d, "dev2", cn, sizeof(cn));
+
+    it_client_t *c = malloc(sizeof(*c));
+    plait_msg_task_t t;
+    ck_assert_int_eq(client_with_task(c, &d, "dev2", &t), 0);
+    static const char secret[] = "the training split holds 151 tokens";
+    uint8_t inner[128], frame[160];
+    size_t n = 0;
+    inner[n++] = 0x08; /* round_id */
+    inner[n++] = (uint8_t)t.round_id;
+    inner[n++] = 0x10; /* code */
+    inner[n++] = PLAIT_DECLINE_NOT_ENOUGH_DATA;
+    inner[n++] = 0x1a; /* field 3: not part of Decline */
+    inner[n++] = (uint8_t)strlen(secret);
+    memcpy(inner + n, secret, strlen(secret));
+    n += strlen(secret);
+    ck_assert_uint_lt(t.round_id, 128);
+    size_t env = 3 + n;
+    frame[0] = frame[1] = frame[2] = 0;
+    frame[3] = (uint8_t)(env + 2);
+    frame[4] = PLAIT_WIRE_VERSION;
+    frame[5] = PLAIT_MSG_DECLINE;
+    frame[6] = 0xa2, frame[7] = 0x01, frame[8] = (uint8_t)n;
+    memcpy(frame + 9, inner, n);
+    ck_assert_int_eq(it_send_raw(c, frame, 6 + env), 0);
+    snprintf(needle, sizeof(needle), "task declined round=%llu device=%s code=not_enough_data",
+             (unsigned long long)t.round_id, cn);
+    ck_assert_msg(it_log_wait(&d, needle, 20000), "no log line '%s'", needle);
+    it_client_close(c);
+    /* back at once: not offered the round it declined */
+    ck_assert_int_eq(it_client_connect(c, &d, "dev2"), 0);
+    ck_assert_int_eq(it_hello(c, &d), 0);
+    plait_msg_t m;
+    ck_assert_int_eq(it_recv(c, &m, 10000), 0);
+    ck_assert_int_eq(m.type, PLAIT_MSG_COME_BACK_LATER);
+    plait_msg_free(&m);
+    it_client_close(c);
+    free(c);
+    /* the other two complete the round; the declined device is a dropout, not awaited */
+    ck_assert_int_eq(run_round(&d, 0, 2, 0.01f), 2);
+    ck_assert(it_log_wait(&d, "round committed round=1 version=2", 60000));
+    snprintf(needle, sizeof(needle), "dropout round=1 device=%s", cn);
+    ck_assert_int_eq(it_log_count(&d, needle), 1);
+    char *mt = it_metrics(&d);
+    ck_assert_ptr_nonnull(mt);
+    ck_assert_ptr_nonnull(strstr(mt, "plait_tasks_declined_total 1"));
+    free(mt);
+    finish(&d);
+    ck_assert_int_eq(it_log_count(&d, "151"), 0);
+    ck_assert_int_eq(it_log_count(&d, "training split"), 0);
 }
 END_TEST
 
@@ -613,6 +700,7 @@ Suite *server_suite(void)
         {"bad_updates", test_bad_updates},
         {"kill9_restart", test_kill9_restart},
         {"norm", test_norm},
+        {"decline", test_decline},
         {"limits", test_limits},
         {"cli", test_cli},
     };
