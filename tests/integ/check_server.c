@@ -118,6 +118,19 @@ static int expect_type(it_client_t *c, plait_msg_type_t type, int *code)
     return PLAIT_EPROTO;
 }
 
+/* The certificate CN of an enrolled test device (what the aggregator logs as device=). */
+static void cert_cn(const it_dep_t *d, const char *label, char *cn, size_t cap)
+{
+    char path[700];
+    snprintf(path, sizeof(path), "%s/%s.crt", d->dir, label);
+    char *pem = NULL;
+    ck_assert_int_eq(plait_pki_read_file(path, &pem), 0);
+    plait_pki_cert_info_t info;
+    ck_assert_int_eq(plait_pki_cert_info((const uint8_t *)pem, strlen(pem) + 1, &info), 0);
+    snprintf(cn, cap, "%s", info.device_id);
+    plait_pki_free_pem(pem);
+}
+
 /* ---- happy path ------------------------------------------------------------ */
 
 START_TEST(test_round_commits)
@@ -324,7 +337,10 @@ START_TEST(test_bad_updates)
     ck_assert(it_log_wait(&d, "reason=disconnect_mid_upload", 5000));
     ck_assert_int_eq(run_round(&d, 0, 2, 0.01f), 2);
     /* reported to the round core once training started; the round did not wait for it */
-    ck_assert(it_log_wait(&d, "dropout round=1 device=dev2", 5000));
+    char cn[PLAIT_PKI_ID_MAX + 1], needle[160];
+    cert_cn(&d, "dev2", cn, sizeof(cn));
+    snprintf(needle, sizeof(needle), "dropout round=1 device=%s", cn);
+    ck_assert(it_log_wait(&d, needle, 5000));
     ck_assert(it_log_wait(&d, "round committed round=1 version=2", 10000));
 
     /* round 2: a stale-round upload (round 1 is over) */
@@ -410,7 +426,10 @@ START_TEST(test_kill9_restart)
     ck_assert_int_eq(client_with_task(c2, &d, "dev1", &t2), 0);
     uint32_t *w = it_update_words(&t, 0.01f);
     ck_assert_int_eq(it_upload(c, &t, w, (size_t)t.update_elements, (size_t)t.update_elements, 700), 0);
-    ck_assert(it_log_wait(&d, "update held until training starts round=2 device=dev0", 5000));
+    char cn[PLAIT_PKI_ID_MAX + 1], needle[160];
+    cert_cn(&d, "dev0", cn, sizeof(cn));
+    snprintf(needle, sizeof(needle), "update held until training starts round=2 device=%s", cn);
+    ck_assert(it_log_wait(&d, needle, 5000));
     it_kill9(&d);
     it_client_close(c);
     it_client_close(c2);
@@ -468,19 +487,6 @@ START_TEST(test_norm)
 END_TEST
 
 /* ---- declines ------------------------------------------------------------------- */
-
-/* The certificate CN of an enrolled test device (what the aggregator logs as device=). */
-static void cert_cn(const it_dep_t *d, const char *label, char *cn, size_t cap)
-{
-    char path[700];
-    snprintf(path, sizeof(path), "%s/%s.crt", d->dir, label);
-    char *pem = NULL;
-    ck_assert_int_eq(plait_pki_read_file(path, &pem), 0);
-    plait_pki_cert_info_t info;
-    ck_assert_int_eq(plait_pki_cert_info((const uint8_t *)pem, strlen(pem) + 1, &info), 0);
-    snprintf(cn, cap, "%s", info.device_id);
-    plait_pki_free_pem(pem);
-}
 
 /* A device that declines its task sends a code (here with smuggled text in an unknown field,
  * which the decoder drops): the aggregator logs only the code, never offers it that round
