@@ -1,7 +1,8 @@
 /*
  * agent_privacy.c: what the device does for its user's privacy outside a
  * round: erasing what was derived from erased records
- * (plait_agent_forget_derived, client.h).
+ * (plait_agent_forget_derived), and making its key where it lives
+ * (plait_agent_keygen), both in client.h.
  *
  * Contract: only files the agent itself writes are touched (the names in
  * agent_int.h and the ".NAME.tmp" temporaries of plait__agent_atomic_write);
@@ -12,6 +13,7 @@
  * docs/privacy.md).
  */
 #include "agent_int.h"
+#include "plait/pki.h"
 #include "plait/plait.h"
 
 #include <dirent.h>
@@ -100,5 +102,20 @@ int plait_agent_forget_derived(const char *state_dir, int *removed)
         }
     }
     if (removed) *removed = n_removed;
+    return rc;
+}
+
+int plait_agent_keygen(const char *key_path, const char *csr_path)
+{
+    if (!key_path || !csr_path) return plait_fail(PLAIT_EINVAL, "keygen: NULL path");
+    struct stat sb;
+    if (lstat(key_path, &sb) == 0) return plait_fail(PLAIT_EBUSY, "keygen: %s exists; not overwriting a key", key_path);
+    char *key = NULL, *csr = NULL;
+    int rc = plait_pki_key_generate(NULL, &key);
+    if (rc == 0) rc = plait_pki_csr_create("plait-device", NULL, key, NULL, &csr);
+    if (rc == 0) rc = plait_pki_write_file(key_path, key, 1);
+    if (rc == 0) rc = plait_pki_write_file(csr_path, csr, 0);
+    plait_pki_free_pem(key); /* wipes */
+    plait_pki_free_pem(csr);
     return rc;
 }

@@ -290,4 +290,17 @@ uint64_t plait_agent_come_back_ms(const plait_agent_config_t *cfg, uint32_t retr
  */
 int plait_agent_forget_derived(const char *state_dir, int *removed /* OUT */) PLAIT_WUR;
 
+/**
+ * \brief Make this device's TLS key and a certificate request, on the device:
+ *        the private key never leaves it. The key (ECDSA P-256) is written to
+ *        key_path 0600 whatever the umask; the CSR (PEM, public) to csr_path.
+ *        The operator turns the CSR into a certificate with `plait-aggregator
+ *        enroll DIR --device LABEL --csr FILE` (docs/operator-pki.md); the CA
+ *        puts its own random id in the certificate, so the request names no
+ *        one (its CN is the constant "plait-device").
+ * \return 0; PLAIT_EBUSY (key_path exists: a key is never overwritten);
+ *         PLAIT_EINVAL (NULL); PLAIT_EIO; PLAIT_ENOMEM.
+ */
+int plait_agent_keygen(const char *key_path, const char *csr_path) PLAIT_WUR;
+
 #endif /* PLAIT_CLIENT_H */

@@ -19,11 +19,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cli.h"
 #include "integ.h"
 #include "plait/adapter.h"
+#include "plait/client.h"
 #include "plait/model.h"
 #include "plait/pki.h"
 #include "testutil.h"
@@ -557,6 +559,92 @@ START_TEST(test_decline)
 }
 END_TEST
 
+/* ---- keys made on the device, enrollment on an offline CA host ---------------------- */
+
+static void write_text(const char *path, const char *text, int secret)
+{
+    unlink(path);
+    ck_assert_int_eq(plait_pki_write_file(path, text, secret), 0);
+}
+
+START_TEST(test_offline_enrollment)
+{
+    it_dep_t d;
+    ck_assert_int_eq(it_init(&d, "integ_offline", "target_cohort=1", "min_cohort=1", "overselect=1", "retry_ms=200",
+                             NULL),
+                     0);
+    /* The CA host: a directory holding the CA; the serving host keeps only ca.crt. */
+    char cadir[600], key[700], csr[700], crt[700], rec[700], bad[700], path[700];
+    snprintf(cadir, sizeof(cadir), "%.500s/cahost", d.dir);
+    ck_assert_int_eq(mkdir(cadir, 0700), 0);
+    char *ca_crt = it_read(&d, "ca.crt"), *ca_key = it_read(&d, "ca.key");
+    ck_assert_ptr_nonnull(ca_crt);
+    ck_assert_ptr_nonnull(ca_key);
+    snprintf(path, sizeof(path), "%s/ca.crt", cadir);
+    write_text(path, ca_crt, 0);
+    snprintf(path, sizeof(path), "%s/ca.key", cadir);
+    write_text(path, ca_key, 1);
+    plait_pki_free_pem(ca_key);
+    free(ca_crt);
+    snprintf(path, sizeof(path), "%s/ca.key", d.dir);
+    ck_assert_int_eq(unlink(path), 0);
+
+    /* The device makes its key (0600 under umask 022, never overwritten) and a CSR. */
+    snprintf(key, sizeof(key), "%s/phone.key", d.dir);
+    snprintf(csr, sizeof(csr), "%s/phone.csr", cadir);
+    snprintf(crt, sizeof(crt), "%s/phone.crt", d.dir);
+    snprintf(rec, sizeof(rec), "%s/phone.enrollment", cadir);
+    snprintf(bad, sizeof(bad), "%s/relabelled.enrollment", cadir);
+    mode_t old = umask(022);
+    ck_assert_int_eq(plait_agent_keygen(key, csr), 0);
+    umask(old);
+    struct stat sb;
+    ck_assert_int_eq(stat(key, &sb), 0);
+    ck_assert_uint_eq(sb.st_mode & 0777, 0600);
+    char *key_before = it_read(&d, "phone.key");
+    ck_assert_int_eq(plait_agent_keygen(key, csr), PLAIT_EBUSY);
+    char *key_after = it_read(&d, "phone.key");
+    ck_assert_str_eq(key_before, key_after);
+    free(key_before);
+    free(key_after);
+
+    /* Offline CA host: a certificate and a signed record; its database is not needed. */
+    ck_assert_int_eq(it_cli("enroll", cadir, "--device", "phone", "--csr", csr, "--out-cert", crt, "--out-record",
+                            rec, NULL),
+                     0);
+    char cn[PLAIT_PKI_ID_MAX + 1];
+    cert_cn(&d, "phone", cn, sizeof(cn));
+    ck_assert_str_ne(cn, "phone"); /* the label is not in the certificate */
+    ck_assert_uint_eq(strlen(cn), 32);
+    char *crt_pem = it_read(&d, "phone.crt");
+    ck_assert_ptr_null(strstr(crt_pem, "phone"));
+    free(crt_pem);
+    /* A record relabelled in transit is refused; the genuine one imports once. */
+    size_t n = 0;
+    char *r = (char *)tu_read_file(rec, &n);
+    ck_assert_ptr_nonnull(r);
+    char *l = strstr(r, "label phone\n");
+    ck_assert_ptr_nonnull(l);
+    memcpy(l, "label phonf", 11);
+    ck_assert_int_eq(tu_write_file(bad, r, n), 0);
+    free(r);
+    ck_assert_int_eq(it_cli("import-enrollment", d.dir, bad, NULL), 1);
+    ck_assert_int_eq(it_cli("import-enrollment", d.dir, rec, NULL), 0);
+    ck_assert_int_eq(it_cli("import-enrollment", d.dir, rec, NULL), 1);
+
+    /* The serving host has no ca.key, serves, and the device takes part in a round. */
+    snprintf(path, sizeof(path), "%s/ca.key", d.dir);
+    ck_assert_int_eq(access(path, F_OK), -1);
+    ck_assert_int_eq(it_start(&d, NULL), 0);
+    plait_msg_task_t t;
+    ck_assert_int_eq(it_participate(&d, "phone", 0.01f, &t), 0);
+    ck_assert(it_log_wait(&d, "round committed round=1 version=2", 30000));
+    finish(&d);
+    /* The operator names the device by its label. */
+    ck_assert_int_eq(it_cli("revoke", d.dir, "--device", "phone", NULL), 0);
+}
+END_TEST
+
 /* ---- connection limits ---------------------------------------------------- */
 
 START_TEST(test_limits)
@@ -707,6 +795,7 @@ Suite *server_suite(void)
         {"kill9_restart", test_kill9_restart},
         {"norm", test_norm},
         {"decline", test_decline},
+        {"offline_enrollment", test_offline_enrollment},
         {"limits", test_limits},
         {"cli", test_cli},
     };
