@@ -1826,7 +1826,7 @@ int plait_agent_run_once(plait_agent_t *a, plait_agent_result_t *res_out)
     plait_msg_free(&m);
 out:
     if (rc == PLAIT_EPROTO && !c.peer_error && c.tls && plait_tls_established(c.tls))
-        send_error(&c, PLAIT_EPROTO, plait_errmsg());
+        send_error(&c, PLAIT_EPROTO, "protocol error"); /* the detail stays in this device's log */
     conn_close(&c);
     a->last = res;
     if (res_out) *res_out = res;

@@ -386,6 +386,7 @@ void plait_store_close(plait_store_t *st)
  * left group- or world-readable by an older version is tightened on open. */
 static int make_private(const char *path, const char *suffix, int create)
 {
+    if (path[0] == '\0' || strcmp(path, ":memory:") == 0) return 0; /* sqlite's private databases: no file */
     char p[4096];
     int n = snprintf(p, sizeof(p), "%s%s", path, suffix);
     if (n < 0 || (size_t)n >= sizeof(p)) return plait_fail(PLAIT_EINVAL, "store: path too long");

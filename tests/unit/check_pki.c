@@ -219,6 +219,56 @@ START_TEST(test_wrong_ca_and_mismatch)
 }
 END_TEST
 
+/* Offline enrollment records: round trip; another CA's signature, a relabelled or truncated
+ * record, an id that is not the certificate's CN, garbage: each refused. */
+START_TEST(test_enrollment_record)
+{
+    plait_pki_config_t cfg;
+    plait_pki_config_default(&cfg);
+    pair_t ca1 = make_ca(&cfg), ca2 = make_ca(&cfg);
+    pair_t d = {0};
+    const char *id = "0123456789abcdef0123456789abcdef";
+    ck_assert_int_eq(plait_pki_device_issue(&cfg, ca1.crt, ca1.key, id, NULL, &d.crt, &d.key, NULL), 0);
+    char *rec = NULL;
+    ck_assert_int_eq(plait_pki_record_create(ca1.key, "alice-phone", "not-the-cn", d.crt, &rec), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_pki_record_create(ca1.key, "bad label!", id, d.crt, &rec), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_pki_record_create(ca1.key, "alice-phone", id, d.crt, &rec), 0);
+    char label[PLAIT_PKI_ID_MAX + 1], got[PLAIT_PKI_ID_MAX + 1];
+    plait_pki_cert_info_t info;
+    ck_assert_int_eq(plait_pki_record_verify(ca1.crt, rec, strlen(rec), label, got, &info), 0);
+    ck_assert_str_eq(label, "alice-phone");
+    ck_assert_str_eq(got, id);
+    ck_assert_str_eq(info.device_id, id);
+    /* signed by another CA */
+    char *rec2 = NULL;
+    ck_assert_int_eq(plait_pki_record_create(ca2.key, "alice-phone", id, d.crt, &rec2), 0);
+    ck_assert_int_eq(plait_pki_record_verify(ca1.crt, rec2, strlen(rec2), label, got, NULL), PLAIT_EAUTH);
+    /* verified against the other CA: the signature passes, the certificate does not */
+    ck_assert_int_eq(plait_pki_record_verify(ca2.crt, rec2, strlen(rec2), label, got, NULL), PLAIT_EAUTH);
+    plait_pki_free_pem(rec2);
+    /* relabelled */
+    char *copy = strdup(rec);
+    char *l = strstr(copy, "label alice-phone");
+    ck_assert_ptr_nonnull(l);
+    l[6] = 'm';
+    ck_assert_int_eq(plait_pki_record_verify(ca1.crt, copy, strlen(copy), label, got, NULL), PLAIT_EAUTH);
+    ck_assert_str_eq(label, "");
+    /* truncated anywhere: never accepted */
+    for (size_t n = 0; n < strlen(rec); n += 7) {
+        int rc = plait_pki_record_verify(ca1.crt, rec, n, label, got, NULL);
+        ck_assert_msg(rc == PLAIT_EPROTO || rc == PLAIT_EAUTH, "prefix %zu: %d", n, rc);
+    }
+    ck_assert_int_eq(plait_pki_record_verify(ca1.crt, "plait-enrollment 1\nlabel x\n", 26, label, got, NULL),
+                     PLAIT_EPROTO);
+    ck_assert_int_eq(plait_pki_record_verify(ca1.crt, "junk", 4, label, got, NULL), PLAIT_EPROTO);
+    free(copy);
+    plait_pki_free_pem(rec);
+    pair_free(&d);
+    pair_free(&ca1);
+    pair_free(&ca2);
+}
+END_TEST
+
 START_TEST(test_expired)
 {
     plait_pki_config_t cfg;
@@ -450,6 +500,7 @@ Suite *pki_suite(void)
     tcase_add_test(tc, test_config_validate);
     tcase_add_test(tc, test_ca_server_device);
     tcase_add_test(tc, test_wrong_ca_and_mismatch);
+    tcase_add_test(tc, test_enrollment_record);
     tcase_add_test(tc, test_expired);
     tcase_add_test(tc, test_csr);
     suite_add_tcase(s, tc);
