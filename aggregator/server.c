@@ -184,6 +184,7 @@ struct plait_server_s {
     plait__metrics_t m;
     plait__admit_t admit;
     size_t preauth_cap;
+    size_t n_closing;            /* connections closing (not counted against max_connections) */
     double rev_swept;
     uint8_t readbuf[READ_BUF];
     uint8_t plain[PLAIN_CHUNK];
@@ -401,6 +402,7 @@ static void on_conn_closed(uv_handle_t *h)
     else s->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     s->m.connections_open--;
+    if (c->closing) s->n_closing--;
     if (c->preauth) plait__admit_leave(&s->admit, c->addr);
     plait_tls_free(c->tls);
     blob_unref(c->dl);
@@ -468,6 +470,7 @@ static void conn_close(conn_t *c, int graceful)
 {
     if (c->closing) return;
     c->closing = 1;
+    c->srv->n_closing++;
     c->dl_active = 0;
     c->t_close = now_s(c->srv);
     if (c->preauth) {
@@ -1525,9 +1528,9 @@ static void on_conn(uv_stream_t *l, int status)
         if (sa.ss_family == AF_INET) uv_ip4_name((struct sockaddr_in *)&sa, c->addr, sizeof(c->addr));
         else if (sa.ss_family == AF_INET6) uv_ip6_name((struct sockaddr_in6 *)&sa, c->addr, sizeof(c->addr));
     }
-    if (s->m.connections_open > s->cfg.max_connections || s->stopping) {
+    if (s->m.connections_open - s->n_closing > s->cfg.max_connections || s->stopping) {
         reject(c, PLAIT__REJ_TOO_MANY, "%llu connections open (max_connections %llu) from %s",
-               (unsigned long long)s->m.connections_open - 1, (unsigned long long)s->cfg.max_connections, c->addr);
+               (unsigned long long)(s->m.connections_open - s->n_closing - 1), (unsigned long long)s->cfg.max_connections, c->addr);
         conn_close(c, 0);
         return;
     }
