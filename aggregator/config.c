@@ -50,7 +50,7 @@ static const setting_t SETTINGS[] = {
     {"max_preauth_per_addr", T_UINT, F(max_preauth_per_addr), 1, 1000000, "8",
      "connections before their Hello from one IP address at once"},
     {"max_frame", T_UINT, F(max_frame), 1024, 16777216, "1052672",
-     "largest frame accepted after the Hello, bytes (>= max_chunk_bytes + 256)"},
+     "largest frame accepted after the Hello, bytes, length field included (>= max_chunk_bytes + 256)"},
     {"max_preauth_frame", T_UINT, F(max_preauth_frame), 64, 65536, "4096",
      "largest frame accepted before the Hello, bytes (unauthenticated peers get little)"},
     {"max_chunk_bytes", T_UINT, F(max_chunk_bytes), 4, 16777216, "262144",
