@@ -1337,14 +1337,13 @@ static void member_revoke(plait_server_t *s, member_t *mb)
         mb->pending = NULL;
         mb->n_pending = 0;
     }
-    if (mb->submitted == -1) return;
+    if (mb->submitted == -1 || mb->submitted == -3) return; /* refused, dropped or declined already */
     if (plait_round_state(s->round) == PLAIT_ROUND_TRAINING) {
         mb->submitted = -1;
         int rc = plait_round_dropout(s->round, mb->client, s->cur_core, now_s(s));
         (void)rc; /* the core may have counted it already */
     } else {
-        mb->submitted = -2; /* a dropout as soon as training starts (report_early_dropouts) */
-        mb->left_at = -1e300;
+        mb->submitted = -3; /* out of the round: a dropout when training starts (report_early_dropouts) */
     }
     PLAIT_LOG(PLAIT_LOG_WARN, "device=%s revoked in round=%llu: held update dropped, counted as a dropout", mb->device,
               (unsigned long long)s->cur_rid);
@@ -1562,13 +1561,15 @@ static void on_conn(uv_stream_t *l, int status)
     }
     if (s->m.connections_open - s->n_closing > s->cfg.max_connections || s->stopping) {
         reject(c, PLAIT__REJ_TOO_MANY, "%llu connections open (max_connections %llu) from %s",
-               (unsigned long long)(s->m.connections_open - s->n_closing - 1), (unsigned long long)s->cfg.max_connections, c->addr);
+               (unsigned long long)(s->m.connections_open - s->n_closing - 1),
+               (unsigned long long)s->cfg.max_connections, c->addr);
         conn_close(c, 0);
         return;
     }
     /* Admission before authentication (server_admit.h): a bounded pool, a
      * per-address share of it, and the slots above it left to devices. */
-    plait__admit_result_t ar = plait__admit_enter(&s->admit, c->addr, s->preauth_cap, (size_t)s->cfg.max_preauth_per_addr);
+    plait__admit_result_t ar =
+        plait__admit_enter(&s->admit, c->addr, s->preauth_cap, (size_t)s->cfg.max_preauth_per_addr);
     if (ar != PLAIT__ADMIT_OK) {
         if (ar == PLAIT__ADMIT_ADDR_FULL)
             reject(c, PLAIT__REJ_ADDR_FULL, "%zu connections from %s before their hello (max_preauth_per_addr %llu)",
