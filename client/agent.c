@@ -1351,8 +1351,9 @@ static int get_adapter(conn_t *c, const plait_msg_task_t *t, uint8_t **out, size
         if ((rc = conn_expect(c, now_ms() + a->cfg.io_timeout_ms, &m, "an adapter chunk")) != 0)
             goto fail;
         if (m.type != PLAIT_MSG_ADAPTER_CHUNK) {
-            rc = m.type == PLAIT_MSG_ERROR ? peer_error(c, &m, t->round_id)
-                                           : unexpected(&m, "an adapter chunk");
+            rc = m.type == PLAIT_MSG_ERROR             ? peer_error(c, &m, t->round_id)
+                 : m.type == PLAIT_MSG_COME_BACK_LATER ? round_ended(c, &m, t->round_id)
+                                                       : unexpected(&m, "an adapter chunk");
             plait_msg_free(&m);
             goto fail;
         }
