@@ -16,6 +16,8 @@
 #include <math.h>
 #include <time.h>
 #include <pthread.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -890,6 +892,45 @@ START_TEST(test_failed_round_signalled)
 }
 END_TEST
 
+/* Item 13 (server side): a shutdown while a device waits for its Ack (its
+ * update held during selection) is a ComeBackLater SHUTTING_DOWN, which the
+ * agent reports as a come-back (check_agent), not a protocol error. */
+START_TEST(test_shutdown_during_ack_wait)
+{
+    it_dep_t d;
+    dep_up(&d, "integ_shutdown_ack", 1);
+    it_client_t *c = malloc(sizeof(*c));
+    plait_msg_task_t t;
+    ck_assert_int_eq(client_with_task(c, &d, "dev0", &t), 0);
+    uint32_t *w = it_update_words(&t, 0.01f);
+    ck_assert_int_eq(it_upload(c, &t, w, (size_t)t.update_elements, (size_t)t.update_elements, 1024), 0);
+    free(w);
+    ck_assert(it_log_wait(&d, "update held until training starts", 30000));
+    ck_assert_int_eq(kill(d.pid, SIGTERM), 0);
+    plait_msg_t m;
+    int got = -1;
+    for (int i = 0; i < 64 && got < 0; i++) {
+        ck_assert_int_eq(it_recv(c, &m, 30000), 0);
+        if (m.type == PLAIT_MSG_COME_BACK_LATER) got = (int)m.u.come_back_later.reason;
+        else ck_assert_msg(m.type == PLAIT_MSG_PING, "got %s", plait_msg_type_name(m.type));
+        plait_msg_free(&m);
+    }
+    ck_assert_int_eq(got, PLAIT_RETRY_SHUTTING_DOWN);
+    it_client_close(c);
+    free(c);
+    /* the SIGTERM above is the stop: wait for the clean exit (not a second signal) */
+    int st = -1, done = 0;
+    for (int i = 0; i < 600 && !done; i++) {
+        if (waitpid(d.pid, &st, WNOHANG) == d.pid) done = 1;
+        else usleep(100000);
+    }
+    ck_assert_msg(done, "the aggregator did not exit after SIGTERM");
+    d.pid = 0;
+    ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    ck_assert(it_log_count(&d, "shutdown complete") == 1);
+}
+END_TEST
+
 /* ---- operator commands: errors, DP ledger -------------------------------- */
 
 /* Run the CLI in-process; stdout and stderr text into out/err (static buffers). */
@@ -996,6 +1037,7 @@ Suite *server_suite(void)
         {"metrics_idle_sockets", test_metrics_idle_sockets},
         {"revoke_mid_round", test_revoke_mid_round},
         {"failed_round_signalled", test_failed_round_signalled},
+        {"shutdown_during_ack_wait", test_shutdown_during_ack_wait},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         TCase *tc = tcase_create(cases[i].name);
