@@ -138,12 +138,10 @@ int plait__svc_round_fail(plait_aggstore_t *st, int64_t rid, const char *reason,
 int plait__svc_round_commit(plait_aggstore_t *st, int64_t rid, const plait__svc_commit_t *c, int64_t *version)
 {
     int rc;
-    for (size_t i = 0; i < c->n_uploaders; i++) {
-        rc = plait_aggstore_device_mark_uploaded(st, c->uploaders[i], rid);
-        if (rc != 0 && rc != PLAIT_ESTALE) return rc;
-    }
     plait_aggstore_commit_t cm;
     memset(&cm, 0, sizeof(cm));
+    cm.uploaders = c->uploaders; /* counted inside the commit's transaction */
+    cm.n_uploaders = c->n_uploaders;
     cm.adapter = c->adapter;
     cm.adapter_len = c->adapter_len;
     cm.sha256 = c->sha256;
@@ -179,6 +177,12 @@ int plait__svc_round_commit(plait_aggstore_t *st, int64_t rid, const plait__svc_
     cm.metrics = mets;
     cm.n_metrics = 2;
     return plait_aggstore_round_commit(st, rid, &cm, version);
+}
+
+int plait__svc_device_revoked(plait_aggstore_t *st, const char *id)
+{
+    bool revoked = false;
+    return plait_aggstore_device_is_revoked(st, id, &revoked) == 0 && revoked;
 }
 
 int plait__svc_device_check(plait_aggstore_t *st, const char *id, const uint8_t fpr[32])

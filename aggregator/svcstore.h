@@ -94,4 +94,7 @@ int plait__svc_round_commit(plait_aggstore_t *st, int64_t rid, const plait__svc_
 /** \brief After the handshake: enrolled, not revoked, same certificate. \return 0, PLAIT_ENOENT, PLAIT_EAUTH, errors. */
 int plait__svc_device_check(plait_aggstore_t *st, const char *id, const uint8_t fpr[32]) PLAIT_WUR;
 
+/** \brief 1 when the store marks device id revoked, 0 when not (or on a read error: the next sweep retries). */
+int plait__svc_device_revoked(plait_aggstore_t *st, const char *id);
+
 #endif

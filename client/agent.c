@@ -782,6 +782,9 @@ typedef struct {
     uint8_t *in; /* decrypted bytes not yet parsed into frames */
     size_t in_len, in_cap;
     int peer_error; /* the aggregator sent an Error (and closes) */
+    int got_cbl;    /* the aggregator ended our round with a ComeBackLater (and closes) */
+    uint32_t cbl_ms;
+    plait_retry_reason_t cbl_reason;
 } conn_t;
 
 static void conn_init(conn_t *c, plait_agent_t *a)
@@ -1071,6 +1074,40 @@ static int unexpected(const plait_msg_t *m, const char *waiting)
                       plait_msg_type_name(m->type), waiting);
 }
 
+static const char *retry_reason_name(plait_retry_reason_t r);
+
+/* A ComeBackLater inside a round: the aggregator ended it (failed round,
+ * failed commit, shutdown) and closes. Remembered on c; the caller turns it
+ * into a come-back outcome. \return PLAIT_ECANCELED (the round is over). */
+static int round_ended(conn_t *c, const plait_msg_t *m, uint64_t round)
+{
+    c->peer_error = 1; /* it closes after this: no answer is due */
+    c->got_cbl = 1;
+    c->cbl_ms = m->u.come_back_later.retry_ms;
+    c->cbl_reason = m->u.come_back_later.reason;
+    PLAIT_LOG(PLAIT_LOG_WARN, "agent %s: round %llu: ended by the aggregator (%s); come back in %u ms",
+              c->a->device_id, (unsigned long long)round, retry_reason_name(c->cbl_reason), c->cbl_ms);
+    return plait_fail(PLAIT_ECANCELED, "round %llu: ended by the aggregator (%s)", (unsigned long long)round,
+                      retry_reason_name(c->cbl_reason));
+}
+
+/* After round_ended: a come-back outcome (the words of a failed round are useless). */
+static int round_ended_outcome(conn_t *c, uint64_t round, plait_agent_result_t *res)
+{
+    plait_agent_t *a = c->a;
+    if (c->cbl_reason == PLAIT_RETRY_ROUND_FAILED || c->cbl_reason == PLAIT_RETRY_COMMIT_FAILED) {
+        int r2 = plait__agent_pending_remove(a->state_dir);
+        (void)r2;
+    }
+    plait_clear_error();
+    res->outcome = PLAIT_AGENT_OUT_COME_BACK;
+    res->round_id = round;
+    res->retry_ms = c->cbl_ms;
+    plait_agent_event_t ev = {.type = PLAIT_AGENT_EV_COME_BACK, .round_id = round, .delay_ms = c->cbl_ms};
+    emit_ev(a, &ev);
+    return 0;
+}
+
 /* ----------------------------------------------------------------- training */
 
 typedef struct {
@@ -1199,8 +1236,9 @@ static int train_with_keepalive(conn_t *c, job_t *j, uint64_t round, uint64_t ta
             rc = r;
             break;
         }
-        rc = m.type == PLAIT_MSG_ERROR ? peer_error(c, &m, round)
-                                       : unexpected(&m, "nothing during training");
+        rc = m.type == PLAIT_MSG_ERROR             ? peer_error(c, &m, round)
+             : m.type == PLAIT_MSG_COME_BACK_LATER ? round_ended(c, &m, round)
+                                                   : unexpected(&m, "nothing during training");
         plait_msg_free(&m);
         break;
     }
@@ -1316,8 +1354,9 @@ static int get_adapter(conn_t *c, const plait_msg_task_t *t, uint8_t **out, size
         if ((rc = conn_expect(c, now_ms() + a->cfg.io_timeout_ms, &m, "an adapter chunk")) != 0)
             goto fail;
         if (m.type != PLAIT_MSG_ADAPTER_CHUNK) {
-            rc = m.type == PLAIT_MSG_ERROR ? peer_error(c, &m, t->round_id)
-                                           : unexpected(&m, "an adapter chunk");
+            rc = m.type == PLAIT_MSG_ERROR             ? peer_error(c, &m, t->round_id)
+                 : m.type == PLAIT_MSG_COME_BACK_LATER ? round_ended(c, &m, t->round_id)
+                                                       : unexpected(&m, "an adapter chunk");
             plait_msg_free(&m);
             goto fail;
         }
@@ -1422,13 +1461,16 @@ static int check_task(plait_agent_t *a, const plait_msg_task_t *t)
 
 /* Upload words in chunks, record the upload, wait for the Ack. */
 static int upload(conn_t *c, const plait__agent_pending_t *p, uint64_t deadline,
-                  plait_agent_result_t *res)
+                  uint32_t task_chunk_bytes, plait_agent_result_t *res)
 {
     plait_agent_t *a = c->a;
     int rc = 0;
-    /* Chunks of chunk_words words (wire.h's sequencing: index, offset, examples in chunk 0). */
+    /* Chunks of chunk_words words (wire.h's sequencing: index, offset, examples in chunk 0),
+     * never more than the task's max_chunk_bytes (the aggregator refuses bigger ones). */
     plait_wire_limits_t lim = a->lim;
     lim.max_chunk_bytes = a->chunk_words * 4;
+    if (task_chunk_bytes >= 4 && task_chunk_bytes / 4 * 4 < lim.max_chunk_bytes)
+        lim.max_chunk_bytes = task_chunk_bytes / 4 * 4;
     plait_wire_xfer_t x;
     plait_wire_xfer_init(&x, p->round_id, p->n_words, 0);
     plait_msg_t m;
@@ -1453,7 +1495,31 @@ static int upload(conn_t *c, const plait__agent_pending_t *p, uint64_t deadline,
                               .round_id = p->round_id,
                               .bytes = (uint64_t)p->n_words * 4};
     emit_ev(a, &ev);
-    if ((rc = conn_expect(c, now_ms() + a->cfg.io_timeout_ms, &m, "the Ack")) != 0) return rc;
+    /* The Ack may wait for the round (an update uploaded during selection is acknowledged
+     * when training starts): wait until the task's deadline, at least io_timeout_ms,
+     * with keepalives. */
+    uint64_t ack_deadline = now_ms() + a->cfg.io_timeout_ms;
+    if (deadline > ack_deadline) ack_deadline = deadline;
+    for (;;) {
+        uint64_t now = now_ms(), until = now + a->cfg.keepalive_ms;
+        if (until > ack_deadline) until = ack_deadline;
+        rc = conn_recv(c, until, &m);
+        if (rc == 0) break;
+        if (rc != PLAIT_EAGAIN) return rc;
+        if (stopped(a)) return plait_fail(PLAIT_ECANCELED, "agent stopped");
+        if (now_ms() >= ack_deadline) return plait_fail(PLAIT_EIO, "timed out waiting for the Ack");
+        if (now_ms() >= until) {
+            plait_msg_t ping;
+            plait_msg_init(&ping, PLAIT_MSG_PING);
+            ping.u.ping.nonce = ++a->ping_nonce;
+            if ((rc = conn_send(c, &ping)) != 0) return rc;
+        }
+    }
+    if (m.type == PLAIT_MSG_COME_BACK_LATER) {
+        (void)round_ended(c, &m, p->round_id);
+        plait_msg_free(&m);
+        return round_ended_outcome(c, p->round_id, res);
+    }
     if (m.type == PLAIT_MSG_ERROR) {
         rc = peer_error(c, &m, p->round_id);
         plait_msg_free(&m);
@@ -1679,7 +1745,7 @@ static int do_task(conn_t *c, const plait_msg_task_t *t, plait_agent_result_t *r
                   "agent %s: round %llu: re-sending the stored update (not retraining)",
                   a->device_id, (unsigned long long)round);
         emit(a, PLAIT_AGENT_EV_TASK, round, 0);
-        rc = upload(c, &p, deadline, res);
+        rc = upload(c, &p, deadline, t->max_chunk_bytes, res);
         plait__agent_pending_free(&p);
         return rc;
     }
@@ -1705,6 +1771,7 @@ static int do_task(conn_t *c, const plait_msg_task_t *t, plait_agent_result_t *r
               t->deadline_s);
     emit(a, PLAIT_AGENT_EV_TASK, round, 0);
     rc = compute_update(c, t, deadline, &p, res);
+    if (rc != 0 && c->got_cbl) return round_ended_outcome(c, round, res);
     if (rc == PLAIT_EMISMATCH || rc == PLAIT_EPROTO || rc == PLAIT_ETOOBIG ||
         (rc == PLAIT_EINVAL && !stopped(a)) || (rc == PLAIT_ECANCELED && !stopped(a))) {
         /* The task cannot be done here (adapter for another model or shape, too little data,
@@ -1722,7 +1789,7 @@ static int do_task(conn_t *c, const plait_msg_task_t *t, plait_agent_result_t *r
         plait__agent_pending_free(&p);
         return rc;
     }
-    rc = upload(c, &p, deadline, res);
+    rc = upload(c, &p, deadline, t->max_chunk_bytes, res);
     plait__agent_pending_free(&p);
     return rc;
 }
@@ -1744,6 +1811,10 @@ static const char *retry_reason_name(plait_retry_reason_t r)
         return "aggregator shutting down";
     case PLAIT_RETRY_INCOMPATIBLE:
         return "incompatible model or capabilities";
+    case PLAIT_RETRY_ROUND_FAILED:
+        return "round failed";
+    case PLAIT_RETRY_COMMIT_FAILED:
+        return "round commit failed";
     }
     return "unknown reason";
 }

@@ -1282,6 +1282,20 @@ int plait_aggstore_round_commit(plait_aggstore_t *st, int64_t round, const plait
     sqlite3_bind_int64(s, 3, number);
     if ((ret = step_done(st, s, "committing round")) != 0) goto fail;
     if (c->stats && (ret = write_counters(st, round, c->stats)) != 0) goto fail;
+    /* The uploaders' participation counters, in the same transaction. A device
+     * revoked since its upload, or unknown, or already counted, is skipped. */
+    for (size_t i = 0; i < c->n_uploaders; i++) {
+        if (!c->uploaders || !c->uploaders[i] || check_id(c->uploaders[i]) != 0) continue;
+        if ((ret = prep(st,
+                        "UPDATE devices SET last_round = ?2, rounds_participated = rounds_participated + 1,"
+                        " last_seen = ?3 WHERE id = ?1 AND revoked = 0 AND coalesce(last_round, 0) < ?2",
+                        &s)) != 0)
+            goto fail;
+        sqlite3_bind_text(s, 1, c->uploaders[i], -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 2, round);
+        sqlite3_bind_int64(s, 3, now_s());
+        if ((ret = step_done(st, s, "counting participation")) != 0) goto fail;
+    }
     if ((ret = fault(st, 1)) != 0) goto fail;
     /* Step 2: rejections. */
     if (c->stats && (ret = write_rejections(st, round, c->stats)) != 0) goto fail;

@@ -301,6 +301,8 @@ static int validate_task(const plait_msg_task_t *t, const plait_wire_limits_t *l
                    (unsigned long long)t->update_elements,
                    (unsigned long long)lim->max_update_elements);
     if (t->example_cap < 1) return BAD("task.example_cap: 0");
+    if (t->max_chunk_bytes != 0 && t->max_chunk_bytes < 4)
+        return BAD("task.max_chunk_bytes: %u below 4", t->max_chunk_bytes);
     return 0;
 }
 
@@ -587,6 +589,8 @@ static int from_task(const Plait__Task *p, plait_msg_task_t *t)
     t->deadline_s = p->deadline_s;
     t->update_elements = p->update_elements;
     t->example_cap = p->example_cap;
+    t->max_chunk_bytes = p->has_max_chunk_bytes ? p->max_chunk_bytes : 0;
+    if (p->has_max_chunk_bytes && p->max_chunk_bytes == 0) return BAD("task.max_chunk_bytes: 0");
     return 0;
 }
 
@@ -856,6 +860,8 @@ static void to_envelope(const plait_msg_t *m, pb_msg_t *pb)
         p->deadline_s = t->deadline_s;
         p->update_elements = t->update_elements;
         p->example_cap = t->example_cap;
+        p->has_max_chunk_bytes = t->max_chunk_bytes != 0;
+        p->max_chunk_bytes = t->max_chunk_bytes;
         pb->env.msg_case = PLAIT__ENVELOPE__MSG_TASK;
         pb->env.task = p;
         break;

@@ -48,11 +48,13 @@ typedef struct {
     char port_file[PLAIT_AGGCFG_STR_MAX + 1];    /**< write the bound ports here as JSON once listening ("" = no) */
     /* limits */
     uint64_t max_connections;     /**< open connections at once; more are closed at accept (default 256) */
+    uint64_t max_preauth_connections; /**< before their Hello, at once; <= 3/4 max_connections (default 64) */
+    uint64_t max_preauth_per_addr;    /**< before their Hello from one IP address (default 8) */
     uint64_t max_frame;           /**< largest frame after Hello, bytes (default 1 MiB + 4 KiB) */
     uint64_t max_preauth_frame;   /**< largest frame before Hello is accepted (default 4 KiB) */
     uint64_t max_chunk_bytes;     /**< adapter/update bytes per chunk (default 256 KiB) */
     uint64_t max_update_elements; /**< largest update accepted, words (default 2^24) */
-    double auth_timeout_s;        /**< TLS handshake + Hello must finish within this (default 10 s) */
+    double auth_timeout_s;        /**< TLS handshake + Hello must finish within this (default 5 s) */
     double idle_timeout_s;        /**< close a connection silent this long (default 90 s, as protocol.md) */
     uint64_t tls_ticket_lifetime_s; /**< session resumption window (default 86400 s; 0 = no tickets) */
     /* model and task */

@@ -33,7 +33,8 @@
  * neither does a power cut, provided the disk honours fsync.
  *
  * Atomicity. plait_aggstore_round_commit writes the round's end state and
- * statistics, the new version, the ledger row and the metrics in ONE
+ * statistics, the uploaders' participation counters, the new version, the
+ * ledger row and the metrics in ONE
  * transaction: after a crash or an error either all of them are there or
  * none is (the round then stays open, or is abandoned at the next open).
  *
@@ -397,6 +398,8 @@ typedef struct plait_aggstore_commit_s {
     const plait_aggstore_ledger_t *ledger;  /* NULL: the round had no DP */
     const plait_aggstore_metric_t *metrics; /* n_metrics distinct keys */
     size_t n_metrics;         /* 0..max_metrics */
+    const char *const *uploaders; /* device ids whose updates the round used (participation counters) */
+    size_t n_uploaders;       /* revoked, unknown or already counted ones are skipped, not an error */
 } plait_aggstore_commit_t;
 
 /**

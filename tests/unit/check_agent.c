@@ -508,7 +508,8 @@ typedef enum {
     FAKE_COME_BACK = 1, /* ComeBackLater */
     FAKE_DROP = 2,      /* task, adapter, then close after the first update chunk */
     FAKE_ERROR = 3,     /* Error(EMISMATCH) after the hello */
-    FAKE_DROP_DL = 4    /* task, then close after the first adapter chunk */
+    FAKE_DROP_DL = 4,   /* task, then close after the first adapter chunk */
+    FAKE_END_ROUND = 5  /* full round, but a ComeBackLater(cbl_reason) instead of the Ack */
 } fake_mode_t;
 
 typedef struct {
@@ -526,6 +527,8 @@ typedef struct {
     uint32_t *words;
     size_t n_words;
     int got_error, error_code;
+    size_t max_chunk_words; /* largest UpdateChunk seen */
+    plait_retry_reason_t cbl_reason; /* FAKE_END_ROUND */
     int got_decline, decline_code; /* a Decline: the only thing a declining agent sends */
     uint64_t decline_round;
     char fail[256];
@@ -684,10 +687,18 @@ static void fake_serve(fake_t *f, int fd)
         }
         memcpy(f->words + f->n_words, u->words, u->n_words * sizeof(uint32_t));
         f->n_words += u->n_words;
+        if (u->n_words > f->max_chunk_words) f->max_chunk_words = u->n_words;
         f->chunks++;
         plait_msg_free(&m);
         if (f->mode == FAKE_DROP) goto out; /* the "aggregator" vanishes mid-upload */
         if (f->n_words == expect) break;
+    }
+    if (f->mode == FAKE_END_ROUND) { /* the round failed, or the aggregator stops */
+        plait_msg_init(&m, PLAIT_MSG_COME_BACK_LATER);
+        m.u.come_back_later.retry_ms = 4321;
+        m.u.come_back_later.reason = f->cbl_reason;
+        if ((rc = fake_send(s, fd, &m)) != 0) fake_failf(f, "send cbl", rc);
+        goto out;
     }
     plait_msg_init(&m, PLAIT_MSG_ACK);
     m.u.ack.round_id = f->task.round_id;
@@ -801,10 +812,13 @@ typedef struct {
     pthread_t th;
 } server_t;
 
+static plait_retry_reason_t g_cbl_reason = PLAIT_RETRY_ROUND_FAILED; /* FAKE_END_ROUND's answer */
+
 static void server_start(server_t *sv, fake_mode_t mode, const round_t *r)
 {
     memset(sv, 0, sizeof(*sv));
     sv->f.mode = mode;
+    sv->f.cbl_reason = g_cbl_reason;
     sv->f.lfd = listen_any(&sv->f.port);
     ck_assert_int_eq(
         plait_tls_config_server(&sv->f.cfg, ca_pem, srv_pem, srv_key_pem, 1, NULL, NULL), 0);
@@ -1089,6 +1103,52 @@ START_TEST(test_loopback_come_back_and_error)
     plait_agent_destroy(a);
     server_free(&sv);
     free(state);
+}
+END_TEST
+
+/* Issue #11 items 3, 5, 13: the agent keeps its UpdateChunks within the
+ * task's max_chunk_bytes, and a ComeBackLater where the Ack was expected (the
+ * round failed, or the aggregator is shutting down) is a come-back outcome,
+ * not a protocol error. */
+START_TEST(test_loopback_task_chunk_limit_and_round_end)
+{
+    static const plait_retry_reason_t reasons[] = {PLAIT_RETRY_ROUND_FAILED, PLAIT_RETRY_SHUTTING_DOWN};
+    round_t r;
+    round_setup(&r, 1, PLAIT_LORA_MODE_FFA);
+    r.task.max_chunk_bytes = 4002; /* 1000 words (rounded down to whole words) */
+    ck_assert_uint_gt(r.task.update_elements, 1000);
+    for (int i = 0; i < 2; i++) {
+        server_t sv;
+        g_cbl_reason = reasons[i];
+        server_start(&sv, FAKE_END_ROUND, &r);
+        char *state = fresh_state(i ? "agent_end_shut" : "agent_end_fail");
+        evlog_t ev;
+        memset(&ev, 0, sizeof(ev));
+        plait_agent_t *a = make_agent(state, sv.f.port, &ev);
+        plait_agent_result_t res;
+        int rc = plait_agent_run_once(a, &res);
+        server_join(&sv);
+        ck_assert_msg(sv.f.fail[0] == 0, "fake server: %s", sv.f.fail);
+        ck_assert_msg(rc == 0, "run_once: %s (%s)", plait_errmsg(), plait_err_name(rc));
+        ck_assert_int_eq(res.outcome, PLAIT_AGENT_OUT_COME_BACK);
+        ck_assert_uint_eq(res.retry_ms, 4321);
+        ck_assert_uint_eq(sv.f.n_words, r.task.update_elements);
+        ck_assert_uint_le(sv.f.max_chunk_words, 1000);
+        ck_assert_int_eq(sv.f.chunks, (int)((r.task.update_elements + 999) / 1000));
+        ck_assert_int_eq(ev.counts[PLAIT_AGENT_EV_ACKED], 0);
+        plait__agent_pending_t p;
+        int prc = plait__agent_pending_load(state, &p);
+        if (reasons[i] == PLAIT_RETRY_ROUND_FAILED) {
+            ck_assert_int_eq(prc, PLAIT_ENOENT); /* a failed round's words are useless */
+        } else {
+            ck_assert_int_eq(prc, 0); /* kept: a shutdown is not a verdict on the round */
+            plait__agent_pending_free(&p);
+        }
+        plait_agent_destroy(a);
+        server_free(&sv);
+        free(state);
+    }
+    round_free(&r);
 }
 END_TEST
 
@@ -1796,6 +1856,7 @@ Suite *agent_suite(void)
     tcase_add_test(tc, test_loopback_fedit_local_dp_and_cache);
     tcase_add_test(tc, test_loopback_declines);
     tcase_add_test(tc, test_loopback_download_resume);
+    tcase_add_test(tc, test_loopback_task_chunk_limit_and_round_end);
     tcase_add_test(tc, test_forget_leaves_nothing);
     suite_add_tcase(s, tc);
     return s;

@@ -847,6 +847,52 @@ START_TEST(test_commit_atomicity)
 }
 END_TEST
 
+/* Issue #11 item 12: the uploaders' participation counters are written in
+ * the commit's transaction (a failed commit leaves none), and a device
+ * revoked since its upload is skipped instead of failing the commit. */
+START_TEST(test_commit_participation)
+{
+    const char *path = db_path("particip.db");
+    plait_aggstore_t *st = open_agg(path);
+    (void)commit_next(st, NULL, NULL, 0);
+    uint8_t fp[32];
+    plait_sha256((const uint8_t *)"cert", 4, fp);
+    ck_assert_int_eq(plait_aggstore_device_enroll(st, "d1", fp), 0);
+    ck_assert_int_eq(plait_aggstore_device_enroll(st, "d2", fp), 0);
+    ck_assert_int_eq(plait_aggstore_device_enroll(st, "d3", fp), 0);
+    int64_t r = 0;
+    ck_assert_int_eq(plait_aggstore_round_begin(st, 10, 2, "{}", 1, &r), 0);
+    ck_assert_int_eq(plait_aggstore_device_revoke(st, "d3"), 0); /* revoked mid-round */
+    size_t len;
+    uint8_t *b = make_blob(2, &len);
+    plait_aggstore_commit_t c;
+    fill_commit(&c, b, len);
+    const char *up[] = {"d1", "d3", "d2", "ghost"};
+    c.uploaders = up;
+    c.n_uploaders = 4;
+    for (int step = 1; step <= 5; step++) {
+        plait__aggstore_inject_commit_fault(st, step);
+        ck_assert_int_eq(plait_aggstore_round_commit(st, r, &c, NULL), PLAIT_EIO);
+        ck_assert_int_eq(raw_count(path, "SELECT sum(rounds_participated) FROM devices"), 0);
+        ck_assert_int_eq(raw_count(path, "SELECT max(last_round) FROM devices"), 0);
+    }
+    int64_t ver = 0;
+    ck_assert_int_eq(plait_aggstore_round_commit(st, r, &c, &ver), 0);
+    ck_assert_int_eq(ver, 2);
+    plait_aggstore_device_t d;
+    ck_assert_int_eq(plait_aggstore_device_get(st, "d1", &d), 0);
+    ck_assert_int_eq(d.rounds_participated, 1);
+    ck_assert_int_eq(d.last_round, r);
+    ck_assert_int_eq(plait_aggstore_device_get(st, "d2", &d), 0);
+    ck_assert_int_eq(d.rounds_participated, 1);
+    ck_assert_int_eq(plait_aggstore_device_get(st, "d3", &d), 0);
+    ck_assert_int_eq(d.rounds_participated, 0);
+    ck_assert_int_eq(d.last_round, 0);
+    free(b);
+    plait_aggstore_close(st);
+}
+END_TEST
+
 /* ---- recovery ---- */
 
 START_TEST(test_recovery)
@@ -1341,6 +1387,7 @@ Suite *aggstore_suite(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_commit_atomicity);
+    tcase_add_test(tc, test_commit_participation);
     tcase_add_test(tc, test_recovery);
     tcase_add_test(tc, test_busy);
     tcase_add_test(tc, test_kill9);

@@ -179,6 +179,25 @@ START_TEST(test_ca_server_device)
     ck_assert_str_eq(i1der.serial_hex, i1.serial_hex);
     free(der);
 
+    /* RFC 5758 section 3.2 (issue #11 item 13): ecdsa-with-SHA256 without
+     * parameters, both in the TBSCertificate and before the signature; no
+     * NULL-parameter form anywhere. (The chain verified above is the proof
+     * that the rewritten TBSCertificate carries a valid signature.) */
+    static const uint8_t alg_null[] = {0x30, 0x0c, 0x06, 0x08, 0x2a, 0x86, 0x48,
+                                       0xce, 0x3d, 0x04, 0x03, 0x02, 0x05, 0x00};
+    static const uint8_t alg[] = {0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02};
+    const char *pems[] = {ca.crt, srv.crt, d1.crt};
+    for (int k = 0; k < 3; k++) {
+        der = pem_to_der(pems[k], &der_len);
+        int with_null = 0, without = 0;
+        for (size_t i = 0; i + sizeof(alg_null) <= der_len; i++)
+            with_null += memcmp(der + i, alg_null, sizeof(alg_null)) == 0;
+        for (size_t i = 0; i + sizeof(alg) <= der_len; i++) without += memcmp(der + i, alg, sizeof(alg)) == 0;
+        ck_assert_int_eq(with_null, 0);
+        ck_assert_int_eq(without, 2);
+        free(der);
+    }
+
     pair_free(&d2);
     ck_assert_int_eq(
         plait_pki_device_issue(&cfg, ca.crt, ca.key, "bad id", NULL, &d2.crt, &d2.key, NULL),
