@@ -253,6 +253,9 @@ static int cmd_ingest(int argc, char **argv)
     if (rc == 0) rc = plait_store_count(st, &total);
     if (rc == 0) rc = plait_store_count_split(st, PLAIT_STORE_HELDOUT, &held);
     plait_store_close(st);
+    if (rc == 0 && added == 0)
+        rc = plait_fail(PLAIT_EINVAL, "%s holds no records (empty, or only blank lines): nothing was ingested",
+                        jsonl ? jsonl : c.text);
     if (rc != 0) return die_run(rc);
     printf("ingested %lld records into %s (%lld in store, %lld held out for evaluation)\n", (long long)added,
            c.db, (long long)total, (long long)held);
@@ -456,7 +459,8 @@ static int cmd_train(int argc, char **argv)
             if (plait_lora_parse_targets(optarg, &lc.targets) != 0) return die_usage(0);
             break;
         case OPT_STEPS:
-            if (plait_cli_int("--steps", optarg, 0, 100000000, &steps) != 0) return die_usage(0);
+            /* 0 steps would write the untrained initial adapter as if trained. */
+            if (plait_cli_int("--steps", optarg, 1, 100000000, &steps) != 0) return die_usage(0);
             break;
         case OPT_LR:
             if (plait_cli_double("--lr", optarg, 0, 10, &tc.lr) != 0) return die_usage(0);
