@@ -13,7 +13,10 @@
  *   by the UBSan build, which checks float casts);
  * - `train --steps 0` and an ingest of a file without records are refused;
  * - `plait-aggregator init` that fails half-way (file size limit) leaves
- *   nothing that blocks a re-run.
+ *   nothing that blocks a re-run;
+ * - the device store can be read on a full disk (RLIMIT_FSIZE below the
+ *   size of sqlite's -shm index stands in for it), and `serve` says clearly
+ *   that the disk is full instead of a garbled message.
  */
 #include <check.h>
 #include <math.h>
@@ -330,6 +333,86 @@ START_TEST(test_init_atomic)
 }
 END_TEST
 
+/* The device store of a full disk can still be read: sqlite cannot create
+ * the -shm index there (simulated with a 4 KiB file size limit, which the
+ * index's 32 KiB exceed), so the store falls back to exclusive locking. */
+START_TEST(test_store_full_disk_read)
+{
+    char *txt = tu_path(scratch, "notes.txt");
+    FILE *f = fopen(txt, "w");
+    ck_assert_ptr_nonnull(f);
+    for (int i = 0; i < 40; i++) fprintf(f, "ROMEO:\nBut soft, what light %d.\n\n", i);
+    fclose(f);
+    char out[4096], cmd[4096];
+    ck_assert_int_eq(run(out, sizeof(out), AGENT, "ingest --db '%s/d.db' --text '%s'", scratch, txt), 0);
+    const char *cmds[2] = {"info", "eval --split all --seq 16"};
+    const char *want[2] = {"40 records", "base model"};
+    for (int k = 0; k < 2; k++) {
+        char a[1024];
+        snprintf(a, sizeof(a), "%s --db '%s/d.db'", cmds[k], scratch);
+        snprintf(cmd, sizeof(cmd),
+                 "trap '' XFSZ; ulimit -f 8 && PLAIT_ASSETS='%s' exec timeout -k 5 %d '%s/" AGENT "' %s "
+                 ">'%s/full.txt' 2>&1",
+                 tu_assets_dir(), HANG_S, PLAIT_BINARY_DIR, a, scratch);
+        int st = system(cmd);
+        char *log = tu_path(scratch, "full.txt");
+        size_t n = 0;
+        uint8_t *b = tu_read_file(log, &n);
+        ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "'%s' on a full disk: %s", a, b ? (char *)b : "");
+        ck_assert_msg(b && strstr((char *)b, want[k]), "'%s' on a full disk: %s", a, b ? (char *)b : "");
+        free(b);
+        free(log);
+    }
+    /* Writing still fails, saying why. */
+    snprintf(cmd, sizeof(cmd),
+             "trap '' XFSZ; ulimit -f 8 && exec timeout -k 5 %d '%s/" AGENT "' forget --db '%s/d.db' --all "
+             ">'%s/full.txt' 2>&1",
+             HANG_S, PLAIT_BINARY_DIR, scratch, scratch);
+    int st = system(cmd);
+    char *log = tu_path(scratch, "full.txt");
+    size_t n = 0;
+    uint8_t *b = tu_read_file(log, &n);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 1, "forget on a full disk: %s", b ? (char *)b : "");
+    ck_assert_msg(b && strstr((char *)b, "disk full"), "forget on a full disk: %s", b ? (char *)b : "");
+    free(b);
+    /* And everything is still there once there is room. */
+    ck_assert_int_eq(run(out, sizeof(out), AGENT, "info --db '%s/d.db'", scratch), 0);
+    ck_assert_ptr_nonnull(strstr(out, "40 records"));
+    free(log);
+    free(txt);
+}
+END_TEST
+
+/* A detail that prefixes the previous one (plait_fail(rc, "%s: %s", x,
+ * plait_errmsg())) used to overlap its own buffer and print garbage, as
+ * `serve` did on a full disk. */
+START_TEST(test_errmsg_prefix)
+{
+    plait_fail(PLAIT_EIO, "aggstore: preparing a statement: disk I/O error");
+    plait_fail(PLAIT_EIO, "%s: %s", "dep/plait.db", plait_errmsg());
+    ck_assert_str_eq(plait_errmsg(), "dep/plait.db: aggstore: preparing a statement: disk I/O error");
+    char *model = tu_path(tu_assets_dir(), "stories260K.bin");
+    char out[4096], cmd[4096];
+    ck_assert_int_eq(run(out, sizeof(out), AGG, "init '%s/dep' --base-model '%s'", scratch, model), 0);
+    snprintf(cmd, sizeof(cmd),
+             "trap '' XFSZ; ulimit -f 8 && exec timeout -k 5 %d '%s/" AGG "' serve '%s/dep' --port 0 "
+             ">'%s/serve.txt' 2>&1",
+             HANG_S, PLAIT_BINARY_DIR, scratch, scratch);
+    int st = system(cmd);
+    char *log = tu_path(scratch, "serve.txt");
+    size_t n = 0;
+    uint8_t *b = tu_read_file(log, &n);
+    ck_assert_ptr_nonnull(b);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 1, "serve on a full disk: %s", (char *)b);
+    const char *p = strstr((char *)b, "plait.db: ");
+    ck_assert_msg(p && !strstr(p + 1, "plait.db: "), "garbled: %s", (char *)b);
+    ck_assert_msg(strstr((char *)b, "is the disk full?"), "unclear: %s", (char *)b);
+    free(b);
+    free(log);
+    free(model);
+}
+END_TEST
+
 Suite *devharden_suite(void)
 {
     Suite *s = suite_create("devharden");
@@ -342,6 +425,8 @@ Suite *devharden_suite(void)
     tcase_add_test(tc, test_train_nan);
     tcase_add_test(tc, test_steps_and_empty_ingest);
     tcase_add_test(tc, test_init_atomic);
+    tcase_add_test(tc, test_store_full_disk_read);
+    tcase_add_test(tc, test_errmsg_prefix);
     suite_add_tcase(s, tc);
     return s;
 }
