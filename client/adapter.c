@@ -260,7 +260,8 @@ int plait_safetensors_parse(plait_safetensors_t *st, const uint8_t *buf, size_t 
 /* Non-blocking, regular files only (a FIFO is refused), size-capped. */
 static int read_file(const char *path, uint64_t max, uint8_t **out, size_t *len)
 {
-    return plait_file_read(path, NULL, max > SIZE_MAX - 1 ? SIZE_MAX - 1 : (size_t)max, out, len);
+    int rc = plait_file_read(path, NULL, max > SIZE_MAX - 1 ? SIZE_MAX - 1 : (size_t)max, out, len);
+    return rc == PLAIT_ENOENT ? plait_fail(PLAIT_EIO, "%s", plait_errmsg()) : rc; /* documented: EIO */
 }
 
 /* An adapter (and a gradient dump) is derived from the user's private data:

@@ -139,7 +139,9 @@ int plait_model_load(plait_model_t *m, const char *path)
 
     snprintf(label, sizeof(label), "model %s", path ? path : "(null)");
     /* Non-blocking open and fstat first: a FIFO is refused, not waited on. */
-    if ((ret = plait_file_open(path, label, &fd, &st)) != 0) return ret;
+    if ((ret = plait_file_open(path, label, &fd, &st)) != 0)
+        return ret == PLAIT_ENOENT || ret == PLAIT_EINVAL ? plait_fail(PLAIT_EIO, "%s", plait_errmsg())
+                                                          : ret; /* documented: EIO */
     if ((uint64_t)st.st_size < HEADER_BYTES) {
         ret = plait_fail(PLAIT_EPROTO, "model %s: file is %lld bytes, shorter than the 28-byte header",
                          path, (long long)st.st_size);

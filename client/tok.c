@@ -235,7 +235,7 @@ int plait_tok_load(plait_tok_t *t, const char *path, int vocab_size)
     size_t sz = 0;
     /* Non-blocking, regular files only (a FIFO is refused), size-capped. */
     int rc = plait_file_read(path, NULL, PLAIT_TOK_MAX_FILE, &buf, &sz);
-    if (rc != 0) return rc;
+    if (rc != 0) return rc == PLAIT_ENOENT ? plait_fail(PLAIT_EIO, "%s", plait_errmsg()) : rc; /* documented: EIO */
     rc = plait_tok_parse(t, buf, sz, vocab_size);
     if (rc != 0) {
         /* Prefix the detail with the path, keeping the parser's words. */

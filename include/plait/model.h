@@ -86,9 +86,9 @@ int plait_model_config_validate(plait_model_config_t *cfg);
  * \brief Read a llama2.c legacy (v0) float32 checkpoint into memory and hash it.
  * \param m    initialized with plait_model_init; must not hold a model.
  * \param path file path; never NULL.
- * \return 0; PLAIT_ENOENT if missing; PLAIT_EINVAL if not a regular file
- *         (a FIFO is refused without blocking); PLAIT_EIO if it cannot be
- *         read or changes while it is read; PLAIT_ENOMEM; PLAIT_EPROTO for a
+ * \return 0; PLAIT_EIO if it cannot be opened, is not a regular file (a
+ *         FIFO is refused without blocking), is read short or changes while
+ *         it is read; PLAIT_ENOMEM; PLAIT_EPROTO for a
  *         bad header, a size that does not match the header (truncated or
  *         oversized) or a non-finite weight (the detail names the tensor).
  */
