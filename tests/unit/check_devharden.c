@@ -16,7 +16,8 @@
  *   nothing that blocks a re-run;
  * - the device store can be read on a full disk (RLIMIT_FSIZE below the
  *   size of sqlite's -shm index stands in for it), and `serve` says clearly
- *   that the disk is full instead of a garbled message.
+ *   that the disk is full instead of a garbled message; a full disk that
+ *   stops rounds from opening is logged once, not every second.
  */
 #include <check.h>
 #include <math.h>
@@ -25,6 +26,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -413,6 +417,100 @@ START_TEST(test_errmsg_prefix)
 }
 END_TEST
 
+/* Start `plait-aggregator serve DIR` with stdout+stderr to log and, if
+ * fsize > 0, a file size limit of fsize bytes (SIGXFSZ ignored, so writes
+ * past it fail with EFBIG as on a full disk). Waits for the port file. */
+static pid_t serve_start(const char *dep, rlim_t fsize, const char *log)
+{
+    char bin[1200], pf[1200];
+    snprintf(bin, sizeof(bin), "%s/" AGG, PLAIT_BINARY_DIR);
+    snprintf(pf, sizeof(pf), "%s/ports.json", scratch);
+    unlink(pf);
+    fflush(NULL);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+            close(fd);
+        }
+        if (fsize > 0) {
+            struct rlimit rl = {fsize, fsize};
+            signal(SIGXFSZ, SIG_IGN);
+            if (setrlimit(RLIMIT_FSIZE, &rl) != 0) _exit(126);
+        }
+        execl(bin, bin, "serve", dep, "--port", "0", "--metrics-port", "0", "--port-file", pf, (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < HANG_S * 20; i++) {
+        struct stat sb;
+        if (stat(pf, &sb) == 0 && sb.st_size > 0) return pid;
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid) ck_abort_msg("serve exited before listening (see %s)", log);
+        usleep(50000);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    ck_abort_msg("serve did not listen within %d s", HANG_S);
+    return -1;
+}
+
+static int serve_stop(pid_t pid)
+{
+    kill(pid, SIGTERM);
+    int st = 0;
+    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int count_str(const char *hay, const char *needle)
+{
+    int n = 0;
+    for (const char *p = hay; (p = strstr(p, needle)) != NULL; p++) n++;
+    return n;
+}
+
+/* A full disk that stops rounds from opening is logged once, not on every
+ * one-second retry. The limit (32 KiB) lets the -shm index exist but the
+ * write-ahead log and the database cannot grow past it. */
+START_TEST(test_serve_full_disk_logged_once)
+{
+    char *model = tu_path(tu_assets_dir(), "stories260K.bin");
+    char out[4096], dep[1200], log[1200];
+    snprintf(dep, sizeof(dep), "%s/dep", scratch);
+    snprintf(log, sizeof(log), "%s/serve.log", scratch);
+    ck_assert_int_eq(run(out, sizeof(out), AGG,
+                         "init '%s' --base-model '%s' --set selection_timeout_s=0.05 --set round_timeout_s=0.1", dep,
+                         model),
+                     0);
+    /* First start with room: stores the initial adapter. */
+    ck_assert_int_eq(serve_stop(serve_start(dep, 0, log)), 0);
+    pid_t pid = serve_start(dep, 32768, log);
+    const char *fail = "opening a round failed";
+    uint8_t *b = NULL;
+    size_t n = 0;
+    for (int i = 0; i < HANG_S * 10; i++) {
+        free(b);
+        b = tu_read_file(log, &n);
+        if (b && strstr((char *)b, fail)) break;
+        usleep(100000);
+    }
+    ck_assert_msg(b && strstr((char *)b, fail), "no round-open failure on a full disk: %s", b ? (char *)b : "");
+    /* Several retries (one a second) later, still one line. */
+    sleep(4);
+    ck_assert_int_eq(serve_stop(pid), 0);
+    free(b);
+    b = tu_read_file(log, &n);
+    ck_assert_ptr_nonnull(b);
+    ck_assert_msg(count_str((char *)b, fail) == 1, "logged %d times: %s", count_str((char *)b, fail), (char *)b);
+    ck_assert_ptr_nonnull(strstr((char *)b, "is the disk full?"));
+    free(b);
+    free(model);
+}
+END_TEST
+
 Suite *devharden_suite(void)
 {
     Suite *s = suite_create("devharden");
@@ -427,6 +525,7 @@ Suite *devharden_suite(void)
     tcase_add_test(tc, test_init_atomic);
     tcase_add_test(tc, test_store_full_disk_read);
     tcase_add_test(tc, test_errmsg_prefix);
+    tcase_add_test(tc, test_serve_full_disk_logged_once);
     suite_add_tcase(s, tc);
     return s;
 }
