@@ -119,6 +119,11 @@ START_TEST(test_fifo_inputs)
          scratch);
     CASE(1, AGG, "init '%s/dep' --base-model '%s'", scratch, fifo);
     CASE(2, SIM, "--config '%s'", fifo);
+    CASE(1, AGENT, "info --db '%s'", fifo);
+    char *txt = tu_path(scratch, "t.txt");
+    ck_assert_int_eq(tu_write_file(txt, "hello there\n", 12), 0);
+    CASE(1, AGENT, "ingest --db '%s' --text '%s'", fifo, txt);
+    free(txt);
 #undef CASE
     /* The library readers the services use (configs, certificates). */
     plait_aggcfg_t c;
