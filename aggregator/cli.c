@@ -10,6 +10,7 @@
  * returns 1. Flags take their value as the next argument or as --flag=value.
  */
 #include "cli.h"
+#include "stagedir.h"
 
 #include <errno.h>
 #include <math.h>
@@ -19,6 +20,7 @@
 #include <limits.h>
 #include <signal.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "plait/adapter.h"
 #include "plait/aggcfg.h"
@@ -367,32 +369,47 @@ static int cmd_init(int argc, char **argv, FILE *out, FILE *err)
     plait_pki_config_default(&pc);
     if (flags[1].value) pc.server_alt_names = flags[1].value;
     if (flags[2].value) pc.org = flags[2].value;
-    if ((rc = plait_pki_init_deployment(dir, &pc)) != 0) {
-        fprintf(err, PROG " init: %s: %s (%s)\n", dir, plait_errmsg(), plait_err_name(rc));
+    /* Everything is built in a staging directory beside DIR and renamed onto
+     * it at the end (stagedir.h): a failure leaves nothing that blocks a re-run. */
+    char stage[4096];
+    if ((rc = plait__stage_create(dir, stage, sizeof(stage))) != 0) {
+        fprintf(err, PROG " init: %s (%s)\n", plait_errmsg(), plait_err_name(rc));
         return 1;
     }
-    char path[1200];
-    snprintf(path, sizeof(path), "%s/%s", dir, PLAIT_AGGCFG_FILE);
+    if ((rc = plait_pki_init_deployment(stage, &pc)) != 0) {
+        fprintf(err, PROG " init: %s: %s (%s)\n", dir, plait_errmsg(), plait_err_name(rc));
+        goto fail;
+    }
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/%s", stage, PLAIT_AGGCFG_FILE);
     FILE *f = fopen(path, "wx");
     if (f == NULL) {
-        fprintf(err, PROG " init: %s: %s\n", path, strerror(errno));
-        return 1;
+        fprintf(err, PROG " init: %s/%s: %s\n", dir, PLAIT_AGGCFG_FILE, strerror(errno));
+        goto fail;
     }
     rc = plait_aggcfg_write(&c, f);
+    if ((fflush(f) != 0 || fsync(fileno(f)) != 0) && rc == 0) rc = PLAIT_EIO;
     if (fclose(f) != 0 && rc == 0) rc = PLAIT_EIO;
     if (rc != 0) {
-        fprintf(err, PROG " init: %s: cannot write\n", path);
-        return 1;
+        fprintf(err, PROG " init: %s/%s: cannot write (disk full?)\n", dir, PLAIT_AGGCFG_FILE);
+        goto fail;
     }
     plait_aggstore_t *st = NULL;
-    if (open_store(dir, 1, &st, err, "init") != 0) return 1;
+    if (open_store(stage, 1, &st, err, "init") != 0) goto fail;
     plait_aggstore_info_t info;
     if (plait_aggstore_info(st, &info) != 0) info.deployment_id[0] = '\0';
     plait_aggstore_close(st);
+    if ((rc = plait__stage_commit(stage, dir)) != 0) {
+        fprintf(err, PROG " init: %s (%s)\n", plait_errmsg(), plait_err_name(rc));
+        goto fail;
+    }
     fprintf(out, "deployment %s created in %s\n", info.deployment_id, dir);
     fprintf(out, "next: " PROG " enroll %s --device LABEL --out-key LABEL.key --out-cert LABEL.crt\n", dir);
     fprintf(out, "then: " PROG " serve %s\n", dir);
     return 0;
+fail:
+    plait__stage_discard(stage);
+    return 1;
 }
 
 /* ---- enroll / revoke ------------------------------------------------------ */

@@ -12,6 +12,7 @@
  * PLAIT_AGGCFG_STR_MAX. Cross-field rules live in plait_aggcfg_validate().
  */
 #include "plait/aggcfg.h"
+#include "plait/file.h"
 
 #include <errno.h>
 #include <math.h>
@@ -241,11 +242,9 @@ int plait_aggcfg_parse(plait_aggcfg_t *c, const char *text, size_t len, const ch
 
 int plait_aggcfg_load(plait_aggcfg_t *c, const char *path)
 {
-    FILE *f = fopen(path, "rb");
-    if (f == NULL) {
-        if (errno == ENOENT) return plait_fail(PLAIT_ENOENT, "%s: no such file", path);
-        return plait_fail(PLAIT_EIO, "%s: %s", path, strerror(errno));
-    }
+    FILE *f = NULL;
+    int frc = plait_file_fopen(path, NULL, &f); /* regular files only: a FIFO is refused, not waited on */
+    if (frc != 0) return frc;
     char *buf = malloc(PLAIT_AGGCFG_FILE_MAX + 1);
     if (buf == NULL) {
         fclose(f);

@@ -168,6 +168,7 @@ struct plait_server_s {
     uint64_t blob_version_for_job; /* base version of the round being opened */
     int round_live;              /* a round was opened and has not been ended by the service */
     double next_open;            /* open the next round at or after this time */
+    int open_err;                /* code of the last failure to open a round (logged once per change), or 0 */
     member_t *cohort;
     size_t n_cohort, cap_cohort;
     pace_t *pace;
@@ -790,11 +791,17 @@ static void after_job(uv_work_t *req, int status)
     switch (j->kind) {
     case JOB_BEGIN:
         if (j->rc != 0) {
-            PLAIT_LOG(PLAIT_LOG_ERROR, "store: opening a round failed: %s (%s); retrying in 1 s", j->why,
-                      plait_err_name(j->rc));
+            /* Retried every second (a full disk may last hours): logged
+             * when the failure starts or changes, not on every retry. */
+            if (j->rc != s->open_err)
+                PLAIT_LOG(PLAIT_LOG_ERROR, "store: opening a round failed: %s (%s); retrying every second, "
+                          "logged again only when this changes", j->why, plait_err_name(j->rc));
+            s->open_err = j->rc;
             s->next_open = now + 1;
             break;
         }
+        if (s->open_err != 0) PLAIT_LOG(PLAIT_LOG_INFO, "store: rounds open again (the earlier failure cleared)");
+        s->open_err = 0;
         uint64_t core = 0;
         int rc = plait_round_open(s->round, now, &core);
         s->cur_rid = (uint64_t)j->rid;

@@ -326,7 +326,7 @@ static int read_small(const char *path, size_t max, uint8_t **out, size_t *len)
 {
     *out = NULL;
     *len = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO is refused below, not waited on */
     if (fd < 0) {
         if (errno == ENOENT) return PLAIT_ENOENT;
         return plait_fail(PLAIT_EIO, "%s: cannot open: %s", path, strerror(errno));

@@ -1214,7 +1214,7 @@ int plait_pki_read_file(const char *path, char **text)
 {
     if (path == NULL || text == NULL) return plait_fail(PLAIT_EINVAL, "pki: NULL argument");
     *text = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO is refused below, not waited on */
     if (fd < 0)
         return plait_fail(errno == ENOENT ? PLAIT_ENOENT : PLAIT_EIO, "%s: %s", path,
                           strerror(errno));
