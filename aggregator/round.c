@@ -6,9 +6,10 @@
  * Invariants:
  *   - the cohort table holds exactly the selected clients of the open round,
  *     each with one status (selected, accepted, dropped, refused);
- *   - accepted <= target_cohort; once accepted == target, or every selected
+ *   - first come: accepted <= target_cohort; once accepted == target, or every selected
  *     client is accounted for, or the deadline passed, the round is closed
- *     and no update is folded in any more;
+ *     and no update is folded in any more (poisson: no target; the round
+ *     closes when every selected client is accounted for, or at the deadline);
  *   - the global span, the optimizer and the DP state change only in
  *     commit() (the DP state is snapshotted at aggregate() and restored on
  *     abort), so an abandoned round leaves no trace but its stats;
@@ -90,10 +91,21 @@ void plait_round_config_default(plait_round_config_t *cfg)
     plait_dp_config_default(&cfg->dp_cfg);
     cfg->population = 0;              /* required with dp */
     cfg->dp_delta = 0;                /* 1 / N^1.1 */
+    cfg->poisson = 0;                 /* first come */
+    cfg->sample_rate = 1.0;           /* set per round by the caller */
 }
 
 static size_t want_of(const plait_round_config_t *c)
 {
+    if (c->poisson) {
+        /* Every sampled client, up to the population and what the sum can hold. */
+        uint64_t cap = c->population < PLAIT_ROUND_MAX_COHORT ? c->population : PLAIT_ROUND_MAX_COHORT;
+        if (c->quantized && c->quant.bits >= 1 && c->quant.bits <= 31) {
+            uint64_t wrap = plait_quant_max_cohort(c->quant.bits);
+            if (wrap < cap) cap = wrap;
+        }
+        return cap ? (size_t)cap : 1;
+    }
     double w = ceil((double)c->target_cohort * c->overselect);
     return w >= (double)PLAIT_ROUND_MAX_COHORT ? PLAIT_ROUND_MAX_COHORT + 1 : (size_t)w;
 }
@@ -129,8 +141,13 @@ int plait_round_config_validate(const plait_round_config_t *c)
     if (!isfinite(c->weight_cap) || c->weight_cap <= 0)
         return plait_fail(PLAIT_EINVAL, "round config: weight_cap must be finite and > 0");
     if ((rc = plait_server_opt_config_validate(&c->opt)) != 0) return rc;
+    if (c->poisson) {
+        if (c->population == 0) return plait_fail(PLAIT_EINVAL, "round config: poisson needs population >= 1");
+        if (!(c->sample_rate > 0 && c->sample_rate <= 1))
+            return plait_fail(PLAIT_EINVAL, "round config: sample_rate must be in (0, 1]");
+    }
     if (c->dp) {
-        if (c->population < c->target_cohort)
+        if (!c->poisson && c->population < c->target_cohort)
             return plait_fail(PLAIT_EINVAL, "round config: dp needs population >= target_cohort");
         plait_dp_config_t d = c->dp_cfg;
         if (d.expected_weight == 0) d.expected_weight = (double)c->target_cohort;
@@ -222,6 +239,24 @@ const plait_quant_config_t *plait_round_quant(const plait_round_t *r) { return &
 double plait_round_epsilon(const plait_round_t *r) { return r->epsilon; }
 double plait_round_delta(const plait_round_t *r) { return r->delta; }
 
+int plait_round_set_sample_rate(plait_round_t *r, double q)
+{
+    if (!r || !r->cfg.poisson) return plait_fail(PLAIT_EINVAL, "round: sample rate needs a poisson config");
+    if (!(q > 0 && q <= 1)) return plait_fail(PLAIT_EINVAL, "round: sample rate %g not in (0, 1]", q);
+    if (r->state != PLAIT_ROUND_IDLE && r->state != PLAIT_ROUND_FAILED)
+        return plait_fail(PLAIT_EBUSY, "round: sample rate changes between rounds only");
+    r->cfg.sample_rate = q;
+    return 0;
+}
+
+/* q the accountant composes for the current round. */
+static double rate_of(const plait_round_t *r)
+{
+    if (r->cfg.poisson) return r->cfg.sample_rate;
+    double q = (double)r->cfg.target_cohort / (double)r->cfg.population;
+    return q > 1 ? 1 : q;
+}
+
 size_t plait_round_opt_state_len(const plait_round_t *r) { return r ? plait_server_opt_state_len(r->opt) : 0; }
 
 int plait_round_opt_export(const plait_round_t *r, float *out, size_t n)
@@ -273,7 +308,7 @@ static void close_round(plait_round_t *r, double now)
 static void maybe_close(plait_round_t *r, double now)
 {
     if (r->state != PLAIT_ROUND_TRAINING) return;
-    if (r->st.accepted >= r->cfg.target_cohort || r->accounted >= r->st.selected || now >= r->deadline)
+    if ((!r->cfg.poisson && r->st.accepted >= r->cfg.target_cohort) || r->accounted >= r->st.selected || now >= r->deadline)
         close_round(r, now);
 }
 
@@ -309,6 +344,7 @@ int plait_round_open(plait_round_t *r, double now, uint64_t *round_id)
     r->st.t_open = now;
     r->st.clip_used = plait_round_clip(r);
     r->st.epsilon = r->epsilon;
+    r->st.sample_rate = r->cfg.dp ? rate_of(r) : 0;
     r->deadline = now + r->cfg.selection_timeout_s;
     r->state = PLAIT_ROUND_SELECTION;
     if (round_id) *round_id = r->round_id;
@@ -504,9 +540,7 @@ int plait_round_commit(plait_round_t *r)
         return rc;
     }
     if (r->cfg.dp) {
-        double q = (double)r->cfg.target_cohort / (double)r->cfg.population;
-        if (q > 1) q = 1;
-        if (plait_accountant_compose(&r->acc, q, r->cfg.dp_cfg.noise_multiplier, 1) == 0) {
+        if (plait_accountant_compose(&r->acc, rate_of(r), r->cfg.dp_cfg.noise_multiplier, 1) == 0) {
             double eps = INFINITY;
             if (plait_accountant_epsilon(&r->acc, r->delta, PLAIT_EPS_IMPROVED, &eps, NULL) == 0) r->epsilon = eps;
         }

@@ -280,7 +280,7 @@ static int validate_cbl(const plait_msg_come_back_later_t *c, const plait_wire_l
 {
     if (c->retry_ms < 1 || c->retry_ms > lim->max_retry_ms)
         return BAD("come_back_later.retry_ms: %u outside 1..%u", c->retry_ms, lim->max_retry_ms);
-    if ((unsigned)c->reason > PLAIT_RETRY_REASON_MAX)
+    if ((unsigned)c->reason > PLAIT_RETRY_REASON_MAX && c->reason != PLAIT_RETRY_NOT_SAMPLED)
         return BAD("come_back_later.reason: unknown value %d", (int)c->reason);
     return 0;
 }

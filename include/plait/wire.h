@@ -106,7 +106,8 @@ typedef enum {
     PLAIT_RETRY_PACE = 2,          /**< pace steering: took part recently */
     PLAIT_RETRY_BUSY = 3,          /**< the aggregator is overloaded */
     PLAIT_RETRY_SHUTTING_DOWN = 4, /**< the aggregator is stopping */
-    PLAIT_RETRY_INCOMPATIBLE = 5   /**< base model or capabilities do not fit */
+    PLAIT_RETRY_INCOMPATIBLE = 5,  /**< base model or capabilities do not fit */
+    PLAIT_RETRY_NOT_SAMPLED = 12   /**< Poisson sampling did not pick the device this round */
 } plait_retry_reason_t;
 #define PLAIT_RETRY_REASON_MAX 5
 
