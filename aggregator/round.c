@@ -42,7 +42,7 @@ struct plait_round_s {
     float *global;      /* (P) committed global span */
     float *pending;     /* (P) averaged update Δ awaiting commit */
     double *scratch;    /* (P) one decoded update */
-    uint32_t *wsum;     /* (P + 1) sum mod 2^32 of quantized words */
+    uint32_t *wsum;     /* (P + 1 + clip_bit) sum mod 2^32 of quantized words */
     plait_fedavg_t *fa; /* float updates, and the decoded sum of quantized ones */
     plait_server_opt_t *opt;
     plait_dp_t dp, dp_saved;
@@ -93,6 +93,7 @@ void plait_round_config_default(plait_round_config_t *cfg)
     cfg->dp_delta = 0;                /* 1 / N^1.1 */
     cfg->poisson = 0;                 /* first come */
     cfg->sample_rate = 1.0;           /* set per round by the caller */
+    cfg->clip_bit = 0;                /* P + 1 words */
 }
 
 static size_t want_of(const plait_round_config_t *c)
@@ -129,6 +130,8 @@ int plait_round_config_validate(const plait_round_config_t *c)
         return plait_fail(PLAIT_EINVAL, "round config: round_timeout_s must be finite and > 0");
     if (c->quantized != 0 && c->quantized != 1) return plait_fail(PLAIT_EINVAL, "round config: quantized is 0 or 1");
     if (c->secure && !c->quantized) return plait_fail(PLAIT_EINVAL, "round config: secure needs quantized updates");
+    if (c->clip_bit != 0 && c->clip_bit != 1) return plait_fail(PLAIT_EINVAL, "round config: clip_bit is 0 or 1");
+    if (c->clip_bit && !c->quantized) return plait_fail(PLAIT_EINVAL, "round config: clip_bit needs quantized updates");
     int rc;
     if (c->quantized) {
         if ((rc = plait_quant_config_validate(&c->quant)) != 0) return rc;
@@ -207,7 +210,7 @@ int plait_round_create(plait_round_t **out, const plait_round_config_t *cfg, con
     r->global = malloc(P * sizeof(float));
     r->pending = calloc(P, sizeof(float));
     r->scratch = calloc(P, sizeof(double));
-    r->wsum = calloc(P + 1, sizeof(uint32_t));
+    r->wsum = calloc(P + 2, sizeof(uint32_t));
     r->tab = calloc(r->tab_cap, sizeof(member_t));
     if (!r->global || !r->pending || !r->scratch || !r->wsum || !r->tab) {
         plait_round_destroy(r);
@@ -335,7 +338,7 @@ int plait_round_open(plait_round_t *r, double now, uint64_t *round_id)
     int rc = make_fedavg(r);
     if (rc != 0) return rc;
     memset(r->tab, 0, r->tab_cap * sizeof(member_t));
-    memset(r->wsum, 0, (r->cfg.dim + 1) * sizeof(uint32_t));
+    memset(r->wsum, 0, (r->cfg.dim + 2) * sizeof(uint32_t));
     r->accounted = 0;
     r->round_id++;
     memset(&r->st, 0, sizeof(r->st));
@@ -431,7 +434,8 @@ int plait_round_submit_words(plait_round_t *r, uint64_t client, uint64_t round_i
     if (rc != 0) return rc;
     size_t P = r->cfg.dim;
     if (!words) rc = plait_fail(PLAIT_EINVAL, "round: NULL update");
-    else if (n_words != P + 1) rc = plait_fail(PLAIT_EMISMATCH, "round: %zu words, expected %zu", n_words, P + 1);
+    const size_t nw = P + 1 + (r->cfg.clip_bit ? 1 : 0);
+    if (rc == 0 && n_words != nw) rc = plait_fail(PLAIT_EMISMATCH, "round: %zu words, expected %zu", n_words, nw);
     if (rc == 0 && !r->cfg.secure) {
         /* Decode this update alone: every word must be a valid encoding, the
          * weight positive, and w·x inside the clip ball up to quantization. */
@@ -444,14 +448,20 @@ int plait_round_submit_words(plait_round_t *r, uint64_t client, uint64_t round_i
             for (size_t i = 0; i < P; i++) ss += r->scratch[i] * r->scratch[i];
             double bound = plait_round_clip(r) + plait_quant_norm_slack(&r->cfg.quant, P) + 1e-9;
             if (sqrt(ss) > bound)
-                rc = plait_fail(PLAIT_ETOOBIG, "round: update norm %g above %g", sqrt(ss), bound);
+                rc = plait_fail(PLAIT_ETOOBIG, "round: update norm above the bound %g", bound); /* never the norm */
+        }
+        if (rc == 0 && r->cfg.clip_bit) {
+            /* The clip bit travels as a weight word: exactly 0 or 1 alone. */
+            double b = -1;
+            rc = plait_quant_decode_weight_sum(&r->cfg.quant, words[P + 1], 1, &b);
+            if (rc == 0 && b != 0.0 && b != 1.0) rc = plait_fail(PLAIT_EPROTO, "round: clip bit word is not 0 or 1");
         }
     }
     if (rc != 0) {
         refuse(r, m, rc, now);
         return rc;
     }
-    plait_update_add_u32(r->wsum, words, P + 1);
+    plait_update_add_u32(r->wsum, words, nw);
     accept(r, m, unclipped, now);
     return 0;
 }
@@ -504,17 +514,20 @@ int plait_round_aggregate(plait_round_t *r, plait_rng_t *rng)
     if (r->cfg.dp && !rng) return plait_fail(PLAIT_EINVAL, "round: DP needs a noise source");
     size_t P = r->cfg.dim;
     int rc = 0;
+    double unclipped = (double)r->st.unclipped; /* the callers' reports, unless the clip bits travel */
     if (r->cfg.quantized) {
         double wsum = 0;
         rc = plait_agg_decode_secure_sum(&r->cfg.quant, r->wsum, P + 1, r->st.accepted, r->scratch, &wsum);
         if (rc == 0) rc = plait_fedavg_add_sum(r->fa, r->scratch, P, wsum, r->st.accepted);
+        /* Adaptive clipping: the unclipped count is the decoded sum of the clip-bit words. */
+        if (rc == 0 && r->cfg.clip_bit)
+            rc = plait_quant_decode_weight_sum(&r->cfg.quant, r->wsum[P + 1], r->st.accepted, &unclipped);
     }
     r->dp_saved = r->dp;
     if (rc == 0) {
         if (r->cfg.dp) {
             plait_dp_round_info_t info;
-            rc = plait_dp_finish_round(&r->dp, plait_fedavg_sum(r->fa), P, (double)r->st.unclipped, rng, r->pending,
-                                       &info);
+            rc = plait_dp_finish_round(&r->dp, plait_fedavg_sum(r->fa), P, unclipped, rng, r->pending, &info);
             if (rc == 0) r->st.noise_stddev = info.noise_stddev;
         } else {
             rc = plait_fedavg_result(r->fa, r->pending, P);

@@ -510,7 +510,8 @@ static void fill_task(plait_server_t *s, plait_msg_task_t *t)
     if (left < 1) left = 1;
     if (left > s->lim.max_deadline_s) left = s->lim.max_deadline_s;
     t->deadline_s = (uint32_t)ceil(left);
-    t->update_elements = s->span_len + 1;
+    t->update_elements = s->span_len + 1 + (size_t)s->rcfg.clip_bit;
+    t->clip_bit = s->rcfg.clip_bit; /* adaptive clipping: one more word, the device's "norm <= clip" bit */
     t->example_cap = (uint32_t)cf->example_cap;
 }
 
@@ -1036,7 +1037,7 @@ static void submit_member(plait_server_t *s, member_t *mb, uint32_t *words, size
 static void handle_update(conn_t *c, const plait_msg_update_chunk_t *u)
 {
     plait_server_t *s = c->srv;
-    uint64_t expect = s->span_len + 1;
+    uint64_t expect = s->span_len + 1 + (uint64_t)s->rcfg.clip_bit;
     if (u->round_id != s->cur_rid || !s->round_live) {
         reject(c, PLAIT__REJ_STALE, "update for round %llu, current round is %llu%s", (unsigned long long)u->round_id,
                (unsigned long long)s->cur_rid, s->round_live ? "" : " (closed)");
@@ -1829,6 +1830,7 @@ static int setup_round(plait_server_t *s)
             rc->dp_cfg.clip_lr = s->cfg.clip_lr;
             rc->dp_cfg.count_stddev = s->cfg.clip_count_stddev;
             rc->dp_cfg.max_clip = s->cfg.quant_range; /* a larger clip would only be clamped by quantization */
+            rc->clip_bit = 1;
         }
     }
     plait_drbg_t d;

@@ -273,6 +273,8 @@ static int validate_task(const plait_msg_task_t *t, const plait_wire_limits_t *l
                    (unsigned long long)t->update_elements,
                    (unsigned long long)lim->max_update_elements);
     if (t->example_cap < 1) return BAD("task.example_cap: 0");
+    if (t->clip_bit != 0 && t->clip_bit != 1) return BAD("task.clip_bit: not 0 or 1");
+    if (t->clip_bit && t->update_elements < 3) return BAD("task.update_elements: the clip bit needs at least 3");
     return 0;
 }
 
@@ -554,6 +556,7 @@ static int from_task(const Plait__Task *p, plait_msg_task_t *t)
     t->deadline_s = p->deadline_s;
     t->update_elements = p->update_elements;
     t->example_cap = p->example_cap;
+    t->clip_bit = p->has_clip_bit && p->clip_bit ? 1 : 0;
     return 0;
 }
 
@@ -813,6 +816,10 @@ static void to_envelope(const plait_msg_t *m, pb_msg_t *pb)
         p->deadline_s = t->deadline_s;
         p->update_elements = t->update_elements;
         p->example_cap = t->example_cap;
+        if (t->clip_bit) {
+            p->has_clip_bit = 1;
+            p->clip_bit = 1;
+        }
         pb->env.msg_case = PLAIT__ENVELOPE__MSG_TASK;
         pb->env.task = p;
         break;

@@ -122,6 +122,11 @@ typedef struct {
                                      ceil(target · overselect) clients, q = target / population) */
     double sample_rate;         /**< q of the next round with poisson, in (0, 1]; change it between rounds
                                      with plait_round_set_sample_rate() (default 1) */
+    int clip_bit;               /**< 1: quantized updates carry one more word, the client's bit "norm <=
+                                     clip" encoded as a weight word; aggregate() decodes the sum of those
+                                     words as the unclipped count for adaptive DP (the `unclipped`
+                                     arguments are then ignored); without secure each word must be 0 or 1
+                                     (default 0) */
 } plait_round_config_t;
 
 /** Per-round counters; a fresh set per open(). */
@@ -229,7 +234,8 @@ int plait_round_select(plait_round_t *r, uint64_t client, double now) PLAIT_WUR;
 int plait_round_start(plait_round_t *r, double now) PLAIT_WUR;
 
 /**
- * \brief A quantized update: n_words = dim + 1 words (w·x quantized, then the weight word).
+ * \brief A quantized update: n_words = dim + 1 words (w·x quantized, then the weight word), + 1
+ *        clip-bit word when cfg.clip_bit.
  * \param unclipped 1 if the client's norm was <= the clip before clipping (adaptive DP), else 0.
  * \return 0 (accepted; the state may have moved to AGGREGATION); PLAIT_ESTALE (stale round,
  *         duplicate, or late); PLAIT_ENOENT (not selected); PLAIT_EMISMATCH (length);

@@ -181,6 +181,8 @@ typedef struct {
     uint32_t deadline_s;      /**< seconds from receipt, 1..max_deadline_s */
     uint64_t update_elements; /**< words to upload (span + 1 weight word), 2..max_update_elements */
     uint32_t example_cap;     /**< weight = min(examples, cap) / cap; >= 1 */
+    int clip_bit;             /**< 0 or 1: append the word "update norm <= clip_norm" (adaptive clipping),
+                                   encoded as a weight word; update_elements then counts span + 2 */
 } plait_msg_task_t;
 
 typedef struct {
