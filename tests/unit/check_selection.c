@@ -4,7 +4,9 @@
  * report against the calculator: the amortized epsilon recomposed from the
  * ledger equals `privacy --q --noise-multiplier --rounds` for the recorded
  * parameters, and the per-device worst case equals the calculator at q = 1
- * over the most rounds one device joined. Every random draw comes from a
+ * over the most rounds one device joined; adaptive clipping in the round
+ * core (clip-bit words summed like weight words) moves the clip to the
+ * target quantile of the update norms. Every random draw comes from a
  * fixed seed, so the statistical bounds are checked on one fixed sample and
  * cannot flake.
  */
@@ -216,6 +218,109 @@ START_TEST(test_poisson_round)
 }
 END_TEST
 
+/* Adaptive clipping over rounds: 40 clients a round with update norms
+ * uniform on [0.2, 1.8]; each sends its clipped update, weight 1 and the bit
+ * "norm <= C" as words (as the agent does). The clip must converge to the
+ * target quantile of the norms: 0.2 + 1.6 t. Fixed seeds: deterministic. */
+static double run_adaptive(double start, double quantile, int rounds, double *trace)
+{
+    enum { DIM = 8, COHORT = 40 };
+    plait_round_config_t c;
+    plait_round_config_default(&c);
+    c.dim = DIM;
+    c.target_cohort = COHORT;
+    c.min_cohort = 2;
+    c.quant.range = 4;
+    c.dp = 1;
+    c.poisson = 1;
+    c.population = 200;
+    c.sample_rate = 0.2;
+    c.clip_bit = 1;
+    c.dp_cfg.clip = start;
+    c.dp_cfg.noise_multiplier = 0.1;
+    c.dp_cfg.adaptive = 1;
+    c.dp_cfg.target_quantile = quantile;
+    c.dp_cfg.clip_lr = 0.5;
+    c.dp_cfg.count_stddev = 0.5;
+    c.dp_cfg.max_clip = 4;
+    float g[DIM] = {0};
+    plait_round_t *r = NULL;
+    ck_assert_int_eq(plait_round_create(&r, &c, g, DIM), 0);
+    plait_rng_t rng, noise;
+    plait_rng_seed_u64(&rng, 4242, 0);
+    plait_rng_seed_u64(&noise, 4242, 1);
+    for (int k = 0; k < rounds; k++) {
+        uint64_t rid = 0;
+        double now = 1000.0 * k;
+        ck_assert_int_eq(plait_round_open(r, now, &rid), 0);
+        for (uint64_t i = 1; i <= COHORT; i++) ck_assert_int_eq(plait_round_select(r, i, now), 0);
+        ck_assert_int_eq(plait_round_start(r, now), 0);
+        double C = plait_round_clip(r);
+        for (uint64_t i = 1; i <= COHORT; i++) {
+            double norm = 0.2 + 1.6 * plait_rng_uniform(&rng);
+            float u[DIM];
+            for (int j = 0; j < DIM; j++) u[j] = (float)(norm / sqrt((double)DIM)) * (j % 2 ? -1.0f : 1.0f);
+            plait_clip_info_t ci;
+            ck_assert_int_eq(plait_update_clip_l2(u, DIM, C, &ci), 0);
+            uint32_t w[DIM + 2];
+            ck_assert_int_eq(plait_quant_encode(plait_round_quant(r), u, DIM, &rng, w), 0);
+            ck_assert_int_eq(plait_quant_encode_weight(plait_round_quant(r), 1.0, &rng, &w[DIM]), 0);
+            ck_assert_int_eq(plait_quant_encode_weight(plait_round_quant(r), ci.clipped ? 0.0 : 1.0, &rng, &w[DIM + 1]),
+                             0);
+            /* the unclipped argument is ignored when the bits travel: pass the opposite */
+            ck_assert_int_eq(plait_round_submit_words(r, i, rid, w, DIM + 2, ci.clipped ? 1 : 0, now + 1), 0);
+        }
+        ck_assert_int_eq(plait_round_state(r), PLAIT_ROUND_AGGREGATION);
+        ck_assert_int_eq(plait_round_aggregate(r, &noise), 0);
+        ck_assert_int_eq(plait_round_commit(r), 0);
+        if (trace) trace[k] = plait_round_clip(r);
+    }
+    double C = plait_round_clip(r);
+    plait_round_destroy(r);
+    return C;
+}
+
+START_TEST(test_adaptive_clip_converges)
+{
+    double trace[60];
+    double C = run_adaptive(0.1, 0.5, 60, trace);
+    /* far below every norm: all bits 0, the clip grows by e^(0.5 * 0.5) a round, give or take the count noise */
+    for (int k = 1; k < 8; k++) ck_assert_msg(trace[k] > trace[k - 1], "round %d: %g after %g", k, trace[k], trace[k - 1]);
+    ck_assert_msg(C > 0.75 && C < 1.3, "median target: clip %g, want about 1.0", C);
+    C = run_adaptive(3.0, 0.25, 60, trace);
+    for (int k = 1; k < 5; k++) ck_assert(trace[k] < trace[k - 1]); /* above every norm: shrinks */
+    ck_assert_msg(C > 0.45 && C < 0.8, "quartile target: clip %g, want about 0.6", C);
+
+    /* a clip-bit word must be 0 or 1 alone; the word count includes it */
+    plait_round_config_t c;
+    plait_round_config_default(&c);
+    c.dim = 4;
+    c.target_cohort = 2;
+    c.min_cohort = 1;
+    c.clip_bit = 1;
+    float g[4] = {0};
+    plait_round_t *r = NULL;
+    ck_assert_int_eq(plait_round_create(&r, &c, g, 4), 0);
+    uint64_t rid;
+    ck_assert_int_eq(plait_round_open(r, 0, &rid), 0);
+    ck_assert_int_eq(plait_round_select(r, 1, 0), 0);
+    ck_assert_int_eq(plait_round_select(r, 2, 0), 0);
+    ck_assert_int_eq(plait_round_start(r, 0), 0);
+    plait_rng_t rng;
+    plait_rng_seed_u64(&rng, 1, 0);
+    uint32_t w[6];
+    float u[4] = {0.1f, 0, 0, 0};
+    ck_assert_int_eq(plait_quant_encode(plait_round_quant(r), u, 4, &rng, w), 0);
+    ck_assert_int_eq(plait_quant_encode_weight(plait_round_quant(r), 1.0, &rng, &w[4]), 0);
+    ck_assert_int_eq(plait_quant_encode_weight(plait_round_quant(r), 0.5, &rng, &w[5]), 0);
+    ck_assert_int_eq(plait_round_submit_words(r, 1, rid, w, 6, 0, 1), PLAIT_EPROTO);
+    ck_assert_int_eq(plait_round_submit_words(r, 2, rid, w, 5, 0, 1), PLAIT_EMISMATCH);
+    plait_round_destroy(r);
+    c.quantized = 0;
+    ck_assert_int_eq(plait_round_config_validate(&c), PLAIT_EINVAL);
+}
+END_TEST
+
 /* ---- the privacy report against the calculator ---- */
 
 typedef struct {
@@ -342,6 +447,7 @@ Suite *selection_suite(void)
     tcase_add_test(tc, test_decided_once);
     tcase_add_test(tc, test_population_and_rate);
     tcase_add_test(tc, test_poisson_round);
+    tcase_add_test(tc, test_adaptive_clip_converges);
     tcase_add_test(tc, test_ledger_matches_calculator);
     suite_add_tcase(s, tc);
     return s;
