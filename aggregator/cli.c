@@ -816,7 +816,8 @@ static int cmd_privacy_dir(int argc, char **argv, FILE *out, FILE *err)
         }
     }
     double worst = 0;
-    if (pv.rounds > 0 &&
+    if (pv.rounds > 0 && !(pv.min_noise_multiplier > 0)) worst = INFINITY; /* a round without noise */
+    else if (pv.rounds > 0 &&
         (rc = plait_sel_worst_epsilon((uint64_t)pv.max_device_rounds, pv.min_noise_multiplier, delta, &worst)) != 0) {
         fprintf(err, PROG " privacy: %s (%s)\n", plait_errmsg(), plait_err_name(rc));
         return 1;
