@@ -1852,6 +1852,11 @@ static int setup_round(plait_server_t *s)
         if ((e = plait__svc_population(s->store, &enrolled)) != 0 ||
             (e = plait_sel_population(s->cfg.population, enrolled, &pop)) != 0)
             return e;
+        if (s->cfg.dp_delta == 0 && pop < 2)
+            return plait_fail(PLAIT_EINVAL,
+                              "dp_delta: the default 1 / population^1.1 needs at least 2 enrolled devices (%llu now); "
+                              "enroll them first or set dp_delta",
+                              (unsigned long long)pop);
         rc->poisson = 1;
         rc->population = pop ? (size_t)pop : 1;
         if ((e = plait_sel_rate_of(s->cfg.target_cohort, pop, s->cfg.sampling_rate, &rc->sample_rate)) != 0) return e;
