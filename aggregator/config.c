@@ -98,7 +98,17 @@ static const setting_t SETTINGS[] = {
     {"dp", T_STR, F(dp), 0, 0, "none", "differential privacy: none or central (DP-FedAvg)"},
     {"noise_multiplier", T_DOUBLE, F(noise_multiplier), 1e-6, 1e6, "1", "z of central DP"},
     {"population", T_UINT, F(population), 0, 1e15, "0",
-     "devices eligible per round (q = target_cohort / population); required with dp = central"},
+     "devices sampled from (q = target_cohort / population); 0 = the enrolled, non-revoked devices; "
+     "serve refuses a value above that count"},
+    {"sampling_rate", T_DOUBLE, F(sampling_rate), 0, 1, "0",
+     "q with dp = central: each checking-in device joins a round with this probability (0 = target_cohort / population)"},
+    {"adaptive_clip", T_BOOL, F(adaptive_clip), 0, 1, "false",
+     "dp = central: devices report a noised 'norm <= clip' bit and the clip follows clip_target_quantile"},
+    {"clip_target_quantile", T_DOUBLE, F(clip_target_quantile), 0.001, 0.999, "0.5",
+     "adaptive_clip: fraction of updates the clip should leave unclipped"},
+    {"clip_lr", T_DOUBLE, F(clip_lr), 1e-6, 10, "0.2", "adaptive_clip: geometric learning rate of the clip"},
+    {"clip_count_stddev", T_DOUBLE, F(clip_count_stddev), 0, 1e9, "0",
+     "adaptive_clip: noise std of the unclipped count (0 = target_cohort / 20)"},
     {"dp_delta", T_DOUBLE, F(dp_delta), 0, 0.5, "0", "delta of the reported epsilon; 0 = 1 / population^1.1"},
     {"log_level", T_STR, F(log_level), 0, 0, "info", "debug, info, warn or error"},
 };
@@ -302,8 +312,11 @@ int plait_aggcfg_validate(const plait_aggcfg_t *c)
     if (c->max_frame < c->max_chunk_bytes + 256)
         return plait_fail(PLAIT_EINVAL, "max_frame: must be at least max_chunk_bytes + 256");
     if (c->max_preauth_frame > c->max_frame) return plait_fail(PLAIT_EINVAL, "max_preauth_frame: larger than max_frame");
-    if (strcmp(c->dp, "central") == 0 && c->population < c->target_cohort)
-        return plait_fail(PLAIT_EINVAL, "population: required with dp = central (at least target_cohort)");
+    if (strcmp(c->dp, "central") == 0 && c->pace_rounds != 0)
+        return plait_fail(PLAIT_EINVAL, "pace_rounds: must be 0 with dp = central (the accountant assumes each device "
+                                        "is sampled independently every round)");
+    if (c->adaptive_clip && strcmp(c->dp, "central") != 0)
+        return plait_fail(PLAIT_EINVAL, "adaptive_clip: needs dp = central");
     if (c->metrics_enabled && c->port != 0 && c->port == c->metrics_port && strcmp(c->listen_addr, c->metrics_addr) == 0)
         return plait_fail(PLAIT_EINVAL, "metrics_port: same as port");
     return 0;

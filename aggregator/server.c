@@ -46,6 +46,7 @@
 #include "plait/model.h"
 #include "plait/pki.h"
 #include "plait/rng.h"
+#include "selection.h"
 #include "plait/round.h"
 #include "plait/tls.h"
 #include "plait/update.h"
@@ -162,6 +163,8 @@ struct plait_server_s {
     plait_round_config_t rcfg;
     plait_round_t *round;
     plait_rng_t rng;
+    plait_sel_t *sel;            /* Poisson sampling of the cohort (dp = central) */
+    plait_rng_t sel_rng;         /* its draws: a stream of its own, loop thread only */
     uint64_t cur_rid;            /* store id of the open (or last) round, 0 before the first */
     uint64_t cur_core;           /* the round core's id of the same round */
     int loop_init;
@@ -532,7 +535,8 @@ static void fill_task(plait_server_t *s, plait_msg_task_t *t)
     if (left < 1) left = 1;
     if (left > s->lim.max_deadline_s) left = s->lim.max_deadline_s;
     t->deadline_s = (uint32_t)ceil(left);
-    t->update_elements = s->span_len + 1;
+    t->update_elements = s->span_len + 1 + (size_t)s->rcfg.clip_bit;
+    t->clip_bit = s->rcfg.clip_bit; /* adaptive clipping: one more word, the device's "norm <= clip" bit */
     t->example_cap = (uint32_t)cf->example_cap;
     t->max_chunk_bytes = (uint32_t)s->lim.max_chunk_bytes;
 }
@@ -592,6 +596,16 @@ static void offer(conn_t *c)
         send_cbl(c, PLAIT_RETRY_PACE, s->cfg.retry_ms * (s->cfg.pace_rounds - (s->cur_rid - last) + 1));
         conn_close(c, 1);
         return;
+    }
+    if (s->rcfg.poisson) {
+        /* Poisson sampling: admitted with probability q, decided once per round. */
+        int admitted = 0;
+        int e = plait_sel_decide(s->sel, &s->sel_rng, c->client, &admitted, NULL);
+        if (e != 0 || !admitted) {
+            send_cbl(c, e != 0 ? PLAIT_RETRY_BUSY : PLAIT_RETRY_NOT_SAMPLED, s->cfg.retry_ms);
+            conn_close(c, 1);
+            return;
+        }
     }
     int rc = plait_round_select(s->round, c->client, now_s(s));
     if (rc == PLAIT_EBUSY) {
@@ -692,8 +706,11 @@ static void work_commit(job_t *j)
     cm.stats = &j->stats;
     cm.dp = s->rcfg.dp;
     if (cm.dp) {
-        cm.q = (double)s->rcfg.target_cohort / (double)s->rcfg.population;
+        cm.q = j->st.sample_rate;
         cm.z = s->cfg.noise_multiplier;
+        cm.clip = j->st.clip_used;
+        cm.adaptive = s->rcfg.dp_cfg.adaptive;
+        cm.poisson = s->rcfg.poisson;
         cm.delta = plait_round_delta(s->round);
     }
     cm.accepted = (double)j->st.accepted;
@@ -746,6 +763,7 @@ static void work_job(uv_work_t *req)
 }
 
 static int rebuild_round(plait_server_t *s);
+static int round_rate(plait_server_t *s, uint64_t rid);
 
 static void cohort_clear(plait_server_t *s)
 {
@@ -803,7 +821,8 @@ static void after_job(uv_work_t *req, int status)
         if (s->open_err != 0) PLAIT_LOG(PLAIT_LOG_INFO, "store: rounds open again (the earlier failure cleared)");
         s->open_err = 0;
         uint64_t core = 0;
-        int rc = plait_round_open(s->round, now, &core);
+        int rc = s->rcfg.poisson ? round_rate(s, (uint64_t)j->rid) : 0;
+        if (rc == 0) rc = plait_round_open(s->round, now, &core);
         s->cur_rid = (uint64_t)j->rid;
         s->m.round_id = s->cur_rid;
         s->round_live = 1;
@@ -860,6 +879,23 @@ static void after_job(uv_work_t *req, int status)
         break;
     }
     job_free(j);
+}
+
+/* q of the round about to open: the population is recounted from the store
+ * (enrolled, non-revoked), the selector and the core's accountant get the same q. */
+static int round_rate(plait_server_t *s, uint64_t rid)
+{
+    uint64_t enrolled = 0, pop = 0;
+    double q = 1;
+    int rc = plait__svc_population(s->store_r, &enrolled);
+    if (rc != 0) return rc;
+    /* A configured population is checked at start; revocations since may leave it above the count. */
+    pop = s->cfg.population && s->cfg.population < enrolled ? s->cfg.population : enrolled;
+    if ((rc = plait_sel_rate_of(s->cfg.target_cohort, pop, s->cfg.sampling_rate, &q)) != 0) return rc;
+    if ((rc = plait_round_set_sample_rate(s->round, q)) != 0) return rc;
+    if ((rc = plait_sel_open(s->sel, rid, q)) != 0) return rc;
+    PLAIT_LOG(PLAIT_LOG_INFO, "sampling population=%llu q=%.6g", (unsigned long long)pop, q);
+    return 0;
 }
 
 static int start_job(plait_server_t *s, job_t *j)
@@ -1035,7 +1071,7 @@ static void submit_member(plait_server_t *s, member_t *mb, uint32_t *words, size
 static void handle_update(conn_t *c, const plait_msg_update_chunk_t *u)
 {
     plait_server_t *s = c->srv;
-    uint64_t expect = s->span_len + 1;
+    uint64_t expect = s->span_len + 1 + (uint64_t)s->rcfg.clip_bit;
     if (u->round_id != s->cur_rid || !s->round_live) {
         reject(c, PLAIT__REJ_STALE, "update for round %llu, current round is %llu%s", (unsigned long long)u->round_id,
                (unsigned long long)s->cur_rid, s->round_live ? "" : " (closed)");
@@ -1959,13 +1995,34 @@ static int setup_round(plait_server_t *s)
         rc->dp = 1;
         rc->dp_cfg.clip = s->cfg.clip_norm;
         rc->dp_cfg.noise_multiplier = s->cfg.noise_multiplier;
-        rc->population = (size_t)s->cfg.population;
         rc->dp_delta = s->cfg.dp_delta;
+        /* Poisson sampling over the enrolled, non-revoked devices (selection.h). */
+        uint64_t enrolled = 0, pop = 0;
+        if ((e = plait__svc_population(s->store, &enrolled)) != 0 ||
+            (e = plait_sel_population(s->cfg.population, enrolled, &pop)) != 0)
+            return e;
+        if (s->cfg.dp_delta == 0 && pop < 2)
+            return plait_fail(PLAIT_EINVAL,
+                              "dp_delta: the default 1 / population^1.1 needs at least 2 enrolled devices (%llu now); "
+                              "enroll them first or set dp_delta",
+                              (unsigned long long)pop);
+        rc->poisson = 1;
+        rc->population = pop ? (size_t)pop : 1;
+        if ((e = plait_sel_rate_of(s->cfg.target_cohort, pop, s->cfg.sampling_rate, &rc->sample_rate)) != 0) return e;
+        if ((e = plait_sel_create(&s->sel)) != 0) return e;
+        if (s->cfg.adaptive_clip) {
+            rc->dp_cfg.adaptive = 1;
+            rc->dp_cfg.target_quantile = s->cfg.clip_target_quantile;
+            rc->dp_cfg.clip_lr = s->cfg.clip_lr;
+            rc->dp_cfg.count_stddev = s->cfg.clip_count_stddev;
+            rc->dp_cfg.max_clip = s->cfg.quant_range; /* a larger clip would only be clamped by quantization */
+            rc->clip_bit = 1;
+        }
     }
     plait_drbg_t d;
     plait_drbg_init(&d);
     if ((e = plait_drbg_seed(&d, (const uint8_t *)"plait-aggregator dp", 19)) != 0 ||
-        (e = plait_rng_seed_drbg(&s->rng, &d)) != 0) {
+        (e = plait_rng_seed_drbg(&s->rng, &d)) != 0 || (e = plait_rng_seed_drbg(&s->sel_rng, &d)) != 0) {
         plait_drbg_free(&d);
         return e;
     }
@@ -2157,5 +2214,7 @@ void plait_server_destroy(plait_server_t *s)
     free(s->cohort);
     free(s->pace);
     plait_rng_wipe(&s->rng);
+    plait_rng_wipe(&s->sel_rng);
+    plait_sel_destroy(s->sel);
     free(s);
 }

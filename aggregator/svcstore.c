@@ -6,6 +6,7 @@
 #include "svcstore.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -171,6 +172,9 @@ int plait__svc_round_commit(plait_aggstore_t *st, int64_t rid, const plait__svc_
         led.steps = 1;
         led.delta = c->delta;
         led.epsilon = eps;
+        led.clip = c->clip;
+        snprintf(led.mechanism, sizeof(led.mechanism), "%s", c->adaptive ? "gaussian+clip-count" : "gaussian");
+        snprintf(led.selection, sizeof(led.selection), "%s", c->poisson ? "poisson" : "first-come");
         cm.ledger = &led;
     }
     plait_aggstore_metric_t mets[2] = {{"accepted", c->accepted}, {"duration_s", c->duration_s}};
@@ -188,4 +192,18 @@ int plait__svc_device_revoked(plait_aggstore_t *st, const char *id)
 int plait__svc_device_check(plait_aggstore_t *st, const char *id, const uint8_t fpr[32])
 {
     return plait_aggstore_device_check(st, id, fpr);
+}
+
+static int count_live(void *ud, const plait_aggstore_device_t *d)
+{
+    if (!d->revoked) (*(uint64_t *)ud)++;
+    return 0;
+}
+
+int plait__svc_population(plait_aggstore_t *st, uint64_t *n)
+{
+    uint64_t k = 0;
+    int rc = plait_aggstore_devices_foreach(st, count_live, &k);
+    if (rc == 0) *n = k;
+    return rc;
 }

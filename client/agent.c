@@ -251,10 +251,10 @@ int plait__agent_make_update(const plait_lora_t *global, const plait_lora_t *loc
     size_t off, len;
     int rc = plait_update_span(global, mode, &off, &len);
     if (rc != 0) return rc;
-    if (n_words != len + 1)
+    if (n_words != len + 1 && n_words != len + 2)
         return plait_fail(PLAIT_EMISMATCH,
-                          "update: %zu words asked for a span of %zu (+1 weight word)", n_words,
-                          len);
+                          "update: %zu words asked for a span of %zu (+1 weight word, +1 clip bit)",
+                          n_words, len);
     float *upd = malloc(len * sizeof(float));
     if (!upd) return plait_fail(PLAIT_ENOMEM, "update: %zu floats", len);
     plait_clip_info_t info;
@@ -268,6 +268,10 @@ int plait__agent_make_update(const plait_lora_t *global, const plait_lora_t *loc
         upd[i] = (float)((double)upd[i] * weight);
     if ((rc = plait_quant_encode(qc, upd, len, rng, words)) != 0) goto exit;
     rc = plait_quant_encode_weight(qc, weight, rng, &words[len]);
+    /* Adaptive clipping: the bit "norm <= clip", summed (masked, under secure aggregation) like
+     * the weight word; 0 and 1 encode exactly. */
+    if (rc == 0 && n_words == len + 2)
+        rc = plait_quant_encode_weight(qc, info.clipped ? 0.0 : 1.0, rng, &words[len + 1]);
 exit:
     plait_zeroize(upd, len * sizeof(float)); /* unclipped (then noised) data is secret */
     free(upd);
@@ -1620,10 +1624,10 @@ static int compute_update(conn_t *c, const plait_msg_task_t *t, uint64_t deadlin
     }
     size_t off, len;
     if ((rc = plait_update_span(&global, t->lora.mode, &off, &len)) != 0) goto exit;
-    if (t->update_elements != (uint64_t)len + 1) {
-        rc = plait_fail(PLAIT_EMISMATCH, "task wants %llu words, the %s span is %zu + 1",
+    if (t->update_elements != (uint64_t)len + 1 + (t->clip_bit ? 1 : 0)) {
+        rc = plait_fail(PLAIT_EMISMATCH, "task wants %llu words, the %s span is %zu + 1%s",
                         (unsigned long long)t->update_elements, plait_lora_mode_name(t->lora.mode),
-                        len);
+                        len, t->clip_bit ? " + 1 clip bit" : "");
         goto exit;
     }
     if ((rc = lora_clone(&local, &global)) != 0) goto exit;
@@ -1672,12 +1676,12 @@ static int compute_update(conn_t *c, const plait_msg_task_t *t, uint64_t deadlin
         (double)(examples < t->example_cap ? examples : t->example_cap) / (double)t->example_cap;
     double stddev = t->dp.mode == PLAIT_DP_LOCAL ? t->dp.noise_multiplier * t->clip_norm : 0.0;
     plait_quant_config_t qc = {.bits = t->quant_bits, .range = t->quant_range};
-    p->words = malloc(((size_t)len + 1) * sizeof(uint32_t));
+    p->n_words = len + 1 + (t->clip_bit ? 1 : 0);
+    p->words = malloc(p->n_words * sizeof(uint32_t));
     if (!p->words) {
         rc = plait_fail(PLAIT_ENOMEM, "update words");
         goto exit;
     }
-    p->n_words = len + 1;
     plait_clip_info_t ci;
     rc = plait__agent_make_update(&global, &local, t->lora.mode, t->clip_norm, stddev, &qc, w, &rng,
                                   p->words, p->n_words, &ci);
@@ -1815,6 +1819,8 @@ static const char *retry_reason_name(plait_retry_reason_t r)
         return "round failed";
     case PLAIT_RETRY_COMMIT_FAILED:
         return "round commit failed";
+    case PLAIT_RETRY_NOT_SAMPLED:
+        return "not sampled this round";
     }
     return "unknown reason";
 }

@@ -87,7 +87,13 @@ typedef struct {
     /* differential privacy */
     char dp[16];                  /**< none or central (default none) */
     double noise_multiplier;      /**< z of central DP (default 1) */
-    uint64_t population;          /**< devices eligible per round, for q = target / population (default 0) */
+    uint64_t population;          /**< devices sampled from, for q = target / population (default 0: the
+                                       enrolled, non-revoked devices; serve refuses more than that) */
+    double sampling_rate;         /**< q with dp = central (default 0: target_cohort / population) */
+    int adaptive_clip;            /**< adaptive clipping, Andrew et al. 2021 (default 0; needs dp = central) */
+    double clip_target_quantile;  /**< fraction of updates left unclipped (default 0.5) */
+    double clip_lr;               /**< geometric learning rate of the clip (default 0.2) */
+    double clip_count_stddev;     /**< noise std of the unclipped count (default 0: target_cohort / 20) */
     double dp_delta;              /**< δ of the reported ε; 0 = 1 / population^1.1 (default 0) */
     /* operations */
     char log_level[16];           /**< debug, info, warn or error (default info) */

@@ -110,7 +110,8 @@ typedef enum {
     PLAIT_RETRY_SHUTTING_DOWN = 4, /**< the aggregator is stopping */
     PLAIT_RETRY_INCOMPATIBLE = 5,  /**< base model or capabilities do not fit */
     PLAIT_RETRY_ROUND_FAILED = 6,  /**< the device's round ended without a commit */
-    PLAIT_RETRY_COMMIT_FAILED = 7  /**< the device's round could not be committed */
+    PLAIT_RETRY_COMMIT_FAILED = 7, /**< the device's round could not be committed */
+    PLAIT_RETRY_NOT_SAMPLED = 12   /**< Poisson sampling did not pick the device this round */
 } plait_retry_reason_t;
 #define PLAIT_RETRY_REASON_MAX 7
 
@@ -201,6 +202,8 @@ typedef struct {
     uint32_t example_cap;     /**< weight = min(examples, cap) / cap; >= 1 */
     uint32_t max_chunk_bytes; /**< UpdateChunk words·4 the aggregator takes; 0: not sent (the
                                    receiver's own limit applies), else >= 4 */
+    int clip_bit;             /**< 0 or 1: append the word "update norm <= clip_norm" (adaptive clipping),
+                                   encoded as a weight word; update_elements then counts span + 2 */
 } plait_msg_task_t;
 
 typedef struct {

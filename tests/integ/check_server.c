@@ -1046,7 +1046,7 @@ START_TEST(test_cli)
     static char out[8192], err[8192];
     it_dep_t d;
     ck_assert_int_eq(it_init(&d, "integ_cli", "target_cohort=3", "min_cohort=2", "overselect=1", "dp=central",
-                             "population=30", "noise_multiplier=1.1", "quant_range=4", "retry_ms=200", NULL),
+                             "noise_multiplier=1.1", "quant_range=4", "retry_ms=200", NULL),
                      0);
     /* init refuses an existing deployment and needs --base-model */
     char *a1[] = {"plait-aggregator", "init", d.dir, "--base-model", (char *)it_model(), NULL};

@@ -318,6 +318,48 @@ START_TEST(test_pipeline_matches_primitives)
 }
 END_TEST
 
+/* Adaptive clipping: with span + 2 words the update gains the bit "norm <= S" as a weight word
+ * after the weight word; the first span + 1 words are those of the plain pipeline. */
+START_TEST(test_pipeline_clip_bit)
+{
+    plait_model_t m;
+    plait_lora_t g, l;
+    small_pair(&m, &g, &l, 0.2);
+    size_t off, len;
+    ck_assert_int_eq(plait_update_span(&g, PLAIT_LORA_MODE_FFA, &off, &len), 0);
+    plait_quant_config_t qc = {.bits = QBITS, .range = 0.5};
+    uint32_t *plain = calloc(len + 1, sizeof(uint32_t)), *bit = calloc(len + 3, sizeof(uint32_t));
+    const double bounds[2] = {0.3, 1e6}; /* the update's norm is far above 0.3 and far below 1e6 */
+    for (int k = 0; k < 2; k++) {
+        plait_rng_t r1, r2;
+        plait_rng_seed_u64(&r1, 5, 1);
+        plait_rng_seed_u64(&r2, 5, 1);
+        plait_clip_info_t ci;
+        ck_assert_int_eq(plait__agent_make_update(&g, &l, PLAIT_LORA_MODE_FFA, bounds[k], 0, &qc, 0.5, &r1, plain,
+                                                  len + 1, NULL),
+                         0);
+        ck_assert_int_eq(plait__agent_make_update(&g, &l, PLAIT_LORA_MODE_FFA, bounds[k], 0, &qc, 0.5, &r2, bit,
+                                                  len + 2, &ci),
+                         0);
+        ck_assert_mem_eq(plain, bit, (len + 1) * sizeof(uint32_t));
+        double b = -1;
+        ck_assert_int_eq(plait_quant_decode_weight_sum(&qc, bit[len + 1], 1, &b), 0);
+        ck_assert(b == (k == 0 ? 0.0 : 1.0));
+        ck_assert_uint_eq(ci.clipped, k == 0 ? 1 : 0);
+        ck_assert_int_eq(plait__agent_make_update(&g, &l, PLAIT_LORA_MODE_FFA, bounds[k], 0, &qc, 0.5, &r2, bit,
+                                                  len + 3, NULL),
+                         PLAIT_EMISMATCH);
+        plait_rng_wipe(&r1);
+        plait_rng_wipe(&r2);
+    }
+    free(plain);
+    free(bit);
+    plait_lora_free(&g);
+    plait_lora_free(&l);
+    plait_model_free(&m);
+}
+END_TEST
+
 START_TEST(test_pipeline_small_update_not_clipped)
 {
     plait_model_t m;
@@ -1832,6 +1874,7 @@ Suite *agent_suite(void)
 
     tc = tcase_create("pipeline");
     tcase_add_test(tc, test_pipeline_matches_primitives);
+    tcase_add_test(tc, test_pipeline_clip_bit);
     tcase_add_test(tc, test_pipeline_small_update_not_clipped);
     suite_add_tcase(s, tc);
 
