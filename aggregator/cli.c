@@ -329,6 +329,8 @@ static int cmd_init(int argc, char **argv, FILE *out, FILE *err)
               "overwritten): the CA (ca.crt, ca.key), the aggregator's key and certificate\n"
               "(server.crt, server.key), an empty revocation list (revoked.txt), the database\n"
               "(plait.db) and aggregator.conf with every setting written out and commented.\n"
+              "All or nothing: it is built beside DIR and renamed into place, so a failed\n"
+              "init leaves nothing behind; a DIR that exists and is not empty is refused.\n"
               "\n"
               "  --base-model PATH     the base model checkpoint devices run (stored in the config)\n"
               "  --server-names LIST   subjectAltNames of the server certificate, comma-separated\n"
