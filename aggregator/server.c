@@ -1313,8 +1313,11 @@ static void on_established(conn_t *c)
         return;
     }
     c->client = client_of(c->device);
-    PLAIT_LOG(PLAIT_LOG_INFO, "handshake conn=%llu device=%s serial=%s suite=%s", (unsigned long long)c->id,
-              c->device, peer->serial_hex, plait_tls_ciphersuite(c->tls));
+    int resumed = plait_tls_resumed(c->tls);
+    s->m.tls_handshakes++;
+    if (resumed) s->m.tls_resumed++;
+    PLAIT_LOG(PLAIT_LOG_INFO, "handshake conn=%llu device=%s serial=%s suite=%s%s", (unsigned long long)c->id,
+              c->device, peer->serial_hex, plait_tls_ciphersuite(c->tls), resumed ? " resumed" : "");
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -1870,6 +1873,9 @@ int plait_server_create(plait_server_t **out, const char *dir, const plait_aggcf
         (rc = read_pem(dir, "server.key", &key)) != 0)
         goto fail;
     if ((rc = plait_tls_config_server(&s->tls, ca, crt, key, 1, plait_pki_revlist_check, &s->rev)) != 0) goto fail;
+    if (s->cfg.tls_ticket_lifetime_s > 0 &&
+        (rc = plait_tls_config_tickets(s->tls, (uint32_t)s->cfg.tls_ticket_lifetime_s)) != 0)
+        goto fail;
 
     if ((rc = setup_model(s)) != 0) goto fail;
     char dbpath[1200];

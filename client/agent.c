@@ -619,6 +619,9 @@ int plait_agent_create(plait_agent_t **out, const plait_agent_config_t *cfg)
                         plait_errmsg());
         goto fail;
     }
+    /* A returning device resumes its TLS session (RFC 5077): no ECDHE and no
+     * certificate signatures on either side; the server re-checks revocation. */
+    if ((rc = plait_tls_config_tickets(a->tls, 0)) != 0) goto fail;
     plait_pki_free_pem(ca);
     plait_pki_free_pem(crt);
     plait_pki_free_pem(key); /* wiped */

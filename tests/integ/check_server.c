@@ -199,6 +199,74 @@ static void expect_tls_refused(it_dep_t *d, const char *ca, const char *crt, con
     ck_assert_msg(it_log_wait(d, needle, 5000), "no log line with %s", needle);
 }
 
+/* ---- TLS session resumption ------------------------------------------------- */
+
+/* Connect over TLS with a client config kept across connections (as the
+ * agent keeps one per process), so a saved session is offered. */
+static int connect_shared(it_client_t *c, const it_dep_t *d, plait_tls_config_t *cfg, const char *ca,
+                          const char *crt, const char *key)
+{
+    int rc = it_client_open(c, d->port, ca, crt, key);
+    if (rc != 0) return rc;
+    plait_tls_free(c->tls);
+    plait_tls_config_free(c->cfg);
+    c->tls = NULL;
+    c->cfg = NULL; /* borrowed from here on: it_client_close leaves it */
+    rc = plait_tls_new(&c->tls, cfg);
+    if (rc == 0) rc = plait_tls_fd_handshake(c->tls, c->fd);
+    return rc;
+}
+
+START_TEST(test_tls_resumption)
+{
+    it_dep_t d;
+    dep_up(&d, "integ_resume", 1);
+    char *ca = it_read(&d, "ca.crt"), *crt = it_read(&d, "dev0.crt"), *key = it_read(&d, "dev0.key");
+    ck_assert(ca && crt && key);
+    plait_tls_config_t *cfg;
+    ck_assert_int_eq(plait_tls_config_client(&cfg, ca, crt, key, "127.0.0.1"), 0);
+    ck_assert_int_eq(plait_tls_config_tickets(cfg, 0), 0);
+    it_client_t *c = malloc(sizeof(*c));
+    for (int i = 0; i < 2; i++) { /* a full handshake, then a resumed one */
+        ck_assert_int_eq(connect_shared(c, &d, cfg, ca, crt, key), 0);
+        ck_assert_int_eq(plait_tls_resumed(c->tls), i);
+        plait_msg_t m;
+        ck_assert_int_eq(it_hello(c, &d), 0);
+        ck_assert_int_eq(it_recv(c, &m, 20000), 0); /* the service knows the device: a task or come back later */
+        ck_assert(m.type == PLAIT_MSG_TASK || m.type == PLAIT_MSG_COME_BACK_LATER);
+        plait_msg_free(&m);
+        it_client_close(c);
+    }
+    ck_assert(it_log_wait(&d, " resumed", 10000));
+    char *m = it_metrics(&d);
+    ck_assert_ptr_nonnull(m);
+    ck_assert_ptr_nonnull(strstr(m, "plait_tls_resumed_total 1"));
+    free(m);
+    /* Revoked since the ticket was issued: the resumption is refused. */
+    ck_assert_int_eq(it_cli("revoke", d.dir, "--device", "dev0", NULL), 0);
+    sleep(2); /* the service reloads revoked.txt at most once a second */
+    int rc = connect_shared(c, &d, cfg, ca, crt, key);
+    if (rc == 0) { /* an abbreviated handshake ends first on the client's side */
+        plait_msg_t mm;
+        rc = it_hello(c, &d);
+        if (rc == 0) rc = it_recv(c, &mm, 10000);
+        if (rc == 0) {
+            if (mm.type == PLAIT_MSG_ERROR) rc = mm.u.error.code;
+            plait_msg_free(&mm);
+        }
+    }
+    ck_assert_int_ne(rc, 0);
+    it_client_close(c);
+    free(c);
+    ck_assert(it_log_wait(&d, "reason=tls_revoked", 10000));
+    plait_tls_config_free(cfg);
+    free(ca);
+    free(crt);
+    free(key);
+    finish(&d);
+}
+END_TEST
+
 START_TEST(test_tls_refusals)
 {
     it_dep_t d, other;
@@ -790,6 +858,7 @@ Suite *server_suite(void)
     } cases[] = {
         {"round_commits", test_round_commits},
         {"tls_refusals", test_tls_refusals},
+        {"tls_resumption", test_tls_resumption},
         {"bad_bytes", test_bad_bytes},
         {"bad_updates", test_bad_updates},
         {"kill9_restart", test_kill9_restart},
