@@ -626,6 +626,37 @@ START_TEST(test_decline)
     ck_assert_ptr_nonnull(mt);
     ck_assert_ptr_nonnull(strstr(mt, "plait_tasks_declined_total 1"));
     free(mt);
+
+    /* Round 2: all three hold the task, so training has started; dev2 declines and is a dropout
+     * at once; the other two upload and the round commits without waiting for it. */
+    it_client_t *cs[3];
+    plait_msg_task_t ts[3];
+    for (int i = 0; i < 3; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "dev%d", i);
+        cs[i] = malloc(sizeof(it_client_t));
+        ck_assert_int_eq(client_with_task(cs[i], &d, id, &ts[i]), 0);
+        ck_assert_uint_eq(ts[i].round_id, 2);
+    }
+    plait_msg_init(&m, PLAIT_MSG_DECLINE);
+    m.u.decline.round_id = 2;
+    m.u.decline.code = PLAIT_DECLINE_NOT_ELIGIBLE;
+    ck_assert_int_eq(it_send(cs[2], &m), 0);
+    snprintf(needle, sizeof(needle), "dropout round=2 device=%s (declined)", cn);
+    ck_assert_msg(it_log_wait(&d, needle, 20000), "no log line '%s'", needle);
+    for (int i = 0; i < 2; i++) {
+        uint32_t *w = it_update_words(&ts[i], 0.01f);
+        ck_assert_ptr_nonnull(w);
+        size_t n_el = (size_t)ts[i].update_elements;
+        ck_assert_int_eq(it_upload(cs[i], &ts[i], w, n_el, n_el, 700), 0);
+        ck_assert_int_eq(expect_type(cs[i], PLAIT_MSG_ACK, NULL), 0);
+        free(w);
+    }
+    ck_assert(it_log_wait(&d, "round committed round=2 version=3", 60000));
+    for (int i = 0; i < 3; i++) {
+        it_client_close(cs[i]);
+        free(cs[i]);
+    }
     finish(&d);
     ck_assert_int_eq(it_log_count(&d, "151"), 0);
     ck_assert_int_eq(it_log_count(&d, "training split"), 0);

@@ -294,6 +294,44 @@ START_TEST(test_devices)
 }
 END_TEST
 
+/* Labels: the operator's name for an opaque id, stored with the device in one transaction. */
+START_TEST(test_device_labels)
+{
+    plait_aggstore_t *st = open_agg(db_path("labels.db"));
+    uint8_t fp[32];
+    plait_sha256((const uint8_t *)"cert-l", 6, fp);
+    const char *id1 = "0a1b2c3d4e5f60718293a4b5c6d7e8f9", *id2 = "ffeeddccbbaa99887766554433221100";
+    ck_assert_int_eq(plait_aggstore_device_enroll_labeled(st, id1, "alice-phone", fp), 0);
+    char out[PLAIT_AGGSTORE_MAX_DEVICE_ID + 1];
+    ck_assert_int_eq(plait_aggstore_device_find(st, "alice-phone", out), 0);
+    ck_assert_str_eq(out, id1);
+    ck_assert_int_eq(plait_aggstore_device_find(st, id1, out), 0); /* an id works too */
+    ck_assert_str_eq(out, id1);
+    ck_assert_int_eq(plait_aggstore_device_label(st, id1, out), 0);
+    ck_assert_str_eq(out, "alice-phone");
+    ck_assert_int_eq(plait_aggstore_device_find(st, "bob-phone", out), PLAIT_ENOENT);
+    /* a taken label: refused, and the device row is not left behind */
+    ck_assert_int_eq(plait_aggstore_device_enroll_labeled(st, id2, "alice-phone", fp), PLAIT_EINVAL);
+    ck_assert_ptr_nonnull(strstr(plait_errmsg(), "already taken"));
+    plait_aggstore_device_t d;
+    ck_assert_int_eq(plait_aggstore_device_get(st, id2, &d), PLAIT_ENOENT);
+    /* a device enrolled without a label has none */
+    ck_assert_int_eq(plait_aggstore_device_enroll(st, id2, fp), 0);
+    ck_assert_int_eq(plait_aggstore_device_label(st, id2, out), PLAIT_ENOENT);
+    ck_assert_int_eq(plait_aggstore_device_enroll_labeled(st, "x", "bad label\t", fp), PLAIT_EINVAL);
+    plait_aggstore_close(st);
+    /* reopened read-only: still there */
+    plait_aggstore_config_t cfg;
+    plait_aggstore_config_default(&cfg);
+    cfg.path = db_path("labels.db");
+    cfg.read_only = true;
+    ck_assert_int_eq(plait_aggstore_open(&st, &cfg), 0);
+    ck_assert_int_eq(plait_aggstore_device_find(st, "alice-phone", out), 0);
+    ck_assert_str_eq(out, id1);
+    plait_aggstore_close(st);
+}
+END_TEST
+
 START_TEST(test_duplicate_upload)
 {
     plait_aggstore_t *st = open_agg(db_path("up.db"));
@@ -1450,6 +1488,7 @@ Suite *aggstore_suite(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_config);
     tcase_add_test(tc, test_devices);
+    tcase_add_test(tc, test_device_labels);
     tcase_add_test(tc, test_duplicate_upload);
     tcase_add_test(tc, test_rounds);
     tcase_add_test(tc, test_versions);
