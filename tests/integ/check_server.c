@@ -653,7 +653,7 @@ START_TEST(test_decline)
         free(cs[i]);
     }
     finish(&d);
-    ck_assert_int_eq(it_log_count(&d, "151"), 0);
+    ck_assert_int_eq(it_log_count(&d, "151 tokens"), 0);
     ck_assert_int_eq(it_log_count(&d, "training split"), 0);
 }
 END_TEST
