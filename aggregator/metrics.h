@@ -23,7 +23,8 @@
     XX(NORM, "norm") XX(AUTH_TIMEOUT, "auth_timeout") XX(IDLE_TIMEOUT, "idle_timeout")  \
     XX(TOO_MANY, "too_many_connections") XX(MODEL_MISMATCH, "model_mismatch")           \
     XX(ORDER, "protocol_order") XX(TLS_BAD_RECORD, "tls_bad_record")           \
-    XX(WRITE_STALL, "write_stall")
+    XX(WRITE_STALL, "write_stall") XX(PREAUTH_FULL, "preauth_full")                      \
+    XX(ADDR_FULL, "address_full") XX(REVOKED, "revoked_connected")
 
 typedef enum {
 #define PLAIT__XX(e, s) PLAIT__REJ_##e,
@@ -44,6 +45,9 @@ typedef struct {
     double last_round_seconds;
     uint64_t global_version, round_id;
     uint64_t rejections[PLAIT__REJ_COUNT];
+    uint64_t preauth_open;       /* connections before their Hello (gauge) */
+    uint64_t rejection_logs_suppressed; /* refusal log lines rate-limited away */
+    uint64_t metrics_evicted;    /* idle metrics connections closed to make room */
 } plait__metrics_t;
 
 /** \brief Label value of a rejection reason ("tls_revoked"). */
