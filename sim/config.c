@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "plait/json.h"
 #include "plait/lora.h"
@@ -316,6 +317,38 @@ int plait_sim_config_apply_json(plait_sim_config_t *c, const char *buf, size_t l
     return rc;
 }
 
+int plait_sim_config_set(plait_sim_config_t *c, const char *assignment)
+{
+    const char *eq = assignment ? strchr(assignment, '=') : NULL, *dot = assignment ? strchr(assignment, '.') : NULL;
+    if (!eq || !dot || dot > eq)
+        return plait_fail(PLAIT_EINVAL, "--set: '%.64s' is not section.key=value", assignment ? assignment : "");
+    const key_t_ *k = NULL;
+    size_t sl = (size_t)(dot - assignment), kl = (size_t)(eq - dot - 1);
+    for (size_t j = 0; j < N_KEYS; j++)
+        if (strlen(KEYS[j].section) == sl && strncmp(KEYS[j].section, assignment, sl) == 0 &&
+            strlen(KEYS[j].key) == kl && strncmp(KEYS[j].key, dot + 1, kl) == 0)
+            k = &KEYS[j];
+    if (!k) return plait_fail(PLAIT_EINVAL, "--set: unknown key %.*s (see config.json of a run)", (int)(eq - assignment), assignment);
+    /* The value as a JSON text: strings are quoted here, everything else is read as written. */
+    const char *v = eq + 1;
+    plait_buf_t b;
+    plait_buf_init(&b, CONFIG_MAX_BYTES);
+    if (k->type >= K_PATH && k->type <= K_STRATEGY) plait_buf_json_string(&b, v, strlen(v));
+    else plait_buf_printf(&b, "%s", v);
+    int rc = plait_buf_status(&b);
+    plait_json_t *root = NULL;
+    if (rc == 0 && (rc = plait_json_parse(b.data ? b.data : "", b.len, &root)) != 0)
+        rc = plait_fail(PLAIT_EINVAL, "--set %s.%s: '%.40s' is not a valid value", k->section, k->key, v);
+    if (rc == 0 && (rc = set_key(c, k, root)) != 0) {
+        char tmp[512];
+        snprintf(tmp, sizeof(tmp), "%s", plait_errmsg());
+        rc = plait_fail(PLAIT_EINVAL, "--set: %s", strncmp(tmp, "config ", 7) == 0 ? tmp + 7 : tmp);
+    }
+    plait_json_free(root);
+    plait_buf_free(&b);
+    return rc;
+}
+
 int plait_sim_config_load(plait_sim_config_t *c, const char *path)
 {
     FILE *f = fopen(path, "rb");
@@ -347,6 +380,60 @@ int plait_sim_config_load(plait_sim_config_t *c, const char *path)
     return 0;
 }
 
+/* Lexically normalize an absolute path into out ("/a/b/../c/." -> "/a/c"); 0 or -1 if it does not fit. */
+static int norm_abs(const char *p, char *out, size_t cap)
+{
+    size_t n = 0;
+    out[0] = '\0';
+    while (*p) {
+        while (*p == '/') p++;
+        const char *e = strchr(p, '/');
+        size_t l = e ? (size_t)(e - p) : strlen(p);
+        if (l == 0 || (l == 1 && p[0] == '.')) {
+        } else if (l == 2 && p[0] == '.' && p[1] == '.') {
+            while (n > 0 && out[n - 1] != '/') n--;
+            if (n > 0) n--;
+            out[n] = '\0';
+        } else {
+            if (n + 1 + l + 1 > cap) return -1;
+            out[n++] = '/';
+            memcpy(out + n, p, l);
+            n += l;
+            out[n] = '\0';
+        }
+        p += l;
+    }
+    if (n == 0) snprintf(out, cap, "/");
+    return 0;
+}
+
+/* A path as written in config.json: an absolute one (e.g. the built-in assets folder) that shares a folder with
+ * the current folder is written relative to it, as --config reads paths; others as they are. */
+static void path_for_json(const char *p, char *out, size_t cap)
+{
+    char cwd[PLAIT_SIM_PATH_MAX], a[PLAIT_SIM_PATH_MAX], w[PLAIT_SIM_PATH_MAX];
+    snprintf(out, cap, "%s", p);
+    if (p[0] != '/' || !getcwd(cwd, sizeof(cwd)) || norm_abs(p, a, sizeof(a)) != 0 ||
+        norm_abs(cwd, w, sizeof(w)) != 0)
+        return;
+    /* The longest common prefix of whole components. */
+    size_t i = 0, last = 0;
+    while (a[i] && a[i] == w[i]) {
+        i++;
+        if (a[i] == '/' || (a[i] == '\0' && (w[i] == '/' || w[i] == '\0'))) last = i;
+    }
+    if (w[i] == '\0' && (a[i] == '/' || a[i] == '\0')) last = i;
+    if (strcmp(w, "/") == 0) last = 0;
+    int ups = 0;
+    for (size_t k = last; w[k] && strcmp(w, "/") != 0; k++) ups += w[k] == '/';
+    if (last == 0) return; /* nothing in common but the root: keep it absolute */
+    const char *rest = a + last;
+    while (*rest == '/') rest++;
+    size_t n = 0;
+    for (int u = 0; u < ups && n + 3 < cap; u++) n += (size_t)snprintf(out + n, cap - n, "../");
+    snprintf(out + n, cap - n, "%s", *rest ? rest : ".");
+}
+
 int plait_sim_config_to_json(const plait_sim_config_t *c, plait_buf_t *b)
 {
     const char *sec = NULL;
@@ -369,7 +456,12 @@ int plait_sim_config_to_json(const plait_sim_config_t *c, plait_buf_t *b)
         case K_U64: plait_buf_printf(b, "%llu", (unsigned long long)*(const uint64_t *)(const void *)p); break;
         case K_DOUBLE: plait_buf_json_number(b, *(const double *)(const void *)p); break;
         case K_BOOL: plait_buf_printf(b, "%s", *(const bool *)(const void *)p ? "true" : "false"); break;
-        case K_PATH: plait_buf_json_string(b, p, strlen(p)); break;
+        case K_PATH: {
+            char rel[PLAIT_SIM_PATH_MAX];
+            path_for_json(p, rel, sizeof(rel));
+            plait_buf_json_string(b, rel, strlen(rel));
+            break;
+        }
         case K_MODE: plait_buf_json_string(b, c->mode, strlen(c->mode)); break;
         case K_SOURCE: plait_buf_printf(b, "\"%s\"", SOURCES[c->source]); break;
         case K_LORA_MODE: plait_buf_printf(b, "\"%s\"", plait_lora_mode_name(c->lora_mode)); break;

@@ -310,6 +310,26 @@ static void remove_store_files(const char *path)
     unlink(p);
 }
 
+/* Remove every client store (c<7 digits>.db and its sqlite companions) in dir, so that a rebuilt
+ * population never leaves an older, larger one's stores beside its own. */
+static void remove_all_stores(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        const char *nm = e->d_name;
+        size_t k = 0;
+        if (nm[0] != 'c') continue;
+        while (k < 7 && nm[1 + k] >= '0' && nm[1 + k] <= '9') k++;
+        if (k != 7 || strncmp(nm + 8, ".db", 3) != 0) continue;
+        char p[PLAIT_SIM_PATH_MAX + 300];
+        snprintf(p, sizeof(p), "%s/%s", dir, nm);
+        unlink(p);
+    }
+    closedir(d);
+}
+
 /* One side of a client: its pieces of records, in order. */
 typedef struct {
     const char *text;
@@ -497,6 +517,7 @@ int plait_sim_pop_build(plait_sim_pop_t *pop, const plait_sim_config_t *cfg, con
         char mp[PLAIT_SIM_PATH_MAX + 32];
         snprintf(mp, sizeof(mp), "%s/" MANIFEST, pop->dir);
         unlink(mp); /* rewriting: the old manifest no longer describes the stores */
+        remove_all_stores(pop->dir);
     }
     if (rc == 0 && !reused) {
         /* Group records by author, keeping corpus order (a counting sort). */

@@ -1,0 +1,189 @@
+/*
+ * check_ux.c: what a new user hits in the first hour (issue #14), run as the
+ * user runs it: the three binaries (plait-sim, plait-agent, plait-aggregator)
+ * with the documented commands and the usual mistakes. Each mistake must give
+ * one clear line (or just work).
+ *
+ * - plait-sim: --version, compare --help, --out with missing parents, --set,
+ *   a rerun into the same --out with a smaller population (no stale stores),
+ *   config.json with relative paths that reload, --seeds with a CI in compare,
+ *   the per-client distribution and the loss-versus-bytes chart.
+ */
+#include <check.h>
+#include <dirent.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include "testutil.h"
+
+static char *scratch;
+
+static void setup(void)
+{
+    scratch = tu_tmpdir("ux");
+    ck_assert_ptr_nonnull(scratch);
+}
+
+static void teardown(void)
+{
+    tu_rmdir(scratch);
+    free(scratch);
+}
+
+/* Run a shell command line (printf-style) with PLAIT_ASSETS set, from the scratch folder; stdout+stderr into out. */
+static int sh(char *out, size_t cap, const char *fmt, ...)
+{
+    char args[6000], cmd[8192], log[1200];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof(args), fmt, ap);
+    va_end(ap);
+    snprintf(log, sizeof(log), "%s/out.txt", scratch);
+    snprintf(cmd, sizeof(cmd), "cd '%s' && PLAIT_ASSETS='%s' %s >'%s' 2>&1", scratch, tu_assets_dir(), args, log);
+    int st = system(cmd);
+    size_t n = 0;
+    uint8_t *b = tu_read_file(log, &n);
+    if (out && cap) snprintf(out, cap, "%s", b ? (char *)b : "");
+    free(b);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+#define SIM PLAIT_BINARY_DIR "/sim/plait-sim"
+#define AGENT PLAIT_BINARY_DIR "/client/plait-agent"
+#define AGG PLAIT_BINARY_DIR "/aggregator/plait-aggregator"
+
+/* A run of a few seconds: 12 clients, cohort 3, one local step, tiny evaluation. */
+#define SIM_SMALL "--quiet --max-clients 12 --rounds 2 --clients-per-round 3 --local-steps 1 --eval-clients 4 " \
+                  "--personal-clients 2 --set eval.windows=1 --set local.batch=2"
+
+static int count_lines(const char *s)
+{
+    int n = 0;
+    for (; *s; s++) n += *s == '\n';
+    return n;
+}
+
+static size_t count_stores(const char *dir)
+{
+    DIR *d = opendir(dir);
+    ck_assert_ptr_nonnull(d);
+    size_t n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) n += e->d_name[0] == 'c' && strstr(e->d_name, ".db") != NULL;
+    closedir(d);
+    return n;
+}
+
+static char *read_text(const char *dir, const char *name)
+{
+    char *p = tu_path(dir, name);
+    size_t n = 0;
+    char *b = (char *)tu_read_file(p, &n);
+    free(p);
+    return b;
+}
+
+START_TEST(test_sim_first_steps)
+{
+    char out[8192];
+    ck_assert_int_eq(sh(out, sizeof(out), SIM " --version"), 0);
+    ck_assert_msg(strncmp(out, "plait-sim ", 10) == 0, "%s", out);
+    ck_assert_int_eq(sh(out, sizeof(out), SIM " compare --help"), 0);
+    ck_assert_msg(strstr(out, "usage: plait-sim compare") != NULL, "%s", out);
+    /* --set: the file's names and checks, one line each. */
+    ck_assert_int_eq(sh(out, sizeof(out), SIM " --set nope.x=1"), 2);
+    ck_assert_msg(strstr(out, "unknown key nope.x") && count_lines(out) == 1, "%s", out);
+    ck_assert_int_eq(sh(out, sizeof(out), SIM " --set local.batch=0"), 2);
+    ck_assert_msg(strstr(out, "local.batch") && count_lines(out) == 1, "%s", out);
+    ck_assert_int_eq(sh(out, sizeof(out), SIM " --set lora.mode=nope"), 2);
+    ck_assert_msg(strstr(out, "lora.mode") && count_lines(out) == 1, "%s", out);
+    /* A parent that cannot exist is named. */
+    char *pf = tu_path(scratch, "plainfile");
+    ck_assert_int_eq(tu_write_file(pf, "x", 1), 0);
+    free(pf);
+    ck_assert_int_eq(sh(out, sizeof(out), SIM " " SIM_SMALL " --out plainfile/x"), 1);
+    ck_assert_msg(strstr(out, "plainfile is not a folder") && count_lines(out) == 1, "%s", out);
+}
+END_TEST
+
+START_TEST(test_sim_out_rerun_config)
+{
+    char out[8192];
+    /* The guide's `--out runs/x`: runs/ does not exist yet. */
+    ck_assert_int_eq(sh(out, sizeof(out), SIM " " SIM_SMALL " --set lora.mode=fedit --out runs/exp1"), 0);
+    char *run = tu_path(scratch, "runs/exp1");
+    char *clients = tu_path(run, "clients");
+    ck_assert_uint_eq(count_stores(clients), 12);
+    /* Rerun into the same --out with a smaller population: no store of the old one is left beside the new. */
+    ck_assert_int_eq(sh(out, sizeof(out), SIM " " SIM_SMALL " --max-clients 6 --out runs/exp1"), 0);
+    ck_assert_uint_eq(count_stores(clients), 6);
+    /* config.json: the built-in assets path relative to where plait-sim ran, and it reloads as written. */
+    char *cj = read_text(run, "config.json");
+    ck_assert_ptr_nonnull(cj);
+    ck_assert_msg(strstr(cj, "\"model\": \"/") == NULL, "absolute model path in %s", cj);
+    ck_assert_msg(strstr(cj, "\"mode\": \"ffa\"") != NULL, "%s", cj); /* the second run's, not the first's */
+    free(cj);
+    ck_assert_int_eq(sh(out, sizeof(out), SIM " --config runs/exp1/config.json --out runs/again --quiet"), 0);
+    /* Per-client distribution and the loss-versus-bytes chart. */
+    char *md = read_text(run, "report.md"), *cc = read_text(run, "clients.csv"), *lb = read_text(run, "loss-bytes.svg");
+    ck_assert_ptr_nonnull(md);
+    ck_assert_ptr_nonnull(cc);
+    ck_assert_ptr_nonnull(lb);
+    ck_assert_msg(strstr(md, "| global adapter vs base model | 4 |") != NULL, "%s", md);
+    ck_assert_msg(strstr(md, "| personalized vs local-only (round 0) | 2 |") != NULL, "%s", md);
+    ck_assert_int_eq(count_lines(cc), 1 + 4 + 2);
+    ck_assert_msg(strstr(lb, "MB moved") != NULL, "no MB axis");
+    free(md);
+    free(cc);
+    free(lb);
+    free(clients);
+    free(run);
+}
+END_TEST
+
+START_TEST(test_sim_seeds_compare)
+{
+    char out[8192];
+    ck_assert_int_eq(sh(out, sizeof(out), SIM " " SIM_SMALL " --seeds 3 --out runs/multi"), 0);
+    ck_assert_msg(strstr(out, "3 seeds: global ") && strstr(out, "(mean ± 95% CI)"), "%s", out);
+    char *list = read_text(scratch, "runs/multi/seeds.txt");
+    ck_assert_ptr_nonnull(list);
+    ck_assert_str_eq(list, "seed-1\nseed-2\nseed-3\n");
+    free(list);
+    ck_assert_int_eq(sh(out, sizeof(out), SIM " " SIM_SMALL " --out runs/one"), 0);
+    ck_assert_int_eq(sh(out, sizeof(out), SIM " compare --out cmp.svg --x mb One=runs/one Multi=runs/multi"), 0);
+    /* The table: one seed has no interval, three have a finite one; the chart shades it. */
+    ck_assert_msg(strstr(out, "Multi (3 seeds)") != NULL, "%s", out);
+    const char *m = strstr(out, "Multi (3 seeds)");
+    double mean = 0, half = 0;
+    unsigned nseeds = 0, round = 0;
+    ck_assert_msg(sscanf(m + strlen("Multi (3 seeds)"), "%u %u %lf %lf", &nseeds, &round, &mean, &half) == 4, "%s", out);
+    ck_assert_uint_eq(nseeds, 3);
+    ck_assert_uint_eq(round, 2);
+    ck_assert(mean > 2 && mean < 6 && half > 0 && half < 2);
+    char *svg = read_text(scratch, "cmp.svg");
+    ck_assert_ptr_nonnull(svg);
+    ck_assert_msg(strstr(svg, "<polygon") && strstr(svg, "MB moved"), "no CI band or MB axis");
+    free(svg);
+    /* A folder that is not a run is named. */
+    ck_assert_int_eq(sh(out, sizeof(out), SIM " compare --out x.svg A=nowhere"), 1);
+    ck_assert_msg(strstr(out, "nowhere/metrics.csv") && count_lines(out) == 1, "%s", out);
+}
+END_TEST
+
+Suite *ux_suite(void)
+{
+    Suite *s = suite_create("ux");
+    TCase *tc = tcase_create("sim");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, test_sim_first_steps);
+    tcase_add_test(tc, test_sim_out_rerun_config);
+    tcase_add_test(tc, test_sim_seeds_compare);
+    suite_add_tcase(s, tc);
+    return s;
+}
