@@ -27,7 +27,10 @@
 #define CONFIG_MAX_BYTES ((size_t)1 << 20)
 
 typedef enum { K_INT, K_SIZE, K_U64, K_DOUBLE, K_BOOL, K_PATH, K_MODE, K_SOURCE, K_LORA_MODE, K_TARGETS,
-               K_STRATEGY, K_UNSIGNED } ktype_t;
+               K_STRATEGY, K_UNSIGNED, K_PARTITION, K_LABEL } ktype_t;
+
+/* Types whose JSON value is a string. */
+static int is_string_type(ktype_t t) { return (t >= K_PATH && t <= K_STRATEGY) || t == K_PARTITION || t == K_LABEL; }
 
 typedef struct {
     const char *section, *key;
@@ -51,6 +54,10 @@ static const key_t_ KEYS[] = {
     {"population", "min_lines", K_SIZE, F(min_lines), 1, 1e9},
     {"population", "train_fraction", K_DOUBLE, F(train_fraction), 0.01, 0.99},
     {"population", "max_clients", K_SIZE, F(max_clients), 0, 1e9},
+    {"population", "partition", K_PARTITION, F(partition), 0, 0},
+    {"population", "alpha", K_DOUBLE, F(partition_alpha), 1e-3, 1e6},
+    {"population", "clients", K_SIZE, F(partition_clients), 0, 1e7},
+    {"population", "label", K_LABEL, F(partition_label), 0, 0},
     {"lora", "mode", K_LORA_MODE, F(lora_mode), 0, 0},
     {"lora", "rank", K_INT, F(rank), 1, PLAIT_LORA_MAX_RANK},
     {"lora", "alpha", K_DOUBLE, F(alpha), 1e-6, 1e6},
@@ -118,6 +125,10 @@ void plait_sim_config_default(plait_sim_config_t *c, const char *assets)
     c->min_lines = 20;              /* 163 speakers of tinyshakespeare */
     c->train_fraction = 0.8;        /* McMahan et al. 2017's 80/20 split of each role */
     c->max_clients = 0;             /* all */
+    snprintf(c->partition, sizeof(c->partition), "natural");
+    c->partition_alpha = 0.5;       /* a common non-IID setting (Hsu et al. 2019 sweep 0.05..100) */
+    c->partition_clients = 0;       /* as many as authors */
+    snprintf(c->partition_label, sizeof(c->partition_label), "user");
     c->lora_mode = PLAIT_LORA_MODE_FFA; /* exact aggregation, half the upload */
     c->rank = 8;
     c->alpha = 16;
@@ -187,6 +198,12 @@ int plait_sim_config_validate(const plait_sim_config_t *c)
         return plait_fail(PLAIT_EINVAL, "lora.mode: unknown");
     if (c->targets == 0 || c->targets >= (1u << PLAIT_NPROJ))
         return plait_fail(PLAIT_EINVAL, "lora.targets: no valid projection");
+    if (strcmp(c->partition, "natural") != 0 && strcmp(c->partition, "dirichlet") != 0)
+        return plait_fail(PLAIT_EINVAL, "population.partition: must be natural or dirichlet");
+    if (strcmp(c->partition_label, "user") != 0 && strcmp(c->partition_label, "kind") != 0)
+        return plait_fail(PLAIT_EINVAL, "population.label: must be user or kind");
+    if (strcmp(c->partition_label, "kind") == 0 && c->source != PLAIT_SIM_SRC_JSONL)
+        return plait_fail(PLAIT_EINVAL, "population.label \"kind\" needs population.source \"jsonl\"");
     if (c->avail_min > c->avail_max)
         return plait_fail(PLAIT_EINVAL, "fleet.availability_min exceeds fleet.availability_max");
     if (c->avail_max <= 0) return plait_fail(PLAIT_EINVAL, "fleet.availability_max must be > 0");
@@ -207,7 +224,7 @@ static int set_key(plait_sim_config_t *c, const key_t_ *k, const plait_json_t *v
 {
     char *p = (char *)c + k->off;
     const char *s = NULL;
-    if (k->type >= K_PATH && k->type <= K_STRATEGY) {
+    if (is_string_type(k->type)) {
         s = plait_json_string(v, NULL);
         if (!s) return plait_fail(PLAIT_EPROTO, "config %s.%s: expected a string", k->section, k->key);
     }
@@ -278,6 +295,16 @@ static int set_key(plait_sim_config_t *c, const key_t_ *k, const plait_json_t *v
         if (plait_server_opt_kind_parse(s, &c->strategy) != 0)
             return plait_fail(PLAIT_EPROTO, "config server.strategy: must be fedavg, fedadagrad, fedadam or fedyogi");
         return 0;
+    case K_PARTITION:
+        if (strcmp(s, "natural") != 0 && strcmp(s, "dirichlet") != 0)
+            return plait_fail(PLAIT_EPROTO, "config population.partition: must be natural or dirichlet");
+        snprintf(c->partition, sizeof(c->partition), "%s", s);
+        return 0;
+    case K_LABEL:
+        if (strcmp(s, "user") != 0 && strcmp(s, "kind") != 0)
+            return plait_fail(PLAIT_EPROTO, "config population.label: must be user or kind");
+        snprintf(c->partition_label, sizeof(c->partition_label), "%s", s);
+        return 0;
     }
     return plait_fail(PLAIT_EINTERNAL, "config: key type");
 }
@@ -333,7 +360,7 @@ int plait_sim_config_set(plait_sim_config_t *c, const char *assignment)
     const char *v = eq + 1;
     plait_buf_t b;
     plait_buf_init(&b, CONFIG_MAX_BYTES);
-    if (k->type >= K_PATH && k->type <= K_STRATEGY) plait_buf_json_string(&b, v, strlen(v));
+    if (is_string_type(k->type)) plait_buf_json_string(&b, v, strlen(v));
     else plait_buf_printf(&b, "%s", v);
     int rc = plait_buf_status(&b);
     plait_json_t *root = NULL;
@@ -474,6 +501,8 @@ int plait_sim_config_to_json(const plait_sim_config_t *c, plait_buf_t *b)
             plait_buf_printf(b, "\"%s\"", names[c->strategy]);
             break;
         }
+        case K_PARTITION: plait_buf_printf(b, "\"%s\"", c->partition); break;
+        case K_LABEL: plait_buf_printf(b, "\"%s\"", c->partition_label); break;
         }
     }
     plait_buf_append(b, "\n  }\n}\n", 7);

@@ -380,11 +380,21 @@ int plait__sim_write_outputs(const plait_sim_config_t *cfg, const plait_sim_resu
         down += res->rounds[r].bytes_down;
     }
     plait_buf_printf(&md, "# plait-sim report\n\n![held-out loss per round](loss.svg)\n\n## Setup\n\n");
-    plait_buf_printf(&md,
-                     "- population: %zu clients (%zu authors in the corpus; %zu with fewer than %zu lines and %zu "
-                     "with too few tokens left out), first %.0f%% of each client's lines train, the rest held out\n",
-                     pop->n, pop->n_sources, pop->n_too_few, cfg->min_lines, pop->n_too_small,
-                     100 * cfg->train_fraction);
+    if (strcmp(cfg->partition, "dirichlet") == 0)
+        plait_buf_printf(&md,
+                         "- population: %zu clients (each %s's records dealt to %zu clients by Dirichlet(α = %g) "
+                         "proportions; %zu with fewer than %zu lines and %zu with too few tokens left out), first "
+                         "%.0f%% of each client's lines train, the rest held out\n",
+                         pop->n, strcmp(cfg->partition_label, "kind") == 0 ? "kind" : "author", pop->n_sources,
+                         cfg->partition_alpha, pop->n_too_few, cfg->min_lines, pop->n_too_small,
+                         100 * cfg->train_fraction);
+    else
+        plait_buf_printf(&md,
+                         "- population: %zu clients (%zu authors in the corpus; %zu with fewer than %zu lines and %zu "
+                         "with too few tokens left out), first %.0f%% of each client's lines train, the rest held "
+                         "out\n",
+                         pop->n, pop->n_sources, pop->n_too_few, cfg->min_lines, pop->n_too_small,
+                         100 * cfg->train_fraction);
     plait_buf_printf(&md,
                      "- LoRA: mode %s, rank %d, alpha %g, targets %s; %zu of %zu adapter parameters travel\n",
                      plait_lora_mode_name(cfg->lora_mode), cfg->rank, cfg->alpha, tg, res->span_len, res->n_params);

@@ -26,7 +26,8 @@ enum {
     PLAIT__SIM_RNG_QUANT = 6,
     PLAIT__SIM_RNG_DP = 7,
     PLAIT__SIM_RNG_EVAL = 8,
-    PLAIT__SIM_RNG_PERSONAL = 9
+    PLAIT__SIM_RNG_PERSONAL = 9,
+    PLAIT__SIM_RNG_PARTITION = 10
 };
 
 /* Stream number of (purpose, round, client): distinct for rounds < 2^24 and clients < 2^32. */

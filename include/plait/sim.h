@@ -125,6 +125,14 @@ typedef struct {
     bool centralized_only;           /**< run only that baseline, no federated rounds (default false) */
     int centralized_steps;           /**< its optimizer steps; 0 = rounds · clients_per_round · local steps
                                           (the federation's total client steps) (default 0) */
+    /* partition (population.partition): "natural" = one client per author/file/user (default);
+     * "dirichlet" = partition_clients clients, each label's records dealt by proportions drawn from
+     * Dirichlet(partition_alpha) (Hsu et al. 2019), the label being the record's author ("user") or its
+     * JSONL "kind" ("kind"). Small alpha: each client sees few labels (non-IID); large: close to IID. */
+    char partition[16];              /**< "natural" (default) or "dirichlet" */
+    double partition_alpha;          /**< Dirichlet concentration (default 0.5) */
+    size_t partition_clients;        /**< clients of a Dirichlet partition; 0 = as many as authors (default 0) */
+    char partition_label[8];         /**< "user" (default: the author, speaker or file) or "kind" (JSONL) */
     /* network mode only (flags, not config keys: they describe the machine, not the experiment) */
     char aggregator_bin[PLAIT_SIM_PATH_MAX]; /**< plait-aggregator; "" = ../aggregator/ next to plait-sim */
     char agent_bin[PLAIT_SIM_PATH_MAX];      /**< plait-agent; "" = ../client/ next to plait-sim */

@@ -7,7 +7,8 @@
  * - plait-sim: --version, compare --help, --out with missing parents, --set,
  *   a rerun into the same --out with a smaller population (no stale stores),
  *   config.json with relative paths that reload, --seeds with a CI in compare,
- *   the per-client distribution and the loss-versus-bytes chart.
+ *   the per-client distribution and the loss-versus-bytes chart, JSONL
+ *   partitions (by natural id; Dirichlet over kinds, near-IID and skewed).
  */
 #include <check.h>
 #include <dirent.h>
@@ -175,6 +176,73 @@ START_TEST(test_sim_seeds_compare)
 }
 END_TEST
 
+/* Clients in a run's manifest and their train record counts. */
+static size_t manifest_clients(const char *run, unsigned *recs, size_t cap)
+{
+    char *p = tu_path(run, "clients/manifest.txt");
+    FILE *f = fopen(p, "r");
+    free(p);
+    ck_assert_ptr_nonnull(f);
+    char line[256];
+    size_t n = 0;
+    ck_assert_ptr_nonnull(fgets(line, sizeof(line), f));
+    ck_assert_ptr_nonnull(fgets(line, sizeof(line), f));
+    ck_assert_int_eq(fscanf(f, "n %zu %*[^\n]\n", &n), 1);
+    for (size_t i = 0; i < n && i < cap; i++) {
+        unsigned a, b, c, d, e, g;
+        ck_assert_int_eq(fscanf(f, "%u %u %u %u %u %u\n", &a, &b, &c, &d, &e, &g), 6);
+        recs[i] = c;
+    }
+    fclose(f);
+    return n;
+}
+
+START_TEST(test_sim_dirichlet)
+{
+    /* 12 users, 2 kinds, 480 records of two lines each. */
+    char *data = tu_path(scratch, "users.jsonl");
+    FILE *f = fopen(data, "w");
+    ck_assert_ptr_nonnull(f);
+    for (int i = 0; i < 480; i++)
+        fprintf(f, "{\"user\":\"u%d\",\"kind\":\"%s\",\"text\":\"ROMEO: what light through yonder window %d\\nit "
+                   "is the east and Juliet is the sun\"}\n",
+                i % 12, i % 2 ? "a" : "b", i);
+    fclose(f);
+    free(data);
+    char out[8192];
+    unsigned recs[64];
+#define JSONL SIM " --quiet --rounds 1 --clients-per-round 2 --local-steps 1 --eval-clients 2 --personal-clients 0 " \
+              "--set eval.windows=1 --source jsonl --data users.jsonl --min-lines 1 "
+    /* By natural id: one client per user. */
+    ck_assert_int_eq(sh(out, sizeof(out), JSONL "--out runs/natural"), 0);
+    char *run = tu_path(scratch, "runs/natural");
+    ck_assert_uint_eq(manifest_clients(run, recs, 64), 12);
+    free(run);
+    /* Dirichlet over kinds, alpha large: close to IID, every client gets a near-equal share. */
+    ck_assert_int_eq(sh(out, sizeof(out), JSONL "--set population.partition=dirichlet --set population.label=kind "
+                                                "--set population.clients=8 --set population.alpha=1000 --out runs/iid"),
+                     0);
+    run = tu_path(scratch, "runs/iid");
+    ck_assert_uint_eq(manifest_clients(run, recs, 64), 8);
+    for (int i = 0; i < 8; i++) ck_assert_msg(recs[i] > 30 && recs[i] < 70, "client %d has %u records", i, recs[i]);
+    free(run);
+    /* Alpha small: each kind lands on few clients, so most of the 8 get nothing and are left out. */
+    ck_assert_int_eq(sh(out, sizeof(out), JSONL "--set population.partition=dirichlet --set population.label=kind "
+                                                "--set population.clients=8 --set population.alpha=0.01 --out runs/skew"),
+                     0);
+    run = tu_path(scratch, "runs/skew");
+    size_t n = manifest_clients(run, recs, 64);
+    ck_assert_msg(n >= 1 && n <= 4, "%zu clients", n);
+    char *md = read_text(run, "report.md");
+    ck_assert_msg(md && strstr(md, "Dirichlet(α = 0.01)"), "%s", md ? md : "");
+    free(md);
+    free(run);
+    ck_assert_int_eq(sh(out, sizeof(out), SIM " --set population.label=kind"), 2);
+    ck_assert_msg(strstr(out, "needs population.source") && count_lines(out) == 1, "%s", out);
+#undef JSONL
+}
+END_TEST
+
 Suite *ux_suite(void)
 {
     Suite *s = suite_create("ux");
@@ -184,6 +252,7 @@ Suite *ux_suite(void)
     tcase_add_test(tc, test_sim_first_steps);
     tcase_add_test(tc, test_sim_out_rerun_config);
     tcase_add_test(tc, test_sim_seeds_compare);
+    tcase_add_test(tc, test_sim_dirichlet);
     suite_add_tcase(s, tc);
     return s;
 }
