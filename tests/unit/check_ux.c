@@ -9,6 +9,10 @@
  *   config.json with relative paths that reload, --seeds with a CI in compare,
  *   the per-client distribution and the loss-versus-bytes chart, JSONL
  *   partitions (by natural id; Dirichlet over kinds, near-IID and skewed).
+ * - plait-agent: --version, assets found outside the repository, ingest of a
+ *   missing file, eval's hint on too little data, train --out into a missing
+ *   folder (before training), join with a missing store (once, not retried)
+ *   and with another device's key (a message that does not repeat itself).
  */
 #include <check.h>
 #include <dirent.h>
@@ -243,6 +247,74 @@ START_TEST(test_sim_dirichlet)
 }
 END_TEST
 
+START_TEST(test_agent_first_hour)
+{
+    char out[8192];
+    ck_assert_int_eq(sh(out, sizeof(out), AGENT " --version"), 0);
+    ck_assert_msg(strncmp(out, "plait-agent ", 12) == 0, "%s", out);
+    /* A missing input leaves no empty store behind. */
+    ck_assert_int_eq(sh(out, sizeof(out), AGENT " ingest --db s.db --text nope.txt"), 1);
+    ck_assert_msg(strstr(out, "--text nope.txt: cannot open") && count_lines(out) == 1, "%s", out);
+    struct stat sb;
+    char *db = tu_path(scratch, "s.db");
+    ck_assert_int_ne(stat(db, &sb), 0);
+    free(db);
+    char *txt = tu_path(scratch, "t.txt");
+    ck_assert_int_eq(tu_write_file(txt, "Hello there.\n\nA second record of text.\n", 39), 0);
+    free(txt);
+    ck_assert_int_eq(sh(out, sizeof(out), AGENT " ingest --db s.db --text t.txt"), 0);
+    /* The model is found outside the repository: $PLAIT_ASSETS empty or wrong falls back to the build's. */
+    ck_assert_int_eq(sh(out, sizeof(out), "env -u PLAIT_ASSETS " AGENT " eval --db s.db --split all --seq 8"), 0);
+    ck_assert_int_eq(sh(out, sizeof(out), "PLAIT_ASSETS=/nonexistent " AGENT " eval --db s.db --split all --seq 8"), 0);
+    ck_assert_msg(strstr(out, "base model") != NULL, "%s", out);
+    ck_assert_int_eq(sh(out, sizeof(out), AGENT " eval --db s.db --model nope.bin"), 1);
+    ck_assert_msg(strstr(out, "nope.bin") && count_lines(out) == 1, "%s", out);
+    /* Eval on too little data says what to do. */
+    ck_assert_int_eq(sh(out, sizeof(out), AGENT " eval --db s.db"), 1);
+    ck_assert_msg(strstr(out, "held-out split has 0 tokens") && strstr(out, "--split all") && count_lines(out) == 1,
+                  "%s", out);
+    /* train --out into a missing folder fails before training. */
+    ck_assert_int_eq(sh(out, sizeof(out), AGENT " train --db s.db --steps 1 --out /nonexistent/x.safetensors"), 2);
+    ck_assert_msg(strstr(out, "folder /nonexistent does not exist") && count_lines(out) == 1, "%s", out);
+}
+END_TEST
+
+/* A deployment with two enrolled devices (d1, d2) in the scratch folder. */
+static void make_deployment(void)
+{
+    char out[8192];
+    char *model = tu_path(tu_assets_dir(), "stories260K.bin");
+    ck_assert_int_eq(sh(out, sizeof(out), AGG " init dep --base-model '%s'", model), 0);
+    free(model);
+    ck_assert_int_eq(sh(out, sizeof(out), AGG " enroll dep --device d1 --out-key d1.key --out-cert d1.crt"), 0);
+    ck_assert_int_eq(sh(out, sizeof(out), AGG " enroll dep --device d2 --out-key d2.key --out-cert d2.crt"), 0);
+}
+
+START_TEST(test_agent_join_errors)
+{
+    char out[8192];
+    make_deployment();
+    /* A missing store: one line, said once, and not retried (port 1 is never dialled: the store is checked first). */
+    ck_assert_int_eq(sh(out, sizeof(out), AGENT " join --server 127.0.0.1:1 --ca dep/ca.crt --cert d1.crt --key "
+                                          "d1.key --db nope.db --state st"),
+                     1);
+    ck_assert_msg(count_lines(out) == 1 && strstr(out, "store nope.db: database file does not exist"), "%s", out);
+    ck_assert_msg(strstr(strstr(out, "nope.db") + 1, "nope.db") == NULL, "repeats itself: %s", out);
+    /* A key of another device: the message names both files once and is not garbled. */
+    char *txt = tu_path(scratch, "t.txt");
+    ck_assert_int_eq(tu_write_file(txt, "Hello there.\n", 13), 0);
+    free(txt);
+    ck_assert_int_eq(sh(out, sizeof(out), AGENT " ingest --db s.db --text t.txt"), 0);
+    ck_assert_int_eq(sh(out, sizeof(out), AGENT " join --server 127.0.0.1:1 --ca dep/ca.crt --cert d1.crt --key "
+                                          "d2.key --db s.db --state st"),
+                     1);
+    ck_assert_msg(count_lines(out) == 1 && strstr(out, "TLS client config (d1.crt, d2.key): ") &&
+                      strstr(out, "private key does not match the certificate"),
+                  "%s", out);
+    ck_assert_msg(strstr(strstr(out, "TLS client config") + 1, "TLS client config") == NULL, "repeats: %s", out);
+}
+END_TEST
+
 Suite *ux_suite(void)
 {
     Suite *s = suite_create("ux");
@@ -253,6 +325,12 @@ Suite *ux_suite(void)
     tcase_add_test(tc, test_sim_out_rerun_config);
     tcase_add_test(tc, test_sim_seeds_compare);
     tcase_add_test(tc, test_sim_dirichlet);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("agent");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, test_agent_first_hour);
+    tcase_add_test(tc, test_agent_join_errors);
     suite_add_tcase(s, tc);
     return s;
 }
