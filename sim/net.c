@@ -112,7 +112,8 @@ static int run_cmd(char *const argv[], const char *log, double timeout_s)
     return reap(pid, mono() + timeout_s);
 }
 
-/* A binary: the flag's path, or rel next to this executable's folder's parent. */
+/* A binary: the flag's path, or rel next to this executable's folder's parent (the build tree), or its base
+ * name beside this executable (an installed bin/). */
 static int locate(char *dst, const char *given, const char *rel, const char *flag)
 {
     if (given[0]) {
@@ -122,7 +123,11 @@ static int locate(char *dst, const char *given, const char *rel, const char *fla
         ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
         if (n <= 0) return plait_fail(PLAIT_ENOENT, "network mode: cannot find this executable; give %s", flag);
         exe[n] = '\0';
-        snprintf(dst, NET_PATH, "%s/../%s", dirname(exe), rel);
+        const char *dir = dirname(exe);
+        snprintf(dst, NET_PATH, "%s/../%s", dir, rel);
+        /* Installed (cmake --install): the binaries are siblings in bin/. */
+        const char *base = strrchr(rel, '/');
+        if (access(dst, X_OK) != 0 && base) snprintf(dst, NET_PATH, "%s/%s", dir, base + 1);
     }
     if (access(dst, X_OK) != 0) return plait_fail(PLAIT_ENOENT, "network mode: %s is not executable (%s)", dst, flag);
     return 0;
