@@ -345,12 +345,18 @@ static int cmd_info(int argc, char **argv)
 {
     common_t c;
     common_default(&c);
-    static const struct option opts[] = {COMMON_OPTS, {0, 0, 0, 0}};
+    static const struct option opts[] = {COMMON_OPTS, {"json", no_argument, 0, OPT_JSON}, {0, 0, 0, 0}};
+    int json = 0;
     int o;
     while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         if (o == 'h') {
-            printf("usage: plait-agent info --db DB\n\nPrints how many records the store holds, per split.\n");
+            printf("usage: plait-agent info --db DB [--json]\n\nPrints how many records the store holds, per split\n"
+                   "(--json: one object {\"records\": N, \"train\": N, \"heldout\": N}).\n");
             return 0;
+        }
+        if (o == OPT_JSON) {
+            json = 1;
+            continue;
         }
         int h = common_opt(&c, o, optarg);
         if (h < 0) return die_usage(PLAIT_EINVAL);
@@ -365,8 +371,12 @@ static int cmd_info(int argc, char **argv)
     if (rc == 0) rc = plait_store_count_split(st, PLAIT_STORE_HELDOUT, &held);
     plait_store_close(st);
     if (rc != 0) return die_run(rc);
-    printf("%s: %lld records (%lld train, %lld held out)\n", c.db, (long long)total, (long long)train,
-           (long long)held);
+    if (json)
+        printf("{\"records\": %lld, \"train\": %lld, \"heldout\": %lld}\n", (long long)total, (long long)train,
+               (long long)held);
+    else
+        printf("%s: %lld records (%lld train, %lld held out)\n", c.db, (long long)total, (long long)train,
+               (long long)held);
     return 0;
 }
 

@@ -13,6 +13,9 @@
  *   missing file, eval's hint on too little data, train --out into a missing
  *   folder (before training), join with a missing store (once, not retried)
  *   and with another device's key (a message that does not repeat itself).
+ * - plait-aggregator: status/rounds --json, cert-info, revoke by fingerprint,
+ *   certificate and serial (twice: one line), renew keeping the device id;
+ *   plait-agent info --json.
  * - cmake --install, then examples/embed.c built with docs/client-api.md's
  *   pkg-config line against the installed libplait.a (skipped without
  *   pkg-config or a compiler).
@@ -320,6 +323,67 @@ START_TEST(test_agent_join_errors)
 }
 END_TEST
 
+/* Count the lines of DIR/revoked.txt that are not comments. */
+static int revoked_lines(void)
+{
+    char *t = read_text(scratch, "dep/revoked.txt");
+    ck_assert_ptr_nonnull(t);
+    int n = 0;
+    for (char *l = t; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL)
+        if (*l != '#' && *l != '\n') n++;
+    free(t);
+    return n;
+}
+
+START_TEST(test_operator_cli)
+{
+    char out[8192];
+    make_deployment();
+    ck_assert_int_eq(sh(out, sizeof(out), AGG " --version"), 0);
+    /* --json: one parseable object / one object per line. */
+    ck_assert_int_eq(sh(out, sizeof(out), AGG " status dep --json"), 0);
+    ck_assert_msg(strstr(out, "\"global_version\": 0") && strstr(out, "\"enrolled\": 2") && count_lines(out) == 1,
+                  "%s", out);
+    ck_assert_int_eq(sh(out, sizeof(out), AGG " rounds dep --json"), 0);
+    ck_assert_str_eq(out, ""); /* no rounds yet, and no header */
+    ck_assert_int_eq(sh(out, sizeof(out), AGENT " info --db s.db --json"), 1); /* no store: one line */
+    ck_assert_int_eq(count_lines(out), 1);
+    /* cert-info, and verification against the CA. */
+    ck_assert_int_eq(sh(out, sizeof(out), AGG " cert-info d1.crt --ca dep/ca.crt --json"), 0);
+    ck_assert_msg(strstr(out, "\"device\": \"d1\"") && strstr(out, "\"verify\": \"ok\""), "%s", out);
+    char fp[65] = "";
+    const char *h = strstr(out, "\"sha256\": \"");
+    ck_assert_ptr_nonnull(h);
+    memcpy(fp, h + 11, 64);
+    /* Revoking twice adds one line, and says so the second time. */
+    int before = revoked_lines();
+    ck_assert_int_eq(sh(out, sizeof(out), AGG " revoke dep --fingerprint %s", fp), 0);
+    ck_assert_msg(strstr(out, "revoked d1") != NULL, "%s", out);
+    ck_assert_int_eq(sh(out, sizeof(out), AGG " revoke dep --device d1"), 0);
+    ck_assert_msg(strstr(out, "already revoked") != NULL, "%s", out);
+    ck_assert_int_eq(sh(out, sizeof(out), AGG " revoke dep --cert d1.crt"), 0);
+    ck_assert_int_eq(revoked_lines(), before + 1);
+    ck_assert_int_eq(sh(out, sizeof(out), AGG " revoke dep --serial 0aBc"), 0);
+    ck_assert_int_eq(sh(out, sizeof(out), AGG " revoke dep --serial abc"), 0);
+    ck_assert_msg(strstr(out, "already revoked") != NULL, "%s", out);
+    ck_assert_int_eq(revoked_lines(), before + 2);
+    ck_assert_int_eq(sh(out, sizeof(out), AGG " revoke dep --fingerprint 12"), 2);
+    ck_assert_int_eq(count_lines(out), 1);
+    /* Renewal keeps the id: the new certificate verifies, the old one is on the list, a revoked device cannot. */
+    ck_assert_int_eq(sh(out, sizeof(out), AGG " renew dep --device d2 --out-key d2b.key --out-cert d2b.crt"), 0);
+    ck_assert_msg(strstr(out, "renewed d2") != NULL, "%s", out);
+    ck_assert_int_eq(sh(out, sizeof(out), AGG " cert-info d2b.crt --ca dep/ca.crt"), 0);
+    ck_assert_msg(strstr(out, "device: d2") && strstr(out, "verify: ok"), "%s", out);
+    ck_assert_int_eq(revoked_lines(), before + 3);
+    ck_assert_int_eq(sh(out, sizeof(out), AGG " revoke dep --cert d2.crt"), 1); /* the old one: no device has it */
+    ck_assert_msg(strstr(out, "no enrolled device has this certificate") && count_lines(out) == 1, "%s", out);
+    ck_assert_int_eq(sh(out, sizeof(out), AGG " renew dep --device d1 --out-key x.key --out-cert x.crt"), 1);
+    ck_assert_msg(strstr(out, "revoked") && count_lines(out) == 1, "%s", out);
+    ck_assert_int_eq(sh(out, sizeof(out), AGG " status dep --json"), 0);
+    ck_assert_msg(strstr(out, "\"enrolled\": 2, \"revoked\": 1") != NULL, "%s", out);
+}
+END_TEST
+
 /* docs/client-api.md's build line, run against an installed tree. */
 START_TEST(test_install_embed)
 {
@@ -366,6 +430,11 @@ Suite *ux_suite(void)
     tcase_add_test(tc, test_agent_first_hour);
     tcase_add_test(tc, test_agent_join_errors);
     tcase_add_test(tc, test_install_embed);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("operator");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, test_operator_cli);
     suite_add_tcase(s, tc);
     return s;
 }
