@@ -384,6 +384,56 @@ START_TEST(test_operator_cli)
 }
 END_TEST
 
+/* README's one-device deployment, as written (in a scratch folder, port from the OS); and a first serve that
+ * cannot listen stores nothing. */
+START_TEST(test_readme_deployment)
+{
+    char out[8192];
+    char *notes = tu_path(tu_assets_dir(), "tinyshakespeare.txt");
+    size_t nn = 0;
+    uint8_t *text = tu_read_file(notes, &nn);
+    ck_assert(text && nn > 20000);
+    char *mine = tu_path(scratch, "my-notes.txt");
+    ck_assert_int_eq(tu_write_file(mine, text, 20000), 0);
+    free(mine);
+    free(text);
+    free(notes);
+    char *model = tu_path(tu_assets_dir(), "stories260K.bin");
+    ck_assert_int_eq(sh(out, sizeof(out), AGENT " ingest --db me.db --text my-notes.txt"), 0);
+    ck_assert_int_eq(sh(out, sizeof(out), AGG " init dep --base-model '%s'", model), 0);
+    free(model);
+    ck_assert_int_eq(sh(out, sizeof(out), AGG " enroll dep --device phone-1 --out-key phone-1.key --out-cert phone-1.crt"),
+                     0);
+    /* A port that is taken: serve fails, and the deployment still has no version (the LoRA shape is not fixed). */
+    char *m2 = tu_path(tu_assets_dir(), "stories260K.bin");
+    ck_assert_int_eq(sh(out, sizeof(out), AGG " init other --base-model '%s'", m2), 0);
+    free(m2);
+    /* Another deployment holds the port (found from the OS); serving dep on it fails. */
+    ck_assert_int_eq(sh(out, sizeof(out),
+                        "true; { (" AGG " serve other --port 0 --port-file other.json --set metrics_enabled=false "
+                        "2>other.log & echo $! > other.pid); "
+                        "for i in $(seq 600); do [ -s other.json ] && break; sleep 0.1; done; "
+                        "P=$(sed 's/.*\"port\": *\\([0-9]*\\).*/\\1/' other.json); " AGG
+                        " serve dep --port $P --set metrics_enabled=false; rc=$?; kill $(cat other.pid); (exit $rc); }"),
+                     1);
+    ck_assert_msg(strstr(out, "listen on 127.0.0.1") != NULL, "%s", out);
+    ck_assert_int_eq(sh(out, sizeof(out), AGG " status dep --json"), 0);
+    ck_assert_msg(strstr(out, "\"global_version\": 0") != NULL, "%s", out);
+    /* The documented serve line (port from the OS here) and one join: a committed round. */
+    ck_assert_int_eq(sh(out, sizeof(out),
+                        "true; { (" AGG " serve dep --port 0 --port-file port.json --set metrics_enabled=false "
+                        "--set target_cohort=1 --set min_cohort=1 --set overselect=1 2>serve.log & echo $! > serve.pid); "
+                        "for i in $(seq 600); do [ -s port.json ] && break; sleep 0.1; done; "
+                        "P=$(sed 's/.*\"port\": *\\([0-9]*\\).*/\\1/' port.json); " AGENT
+                        " join --server 127.0.0.1:$P --ca dep/ca.crt --cert phone-1.crt --key phone-1.key --db me.db "
+                        "--state phone-1.state --once; rc=$?; kill $(cat serve.pid); (exit $rc); }"),
+                     0);
+    ck_assert_msg(strstr(out, "round 1 acknowledged") != NULL, "%s", out);
+    ck_assert_int_eq(sh(out, sizeof(out), AGG " status dep --json"), 0);
+    ck_assert_msg(strstr(out, "\"global_version\": 2") != NULL, "%s", out);
+}
+END_TEST
+
 /* docs/client-api.md's build line, run against an installed tree. */
 START_TEST(test_install_embed)
 {
@@ -435,6 +485,7 @@ Suite *ux_suite(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_operator_cli);
+    tcase_add_test(tc, test_readme_deployment);
     suite_add_tcase(s, tc);
     return s;
 }
