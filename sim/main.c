@@ -34,6 +34,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: plait-sim [flags]             run an experiment (no flags: the default demo)\n"
             "       plait-sim compare --out FILE.svg [--metric global|personal] [--x round|mb] NAME=DIR...\n"
+            "       plait-sim export-config [flags]   print the aggregator.conf of the experiment\n"
             "       plait-sim --version\n"
             "\n"
             "flags (defaults < --config FILE < flags; see docs/researcher-guide.md):\n"
@@ -306,6 +307,8 @@ int main(int argc, char **argv)
         printf("plait-sim %s\n", PLAIT_VERSION_STRING);
         return 0;
     }
+    int export_config = argc > 1 && strcmp(argv[1], "export-config") == 0;
+    if (export_config) argc--, argv++; /* the experiment's flags follow */
     const char *assets = getenv("PLAIT_ASSETS");
     if (!assets || !assets[0]) assets = PLAIT_DEFAULT_ASSETS;
     plait_sim_config_t cfg;
@@ -336,6 +339,7 @@ int main(int argc, char **argv)
         if (opt != O_CONFIG && apply_flag(&cfg, opt, optarg) != 0) return bad();
     }
     if (plait_sim_config_validate(&cfg) != 0) return bad();
+    if (export_config) return plait__sim_export_config(&cfg, "-") == 0 ? 0 : (bad(), EXIT_FAILURE);
     if (argc == 1)
         fprintf(stderr, "plait-sim: the default demo: Shakespeare by speaker, %d rounds in-process (--help for "
                         "options)\n",

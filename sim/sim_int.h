@@ -85,6 +85,11 @@ int plait__sim_compare_main(int argc, char **argv);
 /* Two-sided 95% Student t critical value for df degrees of freedom (1.96 beyond 30). */
 double plait__sim_t95(size_t df);
 
+/* The aggregator settings ("key=value", at most cap) of an experiment (export.c); returns how many. */
+int plait__sim_agg_sets(const plait_sim_config_t *cfg, char (*sets)[160], int cap);
+/* Write them as an aggregator.conf at path ("-": stdout). */
+int plait__sim_export_config(const plait_sim_config_t *cfg, const char *path);
+
 /* Network mode (net.c): a temporary deployment of the real plait-aggregator, served on 127.0.0.1, with one
  * enrolled device and one training-only store per client. */
 typedef struct plait__sim_net_s plait__sim_net_t;

@@ -15,7 +15,8 @@
  *   and with another device's key (a message that does not repeat itself).
  * - plait-aggregator: status/rounds --json, cert-info, revoke by fingerprint,
  *   certificate and serial (twice: one line), renew keeping the device id;
- *   plait-agent info --json.
+ *   plait-agent info --json; README's one-device deployment as written; a
+ *   serve that cannot listen stores no version; plait-sim export-config.
  * - cmake --install, then examples/embed.c built with docs/client-api.md's
  *   pkg-config line against the installed libplait.a (skipped without
  *   pkg-config or a compiler).
@@ -434,6 +435,33 @@ START_TEST(test_readme_deployment)
 }
 END_TEST
 
+/* plait-sim export-config: the experiment's aggregator.conf, which a deployment serves with. */
+START_TEST(test_export_config)
+{
+    char out[8192];
+    ck_assert_int_eq(sh(out, sizeof(out), SIM " export-config --set lora.mode=fedit --clients-per-round 5 --strategy fedadam"),
+                     0);
+    ck_assert_msg(strstr(out, "lora_mode = fedit\n") && strstr(out, "target_cohort = 5\n") &&
+                      strstr(out, "server_opt = fedadam\n") && strstr(out, "lora_rank = 8\n") && strstr(out, "lr = 0.003\n"),
+                  "%s", out);
+    char *conf = tu_path(scratch, "exp.conf");
+    ck_assert_int_eq(tu_write_file(conf, out, strlen(out)), 0);
+    free(conf);
+    char *model = tu_path(tu_assets_dir(), "stories260K.bin");
+    ck_assert_int_eq(sh(out, sizeof(out), AGG " init dep --base-model '%s'", model), 0);
+    free(model);
+    ck_assert_int_eq(sh(out, sizeof(out), "cp exp.conf dep/aggregator.conf"), 0);
+    /* It serves: the log's first round has the exported cohort. */
+    ck_assert_int_eq(sh(out, sizeof(out),
+                        "true; { (" AGG " serve dep --port 0 --port-file p.json --set metrics_enabled=false 2>serve.log & "
+                        "echo $! > serve.pid); for i in $(seq 600); do [ -s p.json ] && break; sleep 0.1; done; "
+                        "kill $(cat serve.pid); for i in $(seq 600); do kill -0 $(cat serve.pid) 2>/dev/null || break; sleep 0.1; "
+                        "done; cat serve.log; }"),
+                     0);
+    ck_assert_msg(strstr(out, "target_cohort=5 min_cohort=3") != NULL, "%s", out);
+}
+END_TEST
+
 /* docs/client-api.md's build line, run against an installed tree. */
 START_TEST(test_install_embed)
 {
@@ -486,6 +514,7 @@ Suite *ux_suite(void)
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_operator_cli);
     tcase_add_test(tc, test_readme_deployment);
+    tcase_add_test(tc, test_export_config);
     suite_add_tcase(s, tc);
     return s;
 }
