@@ -531,6 +531,66 @@ done:
     return rc;
 }
 
+/* Whether DIR/revoked.txt already has the line "<kind> <hex>" (case-insensitive hex). */
+static int revoked_has(const char *dir, const char *kind, const char *hex)
+{
+    char path[1200], line[256];
+    snprintf(path, sizeof(path), "%s/revoked.txt", dir);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    size_t kl = strlen(kind), hl = strlen(hex);
+    int found = 0;
+    while (!found && fgets(line, sizeof(line), f)) {
+        char *p = line;
+        while (*p == ' ' || *p == '\t') p++;
+        if (strncmp(p, kind, kl) != 0 || (p[kl] != ' ' && p[kl] != '\t')) continue;
+        p += kl;
+        while (*p == ' ' || *p == '\t') p++;
+        size_t n = strcspn(p, " \t\r\n#");
+        if (n != hl) continue;
+        found = 1;
+        for (size_t k = 0; k < n && found; k++) {
+            char a = p[k], b = hex[k];
+            if (a >= 'A' && a <= 'F') a = (char)(a - 'A' + 'a');
+            if (b >= 'A' && b <= 'F') b = (char)(b - 'A' + 'a');
+            found = a == b;
+        }
+    }
+    fclose(f);
+    return found;
+}
+
+/* 64 hex digits into 32 bytes; 0 or -1. */
+static int parse_fingerprint(const char *hex, uint8_t fp[32])
+{
+    if (strlen(hex) != 64) return -1;
+    for (int i = 0; i < 32; i++) {
+        unsigned v = 0;
+        for (int k = 0; k < 2; k++) {
+            char c = hex[2 * i + k];
+            v <<= 4;
+            if (c >= '0' && c <= '9') v |= (unsigned)(c - '0');
+            else if (c >= 'a' && c <= 'f') v |= (unsigned)(c - 'a' + 10);
+            else if (c >= 'A' && c <= 'F') v |= (unsigned)(c - 'A' + 10);
+            else return -1;
+        }
+        fp[i] = (uint8_t)v;
+    }
+    return 0;
+}
+
+typedef struct {
+    const uint8_t *fp;
+    char id[PLAIT_AGGSTORE_MAX_DEVICE_ID + 1];
+} find_fp_t;
+
+static int find_fp(void *ud, const plait_aggstore_device_t *d)
+{
+    find_fp_t *f = ud;
+    if (memcmp(d->fingerprint, f->fp, 32) == 0) snprintf(f->id, sizeof(f->id), "%s", d->id);
+    return 0;
+}
+
 static int cmd_import_enrollment(int argc, char **argv, FILE *out, FILE *err)
 {
     const char *dir = NULL, *file = NULL;
@@ -582,38 +642,249 @@ static int cmd_import_enrollment(int argc, char **argv, FILE *out, FILE *err)
 
 static int cmd_revoke(int argc, char **argv, FILE *out, FILE *err)
 {
-    flag_t flags[] = {{"--device", 1, NULL}};
+    flag_t flags[] = {{"--device", 1, NULL}, {"--serial", 1, NULL}, {"--fingerprint", 1, NULL}, {"--cert", 1, NULL}};
     const char *dir;
-    int help, rc = parse_dir_args("revoke", argc, argv, flags, 1, &dir, NULL, NULL, &help, err);
+    int help, rc = parse_dir_args("revoke", argc, argv, flags, 4, &dir, NULL, NULL, &help, err);
     if (rc != 0) return rc;
     if (help) {
-        fputs("usage: " PROG " revoke DIR --device LABEL|ID\n"
+        fputs("usage: " PROG " revoke DIR (--device LABEL|ID | --fingerprint SHA256 | --cert FILE | --serial HEX)\n"
               "\n"
               "Revoke a device: its certificate's fingerprint is appended to DIR/revoked.txt\n"
               "(a running aggregator reloads it within a second and refuses the certificate in\n"
               "the TLS handshake) and the device is marked revoked in the database (checked\n"
-              "after every handshake). Its past contributions stay in committed versions.\n",
+              "after every handshake). Its past contributions stay in committed versions.\n"
+              "  --device LABEL|ID      by the device's label (as enrolled) or id\n"
+              "  --fingerprint SHA256   by the certificate's SHA-256 (as enroll and cert-info print it)\n"
+              "  --cert FILE            by a certificate file (its fingerprint)\n"
+              "  --serial HEX           by serial: appends \"serial HEX\" to revoked.txt only (the\n"
+              "                         database does not keep serials; the device record is unchanged)\n"
+              "Revoking what is already revoked changes nothing and says so.\n",
               out);
         return 0;
     }
-    if (!flags[0].value) {
-        fputs(PROG " revoke: missing --device (try --help)\n", err);
+    int given = !!flags[0].value + !!flags[1].value + !!flags[2].value + !!flags[3].value;
+    if (given != 1) {
+        fputs(PROG " revoke: give exactly one of --device, --fingerprint, --cert, --serial (try --help)\n", err);
         return 2;
+    }
+    if (flags[1].value) { /* a serial: the revocation list only */
+        const char *hex = flags[1].value;
+        if (revoked_has(dir, "serial", hex)) {
+            fprintf(out, "serial %s is already revoked\n", hex);
+            return 0;
+        }
+        if ((rc = plait_pki_revoke(dir, hex, NULL)) != 0) {
+            fprintf(err, PROG " revoke: serial %s: %s\n", hex, plait_errmsg());
+            return rc == PLAIT_EINVAL ? 2 : 1;
+        }
+        fprintf(out, "revoked serial %s\n", hex);
+        return 0;
     }
     plait_aggstore_t *st = NULL;
     if (open_store(dir, 0, &st, err, "revoke") != 0) return 1;
+    uint8_t fp[32];
+    char id[PLAIT_AGGSTORE_MAX_DEVICE_ID + 1] = "";
+    const char *what = flags[0].value ? flags[0].value : flags[2].value ? flags[2].value : flags[3].value;
+    if (flags[0].value) {
+        rc = plait_aggstore_device_find(st, flags[0].value, id);
+    } else {
+        if (flags[2].value && parse_fingerprint(flags[2].value, fp) != 0) {
+            plait_aggstore_close(st);
+            fprintf(err, PROG " revoke: --fingerprint: '%.80s' is not 64 hex digits\n", flags[2].value);
+            return 2;
+        }
+        if (flags[3].value) {
+            char *pem = NULL;
+            plait_pki_cert_info_t ci;
+            if ((rc = plait_pki_read_file(flags[3].value, &pem)) == 0)
+                rc = plait_pki_cert_info((const uint8_t *)pem, strlen(pem), &ci);
+            plait_pki_free_pem(pem);
+            if (rc != 0) {
+                plait_aggstore_close(st);
+                fprintf(err, PROG " revoke: %s: %s\n", flags[3].value, plait_errmsg());
+                return 1;
+            }
+            memcpy(fp, ci.fingerprint, 32);
+        }
+        find_fp_t ff = {fp, ""};
+        if ((rc = plait_aggstore_devices_foreach(st, find_fp, &ff)) == 0 && !ff.id[0])
+            rc = plait_fail(PLAIT_ENOENT, "no enrolled device has this certificate (a renewed device's old one is "
+                                          "already revoked)");
+        snprintf(id, sizeof(id), "%s", ff.id);
+    }
     plait_aggstore_device_t d;
-    char id[PLAIT_AGGSTORE_MAX_DEVICE_ID + 1];
-    rc = plait_aggstore_device_find(st, flags[0].value, id);
-    if (rc == 0) rc = plait_aggstore_device_get(st, id, &d);
-    if (rc == 0 && (rc = plait_pki_revoke(dir, NULL, d.fingerprint)) == 0) rc = plait_aggstore_device_revoke(st, id);
+    int already = 0;
+    char label[PLAIT_AGGSTORE_MAX_DEVICE_ID + 1] = "";
+    if (rc == 0 && plait_aggstore_device_label(st, id, label) != 0) label[0] = '\0';
+    if (rc == 0 && (rc = plait_aggstore_device_get(st, id, &d)) == 0) {
+        char hex[65];
+        plait_hex(d.fingerprint, 32, hex);
+        already = d.revoked && revoked_has(dir, "sha256", hex);
+        if (!already && !revoked_has(dir, "sha256", hex)) rc = plait_pki_revoke(dir, NULL, d.fingerprint);
+        if (rc == 0 && !d.revoked) rc = plait_aggstore_device_revoke(st, id);
+    }
     plait_aggstore_close(st);
     if (rc != 0) {
-        fprintf(err, PROG " revoke: device %s: %s (%s)\n", flags[0].value, plait_errmsg(), plait_err_name(rc));
+        fprintf(err, PROG " revoke: %s%s: %s (%s)\n", flags[0].value ? "device " : "", what, plait_errmsg(),
+                plait_err_name(rc));
         return 1;
     }
-    fprintf(out, "revoked %s\n", flags[0].value);
+    if (already) fprintf(out, "device %s is already revoked\n", label[0] ? label : id);
+    else fprintf(out, "revoked %s\n", label[0] ? label : id);
     return 0;
+}
+
+/* ---- renew ------------------------------------------------------------------- */
+
+static int cmd_renew(int argc, char **argv, FILE *out, FILE *err)
+{
+    flag_t flags[] = {{"--device", 1, NULL}, {"--csr", 1, NULL}, {"--out-key", 1, NULL}, {"--out-cert", 1, NULL}};
+    const char *dir;
+    int help, rc = parse_dir_args("renew", argc, argv, flags, 4, &dir, NULL, NULL, &help, err);
+    if (rc != 0) return rc;
+    if (help) {
+        fputs("usage: " PROG " renew DIR --device LABEL|ID (--csr FILE | --out-key FILE) --out-cert FILE\n"
+              "\n"
+              "Issue a new certificate for an enrolled, unrevoked device, keeping its id and its\n"
+              "history (rounds, counters): before the old certificate expires, or after a lost\n"
+              "key. The database takes the new fingerprint and the old certificate's fingerprint\n"
+              "is appended to DIR/revoked.txt, so only the new one is accepted from now on.\n"
+              "--csr / --out-key as for enroll. A revoked device cannot be renewed.\n",
+              out);
+        return 0;
+    }
+    const char *id = flags[0].value, *csr = flags[1].value, *okey = flags[2].value, *ocrt = flags[3].value;
+    if (!id || !ocrt || (!csr == !okey)) {
+        fputs(PROG " renew: need --device, --out-cert and exactly one of --csr, --out-key (try --help)\n", err);
+        return 2;
+    }
+    plait_aggstore_t *st = NULL;
+    if (open_store(dir, 0, &st, err, "renew") != 0) return 1;
+    plait_aggstore_device_t d;
+    const char *name = id; /* as the operator named it */
+    char idb[PLAIT_AGGSTORE_MAX_DEVICE_ID + 1];
+    if ((rc = plait_aggstore_device_find(st, name, idb)) == 0) id = idb; /* the certificate's CN */
+    if (rc != 0 || (rc = plait_aggstore_device_get(st, id, &d)) != 0 || d.revoked) {
+        fprintf(err, PROG " renew: device %s: %s\n", name,
+                rc != 0 ? plait_errmsg() : "revoked (enroll it again under a new label instead)");
+        plait_aggstore_close(st);
+        return 1;
+    }
+    plait_pki_config_t pc;
+    plait_pki_config_default(&pc);
+    char *crt = NULL, *key = NULL, *req = NULL;
+    plait_pki_cert_info_t info;
+    if (csr) {
+        if ((rc = plait_pki_read_file(csr, &req)) == 0)
+            rc = plait_pki_enroll_csr(dir, &pc, (const uint8_t *)req, strlen(req), id, &crt, &info);
+        plait_pki_free_pem(req);
+    } else {
+        rc = plait_pki_enroll(dir, &pc, id, &crt, &key, &info);
+    }
+    if (rc == 0 && key) rc = plait_pki_write_file(okey, key, 1);
+    if (rc == 0) rc = plait_pki_write_file(ocrt, crt, 0);
+    if (rc == 0) rc = plait_aggstore_device_rekey(st, id, info.fingerprint);
+    if (rc == 0) rc = plait_pki_revoke(dir, NULL, d.fingerprint); /* the old certificate */
+    plait_aggstore_close(st);
+    plait_pki_free_pem(crt);
+    plait_pki_free_pem(key);
+    if (rc != 0) {
+        fprintf(err, PROG " renew: device %s: %s (%s)\n", id, plait_errmsg(), plait_err_name(rc));
+        return 1;
+    }
+    char tb[32];
+    fprintf(out, "renewed %s (id %s) serial %s sha256 %s valid until %s (the old certificate is revoked)\n", name,
+            id, info.serial_hex, info.fingerprint_hex, fmt_time(info.not_after, tb, sizeof(tb)));
+    return 0;
+}
+
+/* ---- cert-info ---------------------------------------------------------------- */
+
+static int cmd_cert_info(int argc, char **argv, FILE *out, FILE *err)
+{
+    flag_t flags[] = {{"--json", 0, NULL}, {"--ca", 1, NULL}};
+    int help;
+    const char *file = NULL;
+    /* One positional FILE among the flags. */
+    char *args[16];
+    int n = 0;
+    for (int i = 0; i < argc && n < 16; i++) {
+        if (i > 0 && argv[i][0] != '-' && !file && !(i > 1 && strcmp(argv[i - 1], "--ca") == 0)) file = argv[i];
+        else args[n++] = argv[i];
+    }
+    int rc = parse_flags("cert-info", n, args, flags, 2, &help, err);
+    if (rc != 0) return rc;
+    if (help) {
+        fputs("usage: " PROG " cert-info FILE [--ca CA.crt] [--json]\n"
+              "\n"
+              "Device id (CN), serial, SHA-256 fingerprint and validity of a certificate (PEM\n"
+              "or DER); with --ca also whether it verifies against that CA as a device\n"
+              "certificate, exactly as the TLS handshake checks it (chain, dates, usage).\n",
+              out);
+        return 0;
+    }
+    if (!file) {
+        fputs(PROG " cert-info: missing FILE (try --help)\n", err);
+        return 2;
+    }
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    FILE *f = fopen(file, "rb");
+    if (f) {
+        buf = malloc(65536);
+        len = buf ? fread(buf, 1, 65536, f) : 0;
+        fclose(f);
+    }
+    plait_pki_cert_info_t ci;
+    rc = !f ? plait_fail(PLAIT_EIO, "cannot open") : !buf ? plait_fail(PLAIT_ENOMEM, "buffer")
+         : len == 65536 ? plait_fail(PLAIT_ETOOBIG, "larger than 64 KiB")
+                        : plait_pki_cert_info(buf, len, &ci);
+    free(buf);
+    if (rc != 0) {
+        fprintf(err, PROG " cert-info: %s: %s\n", file, plait_errmsg());
+        return 1;
+    }
+    const char *verdict = NULL;
+    char why[256] = "";
+    if (flags[1].value) {
+        char *ca = NULL, *crt = NULL;
+        int vr = plait_pki_read_file(flags[1].value, &ca);
+        if (vr == 0) vr = plait_pki_read_file(file, &crt);
+        if (vr == 0) {
+            const char *reason = NULL;
+            vr = plait_pki_verify(ca, crt, 1, &reason);
+            snprintf(why, sizeof(why), "%s", vr == 0 ? "ok" : reason ? reason : plait_errmsg());
+        } else {
+            snprintf(why, sizeof(why), "%s", plait_errmsg());
+        }
+        plait_pki_free_pem(ca);
+        plait_pki_free_pem(crt);
+        verdict = why;
+    }
+    char a[32], b[32];
+    if (flags[0].value) {
+        plait_buf_t j;
+        plait_buf_init(&j, 0);
+        plait_buf_printf(&j, "{\"device\": ");
+        plait_buf_json_string(&j, ci.device_id, strlen(ci.device_id));
+        plait_buf_printf(&j, ", \"serial\": \"%s\", \"sha256\": \"%s\", \"not_before\": \"%s\", \"not_after\": \"%s\", "
+                             "\"ca\": %s",
+                         ci.serial_hex, ci.fingerprint_hex, fmt_time(ci.not_before, a, sizeof(a)),
+                         fmt_time(ci.not_after, b, sizeof(b)), ci.is_ca ? "true" : "false");
+        if (verdict) {
+            plait_buf_printf(&j, ", \"verify\": ");
+            plait_buf_json_string(&j, verdict, strlen(verdict));
+        }
+        plait_buf_printf(&j, "}\n");
+        if (plait_buf_status(&j) == 0) fwrite(j.data, 1, j.len, out);
+        plait_buf_free(&j);
+    } else {
+        fprintf(out, "device: %s\nserial: %s\nsha256: %s\nvalid: %s to %s\nca: %s\n", ci.device_id[0] ? ci.device_id : "-",
+                ci.serial_hex, ci.fingerprint_hex, fmt_time(ci.not_before, a, sizeof(a)),
+                fmt_time(ci.not_after, b, sizeof(b)), ci.is_ca ? "yes" : "no");
+        if (verdict) fprintf(out, "verify: %s\n", verdict);
+    }
+    return verdict && strcmp(verdict, "ok") != 0 ? 1 : 0;
 }
 
 /* ---- serve ---------------------------------------------------------------- */
@@ -718,15 +989,16 @@ static int count_round(void *ud, const plait_aggstore_round_t *r)
 
 static int cmd_status(int argc, char **argv, FILE *out, FILE *err)
 {
-    flag_t flags[] = {{"--check", 0, NULL}};
+    flag_t flags[] = {{"--check", 0, NULL}, {"--json", 0, NULL}};
     const char *dir;
-    int help, rc = parse_dir_args("status", argc, argv, flags, 1, &dir, NULL, NULL, &help, err);
+    int help, rc = parse_dir_args("status", argc, argv, flags, 2, &dir, NULL, NULL, &help, err);
     if (rc != 0) return rc;
     if (help) {
-        fputs("usage: " PROG " status DIR [--check]\n\n"
+        fputs("usage: " PROG " status DIR [--check] [--json]\n\n"
               "Deployment summary: latest global adapter version, rounds by state, devices\n"
               "enrolled and revoked, privacy spent. Safe while the service runs (read only).\n"
-              "  --check   also run sqlite's integrity check over the whole database\n",
+              "  --check   also run sqlite's integrity check over the whole database\n"
+              "  --json    one JSON object instead of lines\n",
               out);
         return 0;
     }
@@ -748,6 +1020,37 @@ static int cmd_status(int argc, char **argv, FILE *out, FILE *err)
     }
     plait_aggstore_close(st);
     char tb[32];
+    if (flags[1].value) {
+        plait_buf_t b;
+        plait_buf_init(&b, 0);
+        plait_buf_printf(&b, "{\"deployment\": ");
+        plait_buf_json_string(&b, info.deployment_id, strlen(info.deployment_id));
+        plait_buf_printf(&b,
+                         ", \"created\": \"%s\", \"global_version\": %lld, \"rounds\": {\"total\": %lld, "
+                         "\"committed\": %lld, \"failed\": %lld, \"abandoned\": %lld, \"open\": %lld}, "
+                         "\"open_round\": %lld, \"devices\": {\"enrolled\": %lld, \"revoked\": %lld}, \"privacy\": ",
+                         fmt_time(info.created, tb, sizeof(tb)), (long long)ver, (long long)sc.last_id,
+                         (long long)sc.by_state[PLAIT_AGGSTORE_ROUND_COMMITTED],
+                         (long long)sc.by_state[PLAIT_AGGSTORE_ROUND_FAILED],
+                         (long long)sc.by_state[PLAIT_AGGSTORE_ROUND_ABANDONED],
+                         (long long)sc.by_state[PLAIT_AGGSTORE_ROUND_OPEN], (long long)sc.open_id, (long long)sc.n,
+                         (long long)sc.revoked);
+        if (pv.rounds) {
+            plait_buf_printf(&b, "{\"epsilon\": ");
+            plait_buf_json_number(&b, pv.epsilon);
+            plait_buf_printf(&b, ", \"delta\": ");
+            plait_buf_json_number(&b, pv.delta);
+            plait_buf_printf(&b, ", \"rounds\": %lld}", (long long)pv.rounds);
+        } else {
+            plait_buf_printf(&b, "null");
+        }
+        if (flags[0].value) plait_buf_printf(&b, ", \"integrity\": \"ok\"");
+        plait_buf_printf(&b, "}\n");
+        rc = plait_buf_status(&b);
+        if (rc == 0) fwrite(b.data, 1, b.len, out);
+        plait_buf_free(&b);
+        return rc == 0 ? 0 : 1;
+    }
     fprintf(out, "deployment: %s (created %s)\n", info.deployment_id, fmt_time(info.created, tb, sizeof(tb)));
     fprintf(out, "global_version: %lld\n", (long long)ver);
     fprintf(out, "rounds: %lld (committed %lld, failed %lld, abandoned %lld, open %lld)\n", (long long)sc.last_id,
@@ -777,6 +1080,27 @@ static int print_round(void *ud, const plait_aggstore_round_t *r)
 {
     scan_t *sc = ud;
     char a[32], b[32];
+    if (sc->json) { /* one JSON object per line */
+        plait_buf_t j;
+        plait_buf_init(&j, 0);
+        plait_buf_printf(&j, "{\"round\": %lld, \"state\": \"%s\", \"started\": ", (long long)r->id,
+                         plait_aggstore_round_state_name(r->state));
+        if (r->started > 0) plait_buf_printf(&j, "\"%s\"", fmt_time(r->started, a, sizeof(a)));
+        else plait_buf_printf(&j, "null");
+        plait_buf_printf(&j, ", \"ended\": ");
+        if (r->ended > 0) plait_buf_printf(&j, "\"%s\"", fmt_time(r->ended, b, sizeof(b)));
+        else plait_buf_printf(&j, "null");
+        plait_buf_printf(&j, ", \"base_version\": %lld, \"new_version\": %lld, \"participants\": %lld, "
+                             "\"dropouts\": %lld, \"reason\": ",
+                         (long long)r->base_version, (long long)r->new_version, (long long)r->stats.participants,
+                         (long long)r->stats.dropouts);
+        plait_buf_json_string(&j, r->reason, strlen(r->reason));
+        plait_buf_printf(&j, "}\n");
+        int rc = plait_buf_status(&j);
+        if (rc == 0) fwrite(j.data, 1, j.len, sc->out);
+        plait_buf_free(&j);
+        return rc;
+    }
     fprintf(sc->out, "%-6lld %-9s %-20s %-20s %5lld %5lld %6lld %8lld %s\n", (long long)r->id,
             plait_aggstore_round_state_name(r->state), fmt_time(r->started, a, sizeof(a)),
             fmt_time(r->ended, b, sizeof(b)), (long long)r->base_version, (long long)r->new_version,
@@ -841,12 +1165,14 @@ static int cmd_devices(int argc, char **argv, FILE *out, FILE *err)
 
 static int cmd_rounds(int argc, char **argv, FILE *out, FILE *err)
 {
-    flag_t flags[] = {{"--last", 1, NULL}};
+    flag_t flags[] = {{"--last", 1, NULL}, {"--json", 0, NULL}};
     const char *dir;
-    int help, rc = parse_dir_args("rounds", argc, argv, flags, 1, &dir, NULL, NULL, &help, err);
+    int help, rc = parse_dir_args("rounds", argc, argv, flags, 2, &dir, NULL, NULL, &help, err);
     if (rc != 0) return rc;
     if (help) {
-        fputs("usage: " PROG " rounds DIR [--last N]\n\nOne line per round, oldest first (with --last: the newest N, newest first).\n",
+        fputs("usage: " PROG " rounds DIR [--last N] [--json]\n\nOne line per round, oldest first (with --last: the newest N, newest first).\n"
+              "  --json    one JSON object per line (round, state, started, ended, base_version,\n"
+              "            new_version, participants, dropouts, reason), no header\n",
               out);
         return 0;
     }
@@ -860,8 +1186,10 @@ static int cmd_rounds(int argc, char **argv, FILE *out, FILE *err)
     scan_t sc;
     memset(&sc, 0, sizeof(sc));
     sc.out = out;
-    fprintf(out, "%-6s %-9s %-20s %-20s %5s %5s %6s %8s %s\n", "round", "state", "started", "ended", "base", "new",
-            "sel", "dropouts", "reason");
+    sc.json = flags[1].value != NULL;
+    if (!sc.json)
+        fprintf(out, "%-6s %-9s %-20s %-20s %5s %5s %6s %8s %s\n", "round", "state", "started", "ended", "base", "new",
+                "sel", "dropouts", "reason");
     /* --last N: the newest N, newest first. */
     rc = plait_aggstore_rounds_foreach(st, last != 0, (size_t)last, print_round, &sc);
     plait_aggstore_close(st);
@@ -1043,7 +1371,9 @@ static const command_t commands[] = {
     {"init", "create a deployment: CA, server certificate, database, aggregator.conf", cmd_init},
     {"enroll", "issue a device certificate and record the device", cmd_enroll},
     {"import-enrollment", "record a device enrolled on an offline CA host", cmd_import_enrollment},
-    {"revoke", "revoke a device", cmd_revoke},
+    {"revoke", "revoke a device (by label, id, certificate, fingerprint or serial)", cmd_revoke},
+    {"renew", "issue a new certificate for a device, keeping its id; revoke the old one", cmd_renew},
+    {"cert-info", "device id, serial, fingerprint and validity of a certificate", cmd_cert_info},
     {"serve", "run the aggregator service", cmd_serve},
     {"status", "summary of a deployment", cmd_status},
     {"devices", "list enrolled devices: label, id, state", cmd_devices},

@@ -66,8 +66,8 @@ static const setting_t SETTINGS[] = {
      "TLS session tickets: a returning device resumes its session for this long (0 = full handshakes only)"},
     {"base_model", T_STR, F(base_model), 0, 0, "",
      "path of the base model checkpoint (llama2.c .bin); devices must run the same file (sha256)"},
-    {"lora_rank", T_UINT, F(lora_rank), 1, 1024, "4", "LoRA rank R"},
-    {"lora_alpha", T_DOUBLE, F(lora_alpha), 1e-6, 1e6, "8", "LoRA alpha (scaling alpha / R)"},
+    {"lora_rank", T_UINT, F(lora_rank), 1, 1024, "8", "LoRA rank R (as plait-agent and plait-sim)"},
+    {"lora_alpha", T_DOUBLE, F(lora_alpha), 1e-6, 1e6, "16", "LoRA alpha (scaling alpha / R)"},
     {"lora_targets", T_STR, F(lora_targets), 0, 0, "wq,wv", "adapted projections: wq,wk,wv,wo,w1,w2,w3"},
     {"lora_mode", T_STR, F(lora_mode), 0, 0, "ffa", "ffa (A frozen, B averaged), fedit or fedsa"},
     {"a_seed", T_UINT, F(a_seed), 0, 1.8e19, "1", "seed of the LoRA A matrices"},
@@ -114,8 +114,24 @@ static const setting_t SETTINGS[] = {
 };
 #define N_SETTINGS (sizeof(SETTINGS) / sizeof(SETTINGS[0]))
 
+/* Other spellings accepted for a setting: plait-sim's config names (docs/operator-guide.md). The canonical
+ * name is the one written by the generated aggregator.conf. */
+static const struct {
+    const char *alias, *name;
+} ALIASES[] = {
+    {"clients_per_round", "target_cohort"}, {"min_clients", "min_cohort"}, {"clip", "clip_norm"},
+    {"strategy", "server_opt"},             {"local_lr", "lr"},           {"rank", "lora_rank"},
+    {"alpha", "lora_alpha"},
+};
+
 static const setting_t *find(const char *name, size_t n)
 {
+    for (size_t i = 0; i < sizeof(ALIASES) / sizeof(ALIASES[0]); i++)
+        if (strlen(ALIASES[i].alias) == n && memcmp(ALIASES[i].alias, name, n) == 0) {
+            name = ALIASES[i].name;
+            n = strlen(name);
+            break;
+        }
     for (size_t i = 0; i < N_SETTINGS; i++)
         if (strlen(SETTINGS[i].name) == n && memcmp(SETTINGS[i].name, name, n) == 0) return &SETTINGS[i];
     return NULL;

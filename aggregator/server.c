@@ -587,7 +587,8 @@ static void offer(conn_t *c)
         return;
     }
     if (st != PLAIT_ROUND_SELECTION || mb) { /* mb: done with this round (declined, refused) */
-        send_cbl(c, mb ? PLAIT_RETRY_PACE : PLAIT_RETRY_NO_ROUND, s->cfg.retry_ms);
+        /* Pace steering only when pace_rounds asks for it. */
+        send_cbl(c, mb && s->cfg.pace_rounds > 0 ? PLAIT_RETRY_PACE : PLAIT_RETRY_NO_ROUND, s->cfg.retry_ms);
         conn_close(c, 1);
         return;
     }
@@ -2094,8 +2095,6 @@ int plait_server_create(plait_server_t **out, const char *dir, const plait_aggcf
         PLAIT_LOG(PLAIT_LOG_WARN, "recovery: %lld round(s) left open by a crash marked abandoned; "
                   "the global adapter is the last committed version", (long long)abandoned);
     if ((rc = plait__svc_open(&s->store_r, dbpath, 0, 0, NULL)) != 0) goto fail;
-    if ((rc = setup_versions(s)) != 0) goto fail;
-    if ((rc = setup_round(s)) != 0) goto fail;
 
     if ((rc = uv_loop_init(&s->loop)) != 0) {
         rc = plait_fail(PLAIT_EIO, "uv_loop_init: %s", uv_strerror(rc));
@@ -2112,6 +2111,9 @@ int plait_server_create(plait_server_t **out, const char *dir, const plait_aggcf
         }
         s->have_metrics = 1;
     }
+    /* Only once listening: a first serve that cannot bind must not store version 1 (it fixes the LoRA shape). */
+    if ((rc = setup_versions(s)) != 0) goto fail;
+    if ((rc = setup_round(s)) != 0) goto fail;
     uv_timer_init(&s->loop, &s->tick);
     s->tick.data = s;
     uv_signal_init(&s->loop, &s->sigterm);

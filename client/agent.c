@@ -93,6 +93,7 @@ struct plait_agent_s {
     plait_rng_t jitter; /* jitter of delays (not secret, but seeded from the DRBG anyway) */
     int wake[2];        /* self-pipe: stop and worker completion */
     atomic_int stop;
+    int fatal;          /* the last failure cannot be fixed by retrying (the store is unusable) */
     plait_agent_result_t last;
     uint32_t rounds_acked;
     uint64_t ping_nonce;
@@ -554,6 +555,16 @@ static int load_pem(const char *path, const char *what, char **out)
     return 0;
 }
 
+static int check_eligible(plait_agent_t *a, int64_t *n_train);
+
+/* "store PATH: <why>", without repeating the store's own "store: " prefix. */
+static int store_fail(const plait_agent_t *a, int rc)
+{
+    const char *m = plait_errmsg();
+    if (strncmp(m, "store: ", 7) == 0) m += 7;
+    return plait_fail(rc, "store %s: %s", a->store_path, m);
+}
+
 int plait_agent_create(plait_agent_t **out, const plait_agent_config_t *cfg)
 {
     if (!out) return plait_fail(PLAIT_EINVAL, "agent: NULL out");
@@ -631,6 +642,14 @@ int plait_agent_create(plait_agent_t **out, const plait_agent_config_t *cfg)
     plait_pki_free_pem(key); /* wiped */
     ca = crt = key = NULL;
 
+    {
+        /* A store that cannot be opened fails here, once, not after every retry of a round. */
+        int64_t n0 = 0;
+        if ((rc = check_eligible(a, &n0)) != 0) {
+            rc = store_fail(a, rc);
+            goto fail;
+        }
+    }
     if (mkdir(a->state_dir, 0700) != 0 && errno != EEXIST) {
         rc = plait_fail(PLAIT_EIO, "state dir %s: %s", a->state_dir, strerror(errno));
         goto fail;
@@ -1846,7 +1865,11 @@ int plait_agent_run_once(plait_agent_t *a, plait_agent_result_t *res_out)
     if (stopped(a)) return plait_fail(PLAIT_ECANCELED, "agent stopped");
     int64_t n_train = 0;
     int rc = check_eligible(a, &n_train);
-    if (rc != 0) return plait_fail(rc, "store %s: %s", a->store_path, plait_errmsg());
+    if (rc != 0) {
+        a->fatal = 1; /* retrying will not bring the store back */
+        return store_fail(a, rc);
+    }
+    a->fatal = 0;
     if (n_train < a->cfg.min_records || (a->cfg.eligible && !a->cfg.eligible(a->cfg.eligible_ud))) {
         if (n_train < a->cfg.min_records)
             PLAIT_LOG(PLAIT_LOG_INFO,
@@ -1937,6 +1960,7 @@ int plait_agent_run(plait_agent_t *a)
             PLAIT_LOG(PLAIT_LOG_WARN, "agent %s: attempt %u failed: %s (%s)", a->device_id,
                       attempt + 1, plait_errmsg(), plait_err_name(rc));
             emit(a, PLAIT_AGENT_EV_ERROR, r.round_id, rc);
+            if (a->fatal) return rc; /* a local failure that retrying cannot fix */
             attempt++;
             if (!a->cfg.daemon && attempt >= a->cfg.max_attempts) return rc;
             delay = plait_agent_backoff_ms(&a->cfg, attempt - 1, uniform(a));

@@ -29,7 +29,9 @@
 #include "plait/tok.h"
 #include "plait/train.h"
 
+#include <errno.h>
 #include <getopt.h>
+#include <unistd.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -80,15 +82,52 @@ typedef struct {
     char tok_buf[1024];
 } common_t;
 
+#ifndef PLAIT_DEFAULT_ASSETS
+#define PLAIT_DEFAULT_ASSETS "../shared/assets"
+#endif
+
+/* The default asset `name`: $PLAIT_ASSETS/name, else the build's assets folder; the first that exists. When
+ * neither does, fails naming every path tried (one line). */
+static int find_asset(const char *flag, const char *name, char *buf, size_t cap)
+{
+    const char *env = getenv("PLAIT_ASSETS");
+    char tried[2][1000];
+    int n = 0;
+    if (env && *env) snprintf(tried[n++], sizeof(tried[0]), "%s/%s", env, name);
+    snprintf(tried[n++], sizeof(tried[0]), "%s/%s", PLAIT_DEFAULT_ASSETS, name);
+    for (int i = 0; i < n; i++) {
+        struct stat sb;
+        if (stat(tried[i], &sb) == 0 && S_ISREG(sb.st_mode)) {
+            snprintf(buf, cap, "%.1000s", tried[i]);
+            return 0;
+        }
+    }
+    if (n == 2)
+        return plait_fail(PLAIT_ENOENT, "no %s given and none found: tried $PLAIT_ASSETS/%s (%s) and the build's %s; "
+                                        "give %s FILE or set PLAIT_ASSETS",
+                          flag + 2, name, tried[0], tried[1], flag);
+    return plait_fail(PLAIT_ENOENT, "no %s given and none found: tried the build's %s ($PLAIT_ASSETS is not set); "
+                                    "give %s FILE or set PLAIT_ASSETS",
+                      flag + 2, tried[0], flag);
+}
+
+/* Resolve --model / --tokenizer when not given (see find_asset). */
+static int resolve_assets(common_t *c, int need_tok)
+{
+    int rc;
+    if (!c->model && (rc = find_asset("--model", "stories260K.bin", c->model_buf, sizeof(c->model_buf))) != 0)
+        return rc;
+    if (!c->model) c->model = c->model_buf;
+    if (need_tok && !c->tokenizer &&
+        (rc = find_asset("--tokenizer", "tok512.bin", c->tok_buf, sizeof(c->tok_buf))) != 0)
+        return rc;
+    if (need_tok && !c->tokenizer) c->tokenizer = c->tok_buf;
+    return 0;
+}
+
 static void common_default(common_t *c)
 {
-    memset(c, 0, sizeof(*c));
-    const char *assets = getenv("PLAIT_ASSETS");
-    if (!assets || !*assets) assets = "../shared/assets";
-    snprintf(c->model_buf, sizeof(c->model_buf), "%s/stories260K.bin", assets);
-    snprintf(c->tok_buf, sizeof(c->tok_buf), "%s/tok512.bin", assets);
-    c->model = c->model_buf;
-    c->tokenizer = c->tok_buf;
+    memset(c, 0, sizeof(*c)); /* model and tokenizer: resolve_assets() unless given */
     c->threads = 1;
     c->batch = 8;
     c->seq = 128;
@@ -161,13 +200,14 @@ typedef struct {
     int have_tok;
 } engine_t;
 
-static int engine_load(engine_t *e, const common_t *c, int need_tok)
+static int engine_load(engine_t *e, common_t *c, int need_tok)
 {
     int rc;
     plait_model_init(&e->model);
     plait_tok_init(&e->tok);
     e->pool = NULL;
     e->have_tok = 0;
+    if ((rc = resolve_assets(c, need_tok)) != 0) return rc;
     if ((rc = plait_model_load(&e->model, c->model)) != 0) return rc;
     if (need_tok) {
         if ((rc = plait_tok_load(&e->tok, c->tokenizer, e->model.cfg.vocab_size)) != 0) return rc;
@@ -209,6 +249,21 @@ static int load_corpus(plait_corpus_t *corpus, const common_t *c, const plait_to
     return rc;
 }
 
+/* The folder that will hold file out must exist and be writable: 0, or fails naming it. */
+static int check_out_dir(const char *out)
+{
+    char dir[1024];
+    const char *slash = strrchr(out, '/');
+    if (!slash) snprintf(dir, sizeof(dir), ".");
+    else if (slash == out) snprintf(dir, sizeof(dir), "/");
+    else snprintf(dir, sizeof(dir), "%.*s", (int)(slash - out) < 1000 ? (int)(slash - out) : 1000, out);
+    struct stat sb;
+    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
+        return plait_fail(PLAIT_EINVAL, "--out %.200s: folder %.200s does not exist", out, dir);
+    if (access(dir, W_OK) != 0) return plait_fail(PLAIT_EINVAL, "--out %.200s: folder %.200s is not writable", out, dir);
+    return 0;
+}
+
 /* --------------------------------------------------------------- ingest */
 
 static void ingest_usage(void)
@@ -244,6 +299,15 @@ static int cmd_ingest(int argc, char **argv)
     if (optind < argc) return plait_fail(PLAIT_EINVAL, "unexpected argument '%.60s'", argv[optind]), die_usage(0);
     if (!c.db) return plait_fail(PLAIT_EINVAL, "--db is required"), die_usage(0);
     if (!c.text == !jsonl) return plait_fail(PLAIT_EINVAL, "give exactly one of --text and --jsonl"), die_usage(0);
+    /* A missing input must not leave an empty store behind. */
+    FILE *in = fopen(jsonl ? jsonl : c.text, "rb");
+    if (!in) {
+        int e = errno;
+        return plait_fail(PLAIT_ENOENT, "%s %s: cannot open: %s (no store created)", jsonl ? "--jsonl" : "--text",
+                          jsonl ? jsonl : c.text, strerror(e)),
+               die_run(PLAIT_ENOENT);
+    }
+    fclose(in);
     plait_store_t *st = NULL;
     int rc = open_store(&st, c.db, 1);
     if (rc != 0) return die_run(rc);
@@ -268,12 +332,18 @@ static int cmd_info(int argc, char **argv)
 {
     common_t c;
     common_default(&c);
-    static const struct option opts[] = {COMMON_OPTS, {0, 0, 0, 0}};
+    static const struct option opts[] = {COMMON_OPTS, {"json", no_argument, 0, OPT_JSON}, {0, 0, 0, 0}};
+    int json = 0;
     int o;
     while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         if (o == 'h') {
-            printf("usage: plait-agent info --db DB\n\nPrints how many records the store holds, per split.\n");
+            printf("usage: plait-agent info --db DB [--json]\n\nPrints how many records the store holds, per split\n"
+                   "(--json: one object {\"records\": N, \"train\": N, \"heldout\": N}).\n");
             return 0;
+        }
+        if (o == OPT_JSON) {
+            json = 1;
+            continue;
         }
         int h = common_opt(&c, o, optarg);
         if (h < 0) return die_usage(PLAIT_EINVAL);
@@ -288,8 +358,12 @@ static int cmd_info(int argc, char **argv)
     if (rc == 0) rc = plait_store_count_split(st, PLAIT_STORE_HELDOUT, &held);
     plait_store_close(st);
     if (rc != 0) return die_run(rc);
-    printf("%s: %lld records (%lld train, %lld held out)\n", c.db, (long long)total, (long long)train,
-           (long long)held);
+    if (json)
+        printf("{\"records\": %lld, \"train\": %lld, \"heldout\": %lld}\n", (long long)total, (long long)train,
+               (long long)held);
+    else
+        printf("%s: %lld records (%lld train, %lld held out)\n", c.db, (long long)total, (long long)train,
+               (long long)held);
     return 0;
 }
 
@@ -554,6 +628,7 @@ static int cmd_train(int argc, char **argv)
         return plait_fail(PLAIT_EINVAL, "--tokens and --dump-grads go together, with --init-adapter"), die_usage(0);
     if (!verify && !out) return plait_fail(PLAIT_EINVAL, "--out is required"), die_usage(0);
     if (!verify && !c.db == !c.text) return plait_fail(PLAIT_EINVAL, "give exactly one of --db and --text"), die_usage(0);
+    if (!verify && check_out_dir(out) != 0) return die_usage(0); /* before minutes of training, not after */
     tc.B = c.batch;
     tc.T = c.seq;
     if (cosine) tc.total_steps = (int)steps;
@@ -717,6 +792,17 @@ static int cmd_eval(int argc, char **argv)
     if (rc != 0) goto out;
     tc.pool = e.pool;
     if ((rc = load_corpus(&corpus, &c, &e.tok, split)) != 0) goto out;
+    if (corpus.n < (size_t)tc.T + 1) { /* say what to do, not only what is missing */
+        rc = plait_fail(PLAIT_EINVAL, "%s has %zu tokens, fewer than one window of --seq %d + 1: %s",
+                        c.db ? (split == PLAIT_STORE_HELDOUT ? "the store's held-out split"
+                                : split == PLAIT_STORE_TRAIN ? "the store's training split" : "the store")
+                             : "--text",
+                        corpus.n, tc.T,
+                        c.db && split == PLAIT_STORE_HELDOUT && corpus.n == 0
+                            ? "ingest more records (about 10% are held out), or try --split all or a smaller --seq"
+                            : "give more text, or a smaller --seq");
+        goto out;
+    }
     /* The base model is the adapter with B = 0: its correction vanishes exactly. */
     plait_lora_config_t lc;
     plait_lora_config_default(&lc);
@@ -1016,6 +1102,7 @@ static int cmd_join(int argc, char **argv)
     if (cfg.backoff_initial_ms > cfg.backoff_max_ms)
         return plait_fail(PLAIT_EINVAL, "--backoff-initial-ms is above --backoff-max-ms"), die_usage(0);
     cfg.server_host = host;
+    if (resolve_assets(&c, 1) != 0) return die_usage(PLAIT_ENOENT);
     cfg.model_path = c.model;
     cfg.tokenizer_path = c.tokenizer;
     cfg.store_path = c.db;
@@ -1084,7 +1171,8 @@ static void usage(FILE *f)
     fprintf(f, "usage: plait-agent COMMAND [--help] [options]\n\ncommands:\n");
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
         fprintf(f, "  %-9s %s\n", commands[i].name, commands[i].help);
-    fprintf(f, "\nplait %s. Assets are read from $PLAIT_ASSETS (default ../shared/assets).\n", PLAIT_VERSION_STRING);
+    fprintf(f, "\nplait %s. Without --model/--tokenizer the model and tokenizer are looked up in $PLAIT_ASSETS,\n"
+               "then in the build's assets folder (%s).\n", PLAIT_VERSION_STRING, PLAIT_DEFAULT_ASSETS);
 }
 
 int main(int argc, char **argv)

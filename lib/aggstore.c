@@ -781,6 +781,21 @@ int plait_aggstore_device_touch(plait_aggstore_t *st, const char *id)
     return device_update(st, id, "UPDATE devices SET last_seen = ?2 WHERE id = ?1", "touching device");
 }
 
+int plait_aggstore_device_rekey(plait_aggstore_t *st, const char *id, const uint8_t fingerprint[32])
+{
+    int ret = check_usable(st);
+    if (ret != 0 || (ret = check_id(id)) != 0) return ret;
+    if (!fingerprint) return plait_fail(PLAIT_EINVAL, "aggstore: fingerprint is NULL");
+    sqlite3_stmt *s;
+    if ((ret = prep(st, "UPDATE devices SET fingerprint = ?2 WHERE id = ?1 AND revoked = 0", &s)) != 0) return ret;
+    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_blob(s, 2, fingerprint, 32, SQLITE_STATIC);
+    if ((ret = step_done(st, s, "renewing device")) != 0) return ret;
+    if (sqlite3_changes64(st->db) == 0)
+        return plait_fail(PLAIT_ENOENT, "aggstore: no enrolled, unrevoked device '%s'", id);
+    return 0;
+}
+
 int plait_aggstore_device_get(plait_aggstore_t *st, const char *id, plait_aggstore_device_t *out)
 {
     int ret = check_usable(st);

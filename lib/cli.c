@@ -6,6 +6,8 @@
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
 
 /* Flag values are echoed in errors, so cap how much of one is shown. */
 #define SHOW 40
@@ -57,5 +59,30 @@ int plait_cli_double(const char *flag, const char *s, double lo, double hi, doub
     if (v < lo || v > hi)
         return plait_fail(PLAIT_EINVAL, "%s: '%.*s' is outside %g..%g", flag, SHOW, s, lo, hi);
     *out = v;
+    return 0;
+}
+
+int plait_cli_mkdirs(const char *what, const char *path, unsigned mode)
+{
+    char buf[4096];
+    if (!path || !*path) return plait_fail(PLAIT_EINVAL, "%s: empty folder name", what);
+    size_t n = strlen(path);
+    if (n >= sizeof(buf)) return plait_fail(PLAIT_EINVAL, "%s: folder name too long", what);
+    memcpy(buf, path, n + 1);
+    /* Each prefix ending before a '/', then the whole path. */
+    for (size_t i = 1; i <= n; i++) {
+        if (buf[i] != '/' && buf[i] != '\0') continue;
+        char c = buf[i];
+        buf[i] = '\0';
+        struct stat sb;
+        if (stat(buf, &sb) == 0) {
+            if (!S_ISDIR(sb.st_mode)) return plait_fail(PLAIT_EIO, "%s: %s is not a folder", what, buf);
+        } else if (mkdir(buf, (mode_t)mode) != 0 && errno != EEXIST) {
+            int e = errno;
+            return plait_fail(PLAIT_EIO, "%s: cannot create folder %s: %s", what, buf, strerror(e));
+        }
+        buf[i] = c;
+        while (i < n && buf[i + 1] == '/') i++;
+    }
     return 0;
 }

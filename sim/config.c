@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "plait/file.h"
 #include "plait/json.h"
@@ -28,7 +29,10 @@
 #define CONFIG_MAX_BYTES ((size_t)1 << 20)
 
 typedef enum { K_INT, K_SIZE, K_U64, K_DOUBLE, K_BOOL, K_PATH, K_MODE, K_SOURCE, K_LORA_MODE, K_TARGETS,
-               K_STRATEGY, K_UNSIGNED } ktype_t;
+               K_STRATEGY, K_UNSIGNED, K_PARTITION, K_LABEL } ktype_t;
+
+/* Types whose JSON value is a string. */
+static int is_string_type(ktype_t t) { return (t >= K_PATH && t <= K_STRATEGY) || t == K_PARTITION || t == K_LABEL; }
 
 typedef struct {
     const char *section, *key;
@@ -52,6 +56,10 @@ static const key_t_ KEYS[] = {
     {"population", "min_lines", K_SIZE, F(min_lines), 1, 1e9},
     {"population", "train_fraction", K_DOUBLE, F(train_fraction), 0.01, 0.99},
     {"population", "max_clients", K_SIZE, F(max_clients), 0, 1e9},
+    {"population", "partition", K_PARTITION, F(partition), 0, 0},
+    {"population", "alpha", K_DOUBLE, F(partition_alpha), 1e-3, 1e6},
+    {"population", "clients", K_SIZE, F(partition_clients), 0, 1e7},
+    {"population", "label", K_LABEL, F(partition_label), 0, 0},
     {"lora", "mode", K_LORA_MODE, F(lora_mode), 0, 0},
     {"lora", "rank", K_INT, F(rank), 1, PLAIT_LORA_MAX_RANK},
     {"lora", "alpha", K_DOUBLE, F(alpha), 1e-6, 1e6},
@@ -121,6 +129,10 @@ void plait_sim_config_default(plait_sim_config_t *c, const char *assets)
     c->min_lines = 20;              /* 163 speakers of tinyshakespeare */
     c->train_fraction = 0.8;        /* McMahan et al. 2017's 80/20 split of each role */
     c->max_clients = 0;             /* all */
+    snprintf(c->partition, sizeof(c->partition), "natural");
+    c->partition_alpha = 0.5;       /* a common non-IID setting (Hsu et al. 2019 sweep 0.05..100) */
+    c->partition_clients = 0;       /* as many as authors */
+    snprintf(c->partition_label, sizeof(c->partition_label), "user");
     c->lora_mode = PLAIT_LORA_MODE_FFA; /* exact aggregation, half the upload */
     c->rank = 8;
     c->alpha = 16;
@@ -192,6 +204,12 @@ int plait_sim_config_validate(const plait_sim_config_t *c)
         return plait_fail(PLAIT_EINVAL, "lora.mode: unknown");
     if (c->targets == 0 || c->targets >= (1u << PLAIT_NPROJ))
         return plait_fail(PLAIT_EINVAL, "lora.targets: no valid projection");
+    if (strcmp(c->partition, "natural") != 0 && strcmp(c->partition, "dirichlet") != 0)
+        return plait_fail(PLAIT_EINVAL, "population.partition: must be natural or dirichlet");
+    if (strcmp(c->partition_label, "user") != 0 && strcmp(c->partition_label, "kind") != 0)
+        return plait_fail(PLAIT_EINVAL, "population.label: must be user or kind");
+    if (strcmp(c->partition_label, "kind") == 0 && c->source != PLAIT_SIM_SRC_JSONL)
+        return plait_fail(PLAIT_EINVAL, "population.label \"kind\" needs population.source \"jsonl\"");
     if (c->avail_min > c->avail_max)
         return plait_fail(PLAIT_EINVAL, "fleet.availability_min exceeds fleet.availability_max");
     if (c->avail_max <= 0) return plait_fail(PLAIT_EINVAL, "fleet.availability_max must be > 0");
@@ -223,7 +241,7 @@ static int set_key(plait_sim_config_t *c, const key_t_ *k, const plait_json_t *v
 {
     char *p = (char *)c + k->off;
     const char *s = NULL;
-    if (k->type >= K_PATH && k->type <= K_STRATEGY) {
+    if (is_string_type(k->type)) {
         s = plait_json_string(v, NULL);
         if (!s) return plait_fail(PLAIT_EPROTO, "config %s.%s: expected a string", k->section, k->key);
     }
@@ -294,6 +312,16 @@ static int set_key(plait_sim_config_t *c, const key_t_ *k, const plait_json_t *v
         if (plait_server_opt_kind_parse(s, &c->strategy) != 0)
             return plait_fail(PLAIT_EPROTO, "config server.strategy: must be fedavg, fedadagrad, fedadam or fedyogi");
         return 0;
+    case K_PARTITION:
+        if (strcmp(s, "natural") != 0 && strcmp(s, "dirichlet") != 0)
+            return plait_fail(PLAIT_EPROTO, "config population.partition: must be natural or dirichlet");
+        snprintf(c->partition, sizeof(c->partition), "%s", s);
+        return 0;
+    case K_LABEL:
+        if (strcmp(s, "user") != 0 && strcmp(s, "kind") != 0)
+            return plait_fail(PLAIT_EPROTO, "config population.label: must be user or kind");
+        snprintf(c->partition_label, sizeof(c->partition_label), "%s", s);
+        return 0;
     }
     return plait_fail(PLAIT_EINTERNAL, "config: key type");
 }
@@ -333,6 +361,38 @@ int plait_sim_config_apply_json(plait_sim_config_t *c, const char *buf, size_t l
     return rc;
 }
 
+int plait_sim_config_set(plait_sim_config_t *c, const char *assignment)
+{
+    const char *eq = assignment ? strchr(assignment, '=') : NULL, *dot = assignment ? strchr(assignment, '.') : NULL;
+    if (!eq || !dot || dot > eq)
+        return plait_fail(PLAIT_EINVAL, "--set: '%.64s' is not section.key=value", assignment ? assignment : "");
+    const key_t_ *k = NULL;
+    size_t sl = (size_t)(dot - assignment), kl = (size_t)(eq - dot - 1);
+    for (size_t j = 0; j < N_KEYS; j++)
+        if (strlen(KEYS[j].section) == sl && strncmp(KEYS[j].section, assignment, sl) == 0 &&
+            strlen(KEYS[j].key) == kl && strncmp(KEYS[j].key, dot + 1, kl) == 0)
+            k = &KEYS[j];
+    if (!k) return plait_fail(PLAIT_EINVAL, "--set: unknown key %.*s (see config.json of a run)", (int)(eq - assignment), assignment);
+    /* The value as a JSON text: strings are quoted here, everything else is read as written. */
+    const char *v = eq + 1;
+    plait_buf_t b;
+    plait_buf_init(&b, CONFIG_MAX_BYTES);
+    if (is_string_type(k->type)) plait_buf_json_string(&b, v, strlen(v));
+    else plait_buf_printf(&b, "%s", v);
+    int rc = plait_buf_status(&b);
+    plait_json_t *root = NULL;
+    if (rc == 0 && (rc = plait_json_parse(b.data ? b.data : "", b.len, &root)) != 0)
+        rc = plait_fail(PLAIT_EINVAL, "--set %s.%s: '%.40s' is not a valid value", k->section, k->key, v);
+    if (rc == 0 && (rc = set_key(c, k, root)) != 0) {
+        char tmp[512];
+        snprintf(tmp, sizeof(tmp), "%s", plait_errmsg());
+        rc = plait_fail(PLAIT_EINVAL, "--set: %s", strncmp(tmp, "config ", 7) == 0 ? tmp + 7 : tmp);
+    }
+    plait_json_free(root);
+    plait_buf_free(&b);
+    return rc;
+}
+
 int plait_sim_config_load(plait_sim_config_t *c, const char *path)
 {
     char label[PLAIT_SIM_PATH_MAX + 16];
@@ -367,6 +427,60 @@ int plait_sim_config_load(plait_sim_config_t *c, const char *path)
     return 0;
 }
 
+/* Lexically normalize an absolute path into out ("/a/b/../c/." -> "/a/c"); 0 or -1 if it does not fit. */
+static int norm_abs(const char *p, char *out, size_t cap)
+{
+    size_t n = 0;
+    out[0] = '\0';
+    while (*p) {
+        while (*p == '/') p++;
+        const char *e = strchr(p, '/');
+        size_t l = e ? (size_t)(e - p) : strlen(p);
+        if (l == 0 || (l == 1 && p[0] == '.')) {
+        } else if (l == 2 && p[0] == '.' && p[1] == '.') {
+            while (n > 0 && out[n - 1] != '/') n--;
+            if (n > 0) n--;
+            out[n] = '\0';
+        } else {
+            if (n + 1 + l + 1 > cap) return -1;
+            out[n++] = '/';
+            memcpy(out + n, p, l);
+            n += l;
+            out[n] = '\0';
+        }
+        p += l;
+    }
+    if (n == 0) snprintf(out, cap, "/");
+    return 0;
+}
+
+/* A path as written in config.json: an absolute one (e.g. the built-in assets folder) that shares a folder with
+ * the current folder is written relative to it, as --config reads paths; others as they are. */
+static void path_for_json(const char *p, char *out, size_t cap)
+{
+    char cwd[PLAIT_SIM_PATH_MAX], a[PLAIT_SIM_PATH_MAX], w[PLAIT_SIM_PATH_MAX];
+    snprintf(out, cap, "%s", p);
+    if (p[0] != '/' || !getcwd(cwd, sizeof(cwd)) || norm_abs(p, a, sizeof(a)) != 0 ||
+        norm_abs(cwd, w, sizeof(w)) != 0)
+        return;
+    /* The longest common prefix of whole components. */
+    size_t i = 0, last = 0;
+    while (a[i] && a[i] == w[i]) {
+        i++;
+        if (a[i] == '/' || (a[i] == '\0' && (w[i] == '/' || w[i] == '\0'))) last = i;
+    }
+    if (w[i] == '\0' && (a[i] == '/' || a[i] == '\0')) last = i;
+    if (strcmp(w, "/") == 0) last = 0;
+    int ups = 0;
+    for (size_t k = last; w[k] && strcmp(w, "/") != 0; k++) ups += w[k] == '/';
+    if (last == 0) return; /* nothing in common but the root: keep it absolute */
+    const char *rest = a + last;
+    while (*rest == '/') rest++;
+    size_t n = 0;
+    for (int u = 0; u < ups && n + 3 < cap; u++) n += (size_t)snprintf(out + n, cap - n, "../");
+    snprintf(out + n, cap - n, "%s", *rest ? rest : ".");
+}
+
 int plait_sim_config_to_json(const plait_sim_config_t *c, plait_buf_t *b)
 {
     const char *sec = NULL;
@@ -389,7 +503,12 @@ int plait_sim_config_to_json(const plait_sim_config_t *c, plait_buf_t *b)
         case K_U64: plait_buf_printf(b, "%llu", (unsigned long long)*(const uint64_t *)(const void *)p); break;
         case K_DOUBLE: plait_buf_json_number(b, *(const double *)(const void *)p); break;
         case K_BOOL: plait_buf_printf(b, "%s", *(const bool *)(const void *)p ? "true" : "false"); break;
-        case K_PATH: plait_buf_json_string(b, p, strlen(p)); break;
+        case K_PATH: {
+            char rel[PLAIT_SIM_PATH_MAX];
+            path_for_json(p, rel, sizeof(rel));
+            plait_buf_json_string(b, rel, strlen(rel));
+            break;
+        }
         case K_MODE: plait_buf_json_string(b, c->mode, strlen(c->mode)); break;
         case K_SOURCE: plait_buf_printf(b, "\"%s\"", SOURCES[c->source]); break;
         case K_LORA_MODE: plait_buf_printf(b, "\"%s\"", plait_lora_mode_name(c->lora_mode)); break;
@@ -402,6 +521,8 @@ int plait_sim_config_to_json(const plait_sim_config_t *c, plait_buf_t *b)
             plait_buf_printf(b, "\"%s\"", names[c->strategy]);
             break;
         }
+        case K_PARTITION: plait_buf_printf(b, "\"%s\"", c->partition); break;
+        case K_LABEL: plait_buf_printf(b, "\"%s\"", c->partition_label); break;
         }
     }
     plait_buf_append(b, "\n  }\n}\n", 7);

@@ -18,6 +18,7 @@
 
 #include "plait/cli.h"
 #include "plait/file.h"
+#include "plait/json.h"
 #include "plait/log.h"
 #include "plait/lora.h"
 #include "plait/sim.h"
@@ -33,10 +34,15 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: plait-sim [flags]             run an experiment (no flags: the default demo)\n"
-            "       plait-sim compare --out FILE.svg [--metric global|personal] [--title T] NAME=DIR...\n"
+            "       plait-sim compare --out FILE.svg [--metric global|personal] [--x round|mb] NAME=DIR...\n"
+            "       plait-sim export-config [flags]   print the aggregator.conf of the experiment\n"
+            "       plait-sim --version\n"
             "\n"
             "flags (defaults < --config FILE < flags; see docs/researcher-guide.md):\n"
             "  --config FILE            JSON experiment config\n"
+            "  --set SECTION.KEY=VALUE  any config key (repeatable), e.g. --set local.batch=8 --set lora.mode=fedit\n"
+            "  --seeds N                N runs with seeds seed..seed+N-1 into OUT/seed-S (compare draws the mean\n"
+            "                           and a 95%% CI); OUT/seeds.md has the final losses' mean and CI\n"
             "  --out DIR                outputs and the clients' stores (default sim-out)\n"
             "  --rounds N               rounds (20)\n"
             "  --clients-per-round K    target cohort (10)\n"
@@ -72,7 +78,7 @@ enum {
     O_CONFIG = 256, O_OUT, O_ROUNDS, O_CPR, O_STEPS, O_EPOCHS, O_LR, O_STRATEGY, O_SERVER_LR, O_MODE, O_RANK,
     O_TARGETS, O_CLIP, O_NOISE, O_SEED, O_THREADS, O_MIN_LINES, O_DATA, O_SOURCE, O_MAX_CLIENTS, O_EVAL_CLIENTS,
     O_PERS, O_EVAL_EVERY, O_DROPOUT, O_DEADLINE, O_MODEL, O_TOK, O_QUIET, O_HELP,
-    O_CENTRAL, O_CENTRAL_ONLY, O_CENTRAL_STEPS, O_RUN_MODE, O_AGG_BIN, O_AGENT_BIN
+    O_CENTRAL, O_CENTRAL_ONLY, O_CENTRAL_STEPS, O_RUN_MODE, O_AGG_BIN, O_AGENT_BIN, O_SET, O_SEEDS
 };
 
 static const struct option OPTS[] = {
@@ -94,6 +100,7 @@ static const struct option OPTS[] = {
     {"centralized-only", no_argument, 0, O_CENTRAL_ONLY}, {"centralized-steps", required_argument, 0, O_CENTRAL_STEPS},
     {"mode", required_argument, 0, O_RUN_MODE},
     {"aggregator-bin", required_argument, 0, O_AGG_BIN}, {"agent-bin", required_argument, 0, O_AGENT_BIN},
+    {"set", required_argument, 0, O_SET}, {"seeds", required_argument, 0, O_SEEDS},
     {0, 0, 0, 0}};
 
 static int bad(void)
@@ -174,6 +181,8 @@ static int apply_flag(plait_sim_config_t *c, int opt, const char *v)
         break;
     case O_AGG_BIN: return set_str(c->aggregator_bin, "--aggregator-bin", v);
     case O_AGENT_BIN: return set_str(c->agent_bin, "--agent-bin", v);
+    case O_SET: return plait_sim_config_set(c, v);
+    case O_SEEDS: break; /* main() */
     default: rc = plait_fail(PLAIT_EINVAL, "unknown flag");
     }
 #undef INT
@@ -181,100 +190,126 @@ static int apply_flag(plait_sim_config_t *c, int opt, const char *v)
     return rc;
 }
 
-/* ---- compare: several runs' metrics.csv in one chart ------------------------------ */
-
-/* Read column col of DIR/metrics.csv into y (rounds 0..), returning the count or -1. */
-static long read_column(const char *dir, const char *col, double *y, size_t cap)
+/* One experiment: run it and print its summary. Returns the exit status; g and p get the final losses. */
+static int run_one(const plait_sim_config_t *cfg, double *g, double *p)
 {
-    char path[PLAIT_SIM_PATH_MAX + 32], line[4096];
-    snprintf(path, sizeof(path), "%s/metrics.csv", dir);
-    FILE *f = NULL;
-    if (plait_file_fopen(path, NULL, &f) != 0) return -1; /* a FIFO is refused, not waited on */
-    int idx = -1;
-    if (fgets(line, sizeof(line), f)) {
-        int k = 0;
-        for (char *t = strtok(line, ",\n"); t; t = strtok(NULL, ",\n"), k++)
-            if (strcmp(t, col) == 0) idx = k;
-    }
-    long n = 0;
-    while (idx >= 0 && (size_t)n < cap && fgets(line, sizeof(line), f)) {
-        /* Empty fields (NAN) matter here, so split by hand. */
-        char *p = line;
-        for (int k = 0; k < idx && p; k++) {
-            p = strchr(p, ',');
-            if (p) p++;
-        }
-        y[n++] = (p && *p && *p != ',' && *p != '\n') ? strtod(p, NULL) : NAN;
-    }
-    fclose(f);
-    if (idx < 0) return plait_fail(PLAIT_EPROTO, "%s: no column %s", path, col), -1;
-    return n;
-}
-
-static double read_base(const char *dir)
-{
-    /* The base model's loss is the global loss before training with B = 0 (round 0). */
-    double y[1];
-    return read_column(dir, "global_loss", y, 1) == 1 ? y[0] : NAN;
-}
-
-static int cmd_compare(int argc, char **argv)
-{
-    const char *out = NULL, *metric = "global", *title = "held-out loss";
-    int a = 2;
-    for (; a < argc && strncmp(argv[a], "--", 2) == 0; a += 2) {
-        if (a + 1 >= argc) return plait_fail(PLAIT_EINVAL, "%s: missing value", argv[a]), bad();
-        if (strcmp(argv[a], "--out") == 0) out = argv[a + 1];
-        else if (strcmp(argv[a], "--metric") == 0) metric = argv[a + 1];
-        else if (strcmp(argv[a], "--title") == 0) title = argv[a + 1];
-        else return plait_fail(PLAIT_EINVAL, "compare: unknown flag %.32s", argv[a]), bad();
-    }
-    if (!out || a >= argc) return plait_fail(PLAIT_EINVAL, "compare: needs --out FILE.svg and NAME=DIR..."), bad();
-    if (strcmp(metric, "global") != 0 && strcmp(metric, "personal") != 0)
-        return plait_fail(PLAIT_EINVAL, "--metric: global or personal"), bad();
-    char col[32];
-    snprintf(col, sizeof(col), "%s_loss", metric);
-    size_t n = (size_t)(argc - a), cap = 100000;
-    if (n > 16) return plait_fail(PLAIT_EINVAL, "compare: at most 16 runs"), bad();
-    const char *names[16];
-    double *ys[16] = {0};
-    size_t points = 0;
-    double base = NAN;
-    int rc = 0;
-    for (size_t i = 0; i < n && rc == 0; i++) {
-        char *eq = strrchr(argv[a + i], '='); /* names may hold '=' */
-        if (!eq) {
-            rc = plait_fail(PLAIT_EINVAL, "compare: '%.64s' is not NAME=DIR", argv[a + i]);
-            break;
-        }
-        *eq = '\0';
-        names[i] = argv[a + i];
-        if (!(ys[i] = malloc(cap * sizeof(double)))) {
-            rc = plait_fail(PLAIT_ENOMEM, "compare");
-            break;
-        }
-        for (size_t k = 0; k < cap; k++) ys[i][k] = NAN;
-        long got = read_column(eq + 1, col, ys[i], cap);
-        if (got < 0) {
-            rc = PLAIT_ENOENT;
-            break;
-        }
-        if ((size_t)got > points) points = (size_t)got;
-        if (i == 0) base = read_base(eq + 1);
-    }
-    if (rc == 0) rc = plait__sim_svg_compare(out, title, names, (const double *const *)ys, n, points, base);
-    for (size_t i = 0; i < n; i++) free(ys[i]);
+    plait_sim_result_t res;
+    int rc = plait_sim_run(cfg, &res);
     if (rc != 0) {
-        fprintf(stderr, "plait-sim compare: %s\n", plait_errmsg());
+        fprintf(stderr, "plait-sim: %s (%s)\n", plait_errmsg(), plait_err_name(rc));
         return rc == PLAIT_EINVAL ? EXIT_USAGE : EXIT_FAILURE;
     }
-    printf("%s\n", out);
+    const plait_sim_round_t *last = &res.rounds[res.n_rounds];
+    for (size_t r = res.n_rounds; r > 0 && !isfinite(last->global_loss); r--) last = &res.rounds[r - 1];
+    *g = last->global_loss;
+    *p = last->personal_loss;
+    if (res.n_rounds > 0) {
+        printf("base %.4f  global %.4f", res.base_loss, last->global_loss);
+        if (isfinite(last->personal_loss)) printf("  personalized %.4f", last->personal_loss);
+        printf("  (held-out loss, round %d)\n", last->round);
+    } else printf("base %.4f  (held-out loss)\n", res.base_loss);
+    if (res.centralized_steps > 0)
+        printf("centralized %.4f  (held-out loss after %d steps on the pooled training data, %zu tokens)\n",
+               res.centralized_loss, res.centralized_steps, res.centralized_tokens);
+    printf("%.1f s, %.1f client-rounds/s (%.1f ms CPU each), peak RSS %ld MiB, checksum %016llx\n", res.wall_s,
+           res.client_rounds_per_s, 1e3 * res.cpu_s_per_client_round, res.peak_rss_kb / 1024,
+           (unsigned long long)res.checksum);
+    printf("report: %s/report.md\n", cfg->out_dir);
+    plait_sim_result_free(&res);
     return 0;
+}
+
+static void num(plait_buf_t *b, double x, const char *after)
+{
+    if (isfinite(x)) plait_buf_printf(b, "%.4f%s", x, after);
+    else plait_buf_printf(b, "-%s", after);
+}
+
+/* Mean and 95% CI half-width of n values (NAN entries skipped); "-" when none. */
+static void mean_ci(const double *v, int n, double *mean, double *half)
+{
+    double s = 0, s2 = 0;
+    int m = 0;
+    for (int i = 0; i < n; i++)
+        if (isfinite(v[i])) s += v[i], s2 += v[i] * v[i], m++;
+    *mean = m ? s / m : NAN;
+    double var = m > 1 ? (s2 - s * s / m) / (m - 1) : NAN;
+    *half = m > 1 ? plait__sim_t95((size_t)m - 1) * sqrt(var > 0 ? var : 0) / sqrt((double)m) : NAN;
+}
+
+/* --seeds N: the experiment with seeds seed..seed+N-1, each into OUT/seed-S; OUT/seeds.txt lists them (for
+ * compare) and OUT/seeds.md has the final losses' mean and 95% CI. */
+static int run_seeds(const plait_sim_config_t *base, int n)
+{
+    char root[PLAIT_SIM_PATH_MAX];
+    snprintf(root, sizeof(root), "%s", base->out_dir);
+    if (plait_cli_mkdirs(root, root, 0755) != 0) return bad();
+    double g[64], p[64];
+    plait_buf_t list, md;
+    plait_buf_init(&list, 0);
+    plait_buf_init(&md, 0);
+    plait_buf_printf(&md, "# plait-sim: %d seeds\n\n| seed | global loss | personalized loss |\n|---|---|---|\n", n);
+    int rc = 0;
+    for (int k = 0; k < n && rc == 0; k++) {
+        plait_sim_config_t c = *base;
+        c.seed = base->seed + (uint64_t)k;
+        char sub[64];
+        snprintf(sub, sizeof(sub), "seed-%llu", (unsigned long long)c.seed);
+        if (strlen(root) + 70 >= sizeof(root)) {
+            plait_fail(PLAIT_EINVAL, "--out: too long for --seeds");
+            return bad();
+        }
+        int w = snprintf(c.out_dir, sizeof(c.out_dir), "%.*s/%s", (int)(sizeof(root) - 70), root, sub);
+        (void)w;
+        if (!c.quiet) fprintf(stderr, "plait-sim: seed %llu (%d of %d) into %s\n", (unsigned long long)c.seed, k + 1, n, c.out_dir);
+        rc = run_one(&c, &g[k], &p[k]);
+        plait_buf_printf(&list, "%s\n", sub);
+        plait_buf_printf(&md, "| %llu | ", (unsigned long long)c.seed);
+        num(&md, g[k], " | ");
+        num(&md, p[k], " |\n");
+    }
+    if (rc == 0) {
+        double gm, gh, pm, ph;
+        mean_ci(g, n, &gm, &gh);
+        mean_ci(p, n, &pm, &ph);
+        plait_buf_printf(&md, "\nMean over %d seeds ± the 95%% confidence interval's half-width (Student t, %d "
+                              "degrees of freedom): global ", n, n - 1);
+        num(&md, gm, " ± ");
+        num(&md, gh, ", personalized ");
+        num(&md, pm, " ± ");
+        num(&md, ph, ".\n");
+        printf("%d seeds: global %.4f ± %.4f", n, gm, gh);
+        if (isfinite(pm)) printf(", personalized %.4f ± %.4f", pm, ph);
+        printf(" (mean ± 95%% CI)\n");
+        char path[PLAIT_SIM_PATH_MAX + 16];
+        const plait_buf_t *bufs[2] = {&list, &md};
+        const char *names[2] = {"seeds.txt", "seeds.md"};
+        for (int i = 0; i < 2 && rc == 0; i++) {
+            snprintf(path, sizeof(path), "%s/%s", root, names[i]);
+            FILE *f = fopen(path, "w");
+            int ok = f && plait_buf_status(bufs[i]) == 0 && fwrite(bufs[i]->data, 1, bufs[i]->len, f) == bufs[i]->len;
+            if (f) ok &= fclose(f) == 0;
+            if (!ok) {
+                fprintf(stderr, "plait-sim: %s: cannot write\n", path);
+                rc = EXIT_FAILURE;
+            }
+        }
+        if (rc == 0) printf("seeds: %s/seeds.md\n", root);
+    }
+    plait_buf_free(&list);
+    plait_buf_free(&md);
+    return rc;
 }
 
 int main(int argc, char **argv)
 {
-    if (argc > 1 && strcmp(argv[1], "compare") == 0) return cmd_compare(argc, argv);
+    if (argc > 1 && strcmp(argv[1], "compare") == 0) return plait__sim_compare_main(argc - 1, argv + 1);
+    if (argc > 1 && strcmp(argv[1], "--version") == 0) {
+        printf("plait-sim %s\n", PLAIT_VERSION_STRING);
+        return 0;
+    }
+    int export_config = argc > 1 && strcmp(argv[1], "export-config") == 0;
+    if (export_config) argc--, argv++; /* the experiment's flags follow */
     const char *assets = getenv("PLAIT_ASSETS");
     if (!assets || !assets[0]) assets = PLAIT_DEFAULT_ASSETS;
     plait_sim_config_t cfg;
@@ -299,31 +334,20 @@ int main(int argc, char **argv)
         return EXIT_USAGE;
     }
     optind = 1;
-    while ((opt = getopt_long(argc, argv, "", OPTS, NULL)) != -1)
+    long long seeds = 1;
+    while ((opt = getopt_long(argc, argv, "", OPTS, NULL)) != -1) {
+        if (opt == O_SEEDS && plait_cli_int("--seeds", optarg, 1, 64, &seeds) != 0) return bad();
         if (opt != O_CONFIG && apply_flag(&cfg, opt, optarg) != 0) return bad();
+    }
     if (plait_sim_config_validate(&cfg) != 0) return bad();
+    if (export_config) return plait__sim_export_config(&cfg, "-") == 0 ? 0 : (bad(), EXIT_FAILURE);
     if (argc == 1)
         fprintf(stderr, "plait-sim: the default demo: Shakespeare by speaker, %d rounds in-process (--help for "
                         "options)\n",
                 cfg.rounds);
-    plait_sim_result_t res;
-    int rc = plait_sim_run(&cfg, &res);
-    if (rc != 0) {
-        fprintf(stderr, "plait-sim: %s (%s)\n", plait_errmsg(), plait_err_name(rc));
-        return rc == PLAIT_EINVAL ? EXIT_USAGE : EXIT_FAILURE;
+    if (seeds == 1) {
+        double g, p;
+        return run_one(&cfg, &g, &p);
     }
-    const plait_sim_round_t *last = &res.rounds[res.n_rounds];
-    if (res.n_rounds > 0)
-        printf("base %.4f  global %.4f  personalized %.4f  (held-out loss, round %zu)\n", res.base_loss,
-               last->global_loss, last->personal_loss, res.n_rounds);
-    else printf("base %.4f  (held-out loss)\n", res.base_loss);
-    if (res.centralized_steps > 0)
-        printf("centralized %.4f  (held-out loss after %d steps on the pooled training data, %zu tokens)\n",
-               res.centralized_loss, res.centralized_steps, res.centralized_tokens);
-    printf("%.1f s, %.1f client-rounds/s (%.1f ms CPU each), peak RSS %ld MiB, checksum %016llx\n", res.wall_s,
-           res.client_rounds_per_s, 1e3 * res.cpu_s_per_client_round, res.peak_rss_kb / 1024,
-           (unsigned long long)res.checksum);
-    printf("report: %s/report.md\n", cfg.out_dir);
-    plait_sim_result_free(&res);
-    return 0;
+    return run_seeds(&cfg, (int)seeds);
 }

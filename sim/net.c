@@ -112,7 +112,8 @@ static int run_cmd(char *const argv[], const char *log, double timeout_s)
     return reap(pid, mono() + timeout_s);
 }
 
-/* A binary: the flag's path, or rel next to this executable's folder's parent. */
+/* A binary: the flag's path, or rel next to this executable's folder's parent (the build tree), or its base
+ * name beside this executable (an installed bin/). */
 static int locate(char *dst, const char *given, const char *rel, const char *flag)
 {
     if (given[0]) {
@@ -122,7 +123,11 @@ static int locate(char *dst, const char *given, const char *rel, const char *fla
         ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
         if (n <= 0) return plait_fail(PLAIT_ENOENT, "network mode: cannot find this executable; give %s", flag);
         exe[n] = '\0';
-        snprintf(dst, NET_PATH, "%s/../%s", dirname(exe), rel);
+        const char *dir = dirname(exe);
+        snprintf(dst, NET_PATH, "%s/../%s", dir, rel);
+        /* Installed (cmake --install): the binaries are siblings in bin/. */
+        const char *base = strrchr(rel, '/');
+        if (access(dst, X_OK) != 0 && base) snprintf(dst, NET_PATH, "%s/%s", dir, base + 1);
     }
     if (access(dst, X_OK) != 0) return plait_fail(PLAIT_ENOENT, "network mode: %s is not executable (%s)", dst, flag);
     return 0;
@@ -227,48 +232,19 @@ int plait__sim_net_start(plait__sim_net_t **out, const plait_sim_config_t *cfg, 
     snprintf(n->dir, sizeof(n->dir), "%s/dep", tmpl);
     snprintf(n->log, sizeof(n->log), "%s/aggregator.log", tmpl);
 
-    /* The aggregator's config from the experiment. */
-    char sets[32][160];
-    int ns = 0;
-    char targets[128];
-    plait_lora_format_targets(cfg->targets, targets, sizeof(targets));
-    plait_server_opt_config_t oc;
-    plait_server_opt_config_default(&oc, cfg->strategy);
-    static const char *const opt_names[] = {"fedavg", "fedadagrad", "fedadam", "fedyogi"};
-    size_t minc = cfg->min_clients ? cfg->min_clients : (cfg->clients_per_round + 1) / 2;
-    double qrange = cfg->clip * (cfg->local_noise > 0 ? 1.0 + 4.0 * cfg->local_noise : 1.0);
+    /* The aggregator's config from the experiment (export.c), then network mode's own. */
+    char sets[40][160];
+    int ns = plait__sim_agg_sets(cfg, sets, 32);
 #define SET(...) snprintf(sets[ns++], sizeof(sets[0]), __VA_ARGS__)
-    SET("lora_rank=%d", cfg->rank);
-    SET("lora_alpha=%.17g", cfg->alpha);
-    SET("lora_targets=%s", targets);
-    SET("lora_mode=%s", plait_lora_mode_name(cfg->lora_mode));
-    SET("a_seed=%llu", (unsigned long long)cfg->seed);
-    SET("local_steps=%d", cfg->local_steps);
-    SET("batch=%d", cfg->batch);
-    SET("seq_len=%d", cfg->seq_len);
-    SET("lr=%.17g", cfg->lr);
-    SET("clip_norm=%.17g", cfg->clip);
-    SET("quant_bits=%u", cfg->quant_bits);
-    SET("quant_range=%.17g", qrange);
-    SET("target_cohort=%zu", cfg->clients_per_round);
-    SET("min_cohort=%zu", minc);
     SET("overselect=1"); /* exactly the K sampled agents are started */
     SET("selection_timeout_s=60");
     SET("round_timeout_s=120");
     SET("retry_ms=200");
     SET("idle_timeout_s=120");
     SET("max_connections=%zu", cfg->clients_per_round + 64);
-    SET("server_opt=%s", opt_names[cfg->strategy]);
-    SET("server_lr=%.17g", cfg->server_lr > 0 ? cfg->server_lr : oc.lr);
     SET("population=%zu", pop->n);
-    if (cfg->noise_multiplier > 0) {
-        SET("dp=central");
-        SET("noise_multiplier=%.17g", cfg->noise_multiplier);
-        SET("dp_delta=%.17g", cfg->delta);
-        /* The simulator already sampled the K agents it starts; the service admits all of them, so its
-         * ledger records q = 1 (no amplification by sampling is claimed for what the service saw). */
-        SET("sampling_rate=1");
-    }
+    if (cfg->noise_multiplier > 0) /* the simulator already sampled the K agents it starts: the service admits */
+        SET("sampling_rate=1");     /* all of them, so its ledger records q = 1 (no amplification claimed) */
 #undef SET
     char *argv[96];
     int a = 0;

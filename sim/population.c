@@ -39,6 +39,7 @@
 #include "plait/data.h"
 #include "plait/file.h"
 #include "plait/ingest.h"
+#include "plait/rng.h"
 #include "plait/sim.h"
 #include "plait/store.h"
 #include "plait/tok.h"
@@ -47,7 +48,8 @@
 #define MAX_CORPUS_FILE ((size_t)256 << 20)
 
 typedef struct {
-    size_t src;      /* author index */
+    size_t src;      /* author index (the client, after a Dirichlet partition) */
+    size_t lab;      /* label index: the author, or (JSONL, population.label "kind") the kind */
     char *text;      /* owned copy */
     size_t len;
     uint32_t lines;
@@ -65,6 +67,7 @@ typedef struct {
     rec_t *recs;
     size_t n, cap;
     namemap_t map;
+    namemap_t kinds; /* JSONL kinds, for population.label "kind" */
     size_t cur_src;  /* dir source: the file being read */
     size_t skipped;
     uint64_t key;    /* FNV-1a of everything the population depends on */
@@ -148,7 +151,7 @@ static int push(build_t *b, size_t src, const char *text, size_t len)
     if (!copy) return plait_fail(PLAIT_ENOMEM, "population: record text");
     memcpy(copy, text, len);
     copy[len] = '\0';
-    b->recs[b->n++] = (rec_t){src, copy, len, count_lines(text, len)};
+    b->recs[b->n++] = (rec_t){src, src, copy, len, count_lines(text, len)};
     return 0;
 }
 
@@ -186,7 +189,7 @@ static int on_speech(void *ud, int64_t time, const char *kind, const char *user,
 
 static int on_jsonl(void *ud, int64_t time, const char *kind, const char *user, const char *text, size_t len)
 {
-    (void)time, (void)kind;
+    (void)time;
     build_t *b = ud;
     if (!user || !user[0]) {
         b->skipped++;
@@ -194,7 +197,15 @@ static int on_jsonl(void *ud, int64_t time, const char *kind, const char *user, 
     }
     size_t src = map_get(&b->map, user, strlen(user));
     if (src == SIZE_MAX) return plait_fail(PLAIT_ENOMEM, "population: users");
-    return push(b, src, text, len);
+    size_t n0 = b->n;
+    int rc = push(b, src, text, len);
+    if (rc == 0 && b->n > n0 && strcmp(b->cfg->partition_label, "kind") == 0) {
+        const char *k = kind ? kind : "";
+        size_t lab = map_get(&b->kinds, k, strlen(k));
+        if (lab == SIZE_MAX) return plait_fail(PLAIT_ENOMEM, "population: kinds");
+        b->recs[b->n - 1].lab = lab;
+    }
+    return rc;
 }
 
 static int on_block(void *ud, int64_t time, const char *kind, const char *user, const char *text, size_t len)
@@ -312,6 +323,26 @@ static void remove_store_files(const char *path)
     unlink(p);
 }
 
+/* Remove every client store (c<7 digits>.db and its sqlite companions) in dir, so that a rebuilt
+ * population never leaves an older, larger one's stores beside its own. */
+static void remove_all_stores(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        const char *nm = e->d_name;
+        size_t k = 0;
+        if (nm[0] != 'c') continue;
+        while (k < 7 && nm[1 + k] >= '0' && nm[1 + k] <= '9') k++;
+        if (k != 7 || strncmp(nm + 8, ".db", 3) != 0) continue;
+        char p[PLAIT_SIM_PATH_MAX + 300];
+        snprintf(p, sizeof(p), "%s/%s", dir, nm);
+        unlink(p);
+    }
+    closedir(d);
+}
+
 /* One side of a client: its pieces of records, in order. */
 typedef struct {
     const char *text;
@@ -386,6 +417,67 @@ static size_t cut_pieces(const rec_t *recs, const size_t *ids, size_t n, double 
     return np;
 }
 
+/* ---- Dirichlet partition (population.partition "dirichlet") -------------------------- */
+
+/* Gamma(a, 1) by Marsaglia and Tsang (2000); a < 1 through Gamma(a + 1) · U^(1/a). */
+static double gamma_draw(plait_rng_t *r, double a)
+{
+    if (a < 1) {
+        double u = plait_rng_uniform(r);
+        return gamma_draw(r, a + 1) * pow(u > 0 ? u : 1e-300, 1.0 / a);
+    }
+    double d = a - 1.0 / 3.0, c = 1.0 / sqrt(9.0 * d);
+    for (;;) {
+        double x = plait_rng_normal(r), v = 1 + c * x;
+        if (v <= 0) continue;
+        v = v * v * v;
+        double u = plait_rng_uniform(r);
+        if (u < 1 - 0.0331 * x * x * x * x || log(u > 0 ? u : 1e-300) < 0.5 * x * x + d * (1 - v + log(v))) return d * v;
+    }
+}
+
+/* Deal each label's records to n clients by proportions p ~ Dirichlet(alpha) (one draw per label, its
+ * records shuffled first), seeded by cfg->seed: rec.src becomes the client. Records keep corpus order within
+ * a client (the grouping is stable). */
+static int dirichlet_assign(build_t *b, size_t n_labels, size_t n)
+{
+    size_t *start = calloc(n_labels + 1, sizeof(size_t)), *order = malloc((b->n ? b->n : 1) * sizeof(size_t));
+    double *p = malloc(n * sizeof(double));
+    size_t *fill = calloc(n_labels ? n_labels : 1, sizeof(size_t));
+    int rc = 0;
+    if (!start || !order || !p || !fill) rc = plait_fail(PLAIT_ENOMEM, "population: dirichlet partition");
+    for (size_t i = 0; rc == 0 && i < b->n; i++) start[b->recs[i].lab + 1]++;
+    for (size_t l = 0; rc == 0 && l < n_labels; l++) start[l + 1] += start[l];
+    for (size_t i = 0; rc == 0 && i < b->n; i++) order[start[b->recs[i].lab] + fill[b->recs[i].lab]++] = i;
+    for (size_t l = 0; rc == 0 && l < n_labels; l++) {
+        plait_rng_t r;
+        plait_rng_seed_u64(&r, b->cfg->seed, plait__sim_stream(PLAIT__SIM_RNG_PARTITION, 0, l));
+        size_t *ids = order + start[l], m = start[l + 1] - start[l];
+        for (size_t i = m; i > 1; i--) { /* Fisher-Yates */
+            size_t j = (size_t)(plait_rng_uniform(&r) * (double)i);
+            if (j >= i) j = i - 1;
+            size_t t = ids[i - 1];
+            ids[i - 1] = ids[j];
+            ids[j] = t;
+        }
+        double sum = 0;
+        for (size_t j = 0; j < n; j++) sum += p[j] = gamma_draw(&r, b->cfg->partition_alpha);
+        double cum = 0;
+        size_t k = 0;
+        for (size_t j = 0; j < n; j++) {
+            cum += sum > 0 ? p[j] / sum : 1.0 / (double)n;
+            size_t end = j + 1 == n ? m : (size_t)floor(cum * (double)m + 0.5);
+            for (; k < end && k < m; k++) b->recs[ids[k]].src = j;
+        }
+        plait_rng_wipe(&r);
+    }
+    free(start);
+    free(order);
+    free(p);
+    free(fill);
+    return rc;
+}
+
 /* ---- manifest: reuse the stores of an identical population ---------------------- */
 
 #define MANIFEST "manifest.txt"
@@ -398,6 +490,12 @@ static uint64_t key_params(uint64_t h, const plait_sim_config_t *cfg, const plai
                     (uint64_t)cfg->seq_len, (uint64_t)tok->vocab_size};
     h = fnv_more(h, v, sizeof(v));
     h = fnv_more(h, &cfg->train_fraction, sizeof(double));
+    if (strcmp(cfg->partition, "dirichlet") == 0) { /* natural partitions keep their earlier keys */
+        uint64_t d[] = {(uint64_t)cfg->partition_clients, cfg->seed, (uint64_t)(cfg->partition_label[0] == 'k')};
+        h = fnv_more(h, "dirichlet", 9);
+        h = fnv_more(h, d, sizeof(d));
+        h = fnv_more(h, &cfg->partition_alpha, sizeof(double));
+    }
     for (int i = 0; i < tok->vocab_size; i++) {
         h = fnv_more(h, tok->vocab[i], tok->lens[i]);
         h = fnv_more(h, &tok->scores[i], sizeof(float));
@@ -490,6 +588,13 @@ int plait_sim_pop_build(plait_sim_pop_t *pop, const plait_sim_config_t *cfg, con
     if (buf) plait_zeroize(buf, len);
     free(buf);
     size_t n_src = b.map.n;
+    if (rc == 0 && strcmp(cfg->partition, "dirichlet") == 0 && n_src > 0) {
+        size_t n_labels = strcmp(cfg->partition_label, "kind") == 0 ? b.kinds.n : b.map.n;
+        size_t n_clients = cfg->partition_clients ? cfg->partition_clients : n_src;
+        /* Reused stores need no dealing; the key below covers the partition's settings. */
+        if (!reused && (rc = dirichlet_assign(&b, n_labels, n_clients)) == 0) n_src = n_clients;
+        else if (reused) n_src = n_clients;
+    }
     size_t *start = NULL, *order = NULL;
     piece_t *pc = NULL;
     uint64_t key = key_params(b.key, cfg, tok);
@@ -499,6 +604,7 @@ int plait_sim_pop_build(plait_sim_pop_t *pop, const plait_sim_config_t *cfg, con
         char mp[PLAIT_SIM_PATH_MAX + 32];
         snprintf(mp, sizeof(mp), "%s/" MANIFEST, pop->dir);
         unlink(mp); /* rewriting: the old manifest no longer describes the stores */
+        remove_all_stores(pop->dir);
     }
     if (rc == 0 && !reused) {
         /* Group records by author, keeping corpus order (a counting sort). */
@@ -560,6 +666,7 @@ int plait_sim_pop_build(plait_sim_pop_t *pop, const plait_sim_config_t *cfg, con
     }
     free(b.recs);
     map_free(&b.map);
+    map_free(&b.kinds);
     free(start);
     free(order);
     free(pc);

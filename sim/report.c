@@ -99,23 +99,30 @@ typedef struct {
     const char *name;
     const char *color;
     const double *y; /* (n) NAN = no point */
-    size_t n;        /* points at x = 0..n-1 */
+    size_t n;        /* points at x = 0..n-1, or at x[i] */
     int dashed;
+    const double *x;      /* (n) or NULL: the index */
+    const double *lo, *hi; /* (n) or NULL: a shaded band (a confidence interval) */
 } series_t;
 
 /* hline/hname: the base model (dashed grey); hline2/hname2: a second reference, the centralized baseline
  * (dotted green); NAN leaves either out. */
 static int svg_chart(const char *path, const char *title, const series_t *ser, size_t n_ser, double hline,
-                     const char *hname, double hline2, const char *hname2)
+                     const char *hname, double hline2, const char *hname2, const char *xlabel)
 {
     const double W = 760, H = 440, L = 70, R = 200, T = 40, B = 55;
     double pw = W - L - R, ph = H - T - B;
     double ymin = INFINITY, ymax = -INFINITY;
-    size_t xmax = 1;
+    double xmax = 1;
+#define SX(s, i) ((s)->x ? (s)->x[i] : (double)(i))
     for (size_t s = 0; s < n_ser; s++) {
-        if (ser[s].n > 0 && ser[s].n - 1 > xmax) xmax = ser[s].n - 1;
-        for (size_t i = 0; i < ser[s].n; i++)
-            if (isfinite(ser[s].y[i])) ymin = fmin(ymin, ser[s].y[i]), ymax = fmax(ymax, ser[s].y[i]);
+        for (size_t i = 0; i < ser[s].n; i++) {
+            if (!isfinite(ser[s].y[i])) continue;
+            if (isfinite(SX(&ser[s], i)) && SX(&ser[s], i) > xmax) xmax = SX(&ser[s], i);
+            ymin = fmin(ymin, ser[s].y[i]), ymax = fmax(ymax, ser[s].y[i]);
+            if (ser[s].lo && isfinite(ser[s].lo[i])) ymin = fmin(ymin, ser[s].lo[i]);
+            if (ser[s].hi && isfinite(ser[s].hi[i])) ymax = fmax(ymax, ser[s].hi[i]);
+        }
     }
     if (isfinite(hline)) ymin = fmin(ymin, hline), ymax = fmax(ymax, hline);
     if (isfinite(hline2)) ymin = fmin(ymin, hline2), ymax = fmax(ymax, hline2);
@@ -124,8 +131,9 @@ static int svg_chart(const char *path, const char *title, const series_t *ser, s
     double ystep = nice_step(ymax - ymin, 5);
     ymin = floor(ymin / ystep) * ystep;
     ymax = ceil(ymax / ystep) * ystep;
-    double xstep = nice_step((double)xmax, 8);
-    if (xstep < 1) xstep = 1;
+    double xstep = nice_step(xmax, 8);
+    if (xstep < 1 && !xlabel) xstep = 1;
+    if (xlabel) xmax = ceil(xmax / xstep - 1e-9) * xstep; /* a continuous axis ends on a tick */
 #define X(v) (L + pw * (double)(v) / (double)xmax)
 #define Y(v) (T + ph * (1.0 - ((v) - ymin) / (ymax - ymin)))
     plait_buf_t b;
@@ -154,15 +162,15 @@ static int svg_chart(const char *path, const char *title, const series_t *ser, s
     for (double x = 0; x <= (double)xmax + 1e-9; x += xstep) {
         plait_buf_printf(&b,
                          "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"black\"/>"
-                         "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%.0f</text>\n",
-                         X(x), T + ph, X(x), T + ph + 5, X(x), T + ph + 19, x);
+                         "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%g</text>\n",
+                         X(x), T + ph, X(x), T + ph + 5, X(x), T + ph + 19, fabs(x) < 1e-12 ? 0.0 : x);
     }
     plait_buf_printf(&b,
                      "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"black\"/>\n"
-                     "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">round</text>\n"
+                     "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%s</text>\n"
                      "<text x=\"18\" y=\"%.1f\" text-anchor=\"middle\" transform=\"rotate(-90 18 %.1f)\">held-out "
                      "loss (nats/token)</text>\n",
-                     L, T, pw, ph, L + pw / 2, H - 12, T + ph / 2, T + ph / 2);
+                     L, T, pw, ph, L + pw / 2, H - 12, xlabel ? xlabel : "round", T + ph / 2, T + ph / 2);
     /* Series. */
     double ly = T + 10;
     if (isfinite(hline)) {
@@ -187,16 +195,26 @@ static int svg_chart(const char *path, const char *title, const series_t *ser, s
                          L + pw + 15, ly, L + pw + 45, ly, L + pw + 50, ly + 4, hname2);
         ly += 20;
     }
+    for (size_t s = 0; s < n_ser; s++) { /* bands first, under every line */
+        const series_t *x = &ser[s];
+        if (!x->lo || !x->hi) continue;
+        plait_buf_printf(&b, "<polygon fill=\"%s\" fill-opacity=\"0.18\" stroke=\"none\" points=\"", x->color);
+        for (size_t i = 0; i < x->n; i++)
+            if (isfinite(x->y[i]) && isfinite(x->hi[i])) plait_buf_printf(&b, "%.1f,%.1f ", X(SX(x, i)), Y(x->hi[i]));
+        for (size_t i = x->n; i-- > 0;)
+            if (isfinite(x->y[i]) && isfinite(x->lo[i])) plait_buf_printf(&b, "%.1f,%.1f ", X(SX(x, i)), Y(x->lo[i]));
+        plait_buf_printf(&b, "\"/>\n");
+    }
     for (size_t s = 0; s < n_ser; s++) {
         const series_t *x = &ser[s];
         plait_buf_printf(&b, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"2\"%s points=\"", x->color,
                          x->dashed ? " stroke-dasharray=\"3 3\"" : "");
         for (size_t i = 0; i < x->n; i++)
-            if (isfinite(x->y[i])) plait_buf_printf(&b, "%.1f,%.1f ", X(i), Y(x->y[i]));
+            if (isfinite(x->y[i])) plait_buf_printf(&b, "%.1f,%.1f ", X(SX(x, i)), Y(x->y[i]));
         plait_buf_printf(&b, "\"/>\n");
         for (size_t i = 0; i < x->n; i++)
             if (isfinite(x->y[i]))
-                plait_buf_printf(&b, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"2.5\" fill=\"%s\"/>\n", X(i), Y(x->y[i]),
+                plait_buf_printf(&b, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"2.5\" fill=\"%s\"/>\n", X(SX(x, i)), Y(x->y[i]),
                                  x->color);
         plait_buf_printf(&b,
                          "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" stroke-width=\"2\"/>"
@@ -212,6 +230,7 @@ static int svg_chart(const char *path, const char *title, const series_t *ser, s
     plait_buf_printf(&b, "</svg>\n");
 #undef X
 #undef Y
+#undef SX
     int rc = plait_buf_status(&b);
     if (rc == 0) {
         FILE *f = fopen(path, "wb");
@@ -236,23 +255,91 @@ int plait_sim_write_svg(const plait_sim_result_t *res, const char *title, const 
         return plait_fail(PLAIT_ENOMEM, "svg");
     }
     for (size_t i = 0; i < n; i++) g[i] = res->rounds[i].global_loss, p[i] = res->rounds[i].personal_loss;
-    series_t s[2] = {{"global adapter", "#1f77b4", g, n, 0}, {"personalized", "#ff7f0e", p, n, 0}};
+    series_t s[2] = {{"global adapter", "#1f77b4", g, n, 0, NULL, NULL, NULL},
+                     {"personalized", "#ff7f0e", p, n, 0, NULL, NULL, NULL}};
     int rc = svg_chart(path, title, s, 2, res->base_loss, "base model",
-                       res->centralized_steps > 0 ? res->centralized_loss : NAN, "centralized");
+                       res->centralized_steps > 0 ? res->centralized_loss : NAN, "centralized", NULL);
     free(g);
     free(p);
     return rc;
 }
 
-int plait__sim_svg_compare(const char *path, const char *title, const char *const *names, const double *const *ys,
-                           size_t n_series, size_t n_points, double base)
+int plait__sim_svg_compare(const char *path, const char *title, const char *xlabel, const plait__sim_curve_t *c,
+                           size_t n_series, double base)
 {
     static const char *colors[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
                                    "#e377c2", "#7f7f7f"};
     series_t s[16];
     if (n_series > 16) n_series = 16;
-    for (size_t i = 0; i < n_series; i++) s[i] = (series_t){names[i], colors[i % 8], ys[i], n_points, i >= 8};
-    return svg_chart(path, title, s, n_series, base, "base model", NAN, "");
+    for (size_t i = 0; i < n_series; i++)
+        s[i] = (series_t){c[i].name, colors[i % 8], c[i].y, c[i].n, i >= 8, c[i].x, c[i].lo, c[i].hi};
+    return svg_chart(path, title, s, n_series, base, "base model", NAN, "", xlabel);
+}
+
+/* Held-out loss against the cumulative megabytes moved (up + down) by the end of each round. */
+static int write_bytes_svg(const plait_sim_result_t *res, const char *title, const char *path)
+{
+    size_t n = res->n_rounds + 1;
+    double *x = malloc(n * sizeof(double)), *g = malloc(n * sizeof(double)), *p = malloc(n * sizeof(double));
+    int rc = 0;
+    if (!x || !g || !p) rc = plait_fail(PLAIT_ENOMEM, "svg");
+    double mb = 0;
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        mb += (double)(res->rounds[i].bytes_up + res->rounds[i].bytes_down) / 1e6;
+        x[i] = mb;
+        g[i] = res->rounds[i].global_loss;
+        p[i] = res->rounds[i].personal_loss;
+    }
+    if (rc == 0) {
+        series_t s[2] = {{"global adapter", "#1f77b4", g, n, 0, x, NULL, NULL},
+                         {"personalized", "#ff7f0e", p, n, 0, x, NULL, NULL}};
+        rc = svg_chart(path, title, s, 2, res->base_loss, "base model", NAN, "", "MB moved (up + down), cumulative");
+    }
+    free(x);
+    free(g);
+    free(p);
+    return rc;
+}
+
+/* ---- per-client distributions ----------------------------------------------------- */
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* The q-quantile (0..1) of sorted v (n > 0), linearly interpolated. */
+static double quantile(const double *v, size_t n, double q)
+{
+    double pos = q * (double)(n - 1);
+    size_t i = (size_t)pos;
+    return i + 1 < n ? v[i] + (pos - (double)i) * (v[i + 1] - v[i]) : v[n - 1];
+}
+
+/* One row of the distribution table: after's quantiles, the share of clients better than before, the worst. */
+static void dist_row(plait_buf_t *md, plait_buf_t *csv, const char *what, const char *kind, const double *before,
+                     const double *after, size_t n)
+{
+    double *v = n ? malloc(n * sizeof(double)) : NULL;
+    size_t m = 0, better = 0;
+    double worst_change = -INFINITY;
+    for (size_t i = 0; v && i < n; i++) {
+        if (!isfinite(after[i]) || !isfinite(before[i])) continue;
+        v[m++] = after[i];
+        better += after[i] < before[i];
+        worst_change = fmax(worst_change, after[i] - before[i]);
+        plait_buf_printf(csv, "%s,%zu,%.6f,%.6f\n", kind, i, before[i], after[i]);
+    }
+    if (m == 0) {
+        free(v);
+        return;
+    }
+    qsort(v, m, sizeof(double), cmp_double);
+    plait_buf_printf(md, "| %s | %zu | %.4f | %.4f | %.4f | %.4f | %.0f%% | %+.4f |\n", what, m, quantile(v, m, 0.1),
+                     quantile(v, m, 0.5), quantile(v, m, 0.9), v[m - 1], 100.0 * (double)better / (double)m,
+                     worst_change);
+    free(v);
 }
 
 /* ---- markdown report -------------------------------------------------------------- */
@@ -294,11 +381,21 @@ int plait__sim_write_outputs(const plait_sim_config_t *cfg, const plait_sim_resu
         down += res->rounds[r].bytes_down;
     }
     plait_buf_printf(&md, "# plait-sim report\n\n![held-out loss per round](loss.svg)\n\n## Setup\n\n");
-    plait_buf_printf(&md,
-                     "- population: %zu clients (%zu authors in the corpus; %zu with fewer than %zu lines and %zu "
-                     "with too few tokens left out), first %.0f%% of each client's lines train, the rest held out\n",
-                     pop->n, pop->n_sources, pop->n_too_few, cfg->min_lines, pop->n_too_small,
-                     100 * cfg->train_fraction);
+    if (strcmp(cfg->partition, "dirichlet") == 0)
+        plait_buf_printf(&md,
+                         "- population: %zu clients (each %s's records dealt to %zu clients by Dirichlet(α = %g) "
+                         "proportions; %zu with fewer than %zu lines and %zu with too few tokens left out), first "
+                         "%.0f%% of each client's lines train, the rest held out\n",
+                         pop->n, strcmp(cfg->partition_label, "kind") == 0 ? "kind" : "author", pop->n_sources,
+                         cfg->partition_alpha, pop->n_too_few, cfg->min_lines, pop->n_too_small,
+                         100 * cfg->train_fraction);
+    else
+        plait_buf_printf(&md,
+                         "- population: %zu clients (%zu authors in the corpus; %zu with fewer than %zu lines and %zu "
+                         "with too few tokens left out), first %.0f%% of each client's lines train, the rest held "
+                         "out\n",
+                         pop->n, pop->n_sources, pop->n_too_few, cfg->min_lines, pop->n_too_small,
+                         100 * cfg->train_fraction);
     plait_buf_printf(&md,
                      "- LoRA: mode %s, rank %d, alpha %g, targets %s; %zu of %zu adapter parameters travel\n",
                      plait_lora_mode_name(cfg->lora_mode), cfg->rank, cfg->alpha, tg, res->span_len, res->n_params);
@@ -355,6 +452,21 @@ int plait__sim_write_outputs(const plait_sim_config_t *cfg, const plait_sim_resu
                               "clients (%zu tokens), evaluated like the global adapter; the reference the global "
                               "adapter should approach.\n\n",
                          res->centralized_steps, pop->n, res->centralized_tokens);
+    plait_buf_t ccsv;
+    plait_buf_init(&ccsv, 0);
+    plait_buf_printf(&ccsv, "kind,client,before,after\n");
+    if (res->n_eval_clients + res->n_pers_clients > 0 && res->client_base && res->client_local) {
+        plait_buf_printf(&md, "## Per client\n\nHeld-out loss of each evaluated client (the last evaluated round): "
+                              "quantiles over clients, the share of clients whose loss went down, and the worst "
+                              "client's change (positive: that client got worse). One row per client in "
+                              "`clients.csv`.\n\n| | clients | p10 | median | p90 | worst | improved | worst change "
+                              "|\n|---|---|---|---|---|---|---|---|\n");
+        dist_row(&md, &ccsv, "global adapter vs base model", "global", res->client_base, res->client_global,
+                 res->n_eval_clients);
+        dist_row(&md, &ccsv, "personalized vs local-only (round 0)", "personal", res->client_local,
+                 res->client_personal, res->n_pers_clients);
+        plait_buf_printf(&md, "\n");
+    }
     plait_buf_printf(&md, "## Rounds\n\n| round | ok | clients | dropouts | stragglers | global loss | ppl | "
                           "personal loss | ε | up kB | down kB | sim s | wall s |\n"
                           "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
@@ -370,7 +482,8 @@ int plait__sim_write_outputs(const plait_sim_config_t *cfg, const plait_sim_resu
         plait_buf_printf(&md, " | %.3g | %.1f | %.1f | %.1f | %.2f |\n", m->epsilon, (double)m->bytes_up / 1e3,
                          (double)m->bytes_down / 1e3, m->sim_time_s, m->wall_s);
     }
-    plait_buf_printf(&md, "\nFiles: `metrics.csv`, `metrics.jsonl`, `summary.json`, `loss.svg`, `config.json`, "
+    plait_buf_printf(&md, "\nFiles: `metrics.csv`, `metrics.jsonl`, `summary.json`, `clients.csv`, `loss.svg`, `loss-bytes.svg` "
+                          "(loss against cumulative MB moved), `config.json`, "
                           "`global.safetensors` (the final global adapter).\n");
     plait_buf_t sj;
     plait_buf_init(&sj, 0);
@@ -387,12 +500,16 @@ int plait__sim_write_outputs(const plait_sim_config_t *cfg, const plait_sim_resu
     if (rc == 0) rc = write_buf(dir, "metrics.jsonl", &jl);
     if (rc == 0) rc = write_buf(dir, "report.md", &md);
     if (rc == 0) rc = write_buf(dir, "config.json", &cj);
+    if (rc == 0) rc = write_buf(dir, "clients.csv", &ccsv);
+    plait_buf_free(&ccsv);
     if (rc == 0) {
         char path[PLAIT_SIM_PATH_MAX + 32], title[256];
         snprintf(path, sizeof(path), "%s/loss.svg", dir);
         snprintf(title, sizeof(title), "%s, %s, %zu clients/round", plait_lora_mode_name(cfg->lora_mode),
                  opt_names[cfg->strategy], cfg->clients_per_round);
         rc = plait_sim_write_svg(res, title, path);
+        snprintf(path, sizeof(path), "%s/loss-bytes.svg", dir);
+        if (rc == 0) rc = write_bytes_svg(res, title, path);
     }
     plait_buf_free(&csv);
     plait_buf_free(&jl);

@@ -45,6 +45,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "plait/cli.h"
 #include "plait/adapter.h"
 #include "plait/crypto.h"
 #include "plait/data.h"
@@ -295,8 +296,10 @@ static int run_jobs(sim_t *s, job_t *jobs, size_t n)
     return 0;
 }
 
-/* Token-weighted held-out loss over clients ids (kind EVAL, PERSONAL or BASE), summed in id order. */
-static int evaluate(sim_t *s, const size_t *ids, size_t n, int kind, double *loss, size_t *tokens)
+/* Token-weighted held-out loss over clients ids (kind EVAL, PERSONAL or BASE), summed in id order; each (n, may
+ * be NULL) gets every client's own loss. */
+static int evaluate_each(sim_t *s, const size_t *ids, size_t n, int kind, double *loss, size_t *tokens,
+                         double *each)
 {
     *loss = NAN;
     if (tokens) *tokens = 0;
@@ -309,6 +312,7 @@ static int evaluate(sim_t *s, const size_t *ids, size_t n, int kind, double *los
     size_t tok = 0;
     for (size_t k = 0; rc == 0 && k < n; k++) {
         sum += jobs[k].loss * (double)jobs[k].tokens;
+        if (each) each[k] = jobs[k].loss;
         tok += jobs[k].tokens;
     }
     free(jobs);
@@ -392,8 +396,7 @@ static int setup(sim_t *s, const plait_sim_config_t *cfg)
     if (cfg->seq_len > s->model.cfg.seq_len)
         return plait_fail(PLAIT_EINVAL, "local.seq_len %d exceeds the model's %d", cfg->seq_len, s->model.cfg.seq_len);
     if ((rc = plait_tok_load(&s->tok, cfg->tokenizer, s->model.cfg.vocab_size)) != 0) return rc;
-    if (mkdir(cfg->out_dir, 0755) != 0 && errno != EEXIST)
-        return plait_fail(PLAIT_EIO, "%s: cannot create folder", cfg->out_dir);
+    if ((rc = plait_cli_mkdirs(cfg->out_dir, cfg->out_dir, 0755)) != 0) return rc; /* --out runs/x: runs/ too */
     char dir[PLAIT_SIM_PATH_MAX + 16];
     snprintf(dir, sizeof(dir), "%s/clients", cfg->out_dir);
     if ((rc = plait_sim_pop_build(&s->pop, cfg, &s->tok, dir)) != 0) return rc;
@@ -620,11 +623,12 @@ static int net_round(sim_t *s, plait__sim_net_t *net, int r, plait_sim_round_t *
     return rc;
 }
 
-static int eval_round(sim_t *s, plait_sim_round_t *m)
+static int eval_round(sim_t *s, plait_sim_round_t *m, plait_sim_result_t *res)
 {
     size_t tok;
-    int rc = evaluate(s, s->eval_ids, s->n_eval, JOB_EVAL, &m->global_loss, &tok);
-    if (rc == 0) rc = evaluate(s, s->pers_ids, s->n_pers, JOB_PERSONAL, &m->personal_loss, NULL);
+    int rc = evaluate_each(s, s->eval_ids, s->n_eval, JOB_EVAL, &m->global_loss, &tok, res->client_global);
+    if (rc == 0)
+        rc = evaluate_each(s, s->pers_ids, s->n_pers, JOB_PERSONAL, &m->personal_loss, NULL, res->client_personal);
     m->global_ppl = exp(m->global_loss);
     m->personal_ppl = exp(m->personal_loss);
     return rc;
@@ -676,6 +680,11 @@ void plait_sim_result_free(plait_sim_result_t *res)
     if (!res) return;
     free(res->rounds);
     res->rounds = NULL;
+    free(res->client_base);
+    free(res->client_global);
+    free(res->client_local);
+    free(res->client_personal);
+    res->client_base = res->client_global = res->client_local = res->client_personal = NULL;
 }
 
 int plait_sim_run(const plait_sim_config_t *cfg, plait_sim_result_t *out)
@@ -709,14 +718,30 @@ int plait_sim_run(const plait_sim_config_t *cfg, plait_sim_result_t *out)
     /* Round 0: the starting point, and the frozen base model. */
     s.cur_round = 0;
     double w0 = wall_now();
-    if ((rc = evaluate(&s, s.eval_ids, s.n_eval, JOB_BASE, &res.base_loss, &res.eval_tokens)) != 0) goto exit;
+    /* Per-client losses for the report's distributions (not part of the checksum). */
+    res.n_eval_clients = s.n_eval;
+    res.n_pers_clients = s.n_pers;
+    res.client_base = calloc(s.n_eval ? s.n_eval : 1, sizeof(double));
+    res.client_global = calloc(s.n_eval ? s.n_eval : 1, sizeof(double));
+    res.client_local = calloc(s.n_pers ? s.n_pers : 1, sizeof(double));
+    res.client_personal = calloc(s.n_pers ? s.n_pers : 1, sizeof(double));
+    if (!res.client_base || !res.client_global || !res.client_local || !res.client_personal) {
+        rc = plait_fail(PLAIT_ENOMEM, "sim: per-client losses");
+        goto exit;
+    }
+    if ((rc = evaluate_each(&s, s.eval_ids, s.n_eval, JOB_BASE, &res.base_loss, &res.eval_tokens, res.client_base)) !=
+        0)
+        goto exit;
+    memcpy(res.client_global, res.client_base, s.n_eval * sizeof(double));
     plait_sim_round_t *m0 = &res.rounds[0];
     m0->train_loss = NAN;
     m0->clip = plait_round_clip(s.round);
     /* Every mode starts with B = 0, so the global adapter of round 0 is the base model. */
     m0->global_loss = res.base_loss;
     m0->global_ppl = exp(res.base_loss);
-    if ((rc = evaluate(&s, s.pers_ids, s.n_pers, JOB_PERSONAL, &m0->personal_loss, NULL)) != 0) goto exit;
+    if ((rc = evaluate_each(&s, s.pers_ids, s.n_pers, JOB_PERSONAL, &m0->personal_loss, NULL, res.client_local)) != 0)
+        goto exit;
+    memcpy(res.client_personal, res.client_local, s.n_pers * sizeof(double));
     m0->personal_ppl = exp(m0->personal_loss);
     m0->wall_s = wall_now() - w0;
     progress(cfg, m0, tty);
@@ -733,7 +758,7 @@ int plait_sim_run(const plait_sim_config_t *cfg, plait_sim_result_t *out)
         }
         m->global_loss = m->personal_loss = m->global_ppl = m->personal_ppl = NAN;
         if (r % cfg->eval_every == 0 || r == cfg->rounds)
-            if ((rc = eval_round(&s, m)) != 0) goto exit;
+            if ((rc = eval_round(&s, m, &res)) != 0) goto exit;
         m->wall_s = wall_now() - wr;
         progress(cfg, m, tty);
     }

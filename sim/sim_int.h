@@ -26,7 +26,8 @@ enum {
     PLAIT__SIM_RNG_QUANT = 6,
     PLAIT__SIM_RNG_DP = 7,
     PLAIT__SIM_RNG_EVAL = 8,
-    PLAIT__SIM_RNG_PERSONAL = 9
+    PLAIT__SIM_RNG_PERSONAL = 9,
+    PLAIT__SIM_RNG_PARTITION = 10
 };
 
 /* Stream number of (purpose, round, client): distinct for rounds < 2^24 and clients < 2^32. */
@@ -78,9 +79,27 @@ void plait__sim_csv_header(struct plait_buf_s *b);
 void plait__sim_csv_row(struct plait_buf_s *b, const plait_sim_round_t *m);
 void plait__sim_json_row(struct plait_buf_s *b, const plait_sim_round_t *m);
 
-/* An SVG of n_series loss curves over rounds 0..n_points-1 (NAN = no point) and a base line. */
-int plait__sim_svg_compare(const char *path, const char *title, const char *const *names, const double *const *ys,
-                           size_t n_series, size_t n_points, double base);
+/* One curve of a comparison chart: y over x (NULL: rounds 0..n-1), with an optional band lo..hi. */
+typedef struct {
+    const char *name;
+    const double *x, *y, *lo, *hi; /* (n); NAN = no point */
+    size_t n;
+} plait__sim_curve_t;
+
+/* An SVG of n_series loss curves and a base line (NAN: none); xlabel NULL = "round". */
+int plait__sim_svg_compare(const char *path, const char *title, const char *xlabel, const plait__sim_curve_t *c,
+                           size_t n_series, double base);
+
+/* plait-sim compare ARGS (argv[0] = "compare"): the exit status. */
+int plait__sim_compare_main(int argc, char **argv);
+
+/* Two-sided 95% Student t critical value for df degrees of freedom (1.96 beyond 30). */
+double plait__sim_t95(size_t df);
+
+/* The aggregator settings ("key=value", at most cap) of an experiment (export.c); returns how many. */
+int plait__sim_agg_sets(const plait_sim_config_t *cfg, char (*sets)[160], int cap);
+/* Write them as an aggregator.conf at path ("-": stdout). */
+int plait__sim_export_config(const plait_sim_config_t *cfg, const char *path);
 
 /* Network mode (net.c): a temporary deployment of the real plait-aggregator, served on 127.0.0.1, with one
  * enrolled device and one training-only store per client. */

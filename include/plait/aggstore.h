@@ -214,6 +214,13 @@ int plait_aggstore_device_enroll(plait_aggstore_t *st, const char *id, const uin
  * \return 0; PLAIT_ENOENT (unknown id); PLAIT_EINVAL; PLAIT_EBUSY; PLAIT_EIO.
  */
 int plait_aggstore_device_revoke(plait_aggstore_t *st, const char *id) PLAIT_WUR;
+/**
+ * \brief Renewal: the device keeps its id, history and counters; its certificate
+ *        fingerprint becomes fingerprint (the old certificate no longer passes
+ *        plait_aggstore_device_check).
+ * \return 0; PLAIT_ENOENT (no such device, or it is revoked); PLAIT_EINVAL.
+ */
+int plait_aggstore_device_rekey(plait_aggstore_t *st, const char *id, const uint8_t fingerprint[32]) PLAIT_WUR;
 
 /**
  * \brief Whether a device is revoked.

@@ -20,5 +20,12 @@ int plait_cli_int(const char *flag, const char *s, long long lo, long long hi, l
 int plait_cli_u64(const char *flag, const char *s, uint64_t *out /* OUT */);
 /** \brief Parse a finite double in [lo, hi]. \return 0 or PLAIT_EINVAL. */
 int plait_cli_double(const char *flag, const char *s, double lo, double hi, double *out /* OUT */);
+/**
+ * \brief Create folder path and its missing parents (as `mkdir -p`), each with mode.
+ * An existing folder is fine. \return 0, PLAIT_EINVAL (empty or too long),
+ * or PLAIT_EIO naming the part that could not be created and why
+ * ("runs/x: cannot create folder runs: Permission denied").
+ */
+int plait_cli_mkdirs(const char *what, const char *path, unsigned mode);
 
 #endif /* PLAIT_CLI_H */

@@ -202,13 +202,14 @@ int plait_agent_config_validate(const plait_agent_config_t *cfg) PLAIT_WUR;
 
 /**
  * \brief Create an agent: validate cfg, load the model, tokenizer and PEM
- *        files, build the TLS configuration, create the state directory and
- *        read its state (a torn or foreign state file is refused, not guessed).
- *        Does not connect.
+ *        files, build the TLS configuration, check that the device store
+ *        opens (it must exist: plait-agent ingest or plait_store_open with
+ *        create), create the state directory and read its state (a torn or
+ *        foreign state file is refused, not guessed). Does not connect.
  * \param out OUT, not NULL: owned agent, free with plait_agent_destroy(); NULL on failure.
  * \param cfg not NULL; copied.
  * \return 0; PLAIT_EINVAL (bad config); PLAIT_EIO / PLAIT_ENOENT (unreadable
- *         file or state dir); PLAIT_EPROTO (bad model, tokenizer, PEM or state
+ *         file, store or state dir); PLAIT_EPROTO (bad model, tokenizer, PEM or state
  *         file); PLAIT_EMISMATCH (key does not match certificate); PLAIT_ENOMEM.
  */
 int plait_agent_create(plait_agent_t **out /* OUT */, const plait_agent_config_t *cfg) PLAIT_WUR;
@@ -242,7 +243,10 @@ int plait_agent_run_once(plait_agent_t *a,
  * \return 0 after plait_agent_stop(), max_rounds or max_runtime_ms (daemon), or
  *         after a completed conversation (one-shot: its outcome is in
  *         plait_agent_last_result()); the last error after max_attempts
- *         failures (one-shot).
+ *         failures (one-shot). Errors are retryable (a network or aggregator
+ *         failure: backed off and retried) or fatal (the device store cannot
+ *         be opened: returned at once, daemon or not, since retrying cannot
+ *         fix it).
  */
 int plait_agent_run(plait_agent_t *a) PLAIT_WUR;
 

@@ -56,6 +56,7 @@ const char *plait_err_name(int err);
 
 /**
  * \brief Record the detail of the failure about to be returned on this thread.
+ *        The arguments may include plait_errmsg() (wrapping the current detail).
  * \return err, so that callers can write `return plait_fail(PLAIT_EIO, "...")`.
  */
 int plait_fail(int err, const char *fmt, ...)

@@ -129,6 +129,14 @@ typedef struct {
     bool centralized_only;           /**< run only that baseline, no federated rounds (default false) */
     int centralized_steps;           /**< its optimizer steps; 0 = rounds · clients_per_round · local steps
                                           (the federation's total client steps) (default 0) */
+    /* partition (population.partition): "natural" = one client per author/file/user (default);
+     * "dirichlet" = partition_clients clients, each label's records dealt by proportions drawn from
+     * Dirichlet(partition_alpha) (Hsu et al. 2019), the label being the record's author ("user") or its
+     * JSONL "kind" ("kind"). Small alpha: each client sees few labels (non-IID); large: close to IID. */
+    char partition[16];              /**< "natural" (default) or "dirichlet" */
+    double partition_alpha;          /**< Dirichlet concentration (default 0.5) */
+    size_t partition_clients;        /**< clients of a Dirichlet partition; 0 = as many as authors (default 0) */
+    char partition_label[8];         /**< "user" (default: the author, speaker or file) or "kind" (JSONL) */
     /* network mode only (flags, not config keys: they describe the machine, not the experiment) */
     char aggregator_bin[PLAIT_SIM_PATH_MAX]; /**< plait-aggregator; "" = ../aggregator/ next to plait-sim */
     char agent_bin[PLAIT_SIM_PATH_MAX];      /**< plait-agent; "" = ../client/ next to plait-sim */
@@ -144,6 +152,12 @@ int plait_sim_config_validate(const plait_sim_config_t *cfg);
  * \return 0; PLAIT_EPROTO (bad JSON, unknown key, wrong type, detail names the key); PLAIT_ETOOBIG.
  */
 int plait_sim_config_apply_json(plait_sim_config_t *cfg, const char *buf, size_t len) PLAIT_WUR;
+/**
+ * \brief Apply one "section.key=value" override (the --set flag), with the
+ *        JSON file's names, types and ranges; string values need no quotes.
+ * \return 0; PLAIT_EINVAL naming the key or the value.
+ */
+int plait_sim_config_set(plait_sim_config_t *cfg, const char *assignment) PLAIT_WUR;
 /** \brief Read a file and apply it. \return as apply_json, plus PLAIT_EIO / PLAIT_ENOENT. */
 int plait_sim_config_load(plait_sim_config_t *cfg, const char *path) PLAIT_WUR;
 /**
@@ -255,6 +269,13 @@ typedef struct {
     int centralized_steps;     /**< its optimizer steps (0 when not run) */
     size_t centralized_tokens; /**< tokens of the pooled training corpus it trained on */
     double centralized_wall_s; /**< its wall-clock seconds, training and evaluation */
+    /* Per-client held-out losses, in evaluation-sample order (for the report's distributions). */
+    size_t n_eval_clients;     /**< the global loss's clients */
+    double *client_base;       /**< (n_eval_clients) the frozen base model */
+    double *client_global;     /**< (n_eval_clients) the global adapter of the last evaluated round */
+    size_t n_pers_clients;     /**< the personalized loss's clients */
+    double *client_local;      /**< (n_pers_clients) round 0: local fine-tuning of the base model only */
+    double *client_personal;   /**< (n_pers_clients) personalized, last evaluated round */
 } plait_sim_result_t;
 
 /** \brief Free a result's arrays. NULL is safe. */

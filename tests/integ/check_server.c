@@ -154,7 +154,8 @@ START_TEST(test_round_commits)
     ck_assert_ptr_nonnull(strstr(m, "plait_global_version 2"));
     free(m);
     /* second round from version 2 */
-    ck_assert_int_eq(run_round(&d, 0, 3, -0.02f), 3);
+    /* (each word at most 0.015: the update norm stays under clip_norm 1 at the default rank 8, 3840 words) */
+    ck_assert_int_eq(run_round(&d, 0, 3, -0.015f), 3);
     ck_assert(it_log_wait(&d, "round committed round=2 version=3", 10000));
     finish(&d);
     /* the operator commands see it */
@@ -169,9 +170,9 @@ START_TEST(test_round_commits)
     plait_lora_t l;
     plait_lora_init(&l);
     ck_assert_int_eq(plait_adapter_load(&l, out, &mo, 0), 0);
-    /* FedAvg lr 1 from B = 0: B = 0.01 - 0.02 = -0.01 within a few quantization steps */
+    /* FedAvg lr 1 from B = 0: B = 0.01 - 0.015 = -0.005 within a few quantization steps */
     double step = 2.0 / 65535.0;
-    for (size_t i = l.n_a; i < l.n_params; i++) ck_assert(fabs(l.params[i] + 0.01) < 4 * step);
+    for (size_t i = l.n_a; i < l.n_params; i++) ck_assert(fabs(l.params[i] + 0.005) < 4 * step);
     plait_lora_free(&l);
     plait_model_free(&mo);
     ck_assert_int_eq(it_cli("privacy", d.dir, NULL), 0);
