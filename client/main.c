@@ -277,6 +277,8 @@ static void ingest_usage(void)
            "The file is ingested in one transaction: entirely or not at all.\n");
 }
 
+#define PLAIT_PATH_LABEL_MAX 300
+
 static int cmd_ingest(int argc, char **argv)
 {
     common_t c;
@@ -300,13 +302,12 @@ static int cmd_ingest(int argc, char **argv)
     if (!c.db) return plait_fail(PLAIT_EINVAL, "--db is required"), die_usage(0);
     if (!c.text == !jsonl) return plait_fail(PLAIT_EINVAL, "give exactly one of --text and --jsonl"), die_usage(0);
     /* A missing input must not leave an empty store behind. */
-    FILE *in = fopen(jsonl ? jsonl : c.text, "rb");
-    if (!in) {
-        int e = errno;
-        return plait_fail(PLAIT_ENOENT, "%s %s: cannot open: %s (no store created)", jsonl ? "--jsonl" : "--text",
-                          jsonl ? jsonl : c.text, strerror(e)),
-               die_run(PLAIT_ENOENT);
-    }
+    FILE *in = NULL; /* opened without blocking: a FIFO or device is refused, not waited on */
+    char label[PLAIT_PATH_LABEL_MAX];
+    snprintf(label, sizeof(label), "%s %s", jsonl ? "--jsonl" : "--text", jsonl ? jsonl : c.text);
+    int orc = plait_file_fopen(jsonl ? jsonl : c.text, label, &in);
+    if (orc != 0)
+        return plait_fail(orc, "%s (no store created)", plait_errmsg()), die_run(orc);
     fclose(in);
     plait_store_t *st = NULL;
     int rc = open_store(&st, c.db, 1);

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "plait/file.h"
 #include "plait/sim.h"
 #include "sim_int.h"
 

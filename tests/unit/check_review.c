@@ -1443,7 +1443,7 @@ START_TEST(test_cli_hostile_flags)
     ck_assert_int_eq(tu_write_file(jl, one, sizeof(one) - 1), 0);
     ck_assert_int_eq(agent(out, sizeof(out), "ingest --db '%s' --jsonl '%s'", db, jl), 0);
     int rc = agent(out, sizeof(out), "eval --db '%s'", db);
-    ck_assert_msg(rc == 1 && strstr(out, "no evaluation window"), "eval exit %d: %s", rc, out);
+    ck_assert_msg(rc == 1 && strstr(out, "fewer than one window"), "eval exit %d: %s", rc, out);
     rc = agent(out, sizeof(out), "train --db '%s' --out '%s' --steps 1", db, outp);
     ck_assert_msg(rc == 1 && strstr(out, "fewer than one sequence"), "train exit %d: %s", rc, out);
     /* Empty store. */
