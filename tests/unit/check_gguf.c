@@ -1,0 +1,499 @@
+/*
+ * check_gguf.c: GGUF models and quantized frozen bases: the ggml block
+ * layouts, the typed matmuls against the reference on the dequantized
+ * matrix, stories260K converted to GGUF giving the .bin path's logits and
+ * loss, LoRA training over a Q8_0 / Q4_0 base against its F32 expansion,
+ * and hostile files (truncated, lying offsets, unknown types, absurd counts,
+ * wrong shapes) rejected with an error naming the problem.
+ */
+#define _GNU_SOURCE /* memmem */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "plait/crypto.h"
+#include "plait/gguf.h"
+#include "plait/infer.h"
+#include "plait/lora.h"
+#include "plait/model.h"
+#include "plait/train.h"
+#include "testutil.h"
+
+static uint64_t rs = 12345;
+static float frand(void)
+{
+    rs = rs * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((double)(rs >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+}
+
+START_TEST(test_block_layouts)
+{
+    /* Q8_0: fp16 d = 0.5 (0x3800), q[j] = j - 16. */
+    uint8_t q8[34];
+    q8[0] = 0x00, q8[1] = 0x38;
+    for (int j = 0; j < 32; j++) q8[2 + j] = (uint8_t)(int8_t)(j - 16);
+    plait_wmat_t w8 = {q8, PLAIT_DT_Q8_0, 34};
+    float out[32];
+    plait_dequant_row(out, &w8, 0, 0, 32);
+    for (int j = 0; j < 32; j++) ck_assert_float_eq(out[j], 0.5f * (float)(j - 16));
+    plait_dequant_row(out, &w8, 0, 5, 3); /* a range inside the block */
+    ck_assert_float_eq(out[0], 0.5f * (5 - 16));
+    ck_assert_float_eq(out[2], 0.5f * (7 - 16));
+    /* Q4_0: fp16 d = 2 (0x4000); byte j: low nibble = element j, high = element j + 16. */
+    uint8_t q4[18];
+    q4[0] = 0x00, q4[1] = 0x40;
+    for (int j = 0; j < 16; j++) q4[2 + j] = (uint8_t)((j & 15) | ((15 - j) << 4));
+    plait_wmat_t w4 = {q4, PLAIT_DT_Q4_0, 18};
+    plait_dequant_row(out, &w4, 0, 0, 32);
+    for (int j = 0; j < 16; j++) {
+        ck_assert_float_eq(out[j], 2.0f * (float)(j - 8));
+        ck_assert_float_eq(out[j + 16], 2.0f * (float)((15 - j) - 8));
+    }
+    ck_assert_uint_eq(plait_dtype_row_bytes(PLAIT_DT_Q8_0, 64), 68);
+    ck_assert_uint_eq(plait_dtype_row_bytes(PLAIT_DT_Q4_0, 64), 36);
+    ck_assert_uint_eq(plait_dtype_row_bytes(PLAIT_DT_Q4_0, 33), 0);
+    ck_assert_uint_eq(plait_dtype_row_bytes(99, 32), 0);
+    /* Half floats. */
+    ck_assert_uint_eq(plait_f32_to_f16(1.0f), 0x3C00);
+    ck_assert_uint_eq(plait_f32_to_f16(-2.0f), 0xC000);
+    ck_assert_uint_eq(plait_f32_to_f16(65504.0f), 0x7BFF);
+    ck_assert_uint_eq(plait_f32_to_f16(1e6f), 0x7C00);
+    ck_assert_uint_eq(plait_f32_to_f16(ldexpf(1.0f, -24)), 0x0001);
+    ck_assert_float_eq(plait_f16_to_f32(0x0001), ldexpf(1.0f, -24));
+    ck_assert_float_eq(plait_f16_to_f32(0x3555), 0.333251953125f);
+    ck_assert_uint_eq(plait_f32_to_f16(0.333333f), 0x3555);
+    /* Reference quantization: Q8_0 error at most d/2, Q4_0 at most one step. */
+    float x[64];
+    for (int i = 0; i < 64; i++) x[i] = frand();
+    uint8_t b8[68], b4[36];
+    ck_assert_int_eq(plait_quantize_row(b8, PLAIT_DT_Q8_0, x, 64), 0);
+    ck_assert_int_eq(plait_quantize_row(b4, PLAIT_DT_Q4_0, x, 64), 0);
+    plait_wmat_t r8 = {b8, PLAIT_DT_Q8_0, 68}, r4 = {b4, PLAIT_DT_Q4_0, 36};
+    float y8[64], y4[64];
+    plait_dequant_row(y8, &r8, 0, 0, 64);
+    plait_dequant_row(y4, &r4, 0, 0, 64);
+    for (int b = 0; b < 2; b++) {
+        float amax = 0;
+        for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[b * 32 + j]));
+        for (int j = 0; j < 32; j++) {
+            ck_assert_float_le(fabsf(y8[b * 32 + j] - x[b * 32 + j]), amax / 127.0f * 0.51f + 1e-3f);
+            /* half a step, or one step for the clamped end of the range */
+            ck_assert_float_le(fabsf(y4[b * 32 + j] - x[b * 32 + j]), amax / 8.0f * 1.01f + 1e-3f);
+        }
+    }
+    ck_assert_int_ne(plait_quantize_row(b8, PLAIT_DT_Q8_0, x, 40), 0);
+}
+END_TEST
+
+/* Typed matmuls against the float64 reference on the dequantized matrix. */
+START_TEST(test_typed_matmul)
+{
+    static const int types[] = {PLAIT_DT_F16, PLAIT_DT_BF16, PLAIT_DT_Q8_0, PLAIT_DT_Q4_0};
+    size_t OC = 40, IC = 320; /* IC > KC: two packed blocks, the second partial */
+    float *W = malloc(OC * IC * 4), *Wd = malloc(OC * IC * 4);
+    uint8_t *q = malloc(OC * IC * 4);
+    float *x = malloc(30 * IC * 4), *y = malloc(30 * OC * 4), *yr = malloc(30 * OC * 4);
+    float *dy = malloc(30 * OC * 4), *dx = malloc(30 * IC * 4), *dxr = malloc(30 * IC * 4);
+    for (size_t i = 0; i < OC * IC; i++) W[i] = frand();
+    for (size_t i = 0; i < 30 * IC; i++) x[i] = frand();
+    for (size_t i = 0; i < 30 * OC; i++) dy[i] = frand();
+    plait_pool_t *pool = NULL;
+    ck_assert_int_eq(plait_pool_create(&pool, 2), 0);
+    for (size_t t = 0; t < sizeof(types) / sizeof(types[0]); t++) {
+        size_t rb = plait_dtype_row_bytes(types[t], IC);
+        for (size_t o = 0; o < OC; o++) ck_assert_int_eq(plait_quantize_row(q + o * rb, types[t], W + o * IC, IC), 0);
+        plait_wmat_t w = {q, types[t], rb};
+        for (size_t o = 0; o < OC; o++) plait_dequant_row(Wd + o * IC, &w, o, 0, IC);
+        static const size_t Ns[] = {1, 5, 30}; /* dot path, dot path, GEMM */
+        for (size_t k = 0; k < 3; k++) {
+            size_t N = Ns[k];
+            plait_matmul_forward_ref(yr, x, Wd, N, IC, OC, 0);
+            plait_matmul_forward_w(pool, y, x, &w, N, IC, OC, 0);
+            for (size_t i = 0; i < N * OC; i++) ck_assert_float_le(fabsf(y[i] - yr[i]), 1e-4f * (1.0f + fabsf(yr[i])));
+            memset(dx, 0, N * IC * 4);
+            memset(dxr, 0, N * IC * 4);
+            plait_matmul_backward_ref(dxr, NULL, dy, x, Wd, N, IC, OC);
+            plait_matmul_backward_w(pool, dx, dy, &w, N, IC, OC);
+            for (size_t i = 0; i < N * IC; i++)
+                ck_assert_float_le(fabsf(dx[i] - dxr[i]), 1e-4f * (1.0f + fabsf(dxr[i])));
+        }
+    }
+    plait_pool_destroy(pool);
+    free(W), free(Wd), free(q), free(x), free(y), free(yr), free(dy), free(dx), free(dxr);
+}
+END_TEST
+
+static void logits_of(const plait_model_t *m, const plait_lora_t *lo, const int *tok, size_t n, float *out)
+{
+    plait_infer_t st;
+    plait_infer_init(&st);
+    plait_infer_config_t ic;
+    plait_infer_config_default(&ic);
+    ck_assert_msg(plait_infer_setup(&st, m, lo, &ic) == 0, "%s", plait_errmsg());
+    const float *lg = NULL;
+    for (size_t i = 0; i < n; i++) {
+        ck_assert_int_eq(plait_infer_forward(&st, tok[i], (int)i, &lg), 0);
+        memcpy(out + i * (size_t)m->cfg.vocab_size, lg, (size_t)m->cfg.vocab_size * sizeof(float));
+    }
+    plait_infer_free(&st);
+}
+
+static float eval_loss(const plait_model_t *m, plait_lora_t *lo, const int32_t *tok, int T)
+{
+    plait_train_config_t c = plait_train_config_default();
+    c.B = 2;
+    c.T = T;
+    plait_trainer_t *tr = NULL;
+    ck_assert_msg(plait_train_create(&tr, m, lo, &c) == 0, "%s", plait_errmsg());
+    float loss = 0;
+    ck_assert_int_eq(plait_train_eval_loss(tr, tok, 2, &loss), 0);
+    plait_train_destroy(tr);
+    return loss;
+}
+
+START_TEST(test_convert_stories260k)
+{
+    char *bin = tu_path(tu_assets_dir(), "stories260K.bin");
+    char *dir = tu_tmpdir("gguf");
+    char *out = tu_path(dir, "stories260K.gguf");
+    plait_model_t a, b;
+    plait_model_init(&a);
+    plait_model_init(&b);
+    ck_assert_msg(plait_model_load(&a, bin) == 0, "%s", plait_errmsg());
+    ck_assert_msg(plait_model_save_gguf(&a, out, PLAIT_DT_F32) == 0, "%s", plait_errmsg());
+    ck_assert_msg(plait_model_load(&b, out) == 0, "%s", plait_errmsg());
+    ck_assert_int_eq(b.is_gguf, 1);
+    ck_assert_int_eq(b.cfg.dim, 64);
+    ck_assert_int_eq(b.cfg.hidden_dim, 172);
+    ck_assert_int_eq(b.cfg.n_kv_heads, 4);
+    ck_assert_int_eq(b.cfg.vocab_size, 512);
+    ck_assert_int_eq(b.cfg.shared, 1);
+    ck_assert_int_eq(memcmp(&a.cfg, &b.cfg, sizeof(a.cfg)), 0);
+    /* The identity is the hash of the file itself. */
+    size_t len = 0;
+    uint8_t *img = tu_read_file(out, &len);
+    uint8_t h[32];
+    plait_sha256(img, len, h);
+    ck_assert_int_eq(memcmp(h, b.sha256, 32), 0);
+    ck_assert_int_ne(memcmp(a.sha256, b.sha256, 32), 0);
+    free(img);
+    /* Same logits, bit for bit (same kernels on the same floats). */
+    int tok[6] = {1, 403, 407, 261, 378, 290};
+    float *la = malloc(6 * 512 * sizeof(float)), *lb = malloc(6 * 512 * sizeof(float));
+    logits_of(&a, NULL, tok, 6, la);
+    logits_of(&b, NULL, tok, 6, lb);
+    ck_assert_int_eq(memcmp(la, lb, 6 * 512 * sizeof(float)), 0);
+    /* With an adapter (unmerged) and through the trainer. */
+    plait_lora_t lo;
+    plait_lora_init(&lo);
+    plait_lora_config_t lc;
+    plait_lora_config_default(&lc);
+    lc.targets = 0x7F;
+    ck_assert_int_eq(plait_lora_setup(&lo, &a.cfg, &lc), 0);
+    for (size_t i = 0; i < lo.n_params; i++) lo.params[i] = 0.05f * frand();
+    logits_of(&a, &lo, tok, 6, la);
+    logits_of(&b, &lo, tok, 6, lb);
+    ck_assert_int_eq(memcmp(la, lb, 6 * 512 * sizeof(float)), 0);
+    int32_t rows[2 * 17];
+    for (int i = 0; i < 34; i++) rows[i] = (int32_t)((i * 37 + 11) % 512);
+    ck_assert_float_eq(eval_loss(&a, &lo, rows, 16), eval_loss(&b, &lo, rows, 16));
+    plait_lora_free(&lo);
+    free(la), free(lb);
+    plait_model_free(&a);
+    plait_model_free(&b);
+    tu_rmdir(dir);
+    free(out), free(dir), free(bin);
+}
+END_TEST
+
+static void random_cfg(plait_model_config_t *c)
+{
+    memset(c, 0, sizeof(*c));
+    c->dim = 64, c->hidden_dim = 96, c->n_layers = 2, c->n_heads = 4, c->n_kv_heads = 2;
+    c->vocab_size = 96, c->seq_len = 32, c->shared = 0;
+}
+
+/* A quantized base trains and infers as its F32 expansion does (the same
+ * floats reach the kernels, only the summation path differs). */
+static void check_quantized(int type, int neox)
+{
+    plait_model_config_t c;
+    random_cfg(&c);
+    c.rope_neox = neox;
+    c.rope_theta = 50000.0f;
+    c.rope_scale = neox ? 2.0f : 1.0f;
+    plait_model_t r, q, f;
+    plait_model_init(&r), plait_model_init(&q), plait_model_init(&f);
+    ck_assert_int_eq(plait_model_init_random(&r, &c, 7), 0);
+    char *dir = tu_tmpdir("ggufq");
+    char *pq = tu_path(dir, "q.gguf"), *pf = tu_path(dir, "f.gguf");
+    ck_assert_msg(plait_model_save_gguf(&r, pq, type) == 0, "%s", plait_errmsg());
+    ck_assert_msg(plait_model_load(&q, pq) == 0, "%s", plait_errmsg());
+    ck_assert_int_eq(plait_model_proj(&q, 1, PLAIT_W2)->type, type);
+    ck_assert_int_eq(plait_model_classifier(&q)->type, type);
+    ck_assert_int_eq(plait_model_is_f32(&q), 0);
+    ck_assert_ptr_null(plait_proj_weight(&q, 0, PLAIT_WQ));
+    ck_assert_int_eq(q.cfg.rope_neox, neox);
+    ck_assert_float_eq(q.cfg.rope_theta, 50000.0f);
+    ck_assert_float_eq(q.cfg.rope_scale, c.rope_scale);
+    /* F32 expansion of the quantized model, written by the same writer. */
+    ck_assert_msg(plait_model_save_gguf(&q, pf, PLAIT_DT_F32) == 0, "%s", plait_errmsg());
+    ck_assert_msg(plait_model_load(&f, pf) == 0, "%s", plait_errmsg());
+    ck_assert_int_eq(plait_model_is_f32(&f), 1);
+    int tok[5] = {1, 17, 33, 95, 2};
+    float lq[5 * 96], lf[5 * 96];
+    plait_lora_t lo;
+    plait_lora_init(&lo);
+    plait_lora_config_t lc;
+    plait_lora_config_default(&lc);
+    lc.targets = 0x7F;
+    ck_assert_int_eq(plait_lora_setup(&lo, &q.cfg, &lc), 0);
+    for (size_t i = 0; i < lo.n_params; i++) lo.params[i] = 0.05f * frand();
+    logits_of(&q, &lo, tok, 5, lq);
+    logits_of(&f, &lo, tok, 5, lf);
+    for (int i = 0; i < 5 * 96; i++) ck_assert_float_le(fabsf(lq[i] - lf[i]), 1e-4f);
+    /* Training: the same losses and gradients step by step. */
+    plait_lora_t l2;
+    plait_lora_init(&l2);
+    ck_assert_int_eq(plait_lora_setup(&l2, &f.cfg, &lc), 0);
+    memcpy(l2.params, lo.params, lo.n_params * sizeof(float));
+    plait_train_config_t tc = plait_train_config_default();
+    tc.B = 2, tc.T = 16, tc.lr = 1e-2;
+    plait_trainer_t *tq = NULL, *tf = NULL;
+    ck_assert_msg(plait_train_create(&tq, &q, &lo, &tc) == 0, "%s", plait_errmsg());
+    ck_assert_msg(plait_train_create(&tf, &f, &l2, &tc) == 0, "%s", plait_errmsg());
+    int32_t rows[2 * 17];
+    for (int i = 0; i < 34; i++) rows[i] = (int32_t)((i * 29 + 5) % 96);
+    float first = 0, last = 0;
+    for (int s = 0; s < 8; s++) {
+        float a, b;
+        ck_assert_int_eq(plait_train_forward_backward(tq, rows, &a), 0);
+        ck_assert_int_eq(plait_train_forward_backward(tf, rows, &b), 0);
+        ck_assert_float_le(fabsf(a - b), 1e-4f);
+        ck_assert_int_eq(plait_train_step(tq), 0);
+        ck_assert_int_eq(plait_train_step(tf), 0);
+        if (s == 0) first = a;
+        last = a;
+    }
+    ck_assert_float_lt(last, first); /* it learns the repeated rows */
+    plait_train_destroy(tq);
+    plait_train_destroy(tf);
+    plait_lora_free(&lo);
+    plait_lora_free(&l2);
+    plait_model_free(&r), plait_model_free(&q), plait_model_free(&f);
+    tu_rmdir(dir);
+    free(pq), free(pf), free(dir);
+}
+
+START_TEST(test_q8_0_base) { check_quantized(PLAIT_DT_Q8_0, 0); }
+END_TEST
+START_TEST(test_q4_0_base_neox) { check_quantized(PLAIT_DT_Q4_0, 1); }
+END_TEST
+START_TEST(test_f16_bf16_base)
+{
+    check_quantized(PLAIT_DT_F16, 0);
+    check_quantized(PLAIT_DT_BF16, 0);
+}
+END_TEST
+
+/* ------------------------------------------------------- hostile files */
+
+static uint8_t *small_image(size_t *len)
+{
+    plait_model_config_t c;
+    random_cfg(&c);
+    c.n_layers = 1;
+    plait_model_t r;
+    plait_model_init(&r);
+    ck_assert_int_eq(plait_model_init_random(&r, &c, 3), 0);
+    plait_gguf_writer_t *w = NULL;
+    ck_assert_int_eq(plait_gguf_writer_create(&w), 0);
+    ck_assert_int_eq(plait__model_gguf_fill(w, &r, PLAIT_DT_Q8_0), 0);
+    uint8_t *img = NULL;
+    ck_assert_int_eq(plait_gguf_write_mem(w, &img, len), 0);
+    plait_gguf_writer_free(w);
+    plait_model_free(&r);
+    return img;
+}
+
+/* Parse a mutated copy; it must fail with PLAIT_EPROTO and a message holding want. */
+static void expect_bad(const uint8_t *img, size_t len, const char *want)
+{
+    uint8_t *cp = malloc(len ? len : 1);
+    memcpy(cp, img, len);
+    plait_gguf_t g;
+    int rc = plait_gguf_parse(&g, cp, len);
+    ck_assert_msg(rc == PLAIT_EPROTO, "expected a failure (%s), got %d", want, rc);
+    ck_assert_msg(strstr(plait_errmsg(), want) != NULL, "'%s' does not say '%s'", plait_errmsg(), want);
+    free(cp);
+}
+
+/* Byte offset of the tensor info of `name` (its name string's length field). */
+static size_t info_at(const uint8_t *img, size_t len, const char *name)
+{
+    plait_gguf_t g;
+    ck_assert_int_eq(plait_gguf_parse(&g, img, len), 0);
+    const plait_gguf_tensor_t *t = plait_gguf_tensor(&g, name);
+    ck_assert_ptr_nonnull(t);
+    size_t at = (size_t)((const uint8_t *)t->name - img) - 8;
+    plait_gguf_free(&g);
+    return at;
+}
+
+static void put64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
+START_TEST(test_hostile)
+{
+    size_t len;
+    uint8_t *img = small_image(&len);
+    plait_gguf_t g;
+    ck_assert_int_eq(plait_gguf_parse(&g, img, len), 0);
+    size_t data_off = g.data_offset;
+    plait_gguf_free(&g);
+    /* Every truncation fails (the header byte by byte, then the data). */
+    for (size_t n = 0; n < len; n += n < data_off + 64 ? 1 : 997) {
+        plait_gguf_t t;
+        ck_assert_msg(plait_gguf_parse(&t, img, n) == PLAIT_EPROTO, "prefix of %zu bytes parsed", n);
+    }
+    uint8_t *m = malloc(len);
+    memcpy(m, img, len);
+    m[0] = 'X';
+    expect_bad(m, len, "GGUF");
+    memcpy(m, img, len);
+    m[4] = 2;
+    expect_bad(m, len, "version 2");
+    memcpy(m, img, len);
+    put64(m + 8, 1ull << 40);
+    expect_bad(m, len, "tensor count");
+    memcpy(m, img, len);
+    put64(m + 16, 1ull << 33);
+    expect_bad(m, len, "metadata count");
+    /* The first metadata key's length (it starts at byte 24) made absurd. */
+    memcpy(m, img, len);
+    put64(m + 24, 1ull << 50);
+    expect_bad(m, len, "metadata key");
+    size_t at = info_at(img, len, "blk.0.attn_q.weight");
+    size_t nl = strlen("blk.0.attn_q.weight");
+    size_t dims = at + 8 + nl + 4, type = dims + 16, off = type + 4;
+    memcpy(m, img, len);
+    m[type] = 77; /* unknown type */
+    expect_bad(m, len, "type 77");
+    memcpy(m, img, len);
+    put64(m + off, (uint64_t)len * 4 / 32 * 32); /* lying offset, aligned */
+    expect_bad(m, len, "past the end");
+    memcpy(m, img, len);
+    put64(m + off, 3); /* unaligned offset */
+    expect_bad(m, len, "alignment");
+    memcpy(m, img, len);
+    put64(m + off, 0); /* on top of the first tensor */
+    expect_bad(m, len, "overlap");
+    memcpy(m, img, len);
+    put64(m + dims, 1ull << 41); /* absurd dimension */
+    expect_bad(m, len, "dimension");
+    memcpy(m, img, len);
+    put64(m + dims, 33); /* a row that is not whole Q8_0 blocks */
+    expect_bad(m, len, "whole blocks");
+    memcpy(m, img, len);
+    put64(m + dims + 8, 1ull << 39); /* many rows: runs past the end */
+    expect_bad(m, len, "past the end");
+    free(m);
+    /* Model-level checks: a shape that does not match the metadata. */
+    char *dir = tu_tmpdir("ggufbad");
+    char *p = tu_path(dir, "bad.gguf");
+    m = malloc(len);
+    memcpy(m, img, len);
+    put64(m + dims, 32); /* attn_q [32, 64] instead of [64, 64]: smaller, still valid GGUF */
+    ck_assert_int_eq(tu_write_file(p, m, len), 0);
+    plait_model_t md;
+    plait_model_init(&md);
+    ck_assert_int_eq(plait_model_load(&md, p), PLAIT_EPROTO);
+    ck_assert_msg(strstr(plait_errmsg(), "blk.0.attn_q.weight") != NULL, "%s", plait_errmsg());
+    /* An unknown architecture. */
+    memcpy(m, img, len);
+    uint8_t *a = memmem(m, len, "llama", 5);
+    ck_assert_ptr_nonnull(a);
+    memcpy(a, "gpt2x", 5);
+    ck_assert_int_eq(tu_write_file(p, m, len), 0);
+    ck_assert_int_eq(plait_model_load(&md, p), PLAIT_EPROTO);
+    ck_assert_msg(strstr(plait_errmsg(), "architecture") != NULL, "%s", plait_errmsg());
+    /* A truncated file on disk. */
+    ck_assert_int_eq(tu_write_file(p, img, len - 5), 0);
+    ck_assert_int_eq(plait_model_load(&md, p), PLAIT_EPROTO);
+    /* The intact image loads. */
+    ck_assert_int_eq(tu_write_file(p, img, len), 0);
+    ck_assert_msg(plait_model_load(&md, p) == 0, "%s", plait_errmsg());
+    plait_model_free(&md);
+    free(m);
+    free(img);
+    tu_rmdir(dir);
+    free(p), free(dir);
+}
+END_TEST
+
+START_TEST(test_duplicate_and_metadata)
+{
+    plait_gguf_writer_t *w = NULL;
+    ck_assert_int_eq(plait_gguf_writer_create(&w), 0);
+    ck_assert_int_eq(plait_gguf_add_u32(w, "a.count", 7), 0);
+    ck_assert_int_eq(plait_gguf_add_f32(w, "a.f", 0.5f), 0);
+    const char *words[3] = {"x", "", "hello"};
+    ck_assert_int_eq(plait_gguf_add_str_arr(w, "a.words", words, NULL, 3), 0);
+    float v[32] = {0};
+    uint64_t ne[1] = {32};
+    ck_assert_int_eq(plait_gguf_add_tensor(w, "t", PLAIT_DT_F32, 1, ne, v, sizeof(v)), 0);
+    ck_assert_int_eq(plait_gguf_add_tensor(w, "t", PLAIT_DT_F32, 1, ne, v, sizeof(v)), 0);
+    ck_assert_int_ne(plait_gguf_add_tensor(w, "u", PLAIT_DT_F32, 1, ne, v, 12), 0); /* size mismatch */
+    uint8_t *img = NULL;
+    size_t len = 0;
+    ck_assert_int_eq(plait_gguf_write_mem(w, &img, &len), 0);
+    plait_gguf_writer_free(w);
+    expect_bad(img, len, "appears twice");
+    free(img);
+    ck_assert_int_eq(plait_gguf_writer_create(&w), 0);
+    ck_assert_int_eq(plait_gguf_add_u32(w, "a.count", 7), 0);
+    ck_assert_int_eq(plait_gguf_add_str_arr(w, "a.words", words, NULL, 3), 0);
+    ck_assert_int_eq(plait_gguf_write_mem(w, &img, &len), 0);
+    plait_gguf_writer_free(w);
+    plait_gguf_t g;
+    ck_assert_int_eq(plait_gguf_parse(&g, img, len), 0);
+    uint64_t u;
+    ck_assert_int_eq(plait_gguf_get_uint(&g, "a.count", 10, &u), 0);
+    ck_assert_uint_eq(u, 7);
+    ck_assert_int_eq(plait_gguf_get_uint(&g, "a.count", 6, &u), PLAIT_EPROTO);
+    ck_assert_int_eq(plait_gguf_get_uint(&g, "a.none", 6, &u), PLAIT_EPROTO);
+    const char *s;
+    size_t n;
+    ck_assert_int_eq(plait_gguf_arr_str(plait_gguf_find(&g, "a.words"), 2, &s, &n), 0);
+    ck_assert_uint_eq(n, 5);
+    ck_assert_int_eq(memcmp(s, "hello", 5), 0);
+    ck_assert_int_ne(plait_gguf_arr_str(plait_gguf_find(&g, "a.words"), 3, &s, &n), 0);
+    plait_gguf_free(&g);
+    /* The array count lies. */
+    uint8_t *c = memmem(img, len, "a.words", 7);
+    put64(c + 7 + 4, 1ull << 60);
+    expect_bad(img, len, "claims");
+    free(img);
+}
+END_TEST
+
+Suite *gguf_suite(void)
+{
+    Suite *s = suite_create("gguf");
+    TCase *tc = tcase_create("gguf");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_block_layouts);
+    tcase_add_test(tc, test_typed_matmul);
+    tcase_add_test(tc, test_convert_stories260k);
+    tcase_add_test(tc, test_q8_0_base);
+    tcase_add_test(tc, test_q4_0_base_neox);
+    tcase_add_test(tc, test_f16_bf16_base);
+    tcase_add_test(tc, test_hostile);
+    tcase_add_test(tc, test_duplicate_and_metadata);
+    suite_add_tcase(s, tc);
+    return s;
+}
