@@ -19,6 +19,7 @@
 #include "plait/client.h"
 #include "plait/crypto.h"
 #include "plait/data.h"
+#include "plait/gguf.h"
 #include "plait/infer.h"
 #include "plait/ingest.h"
 #include "plait/log.h"
@@ -1022,6 +1023,74 @@ static int cmd_join(int argc, char **argv)
     return rc == 0 ? 0 : die_run(rc);
 }
 
+/* -------------------------------------------------------------- convert */
+
+static int parse_dtype(const char *s, int *type)
+{
+    static const struct {
+        const char *name;
+        int type;
+    } t[] = {{"f32", PLAIT_DT_F32}, {"f16", PLAIT_DT_F16}, {"bf16", PLAIT_DT_BF16},
+             {"q8_0", PLAIT_DT_Q8_0}, {"q4_0", PLAIT_DT_Q4_0}};
+    for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
+        if (strcmp(s, t[i].name) == 0) return *type = t[i].type, 0;
+    return plait_fail(PLAIT_EINVAL, "--type '%.20s' is not one of f32, f16, bf16, q8_0, q4_0", s);
+}
+
+static int cmd_convert(int argc, char **argv)
+{
+    const char *model = NULL, *tokp = NULL, *out = NULL;
+    int type = PLAIT_DT_F32;
+    static const struct option opts[] = {{"model", required_argument, 0, 'm'}, {"tokenizer", required_argument, 0, 'k'},
+                                         {"out", required_argument, 0, 'o'},   {"type", required_argument, 0, 't'},
+                                         {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
+    int o;
+    while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (o) {
+        case 'm': model = optarg; break;
+        case 'k': tokp = optarg; break;
+        case 'o': out = optarg; break;
+        case 't':
+            if (parse_dtype(optarg, &type) != 0) return die_usage(PLAIT_EINVAL);
+            break;
+        case 'h':
+            printf("usage: plait-agent convert --model IN --out OUT.gguf [--tokenizer TOK] [--type f32|f16|bf16|q8_0|q4_0]\n\n"
+                   "Writes a llama2.c checkpoint (or a GGUF model) as a GGUF v3 file, its matrices in --type\n"
+                   "(default f32; rows that are not whole 32-element blocks stay f32) and, with --tokenizer,\n"
+                   "the tokenizer as GGUF metadata, so that --tokenizer OUT.gguf works afterwards.\n");
+            return 0;
+        default: return bad_flag(argv), die_usage(PLAIT_EINVAL);
+        }
+    }
+    if (!model || !out) return plait_fail(PLAIT_EINVAL, "--model and --out are required"), die_usage(0);
+    plait_model_t m;
+    plait_tok_t tok;
+    plait_gguf_writer_t *w = NULL;
+    plait_model_init(&m);
+    plait_tok_init(&tok);
+    int rc = plait_model_load(&m, model);
+    if (rc == 0 && tokp) rc = plait_tok_load(&tok, tokp, m.cfg.vocab_size);
+    if (rc == 0) rc = plait_gguf_writer_create(&w);
+    if (rc == 0) rc = plait__model_gguf_fill(w, &m, type);
+    if (rc == 0 && tokp) rc = plait__tok_gguf_fill(w, &tok);
+    if (rc == 0) rc = plait_gguf_write_file(w, out);
+    plait_gguf_writer_free(w);
+    plait_tok_free(&tok);
+    if (rc == 0) {
+        plait_model_t c;
+        plait_model_init(&c);
+        rc = plait_model_load(&c, out);
+        if (rc == 0) {
+            char hex[65];
+            plait_hex(c.sha256, 32, hex);
+            printf("wrote %s: %zu bytes, %s, base model sha256 %s\n", out, c.map_len, plait_dtype_name(type), hex);
+        }
+        plait_model_free(&c);
+    }
+    plait_model_free(&m);
+    return rc == 0 ? 0 : die_run(rc);
+}
+
 /* ----------------------------------------------------------------- main */
 
 typedef struct {
@@ -1038,6 +1107,7 @@ static const command_t commands[] = {
     {"info", cmd_info, "count the store's records"},
     {"forget", cmd_forget, "erase records from the store"},
     {"join", cmd_join, "take part in federated rounds with an aggregator (mutual TLS)"},
+    {"convert", cmd_convert, "write a llama2.c checkpoint as GGUF (optionally quantized)"},
 };
 
 static void usage(FILE *f)

@@ -25,6 +25,7 @@
  * that appears twice resolves to its lower id deterministically.
  */
 #include "plait/tok.h"
+#include "plait/gguf.h"
 #include "plait/crypto.h"
 
 #include <errno.h>
@@ -134,6 +135,7 @@ int plait_tok_parse(plait_tok_t *t, const uint8_t *buf, size_t len, int vocab_si
     if (vocab_size < PLAIT_TOK_MIN_VOCAB || vocab_size > PLAIT_MODEL_MAX_VOCAB)
         return plait_fail(PLAIT_EINVAL, "tokenizer: vocab_size %d is outside %d..%d", vocab_size,
                           PLAIT_TOK_MIN_VOCAB, PLAIT_MODEL_MAX_VOCAB);
+    if (len >= 4 && memcmp(buf, "GGUF", 4) == 0) return plait__tok_parse_gguf(t, buf, len, vocab_size);
     size_t V = (size_t)vocab_size;
     if (len < 4)
         return plait_fail(PLAIT_EPROTO, "tokenizer: file of %zu bytes is shorter than its header",
@@ -232,6 +234,18 @@ int plait_tok_load(plait_tok_t *t, const char *path, int vocab_size)
     if (!t || !path) return plait_fail(PLAIT_EINVAL, "tokenizer: NULL argument");
     FILE *f = fopen(path, "rb");
     if (!f) return plait_fail(PLAIT_EIO, "%s: cannot open: %s", path, strerror(errno));
+    char magic[4];
+    if (fread(magic, 1, 4, f) == 4 && memcmp(magic, "GGUF", 4) == 0) {
+        /* A GGUF model file: map it rather than read it all. */
+        fclose(f);
+        int grc = plait__tok_load_gguf_file(t, path, vocab_size);
+        if (grc != 0) {
+            char detail[256];
+            snprintf(detail, sizeof(detail), "%s", plait_errmsg());
+            grc = plait_fail(grc, "%s: %s", path, detail);
+        }
+        return grc;
+    }
     uint8_t *buf = NULL;
     int rc;
     long sz = -1;

@@ -18,6 +18,7 @@
 #include "plait/infer.h"
 #include "plait/lora.h"
 #include "plait/model.h"
+#include "plait/tok.h"
 #include "plait/train.h"
 #include "testutil.h"
 
@@ -298,6 +299,76 @@ START_TEST(test_f16_bf16_base)
 }
 END_TEST
 
+
+/* tok512 written as GGUF metadata and read back encodes and decodes the same. */
+START_TEST(test_tokenizer_gguf)
+{
+    char *tp = tu_path(tu_assets_dir(), "tok512.bin");
+    plait_tok_t a, b;
+    plait_tok_init(&a);
+    plait_tok_init(&b);
+    ck_assert_msg(plait_tok_load(&a, tp, 512) == 0, "%s", plait_errmsg());
+    plait_gguf_writer_t *w = NULL;
+    ck_assert_int_eq(plait_gguf_writer_create(&w), 0);
+    ck_assert_int_eq(plait__tok_gguf_fill(w, &a), 0);
+    uint8_t *img = NULL;
+    size_t len = 0;
+    ck_assert_int_eq(plait_gguf_write_mem(w, &img, &len), 0);
+    plait_gguf_writer_free(w);
+    /* Spaces travel as U+2581, as llama.cpp stores them. */
+    ck_assert_ptr_nonnull(memmem(img, len, "\xe2\x96\x81the", 6));
+    ck_assert_msg(plait_tok_parse(&b, img, len, 512) == 0, "%s", plait_errmsg());
+    static const char *texts[] = {"Once upon a time, there was a little girl named Lily.",
+                                  "  two  spaces\nand a newline", "caf\xc3\xa9 \xe2\x98\x83 \xff\x01 zoo", ""};
+    for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++) {
+        int ia[128], ib[128];
+        size_t na = 0, nb = 0, n = strlen(texts[i]);
+        ck_assert_int_eq(plait_tok_encode(&a, texts[i], n, 1, 1, ia, 128, &na), 0);
+        ck_assert_int_eq(plait_tok_encode(&b, texts[i], n, 1, 1, ib, 128, &nb), 0);
+        ck_assert_uint_eq(na, nb);
+        ck_assert_int_eq(memcmp(ia, ib, na * sizeof(int)), 0);
+        for (size_t k = 1; k < na; k++) {
+            size_t la, lb;
+            const char *pa = plait_tok_decode(&a, ia[k - 1], ia[k], &la), *pb = plait_tok_decode(&b, ib[k - 1], ib[k], &lb);
+            ck_assert_uint_eq(la, lb);
+            ck_assert_int_eq(memcmp(pa, pb, la), 0);
+        }
+    }
+    /* Known encodings (llama2.c run.c on tok512, as check_tok.c pins them). */
+    static const struct {
+        const char *text;
+        int n, ids[8];
+    } known[] = {{"Hello world", 6, {1, 346, 306, 414, 263, 304, 341}},
+                 {"a  b", 3, {1, 261, 410, 268}},
+                 {"\xe2\x82\xac", 2, {1, 410, 503}}};
+    for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
+        int ids[16];
+        size_t n = 0;
+        ck_assert_int_eq(plait_tok_encode(&b, known[i].text, strlen(known[i].text), 1, 0, ids, 16, &n), 0);
+        ck_assert_uint_eq(n, (size_t)known[i].n + 1);
+        ck_assert_int_eq(memcmp(ids, known[i].ids, n * sizeof(int)), 0);
+    }
+    plait_tok_free(&b);
+    /* Wrong vocabulary size, another tokenizer model, a moved BOS id. */
+    ck_assert_int_eq(plait_tok_parse(&b, img, len, 511), PLAIT_EPROTO);
+    uint8_t *m = memmem(img, len, "llama", 5);
+    ck_assert_ptr_nonnull(m);
+    memcpy(m, "gpt2x", 5);
+    ck_assert_int_eq(plait_tok_parse(&b, img, len, 512), PLAIT_EPROTO);
+    ck_assert_msg(strstr(plait_errmsg(), "gpt2x") != NULL, "%s", plait_errmsg());
+    memcpy(m, "llama", 5);
+    uint8_t *bos = memmem(img, len, "tokenizer.ggml.bos_token_id", 27);
+    ck_assert_ptr_nonnull(bos);
+    bos[27 + 4] = 5;
+    ck_assert_int_eq(plait_tok_parse(&b, img, len, 512), PLAIT_EPROTO);
+    ck_assert_msg(strstr(plait_errmsg(), "bos_token_id") != NULL, "%s", plait_errmsg());
+    free(img);
+    plait_tok_free(&a);
+    plait_tok_free(&b);
+    free(tp);
+}
+END_TEST
+
 /* ------------------------------------------------------- hostile files */
 
 static uint8_t *small_image(size_t *len)
@@ -492,6 +563,7 @@ Suite *gguf_suite(void)
     tcase_add_test(tc, test_q8_0_base);
     tcase_add_test(tc, test_q4_0_base_neox);
     tcase_add_test(tc, test_f16_bf16_base);
+    tcase_add_test(tc, test_tokenizer_gguf);
     tcase_add_test(tc, test_hostile);
     tcase_add_test(tc, test_duplicate_and_metadata);
     suite_add_tcase(s, tc);
