@@ -18,6 +18,8 @@
 #include "plait/infer.h"
 #include "plait/lora.h"
 #include "plait/model.h"
+#include "plait/adapter.h"
+#include "plait/peft.h"
 #include "plait/tok.h"
 #include "plait/train.h"
 #include "testutil.h"
@@ -554,6 +556,163 @@ START_TEST(test_bpe_gpt2_real)
 }
 END_TEST
 
+
+/* ------------------------------------------------------- adapters out/in */
+
+/* HF's permute (convert_llama_weights_to_hf.py), written independently:
+ * w.view(n_heads, HS/2, 2, dim).transpose(1, 2): HF row h*HS + a*HS/2 + i
+ * is llama row h*HS + 2i + a. */
+static size_t hf_from_meta(size_t row, size_t HS)
+{
+    size_t h = row / HS, r = row % HS;
+    return h * HS + (r % 2) * (HS / 2) + r / 2;
+}
+
+/* q (n_heads*HS) = (W + s B A) x in float64, W (out, in) float, B (out, R), A (R, in). */
+static void proj64(double *y, const float *W, const double *B, const double *A, const double *x, size_t out,
+                   size_t in, size_t R, double s)
+{
+    for (size_t o = 0; o < out; o++) {
+        double acc = 0;
+        for (size_t i = 0; i < in; i++) {
+            double ba = 0;
+            for (size_t r = 0; r < R; r++) ba += B[o * R + r] * A[r * in + i];
+            acc += ((double)W[o * in + i] + s * ba) * x[i];
+        }
+        y[o] = acc;
+    }
+}
+
+static void rope64(double *v, size_t heads, size_t HS, int pos, double theta, int rotate_half)
+{
+    for (size_t h = 0; h < heads; h++)
+        for (size_t i = 0; i < HS / 2; i++) {
+            double ang = pos * pow(theta, -2.0 * (double)i / (double)HS), c = cos(ang), sn = sin(ang);
+            size_t a = rotate_half ? h * HS + i : h * HS + 2 * i, b = rotate_half ? a + HS / 2 : a + 1;
+            double x0 = v[a], x1 = v[b];
+            v[a] = x0 * c - x1 * sn;
+            v[b] = x0 * sn + x1 * c;
+        }
+}
+
+START_TEST(test_peft_and_gguf_adapters)
+{
+    plait_model_config_t c;
+    random_cfg(&c);
+    plait_model_t m;
+    plait_model_init(&m);
+    ck_assert_int_eq(plait_model_init_random(&m, &c, 11), 0);
+    plait_lora_t lo, back;
+    plait_lora_init(&lo);
+    plait_lora_init(&back);
+    plait_lora_config_t lc;
+    plait_lora_config_default(&lc);
+    lc.targets = 0x7F;
+    lc.rank = 4;
+    lc.alpha = 8;
+    ck_assert_int_eq(plait_lora_setup(&lo, &m.cfg, &lc), 0);
+    for (size_t i = 0; i < lo.n_params; i++) lo.params[i] = 0.1f * frand();
+    char *dir = tu_tmpdir("peft");
+    char *pdir = tu_path(dir, "peft"), *gpath = tu_path(dir, "lora.gguf");
+    ck_assert_msg(plait_peft_export(&lo, pdir) == 0, "%s", plait_errmsg());
+    /* PEFT round trip: the same parameters, hence the same logits. */
+    ck_assert_msg(plait_adapter_import(&back, pdir, &m, 0) == 0, "%s", plait_errmsg());
+    ck_assert_uint_eq(back.n_params, lo.n_params);
+    ck_assert_int_eq(back.cfg.rank, 4);
+    ck_assert_float_eq(back.scaling, lo.scaling);
+    ck_assert_int_eq(memcmp(back.params, lo.params, lo.n_params * sizeof(float)), 0);
+    int tok[4] = {1, 5, 77, 3};
+    float la[4 * 96], lb[4 * 96];
+    logits_of(&m, &lo, tok, 4, la);
+    logits_of(&m, &back, tok, 4, lb);
+    ck_assert_int_eq(memcmp(la, lb, sizeof(la)), 0);
+    plait_lora_free(&back);
+    /* The file's q/k rows are in HF's rotate-half order: checked in float64. */
+    char *stp = tu_path(pdir, "adapter_model.safetensors");
+    plait_safetensors_t st;
+    plait_safetensors_init(&st);
+    ck_assert_int_eq(plait_safetensors_read(&st, stp), 0);
+    size_t C = 64, KV = 32, HS = 16, R = 4, NH = 4;
+    double *Bq = malloc(C * R * 8), *Bk = malloc(KV * R * 8), *Aq = malloc(R * C * 8), *Ak = malloc(R * C * 8);
+    ck_assert_int_eq(plait_safetensors_get_f64(&st, "base_model.model.model.layers.1.self_attn.q_proj.lora_B.weight", Bq, C * R), 0);
+    ck_assert_int_eq(plait_safetensors_get_f64(&st, "base_model.model.model.layers.1.self_attn.k_proj.lora_B.weight", Bk, KV * R), 0);
+    ck_assert_int_eq(plait_safetensors_get_f64(&st, "base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight", Aq, R * C), 0);
+    ck_assert_int_eq(plait_safetensors_get_f64(&st, "base_model.model.model.layers.1.self_attn.k_proj.lora_A.weight", Ak, R * C), 0);
+    plait_safetensors_free(&st);
+    /* HF side: base rows permuted by HF's formula, adapter from the file, rotate-half RoPE. */
+    const float *Wq = plait_proj_weight(&m, 1, PLAIT_WQ), *Wk = plait_proj_weight(&m, 1, PLAIT_WK);
+    float *Wq_hf = malloc(C * C * 4), *Wk_hf = malloc(KV * C * 4);
+    for (size_t r = 0; r < C; r++) memcpy(Wq_hf + hf_from_meta(r, HS) * C, Wq + r * C, C * 4);
+    for (size_t r = 0; r < KV; r++) memcpy(Wk_hf + hf_from_meta(r, HS) * C, Wk + r * C, C * 4);
+    /* plait side: its own layout and interleaved RoPE. */
+    size_t sq = plait_lora_slot(1, PLAIT_WQ), sk = plait_lora_slot(1, PLAIT_WK);
+    double *Bq_m = malloc(C * R * 8), *Bk_m = malloc(KV * R * 8), *Aq_m = malloc(R * C * 8), *Ak_m = malloc(R * C * 8);
+    for (size_t i = 0; i < C * R; i++) Bq_m[i] = lo.B[sq][i];
+    for (size_t i = 0; i < KV * R; i++) Bk_m[i] = lo.B[sk][i];
+    for (size_t i = 0; i < R * C; i++) Aq_m[i] = lo.A[sq][i], Ak_m[i] = lo.A[sk][i];
+    double x[64], xk[64], q_hf[64], k_hf[32], q_m[64], k_m[32];
+    for (size_t i = 0; i < C; i++) x[i] = frand(), xk[i] = frand();
+    proj64(q_hf, Wq_hf, Bq, Aq, x, C, C, R, lo.scaling);
+    proj64(k_hf, Wk_hf, Bk, Ak, xk, KV, C, R, lo.scaling);
+    proj64(q_m, Wq, Bq_m, Aq_m, x, C, C, R, lo.scaling);
+    proj64(k_m, Wk, Bk_m, Ak_m, xk, KV, C, R, lo.scaling);
+    rope64(q_hf, NH, HS, 7, 10000.0, 1);
+    rope64(k_hf, 2, HS, 3, 10000.0, 1);
+    rope64(q_m, NH, HS, 7, 10000.0, 0);
+    rope64(k_m, 2, HS, 3, 10000.0, 0);
+    for (size_t r = 0; r < C; r++) ck_assert_double_eq_tol(q_hf[hf_from_meta(r, HS)], q_m[r], 1e-9);
+    for (size_t h = 0; h < NH; h++) { /* attention scores agree (GQA: 2 query heads per kv head) */
+        double s1 = 0, s2 = 0;
+        for (size_t i = 0; i < HS; i++) {
+            s1 += q_hf[h * HS + i] * k_hf[(h / 2) * HS + i];
+            s2 += q_m[h * HS + i] * k_m[(h / 2) * HS + i];
+        }
+        ck_assert_double_eq_tol(s1, s2, 1e-9);
+    }
+    free(Bq), free(Bk), free(Aq), free(Ak), free(Wq_hf), free(Wk_hf), free(Bq_m), free(Bk_m), free(Aq_m), free(Ak_m);
+    /* llama.cpp GGUF adapter round trip. */
+    ck_assert_msg(plait_lora_gguf_export(&lo, gpath) == 0, "%s", plait_errmsg());
+    ck_assert_msg(plait_adapter_import(&back, gpath, &m, 0) == 0, "%s", plait_errmsg());
+    ck_assert_int_eq(memcmp(back.params, lo.params, lo.n_params * sizeof(float)), 0);
+    ck_assert_float_eq(back.cfg.alpha, 8.0f);
+    plait_lora_free(&back);
+    /* A model of another shape, rslora, a renamed tensor. */
+    plait_model_config_t c2 = c;
+    c2.dim = 32, c2.n_heads = 2, c2.n_kv_heads = 1;
+    plait_model_t m2;
+    plait_model_init(&m2);
+    ck_assert_int_eq(plait_model_init_random(&m2, &c2, 1), 0);
+    ck_assert_int_eq(plait_adapter_import(&back, pdir, &m2, 0), PLAIT_EMISMATCH);
+    ck_assert_int_eq(plait_adapter_import(&back, gpath, &m2, 0), PLAIT_EMISMATCH);
+    plait_model_free(&m2);
+    char *cfgp = tu_path(pdir, "adapter_config.json");
+    size_t cl;
+    char *cfg = (char *)tu_read_file(cfgp, &cl);
+    char *rs_ = strstr(cfg, "\"use_rslora\": false");
+    ck_assert_ptr_nonnull(rs_);
+    memcpy(rs_ + 14, "true ", 5);
+    ck_assert_int_eq(tu_write_file(cfgp, cfg, cl), 0);
+    ck_assert_int_eq(plait_adapter_import(&back, pdir, &m, 0), PLAIT_EPROTO);
+    ck_assert_msg(strstr(plait_errmsg(), "use_rslora") != NULL, "%s", plait_errmsg());
+    memcpy(rs_ + 14, "false", 5);
+    ck_assert_int_eq(tu_write_file(cfgp, cfg, cl), 0);
+    size_t sl;
+    uint8_t *sti = tu_read_file(stp, &sl);
+    uint8_t *nm = memmem(sti, sl, "layers.0.mlp.up_proj", 20);
+    ck_assert_ptr_nonnull(nm);
+    memcpy(nm + 13, "uq", 2);
+    ck_assert_int_eq(tu_write_file(stp, sti, sl), 0);
+    ck_assert_int_eq(plait_adapter_import(&back, pdir, &m, 0), PLAIT_EPROTO);
+    ck_assert_msg(strstr(plait_errmsg(), "uq_proj") != NULL, "%s", plait_errmsg());
+    free(sti), free(cfg), free(cfgp), free(stp);
+    plait_lora_free(&lo);
+    plait_model_free(&m);
+    tu_rmdir(pdir);
+    tu_rmdir(dir);
+    free(pdir), free(gpath), free(dir);
+}
+END_TEST
+
 /* ------------------------------------------------------- hostile files */
 
 static uint8_t *small_image(size_t *len)
@@ -752,6 +911,7 @@ Suite *gguf_suite(void)
     tcase_add_test(tc, test_bpe_pretokenize);
     tcase_add_test(tc, test_bpe_selfmade);
     tcase_add_test(tc, test_bpe_gpt2_real);
+    tcase_add_test(tc, test_peft_and_gguf_adapters);
     tcase_add_test(tc, test_hostile);
     tcase_add_test(tc, test_duplicate_and_metadata);
     suite_add_tcase(s, tc);
