@@ -25,6 +25,7 @@
 #include "plait/log.h"
 #include "plait/lora.h"
 #include "plait/model.h"
+#include "plait/peft.h"
 #include "plait/store.h"
 #include "plait/tok.h"
 #include "plait/train.h"
@@ -532,7 +533,7 @@ static int cmd_train(int argc, char **argv)
     int rc = engine_load(&e, &c, !verify);
     if (rc != 0) goto exit;
     if (init) {
-        rc = plait_adapter_load(&lora, init, &e.model, 0);
+        rc = plait_adapter_import(&lora, init, &e.model, 0);
     } else {
         rc = plait_lora_setup(&lora, &e.model.cfg, &lc);
         if (rc == 0) plait_lora_init_weights(&lora, seed);
@@ -691,7 +692,7 @@ static int cmd_eval(int argc, char **argv)
     plait_train_destroy(tr);
     tr = NULL;
     if (c.adapter) {
-        if ((rc = plait_adapter_load(&lora, c.adapter, &e.model, 0)) != 0) goto out;
+        if ((rc = plait_adapter_import(&lora, c.adapter, &e.model, 0)) != 0) goto out;
         if ((rc = plait_train_create(&tr, &e.model, &lora, &tc)) != 0) goto out;
         if ((rc = plait_corpus_eval(&corpus, tr, tc.T, (size_t)max_windows, &ad_loss, NULL)) != 0) goto out;
     }
@@ -783,7 +784,7 @@ static int cmd_generate(int argc, char **argv)
     plait_infer_t st;
     plait_infer_init(&st);
     int rc = engine_load(&e, &c, 1);
-    if (rc == 0 && c.adapter) rc = plait_adapter_load(&lora, c.adapter, &e.model, 0);
+    if (rc == 0 && c.adapter) rc = plait_adapter_import(&lora, c.adapter, &e.model, 0);
     if (rc == 0) {
         plait_infer_config_t ic;
         plait_infer_config_default(&ic);
@@ -1091,6 +1092,51 @@ static int cmd_convert(int argc, char **argv)
     return rc == 0 ? 0 : die_run(rc);
 }
 
+/* --------------------------------------------------------------- export */
+
+static int cmd_export(int argc, char **argv)
+{
+    const char *model = NULL, *adapter = NULL, *out = NULL, *fmt = "plait";
+    static const struct option opts[] = {{"model", required_argument, 0, 'm'}, {"adapter", required_argument, 0, 'a'},
+                                         {"out", required_argument, 0, 'o'},   {"format", required_argument, 0, 'f'},
+                                         {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
+    int o;
+    while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (o) {
+        case 'm': model = optarg; break;
+        case 'a': adapter = optarg; break;
+        case 'o': out = optarg; break;
+        case 'f': fmt = optarg; break;
+        case 'h':
+            printf("usage: plait-agent export --model M --adapter A --out PATH [--format plait|peft|gguf]\n\n"
+                   "Loads adapter A (a plait adapter, a PEFT directory or a llama.cpp GGUF adapter) for model M\n"
+                   "and writes it as a plait adapter file, a Hugging Face PEFT directory (adapter_model.safetensors,\n"
+                   "adapter_config.json) or a llama.cpp GGUF LoRA adapter. See docs/models.md.\n");
+            return 0;
+        default: return bad_flag(argv), die_usage(PLAIT_EINVAL);
+        }
+    }
+    if (!model || !adapter || !out)
+        return plait_fail(PLAIT_EINVAL, "--model, --adapter and --out are required"), die_usage(0);
+    if (strcmp(fmt, "plait") != 0 && strcmp(fmt, "peft") != 0 && strcmp(fmt, "gguf") != 0)
+        return plait_fail(PLAIT_EINVAL, "--format '%.20s' is not one of plait, peft, gguf", fmt), die_usage(0);
+    plait_model_t m;
+    plait_lora_t l;
+    plait_model_init(&m);
+    plait_lora_init(&l);
+    int rc = plait_model_load(&m, model);
+    if (rc == 0) rc = plait_adapter_import(&l, adapter, &m, 0);
+    if (rc == 0) {
+        if (strcmp(fmt, "peft") == 0) rc = plait_peft_export(&l, out);
+        else if (strcmp(fmt, "gguf") == 0) rc = plait_lora_gguf_export(&l, out);
+        else rc = plait_adapter_save(out, &l, m.sha256);
+    }
+    if (rc == 0) printf("wrote %s (%s, rank %d, %zu parameters)\n", out, fmt, l.cfg.rank, l.n_params);
+    plait_lora_free(&l);
+    plait_model_free(&m);
+    return rc == 0 ? 0 : die_run(rc);
+}
+
 /* ----------------------------------------------------------------- main */
 
 typedef struct {
@@ -1108,6 +1154,7 @@ static const command_t commands[] = {
     {"forget", cmd_forget, "erase records from the store"},
     {"join", cmd_join, "take part in federated rounds with an aggregator (mutual TLS)"},
     {"convert", cmd_convert, "write a llama2.c checkpoint as GGUF (optionally quantized)"},
+    {"export", cmd_export, "write an adapter as a plait, PEFT or llama.cpp GGUF adapter"},
 };
 
 static void usage(FILE *f)
