@@ -533,20 +533,33 @@ int plait_gguf_add_tensor(plait_gguf_writer_t *w, const char *name, int type, ui
     return w->data.oom || w->info.oom ? plait_fail(PLAIT_ENOMEM, "gguf writer: tensor %s", name) : 0;
 }
 
+/* Header, metadata and tensor infos, padded to the alignment. */
+static int head_image(plait_gguf_writer_t *w, buf_t *b)
+{
+    put(b, "GGUF", 4);
+    put_le(b, 3, 4);
+    put_le(b, w->n_t, 8);
+    put_le(b, w->n_kv, 8);
+    put(b, w->kv.b, w->kv.n);
+    put(b, w->info.b, w->info.n);
+    static const uint8_t zeros[PLAIT_GGUF_DEFAULT_ALIGN];
+    size_t pad = (PLAIT_GGUF_DEFAULT_ALIGN - b->n % PLAIT_GGUF_DEFAULT_ALIGN) % PLAIT_GGUF_DEFAULT_ALIGN;
+    put(b, zeros, pad);
+    if (b->oom || w->kv.oom || w->info.oom || w->data.oom) {
+        free(b->b);
+        b->b = NULL;
+        return plait_fail(PLAIT_ENOMEM, "gguf writer: image");
+    }
+    return 0;
+}
+
 int plait_gguf_write_mem(plait_gguf_writer_t *w, uint8_t **out, size_t *len)
 {
     buf_t b = {0};
-    put(&b, "GGUF", 4);
-    put_le(&b, 3, 4);
-    put_le(&b, w->n_t, 8);
-    put_le(&b, w->n_kv, 8);
-    put(&b, w->kv.b, w->kv.n);
-    put(&b, w->info.b, w->info.n);
-    static const uint8_t zeros[PLAIT_GGUF_DEFAULT_ALIGN];
-    size_t pad = (PLAIT_GGUF_DEFAULT_ALIGN - b.n % PLAIT_GGUF_DEFAULT_ALIGN) % PLAIT_GGUF_DEFAULT_ALIGN;
-    put(&b, zeros, pad);
+    int rc = head_image(w, &b);
+    if (rc != 0) return rc;
     put(&b, w->data.b, w->data.n);
-    if (b.oom || w->kv.oom || w->info.oom || w->data.oom) {
+    if (b.oom) {
         free(b.b);
         return plait_fail(PLAIT_ENOMEM, "gguf writer: image");
     }
@@ -557,23 +570,23 @@ int plait_gguf_write_mem(plait_gguf_writer_t *w, uint8_t **out, size_t *len)
 
 int plait_gguf_write_file(plait_gguf_writer_t *w, const char *path)
 {
-    uint8_t *img = NULL;
-    size_t len = 0;
-    int rc = plait_gguf_write_mem(w, &img, &len);
+    buf_t h = {0};
+    int rc = head_image(w, &h);
     if (rc != 0) return rc;
     char tmp[4096];
     if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= sizeof(tmp)) {
-        free(img);
+        free(h.b);
         return plait_fail(PLAIT_EINVAL, "gguf: path too long");
     }
     FILE *f = fopen(tmp, "wb");
     if (!f) {
-        free(img);
+        free(h.b);
         return plait_fail(PLAIT_EIO, "gguf: cannot create %s: %s", tmp, strerror(errno));
     }
-    int ok = fwrite(img, 1, len, f) == len;
+    /* The header, then the data section straight from the writer (no second copy). */
+    int ok = fwrite(h.b, 1, h.n, f) == h.n && (w->data.n == 0 || fwrite(w->data.b, 1, w->data.n, f) == w->data.n);
     ok = (fclose(f) == 0) && ok;
-    free(img);
+    free(h.b);
     if (!ok || rename(tmp, path) != 0) {
         unlink(tmp);
         return plait_fail(PLAIT_EIO, "gguf: cannot write %s: %s", path, strerror(errno));
