@@ -47,6 +47,8 @@ int plait__metrics_render(const plait__metrics_t *m, plait_buf_t *b)
     plait_buf_printf(b, "plait_bytes_sent_total %llu\n", (unsigned long long)m->bytes_out);
     family(b, "plait_tasks_offered_total", "counter", "Tasks offered to devices.");
     plait_buf_printf(b, "plait_tasks_offered_total %llu\n", (unsigned long long)m->tasks_offered);
+    family(b, "plait_tasks_declined_total", "counter", "Tasks declined by devices (Decline messages).");
+    plait_buf_printf(b, "plait_tasks_declined_total %llu\n", (unsigned long long)m->tasks_declined);
     family(b, "plait_come_back_later_total", "counter", "Come-back-later answers (pace steering, no round, full).");
     plait_buf_printf(b, "plait_come_back_later_total %llu\n", (unsigned long long)m->come_back_later);
     family(b, "plait_updates_accepted_total", "counter", "Device updates accepted into a round.");

@@ -114,7 +114,7 @@ typedef struct {
 typedef struct {
     uint64_t client;
     int submitted; /* 0 training, 1 accepted, 2 held (uploaded during selection), -1 refused or
-                      dropped, -2 left during selection */
+                      dropped, -2 left during selection, -3 declined during selection */
     char device[PLAIT_PKI_ID_MAX + 1];
     uint32_t *pending; /* submitted == 2: the update, owned */
     size_t n_pending;
@@ -441,7 +441,8 @@ static void report_early_dropouts(plait_server_t *s)
             submit_member(s, mb, w, mb->n_pending, NULL);
             continue;
         }
-        if (mb->submitted != -2 || now_s(s) - mb->left_at < s->cfg.rejoin_grace_s) continue;
+        if (mb->submitted != -3 && (mb->submitted != -2 || now_s(s) - mb->left_at < s->cfg.rejoin_grace_s))
+            continue;
         mb->submitted = -1;
         if (plait_round_dropout(s->round, mb->client, s->cur_core, now_s(s)) == 0)
             PLAIT_LOG(PLAIT_LOG_INFO, "dropout round=%llu device=%s", (unsigned long long)s->cur_rid, mb->device);
@@ -556,7 +557,7 @@ static void offer(conn_t *c)
         send_task(c);
         return;
     }
-    if (st != PLAIT_ROUND_SELECTION) {
+    if (st != PLAIT_ROUND_SELECTION || mb) { /* mb: done with this round (declined, refused) */
         send_cbl(c, mb ? PLAIT_RETRY_PACE : PLAIT_RETRY_NO_ROUND, s->cfg.retry_ms);
         conn_close(c, 1);
         return;
@@ -1072,6 +1073,34 @@ static void handle_update(conn_t *c, const plait_msg_update_chunk_t *u)
     submit_member(s, mb, words, (size_t)expect, c);
 }
 
+/* A device declined its task (a DeclineCode, never text: only the code is logged). It takes
+ * no further part in the round: in training it is a dropout at once, so the round need not
+ * wait for it; in selection it keeps its slot (the core cannot unselect) and becomes a dropout
+ * when training starts, without the rejoin grace. offer() does not give it the task again. */
+static void handle_decline(conn_t *c, const plait_msg_decline_t *d)
+{
+    plait_server_t *s = c->srv;
+    s->m.tasks_declined++;
+    PLAIT_LOG(PLAIT_LOG_INFO, "task declined round=%llu device=%s code=%s", (unsigned long long)d->round_id,
+              c->device, plait_decline_code_name((int)d->code));
+    member_t *mb = member_find(s, c->client);
+    if (mb && d->round_id == s->cur_rid && c->round_id == s->cur_rid && s->round_live && !s->busy && s->round &&
+        (mb->submitted == 0 || mb->submitted == -2)) {
+        plait_round_state_t st = plait_round_state(s->round);
+        if (st == PLAIT_ROUND_SELECTION) {
+            mb->submitted = -3;
+        } else if (st == PLAIT_ROUND_TRAINING) {
+            mb->submitted = -1;
+            if (plait_round_dropout(s->round, mb->client, s->cur_core, now_s(s)) == 0)
+                PLAIT_LOG(PLAIT_LOG_INFO, "dropout round=%llu device=%s (declined)", (unsigned long long)s->cur_rid,
+                          mb->device);
+            if (plait_round_state(s->round) == PLAIT_ROUND_AGGREGATION) start_commit(s);
+        }
+    }
+    c->round_id = 0;
+    conn_close(c, 1);
+}
+
 static void pump_download(conn_t *c)
 {
     plait_server_t *s = c->srv;
@@ -1162,6 +1191,9 @@ static void handle_msg(conn_t *c, const plait_msg_t *m)
     }
     case PLAIT_MSG_UPDATE_CHUNK:
         handle_update(c, &m->u.update_chunk);
+        return;
+    case PLAIT_MSG_DECLINE:
+        handle_decline(c, &m->u.decline);
         return;
     case PLAIT_MSG_PING: {
         plait_msg_t p;

@@ -23,6 +23,7 @@
 #include "plait/tok.h"
 #include "plait/train.h"
 #include "testutil.h"
+#include "tensor_int.h"
 #include "tok_bpe_int.h"
 
 static uint64_t rs = 12345;
@@ -105,7 +106,10 @@ START_TEST(test_typed_matmul)
     for (size_t i = 0; i < 30 * OC; i++) dy[i] = frand();
     plait_pool_t *pool = NULL;
     ck_assert_int_eq(plait_pool_create(&pool, 2), 0);
-    for (size_t t = 0; t < sizeof(types) / sizeof(types[0]); t++) {
+    for (size_t tt = 0; tt < 3 * sizeof(types) / sizeof(types[0]); tt++) {
+        size_t t = tt % 4;
+        /* every kernel path the CPU has: portable, AVX2, AVX-512 panels */
+        plait__tensor_force_path((int)(tt / 4));
         size_t rb = plait_dtype_row_bytes(types[t], IC);
         for (size_t o = 0; o < OC; o++) ck_assert_int_eq(plait_quantize_row(q + o * rb, types[t], W + o * IC, IC), 0);
         plait_wmat_t w = {q, types[t], rb};
@@ -124,6 +128,7 @@ START_TEST(test_typed_matmul)
                 ck_assert_float_le(fabsf(dx[i] - dxr[i]), 1e-4f * (1.0f + fabsf(dxr[i])));
         }
     }
+    plait__tensor_force_path(-1);
     plait_pool_destroy(pool);
     free(W), free(Wd), free(q), free(x), free(y), free(yr), free(dy), free(dx), free(dxr);
 }
