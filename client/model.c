@@ -261,6 +261,7 @@ int plait_model_init_random(plait_model_t *m, const plait_model_config_t *cfg, u
         double u2 = (double)(mix64(&s) >> 11) * (1.0 / 9007199254740992.0);
         buf[i] = (float)(0.02 * sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
     }
+    c.qkv_bias = 0; /* random models have no biases */
     m->cfg = c;
     m->owned = buf;
     point_weights(m, buf, NULL);

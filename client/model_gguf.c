@@ -339,7 +339,7 @@ int plait__model_gguf_fill(plait_gguf_writer_t *w, const plait_model_t *m, int t
             snprintf(n, sizeof(n), "blk.%zu.%s.weight", l, proj_names[p]);
             rc = add_mat(w, n, plait_model_proj(m, (int)l, (plait_proj_t)p), out, in, type);
         }
-        if (c->qkv_bias) {
+        if (c->qkv_bias && m->bias) {
             static const char *const bn[3] = {"attn_q", "attn_k", "attn_v"};
             for (int b = 0; b < 3 && rc == 0; b++) {
                 snprintf(n, sizeof(n), "blk.%zu.%s.bias", l, bn[b]);

@@ -718,6 +718,82 @@ START_TEST(test_peft_and_gguf_adapters)
 }
 END_TEST
 
+
+/* Qwen2: q/k/v biases and rotate-half RoPE, read from GGUF; the trainer's
+ * loss and the loss from the inference path's logits agree, and the biases
+ * change it. */
+START_TEST(test_qwen2_biases)
+{
+    plait_model_config_t c;
+    random_cfg(&c);
+    c.rope_neox = 1;
+    c.rms_eps = 1e-6f;
+    plait_model_t r;
+    plait_model_init(&r);
+    ck_assert_int_eq(plait_model_init_random(&r, &c, 5), 0);
+    char *dir = tu_tmpdir("qwen2");
+    char *pb = tu_path(dir, "bias.gguf"), *pn = tu_path(dir, "nobias.gguf");
+    for (int withb = 0; withb < 2; withb++) {
+        plait_gguf_writer_t *w = NULL;
+        ck_assert_int_eq(plait_gguf_writer_create(&w), 0);
+        ck_assert_int_eq(plait__model_gguf_fill(w, &r, PLAIT_DT_Q8_0), 0);
+        for (int l = 0; withb && l < c.n_layers; l++)
+            for (int b = 0; b < 3; b++) {
+                static const char *const bn[3] = {"attn_q", "attn_k", "attn_v"};
+                float v[64];
+                uint64_t ne[1] = {b == 0 ? 64u : 32u};
+                for (int i = 0; i < 64; i++) v[i] = 0.5f * frand();
+                char n[64];
+                snprintf(n, sizeof(n), "blk.%d.%s.bias", l, bn[b]);
+                ck_assert_int_eq(plait_gguf_add_tensor(w, n, PLAIT_DT_F32, 1, ne, v, ne[0] * 4), 0);
+            }
+        ck_assert_int_eq(plait_gguf_write_file(w, withb ? pb : pn), 0);
+        plait_gguf_writer_free(w);
+    }
+    float losses[2];
+    for (int withb = 0; withb < 2; withb++) {
+        plait_model_t m;
+        plait_model_init(&m);
+        ck_assert_msg(plait_model_load(&m, withb ? pb : pn) == 0, "%s", plait_errmsg());
+        ck_assert_int_eq(m.cfg.qkv_bias, withb);
+        ck_assert_int_eq(m.cfg.rope_neox, 1);
+        ck_assert_float_eq(m.cfg.rms_eps, 1e-6f);
+        plait_lora_t lo;
+        plait_lora_init(&lo);
+        plait_lora_config_t lc;
+        plait_lora_config_default(&lc);
+        lc.targets = 0x7F;
+        ck_assert_int_eq(plait_lora_setup(&lo, &m.cfg, &lc), 0);
+        for (size_t i = 0; i < lo.n_params; i++) lo.params[i] = 0.05f * frand();
+        int32_t rows[2 * 17];
+        for (int i = 0; i < 34; i++) rows[i] = (int32_t)((i * 41 + 3) % 96);
+        float tl = eval_loss(&m, &lo, rows, 16);
+        /* The same loss from the inference path, row by row. */
+        double sum = 0;
+        for (int b = 0; b < 2; b++) {
+            int tok[16];
+            for (int t = 0; t < 16; t++) tok[t] = rows[b * 17 + t];
+            float lg[16 * 96];
+            logits_of(&m, &lo, tok, 16, lg);
+            for (int t = 0; t < 16; t++) {
+                double mx = lg[t * 96], z = 0;
+                for (int v = 1; v < 96; v++) mx = fmax(mx, lg[t * 96 + v]);
+                for (int v = 0; v < 96; v++) z += exp(lg[t * 96 + v] - mx);
+                sum += log(z) + mx - lg[t * 96 + rows[b * 17 + t + 1]];
+            }
+        }
+        ck_assert_float_le(fabsf(tl - (float)(sum / 32.0)), 1e-4f);
+        losses[withb] = tl;
+        plait_lora_free(&lo);
+        plait_model_free(&m);
+    }
+    ck_assert_float_gt(fabsf(losses[0] - losses[1]), 1e-3f);
+    plait_model_free(&r);
+    tu_rmdir(dir);
+    free(pb), free(pn), free(dir);
+}
+END_TEST
+
 /* ------------------------------------------------------- hostile files */
 
 static uint8_t *small_image(size_t *len)
@@ -917,6 +993,7 @@ Suite *gguf_suite(void)
     tcase_add_test(tc, test_bpe_selfmade);
     tcase_add_test(tc, test_bpe_gpt2_real);
     tcase_add_test(tc, test_peft_and_gguf_adapters);
+    tcase_add_test(tc, test_qwen2_biases);
     tcase_add_test(tc, test_hostile);
     tcase_add_test(tc, test_duplicate_and_metadata);
     suite_add_tcase(s, tc);
