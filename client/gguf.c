@@ -127,7 +127,7 @@ static int cmp_name(const void *a, const void *b)
     return r != 0 ? r : (x->name_len < y->name_len ? -1 : x->name_len > y->name_len);
 }
 
-static int check_tensors(plait_gguf_t *g, const uint8_t *buf, size_t len)
+static int check_tensors(plait_gguf_t *g)
 {
     size_t n = g->n_tensors;
     if (n == 0) return 0;
@@ -149,8 +149,6 @@ static int check_tensors(plait_gguf_t *g, const uint8_t *buf, size_t len)
                                 (int)(ix[i]->name_len > 80 ? 80 : ix[i]->name_len), ix[i]->name);
     }
     free(ix);
-    (void)buf;
-    (void)len;
     return rc;
 }
 
@@ -301,7 +299,7 @@ int plait_gguf_parse(plait_gguf_t *g, const uint8_t *buf, size_t len)
             goto fail;
         }
     }
-    if ((rc = check_tensors(g, buf, len)) != 0) goto fail;
+    if ((rc = check_tensors(g)) != 0) goto fail;
     return 0;
 fail:
     plait_gguf_free(g);

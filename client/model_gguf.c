@@ -66,8 +66,9 @@ static int get_mat(ld_t *x, const char *name, int cols, int rows, plait_wmat_t *
     return 0;
 }
 
-/* A 1-D F32/F16/BF16 tensor of n floats: copied to dst (or, for F32 and
- * keep_in_place, pointed at). */
+/* A 1-D F32/F16/BF16 tensor of n floats, converted into dst, or into the
+ * next n free floats of the aux buffer when dst is NULL; *where (if given)
+ * gets the copy. */
 static int get_vec(ld_t *x, const char *name, int n, float *dst, const float **where, int optional)
 {
     const plait_gguf_tensor_t *t;

@@ -120,22 +120,26 @@ static size_t utf8_dec(const uint8_t *s, size_t n, uint32_t *cp)
 }
 
 /* Raw bytes of a byte-level piece into out (n bytes of it at most); returns
- * the length, or (size_t)-1 when a character is outside GPT-2's alphabet. */
+ * the length, or (size_t)-1 when a character is outside GPT-2's alphabet
+ * (printable bytes map to themselves, the other 68 to U+0100 ... U+0143). */
 static size_t piece_bytes(const char *s, size_t n, char *out)
 {
-    static int16_t inv[512];
-    static int ready;
-    if (!ready) { /* idempotent: racing threads write the same values */
-        for (int k = 0; k < 512; k++) inv[k] = -1;
-        for (int c = 0; c < 256; c++) inv[byte_cp(c)] = (int16_t)c;
-        ready = 1;
-    }
     size_t o = 0;
     for (size_t i = 0; i < n;) {
         uint32_t cp;
         size_t l = utf8_dec((const uint8_t *)s + i, n - i, &cp);
-        if (l == 0 || cp >= 512 || inv[cp] < 0) return (size_t)-1;
-        out[o++] = (char)inv[cp];
+        int byte = -1;
+        if (l != 0 && cp < 256 && printable_byte((int)cp)) {
+            byte = (int)cp;
+        } else if (l != 0 && cp >= 256 && cp < 256 + 68) { /* the (cp - 256)-th non-printable byte */
+            for (int c = 0, k = 0; c < 256; c++)
+                if (!printable_byte(c) && k++ == (int)(cp - 256)) {
+                    byte = c;
+                    break;
+                }
+        }
+        if (byte < 0) return (size_t)-1;
+        out[o++] = (char)byte;
         i += l;
     }
     return o;
