@@ -87,15 +87,6 @@ static uint32_t merge_rank(const struct plait_bpe_s *b, int x, int y, int *res)
 
 static int printable_byte(int c) { return (c >= '!' && c <= '~') || (c >= 0xA1 && c <= 0xAC) || (c >= 0xAE); }
 
-/* Code point GPT-2 uses for byte c. */
-static uint32_t byte_cp(int c)
-{
-    if (printable_byte(c)) return (uint32_t)c;
-    int n = 0;
-    for (int k = 0; k < c; k++) n += !printable_byte(k);
-    return 256u + (uint32_t)n;
-}
-
 /* Decode one UTF-8 code point at s (n bytes left); returns its length, or 0 if invalid. */
 static size_t utf8_dec(const uint8_t *s, size_t n, uint32_t *cp)
 {
