@@ -105,28 +105,27 @@ void plait_dequant_row(float *dst, const plait_wmat_t *w, size_t row, size_t i0,
     case PLAIT_DT_BF16:
         for (size_t i = 0; i < n; i++) dst[i] = bf16_to_f32(rd16(r + (i0 + i) * 2));
         return;
-    case PLAIT_DT_Q8_0: {
-        size_t i = 0;
-        while (i < n) {
-            size_t e = i0 + i, b = e / PLAIT_QBLOCK, j = e % PLAIT_QBLOCK;
-            const uint8_t *blk = r + b * Q8_BYTES;
-            float d = plait_f16_to_f32(rd16(blk));
-            const int8_t *q = (const int8_t *)(blk + 2);
-            for (; j < PLAIT_QBLOCK && i < n; j++, i++) dst[i] = d * (float)q[j];
-        }
-        return;
-    }
+    case PLAIT_DT_Q8_0:
     case PLAIT_DT_Q4_0: {
-        size_t i = 0;
+        size_t bytes = w->type == PLAIT_DT_Q8_0 ? Q8_BYTES : Q4_BYTES, i = 0;
         while (i < n) {
             size_t e = i0 + i, b = e / PLAIT_QBLOCK, j = e % PLAIT_QBLOCK;
-            const uint8_t *blk = r + b * Q4_BYTES;
-            float d = plait_f16_to_f32(rd16(blk));
-            const uint8_t *qs = blk + 2;
-            for (; j < PLAIT_QBLOCK && i < n; j++, i++) {
-                int q = j < 16 ? (qs[j] & 0x0F) : (qs[j - 16] >> 4);
-                dst[i] = d * (float)(q - 8);
+            const uint8_t *blk = r + b * bytes;
+            float d = plait_f16_to_f32(rd16(blk)), q[PLAIT_QBLOCK];
+            /* Whole block into q (straight-line loops the compiler vectorizes), then the wanted part. */
+            if (w->type == PLAIT_DT_Q8_0) {
+                const int8_t *qs = (const int8_t *)(blk + 2);
+                for (int k = 0; k < PLAIT_QBLOCK; k++) q[k] = d * (float)qs[k];
+            } else {
+                const uint8_t *qs = blk + 2;
+                for (int k = 0; k < 16; k++) {
+                    q[k] = d * (float)((int)(qs[k] & 0x0F) - 8);
+                    q[k + 16] = d * (float)((int)(qs[k] >> 4) - 8);
+                }
             }
+            size_t m = PLAIT_QBLOCK - j < n - i ? PLAIT_QBLOCK - j : n - i;
+            memcpy(dst + i, q + j, m * sizeof(float));
+            i += m;
         }
         return;
     }
