@@ -794,6 +794,60 @@ START_TEST(test_qwen2_biases)
 }
 END_TEST
 
+
+/* `plait-agent convert` and `plait-agent export` end to end. */
+static int agent(const char *dir, const char *args)
+{
+    char cmd[16384];
+    snprintf(cmd, sizeof(cmd), "'%s/client/plait-agent' %s >'%s/out.txt' 2>&1", PLAIT_BINARY_DIR, args, dir);
+    return system(cmd);
+}
+
+START_TEST(test_cli_convert_export)
+{
+    char *dir = tu_tmpdir("ggufcli");
+    char args[8192], gg[1024], ad[1024], pd[1024];
+    snprintf(gg, sizeof(gg), "%s/s.gguf", dir);
+    snprintf(ad, sizeof(ad), "%s/a.safetensors", dir);
+    snprintf(pd, sizeof(pd), "%s/peft", dir);
+    snprintf(args, sizeof(args), "convert --model '%s/stories260K.bin' --tokenizer '%s/tok512.bin' --out '%s' --type q8_0",
+             tu_assets_dir(), tu_assets_dir(), gg);
+    ck_assert_int_eq(agent(dir, args), 0);
+    plait_model_t m;
+    plait_model_init(&m);
+    ck_assert_msg(plait_model_load(&m, gg) == 0, "%s", plait_errmsg());
+    ck_assert_int_eq(plait_model_proj(&m, 0, PLAIT_WQ)->type, PLAIT_DT_Q8_0);
+    ck_assert_int_eq(plait_model_proj(&m, 0, PLAIT_W2)->type, PLAIT_DT_F32); /* 172 is not whole blocks */
+    plait_tok_t tok;
+    plait_tok_init(&tok);
+    ck_assert_msg(plait_tok_load(&tok, gg, 512) == 0, "%s", plait_errmsg());
+    plait_tok_free(&tok);
+    plait_lora_t lo, back;
+    plait_lora_init(&lo);
+    plait_lora_init(&back);
+    plait_lora_config_t lc;
+    plait_lora_config_default(&lc);
+    ck_assert_int_eq(plait_lora_setup(&lo, &m.cfg, &lc), 0);
+    for (size_t i = 0; i < lo.n_params; i++) lo.params[i] = 0.1f * frand();
+    ck_assert_int_eq(plait_adapter_save(ad, &lo, m.sha256), 0);
+    snprintf(args, sizeof(args), "export --model '%s' --adapter '%s' --format peft --out '%s'", gg, ad, pd);
+    ck_assert_int_eq(agent(dir, args), 0);
+    ck_assert_msg(plait_adapter_import(&back, pd, &m, 0) == 0, "%s", plait_errmsg());
+    ck_assert_int_eq(memcmp(back.params, lo.params, lo.n_params * sizeof(float)), 0);
+    plait_lora_free(&back);
+    snprintf(args, sizeof(args), "export --model '%s' --adapter '%s' --format onnx --out '%s/x'", gg, ad, dir);
+    ck_assert_int_ne(agent(dir, args), 0);
+    snprintf(args, sizeof(args), "convert --model '%s' --out '%s/y.gguf' --type q5_k", gg, dir);
+    ck_assert_int_ne(agent(dir, args), 0);
+    plait_lora_free(&lo);
+    plait_model_free(&m);
+    char cmd[1200];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    ck_assert_int_eq(system(cmd), 0);
+    free(dir);
+}
+END_TEST
+
 /* ------------------------------------------------------- hostile files */
 
 static uint8_t *small_image(size_t *len)
@@ -994,6 +1048,7 @@ Suite *gguf_suite(void)
     tcase_add_test(tc, test_bpe_gpt2_real);
     tcase_add_test(tc, test_peft_and_gguf_adapters);
     tcase_add_test(tc, test_qwen2_biases);
+    tcase_add_test(tc, test_cli_convert_export);
     tcase_add_test(tc, test_hostile);
     tcase_add_test(tc, test_duplicate_and_metadata);
     suite_add_tcase(s, tc);
