@@ -10,6 +10,7 @@
  * returns 1. Flags take their value as the next argument or as --flag=value.
  */
 #include "cli.h"
+#include "stagedir.h"
 
 #include <errno.h>
 #include <math.h>
@@ -19,6 +20,7 @@
 #include <limits.h>
 #include <signal.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "plait/adapter.h"
 #include "plait/peft.h"
@@ -32,6 +34,7 @@
 #include "plait/pki.h"
 #include "plait/plait.h"
 #include "plait/privacy.h"
+#include "selection.h"
 #include "plait/server.h"
 
 #define PROG "plait-aggregator"
@@ -327,6 +330,8 @@ static int cmd_init(int argc, char **argv, FILE *out, FILE *err)
               "overwritten): the CA (ca.crt, ca.key), the aggregator's key and certificate\n"
               "(server.crt, server.key), an empty revocation list (revoked.txt), the database\n"
               "(plait.db) and aggregator.conf with every setting written out and commented.\n"
+              "All or nothing: it is built beside DIR and renamed into place, so a failed\n"
+              "init leaves nothing behind; a DIR that exists and is not empty is refused.\n"
               "\n"
               "  --base-model PATH     the base model checkpoint devices run (stored in the config)\n"
               "  --server-names LIST   subjectAltNames of the server certificate, comma-separated\n"
@@ -368,32 +373,47 @@ static int cmd_init(int argc, char **argv, FILE *out, FILE *err)
     plait_pki_config_default(&pc);
     if (flags[1].value) pc.server_alt_names = flags[1].value;
     if (flags[2].value) pc.org = flags[2].value;
-    if ((rc = plait_pki_init_deployment(dir, &pc)) != 0) {
-        fprintf(err, PROG " init: %s: %s (%s)\n", dir, plait_errmsg(), plait_err_name(rc));
+    /* Everything is built in a staging directory beside DIR and renamed onto
+     * it at the end (stagedir.h): a failure leaves nothing that blocks a re-run. */
+    char stage[4096];
+    if ((rc = plait__stage_create(dir, stage, sizeof(stage))) != 0) {
+        fprintf(err, PROG " init: %s (%s)\n", plait_errmsg(), plait_err_name(rc));
         return 1;
     }
-    char path[1200];
-    snprintf(path, sizeof(path), "%s/%s", dir, PLAIT_AGGCFG_FILE);
+    if ((rc = plait_pki_init_deployment(stage, &pc)) != 0) {
+        fprintf(err, PROG " init: %s: %s (%s)\n", dir, plait_errmsg(), plait_err_name(rc));
+        goto fail;
+    }
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/%s", stage, PLAIT_AGGCFG_FILE);
     FILE *f = fopen(path, "wx");
     if (f == NULL) {
-        fprintf(err, PROG " init: %s: %s\n", path, strerror(errno));
-        return 1;
+        fprintf(err, PROG " init: %s/%s: %s\n", dir, PLAIT_AGGCFG_FILE, strerror(errno));
+        goto fail;
     }
     rc = plait_aggcfg_write(&c, f);
+    if ((fflush(f) != 0 || fsync(fileno(f)) != 0) && rc == 0) rc = PLAIT_EIO;
     if (fclose(f) != 0 && rc == 0) rc = PLAIT_EIO;
     if (rc != 0) {
-        fprintf(err, PROG " init: %s: cannot write\n", path);
-        return 1;
+        fprintf(err, PROG " init: %s/%s: cannot write (disk full?)\n", dir, PLAIT_AGGCFG_FILE);
+        goto fail;
     }
     plait_aggstore_t *st = NULL;
-    if (open_store(dir, 1, &st, err, "init") != 0) return 1;
+    if (open_store(stage, 1, &st, err, "init") != 0) goto fail;
     plait_aggstore_info_t info;
     if (plait_aggstore_info(st, &info) != 0) info.deployment_id[0] = '\0';
     plait_aggstore_close(st);
+    if ((rc = plait__stage_commit(stage, dir)) != 0) {
+        fprintf(err, PROG " init: %s (%s)\n", plait_errmsg(), plait_err_name(rc));
+        goto fail;
+    }
     fprintf(out, "deployment %s created in %s\n", info.deployment_id, dir);
     fprintf(out, "next: " PROG " enroll %s --device LABEL --out-key LABEL.key --out-cert LABEL.crt\n", dir);
     fprintf(out, "then: " PROG " serve %s\n", dir);
     return 0;
+fail:
+    plait__stage_discard(stage);
+    return 1;
 }
 
 /* ---- enroll / revoke ------------------------------------------------------ */
@@ -736,9 +756,20 @@ static int cmd_status(int argc, char **argv, FILE *out, FILE *err)
             (long long)sc.by_state[PLAIT_AGGSTORE_ROUND_ABANDONED], (long long)sc.by_state[PLAIT_AGGSTORE_ROUND_OPEN]);
     if (sc.open_id) fprintf(out, "open_round: %lld\n", (long long)sc.open_id);
     fprintf(out, "devices: %lld enrolled, %lld revoked\n", (long long)sc.n, (long long)sc.revoked);
-    if (pv.rounds) fprintf(out, "privacy: epsilon %.6g at delta %.3g after %lld DP rounds\n", pv.epsilon, pv.delta,
-                           (long long)pv.rounds);
-    else fputs("privacy: no DP rounds\n", out);
+    if (pv.rounds) {
+        double worst = INFINITY;
+        if (plait_sel_worst_epsilon((uint64_t)pv.max_device_rounds, pv.min_noise_multiplier, pv.delta, &worst) != 0)
+            worst = INFINITY;
+        fprintf(out, "privacy: epsilon %.6g at delta %.3g after %lld DP rounds (amortized: %s)\n", pv.epsilon, pv.delta,
+                (long long)pv.rounds,
+                pv.poisson_rounds == pv.rounds ? "holds if Poisson sampling stays secret"
+                                               : "NOT VALID, some rounds were not Poisson-sampled");
+        fprintf(out, "privacy: worst case per device epsilon %.6g at delta %.3g (q = 1 over the %lld DP rounds the "
+                "most active device joined; no sampling assumption)\n",
+                worst, pv.delta, (long long)pv.max_device_rounds);
+    } else {
+        fputs("privacy: no DP rounds\n", out);
+    }
     if (flags[0].value) fputs("integrity: ok\n", out);
     return 0;
 }
@@ -870,9 +901,15 @@ static int cmd_privacy_dir(int argc, char **argv, FILE *out, FILE *err)
     if (rc != 0) return rc;
     if (help) {
         fputs("usage: " PROG " privacy DIR [--delta D] [--json]\n\n"
-              "Epsilon spent so far by the deployment in DIR: every central-DP round in its\n"
-              "privacy ledger (sampling rate, noise multiplier, steps) recomposed with the RDP\n"
-              "accountant, at delta D (default: the delta recorded with the latest round).\n"
+              "Epsilon spent so far by the deployment in DIR, two figures at delta D (default:\n"
+              "the delta recorded with the latest round):\n"
+              "  amortized   every central-DP round of the privacy ledger (sampling rate q,\n"
+              "              noise multiplier, steps) recomposed with the RDP accountant.\n"
+              "              Holds only if every round Poisson-sampled each device with\n"
+              "              probability q and who was sampled stays secret.\n"
+              "  worst case  per device, without amplification by sampling: q = 1 composed\n"
+              "              over the most DP rounds any one device joined, at the smallest\n"
+              "              noise multiplier of the ledger. Needs no sampling assumption.\n"
               "Without DIR, `privacy --q ...` is the calculator (see `privacy --help`).\n",
               out);
         return 0;
@@ -901,17 +938,43 @@ static int cmd_privacy_dir(int argc, char **argv, FILE *out, FILE *err)
             return 1;
         }
     }
+    double worst = 0;
+    if (pv.rounds > 0 && !(pv.min_noise_multiplier > 0)) worst = INFINITY; /* a round without noise */
+    else if (pv.rounds > 0 &&
+        (rc = plait_sel_worst_epsilon((uint64_t)pv.max_device_rounds, pv.min_noise_multiplier, delta, &worst)) != 0) {
+        fprintf(err, PROG " privacy: %s (%s)\n", plait_errmsg(), plait_err_name(rc));
+        return 1;
+    }
+    const int valid = pv.poisson_rounds == pv.rounds;
+    static const char AMORTIZED[] = "every DP round Poisson-sampled each device with the recorded q from the "
+                                    "server's CSPRNG, and who was sampled stays secret";
+    static const char WORST[] = "none about sampling: q = 1 over the most DP rounds one device joined, at the "
+                                "smallest recorded noise multiplier";
     if (flags[1].value) {
-        char e[32], d[32];
+        char e[32], d[32], w[32], z[32];
         fmt_double(d, sizeof(d), delta);
         if (isfinite(eps)) fmt_double(e, sizeof(e), eps);
-        fprintf(out, "{\"dp_rounds\": %lld, \"steps\": %lld, \"epsilon\": %s, \"delta\": %s}\n", (long long)pv.rounds,
-                (long long)pv.steps, isfinite(eps) ? e : "null", d);
+        if (isfinite(worst)) fmt_double(w, sizeof(w), worst);
+        fmt_double(z, sizeof(z), pv.min_noise_multiplier);
+        fprintf(out,
+                "{\"dp_rounds\": %lld, \"steps\": %lld, \"epsilon\": %s, \"delta\": %s, \"poisson_rounds\": %lld, "
+                "\"amortized_valid\": %s, \"amortized_assumes\": \"%s\", \"worst_case_epsilon\": %s, "
+                "\"max_device_rounds\": %lld, \"worst_case_noise_multiplier\": %s, \"worst_case_assumes\": \"%s\"}\n",
+                (long long)pv.rounds, (long long)pv.steps, isfinite(eps) ? e : "null", d, (long long)pv.poisson_rounds,
+                valid ? "true" : "false", AMORTIZED, isfinite(worst) ? w : "null", (long long)pv.max_device_rounds, z,
+                WORST);
     } else if (pv.rounds == 0) {
         fputs("no DP rounds committed: epsilon 0\n", out);
     } else {
         fprintf(out, "epsilon: %.10g\ndelta: %.10g\norder: %.10g\n(%lld DP rounds recomposed from the ledger)\n", eps,
                 delta, order, (long long)pv.rounds);
+        fprintf(out, "  amortized: assumes %s\n", AMORTIZED);
+        if (!valid)
+            fprintf(out, "  NOT VALID here: %lld of %lld DP rounds were not Poisson-sampled (first-come selection)\n",
+                    (long long)(pv.rounds - pv.poisson_rounds), (long long)pv.rounds);
+        fprintf(out, "worst_case_epsilon: %.10g\n  per device: %lld DP rounds joined at most, noise multiplier %.10g\n"
+                "  assumes: %s\n",
+                worst, (long long)pv.max_device_rounds, pv.min_noise_multiplier, WORST);
     }
     return 0;
 }

@@ -12,6 +12,7 @@
  * PLAIT_AGGCFG_STR_MAX. Cross-field rules live in plait_aggcfg_validate().
  */
 #include "plait/aggcfg.h"
+#include "plait/file.h"
 
 #include <errno.h>
 #include <math.h>
@@ -45,18 +46,24 @@ static const setting_t SETTINGS[] = {
      "once listening, write {\"port\":N,\"metrics_port\":M} here (\"\" = do not)"},
     {"max_connections", T_UINT, F(max_connections), 1, 1000000, "256",
      "connections open at once; further ones are closed at accept and counted"},
+    {"max_preauth_connections", T_UINT, F(max_preauth_connections), 1, 1000000, "64",
+     "connections before their Hello at once (at most 3/4 of max_connections: the rest is kept for devices)"},
+    {"max_preauth_per_addr", T_UINT, F(max_preauth_per_addr), 1, 1000000, "8",
+     "connections before their Hello from one IP address at once"},
     {"max_frame", T_UINT, F(max_frame), 1024, 16777216, "1052672",
-     "largest frame accepted after the Hello, bytes (>= max_chunk_bytes + 256)"},
+     "largest frame accepted after the Hello, bytes, length field included (>= max_chunk_bytes + 256)"},
     {"max_preauth_frame", T_UINT, F(max_preauth_frame), 64, 65536, "4096",
      "largest frame accepted before the Hello, bytes (unauthenticated peers get little)"},
     {"max_chunk_bytes", T_UINT, F(max_chunk_bytes), 4, 16777216, "262144",
      "adapter bytes per download chunk and update bytes per upload chunk"},
     {"max_update_elements", T_UINT, F(max_update_elements), 2, 67108865, "16777216",
      "largest update accepted, in 32-bit words"},
-    {"auth_timeout_s", T_DOUBLE, F(auth_timeout_s), 0.05, 3600, "10",
+    {"auth_timeout_s", T_DOUBLE, F(auth_timeout_s), 0.05, 3600, "5",
      "TLS handshake and Hello must complete within this many seconds"},
     {"idle_timeout_s", T_DOUBLE, F(idle_timeout_s), 0.05, 86400, "90",
      "close a connection that sends nothing for this many seconds"},
+    {"tls_ticket_lifetime_s", T_UINT, F(tls_ticket_lifetime_s), 0, 604800, "86400",
+     "TLS session tickets: a returning device resumes its session for this long (0 = full handshakes only)"},
     {"base_model", T_STR, F(base_model), 0, 0, "",
      "path of the base model checkpoint (llama2.c .bin); devices must run the same file (sha256)"},
     {"lora_rank", T_UINT, F(lora_rank), 1, 1024, "4", "LoRA rank R"},
@@ -91,7 +98,17 @@ static const setting_t SETTINGS[] = {
     {"dp", T_STR, F(dp), 0, 0, "none", "differential privacy: none or central (DP-FedAvg)"},
     {"noise_multiplier", T_DOUBLE, F(noise_multiplier), 1e-6, 1e6, "1", "z of central DP"},
     {"population", T_UINT, F(population), 0, 1e15, "0",
-     "devices eligible per round (q = target_cohort / population); required with dp = central"},
+     "devices sampled from (q = target_cohort / population); 0 = the enrolled, non-revoked devices; "
+     "serve refuses a value above that count"},
+    {"sampling_rate", T_DOUBLE, F(sampling_rate), 0, 1, "0",
+     "q with dp = central: each checking-in device joins a round with this probability (0 = target_cohort / population)"},
+    {"adaptive_clip", T_BOOL, F(adaptive_clip), 0, 1, "false",
+     "dp = central: devices report a noised 'norm <= clip' bit and the clip follows clip_target_quantile"},
+    {"clip_target_quantile", T_DOUBLE, F(clip_target_quantile), 0.001, 0.999, "0.5",
+     "adaptive_clip: fraction of updates the clip should leave unclipped"},
+    {"clip_lr", T_DOUBLE, F(clip_lr), 1e-6, 10, "0.2", "adaptive_clip: geometric learning rate of the clip"},
+    {"clip_count_stddev", T_DOUBLE, F(clip_count_stddev), 0, 1e9, "0",
+     "adaptive_clip: noise std of the unclipped count (0 = target_cohort / 20)"},
     {"dp_delta", T_DOUBLE, F(dp_delta), 0, 0.5, "0", "delta of the reported epsilon; 0 = 1 / population^1.1"},
     {"log_level", T_STR, F(log_level), 0, 0, "info", "debug, info, warn or error"},
 };
@@ -235,11 +252,9 @@ int plait_aggcfg_parse(plait_aggcfg_t *c, const char *text, size_t len, const ch
 
 int plait_aggcfg_load(plait_aggcfg_t *c, const char *path)
 {
-    FILE *f = fopen(path, "rb");
-    if (f == NULL) {
-        if (errno == ENOENT) return plait_fail(PLAIT_ENOENT, "%s: no such file", path);
-        return plait_fail(PLAIT_EIO, "%s: %s", path, strerror(errno));
-    }
+    FILE *f = NULL;
+    int frc = plait_file_fopen(path, NULL, &f); /* regular files only: a FIFO is refused, not waited on */
+    if (frc != 0) return frc;
     char *buf = malloc(PLAIT_AGGCFG_FILE_MAX + 1);
     if (buf == NULL) {
         fclose(f);
@@ -297,8 +312,11 @@ int plait_aggcfg_validate(const plait_aggcfg_t *c)
     if (c->max_frame < c->max_chunk_bytes + 256)
         return plait_fail(PLAIT_EINVAL, "max_frame: must be at least max_chunk_bytes + 256");
     if (c->max_preauth_frame > c->max_frame) return plait_fail(PLAIT_EINVAL, "max_preauth_frame: larger than max_frame");
-    if (strcmp(c->dp, "central") == 0 && c->population < c->target_cohort)
-        return plait_fail(PLAIT_EINVAL, "population: required with dp = central (at least target_cohort)");
+    if (strcmp(c->dp, "central") == 0 && c->pace_rounds != 0)
+        return plait_fail(PLAIT_EINVAL, "pace_rounds: must be 0 with dp = central (the accountant assumes each device "
+                                        "is sampled independently every round)");
+    if (c->adaptive_clip && strcmp(c->dp, "central") != 0)
+        return plait_fail(PLAIT_EINVAL, "adaptive_clip: needs dp = central");
     if (c->metrics_enabled && c->port != 0 && c->port == c->metrics_port && strcmp(c->listen_addr, c->metrics_addr) == 0)
         return plait_fail(PLAIT_EINVAL, "metrics_port: same as port");
     return 0;

@@ -45,6 +45,10 @@ int plait__metrics_render(const plait__metrics_t *m, plait_buf_t *b)
     plait_buf_printf(b, "plait_bytes_received_total %llu\n", (unsigned long long)m->bytes_in);
     family(b, "plait_bytes_sent_total", "counter", "Bytes sent on federation connections (TLS records).");
     plait_buf_printf(b, "plait_bytes_sent_total %llu\n", (unsigned long long)m->bytes_out);
+    family(b, "plait_tls_handshakes_total", "counter", "Completed TLS handshakes of devices.");
+    plait_buf_printf(b, "plait_tls_handshakes_total %llu\n", (unsigned long long)m->tls_handshakes);
+    family(b, "plait_tls_resumed_total", "counter", "Handshakes that resumed a session (RFC 5077 ticket).");
+    plait_buf_printf(b, "plait_tls_resumed_total %llu\n", (unsigned long long)m->tls_resumed);
     family(b, "plait_tasks_offered_total", "counter", "Tasks offered to devices.");
     plait_buf_printf(b, "plait_tasks_offered_total %llu\n", (unsigned long long)m->tasks_offered);
     family(b, "plait_tasks_declined_total", "counter", "Tasks declined by devices (Decline messages).");
@@ -57,5 +61,14 @@ int plait__metrics_render(const plait__metrics_t *m, plait_buf_t *b)
     for (int r = 0; r < PLAIT__REJ_COUNT; r++)
         plait_buf_printf(b, "plait_rejections_total{reason=\"%s\"} %llu\n", plait__rej_name((plait__rej_t)r),
                          (unsigned long long)m->rejections[r]);
+    family(b, "plait_preauth_connections", "gauge", "Federation connections before their Hello is accepted.");
+    plait_buf_printf(b, "plait_preauth_connections %llu\n", (unsigned long long)m->preauth_open);
+    family(b, "plait_rejection_logs_suppressed_total", "counter",
+           "Refusal log lines not written (rate limit); the refusals are counted in plait_rejections_total.");
+    plait_buf_printf(b, "plait_rejection_logs_suppressed_total %llu\n",
+                     (unsigned long long)m->rejection_logs_suppressed);
+    family(b, "plait_metrics_connections_evicted_total", "counter",
+           "Idle metrics connections closed to make room for a new one.");
+    plait_buf_printf(b, "plait_metrics_connections_evicted_total %llu\n", (unsigned long long)m->metrics_evicted);
     return plait_buf_status(b);
 }

@@ -23,7 +23,8 @@
     XX(NORM, "norm") XX(AUTH_TIMEOUT, "auth_timeout") XX(IDLE_TIMEOUT, "idle_timeout")  \
     XX(TOO_MANY, "too_many_connections") XX(MODEL_MISMATCH, "model_mismatch")           \
     XX(ORDER, "protocol_order") XX(TLS_BAD_RECORD, "tls_bad_record")           \
-    XX(WRITE_STALL, "write_stall")
+    XX(WRITE_STALL, "write_stall") XX(PREAUTH_FULL, "preauth_full")                      \
+    XX(ADDR_FULL, "address_full") XX(REVOKED, "revoked_connected")
 
 typedef enum {
 #define PLAIT__XX(e, s) PLAIT__REJ_##e,
@@ -37,12 +38,16 @@ typedef struct {
     uint64_t connections_total, connections_open;
     uint64_t bytes_in, bytes_out;
     uint64_t updates_accepted, tasks_offered, come_back_later;
+    uint64_t tls_handshakes, tls_resumed; /* authenticated handshakes, and those that resumed a session */
     uint64_t tasks_declined; /* Decline messages (the code is logged, never counted per device) */
     double round_seconds_sum; /* committed rounds, open to commit */
     uint64_t round_seconds_count;
     double last_round_seconds;
     uint64_t global_version, round_id;
     uint64_t rejections[PLAIT__REJ_COUNT];
+    uint64_t preauth_open;       /* connections before their Hello (gauge) */
+    uint64_t rejection_logs_suppressed; /* refusal log lines rate-limited away */
+    uint64_t metrics_evicted;    /* idle metrics connections closed to make room */
 } plait__metrics_t;
 
 /** \brief Label value of a rejection reason ("tls_revoked"). */

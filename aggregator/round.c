@@ -6,9 +6,10 @@
  * Invariants:
  *   - the cohort table holds exactly the selected clients of the open round,
  *     each with one status (selected, accepted, dropped, refused);
- *   - accepted <= target_cohort; once accepted == target, or every selected
+ *   - first come: accepted <= target_cohort; once accepted == target, or every selected
  *     client is accounted for, or the deadline passed, the round is closed
- *     and no update is folded in any more;
+ *     and no update is folded in any more (poisson: no target; the round
+ *     closes when every selected client is accounted for, or at the deadline);
  *   - the global span, the optimizer and the DP state change only in
  *     commit() (the DP state is snapshotted at aggregate() and restored on
  *     abort), so an abandoned round leaves no trace but its stats;
@@ -41,7 +42,7 @@ struct plait_round_s {
     float *global;      /* (P) committed global span */
     float *pending;     /* (P) averaged update Δ awaiting commit */
     double *scratch;    /* (P) one decoded update */
-    uint32_t *wsum;     /* (P + 1) sum mod 2^32 of quantized words */
+    uint32_t *wsum;     /* (P + 1 + clip_bit) sum mod 2^32 of quantized words */
     plait_fedavg_t *fa; /* float updates, and the decoded sum of quantized ones */
     plait_server_opt_t *opt;
     plait_dp_t dp, dp_saved;
@@ -90,10 +91,22 @@ void plait_round_config_default(plait_round_config_t *cfg)
     plait_dp_config_default(&cfg->dp_cfg);
     cfg->population = 0;              /* required with dp */
     cfg->dp_delta = 0;                /* 1 / N^1.1 */
+    cfg->poisson = 0;                 /* first come */
+    cfg->sample_rate = 1.0;           /* set per round by the caller */
+    cfg->clip_bit = 0;                /* P + 1 words */
 }
 
 static size_t want_of(const plait_round_config_t *c)
 {
+    if (c->poisson) {
+        /* Every sampled client, up to the population and what the sum can hold. */
+        uint64_t cap = c->population < PLAIT_ROUND_MAX_COHORT ? c->population : PLAIT_ROUND_MAX_COHORT;
+        if (c->quantized && c->quant.bits >= 1 && c->quant.bits <= 31) {
+            uint64_t wrap = plait_quant_max_cohort(c->quant.bits);
+            if (wrap < cap) cap = wrap;
+        }
+        return cap ? (size_t)cap : 1;
+    }
     double w = ceil((double)c->target_cohort * c->overselect);
     return w >= (double)PLAIT_ROUND_MAX_COHORT ? PLAIT_ROUND_MAX_COHORT + 1 : (size_t)w;
 }
@@ -117,6 +130,8 @@ int plait_round_config_validate(const plait_round_config_t *c)
         return plait_fail(PLAIT_EINVAL, "round config: round_timeout_s must be finite and > 0");
     if (c->quantized != 0 && c->quantized != 1) return plait_fail(PLAIT_EINVAL, "round config: quantized is 0 or 1");
     if (c->secure && !c->quantized) return plait_fail(PLAIT_EINVAL, "round config: secure needs quantized updates");
+    if (c->clip_bit != 0 && c->clip_bit != 1) return plait_fail(PLAIT_EINVAL, "round config: clip_bit is 0 or 1");
+    if (c->clip_bit && !c->quantized) return plait_fail(PLAIT_EINVAL, "round config: clip_bit needs quantized updates");
     int rc;
     if (c->quantized) {
         if ((rc = plait_quant_config_validate(&c->quant)) != 0) return rc;
@@ -129,8 +144,13 @@ int plait_round_config_validate(const plait_round_config_t *c)
     if (!isfinite(c->weight_cap) || c->weight_cap <= 0)
         return plait_fail(PLAIT_EINVAL, "round config: weight_cap must be finite and > 0");
     if ((rc = plait_server_opt_config_validate(&c->opt)) != 0) return rc;
+    if (c->poisson) {
+        if (c->population == 0) return plait_fail(PLAIT_EINVAL, "round config: poisson needs population >= 1");
+        if (!(c->sample_rate > 0 && c->sample_rate <= 1))
+            return plait_fail(PLAIT_EINVAL, "round config: sample_rate must be in (0, 1]");
+    }
     if (c->dp) {
-        if (c->population < c->target_cohort)
+        if (!c->poisson && c->population < c->target_cohort)
             return plait_fail(PLAIT_EINVAL, "round config: dp needs population >= target_cohort");
         plait_dp_config_t d = c->dp_cfg;
         if (d.expected_weight == 0) d.expected_weight = (double)c->target_cohort;
@@ -190,7 +210,7 @@ int plait_round_create(plait_round_t **out, const plait_round_config_t *cfg, con
     r->global = malloc(P * sizeof(float));
     r->pending = calloc(P, sizeof(float));
     r->scratch = calloc(P, sizeof(double));
-    r->wsum = calloc(P + 1, sizeof(uint32_t));
+    r->wsum = calloc(P + 2, sizeof(uint32_t));
     r->tab = calloc(r->tab_cap, sizeof(member_t));
     if (!r->global || !r->pending || !r->scratch || !r->wsum || !r->tab) {
         plait_round_destroy(r);
@@ -221,6 +241,24 @@ double plait_round_clip(const plait_round_t *r) { return r->cfg.dp ? r->dp.clip 
 const plait_quant_config_t *plait_round_quant(const plait_round_t *r) { return &r->cfg.quant; }
 double plait_round_epsilon(const plait_round_t *r) { return r->epsilon; }
 double plait_round_delta(const plait_round_t *r) { return r->delta; }
+
+int plait_round_set_sample_rate(plait_round_t *r, double q)
+{
+    if (!r || !r->cfg.poisson) return plait_fail(PLAIT_EINVAL, "round: sample rate needs a poisson config");
+    if (!(q > 0 && q <= 1)) return plait_fail(PLAIT_EINVAL, "round: sample rate %g not in (0, 1]", q);
+    if (r->state != PLAIT_ROUND_IDLE && r->state != PLAIT_ROUND_FAILED)
+        return plait_fail(PLAIT_EBUSY, "round: sample rate changes between rounds only");
+    r->cfg.sample_rate = q;
+    return 0;
+}
+
+/* q the accountant composes for the current round. */
+static double rate_of(const plait_round_t *r)
+{
+    if (r->cfg.poisson) return r->cfg.sample_rate;
+    double q = (double)r->cfg.target_cohort / (double)r->cfg.population;
+    return q > 1 ? 1 : q;
+}
 
 size_t plait_round_opt_state_len(const plait_round_t *r) { return r ? plait_server_opt_state_len(r->opt) : 0; }
 
@@ -273,7 +311,7 @@ static void close_round(plait_round_t *r, double now)
 static void maybe_close(plait_round_t *r, double now)
 {
     if (r->state != PLAIT_ROUND_TRAINING) return;
-    if (r->st.accepted >= r->cfg.target_cohort || r->accounted >= r->st.selected || now >= r->deadline)
+    if ((!r->cfg.poisson && r->st.accepted >= r->cfg.target_cohort) || r->accounted >= r->st.selected || now >= r->deadline)
         close_round(r, now);
 }
 
@@ -300,7 +338,7 @@ int plait_round_open(plait_round_t *r, double now, uint64_t *round_id)
     int rc = make_fedavg(r);
     if (rc != 0) return rc;
     memset(r->tab, 0, r->tab_cap * sizeof(member_t));
-    memset(r->wsum, 0, (r->cfg.dim + 1) * sizeof(uint32_t));
+    memset(r->wsum, 0, (r->cfg.dim + 2) * sizeof(uint32_t));
     r->accounted = 0;
     r->round_id++;
     memset(&r->st, 0, sizeof(r->st));
@@ -309,6 +347,7 @@ int plait_round_open(plait_round_t *r, double now, uint64_t *round_id)
     r->st.t_open = now;
     r->st.clip_used = plait_round_clip(r);
     r->st.epsilon = r->epsilon;
+    r->st.sample_rate = r->cfg.dp ? rate_of(r) : 0;
     r->deadline = now + r->cfg.selection_timeout_s;
     r->state = PLAIT_ROUND_SELECTION;
     if (round_id) *round_id = r->round_id;
@@ -395,7 +434,8 @@ int plait_round_submit_words(plait_round_t *r, uint64_t client, uint64_t round_i
     if (rc != 0) return rc;
     size_t P = r->cfg.dim;
     if (!words) rc = plait_fail(PLAIT_EINVAL, "round: NULL update");
-    else if (n_words != P + 1) rc = plait_fail(PLAIT_EMISMATCH, "round: %zu words, expected %zu", n_words, P + 1);
+    const size_t nw = P + 1 + (r->cfg.clip_bit ? 1 : 0);
+    if (rc == 0 && n_words != nw) rc = plait_fail(PLAIT_EMISMATCH, "round: %zu words, expected %zu", n_words, nw);
     if (rc == 0 && !r->cfg.secure) {
         /* Decode this update alone: every word must be a valid encoding, the
          * weight positive, and w·x inside the clip ball up to quantization. */
@@ -411,12 +451,18 @@ int plait_round_submit_words(plait_round_t *r, uint64_t client, uint64_t round_i
                 rc = plait_fail(PLAIT_ETOOBIG, "round: update norm above the bound %g (clip plus quantization slack)",
                                 bound); /* never the norm itself: it is computed from one device's data */
         }
+        if (rc == 0 && r->cfg.clip_bit) {
+            /* The clip bit travels as a weight word: exactly 0 or 1 alone. */
+            double b = -1;
+            rc = plait_quant_decode_weight_sum(&r->cfg.quant, words[P + 1], 1, &b);
+            if (rc == 0 && b != 0.0 && b != 1.0) rc = plait_fail(PLAIT_EPROTO, "round: clip bit word is not 0 or 1");
+        }
     }
     if (rc != 0) {
         refuse(r, m, rc, now);
         return rc;
     }
-    plait_update_add_u32(r->wsum, words, P + 1);
+    plait_update_add_u32(r->wsum, words, nw);
     accept(r, m, unclipped, now);
     return 0;
 }
@@ -469,17 +515,20 @@ int plait_round_aggregate(plait_round_t *r, plait_rng_t *rng)
     if (r->cfg.dp && !rng) return plait_fail(PLAIT_EINVAL, "round: DP needs a noise source");
     size_t P = r->cfg.dim;
     int rc = 0;
+    double unclipped = (double)r->st.unclipped; /* the callers' reports, unless the clip bits travel */
     if (r->cfg.quantized) {
         double wsum = 0;
         rc = plait_agg_decode_secure_sum(&r->cfg.quant, r->wsum, P + 1, r->st.accepted, r->scratch, &wsum);
         if (rc == 0) rc = plait_fedavg_add_sum(r->fa, r->scratch, P, wsum, r->st.accepted);
+        /* Adaptive clipping: the unclipped count is the decoded sum of the clip-bit words. */
+        if (rc == 0 && r->cfg.clip_bit)
+            rc = plait_quant_decode_weight_sum(&r->cfg.quant, r->wsum[P + 1], r->st.accepted, &unclipped);
     }
     r->dp_saved = r->dp;
     if (rc == 0) {
         if (r->cfg.dp) {
             plait_dp_round_info_t info;
-            rc = plait_dp_finish_round(&r->dp, plait_fedavg_sum(r->fa), P, (double)r->st.unclipped, rng, r->pending,
-                                       &info);
+            rc = plait_dp_finish_round(&r->dp, plait_fedavg_sum(r->fa), P, unclipped, rng, r->pending, &info);
             if (rc == 0) r->st.noise_stddev = info.noise_stddev;
         } else {
             rc = plait_fedavg_result(r->fa, r->pending, P);
@@ -505,9 +554,7 @@ int plait_round_commit(plait_round_t *r)
         return rc;
     }
     if (r->cfg.dp) {
-        double q = (double)r->cfg.target_cohort / (double)r->cfg.population;
-        if (q > 1) q = 1;
-        if (plait_accountant_compose(&r->acc, q, r->cfg.dp_cfg.noise_multiplier, 1) == 0) {
+        if (plait_accountant_compose(&r->acc, rate_of(r), r->cfg.dp_cfg.noise_multiplier, 1) == 0) {
             double eps = INFINITY;
             if (plait_accountant_epsilon(&r->acc, r->delta, PLAIT_EPS_IMPROVED, &eps, NULL) == 0) r->epsilon = eps;
         }

@@ -37,6 +37,7 @@
 #include <uv.h>
 
 #include "metrics.h"
+#include "server_admit.h"
 #include "svcstore.h"
 #include "plait/adapter.h"
 #include "plait/crypto.h"
@@ -45,6 +46,7 @@
 #include "plait/model.h"
 #include "plait/pki.h"
 #include "plait/rng.h"
+#include "selection.h"
 #include "plait/round.h"
 #include "plait/tls.h"
 #include "plait/update.h"
@@ -54,7 +56,9 @@
 #define READ_BUF 65536             /* ciphertext read per uv read */
 #define CLOSE_GRACE_S 2.0          /* a closing connection gets this long to drain */
 #define METRICS_REQ_MAX 2048       /* bytes of an HTTP request we read */
-#define METRICS_MAX_CONNS 16
+#define METRICS_MAX_CONNS 64
+#define METRICS_DEADLINE_S 2.0     /* a metrics connection gets this long to ask and be answered */
+#define REVOKE_SWEEP_S 1.0         /* revocation list reload and live-session sweep period */
 #define TICK_MS 50
 
 /* A serialized global adapter, shared by the connections downloading it. */
@@ -90,6 +94,8 @@ struct conn_s {
     uint32_t *upd;
     uint64_t upd_total, upd_have;
     uint32_t upd_next;
+    char addr[PLAIT__ADMIT_ADDR_MAX]; /* peer IP address */
+    int preauth;                      /* counted in the pre-auth pool (server_admit.h) */
 };
 
 typedef struct mconn_s mconn_t;
@@ -119,6 +125,7 @@ typedef struct {
     uint32_t *pending; /* submitted == 2: the update, owned */
     size_t n_pending;
     double left_at;    /* submitted == -2: when its last connection closed */
+    int revoked;       /* revoked while in the round: its update is not taken */
 } member_t;
 
 typedef struct {
@@ -156,12 +163,15 @@ struct plait_server_s {
     plait_round_config_t rcfg;
     plait_round_t *round;
     plait_rng_t rng;
+    plait_sel_t *sel;            /* Poisson sampling of the cohort (dp = central) */
+    plait_rng_t sel_rng;         /* its draws: a stream of its own, loop thread only */
     uint64_t cur_rid;            /* store id of the open (or last) round, 0 before the first */
     uint64_t cur_core;           /* the round core's id of the same round */
     int loop_init;
     uint64_t blob_version_for_job; /* base version of the round being opened */
     int round_live;              /* a round was opened and has not been ended by the service */
     double next_open;            /* open the next round at or after this time */
+    int open_err;                /* code of the last failure to open a round (logged once per change), or 0 */
     member_t *cohort;
     size_t n_cohort, cap_cohort;
     pace_t *pace;
@@ -176,6 +186,10 @@ struct plait_server_s {
     uint64_t next_conn_id;
     int stopping, stopped_handles;
     plait__metrics_t m;
+    plait__admit_t admit;
+    size_t preauth_cap;
+    size_t n_closing;            /* connections closing (not counted against max_connections) */
+    double rev_swept;
     uint8_t readbuf[READ_BUF];
     uint8_t plain[PLAIN_CHUNK];
     int read_busy;
@@ -223,6 +237,7 @@ static int member_add(plait_server_t *s, uint64_t client, const char *device)
     s->cohort[s->n_cohort].client = client;
     s->cohort[s->n_cohort].submitted = 0;
     s->cohort[s->n_cohort].pending = NULL;
+    s->cohort[s->n_cohort].revoked = 0;
     snprintf(s->cohort[s->n_cohort].device, sizeof(s->cohort[s->n_cohort].device), "%s", device);
     s->n_cohort++;
     return 0;
@@ -270,6 +285,10 @@ static void reject(conn_t *c, plait__rej_t why, const char *fmt, ...)
     va_end(ap);
     c->srv->m.rejections[why]++;
     if (c->srv->round_live) c->srv->rs.rej[why]++;
+    if (!plait__admit_log_ok(&c->srv->admit, now_s(c->srv))) {
+        c->srv->m.rejection_logs_suppressed++;
+        return;
+    }
     PLAIT_LOG(PLAIT_LOG_WARN, "rejected conn=%llu device=%s reason=%s: %s", (unsigned long long)c->id,
               c->device[0] ? c->device : "-", plait__rej_name(why), detail);
 }
@@ -387,6 +406,8 @@ static void on_conn_closed(uv_handle_t *h)
     else s->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     s->m.connections_open--;
+    if (c->closing) s->n_closing--;
+    if (c->preauth) plait__admit_leave(&s->admit, c->addr);
     plait_tls_free(c->tls);
     blob_unref(c->dl);
     free(c->upd);
@@ -427,6 +448,7 @@ static void conn_leave_round(conn_t *c)
 }
 
 static void submit_member(plait_server_t *s, member_t *mb, uint32_t *words, size_t n, conn_t *c);
+static void signal_round_end(plait_server_t *s, plait_retry_reason_t why);
 
 /* Once training has started: submit updates held since selection, and report
  * devices that left during selection as dropouts. */
@@ -453,8 +475,13 @@ static void conn_close(conn_t *c, int graceful)
 {
     if (c->closing) return;
     c->closing = 1;
+    c->srv->n_closing++;
     c->dl_active = 0;
     c->t_close = now_s(c->srv);
+    if (c->preauth) {
+        plait__admit_leave(&c->srv->admit, c->addr);
+        c->preauth = 0;
+    }
     conn_leave_round(c);
     if (graceful && c->tls) {
         (void)plait_tls_close_notify(c->tls);
@@ -508,8 +535,10 @@ static void fill_task(plait_server_t *s, plait_msg_task_t *t)
     if (left < 1) left = 1;
     if (left > s->lim.max_deadline_s) left = s->lim.max_deadline_s;
     t->deadline_s = (uint32_t)ceil(left);
-    t->update_elements = s->span_len + 1;
+    t->update_elements = s->span_len + 1 + (size_t)s->rcfg.clip_bit;
+    t->clip_bit = s->rcfg.clip_bit; /* adaptive clipping: one more word, the device's "norm <= clip" bit */
     t->example_cap = (uint32_t)cf->example_cap;
+    t->max_chunk_bytes = (uint32_t)s->lim.max_chunk_bytes;
 }
 
 static void send_task(conn_t *c)
@@ -567,6 +596,16 @@ static void offer(conn_t *c)
         send_cbl(c, PLAIT_RETRY_PACE, s->cfg.retry_ms * (s->cfg.pace_rounds - (s->cur_rid - last) + 1));
         conn_close(c, 1);
         return;
+    }
+    if (s->rcfg.poisson) {
+        /* Poisson sampling: admitted with probability q, decided once per round. */
+        int admitted = 0;
+        int e = plait_sel_decide(s->sel, &s->sel_rng, c->client, &admitted, NULL);
+        if (e != 0 || !admitted) {
+            send_cbl(c, e != 0 ? PLAIT_RETRY_BUSY : PLAIT_RETRY_NOT_SAMPLED, s->cfg.retry_ms);
+            conn_close(c, 1);
+            return;
+        }
     }
     int rc = plait_round_select(s->round, c->client, now_s(s));
     if (rc == PLAIT_EBUSY) {
@@ -667,8 +706,11 @@ static void work_commit(job_t *j)
     cm.stats = &j->stats;
     cm.dp = s->rcfg.dp;
     if (cm.dp) {
-        cm.q = (double)s->rcfg.target_cohort / (double)s->rcfg.population;
+        cm.q = j->st.sample_rate;
         cm.z = s->cfg.noise_multiplier;
+        cm.clip = j->st.clip_used;
+        cm.adaptive = s->rcfg.dp_cfg.adaptive;
+        cm.poisson = s->rcfg.poisson;
         cm.delta = plait_round_delta(s->round);
     }
     cm.accepted = (double)j->st.accepted;
@@ -721,6 +763,7 @@ static void work_job(uv_work_t *req)
 }
 
 static int rebuild_round(plait_server_t *s);
+static int round_rate(plait_server_t *s, uint64_t rid);
 
 static void cohort_clear(plait_server_t *s)
 {
@@ -766,13 +809,20 @@ static void after_job(uv_work_t *req, int status)
     switch (j->kind) {
     case JOB_BEGIN:
         if (j->rc != 0) {
-            PLAIT_LOG(PLAIT_LOG_ERROR, "store: opening a round failed: %s (%s); retrying in 1 s", j->why,
-                      plait_err_name(j->rc));
+            /* Retried every second (a full disk may last hours): logged
+             * when the failure starts or changes, not on every retry. */
+            if (j->rc != s->open_err)
+                PLAIT_LOG(PLAIT_LOG_ERROR, "store: opening a round failed: %s (%s); retrying every second, "
+                          "logged again only when this changes", j->why, plait_err_name(j->rc));
+            s->open_err = j->rc;
             s->next_open = now + 1;
             break;
         }
+        if (s->open_err != 0) PLAIT_LOG(PLAIT_LOG_INFO, "store: rounds open again (the earlier failure cleared)");
+        s->open_err = 0;
         uint64_t core = 0;
-        int rc = plait_round_open(s->round, now, &core);
+        int rc = s->rcfg.poisson ? round_rate(s, (uint64_t)j->rid) : 0;
+        if (rc == 0) rc = plait_round_open(s->round, now, &core);
         s->cur_rid = (uint64_t)j->rid;
         s->m.round_id = s->cur_rid;
         s->round_live = 1;
@@ -823,11 +873,29 @@ static void after_job(uv_work_t *req, int status)
                           plait_errmsg());
             if (j->core_committed && rebuild_round(s) != 0)
                 PLAIT_LOG(PLAIT_LOG_ERROR, "rebuilding the round core failed: %s", plait_errmsg());
+            signal_round_end(s, PLAIT_RETRY_COMMIT_FAILED);
         }
         round_ended(s);
         break;
     }
     job_free(j);
+}
+
+/* q of the round about to open: the population is recounted from the store
+ * (enrolled, non-revoked), the selector and the core's accountant get the same q. */
+static int round_rate(plait_server_t *s, uint64_t rid)
+{
+    uint64_t enrolled = 0, pop = 0;
+    double q = 1;
+    int rc = plait__svc_population(s->store_r, &enrolled);
+    if (rc != 0) return rc;
+    /* A configured population is checked at start; revocations since may leave it above the count. */
+    pop = s->cfg.population && s->cfg.population < enrolled ? s->cfg.population : enrolled;
+    if ((rc = plait_sel_rate_of(s->cfg.target_cohort, pop, s->cfg.sampling_rate, &q)) != 0) return rc;
+    if ((rc = plait_round_set_sample_rate(s->round, q)) != 0) return rc;
+    if ((rc = plait_sel_open(s->sel, rid, q)) != 0) return rc;
+    PLAIT_LOG(PLAIT_LOG_INFO, "sampling population=%llu q=%.6g", (unsigned long long)pop, q);
+    return 0;
 }
 
 static int start_job(plait_server_t *s, job_t *j)
@@ -894,6 +962,7 @@ static void round_failed(plait_server_t *s)
              st.accepted, st.selected, st.dropouts, st.stragglers, s->rcfg.min_cohort);
     PLAIT_LOG(PLAIT_LOG_WARN, "round failed round=%llu: %s; global adapter stays at version %llu",
               (unsigned long long)s->cur_rid, reason, (unsigned long long)s->blob->version);
+    signal_round_end(s, PLAIT_RETRY_ROUND_FAILED);
     if (!j) {
         round_ended(s);
         return;
@@ -1002,7 +1071,7 @@ static void submit_member(plait_server_t *s, member_t *mb, uint32_t *words, size
 static void handle_update(conn_t *c, const plait_msg_update_chunk_t *u)
 {
     plait_server_t *s = c->srv;
-    uint64_t expect = s->span_len + 1;
+    uint64_t expect = s->span_len + 1 + (uint64_t)s->rcfg.clip_bit;
     if (u->round_id != s->cur_rid || !s->round_live) {
         reject(c, PLAIT__REJ_STALE, "update for round %llu, current round is %llu%s", (unsigned long long)u->round_id,
                (unsigned long long)s->cur_rid, s->round_live ? "" : " (closed)");
@@ -1151,6 +1220,10 @@ static void handle_msg(conn_t *c, const plait_msg_t *m)
             return;
         }
         c->authed = 1;
+        if (c->preauth) {
+            plait__admit_leave(&s->admit, c->addr);
+            c->preauth = 0;
+        }
         PLAIT_LOG(PLAIT_LOG_INFO, "hello conn=%llu device=%s client_version=%s caps=%u", (unsigned long long)c->id,
                   c->device, m->u.hello.client_version, m->u.hello.capabilities);
         uint32_t need = s->mode == PLAIT_LORA_MODE_FFA     ? PLAIT_CAP_FFA
@@ -1288,6 +1361,77 @@ static void revlist_refresh(plait_server_t *s, int force)
     plait_pki_revlist_free(&old);
 }
 
+/* A device revoked while in the round: its held update is dropped and it
+ * counts as a dropout (it cannot reconnect). An update the round core
+ * accepted before the revocation stays in the aggregate. Not while a job
+ * owns the round core (the next sweep does it). */
+static void member_revoke(plait_server_t *s, member_t *mb)
+{
+    if (mb->revoked || s->busy || s->round == NULL) return;
+    mb->revoked = 1;
+    if (mb->submitted == 1) {
+        PLAIT_LOG(PLAIT_LOG_WARN, "device=%s revoked in round=%llu after its update was accepted; the update stays",
+                  mb->device, (unsigned long long)s->cur_rid);
+        return;
+    }
+    if (mb->pending) {
+        plait_zeroize(mb->pending, mb->n_pending * sizeof(uint32_t));
+        free(mb->pending);
+        mb->pending = NULL;
+        mb->n_pending = 0;
+    }
+    if (mb->submitted == -1 || mb->submitted == -3) return; /* refused, dropped or declined already */
+    if (plait_round_state(s->round) == PLAIT_ROUND_TRAINING) {
+        mb->submitted = -1;
+        int rc = plait_round_dropout(s->round, mb->client, s->cur_core, now_s(s));
+        (void)rc; /* the core may have counted it already */
+    } else {
+        mb->submitted = -3; /* out of the round: a dropout when training starts (report_early_dropouts) */
+    }
+    PLAIT_LOG(PLAIT_LOG_WARN, "device=%s revoked in round=%llu: held update dropped, counted as a dropout", mb->device,
+              (unsigned long long)s->cur_rid);
+}
+
+/* Reload the revocation list, then close the sessions of devices revoked
+ * since their handshake (by certificate in the list, or by id in the store)
+ * and take revoked devices out of the open round. Tick, every REVOKE_SWEEP_S. */
+static void revoke_sweep(plait_server_t *s)
+{
+    revlist_refresh(s, 1);
+    for (conn_t *c = s->conns, *nx; c; c = nx) {
+        nx = c->next;
+        if (c->closing || !c->established || c->client == 0) continue;
+        const plait_pki_cert_info_t *peer = plait_tls_peer(c->tls);
+        int revoked = (peer && plait_pki_revlist_check(&s->rev, peer) == PLAIT_EAUTH) ||
+                      plait__svc_device_revoked(s->store_r, c->device);
+        if (!revoked) continue;
+        member_t *mb = c->round_id != 0 && c->round_id == s->cur_rid && s->round_live ? member_find(s, c->client) : NULL;
+        c->round_id = 0; /* not a "left the round" */
+        reject(c, PLAIT__REJ_REVOKED, "device %s revoked while connected: session closed", c->device);
+        fail_conn(c, PLAIT__REJ_REVOKED, PLAIT_EAUTH, "device revoked");
+        if (mb) member_revoke(s, mb);
+    }
+    if (!s->round_live || s->busy) return;
+    for (size_t i = 0; i < s->n_cohort; i++) {
+        member_t *mb = &s->cohort[i];
+        if (!mb->revoked && plait__svc_device_revoked(s->store_r, mb->device)) member_revoke(s, mb);
+    }
+}
+
+/* The round ended without a commit: tell its devices still connected (in
+ * training, or waiting for their Ack) instead of leaving them to time out. */
+static void signal_round_end(plait_server_t *s, plait_retry_reason_t why)
+{
+    for (conn_t *c = s->conns; c; c = c->next) {
+        if (c->closing || !c->authed || c->round_id == 0 || c->round_id != s->cur_rid) continue;
+        c->round_id = 0;
+        PLAIT_LOG(PLAIT_LOG_INFO, "round=%llu ended without a commit: device=%s conn=%llu told to come back later",
+                  (unsigned long long)s->cur_rid, c->device, (unsigned long long)c->id);
+        send_cbl(c, why, s->cfg.retry_ms);
+        conn_close(c, 1);
+    }
+}
+
 static void on_established(conn_t *c)
 {
     plait_server_t *s = c->srv;
@@ -1313,8 +1457,11 @@ static void on_established(conn_t *c)
         return;
     }
     c->client = client_of(c->device);
-    PLAIT_LOG(PLAIT_LOG_INFO, "handshake conn=%llu device=%s serial=%s suite=%s", (unsigned long long)c->id,
-              c->device, peer->serial_hex, plait_tls_ciphersuite(c->tls));
+    int resumed = plait_tls_resumed(c->tls);
+    s->m.tls_handshakes++;
+    if (resumed) s->m.tls_resumed++;
+    PLAIT_LOG(PLAIT_LOG_INFO, "handshake conn=%llu device=%s serial=%s suite=%s%s", (unsigned long long)c->id,
+              c->device, peer->serial_hex, plait_tls_ciphersuite(c->tls), resumed ? " resumed" : "");
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -1451,27 +1598,42 @@ static void on_conn(uv_stream_t *l, int status)
         return;
     }
     s->m.connections_total++;
-    if (s->m.connections_open > s->cfg.max_connections || s->stopping) {
-        reject(c, PLAIT__REJ_TOO_MANY, "%llu connections open (max_connections %llu)",
-               (unsigned long long)s->m.connections_open - 1, (unsigned long long)s->cfg.max_connections);
+    struct sockaddr_storage sa;
+    int salen = sizeof(sa);
+    snprintf(c->addr, sizeof(c->addr), "?");
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&sa, &salen) == 0) {
+        if (sa.ss_family == AF_INET) uv_ip4_name((struct sockaddr_in *)&sa, c->addr, sizeof(c->addr));
+        else if (sa.ss_family == AF_INET6) uv_ip6_name((struct sockaddr_in6 *)&sa, c->addr, sizeof(c->addr));
+    }
+    if (s->m.connections_open - s->n_closing > s->cfg.max_connections || s->stopping) {
+        reject(c, PLAIT__REJ_TOO_MANY, "%llu connections open (max_connections %llu) from %s",
+               (unsigned long long)(s->m.connections_open - s->n_closing - 1),
+               (unsigned long long)s->cfg.max_connections, c->addr);
         conn_close(c, 0);
         return;
     }
-    revlist_refresh(s, 0);
+    /* Admission before authentication (server_admit.h): a bounded pool, a
+     * per-address share of it, and the slots above it left to devices. */
+    plait__admit_result_t ar =
+        plait__admit_enter(&s->admit, c->addr, s->preauth_cap, (size_t)s->cfg.max_preauth_per_addr);
+    if (ar != PLAIT__ADMIT_OK) {
+        if (ar == PLAIT__ADMIT_ADDR_FULL)
+            reject(c, PLAIT__REJ_ADDR_FULL, "%zu connections from %s before their hello (max_preauth_per_addr %llu)",
+                   plait__admit_count(&s->admit, c->addr), c->addr, (unsigned long long)s->cfg.max_preauth_per_addr);
+        else
+            reject(c, PLAIT__REJ_PREAUTH_FULL, "%zu connections before their hello (pre-auth cap %zu) from %s",
+                   s->admit.preauth, s->preauth_cap, c->addr);
+        conn_close(c, 0);
+        return;
+    }
+    c->preauth = 1;
     if (plait_tls_new(&c->tls, s->tls) != 0) {
         PLAIT_LOG(PLAIT_LOG_ERROR, "TLS session: %s", plait_errmsg());
         conn_close(c, 0);
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);
-    struct sockaddr_storage sa;
-    int salen = sizeof(sa);
-    char addr[64] = "?";
-    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&sa, &salen) == 0) {
-        if (sa.ss_family == AF_INET) uv_ip4_name((struct sockaddr_in *)&sa, addr, sizeof(addr));
-        else if (sa.ss_family == AF_INET6) uv_ip6_name((struct sockaddr_in6 *)&sa, addr, sizeof(addr));
-    }
-    PLAIT_LOG(PLAIT_LOG_DEBUG, "accept conn=%llu from %s", (unsigned long long)c->id, addr);
+    PLAIT_LOG(PLAIT_LOG_DEBUG, "accept conn=%llu from %s", (unsigned long long)c->id, c->addr);
     if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0) conn_close(c, 0);
 }
 
@@ -1559,6 +1721,7 @@ static void on_mread(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         plait_buf_init(&b, 1 << 20);
         mc->srv->m.connections_open = 0;
         for (conn_t *c = mc->srv->conns; c; c = c->next) mc->srv->m.connections_open++;
+        mc->srv->m.preauth_open = mc->srv->admit.preauth;
         if (plait__metrics_render(&mc->srv->m, &b) == 0)
             mconn_reply(mc, "200 OK", "text/plain; version=0.0.4; charset=utf-8", b.data, b.len);
         else
@@ -1583,7 +1746,20 @@ static void on_mconn(uv_stream_t *l, int status)
     if (s->mconns) s->mconns->prev = mc;
     s->mconns = mc;
     s->n_mconns++;
-    if (uv_accept(l, (uv_stream_t *)&mc->tcp) != 0 || s->n_mconns > METRICS_MAX_CONNS || s->stopping ||
+    if (s->n_mconns > METRICS_MAX_CONNS) {
+        /* Full: the oldest connection still waiting for its request goes, so that
+         * idle sockets cannot keep the scraper out (the list is newest first). */
+        mconn_t *old = NULL;
+        for (mconn_t *o = mc->next; o; o = o->next)
+            if (!o->closing) old = o;
+        if (old) {
+            s->m.metrics_evicted++;
+            mconn_close(old);
+        }
+    }
+    size_t live = 0;
+    for (mconn_t *o = s->mconns; o; o = o->next) live += !o->closing;
+    if (uv_accept(l, (uv_stream_t *)&mc->tcp) != 0 || live > METRICS_MAX_CONNS || s->stopping ||
         uv_read_start((uv_stream_t *)&mc->tcp, on_malloc, on_mread) != 0)
         mconn_close(mc);
 }
@@ -1630,7 +1806,16 @@ static void on_tick(uv_timer_t *t)
     }
     for (mconn_t *mc = s->mconns, *nx; mc; mc = nx) {
         nx = mc->next;
-        if (now - mc->t_open > 5.0) mconn_close(mc);
+        if (now - mc->t_open > METRICS_DEADLINE_S) mconn_close(mc);
+    }
+    if (!s->stopping && now - s->rev_swept >= REVOKE_SWEEP_S) {
+        s->rev_swept = now;
+        revoke_sweep(s);
+        if (s->admit.suppressed > s->admit.suppressed_reported) {
+            PLAIT_LOG(PLAIT_LOG_WARN, "%llu refusal log lines suppressed (rate limit); see plait_rejections_total",
+                      (unsigned long long)(s->admit.suppressed - s->admit.suppressed_reported));
+            s->admit.suppressed_reported = s->admit.suppressed;
+        }
     }
     round_step(s);
     maybe_finish_shutdown(s);
@@ -1810,13 +1995,34 @@ static int setup_round(plait_server_t *s)
         rc->dp = 1;
         rc->dp_cfg.clip = s->cfg.clip_norm;
         rc->dp_cfg.noise_multiplier = s->cfg.noise_multiplier;
-        rc->population = (size_t)s->cfg.population;
         rc->dp_delta = s->cfg.dp_delta;
+        /* Poisson sampling over the enrolled, non-revoked devices (selection.h). */
+        uint64_t enrolled = 0, pop = 0;
+        if ((e = plait__svc_population(s->store, &enrolled)) != 0 ||
+            (e = plait_sel_population(s->cfg.population, enrolled, &pop)) != 0)
+            return e;
+        if (s->cfg.dp_delta == 0 && pop < 2)
+            return plait_fail(PLAIT_EINVAL,
+                              "dp_delta: the default 1 / population^1.1 needs at least 2 enrolled devices (%llu now); "
+                              "enroll them first or set dp_delta",
+                              (unsigned long long)pop);
+        rc->poisson = 1;
+        rc->population = pop ? (size_t)pop : 1;
+        if ((e = plait_sel_rate_of(s->cfg.target_cohort, pop, s->cfg.sampling_rate, &rc->sample_rate)) != 0) return e;
+        if ((e = plait_sel_create(&s->sel)) != 0) return e;
+        if (s->cfg.adaptive_clip) {
+            rc->dp_cfg.adaptive = 1;
+            rc->dp_cfg.target_quantile = s->cfg.clip_target_quantile;
+            rc->dp_cfg.clip_lr = s->cfg.clip_lr;
+            rc->dp_cfg.count_stddev = s->cfg.clip_count_stddev;
+            rc->dp_cfg.max_clip = s->cfg.quant_range; /* a larger clip would only be clamped by quantization */
+            rc->clip_bit = 1;
+        }
     }
     plait_drbg_t d;
     plait_drbg_init(&d);
     if ((e = plait_drbg_seed(&d, (const uint8_t *)"plait-aggregator dp", 19)) != 0 ||
-        (e = plait_rng_seed_drbg(&s->rng, &d)) != 0) {
+        (e = plait_rng_seed_drbg(&s->rng, &d)) != 0 || (e = plait_rng_seed_drbg(&s->sel_rng, &d)) != 0) {
         plait_drbg_free(&d);
         return e;
     }
@@ -1853,6 +2059,8 @@ int plait_server_create(plait_server_t **out, const char *dir, const plait_aggcf
     s->cfg = *cfg;
     snprintf(s->dir, sizeof(s->dir), "%s", dir);
     plait_pki_revlist_init(&s->rev);
+    plait__admit_init(&s->admit);
+    s->preauth_cap = plait__admit_cap(cfg->max_connections, cfg->max_preauth_connections);
     plait_lora_init(&s->lora);
     char *ca = NULL, *crt = NULL, *key = NULL;
     int loop_ok = 0;
@@ -1870,6 +2078,9 @@ int plait_server_create(plait_server_t **out, const char *dir, const plait_aggcf
         (rc = read_pem(dir, "server.key", &key)) != 0)
         goto fail;
     if ((rc = plait_tls_config_server(&s->tls, ca, crt, key, 1, plait_pki_revlist_check, &s->rev)) != 0) goto fail;
+    if (s->cfg.tls_ticket_lifetime_s > 0 &&
+        (rc = plait_tls_config_tickets(s->tls, (uint32_t)s->cfg.tls_ticket_lifetime_s)) != 0)
+        goto fail;
 
     if ((rc = setup_model(s)) != 0) goto fail;
     char dbpath[1200];
@@ -1995,6 +2206,7 @@ void plait_server_destroy(plait_server_t *s)
     plait__svc_close(s->store);
     plait_tls_config_free(s->tls);
     plait_pki_revlist_free(&s->rev);
+    plait__admit_free(&s->admit);
     plait_lora_free(&s->lora);
     blob_unref(s->blob);
     free(s->committed);
@@ -2002,5 +2214,7 @@ void plait_server_destroy(plait_server_t *s)
     free(s->cohort);
     free(s->pace);
     plait_rng_wipe(&s->rng);
+    plait_rng_wipe(&s->sel_rng);
+    plait_sel_destroy(s->sel);
     free(s);
 }

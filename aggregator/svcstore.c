@@ -6,6 +6,7 @@
 #include "svcstore.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -138,12 +139,10 @@ int plait__svc_round_fail(plait_aggstore_t *st, int64_t rid, const char *reason,
 int plait__svc_round_commit(plait_aggstore_t *st, int64_t rid, const plait__svc_commit_t *c, int64_t *version)
 {
     int rc;
-    for (size_t i = 0; i < c->n_uploaders; i++) {
-        rc = plait_aggstore_device_mark_uploaded(st, c->uploaders[i], rid);
-        if (rc != 0 && rc != PLAIT_ESTALE) return rc;
-    }
     plait_aggstore_commit_t cm;
     memset(&cm, 0, sizeof(cm));
+    cm.uploaders = c->uploaders; /* counted inside the commit's transaction */
+    cm.n_uploaders = c->n_uploaders;
     cm.adapter = c->adapter;
     cm.adapter_len = c->adapter_len;
     cm.sha256 = c->sha256;
@@ -173,6 +172,9 @@ int plait__svc_round_commit(plait_aggstore_t *st, int64_t rid, const plait__svc_
         led.steps = 1;
         led.delta = c->delta;
         led.epsilon = eps;
+        led.clip = c->clip;
+        snprintf(led.mechanism, sizeof(led.mechanism), "%s", c->adaptive ? "gaussian+clip-count" : "gaussian");
+        snprintf(led.selection, sizeof(led.selection), "%s", c->poisson ? "poisson" : "first-come");
         cm.ledger = &led;
     }
     plait_aggstore_metric_t mets[2] = {{"accepted", c->accepted}, {"duration_s", c->duration_s}};
@@ -181,7 +183,27 @@ int plait__svc_round_commit(plait_aggstore_t *st, int64_t rid, const plait__svc_
     return plait_aggstore_round_commit(st, rid, &cm, version);
 }
 
+int plait__svc_device_revoked(plait_aggstore_t *st, const char *id)
+{
+    bool revoked = false;
+    return plait_aggstore_device_is_revoked(st, id, &revoked) == 0 && revoked;
+}
+
 int plait__svc_device_check(plait_aggstore_t *st, const char *id, const uint8_t fpr[32])
 {
     return plait_aggstore_device_check(st, id, fpr);
+}
+
+static int count_live(void *ud, const plait_aggstore_device_t *d)
+{
+    if (!d->revoked) (*(uint64_t *)ud)++;
+    return 0;
+}
+
+int plait__svc_population(plait_aggstore_t *st, uint64_t *n)
+{
+    uint64_t k = 0;
+    int rc = plait_aggstore_devices_foreach(st, count_live, &k);
+    if (rc == 0) *n = k;
+    return rc;
 }

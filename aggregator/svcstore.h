@@ -78,6 +78,9 @@ typedef struct {
     size_t opt_state_len;
     int dp;            /* 1: write a ledger row */
     double q, z, delta;
+    double clip;       /* clip bound C the round used */
+    int adaptive;      /* 1: the round also released the noised unclipped count (adaptive clipping) */
+    int poisson;       /* 1: the cohort was Poisson-sampled at rate q */
     double accepted, duration_s, epsilon_core;
     const char *const *uploaders; /* device ids whose updates were accepted */
     size_t n_uploaders;
@@ -91,7 +94,13 @@ typedef struct {
 int plait__svc_round_commit(plait_aggstore_t *st, int64_t rid, const plait__svc_commit_t *c,
                             int64_t *version /* OUT */) PLAIT_WUR;
 
+/** \brief Enrolled, non-revoked devices (the population Poisson sampling draws from). */
+int plait__svc_population(plait_aggstore_t *st, uint64_t *n /* OUT */) PLAIT_WUR;
+
 /** \brief After the handshake: enrolled, not revoked, same certificate. \return 0, PLAIT_ENOENT, PLAIT_EAUTH, errors. */
 int plait__svc_device_check(plait_aggstore_t *st, const char *id, const uint8_t fpr[32]) PLAIT_WUR;
+
+/** \brief 1 when the store marks device id revoked, 0 when not (or on a read error: the next sweep retries). */
+int plait__svc_device_revoked(plait_aggstore_t *st, const char *id);
 
 #endif

@@ -23,6 +23,7 @@
  */
 #include "plait/adapter.h"
 #include "plait/crypto.h"
+#include "plait/file.h"
 #include "plait/json.h"
 
 #include <errno.h>
@@ -256,31 +257,11 @@ int plait_safetensors_parse(plait_safetensors_t *st, const uint8_t *buf, size_t 
     return rc;
 }
 
+/* Non-blocking, regular files only (a FIFO is refused), size-capped. */
 static int read_file(const char *path, uint64_t max, uint8_t **out, size_t *len)
 {
-    *out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f) return plait_fail(PLAIT_EIO, "%s: %s", path, strerror(errno));
-    int rc = 0;
-    long sz;
-    if (fseek(f, 0, SEEK_END) != 0 || (sz = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
-        rc = plait_fail(PLAIT_EIO, "%s: cannot size the file", path);
-    } else if ((uint64_t)sz > max) {
-        rc = plait_fail(PLAIT_ETOOBIG, "%s: %ld bytes is too large (max %llu)", path, sz, (unsigned long long)max);
-    } else {
-        uint8_t *buf = malloc(sz ? (size_t)sz : 1);
-        if (!buf) {
-            rc = plait_fail(PLAIT_ENOMEM, "%s: %ld bytes", path, sz);
-        } else if (fread(buf, 1, (size_t)sz, f) != (size_t)sz) {
-            free(buf);
-            rc = plait_fail(PLAIT_EIO, "%s: short read", path);
-        } else {
-            *out = buf;
-            *len = (size_t)sz;
-        }
-    }
-    fclose(f);
-    return rc;
+    int rc = plait_file_read(path, NULL, max > SIZE_MAX - 1 ? SIZE_MAX - 1 : (size_t)max, out, len);
+    return rc == PLAIT_ENOENT ? plait_fail(PLAIT_EIO, "%s", plait_errmsg()) : rc; /* documented: EIO */
 }
 
 /* An adapter (and a gradient dump) is derived from the user's private data:

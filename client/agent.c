@@ -251,10 +251,10 @@ int plait__agent_make_update(const plait_lora_t *global, const plait_lora_t *loc
     size_t off, len;
     int rc = plait_update_span(global, mode, &off, &len);
     if (rc != 0) return rc;
-    if (n_words != len + 1)
+    if (n_words != len + 1 && n_words != len + 2)
         return plait_fail(PLAIT_EMISMATCH,
-                          "update: %zu words asked for a span of %zu (+1 weight word)", n_words,
-                          len);
+                          "update: %zu words asked for a span of %zu (+1 weight word, +1 clip bit)",
+                          n_words, len);
     float *upd = malloc(len * sizeof(float));
     if (!upd) return plait_fail(PLAIT_ENOMEM, "update: %zu floats", len);
     plait_clip_info_t info;
@@ -268,6 +268,10 @@ int plait__agent_make_update(const plait_lora_t *global, const plait_lora_t *loc
         upd[i] = (float)((double)upd[i] * weight);
     if ((rc = plait_quant_encode(qc, upd, len, rng, words)) != 0) goto exit;
     rc = plait_quant_encode_weight(qc, weight, rng, &words[len]);
+    /* Adaptive clipping: the bit "norm <= clip", summed (masked, under secure aggregation) like
+     * the weight word; 0 and 1 encode exactly. */
+    if (rc == 0 && n_words == len + 2)
+        rc = plait_quant_encode_weight(qc, info.clipped ? 0.0 : 1.0, rng, &words[len + 1]);
 exit:
     plait_zeroize(upd, len * sizeof(float)); /* unclipped (then noised) data is secret */
     free(upd);
@@ -326,7 +330,7 @@ static int read_small(const char *path, size_t max, uint8_t **out, size_t *len)
 {
     *out = NULL;
     *len = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO is refused below, not waited on */
     if (fd < 0) {
         if (errno == ENOENT) return PLAIT_ENOENT;
         return plait_fail(PLAIT_EIO, "%s: cannot open: %s", path, strerror(errno));
@@ -619,6 +623,9 @@ int plait_agent_create(plait_agent_t **out, const plait_agent_config_t *cfg)
                         plait_errmsg());
         goto fail;
     }
+    /* A returning device resumes its TLS session (RFC 5077): no ECDHE and no
+     * certificate signatures on either side; the server re-checks revocation. */
+    if ((rc = plait_tls_config_tickets(a->tls, 0)) != 0) goto fail;
     plait_pki_free_pem(ca);
     plait_pki_free_pem(crt);
     plait_pki_free_pem(key); /* wiped */
@@ -779,6 +786,9 @@ typedef struct {
     uint8_t *in; /* decrypted bytes not yet parsed into frames */
     size_t in_len, in_cap;
     int peer_error; /* the aggregator sent an Error (and closes) */
+    int got_cbl;    /* the aggregator ended our round with a ComeBackLater (and closes) */
+    uint32_t cbl_ms;
+    plait_retry_reason_t cbl_reason;
 } conn_t;
 
 static void conn_init(conn_t *c, plait_agent_t *a)
@@ -1068,6 +1078,40 @@ static int unexpected(const plait_msg_t *m, const char *waiting)
                       plait_msg_type_name(m->type), waiting);
 }
 
+static const char *retry_reason_name(plait_retry_reason_t r);
+
+/* A ComeBackLater inside a round: the aggregator ended it (failed round,
+ * failed commit, shutdown) and closes. Remembered on c; the caller turns it
+ * into a come-back outcome. \return PLAIT_ECANCELED (the round is over). */
+static int round_ended(conn_t *c, const plait_msg_t *m, uint64_t round)
+{
+    c->peer_error = 1; /* it closes after this: no answer is due */
+    c->got_cbl = 1;
+    c->cbl_ms = m->u.come_back_later.retry_ms;
+    c->cbl_reason = m->u.come_back_later.reason;
+    PLAIT_LOG(PLAIT_LOG_WARN, "agent %s: round %llu: ended by the aggregator (%s); come back in %u ms",
+              c->a->device_id, (unsigned long long)round, retry_reason_name(c->cbl_reason), c->cbl_ms);
+    return plait_fail(PLAIT_ECANCELED, "round %llu: ended by the aggregator (%s)", (unsigned long long)round,
+                      retry_reason_name(c->cbl_reason));
+}
+
+/* After round_ended: a come-back outcome (the words of a failed round are useless). */
+static int round_ended_outcome(conn_t *c, uint64_t round, plait_agent_result_t *res)
+{
+    plait_agent_t *a = c->a;
+    if (c->cbl_reason == PLAIT_RETRY_ROUND_FAILED || c->cbl_reason == PLAIT_RETRY_COMMIT_FAILED) {
+        int r2 = plait__agent_pending_remove(a->state_dir);
+        (void)r2;
+    }
+    plait_clear_error();
+    res->outcome = PLAIT_AGENT_OUT_COME_BACK;
+    res->round_id = round;
+    res->retry_ms = c->cbl_ms;
+    plait_agent_event_t ev = {.type = PLAIT_AGENT_EV_COME_BACK, .round_id = round, .delay_ms = c->cbl_ms};
+    emit_ev(a, &ev);
+    return 0;
+}
+
 /* ----------------------------------------------------------------- training */
 
 typedef struct {
@@ -1196,8 +1240,9 @@ static int train_with_keepalive(conn_t *c, job_t *j, uint64_t round, uint64_t ta
             rc = r;
             break;
         }
-        rc = m.type == PLAIT_MSG_ERROR ? peer_error(c, &m, round)
-                                       : unexpected(&m, "nothing during training");
+        rc = m.type == PLAIT_MSG_ERROR             ? peer_error(c, &m, round)
+             : m.type == PLAIT_MSG_COME_BACK_LATER ? round_ended(c, &m, round)
+                                                   : unexpected(&m, "nothing during training");
         plait_msg_free(&m);
         break;
     }
@@ -1313,8 +1358,9 @@ static int get_adapter(conn_t *c, const plait_msg_task_t *t, uint8_t **out, size
         if ((rc = conn_expect(c, now_ms() + a->cfg.io_timeout_ms, &m, "an adapter chunk")) != 0)
             goto fail;
         if (m.type != PLAIT_MSG_ADAPTER_CHUNK) {
-            rc = m.type == PLAIT_MSG_ERROR ? peer_error(c, &m, t->round_id)
-                                           : unexpected(&m, "an adapter chunk");
+            rc = m.type == PLAIT_MSG_ERROR             ? peer_error(c, &m, t->round_id)
+                 : m.type == PLAIT_MSG_COME_BACK_LATER ? round_ended(c, &m, t->round_id)
+                                                       : unexpected(&m, "an adapter chunk");
             plait_msg_free(&m);
             goto fail;
         }
@@ -1419,13 +1465,16 @@ static int check_task(plait_agent_t *a, const plait_msg_task_t *t)
 
 /* Upload words in chunks, record the upload, wait for the Ack. */
 static int upload(conn_t *c, const plait__agent_pending_t *p, uint64_t deadline,
-                  plait_agent_result_t *res)
+                  uint32_t task_chunk_bytes, plait_agent_result_t *res)
 {
     plait_agent_t *a = c->a;
     int rc = 0;
-    /* Chunks of chunk_words words (wire.h's sequencing: index, offset, examples in chunk 0). */
+    /* Chunks of chunk_words words (wire.h's sequencing: index, offset, examples in chunk 0),
+     * never more than the task's max_chunk_bytes (the aggregator refuses bigger ones). */
     plait_wire_limits_t lim = a->lim;
     lim.max_chunk_bytes = a->chunk_words * 4;
+    if (task_chunk_bytes >= 4 && task_chunk_bytes / 4 * 4 < lim.max_chunk_bytes)
+        lim.max_chunk_bytes = task_chunk_bytes / 4 * 4;
     plait_wire_xfer_t x;
     plait_wire_xfer_init(&x, p->round_id, p->n_words, 0);
     plait_msg_t m;
@@ -1450,7 +1499,31 @@ static int upload(conn_t *c, const plait__agent_pending_t *p, uint64_t deadline,
                               .round_id = p->round_id,
                               .bytes = (uint64_t)p->n_words * 4};
     emit_ev(a, &ev);
-    if ((rc = conn_expect(c, now_ms() + a->cfg.io_timeout_ms, &m, "the Ack")) != 0) return rc;
+    /* The Ack may wait for the round (an update uploaded during selection is acknowledged
+     * when training starts): wait until the task's deadline, at least io_timeout_ms,
+     * with keepalives. */
+    uint64_t ack_deadline = now_ms() + a->cfg.io_timeout_ms;
+    if (deadline > ack_deadline) ack_deadline = deadline;
+    for (;;) {
+        uint64_t now = now_ms(), until = now + a->cfg.keepalive_ms;
+        if (until > ack_deadline) until = ack_deadline;
+        rc = conn_recv(c, until, &m);
+        if (rc == 0) break;
+        if (rc != PLAIT_EAGAIN) return rc;
+        if (stopped(a)) return plait_fail(PLAIT_ECANCELED, "agent stopped");
+        if (now_ms() >= ack_deadline) return plait_fail(PLAIT_EIO, "timed out waiting for the Ack");
+        if (now_ms() >= until) {
+            plait_msg_t ping;
+            plait_msg_init(&ping, PLAIT_MSG_PING);
+            ping.u.ping.nonce = ++a->ping_nonce;
+            if ((rc = conn_send(c, &ping)) != 0) return rc;
+        }
+    }
+    if (m.type == PLAIT_MSG_COME_BACK_LATER) {
+        (void)round_ended(c, &m, p->round_id);
+        plait_msg_free(&m);
+        return round_ended_outcome(c, p->round_id, res);
+    }
     if (m.type == PLAIT_MSG_ERROR) {
         rc = peer_error(c, &m, p->round_id);
         plait_msg_free(&m);
@@ -1551,10 +1624,10 @@ static int compute_update(conn_t *c, const plait_msg_task_t *t, uint64_t deadlin
     }
     size_t off, len;
     if ((rc = plait_update_span(&global, t->lora.mode, &off, &len)) != 0) goto exit;
-    if (t->update_elements != (uint64_t)len + 1) {
-        rc = plait_fail(PLAIT_EMISMATCH, "task wants %llu words, the %s span is %zu + 1",
+    if (t->update_elements != (uint64_t)len + 1 + (t->clip_bit ? 1 : 0)) {
+        rc = plait_fail(PLAIT_EMISMATCH, "task wants %llu words, the %s span is %zu + 1%s",
                         (unsigned long long)t->update_elements, plait_lora_mode_name(t->lora.mode),
-                        len);
+                        len, t->clip_bit ? " + 1 clip bit" : "");
         goto exit;
     }
     if ((rc = lora_clone(&local, &global)) != 0) goto exit;
@@ -1603,12 +1676,12 @@ static int compute_update(conn_t *c, const plait_msg_task_t *t, uint64_t deadlin
         (double)(examples < t->example_cap ? examples : t->example_cap) / (double)t->example_cap;
     double stddev = t->dp.mode == PLAIT_DP_LOCAL ? t->dp.noise_multiplier * t->clip_norm : 0.0;
     plait_quant_config_t qc = {.bits = t->quant_bits, .range = t->quant_range};
-    p->words = malloc(((size_t)len + 1) * sizeof(uint32_t));
+    p->n_words = len + 1 + (t->clip_bit ? 1 : 0);
+    p->words = malloc(p->n_words * sizeof(uint32_t));
     if (!p->words) {
         rc = plait_fail(PLAIT_ENOMEM, "update words");
         goto exit;
     }
-    p->n_words = len + 1;
     plait_clip_info_t ci;
     rc = plait__agent_make_update(&global, &local, t->lora.mode, t->clip_norm, stddev, &qc, w, &rng,
                                   p->words, p->n_words, &ci);
@@ -1676,7 +1749,7 @@ static int do_task(conn_t *c, const plait_msg_task_t *t, plait_agent_result_t *r
                   "agent %s: round %llu: re-sending the stored update (not retraining)",
                   a->device_id, (unsigned long long)round);
         emit(a, PLAIT_AGENT_EV_TASK, round, 0);
-        rc = upload(c, &p, deadline, res);
+        rc = upload(c, &p, deadline, t->max_chunk_bytes, res);
         plait__agent_pending_free(&p);
         return rc;
     }
@@ -1702,6 +1775,7 @@ static int do_task(conn_t *c, const plait_msg_task_t *t, plait_agent_result_t *r
               t->deadline_s);
     emit(a, PLAIT_AGENT_EV_TASK, round, 0);
     rc = compute_update(c, t, deadline, &p, res);
+    if (rc != 0 && c->got_cbl) return round_ended_outcome(c, round, res);
     if (rc == PLAIT_EMISMATCH || rc == PLAIT_EPROTO || rc == PLAIT_ETOOBIG ||
         (rc == PLAIT_EINVAL && !stopped(a)) || (rc == PLAIT_ECANCELED && !stopped(a))) {
         /* The task cannot be done here (adapter for another model or shape, too little data,
@@ -1719,7 +1793,7 @@ static int do_task(conn_t *c, const plait_msg_task_t *t, plait_agent_result_t *r
         plait__agent_pending_free(&p);
         return rc;
     }
-    rc = upload(c, &p, deadline, res);
+    rc = upload(c, &p, deadline, t->max_chunk_bytes, res);
     plait__agent_pending_free(&p);
     return rc;
 }
@@ -1741,6 +1815,12 @@ static const char *retry_reason_name(plait_retry_reason_t r)
         return "aggregator shutting down";
     case PLAIT_RETRY_INCOMPATIBLE:
         return "incompatible model or capabilities";
+    case PLAIT_RETRY_ROUND_FAILED:
+        return "round failed";
+    case PLAIT_RETRY_COMMIT_FAILED:
+        return "round commit failed";
+    case PLAIT_RETRY_NOT_SAMPLED:
+        return "not sampled this round";
     }
     return "unknown reason";
 }
@@ -1823,7 +1903,7 @@ int plait_agent_run_once(plait_agent_t *a, plait_agent_result_t *res_out)
     plait_msg_free(&m);
 out:
     if (rc == PLAIT_EPROTO && !c.peer_error && c.tls && plait_tls_established(c.tls))
-        send_error(&c, PLAIT_EPROTO, plait_errmsg());
+        send_error(&c, PLAIT_EPROTO, "protocol error"); /* the detail stays in this device's log */
     conn_close(&c);
     a->last = res;
     if (res_out) *res_out = res;

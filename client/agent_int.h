@@ -24,15 +24,17 @@
  * The device side of docs/privacy.md §2, on one adapter pair:
  *     Δ = local − global over mode's span → clip to clip_norm → [+ N(0, noise_stddev²)]
  *       → × weight → quantize (qc) into words[0, len) → weight word words[len]
+ *       [→ clip-bit word words[len + 1]: 1 if the pre-clip norm was <= clip_norm, else 0,
+ *          encoded as a weight word (adaptive clipping; the norm itself never leaves)]
  * The float copy of Δ is wiped before returning, on every path.
  * \param global, local  set-up adapters of the same shape.
  * \param noise_stddev   0 for none; else the local DP stddev (z·S).
  * \param weight         in [0, 1].
  * \param rng            stochastic rounding and noise stream.
- * \param n_words        must be span length + 1.
+ * \param n_words        span length + 1, or span length + 2 to append the clip bit.
  * \param ci             OUT, may be NULL: the clip report (pre-clip norm).
  * \return 0; PLAIT_EINVAL (shapes, mode, bounds, a non-finite value: words zeroed);
- *         PLAIT_EMISMATCH (n_words is not span + 1); PLAIT_ENOMEM.
+ *         PLAIT_EMISMATCH (n_words is not span + 1 or + 2); PLAIT_ENOMEM.
  */
 int plait__agent_make_update(const plait_lora_t *global, const plait_lora_t *local,
                              plait_lora_mode_t mode, double clip_norm, double noise_stddev,

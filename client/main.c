@@ -19,6 +19,7 @@
 #include "plait/client.h"
 #include "plait/crypto.h"
 #include "plait/data.h"
+#include "plait/file.h"
 #include "plait/gguf.h"
 #include "plait/infer.h"
 #include "plait/ingest.h"
@@ -198,29 +199,12 @@ static int load_corpus(plait_corpus_t *corpus, const common_t *c, const plait_to
         return rc;
     }
     size_t len = 0;
-    FILE *f = fopen(c->text, "rb");
-    if (!f) return plait_fail(PLAIT_EIO, "--text %s: cannot open", c->text);
-    char *buf = NULL;
-    rc = 0;
-    if (fseek(f, 0, SEEK_END) != 0) rc = PLAIT_EIO;
-    long sz = rc == 0 ? ftell(f) : -1;
-    if (sz < 0 || (size_t)sz > PLAIT_INGEST_DEFAULT_MAX_FILE) {
-        fclose(f);
-        return plait_fail(sz < 0 ? PLAIT_EIO : PLAIT_ETOOBIG, "--text %s: unreadable or larger than %zu bytes",
-                          c->text, PLAIT_INGEST_DEFAULT_MAX_FILE);
-    }
-    rewind(f);
-    len = (size_t)sz;
-    buf = malloc(len + 1);
-    if (!buf || fread(buf, 1, len, f) != len) {
-        rc = buf ? PLAIT_EIO : PLAIT_ENOMEM;
-        if (buf) plait_zeroize(buf, len + 1);
-        free(buf);
-        fclose(f);
-        return plait_fail(rc, "--text %s: cannot read", c->text);
-    }
-    fclose(f);
-    buf[len] = '\0';
+    uint8_t *ubuf = NULL;
+    char label[1100];
+    snprintf(label, sizeof(label), "--text %s", c->text);
+    /* Non-blocking, regular files only: a FIFO is refused, not waited on. */
+    if ((rc = plait_file_read(c->text, label, PLAIT_INGEST_DEFAULT_MAX_FILE, &ubuf, &len)) != 0) return rc;
+    char *buf = (char *)ubuf;
     rc = plait_corpus_add_text(corpus, tok, buf, len);
     plait_zeroize(buf, len + 1); /* the user's private text */
     free(buf);
@@ -271,6 +255,9 @@ static int cmd_ingest(int argc, char **argv)
     if (rc == 0) rc = plait_store_count(st, &total);
     if (rc == 0) rc = plait_store_count_split(st, PLAIT_STORE_HELDOUT, &held);
     plait_store_close(st);
+    if (rc == 0 && added == 0)
+        rc = plait_fail(PLAIT_EINVAL, "%s holds no records (empty, or only blank lines): nothing was ingested",
+                        jsonl ? jsonl : c.text);
     if (rc != 0) return die_run(rc);
     printf("ingested %lld records into %s (%lld in store, %lld held out for evaluation)\n", (long long)added,
            c.db, (long long)total, (long long)held);
@@ -445,13 +432,16 @@ static void train_usage(void)
 static int read_tokens(const char *path, int B, int T, int32_t **out)
 {
     size_t want = (size_t)B * ((size_t)T + 1), bytes = want * sizeof(int32_t);
-    FILE *f = fopen(path, "rb");
-    if (!f) return plait_fail(PLAIT_EIO, "--tokens %s: cannot open", path);
+    char label[1100];
+    snprintf(label, sizeof(label), "--tokens %s", path);
+    FILE *f = NULL;
+    int rc = plait_file_fopen(path, label, &f);
+    if (rc != 0) return rc;
     /* The size must match before anything is allocated for it. */
     struct stat st;
-    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+    if (fstat(fileno(f), &st) != 0) {
         fclose(f);
-        return plait_fail(PLAIT_EIO, "--tokens %s: not a regular file", path);
+        return plait_fail(PLAIT_EIO, "--tokens %s: cannot stat", path);
     }
     if ((uint64_t)st.st_size != (uint64_t)bytes) {
         fclose(f);
@@ -518,7 +508,8 @@ static int cmd_train(int argc, char **argv)
             if (plait_lora_parse_targets(optarg, &lc.targets) != 0) return die_usage(0);
             break;
         case OPT_STEPS:
-            if (plait_cli_int("--steps", optarg, 0, 100000000, &steps) != 0) return die_usage(0);
+            /* 0 steps would write the untrained initial adapter as if trained. */
+            if (plait_cli_int("--steps", optarg, 1, 100000000, &steps) != 0) return die_usage(0);
             break;
         case OPT_LR:
             if (plait_cli_double("--lr", optarg, 0, 10, &tc.lr) != 0) return die_usage(0);

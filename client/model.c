@@ -11,11 +11,17 @@
  * and the file size must equal the size the header implies exactly: a
  * truncated or oversized file is rejected before a weight is touched.
  *
- * The weights are memory-mapped read-only and never copied; the file's
- * SHA-256 is computed at load (it binds adapters to their base model).
+ * The file is read into one heap buffer, not memory-mapped: a mapping of a
+ * file that is truncated or rewritten while a trainer or daemon runs kills
+ * the process with SIGBUS, while a copy stays valid and is exactly what was
+ * hashed. A file that changes while it is read is refused. Every weight
+ * must be finite (a NaN or infinity is refused naming its tensor), so the
+ * kernels never see one from the file. The SHA-256 of the bytes is computed
+ * at load (it binds adapters to their base model).
  */
 #include "plait/model.h"
 #include "plait/crypto.h"
+#include "plait/file.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -154,23 +160,46 @@ static int32_t rd_i32(const uint8_t *b)
     return (int32_t)u;
 }
 
+/* Every named tensor of the checkpoint, in file order, for naming a bad value. */
+static int check_finite(const plait_model_t *m, const char *path)
+{
+    const plait_model_config_t *c = &m->cfg;
+    size_t C = (size_t)c->dim, H = (size_t)c->hidden_dim, L = (size_t)c->n_layers;
+    size_t V = (size_t)c->vocab_size, KV = (size_t)c->kv_dim;
+    struct {
+        const char *name;
+        const float *p;
+        size_t n;
+    } t[] = {{"token_embedding", m->w.token_embedding, V * C}, {"rms_att", m->w.rms_att, L * C},
+             {"wq", m->w.wq, L * C * C}, {"wk", m->w.wk, L * KV * C}, {"wv", m->w.wv, L * KV * C},
+             {"wo", m->w.wo, L * C * C}, {"rms_ffn", m->w.rms_ffn, L * C}, {"w1", m->w.w1, L * H * C},
+             {"w2", m->w.w2, L * C * H}, {"w3", m->w.w3, L * H * C}, {"rms_final", m->w.rms_final, C},
+             {"wcls", m->w.wcls, c->shared ? 0 : V * C}};
+    for (size_t k = 0; k < sizeof(t) / sizeof(t[0]); k++)
+        for (size_t i = 0; i < t[k].n; i++)
+            if (!isfinite(t[k].p[i]))
+                return plait_fail(PLAIT_EPROTO, "model %s: tensor %s holds a non-finite value (%g) at index %zu",
+                                  path, t[k].name, (double)t[k].p[i], i);
+    return 0;
+}
+
 int plait_model_load(plait_model_t *m, const char *path)
 {
     int ret = PLAIT_EINTERNAL;
     int fd = -1;
-    void *map = MAP_FAILED;
+    uint8_t *img = NULL;
     struct stat st;
+    char label[300];
 
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return plait_fail(PLAIT_EIO, "model %s: cannot open: %s", path, strerror(errno));
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        ret = plait_fail(PLAIT_EIO, "model %s: not a regular file", path);
-        goto exit;
-    }
+    snprintf(label, sizeof(label), "model %s", path ? path : "(null)");
+    /* Non-blocking open and fstat first: a FIFO is refused, not waited on. */
+    if ((ret = plait_file_open(path, label, &fd, &st)) != 0)
+        return ret == PLAIT_ENOENT || ret == PLAIT_EINVAL ? plait_fail(PLAIT_EIO, "%s", plait_errmsg())
+                                                          : ret; /* documented: EIO */
     uint8_t magic[4];
     if (st.st_size >= 4 && pread(fd, magic, 4, 0) == 4 && memcmp(magic, "GGUF", 4) == 0) {
         close(fd);
-        return plait_model_load_gguf(m, path);
+        return plait_model_load_gguf(m, path); /* mapped, see model_gguf.c */
     }
     if ((uint64_t)st.st_size < HEADER_BYTES) {
         ret = plait_fail(PLAIT_EPROTO, "model %s: file is %lld bytes, shorter than the 28-byte header",
@@ -211,20 +240,47 @@ int plait_model_load(plait_model_t *m, const char *path)
                          (uint64_t)st.st_size < expect ? "truncated" : "trailing bytes");
         goto exit;
     }
-    map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (map == MAP_FAILED) {
-        ret = plait_fail(PLAIT_EIO, "model %s: mmap failed: %s", path, strerror(errno));
+    /* Copied, not mapped: a mapped file that is truncated or rewritten while
+     * a trainer or a daemon runs would kill the process with SIGBUS. The
+     * copy is what was hashed, so the weights stay the ones the hash names. */
+    if (expect > SIZE_MAX || !(img = malloc((size_t)expect))) {
+        ret = plait_fail(PLAIT_ENOMEM, "model %s: %llu bytes", path, (unsigned long long)expect);
         goto exit;
     }
-    /* The header is 28 bytes, so the floats after it are 4-byte aligned. */
-    const float *base = (const float *)((const uint8_t *)map + HEADER_BYTES);
+    size_t n = (size_t)expect, off = 0;
+    while (off < n) {
+        ssize_t r = pread(fd, img + off, n - off, (off_t)off);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) {
+            ret = plait_fail(PLAIT_EIO, "model %s: read failed: %s", path, strerror(errno));
+            goto exit;
+        }
+        if (r == 0) break;
+        off += (size_t)r;
+    }
+    struct stat st2;
+    uint8_t extra;
+    if (off != n || pread(fd, &extra, 1, (off_t)n) != 0 || fstat(fd, &st2) != 0 || st2.st_size != st.st_size ||
+        st2.st_mtim.tv_sec != st.st_mtim.tv_sec || st2.st_mtim.tv_nsec != st.st_mtim.tv_nsec) {
+        ret = plait_fail(PLAIT_EIO, "model %s: the file changed while it was read (truncated or rewritten?)",
+                         path);
+        goto exit;
+    }
+    /* The header is 28 bytes and malloc aligns to 8 or more, so the floats
+     * after it are 4-byte aligned. */
+    const float *base = (const float *)(img + HEADER_BYTES);
     m->cfg = c;
-    m->map = map;
-    m->map_len = (size_t)st.st_size;
     /* Untied classifier follows the RoPE tables. */
     uint64_t before_cls = weight_floats(&c) - (c.shared ? 0 : (uint64_t)c.vocab_size * (uint64_t)c.dim);
     point_weights(m, base, c.shared ? NULL : base + before_cls + rope);
-    map = MAP_FAILED;
+    if ((ret = check_finite(m, path)) != 0) {
+        memset(&m->w, 0, sizeof(m->w));
+        memset(&m->cfg, 0, sizeof(m->cfg));
+        goto exit;
+    }
+    m->map = img;
+    m->map_len = n;
+    img = NULL;
     if ((ret = point_mats(m)) != 0) {
         plait_model_free(m);
         goto exit;
@@ -232,7 +288,7 @@ int plait_model_load(plait_model_t *m, const char *path)
     plait_sha256((const uint8_t *)m->map, m->map_len, m->sha256);
     ret = 0;
 exit:
-    if (map != MAP_FAILED) munmap(map, (size_t)st.st_size);
+    free(img);
     if (fd >= 0) close(fd);
     return ret;
 }
@@ -278,7 +334,8 @@ int plait_model_init_random(plait_model_t *m, const plait_model_config_t *cfg, u
 void plait_model_free(plait_model_t *m)
 {
     if (!m) return;
-    if (m->map) munmap(m->map, m->map_len);
+    if (m->is_gguf && m->map) munmap(m->map, m->map_len);
+    else free(m->map);
     free(m->owned);
     free(m->mats);
     free((void *)m->bias);

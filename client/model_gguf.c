@@ -25,9 +25,11 @@
 #include "plait/gguf.h"
 #include "plait/crypto.h"
 #include "plait/model.h"
+#include "plait/file.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -144,12 +146,15 @@ int plait_model_load_gguf(plait_model_t *m, const char *path)
     size_t map_len = 0;
     plait_gguf_t g;
     memset(&g, 0, sizeof(g));
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return plait_fail(PLAIT_EIO, "model %s: cannot open: %s", path, strerror(errno));
+    int fd;
     struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size <= 0) {
+    char label[300];
+    snprintf(label, sizeof(label), "model %s", path);
+    if ((ret = plait_file_open(path, label, &fd, &st)) != 0) /* non-blocking: a FIFO is refused */
+        return ret == PLAIT_EIO ? ret : plait_fail(PLAIT_EIO, "%s", plait_errmsg());
+    if (st.st_size <= 0) {
         close(fd);
-        return plait_fail(PLAIT_EIO, "model %s: not a regular, non-empty file", path);
+        return plait_fail(PLAIT_EIO, "model %s: empty file", path);
     }
     map_len = (size_t)st.st_size;
     map = mmap(NULL, map_len, PROT_READ, MAP_PRIVATE, fd, 0);
@@ -246,6 +251,33 @@ int plait_model_load_gguf(plait_model_t *m, const char *path)
     if ((ret = get_mat(&x, "token_embd.weight", (int)C, c.vocab_size, we)) != 0) goto fail_m;
     if (c.shared) *wc = *we;
     else if ((ret = get_mat(&x, "output.weight", (int)C, c.vocab_size, wc)) != 0) goto fail_m;
+    /* Every weight must be finite (as for .bin files): one row at a time. */
+    size_t wmax = (size_t)(c.hidden_dim > c.dim ? c.hidden_dim : c.dim);
+    float *row = malloc(wmax * sizeof(float));
+    if (!row) {
+        ret = plait_fail(PLAIT_ENOMEM, "model %s: row", path);
+        goto fail_m;
+    }
+    for (size_t i = 0; i < L * PLAIT_NPROJ + 2 && ret == 0; i++) {
+        int in = c.dim, out = c.vocab_size;
+        if (i < L * PLAIT_NPROJ) plait_proj_shape(&c, (plait_proj_t)(i % PLAIT_NPROJ), &in, &out);
+        for (int r = 0; r < out && ret == 0; r++) {
+            plait_dequant_row(row, &m->mats[i], (size_t)r, 0, (size_t)in);
+            for (int e = 0; e < in; e++)
+                if (!isfinite(row[e])) {
+                    ret = plait_fail(PLAIT_EPROTO, "model %s: %s of layer %zu holds a non-finite value at row %d",
+                                     path, i < L * PLAIT_NPROJ ? plait_proj_name((plait_proj_t)(i % PLAIT_NPROJ))
+                                                               : (i == L * PLAIT_NPROJ ? "token_embd" : "output"),
+                                     i / PLAIT_NPROJ, r);
+                    break;
+                }
+        }
+    }
+    free(row);
+    size_t n_aux = 2 * L * C + C + (c.qkv_bias ? L * (C + 2 * KV) : 0);
+    for (size_t i = 0; i < n_aux && ret == 0; i++)
+        if (!isfinite(m->aux[i])) ret = plait_fail(PLAIT_EPROTO, "model %s: a norm or bias holds a non-finite value", path);
+    if (ret != 0) goto fail_m;
     m->w.rms_att = rms_att;
     m->w.rms_ffn = rms_ffn;
     m->w.rms_final = rms_final;

@@ -8,6 +8,7 @@
  */
 #include "plait/peft.h"
 #include "plait/adapter.h"
+#include "plait/file.h"
 #include "plait/gguf.h"
 #include "plait/json.h"
 
@@ -272,17 +273,14 @@ static int import_peft(plait_lora_t *l, const char *dir, const plait_model_t *m)
 {
     char path[4096];
     snprintf(path, sizeof(path), "%s/adapter_config.json", dir);
-    FILE *f = fopen(path, "rb");
-    if (!f) return plait_fail(PLAIT_EIO, "peft: cannot open %s: %s", path, strerror(errno));
-    char *cfg = malloc(MAX_CONFIG + 1);
-    size_t cl = cfg ? fread(cfg, 1, MAX_CONFIG + 1, f) : 0;
-    fclose(f);
-    if (!cfg) return plait_fail(PLAIT_ENOMEM, "peft: config");
+    uint8_t *cfg = NULL;
+    size_t cl = 0;
+    int rc = plait_file_read(path, NULL, MAX_CONFIG, &cfg, &cl); /* regular files only, size-capped */
+    if (rc != 0) return rc == PLAIT_ENOENT || rc == PLAIT_EINVAL ? plait_fail(PLAIT_EIO, "peft: %s", plait_errmsg()) : rc;
     plait_json_t *js = NULL;
-    int rc = cl > MAX_CONFIG ? plait_fail(PLAIT_ETOOBIG, "peft: %s exceeds %u bytes", path, MAX_CONFIG)
-                             : plait_json_parse(cfg, cl, &js);
+    rc = plait_json_parse((const char *)cfg, cl, &js);
     free(cfg);
-    if (rc != 0) return rc == PLAIT_ETOOBIG ? rc : plait_fail(PLAIT_EPROTO, "peft: %s is not JSON", path);
+    if (rc != 0) return plait_fail(PLAIT_EPROTO, "peft: %s is not JSON", path);
     int64_t r = 0;
     double alpha = 0;
     const plait_json_t *v;
@@ -329,12 +327,13 @@ static int import_peft(plait_lora_t *l, const char *dir, const plait_model_t *m)
 
 static int import_gguf(plait_lora_t *l, const char *path, const plait_model_t *m)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return plait_fail(PLAIT_EIO, "%s: cannot open: %s", path, strerror(errno));
+    int fd;
     struct stat sb;
-    if (fstat(fd, &sb) != 0 || sb.st_size <= 0) {
+    int orc = plait_file_open(path, NULL, &fd, &sb);
+    if (orc != 0) return orc == PLAIT_EIO ? orc : plait_fail(PLAIT_EIO, "%s", plait_errmsg());
+    if (sb.st_size <= 0) {
         close(fd);
-        return plait_fail(PLAIT_EIO, "%s: empty or unreadable", path);
+        return plait_fail(PLAIT_EIO, "%s: empty file", path);
     }
     void *map = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);

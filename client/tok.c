@@ -28,12 +28,14 @@
 #include "plait/gguf.h"
 #include "tok_bpe_int.h"
 #include "plait/crypto.h"
+#include "plait/file.h"
 
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "plait/model.h"
 
@@ -234,52 +236,37 @@ fail:
 int plait_tok_load(plait_tok_t *t, const char *path, int vocab_size)
 {
     if (!t || !path) return plait_fail(PLAIT_EINVAL, "tokenizer: NULL argument");
-    FILE *f = fopen(path, "rb");
-    if (!f) return plait_fail(PLAIT_EIO, "%s: cannot open: %s", path, strerror(errno));
-    char magic[4];
-    if (fread(magic, 1, 4, f) == 4 && memcmp(magic, "GGUF", 4) == 0) {
-        /* A GGUF model file: map it rather than read it all. */
-        fclose(f);
-        int grc = plait__tok_load_gguf_file(t, path, vocab_size);
-        if (grc != 0) {
-            char detail[256];
-            snprintf(detail, sizeof(detail), "%s", plait_errmsg());
-            grc = plait_fail(grc, "%s: %s", path, detail);
+    {
+        /* A GGUF file (a model with tokenizer metadata): map it rather than read it all. */
+        int fd;
+        uint8_t magic[4];
+        if (plait_file_open(path, NULL, &fd, NULL) == 0) {
+            int is_gguf = pread(fd, magic, 4, 0) == 4 && memcmp(magic, "GGUF", 4) == 0;
+            close(fd);
+            if (is_gguf) {
+                int grc = plait__tok_load_gguf_file(t, path, vocab_size);
+                if (grc != 0) {
+                    char detail[256];
+                    snprintf(detail, sizeof(detail), "%s", plait_errmsg());
+                    grc = plait_fail(grc, "%s: %s", path, detail);
+                }
+                return grc;
+            }
         }
-        return grc;
     }
     uint8_t *buf = NULL;
-    int rc;
-    long sz = -1;
-    if (fseek(f, 0, SEEK_END) == 0) sz = ftell(f);
-    if (sz < 0 || fseek(f, 0, SEEK_SET) != 0) {
-        rc = plait_fail(PLAIT_EIO, "%s: cannot determine size", path);
-        goto exit;
-    }
-    if ((unsigned long)sz > PLAIT_TOK_MAX_FILE) {
-        rc = plait_fail(PLAIT_ETOOBIG, "%s: %ld bytes exceeds the tokenizer limit of %u", path, sz,
-                        PLAIT_TOK_MAX_FILE);
-        goto exit;
-    }
-    buf = malloc(sz > 0 ? (size_t)sz : 1);
-    if (!buf) {
-        rc = plait_fail(PLAIT_ENOMEM, "%s: %ld bytes", path, sz);
-        goto exit;
-    }
-    if (fread(buf, 1, (size_t)sz, f) != (size_t)sz) {
-        rc = plait_fail(PLAIT_EIO, "%s: short read", path);
-        goto exit;
-    }
-    rc = plait_tok_parse(t, buf, (size_t)sz, vocab_size);
+    size_t sz = 0;
+    /* Non-blocking, regular files only (a FIFO is refused), size-capped. */
+    int rc = plait_file_read(path, NULL, PLAIT_TOK_MAX_FILE, &buf, &sz);
+    if (rc != 0) return rc == PLAIT_ENOENT ? plait_fail(PLAIT_EIO, "%s", plait_errmsg()) : rc; /* documented: EIO */
+    rc = plait_tok_parse(t, buf, sz, vocab_size);
     if (rc != 0) {
         /* Prefix the detail with the path, keeping the parser's words. */
         char detail[256];
         snprintf(detail, sizeof(detail), "%s", plait_errmsg());
         rc = plait_fail(rc, "%s: %s", path, detail);
     }
-exit:
     free(buf);
-    fclose(f);
     return rc;
 }
 

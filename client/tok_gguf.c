@@ -12,6 +12,7 @@
  * refused with an error naming them.
  */
 #include "plait/gguf.h"
+#include "plait/file.h"
 #include "plait/model.h"
 #include "plait/tok.h"
 #include "tok_bpe_int.h"
@@ -140,12 +141,13 @@ exit:
 
 int plait__tok_load_gguf_file(plait_tok_t *t, const char *path, int vocab_size)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return plait_fail(PLAIT_EIO, "%s: cannot open: %s", path, strerror(errno));
+    int fd;
     struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size <= 0) {
+    int orc = plait_file_open(path, NULL, &fd, &st);
+    if (orc != 0) return orc == PLAIT_EIO ? orc : plait_fail(PLAIT_EIO, "%s", plait_errmsg());
+    if (st.st_size <= 0) {
         close(fd);
-        return plait_fail(PLAIT_EIO, "%s: not a regular, non-empty file", path);
+        return plait_fail(PLAIT_EIO, "%s: empty file", path);
     }
     void *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);

@@ -204,6 +204,10 @@ static inline float flush(float p) { return p < FLT_MIN ? 0.0f : p; }
 
 static inline float exp_poly(float x)
 {
+    /* NaN (from NaN weights, or an adapter so large that products overflow
+     * to inf - inf) must not reach the (int) cast below, which is undefined
+     * for it: propagate it, and the trainer's non-finite loss check stops. */
+    if (x != x) return x;
     if (x < EXP_LO) return 0.0f;
     if (x > EXP_HI) x = EXP_HI;
     float fx = x * EXP_LOG2E + 0.5f;

@@ -3,11 +3,12 @@
  * Part of the store module (with store.c): the only other includer of
  * sqlite3.h. Callers never see sqlite types.
  *
- * Schema (version 1), PRAGMA application_id = 'PLAG' (the device store is 'PLAT'):
+ * Schema (version 2), PRAGMA application_id = 'PLAG' (the device store is 'PLAT'):
  *   meta(key TEXT PRIMARY KEY, value)  'magic' = 'plait-aggstore', 'schema_version',
  *                                      'deployment_id', 'created'
  *   devices(id TEXT PRIMARY KEY, fingerprint BLOB(32), enrolled, revoked 0/1,
- *           revoked_at, last_seen, rounds_participated, last_round)
+ *           revoked_at, last_seen, rounds_participated, last_round,
+ *           dp_rounds: committed ledger rounds it uploaded to)
  *   rounds(id INTEGER PRIMARY KEY AUTOINCREMENT, state, started, ended,
  *          target_cohort, min_cohort, base_version, new_version, participants,
  *          dropouts, bytes_up, bytes_down, task_config TEXT (JSON), reason)
@@ -17,13 +18,21 @@
  *            lora_rank, lora_alpha, lora_targets, opt_kind, adapter BLOB,
  *            opt_state BLOB)          small columns first: listing versions
  *                                     never walks a blob's overflow pages
- *   ledger(round_id PRIMARY KEY, q, noise_multiplier, steps, delta, epsilon)
+ *   ledger(round_id PRIMARY KEY, q, noise_multiplier, steps, delta, epsilon,
+ *          mechanism, clip, selection)
  *   device_labels(label PRIMARY KEY, id UNIQUE REFERENCES devices)  the operator's
  *                                     name of a device; devices.id is the opaque
  *                                     certificate CN (TLS 1.2 sends it in clear).
  *                                     Created on open when missing (stores made
  *                                     before it existed).
  *   metrics(round_id, key, value)           PRIMARY KEY(round_id, key)
+ *
+ * Migration 1 -> 2 (at a read-write open; a read-only open of a version-1
+ * file is refused): ledger gains mechanism ('gaussian'), clip (0: not
+ * recorded) and selection ('first-come': what the service did before Poisson
+ * sampling existed); devices gains dp_rounds, backfilled with
+ * rounds_participated when the ledger has rows (an upper bound: it counts
+ * non-DP rounds too) and 0 otherwise.
  *
  * Invariants:
  *   - at most one round is 'open' (the partial unique index); a round leaves
@@ -263,7 +272,8 @@ static const char SCHEMA_SQL[] =
     "  revoked_at INTEGER,"
     "  last_seen INTEGER,"
     "  rounds_participated INTEGER NOT NULL DEFAULT 0,"
-    "  last_round INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;"
+    "  last_round INTEGER NOT NULL DEFAULT 0,"
+    "  dp_rounds INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;"
     "CREATE TABLE rounds("
     "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
     "  state TEXT NOT NULL CHECK (state IN ('open', 'committed', 'failed', 'abandoned')),"
@@ -302,7 +312,10 @@ static const char SCHEMA_SQL[] =
     "  noise_multiplier REAL NOT NULL,"
     "  steps INTEGER NOT NULL,"
     "  delta REAL NOT NULL,"
-    "  epsilon REAL NOT NULL);"
+    "  epsilon REAL NOT NULL,"
+    "  mechanism TEXT NOT NULL DEFAULT 'gaussian',"
+    "  clip REAL NOT NULL DEFAULT 0,"
+    "  selection TEXT NOT NULL DEFAULT 'first-come');"
     "CREATE TABLE metrics("
     "  round_id INTEGER NOT NULL REFERENCES rounds(id),"
     "  key TEXT NOT NULL,"
@@ -314,14 +327,14 @@ static const char SCHEMA_SQL[] =
 
 /* One SELECT per table naming every column: a file whose tables lack one fails at open. */
 static const char *const PROBES[] = {
-    "SELECT id, fingerprint, enrolled, revoked, revoked_at, last_seen, rounds_participated, last_round"
+    "SELECT id, fingerprint, enrolled, revoked, revoked_at, last_seen, rounds_participated, last_round, dp_rounds"
     " FROM devices LIMIT 0",
     "SELECT id, state, started, ended, target_cohort, min_cohort, base_version, new_version, participants,"
     " dropouts, bytes_up, bytes_down, task_config, reason FROM rounds LIMIT 0",
     "SELECT round_id, reason, count FROM rejections LIMIT 0",
     "SELECT number, round_id, created, sha256, lora_rank, lora_alpha, lora_targets, opt_kind, adapter,"
     " opt_state FROM versions LIMIT 0",
-    "SELECT round_id, q, noise_multiplier, steps, delta, epsilon FROM ledger LIMIT 0",
+    "SELECT round_id, q, noise_multiplier, steps, delta, epsilon, mechanism, clip, selection FROM ledger LIMIT 0",
     "SELECT round_id, key, value FROM metrics LIMIT 0",
 };
 
@@ -435,12 +448,49 @@ static int identify(plait_aggstore_t *st, const char *want_id)
     if (type != SQLITE_INTEGER || num < 0)
         return plait_fail(PLAIT_EPROTO, "aggstore: meta: created missing or malformed");
     st->info.created = num;
+    return 0;
+}
+
+static int probe_tables(plait_aggstore_t *st)
+{
+    int ret;
     for (size_t i = 0; i < sizeof(PROBES) / sizeof(PROBES[0]); i++) {
         sqlite3_stmt *s;
         if ((ret = prep(st, PROBES[i], &s)) != 0) return ret;
         sqlite3_finalize(s);
     }
     return 0;
+}
+
+/* Schema 1 -> 2 in one transaction (see the file comment). */
+static int migrate_to_2(plait_aggstore_t *st)
+{
+    int ret;
+    if ((ret = tx_begin(st)) != 0) return ret;
+    int64_t v = 0;
+    bool found;
+    /* Re-check under the write lock: another process may have migrated it. */
+    if ((ret = query_i64(st, "SELECT value FROM meta WHERE key = 'schema_version'", false, 0, &v, &found,
+                         "reading schema version")) != 0)
+        goto fail;
+    if (v == 1) {
+        char sql[200];
+        if ((ret = exec(st,
+                        "ALTER TABLE ledger ADD COLUMN mechanism TEXT NOT NULL DEFAULT 'gaussian';"
+                        "ALTER TABLE ledger ADD COLUMN clip REAL NOT NULL DEFAULT 0;"
+                        "ALTER TABLE ledger ADD COLUMN selection TEXT NOT NULL DEFAULT 'first-come';"
+                        "ALTER TABLE devices ADD COLUMN dp_rounds INTEGER NOT NULL DEFAULT 0;"
+                        "UPDATE devices SET dp_rounds = rounds_participated WHERE EXISTS (SELECT 1 FROM ledger);"
+                        "UPDATE meta SET value = 2 WHERE key = 'schema_version';",
+                        "migrating the schema to version 2")) != 0)
+            goto fail;
+        snprintf(sql, sizeof(sql), "PRAGMA user_version = %d;", 2);
+        if ((ret = exec(st, sql, "migrating the schema to version 2")) != 0) goto fail;
+    }
+    return tx_commit(st);
+fail:
+    tx_rollback(st);
+    return ret;
 }
 
 /* Abandon rounds a crash left open. */
@@ -539,6 +589,17 @@ int plait_aggstore_open(plait_aggstore_t **out, const plait_aggstore_config_t *c
         if ((ret = create_schema(st, cfg->deployment_id)) != 0) goto fail;
     }
     if ((ret = identify(st, cfg->deployment_id)) != 0) goto fail;
+    if (st->info.schema_version < PLAIT_AGGSTORE_SCHEMA_VERSION) {
+        if (cfg->read_only) {
+            ret = plait_fail(PLAIT_EMISMATCH,
+                             "aggstore: schema version %d needs a migration to %d: open it read-write once",
+                             st->info.schema_version, PLAIT_AGGSTORE_SCHEMA_VERSION);
+            goto fail;
+        }
+        if ((ret = migrate_to_2(st)) != 0) goto fail;
+        st->info.schema_version = PLAIT_AGGSTORE_SCHEMA_VERSION;
+    }
+    if ((ret = probe_tables(st)) != 0) goto fail;
     /* Only now that the file is known to be ours do we change its settings. */
     if (!cfg->read_only) {
         char sql[160];
@@ -1148,6 +1209,13 @@ static int check_ledger(const plait_aggstore_ledger_t *l)
     if (l->steps < 1) return plait_fail(PLAIT_EINVAL, "aggstore: ledger steps < 1");
     if (!(l->delta > 0.0 && l->delta < 1.0)) return plait_fail(PLAIT_EINVAL, "aggstore: ledger delta not in (0, 1)");
     if (!(l->epsilon >= 0.0)) return plait_fail(PLAIT_EINVAL, "aggstore: ledger epsilon not >= 0");
+    if (!(l->clip >= 0.0 && isfinite(l->clip))) return plait_fail(PLAIT_EINVAL, "aggstore: ledger clip not finite and >= 0");
+    if (l->mechanism[0] && !printable_ok(l->mechanism, PLAIT_AGGSTORE_LEDGER_NAME))
+        return plait_fail(PLAIT_EINVAL, "aggstore: ledger mechanism is not 1..%d printable bytes",
+                          PLAIT_AGGSTORE_LEDGER_NAME);
+    if (l->selection[0] && !printable_ok(l->selection, PLAIT_AGGSTORE_LEDGER_NAME))
+        return plait_fail(PLAIT_EINVAL, "aggstore: ledger selection is not 1..%d printable bytes",
+                          PLAIT_AGGSTORE_LEDGER_NAME);
     return 0;
 }
 
@@ -1282,6 +1350,20 @@ int plait_aggstore_round_commit(plait_aggstore_t *st, int64_t round, const plait
     sqlite3_bind_int64(s, 3, number);
     if ((ret = step_done(st, s, "committing round")) != 0) goto fail;
     if (c->stats && (ret = write_counters(st, round, c->stats)) != 0) goto fail;
+    /* The uploaders' participation counters, in the same transaction. A device
+     * revoked since its upload, or unknown, or already counted, is skipped. */
+    for (size_t i = 0; i < c->n_uploaders; i++) {
+        if (!c->uploaders || !c->uploaders[i] || check_id(c->uploaders[i]) != 0) continue;
+        if ((ret = prep(st,
+                        "UPDATE devices SET last_round = ?2, rounds_participated = rounds_participated + 1,"
+                        " last_seen = ?3 WHERE id = ?1 AND revoked = 0 AND coalesce(last_round, 0) < ?2",
+                        &s)) != 0)
+            goto fail;
+        sqlite3_bind_text(s, 1, c->uploaders[i], -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 2, round);
+        sqlite3_bind_int64(s, 3, now_s());
+        if ((ret = step_done(st, s, "counting participation")) != 0) goto fail;
+    }
     if ((ret = fault(st, 1)) != 0) goto fail;
     /* Step 2: rejections. */
     if (c->stats && (ret = write_rejections(st, round, c->stats)) != 0) goto fail;
@@ -1292,8 +1374,8 @@ int plait_aggstore_round_commit(plait_aggstore_t *st, int64_t round, const plait
     /* Step 4: the ledger row. */
     if (c->ledger) {
         if ((ret = prep(st,
-                        "INSERT INTO ledger(round_id, q, noise_multiplier, steps, delta, epsilon)"
-                        " VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        "INSERT INTO ledger(round_id, q, noise_multiplier, steps, delta, epsilon, mechanism,"
+                        " clip, selection) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                         &s)) != 0)
             goto fail;
         sqlite3_bind_int64(s, 1, round);
@@ -1302,7 +1384,15 @@ int plait_aggstore_round_commit(plait_aggstore_t *st, int64_t round, const plait
         sqlite3_bind_int64(s, 4, c->ledger->steps);
         sqlite3_bind_double(s, 5, c->ledger->delta);
         sqlite3_bind_double(s, 6, c->ledger->epsilon);
+        sqlite3_bind_text(s, 7, c->ledger->mechanism[0] ? c->ledger->mechanism : "unrecorded", -1, SQLITE_STATIC);
+        sqlite3_bind_double(s, 8, c->ledger->clip);
+        sqlite3_bind_text(s, 9, c->ledger->selection[0] ? c->ledger->selection : "unrecorded", -1, SQLITE_STATIC);
         if ((ret = step_done(st, s, "writing ledger")) != 0) goto fail;
+        /* Devices that uploaded to this round (mark_uploaded set their last_round) joined one more DP round. */
+        if ((ret = prep(st, "UPDATE devices SET dp_rounds = dp_rounds + 1 WHERE last_round = ?1", &s)) != 0)
+            goto fail;
+        sqlite3_bind_int64(s, 1, round);
+        if ((ret = step_done(st, s, "counting DP participation")) != 0) goto fail;
     }
     if ((ret = fault(st, 4)) != 0) goto fail;
     /* Step 5: metrics. */
@@ -1720,8 +1810,20 @@ static bool real_col(sqlite3_stmt *s, int col, double *out)
     return !isnan(*out);
 }
 
+/* A ledger name column into out (PLAIT_AGGSTORE_LEDGER_NAME + 1 bytes). */
+static bool name_col(sqlite3_stmt *s, int col, char *out)
+{
+    size_t n;
+    const unsigned char *t = text_col(s, col, &n);
+    if (!printable_bytes_ok(t, n, PLAIT_AGGSTORE_LEDGER_NAME)) return false;
+    memcpy(out, t, n);
+    out[n] = '\0';
+    return true;
+}
+
 static int read_ledger(sqlite3_stmt *s, plait_aggstore_ledger_t *l)
 {
+    memset(l, 0, sizeof(*l));
     l->round_id = sqlite3_column_int64(s, 0);
     const char *bad = NULL;
     if (l->round_id < 1) bad = "round_id";
@@ -1731,6 +1833,9 @@ static int read_ledger(sqlite3_stmt *s, plait_aggstore_ledger_t *l)
     else if (!nonneg(s, 3, &l->steps) || l->steps < 1) bad = "steps";
     else if (!real_col(s, 4, &l->delta) || !(l->delta > 0.0 && l->delta < 1.0)) bad = "delta";
     else if (!real_col(s, 5, &l->epsilon) || l->epsilon < 0.0) bad = "epsilon";
+    else if (!name_col(s, 6, l->mechanism)) bad = "mechanism";
+    else if (!real_col(s, 7, &l->clip) || l->clip < 0.0 || !isfinite(l->clip)) bad = "clip";
+    else if (!name_col(s, 8, l->selection)) bad = "selection";
     if (bad)
         return plait_fail(PLAIT_EPROTO, "aggstore: ledger: round %lld: malformed %s", (long long)l->round_id, bad);
     return 0;
@@ -1742,7 +1847,8 @@ int plait_aggstore_ledger_foreach(plait_aggstore_t *st, plait_aggstore_ledger_cb
     if (ret != 0) return ret;
     if (!cb) return plait_fail(PLAIT_EINVAL, "aggstore: callback is NULL");
     sqlite3_stmt *s;
-    if ((ret = prep(st, "SELECT round_id, q, noise_multiplier, steps, delta, epsilon FROM ledger ORDER BY round_id",
+    if ((ret = prep(st, "SELECT round_id, q, noise_multiplier, steps, delta, epsilon, mechanism, clip, selection FROM ledger"
+                    " ORDER BY round_id",
                     &s)) != 0)
         return ret;
     int rc;
@@ -1768,14 +1874,22 @@ static int total_cb(void *ud, const plait_aggstore_ledger_t *l)
     t->steps += l->steps;
     t->delta = l->delta;
     t->epsilon = l->epsilon;
+    if (strcmp(l->selection, "poisson") == 0) t->poisson_rounds++;
+    if (t->rounds == 1 || l->noise_multiplier < t->min_noise_multiplier) t->min_noise_multiplier = l->noise_multiplier;
     return 0;
 }
 
 int plait_aggstore_ledger_total(plait_aggstore_t *st, plait_aggstore_privacy_t *out)
 {
     if (!out) return plait_fail(PLAIT_EINVAL, "aggstore: out is NULL");
-    plait_aggstore_privacy_t t = {0, 0, 0.0, 0.0};
+    plait_aggstore_privacy_t t;
+    memset(&t, 0, sizeof(t));
     int ret = plait_aggstore_ledger_foreach(st, total_cb, &t);
+    bool found;
+    if (ret == 0 && (ret = query_i64(st, "SELECT coalesce(max(dp_rounds), 0) FROM devices", false, 0,
+                                     &t.max_device_rounds, &found, "reading DP participation")) == 0 &&
+        t.max_device_rounds < 0)
+        ret = plait_fail(PLAIT_EPROTO, "aggstore: devices: malformed dp_rounds");
     if (ret == 0) *out = t;
     return ret;
 }

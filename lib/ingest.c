@@ -221,7 +221,7 @@ static int add_cb(void *ud, int64_t t, const char *kind, const char *user, const
 /* Read the whole regular file at path into a fresh buffer, size-checked first. */
 static int read_file(const char *path, size_t max_bytes, char **out, size_t *out_len)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO is refused below, not waited on */
     if (fd < 0) {
         int e = errno;
         if (e == ENOENT) return plait_fail(PLAIT_ENOENT, "ingest: input file does not exist");

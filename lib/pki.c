@@ -43,7 +43,9 @@
 #include <mbedtls/ecp.h>
 #include <mbedtls/md.h>
 #include <mbedtls/oid.h>
+#include <mbedtls/pem.h>
 #include <mbedtls/pk.h>
+#include <mbedtls/sha256.h>
 #include <mbedtls/platform_util.h>
 #include <mbedtls/x509_crt.h>
 #include <mbedtls/x509_csr.h>
@@ -448,6 +450,92 @@ static int issuer_name(const mbedtls_x509_crt *ca, char *out, size_t cap)
     return 0;
 }
 
+/* ecdsa-with-SHA256 AlgorithmIdentifier as mbedTLS 2.28 writes it (with NULL
+ * parameters) and as RFC 5758 section 3.2 wants it (parameters absent). */
+static const uint8_t ALG_ECDSA_SHA256_NULL[] = {0x30, 0x0c, 0x06, 0x08, 0x2a, 0x86, 0x48,
+                                                0xce, 0x3d, 0x04, 0x03, 0x02, 0x05, 0x00};
+static const uint8_t ALG_ECDSA_SHA256[] = {0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86,
+                                           0x48, 0xce, 0x3d, 0x04, 0x03, 0x02};
+
+static size_t der_hdr_len(size_t n) { return 1 + (n < 0x80 ? 1 : n < 0x100 ? 2 : 3); }
+
+static uint8_t *der_hdr(uint8_t *p, uint8_t tag, size_t n)
+{
+    *p++ = tag;
+    if (n < 0x80) {
+        *p++ = (uint8_t)n;
+    } else if (n < 0x100) {
+        *p++ = 0x81;
+        *p++ = (uint8_t)n;
+    } else {
+        *p++ = 0x82;
+        *p++ = (uint8_t)(n >> 8);
+        *p++ = (uint8_t)n;
+    }
+    return p;
+}
+
+/*
+ * Rewrite a certificate written by mbedtls_x509write_crt_der so that both of
+ * its ecdsa-with-SHA256 AlgorithmIdentifiers (inside the TBSCertificate and
+ * before the signature) omit the parameters (RFC 5758 section 3.2), and sign
+ * the new TBSCertificate with the issuer key. Lengths stay below 64 KiB (the
+ * input fits PEM_BUF).
+ */
+static int crt_rfc5758(const uint8_t *der, size_t der_len, mbedtls_pk_context *issuer_key, plait_drbg_t *rng,
+                       uint8_t *out, size_t cap, size_t *out_len)
+{
+    unsigned char *p = (unsigned char *)der, *end = p + der_len;
+    size_t n, tbs_len;
+    int mrc;
+    const int seq = MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE;
+    if ((mrc = mbedtls_asn1_get_tag(&p, end, &n, seq)) != 0) goto bad;
+    end = p + n;
+    if ((mrc = mbedtls_asn1_get_tag(&p, end, &tbs_len, seq)) != 0) goto bad;
+    unsigned char *body = p, *body_end = p + tbs_len;
+    if ((mrc = mbedtls_asn1_get_tag(&p, body_end, &n, MBEDTLS_ASN1_CONTEXT_SPECIFIC | MBEDTLS_ASN1_CONSTRUCTED)) !=
+        0)
+        goto bad;
+    p += n;
+    if ((mrc = mbedtls_asn1_get_tag(&p, body_end, &n, MBEDTLS_ASN1_INTEGER)) != 0) goto bad;
+    p += n;
+    if ((size_t)(body_end - p) < sizeof(ALG_ECDSA_SHA256_NULL) ||
+        memcmp(p, ALG_ECDSA_SHA256_NULL, sizeof(ALG_ECDSA_SHA256_NULL)) != 0)
+        return plait_fail(PLAIT_EINTERNAL, "pki: unexpected signature algorithm in a written certificate");
+    size_t pre = (size_t)(p - body), post = (size_t)(body_end - p) - sizeof(ALG_ECDSA_SHA256_NULL);
+    size_t nbody = pre + sizeof(ALG_ECDSA_SHA256) + post;
+    size_t ntbs = der_hdr_len(nbody) + nbody;
+    /* The TBSCertificate goes where the whole certificate will start, after
+     * room for the outer header (computed below from the signature's size). */
+    uint8_t tbs[PEM_BUF];
+    if (ntbs > sizeof(tbs)) return plait_fail(PLAIT_EINTERNAL, "pki: certificate too large");
+    uint8_t *w = der_hdr(tbs, (uint8_t)seq, nbody);
+    memcpy(w, body, pre);
+    memcpy(w + pre, ALG_ECDSA_SHA256, sizeof(ALG_ECDSA_SHA256));
+    memcpy(w + pre + sizeof(ALG_ECDSA_SHA256), p + sizeof(ALG_ECDSA_SHA256_NULL), post);
+    uint8_t hash[32], sig[MBEDTLS_PK_SIGNATURE_MAX_SIZE];
+    size_t sig_len = 0;
+    if ((mrc = mbedtls_sha256_ret(tbs, ntbs, hash, 0)) != 0 ||
+        (mrc = mbedtls_pk_sign(issuer_key, MBEDTLS_MD_SHA256, hash, sizeof(hash), sig, &sig_len, plait__pki_rng,
+                               rng)) != 0)
+        return mbed_fail(PLAIT_EINTERNAL, mrc, "pki: signing certificate");
+    size_t bits = 1 + sig_len, nsig = der_hdr_len(bits) + bits;
+    size_t outer = ntbs + sizeof(ALG_ECDSA_SHA256) + nsig, total = der_hdr_len(outer) + outer;
+    if (total > cap) return plait_fail(PLAIT_EINTERNAL, "pki: certificate too large");
+    w = der_hdr(out, (uint8_t)seq, outer);
+    memcpy(w, tbs, ntbs);
+    w += ntbs;
+    memcpy(w, ALG_ECDSA_SHA256, sizeof(ALG_ECDSA_SHA256));
+    w += sizeof(ALG_ECDSA_SHA256);
+    w = der_hdr(w, MBEDTLS_ASN1_BIT_STRING, bits);
+    *w++ = 0; /* no unused bits */
+    memcpy(w, sig, sig_len);
+    *out_len = total;
+    return 0;
+bad:
+    return mbed_fail(PLAIT_EINTERNAL, mrc, "pki: parsing a written certificate");
+}
+
 static int issue(const issue_t *q, plait_drbg_t *rng, char **crt_pem, plait_pki_cert_info_t *info)
 {
     int rc = PLAIT_EINTERNAL, mrc = 0;
@@ -515,8 +603,25 @@ static int issue(const issue_t *q, plait_drbg_t *rng, char **crt_pem, plait_pki_
                 goto fail;
         }
     }
-    if ((mrc = mbedtls_x509write_crt_pem(&w, buf, sizeof(buf), plait__pki_rng, rng)) != 0)
-        goto fail;
+    {
+        /* DER (written at the end of der), the AlgorithmIdentifiers made RFC 5758
+         * conformant and re-signed, then PEM. */
+        unsigned char der[PEM_BUF], fixed[PEM_BUF];
+        size_t flen = 0, olen = 0;
+        int n = mbedtls_x509write_crt_der(&w, der, sizeof(der), plait__pki_rng, rng);
+        if (n < 0) {
+            mrc = n;
+            goto fail;
+        }
+        if ((rc = crt_rfc5758(der + sizeof(der) - n, (size_t)n, q->issuer_key, rng, fixed, sizeof(fixed), &flen)) !=
+            0)
+            goto exit;
+        rc = PLAIT_EINTERNAL;
+        mrc = mbedtls_pem_write_buffer("-----BEGIN CERTIFICATE-----\n", "-----END CERTIFICATE-----\n", fixed, flen,
+                                       buf, sizeof(buf), &olen);
+        mbedtls_platform_zeroize(der, sizeof(der));
+        if (mrc != 0) goto fail;
+    }
     if ((rc = pem_out(buf, sizeof(buf), crt_pem)) != 0) goto exit;
     if (info != NULL) {
         rc = plait_pki_cert_info((const uint8_t *)*crt_pem, strlen(*crt_pem), info);
@@ -1109,7 +1214,7 @@ int plait_pki_read_file(const char *path, char **text)
 {
     if (path == NULL || text == NULL) return plait_fail(PLAIT_EINVAL, "pki: NULL argument");
     *text = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO is refused below, not waited on */
     if (fd < 0)
         return plait_fail(errno == ENOENT ? PLAIT_ENOENT : PLAIT_EIO, "%s: %s", path,
                           strerror(errno));

@@ -10,6 +10,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 #include <stdlib.h>
 
 const char *plait_strerror(int err)
@@ -39,10 +40,16 @@ static _Thread_local int err_code;
 
 int plait_fail(int err, const char *fmt, ...)
 {
+    /* Format into a scratch buffer first: callers often prefix context to
+     * the previous detail (plait_fail(rc, "%s: %s", path, plait_errmsg())),
+     * and vsnprintf into the buffer an argument points into is undefined
+     * (it printed garbled messages, e.g. serve's on a full disk). */
+    char tmp[sizeof(err_detail)];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(err_detail, sizeof(err_detail), fmt, ap);
+    vsnprintf(tmp, sizeof(tmp), fmt, ap);
     va_end(ap);
+    memcpy(err_detail, tmp, sizeof(err_detail));
     err_code = err;
     return err;
 }

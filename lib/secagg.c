@@ -548,15 +548,11 @@ static int pair_key(const plait_secagg_round_t *r, const uint8_t c_sk[32], const
     return ret;
 }
 
-/* Share-encryption key for the ordered pair (sender, receiver). */
-static int share_key(const plait_secagg_round_t *r, const uint8_t s_sk[32], const uint8_t s_pk_peer[32],
-                     uint32_t from, uint32_t to, uint8_t key[32])
+/* Share-encryption key for the ordered pair (sender, receiver), from the
+ * X25519 secret z shared by the two devices' s pairs. */
+static int share_key(const plait_secagg_round_t *r, const uint8_t z[32], uint32_t from, uint32_t to, uint8_t key[32])
 {
-    uint8_t z[32];
-    int ret = plait_x25519(s_sk, s_pk_peer, z);
-    if (ret == 0) ret = derive(r, "share", z, from, to, key);
-    plait_zeroize(z, sizeof(z));
-    return ret;
+    return derive(r, "share", z, from, to, key);
 }
 
 static size_t share_aad(const plait_secagg_round_t *r, uint32_t from, uint32_t to, uint8_t *aad)
@@ -654,8 +650,9 @@ exit:
 enum { ST_KEYS = 0, ST_SHARED, ST_MASKED, ST_DONE };
 
 typedef struct {
-    int accepted, received;
+    int accepted, received, has_sz;
     uint8_t c_pk[32], s_pk[32];
+    uint8_t sz[32];                           /* X25519(s_sk, s_pk): both directions' share keys come from it */
     uint8_t sk_share[PLAIT_SECAGG_SHARE_LEN]; /* neighbour's c_sk share held by us */
     uint8_t b_share[PLAIT_SECAGG_SHARE_LEN];  /* neighbour's b share held by us */
 } peer_t;
@@ -668,6 +665,15 @@ struct plait_secagg_device_s {
     uint8_t own_b_share[PLAIT_SECAGG_SHARE_LEN]; /* our own share of b (x = self) */
     peer_t *peer;                                 /* k, by position in our neighbour row */
 };
+
+/* The s-pair secret with a peer, computed once (it serves both directions). */
+static int peer_sz(plait_secagg_device_t *d, peer_t *p)
+{
+    if (p->has_sz) return 0;
+    int ret = plait_x25519(d->s_sk, p->s_pk, p->sz);
+    if (ret == 0) p->has_sz = 1;
+    return ret;
+}
 
 static void device_wipe(plait_secagg_device_t *d)
 {
@@ -824,7 +830,7 @@ int plait_secagg_device_shares(plait_secagg_device_t *d, plait_drbg_t *rng, plai
         o->from = d->self;
         o->to = to;
         size_t al = share_aad(r, d->self, to, aad);
-        if ((ret = share_key(r, d->s_sk, d->peer[i].s_pk, d->self, to, key)) == 0 &&
+        if ((ret = peer_sz(d, &d->peer[i])) == 0 && (ret = share_key(r, d->peer[i].sz, d->self, to, key)) == 0 &&
             (ret = plait_drbg_random(rng, o->ct, 12)) == 0)
             ret = plait_aead_seal(key, o->ct, aad, al, pt, sizeof(pt), o->ct + 12);
         plait_zeroize(pt, sizeof(pt));
@@ -835,7 +841,7 @@ int plait_secagg_device_shares(plait_secagg_device_t *d, plait_drbg_t *rng, plai
     *n_out = c;
     d->state = ST_SHARED;
 exit:
-    if (ret != 0 && out != NULL && cap > 0) plait_zeroize(out, cap < na ? cap : na);
+    if (ret != 0 && out != NULL && cap > 0) plait_zeroize(out, (cap < na ? cap : na) * sizeof(*out));
     if (sk_sh) plait_zeroize(sk_sh, (na + 1) * PLAIT_SECAGG_SHARE_LEN);
     if (b_sh) plait_zeroize(b_sh, (na + 1) * PLAIT_SECAGG_SHARE_LEN);
     free(xs);
@@ -858,7 +864,8 @@ int plait_secagg_device_recv_share(plait_secagg_device_t *d, const plait_secagg_
     if (p->received) return plait_fail(PLAIT_EINVAL, "secagg: second share from device %u", (unsigned)c->from);
     uint8_t key[32], aad[64], pt[PLAIT_SECAGG_SHARE_PT_LEN];
     size_t al = share_aad(d->r, c->from, c->to, aad);
-    int ret = share_key(d->r, d->s_sk, p->s_pk, c->from, c->to, key);
+    int ret = peer_sz(d, p);
+    if (ret == 0) ret = share_key(d->r, p->sz, c->from, c->to, key);
     if (ret == 0) ret = plait_aead_open(key, c->ct, aad, al, c->ct + 12, sizeof(pt), pt);
     if (ret == 0 && (rd_be32(pt) != c->from || rd_be32(pt + 4) != c->to))
         ret = plait_fail(PLAIT_EAUTH, "secagg: share from device %u names other devices", (unsigned)c->from);
@@ -1172,7 +1179,7 @@ int plait_secagg_server_finish(plait_secagg_server_t *s, uint32_t *sum, size_t l
     if (len != r->len) return plait_fail(PLAIT_EINVAL, "secagg: sum of %zu words, round has %zu", len, r->len);
     if (!s->closed) return plait_fail(PLAIT_EINVAL, "secagg: finish before any unmask request");
     uint32_t n = r->p.n, t = r->p.t;
-    qsort(s->held, s->n_held, sizeof(held_t), cmp_held);
+    if (s->n_held > 0) qsort(s->held, s->n_held, sizeof(held_t), cmp_held);
     /* First pass: every survivor's b and every dropout's c_sk must have t shares. */
     size_t *first = calloc((size_t)n + 2, sizeof(size_t)), *cnt = calloc((size_t)n + 2, sizeof(size_t));
     uint32_t *xs = malloc((size_t)t * sizeof(uint32_t));

@@ -61,6 +61,7 @@ struct plait_store_s {
     bool in_tx;          /* inside plait_store_begin .. commit/rollback */
     bool deleted_in_tx;  /* the open transaction deleted records */
     bool in_cb;          /* a record callback is running */
+    bool exclusive;      /* opened with exclusive locking: the disk was full (connect) */
 };
 
 /* ------------------------------------------------------------------------ */
@@ -380,17 +381,54 @@ void plait_store_close(plait_store_t *st)
     free(st);
 }
 
+/* Failures a full disk causes while sqlite sets up a read (the -shm index
+ * or the log cannot grow). */
+static int disk_full_class(int ext)
+{
+    return (ext & 0xff) == SQLITE_FULL || (ext & 0xff) == SQLITE_IOERR || (ext & 0xff) == SQLITE_CANTOPEN;
+}
+
+/* Open the connection, harden it and read the schema once (the first read:
+ * random bytes fail here with SQLITE_NOTADB). excl: exclusive locking mode,
+ * set before the first access, so a WAL index lives in heap memory instead
+ * of the -shm file. On failure st->db is left open (or NULL) for the caller
+ * to inspect and close. */
+static int connect(plait_store_t *st, const plait_store_config_t *cfg, int excl, int64_t *ntables)
+{
+    int flags = SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_READWRITE | (cfg->create && !excl ? SQLITE_OPEN_CREATE : 0);
+    int rc = sqlite3_open_v2(cfg->path, &st->db, flags, NULL);
+    if (rc != SQLITE_OK)
+        return st->db ? sqfail(st->db, rc, "opening database") : plait_fail(PLAIT_ENOMEM, "store: out of memory");
+    sqlite3_extended_result_codes(st->db, 1);
+    sqlite3_limit(st->db, SQLITE_LIMIT_LENGTH, (int)(cfg->max_text + ROW_SLACK));
+    sqlite3_busy_timeout(st->db, cfg->busy_timeout_ms);
+    /* Hardening for files that may have been tampered with: no writes to the
+     * schema through SQL, no functions run from the schema, and extra b-tree
+     * cell checks so corruption is reported rather than misread. */
+    sqlite3_db_config(st->db, SQLITE_DBCONFIG_DEFENSIVE, 1, (int *)NULL);
+    sqlite3_db_config(st->db, SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0, (int *)NULL);
+    int ret = exec(st->db, "PRAGMA cell_size_check = ON; PRAGMA secure_delete = ON", "setting pragmas");
+    if (ret == 0 && excl) ret = exec(st->db, "PRAGMA locking_mode = EXCLUSIVE", "setting exclusive locking");
+    if (ret != 0) return ret;
+    rc = query_int(st->db, "SELECT count(*) FROM sqlite_master", ntables, "reading schema");
+    if (rc == PLAIT_EPROTO)
+        plait_fail(PLAIT_EPROTO, "store: not an sqlite database, or corrupt: %s", sqlite3_errmsg(st->db));
+    return rc;
+}
+
 /* The store holds the user's raw text: owner-only whatever the umask. The
  * database file is created 0600 before sqlite opens it (sqlite gives its -wal,
  * -shm and -journal files the database's mode), and a store, or a side file,
  * left group- or world-readable by an older version is tightened on open. */
 static int make_private(const char *path, const char *suffix, int create)
 {
+    if (path[0] == '\0' || strcmp(path, ":memory:") == 0) return 0; /* sqlite's private databases: no file */
     char p[4096];
     int n = snprintf(p, sizeof(p), "%s%s", path, suffix);
     if (n < 0 || (size_t)n >= sizeof(p)) return plait_fail(PLAIT_EINVAL, "store: path too long");
     if (create) {
-        int fd = open(p, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+        /* O_NONBLOCK: a FIFO at the path must not block the open. */
+        int fd = open(p, O_WRONLY | O_CREAT | O_CLOEXEC | O_NONBLOCK, 0600);
         if (fd < 0) return plait_fail(PLAIT_EIO, "store: cannot create %s: %s", p, strerror(errno));
         close(fd);
     }
@@ -414,37 +452,29 @@ int plait_store_open(plait_store_t **out, const plait_store_config_t *cfg)
         if (stat(cfg->path, &sb) != 0 && errno == ENOENT)
             return plait_fail(PLAIT_ENOENT, "store: database file does not exist");
     }
+    struct stat path_sb;
+    if (stat(cfg->path, &path_sb) == 0 && !S_ISREG(path_sb.st_mode))
+        return plait_fail(PLAIT_EINVAL, "store: the database path is not a regular file");
     if ((ret = make_private(cfg->path, "", cfg->create)) != 0) return ret;
     plait_store_t *st = calloc(1, sizeof(*st));
     if (!st) return plait_fail(PLAIT_ENOMEM, "store: out of memory");
     st->fraction = cfg->heldout_fraction;
     st->max_text = cfg->max_text;
 
-    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | (cfg->create ? SQLITE_OPEN_CREATE : 0);
-    int rc = sqlite3_open_v2(cfg->path, &st->db, flags, NULL);
-    if (rc != SQLITE_OK) {
-        ret = st->db ? sqfail(st->db, rc, "opening database") : plait_fail(PLAIT_ENOMEM, "store: out of memory");
-        goto fail;
-    }
-    sqlite3_extended_result_codes(st->db, 1);
-    sqlite3_limit(st->db, SQLITE_LIMIT_LENGTH, (int)(cfg->max_text + ROW_SLACK));
-    sqlite3_busy_timeout(st->db, cfg->busy_timeout_ms);
-    /* Hardening for files that may have been tampered with: no writes to the
-     * schema through SQL, no functions run from the schema, and extra b-tree
-     * cell checks so corruption is reported rather than misread. */
-    sqlite3_db_config(st->db, SQLITE_DBCONFIG_DEFENSIVE, 1, (int *)NULL);
-    sqlite3_db_config(st->db, SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0, (int *)NULL);
-    if ((ret = exec(st->db, "PRAGMA cell_size_check = ON; PRAGMA secure_delete = ON",
-                    "setting pragmas")) != 0)
-        goto fail;
-
-    /* The first read of the file: random bytes fail here with SQLITE_NOTADB. */
     int64_t ntables = 0, app_id = 0;
-    rc = query_int(st->db, "SELECT count(*) FROM sqlite_master", &ntables, "reading schema");
+    int rc = connect(st, cfg, 0, &ntables);
+    if (rc != 0 && st->db && !cfg->create && disk_full_class(sqlite3_extended_errcode(st->db))) {
+        /* Reading a WAL database needs its -shm index, which a full disk
+         * cannot create: reopen with exclusive locking, whose index lives in
+         * heap memory (no -shm), so reads still work. Other processes wait
+         * (busy timeout) while this connection is open; writes that need
+         * space fail as sqlite reports them ("database or disk is full"). */
+        sqlite3_close_v2(st->db);
+        st->db = NULL;
+        rc = connect(st, cfg, 1, &ntables);
+        st->exclusive = true;
+    }
     if (rc != 0) {
-        if (rc == PLAIT_EPROTO)
-            plait_fail(PLAIT_EPROTO, "store: not an sqlite database, or corrupt: %s",
-                       sqlite3_errmsg(st->db));
         ret = rc;
         goto fail;
     }
@@ -455,14 +485,15 @@ int plait_store_open(plait_store_t **out, const plait_store_config_t *cfg)
                          (unsigned long long)app_id);
         goto fail;
     }
-    if (ntables == 0 && app_id == 0) {
+    if (ntables == 0 && app_id == 0 && !st->exclusive) {
         /* A new (empty) database: journal mode first, it cannot change inside a transaction. */
         if (cfg->wal && (ret = exec(st->db, "PRAGMA journal_mode = WAL", "setting WAL")) != 0) goto fail;
         if ((ret = create_schema(st->db)) != 0) goto fail;
     }
     if ((ret = identify(st->db, &st->salt)) != 0) goto fail;
     /* Only now that the file is known to be ours do we change its settings. */
-    if ((ret = exec(st->db, cfg->wal ? "PRAGMA journal_mode = WAL" : "PRAGMA journal_mode = DELETE",
+    if (!st->exclusive &&
+        (ret = exec(st->db, cfg->wal ? "PRAGMA journal_mode = WAL" : "PRAGMA journal_mode = DELETE",
                     "setting journal mode")) != 0)
         goto fail;
     if ((ret = exec(st->db, cfg->sync_full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL",

@@ -19,8 +19,17 @@ int plait__sqlite_code(int rc)
     }
 }
 
+/* Codes a full disk (or a file size limit) produces: the message says so,
+ * since sqlite's own words for some ("disk I/O error") do not. */
+static int out_of_space(int rc)
+{
+    return (rc & 0xff) == SQLITE_FULL || rc == SQLITE_IOERR_WRITE || rc == SQLITE_IOERR_SHMSIZE ||
+           rc == SQLITE_IOERR_TRUNCATE || rc == SQLITE_IOERR_FSYNC;
+}
+
 int plait__sqlite_fail(sqlite3 *db, int rc, const char *module, const char *what)
 {
-    return plait_fail(plait__sqlite_code(rc), "%s: %s: %s (sqlite %d)", module, what,
-                      db ? sqlite3_errmsg(db) : sqlite3_errstr(rc), rc);
+    return plait_fail(plait__sqlite_code(rc), "%s: %s: %s (sqlite %d)%s", module, what,
+                      db ? sqlite3_errmsg(db) : sqlite3_errstr(rc), rc,
+                      out_of_space(rc) ? "; is the disk full?" : "");
 }

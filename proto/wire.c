@@ -301,6 +301,10 @@ static int validate_task(const plait_msg_task_t *t, const plait_wire_limits_t *l
                    (unsigned long long)t->update_elements,
                    (unsigned long long)lim->max_update_elements);
     if (t->example_cap < 1) return BAD("task.example_cap: 0");
+    if (t->max_chunk_bytes != 0 && t->max_chunk_bytes < 4)
+        return BAD("task.max_chunk_bytes: %u below 4", t->max_chunk_bytes);
+    if (t->clip_bit != 0 && t->clip_bit != 1) return BAD("task.clip_bit: not 0 or 1");
+    if (t->clip_bit && t->update_elements < 3) return BAD("task.update_elements: the clip bit needs at least 3");
     return 0;
 }
 
@@ -308,7 +312,7 @@ static int validate_cbl(const plait_msg_come_back_later_t *c, const plait_wire_l
 {
     if (c->retry_ms < 1 || c->retry_ms > lim->max_retry_ms)
         return BAD("come_back_later.retry_ms: %u outside 1..%u", c->retry_ms, lim->max_retry_ms);
-    if ((unsigned)c->reason > PLAIT_RETRY_REASON_MAX)
+    if ((unsigned)c->reason > PLAIT_RETRY_REASON_MAX && c->reason != PLAIT_RETRY_NOT_SAMPLED)
         return BAD("come_back_later.reason: unknown value %d", (int)c->reason);
     return 0;
 }
@@ -587,6 +591,9 @@ static int from_task(const Plait__Task *p, plait_msg_task_t *t)
     t->deadline_s = p->deadline_s;
     t->update_elements = p->update_elements;
     t->example_cap = p->example_cap;
+    t->max_chunk_bytes = p->has_max_chunk_bytes ? p->max_chunk_bytes : 0;
+    if (p->has_max_chunk_bytes && p->max_chunk_bytes == 0) return BAD("task.max_chunk_bytes: 0");
+    t->clip_bit = p->has_clip_bit && p->clip_bit ? 1 : 0;
     return 0;
 }
 
@@ -856,6 +863,12 @@ static void to_envelope(const plait_msg_t *m, pb_msg_t *pb)
         p->deadline_s = t->deadline_s;
         p->update_elements = t->update_elements;
         p->example_cap = t->example_cap;
+        p->has_max_chunk_bytes = t->max_chunk_bytes != 0;
+        p->max_chunk_bytes = t->max_chunk_bytes;
+        if (t->clip_bit) {
+            p->has_clip_bit = 1;
+            p->clip_bit = 1;
+        }
         pb->env.msg_case = PLAIT__ENVELOPE__MSG_TASK;
         pb->env.task = p;
         break;

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "plait/file.h"
 #include "plait/json.h"
 #include "plait/lora.h"
 #include "plait/sim.h"
@@ -318,8 +319,11 @@ int plait_sim_config_apply_json(plait_sim_config_t *c, const char *buf, size_t l
 
 int plait_sim_config_load(plait_sim_config_t *c, const char *path)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) return plait_fail(PLAIT_ENOENT, "config %s: cannot open", path);
+    char label[PLAIT_SIM_PATH_MAX + 16];
+    snprintf(label, sizeof(label), "config %s", path);
+    FILE *f = NULL;
+    int frc = plait_file_fopen(path, label, &f); /* regular files only: a FIFO is refused, not waited on */
+    if (frc != 0) return frc;
     struct stat sb;
     if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
         fclose(f);

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "plait/cli.h"
+#include "plait/file.h"
 #include "plait/log.h"
 #include "plait/lora.h"
 #include "plait/sim.h"
@@ -187,8 +188,8 @@ static long read_column(const char *dir, const char *col, double *y, size_t cap)
 {
     char path[PLAIT_SIM_PATH_MAX + 32], line[4096];
     snprintf(path, sizeof(path), "%s/metrics.csv", dir);
-    FILE *f = fopen(path, "r");
-    if (!f) return plait_fail(PLAIT_ENOENT, "%s: cannot open", path), -1;
+    FILE *f = NULL;
+    if (plait_file_fopen(path, NULL, &f) != 0) return -1; /* a FIFO is refused, not waited on */
     int idx = -1;
     if (fgets(line, sizeof(line), f)) {
         int k = 0;

@@ -265,6 +265,9 @@ int plait__sim_net_start(plait__sim_net_t **out, const plait_sim_config_t *cfg, 
         SET("dp=central");
         SET("noise_multiplier=%.17g", cfg->noise_multiplier);
         SET("dp_delta=%.17g", cfg->delta);
+        /* The simulator already sampled the K agents it starts; the service admits all of them, so its
+         * ledger records q = 1 (no amplification by sampling is claimed for what the service saw). */
+        SET("sampling_rate=1");
     }
 #undef SET
     char *argv[96];

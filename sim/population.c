@@ -37,6 +37,7 @@
 
 #include "plait/crypto.h"
 #include "plait/data.h"
+#include "plait/file.h"
 #include "plait/ingest.h"
 #include "plait/sim.h"
 #include "plait/store.h"
@@ -206,8 +207,9 @@ static int on_block(void *ud, int64_t time, const char *kind, const char *user, 
 static int read_file(const char *path, char **out, size_t *len)
 {
     *out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f) return plait_fail(errno == ENOENT ? PLAIT_ENOENT : PLAIT_EIO, "%s: cannot open", path);
+    FILE *f = NULL;
+    int frc = plait_file_fopen(path, NULL, &f); /* regular files only: a FIFO is refused, not waited on */
+    if (frc != 0) return frc;
     struct stat sb;
     if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
         fclose(f);

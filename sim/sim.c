@@ -25,7 +25,7 @@
  * rounding) + the weight word. For FedSA-LoRA the client's B is personal:
  * loaded from <out>/personal/c<i>.bin when selected and saved back after.
  *
- * Memory: the model (mmap), one adapter, trainer and corpus per worker, one
+ * Memory: the model (one copy), one adapter, trainer and corpus per worker, one
  * (P + 1)-word update per trained client of the current round, and 24 bytes
  * of counts per client. Nothing else grows with the number of clients.
  *

@@ -140,9 +140,11 @@ int plait_adapter_save(const char *path, const plait_lora_t *l, const uint8_t ba
  */
 int plait_adapter_load_mem(plait_lora_t *l, const uint8_t *buf, size_t len, const plait_model_t *m,
                            unsigned flags) PLAIT_WUR;
-/** \brief Read path then plait_adapter_load_mem(). \return also PLAIT_EIO, and
- *         PLAIT_ETOOBIG, before reading, for a file larger than any adapter of m
- *         can be (rank PLAIT_LORA_MAX_RANK on every projection). */
+/** \brief Read path then plait_adapter_load_mem(). \return also PLAIT_EIO,
+ *         PLAIT_EINVAL for a path that is not a regular file (a FIFO is refused
+ *         without blocking), and PLAIT_ETOOBIG, before reading, for a file
+ *         larger than any adapter of m can be (rank PLAIT_LORA_MAX_RANK on
+ *         every projection). */
 int plait_adapter_load(plait_lora_t *l, const char *path, const plait_model_t *m, unsigned flags) PLAIT_WUR;
 
 /**

@@ -48,12 +48,15 @@ typedef struct {
     char port_file[PLAIT_AGGCFG_STR_MAX + 1];    /**< write the bound ports here as JSON once listening ("" = no) */
     /* limits */
     uint64_t max_connections;     /**< open connections at once; more are closed at accept (default 256) */
+    uint64_t max_preauth_connections; /**< before their Hello, at once; <= 3/4 max_connections (default 64) */
+    uint64_t max_preauth_per_addr;    /**< before their Hello from one IP address (default 8) */
     uint64_t max_frame;           /**< largest frame after Hello, bytes (default 1 MiB + 4 KiB) */
     uint64_t max_preauth_frame;   /**< largest frame before Hello is accepted (default 4 KiB) */
     uint64_t max_chunk_bytes;     /**< adapter/update bytes per chunk (default 256 KiB) */
     uint64_t max_update_elements; /**< largest update accepted, words (default 2^24) */
-    double auth_timeout_s;        /**< TLS handshake + Hello must finish within this (default 10 s) */
+    double auth_timeout_s;        /**< TLS handshake + Hello must finish within this (default 5 s) */
     double idle_timeout_s;        /**< close a connection silent this long (default 90 s, as protocol.md) */
+    uint64_t tls_ticket_lifetime_s; /**< session resumption window (default 86400 s; 0 = no tickets) */
     /* model and task */
     char base_model[PLAIT_AGGCFG_STR_MAX + 1]; /**< checkpoint the adapters are for (required) */
     uint64_t lora_rank;           /**< R (default 4) */
@@ -84,7 +87,13 @@ typedef struct {
     /* differential privacy */
     char dp[16];                  /**< none or central (default none) */
     double noise_multiplier;      /**< z of central DP (default 1) */
-    uint64_t population;          /**< devices eligible per round, for q = target / population (default 0) */
+    uint64_t population;          /**< devices sampled from, for q = target / population (default 0: the
+                                       enrolled, non-revoked devices; serve refuses more than that) */
+    double sampling_rate;         /**< q with dp = central (default 0: target_cohort / population) */
+    int adaptive_clip;            /**< adaptive clipping, Andrew et al. 2021 (default 0; needs dp = central) */
+    double clip_target_quantile;  /**< fraction of updates left unclipped (default 0.5) */
+    double clip_lr;               /**< geometric learning rate of the clip (default 0.2) */
+    double clip_count_stddev;     /**< noise std of the unclipped count (default 0: target_cohort / 20) */
     double dp_delta;              /**< δ of the reported ε; 0 = 1 / population^1.1 (default 0) */
     /* operations */
     char log_level[16];           /**< debug, info, warn or error (default info) */

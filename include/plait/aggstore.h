@@ -33,7 +33,8 @@
  * neither does a power cut, provided the disk honours fsync.
  *
  * Atomicity. plait_aggstore_round_commit writes the round's end state and
- * statistics, the new version, the ledger row and the metrics in ONE
+ * statistics, the uploaders' participation counters, the new version, the
+ * ledger row and the metrics in ONE
  * transaction: after a crash or an error either all of them are there or
  * none is (the round then stays open, or is abandoned at the next open).
  *
@@ -83,8 +84,9 @@
 /** An open aggregator store (opaque). */
 typedef struct plait_aggstore_s plait_aggstore_t;
 
-/** Schema version written by this build; files with a newer one are refused. */
-#define PLAIT_AGGSTORE_SCHEMA_VERSION 1
+/** Schema version written by this build; files with a newer one are refused, version-1 files are
+ *  migrated at a read-write open (refused read-only). */
+#define PLAIT_AGGSTORE_SCHEMA_VERSION 2
 /** Device ids (certificate CN): 1..64 printable ASCII bytes (X.509 ub-common-name is 64). */
 #define PLAIT_AGGSTORE_MAX_DEVICE_ID 64
 /** Metric keys and rejection reasons: 1..64 printable ASCII bytes. */
@@ -366,6 +368,9 @@ int plait_aggstore_round_record_stats(plait_aggstore_t *st, int64_t round, const
 int plait_aggstore_round_fail(plait_aggstore_t *st, int64_t round, const char *reason,
                               const plait_aggstore_stats_t *stats) PLAIT_WUR;
 
+/** Longest mechanism / selection name in a ledger row. */
+#define PLAIT_AGGSTORE_LEDGER_NAME 31
+
 /** One privacy ledger row: the DP parameters of one round and ε so far. */
 typedef struct plait_aggstore_ledger_s {
     int64_t round_id;          /* filled in by the store on commit */
@@ -374,6 +379,13 @@ typedef struct plait_aggstore_ledger_s {
     int64_t steps;             /* mechanism steps this round composed, >= 1 */
     double delta;              /* in (0, 1) */
     double epsilon;            /* ε spent by the deployment after this round, >= 0 (may be +inf) */
+    char mechanism[PLAIT_AGGSTORE_LEDGER_NAME + 1]; /* "gaussian" (noised sum) or "gaussian+clip-count"
+                                  (adaptive clipping also releases the noised unclipped count); "" on
+                                  input is stored as "unrecorded" */
+    double clip;               /* clip bound C of the round, >= 0 (0: not recorded) */
+    char selection[PLAIT_AGGSTORE_LEDGER_NAME + 1]; /* "poisson" (each device admitted with probability q)
+                                  or "first-come" (rows from before Poisson sampling); "" is stored as
+                                  "unrecorded" */
 } plait_aggstore_ledger_t;
 
 /** A metric: key 1..PLAIT_AGGSTORE_MAX_KEY printable ASCII bytes; value not NaN. */
@@ -397,6 +409,8 @@ typedef struct plait_aggstore_commit_s {
     const plait_aggstore_ledger_t *ledger;  /* NULL: the round had no DP */
     const plait_aggstore_metric_t *metrics; /* n_metrics distinct keys */
     size_t n_metrics;         /* 0..max_metrics */
+    const char *const *uploaders; /* device ids whose updates the round used (participation counters) */
+    size_t n_uploaders;       /* revoked, unknown or already counted ones are skipped, not an error */
 } plait_aggstore_commit_t;
 
 /**
@@ -512,10 +526,14 @@ typedef struct plait_aggstore_privacy_s {
     int64_t steps;    /* sum of their steps */
     double delta;     /* of the latest row; 0 when there is none */
     double epsilon;   /* ε after the latest row (the deployment's ε so far); 0 when none */
+    int64_t poisson_rounds;      /* rows whose selection is "poisson" */
+    int64_t max_device_rounds;   /* most ledger rounds any one device uploaded to (devices.dp_rounds) */
+    double min_noise_multiplier; /* smallest z of the ledger; 0 when none */
 } plait_aggstore_privacy_t;
 
 /**
- * \brief Totals for the `privacy` report.
+ * \brief Totals for the `privacy` report, with what the per-device worst case needs
+ *        (max_device_rounds, min_noise_multiplier).
  * \return 0; PLAIT_EPROTO (a malformed row); PLAIT_EINVAL; PLAIT_EBUSY; PLAIT_EIO.
  */
 int plait_aggstore_ledger_total(plait_aggstore_t *st, plait_aggstore_privacy_t *out /* OUT */) PLAIT_WUR;

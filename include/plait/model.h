@@ -76,7 +76,7 @@ typedef struct plait_model_s {
     plait_model_config_t cfg;
     plait_model_weights_t w;
     uint8_t sha256[32]; /* of the checkpoint file (zero for random models) */
-    void *map;          /* mmap'ed file, or NULL */
+    void *map;          /* heap copy of a .bin file, read-only mapping of a GGUF file (is_gguf), or NULL */
     size_t map_len;
     float *owned;       /* heap weights of a random model, or NULL */
     /* Typed views of every matrix, for both formats: L * PLAIT_NPROJ
@@ -99,12 +99,14 @@ void plait_model_init(plait_model_t *m);
 int plait_model_config_validate(plait_model_config_t *cfg);
 
 /**
- * \brief Memory-map a llama2.c legacy (v0) float32 checkpoint and hash it.
+ * \brief Read a llama2.c legacy (v0) float32 checkpoint into memory and hash it.
  * \param m    initialized with plait_model_init; must not hold a model.
  * \param path file path; never NULL.
- * \return 0; PLAIT_EIO if it cannot be opened or mapped; PLAIT_EPROTO for a
- *         bad header or a size that does not match the header (truncated or
- *         oversized); the detail is in plait_errmsg().
+ * \return 0; PLAIT_EIO if it cannot be opened, is not a regular file (a
+ *         FIFO is refused without blocking), is read short or changes while
+ *         it is read; PLAIT_ENOMEM; PLAIT_EPROTO for a
+ *         bad header, a size that does not match the header (truncated or
+ *         oversized) or a non-finite weight (the detail names the tensor).
  */
 int plait_model_load(plait_model_t *m, const char *path) PLAIT_WUR;
 
@@ -116,7 +118,7 @@ int plait_model_load(plait_model_t *m, const char *path) PLAIT_WUR;
  */
 int plait_model_init_random(plait_model_t *m, const plait_model_config_t *cfg, uint64_t seed) PLAIT_WUR;
 
-/** \brief Release the mapping or buffer. NULL and double free are safe. */
+/** \brief Release the weights. NULL and double free are safe. */
 void plait_model_free(plait_model_t *m);
 
 /** Projection targets of LoRA, in canonical order. */

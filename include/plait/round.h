@@ -113,6 +113,20 @@ typedef struct {
     plait_dp_config_t dp_cfg;   /**< DP settings; expected_weight 0 means target_cohort (default plait_dp_config_default) */
     size_t population;          /**< N, clients eligible for sampling; q = target / N (default 0: required with dp) */
     double dp_delta;            /**< δ for the reported ε (default 0: 1 / N^1.1, below 1/N as usual) */
+    int poisson;                /**< 1: the caller Poisson-samples the cohort (selection.h): the cohort is
+                                     every client it selects, up to min(population, the sum's wrap limit);
+                                     training starts at the selection timeout (or when that cap is reached);
+                                     the round does not close at target_cohort accepted updates, only when
+                                     every selected client is accounted for or at the deadline; the
+                                     accountant composes the round's sample rate (default 0: first come,
+                                     ceil(target · overselect) clients, q = target / population) */
+    double sample_rate;         /**< q of the next round with poisson, in (0, 1]; change it between rounds
+                                     with plait_round_set_sample_rate() (default 1) */
+    int clip_bit;               /**< 1: quantized updates carry one more word, the client's bit "norm <=
+                                     clip" encoded as a weight word; aggregate() decodes the sum of those
+                                     words as the unclipped count for adaptive DP (the `unclipped`
+                                     arguments are then ignored); without secure each word must be 0 or 1
+                                     (default 0) */
 } plait_round_config_t;
 
 /** Per-round counters; a fresh set per open(). */
@@ -139,6 +153,7 @@ typedef struct {
     double clip_used;          /**< clip bound of the round */
     double noise_stddev;       /**< DP noise std per averaged coordinate (0 without DP) */
     double epsilon;            /**< ε spent after this round (0 without DP) */
+    double sample_rate;        /**< q the accountant composes for this round (0 without DP) */
 } plait_round_stats_t;
 
 typedef struct plait_round_s plait_round_t;
@@ -169,6 +184,11 @@ const float *plait_round_global(const plait_round_t *r);
 uint64_t plait_round_version(const plait_round_t *r);
 /** \brief The clip bound clients must use in the current (or next) round. */
 double plait_round_clip(const plait_round_t *r);
+/**
+ * \brief Set q of the next round (poisson configs; the service recounts its population per round).
+ * \return 0; PLAIT_EINVAL (q not in (0, 1], or not poisson); PLAIT_EBUSY (a round is open).
+ */
+int plait_round_set_sample_rate(plait_round_t *r, double q) PLAIT_WUR;
 /** \brief The quantization config clients must use. */
 const plait_quant_config_t *plait_round_quant(const plait_round_t *r);
 /** \brief Copy the counters of the current (or last) round. */
@@ -214,7 +234,8 @@ int plait_round_select(plait_round_t *r, uint64_t client, double now) PLAIT_WUR;
 int plait_round_start(plait_round_t *r, double now) PLAIT_WUR;
 
 /**
- * \brief A quantized update: n_words = dim + 1 words (w·x quantized, then the weight word).
+ * \brief A quantized update: n_words = dim + 1 words (w·x quantized, then the weight word), + 1
+ *        clip-bit word when cfg.clip_bit.
  * \param unclipped 1 if the client's norm was <= the clip before clipping (adaptive DP), else 0.
  * \return 0 (accepted; the state may have moved to AGGREGATION); PLAIT_ESTALE (stale round,
  *         duplicate, or late); PLAIT_ENOENT (not selected); PLAIT_EMISMATCH (length);

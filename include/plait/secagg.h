@@ -300,8 +300,9 @@ typedef struct {
  * \brief Shamir-share c_sk and b among the accepted neighbours and encrypt
  *        one message per neighbour. Callable once.
  * \param out cap entries; the number of accepted neighbours is needed.
- * \return 0; PLAIT_ETHRESHOLD (fewer than t neighbours accepted: the device
- *         must not continue the round), PLAIT_ETOOBIG (cap), PLAIT_EINVAL
+ * \return 0; PLAIT_ETHRESHOLD (fewer than t - 1 neighbours accepted, so the
+ *         device and its neighbours hold fewer than t shares: the device must
+ *         not continue the round), PLAIT_ETOOBIG (cap), PLAIT_EINVAL
  *         (wrong state), PLAIT_EIO, PLAIT_EINTERNAL.
  */
 int plait_secagg_device_shares(plait_secagg_device_t *d, plait_drbg_t *rng, plait_secagg_ct_t *out, size_t cap,
@@ -322,7 +323,7 @@ int plait_secagg_device_recv_share(plait_secagg_device_t *d, const plait_secagg_
  *        shares were received. Callable once.
  * \param x len words, each < 2^m (len as in the round). \param y OUT len words.
  * \return 0; PLAIT_EINVAL (a word >= 2^m, wrong len or state),
- *         PLAIT_ETHRESHOLD (shares from fewer than t neighbours), PLAIT_ENOMEM.
+ *         PLAIT_ETHRESHOLD (shares from fewer than t - 1 neighbours), PLAIT_ENOMEM.
  */
 int plait_secagg_device_mask(plait_secagg_device_t *d, const uint32_t *x, size_t len, uint32_t *y /* OUT */) PLAIT_WUR;
 
@@ -343,7 +344,8 @@ typedef struct {
  *        one request per round.
  * \param surv, n_surv  survivors (sent masked input); must contain this device.
  * \param drop, n_drop  dropouts (shared keys, sent no masked input).
- * \param out cap entries (k is always enough).
+ * \param out cap entries (k + 1 is always enough: this device's own b-share
+ *            comes first).
  * \return the count in *n_out and 0; PLAIT_EREFUSED (a device in both lists,
  *         this device listed as dropped or missing from the survivors, a
  *         second request, or no masked input sent yet); PLAIT_EPROTO (index

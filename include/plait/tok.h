@@ -84,8 +84,9 @@ int plait_tok_parse(plait_tok_t *t, const uint8_t *buf, size_t len, int vocab_si
 /**
  * \brief Read and parse a tokenizer file (see plait_tok_parse).
  * \param path file path; never NULL.
- * \return as plait_tok_parse, plus PLAIT_EIO if it cannot be read and
- *         PLAIT_ETOOBIG above PLAIT_TOK_MAX_FILE.
+ * \return as plait_tok_parse, plus PLAIT_EIO if it cannot be read,
+ *         PLAIT_EINVAL if it is not a regular file (a FIFO is refused without
+ *         blocking) and PLAIT_ETOOBIG above PLAIT_TOK_MAX_FILE.
  */
 int plait_tok_load(plait_tok_t *t, const char *path, int vocab_size) PLAIT_WUR;
 

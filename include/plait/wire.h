@@ -108,9 +108,12 @@ typedef enum {
     PLAIT_RETRY_PACE = 2,          /**< pace steering: took part recently */
     PLAIT_RETRY_BUSY = 3,          /**< the aggregator is overloaded */
     PLAIT_RETRY_SHUTTING_DOWN = 4, /**< the aggregator is stopping */
-    PLAIT_RETRY_INCOMPATIBLE = 5   /**< base model or capabilities do not fit */
+    PLAIT_RETRY_INCOMPATIBLE = 5,  /**< base model or capabilities do not fit */
+    PLAIT_RETRY_ROUND_FAILED = 6,  /**< the device's round ended without a commit */
+    PLAIT_RETRY_COMMIT_FAILED = 7, /**< the device's round could not be committed */
+    PLAIT_RETRY_NOT_SAMPLED = 12   /**< Poisson sampling did not pick the device this round */
 } plait_retry_reason_t;
-#define PLAIT_RETRY_REASON_MAX 5
+#define PLAIT_RETRY_REASON_MAX 7
 
 /** Decline.code: why a device declined a task, from a fixed list (never text). */
 typedef enum {
@@ -197,6 +200,10 @@ typedef struct {
     uint32_t deadline_s;      /**< seconds from receipt, 1..max_deadline_s */
     uint64_t update_elements; /**< words to upload (span + 1 weight word), 2..max_update_elements */
     uint32_t example_cap;     /**< weight = min(examples, cap) / cap; >= 1 */
+    uint32_t max_chunk_bytes; /**< UpdateChunk words·4 the aggregator takes; 0: not sent (the
+                                   receiver's own limit applies), else >= 4 */
+    int clip_bit;             /**< 0 or 1: append the word "update norm <= clip_norm" (adaptive clipping),
+                                   encoded as a weight word; update_elements then counts span + 2 */
 } plait_msg_task_t;
 
 typedef struct {

@@ -1,8 +1,9 @@
 /*
  * fuzz_checkpoint.c: the llama2.c checkpoint loader on arbitrary bytes. The
- * loader memory-maps a path, so the input is written to an unlinked
- * temporary file and loaded through /proc/self/fd. A model that loads is
- * used for one forward pass.
+ * loader reads a path, so the input is written to an unlinked temporary
+ * file and loaded through /proc/self/fd. A model that loads is used for one
+ * forward pass (its weights are all finite: the loader refuses NaN and inf,
+ * corpus nan_embedding.bin and inf_rms_final.bin).
  */
 #include <stdint.h>
 #include <stdio.h>

@@ -16,11 +16,16 @@
 #include <math.h>
 #include <time.h>
 #include <pthread.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include "cli.h"
 #include "integ.h"
@@ -213,6 +218,74 @@ static void expect_tls_refused(it_dep_t *d, const char *ca, const char *crt, con
     snprintf(needle, sizeof(needle), "reason=%s", reason);
     ck_assert_msg(it_log_wait(d, needle, 5000), "no log line with %s", needle);
 }
+
+/* ---- TLS session resumption ------------------------------------------------- */
+
+/* Connect over TLS with a client config kept across connections (as the
+ * agent keeps one per process), so a saved session is offered. */
+static int connect_shared(it_client_t *c, const it_dep_t *d, plait_tls_config_t *cfg, const char *ca,
+                          const char *crt, const char *key)
+{
+    int rc = it_client_open(c, d->port, ca, crt, key);
+    if (rc != 0) return rc;
+    plait_tls_free(c->tls);
+    plait_tls_config_free(c->cfg);
+    c->tls = NULL;
+    c->cfg = NULL; /* borrowed from here on: it_client_close leaves it */
+    rc = plait_tls_new(&c->tls, cfg);
+    if (rc == 0) rc = plait_tls_fd_handshake(c->tls, c->fd);
+    return rc;
+}
+
+START_TEST(test_tls_resumption)
+{
+    it_dep_t d;
+    dep_up(&d, "integ_resume", 1);
+    char *ca = it_read(&d, "ca.crt"), *crt = it_read(&d, "dev0.crt"), *key = it_read(&d, "dev0.key");
+    ck_assert(ca && crt && key);
+    plait_tls_config_t *cfg;
+    ck_assert_int_eq(plait_tls_config_client(&cfg, ca, crt, key, "127.0.0.1"), 0);
+    ck_assert_int_eq(plait_tls_config_tickets(cfg, 0), 0);
+    it_client_t *c = malloc(sizeof(*c));
+    for (int i = 0; i < 2; i++) { /* a full handshake, then a resumed one */
+        ck_assert_int_eq(connect_shared(c, &d, cfg, ca, crt, key), 0);
+        ck_assert_int_eq(plait_tls_resumed(c->tls), i);
+        plait_msg_t m;
+        ck_assert_int_eq(it_hello(c, &d), 0);
+        ck_assert_int_eq(it_recv(c, &m, 20000), 0); /* the service knows the device: a task or come back later */
+        ck_assert(m.type == PLAIT_MSG_TASK || m.type == PLAIT_MSG_COME_BACK_LATER);
+        plait_msg_free(&m);
+        it_client_close(c);
+    }
+    ck_assert(it_log_wait(&d, " resumed", 10000));
+    char *m = it_metrics(&d);
+    ck_assert_ptr_nonnull(m);
+    ck_assert_ptr_nonnull(strstr(m, "plait_tls_resumed_total 1"));
+    free(m);
+    /* Revoked since the ticket was issued: the resumption is refused. */
+    ck_assert_int_eq(it_cli("revoke", d.dir, "--device", "dev0", NULL), 0);
+    sleep(2); /* the service reloads revoked.txt at most once a second */
+    int rc = connect_shared(c, &d, cfg, ca, crt, key);
+    if (rc == 0) { /* an abbreviated handshake ends first on the client's side */
+        plait_msg_t mm;
+        rc = it_hello(c, &d);
+        if (rc == 0) rc = it_recv(c, &mm, 10000);
+        if (rc == 0) {
+            if (mm.type == PLAIT_MSG_ERROR) rc = mm.u.error.code;
+            plait_msg_free(&mm);
+        }
+    }
+    ck_assert_int_ne(rc, 0);
+    it_client_close(c);
+    free(c);
+    ck_assert(it_log_wait(&d, "reason=tls_revoked", 10000));
+    plait_tls_config_free(cfg);
+    free(ca);
+    free(crt);
+    free(key);
+    finish(&d);
+}
+END_TEST
 
 START_TEST(test_tls_refusals)
 {
@@ -568,6 +641,37 @@ START_TEST(test_decline)
     ck_assert_ptr_nonnull(mt);
     ck_assert_ptr_nonnull(strstr(mt, "plait_tasks_declined_total 1"));
     free(mt);
+
+    /* Round 2: all three hold the task, so training has started; dev2 declines and is a dropout
+     * at once; the other two upload and the round commits without waiting for it. */
+    it_client_t *cs[3];
+    plait_msg_task_t ts[3];
+    for (int i = 0; i < 3; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "dev%d", i);
+        cs[i] = malloc(sizeof(it_client_t));
+        ck_assert_int_eq(client_with_task(cs[i], &d, id, &ts[i]), 0);
+        ck_assert_uint_eq(ts[i].round_id, 2);
+    }
+    plait_msg_init(&m, PLAIT_MSG_DECLINE);
+    m.u.decline.round_id = 2;
+    m.u.decline.code = PLAIT_DECLINE_NOT_ELIGIBLE;
+    ck_assert_int_eq(it_send(cs[2], &m), 0);
+    snprintf(needle, sizeof(needle), "dropout round=2 device=%s (declined)", cn);
+    ck_assert_msg(it_log_wait(&d, needle, 20000), "no log line '%s'", needle);
+    for (int i = 0; i < 2; i++) {
+        uint32_t *w = it_update_words(&ts[i], 0.01f);
+        ck_assert_ptr_nonnull(w);
+        size_t n_el = (size_t)ts[i].update_elements;
+        ck_assert_int_eq(it_upload(cs[i], &ts[i], w, n_el, n_el, 700), 0);
+        ck_assert_int_eq(expect_type(cs[i], PLAIT_MSG_ACK, NULL), 0);
+        free(w);
+    }
+    ck_assert(it_log_wait(&d, "round committed round=2 version=3", 60000));
+    for (int i = 0; i < 3; i++) {
+        it_client_close(cs[i]);
+        free(cs[i]);
+    }
     finish(&d);
     ck_assert_int_eq(it_log_count(&d, "151"), 0);
     ck_assert_int_eq(it_log_count(&d, "training split"), 0);
@@ -711,6 +815,260 @@ START_TEST(test_limits)
 }
 END_TEST
 
+/* ---- issue #11: hostile hosts, revocation and failed rounds ---------------- */
+
+/* A plain TCP connection to 127.0.0.1:port from source address src (Linux
+ * routes all of 127/8 to lo, so each 127.x.y.z is a distinct "host"). */
+static int raw_connect(int port, const char *src)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    struct sockaddr_in a, to;
+    memset(&a, 0, sizeof(a));
+    memset(&to, 0, sizeof(to));
+    a.sin_family = to.sin_family = AF_INET;
+    to.sin_port = htons((uint16_t)port);
+    if (inet_pton(AF_INET, src, &a.sin_addr) != 1 || inet_pton(AF_INET, "127.0.0.1", &to.sin_addr) != 1 ||
+        bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0 || connect(fd, (struct sockaddr *)&to, sizeof(to)) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* The value of a metrics line (exact name with labels), or -1. */
+static long long metric(const it_dep_t *d, const char *name)
+{
+    char *m = it_metrics(d);
+    if (!m) return -1;
+    char needle[200];
+    snprintf(needle, sizeof(needle), "\n%s ", name);
+    const char *p = strstr(m, needle);
+    long long v = p ? strtoll(p + strlen(needle), NULL, 10) : -1;
+    free(m);
+    return v;
+}
+
+/* Poll a metric until it reaches at least want (60 s bound); its last value. */
+static long long metric_wait(const it_dep_t *d, const char *name, long long want)
+{
+    long long v = -1;
+    for (int i = 0; i < 600 && (v = metric(d, name)) < want; i++) usleep(100000);
+    return v;
+}
+
+/* expect_type with one overall deadline (generous: a loaded machine). */
+static int expect_type_within(it_client_t *c, plait_msg_type_t type, int *code, int timeout_ms)
+{
+    for (int waited = 0; waited < timeout_ms; waited += 5000) {
+        plait_msg_t m;
+        int rc = it_recv(c, &m, 5000);
+        if (rc == PLAIT_EAGAIN) continue;
+        if (rc != 0) return rc;
+        int t = m.type;
+        if (code && t == PLAIT_MSG_ERROR) *code = m.u.error.code;
+        plait_msg_free(&m);
+        if (t == (int)type) return 0;
+    }
+    return PLAIT_EAGAIN;
+}
+
+/* Item 1: idle sockets from one host took every slot. Now one address gets
+ * max_preauth_per_addr of the pre-auth pool, the pool gets at most 3/4 of
+ * max_connections, devices keep the rest, and refusal logs are rate-limited
+ * with the refusals still counted. */
+START_TEST(test_admission)
+{
+    it_dep_t d;
+    ck_assert_int_eq(it_init(&d, "integ_admit", "max_connections=16", "max_preauth_connections=8",
+                             "max_preauth_per_addr=3", "auth_timeout_s=120", "idle_timeout_s=120",
+                             "target_cohort=3", "min_cohort=2", "selection_timeout_s=120", NULL),
+                     0);
+    ck_assert_int_eq(it_enroll(&d, "dev0"), 0);
+    ck_assert_int_eq(it_start(&d, NULL), 0);
+    int fds[64], n = 0;
+    for (int i = 0; i < 40; i++) {
+        int fd = raw_connect(d.port, "127.0.0.2");
+        ck_assert_int_ge(fd, 0);
+        fds[n++] = fd;
+    }
+    ck_assert_int_eq(metric_wait(&d, "plait_rejections_total{reason=\"address_full\"}", 37), 37);
+    ck_assert_int_eq(metric(&d, "plait_preauth_connections"), 3);
+    /* a device from another address is not locked out */
+    it_client_t *c = malloc(sizeof(*c));
+    plait_msg_task_t t;
+    ck_assert_int_eq(client_with_task(c, &d, "dev0", &t), 0);
+    ck_assert_uint_eq(t.max_chunk_bytes, 262144); /* item 5: the limit travels in the task */
+    /* three more hosts, 8 connections: the pool fills (3 + 3 + 2 = 8), the last 3 are refused */
+    const char *hosts[] = {"127.0.0.3", "127.0.0.4", "127.0.0.5"};
+    for (int h = 0; h < 3; h++)
+        for (int i = 0; i < 3 && !(h == 2 && i == 2); i++) {
+            int fd = raw_connect(d.port, hosts[h]);
+            ck_assert_int_ge(fd, 0);
+            fds[n++] = fd;
+        }
+    ck_assert_int_eq(metric_wait(&d, "plait_rejections_total{reason=\"preauth_full\"}", 3), 3);
+    ck_assert_int_eq(metric(&d, "plait_preauth_connections"), 8);
+    /* the authenticated device is unaffected */
+    plait_msg_t p;
+    plait_msg_init(&p, PLAIT_MSG_PING);
+    p.u.ping.nonce = 5;
+    ck_assert_int_eq(it_send(c, &p), 0);
+    ck_assert_int_eq(expect_type(c, PLAIT_MSG_PONG, NULL), 0);
+    it_client_close(c);
+    free(c);
+    /* every refusal is counted; each is either logged or counted as suppressed */
+    long long logged = it_log_count(&d, "reason=address_full") + it_log_count(&d, "reason=preauth_full");
+    long long supp = metric(&d, "plait_rejection_logs_suppressed_total");
+    ck_assert_int_ge(supp, 0);
+    ck_assert_int_eq(logged + supp, 40);
+    for (int i = 0; i < n; i++) close(fds[i]);
+    finish(&d);
+}
+END_TEST
+
+/* Item 7: idle sockets on the metrics port no longer keep the scraper out. */
+START_TEST(test_metrics_idle_sockets)
+{
+    it_dep_t d;
+    dep_up(&d, "integ_metrics_idle", 0);
+    int fds[80];
+    for (int i = 0; i < 80; i++) {
+        fds[i] = raw_connect(d.metrics_port, "127.0.0.2");
+        ck_assert_int_ge(fds[i], 0);
+    }
+    /* accepted after the 80 (one listen queue, in order): the oldest idle ones
+     * are evicted to make room, so the first scrape is answered */
+    char *m = it_metrics(&d);
+    ck_assert_ptr_nonnull(m);
+    ck_assert_ptr_nonnull(strstr(m, "200 OK"));
+    free(m);
+    /* (how many were evicted rather than timed out depends on scheduling: only its presence is checked) */
+    ck_assert_int_ge(metric(&d, "plait_metrics_connections_evicted_total"), 0);
+    for (int i = 0; i < 80; i++) close(fds[i]);
+    finish(&d);
+}
+END_TEST
+
+/* Item 2: a device revoked mid-round. Its session is closed with EAUTH, its
+ * held update is dropped, and the round commits with the others (it used to
+ * fail at commit on the revoked device). The revocation list is reloaded on
+ * the tick, with no new connection to trigger it. */
+START_TEST(test_revoke_mid_round)
+{
+    it_dep_t d;
+    ck_assert_int_eq(it_init(&d, "integ_revoke_mid", "target_cohort=3", "min_cohort=2", "overselect=1",
+                             "selection_timeout_s=120", "round_timeout_s=120", "idle_timeout_s=120",
+                             "max_chunk_bytes=4096", "retry_ms=200", NULL),
+                     0);
+    for (int i = 0; i < 3; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "dev%d", i);
+        ck_assert_int_eq(it_enroll(&d, id), 0);
+    }
+    ck_assert_int_eq(it_start(&d, NULL), 0);
+    it_client_t *c0 = malloc(sizeof(*c0)), *c1 = malloc(sizeof(*c1));
+    plait_msg_task_t t0, t1;
+    ck_assert_int_eq(client_with_task(c0, &d, "dev0", &t0), 0);
+    uint32_t *w = it_update_words(&t0, 0.01f);
+    ck_assert_ptr_nonnull(w);
+    /* dev0 uploads during selection: held until training starts */
+    ck_assert_int_eq(it_upload(c0, &t0, w, (size_t)t0.update_elements, (size_t)t0.update_elements, 700), 0);
+    ck_assert(it_log_wait(&d, "update held until training starts", 30000));
+    ck_assert_int_eq(client_with_task(c1, &d, "dev1", &t1), 0);
+    ck_assert_int_eq(it_cli("revoke", d.dir, "--device", "dev0", NULL), 0);
+    int code = 0;
+    ck_assert_int_eq(expect_type_within(c0, PLAIT_MSG_ERROR, &code, 120000), 0);
+    ck_assert_int_eq(code, PLAIT_EAUTH);
+    ck_assert(it_log_wait(&d, "reason=revoked_connected", 30000));
+    it_client_close(c0);
+    /* dev2 completes the cohort; dev1 uploads; the round commits without dev0 */
+    ck_assert_int_eq(it_participate(&d, "dev2", 0.01f, NULL), 0);
+    ck_assert_int_eq(it_upload(c1, &t1, w, (size_t)t1.update_elements, (size_t)t1.update_elements, 700), 0);
+    ck_assert_int_eq(expect_type_within(c1, PLAIT_MSG_ACK, NULL, 120000), 0);
+    it_client_close(c1);
+    ck_assert(it_log_wait(&d, "round committed round=1", 60000));
+    ck_assert_int_eq(it_log_count(&d, "round commit failed"), 0);
+    free(w);
+    free(c0);
+    free(c1);
+    finish(&d);
+}
+END_TEST
+
+/* Item 3: a round that fails (too few devices by the selection deadline)
+ * tells its devices: ComeBackLater(ROUND_FAILED) instead of silence. */
+START_TEST(test_failed_round_signalled)
+{
+    it_dep_t d;
+    ck_assert_int_eq(it_init(&d, "integ_fail_signal", "target_cohort=3", "min_cohort=2", "overselect=1",
+                             "selection_timeout_s=3", "round_timeout_s=20", "idle_timeout_s=60",
+                             "max_chunk_bytes=4096", "retry_ms=200", NULL),
+                     0);
+    ck_assert_int_eq(it_enroll(&d, "dev0"), 0);
+    ck_assert_int_eq(it_start(&d, NULL), 0);
+    it_client_t *c = malloc(sizeof(*c));
+    plait_msg_task_t t;
+    ck_assert_int_eq(client_with_task(c, &d, "dev0", &t), 0);
+    ck_assert_uint_eq(t.max_chunk_bytes, 4096);
+    uint32_t *w = it_update_words(&t, 0.01f);
+    ck_assert_int_eq(it_upload(c, &t, w, (size_t)t.update_elements, (size_t)t.update_elements, 1024), 0);
+    free(w);
+    plait_msg_t m;
+    int got = -1;
+    for (int i = 0; i < 64 && got < 0; i++) {
+        ck_assert_int_eq(it_recv(c, &m, 30000), 0);
+        if (m.type == PLAIT_MSG_COME_BACK_LATER) got = (int)m.u.come_back_later.reason;
+        else ck_assert_msg(m.type == PLAIT_MSG_PONG || m.type == PLAIT_MSG_PING, "got %s", plait_msg_type_name(m.type));
+        plait_msg_free(&m);
+    }
+    ck_assert_int_eq(got, PLAIT_RETRY_ROUND_FAILED);
+    ck_assert(it_log_wait(&d, "round failed round=1", 10000));
+    it_client_close(c);
+    free(c);
+    finish(&d);
+}
+END_TEST
+
+/* Item 13 (server side): a shutdown while a device waits for its Ack (its
+ * update held during selection) is a ComeBackLater SHUTTING_DOWN, which the
+ * agent reports as a come-back (check_agent), not a protocol error. */
+START_TEST(test_shutdown_during_ack_wait)
+{
+    it_dep_t d;
+    dep_up(&d, "integ_shutdown_ack", 1);
+    it_client_t *c = malloc(sizeof(*c));
+    plait_msg_task_t t;
+    ck_assert_int_eq(client_with_task(c, &d, "dev0", &t), 0);
+    uint32_t *w = it_update_words(&t, 0.01f);
+    ck_assert_int_eq(it_upload(c, &t, w, (size_t)t.update_elements, (size_t)t.update_elements, 1024), 0);
+    free(w);
+    ck_assert(it_log_wait(&d, "update held until training starts", 30000));
+    ck_assert_int_eq(kill(d.pid, SIGTERM), 0);
+    plait_msg_t m;
+    int got = -1;
+    for (int i = 0; i < 64 && got < 0; i++) {
+        ck_assert_int_eq(it_recv(c, &m, 30000), 0);
+        if (m.type == PLAIT_MSG_COME_BACK_LATER) got = (int)m.u.come_back_later.reason;
+        else ck_assert_msg(m.type == PLAIT_MSG_PING, "got %s", plait_msg_type_name(m.type));
+        plait_msg_free(&m);
+    }
+    ck_assert_int_eq(got, PLAIT_RETRY_SHUTTING_DOWN);
+    it_client_close(c);
+    free(c);
+    /* the SIGTERM above is the stop: wait for the clean exit (not a second signal) */
+    int st = -1, done = 0;
+    for (int i = 0; i < 600 && !done; i++) {
+        if (waitpid(d.pid, &st, WNOHANG) == d.pid) done = 1;
+        else usleep(100000);
+    }
+    ck_assert_msg(done, "the aggregator did not exit after SIGTERM");
+    d.pid = 0;
+    ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    ck_assert(it_log_count(&d, "shutdown complete") == 1);
+}
+END_TEST
+
 /* ---- operator commands: errors, DP ledger -------------------------------- */
 
 /* Run the CLI in-process; stdout and stderr text into out/err (static buffers). */
@@ -734,7 +1092,7 @@ START_TEST(test_cli)
     static char out[8192], err[8192];
     it_dep_t d;
     ck_assert_int_eq(it_init(&d, "integ_cli", "target_cohort=3", "min_cohort=2", "overselect=1", "dp=central",
-                             "population=30", "noise_multiplier=1.1", "quant_range=4", "retry_ms=200", NULL),
+                             "noise_multiplier=1.1", "quant_range=4", "retry_ms=200", NULL),
                      0);
     /* init refuses an existing deployment and needs --base-model */
     char *a1[] = {"plait-aggregator", "init", d.dir, "--base-model", (char *)it_model(), NULL};
@@ -805,6 +1163,7 @@ Suite *server_suite(void)
     } cases[] = {
         {"round_commits", test_round_commits},
         {"tls_refusals", test_tls_refusals},
+        {"tls_resumption", test_tls_resumption},
         {"bad_bytes", test_bad_bytes},
         {"bad_updates", test_bad_updates},
         {"kill9_restart", test_kill9_restart},
@@ -813,6 +1172,11 @@ Suite *server_suite(void)
         {"offline_enrollment", test_offline_enrollment},
         {"limits", test_limits},
         {"cli", test_cli},
+        {"admission", test_admission},
+        {"metrics_idle_sockets", test_metrics_idle_sockets},
+        {"revoke_mid_round", test_revoke_mid_round},
+        {"failed_round_signalled", test_failed_round_signalled},
+        {"shutdown_during_ack_wait", test_shutdown_during_ack_wait},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         TCase *tc = tcase_create(cases[i].name);

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include "plait/adapter.h"
@@ -150,6 +151,34 @@ START_TEST(test_end_to_end)
 }
 END_TEST
 
+/* keygen: a P-256 key 0600 (never overwritten) and a CSR that names no one. */
+START_TEST(test_keygen)
+{
+    char out[4096];
+    char *key = tu_path(scratch, "dev.key"), *csr = tu_path(scratch, "dev.csr");
+    ck_assert_int_eq(run(out, sizeof(out), "keygen --key '%s' --csr '%s'", key, csr), 0);
+    struct stat sb;
+    ck_assert_int_eq(stat(key, &sb), 0);
+    ck_assert_uint_eq(sb.st_mode & 0777, 0600);
+    size_t n = 0;
+    uint8_t *k1 = tu_read_file(key, &n);
+    ck_assert_ptr_nonnull(k1);
+    ck_assert_ptr_nonnull(strstr((const char *)k1, "PRIVATE KEY"));
+    uint8_t *c = tu_read_file(csr, &n);
+    ck_assert_ptr_nonnull(strstr((const char *)c, "CERTIFICATE REQUEST"));
+    ck_assert_int_eq(run(out, sizeof(out), "keygen --key '%s' --csr '%s'", key, csr), 1);
+    ck_assert_ptr_nonnull(strstr(out, "not overwriting"));
+    uint8_t *k2 = tu_read_file(key, &n);
+    ck_assert_str_eq((const char *)k1, (const char *)k2);
+    ck_assert_int_eq(run(out, sizeof(out), "keygen --key '%s'", key), 2);
+    free(k1);
+    free(k2);
+    free(c);
+    free(key);
+    free(csr);
+}
+END_TEST
+
 /* One line on stderr, exit status as given, containing the needle. */
 static void expect_fail(int status, const char *needle, const char *args)
 {
@@ -208,6 +237,7 @@ Suite *agentcli_suite(void)
     tcase_add_test(tc, test_dump_grads_reference);
     tcase_add_test(tc, test_end_to_end);
     tcase_add_test(tc, test_bad_input);
+    tcase_add_test(tc, test_keygen);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -113,9 +113,19 @@ START_TEST(test_precedence_and_rules)
     ck_assert_int_eq(plait_aggcfg_validate(&c), PLAIT_EINVAL);
     c = base();
     ck_assert_int_eq(plait_aggcfg_set(&c, "dp=central"), 0);
-    ck_assert_int_eq(plait_aggcfg_validate(&c), PLAIT_EINVAL); /* population required */
+    ck_assert_int_eq(plait_aggcfg_validate(&c), 0); /* population 0: the enrolled devices, counted by serve */
     ck_assert_int_eq(plait_aggcfg_set(&c, "population=1000"), 0);
     ck_assert_int_eq(plait_aggcfg_validate(&c), 0);
+    ck_assert_int_eq(plait_aggcfg_set(&c, "pace_rounds=2"), 0);
+    ck_assert_int_eq(plait_aggcfg_validate(&c), PLAIT_EINVAL); /* pacing breaks independent sampling */
+    ck_assert_ptr_nonnull(strstr(plait_errmsg(), "pace_rounds"));
+    c = base();
+    ck_assert_int_eq(plait_aggcfg_set(&c, "adaptive_clip=true"), 0);
+    ck_assert_int_eq(plait_aggcfg_validate(&c), PLAIT_EINVAL); /* needs central DP */
+    ck_assert_ptr_nonnull(strstr(plait_errmsg(), "adaptive_clip"));
+    ck_assert_int_eq(plait_aggcfg_set(&c, "dp=central"), 0);
+    ck_assert_int_eq(plait_aggcfg_validate(&c), 0);
+    ck_assert_int_eq(plait_aggcfg_set(&c, "sampling_rate=1.5"), PLAIT_EINVAL);
     c = base();
     ck_assert_int_eq(plait_aggcfg_set(&c, "max_chunk_bytes=2000000"), 0);
     ck_assert_int_eq(plait_aggcfg_validate(&c), PLAIT_EINVAL); /* frame must hold a chunk */

@@ -294,6 +294,44 @@ START_TEST(test_devices)
 }
 END_TEST
 
+/* Labels: the operator's name for an opaque id, stored with the device in one transaction. */
+START_TEST(test_device_labels)
+{
+    plait_aggstore_t *st = open_agg(db_path("labels.db"));
+    uint8_t fp[32];
+    plait_sha256((const uint8_t *)"cert-l", 6, fp);
+    const char *id1 = "0a1b2c3d4e5f60718293a4b5c6d7e8f9", *id2 = "ffeeddccbbaa99887766554433221100";
+    ck_assert_int_eq(plait_aggstore_device_enroll_labeled(st, id1, "alice-phone", fp), 0);
+    char out[PLAIT_AGGSTORE_MAX_DEVICE_ID + 1];
+    ck_assert_int_eq(plait_aggstore_device_find(st, "alice-phone", out), 0);
+    ck_assert_str_eq(out, id1);
+    ck_assert_int_eq(plait_aggstore_device_find(st, id1, out), 0); /* an id works too */
+    ck_assert_str_eq(out, id1);
+    ck_assert_int_eq(plait_aggstore_device_label(st, id1, out), 0);
+    ck_assert_str_eq(out, "alice-phone");
+    ck_assert_int_eq(plait_aggstore_device_find(st, "bob-phone", out), PLAIT_ENOENT);
+    /* a taken label: refused, and the device row is not left behind */
+    ck_assert_int_eq(plait_aggstore_device_enroll_labeled(st, id2, "alice-phone", fp), PLAIT_EINVAL);
+    ck_assert_ptr_nonnull(strstr(plait_errmsg(), "already taken"));
+    plait_aggstore_device_t d;
+    ck_assert_int_eq(plait_aggstore_device_get(st, id2, &d), PLAIT_ENOENT);
+    /* a device enrolled without a label has none */
+    ck_assert_int_eq(plait_aggstore_device_enroll(st, id2, fp), 0);
+    ck_assert_int_eq(plait_aggstore_device_label(st, id2, out), PLAIT_ENOENT);
+    ck_assert_int_eq(plait_aggstore_device_enroll_labeled(st, "x", "bad label\t", fp), PLAIT_EINVAL);
+    plait_aggstore_close(st);
+    /* reopened read-only: still there */
+    plait_aggstore_config_t cfg;
+    plait_aggstore_config_default(&cfg);
+    cfg.path = db_path("labels.db");
+    cfg.read_only = true;
+    ck_assert_int_eq(plait_aggstore_open(&st, &cfg), 0);
+    ck_assert_int_eq(plait_aggstore_device_find(st, "alice-phone", out), 0);
+    ck_assert_str_eq(out, id1);
+    plait_aggstore_close(st);
+}
+END_TEST
+
 START_TEST(test_duplicate_upload)
 {
     plait_aggstore_t *st = open_agg(db_path("up.db"));
@@ -669,8 +707,8 @@ START_TEST(test_ledger_metrics)
     ck_assert_int_eq(tot.rounds, 0);
     ck_assert(tot.epsilon == 0.0);
 
-    plait_aggstore_ledger_t l1 = {0, 0.01, 1.1, 1, 1e-6, 0.25};
-    plait_aggstore_ledger_t l2 = {0, 0.02, 1.1, 3, 1e-6, 0.75};
+    plait_aggstore_ledger_t l1 = {0, 0.01, 1.1, 1, 1e-6, 0.25, "gaussian", 1.0, "poisson"};
+    plait_aggstore_ledger_t l2 = {0, 0.02, 1.1, 3, 1e-6, 0.75, "gaussian", 1.0, "poisson"};
     plait_aggstore_metric_t m[2] = {{"loss", 2.5}, {"clients", 10}};
     int64_t r1 = commit_next(st, &l1, m, 2);
     int64_t r2 = commit_next(st, &l2, NULL, 0);
@@ -741,6 +779,80 @@ START_TEST(test_ledger_metrics)
 }
 END_TEST
 
+/* ---- DP participation and the schema 1 -> 2 migration ---- */
+
+static uint8_t FPR[32] = {1, 2, 3};
+
+/* A round where the listed devices upload, committed with (or without) a ledger row. */
+static void dp_round(plait_aggstore_t *st, const char *const *ids, size_t n, const plait_aggstore_ledger_t *led)
+{
+    int64_t latest = -1, round = 0;
+    ck_assert_int_eq(plait_aggstore_version_latest_number(st, &latest), 0);
+    ck_assert_int_eq(plait_aggstore_round_begin(st, 2, 1, "{}", latest, &round), 0);
+    for (size_t i = 0; i < n; i++) ck_assert_int_eq(plait_aggstore_device_mark_uploaded(st, ids[i], round), 0);
+    size_t len;
+    uint8_t *b = make_blob(latest + 1, &len);
+    plait_aggstore_commit_t c;
+    fill_commit(&c, b, len);
+    c.ledger = led;
+    ck_assert_int_eq(plait_aggstore_round_commit(st, round, &c, NULL), 0);
+    free(b);
+}
+
+START_TEST(test_dp_participation)
+{
+    const char *p = db_path("part.db");
+    plait_aggstore_t *st = open_agg(p);
+    const char *all[] = {"a", "b", "c"};
+    for (int i = 0; i < 3; i++) ck_assert_int_eq(plait_aggstore_device_enroll(st, all[i], FPR), 0);
+    plait_aggstore_ledger_t led = {0, 0.5, 1.2, 1, 1e-5, 0.0, "gaussian", 1.0, "poisson"};
+    plait_aggstore_ledger_t led2 = {0, 0.5, 0.9, 1, 1e-5, 0.0, "", 1.0, ""};
+    dp_round(st, all, 3, &led);
+    dp_round(st, all, 1, &led);   /* "a" only */
+    dp_round(st, all + 1, 2, NULL); /* b, c in a round without DP: not counted */
+    dp_round(st, all, 2, &led2);  /* a, b; names left empty */
+    plait_aggstore_privacy_t tot;
+    ck_assert_int_eq(plait_aggstore_ledger_total(st, &tot), 0);
+    ck_assert_int_eq(tot.rounds, 3);
+    ck_assert_int_eq(tot.poisson_rounds, 2);
+    ck_assert_int_eq(tot.max_device_rounds, 3); /* "a" joined every DP round */
+    ck_assert(tot.min_noise_multiplier == 0.9);
+    ck_assert_int_eq(raw_count(p, "SELECT count(*) FROM ledger WHERE mechanism = 'unrecorded' AND selection = "
+                                  "'unrecorded'"),
+                     1);
+    plait_aggstore_close(st);
+
+    /* Turn the file back into a schema-1 file, as an older build wrote it. */
+    raw_exec(p, "ALTER TABLE ledger DROP COLUMN mechanism; ALTER TABLE ledger DROP COLUMN clip;"
+                "ALTER TABLE ledger DROP COLUMN selection; ALTER TABLE devices DROP COLUMN dp_rounds;"
+                "UPDATE meta SET value = 1 WHERE key = 'schema_version'; PRAGMA user_version = 1;");
+    plait_aggstore_config_t cfg;
+    plait_aggstore_config_default(&cfg);
+    cfg.path = p;
+    cfg.read_only = true;
+    ck_assert_int_eq(plait_aggstore_open(&st, &cfg), PLAIT_EMISMATCH); /* read-only cannot migrate */
+    ck_assert_ptr_nonnull(strstr(plait_errmsg(), "migration"));
+    st = open_agg(p);
+    plait_aggstore_info_t info;
+    ck_assert_int_eq(plait_aggstore_info(st, &info), 0);
+    ck_assert_int_eq(info.schema_version, 2);
+    ck_assert_int_eq(plait_aggstore_ledger_total(st, &tot), 0);
+    ck_assert_int_eq(tot.rounds, 3);
+    ck_assert_int_eq(tot.poisson_rounds, 0); /* old rows: first-come */
+    /* backfilled from rounds_participated: an upper bound (a's 3 uploads; b's 3 include a non-DP round) */
+    ck_assert_int_eq(tot.max_device_rounds, 3);
+    ck_assert_int_eq(raw_count(p, "SELECT dp_rounds FROM devices WHERE id = 'c'"), 2);
+    ck_assert_int_eq(raw_count(p, "SELECT count(*) FROM ledger WHERE selection = 'first-come' AND clip = 0 AND "
+                                  "mechanism = 'gaussian'"),
+                     3);
+    /* new rounds count on top of the backfill */
+    dp_round(st, all + 2, 1, &led);
+    ck_assert_int_eq(raw_count(p, "SELECT dp_rounds FROM devices WHERE id = 'c'"), 3);
+    plait_aggstore_close(st);
+    ck_assert_int_eq(open_rc(p), 0); /* a migrated file opens as any other */
+}
+END_TEST
+
 /* ---- commit atomicity ---- */
 
 /* Everything a commit of round r could have written is absent; r is still open. */
@@ -782,7 +894,7 @@ START_TEST(test_commit_atomicity)
     fill_commit(&c, b, len);
     plait_aggstore_rejection_t rej = {"late", 4};
     plait_aggstore_stats_t fin = {9, 1, 99, 99, &rej, 1};
-    plait_aggstore_ledger_t led = {0, 0.1, 1.0, 1, 1e-5, 1.5};
+    plait_aggstore_ledger_t led = {0, 0.1, 1.0, 1, 1e-5, 1.5, "gaussian", 1.0, "poisson"};
     plait_aggstore_metric_t m[2] = {{"loss", 1.0}, {"acc", 0.5}};
     c.stats = &fin;
     c.ledger = &led;
@@ -842,6 +954,52 @@ START_TEST(test_commit_atomicity)
     ck_assert_str_eq(l.rej0, "late");
     ck_assert_int_eq(raw_count(path, "SELECT count(*) FROM ledger"), 1);
     ck_assert_int_eq(raw_count(path, "SELECT count(*) FROM metrics"), 2);
+    free(b);
+    plait_aggstore_close(st);
+}
+END_TEST
+
+/* Issue #11 item 12: the uploaders' participation counters are written in
+ * the commit's transaction (a failed commit leaves none), and a device
+ * revoked since its upload is skipped instead of failing the commit. */
+START_TEST(test_commit_participation)
+{
+    const char *path = db_path("particip.db");
+    plait_aggstore_t *st = open_agg(path);
+    (void)commit_next(st, NULL, NULL, 0);
+    uint8_t fp[32];
+    plait_sha256((const uint8_t *)"cert", 4, fp);
+    ck_assert_int_eq(plait_aggstore_device_enroll(st, "d1", fp), 0);
+    ck_assert_int_eq(plait_aggstore_device_enroll(st, "d2", fp), 0);
+    ck_assert_int_eq(plait_aggstore_device_enroll(st, "d3", fp), 0);
+    int64_t r = 0;
+    ck_assert_int_eq(plait_aggstore_round_begin(st, 10, 2, "{}", 1, &r), 0);
+    ck_assert_int_eq(plait_aggstore_device_revoke(st, "d3"), 0); /* revoked mid-round */
+    size_t len;
+    uint8_t *b = make_blob(2, &len);
+    plait_aggstore_commit_t c;
+    fill_commit(&c, b, len);
+    const char *up[] = {"d1", "d3", "d2", "ghost"};
+    c.uploaders = up;
+    c.n_uploaders = 4;
+    for (int step = 1; step <= 5; step++) {
+        plait__aggstore_inject_commit_fault(st, step);
+        ck_assert_int_eq(plait_aggstore_round_commit(st, r, &c, NULL), PLAIT_EIO);
+        ck_assert_int_eq(raw_count(path, "SELECT sum(rounds_participated) FROM devices"), 0);
+        ck_assert_int_eq(raw_count(path, "SELECT max(last_round) FROM devices"), 0);
+    }
+    int64_t ver = 0;
+    ck_assert_int_eq(plait_aggstore_round_commit(st, r, &c, &ver), 0);
+    ck_assert_int_eq(ver, 2);
+    plait_aggstore_device_t d;
+    ck_assert_int_eq(plait_aggstore_device_get(st, "d1", &d), 0);
+    ck_assert_int_eq(d.rounds_participated, 1);
+    ck_assert_int_eq(d.last_round, r);
+    ck_assert_int_eq(plait_aggstore_device_get(st, "d2", &d), 0);
+    ck_assert_int_eq(d.rounds_participated, 1);
+    ck_assert_int_eq(plait_aggstore_device_get(st, "d3", &d), 0);
+    ck_assert_int_eq(d.rounds_participated, 0);
+    ck_assert_int_eq(d.last_round, 0);
     free(b);
     plait_aggstore_close(st);
 }
@@ -986,7 +1144,7 @@ START_TEST(test_tampered_rows)
     int64_t r1 = commit_next(st, NULL, NULL, 0);
     uint8_t fp[32] = {9};
     ck_assert_int_eq(plait_aggstore_device_enroll(st, "dev", fp), 0);
-    plait_aggstore_ledger_t led = {0, 0.1, 1.0, 1, 1e-5, 1.5};
+    plait_aggstore_ledger_t led = {0, 0.1, 1.0, 1, 1e-5, 1.5, "gaussian", 1.0, "poisson"};
     plait_aggstore_metric_t m = {"loss", 1.0};
     int64_t r2 = commit_next(st, &led, &m, 1);
     plait_aggstore_close(st);
@@ -1091,12 +1249,12 @@ START_TEST(test_hostile_files)
     scfg.path = p;
     ck_assert_int_eq(plait_store_open(&ds, &scfg), PLAIT_EMISMATCH);
     /* Newer schema, malformed meta, a missing table. */
-    raw_exec(p, "UPDATE meta SET value = 2 WHERE key = 'schema_version';");
+    raw_exec(p, "UPDATE meta SET value = 3 WHERE key = 'schema_version';");
     ck_assert_int_eq(open_rc(p), PLAIT_EMISMATCH);
     ck_assert_ptr_nonnull(strstr(plait_errmsg(), "newer"));
     raw_exec(p, "UPDATE meta SET value = 'one' WHERE key = 'schema_version';");
     ck_assert_int_eq(open_rc(p), PLAIT_EPROTO);
-    raw_exec(p, "UPDATE meta SET value = 1 WHERE key = 'schema_version'; DELETE FROM meta WHERE key = 'deployment_id'");
+    raw_exec(p, "UPDATE meta SET value = 2 WHERE key = 'schema_version'; DELETE FROM meta WHERE key = 'deployment_id'");
     ck_assert_int_eq(open_rc(p), PLAIT_EPROTO);
     ck_assert_ptr_nonnull(strstr(plait_errmsg(), "deployment_id"));
     raw_exec(p, "INSERT INTO meta VALUES ('deployment_id', 'x'); DROP TABLE ledger;");
@@ -1204,7 +1362,7 @@ static void crash_child(const char *path, int fd)
         c.lora_rank = 4;
         c.lora_alpha = 8.0;
         c.lora_targets = 1;
-        plait_aggstore_ledger_t led = {0, 0.01, 1.0, 1, 1e-6, 0.1 * (double)(latest + 1)};
+        plait_aggstore_ledger_t led = {0, 0.01, 1.0, 1, 1e-6, 0.1 * (double)(latest + 1), "gaussian", 1.0, "poisson"};
         c.ledger = &led;
         if (plait_aggstore_round_commit(st, round, &c, &ver) != 0) _exit(14);
         free(b);
@@ -1330,17 +1488,20 @@ Suite *aggstore_suite(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_config);
     tcase_add_test(tc, test_devices);
+    tcase_add_test(tc, test_device_labels);
     tcase_add_test(tc, test_duplicate_upload);
     tcase_add_test(tc, test_rounds);
     tcase_add_test(tc, test_versions);
     tcase_add_test(tc, test_large_version);
     tcase_add_test(tc, test_ledger_metrics);
+    tcase_add_test(tc, test_dp_participation);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("durability");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_commit_atomicity);
+    tcase_add_test(tc, test_commit_participation);
     tcase_add_test(tc, test_recovery);
     tcase_add_test(tc, test_busy);
     tcase_add_test(tc, test_kill9);

@@ -162,6 +162,7 @@ Suite *ddg_suite(void)
     tcase_add_test(tc, test_add_noise_wraps);
     suite_add_tcase(s, tc);
     tc = tcase_create("accountant");
+    tcase_set_timeout(tc, 300); /* generous: sanitizers on a loaded 2-core machine */
     tcase_add_test(tc, test_accountant_hand);
     suite_add_tcase(s, tc);
     return s;

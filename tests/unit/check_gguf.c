@@ -971,6 +971,19 @@ START_TEST(test_hostile)
     ck_assert_int_eq(tu_write_file(p, m, len), 0);
     ck_assert_int_eq(plait_model_load(&md, p), PLAIT_EPROTO);
     ck_assert_msg(strstr(plait_errmsg(), "architecture") != NULL, "%s", plait_errmsg());
+    /* An infinite Q8_0 block scale in attn_v. */
+    memcpy(m, img, len);
+    {
+        plait_gguf_t gg;
+        ck_assert_int_eq(plait_gguf_parse(&gg, img, len), 0);
+        size_t doff = (size_t)(plait_gguf_tensor(&gg, "blk.0.attn_v.weight")->data - img);
+        plait_gguf_free(&gg);
+        m[doff + 34 * 5] = 0x00, m[doff + 34 * 5 + 1] = 0x7C;
+    }
+    ck_assert_int_eq(tu_write_file(p, m, len), 0);
+    ck_assert_int_eq(plait_model_load(&md, p), PLAIT_EPROTO);
+    ck_assert_msg(strstr(plait_errmsg(), "non-finite") != NULL && strstr(plait_errmsg(), "wv") != NULL, "%s",
+                  plait_errmsg());
     /* A truncated file on disk. */
     ck_assert_int_eq(tu_write_file(p, img, len - 5), 0);
     ck_assert_int_eq(plait_model_load(&md, p), PLAIT_EPROTO);

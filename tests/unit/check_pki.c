@@ -179,6 +179,25 @@ START_TEST(test_ca_server_device)
     ck_assert_str_eq(i1der.serial_hex, i1.serial_hex);
     free(der);
 
+    /* RFC 5758 section 3.2 (issue #11 item 13): ecdsa-with-SHA256 without
+     * parameters, both in the TBSCertificate and before the signature; no
+     * NULL-parameter form anywhere. (The chain verified above is the proof
+     * that the rewritten TBSCertificate carries a valid signature.) */
+    static const uint8_t alg_null[] = {0x30, 0x0c, 0x06, 0x08, 0x2a, 0x86, 0x48,
+                                       0xce, 0x3d, 0x04, 0x03, 0x02, 0x05, 0x00};
+    static const uint8_t alg[] = {0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02};
+    const char *pems[] = {ca.crt, srv.crt, d1.crt};
+    for (int k = 0; k < 3; k++) {
+        der = pem_to_der(pems[k], &der_len);
+        int with_null = 0, without = 0;
+        for (size_t i = 0; i + sizeof(alg_null) <= der_len; i++)
+            with_null += memcmp(der + i, alg_null, sizeof(alg_null)) == 0;
+        for (size_t i = 0; i + sizeof(alg) <= der_len; i++) without += memcmp(der + i, alg, sizeof(alg)) == 0;
+        ck_assert_int_eq(with_null, 0);
+        ck_assert_int_eq(without, 2);
+        free(der);
+    }
+
     pair_free(&d2);
     ck_assert_int_eq(
         plait_pki_device_issue(&cfg, ca.crt, ca.key, "bad id", NULL, &d2.crt, &d2.key, NULL),
@@ -213,6 +232,56 @@ START_TEST(test_wrong_ca_and_mismatch)
                      PLAIT_EINVAL);
     ck_assert_int_eq(plait_pki_cert_info((const uint8_t *)"junk", 4, &(plait_pki_cert_info_t){0}),
                      PLAIT_EPROTO);
+    pair_free(&d);
+    pair_free(&ca1);
+    pair_free(&ca2);
+}
+END_TEST
+
+/* Offline enrollment records: round trip; another CA's signature, a relabelled or truncated
+ * record, an id that is not the certificate's CN, garbage: each refused. */
+START_TEST(test_enrollment_record)
+{
+    plait_pki_config_t cfg;
+    plait_pki_config_default(&cfg);
+    pair_t ca1 = make_ca(&cfg), ca2 = make_ca(&cfg);
+    pair_t d = {0};
+    const char *id = "0123456789abcdef0123456789abcdef";
+    ck_assert_int_eq(plait_pki_device_issue(&cfg, ca1.crt, ca1.key, id, NULL, &d.crt, &d.key, NULL), 0);
+    char *rec = NULL;
+    ck_assert_int_eq(plait_pki_record_create(ca1.key, "alice-phone", "not-the-cn", d.crt, &rec), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_pki_record_create(ca1.key, "bad label!", id, d.crt, &rec), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_pki_record_create(ca1.key, "alice-phone", id, d.crt, &rec), 0);
+    char label[PLAIT_PKI_ID_MAX + 1], got[PLAIT_PKI_ID_MAX + 1];
+    plait_pki_cert_info_t info;
+    ck_assert_int_eq(plait_pki_record_verify(ca1.crt, rec, strlen(rec), label, got, &info), 0);
+    ck_assert_str_eq(label, "alice-phone");
+    ck_assert_str_eq(got, id);
+    ck_assert_str_eq(info.device_id, id);
+    /* signed by another CA */
+    char *rec2 = NULL;
+    ck_assert_int_eq(plait_pki_record_create(ca2.key, "alice-phone", id, d.crt, &rec2), 0);
+    ck_assert_int_eq(plait_pki_record_verify(ca1.crt, rec2, strlen(rec2), label, got, NULL), PLAIT_EAUTH);
+    /* verified against the other CA: the signature passes, the certificate does not */
+    ck_assert_int_eq(plait_pki_record_verify(ca2.crt, rec2, strlen(rec2), label, got, NULL), PLAIT_EAUTH);
+    plait_pki_free_pem(rec2);
+    /* relabelled */
+    char *copy = strdup(rec);
+    char *l = strstr(copy, "label alice-phone");
+    ck_assert_ptr_nonnull(l);
+    l[6] = 'm';
+    ck_assert_int_eq(plait_pki_record_verify(ca1.crt, copy, strlen(copy), label, got, NULL), PLAIT_EAUTH);
+    ck_assert_str_eq(label, "");
+    /* truncated anywhere: never accepted */
+    for (size_t n = 0; n < strlen(rec); n += 7) {
+        int rc = plait_pki_record_verify(ca1.crt, rec, n, label, got, NULL);
+        ck_assert_msg(rc == PLAIT_EPROTO || rc == PLAIT_EAUTH, "prefix %zu: %d", n, rc);
+    }
+    ck_assert_int_eq(plait_pki_record_verify(ca1.crt, "plait-enrollment 1\nlabel x\n", 26, label, got, NULL),
+                     PLAIT_EPROTO);
+    ck_assert_int_eq(plait_pki_record_verify(ca1.crt, "junk", 4, label, got, NULL), PLAIT_EPROTO);
+    free(copy);
+    plait_pki_free_pem(rec);
     pair_free(&d);
     pair_free(&ca1);
     pair_free(&ca2);
@@ -450,6 +519,7 @@ Suite *pki_suite(void)
     tcase_add_test(tc, test_config_validate);
     tcase_add_test(tc, test_ca_server_device);
     tcase_add_test(tc, test_wrong_ca_and_mismatch);
+    tcase_add_test(tc, test_enrollment_record);
     tcase_add_test(tc, test_expired);
     tcase_add_test(tc, test_csr);
     suite_add_tcase(s, tc);

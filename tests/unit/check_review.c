@@ -1429,10 +1429,10 @@ START_TEST(test_cli_hostile_flags)
         ck_assert_msg(rc == 1 || rc == 2, "'%s': exit %d: %s", bad[i], rc, out);
         ck_assert_msg(strchr(out, '\n') != NULL && strlen(out) > 10, "'%s': no message", bad[i]);
     }
-    /* --steps 0 and --threads 256 are legal. */
+    /* --steps 0 would write an untrained adapter: refused (#11); --threads 256 is legal. */
     ck_assert_int_eq(agent(out, sizeof(out),
                            "train --text '%s' --out '%s' --steps 0 --seq 8 --quiet", txt, outp),
-                     0);
+                     2);
     ck_assert_int_eq(agent(out, sizeof(out),
                            "train --text '%s' --out '%s' --steps 1 --seq 8 --threads 256 --quiet",
                            txt, outp),
@@ -1449,14 +1449,16 @@ START_TEST(test_cli_hostile_flags)
     /* Empty store. */
     char *db2 = tu_path(scratch, "empty.db"), *empty = tu_path(scratch, "empty.jsonl");
     ck_assert_int_eq(tu_write_file(empty, "", 0), 0);
-    ck_assert_int_eq(agent(out, sizeof(out), "ingest --db '%s' --jsonl '%s'", db2, empty), 0);
+    /* An ingest that adds nothing is refused (#11), but leaves the empty store it created. */
+    ck_assert_int_eq(agent(out, sizeof(out), "ingest --db '%s' --jsonl '%s'", db2, empty), 1);
+    ck_assert_ptr_nonnull(strstr(out, "holds no records"));
     rc = agent(out, sizeof(out), "train --db '%s' --out '%s' --steps 1 --seq 4", db2, outp);
     ck_assert_msg(rc == 1, "train on an empty store: exit %d: %s", rc, out);
     /* Token files for --dump-grads: ids out of range, wrong size. */
     char *tk = tu_path(scratch, "tok.i32"), *init = tu_path(scratch, "init.safetensors"),
          *dump = tu_path(scratch, "g.safetensors");
     ck_assert_int_eq(agent(out, sizeof(out),
-                           "train --text '%s' --out '%s' --steps 0 --seq 8 --quiet", txt, init),
+                           "train --text '%s' --out '%s' --steps 1 --seq 8 --quiet", txt, init),
                      0);
     static const int32_t ids[][3] = {{1, 2, 512}, {1, -1, 3}, {INT32_MIN, 2, 3}, {1, 2, INT32_MAX}};
     for (size_t i = 0; i < 4; i++) {

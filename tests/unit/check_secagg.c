@@ -798,6 +798,7 @@ Suite *secagg_suite(void)
 {
     Suite *s = suite_create("secagg");
     TCase *tc = tcase_create("primitives");
+    tcase_set_timeout(tc, 300); /* generous: sanitizers on a loaded 2-core machine */
     tcase_add_test(tc, test_hkdf_rfc5869);
     tcase_add_test(tc, test_chacha20_rfc8439);
     tcase_add_test(tc, test_aead_rfc8439);
@@ -806,6 +807,7 @@ Suite *secagg_suite(void)
     tcase_add_test(tc, test_shamir_subsets);
     suite_add_tcase(s, tc);
     tc = tcase_create("params");
+    tcase_set_timeout(tc, 300); /* generous: sanitizers on a loaded 2-core machine */
     tcase_add_test(tc, test_params);
     tcase_add_test(tc, test_graph);
     suite_add_tcase(s, tc);

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "plait/store.h"
@@ -780,6 +781,34 @@ START_TEST(test_memory_store)
     ck_assert_int_eq(plait_store_count(st, &n), 0);
     ck_assert_int_eq(n, 0);
     plait_store_close(st);
+    ck_assert_int_eq(access(":memory:", F_OK), -1); /* no file of that name was made */
+}
+END_TEST
+
+/* The store holds raw text: created 0600 under umask 022, and a store an older version left
+ * 0644 (with its -wal) is made 0600 when opened. */
+START_TEST(test_private_modes)
+{
+    mode_t old = umask(022);
+    const char *p = db_path("private.db");
+    plait_store_t *st = open_store(p, 0.5);
+    int64_t id;
+    add_text(st, 1, "chat", "raw text", &id);
+    struct stat sb;
+    ck_assert_int_eq(stat(p, &sb), 0);
+    ck_assert_uint_eq(sb.st_mode & 0777, 0600);
+    char side[700];
+    snprintf(side, sizeof(side), "%s-wal", p);
+    if (stat(side, &sb) == 0) ck_assert_uint_eq(sb.st_mode & 0777, 0600);
+    plait_store_close(st);
+    ck_assert_int_eq(chmod(p, 0644), 0);
+    if (access(side, F_OK) == 0) ck_assert_int_eq(chmod(side, 0644), 0);
+    st = open_store(p, 0.5);
+    ck_assert_int_eq(stat(p, &sb), 0);
+    ck_assert_uint_eq(sb.st_mode & 0777, 0600);
+    if (stat(side, &sb) == 0) ck_assert_uint_eq(sb.st_mode & 0777, 0600);
+    plait_store_close(st);
+    umask(old);
 }
 END_TEST
 
@@ -798,6 +827,7 @@ Suite *store_suite(void)
     tcase_add_test(tc, test_transactions);
     tcase_add_test(tc, test_busy);
     tcase_add_test(tc, test_memory_store);
+    tcase_add_test(tc, test_private_modes);
     suite_add_tcase(s, tc);
     tc = tcase_create("erase");
     tcase_add_checked_fixture(tc, setup, teardown);

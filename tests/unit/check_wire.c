@@ -228,6 +228,7 @@ static void assert_msg_eq(const plait_msg_t *a, const plait_msg_t *b)
         ck_assert_uint_eq(x->deadline_s, y->deadline_s);
         ck_assert_uint_eq(x->update_elements, y->update_elements);
         ck_assert_uint_eq(x->example_cap, y->example_cap);
+        ck_assert_uint_eq(x->max_chunk_bytes, y->max_chunk_bytes);
         break;
     }
     case PLAIT_MSG_COME_BACK_LATER:
@@ -1095,7 +1096,7 @@ START_TEST(test_decode_small_messages)
     EXPECT_FIELD_ERR(parse_pb(PLAIT_MSG_COME_BACK_LATER, &w, &m), "come_back_later.retry_ms");
     w.n = 0;
     pb_u(&w, 1, 1000);
-    pb_u(&w, 2, 6);
+    pb_u(&w, 2, PLAIT_RETRY_REASON_MAX + 1);
     ck_assert_int_eq(parse_pb(PLAIT_MSG_COME_BACK_LATER, &w, &m), PLAIT_EPROTO);
 
     w.n = 0;
@@ -1203,8 +1204,9 @@ START_TEST(test_encode_refuses_invalid)
     REFUSE((sample(2, &m), m.u.task.dp.mode = PLAIT_DP_CENTRAL, m.u.task.dp.noise_multiplier = -1),
            "task.dp.noise");
     REFUSE((sample(2, &m), m.u.task.dp.mode = (plait_dp_mode_t)3), "task.dp.mode");
-    REFUSE((sample(3, &m), m.u.come_back_later.reason = (plait_retry_reason_t)6),
+    REFUSE((sample(3, &m), m.u.come_back_later.reason = (plait_retry_reason_t)(PLAIT_RETRY_REASON_MAX + 1)),
            "come_back_later.reason");
+    REFUSE((sample(2, &m), m.u.task.max_chunk_bytes = 3), "task.max_chunk_bytes");
     REFUSE((sample(4, &m), m.u.adapter_request.round_id = 0), "adapter_request.round_id");
     REFUSE((sample(5, &m), m.u.adapter_chunk.has_sha256 = 1), "adapter_chunk.sha256");
     REFUSE((sample(6, &m), m.u.adapter_chunk.has_sha256 = 0), "adapter_chunk.sha256");
@@ -1442,6 +1444,26 @@ START_TEST(test_adapter_transfer)
 }
 END_TEST
 
+/* Task.max_chunk_bytes (field 23, issue #11): optional; it round-trips when
+ * set, is absent (0) when not, and 1..3 is refused. */
+START_TEST(test_task_max_chunk_bytes)
+{
+    uint32_t vals[] = {0, 4, 4096, 262144};
+    for (size_t i = 0; i < sizeof(vals) / sizeof(vals[0]); i++) {
+        plait_msg_t m, d;
+        sample(2, &m);
+        m.u.task.max_chunk_bytes = vals[i];
+        uint8_t *buf = NULL;
+        size_t len = 0, used = 0;
+        ck_assert_int_eq(plait_wire_encode_alloc(&m, NULL, &buf, &len), 0);
+        ck_assert_int_eq(plait_wire_parse(buf, len, NULL, 0, &d, &used), 0);
+        ck_assert_uint_eq(d.u.task.max_chunk_bytes, vals[i]);
+        plait_msg_free(&d);
+        free(buf);
+    }
+}
+END_TEST
+
 /* ---- fuzz seeds ------------------------------------------------------------- */
 
 /* Seeds written by this test (PLAIT_WIRE_WRITE_CORPUS=1) into
@@ -1528,6 +1550,7 @@ Suite *wire_suite(void)
 
     tc = tcase_create("encode");
     tcase_add_test(tc, test_encode_refuses_invalid);
+    tcase_add_test(tc, test_task_max_chunk_bytes);
     tcase_add_test(tc, test_fuzz_seeds);
     suite_add_tcase(s, tc);
     return s;
