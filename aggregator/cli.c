@@ -785,6 +785,61 @@ static int print_round(void *ud, const plait_aggstore_round_t *r)
     return 0;
 }
 
+typedef struct {
+    plait_aggstore_device_t *v;
+    size_t n, cap;
+} devlist_t;
+
+static int collect_dev(void *ud, const plait_aggstore_device_t *d)
+{
+    devlist_t *l = ud;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? 2 * l->cap : 64;
+        plait_aggstore_device_t *v = realloc(l->v, cap * sizeof(*v));
+        if (!v) return plait_fail(PLAIT_ENOMEM, "devices: %zu rows", cap);
+        l->v = v;
+        l->cap = cap;
+    }
+    l->v[l->n++] = *d;
+    return 0;
+}
+
+/* The operator's view: labels next to the opaque ids the logs print. */
+static int cmd_devices(int argc, char **argv, FILE *out, FILE *err)
+{
+    const char *dir;
+    int help, rc = parse_dir_args("devices", argc, argv, NULL, 0, &dir, NULL, NULL, &help, err);
+    if (rc != 0) return rc;
+    if (help) {
+        fputs("usage: " PROG " devices DIR\n\nOne line per enrolled device: its label, its id (the certificate CN the\n"
+              "logs print), revoked or not, when last seen, rounds it contributed to.\n",
+              out);
+        return 0;
+    }
+    plait_aggstore_t *st = NULL;
+    if (open_store(dir, 0, &st, err, "devices") != 0) return 1;
+    devlist_t l = {0};
+    rc = plait_aggstore_devices_foreach(st, collect_dev, &l);
+    if (rc == 0) fprintf(out, "%-24s %-32s %-7s %-20s %s\n", "label", "id", "revoked", "last_seen", "rounds");
+    for (size_t i = 0; rc == 0 && i < l.n; i++) {
+        char label[PLAIT_AGGSTORE_MAX_DEVICE_ID + 1];
+        int lr = plait_aggstore_device_label(st, l.v[i].id, label);
+        if (lr == PLAIT_ENOENT) snprintf(label, sizeof(label), "-");
+        else if (lr != 0) rc = lr;
+        if (rc == 0)
+            fprintf(out, "%-24s %-32s %-7s %-20s %lld\n", label, l.v[i].id, l.v[i].revoked ? "yes" : "no",
+                    l.v[i].last_seen ? fmt_time(l.v[i].last_seen, (char[32]){0}, 32) : "never",
+                    (long long)l.v[i].rounds_participated);
+    }
+    plait_aggstore_close(st);
+    free(l.v);
+    if (rc != 0) {
+        fprintf(err, PROG " devices: %s (%s)\n", plait_errmsg(), plait_err_name(rc));
+        return 1;
+    }
+    return 0;
+}
+
 static int cmd_rounds(int argc, char **argv, FILE *out, FILE *err)
 {
     flag_t flags[] = {{"--last", 1, NULL}};
@@ -1001,6 +1056,7 @@ static const command_t commands[] = {
     {"revoke", "revoke a device", cmd_revoke},
     {"serve", "run the aggregator service", cmd_serve},
     {"status", "summary of a deployment", cmd_status},
+    {"devices", "list enrolled devices: label, id, state", cmd_devices},
     {"rounds", "list a deployment's rounds", cmd_rounds},
     {"export", "write a global adapter version (plait, PEFT or GGUF adapter)", cmd_export},
     {"privacy", "privacy spent: of a deployment (DIR), or by given DP-FedAvg settings", cmd_privacy_any},

@@ -663,6 +663,8 @@ struct plait_secagg_device_s {
     int state;
     uint8_t c_sk[32], c_pk[32], s_sk[32], s_pk[32], b[32];
     uint8_t own_b_share[PLAIT_SECAGG_SHARE_LEN]; /* our own share of b (x = self) */
+    uint8_t req_hash[32];                         /* the unmask request answered (ST_DONE, !refused) */
+    int refused;                                  /* an unmask request was refused: answer no more */
     peer_t *peer;                                 /* k, by position in our neighbour row */
 };
 
@@ -925,8 +927,22 @@ int plait_secagg_device_unmask(plait_secagg_device_t *d, const uint32_t *surv, s
     *n_out = 0;
     const plait_secagg_round_t *r = d->r;
     uint32_t n = r->p.n;
-    if (d->state == ST_DONE) return plait_fail(PLAIT_EREFUSED, "secagg: unmask request refused: already answered");
-    if (d->state != ST_MASKED)
+    /* A resent identical request gets the identical answer (nothing new is
+     * revealed); any other request after the first is refused. */
+    uint8_t h[32], b4[4];
+    plait_sha256_t hs;
+    plait_sha256_init(&hs);
+    be32(b4, (uint32_t)n_surv);
+    plait_sha256_update(&hs, b4, 4);
+    for (size_t i = 0; i < n_surv && n_surv <= n; i++) be32(b4, surv[i]), plait_sha256_update(&hs, b4, 4);
+    be32(b4, (uint32_t)n_drop);
+    plait_sha256_update(&hs, b4, 4);
+    for (size_t i = 0; i < n_drop && n_drop <= n; i++) be32(b4, drop[i]), plait_sha256_update(&hs, b4, 4);
+    plait_sha256_finish(&hs, h);
+    if (d->state == ST_DONE && (d->refused || plait_ct_memcmp(h, d->req_hash, 32) != 0))
+        return plait_fail(PLAIT_EREFUSED, "secagg: unmask request refused: %s",
+                          d->refused ? "an earlier request was refused" : "already answered a different request");
+    if (d->state != ST_MASKED && d->state != ST_DONE)
         return plait_fail(PLAIT_EREFUSED, "secagg: unmask request refused: no masked input sent yet");
     if (n_surv > n || n_drop > n) return plait_fail(PLAIT_EPROTO, "secagg: unmask lists longer than the cohort");
     /* 1 = survivor, 2 = dropout, per device index. */
@@ -978,10 +994,14 @@ int plait_secagg_device_unmask(plait_secagg_device_t *d, const uint32_t *surv, s
     if (ret != 0) {
         if (c > 0) plait_zeroize(out, c * sizeof(*out));
         /* A refusal is final: a server that asked for both shares gets nothing more this round. */
-        if (ret == PLAIT_EREFUSED) d->state = ST_DONE;
+        if (ret == PLAIT_EREFUSED) {
+            d->state = ST_DONE;
+            d->refused = 1;
+        }
         return ret;
     }
     d->state = ST_DONE;
+    memcpy(d->req_hash, h, 32);
     *n_out = c;
     return 0;
 }

@@ -20,6 +20,7 @@
 #include "plait/file.h"
 #include "plait/json.h"
 #include "plait/lora.h"
+#include "plait/secagg.h"
 #include "plait/sim.h"
 #include "sim_int.h"
 
@@ -74,6 +75,8 @@ static const key_t_ KEYS[] = {
     {"privacy", "quant_bits", K_UNSIGNED, F(quant_bits), PLAIT_QUANT_MIN_BITS, 24},
     {"privacy", "delta", K_DOUBLE, F(delta), 0, 0.5},
     {"privacy", "weight_cap", K_DOUBLE, F(weight_cap), 1, 1e12},
+    {"privacy", "secure_agg", K_BOOL, F(secure_agg), 0, 0},
+    {"privacy", "secure_agg_dropout", K_DOUBLE, F(secure_agg_dropout), 0, 0.99},
     {"fleet", "availability_min", K_DOUBLE, F(avail_min), 0, 1},
     {"fleet", "availability_max", K_DOUBLE, F(avail_max), 0, 1},
     {"fleet", "dropout", K_DOUBLE, F(dropout), 0, 1},
@@ -139,6 +142,8 @@ void plait_sim_config_default(plait_sim_config_t *c, const char *assets)
     c->noise_multiplier = 0;        /* no central DP */
     c->local_noise = 0;
     c->quant_bits = 16;
+    c->secure_agg = false;          /* SecAgg+ per virtual client costs time: opt in */
+    c->secure_agg_dropout = 0;      /* 0: 1 - min cohort / selected */
     c->delta = 0;                   /* 1 / N^1.1 */
     c->weight_cap = 10000;          /* tokens */
     c->avail_min = 0.5;
@@ -195,6 +200,17 @@ int plait_sim_config_validate(const plait_sim_config_t *c)
     if (c->local_noise > 0 && c->noise_multiplier > 0)
         return plait_fail(PLAIT_EINVAL, "privacy: choose local_noise or noise_multiplier (central DP), not both");
     double want = ceil((double)c->clients_per_round * c->overselect);
+    unsigned ring;
+    size_t min_cohort = c->min_clients ? c->min_clients : (c->clients_per_round + 1) / 2;
+    if (c->secure_agg && 2.0 * (double)min_cohort <= want)
+        return plait_fail(PLAIT_EINVAL,
+                          "privacy.secure_agg: a minimum cohort of %zu out of %g selected leaves no secure threshold "
+                          "(SecAgg+ needs more than half the selected clients to survive); raise rounds.min_clients",
+                          min_cohort, want);
+    if (c->secure_agg && want <= PLAIT_SECAGG_MAX_COHORT &&
+        plait_secagg_mask_bits(c->quant_bits, (uint32_t)want, &ring) != 0)
+        return plait_fail(PLAIT_EINVAL, "privacy.secure_agg: %u quantization bits and %g selected clients need a "
+                          "ring wider than 32 bits; lower privacy.quant_bits", c->quant_bits, want);
     if (want > (double)plait_quant_max_cohort(c->quant_bits))
         return plait_fail(PLAIT_EINVAL, "rounds: %g selected clients could wrap %u-bit sums; lower privacy.quant_bits",
                           want, c->quant_bits);

@@ -68,6 +68,7 @@ void plait__sim_json_row(plait_buf_t *b, const plait_sim_round_t *m)
     json_num(b, "personal_loss", m->personal_loss);
     json_num(b, "personal_ppl", m->personal_ppl);
     json_num(b, "epsilon", m->epsilon);
+    json_num(b, "secagg_s", m->secagg_s);
     json_num(b, "clip", m->clip);
     plait_buf_append(b, "}\n", 2);
 }

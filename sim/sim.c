@@ -102,6 +102,8 @@ typedef struct {
     double train_wall;  /* seconds spent training cohort clients */
     double train_cpu;   /* CPU seconds of the process (all threads) meanwhile */
     size_t trained;     /* cohort clients trained */
+    plait__sim_sa_t *sa; /* secure aggregation per virtual client; NULL when off */
+    size_t min_cohort;  /* the round core's minimum cohort */
 } sim_t;
 
 static double cpu_now(void)
@@ -369,6 +371,7 @@ static void sim_free(sim_t *s)
     free(s->w);
     plait_pool_destroy(s->pool);
     plait_round_destroy(s->round);
+    plait__sim_sa_free(s->sa);
     plait_lora_free(&s->global);
     plait_sim_pop_free(&s->pop);
     plait_tok_free(&s->tok);
@@ -439,6 +442,8 @@ static int setup(sim_t *s, const plait_sim_config_t *cfg)
         return plait_fail(PLAIT_EINVAL, "rounds.clients_per_round %zu exceeds the %zu clients", rc_.target_cohort,
                           s->pop.n);
     if ((rc = plait_round_create(&s->round, &rc_, s->global.params + s->off, s->len)) != 0) return rc;
+    s->min_cohort = rc_.min_cohort;
+    if (cfg->secure_agg && (rc = plait__sim_sa_create(&s->sa, cfg, s->pop.n)) != 0) return rc;
 
     s->nw = cfg->threads;
     if ((rc = plait_pool_create(&s->pool, s->nw)) != 0) return rc;
@@ -503,9 +508,9 @@ static int one_round(sim_t *s, int r, double *sim_now, plait_sim_round_t *m)
 
     event_t *ev = calloc(k ? k : 1, sizeof(event_t));
     job_t *jobs = calloc(k ? k : 1, sizeof(job_t));
-    uint8_t *trained = calloc(k ? k : 1, 1);
+    uint8_t *trained = calloc(k ? k : 1, 1), *accepted = calloc(k ? k : 1, 1);
     size_t *job_ev = calloc(k ? k : 1, sizeof(size_t));
-    if (!ev || !jobs || !trained || !job_ev) rc = plait_fail(PLAIT_ENOMEM, "sim: round buffers");
+    if (!ev || !jobs || !trained || !accepted || !job_ev) rc = plait_fail(PLAIT_ENOMEM, "sim: round buffers");
     double bytes_down = (double)s->len * sizeof(float), bytes_up = (double)(s->len + 1) * sizeof(uint32_t);
     for (size_t i = 0; rc == 0 && i < k; i++) {
         plait_sim_fate_t f;
@@ -548,12 +553,21 @@ static int one_round(sim_t *s, int r, double *sim_now, plait_sim_round_t *m)
         }
         const uint32_t *words = s->slab + ev[e].slot * (s->len + 1);
         int sub = plait_round_submit_words(rd, ev[e].client, rid, words, s->len + 1, ev[e].unclipped, ev[e].t);
+        if (sub == 0) accepted[ev[e].slot] = 1;
         if (sub != 0 && sub != PLAIT_ESTALE && sub != PLAIT_ETOOBIG && sub != PLAIT_EPROTO && sub != PLAIT_EINVAL &&
             sub != PLAIT_EMISMATCH)
             rc = sub;
     }
     if (rc == 0) plait_round_tick(rd, deadline);
     if (rc == 0 && plait_round_state(rd) == PLAIT_ROUND_TRAINING) plait_round_tick(rd, deadline);
+    if (rc == 0 && s->sa && plait_round_state(rd) == PLAIT_ROUND_AGGREGATION) {
+        /* The same round under SecAgg+: too few survivors for its threshold fail it. */
+        int failed = 0;
+        double w0 = wall_now();
+        rc = plait__sim_sa_round(s->sa, cfg, r, s->min_cohort, av, k, accepted, s->slab, s->len + 1, &failed);
+        m->secagg_s = wall_now() - w0;
+        if (rc == 0 && failed) plait_round_abort(rd, deadline);
+    }
     if (rc == 0 && plait_round_state(rd) == PLAIT_ROUND_AGGREGATION) {
         plait_rng_t dp;
         plait_rng_seed_u64(&dp, cfg->seed, plait__sim_stream(PLAIT__SIM_RNG_DP, (uint64_t)r, 0));
@@ -582,6 +596,7 @@ static int one_round(sim_t *s, int r, double *sim_now, plait_sim_round_t *m)
     free(ev);
     free(jobs);
     free(trained);
+    free(accepted);
     free(job_ev);
     return rc;
 }

@@ -57,6 +57,17 @@ int plait__sim_centralized(const plait_sim_config_t *cfg, const plait_model_t *m
                            const plait_sim_pop_t *pop, const plait_lora_t *global, const size_t *eval_ids,
                            size_t n_eval, plait_sim_result_t *res);
 
+/* Secure aggregation per virtual client (secagg_sim.c). */
+typedef struct plait__sim_sa_s plait__sim_sa_t;
+int plait__sim_sa_create(plait__sim_sa_t **out, const plait_sim_config_t *cfg, size_t n_clients);
+void plait__sim_sa_free(plait__sim_sa_t *sa);
+/* Run SecAgg+ over the k selected clients (clients[i] in slot i, its words at
+ * slab + i·len); accepted[i]: the round core took slot i's update. *failed = 1
+ * when the survivors fall below the threshold (the round must not commit). */
+int plait__sim_sa_round(plait__sim_sa_t *sa, const plait_sim_config_t *cfg, int round, size_t min_cohort,
+                        const size_t *clients, size_t k, const uint8_t *accepted, const uint32_t *slab, size_t len,
+                        int *failed);
+
 /* Write metrics.csv, metrics.jsonl, loss.svg and report.md into dir. */
 int plait__sim_write_outputs(const plait_sim_config_t *cfg, const plait_sim_result_t *res,
                              const plait_sim_pop_t *pop, const char *dir);

@@ -87,7 +87,7 @@
  *   - Unmask: a survivor reveals its b-share of each survivor neighbour and
  *     its c_sk-share of each dropped neighbour, once per round, and refuses
  *     (PLAIT_EREFUSED) a request that names one device in both lists, names
- *     itself as dropped, or comes a second time.
+ *     itself as dropped, or differs from the one it already answered.
  *
  * Round context: SHA-256("plait-secagg-v1" || len(dep) || dep || round id);
  * every key derivation, signature and AAD is bound to it.
@@ -340,15 +340,17 @@ typedef struct {
 /**
  * \brief Answer an unmask request: b-shares of the listed survivors and
  *        c_sk-shares of the listed dropouts, for the neighbours whose shares
- *        this device holds (other listed devices are skipped). Answers at most
- *        one request per round.
+ *        this device holds (other listed devices are skipped). Answers one
+ *        request per round: the same request resent (a lost answer) gets the
+ *        same answer again, any other request is refused.
  * \param surv, n_surv  survivors (sent masked input); must contain this device.
  * \param drop, n_drop  dropouts (shared keys, sent no masked input).
  * \param out cap entries (k + 1 is always enough: this device's own b-share
  *            comes first).
  * \return the count in *n_out and 0; PLAIT_EREFUSED (a device in both lists,
  *         this device listed as dropped or missing from the survivors, a
- *         second request, or no masked input sent yet); PLAIT_EPROTO (index
+ *         different second request, any request after a refusal, or no
+ *         masked input sent yet); PLAIT_EPROTO (index
  *         out of range or repeated in a list); PLAIT_ETOOBIG (cap).
  */
 int plait_secagg_device_unmask(plait_secagg_device_t *d, const uint32_t *surv, size_t n_surv, const uint32_t *drop,

@@ -105,6 +105,10 @@ typedef struct {
     unsigned quant_bits;             /**< update quantization (default 16) */
     double delta;                    /**< δ for ε; 0 = 1/N^1.1 (default 0) */
     double weight_cap;               /**< client weight = min(train tokens, cap)/cap (default 10000) */
+    bool secure_agg;                 /**< in-process mode: also run SecAgg+ (secagg.h) per virtual client; a round
+                                          whose survivors fall below its threshold fails (default false, for speed) */
+    double secure_agg_dropout;       /**< dropout rate SecAgg+ parameters are chosen for; 0 = what the round core
+                                          may lose, 1 - min cohort / selected (default 0) */
     /* fleet */
     double avail_min, avail_max;     /**< each client's availability is uniform in [min, max] (default 0.5, 1) */
     double dropout;                  /**< probability a selected client drops mid-round (default 0.05) */
@@ -231,6 +235,7 @@ typedef struct {
     double personal_ppl;
     double epsilon;           /**< ε spent so far (0 without DP) */
     double clip;              /**< clip bound of the round */
+    double secagg_s;          /**< wall seconds of the round's secure aggregation (0 when off) */
 } plait_sim_round_t;
 
 typedef struct {

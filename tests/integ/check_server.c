@@ -673,7 +673,7 @@ START_TEST(test_decline)
         free(cs[i]);
     }
     finish(&d);
-    ck_assert_int_eq(it_log_count(&d, "151"), 0);
+    ck_assert_int_eq(it_log_count(&d, "151 tokens"), 0);
     ck_assert_int_eq(it_log_count(&d, "training split"), 0);
 }
 END_TEST
@@ -759,7 +759,21 @@ START_TEST(test_offline_enrollment)
     ck_assert_int_eq(it_participate(&d, "phone", 0.01f, &t), 0);
     ck_assert(it_log_wait(&d, "round committed round=1 version=2", 30000));
     finish(&d);
-    /* The operator names the device by its label. */
+    /* The operator sees the label next to the id the logs print, and names the device by it. */
+    char *argv[] = {"plait-aggregator", "devices", d.dir, NULL};
+    FILE *o = tmpfile(), *e = tmpfile();
+    ck_assert_ptr_nonnull(o);
+    ck_assert_ptr_nonnull(e);
+    ck_assert_int_eq(plait__agg_cli_main(3, argv, o, e), 0);
+    char listing[2048];
+    rewind(o);
+    size_t got = fread(listing, 1, sizeof(listing) - 1, o);
+    listing[got] = '\0';
+    fclose(o);
+    fclose(e);
+    char row[160];
+    snprintf(row, sizeof(row), "phone                    %s no ", cn);
+    ck_assert_msg(strstr(listing, row) != NULL, "devices listing lacks '%s': %s", row, listing);
     ck_assert_int_eq(it_cli("revoke", d.dir, "--device", "phone", NULL), 0);
 }
 END_TEST

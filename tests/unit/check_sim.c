@@ -354,6 +354,52 @@ START_TEST(test_small_run_deterministic)
 }
 END_TEST
 
+/* SecAgg+ per virtual client: the same run bit for bit (each round's
+ * unmasked sum is checked against the plain sum inside), and a threshold
+ * chosen for 1% dropouts makes every round with more fail uncommitted. */
+START_TEST(test_small_run_secure_agg)
+{
+    plait_sim_config_t c;
+    plait_sim_result_t plain, sec, strict;
+    small_config(&c, "sim_sa0");
+    c.threads = 2;
+    c.min_clients = 6; /* SecAgg+ needs more than half of the 11 selected to survive */
+    ck_assert_msg(plait_sim_run(&c, &plain) == 0, "run: %s", plait_errmsg());
+    small_config(&c, "sim_sa1");
+    c.threads = 2;
+    c.min_clients = 6;
+    c.secure_agg = true;
+    ck_assert_msg(plait_sim_run(&c, &sec) == 0, "run: %s", plait_errmsg());
+    ck_assert_uint_eq(sec.checksum, plain.checksum);
+    size_t committed = 0;
+    for (size_t r = 1; r <= 3; r++) {
+        committed += (size_t)sec.rounds[r].committed;
+        if (sec.rounds[r].committed) ck_assert(sec.rounds[r].secagg_s > 0);
+        ck_assert(plain.rounds[r].secagg_s == 0);
+    }
+    ck_assert_uint_gt(committed, 0);
+    small_config(&c, "sim_sa2");
+    c.threads = 2;
+    c.min_clients = 6;
+    c.secure_agg = true;
+    c.secure_agg_dropout = 0.01; /* t = 10 of 11 selected, while at most 8 updates are taken */
+    ck_assert_msg(plait_sim_run(&c, &strict) == 0, "run: %s", plait_errmsg());
+    for (size_t r = 1; r <= 3; r++) {
+        ck_assert_int_eq(strict.rounds[r].committed, 0);
+        if (plain.rounds[r].committed) ck_assert(strict.rounds[r].secagg_s > 0); /* it ran, and failed */
+    }
+    ck_assert(strict.rounds[3].global_loss == strict.base_loss); /* nothing was committed */
+    /* A minimum cohort of half the selected has no secure threshold: refused up front. */
+    small_config(&c, "sim_sa3");
+    c.secure_agg = true;
+    ck_assert_int_eq(plait_sim_config_validate(&c), PLAIT_EINVAL);
+    ck_assert_ptr_nonnull(strstr(plait_errmsg(), "min_clients"));
+    plait_sim_result_free(&plain);
+    plait_sim_result_free(&sec);
+    plait_sim_result_free(&strict);
+}
+END_TEST
+
 /* FedSA-LoRA keeps B on the devices; central DP spends ε; outputs are written. */
 START_TEST(test_small_run_fedsa_dp)
 {
@@ -461,6 +507,7 @@ Suite *sim_suite(void)
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, test_small_run_deterministic);
     tcase_add_test(tc, test_small_run_fedsa_dp);
+    tcase_add_test(tc, test_small_run_secure_agg);
     tcase_add_test(tc, test_centralized_baseline);
     suite_add_tcase(s, tc);
     return s;
