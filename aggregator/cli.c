@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "plait/adapter.h"
+#include "plait/peft.h"
 #include "plait/aggcfg.h"
 #include "plait/aggstore.h"
 #include "plait/crypto.h"
@@ -1204,15 +1205,17 @@ static int cmd_rounds(int argc, char **argv, FILE *out, FILE *err)
 
 static int cmd_export(int argc, char **argv, FILE *out, FILE *err)
 {
-    flag_t flags[] = {{"--version", 1, NULL}, {"--out", 1, NULL}};
+    flag_t flags[] = {{"--version", 1, NULL}, {"--out", 1, NULL}, {"--format", 1, NULL}};
     const char *dir;
-    int help, rc = parse_dir_args("export", argc, argv, flags, 2, &dir, NULL, NULL, &help, err);
+    int help, rc = parse_dir_args("export", argc, argv, flags, 3, &dir, NULL, NULL, &help, err);
     if (rc != 0) return rc;
     if (help) {
-        fputs("usage: " PROG " export DIR --version N --out FILE\n\n"
+        fputs("usage: " PROG " export DIR --version N --out PATH [--format plait|peft|gguf]\n\n"
               "Write global adapter version N as a safetensors LoRA adapter (the file\n"
               "plait-agent and the engine load), after checking its hash and that it loads\n"
-              "against the deployment's base model.\n",
+              "against the deployment's base model. --format peft writes a Hugging Face PEFT\n"
+              "directory PATH (adapter_model.safetensors, adapter_config.json); --format gguf\n"
+              "a llama.cpp GGUF LoRA adapter file (see docs/models.md).\n",
               out);
         return 0;
     }
@@ -1223,6 +1226,11 @@ static int cmd_export(int argc, char **argv, FILE *out, FILE *err)
     }
     if (parse_count(flags[0].value, INT64_MAX, &v) != 0) {
         fprintf(err, PROG " export: bad value '%s' for --version\n", flags[0].value);
+        return 2;
+    }
+    const char *fmt = flags[2].value ? flags[2].value : "plait";
+    if (strcmp(fmt, "plait") != 0 && strcmp(fmt, "peft") != 0 && strcmp(fmt, "gguf") != 0) {
+        fprintf(err, PROG " export: bad value '%.40s' for --format (plait, peft, gguf)\n", fmt);
         return 2;
     }
     plait_aggcfg_t c;
@@ -1247,15 +1255,17 @@ static int cmd_export(int argc, char **argv, FILE *out, FILE *err)
                 c.base_model, plait_errmsg(), plait_err_name(rc));
         rc = 1;
     } else {
-        rc = plait_adapter_save(flags[1].value, &l, m.sha256);
+        if (strcmp(fmt, "peft") == 0) rc = plait_peft_export(&l, flags[1].value);
+        else if (strcmp(fmt, "gguf") == 0) rc = plait_lora_gguf_export(&l, flags[1].value);
+        else rc = plait_adapter_save(flags[1].value, &l, m.sha256);
         if (rc != 0) {
             fprintf(err, PROG " export: %s: %s\n", flags[1].value, plait_errmsg());
             rc = 1;
         } else {
             char hex[65];
             plait_hex(ver.sha256, 32, hex);
-            fprintf(out, "exported version %llu (round %lld, sha256 %s) to %s\n", (unsigned long long)v,
-                    (long long)ver.round_id, hex, flags[1].value);
+            fprintf(out, "exported version %llu (round %lld, sha256 %s) to %s (%s)\n", (unsigned long long)v,
+                    (long long)ver.round_id, hex, flags[1].value, fmt);
         }
     }
     plait_lora_free(&l);
@@ -1378,7 +1388,7 @@ static const command_t commands[] = {
     {"status", "summary of a deployment", cmd_status},
     {"devices", "list enrolled devices: label, id, state", cmd_devices},
     {"rounds", "list a deployment's rounds", cmd_rounds},
-    {"export", "write a global adapter version as a safetensors file", cmd_export},
+    {"export", "write a global adapter version (plait, PEFT or GGUF adapter)", cmd_export},
     {"privacy", "privacy spent: of a deployment (DIR), or by given DP-FedAvg settings", cmd_privacy_any},
 };
 

@@ -11,6 +11,8 @@
 
 int bench_agg(int argc, char **argv);
 int bench_train(int argc, char **argv);
+/* bench_gguf.c: the SmolLM2-135M-shape GGUF rows of `plait-bench train --shape 135M`. */
+int bench_train_135m(size_t repeats, const int *threads, int n_threads, size_t steps_opt, size_t warmup_opt);
 int bench_secagg(int argc, char **argv);
 
 /** Monotonic seconds. */

@@ -126,12 +126,14 @@ static int run_torch(const char *peer, const char *args, int threads, int B, int
 static void usage(FILE *f)
 {
     fputs("usage: plait-bench train [--repeats R] [--steps N] [--warmup N] [--threads LIST] [--torch]\n"
-          "                         [--shape 260K|15M|all] [--batch B] [--seq T]\n"
+          "                         [--shape 260K|15M|135M|all] [--batch B] [--seq T]\n"
           "\n"
           "Training tokens/s (median over R fresh processes of the median step) and peak RSS of\n"
           "LoRA fine-tuning (rank 8 on wq,wv) for stories260K ($PLAIT_ASSETS/stories260K.bin) and a\n"
           "random-weight model of the stories15M shape (dim 288, hidden 768, 6 layers, 6 heads,\n"
-          "vocab 32000).\n"
+          "vocab 32000). --shape 135M (not part of all) instead measures a GGUF base of the\n"
+          "SmolLM2-135M shape in F32 and Q8_0 at B=4, T=256: training and generation tokens/s\n"
+          "and peak RSS against file size + trainer buffers + 10% (default 2 steps, 1 warm-up).\n"
           "  --repeats R   processes per configuration (default 3)\n"
           "  --steps N     timed steps per process (default 20; 6 for 15M)\n"
           "  --warmup N    untimed steps first (default 3; 2 for 15M)\n"
@@ -193,8 +195,8 @@ int bench_train(int argc, char **argv)
             i++;
         } else if (strcmp(a, "--shape") == 0 && v) {
             shape_sel = v;
-            if (strcmp(v, "260K") && strcmp(v, "15M") && strcmp(v, "all")) {
-                fprintf(stderr, "plait-bench train: --shape '%.20s' is not 260K, 15M or all\n", v);
+            if (strcmp(v, "260K") && strcmp(v, "15M") && strcmp(v, "135M") && strcmp(v, "all")) {
+                fprintf(stderr, "plait-bench train: --shape '%.20s' is not 260K, 15M, 135M or all\n", v);
                 return 2;
             }
             i++;
@@ -220,6 +222,7 @@ int bench_train(int argc, char **argv)
             return 2;
         }
     }
+    if (strcmp(shape_sel, "135M") == 0) return bench_train_135m(repeats, threads, n_threads, steps_opt, warmup_opt);
     const char *assets = getenv("PLAIT_ASSETS");
     if (!assets || !*assets) assets = "../shared/assets";
     const char *peers = getenv("PLAIT_PEERS");

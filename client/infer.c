@@ -31,8 +31,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define RMS_EPS 1e-5f
-#define ROPE_THETA 10000.0
 #define MAX_CHUNK 1024
 /* A matrix-vector product is split over threads only from this many
  * multiply-adds: below it a pool dispatch costs more than it saves. */
@@ -117,7 +115,7 @@ int plait_infer_setup(plait_infer_t *s, const plait_model_t *model, const plait_
         plait_infer_config_default(&def);
         cfg = &def;
     }
-    if (!s || !model || !model->w.token_embedding)
+    if (!s || !model || !model->mats)
         return plait_fail(PLAIT_EINVAL, "infer_setup: no state or no loaded model");
     const plait_model_config_t *mc = &model->cfg;
     int T = cfg->max_ctx == 0 ? mc->seq_len : cfg->max_ctx;
@@ -161,7 +159,8 @@ int plait_infer_setup(plait_infer_t *s, const plait_model_t *model, const plait_
         n_act += parts[i];
     }
     size_t n_merged = 0;
-    int merge = lora && cfg->merge;
+    /* A quantized base is never expanded: its adapter stays unmerged. */
+    int merge = lora && cfg->merge && plait_model_is_f32(model);
     if (merge) {
         for (size_t l = 0; l < L; l++)
             for (int p = 0; p < PLAIT_NPROJ; p++) {
@@ -243,6 +242,32 @@ static void mm(plait_infer_t *s, float *out, const float *inp, const float *w, s
     plait_matmul_forward(s->pool, out, inp, w, N, IC, OC, accumulate);
 }
 
+typedef struct {
+    float *out;
+    const float *inp;
+    const plait_wmat_t *w;
+    size_t IC;
+} mvw_job_t;
+
+static void mvw_rows(void *ctx, size_t b, size_t e)
+{
+    mvw_job_t *j = ctx;
+    plait_wmat_t part = {(const uint8_t *)j->w->data + b * j->w->row_bytes, j->w->type, j->w->row_bytes};
+    plait_matmul_forward_w(NULL, j->out + b, j->inp, &part, 1, j->IC, e - b, 0);
+}
+
+/* mm for a typed W (any plait_dtype_t): out (N, OC) = inp · Wᵀ. */
+static void mm_w(plait_infer_t *s, float *out, const float *inp, const plait_wmat_t *w, size_t N, size_t IC,
+                 size_t OC)
+{
+    if (N == 1 && s->pool && plait_pool_size(s->pool) > 1 && IC * OC >= MV_SPLIT_MIN) {
+        mvw_job_t j = {.out = out, .inp = inp, .w = w, .IC = IC};
+        plait_pool_run(s->pool, mvw_rows, &j, OC);
+        return;
+    }
+    plait_matmul_forward_w(s->pool, out, inp, w, N, IC, OC, 0);
+}
+
 /* out (N, OUT) = inp (N, IN) · Wᵀ of projection p in layer l, plus the
  * unmerged adapter term s · (inp · Aᵀ) · Bᵀ. */
 static void proj(plait_infer_t *s, int l, plait_proj_t p, float *out, const float *inp, size_t N)
@@ -250,7 +275,13 @@ static void proj(plait_infer_t *s, int l, plait_proj_t p, float *out, const floa
     int in, o;
     plait_proj_shape(&s->model->cfg, p, &in, &o);
     size_t slot = plait_lora_slot(l, p);
-    mm(s, out, inp, s->w[slot], N, (size_t)in, (size_t)o, 0);
+    if (s->w[slot]) mm(s, out, inp, s->w[slot], N, (size_t)in, (size_t)o, 0);
+    else mm_w(s, out, inp, plait_model_proj(s->model, l, p), N, (size_t)in, (size_t)o);
+    if (s->model->bias && p <= PLAIT_WV) { /* q, k, v biases (Qwen2) */
+        const float *bias = s->model->bias[(size_t)l * 3 + (size_t)p];
+        for (size_t r = 0; r < N; r++)
+            for (size_t c = 0; c < (size_t)o; c++) out[r * (size_t)o + c] += bias[c];
+    }
     if (s->merged || !s->lora) return;
     const float *A = s->lora->A[slot], *B = s->lora->B[slot];
     if (!A || !B) return;
@@ -264,7 +295,7 @@ static void proj(plait_infer_t *s, int l, plait_proj_t p, float *out, const floa
 }
 
 /* out (N, C) = x / rms(x) * w, row by row. */
-static void rmsnorm(float *out, const float *x, const float *w, size_t N, size_t C)
+static void rmsnorm(float *out, const float *x, const float *w, size_t N, size_t C, float eps)
 {
     for (size_t n = 0; n < N; n++) {
         const float *xr = x + n * C;
@@ -272,7 +303,7 @@ static void rmsnorm(float *out, const float *x, const float *w, size_t N, size_t
         double ss = 0.0;
         for (size_t i = 0; i < C; i++)
             ss += (double)xr[i] * (double)xr[i];
-        float inv = (float)(1.0 / sqrt(ss / (double)C + (double)RMS_EPS));
+        float inv = (float)(1.0 / sqrt(ss / (double)C + (double)eps));
         for (size_t i = 0; i < C; i++)
             o[i] = w[i] * (inv * xr[i]);
     }
@@ -294,10 +325,20 @@ static void softmax(float *x, size_t n)
 }
 
 /* Rotate the interleaved pairs of each head of v (nheads, HS) by rope (HS). */
-static void rope_apply(float *v, const float *rope, size_t nheads, size_t HS)
+static void rope_apply(float *v, const float *rope, size_t nheads, size_t HS, int neox)
 {
     for (size_t h = 0; h < nheads; h++) {
         float *vh = v + h * HS;
+        if (neox) { /* rotate-half: pairs (i, i + HS/2) at angle i */
+            size_t half = HS / 2;
+            for (size_t i = 0; i < half; i++) {
+                float c = rope[2 * i], sn = rope[2 * i + 1];
+                float a = vh[i], b = vh[i + half];
+                vh[i] = a * c - b * sn;
+                vh[i + half] = a * sn + b * c;
+            }
+            continue;
+        }
         for (size_t j = 0; j < HS; j += 2) {
             float c = rope[j], sn = rope[j + 1];
             float a = vh[j], b = vh[j + 1];
@@ -358,12 +399,12 @@ static void forward_rows(plait_infer_t *s, const int *tokens, size_t n, size_t p
     size_t NH = (size_t)mc->n_heads, NKV = (size_t)mc->n_kv_heads, Tm = (size_t)s->max_ctx;
 
     for (size_t i = 0; i < n; i++)
-        memcpy(s->x + i * C, m->w.token_embedding + (size_t)tokens[i] * C, C * sizeof(float));
+        plait_dequant_row(s->x + i * C, plait_model_embedding(m), (size_t)tokens[i], 0, C);
     /* Rotation angles (pos * theta^(-2j/HS)) per row, computed in double. */
     for (size_t i = 0; i < n; i++) {
         for (size_t j = 0; j < HS; j += 2) {
-            double freq = pow(ROPE_THETA, -(double)j / (double)HS);
-            double ang = (double)(pos0 + i) * freq;
+            double freq = pow((double)mc->rope_theta, -(double)j / (double)HS);
+            double ang = (double)(pos0 + i) / (double)mc->rope_scale * freq;
             s->rope[i * HS + j] = (float)cos(ang);
             s->rope[i * HS + j + 1] = (float)sin(ang);
         }
@@ -375,13 +416,13 @@ static void forward_rows(plait_infer_t *s, const int *tokens, size_t n, size_t p
         float *vc = s->value_cache + (lu * Tm + pos0) * KV; /* (n, KV) */
 
         /* Attention block. */
-        rmsnorm(s->xb, s->x, m->w.rms_att + lu * C, n, C);
+        rmsnorm(s->xb, s->x, m->w.rms_att + lu * C, n, C, mc->rms_eps);
         proj(s, l, PLAIT_WQ, s->q, s->xb, n);
         proj(s, l, PLAIT_WK, kc, s->xb, n);
         proj(s, l, PLAIT_WV, vc, s->xb, n);
         for (size_t i = 0; i < n; i++) {
-            rope_apply(s->q + i * C, s->rope + i * HS, NH, HS);
-            rope_apply(kc + i * KV, s->rope + i * HS, NKV, HS);
+            rope_apply(s->q + i * C, s->rope + i * HS, NH, HS, mc->rope_neox);
+            rope_apply(kc + i * KV, s->rope + i * HS, NKV, HS, mc->rope_neox);
         }
         att_job_t aj = {.s = s, .l = lu, .pos0 = pos0, .NH = NH};
         plait_pool_run(s->pool, att_items, &aj, n * NH);
@@ -390,7 +431,7 @@ static void forward_rows(plait_infer_t *s, const int *tokens, size_t n, size_t p
             s->x[i] += s->xb2[i];
 
         /* Feed-forward block. */
-        rmsnorm(s->xb, s->x, m->w.rms_ffn + lu * C, n, C);
+        rmsnorm(s->xb, s->x, m->w.rms_ffn + lu * C, n, C, mc->rms_eps);
         proj(s, l, PLAIT_W1, s->hb, s->xb, n);
         proj(s, l, PLAIT_W3, s->hb2, s->xb, n);
         for (size_t i = 0; i < n * H; i++) {
@@ -403,8 +444,8 @@ static void forward_rows(plait_infer_t *s, const int *tokens, size_t n, size_t p
     }
 
     if (want_logits) {
-        rmsnorm(s->xb, s->x + (n - 1) * C, m->w.rms_final, 1, C);
-        mm(s, s->logits, s->xb, m->w.wcls, 1, C, (size_t)mc->vocab_size, 0);
+        rmsnorm(s->xb, s->x + (n - 1) * C, m->w.rms_final, 1, C, mc->rms_eps);
+        mm_w(s, s->logits, s->xb, plait_model_classifier(m), 1, C, (size_t)mc->vocab_size);
     }
 }
 

@@ -20,11 +20,13 @@
 #include "plait/crypto.h"
 #include "plait/data.h"
 #include "plait/file.h"
+#include "plait/gguf.h"
 #include "plait/infer.h"
 #include "plait/ingest.h"
 #include "plait/log.h"
 #include "plait/lora.h"
 #include "plait/model.h"
+#include "plait/peft.h"
 #include "plait/store.h"
 #include "plait/tok.h"
 #include "plait/train.h"
@@ -474,12 +476,12 @@ static void train_usage(void)
            "\n"
            "Fine-tunes a LoRA adapter of the frozen model on the store's training split\n"
            "(or every block of a text file) and writes it as safetensors.\n"
-           "  --model FILE         llama2.c checkpoint (default $PLAIT_ASSETS/stories260K.bin)\n"
-           "  --tokenizer FILE     llama2.c tokenizer (default $PLAIT_ASSETS/tok512.bin)\n"
+           "  --model FILE         llama2.c checkpoint or GGUF model (default $PLAIT_ASSETS/stories260K.bin)\n"
+           "  --tokenizer FILE     llama2.c tokenizer or GGUF file (default $PLAIT_ASSETS/tok512.bin)\n"
            "  --rank R             LoRA rank (default 8)\n"
            "  --alpha A            LoRA alpha; scaling is alpha/rank (default 16)\n"
            "  --targets LIST       projections among wq,wk,wv,wo,w1,w2,w3 (default wq,wv)\n"
-           "  --init-adapter FILE  start from this adapter instead of a fresh one\n"
+           "  --init-adapter FILE  start from this adapter (plait, PEFT directory or GGUF) instead of a fresh one\n"
            "  --seed N             seeds A's initialization and the batch sampler (default 1)\n"
            "  --freeze-a           train B only (FFA-LoRA)\n"
            "  --batch B            sequences per micro-batch (default %d)\n"
@@ -645,7 +647,7 @@ static int cmd_train(int argc, char **argv)
     int rc = engine_load(&e, &c, !verify);
     if (rc != 0) goto exit;
     if (init) {
-        rc = plait_adapter_load(&lora, init, &e.model, 0);
+        rc = plait_adapter_import(&lora, init, &e.model, 0);
     } else {
         rc = plait_lora_setup(&lora, &e.model.cfg, &lc);
         if (rc == 0) plait_lora_init_weights(&lora, seed);
@@ -815,7 +817,7 @@ static int cmd_eval(int argc, char **argv)
     plait_train_destroy(tr);
     tr = NULL;
     if (c.adapter) {
-        if ((rc = plait_adapter_load(&lora, c.adapter, &e.model, 0)) != 0) goto out;
+        if ((rc = plait_adapter_import(&lora, c.adapter, &e.model, 0)) != 0) goto out;
         if ((rc = plait_train_create(&tr, &e.model, &lora, &tc)) != 0) goto out;
         if ((rc = plait_corpus_eval(&corpus, tr, tc.T, (size_t)max_windows, &ad_loss, NULL)) != 0) goto out;
     }
@@ -907,7 +909,7 @@ static int cmd_generate(int argc, char **argv)
     plait_infer_t st;
     plait_infer_init(&st);
     int rc = engine_load(&e, &c, 1);
-    if (rc == 0 && c.adapter) rc = plait_adapter_load(&lora, c.adapter, &e.model, 0);
+    if (rc == 0 && c.adapter) rc = plait_adapter_import(&lora, c.adapter, &e.model, 0);
     if (rc == 0) {
         plait_infer_config_t ic;
         plait_infer_config_default(&ic);
@@ -954,8 +956,8 @@ static void join_usage(void)
            "  --cert FILE, --key FILE  this device's certificate and private key (PEM)\n"
            "  --db STORE             the device store (plait-agent ingest)\n"
            "  --state DIR            crash-safe state, adapter cache, personal adapter (created 0700)\n"
-           "  --model FILE           llama2.c checkpoint (default $PLAIT_ASSETS/stories260K.bin)\n"
-           "  --tokenizer FILE       llama2.c tokenizer (default $PLAIT_ASSETS/tok512.bin)\n"
+           "  --model FILE           llama2.c checkpoint or GGUF model (default $PLAIT_ASSETS/stories260K.bin)\n"
+           "  --tokenizer FILE       llama2.c tokenizer or GGUF file (default $PLAIT_ASSETS/tok512.bin)\n"
            "  --threads N            training threads (default 1)\n"
            "  --once                 one conversation, retrying failed connections (default)\n"
            "  --daemon               keep taking part until SIGINT/SIGTERM\n"
@@ -1148,6 +1150,119 @@ static int cmd_join(int argc, char **argv)
     return rc == 0 ? 0 : die_run(rc);
 }
 
+/* -------------------------------------------------------------- convert */
+
+static int parse_dtype(const char *s, int *type)
+{
+    static const struct {
+        const char *name;
+        int type;
+    } t[] = {{"f32", PLAIT_DT_F32}, {"f16", PLAIT_DT_F16}, {"bf16", PLAIT_DT_BF16},
+             {"q8_0", PLAIT_DT_Q8_0}, {"q4_0", PLAIT_DT_Q4_0}};
+    for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
+        if (strcmp(s, t[i].name) == 0) return *type = t[i].type, 0;
+    return plait_fail(PLAIT_EINVAL, "--type '%.20s' is not one of f32, f16, bf16, q8_0, q4_0", s);
+}
+
+static int cmd_convert(int argc, char **argv)
+{
+    const char *model = NULL, *tokp = NULL, *out = NULL;
+    int type = PLAIT_DT_F32;
+    static const struct option opts[] = {{"model", required_argument, 0, 'm'}, {"tokenizer", required_argument, 0, 'k'},
+                                         {"out", required_argument, 0, 'o'},   {"type", required_argument, 0, 't'},
+                                         {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
+    int o;
+    while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (o) {
+        case 'm': model = optarg; break;
+        case 'k': tokp = optarg; break;
+        case 'o': out = optarg; break;
+        case 't':
+            if (parse_dtype(optarg, &type) != 0) return die_usage(PLAIT_EINVAL);
+            break;
+        case 'h':
+            printf("usage: plait-agent convert --model IN --out OUT.gguf [--tokenizer TOK] [--type f32|f16|bf16|q8_0|q4_0]\n\n"
+                   "Writes a llama2.c checkpoint (or a GGUF model) as a GGUF v3 file, its matrices in --type\n"
+                   "(default f32; rows that are not whole 32-element blocks stay f32) and, with --tokenizer,\n"
+                   "the tokenizer as GGUF metadata, so that --tokenizer OUT.gguf works afterwards.\n");
+            return 0;
+        default: return bad_flag(argv), die_usage(PLAIT_EINVAL);
+        }
+    }
+    if (!model || !out) return plait_fail(PLAIT_EINVAL, "--model and --out are required"), die_usage(0);
+    plait_model_t m;
+    plait_tok_t tok;
+    plait_gguf_writer_t *w = NULL;
+    plait_model_init(&m);
+    plait_tok_init(&tok);
+    int rc = plait_model_load(&m, model);
+    if (rc == 0 && tokp) rc = plait_tok_load(&tok, tokp, m.cfg.vocab_size);
+    if (rc == 0) rc = plait_gguf_writer_create(&w);
+    if (rc == 0) rc = plait__model_gguf_fill(w, &m, type);
+    if (rc == 0 && tokp) rc = plait__tok_gguf_fill(w, &tok);
+    if (rc == 0) rc = plait_gguf_write_file(w, out);
+    plait_gguf_writer_free(w);
+    plait_tok_free(&tok);
+    if (rc == 0) {
+        plait_model_t c;
+        plait_model_init(&c);
+        rc = plait_model_load(&c, out);
+        if (rc == 0) {
+            char hex[65];
+            plait_hex(c.sha256, 32, hex);
+            printf("wrote %s: %zu bytes, %s, base model sha256 %s\n", out, c.map_len, plait_dtype_name(type), hex);
+        }
+        plait_model_free(&c);
+    }
+    plait_model_free(&m);
+    return rc == 0 ? 0 : die_run(rc);
+}
+
+/* --------------------------------------------------------------- export */
+
+static int cmd_export(int argc, char **argv)
+{
+    const char *model = NULL, *adapter = NULL, *out = NULL, *fmt = "plait";
+    static const struct option opts[] = {{"model", required_argument, 0, 'm'}, {"adapter", required_argument, 0, 'a'},
+                                         {"out", required_argument, 0, 'o'},   {"format", required_argument, 0, 'f'},
+                                         {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
+    int o;
+    while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (o) {
+        case 'm': model = optarg; break;
+        case 'a': adapter = optarg; break;
+        case 'o': out = optarg; break;
+        case 'f': fmt = optarg; break;
+        case 'h':
+            printf("usage: plait-agent export --model M --adapter A --out PATH [--format plait|peft|gguf]\n\n"
+                   "Loads adapter A (a plait adapter, a PEFT directory or a llama.cpp GGUF adapter) for model M\n"
+                   "and writes it as a plait adapter file, a Hugging Face PEFT directory (adapter_model.safetensors,\n"
+                   "adapter_config.json) or a llama.cpp GGUF LoRA adapter. See docs/models.md.\n");
+            return 0;
+        default: return bad_flag(argv), die_usage(PLAIT_EINVAL);
+        }
+    }
+    if (!model || !adapter || !out)
+        return plait_fail(PLAIT_EINVAL, "--model, --adapter and --out are required"), die_usage(0);
+    if (strcmp(fmt, "plait") != 0 && strcmp(fmt, "peft") != 0 && strcmp(fmt, "gguf") != 0)
+        return plait_fail(PLAIT_EINVAL, "--format '%.20s' is not one of plait, peft, gguf", fmt), die_usage(0);
+    plait_model_t m;
+    plait_lora_t l;
+    plait_model_init(&m);
+    plait_lora_init(&l);
+    int rc = plait_model_load(&m, model);
+    if (rc == 0) rc = plait_adapter_import(&l, adapter, &m, 0);
+    if (rc == 0) {
+        if (strcmp(fmt, "peft") == 0) rc = plait_peft_export(&l, out);
+        else if (strcmp(fmt, "gguf") == 0) rc = plait_lora_gguf_export(&l, out);
+        else rc = plait_adapter_save(out, &l, m.sha256);
+    }
+    if (rc == 0) printf("wrote %s (%s, rank %d, %zu parameters)\n", out, fmt, l.cfg.rank, l.n_params);
+    plait_lora_free(&l);
+    plait_model_free(&m);
+    return rc == 0 ? 0 : die_run(rc);
+}
+
 /* ----------------------------------------------------------------- main */
 
 typedef struct {
@@ -1165,6 +1280,8 @@ static const command_t commands[] = {
     {"forget", cmd_forget, "erase records from the store (and what was derived from them)"},
     {"keygen", cmd_keygen, "make this device's key and a certificate request (the key stays here)"},
     {"join", cmd_join, "take part in federated rounds with an aggregator (mutual TLS)"},
+    {"convert", cmd_convert, "write a llama2.c checkpoint as GGUF (optionally quantized)"},
+    {"export", cmd_export, "write an adapter as a plait, PEFT or llama.cpp GGUF adapter"},
 };
 
 static void usage(FILE *f)

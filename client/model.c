@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -62,6 +63,15 @@ int plait_model_config_validate(plait_model_config_t *c)
                           c->head_size);
     c->kv_dim = c->n_kv_heads * c->head_size;
     c->shared = c->shared ? 1 : 0;
+    if (c->rope_theta == 0.0f) c->rope_theta = 10000.0f;
+    if (c->rope_scale == 0.0f) c->rope_scale = 1.0f;
+    if (c->rms_eps == 0.0f) c->rms_eps = 1e-5f;
+    if (!(c->rope_theta > 1.0f && c->rope_theta < 1e12f) || !(c->rope_scale >= 1.0f && c->rope_scale <= 1024.0f) ||
+        !(c->rms_eps > 0.0f && c->rms_eps < 1.0f))
+        return plait_fail(PLAIT_EPROTO, "model header: rope_theta %g, rope_scale %g or rms_eps %g is absurd",
+                          (double)c->rope_theta, (double)c->rope_scale, (double)c->rms_eps);
+    c->rope_neox = c->rope_neox ? 1 : 0;
+    c->qkv_bias = c->qkv_bias ? 1 : 0;
     return 0;
 }
 
@@ -98,6 +108,50 @@ static void point_weights(plait_model_t *m, const float *p, const float *wcls_if
     m->w.w3 = p;              p += L * H * C;
     m->w.rms_final = p;       p += C;
     m->w.wcls = c->shared ? m->w.token_embedding : (wcls_if_untied ? wcls_if_untied : p);
+}
+
+/* Typed views of the F32 matrices of a llama2.c or random model. */
+static int point_mats(plait_model_t *m)
+{
+    const plait_model_config_t *c = &m->cfg;
+    size_t L = (size_t)c->n_layers;
+    m->mats = calloc(L * PLAIT_NPROJ + 2, sizeof(*m->mats));
+    if (!m->mats) return plait_fail(PLAIT_ENOMEM, "model: matrix table");
+    for (size_t l = 0; l < L; l++)
+        for (int p = 0; p < PLAIT_NPROJ; p++) {
+            int in, out;
+            plait_proj_shape(c, (plait_proj_t)p, &in, &out);
+            plait_wmat_t *w = &m->mats[l * PLAIT_NPROJ + (size_t)p];
+            w->data = plait_proj_weight(m, (int)l, (plait_proj_t)p);
+            w->type = PLAIT_DT_F32;
+            w->row_bytes = (size_t)in * sizeof(float);
+        }
+    m->mats[L * PLAIT_NPROJ] = (plait_wmat_t){m->w.token_embedding, PLAIT_DT_F32, (size_t)c->dim * sizeof(float)};
+    m->mats[L * PLAIT_NPROJ + 1] = (plait_wmat_t){m->w.wcls, PLAIT_DT_F32, (size_t)c->dim * sizeof(float)};
+    return 0;
+}
+
+const plait_wmat_t *plait_model_proj(const plait_model_t *m, int l, plait_proj_t p)
+{
+    return &m->mats[(size_t)l * PLAIT_NPROJ + (size_t)p];
+}
+
+const plait_wmat_t *plait_model_embedding(const plait_model_t *m)
+{
+    return &m->mats[(size_t)m->cfg.n_layers * PLAIT_NPROJ];
+}
+
+const plait_wmat_t *plait_model_classifier(const plait_model_t *m)
+{
+    return &m->mats[(size_t)m->cfg.n_layers * PLAIT_NPROJ + 1];
+}
+
+int plait_model_is_f32(const plait_model_t *m)
+{
+    size_t n = (size_t)m->cfg.n_layers * PLAIT_NPROJ + 2;
+    for (size_t i = 0; i < n; i++)
+        if (m->mats[i].type != PLAIT_DT_F32) return 0;
+    return 1;
 }
 
 static int32_t rd_i32(const uint8_t *b)
@@ -142,6 +196,11 @@ int plait_model_load(plait_model_t *m, const char *path)
     if ((ret = plait_file_open(path, label, &fd, &st)) != 0)
         return ret == PLAIT_ENOENT || ret == PLAIT_EINVAL ? plait_fail(PLAIT_EIO, "%s", plait_errmsg())
                                                           : ret; /* documented: EIO */
+    uint8_t magic[4];
+    if (st.st_size >= 4 && pread(fd, magic, 4, 0) == 4 && memcmp(magic, "GGUF", 4) == 0) {
+        close(fd);
+        return plait_model_load_gguf(m, path); /* mapped, see model_gguf.c */
+    }
     if ((uint64_t)st.st_size < HEADER_BYTES) {
         ret = plait_fail(PLAIT_EPROTO, "model %s: file is %lld bytes, shorter than the 28-byte header",
                          path, (long long)st.st_size);
@@ -221,8 +280,12 @@ int plait_model_load(plait_model_t *m, const char *path)
     }
     m->map = img;
     m->map_len = n;
-    plait_sha256(img, n, m->sha256);
     img = NULL;
+    if ((ret = point_mats(m)) != 0) {
+        plait_model_free(m);
+        goto exit;
+    }
+    plait_sha256((const uint8_t *)m->map, m->map_len, m->sha256);
     ret = 0;
 exit:
     free(img);
@@ -254,6 +317,7 @@ int plait_model_init_random(plait_model_t *m, const plait_model_config_t *cfg, u
         double u2 = (double)(mix64(&s) >> 11) * (1.0 / 9007199254740992.0);
         buf[i] = (float)(0.02 * sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
     }
+    c.qkv_bias = 0; /* random models have no biases */
     m->cfg = c;
     m->owned = buf;
     point_weights(m, buf, NULL);
@@ -263,13 +327,18 @@ int plait_model_init_random(plait_model_t *m, const plait_model_config_t *cfg, u
     for (size_t i = 0; i < L * C; i++) ((float *)m->w.rms_ffn)[i] = 1.0f;
     for (size_t i = 0; i < C; i++) ((float *)m->w.rms_final)[i] = 1.0f;
     memset(m->sha256, 0, sizeof(m->sha256));
-    return 0;
+    if ((rc = point_mats(m)) != 0) plait_model_free(m);
+    return rc;
 }
 
 void plait_model_free(plait_model_t *m)
 {
     if (!m) return;
-    free(m->map);
+    if (m->is_gguf && m->map) munmap(m->map, m->map_len);
+    else free(m->map);
     free(m->owned);
+    free(m->mats);
+    free((void *)m->bias);
+    free(m->aux);
     memset(m, 0, sizeof(*m));
 }

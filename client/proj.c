@@ -43,6 +43,10 @@ const float *plait_proj_weight(const plait_model_t *m, int l, plait_proj_t p)
 {
     const plait_model_config_t *c = &m->cfg;
     size_t C = (size_t)c->dim, H = (size_t)c->hidden_dim, KV = (size_t)c->kv_dim, L = (size_t)l;
+    if (m->is_gguf) { /* separate tensors per layer, of any type */
+        const plait_wmat_t *w = plait_model_proj(m, l, p);
+        return w->type == PLAIT_DT_F32 ? (const float *)w->data : NULL;
+    }
     switch (p) {
     case PLAIT_WQ: return m->w.wq + L * C * C;
     case PLAIT_WK: return m->w.wk + L * KV * C;

@@ -457,6 +457,7 @@ typedef struct {
     const float *b;
     size_t ldb;
     int btrans;
+    const plait_wmat_t *bw; /* typed (non-F32) B instead of b, or NULL */
     size_t M, K, NN;
     int accumulate;
     int path;               /* PLAIT__KPATH_* */
@@ -519,9 +520,39 @@ PLAIT_AVX512 static inline void copy32_avx512(float *restrict d, const float *s)
 }
 #endif
 
+/* pack_b for a typed W: each row piece is dequantized straight into the
+ * panel (transposed: kc elements of W row j into column jj; not transposed:
+ * w elements of W row k0 + k into packed row k). */
+static void pack_b_typed(float *restrict dst, const gemm_t *g, size_t k0, size_t kc, size_t j0, size_t nc)
+{
+    float tmp[KC];
+    const size_t NRW = g->nr; /* panel width of the path: NR or NR512 */
+    for (size_t p = 0; p < nc; p += NRW) {
+        size_t w = nc - p < NRW ? nc - p : NRW;
+        float *restrict d = dst + p * kc;
+        if (g->btrans) {
+            for (size_t jj = 0; jj < w; jj++) {
+                plait_dequant_row(tmp, g->bw, j0 + p + jj, k0, kc);
+                for (size_t k = 0; k < kc; k++) d[k * NRW + jj] = tmp[k];
+            }
+            for (size_t jj = w; jj < NRW; jj++)
+                for (size_t k = 0; k < kc; k++) d[k * NRW + jj] = 0.0f;
+        } else {
+            for (size_t k = 0; k < kc; k++) {
+                plait_dequant_row(d + k * NRW, g->bw, k0 + k, j0 + p, w);
+                for (size_t jj = w; jj < NRW; jj++) d[k * NRW + jj] = 0.0f;
+            }
+        }
+    }
+}
+
 static void pack_b(float *restrict dst, const gemm_t *g, size_t k0, size_t kc, size_t j0,
                    size_t nc)
 {
+    if (g->bw) {
+        pack_b_typed(dst, g, k0, kc, j0, nc);
+        return;
+    }
     const size_t NRW = g->nr; /* panel width of the path: NR or NR512 */
     for (size_t p = 0; p < nc; p += NRW) {
         size_t w = nc - p < NRW ? nc - p : NRW;
@@ -856,6 +887,7 @@ static void gemm_run(plait_pool_t *pool, gemm_t *g)
 typedef struct {
     float *out;
     const float *inp, *w;
+    const plait_wmat_t *wt; /* typed W instead of w, or NULL */
     size_t N, IC, OC;
     int accumulate;
     int simd;
@@ -977,10 +1009,40 @@ PLAIT_AVX2 static void dot_avx2(const dot_t *d, size_t o0, size_t o1)
 }
 #endif
 
+/* Dot products against a typed W: each row is dequantized KC elements at a
+ * time into a stack buffer, which every input row then uses. */
+static void dot_typed(const dot_t *d, size_t o0, size_t o1)
+{
+    float wr[KC];
+    size_t IC = d->IC;
+    for (size_t o = o0; o < o1; o++) {
+        for (size_t n = 0; n < d->N; n++)
+            if (!d->accumulate) d->out[n * d->OC + o] = 0.0f;
+        for (size_t i0 = 0; i0 < IC; i0 += KC) {
+            size_t m = IC - i0 < KC ? IC - i0 : KC;
+            plait_dequant_row(wr, d->wt, o, i0, m);
+            for (size_t n = 0; n < d->N; n++) {
+                const float *x = d->inp + n * IC + i0;
+                float s[8] = {0};
+                size_t i = 0;
+                for (; i + 8 <= m; i += 8)
+                    for (size_t l = 0; l < 8; l++) s[l] += x[i + l] * wr[i + l];
+                float t = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+                for (; i < m; i++) t += x[i] * wr[i];
+                d->out[n * d->OC + o] += t;
+            }
+        }
+    }
+}
+
 static void dot_task(void *ctx, size_t b, size_t e)
 {
     const dot_t *d = ctx;
     size_t o0 = b * DOT_OC_CHUNK, o1 = e * DOT_OC_CHUNK < d->OC ? e * DOT_OC_CHUNK : d->OC;
+    if (d->wt) {
+        dot_typed(d, o0, o1);
+        return;
+    }
 #if PLAIT_HAVE_X86_SIMD
     if (d->simd) {
         dot_avx2(d, o0, o1);
@@ -1022,4 +1084,36 @@ void plait_matmul_backward(plait_pool_t *pool, float *dinp, float *dw, const flo
                     .btrans = 0, .M = OC, .K = N, .NN = IC, .accumulate = 1};
         gemm_run(pool, &g);
     }
+}
+
+void plait_matmul_forward_w(plait_pool_t *pool, float *out, const float *inp, const plait_wmat_t *w, size_t N,
+                            size_t IC, size_t OC, int accumulate)
+{
+    if (w->type == PLAIT_DT_F32) {
+        plait_matmul_forward(pool, out, inp, (const float *)w->data, N, IC, OC, accumulate);
+        return;
+    }
+    if (N == 0 || OC == 0) return;
+    if (N < SMALL_N) {
+        dot_t d = {.out = out, .inp = inp, .wt = w, .N = N, .IC = IC, .OC = OC, .accumulate = accumulate};
+        size_t items = ceil_div(OC, DOT_OC_CHUNK);
+        if (run_inline(N * IC * OC)) dot_task(&d, 0, items);
+        else plait_pool_run(pool, dot_task, &d, items);
+        return;
+    }
+    gemm_t g = {.c = out, .ldc = OC, .a = inp, .ars = IC, .acs = 1, .bw = w, .btrans = 1,
+                .M = N, .K = IC, .NN = OC, .accumulate = accumulate};
+    gemm_run(pool, &g);
+}
+
+void plait_matmul_backward_w(plait_pool_t *pool, float *dinp, const float *dout, const plait_wmat_t *w, size_t N,
+                             size_t IC, size_t OC)
+{
+    if (w->type == PLAIT_DT_F32) {
+        plait_matmul_backward(pool, dinp, NULL, dout, NULL, (const float *)w->data, N, IC, OC);
+        return;
+    }
+    gemm_t g = {.c = dinp, .ldc = IC, .a = dout, .ars = OC, .acs = 1, .bw = w, .btrans = 0,
+                .M = N, .K = OC, .NN = IC, .accumulate = 1};
+    gemm_run(pool, &g);
 }

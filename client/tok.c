@@ -25,6 +25,8 @@
  * that appears twice resolves to its lower id deterministically.
  */
 #include "plait/tok.h"
+#include "plait/gguf.h"
+#include "tok_bpe_int.h"
 #include "plait/crypto.h"
 #include "plait/file.h"
 
@@ -33,6 +35,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "plait/model.h"
 
@@ -50,6 +53,7 @@ void plait_tok_free(plait_tok_t *t)
     free(t->byte_of);
     free(t->sorted);
     free(t->arena);
+    plait__bpe_free(t->bpe);
     memset(t, 0, sizeof(*t));
 }
 
@@ -135,6 +139,7 @@ int plait_tok_parse(plait_tok_t *t, const uint8_t *buf, size_t len, int vocab_si
     if (vocab_size < PLAIT_TOK_MIN_VOCAB || vocab_size > PLAIT_MODEL_MAX_VOCAB)
         return plait_fail(PLAIT_EINVAL, "tokenizer: vocab_size %d is outside %d..%d", vocab_size,
                           PLAIT_TOK_MIN_VOCAB, PLAIT_MODEL_MAX_VOCAB);
+    if (len >= 4 && memcmp(buf, "GGUF", 4) == 0) return plait__tok_parse_gguf(t, buf, len, vocab_size);
     size_t V = (size_t)vocab_size;
     if (len < 4)
         return plait_fail(PLAIT_EPROTO, "tokenizer: file of %zu bytes is shorter than its header",
@@ -231,6 +236,24 @@ fail:
 int plait_tok_load(plait_tok_t *t, const char *path, int vocab_size)
 {
     if (!t || !path) return plait_fail(PLAIT_EINVAL, "tokenizer: NULL argument");
+    {
+        /* A GGUF file (a model with tokenizer metadata): map it rather than read it all. */
+        int fd;
+        uint8_t magic[4];
+        if (plait_file_open(path, NULL, &fd, NULL) == 0) {
+            int is_gguf = pread(fd, magic, 4, 0) == 4 && memcmp(magic, "GGUF", 4) == 0;
+            close(fd);
+            if (is_gguf) {
+                int grc = plait__tok_load_gguf_file(t, path, vocab_size);
+                if (grc != 0) {
+                    char detail[256];
+                    snprintf(detail, sizeof(detail), "%s", plait_errmsg());
+                    grc = plait_fail(grc, "%s: %s", path, detail);
+                }
+                return grc;
+            }
+        }
+    }
     uint8_t *buf = NULL;
     size_t sz = 0;
     /* Non-blocking, regular files only (a FIFO is refused), size-capped. */
@@ -348,6 +371,8 @@ static int try_pair(enc_t *e, int a)
 int plait_tok_encode(const plait_tok_t *t, const char *text, size_t len, int bos, int eos,
                      int *tokens, size_t cap, size_t *n_out)
 {
+    if (t && t->bpe && (text || len == 0) && (tokens || cap == 0) && n_out)
+        return plait__bpe_encode(t, text, len, bos, eos, tokens, cap, n_out);
     if (!t || !t->sorted || (!text && len > 0) || (!tokens && cap > 0) || !n_out)
         return plait_fail(PLAIT_EINVAL, "tok_encode: NULL argument or tokenizer not loaded");
     *n_out = 0;
@@ -446,6 +471,10 @@ const char *plait_tok_decode(const plait_tok_t *t, int prev_token, int token, si
     if (!t || !t->vocab || token < 0 || token >= t->vocab_size) return NULL;
     const char *p = t->vocab[token];
     size_t n = t->lens[token];
+    if (t->bpe) { /* raw bytes; no BOS convention */
+        if (len) *len = n;
+        return p;
+    }
     if (prev_token == PLAIT_TOK_BOS && n > 0 && p[0] == ' ') {
         p++;
         n--;

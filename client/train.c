@@ -46,10 +46,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define RMS_EPS 1e-5f
 /* Rows of one causal attention block (see att_block_offset). */
 #define ATT_BLOCK 32
-#define ROPE_THETA 10000.0f
 /* torch clip_grad_norm_: coef = max_norm / (norm + 1e-6). */
 #define CLIP_EPS 1e-6
 
@@ -357,7 +355,7 @@ AVX2 static void swiglu_bwd_avx2(float *dh1, float *dh3, const float *d, const f
 }
 
 /* o = x * rstd * w for one row; returns rstd. */
-AVX2 static float rms_fwd_row_avx2(float *o, const float *x, const float *w, size_t C)
+AVX2 static float rms_fwd_row_avx2(float *o, const float *x, const float *w, size_t C, float eps)
 {
     __m256 acc = _mm256_setzero_ps();
     size_t i = 0;
@@ -368,7 +366,7 @@ AVX2 static float rms_fwd_row_avx2(float *o, const float *x, const float *w, siz
     double ss = hsum_pd(_mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(acc)),
                                       _mm256_cvtps_pd(_mm256_extractf128_ps(acc, 1))));
     for (size_t k = i; k < C; k++) ss += (double)x[k] * (double)x[k];
-    float rstd = (float)(1.0 / sqrt(ss / (double)C + (double)RMS_EPS));
+    float rstd = (float)(1.0 / sqrt(ss / (double)C + (double)eps));
     __m256 vr = _mm256_set1_ps(rstd);
     for (i = 0; i + 8 <= C; i += 8)
         _mm256_storeu_ps(o + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), vr), _mm256_loadu_ps(w + i)));
@@ -501,14 +499,14 @@ static void rmsnorm_forward_rows(void *ctx, size_t b, size_t e)
         float *o = j->out + n * C;
 #if TRAIN_X86
         if (simd) {
-            j->out2[n] = rms_fwd_row_avx2(o, x, j->w, C);
+            j->out2[n] = rms_fwd_row_avx2(o, x, j->w, C, j->tr->m->cfg.rms_eps);
             continue;
         }
 #endif
         (void)simd;
         double ss = 0.0;
         for (size_t i = 0; i < C; i++) ss += (double)x[i] * (double)x[i];
-        float rstd = (float)(1.0 / sqrt(ss / (double)C + (double)RMS_EPS));
+        float rstd = (float)(1.0 / sqrt(ss / (double)C + (double)j->tr->m->cfg.rms_eps));
         for (size_t i = 0; i < C; i++) o[i] = x[i] * rstd * j->w[i];
         j->out2[n] = rstd;
     }
@@ -517,7 +515,7 @@ static void rmsnorm_forward_rows(void *ctx, size_t b, size_t e)
 static void rmsnorm_forward(plait_trainer_t *tr, float *out, float *rstd, const float *inp, const float *w, size_t N,
                             size_t C)
 {
-    job_t j = {.out = out, .out2 = rstd, .in = inp, .w = w, .C = C};
+    job_t j = {.tr = tr, .out = out, .out2 = rstd, .in = inp, .w = w, .C = C};
     plait_pool_run(tr->pool, rmsnorm_forward_rows, &j, N);
 }
 
@@ -562,7 +560,8 @@ static void rope_rows(void *ctx, size_t b, size_t e)
     plait_trainer_t *tr = j->tr;
     size_t T = tr->T, HS = tr->HS, C = tr->C, KV = tr->KV;
     float sgn = j->scale;
-    int simd = use_avx2();
+    int simd = use_avx2(), neox = tr->m->cfg.rope_neox;
+    size_t half = HS / 2;
     for (size_t n = b; n < e; n++) {
         const float *cs = tr->rope_cos + (n % T) * HS, *sn = tr->rope_sin + (n % T) * HS;
         for (int which = 0; which < 2; which++) {
@@ -570,6 +569,14 @@ static void rope_rows(void *ctx, size_t b, size_t e)
             size_t width = which == 0 ? C : KV;
             for (size_t h0 = 0; h0 < width; h0 += HS) {
                 float *xh = x + h0;
+                if (neox) { /* rotate-half: pairs (i, i + HS/2) at angle i */
+                    for (size_t i = 0; i < half; i++) {
+                        float x0 = xh[i], x1 = xh[i + half], c = cs[2 * i], sv = sn[2 * i + 1] * sgn;
+                        xh[i] = x0 * c - x1 * sv;
+                        xh[i + half] = x1 * c + x0 * sv;
+                    }
+                    continue;
+                }
 #if TRAIN_X86
                 if (simd) {
                     rope_head_avx2(xh, cs, sn, HS, sgn);
@@ -942,13 +949,13 @@ static void classifier_items(void *ctx, size_t b0, size_t e0)
     job_t *j = ctx;
     plait_trainer_t *tr = j->tr;
     size_t N = j->n, V = tr->V, C = tr->C, P = tr->P, VC = tr->vc;
-    const float *wcls = tr->m->w.wcls;
+    const plait_wmat_t *wcls = plait_model_classifier(tr->m);
     for (size_t item = b0; item < e0; item++) {
         size_t r0 = N * item / P, r1 = N * (item + 1) / P;
         float *lg = tr->logits + item * VC * V;
         for (size_t c0 = r0; c0 < r1; c0 += VC) {
             size_t nr = r1 - c0 < VC ? r1 - c0 : VC;
-            plait_matmul_forward(NULL, lg, tr->lnf + c0 * C, wcls, nr, C, V, 0);
+            plait_matmul_forward_w(NULL, lg, tr->lnf + c0 * C, wcls, nr, C, V, 0);
             for (size_t r = 0; r < nr; r++) {
                 size_t n = c0 + r, b = n / tr->T, t = n % tr->T;
                 int32_t target = j->tokens[b * (tr->T + 1) + t + 1];
@@ -964,7 +971,7 @@ static void classifier_items(void *ctx, size_t b0, size_t e0)
             }
             if (j->out) {
                 memset(j->out + c0 * C, 0, nr * C * sizeof(float));
-                plait_matmul_backward(NULL, j->out + c0 * C, NULL, lg, NULL, wcls, nr, C, V);
+                plait_matmul_backward_w(NULL, j->out + c0 * C, lg, wcls, nr, C, V);
             }
         }
     }
@@ -991,8 +998,13 @@ static void proj_forward(plait_trainer_t *tr, float *y, const float *x, size_t l
 {
     int in, out;
     plait_proj_shape(&tr->m->cfg, p, &in, &out);
-    plait_matmul_forward(tr->pool, y, x, plait_proj_weight(tr->m, (int)l, p), N, (size_t)in, (size_t)out,
-                         accumulate);
+    plait_matmul_forward_w(tr->pool, y, x, plait_model_proj(tr->m, (int)l, p), N, (size_t)in, (size_t)out,
+                           accumulate);
+    if (tr->m->bias && p <= PLAIT_WV) { /* q, k, v biases (Qwen2) */
+        const float *bias = tr->m->bias[l * 3 + (size_t)p];
+        for (size_t n = 0; n < N; n++)
+            for (size_t o = 0; o < (size_t)out; o++) y[n * (size_t)out + o] += bias[o];
+    }
     size_t slot = plait_lora_slot((int)l, p);
     const float *A = tr->lora->A[slot];
     if (!A) return;
@@ -1020,8 +1032,7 @@ static void proj_backward(plait_trainer_t *tr, float *dx, const float *dy, const
         if (dx || dA) plait_matmul_backward(tr->pool, dx, dA, tr->du, x, A, N, (size_t)in, tr->R);
     }
     if (dx)
-        plait_matmul_backward(tr->pool, dx, NULL, dy, x, plait_proj_weight(tr->m, (int)l, p), N, (size_t)in,
-                              (size_t)out);
+        plait_matmul_backward_w(tr->pool, dx, dy, plait_model_proj(tr->m, (int)l, p), N, (size_t)in, (size_t)out);
 }
 
 /* ------------------------------------------------------ forward/backward */
@@ -1049,7 +1060,7 @@ static double forward(plait_trainer_t *tr, const int32_t *tokens, size_t nb, flo
     /* Embedding: resid[0] rows are token embeddings. */
     for (size_t n = 0; n < N; n++) {
         int32_t tok = tokens[(n / T) * (T + 1) + n % T];
-        memcpy(tr->resid + n * C, w->token_embedding + (size_t)tok * C, C * sizeof(float));
+        plait_dequant_row(tr->resid + n * C, plait_model_embedding(tr->m), (size_t)tok, 0, C);
     }
     for (size_t l = 0; l < tr->L; l++) {
         float *x = LNC(tr->resid, l), *ln1 = LNC(tr->ln1, l), *q = LNC(tr->q, l), *atty = LNC(tr->atty, l);
@@ -1345,9 +1356,9 @@ int plait_train_create(plait_trainer_t **out, const plait_model_t *m, plait_lora
      * freq_i = 1 / theta^(2i / HS), angle = pos * freq_i. */
     size_t half = tr->HS / 2;
     for (size_t i = 0; i < half; i++) {
-        float freq = 1.0f / powf(ROPE_THETA, (float)(2 * i) / (float)tr->HS);
+        float freq = 1.0f / powf(mc->rope_theta, (float)(2 * i) / (float)tr->HS);
         for (size_t t = 0; t < T; t++) {
-            float ang = (float)t * freq, c = cosf(ang), sn = sinf(ang);
+            float ang = ((float)t / mc->rope_scale) * freq, c = cosf(ang), sn = sinf(ang);
             tr->rope_cos[t * tr->HS + 2 * i] = c;
             tr->rope_cos[t * tr->HS + 2 * i + 1] = c;
             tr->rope_sin[t * tr->HS + 2 * i] = -sn;

@@ -139,8 +139,8 @@ typedef struct {
     const char *cert_path; /**< this device's certificate (required) */
     const char *key_path; /**< this device's private key (required; wiped from memory on destroy) */
     /* Engine and data. */
-    const char *model_path;     /**< llama2.c checkpoint (required) */
-    const char *tokenizer_path; /**< llama2.c tokenizer (required) */
+    const char *model_path;     /**< llama2.c checkpoint or GGUF model (required) */
+    const char *tokenizer_path; /**< llama2.c tokenizer or a GGUF file with tokenizer metadata (required) */
     /** the device store (plait-agent ingest); opened, never created, for each round (required) */
     const char *store_path;
     const char *state_dir; /**< crash-safe state, adapter cache, personal adapter; created 0700

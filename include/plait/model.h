@@ -26,6 +26,7 @@
 #define PLAIT_MODEL_H
 
 #include "plait/plait.h"
+#include "plait/tensor.h"
 
 /* Limits applied to checkpoint headers before anything is allocated. */
 #define PLAIT_MODEL_MAX_DIM 16384
@@ -46,6 +47,13 @@ typedef struct {
     int shared;     /* 1: classifier is the token embedding (tied) */
     int head_size;  /* HS = C / NH */
     int kv_dim;     /* KV = NKV * HS */
+    /* Set from GGUF metadata; 0 means the llama2.c value, which
+     * plait_model_config_validate fills in. */
+    float rope_theta; /* RoPE base (10000) */
+    float rope_scale; /* linear RoPE scaling: positions are divided by it (1) */
+    float rms_eps;    /* RMSNorm epsilon (1e-5) */
+    int rope_neox;    /* 1: rotate-half pairs (i, i + HS/2) as Qwen2; 0: interleaved (2i, 2i+1) */
+    int qkv_bias;     /* 1: the q, k, v projections have biases (Qwen2) */
 } plait_model_config_t;
 
 /* Pointers into the mapping or the owned buffer; all read-only. */
@@ -68,9 +76,17 @@ typedef struct plait_model_s {
     plait_model_config_t cfg;
     plait_model_weights_t w;
     uint8_t sha256[32]; /* of the checkpoint file (zero for random models) */
-    void *map;          /* heap copy of the checkpoint file, or NULL */
+    void *map;          /* heap copy of a .bin file, read-only mapping of a GGUF file (is_gguf), or NULL */
     size_t map_len;
     float *owned;       /* heap weights of a random model, or NULL */
+    /* Typed views of every matrix, for both formats: L * PLAIT_NPROJ
+     * projections (index l * PLAIT_NPROJ + p), then the token embedding,
+     * then the classifier. The float pointers in w are set only where the
+     * matrix is F32 (always for llama2.c files); norms are always F32. */
+    plait_wmat_t *mats;
+    const float **bias; /* (L, 3) q, k, v biases when cfg.qkv_bias, else NULL */
+    float *aux;         /* owned F32 copies of small (1-D) GGUF tensors stored in F16/BF16 */
+    int is_gguf;        /* loaded from a GGUF file */
 } plait_model_t;
 
 /** \brief Make m safe to free. Cannot fail. */
@@ -123,7 +139,33 @@ const char *plait_proj_name(plait_proj_t p);
 int plait_proj_parse(const char *name, size_t len, plait_proj_t *out /* OUT */);
 /** \brief Input and output width of projection p in this model. */
 void plait_proj_shape(const plait_model_config_t *cfg, plait_proj_t p, int *in /* OUT */, int *out /* OUT */);
-/** \brief Base weight of projection p in layer l: (out, in). */
+/** \brief Base weight of projection p in layer l: (out, in); NULL when it is not F32. */
 const float *plait_proj_weight(const plait_model_t *m, int l, plait_proj_t p);
+/** \brief Typed base weight of projection p in layer l: (out, in) of any type. */
+const plait_wmat_t *plait_model_proj(const plait_model_t *m, int l, plait_proj_t p);
+/** \brief Typed token embedding (V, C). */
+const plait_wmat_t *plait_model_embedding(const plait_model_t *m);
+/** \brief Typed classifier (V, C) (the embedding when tied). */
+const plait_wmat_t *plait_model_classifier(const plait_model_t *m);
+/** \brief Nonzero when every matrix is F32 (so the float pointers in w are all set). */
+int plait_model_is_f32(const plait_model_t *m);
+
+/**
+ * \brief Memory-map a GGUF v3 file of a llama-family model (architecture
+ *        "llama" or "qwen2"), check every offset, count, size and alignment
+ *        against the file, and hash it. plait_model_load calls this for
+ *        files that start with "GGUF".
+ * \return 0; PLAIT_EIO; PLAIT_EPROTO naming what is wrong.
+ */
+int plait_model_load_gguf(plait_model_t *m, const char *path) PLAIT_WUR;
+
+/**
+ * \brief Write m as a GGUF v3 file (architecture "llama"), its projection,
+ *        embedding and classifier matrices converted to type (F32, F16,
+ *        BF16, Q8_0 or Q4_0; norms stay F32). Used by `plait-agent convert`.
+ * \return 0; PLAIT_EINVAL (a dimension that is not whole blocks of the type,
+ *         or a model whose matrices are not F32); PLAIT_EIO; PLAIT_ENOMEM.
+ */
+int plait_model_save_gguf(const plait_model_t *m, const char *path, int type) PLAIT_WUR;
 
 #endif /* PLAIT_MODEL_H */

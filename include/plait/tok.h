@@ -60,6 +60,8 @@ typedef struct plait_tok_s {
     int space_id;          /* id of " " (the dummy prefix), or the byte token of ' ' */
     char *arena;           /* piece bytes, each followed by a NUL */
     char byte_pieces[512]; /* (256, 2): each byte value followed by a NUL */
+    struct plait_bpe_s *bpe; /* set for GPT-2-style byte-level BPE (GGUF "gpt2"); then vocab and
+                                lens hold each token's raw bytes and scores, byte_of, sorted are NULL */
 } plait_tok_t;
 
 /** \brief Make t safe to free. Cannot fail. */

@@ -31,6 +31,7 @@
 #include "integ.h"
 #include "plait/adapter.h"
 #include "plait/client.h"
+#include "plait/peft.h"
 #include "plait/model.h"
 #include "plait/pki.h"
 #include "testutil.h"
@@ -173,6 +174,20 @@ START_TEST(test_round_commits)
     /* FedAvg lr 1 from B = 0: B = 0.01 - 0.015 = -0.005 within a few quantization steps */
     double step = 2.0 / 65535.0;
     for (size_t i = l.n_a; i < l.n_params; i++) ck_assert(fabs(l.params[i] + 0.005) < 4 * step);
+    /* the same version as a PEFT directory and a llama.cpp GGUF adapter imports to the same parameters */
+    static const char *const fmts[2] = {"peft", "gguf"};
+    for (int f = 0; f < 2; f++) {
+        char other[720];
+        snprintf(other, sizeof(other), "%s/v3-%s", d.dir, fmts[f]);
+        ck_assert_int_eq(it_cli("export", d.dir, "--version", "3", "--out", other, "--format", fmts[f], NULL), 0);
+        plait_lora_t li;
+        plait_lora_init(&li);
+        ck_assert_msg(plait_adapter_import(&li, other, &mo, 0) == 0, "%s", plait_errmsg());
+        ck_assert_uint_eq(li.n_params, l.n_params);
+        ck_assert_int_eq(memcmp(li.params, l.params, l.n_params * sizeof(float)), 0);
+        plait_lora_free(&li);
+    }
+    ck_assert_int_ne(it_cli("export", d.dir, "--version", "3", "--out", out, "--format", "onnx", NULL), 0);
     plait_lora_free(&l);
     plait_model_free(&mo);
     ck_assert_int_eq(it_cli("privacy", d.dir, NULL), 0);
