@@ -386,6 +386,8 @@ int plait_adapter_import(plait_lora_t *l, const char *path, const plait_model_t 
     struct stat sb;
     if (stat(path, &sb) != 0) return plait_fail(PLAIT_EIO, "%s: %s", path, strerror(errno));
     if (S_ISDIR(sb.st_mode)) return import_peft(l, path, m);
+    if (!S_ISREG(sb.st_mode)) /* a FIFO would block the read below forever */
+        return plait_fail(PLAIT_EINVAL, "%s: not a regular file or a PEFT folder", path);
     size_t n = strlen(path);
     static const char peft_file[] = "adapter_model.safetensors";
     size_t pl = sizeof(peft_file) - 1;
