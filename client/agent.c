@@ -1731,6 +1731,8 @@ static const char *retry_reason_name(plait_retry_reason_t r)
         return "aggregator shutting down";
     case PLAIT_RETRY_INCOMPATIBLE:
         return "incompatible model or capabilities";
+    case PLAIT_RETRY_SECAGG_CLOSED:
+        return "secure-aggregation key exchange closed";
     }
     return "unknown reason";
 }
