@@ -37,7 +37,9 @@
     XX(EINTERNAL, -10, "internal error (bug)")                                \
     XX(ENOENT, -11, "not found")                                              \
     XX(EMISMATCH, -12, "does not match")                                      \
-    XX(ECANCELED, -13, "canceled")
+    XX(ECANCELED, -13, "canceled")                                            \
+    XX(EREFUSED, -14, "refused: unsafe request")                              \
+    XX(ETHRESHOLD, -15, "too few participants for the threshold")
 
 typedef enum {
     PLAIT_OK = 0,
