@@ -223,6 +223,8 @@ static int validate_hello(const plait_msg_hello_t *h)
     return 0;
 }
 
+static int validate_task_secagg(const plait_msg_task_t *t);
+
 static int validate_task(const plait_msg_task_t *t, const plait_wire_limits_t *lim)
 {
     if (t->round_id == 0) return BAD("task.round_id: 0");
@@ -276,7 +278,7 @@ static int validate_task(const plait_msg_task_t *t, const plait_wire_limits_t *l
                    (unsigned long long)t->update_elements,
                    (unsigned long long)lim->max_update_elements);
     if (t->example_cap < 1) return BAD("task.example_cap: 0");
-    return 0;
+    return validate_task_secagg(t);
 }
 
 static int validate_cbl(const plait_msg_come_back_later_t *c, const plait_wire_limits_t *lim)
@@ -367,8 +369,8 @@ static int check_shares(const plait_secagg_share_t *sh, size_t n, size_t min, co
         return BAD("%s: %zu shares outside %zu..%u", field, n, min, PLAIT_WIRE_SECAGG_MAX_PEERS);
     if (n > 0 && !sh) return BAD("%s: missing", field);
     for (size_t i = 0; i < n; i++) {
-        if (sh[i].peer >= PLAIT_WIRE_SECAGG_MAX_COHORT)
-            return BAD("%s[%zu].peer: %u not below %u", field, i, sh[i].peer,
+        if (sh[i].peer < 1 || sh[i].peer > PLAIT_WIRE_SECAGG_MAX_COHORT)
+            return BAD("%s[%zu].peer: %u outside 1..%u", field, i, sh[i].peer,
                        PLAIT_WIRE_SECAGG_MAX_COHORT);
         if (i > 0 && sh[i].peer <= sh[i - 1].peer)
             return BAD("%s[%zu].peer: %u after %u (must be strictly ascending)", field, i,
@@ -386,8 +388,8 @@ static int check_indices(const uint32_t *v, size_t n, size_t min, const char *fi
         return BAD("%s: %zu indices outside %zu..%u", field, n, min, PLAIT_WIRE_SECAGG_MAX_COHORT);
     if (n > 0 && !v) return BAD("%s: missing", field);
     for (size_t i = 0; i < n; i++) {
-        if (v[i] >= PLAIT_WIRE_SECAGG_MAX_COHORT)
-            return BAD("%s[%zu]: %u not below %u", field, i, v[i], PLAIT_WIRE_SECAGG_MAX_COHORT);
+        if (v[i] < 1 || v[i] > PLAIT_WIRE_SECAGG_MAX_COHORT)
+            return BAD("%s[%zu]: %u outside 1..%u", field, i, v[i], PLAIT_WIRE_SECAGG_MAX_COHORT);
         if (i > 0 && v[i] <= v[i - 1])
             return BAD("%s[%zu]: %u after %u (must be strictly ascending)", field, i, v[i],
                        v[i - 1]);
@@ -405,30 +407,23 @@ static int check_sig(const uint8_t *sig, size_t len, const char *field)
 static int validate_sa_advertise(const plait_msg_secagg_advertise_t *a)
 {
     if (a->round_id == 0) return BAD("secagg_advertise.round_id: 0");
+    if (a->cert_len < 1 || a->cert_len > PLAIT_WIRE_SECAGG_MAX_CERT || !a->cert)
+        return BAD("secagg_advertise.device_cert: %zu bytes outside 1..%d", a->cert_len,
+                   PLAIT_WIRE_SECAGG_MAX_CERT);
     return check_sig(a->signature, a->sig_len, "secagg_advertise.signature");
 }
 
 static int validate_sa_roster(const plait_msg_secagg_roster_t *r)
 {
     if (r->round_id == 0) return BAD("secagg_roster.round_id: 0");
-    if (r->n < 2 || r->n > PLAIT_WIRE_SECAGG_MAX_COHORT)
-        return BAD("secagg_roster.n: %u outside 2..%u", r->n, PLAIT_WIRE_SECAGG_MAX_COHORT);
-    if (r->self_index >= r->n)
-        return BAD("secagg_roster.self_index: %u not below n %u", r->self_index, r->n);
-    if (r->k < 1 || r->k > r->n - 1)
-        return BAD("secagg_roster.k: %u outside 1..n-1 (%u)", r->k, r->n - 1);
-    if (r->t < 1 || r->t > r->k) return BAD("secagg_roster.t: %u outside 1..k (%u)", r->t, r->k);
-    if (r->bits < PLAIT_WIRE_SECAGG_MIN_BITS || r->bits > PLAIT_WIRE_SECAGG_MAX_BITS)
-        return BAD("secagg_roster.bits: %u outside %u..%u", r->bits, PLAIT_WIRE_SECAGG_MIN_BITS,
-                   PLAIT_WIRE_SECAGG_MAX_BITS);
-    if (r->n_peers > r->k || r->n_peers > PLAIT_WIRE_SECAGG_MAX_PEERS)
-        return BAD("secagg_roster.peers: %zu above k %u", r->n_peers, r->k);
+    if (r->n_peers > PLAIT_WIRE_SECAGG_MAX_PEERS)
+        return BAD("secagg_roster.peers: %zu above %u", r->n_peers, PLAIT_WIRE_SECAGG_MAX_PEERS);
     if (r->n_peers > 0 && !r->peers) return BAD("secagg_roster.peers: missing");
     for (size_t i = 0; i < r->n_peers; i++) {
         const plait_secagg_peer_t *p = &r->peers[i];
-        if (p->index >= r->n || p->index == r->self_index)
-            return BAD("secagg_roster.peers[%zu].index: %u not another member below n %u", i,
-                       p->index, r->n);
+        if (p->index < 1 || p->index > PLAIT_WIRE_SECAGG_MAX_COHORT)
+            return BAD("secagg_roster.peers[%zu].index: %u outside 1..%u", i, p->index,
+                       PLAIT_WIRE_SECAGG_MAX_COHORT);
         if (i > 0 && p->index <= r->peers[i - 1].index)
             return BAD("secagg_roster.peers[%zu].index: %u after %u (must be strictly ascending)",
                        i, p->index, r->peers[i - 1].index);
@@ -438,6 +433,28 @@ static int validate_sa_roster(const plait_msg_secagg_roster_t *r)
         if (check_sig(p->signature, p->sig_len, "secagg_roster.peers[].signature") != 0)
             return PLAIT_EPROTO;
     }
+    return 0;
+}
+
+/* Task.secagg: present exactly with secure_agg; m wide enough for the quantized words. */
+static int validate_task_secagg(const plait_msg_task_t *t)
+{
+    if (!t->secure_agg) {
+        if (t->has_secagg) return BAD("task.secagg: present without secure_agg");
+        return 0;
+    }
+    if (!t->has_secagg) return BAD("task.secagg: missing with secure_agg");
+    if (t->secagg.n < 2 || t->secagg.n > PLAIT_WIRE_SECAGG_MAX_COHORT)
+        return BAD("task.secagg.n: %u outside 2..%u", t->secagg.n, PLAIT_WIRE_SECAGG_MAX_COHORT);
+    if (t->secagg.index < 1 || t->secagg.index > t->secagg.n)
+        return BAD("task.secagg.index: %u outside 1..n (%u)", t->secagg.index, t->secagg.n);
+    if (t->secagg.k < 1 || t->secagg.k > t->secagg.n - 1)
+        return BAD("task.secagg.k: %u outside 1..n-1 (%u)", t->secagg.k, t->secagg.n - 1);
+    if (t->secagg.t < 1 || t->secagg.t > t->secagg.k)
+        return BAD("task.secagg.t: %u outside 1..k (%u)", t->secagg.t, t->secagg.k);
+    if (t->secagg.bits < t->quant_bits || t->secagg.bits > PLAIT_WIRE_SECAGG_MAX_BITS)
+        return BAD("task.secagg.bits: %u outside quant_bits..%u", t->secagg.bits,
+                   PLAIT_WIRE_SECAGG_MAX_BITS);
     return 0;
 }
 
@@ -722,6 +739,25 @@ static int from_task(const Plait__Task *p, plait_msg_task_t *t)
     t->deadline_s = p->deadline_s;
     t->update_elements = p->update_elements;
     t->example_cap = p->example_cap;
+    if (p->secagg) {
+        const Plait__SecAggParams *q = p->secagg;
+        NEED(q->has_index, "task.secagg.index");
+        NEED(q->has_n, "task.secagg.n");
+        NEED(q->has_k, "task.secagg.k");
+        NEED(q->has_t, "task.secagg.t");
+        NEED(q->has_bits, "task.secagg.bits");
+        NEED(q->has_graph_seed, "task.secagg.graph_seed");
+        if (q->graph_seed.len != PLAIT_WIRE_SECAGG_SEED_LEN)
+            return BAD("task.secagg.graph_seed: %zu bytes, want %d", q->graph_seed.len,
+                       PLAIT_WIRE_SECAGG_SEED_LEN);
+        t->has_secagg = 1;
+        t->secagg.index = q->index;
+        t->secagg.n = q->n;
+        t->secagg.k = q->k;
+        t->secagg.t = q->t;
+        t->secagg.bits = q->bits;
+        memcpy(t->secagg.graph_seed, q->graph_seed.data, PLAIT_WIRE_SECAGG_SEED_LEN);
+    }
     return 0;
 }
 
@@ -845,7 +881,10 @@ static int from_sa_advertise(const Plait__SecAggAdvertise *p, plait_msg_secagg_a
     NEED(p->has_mask_pk, "secagg_advertise.mask_pk");
     NEED(p->has_enc_pk, "secagg_advertise.enc_pk");
     NEED(p->has_signature, "secagg_advertise.signature");
+    NEED(p->has_device_cert, "secagg_advertise.device_cert");
     a->round_id = p->round_id;
+    a->cert = p->device_cert.data;
+    a->cert_len = p->device_cert.len;
     if ((rc = copy_key(&p->mask_pk, a->mask_pk, "secagg_advertise.mask_pk", 0)) != 0) return rc;
     if ((rc = copy_key(&p->enc_pk, a->enc_pk, "secagg_advertise.enc_pk", 0)) != 0) return rc;
     a->signature = p->signature.data;
@@ -858,22 +897,7 @@ static int from_sa_roster(const Plait__SecAggRoster *p, plait_msg_t *m)
     plait_msg_secagg_roster_t *r = &m->u.secagg_roster;
     int rc;
     NEED(p->has_round_id, "secagg_roster.round_id");
-    NEED(p->has_n, "secagg_roster.n");
-    NEED(p->has_self_index, "secagg_roster.self_index");
-    NEED(p->has_k, "secagg_roster.k");
-    NEED(p->has_t, "secagg_roster.t");
-    NEED(p->has_bits, "secagg_roster.bits");
-    NEED(p->has_graph_seed, "secagg_roster.graph_seed");
     r->round_id = p->round_id;
-    r->n = p->n;
-    r->self_index = p->self_index;
-    r->k = p->k;
-    r->t = p->t;
-    r->bits = p->bits;
-    if (p->graph_seed.len != PLAIT_WIRE_SECAGG_SEED_LEN)
-        return BAD("secagg_roster.graph_seed: %zu bytes, want %d", p->graph_seed.len,
-                   PLAIT_WIRE_SECAGG_SEED_LEN);
-    memcpy(r->graph_seed, p->graph_seed.data, PLAIT_WIRE_SECAGG_SEED_LEN);
     if (p->n_peers > PLAIT_WIRE_SECAGG_MAX_PEERS)
         return BAD("secagg_roster.peers: %zu above %u", p->n_peers, PLAIT_WIRE_SECAGG_MAX_PEERS);
     plait_secagg_peer_t *pe = arr_alloc(m, p->n_peers, sizeof(*pe));
@@ -1103,6 +1127,7 @@ typedef struct {
     Plait__Ack ack;
     Plait__Error error;
     Plait__Ping ping;
+    Plait__SecAggParams sa_params;
     Plait__SecAggAdvertise sa_adv;
     Plait__SecAggRoster sa_roster;
     Plait__SecAggShares sa_shares;
@@ -1151,6 +1176,8 @@ static int to_envelope_secagg(const plait_msg_t *m, pb_msg_t *pb)
         pb->sa_adv.mask_pk = bin(a->mask_pk, PLAIT_WIRE_X25519_LEN);
         pb->sa_adv.enc_pk = bin(a->enc_pk, PLAIT_WIRE_X25519_LEN);
         pb->sa_adv.signature = bin(a->signature, a->sig_len);
+        pb->sa_adv.has_device_cert = 1;
+        pb->sa_adv.device_cert = bin(a->cert, a->cert_len);
         pb->env.msg_case = PLAIT__ENVELOPE__MSG_SECAGG_ADVERTISE;
         pb->env.secagg_advertise = &pb->sa_adv;
         return 0;
@@ -1159,15 +1186,8 @@ static int to_envelope_secagg(const plait_msg_t *m, pb_msg_t *pb)
         const plait_msg_secagg_roster_t *r = &m->u.secagg_roster;
         Plait__SecAggRoster *p = &pb->sa_roster;
         plait__sec_agg_roster__init(p);
-        p->has_round_id = p->has_n = p->has_self_index = p->has_k = p->has_t = p->has_bits = 1;
-        p->has_graph_seed = 1;
+        p->has_round_id = 1;
         p->round_id = r->round_id;
-        p->n = r->n;
-        p->self_index = r->self_index;
-        p->k = r->k;
-        p->t = r->t;
-        p->bits = r->bits;
-        p->graph_seed = bin(r->graph_seed, PLAIT_WIRE_SECAGG_SEED_LEN);
         if (r->n_peers) {
             size_t per = sizeof(Plait__SecAggPeer *) + sizeof(Plait__SecAggPeer);
             if (!(pb->heap = malloc(r->n_peers * per)))
@@ -1333,6 +1353,18 @@ static int to_envelope(const plait_msg_t *m, pb_msg_t *pb)
         p->deadline_s = t->deadline_s;
         p->update_elements = t->update_elements;
         p->example_cap = t->example_cap;
+        if (t->has_secagg) {
+            Plait__SecAggParams *q = &pb->sa_params;
+            plait__sec_agg_params__init(q);
+            q->has_index = q->has_n = q->has_k = q->has_t = q->has_bits = q->has_graph_seed = 1;
+            q->index = t->secagg.index;
+            q->n = t->secagg.n;
+            q->k = t->secagg.k;
+            q->t = t->secagg.t;
+            q->bits = t->secagg.bits;
+            q->graph_seed = bin(t->secagg.graph_seed, PLAIT_WIRE_SECAGG_SEED_LEN);
+            p->secagg = q;
+        }
         pb->env.msg_case = PLAIT__ENVELOPE__MSG_TASK;
         pb->env.task = p;
         break;

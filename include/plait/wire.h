@@ -111,8 +111,8 @@ typedef enum {
 #define PLAIT_WIRE_SECAGG_MAX_SIG 128
 /** Longest device certificate relayed in a roster (PEM). */
 #define PLAIT_WIRE_SECAGG_MAX_CERT 4096
-/** Most members of one secure round (roster n, unmask lists). */
-#define PLAIT_WIRE_SECAGG_MAX_COHORT (1u << 20)
+/** Most index slots of one secure round (Task.secagg.n; equals PLAIT_SECAGG_MAX_COHORT). */
+#define PLAIT_WIRE_SECAGG_MAX_COHORT 100000u
 /** Most neighbours of one member (roster peers, shares per message). */
 #define PLAIT_WIRE_SECAGG_MAX_PEERS 1024u
 /** Longest share (encrypted or opened). */
@@ -208,6 +208,15 @@ typedef struct {
     uint32_t deadline_s;      /**< seconds from receipt, 1..max_deadline_s */
     uint64_t update_elements; /**< words to upload (span + 1 weight word), 2..max_update_elements */
     uint32_t example_cap;     /**< weight = min(examples, cap) / cap; >= 1 */
+    int has_secagg;           /**< set exactly when secure_agg */
+    struct {
+        uint32_t index;       /**< this device's index, 1..n */
+        uint32_t n;           /**< index slots, 2..PLAIT_WIRE_SECAGG_MAX_COHORT */
+        uint32_t k;           /**< neighbours per device, 1..n-1 */
+        uint32_t t;           /**< threshold, 1..k */
+        uint32_t bits;        /**< m, quant_bits..PLAIT_WIRE_SECAGG_MAX_BITS */
+        uint8_t graph_seed[PLAIT_WIRE_SECAGG_SEED_LEN];
+    } secagg;                 /**< SecAgg+ parameters of a secure round */
 } plait_msg_task_t;
 
 typedef struct {
@@ -267,10 +276,12 @@ typedef struct {
     uint8_t enc_pk[PLAIT_WIRE_X25519_LEN];
     const uint8_t *signature; /**< sig_len bytes */
     size_t sig_len;           /**< 1..PLAIT_WIRE_SECAGG_MAX_SIG */
+    const uint8_t *cert;      /**< cert_len bytes: the device's certificate (PEM) */
+    size_t cert_len;          /**< 1..PLAIT_WIRE_SECAGG_MAX_CERT */
 } plait_msg_secagg_advertise_t;
 
 typedef struct {
-    uint32_t index;           /**< < roster n, not the receiver's own */
+    uint32_t index;           /**< 1..PLAIT_WIRE_SECAGG_MAX_COHORT */
     const uint8_t *cert;      /**< cert_len bytes (PEM) */
     size_t cert_len;          /**< 1..PLAIT_WIRE_SECAGG_MAX_CERT */
     uint8_t mask_pk[PLAIT_WIRE_X25519_LEN];
@@ -280,19 +291,13 @@ typedef struct {
 } plait_secagg_peer_t;
 
 typedef struct {
-    uint64_t round_id;   /**< > 0 */
-    uint32_t n;          /**< members, 2..PLAIT_WIRE_SECAGG_MAX_COHORT */
-    uint32_t self_index; /**< < n */
-    uint32_t k;          /**< neighbours per member, 1..n-1 */
-    uint32_t t;          /**< threshold, 1..k */
-    uint32_t bits;       /**< m, PLAIT_WIRE_SECAGG_MIN_BITS..MAX_BITS */
-    uint8_t graph_seed[PLAIT_WIRE_SECAGG_SEED_LEN];
+    uint64_t round_id;                /**< > 0 */
     const plait_secagg_peer_t *peers; /**< the receiver's neighbours that advertised */
-    size_t n_peers;                   /**< 0..min(k, PLAIT_WIRE_SECAGG_MAX_PEERS) */
+    size_t n_peers;                   /**< 0..PLAIT_WIRE_SECAGG_MAX_PEERS */
 } plait_msg_secagg_roster_t;
 
 typedef struct {
-    uint32_t peer;       /**< the other member's index (< PLAIT_WIRE_SECAGG_MAX_COHORT) */
+    uint32_t peer;       /**< the other member's index, 1..PLAIT_WIRE_SECAGG_MAX_COHORT */
     const uint8_t *data; /**< len bytes */
     size_t len;          /**< 1..PLAIT_WIRE_SECAGG_MAX_SHARE */
 } plait_secagg_share_t;

@@ -7,9 +7,9 @@
  * Properties checked on every input:
  *   - plait_wire_decode() returns 0, PLAIT_EPROTO or PLAIT_ETOOBIG, and a
  *     zeroed message on failure;
- *   - an accepted message satisfies its bounds: keys of 32 bytes, signatures
- *     of 1..PLAIT_WIRE_SECAGG_MAX_SIG, roster peers <= k < n with indices
- *     strictly ascending and not the receiver's, shares of 1..MAX_SHARE bytes
+ *   - an accepted message satisfies its bounds: signatures of
+ *     1..PLAIT_WIRE_SECAGG_MAX_SIG bytes, certificates of 1..MAX_CERT, roster
+ *     peers with indices 1..MAX_COHORT strictly ascending, shares of 1..MAX_SHARE bytes
  *     in strictly ascending peer order, masked chunks whose data is exactly
  *     ceil(count·bits/8) bytes; every pointed-to byte is readable (ASan reads
  *     them all); and encode(decode(x)) is a fixed point.
@@ -36,7 +36,7 @@ static void check_shares(const plait_secagg_share_t *sh, size_t n)
     if (n > PLAIT_WIRE_SECAGG_MAX_PEERS) abort();
     for (size_t i = 0; i < n; i++) {
         if (sh[i].len < 1 || sh[i].len > PLAIT_WIRE_SECAGG_MAX_SHARE) abort();
-        if (i > 0 && sh[i].peer <= sh[i - 1].peer) abort();
+        if (sh[i].peer < 1 || (i > 0 && sh[i].peer <= sh[i - 1].peer)) abort();
         touch(sh[i].data, sh[i].len);
     }
 }
@@ -46,18 +46,19 @@ static void check(const plait_msg_t *m)
     switch (m->type) {
     case PLAIT_MSG_SECAGG_ADVERTISE: {
         const plait_msg_secagg_advertise_t *a = &m->u.secagg_advertise;
-        if (a->round_id == 0 || a->sig_len < 1 || a->sig_len > PLAIT_WIRE_SECAGG_MAX_SIG) abort();
+        if (a->round_id == 0 || a->sig_len < 1 || a->sig_len > PLAIT_WIRE_SECAGG_MAX_SIG ||
+            a->cert_len < 1 || a->cert_len > PLAIT_WIRE_SECAGG_MAX_CERT)
+            abort();
         touch(a->signature, a->sig_len);
+        touch(a->cert, a->cert_len);
         break;
     }
     case PLAIT_MSG_SECAGG_ROSTER: {
         const plait_msg_secagg_roster_t *r = &m->u.secagg_roster;
-        if (r->n < 2 || r->self_index >= r->n || r->k < 1 || r->k >= r->n || r->t < 1 ||
-            r->t > r->k || r->n_peers > r->k || r->bits < 8 || r->bits > 32)
-            abort();
+        if (r->n_peers > PLAIT_WIRE_SECAGG_MAX_PEERS) abort();
         for (size_t i = 0; i < r->n_peers; i++) {
             const plait_secagg_peer_t *p = &r->peers[i];
-            if (p->index >= r->n || p->index == r->self_index) abort();
+            if (p->index < 1 || p->index > PLAIT_WIRE_SECAGG_MAX_COHORT) abort();
             if (i > 0 && p->index <= r->peers[i - 1].index) abort();
             if (p->cert_len < 1 || p->cert_len > PLAIT_WIRE_SECAGG_MAX_CERT) abort();
             if (p->sig_len < 1 || p->sig_len > PLAIT_WIRE_SECAGG_MAX_SIG) abort();
@@ -82,7 +83,8 @@ static void check(const plait_msg_t *m)
     }
     case PLAIT_MSG_SECAGG_UNMASK_REQUEST: {
         const plait_msg_secagg_unmask_request_t *r = &m->u.secagg_unmask_request;
-        if (r->n_survivors < 1) abort();
+        if (r->n_survivors < 1 || r->survivors[0] < 1 || (r->n_dropouts && r->dropouts[0] < 1))
+            abort();
         for (size_t i = 1; i < r->n_survivors; i++)
             if (r->survivors[i] <= r->survivors[i - 1]) abort();
         for (size_t i = 1; i < r->n_dropouts; i++)

@@ -1454,6 +1454,12 @@ START_TEST(test_loopback_declines)
         switch (k) {
         case 0:
             r.task.secure_agg = 1;
+            r.task.has_secagg = 1;
+            r.task.secagg.index = 1;
+            r.task.secagg.n = 2;
+            r.task.secagg.k = 1;
+            r.task.secagg.t = 1;
+            r.task.secagg.bits = 24;
             want = PLAIT_EINVAL;
             break; /* not announced, not supported */
         case 1:

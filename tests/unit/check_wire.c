@@ -93,6 +93,13 @@ static void sample_task(plait_msg_t *m)
     t->deadline_s = 600;
     t->update_elements = 65537;
     t->example_cap = 1000;
+    t->has_secagg = 1;
+    t->secagg.index = 3;
+    t->secagg.n = 13;
+    t->secagg.k = 12;
+    t->secagg.t = 7;
+    t->secagg.bits = 20;
+    memcpy(t->secagg.graph_seed, k_sha, 32);
 }
 
 #define N_SAMPLES 22
@@ -101,7 +108,7 @@ static void sample_task(plait_msg_t *m)
 static uint8_t k_key[2][32], k_sig[72], k_cert[3][40], k_share[4][48], k_packed[64];
 static plait_secagg_peer_t k_peers[3];
 static plait_secagg_share_t k_shares[4];
-static const uint32_t k_survivors[] = {0, 2, 5, 9}, k_dropouts[] = {1, 7};
+static const uint32_t k_survivors[] = {1, 2, 5, 9}, k_dropouts[] = {1, 7};
 
 static void fill_secagg(void)
 {
@@ -128,7 +135,7 @@ static void fill_secagg(void)
         k_peers[c].signature = k_sig;
         k_peers[c].sig_len = 70 + (size_t)c;
     }
-    static const uint32_t sidx[4] = {0, 3, 4, 11};
+    static const uint32_t sidx[4] = {1, 3, 4, 11};
     for (int c = 0; c < 4; c++) {
         k_shares[c].peer = sidx[c];
         k_shares[c].data = k_share[c];
@@ -234,18 +241,14 @@ static void sample(int i, plait_msg_t *m)
         memcpy(m->u.secagg_advertise.enc_pk, k_key[1], 32);
         m->u.secagg_advertise.signature = k_sig;
         m->u.secagg_advertise.sig_len = 71;
+        m->u.secagg_advertise.cert = k_cert[0];
+        m->u.secagg_advertise.cert_len = 40;
         break;
     case 15: {
         fill_secagg();
         plait_msg_init(m, PLAIT_MSG_SECAGG_ROSTER);
         plait_msg_secagg_roster_t *r = &m->u.secagg_roster;
         r->round_id = 42;
-        r->n = 8;
-        r->self_index = 3;
-        r->k = 4;
-        r->t = 3;
-        r->bits = 20;
-        memcpy(r->graph_seed, k_sha, 32);
         r->peers = k_peers;
         r->n_peers = 3;
         break;
@@ -355,6 +358,13 @@ static void assert_msg_eq(const plait_msg_t *a, const plait_msg_t *b)
         ck_assert_uint_eq(x->deadline_s, y->deadline_s);
         ck_assert_uint_eq(x->update_elements, y->update_elements);
         ck_assert_uint_eq(x->example_cap, y->example_cap);
+        ck_assert_int_eq(x->has_secagg, y->has_secagg);
+        ck_assert_uint_eq(x->secagg.index, y->secagg.index);
+        ck_assert_uint_eq(x->secagg.n, y->secagg.n);
+        ck_assert_uint_eq(x->secagg.k, y->secagg.k);
+        ck_assert_uint_eq(x->secagg.t, y->secagg.t);
+        ck_assert_uint_eq(x->secagg.bits, y->secagg.bits);
+        ck_assert_mem_eq(x->secagg.graph_seed, y->secagg.graph_seed, 32);
         break;
     }
     case PLAIT_MSG_COME_BACK_LATER:
@@ -409,17 +419,13 @@ static void assert_msg_eq(const plait_msg_t *a, const plait_msg_t *b)
         ck_assert_mem_eq(x->enc_pk, y->enc_pk, 32);
         ck_assert_uint_eq(x->sig_len, y->sig_len);
         ck_assert_mem_eq(x->signature, y->signature, x->sig_len);
+        ck_assert_uint_eq(x->cert_len, y->cert_len);
+        ck_assert_mem_eq(x->cert, y->cert, x->cert_len);
         break;
     }
     case PLAIT_MSG_SECAGG_ROSTER: {
         const plait_msg_secagg_roster_t *x = &a->u.secagg_roster, *y = &b->u.secagg_roster;
         ck_assert_uint_eq(x->round_id, y->round_id);
-        ck_assert_uint_eq(x->n, y->n);
-        ck_assert_uint_eq(x->self_index, y->self_index);
-        ck_assert_uint_eq(x->k, y->k);
-        ck_assert_uint_eq(x->t, y->t);
-        ck_assert_uint_eq(x->bits, y->bits);
-        ck_assert_mem_eq(x->graph_seed, y->graph_seed, 32);
         ck_assert_uint_eq(x->n_peers, y->n_peers);
         for (size_t i = 0; i < x->n_peers; i++) {
             const plait_secagg_peer_t *p = &x->peers[i], *q = &y->peers[i];
@@ -1430,22 +1436,26 @@ START_TEST(test_encode_refuses_invalid)
     REFUSE((sample(14, &m), m.u.secagg_advertise.sig_len = 0), "secagg_advertise.signature");
     REFUSE((sample(14, &m), m.u.secagg_advertise.sig_len = PLAIT_WIRE_SECAGG_MAX_SIG + 1),
            "secagg_advertise.signature");
-    REFUSE((sample(15, &m), m.u.secagg_roster.n = 1), "secagg_roster.n");
-    REFUSE((sample(15, &m), m.u.secagg_roster.self_index = 8), "secagg_roster.self_index");
-    REFUSE((sample(15, &m), m.u.secagg_roster.k = 8), "secagg_roster.k");
-    REFUSE((sample(15, &m), m.u.secagg_roster.t = 5), "secagg_roster.t");
-    REFUSE((sample(15, &m), m.u.secagg_roster.t = 0), "secagg_roster.t");
-    REFUSE((sample(15, &m), m.u.secagg_roster.bits = 7), "secagg_roster.bits");
-    REFUSE((sample(15, &m), m.u.secagg_roster.bits = 33), "secagg_roster.bits");
-    REFUSE((sample(15, &m), m.u.secagg_roster.k = 2, m.u.secagg_roster.t = 2), "secagg_roster.peers");
-    REFUSE((sample(15, &m), k_peers[1].index = 3), "secagg_roster.peers[1].index");
+    REFUSE((sample(2, &m), m.u.task.has_secagg = 0), "task.secagg");
+    REFUSE((sample(2, &m), m.u.task.secure_agg = 0), "task.secagg");
+    REFUSE((sample(2, &m), m.u.task.secagg.n = 1), "task.secagg.n");
+    REFUSE((sample(2, &m), m.u.task.secagg.index = 0), "task.secagg.index");
+    REFUSE((sample(2, &m), m.u.task.secagg.index = 14), "task.secagg.index");
+    REFUSE((sample(2, &m), m.u.task.secagg.k = 13), "task.secagg.k");
+    REFUSE((sample(2, &m), m.u.task.secagg.t = 13), "task.secagg.t");
+    REFUSE((sample(2, &m), m.u.task.secagg.t = 0), "task.secagg.t");
+    REFUSE((sample(2, &m), m.u.task.secagg.bits = 15), "task.secagg.bits");
+    REFUSE((sample(2, &m), m.u.task.secagg.bits = 33), "task.secagg.bits");
+    REFUSE((sample(14, &m), m.u.secagg_advertise.cert_len = 0), "secagg_advertise.device_cert");
+    REFUSE((sample(15, &m), m.u.secagg_roster.round_id = 0), "secagg_roster.round_id");
+    REFUSE((sample(15, &m), k_peers[1].index = 1), "secagg_roster.peers[1].index");
     REFUSE((sample(15, &m), k_peers[2].index = 4), "secagg_roster.peers[2].index");
-    REFUSE((sample(15, &m), k_peers[2].index = 8), "secagg_roster.peers[2].index");
+    REFUSE((sample(15, &m), k_peers[0].index = 0), "secagg_roster.peers[0].index");
     REFUSE((sample(15, &m), k_peers[0].cert_len = 0), "secagg_roster.peers[0].device_cert");
     REFUSE((sample(15, &m), k_peers[0].sig_len = 0), "secagg_roster.peers[].signature");
     REFUSE((sample(16, &m), m.u.secagg_shares.n_shares = 0), "secagg_shares.shares");
     REFUSE((sample(16, &m), k_shares[2].peer = 3), "secagg_shares.shares[2].peer");
-    REFUSE((sample(16, &m), k_shares[3].peer = PLAIT_WIRE_SECAGG_MAX_COHORT),
+    REFUSE((sample(16, &m), k_shares[3].peer = PLAIT_WIRE_SECAGG_MAX_COHORT + 1),
            "secagg_shares.shares[3].peer");
     REFUSE((sample(16, &m), k_shares[0].len = PLAIT_WIRE_SECAGG_MAX_SHARE + 1),
            "secagg_shares.shares[0].data");
@@ -1463,7 +1473,10 @@ START_TEST(test_encode_refuses_invalid)
            "secagg_masked_input.total_elements");
     REFUSE((sample(20, &m), m.u.secagg_unmask_request.n_survivors = 0),
            "secagg_unmask_request.survivors");
-    static const uint32_t descending[] = {5, 2};
+    static const uint32_t descending[] = {5, 2}, zero[] = {0};
+    REFUSE((sample(20, &m), m.u.secagg_unmask_request.survivors = zero,
+            m.u.secagg_unmask_request.n_survivors = 1),
+           "secagg_unmask_request.survivors[0]");
     REFUSE((sample(20, &m), m.u.secagg_unmask_request.survivors = descending),
            "secagg_unmask_request.survivors[1]");
     REFUSE((sample(20, &m), m.u.secagg_unmask_request.dropouts = descending),
