@@ -58,12 +58,17 @@
  *     floor(corrupt·n) colluding devices placed independently of the seed,
  *     the union bound over the n devices of three exact hypergeometric tails
  *     is at most 2^-sigma: (a) fewer than t of a device's k neighbours
- *     survive (the round would fail), (b) a device has at least 2t - k
+ *     survive (the round would fail), (b) a device has at least 2t - k - 1
  *     corrupt neighbours (a malicious server could then collect both shares of
- *     it, since honest neighbours each reveal at most one), (c) k/2
+ *     it, since the device and its honest neighbours each reveal at most one
+ *     of them), (c) k/2
  *     consecutive ring positions are all dropped or corrupt (the only way the
  *     Harary graph of the remaining honest devices disconnects).
- *   - Shamir t-of-k over GF(p), p = 2^61 - 1: a 32-byte secret is split into
+ *     The complete graph (n <= 16, or when no smaller k meets the bound) uses
+ *     the largest t = n - D that D dropouts leave reachable, if 2t > n + C.
+ *   - Shamir t-of-(k+1) over GF(p), p = 2^61 - 1, the holders being a
+ *     device's accepted neighbours and the device itself (so exactly t
+ *     survivors can finish a round): a 32-byte secret is split into
  *     five limbs of at most 56 bits (7+7+7+7+4 bytes), each shared with its
  *     own random polynomial of degree t - 1; a share is the five evaluations
  *     at x = recipient index (40 bytes). Reconstruction is Lagrange at 0 and
@@ -206,7 +211,10 @@ void plait_secagg_round_init(plait_secagg_round_t *r);
  * \brief Derive the round context and build the graph.
  * \param dep, dep_len  deployment id (1..PLAIT_SECAGG_DEP_MAX bytes; not secret).
  * \param p             n, k, t as chosen by the server (validated here: 2 <= n
- *                      <= max, k even or k == n - 1, k <= n - 1, 1 <= t <= k).
+ *                      <= max, k even or k == n - 1, k <= n - 1, and
+ *                      (k + 1) / 2 < t <= k, so that a malicious server cannot
+ *                      collect t shares of both secrets of one device from the
+ *                      device and its honest neighbours, who reveal one each).
  * \param graph_seed    32 bytes from the server (not secret).
  * \param m             ring width, 1..32. \param len words per vector, >= 1.
  * \return 0; PLAIT_EINVAL (with a detail naming the bad field), PLAIT_ENOMEM.
