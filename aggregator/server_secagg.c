@@ -460,11 +460,30 @@ static void fail(plait__sa_t *sa, const char *why)
     PLAIT_LOG(PLAIT_LOG_WARN, "secagg round=%llu: failed: %s", (unsigned long long)sa->cfg.round_id, why);
     sa->stage = ST_END;
     sa->result = PLAIT__SA_FAILED;
+    /* Devices still waiting in the round learn at once that it is over. */
+    plait_msg_t e;
+    plait_msg_init(&e, PLAIT_MSG_ERROR);
+    e.u.error.code = PLAIT_ETHRESHOLD;
+    snprintf(e.u.error.message, sizeof(e.u.error.message), "secure aggregation of round %llu failed",
+             (unsigned long long)sa->cfg.round_id);
+    for (uint32_t i = 0; i < sa->assigned; i++)
+        if (!sa->mb[i].gone) (void)sa->io.send(sa->io.ud, sa->mb[i].client, &e);
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
 }
 
 static void send_requests(plait__sa_t *sa)
 {
     size_t asked = 0;
+    uint32_t *sv = calloc(2 * (size_t)sa->r.p.k + 2, sizeof(uint32_t));
+    if (!sv) {
+        fail(sa, "out of memory for the unmask requests");
+        return;
+    }
     for (uint32_t i = 0; i < sa->assigned; i++) {
         member_t *mb = &sa->mb[i];
         if (!mb->masked) continue;
@@ -472,10 +491,18 @@ static void send_requests(plait__sa_t *sa)
         size_t ns = 0, nd = 0;
         int rc = plait_secagg_server_request(sa->srv, i + 1, &surv, &ns, &drop, &nd);
         if (rc == PLAIT_ETHRESHOLD) {
+            free(sv);
             fail(sa, plait_errmsg());
             return;
         }
-        if (rc != 0 || mb->gone) continue;
+        if (rc != 0 || mb->gone || ns + nd > 2 * (size_t)sa->r.p.k + 2) continue;
+        /* The wire lists are strictly ascending. */
+        memcpy(sv, surv, ns * sizeof(uint32_t));
+        memcpy(sv + ns, drop, nd * sizeof(uint32_t));
+        qsort(sv, ns, sizeof(uint32_t), cmp_u32);
+        qsort(sv + ns, nd, sizeof(uint32_t), cmp_u32);
+        surv = sv;
+        drop = sv + ns;
         plait_msg_t m;
         plait_msg_init(&m, PLAIT_MSG_SECAGG_UNMASK_REQUEST);
         m.u.secagg_unmask_request.round_id = sa->cfg.round_id;
@@ -488,6 +515,7 @@ static void send_requests(plait__sa_t *sa)
             asked++;
         }
     }
+    free(sv);
     PLAIT_LOG(PLAIT_LOG_INFO, "secagg round=%llu: unmask requests sent to %zu devices",
               (unsigned long long)sa->cfg.round_id, asked);
 }
