@@ -321,6 +321,10 @@ int plait_aggcfg_validate(const plait_aggcfg_t *c)
                               "secure_agg: quant_bits %llu + ceil(log2(%.0f selected devices)) exceeds 32 bits (lower "
                               "quant_bits or the cohort, or set secure_agg = false)",
                               (unsigned long long)c->quant_bits, want);
+        plait_secagg_params_t sp;
+        if (plait_secagg_params_choose((uint32_t)want, c->secagg_dropout, c->secagg_corrupt, c->secagg_sigma, &sp) != 0)
+            return plait_fail(PLAIT_EINVAL, "secure_agg: no graph and threshold for %.0f selected devices: %s", want,
+                              plait_errmsg());
     }
     if (c->metrics_enabled && c->port != 0 && c->port == c->metrics_port && strcmp(c->listen_addr, c->metrics_addr) == 0)
         return plait_fail(PLAIT_EINVAL, "metrics_port: same as port");

@@ -260,7 +260,7 @@ static int run_devices(const it_dep_t *d, int first, int n, const int *stop, con
         memset(&s[i], 0, sizeof(s[i]));
         s[i].d = d;
         s[i].stop = stop ? stop[i] : RUN_FULL;
-        s[i].value = value ? value[i] : 0.01f * (float)(i + 1);
+        s[i].value = value ? value[i] : 0.001f * (float)(i + 1);
         snprintf(s[i].id, sizeof(s[i].id), "dev%d", first + i);
         ck_assert_int_eq(pthread_create(&th[i], NULL, sdev_main, &s[i]), 0);
     }
@@ -273,10 +273,11 @@ static int run_devices(const it_dep_t *d, int first, int n, const int *stop, con
     return ok;
 }
 
-static void dep_up(it_dep_t *d, const char *tag, int ndev, const char *cohort, const char *minc, const char *secure)
+static void dep_up(it_dep_t *d, const char *tag, int ndev, const char *cohort, const char *minc, const char *secure,
+                   const char *dropout)
 {
     ck_assert_int_eq(it_init(d, tag, cohort, minc, "overselect=1", "selection_timeout_s=60", "round_timeout_s=60",
-                             "secagg_stage_timeout_s=30", "secagg_dropout=0.4", "idle_timeout_s=60",
+                             "secagg_stage_timeout_s=30", dropout, "idle_timeout_s=60",
                              "max_chunk_bytes=4096", "retry_ms=200", secure, NULL),
                      0);
     for (int i = 0; i < ndev; i++) {
@@ -290,7 +291,8 @@ static void dep_up(it_dep_t *d, const char *tag, int ndev, const char *cohort, c
 START_TEST(test_secure_dropouts_at_each_stage)
 {
     it_dep_t d;
-    dep_up(&d, "integ_sa_drop", 12, "target_cohort=12", "min_cohort=6", "secure_agg=true");
+    dep_up(&d, "integ_sa_drop", 12, "target_cohort=12", "min_cohort=6", "secure_agg=true",
+           "secagg_dropout=0.4");
     static const int stop[12] = {RUN_FULL,       RUN_FULL,          RUN_FULL,          RUN_FULL,
                                  RUN_FULL,       RUN_FULL,          RUN_FULL,          RUN_FULL,
                                  STOP_AFTER_TASK, STOP_AFTER_ADVERTISE, STOP_AFTER_SHARES, STOP_AFTER_MASKED};
@@ -327,10 +329,12 @@ static uint8_t *export_v2(const it_dep_t *d, size_t *n)
 
 START_TEST(test_secure_sum_equals_plain_sum)
 {
-    static const float v[3] = {0.02f, -0.015f, 0.03f};
+    static const float v[3] = {0.02f, -0.015f, 0.01f}; /* norms below the clip (the plain round checks) */
     it_dep_t ds, dp;
-    dep_up(&ds, "integ_sa_eq_s", 3, "target_cohort=3", "min_cohort=3", "secure_agg=true");
-    dep_up(&dp, "integ_sa_eq_p", 3, "target_cohort=3", "min_cohort=3", "secure_agg=false");
+    dep_up(&ds, "integ_sa_eq_s", 3, "target_cohort=3", "min_cohort=3", "secure_agg=true",
+           "secagg_dropout=0.3");
+    dep_up(&dp, "integ_sa_eq_p", 3, "target_cohort=3", "min_cohort=3", "secure_agg=false",
+           "secagg_dropout=0.3");
     ck_assert_int_eq(run_devices(&ds, 0, 3, NULL, v), 3);
     plain_t pa[3];
     pthread_t pt[3];
@@ -384,7 +388,8 @@ END_TEST
 START_TEST(test_secure_below_threshold_fails_cleanly)
 {
     it_dep_t d;
-    dep_up(&d, "integ_sa_thr", 4, "target_cohort=4", "min_cohort=2", "secure_agg=true");
+    dep_up(&d, "integ_sa_thr", 4, "target_cohort=4", "min_cohort=2", "secure_agg=true",
+           "secagg_dropout=0.2");
     /* Two of four leave right after their masked input: too few unmask answers. */
     static const int stop[4] = {RUN_FULL, RUN_FULL, STOP_AFTER_MASKED, STOP_AFTER_MASKED};
     int ok = run_devices(&d, 0, 4, stop, NULL);
