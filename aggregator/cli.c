@@ -390,42 +390,72 @@ static int cmd_init(int argc, char **argv, FILE *out, FILE *err)
     if (plait_aggstore_info(st, &info) != 0) info.deployment_id[0] = '\0';
     plait_aggstore_close(st);
     fprintf(out, "deployment %s created in %s\n", info.deployment_id, dir);
-    fprintf(out, "next: " PROG " enroll %s --device ID --out-key ID.key --out-cert ID.crt\n", dir);
+    fprintf(out, "next: " PROG " enroll %s --device LABEL --out-key LABEL.key --out-cert LABEL.crt\n", dir);
     fprintf(out, "then: " PROG " serve %s\n", dir);
     return 0;
 }
 
 /* ---- enroll / revoke ------------------------------------------------------ */
 
+/* A fresh opaque device id: 128 random bits in hex. The certificate CN is this, never the
+ * operator's label: TLS 1.2 sends the client certificate in clear. */
+static int random_device_id(char out[33])
+{
+    plait_drbg_t d;
+    plait_drbg_init(&d);
+    static const uint8_t pers[] = "plait-device-id";
+    uint8_t b[16];
+    int rc = plait_drbg_seed(&d, pers, sizeof(pers) - 1);
+    if (rc == 0) rc = plait_drbg_random(&d, b, sizeof(b));
+    plait_drbg_free(&d);
+    if (rc == 0) plait_hex(b, sizeof(b), out);
+    return rc;
+}
+
 static int cmd_enroll(int argc, char **argv, FILE *out, FILE *err)
 {
-    flag_t flags[] = {{"--device", 1, NULL}, {"--csr", 1, NULL}, {"--out-key", 1, NULL}, {"--out-cert", 1, NULL}};
+    flag_t flags[] = {{"--device", 1, NULL},   {"--csr", 1, NULL},       {"--out-key", 1, NULL},
+                      {"--out-cert", 1, NULL}, {"--out-record", 1, NULL}};
     const char *dir;
-    int help, rc = parse_dir_args("enroll", argc, argv, flags, 4, &dir, NULL, NULL, &help, err);
+    int help, rc = parse_dir_args("enroll", argc, argv, flags, 5, &dir, NULL, NULL, &help, err);
     if (rc != 0) return rc;
     if (help) {
-        fputs("usage: " PROG " enroll DIR --device ID (--csr FILE | --out-key FILE) --out-cert FILE\n"
+        fputs("usage: " PROG " enroll DIR --device LABEL (--csr FILE | --out-key FILE)\n"
+              "                   [--out-cert FILE] [--out-record FILE]\n"
               "\n"
-              "Issue a device certificate (clientAuth, CN = ID) with the deployment's CA and\n"
-              "record the device in the database. With --csr the device keeps its key: the\n"
-              "request's signature is verified and its public key certified (the CN is ID,\n"
-              "whatever the request says). With --out-key a fresh P-256 key is generated and\n"
-              "written (0600). Device ids are never reused, even after revocation.\n",
+              "Issue a device certificate (clientAuth) with the CA in DIR. Its CN is a fresh\n"
+              "random id (128 bits, hex), never LABEL: TLS 1.2 sends client certificates in\n"
+              "clear. LABEL is the operator's name for the device; it stays in the database\n"
+              "and in this tool's output. With --csr the device keeps its key (`plait-agent\n"
+              "keygen`): the request's signature is verified and its public key certified.\n"
+              "With --out-key a fresh P-256 key is generated and written (0600).\n"
+              "Without --out-record the device is recorded in DIR's database (this host\n"
+              "serves). With --out-record (an offline CA host) the database is not touched:\n"
+              "FILE is an enrollment record signed by the CA, to be imported on the serving\n"
+              "host with `" PROG " import-enrollment`. Labels and ids are never reused.\n",
               out);
         return 0;
     }
-    const char *id = flags[0].value, *csr = flags[1].value, *okey = flags[2].value, *ocrt = flags[3].value;
-    if (!id || !ocrt || (!csr == !okey)) {
-        fputs(PROG " enroll: need --device, --out-cert and exactly one of --csr, --out-key (try --help)\n", err);
+    const char *label = flags[0].value, *csr = flags[1].value, *okey = flags[2].value, *ocrt = flags[3].value,
+               *orec = flags[4].value;
+    if (!label || (!ocrt && !orec) || (!csr == !okey)) {
+        fputs(PROG " enroll: need --device, --out-cert or --out-record, and exactly one of --csr, --out-key (try "
+                   "--help)\n",
+              err);
         return 2;
     }
-    if (!plait_pki_device_id_valid(id)) {
-        fprintf(err, PROG " enroll: bad device id '%s' (1..64 of A-Z a-z 0-9 . _ -)\n", id);
+    if (!plait_pki_device_id_valid(label)) {
+        fprintf(err, PROG " enroll: bad device label '%s' (1..64 of A-Z a-z 0-9 . _ -)\n", label);
         return 2;
+    }
+    char id[33];
+    if (random_device_id(id) != 0) {
+        fprintf(err, PROG " enroll: no randomness for a device id: %s\n", plait_errmsg());
+        return 1;
     }
     plait_pki_config_t pc;
     plait_pki_config_default(&pc);
-    char *crt = NULL, *key = NULL, *req = NULL;
+    char *crt = NULL, *key = NULL, *req = NULL, *rec = NULL;
     plait_pki_cert_info_t info;
     if (csr) {
         if ((rc = plait_pki_read_file(csr, &req)) != 0) {
@@ -437,34 +467,97 @@ static int cmd_enroll(int argc, char **argv, FILE *out, FILE *err)
     } else {
         rc = plait_pki_enroll(dir, &pc, id, &crt, &key, &info);
     }
+    if (rc == 0 && orec) {
+        char p[1200], *ca_key = NULL;
+        snprintf(p, sizeof(p), "%s/ca.key", dir);
+        rc = plait_pki_read_file(p, &ca_key);
+        if (rc == 0) rc = plait_pki_record_create(ca_key, label, id, crt, &rec);
+        plait_pki_free_pem(ca_key);
+    }
     if (rc != 0) {
         fprintf(err, PROG " enroll: %s (%s)\n", plait_errmsg(), plait_err_name(rc));
-        return 1;
-    }
-    plait_aggstore_t *st = NULL;
-    if (open_store(dir, 0, &st, err, "enroll") != 0) {
         rc = 1;
         goto done;
     }
-    rc = plait_aggstore_device_enroll(st, id, info.fingerprint);
-    plait_aggstore_close(st);
-    if (rc != 0) {
-        fprintf(err, PROG " enroll: device %s: %s (%s)\n", id, plait_errmsg(), plait_err_name(rc));
+    if (!orec) {
+        plait_aggstore_t *st = NULL;
+        if (open_store(dir, 0, &st, err, "enroll") != 0) {
+            rc = 1;
+            goto done;
+        }
+        rc = plait_aggstore_device_enroll_labeled(st, id, label, info.fingerprint);
+        plait_aggstore_close(st);
+        if (rc != 0) {
+            fprintf(err, PROG " enroll: device %s: %s (%s)\n", label, plait_errmsg(), plait_err_name(rc));
+            rc = 1;
+            goto done;
+        }
+    }
+    if ((key && (rc = plait_pki_write_file(okey, key, 1)) != 0) || (ocrt && (rc = plait_pki_write_file(ocrt, crt, 0)) != 0) ||
+        (orec && (rc = plait_pki_write_file(orec, rec, 0)) != 0)) {
+        fprintf(err, PROG " enroll: %s (%s)\n", plait_errmsg(),
+                orec ? "nothing was recorded; retry" : "the device is enrolled; revoke it or retry with another label");
         rc = 1;
         goto done;
     }
-    if ((key && (rc = plait_pki_write_file(okey, key, 1)) != 0) || (rc = plait_pki_write_file(ocrt, crt, 0)) != 0) {
-        fprintf(err, PROG " enroll: %s (the device is enrolled; revoke it or retry with another id)\n", plait_errmsg());
-        rc = 1;
-        goto done;
-    }
-    fprintf(out, "enrolled %s serial %s sha256 %s valid until %s\n", id, info.serial_hex, info.fingerprint_hex,
-            fmt_time(info.not_after, (char[32]){0}, 32));
+    fprintf(out, "%s %s as id %s serial %s sha256 %s valid until %s\n", orec ? "record for" : "enrolled", label, id,
+            info.serial_hex, info.fingerprint_hex, fmt_time(info.not_after, (char[32]){0}, 32));
+    if (orec) fprintf(out, "next, on the serving host: " PROG " import-enrollment DIR %s\n", orec);
     rc = 0;
 done:
     plait_pki_free_pem(crt);
     plait_pki_free_pem(key);
+    plait_pki_free_pem(rec);
     return rc;
+}
+
+static int cmd_import_enrollment(int argc, char **argv, FILE *out, FILE *err)
+{
+    const char *dir = NULL, *file = NULL;
+    int help = 0, rc;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) help = 1;
+        else if (argv[i][0] == '-' || (dir && file)) {
+            fprintf(err, PROG " import-enrollment: unexpected argument '%.60s' (try --help)\n", argv[i]);
+            return 2;
+        } else if (!dir) dir = argv[i];
+        else file = argv[i];
+    }
+    if (help) {
+        fputs("usage: " PROG " import-enrollment DIR RECORD\n"
+              "\n"
+              "Record a device enrolled on an offline CA host (`" PROG " enroll --out-record`)\n"
+              "in DIR's database. The record's signature and certificate are checked against\n"
+              "DIR/ca.crt; DIR needs no ca.key.\n",
+              out);
+        return 0;
+    }
+    if (!dir || !file) {
+        fputs(PROG " import-enrollment: need DIR and RECORD (try --help)\n", err);
+        return 2;
+    }
+    char p[1200], *ca = NULL, *rec = NULL;
+    char label[PLAIT_PKI_ID_MAX + 1], id[PLAIT_PKI_ID_MAX + 1];
+    plait_pki_cert_info_t info;
+    snprintf(p, sizeof(p), "%s/ca.crt", dir);
+    if ((rc = plait_pki_read_file(p, &ca)) == 0 && (rc = plait_pki_read_file(file, &rec)) == 0)
+        rc = plait_pki_record_verify(ca, rec, strlen(rec), label, id, &info);
+    plait_pki_free_pem(ca);
+    plait_pki_free_pem(rec);
+    if (rc != 0) {
+        fprintf(err, PROG " import-enrollment: %s: %s (%s)\n", file, plait_errmsg(), plait_err_name(rc));
+        return 1;
+    }
+    plait_aggstore_t *st = NULL;
+    if (open_store(dir, 0, &st, err, "import-enrollment") != 0) return 1;
+    rc = plait_aggstore_device_enroll_labeled(st, id, label, info.fingerprint);
+    plait_aggstore_close(st);
+    if (rc != 0) {
+        fprintf(err, PROG " import-enrollment: device %s: %s (%s)\n", label, plait_errmsg(), plait_err_name(rc));
+        return 1;
+    }
+    fprintf(out, "enrolled %s as id %s serial %s sha256 %s\n", label, id, info.serial_hex, info.fingerprint_hex);
+    return 0;
 }
 
 static int cmd_revoke(int argc, char **argv, FILE *out, FILE *err)
@@ -474,7 +567,7 @@ static int cmd_revoke(int argc, char **argv, FILE *out, FILE *err)
     int help, rc = parse_dir_args("revoke", argc, argv, flags, 1, &dir, NULL, NULL, &help, err);
     if (rc != 0) return rc;
     if (help) {
-        fputs("usage: " PROG " revoke DIR --device ID\n"
+        fputs("usage: " PROG " revoke DIR --device LABEL|ID\n"
               "\n"
               "Revoke a device: its certificate's fingerprint is appended to DIR/revoked.txt\n"
               "(a running aggregator reloads it within a second and refuses the certificate in\n"
@@ -490,9 +583,10 @@ static int cmd_revoke(int argc, char **argv, FILE *out, FILE *err)
     plait_aggstore_t *st = NULL;
     if (open_store(dir, 0, &st, err, "revoke") != 0) return 1;
     plait_aggstore_device_t d;
-    rc = plait_aggstore_device_get(st, flags[0].value, &d);
-    if (rc == 0 && (rc = plait_pki_revoke(dir, NULL, d.fingerprint)) == 0)
-        rc = plait_aggstore_device_revoke(st, flags[0].value);
+    char id[PLAIT_AGGSTORE_MAX_DEVICE_ID + 1];
+    rc = plait_aggstore_device_find(st, flags[0].value, id);
+    if (rc == 0) rc = plait_aggstore_device_get(st, id, &d);
+    if (rc == 0 && (rc = plait_pki_revoke(dir, NULL, d.fingerprint)) == 0) rc = plait_aggstore_device_revoke(st, id);
     plait_aggstore_close(st);
     if (rc != 0) {
         fprintf(err, PROG " revoke: device %s: %s (%s)\n", flags[0].value, plait_errmsg(), plait_err_name(rc));
@@ -830,6 +924,7 @@ static int cmd_privacy_any(int argc, char **argv, FILE *out, FILE *err)
 static const command_t commands[] = {
     {"init", "create a deployment: CA, server certificate, database, aggregator.conf", cmd_init},
     {"enroll", "issue a device certificate and record the device", cmd_enroll},
+    {"import-enrollment", "record a device enrolled on an offline CA host", cmd_import_enrollment},
     {"revoke", "revoke a device", cmd_revoke},
     {"serve", "run the aggregator service", cmd_serve},
     {"status", "summary of a deployment", cmd_status},

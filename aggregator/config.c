@@ -58,6 +58,8 @@ static const setting_t SETTINGS[] = {
      "TLS handshake and Hello must complete within this many seconds"},
     {"idle_timeout_s", T_DOUBLE, F(idle_timeout_s), 0.05, 86400, "90",
      "close a connection that sends nothing for this many seconds"},
+    {"tls_ticket_lifetime_s", T_UINT, F(tls_ticket_lifetime_s), 0, 604800, "86400",
+     "TLS session tickets: a returning device resumes its session for this long (0 = full handshakes only)"},
     {"base_model", T_STR, F(base_model), 0, 0, "",
      "path of the base model checkpoint (llama2.c .bin); devices must run the same file (sha256)"},
     {"lora_rank", T_UINT, F(lora_rank), 1, 1024, "4", "LoRA rank R"},

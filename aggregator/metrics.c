@@ -45,8 +45,14 @@ int plait__metrics_render(const plait__metrics_t *m, plait_buf_t *b)
     plait_buf_printf(b, "plait_bytes_received_total %llu\n", (unsigned long long)m->bytes_in);
     family(b, "plait_bytes_sent_total", "counter", "Bytes sent on federation connections (TLS records).");
     plait_buf_printf(b, "plait_bytes_sent_total %llu\n", (unsigned long long)m->bytes_out);
+    family(b, "plait_tls_handshakes_total", "counter", "Completed TLS handshakes of devices.");
+    plait_buf_printf(b, "plait_tls_handshakes_total %llu\n", (unsigned long long)m->tls_handshakes);
+    family(b, "plait_tls_resumed_total", "counter", "Handshakes that resumed a session (RFC 5077 ticket).");
+    plait_buf_printf(b, "plait_tls_resumed_total %llu\n", (unsigned long long)m->tls_resumed);
     family(b, "plait_tasks_offered_total", "counter", "Tasks offered to devices.");
     plait_buf_printf(b, "plait_tasks_offered_total %llu\n", (unsigned long long)m->tasks_offered);
+    family(b, "plait_tasks_declined_total", "counter", "Tasks declined by devices (Decline messages).");
+    plait_buf_printf(b, "plait_tasks_declined_total %llu\n", (unsigned long long)m->tasks_declined);
     family(b, "plait_come_back_later_total", "counter", "Come-back-later answers (pace steering, no round, full).");
     plait_buf_printf(b, "plait_come_back_later_total %llu\n", (unsigned long long)m->come_back_later);
     family(b, "plait_updates_accepted_total", "counter", "Device updates accepted into a round.");

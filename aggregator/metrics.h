@@ -37,6 +37,8 @@ typedef struct {
     uint64_t connections_total, connections_open;
     uint64_t bytes_in, bytes_out;
     uint64_t updates_accepted, tasks_offered, come_back_later;
+    uint64_t tls_handshakes, tls_resumed; /* authenticated handshakes, and those that resumed a session */
+    uint64_t tasks_declined; /* Decline messages (the code is logged, never counted per device) */
     double round_seconds_sum; /* committed rounds, open to commit */
     uint64_t round_seconds_count;
     double last_round_seconds;

@@ -410,7 +410,8 @@ int plait_round_submit_words(plait_round_t *r, uint64_t client, uint64_t round_i
             for (size_t i = 0; i < P; i++) ss += r->scratch[i] * r->scratch[i];
             double bound = plait_round_clip(r) + plait_quant_norm_slack(&r->cfg.quant, P) + 1e-9;
             if (sqrt(ss) > bound)
-                rc = plait_fail(PLAIT_ETOOBIG, "round: update norm %g above %g", sqrt(ss), bound);
+                rc = plait_fail(PLAIT_ETOOBIG, "round: update norm above the bound %g (clip plus quantization slack)",
+                                bound); /* never the norm itself: it is computed from one device's data */
         }
     }
     if (rc != 0) {

@@ -115,7 +115,7 @@ typedef struct {
 typedef struct {
     uint64_t client;
     int submitted; /* 0 training, 1 accepted, 2 held (uploaded during selection), -1 refused or
-                      dropped, -2 left during selection */
+                      dropped, -2 left during selection, -3 declined during selection */
     char device[PLAIT_PKI_ID_MAX + 1];
     uint32_t *pending; /* submitted == 2: the update, owned */
     size_t n_pending;
@@ -452,7 +452,8 @@ static void report_early_dropouts(plait_server_t *s)
             submit_member(s, mb, w, mb->n_pending, NULL);
             continue;
         }
-        if (mb->submitted != -2 || now_s(s) - mb->left_at < s->cfg.rejoin_grace_s) continue;
+        if (mb->submitted != -3 && (mb->submitted != -2 || now_s(s) - mb->left_at < s->cfg.rejoin_grace_s))
+            continue;
         mb->submitted = -1;
         if (plait_round_dropout(s->round, mb->client, s->cur_core, now_s(s)) == 0)
             PLAIT_LOG(PLAIT_LOG_INFO, "dropout round=%llu device=%s", (unsigned long long)s->cur_rid, mb->device);
@@ -577,7 +578,7 @@ static void offer(conn_t *c)
         send_task(c);
         return;
     }
-    if (st != PLAIT_ROUND_SELECTION) {
+    if (st != PLAIT_ROUND_SELECTION || mb) { /* mb: done with this round (declined, refused) */
         send_cbl(c, mb ? PLAIT_RETRY_PACE : PLAIT_RETRY_NO_ROUND, s->cfg.retry_ms);
         conn_close(c, 1);
         return;
@@ -1187,6 +1188,35 @@ static void handle_update(conn_t *c, const plait_msg_update_chunk_t *u)
     submit_member(s, mb, words, (size_t)expect, c);
 }
 
+/* A device declined its task (a DeclineCode, never text: only the code is logged). It takes
+ * no further part in the round: in training it is a dropout at once, so the round need not
+ * wait for it; in selection it keeps its slot (the core cannot unselect) and becomes a dropout
+ * when training starts, without the rejoin grace. offer() does not give it the task again. */
+static void handle_decline(conn_t *c, const plait_msg_decline_t *d)
+{
+    plait_server_t *s = c->srv;
+    s->m.tasks_declined++;
+    PLAIT_LOG(PLAIT_LOG_INFO, "task declined round=%llu device=%s code=%s", (unsigned long long)d->round_id,
+              c->device, plait_decline_code_name((int)d->code));
+    member_t *mb = member_find(s, c->client);
+    if (mb && d->round_id == s->cur_rid && c->round_id == s->cur_rid && s->round_live && !s->busy && s->round &&
+        (mb->submitted == 0 || mb->submitted == -2)) {
+        plait_round_state_t st = plait_round_state(s->round);
+        if (st == PLAIT_ROUND_SELECTION) {
+            mb->submitted = -3;
+        } else if (st == PLAIT_ROUND_TRAINING) {
+            mb->submitted = -1;
+            if (plait_round_dropout(s->round, mb->client, s->cur_core, now_s(s)) == 0)
+                PLAIT_LOG(PLAIT_LOG_INFO, "dropout round=%llu device=%s (declined)", (unsigned long long)s->cur_rid,
+                          mb->device);
+            if (plait_round_state(s->round) == PLAIT_ROUND_AGGREGATION && !s->sa) start_commit(s);
+        }
+    }
+    if (s->sa && mb && d->round_id == s->cur_rid) plait__sa_left(s->sa, c->client); /* no rejoin */
+    c->round_id = 0;
+    conn_close(c, 1);
+}
+
 static void pump_download(conn_t *c)
 {
     plait_server_t *s = c->srv;
@@ -1299,6 +1329,9 @@ static void handle_msg(conn_t *c, const plait_msg_t *m)
         }
         return;
     }
+    case PLAIT_MSG_DECLINE:
+        handle_decline(c, &m->u.decline);
+        return;
     case PLAIT_MSG_PING: {
         plait_msg_t p;
         plait_msg_init(&p, PLAIT_MSG_PONG);
@@ -1417,8 +1450,11 @@ static void on_established(conn_t *c)
         return;
     }
     c->client = client_of(c->device);
-    PLAIT_LOG(PLAIT_LOG_INFO, "handshake conn=%llu device=%s serial=%s suite=%s", (unsigned long long)c->id,
-              c->device, peer->serial_hex, plait_tls_ciphersuite(c->tls));
+    int resumed = plait_tls_resumed(c->tls);
+    s->m.tls_handshakes++;
+    if (resumed) s->m.tls_resumed++;
+    PLAIT_LOG(PLAIT_LOG_INFO, "handshake conn=%llu device=%s serial=%s suite=%s%s", (unsigned long long)c->id,
+              c->device, peer->serial_hex, plait_tls_ciphersuite(c->tls), resumed ? " resumed" : "");
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -1980,6 +2016,9 @@ int plait_server_create(plait_server_t **out, const char *dir, const plait_aggcf
         rc = PLAIT_ENOMEM;
         goto fail;
     }
+    if (s->cfg.tls_ticket_lifetime_s > 0 &&
+        (rc = plait_tls_config_tickets(s->tls, (uint32_t)s->cfg.tls_ticket_lifetime_s)) != 0)
+        goto fail;
 
     if ((rc = setup_model(s)) != 0) goto fail;
     char dbpath[1200];

@@ -25,6 +25,8 @@ typedef int (*bench_child_fn)(void *ctx, double *value);
  * own; return 0 with the child's *value and peak RSS in MiB, or -1.
  */
 int bench_fork_measure(bench_child_fn fn, void *ctx, double *value, double *rss_mib);
+/** FLOP/s (in GFLOP/s) of independent FMA chains on the kernel path's vectors, on `threads` threads. */
+double bench_fma_peak_gflops(int threads);
 /** One line describing the machine (CPU model, cores). */
 void bench_machine(char *buf, size_t len);
 

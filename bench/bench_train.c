@@ -19,6 +19,7 @@
 
 #include "plait/lora.h"
 #include "plait/model.h"
+#include "plait/tensor.h"
 #include "plait/train.h"
 
 #include <stdio.h>
@@ -140,6 +141,29 @@ static void usage(FILE *f)
           f);
 }
 
+/* FLOPs of one trained token: the frozen base's matmuls run forward and
+ * input-gradient (2 + 2 per weight), the rank-8 adapter on wq,wv also its
+ * weight gradient (6 per weight), and causal attention (QK^T and AV over
+ * (T+1)/2 keys on average, backward twice the forward). For the 15M shape
+ * this is ~62 MFLOP. Shapes read from a file use its header's config. */
+static double flops_per_token(const shape_t *sh, size_t T)
+{
+    plait_model_config_t c = sh->cfg;
+    if (sh->model_path) {
+        plait_model_t m;
+        plait_model_init(&m);
+        if (plait_model_load(&m, sh->model_path) != 0) return 0;
+        c = m.cfg;
+        plait_model_free(&m);
+    }
+    double D = (double)c.dim, H = (double)c.hidden_dim, L = (double)c.n_layers, V = (double)c.vocab_size;
+    double kv = D * (double)c.n_kv_heads / (double)c.n_heads;
+    double base = L * (2 * D * D + 2 * D * kv + 3 * D * H) + D * V;
+    double lora = L * 8.0 * ((D + D) + (D + kv));
+    double attn = L * 3.0 * 4.0 * D * ((double)T + 1) / 2;
+    return 4 * base + 6 * lora + attn;
+}
+
 int bench_train(int argc, char **argv)
 {
     size_t repeats = 3, steps_opt = 0, warmup_opt = 0, B = 8, T = 128;
@@ -213,10 +237,17 @@ int bench_train(int argc, char **argv)
     };
     char machine[256];
     bench_machine(machine, sizeof(machine));
-    printf("machine: %s\nLoRA r=8 alpha=16 on wq,wv; B=%zu T=%zu; %zu processes per row; medians\n", machine, B, T,
-           repeats);
-    printf("%-12s %7s %12s %10s %12s %10s %8s %8s\n", "model", "threads", "plait tok/s", "plait MiB", "torch tok/s",
-           "torch MiB", "speed x", "mem /");
+    printf("machine: %s\nkernel path: %s (AVX2+FMA %s, AVX-512 %s; PLAIT_KERNEL=portable|avx2|avx512 narrows it)\n",
+           machine, plait_kernel_path_name(), plait_cpu_has_avx2_fma() ? "yes" : "no",
+           plait_cpu_has_avx512() ? "yes" : "no");
+    double peak[8];
+    for (int ti = 0; ti < n_threads; ti++) {
+        peak[ti] = bench_fma_peak_gflops(threads[ti]);
+        printf("measured FMA peak on %d thread%s: %.1f GFLOP/s\n", threads[ti], threads[ti] == 1 ? "" : "s", peak[ti]);
+    }
+    printf("LoRA r=8 alpha=16 on wq,wv; B=%zu T=%zu; %zu processes per row; medians\n", B, T, repeats);
+    printf("%-12s %7s %12s %10s %12s %10s %8s %8s %8s %6s\n", "model", "threads", "plait tok/s", "plait MiB",
+           "torch tok/s", "torch MiB", "speed x", "mem /", "GFLOP/s", "peak%");
     for (int s = 0; s < 2; s++) {
         if (strcmp(shape_sel, "all") != 0 && strcmp(shape_sel, s == 0 ? "260K" : "15M") != 0) continue;
         int is15 = s == 1;
@@ -236,17 +267,20 @@ int bench_train(int argc, char **argv)
                 return 1;
             }
             double mt = bench_median(tok, ok), mr = bench_median(rss, ok);
+            double gf = mt * flops_per_token(&shapes[s], T) / 1e9, pk = peak[ti] > 0 ? 100.0 * gf / peak[ti] : 0;
             if (tok_ok) {
                 double tt = bench_median(ttok, tok_ok), tr = bench_median(trss, tok_ok);
-                printf("%-12s %7d %12.0f %10.1f %12.0f %10.1f %8.2f %8.2f\n", shapes[s].name, threads[ti], mt, mr, tt,
-                       tr, mt / tt, tr / mr);
+                printf("%-12s %7d %12.0f %10.1f %12.0f %10.1f %8.2f %8.2f %8.1f %6.1f\n", shapes[s].name, threads[ti],
+                       mt, mr, tt, tr, mt / tt, tr / mr, gf, pk);
             } else {
-                printf("%-12s %7d %12.0f %10.1f %12s %10s %8s %8s\n", shapes[s].name, threads[ti], mt, mr,
-                       torch ? "failed" : "-", "-", "-", "-");
+                printf("%-12s %7d %12.0f %10.1f %12s %10s %8s %8s %8.1f %6.1f\n", shapes[s].name, threads[ti], mt, mr,
+                       torch ? "failed" : "-", "-", "-", "-", gf, pk);
             }
             fflush(stdout);
         }
     }
     if (torch) printf("speed x = plait tok/s / torch tok/s; mem / = torch peak RSS / plait peak RSS\n");
+    printf("GFLOP/s counts the matmuls and attention of one trained token (frozen base: forward + input\n"
+           "gradient, 4 FLOPs per base weight; the adapter's 6 per weight); peak%% = GFLOP/s / measured FMA peak\n");
     return 0;
 }

@@ -68,11 +68,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define STATE_FILE "state"
-#define PENDING_FILE "pending.upd"
-#define GLOBAL_FILE "global.safetensors"
-#define PERSONAL_FILE "personal.safetensors"
-#define PARTIAL_FILE "global.part"
 #define STATE_MAGIC "plait-agent-state 1"
 #define PENDING_MAGIC "PLAITUPD"
 #define PENDING_VERSION 1u
@@ -634,6 +629,9 @@ int plait_agent_create(plait_agent_t **out, const plait_agent_config_t *cfg)
                         plait_errmsg());
         goto fail;
     }
+    /* A returning device resumes its TLS session (RFC 5077): no ECDHE and no
+     * certificate signatures on either side; the server re-checks revocation. */
+    if ((rc = plait_tls_config_tickets(a->tls, 0)) != 0) goto fail;
     plait_pki_free_pem(ca);
     plait_pki_free_pem(crt);
     plait_pki_free_pem(key); /* wiped */
@@ -1445,7 +1443,7 @@ static int upload(conn_t *c, const plait__agent_pending_t *p, uint64_t deadline,
     plait_wire_xfer_init(&x, p->round_id, p->n_words, 0);
     plait_msg_t m;
     int r;
-    while ((r = plait_wire_update_tx_next(&x, &lim, p->words, p->num_examples, &m)) == 1) {
+    while ((r = plait_wire_update_tx_next(&x, &lim, p->words, &m)) == 1) {
         if (now_ms() >= deadline)
             return plait_fail(PLAIT_ECANCELED, "round %llu: deadline passed during the upload",
                               (unsigned long long)p->round_id);
@@ -1504,12 +1502,23 @@ static int upload(conn_t *c, const plait__agent_pending_t *p, uint64_t deadline,
     return 0;
 }
 
-static int decline(conn_t *c, plait_agent_result_t *res, uint64_t round, int code, const char *why)
+/* Decline the round: the aggregator gets only a code of the fixed DeclineCode list
+ * (protocol.md); why stays in this device's own log. */
+static int decline(conn_t *c, plait_agent_result_t *res, uint64_t round, int code,
+                   plait_decline_code_t wire_code, const char *why)
 {
     plait_agent_t *a = c->a;
-    PLAIT_LOG(PLAIT_LOG_WARN, "agent %s: round %llu: declined (%s): %s", a->device_id,
-              (unsigned long long)round, plait_err_name(code), why);
-    if (!c->peer_error) send_error(c, code, why);
+    PLAIT_LOG(PLAIT_LOG_WARN, "agent %s: round %llu: declined (%s, sent as %s): %s", a->device_id,
+              (unsigned long long)round, plait_err_name(code), plait_decline_code_name((int)wire_code),
+              why);
+    if (!c->peer_error) {
+        plait_msg_t m;
+        plait_msg_init(&m, PLAIT_MSG_DECLINE);
+        m.u.decline.round_id = round;
+        m.u.decline.code = wire_code;
+        int rc = conn_send(c, &m); /* we are leaving anyway */
+        (void)rc;
+    }
     res->outcome = PLAIT_AGENT_OUT_DECLINED;
     res->round_id = round;
     res->declined_rc = code;
@@ -1692,7 +1701,14 @@ static int secure_task(conn_t *c, const plait_msg_task_t *t, uint64_t deadline, 
     /* This device leaves the round (a key or share did not verify, too few neighbours, the task
      * cannot be done here): say so and decline. */
     snprintf(why, sizeof(why), "%s", plait_errmsg());
-    rc = decline(c, res, round, rc == PLAIT_EINVAL ? PLAIT_ECANCELED : rc, why);
+    {
+        plait_decline_code_t wc = rc == PLAIT_EINVAL      ? PLAIT_DECLINE_NOT_ENOUGH_DATA
+                                  : rc == PLAIT_ECANCELED ? PLAIT_DECLINE_DEADLINE
+                                  : rc == PLAIT_EAUTH || rc == PLAIT_ETHRESHOLD || rc == PLAIT_EREFUSED
+                                      ? PLAIT_DECLINE_POLICY
+                                      : PLAIT_DECLINE_INCOMPATIBLE_TASK;
+        rc = decline(c, res, round, rc == PLAIT_EINVAL ? PLAIT_ECANCELED : rc, wc, why);
+    }
 out:
     plait__agent_sa_free(sa);
     plait__agent_pending_free(&p);
@@ -1726,14 +1742,14 @@ static int do_task(conn_t *c, const plait_msg_task_t *t, plait_agent_result_t *r
         snprintf(why, sizeof(why),
                  "round %llu was already uploaded by this device (last acknowledged %llu)",
                  (unsigned long long)round, (unsigned long long)a->state.last_acked);
-        return decline(c, res, round, PLAIT_ESTALE, why);
+        return decline(c, res, round, PLAIT_ESTALE, PLAIT_DECLINE_ALREADY_DONE, why);
     }
     if (d == PLAIT__TASK_RESEND && t->secure_agg) {
         /* A stored plain update is never sent into a secure round. */
         plait__agent_pending_free(&p);
         rc = plait__agent_pending_remove(a->state_dir);
         (void)rc;
-        return decline(c, res, round, PLAIT_EREFUSED,
+        return decline(c, res, round, PLAIT_EREFUSED, PLAIT_DECLINE_POLICY,
                        "a plain update of this round is stored; it is not sent under secure aggregation");
     }
     if (d == PLAIT__TASK_RESEND) {
@@ -1741,7 +1757,7 @@ static int do_task(conn_t *c, const plait_msg_task_t *t, plait_agent_result_t *r
             plait__agent_pending_free(&p);
             rc = plait__agent_pending_remove(a->state_dir);
             (void)rc;
-            return decline(c, res, round, PLAIT_EMISMATCH,
+            return decline(c, res, round, PLAIT_EMISMATCH, PLAIT_DECLINE_INCOMPATIBLE_TASK,
                            "the stored update does not fit the task; not recomputing it");
         }
         PLAIT_LOG(PLAIT_LOG_INFO,
@@ -1756,10 +1772,12 @@ static int do_task(conn_t *c, const plait_msg_task_t *t, plait_agent_result_t *r
         plait__agent_pending_free(&p);
         if ((rc = plait__agent_pending_remove(a->state_dir)) != 0) return rc;
     }
-    if ((rc = plait__agent_sa_policy(&a->cfg, t)) != 0) return decline(c, res, round, rc, plait_errmsg());
-    if ((rc = check_task(a, t)) != 0) return decline(c, res, round, rc, plait_errmsg());
+    if ((rc = plait__agent_sa_policy(&a->cfg, t)) != 0)
+        return decline(c, res, round, rc, PLAIT_DECLINE_POLICY, plait_errmsg());
+    if ((rc = check_task(a, t)) != 0)
+        return decline(c, res, round, rc, PLAIT_DECLINE_INCOMPATIBLE_TASK, plait_errmsg());
     if (a->cfg.eligible && !a->cfg.eligible(a->cfg.eligible_ud))
-        return decline(c, res, round, PLAIT_ECANCELED,
+        return decline(c, res, round, PLAIT_ECANCELED, PLAIT_DECLINE_NOT_ELIGIBLE,
                        "the device is no longer eligible (not idle or not charging)");
     PLAIT_LOG(PLAIT_LOG_INFO,
               "agent %s: round %llu: task (adapter v%llu, %s rank %u, %u steps, B=%u T=%u, lr %g, "
@@ -1781,7 +1799,10 @@ static int do_task(conn_t *c, const plait_msg_task_t *t, plait_agent_result_t *r
          * deadline): say so. */
         snprintf(why, sizeof(why), "%s", plait_errmsg());
         int code = rc == PLAIT_EINVAL ? PLAIT_ECANCELED : rc;
-        return decline(c, res, round, code, why);
+        plait_decline_code_t wc = rc == PLAIT_EINVAL      ? PLAIT_DECLINE_NOT_ENOUGH_DATA
+                                  : rc == PLAIT_ECANCELED ? PLAIT_DECLINE_DEADLINE
+                                                          : PLAIT_DECLINE_INCOMPATIBLE_TASK;
+        return decline(c, res, round, code, wc, why);
     }
     if (rc != 0) return rc;
     /* Crash safety: the words exist on disk before the first chunk leaves. */

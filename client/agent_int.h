@@ -13,6 +13,13 @@
 #include "plait/rng.h"
 #include "plait/update.h"
 
+/* The files of the agent's state directory (docs/client-api.md). */
+#define STATE_FILE "state"
+#define PENDING_FILE "pending.upd"
+#define GLOBAL_FILE "global.safetensors"
+#define PERSONAL_FILE "personal.safetensors"
+#define PARTIAL_FILE "global.part"
+
 /* ---- the update pipeline ------------------------------------------------ */
 
 /**

@@ -99,7 +99,7 @@ enum {
     OPT_FREEZE_A, OPT_TOKENS, OPT_DUMP, OPT_WARMUP, OPT_COSINE, OPT_WD, OPT_CLIP, OPT_ACCUM,
     OPT_EVAL_EVERY, OPT_LOG_EVERY, OPT_SPLIT, OPT_MAX_WINDOWS, OPT_PROMPT, OPT_TEMP, OPT_TOPP,
     OPT_MERGED, OPT_ID, OPT_BEFORE, OPT_ALL, OPT_KIND, OPT_HELDOUT, OPT_QUIET, OPT_JSON,
-    OPT_MIN_LR, OPT_MAX_BYTES, OPT_SERVER, OPT_CA, OPT_CERT, OPT_KEY, OPT_STATE, OPT_ONCE, OPT_DAEMON,
+    OPT_MIN_LR, OPT_MAX_BYTES, OPT_SERVER, OPT_CA, OPT_CERT, OPT_KEY, OPT_CSR, OPT_STATE, OPT_ONCE, OPT_DAEMON,
     OPT_ROUNDS, OPT_MIN_RECORDS, OPT_SERVER_NAME, OPT_BACKOFF_INIT, OPT_BACKOFF_MAX, OPT_REJOIN,
     OPT_MAX_RUNTIME, OPT_ATTEMPTS, OPT_CONNECT_TIMEOUT, OPT_IO_TIMEOUT, OPT_KEEPALIVE,
     OPT_NO_SECURE_AGG, OPT_MIN_NOISE, OPT_MAX_CLIP
@@ -317,13 +317,22 @@ static int cmd_forget(int argc, char **argv)
     int all = 0;
     static const struct option opts[] = {COMMON_OPTS, {"id", required_argument, 0, OPT_ID},
                                          {"before", required_argument, 0, OPT_BEFORE},
-                                         {"all", no_argument, 0, OPT_ALL}, {0, 0, 0, 0}};
+                                         {"all", no_argument, 0, OPT_ALL},
+                                         {"state", required_argument, 0, OPT_STATE}, {0, 0, 0, 0}};
+    const char *state = NULL;
     int o;
     while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         if (o == 'h') {
-            printf("usage: plait-agent forget --db DB (--id ID | --before UNIX_SECONDS | --all)\n\n"
-                   "Erases records for good: deleted text is overwritten in the database file.\n");
+            printf("usage: plait-agent forget --db DB (--id ID | --before UNIX_SECONDS | --all) [--state DIR]\n\n"
+                   "Erases records for good: deleted text is overwritten in the database file.\n"
+                   "  --state DIR   the state directory `join` uses with this store: also erase what was\n"
+                   "                derived from the records there (personal adapter, pending update,\n"
+                   "                partial download). Stop the agent first.\n");
             return 0;
+        }
+        if (o == OPT_STATE) {
+            state = optarg;
+            continue;
         }
         int h = common_opt(&c, o, optarg);
         if (h < 0) return die_usage(PLAIT_EINVAL);
@@ -353,6 +362,44 @@ static int cmd_forget(int argc, char **argv)
     plait_store_close(st);
     if (rc != 0) return die_run(rc);
     printf("erased %lld records from %s\n", (long long)n, c.db);
+    if (!state) {
+        printf("no --state given: an agent state directory used with this store still holds its\n"
+               "personal adapter; run again with --state DIR to erase it\n");
+        return 0;
+    }
+    int removed = 0;
+    if ((rc = plait_agent_forget_derived(state, &removed)) != 0) return die_run(rc);
+    printf("erased %d derived files from %s\n", removed, state);
+    return 0;
+}
+
+/* --------------------------------------------------------------- keygen */
+
+static int cmd_keygen(int argc, char **argv)
+{
+    static const struct option opts[] = {{"key", required_argument, 0, OPT_KEY},
+                                         {"csr", required_argument, 0, OPT_CSR},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    const char *key = NULL, *csr = NULL;
+    int o;
+    while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        if (o == 'h') {
+            printf("usage: plait-agent keygen --key FILE --csr FILE\n\n"
+                   "Makes this device's TLS key (ECDSA P-256, written 0600; never overwritten) and a\n"
+                   "certificate request naming no one. The key stays here; send the CSR to the\n"
+                   "operator, who runs `plait-aggregator enroll DIR --device LABEL --csr FILE` and\n"
+                   "returns the certificate for `join --cert`.\n");
+            return 0;
+        }
+        if (o == OPT_KEY) key = optarg;
+        else if (o == OPT_CSR) csr = optarg;
+        else return bad_flag(argv), die_usage(PLAIT_EINVAL);
+    }
+    if (!key || !csr) return plait_fail(PLAIT_EINVAL, "--key and --csr are required"), die_usage(0);
+    int rc = plait_agent_keygen(key, csr);
+    if (rc != 0) return die_run(rc);
+    printf("key written to %s (keep it on this device), certificate request to %s\n", key, csr);
     return 0;
 }
 
@@ -1051,7 +1098,8 @@ static const command_t commands[] = {
     {"eval", cmd_eval, "held-out loss and perplexity of the base model and an adapter"},
     {"generate", cmd_generate, "sample text with or without an adapter"},
     {"info", cmd_info, "count the store's records"},
-    {"forget", cmd_forget, "erase records from the store"},
+    {"forget", cmd_forget, "erase records from the store (and what was derived from them)"},
+    {"keygen", cmd_keygen, "make this device's key and a certificate request (the key stays here)"},
     {"join", cmd_join, "take part in federated rounds with an aggregator (mutual TLS)"},
 };
 

@@ -35,9 +35,12 @@
  * reads B with aligned vector loads and never handles a column remainder.
  * The AVX2+FMA micro-kernel keeps a 6 x 16 tile of C in 12 ymm registers and
  * per k does 2 loads, 6 broadcasts of A and 12 FMAs; rows past the end of A
- * re-read its last row (never out of bounds) and are not stored. A portable
- * micro-kernel with the same tile shape is the fallback (and is forced by
- * plait__tensor_force_scalar for tests).
+ * re-read its last row (never out of bounds) and are not stored. Where the
+ * CPU has AVX512F, an 8 x 32 tile in 16 zmm registers (panels of NR512 = 32
+ * columns) takes its place: per k 2 loads, 8 broadcasts and 16 FMAs, with
+ * masked stores for edge tiles. A portable micro-kernel with the 6 x 16 tile
+ * is the fallback. The path is the widest the CPU has, narrowed by the
+ * PLAIT_KERNEL environment variable or by plait__tensor_force_path (tests).
  *
  * Threads. Work items are (row block, column block) pairs taken from an
  * atomic counter, so a thread that wakes late, or shares a core with other
@@ -328,7 +331,11 @@ void plait_matmul_backward_ref(float *dinp, float *dw, const float *dout, const 
 #define PLAIT_HAVE_X86_SIMD 0
 #endif
 
-static atomic_int force_scalar;   /* set by tests and tools only */
+#if PLAIT_HAVE_X86_SIMD
+#define PLAIT_AVX512 __attribute__((target("avx512f,avx2,fma")))
+#endif
+
+static atomic_int force_max = -1; /* cap on the path, set by tests and tools only; -1 none */
 
 int plait_cpu_has_avx2_fma(void)
 {
@@ -346,17 +353,67 @@ int plait_cpu_has_avx2_fma(void)
 #endif
 }
 
-void plait__tensor_force_scalar(int on) { atomic_store(&force_scalar, on != 0); }
-
-int plait__tensor_simd_active(void)
+int plait_cpu_has_avx512(void)
 {
-    return !atomic_load_explicit(&force_scalar, memory_order_relaxed) && plait_cpu_has_avx2_fma();
+#if PLAIT_HAVE_X86_SIMD
+    static atomic_int cached = -1;
+    int v = atomic_load_explicit(&cached, memory_order_relaxed);
+    if (v < 0) {
+        __builtin_cpu_init();
+        v = plait_cpu_has_avx2_fma() && __builtin_cpu_supports("avx512f");
+        atomic_store_explicit(&cached, v, memory_order_relaxed);
+    }
+    return v;
+#else
+    return 0;
+#endif
+}
+
+/* The widest path the CPU has, capped by PLAIT_KERNEL (portable, avx2,
+ * avx512) when the environment sets it: read once, at the first kernel. */
+static int cpu_path(void)
+{
+    static atomic_int cached = -1;
+    int v = atomic_load_explicit(&cached, memory_order_relaxed);
+    if (v >= 0) return v;
+    v = plait_cpu_has_avx512() ? PLAIT__KPATH_AVX512 : plait_cpu_has_avx2_fma() ? PLAIT__KPATH_AVX2 : 0;
+    const char *e = getenv("PLAIT_KERNEL");
+    if (e && *e) {
+        int cap = strcmp(e, "portable") == 0 ? PLAIT__KPATH_PORTABLE
+                  : strcmp(e, "avx2") == 0   ? PLAIT__KPATH_AVX2
+                  : strcmp(e, "avx512") == 0 ? PLAIT__KPATH_AVX512
+                                             : -1;
+        if (cap >= 0 && cap < v) v = cap; /* an unknown name or an absent path changes nothing */
+    }
+    atomic_store_explicit(&cached, v, memory_order_relaxed);
+    return v;
+}
+
+void plait__tensor_force_path(int max) { atomic_store(&force_max, max < 0 ? -1 : max); }
+
+void plait__tensor_force_scalar(int on) { plait__tensor_force_path(on ? PLAIT__KPATH_PORTABLE : -1); }
+
+int plait__tensor_path(void)
+{
+    int v = cpu_path();
+    int cap = atomic_load_explicit(&force_max, memory_order_relaxed);
+    return cap >= 0 && cap < v ? cap : v;
+}
+
+int plait__tensor_simd_active(void) { return plait__tensor_path() >= PLAIT__KPATH_AVX2; }
+
+const char *plait_kernel_path_name(void)
+{
+    static const char *const names[] = {"portable", "avx2", "avx512"};
+    return names[plait__tensor_path()];
 }
 
 /* ------------------------------------------------------------ blocking */
 
 #define MR 6            /* rows of C per micro-tile */
 #define NR 16           /* columns of C per micro-tile: two 8-float vectors */
+#define MR512 8         /* AVX-512 tile: 8 rows x 32 columns (two 16-float vectors) */
+#define NR512 32
 #define KC 256          /* depth of one packed block of B */
 #define NC_MAX 64       /* columns of one packed block of B (4 panels) */
 #define MB_MIN 24       /* fewest rows per work item, to amortize packing */
@@ -402,7 +459,8 @@ typedef struct {
     int btrans;
     size_t M, K, NN;
     int accumulate;
-    int simd;
+    int path;               /* PLAIT__KPATH_* */
+    size_t mr, nr;          /* micro-tile of the path */
     size_t mb, nc;          /* rows / columns per work item */
     size_t m_items, n_items;
     atomic_size_t next;     /* next unclaimed item */
@@ -418,11 +476,12 @@ typedef void (*ukernel_fn)(size_t kc, const float *a, size_t ars, size_t acs, co
 /* One full panel of a transposed pack: d[k * NR + jj] = s[jj * ldb + k] for
  * jj < 16, k < kc, by 8 x 8 register transposes (the scalar loop costs a few
  * cycles per element, which shows when N is small). */
-PLAIT_AVX2 static void pack_bt_panel_avx2(float *restrict d, const float *s, size_t ldb, size_t kc)
+PLAIT_AVX2 static void pack_bt_panel_avx2(float *restrict d, const float *s, size_t ldb, size_t kc,
+                                          size_t NRW)
 {
     size_t k = 0;
     for (; k + 8 <= kc; k += 8) {
-        for (size_t h = 0; h < NR; h += 8) {
+        for (size_t h = 0; h < NRW; h += 8) {
             const float *r = s + h * ldb + k;
             __m256 r0 = _mm256_loadu_ps(r), r1 = _mm256_loadu_ps(r + ldb);
             __m256 r2 = _mm256_loadu_ps(r + 2 * ldb), r3 = _mm256_loadu_ps(r + 3 * ldb);
@@ -436,27 +495,36 @@ PLAIT_AVX2 static void pack_bt_panel_avx2(float *restrict d, const float *s, siz
             __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
             __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
             __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-            float *o = d + k * NR + h;
-            _mm256_storeu_ps(o + 0 * NR, _mm256_permute2f128_ps(u0, u4, 0x20));
-            _mm256_storeu_ps(o + 1 * NR, _mm256_permute2f128_ps(u1, u5, 0x20));
-            _mm256_storeu_ps(o + 2 * NR, _mm256_permute2f128_ps(u2, u6, 0x20));
-            _mm256_storeu_ps(o + 3 * NR, _mm256_permute2f128_ps(u3, u7, 0x20));
-            _mm256_storeu_ps(o + 4 * NR, _mm256_permute2f128_ps(u0, u4, 0x31));
-            _mm256_storeu_ps(o + 5 * NR, _mm256_permute2f128_ps(u1, u5, 0x31));
-            _mm256_storeu_ps(o + 6 * NR, _mm256_permute2f128_ps(u2, u6, 0x31));
-            _mm256_storeu_ps(o + 7 * NR, _mm256_permute2f128_ps(u3, u7, 0x31));
+            float *o = d + k * NRW + h;
+            _mm256_storeu_ps(o + 0 * NRW, _mm256_permute2f128_ps(u0, u4, 0x20));
+            _mm256_storeu_ps(o + 1 * NRW, _mm256_permute2f128_ps(u1, u5, 0x20));
+            _mm256_storeu_ps(o + 2 * NRW, _mm256_permute2f128_ps(u2, u6, 0x20));
+            _mm256_storeu_ps(o + 3 * NRW, _mm256_permute2f128_ps(u3, u7, 0x20));
+            _mm256_storeu_ps(o + 4 * NRW, _mm256_permute2f128_ps(u0, u4, 0x31));
+            _mm256_storeu_ps(o + 5 * NRW, _mm256_permute2f128_ps(u1, u5, 0x31));
+            _mm256_storeu_ps(o + 6 * NRW, _mm256_permute2f128_ps(u2, u6, 0x31));
+            _mm256_storeu_ps(o + 7 * NRW, _mm256_permute2f128_ps(u3, u7, 0x31));
         }
     }
     for (; k < kc; k++)
-        for (size_t jj = 0; jj < NR; jj++) d[k * NR + jj] = s[jj * ldb + k];
+        for (size_t jj = 0; jj < NRW; jj++) d[k * NRW + jj] = s[jj * ldb + k];
+}
+#endif
+
+#if PLAIT_HAVE_X86_SIMD
+PLAIT_AVX512 static inline void copy32_avx512(float *restrict d, const float *s)
+{
+    _mm512_store_ps(d, _mm512_loadu_ps(s)); /* d: a row of a 64-byte aligned panel */
+    _mm512_store_ps(d + 16, _mm512_loadu_ps(s + 16));
 }
 #endif
 
 static void pack_b(float *restrict dst, const gemm_t *g, size_t k0, size_t kc, size_t j0,
                    size_t nc)
 {
-    for (size_t p = 0; p < nc; p += NR) {
-        size_t w = nc - p < NR ? nc - p : NR;
+    const size_t NRW = g->nr; /* panel width of the path: NR or NR512 */
+    for (size_t p = 0; p < nc; p += NRW) {
+        size_t w = nc - p < NRW ? nc - p : NRW;
         float *restrict d = dst + p * kc;
         if (g->btrans) {
             /* B(k, j) = b[j * ldb + k]: read w rows of b side by side, so the
@@ -464,30 +532,27 @@ static void pack_b(float *restrict dst, const gemm_t *g, size_t k0, size_t kc, s
             const float *s = g->b + (j0 + p) * g->ldb + k0;
             size_t ldb = g->ldb;
 #if PLAIT_HAVE_X86_SIMD
-            if (w == NR && g->simd) {
-                pack_bt_panel_avx2(d, s, ldb, kc);
+            if (w == NRW && g->path >= PLAIT__KPATH_AVX2) {
+                pack_bt_panel_avx2(d, s, ldb, kc, NRW);
                 continue;
             }
 #endif
-            if (w == NR) {
-                for (size_t k = 0; k < kc; k++)
-                    for (size_t jj = 0; jj < NR; jj++) d[k * NR + jj] = s[jj * ldb + k];
-            } else {
-                for (size_t k = 0; k < kc; k++) {
-                    for (size_t jj = 0; jj < w; jj++) d[k * NR + jj] = s[jj * ldb + k];
-                    for (size_t jj = w; jj < NR; jj++) d[k * NR + jj] = 0.0f;
-                }
+            for (size_t k = 0; k < kc; k++) {
+                for (size_t jj = 0; jj < w; jj++) d[k * NRW + jj] = s[jj * ldb + k];
+                for (size_t jj = w; jj < NRW; jj++) d[k * NRW + jj] = 0.0f;
             }
         } else {
             /* B(k, j) = b[k * ldb + j]: each packed row is a slice of a b row. */
             for (size_t k = 0; k < kc; k++) {
                 const float *src = g->b + (k0 + k) * g->ldb + j0 + p;
-                if (w == NR) {
-                    memcpy(d + k * NR, src, NR * sizeof(float));
-                } else {
-                    memcpy(d + k * NR, src, w * sizeof(float));
-                    memset(d + k * NR + w, 0, (NR - w) * sizeof(float));
+#if PLAIT_HAVE_X86_SIMD
+                if (w == NR512 && g->path == PLAIT__KPATH_AVX512) {
+                    copy32_avx512(d + k * NRW, src); /* a call to memcpy per 128 bytes costs more */
+                    continue;
                 }
+#endif
+                memcpy(d + k * NRW, src, w * sizeof(float));
+                if (w < NRW) memset(d + k * NRW + w, 0, (NRW - w) * sizeof(float));
             }
         }
     }
@@ -642,6 +707,73 @@ PLAIT_AVX2 static void ukernel_avx2(size_t kc, const float *a, size_t ars, size_
     if (mr > 4) edge_row_avx2(c + 4 * ldc, m0, m1, n1, load_c, c40, c41);
     if (mr > 5) edge_row_avx2(c + 5 * ldc, m0, m1, n1, load_c, c50, c51);
 }
+
+/* AVX-512 micro-kernel: 8 rows x 32 columns = 16 zmm accumulators, 2 B
+ * vectors and a broadcast (19 of the 32 zmm registers). Per k: 2 loads of
+ * B, 8 broadcasts of A (folded into the FMAs as memory operands) and 16
+ * FMAs, so the two FMA ports, not the load ports, set the pace. Edge tiles
+ * store through 16-lane masks; rows past mr re-read row mr - 1. */
+PLAIT_AVX512 static void ukernel_avx512(size_t kc, const float *a, size_t ars, size_t acs,
+                                        const float *bp, float *c, size_t ldc, size_t mr, size_t nr,
+                                        int load_c)
+{
+    const float *a0 = a;
+    const float *a1 = a + (mr > 1 ? 1 : 0) * ars;
+    const float *a2 = a + (mr > 2 ? 2 : mr - 1) * ars;
+    const float *a3 = a + (mr > 3 ? 3 : mr - 1) * ars;
+    const float *a4 = a + (mr > 4 ? 4 : mr - 1) * ars;
+    const float *a5 = a + (mr > 5 ? 5 : mr - 1) * ars;
+    const float *a6 = a + (mr > 6 ? 6 : mr - 1) * ars;
+    const float *a7 = a + (mr > 7 ? 7 : mr - 1) * ars;
+    __m512 c00 = _mm512_setzero_ps(), c01 = _mm512_setzero_ps();
+    __m512 c10 = _mm512_setzero_ps(), c11 = _mm512_setzero_ps();
+    __m512 c20 = _mm512_setzero_ps(), c21 = _mm512_setzero_ps();
+    __m512 c30 = _mm512_setzero_ps(), c31 = _mm512_setzero_ps();
+    __m512 c40 = _mm512_setzero_ps(), c41 = _mm512_setzero_ps();
+    __m512 c50 = _mm512_setzero_ps(), c51 = _mm512_setzero_ps();
+    __m512 c60 = _mm512_setzero_ps(), c61 = _mm512_setzero_ps();
+    __m512 c70 = _mm512_setzero_ps(), c71 = _mm512_setzero_ps();
+    size_t off = 0;
+    for (size_t k = 0; k < kc; k++, off += acs, bp += NR512) {
+        __m512 b0 = _mm512_load_ps(bp), b1 = _mm512_load_ps(bp + 16), x;
+#define FMA2(ar, v0, v1)                       \
+    x = _mm512_set1_ps((ar)[off]);             \
+    v0 = _mm512_fmadd_ps(x, b0, v0);           \
+    v1 = _mm512_fmadd_ps(x, b1, v1)
+        FMA2(a0, c00, c01);
+        FMA2(a1, c10, c11);
+        FMA2(a2, c20, c21);
+        FMA2(a3, c30, c31);
+        FMA2(a4, c40, c41);
+        FMA2(a5, c50, c51);
+        FMA2(a6, c60, c61);
+        FMA2(a7, c70, c71);
+#undef FMA2
+    }
+    /* Columns past nr are masked off (never read or written); rows past mr
+     * are not stored. A full tile has all-ones masks. */
+    __mmask16 m0 = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1);
+    __mmask16 m1 = nr >= 32 ? (__mmask16)0xFFFF : nr > 16 ? (__mmask16)((1u << (nr - 16)) - 1) : 0;
+#define ROW(r, v0, v1)                                                              \
+    do {                                                                            \
+        float *cr = c + (r) * ldc;                                                  \
+        if (load_c) {                                                               \
+            v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, cr), v0);                  \
+            v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, cr + 16), v1);             \
+        }                                                                           \
+        _mm512_mask_storeu_ps(cr, m0, v0);                                          \
+        _mm512_mask_storeu_ps(cr + 16, m1, v1);                                     \
+    } while (0)
+    ROW(0, c00, c01);
+    if (mr > 1) ROW(1, c10, c11);
+    if (mr > 2) ROW(2, c20, c21);
+    if (mr > 3) ROW(3, c30, c31);
+    if (mr > 4) ROW(4, c40, c41);
+    if (mr > 5) ROW(5, c50, c51);
+    if (mr > 6) ROW(6, c60, c61);
+    if (mr > 7) ROW(7, c70, c71);
+#undef ROW
+}
 #endif
 
 /* Run work items until none is left. Called once per pool thread. */
@@ -650,10 +782,11 @@ static void gemm_task(void *ctx, size_t begin, size_t end)
     (void)begin;
     (void)end;
     gemm_t *g = ctx;
-    _Alignas(32) float bpack[KC * NC_MAX]; /* 64 KiB: one packed block of B */
+    _Alignas(64) float bpack[KC * NC_MAX]; /* 64 KiB: one packed block of B */
     ukernel_fn uk = ukernel_portable;
 #if PLAIT_HAVE_X86_SIMD
-    if (g->simd) uk = ukernel_avx2;
+    if (g->path == PLAIT__KPATH_AVX512) uk = ukernel_avx512;
+    else if (g->path == PLAIT__KPATH_AVX2) uk = ukernel_avx2;
 #endif
     size_t total = g->m_items * g->n_items;
     for (;;) {
@@ -668,11 +801,11 @@ static void gemm_task(void *ctx, size_t begin, size_t end)
             size_t kc = g->K - k0 < KC ? g->K - k0 : KC;
             int load_c = g->accumulate || k0 > 0;
             pack_b(bpack, g, k0, kc, j0, nc);
-            for (size_t m = m0; m < m1; m += MR) {
-                size_t mr = m1 - m < MR ? m1 - m : MR;
+            for (size_t m = m0; m < m1; m += g->mr) {
+                size_t mr = m1 - m < g->mr ? m1 - m : g->mr;
                 const float *a = g->a + m * g->ars + k0 * g->acs;
-                for (size_t p = 0; p < nc; p += NR) {
-                    size_t nr = nc - p < NR ? nc - p : NR;
+                for (size_t p = 0; p < nc; p += g->nr) {
+                    size_t nr = nc - p < g->nr ? nc - p : g->nr;
                     uk(kc, a, g->ars, g->acs, bpack + p * kc, g->c + m * g->ldc + j0 + p, g->ldc,
                        mr, nr, load_c);
                 }
@@ -691,18 +824,20 @@ static void gemm_run(plait_pool_t *pool, gemm_t *g)
             for (size_t m = 0; m < g->M; m++) memset(g->c + m * g->ldc, 0, g->NN * sizeof(float));
         return;
     }
-    g->simd = plait__tensor_simd_active();
+    g->path = plait__tensor_path();
+    g->mr = g->path == PLAIT__KPATH_AVX512 ? MR512 : MR;
+    g->nr = g->path == PLAIT__KPATH_AVX512 ? NR512 : NR;
     int threads = plait_pool_size(pool);
     if (run_inline(g->M * g->K * g->NN)) threads = 1;
     /* Fewer, wider column blocks pack less; narrow them only when the
      * problem would otherwise give the threads too few items. */
     size_t target = threads > 1 ? (size_t)threads * ITEMS_PER_THREAD : 1;
-    size_t m_tiles = ceil_div(g->M, MR);
+    size_t m_tiles = ceil_div(g->M, g->mr);
     g->nc = NC_MAX;
-    while (g->nc > NR && m_tiles * ceil_div(g->NN, g->nc) < target) g->nc /= 2;
+    while (g->nc > g->nr && m_tiles * ceil_div(g->NN, g->nc) < target) g->nc /= 2;
     g->n_items = ceil_div(g->NN, g->nc);
     size_t m_parts = ceil_div(target, g->n_items);
-    g->mb = ceil_div(ceil_div(g->M, m_parts), MR) * MR;
+    g->mb = ceil_div(ceil_div(g->M, m_parts), g->mr) * g->mr;
     if (g->mb < MB_MIN) g->mb = MB_MIN;
     g->m_items = ceil_div(g->M, g->mb);
     atomic_init(&g->next, 0);

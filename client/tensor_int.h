@@ -19,6 +19,19 @@ void plait__tensor_force_scalar(int on);
 /** \brief Nonzero when the SIMD kernels are in use (CPU support and not forced off). */
 int plait__tensor_simd_active(void);
 
+/** Kernel paths, narrowest first: each needs the CPU features of the one before. */
+enum { PLAIT__KPATH_PORTABLE = 0, PLAIT__KPATH_AVX2 = 1, PLAIT__KPATH_AVX512 = 2 };
+
+/**
+ * \brief Cap the kernel path (PLAIT__KPATH_*) below what the CPU has, so tests
+ *        and benchmarks can run each path the CPU supports; -1 removes the cap.
+ *        Process-wide; call it only while no kernel is running.
+ */
+void plait__tensor_force_path(int max);
+
+/** \brief The path the kernels take now: the CPU's widest, PLAIT_KERNEL, and the cap. */
+int plait__tensor_path(void);
+
 /**
  * \brief Set the size (multiply-adds) below which kernels run on the calling
  *        thread instead of the pool; 0 threads everything, so tests can

@@ -18,6 +18,11 @@
  *            opt_state BLOB)          small columns first: listing versions
  *                                     never walks a blob's overflow pages
  *   ledger(round_id PRIMARY KEY, q, noise_multiplier, steps, delta, epsilon)
+ *   device_labels(label PRIMARY KEY, id UNIQUE REFERENCES devices)  the operator's
+ *                                     name of a device; devices.id is the opaque
+ *                                     certificate CN (TLS 1.2 sends it in clear).
+ *                                     Created on open when missing (stores made
+ *                                     before it existed).
  *   metrics(round_id, key, value)           PRIMARY KEY(round_id, key)
  *
  * Invariants:
@@ -304,6 +309,9 @@ static const char SCHEMA_SQL[] =
     "  value REAL NOT NULL,"
     "  PRIMARY KEY (round_id, key)) WITHOUT ROWID;";
 
+#define LABELS_SQL                                                                                                \
+    "device_labels(label TEXT PRIMARY KEY NOT NULL, id TEXT NOT NULL UNIQUE REFERENCES devices(id)) WITHOUT ROWID"
+
 /* One SELECT per table naming every column: a file whose tables lack one fails at open. */
 static const char *const PROBES[] = {
     "SELECT id, fingerprint, enrolled, revoked, revoked_at, last_seen, rounds_participated, last_round"
@@ -538,6 +546,8 @@ int plait_aggstore_open(plait_aggstore_t **out, const plait_aggstore_config_t *c
         if ((ret = exec(st, sql, "setting WAL")) != 0) goto fail;
     }
     if ((ret = exec(st, "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON", "setting pragmas")) != 0) goto fail;
+    if (!cfg->read_only && (ret = exec(st, "CREATE TABLE IF NOT EXISTS " LABELS_SQL, "creating device_labels")) != 0)
+        goto fail;
     if (cfg->recover_open_rounds && !cfg->read_only && (ret = recover(st)) != 0) goto fail;
     *out = st;
     return 0;
@@ -828,6 +838,91 @@ int plait_aggstore_devices_foreach(plait_aggstore_t *st, plait_aggstore_device_c
     if (ret == 0 && rc != SQLITE_DONE) ret = sqfail(st->db, rc, "reading devices");
     sqlite3_finalize(s);
     return ret;
+}
+
+/* ---- labels ---------------------------------------------------------------- */
+
+/* 1 if the store has the device_labels table (a read-only open of an old store may not). */
+static int have_labels(plait_aggstore_t *st, int *yes)
+{
+    int64_t n = 0;
+    bool found;
+    int ret = query_i64(st, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'device_labels'",
+                        false, 0, &n, &found, "inspecting schema");
+    *yes = ret == 0 && n == 1;
+    return ret;
+}
+
+int plait_aggstore_device_enroll_labeled(plait_aggstore_t *st, const char *id, const char *label,
+                                         const uint8_t fingerprint[32])
+{
+    int ret = check_usable(st);
+    if (ret != 0 || (ret = check_id(id)) != 0 || (ret = check_id(label)) != 0) return ret;
+    if ((ret = tx_begin(st)) != 0) return ret;
+    if ((ret = plait_aggstore_device_enroll(st, id, fingerprint)) != 0) goto fail;
+    sqlite3_stmt *s;
+    if ((ret = prep(st, "INSERT INTO device_labels(label, id) VALUES (?1, ?2)", &s)) != 0) goto fail;
+    sqlite3_bind_text(s, 1, label, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_DONE) ret = 0;
+    else if ((rc & 0xff) == SQLITE_CONSTRAINT)
+        ret = plait_fail(PLAIT_EINVAL, "aggstore: label '%s' is already taken (labels are never reused)", label);
+    else ret = sqfail(st->db, rc, "labelling device");
+    sqlite3_finalize(s);
+    if (ret != 0) goto fail;
+    return tx_commit(st);
+fail:
+    tx_rollback(st);
+    return ret;
+}
+
+/* SELECT one text column by one text key into out (cap bytes); PLAIT_ENOENT if no row. */
+static int label_query(plait_aggstore_t *st, const char *sql, const char *key, char *out, size_t cap)
+{
+    int yes = 0, ret = check_usable(st);
+    if (ret != 0 || (ret = check_id(key)) != 0) return ret;
+    if (!out) return plait_fail(PLAIT_EINVAL, "aggstore: out is NULL");
+    out[0] = '\0';
+    if ((ret = have_labels(st, &yes)) != 0) return ret;
+    if (!yes) return plait_fail(PLAIT_ENOENT, "aggstore: no label '%s'", key);
+    sqlite3_stmt *s;
+    if ((ret = prep(st, sql, &s)) != 0) return ret;
+    sqlite3_bind_text(s, 1, key, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) {
+        size_t n;
+        const unsigned char *v = text_col(s, 0, &n);
+        if (!printable_bytes_ok(v, n, PLAIT_AGGSTORE_MAX_DEVICE_ID) || n >= cap) {
+            ret = plait_fail(PLAIT_EPROTO, "aggstore: device_labels: a malformed row");
+        } else {
+            memcpy(out, v, n);
+            out[n] = '\0';
+        }
+    } else if (rc == SQLITE_DONE) {
+        ret = plait_fail(PLAIT_ENOENT, "aggstore: no device labelled or with id '%s'", key);
+    } else {
+        ret = sqfail(st->db, rc, "reading device_labels");
+    }
+    sqlite3_finalize(s);
+    return ret;
+}
+
+int plait_aggstore_device_find(plait_aggstore_t *st, const char *label_or_id, char id[PLAIT_AGGSTORE_MAX_DEVICE_ID + 1])
+{
+    int ret = label_query(st, "SELECT id FROM device_labels WHERE label = ?1", label_or_id, id,
+                          PLAIT_AGGSTORE_MAX_DEVICE_ID + 1);
+    if (ret != PLAIT_ENOENT) return ret;
+    plait_aggstore_device_t d;
+    if ((ret = load_device(st, label_or_id, &d)) != 0) return ret;
+    memcpy(id, d.id, sizeof(d.id));
+    return 0;
+}
+
+int plait_aggstore_device_label(plait_aggstore_t *st, const char *id, char label[PLAIT_AGGSTORE_MAX_DEVICE_ID + 1])
+{
+    return label_query(st, "SELECT label FROM device_labels WHERE id = ?1", id, label,
+                       PLAIT_AGGSTORE_MAX_DEVICE_ID + 1);
 }
 
 /* ------------------------------------------------------------------------ */

@@ -42,8 +42,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #define STORE_MAGIC "plait-store"
 #define STORE_APP_ID 0x504C4154 /* "PLAT" */
@@ -378,6 +380,29 @@ void plait_store_close(plait_store_t *st)
     free(st);
 }
 
+/* The store holds the user's raw text: owner-only whatever the umask. The
+ * database file is created 0600 before sqlite opens it (sqlite gives its -wal,
+ * -shm and -journal files the database's mode), and a store, or a side file,
+ * left group- or world-readable by an older version is tightened on open. */
+static int make_private(const char *path, const char *suffix, int create)
+{
+    char p[4096];
+    int n = snprintf(p, sizeof(p), "%s%s", path, suffix);
+    if (n < 0 || (size_t)n >= sizeof(p)) return plait_fail(PLAIT_EINVAL, "store: path too long");
+    if (create) {
+        int fd = open(p, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+        if (fd < 0) return plait_fail(PLAIT_EIO, "store: cannot create %s: %s", p, strerror(errno));
+        close(fd);
+    }
+    struct stat sb;
+    if (stat(p, &sb) != 0) return errno == ENOENT ? 0 : plait_fail(PLAIT_EIO, "store: %s: %s", p, strerror(errno));
+    if (!S_ISREG(sb.st_mode) || (sb.st_mode & 077) == 0) return 0;
+    if (chmod(p, sb.st_mode & 0700) != 0)
+        return plait_fail(PLAIT_EIO, "store: %s is readable by others and cannot be made private: %s", p,
+                          strerror(errno));
+    return 0;
+}
+
 int plait_store_open(plait_store_t **out, const plait_store_config_t *cfg)
 {
     if (!out) return plait_fail(PLAIT_EINVAL, "store: out is NULL");
@@ -389,6 +414,7 @@ int plait_store_open(plait_store_t **out, const plait_store_config_t *cfg)
         if (stat(cfg->path, &sb) != 0 && errno == ENOENT)
             return plait_fail(PLAIT_ENOENT, "store: database file does not exist");
     }
+    if ((ret = make_private(cfg->path, "", cfg->create)) != 0) return ret;
     plait_store_t *st = calloc(1, sizeof(*st));
     if (!st) return plait_fail(PLAIT_ENOMEM, "store: out of memory");
     st->fraction = cfg->heldout_fraction;
@@ -459,6 +485,9 @@ int plait_store_open(plait_store_t **out, const plait_store_config_t *cfg)
         (ret = prepare(st, &st->cnt_split, "SELECT count(*) FROM records WHERE plait_split(id) = ?1")) != 0 ||
         (ret = prepare(st, &st->del, "DELETE FROM records WHERE id = ?1")) != 0 ||
         (ret = prepare(st, &st->delb, "DELETE FROM records WHERE time < ?1")) != 0)
+        goto fail;
+    if ((ret = make_private(cfg->path, "-wal", 0)) != 0 || (ret = make_private(cfg->path, "-shm", 0)) != 0 ||
+        (ret = make_private(cfg->path, "-journal", 0)) != 0)
         goto fail;
     *out = st;
     return 0;

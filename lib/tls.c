@@ -40,7 +40,9 @@
 #include <mbedtls/oid.h>
 #include <mbedtls/platform_util.h>
 #include <mbedtls/ssl.h>
+#include <mbedtls/ssl_ticket.h>
 #include <mbedtls/x509_crt.h>
+#include <pthread.h>
 
 #include "pki_int.h"
 #include "plait/crypto.h"
@@ -59,6 +61,12 @@ struct plait_tls_config_s {
     size_t server_ip_len;         /* 0: server_name is a DNS name */
     plait_tls_revoked_cb revoked; /* server: revocation hook, may be NULL */
     void *revoked_ud;
+    /* Session resumption (RFC 5077), off unless plait_tls_config_tickets(). */
+    int tickets;                          /* enabled */
+    mbedtls_ssl_ticket_context ticket;    /* server: ticket keys, in memory only */
+    pthread_mutex_t saved_mu;             /* client: guards saved / have_saved */
+    mbedtls_ssl_session saved;            /* client: the last session, offered next time */
+    int have_saved;
 };
 
 enum { ST_HANDSHAKE, ST_OPEN, ST_CLOSED, ST_FAILED };
@@ -75,6 +83,8 @@ struct plait_tls_s {
     const char *reason; /* static; "" until a failure */
     int have_peer;
     int peer_revoked;
+    int offered;  /* client: a saved session was offered */
+    int resumed;  /* the handshake resumed a session (no certificates exchanged) */
     plait_pki_cert_info_t peer;
 };
 
@@ -99,6 +109,9 @@ void plait_tls_config_free(plait_tls_config_t *cfg)
 {
     if (cfg == NULL) return;
     mbedtls_ssl_config_free(&cfg->conf);
+    mbedtls_ssl_ticket_free(&cfg->ticket); /* wipes the ticket keys */
+    mbedtls_ssl_session_free(&cfg->saved); /* wipes the master secret */
+    pthread_mutex_destroy(&cfg->saved_mu);
     mbedtls_x509_crt_free(&cfg->ca);
     mbedtls_x509_crt_free(&cfg->own);
     mbedtls_pk_free(&cfg->key);
@@ -127,6 +140,9 @@ static int config_new(plait_tls_config_t **out, int endpoint, const char *ca_pem
     mbedtls_x509_crt_init(&c->own);
     mbedtls_pk_init(&c->key);
     plait_drbg_init(&c->drbg);
+    mbedtls_ssl_ticket_init(&c->ticket);
+    mbedtls_ssl_session_init(&c->saved);
+    pthread_mutex_init(&c->saved_mu, NULL);
     c->endpoint = endpoint;
 
     int rc, mrc;
@@ -233,6 +249,37 @@ int plait_tls_config_client(plait_tls_config_t **out, const char *ca_pem, const 
     else if (inet_pton(AF_INET6, server_name, c->server_ip) == 1)
         c->server_ip_len = 16;
     return 0;
+}
+
+int plait_tls_config_tickets(plait_tls_config_t *cfg, uint32_t lifetime_s)
+{
+    if (cfg == NULL) return plait_fail(PLAIT_EINVAL, "tls: NULL config");
+    if (cfg->tickets) return 0;
+    if (cfg->endpoint == MBEDTLS_SSL_IS_SERVER) {
+        if (lifetime_s < 1 || lifetime_s > 7 * 86400)
+            return plait_fail(PLAIT_EINVAL, "tls: ticket lifetime %u s is not in 1..604800", (unsigned)lifetime_s);
+        /* Fresh random keys, held only in this process: a restart ends every
+         * ticket, and mbedTLS rotates the key each lifetime. */
+        int mrc = mbedtls_ssl_ticket_setup(&cfg->ticket, plait__pki_rng, &cfg->drbg, MBEDTLS_CIPHER_AES_256_GCM,
+                                           lifetime_s);
+        if (mrc != 0)
+            return plait_fail(PLAIT_EINTERNAL, "tls: ticket keys (mbedTLS -0x%04x)", (unsigned)-mrc);
+        mbedtls_ssl_conf_session_tickets_cb(&cfg->conf, mbedtls_ssl_ticket_write, mbedtls_ssl_ticket_parse,
+                                            &cfg->ticket);
+    }
+    mbedtls_ssl_conf_session_tickets(&cfg->conf, MBEDTLS_SSL_SESSION_TICKETS_ENABLED);
+    cfg->tickets = 1;
+    return 0;
+}
+
+void plait_tls_config_forget_session(plait_tls_config_t *cfg)
+{
+    if (cfg == NULL) return;
+    pthread_mutex_lock(&cfg->saved_mu);
+    mbedtls_ssl_session_free(&cfg->saved);
+    mbedtls_ssl_session_init(&cfg->saved);
+    cfg->have_saved = 0;
+    pthread_mutex_unlock(&cfg->saved_mu);
 }
 
 typedef struct {
@@ -392,6 +439,13 @@ int plait_tls_new(plait_tls_t **out, plait_tls_config_t *cfg)
     }
     mbedtls_ssl_set_bio(&s->ssl, s, bio_send, bio_recv, NULL);
     mbedtls_ssl_set_verify(&s->ssl, on_verify, s);
+    if (cfg->endpoint == MBEDTLS_SSL_IS_CLIENT && cfg->tickets) {
+        pthread_mutex_lock(&cfg->saved_mu);
+        /* A session that cannot be set (expired, corrupt) only costs the
+         * resumption: the handshake is then a full one. */
+        if (cfg->have_saved && mbedtls_ssl_set_session(&s->ssl, &cfg->saved) == 0) s->offered = 1;
+        pthread_mutex_unlock(&cfg->saved_mu);
+    }
     *out = s;
     return 0;
 }
@@ -558,6 +612,58 @@ static int fail(plait_tls_t *s, int mrc, const char *during)
     return plait_fail(code, "tls: %s: %s (mbedTLS -0x%04x)", during, why, (unsigned)-mrc);
 }
 
+/* Fail an established handshake for an authentication reason: tell the
+ * peer with a fatal alert, make the error sticky. */
+static int fail_auth(plait_tls_t *s, unsigned char alert, const char *why)
+{
+    (void)mbedtls_ssl_send_alert_message(&s->ssl, MBEDTLS_SSL_ALERT_LEVEL_FATAL, alert);
+    s->state = ST_FAILED;
+    s->err = PLAIT_EAUTH;
+    s->reason = why;
+    PLAIT_LOG(PLAIT_LOG_DEBUG, "tls: resumed handshake failed: %s", why);
+    return plait_fail(PLAIT_EAUTH, "tls: handshake: %s", why);
+}
+
+/* The peer of a resumed session: its certificate from the session state,
+ * checked again for expiry and revocation (a device revoked since its ticket
+ * was issued must not get back in through the ticket). */
+static int resumed_peer(plait_tls_t *s)
+{
+    const mbedtls_x509_crt *crt = mbedtls_ssl_get_peer_cert(&s->ssl);
+    if (crt == NULL) {
+        if (s->cfg->endpoint == MBEDTLS_SSL_IS_SERVER && !s->cfg->require_cert) return 0;
+        return fail_auth(s, MBEDTLS_SSL_ALERT_MSG_HANDSHAKE_FAILURE, "resumed session holds no certificate");
+    }
+    s->resumed = 1;
+    plait_pki_cert_info_t info;
+    if (plait_pki_cert_info(crt->raw.p, crt->raw.len, &info) != 0 || !plait_pki_device_id_valid(info.device_id))
+        return fail_auth(s, MBEDTLS_SSL_ALERT_MSG_BAD_CERT, "malformed certificate");
+    s->peer = info;
+    s->have_peer = 1;
+    if (mbedtls_x509_time_is_past(&crt->valid_to))
+        return fail_auth(s, MBEDTLS_SSL_ALERT_MSG_CERT_EXPIRED, "certificate expired");
+    const plait_tls_config_t *c = s->cfg;
+    if (c->endpoint == MBEDTLS_SSL_IS_SERVER && c->revoked != NULL && c->revoked(c->revoked_ud, &info) != 0) {
+        s->peer_revoked = 1;
+        return fail_auth(s, MBEDTLS_SSL_ALERT_MSG_CERT_REVOKED, "certificate revoked");
+    }
+    return 0;
+}
+
+/* Keep the client's session (with a fresh ticket when the server sent one)
+ * for the next connection of this config. Each handshake replaces the saved
+ * session; mbedTLS 2.28 servers keep the same ticket on resumption, so the
+ * ticket links connections as the certificate of a full handshake does. */
+static void save_session(plait_tls_t *s)
+{
+    plait_tls_config_t *c = s->cfg;
+    pthread_mutex_lock(&c->saved_mu);
+    mbedtls_ssl_session_free(&c->saved);
+    mbedtls_ssl_session_init(&c->saved);
+    c->have_saved = mbedtls_ssl_get_session(&s->ssl, &c->saved) == 0;
+    pthread_mutex_unlock(&c->saved_mu);
+}
+
 static int sticky(const plait_tls_t *s)
 {
     return plait_fail(s->err, "tls: session already failed: %s", s->reason);
@@ -571,6 +677,14 @@ int plait_tls_handshake(plait_tls_t *s)
     int mrc = mbedtls_ssl_handshake(&s->ssl);
     if (mrc == MBEDTLS_ERR_SSL_WANT_READ || mrc == MBEDTLS_ERR_SSL_WANT_WRITE) return PLAIT_EAGAIN;
     if (mrc != 0) return fail(s, mrc, "handshake");
+    if (!s->have_peer && (s->cfg->endpoint == MBEDTLS_SSL_IS_CLIENT ? s->offered : s->cfg->tickets)) {
+        /* No certificate went through on_verify: an abbreviated handshake
+         * resumed a session whose certificates were verified when it was
+         * made. The peer certificate travels inside the (encrypted) ticket;
+         * its dates and the revocation list are checked again now. */
+        int rc = resumed_peer(s);
+        if (rc != 0) return rc;
+    }
     if (!s->have_peer && s->cfg->require_cert) {
         /* Unreachable with VERIFY_REQUIRED; kept so a future change cannot
          * open an unauthenticated session silently. */
@@ -586,9 +700,12 @@ int plait_tls_handshake(plait_tls_t *s)
                                              MBEDTLS_SSL_ALERT_MSG_BAD_CERT);
         return fail(s, MBEDTLS_ERR_X509_CERT_VERIFY_FAILED, "handshake");
     }
+    if (s->cfg->endpoint == MBEDTLS_SSL_IS_CLIENT && s->cfg->tickets) save_session(s);
     s->state = ST_OPEN;
     return 0;
 }
+
+int plait_tls_resumed(const plait_tls_t *s) { return s != NULL && s->resumed; }
 
 int plait_tls_established(const plait_tls_t *s)
 {

@@ -89,18 +89,51 @@ static const plait_wire_limits_t *limits_or_default(const plait_wire_limits_t *l
 
 /* ---- message helpers ---------------------------------------------------- */
 
+/* Indexed by type byte; a NULL entry is a type byte this build does not define. */
 static const char *const type_names[PLAIT_MSG_TYPE_MAX + 1] = {
-    "unknown",         "hello",         "task",         "come_back_later",
-    "adapter_request", "adapter_chunk", "update_chunk", "ack",
-    "error",           "ping",          "pong",
-    "secagg_advertise", "secagg_roster", "secagg_shares", "secagg_relay",
-    "secagg_masked_input", "secagg_unmask_request", "secagg_unmask_response",
+    [PLAIT_MSG_HELLO] = "hello",
+    [PLAIT_MSG_TASK] = "task",
+    [PLAIT_MSG_COME_BACK_LATER] = "come_back_later",
+    [PLAIT_MSG_ADAPTER_REQUEST] = "adapter_request",
+    [PLAIT_MSG_ADAPTER_CHUNK] = "adapter_chunk",
+    [PLAIT_MSG_UPDATE_CHUNK] = "update_chunk",
+    [PLAIT_MSG_ACK] = "ack",
+    [PLAIT_MSG_ERROR] = "error",
+    [PLAIT_MSG_PING] = "ping",
+    [PLAIT_MSG_PONG] = "pong",
+    [PLAIT_MSG_SECAGG_ADVERTISE] = "secagg_advertise",
+    [PLAIT_MSG_SECAGG_ROSTER] = "secagg_roster",
+    [PLAIT_MSG_SECAGG_SHARES] = "secagg_shares",
+    [PLAIT_MSG_SECAGG_RELAY] = "secagg_relay",
+    [PLAIT_MSG_SECAGG_MASKED_INPUT] = "secagg_masked_input",
+    [PLAIT_MSG_SECAGG_UNMASK_REQUEST] = "secagg_unmask_request",
+    [PLAIT_MSG_SECAGG_UNMASK_RESPONSE] = "secagg_unmask_response",
+    [PLAIT_MSG_DECLINE] = "decline",
 };
+
+static int type_known(int type)
+{
+    return type >= 1 && type <= PLAIT_MSG_TYPE_MAX && type_names[type] != NULL;
+}
 
 const char *plait_msg_type_name(int type)
 {
-    if (type < 1 || type > PLAIT_MSG_TYPE_MAX) return "unknown";
-    return type_names[type];
+    return type_known(type) ? type_names[type] : "unknown";
+}
+
+static const char *const decline_names[PLAIT_DECLINE_CODE_MAX + 1] = {
+    [PLAIT_DECLINE_NOT_ENOUGH_DATA] = "not_enough_data",
+    [PLAIT_DECLINE_INCOMPATIBLE_TASK] = "incompatible_task",
+    [PLAIT_DECLINE_POLICY] = "policy",
+    [PLAIT_DECLINE_NOT_ELIGIBLE] = "not_eligible",
+    [PLAIT_DECLINE_INTERNAL] = "internal",
+    [PLAIT_DECLINE_ALREADY_DONE] = "already_done",
+    [PLAIT_DECLINE_DEADLINE] = "deadline",
+};
+
+const char *plait_decline_code_name(int code)
+{
+    return code >= 1 && code <= PLAIT_DECLINE_CODE_MAX ? decline_names[code] : "unknown";
 }
 
 void plait_msg_init(plait_msg_t *m, plait_msg_type_t type)
@@ -336,11 +369,6 @@ static int validate_uchunk(const plait_msg_update_chunk_t *c, const plait_wire_l
     if (c->chunk_index > c->offset)
         return BAD("update_chunk.chunk_index: %u exceeds offset %llu", c->chunk_index,
                    (unsigned long long)c->offset);
-    if (c->chunk_index == 0 && !c->has_num_examples)
-        return BAD("update_chunk.num_examples: missing in chunk 0");
-    if (c->chunk_index != 0 && c->has_num_examples)
-        return BAD("update_chunk.num_examples: only chunk 0 carries it");
-    if (c->has_num_examples && c->num_examples < 1) return BAD("update_chunk.num_examples: 0");
     return 0;
 }
 
@@ -520,6 +548,14 @@ static int validate_sa_unmask_resp(const plait_msg_secagg_unmask_response_t *r)
     return check_shares(r->key_shares, r->n_key, 0, "secagg_unmask_response.key_shares");
 }
 
+static int validate_decline(const plait_msg_decline_t *d)
+{
+    if (d->round_id == 0) return BAD("decline.round_id: 0");
+    if ((int)d->code < 1 || (int)d->code > PLAIT_DECLINE_CODE_MAX)
+        return BAD("decline.code: unknown value %d", (int)d->code);
+    return 0;
+}
+
 static int validate(const plait_msg_t *m, const plait_wire_limits_t *lim)
 {
     switch (m->type) {
@@ -563,6 +599,8 @@ static int validate(const plait_msg_t *m, const plait_wire_limits_t *lim)
         return validate_sa_unmask_req(&m->u.secagg_unmask_request);
     case PLAIT_MSG_SECAGG_UNMASK_RESPONSE:
         return validate_sa_unmask_resp(&m->u.secagg_unmask_response);
+    case PLAIT_MSG_DECLINE:
+        return validate_decline(&m->u.decline);
     }
     return plait_fail(PLAIT_EINVAL, "message: unknown type %d", (int)m->type);
 }
@@ -617,7 +655,7 @@ int plait_frame_decode(const uint8_t *buf, size_t len, const plait_wire_limits_t
         return BAD("frame: version %u, this build speaks %d", buf[4], PLAIT_WIRE_VERSION);
     }
     if (len < 6) return PLAIT_EAGAIN;
-    if (buf[5] < 1 || buf[5] > PLAIT_MSG_TYPE_MAX) {
+    if (!type_known(buf[5])) {
         frame->frame_len = 0;
         return BAD("frame: unknown type %u", buf[5]);
     }
@@ -810,8 +848,6 @@ static int from_uchunk(const Plait__UpdateChunk *p, plait_msg_update_chunk_t *c)
     c->total_elements = p->total_elements;
     c->words = p->words;
     c->n_words = p->n_words;
-    c->has_num_examples = p->has_num_examples ? 1 : 0;
-    c->num_examples = p->has_num_examples ? p->num_examples : 0;
     return 0;
 }
 
@@ -995,6 +1031,15 @@ static int from_sa_unmask_resp(const Plait__SecAggUnmaskResponse *p, plait_msg_t
     return 0;
 }
 
+static int from_decline(const Plait__Decline *p, plait_msg_decline_t *d)
+{
+    NEED(p->has_round_id, "decline.round_id");
+    NEED(p->has_code, "decline.code");
+    d->round_id = p->round_id;
+    d->code = (plait_decline_code_t)p->code;
+    return 0;
+}
+
 static int from_envelope(const Plait__Envelope *env, plait_msg_t *m, const plait_wire_limits_t *lim)
 {
     switch (env->msg_case) {
@@ -1036,6 +1081,8 @@ static int from_envelope(const Plait__Envelope *env, plait_msg_t *m, const plait
         return from_sa_unmask_req(env->secagg_unmask_request, &m->u.secagg_unmask_request);
     case PLAIT__ENVELOPE__MSG_SECAGG_UNMASK_RESPONSE:
         return from_sa_unmask_resp(env->secagg_unmask_response, m);
+    case PLAIT__ENVELOPE__MSG_DECLINE:
+        return from_decline(env->decline, &m->u.decline);
     default:
         return BAD("envelope: no message");
     }
@@ -1050,7 +1097,7 @@ int plait_wire_decode(const plait_frame_t *frame, const plait_wire_limits_t *lim
         return plait_fail(PLAIT_EINVAL, "wire decode: NULL frame");
     if (!(lim = limits_or_default(lim, &tmp))) return PLAIT_EINVAL;
     if (frame->version != PLAIT_WIRE_VERSION) return BAD("frame: version %u", frame->version);
-    if ((int)frame->type < 1 || (int)frame->type > PLAIT_MSG_TYPE_MAX)
+    if (!type_known((int)frame->type))
         return BAD("frame: unknown type %d", (int)frame->type);
     /* The frame limit is enforced before unpacking, whoever built the frame. */
     if (frame->payload_len > lim->max_frame - PLAIT_FRAME_HEADER)
@@ -1136,6 +1183,7 @@ typedef struct {
     Plait__SecAggUnmaskRequest sa_ureq;
     Plait__SecAggUnmaskResponse sa_uresp;
     void *heap; /* sub-messages of repeated fields (SecAgg), freed by pb_release */
+    Plait__Decline decline;
 } pb_msg_t;
 
 static void pb_release(pb_msg_t *pb)
@@ -1412,8 +1460,6 @@ static int to_envelope(const plait_msg_t *m, pb_msg_t *pb)
         pb->uchunk.total_elements = c->total_elements;
         pb->uchunk.n_words = c->n_words;
         pb->uchunk.words = (uint32_t *)(uintptr_t)c->words;
-        pb->uchunk.has_num_examples = c->has_num_examples ? 1 : 0;
-        pb->uchunk.num_examples = c->num_examples;
         pb->env.msg_case = PLAIT__ENVELOPE__MSG_UPDATE_CHUNK;
         pb->env.update_chunk = &pb->uchunk;
         break;
@@ -1451,6 +1497,14 @@ static int to_envelope(const plait_msg_t *m, pb_msg_t *pb)
             pb->env.msg_case = PLAIT__ENVELOPE__MSG_PONG;
             pb->env.pong = &pb->ping;
         }
+        break;
+    case PLAIT_MSG_DECLINE:
+        plait__decline__init(&pb->decline);
+        pb->decline.has_round_id = pb->decline.has_code = 1;
+        pb->decline.round_id = m->u.decline.round_id;
+        pb->decline.code = (Plait__DeclineCode)m->u.decline.code;
+        pb->env.msg_case = PLAIT__ENVELOPE__MSG_DECLINE;
+        pb->env.decline = &pb->decline;
         break;
     default:
         return to_envelope_secagg(m, pb);
@@ -1544,16 +1598,14 @@ void plait_wire_xfer_init(plait_wire_xfer_t *x, uint64_t id, uint64_t total, uin
 }
 
 int plait_wire_update_tx_next(plait_wire_xfer_t *x, const plait_wire_limits_t *lim,
-                              const uint32_t *words, uint64_t num_examples, plait_msg_t *out)
+                              const uint32_t *words, plait_msg_t *out)
 {
     plait_wire_limits_t tmp;
     if (!x || !words || !out) return plait_fail(PLAIT_EINVAL, "update tx: NULL argument");
     if (!(lim = limits_or_default(lim, &tmp))) return PLAIT_EINVAL;
-    if (x->total < 1 || x->total > lim->max_update_elements || x->next > x->total ||
-        num_examples < 1)
-        return plait_fail(PLAIT_EINVAL, "update tx: total %llu, offset %llu, examples %llu",
-                          (unsigned long long)x->total, (unsigned long long)x->next,
-                          (unsigned long long)num_examples);
+    if (x->total < 1 || x->total > lim->max_update_elements || x->next > x->total)
+        return plait_fail(PLAIT_EINVAL, "update tx: total %llu, offset %llu",
+                          (unsigned long long)x->total, (unsigned long long)x->next);
     if (x->next == x->total) return 0;
     uint64_t n = x->total - x->next;
     uint64_t cap = lim->max_chunk_bytes / 4;
@@ -1566,15 +1618,12 @@ int plait_wire_update_tx_next(plait_wire_xfer_t *x, const plait_wire_limits_t *l
     c->total_elements = x->total;
     c->words = words + x->next;
     c->n_words = (size_t)n;
-    c->has_num_examples = x->next == 0;
-    c->num_examples = x->next == 0 ? num_examples : 0;
     x->next += n;
     x->index++;
     return 1;
 }
 
-int plait_wire_update_rx_add(plait_wire_xfer_t *x, const plait_msg_update_chunk_t *c, uint32_t *dst,
-                             uint64_t *num_examples)
+int plait_wire_update_rx_add(plait_wire_xfer_t *x, const plait_msg_update_chunk_t *c, uint32_t *dst)
 {
     if (!x || !c || !dst || !c->words) return plait_fail(PLAIT_EINVAL, "update rx: NULL argument");
     if (c->round_id != x->id)
@@ -1591,15 +1640,9 @@ int plait_wire_update_rx_add(plait_wire_xfer_t *x, const plait_msg_update_chunk_
             c->chunk_index, (unsigned long long)c->offset, x->index, (unsigned long long)x->next);
     if (c->n_words > x->total - c->offset)
         return plait_fail(PLAIT_EMISMATCH, "update_chunk.words: past total_elements");
-    if (c->chunk_index == 0) {
-        if (!c->has_num_examples || c->num_examples < 1)
-            return plait_fail(PLAIT_EMISMATCH, "update_chunk.num_examples: missing in chunk 0");
-        x->examples = c->num_examples;
-    }
     memcpy(dst + c->offset, c->words, c->n_words * sizeof(uint32_t));
     x->next += c->n_words;
     x->index++;
-    if (num_examples) *num_examples = x->examples;
     return x->next == x->total ? 1 : 0;
 }
 

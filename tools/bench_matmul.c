@@ -177,15 +177,16 @@ int main(int argc, char **argv)
         fprintf(stderr, "cannot create pools\n");
         return 1;
     }
-    printf("plait-bench-matmul: AVX2+FMA %s, median of %d, GFLOP/s, load average %s\n",
-           plait_cpu_has_avx2_fma() ? "yes" : "no", repeats, loadavg());
+    printf("plait-bench-matmul: AVX2+FMA %s, AVX-512 %s, path %s, median of %d, GFLOP/s, load average %s\n",
+           plait_cpu_has_avx2_fma() ? "yes" : "no", plait_cpu_has_avx512() ? "yes" : "no",
+           plait_kernel_path_name(), repeats, loadavg());
     static const double chunk_us[] = {0.0, 2.0, 5.0, 20.0};
     for (size_t i = 0; i < sizeof(chunk_us) / sizeof(chunk_us[0]); i++)
         printf("pool, 2 threads, job of 2 chunks x %4.1f us: %6.2f us per job (free hand-off %.0f, "
                "serial %.0f)\n",
                chunk_us[i], pool_job_us(p2, chunk_us[i], repeats), chunk_us[i], 2 * chunk_us[i]);
-    printf("%-14s %4s %5s %5s %5s  %7s %7s %7s %7s\n", "shape", "op", "N", "IC", "OC", "ref",
-           "port1t", "simd1t", "simd2t");
+    printf("%-14s %4s %5s %5s %5s  %7s %7s %7s %7s %7s\n", "shape", "op", "N", "IC", "OC", "ref",
+           "port1t", "avx2_1t", "simd1t", "simd2t");
     for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
         const shape_t *sh = &shapes[s];
         if (filter && !strstr(sh->tag, filter)) continue;
@@ -202,14 +203,16 @@ int main(int argc, char **argv)
             double ref = macs <= REF_MAX_MACS ? measure(NULL, 1, op, &b, repeats) : 0.0;
             plait__tensor_force_scalar(1);
             double port = measure(p1, 0, op, &b, repeats);
-            plait__tensor_force_scalar(0);
+            plait__tensor_force_path(PLAIT__KPATH_AVX2);
+            double a2 = measure(p1, 0, op, &b, repeats);
+            plait__tensor_force_path(-1);
             double s1 = measure(p1, 0, op, &b, repeats);
             double s2 = measure(p2, 0, op, &b, repeats);
             char refs[16];
             if (ref > 0) snprintf(refs, sizeof(refs), "%7.2f", ref);
             else snprintf(refs, sizeof(refs), "%7s", "-");
-            printf("%-14s %4s %5zu %5zu %5zu  %s %7.2f %7.2f %7.2f\n", sh->tag, op_name[op], sh->N,
-                   sh->IC, sh->OC, refs, port, s1, s2);
+            printf("%-14s %4s %5zu %5zu %5zu  %s %7.2f %7.2f %7.2f %7.2f\n", sh->tag, op_name[op], sh->N,
+                   sh->IC, sh->OC, refs, port, a2, s1, s2);
             fflush(stdout);
         }
         free(b.inp); free(b.w); free(b.out); free(b.dout); free(b.dinp); free(b.dw);

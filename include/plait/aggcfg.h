@@ -54,6 +54,7 @@ typedef struct {
     uint64_t max_update_elements; /**< largest update accepted, words (default 2^24) */
     double auth_timeout_s;        /**< TLS handshake + Hello must finish within this (default 10 s) */
     double idle_timeout_s;        /**< close a connection silent this long (default 90 s, as protocol.md) */
+    uint64_t tls_ticket_lifetime_s; /**< session resumption window (default 86400 s; 0 = no tickets) */
     /* model and task */
     char base_model[PLAIT_AGGCFG_STR_MAX + 1]; /**< checkpoint the adapters are for (required) */
     uint64_t lora_rank;           /**< R (default 4) */

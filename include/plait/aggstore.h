@@ -256,6 +256,32 @@ int plait_aggstore_device_touch(plait_aggstore_t *st, const char *id) PLAIT_WUR;
  */
 int plait_aggstore_device_mark_uploaded(plait_aggstore_t *st, const char *id, int64_t round) PLAIT_WUR;
 
+/**
+ * \brief Enroll a device under an opaque id (its certificate CN) with the
+ *        operator's label, in one transaction. Labels, like ids, are never reused.
+ * \param label 1..PLAIT_AGGSTORE_MAX_DEVICE_ID printable ASCII bytes.
+ * \return as plait_aggstore_device_enroll(); PLAIT_EINVAL also when the label is taken.
+ */
+int plait_aggstore_device_enroll_labeled(plait_aggstore_t *st, const char *id, const char *label,
+                                         const uint8_t fingerprint[32]) PLAIT_WUR;
+
+/**
+ * \brief The id of the device with this label, or, when no device has that
+ *        label, of the device with this id (devices enrolled without a label).
+ * \param id OUT: NUL-terminated.
+ * \return 0; PLAIT_ENOENT; PLAIT_EPROTO; PLAIT_EINVAL; PLAIT_EBUSY; PLAIT_EIO.
+ */
+int plait_aggstore_device_find(plait_aggstore_t *st, const char *label_or_id,
+                               char id[PLAIT_AGGSTORE_MAX_DEVICE_ID + 1] /* OUT */) PLAIT_WUR;
+
+/**
+ * \brief The operator's label of device id.
+ * \param label OUT: NUL-terminated ("" on failure).
+ * \return 0; PLAIT_ENOENT (no label); PLAIT_EPROTO; PLAIT_EINVAL; PLAIT_EBUSY; PLAIT_EIO.
+ */
+int plait_aggstore_device_label(plait_aggstore_t *st, const char *id,
+                                char label[PLAIT_AGGSTORE_MAX_DEVICE_ID + 1] /* OUT */) PLAIT_WUR;
+
 /** Device callback: \return 0 to go on; another value stops and is returned. Must not use the store. */
 typedef int (*plait_aggstore_device_cb)(void *ud, const plait_aggstore_device_t *dev);
 

@@ -281,4 +281,33 @@ uint64_t plait_agent_backoff_ms(const plait_agent_config_t *cfg, uint32_t attemp
 /** \brief Jittered ComeBackLater delay for the aggregator's retry_ms and a uniform u in [0, 1). */
 uint64_t plait_agent_come_back_ms(const plait_agent_config_t *cfg, uint32_t retry_ms, double u);
 
+/**
+ * \brief Remove from an agent's state directory everything derived from the
+ *        device's records: the personal adapter, a pending (not yet
+ *        acknowledged) update, a partial download and temporaries left by a
+ *        crash. Each file is overwritten with zeros and synced before it is
+ *        unlinked. Call it whenever records are erased (`plait-agent forget
+ *        --state DIR` does), with no agent running on that directory. The
+ *        round counters (`state`) and the cached global adapter stay: they
+ *        hold nothing computed from this device's records alone.
+ * \param state_dir the agent's state_dir; a missing directory is not an error.
+ * \param removed OUT, may be NULL: number of files removed.
+ * \return 0; PLAIT_EINVAL (NULL, path too long); PLAIT_EIO (a file could not
+ *         be overwritten or removed; the message names it).
+ */
+int plait_agent_forget_derived(const char *state_dir, int *removed /* OUT */) PLAIT_WUR;
+
+/**
+ * \brief Make this device's TLS key and a certificate request, on the device:
+ *        the private key never leaves it. The key (ECDSA P-256) is written to
+ *        key_path 0600 whatever the umask; the CSR (PEM, public) to csr_path.
+ *        The operator turns the CSR into a certificate with `plait-aggregator
+ *        enroll DIR --device LABEL --csr FILE` (docs/operator-pki.md); the CA
+ *        puts its own random id in the certificate, so the request names no
+ *        one (its CN is the constant "plait-device").
+ * \return 0; PLAIT_EBUSY (key_path exists: a key is never overwritten);
+ *         PLAIT_EINVAL (NULL); PLAIT_EIO; PLAIT_ENOMEM.
+ */
+int plait_agent_keygen(const char *key_path, const char *csr_path) PLAIT_WUR;
+
 #endif /* PLAIT_CLIENT_H */

@@ -294,4 +294,43 @@ int plait_pki_enroll_csr(const char *dir, const plait_pki_config_t *cfg, const u
  */
 int plait_pki_revoke(const char *dir, const char *serial_hex, const uint8_t *fingerprint) PLAIT_WUR;
 
+/* ---- offline enrollment (docs/operator-pki.md) --------------------------------- */
+
+/** Largest enrollment record file. */
+#define PLAIT_PKI_RECORD_MAX 16384
+
+/**
+ * \brief An enrollment record: what an offline CA host hands the serving host
+ *        for one device. Text:
+ *
+ *            plait-enrollment 1
+ *            label LABEL
+ *            id ID
+ *            sig HEX            ECDSA-SHA256 by the CA key over the lines above
+ *            -----BEGIN CERTIFICATE-----   and the certificate PEM below
+ *            ...
+ *
+ *        The certificate (CN = ID) proves the key; the signature binds the
+ *        operator's label to it, so a record cannot be relabelled in transit.
+ * \param label, id  valid device ids (plait_pki_device_id_valid); id equals the CN of crt_pem.
+ * \param record OUT: owned text, free with plait_pki_free_pem().
+ * \return 0; PLAIT_EINVAL (bad label or id, id is not the certificate's CN,
+ *         key not P-256); PLAIT_EPROTO (unparseable PEM); PLAIT_ENOMEM.
+ */
+int plait_pki_record_create(const char *ca_key_pem, const char *label, const char *id,
+                            const char *crt_pem, char **record /* OUT */) PLAIT_WUR;
+
+/**
+ * \brief Parse and check an enrollment record (untrusted input): its format,
+ *        the CA's signature, and that the certificate is a device certificate
+ *        of this CA (plait_pki_verify) whose CN is the record's id.
+ * \param label, id OUT: PLAIT_PKI_ID_MAX + 1 bytes each.
+ * \param info OUT, may be NULL: the certificate.
+ * \return 0; PLAIT_EPROTO (malformed, the field is named); PLAIT_EAUTH (bad
+ *         signature, or the certificate does not verify); PLAIT_ETOOBIG;
+ *         PLAIT_EINVAL; PLAIT_ENOMEM.
+ */
+int plait_pki_record_verify(const char *ca_crt_pem, const char *record, size_t len, char *label /* OUT */,
+                            char *id /* OUT */, plait_pki_cert_info_t *info /* OUT */) PLAIT_WUR;
+
 #endif /* PLAIT_PKI_H */

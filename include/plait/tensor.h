@@ -78,6 +78,16 @@ void plait_matmul_backward(plait_pool_t *pool, float *dinp, float *dw, const flo
  */
 int plait_cpu_has_avx2_fma(void);
 
+/** \brief Whether this CPU runs the AVX-512 (AVX512F) matmul kernels. Any thread. */
+int plait_cpu_has_avx512(void);
+
+/**
+ * \brief The kernel path in use: "avx512", "avx2" or "portable". The widest
+ *        the CPU has, unless the environment variable PLAIT_KERNEL names a
+ *        narrower one (read once, at the first kernel call).
+ */
+const char *plait_kernel_path_name(void);
+
 /* Plain reference kernels with the same contracts. */
 void plait_matmul_forward_ref(float *out, const float *inp, const float *w, size_t N, size_t IC,
                               size_t OC, int accumulate);

@@ -5,7 +5,8 @@
  * AEAD suites only (AES-128-GCM-SHA256, AES-256-GCM-SHA384,
  * CHACHA20-POLY1305-SHA256); key exchange on X25519 or P-256; certificates
  * ECDSA P-256 signed with SHA-256/384/512 by the deployment CA (pki.h); no
- * renegotiation, no session tickets. Both sides always present a certificate
+ * renegotiation; session tickets (RFC 5077) only where plait_tls_config_tickets()
+ * turns them on. Both sides always present a certificate
  * and verify the other's: the server checks clientAuth usage, the validity
  * dates and the revocation callback; the client checks serverAuth usage, the
  * dates and that the certificate names the expected server.
@@ -128,9 +129,33 @@ int plait_tls_config_client_files(plait_tls_config_t **out /* OUT */, const char
                                   const char *crt_path, const char *key_path,
                                   const char *server_name) PLAIT_WUR;
 
-/** \brief Free a config (wipes its private key and DRBG). NULL is safe. Sessions must be freed
- * first. */
+/**
+ * \brief Turn on session resumption with tickets (RFC 5077), so that a
+ *        returning device skips the ECDHE key exchange and both certificate
+ *        signatures. Call before the first session of cfg.
+ *
+ * Server: tickets are sealed with AES-256-GCM under random keys that live in
+ * this config only (a restart invalidates every ticket) and rotate each
+ * lifetime_s (1..604800); a ticket older than that is refused and the
+ * handshake falls back to a full one. A resumed session carries the client
+ * certificate inside the ticket: its dates and the revocation hook are
+ * checked again at every resumption, so revocation is as immediate as for a
+ * full handshake.
+ * Client: the config keeps the last session (lifetime_s is ignored) and
+ * offers it on the next plait_tls_new(); each handshake replaces it.
+ * \return 0, PLAIT_EINVAL (lifetime), PLAIT_EINTERNAL.
+ */
+int plait_tls_config_tickets(plait_tls_config_t *cfg, uint32_t lifetime_s) PLAIT_WUR;
+
+/** \brief Client: drop the saved session (the next handshake is a full one). NULL is safe. */
+void plait_tls_config_forget_session(plait_tls_config_t *cfg);
+
+/** \brief Free a config (wipes its private key, DRBG, ticket keys and saved session). NULL is safe.
+ * Sessions must be freed first. */
 void plait_tls_config_free(plait_tls_config_t *cfg);
+
+/** \brief 1 if the handshake of s resumed an earlier session (no certificates sent). */
+int plait_tls_resumed(const plait_tls_t *s);
 
 /**
  * \brief New session on cfg (borrowed; must outlive the session).

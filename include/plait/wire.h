@@ -90,9 +90,11 @@ typedef enum {
     PLAIT_MSG_SECAGG_RELAY = 14,           /**< aggregator → client: shares addressed to it */
     PLAIT_MSG_SECAGG_MASKED_INPUT = 15,    /**< client → aggregator: a piece of the masked update */
     PLAIT_MSG_SECAGG_UNMASK_REQUEST = 16,  /**< aggregator → client: survivors and dropouts */
-    PLAIT_MSG_SECAGG_UNMASK_RESPONSE = 17  /**< client → aggregator: opened shares */
+    PLAIT_MSG_SECAGG_UNMASK_RESPONSE = 17, /**< client → aggregator: opened shares */
+    PLAIT_MSG_DECLINE = 20         /**< client → aggregator: the device will not do the task */
 } plait_msg_type_t;
-#define PLAIT_MSG_TYPE_MAX 17
+/** Largest type byte; 18..19 are not defined (yet) and refused like any unknown type. */
+#define PLAIT_MSG_TYPE_MAX 20
 
 /** Hello.capabilities bits. Unknown bits are ignored by the receiver. */
 #define PLAIT_CAP_SECURE_AGG (1u << 0) /**< can mask its update (pairwise masks) */
@@ -137,6 +139,21 @@ typedef enum {
     PLAIT_RETRY_SECAGG_CLOSED = 10 /**< secure round: its key exchange is over */
 } plait_retry_reason_t;
 #define PLAIT_RETRY_REASON_MAX 10
+
+/** Decline.code: why a device declined a task, from a fixed list (never text). */
+typedef enum {
+    PLAIT_DECLINE_NOT_ENOUGH_DATA = 1,   /**< too little local data for the task's shape */
+    PLAIT_DECLINE_INCOMPATIBLE_TASK = 2, /**< the task does not fit this device */
+    PLAIT_DECLINE_POLICY = 3,            /**< a local policy of the device or its user */
+    PLAIT_DECLINE_NOT_ELIGIBLE = 4,      /**< busy, on battery, not idle */
+    PLAIT_DECLINE_INTERNAL = 5,          /**< a failure on the device */
+    PLAIT_DECLINE_ALREADY_DONE = 6,      /**< this device already uploaded for this round */
+    PLAIT_DECLINE_DEADLINE = 7           /**< cannot finish before the task's deadline */
+} plait_decline_code_t;
+#define PLAIT_DECLINE_CODE_MAX 7
+
+/** \brief "not_enough_data", "incompatible_task", ... or "unknown". */
+const char *plait_decline_code_name(int code);
 
 typedef enum {
     PLAIT_ACK_UPDATE = 1 /**< the whole update of the round was accepted */
@@ -247,8 +264,6 @@ typedef struct {
     uint64_t total_elements; /**< 1..max_update_elements; offset + n_words <= total */
     const uint32_t *words;   /**< n_words words; decoded: owned by the plait_msg_t */
     size_t n_words;          /**< 1..max_chunk_bytes / 4 */
-    int has_num_examples;    /**< set exactly in chunk 0 */
-    uint64_t num_examples;   /**< >= 1 */
 } plait_msg_update_chunk_t;
 
 typedef struct {
@@ -336,6 +351,10 @@ typedef struct {
     const plait_secagg_share_t *key_shares;  /**< peer = dropout */
     size_t n_key;                            /**< <= PLAIT_WIRE_SECAGG_MAX_PEERS */
 } plait_msg_secagg_unmask_response_t;
+typedef struct {
+    uint64_t round_id;         /**< > 0: the declined Task's */
+    plait_decline_code_t code; /**< 1..PLAIT_DECLINE_CODE_MAX */
+} plait_msg_decline_t;
 
 /**
  * One message: a tagged union. Initialize with plait_msg_init(), release with
@@ -361,6 +380,7 @@ typedef struct {
         plait_msg_secagg_masked_input_t secagg_masked_input;
         plait_msg_secagg_unmask_request_t secagg_unmask_request;
         plait_msg_secagg_unmask_response_t secagg_unmask_response;
+        plait_msg_decline_t decline;
     } u;
     void *priv; /**< private: the decoder's storage behind data/words; NULL when nothing is owned */
     void *priv_arr; /**< private: decoded arrays of peers / shares (SecAgg messages); or NULL */
@@ -411,7 +431,7 @@ typedef struct {
  * Checks, each as soon as the bytes it needs are there: the declared length
  * (at least 2; the whole frame at most lim->max_frame, or
  * lim->max_preauth_frame with PLAIT_FRAME_PREAUTH), the version byte (==
- * PLAIT_WIRE_VERSION) and the type byte (1..PLAIT_MSG_TYPE_MAX; only
+ * PLAIT_WIRE_VERSION) and the type byte (a defined plait_msg_type_t; only
  * PLAIT_MSG_HELLO with PLAIT_FRAME_PREAUTH).
  *
  * \param buf      bytes received so far; may be NULL when len is 0.
@@ -499,12 +519,12 @@ int plait_wire_encode_alloc(const plait_msg_t *m, const plait_wire_limits_t *lim
  *     plait_wire_xfer_t x;
  *     plait_wire_xfer_init(&x, task.round_id, task.update_elements, 0);
  *     plait_msg_t m;
- *     while ((rc = plait_wire_update_tx_next(&x, &lim, words, examples, &m)) == 1)
+ *     while ((rc = plait_wire_update_tx_next(&x, &lim, words, &m)) == 1)
  *         send_msg(&m);                       // m borrows words; nothing to free
  *
  * and the aggregator, for each UpdateChunk received on that connection:
  *
- *     rc = plait_wire_update_rx_add(&x, &msg.u.update_chunk, dst, &examples);
+ *     rc = plait_wire_update_rx_add(&x, &msg.u.update_chunk, dst);
  *     // 1: complete, 0: more to come, < 0: send Error(rc) and drop the upload
  */
 
@@ -514,7 +534,6 @@ typedef struct {
     uint64_t total;    /**< words (update) or bytes (adapter) */
     uint64_t next;     /**< offset of the next chunk */
     uint32_t index;    /**< index of the next update chunk */
-    uint64_t examples; /**< num_examples of update chunk 0 (receiver) */
 } plait_wire_xfer_t;
 
 /**
@@ -525,29 +544,26 @@ void plait_wire_xfer_init(plait_wire_xfer_t *x, uint64_t id, uint64_t total, uin
 
 /**
  * \brief Fill out with the next UpdateChunk: up to lim->max_chunk_bytes / 4
- *        words of words[0, x->total) from x->next; chunk 0 carries
- *        num_examples. Advances x.
+ *        words of words[0, x->total) from x->next. Advances x.
  * \param words x->total words, borrowed by out until it is encoded.
  * \return 1 (out filled), 0 (the transfer is complete; out untouched),
- *         PLAIT_EINVAL (NULL arguments, bad limits, num_examples 0, total
+ *         PLAIT_EINVAL (NULL arguments, bad limits, total
  *         outside 1..lim->max_update_elements, offset past total).
  */
 int plait_wire_update_tx_next(plait_wire_xfer_t *x, const plait_wire_limits_t *lim,
-                              const uint32_t *words, uint64_t num_examples,
-                              plait_msg_t *out /* OUT */) PLAIT_WUR;
+                              const uint32_t *words, plait_msg_t *out /* OUT */) PLAIT_WUR;
 
 /**
  * \brief Take the next UpdateChunk of an upload (after plait_wire_decode
  *        validated it) and copy its words into dst at its offset.
  * \param dst x->total words.
- * \param num_examples OUT, may be NULL: set from chunk 0.
  * \return 1 (the upload is complete), 0 (more chunks expected);
  *         PLAIT_ESTALE (another round), PLAIT_EMISMATCH (total_elements is not
  *         the task's, or the chunk is not the next one: offset or index out
  *         of order, duplicate, or after completion). x is unchanged on error.
  */
-int plait_wire_update_rx_add(plait_wire_xfer_t *x, const plait_msg_update_chunk_t *c, uint32_t *dst,
-                             uint64_t *num_examples /* OUT, may be NULL */) PLAIT_WUR;
+int plait_wire_update_rx_add(plait_wire_xfer_t *x, const plait_msg_update_chunk_t *c,
+                             uint32_t *dst) PLAIT_WUR;
 
 /**
  * \brief Fill out with the next AdapterChunk: up to lim->max_chunk_bytes of

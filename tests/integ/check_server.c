@@ -19,11 +19,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cli.h"
 #include "integ.h"
 #include "plait/adapter.h"
+#include "plait/client.h"
 #include "plait/model.h"
 #include "plait/pki.h"
 #include "testutil.h"
@@ -119,6 +121,19 @@ static int expect_type(it_client_t *c, plait_msg_type_t type, int *code)
     return PLAIT_EPROTO;
 }
 
+/* The certificate CN of an enrolled test device (what the aggregator logs as device=). */
+static void cert_cn(const it_dep_t *d, const char *label, char *cn, size_t cap)
+{
+    char path[700];
+    snprintf(path, sizeof(path), "%s/%s.crt", d->dir, label);
+    char *pem = NULL;
+    ck_assert_int_eq(plait_pki_read_file(path, &pem), 0);
+    plait_pki_cert_info_t info;
+    ck_assert_int_eq(plait_pki_cert_info((const uint8_t *)pem, strlen(pem) + 1, &info), 0);
+    snprintf(cn, cap, "%s", info.device_id);
+    plait_pki_free_pem(pem);
+}
+
 /* ---- happy path ------------------------------------------------------------ */
 
 START_TEST(test_round_commits)
@@ -184,6 +199,74 @@ static void expect_tls_refused(it_dep_t *d, const char *ca, const char *crt, con
     snprintf(needle, sizeof(needle), "reason=%s", reason);
     ck_assert_msg(it_log_wait(d, needle, 5000), "no log line with %s", needle);
 }
+
+/* ---- TLS session resumption ------------------------------------------------- */
+
+/* Connect over TLS with a client config kept across connections (as the
+ * agent keeps one per process), so a saved session is offered. */
+static int connect_shared(it_client_t *c, const it_dep_t *d, plait_tls_config_t *cfg, const char *ca,
+                          const char *crt, const char *key)
+{
+    int rc = it_client_open(c, d->port, ca, crt, key);
+    if (rc != 0) return rc;
+    plait_tls_free(c->tls);
+    plait_tls_config_free(c->cfg);
+    c->tls = NULL;
+    c->cfg = NULL; /* borrowed from here on: it_client_close leaves it */
+    rc = plait_tls_new(&c->tls, cfg);
+    if (rc == 0) rc = plait_tls_fd_handshake(c->tls, c->fd);
+    return rc;
+}
+
+START_TEST(test_tls_resumption)
+{
+    it_dep_t d;
+    dep_up(&d, "integ_resume", 1);
+    char *ca = it_read(&d, "ca.crt"), *crt = it_read(&d, "dev0.crt"), *key = it_read(&d, "dev0.key");
+    ck_assert(ca && crt && key);
+    plait_tls_config_t *cfg;
+    ck_assert_int_eq(plait_tls_config_client(&cfg, ca, crt, key, "127.0.0.1"), 0);
+    ck_assert_int_eq(plait_tls_config_tickets(cfg, 0), 0);
+    it_client_t *c = malloc(sizeof(*c));
+    for (int i = 0; i < 2; i++) { /* a full handshake, then a resumed one */
+        ck_assert_int_eq(connect_shared(c, &d, cfg, ca, crt, key), 0);
+        ck_assert_int_eq(plait_tls_resumed(c->tls), i);
+        plait_msg_t m;
+        ck_assert_int_eq(it_hello(c, &d), 0);
+        ck_assert_int_eq(it_recv(c, &m, 20000), 0); /* the service knows the device: a task or come back later */
+        ck_assert(m.type == PLAIT_MSG_TASK || m.type == PLAIT_MSG_COME_BACK_LATER);
+        plait_msg_free(&m);
+        it_client_close(c);
+    }
+    ck_assert(it_log_wait(&d, " resumed", 10000));
+    char *m = it_metrics(&d);
+    ck_assert_ptr_nonnull(m);
+    ck_assert_ptr_nonnull(strstr(m, "plait_tls_resumed_total 1"));
+    free(m);
+    /* Revoked since the ticket was issued: the resumption is refused. */
+    ck_assert_int_eq(it_cli("revoke", d.dir, "--device", "dev0", NULL), 0);
+    sleep(2); /* the service reloads revoked.txt at most once a second */
+    int rc = connect_shared(c, &d, cfg, ca, crt, key);
+    if (rc == 0) { /* an abbreviated handshake ends first on the client's side */
+        plait_msg_t mm;
+        rc = it_hello(c, &d);
+        if (rc == 0) rc = it_recv(c, &mm, 10000);
+        if (rc == 0) {
+            if (mm.type == PLAIT_MSG_ERROR) rc = mm.u.error.code;
+            plait_msg_free(&mm);
+        }
+    }
+    ck_assert_int_ne(rc, 0);
+    it_client_close(c);
+    free(c);
+    ck_assert(it_log_wait(&d, "reason=tls_revoked", 10000));
+    plait_tls_config_free(cfg);
+    free(ca);
+    free(crt);
+    free(key);
+    finish(&d);
+}
+END_TEST
 
 START_TEST(test_tls_refusals)
 {
@@ -325,7 +408,10 @@ START_TEST(test_bad_updates)
     ck_assert(it_log_wait(&d, "reason=disconnect_mid_upload", 5000));
     ck_assert_int_eq(run_round(&d, 0, 2, 0.01f), 2);
     /* reported to the round core once training started; the round did not wait for it */
-    ck_assert(it_log_wait(&d, "dropout round=1 device=dev2", 5000));
+    char cn[PLAIT_PKI_ID_MAX + 1], needle[160];
+    cert_cn(&d, "dev2", cn, sizeof(cn));
+    snprintf(needle, sizeof(needle), "dropout round=1 device=%s", cn);
+    ck_assert(it_log_wait(&d, needle, 5000));
     ck_assert(it_log_wait(&d, "round committed round=1 version=2", 10000));
 
     /* round 2: a stale-round upload (round 1 is over) */
@@ -411,7 +497,10 @@ START_TEST(test_kill9_restart)
     ck_assert_int_eq(client_with_task(c2, &d, "dev1", &t2), 0);
     uint32_t *w = it_update_words(&t, 0.01f);
     ck_assert_int_eq(it_upload(c, &t, w, (size_t)t.update_elements, (size_t)t.update_elements, 700), 0);
-    ck_assert(it_log_wait(&d, "update held until training starts round=2 device=dev0", 5000));
+    char cn[PLAIT_PKI_ID_MAX + 1], needle[160];
+    cert_cn(&d, "dev0", cn, sizeof(cn));
+    snprintf(needle, sizeof(needle), "update held until training starts round=2 device=%s", cn);
+    ck_assert(it_log_wait(&d, needle, 5000));
     it_kill9(&d);
     it_client_close(c);
     it_client_close(c2);
@@ -458,10 +547,170 @@ START_TEST(test_norm)
     ck_assert_int_ne(p[0].rc, 0);
     ck_assert_int_eq(p[1].rc, 0);
     ck_assert(it_log_wait(&d, "reason=norm", 5000));
+    /* the refusal names the bound, never the norm computed from the device's update */
+    ck_assert_int_ge(it_log_count(&d, "update norm above the bound"), 1);
+    ck_assert_int_eq(it_log_count(&d, "update norm "), it_log_count(&d, "update norm above the bound"));
     /* one accepted update is below min_cohort 2: the round fails, version 1 stays */
     ck_assert(it_log_wait(&d, "round failed round=1", 5000));
     finish(&d);
     ck_assert_int_eq(it_cli("status", d.dir, NULL), 0);
+}
+END_TEST
+
+/* ---- declines ------------------------------------------------------------------- */
+
+/* A device that declines its task sends a code (here with smuggled text in an unknown field,
+ * which the decoder drops): the aggregator logs only the code, never offers it that round
+ * again, and the round completes with the other two without waiting for round_timeout_s. */
+START_TEST(test_decline)
+{
+    it_dep_t d;
+    ck_assert_int_eq(it_init(&d, "integ_decline", "target_cohort=3", "min_cohort=2", "overselect=1",
+                             "selection_timeout_s=600", "round_timeout_s=600", "retry_ms=200", NULL),
+                     0);
+    for (int i = 0; i < 3; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "dev%d", i);
+        ck_assert_int_eq(it_enroll(&d, id), 0);
+    }
+    ck_assert_int_eq(it_start(&d, NULL), 0);
+    char cn[PLAIT_PKI_ID_MAX + 1], needle[256];
+    cert_cn(&d, "dev2", cn, sizeof(cn));
+
+    it_client_t *c = malloc(sizeof(*c));
+    plait_msg_task_t t;
+    ck_assert_int_eq(client_with_task(c, &d, "dev2", &t), 0);
+    static const char secret[] = "the training split holds 151 tokens";
+    uint8_t inner[128], frame[160];
+    size_t n = 0;
+    inner[n++] = 0x08; /* round_id */
+    inner[n++] = (uint8_t)t.round_id;
+    inner[n++] = 0x10; /* code */
+    inner[n++] = PLAIT_DECLINE_NOT_ENOUGH_DATA;
+    inner[n++] = 0x1a; /* field 3: not part of Decline */
+    inner[n++] = (uint8_t)strlen(secret);
+    memcpy(inner + n, secret, strlen(secret));
+    n += strlen(secret);
+    ck_assert_uint_lt(t.round_id, 128);
+    size_t env = 3 + n;
+    frame[0] = frame[1] = frame[2] = 0;
+    frame[3] = (uint8_t)(env + 2);
+    frame[4] = PLAIT_WIRE_VERSION;
+    frame[5] = PLAIT_MSG_DECLINE;
+    frame[6] = 0xa2, frame[7] = 0x01, frame[8] = (uint8_t)n;
+    memcpy(frame + 9, inner, n);
+    ck_assert_int_eq(it_send_raw(c, frame, 6 + env), 0);
+    snprintf(needle, sizeof(needle), "task declined round=%llu device=%s code=not_enough_data",
+             (unsigned long long)t.round_id, cn);
+    ck_assert_msg(it_log_wait(&d, needle, 20000), "no log line '%s'", needle);
+    it_client_close(c);
+    /* back at once: not offered the round it declined */
+    ck_assert_int_eq(it_client_connect(c, &d, "dev2"), 0);
+    ck_assert_int_eq(it_hello(c, &d), 0);
+    plait_msg_t m;
+    ck_assert_int_eq(it_recv(c, &m, 10000), 0);
+    ck_assert_int_eq(m.type, PLAIT_MSG_COME_BACK_LATER);
+    plait_msg_free(&m);
+    it_client_close(c);
+    free(c);
+    /* the other two complete the round; the declined device is a dropout, not awaited */
+    ck_assert_int_eq(run_round(&d, 0, 2, 0.01f), 2);
+    ck_assert(it_log_wait(&d, "round committed round=1 version=2", 60000));
+    snprintf(needle, sizeof(needle), "dropout round=1 device=%s", cn);
+    ck_assert_int_eq(it_log_count(&d, needle), 1);
+    char *mt = it_metrics(&d);
+    ck_assert_ptr_nonnull(mt);
+    ck_assert_ptr_nonnull(strstr(mt, "plait_tasks_declined_total 1"));
+    free(mt);
+    finish(&d);
+    ck_assert_int_eq(it_log_count(&d, "151"), 0);
+    ck_assert_int_eq(it_log_count(&d, "training split"), 0);
+}
+END_TEST
+
+/* ---- keys made on the device, enrollment on an offline CA host ---------------------- */
+
+static void write_text(const char *path, const char *text, int secret)
+{
+    unlink(path);
+    ck_assert_int_eq(plait_pki_write_file(path, text, secret), 0);
+}
+
+START_TEST(test_offline_enrollment)
+{
+    it_dep_t d;
+    ck_assert_int_eq(it_init(&d, "integ_offline", "target_cohort=1", "min_cohort=1", "overselect=1", "retry_ms=200",
+                             NULL),
+                     0);
+    /* The CA host: a directory holding the CA; the serving host keeps only ca.crt. */
+    char cadir[600], key[700], csr[700], crt[700], rec[700], bad[700], path[700];
+    snprintf(cadir, sizeof(cadir), "%.500s/cahost", d.dir);
+    ck_assert_int_eq(mkdir(cadir, 0700), 0);
+    char *ca_crt = it_read(&d, "ca.crt"), *ca_key = it_read(&d, "ca.key");
+    ck_assert_ptr_nonnull(ca_crt);
+    ck_assert_ptr_nonnull(ca_key);
+    snprintf(path, sizeof(path), "%s/ca.crt", cadir);
+    write_text(path, ca_crt, 0);
+    snprintf(path, sizeof(path), "%s/ca.key", cadir);
+    write_text(path, ca_key, 1);
+    plait_pki_free_pem(ca_key);
+    free(ca_crt);
+    snprintf(path, sizeof(path), "%s/ca.key", d.dir);
+    ck_assert_int_eq(unlink(path), 0);
+
+    /* The device makes its key (0600 under umask 022, never overwritten) and a CSR. */
+    snprintf(key, sizeof(key), "%s/phone.key", d.dir);
+    snprintf(csr, sizeof(csr), "%s/phone.csr", cadir);
+    snprintf(crt, sizeof(crt), "%s/phone.crt", d.dir);
+    snprintf(rec, sizeof(rec), "%s/phone.enrollment", cadir);
+    snprintf(bad, sizeof(bad), "%s/relabelled.enrollment", cadir);
+    mode_t old = umask(022);
+    ck_assert_int_eq(plait_agent_keygen(key, csr), 0);
+    umask(old);
+    struct stat sb;
+    ck_assert_int_eq(stat(key, &sb), 0);
+    ck_assert_uint_eq(sb.st_mode & 0777, 0600);
+    char *key_before = it_read(&d, "phone.key");
+    ck_assert_int_eq(plait_agent_keygen(key, csr), PLAIT_EBUSY);
+    char *key_after = it_read(&d, "phone.key");
+    ck_assert_str_eq(key_before, key_after);
+    free(key_before);
+    free(key_after);
+
+    /* Offline CA host: a certificate and a signed record; its database is not needed. */
+    ck_assert_int_eq(it_cli("enroll", cadir, "--device", "phone", "--csr", csr, "--out-cert", crt, "--out-record",
+                            rec, NULL),
+                     0);
+    char cn[PLAIT_PKI_ID_MAX + 1];
+    cert_cn(&d, "phone", cn, sizeof(cn));
+    ck_assert_str_ne(cn, "phone"); /* the label is not in the certificate */
+    ck_assert_uint_eq(strlen(cn), 32);
+    char *crt_pem = it_read(&d, "phone.crt");
+    ck_assert_ptr_null(strstr(crt_pem, "phone"));
+    free(crt_pem);
+    /* A record relabelled in transit is refused; the genuine one imports once. */
+    size_t n = 0;
+    char *r = (char *)tu_read_file(rec, &n);
+    ck_assert_ptr_nonnull(r);
+    char *l = strstr(r, "label phone\n");
+    ck_assert_ptr_nonnull(l);
+    memcpy(l, "label phonf", 11);
+    ck_assert_int_eq(tu_write_file(bad, r, n), 0);
+    free(r);
+    ck_assert_int_eq(it_cli("import-enrollment", d.dir, bad, NULL), 1);
+    ck_assert_int_eq(it_cli("import-enrollment", d.dir, rec, NULL), 0);
+    ck_assert_int_eq(it_cli("import-enrollment", d.dir, rec, NULL), 1);
+
+    /* The serving host has no ca.key, serves, and the device takes part in a round. */
+    snprintf(path, sizeof(path), "%s/ca.key", d.dir);
+    ck_assert_int_eq(access(path, F_OK), -1);
+    ck_assert_int_eq(it_start(&d, NULL), 0);
+    plait_msg_task_t t;
+    ck_assert_int_eq(it_participate(&d, "phone", 0.01f, &t), 0);
+    ck_assert(it_log_wait(&d, "round committed round=1 version=2", 30000));
+    finish(&d);
+    /* The operator names the device by its label. */
+    ck_assert_int_eq(it_cli("revoke", d.dir, "--device", "phone", NULL), 0);
 }
 END_TEST
 
@@ -610,10 +859,13 @@ Suite *server_suite(void)
     } cases[] = {
         {"round_commits", test_round_commits},
         {"tls_refusals", test_tls_refusals},
+        {"tls_resumption", test_tls_resumption},
         {"bad_bytes", test_bad_bytes},
         {"bad_updates", test_bad_updates},
         {"kill9_restart", test_kill9_restart},
         {"norm", test_norm},
+        {"decline", test_decline},
+        {"offline_enrollment", test_offline_enrollment},
         {"limits", test_limits},
         {"cli", test_cli},
     };

@@ -428,10 +428,6 @@ int it_upload(it_client_t *c, const plait_msg_task_t *t, const uint32_t *w, size
         m.u.update_chunk.total_elements = n_total;
         m.u.update_chunk.words = w + off;
         m.u.update_chunk.n_words = n;
-        if (off == 0) {
-            m.u.update_chunk.has_num_examples = 1;
-            m.u.update_chunk.num_examples = 10;
-        }
         int rc = it_send(c, &m);
         if (rc != 0) return rc;
     }

@@ -20,6 +20,7 @@
  * steps. Every wait is bounded (socket timeouts, check's tcase timeout).
  */
 #include <check.h>
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <netinet/in.h>
@@ -525,8 +526,9 @@ typedef struct {
     uint64_t req_offset; /* offset of the last AdapterRequest */
     uint32_t *words;
     size_t n_words;
-    uint64_t num_examples;
     int got_error, error_code;
+    int got_decline, decline_code; /* a Decline: the only thing a declining agent sends */
+    uint64_t decline_round;
     char fail[256];
 } fake_t;
 
@@ -637,6 +639,13 @@ static void fake_serve(fake_t *f, int fd)
             plait_msg_free(&m);
             goto out;
         }
+        if (m.type == PLAIT_MSG_DECLINE) {
+            f->got_decline = 1;
+            f->decline_code = (int)m.u.decline.code;
+            f->decline_round = m.u.decline.round_id;
+            plait_msg_free(&m);
+            goto out;
+        }
         if (m.type == PLAIT_MSG_ADAPTER_REQUEST) {
             f->adapter_requests++;
             uint64_t off = m.u.adapter_request.offset;
@@ -674,7 +683,6 @@ static void fake_serve(fake_t *f, int fd)
             plait_msg_free(&m);
             goto out;
         }
-        if (u->has_num_examples) f->num_examples = u->num_examples;
         memcpy(f->words + f->n_words, u->words, u->n_words * sizeof(uint32_t));
         f->n_words += u->n_words;
         f->chunks++;
@@ -854,7 +862,8 @@ static plait_agent_t *make_agent(const char *state, int port, evlog_t *ev)
 }
 
 /* The words the agent must have sent, recomputed from its personal adapter (same stream). */
-static void check_words_match_personal(const round_t *r, const char *state, const fake_t *f)
+static void check_words_match_personal(const round_t *r, const char *state, const fake_t *f,
+                                       uint64_t examples)
 {
     double stddev =
         r->task.dp.mode == PLAIT_DP_LOCAL ? r->task.dp.noise_multiplier * r->task.clip_norm : 0.0;
@@ -870,7 +879,7 @@ static void check_words_match_personal(const round_t *r, const char *state, cons
     plait_rng_t rng;
     plait_rng_seed_u64(&rng, AGENT_SEED, r->task.round_id);
     plait_quant_config_t qc = {.bits = QBITS, .range = QRANGE};
-    uint64_t ex = f->num_examples < EXAMPLE_CAP ? f->num_examples : EXAMPLE_CAP;
+    uint64_t ex = examples < EXAMPLE_CAP ? examples : EXAMPLE_CAP;
     double w = (double)ex / EXAMPLE_CAP;
     ck_assert_int_eq(plait__agent_make_update(&r->global, &local, r->task.lora.mode, CLIP, stddev,
                                               &qc, w, &rng, want, n, NULL),
@@ -923,9 +932,8 @@ START_TEST(test_loopback_round)
     ck_assert_int_eq(sv.f.pongs, 1);
     ck_assert_uint_eq(sv.f.n_words, r.task.update_elements);
     ck_assert_int_eq(sv.f.chunks, (int)((r.task.update_elements + 999) / 1000));
-    ck_assert_uint_ge(sv.f.num_examples, 4);
-    ck_assert_uint_eq(res.num_examples, sv.f.num_examples);
-    check_words_match_personal(&r, state, &sv.f);
+    ck_assert_uint_ge(res.num_examples, 4); /* known on the device; not on the wire */
+    check_words_match_personal(&r, state, &sv.f, res.num_examples);
     /* events */
     ck_assert_int_eq(ev.counts[PLAIT_AGENT_EV_CONNECTED], 1);
     ck_assert_int_eq(ev.counts[PLAIT_AGENT_EV_TASK], 1);
@@ -958,8 +966,10 @@ START_TEST(test_loopback_round)
     ck_assert_uint_eq(sv.f.hello.last_round_completed, 1);
     ck_assert_int_eq(res.outcome, PLAIT_AGENT_OUT_DECLINED);
     ck_assert_int_eq(res.declined_rc, PLAIT_ESTALE);
-    ck_assert_int_eq(sv.f.got_error, 1);
-    ck_assert_int_eq(sv.f.error_code, PLAIT_ESTALE);
+    ck_assert_int_eq(sv.f.got_error, 0);
+    ck_assert_int_eq(sv.f.got_decline, 1);
+    ck_assert_int_eq(sv.f.decline_code, PLAIT_DECLINE_ALREADY_DONE);
+    ck_assert_uint_eq(sv.f.decline_round, 1);
     ck_assert_uint_eq(sv.f.n_words, 0);
     ck_assert_int_eq(sv.f.adapter_requests, 0);
     plait_agent_destroy(a);
@@ -1012,7 +1022,7 @@ START_TEST(test_loopback_interrupted_upload_resent)
     ck_assert_int_eq(sv.f.adapter_requests, 0);
     ck_assert_int_eq(ev.counts[PLAIT_AGENT_EV_TRAINING], 0);
     ck_assert_mem_eq(sv.f.words, first, sizeof(first));
-    check_words_match_personal(&r, state, &sv.f);
+    check_words_match_personal(&r, state, &sv.f, res.num_examples);
     ck_assert_int_eq(plait__agent_state_load(state, &st), 0);
     ck_assert_uint_eq(st.last_acked, 2);
     ck_assert_int_eq(plait__agent_pending_load(state, &p), PLAIT_ENOENT);
@@ -1211,8 +1221,9 @@ START_TEST(test_loopback_keepalive_and_deadline)
     ck_assert_msg(rc == 0, "run_once: %s", plait_errmsg());
     ck_assert_int_eq(res.outcome, PLAIT_AGENT_OUT_DECLINED);
     ck_assert_int_eq(res.declined_rc, PLAIT_ECANCELED);
-    ck_assert_int_eq(sv.f.got_error, 1);
-    ck_assert_int_eq(sv.f.error_code, PLAIT_ECANCELED);
+    ck_assert_int_eq(sv.f.got_error, 0);
+    ck_assert_int_eq(sv.f.got_decline, 1);
+    ck_assert_int_eq(sv.f.decline_code, PLAIT_DECLINE_DEADLINE);
     ck_assert_int_ge(sv.f.pings, 2); /* keepalive 1 s over a 3 s deadline */
     ck_assert_uint_eq(sv.f.n_words, 0);
     ck_assert_uint_ge(dt, 2900);
@@ -1418,7 +1429,7 @@ START_TEST(test_loopback_fedit_local_dp_and_cache)
     ck_assert_msg(sv.f.fail[0] == 0, "fake server: %s", sv.f.fail);
     ck_assert_msg(rc == 0, "run_once: %s", plait_errmsg());
     ck_assert_int_eq(res.outcome, PLAIT_AGENT_OUT_ACKED);
-    check_words_match_personal(&r, state, &sv.f);
+    check_words_match_personal(&r, state, &sv.f, res.num_examples);
     server_free(&sv);
     /* next round, same adapter bytes: no download */
     r.task.round_id = 11;
@@ -1444,20 +1455,21 @@ static int flip(void *ud)
     return (*n)++ == 0; /* eligible when asked before connecting, not when the task comes */
 }
 
-/* Tasks the agent must refuse, each answered with an Error and nothing uploaded. */
+/* Tasks the agent must refuse, each answered with a Decline code and nothing uploaded. */
 START_TEST(test_loopback_declines)
 {
     char *state = fresh_state("agent_decl");
     for (int k = 0; k < 6; k++) {
         round_t r;
         round_setup(&r, 20 + (uint64_t)k, PLAIT_LORA_MODE_FFA);
-        int want = 0, calls = 0;
+        int want = 0, calls = 0, want_code = PLAIT_DECLINE_INCOMPATIBLE_TASK;
         plait_agent_config_t cfg;
         base_config(&cfg, state, 0);
         switch (k) {
         case 0:
             cfg.require_secure_agg = 1;
             want = PLAIT_EREFUSED;
+            want_code = PLAIT_DECLINE_POLICY;
             break; /* policy: a plain round for a device that requires secure aggregation */
         case 1:
             r.task.update_elements += 1;
@@ -1471,14 +1483,17 @@ START_TEST(test_loopback_declines)
             cfg.eligible = flip;
             cfg.eligible_ud = &calls;
             want = PLAIT_ECANCELED;
+            want_code = PLAIT_DECLINE_NOT_ELIGIBLE;
             break;
         case 4:
             cfg.min_noise_multiplier = 0.5;
             want = PLAIT_EREFUSED;
+            want_code = PLAIT_DECLINE_POLICY;
             break; /* policy: less noise than this device's minimum */
         case 5:
             cfg.max_clip_norm = r.task.clip_norm / 2;
             want = PLAIT_EREFUSED;
+            want_code = PLAIT_DECLINE_POLICY;
             break; /* policy: a clip norm above this device's maximum */
         }
         server_t sv;
@@ -1492,8 +1507,10 @@ START_TEST(test_loopback_declines)
         ck_assert_msg(rc == 0, "case %d: %s", k, plait_errmsg());
         ck_assert_int_eq(res.outcome, PLAIT_AGENT_OUT_DECLINED);
         ck_assert_int_eq(res.declined_rc, want);
-        ck_assert_int_eq(sv.f.got_error, 1);
-        ck_assert_int_eq(sv.f.error_code, want);
+        ck_assert_int_eq(sv.f.got_error, 0); /* a code from the fixed list, no text */
+        ck_assert_int_eq(sv.f.got_decline, 1);
+        ck_assert_int_eq(sv.f.decline_code, want_code);
+        ck_assert_uint_eq(sv.f.decline_round, r.task.round_id);
         ck_assert_uint_eq(sv.f.n_words, 0);
         plait__agent_pending_t p;
         ck_assert_int_eq(plait__agent_pending_load(state, &p), PLAIT_ENOENT);
@@ -1537,7 +1554,7 @@ START_TEST(test_loopback_download_resume)
     ck_assert_int_eq(res.outcome, PLAIT_AGENT_OUT_ACKED);
     ck_assert_uint_eq(sv.f.req_offset, r.blob_len / 3 + 1); /* the first chunk's size */
     ck_assert_int_eq(access(part, F_OK), -1);
-    check_words_match_personal(&r, state, &sv.f);
+    check_words_match_personal(&r, state, &sv.f, res.num_examples);
     plait_agent_destroy(a);
     server_free(&sv);
 
@@ -1572,6 +1589,146 @@ START_TEST(test_loopback_download_resume)
     free(part);
     round_free(&r);
     free(state);
+}
+END_TEST
+
+static int has_bytes(const uint8_t *b, size_t n, const char *needle)
+{
+    size_t k = strlen(needle);
+    for (size_t i = 0; i + k <= n; i++)
+        if (memcmp(b + i, needle, k) == 0) return 1;
+    return 0;
+}
+
+/* Files under dir (not recursive) containing needle; modes of regular files that are not 0600. */
+static void scan_dir(const char *dir, const char *needle, int *hits, int *loose, char *what, size_t cap)
+{
+    DIR *d = opendir(dir);
+    ck_assert_ptr_nonnull(d);
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        char *p = tu_path(dir, e->d_name);
+        struct stat sb;
+        ck_assert_int_eq(lstat(p, &sb), 0);
+        if (S_ISREG(sb.st_mode)) {
+            if ((sb.st_mode & 0777) != 0600) {
+                (*loose)++;
+                snprintf(what, cap, "%.100s mode %o", e->d_name, (unsigned)(sb.st_mode & 0777));
+            }
+            size_t n = 0;
+            uint8_t *b = tu_read_file(p, &n);
+            if (b && has_bytes(b, n, needle)) {
+                (*hits)++;
+                snprintf(what, cap, "%.100s holds the marker", e->d_name);
+            }
+            free(b);
+        }
+        free(p);
+    }
+    closedir(d);
+}
+
+/* A marker ingested, trained on, uploaded (one round acked, one cut mid-upload so an update is
+ * pending), then `plait-agent forget --all --state`: no byte of it and no file derived from it
+ * is left under the store's and the state's directories; every file there is 0600 under umask
+ * 022. */
+START_TEST(test_forget_leaves_nothing)
+{
+    static const char marker[] = "QZXV-marker-5e1f9c";
+    mode_t old_mask = umask(022);
+    char *sdir = fresh_state("agent_forget_db");
+    char *state = fresh_state("agent_forget_st");
+    char *tdir = fresh_state("agent_forget_txt");
+    char *db = tu_path(sdir, "user.db");
+    char *txt = tu_path(tdir, "in.txt");
+    char *out = tu_path(tdir, "out.txt");
+    char *bin = tu_path(PLAIT_BINARY_DIR, "client/plait-agent");
+    size_t cap = 64 * 1024, len = 0;
+    char *text = malloc(cap);
+    for (int i = 0; i < 40; i++)
+        len += (size_t)snprintf(text + len, cap - len, "%s %s number %d.\n\n", texts[i % 6], marker, i);
+    ck_assert_int_eq(tu_write_file(txt, text, len), 0);
+    free(text);
+    {
+        char *argv[] = {bin, "ingest", "--db", db, "--text", txt, NULL};
+        ck_assert_int_eq(run_cli(argv, out, 0, 30000), 0);
+    }
+    int hits = 0, loose = 0;
+    char what[256] = "";
+    scan_dir(sdir, marker, &hits, &loose, what, sizeof(what));
+    ck_assert_msg(loose == 0, "after ingest: %s", what);
+    ck_assert_int_ge(hits, 1); /* the marker really is in the store */
+
+    round_t r;
+    round_setup(&r, 40, PLAIT_LORA_MODE_FEDSA);
+    server_t sv;
+    for (int k = 0; k < 2; k++) {
+        server_start(&sv, k == 0 ? FAKE_TASK : FAKE_DROP, &r);
+        plait_agent_config_t cfg;
+        base_config(&cfg, state, sv.f.port);
+        cfg.store_path = db;
+        plait_agent_t *a = NULL;
+        ck_assert_int_eq(plait_agent_create(&a, &cfg), 0);
+        plait_agent_result_t res;
+        int rc = plait_agent_run_once(a, &res);
+        server_join(&sv);
+        ck_assert_msg(sv.f.fail[0] == 0, "fake server: %s", sv.f.fail);
+        if (k == 0) {
+            ck_assert_msg(rc == 0, "run_once: %s", plait_errmsg());
+            ck_assert_int_eq(res.outcome, PLAIT_AGENT_OUT_ACKED);
+        } else {
+            ck_assert_int_ne(rc, 0); /* cut mid-upload */
+        }
+        plait_agent_destroy(a);
+        server_free(&sv);
+        r.task.round_id++;
+    }
+    round_free(&r);
+    char *personal = tu_path(state, "personal.safetensors");
+    char *pending = tu_path(state, "pending.upd");
+    char *tmp = tu_path(state, ".personal.safetensors.tmp");
+    ck_assert_int_eq(access(personal, F_OK), 0);
+    ck_assert_int_eq(access(pending, F_OK), 0);
+    /* what a crash mid-write would leave */
+    ck_assert_int_eq(tu_write_file(tmp, marker, sizeof(marker)), 0);
+    ck_assert_int_eq(chmod(tmp, 0600), 0);
+    hits = loose = 0;
+    scan_dir(sdir, marker, &hits, &loose, what, sizeof(what));
+    scan_dir(state, marker, &hits, &loose, what, sizeof(what));
+    ck_assert_msg(loose == 0, "after training: %s", what);
+
+    {
+        char *argv[] = {bin, "forget", "--db", db, "--all", "--state", state, NULL};
+        ck_assert_int_eq(run_cli(argv, out, 0, 30000), 0);
+        ck_assert(file_has(out, "erased 40 records"));
+        ck_assert(file_has(out, "erased 3 derived files"));
+    }
+    ck_assert_int_eq(access(personal, F_OK), -1);
+    ck_assert_int_eq(access(pending, F_OK), -1);
+    ck_assert_int_eq(access(tmp, F_OK), -1);
+    hits = loose = 0;
+    what[0] = 0;
+    scan_dir(sdir, marker, &hits, &loose, what, sizeof(what));
+    scan_dir(state, marker, &hits, &loose, what, sizeof(what));
+    ck_assert_msg(hits == 0 && loose == 0, "after forget: %s", what);
+    /* Without --state the command says what it left. */
+    {
+        char *argv[] = {bin, "forget", "--db", db, "--all", NULL};
+        ck_assert_int_eq(run_cli(argv, out, 0, 30000), 0);
+        ck_assert(file_has(out, "no --state given"));
+    }
+    umask(old_mask);
+    free(personal);
+    free(pending);
+    free(tmp);
+    free(bin);
+    free(out);
+    free(txt);
+    free(db);
+    free(tdir);
+    free(state);
+    free(sdir);
 }
 END_TEST
 
@@ -1653,6 +1810,7 @@ Suite *agent_suite(void)
     tcase_add_test(tc, test_loopback_fedit_local_dp_and_cache);
     tcase_add_test(tc, test_loopback_declines);
     tcase_add_test(tc, test_loopback_download_resume);
+    tcase_add_test(tc, test_forget_leaves_nothing);
     suite_add_tcase(s, tc);
     return s;
 }

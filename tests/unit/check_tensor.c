@@ -183,9 +183,17 @@ static void check_backward(size_t N, size_t IC, size_t OC, int which)
     free(mag_dinp); free(mag_dw); free(ainp); free(aw); free(adout);
 }
 
-static void run_small_grid(int scalar, int fwd, int threaded)
+/* The widest path this CPU runs; tests cap the path at each one up to it. */
+static int cpu_widest(void)
 {
-    plait__tensor_force_scalar(scalar);
+    return plait_cpu_has_avx512() ? PLAIT__KPATH_AVX512 : plait_cpu_has_avx2_fma() ? PLAIT__KPATH_AVX2 : 0;
+}
+
+static void run_small_grid(int path, int fwd, int threaded)
+{
+    if (path > cpu_widest()) return; /* this CPU lacks the path: nothing to compare */
+    plait__tensor_force_path(path);
+    ck_assert_int_eq(plait__tensor_path(), path);
     /* Threaded: every call goes to the pool, however small. */
     size_t saved = plait__tensor_set_par_min_macs(threaded ? 0 : (size_t)-1);
     pools_up();
@@ -201,12 +209,13 @@ static void run_small_grid(int scalar, int fwd, int threaded)
             }
     pools_down();
     plait__tensor_set_par_min_macs(saved);
-    plait__tensor_force_scalar(0);
+    plait__tensor_force_path(-1);
 }
 
-static void run_big(int scalar)
+static void run_big(int path)
 {
-    plait__tensor_force_scalar(scalar);
+    if (path > cpu_widest()) return;
+    plait__tensor_force_path(path);
     pools_up();
     for (size_t s = 0; s < COUNT(big_shapes); s++) {
         size_t N = big_shapes[s][0], IC = big_shapes[s][1], OC = big_shapes[s][2];
@@ -214,17 +223,16 @@ static void run_big(int scalar)
         check_backward(N, IC, OC, 3);
     }
     pools_down();
-    plait__tensor_force_scalar(0);
+    plait__tensor_force_path(-1);
 }
 
-/* Loop index: bit 0 forces the portable path, bit 1 forces threading. */
-START_TEST(test_forward_grid) { run_small_grid(_i & 1, 1, _i >> 1); }
+/* Loop index: bit 0 forces threading, the rest is the path (portable, avx2,
+ * avx512), each checked against the plain reference. */
+START_TEST(test_forward_grid) { run_small_grid(_i >> 1, 1, _i & 1); }
 END_TEST
-START_TEST(test_backward_grid) { run_small_grid(_i & 1, 0, _i >> 1); }
+START_TEST(test_backward_grid) { run_small_grid(_i >> 1, 0, _i & 1); }
 END_TEST
-START_TEST(test_big_shapes) { run_big(0); }
-END_TEST
-START_TEST(test_big_shapes_scalar) { run_big(1); }
+START_TEST(test_big_shapes) { run_big(_i); }
 END_TEST
 
 /* Both NULL is a no-op, and N = 0 / IC = 0 / OC = 0 touch nothing they must not. */
@@ -403,6 +411,12 @@ START_TEST(test_cpu_query)
     ck_assert_int_eq(plait__tensor_simd_active(), 0);
     plait__tensor_force_scalar(0);
     ck_assert_int_eq(plait__tensor_simd_active(), plait_cpu_has_avx2_fma());
+    ck_assert_int_eq(plait__tensor_path(), cpu_widest());
+    ck_assert_str_eq(plait_kernel_path_name(), cpu_widest() == 2 ? "avx512" : cpu_widest() ? "avx2" : "portable");
+    plait__tensor_force_path(PLAIT__KPATH_AVX2);
+    ck_assert_int_eq(plait__tensor_path(), cpu_widest() < 1 ? cpu_widest() : 1);
+    plait__tensor_force_path(-1);
+    if (plait_cpu_has_avx512()) ck_assert_int_eq(plait_cpu_has_avx2_fma(), 1);
 #if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__)
     ck_assert_int_eq(plait_cpu_has_avx2_fma(), 1); /* built for it, so the CPU has it */
 #endif
@@ -414,10 +428,9 @@ Suite *tensor_suite(void)
     Suite *s = suite_create("tensor");
     TCase *tc = tcase_create("matmul");
     tcase_set_timeout(tc, 300);
-    tcase_add_loop_test(tc, test_forward_grid, 0, 4);
-    tcase_add_loop_test(tc, test_backward_grid, 0, 4);
-    tcase_add_test(tc, test_big_shapes);
-    tcase_add_test(tc, test_big_shapes_scalar);
+    tcase_add_loop_test(tc, test_forward_grid, 0, 6);
+    tcase_add_loop_test(tc, test_backward_grid, 0, 6);
+    tcase_add_loop_test(tc, test_big_shapes, 0, 3);
     tcase_add_test(tc, test_degenerate);
     tcase_add_test(tc, test_tolerance_can_fail);
     tcase_add_test(tc, test_cpu_query);

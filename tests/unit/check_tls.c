@@ -352,6 +352,110 @@ START_TEST(test_revoked)
 }
 END_TEST
 
+/* Session resumption: the second connection of a device resumes its session
+ * (no certificates, no ECDHE) and the server still knows which device it is;
+ * a device revoked since its ticket was issued is refused at resumption; a
+ * restarted server (new ticket keys) and a server without tickets fall back
+ * to a full handshake. */
+static void sessions(plait_tls_config_t *ccfg, plait_tls_config_t *scfg, plait_tls_t **c, plait_tls_t **s,
+                     int *crc, int *src)
+{
+    ck_assert_int_eq(plait_tls_new(s, scfg), 0);
+    ck_assert_int_eq(plait_tls_new(c, ccfg), 0);
+    pump_handshake(*c, *s, crc, src);
+}
+
+START_TEST(test_resumption)
+{
+    plait_pki_revlist_t rl;
+    plait_pki_revlist_init(&rl);
+    plait_tls_config_t *scfg, *scfg2, *ccfg;
+    plait_tls_t *c, *s;
+    int crc, src;
+    ck_assert_int_eq(plait_tls_config_server(&scfg, ca.crt, srv.crt, srv.key, 1, plait_pki_revlist_check, &rl), 0);
+    ck_assert_int_eq(plait_tls_config_tickets(scfg, 0), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_tls_config_tickets(scfg, 3600), 0);
+    ck_assert_int_eq(plait_tls_config_client(&ccfg, ca.crt, dev.crt, dev.key, "plait-aggregator"), 0);
+    ck_assert_int_eq(plait_tls_config_tickets(ccfg, 0), 0);
+
+    sessions(ccfg, scfg, &c, &s, &crc, &src); /* full */
+    ck_assert_int_eq(crc, 0);
+    ck_assert_int_eq(src, 0);
+    ck_assert_int_eq(plait_tls_resumed(c), 0);
+    ck_assert_int_eq(plait_tls_resumed(s), 0);
+    transfer(c, s, 100);
+    plait_tls_free(c);
+    plait_tls_free(s);
+
+    sessions(ccfg, scfg, &c, &s, &crc, &src); /* resumed */
+    ck_assert_int_eq(crc, 0);
+    ck_assert_int_eq(src, 0);
+    ck_assert_int_eq(plait_tls_resumed(c), 1);
+    ck_assert_int_eq(plait_tls_resumed(s), 1);
+    const plait_pki_cert_info_t *peer = plait_tls_peer(s);
+    ck_assert_ptr_nonnull(peer);
+    ck_assert_str_eq(peer->device_id, dev.info.device_id);
+    ck_assert_str_eq(peer->serial_hex, dev.info.serial_hex);
+    transfer(c, s, 70000);
+    transfer(s, c, 5);
+    plait_tls_free(c);
+    plait_tls_free(s);
+
+    /* Revoked since: the server refuses the resumption; the client, whose
+     * side of an abbreviated handshake ends first, reads the alert. */
+    ck_assert_int_eq(plait_pki_revlist_add_serial(&rl, dev.info.serial_hex), 0);
+    sessions(ccfg, scfg, &c, &s, &crc, &src);
+    ck_assert_int_eq(src, PLAIT_EAUTH);
+    ck_assert_int_eq(plait_tls_resumed(s), 1);
+    ck_assert_str_eq(plait_tls_reason(s), "certificate revoked");
+    move(s, c);
+    uint8_t buf[16];
+    ck_assert_int_eq(crc == 0 ? plait_tls_read(c, buf, sizeof(buf)) : crc, PLAIT_EAUTH);
+    plait_tls_free(c);
+    plait_tls_free(s);
+    plait_pki_revlist_free(&rl);
+    plait_pki_revlist_init(&rl);
+
+    /* A restarted server cannot open the old ticket: full handshake. */
+    ck_assert_int_eq(plait_tls_config_server(&scfg2, ca.crt, srv.crt, srv.key, 1, plait_pki_revlist_check, &rl), 0);
+    ck_assert_int_eq(plait_tls_config_tickets(scfg2, 3600), 0);
+    sessions(ccfg, scfg2, &c, &s, &crc, &src);
+    ck_assert_int_eq(crc, 0);
+    ck_assert_int_eq(src, 0);
+    ck_assert_int_eq(plait_tls_resumed(c), 0);
+    ck_assert_int_eq(plait_tls_resumed(s), 0);
+    ck_assert_str_eq(plait_tls_peer(s)->device_id, dev.info.device_id);
+    plait_tls_free(c);
+    plait_tls_free(s);
+    /* ... and the next one resumes with the new ticket, unless forgotten. */
+    sessions(ccfg, scfg2, &c, &s, &crc, &src);
+    ck_assert_int_eq(crc + src, 0);
+    ck_assert_int_eq(plait_tls_resumed(s), 1);
+    plait_tls_free(c);
+    plait_tls_free(s);
+    plait_tls_config_forget_session(ccfg);
+    sessions(ccfg, scfg2, &c, &s, &crc, &src);
+    ck_assert_int_eq(crc + src, 0);
+    ck_assert_int_eq(plait_tls_resumed(s), 0);
+    plait_tls_free(c);
+    plait_tls_free(s);
+    plait_tls_config_free(scfg2);
+
+    /* A server without tickets ignores the offered session. */
+    plait_tls_config_free(scfg);
+    ck_assert_int_eq(plait_tls_config_server(&scfg, ca.crt, srv.crt, srv.key, 1, NULL, NULL), 0);
+    sessions(ccfg, scfg, &c, &s, &crc, &src);
+    ck_assert_int_eq(crc + src, 0);
+    ck_assert_int_eq(plait_tls_resumed(c), 0);
+    ck_assert_int_eq(plait_tls_resumed(s), 0);
+    plait_tls_free(c);
+    plait_tls_free(s);
+    plait_tls_config_free(scfg);
+    plait_tls_config_free(ccfg);
+    plait_pki_revlist_free(&rl);
+}
+END_TEST
+
 START_TEST(test_no_client_cert)
 {
     duo_t d;
@@ -813,6 +917,7 @@ Suite *tls_suite(void)
     tcase_add_test(tm, test_other_ca);
     tcase_add_test(tm, test_expired);
     tcase_add_test(tm, test_revoked);
+    tcase_add_test(tm, test_resumption);
     tcase_add_test(tm, test_no_client_cert);
     tcase_add_test(tm, test_wrong_eku);
     tcase_add_test(tm, test_bad_server_cert);

@@ -102,7 +102,7 @@ static void sample_task(plait_msg_t *m)
     memcpy(t->secagg.graph_seed, k_sha, 32);
 }
 
-#define N_SAMPLES 22
+#define N_SAMPLES 23
 
 /* Secure-aggregation samples: fixed keys, certificates, signatures and shares. */
 static uint8_t k_key[2][32], k_sig[72], k_cert[3][40], k_share[4][48], k_packed[64];
@@ -198,8 +198,6 @@ static void sample(int i, plait_msg_t *m)
         m->u.update_chunk.total_elements = 12;
         m->u.update_chunk.words = k_words;
         m->u.update_chunk.n_words = 6;
-        m->u.update_chunk.has_num_examples = 1;
-        m->u.update_chunk.num_examples = 250;
         break;
     case 8:
         plait_msg_init(m, PLAIT_MSG_UPDATE_CHUNK);
@@ -234,6 +232,11 @@ static void sample(int i, plait_msg_t *m)
         m->u.ping.nonce = 0;
         break;
     case 14:
+        plait_msg_init(m, PLAIT_MSG_DECLINE);
+        m->u.decline.round_id = 42;
+        m->u.decline.code = PLAIT_DECLINE_NOT_ELIGIBLE;
+        break;
+    case 15:
         fill_secagg();
         plait_msg_init(m, PLAIT_MSG_SECAGG_ADVERTISE);
         m->u.secagg_advertise.round_id = 42;
@@ -244,7 +247,7 @@ static void sample(int i, plait_msg_t *m)
         m->u.secagg_advertise.cert = k_cert[0];
         m->u.secagg_advertise.cert_len = 40;
         break;
-    case 15: {
+    case 16: {
         fill_secagg();
         plait_msg_init(m, PLAIT_MSG_SECAGG_ROSTER);
         plait_msg_secagg_roster_t *r = &m->u.secagg_roster;
@@ -253,21 +256,21 @@ static void sample(int i, plait_msg_t *m)
         r->n_peers = 3;
         break;
     }
-    case 16:
+    case 17:
         fill_secagg();
         plait_msg_init(m, PLAIT_MSG_SECAGG_SHARES);
         m->u.secagg_shares.round_id = 42;
         m->u.secagg_shares.shares = k_shares;
         m->u.secagg_shares.n_shares = 4;
         break;
-    case 17:
+    case 18:
         fill_secagg();
         plait_msg_init(m, PLAIT_MSG_SECAGG_RELAY);
         m->u.secagg_shares.round_id = 42;
         m->u.secagg_shares.shares = k_shares + 1;
         m->u.secagg_shares.n_shares = 2;
         break;
-    case 18:
+    case 19:
         fill_secagg();
         plait_msg_init(m, PLAIT_MSG_SECAGG_MASKED_INPUT);
         m->u.secagg_masked_input.round_id = 42;
@@ -279,7 +282,7 @@ static void sample(int i, plait_msg_t *m)
         m->u.secagg_masked_input.data = k_packed;
         m->u.secagg_masked_input.len = 40;
         break;
-    case 19:
+    case 20:
         fill_secagg();
         plait_msg_init(m, PLAIT_MSG_SECAGG_MASKED_INPUT);
         m->u.secagg_masked_input.round_id = 42;
@@ -291,7 +294,7 @@ static void sample(int i, plait_msg_t *m)
         m->u.secagg_masked_input.data = k_packed;
         m->u.secagg_masked_input.len = 13;
         break;
-    case 20:
+    case 21:
         fill_secagg();
         plait_msg_init(m, PLAIT_MSG_SECAGG_UNMASK_REQUEST);
         m->u.secagg_unmask_request.round_id = 42;
@@ -395,8 +398,6 @@ static void assert_msg_eq(const plait_msg_t *a, const plait_msg_t *b)
         ck_assert_uint_eq(x->total_elements, y->total_elements);
         ck_assert_uint_eq(x->n_words, y->n_words);
         ck_assert_mem_eq(x->words, y->words, x->n_words * 4);
-        ck_assert_int_eq(x->has_num_examples, y->has_num_examples);
-        ck_assert_uint_eq(x->num_examples, y->num_examples);
         break;
     }
     case PLAIT_MSG_ACK:
@@ -476,6 +477,10 @@ static void assert_msg_eq(const plait_msg_t *a, const plait_msg_t *b)
         assert_shares_eq(x->key_shares, x->n_key, y->key_shares, y->n_key);
         break;
     }
+    case PLAIT_MSG_DECLINE:
+        ck_assert_uint_eq(a->u.decline.round_id, b->u.decline.round_id);
+        ck_assert_int_eq(a->u.decline.code, b->u.decline.code);
+        break;
     }
 }
 
@@ -592,6 +597,11 @@ START_TEST(test_type_names)
     ck_assert_str_eq(plait_msg_type_name(11), "secagg_advertise");
     ck_assert_str_eq(plait_msg_type_name(PLAIT_MSG_SECAGG_UNMASK_RESPONSE), "secagg_unmask_response");
     ck_assert_str_eq(plait_msg_type_name(PLAIT_MSG_TYPE_MAX + 1), "unknown");
+    ck_assert_str_eq(plait_msg_type_name(PLAIT_MSG_DECLINE), "decline");
+    for (int c = 1; c <= PLAIT_DECLINE_CODE_MAX; c++)
+        ck_assert_str_ne(plait_decline_code_name(c), "unknown");
+    ck_assert_str_eq(plait_decline_code_name(0), "unknown");
+    ck_assert_str_eq(plait_decline_code_name(PLAIT_DECLINE_CODE_MAX + 1), "unknown");
 }
 END_TEST
 
@@ -755,7 +765,7 @@ START_TEST(test_bad_header)
         ck_assert_ptr_nonnull(strstr(plait_errmsg(), "version"));
     }
     /* type, decided at 6 bytes */
-    const uint8_t types[] = {0, PLAIT_MSG_TYPE_MAX + 1, 0x80, 0xff};
+    const uint8_t types[] = {0, 18, 19, PLAIT_MSG_TYPE_MAX + 1, 0x80, 0xff}; /* 18..19: undefined */
     for (size_t i = 0; i < sizeof(types); i++) {
         put_header(h, 10, PLAIT_WIRE_VERSION, types[i]);
         ck_assert_int_eq(frame_guarded(h, 5, NULL, 0, NULL), PLAIT_EAGAIN);
@@ -763,6 +773,7 @@ START_TEST(test_bad_header)
     }
     /* only a hello before authentication */
     for (uint8_t t = 2; t <= PLAIT_MSG_TYPE_MAX; t++) {
+        if (strcmp(plait_msg_type_name(t), "unknown") == 0) continue;
         put_header(h, 10, PLAIT_WIRE_VERSION, t);
         ck_assert_int_eq(frame_guarded(h, 6, NULL, PLAIT_FRAME_PREAUTH, NULL), PLAIT_EPROTO);
         ck_assert_int_eq(frame_guarded(h, 6, NULL, 0, NULL), PLAIT_EAGAIN);
@@ -1233,9 +1244,6 @@ START_TEST(test_decode_chunk_fields)
         {1, 0, 1, 4, 3, 1, 1, "update_chunk.chunk_index"},
         {1, 1, 0, 4, 3, 0, 0, "update_chunk.chunk_index"},
         {1, 5, 2, 8, 3, 0, 0, "update_chunk.chunk_index"},
-        {1, 0, 0, 3, 3, 0, 0, "update_chunk.num_examples"},
-        {1, 0, 0, 3, 3, 1, 0, "update_chunk.num_examples"},
-        {1, 1, 3, 6, 3, 1, 5, "update_chunk.num_examples"},
     };
     for (size_t i = 0; i < sizeof(uc) / sizeof(uc[0]); i++) {
         w.n = 0;
@@ -1421,9 +1429,10 @@ START_TEST(test_encode_refuses_invalid)
     REFUSE((sample(6, &m), m.u.adapter_chunk.has_sha256 = 0), "adapter_chunk.sha256");
     REFUSE((sample(5, &m), m.u.adapter_chunk.data = NULL), "adapter_chunk.data");
     REFUSE((sample(7, &m), m.u.update_chunk.words = NULL), "update_chunk.words");
-    REFUSE(
-        (sample(8, &m), m.u.update_chunk.has_num_examples = 1, m.u.update_chunk.num_examples = 1),
-        "update_chunk.num_examples");
+    REFUSE((sample(14, &m), m.u.decline.round_id = 0), "decline.round_id");
+    REFUSE((sample(14, &m), m.u.decline.code = (plait_decline_code_t)0), "decline.code");
+    REFUSE((sample(14, &m), m.u.decline.code = (plait_decline_code_t)(PLAIT_DECLINE_CODE_MAX + 1)),
+           "decline.code");
     REFUSE((sample(9, &m), m.u.ack.kind = (plait_ack_kind_t)0), "ack.kind");
     REFUSE((sample(9, &m), m.u.ack.round_id = 0), "ack.round_id");
     REFUSE((sample(10, &m), m.u.error.code = 0), "error.code");
@@ -1432,9 +1441,9 @@ START_TEST(test_encode_refuses_invalid)
     /* secure aggregation */
     REFUSE((sample(3, &m), m.u.come_back_later.reason = (plait_retry_reason_t)11),
            "come_back_later.reason");
-    REFUSE((sample(14, &m), m.u.secagg_advertise.round_id = 0), "secagg_advertise.round_id");
-    REFUSE((sample(14, &m), m.u.secagg_advertise.sig_len = 0), "secagg_advertise.signature");
-    REFUSE((sample(14, &m), m.u.secagg_advertise.sig_len = PLAIT_WIRE_SECAGG_MAX_SIG + 1),
+    REFUSE((sample(15, &m), m.u.secagg_advertise.round_id = 0), "secagg_advertise.round_id");
+    REFUSE((sample(15, &m), m.u.secagg_advertise.sig_len = 0), "secagg_advertise.signature");
+    REFUSE((sample(15, &m), m.u.secagg_advertise.sig_len = PLAIT_WIRE_SECAGG_MAX_SIG + 1),
            "secagg_advertise.signature");
     REFUSE((sample(2, &m), m.u.task.has_secagg = 0), "task.secagg");
     REFUSE((sample(2, &m), m.u.task.secure_agg = 0), "task.secagg");
@@ -1446,44 +1455,44 @@ START_TEST(test_encode_refuses_invalid)
     REFUSE((sample(2, &m), m.u.task.secagg.t = 0), "task.secagg.t");
     REFUSE((sample(2, &m), m.u.task.secagg.bits = 15), "task.secagg.bits");
     REFUSE((sample(2, &m), m.u.task.secagg.bits = 33), "task.secagg.bits");
-    REFUSE((sample(14, &m), m.u.secagg_advertise.cert_len = 0), "secagg_advertise.device_cert");
-    REFUSE((sample(15, &m), m.u.secagg_roster.round_id = 0), "secagg_roster.round_id");
-    REFUSE((sample(15, &m), k_peers[1].index = 1), "secagg_roster.peers[1].index");
-    REFUSE((sample(15, &m), k_peers[2].index = 4), "secagg_roster.peers[2].index");
-    REFUSE((sample(15, &m), k_peers[0].index = 0), "secagg_roster.peers[0].index");
-    REFUSE((sample(15, &m), k_peers[0].cert_len = 0), "secagg_roster.peers[0].device_cert");
-    REFUSE((sample(15, &m), k_peers[0].sig_len = 0), "secagg_roster.peers[].signature");
-    REFUSE((sample(16, &m), m.u.secagg_shares.n_shares = 0), "secagg_shares.shares");
-    REFUSE((sample(16, &m), k_shares[2].peer = 3), "secagg_shares.shares[2].peer");
-    REFUSE((sample(16, &m), k_shares[3].peer = PLAIT_WIRE_SECAGG_MAX_COHORT + 1),
+    REFUSE((sample(15, &m), m.u.secagg_advertise.cert_len = 0), "secagg_advertise.device_cert");
+    REFUSE((sample(16, &m), m.u.secagg_roster.round_id = 0), "secagg_roster.round_id");
+    REFUSE((sample(16, &m), k_peers[1].index = 1), "secagg_roster.peers[1].index");
+    REFUSE((sample(16, &m), k_peers[2].index = 4), "secagg_roster.peers[2].index");
+    REFUSE((sample(16, &m), k_peers[0].index = 0), "secagg_roster.peers[0].index");
+    REFUSE((sample(16, &m), k_peers[0].cert_len = 0), "secagg_roster.peers[0].device_cert");
+    REFUSE((sample(16, &m), k_peers[0].sig_len = 0), "secagg_roster.peers[].signature");
+    REFUSE((sample(17, &m), m.u.secagg_shares.n_shares = 0), "secagg_shares.shares");
+    REFUSE((sample(17, &m), k_shares[2].peer = 3), "secagg_shares.shares[2].peer");
+    REFUSE((sample(17, &m), k_shares[3].peer = PLAIT_WIRE_SECAGG_MAX_COHORT + 1),
            "secagg_shares.shares[3].peer");
-    REFUSE((sample(16, &m), k_shares[0].len = PLAIT_WIRE_SECAGG_MAX_SHARE + 1),
+    REFUSE((sample(17, &m), k_shares[0].len = PLAIT_WIRE_SECAGG_MAX_SHARE + 1),
            "secagg_shares.shares[0].data");
-    REFUSE((sample(17, &m), m.u.secagg_shares.round_id = 0), "secagg_relay.round_id");
-    REFUSE((sample(18, &m), m.u.secagg_masked_input.bits = 33), "secagg_masked_input.bits");
-    REFUSE((sample(18, &m), m.u.secagg_masked_input.len = 39), "secagg_masked_input.data");
-    REFUSE((sample(18, &m), m.u.secagg_masked_input.count = 15, m.u.secagg_masked_input.len = 38),
+    REFUSE((sample(18, &m), m.u.secagg_shares.round_id = 0), "secagg_relay.round_id");
+    REFUSE((sample(19, &m), m.u.secagg_masked_input.bits = 33), "secagg_masked_input.bits");
+    REFUSE((sample(19, &m), m.u.secagg_masked_input.len = 39), "secagg_masked_input.data");
+    REFUSE((sample(19, &m), m.u.secagg_masked_input.count = 15, m.u.secagg_masked_input.len = 38),
            "secagg_masked_input.count");
-    REFUSE((sample(18, &m), m.u.secagg_masked_input.count = 24, m.u.secagg_masked_input.len = 60),
+    REFUSE((sample(19, &m), m.u.secagg_masked_input.count = 24, m.u.secagg_masked_input.len = 60),
            "secagg_masked_input.count");
-    REFUSE((sample(18, &m), m.u.secagg_masked_input.chunk_index = 1),
+    REFUSE((sample(19, &m), m.u.secagg_masked_input.chunk_index = 1),
            "secagg_masked_input.chunk_index");
-    REFUSE((sample(19, &m), m.u.secagg_masked_input.offset = 15), "secagg_masked_input.offset");
-    REFUSE((sample(19, &m), m.u.secagg_masked_input.total_elements = 0),
+    REFUSE((sample(20, &m), m.u.secagg_masked_input.offset = 15), "secagg_masked_input.offset");
+    REFUSE((sample(20, &m), m.u.secagg_masked_input.total_elements = 0),
            "secagg_masked_input.total_elements");
-    REFUSE((sample(20, &m), m.u.secagg_unmask_request.n_survivors = 0),
+    REFUSE((sample(21, &m), m.u.secagg_unmask_request.n_survivors = 0),
            "secagg_unmask_request.survivors");
     static const uint32_t descending[] = {5, 2}, zero[] = {0};
-    REFUSE((sample(20, &m), m.u.secagg_unmask_request.survivors = zero,
+    REFUSE((sample(21, &m), m.u.secagg_unmask_request.survivors = zero,
             m.u.secagg_unmask_request.n_survivors = 1),
            "secagg_unmask_request.survivors[0]");
-    REFUSE((sample(20, &m), m.u.secagg_unmask_request.survivors = descending),
+    REFUSE((sample(21, &m), m.u.secagg_unmask_request.survivors = descending),
            "secagg_unmask_request.survivors[1]");
-    REFUSE((sample(20, &m), m.u.secagg_unmask_request.dropouts = descending),
+    REFUSE((sample(21, &m), m.u.secagg_unmask_request.dropouts = descending),
            "secagg_unmask_request.dropouts[1]");
-    REFUSE((sample(21, &m), m.u.secagg_unmask_response.round_id = 0),
+    REFUSE((sample(22, &m), m.u.secagg_unmask_response.round_id = 0),
            "secagg_unmask_response.round_id");
-    REFUSE((sample(21, &m), m.u.secagg_unmask_response.n_key = PLAIT_WIRE_SECAGG_MAX_PEERS + 1),
+    REFUSE((sample(22, &m), m.u.secagg_unmask_response.n_key = PLAIT_WIRE_SECAGG_MAX_PEERS + 1),
            "secagg_unmask_response.key_shares");
 #undef REFUSE
     /* a lower max_string applies to errors */
@@ -1532,43 +1541,41 @@ START_TEST(test_update_transfer)
     plait_wire_xfer_init(&tx, 42, total, 0);
     plait_wire_xfer_init(&rx, 42, total, 0);
     plait_msg_t m, d;
-    uint64_t examples = 0;
     int rc, done = 0, chunks = 0;
-    while ((rc = plait_wire_update_tx_next(&tx, &lim, src, 77, &m)) == 1) {
+    while ((rc = plait_wire_update_tx_next(&tx, &lim, src, &m)) == 1) {
         ck_assert_int_eq(done, 0);
         over_the_wire(&m, &lim, &d);
         if (chunks == 3) {
             /* out of order, duplicate, wrong round, wrong total: refused, rx unchanged */
             plait_msg_update_chunk_t bad = d.u.update_chunk;
             bad.offset += 16, bad.chunk_index++;
-            ck_assert_int_eq(plait_wire_update_rx_add(&rx, &bad, dst, NULL), PLAIT_EMISMATCH);
+            ck_assert_int_eq(plait_wire_update_rx_add(&rx, &bad, dst), PLAIT_EMISMATCH);
             bad = d.u.update_chunk;
             bad.offset -= 16, bad.chunk_index--;
-            ck_assert_int_eq(plait_wire_update_rx_add(&rx, &bad, dst, NULL), PLAIT_EMISMATCH);
+            ck_assert_int_eq(plait_wire_update_rx_add(&rx, &bad, dst), PLAIT_EMISMATCH);
             bad = d.u.update_chunk;
             bad.offset += 16; /* index right, offset wrong */
-            ck_assert_int_eq(plait_wire_update_rx_add(&rx, &bad, dst, NULL), PLAIT_EMISMATCH);
+            ck_assert_int_eq(plait_wire_update_rx_add(&rx, &bad, dst), PLAIT_EMISMATCH);
             bad = d.u.update_chunk;
             bad.n_words = total; /* runs past the end */
-            ck_assert_int_eq(plait_wire_update_rx_add(&rx, &bad, dst, NULL), PLAIT_EMISMATCH);
+            ck_assert_int_eq(plait_wire_update_rx_add(&rx, &bad, dst), PLAIT_EMISMATCH);
             bad = d.u.update_chunk;
             bad.round_id = 41;
-            ck_assert_int_eq(plait_wire_update_rx_add(&rx, &bad, dst, NULL), PLAIT_ESTALE);
+            ck_assert_int_eq(plait_wire_update_rx_add(&rx, &bad, dst), PLAIT_ESTALE);
             bad = d.u.update_chunk;
             bad.total_elements = total + 1;
-            ck_assert_int_eq(plait_wire_update_rx_add(&rx, &bad, dst, NULL), PLAIT_EMISMATCH);
+            ck_assert_int_eq(plait_wire_update_rx_add(&rx, &bad, dst), PLAIT_EMISMATCH);
             bad = d.u.update_chunk;
             bad.chunk_index++;
-            ck_assert_int_eq(plait_wire_update_rx_add(&rx, &bad, dst, NULL), PLAIT_EMISMATCH);
+            ck_assert_int_eq(plait_wire_update_rx_add(&rx, &bad, dst), PLAIT_EMISMATCH);
         }
-        rc = plait_wire_update_rx_add(&rx, &d.u.update_chunk, dst, &examples);
+        rc = plait_wire_update_rx_add(&rx, &d.u.update_chunk, dst);
         ck_assert_int_ge(rc, 0);
         done = rc;
-        ck_assert_uint_eq(examples, 77);
         chunks++;
         if (done) {
             /* anything after completion is refused */
-            ck_assert_int_eq(plait_wire_update_rx_add(&rx, &d.u.update_chunk, dst, NULL),
+            ck_assert_int_eq(plait_wire_update_rx_add(&rx, &d.u.update_chunk, dst),
                              PLAIT_EMISMATCH);
         }
         plait_msg_free(&d);
@@ -1577,15 +1584,15 @@ START_TEST(test_update_transfer)
     ck_assert_int_eq(done, 1);
     ck_assert_int_eq(chunks, (int)((total + 15) / 16));
     ck_assert_mem_eq(src, dst, total * 4);
-    ck_assert_int_eq(plait_wire_update_tx_next(&tx, &lim, src, 77, &m), 0); /* stays done */
+    ck_assert_int_eq(plait_wire_update_tx_next(&tx, &lim, src, &m), 0); /* stays done */
 
     /* bad sender arguments */
     plait_wire_xfer_init(&tx, 42, total, 0);
-    ck_assert_int_eq(plait_wire_update_tx_next(&tx, &lim, src, 0, &m), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_wire_update_tx_next(&tx, &lim, NULL, &m), PLAIT_EINVAL);
     plait_wire_xfer_init(&tx, 42, 0, 0);
-    ck_assert_int_eq(plait_wire_update_tx_next(&tx, &lim, src, 1, &m), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_wire_update_tx_next(&tx, &lim, src, &m), PLAIT_EINVAL);
     plait_wire_xfer_init(&tx, 42, 10, 11);
-    ck_assert_int_eq(plait_wire_update_tx_next(&tx, &lim, src, 1, &m), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_wire_update_tx_next(&tx, &lim, src, &m), PLAIT_EINVAL);
     free(src);
     free(dst);
 }
@@ -1646,6 +1653,66 @@ START_TEST(test_masked_transfer)
     lim.max_chunk_bytes = 8;
     lim.max_frame = lim.max_chunk_bytes + PLAIT_WIRE_CHUNK_OVERHEAD;
     ck_assert_int_eq(plait_wire_masked_tx_next(&tx, &lim, packed, BITS, &m), PLAIT_EINVAL);
+}
+END_TEST
+
+/* Privacy (docs/privacy.md): a Decline is a round id and a code from the fixed list, byte for
+ * byte; text in it is not decodable into anything; an old agent's num_examples (field 6 of
+ * UpdateChunk) is dropped by the decoder and never re-encoded. */
+START_TEST(test_decline_code_only)
+{
+    plait_msg_t m, d;
+    sample(14, &m);
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    ck_assert_int_eq(plait_wire_encode_alloc(&m, NULL, &buf, &len), 0);
+    const uint8_t want[] = {0, 0, 0, 9, PLAIT_WIRE_VERSION, PLAIT_MSG_DECLINE, /* header */
+                            0xa2, 0x01, 4,                                     /* Envelope.decline */
+                            0x08, 42,                                          /* round_id */
+                            0x10, PLAIT_DECLINE_NOT_ELIGIBLE};                 /* code */
+    ck_assert_uint_eq(len, sizeof(want));
+    ck_assert_mem_eq(buf, want, sizeof(want));
+    free(buf);
+    /* extra text in a Decline (an unknown field 3) does not survive decoding */
+    pbw_t w = {.n = 0};
+    pb_u(&w, 1, 42);
+    pb_u(&w, 2, PLAIT_DECLINE_POLICY);
+    pb_bytes(&w, 3, "the training split holds 151 tokens", 35);
+    ck_assert_int_eq(parse_pb(PLAIT_MSG_DECLINE, &w, &d), 0);
+    ck_assert_int_eq(d.u.decline.code, PLAIT_DECLINE_POLICY);
+    ck_assert_int_eq(plait_wire_encode_alloc(&d, NULL, &buf, &len), 0);
+    ck_assert_uint_eq(len, sizeof(want));
+    free(buf);
+    plait_msg_free(&d);
+    /* missing code, missing round */
+    w.n = 0;
+    pb_u(&w, 1, 42);
+    EXPECT_FIELD_ERR(parse_pb(PLAIT_MSG_DECLINE, &w, &d), "decline.code");
+    w.n = 0;
+    pb_u(&w, 2, PLAIT_DECLINE_POLICY);
+    EXPECT_FIELD_ERR(parse_pb(PLAIT_MSG_DECLINE, &w, &d), "decline.round_id");
+    /* a legacy chunk 0 with num_examples = 250: accepted, the count is not kept */
+    sample(7, &m);
+    ck_assert_int_eq(plait_wire_encode_alloc(&m, NULL, &buf, &len), 0);
+    w.n = 0;
+    pb_u(&w, 1, 42);
+    pb_u(&w, 2, 0);
+    pb_u(&w, 3, 0);
+    pb_u(&w, 4, 12);
+    pb_tag(&w, 5, 2);
+    pb_varint(&w, 24);
+    for (int i = 0; i < 24; i++)
+        pb_byte(&w, ((const uint8_t *)m.u.update_chunk.words)[i]);
+    pb_u(&w, 6, 250);
+    ck_assert_int_eq(parse_pb(PLAIT_MSG_UPDATE_CHUNK, &w, &d), 0);
+    uint8_t *buf2 = NULL;
+    size_t len2 = 0;
+    ck_assert_int_eq(plait_wire_encode_alloc(&d, NULL, &buf2, &len2), 0);
+    ck_assert_uint_eq(len2, len);
+    ck_assert_mem_eq(buf2, buf, len);
+    plait_msg_free(&d);
+    free(buf);
+    free(buf2);
 }
 END_TEST
 
@@ -1738,7 +1805,7 @@ START_TEST(test_fuzz_seeds)
         "valid_hello",       "valid_hello_resume", "valid_task",         "valid_come_back_later",
         "valid_adapter_req", "valid_adapter_mid",  "valid_adapter_last", "valid_update_first",
         "valid_update_next", "valid_ack",          "valid_error",        "valid_error_empty",
-        "valid_ping",        "valid_pong",         "valid_secagg_advertise",
+        "valid_ping",        "valid_pong",         "valid_decline",      "valid_secagg_advertise",
         "valid_secagg_roster", "valid_secagg_shares", "valid_secagg_relay",
         "valid_secagg_masked_first", "valid_secagg_masked_last", "valid_secagg_unmask_request",
         "valid_secagg_unmask_response",
@@ -1751,7 +1818,7 @@ START_TEST(test_fuzz_seeds)
         write_or_check_seed("frame", names[i], buf, len);
         if (i == 0 || i == 1) write_or_check_seed("wire_hello", names[i], buf + 6, len - 6);
         if (i == 7 || i == 8) write_or_check_seed("wire_update", names[i], buf + 6, len - 6);
-        if (i >= 14) write_or_check_seed("wire_secagg", names[i], buf + 6, len - 6);
+        if (i >= 15) write_or_check_seed("wire_secagg", names[i], buf + 6, len - 6);
         memcpy(stream + total, buf, len);
         total += len;
         free(buf);
@@ -1767,6 +1834,7 @@ Suite *wire_suite(void)
     tcase_add_test(tc, test_roundtrip_all);
     tcase_add_test(tc, test_stream_of_frames);
     tcase_add_test(tc, test_type_names);
+    tcase_add_test(tc, test_decline_code_only);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("frame");
