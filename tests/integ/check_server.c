@@ -566,7 +566,8 @@ START_TEST(test_decline)
 {
     it_dep_t d;
     ck_assert_int_eq(it_init(&d, "integ_decline", "target_cohort=3", "min_cohort=2", "overselect=1",
-                             "selection_timeout_s=600", "round_timeout_s=600", "retry_ms=200", NULL),
+                             "selection_timeout_s=600", "round_timeout_s=600", "retry_ms=200",
+                             "secure_agg=false", NULL),
                      0);
     for (int i = 0; i < 3; i++) {
         char id[16];
@@ -640,7 +641,7 @@ START_TEST(test_offline_enrollment)
 {
     it_dep_t d;
     ck_assert_int_eq(it_init(&d, "integ_offline", "target_cohort=1", "min_cohort=1", "overselect=1", "retry_ms=200",
-                             NULL),
+                             "secure_agg=false", NULL),
                      0);
     /* The CA host: a directory holding the CA; the serving host keeps only ca.crt. */
     char cadir[600], key[700], csr[700], crt[700], rec[700], bad[700], path[700];
