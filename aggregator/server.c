@@ -179,6 +179,7 @@ struct plait_server_s {
     plait__metrics_t m;
     /* secure aggregation (server_secagg.c): the round's SecAgg+ state, or NULL */
     plait__sa_t *sa;
+    int sa_failed;               /* the last round could not start secure aggregation: back off */
     uint8_t dep[32];             /* deployment id: SHA-256 of the CA certificate */
     char *ca_pem;
     uint8_t readbuf[READ_BUF];
@@ -762,6 +763,11 @@ static void round_ended(plait_server_t *s)
     s->round_live = 0;
     cohort_clear(s);
     s->next_open = now_s(s) + s->cfg.round_pause_s;
+    if (s->sa_failed) { /* do not reopen failing rounds in a tight loop */
+        double back = (double)s->cfg.retry_ms / 1000.0;
+        s->next_open += back > 1.0 ? back : 1.0;
+        s->sa_failed = 0;
+    }
 }
 
 /* Shutdown with a round open: abandon it (the writer is free: no job runs). */
@@ -876,6 +882,7 @@ static void after_job(uv_work_t *req, int status)
             PLAIT_LOG(PLAIT_LOG_ERROR, "round=%llu: secure aggregation could not start: %s; the round fails",
                       (unsigned long long)s->cur_rid, plait_errmsg());
             plait_round_abort(s->round, now);
+            s->sa_failed = 1;
             break;
         }
         PLAIT_LOG(PLAIT_LOG_INFO, "round opened round=%llu version=%llu%s", (unsigned long long)s->cur_rid,
