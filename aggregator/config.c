@@ -13,6 +13,7 @@
  */
 #include "plait/aggcfg.h"
 #include "plait/file.h"
+#include "plait/secagg.h"
 
 #include <errno.h>
 #include <math.h>
@@ -110,6 +111,16 @@ static const setting_t SETTINGS[] = {
     {"clip_count_stddev", T_DOUBLE, F(clip_count_stddev), 0, 1e9, "0",
      "adaptive_clip: noise std of the unclipped count (0 = target_cohort / 20)"},
     {"dp_delta", T_DOUBLE, F(dp_delta), 0, 0.5, "0", "delta of the reported epsilon; 0 = 1 / population^1.1"},
+    {"secure_agg", T_BOOL, F(secure_agg), 0, 1, "true",
+     "secure aggregation (SecAgg+): the aggregator learns only the sum of a round's updates"},
+    {"secagg_stage_timeout_s", T_DOUBLE, F(secagg_stage_timeout_s), 0.01, 86400, "30",
+     "secure aggregation: the advertise, share and unmask stages each close after this many seconds"},
+    {"secagg_dropout", T_DOUBLE, F(secagg_dropout), 0, 0.9, "0.3",
+     "secure aggregation: fraction of a cohort that may drop out (sizes the graph degree k and threshold t)"},
+    {"secagg_corrupt", T_DOUBLE, F(secagg_corrupt), 0, 0.5, "0",
+     "secure aggregation: fraction of devices assumed to collude with the aggregator"},
+    {"secagg_sigma", T_DOUBLE, F(secagg_sigma), 1, 128, "20",
+     "secure aggregation: the parameters fail or leak with probability at most 2^-sigma"},
     {"log_level", T_STR, F(log_level), 0, 0, "info", "debug, info, warn or error"},
 };
 #define N_SETTINGS (sizeof(SETTINGS) / sizeof(SETTINGS[0]))
@@ -333,6 +344,22 @@ int plait_aggcfg_validate(const plait_aggcfg_t *c)
                                         "is sampled independently every round)");
     if (c->adaptive_clip && strcmp(c->dp, "central") != 0)
         return plait_fail(PLAIT_EINVAL, "adaptive_clip: needs dp = central");
+    if (c->secure_agg) {
+        /* The masked ring Z_{2^m} needs m = quant_bits + ceil(log2(selected)) <= 32. */
+        double want = ceil((double)c->target_cohort * c->overselect);
+        if (want < 2) return plait_fail(PLAIT_EINVAL, "secure_agg: needs at least 2 selected devices (target_cohort * overselect)");
+        unsigned m = 0;
+        if (plait_secagg_mask_bits((unsigned)c->quant_bits, (uint32_t)(want < 4e9 ? want : 4e9), &m) != 0 ||
+            want > PLAIT_SECAGG_MAX_COHORT)
+            return plait_fail(PLAIT_EINVAL,
+                              "secure_agg: quant_bits %llu + ceil(log2(%.0f selected devices)) exceeds 32 bits (lower "
+                              "quant_bits or the cohort, or set secure_agg = false)",
+                              (unsigned long long)c->quant_bits, want);
+        plait_secagg_params_t sp;
+        if (plait_secagg_params_choose((uint32_t)want, c->secagg_dropout, c->secagg_corrupt, c->secagg_sigma, &sp) != 0)
+            return plait_fail(PLAIT_EINVAL, "secure_agg: no graph and threshold for %.0f selected devices: %s", want,
+                              plait_errmsg());
+    }
     if (c->metrics_enabled && c->port != 0 && c->port == c->metrics_port && strcmp(c->listen_addr, c->metrics_addr) == 0)
         return plait_fail(PLAIT_EINVAL, "metrics_port: same as port");
     return 0;

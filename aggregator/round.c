@@ -55,6 +55,7 @@ struct plait_round_s {
     member_t *tab;      /* cohort hash table */
     size_t tab_cap;     /* power of two >= 2·want */
     size_t accounted;   /* accepted + dropped + refused members */
+    int masked_open;    /* secure: masked updates were accepted, their unmasked sum is not set yet */
     plait_round_stats_t st;
 };
 
@@ -339,6 +340,7 @@ int plait_round_open(plait_round_t *r, double now, uint64_t *round_id)
     if (rc != 0) return rc;
     memset(r->tab, 0, r->tab_cap * sizeof(member_t));
     memset(r->wsum, 0, (r->cfg.dim + 2) * sizeof(uint32_t));
+    r->masked_open = 0;
     r->accounted = 0;
     r->round_id++;
     memset(&r->st, 0, sizeof(r->st));
@@ -467,6 +469,38 @@ int plait_round_submit_words(plait_round_t *r, uint64_t client, uint64_t round_i
     return 0;
 }
 
+int plait_round_submit_masked(plait_round_t *r, uint64_t client, uint64_t round_id, size_t n_words, double now)
+{
+    if (!r) return plait_fail(PLAIT_EINVAL, "round: NULL");
+    if (!r->cfg.secure) return plait_fail(PLAIT_EINVAL, "round: masked updates need a secure task");
+    plait_round_tick(r, now);
+    member_t *m = NULL;
+    int rc = admit(r, client, round_id, n_words * sizeof(uint32_t), &m);
+    if (rc != 0) return rc;
+    if (n_words != r->cfg.dim + 1) {
+        rc = plait_fail(PLAIT_EMISMATCH, "round: %zu words, expected %zu", n_words, r->cfg.dim + 1);
+        refuse(r, m, rc, now);
+        return rc;
+    }
+    r->masked_open = 1;
+    accept(r, m, 0, now);
+    return 0;
+}
+
+int plait_round_set_unmasked_sum(plait_round_t *r, const uint32_t *sum, size_t n_words)
+{
+    if (!r || !sum) return plait_fail(PLAIT_EINVAL, "round: NULL");
+    if (r->state != PLAIT_ROUND_AGGREGATION) return plait_fail(PLAIT_ESTALE, "round: not aggregating");
+    if (!r->cfg.secure) return plait_fail(PLAIT_EINVAL, "round: not a secure task");
+    if (n_words != r->cfg.dim + 1)
+        return plait_fail(PLAIT_EMISMATCH, "round: sum of %zu words, expected %zu", n_words, r->cfg.dim + 1);
+    /* The unmasked sum mod 2^m equals the plain sum (m leaves room for the cohort), so it is
+     * also the mod-2^32 sum that plait_round_submit_words() would have accumulated. */
+    memcpy(r->wsum, sum, n_words * sizeof(uint32_t));
+    r->masked_open = 0;
+    return 0;
+}
+
 int plait_round_submit_float(plait_round_t *r, uint64_t client, uint64_t round_id, const float *u, size_t n,
                              double examples, int unclipped, double now)
 {
@@ -513,6 +547,7 @@ int plait_round_aggregate(plait_round_t *r, plait_rng_t *rng)
     if (!r) return plait_fail(PLAIT_EINVAL, "round: NULL");
     if (r->state != PLAIT_ROUND_AGGREGATION) return plait_fail(PLAIT_ESTALE, "round: not aggregating");
     if (r->cfg.dp && !rng) return plait_fail(PLAIT_EINVAL, "round: DP needs a noise source");
+    if (r->masked_open) return plait_fail(PLAIT_ESTALE, "round: masked updates are not unmasked yet");
     size_t P = r->cfg.dim;
     int rc = 0;
     double unclipped = (double)r->st.unclipped; /* the callers' reports, unless the clip bits travel */

@@ -38,6 +38,7 @@
 
 #include "metrics.h"
 #include "server_admit.h"
+#include "server_secagg.h"
 #include "svcstore.h"
 #include "plait/adapter.h"
 #include "plait/crypto.h"
@@ -190,6 +191,11 @@ struct plait_server_s {
     size_t preauth_cap;
     size_t n_closing;            /* connections closing (not counted against max_connections) */
     double rev_swept;
+    /* secure aggregation (server_secagg.c): the round's SecAgg+ state, or NULL */
+    plait__sa_t *sa;
+    int sa_failed;               /* the last round could not start secure aggregation: back off */
+    uint8_t dep[32];             /* deployment id: SHA-256 of the CA certificate */
+    char *ca_pem;
     uint8_t readbuf[READ_BUF];
     uint8_t plain[PLAIN_CHUNK];
     int read_busy;
@@ -434,6 +440,12 @@ static void conn_leave_round(conn_t *c)
     plait_server_t *s = c->srv;
     if (c->round_id == 0 || c->round_id != s->cur_rid || s->busy || s->round == NULL) return;
     member_t *mb = member_find(s, c->client);
+    if (s->sa && mb) { /* a secure round has no rejoin: the device's round keys died with it */
+        for (conn_t *o = s->conns; o; o = o->next)
+            if (o != c && !o->closing && o->client == c->client && o->round_id == c->round_id) return;
+        plait__sa_left(s->sa, c->client);
+        return;
+    }
     if (mb == NULL || mb->submitted) return;
     /* Another live connection of the same device keeps its place. */
     for (conn_t *o = s->conns; o; o = o->next)
@@ -547,6 +559,11 @@ static void send_task(conn_t *c)
     plait_msg_t m;
     plait_msg_init(&m, PLAIT_MSG_TASK);
     fill_task(s, &m.u.task);
+    if (s->sa && plait__sa_task(s->sa, c->client, &m.u.task) != 0) {
+        send_cbl(c, PLAIT_RETRY_SECAGG_CLOSED, s->cfg.retry_ms);
+        conn_close(c, 1);
+        return;
+    }
     c->round_id = s->cur_rid;
     s->m.tasks_offered++;
     PLAIT_LOG(PLAIT_LOG_INFO, "task round=%llu device=%s conn=%llu version=%llu",
@@ -571,6 +588,11 @@ static void offer(conn_t *c)
     }
     plait_round_state_t st = plait_round_state(s->round);
     member_t *mb = member_find(s, c->client);
+    if (mb && s->sa) { /* secure round: a device that left cannot come back into it */
+        send_cbl(c, PLAIT_RETRY_SECAGG_CLOSED, s->cfg.retry_ms);
+        conn_close(c, 1);
+        return;
+    }
     if (mb && (mb->submitted == 0 || mb->submitted == 2 || mb->submitted == -2) &&
         (st == PLAIT_ROUND_SELECTION || st == PLAIT_ROUND_TRAINING)) {
         /* Reconnected (crash-safe resume): same task again; a held update stays held. */
@@ -609,6 +631,8 @@ static void offer(conn_t *c)
         }
     }
     int rc = plait_round_select(s->round, c->client, now_s(s));
+    if (rc == 0 && s->sa && (rc = plait__sa_assign(s->sa, c->client, c->device)) != 0)
+        PLAIT_LOG(PLAIT_LOG_ERROR, "secagg: no index for device=%s: %s", c->device, plait_errmsg());
     if (rc == PLAIT_EBUSY) {
         send_cbl(c, PLAIT_RETRY_COHORT_FULL, s->cfg.retry_ms);
         conn_close(c, 1);
@@ -778,9 +802,16 @@ static void cohort_clear(plait_server_t *s)
 
 static void round_ended(plait_server_t *s)
 {
+    plait__sa_free(s->sa);
+    s->sa = NULL;
     s->round_live = 0;
     cohort_clear(s);
     s->next_open = now_s(s) + s->cfg.round_pause_s;
+    if (s->sa_failed) { /* do not reopen failing rounds in a tight loop */
+        double back = (double)s->cfg.retry_ms / 1000.0;
+        s->next_open += back > 1.0 ? back : 1.0;
+        s->sa_failed = 0;
+    }
 }
 
 /* Shutdown with a round open: abandon it (the writer is free: no job runs). */
@@ -795,6 +826,69 @@ static void abandon_round(plait_server_t *s, const char *why)
     PLAIT_LOG(PLAIT_LOG_INFO, "round abandoned round=%llu (%s); global adapter stays at version %llu",
               (unsigned long long)s->cur_rid, why, (unsigned long long)s->blob->version);
     round_ended(s);
+}
+
+/* ---- secure aggregation glue (the stages are in server_secagg.c) ---------------- */
+
+static conn_t *member_conn(plait_server_t *s, uint64_t client)
+{
+    for (conn_t *o = s->conns; o; o = o->next)
+        if (!o->closing && o->client == client && o->round_id == s->cur_rid) return o;
+    return NULL;
+}
+
+static int sa_send(void *ud, uint64_t client, const plait_msg_t *m)
+{
+    plait_server_t *s = ud;
+    conn_t *c = member_conn(s, client);
+    if (!c) return plait_fail(PLAIT_ENOENT, "no live connection");
+    return send_msg(c, m);
+}
+
+static int sa_accept(void *ud, uint64_t client)
+{
+    plait_server_t *s = ud;
+    member_t *mb = member_find(s, client);
+    int rc = plait_round_submit_masked(s->round, client, s->cur_core, s->span_len + 1, now_s(s));
+    if (rc == 0 && mb) {
+        mb->submitted = 1;
+        s->m.updates_accepted++;
+    } else if (mb) {
+        mb->submitted = -1;
+    }
+    return rc;
+}
+
+static void sa_dropout(void *ud, uint64_t client)
+{
+    plait_server_t *s = ud;
+    member_t *mb = member_find(s, client);
+    if (mb && mb->submitted == 0) mb->submitted = -1;
+    if (plait_round_dropout(s->round, client, s->cur_core, now_s(s)) == 0)
+        PLAIT_LOG(PLAIT_LOG_INFO, "dropout round=%llu device=%s", (unsigned long long)s->cur_rid,
+                  mb ? mb->device : "?");
+}
+
+static int secagg_open(plait_server_t *s, double now)
+{
+    plait_round_stats_t st;
+    plait_round_stats(s->round, &st);
+    plait__sa_config_t sc;
+    memset(&sc, 0, sizeof(sc));
+    sc.dep = s->dep;
+    sc.dep_len = sizeof(s->dep);
+    sc.round_id = s->cur_rid;
+    sc.n = (uint32_t)st.want;
+    sc.quant_bits = (unsigned)s->cfg.quant_bits;
+    sc.len = s->span_len + 1;
+    sc.dropout = s->cfg.secagg_dropout;
+    sc.corrupt = s->cfg.secagg_corrupt;
+    sc.sigma = s->cfg.secagg_sigma;
+    sc.stage_timeout_s = s->cfg.secagg_stage_timeout_s;
+    sc.ca_pem = s->ca_pem;
+    sc.max_chunk_bytes = s->lim.max_chunk_bytes;
+    plait__sa_io_t io = {s, sa_send, sa_accept, sa_dropout};
+    return plait__sa_open(&s->sa, &sc, &io, now);
 }
 
 static void after_job(uv_work_t *req, int status)
@@ -835,8 +929,15 @@ static void after_job(uv_work_t *req, int status)
             break;
         }
         s->cur_core = core;
-        PLAIT_LOG(PLAIT_LOG_INFO, "round opened round=%llu version=%llu", (unsigned long long)s->cur_rid,
-                  (unsigned long long)s->blob->version);
+        if (s->cfg.secure_agg && secagg_open(s, now) != 0) {
+            PLAIT_LOG(PLAIT_LOG_ERROR, "round=%llu: secure aggregation could not start: %s; the round fails",
+                      (unsigned long long)s->cur_rid, plait_errmsg());
+            plait_round_abort(s->round, now);
+            s->sa_failed = 1;
+            break;
+        }
+        PLAIT_LOG(PLAIT_LOG_INFO, "round opened round=%llu version=%llu%s", (unsigned long long)s->cur_rid,
+                  (unsigned long long)s->blob->version, s->sa ? " (secure aggregation)" : "");
         if (s->stopping) abandon_round(s, "shutdown");
         break;
     case JOB_FAIL:
@@ -1014,9 +1115,25 @@ static void round_step(plait_server_t *s)
     plait_round_state_t st = plait_round_state(s->round);
     if (st == PLAIT_ROUND_SELECTION || st == PLAIT_ROUND_TRAINING) {
         (void)plait_round_tick(s->round, now);
-        report_early_dropouts(s);
+        if (!s->sa) report_early_dropouts(s);
         if (s->busy) return; /* the commit job owns the round core now */
         st = plait_round_state(s->round);
+    }
+    if (s->sa) {
+        /* Secure round: the stages run alongside the core; the sum goes in once unmasked. */
+        plait__sa_step(s->sa, st, now);
+        st = plait_round_state(s->round);
+        if (st == PLAIT_ROUND_AGGREGATION) {
+            plait__sa_result_t res = plait__sa_result(s->sa);
+            if (res == PLAIT__SA_RUNNING) return;
+            if (res == PLAIT__SA_DONE &&
+                plait_round_set_unmasked_sum(s->round, plait__sa_sum(s->sa), s->span_len + 1) == 0) {
+                start_commit(s);
+                return;
+            }
+            plait_round_abort(s->round, now); /* below threshold: nothing is committed */
+            st = plait_round_state(s->round);
+        }
     }
     if (st == PLAIT_ROUND_AGGREGATION) start_commit(s);
     else if (st == PLAIT_ROUND_FAILED || st == PLAIT_ROUND_IDLE) round_failed(s);
@@ -1047,7 +1164,7 @@ static void submit_member(plait_server_t *s, member_t *mb, uint32_t *words, size
             a.u.ack.elements = n;
             (void)send_msg(c, &a);
         }
-        if (plait_round_state(s->round) == PLAIT_ROUND_AGGREGATION) start_commit(s);
+        if (plait_round_state(s->round) == PLAIT_ROUND_AGGREGATION && !s->sa) start_commit(s);
         return;
     }
     mb->submitted = -1; /* the core counted it as refused */
@@ -1073,6 +1190,11 @@ static void handle_update(conn_t *c, const plait_msg_update_chunk_t *u)
 {
     plait_server_t *s = c->srv;
     uint64_t expect = s->span_len + 1 + (uint64_t)s->rcfg.clip_bit;
+    if (s->sa) {
+        reject(c, PLAIT__REJ_ORDER, "plain update in a secure round %llu", (unsigned long long)u->round_id);
+        fail_conn(c, PLAIT__REJ_ORDER, PLAIT_EPROTO, "this round takes masked input only");
+        return;
+    }
     if (u->round_id != s->cur_rid || !s->round_live) {
         reject(c, PLAIT__REJ_STALE, "update for round %llu, current round is %llu%s", (unsigned long long)u->round_id,
                (unsigned long long)s->cur_rid, s->round_live ? "" : " (closed)");
@@ -1164,9 +1286,10 @@ static void handle_decline(conn_t *c, const plait_msg_decline_t *d)
             if (plait_round_dropout(s->round, mb->client, s->cur_core, now_s(s)) == 0)
                 PLAIT_LOG(PLAIT_LOG_INFO, "dropout round=%llu device=%s (declined)", (unsigned long long)s->cur_rid,
                           mb->device);
-            if (plait_round_state(s->round) == PLAIT_ROUND_AGGREGATION) start_commit(s);
+            if (plait_round_state(s->round) == PLAIT_ROUND_AGGREGATION && !s->sa) start_commit(s);
         }
     }
+    if (s->sa && mb && d->round_id == s->cur_rid) plait__sa_left(s->sa, c->client); /* no rejoin */
     c->round_id = 0;
     conn_close(c, 1);
 }
@@ -1230,9 +1353,10 @@ static void handle_msg(conn_t *c, const plait_msg_t *m)
         uint32_t need = s->mode == PLAIT_LORA_MODE_FFA     ? PLAIT_CAP_FFA
                         : s->mode == PLAIT_LORA_MODE_FEDIT ? PLAIT_CAP_FEDIT
                                                            : PLAIT_CAP_FEDSA;
-        if ((m->u.hello.capabilities & need) == 0) {
-            PLAIT_LOG(PLAIT_LOG_INFO, "device=%s cannot train in mode %s: come back later (incompatible)", c->device,
-                      plait_lora_mode_name(s->mode));
+        if (s->cfg.secure_agg) need |= PLAIT_CAP_SECAGG;
+        if ((m->u.hello.capabilities & need) != need) {
+            PLAIT_LOG(PLAIT_LOG_INFO, "device=%s cannot train in mode %s%s: come back later (incompatible)", c->device,
+                      plait_lora_mode_name(s->mode), s->cfg.secure_agg ? " with secure aggregation" : "");
             send_cbl(c, PLAIT_RETRY_INCOMPATIBLE, s->lim.max_retry_ms);
             conn_close(c, 1);
             return;
@@ -1266,6 +1390,26 @@ static void handle_msg(conn_t *c, const plait_msg_t *m)
     case PLAIT_MSG_UPDATE_CHUNK:
         handle_update(c, &m->u.update_chunk);
         return;
+    case PLAIT_MSG_SECAGG_ADVERTISE:
+    case PLAIT_MSG_SECAGG_SHARES:
+    case PLAIT_MSG_SECAGG_MASKED_INPUT:
+    case PLAIT_MSG_SECAGG_UNMASK_RESPONSE: {
+        if (!s->sa || s->busy || c->round_id == 0 || c->round_id != s->cur_rid || !plait__sa_has(s->sa, c->client)) {
+            reject(c, PLAIT__REJ_STALE, "%s outside a secure round this device takes part in",
+                   plait_msg_type_name(m->type));
+            fail_conn(c, PLAIT__REJ_STALE, PLAIT_ESTALE, "not in a secure round");
+            return;
+        }
+        const plait_pki_cert_info_t *peer = plait_tls_peer(c->tls);
+        int rc = plait__sa_on_msg(s->sa, c->client, peer->fingerprint, m, now_s(s));
+        if (rc != 0) {
+            plait__rej_t why = rc == PLAIT_ESTALE ? PLAIT__REJ_LATE : PLAIT__REJ_BAD_MESSAGE;
+            reject(c, why, "%s: %s (%s)", plait_msg_type_name(m->type), plait_errmsg(), plait_err_name(rc));
+            fail_conn(c, why, rc, rc == PLAIT_EAUTH ? "secure aggregation: keys do not verify"
+                                                    : "secure aggregation: message refused");
+        }
+        return;
+    }
     case PLAIT_MSG_DECLINE:
         handle_decline(c, &m->u.decline);
         return;
@@ -1987,6 +2131,7 @@ static int setup_round(plait_server_t *s)
     rc->quant.bits = (unsigned)s->cfg.quant_bits;
     rc->quant.range = s->cfg.quant_range;
     rc->clip_norm = s->cfg.clip_norm;
+    rc->secure = s->cfg.secure_agg ? 1 : 0; /* masked words: no per-update check, the device's clip is the bound */
     plait_server_opt_kind_t k;
     int e = plait_server_opt_kind_parse(s->cfg.server_opt, &k);
     if (e != 0) return e;
@@ -2079,6 +2224,11 @@ int plait_server_create(plait_server_t **out, const char *dir, const plait_aggcf
         (rc = read_pem(dir, "server.key", &key)) != 0)
         goto fail;
     if ((rc = plait_tls_config_server(&s->tls, ca, crt, key, 1, plait_pki_revlist_check, &s->rev)) != 0) goto fail;
+    plait_sha256((const uint8_t *)ca, strlen(ca), s->dep); /* the deployment id of SecAgg+ */
+    if (!(s->ca_pem = strdup(ca))) {
+        rc = PLAIT_ENOMEM;
+        goto fail;
+    }
     if (s->cfg.tls_ticket_lifetime_s > 0 &&
         (rc = plait_tls_config_tickets(s->tls, (uint32_t)s->cfg.tls_ticket_lifetime_s)) != 0)
         goto fail;
@@ -2215,6 +2365,8 @@ void plait_server_destroy(plait_server_t *s)
     cohort_clear(s);
     free(s->cohort);
     free(s->pace);
+    plait__sa_free(s->sa);
+    free(s->ca_pem);
     plait_rng_wipe(&s->rng);
     plait_rng_wipe(&s->sel_rng);
     plait_sel_destroy(s->sel);

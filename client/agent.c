@@ -73,7 +73,8 @@
 #define PENDING_VERSION 1u
 #define CLIENT_VERSION "plait-agent/" PLAIT_VERSION_STRING
 #define AGENT_CAPS                                                                                 \
-    (PLAIT_CAP_LOCAL_DP | PLAIT_CAP_FFA | PLAIT_CAP_FEDIT | PLAIT_CAP_FEDSA | PLAIT_CAP_RESUME)
+    (PLAIT_CAP_SECURE_AGG | PLAIT_CAP_LOCAL_DP | PLAIT_CAP_FFA | PLAIT_CAP_FEDIT | PLAIT_CAP_FEDSA |   \
+     PLAIT_CAP_RESUME | PLAIT_CAP_SECAGG)
 #define IO_CHUNK (16 * 1024)
 #define PROGRESS_MS 1000u
 
@@ -89,7 +90,7 @@ struct plait_agent_s {
     plait_wire_limits_t lim;
     size_t chunk_words;
     plait__agent_state_t state;
-    plait_drbg_t drbg;  /* production randomness (seed == 0) */
+    plait_drbg_t drbg;  /* system randomness (always seeded: secure-aggregation keys) */
     plait_rng_t jitter; /* jitter of delays (not secret, but seeded from the DRBG anyway) */
     int wake[2];        /* self-pipe: stop and worker completion */
     atomic_int stop;
@@ -151,6 +152,9 @@ void plait_agent_config_default(plait_agent_config_t *cfg)
     cfg->min_records = 16;
     cfg->max_local_steps = 10000;
     cfg->max_batch_tokens = 65536;
+    cfg->require_secure_agg = 1;
+    cfg->min_noise_multiplier = 0;
+    cfg->max_clip_norm = 0;
     cfg->connect_timeout_ms = 10000;
     cfg->io_timeout_ms = 60000;
     cfg->keepalive_ms = 30000;
@@ -192,6 +196,12 @@ int plait_agent_config_validate(const plait_agent_config_t *c)
         return plait_fail(PLAIT_EINVAL, "agent config: max_local_steps must be >= 1");
     if (c->max_batch_tokens < 1)
         return plait_fail(PLAIT_EINVAL, "agent config: max_batch_tokens must be >= 1");
+    if (c->require_secure_agg != 0 && c->require_secure_agg != 1)
+        return plait_fail(PLAIT_EINVAL, "agent config: require_secure_agg must be 0 or 1");
+    if (!(isfinite(c->min_noise_multiplier) && c->min_noise_multiplier >= 0))
+        return plait_fail(PLAIT_EINVAL, "agent config: min_noise_multiplier must be finite and >= 0");
+    if (!(isfinite(c->max_clip_norm) && c->max_clip_norm >= 0))
+        return plait_fail(PLAIT_EINVAL, "agent config: max_clip_norm must be finite and >= 0");
     if (c->connect_timeout_ms < 1)
         return plait_fail(PLAIT_EINVAL, "agent config: connect_timeout_ms must be >= 1");
     if (c->io_timeout_ms < 1)
@@ -672,11 +682,13 @@ int plait_agent_create(plait_agent_t **out, const plait_agent_config_t *cfg)
         plait_clear_error();
     }
 
+    /* The DRBG is always seeded from the system: secure-aggregation keys and shares come from it
+     * even when cfg->seed makes sampling, rounding and jitter replayable. */
+    static const uint8_t pers[] = "plait-agent";
+    if ((rc = plait_drbg_seed(&a->drbg, pers, sizeof(pers) - 1)) != 0) goto fail;
     if (cfg->seed != 0) {
         plait_rng_seed_u64(&a->jitter, cfg->seed, 0x6a1773ull);
     } else {
-        static const uint8_t pers[] = "plait-agent";
-        if ((rc = plait_drbg_seed(&a->drbg, pers, sizeof(pers) - 1)) != 0) goto fail;
         if ((rc = plait_rng_seed_drbg(&a->jitter, &a->drbg)) != 0) goto fail;
     }
     PLAIT_LOG(PLAIT_LOG_INFO,
@@ -1078,7 +1090,7 @@ static int peer_error(conn_t *c, const plait_msg_t *m, uint64_t round)
     plait_agent_t *a = c->a;
     c->peer_error = 1; /* it closes after an Error: no answer is due */
     int code = m->u.error.code;
-    int known = code < 0 && code >= PLAIT_ECANCELED && code != PLAIT_EAGAIN;
+    int known = code < 0 && code >= PLAIT_ETHRESHOLD && code != PLAIT_EAGAIN;
     char where[48] = "";
     if (round) snprintf(where, sizeof(where), "round %llu: ", (unsigned long long)round);
     /* The message is peer text, validated by wire.c (printable, bounded); logged as data. */
@@ -1459,8 +1471,6 @@ static int save_personal(plait_agent_t *a, const plait_lora_t *l)
 /* Why a task cannot be taken, checked before anything is downloaded. 0 if it can. */
 static int check_task(plait_agent_t *a, const plait_msg_task_t *t)
 {
-    if (t->secure_agg)
-        return plait_fail(PLAIT_EINVAL, "secure aggregation is not supported by this agent");
     if (t->lora.mode != PLAIT_LORA_MODE_FFA && t->lora.mode != PLAIT_LORA_MODE_FEDIT &&
         t->lora.mode != PLAIT_LORA_MODE_FEDSA)
         return plait_fail(PLAIT_EINVAL, "unknown LoRA mode %d", (int)t->lora.mode);
@@ -1730,6 +1740,73 @@ exit:
     return rc;
 }
 
+/* ---- secure aggregation (the conversation is in agent_secagg.c) ---- */
+
+static int sa_send(void *conn, const plait_msg_t *m) { return conn_send(conn, m); }
+static int sa_recv(void *conn, uint64_t deadline, plait_msg_t *m) { return conn_recv(conn, deadline, m); }
+static int sa_peer_error(void *conn, const plait_msg_t *m, uint64_t round) { return peer_error(conn, m, round); }
+
+/* A round with secure_agg: keys and shares, training, masked upload, unmask (agent_secagg.c). */
+static int secure_task(conn_t *c, const plait_msg_task_t *t, uint64_t deadline, plait_agent_result_t *res)
+{
+    plait_agent_t *a = c->a;
+    uint64_t round = t->round_id;
+    char *ca = NULL, *crt = NULL, *key = NULL;
+    plait__agent_sa_t *sa = NULL;
+    plait__agent_pending_t p;
+    memset(&p, 0, sizeof(p));
+    char why[200];
+    int rc;
+    if ((rc = load_pem(a->ca_path, "CA certificate", &ca)) != 0 ||
+        (rc = load_pem(a->cert_path, "device certificate", &crt)) != 0 ||
+        (rc = load_pem(a->key_path, "device key", &key)) != 0)
+        goto out;
+    plait__agent_sa_env_t env = {c,        sa_send, sa_recv, sa_peer_error, &a->drbg, a->device_id, ca, crt, key,
+                                 &a->lim, a->chunk_words * 4, a->cfg.keepalive_ms};
+    rc = plait__agent_sa_begin(&env, t, deadline, &sa);
+    plait_pki_free_pem(key); /* the round keys are signed: the device key is not needed any more */
+    key = NULL;
+    if (rc == 0) rc = compute_update(c, t, deadline, &p, res);
+    if (rc == 0) {
+        int acked = 0;
+        rc = plait__agent_sa_finish(sa, &env, p.words, p.n_words, deadline, &acked);
+        if (acked) {
+            int rc2;
+            plait__agent_state_t st = a->state;
+            st.last_uploaded = st.last_acked = round;
+            if ((rc2 = plait__agent_state_save(a->state_dir, &st)) == 0) a->state = st;
+            a->rounds_acked++;
+            res->outcome = PLAIT_AGENT_OUT_ACKED;
+            res->round_id = round;
+            res->num_examples = p.num_examples;
+            PLAIT_LOG(PLAIT_LOG_INFO, "agent %s: round %llu: masked update acknowledged", a->device_id,
+                      (unsigned long long)round);
+            emit(a, PLAIT_AGENT_EV_ACKED, round, 0);
+            if (rc == 0) rc = rc2;
+        }
+        goto out;
+    }
+    if (c->peer_error || rc == PLAIT_EIO || rc == PLAIT_ENOMEM || (rc == PLAIT_ECANCELED && stopped(a))) goto out;
+    /* This device leaves the round (a key or share did not verify, too few neighbours, the task
+     * cannot be done here): say so and decline. */
+    snprintf(why, sizeof(why), "%s", plait_errmsg());
+    {
+        plait_decline_code_t wc = rc == PLAIT_EINVAL      ? PLAIT_DECLINE_NOT_ENOUGH_DATA
+                                  : rc == PLAIT_ECANCELED ? PLAIT_DECLINE_DEADLINE
+                                  : rc == PLAIT_EAUTH || rc == PLAIT_ETHRESHOLD || rc == PLAIT_EREFUSED
+                                      ? PLAIT_DECLINE_POLICY
+                                      : PLAIT_DECLINE_INCOMPATIBLE_TASK;
+        rc = decline(c, res, round, rc == PLAIT_EINVAL ? PLAIT_ECANCELED : rc, wc, why);
+    }
+out:
+    plait__agent_sa_free(sa);
+    plait__agent_pending_free(&p);
+    plait_pki_free_pem(ca);
+    plait_pki_free_pem(crt);
+    plait_pki_free_pem(key);
+    return rc;
+}
+
 static int do_task(conn_t *c, const plait_msg_task_t *t, plait_agent_result_t *res)
 {
     plait_agent_t *a = c->a;
@@ -1756,6 +1833,14 @@ static int do_task(conn_t *c, const plait_msg_task_t *t, plait_agent_result_t *r
                  (unsigned long long)round, (unsigned long long)a->state.last_acked);
         return decline(c, res, round, PLAIT_ESTALE, PLAIT_DECLINE_ALREADY_DONE, why);
     }
+    if (d == PLAIT__TASK_RESEND && t->secure_agg) {
+        /* A stored plain update is never sent into a secure round. */
+        plait__agent_pending_free(&p);
+        rc = plait__agent_pending_remove(a->state_dir);
+        (void)rc;
+        return decline(c, res, round, PLAIT_EREFUSED, PLAIT_DECLINE_POLICY,
+                       "a plain update of this round is stored; it is not sent under secure aggregation");
+    }
     if (d == PLAIT__TASK_RESEND) {
         if (p.n_words != t->update_elements) {
             plait__agent_pending_free(&p);
@@ -1776,6 +1861,8 @@ static int do_task(conn_t *c, const plait_msg_task_t *t, plait_agent_result_t *r
         plait__agent_pending_free(&p);
         if ((rc = plait__agent_pending_remove(a->state_dir)) != 0) return rc;
     }
+    if ((rc = plait__agent_sa_policy(&a->cfg, t)) != 0)
+        return decline(c, res, round, rc, PLAIT_DECLINE_POLICY, plait_errmsg());
     if ((rc = check_task(a, t)) != 0)
         return decline(c, res, round, rc, PLAIT_DECLINE_INCOMPATIBLE_TASK, plait_errmsg());
     if (a->cfg.eligible && !a->cfg.eligible(a->cfg.eligible_ud))
@@ -1793,6 +1880,7 @@ static int do_task(conn_t *c, const plait_msg_task_t *t, plait_agent_result_t *r
                                                : "none",
               t->deadline_s);
     emit(a, PLAIT_AGENT_EV_TASK, round, 0);
+    if (t->secure_agg) return secure_task(c, t, deadline, res);
     rc = compute_update(c, t, deadline, &p, res);
     if (rc != 0 && c->got_cbl) return round_ended_outcome(c, round, res);
     if (rc == PLAIT_EMISMATCH || rc == PLAIT_EPROTO || rc == PLAIT_ETOOBIG ||
@@ -1840,6 +1928,8 @@ static const char *retry_reason_name(plait_retry_reason_t r)
         return "round commit failed";
     case PLAIT_RETRY_NOT_SAMPLED:
         return "not sampled this round";
+    case PLAIT_RETRY_SECAGG_CLOSED:
+        return "secure-aggregation key exchange closed";
     }
     return "unknown reason";
 }

@@ -7,6 +7,8 @@
 #define PLAIT_AGENT_INT_H
 
 #include "plait/client.h"
+#include "plait/crypto.h"
+#include "plait/wire.h"
 #include "plait/lora.h"
 #include "plait/rng.h"
 #include "plait/update.h"
@@ -103,6 +105,62 @@ typedef enum {
  */
 plait__task_decision_t plait__agent_task_decision(const plait__agent_state_t *st,
                                                   uint64_t pending_round, uint64_t round_id);
+
+/* ---- secure aggregation (client/agent_secagg.c) ------------------------- */
+
+/** What agent_secagg.c needs from the agent's connection and identity (all borrowed). */
+typedef struct {
+    void *conn;
+    int (*send)(void *conn, const plait_msg_t *m);
+    /** next message until deadline (Pings answered); PLAIT_EAGAIN at the deadline */
+    int (*recv)(void *conn, uint64_t deadline_ms, plait_msg_t *m);
+    /** an Error from the aggregator: logs it and returns its code */
+    int (*peer_error)(void *conn, const plait_msg_t *m, uint64_t round);
+    plait_drbg_t *drbg;
+    const char *device_id;
+    const char *ca_pem;   /**< the deployment CA (NUL-terminated); its SHA-256 is the deployment id */
+    const char *cert_pem; /**< this device's certificate, relayed to its neighbours */
+    const char *key_pem;  /**< this device's key (signs the round keys) */
+    const plait_wire_limits_t *lim;
+    size_t chunk_bytes;   /**< masked bytes per chunk */
+    uint32_t keepalive_ms;
+} plait__agent_sa_env_t;
+
+typedef struct plait__agent_sa_s plait__agent_sa_t;
+
+/**
+ * \brief The device's policy on a task (a server cannot downgrade a device):
+ *        secure aggregation when required, a noise multiplier of at least the
+ *        minimum, a clip norm of at most the maximum.
+ * \return 0; PLAIT_EREFUSED naming the rule in plait_errmsg().
+ */
+int plait__agent_sa_policy(const plait_agent_config_t *cfg, const plait_msg_task_t *t) PLAIT_WUR;
+
+/**
+ * \brief Steps 0 and 1 of SecAgg+ for a task with secure_agg: make and
+ *        advertise the round keys, check the neighbours' keys in the roster,
+ *        send the shares, take the relayed shares. Waits (with keepalive pings)
+ *        until deadline_ms.
+ * \return 0 (*out to pass to finish and free); PLAIT_EAUTH (a neighbour's keys
+ *         or a share do not verify), PLAIT_ETHRESHOLD (too few neighbours),
+ *         PLAIT_EPROTO, connection errors.
+ */
+int plait__agent_sa_begin(const plait__agent_sa_env_t *env, const plait_msg_task_t *t, uint64_t deadline_ms,
+                          plait__agent_sa_t **out /* OUT */) PLAIT_WUR;
+
+/**
+ * \brief Steps 2 and 3: mask words (Task.update_elements words), upload them
+ *        packed at m bits, wait for the Ack (*acked = 1 then), then answer the
+ *        unmask request, refusing (and logging) one that names a device both
+ *        as survivor and as dropout.
+ * \return 0; PLAIT_EREFUSED (the request was refused), PLAIT_ETHRESHOLD,
+ *         connection and aggregator errors.
+ */
+int plait__agent_sa_finish(plait__agent_sa_t *sa, const plait__agent_sa_env_t *env, const uint32_t *words,
+                           size_t n_words, uint64_t deadline_ms, int *acked /* OUT */) PLAIT_WUR;
+
+/** \brief Wipe the round's keys and shares and free. NULL is safe. */
+void plait__agent_sa_free(plait__agent_sa_t *sa);
 
 /** \brief Test hook: words per UpdateChunk (default min(max_chunk_bytes / 4, 65536)). */
 void plait__agent_set_chunk_words(plait_agent_t *a, size_t words);

@@ -143,7 +143,8 @@ enum {
     OPT_MERGED, OPT_ID, OPT_BEFORE, OPT_ALL, OPT_KIND, OPT_HELDOUT, OPT_QUIET, OPT_JSON,
     OPT_MIN_LR, OPT_MAX_BYTES, OPT_SERVER, OPT_CA, OPT_CERT, OPT_KEY, OPT_CSR, OPT_STATE, OPT_ONCE, OPT_DAEMON,
     OPT_ROUNDS, OPT_MIN_RECORDS, OPT_SERVER_NAME, OPT_BACKOFF_INIT, OPT_BACKOFF_MAX, OPT_REJOIN,
-    OPT_MAX_RUNTIME, OPT_ATTEMPTS, OPT_CONNECT_TIMEOUT, OPT_IO_TIMEOUT, OPT_KEEPALIVE
+    OPT_MAX_RUNTIME, OPT_ATTEMPTS, OPT_CONNECT_TIMEOUT, OPT_IO_TIMEOUT, OPT_KEEPALIVE,
+    OPT_NO_SECURE_AGG, OPT_MIN_NOISE, OPT_MAX_CLIP
 };
 
 #define COMMON_OPTS                                                                    \
@@ -971,6 +972,10 @@ static void join_usage(void)
            "  --backoff-initial-ms N, --backoff-max-ms N   reconnect backoff (default %u, %u)\n"
            "  --rejoin-ms N          daemon: wait after an acknowledged round (default %u)\n"
            "  --connect-timeout-ms N, --io-timeout-ms N, --keepalive-ms N  (default %u, %u, %u)\n"
+           "Privacy policy (a task outside it is declined; the server cannot downgrade the device):\n"
+           "  --allow-plain-aggregation  take tasks without secure aggregation (default: decline them)\n"
+           "  --min-noise Z          decline tasks whose DP noise multiplier is below Z (default 0)\n"
+           "  --max-clip S           decline tasks whose clip norm is above S (default 0: no limit)\n"
            "Exit status: 0 done (round acknowledged, come back later, not eligible, or task declined),\n"
            "1 failure, 2 usage. Logs go to stderr, one line each ($PLAIT_LOG_LEVEL=debug for more).\n",
            d.max_attempts, (long long)d.min_records, d.backoff_initial_ms, d.backoff_max_ms, d.rejoin_ms,
@@ -1025,7 +1030,10 @@ static int cmd_join(int argc, char **argv)
         {"max-runtime", required_argument, 0, OPT_MAX_RUNTIME}, {"attempts", required_argument, 0, OPT_ATTEMPTS},
         {"connect-timeout-ms", required_argument, 0, OPT_CONNECT_TIMEOUT},
         {"io-timeout-ms", required_argument, 0, OPT_IO_TIMEOUT},
-        {"keepalive-ms", required_argument, 0, OPT_KEEPALIVE}, {0, 0, 0, 0}};
+        {"keepalive-ms", required_argument, 0, OPT_KEEPALIVE},
+        {"allow-plain-aggregation", no_argument, 0, OPT_NO_SECURE_AGG},
+        {"min-noise", required_argument, 0, OPT_MIN_NOISE}, {"max-clip", required_argument, 0, OPT_MAX_CLIP},
+        {0, 0, 0, 0}};
     int o, once = 0;
     while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         if (o == 'h') { join_usage(); return 0; }
@@ -1088,6 +1096,13 @@ static int cmd_join(int argc, char **argv)
         case OPT_KEEPALIVE:
             if (plait_cli_int("--keepalive-ms", optarg, 1000, 60000, &v) != 0) return die_usage(0);
             cfg.keepalive_ms = (uint32_t)v;
+            break;
+        case OPT_NO_SECURE_AGG: cfg.require_secure_agg = 0; break;
+        case OPT_MIN_NOISE:
+            if (plait_cli_double("--min-noise", optarg, 0, 1e6, &cfg.min_noise_multiplier) != 0) return die_usage(0);
+            break;
+        case OPT_MAX_CLIP:
+            if (plait_cli_double("--max-clip", optarg, 0, 1e9, &cfg.max_clip_norm) != 0) return die_usage(0);
             break;
         default: return bad_flag(argv), die_usage(PLAIT_EINVAL);
         }

@@ -101,6 +101,13 @@ static const char *const type_names[PLAIT_MSG_TYPE_MAX + 1] = {
     [PLAIT_MSG_ERROR] = "error",
     [PLAIT_MSG_PING] = "ping",
     [PLAIT_MSG_PONG] = "pong",
+    [PLAIT_MSG_SECAGG_ADVERTISE] = "secagg_advertise",
+    [PLAIT_MSG_SECAGG_ROSTER] = "secagg_roster",
+    [PLAIT_MSG_SECAGG_SHARES] = "secagg_shares",
+    [PLAIT_MSG_SECAGG_RELAY] = "secagg_relay",
+    [PLAIT_MSG_SECAGG_MASKED_INPUT] = "secagg_masked_input",
+    [PLAIT_MSG_SECAGG_UNMASK_REQUEST] = "secagg_unmask_request",
+    [PLAIT_MSG_SECAGG_UNMASK_RESPONSE] = "secagg_unmask_response",
     [PLAIT_MSG_DECLINE] = "decline",
 };
 
@@ -209,6 +216,7 @@ void plait_msg_free(plait_msg_t *m)
 {
     if (!m) return;
     if (m->priv) plait__envelope__free_unpacked(m->priv, &free_alloc);
+    free(m->priv_arr);
     memset(m, 0, sizeof(*m));
 }
 
@@ -247,6 +255,8 @@ static int validate_hello(const plait_msg_hello_t *h)
         return BAD("hello.client_version: not printable ASCII");
     return 0;
 }
+
+static int validate_task_secagg(const plait_msg_task_t *t);
 
 static int validate_task(const plait_msg_task_t *t, const plait_wire_limits_t *lim)
 {
@@ -305,14 +315,15 @@ static int validate_task(const plait_msg_task_t *t, const plait_wire_limits_t *l
         return BAD("task.max_chunk_bytes: %u below 4", t->max_chunk_bytes);
     if (t->clip_bit != 0 && t->clip_bit != 1) return BAD("task.clip_bit: not 0 or 1");
     if (t->clip_bit && t->update_elements < 3) return BAD("task.update_elements: the clip bit needs at least 3");
-    return 0;
+    return validate_task_secagg(t);
 }
 
 static int validate_cbl(const plait_msg_come_back_later_t *c, const plait_wire_limits_t *lim)
 {
     if (c->retry_ms < 1 || c->retry_ms > lim->max_retry_ms)
         return BAD("come_back_later.retry_ms: %u outside 1..%u", c->retry_ms, lim->max_retry_ms);
-    if ((unsigned)c->reason > PLAIT_RETRY_REASON_MAX && c->reason != PLAIT_RETRY_NOT_SAMPLED)
+    if ((unsigned)c->reason > PLAIT_RETRY_REASON_MAX && c->reason != PLAIT_RETRY_NOT_SAMPLED &&
+        c->reason != PLAIT_RETRY_SECAGG_CLOSED)
         return BAD("come_back_later.reason: unknown value %d", (int)c->reason);
     return 0;
 }
@@ -383,6 +394,165 @@ static int validate_error(const plait_msg_error_t *e, const plait_wire_limits_t 
     return 0;
 }
 
+/* ---- secure aggregation ---- */
+
+static int check_shares(const plait_secagg_share_t *sh, size_t n, size_t min, const char *field)
+{
+    if (n < min || n > PLAIT_WIRE_SECAGG_MAX_PEERS)
+        return BAD("%s: %zu shares outside %zu..%u", field, n, min, PLAIT_WIRE_SECAGG_MAX_PEERS);
+    if (n > 0 && !sh) return BAD("%s: missing", field);
+    for (size_t i = 0; i < n; i++) {
+        if (sh[i].peer < 1 || sh[i].peer > PLAIT_WIRE_SECAGG_MAX_COHORT)
+            return BAD("%s[%zu].peer: %u outside 1..%u", field, i, sh[i].peer,
+                       PLAIT_WIRE_SECAGG_MAX_COHORT);
+        if (i > 0 && sh[i].peer <= sh[i - 1].peer)
+            return BAD("%s[%zu].peer: %u after %u (must be strictly ascending)", field, i,
+                       sh[i].peer, sh[i - 1].peer);
+        if (sh[i].len < 1 || sh[i].len > PLAIT_WIRE_SECAGG_MAX_SHARE || !sh[i].data)
+            return BAD("%s[%zu].data: %zu bytes outside 1..%u", field, i, sh[i].len,
+                       PLAIT_WIRE_SECAGG_MAX_SHARE);
+    }
+    return 0;
+}
+
+static int check_indices(const uint32_t *v, size_t n, size_t min, const char *field)
+{
+    if (n < min || n > PLAIT_WIRE_SECAGG_MAX_COHORT)
+        return BAD("%s: %zu indices outside %zu..%u", field, n, min, PLAIT_WIRE_SECAGG_MAX_COHORT);
+    if (n > 0 && !v) return BAD("%s: missing", field);
+    for (size_t i = 0; i < n; i++) {
+        if (v[i] < 1 || v[i] > PLAIT_WIRE_SECAGG_MAX_COHORT)
+            return BAD("%s[%zu]: %u outside 1..%u", field, i, v[i], PLAIT_WIRE_SECAGG_MAX_COHORT);
+        if (i > 0 && v[i] <= v[i - 1])
+            return BAD("%s[%zu]: %u after %u (must be strictly ascending)", field, i, v[i],
+                       v[i - 1]);
+    }
+    return 0;
+}
+
+static int check_sig(const uint8_t *sig, size_t len, const char *field)
+{
+    if (len < 1 || len > PLAIT_WIRE_SECAGG_MAX_SIG || !sig)
+        return BAD("%s: %zu bytes outside 1..%d", field, len, PLAIT_WIRE_SECAGG_MAX_SIG);
+    return 0;
+}
+
+static int validate_sa_advertise(const plait_msg_secagg_advertise_t *a)
+{
+    if (a->round_id == 0) return BAD("secagg_advertise.round_id: 0");
+    if (a->cert_len < 1 || a->cert_len > PLAIT_WIRE_SECAGG_MAX_CERT || !a->cert)
+        return BAD("secagg_advertise.device_cert: %zu bytes outside 1..%d", a->cert_len,
+                   PLAIT_WIRE_SECAGG_MAX_CERT);
+    return check_sig(a->signature, a->sig_len, "secagg_advertise.signature");
+}
+
+static int validate_sa_roster(const plait_msg_secagg_roster_t *r)
+{
+    if (r->round_id == 0) return BAD("secagg_roster.round_id: 0");
+    if (r->n_peers > PLAIT_WIRE_SECAGG_MAX_PEERS)
+        return BAD("secagg_roster.peers: %zu above %u", r->n_peers, PLAIT_WIRE_SECAGG_MAX_PEERS);
+    if (r->n_peers > 0 && !r->peers) return BAD("secagg_roster.peers: missing");
+    for (size_t i = 0; i < r->n_peers; i++) {
+        const plait_secagg_peer_t *p = &r->peers[i];
+        if (p->index < 1 || p->index > PLAIT_WIRE_SECAGG_MAX_COHORT)
+            return BAD("secagg_roster.peers[%zu].index: %u outside 1..%u", i, p->index,
+                       PLAIT_WIRE_SECAGG_MAX_COHORT);
+        if (i > 0 && p->index <= r->peers[i - 1].index)
+            return BAD("secagg_roster.peers[%zu].index: %u after %u (must be strictly ascending)",
+                       i, p->index, r->peers[i - 1].index);
+        if (p->cert_len < 1 || p->cert_len > PLAIT_WIRE_SECAGG_MAX_CERT || !p->cert)
+            return BAD("secagg_roster.peers[%zu].device_cert: %zu bytes outside 1..%d", i,
+                       p->cert_len, PLAIT_WIRE_SECAGG_MAX_CERT);
+        if (check_sig(p->signature, p->sig_len, "secagg_roster.peers[].signature") != 0)
+            return PLAIT_EPROTO;
+    }
+    return 0;
+}
+
+/* Task.secagg: present exactly with secure_agg; m wide enough for the quantized words. */
+static int validate_task_secagg(const plait_msg_task_t *t)
+{
+    if (!t->secure_agg) {
+        if (t->has_secagg) return BAD("task.secagg: present without secure_agg");
+        return 0;
+    }
+    if (!t->has_secagg) return BAD("task.secagg: missing with secure_agg");
+    if (t->secagg.n < 2 || t->secagg.n > PLAIT_WIRE_SECAGG_MAX_COHORT)
+        return BAD("task.secagg.n: %u outside 2..%u", t->secagg.n, PLAIT_WIRE_SECAGG_MAX_COHORT);
+    if (t->secagg.index < 1 || t->secagg.index > t->secagg.n)
+        return BAD("task.secagg.index: %u outside 1..n (%u)", t->secagg.index, t->secagg.n);
+    if (t->secagg.k < 1 || t->secagg.k > t->secagg.n - 1)
+        return BAD("task.secagg.k: %u outside 1..n-1 (%u)", t->secagg.k, t->secagg.n - 1);
+    if (t->secagg.t < 1 || t->secagg.t > t->secagg.k)
+        return BAD("task.secagg.t: %u outside 1..k (%u)", t->secagg.t, t->secagg.k);
+    if (t->secagg.bits < t->quant_bits || t->secagg.bits > PLAIT_WIRE_SECAGG_MAX_BITS)
+        return BAD("task.secagg.bits: %u outside quant_bits..%u", t->secagg.bits,
+                   PLAIT_WIRE_SECAGG_MAX_BITS);
+    return 0;
+}
+
+uint64_t plait_wire_packed_len(uint64_t total, unsigned bits)
+{
+    /* total <= 2^32 and bits <= 32 in every use: the product fits in 64 bits. */
+    return (total * bits + 7) / 8;
+}
+
+static int validate_sa_masked(const plait_msg_secagg_masked_input_t *c,
+                              const plait_wire_limits_t *lim)
+{
+    if (c->round_id == 0) return BAD("secagg_masked_input.round_id: 0");
+    if (c->total_elements < 1 || c->total_elements > lim->max_update_elements)
+        return BAD("secagg_masked_input.total_elements: %llu outside 1..%llu",
+                   (unsigned long long)c->total_elements,
+                   (unsigned long long)lim->max_update_elements);
+    if (c->bits < PLAIT_WIRE_SECAGG_MIN_BITS || c->bits > PLAIT_WIRE_SECAGG_MAX_BITS)
+        return BAD("secagg_masked_input.bits: %u outside %u..%u", c->bits,
+                   PLAIT_WIRE_SECAGG_MIN_BITS, PLAIT_WIRE_SECAGG_MAX_BITS);
+    if (c->count < 1 || c->offset > c->total_elements || c->count > c->total_elements - c->offset)
+        return BAD("secagg_masked_input.count: %llu at offset %llu outside total_elements %llu",
+                   (unsigned long long)c->count, (unsigned long long)c->offset,
+                   (unsigned long long)c->total_elements);
+    if (c->offset % 8 != 0)
+        return BAD("secagg_masked_input.offset: %llu not a multiple of 8",
+                   (unsigned long long)c->offset);
+    if (c->offset + c->count < c->total_elements && c->count % 8 != 0)
+        return BAD("secagg_masked_input.count: %llu, not a multiple of 8 before the last chunk",
+                   (unsigned long long)c->count);
+    uint64_t want = plait_wire_packed_len(c->count, c->bits);
+    if (!c->data || (uint64_t)c->len != want)
+        return BAD("secagg_masked_input.data: %zu bytes, %llu elements of %u bits need %llu",
+                   c->len, (unsigned long long)c->count, c->bits, (unsigned long long)want);
+    if (c->len > lim->max_chunk_bytes)
+        return BAD("secagg_masked_input.data: %zu bytes above %zu", c->len, lim->max_chunk_bytes);
+    if ((c->chunk_index == 0) != (c->offset == 0))
+        return BAD("secagg_masked_input.chunk_index: %u with offset %llu (0 exactly at offset 0)",
+                   c->chunk_index, (unsigned long long)c->offset);
+    if (c->chunk_index > c->offset)
+        return BAD("secagg_masked_input.chunk_index: %u exceeds offset %llu", c->chunk_index,
+                   (unsigned long long)c->offset);
+    return 0;
+}
+
+static int validate_sa_unmask_req(const plait_msg_secagg_unmask_request_t *r)
+{
+    int rc;
+    if (r->round_id == 0) return BAD("secagg_unmask_request.round_id: 0");
+    if ((rc = check_indices(r->survivors, r->n_survivors, 1,
+                            "secagg_unmask_request.survivors")) != 0)
+        return rc;
+    return check_indices(r->dropouts, r->n_dropouts, 0, "secagg_unmask_request.dropouts");
+}
+
+static int validate_sa_unmask_resp(const plait_msg_secagg_unmask_response_t *r)
+{
+    int rc;
+    if (r->round_id == 0) return BAD("secagg_unmask_response.round_id: 0");
+    if ((rc = check_shares(r->seed_shares, r->n_seed, 0,
+                           "secagg_unmask_response.seed_shares")) != 0)
+        return rc;
+    return check_shares(r->key_shares, r->n_key, 0, "secagg_unmask_response.key_shares");
+}
+
 static int validate_decline(const plait_msg_decline_t *d)
 {
     if (d->round_id == 0) return BAD("decline.round_id: 0");
@@ -413,6 +583,27 @@ static int validate(const plait_msg_t *m, const plait_wire_limits_t *lim)
     case PLAIT_MSG_PING:
     case PLAIT_MSG_PONG:
         return 0;
+    case PLAIT_MSG_SECAGG_ADVERTISE:
+        return validate_sa_advertise(&m->u.secagg_advertise);
+    case PLAIT_MSG_SECAGG_ROSTER:
+        return validate_sa_roster(&m->u.secagg_roster);
+    case PLAIT_MSG_SECAGG_SHARES:
+    case PLAIT_MSG_SECAGG_RELAY: {
+        const plait_msg_secagg_shares_t *sh = &m->u.secagg_shares;
+        const char *f = m->type == PLAIT_MSG_SECAGG_SHARES ? "secagg_shares.shares"
+                                                           : "secagg_relay.shares";
+        if (sh->round_id == 0)
+            return BAD("%s.round_id: 0",
+                       m->type == PLAIT_MSG_SECAGG_SHARES ? "secagg_shares" : "secagg_relay");
+        return check_shares(sh->shares, sh->n_shares, m->type == PLAIT_MSG_SECAGG_SHARES ? 1 : 0,
+                            f);
+    }
+    case PLAIT_MSG_SECAGG_MASKED_INPUT:
+        return validate_sa_masked(&m->u.secagg_masked_input, lim);
+    case PLAIT_MSG_SECAGG_UNMASK_REQUEST:
+        return validate_sa_unmask_req(&m->u.secagg_unmask_request);
+    case PLAIT_MSG_SECAGG_UNMASK_RESPONSE:
+        return validate_sa_unmask_resp(&m->u.secagg_unmask_response);
     case PLAIT_MSG_DECLINE:
         return validate_decline(&m->u.decline);
     }
@@ -594,6 +785,25 @@ static int from_task(const Plait__Task *p, plait_msg_task_t *t)
     t->max_chunk_bytes = p->has_max_chunk_bytes ? p->max_chunk_bytes : 0;
     if (p->has_max_chunk_bytes && p->max_chunk_bytes == 0) return BAD("task.max_chunk_bytes: 0");
     t->clip_bit = p->has_clip_bit && p->clip_bit ? 1 : 0;
+    if (p->secagg) {
+        const Plait__SecAggParams *q = p->secagg;
+        NEED(q->has_index, "task.secagg.index");
+        NEED(q->has_n, "task.secagg.n");
+        NEED(q->has_k, "task.secagg.k");
+        NEED(q->has_t, "task.secagg.t");
+        NEED(q->has_bits, "task.secagg.bits");
+        NEED(q->has_graph_seed, "task.secagg.graph_seed");
+        if (q->graph_seed.len != PLAIT_WIRE_SECAGG_SEED_LEN)
+            return BAD("task.secagg.graph_seed: %zu bytes, want %d", q->graph_seed.len,
+                       PLAIT_WIRE_SECAGG_SEED_LEN);
+        t->has_secagg = 1;
+        t->secagg.index = q->index;
+        t->secagg.n = q->n;
+        t->secagg.k = q->k;
+        t->secagg.t = q->t;
+        t->secagg.bits = q->bits;
+        memcpy(t->secagg.graph_seed, q->graph_seed.data, PLAIT_WIRE_SECAGG_SEED_LEN);
+    }
     return 0;
 }
 
@@ -676,6 +886,159 @@ static int from_ping(const Plait__Ping *p, plait_msg_ping_t *g, const char *fiel
     return 0;
 }
 
+/* ---- secure aggregation: repeated sub-messages become plain arrays in m->priv_arr ---- */
+
+static int copy_key(const ProtobufCBinaryData *b, uint8_t out[PLAIT_WIRE_X25519_LEN],
+                    const char *field, size_t i)
+{
+    if (b->len != PLAIT_WIRE_X25519_LEN)
+        return BAD("%s[%zu]: %zu bytes, want %d", field, i, b->len, PLAIT_WIRE_X25519_LEN);
+    memcpy(out, b->data, PLAIT_WIRE_X25519_LEN);
+    return 0;
+}
+
+/* Convert n repeated SecAggShare into out[0, n) (count checked before by the caller). */
+static int from_shares(Plait__SecAggShare *const *in, size_t n, plait_secagg_share_t *out,
+                       const char *field)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (!in[i]->has_peer) return BAD("%s[%zu].peer: missing", field, i);
+        if (!in[i]->has_data) return BAD("%s[%zu].data: missing", field, i);
+        out[i].peer = in[i]->peer;
+        out[i].data = in[i]->data.data;
+        out[i].len = in[i]->data.len;
+    }
+    return 0;
+}
+
+static void *arr_alloc(plait_msg_t *m, size_t n, size_t size)
+{
+    if (n == 0) return NULL;
+    m->priv_arr = calloc(n, size);
+    return m->priv_arr;
+}
+
+static int from_sa_advertise(const Plait__SecAggAdvertise *p, plait_msg_secagg_advertise_t *a)
+{
+    int rc;
+    NEED(p->has_round_id, "secagg_advertise.round_id");
+    NEED(p->has_mask_pk, "secagg_advertise.mask_pk");
+    NEED(p->has_enc_pk, "secagg_advertise.enc_pk");
+    NEED(p->has_signature, "secagg_advertise.signature");
+    NEED(p->has_device_cert, "secagg_advertise.device_cert");
+    a->round_id = p->round_id;
+    a->cert = p->device_cert.data;
+    a->cert_len = p->device_cert.len;
+    if ((rc = copy_key(&p->mask_pk, a->mask_pk, "secagg_advertise.mask_pk", 0)) != 0) return rc;
+    if ((rc = copy_key(&p->enc_pk, a->enc_pk, "secagg_advertise.enc_pk", 0)) != 0) return rc;
+    a->signature = p->signature.data;
+    a->sig_len = p->signature.len;
+    return 0;
+}
+
+static int from_sa_roster(const Plait__SecAggRoster *p, plait_msg_t *m)
+{
+    plait_msg_secagg_roster_t *r = &m->u.secagg_roster;
+    int rc;
+    NEED(p->has_round_id, "secagg_roster.round_id");
+    r->round_id = p->round_id;
+    if (p->n_peers > PLAIT_WIRE_SECAGG_MAX_PEERS)
+        return BAD("secagg_roster.peers: %zu above %u", p->n_peers, PLAIT_WIRE_SECAGG_MAX_PEERS);
+    plait_secagg_peer_t *pe = arr_alloc(m, p->n_peers, sizeof(*pe));
+    if (p->n_peers && !pe) return plait_fail(PLAIT_ENOMEM, "secagg_roster: %zu peers", p->n_peers);
+    for (size_t i = 0; i < p->n_peers; i++) {
+        const Plait__SecAggPeer *q = p->peers[i];
+        if (!q->has_index || !q->has_device_cert || !q->has_mask_pk || !q->has_enc_pk ||
+            !q->has_signature)
+            return BAD("secagg_roster.peers[%zu]: a field is missing", i);
+        pe[i].index = q->index;
+        pe[i].cert = q->device_cert.data;
+        pe[i].cert_len = q->device_cert.len;
+        if ((rc = copy_key(&q->mask_pk, pe[i].mask_pk, "secagg_roster.peers.mask_pk", i)) != 0)
+            return rc;
+        if ((rc = copy_key(&q->enc_pk, pe[i].enc_pk, "secagg_roster.peers.enc_pk", i)) != 0)
+            return rc;
+        pe[i].signature = q->signature.data;
+        pe[i].sig_len = q->signature.len;
+    }
+    r->peers = pe;
+    r->n_peers = p->n_peers;
+    return 0;
+}
+
+static int from_sa_shares(int has_round, uint64_t round_id, Plait__SecAggShare *const *in,
+                          size_t n, plait_msg_t *m, const char *name)
+{
+    plait_msg_secagg_shares_t *sh = &m->u.secagg_shares;
+    if (!has_round) return BAD("%s.round_id: missing", name);
+    sh->round_id = round_id;
+    if (n > PLAIT_WIRE_SECAGG_MAX_PEERS)
+        return BAD("%s.shares: %zu above %u", name, n, PLAIT_WIRE_SECAGG_MAX_PEERS);
+    plait_secagg_share_t *out = arr_alloc(m, n, sizeof(*out));
+    if (n && !out) return plait_fail(PLAIT_ENOMEM, "%s: %zu shares", name, n);
+    int rc = from_shares(in, n, out, name);
+    if (rc != 0) return rc;
+    sh->shares = out;
+    sh->n_shares = n;
+    return 0;
+}
+
+static int from_sa_masked(const Plait__SecAggMaskedInput *p, plait_msg_secagg_masked_input_t *c)
+{
+    NEED(p->has_round_id, "secagg_masked_input.round_id");
+    NEED(p->has_chunk_index, "secagg_masked_input.chunk_index");
+    NEED(p->has_offset, "secagg_masked_input.offset");
+    NEED(p->has_total_elements, "secagg_masked_input.total_elements");
+    NEED(p->has_bits, "secagg_masked_input.bits");
+    NEED(p->has_count, "secagg_masked_input.count");
+    NEED(p->has_data, "secagg_masked_input.data");
+    c->round_id = p->round_id;
+    c->chunk_index = p->chunk_index;
+    c->offset = p->offset;
+    c->total_elements = p->total_elements;
+    c->bits = p->bits;
+    c->count = p->count;
+    c->data = p->data.data;
+    c->len = p->data.len;
+    return 0;
+}
+
+static int from_sa_unmask_req(const Plait__SecAggUnmaskRequest *p,
+                              plait_msg_secagg_unmask_request_t *r)
+{
+    NEED(p->has_round_id, "secagg_unmask_request.round_id");
+    r->round_id = p->round_id;
+    r->survivors = p->survivors;
+    r->n_survivors = p->n_survivors;
+    r->dropouts = p->dropouts;
+    r->n_dropouts = p->n_dropouts;
+    return 0;
+}
+
+static int from_sa_unmask_resp(const Plait__SecAggUnmaskResponse *p, plait_msg_t *m)
+{
+    plait_msg_secagg_unmask_response_t *r = &m->u.secagg_unmask_response;
+    NEED(p->has_round_id, "secagg_unmask_response.round_id");
+    r->round_id = p->round_id;
+    if (p->n_seed_shares > PLAIT_WIRE_SECAGG_MAX_PEERS || p->n_key_shares > PLAIT_WIRE_SECAGG_MAX_PEERS)
+        return BAD("secagg_unmask_response: %zu seed and %zu key shares, above %u each",
+                   p->n_seed_shares, p->n_key_shares, PLAIT_WIRE_SECAGG_MAX_PEERS);
+    size_t n = p->n_seed_shares + p->n_key_shares;
+    plait_secagg_share_t *out = arr_alloc(m, n, sizeof(*out));
+    if (n && !out) return plait_fail(PLAIT_ENOMEM, "secagg_unmask_response: %zu shares", n);
+    int rc = from_shares(p->seed_shares, p->n_seed_shares, out,
+                         "secagg_unmask_response.seed_shares");
+    if (rc == 0)
+        rc = from_shares(p->key_shares, p->n_key_shares, out + p->n_seed_shares,
+                         "secagg_unmask_response.key_shares");
+    if (rc != 0) return rc;
+    r->seed_shares = p->n_seed_shares ? out : NULL;
+    r->n_seed = p->n_seed_shares;
+    r->key_shares = p->n_key_shares ? out + p->n_seed_shares : NULL;
+    r->n_key = p->n_key_shares;
+    return 0;
+}
+
 static int from_decline(const Plait__Decline *p, plait_msg_decline_t *d)
 {
     NEED(p->has_round_id, "decline.round_id");
@@ -708,6 +1071,24 @@ static int from_envelope(const Plait__Envelope *env, plait_msg_t *m, const plait
         return from_ping(env->ping, &m->u.ping, "ping.nonce");
     case PLAIT__ENVELOPE__MSG_PONG:
         return from_ping(env->pong, &m->u.ping, "pong.nonce");
+    case PLAIT__ENVELOPE__MSG_SECAGG_ADVERTISE:
+        return from_sa_advertise(env->secagg_advertise, &m->u.secagg_advertise);
+    case PLAIT__ENVELOPE__MSG_SECAGG_ROSTER:
+        return from_sa_roster(env->secagg_roster, m);
+    case PLAIT__ENVELOPE__MSG_SECAGG_SHARES:
+        return from_sa_shares(env->secagg_shares->has_round_id, env->secagg_shares->round_id,
+                              env->secagg_shares->shares, env->secagg_shares->n_shares, m,
+                              "secagg_shares");
+    case PLAIT__ENVELOPE__MSG_SECAGG_RELAY:
+        return from_sa_shares(env->secagg_relay->has_round_id, env->secagg_relay->round_id,
+                              env->secagg_relay->shares, env->secagg_relay->n_shares, m,
+                              "secagg_relay");
+    case PLAIT__ENVELOPE__MSG_SECAGG_MASKED_INPUT:
+        return from_sa_masked(env->secagg_masked_input, &m->u.secagg_masked_input);
+    case PLAIT__ENVELOPE__MSG_SECAGG_UNMASK_REQUEST:
+        return from_sa_unmask_req(env->secagg_unmask_request, &m->u.secagg_unmask_request);
+    case PLAIT__ENVELOPE__MSG_SECAGG_UNMASK_RESPONSE:
+        return from_sa_unmask_resp(env->secagg_unmask_response, m);
     case PLAIT__ENVELOPE__MSG_DECLINE:
         return from_decline(env->decline, &m->u.decline);
     default:
@@ -755,6 +1136,7 @@ int plait_wire_decode(const plait_frame_t *frame, const plait_wire_limits_t *lim
     return 0;
 fail:
     plait__envelope__free_unpacked(env, &alloc);
+    free(msg->priv_arr);
     memset(msg, 0, sizeof(*msg));
     return rc;
 }
@@ -800,10 +1182,174 @@ typedef struct {
     Plait__Ack ack;
     Plait__Error error;
     Plait__Ping ping;
+    Plait__SecAggParams sa_params;
+    Plait__SecAggAdvertise sa_adv;
+    Plait__SecAggRoster sa_roster;
+    Plait__SecAggShares sa_shares;
+    Plait__SecAggRelay sa_relay;
+    Plait__SecAggMaskedInput sa_masked;
+    Plait__SecAggUnmaskRequest sa_ureq;
+    Plait__SecAggUnmaskResponse sa_uresp;
+    void *heap; /* sub-messages of repeated fields (SecAgg), freed by pb_release */
     Plait__Decline decline;
 } pb_msg_t;
 
-static void to_envelope(const plait_msg_t *m, pb_msg_t *pb)
+static void pb_release(pb_msg_t *pb)
+{
+    free(pb->heap);
+    pb->heap = NULL;
+}
+
+/* n SecAggShare sub-messages and their pointer array in one block at *pos of pb->heap. */
+static Plait__SecAggShare **to_shares(const plait_secagg_share_t *in, size_t n, uint8_t **pos)
+{
+    Plait__SecAggShare **ptrs = (Plait__SecAggShare **)(void *)*pos;
+    Plait__SecAggShare *subs = (Plait__SecAggShare *)(void *)(*pos + n * sizeof(*ptrs));
+    for (size_t i = 0; i < n; i++) {
+        plait__sec_agg_share__init(&subs[i]);
+        subs[i].has_peer = subs[i].has_data = 1;
+        subs[i].peer = in[i].peer;
+        subs[i].data = bin(in[i].data, in[i].len);
+        ptrs[i] = &subs[i];
+    }
+    *pos += n * (sizeof(*ptrs) + sizeof(*subs));
+    return n ? ptrs : NULL;
+}
+
+#define SHARE_BYTES (sizeof(Plait__SecAggShare *) + sizeof(Plait__SecAggShare))
+
+/* The SecAgg part of to_envelope (the messages with repeated sub-messages allocate). */
+static int to_envelope_secagg(const plait_msg_t *m, pb_msg_t *pb)
+{
+    uint8_t *pos;
+    switch (m->type) {
+    case PLAIT_MSG_SECAGG_ADVERTISE: {
+        const plait_msg_secagg_advertise_t *a = &m->u.secagg_advertise;
+        plait__sec_agg_advertise__init(&pb->sa_adv);
+        pb->sa_adv.has_round_id = pb->sa_adv.has_mask_pk = pb->sa_adv.has_enc_pk = 1;
+        pb->sa_adv.has_signature = 1;
+        pb->sa_adv.round_id = a->round_id;
+        pb->sa_adv.mask_pk = bin(a->mask_pk, PLAIT_WIRE_X25519_LEN);
+        pb->sa_adv.enc_pk = bin(a->enc_pk, PLAIT_WIRE_X25519_LEN);
+        pb->sa_adv.signature = bin(a->signature, a->sig_len);
+        pb->sa_adv.has_device_cert = 1;
+        pb->sa_adv.device_cert = bin(a->cert, a->cert_len);
+        pb->env.msg_case = PLAIT__ENVELOPE__MSG_SECAGG_ADVERTISE;
+        pb->env.secagg_advertise = &pb->sa_adv;
+        return 0;
+    }
+    case PLAIT_MSG_SECAGG_ROSTER: {
+        const plait_msg_secagg_roster_t *r = &m->u.secagg_roster;
+        Plait__SecAggRoster *p = &pb->sa_roster;
+        plait__sec_agg_roster__init(p);
+        p->has_round_id = 1;
+        p->round_id = r->round_id;
+        if (r->n_peers) {
+            size_t per = sizeof(Plait__SecAggPeer *) + sizeof(Plait__SecAggPeer);
+            if (!(pb->heap = malloc(r->n_peers * per)))
+                return plait_fail(PLAIT_ENOMEM, "secagg_roster: encoding %zu peers", r->n_peers);
+            Plait__SecAggPeer **ptrs = pb->heap;
+            Plait__SecAggPeer *subs = (Plait__SecAggPeer *)(ptrs + r->n_peers);
+            for (size_t i = 0; i < r->n_peers; i++) {
+                const plait_secagg_peer_t *q = &r->peers[i];
+                plait__sec_agg_peer__init(&subs[i]);
+                subs[i].has_index = subs[i].has_device_cert = subs[i].has_mask_pk = 1;
+                subs[i].has_enc_pk = subs[i].has_signature = 1;
+                subs[i].index = q->index;
+                subs[i].device_cert = bin(q->cert, q->cert_len);
+                subs[i].mask_pk = bin(q->mask_pk, PLAIT_WIRE_X25519_LEN);
+                subs[i].enc_pk = bin(q->enc_pk, PLAIT_WIRE_X25519_LEN);
+                subs[i].signature = bin(q->signature, q->sig_len);
+                ptrs[i] = &subs[i];
+            }
+            p->peers = ptrs;
+            p->n_peers = r->n_peers;
+        }
+        pb->env.msg_case = PLAIT__ENVELOPE__MSG_SECAGG_ROSTER;
+        pb->env.secagg_roster = p;
+        return 0;
+    }
+    case PLAIT_MSG_SECAGG_SHARES:
+    case PLAIT_MSG_SECAGG_RELAY: {
+        const plait_msg_secagg_shares_t *sh = &m->u.secagg_shares;
+        if (sh->n_shares && !(pb->heap = malloc(sh->n_shares * SHARE_BYTES)))
+            return plait_fail(PLAIT_ENOMEM, "secagg shares: encoding %zu", sh->n_shares);
+        pos = pb->heap;
+        Plait__SecAggShare **ptrs = to_shares(sh->shares, sh->n_shares, &pos);
+        if (m->type == PLAIT_MSG_SECAGG_SHARES) {
+            plait__sec_agg_shares__init(&pb->sa_shares);
+            pb->sa_shares.has_round_id = 1;
+            pb->sa_shares.round_id = sh->round_id;
+            pb->sa_shares.shares = ptrs;
+            pb->sa_shares.n_shares = sh->n_shares;
+            pb->env.msg_case = PLAIT__ENVELOPE__MSG_SECAGG_SHARES;
+            pb->env.secagg_shares = &pb->sa_shares;
+        } else {
+            plait__sec_agg_relay__init(&pb->sa_relay);
+            pb->sa_relay.has_round_id = 1;
+            pb->sa_relay.round_id = sh->round_id;
+            pb->sa_relay.shares = ptrs;
+            pb->sa_relay.n_shares = sh->n_shares;
+            pb->env.msg_case = PLAIT__ENVELOPE__MSG_SECAGG_RELAY;
+            pb->env.secagg_relay = &pb->sa_relay;
+        }
+        return 0;
+    }
+    case PLAIT_MSG_SECAGG_MASKED_INPUT: {
+        const plait_msg_secagg_masked_input_t *c = &m->u.secagg_masked_input;
+        Plait__SecAggMaskedInput *p = &pb->sa_masked;
+        plait__sec_agg_masked_input__init(p);
+        p->has_round_id = p->has_chunk_index = p->has_offset = p->has_total_elements = 1;
+        p->has_bits = p->has_count = p->has_data = 1;
+        p->round_id = c->round_id;
+        p->chunk_index = c->chunk_index;
+        p->offset = c->offset;
+        p->total_elements = c->total_elements;
+        p->bits = c->bits;
+        p->count = c->count;
+        p->data = bin(c->data, c->len);
+        pb->env.msg_case = PLAIT__ENVELOPE__MSG_SECAGG_MASKED_INPUT;
+        pb->env.secagg_masked_input = p;
+        return 0;
+    }
+    case PLAIT_MSG_SECAGG_UNMASK_REQUEST: {
+        const plait_msg_secagg_unmask_request_t *r = &m->u.secagg_unmask_request;
+        Plait__SecAggUnmaskRequest *p = &pb->sa_ureq;
+        plait__sec_agg_unmask_request__init(p);
+        p->has_round_id = 1;
+        p->round_id = r->round_id;
+        p->n_survivors = r->n_survivors;
+        p->survivors = (uint32_t *)(uintptr_t)r->survivors;
+        p->n_dropouts = r->n_dropouts;
+        p->dropouts = (uint32_t *)(uintptr_t)r->dropouts;
+        pb->env.msg_case = PLAIT__ENVELOPE__MSG_SECAGG_UNMASK_REQUEST;
+        pb->env.secagg_unmask_request = p;
+        return 0;
+    }
+    case PLAIT_MSG_SECAGG_UNMASK_RESPONSE: {
+        const plait_msg_secagg_unmask_response_t *r = &m->u.secagg_unmask_response;
+        Plait__SecAggUnmaskResponse *p = &pb->sa_uresp;
+        plait__sec_agg_unmask_response__init(p);
+        size_t n = r->n_seed + r->n_key;
+        if (n && !(pb->heap = malloc(n * SHARE_BYTES)))
+            return plait_fail(PLAIT_ENOMEM, "secagg_unmask_response: encoding %zu shares", n);
+        pos = pb->heap;
+        p->has_round_id = 1;
+        p->round_id = r->round_id;
+        p->seed_shares = to_shares(r->seed_shares, r->n_seed, &pos);
+        p->n_seed_shares = r->n_seed;
+        p->key_shares = to_shares(r->key_shares, r->n_key, &pos);
+        p->n_key_shares = r->n_key;
+        pb->env.msg_case = PLAIT__ENVELOPE__MSG_SECAGG_UNMASK_RESPONSE;
+        pb->env.secagg_unmask_response = p;
+        return 0;
+    }
+    default:
+        return plait_fail(PLAIT_EINVAL, "message: unknown type %d", (int)m->type);
+    }
+}
+
+static int to_envelope(const plait_msg_t *m, pb_msg_t *pb)
 {
     plait__envelope__init(&pb->env);
     switch (m->type) {
@@ -868,6 +1414,18 @@ static void to_envelope(const plait_msg_t *m, pb_msg_t *pb)
         if (t->clip_bit) {
             p->has_clip_bit = 1;
             p->clip_bit = 1;
+        }
+        if (t->has_secagg) {
+            Plait__SecAggParams *q = &pb->sa_params;
+            plait__sec_agg_params__init(q);
+            q->has_index = q->has_n = q->has_k = q->has_t = q->has_bits = q->has_graph_seed = 1;
+            q->index = t->secagg.index;
+            q->n = t->secagg.n;
+            q->k = t->secagg.k;
+            q->t = t->secagg.t;
+            q->bits = t->secagg.bits;
+            q->graph_seed = bin(t->secagg.graph_seed, PLAIT_WIRE_SECAGG_SEED_LEN);
+            p->secagg = q;
         }
         pb->env.msg_case = PLAIT__ENVELOPE__MSG_TASK;
         pb->env.task = p;
@@ -962,7 +1520,10 @@ static void to_envelope(const plait_msg_t *m, pb_msg_t *pb)
         pb->env.msg_case = PLAIT__ENVELOPE__MSG_DECLINE;
         pb->env.decline = &pb->decline;
         break;
+    default:
+        return to_envelope_secagg(m, pb);
     }
+    return 0;
 }
 
 /* Validate m and fill pb; *frame_len is the whole frame's size. */
@@ -974,7 +1535,7 @@ static int prepare(const plait_msg_t *m, const plait_wire_limits_t *lim, pb_msg_
     if (!(lim = limits_or_default(lim, &tmp))) return PLAIT_EINVAL;
     int rc = validate(m, lim);
     if (rc != 0) return rc;
-    to_envelope(m, pb);
+    if ((rc = to_envelope(m, pb)) != 0) return rc;
     size_t payload = plait__envelope__get_packed_size(&pb->env);
     if (payload > lim->max_frame - PLAIT_FRAME_HEADER)
         return plait_fail(PLAIT_ETOOBIG, "%s: frame of %zu bytes above the limit %zu",
@@ -989,7 +1550,11 @@ int plait_wire_encoded_size(const plait_msg_t *m, const plait_wire_limits_t *lim
     pb_msg_t pb;
     if (!len) return plait_fail(PLAIT_EINVAL, "wire encode: NULL length");
     *len = 0;
-    return prepare(m, lim, &pb, len);
+    pb.heap = NULL;
+    int rc = prepare(m, lim, &pb, len);
+    pb_release(&pb);
+    if (rc != 0) *len = 0;
+    return rc;
 }
 
 int plait_wire_encode(const plait_msg_t *m, const plait_wire_limits_t *lim, uint8_t *out,
@@ -999,14 +1564,19 @@ int plait_wire_encode(const plait_msg_t *m, const plait_wire_limits_t *lim, uint
     size_t n = 0;
     if (!len || (!out && cap > 0)) return plait_fail(PLAIT_EINVAL, "wire encode: NULL output");
     *len = 0;
+    pb.heap = NULL;
     int rc = prepare(m, lim, &pb, &n);
-    if (rc != 0) return rc;
-    if (n > cap)
-        return plait_fail(PLAIT_ETOOBIG, "wire encode: %zu bytes do not fit in %zu", n, cap);
+    if (rc == 0 && n > cap)
+        rc = plait_fail(PLAIT_ETOOBIG, "wire encode: %zu bytes do not fit in %zu", n, cap);
+    if (rc != 0) {
+        pb_release(&pb);
+        return rc;
+    }
     store_be32(out, (uint32_t)(n - 4));
     out[4] = PLAIT_WIRE_VERSION;
     out[5] = (uint8_t)m->type;
     size_t packed = plait__envelope__pack(&pb.env, out + PLAIT_FRAME_HEADER);
+    pb_release(&pb);
     PLAIT_ASSERT(packed == n - PLAIT_FRAME_HEADER);
     *len = n;
     return 0;
@@ -1145,4 +1715,65 @@ int plait_wire_adapter_rx_add(plait_wire_xfer_t *x, const plait_msg_adapter_chun
     x->next += c->len;
     x->index++;
     return last ? 1 : 0;
+}
+
+/* ---- masked (secure-aggregation) uploads ---------------------------------- */
+
+int plait_wire_masked_tx_next(plait_wire_xfer_t *x, const plait_wire_limits_t *lim,
+                              const uint8_t *packed, unsigned bits, plait_msg_t *out)
+{
+    plait_wire_limits_t tmp;
+    if (!x || !packed || !out) return plait_fail(PLAIT_EINVAL, "masked tx: NULL argument");
+    if (!(lim = limits_or_default(lim, &tmp))) return PLAIT_EINVAL;
+    uint64_t per = (uint64_t)(lim->max_chunk_bytes / (bits ? bits : 1)) * 8u;
+    if (bits < PLAIT_WIRE_SECAGG_MIN_BITS || bits > PLAIT_WIRE_SECAGG_MAX_BITS || per == 0 ||
+        x->total < 1 || x->total > lim->max_update_elements || x->next > x->total ||
+        (x->next < x->total && x->next % 8 != 0))
+        return plait_fail(PLAIT_EINVAL, "masked tx: bits %u, total %llu, offset %llu", bits,
+                          (unsigned long long)x->total, (unsigned long long)x->next);
+    if (x->next == x->total) return 0;
+    uint64_t n = x->total - x->next;
+    if (n > per) n = per;
+    plait_msg_init(out, PLAIT_MSG_SECAGG_MASKED_INPUT);
+    plait_msg_secagg_masked_input_t *c = &out->u.secagg_masked_input;
+    c->round_id = x->id;
+    c->chunk_index = x->index;
+    c->offset = x->next;
+    c->total_elements = x->total;
+    c->bits = bits;
+    c->count = n;
+    c->data = packed + x->next / 8 * bits; /* a multiple of 8 elements is a whole byte count */
+    c->len = (size_t)plait_wire_packed_len(n, bits);
+    x->next += n;
+    x->index++;
+    return 1;
+}
+
+int plait_wire_masked_rx_add(plait_wire_xfer_t *x, const plait_msg_secagg_masked_input_t *c,
+                             unsigned bits, uint8_t *dst)
+{
+    if (!x || !c || !dst || !c->data) return plait_fail(PLAIT_EINVAL, "masked rx: NULL argument");
+    if (c->round_id != x->id)
+        return plait_fail(PLAIT_ESTALE,
+                          "secagg_masked_input.round_id: %llu, the upload is for round %llu",
+                          (unsigned long long)c->round_id, (unsigned long long)x->id);
+    if (c->total_elements != x->total || c->bits != bits)
+        return plait_fail(PLAIT_EMISMATCH,
+                          "secagg_masked_input: %llu elements of %u bits, the round has %llu of %u",
+                          (unsigned long long)c->total_elements, c->bits,
+                          (unsigned long long)x->total, bits);
+    if (x->next >= x->total)
+        return plait_fail(PLAIT_EMISMATCH, "secagg_masked_input: the upload is already complete");
+    if (c->offset != x->next || c->chunk_index != x->index || c->count > x->total - c->offset ||
+        c->offset % 8 != 0)
+        return plait_fail(PLAIT_EMISMATCH,
+                          "secagg_masked_input: chunk %u at offset %llu, expected chunk %u at %llu",
+                          c->chunk_index, (unsigned long long)c->offset, x->index,
+                          (unsigned long long)x->next);
+    if ((uint64_t)c->len != plait_wire_packed_len(c->count, bits))
+        return plait_fail(PLAIT_EMISMATCH, "secagg_masked_input.data: wrong length");
+    memcpy(dst + c->offset / 8 * bits, c->data, c->len);
+    x->next += c->count;
+    x->index++;
+    return x->next == x->total ? 1 : 0;
 }

@@ -30,6 +30,7 @@
 #include "plait/log.h"
 #include "plait/lora.h"
 #include "plait/rng.h"
+#include "plait/secagg.h"
 #include "plait/store.h"
 #include "sim_int.h"
 
@@ -40,6 +41,7 @@ struct plait__sim_net_s {
     const plait_sim_config_t *cfg;
     const plait_sim_pop_t *pop;
     char agg[NET_PATH], agent[NET_PATH];
+    int plain; /* the deployment runs without secure aggregation: agents must accept that */
     char root[NET_ROOT]; /* the scratch folder: certificates, stores, logs */
     char dir[NET_PATH];  /* the deployment */
     char log[NET_PATH];  /* the aggregator's log */
@@ -243,6 +245,20 @@ int plait__sim_net_start(plait__sim_net_t **out, const plait_sim_config_t *cfg, 
     SET("idle_timeout_s=120");
     SET("max_connections=%zu", cfg->clients_per_round + 64);
     SET("population=%zu", pop->n);
+    {
+        /* Secure aggregation (the aggregator's default) needs a cohort that SecAgg+ parameters
+         * exist for; smaller ones run plain, and say so. */
+        plait_secagg_params_t sp;
+        unsigned m = 0;
+        int secure = cfg->clients_per_round >= 2 && cfg->clients_per_round <= PLAIT_SECAGG_MAX_COHORT &&
+                     plait_secagg_mask_bits(cfg->quant_bits, (uint32_t)cfg->clients_per_round, &m) == 0 &&
+                     plait_secagg_params_choose((uint32_t)cfg->clients_per_round, 0.3, 0.0, 20.0, &sp) == 0;
+        if (!secure)
+            fprintf(stderr, "plait-sim: network mode: %zu clients per round are too few for secure aggregation; "
+                    "rounds run without it\n", cfg->clients_per_round);
+        SET("secure_agg=%s", secure ? "true" : "false");
+        n->plain = !secure;
+    }
     if (cfg->noise_multiplier > 0) /* the simulator already sampled the K agents it starts: the service admits */
         SET("sampling_rate=1");     /* all of them, so its ledger records q = 1 (no amplification claimed) */
 #undef SET
@@ -377,7 +393,8 @@ int plait__sim_net_round(plait__sim_net_t *n, int r, size_t span_len, plait_sim_
         snprintf(seed, sizeof(seed), "%llu", (unsigned long long)(s ? s : 1));
         char *argv[] = {n->agent, "join", "--server", server, "--ca", ca, "--cert", crt, "--key", key, "--db", db,
                         "--state", st, "--model", (char *)cfg->model, "--tokenizer", (char *)cfg->tokenizer,
-                        "--daemon", "--rounds", "1", "--min-records", "1", "--rejoin-ms", "100", "--seed", seed, "--max-runtime", rt, NULL};
+                        "--daemon", "--rounds", "1", "--min-records", "1", "--rejoin-ms", "100", "--seed", seed, "--max-runtime", rt,
+                        n->plain ? "--allow-plain-aggregation" : NULL, NULL};
         pids[i] = spawn(argv, log);
         if (pids[i] < 0) {
             rc = plait_fail(PLAIT_EIO, "network mode: cannot start plait-agent");

@@ -95,6 +95,12 @@ typedef struct {
     double clip_lr;               /**< geometric learning rate of the clip (default 0.2) */
     double clip_count_stddev;     /**< noise std of the unclipped count (default 0: target_cohort / 20) */
     double dp_delta;              /**< δ of the reported ε; 0 = 1 / population^1.1 (default 0) */
+    /* secure aggregation (SecAgg+, docs/protocol.md §9) */
+    int secure_agg;                /**< the aggregator sees only the sum of a round's updates (default 1) */
+    double secagg_stage_timeout_s; /**< advertise, share and unmask stages each close after this (default 30 s) */
+    double secagg_dropout;         /**< fraction of the cohort the graph and threshold tolerate dropping (default 0.3) */
+    double secagg_corrupt;         /**< fraction of devices assumed to collude with the server (default 0) */
+    double secagg_sigma;           /**< failure probability 2^-sigma of the parameter choice (default 20) */
     /* operations */
     char log_level[16];           /**< debug, info, warn or error (default info) */
 } plait_aggcfg_t;

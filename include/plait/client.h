@@ -153,6 +153,13 @@ typedef struct {
     /* Local limits on what a task may ask (a declined task is not an error). */
     uint32_t max_local_steps;  /**< default 10000 */
     uint32_t max_batch_tokens; /**< batch x seq_len, default 65536 */
+    /* Privacy policy (a task outside it is declined with PLAIT_EREFUSED: a server cannot
+     * downgrade a device). */
+    int require_secure_agg;      /**< decline tasks without secure aggregation (default 1) */
+    double min_noise_multiplier; /**< decline tasks whose DP noise multiplier is below this
+                                      (0: no minimum, the default) */
+    double max_clip_norm;        /**< decline tasks whose clip norm is above this (0: no maximum,
+                                      the default) */
     /* Timeouts (protocol §6). */
     uint32_t connect_timeout_ms; /**< TCP connect + TLS handshake (default 10000) */
     uint32_t io_timeout_ms;      /**< waiting for any frame outside training (default 60000) */

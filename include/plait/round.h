@@ -246,6 +246,26 @@ int plait_round_submit_words(plait_round_t *r, uint64_t client, uint64_t round_i
                              size_t n_words, int unclipped, double now) PLAIT_WUR;
 
 /**
+ * \brief Secure aggregation: count a client's masked update (dim + 1 masked
+ *        words that the caller sums outside the core, see server_secagg.c).
+ *        Nothing is checked but its length: the device's clip is the bound.
+ *        Until plait_round_set_unmasked_sum() gives the unmasked sum,
+ *        plait_round_aggregate() refuses (PLAIT_ESTALE).
+ * \return as plait_round_submit_words(); PLAIT_EINVAL when the task is not secure.
+ */
+int plait_round_submit_masked(plait_round_t *r, uint64_t client, uint64_t round_id, size_t n_words,
+                              double now) PLAIT_WUR;
+
+/**
+ * \brief Secure aggregation: the unmasked sum (dim + 1 words, the sum mod 2^m
+ *        of the accepted clients' words with m wide enough not to wrap) of the
+ *        masked updates counted in this round. Call in AGGREGATION, before
+ *        plait_round_aggregate().
+ * \return 0; PLAIT_ESTALE (not aggregating), PLAIT_EMISMATCH (length), PLAIT_EINVAL.
+ */
+int plait_round_set_unmasked_sum(plait_round_t *r, const uint32_t *sum, size_t n_words) PLAIT_WUR;
+
+/**
  * \brief A float update of dim values (clipped Δ) and the client's example count.
  * \return as plait_round_submit_words(), with plait_fedavg_add()'s codes for bad updates
  *         (PLAIT_EMISMATCH, PLAIT_EINVAL, PLAIT_ETOOBIG).

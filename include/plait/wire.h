@@ -83,9 +83,17 @@ typedef enum {
     PLAIT_MSG_ERROR = 8,           /**< either way: a failure; the sender then closes */
     PLAIT_MSG_PING = 9,            /**< either way: keepalive */
     PLAIT_MSG_PONG = 10,           /**< answer to a ping, same nonce */
+    /* Secure aggregation (SecAgg+), docs/protocol.md §9, in stage order. */
+    PLAIT_MSG_SECAGG_ADVERTISE = 11,       /**< client → aggregator: round keys, signed */
+    PLAIT_MSG_SECAGG_ROSTER = 12,          /**< aggregator → client: index, graph, neighbours */
+    PLAIT_MSG_SECAGG_SHARES = 13,          /**< client → aggregator: encrypted shares */
+    PLAIT_MSG_SECAGG_RELAY = 14,           /**< aggregator → client: shares addressed to it */
+    PLAIT_MSG_SECAGG_MASKED_INPUT = 15,    /**< client → aggregator: a piece of the masked update */
+    PLAIT_MSG_SECAGG_UNMASK_REQUEST = 16,  /**< aggregator → client: survivors and dropouts */
+    PLAIT_MSG_SECAGG_UNMASK_RESPONSE = 17, /**< client → aggregator: opened shares */
     PLAIT_MSG_DECLINE = 20         /**< client → aggregator: the device will not do the task */
 } plait_msg_type_t;
-/** Largest type byte; 11..19 are not defined (yet) and refused like any unknown type. */
+/** Largest type byte; 18..19 are not defined (yet) and refused like any unknown type. */
 #define PLAIT_MSG_TYPE_MAX 20
 
 /** Hello.capabilities bits. Unknown bits are ignored by the receiver. */
@@ -95,6 +103,25 @@ typedef enum {
 #define PLAIT_CAP_FEDIT (1u << 3)      /**< can train in FedIT mode */
 #define PLAIT_CAP_FEDSA (1u << 4)      /**< can train in FedSA-LoRA mode */
 #define PLAIT_CAP_RESUME (1u << 5)     /**< resumes adapter downloads at an offset */
+#define PLAIT_CAP_SECAGG (1u << 6)     /**< speaks SecAgg+ (the SecAgg* messages, §9) */
+
+/* Secure aggregation field bounds (protocol constants, docs/protocol.md §9). */
+/** X25519 public keys and the graph seed. */
+#define PLAIT_WIRE_X25519_LEN 32
+#define PLAIT_WIRE_SECAGG_SEED_LEN 32
+/** Longest signature over the advertised keys (a DER ECDSA P-256 signature is <= 72). */
+#define PLAIT_WIRE_SECAGG_MAX_SIG 128
+/** Longest device certificate relayed in a roster (PEM). */
+#define PLAIT_WIRE_SECAGG_MAX_CERT 4096
+/** Most index slots of one secure round (Task.secagg.n; equals PLAIT_SECAGG_MAX_COHORT). */
+#define PLAIT_WIRE_SECAGG_MAX_COHORT 100000u
+/** Most neighbours of one member (roster peers, shares per message). */
+#define PLAIT_WIRE_SECAGG_MAX_PEERS 1024u
+/** Longest share (encrypted or opened). */
+#define PLAIT_WIRE_SECAGG_MAX_SHARE 512u
+/** Ring Z_{2^m}: m in this range. */
+#define PLAIT_WIRE_SECAGG_MIN_BITS 8u
+#define PLAIT_WIRE_SECAGG_MAX_BITS 32u
 
 typedef enum {
     PLAIT_DP_NONE = 0,   /**< no differential privacy */
@@ -111,9 +138,10 @@ typedef enum {
     PLAIT_RETRY_INCOMPATIBLE = 5,  /**< base model or capabilities do not fit */
     PLAIT_RETRY_ROUND_FAILED = 6,  /**< the device's round ended without a commit */
     PLAIT_RETRY_COMMIT_FAILED = 7, /**< the device's round could not be committed */
+    PLAIT_RETRY_SECAGG_CLOSED = 10, /**< secure round: its key exchange is over */
     PLAIT_RETRY_NOT_SAMPLED = 12   /**< Poisson sampling did not pick the device this round */
 } plait_retry_reason_t;
-#define PLAIT_RETRY_REASON_MAX 7
+#define PLAIT_RETRY_REASON_MAX 7 /* contiguous 0..7; 10 and 12 are checked by name */
 
 /** Decline.code: why a device declined a task, from a fixed list (never text). */
 typedef enum {
@@ -204,6 +232,15 @@ typedef struct {
                                    receiver's own limit applies), else >= 4 */
     int clip_bit;             /**< 0 or 1: append the word "update norm <= clip_norm" (adaptive clipping),
                                    encoded as a weight word; update_elements then counts span + 2 */
+    int has_secagg;           /**< set exactly when secure_agg */
+    struct {
+        uint32_t index;       /**< this device's index, 1..n */
+        uint32_t n;           /**< index slots, 2..PLAIT_WIRE_SECAGG_MAX_COHORT */
+        uint32_t k;           /**< neighbours per device, 1..n-1 */
+        uint32_t t;           /**< threshold, 1..k */
+        uint32_t bits;        /**< m, quant_bits..PLAIT_WIRE_SECAGG_MAX_BITS */
+        uint8_t graph_seed[PLAIT_WIRE_SECAGG_SEED_LEN];
+    } secagg;                 /**< SecAgg+ parameters of a secure round */
 } plait_msg_task_t;
 
 typedef struct {
@@ -252,6 +289,75 @@ typedef struct {
     uint64_t nonce; /**< echoed by the pong */
 } plait_msg_ping_t;
 
+/* ---- secure aggregation (§9). Pointers of decoded messages are owned by the
+ *      plait_msg_t; arrays of peers and shares are in strictly ascending index. */
+
+typedef struct {
+    uint64_t round_id; /**< > 0 */
+    uint8_t mask_pk[PLAIT_WIRE_X25519_LEN];
+    uint8_t enc_pk[PLAIT_WIRE_X25519_LEN];
+    const uint8_t *signature; /**< sig_len bytes */
+    size_t sig_len;           /**< 1..PLAIT_WIRE_SECAGG_MAX_SIG */
+    const uint8_t *cert;      /**< cert_len bytes: the device's certificate (PEM) */
+    size_t cert_len;          /**< 1..PLAIT_WIRE_SECAGG_MAX_CERT */
+} plait_msg_secagg_advertise_t;
+
+typedef struct {
+    uint32_t index;           /**< 1..PLAIT_WIRE_SECAGG_MAX_COHORT */
+    const uint8_t *cert;      /**< cert_len bytes (PEM) */
+    size_t cert_len;          /**< 1..PLAIT_WIRE_SECAGG_MAX_CERT */
+    uint8_t mask_pk[PLAIT_WIRE_X25519_LEN];
+    uint8_t enc_pk[PLAIT_WIRE_X25519_LEN];
+    const uint8_t *signature; /**< sig_len bytes */
+    size_t sig_len;           /**< 1..PLAIT_WIRE_SECAGG_MAX_SIG */
+} plait_secagg_peer_t;
+
+typedef struct {
+    uint64_t round_id;                /**< > 0 */
+    const plait_secagg_peer_t *peers; /**< the receiver's neighbours that advertised */
+    size_t n_peers;                   /**< 0..PLAIT_WIRE_SECAGG_MAX_PEERS */
+} plait_msg_secagg_roster_t;
+
+typedef struct {
+    uint32_t peer;       /**< the other member's index, 1..PLAIT_WIRE_SECAGG_MAX_COHORT */
+    const uint8_t *data; /**< len bytes */
+    size_t len;          /**< 1..PLAIT_WIRE_SECAGG_MAX_SHARE */
+} plait_secagg_share_t;
+
+/** SECAGG_SHARES (peer = recipient, 1.. shares) and SECAGG_RELAY (peer = sender, 0.. shares). */
+typedef struct {
+    uint64_t round_id; /**< > 0 */
+    const plait_secagg_share_t *shares;
+    size_t n_shares; /**< <= PLAIT_WIRE_SECAGG_MAX_PEERS */
+} plait_msg_secagg_shares_t;
+
+typedef struct {
+    uint64_t round_id;       /**< > 0 */
+    uint32_t chunk_index;    /**< 0 exactly when offset == 0; <= offset */
+    uint64_t offset;         /**< in elements */
+    uint64_t total_elements; /**< 1..max_update_elements */
+    uint32_t bits;           /**< m */
+    uint64_t count;          /**< elements here; a multiple of 8 unless the last chunk */
+    const uint8_t *data;     /**< len = ceil(count·bits / 8) bytes, <= max_chunk_bytes */
+    size_t len;
+} plait_msg_secagg_masked_input_t;
+
+typedef struct {
+    uint64_t round_id;          /**< > 0 */
+    const uint32_t *survivors;  /**< strictly ascending indices */
+    size_t n_survivors;         /**< 1..PLAIT_WIRE_SECAGG_MAX_COHORT */
+    const uint32_t *dropouts;   /**< strictly ascending indices (the wire does not check that the
+                                     lists are disjoint: the device does, see agent_secagg.c) */
+    size_t n_dropouts;          /**< 0..PLAIT_WIRE_SECAGG_MAX_COHORT */
+} plait_msg_secagg_unmask_request_t;
+
+typedef struct {
+    uint64_t round_id; /**< > 0 */
+    const plait_secagg_share_t *seed_shares; /**< peer = survivor */
+    size_t n_seed;                           /**< <= PLAIT_WIRE_SECAGG_MAX_PEERS */
+    const plait_secagg_share_t *key_shares;  /**< peer = dropout */
+    size_t n_key;                            /**< <= PLAIT_WIRE_SECAGG_MAX_PEERS */
+} plait_msg_secagg_unmask_response_t;
 typedef struct {
     uint64_t round_id;         /**< > 0: the declined Task's */
     plait_decline_code_t code; /**< 1..PLAIT_DECLINE_CODE_MAX */
@@ -275,9 +381,16 @@ typedef struct {
         plait_msg_ack_t ack;
         plait_msg_error_t error;
         plait_msg_ping_t ping; /**< for PLAIT_MSG_PING and PLAIT_MSG_PONG */
+        plait_msg_secagg_advertise_t secagg_advertise;
+        plait_msg_secagg_roster_t secagg_roster;
+        plait_msg_secagg_shares_t secagg_shares; /**< SECAGG_SHARES and SECAGG_RELAY */
+        plait_msg_secagg_masked_input_t secagg_masked_input;
+        plait_msg_secagg_unmask_request_t secagg_unmask_request;
+        plait_msg_secagg_unmask_response_t secagg_unmask_response;
         plait_msg_decline_t decline;
     } u;
     void *priv; /**< private: the decoder's storage behind data/words; NULL when nothing is owned */
+    void *priv_arr; /**< private: decoded arrays of peers / shares (SecAgg messages); or NULL */
 } plait_msg_t;
 
 /** \brief Zero m and set its type. Cannot fail. \param m not NULL. */
@@ -481,5 +594,40 @@ int plait_wire_adapter_tx_next(plait_wire_xfer_t *x, const plait_wire_limits_t *
 int plait_wire_adapter_rx_add(plait_wire_xfer_t *x, const plait_msg_adapter_chunk_t *c,
                               const uint8_t expected_sha256[PLAIT_WIRE_SHA256_LEN],
                               uint8_t *dst) PLAIT_WUR;
+
+/* ---- masked (secure-aggregation) uploads ----------------------------------- */
+
+/*
+ * A masked update of `total` elements of `bits` bits travels packed: element
+ * i at bit i·bits of the whole vector, least significant bit first, in
+ * ceil(total·bits / 8) bytes. Chunks hold a multiple of 8 elements (the last
+ * excepted), so each chunk is a byte-aligned slice of the packed vector.
+ */
+
+/** \brief Bytes of a packed vector: ceil(total·bits / 8). */
+uint64_t plait_wire_packed_len(uint64_t total, unsigned bits);
+
+/**
+ * \brief Fill out with the next SecAggMaskedInput: up to floor(max_chunk_bytes
+ *        / bits)·8 elements of the packed vector from x->next. Advances x.
+ * \param packed plait_wire_packed_len(x->total, bits) bytes, borrowed by out.
+ * \return 1 (out filled), 0 (complete), PLAIT_EINVAL (NULL, bad limits, bits
+ *         outside 8..32 or above max_chunk_bytes, total outside
+ *         1..max_update_elements).
+ */
+int plait_wire_masked_tx_next(plait_wire_xfer_t *x, const plait_wire_limits_t *lim,
+                              const uint8_t *packed, unsigned bits,
+                              plait_msg_t *out /* OUT */) PLAIT_WUR;
+
+/**
+ * \brief Take the next SecAggMaskedInput (validated by plait_wire_decode) and
+ *        copy its bytes into dst at its place.
+ * \param dst plait_wire_packed_len(x->total, bits) bytes.
+ * \return 1 (complete), 0 (more expected); PLAIT_ESTALE (another round),
+ *         PLAIT_EMISMATCH (another total or bits, not the next chunk, or after
+ *         completion). x is unchanged on error.
+ */
+int plait_wire_masked_rx_add(plait_wire_xfer_t *x, const plait_msg_secagg_masked_input_t *c,
+                             unsigned bits, uint8_t *dst) PLAIT_WUR;
 
 #endif /* PLAIT_WIRE_H */

@@ -178,12 +178,91 @@ START_TEST(test_federation_loss_falls)
 }
 END_TEST
 
+/* Wait (until deadline) for needle in a file; 1 if it appeared. */
+static int file_wait(const char *path, const char *needle, double deadline)
+{
+    while (mono() < deadline) {
+        size_t n = 0;
+        char *t = (char *)tu_read_file(path, &n);
+        int hit = t && strstr(t, needle);
+        free(t);
+        if (hit) return 1;
+        usleep(20000);
+    }
+    return 0;
+}
+
+/* Secure aggregation is on by default: 8 agents, one killed once its shares were relayed,
+ * one once its masked update left; the rounds still commit. */
+START_TEST(test_federation_secure_with_kills)
+{
+    if (PLAIT_AGENT_BIN[0] == '\0') return;
+    it_dep_t d;
+    ck_assert_int_eq(it_init(&d, "integ_fed_kill", "target_cohort=8", "min_cohort=4", "overselect=1",
+                             "selection_timeout_s=15", "round_timeout_s=60", "secagg_stage_timeout_s=20",
+                             "local_steps=4", "batch=2", "seq_len=32", "retry_ms=300", "idle_timeout_s=60", NULL),
+                     0);
+    char *conf = it_read(&d, "aggregator.conf");
+    ck_assert_ptr_nonnull(strstr(conf, "secure_agg = true"));
+    free(conf);
+    size_t tlen;
+    char *tp = tu_path(tu_assets_dir(), "tinyshakespeare.txt");
+    char *text = (char *)tu_read_file(tp, &tlen);
+    free(tp);
+    ck_assert_ptr_nonnull(text);
+    for (int i = 0; i < N_AGENTS; i++) {
+        char id[16], txt[700], db[700];
+        snprintf(id, sizeof(id), "dev%d", i);
+        ck_assert_int_eq(it_enroll(&d, id), 0);
+        snprintf(txt, sizeof(txt), "%s/%s.txt", d.dir, id);
+        snprintf(db, sizeof(db), "%s/%s.db", d.dir, id);
+        write_slice(txt, text, (size_t)i * 8000, 8000);
+        char *argv[] = {(char *)PLAIT_AGENT_BIN, "ingest", "--db", db, "--text", txt, NULL};
+        ck_assert_int_eq(run(argv, NULL, NULL, 30), 0);
+    }
+    free(text);
+    ck_assert_int_eq(it_start(&d, NULL), 0);
+    char server[64], logs[N_AGENTS][700];
+    snprintf(server, sizeof(server), "127.0.0.1:%d", d.port);
+    pid_t pids[N_AGENTS];
+    for (int i = 0; i < N_AGENTS; i++) {
+        char id[16], crt[700], key[700], db[700], st[700], ca[700], seed[16];
+        snprintf(id, sizeof(id), "dev%d", i);
+        snprintf(ca, sizeof(ca), "%s/ca.crt", d.dir);
+        snprintf(crt, sizeof(crt), "%s/%s.crt", d.dir, id);
+        snprintf(key, sizeof(key), "%s/%s.key", d.dir, id);
+        snprintf(db, sizeof(db), "%s/%s.db", d.dir, id);
+        snprintf(st, sizeof(st), "%s/%s.state", d.dir, id);
+        snprintf(logs[i], sizeof(logs[i]), "%s/%s.log", d.dir, id);
+        snprintf(seed, sizeof(seed), "%d", i + 1);
+        char *argv[] = {(char *)PLAIT_AGENT_BIN, "join", "--server", server, "--ca", ca, "--cert", crt, "--key", key,
+                        "--db", db, "--state", st, "--daemon", "--rounds", "2", "--rejoin-ms", "100", "--seed", seed,
+                        "--max-runtime", "150", NULL};
+        pids[i] = spawn(argv, NULL, logs[i]);
+        ck_assert(pids[i] > 0);
+    }
+    double deadline = mono() + 170;
+    /* dev6 dies after the share stage, dev7 after sending its masked update */
+    ck_assert(file_wait(logs[6], "secure aggregation index", deadline));
+    kill(pids[6], SIGKILL);
+    ck_assert(file_wait(logs[7], "masked update sent", deadline));
+    kill(pids[7], SIGKILL);
+    reap(pids[6], deadline);
+    reap(pids[7], deadline);
+    for (int i = 0; i < 6; i++) ck_assert_int_eq(reap(pids[i], deadline), 0);
+    ck_assert_msg(it_log_wait(&d, "round committed round=1 version=2", 10000), "round 1 did not commit");
+    ck_assert_msg(it_log_wait(&d, "round committed round=2 version=3", 10000), "round 2 did not commit");
+    ck_assert_int_eq(it_stop(&d), 0);
+}
+END_TEST
+
 Suite *federation_suite(void)
 {
     Suite *s = suite_create("integ_federation");
     TCase *tc = tcase_create("federation");
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_federation_loss_falls);
+    tcase_add_test(tc, test_federation_secure_with_kills);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -38,7 +38,8 @@
 
 #define SETS                                                                                                    \
     "target_cohort=3", "min_cohort=2", "overselect=1", "selection_timeout_s=20", "round_timeout_s=20",          \
-        "auth_timeout_s=2", "idle_timeout_s=10", "max_chunk_bytes=4096", "retry_ms=200", "rejoin_grace_s=2"
+        "auth_timeout_s=2", "idle_timeout_s=10", "max_chunk_bytes=4096", "retry_ms=200", "rejoin_grace_s=2",   \
+        "secure_agg=false" /* these test clients upload plain words (check_secagg.c: masked ones) */
 
 static void dep_up(it_dep_t *d, const char *tag, int ndev)
 {
@@ -547,7 +548,7 @@ START_TEST(test_norm)
 {
     it_dep_t d;
     ck_assert_int_eq(it_init(&d, "integ_norm", "target_cohort=2", "min_cohort=2", "overselect=1", "retry_ms=200",
-                             NULL),
+                             "secure_agg=false", NULL),
                      0);
     ck_assert_int_eq(it_enroll(&d, "dev0"), 0);
     ck_assert_int_eq(it_enroll(&d, "dev1"), 0);
@@ -586,7 +587,8 @@ START_TEST(test_decline)
 {
     it_dep_t d;
     ck_assert_int_eq(it_init(&d, "integ_decline", "target_cohort=3", "min_cohort=2", "overselect=1",
-                             "selection_timeout_s=600", "round_timeout_s=600", "retry_ms=200", NULL),
+                             "selection_timeout_s=600", "round_timeout_s=600", "retry_ms=200",
+                             "secure_agg=false", NULL),
                      0);
     for (int i = 0; i < 3; i++) {
         char id[16];
@@ -691,7 +693,7 @@ START_TEST(test_offline_enrollment)
 {
     it_dep_t d;
     ck_assert_int_eq(it_init(&d, "integ_offline", "target_cohort=1", "min_cohort=1", "overselect=1", "retry_ms=200",
-                             NULL),
+                             "secure_agg=false", NULL),
                      0);
     /* The CA host: a directory holding the CA; the serving host keeps only ca.crt. */
     char cadir[600], key[700], csr[700], crt[700], rec[700], bad[700], path[700];
@@ -785,7 +787,7 @@ START_TEST(test_limits)
 {
     it_dep_t d;
     ck_assert_int_eq(it_init(&d, "integ_limits", "max_connections=2", "idle_timeout_s=1", "auth_timeout_s=5",
-                             "target_cohort=3", "min_cohort=2", NULL),
+                             "target_cohort=3", "min_cohort=2", "secure_agg=false", NULL),
                      0);
     ck_assert_int_eq(it_enroll(&d, "dev0"), 0);
     ck_assert_int_eq(it_start(&d, NULL), 0);
@@ -1107,7 +1109,7 @@ START_TEST(test_cli)
     static char out[8192], err[8192];
     it_dep_t d;
     ck_assert_int_eq(it_init(&d, "integ_cli", "target_cohort=3", "min_cohort=2", "overselect=1", "dp=central",
-                             "noise_multiplier=1.1", "quant_range=4", "retry_ms=200", NULL),
+                             "noise_multiplier=1.1", "quant_range=4", "retry_ms=200", "secure_agg=false", NULL),
                      0);
     /* init refuses an existing deployment and needs --base-model */
     char *a1[] = {"plait-aggregator", "init", d.dir, "--base-model", (char *)it_model(), NULL};

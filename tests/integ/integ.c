@@ -340,6 +340,11 @@ static void load_model_sha(void)
 
 int it_hello(it_client_t *c, const it_dep_t *d)
 {
+    return it_hello_caps(c, d, PLAIT_CAP_FFA);
+}
+
+int it_hello_caps(it_client_t *c, const it_dep_t *d, uint32_t caps)
+{
     (void)d;
     pthread_once(&g_model_once, load_model_sha); /* clients run on several threads */
     if (!g_model_sha_ok) return PLAIT_EIO;
@@ -347,7 +352,7 @@ int it_hello(it_client_t *c, const it_dep_t *d)
     plait_msg_init(&h, PLAIT_MSG_HELLO);
     snprintf(h.u.hello.client_version, sizeof(h.u.hello.client_version), "integ-test/1");
     memcpy(h.u.hello.base_model_sha256, g_model_sha, 32);
-    h.u.hello.capabilities = PLAIT_CAP_FFA;
+    h.u.hello.capabilities = caps;
     return it_send(c, &h);
 }
 

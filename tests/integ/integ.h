@@ -71,6 +71,8 @@ void it_client_close(it_client_t *c);
 
 /** Send a Hello with the deployment's base model hash (from DIR/aggregator.conf's model). */
 int it_hello(it_client_t *c, const it_dep_t *d);
+/** The same with the given PLAIT_CAP_* bits (it_hello announces PLAIT_CAP_FFA). */
+int it_hello_caps(it_client_t *c, const it_dep_t *d, uint32_t caps);
 
 /**
  * A full well-behaved participation: hello, task, adapter download (hash

@@ -159,6 +159,7 @@ static void base_config(plait_agent_config_t *cfg, const char *state, int port)
     cfg->keepalive_ms = 1000;
     cfg->backoff_initial_ms = 10;
     cfg->backoff_max_ms = 100;
+    cfg->require_secure_agg = 0; /* the fake aggregator offers plain rounds (integ_secagg: secure ones) */
 }
 
 /* ------------------------------------------------------------------ config */
@@ -979,7 +980,8 @@ START_TEST(test_loopback_round)
     ck_assert_int_eq(sv.f.hello.has_last_round, 0);
     ck_assert_mem_eq(sv.f.hello.base_model_sha256, r.model.sha256, 32);
     ck_assert_uint_ne(sv.f.hello.capabilities & PLAIT_CAP_FFA, 0);
-    ck_assert_uint_eq(sv.f.hello.capabilities & PLAIT_CAP_SECURE_AGG, 0);
+    ck_assert_uint_ne(sv.f.hello.capabilities & PLAIT_CAP_SECURE_AGG, 0);
+    ck_assert_uint_ne(sv.f.hello.capabilities & PLAIT_CAP_SECAGG, 0);
     ck_assert_ptr_nonnull(strstr(sv.f.hello.client_version, "plait-agent"));
     /* the conversation */
     ck_assert_int_eq(sv.f.adapter_requests, 1);
@@ -1477,7 +1479,8 @@ START_TEST(test_cli_join)
         char *argv[] = {bin,       "join",   "--server", server,          "--ca",        g_ca,
                         "--cert",  g_crt,    "--key",    g_key,           "--db",        g_store,
                         "--state", st2,      "--model",  g_model,         "--tokenizer", g_tok,
-                        "--once",  "--seed", "5",        "--min-records", "4",           NULL};
+                        "--once",  "--seed", "5",        "--min-records", "4",           "--allow-plain-aggregation",
+                        NULL};
         int rc = run_cli(argv, out, 0, 60000);
         server_join(&sv);
         ck_assert_msg(rc == 0, "join exited %d", rc);
@@ -1585,7 +1588,7 @@ static int flip(void *ud)
 START_TEST(test_loopback_declines)
 {
     char *state = fresh_state("agent_decl");
-    for (int k = 0; k < 4; k++) {
+    for (int k = 0; k < 6; k++) {
         round_t r;
         round_setup(&r, 20 + (uint64_t)k, PLAIT_LORA_MODE_FFA);
         int want = 0, calls = 0, want_code = PLAIT_DECLINE_INCOMPATIBLE_TASK;
@@ -1593,9 +1596,10 @@ START_TEST(test_loopback_declines)
         base_config(&cfg, state, 0);
         switch (k) {
         case 0:
-            r.task.secure_agg = 1;
-            want = PLAIT_EINVAL;
-            break; /* not announced, not supported */
+            cfg.require_secure_agg = 1;
+            want = PLAIT_EREFUSED;
+            want_code = PLAIT_DECLINE_POLICY;
+            break; /* policy: a plain round for a device that requires secure aggregation */
         case 1:
             r.task.update_elements += 1;
             want = PLAIT_EMISMATCH;
@@ -1610,6 +1614,16 @@ START_TEST(test_loopback_declines)
             want = PLAIT_ECANCELED;
             want_code = PLAIT_DECLINE_NOT_ELIGIBLE;
             break;
+        case 4:
+            cfg.min_noise_multiplier = 0.5;
+            want = PLAIT_EREFUSED;
+            want_code = PLAIT_DECLINE_POLICY;
+            break; /* policy: less noise than this device's minimum */
+        case 5:
+            cfg.max_clip_norm = r.task.clip_norm / 2;
+            want = PLAIT_EREFUSED;
+            want_code = PLAIT_DECLINE_POLICY;
+            break; /* policy: a clip norm above this device's maximum */
         }
         server_t sv;
         server_start(&sv, FAKE_TASK, &r);

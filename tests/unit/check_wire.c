@@ -93,9 +93,55 @@ static void sample_task(plait_msg_t *m)
     t->deadline_s = 600;
     t->update_elements = 65537;
     t->example_cap = 1000;
+    t->has_secagg = 1;
+    t->secagg.index = 3;
+    t->secagg.n = 13;
+    t->secagg.k = 12;
+    t->secagg.t = 7;
+    t->secagg.bits = 20;
+    memcpy(t->secagg.graph_seed, k_sha, 32);
 }
 
-#define N_SAMPLES 15
+#define N_SAMPLES 23
+
+/* Secure-aggregation samples: fixed keys, certificates, signatures and shares. */
+static uint8_t k_key[2][32], k_sig[72], k_cert[3][40], k_share[4][48], k_packed[64];
+static plait_secagg_peer_t k_peers[3];
+static plait_secagg_share_t k_shares[4];
+static const uint32_t k_survivors[] = {1, 2, 5, 9}, k_dropouts[] = {1, 7};
+
+static void fill_secagg(void)
+{
+    for (int i = 0; i < 32; i++)
+        k_key[0][i] = (uint8_t)(i + 1), k_key[1][i] = (uint8_t)(0x80 | i);
+    for (int i = 0; i < 72; i++)
+        k_sig[i] = (uint8_t)(0x30 + i);
+    for (int c = 0; c < 3; c++)
+        for (int i = 0; i < 40; i++)
+            k_cert[c][i] = (uint8_t)('A' + (c + i) % 26);
+    for (int c = 0; c < 4; c++)
+        for (int i = 0; i < 48; i++)
+            k_share[c][i] = (uint8_t)(c * 48 + i);
+    for (int i = 0; i < 64; i++)
+        k_packed[i] = (uint8_t)(255 - i);
+    static const uint32_t idx[3] = {1, 4, 6};
+    for (int c = 0; c < 3; c++) {
+        k_peers[c].index = idx[c];
+        k_peers[c].cert = k_cert[c];
+        k_peers[c].cert_len = sizeof(k_cert[c]) - (size_t)c;
+        memcpy(k_peers[c].mask_pk, k_key[0], 32);
+        memcpy(k_peers[c].enc_pk, k_key[1], 32);
+        k_peers[c].mask_pk[0] = (uint8_t)c;
+        k_peers[c].signature = k_sig;
+        k_peers[c].sig_len = 70 + (size_t)c;
+    }
+    static const uint32_t sidx[4] = {1, 3, 4, 11};
+    for (int c = 0; c < 4; c++) {
+        k_shares[c].peer = sidx[c];
+        k_shares[c].data = k_share[c];
+        k_shares[c].len = 48 - (size_t)c;
+    }
+}
 
 static void sample(int i, plait_msg_t *m)
 {
@@ -185,11 +231,98 @@ static void sample(int i, plait_msg_t *m)
         plait_msg_init(m, PLAIT_MSG_PONG);
         m->u.ping.nonce = 0;
         break;
-    default:
+    case 14:
         plait_msg_init(m, PLAIT_MSG_DECLINE);
         m->u.decline.round_id = 42;
         m->u.decline.code = PLAIT_DECLINE_NOT_ELIGIBLE;
         break;
+    case 15:
+        fill_secagg();
+        plait_msg_init(m, PLAIT_MSG_SECAGG_ADVERTISE);
+        m->u.secagg_advertise.round_id = 42;
+        memcpy(m->u.secagg_advertise.mask_pk, k_key[0], 32);
+        memcpy(m->u.secagg_advertise.enc_pk, k_key[1], 32);
+        m->u.secagg_advertise.signature = k_sig;
+        m->u.secagg_advertise.sig_len = 71;
+        m->u.secagg_advertise.cert = k_cert[0];
+        m->u.secagg_advertise.cert_len = 40;
+        break;
+    case 16: {
+        fill_secagg();
+        plait_msg_init(m, PLAIT_MSG_SECAGG_ROSTER);
+        plait_msg_secagg_roster_t *r = &m->u.secagg_roster;
+        r->round_id = 42;
+        r->peers = k_peers;
+        r->n_peers = 3;
+        break;
+    }
+    case 17:
+        fill_secagg();
+        plait_msg_init(m, PLAIT_MSG_SECAGG_SHARES);
+        m->u.secagg_shares.round_id = 42;
+        m->u.secagg_shares.shares = k_shares;
+        m->u.secagg_shares.n_shares = 4;
+        break;
+    case 18:
+        fill_secagg();
+        plait_msg_init(m, PLAIT_MSG_SECAGG_RELAY);
+        m->u.secagg_shares.round_id = 42;
+        m->u.secagg_shares.shares = k_shares + 1;
+        m->u.secagg_shares.n_shares = 2;
+        break;
+    case 19:
+        fill_secagg();
+        plait_msg_init(m, PLAIT_MSG_SECAGG_MASKED_INPUT);
+        m->u.secagg_masked_input.round_id = 42;
+        m->u.secagg_masked_input.chunk_index = 0;
+        m->u.secagg_masked_input.offset = 0;
+        m->u.secagg_masked_input.total_elements = 21;
+        m->u.secagg_masked_input.bits = 20;
+        m->u.secagg_masked_input.count = 16;
+        m->u.secagg_masked_input.data = k_packed;
+        m->u.secagg_masked_input.len = 40;
+        break;
+    case 20:
+        fill_secagg();
+        plait_msg_init(m, PLAIT_MSG_SECAGG_MASKED_INPUT);
+        m->u.secagg_masked_input.round_id = 42;
+        m->u.secagg_masked_input.chunk_index = 1;
+        m->u.secagg_masked_input.offset = 16;
+        m->u.secagg_masked_input.total_elements = 21;
+        m->u.secagg_masked_input.bits = 20;
+        m->u.secagg_masked_input.count = 5;
+        m->u.secagg_masked_input.data = k_packed;
+        m->u.secagg_masked_input.len = 13;
+        break;
+    case 21:
+        fill_secagg();
+        plait_msg_init(m, PLAIT_MSG_SECAGG_UNMASK_REQUEST);
+        m->u.secagg_unmask_request.round_id = 42;
+        m->u.secagg_unmask_request.survivors = k_survivors;
+        m->u.secagg_unmask_request.n_survivors = 4;
+        m->u.secagg_unmask_request.dropouts = k_dropouts;
+        m->u.secagg_unmask_request.n_dropouts = 2;
+        break;
+    default:
+        fill_secagg();
+        plait_msg_init(m, PLAIT_MSG_SECAGG_UNMASK_RESPONSE);
+        m->u.secagg_unmask_response.round_id = 42;
+        m->u.secagg_unmask_response.seed_shares = k_shares;
+        m->u.secagg_unmask_response.n_seed = 3;
+        m->u.secagg_unmask_response.key_shares = k_shares + 3;
+        m->u.secagg_unmask_response.n_key = 1;
+        break;
+    }
+}
+
+static void assert_shares_eq(const plait_secagg_share_t *a, size_t na, const plait_secagg_share_t *b,
+                             size_t nb)
+{
+    ck_assert_uint_eq(na, nb);
+    for (size_t i = 0; i < na; i++) {
+        ck_assert_uint_eq(a[i].peer, b[i].peer);
+        ck_assert_uint_eq(a[i].len, b[i].len);
+        ck_assert_mem_eq(a[i].data, b[i].data, a[i].len);
     }
 }
 
@@ -229,6 +362,13 @@ static void assert_msg_eq(const plait_msg_t *a, const plait_msg_t *b)
         ck_assert_uint_eq(x->update_elements, y->update_elements);
         ck_assert_uint_eq(x->example_cap, y->example_cap);
         ck_assert_uint_eq(x->max_chunk_bytes, y->max_chunk_bytes);
+        ck_assert_int_eq(x->has_secagg, y->has_secagg);
+        ck_assert_uint_eq(x->secagg.index, y->secagg.index);
+        ck_assert_uint_eq(x->secagg.n, y->secagg.n);
+        ck_assert_uint_eq(x->secagg.k, y->secagg.k);
+        ck_assert_uint_eq(x->secagg.t, y->secagg.t);
+        ck_assert_uint_eq(x->secagg.bits, y->secagg.bits);
+        ck_assert_mem_eq(x->secagg.graph_seed, y->secagg.graph_seed, 32);
         break;
     }
     case PLAIT_MSG_COME_BACK_LATER:
@@ -274,6 +414,70 @@ static void assert_msg_eq(const plait_msg_t *a, const plait_msg_t *b)
     case PLAIT_MSG_PONG:
         ck_assert_uint_eq(a->u.ping.nonce, b->u.ping.nonce);
         break;
+    case PLAIT_MSG_SECAGG_ADVERTISE: {
+        const plait_msg_secagg_advertise_t *x = &a->u.secagg_advertise, *y = &b->u.secagg_advertise;
+        ck_assert_uint_eq(x->round_id, y->round_id);
+        ck_assert_mem_eq(x->mask_pk, y->mask_pk, 32);
+        ck_assert_mem_eq(x->enc_pk, y->enc_pk, 32);
+        ck_assert_uint_eq(x->sig_len, y->sig_len);
+        ck_assert_mem_eq(x->signature, y->signature, x->sig_len);
+        ck_assert_uint_eq(x->cert_len, y->cert_len);
+        ck_assert_mem_eq(x->cert, y->cert, x->cert_len);
+        break;
+    }
+    case PLAIT_MSG_SECAGG_ROSTER: {
+        const plait_msg_secagg_roster_t *x = &a->u.secagg_roster, *y = &b->u.secagg_roster;
+        ck_assert_uint_eq(x->round_id, y->round_id);
+        ck_assert_uint_eq(x->n_peers, y->n_peers);
+        for (size_t i = 0; i < x->n_peers; i++) {
+            const plait_secagg_peer_t *p = &x->peers[i], *q = &y->peers[i];
+            ck_assert_uint_eq(p->index, q->index);
+            ck_assert_uint_eq(p->cert_len, q->cert_len);
+            ck_assert_mem_eq(p->cert, q->cert, p->cert_len);
+            ck_assert_mem_eq(p->mask_pk, q->mask_pk, 32);
+            ck_assert_mem_eq(p->enc_pk, q->enc_pk, 32);
+            ck_assert_uint_eq(p->sig_len, q->sig_len);
+            ck_assert_mem_eq(p->signature, q->signature, p->sig_len);
+        }
+        break;
+    }
+    case PLAIT_MSG_SECAGG_SHARES:
+    case PLAIT_MSG_SECAGG_RELAY:
+        ck_assert_uint_eq(a->u.secagg_shares.round_id, b->u.secagg_shares.round_id);
+        assert_shares_eq(a->u.secagg_shares.shares, a->u.secagg_shares.n_shares,
+                         b->u.secagg_shares.shares, b->u.secagg_shares.n_shares);
+        break;
+    case PLAIT_MSG_SECAGG_MASKED_INPUT: {
+        const plait_msg_secagg_masked_input_t *x = &a->u.secagg_masked_input,
+                                              *y = &b->u.secagg_masked_input;
+        ck_assert_uint_eq(x->round_id, y->round_id);
+        ck_assert_uint_eq(x->chunk_index, y->chunk_index);
+        ck_assert_uint_eq(x->offset, y->offset);
+        ck_assert_uint_eq(x->total_elements, y->total_elements);
+        ck_assert_uint_eq(x->bits, y->bits);
+        ck_assert_uint_eq(x->count, y->count);
+        ck_assert_uint_eq(x->len, y->len);
+        ck_assert_mem_eq(x->data, y->data, x->len);
+        break;
+    }
+    case PLAIT_MSG_SECAGG_UNMASK_REQUEST: {
+        const plait_msg_secagg_unmask_request_t *x = &a->u.secagg_unmask_request,
+                                                *y = &b->u.secagg_unmask_request;
+        ck_assert_uint_eq(x->round_id, y->round_id);
+        ck_assert_uint_eq(x->n_survivors, y->n_survivors);
+        ck_assert_mem_eq(x->survivors, y->survivors, x->n_survivors * 4);
+        ck_assert_uint_eq(x->n_dropouts, y->n_dropouts);
+        if (x->n_dropouts) ck_assert_mem_eq(x->dropouts, y->dropouts, x->n_dropouts * 4);
+        break;
+    }
+    case PLAIT_MSG_SECAGG_UNMASK_RESPONSE: {
+        const plait_msg_secagg_unmask_response_t *x = &a->u.secagg_unmask_response,
+                                                 *y = &b->u.secagg_unmask_response;
+        ck_assert_uint_eq(x->round_id, y->round_id);
+        assert_shares_eq(x->seed_shares, x->n_seed, y->seed_shares, y->n_seed);
+        assert_shares_eq(x->key_shares, x->n_key, y->key_shares, y->n_key);
+        break;
+    }
     case PLAIT_MSG_DECLINE:
         ck_assert_uint_eq(a->u.decline.round_id, b->u.decline.round_id);
         ck_assert_int_eq(a->u.decline.code, b->u.decline.code);
@@ -391,7 +595,9 @@ START_TEST(test_type_names)
     ck_assert_str_eq(plait_msg_type_name(PLAIT_MSG_UPDATE_CHUNK), "update_chunk");
     ck_assert_str_eq(plait_msg_type_name(PLAIT_MSG_PONG), "pong");
     ck_assert_str_eq(plait_msg_type_name(0), "unknown");
-    ck_assert_str_eq(plait_msg_type_name(11), "unknown");
+    ck_assert_str_eq(plait_msg_type_name(11), "secagg_advertise");
+    ck_assert_str_eq(plait_msg_type_name(PLAIT_MSG_SECAGG_UNMASK_RESPONSE), "secagg_unmask_response");
+    ck_assert_str_eq(plait_msg_type_name(PLAIT_MSG_TYPE_MAX + 1), "unknown");
     ck_assert_str_eq(plait_msg_type_name(PLAIT_MSG_DECLINE), "decline");
     for (int c = 1; c <= PLAIT_DECLINE_CODE_MAX; c++)
         ck_assert_str_ne(plait_decline_code_name(c), "unknown");
@@ -444,6 +650,19 @@ START_TEST(test_every_truncated_payload)
             plait_msg_t m;
             size_t used = 0;
             int rc = parse_guarded(buf, k, NULL, 0, &m, &used);
+            if (rc == 0) {
+                /* A cut between two elements of a trailing repeated field (roster peers,
+                 * shares) is a shorter valid message: it must be exactly those bytes. */
+                uint8_t *again = NULL;
+                size_t n2 = 0;
+                ck_assert_int_eq(plait_wire_encode_alloc(&m, NULL, &again, &n2), 0);
+                ck_assert_msg(n2 == k && memcmp(again, buf, k) == 0, "sample %d cut at %zu", i,
+                              k);
+                ck_assert(m.type >= PLAIT_MSG_SECAGG_ADVERTISE);
+                free(again);
+                plait_msg_free(&m);
+                continue;
+            }
             ck_assert_msg(rc == PLAIT_EPROTO, "sample %d cut at %zu: %s", i, k, plait_err_name(rc));
         }
         free(buf);
@@ -547,7 +766,7 @@ START_TEST(test_bad_header)
         ck_assert_ptr_nonnull(strstr(plait_errmsg(), "version"));
     }
     /* type, decided at 6 bytes */
-    const uint8_t types[] = {0, 11, 19, PLAIT_MSG_TYPE_MAX + 1, 0x80, 0xff}; /* 11..19: undefined */
+    const uint8_t types[] = {0, 18, 19, PLAIT_MSG_TYPE_MAX + 1, 0x80, 0xff}; /* 18..19: undefined */
     for (size_t i = 0; i < sizeof(types); i++) {
         put_header(h, 10, PLAIT_WIRE_VERSION, types[i]);
         ck_assert_int_eq(frame_guarded(h, 5, NULL, 0, NULL), PLAIT_EAGAIN);
@@ -1221,6 +1440,62 @@ START_TEST(test_encode_refuses_invalid)
     REFUSE((sample(10, &m), m.u.error.code = 0), "error.code");
     REFUSE((sample(10, &m), m.u.error.code = 3), "error.code");
     REFUSE((sample(10, &m), m.u.error.message[0] = '\x7f'), "error.message");
+    /* secure aggregation */
+    REFUSE((sample(3, &m), m.u.come_back_later.reason = (plait_retry_reason_t)11),
+           "come_back_later.reason");
+    REFUSE((sample(15, &m), m.u.secagg_advertise.round_id = 0), "secagg_advertise.round_id");
+    REFUSE((sample(15, &m), m.u.secagg_advertise.sig_len = 0), "secagg_advertise.signature");
+    REFUSE((sample(15, &m), m.u.secagg_advertise.sig_len = PLAIT_WIRE_SECAGG_MAX_SIG + 1),
+           "secagg_advertise.signature");
+    REFUSE((sample(2, &m), m.u.task.has_secagg = 0), "task.secagg");
+    REFUSE((sample(2, &m), m.u.task.secure_agg = 0), "task.secagg");
+    REFUSE((sample(2, &m), m.u.task.secagg.n = 1), "task.secagg.n");
+    REFUSE((sample(2, &m), m.u.task.secagg.index = 0), "task.secagg.index");
+    REFUSE((sample(2, &m), m.u.task.secagg.index = 14), "task.secagg.index");
+    REFUSE((sample(2, &m), m.u.task.secagg.k = 13), "task.secagg.k");
+    REFUSE((sample(2, &m), m.u.task.secagg.t = 13), "task.secagg.t");
+    REFUSE((sample(2, &m), m.u.task.secagg.t = 0), "task.secagg.t");
+    REFUSE((sample(2, &m), m.u.task.secagg.bits = 15), "task.secagg.bits");
+    REFUSE((sample(2, &m), m.u.task.secagg.bits = 33), "task.secagg.bits");
+    REFUSE((sample(15, &m), m.u.secagg_advertise.cert_len = 0), "secagg_advertise.device_cert");
+    REFUSE((sample(16, &m), m.u.secagg_roster.round_id = 0), "secagg_roster.round_id");
+    REFUSE((sample(16, &m), k_peers[1].index = 1), "secagg_roster.peers[1].index");
+    REFUSE((sample(16, &m), k_peers[2].index = 4), "secagg_roster.peers[2].index");
+    REFUSE((sample(16, &m), k_peers[0].index = 0), "secagg_roster.peers[0].index");
+    REFUSE((sample(16, &m), k_peers[0].cert_len = 0), "secagg_roster.peers[0].device_cert");
+    REFUSE((sample(16, &m), k_peers[0].sig_len = 0), "secagg_roster.peers[].signature");
+    REFUSE((sample(17, &m), m.u.secagg_shares.n_shares = 0), "secagg_shares.shares");
+    REFUSE((sample(17, &m), k_shares[2].peer = 3), "secagg_shares.shares[2].peer");
+    REFUSE((sample(17, &m), k_shares[3].peer = PLAIT_WIRE_SECAGG_MAX_COHORT + 1),
+           "secagg_shares.shares[3].peer");
+    REFUSE((sample(17, &m), k_shares[0].len = PLAIT_WIRE_SECAGG_MAX_SHARE + 1),
+           "secagg_shares.shares[0].data");
+    REFUSE((sample(18, &m), m.u.secagg_shares.round_id = 0), "secagg_relay.round_id");
+    REFUSE((sample(19, &m), m.u.secagg_masked_input.bits = 33), "secagg_masked_input.bits");
+    REFUSE((sample(19, &m), m.u.secagg_masked_input.len = 39), "secagg_masked_input.data");
+    REFUSE((sample(19, &m), m.u.secagg_masked_input.count = 15, m.u.secagg_masked_input.len = 38),
+           "secagg_masked_input.count");
+    REFUSE((sample(19, &m), m.u.secagg_masked_input.count = 24, m.u.secagg_masked_input.len = 60),
+           "secagg_masked_input.count");
+    REFUSE((sample(19, &m), m.u.secagg_masked_input.chunk_index = 1),
+           "secagg_masked_input.chunk_index");
+    REFUSE((sample(20, &m), m.u.secagg_masked_input.offset = 15), "secagg_masked_input.offset");
+    REFUSE((sample(20, &m), m.u.secagg_masked_input.total_elements = 0),
+           "secagg_masked_input.total_elements");
+    REFUSE((sample(21, &m), m.u.secagg_unmask_request.n_survivors = 0),
+           "secagg_unmask_request.survivors");
+    static const uint32_t descending[] = {5, 2}, zero[] = {0};
+    REFUSE((sample(21, &m), m.u.secagg_unmask_request.survivors = zero,
+            m.u.secagg_unmask_request.n_survivors = 1),
+           "secagg_unmask_request.survivors[0]");
+    REFUSE((sample(21, &m), m.u.secagg_unmask_request.survivors = descending),
+           "secagg_unmask_request.survivors[1]");
+    REFUSE((sample(21, &m), m.u.secagg_unmask_request.dropouts = descending),
+           "secagg_unmask_request.dropouts[1]");
+    REFUSE((sample(22, &m), m.u.secagg_unmask_response.round_id = 0),
+           "secagg_unmask_response.round_id");
+    REFUSE((sample(22, &m), m.u.secagg_unmask_response.n_key = PLAIT_WIRE_SECAGG_MAX_PEERS + 1),
+           "secagg_unmask_response.key_shares");
 #undef REFUSE
     /* a lower max_string applies to errors */
     plait_wire_limits_t lim;
@@ -1322,6 +1597,64 @@ START_TEST(test_update_transfer)
     ck_assert_int_eq(plait_wire_update_tx_next(&tx, &lim, src, &m), PLAIT_EINVAL);
     free(src);
     free(dst);
+}
+END_TEST
+
+START_TEST(test_masked_transfer)
+{
+    /* 21 elements of 20 bits: 53 packed bytes; a 20-byte chunk limit gives chunks of 8, 8, 5. */
+    enum { TOTAL = 21, BITS = 20 };
+    uint8_t packed[64], dst[64];
+    ck_assert_uint_eq(plait_wire_packed_len(TOTAL, BITS), 53);
+    ck_assert_uint_eq(plait_wire_packed_len(8, 32), 32);
+    for (size_t i = 0; i < sizeof(packed); i++)
+        packed[i] = (uint8_t)(i * 13 + 1);
+    plait_wire_limits_t lim;
+    plait_wire_limits_default(&lim);
+    lim.max_chunk_bytes = 20;
+    lim.max_frame = lim.max_chunk_bytes + PLAIT_WIRE_CHUNK_OVERHEAD;
+    lim.max_preauth_frame = 64;
+    plait_wire_xfer_t tx, rx;
+    plait_wire_xfer_init(&tx, 42, TOTAL, 0);
+    plait_wire_xfer_init(&rx, 42, TOTAL, 0);
+    memset(dst, 0, sizeof(dst));
+    plait_msg_t m;
+    int rc, chunks = 0, done = 0;
+    static const uint64_t counts[3] = {8, 8, 5};
+    while ((rc = plait_wire_masked_tx_next(&tx, &lim, packed, BITS, &m)) == 1) {
+        ck_assert_int_lt(chunks, 3);
+        ck_assert_uint_eq(m.u.secagg_masked_input.count, counts[chunks]);
+        plait_msg_t d;
+        over_the_wire(&m, &lim, &d);
+        if (chunks == 1) {
+            /* the wrong round, the wrong ring, and a chunk out of order are refused */
+            plait_msg_secagg_masked_input_t bad = d.u.secagg_masked_input;
+            bad.round_id = 41;
+            ck_assert_int_eq(plait_wire_masked_rx_add(&rx, &bad, BITS, dst), PLAIT_ESTALE);
+            ck_assert_int_eq(plait_wire_masked_rx_add(&rx, &d.u.secagg_masked_input, BITS + 1, dst),
+                             PLAIT_EMISMATCH);
+            bad = d.u.secagg_masked_input;
+            bad.chunk_index = 2;
+            ck_assert_int_eq(plait_wire_masked_rx_add(&rx, &bad, BITS, dst), PLAIT_EMISMATCH);
+        }
+        done = plait_wire_masked_rx_add(&rx, &d.u.secagg_masked_input, BITS, dst);
+        ck_assert_int_eq(done, chunks == 2 ? 1 : 0);
+        if (chunks == 2) /* after completion nothing more is taken */
+            ck_assert_int_eq(plait_wire_masked_rx_add(&rx, &d.u.secagg_masked_input, BITS, dst),
+                             PLAIT_EMISMATCH);
+        plait_msg_free(&d);
+        chunks++;
+    }
+    ck_assert_int_eq(rc, 0);
+    ck_assert_int_eq(chunks, 3);
+    ck_assert_mem_eq(dst, packed, 53);
+    /* a chunk limit below one group of 8 elements cannot carry a masked update */
+    lim.max_chunk_bytes = 19;
+    plait_wire_xfer_init(&tx, 42, TOTAL, 0);
+    ck_assert_int_eq(plait_wire_masked_tx_next(&tx, &lim, packed, 33, &m), PLAIT_EINVAL);
+    lim.max_chunk_bytes = 8;
+    lim.max_frame = lim.max_chunk_bytes + PLAIT_WIRE_CHUNK_OVERHEAD;
+    ck_assert_int_eq(plait_wire_masked_tx_next(&tx, &lim, packed, BITS, &m), PLAIT_EINVAL);
 }
 END_TEST
 
@@ -1494,9 +1827,12 @@ START_TEST(test_fuzz_seeds)
         "valid_hello",       "valid_hello_resume", "valid_task",         "valid_come_back_later",
         "valid_adapter_req", "valid_adapter_mid",  "valid_adapter_last", "valid_update_first",
         "valid_update_next", "valid_ack",          "valid_error",        "valid_error_empty",
-        "valid_ping",        "valid_pong",         "valid_decline",
+        "valid_ping",        "valid_pong",         "valid_decline",      "valid_secagg_advertise",
+        "valid_secagg_roster", "valid_secagg_shares", "valid_secagg_relay",
+        "valid_secagg_masked_first", "valid_secagg_masked_last", "valid_secagg_unmask_request",
+        "valid_secagg_unmask_response",
     };
-    uint8_t stream[4096];
+    uint8_t stream[8192];
     size_t total = 0;
     for (int i = 0; i < N_SAMPLES; i++) {
         size_t len = 0;
@@ -1504,6 +1840,7 @@ START_TEST(test_fuzz_seeds)
         write_or_check_seed("frame", names[i], buf, len);
         if (i == 0 || i == 1) write_or_check_seed("wire_hello", names[i], buf + 6, len - 6);
         if (i == 7 || i == 8) write_or_check_seed("wire_update", names[i], buf + 6, len - 6);
+        if (i >= 15) write_or_check_seed("wire_secagg", names[i], buf + 6, len - 6);
         memcpy(stream + total, buf, len);
         total += len;
         free(buf);
@@ -1546,6 +1883,7 @@ Suite *wire_suite(void)
     tc = tcase_create("transfer");
     tcase_add_test(tc, test_update_transfer);
     tcase_add_test(tc, test_adapter_transfer);
+    tcase_add_test(tc, test_masked_transfer);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("encode");

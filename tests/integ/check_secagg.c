@@ -1,0 +1,416 @@
+/*
+ * check_secagg.c: secure aggregation (SecAgg+) against a real
+ * `plait-aggregator serve`, with test devices that speak the protocol of
+ * docs/protocol.md §9 through the real library (include/plait/secagg.h) and
+ * can leave the round at any stage:
+ *   - devices dropping after the task, after advertising, after sharing and
+ *     right after their masked input: the round still commits, with the
+ *     masked inputs that arrived;
+ *   - the committed adapter of a secure round is byte for byte the one a
+ *     plain round commits from the same updates;
+ *   - past the threshold (too few unmask answers) the round fails cleanly,
+ *     nothing is committed, and the next round starts from the same version;
+ *   - a message of another round is refused (PLAIT_ESTALE).
+ * No timing asserts: every wait is a bounded poll of the server log or a
+ * blocking receive with a generous timeout.
+ */
+#include <check.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "integ.h"
+#include "plait/crypto.h"
+#include "plait/secagg.h"
+#include "testutil.h"
+
+enum { RUN_FULL = 0, STOP_AFTER_TASK, STOP_AFTER_ADVERTISE, STOP_AFTER_SHARES, STOP_AFTER_MASKED };
+
+typedef struct {
+    const it_dep_t *d;
+    char id[32];
+    float value;
+    int stop;
+    int rc;
+    plait_msg_task_t task;
+} sdev_t;
+
+static void nap_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Receive the next message of type want (30 s); an Error becomes its code. */
+static int expect(it_client_t *c, plait_msg_type_t want, plait_msg_t *m)
+{
+    int rc = it_recv(c, m, 30000);
+    if (rc != 0) return rc;
+    if (m->type == want) return 0;
+    rc = m->type == PLAIT_MSG_ERROR ? m->u.error.code : PLAIT_EPROTO;
+    plait_msg_free(m);
+    return rc;
+}
+
+/* Connect and take a task (come back later is honoured a bounded number of times). */
+static int get_task(it_client_t *c, const it_dep_t *d, const char *id, plait_msg_task_t *t)
+{
+    int rc = PLAIT_EBUSY;
+    for (int attempt = 0; attempt < 150 && rc == PLAIT_EBUSY; attempt++) {
+        plait_msg_t m;
+        rc = it_client_connect(c, d, id);
+        if (rc == 0) rc = it_hello_caps(c, d, PLAIT_CAP_FFA | PLAIT_CAP_SECURE_AGG | PLAIT_CAP_SECAGG);
+        if (rc == 0) rc = it_recv(c, &m, 20000);
+        if (rc == 0) {
+            if (m.type == PLAIT_MSG_TASK) {
+                *t = m.u.task;
+            } else {
+                int ms = m.type == PLAIT_MSG_COME_BACK_LATER ? (int)m.u.come_back_later.retry_ms : 200;
+                rc = PLAIT_EBUSY;
+                it_client_close(c);
+                nap_ms(ms > 300 ? 300 : ms);
+            }
+            plait_msg_free(&m);
+        }
+    }
+    return rc;
+}
+
+static int cmp_ct(const void *a, const void *b)
+{
+    uint32_t x = ((const plait_secagg_ct_t *)a)->to, y = ((const plait_secagg_ct_t *)b)->to;
+    return x < y ? -1 : x > y;
+}
+
+static int cmp_rev(const void *a, const void *b)
+{
+    const plait_secagg_reveal_t *x = a, *y = b;
+    if (x->kind != y->kind) return x->kind < y->kind ? -1 : 1;
+    return x->owner < y->owner ? -1 : x->owner > y->owner;
+}
+
+/* One test device's round; returns 0 when it did what its `stop` says. */
+static int sdev_run(sdev_t *s)
+{
+    it_client_t *c = calloc(1, sizeof(*c));
+    plait_secagg_round_t r;
+    plait_secagg_round_init(&r);
+    plait_secagg_device_t *dv = NULL;
+    plait_drbg_t drbg;
+    plait_drbg_init(&drbg);
+    char *ca = it_read(s->d, "ca.crt"), name[64];
+    snprintf(name, sizeof(name), "%s.crt", s->id);
+    char *crt = it_read(s->d, name);
+    snprintf(name, sizeof(name), "%s.key", s->id);
+    char *key = it_read(s->d, name);
+    plait_secagg_ct_t *cts = NULL;
+    plait_secagg_share_t *sh = NULL;
+    plait_secagg_reveal_t *rev = NULL;
+    uint32_t *w = NULL, *y = NULL;
+    uint8_t *packed = NULL;
+    plait_msg_t m;
+    plait_msg_init(&m, PLAIT_MSG_PING);
+    int rc = (!c || !ca || !crt || !key) ? PLAIT_ENOMEM : 0;
+    if (rc == 0) rc = plait_drbg_seed(&drbg, (const uint8_t *)s->id, strlen(s->id));
+    if (rc == 0) rc = get_task(c, s->d, s->id, &s->task);
+    plait_msg_task_t *t = &s->task;
+    if (rc == 0 && (!t->secure_agg || !t->has_secagg)) rc = PLAIT_EPROTO;
+    if (rc != 0 || s->stop == STOP_AFTER_TASK) goto out;
+    uint8_t dep[32];
+    plait_sha256((const uint8_t *)ca, strlen(ca), dep);
+    plait_secagg_params_t p = {t->secagg.n, t->secagg.k, t->secagg.t, t->secagg.k == t->secagg.n - 1, 0};
+    uint32_t self = t->secagg.index, k = t->secagg.k;
+    size_t len = (size_t)t->update_elements;
+    plait_secagg_advert_t adv;
+    if ((rc = plait_secagg_round_setup(&r, dep, 32, t->round_id, &p, t->secagg.graph_seed, t->secagg.bits, len)) ||
+        (rc = plait_secagg_device_create(&dv, &r, self, &drbg)) ||
+        (rc = plait_secagg_device_advertise(dv, key, &drbg, &adv)))
+        goto out;
+    plait_msg_init(&m, PLAIT_MSG_SECAGG_ADVERTISE);
+    m.u.secagg_advertise.round_id = t->round_id;
+    memcpy(m.u.secagg_advertise.mask_pk, adv.c_pk, 32);
+    memcpy(m.u.secagg_advertise.enc_pk, adv.s_pk, 32);
+    m.u.secagg_advertise.signature = adv.sig;
+    m.u.secagg_advertise.sig_len = adv.sig_len;
+    m.u.secagg_advertise.cert = (const uint8_t *)crt;
+    m.u.secagg_advertise.cert_len = strlen(crt);
+    if ((rc = it_send(c, &m)) != 0 || s->stop == STOP_AFTER_ADVERTISE) goto out;
+    if ((rc = expect(c, PLAIT_MSG_SECAGG_ROSTER, &m)) != 0) goto out;
+    for (size_t i = 0; i < m.u.secagg_roster.n_peers && rc == 0; i++) {
+        const plait_secagg_peer_t *q = &m.u.secagg_roster.peers[i];
+        plait_secagg_advert_t a;
+        memset(&a, 0, sizeof(a));
+        a.idx = q->index;
+        memcpy(a.c_pk, q->mask_pk, 32);
+        memcpy(a.s_pk, q->enc_pk, 32);
+        memcpy(a.sig, q->signature, q->sig_len);
+        a.sig_len = q->sig_len;
+        rc = plait_secagg_device_accept_advert(dv, &a, q->cert, q->cert_len, ca);
+    }
+    plait_msg_free(&m);
+    size_t n_ct = 0;
+    cts = calloc(k, sizeof(*cts));
+    sh = calloc(2 * (size_t)t->secagg.n, sizeof(*sh));
+    if (rc == 0 && (!cts || !sh)) rc = PLAIT_ENOMEM;
+    if (rc == 0) rc = plait_secagg_device_shares(dv, &drbg, cts, k, &n_ct);
+    if (rc != 0) goto out;
+    qsort(cts, n_ct, sizeof(*cts), cmp_ct);
+    for (size_t i = 0; i < n_ct; i++) {
+        sh[i].peer = cts[i].to;
+        sh[i].data = cts[i].ct;
+        sh[i].len = PLAIT_SECAGG_CT_LEN;
+    }
+    plait_msg_init(&m, PLAIT_MSG_SECAGG_SHARES);
+    m.u.secagg_shares.round_id = t->round_id;
+    m.u.secagg_shares.shares = sh;
+    m.u.secagg_shares.n_shares = n_ct;
+    if ((rc = it_send(c, &m)) != 0 || s->stop == STOP_AFTER_SHARES) goto out;
+    if ((rc = expect(c, PLAIT_MSG_SECAGG_RELAY, &m)) != 0) goto out;
+    for (size_t i = 0; i < m.u.secagg_shares.n_shares && rc == 0; i++) {
+        plait_secagg_ct_t ct;
+        ct.from = m.u.secagg_shares.shares[i].peer;
+        ct.to = self;
+        memcpy(ct.ct, m.u.secagg_shares.shares[i].data, PLAIT_SECAGG_CT_LEN);
+        rc = plait_secagg_device_recv_share(dv, &ct);
+    }
+    plait_msg_free(&m);
+    if (rc != 0) goto out;
+    /* the masked update, packed at m bits */
+    w = it_update_words(t, s->value);
+    y = malloc(len * sizeof(uint32_t));
+    size_t plen = plait_pack_bits_len(len, t->secagg.bits);
+    packed = malloc(plen);
+    if (!w || !y || !packed) {
+        rc = PLAIT_ENOMEM;
+        goto out;
+    }
+    if ((rc = plait_secagg_device_mask(dv, w, len, y)) || (rc = plait_pack_bits(y, len, t->secagg.bits, packed, plen)))
+        goto out;
+    plait_wire_xfer_t x;
+    plait_wire_xfer_init(&x, t->round_id, len, 0);
+    plait_wire_limits_t lim = c->lim;
+    lim.max_chunk_bytes = 4096;
+    while ((rc = plait_wire_masked_tx_next(&x, &lim, packed, t->secagg.bits, &m)) == 1)
+        if ((rc = it_send(c, &m)) != 0) goto out;
+    plait_msg_init(&m, PLAIT_MSG_PING);
+    if (rc != 0) goto out;
+    if ((rc = expect(c, PLAIT_MSG_ACK, &m)) != 0) goto out;
+    plait_msg_free(&m);
+    if (s->stop == STOP_AFTER_MASKED) goto out;
+    if ((rc = expect(c, PLAIT_MSG_SECAGG_UNMASK_REQUEST, &m)) != 0) goto out;
+    const plait_msg_secagg_unmask_request_t *q = &m.u.secagg_unmask_request;
+    size_t cap = q->n_survivors + q->n_dropouts, n_rev = 0;
+    rev = calloc(cap, sizeof(*rev));
+    if (!rev || cap > 2 * (size_t)t->secagg.n) rc = PLAIT_ENOMEM;
+    if (rc == 0)
+        rc = plait_secagg_device_unmask(dv, q->survivors, q->n_survivors, q->dropouts, q->n_dropouts, rev, cap, &n_rev);
+    plait_msg_free(&m);
+    if (rc != 0) goto out;
+    qsort(rev, n_rev, sizeof(*rev), cmp_rev); /* b-shares (kind 0) first, each by owner */
+    size_t nb = 0;
+    for (size_t i = 0; i < n_rev; i++) {
+        nb += rev[i].kind == PLAIT_SECAGG_REVEAL_B;
+        sh[i].peer = rev[i].owner;
+        sh[i].data = rev[i].share;
+        sh[i].len = PLAIT_SECAGG_SHARE_LEN;
+    }
+    plait_msg_init(&m, PLAIT_MSG_SECAGG_UNMASK_RESPONSE);
+    m.u.secagg_unmask_response.round_id = t->round_id;
+    m.u.secagg_unmask_response.seed_shares = nb ? sh : NULL;
+    m.u.secagg_unmask_response.n_seed = nb;
+    m.u.secagg_unmask_response.key_shares = n_rev > nb ? sh + nb : NULL;
+    m.u.secagg_unmask_response.n_key = n_rev - nb;
+    rc = it_send(c, &m);
+    plait_msg_init(&m, PLAIT_MSG_PING);
+    if (rc == 0) (void)plait_tls_fd_close(c->tls, c->fd);
+out:
+    plait_msg_free(&m);
+    if (c) it_client_close(c); /* the droppers leave abruptly */
+    free(c);
+    plait_secagg_device_free(dv);
+    plait_secagg_round_free(&r);
+    plait_drbg_free(&drbg);
+    free(cts);
+    free(sh);
+    free(rev);
+    free(w);
+    free(y);
+    free(packed);
+    free(ca);
+    free(crt);
+    free(key);
+    return rc;
+}
+
+static void *sdev_main(void *arg)
+{
+    sdev_t *s = arg;
+    s->rc = sdev_run(s);
+    return NULL;
+}
+
+/* Run n devices concurrently (devices dev<first>..), stop[i] each; returns how many succeeded. */
+static int run_devices(const it_dep_t *d, int first, int n, const int *stop, const float *value)
+{
+    pthread_t th[16];
+    sdev_t s[16];
+    for (int i = 0; i < n; i++) {
+        memset(&s[i], 0, sizeof(s[i]));
+        s[i].d = d;
+        s[i].stop = stop ? stop[i] : RUN_FULL;
+        s[i].value = value ? value[i] : 0.001f * (float)(i + 1);
+        snprintf(s[i].id, sizeof(s[i].id), "dev%d", first + i);
+        ck_assert_int_eq(pthread_create(&th[i], NULL, sdev_main, &s[i]), 0);
+    }
+    int ok = 0;
+    for (int i = 0; i < n; i++) {
+        pthread_join(th[i], NULL);
+        if (s[i].rc == 0) ok++;
+        else fprintf(stderr, "secagg device %s (stop %d): %s\n", s[i].id, s[i].stop, plait_err_name(s[i].rc));
+    }
+    return ok;
+}
+
+static void dep_up(it_dep_t *d, const char *tag, int ndev, const char *cohort, const char *minc, const char *secure,
+                   const char *dropout)
+{
+    ck_assert_int_eq(it_init(d, tag, cohort, minc, "overselect=1", "selection_timeout_s=60", "round_timeout_s=60",
+                             "secagg_stage_timeout_s=30", dropout, "idle_timeout_s=60",
+                             "max_chunk_bytes=4096", "retry_ms=200", secure, NULL),
+                     0);
+    for (int i = 0; i < ndev; i++) {
+        char id[32];
+        snprintf(id, sizeof(id), "dev%d", i);
+        ck_assert_int_eq(it_enroll(d, id), 0);
+    }
+    ck_assert_int_eq(it_start(d, NULL), 0);
+}
+
+START_TEST(test_secure_dropouts_at_each_stage)
+{
+    it_dep_t d;
+    dep_up(&d, "integ_sa_drop", 12, "target_cohort=12", "min_cohort=6", "secure_agg=true",
+           "secagg_dropout=0.4");
+    static const int stop[12] = {RUN_FULL,       RUN_FULL,          RUN_FULL,          RUN_FULL,
+                                 RUN_FULL,       RUN_FULL,          RUN_FULL,          RUN_FULL,
+                                 STOP_AFTER_TASK, STOP_AFTER_ADVERTISE, STOP_AFTER_SHARES, STOP_AFTER_MASKED};
+    ck_assert_int_eq(run_devices(&d, 0, 12, stop, NULL), 12);
+    /* 8 full devices + the one that left right after its masked input are in the sum. */
+    ck_assert_msg(it_log_wait(&d, "round committed round=1 version=2 accepted=9", 60000), "round 1 did not commit");
+    ck_assert_int_eq(it_stop(&d), 0);
+}
+END_TEST
+
+typedef struct {
+    const it_dep_t *d;
+    char id[16];
+    float v;
+    int rc;
+} plain_t;
+
+static void *plain_main(void *arg)
+{
+    plain_t *p = arg;
+    p->rc = it_participate(p->d, p->id, p->v, NULL);
+    return NULL;
+}
+
+static uint8_t *export_v2(const it_dep_t *d, size_t *n)
+{
+    char out[700];
+    snprintf(out, sizeof(out), "%s/v2.safetensors", d->dir);
+    ck_assert_int_eq(it_cli("export", d->dir, "--version", "2", "--out", out, NULL), 0);
+    uint8_t *b = tu_read_file(out, n);
+    ck_assert_ptr_nonnull(b);
+    return b;
+}
+
+START_TEST(test_secure_sum_equals_plain_sum)
+{
+    static const float v[3] = {0.02f, -0.015f, 0.01f}; /* norms below the clip (the plain round checks) */
+    it_dep_t ds, dp;
+    dep_up(&ds, "integ_sa_eq_s", 3, "target_cohort=3", "min_cohort=3", "secure_agg=true",
+           "secagg_dropout=0.3");
+    dep_up(&dp, "integ_sa_eq_p", 3, "target_cohort=3", "min_cohort=3", "secure_agg=false",
+           "secagg_dropout=0.3");
+    ck_assert_int_eq(run_devices(&ds, 0, 3, NULL, v), 3);
+    plain_t pa[3];
+    pthread_t pt[3];
+    for (int i = 0; i < 3; i++) { /* the same words, in the clear */
+        pa[i].d = &dp;
+        snprintf(pa[i].id, sizeof(pa[i].id), "dev%d", i);
+        pa[i].v = v[i];
+        pa[i].rc = -1;
+        ck_assert_int_eq(pthread_create(&pt[i], NULL, plain_main, &pa[i]), 0);
+    }
+    for (int i = 0; i < 3; i++) {
+        pthread_join(pt[i], NULL);
+        ck_assert_int_eq(pa[i].rc, 0);
+    }
+    ck_assert(it_log_wait(&ds, "round committed round=1 version=2 accepted=3", 60000));
+    ck_assert(it_log_wait(&dp, "round committed round=1 version=2 accepted=3", 60000));
+    /* Both deployments start from the same adapter (same model, seed and config): the
+     * unmasked sum must give the same next version, bit for bit. */
+    size_t ns = 0, np = 0;
+    uint8_t *as = export_v2(&ds, &ns), *ap = export_v2(&dp, &np);
+    ck_assert_uint_eq(ns, np);
+    ck_assert_mem_eq(as, ap, ns);
+    free(as);
+    free(ap);
+
+    /* A message of another round is refused: dev0 joins round 2 and advertises for round 1. */
+    it_client_t *c = calloc(1, sizeof(*c));
+    plait_msg_task_t t;
+    ck_assert_int_eq(get_task(c, &ds, "dev0", &t), 0);
+    ck_assert_uint_eq(t.round_id, 2);
+    plait_msg_t m;
+    plait_msg_init(&m, PLAIT_MSG_SECAGG_ADVERTISE);
+    uint8_t sig[8] = {1};
+    m.u.secagg_advertise.round_id = 1;
+    m.u.secagg_advertise.signature = sig;
+    m.u.secagg_advertise.sig_len = sizeof(sig);
+    m.u.secagg_advertise.cert = sig;
+    m.u.secagg_advertise.cert_len = sizeof(sig);
+    ck_assert_int_eq(it_send(c, &m), 0);
+    ck_assert_int_eq(it_recv(c, &m, 30000), 0);
+    ck_assert_int_eq(m.type, PLAIT_MSG_ERROR);
+    ck_assert_int_eq(m.u.error.code, PLAIT_ESTALE);
+    plait_msg_free(&m);
+    it_client_close(c);
+    free(c);
+    ck_assert_int_eq(it_stop(&ds), 0);
+    ck_assert_int_eq(it_stop(&dp), 0);
+}
+END_TEST
+
+START_TEST(test_secure_below_threshold_fails_cleanly)
+{
+    it_dep_t d;
+    dep_up(&d, "integ_sa_thr", 4, "target_cohort=4", "min_cohort=2", "secure_agg=true",
+           "secagg_dropout=0.2");
+    /* Two of four leave right after their masked input: too few unmask answers. */
+    static const int stop[4] = {RUN_FULL, RUN_FULL, STOP_AFTER_MASKED, STOP_AFTER_MASKED};
+    int ok = run_devices(&d, 0, 4, stop, NULL);
+    ck_assert_int_ge(ok, 2); /* the full ones may see the round fail (an Error) instead of finishing */
+    ck_assert_msg(it_log_wait(&d, "round failed round=1", 60000), "round 1 did not fail");
+    ck_assert_int_eq(it_log_count(&d, "round committed round=1"), 0);
+    /* The next round starts from the same version and commits with everyone. */
+    ck_assert_int_eq(run_devices(&d, 0, 4, NULL, NULL), 4);
+    ck_assert_msg(it_log_wait(&d, "round committed round=2 version=2 accepted=4", 60000), "round 2 did not commit");
+    ck_assert_int_eq(it_stop(&d), 0);
+}
+END_TEST
+
+Suite *secagg_suite(void)
+{
+    Suite *s = suite_create("integ_secagg");
+    TCase *tc = tcase_create("secagg");
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, test_secure_dropouts_at_each_stage);
+    tcase_add_test(tc, test_secure_sum_equals_plain_sum);
+    tcase_add_test(tc, test_secure_below_threshold_fails_cleanly);
+    suite_add_tcase(s, tc);
+    return s;
+}
