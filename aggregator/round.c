@@ -477,8 +477,9 @@ int plait_round_submit_masked(plait_round_t *r, uint64_t client, uint64_t round_
     member_t *m = NULL;
     int rc = admit(r, client, round_id, n_words * sizeof(uint32_t), &m);
     if (rc != 0) return rc;
-    if (n_words != r->cfg.dim + 1) {
-        rc = plait_fail(PLAIT_EMISMATCH, "round: %zu words, expected %zu", n_words, r->cfg.dim + 1);
+    const size_t nw = r->cfg.dim + 1 + (r->cfg.clip_bit ? 1 : 0); /* span, weight, [clip bit] */
+    if (n_words != nw) {
+        rc = plait_fail(PLAIT_EMISMATCH, "round: %zu words, expected %zu", n_words, nw);
         refuse(r, m, rc, now);
         return rc;
     }
@@ -492,8 +493,8 @@ int plait_round_set_unmasked_sum(plait_round_t *r, const uint32_t *sum, size_t n
     if (!r || !sum) return plait_fail(PLAIT_EINVAL, "round: NULL");
     if (r->state != PLAIT_ROUND_AGGREGATION) return plait_fail(PLAIT_ESTALE, "round: not aggregating");
     if (!r->cfg.secure) return plait_fail(PLAIT_EINVAL, "round: not a secure task");
-    if (n_words != r->cfg.dim + 1)
-        return plait_fail(PLAIT_EMISMATCH, "round: sum of %zu words, expected %zu", n_words, r->cfg.dim + 1);
+    const size_t nw = r->cfg.dim + 1 + (r->cfg.clip_bit ? 1 : 0);
+    if (n_words != nw) return plait_fail(PLAIT_EMISMATCH, "round: sum of %zu words, expected %zu", n_words, nw);
     /* The unmasked sum mod 2^m equals the plain sum (m leaves room for the cohort), so it is
      * also the mod-2^32 sum that plait_round_submit_words() would have accumulated. */
     memcpy(r->wsum, sum, n_words * sizeof(uint32_t));

@@ -849,7 +849,7 @@ static int sa_accept(void *ud, uint64_t client)
 {
     plait_server_t *s = ud;
     member_t *mb = member_find(s, client);
-    int rc = plait_round_submit_masked(s->round, client, s->cur_core, s->span_len + 1, now_s(s));
+    int rc = plait_round_submit_masked(s->round, client, s->cur_core, s->span_len + 1 + (size_t)s->rcfg.clip_bit, now_s(s));
     if (rc == 0 && mb) {
         mb->submitted = 1;
         s->m.updates_accepted++;
@@ -880,7 +880,7 @@ static int secagg_open(plait_server_t *s, double now)
     sc.round_id = s->cur_rid;
     sc.n = (uint32_t)st.want;
     sc.quant_bits = (unsigned)s->cfg.quant_bits;
-    sc.len = s->span_len + 1;
+    sc.len = s->span_len + 1 + (size_t)s->rcfg.clip_bit; /* every word of the update is masked */
     sc.dropout = s->cfg.secagg_dropout;
     sc.corrupt = s->cfg.secagg_corrupt;
     sc.sigma = s->cfg.secagg_sigma;
@@ -1127,7 +1127,7 @@ static void round_step(plait_server_t *s)
             plait__sa_result_t res = plait__sa_result(s->sa);
             if (res == PLAIT__SA_RUNNING) return;
             if (res == PLAIT__SA_DONE &&
-                plait_round_set_unmasked_sum(s->round, plait__sa_sum(s->sa), s->span_len + 1) == 0) {
+                plait_round_set_unmasked_sum(s->round, plait__sa_sum(s->sa), s->span_len + 1 + (size_t)s->rcfg.clip_bit) == 0) {
                 start_commit(s);
                 return;
             }

@@ -108,7 +108,8 @@ START_TEST(test_federation_loss_falls)
     it_dep_t d;
     ck_assert_int_eq(it_init(&d, "integ_fed", "target_cohort=8", "min_cohort=6", "overselect=1",
                              "selection_timeout_s=60", "round_timeout_s=60", "local_steps=8", "batch=2",
-                             "seq_len=32", "lr=0.05", "retry_ms=300", "idle_timeout_s=60", NULL),
+                             "seq_len=32", "lr=0.05", "retry_ms=300", "idle_timeout_s=60",
+                             "max_preauth_per_addr=64" /* all 8 agents connect from 127.0.0.1 */, NULL),
                      0);
     size_t tlen;
     char *tp = tu_path(tu_assets_dir(), "tinyshakespeare.txt");
@@ -200,7 +201,8 @@ START_TEST(test_federation_secure_with_kills)
     it_dep_t d;
     ck_assert_int_eq(it_init(&d, "integ_fed_kill", "target_cohort=8", "min_cohort=4", "overselect=1",
                              "selection_timeout_s=15", "round_timeout_s=60", "secagg_stage_timeout_s=20",
-                             "local_steps=4", "batch=2", "seq_len=32", "retry_ms=300", "idle_timeout_s=60", NULL),
+                             "local_steps=4", "batch=2", "seq_len=32", "retry_ms=300", "idle_timeout_s=60",
+                             "max_preauth_per_addr=64", NULL),
                      0);
     char *conf = it_read(&d, "aggregator.conf");
     ck_assert_ptr_nonnull(strstr(conf, "secure_agg = true"));

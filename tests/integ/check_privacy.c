@@ -136,7 +136,10 @@ START_TEST(test_adaptive_clipping_end_to_end)
                              "noise_multiplier=0.05", "dp_delta=0.001", "adaptive_clip=true",
                              "clip_target_quantile=0.5", "clip_lr=1", "clip_count_stddev=0.05", "clip_norm=0.000001",
                              "selection_timeout_s=60", "round_timeout_s=60", "local_steps=4", "batch=2", "seq_len=32",
-                             "lr=0.05", "retry_ms=300", "idle_timeout_s=60", NULL),
+                             "lr=0.05", "retry_ms=300", "idle_timeout_s=60",
+                             /* 4 devices under Poisson sampling are too few for SecAgg+ at the default dropout
+                              * rate; this test is about the clip bit, which secure rounds mask like any word */
+                             "secure_agg=false", NULL),
                      0);
     size_t tlen;
     char *tp = tu_path(tu_assets_dir(), "tinyshakespeare.txt");
@@ -171,7 +174,7 @@ START_TEST(test_adaptive_clipping_end_to_end)
         snprintf(seed, sizeof(seed), "%d", i + 1);
         char *argv[] = {(char *)PLAIT_AGENT_BIN, "join", "--server", server, "--ca", ca, "--cert", crt, "--key", key,
                         "--db", db, "--state", st, "--daemon", "--rounds", "3", "--rejoin-ms", "100", "--seed", seed,
-                        "--max-runtime", "150", NULL};
+                        "--max-runtime", "150", "--allow-plain-aggregation", NULL};
         pids[i] = spawn(argv, log);
         ck_assert(pids[i] > 0);
     }

@@ -899,7 +899,7 @@ START_TEST(test_admission)
     it_dep_t d;
     ck_assert_int_eq(it_init(&d, "integ_admit", "max_connections=16", "max_preauth_connections=8",
                              "max_preauth_per_addr=3", "auth_timeout_s=120", "idle_timeout_s=120",
-                             "target_cohort=3", "min_cohort=2", "selection_timeout_s=120", NULL),
+                             "target_cohort=3", "min_cohort=2", "selection_timeout_s=120", "secure_agg=false", NULL),
                      0);
     ck_assert_int_eq(it_enroll(&d, "dev0"), 0);
     ck_assert_int_eq(it_start(&d, NULL), 0);
@@ -976,7 +976,7 @@ START_TEST(test_revoke_mid_round)
     it_dep_t d;
     ck_assert_int_eq(it_init(&d, "integ_revoke_mid", "target_cohort=3", "min_cohort=2", "overselect=1",
                              "selection_timeout_s=120", "round_timeout_s=120", "idle_timeout_s=120",
-                             "max_chunk_bytes=4096", "retry_ms=200", NULL),
+                             "max_chunk_bytes=4096", "retry_ms=200", "secure_agg=false", NULL),
                      0);
     for (int i = 0; i < 3; i++) {
         char id[16];
@@ -1020,7 +1020,7 @@ START_TEST(test_failed_round_signalled)
     it_dep_t d;
     ck_assert_int_eq(it_init(&d, "integ_fail_signal", "target_cohort=3", "min_cohort=2", "overselect=1",
                              "selection_timeout_s=3", "round_timeout_s=20", "idle_timeout_s=60",
-                             "max_chunk_bytes=4096", "retry_ms=200", NULL),
+                             "max_chunk_bytes=4096", "retry_ms=200", "secure_agg=false", NULL),
                      0);
     ck_assert_int_eq(it_enroll(&d, "dev0"), 0);
     ck_assert_int_eq(it_start(&d, NULL), 0);
