@@ -40,6 +40,7 @@
 #include "server_admit.h"
 #include "svcstore.h"
 #include "plait/adapter.h"
+#include "plait/crashpoint.h"
 #include "plait/crypto.h"
 #include "plait/log.h"
 #include "plait/lora.h"
@@ -847,6 +848,7 @@ static void after_job(uv_work_t *req, int status)
         break;
     case JOB_COMMIT:
         if (j->rc == 0) {
+            plait_crash_point("server.commit.swap");
             blob_unref(s->blob);
             s->blob = j->blob;
             j->blob = NULL;
