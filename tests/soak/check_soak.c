@@ -19,6 +19,9 @@
  *   disk_full         the aggregator's file size limited (RLIMIT_FSIZE, as a
  *                     full disk) while rounds run: commits fail, nothing half
  *                     written stays, rounds commit again once there is room
+ *   device_disk_full  an agent daemon whose store and state cannot be
+ *                     written (same limit) neither crashes nor stops the
+ *                     other devices' rounds; its store stays intact
  *
  * Robust on a loaded 2-core machine: success is judged by rounds committed
  * in the aggregator's log/store, never by an agent's exit status (an agent
@@ -137,7 +140,16 @@ static void devices_up(it_dep_t *d, int n)
 }
 
 /* `plait-agent join --daemon` for device i, until stopped (max_runtime_s is a safety net). */
+static pid_t agent_start_ex(const it_dep_t *d, int i, int max_runtime_s, int full_disk);
+
 static pid_t agent_start(const it_dep_t *d, int i, int max_runtime_s)
+{
+    return agent_start_ex(d, i, max_runtime_s, 0);
+}
+
+/* full_disk: run it under a 4 KiB file size limit with SIGXFSZ ignored, so
+ * every write past that fails (EFBIG) as on a full disk. */
+static pid_t agent_start_ex(const it_dep_t *d, int i, int max_runtime_s, int full_disk)
 {
     char id[16], crt[700], key[700], db[700], st[700], ca[700], seed[16], log[700], server[64], rt[16];
     snprintf(id, sizeof(id), "dev%d", i);
@@ -153,7 +165,11 @@ static pid_t agent_start(const it_dep_t *d, int i, int max_runtime_s)
     char *argv[] = {(char *)PLAIT_AGENT_BIN, "join", "--server", server, "--ca", ca, "--cert", crt, "--key", key,
                     "--db", db, "--state", st, "--daemon", "--rejoin-ms", "100", "--backoff-initial-ms", "200",
                     "--backoff-max-ms", "2000", "--seed", seed, "--max-runtime", rt, NULL};
-    pid_t pid = spawn(argv, log);
+    char *wrapped[40] = {"/bin/sh", "-c", "trap '' XFSZ; ulimit -f 8 && exec \"$0\" \"$@\""};
+    size_t n = 3;
+    for (size_t k = 0; argv[k] && n < 39; k++) wrapped[n++] = argv[k];
+    wrapped[n] = NULL;
+    pid_t pid = spawn(full_disk ? wrapped : argv, log);
     ck_assert(pid > 0);
     return pid;
 }
@@ -680,6 +696,59 @@ START_TEST(test_disk_full)
 }
 END_TEST
 
+/* The device's store file passes PRAGMA integrity_check. */
+static int device_store_ok(const it_dep_t *d, int i)
+{
+    char path[700];
+    snprintf(path, sizeof(path), "%s/dev%d.db", d->dir, i);
+    sqlite3 *db = NULL;
+    int ok = 0;
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL) == SQLITE_OK) {
+        sqlite3_busy_timeout(db, 10000);
+        sqlite3_stmt *s = NULL;
+        if (sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &s, NULL) == SQLITE_OK &&
+            sqlite3_step(s) == SQLITE_ROW)
+            ok = strcmp((const char *)sqlite3_column_text(s, 0), "ok") == 0;
+        sqlite3_finalize(s);
+    }
+    sqlite3_close(db);
+    return ok;
+}
+
+START_TEST(test_device_disk_full)
+{
+    if (PLAIT_AGENT_BIN[0] == '\0') return;
+    it_dep_t d;
+    ck_assert_int_eq(it_init(&d, "soak_devfull", "target_cohort=3", "min_cohort=2", "overselect=1",
+                             "selection_timeout_s=10", "round_timeout_s=8", "local_steps=2", "batch=2",
+                             "seq_len=32", "retry_ms=300", "idle_timeout_s=120", "rejoin_grace_s=2", NULL),
+                     0);
+    devices_up(&d, 3);
+    ck_assert_int_eq(it_start(&d, NULL), 0);
+    pid_t pids[3];
+    for (int i = 0; i < 3; i++) pids[i] = agent_start_ex(&d, i, 600, i == 2);
+    /* The honest two keep getting rounds committed (whichever rounds: one
+     * may time out on a loaded machine). The full-disk one cannot keep its
+     * pending update, so it never uploads: each round it is in waits for
+     * round_timeout_s, which is kept short. */
+    int ok = 1;
+    for (double end = mono() + 240; ok && it_log_count(&d, "round committed round=") < 2; usleep(200000))
+        if (mono() > end) ok = 0;
+    /* the full-disk one did not crash: still running, or ended without a signal */
+    int st = 0;
+    pid_t r = waitpid(pids[2], &st, WNOHANG);
+    int crashed = r == pids[2] && WIFSIGNALED(st);
+    if (r == pids[2]) pids[2] = 0;
+    for (int i = 0; i < 3; i++) stop_child(pids[i]);
+    ck_assert_msg(ok, "rounds did not commit beside a device with a full disk");
+    ck_assert_msg(!crashed, "the device with a full disk died of signal %d", WTERMSIG(st));
+    ck_assert_int_eq(it_stop(&d), 0);
+    ck_assert(integrity_ok(&d));
+    ck_assert_int_eq(it_cli("status", d.dir, "--check", NULL), 0);
+    for (int i = 0; i < 3; i++) ck_assert_msg(device_store_ok(&d, i), "dev%d's store is damaged", i);
+}
+END_TEST
+
 Suite *soak_suite(void)
 {
     Suite *s = suite_create("soak");
@@ -692,6 +761,7 @@ Suite *soak_suite(void)
         {"kill9_integrity", test_kill9_integrity},
         {"crash_points", test_crash_points},
         {"disk_full", test_disk_full},
+        {"device_disk_full", test_device_disk_full},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         TCase *tc = tcase_create(cases[i].name);
