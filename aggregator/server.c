@@ -41,6 +41,7 @@
 #include "server_secagg.h"
 #include "svcstore.h"
 #include "plait/adapter.h"
+#include "plait/crashpoint.h"
 #include "plait/crypto.h"
 #include "plait/log.h"
 #include "plait/lora.h"
@@ -948,6 +949,7 @@ static void after_job(uv_work_t *req, int status)
         break;
     case JOB_COMMIT:
         if (j->rc == 0) {
+            plait_crash_point("server.commit.swap");
             blob_unref(s->blob);
             s->blob = j->blob;
             j->blob = NULL;

@@ -77,6 +77,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "plait/crashpoint.h"
 #include "plait/crypto.h"
 #include "plait/json.h"
 
@@ -1343,6 +1344,7 @@ int plait_aggstore_round_commit(plait_aggstore_t *st, int64_t round, const plait
 
     int64_t base = 0, latest = 0;
     bool found;
+    plait_crash_point("aggstore.commit.begin");
     if ((ret = begin_on_open_round(st, round, &base)) != 0) return ret;
     if ((ret = query_i64(st, "SELECT coalesce(max(number), 0) FROM versions", false, 0, &latest, &found,
                          "reading latest version")) != 0)
@@ -1385,6 +1387,7 @@ int plait_aggstore_round_commit(plait_aggstore_t *st, int64_t round, const plait
     if ((ret = fault(st, 2)) != 0) goto fail;
     /* Step 3: the version. */
     if ((ret = insert_version(st, number, round, c, sha)) != 0) goto fail;
+    plait_crash_point("aggstore.commit.version");
     if ((ret = fault(st, 3)) != 0) goto fail;
     /* Step 4: the ledger row. */
     if (c->ledger) {
@@ -1413,7 +1416,9 @@ int plait_aggstore_round_commit(plait_aggstore_t *st, int64_t round, const plait
     /* Step 5: metrics. */
     if ((ret = insert_metrics(st, round, c->metrics, c->n_metrics, false)) != 0) goto fail;
     if ((ret = fault(st, 5)) != 0) goto fail;
+    plait_crash_point("aggstore.commit.precommit");
     if ((ret = tx_commit(st)) != 0) return ret;
+    plait_crash_point("aggstore.commit.done");
     if (version_out) *version_out = number;
     return 0;
 fail:

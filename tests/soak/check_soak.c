@@ -12,6 +12,16 @@
  *   kill9_integrity   kill -9 of the aggregator at random points of live
  *                     rounds, then PRAGMA integrity_check, `status --check`,
  *                     and an export of the newest version after each restart
+ *   crash_points      kill -9 at each injected point of the commit path
+ *                     (PLAIT_CRASH_POINT): the round is then wholly committed
+ *                     (version, hash, export) or wholly absent, and the next
+ *                     round commits after a restart
+ *   disk_full         the aggregator's file size limited (RLIMIT_FSIZE, as a
+ *                     full disk) while rounds run: commits fail, nothing half
+ *                     written stays, rounds commit again once there is room
+ *   device_disk_full  an agent daemon whose store and state cannot be
+ *                     written (same limit) neither crashes nor stops the
+ *                     other devices' rounds; its store stays intact
  *
  * Robust on a loaded 2-core machine: success is judged by rounds committed
  * in the aggregator's log/store, never by an agent's exit status (an agent
@@ -31,6 +41,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -40,6 +51,7 @@
 #include <netinet/in.h>
 
 #include "integ.h"
+#include "plait/crypto.h"
 #include "testutil.h"
 
 #ifndef PLAIT_AGENT_BIN
@@ -128,7 +140,16 @@ static void devices_up(it_dep_t *d, int n)
 }
 
 /* `plait-agent join --daemon` for device i, until stopped (max_runtime_s is a safety net). */
+static pid_t agent_start_ex(const it_dep_t *d, int i, int max_runtime_s, int full_disk);
+
 static pid_t agent_start(const it_dep_t *d, int i, int max_runtime_s)
+{
+    return agent_start_ex(d, i, max_runtime_s, 0);
+}
+
+/* full_disk: run it under a 4 KiB file size limit with SIGXFSZ ignored, so
+ * every write past that fails (EFBIG) as on a full disk. */
+static pid_t agent_start_ex(const it_dep_t *d, int i, int max_runtime_s, int full_disk)
 {
     char id[16], crt[700], key[700], db[700], st[700], ca[700], seed[16], log[700], server[64], rt[16];
     snprintf(id, sizeof(id), "dev%d", i);
@@ -144,7 +165,11 @@ static pid_t agent_start(const it_dep_t *d, int i, int max_runtime_s)
     char *argv[] = {(char *)PLAIT_AGENT_BIN, "join", "--server", server, "--ca", ca, "--cert", crt, "--key", key,
                     "--db", db, "--state", st, "--daemon", "--rejoin-ms", "100", "--backoff-initial-ms", "200",
                     "--backoff-max-ms", "2000", "--seed", seed, "--max-runtime", rt, NULL};
-    pid_t pid = spawn(argv, log);
+    char *wrapped[40] = {"/bin/sh", "-c", "trap '' XFSZ; ulimit -f 8 && exec \"$0\" \"$@\""};
+    size_t n = 3;
+    for (size_t k = 0; argv[k] && n < 39; k++) wrapped[n++] = argv[k];
+    wrapped[n] = NULL;
+    pid_t pid = spawn(full_disk ? wrapped : argv, log);
     ck_assert(pid > 0);
     return pid;
 }
@@ -438,6 +463,293 @@ START_TEST(test_kill9_integrity)
 }
 END_TEST
 
+/* ---- injected crash points and a full disk -------------------------------- */
+
+/* One integer from the deployment's store (read-only), or -1. */
+static long long db_i64(const it_dep_t *d, const char *sql)
+{
+    char path[700];
+    snprintf(path, sizeof(path), "%s/plait.db", d->dir);
+    sqlite3 *db = NULL;
+    long long v = -1;
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK) {
+        sqlite3_busy_timeout(db, 10000);
+        sqlite3_stmt *s = NULL;
+        if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) == SQLITE_OK && sqlite3_step(s) == SQLITE_ROW &&
+            sqlite3_column_type(s, 0) == SQLITE_INTEGER)
+            v = sqlite3_column_int64(s, 0);
+        sqlite3_finalize(s);
+    }
+    sqlite3_close(db);
+    return v;
+}
+
+/* Versions are 1..N without gaps, each adapter hashes to its sha256 column,
+ * each round-made version belongs to a committed round, and N exports. */
+static void versions_whole(const it_dep_t *d, const char *when)
+{
+    long long n = newest_version(d);
+    ck_assert_msg(n >= 1, "%s: no versions", when);
+    ck_assert_msg(db_i64(d, "SELECT count(*) FROM versions") == n, "%s: versions have gaps", when);
+    ck_assert_msg(db_i64(d, "SELECT count(*) FROM versions v JOIN rounds r ON r.id = v.round_id"
+                            " WHERE r.state != 'committed' OR r.new_version != v.number") == 0,
+                  "%s: a version of a round that is not committed", when);
+    ck_assert_msg(db_i64(d, "SELECT count(*) FROM rounds WHERE state = 'committed' AND new_version NOT IN"
+                            " (SELECT number FROM versions)") == 0,
+                  "%s: a committed round without its version", when);
+    char path[700];
+    snprintf(path, sizeof(path), "%s/plait.db", d->dir);
+    sqlite3 *db = NULL;
+    ck_assert_int_eq(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    sqlite3_busy_timeout(db, 10000);
+    sqlite3_stmt *s = NULL;
+    ck_assert_int_eq(sqlite3_prepare_v2(db, "SELECT number, adapter, sha256 FROM versions", -1, &s, NULL), SQLITE_OK);
+    while (sqlite3_step(s) == SQLITE_ROW) {
+        uint8_t h[32];
+        const void *a = sqlite3_column_blob(s, 1);
+        plait_sha256(a, (size_t)sqlite3_column_bytes(s, 1), h);
+        ck_assert_msg(sqlite3_column_bytes(s, 2) == 32 && memcmp(h, sqlite3_column_blob(s, 2), 32) == 0,
+                      "%s: version %lld does not match its sha256", when, (long long)sqlite3_column_int64(s, 0));
+    }
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+    ck_assert_msg(integrity_ok(d), "%s: integrity_check failed", when);
+    ck_assert_int_eq(it_cli("status", d->dir, "--check", NULL), 0);
+    char out[700], vs[24];
+    snprintf(out, sizeof(out), "%s/export.safetensors", d->dir);
+    snprintf(vs, sizeof(vs), "%lld", n);
+    ck_assert_int_eq(it_cli("export", d->dir, "--version", vs, "--out", out, NULL), 0);
+    unlink(out);
+}
+
+typedef struct {
+    atomic_int stop;
+    pthread_t th[3];
+    loop_t l[3];
+} devs_t;
+
+static void devs_start(devs_t *v, const it_dep_t *d)
+{
+    atomic_init(&v->stop, 0);
+    for (int i = 0; i < 3; i++) {
+        v->l[i].d = d;
+        v->l[i].stop = &v->stop;
+        snprintf(v->l[i].id, sizeof(v->l[i].id), "dev%d", i);
+        ck_assert_int_eq(pthread_create(&v->th[i], NULL, loop_main, &v->l[i]), 0);
+    }
+}
+
+static void devs_stop(devs_t *v)
+{
+    atomic_store(&v->stop, 1);
+    for (int i = 0; i < 3; i++) pthread_join(v->th[i], NULL);
+}
+
+/* Wait (up to timeout_s) for the newest version to pass `than`; 1 if it did. */
+static int version_past(const it_dep_t *d, long long than, int timeout_s)
+{
+    double end = mono() + timeout_s;
+    while (newest_version(d) <= than) {
+        if (mono() > end) return 0;
+        usleep(100000);
+    }
+    return 1;
+}
+
+static void dep_with_devices(it_dep_t *d, const char *tag)
+{
+    ck_assert_int_eq(it_init(d, tag, "target_cohort=3", "min_cohort=3", "overselect=1", "selection_timeout_s=60",
+                             "round_timeout_s=60", "retry_ms=100", "round_pause_s=0", NULL),
+                     0);
+    for (int i = 0; i < 3; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "dev%d", i);
+        ck_assert_int_eq(it_enroll(d, id), 0);
+    }
+    /* the first start stores the initial version */
+    ck_assert_int_eq(it_start(d, NULL), 0);
+    ck_assert_int_eq(it_stop(d), 0);
+}
+
+START_TEST(test_crash_points)
+{
+    static const struct {
+        const char *name;
+        int lands; /* the round is in the store after the crash */
+    } points[] = {
+        {"aggstore.commit.begin", 0},     {"aggstore.commit.version", 0}, {"aggstore.commit.precommit", 0},
+        {"aggstore.commit.done", 1},      {"server.commit.swap", 1},
+    };
+    it_dep_t d;
+    dep_with_devices(&d, "soak_crashpt");
+    for (size_t p = 0; p < sizeof(points) / sizeof(points[0]); p++) {
+        const char *name = points[p].name;
+        long long before = newest_version(&d);
+        long long rounds_before = db_i64(&d, "SELECT coalesce(max(id), 0) FROM rounds");
+        ck_assert_int_eq(setenv("PLAIT_CRASH_POINT", name, 1), 0);
+        int started = it_start(&d, NULL);
+        unsetenv("PLAIT_CRASH_POINT");
+        ck_assert_int_eq(started, 0);
+        devs_t v;
+        devs_start(&v, &d);
+        /* the process dies by its own SIGKILL at the first commit */
+        int st = 0, done = 0;
+        for (double end = mono() + 240; !done && mono() < end;) {
+            if (waitpid(d.pid, &st, WNOHANG) == d.pid) done = 1;
+            else usleep(50000);
+        }
+        if (!done) it_kill9(&d);
+        d.pid = 0;
+        devs_stop(&v);
+        ck_assert_msg(done, "%s: the aggregator did not die at the crash point", name);
+        ck_assert_msg(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "%s: the aggregator ended with status 0x%x", name,
+                      st);
+        long long after = newest_version(&d);
+        long long rid = db_i64(&d, "SELECT max(id) FROM rounds");
+        ck_assert_msg(rid > rounds_before, "%s: no round was opened", name);
+        char q[200];
+        snprintf(q, sizeof(q), "SELECT state = 'committed' AND new_version = %lld FROM rounds WHERE id = %lld",
+                 before + 1, rid);
+        if (points[p].lands) {
+            ck_assert_msg(after == before + 1, "%s: version %lld, want %lld", name, after, before + 1);
+            ck_assert_msg(db_i64(&d, q) == 1, "%s: round %lld is not committed", name, rid);
+        } else {
+            ck_assert_msg(after == before, "%s: version %lld, want %lld", name, after, before);
+            ck_assert_msg(db_i64(&d, q) == 0, "%s: round %lld is committed", name, rid);
+        }
+        versions_whole(&d, name);
+        /* restarted without the hook: the crashed round is closed, the next commits */
+        ck_assert_int_eq(it_start(&d, NULL), 0);
+        devs_start(&v, &d);
+        int ok = version_past(&d, after, 240);
+        devs_stop(&v);
+        ck_assert_int_eq(it_stop(&d), 0);
+        ck_assert_msg(ok, "%s: no commit after the restart", name);
+        snprintf(q, sizeof(q), "SELECT state IN ('committed', 'abandoned', 'failed') FROM rounds WHERE id = %lld",
+                 rid);
+        ck_assert_msg(db_i64(&d, q) == 1, "%s: round %lld was not closed", name, rid);
+        ck_assert_msg(db_i64(&d, "SELECT count(*) FROM rounds WHERE state = 'open'") == 0, "%s: a round left open",
+                      name);
+        versions_whole(&d, name);
+    }
+}
+END_TEST
+
+/* Start serve with a file size limit of `fsize` bytes (SIGXFSZ ignored, so a
+ * write past it fails with EFBIG as on a full disk). The limit is set in this
+ * process around the fork only (the child inherits it) and restored. */
+static int start_limited(it_dep_t *d, rlim_t fsize)
+{
+    struct rlimit old, rl;
+    if (getrlimit(RLIMIT_FSIZE, &old) != 0) return -1;
+    rl = old;
+    rl.rlim_cur = fsize;
+    signal(SIGXFSZ, SIG_IGN);
+    if (setrlimit(RLIMIT_FSIZE, &rl) != 0) return -1;
+    int rc = it_start(d, NULL);
+    if (setrlimit(RLIMIT_FSIZE, &old) != 0) rc = -1;
+    return rc;
+}
+
+START_TEST(test_disk_full)
+{
+    it_dep_t d;
+    dep_with_devices(&d, "soak_diskfull");
+    /* one round with room, so the store holds a round-made version */
+    ck_assert_int_eq(it_start(&d, NULL), 0);
+    devs_t v;
+    devs_start(&v, &d);
+    int ok = version_past(&d, 1, 240);
+    devs_stop(&v);
+    ck_assert_int_eq(it_stop(&d), 0);
+    ck_assert(ok);
+    long long before = newest_version(&d);
+    /* Full disk: the write-ahead log may not grow past the limit, which leaves
+     * room for a round to open and take uploads but not for the commit's
+     * adapter pages. */
+    const char *le = getenv("PLAIT_SOAK_FSIZE");
+    rlim_t lim = le ? (rlim_t)strtoull(le, NULL, 10) : (rlim_t)65536;
+    /* the log lives on the same "disk": start it afresh so that it has room */
+    char old_log[700];
+    snprintf(old_log, sizeof(old_log), "%s.1", d.log);
+    ck_assert_int_eq(rename(d.log, old_log), 0);
+    ck_assert_int_eq(start_limited(&d, lim), 0);
+    pid_t pid = d.pid;
+    devs_start(&v, &d);
+    int failed = it_log_wait(&d, "round commit failed", 240000);
+    /* still serving after the failure */
+    int alive = waitpid(pid, NULL, WNOHANG) == 0;
+    devs_stop(&v);
+    it_kill9(&d); /* a clean stop may not find room to checkpoint either */
+    ck_assert_msg(alive, "the aggregator died on a full disk");
+    ck_assert_msg(failed, "no commit failed on a full disk (limit %llu bytes)", (unsigned long long)lim);
+    ck_assert_msg(newest_version(&d) == before, "a version was committed on a full disk");
+    versions_whole(&d, "after the full disk");
+    /* room again: rounds commit, nothing half-written stays */
+    ck_assert_int_eq(it_start(&d, NULL), 0);
+    devs_start(&v, &d);
+    ok = version_past(&d, before, 240);
+    devs_stop(&v);
+    ck_assert_int_eq(it_stop(&d), 0);
+    ck_assert_msg(ok, "no commit once there was room");
+    ck_assert_int_eq(db_i64(&d, "SELECT count(*) FROM rounds WHERE state = 'open'"), 0);
+    versions_whole(&d, "after room came back");
+}
+END_TEST
+
+/* The device's store file passes PRAGMA integrity_check. */
+static int device_store_ok(const it_dep_t *d, int i)
+{
+    char path[700];
+    snprintf(path, sizeof(path), "%s/dev%d.db", d->dir, i);
+    sqlite3 *db = NULL;
+    int ok = 0;
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL) == SQLITE_OK) {
+        sqlite3_busy_timeout(db, 10000);
+        sqlite3_stmt *s = NULL;
+        if (sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &s, NULL) == SQLITE_OK &&
+            sqlite3_step(s) == SQLITE_ROW)
+            ok = strcmp((const char *)sqlite3_column_text(s, 0), "ok") == 0;
+        sqlite3_finalize(s);
+    }
+    sqlite3_close(db);
+    return ok;
+}
+
+START_TEST(test_device_disk_full)
+{
+    if (PLAIT_AGENT_BIN[0] == '\0') return;
+    it_dep_t d;
+    ck_assert_int_eq(it_init(&d, "soak_devfull", "target_cohort=3", "min_cohort=2", "overselect=1",
+                             "selection_timeout_s=10", "round_timeout_s=8", "local_steps=2", "batch=2",
+                             "seq_len=32", "retry_ms=300", "idle_timeout_s=120", "rejoin_grace_s=2", NULL),
+                     0);
+    devices_up(&d, 3);
+    ck_assert_int_eq(it_start(&d, NULL), 0);
+    pid_t pids[3];
+    for (int i = 0; i < 3; i++) pids[i] = agent_start_ex(&d, i, 600, i == 2);
+    /* The honest two keep getting rounds committed (whichever rounds: one
+     * may time out on a loaded machine). The full-disk one cannot keep its
+     * pending update, so it never uploads: each round it is in waits for
+     * round_timeout_s, which is kept short. */
+    int ok = 1;
+    for (double end = mono() + 240; ok && it_log_count(&d, "round committed round=") < 2; usleep(200000))
+        if (mono() > end) ok = 0;
+    /* the full-disk one did not crash: still running, or ended without a signal */
+    int st = 0;
+    pid_t r = waitpid(pids[2], &st, WNOHANG);
+    int crashed = r == pids[2] && WIFSIGNALED(st);
+    if (r == pids[2]) pids[2] = 0;
+    for (int i = 0; i < 3; i++) stop_child(pids[i]);
+    ck_assert_msg(ok, "rounds did not commit beside a device with a full disk");
+    ck_assert_msg(!crashed, "the device with a full disk died of signal %d", WTERMSIG(st));
+    ck_assert_int_eq(it_stop(&d), 0);
+    ck_assert(integrity_ok(&d));
+    ck_assert_int_eq(it_cli("status", d.dir, "--check", NULL), 0);
+    for (int i = 0; i < 3; i++) ck_assert_msg(device_store_ok(&d, i), "dev%d's store is damaged", i);
+}
+END_TEST
+
 Suite *soak_suite(void)
 {
     Suite *s = suite_create("soak");
@@ -448,6 +760,9 @@ Suite *soak_suite(void)
         {"slowloris_churn", test_slowloris_churn},
         {"revoke_churn", test_revoke_churn},
         {"kill9_integrity", test_kill9_integrity},
+        {"crash_points", test_crash_points},
+        {"disk_full", test_disk_full},
+        {"device_disk_full", test_device_disk_full},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         TCase *tc = tcase_create(cases[i].name);
