@@ -559,7 +559,8 @@ static int version_past(const it_dep_t *d, long long than, int timeout_s)
 static void dep_with_devices(it_dep_t *d, const char *tag)
 {
     ck_assert_int_eq(it_init(d, tag, "target_cohort=3", "min_cohort=3", "overselect=1", "selection_timeout_s=60",
-                             "round_timeout_s=60", "retry_ms=100", "round_pause_s=0", NULL),
+                             "round_timeout_s=60", "retry_ms=100", "round_pause_s=0",
+                             "secure_agg=false" /* the test clients upload plain words */, NULL),
                      0);
     for (int i = 0; i < 3; i++) {
         char id[16];
