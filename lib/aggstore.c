@@ -1941,6 +1941,7 @@ static int total_cb(void *ud, const plait_aggstore_ledger_t *l)
     t->delta = l->delta;
     t->epsilon = l->epsilon;
     if (strcmp(l->selection, "poisson") == 0) t->poisson_rounds++;
+    if (strcmp(l->mechanism, "ddg") == 0) t->ddg_rounds++;
     if (t->rounds == 1 || l->noise_multiplier < t->min_noise_multiplier) t->min_noise_multiplier = l->noise_multiplier;
     return 0;
 }

@@ -539,6 +539,7 @@ typedef struct plait_aggstore_privacy_s {
     double delta;     /* of the latest row; 0 when there is none */
     double epsilon;   /* ε after the latest row (the deployment's ε so far); 0 when none */
     int64_t poisson_rounds;      /* rows whose selection is "poisson" */
+    int64_t ddg_rounds;          /* rows whose mechanism is "ddg" (composed in full, q = 1) */
     int64_t max_device_rounds;   /* most ledger rounds any one device uploaded to (devices.dp_rounds) */
     double min_noise_multiplier; /* smallest z of the ledger; 0 when none */
 } plait_aggstore_privacy_t;
