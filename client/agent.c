@@ -1769,6 +1769,9 @@ static int secure_task(conn_t *c, const plait_msg_task_t *t, uint64_t deadline, 
     if (rc == 0) rc = compute_update(c, t, deadline, &p, res);
     /* distributed DP: the noise share goes in after quantization, before masking */
     if (rc == 0) rc = plait__agent_sa_ddg(t, &a->drbg, p.words, p.n_words - 1 - (t->clip_bit ? 1 : 0));
+    if (rc == 0 && t->dp.mode == PLAIT_DP_DISTRIBUTED)
+        PLAIT_LOG(PLAIT_LOG_INFO, "agent %s: round %llu: distributed DP noise share added (discrete Gaussian)",
+                  a->device_id, (unsigned long long)round);
     if (rc == 0) {
         int acked = 0;
         rc = plait__agent_sa_finish(sa, &env, p.words, p.n_words, deadline, &acked);

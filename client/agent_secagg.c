@@ -70,7 +70,7 @@ int plait__agent_sa_policy(const plait_agent_config_t *cfg, const plait_msg_task
         double steps = t->clip_norm / plait_quant_step(&qc);
         double v = (double)t->dp.ddg_var_num / (double)t->dp.ddg_var_den;
         double want = cfg->min_noise_multiplier * steps;
-        if (cfg->min_noise_multiplier > 0 && !((double)t->secagg.n * v >= want * want))
+        if (cfg->min_noise_multiplier > 0 && !((double)t->secagg.n * v * (1 + 1e-9) >= want * want)) /* float slack */
             return plait_fail(PLAIT_EREFUSED, "the task's noise share (variance %g over %u devices) is below this "
                               "device's minimum noise multiplier %g", v, t->secagg.n, cfg->min_noise_multiplier);
     }
