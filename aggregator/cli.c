@@ -1322,17 +1322,26 @@ static int cmd_privacy_dir(int argc, char **argv, FILE *out, FILE *err)
         }
     }
     double worst = 0;
-    if (pv.rounds > 0 && !(pv.min_noise_multiplier > 0)) worst = INFINITY; /* a round without noise */
+    /* Distributed discrete Gaussian rows compose in full (q = 1): their ε needs no sampling
+     * assumption. A ledger of only those has that ε as its worst case; a mixed one has no
+     * per-device bound here (the Gaussian one below would not hold for the ddg rounds). */
+    const int all_ddg = pv.rounds > 0 && pv.ddg_rounds == pv.rounds;
+    const char *mech = pv.ddg_rounds == 0 ? "gaussian" : all_ddg ? "ddg" : "gaussian+ddg";
+    if (all_ddg) worst = eps;
+    else if (pv.ddg_rounds > 0) worst = INFINITY;
+    else if (pv.rounds > 0 && !(pv.min_noise_multiplier > 0)) worst = INFINITY; /* a round without noise */
     else if (pv.rounds > 0 &&
         (rc = plait_sel_worst_epsilon((uint64_t)pv.max_device_rounds, pv.min_noise_multiplier, delta, &worst)) != 0) {
         fprintf(err, PROG " privacy: %s (%s)\n", plait_errmsg(), plait_err_name(rc));
         return 1;
     }
-    const int valid = pv.poisson_rounds == pv.rounds;
+    const int valid = pv.poisson_rounds + pv.ddg_rounds == pv.rounds;
     static const char AMORTIZED[] = "every DP round Poisson-sampled each device with the recorded q from the "
                                     "server's CSPRNG, and who was sampled stays secret";
     static const char WORST[] = "none about sampling: q = 1 over the most DP rounds one device joined, at the "
                                 "smallest recorded noise multiplier";
+    static const char WORST_DDG[] = "none about sampling: every distributed discrete Gaussian round composed in "
+                                    "full (q = 1) with the devices that survived it";
     if (flags[1].value) {
         char e[32], d[32], w[32], z[32];
         fmt_double(d, sizeof(d), delta);
@@ -1342,22 +1351,28 @@ static int cmd_privacy_dir(int argc, char **argv, FILE *out, FILE *err)
         fprintf(out,
                 "{\"dp_rounds\": %lld, \"steps\": %lld, \"epsilon\": %s, \"delta\": %s, \"poisson_rounds\": %lld, "
                 "\"amortized_valid\": %s, \"amortized_assumes\": \"%s\", \"worst_case_epsilon\": %s, "
-                "\"max_device_rounds\": %lld, \"worst_case_noise_multiplier\": %s, \"worst_case_assumes\": \"%s\"}\n",
+                "\"max_device_rounds\": %lld, \"worst_case_noise_multiplier\": %s, \"worst_case_assumes\": \"%s\", "
+                "\"mechanism\": \"%s\", \"ddg_rounds\": %lld}\n",
                 (long long)pv.rounds, (long long)pv.steps, isfinite(eps) ? e : "null", d, (long long)pv.poisson_rounds,
                 valid ? "true" : "false", AMORTIZED, isfinite(worst) ? w : "null", (long long)pv.max_device_rounds, z,
-                WORST);
+                all_ddg ? WORST_DDG : WORST, mech, (long long)pv.ddg_rounds);
     } else if (pv.rounds == 0) {
         fputs("no DP rounds committed: epsilon 0\n", out);
     } else {
         fprintf(out, "epsilon: %.10g\ndelta: %.10g\norder: %.10g\n(%lld DP rounds recomposed from the ledger)\n", eps,
                 delta, order, (long long)pv.rounds);
-        fprintf(out, "  amortized: assumes %s\n", AMORTIZED);
+        fprintf(out, "mechanism: %s\n", all_ddg ? "ddg (distributed discrete Gaussian, Kairouz-Liu-Steinke 2021)"
+                                                 : mech);
+        if (!all_ddg) fprintf(out, "  amortized: assumes %s\n", AMORTIZED);
         if (!valid)
             fprintf(out, "  NOT VALID here: %lld of %lld DP rounds were not Poisson-sampled (first-come selection)\n",
                     (long long)(pv.rounds - pv.poisson_rounds), (long long)pv.rounds);
-        fprintf(out, "worst_case_epsilon: %.10g\n  per device: %lld DP rounds joined at most, noise multiplier %.10g\n"
-                "  assumes: %s\n",
-                worst, (long long)pv.max_device_rounds, pv.min_noise_multiplier, WORST);
+        if (all_ddg)
+            fprintf(out, "worst_case_epsilon: %.10g\n  assumes: %s\n", worst, WORST_DDG);
+        else
+            fprintf(out, "worst_case_epsilon: %.10g\n  per device: %lld DP rounds joined at most, noise multiplier %.10g\n"
+                    "  assumes: %s\n",
+                    worst, (long long)pv.max_device_rounds, pv.min_noise_multiplier, WORST);
     }
     return 0;
 }

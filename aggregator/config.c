@@ -12,8 +12,10 @@
  * PLAIT_AGGCFG_STR_MAX. Cross-field rules live in plait_aggcfg_validate().
  */
 #include "plait/aggcfg.h"
+#include "plait/ddg.h"
 #include "plait/file.h"
 #include "plait/secagg.h"
+#include "plait/update.h"
 
 #include <errno.h>
 #include <math.h>
@@ -96,8 +98,8 @@ static const setting_t SETTINGS[] = {
      "pace steering: a device that took part in one of the last N rounds is told to come back later (0 = off)"},
     {"server_opt", T_STR, F(server_opt), 0, 0, "fedavg", "server optimizer: fedavg, fedadagrad, fedadam, fedyogi"},
     {"server_lr", T_DOUBLE, F(server_lr), 1e-12, 1e6, "1", "server learning rate"},
-    {"dp", T_STR, F(dp), 0, 0, "none", "differential privacy: none or central (DP-FedAvg)"},
-    {"noise_multiplier", T_DOUBLE, F(noise_multiplier), 1e-6, 1e6, "1", "z of central DP"},
+    {"dp", T_STR, F(dp), 0, 0, "none", "differential privacy: none, central (DP-FedAvg) or distributed (discrete Gaussian added by the devices; needs secure_agg)"},
+    {"noise_multiplier", T_DOUBLE, F(noise_multiplier), 1e-6, 1e6, "1", "z of central DP, or of the sum with distributed DP"},
     {"population", T_UINT, F(population), 0, 1e15, "0",
      "devices sampled from (q = target_cohort / population); 0 = the enrolled, non-revoked devices; "
      "serve refuses a value above that count"},
@@ -325,14 +327,14 @@ int plait_aggcfg_validate(const plait_aggcfg_t *c)
 {
     static const char *const modes[] = {"ffa", "fedit", "fedsa", NULL};
     static const char *const opts[] = {"fedavg", "fedadagrad", "fedadam", "fedyogi", NULL};
-    static const char *const dps[] = {"none", "central", NULL};
+    static const char *const dps[] = {"none", "central", "distributed", NULL};
     static const char *const levels[] = {"debug", "info", "warn", "error", NULL};
     if (c == NULL) return plait_fail(PLAIT_EINVAL, "aggcfg_validate: NULL");
     if (c->base_model[0] == '\0') return plait_fail(PLAIT_EINVAL, "base_model: required (path of the checkpoint)");
     if (!one_of(c->lora_mode, modes)) return plait_fail(PLAIT_EINVAL, "lora_mode: '%s' is not ffa, fedit or fedsa", c->lora_mode);
     if (!one_of(c->server_opt, opts))
         return plait_fail(PLAIT_EINVAL, "server_opt: '%s' is not fedavg, fedadagrad, fedadam or fedyogi", c->server_opt);
-    if (!one_of(c->dp, dps)) return plait_fail(PLAIT_EINVAL, "dp: '%s' is not none or central", c->dp);
+    if (!one_of(c->dp, dps)) return plait_fail(PLAIT_EINVAL, "dp: '%s' is not none, central or distributed", c->dp);
     if (!one_of(c->log_level, levels)) return plait_fail(PLAIT_EINVAL, "log_level: '%s' is not debug, info, warn or error", c->log_level);
     if (c->min_cohort > c->target_cohort) return plait_fail(PLAIT_EINVAL, "min_cohort: larger than target_cohort");
     if (c->quant_range < c->clip_norm) return plait_fail(PLAIT_EINVAL, "quant_range: smaller than clip_norm");
@@ -360,9 +362,40 @@ int plait_aggcfg_validate(const plait_aggcfg_t *c)
             return plait_fail(PLAIT_EINVAL, "secure_agg: no graph and threshold for %.0f selected devices: %s", want,
                               plait_errmsg());
     }
+    if (strcmp(c->dp, "distributed") == 0) {
+        if (!c->secure_agg)
+            return plait_fail(PLAIT_EINVAL, "dp: distributed needs secure_agg = true (the noise is in the masked sum)");
+        if (c->example_cap != 1)
+            return plait_fail(PLAIT_EINVAL, "example_cap: must be 1 with dp = distributed (uniform weights: the weight "
+                                            "word carries no noise)");
+        uint64_t num, den;
+        if (plait_aggcfg_ddg_variance(c, &num, &den) != 0)
+            return plait_fail(PLAIT_EINVAL, "dp = distributed: %s", plait_errmsg());
+        /* The ring of a ddg round is Z_{2^32}. Worst case, selected devices each move a word by
+         * clip + 1 steps from the centre; the noise of all of them must stay 8 std inside the rest. */
+        double want = ceil((double)c->target_cohort * c->overselect);
+        plait_quant_config_t qc = {.bits = (unsigned)c->quant_bits, .range = c->quant_range};
+        double cs = c->clip_norm / plait_quant_step(&qc);
+        double sd = sqrt(want * (double)num / (double)den);
+        if (want * (cs + 1) + 8 * sd > ldexp(1.0, 31))
+            return plait_fail(PLAIT_EINVAL,
+                              "dp = distributed: %.0f selected devices at %.0f steps of clip plus 8 x the noise std "
+                              "%.4g exceed the 2^31 headroom of the ring (lower quant_bits or noise_multiplier)",
+                              want, cs, sd);
+    }
     if (c->metrics_enabled && c->port != 0 && c->port == c->metrics_port && strcmp(c->listen_addr, c->metrics_addr) == 0)
         return plait_fail(PLAIT_EINVAL, "metrics_port: same as port");
     return 0;
+}
+
+int plait_aggcfg_ddg_variance(const plait_aggcfg_t *c, uint64_t *num, uint64_t *den)
+{
+    if (!c || !num || !den) return plait_fail(PLAIT_EINVAL, "aggcfg_ddg_variance: NULL");
+    plait_quant_config_t qc = {.bits = (unsigned)c->quant_bits, .range = c->quant_range};
+    double step = plait_quant_step(&qc);
+    if (!(step > 0) || c->min_cohort < 1) return plait_fail(PLAIT_EINVAL, "aggcfg_ddg_variance: bad quantization");
+    double cs = c->clip_norm / step, sd = c->noise_multiplier * cs;
+    return plait_ddg_variance(sd * sd / (double)c->min_cohort, num, den);
 }
 
 static int needs_quotes(const char *v)

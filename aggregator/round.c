@@ -28,6 +28,7 @@
 #include <string.h>
 
 #include "plait/crypto.h"
+#include "plait/ddg.h"
 
 enum { M_EMPTY = 0, M_SELECTED, M_ACCEPTED, M_DROPPED, M_REFUSED };
 
@@ -150,6 +151,14 @@ int plait_round_config_validate(const plait_round_config_t *c)
         if (!(c->sample_rate > 0 && c->sample_rate <= 1))
             return plait_fail(PLAIT_EINVAL, "round config: sample_rate must be in (0, 1]");
     }
+    if (c->ddg) {
+        if (!c->secure || !c->quantized || c->dp || c->clip_bit)
+            return plait_fail(PLAIT_EINVAL, "round config: ddg needs secure quantized words, without dp or clip_bit");
+        if (!(c->ddg_var > 0 && isfinite(c->ddg_var)))
+            return plait_fail(PLAIT_EINVAL, "round config: ddg_var must be finite and > 0");
+        if (!(c->dp_delta > 0 && c->dp_delta < 1) && !(c->dp_delta == 0 && c->population >= 1))
+            return plait_fail(PLAIT_EINVAL, "round config: ddg needs dp_delta in (0, 1) or a population");
+    }
     if (c->dp) {
         if (!c->poisson && c->population < c->target_cohort)
             return plait_fail(PLAIT_EINVAL, "round config: dp needs population >= target_cohort");
@@ -223,6 +232,10 @@ int plait_round_create(plait_round_t **out, const plait_round_config_t *cfg, con
         plait_dp_config_t d = cfg->dp_cfg;
         if (d.expected_weight == 0) d.expected_weight = (double)cfg->target_cohort;
         if ((rc = plait_dp_setup(&r->dp, &d)) != 0) goto fail;
+        if ((rc = plait_accountant_init(&r->acc, NULL, 0)) != 0) goto fail;
+        r->delta = cfg->dp_delta > 0 ? cfg->dp_delta : pow((double)cfg->population, -1.1);
+    }
+    if (cfg->ddg) {
         if ((rc = plait_accountant_init(&r->acc, NULL, 0)) != 0) goto fail;
         r->delta = cfg->dp_delta > 0 ? cfg->dp_delta : pow((double)cfg->population, -1.1);
     }
@@ -552,7 +565,21 @@ int plait_round_aggregate(plait_round_t *r, plait_rng_t *rng)
     size_t P = r->cfg.dim;
     int rc = 0;
     double unclipped = (double)r->st.unclipped; /* the callers' reports, unless the clip bits travel */
-    if (r->cfg.quantized) {
+    if (r->cfg.ddg) {
+        /* The sum carries the devices' integer noise, so it may leave 0..n·L: read each word as the
+         * integer nearest the encoded centre n·L/2 (mod 2^32, the ring of a ddg round). */
+        double wsum = 0;
+        const double L = (double)(((uint64_t)1 << r->cfg.quant.bits) - 1), step = plait_quant_step(&r->cfg.quant);
+        const double n = (double)r->st.accepted;
+        const int64_t centre = (int64_t)llround(n * L / 2.0);
+        for (size_t i = 0; i < P; i++) {
+            int32_t d = (int32_t)(r->wsum[i] - (uint32_t)centre);
+            r->scratch[i] = (double)(centre + d) * step - n * r->cfg.quant.range;
+        }
+        rc = plait_quant_decode_weight_sum(&r->cfg.quant, r->wsum[P], r->st.accepted, &wsum);
+        if (rc == 0) rc = plait_fedavg_add_sum(r->fa, r->scratch, P, wsum, r->st.accepted);
+        if (rc == 0) r->st.noise_stddev = sqrt(n * r->cfg.ddg_var) * step / (wsum > 0 ? wsum : 1);
+    } else if (r->cfg.quantized) {
         double wsum = 0;
         rc = plait_agg_decode_secure_sum(&r->cfg.quant, r->wsum, P + 1, r->st.accepted, r->scratch, &wsum);
         if (rc == 0) rc = plait_fedavg_add_sum(r->fa, r->scratch, P, wsum, r->st.accepted);
@@ -591,6 +618,14 @@ int plait_round_commit(plait_round_t *r)
     }
     if (r->cfg.dp) {
         if (plait_accountant_compose(&r->acc, rate_of(r), r->cfg.dp_cfg.noise_multiplier, 1) == 0) {
+            double eps = INFINITY;
+            if (plait_accountant_epsilon(&r->acc, r->delta, PLAIT_EPS_IMPROVED, &eps, NULL) == 0) r->epsilon = eps;
+        }
+    }
+    if (r->cfg.ddg) {
+        double cs = r->cfg.clip_norm / plait_quant_step(&r->cfg.quant);
+        if (plait_accountant_compose_ddg(&r->acc, plait_ddg_rounded_l2(cs, r->cfg.dim), r->cfg.dim, r->cfg.ddg_var,
+                                         (uint32_t)r->st.accepted, 1) == 0) {
             double eps = INFINITY;
             if (plait_accountant_epsilon(&r->acc, r->delta, PLAIT_EPS_IMPROVED, &eps, NULL) == 0) r->epsilon = eps;
         }

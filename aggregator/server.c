@@ -51,6 +51,7 @@
 #include "selection.h"
 #include "plait/round.h"
 #include "plait/tls.h"
+#include "plait/ddg.h"
 #include "plait/update.h"
 #include "plait/wire.h"
 
@@ -540,6 +541,10 @@ static void fill_task(plait_server_t *s, plait_msg_task_t *t)
     t->secure_agg = 0;
     t->dp.mode = s->rcfg.dp ? PLAIT_DP_CENTRAL : PLAIT_DP_NONE;
     t->dp.noise_multiplier = s->rcfg.dp ? s->cfg.noise_multiplier : 0;
+    if (s->rcfg.ddg && plait_aggcfg_ddg_variance(&s->cfg, &t->dp.ddg_var_num, &t->dp.ddg_var_den) == 0) {
+        t->dp.mode = PLAIT_DP_DISTRIBUTED; /* validated at startup: cannot fail here */
+        t->dp.noise_multiplier = s->cfg.noise_multiplier;
+    }
     plait_round_stats_t st;
     plait_round_stats(s->round, &st);
     double left = s->rcfg.round_timeout_s;
@@ -739,6 +744,19 @@ static void work_commit(job_t *j)
         cm.poisson = s->rcfg.poisson;
         cm.delta = plait_round_delta(s->round);
     }
+    if (s->rcfg.ddg) {
+        double cs = s->cfg.clip_norm / plait_quant_step(&s->rcfg.quant);
+        cm.dp = 1;
+        cm.ddg = 1;
+        cm.q = 1.0; /* no amplification by sampling is claimed */
+        cm.z = s->cfg.noise_multiplier;
+        cm.clip = s->cfg.clip_norm;
+        cm.delta = plait_round_delta(s->round);
+        cm.ddg_dim = (int64_t)s->span_len;
+        cm.ddg_var = s->rcfg.ddg_var;
+        cm.ddg_n = (int64_t)j->st.accepted;
+        cm.ddg_l2 = plait_ddg_rounded_l2(cs, s->span_len);
+    }
     cm.accepted = (double)j->st.accepted;
     cm.duration_s = j->duration;
     cm.uploaders = (const char *const *)j->uploaders;
@@ -881,6 +899,11 @@ static int secagg_open(plait_server_t *s, double now)
     sc.round_id = s->cur_rid;
     sc.n = (uint32_t)st.want;
     sc.quant_bits = (unsigned)s->cfg.quant_bits;
+    if (s->rcfg.ddg) { /* distributed DP: the ring is Z_{2^32}, the headroom the noise needs */
+        unsigned lg = 0;
+        while (lg < 32 && ((uint64_t)1 << lg) < sc.n) lg++;
+        if (lg < 32 && 32 - lg > sc.quant_bits) sc.quant_bits = 32 - lg;
+    }
     sc.len = s->span_len + 1 + (size_t)s->rcfg.clip_bit; /* every word of the update is masked */
     sc.dropout = s->cfg.secagg_dropout;
     sc.corrupt = s->cfg.secagg_corrupt;
@@ -2166,6 +2189,20 @@ static int setup_round(plait_server_t *s)
             rc->dp_cfg.max_clip = s->cfg.quant_range; /* a larger clip would only be clamped by quantization */
             rc->clip_bit = 1;
         }
+    } else if (strcmp(s->cfg.dp, "distributed") == 0) {
+        /* The devices add the noise (ddg.h); the round core only decodes and accounts. */
+        uint64_t num = 0, den = 1, enrolled = 0;
+        if ((e = plait_aggcfg_ddg_variance(&s->cfg, &num, &den)) != 0) return e;
+        if ((e = plait__svc_population(s->store, &enrolled)) != 0) return e;
+        if (s->cfg.dp_delta == 0 && enrolled < 2)
+            return plait_fail(PLAIT_EINVAL,
+                              "dp_delta: the default 1 / population^1.1 needs at least 2 enrolled devices (%llu now); "
+                              "enroll them first or set dp_delta",
+                              (unsigned long long)enrolled);
+        rc->ddg = 1;
+        rc->ddg_var = (double)num / (double)den;
+        rc->dp_delta = s->cfg.dp_delta;
+        rc->population = enrolled ? (size_t)enrolled : 1;
     }
     plait_drbg_t d;
     plait_drbg_init(&d);

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "plait/aggstore.h"
+#include "plait/ddg.h"
 #include "plait/privacy.h"
 
 int plait__svc_open(plait_aggstore_t **out, const char *path, int create, int recover, int64_t *abandoned)
@@ -164,7 +165,10 @@ int plait__svc_round_commit(plait_aggstore_t *st, int64_t rid, const plait__svc_
         double eps = INFINITY, order;
         if ((rc = plait_accountant_init(&acc, NULL, 0)) != 0) return rc;
         if ((rc = plait_aggstore_ledger_compose(st, &acc)) != 0) return rc;
-        if ((rc = plait_accountant_compose(&acc, c->q, c->z, 1)) != 0) return rc;
+        if ((rc = c->ddg ? plait_accountant_compose_ddg(&acc, c->ddg_l2, (size_t)c->ddg_dim, c->ddg_var,
+                                                        (uint32_t)c->ddg_n, 1)
+                         : plait_accountant_compose(&acc, c->q, c->z, 1)) != 0)
+            return rc;
         if (plait_accountant_epsilon(&acc, c->delta, PLAIT_EPS_IMPROVED, &eps, &order) != 0) eps = INFINITY;
         memset(&led, 0, sizeof(led));
         led.q = c->q;
@@ -173,7 +177,14 @@ int plait__svc_round_commit(plait_aggstore_t *st, int64_t rid, const plait__svc_
         led.delta = c->delta;
         led.epsilon = eps;
         led.clip = c->clip;
-        snprintf(led.mechanism, sizeof(led.mechanism), "%s", c->adaptive ? "gaussian+clip-count" : "gaussian");
+        snprintf(led.mechanism, sizeof(led.mechanism), "%s",
+                 c->ddg ? "ddg" : c->adaptive ? "gaussian+clip-count" : "gaussian");
+        if (c->ddg) {
+            led.ddg_dim = c->ddg_dim;
+            led.ddg_var = c->ddg_var;
+            led.ddg_n = c->ddg_n;
+            led.ddg_l2 = c->ddg_l2;
+        }
         snprintf(led.selection, sizeof(led.selection), "%s", c->poisson ? "poisson" : "first-come");
         cm.ledger = &led;
     }

@@ -81,6 +81,9 @@ typedef struct {
     double clip;       /* clip bound C the round used */
     int adaptive;      /* 1: the round also released the noised unclipped count (adaptive clipping) */
     int poisson;       /* 1: the cohort was Poisson-sampled at rate q */
+    int ddg;           /* 1: distributed discrete Gaussian (ledger mechanism "ddg", q = 1) */
+    int64_t ddg_dim, ddg_n; /* its dimension and the devices whose noise is in the sum */
+    double ddg_var, ddg_l2; /* per-device variance and L2 sensitivity, in quantization steps */
     double accepted, duration_s, epsilon_core;
     const char *const *uploaders; /* device ids whose updates were accepted */
     size_t n_uploaders;

@@ -1767,6 +1767,11 @@ static int secure_task(conn_t *c, const plait_msg_task_t *t, uint64_t deadline, 
     plait_pki_free_pem(key); /* the round keys are signed: the device key is not needed any more */
     key = NULL;
     if (rc == 0) rc = compute_update(c, t, deadline, &p, res);
+    /* distributed DP: the noise share goes in after quantization, before masking */
+    if (rc == 0) rc = plait__agent_sa_ddg(t, &a->drbg, p.words, p.n_words - 1 - (t->clip_bit ? 1 : 0));
+    if (rc == 0 && t->dp.mode == PLAIT_DP_DISTRIBUTED)
+        PLAIT_LOG(PLAIT_LOG_INFO, "agent %s: round %llu: distributed DP noise share added (discrete Gaussian)",
+                  a->device_id, (unsigned long long)round);
     if (rc == 0) {
         int acked = 0;
         rc = plait__agent_sa_finish(sa, &env, p.words, p.n_words, deadline, &acked);
@@ -1877,6 +1882,7 @@ static int do_task(conn_t *c, const plait_msg_task_t *t, plait_agent_result_t *r
               t->train.batch, t->train.seq_len, t->train.lr, t->clip_norm, t->quant_bits,
               t->dp.mode == PLAIT_DP_LOCAL     ? "local"
               : t->dp.mode == PLAIT_DP_CENTRAL ? "central"
+              : t->dp.mode == PLAIT_DP_DISTRIBUTED ? "distributed"
                                                : "none",
               t->deadline_s);
     emit(a, PLAIT_AGENT_EV_TASK, round, 0);

@@ -159,6 +159,17 @@ int plait__agent_sa_begin(const plait__agent_sa_env_t *env, const plait_msg_task
 int plait__agent_sa_finish(plait__agent_sa_t *sa, const plait__agent_sa_env_t *env, const uint32_t *words,
                            size_t n_words, uint64_t deadline_ms, int *acked /* OUT */) PLAIT_WUR;
 
+/**
+ * \brief Distributed DP (Task.dp.mode DP_DISTRIBUTED): add this device's share
+ *        N_Z(0, ddg_var_num / ddg_var_den) to each of the n_span quantized
+ *        update words, mod 2^secagg.bits, with the exact sampler (ddg.h) keyed
+ *        from the DRBG. A no-op for other modes. The weight and clip-bit words
+ *        after the span are not noised.
+ * \return 0; PLAIT_EREFUSED (no secure aggregation); as plait_ddg_add_noise().
+ *         On error the words must not be sent.
+ */
+int plait__agent_sa_ddg(const plait_msg_task_t *t, plait_drbg_t *drbg, uint32_t *words, size_t n_span) PLAIT_WUR;
+
 /** \brief Wipe the round's keys and shares and free. NULL is safe. */
 void plait__agent_sa_free(plait__agent_sa_t *sa);
 

@@ -30,6 +30,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "plait/ddg.h"
 #include "plait/log.h"
 #include "plait/secagg.h"
 
@@ -56,10 +57,38 @@ int plait__agent_sa_policy(const plait_agent_config_t *cfg, const plait_msg_task
     if (cfg->min_noise_multiplier > 0 && !(z >= cfg->min_noise_multiplier))
         return plait_fail(PLAIT_EREFUSED, "the task's noise multiplier %g is below this device's minimum %g", z,
                           cfg->min_noise_multiplier);
+    if (t->dp.mode == PLAIT_DP_DISTRIBUTED) {
+        /* The device's own noise share is the part it can check: with all n index slots
+         * surviving, n · v must reach (z_min · clip in steps)^2. Fewer survivors carry less
+         * noise; the aggregator's ledger accounts the survivors it saw. */
+        if (!t->secure_agg || !t->has_secagg)
+            return plait_fail(PLAIT_EREFUSED, "the task asks for distributed DP without secure aggregation");
+        if (t->example_cap != 1)
+            return plait_fail(PLAIT_EREFUSED, "the task asks for distributed DP with example_cap %u: the weight "
+                              "word would release an un-noised, data-dependent sum (needs 1)", t->example_cap);
+        plait_quant_config_t qc = {.bits = t->quant_bits, .range = t->quant_range};
+        double steps = t->clip_norm / plait_quant_step(&qc);
+        double v = (double)t->dp.ddg_var_num / (double)t->dp.ddg_var_den;
+        double want = cfg->min_noise_multiplier * steps;
+        if (cfg->min_noise_multiplier > 0 && !((double)t->secagg.n * v * (1 + 1e-9) >= want * want)) /* float slack */
+            return plait_fail(PLAIT_EREFUSED, "the task's noise share (variance %g over %u devices) is below this "
+                              "device's minimum noise multiplier %g", v, t->secagg.n, cfg->min_noise_multiplier);
+    }
     if (cfg->max_clip_norm > 0 && !(t->clip_norm <= cfg->max_clip_norm))
         return plait_fail(PLAIT_EREFUSED, "the task's clip norm %g is above this device's maximum %g", t->clip_norm,
                           cfg->max_clip_norm);
     return 0;
+}
+
+int plait__agent_sa_ddg(const plait_msg_task_t *t, plait_drbg_t *drbg, uint32_t *words, size_t n_span)
+{
+    if (t->dp.mode != PLAIT_DP_DISTRIBUTED) return 0;
+    if (!t->has_secagg) return plait_fail(PLAIT_EREFUSED, "distributed DP without secure aggregation");
+    plait_rng_t rng;
+    int rc = plait_rng_seed_drbg(&rng, drbg); /* never the agent's --seed: the noise must stay secret */
+    if (rc == 0) rc = plait_ddg_add_noise(&rng, t->dp.ddg_var_num, t->dp.ddg_var_den, words, n_span, t->secagg.bits);
+    plait_rng_wipe(&rng);
+    return rc;
 }
 
 void plait__agent_sa_free(plait__agent_sa_t *sa)

@@ -19,7 +19,7 @@
  *            opt_state BLOB)          small columns first: listing versions
  *                                     never walks a blob's overflow pages
  *   ledger(round_id PRIMARY KEY, q, noise_multiplier, steps, delta, epsilon,
- *          mechanism, clip, selection)
+ *          mechanism, clip, selection, ddg_dim, ddg_var, ddg_n, ddg_l2)
  *   device_labels(label PRIMARY KEY, id UNIQUE REFERENCES devices)  the operator's
  *                                     name of a device; devices.id is the opaque
  *                                     certificate CN (TLS 1.2 sends it in clear).
@@ -33,6 +33,8 @@
  * sampling existed); devices gains dp_rounds, backfilled with
  * rounds_participated when the ledger has rows (an upper bound: it counts
  * non-DP rounds too) and 0 otherwise.
+ * Migration 2 -> 3: ledger gains ddg_dim, ddg_var, ddg_n, ddg_l2 (0: not a
+ * "ddg" row; every row before it is Gaussian).
  *
  * Invariants:
  *   - at most one round is 'open' (the partial unique index); a round leaves
@@ -79,6 +81,7 @@
 
 #include "plait/crashpoint.h"
 #include "plait/crypto.h"
+#include "plait/ddg.h"
 #include "plait/json.h"
 
 #define AGG_MAGIC "plait-aggstore"
@@ -316,7 +319,11 @@ static const char SCHEMA_SQL[] =
     "  epsilon REAL NOT NULL,"
     "  mechanism TEXT NOT NULL DEFAULT 'gaussian',"
     "  clip REAL NOT NULL DEFAULT 0,"
-    "  selection TEXT NOT NULL DEFAULT 'first-come');"
+    "  selection TEXT NOT NULL DEFAULT 'first-come',"
+    "  ddg_dim INTEGER NOT NULL DEFAULT 0,"
+    "  ddg_var REAL NOT NULL DEFAULT 0,"
+    "  ddg_n INTEGER NOT NULL DEFAULT 0,"
+    "  ddg_l2 REAL NOT NULL DEFAULT 0);"
     "CREATE TABLE metrics("
     "  round_id INTEGER NOT NULL REFERENCES rounds(id),"
     "  key TEXT NOT NULL,"
@@ -335,7 +342,8 @@ static const char *const PROBES[] = {
     "SELECT round_id, reason, count FROM rejections LIMIT 0",
     "SELECT number, round_id, created, sha256, lora_rank, lora_alpha, lora_targets, opt_kind, adapter,"
     " opt_state FROM versions LIMIT 0",
-    "SELECT round_id, q, noise_multiplier, steps, delta, epsilon, mechanism, clip, selection FROM ledger LIMIT 0",
+    "SELECT round_id, q, noise_multiplier, steps, delta, epsilon, mechanism, clip, selection, ddg_dim, ddg_var,"
+    " ddg_n, ddg_l2 FROM ledger LIMIT 0",
     "SELECT round_id, key, value FROM metrics LIMIT 0",
 };
 
@@ -494,6 +502,33 @@ fail:
     return ret;
 }
 
+/* Schema 2 -> 3 in one transaction: the distributed discrete Gaussian's ledger columns. */
+static int migrate_to_3(plait_aggstore_t *st)
+{
+    int ret;
+    if ((ret = tx_begin(st)) != 0) return ret;
+    int64_t v = 0;
+    bool found;
+    if ((ret = query_i64(st, "SELECT value FROM meta WHERE key = 'schema_version'", false, 0, &v, &found,
+                         "reading schema version")) != 0)
+        goto fail;
+    if (v == 2) {
+        if ((ret = exec(st,
+                        "ALTER TABLE ledger ADD COLUMN ddg_dim INTEGER NOT NULL DEFAULT 0;"
+                        "ALTER TABLE ledger ADD COLUMN ddg_var REAL NOT NULL DEFAULT 0;"
+                        "ALTER TABLE ledger ADD COLUMN ddg_n INTEGER NOT NULL DEFAULT 0;"
+                        "ALTER TABLE ledger ADD COLUMN ddg_l2 REAL NOT NULL DEFAULT 0;"
+                        "UPDATE meta SET value = 3 WHERE key = 'schema_version';"
+                        "PRAGMA user_version = 3;",
+                        "migrating the schema to version 3")) != 0)
+            goto fail;
+    }
+    return tx_commit(st);
+fail:
+    tx_rollback(st);
+    return ret;
+}
+
 /* Abandon rounds a crash left open. */
 static int recover(plait_aggstore_t *st)
 {
@@ -597,7 +632,7 @@ int plait_aggstore_open(plait_aggstore_t **out, const plait_aggstore_config_t *c
                              st->info.schema_version, PLAIT_AGGSTORE_SCHEMA_VERSION);
             goto fail;
         }
-        if ((ret = migrate_to_2(st)) != 0) goto fail;
+        if ((ret = migrate_to_2(st)) != 0 || (ret = migrate_to_3(st)) != 0) goto fail;
         st->info.schema_version = PLAIT_AGGSTORE_SCHEMA_VERSION;
     }
     if ((ret = probe_tables(st)) != 0) goto fail;
@@ -1226,6 +1261,10 @@ static int check_ledger(const plait_aggstore_ledger_t *l)
     if (!(l->delta > 0.0 && l->delta < 1.0)) return plait_fail(PLAIT_EINVAL, "aggstore: ledger delta not in (0, 1)");
     if (!(l->epsilon >= 0.0)) return plait_fail(PLAIT_EINVAL, "aggstore: ledger epsilon not >= 0");
     if (!(l->clip >= 0.0 && isfinite(l->clip))) return plait_fail(PLAIT_EINVAL, "aggstore: ledger clip not finite and >= 0");
+    if (strcmp(l->mechanism, "ddg") == 0 &&
+        !(l->ddg_dim >= 1 && l->ddg_n >= 1 && l->ddg_n <= UINT32_MAX && l->ddg_var > 0.0 && isfinite(l->ddg_var) &&
+          l->ddg_l2 > 0.0 && isfinite(l->ddg_l2)))
+        return plait_fail(PLAIT_EINVAL, "aggstore: ledger ddg row needs ddg_dim, ddg_n >= 1 and finite ddg_var, ddg_l2 > 0");
     if (l->mechanism[0] && !printable_ok(l->mechanism, PLAIT_AGGSTORE_LEDGER_NAME))
         return plait_fail(PLAIT_EINVAL, "aggstore: ledger mechanism is not 1..%d printable bytes",
                           PLAIT_AGGSTORE_LEDGER_NAME);
@@ -1393,7 +1432,8 @@ int plait_aggstore_round_commit(plait_aggstore_t *st, int64_t round, const plait
     if (c->ledger) {
         if ((ret = prep(st,
                         "INSERT INTO ledger(round_id, q, noise_multiplier, steps, delta, epsilon, mechanism,"
-                        " clip, selection) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                        " clip, selection, ddg_dim, ddg_var, ddg_n, ddg_l2)"
+                        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                         &s)) != 0)
             goto fail;
         sqlite3_bind_int64(s, 1, round);
@@ -1405,6 +1445,10 @@ int plait_aggstore_round_commit(plait_aggstore_t *st, int64_t round, const plait
         sqlite3_bind_text(s, 7, c->ledger->mechanism[0] ? c->ledger->mechanism : "unrecorded", -1, SQLITE_STATIC);
         sqlite3_bind_double(s, 8, c->ledger->clip);
         sqlite3_bind_text(s, 9, c->ledger->selection[0] ? c->ledger->selection : "unrecorded", -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 10, c->ledger->ddg_dim);
+        sqlite3_bind_double(s, 11, c->ledger->ddg_var);
+        sqlite3_bind_int64(s, 12, c->ledger->ddg_n);
+        sqlite3_bind_double(s, 13, c->ledger->ddg_l2);
         if ((ret = step_done(st, s, "writing ledger")) != 0) goto fail;
         /* Devices that uploaded to this round (mark_uploaded set their last_round) joined one more DP round. */
         if ((ret = prep(st, "UPDATE devices SET dp_rounds = dp_rounds + 1 WHERE last_round = ?1", &s)) != 0)
@@ -1856,6 +1900,13 @@ static int read_ledger(sqlite3_stmt *s, plait_aggstore_ledger_t *l)
     else if (!name_col(s, 6, l->mechanism)) bad = "mechanism";
     else if (!real_col(s, 7, &l->clip) || l->clip < 0.0 || !isfinite(l->clip)) bad = "clip";
     else if (!name_col(s, 8, l->selection)) bad = "selection";
+    else if (!nonneg(s, 9, &l->ddg_dim)) bad = "ddg_dim";
+    else if (!real_col(s, 10, &l->ddg_var) || l->ddg_var < 0.0 || !isfinite(l->ddg_var)) bad = "ddg_var";
+    else if (!nonneg(s, 11, &l->ddg_n)) bad = "ddg_n";
+    else if (!real_col(s, 12, &l->ddg_l2) || l->ddg_l2 < 0.0 || !isfinite(l->ddg_l2)) bad = "ddg_l2";
+    else if (strcmp(l->mechanism, "ddg") == 0 &&
+             !(l->ddg_dim >= 1 && l->ddg_var > 0.0 && l->ddg_n >= 1 && l->ddg_n <= UINT32_MAX && l->ddg_l2 > 0.0))
+        bad = "ddg parameters";
     if (bad)
         return plait_fail(PLAIT_EPROTO, "aggstore: ledger: round %lld: malformed %s", (long long)l->round_id, bad);
     return 0;
@@ -1867,8 +1918,8 @@ int plait_aggstore_ledger_foreach(plait_aggstore_t *st, plait_aggstore_ledger_cb
     if (ret != 0) return ret;
     if (!cb) return plait_fail(PLAIT_EINVAL, "aggstore: callback is NULL");
     sqlite3_stmt *s;
-    if ((ret = prep(st, "SELECT round_id, q, noise_multiplier, steps, delta, epsilon, mechanism, clip, selection FROM ledger"
-                    " ORDER BY round_id",
+    if ((ret = prep(st, "SELECT round_id, q, noise_multiplier, steps, delta, epsilon, mechanism, clip, selection,"
+                    " ddg_dim, ddg_var, ddg_n, ddg_l2 FROM ledger ORDER BY round_id",
                     &s)) != 0)
         return ret;
     int rc;
@@ -1895,6 +1946,7 @@ static int total_cb(void *ud, const plait_aggstore_ledger_t *l)
     t->delta = l->delta;
     t->epsilon = l->epsilon;
     if (strcmp(l->selection, "poisson") == 0) t->poisson_rounds++;
+    if (strcmp(l->mechanism, "ddg") == 0) t->ddg_rounds++;
     if (t->rounds == 1 || l->noise_multiplier < t->min_noise_multiplier) t->min_noise_multiplier = l->noise_multiplier;
     return 0;
 }
@@ -1916,7 +1968,11 @@ int plait_aggstore_ledger_total(plait_aggstore_t *st, plait_aggstore_privacy_t *
 
 static int compose_cb(void *ud, const plait_aggstore_ledger_t *l)
 {
-    if (plait_accountant_compose(ud, l->q, l->noise_multiplier, (uint64_t)l->steps) != 0)
+    int rc = strcmp(l->mechanism, "ddg") == 0
+                 ? plait_accountant_compose_ddg(ud, l->ddg_l2, (size_t)l->ddg_dim, l->ddg_var, (uint32_t)l->ddg_n,
+                                                (uint64_t)l->steps)
+                 : plait_accountant_compose(ud, l->q, l->noise_multiplier, (uint64_t)l->steps);
+    if (rc != 0)
         return plait_fail(PLAIT_EPROTO, "aggstore: ledger: round %lld: parameters refused by the accountant",
                           (long long)l->round_id);
     return 0;

@@ -288,6 +288,8 @@ static int validate_task(const plait_msg_task_t *t, const plait_wire_limits_t *l
                    PLAIT_QUANT_MAX_BITS);
     if (!finite_pos(t->quant_range)) return BAD("task.quant_range: not finite and > 0");
     if (t->secure_agg != 0 && t->secure_agg != 1) return BAD("task.secure_agg: not 0 or 1");
+    if (t->dp.mode != PLAIT_DP_DISTRIBUTED && (t->dp.ddg_var_num != 0 || t->dp.ddg_var_den != 0))
+        return BAD("task.dp.ddg_var_num/den: set without distributed DP");
     switch (t->dp.mode) {
     case PLAIT_DP_NONE:
         if (t->dp.noise_multiplier != 0.0)
@@ -300,6 +302,15 @@ static int validate_task(const plait_msg_task_t *t, const plait_wire_limits_t *l
     case PLAIT_DP_CENTRAL:
         if (!isfinite(t->dp.noise_multiplier) || t->dp.noise_multiplier < 0.0)
             return BAD("task.dp.noise_multiplier: not finite and >= 0");
+        break;
+    case PLAIT_DP_DISTRIBUTED:
+        if (!finite_pos(t->dp.noise_multiplier))
+            return BAD("task.dp.noise_multiplier: distributed DP needs z > 0");
+        if (!t->secure_agg) return BAD("task.dp.mode: distributed DP needs secure_agg");
+        if (t->dp.ddg_var_num < 1 || t->dp.ddg_var_num > ((uint64_t)1 << 40)) /* PLAIT_DDG_NUM_MAX */
+            return BAD("task.dp.ddg_var_num: outside 1..2^40");
+        if (t->dp.ddg_var_den < 1 || t->dp.ddg_var_den > ((uint64_t)1 << 32)) /* PLAIT_DDG_DEN_MAX */
+            return BAD("task.dp.ddg_var_den: outside 1..2^32");
         break;
     default:
         return BAD("task.dp.mode: unknown value %d", (int)t->dp.mode);
@@ -775,6 +786,8 @@ static int from_task(const Plait__Task *p, plait_msg_task_t *t)
     NEED(dp->has_noise_multiplier, "task.dp.noise_multiplier");
     t->dp.mode = (plait_dp_mode_t)dp->mode;
     t->dp.noise_multiplier = dp->noise_multiplier;
+    if (dp->has_ddg_var_num) t->dp.ddg_var_num = dp->ddg_var_num;
+    if (dp->has_ddg_var_den) t->dp.ddg_var_den = dp->ddg_var_den;
 
     NEED(p->has_deadline_s, "task.deadline_s");
     NEED(p->has_update_elements, "task.update_elements");
@@ -1404,6 +1417,11 @@ static int to_envelope(const plait_msg_t *m, pb_msg_t *pb)
         pb->dp.has_mode = pb->dp.has_noise_multiplier = 1;
         pb->dp.mode = (Plait__DpMode)t->dp.mode;
         pb->dp.noise_multiplier = t->dp.noise_multiplier;
+        if (t->dp.mode == PLAIT_DP_DISTRIBUTED) {
+            pb->dp.has_ddg_var_num = pb->dp.has_ddg_var_den = 1;
+            pb->dp.ddg_var_num = t->dp.ddg_var_num;
+            pb->dp.ddg_var_den = t->dp.ddg_var_den;
+        }
         p->dp = &pb->dp;
         p->has_deadline_s = p->has_update_elements = p->has_example_cap = 1;
         p->deadline_s = t->deadline_s;

@@ -137,6 +137,16 @@ int plait_aggcfg_set(plait_aggcfg_t *c, const char *kv) PLAIT_WUR;
 int plait_aggcfg_validate(const plait_aggcfg_t *c) PLAIT_WUR;
 
 /**
+ * \brief dp = distributed: each device's discrete Gaussian variance in
+ *        quantization steps^2, v = (z · clip_norm / step)^2 / min_cohort
+ *        (so a committed round, which has at least min_cohort survivors,
+ *        carries a sum noise of at least z times the clip), rounded up to
+ *        num/den (plait_ddg_variance()).
+ * \return 0; PLAIT_EINVAL (v outside the sampler's range).
+ */
+int plait_aggcfg_ddg_variance(const plait_aggcfg_t *c, uint64_t *num /* OUT */, uint64_t *den /* OUT */) PLAIT_WUR;
+
+/**
  * \brief Write every setting with its comment and current value, in the
  *        file format above (what `init` writes; it parses back to c).
  * \return 0 or PLAIT_EIO.

@@ -86,7 +86,7 @@ typedef struct plait_aggstore_s plait_aggstore_t;
 
 /** Schema version written by this build; files with a newer one are refused, version-1 files are
  *  migrated at a read-write open (refused read-only). */
-#define PLAIT_AGGSTORE_SCHEMA_VERSION 2
+#define PLAIT_AGGSTORE_SCHEMA_VERSION 3
 /** Device ids (certificate CN): 1..64 printable ASCII bytes (X.509 ub-common-name is 64). */
 #define PLAIT_AGGSTORE_MAX_DEVICE_ID 64
 /** Metric keys and rejection reasons: 1..64 printable ASCII bytes. */
@@ -393,6 +393,11 @@ typedef struct plait_aggstore_ledger_s {
     char selection[PLAIT_AGGSTORE_LEDGER_NAME + 1]; /* "poisson" (each device admitted with probability q)
                                   or "first-come" (rows from before Poisson sampling); "" is stored as
                                   "unrecorded" */
+    /* mechanism "ddg" (distributed discrete Gaussian, ddg.h) only; all 0 for other mechanisms: */
+    int64_t ddg_dim;           /* d, words of the noised vector, >= 1 */
+    double ddg_var;            /* per-device variance v in quantization steps^2, > 0, finite */
+    int64_t ddg_n;             /* devices whose noise is in the sum, >= 1 */
+    double ddg_l2;             /* L2 sensitivity in steps after rounding, > 0, finite */
 } plait_aggstore_ledger_t;
 
 /** A metric: key 1..PLAIT_AGGSTORE_MAX_KEY printable ASCII bytes; value not NaN. */
@@ -534,6 +539,7 @@ typedef struct plait_aggstore_privacy_s {
     double delta;     /* of the latest row; 0 when there is none */
     double epsilon;   /* ε after the latest row (the deployment's ε so far); 0 when none */
     int64_t poisson_rounds;      /* rows whose selection is "poisson" */
+    int64_t ddg_rounds;          /* rows whose mechanism is "ddg" (composed in full, q = 1) */
     int64_t max_device_rounds;   /* most ledger rounds any one device uploaded to (devices.dp_rounds) */
     double min_noise_multiplier; /* smallest z of the ledger; 0 when none */
 } plait_aggstore_privacy_t;

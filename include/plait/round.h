@@ -111,6 +111,11 @@ typedef struct {
     plait_server_opt_config_t opt; /**< server optimizer (default FedAvg, lr 1) */
     int dp;                     /**< central DP-FedAvg with uniform weights (default 0) */
     plait_dp_config_t dp_cfg;   /**< DP settings; expected_weight 0 means target_cohort (default plait_dp_config_default) */
+    int ddg;                    /**< distributed DP (ddg.h): every secure update already carries the device's
+                                     N_Z(0, ddg_var) noise in each span word; the sum (mod 2^32: the ring
+                                     has m = 32) is decoded centred, with no server noise, and ε composes
+                                     KLS21 with the accepted count. Needs secure, quantized, not dp (default 0) */
+    double ddg_var;             /**< per-device variance in quantization steps^2, > 0 with ddg */
     size_t population;          /**< N, clients eligible for sampling; q = target / N (default 0: required with dp) */
     double dp_delta;            /**< δ for the reported ε (default 0: 1 / N^1.1, below 1/N as usual) */
     int poisson;                /**< 1: the caller Poisson-samples the cohort (selection.h): the cohort is

@@ -126,7 +126,8 @@ typedef enum {
 typedef enum {
     PLAIT_DP_NONE = 0,   /**< no differential privacy */
     PLAIT_DP_LOCAL = 1,  /**< the device adds N(0, (z·S)²) to its clipped update */
-    PLAIT_DP_CENTRAL = 2 /**< the aggregator adds the noise; devices only clip */
+    PLAIT_DP_CENTRAL = 2, /**< the aggregator adds the noise; devices only clip */
+    PLAIT_DP_DISTRIBUTED = 3 /**< each device adds integer N_Z(0, ddg_var_num/ddg_var_den) before masking */
 } plait_dp_mode_t;
 
 typedef enum {
@@ -223,7 +224,9 @@ typedef struct {
     int secure_agg;      /**< 0 or 1 */
     struct {
         plait_dp_mode_t mode;
-        double noise_multiplier; /**< z, finite, >= 0; > 0 for LOCAL, 0 for NONE */
+        double noise_multiplier; /**< z, finite, >= 0; > 0 for LOCAL and DISTRIBUTED, 0 for NONE */
+        uint64_t ddg_var_num;    /**< DISTRIBUTED: per-device variance num/den in steps^2, */
+        uint64_t ddg_var_den;    /**< 1..2^40 over 1..2^32 (ddg.h limits); else both 0 */
     } dp;
     uint32_t deadline_s;      /**< seconds from receipt, 1..max_deadline_s */
     uint64_t update_elements; /**< words to upload (span + 1 weight word), 2..max_update_elements */

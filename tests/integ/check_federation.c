@@ -22,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cli.h"
 #include "integ.h"
 #include "testutil.h"
 
@@ -258,6 +259,73 @@ START_TEST(test_federation_secure_with_kills)
 }
 END_TEST
 
+/* dp = distributed with real agents: each adds its discrete Gaussian share before masking and
+ * the round commits with a "ddg" ledger row. */
+START_TEST(test_federation_distributed_dp)
+{
+    if (PLAIT_AGENT_BIN[0] == '\0') return;
+    enum { NA = 3 };
+    it_dep_t d;
+    ck_assert_int_eq(it_init(&d, "integ_fed_ddg", "target_cohort=3", "min_cohort=3", "overselect=1",
+                             "selection_timeout_s=30", "round_timeout_s=60", "secagg_stage_timeout_s=30",
+                             "local_steps=2", "batch=2", "seq_len=32", "retry_ms=300", "idle_timeout_s=60",
+                             "secure_agg=true", "dp=distributed", "noise_multiplier=1", "example_cap=1",
+                             "dp_delta=1e-5", "max_preauth_per_addr=64", NULL),
+                     0);
+    size_t tlen;
+    char *tp = tu_path(tu_assets_dir(), "tinyshakespeare.txt");
+    char *text = (char *)tu_read_file(tp, &tlen);
+    free(tp);
+    ck_assert_ptr_nonnull(text);
+    for (int i = 0; i < NA; i++) {
+        char id[16], txt[700], db[700];
+        snprintf(id, sizeof(id), "dev%d", i);
+        ck_assert_int_eq(it_enroll(&d, id), 0);
+        snprintf(txt, sizeof(txt), "%s/%s.txt", d.dir, id);
+        snprintf(db, sizeof(db), "%s/%s.db", d.dir, id);
+        write_slice(txt, text, (size_t)i * 8000, 8000);
+        char *argv[] = {(char *)PLAIT_AGENT_BIN, "ingest", "--db", db, "--text", txt, NULL};
+        ck_assert_int_eq(run(argv, NULL, NULL, 30), 0);
+    }
+    free(text);
+    ck_assert_int_eq(it_start(&d, NULL), 0);
+    char server[64], logs[NA][700];
+    snprintf(server, sizeof(server), "127.0.0.1:%d", d.port);
+    pid_t pids[NA];
+    for (int i = 0; i < NA; i++) {
+        char id[16], crt[700], key[700], db[700], st[700], ca[700], seed[16];
+        snprintf(id, sizeof(id), "dev%d", i);
+        snprintf(ca, sizeof(ca), "%s/ca.crt", d.dir);
+        snprintf(crt, sizeof(crt), "%s/%s.crt", d.dir, id);
+        snprintf(key, sizeof(key), "%s/%s.key", d.dir, id);
+        snprintf(db, sizeof(db), "%s/%s.db", d.dir, id);
+        snprintf(st, sizeof(st), "%s/%s.state", d.dir, id);
+        snprintf(logs[i], sizeof(logs[i]), "%s/%s.log", d.dir, id);
+        snprintf(seed, sizeof(seed), "%d", i + 1);
+        char *argv[] = {(char *)PLAIT_AGENT_BIN, "join", "--server", server, "--ca", ca, "--cert", crt, "--key", key,
+                        "--db", db, "--state", st, "--daemon", "--rounds", "1", "--rejoin-ms", "100", "--seed", seed,
+                        "--min-noise", "1", "--max-runtime", "150", NULL};
+        pids[i] = spawn(argv, NULL, logs[i]);
+        ck_assert(pids[i] > 0);
+    }
+    double deadline = mono() + 170;
+    for (int i = 0; i < NA; i++) ck_assert_int_eq(reap(pids[i], deadline), 0);
+    for (int i = 0; i < NA; i++) ck_assert(file_wait(logs[i], "distributed DP noise share added", deadline));
+    ck_assert_msg(it_log_wait(&d, "round committed round=1 version=2 accepted=3", 10000), "round 1 did not commit");
+    ck_assert_int_eq(it_stop(&d), 0);
+    static char out[8192];
+    char *argv[] = {"plait-aggregator", "privacy", d.dir, "--json", NULL};
+    FILE *o = tmpfile(), *e = tmpfile();
+    ck_assert_int_eq(plait__agg_cli_main(4, argv, o, e), 0);
+    rewind(o);
+    out[fread(out, 1, sizeof(out) - 1, o)] = '\0';
+    fclose(o);
+    fclose(e);
+    ck_assert_msg(strstr(out, "\"mechanism\": \"ddg\"") != NULL, "%s", out);
+    ck_assert_msg(strstr(out, "\"dp_rounds\": 1") != NULL, "%s", out);
+}
+END_TEST
+
 Suite *federation_suite(void)
 {
     Suite *s = suite_create("integ_federation");
@@ -265,6 +333,7 @@ Suite *federation_suite(void)
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_federation_loss_falls);
     tcase_add_test(tc, test_federation_secure_with_kills);
+    tcase_add_test(tc, test_federation_distributed_dp);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -15,13 +15,17 @@
  * blocking receive with a generous timeout.
  */
 #include <check.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "cli.h"
 #include "integ.h"
+#include "plait/aggstore.h"
+#include "plait/ddg.h"
 #include "plait/crypto.h"
 #include "plait/secagg.h"
 #include "testutil.h"
@@ -90,6 +94,8 @@ static int cmp_rev(const void *a, const void *b)
     if (x->kind != y->kind) return x->kind < y->kind ? -1 : 1;
     return x->owner < y->owner ? -1 : x->owner > y->owner;
 }
+
+static int ddg_noised; /* devices that added a distributed-DP noise share */
 
 /* One test device's round; returns 0 when it did what its `stop` says. */
 static int sdev_run(sdev_t *s)
@@ -185,6 +191,15 @@ static int sdev_run(sdev_t *s)
     if (!w || !y || !packed) {
         rc = PLAIT_ENOMEM;
         goto out;
+    }
+    if (t->dp.mode == PLAIT_DP_DISTRIBUTED) {
+        /* distributed DP: this device's discrete Gaussian share on every span word, before masking */
+        plait_rng_t nr;
+        if ((rc = plait_rng_seed_drbg(&nr, &drbg)) == 0)
+            rc = plait_ddg_add_noise(&nr, t->dp.ddg_var_num, t->dp.ddg_var_den, w, len - 1, t->secagg.bits);
+        plait_rng_wipe(&nr);
+        if (rc != 0) goto out;
+        __atomic_fetch_add(&ddg_noised, 1, __ATOMIC_SEQ_CST);
     }
     if ((rc = plait_secagg_device_mask(dv, w, len, y)) || (rc = plait_pack_bits(y, len, t->secagg.bits, packed, plen)))
         goto out;
@@ -404,6 +419,99 @@ START_TEST(test_secure_below_threshold_fails_cleanly)
 }
 END_TEST
 
+static int cli_capture(char *out, size_t cap, char **argv)
+{
+    int argc = 0;
+    while (argv[argc]) argc++;
+    FILE *o = tmpfile(), *e = tmpfile();
+    int rc = plait__agg_cli_main(argc, argv, o, e);
+    rewind(o);
+    out[fread(out, 1, cap - 1, o)] = '\0';
+    fclose(o);
+    fclose(e);
+    return rc;
+}
+
+static int ledger_cb(void *ud, const plait_aggstore_ledger_t *row)
+{
+    plait_aggstore_ledger_t *rows = ud;
+    if (rows[0].round_id == 0) rows[0] = *row;
+    else rows[1] = *row;
+    return 0;
+}
+
+/* dp = distributed: the devices add discrete Gaussian shares before masking; the round
+ * commits, the ledger says ddg with its parameters, and `privacy DIR` composes them with
+ * the DDG accountant. */
+START_TEST(test_secure_distributed_dp)
+{
+    it_dep_t d;
+    ck_assert_int_eq(it_init(&d, "integ_sa_ddg", "target_cohort=3", "min_cohort=3", "overselect=1",
+                             "selection_timeout_s=60", "round_timeout_s=60", "secagg_stage_timeout_s=30",
+                             "secagg_dropout=0.3", "idle_timeout_s=60", "max_chunk_bytes=4096", "retry_ms=200",
+                             "secure_agg=true", "dp=distributed", "noise_multiplier=1.5", "example_cap=1",
+                             "dp_delta=1e-5", "max_preauth_per_addr=64", NULL),
+                     0);
+    for (int i = 0; i < 3; i++) {
+        char id[32];
+        snprintf(id, sizeof(id), "dev%d", i);
+        ck_assert_int_eq(it_enroll(&d, id), 0);
+    }
+    ck_assert_int_eq(it_start(&d, NULL), 0);
+    ddg_noised = 0;
+    ck_assert_int_eq(run_devices(&d, 0, 3, NULL, NULL), 3);
+    ck_assert_int_eq(__atomic_load_n(&ddg_noised, __ATOMIC_SEQ_CST), 3); /* every task was distributed DP */
+    ck_assert(it_log_wait(&d, "round committed round=1 version=2 accepted=3", 60000));
+    ck_assert_int_eq(it_stop(&d), 0);
+
+    char path[sizeof(d.dir) + 16];
+    snprintf(path, sizeof(path), "%s/plait.db", d.dir);
+    plait_aggstore_config_t cfg;
+    plait_aggstore_config_default(&cfg);
+    cfg.path = path;
+    cfg.read_only = true;
+    plait_aggstore_t *st = NULL;
+    ck_assert_int_eq(plait_aggstore_open(&st, &cfg), 0);
+    plait_aggstore_ledger_t rows[2];
+    memset(rows, 0, sizeof(rows));
+    ck_assert_int_eq(plait_aggstore_ledger_foreach(st, ledger_cb, rows), 0);
+    plait_aggstore_close(st);
+    const plait_aggstore_ledger_t *l = &rows[0];
+    ck_assert_int_eq(rows[1].round_id, 0); /* one row */
+    ck_assert_str_eq(l->mechanism, "ddg");
+    ck_assert_int_eq(l->ddg_n, 3);
+    ck_assert(l->q == 1.0 && l->noise_multiplier == 1.5 && l->delta == 1e-5);
+    /* v = (z · clip / step)^2 / min_cohort, rounded up to a multiple of 1/256 */
+    plait_quant_config_t qc = {.bits = 16, .range = 1.0};
+    double cs = 1.0 / plait_quant_step(&qc), want = 1.5 * 1.5 * cs * cs / 3;
+    ck_assert_msg(l->ddg_var >= want && l->ddg_var < want + 1.0 / 256 + 1e-6, "ddg_var %g, want %g", l->ddg_var, want);
+    ck_assert(l->ddg_dim >= 1);
+    ck_assert(fabs(l->ddg_l2 - plait_ddg_rounded_l2(cs, (size_t)l->ddg_dim)) < 1e-9);
+
+    static char out[8192];
+    char *argv[] = {"plait-aggregator", "privacy", d.dir, "--json", NULL};
+    ck_assert_int_eq(cli_capture(out, sizeof(out), argv), 0);
+    ck_assert_msg(strstr(out, "\"mechanism\": \"ddg\"") != NULL, "%s", out);
+    ck_assert_msg(strstr(out, "\"amortized_valid\": true") != NULL, "%s", out);
+    plait_accountant_t acc;
+    ck_assert_int_eq(plait_accountant_init(&acc, NULL, 0), 0);
+    ck_assert_int_eq(plait_accountant_compose_ddg(&acc, l->ddg_l2, (size_t)l->ddg_dim, l->ddg_var, 3, 1), 0);
+    double eps = 0, order = 0;
+    ck_assert_int_eq(plait_accountant_epsilon(&acc, 1e-5, PLAIT_EPS_IMPROVED, &eps, &order), 0);
+    const char *e = strstr(out, "\"epsilon\": ");
+    ck_assert_ptr_nonnull(e);
+    double got = strtod(e + strlen("\"epsilon\": "), NULL);
+    ck_assert_msg(got == eps && isfinite(eps) && eps > 0, "privacy says %.17g, the DDG accountant %.17g", got, eps);
+    /* and the Gaussian accountant at the same z would say something else */
+    plait_accountant_t g;
+    double eg = 0;
+    ck_assert_int_eq(plait_accountant_init(&g, NULL, 0), 0);
+    ck_assert_int_eq(plait_accountant_compose(&g, 1.0, 1.5, 1), 0);
+    ck_assert_int_eq(plait_accountant_epsilon(&g, 1e-5, PLAIT_EPS_IMPROVED, &eg, &order), 0);
+    ck_assert(eg != eps);
+}
+END_TEST
+
 Suite *secagg_suite(void)
 {
     Suite *s = suite_create("integ_secagg");
@@ -412,6 +520,7 @@ Suite *secagg_suite(void)
     tcase_add_test(tc, test_secure_dropouts_at_each_stage);
     tcase_add_test(tc, test_secure_sum_equals_plain_sum);
     tcase_add_test(tc, test_secure_below_threshold_fails_cleanly);
+    tcase_add_test(tc, test_secure_distributed_dp);
     suite_add_tcase(s, tc);
     return s;
 }

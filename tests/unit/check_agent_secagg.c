@@ -11,6 +11,7 @@
  *   - the policy declines tasks outside the device's bounds.
  */
 #include <check.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -374,6 +375,76 @@ START_TEST(test_policy)
 }
 END_TEST
 
+/* Distributed DP: the device's policy, and the integer noise share it adds before masking. */
+#define DDG_N 4096
+START_TEST(test_distributed_dp)
+{
+    plait_agent_config_t c;
+    plait_agent_config_default(&c);
+    plait_msg_task_t t;
+    memset(&t, 0, sizeof(t));
+    t.clip_norm = 1.0;
+    t.quant_bits = 16;
+    t.quant_range = 4.0; /* step 8 / 65535: the clip is 8191.875 steps */
+    t.example_cap = 1;
+    t.secure_agg = 1;
+    t.has_secagg = 1;
+    t.secagg.n = 4;
+    t.secagg.bits = 20;
+    t.dp.mode = PLAIT_DP_DISTRIBUTED;
+    t.dp.noise_multiplier = 1.0;
+    t.dp.ddg_var_num = 256ull * 16777216ull; /* v = 2^24 = (4096 steps)^2: n v = (8192)^2 */
+    t.dp.ddg_var_den = 256;
+    ck_assert_int_eq(plait__agent_sa_policy(&c, &t), 0);
+    c.min_noise_multiplier = 1.0;
+    ck_assert_int_eq(plait__agent_sa_policy(&c, &t), 0); /* 4 · 2^24 >= 8191.875^2 */
+    c.min_noise_multiplier = 1.01;
+    ck_assert_int_eq(plait__agent_sa_policy(&c, &t), PLAIT_EREFUSED);
+    ck_assert_ptr_nonnull(strstr(plait_errmsg(), "noise"));
+    c.min_noise_multiplier = 0;
+    t.example_cap = 2;
+    ck_assert_int_eq(plait__agent_sa_policy(&c, &t), PLAIT_EREFUSED);
+    t.example_cap = 1;
+    /* without secure aggregation: refused even by a device that does not require it */
+    c.require_secure_agg = 0;
+    t.secure_agg = 0;
+    t.has_secagg = 0;
+    ck_assert_int_eq(plait__agent_sa_policy(&c, &t), PLAIT_EREFUSED);
+    ck_assert_ptr_nonnull(strstr(plait_errmsg(), "secure aggregation"));
+    uint32_t w1 = 7;
+    ck_assert_int_eq(plait__agent_sa_ddg(&t, NULL, &w1, 1), PLAIT_EREFUSED);
+    ck_assert_uint_eq(w1, 7);
+    t.secure_agg = 1;
+    t.has_secagg = 1;
+
+    /* The share: integer words in Z_{2^20}, nonzero noise of variance v; the weight word untouched. */
+    plait_drbg_t d;
+    plait_drbg_init(&d);
+    ck_assert_int_eq(plait_drbg_seed(&d, (const uint8_t *)"ddg", 3), 0);
+        static uint32_t w[DDG_N + 1];
+    for (size_t i = 0; i <= DDG_N; i++) w[i] = 1u << 15;
+    ck_assert_int_eq(plait__agent_sa_ddg(&t, &d, w, DDG_N), 0);
+    ck_assert_uint_eq(w[DDG_N], 1u << 15);
+    double ss = 0;
+    size_t nonzero = 0;
+    for (size_t i = 0; i < DDG_N; i++) {
+        ck_assert_uint_lt(w[i], 1u << 20);
+        int64_t e = ((int64_t)w[i] - (1 << 15) + (1 << 19)) % (1 << 20) - (1 << 19); /* centered noise */
+        nonzero += e != 0;
+        ss += (double)e * (double)e;
+    }
+    ck_assert_uint_gt(nonzero, DDG_N / 2);
+    double var = ss / DDG_N; /* ~ 2^24, relative sd ~ 2.2 %: a 20 % band is about 9 sd */
+    ck_assert_msg(fabs(var / 16777216.0 - 1.0) < 0.2, "empirical variance %g", var);
+    /* other modes add nothing */
+    t.dp.mode = PLAIT_DP_CENTRAL;
+    uint32_t w2 = 5;
+    ck_assert_int_eq(plait__agent_sa_ddg(&t, &d, &w2, 1), 0);
+    ck_assert_uint_eq(w2, 5);
+    plait_drbg_free(&d);
+}
+END_TEST
+
 Suite *agent_secagg_suite(void)
 {
     Suite *s = suite_create("agent_secagg");
@@ -383,6 +454,7 @@ Suite *agent_secagg_suite(void)
     tcase_add_test(tc, test_refuses_both_shares_of_one_device);
     tcase_add_test(tc, test_roster_of_another_round_refused);
     tcase_add_test(tc, test_policy);
+    tcase_add_test(tc, test_distributed_dp);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -126,6 +126,34 @@ START_TEST(test_precedence_and_rules)
     ck_assert_int_eq(plait_aggcfg_set(&c, "dp=central"), 0);
     ck_assert_int_eq(plait_aggcfg_validate(&c), 0);
     ck_assert_int_eq(plait_aggcfg_set(&c, "sampling_rate=1.5"), PLAIT_EINVAL);
+    /* dp = distributed: secure aggregation, uniform weights, noise that fits the ring */
+    c = base();
+    ck_assert_int_eq(plait_aggcfg_set(&c, "dp=distributed"), 0);
+    ck_assert_int_eq(plait_aggcfg_set(&c, "secure_agg=false"), 0);
+    ck_assert_int_eq(plait_aggcfg_validate(&c), PLAIT_EINVAL);
+    ck_assert_ptr_nonnull(strstr(plait_errmsg(), "secure_agg"));
+    ck_assert_int_eq(plait_aggcfg_set(&c, "secure_agg=true"), 0);
+    ck_assert_int_eq(plait_aggcfg_set(&c, "example_cap=64"), 0);
+    ck_assert_int_eq(plait_aggcfg_validate(&c), PLAIT_EINVAL);
+    ck_assert_ptr_nonnull(strstr(plait_errmsg(), "example_cap"));
+    ck_assert_int_eq(plait_aggcfg_set(&c, "example_cap=1"), 0);
+    ck_assert_int_eq(plait_aggcfg_validate(&c), 0);
+    uint64_t num = 0, den = 0;
+    ck_assert_int_eq(plait_aggcfg_ddg_variance(&c, &num, &den), 0);
+    ck_assert_uint_gt(num, 0);
+    ck_assert_uint_eq(den, 256);
+    /* 256 devices at 24 bits with quant_range = clip_norm fill the 2^32 ring: no headroom left */
+    ck_assert_int_eq(plait_aggcfg_set(&c, "quant_bits=24"), 0);
+    ck_assert_int_eq(plait_aggcfg_set(&c, "target_cohort=256"), 0);
+    ck_assert_int_eq(plait_aggcfg_set(&c, "min_cohort=256"), 0);
+    ck_assert_int_eq(plait_aggcfg_set(&c, "overselect=1"), 0);
+    ck_assert_int_eq(plait_aggcfg_set(&c, "quant_range=1"), 0);
+    ck_assert_int_eq(plait_aggcfg_set(&c, "clip_norm=1"), 0);
+    ck_assert_int_eq(plait_aggcfg_set(&c, "noise_multiplier=0.001"), 0);
+    ck_assert_int_eq(plait_aggcfg_validate(&c), PLAIT_EINVAL);
+    ck_assert_msg(strstr(plait_errmsg(), "headroom") != NULL, "%s", plait_errmsg());
+    ck_assert_int_eq(plait_aggcfg_set(&c, "quant_range=4"), 0); /* a quarter of the ring for the data */
+    ck_assert_int_eq(plait_aggcfg_validate(&c), 0);
     c = base();
     ck_assert_int_eq(plait_aggcfg_set(&c, "max_chunk_bytes=2000000"), 0);
     ck_assert_int_eq(plait_aggcfg_validate(&c), PLAIT_EINVAL); /* frame must hold a chunk */

@@ -21,6 +21,7 @@
 
 #include "plait/aggstore.h"
 #include "plait/crypto.h"
+#include "plait/ddg.h"
 #include "plait/store.h"
 #include "testutil.h"
 
@@ -707,8 +708,8 @@ START_TEST(test_ledger_metrics)
     ck_assert_int_eq(tot.rounds, 0);
     ck_assert(tot.epsilon == 0.0);
 
-    plait_aggstore_ledger_t l1 = {0, 0.01, 1.1, 1, 1e-6, 0.25, "gaussian", 1.0, "poisson"};
-    plait_aggstore_ledger_t l2 = {0, 0.02, 1.1, 3, 1e-6, 0.75, "gaussian", 1.0, "poisson"};
+    plait_aggstore_ledger_t l1 = {0, 0.01, 1.1, 1, 1e-6, 0.25, "gaussian", 1.0, "poisson", 0, 0, 0, 0};
+    plait_aggstore_ledger_t l2 = {0, 0.02, 1.1, 3, 1e-6, 0.75, "gaussian", 1.0, "poisson", 0, 0, 0, 0};
     plait_aggstore_metric_t m[2] = {{"loss", 2.5}, {"clients", 10}};
     int64_t r1 = commit_next(st, &l1, m, 2);
     int64_t r2 = commit_next(st, &l2, NULL, 0);
@@ -799,14 +800,53 @@ static void dp_round(plait_aggstore_t *st, const char *const *ids, size_t n, con
     free(b);
 }
 
+/* A "ddg" ledger row keeps its parameters and recomposes with the DDG accountant. */
+START_TEST(test_ledger_ddg)
+{
+    const char *p = db_path("ddg.db");
+    plait_aggstore_t *st = open_agg(p);
+    const char *all[] = {"a", "b"};
+    for (int i = 0; i < 2; i++) ck_assert_int_eq(plait_aggstore_device_enroll(st, all[i], FPR), 0);
+    plait_aggstore_ledger_t bad = {0, 1.0, 1.0, 1, 1e-5, 0.0, "ddg", 1.0, "first-come", 0, 10.0, 2, 5.0};
+    plait_aggstore_ledger_t led = {0, 1.0, 1.0, 1, 1e-5, 0.0, "ddg", 1.0, "first-come", 1000, 12500.5, 2, 158.1};
+    dp_round(st, all, 2, &led);
+    dp_round(st, all, 2, &led);
+    plait_accountant_t a, b;
+    ck_assert_int_eq(plait_accountant_init(&a, NULL, 0), 0);
+    ck_assert_int_eq(plait_accountant_init(&b, NULL, 0), 0);
+    ck_assert_int_eq(plait_aggstore_ledger_compose(st, &a), 0);
+    ck_assert_int_eq(plait_accountant_compose_ddg(&b, 158.1, 1000, 12500.5, 2, 2), 0);
+    double ea = 0, eb = 1, oa, ob;
+    ck_assert_int_eq(plait_accountant_epsilon(&a, 1e-5, PLAIT_EPS_IMPROVED, &ea, &oa), 0);
+    ck_assert_int_eq(plait_accountant_epsilon(&b, 1e-5, PLAIT_EPS_IMPROVED, &eb, &ob), 0);
+    ck_assert(ea == eb && isfinite(ea) && ea > 0);
+    ck_assert_int_eq(raw_count(p, "SELECT count(*) FROM ledger WHERE mechanism = 'ddg' AND ddg_dim = 1000 AND "
+                                  "ddg_n = 2 AND ddg_var = 12500.5"),
+                     2);
+    /* a ddg row without its parameters is refused at commit */
+    int64_t latest = -1, round = 0;
+    ck_assert_int_eq(plait_aggstore_version_latest_number(st, &latest), 0);
+    ck_assert_int_eq(plait_aggstore_round_begin(st, 2, 1, "{}", latest, &round), 0);
+    size_t len;
+    uint8_t *blob = make_blob(latest + 1, &len);
+    plait_aggstore_commit_t c;
+    fill_commit(&c, blob, len);
+    c.ledger = &bad;
+    ck_assert_int_eq(plait_aggstore_round_commit(st, round, &c, NULL), PLAIT_EINVAL);
+    ck_assert_ptr_nonnull(strstr(plait_errmsg(), "ddg"));
+    free(blob);
+    plait_aggstore_close(st);
+}
+END_TEST
+
 START_TEST(test_dp_participation)
 {
     const char *p = db_path("part.db");
     plait_aggstore_t *st = open_agg(p);
     const char *all[] = {"a", "b", "c"};
     for (int i = 0; i < 3; i++) ck_assert_int_eq(plait_aggstore_device_enroll(st, all[i], FPR), 0);
-    plait_aggstore_ledger_t led = {0, 0.5, 1.2, 1, 1e-5, 0.0, "gaussian", 1.0, "poisson"};
-    plait_aggstore_ledger_t led2 = {0, 0.5, 0.9, 1, 1e-5, 0.0, "", 1.0, ""};
+    plait_aggstore_ledger_t led = {0, 0.5, 1.2, 1, 1e-5, 0.0, "gaussian", 1.0, "poisson", 0, 0, 0, 0};
+    plait_aggstore_ledger_t led2 = {0, 0.5, 0.9, 1, 1e-5, 0.0, "", 1.0, "", 0, 0, 0, 0};
     dp_round(st, all, 3, &led);
     dp_round(st, all, 1, &led);   /* "a" only */
     dp_round(st, all + 1, 2, NULL); /* b, c in a round without DP: not counted */
@@ -825,6 +865,8 @@ START_TEST(test_dp_participation)
     /* Turn the file back into a schema-1 file, as an older build wrote it. */
     raw_exec(p, "ALTER TABLE ledger DROP COLUMN mechanism; ALTER TABLE ledger DROP COLUMN clip;"
                 "ALTER TABLE ledger DROP COLUMN selection; ALTER TABLE devices DROP COLUMN dp_rounds;"
+                "ALTER TABLE ledger DROP COLUMN ddg_dim; ALTER TABLE ledger DROP COLUMN ddg_var;"
+                "ALTER TABLE ledger DROP COLUMN ddg_n; ALTER TABLE ledger DROP COLUMN ddg_l2;"
                 "UPDATE meta SET value = 1 WHERE key = 'schema_version'; PRAGMA user_version = 1;");
     plait_aggstore_config_t cfg;
     plait_aggstore_config_default(&cfg);
@@ -835,7 +877,7 @@ START_TEST(test_dp_participation)
     st = open_agg(p);
     plait_aggstore_info_t info;
     ck_assert_int_eq(plait_aggstore_info(st, &info), 0);
-    ck_assert_int_eq(info.schema_version, 2);
+    ck_assert_int_eq(info.schema_version, PLAIT_AGGSTORE_SCHEMA_VERSION);
     ck_assert_int_eq(plait_aggstore_ledger_total(st, &tot), 0);
     ck_assert_int_eq(tot.rounds, 3);
     ck_assert_int_eq(tot.poisson_rounds, 0); /* old rows: first-come */
@@ -894,7 +936,7 @@ START_TEST(test_commit_atomicity)
     fill_commit(&c, b, len);
     plait_aggstore_rejection_t rej = {"late", 4};
     plait_aggstore_stats_t fin = {9, 1, 99, 99, &rej, 1};
-    plait_aggstore_ledger_t led = {0, 0.1, 1.0, 1, 1e-5, 1.5, "gaussian", 1.0, "poisson"};
+    plait_aggstore_ledger_t led = {0, 0.1, 1.0, 1, 1e-5, 1.5, "gaussian", 1.0, "poisson", 0, 0, 0, 0};
     plait_aggstore_metric_t m[2] = {{"loss", 1.0}, {"acc", 0.5}};
     c.stats = &fin;
     c.ledger = &led;
@@ -1144,7 +1186,7 @@ START_TEST(test_tampered_rows)
     int64_t r1 = commit_next(st, NULL, NULL, 0);
     uint8_t fp[32] = {9};
     ck_assert_int_eq(plait_aggstore_device_enroll(st, "dev", fp), 0);
-    plait_aggstore_ledger_t led = {0, 0.1, 1.0, 1, 1e-5, 1.5, "gaussian", 1.0, "poisson"};
+    plait_aggstore_ledger_t led = {0, 0.1, 1.0, 1, 1e-5, 1.5, "gaussian", 1.0, "poisson", 0, 0, 0, 0};
     plait_aggstore_metric_t m = {"loss", 1.0};
     int64_t r2 = commit_next(st, &led, &m, 1);
     plait_aggstore_close(st);
@@ -1249,12 +1291,12 @@ START_TEST(test_hostile_files)
     scfg.path = p;
     ck_assert_int_eq(plait_store_open(&ds, &scfg), PLAIT_EMISMATCH);
     /* Newer schema, malformed meta, a missing table. */
-    raw_exec(p, "UPDATE meta SET value = 3 WHERE key = 'schema_version';");
+    raw_exec(p, "UPDATE meta SET value = 4 WHERE key = 'schema_version';");
     ck_assert_int_eq(open_rc(p), PLAIT_EMISMATCH);
     ck_assert_ptr_nonnull(strstr(plait_errmsg(), "newer"));
     raw_exec(p, "UPDATE meta SET value = 'one' WHERE key = 'schema_version';");
     ck_assert_int_eq(open_rc(p), PLAIT_EPROTO);
-    raw_exec(p, "UPDATE meta SET value = 2 WHERE key = 'schema_version'; DELETE FROM meta WHERE key = 'deployment_id'");
+    raw_exec(p, "UPDATE meta SET value = 3 WHERE key = 'schema_version'; DELETE FROM meta WHERE key = 'deployment_id'");
     ck_assert_int_eq(open_rc(p), PLAIT_EPROTO);
     ck_assert_ptr_nonnull(strstr(plait_errmsg(), "deployment_id"));
     raw_exec(p, "INSERT INTO meta VALUES ('deployment_id', 'x'); DROP TABLE ledger;");
@@ -1362,7 +1404,7 @@ static void crash_child(const char *path, int fd)
         c.lora_rank = 4;
         c.lora_alpha = 8.0;
         c.lora_targets = 1;
-        plait_aggstore_ledger_t led = {0, 0.01, 1.0, 1, 1e-6, 0.1 * (double)(latest + 1), "gaussian", 1.0, "poisson"};
+        plait_aggstore_ledger_t led = {0, 0.01, 1.0, 1, 1e-6, 0.1 * (double)(latest + 1), "gaussian", 1.0, "poisson", 0, 0, 0, 0};
         c.ledger = &led;
         if (plait_aggstore_round_commit(st, round, &c, &ver) != 0) _exit(14);
         free(b);
@@ -1495,6 +1537,7 @@ Suite *aggstore_suite(void)
     tcase_add_test(tc, test_large_version);
     tcase_add_test(tc, test_ledger_metrics);
     tcase_add_test(tc, test_dp_participation);
+    tcase_add_test(tc, test_ledger_ddg);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("durability");

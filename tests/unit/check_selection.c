@@ -387,7 +387,7 @@ START_TEST(test_ledger_matches_calculator)
         ck_assert_int_eq(plait_aggstore_round_begin(st, 1, 1, "{}", k, &round), 0);
         ck_assert_int_eq(plait_aggstore_device_mark_uploaded(st, "a", round), 0);
         if (k % 3 == 0) ck_assert_int_eq(plait_aggstore_device_mark_uploaded(st, ids[1 + k % 2], round), 0);
-        plait_aggstore_ledger_t led = {0, 0.25, 1.3, 1, delta, 0.0, "gaussian", 1.0, "poisson"};
+        plait_aggstore_ledger_t led = {0, 0.25, 1.3, 1, delta, 0.0, "gaussian", 1.0, "poisson", 0, 0, 0, 0};
         plait_aggstore_commit_t c;
         memset(&c, 0, sizeof(c));
         blob[0] = (uint8_t)k;

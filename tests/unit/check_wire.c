@@ -358,6 +358,8 @@ static void assert_msg_eq(const plait_msg_t *a, const plait_msg_t *b)
         ck_assert_int_eq(x->secure_agg, y->secure_agg);
         ck_assert_int_eq(x->dp.mode, y->dp.mode);
         ck_assert(x->dp.noise_multiplier == y->dp.noise_multiplier);
+        ck_assert_uint_eq(x->dp.ddg_var_num, y->dp.ddg_var_num);
+        ck_assert_uint_eq(x->dp.ddg_var_den, y->dp.ddg_var_den);
         ck_assert_uint_eq(x->deadline_s, y->deadline_s);
         ck_assert_uint_eq(x->update_elements, y->update_elements);
         ck_assert_uint_eq(x->example_cap, y->example_cap);
@@ -1422,7 +1424,7 @@ START_TEST(test_encode_refuses_invalid)
            "task.dp.noise");
     REFUSE((sample(2, &m), m.u.task.dp.mode = PLAIT_DP_CENTRAL, m.u.task.dp.noise_multiplier = -1),
            "task.dp.noise");
-    REFUSE((sample(2, &m), m.u.task.dp.mode = (plait_dp_mode_t)3), "task.dp.mode");
+    REFUSE((sample(2, &m), m.u.task.dp.mode = (plait_dp_mode_t)4), "task.dp.mode");
     REFUSE((sample(3, &m), m.u.come_back_later.reason = (plait_retry_reason_t)(PLAIT_RETRY_REASON_MAX + 1)),
            "come_back_later.reason");
     REFUSE((sample(2, &m), m.u.task.max_chunk_bytes = 3), "task.max_chunk_bytes");
@@ -1849,6 +1851,52 @@ START_TEST(test_fuzz_seeds)
 }
 END_TEST
 
+/* A distributed-DP Task round-trips with its variance; malformed ones are refused. */
+START_TEST(test_task_distributed_dp)
+{
+    plait_msg_t m, d;
+    sample(2, &m);
+    m.u.task.dp.mode = PLAIT_DP_DISTRIBUTED;
+    m.u.task.dp.noise_multiplier = 1.5;
+    m.u.task.dp.ddg_var_num = 123457;
+    m.u.task.dp.ddg_var_den = 256;
+    uint8_t *buf = NULL;
+    size_t len = 0, used = 0;
+    ck_assert_int_eq(plait_wire_encode_alloc(&m, NULL, &buf, &len), 0);
+    ck_assert_int_eq(parse_guarded(buf, len, NULL, 0, &d, &used), 0);
+    ck_assert_int_eq(d.u.task.dp.mode, PLAIT_DP_DISTRIBUTED);
+    ck_assert_uint_eq(d.u.task.dp.ddg_var_num, 123457);
+    ck_assert_uint_eq(d.u.task.dp.ddg_var_den, 256);
+    ck_assert(d.u.task.dp.noise_multiplier == 1.5);
+    assert_msg_eq(&m, &d);
+    plait_msg_free(&d);
+    free(buf);
+
+    uint8_t out[1 << 16];
+    size_t n = 0;
+#define REFUSE_DDG(mutate, field)                                                                  \
+    do {                                                                                           \
+        sample(2, &m);                                                                             \
+        m.u.task.dp.mode = PLAIT_DP_DISTRIBUTED;                                                   \
+        m.u.task.dp.noise_multiplier = 1.5;                                                        \
+        m.u.task.dp.ddg_var_num = 1000;                                                            \
+        m.u.task.dp.ddg_var_den = 1;                                                               \
+        mutate;                                                                                    \
+        EXPECT_FIELD_ERR(plait_wire_encode(&m, NULL, out, sizeof(out), &n), field);                \
+        ck_assert_uint_eq(n, 0);                                                                   \
+    } while (0)
+    REFUSE_DDG(m.u.task.dp.noise_multiplier = 0, "task.dp.noise_multiplier");
+    REFUSE_DDG(m.u.task.dp.noise_multiplier = NAN, "task.dp.noise_multiplier");
+    REFUSE_DDG(m.u.task.dp.ddg_var_num = 0, "task.dp.ddg_var_num");
+    REFUSE_DDG(m.u.task.dp.ddg_var_num = ((uint64_t)1 << 40) + 1, "task.dp.ddg_var_num");
+    REFUSE_DDG(m.u.task.dp.ddg_var_den = 0, "task.dp.ddg_var_den");
+    REFUSE_DDG(m.u.task.dp.ddg_var_den = ((uint64_t)1 << 32) + 1, "task.dp.ddg_var_den");
+    REFUSE_DDG((m.u.task.secure_agg = 0, m.u.task.has_secagg = 0), "task.dp.mode");
+    REFUSE_DDG(m.u.task.dp.mode = PLAIT_DP_CENTRAL, "task.dp.ddg_var_num");
+#undef REFUSE_DDG
+}
+END_TEST
+
 Suite *wire_suite(void)
 {
     Suite *s = suite_create("wire");
@@ -1857,6 +1905,7 @@ Suite *wire_suite(void)
     tcase_add_test(tc, test_stream_of_frames);
     tcase_add_test(tc, test_type_names);
     tcase_add_test(tc, test_decline_code_only);
+    tcase_add_test(tc, test_task_distributed_dp);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("frame");
