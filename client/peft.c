@@ -397,8 +397,9 @@ int plait_adapter_import(plait_lora_t *l, const char *path, const plait_model_t 
         else snprintf(dir, sizeof(dir), "%.*s", (int)(n - pl - 1), path);
         return import_peft(l, dir, m);
     }
-    FILE *f = fopen(path, "rb");
+    FILE *f = NULL; /* opened without blocking: the path may have changed since the stat */
     char magic[4] = {0};
+    if (plait_file_fopen(path, NULL, &f) != 0) return plait_fail(PLAIT_EIO, "%s: %s", path, plait_errmsg());
     if (f) {
         size_t got = fread(magic, 1, 4, f);
         (void)got;

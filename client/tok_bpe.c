@@ -250,6 +250,11 @@ int plait__bpe_parse_gguf(plait_tok_t *t, const plait_gguf_t *g, int vocab_size)
         size_t n = (size_t)n64;
         const char *s = (const char *)p + 8;
         p += 8 + n;
+        if (n > 2 * total) { /* a real merge is two tokens and a space; tmp holds 2 * (total + 1) bytes */
+            free(tmp);
+            rc = plait_fail(PLAIT_EPROTO, "tokenizer: merge %zu is %zu bytes, longer than any two tokens", m, n);
+            goto fail;
+        }
         const char *sp = memchr(s, ' ', n);
         size_t la = sp ? piece_bytes(s, (size_t)(sp - s), tmp) : (size_t)-1;
         size_t lb = sp && la != (size_t)-1 ? piece_bytes(sp + 1, n - (size_t)(sp - s) - 1, tmp + la) : (size_t)-1;

@@ -159,6 +159,8 @@ int plait__tok_load_gguf_file(plait_tok_t *t, const char *path, int vocab_size)
 
 int plait__tok_gguf_fill(plait_gguf_writer_t *w, const plait_tok_t *t)
 {
+    /* A byte-level BPE tokenizer has no byte_of / scores tables to write from. */
+    if (t->bpe) return plait_fail(PLAIT_EINVAL, "convert: writing a byte-level BPE (gpt2) tokenizer is not supported");
     size_t V = (size_t)t->vocab_size;
     char **pieces = calloc(V, sizeof(char *));
     size_t *lens = calloc(V, sizeof(size_t));
