@@ -490,6 +490,10 @@ static void conn_close(conn_t *c, int graceful)
     if (c->closing) return;
     c->closing = 1;
     c->srv->n_closing++;
+    /* Closing connections do not count against max_connections, so unauthenticated ones may
+     * linger (to flush a TLS alert) only while few do: past the pre-auth pool they are closed
+     * at once, and failed handshakes cannot pile up descriptors. */
+    if (graceful && c->preauth && c->srv->n_closing > c->srv->preauth_cap) graceful = 0;
     c->dl_active = 0;
     c->t_close = now_s(c->srv);
     if (c->preauth) {
@@ -1314,7 +1318,8 @@ static void handle_decline(conn_t *c, const plait_msg_decline_t *d)
             if (plait_round_state(s->round) == PLAIT_ROUND_AGGREGATION && !s->sa) start_commit(s);
         }
     }
-    if (s->sa && mb && d->round_id == s->cur_rid) plait__sa_left(s->sa, c->client); /* no rejoin */
+    if (s->sa && mb && d->round_id == s->cur_rid && !s->busy) /* busy: a commit job owns the round core */
+        plait__sa_left(s->sa, c->client);                            /* no rejoin */
     c->round_id = 0;
     conn_close(c, 1);
 }
@@ -1539,6 +1544,7 @@ static void member_revoke(plait_server_t *s, member_t *mb)
 {
     if (mb->revoked || s->busy || s->round == NULL) return;
     mb->revoked = 1;
+    if (s->sa) plait__sa_left(s->sa, mb->client); /* the secure stages stop waiting for it */
     if (mb->submitted == 1) {
         PLAIT_LOG(PLAIT_LOG_WARN, "device=%s revoked in round=%llu after its update was accepted; the update stays",
                   mb->device, (unsigned long long)s->cur_rid);

@@ -226,6 +226,19 @@ static int on_shares(plait__sa_t *sa, member_t *mb, uint32_t idx, const plait_ms
             return plait_fail(PLAIT_EPROTO, "secagg_shares.shares[%zu].data: %zu bytes, want %d", i,
                               sh->shares[i].len, PLAIT_SECAGG_CT_LEN);
     }
+    /* One ciphertext for every advertised neighbour, each once: a neighbour left without a share
+     * would not add the pair mask that the unmasking later removes, and the sum would be wrong. */
+    size_t want = 0;
+    const uint32_t *nb = sa->r.nbr + (size_t)(idx - 1) * sa->r.p.k;
+    for (uint32_t j = 0; j < sa->r.p.k; j++) want += sa->mb[nb[j] - 1].advertised ? 1 : 0;
+    for (size_t i = 0; i < sh->n_shares; i++)
+        for (size_t j = 0; j < i; j++)
+            if (sh->shares[j].peer == sh->shares[i].peer)
+                return plait_fail(PLAIT_EPROTO, "secagg_shares.shares[%zu].peer: %u given twice", i,
+                                  sh->shares[i].peer);
+    if (sh->n_shares != want)
+        return plait_fail(PLAIT_EPROTO, "secagg_shares.shares: %zu ciphertexts for %zu advertised neighbours",
+                          sh->n_shares, want);
     plait_secagg_ct_t *cts = calloc(sh->n_shares ? sh->n_shares : 1, sizeof(*cts));
     if (!cts) return plait_fail(PLAIT_ENOMEM, "secagg: %zu shares", sh->n_shares);
     for (size_t i = 0; i < sh->n_shares; i++) {
@@ -320,8 +333,8 @@ static int on_unmask(plait__sa_t *sa, member_t *mb, uint32_t idx, const plait_ms
         rc = plait_fail(PLAIT_EPROTO, "secagg_unmask_response: %s", plait_errmsg());
     plait_zeroize(rev, n * sizeof(*rev));
     free(rev);
+    mb->answered = 1; /* a refused answer too: the stage does not wait for this device again */
     if (rc != 0) return rc;
-    mb->answered = 1;
     return 0;
 }
 

@@ -216,6 +216,7 @@ int plait__agent_sa_begin(const plait__agent_sa_env_t *env, const plait_msg_task
             goto fail;
         }
     }
+    size_t n_peers = ro->n_peers; /* m is reused for the relay below */
     plait_msg_free(&m);
     uint32_t k = t->secagg.k;
     cts = calloc(k, sizeof(*cts));
@@ -264,7 +265,7 @@ int plait__agent_sa_begin(const plait__agent_sa_env_t *env, const plait_msg_task
         }
     }
     PLAIT_LOG(PLAIT_LOG_INFO, "agent %s: round %llu: secure aggregation index %u: %zu neighbours' keys checked, "
-              "%zu shares received", env->device_id, (unsigned long long)t->round_id, sa->self, ro->n_peers,
+              "%zu shares received", env->device_id, (unsigned long long)t->round_id, sa->self, n_peers,
               m.u.secagg_shares.n_shares);
     plait_msg_free(&m);
     if (cts) plait_zeroize(cts, k * sizeof(*cts));

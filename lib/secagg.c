@@ -319,7 +319,7 @@ int plait_secagg_params_choose(uint32_t n, double dropout, double corrupt, doubl
     memset(out, 0, sizeof(*out));
     out->n = n;
     if (n > COMPLETE_MAX) {
-        for (uint32_t k = 2; k < n - 1; k += 2) {
+        for (uint32_t k = 2; k < n - 1 && k <= PLAIT_SECAGG_MAX_DEGREE; k += 2) {
             double best = 2.0;
             uint32_t best_t = 0;
             for (uint32_t t = k / 2 + 1; t <= k; t++) {
@@ -336,6 +336,9 @@ int plait_secagg_params_choose(uint32_t n, double dropout, double corrupt, doubl
     }
     /* Complete graph: the largest threshold that D dropouts still leave
      * reachable, provided it keeps 2t > n + C. */
+    if (n - 1 > PLAIT_SECAGG_MAX_DEGREE)
+        return plait_fail(PLAIT_ETHRESHOLD, "secagg: no graph of degree <= %u meets 2^-%g for %u devices",
+                          PLAIT_SECAGG_MAX_DEGREE, sigma, (unsigned)n);
     uint32_t t = n - D;
     if (t > n - 1) t = n - 1;
     if (D >= n || t < 1 || 2 * (uint64_t)t <= (uint64_t)n + C)
@@ -380,7 +383,7 @@ int plait_secagg_round_setup(plait_secagg_round_t *r, const uint8_t *dep, size_t
     uint32_t n = p->n, k = p->k, t = p->t;
     if (n < 2 || n > PLAIT_SECAGG_MAX_COHORT)
         return plait_fail(PLAIT_EINVAL, "secagg: cohort %u (want 2..%u)", (unsigned)n, PLAIT_SECAGG_MAX_COHORT);
-    if (k < 1 || k > n - 1 || (k != n - 1 && k % 2 != 0))
+    if (k < 1 || k > n - 1 || k > PLAIT_SECAGG_MAX_DEGREE || (k != n - 1 && k % 2 != 0))
         return plait_fail(PLAIT_EINVAL, "secagg: degree %u for cohort %u (want even, or n - 1)", (unsigned)k,
                           (unsigned)n);
     /* 2t > k + 1: a device and its k neighbours each reveal at most one of

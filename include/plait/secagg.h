@@ -118,6 +118,9 @@
 #define PLAIT_SECAGG_CT_LEN (12 + PLAIT_SECAGG_SHARE_PT_LEN + 16)
 /** Largest cohort (device indices are 1..n, n at most this). */
 #define PLAIT_SECAGG_MAX_COHORT 100000u
+/** Most neighbours per device (the wire's PLAIT_WIRE_SECAGG_MAX_PEERS): bounds the graph a task can
+ *  make a device allocate, and the degrees plait_secagg_params_choose() considers. */
+#define PLAIT_SECAGG_MAX_DEGREE 1024u
 /** Largest deployment id accepted (bytes). */
 #define PLAIT_SECAGG_DEP_MAX 256
 /** Largest certificate accepted by plait_secagg_advert_verify() (bytes). */
