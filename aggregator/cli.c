@@ -27,6 +27,7 @@
 #include "plait/aggcfg.h"
 #include "plait/aggstore.h"
 #include "plait/crypto.h"
+#include "plait/file.h"
 #include "plait/json.h"
 #include "plait/log.h"
 #include "plait/lora.h"
@@ -564,20 +565,7 @@ static int revoked_has(const char *dir, const char *kind, const char *hex)
 /* 64 hex digits into 32 bytes; 0 or -1. */
 static int parse_fingerprint(const char *hex, uint8_t fp[32])
 {
-    if (strlen(hex) != 64) return -1;
-    for (int i = 0; i < 32; i++) {
-        unsigned v = 0;
-        for (int k = 0; k < 2; k++) {
-            char c = hex[2 * i + k];
-            v <<= 4;
-            if (c >= '0' && c <= '9') v |= (unsigned)(c - '0');
-            else if (c >= 'a' && c <= 'f') v |= (unsigned)(c - 'a' + 10);
-            else if (c >= 'A' && c <= 'F') v |= (unsigned)(c - 'A' + 10);
-            else return -1;
-        }
-        fp[i] = (uint8_t)v;
-    }
-    return 0;
+    return strlen(hex) == 64 && plait_unhex(hex, fp, 32) == 0 ? 0 : -1;
 }
 
 typedef struct {
@@ -830,16 +818,9 @@ static int cmd_cert_info(int argc, char **argv, FILE *out, FILE *err)
     }
     uint8_t *buf = NULL;
     size_t len = 0;
-    FILE *f = fopen(file, "rb");
-    if (f) {
-        buf = malloc(65536);
-        len = buf ? fread(buf, 1, 65536, f) : 0;
-        fclose(f);
-    }
     plait_pki_cert_info_t ci;
-    rc = !f ? plait_fail(PLAIT_EIO, "cannot open") : !buf ? plait_fail(PLAIT_ENOMEM, "buffer")
-         : len == 65536 ? plait_fail(PLAIT_ETOOBIG, "larger than 64 KiB")
-                        : plait_pki_cert_info(buf, len, &ci);
+    rc = plait_file_read(file, "certificate", 65535, &buf, &len); /* a FIFO is refused, not waited on */
+    if (rc == 0) rc = plait_pki_cert_info(buf, len, &ci);
     free(buf);
     if (rc != 0) {
         fprintf(err, PROG " cert-info: %s: %s\n", file, plait_errmsg());

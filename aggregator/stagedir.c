@@ -74,6 +74,14 @@ int plait__stage_commit(const char *tmp, const char *dir)
     if (rc != 0) return rc;
     /* rename(2) replaces a missing or empty directory atomically and fails
      * on a non-empty one, so a deployment that appeared meanwhile is kept. */
+    /* The staged entries must be durable before the name points at them. */
+    int sfd = open(tmp, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (sfd < 0 || fsync(sfd) != 0) {
+        int e = errno;
+        if (sfd >= 0) close(sfd);
+        return plait_fail(PLAIT_EIO, "%s: cannot sync the directory: %s", tmp, strerror(e));
+    }
+    close(sfd);
     if (rename(tmp, dir) != 0) {
         int e = errno;
         if (e == ENOTEMPTY || e == EEXIST || e == ENOTDIR)

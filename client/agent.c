@@ -1791,6 +1791,10 @@ static int secure_task(conn_t *c, const plait_msg_task_t *t, uint64_t deadline, 
         }
         goto out;
     }
+    if (rc != 0 && c->got_cbl) { /* the aggregator ended the round for this device: come back, as in plain rounds */
+        rc = round_ended_outcome(c, round, res);
+        goto out;
+    }
     if (c->peer_error || rc == PLAIT_EIO || rc == PLAIT_ENOMEM || (rc == PLAIT_ECANCELED && stopped(a))) goto out;
     /* This device leaves the round (a key or share did not verify, too few neighbours, the task
      * cannot be done here): say so and decline. */

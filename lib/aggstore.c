@@ -67,6 +67,7 @@
  * Statements are prepared per call: microseconds against an fsync.
  */
 #include "plait/aggstore.h"
+#include "plait/ddg.h"
 
 #include <errno.h>
 #include <math.h>
@@ -970,6 +971,10 @@ int plait_aggstore_device_enroll_labeled(plait_aggstore_t *st, const char *id, c
 {
     int ret = check_usable(st);
     if (ret != 0 || (ret = check_id(id)) != 0 || (ret = check_id(label)) != 0) return ret;
+    /* Lookups by name try labels first: a label shaped like a device id (32 hex digits) could
+     * shadow another device's id, so only a device's own id may serve as its label. */
+    if (strcmp(label, id) != 0 && strlen(label) == 32 && strspn(label, "0123456789abcdefABCDEF") == 32)
+        return plait_fail(PLAIT_EINVAL, "aggstore: label '%s' looks like a device id; choose another", label);
     if ((ret = tx_begin(st)) != 0) return ret;
     if ((ret = plait_aggstore_device_enroll(st, id, fingerprint)) != 0) goto fail;
     sqlite3_stmt *s;
@@ -1262,9 +1267,9 @@ static int check_ledger(const plait_aggstore_ledger_t *l)
     if (!(l->epsilon >= 0.0)) return plait_fail(PLAIT_EINVAL, "aggstore: ledger epsilon not >= 0");
     if (!(l->clip >= 0.0 && isfinite(l->clip))) return plait_fail(PLAIT_EINVAL, "aggstore: ledger clip not finite and >= 0");
     if (strcmp(l->mechanism, "ddg") == 0 &&
-        !(l->ddg_dim >= 1 && l->ddg_n >= 1 && l->ddg_n <= UINT32_MAX && l->ddg_var > 0.0 && isfinite(l->ddg_var) &&
+        !(l->ddg_dim >= 1 && l->ddg_n >= 1 && l->ddg_n <= PLAIT_DDG_MAX_DEVICES && l->ddg_var > 0.0 && isfinite(l->ddg_var) &&
           l->ddg_l2 > 0.0 && isfinite(l->ddg_l2)))
-        return plait_fail(PLAIT_EINVAL, "aggstore: ledger ddg row needs ddg_dim, ddg_n >= 1 and finite ddg_var, ddg_l2 > 0");
+        return plait_fail(PLAIT_EINVAL, "aggstore: ledger ddg row needs ddg_dim, ddg_n in 1..%u and finite ddg_var, ddg_l2 > 0", PLAIT_DDG_MAX_DEVICES);
     if (l->mechanism[0] && !printable_ok(l->mechanism, PLAIT_AGGSTORE_LEDGER_NAME))
         return plait_fail(PLAIT_EINVAL, "aggstore: ledger mechanism is not 1..%d printable bytes",
                           PLAIT_AGGSTORE_LEDGER_NAME);
@@ -1905,7 +1910,7 @@ static int read_ledger(sqlite3_stmt *s, plait_aggstore_ledger_t *l)
     else if (!nonneg(s, 11, &l->ddg_n)) bad = "ddg_n";
     else if (!real_col(s, 12, &l->ddg_l2) || l->ddg_l2 < 0.0 || !isfinite(l->ddg_l2)) bad = "ddg_l2";
     else if (strcmp(l->mechanism, "ddg") == 0 &&
-             !(l->ddg_dim >= 1 && l->ddg_var > 0.0 && l->ddg_n >= 1 && l->ddg_n <= UINT32_MAX && l->ddg_l2 > 0.0))
+             !(l->ddg_dim >= 1 && l->ddg_var > 0.0 && l->ddg_n >= 1 && l->ddg_n <= PLAIT_DDG_MAX_DEVICES && l->ddg_l2 > 0.0))
         bad = "ddg parameters";
     if (bad)
         return plait_fail(PLAIT_EPROTO, "aggstore: ledger: round %lld: malformed %s", (long long)l->round_id, bad);

@@ -27,7 +27,7 @@ int plait_ddg_rdp(double l2, size_t dim, double local_var, uint32_t n, const dou
                   double *rdp)
 {
     if (orders == NULL || rdp == NULL || n_orders == 0 || !(l2 > 0) || !isfinite(l2) || dim == 0 ||
-        !(local_var > 0) || !isfinite(local_var) || n == 0)
+        !(local_var > 0) || !isfinite(local_var) || n == 0 || n > PLAIT_DDG_MAX_DEVICES)
         return plait_fail(PLAIT_EINVAL, "ddg accountant: bad arguments (l2 %g, dim %zu, var %g, n %u)", l2, dim,
                           local_var, (unsigned)n);
     for (size_t i = 0; i < n_orders; i++)

@@ -36,6 +36,9 @@
 /** Largest variance numerator and denominator accepted (sigma^2 <= 2^40). */
 #define PLAIT_DDG_NUM_MAX ((uint64_t)1 << 40)
 #define PLAIT_DDG_DEN_MAX ((uint64_t)1 << 32)
+/** Most devices one distributed-DP sum may hold (the SecAgg+ cohort limit); the accountant's cost is
+ *  linear in it, so a larger n (from a corrupt ledger row) is refused, not looped over. */
+#define PLAIT_DDG_MAX_DEVICES 100000u
 
 /**
  * \brief Exact variance as a rational for a real variance: den = 256,
