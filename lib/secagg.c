@@ -595,6 +595,21 @@ int plait_secagg_advert_verify(const plait_secagg_round_t *r, const plait_secagg
         return plait_fail(PLAIT_EPROTO, "secagg: signature of %zu bytes", a->sig_len);
     if (crt_len < 1 || crt_len > PLAIT_SECAGG_CRT_MAX)
         return plait_fail(PLAIT_EINVAL, "secagg: certificate of %zu bytes (max %d)", crt_len, PLAIT_SECAGG_CRT_MAX);
+    /* A low-order public key would give every neighbour an all-zero secret: refused here, where
+     * the server and each device check adverts, rather than failing the neighbours later. A
+     * clamped scalar is a multiple of 8, so it maps exactly the low-order points to zero. */
+    {
+        uint8_t probe[32], z[32];
+        memset(probe, 0x5a, sizeof(probe));
+        probe[0] &= 248;
+        probe[31] = (uint8_t)((probe[31] & 127) | 64);
+        const uint8_t *pks[2] = {a->c_pk, a->s_pk};
+        for (int i = 0; i < 2; i++)
+            if (plait_x25519(probe, pks[i], z) != 0)
+                return plait_fail(PLAIT_EAUTH, "secagg: advert %u: %s key is a low-order point", (unsigned)a->idx,
+                                  i == 0 ? "mask" : "share");
+        plait_zeroize(z, sizeof(z));
+    }
     int ret = 0, mrc;
     mbedtls_x509_crt c, ca;
     mbedtls_x509_crt_init(&c);

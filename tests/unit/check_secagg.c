@@ -704,6 +704,14 @@ START_TEST(test_substituted_key)
     bad = adv;
     bad.s_pk[31] ^= 1;
     ck_assert_int_eq(plait_secagg_device_accept_advert(a, &bad, crt2, l2, f.ca_crt), PLAIT_EAUTH);
+    /* Low-order keys (zero, one) are refused as such, before any signature check. */
+    for (int w = 0; w < 2; w++) {
+        bad = adv;
+        memset(w ? bad.s_pk : bad.c_pk, 0, 32);
+        (w ? bad.s_pk : bad.c_pk)[0] = (uint8_t)w;
+        ck_assert_int_eq(plait_secagg_advert_verify(&r, &bad, crt2, l2, f.ca_crt), PLAIT_EAUTH);
+        ck_assert_ptr_nonnull(strstr(plait_errmsg(), "low-order"));
+    }
     /* Same keys presented as another device index. */
     bad = adv;
     bad.idx = 3;
