@@ -47,6 +47,7 @@
 
 #include "plait/client.h"
 #include "plait/crypto.h"
+#include "plait/file.h"
 #include "plait/log.h"
 #include "plait/lora.h"
 #include "plait/pki.h"
@@ -159,7 +160,7 @@ int plait__agent_get_adapter(plait__agent_conn_t *c, const plait_msg_task_t *t, 
         return rc;
     uint8_t *buf = NULL;
     size_t len = 0;
-    if (plait__agent_read_small(path, (size_t)t->adapter_len, &buf, &len) == 0) {
+    if (plait_file_read(path, NULL, (size_t)t->adapter_len, &buf, &len) == 0) {
         uint8_t h[32];
         plait_sha256(buf, len, h);
         if (len == t->adapter_len && plait_ct_memcmp(h, t->adapter_sha256, 32) == 0) {

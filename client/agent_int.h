@@ -227,8 +227,6 @@ int plait__agent_path_join(char *out, size_t cap, const char *dir, const char *n
  * a stored update that is damaged or for an acknowledged round. \return 0, PLAIT_EIO,
  * PLAIT_EPROTO (a malformed state file). */
 int plait__agent_state_open(plait_agent_t *a) PLAIT_WUR;
-/** \brief Read a whole small file (at most max bytes). PLAIT_ENOENT when missing. */
-int plait__agent_read_small(const char *path, size_t max, uint8_t **out, size_t *len) PLAIT_WUR;
 /** \brief Keep the first got bytes of t's adapter as DIR/global.part (best effort). */
 void plait__agent_partial_save(plait_agent_t *a, const plait_msg_task_t *t, const uint8_t *buf,
                                size_t got);

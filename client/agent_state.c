@@ -21,6 +21,7 @@
 
 #include "plait/adapter.h"
 #include "plait/crypto.h"
+#include "plait/file.h"
 #include "plait/log.h"
 #include "plait/lora.h"
 
@@ -90,48 +91,15 @@ int plait__agent_atomic_write(const char *dir, const char *name, const uint8_t *
     return 0;
 }
 
-/* Read a whole small file (at most max bytes). ENOENT when missing. */
-int plait__agent_read_small(const char *path, size_t max, uint8_t **out, size_t *len)
+/* A whole file of the state directory (at most max bytes), read by plait_file_read: no blocking
+ * open, regular files only, a file that changes while it is read refused. PLAIT_ENOENT when
+ * missing; a file that is not a regular one is PLAIT_EIO here, like any other unreadable file
+ * (plait__agent_state_load and plait__agent_pending_load promise PLAIT_EIO). */
+static int read_file(const char *path, size_t max, uint8_t **out, size_t *len)
 {
-    *out = NULL;
-    *len = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO is refused below, not waited on */
-    if (fd < 0) {
-        if (errno == ENOENT) return PLAIT_ENOENT;
-        return plait_fail(PLAIT_EIO, "%s: cannot open: %s", path, strerror(errno));
-    }
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        return plait_fail(PLAIT_EIO, "%s: not a regular file", path);
-    }
-    if ((uint64_t)sb.st_size > (uint64_t)max) {
-        close(fd);
-        return plait_fail(PLAIT_ETOOBIG, "%s: %lld bytes, more than %zu", path,
-                          (long long)sb.st_size, max);
-    }
-    size_t n = (size_t)sb.st_size;
-    uint8_t *b = malloc(n + 1);
-    if (!b) {
-        close(fd);
-        return plait_fail(PLAIT_ENOMEM, "%s: %zu bytes", path, n);
-    }
-    size_t off = 0;
-    while (off < n) {
-        ssize_t r = read(fd, b + off, n - off);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) break;
-        off += (size_t)r;
-    }
-    close(fd);
-    if (off != n) {
-        free(b);
-        return plait_fail(PLAIT_EIO, "%s: short read", path);
-    }
-    b[n] = 0;
-    *out = b;
-    *len = n;
-    return 0;
+    int rc = plait_file_read(path, NULL, max, out, len);
+    if (rc == PLAIT_EINVAL) rc = plait_fail(PLAIT_EIO, "%s", plait_errmsg());
+    return rc;
 }
 
 /* Parse "key <u64>\n" at *p exactly. */
@@ -162,7 +130,7 @@ int plait__agent_state_load(const char *dir, plait__agent_state_t *st)
     if ((rc = plait__agent_path_join(path, sizeof(path), dir, STATE_FILE)) != 0) return rc;
     uint8_t *buf;
     size_t len;
-    rc = plait__agent_read_small(path, 4096, &buf, &len);
+    rc = read_file(path, 4096, &buf, &len);
     if (rc == PLAIT_ENOENT) return 0;
     if (rc != 0) return rc;
     const char *p = (const char *)buf;
@@ -239,7 +207,7 @@ int plait__agent_pending_load(const char *dir, plait__agent_pending_t *p)
     size_t len;
     /* The largest update the wire allows, plus header and hash. */
     size_t max = PENDING_HEADER + (size_t)((1u << 26) + 1) * 4 + 32;
-    if ((rc = plait__agent_read_small(path, max, &b, &len)) != 0) return rc == PLAIT_ETOOBIG ? PLAIT_EPROTO : rc;
+    if ((rc = read_file(path, max, &b, &len)) != 0) return rc == PLAIT_ETOOBIG ? PLAIT_EPROTO : rc;
     rc = PLAIT_EPROTO;
     uint8_t h[32];
     if (len < PENDING_HEADER + 4 + 32 || memcmp(b, PENDING_MAGIC, 8) != 0) goto bad;
@@ -344,7 +312,7 @@ size_t plait__agent_partial_load(plait_agent_t *a, const plait_msg_task_t *t, ui
     uint8_t *b = NULL;
     size_t len = 0, got = 0;
     if (plait__agent_path_join(path, sizeof(path), a->state_dir, PARTIAL_FILE) != 0) return 0;
-    if (plait__agent_read_small(path, PART_HEADER + (size_t)t->adapter_len, &b, &len) == 0 &&
+    if (read_file(path, PART_HEADER + (size_t)t->adapter_len, &b, &len) == 0 &&
         len >= PART_HEADER && memcmp(b, PART_MAGIC, 8) == 0 && get_u64(b + 8) == t->adapter_len &&
         plait_ct_memcmp(b + 16, t->adapter_sha256, 32) == 0 &&
         get_u64(b + 48) == (uint64_t)(len - PART_HEADER) && len - PART_HEADER < t->adapter_len) {
