@@ -34,6 +34,11 @@ typedef enum {
     K_PRESENT,     /* pointer set: "<f>: missing" */
     K_CHUNK_INDEX, /* u32 chunk index at off against the u64 offset at off2: 0 exactly at
                       offset 0, and never above the offset */
+    K_SHARES,      /* size_t count at off of the shares at off2: lo..PLAIT_WIRE_SECAGG_MAX_PEERS,
+                      peers strictly ascending in 1..PLAIT_WIRE_SECAGG_MAX_COHORT, data set
+                      and 1..PLAIT_WIRE_SECAGG_MAX_SHARE bytes */
+    K_INDICES,     /* size_t count at off of the u32 indices at off2: lo..MAX_COHORT of them,
+                      strictly ascending in 1..PLAIT_WIRE_SECAGG_MAX_COHORT */
     K_CHECK        /* check(msg, lim) */
 } kind_t;
 
@@ -56,7 +61,8 @@ typedef struct {
     limit_t hi_lim;
     size_t off;  /* of the field in the message struct */
     size_t size; /* of the field: 4 or 8 */
-    size_t off2; /* K_LEN: the data pointer (has_ptr); K_CHUNK_INDEX: the offset */
+    size_t off2; /* K_LEN: the data pointer (has_ptr); K_CHUNK_INDEX: the offset;
+                    K_SHARES, K_INDICES: the array */
     int has_ptr;
     uint64_t lo, hi;
     check_fn check;
@@ -85,6 +91,10 @@ typedef struct {
 #define PRESENT(T, f, nm) {.name = nm, .kind = K_PRESENT, AT(T, f)}
 #define CHUNK_INDEX(T, nm)                                                                         \
     {.name = nm, .kind = K_CHUNK_INDEX, AT(T, chunk_index), .off2 = offsetof(T, offset)}
+#define SHARES(T, p, f, nm, min)                                                                  \
+    {.name = nm, .kind = K_SHARES, AT(T, f), .off2 = offsetof(T, p), .lo = min}
+#define INDICES(T, p, f, nm, min)                                                                 \
+    {.name = nm, .kind = K_INDICES, AT(T, f), .off2 = offsetof(T, p), .lo = min}
 #define CHECK(nm, fn) {.name = nm, .kind = K_CHECK, .check = fn}
 
 #define BIT(v) ((uint64_t)1 << (v))
@@ -153,6 +163,40 @@ static int finite_pos(double x)
     return isfinite(x) && x > 0.0;
 }
 
+static int check_shares(const plait_secagg_share_t *sh, size_t n, size_t min, const char *field)
+{
+    if (n < min || n > PLAIT_WIRE_SECAGG_MAX_PEERS)
+        return BAD("%s: %zu shares outside %zu..%u", field, n, min, PLAIT_WIRE_SECAGG_MAX_PEERS);
+    if (n > 0 && !sh) return BAD("%s: missing", field);
+    for (size_t i = 0; i < n; i++) {
+        if (sh[i].peer < 1 || sh[i].peer > PLAIT_WIRE_SECAGG_MAX_COHORT)
+            return BAD("%s[%zu].peer: %u outside 1..%u", field, i, sh[i].peer,
+                       PLAIT_WIRE_SECAGG_MAX_COHORT);
+        if (i > 0 && sh[i].peer <= sh[i - 1].peer)
+            return BAD("%s[%zu].peer: %u after %u (must be strictly ascending)", field, i,
+                       sh[i].peer, sh[i - 1].peer);
+        if (sh[i].len < 1 || sh[i].len > PLAIT_WIRE_SECAGG_MAX_SHARE || !sh[i].data)
+            return BAD("%s[%zu].data: %zu bytes outside 1..%u", field, i, sh[i].len,
+                       PLAIT_WIRE_SECAGG_MAX_SHARE);
+    }
+    return 0;
+}
+
+static int check_indices(const uint32_t *v, size_t n, size_t min, const char *field)
+{
+    if (n < min || n > PLAIT_WIRE_SECAGG_MAX_COHORT)
+        return BAD("%s: %zu indices outside %zu..%u", field, n, min, PLAIT_WIRE_SECAGG_MAX_COHORT);
+    if (n > 0 && !v) return BAD("%s: missing", field);
+    for (size_t i = 0; i < n; i++) {
+        if (v[i] < 1 || v[i] > PLAIT_WIRE_SECAGG_MAX_COHORT)
+            return BAD("%s[%zu]: %u outside 1..%u", field, i, v[i], PLAIT_WIRE_SECAGG_MAX_COHORT);
+        if (i > 0 && v[i] <= v[i - 1])
+            return BAD("%s[%zu]: %u after %u (must be strictly ascending)", field, i, v[i],
+                       v[i - 1]);
+    }
+    return 0;
+}
+
 static int check_rule(const rule_t *r, const void *msg, const plait_wire_limits_t *lim)
 {
     const uint8_t *p = (const uint8_t *)msg + r->off;
@@ -206,6 +250,12 @@ static int check_rule(const rule_t *r, const void *msg, const plait_wire_limits_
                        (unsigned long long)offset);
         return 0;
     }
+    case K_SHARES:
+        return check_shares(get_ptr((const uint8_t *)msg + r->off2), (size_t)get_uint(p, r->size),
+                            (size_t)r->lo, r->name);
+    case K_INDICES:
+        return check_indices(get_ptr((const uint8_t *)msg + r->off2), (size_t)get_uint(p, r->size),
+                             (size_t)r->lo, r->name);
     case K_CHECK:
         return r->check(msg, lim);
     }
@@ -382,40 +432,6 @@ static int check_error_message(const void *msg, const plait_wire_limits_t *lim)
 
 /* ---- secure aggregation ---- */
 
-static int check_shares(const plait_secagg_share_t *sh, size_t n, size_t min, const char *field)
-{
-    if (n < min || n > PLAIT_WIRE_SECAGG_MAX_PEERS)
-        return BAD("%s: %zu shares outside %zu..%u", field, n, min, PLAIT_WIRE_SECAGG_MAX_PEERS);
-    if (n > 0 && !sh) return BAD("%s: missing", field);
-    for (size_t i = 0; i < n; i++) {
-        if (sh[i].peer < 1 || sh[i].peer > PLAIT_WIRE_SECAGG_MAX_COHORT)
-            return BAD("%s[%zu].peer: %u outside 1..%u", field, i, sh[i].peer,
-                       PLAIT_WIRE_SECAGG_MAX_COHORT);
-        if (i > 0 && sh[i].peer <= sh[i - 1].peer)
-            return BAD("%s[%zu].peer: %u after %u (must be strictly ascending)", field, i,
-                       sh[i].peer, sh[i - 1].peer);
-        if (sh[i].len < 1 || sh[i].len > PLAIT_WIRE_SECAGG_MAX_SHARE || !sh[i].data)
-            return BAD("%s[%zu].data: %zu bytes outside 1..%u", field, i, sh[i].len,
-                       PLAIT_WIRE_SECAGG_MAX_SHARE);
-    }
-    return 0;
-}
-
-static int check_indices(const uint32_t *v, size_t n, size_t min, const char *field)
-{
-    if (n < min || n > PLAIT_WIRE_SECAGG_MAX_COHORT)
-        return BAD("%s: %zu indices outside %zu..%u", field, n, min, PLAIT_WIRE_SECAGG_MAX_COHORT);
-    if (n > 0 && !v) return BAD("%s: missing", field);
-    for (size_t i = 0; i < n; i++) {
-        if (v[i] < 1 || v[i] > PLAIT_WIRE_SECAGG_MAX_COHORT)
-            return BAD("%s[%zu]: %u outside 1..%u", field, i, v[i], PLAIT_WIRE_SECAGG_MAX_COHORT);
-        if (i > 0 && v[i] <= v[i - 1])
-            return BAD("%s[%zu]: %u after %u (must be strictly ascending)", field, i, v[i],
-                       v[i - 1]);
-    }
-    return 0;
-}
-
 static int check_roster_peers(const void *msg, const plait_wire_limits_t *lim)
 {
     const plait_msg_secagg_roster_t *r = msg;
@@ -441,20 +457,6 @@ static int check_roster_peers(const void *msg, const plait_wire_limits_t *lim)
     return 0;
 }
 
-static int check_sa_shares(const void *msg, const plait_wire_limits_t *lim)
-{
-    const plait_msg_secagg_shares_t *sh = msg;
-    (void)lim;
-    return check_shares(sh->shares, sh->n_shares, 1, "secagg_shares.shares");
-}
-
-static int check_sa_relay(const void *msg, const plait_wire_limits_t *lim)
-{
-    const plait_msg_secagg_shares_t *sh = msg;
-    (void)lim;
-    return check_shares(sh->shares, sh->n_shares, 0, "secagg_relay.shares");
-}
-
 static int check_masked_span(const void *msg, const plait_wire_limits_t *lim)
 {
     const plait_msg_secagg_masked_input_t *c = msg;
@@ -475,34 +477,6 @@ static int check_masked_span(const void *msg, const plait_wire_limits_t *lim)
     if (c->len > lim->max_chunk_bytes)
         return BAD("secagg_masked_input.data: %zu bytes above %zu", c->len, lim->max_chunk_bytes);
     return 0;
-}
-
-static int check_unmask_survivors(const void *msg, const plait_wire_limits_t *lim)
-{
-    const plait_msg_secagg_unmask_request_t *r = msg;
-    (void)lim;
-    return check_indices(r->survivors, r->n_survivors, 1, "secagg_unmask_request.survivors");
-}
-
-static int check_unmask_dropouts(const void *msg, const plait_wire_limits_t *lim)
-{
-    const plait_msg_secagg_unmask_request_t *r = msg;
-    (void)lim;
-    return check_indices(r->dropouts, r->n_dropouts, 0, "secagg_unmask_request.dropouts");
-}
-
-static int check_unmask_seed_shares(const void *msg, const plait_wire_limits_t *lim)
-{
-    const plait_msg_secagg_unmask_response_t *r = msg;
-    (void)lim;
-    return check_shares(r->seed_shares, r->n_seed, 0, "secagg_unmask_response.seed_shares");
-}
-
-static int check_unmask_key_shares(const void *msg, const plait_wire_limits_t *lim)
-{
-    const plait_msg_secagg_unmask_response_t *r = msg;
-    (void)lim;
-    return check_shares(r->key_shares, r->n_key, 0, "secagg_unmask_response.key_shares");
 }
 
 /* ---- the tables: one row per field, in checking order --------------------- */
@@ -597,12 +571,12 @@ static const rule_t sa_roster_rules[] = {
 
 static const rule_t sa_shares_rules[] = {
     NONZERO(plait_msg_secagg_shares_t, round_id, "secagg_shares.round_id"),
-    CHECK("secagg_shares.shares", check_sa_shares),
+    SHARES(plait_msg_secagg_shares_t, shares, n_shares, "secagg_shares.shares", 1),
 };
 
 static const rule_t sa_relay_rules[] = {
     NONZERO(plait_msg_secagg_shares_t, round_id, "secagg_relay.round_id"),
-    CHECK("secagg_relay.shares", check_sa_relay),
+    SHARES(plait_msg_secagg_shares_t, shares, n_shares, "secagg_relay.shares", 0),
 };
 
 #define MI plait_msg_secagg_masked_input_t
@@ -616,17 +590,21 @@ static const rule_t sa_masked_rules[] = {
 };
 #undef MI
 
+#define UQ plait_msg_secagg_unmask_request_t
 static const rule_t sa_unmask_req_rules[] = {
-    NONZERO(plait_msg_secagg_unmask_request_t, round_id, "secagg_unmask_request.round_id"),
-    CHECK("secagg_unmask_request.survivors", check_unmask_survivors),
-    CHECK("secagg_unmask_request.dropouts", check_unmask_dropouts),
+    NONZERO(UQ, round_id, "secagg_unmask_request.round_id"),
+    INDICES(UQ, survivors, n_survivors, "secagg_unmask_request.survivors", 1),
+    INDICES(UQ, dropouts, n_dropouts, "secagg_unmask_request.dropouts", 0),
 };
+#undef UQ
 
+#define UR plait_msg_secagg_unmask_response_t
 static const rule_t sa_unmask_resp_rules[] = {
-    NONZERO(plait_msg_secagg_unmask_response_t, round_id, "secagg_unmask_response.round_id"),
-    CHECK("secagg_unmask_response.seed_shares", check_unmask_seed_shares),
-    CHECK("secagg_unmask_response.key_shares", check_unmask_key_shares),
+    NONZERO(UR, round_id, "secagg_unmask_response.round_id"),
+    SHARES(UR, seed_shares, n_seed, "secagg_unmask_response.seed_shares", 0),
+    SHARES(UR, key_shares, n_key, "secagg_unmask_response.key_shares", 0),
 };
+#undef UR
 
 static const rule_t decline_rules[] = {
     NONZERO(plait_msg_decline_t, round_id, "decline.round_id"),
