@@ -6,12 +6,12 @@
  * Each message has a rule table: one row per field, in the order the fields
  * are checked, naming the field as the error prints it, its kind (nonzero,
  * an unsigned range, a finite positive float, a 0/1 flag, an enum value, a
- * byte length, a pointer that must be set, a chunk index against its offset)
- * and its bounds, a constant or one of plait_wire_limits_t. One loop walks
- * the table and stops at the first bad field. What does not fit one field
- * (the DP mode's cases, SecAgg+ parameters against each other, sequences of
- * peers and shares, text) is a CHECK row: a function at its place in the
- * order. The first failure is the one reported, so the order of the rows is
+ * byte length, a pointer that must be set, a chunk index against its offset,
+ * a list of SecAgg+ shares or indices) and its bounds, a constant or one of
+ * plait_wire_limits_t. One loop walks the table and stops at the first bad
+ * field. What does not fit one field (the DP mode's cases, SecAgg+
+ * parameters against each other, roster peers, text) is a CHECK row: a
+ * function at its place in the order. The first failure is the one reported, so the order of the rows is
  * part of the behaviour; the messages are listed in docs/protocol.md.
  */
 #include <math.h>
@@ -98,6 +98,12 @@ typedef struct {
 #define CHECK(nm, fn) {.name = nm, .kind = K_CHECK, .check = fn}
 
 #define BIT(v) ((uint64_t)1 << (v))
+
+/* K_FLAG and K_ENUM read an int; K_RANGE and K_LEN read 4 or 8 bytes. */
+_Static_assert(sizeof(plait_lora_mode_t) == sizeof(int) && sizeof(plait_retry_reason_t) == sizeof(int) &&
+                   sizeof(plait_ack_kind_t) == sizeof(int) && sizeof(plait_decline_code_t) == sizeof(int),
+               "enum fields are read as int");
+_Static_assert(sizeof(size_t) == 4 || sizeof(size_t) == 8, "size_t fields are read as 4 or 8 bytes");
 
 static uint64_t get_uint(const uint8_t *p, size_t size)
 {
