@@ -480,7 +480,11 @@ static void dot_task(void *ctx, size_t b, size_t e)
         return;
     }
 #if PLAIT_HAVE_X86_SIMD
-    if (d->simd) {
+    if (d->path == PLAIT__KPATH_AVX512) {
+        plait__dot_avx512(d, o0, o1);
+        return;
+    }
+    if (d->path == PLAIT__KPATH_AVX2) {
         plait__dot_avx2(d, o0, o1);
         return;
     }
@@ -496,7 +500,7 @@ void plait_matmul_forward(plait_pool_t *pool, float *out, const float *inp, cons
     if (N == 0 || OC == 0) return;
     if (N < SMALL_N && IC >= DOT_MIN_IC) {
         dot_t d = {.out = out, .inp = inp, .w = w, .N = N, .IC = IC, .OC = OC,
-                   .accumulate = accumulate, .simd = plait__tensor_simd_active()};
+                   .accumulate = accumulate, .path = plait__tensor_path()};
         size_t items = ceil_div(OC, DOT_OC_CHUNK);
         if (run_inline(N * IC * OC)) dot_task(&d, 0, items);
         else plait_pool_run(pool, dot_task, &d, items);

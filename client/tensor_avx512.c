@@ -85,4 +85,68 @@ PLAIT_AVX512 void plait__ukernel_avx512(size_t kc, const float *a, size_t ars, s
 #undef ROW
 }
 
+/* Lanes 0 .. r-1 of a 16-lane mask, r < 16. */
+static inline __mmask16 lanes16(size_t r) { return (__mmask16)((1u << r) - 1u); }
+
+/* The 8 sums of s0..s7 into one ymm (lane l = sum of s_l): fold each zmm to
+ * 8 floats, then the AVX2 horizontal adds. */
+PLAIT_AVX512 static inline __m256 fold8(__m512 s0, __m512 s1, __m512 s2, __m512 s3, __m512 s4, __m512 s5, __m512 s6,
+                                        __m512 s7)
+{
+#define F(v) _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)))
+    __m256 h03 = _mm256_hadd_ps(_mm256_hadd_ps(F(s0), F(s1)), _mm256_hadd_ps(F(s2), F(s3)));
+    __m256 h47 = _mm256_hadd_ps(_mm256_hadd_ps(F(s4), F(s5)), _mm256_hadd_ps(F(s6), F(s7)));
+#undef F
+    return _mm256_add_ps(_mm256_permute2f128_ps(h03, h47, 0x20), _mm256_permute2f128_ps(h03, h47, 0x31));
+}
+
+/* Small-N forward (see plait__dot_avx2): eight W rows against one input row
+ * at a time, 16 floats per step, the IC remainder through a lane mask; then
+ * single rows. */
+PLAIT_AVX512 void plait__dot_avx512(const dot_t *d, size_t o0, size_t o1)
+{
+    size_t IC = d->IC;
+    size_t o = o0;
+    for (; o + 8 <= o1; o += 8) {
+        const float *w0 = d->w + o * IC;
+        for (size_t n = 0; n < d->N; n++) {
+            const float *x = d->inp + n * IC;
+            float *y = d->out + n * d->OC + o;
+            __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(), s2 = _mm512_setzero_ps();
+            __m512 s3 = _mm512_setzero_ps(), s4 = _mm512_setzero_ps(), s5 = _mm512_setzero_ps();
+            __m512 s6 = _mm512_setzero_ps(), s7 = _mm512_setzero_ps();
+            for (size_t i = 0; i < IC; i += 16) {
+                __mmask16 k = IC - i >= 16 ? (__mmask16)0xFFFF : lanes16(IC - i);
+                __m512 xv = _mm512_maskz_loadu_ps(k, x + i);
+                const float *wi = w0 + i;
+                s0 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(k, wi), s0);
+                s1 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(k, wi + IC), s1);
+                s2 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(k, wi + 2 * IC), s2);
+                s3 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(k, wi + 3 * IC), s3);
+                s4 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(k, wi + 4 * IC), s4);
+                s5 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(k, wi + 5 * IC), s5);
+                s6 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(k, wi + 6 * IC), s6);
+                s7 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(k, wi + 7 * IC), s7);
+            }
+            __m256 r = fold8(s0, s1, s2, s3, s4, s5, s6, s7);
+            if (d->accumulate) r = _mm256_add_ps(r, _mm256_loadu_ps(y));
+            _mm256_storeu_ps(y, r);
+        }
+    }
+    for (; o < o1; o++) {
+        const float *wr = d->w + o * IC;
+        for (size_t n = 0; n < d->N; n++) {
+            const float *x = d->inp + n * IC;
+            float *y = d->out + n * d->OC + o;
+            __m512 s = _mm512_setzero_ps();
+            for (size_t i = 0; i < IC; i += 16) {
+                __mmask16 k = IC - i >= 16 ? (__mmask16)0xFFFF : lanes16(IC - i);
+                s = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, x + i), _mm512_maskz_loadu_ps(k, wr + i), s);
+            }
+            float t = _mm512_reduce_add_ps(s);
+            *y = d->accumulate ? *y + t : t;
+        }
+    }
+}
+
 #endif /* PLAIT_HAVE_X86_SIMD */

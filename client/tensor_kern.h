@@ -38,7 +38,7 @@ typedef struct {
     const plait_wmat_t *wt; /* typed W instead of w, or NULL */
     size_t N, IC, OC;
     int accumulate;
-    int simd;
+    int path; /* PLAIT__KPATH_* */
 } dot_t;
 
 #if PLAIT_HAVE_X86_SIMD
@@ -55,6 +55,7 @@ void plait__ukernel_avx512(size_t kc, const float *a, size_t ars, size_t acs, co
 void plait__pack_rows32_avx512(float *restrict d, const float *s, size_t ldb, size_t kc);
 /* Output rows o0 .. o1-1 of a dot-product job (F32 W). */
 void plait__dot_avx2(const dot_t *d, size_t o0, size_t o1);
+void plait__dot_avx512(const dot_t *d, size_t o0, size_t o1);
 #endif
 
 #endif /* PLAIT_TENSOR_KERN_H */

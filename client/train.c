@@ -335,17 +335,9 @@ int plait_train_step(plait_trainer_t *tr)
     double t = (double)(tr->steps + 1);
     double bc1 = 1.0 - pow(c->beta1, t), bc2 = 1.0 - pow(c->beta2, t);
     double step_size = lr / bc1, bc2_sqrt = sqrt(bc2), decay = 1.0 - lr * c->weight_decay;
-    double b1 = c->beta1, b2 = c->beta2;
-    for (size_t i = 0; i < n; i++) {
-        double gi = g[i];
-        double m = b1 * (double)tr->opt_m[i] + (1.0 - b1) * gi;
-        double v = b2 * (double)tr->opt_v[i] + (1.0 - b2) * gi * gi;
-        tr->opt_m[i] = (float)m;
-        tr->opt_v[i] = (float)v;
-        double pi = (double)p[i] * decay;
-        pi -= step_size * m / (sqrt(v) / bc2_sqrt + c->eps);
-        p[i] = (float)pi;
-    }
+    plait__adamw_t h = {.b1 = c->beta1, .b2 = c->beta2, .step_size = step_size, .bc2_sqrt = bc2_sqrt,
+                        .decay = decay, .eps = c->eps};
+    plait__tkern()->adamw(p, tr->opt_m, tr->opt_v, g, n, &h);
     memset(g, 0, n * sizeof(float));
     tr->n_micro = 0;
     tr->steps++;

@@ -271,6 +271,39 @@ PLAIT_AVX2 static void attn_head_bwd_avx2(const float *att, const float *qh, con
     }
 }
 
+/* AdamW four parameters at a time in double: the portable loop's operations
+ * in its order, without fused multiply-adds, so the results are identical. */
+PLAIT_AVX2 static void adamw_avx2(float *p, float *m, float *v, const float *g, size_t n, const plait__adamw_t *h)
+{
+    __m256d b1 = _mm256_set1_pd(h->b1), b2 = _mm256_set1_pd(h->b2);
+    __m256d c1 = _mm256_set1_pd(1.0 - h->b1), c2 = _mm256_set1_pd(1.0 - h->b2);
+    __m256d ss = _mm256_set1_pd(h->step_size), bc = _mm256_set1_pd(h->bc2_sqrt);
+    __m256d dec = _mm256_set1_pd(h->decay), eps = _mm256_set1_pd(h->eps);
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        __m256d gi = _mm256_cvtps_pd(_mm_loadu_ps(g + i));
+        __m256d mi = _mm256_add_pd(_mm256_mul_pd(b1, _mm256_cvtps_pd(_mm_loadu_ps(m + i))), _mm256_mul_pd(c1, gi));
+        __m256d vi = _mm256_add_pd(_mm256_mul_pd(b2, _mm256_cvtps_pd(_mm_loadu_ps(v + i))),
+                                   _mm256_mul_pd(_mm256_mul_pd(c2, gi), gi));
+        _mm_storeu_ps(m + i, _mm256_cvtpd_ps(mi));
+        _mm_storeu_ps(v + i, _mm256_cvtpd_ps(vi));
+        __m256d pi = _mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(p + i)), dec);
+        __m256d den = _mm256_add_pd(_mm256_div_pd(_mm256_sqrt_pd(vi), bc), eps);
+        pi = _mm256_sub_pd(pi, _mm256_div_pd(_mm256_mul_pd(ss, mi), den));
+        _mm_storeu_ps(p + i, _mm256_cvtpd_ps(pi));
+    }
+    for (; i < n; i++) {
+        double gi = g[i];
+        double mi = h->b1 * (double)m[i] + (1.0 - h->b1) * gi;
+        double vi = h->b2 * (double)v[i] + (1.0 - h->b2) * gi * gi;
+        m[i] = (float)mi;
+        v[i] = (float)vi;
+        double pi = (double)p[i] * h->decay;
+        pi -= h->step_size * mi / (sqrt(vi) / h->bc2_sqrt + h->eps);
+        p[i] = (float)pi;
+    }
+}
+
 const plait__tkern_t plait__tkern_avx2 = {
     .exp_sum = vexp_sum_avx2,
     .max = vmax_avx2,
@@ -284,6 +317,8 @@ const plait__tkern_t plait__tkern_avx2 = {
     .rope_head = rope_head_avx2,
     .attn_head_fwd = attn_head_fwd_avx2,
     .attn_head_bwd = attn_head_bwd_avx2,
+    .adamw = adamw_avx2,
+    .name = "avx2",
 };
 
 #endif /* PLAIT_HAVE_X86_SIMD */

@@ -96,6 +96,20 @@ static void rope_head_portable(float *x, const float *cs, const float *sn, size_
     }
 }
 
+static void adamw_portable(float *p, float *m, float *v, const float *g, size_t n, const plait__adamw_t *h)
+{
+    for (size_t i = 0; i < n; i++) {
+        double gi = g[i];
+        double mi = h->b1 * (double)m[i] + (1.0 - h->b1) * gi;
+        double vi = h->b2 * (double)v[i] + (1.0 - h->b2) * gi * gi;
+        m[i] = (float)mi;
+        v[i] = (float)vi;
+        double pi = (double)p[i] * h->decay;
+        pi -= h->step_size * mi / (sqrt(vi) / h->bc2_sqrt + h->eps);
+        p[i] = (float)pi;
+    }
+}
+
 const plait__tkern_t plait__tkern_portable = {
     .exp_sum = exp_sum_portable,
     .max = max_portable,
@@ -109,12 +123,26 @@ const plait__tkern_t plait__tkern_portable = {
     .rope_head = rope_head_portable,
     .attn_head_fwd = NULL,
     .attn_head_bwd = NULL,
+    .adamw = adamw_portable,
+    .name = "portable",
 };
 
 const plait__tkern_t *plait__tkern(void)
 {
 #if PLAIT_HAVE_X86_SIMD
-    if (plait__tensor_path() >= PLAIT__KPATH_AVX2) return &plait__tkern_avx2;
+    int path = plait__tensor_path();
+    if (path >= PLAIT__KPATH_AVX512) return &plait__tkern_avx512;
+    if (path == PLAIT__KPATH_AVX2) return &plait__tkern_avx2;
 #endif
     return &plait__tkern_portable;
+}
+
+const plait__tkern_t *plait__tkern_for(int path)
+{
+    if (path == PLAIT__KPATH_PORTABLE) return &plait__tkern_portable;
+#if PLAIT_HAVE_X86_SIMD
+    if (path == PLAIT__KPATH_AVX2 && plait_cpu_has_avx2_fma()) return &plait__tkern_avx2;
+    if (path == PLAIT__KPATH_AVX512 && plait_cpu_has_avx512()) return &plait__tkern_avx512;
+#endif
+    return NULL;
 }

@@ -93,6 +93,15 @@ static inline size_t round8(size_t T)
     return (T + 7) & ~(size_t)7;
 }
 
+/* AdamW's per-step constants (train.c, as torch.optim.AdamW computes them). */
+typedef struct {
+    double b1, b2;      /* betas */
+    double step_size;   /* lr / (1 - b1^t) */
+    double bc2_sqrt;    /* sqrt(1 - b2^t) */
+    double decay;       /* 1 - lr * weight_decay */
+    double eps;
+} plait__adamw_t;
+
 /* One path's kernels. n counts floats; spans need no alignment. */
 typedef struct {
     /* x = exp((x - sub) * mul) (0 below the denormal range); returns the sum. */
@@ -126,12 +135,23 @@ typedef struct {
     void (*attn_head_bwd)(const float *att, const float *qh, const float *kh, const float *vT,
                           const float *doh, float *dqh, float *dkh, float *dvh, float *row,
                           size_t T, size_t HS, float scale);
+    /* AdamW over n parameters in double, element by element exactly as the
+     * portable loop (no fused multiply-add, so every path is bit-identical):
+     * m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g g,
+     * p = p decay - step_size m / (sqrt(v) / bc2_sqrt + eps). */
+    void (*adamw)(float *p, float *m, float *v, const float *g, size_t n, const plait__adamw_t *h);
+    const char *name; /* "portable", "avx2", "avx512" */
 } plait__tkern_t;
 
 extern const plait__tkern_t plait__tkern_portable;
-extern const plait__tkern_t plait__tkern_avx2; /* x86 only */
+extern const plait__tkern_t plait__tkern_avx2;   /* x86 only */
+extern const plait__tkern_t plait__tkern_avx512; /* x86 only */
 
 /* The table of the path the kernels take now (plait__tensor_path()). */
 const plait__tkern_t *plait__tkern(void);
+
+/* The table of a path (PLAIT__KPATH_*), or NULL where this CPU or build
+ * lacks it: for tests, which compare every table with the portable one. */
+const plait__tkern_t *plait__tkern_for(int path);
 
 #endif /* PLAIT_TRAIN_KERN_H */
