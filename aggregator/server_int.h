@@ -46,7 +46,6 @@
 #include "plait/tls.h"
 #include "plait/wire.h"
 
-
 #define PLAIN_CHUNK 16384          /* plaintext read per plait_tls_read */
 #define READ_BUF 65536             /* ciphertext read per uv read */
 #define CLOSE_GRACE_S 2.0          /* a closing connection gets this long to drain */
@@ -195,7 +194,7 @@ struct plait_server_s {
     int read_busy;
 };
 
-
+/* The loop's clock, in seconds. */
 static inline double now_s(plait_server_t *s) { return (double)uv_now(&s->loop) / 1000.0; }
 
 /* ---- server.c ------------------------------------------------------------------ */
