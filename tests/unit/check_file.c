@@ -19,7 +19,8 @@ START_TEST(test_map_contents)
     char *dir = tu_tmpdir("file_map");
     char *p = tu_path(dir, "blob");
     uint8_t buf[5000];
-    for (size_t i = 0; i < sizeof(buf); i++) buf[i] = (uint8_t)(i * 131u + 7u);
+    for (size_t i = 0; i < sizeof(buf); i++)
+        buf[i] = (uint8_t)(i * 131u + 7u);
     ck_assert_int_eq(tu_write_file(p, buf, sizeof(buf)), 0);
     void *map = (void *)1;
     size_t n = 1;
@@ -38,7 +39,8 @@ END_TEST
 START_TEST(test_map_refusals)
 {
     char *dir = tu_tmpdir("file_map_bad");
-    char *empty = tu_path(dir, "empty"), *fifo = tu_path(dir, "fifo"), *missing = tu_path(dir, "missing");
+    char *empty = tu_path(dir, "empty"), *fifo = tu_path(dir, "fifo"),
+         *missing = tu_path(dir, "missing");
     ck_assert_int_eq(tu_write_file(empty, "", 0), 0);
     ck_assert_int_eq(mkfifo(fifo, 0600), 0);
     void *map = (void *)1;
@@ -47,7 +49,8 @@ START_TEST(test_map_refusals)
     ck_assert_ptr_null(map);
     ck_assert_uint_eq(n, 0);
     ck_assert_str_eq(plait_errmsg(), "model x: empty file");
-    ck_assert_int_eq(plait_file_map(fifo, NULL, &map, &n), PLAIT_EIO); /* refused at once, not waited on */
+    ck_assert_int_eq(plait_file_map(fifo, NULL, &map, &n),
+                     PLAIT_EIO); /* refused at once, not waited on */
     ck_assert_ptr_nonnull(strstr(plait_errmsg(), "FIFO"));
     ck_assert_int_eq(plait_file_map(missing, NULL, &map, &n), PLAIT_EIO);
     ck_assert_ptr_nonnull(strstr(plait_errmsg(), missing));
