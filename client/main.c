@@ -14,6 +14,8 @@
  * Private text never reaches the terminal except where the user asked for it
  * (generate prints generated text).
  */
+#include "cmd_int.h"
+
 #include "plait/adapter.h"
 #include "plait/cli.h"
 #include "plait/client.h"
@@ -42,26 +44,25 @@
 #include <time.h>
 #include <sys/stat.h>
 
-#define EXIT_USAGE 2
 
 static const char *prog = "plait-agent";
 static const char *cmd_name = "";
 
 /* Print "plait-agent CMD: <detail>" for the last recorded failure. */
-static int die_usage(int rc)
+int die_usage(int rc)
 {
     fprintf(stderr, "%s %s: %s\n", prog, cmd_name, plait_errmsg());
     (void)rc;
     return EXIT_USAGE;
 }
 
-static int die_run(int rc)
+int die_run(int rc)
 {
     fprintf(stderr, "%s %s: %s (%s)\n", prog, cmd_name, plait_errmsg(), plait_err_name(rc));
     return EXIT_FAILURE;
 }
 
-static double now_s(void)
+double now_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -69,20 +70,6 @@ static double now_s(void)
 }
 
 /* ------------------------------------------------------------ shared flags */
-
-/* Values of the flags several commands share, with their defaults. */
-typedef struct {
-    const char *model;     /* --model (default $PLAIT_ASSETS/stories260K.bin) */
-    const char *tokenizer; /* --tokenizer (default $PLAIT_ASSETS/tok512.bin) */
-    const char *db;        /* --db */
-    const char *text;      /* --text */
-    const char *adapter;   /* --adapter */
-    int threads;           /* --threads (default 1) */
-    int batch;             /* --batch (default 8) */
-    int seq;               /* --seq (default 128) */
-    char model_buf[1024];
-    char tok_buf[1024];
-} common_t;
 
 #ifndef PLAIT_DEFAULT_ASSETS
 #define PLAIT_DEFAULT_ASSETS "../shared/assets"
@@ -114,7 +101,7 @@ static int find_asset(const char *flag, const char *name, char *buf, size_t cap)
 }
 
 /* Resolve --model / --tokenizer when not given (see find_asset). */
-static int resolve_assets(common_t *c, int need_tok)
+int resolve_assets(common_t *c, int need_tok)
 {
     int rc;
     if (!c->model && (rc = find_asset("--model", "stories260K.bin", c->model_buf, sizeof(c->model_buf))) != 0)
@@ -127,7 +114,7 @@ static int resolve_assets(common_t *c, int need_tok)
     return 0;
 }
 
-static void common_default(common_t *c)
+void common_default(common_t *c)
 {
     memset(c, 0, sizeof(*c)); /* model and tokenizer: resolve_assets() unless given */
     c->threads = 1;
@@ -186,7 +173,15 @@ static int bad_flag(char **argv)
     return EXIT_USAGE;
 }
 
-static int open_store(plait_store_t **st, const char *path, int create)
+int agent_flags(plait_flags_cmd_t *cmd, int argc, char **argv)
+{
+    int rc = plait_flags_parse(cmd, argc, argv, stdout, NULL);
+    if (rc == 0) return FLAGS_OK;
+    if (rc == PLAIT_FLAGS_HELP) return 0;
+    return die_usage(rc);
+}
+
+int open_store(plait_store_t **st, const char *path, int create)
 {
     plait_store_config_t cfg;
     plait_store_config_default(&cfg);
@@ -195,15 +190,7 @@ static int open_store(plait_store_t **st, const char *path, int create)
     return plait_store_open(st, &cfg);
 }
 
-/* Model, tokenizer and optional pool, loaded together. */
-typedef struct {
-    plait_model_t model;
-    plait_tok_t tok;
-    plait_pool_t *pool;
-    int have_tok;
-} engine_t;
-
-static int engine_load(engine_t *e, common_t *c, int need_tok)
+int engine_load(engine_t *e, common_t *c, int need_tok)
 {
     int rc;
     plait_model_init(&e->model);
@@ -220,7 +207,7 @@ static int engine_load(engine_t *e, common_t *c, int need_tok)
     return 0;
 }
 
-static void engine_free(engine_t *e)
+void engine_free(engine_t *e)
 {
     plait_pool_destroy(e->pool);
     plait_tok_free(&e->tok);
@@ -228,7 +215,7 @@ static void engine_free(engine_t *e)
 }
 
 /* Build a corpus from --db (one split) or --text (every block). */
-static int load_corpus(plait_corpus_t *corpus, const common_t *c, const plait_tok_t *tok,
+int load_corpus(plait_corpus_t *corpus, const common_t *c, const plait_tok_t *tok,
                        plait_store_split_t split)
 {
     int rc;
@@ -253,7 +240,7 @@ static int load_corpus(plait_corpus_t *corpus, const common_t *c, const plait_to
 }
 
 /* The folder that will hold file out must exist and be writable: 0, or fails naming it. */
-static int check_out_dir(const char *out)
+int check_out_dir(const char *out)
 {
     char dir[1024];
     const char *slash = strrchr(out, '/');
@@ -267,179 +254,9 @@ static int check_out_dir(const char *out)
     return 0;
 }
 
-/* --------------------------------------------------------------- ingest */
-
-static void ingest_usage(void)
-{
-    printf("usage: plait-agent ingest --db DB (--text FILE | --jsonl FILE) [--max-bytes N]\n"
-           "\n"
-           "Adds records to the device store DB (created if missing):\n"
-           "  --text FILE    one record per blank-line-separated block\n"
-           "  --jsonl FILE   one JSON object per line: {\"text\": ..., \"time\": unix s, \"kind\": ...}\n"
-           "  --max-bytes N  refuse files larger than N bytes (default 256 MiB)\n"
-           "The file is ingested in one transaction: entirely or not at all.\n");
-}
-
-#define PLAIT_PATH_LABEL_MAX 300
-
-static int cmd_ingest(int argc, char **argv)
-{
-    common_t c;
-    common_default(&c);
-    const char *jsonl = NULL;
-    uint64_t max_bytes = PLAIT_INGEST_DEFAULT_MAX_FILE;
-    static const struct option opts[] = {COMMON_OPTS, {"jsonl", required_argument, 0, OPT_JSONL},
-                                         {"max-bytes", required_argument, 0, OPT_MAX_BYTES}, {0, 0, 0, 0}};
-    int o;
-    while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        if (o == 'h') { ingest_usage(); return 0; }
-        int h = common_opt(&c, o, optarg);
-        if (h < 0) return die_usage(PLAIT_EINVAL);
-        if (h) continue;
-        if (o == OPT_JSONL) jsonl = optarg;
-        else if (o == OPT_MAX_BYTES) {
-            if (plait_cli_u64("--max-bytes", optarg, &max_bytes) != 0) return die_usage(PLAIT_EINVAL);
-        } else return bad_flag(argv), die_usage(PLAIT_EINVAL);
-    }
-    if (optind < argc) return plait_fail(PLAIT_EINVAL, "unexpected argument '%.60s'", argv[optind]), die_usage(0);
-    if (!c.db) return plait_fail(PLAIT_EINVAL, "--db is required"), die_usage(0);
-    if (!c.text == !jsonl) return plait_fail(PLAIT_EINVAL, "give exactly one of --text and --jsonl"), die_usage(0);
-    /* A missing input must not leave an empty store behind. */
-    FILE *in = NULL; /* opened without blocking: a FIFO or device is refused, not waited on */
-    char label[PLAIT_PATH_LABEL_MAX];
-    snprintf(label, sizeof(label), "%s %s", jsonl ? "--jsonl" : "--text", jsonl ? jsonl : c.text);
-    int orc = plait_file_fopen(jsonl ? jsonl : c.text, label, &in);
-    if (orc != 0)
-        return plait_fail(orc, "%s (no store created)", plait_errmsg()), die_run(orc);
-    fclose(in);
-    plait_store_t *st = NULL;
-    int rc = open_store(&st, c.db, 1);
-    if (rc != 0) return die_run(rc);
-    int64_t added = 0, total = 0, held = 0;
-    rc = plait_ingest_file(st, jsonl ? jsonl : c.text, jsonl ? PLAIT_INGEST_JSONL : PLAIT_INGEST_TEXT,
-                           (size_t)max_bytes, &added);
-    if (rc == 0) rc = plait_store_count(st, &total);
-    if (rc == 0) rc = plait_store_count_split(st, PLAIT_STORE_HELDOUT, &held);
-    plait_store_close(st);
-    if (rc == 0 && added == 0)
-        rc = plait_fail(PLAIT_EINVAL, "%s holds no records (empty, or only blank lines): nothing was ingested",
-                        jsonl ? jsonl : c.text);
-    if (rc != 0) return die_run(rc);
-    printf("ingested %lld records into %s (%lld in store, %lld held out for evaluation)\n", (long long)added,
-           c.db, (long long)total, (long long)held);
-    return 0;
-}
-
-/* ----------------------------------------------------------------- info */
-
-static int cmd_info(int argc, char **argv)
-{
-    common_t c;
-    common_default(&c);
-    static const struct option opts[] = {COMMON_OPTS, {"json", no_argument, 0, OPT_JSON}, {0, 0, 0, 0}};
-    int json = 0;
-    int o;
-    while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        if (o == 'h') {
-            printf("usage: plait-agent info --db DB [--json]\n\nPrints how many records the store holds, per split\n"
-                   "(--json: one object {\"records\": N, \"train\": N, \"heldout\": N}).\n");
-            return 0;
-        }
-        if (o == OPT_JSON) {
-            json = 1;
-            continue;
-        }
-        int h = common_opt(&c, o, optarg);
-        if (h < 0) return die_usage(PLAIT_EINVAL);
-        if (!h) return bad_flag(argv), die_usage(PLAIT_EINVAL);
-    }
-    if (!c.db) return plait_fail(PLAIT_EINVAL, "--db is required"), die_usage(0);
-    plait_store_t *st = NULL;
-    int rc = open_store(&st, c.db, 0);
-    int64_t total = 0, train = 0, held = 0;
-    if (rc == 0) rc = plait_store_count(st, &total);
-    if (rc == 0) rc = plait_store_count_split(st, PLAIT_STORE_TRAIN, &train);
-    if (rc == 0) rc = plait_store_count_split(st, PLAIT_STORE_HELDOUT, &held);
-    plait_store_close(st);
-    if (rc != 0) return die_run(rc);
-    if (json)
-        printf("{\"records\": %lld, \"train\": %lld, \"heldout\": %lld}\n", (long long)total, (long long)train,
-               (long long)held);
-    else
-        printf("%s: %lld records (%lld train, %lld held out)\n", c.db, (long long)total, (long long)train,
-               (long long)held);
-    return 0;
-}
-
-/* --------------------------------------------------------------- forget */
-
-static int cmd_forget(int argc, char **argv)
-{
-    common_t c;
-    common_default(&c);
-    long long id = 0, before = -1;
-    int all = 0;
-    static const struct option opts[] = {COMMON_OPTS, {"id", required_argument, 0, OPT_ID},
-                                         {"before", required_argument, 0, OPT_BEFORE},
-                                         {"all", no_argument, 0, OPT_ALL},
-                                         {"state", required_argument, 0, OPT_STATE}, {0, 0, 0, 0}};
-    const char *state = NULL;
-    int o;
-    while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        if (o == 'h') {
-            printf("usage: plait-agent forget --db DB (--id ID | --before UNIX_SECONDS | --all) [--state DIR]\n\n"
-                   "Erases records for good: deleted text is overwritten in the database file.\n"
-                   "  --state DIR   the state directory `join` uses with this store: also erase what was\n"
-                   "                derived from the records there (personal adapter, pending update,\n"
-                   "                partial download). Stop the agent first.\n");
-            return 0;
-        }
-        if (o == OPT_STATE) {
-            state = optarg;
-            continue;
-        }
-        int h = common_opt(&c, o, optarg);
-        if (h < 0) return die_usage(PLAIT_EINVAL);
-        if (h) continue;
-        if (o == OPT_ID) {
-            if (plait_cli_int("--id", optarg, 1, INT64_MAX, &id) != 0) return die_usage(0);
-        } else if (o == OPT_BEFORE) {
-            if (plait_cli_int("--before", optarg, 0, INT64_MAX, &before) != 0) return die_usage(0);
-        } else if (o == OPT_ALL) all = 1;
-        else return bad_flag(argv), die_usage(PLAIT_EINVAL);
-    }
-    if (!c.db) return plait_fail(PLAIT_EINVAL, "--db is required"), die_usage(0);
-    if ((id > 0) + (before >= 0) + all != 1)
-        return plait_fail(PLAIT_EINVAL, "give exactly one of --id, --before and --all"), die_usage(0);
-    plait_store_t *st = NULL;
-    int rc = open_store(&st, c.db, 0);
-    int64_t n = 0;
-    if (rc == 0) {
-        if (id > 0) {
-            rc = plait_store_delete(st, id);
-            n = rc == 0;
-        } else {
-            rc = plait_store_delete_before(st, all ? INT64_MAX : before, &n);
-        }
-    }
-    if (rc == 0) rc = plait_store_checkpoint(st);
-    plait_store_close(st);
-    if (rc != 0) return die_run(rc);
-    printf("erased %lld records from %s\n", (long long)n, c.db);
-    if (!state) {
-        printf("no --state given: an agent state directory used with this store still holds its\n"
-               "personal adapter; run again with --state DIR to erase it\n");
-        return 0;
-    }
-    int removed = 0;
-    if ((rc = plait_agent_forget_derived(state, &removed)) != 0) return die_run(rc);
-    printf("erased %d derived files from %s\n", removed, state);
-    return 0;
-}
-
 /* --------------------------------------------------------------- keygen */
 
-static int cmd_keygen(int argc, char **argv)
+int cmd_keygen(int argc, char **argv)
 {
     static const struct option opts[] = {{"key", required_argument, 0, OPT_KEY},
                                          {"csr", required_argument, 0, OPT_CSR},
@@ -539,7 +356,7 @@ static int read_tokens(const char *path, int B, int T, int32_t **out)
     return 0;
 }
 
-static int cmd_train(int argc, char **argv)
+int cmd_train(int argc, char **argv)
 {
     common_t c;
     common_default(&c);
@@ -740,7 +557,7 @@ exit:
 
 /* ----------------------------------------------------------------- eval */
 
-static int cmd_eval(int argc, char **argv)
+int cmd_eval(int argc, char **argv)
 {
     common_t c;
     common_default(&c);
@@ -849,7 +666,7 @@ static int print_piece(void *ctx, const char *piece, size_t len)
     return 0;
 }
 
-static int cmd_generate(int argc, char **argv)
+int cmd_generate(int argc, char **argv)
 {
     common_t c;
     common_default(&c);
@@ -1008,7 +825,7 @@ static int parse_server(const char *arg, char *host, size_t cap, int *port)
     return 0;
 }
 
-static int cmd_join(int argc, char **argv)
+int cmd_join(int argc, char **argv)
 {
     common_t c;
     common_default(&c);
@@ -1179,7 +996,7 @@ static int parse_dtype(const char *s, int *type)
     return plait_fail(PLAIT_EINVAL, "--type '%.20s' is not one of f32, f16, bf16, q8_0, q4_0", s);
 }
 
-static int cmd_convert(int argc, char **argv)
+int cmd_convert(int argc, char **argv)
 {
     const char *model = NULL, *tokp = NULL, *out = NULL;
     int type = PLAIT_DT_F32;
@@ -1235,7 +1052,7 @@ static int cmd_convert(int argc, char **argv)
 
 /* --------------------------------------------------------------- export */
 
-static int cmd_export(int argc, char **argv)
+int cmd_export(int argc, char **argv)
 {
     const char *model = NULL, *adapter = NULL, *out = NULL, *fmt = "plait";
     static const struct option opts[] = {{"model", required_argument, 0, 'm'}, {"adapter", required_argument, 0, 'a'},
