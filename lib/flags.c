@@ -18,6 +18,8 @@
 #define USAGE_WIDTH 100 /* wrap the usage line before this column */
 #define LABEL_MAX 24    /* flag labels longer than this do not widen the help column */
 
+static int fmt_default(const plait_flag_t *f, char *buf, size_t cap);
+
 static plait_flag_t *find(const plait_flags_cmd_t *cmd, const char *name)
 {
     for (size_t i = 0; i < cmd->n_flags; i++)
@@ -110,6 +112,8 @@ int plait_flags_parse(plait_flags_cmd_t *cmd, int argc, char **argv, FILE *help_
     if (!opts) return plait_fail(PLAIT_ENOMEM, "flag table of %zu flags", cmd->n_flags);
     for (size_t i = 0; i < cmd->n_flags; i++) {
         cmd->flags[i].seen = 0;
+        if (!cmd->flags[i].show_default || !fmt_default(&cmd->flags[i], cmd->flags[i].def0, sizeof(cmd->flags[i].def0)))
+            cmd->flags[i].def0[0] = '\0';
         opts[i].name = cmd->flags[i].name;
         opts[i].has_arg = cmd->flags[i].kind == PLAIT_FLAG_SET ? no_argument : required_argument;
         opts[i].val = FLAG_BASE + (int)i;
@@ -278,7 +282,8 @@ void plait_flags_help(const plait_flags_cmd_t *cmd, FILE *out)
             fputc(*p, out);
             if (*p == '\n') fprintf(out, "%*s", (int)width + 4, "");
         }
-        if (f->show_default && fmt_default(f, def, sizeof(def))) fprintf(out, " (default %s)", def);
+        if (f->show_default && f->def0[0]) fprintf(out, " (default %s)", f->def0);
+        else if (f->show_default && fmt_default(f, def, sizeof(def))) fprintf(out, " (default %s)", def);
         fputc('\n', out);
     }
     if (cmd->epilogue) fputs(cmd->epilogue, out);

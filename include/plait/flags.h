@@ -16,7 +16,8 @@
  *
  * The table holds pointers into the caller's variables, so it is usually an
  * automatic array built where the variables (with their defaults) live;
- * --help shows a flag's default from that variable when show_default is set.
+ * --help shows a flag's default from that variable (as it was before parsing)
+ * when show_default is set.
  *
  * Thread-safety: not reentrant (getopt_long keeps global state).
  */
@@ -61,13 +62,14 @@ typedef struct {
     int (*parse)(void *dest, const char *value); /**< CUSTOM: 0 or plait_fail(PLAIT_EINVAL, ...) */
     int show_default;       /**< --help appends "(default V)" read from dest */
     int seen;               /**< OUT: how many times the flag was given */
+    char def0[48];          /**< internal: the default as it was before parsing */
 } plait_flag_t;
 
 /* Table rows, every field named (strict C11, no missing initializers). def: 1
  * appends "(default V)" to the help, read from dest when --help is shown. */
 #define PLAIT_FLAG_ROW(n, k, d, m, h, l, u, dl, du, v, fn, def) \
     {.name = (n), .kind = (k), .dest = (d), .meta = (m), .help = (h), .lo = (l), .hi = (u), .dlo = (dl), \
-     .dhi = (du), .set = (v), .parse = (fn), .show_default = (def), .seen = 0}
+     .dhi = (du), .set = (v), .parse = (fn), .show_default = (def), .seen = 0, .def0 = ""}
 #define PLAIT_F_SET(n, d, v, h) PLAIT_FLAG_ROW(n, PLAIT_FLAG_SET, d, NULL, h, 0, 0, 0, 0, v, NULL, 0)
 #define PLAIT_F_STR(n, d, m, h) PLAIT_FLAG_ROW(n, PLAIT_FLAG_STR, d, m, h, 0, 0, 0, 0, 0, NULL, 0)
 #define PLAIT_F_INT(n, d, lo, hi, m, h, def) PLAIT_FLAG_ROW(n, PLAIT_FLAG_INT, d, m, h, lo, hi, 0, 0, 0, NULL, def)
