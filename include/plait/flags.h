@@ -76,8 +76,10 @@ typedef struct {
 #define PLAIT_F_LLONG(n, d, lo, hi, m, h, def) PLAIT_FLAG_ROW(n, PLAIT_FLAG_LLONG, d, m, h, lo, hi, 0, 0, 0, NULL, def)
 #define PLAIT_F_U32(n, d, lo, hi, m, h, def) PLAIT_FLAG_ROW(n, PLAIT_FLAG_U32, d, m, h, lo, hi, 0, 0, 0, NULL, def)
 #define PLAIT_F_U64(n, d, m, h, def) PLAIT_FLAG_ROW(n, PLAIT_FLAG_U64, d, m, h, 0, 0, 0, 0, 0, NULL, def)
-#define PLAIT_F_DOUBLE(n, d, lo, hi, m, h, def) PLAIT_FLAG_ROW(n, PLAIT_FLAG_DOUBLE, d, m, h, 0, 0, lo, hi, 0, NULL, def)
-#define PLAIT_F_FLOAT(n, d, lo, hi, m, h, def) PLAIT_FLAG_ROW(n, PLAIT_FLAG_FLOAT, d, m, h, 0, 0, lo, hi, 0, NULL, def)
+#define PLAIT_F_DOUBLE(n, d, lo, hi, m, h, def) \
+    PLAIT_FLAG_ROW(n, PLAIT_FLAG_DOUBLE, d, m, h, 0, 0, lo, hi, 0, NULL, def)
+#define PLAIT_F_FLOAT(n, d, lo, hi, m, h, def) \
+    PLAIT_FLAG_ROW(n, PLAIT_FLAG_FLOAT, d, m, h, 0, 0, lo, hi, 0, NULL, def)
 #define PLAIT_F_LIST(n, d, m, h) PLAIT_FLAG_ROW(n, PLAIT_FLAG_LIST, d, m, h, 0, 0, 0, 0, 0, NULL, 0)
 #define PLAIT_F_CUSTOM(n, d, fn, m, h) PLAIT_FLAG_ROW(n, PLAIT_FLAG_CUSTOM, d, m, h, 0, 0, 0, 0, 0, fn, 0)
 
