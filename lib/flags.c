@@ -102,8 +102,55 @@ static int check_rule(const plait_flags_cmd_t *cmd, const plait_flag_rule_t *r)
     case PLAIT_RULE_NEEDS:
         if (n < 2 || !plait_flags_seen(cmd, r->names[0]) || plait_flags_seen(cmd, r->names[1])) return 0;
         return plait_fail(PLAIT_EINVAL, "--%s needs --%s", r->names[0], r->names[1]);
+    case PLAIT_RULE_SHOW_REQUIRED:
+    case PLAIT_RULE_SHOW_ONE_OF: return 0;
     }
     return plait_fail(PLAIT_EINVAL, "unknown flag rule %d", (int)r->kind);
+}
+
+/* The strict style (flags.h): one pass over argv in order. */
+static int parse_strict(plait_flags_cmd_t *cmd, int argc, char **argv, FILE *help_out)
+{
+    size_t npos = 0;
+    for (size_t k = 0; k < cmd->n_pos; k++) cmd->pos[k] = NULL;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            plait_flags_help(cmd, help_out);
+            return PLAIT_FLAGS_HELP;
+        }
+        if (a[0] != '-' && npos < cmd->n_pos) {
+            cmd->pos[npos++] = a;
+            continue;
+        }
+        const char *eq = strchr(a, '=');
+        size_t nlen = eq ? (size_t)(eq - a) : strlen(a);
+        plait_flag_t *f = NULL;
+        for (size_t k = 0; k < cmd->n_flags && a[0] == '-' && a[1] == '-'; k++)
+            if (strlen(cmd->flags[k].name) == nlen - 2 && strncmp(cmd->flags[k].name, a + 2, nlen - 2) == 0)
+                f = &cmd->flags[k];
+        if (f == NULL)
+            return plait_fail(PLAIT_EINVAL, "unknown %s '%.*s' (try --help)", a[0] == '-' ? "flag" : "argument",
+                              (int)nlen, a);
+        if (f->seen && f->kind != PLAIT_FLAG_LIST) return plait_fail(PLAIT_EINVAL, "--%s given twice", f->name);
+        const char *v;
+        if (f->kind == PLAIT_FLAG_SET) {
+            if (eq) return plait_fail(PLAIT_EINVAL, "--%s takes no value", f->name);
+            v = NULL;
+        } else if (eq) {
+            v = eq + 1;
+        } else if (i + 1 < argc) {
+            v = argv[++i];
+        } else if (f->kind == PLAIT_FLAG_LIST && f->meta) {
+            return plait_fail(PLAIT_EINVAL, "--%s needs %s", f->name, f->meta);
+        } else {
+            return plait_fail(PLAIT_EINVAL, "--%s needs a value", f->name);
+        }
+        f->seen++;
+        int rc = apply(f, v);
+        if (rc != 0) return rc;
+    }
+    return 0;
 }
 
 int plait_flags_parse(plait_flags_cmd_t *cmd, int argc, char **argv, FILE *help_out, int *first_arg)
@@ -112,11 +159,18 @@ int plait_flags_parse(plait_flags_cmd_t *cmd, int argc, char **argv, FILE *help_
     if (!opts) return plait_fail(PLAIT_ENOMEM, "flag table of %zu flags", cmd->n_flags);
     for (size_t i = 0; i < cmd->n_flags; i++) {
         cmd->flags[i].seen = 0;
-        if (!cmd->flags[i].show_default || !fmt_default(&cmd->flags[i], cmd->flags[i].def0, sizeof(cmd->flags[i].def0)))
-            cmd->flags[i].def0[0] = '\0';
+        plait_flag_t *f = &cmd->flags[i];
+        if (!f->show_default || !fmt_default(f, f->def0, sizeof(f->def0))) f->def0[0] = '\0';
         opts[i].name = cmd->flags[i].name;
         opts[i].has_arg = cmd->flags[i].kind == PLAIT_FLAG_SET ? no_argument : required_argument;
         opts[i].val = FLAG_BASE + (int)i;
+    }
+    if (cmd->strict) {
+        free(opts);
+        int rc = parse_strict(cmd, argc, argv, help_out);
+        if (first_arg) *first_arg = argc;
+        for (size_t i = 0; rc == 0 && i < cmd->n_rules; i++) rc = check_rule(cmd, &cmd->rules[i]);
+        return rc;
     }
     opts[cmd->n_flags].name = "help";
     opts[cmd->n_flags].has_arg = no_argument;
@@ -227,7 +281,8 @@ static void usage_line(const plait_flags_cmd_t *cmd, FILE *out)
         const plait_flag_t *f = &cmd->flags[i];
         if (!f->help) continue;
         const plait_flag_rule_t *r;
-        if ((r = rule_of(cmd, PLAIT_RULE_ONE_OF, f->name)) != NULL) {
+        if ((r = rule_of(cmd, PLAIT_RULE_ONE_OF, f->name)) != NULL ||
+            (r = rule_of(cmd, PLAIT_RULE_SHOW_ONE_OF, f->name)) != NULL) {
             if (first_member(cmd, r, f)) put_group(&l, cmd, r, "(", ")");
             continue;
         }
@@ -236,7 +291,8 @@ static void usage_line(const plait_flags_cmd_t *cmd, FILE *out)
             continue;
         }
         label(f, lab, sizeof(lab));
-        if (rule_of(cmd, PLAIT_RULE_REQUIRED, f->name)) snprintf(word, sizeof(word), "%s", lab);
+        if (rule_of(cmd, PLAIT_RULE_REQUIRED, f->name) || rule_of(cmd, PLAIT_RULE_SHOW_REQUIRED, f->name))
+            snprintf(word, sizeof(word), "%s", lab);
         else snprintf(word, sizeof(word), "[%s]%s", lab, f->kind == PLAIT_FLAG_LIST ? "..." : "");
         put_word(&l, word);
     }

@@ -89,6 +89,9 @@ typedef enum {
     PLAIT_RULE_ONE_OF,      /**< exactly one given: "give exactly one of --db and --text" */
     PLAIT_RULE_AT_MOST_ONE, /**< "give at most one of --once and --daemon" */
     PLAIT_RULE_NEEDS,       /**< names[0] given only with names[1]: "--rounds needs --daemon" */
+    /* Shown in the usage line only; the command checks them itself, in its own words. */
+    PLAIT_RULE_SHOW_REQUIRED, /**< listed bare, as required */
+    PLAIT_RULE_SHOW_ONE_OF,   /**< listed as a group "(--a A | --b B)" */
 } plait_flag_rule_kind_t;
 
 #define PLAIT_FLAG_RULE_MAX 6
@@ -109,6 +112,18 @@ typedef struct {
     const plait_flag_rule_t *rules;
     size_t n_rules;
     int extra_args;         /**< 0: a positional argument is an error; 1: left to the caller */
+    /**
+     * 0: getopt_long style (abbreviations, a flag may repeat: the last wins).
+     * 1: strict style, as plait-aggregator parses: exact names, each flag at
+     * most once (LIST excepted), value as the next argument or after '=';
+     * positional arguments fill pos[0..n_pos) in order. Its messages:
+     * "unknown flag '--x' (try --help)", "unknown argument 'x' (try --help)",
+     * "--x given twice", "--x takes no value", "--x needs a value" (a LIST:
+     * "--set needs key=value", from its meta).
+     */
+    int strict;
+    const char **pos; /**< strict: OUT positional arguments (NULL where not given) */
+    size_t n_pos;
 } plait_flags_cmd_t;
 
 /** plait_flags_parse(): --help was given and written. */

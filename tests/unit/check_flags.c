@@ -67,8 +67,13 @@ static void fixture(fixture_t *x)
         {PLAIT_RULE_NEEDS, {"rounds", "daemon"}},
     };
     memcpy(x->rules, r, sizeof(r));
-    x->cmd = (plait_flags_cmd_t){"plait-test run", NULL, "Runs a test.\n", "Example: plait-test run --db x\n",
-                                 x->flags, sizeof(f) / sizeof(f[0]), x->rules, 4, 0};
+    x->cmd = (plait_flags_cmd_t){.prog = "plait-test run",
+                                 .about = "Runs a test.\n",
+                                 .epilogue = "Example: plait-test run --db x\n",
+                                 .flags = x->flags,
+                                 .n_flags = sizeof(f) / sizeof(f[0]),
+                                 .rules = x->rules,
+                                 .n_rules = 4};
 }
 
 /* Parse a space-separated command line (argv[0] "run" is prepended). */
@@ -211,6 +216,64 @@ START_TEST(test_help)
 }
 END_TEST
 
+/* The strict style (plait-aggregator's): exact names, once each, DIR positional. */
+static void expect_strict(const char *line, const char *msg)
+{
+    fixture_t x;
+    fixture(&x);
+    const char *pos[1];
+    x.cmd.strict = 1;
+    x.cmd.pos = pos;
+    x.cmd.n_pos = 1;
+    x.cmd.n_rules = 0;
+    int rc = run(&x, line, NULL);
+    if (!msg) {
+        ck_assert_msg(rc == 0, "'%s': %s", line, plait_errmsg());
+        return;
+    }
+    ck_assert_int_eq(rc, PLAIT_EINVAL);
+    ck_assert_msg(strcmp(plait_errmsg(), msg) == 0, "'%s': got '%s', want '%s'", line, plait_errmsg(), msg);
+}
+
+START_TEST(test_strict)
+{
+    fixture_t x;
+    fixture(&x);
+    const char *pos[2];
+    x.cmd.strict = 1;
+    x.cmd.pos = pos;
+    x.cmd.n_pos = 2;
+    ck_assert_int_eq(run(&x, "--db=a DIR --text t --set k=1 --set=k=2 --daemon --rank 3", NULL), 0);
+    ck_assert_str_eq(pos[0], "DIR");
+    ck_assert_ptr_null(pos[1]);
+    ck_assert_str_eq(x.db, "a");
+    ck_assert_int_eq(x.rank, 3);
+    ck_assert_uint_eq(x.sets.n, 2);
+    ck_assert_str_eq(x.setv[1], "k=2");
+    ck_assert_int_eq(x.daemon, 1);
+
+    expect_strict("DIR --db a", NULL);
+    expect_strict("DIR --bogus 1", "unknown flag '--bogus' (try --help)");
+    expect_strict("DIR --bogus=1", "unknown flag '--bogus' (try --help)");
+    expect_strict("DIR --ran 1", "unknown flag '--ran' (try --help)"); /* no abbreviations */
+    expect_strict("DIR OTHER", "unknown argument 'OTHER' (try --help)");
+    expect_strict("DIR --db a --db b", "--db given twice");
+    expect_strict("DIR --quiet=1", "--quiet takes no value");
+    expect_strict("DIR --db", "--db needs a value");
+    expect_strict("DIR --set", "--set needs K=V");
+    expect_strict("DIR --rank 0", "--rank: '0' is outside 1..64");
+    expect_strict("--rank 0 --help", "--rank: '0' is outside 1..64");
+    fixture(&x);
+    x.cmd.strict = 1;
+    x.cmd.pos = pos;
+    x.cmd.n_pos = 1;
+    FILE *devnull = fopen("/dev/null", "w");
+    char *argv[] = {"run", "--help", "--bogus", NULL};
+    ck_assert_int_eq(plait_flags_parse(&x.cmd, 3, argv, devnull, NULL), PLAIT_FLAGS_HELP);
+    fclose(devnull);
+}
+END_TEST
+
 Suite *flags_suite(void)
 {
     Suite *s = suite_create("flags");
@@ -218,6 +281,7 @@ Suite *flags_suite(void)
     tcase_add_test(tc, test_values);
     tcase_add_test(tc, test_errors);
     tcase_add_test(tc, test_help);
+    tcase_add_test(tc, test_strict);
     suite_add_tcase(s, tc);
     return s;
 }
