@@ -128,6 +128,27 @@ void plait__aggcli_fmt_double(char *buf, size_t len, double v)
     }
 }
 
+/* ---- flag tables (plait/flags.h, strict style) ----------------------------- */
+
+int plait__aggcli_flags(const char *name, plait_flags_cmd_t *cmd, const char **pos, const char *missing, int argc,
+                        char **argv, FILE *out, FILE *err)
+{
+    cmd->strict = 1;
+    cmd->pos = pos;
+    cmd->n_pos = pos ? 1 : 0;
+    int rc = plait_flags_parse(cmd, argc, argv, out, NULL);
+    if (rc == PLAIT_FLAGS_HELP) return 0;
+    if (rc != 0) {
+        fprintf(err, PROG " %s: %s\n", name, plait_errmsg());
+        return 2;
+    }
+    if (pos && !*pos) {
+        fprintf(err, PROG " %s: %s\n", name, missing);
+        return 2;
+    }
+    return AGGCLI_FLAGS_OK;
+}
+
 /* ---- deployment commands: shared argument handling --------------------- */
 
 /* Positional DIR plus flags; "--set key=value" may repeat. Returns 0 or 2. */
@@ -227,37 +248,42 @@ const char *plait__aggcli_fmt_time(int64_t t, char *buf, size_t len)
 
 static int cmd_init(int argc, char **argv, FILE *out, FILE *err)
 {
-    flag_t flags[] = {{"--base-model", 1, NULL}, {"--server-names", 1, NULL}, {"--org", 1, NULL}};
-    const char *dir, *sets[MAX_SETS];
-    size_t n_sets;
-    int help, rc = plait__aggcli_parse_dir_args("init", argc, argv, flags, 3, &dir, sets, &n_sets, &help, err);
-    if (rc != 0) return rc;
-    if (help) {
-        fputs("usage: " PROG " init DIR --base-model PATH [--server-names LIST] [--org NAME] [--set key=value]...\n"
-              "\n"
-              "Create a deployment in DIR (created 0700; an existing deployment is never\n"
-              "overwritten): the CA (ca.crt, ca.key), the aggregator's key and certificate\n"
-              "(server.crt, server.key), an empty revocation list (revoked.txt), the database\n"
-              "(plait.db) and aggregator.conf with every setting written out and commented.\n"
-              "All or nothing: it is built beside DIR and renamed into place, so a failed\n"
-              "init leaves nothing behind; a DIR that exists and is not empty is refused.\n"
-              "\n"
-              "  --base-model PATH     the base model checkpoint devices run (stored in the config)\n"
-              "  --server-names LIST   subjectAltNames of the server certificate, comma-separated\n"
-              "                        DNS names and IP addresses (default localhost,127.0.0.1)\n"
-              "  --org NAME            organization in every certificate (default plait)\n"
-              "  --set key=value       any other setting of aggregator.conf (repeatable)\n",
-              out);
-        return 0;
-    }
+    const char *dir = NULL, *sets[MAX_SETS], *v[3] = {NULL, NULL, NULL};
+    plait_flag_list_t set_list = {sets, 0, MAX_SETS};
+    plait_flag_t flags[] = {
+        PLAIT_F_STR("base-model", &v[0], "PATH", "the base model checkpoint devices run (stored in the config)"),
+        PLAIT_F_STR("server-names", &v[1], "LIST",
+                    "subjectAltNames of the server certificate, comma-separated\n"
+                    "DNS names and IP addresses (default localhost,127.0.0.1)"),
+        PLAIT_F_STR("org", &v[2], "NAME", "organization in every certificate (default plait)"),
+        ROW_SET(set_list),
+    };
+    static const plait_flag_rule_t rules[] = {{PLAIT_RULE_SHOW_REQUIRED, {"base-model"}}};
+    plait_flags_cmd_t cmd = {
+        .prog = PROG " init",
+        .args = "DIR",
+        .about = "Create a deployment in DIR (created 0700; an existing deployment is never\n"
+                 "overwritten): the CA (ca.crt, ca.key), the aggregator's key and certificate\n"
+                 "(server.crt, server.key), an empty revocation list (revoked.txt), the database\n"
+                 "(plait.db) and aggregator.conf with every setting written out and commented.\n"
+                 "All or nothing: it is built beside DIR and renamed into place, so a failed\n"
+                 "init leaves nothing behind; a DIR that exists and is not empty is refused.\n",
+        .flags = flags,
+        .n_flags = sizeof(flags) / sizeof(flags[0]),
+        .rules = rules,
+        .n_rules = sizeof(rules) / sizeof(rules[0]),
+    };
+    int rc = plait__aggcli_flags("init", &cmd, &dir, MISSING_DIR, argc, argv, out, err);
+    if (rc != AGGCLI_FLAGS_OK) return rc;
+    size_t n_sets = set_list.n;
     plait_aggcfg_t c;
     plait_aggcfg_default(&c);
-    if (flags[0].value == NULL) {
+    if (v[0] == NULL) {
         fputs(PROG " init: missing --base-model (try --help)\n", err);
         return 2;
     }
     char abs[PATH_MAX];
-    const char *bm = realpath(flags[0].value, abs) ? abs : flags[0].value;
+    const char *bm = realpath(v[0], abs) ? abs : v[0];
     if (strlen(bm) > PLAIT_AGGCFG_STR_MAX || snprintf(c.base_model, sizeof(c.base_model), "%s", bm) < 0) {
         fputs(PROG " init: --base-model path too long\n", err);
         return 2;
@@ -280,8 +306,8 @@ static int cmd_init(int argc, char **argv, FILE *out, FILE *err)
     plait_model_free(&m);
     plait_pki_config_t pc;
     plait_pki_config_default(&pc);
-    if (flags[1].value) pc.server_alt_names = flags[1].value;
-    if (flags[2].value) pc.org = flags[2].value;
+    if (v[1]) pc.server_alt_names = v[1];
+    if (v[2]) pc.org = v[2];
     /* Everything is built in a staging directory beside DIR and renamed onto
      * it at the end (stagedir.h): a failure leaves nothing that blocks a re-run. */
     char stage[4096];
@@ -357,27 +383,32 @@ static void json_sink(plait_log_level_t level, const char *line, void *ud)
 
 static int cmd_serve(int argc, char **argv, FILE *out, FILE *err)
 {
-    flag_t flags[] = {{"--port", 1, NULL}, {"--metrics-port", 1, NULL}, {"--port-file", 1, NULL}};
-    const char *dir, *sets[MAX_SETS + 3];
-    size_t n_sets;
-    int help, rc = plait__aggcli_parse_dir_args("serve", argc, argv, flags, 3, &dir, sets, &n_sets, &help, err);
-    if (rc != 0) return rc;
-    if (help) {
-        fputs("usage: " PROG " serve DIR [--port N] [--metrics-port N] [--port-file FILE] [--set key=value]...\n"
-              "\n"
-              "Run the aggregator of the deployment in DIR until SIGTERM or SIGINT (then it\n"
-              "stops accepting, abandons the open round, closes every connection and exits 0).\n"
-              "Settings: DIR/aggregator.conf, overridden by the flags (port 0: any free port;\n"
-              "--port-file writes {\"port\": N, \"metrics_port\": M} once listening).\n"
-              "Logs: one JSON object per line on stderr.\n",
-              out);
-        return 0;
-    }
+    const char *dir = NULL, *sets[MAX_SETS + 3], *v[3] = {NULL, NULL, NULL};
+    plait_flag_list_t set_list = {sets, 0, MAX_SETS};
+    plait_flag_t flags[] = {
+        PLAIT_F_STR("port", &v[0], "N", "the devices' TLS port (0: any free port)"),
+        PLAIT_F_STR("metrics-port", &v[1], "N", "the metrics HTTP port (0: any free port)"),
+        PLAIT_F_STR("port-file", &v[2], "FILE", "write {\"port\": N, \"metrics_port\": M} here once listening"),
+        ROW_SET(set_list),
+    };
+    plait_flags_cmd_t cmd = {
+        .prog = PROG " serve",
+        .args = "DIR",
+        .about = "Run the aggregator of the deployment in DIR until SIGTERM or SIGINT (then it\n"
+                 "stops accepting, abandons the open round, closes every connection and exits 0).\n"
+                 "Settings: DIR/aggregator.conf, overridden by the flags.\n",
+        .epilogue = "Logs: one JSON object per line on stderr.\n",
+        .flags = flags,
+        .n_flags = sizeof(flags) / sizeof(flags[0]),
+    };
+    int rc = plait__aggcli_flags("serve", &cmd, &dir, MISSING_DIR, argc, argv, out, err);
+    if (rc != AGGCLI_FLAGS_OK) return rc;
+    size_t n_sets = set_list.n;
     char kv[3][PLAIT_AGGCFG_STR_MAX + 32];
     const char *keys[3] = {"port", "metrics_port", "port_file"};
     for (int k = 0; k < 3; k++)
-        if (flags[k].value) {
-            snprintf(kv[k], sizeof(kv[k]), "%s=%s", keys[k], flags[k].value);
+        if (v[k]) {
+            snprintf(kv[k], sizeof(kv[k]), "%s=%s", keys[k], v[k]);
             sets[n_sets++] = kv[k];
         }
     plait_aggcfg_t c;
@@ -404,30 +435,38 @@ static int cmd_serve(int argc, char **argv, FILE *out, FILE *err)
 
 static int cmd_export(int argc, char **argv, FILE *out, FILE *err)
 {
-    flag_t flags[] = {{"--version", 1, NULL}, {"--out", 1, NULL}, {"--format", 1, NULL}};
-    const char *dir;
-    int help, rc = plait__aggcli_parse_dir_args("export", argc, argv, flags, 3, &dir, NULL, NULL, &help, err);
-    if (rc != 0) return rc;
-    if (help) {
-        fputs("usage: " PROG " export DIR --version N --out PATH [--format plait|peft|gguf]\n\n"
-              "Write global adapter version N as a safetensors LoRA adapter (the file\n"
-              "plait-agent and the engine load), after checking its hash and that it loads\n"
-              "against the deployment's base model. --format peft writes a Hugging Face PEFT\n"
-              "directory PATH (adapter_model.safetensors, adapter_config.json); --format gguf\n"
-              "a llama.cpp GGUF LoRA adapter file (see docs/models.md).\n",
-              out);
-        return 0;
-    }
+    const char *dir = NULL, *fv[3] = {NULL, NULL, NULL};
+    plait_flag_t flags[] = {
+        PLAIT_F_STR("version", &fv[0], "N", "the global adapter version"),
+        PLAIT_F_STR("out", &fv[1], "PATH", "where to write it"),
+        PLAIT_F_STR("format", &fv[2], "plait|peft|gguf", "what to write (default plait)"),
+    };
+    static const plait_flag_rule_t rules[] = {{PLAIT_RULE_SHOW_REQUIRED, {"version", "out"}}};
+    plait_flags_cmd_t cmd = {
+        .prog = PROG " export",
+        .args = "DIR",
+        .about = "Write global adapter version N as a safetensors LoRA adapter (the file\n"
+                 "plait-agent and the engine load), after checking its hash and that it loads\n"
+                 "against the deployment's base model. --format peft writes a Hugging Face PEFT\n"
+                 "directory PATH (adapter_model.safetensors, adapter_config.json); --format gguf\n"
+                 "a llama.cpp GGUF LoRA adapter file (see docs/models.md).\n",
+        .flags = flags,
+        .n_flags = sizeof(flags) / sizeof(flags[0]),
+        .rules = rules,
+        .n_rules = sizeof(rules) / sizeof(rules[0]),
+    };
+    int rc = plait__aggcli_flags("export", &cmd, &dir, MISSING_DIR, argc, argv, out, err);
+    if (rc != AGGCLI_FLAGS_OK) return rc;
     uint64_t v = 0;
-    if (!flags[0].value || !flags[1].value) {
+    if (!fv[0] || !fv[1]) {
         fputs(PROG " export: need --version and --out (try --help)\n", err);
         return 2;
     }
-    if (plait__aggcli_parse_count(flags[0].value, INT64_MAX, &v) != 0) {
-        fprintf(err, PROG " export: bad value '%s' for --version\n", flags[0].value);
+    if (plait__aggcli_parse_count(fv[0], INT64_MAX, &v) != 0) {
+        fprintf(err, PROG " export: bad value '%s' for --version\n", fv[0]);
         return 2;
     }
-    const char *fmt = flags[2].value ? flags[2].value : "plait";
+    const char *fmt = fv[2] ? fv[2] : "plait";
     if (strcmp(fmt, "plait") != 0 && strcmp(fmt, "peft") != 0 && strcmp(fmt, "gguf") != 0) {
         fprintf(err, PROG " export: bad value '%.40s' for --format (plait, peft, gguf)\n", fmt);
         return 2;
@@ -454,17 +493,17 @@ static int cmd_export(int argc, char **argv, FILE *out, FILE *err)
                 c.base_model, plait_errmsg(), plait_err_name(rc));
         rc = 1;
     } else {
-        if (strcmp(fmt, "peft") == 0) rc = plait_peft_export(&l, flags[1].value);
-        else if (strcmp(fmt, "gguf") == 0) rc = plait_lora_gguf_export(&l, flags[1].value);
-        else rc = plait_adapter_save(flags[1].value, &l, m.sha256);
+        if (strcmp(fmt, "peft") == 0) rc = plait_peft_export(&l, fv[1]);
+        else if (strcmp(fmt, "gguf") == 0) rc = plait_lora_gguf_export(&l, fv[1]);
+        else rc = plait_adapter_save(fv[1], &l, m.sha256);
         if (rc != 0) {
-            fprintf(err, PROG " export: %s: %s\n", flags[1].value, plait_errmsg());
+            fprintf(err, PROG " export: %s: %s\n", fv[1], plait_errmsg());
             rc = 1;
         } else {
             char hex[65];
             plait_hex(ver.sha256, 32, hex);
             fprintf(out, "exported version %llu (round %lld, sha256 %s) to %s (%s)\n", (unsigned long long)v,
-                    (long long)ver.round_id, hex, flags[1].value, fmt);
+                    (long long)ver.round_id, hex, fv[1], fmt);
         }
     }
     plait_lora_free(&l);

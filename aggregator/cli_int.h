@@ -16,9 +16,25 @@
 
 #include "plait/aggcfg.h"
 #include "plait/aggstore.h"
+#include "plait/flags.h"
 
 #define PROG "plait-aggregator"
 #define MAX_SETS 64
+
+/* plait__aggcli_flags(): parsed, go on. */
+#define AGGCLI_FLAGS_OK (-1)
+#define MISSING_DIR "missing deployment directory DIR (try --help)"
+/* The repeatable --set key=value of init and serve. */
+#define ROW_SET(list) PLAIT_F_LIST("set", &(list), "key=value", "any other setting of aggregator.conf (repeatable)")
+
+/**
+ * Parse a subcommand's flags (argv[0] is its name) with cmd, strict style.
+ * pos (may be NULL): its one positional argument, required (missing: print
+ * "PROG name: <missing>"). Returns AGGCLI_FLAGS_OK, or the exit status to
+ * return: 0 after --help (written to out), 2 after one line to err.
+ */
+int plait__aggcli_flags(const char *name, plait_flags_cmd_t *cmd, const char **pos, const char *missing, int argc,
+                        char **argv, FILE *out, FILE *err);
 
 typedef struct {
     const char *name;  /* "--q" */
