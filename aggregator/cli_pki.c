@@ -51,30 +51,38 @@ static int random_device_id(char out[33])
 
 int plait__aggcli_enroll(int argc, char **argv, FILE *out, FILE *err)
 {
-    flag_t flags[] = {{"--device", 1, NULL},   {"--csr", 1, NULL},       {"--out-key", 1, NULL},
-                      {"--out-cert", 1, NULL}, {"--out-record", 1, NULL}};
-    const char *dir;
-    int help, rc = plait__aggcli_parse_dir_args("enroll", argc, argv, flags, 5, &dir, NULL, NULL, &help, err);
-    if (rc != 0) return rc;
-    if (help) {
-        fputs("usage: " PROG " enroll DIR --device LABEL (--csr FILE | --out-key FILE)\n"
-              "                   [--out-cert FILE] [--out-record FILE]\n"
-              "\n"
-              "Issue a device certificate (clientAuth) with the CA in DIR. Its CN is a fresh\n"
-              "random id (128 bits, hex), never LABEL: TLS 1.2 sends client certificates in\n"
-              "clear. LABEL is the operator's name for the device; it stays in the database\n"
-              "and in this tool's output. With --csr the device keeps its key (`plait-agent\n"
-              "keygen`): the request's signature is verified and its public key certified.\n"
-              "With --out-key a fresh P-256 key is generated and written (0600).\n"
-              "Without --out-record the device is recorded in DIR's database (this host\n"
-              "serves). With --out-record (an offline CA host) the database is not touched:\n"
-              "FILE is an enrollment record signed by the CA, to be imported on the serving\n"
-              "host with `" PROG " import-enrollment`. Labels and ids are never reused.\n",
-              out);
-        return 0;
-    }
-    const char *label = flags[0].value, *csr = flags[1].value, *okey = flags[2].value, *ocrt = flags[3].value,
-               *orec = flags[4].value;
+    const char *dir = NULL, *v[5] = {NULL, NULL, NULL, NULL, NULL};
+    plait_flag_t flags[] = {
+        PLAIT_F_STR("device", &v[0], "LABEL", "the operator's name for the device (1..64 of A-Z a-z 0-9 . _ -)"),
+        PLAIT_F_STR("csr", &v[1], "FILE", "certify the key of this request (`plait-agent keygen`)"),
+        PLAIT_F_STR("out-key", &v[2], "FILE", "generate a P-256 key and write it here (0600)"),
+        PLAIT_F_STR("out-cert", &v[3], "FILE", "write the certificate here"),
+        PLAIT_F_STR("out-record", &v[4], "FILE", "write a signed enrollment record (offline CA host)"),
+    };
+    static const plait_flag_rule_t rules[] = {{PLAIT_RULE_SHOW_REQUIRED, {"device"}}, {PLAIT_RULE_SHOW_ONE_OF, {"csr", "out-key"}}};
+    plait_flags_cmd_t cmd = {
+        .prog = PROG " enroll",
+        .args = "DIR",
+        .about = "Issue a device certificate (clientAuth) with the CA in DIR. Its CN is a fresh\n"
+                 "random id (128 bits, hex), never LABEL: TLS 1.2 sends client certificates in\n"
+                 "clear. LABEL is the operator's name for the device; it stays in the database\n"
+                 "and in this tool's output. With --csr the device keeps its key (`plait-agent\n"
+                 "keygen`): the request's signature is verified and its public key certified.\n"
+                 "With --out-key a fresh P-256 key is generated and written (0600).\n"
+                 "Without --out-record the device is recorded in DIR's database (this host\n"
+                 "serves). With --out-record (an offline CA host) the database is not touched:\n"
+                 "FILE is an enrollment record signed by the CA, to be imported on the serving\n"
+                 "host with `" PROG " import-enrollment`. Labels and ids are never reused.\n"
+                 "Give --out-cert, --out-record or both.\n",
+        .flags = flags,
+        .n_flags = sizeof(flags) / sizeof(flags[0]),
+        .rules = rules,
+        .n_rules = sizeof(rules) / sizeof(rules[0]),
+    };
+    int rc = plait__aggcli_flags("enroll", &cmd, &dir, "missing deployment directory DIR (try --help)", argc, argv, out, err);
+    if (rc != AGGCLI_FLAGS_OK) return rc;
+    const char *label = v[0], *csr = v[1], *okey = v[2], *ocrt = v[3],
+               *orec = v[4];
     if (!label || (!ocrt && !orec) || (!csr == !okey)) {
         fputs(PROG " enroll: need --device, --out-cert or --out-record, and exactly one of --csr, --out-key (try "
                    "--help)\n",
@@ -246,33 +254,38 @@ int plait__aggcli_import_enrollment(int argc, char **argv, FILE *out, FILE *err)
 
 int plait__aggcli_revoke(int argc, char **argv, FILE *out, FILE *err)
 {
-    flag_t flags[] = {{"--device", 1, NULL}, {"--serial", 1, NULL}, {"--fingerprint", 1, NULL}, {"--cert", 1, NULL}};
-    const char *dir;
-    int help, rc = plait__aggcli_parse_dir_args("revoke", argc, argv, flags, 4, &dir, NULL, NULL, &help, err);
-    if (rc != 0) return rc;
-    if (help) {
-        fputs("usage: " PROG " revoke DIR (--device LABEL|ID | --fingerprint SHA256 | --cert FILE | --serial HEX)\n"
-              "\n"
-              "Revoke a device: its certificate's fingerprint is appended to DIR/revoked.txt\n"
-              "(a running aggregator reloads it within a second and refuses the certificate in\n"
-              "the TLS handshake) and the device is marked revoked in the database (checked\n"
-              "after every handshake). Its past contributions stay in committed versions.\n"
-              "  --device LABEL|ID      by the device's label (as enrolled) or id\n"
-              "  --fingerprint SHA256   by the certificate's SHA-256 (as enroll and cert-info print it)\n"
-              "  --cert FILE            by a certificate file (its fingerprint)\n"
-              "  --serial HEX           by serial: appends \"serial HEX\" to revoked.txt only (the\n"
-              "                         database does not keep serials; the device record is unchanged)\n"
-              "Revoking what is already revoked changes nothing and says so.\n",
-              out);
-        return 0;
-    }
-    int given = !!flags[0].value + !!flags[1].value + !!flags[2].value + !!flags[3].value;
+    const char *dir = NULL, *v[4] = {NULL, NULL, NULL, NULL};
+    plait_flag_t flags[] = {
+        PLAIT_F_STR("device", &v[0], "LABEL|ID", "by the device's label (as enrolled) or id"),
+        PLAIT_F_STR("fingerprint", &v[2], "SHA256", "by the certificate's SHA-256 (as enroll and cert-info print it)"),
+        PLAIT_F_STR("cert", &v[3], "FILE", "by a certificate file (its fingerprint)"),
+        PLAIT_F_STR("serial", &v[1], "HEX",
+                    "by serial: appends \"serial HEX\" to revoked.txt only (the\n"
+                    "database does not keep serials; the device record is unchanged)"),
+    };
+    static const plait_flag_rule_t rules[] = {{PLAIT_RULE_SHOW_ONE_OF, {"device", "fingerprint", "cert", "serial"}}};
+    plait_flags_cmd_t cmd = {
+        .prog = PROG " revoke",
+        .args = "DIR",
+        .about = "Revoke a device: its certificate's fingerprint is appended to DIR/revoked.txt\n"
+                 "(a running aggregator reloads it within a second and refuses the certificate in\n"
+                 "the TLS handshake) and the device is marked revoked in the database (checked\n"
+                 "after every handshake). Its past contributions stay in committed versions.\n",
+        .epilogue = "Revoking what is already revoked changes nothing and says so.\n",
+        .flags = flags,
+        .n_flags = sizeof(flags) / sizeof(flags[0]),
+        .rules = rules,
+        .n_rules = sizeof(rules) / sizeof(rules[0]),
+    };
+    int rc = plait__aggcli_flags("revoke", &cmd, &dir, "missing deployment directory DIR (try --help)", argc, argv, out, err);
+    if (rc != AGGCLI_FLAGS_OK) return rc;
+    int given = !!v[0] + !!v[1] + !!v[2] + !!v[3];
     if (given != 1) {
         fputs(PROG " revoke: give exactly one of --device, --fingerprint, --cert, --serial (try --help)\n", err);
         return 2;
     }
-    if (flags[1].value) { /* a serial: the revocation list only */
-        const char *hex = flags[1].value;
+    if (v[1]) { /* a serial: the revocation list only */
+        const char *hex = v[1];
         if (revoked_has(dir, "serial", hex)) {
             fprintf(out, "serial %s is already revoked\n", hex);
             return 0;
@@ -288,24 +301,24 @@ int plait__aggcli_revoke(int argc, char **argv, FILE *out, FILE *err)
     if (plait__aggcli_open_store(dir, 0, &st, err, "revoke") != 0) return 1;
     uint8_t fp[32];
     char id[PLAIT_AGGSTORE_MAX_DEVICE_ID + 1] = "";
-    const char *what = flags[0].value ? flags[0].value : flags[2].value ? flags[2].value : flags[3].value;
-    if (flags[0].value) {
-        rc = plait_aggstore_device_find(st, flags[0].value, id);
+    const char *what = v[0] ? v[0] : v[2] ? v[2] : v[3];
+    if (v[0]) {
+        rc = plait_aggstore_device_find(st, v[0], id);
     } else {
-        if (flags[2].value && parse_fingerprint(flags[2].value, fp) != 0) {
+        if (v[2] && parse_fingerprint(v[2], fp) != 0) {
             plait_aggstore_close(st);
-            fprintf(err, PROG " revoke: --fingerprint: '%.80s' is not 64 hex digits\n", flags[2].value);
+            fprintf(err, PROG " revoke: --fingerprint: '%.80s' is not 64 hex digits\n", v[2]);
             return 2;
         }
-        if (flags[3].value) {
+        if (v[3]) {
             char *pem = NULL;
             plait_pki_cert_info_t ci;
-            if ((rc = plait_pki_read_file(flags[3].value, &pem)) == 0)
+            if ((rc = plait_pki_read_file(v[3], &pem)) == 0)
                 rc = plait_pki_cert_info((const uint8_t *)pem, strlen(pem), &ci);
             plait_pki_free_pem(pem);
             if (rc != 0) {
                 plait_aggstore_close(st);
-                fprintf(err, PROG " revoke: %s: %s\n", flags[3].value, plait_errmsg());
+                fprintf(err, PROG " revoke: %s: %s\n", v[3], plait_errmsg());
                 return 1;
             }
             memcpy(fp, ci.fingerprint, 32);
@@ -329,7 +342,7 @@ int plait__aggcli_revoke(int argc, char **argv, FILE *out, FILE *err)
     }
     plait_aggstore_close(st);
     if (rc != 0) {
-        fprintf(err, PROG " revoke: %s%s: %s (%s)\n", flags[0].value ? "device " : "", what, plait_errmsg(),
+        fprintf(err, PROG " revoke: %s%s: %s (%s)\n", v[0] ? "device " : "", what, plait_errmsg(),
                 plait_err_name(rc));
         return 1;
     }
@@ -342,22 +355,30 @@ int plait__aggcli_revoke(int argc, char **argv, FILE *out, FILE *err)
 
 int plait__aggcli_renew(int argc, char **argv, FILE *out, FILE *err)
 {
-    flag_t flags[] = {{"--device", 1, NULL}, {"--csr", 1, NULL}, {"--out-key", 1, NULL}, {"--out-cert", 1, NULL}};
-    const char *dir;
-    int help, rc = plait__aggcli_parse_dir_args("renew", argc, argv, flags, 4, &dir, NULL, NULL, &help, err);
-    if (rc != 0) return rc;
-    if (help) {
-        fputs("usage: " PROG " renew DIR --device LABEL|ID (--csr FILE | --out-key FILE) --out-cert FILE\n"
-              "\n"
-              "Issue a new certificate for an enrolled, unrevoked device, keeping its id and its\n"
-              "history (rounds, counters): before the old certificate expires, or after a lost\n"
-              "key. The database takes the new fingerprint and the old certificate's fingerprint\n"
-              "is appended to DIR/revoked.txt, so only the new one is accepted from now on.\n"
-              "--csr / --out-key as for enroll. A revoked device cannot be renewed.\n",
-              out);
-        return 0;
-    }
-    const char *id = flags[0].value, *csr = flags[1].value, *okey = flags[2].value, *ocrt = flags[3].value;
+    const char *dir = NULL, *v[4] = {NULL, NULL, NULL, NULL};
+    plait_flag_t flags[] = {
+        PLAIT_F_STR("device", &v[0], "LABEL|ID", "the device, by label or id"),
+        PLAIT_F_STR("csr", &v[1], "FILE", "certify the key of this request, as for enroll"),
+        PLAIT_F_STR("out-key", &v[2], "FILE", "generate a P-256 key and write it here (0600), as for enroll"),
+        PLAIT_F_STR("out-cert", &v[3], "FILE", "write the new certificate here"),
+    };
+    static const plait_flag_rule_t rules[] = {{PLAIT_RULE_SHOW_REQUIRED, {"device"}}, {PLAIT_RULE_SHOW_ONE_OF, {"csr", "out-key"}}, {PLAIT_RULE_SHOW_REQUIRED, {"out-cert"}}};
+    plait_flags_cmd_t cmd = {
+        .prog = PROG " renew",
+        .args = "DIR",
+        .about = "Issue a new certificate for an enrolled, unrevoked device, keeping its id and its\n"
+                 "history (rounds, counters): before the old certificate expires, or after a lost\n"
+                 "key. The database takes the new fingerprint and the old certificate's fingerprint\n"
+                 "is appended to DIR/revoked.txt, so only the new one is accepted from now on.\n"
+                 "A revoked device cannot be renewed.\n",
+        .flags = flags,
+        .n_flags = sizeof(flags) / sizeof(flags[0]),
+        .rules = rules,
+        .n_rules = sizeof(rules) / sizeof(rules[0]),
+    };
+    int rc = plait__aggcli_flags("renew", &cmd, &dir, "missing deployment directory DIR (try --help)", argc, argv, out, err);
+    if (rc != AGGCLI_FLAGS_OK) return rc;
+    const char *id = v[0], *csr = v[1], *okey = v[2], *ocrt = v[3];
     if (!id || !ocrt || (!csr == !okey)) {
         fputs(PROG " renew: need --device, --out-cert and exactly one of --csr, --out-key (try --help)\n", err);
         return 2;
@@ -406,31 +427,23 @@ int plait__aggcli_renew(int argc, char **argv, FILE *out, FILE *err)
 
 int plait__aggcli_cert_info(int argc, char **argv, FILE *out, FILE *err)
 {
-    flag_t flags[] = {{"--json", 0, NULL}, {"--ca", 1, NULL}};
-    int help;
-    const char *file = NULL;
-    /* One positional FILE among the flags. */
-    char *args[16];
-    int n = 0;
-    for (int i = 0; i < argc && n < 16; i++) {
-        if (i > 0 && argv[i][0] != '-' && !file && !(i > 1 && strcmp(argv[i - 1], "--ca") == 0)) file = argv[i];
-        else args[n++] = argv[i];
-    }
-    int rc = plait__aggcli_parse_flags("cert-info", n, args, flags, 2, &help, err);
-    if (rc != 0) return rc;
-    if (help) {
-        fputs("usage: " PROG " cert-info FILE [--ca CA.crt] [--json]\n"
-              "\n"
-              "Device id (CN), serial, SHA-256 fingerprint and validity of a certificate (PEM\n"
-              "or DER); with --ca also whether it verifies against that CA as a device\n"
-              "certificate, exactly as the TLS handshake checks it (chain, dates, usage).\n",
-              out);
-        return 0;
-    }
-    if (!file) {
-        fputs(PROG " cert-info: missing FILE (try --help)\n", err);
-        return 2;
-    }
+    const char *file = NULL, *ca_path = NULL;
+    int json = 0;
+    plait_flag_t flags[] = {
+        PLAIT_F_STR("ca", &ca_path, "CA.crt", "also verify it against this CA, as the TLS handshake does"),
+        PLAIT_F_SET("json", &json, 1, "one JSON object"),
+    };
+    plait_flags_cmd_t cmd = {
+        .prog = PROG " cert-info",
+        .args = "FILE",
+        .about = "Device id (CN), serial, SHA-256 fingerprint and validity of a certificate (PEM\n"
+                 "or DER); with --ca also whether it verifies against that CA as a device\n"
+                 "certificate, exactly as the TLS handshake checks it (chain, dates, usage).\n",
+        .flags = flags,
+        .n_flags = sizeof(flags) / sizeof(flags[0]),
+    };
+    int rc = plait__aggcli_flags("cert-info", &cmd, &file, "missing FILE (try --help)", argc, argv, out, err);
+    if (rc != AGGCLI_FLAGS_OK) return rc;
     uint8_t *buf = NULL;
     size_t len = 0;
     plait_pki_cert_info_t ci;
@@ -443,9 +456,9 @@ int plait__aggcli_cert_info(int argc, char **argv, FILE *out, FILE *err)
     }
     const char *verdict = NULL;
     char why[256] = "";
-    if (flags[1].value) {
+    if (ca_path) {
         char *ca = NULL, *crt = NULL;
-        int vr = plait_pki_read_file(flags[1].value, &ca);
+        int vr = plait_pki_read_file(ca_path, &ca);
         if (vr == 0) vr = plait_pki_read_file(file, &crt);
         if (vr == 0) {
             const char *reason = NULL;
@@ -459,7 +472,7 @@ int plait__aggcli_cert_info(int argc, char **argv, FILE *out, FILE *err)
         verdict = why;
     }
     char a[32], b[32];
-    if (flags[0].value) {
+    if (json) {
         plait_buf_t j;
         plait_buf_init(&j, 0);
         plait_buf_printf(&j, "{\"device\": ");
