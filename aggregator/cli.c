@@ -11,6 +11,8 @@
  * out and returns 0; a usage error prints ONE line to err naming the flag and
  * returns 2; a failure while running prints one line with plait_errmsg() and
  * returns 1. Flags take their value as the next argument or as --flag=value.
+ * Each subcommand describes its flags in a plait_flag_t table (plait/flags.h)
+ * and parses them with plait__aggcli_flags(), which also writes --help.
  */
 #include "cli.h"
 #include "cli_int.h"
@@ -49,51 +51,7 @@ typedef struct {
     int (*run)(int argc, char **argv, FILE *out, FILE *err);
 } command_t;
 
-/* ---- flag parsing shared by subcommands --------------------------------- */
-
-/* Fill flags from argv[1..); returns 0 or 2 (after printing one line). A
- * "--help" anywhere sets *help. */
-int plait__aggcli_parse_flags(const char *cmd, int argc, char **argv, flag_t *flags, size_t nflags, int *help,
-                              FILE *err)
-{
-    *help = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            *help = 1;
-            return 0;
-        }
-        const char *eq = strchr(a, '=');
-        size_t nlen = eq ? (size_t)(eq - a) : strlen(a);
-        flag_t *f = NULL;
-        for (size_t k = 0; k < nflags; k++)
-            if (strlen(flags[k].name) == nlen && strncmp(flags[k].name, a, nlen) == 0) f = &flags[k];
-        if (f == NULL) {
-            fprintf(err, PROG " %s: unknown %s '%.*s' (try --help)\n", cmd, a[0] == '-' ? "flag" : "argument",
-                    (int)nlen, a);
-            return 2;
-        }
-        if (f->value != NULL) {
-            fprintf(err, PROG " %s: %s given twice\n", cmd, f->name);
-            return 2;
-        }
-        if (!f->takes_value) {
-            if (eq) {
-                fprintf(err, PROG " %s: %s takes no value\n", cmd, f->name);
-                return 2;
-            }
-            f->value = "1";
-        } else if (eq) {
-            f->value = eq + 1;
-        } else if (i + 1 < argc) {
-            f->value = argv[++i];
-        } else {
-            fprintf(err, PROG " %s: %s needs a value\n", cmd, f->name);
-            return 2;
-        }
-    }
-    return 0;
-}
+/* ---- value parsing shared by subcommands --------------------------------- */
 
 /* A finite double, the whole string. */
 int plait__aggcli_parse_double(const char *s, double *out)
@@ -150,51 +108,6 @@ int plait__aggcli_flags(const char *name, plait_flags_cmd_t *cmd, const char **p
 }
 
 /* ---- deployment commands: shared argument handling --------------------- */
-
-/* Positional DIR plus flags; "--set key=value" may repeat. Returns 0 or 2. */
-int plait__aggcli_parse_dir_args(const char *cmd, int argc, char **argv, flag_t *flags, size_t nflags, const char **dir,
-                          const char **sets, size_t *n_sets, int *help, FILE *err)
-{
-    char *rest[256];
-    int nrest = 1;
-    *dir = NULL;
-    if (n_sets) *n_sets = 0;
-    if (argc > 256) {
-        fprintf(err, PROG " %s: too many arguments\n", cmd);
-        return 2;
-    }
-    rest[0] = argv[0];
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (n_sets && (strcmp(a, "--set") == 0 || strncmp(a, "--set=", 6) == 0)) {
-            const char *v = a[5] == '=' ? a + 6 : (i + 1 < argc ? argv[++i] : NULL);
-            if (v == NULL) {
-                fprintf(err, PROG " %s: --set needs key=value\n", cmd);
-                return 2;
-            }
-            if (*n_sets == MAX_SETS) {
-                fprintf(err, PROG " %s: more than %d --set flags\n", cmd, MAX_SETS);
-                return 2;
-            }
-            sets[(*n_sets)++] = v;
-        } else if (a[0] != '-' && *dir == NULL) {
-            *dir = a;
-        } else {
-            rest[nrest++] = argv[i];
-            /* keep a flag's separate value with it */
-            if (a[0] == '-' && strchr(a, '=') == NULL && i + 1 < argc)
-                for (size_t k = 0; k < nflags; k++)
-                    if (flags[k].takes_value && strcmp(flags[k].name, a) == 0) rest[nrest++] = argv[++i];
-        }
-    }
-    int rc = plait__aggcli_parse_flags(cmd, nrest, rest, flags, nflags, help, err);
-    if (rc != 0 || *help) return rc;
-    if (*dir == NULL) {
-        fprintf(err, PROG " %s: missing deployment directory DIR (try --help)\n", cmd);
-        return 2;
-    }
-    return 0;
-}
 
 int plait__aggcli_open_store(const char *dir, int create, plait_aggstore_t **st, FILE *err, const char *cmd)
 {

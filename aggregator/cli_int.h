@@ -36,24 +36,12 @@
 int plait__aggcli_flags(const char *name, plait_flags_cmd_t *cmd, const char **pos, const char *missing, int argc,
                         char **argv, FILE *out, FILE *err);
 
-typedef struct {
-    const char *name;  /* "--q" */
-    int takes_value;   /* 0: boolean switch */
-    const char *value; /* set when seen (or "1" for switches) */
-} flag_t;
-
-/* Fill flags from argv[1..); returns 0 or 2 (after printing one line). A "--help" anywhere sets *help. */
-int plait__aggcli_parse_flags(const char *cmd, int argc, char **argv, flag_t *flags, size_t nflags, int *help,
-                              FILE *err);
 /* A finite double, the whole string. */
 int plait__aggcli_parse_double(const char *s, double *out);
 /* A positive decimal integer, the whole string, at most max. */
 int plait__aggcli_parse_count(const char *s, uint64_t max, uint64_t *out);
 /* Shortest %g form of a finite double that reads back exactly (a valid JSON number). */
 void plait__aggcli_fmt_double(char *buf, size_t len, double v);
-/* Positional DIR plus flags; "--set key=value" may repeat. Returns 0 or 2. */
-int plait__aggcli_parse_dir_args(const char *cmd, int argc, char **argv, flag_t *flags, size_t nflags,
-                                 const char **dir, const char **sets, size_t *n_sets, int *help, FILE *err);
 int plait__aggcli_open_store(const char *dir, int create, plait_aggstore_t **st, FILE *err, const char *cmd);
 /* DIR/aggregator.conf over the defaults, then --set flags; validated. Returns 0, 1 or 2. */
 int plait__aggcli_load_config(const char *cmd, const char *dir, const char **sets, size_t n_sets, plait_aggcfg_t *c,

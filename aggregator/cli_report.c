@@ -34,66 +34,63 @@
 
 /* ---- privacy ------------------------------------------------------------- */
 
-static void usage_privacy(FILE *f)
-{
-    fputs("usage: " PROG " privacy --q Q --noise-multiplier Z --rounds N --delta D [--json] [--classic]\n"
-          "\n"
-          "Privacy spent by N rounds of DP-FedAvg in which each device takes part\n"
-          "independently with probability Q (expected cohort / population) and the\n"
-          "sum of clipped updates gets Gaussian noise of std Z x clip norm. Prints\n"
-          "the epsilon of (epsilon, D)-DP (device level, add/remove one device) and\n"
-          "the Renyi order that attains it, over dp_accounting's default orders.\n"
-          "\n"
-          "  --q Q                 sampling probability, 0 < Q <= 1\n"
-          "  --noise-multiplier Z  noise std / clip norm, Z > 0\n"
-          "  --rounds N            number of rounds, integer >= 1\n"
-          "  --delta D             target delta, 0 < D < 1 (below 1/population)\n"
-          "  --json                one JSON object: {\"epsilon\": ..., \"order\": ..., \"delta\": ...}\n"
-          "                        (epsilon is null when no order gives a finite bound)\n"
-          "  --classic             use the classic RDP conversion (Mironov 2017) instead of\n"
-          "                        the improved one (Canonne-Kamath-Steinke / Balle et al. 2020)\n",
-          f);
-}
-
 static int cmd_privacy(int argc, char **argv, FILE *out, FILE *err)
 {
-    flag_t flags[] = {
-        {"--q", 1, NULL}, {"--noise-multiplier", 1, NULL}, {"--rounds", 1, NULL},
-        {"--delta", 1, NULL}, {"--json", 0, NULL}, {"--classic", 0, NULL},
+    const char *v[4] = {NULL, NULL, NULL, NULL};
+    int json = 0, classic = 0;
+    plait_flag_t flags[] = {
+        PLAIT_F_STR("q", &v[0], "Q", "sampling probability, 0 < Q <= 1"),
+        PLAIT_F_STR("noise-multiplier", &v[1], "Z", "noise std / clip norm, Z > 0"),
+        PLAIT_F_STR("rounds", &v[2], "N", "number of rounds, integer >= 1"),
+        PLAIT_F_STR("delta", &v[3], "D", "target delta, 0 < D < 1 (below 1/population)"),
+        PLAIT_F_SET("json", &json, 1,
+                    "one JSON object: {\"epsilon\": ..., \"order\": ..., \"delta\": ...}\n"
+                    "(epsilon is null when no order gives a finite bound)"),
+        PLAIT_F_SET("classic", &classic, 1,
+                    "use the classic RDP conversion (Mironov 2017) instead of\n"
+                    "the improved one (Canonne-Kamath-Steinke / Balle et al. 2020)"),
     };
-    int help, rc = plait__aggcli_parse_flags("privacy", argc, argv, flags, sizeof(flags) / sizeof(flags[0]), &help, err);
-    if (rc != 0) return rc;
-    if (help) {
-        usage_privacy(out);
-        return 0;
-    }
+    static const plait_flag_rule_t rules[] = {{PLAIT_RULE_SHOW_REQUIRED, {"q", "noise-multiplier", "rounds", "delta"}}};
+    plait_flags_cmd_t cmd = {
+        .prog = PROG " privacy",
+        .about = "Privacy spent by N rounds of DP-FedAvg in which each device takes part\n"
+                 "independently with probability Q (expected cohort / population) and the\n"
+                 "sum of clipped updates gets Gaussian noise of std Z x clip norm. Prints\n"
+                 "the epsilon of (epsilon, D)-DP (device level, add/remove one device) and\n"
+                 "the Renyi order that attains it, over dp_accounting's default orders.\n",
+        .flags = flags,
+        .n_flags = sizeof(flags) / sizeof(flags[0]),
+        .rules = rules,
+        .n_rules = sizeof(rules) / sizeof(rules[0]),
+    };
+    int rc = plait__aggcli_flags("privacy", &cmd, NULL, NULL, argc, argv, out, err);
+    if (rc != AGGCLI_FLAGS_OK) return rc;
     /* Values first (so `--q abc` is reported as a bad --q), then absences. */
     double q = 0, z = 0, delta = 0;
     uint64_t rounds = 0;
-    if (flags[0].value && (plait__aggcli_parse_double(flags[0].value, &q) != 0 || !(q > 0 && q <= 1))) {
-        fprintf(err, PROG " privacy: bad value '%s' for --q (want a number with 0 < q <= 1)\n", flags[0].value);
+    if (v[0] && (plait__aggcli_parse_double(v[0], &q) != 0 || !(q > 0 && q <= 1))) {
+        fprintf(err, PROG " privacy: bad value '%s' for --q (want a number with 0 < q <= 1)\n", v[0]);
         return 2;
     }
-    if (flags[1].value && (plait__aggcli_parse_double(flags[1].value, &z) != 0 || !(z > 0))) {
-        fprintf(err, PROG " privacy: bad value '%s' for --noise-multiplier (want a finite number > 0)\n", flags[1].value);
+    if (v[1] && (plait__aggcli_parse_double(v[1], &z) != 0 || !(z > 0))) {
+        fprintf(err, PROG " privacy: bad value '%s' for --noise-multiplier (want a finite number > 0)\n", v[1]);
         return 2;
     }
-    if (flags[2].value && plait__aggcli_parse_count(flags[2].value, UINT64_C(1000000000000), &rounds) != 0) {
-        fprintf(err, PROG " privacy: bad value '%s' for --rounds (want an integer from 1 to 10^12)\n", flags[2].value);
+    if (v[2] && plait__aggcli_parse_count(v[2], UINT64_C(1000000000000), &rounds) != 0) {
+        fprintf(err, PROG " privacy: bad value '%s' for --rounds (want an integer from 1 to 10^12)\n", v[2]);
         return 2;
     }
-    if (flags[3].value && (plait__aggcli_parse_double(flags[3].value, &delta) != 0 || !(delta > 0 && delta < 1))) {
-        fprintf(err, PROG " privacy: bad value '%s' for --delta (want a number with 0 < delta < 1)\n", flags[3].value);
+    if (v[3] && (plait__aggcli_parse_double(v[3], &delta) != 0 || !(delta > 0 && delta < 1))) {
+        fprintf(err, PROG " privacy: bad value '%s' for --delta (want a number with 0 < delta < 1)\n", v[3]);
         return 2;
     }
     for (size_t k = 0; k < 4; k++) {
-        if (flags[k].value == NULL) {
-            fprintf(err, PROG " privacy: missing %s (try --help)\n", flags[k].name);
+        if (v[k] == NULL) {
+            fprintf(err, PROG " privacy: missing --%s (try --help)\n", flags[k].name);
             return 2;
         }
     }
-    int json = flags[4].value != NULL;
-    plait_eps_method_t method = flags[5].value ? PLAIT_EPS_CLASSIC : PLAIT_EPS_IMPROVED;
+    plait_eps_method_t method = classic ? PLAIT_EPS_CLASSIC : PLAIT_EPS_IMPROVED;
 
     plait_accountant_t acc;
     double eps, order;
@@ -147,19 +144,22 @@ static int count_round(void *ud, const plait_aggstore_round_t *r)
 
 int plait__aggcli_status(int argc, char **argv, FILE *out, FILE *err)
 {
-    flag_t flags[] = {{"--check", 0, NULL}, {"--json", 0, NULL}};
-    const char *dir;
-    int help, rc = plait__aggcli_parse_dir_args("status", argc, argv, flags, 2, &dir, NULL, NULL, &help, err);
-    if (rc != 0) return rc;
-    if (help) {
-        fputs("usage: " PROG " status DIR [--check] [--json]\n\n"
-              "Deployment summary: latest global adapter version, rounds by state, devices\n"
-              "enrolled and revoked, privacy spent. Safe while the service runs (read only).\n"
-              "  --check   also run sqlite's integrity check over the whole database\n"
-              "  --json    one JSON object instead of lines\n",
-              out);
-        return 0;
-    }
+    const char *dir = NULL;
+    int check = 0, json = 0;
+    plait_flag_t flags[] = {
+        PLAIT_F_SET("check", &check, 1, "also run sqlite's integrity check over the whole database"),
+        PLAIT_F_SET("json", &json, 1, "one JSON object instead of lines"),
+    };
+    plait_flags_cmd_t cmd = {
+        .prog = PROG " status",
+        .args = "DIR",
+        .about = "Deployment summary: latest global adapter version, rounds by state, devices\n"
+                 "enrolled and revoked, privacy spent. Safe while the service runs (read only).\n",
+        .flags = flags,
+        .n_flags = sizeof(flags) / sizeof(flags[0]),
+    };
+    int rc = plait__aggcli_flags("status", &cmd, &dir, "missing deployment directory DIR (try --help)", argc, argv, out, err);
+    if (rc != AGGCLI_FLAGS_OK) return rc;
     plait_aggstore_t *st = NULL;
     if (plait__aggcli_open_store(dir, 0, &st, err, "status") != 0) return 1;
     plait_aggstore_info_t info;
@@ -171,14 +171,14 @@ int plait__aggcli_status(int argc, char **argv, FILE *out, FILE *err)
         (rc = plait_aggstore_devices_foreach(st, count_dev, &sc)) != 0 ||
         (rc = plait_aggstore_rounds_foreach(st, false, 0, count_round, &sc)) != 0 ||
         (rc = plait_aggstore_ledger_total(st, &pv)) != 0 ||
-        (flags[0].value && (rc = plait_aggstore_check_integrity(st)) != 0)) {
+        (check && (rc = plait_aggstore_check_integrity(st)) != 0)) {
         fprintf(err, PROG " status: %s (%s)\n", plait_errmsg(), plait_err_name(rc));
         plait_aggstore_close(st);
         return 1;
     }
     plait_aggstore_close(st);
     char tb[32];
-    if (flags[1].value) {
+    if (json) {
         plait_buf_t b;
         plait_buf_init(&b, 0);
         plait_buf_printf(&b, "{\"deployment\": ");
@@ -202,7 +202,7 @@ int plait__aggcli_status(int argc, char **argv, FILE *out, FILE *err)
         } else {
             plait_buf_printf(&b, "null");
         }
-        if (flags[0].value) plait_buf_printf(&b, ", \"integrity\": \"ok\"");
+        if (check) plait_buf_printf(&b, ", \"integrity\": \"ok\"");
         plait_buf_printf(&b, "}\n");
         rc = plait_buf_status(&b);
         if (rc == 0) fwrite(b.data, 1, b.len, out);
@@ -230,7 +230,7 @@ int plait__aggcli_status(int argc, char **argv, FILE *out, FILE *err)
     } else {
         fputs("privacy: no DP rounds\n", out);
     }
-    if (flags[0].value) fputs("integrity: ok\n", out);
+    if (check) fputs("integrity: ok\n", out);
     return 0;
 }
 
@@ -288,15 +288,15 @@ static int collect_dev(void *ud, const plait_aggstore_device_t *d)
 /* The operator's view: labels next to the opaque ids the logs print. */
 int plait__aggcli_devices(int argc, char **argv, FILE *out, FILE *err)
 {
-    const char *dir;
-    int help, rc = plait__aggcli_parse_dir_args("devices", argc, argv, NULL, 0, &dir, NULL, NULL, &help, err);
-    if (rc != 0) return rc;
-    if (help) {
-        fputs("usage: " PROG " devices DIR\n\nOne line per enrolled device: its label, its id (the certificate CN the\n"
-              "logs print), revoked or not, when last seen, rounds it contributed to.\n",
-              out);
-        return 0;
-    }
+    const char *dir = NULL;
+    plait_flags_cmd_t cmd = {
+        .prog = PROG " devices",
+        .args = "DIR",
+        .about = "One line per enrolled device: its label, its id (the certificate CN the\n"
+                 "logs print), revoked or not, when last seen, rounds it contributed to.\n",
+    };
+    int rc = plait__aggcli_flags("devices", &cmd, &dir, "missing deployment directory DIR (try --help)", argc, argv, out, err);
+    if (rc != AGGCLI_FLAGS_OK) return rc;
     plait_aggstore_t *st = NULL;
     if (plait__aggcli_open_store(dir, 0, &st, err, "devices") != 0) return 1;
     devlist_t l = {0};
@@ -323,20 +323,26 @@ int plait__aggcli_devices(int argc, char **argv, FILE *out, FILE *err)
 
 int plait__aggcli_rounds(int argc, char **argv, FILE *out, FILE *err)
 {
-    flag_t flags[] = {{"--last", 1, NULL}, {"--json", 0, NULL}};
-    const char *dir;
-    int help, rc = plait__aggcli_parse_dir_args("rounds", argc, argv, flags, 2, &dir, NULL, NULL, &help, err);
-    if (rc != 0) return rc;
-    if (help) {
-        fputs("usage: " PROG " rounds DIR [--last N] [--json]\n\nOne line per round, oldest first (with --last: the newest N, newest first).\n"
-              "  --json    one JSON object per line (round, state, started, ended, base_version,\n"
-              "            new_version, participants, dropouts, reason), no header\n",
-              out);
-        return 0;
-    }
+    const char *dir = NULL, *last_s = NULL;
+    int json = 0;
+    plait_flag_t flags[] = {
+        PLAIT_F_STR("last", &last_s, "N", "the newest N rounds, newest first"),
+        PLAIT_F_SET("json", &json, 1,
+                    "one JSON object per line (round, state, started, ended, base_version,\n"
+                    "new_version, participants, dropouts, reason), no header"),
+    };
+    plait_flags_cmd_t cmd = {
+        .prog = PROG " rounds",
+        .args = "DIR",
+        .about = "One line per round, oldest first (with --last: the newest N, newest first).\n",
+        .flags = flags,
+        .n_flags = sizeof(flags) / sizeof(flags[0]),
+    };
+    int rc = plait__aggcli_flags("rounds", &cmd, &dir, "missing deployment directory DIR (try --help)", argc, argv, out, err);
+    if (rc != AGGCLI_FLAGS_OK) return rc;
     uint64_t last = 0;
-    if (flags[0].value && plait__aggcli_parse_count(flags[0].value, 1000000000, &last) != 0) {
-        fprintf(err, PROG " rounds: bad value '%s' for --last\n", flags[0].value);
+    if (last_s && plait__aggcli_parse_count(last_s, 1000000000, &last) != 0) {
+        fprintf(err, PROG " rounds: bad value '%s' for --last\n", last_s);
         return 2;
     }
     plait_aggstore_t *st = NULL;
@@ -344,7 +350,7 @@ int plait__aggcli_rounds(int argc, char **argv, FILE *out, FILE *err)
     scan_t sc;
     memset(&sc, 0, sizeof(sc));
     sc.out = out;
-    sc.json = flags[1].value != NULL;
+    sc.json = json;
     if (!sc.json)
         fprintf(out, "%-6s %-9s %-20s %-20s %5s %5s %6s %8s %s\n", "round", "state", "started", "ended", "base", "new",
                 "sel", "dropouts", "reason");
@@ -362,28 +368,32 @@ int plait__aggcli_rounds(int argc, char **argv, FILE *out, FILE *err)
 
 static int cmd_privacy_dir(int argc, char **argv, FILE *out, FILE *err)
 {
-    flag_t flags[] = {{"--delta", 1, NULL}, {"--json", 0, NULL}};
-    const char *dir;
-    int help, rc = plait__aggcli_parse_dir_args("privacy", argc, argv, flags, 2, &dir, NULL, NULL, &help, err);
-    if (rc != 0) return rc;
-    if (help) {
-        fputs("usage: " PROG " privacy DIR [--delta D] [--json]\n\n"
-              "Epsilon spent so far by the deployment in DIR, two figures at delta D (default:\n"
-              "the delta recorded with the latest round):\n"
-              "  amortized   every central-DP round of the privacy ledger (sampling rate q,\n"
-              "              noise multiplier, steps) recomposed with the RDP accountant.\n"
-              "              Holds only if every round Poisson-sampled each device with\n"
-              "              probability q and who was sampled stays secret.\n"
-              "  worst case  per device, without amplification by sampling: q = 1 composed\n"
-              "              over the most DP rounds any one device joined, at the smallest\n"
-              "              noise multiplier of the ledger. Needs no sampling assumption.\n"
-              "Without DIR, `privacy --q ...` is the calculator (see `privacy --help`).\n",
-              out);
-        return 0;
-    }
+    const char *dir = NULL, *delta_s = NULL;
+    int json = 0;
+    plait_flag_t flags[] = {
+        PLAIT_F_STR("delta", &delta_s, "D", "the delta (default: the one recorded with the latest round)"),
+        PLAIT_F_SET("json", &json, 1, "one JSON object"),
+    };
+    plait_flags_cmd_t cmd = {
+        .prog = PROG " privacy",
+        .args = "DIR",
+        .about = "Epsilon spent so far by the deployment in DIR, two figures at delta D:\n"
+                 "  amortized   every central-DP round of the privacy ledger (sampling rate q,\n"
+                 "              noise multiplier, steps) recomposed with the RDP accountant.\n"
+                 "              Holds only if every round Poisson-sampled each device with\n"
+                 "              probability q and who was sampled stays secret.\n"
+                 "  worst case  per device, without amplification by sampling: q = 1 composed\n"
+                 "              over the most DP rounds any one device joined, at the smallest\n"
+                 "              noise multiplier of the ledger. Needs no sampling assumption.\n",
+        .epilogue = "Without DIR, `privacy --q ...` is the calculator (see `privacy --help`).\n",
+        .flags = flags,
+        .n_flags = sizeof(flags) / sizeof(flags[0]),
+    };
+    int rc = plait__aggcli_flags("privacy", &cmd, &dir, "missing deployment directory DIR (try --help)", argc, argv, out, err);
+    if (rc != AGGCLI_FLAGS_OK) return rc;
     double delta = 0;
-    if (flags[0].value && (plait__aggcli_parse_double(flags[0].value, &delta) != 0 || !(delta > 0 && delta < 1))) {
-        fprintf(err, PROG " privacy: bad value '%s' for --delta (want 0 < delta < 1)\n", flags[0].value);
+    if (delta_s && (plait__aggcli_parse_double(delta_s, &delta) != 0 || !(delta > 0 && delta < 1))) {
+        fprintf(err, PROG " privacy: bad value '%s' for --delta (want 0 < delta < 1)\n", delta_s);
         return 2;
     }
     plait_aggstore_t *st = NULL;
@@ -426,7 +436,7 @@ static int cmd_privacy_dir(int argc, char **argv, FILE *out, FILE *err)
                                 "smallest recorded noise multiplier";
     static const char WORST_DDG[] = "none about sampling: every distributed discrete Gaussian round composed in "
                                     "full (q = 1) with the devices that survived it";
-    if (flags[1].value) {
+    if (json) {
         char e[32], d[32], w[32], z[32];
         plait__aggcli_fmt_double(d, sizeof(d), delta);
         if (isfinite(eps)) plait__aggcli_fmt_double(e, sizeof(e), eps);
