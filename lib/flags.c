@@ -42,6 +42,7 @@ static int apply(plait_flag_t *f, const char *arg)
     double d;
     switch (f->kind) {
     case PLAIT_FLAG_SET: *(int *)f->dest = f->set; return 0;
+    case PLAIT_FLAG_BOOL: *(bool *)f->dest = f->set != 0; return 0;
     case PLAIT_FLAG_STR: *(const char **)f->dest = arg; return 0;
     case PLAIT_FLAG_INT:
         if (plait_cli_int(flag, arg, f->lo, f->hi, &v) != 0) return PLAIT_EINVAL;
@@ -51,6 +52,10 @@ static int apply(plait_flag_t *f, const char *arg)
     case PLAIT_FLAG_U32:
         if (plait_cli_int(flag, arg, f->lo, f->hi, &v) != 0) return PLAIT_EINVAL;
         *(uint32_t *)f->dest = (uint32_t)v;
+        return 0;
+    case PLAIT_FLAG_SIZE:
+        if (plait_cli_int(flag, arg, f->lo, f->hi, &v) != 0) return PLAIT_EINVAL;
+        *(size_t *)f->dest = (size_t)v;
         return 0;
     case PLAIT_FLAG_U64: return plait_cli_u64(flag, arg, (uint64_t *)f->dest);
     case PLAIT_FLAG_DOUBLE: return plait_cli_double(flag, arg, f->dlo, f->dhi, (double *)f->dest);
@@ -129,12 +134,14 @@ static int parse_strict(plait_flags_cmd_t *cmd, int argc, char **argv, FILE *hel
         for (size_t k = 0; k < cmd->n_flags && a[0] == '-' && a[1] == '-'; k++)
             if (strlen(cmd->flags[k].name) == nlen - 2 && strncmp(cmd->flags[k].name, a + 2, nlen - 2) == 0)
                 f = &cmd->flags[k];
-        if (f == NULL)
+        if (f == NULL) {
+            cmd->unknown = a;
             return plait_fail(PLAIT_EINVAL, "unknown %s '%.*s' (try --help)", a[0] == '-' ? "flag" : "argument",
                               (int)nlen, a);
+        }
         if (f->seen && f->kind != PLAIT_FLAG_LIST) return plait_fail(PLAIT_EINVAL, "--%s given twice", f->name);
         const char *v;
-        if (f->kind == PLAIT_FLAG_SET) {
+        if (f->kind == PLAIT_FLAG_SET || f->kind == PLAIT_FLAG_BOOL) {
             if (eq) return plait_fail(PLAIT_EINVAL, "--%s takes no value", f->name);
             v = NULL;
         } else if (eq) {
@@ -157,12 +164,13 @@ int plait_flags_parse(plait_flags_cmd_t *cmd, int argc, char **argv, FILE *help_
 {
     struct option *opts = calloc(cmd->n_flags + 2, sizeof(*opts));
     if (!opts) return plait_fail(PLAIT_ENOMEM, "flag table of %zu flags", cmd->n_flags);
+    cmd->unknown = NULL;
     for (size_t i = 0; i < cmd->n_flags; i++) {
-        cmd->flags[i].seen = 0;
         plait_flag_t *f = &cmd->flags[i];
+        f->seen = 0;
         if (!f->show_default || !fmt_default(f, f->def0, sizeof(f->def0))) f->def0[0] = '\0';
-        opts[i].name = cmd->flags[i].name;
-        opts[i].has_arg = cmd->flags[i].kind == PLAIT_FLAG_SET ? no_argument : required_argument;
+        opts[i].name = f->name;
+        opts[i].has_arg = f->kind == PLAIT_FLAG_SET || f->kind == PLAIT_FLAG_BOOL ? no_argument : required_argument;
         opts[i].val = FLAG_BASE + (int)i;
     }
     if (cmd->strict) {
@@ -189,6 +197,7 @@ int plait_flags_parse(plait_flags_cmd_t *cmd, int argc, char **argv, FILE *help_
             rc = apply(f, optarg);
         } else {
             const char *f = optind > 0 && optind <= argc ? argv[optind - 1] : NULL;
+            cmd->unknown = f;
             rc = plait_fail(PLAIT_EINVAL, "unknown flag or missing value: '%.60s' (see --help)", f ? f : "?");
         }
     }
@@ -217,7 +226,7 @@ static const plait_flag_rule_t *rule_of(const plait_flags_cmd_t *cmd, plait_flag
 
 static size_t label(const plait_flag_t *f, char *buf, size_t cap)
 {
-    int w = f->kind == PLAIT_FLAG_SET || !f->meta ? snprintf(buf, cap, "--%s", f->name)
+    int w = f->kind == PLAIT_FLAG_SET || f->kind == PLAIT_FLAG_BOOL || !f->meta ? snprintf(buf, cap, "--%s", f->name)
                                                    : snprintf(buf, cap, "--%s %s", f->name, f->meta);
     return w < 0 ? 0 : (size_t)w >= cap ? cap - 1 : (size_t)w;
 }
@@ -306,6 +315,7 @@ static int fmt_default(const plait_flag_t *f, char *buf, size_t cap)
     case PLAIT_FLAG_INT: snprintf(buf, cap, "%d", *(const int *)f->dest); return 1;
     case PLAIT_FLAG_LLONG: snprintf(buf, cap, "%lld", *(const long long *)f->dest); return 1;
     case PLAIT_FLAG_U32: snprintf(buf, cap, "%u", (unsigned)*(const uint32_t *)f->dest); return 1;
+    case PLAIT_FLAG_SIZE: snprintf(buf, cap, "%zu", *(const size_t *)f->dest); return 1;
     case PLAIT_FLAG_U64: snprintf(buf, cap, "%llu", (unsigned long long)*(const uint64_t *)f->dest); return 1;
     case PLAIT_FLAG_DOUBLE: snprintf(buf, cap, "%g", *(const double *)f->dest); return 1;
     case PLAIT_FLAG_FLOAT: snprintf(buf, cap, "%g", (double)*(const float *)f->dest); return 1;

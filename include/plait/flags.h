@@ -24,6 +24,7 @@
 #ifndef PLAIT_FLAGS_H
 #define PLAIT_FLAGS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
 
@@ -36,6 +37,8 @@ typedef enum {
     PLAIT_FLAG_INT,    /**< int in lo..hi */
     PLAIT_FLAG_LLONG,  /**< long long in lo..hi */
     PLAIT_FLAG_U32,    /**< uint32_t in lo..hi (0 <= lo, hi <= UINT32_MAX) */
+    PLAIT_FLAG_SIZE,   /**< size_t in lo..hi (0 <= lo) */
+    PLAIT_FLAG_BOOL,   /**< no value: *(bool *)dest = set != 0 */
     PLAIT_FLAG_U64,    /**< uint64_t, decimal or 0x hex */
     PLAIT_FLAG_DOUBLE, /**< finite double in dlo..dhi */
     PLAIT_FLAG_FLOAT,  /**< finite float in dlo..dhi (parsed as a double) */
@@ -75,6 +78,8 @@ typedef struct {
 #define PLAIT_F_INT(n, d, lo, hi, m, h, def) PLAIT_FLAG_ROW(n, PLAIT_FLAG_INT, d, m, h, lo, hi, 0, 0, 0, NULL, def)
 #define PLAIT_F_LLONG(n, d, lo, hi, m, h, def) PLAIT_FLAG_ROW(n, PLAIT_FLAG_LLONG, d, m, h, lo, hi, 0, 0, 0, NULL, def)
 #define PLAIT_F_U32(n, d, lo, hi, m, h, def) PLAIT_FLAG_ROW(n, PLAIT_FLAG_U32, d, m, h, lo, hi, 0, 0, 0, NULL, def)
+#define PLAIT_F_SIZE(n, d, lo, hi, m, h, def) PLAIT_FLAG_ROW(n, PLAIT_FLAG_SIZE, d, m, h, lo, hi, 0, 0, 0, NULL, def)
+#define PLAIT_F_BOOL(n, d, h) PLAIT_FLAG_ROW(n, PLAIT_FLAG_BOOL, d, NULL, h, 0, 0, 0, 0, 1, NULL, 0)
 #define PLAIT_F_U64(n, d, m, h, def) PLAIT_FLAG_ROW(n, PLAIT_FLAG_U64, d, m, h, 0, 0, 0, 0, 0, NULL, def)
 #define PLAIT_F_DOUBLE(n, d, lo, hi, m, h, def) \
     PLAIT_FLAG_ROW(n, PLAIT_FLAG_DOUBLE, d, m, h, 0, 0, lo, hi, 0, NULL, def)
@@ -123,6 +128,7 @@ typedef struct {
      */
     int strict;
     const char **pos; /**< strict: OUT positional arguments (NULL where not given) */
+    const char *unknown; /**< OUT: the argument that was an unknown flag or lacked its value, or NULL */
     size_t n_pos;
 } plait_flags_cmd_t;
 

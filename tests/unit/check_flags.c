@@ -4,6 +4,7 @@
  * --help generated from the table that lists every flag.
  */
 #include <check.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,9 +22,11 @@ typedef struct {
     double lr;
     float alpha;
     int parity;
+    size_t clients;
+    bool loud;
     const char *setv[3];
     plait_flag_list_t sets;
-    plait_flag_t flags[16];
+    plait_flag_t flags[20];
     plait_flag_rule_t rules[4];
     plait_flags_cmd_t cmd;
 } fixture_t;
@@ -58,6 +61,8 @@ static void fixture(fixture_t *x)
         PLAIT_F_LIST("set", &x->sets, "K=V", "a setting (repeatable)"),
         PLAIT_F_CUSTOM("parity", &x->parity, parse_even, "P", "even only"),
         PLAIT_F_STR("hidden", &x->jsonl, "X", NULL),
+        PLAIT_F_SIZE("clients", &x->clients, 1, 1000, "N", "clients", 0),
+        PLAIT_F_BOOL("loud", &x->loud, "say more"),
     };
     memcpy(x->flags, f, sizeof(f));
     plait_flag_rule_t r[] = {
@@ -104,7 +109,8 @@ START_TEST(test_values)
     fixture_t x;
     fixture(&x);
     ck_assert_int_eq(run(&x, "--db d --text t --rank 4 --rounds 3 --daemon --ms 4294967295 --seed 0x10 "
-                             "--lr 0.25 --alpha=2 --quiet --set a=1 --set b=2 --parity even --hidden h",
+                             "--lr 0.25 --alpha=2 --quiet --set a=1 --set b=2 --parity even --hidden h "
+                             "--clients 1000 --loud",
                          NULL),
                      0);
     ck_assert_str_eq(x.db, "d");
@@ -122,6 +128,8 @@ START_TEST(test_values)
     ck_assert_uint_eq(x.sets.n, 2);
     ck_assert_str_eq(x.setv[1], "b=2");
     ck_assert_int_eq(x.parity, 2);
+    ck_assert_uint_eq(x.clients, 1000);
+    ck_assert(x.loud);
     ck_assert_int_eq(plait_flags_seen(&x.cmd, "set"), 2);
     ck_assert_int_eq(plait_flags_seen(&x.cmd, "once"), 0);
     ck_assert_int_eq(plait_flags_seen(&x.cmd, "nope"), 0);
@@ -145,6 +153,10 @@ END_TEST
 START_TEST(test_errors)
 {
     expect_err("--db a --text t --bogus", "unknown flag or missing value: '--bogus' (see --help)");
+    fixture_t y;
+    fixture(&y);
+    ck_assert_int_eq(run(&y, "--db a --rank", NULL), PLAIT_EINVAL);
+    ck_assert_str_eq(y.cmd.unknown, "--rank");
     expect_err("--db a --text t --rank", "unknown flag or missing value: '--rank' (see --help)");
     expect_err("--db a --text t --quiet=1", "unknown flag or missing value: '--quiet=1' (see --help)");
     expect_err("--db a --text t --rank 0", "--rank: '0' is outside 1..64");
@@ -152,6 +164,8 @@ START_TEST(test_errors)
     expect_err("--db a --text t --lr 2", "--lr: '2' is outside 0..1");
     expect_err("--db a --text t --alpha nan", "--alpha: 'nan' is not a finite number");
     expect_err("--db a --text t --seed -1", "--seed: '-1' is negative");
+    expect_err("--db a --text t --clients 0", "--clients: '0' is outside 1..1000");
+    expect_err("--db a --text t --loud=1", "unknown flag or missing value: '--loud=1' (see --help)");
     expect_err("--db a --text t --ms -1", "--ms: '-1' is outside 0..4294967295");
     expect_err("--db a --text t --parity odd", "--parity: 'odd' is not even");
     expect_err("--db a --text t --set 1 --set 2 --set 3 --set 4", "more than 3 --set flags");
