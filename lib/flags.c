@@ -20,6 +20,11 @@
 
 static int fmt_default(const plait_flag_t *f, char *buf, size_t cap);
 
+static int no_value(const plait_flag_t *f)
+{
+    return f->kind == PLAIT_FLAG_SET || f->kind == PLAIT_FLAG_BOOL || f->kind == PLAIT_FLAG_ACTION;
+}
+
 static plait_flag_t *find(const plait_flags_cmd_t *cmd, const char *name)
 {
     for (size_t i = 0; i < cmd->n_flags; i++)
@@ -70,6 +75,7 @@ static int apply(plait_flag_t *f, const char *arg)
         return 0;
     }
     case PLAIT_FLAG_CUSTOM: return f->parse(f->dest, arg);
+    case PLAIT_FLAG_ACTION: return f->parse(f->dest, NULL);
     }
     return plait_fail(PLAIT_EINVAL, "%s: unknown flag kind %d", flag, (int)f->kind);
 }
@@ -141,7 +147,7 @@ static int parse_strict(plait_flags_cmd_t *cmd, int argc, char **argv, FILE *hel
         }
         if (f->seen && f->kind != PLAIT_FLAG_LIST) return plait_fail(PLAIT_EINVAL, "--%s given twice", f->name);
         const char *v;
-        if (f->kind == PLAIT_FLAG_SET || f->kind == PLAIT_FLAG_BOOL) {
+        if (no_value(f)) {
             if (eq) return plait_fail(PLAIT_EINVAL, "--%s takes no value", f->name);
             v = NULL;
         } else if (eq) {
@@ -170,7 +176,7 @@ int plait_flags_parse(plait_flags_cmd_t *cmd, int argc, char **argv, FILE *help_
         f->seen = 0;
         if (!f->show_default || !fmt_default(f, f->def0, sizeof(f->def0))) f->def0[0] = '\0';
         opts[i].name = f->name;
-        opts[i].has_arg = f->kind == PLAIT_FLAG_SET || f->kind == PLAIT_FLAG_BOOL ? no_argument : required_argument;
+        opts[i].has_arg = no_value(f) ? no_argument : required_argument;
         opts[i].val = FLAG_BASE + (int)i;
     }
     if (cmd->strict) {
@@ -226,7 +232,7 @@ static const plait_flag_rule_t *rule_of(const plait_flags_cmd_t *cmd, plait_flag
 
 static size_t label(const plait_flag_t *f, char *buf, size_t cap)
 {
-    int w = f->kind == PLAIT_FLAG_SET || f->kind == PLAIT_FLAG_BOOL || !f->meta ? snprintf(buf, cap, "--%s", f->name)
+    int w = no_value(f) || !f->meta ? snprintf(buf, cap, "--%s", f->name)
                                                    : snprintf(buf, cap, "--%s %s", f->name, f->meta);
     return w < 0 ? 0 : (size_t)w >= cap ? cap - 1 : (size_t)w;
 }
@@ -280,6 +286,10 @@ static int first_member(const plait_flags_cmd_t *cmd, const plait_flag_rule_t *r
 
 static void usage_line(const plait_flags_cmd_t *cmd, FILE *out)
 {
+    if (cmd->synopsis) {
+        fprintf(out, "usage: %s", cmd->synopsis);
+        return;
+    }
     line_t l = {out, 0, 0};
     fprintf(out, "usage: %s", cmd->prog);
     l.col = l.indent = strlen("usage: ") + strlen(cmd->prog);

@@ -44,6 +44,7 @@ typedef enum {
     PLAIT_FLAG_FLOAT,  /**< finite float in dlo..dhi (parsed as a double) */
     PLAIT_FLAG_LIST,   /**< repeatable: each value appended to a plait_flag_list_t */
     PLAIT_FLAG_CUSTOM, /**< parse(dest, value) */
+    PLAIT_FLAG_ACTION, /**< no value: parse(dest, NULL) */
 } plait_flag_kind_t;
 
 /** The values of a repeatable flag, in the order given; v has cap slots. */
@@ -86,6 +87,7 @@ typedef struct {
 #define PLAIT_F_FLOAT(n, d, lo, hi, m, h, def) \
     PLAIT_FLAG_ROW(n, PLAIT_FLAG_FLOAT, d, m, h, 0, 0, lo, hi, 0, NULL, def)
 #define PLAIT_F_LIST(n, d, m, h) PLAIT_FLAG_ROW(n, PLAIT_FLAG_LIST, d, m, h, 0, 0, 0, 0, 0, NULL, 0)
+#define PLAIT_F_ACTION(n, d, fn, h) PLAIT_FLAG_ROW(n, PLAIT_FLAG_ACTION, d, NULL, h, 0, 0, 0, 0, 0, fn, 0)
 #define PLAIT_F_CUSTOM(n, d, fn, m, h) PLAIT_FLAG_ROW(n, PLAIT_FLAG_CUSTOM, d, m, h, 0, 0, 0, 0, 0, fn, 0)
 
 /** Checks over the table, made in order after parsing. */
@@ -110,6 +112,7 @@ typedef struct {
 typedef struct {
     const char *prog;       /**< "plait-agent ingest": the usage line's start */
     const char *args;       /**< positional part of the usage line, or NULL */
+    const char *synopsis;   /**< replaces the generated usage line: what follows "usage: ", '\n'-ended */
     const char *about;      /**< prose between the usage line and the flags, or NULL */
     const char *epilogue;   /**< prose after the flag lines (examples, notes), or NULL */
     plait_flag_t *flags;
