@@ -25,7 +25,8 @@
 #define AGGCLI_FLAGS_OK (-1)
 #define MISSING_DIR "missing deployment directory DIR (try --help)"
 /* The repeatable --set key=value of init and serve. */
-#define ROW_SET(list) PLAIT_F_LIST("set", &(list), "key=value", "any other setting of aggregator.conf (repeatable)")
+#define ROW_SET(list)                                                                              \
+    PLAIT_F_LIST("set", &(list), "key=value", "any other setting of aggregator.conf (repeatable)")
 
 /**
  * Parse a subcommand's flags (argv[0] is its name) with cmd, strict style.
@@ -33,8 +34,8 @@
  * "PROG name: <missing>"). Returns AGGCLI_FLAGS_OK, or the exit status to
  * return: 0 after --help (written to out), 2 after one line to err.
  */
-int plait__aggcli_flags(const char *name, plait_flags_cmd_t *cmd, const char **pos, const char *missing, int argc,
-                        char **argv, FILE *out, FILE *err);
+int plait__aggcli_flags(const char *name, plait_flags_cmd_t *cmd, const char **pos,
+                        const char *missing, int argc, char **argv, FILE *out, FILE *err);
 
 /* A finite double, the whole string. */
 int plait__aggcli_parse_double(const char *s, double *out);
@@ -42,10 +43,11 @@ int plait__aggcli_parse_double(const char *s, double *out);
 int plait__aggcli_parse_count(const char *s, uint64_t max, uint64_t *out);
 /* Shortest %g form of a finite double that reads back exactly (a valid JSON number). */
 void plait__aggcli_fmt_double(char *buf, size_t len, double v);
-int plait__aggcli_open_store(const char *dir, int create, plait_aggstore_t **st, FILE *err, const char *cmd);
+int plait__aggcli_open_store(const char *dir, int create, plait_aggstore_t **st, FILE *err,
+                             const char *cmd);
 /* DIR/aggregator.conf over the defaults, then --set flags; validated. Returns 0, 1 or 2. */
-int plait__aggcli_load_config(const char *cmd, const char *dir, const char **sets, size_t n_sets, plait_aggcfg_t *c,
-                              FILE *err);
+int plait__aggcli_load_config(const char *cmd, const char *dir, const char **sets, size_t n_sets,
+                              plait_aggcfg_t *c, FILE *err);
 /* t as an ISO 8601 UTC time in buf, or "-" when t <= 0. */
 const char *plait__aggcli_fmt_time(int64_t t, char *buf, size_t len);
 

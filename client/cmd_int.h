@@ -82,7 +82,8 @@ typedef struct {
 int engine_load(engine_t *e, common_t *c, int need_tok);
 void engine_free(engine_t *e);
 /* Build a corpus from --db (one split) or --text (every block). */
-int load_corpus(plait_corpus_t *corpus, const common_t *c, const plait_tok_t *tok, plait_store_split_t split);
+int load_corpus(plait_corpus_t *corpus, const common_t *c, const plait_tok_t *tok,
+                plait_store_split_t split);
 /* The folder that will hold file out must exist and be writable: 0, or fails naming it. */
 int check_out_dir(const char *out);
 

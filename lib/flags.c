@@ -46,14 +46,21 @@ static int apply(plait_flag_t *f, const char *arg)
     long long v;
     double d;
     switch (f->kind) {
-    case PLAIT_FLAG_SET: *(int *)f->dest = f->set; return 0;
-    case PLAIT_FLAG_BOOL: *(bool *)f->dest = f->set != 0; return 0;
-    case PLAIT_FLAG_STR: *(const char **)f->dest = arg; return 0;
+    case PLAIT_FLAG_SET:
+        *(int *)f->dest = f->set;
+        return 0;
+    case PLAIT_FLAG_BOOL:
+        *(bool *)f->dest = f->set != 0;
+        return 0;
+    case PLAIT_FLAG_STR:
+        *(const char **)f->dest = arg;
+        return 0;
     case PLAIT_FLAG_INT:
         if (plait_cli_int(flag, arg, f->lo, f->hi, &v) != 0) return PLAIT_EINVAL;
         *(int *)f->dest = (int)v;
         return 0;
-    case PLAIT_FLAG_LLONG: return plait_cli_int(flag, arg, f->lo, f->hi, (long long *)f->dest);
+    case PLAIT_FLAG_LLONG:
+        return plait_cli_int(flag, arg, f->lo, f->hi, (long long *)f->dest);
     case PLAIT_FLAG_U32:
         if (plait_cli_int(flag, arg, f->lo, f->hi, &v) != 0) return PLAIT_EINVAL;
         *(uint32_t *)f->dest = (uint32_t)v;
@@ -62,8 +69,10 @@ static int apply(plait_flag_t *f, const char *arg)
         if (plait_cli_int(flag, arg, f->lo, f->hi, &v) != 0) return PLAIT_EINVAL;
         *(size_t *)f->dest = (size_t)v;
         return 0;
-    case PLAIT_FLAG_U64: return plait_cli_u64(flag, arg, (uint64_t *)f->dest);
-    case PLAIT_FLAG_DOUBLE: return plait_cli_double(flag, arg, f->dlo, f->dhi, (double *)f->dest);
+    case PLAIT_FLAG_U64:
+        return plait_cli_u64(flag, arg, (uint64_t *)f->dest);
+    case PLAIT_FLAG_DOUBLE:
+        return plait_cli_double(flag, arg, f->dlo, f->dhi, (double *)f->dest);
     case PLAIT_FLAG_FLOAT:
         if (plait_cli_double(flag, arg, f->dlo, f->dhi, &d) != 0) return PLAIT_EINVAL;
         *(float *)f->dest = (float)d;
@@ -74,8 +83,10 @@ static int apply(plait_flag_t *f, const char *arg)
         l->v[l->n++] = arg;
         return 0;
     }
-    case PLAIT_FLAG_CUSTOM: return f->parse(f->dest, arg);
-    case PLAIT_FLAG_ACTION: return f->parse(f->dest, NULL);
+    case PLAIT_FLAG_CUSTOM:
+        return f->parse(f->dest, arg);
+    case PLAIT_FLAG_ACTION:
+        return f->parse(f->dest, NULL);
     }
     return plait_fail(PLAIT_EINVAL, "%s: unknown flag kind %d", flag, (int)f->kind);
 }
@@ -84,7 +95,8 @@ static int apply(plait_flag_t *f, const char *arg)
 static void name_list(const plait_flag_rule_t *r, char *buf, size_t cap)
 {
     size_t n = 0, used = 0;
-    while (n < PLAIT_FLAG_RULE_MAX && r->names[n]) n++;
+    while (n < PLAIT_FLAG_RULE_MAX && r->names[n])
+        n++;
     buf[0] = '\0';
     for (size_t i = 0; i < n && used < cap; i++) {
         const char *sep = i == 0 ? "" : i + 1 == n ? " and " : ", ";
@@ -97,7 +109,8 @@ static void name_list(const plait_flag_rule_t *r, char *buf, size_t cap)
 static int check_rule(const plait_flags_cmd_t *cmd, const plait_flag_rule_t *r)
 {
     size_t n = 0, given = 0;
-    for (; n < PLAIT_FLAG_RULE_MAX && r->names[n]; n++) given += plait_flags_seen(cmd, r->names[n]) > 0;
+    for (; n < PLAIT_FLAG_RULE_MAX && r->names[n]; n++)
+        given += plait_flags_seen(cmd, r->names[n]) > 0;
     char list[400];
     name_list(r, list, sizeof(list));
     switch (r->kind) {
@@ -111,10 +124,12 @@ static int check_rule(const plait_flags_cmd_t *cmd, const plait_flag_rule_t *r)
         if (given <= 1) return 0;
         return plait_fail(PLAIT_EINVAL, "give at most one of %s", list);
     case PLAIT_RULE_NEEDS:
-        if (n < 2 || !plait_flags_seen(cmd, r->names[0]) || plait_flags_seen(cmd, r->names[1])) return 0;
+        if (n < 2 || !plait_flags_seen(cmd, r->names[0]) || plait_flags_seen(cmd, r->names[1]))
+            return 0;
         return plait_fail(PLAIT_EINVAL, "--%s needs --%s", r->names[0], r->names[1]);
     case PLAIT_RULE_SHOW_REQUIRED:
-    case PLAIT_RULE_SHOW_ONE_OF: return 0;
+    case PLAIT_RULE_SHOW_ONE_OF:
+        return 0;
     }
     return plait_fail(PLAIT_EINVAL, "unknown flag rule %d", (int)r->kind);
 }
@@ -123,7 +138,8 @@ static int check_rule(const plait_flags_cmd_t *cmd, const plait_flag_rule_t *r)
 static int parse_strict(plait_flags_cmd_t *cmd, int argc, char **argv, FILE *help_out)
 {
     size_t npos = 0;
-    for (size_t k = 0; k < cmd->n_pos; k++) cmd->pos[k] = NULL;
+    for (size_t k = 0; k < cmd->n_pos; k++)
+        cmd->pos[k] = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
@@ -138,14 +154,16 @@ static int parse_strict(plait_flags_cmd_t *cmd, int argc, char **argv, FILE *hel
         size_t nlen = eq ? (size_t)(eq - a) : strlen(a);
         plait_flag_t *f = NULL;
         for (size_t k = 0; k < cmd->n_flags && a[0] == '-' && a[1] == '-'; k++)
-            if (strlen(cmd->flags[k].name) == nlen - 2 && strncmp(cmd->flags[k].name, a + 2, nlen - 2) == 0)
+            if (strlen(cmd->flags[k].name) == nlen - 2 &&
+                strncmp(cmd->flags[k].name, a + 2, nlen - 2) == 0)
                 f = &cmd->flags[k];
         if (f == NULL) {
             cmd->unknown = a;
-            return plait_fail(PLAIT_EINVAL, "unknown %s '%.*s' (try --help)", a[0] == '-' ? "flag" : "argument",
-                              (int)nlen, a);
+            return plait_fail(PLAIT_EINVAL, "unknown %s '%.*s' (try --help)",
+                              a[0] == '-' ? "flag" : "argument", (int)nlen, a);
         }
-        if (f->seen && f->kind != PLAIT_FLAG_LIST) return plait_fail(PLAIT_EINVAL, "--%s given twice", f->name);
+        if (f->seen && f->kind != PLAIT_FLAG_LIST)
+            return plait_fail(PLAIT_EINVAL, "--%s given twice", f->name);
         const char *v;
         if (no_value(f)) {
             if (eq) return plait_fail(PLAIT_EINVAL, "--%s takes no value", f->name);
@@ -183,7 +201,8 @@ int plait_flags_parse(plait_flags_cmd_t *cmd, int argc, char **argv, FILE *help_
         free(opts);
         int rc = parse_strict(cmd, argc, argv, help_out);
         if (first_arg) *first_arg = argc;
-        for (size_t i = 0; rc == 0 && i < cmd->n_rules; i++) rc = check_rule(cmd, &cmd->rules[i]);
+        for (size_t i = 0; rc == 0 && i < cmd->n_rules; i++)
+            rc = check_rule(cmd, &cmd->rules[i]);
         return rc;
     }
     opts[cmd->n_flags].name = "help";
@@ -204,7 +223,8 @@ int plait_flags_parse(plait_flags_cmd_t *cmd, int argc, char **argv, FILE *help_
         } else {
             const char *f = optind > 0 && optind <= argc ? argv[optind - 1] : NULL;
             cmd->unknown = f;
-            rc = plait_fail(PLAIT_EINVAL, "unknown flag or missing value: '%.60s' (see --help)", f ? f : "?");
+            rc = plait_fail(PLAIT_EINVAL, "unknown flag or missing value: '%.60s' (see --help)",
+                            f ? f : "?");
         }
     }
     free(opts);
@@ -220,7 +240,8 @@ int plait_flags_parse(plait_flags_cmd_t *cmd, int argc, char **argv, FILE *help_
 /* ---- --help --------------------------------------------------------------- */
 
 /* The first rule of kind k naming flag name, or NULL. */
-static const plait_flag_rule_t *rule_of(const plait_flags_cmd_t *cmd, plait_flag_rule_kind_t k, const char *name)
+static const plait_flag_rule_t *rule_of(const plait_flags_cmd_t *cmd, plait_flag_rule_kind_t k,
+                                        const char *name)
 {
     for (size_t i = 0; i < cmd->n_rules; i++) {
         if (cmd->rules[i].kind != k) continue;
@@ -233,7 +254,7 @@ static const plait_flag_rule_t *rule_of(const plait_flags_cmd_t *cmd, plait_flag
 static size_t label(const plait_flag_t *f, char *buf, size_t cap)
 {
     int w = no_value(f) || !f->meta ? snprintf(buf, cap, "--%s", f->name)
-                                                   : snprintf(buf, cap, "--%s %s", f->name, f->meta);
+                                    : snprintf(buf, cap, "--%s %s", f->name, f->meta);
     return w < 0 ? 0 : (size_t)w >= cap ? cap - 1 : (size_t)w;
 }
 
@@ -258,8 +279,8 @@ static void put_word(line_t *l, const char *word)
 }
 
 /* A group rule's members as "(--a A | --b B)" or "[--a | --b]", at its first listed member. */
-static void put_group(line_t *l, const plait_flags_cmd_t *cmd, const plait_flag_rule_t *r, const char *open,
-                      const char *close)
+static void put_group(line_t *l, const plait_flags_cmd_t *cmd, const plait_flag_rule_t *r,
+                      const char *open, const char *close)
 {
     char word[400], lab[120];
     size_t used = (size_t)snprintf(word, sizeof(word), "%s", open);
@@ -268,14 +289,16 @@ static void put_group(line_t *l, const plait_flags_cmd_t *cmd, const plait_flag_
         if (!f || !f->help) continue;
         label(f, lab, sizeof(lab));
         if (used < sizeof(word))
-            used += (size_t)snprintf(word + used, sizeof(word) - used, "%s%s", used > strlen(open) ? " | " : "", lab);
+            used += (size_t)snprintf(word + used, sizeof(word) - used, "%s%s",
+                                     used > strlen(open) ? " | " : "", lab);
     }
     if (used < sizeof(word)) snprintf(word + used, sizeof(word) - used, "%s", close);
     put_word(l, word);
 }
 
 /* Whether f is the first listed (help != NULL) member of rule r. */
-static int first_member(const plait_flags_cmd_t *cmd, const plait_flag_rule_t *r, const plait_flag_t *f)
+static int first_member(const plait_flags_cmd_t *cmd, const plait_flag_rule_t *r,
+                        const plait_flag_t *f)
 {
     for (size_t j = 0; j < PLAIT_FLAG_RULE_MAX && r->names[j]; j++) {
         const plait_flag_t *g = find(cmd, r->names[j]);
@@ -310,9 +333,11 @@ static void usage_line(const plait_flags_cmd_t *cmd, FILE *out)
             continue;
         }
         label(f, lab, sizeof(lab));
-        if (rule_of(cmd, PLAIT_RULE_REQUIRED, f->name) || rule_of(cmd, PLAIT_RULE_SHOW_REQUIRED, f->name))
+        if (rule_of(cmd, PLAIT_RULE_REQUIRED, f->name) ||
+            rule_of(cmd, PLAIT_RULE_SHOW_REQUIRED, f->name))
             snprintf(word, sizeof(word), "%s", lab);
-        else snprintf(word, sizeof(word), "[%s]%s", lab, f->kind == PLAIT_FLAG_LIST ? "..." : "");
+        else
+            snprintf(word, sizeof(word), "[%s]%s", lab, f->kind == PLAIT_FLAG_LIST ? "..." : "");
         put_word(&l, word);
     }
     fputc('\n', out);
@@ -322,18 +347,33 @@ static void usage_line(const plait_flags_cmd_t *cmd, FILE *out)
 static int fmt_default(const plait_flag_t *f, char *buf, size_t cap)
 {
     switch (f->kind) {
-    case PLAIT_FLAG_INT: snprintf(buf, cap, "%d", *(const int *)f->dest); return 1;
-    case PLAIT_FLAG_LLONG: snprintf(buf, cap, "%lld", *(const long long *)f->dest); return 1;
-    case PLAIT_FLAG_U32: snprintf(buf, cap, "%u", (unsigned)*(const uint32_t *)f->dest); return 1;
-    case PLAIT_FLAG_SIZE: snprintf(buf, cap, "%zu", *(const size_t *)f->dest); return 1;
-    case PLAIT_FLAG_U64: snprintf(buf, cap, "%llu", (unsigned long long)*(const uint64_t *)f->dest); return 1;
-    case PLAIT_FLAG_DOUBLE: snprintf(buf, cap, "%g", *(const double *)f->dest); return 1;
-    case PLAIT_FLAG_FLOAT: snprintf(buf, cap, "%g", (double)*(const float *)f->dest); return 1;
+    case PLAIT_FLAG_INT:
+        snprintf(buf, cap, "%d", *(const int *)f->dest);
+        return 1;
+    case PLAIT_FLAG_LLONG:
+        snprintf(buf, cap, "%lld", *(const long long *)f->dest);
+        return 1;
+    case PLAIT_FLAG_U32:
+        snprintf(buf, cap, "%u", (unsigned)*(const uint32_t *)f->dest);
+        return 1;
+    case PLAIT_FLAG_SIZE:
+        snprintf(buf, cap, "%zu", *(const size_t *)f->dest);
+        return 1;
+    case PLAIT_FLAG_U64:
+        snprintf(buf, cap, "%llu", (unsigned long long)*(const uint64_t *)f->dest);
+        return 1;
+    case PLAIT_FLAG_DOUBLE:
+        snprintf(buf, cap, "%g", *(const double *)f->dest);
+        return 1;
+    case PLAIT_FLAG_FLOAT:
+        snprintf(buf, cap, "%g", (double)*(const float *)f->dest);
+        return 1;
     case PLAIT_FLAG_STR:
         if (!*(const char *const *)f->dest) return 0;
         snprintf(buf, cap, "%s", *(const char *const *)f->dest);
         return 1;
-    default: return 0;
+    default:
+        return 0;
     }
 }
 
@@ -358,8 +398,10 @@ void plait_flags_help(const plait_flags_cmd_t *cmd, FILE *out)
             fputc(*p, out);
             if (*p == '\n') fprintf(out, "%*s", (int)width + 4, "");
         }
-        if (f->show_default && f->def0[0]) fprintf(out, " (default %s)", f->def0);
-        else if (f->show_default && fmt_default(f, def, sizeof(def))) fprintf(out, " (default %s)", def);
+        if (f->show_default && f->def0[0])
+            fprintf(out, " (default %s)", f->def0);
+        else if (f->show_default && fmt_default(f, def, sizeof(def)))
+            fprintf(out, " (default %s)", def);
         fputc('\n', out);
     }
     if (cmd->epilogue) fputs(cmd->epilogue, out);

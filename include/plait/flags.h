@@ -55,45 +55,58 @@ typedef struct {
 
 /** One flag of a command's table. */
 typedef struct {
-    const char *name;       /**< long name without the dashes: "rank" */
+    const char *name; /**< long name without the dashes: "rank" */
     plait_flag_kind_t kind;
-    void *dest;             /**< where the value goes (type by kind) */
-    const char *meta;       /**< value placeholder in --help ("N", "FILE"); unused for SET */
-    const char *help;       /**< help text (may hold '\n'); NULL: accepted, not listed */
-    long long lo, hi;       /**< INT, LLONG, U32 bounds */
-    double dlo, dhi;        /**< DOUBLE, FLOAT bounds */
-    int set;                /**< SET: the value stored */
-    int (*parse)(void *dest, const char *value); /**< CUSTOM: 0 or plait_fail(PLAIT_EINVAL, ...) */
-    int show_default;       /**< --help appends "(default V)" read from dest */
-    int seen;               /**< OUT: how many times the flag was given */
-    char def0[48];          /**< internal: the default as it was before parsing */
+    void *dest;       /**< where the value goes (type by kind) */
+    const char *meta; /**< value placeholder in --help ("N", "FILE"); unused for SET */
+    const char *help; /**< help text (may hold '\n'); NULL: accepted, not listed */
+    long long lo, hi; /**< INT, LLONG, U32, SIZE bounds */
+    double dlo, dhi;  /**< DOUBLE, FLOAT bounds */
+    int set;          /**< SET, BOOL: the value stored */
+    /** CUSTOM, ACTION: store value (NULL for ACTION); 0 or plait_fail(PLAIT_EINVAL, ...) */
+    int (*parse)(void *dest, const char *value);
+    int show_default; /**< --help appends "(default V)", dest's value before parsing */
+    int seen;         /**< OUT: how many times the flag was given */
+    char def0[48];    /**< internal: the default as it was before parsing */
 } plait_flag_t;
 
 /* Table rows, every field named (strict C11, no missing initializers). def: 1
- * appends "(default V)" to the help, read from dest when --help is shown. */
-#define PLAIT_FLAG_ROW(n, k, d, m, h, l, u, dl, du, v, fn, def) \
-    {.name = (n), .kind = (k), .dest = (d), .meta = (m), .help = (h), .lo = (l), .hi = (u), .dlo = (dl), \
-     .dhi = (du), .set = (v), .parse = (fn), .show_default = (def), .seen = 0, .def0 = ""}
-#define PLAIT_F_SET(n, d, v, h) PLAIT_FLAG_ROW(n, PLAIT_FLAG_SET, d, NULL, h, 0, 0, 0, 0, v, NULL, 0)
+ * appends "(default V)" to the help line (show_default). */
+#define PLAIT_FLAG_ROW(n, k, d, m, h, l, u, dl, du, v, fn, def)                                    \
+    {                                                                                              \
+        .name = (n), .kind = (k), .dest = (d), .meta = (m), .help = (h), .lo = (l), .hi = (u),     \
+        .dlo = (dl), .dhi = (du), .set = (v), .parse = (fn), .show_default = (def), .seen = 0,     \
+        .def0 = ""                                                                                 \
+    }
+#define PLAIT_F_SET(n, d, v, h)                                                                    \
+    PLAIT_FLAG_ROW(n, PLAIT_FLAG_SET, d, NULL, h, 0, 0, 0, 0, v, NULL, 0)
 #define PLAIT_F_STR(n, d, m, h) PLAIT_FLAG_ROW(n, PLAIT_FLAG_STR, d, m, h, 0, 0, 0, 0, 0, NULL, 0)
-#define PLAIT_F_INT(n, d, lo, hi, m, h, def) PLAIT_FLAG_ROW(n, PLAIT_FLAG_INT, d, m, h, lo, hi, 0, 0, 0, NULL, def)
-#define PLAIT_F_LLONG(n, d, lo, hi, m, h, def) PLAIT_FLAG_ROW(n, PLAIT_FLAG_LLONG, d, m, h, lo, hi, 0, 0, 0, NULL, def)
-#define PLAIT_F_U32(n, d, lo, hi, m, h, def) PLAIT_FLAG_ROW(n, PLAIT_FLAG_U32, d, m, h, lo, hi, 0, 0, 0, NULL, def)
-#define PLAIT_F_SIZE(n, d, lo, hi, m, h, def) PLAIT_FLAG_ROW(n, PLAIT_FLAG_SIZE, d, m, h, lo, hi, 0, 0, 0, NULL, def)
+#define PLAIT_F_INT(n, d, lo, hi, m, h, def)                                                       \
+    PLAIT_FLAG_ROW(n, PLAIT_FLAG_INT, d, m, h, lo, hi, 0, 0, 0, NULL, def)
+#define PLAIT_F_LLONG(n, d, lo, hi, m, h, def)                                                     \
+    PLAIT_FLAG_ROW(n, PLAIT_FLAG_LLONG, d, m, h, lo, hi, 0, 0, 0, NULL, def)
+#define PLAIT_F_U32(n, d, lo, hi, m, h, def)                                                       \
+    PLAIT_FLAG_ROW(n, PLAIT_FLAG_U32, d, m, h, lo, hi, 0, 0, 0, NULL, def)
+#define PLAIT_F_SIZE(n, d, lo, hi, m, h, def)                                                      \
+    PLAIT_FLAG_ROW(n, PLAIT_FLAG_SIZE, d, m, h, lo, hi, 0, 0, 0, NULL, def)
 #define PLAIT_F_BOOL(n, d, h) PLAIT_FLAG_ROW(n, PLAIT_FLAG_BOOL, d, NULL, h, 0, 0, 0, 0, 1, NULL, 0)
-#define PLAIT_F_U64(n, d, m, h, def) PLAIT_FLAG_ROW(n, PLAIT_FLAG_U64, d, m, h, 0, 0, 0, 0, 0, NULL, def)
-#define PLAIT_F_DOUBLE(n, d, lo, hi, m, h, def) \
+#define PLAIT_F_U64(n, d, m, h, def)                                                               \
+    PLAIT_FLAG_ROW(n, PLAIT_FLAG_U64, d, m, h, 0, 0, 0, 0, 0, NULL, def)
+#define PLAIT_F_DOUBLE(n, d, lo, hi, m, h, def)                                                    \
     PLAIT_FLAG_ROW(n, PLAIT_FLAG_DOUBLE, d, m, h, 0, 0, lo, hi, 0, NULL, def)
-#define PLAIT_F_FLOAT(n, d, lo, hi, m, h, def) \
+#define PLAIT_F_FLOAT(n, d, lo, hi, m, h, def)                                                     \
     PLAIT_FLAG_ROW(n, PLAIT_FLAG_FLOAT, d, m, h, 0, 0, lo, hi, 0, NULL, def)
 #define PLAIT_F_LIST(n, d, m, h) PLAIT_FLAG_ROW(n, PLAIT_FLAG_LIST, d, m, h, 0, 0, 0, 0, 0, NULL, 0)
-#define PLAIT_F_ACTION(n, d, fn, h) PLAIT_FLAG_ROW(n, PLAIT_FLAG_ACTION, d, NULL, h, 0, 0, 0, 0, 0, fn, 0)
-#define PLAIT_F_CUSTOM(n, d, fn, m, h) PLAIT_FLAG_ROW(n, PLAIT_FLAG_CUSTOM, d, m, h, 0, 0, 0, 0, 0, fn, 0)
+#define PLAIT_F_ACTION(n, d, fn, h)                                                                \
+    PLAIT_FLAG_ROW(n, PLAIT_FLAG_ACTION, d, NULL, h, 0, 0, 0, 0, 0, fn, 0)
+#define PLAIT_F_CUSTOM(n, d, fn, m, h)                                                             \
+    PLAIT_FLAG_ROW(n, PLAIT_FLAG_CUSTOM, d, m, h, 0, 0, 0, 0, 0, fn, 0)
 
 /** Checks over the table, made in order after parsing. */
 typedef enum {
-    PLAIT_RULE_REQUIRED,    /**< every name given: "--db is required", "--key and --csr are required" */
-    PLAIT_RULE_ONE_OF,      /**< exactly one given: "give exactly one of --db and --text" */
+    PLAIT_RULE_REQUIRED, /**< every name given: "--db is required", "--key and --csr are required"
+                          */
+    PLAIT_RULE_ONE_OF,   /**< exactly one given: "give exactly one of --db and --text" */
     PLAIT_RULE_AT_MOST_ONE, /**< "give at most one of --once and --daemon" */
     PLAIT_RULE_NEEDS,       /**< names[0] given only with names[1]: "--rounds needs --daemon" */
     /* Shown in the usage line only; the command checks them itself, in its own words. */
@@ -110,16 +123,17 @@ typedef struct {
 
 /** A command: its table, rules and help prose. */
 typedef struct {
-    const char *prog;       /**< "plait-agent ingest": the usage line's start */
-    const char *args;       /**< positional part of the usage line, or NULL */
-    const char *synopsis;   /**< replaces the generated usage line: what follows "usage: ", '\n'-ended */
-    const char *about;      /**< prose between the usage line and the flags, or NULL */
-    const char *epilogue;   /**< prose after the flag lines (examples, notes), or NULL */
+    const char *prog; /**< "plait-agent ingest": the usage line's start */
+    const char *args; /**< positional part of the usage line, or NULL */
+    const char
+        *synopsis;     /**< replaces the generated usage line: what follows "usage: ", '\n'-ended */
+    const char *about; /**< prose between the usage line and the flags, or NULL */
+    const char *epilogue; /**< prose after the flag lines (examples, notes), or NULL */
     plait_flag_t *flags;
     size_t n_flags;
     const plait_flag_rule_t *rules;
     size_t n_rules;
-    int extra_args;         /**< 0: a positional argument is an error; 1: left to the caller */
+    int extra_args; /**< 0: a positional argument is an error; 1: left to the caller */
     /**
      * 0: getopt_long style (abbreviations, a flag may repeat: the last wins).
      * 1: strict style, as plait-aggregator parses: exact names, each flag at
@@ -131,7 +145,8 @@ typedef struct {
      */
     int strict;
     const char **pos; /**< strict: OUT positional arguments (NULL where not given) */
-    const char *unknown; /**< OUT: the argument that was an unknown flag or lacked its value, or NULL */
+    const char
+        *unknown; /**< OUT: the argument that was an unknown flag or lacked its value, or NULL */
     size_t n_pos;
 } plait_flags_cmd_t;
 
@@ -147,7 +162,8 @@ typedef struct {
  *        argument after parsing (getopt permutes them to the end).
  * \return 0, PLAIT_FLAGS_HELP, PLAIT_EINVAL (message recorded) or PLAIT_ENOMEM.
  */
-int plait_flags_parse(plait_flags_cmd_t *cmd, int argc, char **argv, FILE *help_out, int *first_arg /* OUT */);
+int plait_flags_parse(plait_flags_cmd_t *cmd, int argc, char **argv, FILE *help_out,
+                      int *first_arg /* OUT */);
 
 /** \brief Write cmd's help: usage line, about, one line per listed flag, epilogue. */
 void plait_flags_help(const plait_flags_cmd_t *cmd, FILE *out);

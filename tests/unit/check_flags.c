@@ -88,7 +88,8 @@ static int run(fixture_t *x, const char *line, int *first)
     static char *argv[32];
     snprintf(buf, sizeof(buf), "run %s", line);
     int argc = 0;
-    for (char *t = strtok(buf, " "); t && argc < 31; t = strtok(NULL, " ")) argv[argc++] = t;
+    for (char *t = strtok(buf, " "); t && argc < 31; t = strtok(NULL, " "))
+        argv[argc++] = t;
     argv[argc] = NULL;
     FILE *devnull = fopen("/dev/null", "w");
     int rc = plait_flags_parse(&x->cmd, argc, argv, devnull, first);
@@ -101,16 +102,18 @@ static void expect_err(const char *line, const char *msg)
     fixture_t x;
     fixture(&x);
     ck_assert_int_eq(run(&x, line, NULL), PLAIT_EINVAL);
-    ck_assert_msg(strcmp(plait_errmsg(), msg) == 0, "'%s': got '%s', want '%s'", line, plait_errmsg(), msg);
+    ck_assert_msg(strcmp(plait_errmsg(), msg) == 0, "'%s': got '%s', want '%s'", line,
+                  plait_errmsg(), msg);
 }
 
 START_TEST(test_values)
 {
     fixture_t x;
     fixture(&x);
-    ck_assert_int_eq(run(&x, "--db d --text t --rank 4 --rounds 3 --daemon --ms 4294967295 --seed 0x10 "
-                             "--lr 0.25 --alpha=2 --quiet --set a=1 --set b=2 --parity even --hidden h "
-                             "--clients 1000 --loud",
+    ck_assert_int_eq(run(&x,
+                         "--db d --text t --rank 4 --rounds 3 --daemon --ms 4294967295 --seed 0x10 "
+                         "--lr 0.25 --alpha=2 --quiet --set a=1 --set b=2 --parity even --hidden h "
+                         "--clients 1000 --loud",
                          NULL),
                      0);
     ck_assert_str_eq(x.db, "d");
@@ -158,14 +161,16 @@ START_TEST(test_errors)
     ck_assert_int_eq(run(&y, "--db a --rank", NULL), PLAIT_EINVAL);
     ck_assert_str_eq(y.cmd.unknown, "--rank");
     expect_err("--db a --text t --rank", "unknown flag or missing value: '--rank' (see --help)");
-    expect_err("--db a --text t --quiet=1", "unknown flag or missing value: '--quiet=1' (see --help)");
+    expect_err("--db a --text t --quiet=1",
+               "unknown flag or missing value: '--quiet=1' (see --help)");
     expect_err("--db a --text t --rank 0", "--rank: '0' is outside 1..64");
     expect_err("--db a --text t --rank 2x", "--rank: '2x' is not an integer");
     expect_err("--db a --text t --lr 2", "--lr: '2' is outside 0..1");
     expect_err("--db a --text t --alpha nan", "--alpha: 'nan' is not a finite number");
     expect_err("--db a --text t --seed -1", "--seed: '-1' is negative");
     expect_err("--db a --text t --clients 0", "--clients: '0' is outside 1..1000");
-    expect_err("--db a --text t --loud=1", "unknown flag or missing value: '--loud=1' (see --help)");
+    expect_err("--db a --text t --loud=1",
+               "unknown flag or missing value: '--loud=1' (see --help)");
     expect_err("--db a --text t --ms -1", "--ms: '-1' is outside 0..4294967295");
     expect_err("--db a --text t --parity odd", "--parity: 'odd' is not even");
     expect_err("--db a --text t --set 1 --set 2 --set 3 --set 4", "more than 3 --set flags");
@@ -204,7 +209,9 @@ START_TEST(test_help)
     ck_assert_int_eq(plait_flags_parse(&x.cmd, 5, argv, f, NULL), PLAIT_FLAGS_HELP);
     fclose(f);
     /* The usage line: required bare, groups in brackets, the rest optional. */
-    ck_assert_msg(strncmp(text, "usage: plait-test run --db DB (--text FILE | --jsonl FILE) [--rank R]", 69) == 0,
+    ck_assert_msg(strncmp(text,
+                          "usage: plait-test run --db DB (--text FILE | --jsonl FILE) [--rank R]",
+                          69) == 0,
                   "%s", text);
     ck_assert_msg(strstr(text, "[--once | --daemon]") != NULL, "%s", text);
     ck_assert_msg(strstr(text, "[--set K=V]...") != NULL, "%s", text);
@@ -214,17 +221,22 @@ START_TEST(test_help)
     for (size_t i = 0; i < x.cmd.n_flags; i++) {
         char want[64];
         snprintf(want, sizeof(want), "\n  --%s", x.flags[i].name);
-        if (x.flags[i].help) ck_assert_msg(strstr(text, want) != NULL, "no %s in %s", want, text);
-        else ck_assert_msg(strstr(text, want) == NULL, "%s listed in %s", want, text);
+        if (x.flags[i].help)
+            ck_assert_msg(strstr(text, want) != NULL, "no %s in %s", want, text);
+        else
+            ck_assert_msg(strstr(text, want) == NULL, "%s listed in %s", want, text);
     }
     /* the default as it was before parsing, not the --rank 4 given before --help */
     ck_assert_msg(strstr(text, "LoRA rank (default 8)") != NULL, "%s", text);
-    ck_assert_msg(strstr(text, "learning rate\n") != NULL && strstr(text, "second line (default 0.5)"), "%s", text);
+    ck_assert_msg(strstr(text, "learning rate\n") != NULL &&
+                      strstr(text, "second line (default 0.5)"),
+                  "%s", text);
     /* Continuation lines of a help text line up with the first. */
     const char *l1 = strstr(text, "learning rate"), *l2 = strstr(text, "second line");
     const char *nl = strchr(l1, '\n');
     const char *bol = l1;
-    while (bol > text && bol[-1] != '\n') bol--;
+    while (bol > text && bol[-1] != '\n')
+        bol--;
     ck_assert_int_eq((int)(l2 - nl - 1), (int)(l1 - bol));
     free(text);
 }
@@ -246,7 +258,8 @@ static void expect_strict(const char *line, const char *msg)
         return;
     }
     ck_assert_int_eq(rc, PLAIT_EINVAL);
-    ck_assert_msg(strcmp(plait_errmsg(), msg) == 0, "'%s': got '%s', want '%s'", line, plait_errmsg(), msg);
+    ck_assert_msg(strcmp(plait_errmsg(), msg) == 0, "'%s': got '%s', want '%s'", line,
+                  plait_errmsg(), msg);
 }
 
 START_TEST(test_strict)
