@@ -57,7 +57,7 @@ double now_s(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* ------------------------------------------------------------ shared flags */
+/* ------------------------------------------------- shared values and helpers */
 
 #ifndef PLAIT_DEFAULT_ASSETS
 #define PLAIT_DEFAULT_ASSETS "../shared/assets"
