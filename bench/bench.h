@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "plait/flags.h"
+
 int bench_agg(int argc, char **argv);
 int bench_train(int argc, char **argv);
 /* bench_gguf.c: the SmolLM2-135M-shape GGUF rows of `plait-bench train --shape 135M`. */
@@ -21,6 +23,12 @@ double bench_now(void);
 double bench_median(double *v, size_t n);
 /** Parse a positive integer flag value; prints one line and returns -1 on error. */
 int bench_parse_size(const char *cmd, const char *flag, const char *s, size_t max, size_t *out);
+/**
+ * Parse a subcommand's flags with lib/flags.c (cmd->prog "plait-bench x").
+ * Returns -1 to go on, else the exit status: 0 after --help, 2 after printing
+ * "plait-bench x: <what was wrong>".
+ */
+int bench_flags(plait_flags_cmd_t *cmd, int argc, char **argv);
 /** The measured work of one run, in a forked child: fills *value, returns 0. */
 typedef int (*bench_child_fn)(void *ctx, double *value);
 /**

@@ -24,19 +24,6 @@
 
 #define MAX_REPS 101
 
-static void usage(FILE *f)
-{
-    fputs("usage: plait-bench agg [--updates N] [--params P] [--reps R] [--compare M] [--pool K]\n"
-          "\n"
-          "  --updates N   updates folded per run (default 1000)\n"
-          "  --params P    parameters per update (default 1000000)\n"
-          "  --reps R      runs per configuration; the median is reported (default 5, odd is best)\n"
-          "  --compare M   also run with M updates to show memory does not grow with N\n"
-          "                (default 100; 0 to skip)\n"
-          "  --pool K      distinct updates cycled through (default 8)\n",
-          f);
-}
-
 /* The measured work, in the child. Returns 0 and the seconds spent. */
 static int run_child(size_t n_updates, size_t P, size_t K, double *secs)
 {
@@ -87,37 +74,18 @@ static int measure(size_t n_updates, size_t P, size_t K, double *secs, double *r
 int bench_agg(int argc, char **argv)
 {
     size_t N = 1000, P = 1000000, R = 5, M = 100, K = 8;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        size_t *dst = NULL, max = 0;
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            usage(stdout);
-            return 0;
-        } else if (strcmp(a, "--updates") == 0) {
-            dst = &N;
-            max = 100000000;
-        } else if (strcmp(a, "--params") == 0) {
-            dst = &P;
-            max = PLAIT_AGG_MAX_DIM;
-        } else if (strcmp(a, "--reps") == 0) {
-            dst = &R;
-            max = MAX_REPS;
-        } else if (strcmp(a, "--compare") == 0) {
-            dst = &M;
-            max = 100000000;
-        } else if (strcmp(a, "--pool") == 0) {
-            dst = &K;
-            max = 1024;
-        } else {
-            fprintf(stderr, "plait-bench agg: unknown flag '%s' (try --help)\n", a);
-            return 2;
-        }
-        if (i + 1 >= argc) {
-            fprintf(stderr, "plait-bench agg: %s needs a value\n", a);
-            return 2;
-        }
-        if (bench_parse_size("agg", a, argv[++i], max, dst) != 0) return 2;
-    }
+    plait_flag_t flags[] = {
+        PLAIT_F_SIZE("updates", &N, 0, 100000000, "N", "updates folded per run", 1),
+        PLAIT_F_SIZE("params", &P, 0, PLAIT_AGG_MAX_DIM, "P", "parameters per update", 1),
+        PLAIT_F_SIZE("reps", &R, 0, MAX_REPS, "R", "runs per configuration; the median is reported (default 5, odd is best)",
+                     0),
+        PLAIT_F_SIZE("compare", &M, 0, 100000000, "M",
+                     "also run with M updates to show memory does not grow with N\n(default 100; 0 to skip)", 0),
+        PLAIT_F_SIZE("pool", &K, 0, 1024, "K", "distinct updates cycled through", 1),
+    };
+    plait_flags_cmd_t cmd = {.prog = "plait-bench agg", .flags = flags, .n_flags = sizeof(flags) / sizeof(flags[0])};
+    int st = bench_flags(&cmd, argc, argv);
+    if (st >= 0) return st;
     if (N == 0 || P == 0 || R == 0 || K == 0) {
         fputs("plait-bench agg: --updates, --params, --reps and --pool must be > 0\n", stderr);
         return 2;

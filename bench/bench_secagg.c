@@ -21,6 +21,7 @@
  * Every figure is the median of R runs.
  */
 #define _GNU_SOURCE
+#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,21 +29,32 @@
 #include <time.h>
 
 #include "bench.h"
+#include "plait/cli.h"
 #include "plait/pki.h"
 #include "plait/secagg.h"
 
 #define MAX_REPS 101
 
-static void usage(FILE *f)
+/* --server-values A B: the flag's value is A, B is the next argument (getopt's
+ * optind), consumed here. */
+typedef struct {
+    size_t *p100, *p1000;
+    int argc;
+    char **argv;
+} server_values_t;
+
+static int set_server_values(void *dest, const char *value)
 {
-    fputs("usage: plait-bench secagg [--values P] [--server-values P100 P1000] [--reps R] [--quant-bits B]\n"
-          "\n"
-          "  --values P          values masked by the client (default 1000000)\n"
-          "  --server-values A B vector length for the server at cohort 100 and 1000\n"
-          "                      (default 100000 and 10000)\n"
-          "  --reps R            runs per figure; the median is reported (default 3)\n"
-          "  --quant-bits B      quantizer bits for the byte counts (default 16)\n",
-          f);
+    server_values_t *sv = dest;
+    long long a, b;
+    if (optind >= sv->argc) return plait_fail(PLAIT_EINVAL, "--server-values needs two values");
+    if (plait_cli_int("--server-values", value, 0, 100000000, &a) != 0 ||
+        plait_cli_int("--server-values", sv->argv[optind], 0, 100000000, &b) != 0)
+        return PLAIT_EINVAL;
+    optind++;
+    *sv->p100 = (size_t)a;
+    *sv->p1000 = (size_t)b;
+    return 0;
 }
 
 static const uint8_t DEP[] = "bench-deployment";
@@ -250,30 +262,22 @@ static void bytes_report(size_t P, unsigned qbits, unsigned m, uint32_t k, size_
 int bench_secagg(int argc, char **argv)
 {
     size_t P = 1000000, P100 = 100000, P1000 = 10000, R = 3, QB = 16;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            usage(stdout);
-            return 0;
-        }
-        int two = strcmp(a, "--server-values") == 0;
-        size_t *dst = strcmp(a, "--values") == 0       ? &P
-                      : two                            ? &P100
-                      : strcmp(a, "--reps") == 0       ? &R
-                      : strcmp(a, "--quant-bits") == 0 ? &QB
-                                                       : NULL;
-        if (dst == NULL) {
-            fprintf(stderr, "plait-bench secagg: unknown flag '%s' (try --help)\n", a);
-            return 2;
-        }
-        size_t max = dst == &R ? MAX_REPS : dst == &QB ? 22 : 100000000;
-        if (i + 1 + two >= argc) {
-            fprintf(stderr, "plait-bench secagg: %s needs %s\n", a, two ? "two values" : "a value");
-            return 2;
-        }
-        if (bench_parse_size("secagg", a, argv[++i], max, dst) != 0) return 2;
-        if (two && bench_parse_size("secagg", a, argv[++i], max, &P1000) != 0) return 2;
-    }
+    server_values_t sv = {&P100, &P1000, argc, argv};
+    plait_flag_t flags[] = {
+        PLAIT_F_SIZE("values", &P, 0, 100000000, "P", "values masked by the client", 1),
+        PLAIT_F_CUSTOM("server-values", &sv, set_server_values, "A B",
+                       "vector length for the server at cohort 100 and 1000\n(default 100000 and 10000)"),
+        PLAIT_F_SIZE("reps", &R, 0, MAX_REPS, "R", "runs per figure; the median is reported", 1),
+        PLAIT_F_SIZE("quant-bits", &QB, 0, 22, "B", "quantizer bits for the byte counts", 1),
+    };
+    plait_flags_cmd_t cmd = {
+        .prog = "plait-bench secagg",
+        .synopsis = "plait-bench secagg [--values P] [--server-values P100 P1000] [--reps R] [--quant-bits B]\n",
+        .flags = flags,
+        .n_flags = sizeof(flags) / sizeof(flags[0]),
+    };
+    int st = bench_flags(&cmd, argc, argv);
+    if (st >= 0) return st;
     if (P == 0 || P100 == 0 || P1000 == 0 || R == 0 || QB == 0) {
         fputs("plait-bench secagg: values, reps and bits must be > 0\n", stderr);
         return 2;

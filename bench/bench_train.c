@@ -123,24 +123,32 @@ static int run_torch(const char *peer, const char *args, int threads, int B, int
     return (st == 0 && have == 3) ? 0 : -1;
 }
 
-static void usage(FILE *f)
+typedef struct {
+    int *v, n;
+} thread_list_t;
+
+/* --threads 1,2,4: up to 8 counts of 1..256. */
+static int set_threads(void *dest, const char *value)
 {
-    fputs("usage: plait-bench train [--repeats R] [--steps N] [--warmup N] [--threads LIST] [--torch]\n"
-          "                         [--shape 260K|15M|135M|all] [--batch B] [--seq T]\n"
-          "\n"
-          "Training tokens/s (median over R fresh processes of the median step) and peak RSS of\n"
-          "LoRA fine-tuning (rank 8 on wq,wv) for stories260K ($PLAIT_ASSETS/stories260K.bin) and a\n"
-          "random-weight model of the stories15M shape (dim 288, hidden 768, 6 layers, 6 heads,\n"
-          "vocab 32000). --shape 135M (not part of all) instead measures a GGUF base of the\n"
-          "SmolLM2-135M shape in F32 and Q8_0 at B=4, T=256: training and generation tokens/s\n"
-          "and peak RSS against file size + trainer buffers + 10% (default 2 steps, 1 warm-up).\n"
-          "  --repeats R   processes per configuration (default 3)\n"
-          "  --steps N     timed steps per process (default 20; 6 for 15M)\n"
-          "  --warmup N    untimed steps first (default 3; 2 for 15M)\n"
-          "  --threads L   comma list of thread counts (default 1,2)\n"
-          "  --torch       also run the PyTorch peer (../shared/peers/torch_lora_ref.py, or\n"
-          "                $PLAIT_PEERS/torch_lora_ref.py) at the same settings and print ratios\n",
-          f);
+    thread_list_t *tl = dest;
+    tl->n = 0;
+    for (const char *p = value; *p && tl->n < 8;) {
+        char *end;
+        long t = strtol(p, &end, 10);
+        if (end == p || t < 1 || t > 256 || (*end && *end != ','))
+            return plait_fail(PLAIT_EINVAL, "--threads '%.40s' is not a list of 1..256", value);
+        tl->v[tl->n++] = (int)t;
+        p = *end == ',' ? end + 1 : end;
+    }
+    return 0;
+}
+
+static int set_shape(void *dest, const char *value)
+{
+    if (strcmp(value, "260K") && strcmp(value, "15M") && strcmp(value, "135M") && strcmp(value, "all"))
+        return plait_fail(PLAIT_EINVAL, "--shape '%.20s' is not 260K, 15M, 135M or all", value);
+    *(const char **)dest = value;
+    return 0;
 }
 
 /* FLOPs of one trained token: the frozen base's matmuls run forward and
@@ -171,57 +179,35 @@ int bench_train(int argc, char **argv)
     size_t repeats = 3, steps_opt = 0, warmup_opt = 0, B = 8, T = 128;
     int torch = 0, threads[8] = {1, 2}, n_threads = 2;
     const char *shape_sel = "all";
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            usage(stdout);
-            return 0;
-        } else if (strcmp(a, "--torch") == 0) {
-            torch = 1;
-        } else if (strcmp(a, "--repeats") == 0) {
-            if (bench_parse_size("train", a, v, 1000, &repeats) != 0) return 2;
-            i++;
-        } else if (strcmp(a, "--steps") == 0) {
-            if (bench_parse_size("train", a, v, 100000, &steps_opt) != 0) return 2;
-            i++;
-        } else if (strcmp(a, "--warmup") == 0) {
-            if (bench_parse_size("train", a, v, 100000, &warmup_opt) != 0) return 2;
-            i++;
-        } else if (strcmp(a, "--batch") == 0) {
-            if (bench_parse_size("train", a, v, 1024, &B) != 0) return 2;
-            i++;
-        } else if (strcmp(a, "--seq") == 0) {
-            if (bench_parse_size("train", a, v, 4096, &T) != 0) return 2;
-            i++;
-        } else if (strcmp(a, "--shape") == 0 && v) {
-            shape_sel = v;
-            if (strcmp(v, "260K") && strcmp(v, "15M") && strcmp(v, "135M") && strcmp(v, "all")) {
-                fprintf(stderr, "plait-bench train: --shape '%.20s' is not 260K, 15M, 135M or all\n", v);
-                return 2;
-            }
-            i++;
-        } else if (strcmp(a, "--threads") == 0 && v) {
-            n_threads = 0;
-            for (const char *p = v; *p && n_threads < 8;) {
-                char *end;
-                long t = strtol(p, &end, 10);
-                if (end == p || t < 1 || t > 256) {
-                    fprintf(stderr, "plait-bench train: --threads '%.40s' is not a list of 1..256\n", v);
-                    return 2;
-                }
-                threads[n_threads++] = (int)t;
-                p = *end == ',' ? end + 1 : end;
-                if (*end && *end != ',') {
-                    fprintf(stderr, "plait-bench train: --threads '%.40s' is not a list of 1..256\n", v);
-                    return 2;
-                }
-            }
-            i++;
-        } else {
-            fprintf(stderr, "plait-bench train: unknown flag or missing value '%.40s'\n", a);
-            return 2;
-        }
-    }
+    thread_list_t tl = {threads, n_threads};
+    plait_flag_t flags[] = {
+        PLAIT_F_SIZE("repeats", &repeats, 0, 1000, "R", "processes per configuration", 1),
+        PLAIT_F_SIZE("steps", &steps_opt, 0, 100000, "N", "timed steps per process (default 20; 6 for 15M)", 0),
+        PLAIT_F_SIZE("warmup", &warmup_opt, 0, 100000, "N", "untimed steps first (default 3; 2 for 15M)", 0),
+        PLAIT_F_CUSTOM("threads", &tl, set_threads, "LIST", "comma list of thread counts (default 1,2)"),
+        PLAIT_F_SET("torch", &torch, 1,
+                    "also run the PyTorch peer (../shared/peers/torch_lora_ref.py, or\n"
+                    "$PLAIT_PEERS/torch_lora_ref.py) at the same settings and print ratios"),
+        PLAIT_F_CUSTOM("shape", &shape_sel, set_shape, "S", "260K, 15M, 135M or all (default all)"),
+        PLAIT_F_SIZE("batch", &B, 0, 1024, "B", "sequences per step", 1),
+        PLAIT_F_SIZE("seq", &T, 0, 4096, "T", "tokens per sequence", 1),
+    };
+    plait_flags_cmd_t cmd = {
+        .prog = "plait-bench train",
+        .synopsis = "plait-bench train [--repeats R] [--steps N] [--warmup N] [--threads LIST] [--torch]\n"
+                    "                         [--shape 260K|15M|135M|all] [--batch B] [--seq T]\n",
+        .about = "Training tokens/s (median over R fresh processes of the median step) and peak RSS of\n"
+                 "LoRA fine-tuning (rank 8 on wq,wv) for stories260K ($PLAIT_ASSETS/stories260K.bin) and a\n"
+                 "random-weight model of the stories15M shape (dim 288, hidden 768, 6 layers, 6 heads,\n"
+                 "vocab 32000). --shape 135M (not part of all) instead measures a GGUF base of the\n"
+                 "SmolLM2-135M shape in F32 and Q8_0 at B=4, T=256: training and generation tokens/s\n"
+                 "and peak RSS against file size + trainer buffers + 10% (default 2 steps, 1 warm-up).\n",
+        .flags = flags,
+        .n_flags = sizeof(flags) / sizeof(flags[0]),
+    };
+    int st = bench_flags(&cmd, argc, argv);
+    if (st >= 0) return st;
+    n_threads = tl.n;
     if (strcmp(shape_sel, "135M") == 0) return bench_train_135m(repeats, threads, n_threads, steps_opt, warmup_opt);
     const char *assets = getenv("PLAIT_ASSETS");
     if (!assets || !*assets) assets = "../shared/assets";

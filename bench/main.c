@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "plait/flags.h"
 
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -59,6 +60,15 @@ int bench_parse_size(const char *cmd, const char *flag, const char *s, size_t ma
     }
     *out = (size_t)v;
     return 0;
+}
+
+int bench_flags(plait_flags_cmd_t *cmd, int argc, char **argv)
+{
+    int rc = plait_flags_parse(cmd, argc, argv, stdout, NULL);
+    if (rc == PLAIT_FLAGS_HELP) return 0;
+    if (rc == 0) return -1;
+    fprintf(stderr, "%s: %s\n", cmd->prog, plait_errmsg());
+    return 2;
 }
 
 void bench_machine(char *buf, size_t len)
