@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "plait/file.h"
+#include "plait/flags.h"
 #include "plait/sim.h"
 #include "sim_int.h"
 
@@ -35,18 +36,6 @@ double plait__sim_t95(size_t df)
                                2.074, 2.069,  2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042};
     if (df == 0) return NAN;
     return df < sizeof(t) / sizeof(t[0]) ? t[df] : 1.96;
-}
-
-static void compare_usage(FILE *f)
-{
-    fprintf(f, "usage: plait-sim compare --out FILE.svg [--metric global|personal] [--x round|mb] [--title T] "
-               "NAME=DIR...\n"
-               "  draws the held-out loss of several runs in one chart and prints each run's final value.\n"
-               "  DIR is a run's --out folder; a multi-seed run (plait-sim --seeds N) gives the mean over its\n"
-               "  seeds with a 95%% confidence interval (shaded; ± half-width in the table).\n"
-               "  --metric   global (default) or personal loss\n"
-               "  --x        round (default) or mb: cumulative megabytes moved, up + down\n"
-               "  --title T  chart title\n");
 }
 
 /* Read column col of DIR/metrics.csv into y (rounds 0..), returning the count or -1. */
@@ -179,24 +168,32 @@ static int load_curve(const char *dir, const char *col, int x_mb, curve_buf_t *c
 int plait__sim_compare_main(int argc, char **argv)
 {
     const char *out = NULL, *metric = "global", *title = "held-out loss", *xaxis = "round";
-    int a = 1;
-    for (; a < argc && strncmp(argv[a], "--", 2) == 0; a += 2) {
-        if (strcmp(argv[a], "--help") == 0) {
-            compare_usage(stdout);
-            return 0;
-        }
-        if (a + 1 >= argc) {
-            fprintf(stderr, "plait-sim compare: %s: missing value (see compare --help)\n", argv[a]);
-            return EXIT_USAGE;
-        }
-        if (strcmp(argv[a], "--out") == 0) out = argv[a + 1];
-        else if (strcmp(argv[a], "--metric") == 0) metric = argv[a + 1];
-        else if (strcmp(argv[a], "--title") == 0) title = argv[a + 1];
-        else if (strcmp(argv[a], "--x") == 0) xaxis = argv[a + 1];
-        else {
-            fprintf(stderr, "plait-sim compare: unknown flag %.32s (see compare --help)\n", argv[a]);
-            return EXIT_USAGE;
-        }
+    plait_flag_t flags[] = {
+        PLAIT_F_STR("out", &out, "FILE.svg", "the chart to write (required)"),
+        PLAIT_F_STR("metric", &metric, "M", "global (default) or personal loss"),
+        PLAIT_F_STR("x", &xaxis, "X", "round (default) or mb: cumulative megabytes moved, up + down"),
+        PLAIT_F_STR("title", &title, "T", "chart title"),
+    };
+    plait_flags_cmd_t cmd = {
+        .prog = "plait-sim compare",
+        .synopsis = "plait-sim compare --out FILE.svg [--metric global|personal] [--x round|mb] [--title T] "
+                    "NAME=DIR...\n",
+        .about = "  draws the held-out loss of several runs in one chart and prints each run's final value.\n"
+                 "  DIR is a run's --out folder; a multi-seed run (plait-sim --seeds N) gives the mean over its\n"
+                 "  seeds with a 95% confidence interval (shaded; ± half-width in the table).\n",
+        .flags = flags,
+        .n_flags = sizeof(flags) / sizeof(flags[0]),
+        .extra_args = 1,
+    };
+    int a = 1, prc = plait_flags_parse(&cmd, argc, argv, stdout, &a);
+    if (prc == PLAIT_FLAGS_HELP) return 0;
+    if (prc != 0) {
+        if (cmd.unknown)
+            fprintf(stderr, "plait-sim compare: %.32s: unknown flag or missing value (see compare --help)\n",
+                    cmd.unknown);
+        else
+            fprintf(stderr, "plait-sim compare: %s (see compare --help)\n", plait_errmsg());
+        return EXIT_USAGE;
     }
     const char *why = NULL;
     if (!out || a >= argc) why = "needs --out FILE.svg and NAME=DIR...";
