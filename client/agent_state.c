@@ -55,34 +55,7 @@ int plait__agent_atomic_write(const char *dir, const char *name, const uint8_t *
     if ((rc = plait__agent_path_join(dst, sizeof(dst), dir, name)) != 0) return rc;
     int n = snprintf(tmp, sizeof(tmp), "%s/.%s.tmp", dir, name);
     if (n < 0 || (size_t)n >= sizeof(tmp)) return plait_fail(PLAIT_EINVAL, "state path too long");
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0) return plait_fail(PLAIT_EIO, "%s: cannot create: %s", tmp, strerror(errno));
-    size_t off = 0;
-    while (off < len) {
-        ssize_t w = write(fd, buf + off, len - off);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) {
-            int e = errno;
-            close(fd);
-            unlink(tmp);
-            return plait_fail(PLAIT_EIO, "%s: write: %s", tmp, strerror(e));
-        }
-        off += (size_t)w;
-    }
-    if (fsync(fd) != 0) {
-        int e = errno;
-        close(fd);
-        unlink(tmp);
-        return plait_fail(PLAIT_EIO, "%s: fsync: %s", tmp, strerror(e));
-    }
-    close(fd);
-    if (rename(tmp, dst) != 0) {
-        int e = errno;
-        unlink(tmp);
-        return plait_fail(PLAIT_EIO, "%s: rename: %s", dst, strerror(e));
-    }
-    /* The rename is durable only once the directory entry is. */
-    return plait_file_sync_dir(dir, 0);
+    return plait_file_write_atomic(dst, tmp, buf, len, 0600);
 }
 
 /* A whole file of the state directory (at most max bytes), read by plait_file_read: no blocking

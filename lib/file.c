@@ -1,6 +1,6 @@
 /*
  * file.c: non-blocking, regular-file-only opens of user-named files, whole-
- * file maps, and directory syncs (file.h).
+ * file maps, directory syncs and atomic whole-file writes (file.h).
  */
 #include "plait/file.h"
 #include "plait/crypto.h"
@@ -161,4 +161,54 @@ int plait_file_sync_dir(const char *dir, int must_open)
     }
     close(fd);
     return 0;
+}
+
+int plait_file_write_atomic(const char *path, const char *tmp, const void *buf, size_t len,
+                            mode_t mode)
+{
+    char dir[4096];
+    const char *slash = strrchr(path, '/');
+    size_t dlen = slash == NULL ? 0 : slash == path ? 1 : (size_t)(slash - path);
+    if (dlen >= sizeof(dir)) return plait_fail(PLAIT_EINVAL, "%.80s...: path too long", path);
+    if (dlen == 0) {
+        dir[0] = '.';
+        dlen = 1;
+    } else {
+        memcpy(dir, path, dlen);
+    }
+    dir[dlen] = '\0';
+    (void)unlink(tmp); /* a crash's leftover */
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+    if (fd < 0) return plait_fail(PLAIT_EIO, "%s: cannot create: %s", tmp, strerror(errno));
+    const uint8_t *p = buf;
+    size_t off = 0;
+    while (off < len) {
+        ssize_t w = write(fd, p + off, len - off);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) {
+            int e = w < 0 ? errno : EIO;
+            close(fd);
+            unlink(tmp);
+            return plait_fail(PLAIT_EIO, "%s: write: %s", tmp, strerror(e));
+        }
+        off += (size_t)w;
+    }
+    if (fsync(fd) != 0) {
+        int e = errno;
+        close(fd);
+        unlink(tmp);
+        return plait_fail(PLAIT_EIO, "%s: fsync: %s", tmp, strerror(e));
+    }
+    if (close(fd) != 0) {
+        int e = errno;
+        unlink(tmp);
+        return plait_fail(PLAIT_EIO, "%s: close: %s", tmp, strerror(e));
+    }
+    if (rename(tmp, path) != 0) {
+        int e = errno;
+        unlink(tmp);
+        return plait_fail(PLAIT_EIO, "%s: rename: %s", path, strerror(e));
+    }
+    /* The rename is durable only once the directory entry is. */
+    return plait_file_sync_dir(dir, 0);
 }

@@ -4,6 +4,7 @@
  * ones mode 0600), bounded reads, and the CA, server and revocation files.
  */
 #include "plait/crypto.h"
+#include "plait/file.h"
 #include "plait/pki.h"
 
 #include <errno.h>
@@ -25,31 +26,7 @@ int plait_pki_write_file(const char *path, const char *text, int secret)
     char tmp[4096];
     if (snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof(tmp))
         return plait_fail(PLAIT_EINVAL, "pki: path too long");
-    (void)unlink(tmp);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, secret ? 0600 : 0644);
-    if (fd < 0) return plait_fail(PLAIT_EIO, "%s: %s", tmp, strerror(errno));
-    size_t n = strlen(text), off = 0;
-    while (off < n) {
-        ssize_t w = write(fd, text + off, n - off);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) {
-            int e = errno;
-            close(fd);
-            unlink(tmp);
-            return plait_fail(PLAIT_EIO, "%s: write: %s", tmp, strerror(e));
-        }
-        off += (size_t)w;
-    }
-    if (fsync(fd) != 0 || close(fd) != 0) {
-        unlink(tmp);
-        return plait_fail(PLAIT_EIO, "%s: fsync/close failed", tmp);
-    }
-    if (rename(tmp, path) != 0) {
-        int e = errno;
-        unlink(tmp);
-        return plait_fail(PLAIT_EIO, "%s: rename: %s", path, strerror(e));
-    }
-    return 0;
+    return plait_file_write_atomic(path, tmp, text, strlen(text), secret ? 0600 : 0644);
 }
 
 int plait_pki_read_file(const char *path, char **text)

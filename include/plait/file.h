@@ -1,6 +1,6 @@
 /*
  * file.h: opening the files a user names (--model, --text, --adapter,
- * configs, lists) without ever blocking on them.
+ * configs, lists) without ever blocking on them; atomic whole-file writes.
  *
  * A FIFO, character device or socket given where a file is expected would
  * make a plain open() or read() wait forever for a writer. These helpers
@@ -71,5 +71,19 @@ void plait_file_unmap(void *map, size_t len);
  * \return 0; PLAIT_EIO ("<dir>: cannot sync the directory: <reason>").
  */
 int plait_file_sync_dir(const char *dir, int must_open);
+
+/**
+ * \brief Replace path with len bytes of buf so that a crash leaves the old or
+ *        the new file, never a torn one: a stale tmp is removed, tmp is
+ *        created (O_EXCL, with mode), written, fsync'd and closed, renamed over
+ *        path, and path's directory synced (plait_file_sync_dir(dir, 0)). On an
+ *        error tmp is removed and path is as it was.
+ * \param tmp  the temporary's path, in path's directory (callers name it so
+ *        that a crash's leftover is recognisable: "dir/.name.tmp").
+ * \return 0; PLAIT_EIO ("<tmp>: cannot create: <reason>", "<tmp>: write: ...",
+ *         "<tmp>: fsync: ...", "<path>: rename: ..."); PLAIT_EINVAL (path too long).
+ */
+int plait_file_write_atomic(const char *path, const char *tmp, const void *buf, size_t len,
+                            mode_t mode);
 
 #endif /* PLAIT_FILE_H */

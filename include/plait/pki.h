@@ -244,7 +244,8 @@ int plait_pki_revlist_check(void *ud, const plait_pki_cert_info_t *peer);
 
 /**
  * \brief Write a PEM (or any text) file; secret files are created 0600
- *        (O_CREAT|O_EXCL on a temporary name, fsync, rename), others 0644.
+ *        (O_CREAT|O_EXCL on a temporary name, fsync, rename, directory sync:
+ *        plait_file_write_atomic()), others 0644.
  * \return 0, PLAIT_EINVAL, PLAIT_EIO.
  */
 int plait_pki_write_file(const char *path, const char *text, int secret) PLAIT_WUR;
