@@ -489,6 +489,148 @@ START_TEST(test_fuzz_seeds)
 }
 END_TEST
 
+/* --------------------------------------------------------------- tokenizer */
+
+/* A llama2.c tokenizer image: unk, BOS, EOS, 256 byte pieces, then extra. */
+typedef struct {
+    uint8_t *b;
+    size_t n, cap;
+} buf_t;
+
+static void bput(buf_t *b, const void *p, size_t n)
+{
+    if (b->n + n > b->cap) {
+        b->cap = (b->n + n) * 2 + 64;
+        b->b = realloc(b->b, b->cap);
+        ck_assert_ptr_nonnull(b->b);
+    }
+    memcpy(b->b + b->n, p, n);
+    b->n += n;
+}
+
+static void bput_i32(buf_t *b, int32_t v)
+{
+    uint8_t x[4];
+    tu_put_i32le(x, v);
+    bput(b, x, 4);
+}
+
+static void bput_tok(buf_t *b, float score, const char *piece, int32_t len)
+{
+    bput(b, &score, 4);
+    bput_i32(b, len);
+    if (len > 0) bput(b, piece, (size_t)len);
+}
+
+/* Base image of 259 tokens with max_token_length mtl. */
+static void tok_base(buf_t *b, int32_t mtl)
+{
+    b->n = 0;
+    bput_i32(b, mtl);
+    bput_tok(b, 0, "<unk>", 5);
+    bput_tok(b, 0, "\n<s>\n", 5);
+    bput_tok(b, 0, "\n</s>\n", 6);
+    for (int i = 0; i < 256; i++) {
+        char p[8];
+        snprintf(p, sizeof(p), "<0x%02X>", i);
+        bput_tok(b, 0, p, 6);
+    }
+}
+
+START_TEST(test_tok_hostile)
+{
+    buf_t b = {0};
+    plait_tok_t t;
+    plait_tok_init(&t);
+    /* max_token_length out of range. */
+    static const int32_t mtls[] = {0, -1, PLAIT_TOK_MAX_PIECE + 1, INT32_MAX, INT32_MIN};
+    for (size_t i = 0; i < 5; i++) {
+        tok_base(&b, mtls[i]);
+        ck_assert_int_eq(plait_tok_parse(&t, b.b, b.n, 259), PLAIT_EPROTO);
+    }
+    /* A last token whose length lies. */
+    static const int32_t lens[] = {-1, 7, INT32_MAX, INT32_MIN, 100};
+    for (size_t i = 0; i < 5; i++) {
+        tok_base(&b, lens[i] == 100 ? 200 : 6);
+        bput_tok(&b, 0, "abcdef", 6);
+        tu_put_i32le(b.b + b.n - 10, lens[i]); /* the length field of the extra token */
+        int rc = plait_tok_parse(&t, b.b, b.n, 260);
+        ck_assert_msg(rc == PLAIT_EPROTO, "len %d: rc %d", lens[i], rc);
+    }
+    /* Truncated anywhere, or trailing bytes, or a vocabulary that does not
+     * match. */
+    tok_base(&b, 6);
+    for (size_t cut = 0; cut < b.n; cut += 97)
+        ck_assert_int_ne(plait_tok_parse(&t, b.b, cut, 259), 0);
+    ck_assert_int_eq(plait_tok_parse(&t, b.b, b.n, 260), PLAIT_EPROTO);
+    ck_assert_int_eq(plait_tok_parse(&t, b.b, b.n, 258), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_tok_parse(&t, b.b, b.n, INT32_MAX), PLAIT_EINVAL);
+    bput(&b, "x", 1);
+    ck_assert_int_eq(plait_tok_parse(&t, b.b, b.n, 259), PLAIT_EPROTO);
+    ck_assert_int_eq(plait_tok_parse(&t, NULL, 0, 259), PLAIT_EPROTO);
+
+    /* Valid but strange: max-length pieces, empty pieces, duplicate pieces,
+     * NaN / inf scores. Encoding must terminate, stay in range and fit the
+     * bound; decoding must give the text back. */
+    tok_base(&b, PLAIT_TOK_MAX_PIECE);
+    char *big = malloc(PLAIT_TOK_MAX_PIECE + 1);
+    ck_assert_ptr_nonnull(big);
+    memset(big, 'a', PLAIT_TOK_MAX_PIECE);
+    bput_tok(&b, 5.0f, big, PLAIT_TOK_MAX_PIECE);
+    bput_tok(&b, NAN, "aa", 2);
+    bput_tok(&b, INFINITY, "aaaa", 4);
+    bput_tok(&b, -INFINITY, " a", 2);
+    bput_tok(&b, 1.0f, "", 0);
+    bput_tok(&b, 2.0f, "ab", 2);
+    bput_tok(&b, 3.0f, "ab", 2);
+    bput_tok(&b, 1.0f, " ", 1);
+    bput_tok(&b, 4.0f, "\xc3\xa9", 2);
+    int V = 259 + 9;
+    ck_assert_msg(plait_tok_parse(&t, b.b, b.n, V) == 0, "%s", plait_errmsg());
+    uint64_t rs = 3;
+    size_t maxlen = 3000;
+    char *text = malloc(maxlen), *back = malloc(maxlen + 8);
+    int *ids = malloc((maxlen + 3) * sizeof(int));
+    ck_assert(text && back && ids);
+    for (int trial = 0; trial < 120; trial++) {
+        size_t n = trial == 0 ? 2000 : (size_t)(tu_splitmix64(&rs) % 300) + 1;
+        for (size_t i = 0; i < n; i++) {
+            uint64_t r = tu_splitmix64(&rs);
+            if (trial == 0)
+                text[i] = 'a';
+            else if (trial % 3 == 0)
+                text[i] = (char)(r & 0xff); /* any byte, NUL and invalid UTF-8 included */
+            else
+                text[i] = "aab \xc3\xa9"[r % 6];
+        }
+        size_t nt = 0;
+        ck_assert_int_eq(plait_tok_encode(&t, text, n, 1, 1, ids, plait_tok_encode_bound(n), &nt),
+                         0);
+        ck_assert_uint_le(nt, plait_tok_encode_bound(n));
+        ck_assert_int_eq(ids[0], PLAIT_TOK_BOS);
+        ck_assert_int_eq(ids[nt - 1], PLAIT_TOK_EOS);
+        size_t k = 0;
+        for (size_t i = 1; i + 1 < nt; i++) {
+            ck_assert(ids[i] >= 0 && ids[i] < V);
+            size_t pl = 0;
+            const char *p = plait_tok_decode(&t, ids[i - 1], ids[i], &pl);
+            ck_assert_ptr_nonnull(p);
+            ck_assert_uint_le(k + pl, maxlen + 8);
+            memcpy(back + k, p, pl);
+            k += pl;
+        }
+        ck_assert_msg(k == n && memcmp(back, text, n) == 0,
+                      "trial %d: round trip of %zu bytes gave %zu", trial, n, k);
+        /* Too small an output buffer is an error, not an overflow. */
+        if (nt > 2)
+            ck_assert_int_eq(plait_tok_encode(&t, text, n, 1, 1, ids, nt - 1, &nt), PLAIT_ETOOBIG);
+    }
+    free(text), free(back), free(ids), free(big), free(b.b);
+    plait_tok_free(&t);
+}
+END_TEST
+
+
 Suite *tok_suite(void)
 {
     Suite *s = suite_create("tok");
@@ -496,6 +638,7 @@ Suite *tok_suite(void)
     tcase_add_test(tc, test_load);
     tcase_add_test(tc, test_bad_files);
     tcase_add_test(tc, test_fuzz_seeds);
+    tcase_add_test(tc, test_tok_hostile);
     suite_add_tcase(s, tc);
     tc = tcase_create("encode");
     tcase_set_timeout(tc, 120);

@@ -76,3 +76,18 @@ void tu_rmdir(const char *dir)
     closedir(d);
     rmdir(dir);
 }
+
+void tu_put_i32le(uint8_t *b, int32_t v)
+{
+    uint32_t u = (uint32_t)v;
+    b[0] = (uint8_t)u, b[1] = (uint8_t)(u >> 8), b[2] = (uint8_t)(u >> 16),
+    b[3] = (uint8_t)(u >> 24);
+}
+
+uint64_t tu_splitmix64(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}

@@ -1,6 +1,7 @@
 /*
  * testutil.h: helpers shared by the unit tests: where the shared assets and
- * reference values are, reading whole files, and scratch directories.
+ * reference values are, reading whole files, scratch directories, and small
+ * builders of test data (a splitmix64 stream, little-endian file images).
  */
 #ifndef PLAIT_TESTUTIL_H
 #define PLAIT_TESTUTIL_H
@@ -20,6 +21,10 @@ uint8_t *tu_read_file(const char *path, size_t *len /* OUT */);
 int tu_write_file(const char *path, const void *buf, size_t len);
 /** Remove the files in dir, then dir itself (not recursive; NULL is safe). */
 void tu_rmdir(const char *dir);
+/** The next value of a splitmix64 stream with state *s (test data, not secrets). */
+uint64_t tu_splitmix64(uint64_t *s);
+/** Store v little-endian in b[0..4) (model and tokenizer file images). */
+void tu_put_i32le(uint8_t *b, int32_t v);
 /** Make a fresh scratch directory under the build tree; caller frees. */
 char *tu_tmpdir(const char *tag);
 
