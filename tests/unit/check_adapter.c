@@ -2,16 +2,21 @@
  * check_adapter.c: safetensors reading/writing and the adapter file: round
  * trips, the reference files, and every way an untrusted file can be wrong
  * (hash, names, shapes, dtype, offsets, header length, truncation, JSON,
- * metadata, non-finite values), each rejected with a clear error.
+ * metadata, non-finite values, metadata that lies about the tensors, a file
+ * far larger than any adapter of the model), each rejected with a clear error.
  */
 #include <check.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "plait/adapter.h"
 #include "plait/crypto.h"
+#include "plait/lora.h"
+#include "plait/model.h"
 #include "testutil.h"
 
 /* Bytes of a valid image after the header that prefix tests visit one by
@@ -444,6 +449,294 @@ START_TEST(test_save_grads)
 }
 END_TEST
 
+static char *scratch;
+
+static void hostile_setup(void)
+{
+    scratch = tu_tmpdir("adapter_hostile");
+    ck_assert_ptr_nonnull(scratch);
+}
+
+static void hostile_teardown(void)
+{
+    char cmd[1200];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", scratch);
+    if (system(cmd) != 0) fprintf(stderr, "cannot remove %s\n", scratch);
+    free(scratch);
+    scratch = NULL;
+}
+
+/* ----------------------------------- lying metadata, hostile headers, size */
+
+/* An adapter image built from parts: tensors named for (layer, proj, is_b)
+ * with the given rows/cols, metadata as given. */
+typedef struct {
+    const char *rank, *alpha, *targets, *sha, *format;
+} meta_t;
+
+static int load_crafted(const plait_model_t *m, const meta_t *mt, const plait_st_out_t *t,
+                        size_t nt, plait_lora_t *out)
+{
+    plait_st_meta_t meta[5];
+    size_t nm = 0;
+    if (mt->format) meta[nm++] = (plait_st_meta_t){"format", (char *)mt->format};
+    if (mt->rank) meta[nm++] = (plait_st_meta_t){"rank", (char *)mt->rank};
+    if (mt->alpha) meta[nm++] = (plait_st_meta_t){"alpha", (char *)mt->alpha};
+    if (mt->targets) meta[nm++] = (plait_st_meta_t){"targets", (char *)mt->targets};
+    if (mt->sha) meta[nm++] = (plait_st_meta_t){"base_sha256", (char *)mt->sha};
+    uint8_t *img = NULL;
+    size_t len = 0;
+    ck_assert_int_eq(plait_safetensors_write_mem(t, nt, meta, nm, &img, &len), 0);
+    int rc = plait_adapter_load_mem(out, img, len, m, 0);
+    free(img);
+    return rc;
+}
+
+#define ZERO64 "0000000000000000000000000000000000000000000000000000000000000000"
+
+START_TEST(test_adapter_lying_metadata)
+{
+    /* Model C 12, H 37, 1 layer; adapter on wq: A (R, 12), B (12, R). */
+    tu_shape_t s = {12, 37, 1, 2, 1, 300, 8, 1, 2, 4.0f, TU_TGT(PLAIT_WQ), 1, 2, 1};
+    plait_model_t m;
+    tu_make_model(&m, &s, 9);
+    float data[12 * 16];
+    for (size_t i = 0; i < sizeof(data) / sizeof(data[0]); i++)
+        data[i] = 0.01f * (float)i;
+    plait_st_out_t good[2] = {{"layers.0.wq.lora_A", 2, {2, 12}, data},
+                              {"layers.0.wq.lora_B", 2, {12, 2}, data}};
+    meta_t mt = {"2", "4", "wq", ZERO64, "plait-lora"};
+    plait_lora_t l;
+    plait_lora_init(&l);
+    ck_assert_msg(load_crafted(&m, &mt, good, 2, &l) == 0, "%s", plait_errmsg());
+    ck_assert_int_eq(l.cfg.rank, 2);
+    ck_assert(l.scaling == 2.0f);
+    plait_lora_free(&l);
+
+    /* Each lie must be refused with EPROTO (or EMISMATCH for another base). */
+    static const struct {
+        meta_t mt;
+        int want;
+    } lies[] = {
+        {{"3", "4", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO}, /* rank lies about the shapes */
+        {{"1", "4", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},
+        {{"0", "4", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},
+        {{"-2", "4", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},
+        {{"99999999999999999999", "4", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},
+        {{"2x", "4", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},
+        {{"", "4", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},
+        {{"2", "nan", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO}, /* alpha */
+        {{"2", "-4", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},
+        {{"2", "0", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},
+        {{"2", "inf", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},
+        {{"2", "1e300", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},
+        {{"2", "1e39", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO}, /* finite double, inf as float */
+        {{"2", "", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},
+        {{"2", "4", "wq,wk", ZERO64, "plait-lora"}, PLAIT_EPROTO}, /* targets: wk tensors missing */
+        {{"2", "4", "wk", ZERO64, "plait-lora"}, PLAIT_EPROTO},    /* wq tensors unexpected */
+        {{"2", "4", "", ZERO64, "plait-lora"}, PLAIT_EPROTO},
+        {{"2", "4", "wq,zz", ZERO64, "plait-lora"}, PLAIT_EPROTO},
+        {{"2", "4", "wq", "00", "plait-lora"}, PLAIT_EPROTO}, /* base_sha256 malformed */
+        {{"2", "4", "wq", ZERO64 "0", "plait-lora"}, PLAIT_EPROTO},
+        {{"2", "4", "wq", "g000000000000000000000000000000000000000000000000000000000000000",
+          "plait-lora"},
+         PLAIT_EPROTO},
+        {{"2", "4", "wq", "", "plait-lora"}, PLAIT_EPROTO},
+        {{"2", "4", "wq", "1000000000000000000000000000000000000000000000000000000000000000",
+          "plait-lora"},
+         PLAIT_EMISMATCH},
+        {{"2", "4", "wq", ZERO64, "other"}, PLAIT_EPROTO},
+        {{NULL, "4", "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO}, /* missing fields */
+        {{"2", NULL, "wq", ZERO64, "plait-lora"}, PLAIT_EPROTO},
+        {{"2", "4", NULL, ZERO64, "plait-lora"}, PLAIT_EPROTO},
+        {{"2", "4", "wq", NULL, "plait-lora"}, PLAIT_EPROTO},
+        {{"2", "4", "wq", ZERO64, NULL}, PLAIT_EPROTO},
+    };
+    for (size_t i = 0; i < sizeof(lies) / sizeof(lies[0]); i++) {
+        plait_lora_init(&l);
+        int rc = load_crafted(&m, &lies[i].mt, good, 2, &l);
+        ck_assert_msg(rc == lies[i].want, "lie %zu: rc %d, want %d (%s)", i, rc, lies[i].want,
+                      plait_errmsg());
+        ck_assert_ptr_null(l.params);
+        plait_lora_free(&l);
+    }
+    /* Tensors that lie: wrong shapes, transposed, extra, missing, a layer
+     * out of range, non-canonical names, non-finite values. */
+    float nanv[24];
+    for (int i = 0; i < 24; i++)
+        nanv[i] = i == 5 ? NAN : 0.0f;
+    const plait_st_out_t bad_sets[][3] = {
+        {{"layers.0.wq.lora_A", 2, {12, 2}, data}, {"layers.0.wq.lora_B", 2, {12, 2}, data}},
+        {{"layers.0.wq.lora_A", 2, {2, 12}, data}, {"layers.0.wq.lora_B", 2, {2, 12}, data}},
+        {{"layers.0.wq.lora_A", 1, {24}, data}, {"layers.0.wq.lora_B", 2, {12, 2}, data}},
+        {{"layers.0.wq.lora_A", 3, {1, 2, 12}, data}, {"layers.0.wq.lora_B", 2, {12, 2}, data}},
+        {{"layers.0.wq.lora_A", 2, {2, 12}, data}},
+        {{"layers.0.wq.lora_A", 2, {2, 12}, data},
+         {"layers.0.wq.lora_B", 2, {12, 2}, data},
+         {"layers.1.wq.lora_A", 2, {2, 12}, data}},
+        {{"layers.0.wq.lora_A", 2, {2, 12}, data},
+         {"layers.0.wq.lora_B", 2, {12, 2}, data},
+         {"extra", 1, {1}, data}},
+        {{"layers.00.wq.lora_A", 2, {2, 12}, data}, {"layers.0.wq.lora_B", 2, {12, 2}, data}},
+        {{"layers.0.wq.lora_A", 2, {2, 12}, data},
+         {"layers.0.wq.lora_B", 2, {12, 2}, data},
+         {"layers.99999999999999999999.wq.lora_A", 2, {2, 12}, data}},
+        {{"layers.0.wq.lora_A", 2, {2, 12}, data}, {"layers.0.wq.lora_B", 2, {12, 2}, nanv}},
+        {{"layers.0.wq.lora_A", 2, {2, 12}, data},
+         {"layers.0.wq.lora_B", 2, {12, 2}, data},
+         {"layers.-1.wq.lora_A", 2, {2, 12}, data}},
+        {{"layers.0.wq.lora_A", 2, {2, 12}, data}, {"layers.0.wq.lora_b", 2, {12, 2}, data}},
+    };
+    const size_t nset[] = {2, 2, 2, 2, 1, 3, 3, 2, 3, 2, 3, 2};
+    for (size_t i = 0; i < sizeof(nset) / sizeof(nset[0]); i++) {
+        plait_lora_init(&l);
+        int rc = load_crafted(&m, &mt, bad_sets[i], nset[i], &l);
+        ck_assert_msg(rc == PLAIT_EPROTO, "tensor set %zu: rc %d (%s)", i, rc, plait_errmsg());
+        ck_assert_ptr_null(l.params);
+        plait_lora_free(&l);
+    }
+    plait_model_free(&m);
+}
+END_TEST
+
+/* A hand-written safetensors image (header JSON given) with data bytes. */
+static int load_raw(const plait_model_t *m, const char *json, size_t data_len)
+{
+    size_t hl = strlen(json), len = 8 + hl + data_len;
+    uint8_t *img = calloc(1, len);
+    ck_assert_ptr_nonnull(img);
+    for (int i = 0; i < 8; i++)
+        img[i] = (uint8_t)((uint64_t)hl >> (8 * i));
+    memcpy(img + 8, json, hl);
+    plait_lora_t l;
+    plait_lora_init(&l);
+    int rc = plait_adapter_load_mem(&l, img, len, m, 0);
+    plait_lora_free(&l);
+    free(img);
+    return rc;
+}
+
+#define RAW_META_OK                                                                                    \
+    "\"__metadata__\":{\"format\":\"plait-lora\",\"rank\":\"1\",\"alpha\":\"1\",\"targets\":"      \
+    "\"wq\",\"base_sha256\":\"" ZERO64 "\"}"
+
+START_TEST(test_adapter_raw_hostile)
+{
+    tu_shape_t s = {12, 37, 1, 2, 1, 300, 8, 1, 1, 1.0f, TU_TGT(PLAIT_WQ), 1, 2, 1};
+    plait_model_t m;
+    tu_make_model(&m, &s, 9);
+    const char *A =
+        "\"layers.0.wq.lora_A\":{\"dtype\":\"F32\",\"shape\":[1,12],\"data_offsets\":[0,48]}";
+    const char *Bt =
+        "\"layers.0.wq.lora_B\":{\"dtype\":\"F32\",\"shape\":[12,1],\"data_offsets\":[48,96]}";
+    char json[2048];
+    snprintf(json, sizeof(json), "{%s,%s,%s}", A, Bt, RAW_META_OK);
+    ck_assert_msg(load_raw(&m, json, 96) == 0, "%s", plait_errmsg());
+    /* Duplicate tensor (same name twice, different ranges). */
+    snprintf(
+        json, sizeof(json), "{%s,%s,%s,%s}", A, Bt,
+        "\"layers.0.wq.lora_A\":{\"dtype\":\"F32\",\"shape\":[1,12],\"data_offsets\":[96,144]}",
+        RAW_META_OK);
+    ck_assert_int_eq(load_raw(&m, json, 144), PLAIT_EPROTO);
+    /* Duplicate metadata key. */
+    snprintf(json, sizeof(json), "{%s,%s,%s,\"__metadata__\":{\"rank\":\"2\"}}", A, Bt, RAW_META_OK);
+    ck_assert_int_eq(load_raw(&m, json, 96), PLAIT_EPROTO);
+    /* A name with an embedded NUL that equals a canonical name up to it. */
+    snprintf(json, sizeof(json),
+             "{\"layers.0.wq.lora_A\\u0000x\":{\"dtype\":\"F32\",\"shape\":[1,12],\"data_offsets\":"
+             "[0,48]},%s,%s}",
+             Bt, RAW_META_OK);
+    ck_assert_int_eq(load_raw(&m, json, 96), PLAIT_EPROTO);
+    /* A metadata key with an embedded NUL that shadows "rank". */
+    snprintf(json, sizeof(json),
+             "{%s,%s,\"__metadata__\":{\"rank\\u0000\":\"7\",\"format\":\"plait-lora\","
+             "\"rank\":\"1\",\"alpha\":\"1\",\"targets\":\"wq\",\"base_sha256\":\"" ZERO64 "\"}}",
+             A, Bt);
+    int rc = load_raw(&m, json, 96);
+    ck_assert_msg(rc == PLAIT_EPROTO || rc == 0, "rc %d", rc);
+    /* Overlapping, out-of-range, huge and negative offsets; a hole; bad dtype. */
+    const char *bad[] = {
+        "{\"layers.0.wq.lora_A\":{\"dtype\":\"F32\",\"shape\":[1,12],\"data_offsets\":[0,48]},"
+        "\"layers.0.wq.lora_B\":{\"dtype\":\"F32\",\"shape\":[12,1],\"data_offsets\":[40,88]}"
+        "," RAW_META_OK "}",
+        "{\"layers.0.wq.lora_A\":{\"dtype\":\"F32\",\"shape\":[1,12],\"data_offsets\":[0,48]},"
+        "\"layers.0.wq.lora_B\":{\"dtype\":\"F32\",\"shape\":[12,1],\"data_offsets\":[48,"
+        "18446744073709551615]}," RAW_META_OK "}",
+        "{\"layers.0.wq.lora_A\":{\"dtype\":\"F32\",\"shape\":[1,12],\"data_offsets\":[0,48]},"
+        "\"layers.0.wq.lora_B\":{\"dtype\":\"F32\",\"shape\":[12,1],\"data_offsets\":[-48,0]}"
+        "," RAW_META_OK "}",
+        "{\"layers.0.wq.lora_A\":{\"dtype\":\"F32\",\"shape\":[1,12],\"data_offsets\":[0,48]},"
+        "\"layers.0.wq.lora_B\":{\"dtype\":\"F32\",\"shape\":[4611686018427387904,4],\"data_"
+        "offsets\":[48,96]}," RAW_META_OK "}",
+        "{\"layers.0.wq.lora_A\":{\"dtype\":\"F32\",\"shape\":[1,12],\"data_offsets\":[0,48]},"
+        "\"layers.0.wq.lora_B\":{\"dtype\":\"F16\",\"shape\":[12,1],\"data_offsets\":[48,96]}"
+        "," RAW_META_OK "}",
+        "{\"layers.0.wq.lora_A\":{\"dtype\":\"F32\",\"shape\":[1,12],\"data_offsets\":[0,48]},"
+        "\"layers.0.wq.lora_B\":{\"dtype\":\"F32\",\"shape\":[12,1.5],\"data_offsets\":[48,96]}"
+        "," RAW_META_OK "}",
+        "{\"layers.0.wq.lora_A\":{\"dtype\":\"F32\",\"shape\":[1,12],\"data_offsets\":[0,48]},"
+        "\"layers.0.wq.lora_B\":{\"dtype\":\"F32\",\"shape\":\"12\",\"data_offsets\":[48,96]}"
+        "," RAW_META_OK "}",
+        "{\"layers.0.wq.lora_A\":{\"dtype\":\"F32\",\"shape\":[1,12],\"data_offsets\":[0,48]},"
+        "\"layers.0.wq.lora_B\":{\"dtype\":\"F32\",\"shape\":[12,1],\"data_offsets\":[52,100]}"
+        "," RAW_META_OK "}",
+        "{\"layers.0.wq.lora_A\":{\"dtype\":\"F32\",\"shape\":[1,12],\"data_offsets\":[0,48]},"
+        "\"layers.0.wq.lora_B\":{\"dtype\":\"F32\",\"shape\":[12,1],\"data_offsets\":[48,96]},\"__"
+        "metadata__\":{\"rank\":1}}",
+        "[]",
+        "",
+        "{\"__metadata__\":{\"format\":\"plait-lora\"}}",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        rc = load_raw(&m, bad[i], 100);
+        ck_assert_msg(rc == PLAIT_EPROTO || rc == PLAIT_ETOOBIG, "raw %zu: rc %d (%s)", i, rc,
+                      plait_errmsg());
+    }
+    /* Header length that lies (bigger than the file, and 2^64 - 1). */
+    uint8_t img[16] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, '{', '}'};
+    plait_lora_t l;
+    plait_lora_init(&l);
+    rc = plait_adapter_load_mem(&l, img, sizeof(img), &m, 0);
+    ck_assert(rc == PLAIT_EPROTO || rc == PLAIT_ETOOBIG);
+    img[7] = 0, img[6] = 0, img[5] = 0, img[4] = 0, img[3] = 0, img[2] = 0, img[1] = 0, img[0] = 9;
+    ck_assert_int_eq(plait_adapter_load_mem(&l, img, sizeof(img), &m, 0), PLAIT_EPROTO);
+    ck_assert_int_eq(plait_adapter_load_mem(&l, img, 7, &m, 0), PLAIT_EPROTO);
+    ck_assert_int_eq(plait_adapter_load_mem(&l, NULL, 0, &m, 0), PLAIT_EPROTO);
+    plait_model_free(&m);
+}
+END_TEST
+
+START_TEST(test_adapter_file_size_bounded)
+{
+    /* An adapter file far larger than any adapter of this model can be (here
+     * a sparse 1 GiB file) is refused from its size, before it is read into
+     * memory: the loader used to malloc and read up to 16 GiB whatever the
+     * model, then fail to parse. */
+    tu_shape_t s = {12, 37, 1, 2, 1, 300, 8, 1, 2, 4.0f, TU_TGT(PLAIT_WQ), 1, 2, 1};
+    plait_model_t m;
+    tu_make_model(&m, &s, 9);
+    char *path = tu_path(scratch, "huge.safetensors");
+    int fd = open(path, O_CREAT | O_TRUNC | O_WRONLY, 0600);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(ftruncate(fd, (off_t)1 << 30), 0);
+    close(fd);
+    plait_lora_t l;
+    plait_lora_init(&l);
+    int rc = plait_adapter_load(&l, path, &m, 0);
+    ck_assert_msg(rc == PLAIT_ETOOBIG, "rc %d (%s)", rc, plait_errmsg());
+    /* The largest legal adapter (rank 1024 on every projection) still loads. */
+    plait_lora_config_t lc = {.rank = PLAIT_LORA_MAX_RANK, .alpha = 1.0f, .targets = TU_ALL7};
+    ck_assert_int_eq(plait_lora_setup(&l, &m.cfg, &lc), 0);
+    uint8_t sha[32] = {0};
+    ck_assert_int_eq(plait_adapter_save(path, &l, sha), 0);
+    plait_lora_free(&l);
+    ck_assert_msg(plait_adapter_load(&l, path, &m, 0) == 0, "%s", plait_errmsg());
+    plait_lora_free(&l);
+    free(path);
+    plait_model_free(&m);
+}
+END_TEST
+
 Suite *adapter_suite(void)
 {
     Suite *s = suite_create("adapter");
@@ -461,6 +754,13 @@ Suite *adapter_suite(void)
     tcase_add_test(tc, test_json_and_metadata);
     tcase_add_test(tc, test_non_finite);
     tcase_add_test(tc, test_header_length_and_truncation);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("hostile");
+    tcase_add_checked_fixture(tc, hostile_setup, hostile_teardown);
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_adapter_lying_metadata);
+    tcase_add_test(tc, test_adapter_raw_hostile);
+    tcase_add_test(tc, test_adapter_file_size_bounded);
     suite_add_tcase(s, tc);
     return s;
 }

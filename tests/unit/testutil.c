@@ -3,6 +3,8 @@
  */
 #include "testutil.h"
 
+#include <check.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -90,4 +92,53 @@ uint64_t tu_splitmix64(uint64_t *s)
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     return z ^ (z >> 31);
+}
+
+double tu_unif(uint64_t *s)
+{
+    return (double)(tu_splitmix64(s) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+/* A model of the shape with weights large enough that every path matters:
+ * embeddings std ~0.5, projections std ~0.6/sqrt(in), norm weights 1 +- 0.3. */
+void tu_make_model(plait_model_t *m, const tu_shape_t *s, uint64_t seed)
+{
+    plait_model_config_t c;
+    memset(&c, 0, sizeof(c));
+    c.dim = s->C;
+    c.hidden_dim = s->H;
+    c.n_layers = s->L;
+    c.n_heads = s->NH;
+    c.n_kv_heads = s->NKV;
+    c.vocab_size = s->V;
+    c.seq_len = s->seq;
+    c.shared = s->shared;
+    plait_model_init(m);
+    ck_assert_int_eq(plait_model_init_random(m, &c, seed), 0);
+    size_t C = (size_t)c.dim, L = (size_t)c.n_layers, V = (size_t)c.vocab_size;
+    float *emb = (float *)m->w.token_embedding;
+    for (size_t i = 0; i < V * C; i++)
+        emb[i] *= 25.0f;
+    if (!c.shared) {
+        float *cls = (float *)m->w.wcls;
+        for (size_t i = 0; i < V * C; i++)
+            cls[i] *= 25.0f;
+    }
+    for (int l = 0; l < (int)L; l++)
+        for (int p = 0; p < PLAIT_NPROJ; p++) {
+            int in, out;
+            plait_proj_shape(&m->cfg, (plait_proj_t)p, &in, &out);
+            float *w = (float *)plait_proj_weight(m, l, (plait_proj_t)p);
+            float k = (float)(0.6 / sqrt((double)in) / 0.02);
+            for (size_t i = 0; i < (size_t)in * (size_t)out; i++)
+                w[i] *= k;
+        }
+    uint64_t r = seed ^ 0x5555;
+    float *ra = (float *)m->w.rms_att, *rf = (float *)m->w.rms_ffn, *rfin = (float *)m->w.rms_final;
+    for (size_t i = 0; i < L * C; i++)
+        ra[i] = (float)(1.0 + 0.6 * (tu_unif(&r) - 0.5));
+    for (size_t i = 0; i < L * C; i++)
+        rf[i] = (float)(1.0 + 0.6 * (tu_unif(&r) - 0.5));
+    for (size_t i = 0; i < C; i++)
+        rfin[i] = (float)(1.0 + 0.6 * (tu_unif(&r) - 0.5));
 }
