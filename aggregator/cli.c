@@ -19,6 +19,7 @@
 #include "stagedir.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -155,6 +156,17 @@ const char *plait__aggcli_fmt_time(int64_t t, char *buf, size_t len)
     gmtime_r(&tt, &tm);
     strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
     return buf;
+}
+
+int plait__aggcli_fail(FILE *err, int rc, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs(PROG " ", err);
+    vfprintf(err, fmt, ap);
+    va_end(ap);
+    fprintf(err, ": %s (%s)\n", plait_errmsg(), plait_err_name(rc));
+    return 1;
 }
 
 /* ---- init ---------------------------------------------------------------- */

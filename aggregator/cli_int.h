@@ -50,6 +50,8 @@ int plait__aggcli_load_config(const char *cmd, const char *dir, const char **set
                               plait_aggcfg_t *c, FILE *err);
 /* t as an ISO 8601 UTC time in buf, or "-" when t <= 0. */
 const char *plait__aggcli_fmt_time(int64_t t, char *buf, size_t len);
+/* Print "PROG <fmt ...>: <plait_errmsg()> (<name of rc>)" to err; returns 1, the exit status. */
+int plait__aggcli_fail(FILE *err, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 int plait__aggcli_enroll(int argc, char **argv, FILE *out, FILE *err);
 int plait__aggcli_import_enrollment(int argc, char **argv, FILE *out, FILE *err);

@@ -237,16 +237,14 @@ int plait__aggcli_import_enrollment(int argc, char **argv, FILE *out, FILE *err)
     plait_pki_free_pem(ca);
     plait_pki_free_pem(rec);
     if (rc != 0) {
-        fprintf(err, PROG " import-enrollment: %s: %s (%s)\n", file, plait_errmsg(), plait_err_name(rc));
-        return 1;
+        return plait__aggcli_fail(err, rc, "import-enrollment: %s", file);
     }
     plait_aggstore_t *st = NULL;
     if (plait__aggcli_open_store(dir, 0, &st, err, "import-enrollment") != 0) return 1;
     rc = plait_aggstore_device_enroll_labeled(st, id, label, info.fingerprint);
     plait_aggstore_close(st);
     if (rc != 0) {
-        fprintf(err, PROG " import-enrollment: device %s: %s (%s)\n", label, plait_errmsg(), plait_err_name(rc));
-        return 1;
+        return plait__aggcli_fail(err, rc, "import-enrollment: device %s", label);
     }
     fprintf(out, "enrolled %s as id %s serial %s sha256 %s\n", label, id, info.serial_hex, info.fingerprint_hex);
     return 0;
@@ -414,8 +412,7 @@ int plait__aggcli_renew(int argc, char **argv, FILE *out, FILE *err)
     plait_pki_free_pem(crt);
     plait_pki_free_pem(key);
     if (rc != 0) {
-        fprintf(err, PROG " renew: device %s: %s (%s)\n", id, plait_errmsg(), plait_err_name(rc));
-        return 1;
+        return plait__aggcli_fail(err, rc, "renew: device %s", id);
     }
     char tb[32];
     fprintf(out, "renewed %s (id %s) serial %s sha256 %s valid until %s (the old certificate is revoked)\n", name,

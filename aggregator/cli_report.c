@@ -96,8 +96,7 @@ static int cmd_privacy(int argc, char **argv, FILE *out, FILE *err)
     double eps, order;
     if ((rc = plait_accountant_init(&acc, NULL, 0)) != 0 || (rc = plait_accountant_compose(&acc, q, z, rounds)) != 0 ||
         (rc = plait_accountant_epsilon(&acc, delta, method, &eps, &order)) != 0) {
-        fprintf(err, PROG " privacy: %s (%s)\n", plait_errmsg(), plait_err_name(rc));
-        return 1;
+        return plait__aggcli_fail(err, rc, "privacy");
     }
     if (json) {
         char e[32], o[32], d[32];
@@ -315,8 +314,7 @@ int plait__aggcli_devices(int argc, char **argv, FILE *out, FILE *err)
     plait_aggstore_close(st);
     free(l.v);
     if (rc != 0) {
-        fprintf(err, PROG " devices: %s (%s)\n", plait_errmsg(), plait_err_name(rc));
-        return 1;
+        return plait__aggcli_fail(err, rc, "devices");
     }
     return 0;
 }
@@ -358,8 +356,7 @@ int plait__aggcli_rounds(int argc, char **argv, FILE *out, FILE *err)
     rc = plait_aggstore_rounds_foreach(st, last != 0, (size_t)last, print_round, &sc);
     plait_aggstore_close(st);
     if (rc != 0) {
-        fprintf(err, PROG " rounds: %s (%s)\n", plait_errmsg(), plait_err_name(rc));
-        return 1;
+        return plait__aggcli_fail(err, rc, "rounds");
     }
     return 0;
 }
@@ -411,8 +408,7 @@ static int cmd_privacy_dir(int argc, char **argv, FILE *out, FILE *err)
     double eps = 0, order = 0;
     if (pv.rounds > 0) {
         if ((rc = plait_accountant_epsilon(&acc, delta, PLAIT_EPS_IMPROVED, &eps, &order)) != 0) {
-            fprintf(err, PROG " privacy: %s (%s)\n", plait_errmsg(), plait_err_name(rc));
-            return 1;
+            return plait__aggcli_fail(err, rc, "privacy");
         }
     }
     double worst = 0;
@@ -426,8 +422,7 @@ static int cmd_privacy_dir(int argc, char **argv, FILE *out, FILE *err)
     else if (pv.rounds > 0 && !(pv.min_noise_multiplier > 0)) worst = INFINITY; /* a round without noise */
     else if (pv.rounds > 0 &&
         (rc = plait_sel_worst_epsilon((uint64_t)pv.max_device_rounds, pv.min_noise_multiplier, delta, &worst)) != 0) {
-        fprintf(err, PROG " privacy: %s (%s)\n", plait_errmsg(), plait_err_name(rc));
-        return 1;
+        return plait__aggcli_fail(err, rc, "privacy");
     }
     const int valid = pv.poisson_rounds + pv.ddg_rounds == pv.rounds;
     static const char AMORTIZED[] = "every DP round Poisson-sampled each device with the recorded q from the "
