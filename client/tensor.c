@@ -153,6 +153,27 @@ int plait__tensor_path(void)
 
 int plait__tensor_simd_active(void) { return plait__tensor_path() >= PLAIT__KPATH_AVX2; }
 
+int plait__cpu_has_avx512_bf16(void)
+{
+#if PLAIT_HAVE_X86_SIMD
+    static atomic_int cached = -1;
+    int v = atomic_load_explicit(&cached, memory_order_relaxed);
+    if (v < 0) {
+        __builtin_cpu_init();
+        v = plait_cpu_has_avx512() && __builtin_cpu_supports("avx512bf16");
+        atomic_store_explicit(&cached, v, memory_order_relaxed);
+    }
+    return v;
+#else
+    return 0;
+#endif
+}
+
+int plait__bf16_active(void)
+{
+    return plait__tensor_path() == PLAIT__KPATH_AVX512 && plait__cpu_has_avx512_bf16();
+}
+
 const char *plait_kernel_path_name(void)
 {
     static const char *const names[] = {"portable", "avx2", "avx512"};
@@ -204,6 +225,8 @@ typedef struct {
     size_t ldb;
     int btrans;
     const plait_wmat_t *bw; /* typed (non-F32) B instead of b, or NULL */
+    const uint16_t *bh;     /* BF16 B instead of b (the BF16 base path), or NULL */
+    size_t ldh;             /* its row stride in elements */
     size_t M, K, NN;
     int accumulate;
     int path;               /* PLAIT__KPATH_* */
@@ -350,6 +373,45 @@ static void ukernel_portable(size_t kc, const float *a, size_t ars, size_t acs, 
 }
 #endif
 
+#define NC_BF16 128 /* columns of one packed BF16 block of B (4 panels of 32) */
+
+#if PLAIT_HAVE_X86_SIMD
+/* gemm_task for the BF16 base path: B blocks are packed as BF16 pairs, and
+ * each 8-row tile of A is rounded to BF16 once per block of B, which its
+ * NC_BF16 columns then share. Summation order as in gemm_task: fixed by the
+ * shape, so results do not depend on the threads. */
+static void gemm_task_bf16(void *ctx, size_t begin, size_t end)
+{
+    (void)begin;
+    (void)end;
+    gemm_t *g = ctx;
+    _Alignas(64) uint16_t bpack[KC * NC_BF16]; /* 64 KiB */
+    _Alignas(64) uint32_t apack[MR512 * KC / 2]; /* 4 KiB */
+    size_t total = g->m_items * g->n_items;
+    for (;;) {
+        size_t item = atomic_fetch_add_explicit(&g->next, 1, memory_order_relaxed);
+        if (item >= total) break;
+        size_t m0 = (item % g->m_items) * g->mb, j0 = (item / g->m_items) * g->nc;
+        size_t m1 = m0 + g->mb < g->M ? m0 + g->mb : g->M;
+        size_t nc = g->NN - j0 < g->nc ? g->NN - j0 : g->nc;
+        for (size_t k0 = 0; k0 < g->K; k0 += KC) {
+            size_t kc = g->K - k0 < KC ? g->K - k0 : KC, kc2 = (kc + 1) / 2;
+            int load_c = g->accumulate || k0 > 0;
+            plait__pack_b_bf16(bpack, g->bh, g->ldh, g->btrans, k0, kc, j0, nc);
+            for (size_t m = m0; m < m1; m += MR512) {
+                size_t mr = m1 - m < MR512 ? m1 - m : MR512;
+                plait__pack_a_bf16(apack, g->a + m * g->ars + k0, g->ars, mr, kc);
+                for (size_t p = 0; p < nc; p += NR512) {
+                    size_t nr = nc - p < NR512 ? nc - p : NR512;
+                    plait__ukernel_bf16(kc2, apack, bpack + p * 2 * kc2, g->c + m * g->ldc + j0 + p, g->ldc, mr, nr,
+                                        load_c);
+                }
+            }
+        }
+    }
+}
+#endif
+
 /* Run work items until none is left. Called once per pool thread. */
 static void gemm_task(void *ctx, size_t begin, size_t end)
 {
@@ -401,13 +463,14 @@ static void gemm_run(plait_pool_t *pool, gemm_t *g)
     g->path = plait__tensor_path();
     g->mr = g->path == PLAIT__KPATH_AVX512 ? MR512 : MR;
     g->nr = g->path == PLAIT__KPATH_AVX512 ? NR512 : NR;
+    size_t nc_max = g->bh ? NC_BF16 : NC_MAX;
     int threads = plait_pool_size(pool);
     if (run_inline(g->M * g->K * g->NN)) threads = 1;
     /* Fewer, wider column blocks pack less; narrow them only when the
      * problem would otherwise give the threads too few items. */
     size_t target = threads > 1 ? (size_t)threads * ITEMS_PER_THREAD : 1;
     size_t m_tiles = ceil_div(g->M, g->mr);
-    g->nc = NC_MAX;
+    g->nc = nc_max;
     while (g->nc > g->nr && m_tiles * ceil_div(g->NN, g->nc) < target) g->nc /= 2;
     g->n_items = ceil_div(g->NN, g->nc);
     size_t m_parts = ceil_div(target, g->n_items);
@@ -416,8 +479,12 @@ static void gemm_run(plait_pool_t *pool, gemm_t *g)
     g->m_items = ceil_div(g->M, g->mb);
     atomic_init(&g->next, 0);
     size_t total = g->m_items * g->n_items;
-    if (threads == 1 || total == 1) gemm_task(g, 0, 1);
-    else plait_pool_run(pool, gemm_task, g, total < (size_t)threads ? total : (size_t)threads);
+    plait_pool_fn task = gemm_task;
+#if PLAIT_HAVE_X86_SIMD
+    if (g->bh) task = gemm_task_bf16;
+#endif
+    if (threads == 1 || total == 1) task(g, 0, 1);
+    else plait_pool_run(pool, task, g, total < (size_t)threads ? total : (size_t)threads);
 }
 
 /* ------------------------------------------------- dot-product (N small) */
@@ -555,5 +622,31 @@ void plait_matmul_backward_w(plait_pool_t *pool, float *dinp, const float *dout,
     }
     gemm_t g = {.c = dinp, .ldc = IC, .a = dout, .ars = OC, .acs = 1, .bw = w, .btrans = 0,
                 .M = N, .K = OC, .NN = IC, .accumulate = 1};
+    gemm_run(pool, &g);
+}
+
+/* ------------------------------------------------------ BF16 base products */
+
+void plait__matmul_forward_bf16(plait_pool_t *pool, float *out, const float *inp, const plait_wmat_t *w, size_t N,
+                                size_t IC, size_t OC, int accumulate)
+{
+    if (N < SMALL_N || !plait__bf16_active()) {
+        plait_matmul_forward_w(pool, out, inp, w, N, IC, OC, accumulate);
+        return;
+    }
+    gemm_t g = {.c = out, .ldc = OC, .a = inp, .ars = IC, .acs = 1, .bh = (const uint16_t *)w->data,
+                .ldh = w->row_bytes / 2, .btrans = 1, .M = N, .K = IC, .NN = OC, .accumulate = accumulate};
+    gemm_run(pool, &g);
+}
+
+void plait__matmul_backward_bf16(plait_pool_t *pool, float *dinp, const float *dout, const plait_wmat_t *w, size_t N,
+                                 size_t IC, size_t OC)
+{
+    if (!plait__bf16_active()) {
+        plait_matmul_backward_w(pool, dinp, dout, w, N, IC, OC);
+        return;
+    }
+    gemm_t g = {.c = dinp, .ldc = IC, .a = dout, .ars = OC, .acs = 1, .bh = (const uint16_t *)w->data,
+                .ldh = w->row_bytes / 2, .btrans = 0, .M = N, .K = OC, .NN = IC, .accumulate = 1};
     gemm_run(pool, &g);
 }

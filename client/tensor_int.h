@@ -5,6 +5,8 @@
 #ifndef PLAIT_TENSOR_INT_H
 #define PLAIT_TENSOR_INT_H
 
+#include "plait/tensor.h"
+
 #include <stddef.h>
 
 /**
@@ -39,5 +41,27 @@ int plait__tensor_path(void);
  * \return the previous value. Process-wide; call it only while no kernel runs.
  */
 size_t plait__tensor_set_par_min_macs(size_t macs);
+
+/** \brief Nonzero when the CPU has AVX512-BF16 (vdpbf16ps) besides AVX512F. */
+int plait__cpu_has_avx512_bf16(void);
+
+/** \brief Nonzero when the BF16 base kernels run now: the CPU has AVX512-BF16
+ *         and the kernel path (PLAIT_KERNEL, plait__tensor_force_path) is
+ *         AVX-512. Otherwise plait__matmul_*_bf16 compute in float32 from
+ *         the BF16 weights (plait_matmul_*_w). */
+int plait__bf16_active(void);
+
+/**
+ * \brief The BF16 base products: out (N, OC) (+)= inp · Wᵀ and dinp (N, IC)
+ *        += dout · W for a BF16 W (OC rows of IC), with the activations
+ *        rounded to BF16 (nearest even) and float32 accumulation
+ *        (vdpbf16ps). For the trainer's frozen base only: the adapter and
+ *        every gradient stay float32. N below the dot-product threshold and
+ *        CPUs without AVX512-BF16 take plait_matmul_*_w.
+ */
+void plait__matmul_forward_bf16(plait_pool_t *pool, float *out, const float *inp, const plait_wmat_t *w, size_t N,
+                                size_t IC, size_t OC, int accumulate);
+void plait__matmul_backward_bf16(plait_pool_t *pool, float *dinp, const float *dout, const plait_wmat_t *w, size_t N,
+                                 size_t IC, size_t OC);
 
 #endif /* PLAIT_TENSOR_INT_H */
