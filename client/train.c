@@ -71,6 +71,7 @@ plait_train_config_t plait_train_config_default(void)
     c.threads = 1;        /* single-threaded unless asked */
     c.pool = NULL;        /* the trainer creates its own pool of `threads` */
     c.max_bytes = (size_t)4 << 30; /* 4 GiB: far above any small model's need; phones set less */
+    c.base_bf16 = 0;      /* float32 base */
     return c;
 }
 
@@ -100,6 +101,8 @@ int plait_train_config_validate(const plait_train_config_t *c, const plait_model
     if (!(c->min_lr_frac >= 0.0 && c->min_lr_frac <= 1.0))
         return plait_fail(PLAIT_EINVAL, "train: min_lr_frac %g is outside [0, 1]", c->min_lr_frac);
     if (c->train_a != 0 && c->train_a != 1) return plait_fail(PLAIT_EINVAL, "train: train_a %d is not 0 or 1", c->train_a);
+    if (c->base_bf16 != 0 && c->base_bf16 != 1)
+        return plait_fail(PLAIT_EINVAL, "train: base_bf16 %d is not 0 or 1", c->base_bf16);
     if (!c->pool && (c->threads < 1 || c->threads > 256))
         return plait_fail(PLAIT_EINVAL, "train: threads %d is outside 1..256", c->threads);
     return 0;
@@ -137,14 +140,17 @@ static void proj_forward(plait_trainer_t *tr, float *y, const float *x, size_t l
 {
     int in, out;
     plait_proj_shape(&tr->m->cfg, p, &in, &out);
-    plait_matmul_forward_w(tr->pool, y, x, plait_model_proj(tr->m, (int)l, p), N, (size_t)in, (size_t)out,
-                           accumulate);
+    size_t slot = plait_lora_slot((int)l, p);
+    if (tr->bmats)
+        plait__matmul_forward_bf16(tr->pool, y, x, &tr->bmats[slot], N, (size_t)in, (size_t)out, accumulate);
+    else
+        plait_matmul_forward_w(tr->pool, y, x, plait_model_proj(tr->m, (int)l, p), N, (size_t)in, (size_t)out,
+                               accumulate);
     if (tr->m->bias && p <= PLAIT_WV) { /* q, k, v biases (Qwen2) */
         const float *bias = tr->m->bias[l * 3 + (size_t)p];
         for (size_t n = 0; n < N; n++)
             for (size_t o = 0; o < (size_t)out; o++) y[n * (size_t)out + o] += bias[o];
     }
-    size_t slot = plait_lora_slot((int)l, p);
     const float *A = tr->lora->A[slot];
     if (!A) return;
     float *u = tr->u[slot];
@@ -170,8 +176,62 @@ static void proj_backward(plait_trainer_t *tr, float *dx, const float *dy, const
         scale_span(tr->du, N * tr->R, tr->lora->scaling);
         if (dx || dA) plait_matmul_backward(tr->pool, dx, dA, tr->du, x, A, N, (size_t)in, tr->R);
     }
-    if (dx)
+    if (dx && tr->bmats)
+        plait__matmul_backward_bf16(tr->pool, dx, dy, &tr->bmats[slot], N, (size_t)in, (size_t)out);
+    else if (dx)
         plait_matmul_backward_w(tr->pool, dx, dy, plait_model_proj(tr->m, (int)l, p), N, (size_t)in, (size_t)out);
+}
+
+/* BF16 copies of the frozen base (cfg.base_bf16): every projection and the
+ * classifier, rounded once (nearest even) from whatever type the model
+ * holds; the model itself is not touched. */
+static int make_bf16_base(plait_trainer_t *tr)
+{
+    const plait_model_config_t *mc = &tr->m->cfg;
+    size_t n = tr->L * PLAIT_NPROJ + 1, elems = 0, widest = tr->C;
+    for (size_t l = 0; l < tr->L; l++)
+        for (int p = 0; p < PLAIT_NPROJ; p++) {
+            int in, out;
+            plait_proj_shape(mc, (plait_proj_t)p, &in, &out);
+            elems += ((size_t)in * (size_t)out + 31) & ~(size_t)31; /* 64-byte aligned matrices */
+            if ((size_t)in > widest) widest = (size_t)in;
+        }
+    elems += (tr->V * tr->C + 31) & ~(size_t)31;
+    if (tr->bytes > tr->cfg.max_bytes || elems > (tr->cfg.max_bytes - tr->bytes) / 2)
+        return plait_fail(PLAIT_ETOOBIG, "train: the BF16 base copy (%zu MiB) is above the max_bytes limit",
+                          elems * 2 >> 20);
+    tr->bmats = calloc(n, sizeof(*tr->bmats));
+    tr->bf16 = aligned_alloc(64, (elems * 2 + 63) & ~(size_t)63);
+    float *row = malloc(widest * sizeof(float));
+    if (!tr->bmats || !tr->bf16 || !row) {
+        free(row);
+        return plait_fail(PLAIT_ENOMEM, "train: %zu MiB for the BF16 base copy", elems * 2 >> 20);
+    }
+    uint16_t *dst = tr->bf16;
+    for (size_t i = 0; i < n; i++) {
+        const plait_wmat_t *w;
+        size_t in, out;
+        if (i + 1 < n) {
+            int a, b;
+            plait_proj_shape(mc, (plait_proj_t)(i % PLAIT_NPROJ), &a, &b);
+            in = (size_t)a;
+            out = (size_t)b;
+            w = plait_model_proj(tr->m, (int)(i / PLAIT_NPROJ), (plait_proj_t)(i % PLAIT_NPROJ));
+        } else {
+            in = tr->C;
+            out = tr->V;
+            w = plait_model_classifier(tr->m);
+        }
+        for (size_t o = 0; o < out; o++) {
+            plait_dequant_row(row, w, o, 0, in);
+            plait_quantize_row(dst + o * in, PLAIT_DT_BF16, row, in); /* cannot fail: BF16 has no blocks */
+        }
+        tr->bmats[i] = (plait_wmat_t){.data = dst, .type = PLAIT_DT_BF16, .row_bytes = in * 2};
+        dst += (in * out + 31) & ~(size_t)31;
+    }
+    free(row);
+    tr->bytes += elems * 2 + n * sizeof(*tr->bmats);
+    return 0;
 }
 
 /* ------------------------------------------------------ forward/backward */
@@ -483,6 +543,13 @@ int plait_train_create(plait_trainer_t **out, const plait_model_t *m, plait_lora
         tr->u[s] = u;
         u += N * R;
     }
+    if (cfg->base_bf16 && plait__cpu_has_avx512_bf16()) {
+        rc = make_bf16_base(tr);
+        if (rc != 0) {
+            plait_train_destroy(tr);
+            return rc;
+        }
+    }
     /* RoPE tables computed as torch's precompute_freqs does, in float32:
      * freq_i = 1 / theta^(2i / HS), angle = pos * freq_i. */
     size_t half = tr->HS / 2;
@@ -513,5 +580,7 @@ void plait_train_destroy(plait_trainer_t *tr)
     free(tr->grads);
     free(tr->opt_m);
     free(tr->opt_v);
+    free(tr->bmats);
+    free(tr->bf16);
     free(tr);
 }
