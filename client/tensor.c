@@ -153,7 +153,7 @@ int plait__tensor_path(void)
 
 int plait__tensor_simd_active(void) { return plait__tensor_path() >= PLAIT__KPATH_AVX2; }
 
-int plait__cpu_has_avx512_bf16(void)
+int plait_cpu_has_avx512_bf16(void)
 {
 #if PLAIT_HAVE_X86_SIMD
     static atomic_int cached = -1;
@@ -171,7 +171,7 @@ int plait__cpu_has_avx512_bf16(void)
 
 int plait__bf16_active(void)
 {
-    return plait__tensor_path() == PLAIT__KPATH_AVX512 && plait__cpu_has_avx512_bf16();
+    return plait__tensor_path() == PLAIT__KPATH_AVX512 && plait_cpu_has_avx512_bf16();
 }
 
 const char *plait_kernel_path_name(void)

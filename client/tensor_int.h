@@ -42,9 +42,6 @@ int plait__tensor_path(void);
  */
 size_t plait__tensor_set_par_min_macs(size_t macs);
 
-/** \brief Nonzero when the CPU has AVX512-BF16 (vdpbf16ps) besides AVX512F. */
-int plait__cpu_has_avx512_bf16(void);
-
 /** \brief Nonzero when the BF16 base kernels run now: the CPU has AVX512-BF16
  *         and the kernel path (PLAIT_KERNEL, plait__tensor_force_path) is
  *         AVX-512. Otherwise plait__matmul_*_bf16 compute in float32 from

@@ -543,7 +543,7 @@ int plait_train_create(plait_trainer_t **out, const plait_model_t *m, plait_lora
         tr->u[s] = u;
         u += N * R;
     }
-    if (cfg->base_bf16 && plait__cpu_has_avx512_bf16()) {
+    if (cfg->base_bf16 && plait_cpu_has_avx512_bf16()) {
         rc = make_bf16_base(tr);
         if (rc != 0) {
             plait_train_destroy(tr);

@@ -314,7 +314,7 @@ START_TEST(test_ref_bf16)
         plait_trainer_t *f32;
         cfg.base_bf16 = 0;
         ck_assert_int_eq(plait_train_create(&f32, &rc.m, &rc.lora, &cfg), 0);
-        ck_assert_int_eq(plait_train_memory_bytes(tr) > plait_train_memory_bytes(f32), plait__cpu_has_avx512_bf16());
+        ck_assert_int_eq(plait_train_memory_bytes(tr) > plait_train_memory_bytes(f32), plait_cpu_has_avx512_bf16());
         plait_train_destroy(f32);
         plait_train_destroy(tr);
         refcase_free(&rc);
