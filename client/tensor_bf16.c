@@ -82,8 +82,8 @@ BF16 void plait__ukernel_bf16(size_t kc2, const uint32_t *ap, const uint16_t *bp
     __m512 c60 = _mm512_setzero_ps(), c61 = _mm512_setzero_ps(), c70 = _mm512_setzero_ps(), c71 = _mm512_setzero_ps();
     const size_t ST = KC / 2;
     for (size_t q = 0; q < kc2; q++, bp += 2 * NR512) {
-        __m512bh b0 = (__m512bh)_mm512_load_si512((const void *)bp);
-        __m512bh b1 = (__m512bh)_mm512_load_si512((const void *)(bp + NR512));
+        __m512bh b0 = (__m512bh)_mm512_loadu_si512((const void *)bp);
+        __m512bh b1 = (__m512bh)_mm512_loadu_si512((const void *)(bp + NR512));
 #define DP2(r, v0, v1)                                                              \
     do {                                                                            \
         __m512bh x = (__m512bh)_mm512_set1_epi32((int)ap[(r) * ST + q]);            \

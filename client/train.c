@@ -141,11 +141,8 @@ static void proj_forward(plait_trainer_t *tr, float *y, const float *x, size_t l
     int in, out;
     plait_proj_shape(&tr->m->cfg, p, &in, &out);
     size_t slot = plait_lora_slot((int)l, p);
-    if (tr->bmats)
-        plait__matmul_forward_bf16(tr->pool, y, x, &tr->bmats[slot], N, (size_t)in, (size_t)out, accumulate);
-    else
-        plait_matmul_forward_w(tr->pool, y, x, plait_model_proj(tr->m, (int)l, p), N, (size_t)in, (size_t)out,
-                               accumulate);
+    plait__matmul_forward_bf16(tr->pool, y, x, plait_model_proj(tr->m, (int)l, p), tr->bpk ? tr->bpk[2 * slot] : NULL,
+                               N, (size_t)in, (size_t)out, accumulate);
     if (tr->m->bias && p <= PLAIT_WV) { /* q, k, v biases (Qwen2) */
         const float *bias = tr->m->bias[l * 3 + (size_t)p];
         for (size_t n = 0; n < N; n++)
@@ -176,61 +173,60 @@ static void proj_backward(plait_trainer_t *tr, float *dx, const float *dy, const
         scale_span(tr->du, N * tr->R, tr->lora->scaling);
         if (dx || dA) plait_matmul_backward(tr->pool, dx, dA, tr->du, x, A, N, (size_t)in, tr->R);
     }
-    if (dx && tr->bmats)
-        plait__matmul_backward_bf16(tr->pool, dx, dy, &tr->bmats[slot], N, (size_t)in, (size_t)out);
-    else if (dx)
-        plait_matmul_backward_w(tr->pool, dx, dy, plait_model_proj(tr->m, (int)l, p), N, (size_t)in, (size_t)out);
+    if (dx)
+        plait__matmul_backward_bf16(tr->pool, dx, dy, plait_model_proj(tr->m, (int)l, p),
+                                    tr->bpk ? tr->bpk[2 * slot + 1] : NULL, N, (size_t)in, (size_t)out);
 }
 
-/* BF16 copies of the frozen base (cfg.base_bf16): every projection and the
- * classifier, rounded once (nearest even) from whatever type the model
- * holds; the model itself is not touched. */
+/* The frozen base in BF16 (cfg.base_bf16): every projection and the
+ * classifier rounded once (nearest even) from whatever type the model holds
+ * and packed for both products it takes part in (plait__bf16_pack), so no
+ * product packs W again; the model itself is not touched. */
 static int make_bf16_base(plait_trainer_t *tr)
 {
     const plait_model_config_t *mc = &tr->m->cfg;
-    size_t n = tr->L * PLAIT_NPROJ + 1, elems = 0, widest = tr->C;
-    for (size_t l = 0; l < tr->L; l++)
-        for (int p = 0; p < PLAIT_NPROJ; p++) {
-            int in, out;
-            plait_proj_shape(mc, (plait_proj_t)p, &in, &out);
-            elems += ((size_t)in * (size_t)out + 31) & ~(size_t)31; /* 64-byte aligned matrices */
-            if ((size_t)in > widest) widest = (size_t)in;
-        }
-    elems += (tr->V * tr->C + 31) & ~(size_t)31;
+    size_t n = tr->L * PLAIT_NPROJ + 1, elems = 0, biggest = tr->V * tr->C;
+    for (size_t i = 0; i < n; i++) {
+        int in = (int)tr->C, out = (int)tr->V;
+        if (i + 1 < n) plait_proj_shape(mc, (plait_proj_t)(i % PLAIT_NPROJ), &in, &out);
+        size_t io = (size_t)in * (size_t)out;
+        if (io > biggest) biggest = io;
+        for (int bwd = 0; bwd < 2; bwd++) /* 64-byte aligned panels */
+            elems += (plait__bf16_packed_elems((size_t)in, (size_t)out, bwd) + 31) & ~(size_t)31;
+    }
     if (tr->bytes > tr->cfg.max_bytes || elems > (tr->cfg.max_bytes - tr->bytes) / 2)
         return plait_fail(PLAIT_ETOOBIG, "train: the BF16 base copy (%zu MiB) is above the max_bytes limit",
                           elems * 2 >> 20);
-    tr->bmats = calloc(n, sizeof(*tr->bmats));
-    tr->bf16 = aligned_alloc(64, (elems * 2 + 63) & ~(size_t)63);
-    float *row = malloc(widest * sizeof(float));
-    if (!tr->bmats || !tr->bf16 || !row) {
+    tr->bpk = calloc(2 * n, sizeof(*tr->bpk));
+    tr->bf16 = aligned_alloc(64, elems * 2);
+    uint16_t *rowmajor = malloc(biggest * 2); /* one matrix at a time, freed below */
+    float *row = malloc((tr->C > tr->H ? tr->C : tr->H) * sizeof(float));
+    if (!tr->bpk || !tr->bf16 || !rowmajor || !row) {
+        free(rowmajor);
         free(row);
         return plait_fail(PLAIT_ENOMEM, "train: %zu MiB for the BF16 base copy", elems * 2 >> 20);
     }
     uint16_t *dst = tr->bf16;
     for (size_t i = 0; i < n; i++) {
-        const plait_wmat_t *w;
-        size_t in, out;
+        int in = (int)tr->C, out = (int)tr->V;
+        const plait_wmat_t *w = plait_model_classifier(tr->m);
         if (i + 1 < n) {
-            int a, b;
-            plait_proj_shape(mc, (plait_proj_t)(i % PLAIT_NPROJ), &a, &b);
-            in = (size_t)a;
-            out = (size_t)b;
+            plait_proj_shape(mc, (plait_proj_t)(i % PLAIT_NPROJ), &in, &out);
             w = plait_model_proj(tr->m, (int)(i / PLAIT_NPROJ), (plait_proj_t)(i % PLAIT_NPROJ));
-        } else {
-            in = tr->C;
-            out = tr->V;
-            w = plait_model_classifier(tr->m);
         }
-        for (size_t o = 0; o < out; o++) {
-            plait_dequant_row(row, w, o, 0, in);
-            plait_quantize_row(dst + o * in, PLAIT_DT_BF16, row, in); /* cannot fail: BF16 has no blocks */
+        for (size_t o = 0; o < (size_t)out; o++) {
+            plait_dequant_row(row, w, o, 0, (size_t)in);
+            plait_quantize_row(rowmajor + o * (size_t)in, PLAIT_DT_BF16, row, (size_t)in); /* BF16 cannot fail */
         }
-        tr->bmats[i] = (plait_wmat_t){.data = dst, .type = PLAIT_DT_BF16, .row_bytes = in * 2};
-        dst += (in * out + 31) & ~(size_t)31;
+        for (int bwd = 0; bwd < 2; bwd++) {
+            plait__bf16_pack(dst, rowmajor, (size_t)in, (size_t)out, bwd);
+            tr->bpk[2 * i + (size_t)bwd] = dst;
+            dst += (plait__bf16_packed_elems((size_t)in, (size_t)out, bwd) + 31) & ~(size_t)31;
+        }
     }
+    free(rowmajor);
     free(row);
-    tr->bytes += elems * 2 + n * sizeof(*tr->bmats);
+    tr->bytes += elems * 2 + 2 * n * sizeof(*tr->bpk);
     return 0;
 }
 
@@ -580,7 +576,7 @@ void plait_train_destroy(plait_trainer_t *tr)
     free(tr->grads);
     free(tr->opt_m);
     free(tr->opt_v);
-    free(tr->bmats);
+    free((void *)tr->bpk);
     free(tr->bf16);
     free(tr);
 }

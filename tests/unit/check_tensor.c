@@ -416,13 +416,12 @@ static float bf16_round(float x)
     return y;
 }
 
-/* The BF16 base products against the double reference on BF16-rounded
- * operands: products of two BF16 values are exact in float32, so only the
- * float32 summation differs and MM_RTOL holds. Where the BF16 kernels do not
- * run (no AVX512-BF16, or a narrower forced path), the fallback computes from
- * the BF16 weights with float32 activations, which the same reference on
- * unrounded activations checks. Loop index: bit 0 threaded, bit 1 forces
- * the AVX2 path (the fallback). */
+/* The BF16 base products from a packed W against the double reference on
+ * BF16-rounded operands: products of two BF16 values are exact in float32,
+ * so only the float32 summation differs and MM_RTOL holds. Where the BF16
+ * kernels do not run (no AVX512-BF16, a narrower forced path, forward with
+ * few rows) the float32 W is used, which the reference on unrounded operands
+ * checks. Loop index: bit 0 threaded, bit 1 forces the AVX2 path. */
 START_TEST(test_bf16_base)
 {
     static const size_t bN[] = {1, 12, 13, 64, 100};
@@ -437,22 +436,28 @@ START_TEST(test_bf16_base)
         for (size_t b = 0; b < COUNT(bIC); b++)
             for (size_t c = 0; c < COUNT(bOC); c++) {
                 size_t N = bN[a], IC = bIC[b], OC = bOC[c];
-                int rounded = plait__bf16_active() && N >= 12; /* the GEMM rounds activations; the dot path not */
+                int active = plait__bf16_active(), rounded = active && N >= 12; /* forward with few rows: float32 */
                 float *w = rand_buf(OC * IC), *x = rand_buf(N * IC), *dy = rand_buf(N * OC);
-                uint8_t *wb = malloc(OC * IC * 2);
-                ck_assert_ptr_nonnull(wb);
-                for (size_t o = 0; o < OC; o++) ck_assert_int_eq(plait_quantize_row(wb + o * IC * 2, PLAIT_DT_BF16, w + o * IC, IC), 0);
-                plait_wmat_t wm = {.data = wb, .type = PLAIT_DT_BF16, .row_bytes = IC * 2};
-                for (size_t i = 0; i < OC * IC; i++) w[i] = bf16_round(w[i]);
+                uint16_t *wb = malloc(OC * IC * 2);
+                uint16_t *pf = malloc(plait__bf16_packed_elems(IC, OC, 0) * 2);
+                uint16_t *pb = malloc(plait__bf16_packed_elems(IC, OC, 1) * 2);
+                ck_assert(wb && pf && pb);
+                for (size_t o = 0; o < OC; o++) ck_assert_int_eq(plait_quantize_row(wb + o * IC, PLAIT_DT_BF16, w + o * IC, IC), 0);
+                plait__bf16_pack(pf, wb, IC, OC, 0);
+                plait__bf16_pack(pb, wb, IC, OC, 1);
+                float *w32 = copy_buf(w, OC * IC), *wr = copy_buf(w, OC * IC);
+                plait_wmat_t wm = {.data = w32, .type = PLAIT_DT_F32, .row_bytes = IC * 4};
+                if (active)
+                    for (size_t i = 0; i < OC * IC; i++) wr[i] = bf16_round(w[i]);
                 float *xr = copy_buf(x, N * IC), *dyr = copy_buf(dy, N * OC);
                 if (rounded)
                     for (size_t i = 0; i < N * IC; i++) xr[i] = bf16_round(xr[i]);
-                if (plait__bf16_active()) /* dinp takes the GEMM at every N */
+                if (active) /* dinp takes the BF16 GEMM at every N */
                     for (size_t i = 0; i < N * OC; i++) dyr[i] = bf16_round(dyr[i]);
                 float *out = rand_buf(N * OC), *want = copy_buf(out, N * OC);
                 int acc = (int)((a + b + c) & 1);
-                plait__matmul_forward_bf16(pool, out, x, &wm, N, IC, OC, acc);
-                plait_matmul_forward_ref(want, xr, w, N, IC, OC, acc);
+                plait__matmul_forward_bf16(pool, out, x, &wm, pf, N, IC, OC, acc);
+                plait_matmul_forward_ref(want, xr, rounded ? wr : w, N, IC, OC, acc);
                 float *mag = malloc(N * OC * sizeof(float));
                 float *aw = abs_buf(w, OC * IC), *ax = abs_buf(xr, N * IC), *ady = abs_buf(dyr, N * OC);
                 plait_matmul_forward_ref(mag, ax, aw, N, IC, OC, 0);
@@ -461,12 +466,12 @@ START_TEST(test_bf16_base)
                 ck_assert_msg(r <= 1.0, "bf16 forward N=%zu IC=%zu OC=%zu bf16=%d: %.2fx the tolerance", N, IC, OC,
                               rounded, r);
                 float *dx = rand_buf(N * IC), *wantdx = copy_buf(dx, N * IC), *magdx = abs_buf(dx, N * IC);
-                plait__matmul_backward_bf16(pool, dx, dy, &wm, N, IC, OC);
-                plait_matmul_backward_ref(wantdx, NULL, dyr, NULL, w, N, IC, OC);
+                plait__matmul_backward_bf16(pool, dx, dy, &wm, pb, N, IC, OC);
+                plait_matmul_backward_ref(wantdx, NULL, dyr, NULL, wr, N, IC, OC);
                 plait_matmul_backward_ref(magdx, NULL, ady, NULL, aw, N, IC, OC);
                 r = worst_ratio(dx, wantdx, magdx, N * IC, OC);
                 ck_assert_msg(r <= 1.0, "bf16 dinp N=%zu IC=%zu OC=%zu: %.2fx the tolerance", N, IC, OC, r);
-                free(w); free(x); free(dy); free(wb); free(xr); free(dyr); free(out); free(want); free(mag);
+                free(w); free(x); free(dy); free(wb); free(pf); free(pb); free(w32); free(wr); free(xr); free(dyr); free(out); free(want); free(mag);
                 free(aw); free(ax); free(ady); free(dx); free(wantdx); free(magdx);
             }
     if (pool) plait_pool_destroy(pool);
