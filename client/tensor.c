@@ -27,6 +27,9 @@
  * masked stores for edge tiles. A portable micro-kernel with the 6 x 16 tile
  * is the fallback. The path is the widest the CPU has, narrowed by the
  * PLAIT_KERNEL environment variable or by plait__tensor_force_path (tests).
+ * The trainer's BF16 base (plait__matmul_*_bf16) takes the same driver with
+ * W packed once in BF16 pairs and the vdpbf16ps micro-kernel of
+ * tensor_bf16.c, on AVX512-BF16 CPUs at the AVX-512 path only.
  *
  * Threads. Work items are (row block, column block) pairs taken from an
  * atomic counter, so a thread that wakes late, or shares a core with other

@@ -33,6 +33,9 @@
  *    by one task in a fixed order (the sim's 1- vs 2-thread checksum).
  *  - Sums that decide the match with the float64 reference (the loss, the
  *    softmax normalizers, the gradient norm, AdamW) accumulate in double.
+ *  - cfg.base_bf16 (AVX512-BF16 CPUs): the frozen base's products read a
+ *    BF16 copy packed at create (make_bf16_base); everything else, the
+ *    adapter's products and all gradients included, stays float32.
  *
  * Workload: one micro-batch is a few GFLOP at most (stories260K, B 8, T 128:
  * about 0.8 GMAC per step, ~30 ms on one core); the pool is dispatched a few
