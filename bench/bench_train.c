@@ -36,7 +36,7 @@ typedef struct {
     const char *torch_args; /* peer flags selecting the same model */
 } shape_t;
 
-static int run_child(const shape_t *sh, int threads, int B, int T, int warmup, int steps, double *tok_s)
+static int run_child(const shape_t *sh, int threads, int B, int T, int warmup, int steps, int bf16, double *tok_s)
 {
     plait_model_t m;
     plait_model_init(&m);
@@ -55,6 +55,7 @@ static int run_child(const shape_t *sh, int threads, int B, int T, int warmup, i
     tc.B = B;
     tc.T = T;
     tc.threads = threads;
+    tc.base_bf16 = bf16;
     plait_trainer_t *tr = NULL;
     if (plait_train_create(&tr, &m, &lora, &tc) != 0) {
         fprintf(stderr, "plait-bench train: %s\n", plait_errmsg());
@@ -86,19 +87,19 @@ static int run_child(const shape_t *sh, int threads, int B, int T, int warmup, i
 
 typedef struct {
     const shape_t *sh;
-    int threads, B, T, warmup, steps;
+    int threads, B, T, warmup, steps, bf16;
 } train_job_t;
 
 static int train_child(void *ctx, double *tok_s)
 {
     const train_job_t *j = ctx;
-    return run_child(j->sh, j->threads, j->B, j->T, j->warmup, j->steps, tok_s);
+    return run_child(j->sh, j->threads, j->B, j->T, j->warmup, j->steps, j->bf16, tok_s);
 }
 
-static int measure(const shape_t *sh, int threads, int B, int T, int warmup, int steps, double *tok_s,
+static int measure(const shape_t *sh, int threads, int B, int T, int warmup, int steps, int bf16, double *tok_s,
                    double *rss_mib)
 {
-    train_job_t j = {sh, threads, B, T, warmup, steps};
+    train_job_t j = {sh, threads, B, T, warmup, steps, bf16};
     return bench_fork_measure(train_child, &j, tok_s, rss_mib);
 }
 
@@ -143,6 +144,14 @@ static int set_threads(void *dest, const char *value)
     return 0;
 }
 
+static int set_prec(void *dest, const char *value)
+{
+    if (strcmp(value, "f32") && strcmp(value, "bf16") && strcmp(value, "both"))
+        return plait_fail(PLAIT_EINVAL, "--base-precision '%.20s' is not f32, bf16 or both", value);
+    *(const char **)dest = value;
+    return 0;
+}
+
 static int set_shape(void *dest, const char *value)
 {
     if (strcmp(value, "260K") && strcmp(value, "15M") && strcmp(value, "135M") && strcmp(value, "all"))
@@ -178,7 +187,7 @@ int bench_train(int argc, char **argv)
 {
     size_t repeats = 3, steps_opt = 0, warmup_opt = 0, B = 8, T = 128;
     int torch = 0, threads[8] = {1, 2}, n_threads = 2;
-    const char *shape_sel = "all";
+    const char *shape_sel = "all", *prec_sel = NULL;
     thread_list_t tl = {threads, n_threads};
     plait_flag_t flags[] = {
         PLAIT_F_SIZE("repeats", &repeats, 0, 1000, "R", "processes per configuration", 1),
@@ -191,11 +200,16 @@ int bench_train(int argc, char **argv)
         PLAIT_F_CUSTOM("shape", &shape_sel, set_shape, "S", "260K, 15M, 135M or all (default all)"),
         PLAIT_F_SIZE("batch", &B, 0, 1024, "B", "sequences per step", 1),
         PLAIT_F_SIZE("seq", &T, 0, 4096, "T", "tokens per sequence", 1),
+        PLAIT_F_CUSTOM("base-precision", &prec_sel, set_prec, "P",
+                       "the frozen base's matmuls in f32, bf16 (AVX512-BF16 only) or both\n"
+                       "(default: both where the CPU has AVX512-BF16, else f32); each row's\n"
+                       "PyTorch ratio uses the same PyTorch measurement (float32)"),
     };
     plait_flags_cmd_t cmd = {
         .prog = "plait-bench train",
         .synopsis = "plait-bench train [--repeats R] [--steps N] [--warmup N] [--threads LIST] [--torch]\n"
-                    "                         [--shape 260K|15M|135M|all] [--batch B] [--seq T]\n",
+                    "                         [--shape 260K|15M|135M|all] [--batch B] [--seq T]\n"
+                    "                         [--base-precision f32|bf16|both]\n",
         .about = "Training tokens/s (median over R fresh processes of the median step) and peak RSS of\n"
                  "LoRA fine-tuning (rank 8 on wq,wv) for stories260K ($PLAIT_ASSETS/stories260K.bin) and a\n"
                  "random-weight model of the stories15M shape (dim 288, hidden 768, 6 layers, 6 heads,\n"
@@ -224,52 +238,74 @@ int bench_train(int argc, char **argv)
           .seq_len = 256, .shared = 1},
          "--config 15M"},
     };
+    int has_bf16 = plait_cpu_has_avx512_bf16() && strcmp(plait_kernel_path_name(), "avx512") == 0;
+    if (!prec_sel) prec_sel = has_bf16 ? "both" : "f32";
+    if (strcmp(prec_sel, "f32") != 0 && !has_bf16) {
+        fprintf(stderr, "plait-bench train: --base-precision %s needs AVX512-BF16 and the avx512 kernel path\n",
+                prec_sel);
+        return 2;
+    }
+    int precs[2], n_precs = 0;
+    if (strcmp(prec_sel, "bf16") != 0) precs[n_precs++] = 0;
+    if (strcmp(prec_sel, "f32") != 0) precs[n_precs++] = 1;
     char machine[256];
     bench_machine(machine, sizeof(machine));
     printf("machine: %s\nkernel path: %s (AVX2+FMA %s, AVX-512 %s; PLAIT_KERNEL=portable|avx2|avx512 narrows it)\n",
            machine, plait_kernel_path_name(), plait_cpu_has_avx2_fma() ? "yes" : "no",
            plait_cpu_has_avx512() ? "yes" : "no");
+    printf("AVX512-BF16: %s; AMX: not used (no AMX code path exists)\n", plait_cpu_has_avx512_bf16() ? "yes" : "no");
+    double la[3];
+    if (getloadavg(la, 3) == 3) printf("load average at start: %.2f %.2f %.2f\n", la[0], la[1], la[2]);
     double peak[8];
     for (int ti = 0; ti < n_threads; ti++) {
         peak[ti] = bench_fma_peak_gflops(threads[ti]);
         printf("measured FMA peak on %d thread%s: %.1f GFLOP/s\n", threads[ti], threads[ti] == 1 ? "" : "s", peak[ti]);
     }
     printf("LoRA r=8 alpha=16 on wq,wv; B=%zu T=%zu; %zu processes per row; medians\n", B, T, repeats);
-    printf("%-12s %7s %12s %10s %12s %10s %8s %8s %8s %6s\n", "model", "threads", "plait tok/s", "plait MiB",
-           "torch tok/s", "torch MiB", "speed x", "mem /", "GFLOP/s", "peak%");
+    printf("%-12s %4s %7s %12s %10s %12s %10s %8s %8s %8s %6s\n", "model", "base", "threads", "plait tok/s",
+           "plait MiB", "torch tok/s", "torch MiB", "speed x", "mem /", "GFLOP/s", "peak%");
     for (int s = 0; s < 2; s++) {
         if (strcmp(shape_sel, "all") != 0 && strcmp(shape_sel, s == 0 ? "260K" : "15M") != 0) continue;
         int is15 = s == 1;
         int steps = (int)(steps_opt ? steps_opt : (is15 ? 6 : 20));
         int warmup = (int)(warmup_opt ? warmup_opt : (is15 ? 2 : 3));
         for (int ti = 0; ti < n_threads; ti++) {
-            double tok[1000], rss[1000], ttok[1000], trss[1000];
-            size_t ok = 0, tok_ok = 0;
-            for (size_t r = 0; r < repeats; r++) {
-                if (measure(&shapes[s], threads[ti], (int)B, (int)T, warmup, steps, &tok[ok], &rss[ok]) == 0) ok++;
-                if (torch && run_torch(peer, shapes[s].torch_args, threads[ti], (int)B, (int)T, warmup, steps,
-                                       &ttok[tok_ok], &trss[tok_ok]) == 0)
+            double ttok[1000], trss[1000];
+            size_t tok_ok = 0;
+            for (size_t r = 0; torch && r < repeats; r++)
+                if (run_torch(peer, shapes[s].torch_args, threads[ti], (int)B, (int)T, warmup, steps, &ttok[tok_ok],
+                              &trss[tok_ok]) == 0)
                     tok_ok++;
+            for (int pi = 0; pi < n_precs; pi++) {
+                double tok[1000], rss[1000];
+                size_t ok = 0;
+                for (size_t r = 0; r < repeats; r++)
+                    if (measure(&shapes[s], threads[ti], (int)B, (int)T, warmup, steps, precs[pi], &tok[ok], &rss[ok]) ==
+                        0)
+                        ok++;
+                if (ok == 0) {
+                    fprintf(stderr, "plait-bench train: %s with %d threads failed\n", shapes[s].name, threads[ti]);
+                    return 1;
+                }
+                double mt = bench_median(tok, ok), mr = bench_median(rss, ok);
+                double gf = mt * flops_per_token(&shapes[s], T) / 1e9, pk = peak[ti] > 0 ? 100.0 * gf / peak[ti] : 0;
+                const char *bn = precs[pi] ? "bf16" : "f32";
+                if (tok_ok) {
+                    double tt = bench_median(ttok, tok_ok), tr = bench_median(trss, tok_ok);
+                    printf("%-12s %4s %7d %12.0f %10.1f %12.0f %10.1f %8.2f %8.2f %8.1f %6.1f\n", shapes[s].name, bn,
+                           threads[ti], mt, mr, tt, tr, mt / tt, tr / mr, gf, pk);
+                } else {
+                    printf("%-12s %4s %7d %12.0f %10.1f %12s %10s %8s %8s %8.1f %6.1f\n", shapes[s].name, bn,
+                           threads[ti], mt, mr, torch ? "failed" : "-", "-", "-", "-", gf, pk);
+                }
+                fflush(stdout);
             }
-            if (ok == 0) {
-                fprintf(stderr, "plait-bench train: %s with %d threads failed\n", shapes[s].name, threads[ti]);
-                return 1;
-            }
-            double mt = bench_median(tok, ok), mr = bench_median(rss, ok);
-            double gf = mt * flops_per_token(&shapes[s], T) / 1e9, pk = peak[ti] > 0 ? 100.0 * gf / peak[ti] : 0;
-            if (tok_ok) {
-                double tt = bench_median(ttok, tok_ok), tr = bench_median(trss, tok_ok);
-                printf("%-12s %7d %12.0f %10.1f %12.0f %10.1f %8.2f %8.2f %8.1f %6.1f\n", shapes[s].name, threads[ti],
-                       mt, mr, tt, tr, mt / tt, tr / mr, gf, pk);
-            } else {
-                printf("%-12s %7d %12.0f %10.1f %12s %10s %8s %8s %8.1f %6.1f\n", shapes[s].name, threads[ti], mt, mr,
-                       torch ? "failed" : "-", "-", "-", "-", gf, pk);
-            }
-            fflush(stdout);
         }
     }
+    if (getloadavg(la, 3) == 3) printf("load average at end: %.2f %.2f %.2f\n", la[0], la[1], la[2]);
     if (torch) printf("speed x = plait tok/s / torch tok/s; mem / = torch peak RSS / plait peak RSS\n");
     printf("GFLOP/s counts the matmuls and attention of one trained token (frozen base: forward + input\n"
-           "gradient, 4 FLOPs per base weight; the adapter's 6 per weight); peak%% = GFLOP/s / measured FMA peak\n");
+           "gradient, 4 FLOPs per base weight; the adapter's 6 per weight); peak%% = GFLOP/s / measured FMA peak\n"
+           "(the float32 FMA peak, for bf16 rows too: vdpbf16ps does twice the multiply-adds per instruction)\n");
     return 0;
 }

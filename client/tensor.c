@@ -27,6 +27,9 @@
  * masked stores for edge tiles. A portable micro-kernel with the 6 x 16 tile
  * is the fallback. The path is the widest the CPU has, narrowed by the
  * PLAIT_KERNEL environment variable or by plait__tensor_force_path (tests).
+ * The trainer's BF16 base (plait__matmul_*_bf16) takes the same driver with
+ * W packed once in BF16 pairs and the vdpbf16ps micro-kernel of
+ * tensor_bf16.c, on AVX512-BF16 CPUs at the AVX-512 path only.
  *
  * Threads. Work items are (row block, column block) pairs taken from an
  * atomic counter, so a thread that wakes late, or shares a core with other
@@ -153,6 +156,27 @@ int plait__tensor_path(void)
 
 int plait__tensor_simd_active(void) { return plait__tensor_path() >= PLAIT__KPATH_AVX2; }
 
+int plait_cpu_has_avx512_bf16(void)
+{
+#if PLAIT_HAVE_X86_SIMD
+    static atomic_int cached = -1;
+    int v = atomic_load_explicit(&cached, memory_order_relaxed);
+    if (v < 0) {
+        __builtin_cpu_init();
+        v = plait_cpu_has_avx512() && __builtin_cpu_supports("avx512bf16");
+        atomic_store_explicit(&cached, v, memory_order_relaxed);
+    }
+    return v;
+#else
+    return 0;
+#endif
+}
+
+int plait__bf16_active(void)
+{
+    return plait__tensor_path() == PLAIT__KPATH_AVX512 && plait_cpu_has_avx512_bf16();
+}
+
 const char *plait_kernel_path_name(void)
 {
     static const char *const names[] = {"portable", "avx2", "avx512"};
@@ -204,6 +228,8 @@ typedef struct {
     size_t ldb;
     int btrans;
     const plait_wmat_t *bw; /* typed (non-F32) B instead of b, or NULL */
+    const uint16_t *bpk;    /* pre-packed BF16 B instead of b (the BF16 base path), or NULL */
+    size_t K2;              /* its k pairs per panel: ceil(K / 2) */
     size_t M, K, NN;
     int accumulate;
     int path;               /* PLAIT__KPATH_* */
@@ -350,6 +376,44 @@ static void ukernel_portable(size_t kc, const float *a, size_t ars, size_t acs, 
 }
 #endif
 
+#define NC_BF16 128 /* columns of one packed BF16 block of B (4 panels of 32) */
+
+#if PLAIT_HAVE_X86_SIMD
+/* gemm_task for the BF16 base path: B was packed once, whole (panels of 32
+ * columns over all K2 pairs, plait__bf16_pack), so a block of it is a
+ * pointer; each 8-row tile of A is rounded to BF16 once per block of B,
+ * which its NC_BF16 columns then share. Summation order as in gemm_task:
+ * fixed by the shape, so results do not depend on the threads. */
+static void gemm_task_bf16(void *ctx, size_t begin, size_t end)
+{
+    (void)begin;
+    (void)end;
+    gemm_t *g = ctx;
+    _Alignas(64) uint32_t apack[MR512 * KC / 2]; /* 4 KiB */
+    size_t total = g->m_items * g->n_items;
+    for (;;) {
+        size_t item = atomic_fetch_add_explicit(&g->next, 1, memory_order_relaxed);
+        if (item >= total) break;
+        size_t m0 = (item % g->m_items) * g->mb, j0 = (item / g->m_items) * g->nc;
+        size_t m1 = m0 + g->mb < g->M ? m0 + g->mb : g->M;
+        size_t nc = g->NN - j0 < g->nc ? g->NN - j0 : g->nc;
+        for (size_t k0 = 0; k0 < g->K; k0 += KC) {
+            size_t kc = g->K - k0 < KC ? g->K - k0 : KC, kc2 = (kc + 1) / 2;
+            int load_c = g->accumulate || k0 > 0;
+            for (size_t m = m0; m < m1; m += MR512) {
+                size_t mr = m1 - m < MR512 ? m1 - m : MR512;
+                plait__pack_a_bf16(apack, g->a + m * g->ars + k0, g->ars, mr, kc);
+                for (size_t p = 0; p < nc; p += NR512) {
+                    size_t nr = nc - p < NR512 ? nc - p : NR512;
+                    const uint16_t *bp = g->bpk + (j0 + p) * 2 * g->K2 + k0 * NR512; /* pair k0 / 2 */
+                    plait__ukernel_bf16(kc2, apack, bp, g->c + m * g->ldc + j0 + p, g->ldc, mr, nr, load_c);
+                }
+            }
+        }
+    }
+}
+#endif
+
 /* Run work items until none is left. Called once per pool thread. */
 static void gemm_task(void *ctx, size_t begin, size_t end)
 {
@@ -401,13 +465,14 @@ static void gemm_run(plait_pool_t *pool, gemm_t *g)
     g->path = plait__tensor_path();
     g->mr = g->path == PLAIT__KPATH_AVX512 ? MR512 : MR;
     g->nr = g->path == PLAIT__KPATH_AVX512 ? NR512 : NR;
+    size_t nc_max = g->bpk ? NC_BF16 : NC_MAX;
     int threads = plait_pool_size(pool);
     if (run_inline(g->M * g->K * g->NN)) threads = 1;
     /* Fewer, wider column blocks pack less; narrow them only when the
      * problem would otherwise give the threads too few items. */
     size_t target = threads > 1 ? (size_t)threads * ITEMS_PER_THREAD : 1;
     size_t m_tiles = ceil_div(g->M, g->mr);
-    g->nc = NC_MAX;
+    g->nc = nc_max;
     while (g->nc > g->nr && m_tiles * ceil_div(g->NN, g->nc) < target) g->nc /= 2;
     g->n_items = ceil_div(g->NN, g->nc);
     size_t m_parts = ceil_div(target, g->n_items);
@@ -416,8 +481,12 @@ static void gemm_run(plait_pool_t *pool, gemm_t *g)
     g->m_items = ceil_div(g->M, g->mb);
     atomic_init(&g->next, 0);
     size_t total = g->m_items * g->n_items;
-    if (threads == 1 || total == 1) gemm_task(g, 0, 1);
-    else plait_pool_run(pool, gemm_task, g, total < (size_t)threads ? total : (size_t)threads);
+    plait_pool_fn task = gemm_task;
+#if PLAIT_HAVE_X86_SIMD
+    if (g->bpk) task = gemm_task_bf16;
+#endif
+    if (threads == 1 || total == 1) task(g, 0, 1);
+    else plait_pool_run(pool, task, g, total < (size_t)threads ? total : (size_t)threads);
 }
 
 /* ------------------------------------------------- dot-product (N small) */
@@ -554,6 +623,49 @@ void plait_matmul_backward_w(plait_pool_t *pool, float *dinp, const float *dout,
         return;
     }
     gemm_t g = {.c = dinp, .ldc = IC, .a = dout, .ars = OC, .acs = 1, .bw = w, .btrans = 0,
+                .M = N, .K = OC, .NN = IC, .accumulate = 1};
+    gemm_run(pool, &g);
+}
+
+/* ------------------------------------------------------ BF16 base products */
+
+static size_t round32(size_t n) { return (n + 31) & ~(size_t)31; }
+
+size_t plait__bf16_packed_elems(size_t IC, size_t OC, int bwd)
+{
+    return bwd ? round32(IC) * 2 * ((OC + 1) / 2) : round32(OC) * 2 * ((IC + 1) / 2);
+}
+
+void plait__bf16_pack(uint16_t *dst, const uint16_t *w, size_t IC, size_t OC, int bwd)
+{
+#if PLAIT_HAVE_X86_SIMD
+    if (bwd) plait__pack_b_bf16(dst, w, IC, 0, 0, OC, 0, IC);
+    else plait__pack_b_bf16(dst, w, IC, 1, 0, IC, 0, OC);
+#else
+    (void)dst, (void)w, (void)IC, (void)OC, (void)bwd;
+#endif
+}
+
+void plait__matmul_forward_bf16(plait_pool_t *pool, float *out, const float *inp, const plait_wmat_t *w,
+                                const uint16_t *fwd, size_t N, size_t IC, size_t OC, int accumulate)
+{
+    if (!fwd || N < SMALL_N || !plait__bf16_active()) {
+        plait_matmul_forward_w(pool, out, inp, w, N, IC, OC, accumulate);
+        return;
+    }
+    gemm_t g = {.c = out, .ldc = OC, .a = inp, .ars = IC, .acs = 1, .bpk = fwd, .K2 = (IC + 1) / 2,
+                .M = N, .K = IC, .NN = OC, .accumulate = accumulate};
+    gemm_run(pool, &g);
+}
+
+void plait__matmul_backward_bf16(plait_pool_t *pool, float *dinp, const float *dout, const plait_wmat_t *w,
+                                 const uint16_t *bwd, size_t N, size_t IC, size_t OC)
+{
+    if (!bwd || !plait__bf16_active()) {
+        plait_matmul_backward_w(pool, dinp, dout, w, N, IC, OC);
+        return;
+    }
+    gemm_t g = {.c = dinp, .ldc = IC, .a = dout, .ars = OC, .acs = 1, .bpk = bwd, .K2 = (OC + 1) / 2,
                 .M = N, .K = OC, .NN = IC, .accumulate = 1};
     gemm_run(pool, &g);
 }

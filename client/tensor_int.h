@@ -5,7 +5,10 @@
 #ifndef PLAIT_TENSOR_INT_H
 #define PLAIT_TENSOR_INT_H
 
+#include "plait/tensor.h"
+
 #include <stddef.h>
+#include <stdint.h>
 
 /**
  * \brief Force the portable (non-SIMD) kernels even where the CPU has
@@ -39,5 +42,36 @@ int plait__tensor_path(void);
  * \return the previous value. Process-wide; call it only while no kernel runs.
  */
 size_t plait__tensor_set_par_min_macs(size_t macs);
+
+/** \brief Nonzero when the BF16 base kernels run now: the CPU has AVX512-BF16
+ *         and the kernel path (PLAIT_KERNEL, plait__tensor_force_path) is
+ *         AVX-512. Otherwise plait__matmul_*_bf16 take the float32 base. */
+int plait__bf16_active(void);
+
+/**
+ * \brief A frozen W (OC rows of IC, BF16 row-major) packed once for the BF16
+ *        products: bwd = 0 for the forward product (panels of 32 output
+ *        columns over ceil(IC / 2) pairs of inputs), 1 for the input
+ *        gradient (panels of 32 input columns over ceil(OC / 2) pairs of
+ *        outputs); zero-padded. plait__bf16_packed_elems gives dst's length
+ *        (uint16_t elements). Packs nothing on non-x86 builds.
+ */
+size_t plait__bf16_packed_elems(size_t IC, size_t OC, int bwd);
+void plait__bf16_pack(uint16_t *dst, const uint16_t *w, size_t IC, size_t OC, int bwd);
+
+/**
+ * \brief The BF16 base products: out (N, OC) (+)= inp · Wᵀ and dinp (N, IC)
+ *        += dout · W from W packed by plait__bf16_pack, with the activations
+ *        rounded to BF16 (nearest even) and float32 accumulation
+ *        (vdpbf16ps). For the trainer's frozen base only: the adapter and
+ *        every gradient stay float32. Where the BF16 kernels do not run
+ *        (plait__bf16_active() is 0, the packed W is NULL, or forward with N
+ *        below the dot-product threshold) the float32 base w is used instead
+ *        (plait_matmul_*_w).
+ */
+void plait__matmul_forward_bf16(plait_pool_t *pool, float *out, const float *inp, const plait_wmat_t *w,
+                                const uint16_t *fwd, size_t N, size_t IC, size_t OC, int accumulate);
+void plait__matmul_backward_bf16(plait_pool_t *pool, float *dinp, const float *dout, const plait_wmat_t *w,
+                                 const uint16_t *bwd, size_t N, size_t IC, size_t OC);
 
 #endif /* PLAIT_TENSOR_INT_H */

@@ -11,6 +11,7 @@
 #include "plait/tensor.h"
 
 #include <stddef.h>
+#include <stdint.h>
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define PLAIT_HAVE_X86_SIMD 1
@@ -53,6 +54,14 @@ void plait__ukernel_avx512(size_t kc, const float *a, size_t ars, size_t acs, co
 /* d[k * NR512 + j] = s[k * ldb + j] for k < kc, j < 32 (tensor_avx512.c):
  * the non-transposed pack of one full AVX-512 panel; d is 64-byte aligned. */
 void plait__pack_rows32_avx512(float *restrict d, const float *s, size_t ldb, size_t kc);
+/* BF16 base path (tensor_bf16.c; AVX512-BF16 CPUs only). B panels of
+ * NR512 columns, per k pair 2 * NR512 BF16 values, from a BF16 W with row
+ * stride ldw (elements); A tiles of MR512 rows x KC / 2 pair words. */
+void plait__pack_b_bf16(uint16_t *restrict dst, const uint16_t *w, size_t ldw, int btrans, size_t k0, size_t kc,
+                        size_t j0, size_t nc);
+void plait__pack_a_bf16(uint32_t *restrict dst, const float *a, size_t ars, size_t mr, size_t kc);
+void plait__ukernel_bf16(size_t kc2, const uint32_t *ap, const uint16_t *bp, float *c, size_t ldc, size_t mr,
+                         size_t nr, int load_c);
 /* Output rows o0 .. o1-1 of a dot-product job (F32 W). */
 void plait__dot_avx2(const dot_t *d, size_t o0, size_t o1);
 void plait__dot_avx512(const dot_t *d, size_t o0, size_t o1);

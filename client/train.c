@@ -33,6 +33,9 @@
  *    by one task in a fixed order (the sim's 1- vs 2-thread checksum).
  *  - Sums that decide the match with the float64 reference (the loss, the
  *    softmax normalizers, the gradient norm, AdamW) accumulate in double.
+ *  - cfg.base_bf16 (AVX512-BF16 CPUs): the frozen base's products read a
+ *    BF16 copy packed at create (make_bf16_base); everything else, the
+ *    adapter's products and all gradients included, stays float32.
  *
  * Workload: one micro-batch is a few GFLOP at most (stories260K, B 8, T 128:
  * about 0.8 GMAC per step, ~30 ms on one core); the pool is dispatched a few
@@ -71,6 +74,7 @@ plait_train_config_t plait_train_config_default(void)
     c.threads = 1;        /* single-threaded unless asked */
     c.pool = NULL;        /* the trainer creates its own pool of `threads` */
     c.max_bytes = (size_t)4 << 30; /* 4 GiB: far above any small model's need; phones set less */
+    c.base_bf16 = 0;      /* float32 base */
     return c;
 }
 
@@ -100,6 +104,8 @@ int plait_train_config_validate(const plait_train_config_t *c, const plait_model
     if (!(c->min_lr_frac >= 0.0 && c->min_lr_frac <= 1.0))
         return plait_fail(PLAIT_EINVAL, "train: min_lr_frac %g is outside [0, 1]", c->min_lr_frac);
     if (c->train_a != 0 && c->train_a != 1) return plait_fail(PLAIT_EINVAL, "train: train_a %d is not 0 or 1", c->train_a);
+    if (c->base_bf16 != 0 && c->base_bf16 != 1)
+        return plait_fail(PLAIT_EINVAL, "train: base_bf16 %d is not 0 or 1", c->base_bf16);
     if (!c->pool && (c->threads < 1 || c->threads > 256))
         return plait_fail(PLAIT_EINVAL, "train: threads %d is outside 1..256", c->threads);
     return 0;
@@ -137,14 +143,14 @@ static void proj_forward(plait_trainer_t *tr, float *y, const float *x, size_t l
 {
     int in, out;
     plait_proj_shape(&tr->m->cfg, p, &in, &out);
-    plait_matmul_forward_w(tr->pool, y, x, plait_model_proj(tr->m, (int)l, p), N, (size_t)in, (size_t)out,
-                           accumulate);
+    size_t slot = plait_lora_slot((int)l, p);
+    plait__matmul_forward_bf16(tr->pool, y, x, plait_model_proj(tr->m, (int)l, p), tr->bpk ? tr->bpk[2 * slot] : NULL,
+                               N, (size_t)in, (size_t)out, accumulate);
     if (tr->m->bias && p <= PLAIT_WV) { /* q, k, v biases (Qwen2) */
         const float *bias = tr->m->bias[l * 3 + (size_t)p];
         for (size_t n = 0; n < N; n++)
             for (size_t o = 0; o < (size_t)out; o++) y[n * (size_t)out + o] += bias[o];
     }
-    size_t slot = plait_lora_slot((int)l, p);
     const float *A = tr->lora->A[slot];
     if (!A) return;
     float *u = tr->u[slot];
@@ -171,7 +177,60 @@ static void proj_backward(plait_trainer_t *tr, float *dx, const float *dy, const
         if (dx || dA) plait_matmul_backward(tr->pool, dx, dA, tr->du, x, A, N, (size_t)in, tr->R);
     }
     if (dx)
-        plait_matmul_backward_w(tr->pool, dx, dy, plait_model_proj(tr->m, (int)l, p), N, (size_t)in, (size_t)out);
+        plait__matmul_backward_bf16(tr->pool, dx, dy, plait_model_proj(tr->m, (int)l, p),
+                                    tr->bpk ? tr->bpk[2 * slot + 1] : NULL, N, (size_t)in, (size_t)out);
+}
+
+/* The frozen base in BF16 (cfg.base_bf16): every projection and the
+ * classifier rounded once (nearest even) from whatever type the model holds
+ * and packed for both products it takes part in (plait__bf16_pack), so no
+ * product packs W again; the model itself is not touched. */
+static int make_bf16_base(plait_trainer_t *tr)
+{
+    const plait_model_config_t *mc = &tr->m->cfg;
+    size_t n = tr->L * PLAIT_NPROJ + 1, elems = 0, biggest = tr->V * tr->C;
+    for (size_t i = 0; i < n; i++) {
+        int in = (int)tr->C, out = (int)tr->V;
+        if (i + 1 < n) plait_proj_shape(mc, (plait_proj_t)(i % PLAIT_NPROJ), &in, &out);
+        size_t io = (size_t)in * (size_t)out;
+        if (io > biggest) biggest = io;
+        for (int bwd = 0; bwd < 2; bwd++) /* 64-byte aligned panels */
+            elems += (plait__bf16_packed_elems((size_t)in, (size_t)out, bwd) + 31) & ~(size_t)31;
+    }
+    if (tr->bytes > tr->cfg.max_bytes || elems > (tr->cfg.max_bytes - tr->bytes) / 2)
+        return plait_fail(PLAIT_ETOOBIG, "train: the BF16 base copy (%zu MiB) is above the max_bytes limit",
+                          elems * 2 >> 20);
+    tr->bpk = calloc(2 * n, sizeof(*tr->bpk));
+    tr->bf16 = aligned_alloc(64, elems * 2);
+    uint16_t *rowmajor = malloc(biggest * 2); /* one matrix at a time, freed below */
+    float *row = malloc((tr->C > tr->H ? tr->C : tr->H) * sizeof(float));
+    if (!tr->bpk || !tr->bf16 || !rowmajor || !row) {
+        free(rowmajor);
+        free(row);
+        return plait_fail(PLAIT_ENOMEM, "train: %zu MiB for the BF16 base copy", elems * 2 >> 20);
+    }
+    uint16_t *dst = tr->bf16;
+    for (size_t i = 0; i < n; i++) {
+        int in = (int)tr->C, out = (int)tr->V;
+        const plait_wmat_t *w = plait_model_classifier(tr->m);
+        if (i + 1 < n) {
+            plait_proj_shape(mc, (plait_proj_t)(i % PLAIT_NPROJ), &in, &out);
+            w = plait_model_proj(tr->m, (int)(i / PLAIT_NPROJ), (plait_proj_t)(i % PLAIT_NPROJ));
+        }
+        for (size_t o = 0; o < (size_t)out; o++) {
+            plait_dequant_row(row, w, o, 0, (size_t)in);
+            plait_quantize_row(rowmajor + o * (size_t)in, PLAIT_DT_BF16, row, (size_t)in); /* BF16 cannot fail */
+        }
+        for (int bwd = 0; bwd < 2; bwd++) {
+            plait__bf16_pack(dst, rowmajor, (size_t)in, (size_t)out, bwd);
+            tr->bpk[2 * i + (size_t)bwd] = dst;
+            dst += (plait__bf16_packed_elems((size_t)in, (size_t)out, bwd) + 31) & ~(size_t)31;
+        }
+    }
+    free(rowmajor);
+    free(row);
+    tr->bytes += elems * 2 + 2 * n * sizeof(*tr->bpk);
+    return 0;
 }
 
 /* ------------------------------------------------------ forward/backward */
@@ -483,6 +542,13 @@ int plait_train_create(plait_trainer_t **out, const plait_model_t *m, plait_lora
         tr->u[s] = u;
         u += N * R;
     }
+    if (cfg->base_bf16 && plait_cpu_has_avx512_bf16()) {
+        rc = make_bf16_base(tr);
+        if (rc != 0) {
+            plait_train_destroy(tr);
+            return rc;
+        }
+    }
     /* RoPE tables computed as torch's precompute_freqs does, in float32:
      * freq_i = 1 / theta^(2i / HS), angle = pos * freq_i. */
     size_t half = tr->HS / 2;
@@ -513,5 +579,7 @@ void plait_train_destroy(plait_trainer_t *tr)
     free(tr->grads);
     free(tr->opt_m);
     free(tr->opt_v);
+    free((void *)tr->bpk);
+    free(tr->bf16);
     free(tr);
 }

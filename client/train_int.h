@@ -65,6 +65,10 @@ struct plait_trainer_s {
     float *opt_m; /* (n_grads) AdamW first moment */
     float *opt_v; /* (n_grads) AdamW second moment */
     size_t n_grads, goff;
+    const uint16_t **bpk; /* [2 * (L * PLAIT_NPROJ + 1)] the base's projections and (last) classifier
+                           * as BF16 packed for the forward (even) and input-gradient (odd) products,
+                           * when cfg.base_bf16 took effect, else NULL */
+    uint16_t *bf16;       /* their storage */
     size_t bytes;      /* everything allocated at create */
     size_t bytes_acts; /* bytes of the activation arena (wiped on destroy) */
     int n_micro;       /* micro-batches accumulated since the last step */

@@ -344,13 +344,15 @@ void plait__classifier_items(void *ctx, size_t b0, size_t e0)
     plait_trainer_t *tr = j->tr;
     size_t N = j->n, V = tr->V, C = tr->C, P = tr->P, VC = tr->vc;
     const plait_wmat_t *wcls = plait_model_classifier(tr->m);
+    const uint16_t *cls_fwd = tr->bpk ? tr->bpk[2 * tr->L * PLAIT_NPROJ] : NULL;
+    const uint16_t *cls_bwd = tr->bpk ? tr->bpk[2 * tr->L * PLAIT_NPROJ + 1] : NULL;
     const plait__tkern_t *K = plait__tkern();
     for (size_t item = b0; item < e0; item++) {
         size_t r0 = N * item / P, r1 = N * (item + 1) / P;
         float *lg = tr->logits + item * VC * V;
         for (size_t c0 = r0; c0 < r1; c0 += VC) {
             size_t nr = r1 - c0 < VC ? r1 - c0 : VC;
-            plait_matmul_forward_w(NULL, lg, tr->lnf + c0 * C, wcls, nr, C, V, 0);
+            plait__matmul_forward_bf16(NULL, lg, tr->lnf + c0 * C, wcls, cls_fwd, nr, C, V, 0);
             for (size_t r = 0; r < nr; r++) {
                 size_t n = c0 + r, b = n / tr->T, t = n % tr->T;
                 int32_t target = j->tokens[b * (tr->T + 1) + t + 1];
@@ -366,7 +368,7 @@ void plait__classifier_items(void *ctx, size_t b0, size_t e0)
             }
             if (j->out) {
                 memset(j->out + c0 * C, 0, nr * C * sizeof(float));
-                plait_matmul_backward_w(NULL, j->out + c0 * C, lg, wcls, nr, C, V);
+                plait__matmul_backward_bf16(NULL, j->out + c0 * C, lg, wcls, cls_bwd, nr, C, V);
             }
         }
     }

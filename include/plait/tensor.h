@@ -82,6 +82,10 @@ int plait_cpu_has_avx2_fma(void);
 /** \brief Whether this CPU runs the AVX-512 (AVX512F) matmul kernels. Any thread. */
 int plait_cpu_has_avx512(void);
 
+/** \brief Whether this CPU has AVX512-BF16 (vdpbf16ps), which the trainer's
+ *         BF16 base (plait_train_config_t.base_bf16) needs. Any thread. */
+int plait_cpu_has_avx512_bf16(void);
+
 /**
  * \brief The kernel path in use: "avx512", "avx2" or "portable". The widest
  *        the CPU has, unless the environment variable PLAIT_KERNEL names a

@@ -75,6 +75,9 @@ typedef struct {
     int threads;        /* threads of the trainer's own pool when pool is NULL (default 1) */
     plait_pool_t *pool; /* borrowed pool to run on, or NULL to create one (default NULL) */
     size_t max_bytes;   /* refuse (PLAIT_ETOOBIG) a trainer whose buffers exceed this (default 4 GiB) */
+    int base_bf16;      /* 1 = the frozen base's matmuls in BF16 where the CPU has AVX512-BF16 (weights
+                         * rounded once at create, activations per product; adapter, gradients and
+                         * optimizer stay float32); ignored elsewhere; 0 = float32 (default 0) */
 } plait_train_config_t;
 
 typedef struct plait_trainer_s plait_trainer_t;

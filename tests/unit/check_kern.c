@@ -30,7 +30,8 @@ static float *rvec(size_t n, float lo, float hi)
 {
     float *v = malloc((n ? n : 1) * sizeof(float));
     ck_assert_ptr_nonnull(v);
-    for (size_t i = 0; i < n; i++) v[i] = frand(lo, hi);
+    for (size_t i = 0; i < n; i++)
+        v[i] = frand(lo, hi);
     return v;
 }
 static float *dup(const float *x, size_t n)
@@ -42,18 +43,19 @@ static float *dup(const float *x, size_t n)
 }
 
 /* |a - b| <= rtol * (|b| + scale) element-wise. */
-static void close_span(const float *a, const float *b, size_t n, double scale, const char *what, const char *path,
-                       size_t len)
+static void close_span(const float *a, const float *b, size_t n, double scale, const char *what,
+                       const char *path, size_t len)
 {
     for (size_t i = 0; i < n; i++)
         ck_assert_msg(fabs((double)a[i] - (double)b[i]) <= KERN_RTOL * (fabs((double)b[i]) + scale),
-                      "%s on %s, n=%zu: [%zu] %.9g vs portable %.9g", what, path, len, i, (double)a[i], (double)b[i]);
+                      "%s on %s, n=%zu: [%zu] %.9g vs portable %.9g", what, path, len, i,
+                      (double)a[i], (double)b[i]);
 }
 
 static void close1(double a, double b, double scale, const char *what, const char *path, size_t len)
 {
-    ck_assert_msg(fabs(a - b) <= KERN_RTOL * (fabs(b) + scale), "%s on %s, n=%zu: %.12g vs portable %.12g", what, path,
-                  len, a, b);
+    ck_assert_msg(fabs(a - b) <= KERN_RTOL * (fabs(b) + scale),
+                  "%s on %s, n=%zu: %.12g vs portable %.12g", what, path, len, a, b);
 }
 
 static const plait__tkern_t *P;
@@ -70,7 +72,8 @@ static void check_spans(const plait__tkern_t *K)
         close1(K->exp_sum(a, n, mx, 0.7f), P->exp_sum(b, n, mx, 0.7f), 0, "exp_sum", K->name, n);
         close_span(a, b, n, 0, "exp", K->name, n);
         /* very negative arguments underflow to 0 on every path */
-        for (size_t i = 0; i < n; i++) a[i] = b[i] = -200.0f + (float)(i % 128);
+        for (size_t i = 0; i < n; i++)
+            a[i] = b[i] = -200.0f + (float)(i % 128);
         K->exp_sum(a, n, 0.0f, 1.0f);
         P->exp_sum(b, n, 0.0f, 1.0f);
         close_span(a, b, n, 0, "exp underflow", K->name, n);
@@ -79,7 +82,8 @@ static void check_spans(const plait__tkern_t *K)
         memcpy(b, x, n * sizeof(float));
         K->scale_flush(a, n, 1e-39f);
         P->scale_flush(b, n, 1e-39f);
-        for (size_t i = 0; i < n; i++) ck_assert_msg(a[i] == b[i], "scale_flush tiny on %s", K->name);
+        for (size_t i = 0; i < n; i++)
+            ck_assert_msg(a[i] == b[i], "scale_flush tiny on %s", K->name);
         memcpy(a, x, n * sizeof(float));
         memcpy(b, x, n * sizeof(float));
         K->scale_flush(a, n, 0.37f);
@@ -92,8 +96,8 @@ static void check_spans(const plait__tkern_t *K)
         P->softmax_bwd(b, z, n, 0.3f, 0.125f);
         close_span(a, b, n, 1e-3, "softmax_bwd", K->name, n);
         /* SwiGLU */
-        float *h1 = rvec(n, -8.0f, 8.0f), *o1 = rvec(n, 0, 1), *o2 = rvec(n, 0, 1), *o3 = rvec(n, 0, 1),
-              *o4 = rvec(n, 0, 1);
+        float *h1 = rvec(n, -8.0f, 8.0f), *o1 = rvec(n, 0, 1), *o2 = rvec(n, 0, 1),
+              *o3 = rvec(n, 0, 1), *o4 = rvec(n, 0, 1);
         K->swiglu_fwd(o1, h1, y, n);
         P->swiglu_fwd(o2, h1, y, n);
         close_span(o1, o2, n, 1e-3, "swiglu_fwd", K->name, n);
@@ -122,39 +126,61 @@ static void check_spans(const plait__tkern_t *K)
             free(sn);
         }
         /* AdamW: identical bits */
-        plait__adamw_t h = {.b1 = 0.9, .b2 = 0.999, .step_size = 1e-3 / 0.1, .bc2_sqrt = sqrt(1 - 0.999),
-                            .decay = 1 - 1e-3 * 0.01, .eps = 1e-8};
+        plait__adamw_t h = {.b1 = 0.9,
+                            .b2 = 0.999,
+                            .step_size = 1e-3 / 0.1,
+                            .bc2_sqrt = sqrt(1 - 0.999),
+                            .decay = 1 - 1e-3 * 0.01,
+                            .eps = 1e-8};
         float *pk = dup(y, n), *pp = dup(y, n), *mk = rvec(n, -0.1f, 0.1f), *vk = rvec(n, 0, 0.01f);
         float *mp = dup(mk, n), *vp = dup(vk, n);
         K->adamw(pk, mk, vk, z, n, &h);
         P->adamw(pp, mp, vp, z, n, &h);
-        ck_assert_msg(memcmp(pk, pp, n * sizeof(float)) == 0 && memcmp(mk, mp, n * sizeof(float)) == 0 &&
+        ck_assert_msg(memcmp(pk, pp, n * sizeof(float)) == 0 &&
+                          memcmp(mk, mp, n * sizeof(float)) == 0 &&
                           memcmp(vk, vp, n * sizeof(float)) == 0,
                       "adamw on %s, n=%zu differs from portable", K->name, n);
-        free(pk); free(pp); free(mk); free(vk); free(mp); free(vp);
-        free(h1); free(o1); free(o2); free(o3); free(o4);
-        free(x); free(y); free(z); free(a); free(b);
+        free(pk);
+        free(pp);
+        free(mk);
+        free(vk);
+        free(mp);
+        free(vp);
+        free(h1);
+        free(o1);
+        free(o2);
+        free(o3);
+        free(o4);
+        free(x);
+        free(y);
+        free(z);
+        free(a);
+        free(b);
     }
 }
 
 /* Naive causal attention of one head in double: P (T, T) and O (T, HS). */
-static void naive_fwd(double *p, double *o, const float *q, const float *k, const float *v, size_t T, size_t HS,
-                      double scale)
+static void naive_fwd(double *p, double *o, const float *q, const float *k, const float *v,
+                      size_t T, size_t HS, double scale)
 {
     for (size_t t = 0; t < T; t++) {
         double mx = -INFINITY;
         for (size_t s = 0; s <= t; s++) {
             double d = 0;
-            for (size_t i = 0; i < HS; i++) d += (double)q[t * HS + i] * k[s * HS + i];
+            for (size_t i = 0; i < HS; i++)
+                d += (double)q[t * HS + i] * k[s * HS + i];
             p[t * T + s] = d * scale;
             mx = p[t * T + s] > mx ? p[t * T + s] : mx;
         }
         double sum = 0;
-        for (size_t s = 0; s <= t; s++) sum += p[t * T + s] = exp(p[t * T + s] - mx);
-        for (size_t s = 0; s <= t; s++) p[t * T + s] /= sum;
+        for (size_t s = 0; s <= t; s++)
+            sum += p[t * T + s] = exp(p[t * T + s] - mx);
+        for (size_t s = 0; s <= t; s++)
+            p[t * T + s] /= sum;
         for (size_t i = 0; i < HS; i++) {
             double acc = 0;
-            for (size_t s = 0; s <= t; s++) acc += p[t * T + s] * v[s * HS + i];
+            for (size_t s = 0; s <= t; s++)
+                acc += p[t * T + s] * v[s * HS + i];
             o[t * HS + i] = acc;
         }
     }
@@ -166,7 +192,8 @@ static float *transpose8(const float *x, size_t T, size_t HS)
     float *d = calloc(HS * T8, sizeof(float));
     ck_assert_ptr_nonnull(d);
     for (size_t t = 0; t < T; t++)
-        for (size_t i = 0; i < HS; i++) d[i * T8 + t] = x[t * HS + i];
+        for (size_t i = 0; i < HS; i++)
+            d[i * T8 + t] = x[t * HS + i];
     return d;
 }
 
@@ -176,11 +203,13 @@ static void check_attention(const plait__tkern_t *K)
     static const size_t HSs[] = {8, 16, 24, 48};
     for (size_t a = 0; a < sizeof(Ts) / sizeof(Ts[0]); a++)
         for (size_t b = 0; b < sizeof(HSs) / sizeof(HSs[0]); b++) {
-            size_t T = Ts[a], HS = HSs[b], AS = att_block_offset((T + ATT_BLOCK - 1) / ATT_BLOCK, T);
+            size_t T = Ts[a], HS = HSs[b],
+                   AS = att_block_offset((T + ATT_BLOCK - 1) / ATT_BLOCK, T);
             float scale = 1.0f / sqrtf((float)HS);
             float *q = rvec(T * HS, -2, 2), *k = rvec(T * HS, -2, 2), *v = rvec(T * HS, -1, 1);
             float *dO = rvec(T * HS, -1, 1), *att = rvec(AS, 0, 1), *oh = rvec(T * HS, 0, 1);
-            float *row = calloc(round8(T), sizeof(float)), *kT = transpose8(k, T, HS), *vT = transpose8(v, T, HS);
+            float *row = calloc(round8(T), sizeof(float)), *kT = transpose8(k, T, HS),
+                  *vT = transpose8(v, T, HS);
             double *p = calloc(T * T, sizeof(double)), *o = calloc(T * HS, sizeof(double));
             ck_assert_ptr_nonnull(row);
             K->attn_head_fwd(att, oh, q, kT, v, row, T, HS, scale);
@@ -190,15 +219,17 @@ static void check_attention(const plait__tkern_t *K)
                 const float *pr = att + att_block_offset(t / ATT_BLOCK, T) + (t - r0) * r1;
                 for (size_t s = 0; s < r1; s++) {
                     double want = s <= t ? p[t * T + s] : 0.0;
-                    ck_assert_msg(fabs(pr[s] - want) <= 1e-5, "%s attn P T=%zu HS=%zu [%zu,%zu] %g vs %g", K->name,
-                                  T, HS, t, s, (double)pr[s], want);
+                    ck_assert_msg(fabs(pr[s] - want) <= 1e-5,
+                                  "%s attn P T=%zu HS=%zu [%zu,%zu] %g vs %g", K->name, T, HS, t, s,
+                                  (double)pr[s], want);
                 }
                 for (size_t i = 0; i < HS; i++)
-                    ck_assert_msg(fabs(oh[t * HS + i] - o[t * HS + i]) <= 1e-5, "%s attn O T=%zu HS=%zu", K->name, T,
-                                  HS);
+                    ck_assert_msg(fabs(oh[t * HS + i] - o[t * HS + i]) <= 1e-5,
+                                  "%s attn O T=%zu HS=%zu", K->name, T, HS);
             }
             /* Backward from the kernel's own P, against the naive gradients. */
-            float *dq = rvec(T * HS, 0, 1), *dk = calloc(T * HS, sizeof(float)), *dv = calloc(T * HS, sizeof(float));
+            float *dq = rvec(T * HS, 0, 1), *dk = calloc(T * HS, sizeof(float)),
+                  *dv = calloc(T * HS, sizeof(float));
             K->attn_head_bwd(att, q, k, vT, dO, dq, dk, dv, row, T, HS, scale);
             double *wdq = calloc(T * HS, sizeof(double)), *wdk = calloc(T * HS, sizeof(double)),
                    *wdv = calloc(T * HS, sizeof(double)), *ds = calloc(T, sizeof(double));
@@ -208,7 +239,8 @@ static void check_attention(const plait__tkern_t *K)
                 double dot = 0;
                 for (size_t s = 0; s <= t; s++) {
                     double dp = 0;
-                    for (size_t i = 0; i < HS; i++) dp += (double)dO[t * HS + i] * v[s * HS + i];
+                    for (size_t i = 0; i < HS; i++)
+                        dp += (double)dO[t * HS + i] * v[s * HS + i];
                     ds[s] = dp;
                     dot += pr[s] * dp;
                 }
@@ -222,15 +254,31 @@ static void check_attention(const plait__tkern_t *K)
                 }
             }
             for (size_t i = 0; i < T * HS; i++) {
-                ck_assert_msg(fabs(dq[i] - wdq[i]) <= 1e-4 * (1 + fabs(wdq[i])), "%s attn dQ T=%zu HS=%zu [%zu]",
-                              K->name, T, HS, i);
-                ck_assert_msg(fabs(dk[i] - wdk[i]) <= 1e-4 * (1 + fabs(wdk[i])), "%s attn dK T=%zu HS=%zu", K->name,
-                              T, HS);
-                ck_assert_msg(fabs(dv[i] - wdv[i]) <= 1e-4 * (1 + fabs(wdv[i])), "%s attn dV T=%zu HS=%zu", K->name,
-                              T, HS);
+                ck_assert_msg(fabs(dq[i] - wdq[i]) <= 1e-4 * (1 + fabs(wdq[i])),
+                              "%s attn dQ T=%zu HS=%zu [%zu]", K->name, T, HS, i);
+                ck_assert_msg(fabs(dk[i] - wdk[i]) <= 1e-4 * (1 + fabs(wdk[i])),
+                              "%s attn dK T=%zu HS=%zu", K->name, T, HS);
+                ck_assert_msg(fabs(dv[i] - wdv[i]) <= 1e-4 * (1 + fabs(wdv[i])),
+                              "%s attn dV T=%zu HS=%zu", K->name, T, HS);
             }
-            free(q); free(k); free(v); free(dO); free(att); free(oh); free(row); free(kT); free(vT);
-            free(p); free(o); free(dq); free(dk); free(dv); free(wdq); free(wdk); free(wdv); free(ds);
+            free(q);
+            free(k);
+            free(v);
+            free(dO);
+            free(att);
+            free(oh);
+            free(row);
+            free(kT);
+            free(vT);
+            free(p);
+            free(o);
+            free(dq);
+            free(dk);
+            free(dv);
+            free(wdq);
+            free(wdk);
+            free(wdv);
+            free(ds);
         }
 }
 

@@ -404,6 +404,82 @@ START_TEST(test_pool_create_limits)
 }
 END_TEST
 
+/* Round a float to BF16 and back (the nearest-even rounding of
+ * plait_quantize_row, which the kernels' vcvtne2ps2bf16 also uses). */
+static float bf16_round(float x)
+{
+    uint8_t b[2];
+    ck_assert_int_eq(plait_quantize_row(b, PLAIT_DT_BF16, &x, 1), 0);
+    plait_wmat_t w = {.data = b, .type = PLAIT_DT_BF16, .row_bytes = 2};
+    float y;
+    plait_dequant_row(&y, &w, 0, 0, 1);
+    return y;
+}
+
+/* The BF16 base products from a packed W against the double reference on
+ * BF16-rounded operands: products of two BF16 values are exact in float32,
+ * so only the float32 summation differs and MM_RTOL holds. Where the BF16
+ * kernels do not run (no AVX512-BF16, a narrower forced path, forward with
+ * few rows) the float32 W is used, which the reference on unrounded operands
+ * checks. Loop index: bit 0 threaded, bit 1 forces the AVX2 path. */
+START_TEST(test_bf16_base)
+{
+    static const size_t bN[] = {1, 12, 13, 64, 100};
+    static const size_t bIC[] = {1, 7, 16, 17, 33, 173, 300, 513};
+    static const size_t bOC[] = {1, 17, 33, 64, 130};
+    if ((_i & 2) && !plait_cpu_has_avx2_fma()) return;
+    plait__tensor_force_path(_i & 2 ? PLAIT__KPATH_AVX2 : -1);
+    size_t saved = plait__tensor_set_par_min_macs(_i & 1 ? 0 : (size_t)-1);
+    plait_pool_t *pool = NULL;
+    if (_i & 1) ck_assert_int_eq(plait_pool_create(&pool, 3), 0);
+    for (size_t a = 0; a < COUNT(bN); a++)
+        for (size_t b = 0; b < COUNT(bIC); b++)
+            for (size_t c = 0; c < COUNT(bOC); c++) {
+                size_t N = bN[a], IC = bIC[b], OC = bOC[c];
+                int active = plait__bf16_active(), rounded = active && N >= 12; /* forward with few rows: float32 */
+                float *w = rand_buf(OC * IC), *x = rand_buf(N * IC), *dy = rand_buf(N * OC);
+                uint16_t *wb = malloc(OC * IC * 2);
+                uint16_t *pf = malloc(plait__bf16_packed_elems(IC, OC, 0) * 2);
+                uint16_t *pb = malloc(plait__bf16_packed_elems(IC, OC, 1) * 2);
+                ck_assert(wb && pf && pb);
+                for (size_t o = 0; o < OC; o++) ck_assert_int_eq(plait_quantize_row(wb + o * IC, PLAIT_DT_BF16, w + o * IC, IC), 0);
+                plait__bf16_pack(pf, wb, IC, OC, 0);
+                plait__bf16_pack(pb, wb, IC, OC, 1);
+                float *w32 = copy_buf(w, OC * IC), *wr = copy_buf(w, OC * IC);
+                plait_wmat_t wm = {.data = w32, .type = PLAIT_DT_F32, .row_bytes = IC * 4};
+                if (active)
+                    for (size_t i = 0; i < OC * IC; i++) wr[i] = bf16_round(w[i]);
+                float *xr = copy_buf(x, N * IC), *dyr = copy_buf(dy, N * OC);
+                if (rounded)
+                    for (size_t i = 0; i < N * IC; i++) xr[i] = bf16_round(xr[i]);
+                if (active) /* dinp takes the BF16 GEMM at every N */
+                    for (size_t i = 0; i < N * OC; i++) dyr[i] = bf16_round(dyr[i]);
+                float *out = rand_buf(N * OC), *want = copy_buf(out, N * OC);
+                int acc = (int)((a + b + c) & 1);
+                plait__matmul_forward_bf16(pool, out, x, &wm, pf, N, IC, OC, acc);
+                plait_matmul_forward_ref(want, xr, rounded ? wr : w, N, IC, OC, acc);
+                float *mag = malloc(N * OC * sizeof(float));
+                float *aw = abs_buf(w, OC * IC), *ax = abs_buf(xr, N * IC), *ady = abs_buf(dyr, N * OC);
+                plait_matmul_forward_ref(mag, ax, aw, N, IC, OC, 0);
+                for (size_t i = 0; i < N * OC; i++) mag[i] += acc ? fabsf(want[i]) : 0.0f;
+                double r = worst_ratio(out, want, mag, N * OC, IC);
+                ck_assert_msg(r <= 1.0, "bf16 forward N=%zu IC=%zu OC=%zu bf16=%d: %.2fx the tolerance", N, IC, OC,
+                              rounded, r);
+                float *dx = rand_buf(N * IC), *wantdx = copy_buf(dx, N * IC), *magdx = abs_buf(dx, N * IC);
+                plait__matmul_backward_bf16(pool, dx, dy, &wm, pb, N, IC, OC);
+                plait_matmul_backward_ref(wantdx, NULL, dyr, NULL, wr, N, IC, OC);
+                plait_matmul_backward_ref(magdx, NULL, ady, NULL, aw, N, IC, OC);
+                r = worst_ratio(dx, wantdx, magdx, N * IC, OC);
+                ck_assert_msg(r <= 1.0, "bf16 dinp N=%zu IC=%zu OC=%zu: %.2fx the tolerance", N, IC, OC, r);
+                free(w); free(x); free(dy); free(wb); free(pf); free(pb); free(w32); free(wr); free(xr); free(dyr); free(out); free(want); free(mag);
+                free(aw); free(ax); free(ady); free(dx); free(wantdx); free(magdx);
+            }
+    if (pool) plait_pool_destroy(pool);
+    plait__tensor_set_par_min_macs(saved);
+    plait__tensor_force_path(-1);
+}
+END_TEST
+
 START_TEST(test_cpu_query)
 {
     /* Forcing the fallback turns SIMD off; releasing it restores CPU dispatch. */
@@ -434,6 +510,7 @@ Suite *tensor_suite(void)
     tcase_add_test(tc, test_degenerate);
     tcase_add_test(tc, test_tolerance_can_fail);
     tcase_add_test(tc, test_cpu_query);
+    tcase_add_loop_test(tc, test_bf16_base, 0, 4);
     suite_add_tcase(s, tc);
     TCase *tp = tcase_create("pool");
     tcase_set_timeout(tp, 300);

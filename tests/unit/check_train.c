@@ -44,6 +44,12 @@
 #define FD_EPS 1e-3
 #define FD_ATOL 2e-4 /* absolute part, from float32 loss rounding / (2 eps) */
 #define FD_RTOL 2e-2 /* relative part, from the O(eps^2) truncation error */
+/* BF16 base: weights and the base products' activations carry 8 significant
+ * bits (relative rounding 2^-9), so the loss and gradients move by a few
+ * tenths of a percent; measured on the reference cases (docs/performance.md)
+ * and bounded here with a margin. */
+#define BF16_LOSS_RTOL 1e-3 /* measured 2.8e-4 (stories260K), 4e-6 (tiny) */
+#define BF16_GRAD_RTOL 1e-1 /* of each tensor's max |ref|; measured 5.8e-2, 6e-3 */
 /* Different thread counts sum in a different order. */
 #define THREAD_RTOL 1e-5
 /* Accumulated vs one big batch: float32 sums in a different order. */
@@ -245,6 +251,74 @@ START_TEST(test_ref_paths)
     model = case_file("tiny_untied_all7_r4", "model.bin");
     run_reference("tiny_untied_all7_r4", model, 2, 16, 4.558780446288427, 1);
     free(model);
+    plait__tensor_force_path(-1);
+}
+END_TEST
+
+/* Worst deviation of an adapter-shaped span from st over its tensors, each
+ * relative to that tensor's max |ref|. */
+static double worst_rel(const plait_lora_t *l, const float *vals, const plait_safetensors_t *st)
+{
+    double worst = 0.0;
+    for (int layer = 0; layer < l->model.n_layers; layer++)
+        for (int p = 0; p < PLAIT_NPROJ; p++) {
+            size_t slot = plait_lora_slot(layer, (plait_proj_t)p);
+            if (!l->A[slot]) continue;
+            for (int is_b = 0; is_b < 2; is_b++) {
+                const float *param = is_b ? l->B[slot] : l->A[slot];
+                int in, out;
+                plait_proj_shape(&l->model, (plait_proj_t)p, &in, &out);
+                size_t n = (size_t)(is_b ? out : in) * (size_t)l->cfg.rank;
+                char name[64];
+                plait_adapter_tensor_name(name, sizeof(name), layer, (plait_proj_t)p, is_b);
+                double *ref = malloc(n * sizeof(double)), mx = 0.0, d = 0.0;
+                ck_assert_int_eq(plait_safetensors_get_f64(st, name, ref, n), 0);
+                for (size_t i = 0; i < n; i++) mx = fmax(mx, fabs(ref[i]));
+                for (size_t i = 0; i < n; i++) d = fmax(d, fabs((double)vals[param - l->params + (ptrdiff_t)i] - ref[i]));
+                if (mx > 0 && d / mx > worst) worst = d / mx;
+                free(ref);
+            }
+        }
+    return worst;
+}
+
+/* BF16 base (cfg.base_bf16 on an AVX512-BF16 CPU; elsewhere the float32
+ * base, well inside these bounds): the loss and the adapter gradients of the
+ * reference cases within the BF16 tolerances (docs/performance.md), every
+ * kernel path this CPU has (below AVX-512 the BF16 weights are used in
+ * float32). Loop index: the path. */
+START_TEST(test_ref_bf16)
+{
+    int widest = plait_cpu_has_avx512() ? PLAIT__KPATH_AVX512 : plait_cpu_has_avx2_fma() ? PLAIT__KPATH_AVX2 : 0;
+    if (_i > widest) return;
+    plait__tensor_force_path(_i);
+    static const struct { const char *cs; int B, T, asset; } cases[] = {
+        {"stories260K_wq_wv_r8", 2, 32, 1}, {"tiny_untied_all7_r4", 2, 16, 0}};
+    for (size_t c = 0; c < 2; c++) {
+        char *model = cases[c].asset ? tu_path(tu_assets_dir(), "stories260K.bin") : case_file(cases[c].cs, "model.bin");
+        refcase_t rc;
+        refcase_load(&rc, cases[c].cs, model, cases[c].B, cases[c].T);
+        free(model);
+        plait_train_config_t cfg = ref_config(&rc, 2);
+        cfg.base_bf16 = 1;
+        plait_trainer_t *tr;
+        ck_assert_msg(plait_train_create(&tr, &rc.m, &rc.lora, &cfg) == 0, "%s", plait_errmsg());
+        float loss;
+        ck_assert_int_eq(plait_train_forward_backward(tr, rc.tokens, &loss), 0);
+        double ref_loss;
+        ck_assert_int_eq(plait_safetensors_get_f64(&rc.grads, "loss", &ref_loss, 1), 0);
+        double dl = fabs((double)loss - ref_loss) / fabs(ref_loss), dg = worst_rel(&rc.lora, plait_train_grads(tr), &rc.grads);
+        ck_assert_msg(dl <= BF16_LOSS_RTOL, "%s: BF16 loss %.9g vs ref %.9g", cases[c].cs, (double)loss, ref_loss);
+        ck_assert_msg(dg <= BF16_GRAD_RTOL, "%s: BF16 gradients off by %.3g of their max", cases[c].cs, dg);
+        /* The copy exists exactly where the CPU has AVX512-BF16. */
+        plait_trainer_t *f32;
+        cfg.base_bf16 = 0;
+        ck_assert_int_eq(plait_train_create(&f32, &rc.m, &rc.lora, &cfg), 0);
+        ck_assert_int_eq(plait_train_memory_bytes(tr) > plait_train_memory_bytes(f32), plait_cpu_has_avx512_bf16());
+        plait_train_destroy(f32);
+        plait_train_destroy(tr);
+        refcase_free(&rc);
+    }
     plait__tensor_force_path(-1);
 }
 END_TEST
@@ -817,6 +891,7 @@ Suite *train_suite(void)
     tcase_add_test(tc, test_ref_tiny_untied);
     tcase_add_test(tc, test_ref_threads);
     tcase_add_loop_test(tc, test_ref_paths, PLAIT__KPATH_PORTABLE, PLAIT__KPATH_AVX512 + 1);
+    tcase_add_loop_test(tc, test_ref_bf16, PLAIT__KPATH_PORTABLE, PLAIT__KPATH_AVX512 + 1);
     tcase_add_test(tc, test_ref_detects_error);
     suite_add_tcase(s, tc);
     tc = tcase_create("gradients");
