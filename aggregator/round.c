@@ -29,6 +29,7 @@
 
 #include "plait/crypto.h"
 #include "plait/ddg.h"
+#include "plait/strategy.h"
 
 enum { M_EMPTY = 0, M_SELECTED, M_ACCEPTED, M_DROPPED, M_REFUSED };
 
@@ -274,17 +275,22 @@ static double rate_of(const plait_round_t *r)
     return q > 1 ? 1 : q;
 }
 
-size_t plait_round_opt_state_len(const plait_round_t *r) { return r ? plait_server_opt_state_len(r->opt) : 0; }
+size_t plait_round_opt_state_len(const plait_round_t *r)
+{
+    return r && !r->cfg.strategy ? plait_server_opt_state_len(r->opt) : 0;
+}
 
 int plait_round_opt_export(const plait_round_t *r, float *out, size_t n)
 {
     if (!r) return plait_fail(PLAIT_EINVAL, "round_opt_export: NULL round");
+    if (r->cfg.strategy) return n == 0 ? 0 : plait_fail(PLAIT_EMISMATCH, "round_opt_export: a strategy keeps its own state");
     return plait_server_opt_export(r->opt, out, n);
 }
 
 int plait_round_opt_import(plait_round_t *r, const float *in, size_t n)
 {
     if (!r) return plait_fail(PLAIT_EINVAL, "round_opt_import: NULL round");
+    if (r->cfg.strategy) return n == 0 ? 0 : plait_fail(PLAIT_EMISMATCH, "round_opt_import: a strategy keeps its own state");
     return plait_server_opt_import(r->opt, in, n);
 }
 
@@ -610,7 +616,10 @@ int plait_round_commit(plait_round_t *r)
 {
     if (!r) return plait_fail(PLAIT_EINVAL, "round: NULL");
     if (r->state != PLAIT_ROUND_COMMIT) return plait_fail(PLAIT_ESTALE, "round: nothing to commit");
-    int rc = plait_server_opt_step(r->opt, r->global, r->pending, r->cfg.dim);
+    const plait_strategy_inst_t *st = r->cfg.strategy;
+    int rc = st ? st->s->aggregate(st->state, r->global, r->pending, r->cfg.dim)
+                : plait_server_opt_step(r->opt, r->global, r->pending, r->cfg.dim);
+    if (rc > 0) rc = plait_fail(PLAIT_EINTERNAL, "strategy %s: aggregate returned %d", st->s->name, rc);
     if (rc != 0) {
         r->dp = r->dp_saved;
         r->state = PLAIT_ROUND_FAILED;

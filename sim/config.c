@@ -77,6 +77,8 @@ static const key_t_ KEYS[] = {
     {"rounds", "deadline_s", K_DOUBLE, F(deadline_s), 1e-6, 1e9},
     {"server", "strategy", K_STRATEGY, F(strategy), 0, 0},
     {"server", "lr", K_DOUBLE, F(server_lr), 0, 100},
+    {"server", "momentum", K_DOUBLE, F(server_momentum), 0, 0.999},
+    {"local", "prox_mu", K_DOUBLE, F(prox_mu), 0, 1e4},
     {"privacy", "clip", K_DOUBLE, F(clip), 1e-9, 1e9},
     {"privacy", "noise_multiplier", K_DOUBLE, F(noise_multiplier), 0, 1e6},
     {"privacy", "local_noise", K_DOUBLE, F(local_noise), 0, 1e6},
@@ -148,8 +150,10 @@ void plait_sim_config_default(plait_sim_config_t *c, const char *assets)
     c->min_clients = 0;             /* ceil(K / 2) */
     c->overselect = 1.3;            /* absorbs dropouts and stragglers */
     c->deadline_s = 15;             /* ~11% of clients miss it at the default speeds and 10 steps */
-    c->strategy = PLAIT_OPT_FEDAVG;
+    snprintf(c->strategy, sizeof(c->strategy), "fedavg");
     c->server_lr = 0;               /* the strategy's default */
+    c->server_momentum = 0.9;       /* Hsu et al. 2019's FedAvgM; Reddi et al.'s β1 */
+    c->prox_mu = 0;                 /* fedprox's default (0.01) */
     c->clip = 1.0;
     c->noise_multiplier = 0;        /* no central DP */
     c->local_noise = 0;
@@ -181,6 +185,18 @@ int plait_sim_config_validate(const plait_sim_config_t *c)
     if (!c) return plait_fail(PLAIT_EINVAL, "config: NULL");
     if (strcmp(c->mode, "inprocess") != 0 && strcmp(c->mode, "network") != 0)
         return plait_fail(PLAIT_EINVAL, "run.mode: must be \"inprocess\" or \"network\"");
+    if (plait_strategy_find(c->strategy) == NULL) {
+        char names[512];
+        plait_strategy_names(names, sizeof(names));
+        return plait_fail(PLAIT_EINVAL, "server.strategy: '%s' is not registered (known: %s)", c->strategy, names);
+    }
+    plait_server_opt_kind_t kind;
+    if (strcmp(c->mode, "network") == 0 && plait_server_opt_kind_parse(c->strategy, &kind) != 0)
+        return plait_fail(PLAIT_EINVAL, "server.strategy %s runs in-process only: network mode's aggregator offers "
+                                        "fedavg, fedadagrad, fedadam, fedyogi and fedavgm", c->strategy);
+    if (c->prox_mu > 0 && strcmp(c->strategy, "fedprox") != 0)
+        return plait_fail(PLAIT_EINVAL, "local.prox_mu is FedProx's: set server.strategy = \"fedprox\" (it is %s)",
+                          c->strategy);
     for (size_t i = 0; i < N_KEYS; i++) {
         const key_t_ *k = &KEYS[i];
         const char *p = (const char *)c + k->off;
@@ -309,8 +325,9 @@ static int set_key(plait_sim_config_t *c, const key_t_ *k, const plait_json_t *v
             return plait__sim_wrap(PLAIT_EPROTO, "config lora.targets");
         return 0;
     case K_STRATEGY:
-        if (plait_server_opt_kind_parse(s, &c->strategy) != 0)
-            return plait_fail(PLAIT_EPROTO, "config server.strategy: must be fedavg, fedadagrad, fedadam or fedyogi");
+        if (strlen(s) >= sizeof(c->strategy) || plait_strategy_find(s) == NULL)
+            return plait__sim_wrap(PLAIT_EPROTO, "config server.strategy");
+        snprintf(c->strategy, sizeof(c->strategy), "%s", s);
         return 0;
     case K_PARTITION:
         if (strcmp(s, "natural") != 0 && strcmp(s, "dirichlet") != 0)
@@ -516,11 +533,7 @@ int plait_sim_config_to_json(const plait_sim_config_t *c, plait_buf_t *b)
             plait_lora_format_targets(c->targets, tg, sizeof(tg));
             plait_buf_printf(b, "\"%s\"", tg);
             break;
-        case K_STRATEGY: {
-            static const char *names[] = {"fedavg", "fedadagrad", "fedadam", "fedyogi"};
-            plait_buf_printf(b, "\"%s\"", names[c->strategy]);
-            break;
-        }
+        case K_STRATEGY: plait_buf_json_string(b, c->strategy, strlen(c->strategy)); break;
         case K_PARTITION: plait_buf_printf(b, "\"%s\"", c->partition); break;
         case K_LABEL: plait_buf_printf(b, "\"%s\"", c->partition_label); break;
         }

@@ -49,7 +49,7 @@ static void usage(FILE *f)
             "  --local-steps E          local optimizer steps per round (10)\n"
             "  --local-epochs X         local epochs instead of steps\n"
             "  --lr X                   client learning rate (0.003)\n"
-            "  --strategy S             fedavg | fedadam | fedyogi | fedadagrad (fedavg)\n"
+            "  --strategy S             fedavg | fedadam | fedyogi | fedadagrad | fedavgm | fedprox (fedavg)\n"
             "  --server-lr X            server learning rate (strategy default)\n"
             "  --lora-mode M            ffa | fedit | fedsa (ffa)\n"
             "  --rank R, --targets L    LoRA rank (8) and projections (wq,wv)\n"
@@ -151,8 +151,9 @@ static int apply_flag(plait_sim_config_t *c, int opt, const char *v)
         if ((rc = plait_cli_u64("--seed", v, &u)) == 0) c->seed = u;
         break;
     case O_STRATEGY:
-        if (plait_server_opt_kind_parse(v, &c->strategy) != 0)
-            rc = plait_fail(PLAIT_EINVAL, "--strategy: '%.32s' is not fedavg, fedadam, fedyogi or fedadagrad", v);
+        if (strlen(v) >= sizeof(c->strategy) || plait_strategy_find(v) == NULL)
+            rc = plait__sim_wrap(PLAIT_EINVAL, "--strategy");
+        else snprintf(c->strategy, sizeof(c->strategy), "%s", v);
         break;
     case O_MODE:
         if (plait_lora_mode_parse(v, &c->lora_mode) != 0)

@@ -237,6 +237,7 @@ int plait__sim_net_start(plait__sim_net_t **out, const plait_sim_config_t *cfg, 
     /* The aggregator's config from the experiment (export.c), then network mode's own. */
     char sets[40][160];
     int ns = plait__sim_agg_sets(cfg, sets, 32);
+    if (ns < 0) return ns; /* not reached: config validation refuses such strategies in network mode */
 #define SET(...) snprintf(sets[ns++], sizeof(sets[0]), __VA_ARGS__)
     SET("overselect=1"); /* exactly the K sampled agents are started */
     SET("selection_timeout_s=60");
