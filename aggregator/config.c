@@ -96,8 +96,15 @@ static const setting_t SETTINGS[] = {
      "come-back-later delay when no round is selecting (devices add jitter)"},
     {"pace_rounds", T_UINT, F(pace_rounds), 0, 1000000, "0",
      "pace steering: a device that took part in one of the last N rounds is told to come back later (0 = off)"},
-    {"server_opt", T_STR, F(server_opt), 0, 0, "fedavg", "server optimizer: fedavg, fedadagrad, fedadam, fedyogi"},
+    {"server_opt", T_STR, F(server_opt), 0, 0, "fedavg", "server optimizer: fedavg, fedadagrad, fedadam, fedyogi, fedavgm"},
     {"server_lr", T_DOUBLE, F(server_lr), 1e-12, 1e6, "1", "server learning rate"},
+    {"server_momentum", T_DOUBLE, F(server_momentum), 0, 0.999, "0.9",
+     "fedavgm: server momentum; fedadagrad, fedadam, fedyogi: beta1"},
+    {"aggregation", T_STR, F(aggregation), 0, 0, "mean",
+     "mean (weighted, FedAvg), median or trimmed_mean (coordinate-wise, robust to a few bad devices; they need "
+     "each device's update: secure_agg = false, dp = none)"},
+    {"trim_fraction", T_DOUBLE, F(trim_fraction), 0, 0.49, "0.1",
+     "aggregation = trimmed_mean: fraction of values dropped at each end of every coordinate"},
     {"dp", T_STR, F(dp), 0, 0, "none", "differential privacy: none, central (DP-FedAvg) or distributed (discrete Gaussian added by the devices; needs secure_agg)"},
     {"noise_multiplier", T_DOUBLE, F(noise_multiplier), 1e-6, 1e6, "1", "z of central DP, or of the sum with distributed DP"},
     {"population", T_UINT, F(population), 0, 1e15, "0",
@@ -326,14 +333,29 @@ static int one_of(const char *v, const char *const *names)
 int plait_aggcfg_validate(const plait_aggcfg_t *c)
 {
     static const char *const modes[] = {"ffa", "fedit", "fedsa", NULL};
-    static const char *const opts[] = {"fedavg", "fedadagrad", "fedadam", "fedyogi", NULL};
+    static const char *const opts[] = {"fedavg", "fedadagrad", "fedadam", "fedyogi", "fedavgm", NULL};
+    static const char *const aggs[] = {"mean", "median", "trimmed_mean", NULL};
     static const char *const dps[] = {"none", "central", "distributed", NULL};
     static const char *const levels[] = {"debug", "info", "warn", "error", NULL};
     if (c == NULL) return plait_fail(PLAIT_EINVAL, "aggcfg_validate: NULL");
     if (c->base_model[0] == '\0') return plait_fail(PLAIT_EINVAL, "base_model: required (path of the checkpoint)");
     if (!one_of(c->lora_mode, modes)) return plait_fail(PLAIT_EINVAL, "lora_mode: '%s' is not ffa, fedit or fedsa", c->lora_mode);
     if (!one_of(c->server_opt, opts))
-        return plait_fail(PLAIT_EINVAL, "server_opt: '%s' is not fedavg, fedadagrad, fedadam or fedyogi", c->server_opt);
+        return plait_fail(PLAIT_EINVAL, "server_opt: '%s' is not fedavg, fedadagrad, fedadam, fedyogi or fedavgm",
+                          c->server_opt);
+    if (!one_of(c->aggregation, aggs))
+        return plait_fail(PLAIT_EINVAL, "aggregation: '%s' is not mean, median or trimmed_mean", c->aggregation);
+    if (strcmp(c->aggregation, "mean") != 0) {
+        /* Median and trimmed mean rank every device's update per coordinate. */
+        if (c->secure_agg)
+            return plait_fail(PLAIT_EINVAL, "aggregation = %s needs each device's update, and secure aggregation shows "
+                                            "the aggregator only their sum: set secure_agg = false or aggregation = mean",
+                              c->aggregation);
+        if (strcmp(c->dp, "none") != 0)
+            return plait_fail(PLAIT_EINVAL, "aggregation = %s with dp = %s: the privacy accounting assumes a noised "
+                                            "sum of clipped updates; use aggregation = mean",
+                              c->aggregation, c->dp);
+    }
     if (!one_of(c->dp, dps)) return plait_fail(PLAIT_EINVAL, "dp: '%s' is not none, central or distributed", c->dp);
     if (!one_of(c->log_level, levels)) return plait_fail(PLAIT_EINVAL, "log_level: '%s' is not debug, info, warn or error", c->log_level);
     if (c->min_cohort > c->target_cohort) return plait_fail(PLAIT_EINVAL, "min_cohort: larger than target_cohort");

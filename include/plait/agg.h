@@ -195,8 +195,10 @@ void plait_robust_config_default(plait_robust_config_t *cfg);
 int plait_robust_config_validate(const plait_robust_config_t *cfg);
 /** \brief Allocate room for max_updates × dim floats. \return 0, PLAIT_EINVAL, PLAIT_ETOOBIG, PLAIT_ENOMEM. */
 int plait_robust_create(plait_robust_t **out /* OUT */, const plait_robust_config_t *cfg) PLAIT_WUR;
-/** \brief Free. NULL is safe. */
+/** \brief Free (the held updates are wiped first). NULL is safe. */
 void plait_robust_destroy(plait_robust_t *r);
+/** \brief Forget the held updates (wiped) for the next round. NULL is safe. */
+void plait_robust_reset(plait_robust_t *r);
 /** \brief Keep a copy of u. \return 0; PLAIT_EMISMATCH, PLAIT_EINVAL (non-finite), PLAIT_ETOOBIG (full, or norm). */
 int plait_robust_add(plait_robust_t *r, const float *u, size_t n);
 /** \brief Number of updates held. */

@@ -111,6 +111,14 @@ typedef struct {
     double clip_norm;           /**< S, the client clip bound when dp is off (default 1.0) */
     double weight_cap;          /**< float updates: weight = min(examples, cap) / cap (default 1000) */
     plait_server_opt_config_t opt; /**< server optimizer (default FedAvg, lr 1) */
+    int robust;                 /**< 1: aggregate() takes the coordinate-wise robust_kind of the accepted
+                                     updates (each unweighted) instead of their weighted mean. The core then
+                                     holds every update of the round (robust.c, 1 GiB at most), so it needs
+                                     updates it can read one by one: not secure, not dp, not ddg, not
+                                     poisson (default 0) */
+    plait_robust_kind_t robust_kind; /**< PLAIT_ROBUST_MEDIAN or PLAIT_ROBUST_TRIMMED_MEAN (default median) */
+    double trim_fraction;       /**< trimmed mean: drop this fraction at each end per coordinate, [0, 0.5)
+                                     (default 0.1) */
     const struct plait_strategy_inst_s *strategy; /**< borrowed, outlives the core: when set, commit applies
                                      strategy->s->aggregate (strategy.h) instead of opt, and the
                                      optimizer state export is empty (default NULL) */

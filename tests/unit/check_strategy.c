@@ -1,7 +1,8 @@
 /*
  * check_strategy.c: the strategy plug-in point (strategy.h), FedAvgM's server
  * momentum (server_opt.c) and FedProx's proximal term in local training
- * (train.c prox_mu).
+ * (train.c prox_mu), and robust aggregation (median, trimmed mean) as a round
+ * core and aggregator.conf setting.
  */
 #include <check.h>
 #include <math.h>
@@ -9,6 +10,8 @@
 #include <string.h>
 
 #include "plait/agg.h"
+#include "plait/aggcfg.h"
+#include "plait/rng.h"
 #include "plait/lora.h"
 #include "plait/model.h"
 #include "plait/round.h"
@@ -234,6 +237,113 @@ START_TEST(test_registry_and_round)
 }
 END_TEST
 
+/* ---- robust aggregation ------------------------------------------------------------ */
+
+/* Five devices, one of them far off: the median keeps the honest value, the mean does not. */
+static void robust_round(plait_robust_kind_t kind, int quantized)
+{
+    enum { D = 4 };
+    plait_round_config_t rc;
+    plait_round_config_default(&rc);
+    rc.dim = D;
+    rc.target_cohort = 5;
+    rc.min_cohort = 5;
+    rc.overselect = 1;
+    rc.quantized = quantized;
+    rc.weight_cap = 1;
+    rc.robust = 1;
+    rc.robust_kind = kind;
+    rc.trim_fraction = 0.2; /* one value at each end of five */
+    float g0[D] = {0};
+    plait_round_t *r = NULL;
+    ck_assert_int_eq(plait_round_create(&r, &rc, g0, D), 0);
+    plait_rng_t rng;
+    plait_rng_seed_u64(&rng, 9, 1);
+    for (int round = 0; round < 2; round++) { /* the second round must not see the first's updates */
+        uint64_t rid;
+        ck_assert_int_eq(plait_round_open(r, round, &rid), 0);
+        for (uint64_t k = 0; k < 5; k++) ck_assert_int_eq(plait_round_select(r, k, round), 0);
+        for (uint64_t k = 0; k < 5; k++) {
+            float u[D];
+            for (int i = 0; i < D; i++) u[i] = k == 4 ? 0.45f : 0.01f * (float)(k + 1);
+            double w = 0.25 + 0.15 * (double)k; /* weights must not matter */
+            if (quantized) {
+                uint32_t words[D + 1];
+                float tmp[D];
+                for (int i = 0; i < D; i++) tmp[i] = (float)(w * u[i]);
+                ck_assert_int_eq(plait_quant_encode(plait_round_quant(r), tmp, D, &rng, words), 0);
+                ck_assert_int_eq(plait_quant_encode_weight(plait_round_quant(r), w, &rng, &words[D]), 0);
+                ck_assert_int_eq(plait_round_submit_words(r, k, rid, words, D + 1, 1, round), 0);
+            } else {
+                ck_assert_int_eq(plait_round_submit_float(r, k, rid, u, D, w, 1, round), 0);
+            }
+        }
+        ck_assert_int_eq(plait_round_state(r), PLAIT_ROUND_AGGREGATION);
+        ck_assert_int_eq(plait_round_aggregate(r, NULL), 0);
+        ck_assert_int_eq(plait_round_commit(r), 0);
+        /* median: 0.03; trimmed mean of {0.02, 0.03, 0.04}: 0.03; the mean would be ~0.1 */
+        const float *g = plait_round_global(r);
+        double tol = quantized ? 3e-4 : 1e-6; /* a quantization step over the smallest weight, per round */
+        for (int i = 0; i < D; i++)
+            ck_assert_msg(fabs(g[i] - 0.03 * (round + 1)) <= tol, "round %d [%d] = %g", round, i, g[i]);
+    }
+    plait_round_destroy(r);
+}
+
+START_TEST(test_robust_round)
+{
+    robust_round(PLAIT_ROBUST_MEDIAN, 1);
+    robust_round(PLAIT_ROBUST_TRIMMED_MEAN, 1);
+    robust_round(PLAIT_ROBUST_MEDIAN, 0);
+    plait_round_config_t rc;
+    plait_round_config_default(&rc);
+    rc.dim = 4;
+    rc.robust = 1;
+    rc.secure = 1;
+    ck_assert_int_eq(plait_round_config_validate(&rc), PLAIT_EINVAL);
+    ck_assert_ptr_nonnull(strstr(plait_errmsg(), "secure aggregation hides"));
+}
+END_TEST
+
+static plait_aggcfg_t agg_base(void)
+{
+    plait_aggcfg_t c;
+    plait_aggcfg_default(&c);
+    snprintf(c.base_model, sizeof(c.base_model), "/models/m.bin");
+    return c;
+}
+
+START_TEST(test_aggcfg_robust_and_momentum)
+{
+    plait_aggcfg_t c = agg_base();
+    ck_assert_str_eq(c.aggregation, "mean");
+    ck_assert_int_eq(plait_aggcfg_set(&c, "aggregation=median"), 0);
+    /* secure_agg is on by default: refused, saying why. */
+    ck_assert_int_eq(plait_aggcfg_validate(&c), PLAIT_EINVAL);
+    ck_assert_msg(strstr(plait_errmsg(), "secure_agg = false") && strstr(plait_errmsg(), "only their sum"), "%s",
+                  plait_errmsg());
+    ck_assert_int_eq(plait_aggcfg_set(&c, "secure_agg=false"), 0);
+    ck_assert_int_eq(plait_aggcfg_validate(&c), 0);
+    ck_assert_int_eq(plait_aggcfg_set(&c, "dp=central"), 0);
+    ck_assert_int_eq(plait_aggcfg_validate(&c), PLAIT_EINVAL);
+    ck_assert_ptr_nonnull(strstr(plait_errmsg(), "privacy accounting"));
+    c = agg_base();
+    ck_assert_int_eq(plait_aggcfg_set(&c, "aggregation=trimmed_mean"), 0);
+    ck_assert_int_eq(plait_aggcfg_set(&c, "dp=distributed"), 0);
+    ck_assert_int_eq(plait_aggcfg_validate(&c), PLAIT_EINVAL); /* secure aggregation again */
+    ck_assert_int_eq(plait_aggcfg_set(&c, "aggregation=mode"), 0);
+    ck_assert_int_eq(plait_aggcfg_validate(&c), PLAIT_EINVAL);
+    ck_assert_ptr_nonnull(strstr(plait_errmsg(), "median or trimmed_mean"));
+    ck_assert_int_eq(plait_aggcfg_set(&c, "trim_fraction=0.5"), PLAIT_EINVAL);
+    c = agg_base();
+    ck_assert_int_eq(plait_aggcfg_set(&c, "server_opt=fedavgm"), 0);
+    ck_assert_int_eq(plait_aggcfg_set(&c, "server_momentum=0.5"), 0);
+    ck_assert_int_eq(plait_aggcfg_validate(&c), 0);
+    ck_assert(c.server_momentum == 0.5);
+    ck_assert_int_eq(plait_aggcfg_set(&c, "server_momentum=1"), PLAIT_EINVAL);
+}
+END_TEST
+
 Suite *strategy_suite(void)
 {
     Suite *s = suite_create("strategy");
@@ -241,6 +351,8 @@ Suite *strategy_suite(void)
     tcase_add_test(tc, test_prox_gradient);
     tcase_add_test(tc, test_fedavgm);
     tcase_add_test(tc, test_registry_and_round);
+    tcase_add_test(tc, test_robust_round);
+    tcase_add_test(tc, test_aggcfg_robust_and_momentum);
     suite_add_tcase(s, tc);
     return s;
 }
