@@ -196,6 +196,7 @@ struct plait_server_s {
     /* secure aggregation (server_secagg.c): the round's SecAgg+ state, or NULL */
     plait__sa_t *sa;
     int sa_failed;               /* the last round could not start secure aggregation: back off */
+    uint64_t fill_logged;        /* 1 + the live device count of the last "can never fill" warning, 0: none */
     uint8_t dep[32];             /* deployment id: SHA-256 of the CA certificate */
     char *ca_pem;
     uint8_t readbuf[READ_BUF];
@@ -966,6 +967,16 @@ static void after_job(uv_work_t *req, int status)
         }
         PLAIT_LOG(PLAIT_LOG_INFO, "round opened round=%llu version=%llu%s", (unsigned long long)s->cur_rid,
                   (unsigned long long)s->blob->version, s->sa ? " (secure aggregation)" : "");
+        if (!s->rcfg.poisson) { /* say at once why a round cannot fill (once per enrolled count) */
+            uint64_t live = 0;
+            char why[400];
+            size_t want = (size_t)ceil((double)s->rcfg.target_cohort * s->rcfg.overselect);
+            int fc = plait__svc_fill_check(s->store, want, s->rcfg.min_cohort, s->rcfg.selection_timeout_s, &live,
+                                           why, sizeof(why));
+            if (fc > 0 && s->fill_logged != live + 1)
+                PLAIT_LOG(PLAIT_LOG_WARN, "round=%llu: %s", (unsigned long long)s->cur_rid, why);
+            if (fc >= 0) s->fill_logged = fc > 0 ? live + 1 : 0;
+        }
         if (s->stopping) abandon_round(s, "shutdown");
         break;
     case JOB_FAIL:

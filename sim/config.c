@@ -42,6 +42,7 @@ typedef struct {
 } key_t_;
 
 #define F(field) offsetof(plait_sim_config_t, field)
+/* Grouped by section: config_to_json writes a section each time it changes. */
 static const key_t_ KEYS[] = {
     {"run", "mode", K_MODE, F(mode), 0, 0},
     {"run", "seed", K_U64, F(seed), 0, 0},
@@ -70,6 +71,7 @@ static const key_t_ KEYS[] = {
     {"local", "batch", K_INT, F(batch), 1, 1024},
     {"local", "seq_len", K_INT, F(seq_len), 1, 4096},
     {"local", "lr", K_DOUBLE, F(lr), 0, 10},
+    {"local", "prox_mu", K_DOUBLE, F(prox_mu), 0, 1e4},
     {"rounds", "count", K_INT, F(rounds), 1, 1000000},
     {"rounds", "clients_per_round", K_SIZE, F(clients_per_round), 1, 1e6},
     {"rounds", "min_clients", K_SIZE, F(min_clients), 0, 1e6},
@@ -78,7 +80,6 @@ static const key_t_ KEYS[] = {
     {"server", "strategy", K_STRATEGY, F(strategy), 0, 0},
     {"server", "lr", K_DOUBLE, F(server_lr), 0, 100},
     {"server", "momentum", K_DOUBLE, F(server_momentum), 0, 0.999},
-    {"local", "prox_mu", K_DOUBLE, F(prox_mu), 0, 1e4},
     {"privacy", "clip", K_DOUBLE, F(clip), 1e-9, 1e9},
     {"privacy", "noise_multiplier", K_DOUBLE, F(noise_multiplier), 0, 1e6},
     {"privacy", "local_noise", K_DOUBLE, F(local_noise), 0, 1e6},

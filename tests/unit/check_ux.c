@@ -113,6 +113,19 @@ START_TEST(test_sim_first_steps)
     ck_assert_msg(strstr(out, "local.batch") && count_lines(out) == 1, "%s", out);
     ck_assert_int_eq(sh(out, sizeof(out), SIM " --set lora.mode=nope"), 2);
     ck_assert_msg(strstr(out, "lora.mode") && count_lines(out) == 1, "%s", out);
+    /* Strategies: unknown names list the known ones; FedProx's mu without FedProx, or FedProx over the network, say why. */
+    ck_assert_int_eq(sh(out, sizeof(out), SIM " --strategy fedprx"), 2);
+    ck_assert_msg(strstr(out, "fedprox") && strstr(out, "fedavgm") && count_lines(out) == 1, "%s", out);
+    ck_assert_int_eq(sh(out, sizeof(out), SIM " --set local.prox_mu=0.1"), 2);
+    ck_assert_msg(strstr(out, "set server.strategy = \"fedprox\"") && count_lines(out) == 1, "%s", out);
+    ck_assert_int_eq(sh(out, sizeof(out), SIM " --strategy fedprox --mode network"), 2);
+    ck_assert_msg(strstr(out, "in-process only") && count_lines(out) == 1, "%s", out);
+    ck_assert_int_eq(sh(out, sizeof(out), SIM " " SIM_SMALL " --strategy fedprox --set local.prox_mu=0.05 --out prox"), 0);
+    char *rep = read_text(scratch, "prox/report.md");
+    ck_assert_msg(rep && strstr(rep, "fedprox"), "%s", rep ? rep : "(no report)");
+    free(rep);
+    ck_assert_int_eq(sh(out, sizeof(out), SIM " export-config --strategy fedavgm --set server.momentum=0.5"), 0);
+    ck_assert_msg(strstr(out, "server_opt = fedavgm\n") && strstr(out, "server_momentum = 0.5\n"), "%s", out);
     /* A parent that cannot exist is named. */
     char *pf = tu_path(scratch, "plainfile");
     ck_assert_int_eq(tu_write_file(pf, "x", 1), 0);
@@ -432,6 +445,16 @@ START_TEST(test_readme_deployment)
     ck_assert_msg(strstr(out, "round 1 acknowledged") != NULL, "%s", out);
     ck_assert_int_eq(sh(out, sizeof(out), AGG " status dep --json"), 0);
     ck_assert_msg(strstr(out, "\"global_version\": 2") != NULL, "%s", out);
+    /* A round that can never fill (one device enrolled, two needed) says so when it opens, not a minute later. */
+    ck_assert_int_eq(sh(out, sizeof(out),
+                        "true; { (" AGG " serve dep --port 0 --port-file p2.json --set metrics_enabled=false "
+                        "--set target_cohort=3 --set min_cohort=2 --set secure_agg=false --set selection_timeout_s=3600 "
+                        "2>fill.log & echo $! > fill.pid); "
+                        "for i in $(seq 1200); do grep -q 'never fill' fill.log && break; sleep 0.1; done; "
+                        "kill $(cat fill.pid); cat fill.log; }"),
+                     0);
+    ck_assert_msg(strstr(out, "this round can never fill: it needs min_cohort = 2 devices and 1 is enrolled") != NULL,
+                  "%s", out);
 }
 END_TEST
 
