@@ -195,6 +195,22 @@ typedef struct {
 } plait_agent_config_t;
 
 /**
+ * \brief Add one interaction record (a message, a note) to the device store
+ *        the agent trains on; creates the store on the first record. Safe while
+ *        an agent runs on the same store (separate sqlite connections).
+ * \param store_path the config's store_path.
+ * \param time unix seconds >= 0, or PLAIT_STORE_TIME_NOW (-1).
+ * \param kind 1..64 printable ASCII bytes, or NULL for "text".
+ * \param text UTF-8 without NUL, 1..1 MiB bytes (need not be NUL-terminated).
+ * \param id_out OUT (may be NULL): the record's id, for plait-agent forget --id.
+ * \return 0; PLAIT_EINVAL (bad kind or text, named without the text); PLAIT_ETOOBIG;
+ *         PLAIT_EBUSY (the store stayed locked for 5 s: retry later); PLAIT_EIO / PLAIT_EPROTO
+ *         (the store cannot be written or is not a store).
+ */
+int plait_agent_add_record(const char *store_path, int64_t time, const char *kind, const char *text, size_t len,
+                           int64_t *id_out /* OUT */) PLAIT_WUR;
+
+/**
  * \brief Fill cfg with the defaults documented on each field (required strings NULL).
  * \param cfg not NULL.
  */
