@@ -147,6 +147,7 @@ static int path_join(char *out, size_t cap, const char *dir, const char *name)
 void plait_agent_config_default(plait_agent_config_t *cfg)
 {
     memset(cfg, 0, sizeof(*cfg));
+    cfg->struct_size = sizeof(*cfg); /* the layout this app was compiled against */
     cfg->server_port = 7443;
     cfg->threads = 1;
     cfg->min_records = 16;
@@ -171,6 +172,10 @@ void plait_agent_config_default(plait_agent_config_t *cfg)
 int plait_agent_config_validate(const plait_agent_config_t *c)
 {
     if (!c) return plait_fail(PLAIT_EINVAL, "agent config: NULL");
+    if (c->struct_size != sizeof(*c))
+        return plait_fail(PLAIT_EINVAL, "agent config: struct_size %zu is not this library's %zu (fill the config with "
+                                        "plait_agent_config_default() and rebuild against this client.h)",
+                          c->struct_size, sizeof(*c));
     const struct {
         const char *name;
         const char *v;
@@ -179,7 +184,7 @@ int plait_agent_config_validate(const plait_agent_config_t *c)
                {"model_path", c->model_path},   {"tokenizer_path", c->tokenizer_path},
                {"store_path", c->store_path},   {"state_dir", c->state_dir}};
     for (size_t i = 0; i < sizeof(req) / sizeof(req[0]); i++)
-        if (!req[i].v || !*req[i].v)
+        if ((!req[i].v || !*req[i].v) && !(c->load_pem && (i >= 1 && i <= 3))) /* a keystore replaces the PEM paths */
             return plait_fail(PLAIT_EINVAL, "agent config: %s is required", req[i].name);
     if (strlen(c->server_host) > 253)
         return plait_fail(PLAIT_EINVAL, "agent config: server_host longer than 253 bytes");
@@ -558,6 +563,32 @@ void plait__agent_set_chunk_words(plait_agent_t *a, size_t words)
 
 /* ------------------------------------------------------------ create/destroy */
 
+#define PEM_CAP ((size_t)64 << 10)
+
+/* A PEM object from the app's keystore callback (client.h plait_agent_pem_cb), NUL-terminated and
+ * owned like plait_pki_read_file()'s (free with plait_pki_free_pem, which wipes it). */
+static int keystore_pem(const plait_agent_config_t *cfg, plait_agent_pem_t which, const char *what, char **out)
+{
+    *out = NULL;
+    char *buf = calloc(1, PEM_CAP + 1);
+    if (!buf) return plait_fail(PLAIT_ENOMEM, "%s from the keystore", what);
+    size_t len = 0;
+    int rc = cfg->load_pem(cfg->pem_ud, which, buf, PEM_CAP, &len);
+    if (rc == 0 && (len == 0 || len > PEM_CAP)) rc = PLAIT_EPROTO;
+    if (rc == 0 && memchr(buf, '\0', len) != NULL) rc = PLAIT_EPROTO;
+    if (rc != 0) {
+        plait_zeroize(buf, PEM_CAP);
+        free(buf);
+        if (rc > 0) rc = PLAIT_EINTERNAL;
+        return plait_fail(rc, "%s from the keystore: %s", what,
+                          rc == PLAIT_EPROTO ? "the callback returned no PEM text (empty, too long or with a NUL)"
+                                             : plait_strerror(rc));
+    }
+    buf[len] = '\0';
+    *out = buf;
+    return 0;
+}
+
 static int load_pem(const char *path, const char *what, char **out)
 {
     int rc = plait_pki_read_file(path, out);
@@ -575,7 +606,7 @@ static int store_fail(const plait_agent_t *a, int rc)
     return plait_fail(rc, "store %s: %s", a->store_path, m);
 }
 
-int plait_agent_create(plait_agent_t **out, const plait_agent_config_t *cfg)
+static int create(plait_agent_t **out, const plait_agent_config_t *cfg)
 {
     if (!out) return plait_fail(PLAIT_EINVAL, "agent: NULL out");
     *out = NULL;
@@ -595,9 +626,9 @@ int plait_agent_create(plait_agent_t **out, const plait_agent_config_t *cfg)
 
     a->host = dup_str(cfg->server_host);
     a->name = dup_str(cfg->server_name ? cfg->server_name : cfg->server_host);
-    a->ca_path = dup_str(cfg->ca_path);
-    a->cert_path = dup_str(cfg->cert_path);
-    a->key_path = dup_str(cfg->key_path);
+    a->ca_path = dup_str(cfg->load_pem ? "(keystore)" : cfg->ca_path);
+    a->cert_path = dup_str(cfg->load_pem ? "(keystore)" : cfg->cert_path);
+    a->key_path = dup_str(cfg->load_pem ? "(keystore)" : cfg->key_path);
     a->model_path = dup_str(cfg->model_path);
     a->tok_path = dup_str(cfg->tokenizer_path);
     a->store_path = dup_str(cfg->store_path);
@@ -629,9 +660,16 @@ int plait_agent_create(plait_agent_t **out, const plait_agent_config_t *cfg)
     if ((rc = plait_tok_load(&a->tok, a->tok_path, a->model.cfg.vocab_size)) != 0) goto fail;
     if (cfg->threads > 1 && (rc = plait_pool_create(&a->pool, cfg->threads)) != 0) goto fail;
 
-    if ((rc = load_pem(a->ca_path, "CA certificate", &ca)) != 0) goto fail;
-    if ((rc = load_pem(a->cert_path, "device certificate", &crt)) != 0) goto fail;
-    if ((rc = load_pem(a->key_path, "device key", &key)) != 0) goto fail;
+    if (cfg->load_pem) {
+        if ((rc = keystore_pem(cfg, PLAIT_AGENT_PEM_CA, "CA certificate", &ca)) != 0 ||
+            (rc = keystore_pem(cfg, PLAIT_AGENT_PEM_CERT, "device certificate", &crt)) != 0 ||
+            (rc = keystore_pem(cfg, PLAIT_AGENT_PEM_KEY, "device key", &key)) != 0)
+            goto fail;
+    } else {
+        if ((rc = load_pem(a->ca_path, "CA certificate", &ca)) != 0) goto fail;
+        if ((rc = load_pem(a->cert_path, "device certificate", &crt)) != 0) goto fail;
+        if ((rc = load_pem(a->key_path, "device key", &key)) != 0) goto fail;
+    }
     plait_pki_cert_info_t info;
     if ((rc = plait_pki_cert_info((const uint8_t *)crt, strlen(crt), &info)) != 0) {
         rc = plait_fail(rc, "device certificate %s: %s", a->cert_path, plait_errmsg());
@@ -1728,6 +1766,7 @@ static int compute_update(conn_t *c, const plait_msg_task_t *t, uint64_t deadlin
     if (save_personal(a, &local) != 0)
         PLAIT_LOG(PLAIT_LOG_WARN, "agent %s: cannot save the personal adapter: %s", a->device_id,
                   plait_errmsg());
+    else emit(a, PLAIT_AGENT_EV_ADAPTER_UPDATED, round, 0);
 exit:
     plait_rng_wipe(&rng);
     free(blob);
@@ -1957,7 +1996,7 @@ static int check_eligible(plait_agent_t *a, int64_t *n_train)
     return rc;
 }
 
-int plait_agent_run_once(plait_agent_t *a, plait_agent_result_t *res_out)
+static int run_once(plait_agent_t *a, plait_agent_result_t *res_out)
 {
     if (!a) return plait_fail(PLAIT_EINVAL, "agent: NULL");
     plait_agent_result_t res;
@@ -2038,7 +2077,7 @@ static double uniform(plait_agent_t *a)
     return plait_rng_uniform(&a->jitter);
 }
 
-int plait_agent_run(plait_agent_t *a)
+static int run_loop(plait_agent_t *a)
 {
     if (!a) return plait_fail(PLAIT_EINVAL, "agent: NULL");
     uint64_t start = now_ms();
@@ -2099,4 +2138,79 @@ int plait_agent_run(plait_agent_t *a)
                   (unsigned long long)delay);
         if (sleep_ms(a, delay) != 0) return 0;
     }
+}
+
+/* ---- embedding API: per-agent log sink, handles for inference (client.h) ------ */
+
+/* Route this thread's log lines to the agent's sink for one call. */
+typedef struct {
+    int on;
+    plait_log_cb prev;
+    void *prev_ud;
+} sink_scope_t;
+
+static sink_scope_t sink_enter(plait_log_cb cb, void *ud)
+{
+    sink_scope_t s = {0, NULL, NULL};
+    if (cb) {
+        plait_log_set_thread_sink(cb, ud, &s.prev, &s.prev_ud);
+        s.on = 1;
+    }
+    return s;
+}
+
+static void sink_leave(const sink_scope_t *s)
+{
+    if (s->on) plait_log_set_thread_sink(s->prev, s->prev_ud, NULL, NULL);
+}
+
+int plait_agent_create(plait_agent_t **out, const plait_agent_config_t *cfg)
+{
+    /* on_log is read only from a layout that has it (validate refuses the others). */
+    int has = cfg && cfg->struct_size == sizeof(*cfg);
+    sink_scope_t s = sink_enter(has ? cfg->on_log : NULL, has ? cfg->log_ud : NULL);
+    int rc = create(out, cfg);
+    sink_leave(&s);
+    return rc;
+}
+
+int plait_agent_run_once(plait_agent_t *a, plait_agent_result_t *res_out)
+{
+    sink_scope_t s = sink_enter(a ? a->cfg.on_log : NULL, a ? a->cfg.log_ud : NULL);
+    int rc = run_once(a, res_out);
+    sink_leave(&s);
+    return rc;
+}
+
+int plait_agent_run(plait_agent_t *a)
+{
+    sink_scope_t s = sink_enter(a ? a->cfg.on_log : NULL, a ? a->cfg.log_ud : NULL);
+    int rc = run_loop(a);
+    sink_leave(&s);
+    return rc;
+}
+
+int plait_agent_last_error_fatal(const plait_agent_t *a) { return a ? a->fatal : 0; }
+
+const plait_model_t *plait_agent_model(const plait_agent_t *a) { return a ? &a->model : NULL; }
+
+const plait_tok_t *plait_agent_tokenizer(const plait_agent_t *a) { return a ? &a->tok : NULL; }
+
+int plait_agent_personal_load(const plait_agent_t *a, plait_lora_t *out)
+{
+    if (!a || !out) return plait_fail(PLAIT_EINVAL, "personal_load: NULL agent or adapter");
+    plait_lora_init(out);
+    char path[4096];
+    int rc = path_join(path, sizeof(path), a->state_dir, PERSONAL_FILE);
+    if (rc != 0) return rc;
+    struct stat sb;
+    if (stat(path, &sb) != 0 && errno == ENOENT)
+        return plait_fail(PLAIT_ENOENT, "no personalized adapter yet: it appears once this device has trained in a "
+                                        "round (PLAIT_AGENT_EV_ADAPTER_UPDATED)");
+    if ((rc = plait_adapter_load(out, path, &a->model, 0)) != 0) {
+        char why[256];
+        snprintf(why, sizeof(why), "%s", plait_errmsg());
+        return plait_fail(rc, "personalized adapter: %s", why);
+    }
+    return 0;
 }
