@@ -1204,6 +1204,7 @@ static void *job_main(void *p)
 {
     job_t *j = p;
     plait_agent_t *a = j->a;
+    if (a->cfg.on_log) plait_log_set_thread_sink(a->cfg.on_log, a->cfg.log_ud, NULL, NULL); /* this thread only */
     plait_corpus_t corpus;
     plait_corpus_init(&corpus);
     plait_store_t *st = NULL;

@@ -218,8 +218,9 @@ typedef struct {
     /* Keystore (see plait_agent_pem_cb): used instead of ca_path, cert_path and key_path. */
     plait_agent_pem_cb load_pem; /**< NULL: read the PEM files (default NULL) */
     void *pem_ud;
-    /* Logging: this agent's lines (the "agent DEVICE: ..." lines of create and run) go to on_log
-     * instead of the process sink (log.h), at the process level and above. */
+    /* Logging: this agent's lines (the "agent DEVICE: ..." lines of create and run, and of its
+     * training thread) go to on_log instead of the process sink (log.h), at the process level and
+     * above. on_log may be called from the agent's thread and its training thread at once. */
     plait_log_cb on_log; /**< NULL: the process sink, stderr by default (default NULL) */
     void *log_ud;
 } plait_agent_config_t;
