@@ -29,10 +29,11 @@
 #define CONFIG_MAX_BYTES ((size_t)1 << 20)
 
 typedef enum { K_INT, K_SIZE, K_U64, K_DOUBLE, K_BOOL, K_PATH, K_MODE, K_SOURCE, K_LORA_MODE, K_TARGETS,
-               K_STRATEGY, K_UNSIGNED, K_PARTITION, K_LABEL } ktype_t;
+               K_STRATEGY, K_UNSIGNED, K_PARTITION, K_LABEL, K_AGGREGATION } ktype_t;
 
 /* Types whose JSON value is a string. */
-static int is_string_type(ktype_t t) { return (t >= K_PATH && t <= K_STRATEGY) || t == K_PARTITION || t == K_LABEL; }
+static int is_string_type(ktype_t t) { return (t >= K_PATH && t <= K_STRATEGY) || t == K_PARTITION || t == K_LABEL ||
+                                              t == K_AGGREGATION; }
 
 typedef struct {
     const char *section, *key;
@@ -80,6 +81,8 @@ static const key_t_ KEYS[] = {
     {"server", "strategy", K_STRATEGY, F(strategy), 0, 0},
     {"server", "lr", K_DOUBLE, F(server_lr), 0, 100},
     {"server", "momentum", K_DOUBLE, F(server_momentum), 0, 0.999},
+    {"server", "aggregation", K_AGGREGATION, F(aggregation), 0, 0},
+    {"server", "trim_fraction", K_DOUBLE, F(trim_fraction), 0, 0.49},
     {"privacy", "clip", K_DOUBLE, F(clip), 1e-9, 1e9},
     {"privacy", "noise_multiplier", K_DOUBLE, F(noise_multiplier), 0, 1e6},
     {"privacy", "local_noise", K_DOUBLE, F(local_noise), 0, 1e6},
@@ -155,6 +158,8 @@ void plait_sim_config_default(plait_sim_config_t *c, const char *assets)
     c->server_lr = 0;               /* the strategy's default */
     c->server_momentum = 0.9;       /* Hsu et al. 2019's FedAvgM; Reddi et al.'s β1 */
     c->prox_mu = 0;                 /* fedprox's default (0.01) */
+    snprintf(c->aggregation, sizeof(c->aggregation), "mean");
+    c->trim_fraction = 0.1;
     c->clip = 1.0;
     c->noise_multiplier = 0;        /* no central DP */
     c->local_noise = 0;
@@ -234,6 +239,15 @@ int plait_sim_config_validate(const plait_sim_config_t *c)
         return plait_fail(PLAIT_EINVAL, "rounds.min_clients exceeds rounds.clients_per_round");
     if (c->local_noise > 0 && c->noise_multiplier > 0)
         return plait_fail(PLAIT_EINVAL, "privacy: choose local_noise or noise_multiplier (central DP), not both");
+    if (strcmp(c->aggregation, "mean") != 0 && strcmp(c->aggregation, "median") != 0 &&
+        strcmp(c->aggregation, "trimmed_mean") != 0)
+        return plait_fail(PLAIT_EINVAL, "server.aggregation: must be mean, median or trimmed_mean");
+    if (strcmp(c->aggregation, "mean") != 0 && c->secure_agg)
+        return plait_fail(PLAIT_EINVAL, "server.aggregation = %s needs each client's update, which secure aggregation "
+                                        "hides: set privacy.secure_agg = false", c->aggregation);
+    if (strcmp(c->aggregation, "mean") != 0 && c->noise_multiplier > 0)
+        return plait_fail(PLAIT_EINVAL, "server.aggregation = %s with central DP: the accountant assumes a noised sum "
+                                        "of clipped updates; use mean", c->aggregation);
     double want = ceil((double)c->clients_per_round * c->overselect);
     unsigned ring;
     size_t min_cohort = c->min_clients ? c->min_clients : (c->clients_per_round + 1) / 2;
@@ -334,6 +348,11 @@ static int set_key(plait_sim_config_t *c, const key_t_ *k, const plait_json_t *v
         if (strcmp(s, "natural") != 0 && strcmp(s, "dirichlet") != 0)
             return plait_fail(PLAIT_EPROTO, "config population.partition: must be natural or dirichlet");
         snprintf(c->partition, sizeof(c->partition), "%s", s);
+        return 0;
+    case K_AGGREGATION:
+        if (strcmp(s, "mean") != 0 && strcmp(s, "median") != 0 && strcmp(s, "trimmed_mean") != 0)
+            return plait_fail(PLAIT_EPROTO, "config server.aggregation: must be mean, median or trimmed_mean");
+        snprintf(c->aggregation, sizeof(c->aggregation), "%s", s);
         return 0;
     case K_LABEL:
         if (strcmp(s, "user") != 0 && strcmp(s, "kind") != 0)
@@ -537,6 +556,7 @@ int plait_sim_config_to_json(const plait_sim_config_t *c, plait_buf_t *b)
         case K_STRATEGY: plait_buf_json_string(b, c->strategy, strlen(c->strategy)); break;
         case K_PARTITION: plait_buf_printf(b, "\"%s\"", c->partition); break;
         case K_LABEL: plait_buf_printf(b, "\"%s\"", c->partition_label); break;
+        case K_AGGREGATION: plait_buf_printf(b, "\"%s\"", c->aggregation); break;
         }
     }
     plait_buf_append(b, "\n  }\n}\n", 7);

@@ -67,6 +67,11 @@ int plait__sim_agg_sets(const plait_sim_config_t *cfg, char (*sets)[160], int ca
     SET("min_cohort=%zu", minc);
     SET("server_opt=%s", cfg->strategy);
     if (kind != PLAIT_OPT_FEDAVG) SET("server_momentum=%s", num(cfg->server_momentum, t));
+    if (strcmp(cfg->aggregation, "mean") != 0) {
+        SET("aggregation=%s", cfg->aggregation);
+        SET("trim_fraction=%s", num(cfg->trim_fraction, t));
+        SET("secure_agg=false"); /* robust estimators need each update */
+    }
     SET("server_lr=%s", num(cfg->server_lr > 0 ? cfg->server_lr : oc.lr, t));
     if (cfg->noise_multiplier > 0) {
         SET("dp=central");

@@ -443,6 +443,11 @@ static int setup(sim_t *s, const plait_sim_config_t *cfg)
     if (strat == NULL) return plait__sim_wrap(PLAIT_EINVAL, "server.strategy");
     if ((rc = plait_strategy_setup(&s->strat, strat, &sp, s->len)) != 0) return plait__sim_wrap(rc, "server.strategy");
     rc_.strategy = &s->strat;
+    if (strcmp(cfg->aggregation, "mean") != 0) {
+        rc_.robust = 1;
+        rc_.robust_kind = strcmp(cfg->aggregation, "median") == 0 ? PLAIT_ROBUST_MEDIAN : PLAIT_ROBUST_TRIMMED_MEAN;
+        rc_.trim_fraction = cfg->trim_fraction;
+    }
     rc_.population = s->pop.n;
     if (cfg->noise_multiplier > 0) {
         rc_.dp = 1;

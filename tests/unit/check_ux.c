@@ -126,6 +126,12 @@ START_TEST(test_sim_first_steps)
     free(rep);
     ck_assert_int_eq(sh(out, sizeof(out), SIM " export-config --strategy fedavgm --set server.momentum=0.5"), 0);
     ck_assert_msg(strstr(out, "server_opt = fedavgm\n") && strstr(out, "server_momentum = 0.5\n"), "%s", out);
+    /* Robust aggregation: runs in-process, refused with secure aggregation (saying why), exported with it off. */
+    ck_assert_int_eq(sh(out, sizeof(out), SIM " " SIM_SMALL " --set server.aggregation=median --out med"), 0);
+    ck_assert_int_eq(sh(out, sizeof(out), SIM " --set server.aggregation=median --set privacy.secure_agg=true"), 2);
+    ck_assert_msg(strstr(out, "secure aggregation hides") && count_lines(out) == 1, "%s", out);
+    ck_assert_int_eq(sh(out, sizeof(out), SIM " export-config --set server.aggregation=trimmed_mean"), 0);
+    ck_assert_msg(strstr(out, "aggregation = trimmed_mean\n") && strstr(out, "secure_agg = false\n"), "%s", out);
     /* A parent that cannot exist is named. */
     char *pf = tu_path(scratch, "plainfile");
     ck_assert_int_eq(tu_write_file(pf, "x", 1), 0);
@@ -455,6 +461,21 @@ START_TEST(test_readme_deployment)
                      0);
     ck_assert_msg(strstr(out, "this round can never fill: it needs min_cohort = 2 devices and 1 is enrolled") != NULL,
                   "%s", out);
+    /* Robust aggregation from the config: refused with secure aggregation in one line, then a median round commits. */
+    ck_assert_int_eq(sh(out, sizeof(out), AGG " serve dep --port 0 --set aggregation=median --set metrics_enabled=false"), 1);
+    ck_assert_msg(strstr(out, "secure_agg = false") && count_lines(out) == 1, "%s", out);
+    ck_assert_int_eq(sh(out, sizeof(out),
+                        "true; { (" AGG " serve dep --port 0 --port-file p3.json --set metrics_enabled=false "
+                        "--set target_cohort=1 --set min_cohort=1 --set overselect=1 --set secure_agg=false "
+                        "--set aggregation=median 2>med.log & echo $! > med.pid); "
+                        "for i in $(seq 600); do [ -s p3.json ] && break; sleep 0.1; done; "
+                        "P=$(sed 's/.*\"port\": *\\([0-9]*\\).*/\\1/' p3.json); " AGENT
+                        " join --server 127.0.0.1:$P --ca dep/ca.crt --cert phone-1.crt --key phone-1.key --db me.db "
+                        "--state phone-1.state --once --allow-plain-aggregation; rc=$?; kill $(cat med.pid); (exit $rc); }"),
+                     0);
+    ck_assert_msg(strstr(out, "acknowledged") != NULL, "%s", out);
+    ck_assert_int_eq(sh(out, sizeof(out), AGG " status dep --json"), 0);
+    ck_assert_msg(strstr(out, "\"global_version\": 3") != NULL, "%s", out);
 }
 END_TEST
 
