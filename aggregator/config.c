@@ -78,6 +78,8 @@ static const setting_t SETTINGS[] = {
     {"batch", T_UINT, F(batch), 1, 4096, "2", "device batch size B"},
     {"seq_len", T_UINT, F(seq_len), 1, 65536, "32", "device sequence length T"},
     {"lr", T_DOUBLE, F(lr), 1e-12, 1, "0.01", "device learning rate"},
+    {"prox_mu", T_DOUBLE, F(prox_mu), 0, 1e4, "0",
+     "FedProx: devices add (prox_mu/2)*|w - w_global|^2 to their local objective (0 = off; typical 0.001..1)"},
     {"clip_norm", T_DOUBLE, F(clip_norm), 1e-9, 1e9, "1", "S: L2 bound of a device update"},
     {"quant_bits", T_UINT, F(quant_bits), 8, 32, "16", "bits per quantized update word"},
     {"quant_range", T_DOUBLE, F(quant_range), 1e-9, 1e9, "1", "quantization clamps to [-R, R]; R >= clip_norm"},

@@ -1189,6 +1189,7 @@ typedef struct {
     int train_a;
     int B, T;
     double lr;
+    double prox_mu;
     uint32_t steps;
     uint64_t sample_seed; /* not secret; selects windows */
     atomic_int cancel;
@@ -1229,6 +1230,7 @@ static void *job_main(void *p)
     tc.B = j->B;
     tc.T = j->T;
     tc.lr = j->lr;
+    tc.prox_mu = j->prox_mu; /* FedProx: the task's proximal weight (0: none) */
     tc.train_a = j->train_a;
     tc.threads = a->cfg.threads;
     tc.pool = a->pool;
@@ -1712,6 +1714,7 @@ static int compute_update(conn_t *c, const plait_msg_task_t *t, uint64_t deadlin
     j->B = (int)t->train.batch;
     j->T = (int)t->train.seq_len;
     j->lr = t->train.lr;
+    j->prox_mu = t->train.prox_mu;
     j->steps = t->train.local_steps;
     if (a->cfg.seed != 0)
         j->sample_seed = a->cfg.seed ^ (round * 0x9E3779B97F4A7C15ull);
@@ -1917,13 +1920,17 @@ static int do_task(conn_t *c, const plait_msg_task_t *t, plait_agent_result_t *r
     if (a->cfg.eligible && !a->cfg.eligible(a->cfg.eligible_ud))
         return decline(c, res, round, PLAIT_ECANCELED, PLAIT_DECLINE_NOT_ELIGIBLE,
                        "the device is no longer eligible (not idle or not charging)");
+    char prox_txt[40] = "";
+    if (t->train.prox_mu > 0) snprintf(prox_txt, sizeof(prox_txt), ", fedprox mu %g", t->train.prox_mu);
     PLAIT_LOG(PLAIT_LOG_INFO,
-              "agent %s: round %llu: task (adapter v%llu, %s rank %u, %u steps, B=%u T=%u, lr %g, "
+              "agent %s: round %llu: task (adapter v%llu, %s rank %u, %u steps, B=%u T=%u, lr %g%s, "
               "clip %g, %u bits, "
               "dp %s, deadline %u s)",
               a->device_id, (unsigned long long)round, (unsigned long long)t->adapter_version,
               plait_lora_mode_name(t->lora.mode), t->lora.rank, t->train.local_steps,
-              t->train.batch, t->train.seq_len, t->train.lr, t->clip_norm, t->quant_bits,
+              t->train.batch, t->train.seq_len, t->train.lr,
+              prox_txt,
+              t->clip_norm, t->quant_bits,
               t->dp.mode == PLAIT_DP_LOCAL     ? "local"
               : t->dp.mode == PLAIT_DP_CENTRAL ? "central"
               : t->dp.mode == PLAIT_DP_DISTRIBUTED ? "distributed"

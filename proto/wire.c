@@ -282,6 +282,7 @@ static int validate_task(const plait_msg_task_t *t, const plait_wire_limits_t *l
         return BAD("task.train.seq_len: %u outside 1..%u", t->train.seq_len,
                    PLAIT_WIRE_MAX_SEQ_LEN);
     if (!finite_pos(t->train.lr) || t->train.lr > 1.0) return BAD("task.train.lr: not in (0, 1]");
+    if (!(t->train.prox_mu >= 0.0 && t->train.prox_mu <= 1e4)) return BAD("task.train.prox_mu: not in [0, 10000]");
     if (!finite_pos(t->clip_norm)) return BAD("task.clip_norm: not finite and > 0");
     if (t->quant_bits < PLAIT_QUANT_MIN_BITS || t->quant_bits > PLAIT_QUANT_MAX_BITS)
         return BAD("task.quant_bits: %u outside %d..%d", t->quant_bits, PLAIT_QUANT_MIN_BITS,
@@ -770,6 +771,7 @@ static int from_task(const Plait__Task *p, plait_msg_task_t *t)
     t->train.batch = tp->batch;
     t->train.seq_len = tp->seq_len;
     t->train.lr = tp->lr;
+    t->train.prox_mu = tp->has_prox_mu ? tp->prox_mu : 0.0;
 
     NEED(p->has_clip_norm, "task.clip_norm");
     NEED(p->has_quant_bits, "task.quant_bits");
@@ -1408,6 +1410,8 @@ static int to_envelope(const plait_msg_t *m, pb_msg_t *pb)
         pb->train.batch = t->train.batch;
         pb->train.seq_len = t->train.seq_len;
         pb->train.lr = t->train.lr;
+        pb->train.has_prox_mu = t->train.prox_mu != 0.0; /* absent when off: older devices see the same task */
+        pb->train.prox_mu = t->train.prox_mu;
         p->train = &pb->train;
         p->has_clip_norm = p->has_quant_bits = p->has_quant_range = p->has_secure_agg = 1;
         p->clip_norm = t->clip_norm;

@@ -197,9 +197,10 @@ int plait_sim_config_validate(const plait_sim_config_t *c)
         return plait_fail(PLAIT_EINVAL, "server.strategy: '%s' is not registered (known: %s)", c->strategy, names);
     }
     plait_server_opt_kind_t kind;
-    if (strcmp(c->mode, "network") == 0 && plait_server_opt_kind_parse(c->strategy, &kind) != 0)
+    if (strcmp(c->mode, "network") == 0 && strcmp(c->strategy, "fedprox") != 0 &&
+        plait_server_opt_kind_parse(c->strategy, &kind) != 0)
         return plait_fail(PLAIT_EINVAL, "server.strategy %s runs in-process only: network mode's aggregator offers "
-                                        "fedavg, fedadagrad, fedadam, fedyogi and fedavgm", c->strategy);
+                                        "fedavg, fedadagrad, fedadam, fedyogi, fedavgm and fedprox", c->strategy);
     if (c->prox_mu > 0 && strcmp(c->strategy, "fedprox") != 0)
         return plait_fail(PLAIT_EINVAL, "local.prox_mu is FedProx's: set server.strategy = \"fedprox\" (it is %s)",
                           c->strategy);

@@ -41,9 +41,10 @@ int plait__sim_agg_sets(const plait_sim_config_t *cfg, char (*sets)[160], int ca
     plait_lora_format_targets(cfg->targets, targets, sizeof(targets));
     plait_server_opt_config_t oc;
     plait_server_opt_kind_t kind = PLAIT_OPT_FEDAVG;
-    if (plait_server_opt_kind_parse(cfg->strategy, &kind) != 0)
-        return plait_fail(PLAIT_EINVAL, "server.strategy %s runs only in the simulator (the aggregator's server_opt is "
-                                        "fedavg, fedadagrad, fedadam, fedyogi or fedavgm)", cfg->strategy);
+    const int prox = strcmp(cfg->strategy, "fedprox") == 0; /* FedAvg on the server, mu in the devices' task */
+    if (!prox && plait_server_opt_kind_parse(cfg->strategy, &kind) != 0)
+        return plait_fail(PLAIT_EINVAL, "server.strategy %s runs only in the simulator (the aggregator offers fedavg, "
+                                        "fedadagrad, fedadam, fedyogi, fedavgm and fedprox)", cfg->strategy);
     plait_server_opt_config_default(&oc, kind);
     size_t minc = cfg->min_clients ? cfg->min_clients : (cfg->clients_per_round + 1) / 2;
     double qrange = cfg->clip * (cfg->local_noise > 0 ? 1.0 + 4.0 * cfg->local_noise : 1.0);
@@ -65,7 +66,8 @@ int plait__sim_agg_sets(const plait_sim_config_t *cfg, char (*sets)[160], int ca
     SET("quant_range=%s", num(qrange, t));
     SET("target_cohort=%zu", cfg->clients_per_round);
     SET("min_cohort=%zu", minc);
-    SET("server_opt=%s", cfg->strategy);
+    SET("server_opt=%s", prox ? "fedavg" : cfg->strategy);
+    if (prox) SET("prox_mu=%s", num(cfg->prox_mu > 0 ? cfg->prox_mu : 0.01, t)); /* strategy.c's default */
     if (kind != PLAIT_OPT_FEDAVG) SET("server_momentum=%s", num(cfg->server_momentum, t));
     if (strcmp(cfg->aggregation, "mean") != 0) {
         SET("aggregation=%s", cfg->aggregation);

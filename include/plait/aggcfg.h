@@ -68,6 +68,8 @@ typedef struct {
     uint64_t batch;               /**< B (default 2) */
     uint64_t seq_len;             /**< T (default 32) */
     double lr;                    /**< device learning rate (default 0.01) */
+    double prox_mu;               /**< FedProx: devices add (mu/2)|w - w_global|^2 to their local objective
+                                       (default 0: off) */
     double clip_norm;             /**< S: L2 bound of an update (default 1) */
     uint64_t quant_bits;          /**< b (default 16) */
     double quant_range;           /**< R of quantization, >= clip_norm (default 1) */

@@ -118,8 +118,8 @@ START_TEST(test_sim_first_steps)
     ck_assert_msg(strstr(out, "fedprox") && strstr(out, "fedavgm") && count_lines(out) == 1, "%s", out);
     ck_assert_int_eq(sh(out, sizeof(out), SIM " --set local.prox_mu=0.1"), 2);
     ck_assert_msg(strstr(out, "set server.strategy = \"fedprox\"") && count_lines(out) == 1, "%s", out);
-    ck_assert_int_eq(sh(out, sizeof(out), SIM " --strategy fedprox --mode network"), 2);
-    ck_assert_msg(strstr(out, "in-process only") && count_lines(out) == 1, "%s", out);
+    ck_assert_int_eq(sh(out, sizeof(out), SIM " export-config --strategy fedprox --set local.prox_mu=0.05"), 0);
+    ck_assert_msg(strstr(out, "server_opt = fedavg\n") && strstr(out, "prox_mu = 0.05\n"), "%s", out);
     ck_assert_int_eq(sh(out, sizeof(out), SIM " " SIM_SMALL " --strategy fedprox --set local.prox_mu=0.05 --out prox"), 0);
     char *rep = read_text(scratch, "prox/report.md");
     ck_assert_msg(rep && strstr(rep, "fedprox"), "%s", rep ? rep : "(no report)");
@@ -467,13 +467,14 @@ START_TEST(test_readme_deployment)
     ck_assert_int_eq(sh(out, sizeof(out),
                         "true; { (" AGG " serve dep --port 0 --port-file p3.json --set metrics_enabled=false "
                         "--set target_cohort=1 --set min_cohort=1 --set overselect=1 --set secure_agg=false "
-                        "--set aggregation=median 2>med.log & echo $! > med.pid); "
+                        "--set aggregation=median --set prox_mu=0.1 2>med.log & echo $! > med.pid); "
                         "for i in $(seq 600); do [ -s p3.json ] && break; sleep 0.1; done; "
                         "P=$(sed 's/.*\"port\": *\\([0-9]*\\).*/\\1/' p3.json); " AGENT
                         " join --server 127.0.0.1:$P --ca dep/ca.crt --cert phone-1.crt --key phone-1.key --db me.db "
                         "--state phone-1.state --once --allow-plain-aggregation; rc=$?; kill $(cat med.pid); (exit $rc); }"),
                      0);
     ck_assert_msg(strstr(out, "acknowledged") != NULL, "%s", out);
+    ck_assert_msg(strstr(out, "fedprox mu 0.1,") != NULL, "the task did not carry FedProx's mu: %s", out);
     ck_assert_int_eq(sh(out, sizeof(out), AGG " status dep --json"), 0);
     ck_assert_msg(strstr(out, "\"global_version\": 3") != NULL, "%s", out);
 }
