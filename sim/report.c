@@ -404,9 +404,10 @@ int plait__sim_write_outputs(const plait_sim_config_t *cfg, const plait_sim_resu
     else plait_buf_printf(&md, "- local training: %d steps", cfg->local_steps);
     plait_buf_printf(&md, " of batch %d × %d tokens, AdamW lr %g\n", cfg->batch, cfg->seq_len, cfg->lr);
     plait_buf_printf(&md,
-                     "- rounds: %d, %zu clients per round (over-selection %g, deadline %g simulated s), server %s\n",
-                     cfg->rounds, cfg->clients_per_round, cfg->overselect, cfg->deadline_s,
-                     cfg->strategy);
+                     "- rounds: %d, %zu clients per round (over-selection %g, deadline %g simulated s), server %s%s%s\n",
+                     cfg->rounds, cfg->clients_per_round, cfg->overselect, cfg->deadline_s, cfg->strategy,
+                     strcmp(cfg->aggregation, "mean") != 0 ? ", aggregation " : "",
+                     strcmp(cfg->aggregation, "mean") != 0 ? cfg->aggregation : "");
     plait_buf_printf(&md, "- updates: clip %g, %u-bit quantization", cfg->clip, cfg->quant_bits);
     if (cfg->noise_multiplier > 0) plait_buf_printf(&md, ", central DP z = %g", cfg->noise_multiplier);
     if (cfg->local_noise > 0) plait_buf_printf(&md, ", local noise σ = %g·clip", cfg->local_noise);

@@ -128,6 +128,9 @@ START_TEST(test_sim_first_steps)
     ck_assert_msg(strstr(out, "server_opt = fedavgm\n") && strstr(out, "server_momentum = 0.5\n"), "%s", out);
     /* Robust aggregation: runs in-process, refused with secure aggregation (saying why), exported with it off. */
     ck_assert_int_eq(sh(out, sizeof(out), SIM " " SIM_SMALL " --set server.aggregation=median --out med"), 0);
+    rep = read_text(scratch, "med/report.md");
+    ck_assert_msg(rep && strstr(rep, "aggregation median"), "%s", rep ? rep : "(no report)");
+    free(rep);
     ck_assert_int_eq(sh(out, sizeof(out), SIM " --set server.aggregation=median --set privacy.secure_agg=true"), 2);
     ck_assert_msg(strstr(out, "secure aggregation hides") && count_lines(out) == 1, "%s", out);
     ck_assert_int_eq(sh(out, sizeof(out), SIM " export-config --set server.aggregation=trimmed_mean"), 0);
