@@ -526,8 +526,11 @@ START_TEST(test_task_prox_mu)
     ck_assert_uint_eq(n_prox, n_plain + 9); /* one double field: tag byte + 8 bytes */
     ck_assert_msg(parse_guarded(prox, n_prox, NULL, 0, &d, &used) == 0, "%s", plait_errmsg());
     ck_assert(d.u.task.train.prox_mu == 0.25);
+    plait_msg_free(&d);
     ck_assert_msg(parse_guarded(plain, n_plain, NULL, 0, &d, &used) == 0, "%s", plait_errmsg());
     ck_assert(d.u.task.train.prox_mu == 0.0);
+    plait_msg_free(&d);
+    plait_msg_free(&m);
     free(plain);
     free(prox);
 }
