@@ -79,6 +79,8 @@ static const setting_t SETTINGS[] = {
     {"batch", T_UINT, F(batch), 1, 4096, "2", "device batch size B"},
     {"seq_len", T_UINT, F(seq_len), 1, 65536, "32", "device sequence length T"},
     {"lr", T_DOUBLE, F(lr), 1e-12, 1, "0.01", "device learning rate"},
+    {"prox_mu", T_DOUBLE, F(prox_mu), 0, 1e4, "0",
+     "FedProx: devices add (prox_mu/2)*|w - w_global|^2 to their local objective (0 = off; typical 0.001..1)"},
     {"clip_norm", T_DOUBLE, F(clip_norm), 1e-9, 1e9, "1", "S: L2 bound of a device update"},
     {"quant_bits", T_UINT, F(quant_bits), 8, 32, "16", "bits per quantized update word"},
     {"quant_range", T_DOUBLE, F(quant_range), 1e-9, 1e9, "1", "quantization clamps to [-R, R]; R >= clip_norm"},
@@ -97,8 +99,15 @@ static const setting_t SETTINGS[] = {
      "come-back-later delay when no round is selecting (devices add jitter)"},
     {"pace_rounds", T_UINT, F(pace_rounds), 0, 1000000, "0",
      "pace steering: a device that took part in one of the last N rounds is told to come back later (0 = off)"},
-    {"server_opt", T_STR, F(server_opt), 0, 0, "fedavg", "server optimizer: fedavg, fedadagrad, fedadam, fedyogi"},
+    {"server_opt", T_STR, F(server_opt), 0, 0, "fedavg", "server optimizer: fedavg, fedadagrad, fedadam, fedyogi, fedavgm"},
     {"server_lr", T_DOUBLE, F(server_lr), 1e-12, 1e6, "1", "server learning rate"},
+    {"server_momentum", T_DOUBLE, F(server_momentum), 0, 0.999, "0.9",
+     "fedavgm: server momentum; fedadagrad, fedadam, fedyogi: beta1"},
+    {"aggregation", T_STR, F(aggregation), 0, 0, "mean",
+     "mean (weighted, FedAvg), median or trimmed_mean (coordinate-wise, robust to a few bad devices; they need "
+     "each device's update: secure_agg = false, dp = none)"},
+    {"trim_fraction", T_DOUBLE, F(trim_fraction), 0, 0.49, "0.1",
+     "aggregation = trimmed_mean: fraction of values dropped at each end of every coordinate"},
     {"dp", T_STR, F(dp), 0, 0, "none", "differential privacy: none, central (DP-FedAvg) or distributed (discrete Gaussian added by the devices; needs secure_agg)"},
     {"noise_multiplier", T_DOUBLE, F(noise_multiplier), 1e-6, 1e6, "1", "z of central DP, or of the sum with distributed DP"},
     {"population", T_UINT, F(population), 0, 1e15, "0",
@@ -321,10 +330,11 @@ int plait_aggcfg_set(plait_aggcfg_t *c, const char *kv)
  * other value with "<name>: '<value>' is not a, b or c". */
 static const struct {
     const char *name;
-    const char *const words[5]; /* NULL-terminated */
+    const char *const words[6]; /* NULL-terminated */
 } CHOICES[] = {
     {"lora_mode", {"ffa", "fedit", "fedsa", NULL}},
-    {"server_opt", {"fedavg", "fedadagrad", "fedadam", "fedyogi", NULL}},
+    {"server_opt", {"fedavg", "fedadagrad", "fedadam", "fedyogi", "fedavgm", NULL}},
+    {"aggregation", {"mean", "median", "trimmed_mean", NULL}},
     {"dp", {"none", "central", "distributed", NULL}},
     {"log_level", {"debug", "info", "warn", "error", NULL}},
 };
@@ -365,6 +375,17 @@ int plait_aggcfg_validate(const plait_aggcfg_t *c)
     if (strcmp(c->dp, "central") == 0 && c->pace_rounds != 0)
         return plait_fail(PLAIT_EINVAL, "pace_rounds: must be 0 with dp = central (the accountant assumes each device "
                                         "is sampled independently every round)");
+    if (strcmp(c->aggregation, "mean") != 0) {
+        /* Median and trimmed mean rank every device's update per coordinate. */
+        if (c->secure_agg)
+            return plait_fail(PLAIT_EINVAL, "aggregation = %s needs each device's update, and secure aggregation shows "
+                                            "the aggregator only their sum: set secure_agg = false or aggregation = mean",
+                              c->aggregation);
+        if (strcmp(c->dp, "none") != 0)
+            return plait_fail(PLAIT_EINVAL, "aggregation = %s with dp = %s: the privacy accounting assumes a noised "
+                                            "sum of clipped updates; use aggregation = mean",
+                              c->aggregation, c->dp);
+    }
     if (c->adaptive_clip && strcmp(c->dp, "central") != 0)
         return plait_fail(PLAIT_EINVAL, "adaptive_clip: needs dp = central");
     if (c->secure_agg) {

@@ -67,9 +67,19 @@ int plait_robust_create(plait_robust_t **out, const plait_robust_config_t *cfg)
 void plait_robust_destroy(plait_robust_t *r)
 {
     if (r == NULL) return;
+    plait_robust_reset(r);
     free(r->buf);
     free(r->scratch);
     free(r);
+}
+
+void plait_robust_reset(plait_robust_t *r)
+{
+    if (r == NULL) return;
+    /* Held rows are single devices' updates: wipe them, not just forget them. */
+    if (r->buf && r->count > 0) plait_zeroize(r->buf, r->count * r->cfg.dim * sizeof(float));
+    if (r->scratch) plait_zeroize(r->scratch, r->cfg.max_updates * sizeof(float));
+    r->count = 0;
 }
 
 size_t plait_robust_count(const plait_robust_t *r) { return r->count; }

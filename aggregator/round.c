@@ -29,6 +29,7 @@
 
 #include "plait/crypto.h"
 #include "plait/ddg.h"
+#include "plait/strategy.h"
 
 enum { M_EMPTY = 0, M_SELECTED, M_ACCEPTED, M_DROPPED, M_REFUSED };
 
@@ -46,6 +47,8 @@ struct plait_round_s {
     uint32_t *wsum;     /* (P + 1 + clip_bit) sum mod 2^32 of quantized words */
     plait_fedavg_t *fa; /* float updates, and the decoded sum of quantized ones */
     plait_server_opt_t *opt;
+    plait_robust_t *robust; /* robust: every accepted update of the round, else NULL */
+    float *one;         /* robust, quantized: (P) one decoded, unweighted update */
     plait_dp_t dp, dp_saved;
     plait_accountant_t acc;
     double delta;
@@ -96,6 +99,9 @@ void plait_round_config_default(plait_round_config_t *cfg)
     cfg->poisson = 0;                 /* first come */
     cfg->sample_rate = 1.0;           /* set per round by the caller */
     cfg->clip_bit = 0;                /* P + 1 words */
+    cfg->robust = 0;                  /* the weighted mean (FedAvg) */
+    cfg->robust_kind = PLAIT_ROBUST_MEDIAN;
+    cfg->trim_fraction = 0.1;         /* Yin et al. 2018's beta for a few Byzantine devices */
 }
 
 static size_t want_of(const plait_round_config_t *c)
@@ -151,6 +157,19 @@ int plait_round_config_validate(const plait_round_config_t *c)
         if (!(c->sample_rate > 0 && c->sample_rate <= 1))
             return plait_fail(PLAIT_EINVAL, "round config: sample_rate must be in (0, 1]");
     }
+    if (c->robust) {
+        if (c->secure)
+            return plait_fail(PLAIT_EINVAL, "round config: robust aggregation needs each update, which secure "
+                                            "aggregation hides");
+        if (c->dp || c->ddg)
+            return plait_fail(PLAIT_EINVAL, "round config: robust aggregation with DP: the accountant assumes a sum "
+                                            "of clipped updates");
+        if (c->poisson) return plait_fail(PLAIT_EINVAL, "round config: robust aggregation needs a bounded cohort (not poisson)");
+        if (c->robust_kind != PLAIT_ROBUST_MEDIAN && c->robust_kind != PLAIT_ROBUST_TRIMMED_MEAN)
+            return plait_fail(PLAIT_EINVAL, "round config: robust_kind %d", (int)c->robust_kind);
+        if (!(c->trim_fraction >= 0 && c->trim_fraction < 0.5))
+            return plait_fail(PLAIT_EINVAL, "round config: trim_fraction must be in [0, 0.5)");
+    }
     if (c->ddg) {
         if (!c->secure || !c->quantized || c->dp || c->clip_bit)
             return plait_fail(PLAIT_EINVAL, "round config: ddg needs secure quantized words, without dp or clip_bit");
@@ -182,6 +201,9 @@ void plait_round_destroy(plait_round_t *r)
     free(r->tab);
     plait_fedavg_destroy(r->fa);
     plait_server_opt_destroy(r->opt);
+    plait_robust_destroy(r->robust);
+    if (r->one) plait_zeroize(r->one, r->cfg.dim * sizeof(float));
+    free(r->one);
     plait_zeroize(r, sizeof(*r));
     free(r);
 }
@@ -228,6 +250,18 @@ int plait_round_create(plait_round_t **out, const plait_round_config_t *cfg, con
     }
     memcpy(r->global, global, P * sizeof(float));
     if ((rc = plait_server_opt_create(&r->opt, &cfg->opt, P)) != 0) goto fail;
+    if (cfg->robust) {
+        plait_robust_config_t rb;
+        plait_robust_config_default(&rb);
+        rb.dim = P;
+        rb.max_updates = want;
+        rb.trim_fraction = cfg->trim_fraction;
+        if ((rc = plait_robust_create(&r->robust, &rb)) != 0) goto fail;
+        if (!(r->one = malloc(P * sizeof(float)))) {
+            rc = plait_fail(PLAIT_ENOMEM, "round: robust buffer");
+            goto fail;
+        }
+    }
     if (cfg->dp) {
         plait_dp_config_t d = cfg->dp_cfg;
         if (d.expected_weight == 0) d.expected_weight = (double)cfg->target_cohort;
@@ -274,17 +308,22 @@ static double rate_of(const plait_round_t *r)
     return q > 1 ? 1 : q;
 }
 
-size_t plait_round_opt_state_len(const plait_round_t *r) { return r ? plait_server_opt_state_len(r->opt) : 0; }
+size_t plait_round_opt_state_len(const plait_round_t *r)
+{
+    return r && !r->cfg.strategy ? plait_server_opt_state_len(r->opt) : 0;
+}
 
 int plait_round_opt_export(const plait_round_t *r, float *out, size_t n)
 {
     if (!r) return plait_fail(PLAIT_EINVAL, "round_opt_export: NULL round");
+    if (r->cfg.strategy) return n == 0 ? 0 : plait_fail(PLAIT_EMISMATCH, "round_opt_export: a strategy keeps its own state");
     return plait_server_opt_export(r->opt, out, n);
 }
 
 int plait_round_opt_import(plait_round_t *r, const float *in, size_t n)
 {
     if (!r) return plait_fail(PLAIT_EINVAL, "round_opt_import: NULL round");
+    if (r->cfg.strategy) return n == 0 ? 0 : plait_fail(PLAIT_EMISMATCH, "round_opt_import: a strategy keeps its own state");
     return plait_server_opt_import(r->opt, in, n);
 }
 
@@ -353,6 +392,7 @@ int plait_round_open(plait_round_t *r, double now, uint64_t *round_id)
     if (rc != 0) return rc;
     memset(r->tab, 0, r->tab_cap * sizeof(member_t));
     memset(r->wsum, 0, (r->cfg.dim + 2) * sizeof(uint32_t));
+    plait_robust_reset(r->robust);
     r->masked_open = 0;
     r->accounted = 0;
     r->round_id++;
@@ -473,6 +513,13 @@ int plait_round_submit_words(plait_round_t *r, uint64_t client, uint64_t round_i
             if (rc == 0 && b != 0.0 && b != 1.0) rc = plait_fail(PLAIT_EPROTO, "round: clip bit word is not 0 or 1");
         }
     }
+    if (rc == 0 && r->robust) {
+        /* The estimators compare devices' updates x, not their weighted w·x. */
+        double w = 0;
+        rc = plait_quant_decode_weight_sum(&r->cfg.quant, words[P], 1, &w);
+        for (size_t i = 0; rc == 0 && i < P; i++) r->one[i] = (float)(r->scratch[i] / w);
+        if (rc == 0) rc = plait_robust_add(r->robust, r->one, P);
+    }
     if (rc != 0) {
         refuse(r, m, rc, now);
         return rc;
@@ -524,7 +571,7 @@ int plait_round_submit_float(plait_round_t *r, uint64_t client, uint64_t round_i
     member_t *m = NULL;
     int rc = admit(r, client, round_id, n * sizeof(float), &m);
     if (rc != 0) return rc;
-    if ((rc = plait_fedavg_add(r->fa, u, n, examples)) != 0) {
+    if ((rc = plait_fedavg_add(r->fa, u, n, examples)) != 0 || (r->robust && (rc = plait_robust_add(r->robust, u, n)) != 0)) {
         refuse(r, m, rc, now);
         return rc;
     }
@@ -593,6 +640,8 @@ int plait_round_aggregate(plait_round_t *r, plait_rng_t *rng)
             plait_dp_round_info_t info;
             rc = plait_dp_finish_round(&r->dp, plait_fedavg_sum(r->fa), P, unclipped, rng, r->pending, &info);
             if (rc == 0) r->st.noise_stddev = info.noise_stddev;
+        } else if (r->robust) {
+            rc = plait_robust_result(r->robust, r->cfg.robust_kind, r->pending, P);
         } else {
             rc = plait_fedavg_result(r->fa, r->pending, P);
         }
@@ -610,7 +659,10 @@ int plait_round_commit(plait_round_t *r)
 {
     if (!r) return plait_fail(PLAIT_EINVAL, "round: NULL");
     if (r->state != PLAIT_ROUND_COMMIT) return plait_fail(PLAIT_ESTALE, "round: nothing to commit");
-    int rc = plait_server_opt_step(r->opt, r->global, r->pending, r->cfg.dim);
+    const plait_strategy_inst_t *st = r->cfg.strategy;
+    int rc = st ? st->s->aggregate(st->state, r->global, r->pending, r->cfg.dim)
+                : plait_server_opt_step(r->opt, r->global, r->pending, r->cfg.dim);
+    if (rc > 0) rc = plait_fail(PLAIT_EINTERNAL, "strategy %s: aggregate returned %d", st->s->name, rc);
     if (rc != 0) {
         r->dp = r->dp_saved;
         r->state = PLAIT_ROUND_FAILED;

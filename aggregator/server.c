@@ -259,6 +259,12 @@ static int setup_round(plait_server_t *s)
     if (e != 0) return e;
     plait_server_opt_config_default(&rc->opt, k);
     rc->opt.lr = s->cfg.server_lr;
+    rc->opt.beta1 = s->cfg.server_momentum;
+    if (strcmp(s->cfg.aggregation, "mean") != 0) { /* config.c refused it with secure_agg or dp */
+        rc->robust = 1;
+        rc->robust_kind = strcmp(s->cfg.aggregation, "median") == 0 ? PLAIT_ROBUST_MEDIAN : PLAIT_ROBUST_TRIMMED_MEAN;
+        rc->trim_fraction = s->cfg.trim_fraction;
+    }
     if (strcmp(s->cfg.dp, "central") == 0) {
         rc->dp = 1;
         rc->dp_cfg.clip = s->cfg.clip_norm;

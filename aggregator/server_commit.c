@@ -13,6 +13,7 @@
  */
 #include "server_int.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -264,6 +265,16 @@ static void after_job(uv_work_t *req, int status)
         }
         PLAIT_LOG(PLAIT_LOG_INFO, "round opened round=%llu version=%llu%s", (unsigned long long)s->cur_rid,
                   (unsigned long long)s->blob->version, s->sa ? " (secure aggregation)" : "");
+        if (!s->rcfg.poisson) { /* say at once why a round cannot fill (once per enrolled count) */
+            uint64_t live = 0;
+            char why[400];
+            size_t want = (size_t)ceil((double)s->rcfg.target_cohort * s->rcfg.overselect);
+            int fc = plait__svc_fill_check(s->store, want, s->rcfg.min_cohort, s->rcfg.selection_timeout_s, &live,
+                                           why, sizeof(why));
+            if (fc > 0 && s->fill_logged != live + 1)
+                PLAIT_LOG(PLAIT_LOG_WARN, "round=%llu: %s", (unsigned long long)s->cur_rid, why);
+            if (fc >= 0) s->fill_logged = fc > 0 ? live + 1 : 0;
+        }
         if (s->stopping) plait__srv_abandon_round(s, "shutdown");
         break;
     case JOB_FAIL:

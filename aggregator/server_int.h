@@ -187,6 +187,7 @@ struct plait_server_s {
     /* secure aggregation (server_secagg.c): the round's SecAgg+ state, or NULL */
     plait__sa_t *sa;
     int sa_failed;               /* the last round could not start secure aggregation: back off */
+    uint64_t fill_logged;        /* 1 + the live device count of the last "can never fill" warning, 0: none */
     uint8_t dep[32];             /* deployment id: SHA-256 of the CA certificate */
     char *ca_pem;
     uint8_t readbuf[READ_BUF];

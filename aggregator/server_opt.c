@@ -22,12 +22,13 @@ struct plait_server_opt_s {
     float *v; /* (P) second moment, NULL for FedAvg */
 };
 
-static const char *const kind_names[] = {"fedavg", "fedadagrad", "fedadam", "fedyogi"};
+static const char *const kind_names[] = {"fedavg", "fedadagrad", "fedadam", "fedyogi", "fedavgm"};
 
 void plait_server_opt_config_default(plait_server_opt_config_t *cfg, plait_server_opt_kind_t kind)
 {
     cfg->kind = kind;
-    cfg->lr = kind == PLAIT_OPT_FEDAVG ? 1.0 : 0.01; /* FedAvg: apply the average as is; adaptive: Reddi et al.'s grid centre */
+    cfg->lr = kind == PLAIT_OPT_FEDAVG || kind == PLAIT_OPT_FEDAVGM ? 1.0 : 0.01; /* FedAvg(M): the average as is;
+                                                                                adaptive: Reddi et al.'s grid centre */
     cfg->beta1 = 0.9;                                /* Reddi et al. */
     cfg->beta2 = 0.99;                               /* Reddi et al. */
     cfg->tau = 1e-3;                                 /* Reddi et al.: 1e-3 worked across tasks */
@@ -36,7 +37,7 @@ void plait_server_opt_config_default(plait_server_opt_config_t *cfg, plait_serve
 int plait_server_opt_config_validate(const plait_server_opt_config_t *cfg)
 {
     if (cfg == NULL) return plait_fail(PLAIT_EINVAL, "server_opt config: NULL");
-    if ((unsigned)cfg->kind > PLAIT_OPT_FEDYOGI) return plait_fail(PLAIT_EINVAL, "server_opt config: unknown kind %d", (int)cfg->kind);
+    if ((unsigned)cfg->kind > PLAIT_OPT_FEDAVGM) return plait_fail(PLAIT_EINVAL, "server_opt config: unknown kind %d", (int)cfg->kind);
     if (!isfinite(cfg->lr) || cfg->lr <= 0 || cfg->lr > 1e3) return plait_fail(PLAIT_EINVAL, "server_opt config: lr must be in (0, 1000]");
     if (!(cfg->beta1 >= 0 && cfg->beta1 < 1)) return plait_fail(PLAIT_EINVAL, "server_opt config: beta1 must be in [0, 1)");
     if (!(cfg->beta2 >= 0 && cfg->beta2 < 1)) return plait_fail(PLAIT_EINVAL, "server_opt config: beta2 must be in [0, 1)");
@@ -52,7 +53,7 @@ int plait_server_opt_kind_parse(const char *s, plait_server_opt_kind_t *kind)
             return 0;
         }
     }
-    return plait_fail(PLAIT_EINVAL, "unknown server optimizer '%.32s' (want fedavg, fedadagrad, fedadam or fedyogi)",
+    return plait_fail(PLAIT_EINVAL, "unknown server optimizer '%.32s' (want fedavg, fedadagrad, fedadam, fedyogi or fedavgm)",
                       s ? s : "(null)");
 }
 
@@ -68,7 +69,13 @@ int plait_server_opt_create(plait_server_opt_t **out, const plait_server_opt_con
     if (o == NULL) return plait_fail(PLAIT_ENOMEM, "server_opt_create");
     o->cfg = *cfg;
     o->dim = dim;
-    if (cfg->kind != PLAIT_OPT_FEDAVG) {
+    if (cfg->kind == PLAIT_OPT_FEDAVGM) {
+        o->m = calloc(dim, sizeof(float)); /* the momentum buffer only */
+        if (o->m == NULL) {
+            plait_server_opt_destroy(o);
+            return plait_fail(PLAIT_ENOMEM, "server_opt_create: %zu floats", dim);
+        }
+    } else if (cfg->kind != PLAIT_OPT_FEDAVG) {
         o->m = calloc(dim, sizeof(float));
         o->v = malloc(dim * sizeof(float));
         if (o->m == NULL || o->v == NULL) {
@@ -101,6 +108,13 @@ int plait_server_opt_step(plait_server_opt_t *o, float *x, const float *d, size_
     case PLAIT_OPT_FEDAVG:
         for (size_t i = 0; i < n; i++) x[i] = (float)(x[i] + lr * d[i]);
         return 0;
+    case PLAIT_OPT_FEDAVGM:
+        for (size_t i = 0; i < n; i++) {
+            double m = b1 * o->m[i] + d[i];
+            o->m[i] = (float)m;
+            x[i] = (float)(x[i] + lr * m);
+        }
+        return 0;
     case PLAIT_OPT_FEDADAGRAD:
     case PLAIT_OPT_FEDADAM:
     case PLAIT_OPT_FEDYOGI:
@@ -120,7 +134,7 @@ int plait_server_opt_step(plait_server_opt_t *o, float *x, const float *d, size_
 
 size_t plait_server_opt_state_len(const plait_server_opt_t *o)
 {
-    return o->cfg.kind == PLAIT_OPT_FEDAVG ? 0 : 2 * o->dim;
+    return o->cfg.kind == PLAIT_OPT_FEDAVG ? 0 : o->cfg.kind == PLAIT_OPT_FEDAVGM ? o->dim : 2 * o->dim;
 }
 
 int plait_server_opt_export(const plait_server_opt_t *o, float *out, size_t n)
@@ -130,7 +144,7 @@ int plait_server_opt_export(const plait_server_opt_t *o, float *out, size_t n)
         return plait_fail(PLAIT_EMISMATCH, "server_opt_export: state has %zu floats, buffer %zu", plait_server_opt_state_len(o), n);
     if (n == 0) return 0;
     memcpy(out, o->m, o->dim * sizeof(float));
-    memcpy(out + o->dim, o->v, o->dim * sizeof(float));
+    if (o->v) memcpy(out + o->dim, o->v, o->dim * sizeof(float));
     return 0;
 }
 
@@ -145,6 +159,6 @@ int plait_server_opt_import(plait_server_opt_t *o, const float *in, size_t n)
     }
     if (n == 0) return 0;
     memcpy(o->m, in, o->dim * sizeof(float));
-    memcpy(o->v, in + o->dim, o->dim * sizeof(float));
+    if (o->v) memcpy(o->v, in + o->dim, o->dim * sizeof(float));
     return 0;
 }

@@ -143,6 +143,7 @@ static void fill_task(plait_server_t *s, plait_msg_task_t *t)
     t->train.batch = (uint32_t)cf->batch;
     t->train.seq_len = (uint32_t)cf->seq_len;
     t->train.lr = cf->lr;
+    t->train.prox_mu = cf->prox_mu;
     t->clip_norm = plait_round_clip(s->round);
     t->quant_bits = plait_round_quant(s->round)->bits;
     t->quant_range = plait_round_quant(s->round)->range;

@@ -218,3 +218,28 @@ int plait__svc_population(plait_aggstore_t *st, uint64_t *n)
     if (rc == 0) *n = k;
     return rc;
 }
+
+int plait__svc_fill_check(plait_aggstore_t *st, size_t want, size_t min_cohort, double selection_timeout_s,
+                          uint64_t *live, char *why, size_t cap)
+{
+    uint64_t n = 0;
+    int rc = plait__svc_population(st, &n);
+    if (rc != 0) return rc;
+    *live = n;
+    if (cap) why[0] = '\0';
+    if (n < min_cohort) {
+        snprintf(why, cap,
+                 "this round can never fill: it needs min_cohort = %zu devices and %llu %s enrolled and not revoked; "
+                 "it fails after selection_timeout_s = %g s (enroll devices, or lower min_cohort and target_cohort)",
+                 min_cohort, (unsigned long long)n, n == 1 ? "is" : "are", selection_timeout_s);
+        return 1;
+    }
+    if (n < want) {
+        snprintf(why, cap,
+                 "this round selects %zu devices (target_cohort x overselect) and only %llu %s enrolled: training "
+                 "starts only after selection_timeout_s = %g s (lower target_cohort or overselect to start at once)",
+                 want, (unsigned long long)n, n == 1 ? "is" : "are", selection_timeout_s);
+        return 2;
+    }
+    return 0;
+}

@@ -100,6 +100,17 @@ int plait__svc_round_commit(plait_aggstore_t *st, int64_t rid, const plait__svc_
 /** \brief Enrolled, non-revoked devices (the population Poisson sampling draws from). */
 int plait__svc_population(plait_aggstore_t *st, uint64_t *n /* OUT */) PLAIT_WUR;
 
+/**
+ * \brief Whether a round that selects want devices and needs at least min_cohort
+ *        can fill from the live enrolled devices.
+ * \return 0 (it can fill at once); 1 (it can never reach min_cohort: it fails at
+ *         the selection timeout); 2 (it reaches min_cohort only at the selection
+ *         timeout, never want); or a store error. why (cap bytes) says what and
+ *         what to change; *live receives the count.
+ */
+int plait__svc_fill_check(plait_aggstore_t *st, size_t want, size_t min_cohort, double selection_timeout_s,
+                          uint64_t *live /* OUT */, char *why, size_t cap) PLAIT_WUR;
+
 /** \brief After the handshake: enrolled, not revoked, same certificate. \return 0, PLAIT_ENOENT, PLAIT_EAUTH, errors. */
 int plait__svc_device_check(plait_aggstore_t *st, const char *id, const uint8_t fpr[32]) PLAIT_WUR;
 

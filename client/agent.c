@@ -534,13 +534,15 @@ static int do_task(plait__agent_conn_t *c, const plait_msg_task_t *t, plait_agen
     if (a->cfg.eligible && !a->cfg.eligible(a->cfg.eligible_ud))
         return decline(c, res, round, PLAIT_ECANCELED, PLAIT_DECLINE_NOT_ELIGIBLE,
                        "the device is no longer eligible (not idle or not charging)");
+    char prox_txt[40] = "";
+    if (t->train.prox_mu > 0) snprintf(prox_txt, sizeof(prox_txt), ", fedprox mu %g", t->train.prox_mu);
     PLAIT_LOG(PLAIT_LOG_INFO,
-              "agent %s: round %llu: task (adapter v%llu, %s rank %u, %u steps, B=%u T=%u, lr %g, "
+              "agent %s: round %llu: task (adapter v%llu, %s rank %u, %u steps, B=%u T=%u, lr %g%s, "
               "clip %g, %u bits, "
               "dp %s, deadline %u s)",
               a->device_id, (unsigned long long)round, (unsigned long long)t->adapter_version,
               plait_lora_mode_name(t->lora.mode), t->lora.rank, t->train.local_steps,
-              t->train.batch, t->train.seq_len, t->train.lr, t->clip_norm, t->quant_bits,
+              t->train.batch, t->train.seq_len, t->train.lr, prox_txt, t->clip_norm, t->quant_bits,
               t->dp.mode == PLAIT_DP_LOCAL     ? "local"
               : t->dp.mode == PLAIT_DP_CENTRAL ? "central"
               : t->dp.mode == PLAIT_DP_DISTRIBUTED ? "distributed"
@@ -602,7 +604,7 @@ static const char *retry_reason_name(plait_retry_reason_t r)
     return "unknown reason";
 }
 
-int plait_agent_run_once(plait_agent_t *a, plait_agent_result_t *res_out)
+int plait__agent_run_once(plait_agent_t *a, plait_agent_result_t *res_out)
 {
     if (!a) return plait_fail(PLAIT_EINVAL, "agent: NULL");
     plait_agent_result_t res;
@@ -684,7 +686,7 @@ static double uniform(plait_agent_t *a)
     return plait_rng_uniform(&a->jitter);
 }
 
-int plait_agent_run(plait_agent_t *a)
+int plait__agent_run_loop(plait_agent_t *a)
 {
     if (!a) return plait_fail(PLAIT_EINVAL, "agent: NULL");
     uint64_t start = plait__agent_now_ms();

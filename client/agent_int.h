@@ -307,6 +307,11 @@ int plait__agent_sa_ddg(const plait_msg_task_t *t, plait_drbg_t *drbg, uint32_t 
 /** \brief Wipe the round's keys and shares and free. NULL is safe. */
 void plait__agent_sa_free(plait__agent_sa_t *sa);
 
+/* The public calls without the per-agent log sink (client.h on_log); agent_embed.c wraps them. */
+int plait__agent_create(plait_agent_t **out, const plait_agent_config_t *cfg) PLAIT_WUR;
+int plait__agent_run_once(plait_agent_t *a, plait_agent_result_t *res_out) PLAIT_WUR;
+int plait__agent_run_loop(plait_agent_t *a) PLAIT_WUR;
+
 /** \brief Test hook: words per UpdateChunk (default min(max_chunk_bytes / 4, 65536)). */
 void plait__agent_set_chunk_words(plait_agent_t *a, size_t words);
 

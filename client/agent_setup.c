@@ -70,11 +70,16 @@ void plait_agent_config_default(plait_agent_config_t *cfg)
     cfg->not_eligible_ms = 60000;
     cfg->daemon = 0;
     cfg->max_attempts = 5;
+    cfg->struct_size = sizeof(*cfg); /* the layout this app was compiled against */
 }
 
 int plait_agent_config_validate(const plait_agent_config_t *c)
 {
     if (!c) return plait_fail(PLAIT_EINVAL, "agent config: NULL");
+    if (c->struct_size != sizeof(*c))
+        return plait_fail(PLAIT_EINVAL, "agent config: struct_size %zu is not this library's %zu (fill the config with "
+                                        "plait_agent_config_default() and rebuild against this client.h)",
+                          c->struct_size, sizeof(*c));
     const struct {
         const char *name;
         const char *v;
@@ -83,7 +88,7 @@ int plait_agent_config_validate(const plait_agent_config_t *c)
                {"model_path", c->model_path},   {"tokenizer_path", c->tokenizer_path},
                {"store_path", c->store_path},   {"state_dir", c->state_dir}};
     for (size_t i = 0; i < sizeof(req) / sizeof(req[0]); i++)
-        if (!req[i].v || !*req[i].v)
+        if ((!req[i].v || !*req[i].v) && !(c->load_pem && (i >= 1 && i <= 3))) /* a keystore replaces the PEM paths */
             return plait_fail(PLAIT_EINVAL, "agent config: %s is required", req[i].name);
     if (strlen(c->server_host) > 253)
         return plait_fail(PLAIT_EINVAL, "agent config: server_host longer than 253 bytes");
@@ -158,6 +163,32 @@ void plait__agent_set_chunk_words(plait_agent_t *a, size_t words)
 
 /* ------------------------------------------------------------ create/destroy */
 
+#define PEM_CAP ((size_t)64 << 10)
+
+/* A PEM object from the app's keystore callback (client.h plait_agent_pem_cb), NUL-terminated and
+ * owned like plait_pki_read_file()'s (free with plait_pki_free_pem, which wipes it). */
+static int keystore_pem(const plait_agent_config_t *cfg, plait_agent_pem_t which, const char *what, char **out)
+{
+    *out = NULL;
+    char *buf = calloc(1, PEM_CAP + 1);
+    if (!buf) return plait_fail(PLAIT_ENOMEM, "%s from the keystore", what);
+    size_t len = 0;
+    int rc = cfg->load_pem(cfg->pem_ud, which, buf, PEM_CAP, &len);
+    if (rc == 0 && (len == 0 || len > PEM_CAP)) rc = PLAIT_EPROTO;
+    if (rc == 0 && memchr(buf, '\0', len) != NULL) rc = PLAIT_EPROTO;
+    if (rc != 0) {
+        plait_zeroize(buf, PEM_CAP);
+        free(buf);
+        if (rc > 0) rc = PLAIT_EINTERNAL;
+        return plait_fail(rc, "%s from the keystore: %s", what,
+                          rc == PLAIT_EPROTO ? "the callback returned no PEM text (empty, too long or with a NUL)"
+                                             : plait_strerror(rc));
+    }
+    buf[len] = '\0';
+    *out = buf;
+    return 0;
+}
+
 int plait__agent_load_pem(const char *path, const char *what, char **out)
 {
     int rc = plait_pki_read_file(path, out);
@@ -173,7 +204,7 @@ int plait__agent_store_fail(const plait_agent_t *a, int rc)
     return plait_fail(rc, "store %s: %s", a->store_path, m);
 }
 
-int plait_agent_create(plait_agent_t **out, const plait_agent_config_t *cfg)
+int plait__agent_create(plait_agent_t **out, const plait_agent_config_t *cfg)
 {
     if (!out) return plait_fail(PLAIT_EINVAL, "agent: NULL out");
     *out = NULL;
@@ -193,9 +224,9 @@ int plait_agent_create(plait_agent_t **out, const plait_agent_config_t *cfg)
 
     a->host = dup_str(cfg->server_host);
     a->name = dup_str(cfg->server_name ? cfg->server_name : cfg->server_host);
-    a->ca_path = dup_str(cfg->ca_path);
-    a->cert_path = dup_str(cfg->cert_path);
-    a->key_path = dup_str(cfg->key_path);
+    a->ca_path = dup_str(cfg->load_pem ? "(keystore)" : cfg->ca_path);
+    a->cert_path = dup_str(cfg->load_pem ? "(keystore)" : cfg->cert_path);
+    a->key_path = dup_str(cfg->load_pem ? "(keystore)" : cfg->key_path);
     a->model_path = dup_str(cfg->model_path);
     a->tok_path = dup_str(cfg->tokenizer_path);
     a->store_path = dup_str(cfg->store_path);
@@ -227,9 +258,16 @@ int plait_agent_create(plait_agent_t **out, const plait_agent_config_t *cfg)
     if ((rc = plait_tok_load(&a->tok, a->tok_path, a->model.cfg.vocab_size)) != 0) goto fail;
     if (cfg->threads > 1 && (rc = plait_pool_create(&a->pool, cfg->threads)) != 0) goto fail;
 
-    if ((rc = plait__agent_load_pem(a->ca_path, "CA certificate", &ca)) != 0) goto fail;
-    if ((rc = plait__agent_load_pem(a->cert_path, "device certificate", &crt)) != 0) goto fail;
-    if ((rc = plait__agent_load_pem(a->key_path, "device key", &key)) != 0) goto fail;
+    if (cfg->load_pem) {
+        if ((rc = keystore_pem(cfg, PLAIT_AGENT_PEM_CA, "CA certificate", &ca)) != 0 ||
+            (rc = keystore_pem(cfg, PLAIT_AGENT_PEM_CERT, "device certificate", &crt)) != 0 ||
+            (rc = keystore_pem(cfg, PLAIT_AGENT_PEM_KEY, "device key", &key)) != 0)
+            goto fail;
+    } else {
+        if ((rc = plait__agent_load_pem(a->ca_path, "CA certificate", &ca)) != 0) goto fail;
+        if ((rc = plait__agent_load_pem(a->cert_path, "device certificate", &crt)) != 0) goto fail;
+        if ((rc = plait__agent_load_pem(a->key_path, "device key", &key)) != 0) goto fail;
+    }
     plait_pki_cert_info_t info;
     if ((rc = plait_pki_cert_info((const uint8_t *)crt, strlen(crt), &info)) != 0) {
         rc = plait_fail(rc, "device certificate %s: %s", a->cert_path, plait_errmsg());

@@ -93,6 +93,7 @@ typedef struct {
     int train_a;
     int B, T;
     double lr;
+    double prox_mu;
     uint32_t steps;
     uint64_t sample_seed; /* not secret; selects windows */
     atomic_int cancel;
@@ -108,6 +109,7 @@ static void *job_main(void *p)
 {
     job_t *j = p;
     plait_agent_t *a = j->a;
+    if (a->cfg.on_log) plait_log_set_thread_sink(a->cfg.on_log, a->cfg.log_ud, NULL, NULL); /* this thread only */
     plait_corpus_t corpus;
     plait_corpus_init(&corpus);
     plait_store_t *st = NULL;
@@ -132,6 +134,7 @@ static void *job_main(void *p)
     tc.B = j->B;
     tc.T = j->T;
     tc.lr = j->lr;
+    tc.prox_mu = j->prox_mu; /* FedProx: the task's proximal weight (0: none) */
     tc.train_a = j->train_a;
     tc.threads = a->cfg.threads;
     tc.pool = a->pool;
@@ -304,6 +307,7 @@ int plait__agent_compute_update(plait__agent_conn_t *c, const plait_msg_task_t *
     j->B = (int)t->train.batch;
     j->T = (int)t->train.seq_len;
     j->lr = t->train.lr;
+    j->prox_mu = t->train.prox_mu;
     j->steps = t->train.local_steps;
     if (a->cfg.seed != 0)
         j->sample_seed = a->cfg.seed ^ (round * 0x9E3779B97F4A7C15ull);
@@ -360,6 +364,7 @@ int plait__agent_compute_update(plait__agent_conn_t *c, const plait_msg_task_t *
     if (plait__agent_save_personal(a, &local) != 0)
         PLAIT_LOG(PLAIT_LOG_WARN, "agent %s: cannot save the personal adapter: %s", a->device_id,
                   plait_errmsg());
+    else plait__agent_emit(a, PLAIT_AGENT_EV_ADAPTER_UPDATED, round, 0);
 exit:
     plait_rng_wipe(&rng);
     free(blob);

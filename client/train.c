@@ -75,6 +75,7 @@ plait_train_config_t plait_train_config_default(void)
     c.pool = NULL;        /* the trainer creates its own pool of `threads` */
     c.max_bytes = (size_t)4 << 30; /* 4 GiB: far above any small model's need; phones set less */
     c.base_bf16 = 0;      /* float32 base */
+    c.prox_mu = 0.0;      /* no proximal term: plain local training (FedAvg) */
     return c;
 }
 
@@ -106,6 +107,8 @@ int plait_train_config_validate(const plait_train_config_t *c, const plait_model
     if (c->train_a != 0 && c->train_a != 1) return plait_fail(PLAIT_EINVAL, "train: train_a %d is not 0 or 1", c->train_a);
     if (c->base_bf16 != 0 && c->base_bf16 != 1)
         return plait_fail(PLAIT_EINVAL, "train: base_bf16 %d is not 0 or 1", c->base_bf16);
+    if (!(c->prox_mu >= 0.0 && c->prox_mu <= 1e4))
+        return plait_fail(PLAIT_EINVAL, "train: prox_mu %g is outside [0, 10000]", c->prox_mu);
     if (!c->pool && (c->threads < 1 || c->threads > 256))
         return plait_fail(PLAIT_EINVAL, "train: threads %d is outside 1..256", c->threads);
     return 0;
@@ -347,9 +350,28 @@ int plait_train_forward_backward(plait_trainer_t *tr, const int32_t *tokens, flo
     if (!isfinite(l))
         return plait_fail(PLAIT_EPROTO, "train: the loss is non-finite (the model or adapter overflows float32)");
     backward(tr);
+    if (tr->anchor) {
+        /* d/dw of (mu/2)·||w - w0||², split evenly over the step's micro-batches */
+        const float *p = tr->lora->params + tr->goff;
+        double k = tr->cfg.prox_mu / (double)tr->cfg.accum_steps;
+        for (size_t i = 0; i < tr->n_grads; i++)
+            tr->grads[i] = (float)((double)tr->grads[i] + k * ((double)p[i] - (double)tr->anchor[i]));
+    }
     tr->n_micro++;
     if (loss) *loss = (float)l;
     return 0;
+}
+
+double plait_train_prox_value(const plait_trainer_t *tr)
+{
+    if (!tr || !tr->anchor) return 0.0;
+    const float *p = tr->lora->params + tr->goff;
+    double s = 0.0;
+    for (size_t i = 0; i < tr->n_grads; i++) {
+        double d = (double)p[i] - (double)tr->anchor[i];
+        s += d * d;
+    }
+    return 0.5 * tr->cfg.prox_mu * s;
 }
 
 int plait_train_eval_loss(plait_trainer_t *tr, const int32_t *tokens, size_t n_rows, float *loss)
@@ -420,6 +442,7 @@ void plait_train_reset(plait_trainer_t *tr)
     tr->n_micro = 0;
     tr->steps = 0;
     tr->last_norm = 0.0;
+    if (tr->anchor) memcpy(tr->anchor, tr->lora->params + tr->goff, tr->n_grads * sizeof(float));
 }
 
 /* ---------------------------------------------------------------- lifecycle */
@@ -514,15 +537,17 @@ int plait_train_create(plait_trainer_t **out, const plait_model_t *m, plait_lora
     tr->grads = calloc(tr->n_grads, sizeof(float));
     tr->opt_m = calloc(tr->n_grads, sizeof(float));
     tr->opt_v = calloc(tr->n_grads, sizeof(float));
-    if (!tr->acts || !tr->u || !tr->grads || !tr->opt_m || !tr->opt_v) {
+    if (cfg->prox_mu > 0) tr->anchor = malloc(tr->n_grads * sizeof(float));
+    if (!tr->acts || !tr->u || !tr->grads || !tr->opt_m || !tr->opt_v || (cfg->prox_mu > 0 && !tr->anchor)) {
         plait_train_destroy(tr);
         return plait_fail(PLAIT_ENOMEM, "train: %zu MiB of activations for B=%zu T=%zu",
                           total * sizeof(float) >> 20, B, T);
     }
     memset(tr->acts, 0, total * sizeof(float));
     tr->bytes_acts = total * sizeof(float);
-    tr->bytes = total * sizeof(float) + 3 * tr->n_grads * sizeof(float) + L * PLAIT_NPROJ * sizeof(float *) +
-                sizeof(*tr);
+    tr->bytes = total * sizeof(float) + (tr->anchor ? 4 : 3) * tr->n_grads * sizeof(float) +
+                L * PLAIT_NPROJ * sizeof(float *) + sizeof(*tr);
+    if (tr->anchor) memcpy(tr->anchor, lora->params + tr->goff, tr->n_grads * sizeof(float));
     float *ptr = tr->acts;
     size_t si = 0;
 #define TAKE(field) (tr->field = ptr, ptr += sizes[si++])
@@ -581,5 +606,6 @@ void plait_train_destroy(plait_trainer_t *tr)
     free(tr->opt_v);
     free((void *)tr->bpk);
     free(tr->bf16);
+    free(tr->anchor);
     free(tr);
 }

@@ -64,6 +64,7 @@ struct plait_trainer_s {
     float *grads; /* (n_grads) mirrors lora->params[goff ..] */
     float *opt_m; /* (n_grads) AdamW first moment */
     float *opt_v; /* (n_grads) AdamW second moment */
+    float *anchor; /* (n_grads) FedProx w0, or NULL when prox_mu is 0 */
     size_t n_grads, goff;
     const uint16_t **bpk; /* [2 * (L * PLAIT_NPROJ + 1)] the base's projections and (last) classifier
                            * as BF16 packed for the forward (even) and input-gradient (odd) products,

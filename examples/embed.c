@@ -11,6 +11,7 @@
  * printing its events, then stops it from the main thread and exits.
  */
 #include "plait/client.h"
+#include "plait/lora.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -36,6 +37,9 @@ static void on_event(void *ud, const plait_agent_event_t *ev)
         break;
     case PLAIT_AGENT_EV_ACKED:
         printf("round %llu: update accepted\n", (unsigned long long)ev->round_id);
+        break;
+    case PLAIT_AGENT_EV_ADAPTER_UPDATED: /* an app reloads its on-device model here */
+        printf("round %llu: personalized adapter updated\n", (unsigned long long)ev->round_id);
         break;
     case PLAIT_AGENT_EV_COME_BACK:
         printf("no round now; retry in %llu ms\n", (unsigned long long)ev->delay_ms);
@@ -98,6 +102,12 @@ int main(int argc, char **argv)
     plait_agent_stop(agent); /* e.g. the user unplugged the phone */
     pthread_join(th, NULL);
     printf("%u rounds acknowledged\n", plait_agent_rounds_acked(agent));
+    /* The personalized model for inference: base model + this adapter (plait_infer_setup, infer.h). */
+    plait_lora_t personal;
+    if (plait_agent_personal_load(agent, &personal) == 0) {
+        printf("personalized adapter: %zu parameters\n", personal.n_params);
+        plait_lora_free(&personal);
+    }
     plait_agent_destroy(agent);
     return 0;
 }

@@ -15,6 +15,8 @@
 plait_log_level_t plait__log_level = PLAIT_LOG_INFO;
 static plait_log_cb log_sink;
 static void *log_ud;
+static _Thread_local plait_log_cb thread_sink; /* wins over log_sink on its thread */
+static _Thread_local void *thread_ud;
 
 static const char *level_names[] = {"DEBUG", "INFO", "WARN", "ERROR", "OFF"};
 
@@ -30,6 +32,14 @@ void plait_log_set_sink(plait_log_cb cb, void *ud)
 {
     log_sink = cb;
     log_ud = ud;
+}
+
+void plait_log_set_thread_sink(plait_log_cb cb, void *ud, plait_log_cb *prev, void **prev_ud)
+{
+    if (prev) *prev = thread_sink;
+    if (prev_ud) *prev_ud = thread_ud;
+    thread_sink = cb;
+    thread_ud = ud;
 }
 
 int plait_log_parse_level(const char *s, plait_log_level_t *out)
@@ -55,6 +65,10 @@ void plait__log(plait_log_level_t level, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(line, sizeof(line), fmt, ap);
     va_end(ap);
+    if (thread_sink) {
+        thread_sink(level, line, thread_ud);
+        return;
+    }
     if (log_sink) {
         log_sink(level, line, log_ud);
         return;

@@ -90,6 +90,7 @@ static int from_task(const Plait__Task *p, plait_msg_task_t *t)
     t->train.batch = tp->batch;
     t->train.seq_len = tp->seq_len;
     t->train.lr = tp->lr;
+    t->train.prox_mu = tp->has_prox_mu ? tp->prox_mu : 0.0;
 
     NEED(p->has_clip_norm, "task.clip_norm");
     NEED(p->has_quant_bits, "task.quant_bits");
@@ -306,6 +307,8 @@ int plait__wire_to_envelope(const plait_msg_t *m, plait__wire_pb_t *pb)
         pb->train.batch = t->train.batch;
         pb->train.seq_len = t->train.seq_len;
         pb->train.lr = t->train.lr;
+        pb->train.has_prox_mu = t->train.prox_mu != 0.0; /* absent when off: older devices see the same task */
+        pb->train.prox_mu = t->train.prox_mu;
         p->train = &pb->train;
         p->has_clip_norm = p->has_quant_bits = p->has_quant_range = p->has_secure_agg = 1;
         p->clip_norm = t->clip_norm;

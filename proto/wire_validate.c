@@ -299,6 +299,14 @@ static int check_client_version(const void *msg, const plait_wire_limits_t *lim)
     return 0;
 }
 
+static int check_prox_mu(const void *msg, const plait_wire_limits_t *lim)
+{
+    const plait_msg_task_t *t = msg;
+    (void)lim;
+    if (!(t->train.prox_mu >= 0.0 && t->train.prox_mu <= 1e4)) return BAD("task.train.prox_mu: not in [0, 10000]");
+    return 0;
+}
+
 static int check_targets(const void *msg, const plait_wire_limits_t *lim)
 {
     const plait_msg_task_t *t = msg;
@@ -500,6 +508,7 @@ static const rule_t task_rules[] = {
     RANGE(TK, train.batch, "task.train.batch", 1, PLAIT_WIRE_MAX_BATCH),
     RANGE(TK, train.seq_len, "task.train.seq_len", 1, PLAIT_WIRE_MAX_SEQ_LEN),
     UNIT(TK, train.lr, "task.train.lr"),
+    CHECK("task.train.prox_mu", check_prox_mu),
     POSITIVE(TK, clip_norm, "task.clip_norm"),
     RANGE(TK, quant_bits, "task.quant_bits", PLAIT_QUANT_MIN_BITS, PLAIT_QUANT_MAX_BITS),
     POSITIVE(TK, quant_range, "task.quant_range"),

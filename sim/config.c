@@ -29,10 +29,11 @@
 #define CONFIG_MAX_BYTES ((size_t)1 << 20)
 
 typedef enum { K_INT, K_SIZE, K_U64, K_DOUBLE, K_BOOL, K_PATH, K_MODE, K_SOURCE, K_LORA_MODE, K_TARGETS,
-               K_STRATEGY, K_UNSIGNED, K_PARTITION, K_LABEL } ktype_t;
+               K_STRATEGY, K_UNSIGNED, K_PARTITION, K_LABEL, K_AGGREGATION } ktype_t;
 
 /* Types whose JSON value is a string. */
-static int is_string_type(ktype_t t) { return (t >= K_PATH && t <= K_STRATEGY) || t == K_PARTITION || t == K_LABEL; }
+static int is_string_type(ktype_t t) { return (t >= K_PATH && t <= K_STRATEGY) || t == K_PARTITION || t == K_LABEL ||
+                                              t == K_AGGREGATION; }
 
 typedef struct {
     const char *section, *key;
@@ -42,6 +43,7 @@ typedef struct {
 } key_t_;
 
 #define F(field) offsetof(plait_sim_config_t, field)
+/* Grouped by section: config_to_json writes a section each time it changes. */
 static const key_t_ KEYS[] = {
     {"run", "mode", K_MODE, F(mode), 0, 0},
     {"run", "seed", K_U64, F(seed), 0, 0},
@@ -70,6 +72,7 @@ static const key_t_ KEYS[] = {
     {"local", "batch", K_INT, F(batch), 1, 1024},
     {"local", "seq_len", K_INT, F(seq_len), 1, 4096},
     {"local", "lr", K_DOUBLE, F(lr), 0, 10},
+    {"local", "prox_mu", K_DOUBLE, F(prox_mu), 0, 1e4},
     {"rounds", "count", K_INT, F(rounds), 1, 1000000},
     {"rounds", "clients_per_round", K_SIZE, F(clients_per_round), 1, 1e6},
     {"rounds", "min_clients", K_SIZE, F(min_clients), 0, 1e6},
@@ -77,6 +80,9 @@ static const key_t_ KEYS[] = {
     {"rounds", "deadline_s", K_DOUBLE, F(deadline_s), 1e-6, 1e9},
     {"server", "strategy", K_STRATEGY, F(strategy), 0, 0},
     {"server", "lr", K_DOUBLE, F(server_lr), 0, 100},
+    {"server", "momentum", K_DOUBLE, F(server_momentum), 0, 0.999},
+    {"server", "aggregation", K_AGGREGATION, F(aggregation), 0, 0},
+    {"server", "trim_fraction", K_DOUBLE, F(trim_fraction), 0, 0.49},
     {"privacy", "clip", K_DOUBLE, F(clip), 1e-9, 1e9},
     {"privacy", "noise_multiplier", K_DOUBLE, F(noise_multiplier), 0, 1e6},
     {"privacy", "local_noise", K_DOUBLE, F(local_noise), 0, 1e6},
@@ -148,8 +154,12 @@ void plait_sim_config_default(plait_sim_config_t *c, const char *assets)
     c->min_clients = 0;             /* ceil(K / 2) */
     c->overselect = 1.3;            /* absorbs dropouts and stragglers */
     c->deadline_s = 15;             /* ~11% of clients miss it at the default speeds and 10 steps */
-    c->strategy = PLAIT_OPT_FEDAVG;
+    snprintf(c->strategy, sizeof(c->strategy), "fedavg");
     c->server_lr = 0;               /* the strategy's default */
+    c->server_momentum = 0.9;       /* Hsu et al. 2019's FedAvgM; Reddi et al.'s β1 */
+    c->prox_mu = 0;                 /* fedprox's default (0.01) */
+    snprintf(c->aggregation, sizeof(c->aggregation), "mean");
+    c->trim_fraction = 0.1;
     c->clip = 1.0;
     c->noise_multiplier = 0;        /* no central DP */
     c->local_noise = 0;
@@ -181,6 +191,19 @@ int plait_sim_config_validate(const plait_sim_config_t *c)
     if (!c) return plait_fail(PLAIT_EINVAL, "config: NULL");
     if (strcmp(c->mode, "inprocess") != 0 && strcmp(c->mode, "network") != 0)
         return plait_fail(PLAIT_EINVAL, "run.mode: must be \"inprocess\" or \"network\"");
+    if (plait_strategy_find(c->strategy) == NULL) {
+        char names[512];
+        plait_strategy_names(names, sizeof(names));
+        return plait_fail(PLAIT_EINVAL, "server.strategy: '%s' is not registered (known: %s)", c->strategy, names);
+    }
+    plait_server_opt_kind_t kind;
+    if (strcmp(c->mode, "network") == 0 && strcmp(c->strategy, "fedprox") != 0 &&
+        plait_server_opt_kind_parse(c->strategy, &kind) != 0)
+        return plait_fail(PLAIT_EINVAL, "server.strategy %s runs in-process only: network mode's aggregator offers "
+                                        "fedavg, fedadagrad, fedadam, fedyogi, fedavgm and fedprox", c->strategy);
+    if (c->prox_mu > 0 && strcmp(c->strategy, "fedprox") != 0)
+        return plait_fail(PLAIT_EINVAL, "local.prox_mu is FedProx's: set server.strategy = \"fedprox\" (it is %s)",
+                          c->strategy);
     for (size_t i = 0; i < N_KEYS; i++) {
         const key_t_ *k = &KEYS[i];
         const char *p = (const char *)c + k->off;
@@ -217,6 +240,15 @@ int plait_sim_config_validate(const plait_sim_config_t *c)
         return plait_fail(PLAIT_EINVAL, "rounds.min_clients exceeds rounds.clients_per_round");
     if (c->local_noise > 0 && c->noise_multiplier > 0)
         return plait_fail(PLAIT_EINVAL, "privacy: choose local_noise or noise_multiplier (central DP), not both");
+    if (strcmp(c->aggregation, "mean") != 0 && strcmp(c->aggregation, "median") != 0 &&
+        strcmp(c->aggregation, "trimmed_mean") != 0)
+        return plait_fail(PLAIT_EINVAL, "server.aggregation: must be mean, median or trimmed_mean");
+    if (strcmp(c->aggregation, "mean") != 0 && c->secure_agg)
+        return plait_fail(PLAIT_EINVAL, "server.aggregation = %s needs each client's update, which secure aggregation "
+                                        "hides: set privacy.secure_agg = false", c->aggregation);
+    if (strcmp(c->aggregation, "mean") != 0 && c->noise_multiplier > 0)
+        return plait_fail(PLAIT_EINVAL, "server.aggregation = %s with central DP: the accountant assumes a noised sum "
+                                        "of clipped updates; use mean", c->aggregation);
     double want = ceil((double)c->clients_per_round * c->overselect);
     unsigned ring;
     size_t min_cohort = c->min_clients ? c->min_clients : (c->clients_per_round + 1) / 2;
@@ -309,13 +341,19 @@ static int set_key(plait_sim_config_t *c, const key_t_ *k, const plait_json_t *v
             return plait__sim_wrap(PLAIT_EPROTO, "config lora.targets");
         return 0;
     case K_STRATEGY:
-        if (plait_server_opt_kind_parse(s, &c->strategy) != 0)
-            return plait_fail(PLAIT_EPROTO, "config server.strategy: must be fedavg, fedadagrad, fedadam or fedyogi");
+        if (strlen(s) >= sizeof(c->strategy) || plait_strategy_find(s) == NULL)
+            return plait__sim_wrap(PLAIT_EPROTO, "config server.strategy");
+        snprintf(c->strategy, sizeof(c->strategy), "%s", s);
         return 0;
     case K_PARTITION:
         if (strcmp(s, "natural") != 0 && strcmp(s, "dirichlet") != 0)
             return plait_fail(PLAIT_EPROTO, "config population.partition: must be natural or dirichlet");
         snprintf(c->partition, sizeof(c->partition), "%s", s);
+        return 0;
+    case K_AGGREGATION:
+        if (strcmp(s, "mean") != 0 && strcmp(s, "median") != 0 && strcmp(s, "trimmed_mean") != 0)
+            return plait_fail(PLAIT_EPROTO, "config server.aggregation: must be mean, median or trimmed_mean");
+        snprintf(c->aggregation, sizeof(c->aggregation), "%s", s);
         return 0;
     case K_LABEL:
         if (strcmp(s, "user") != 0 && strcmp(s, "kind") != 0)
@@ -516,13 +554,10 @@ int plait_sim_config_to_json(const plait_sim_config_t *c, plait_buf_t *b)
             plait_lora_format_targets(c->targets, tg, sizeof(tg));
             plait_buf_printf(b, "\"%s\"", tg);
             break;
-        case K_STRATEGY: {
-            static const char *names[] = {"fedavg", "fedadagrad", "fedadam", "fedyogi"};
-            plait_buf_printf(b, "\"%s\"", names[c->strategy]);
-            break;
-        }
+        case K_STRATEGY: plait_buf_json_string(b, c->strategy, strlen(c->strategy)); break;
         case K_PARTITION: plait_buf_printf(b, "\"%s\"", c->partition); break;
         case K_LABEL: plait_buf_printf(b, "\"%s\"", c->partition_label); break;
+        case K_AGGREGATION: plait_buf_printf(b, "\"%s\"", c->aggregation); break;
         }
     }
     plait_buf_append(b, "\n  }\n}\n", 7);

@@ -40,8 +40,12 @@ int plait__sim_agg_sets(const plait_sim_config_t *cfg, char (*sets)[160], int ca
     char targets[128];
     plait_lora_format_targets(cfg->targets, targets, sizeof(targets));
     plait_server_opt_config_t oc;
-    plait_server_opt_config_default(&oc, cfg->strategy);
-    static const char *const opt_names[] = {"fedavg", "fedadagrad", "fedadam", "fedyogi"};
+    plait_server_opt_kind_t kind = PLAIT_OPT_FEDAVG;
+    const int prox = strcmp(cfg->strategy, "fedprox") == 0; /* FedAvg on the server, mu in the devices' task */
+    if (!prox && plait_server_opt_kind_parse(cfg->strategy, &kind) != 0)
+        return plait_fail(PLAIT_EINVAL, "server.strategy %s runs only in the simulator (the aggregator offers fedavg, "
+                                        "fedadagrad, fedadam, fedyogi, fedavgm and fedprox)", cfg->strategy);
+    plait_server_opt_config_default(&oc, kind);
     size_t minc = cfg->min_clients ? cfg->min_clients : (cfg->clients_per_round + 1) / 2;
     double qrange = cfg->clip * (cfg->local_noise > 0 ? 1.0 + 4.0 * cfg->local_noise : 1.0);
 #define SET(...)                                                                                                   \
@@ -62,7 +66,14 @@ int plait__sim_agg_sets(const plait_sim_config_t *cfg, char (*sets)[160], int ca
     SET("quant_range=%s", num(qrange, t));
     SET("target_cohort=%zu", cfg->clients_per_round);
     SET("min_cohort=%zu", minc);
-    SET("server_opt=%s", opt_names[cfg->strategy]);
+    SET("server_opt=%s", prox ? "fedavg" : cfg->strategy);
+    if (prox) SET("prox_mu=%s", num(cfg->prox_mu > 0 ? cfg->prox_mu : 0.01, t)); /* strategy.c's default */
+    if (kind != PLAIT_OPT_FEDAVG) SET("server_momentum=%s", num(cfg->server_momentum, t));
+    if (strcmp(cfg->aggregation, "mean") != 0) {
+        SET("aggregation=%s", cfg->aggregation);
+        SET("trim_fraction=%s", num(cfg->trim_fraction, t));
+        SET("secure_agg=false"); /* robust estimators need each update */
+    }
     SET("server_lr=%s", num(cfg->server_lr > 0 ? cfg->server_lr : oc.lr, t));
     if (cfg->noise_multiplier > 0) {
         SET("dp=central");
@@ -77,6 +88,7 @@ int plait__sim_export_config(const plait_sim_config_t *cfg, const char *path)
 {
     char sets[32][160];
     int ns = plait__sim_agg_sets(cfg, sets, 32);
+    if (ns < 0) return ns;
     plait_buf_t b;
     plait_buf_init(&b, 0);
     plait_buf_printf(&b, "# aggregator.conf from a plait-sim experiment (plait-sim export-config).\n"

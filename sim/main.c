@@ -59,8 +59,9 @@ SIM_STR(set_agent_bin, "--agent-bin")
 
 static int set_strategy(void *dest, const char *v)
 {
-    if (plait_server_opt_kind_parse(v, dest) != 0)
-        return plait_fail(PLAIT_EINVAL, "--strategy: '%.32s' is not fedavg, fedadam, fedyogi or fedadagrad", v);
+    const size_t cap = sizeof(((plait_sim_config_t *)0)->strategy);
+    if (strlen(v) >= cap || plait_strategy_find(v) == NULL) return plait__sim_wrap(PLAIT_EINVAL, "--strategy");
+    snprintf(dest, cap, "%s", v);
     return 0;
 }
 
@@ -262,7 +263,7 @@ int main(int argc, char **argv)
         PLAIT_F_DOUBLE("local-epochs", &cfg.local_epochs, 0, 1000, "X", "local epochs instead of steps", 0),
         PLAIT_F_DOUBLE("lr", &cfg.lr, 0, 10, "X", "client learning rate", 1),
         PLAIT_F_CUSTOM("strategy", &cfg.strategy, set_strategy, "S",
-                       "fedavg | fedadam | fedyogi | fedadagrad (default fedavg)"),
+                       "fedavg | fedadam | fedyogi | fedadagrad | fedavgm | fedprox (default fedavg)"),
         PLAIT_F_DOUBLE("server-lr", &cfg.server_lr, 0, 100, "X", "server learning rate (default: the strategy's)", 0),
         PLAIT_F_CUSTOM("lora-mode", &cfg.lora_mode, set_lora_mode, "M", "ffa | fedit | fedsa (default ffa)"),
         PLAIT_F_INT("rank", &cfg.rank, 1, PLAIT_LORA_MAX_RANK, "R", "LoRA rank", 1),

@@ -237,6 +237,7 @@ int plait__sim_net_start(plait__sim_net_t **out, const plait_sim_config_t *cfg, 
     /* The aggregator's config from the experiment (export.c), then network mode's own. */
     char sets[40][160];
     int ns = plait__sim_agg_sets(cfg, sets, 32);
+    if (ns < 0) return ns; /* not reached: config validation refuses such strategies in network mode */
 #define SET(...) snprintf(sets[ns++], sizeof(sets[0]), __VA_ARGS__)
     SET("overselect=1"); /* exactly the K sampled agents are started */
     SET("selection_timeout_s=60");
@@ -245,7 +246,9 @@ int plait__sim_net_start(plait__sim_net_t **out, const plait_sim_config_t *cfg, 
     SET("idle_timeout_s=120");
     SET("max_connections=%zu", cfg->clients_per_round + 64);
     SET("population=%zu", pop->n);
-    {
+    if (strcmp(cfg->aggregation, "mean") != 0) {
+        n->plain = 1; /* export.c already set secure_agg = false: robust estimators need each update */
+    } else {
         /* Secure aggregation (the aggregator's default) needs a cohort that SecAgg+ parameters
          * exist for; smaller ones run plain, and say so. */
         plait_secagg_params_t sp;

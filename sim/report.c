@@ -364,7 +364,6 @@ int plait__sim_write_outputs(const plait_sim_config_t *cfg, const plait_sim_resu
         plait__sim_json_row(&jl, &res->rounds[r]);
     }
     int rc = plait_sim_config_to_json(cfg, &cj);
-    static const char *opt_names[] = {"FedAvg", "FedAdagrad", "FedAdam", "FedYogi"};
     char tg[128];
     plait_lora_format_targets(cfg->targets, tg, sizeof(tg));
     const plait_sim_round_t *last = &res->rounds[res->n_rounds];
@@ -405,9 +404,10 @@ int plait__sim_write_outputs(const plait_sim_config_t *cfg, const plait_sim_resu
     else plait_buf_printf(&md, "- local training: %d steps", cfg->local_steps);
     plait_buf_printf(&md, " of batch %d × %d tokens, AdamW lr %g\n", cfg->batch, cfg->seq_len, cfg->lr);
     plait_buf_printf(&md,
-                     "- rounds: %d, %zu clients per round (over-selection %g, deadline %g simulated s), server %s\n",
-                     cfg->rounds, cfg->clients_per_round, cfg->overselect, cfg->deadline_s,
-                     opt_names[cfg->strategy]);
+                     "- rounds: %d, %zu clients per round (over-selection %g, deadline %g simulated s), server %s%s%s\n",
+                     cfg->rounds, cfg->clients_per_round, cfg->overselect, cfg->deadline_s, cfg->strategy,
+                     strcmp(cfg->aggregation, "mean") != 0 ? ", aggregation " : "",
+                     strcmp(cfg->aggregation, "mean") != 0 ? cfg->aggregation : "");
     plait_buf_printf(&md, "- updates: clip %g, %u-bit quantization", cfg->clip, cfg->quant_bits);
     if (cfg->noise_multiplier > 0) plait_buf_printf(&md, ", central DP z = %g", cfg->noise_multiplier);
     if (cfg->local_noise > 0) plait_buf_printf(&md, ", local noise σ = %g·clip", cfg->local_noise);
@@ -506,7 +506,7 @@ int plait__sim_write_outputs(const plait_sim_config_t *cfg, const plait_sim_resu
         char path[PLAIT_SIM_PATH_MAX + 32], title[256];
         snprintf(path, sizeof(path), "%s/loss.svg", dir);
         snprintf(title, sizeof(title), "%s, %s, %zu clients/round", plait_lora_mode_name(cfg->lora_mode),
-                 opt_names[cfg->strategy], cfg->clients_per_round);
+                 cfg->strategy, cfg->clients_per_round);
         rc = plait_sim_write_svg(res, title, path);
         snprintf(path, sizeof(path), "%s/loss-bytes.svg", dir);
         if (rc == 0) rc = write_bytes_svg(res, title, path);

@@ -105,6 +105,7 @@ typedef struct {
     size_t trained;     /* cohort clients trained */
     plait__sim_sa_t *sa; /* secure aggregation per virtual client; NULL when off */
     size_t min_cohort;  /* the round core's minimum cohort */
+    plait_strategy_inst_t strat; /* the configured strategy (strategy.h); the round core borrows it */
 } sim_t;
 
 static double cpu_now(void)
@@ -375,6 +376,7 @@ static void sim_free(sim_t *s)
     free(s->w);
     plait_pool_destroy(s->pool);
     plait_round_destroy(s->round);
+    plait_strategy_free(&s->strat);
     plait__sim_sa_free(s->sa);
     plait_lora_free(&s->global);
     plait_sim_pop_free(&s->pop);
@@ -432,8 +434,20 @@ static int setup(sim_t *s, const plait_sim_config_t *cfg)
     rc_.quant.range = cfg->clip * (cfg->local_noise > 0 ? 1.0 + 4.0 * cfg->local_noise : 1.0);
     rc_.check_norm = cfg->local_noise > 0 ? 0 : 1;
     rc_.clip_norm = cfg->clip;
-    plait_server_opt_config_default(&rc_.opt, cfg->strategy);
-    if (cfg->server_lr > 0) rc_.opt.lr = cfg->server_lr;
+    plait_strategy_params_t sp;
+    plait_strategy_params_default(&sp);
+    sp.server_lr = cfg->server_lr;
+    sp.momentum = cfg->server_momentum;
+    if (cfg->prox_mu > 0) sp.prox_mu = cfg->prox_mu;
+    const plait_strategy_t *strat = plait_strategy_find(cfg->strategy);
+    if (strat == NULL) return plait__sim_wrap(PLAIT_EINVAL, "server.strategy");
+    if ((rc = plait_strategy_setup(&s->strat, strat, &sp, s->len)) != 0) return plait__sim_wrap(rc, "server.strategy");
+    rc_.strategy = &s->strat;
+    if (strcmp(cfg->aggregation, "mean") != 0) {
+        rc_.robust = 1;
+        rc_.robust_kind = strcmp(cfg->aggregation, "median") == 0 ? PLAIT_ROBUST_MEDIAN : PLAIT_ROBUST_TRIMMED_MEAN;
+        rc_.trim_fraction = cfg->trim_fraction;
+    }
     rc_.population = s->pop.n;
     if (cfg->noise_multiplier > 0) {
         rc_.dp = 1;
@@ -458,6 +472,7 @@ static int setup(sim_t *s, const plait_sim_config_t *cfg)
     tc.lr = cfg->lr;
     tc.threads = 1;
     tc.train_a = cfg->lora_mode != PLAIT_LORA_MODE_FFA;
+    tc.prox_mu = s->strat.client.prox_mu; /* FedProx: local training (and personalization) stays near the global adapter */
     for (int k = 0; k < s->nw; k++) {
         worker_t *w = &s->w[k];
         plait_lora_init(&w->lora);

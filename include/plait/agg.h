@@ -128,13 +128,14 @@ typedef enum {
     PLAIT_OPT_FEDAVG = 0,   /**< x += lr·Δ (lr 1: plain FedAvg) */
     PLAIT_OPT_FEDADAGRAD = 1,
     PLAIT_OPT_FEDADAM = 2,
-    PLAIT_OPT_FEDYOGI = 3
+    PLAIT_OPT_FEDYOGI = 3,
+    PLAIT_OPT_FEDAVGM = 4   /**< server momentum (Hsu et al. 2019): m = β1·m + Δ; x += lr·m */
 } plait_server_opt_kind_t;
 
 typedef struct {
     plait_server_opt_kind_t kind; /**< default FEDAVG */
     double lr;    /**< server learning rate η (default 1.0 for FedAvg, 0.01 for the adaptive ones) */
-    double beta1; /**< momentum β1 in [0, 1) (default 0.9) */
+    double beta1; /**< momentum β1 in [0, 1) (default 0.9; FedAvgM's server momentum) */
     double beta2; /**< second-moment decay β2 in [0, 1) (default 0.99; unused by FedAdagrad) */
     double tau;   /**< adaptivity τ > 0 (default 1e-3); v starts at τ² */
 } plait_server_opt_config_t;
@@ -194,8 +195,10 @@ void plait_robust_config_default(plait_robust_config_t *cfg);
 int plait_robust_config_validate(const plait_robust_config_t *cfg);
 /** \brief Allocate room for max_updates × dim floats. \return 0, PLAIT_EINVAL, PLAIT_ETOOBIG, PLAIT_ENOMEM. */
 int plait_robust_create(plait_robust_t **out /* OUT */, const plait_robust_config_t *cfg) PLAIT_WUR;
-/** \brief Free. NULL is safe. */
+/** \brief Free (the held updates are wiped first). NULL is safe. */
 void plait_robust_destroy(plait_robust_t *r);
+/** \brief Forget the held updates (wiped) for the next round. NULL is safe. */
+void plait_robust_reset(plait_robust_t *r);
 /** \brief Keep a copy of u. \return 0; PLAIT_EMISMATCH, PLAIT_EINVAL (non-finite), PLAIT_ETOOBIG (full, or norm). */
 int plait_robust_add(plait_robust_t *r, const float *u, size_t n);
 /** \brief Number of updates held. */

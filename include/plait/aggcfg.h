@@ -68,6 +68,8 @@ typedef struct {
     uint64_t batch;               /**< B (default 2) */
     uint64_t seq_len;             /**< T (default 32) */
     double lr;                    /**< device learning rate (default 0.01) */
+    double prox_mu;               /**< FedProx: devices add (mu/2)|w - w_global|^2 to their local objective
+                                       (default 0: off) */
     double clip_norm;             /**< S: L2 bound of an update (default 1) */
     uint64_t quant_bits;          /**< b (default 16) */
     double quant_range;           /**< R of quantization, >= clip_norm (default 1) */
@@ -82,8 +84,12 @@ typedef struct {
     double round_pause_s;         /**< wait between the end of a round and the next (default 0 s) */
     uint64_t retry_ms;            /**< come-back-later delay when no round is selecting (default 5000) */
     uint64_t pace_rounds;         /**< a device that took part in the last N rounds is told to come back later (default 0: off) */
-    char server_opt[16];          /**< fedavg, fedadagrad, fedadam or fedyogi (default fedavg) */
+    char server_opt[16];          /**< fedavg, fedadagrad, fedadam, fedyogi or fedavgm (default fedavg) */
     double server_lr;             /**< server learning rate (default 1) */
+    double server_momentum;       /**< fedavgm's server momentum, the adaptive optimizers' beta1 (default 0.9) */
+    char aggregation[16];         /**< mean, median or trimmed_mean (default mean; the robust ones need
+                                       secure_agg = false and dp = none) */
+    double trim_fraction;         /**< trimmed_mean: fraction dropped at each end per coordinate (default 0.1) */
     /* differential privacy */
     char dp[16];                  /**< none or central (default none) */
     double noise_multiplier;      /**< z of central DP (default 1) */

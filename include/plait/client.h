@@ -60,11 +60,29 @@
 #ifndef PLAIT_CLIENT_H
 #define PLAIT_CLIENT_H
 
+#include <stddef.h>
 #include <stdint.h>
 
+#include "plait/log.h"
 #include "plait/plait.h"
 
 typedef struct plait_agent_s plait_agent_t; /* opaque */
+
+/** Which PEM object a keystore callback is asked for. */
+typedef enum {
+    PLAIT_AGENT_PEM_CA = 0,   /**< the deployment CA certificate */
+    PLAIT_AGENT_PEM_CERT = 1, /**< this device's certificate */
+    PLAIT_AGENT_PEM_KEY = 2   /**< this device's private key (wiped by the agent after use) */
+} plait_agent_pem_t;
+
+/**
+ * Keystore callback: copy the PEM text of `which` into buf (cap bytes, 64 KiB),
+ * set *len to its length (no NUL needed) and return 0, or return a PLAIT_E*
+ * code (PLAIT_ENOENT: not provisioned yet). Lets an app keep the device key in
+ * a platform keystore (Android Keystore, iOS Keychain export, a TPM wrapper)
+ * instead of a file. Called only from plait_agent_create().
+ */
+typedef int (*plait_agent_pem_cb)(void *ud, plait_agent_pem_t which, char *buf, size_t cap, size_t *len);
 
 /**
  * Eligibility callback supplied by the embedding app: return 1 when the
@@ -88,7 +106,9 @@ typedef enum {
     PLAIT_AGENT_EV_DECLINED = 9,      /**< the agent declined or abandoned the task (rc says why) */
     PLAIT_AGENT_EV_NOT_ELIGIBLE = 10, /**< skipped: too few records, or the app said no */
     PLAIT_AGENT_EV_ERROR = 11,        /**< a conversation failed (rc); the daemon backs off */
-    PLAIT_AGENT_EV_SLEEP = 12         /**< the daemon waits delay_ms before the next attempt */
+    PLAIT_AGENT_EV_SLEEP = 12,        /**< the daemon waits delay_ms before the next attempt */
+    PLAIT_AGENT_EV_ADAPTER_UPDATED = 13 /**< a newly trained personalized adapter is in place (round_id):
+                                             reload it with plait_agent_personal_load() */
 } plait_agent_event_type_t;
 
 /** An event; valid only during the callback. Carries no private data. */
@@ -129,12 +149,15 @@ typedef struct {
  * plait_agent_create() only (it copies them).
  */
 typedef struct {
+    /** sizeof(plait_agent_config_t) as the app was compiled: set by plait_agent_config_default();
+     *  lets a later library accept this layout (0 or a larger size is refused). */
+    size_t struct_size;
     /* Aggregator. */
     const char *server_host; /**< DNS name or IP literal (no default: required) */
     int server_port;         /**< 1..65535 (default 7443) */
     const char *server_name; /**< name the server certificate must carry; NULL = server_host
                                 (default NULL) */
-    /* Identity and trust: PEM files. */
+    /* Identity and trust: PEM files, or a keystore callback (then the three paths may be NULL). */
     const char *ca_path;   /**< the deployment CA certificate (required) */
     const char *cert_path; /**< this device's certificate (required) */
     const char *key_path; /**< this device's private key (required; wiped from memory on destroy) */
@@ -192,7 +215,53 @@ typedef struct {
     /* Progress. */
     plait_agent_event_cb on_event; /**< NULL: none (default NULL) */
     void *event_ud;
+    /* Keystore (see plait_agent_pem_cb): used instead of ca_path, cert_path and key_path. */
+    plait_agent_pem_cb load_pem; /**< NULL: read the PEM files (default NULL) */
+    void *pem_ud;
+    /* Logging: this agent's lines (the "agent DEVICE: ..." lines of create and run, and of its
+     * training thread) go to on_log instead of the process sink (log.h), at the process level and
+     * above. on_log may be called from the agent's thread and its training thread at once. */
+    plait_log_cb on_log; /**< NULL: the process sink, stderr by default (default NULL) */
+    void *log_ud;
 } plait_agent_config_t;
+
+/** \brief 1 when the last failure of plait_agent_run/run_once cannot be fixed by retrying (the store
+ *         or state folder is unusable): stop and tell the user; 0 when retrying later may work
+ *         (network, aggregator busy, a declined task). */
+int plait_agent_last_error_fatal(const plait_agent_t *a);
+
+/* ---- inference with the personalized model --------------------------------------------- */
+struct plait_model_s;
+struct plait_tok_s;
+struct plait_lora_s;
+/** \brief The base model the agent loaded (read-only, valid until destroy; safe to read from
+ *         another thread while the agent trains). */
+const struct plait_model_s *plait_agent_model(const plait_agent_t *a);
+/** \brief The agent's tokenizer (read-only, valid until destroy). */
+const struct plait_tok_s *plait_agent_tokenizer(const plait_agent_t *a);
+/**
+ * \brief Load the personalized adapter this device trained last into out (plait_lora_free it),
+ *        for inference: plait_infer_setup(&s, plait_agent_model(a), out, &icfg) (infer.h).
+ *        Reload on PLAIT_AGENT_EV_ADAPTER_UPDATED.
+ * \return 0; PLAIT_ENOENT (no round trained yet); plait_adapter_load()'s codes.
+ */
+int plait_agent_personal_load(const plait_agent_t *a, struct plait_lora_s *out /* OUT */) PLAIT_WUR;
+
+/**
+ * \brief Add one interaction record (a message, a note) to the device store
+ *        the agent trains on; creates the store on the first record. Safe while
+ *        an agent runs on the same store (separate sqlite connections).
+ * \param store_path the config's store_path.
+ * \param time unix seconds >= 0, or PLAIT_STORE_TIME_NOW (-1).
+ * \param kind 1..64 printable ASCII bytes, or NULL for "text".
+ * \param text UTF-8 without NUL, 1..1 MiB bytes (need not be NUL-terminated).
+ * \param id_out OUT (may be NULL): the record's id, for plait-agent forget --id.
+ * \return 0; PLAIT_EINVAL (bad kind or text, named without the text); PLAIT_ETOOBIG;
+ *         PLAIT_EBUSY (the store stayed locked for 5 s: retry later); PLAIT_EIO / PLAIT_EPROTO
+ *         (the store cannot be written or is not a store).
+ */
+int plait_agent_add_record(const char *store_path, int64_t time, const char *kind, const char *text, size_t len,
+                           int64_t *id_out /* OUT */) PLAIT_WUR;
 
 /**
  * \brief Fill cfg with the defaults documented on each field (required strings NULL).

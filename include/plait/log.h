@@ -50,6 +50,14 @@ void plait_log_set_level(plait_log_level_t level);
 /** \brief Install a sink; NULL restores the stderr sink. */
 void plait_log_set_sink(plait_log_cb cb, void *ud);
 
+/**
+ * \brief Route this thread's lines to cb (NULL: back to the process sink) and
+ *        return the previous thread sink through prev/prev_ud (for restoring).
+ *        The agent uses it so each plait_agent_t logs to its own sink
+ *        (plait_agent_config_t.on_log) while it runs on the calling thread.
+ */
+void plait_log_set_thread_sink(plait_log_cb cb, void *ud, plait_log_cb *prev /* OUT */, void **prev_ud /* OUT */);
+
 /** \brief Parse "debug", "info", "warn", "error" or "off". \return 0 or PLAIT_EINVAL. */
 int plait_log_parse_level(const char *s, plait_log_level_t *out /* OUT */);
 

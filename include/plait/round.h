@@ -79,6 +79,8 @@
 #include "plait/rng.h"
 #include "plait/update.h"
 
+struct plait_strategy_inst_s; /* strategy.h */
+
 /** Hard ceiling on clients selected in one round. */
 #define PLAIT_ROUND_MAX_COHORT ((size_t)1 << 22)
 
@@ -109,6 +111,17 @@ typedef struct {
     double clip_norm;           /**< S, the client clip bound when dp is off (default 1.0) */
     double weight_cap;          /**< float updates: weight = min(examples, cap) / cap (default 1000) */
     plait_server_opt_config_t opt; /**< server optimizer (default FedAvg, lr 1) */
+    int robust;                 /**< 1: aggregate() takes the coordinate-wise robust_kind of the accepted
+                                     updates (each unweighted) instead of their weighted mean. The core then
+                                     holds every update of the round (robust.c, 1 GiB at most), so it needs
+                                     updates it can read one by one: not secure, not dp, not ddg, not
+                                     poisson (default 0) */
+    plait_robust_kind_t robust_kind; /**< PLAIT_ROBUST_MEDIAN or PLAIT_ROBUST_TRIMMED_MEAN (default median) */
+    double trim_fraction;       /**< trimmed mean: drop this fraction at each end per coordinate, [0, 0.5)
+                                     (default 0.1) */
+    const struct plait_strategy_inst_s *strategy; /**< borrowed, outlives the core: when set, commit applies
+                                     strategy->s->aggregate (strategy.h) instead of opt, and the
+                                     optimizer state export is empty (default NULL) */
     int dp;                     /**< central DP-FedAvg with uniform weights (default 0) */
     plait_dp_config_t dp_cfg;   /**< DP settings; expected_weight 0 means target_cohort (default plait_dp_config_default) */
     int ddg;                    /**< distributed DP (ddg.h): every secure update already carries the device's

@@ -48,6 +48,7 @@
 
 #include "plait/agg.h"
 #include "plait/plait.h"
+#include "plait/strategy.h"
 #include "plait/update.h"
 
 #define PLAIT_SIM_PATH_MAX 1024
@@ -96,8 +97,15 @@ typedef struct {
     double overselect;               /**< select ceil(K·overselect) (default 1.3) */
     double deadline_s;               /**< simulated seconds from task to upload deadline (default 15) */
     /* server */
-    plait_server_opt_kind_t strategy; /**< default FEDAVG */
-    double server_lr;                /**< 0 = the strategy's default (1 for FedAvg, 0.01 adaptive) (default 0) */
+    char strategy[32];               /**< a strategy of strategy.h: fedavg, fedadagrad, fedadam, fedyogi, fedavgm,
+                                          fedprox or one registered in C (default "fedavg") */
+    double server_lr;                /**< 0 = the strategy's default (1 for FedAvg(M), 0.01 adaptive) (default 0) */
+    double server_momentum;          /**< fedavgm's server momentum, the adaptive ones' β1, in [0, 1) (default 0.9) */
+    double prox_mu;                  /**< fedprox's proximal weight mu; 0 = its default 0.01 (default 0) */
+    char aggregation[16];            /**< "mean" (default), "median" or "trimmed_mean": the round core's robust
+                                          estimators over the clients' unweighted updates (not with secure_agg
+                                          or central DP) */
+    double trim_fraction;            /**< trimmed_mean: fraction dropped at each end per coordinate (default 0.1) */
     /* privacy and the update pipeline */
     double clip;                     /**< client L2 clip S (default 1.0) */
     double noise_multiplier;         /**< > 0: central DP-FedAvg with this z (default 0: off) */

@@ -78,6 +78,10 @@ typedef struct {
     int base_bf16;      /* 1 = the frozen base's matmuls in BF16 where the CPU has AVX512-BF16 (weights
                          * rounded once at create, activations per product; adapter, gradients and
                          * optimizer stay float32); ignored elsewhere; 0 = float32 (default 0) */
+    double prox_mu;     /* FedProx (Li et al. 2020): > 0 adds (mu/2)·||w - w0||² to the objective, w0 the
+                           trainable parameters at create or at the last plait_train_reset(); each
+                           micro-batch adds mu·(w - w0)/accum_steps to the gradient (the reported loss
+                           stays the cross-entropy) (default 0: off) */
 } plait_train_config_t;
 
 typedef struct plait_trainer_s plait_trainer_t;
@@ -163,6 +167,8 @@ double plait_train_last_grad_norm(const plait_trainer_t *tr);
 /** \brief Bytes the trainer allocated at create (its whole footprint; the model
  *         and adapter are not counted). Constant for the trainer's life. */
 size_t plait_train_memory_bytes(const plait_trainer_t *tr);
+/** \brief The proximal term (mu/2)·||w - w0||² now (0 when prox_mu is 0). */
+double plait_train_prox_value(const plait_trainer_t *tr);
 /** \brief T, the tokens per sequence the trainer was created for. */
 int plait_train_seq_len(const plait_trainer_t *tr);
 
@@ -171,7 +177,8 @@ int plait_train_seq_len(const plait_trainer_t *tr);
  *        micro-batch count) so the trainer starts afresh on whatever the
  *        borrowed adapter now holds, as a newly created one would. Lets one
  *        trainer serve many clients in turn (the simulator) without
- *        reallocating its activation arena.
+ *        reallocating its activation arena. With prox_mu > 0 the adapter's
+ *        trainable parameters now become the proximal anchor w0.
  * \param tr a trainer; NULL does nothing.
  */
 void plait_train_reset(plait_trainer_t *tr);

@@ -217,6 +217,7 @@ typedef struct {
         uint32_t batch;       /**< 1..PLAIT_WIRE_MAX_BATCH */
         uint32_t seq_len;     /**< 1..PLAIT_WIRE_MAX_SEQ_LEN */
         double lr;            /**< finite, in (0, 1] */
+        double prox_mu;       /**< FedProx mu, finite, in [0, 1e4]; 0 (absent on the wire): none */
     } train;
     double clip_norm;    /**< S, finite, > 0 */
     uint32_t quant_bits; /**< PLAIT_QUANT_MIN_BITS..PLAIT_QUANT_MAX_BITS */

@@ -164,6 +164,59 @@ static void base_config(plait_agent_config_t *cfg, const char *state, int port)
 
 /* ------------------------------------------------------------------ config */
 
+/* A keystore that serves the test's PEM files, or refuses the key. */
+static int keystore(void *ud, plait_agent_pem_t which, char *buf, size_t cap, size_t *len)
+{
+    int refuse_key = *(int *)ud;
+    if (which == PLAIT_AGENT_PEM_KEY && refuse_key) return PLAIT_ENOENT;
+    const char *path = which == PLAIT_AGENT_PEM_CA ? g_ca : which == PLAIT_AGENT_PEM_CERT ? g_crt : g_key;
+    size_t n = 0;
+    uint8_t *b = tu_read_file(path, &n);
+    if (!b || n > cap) {
+        free(b);
+        return PLAIT_EIO;
+    }
+    memcpy(buf, b, n);
+    *len = n;
+    free(b);
+    return 0;
+}
+
+START_TEST(test_embed_config)
+{
+    char *state = tu_tmpdir("agent_embed");
+    plait_agent_config_t c;
+    base_config(&c, state, 7443);
+    /* Keys from a keystore: the PEM paths may be absent. */
+    int refuse = 0;
+    c.ca_path = c.cert_path = c.key_path = NULL;
+    c.load_pem = keystore;
+    c.pem_ud = &refuse;
+    ck_assert_int_eq(plait_agent_config_validate(&c), 0);
+    plait_agent_t *a = NULL;
+    ck_assert_msg(plait_agent_create(&a, &c) == 0, "%s", plait_errmsg());
+    /* No round yet: no personalized adapter, said plainly. */
+    plait_lora_t pl;
+    ck_assert_int_eq(plait_agent_personal_load(a, &pl), PLAIT_ENOENT);
+    ck_assert_ptr_nonnull(strstr(plait_errmsg(), "no personalized adapter yet"));
+    ck_assert_int_eq(plait_agent_last_error_fatal(a), 0);
+    plait_agent_destroy(a);
+    refuse = 1;
+    ck_assert_int_eq(plait_agent_create(&a, &c), PLAIT_ENOENT);
+    ck_assert_ptr_null(a);
+    ck_assert_msg(strstr(plait_errmsg(), "device key from the keystore") != NULL, "%s", plait_errmsg());
+    /* A config not filled by plait_agent_config_default (or from another client.h) is refused. */
+    base_config(&c, state, 7443);
+    c.struct_size = 0;
+    ck_assert_int_eq(plait_agent_config_validate(&c), PLAIT_EINVAL);
+    ck_assert_ptr_nonnull(strstr(plait_errmsg(), "plait_agent_config_default"));
+    c.struct_size = sizeof(c) + 8;
+    ck_assert_int_eq(plait_agent_create(&a, &c), PLAIT_EINVAL);
+    tu_rmdir(state);
+    free(state);
+}
+END_TEST
+
 START_TEST(test_config)
 {
     plait_agent_config_t c;
@@ -924,7 +977,17 @@ static void server_free(server_t *sv)
 typedef struct {
     int counts[16];
     uint32_t last_step;
+    int log_lines;     /* lines that reached this agent's own sink */
+    int log_acked;     /* ... of which "round 1: acknowledged" ones */
 } evlog_t;
+
+static void on_log(plait_log_level_t level, const char *line, void *ud)
+{
+    evlog_t *e = ud;
+    (void)level;
+    e->log_lines++;
+    if (strstr(line, "round 1: acknowledged")) e->log_acked++;
+}
 
 static void on_event(void *ud, const plait_agent_event_t *ev)
 {
@@ -941,6 +1004,8 @@ static plait_agent_t *make_agent_steps(const char *state, int port, evlog_t *ev,
     if (ev) {
         cfg.on_event = on_event;
         cfg.event_ud = ev;
+        cfg.on_log = on_log;
+        cfg.log_ud = ev;
     }
     plait_agent_t *a = NULL;
     int rc = plait_agent_create(&a, &cfg);
@@ -1032,7 +1097,27 @@ START_TEST(test_loopback_round)
     ck_assert_int_eq(ev.counts[PLAIT_AGENT_EV_DOWNLOADED], 1);
     ck_assert_int_eq(ev.counts[PLAIT_AGENT_EV_UPLOADED], 1);
     ck_assert_int_eq(ev.counts[PLAIT_AGENT_EV_ACKED], 1);
+    ck_assert_int_eq(ev.counts[PLAIT_AGENT_EV_ADAPTER_UPDATED], 1);
     ck_assert_uint_eq(ev.last_step, STEPS);
+    /* The agent's lines went to its own sink. */
+    ck_assert_int_ge(ev.log_lines, 3);
+    ck_assert_int_eq(ev.log_acked, 1);
+    /* The personalized model for inference: the adapter the round trained. */
+    {
+        plait_lora_t pl;
+        ck_assert_int_eq(plait_agent_personal_load(a, &pl), 0);
+        ck_assert_ptr_nonnull(plait_agent_model(a));
+        ck_assert_ptr_nonnull(plait_agent_tokenizer(a));
+        char *pp = tu_path(state, "personal.safetensors");
+        plait_lora_t ref;
+        plait_lora_init(&ref);
+        ck_assert_int_eq(plait_adapter_load(&ref, pp, plait_agent_model(a), 0), 0);
+        ck_assert_uint_eq(pl.n_params, ref.n_params);
+        ck_assert_mem_eq(pl.params, ref.params, ref.n_params * sizeof(float));
+        plait_lora_free(&ref);
+        plait_lora_free(&pl);
+        free(pp);
+    }
     /* crash-safe state: acknowledged, nothing pending, adapter cached */
     plait__agent_state_t st;
     ck_assert_int_eq(plait__agent_state_load(state, &st), 0);
@@ -1946,6 +2031,7 @@ Suite *agent_suite(void)
     TCase *tc = tcase_create("config");
     tcase_add_unchecked_fixture(tc, fixture_up, fixture_down);
     tcase_add_test(tc, test_config);
+    tcase_add_test(tc, test_embed_config);
     tcase_add_test(tc, test_create_errors);
     suite_add_tcase(s, tc);
 

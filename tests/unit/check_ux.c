@@ -113,6 +113,28 @@ START_TEST(test_sim_first_steps)
     ck_assert_msg(strstr(out, "local.batch") && count_lines(out) == 1, "%s", out);
     ck_assert_int_eq(sh(out, sizeof(out), SIM " --set lora.mode=nope"), 2);
     ck_assert_msg(strstr(out, "lora.mode") && count_lines(out) == 1, "%s", out);
+    /* Strategies: unknown names list the known ones; FedProx's mu without FedProx, or FedProx over the network, say why. */
+    ck_assert_int_eq(sh(out, sizeof(out), SIM " --strategy fedprx"), 2);
+    ck_assert_msg(strstr(out, "fedprox") && strstr(out, "fedavgm") && count_lines(out) == 1, "%s", out);
+    ck_assert_int_eq(sh(out, sizeof(out), SIM " --set local.prox_mu=0.1"), 2);
+    ck_assert_msg(strstr(out, "set server.strategy = \"fedprox\"") && count_lines(out) == 1, "%s", out);
+    ck_assert_int_eq(sh(out, sizeof(out), SIM " export-config --strategy fedprox --set local.prox_mu=0.05"), 0);
+    ck_assert_msg(strstr(out, "server_opt = fedavg\n") && strstr(out, "prox_mu = 0.05\n"), "%s", out);
+    ck_assert_int_eq(sh(out, sizeof(out), SIM " " SIM_SMALL " --strategy fedprox --set local.prox_mu=0.05 --out prox"), 0);
+    char *rep = read_text(scratch, "prox/report.md");
+    ck_assert_msg(rep && strstr(rep, "fedprox"), "%s", rep ? rep : "(no report)");
+    free(rep);
+    ck_assert_int_eq(sh(out, sizeof(out), SIM " export-config --strategy fedavgm --set server.momentum=0.5"), 0);
+    ck_assert_msg(strstr(out, "server_opt = fedavgm\n") && strstr(out, "server_momentum = 0.5\n"), "%s", out);
+    /* Robust aggregation: runs in-process, refused with secure aggregation (saying why), exported with it off. */
+    ck_assert_int_eq(sh(out, sizeof(out), SIM " " SIM_SMALL " --set server.aggregation=median --out med"), 0);
+    rep = read_text(scratch, "med/report.md");
+    ck_assert_msg(rep && strstr(rep, "aggregation median"), "%s", rep ? rep : "(no report)");
+    free(rep);
+    ck_assert_int_eq(sh(out, sizeof(out), SIM " --set server.aggregation=median --set privacy.secure_agg=true"), 2);
+    ck_assert_msg(strstr(out, "secure aggregation hides") && count_lines(out) == 1, "%s", out);
+    ck_assert_int_eq(sh(out, sizeof(out), SIM " export-config --set server.aggregation=trimmed_mean"), 0);
+    ck_assert_msg(strstr(out, "aggregation = trimmed_mean\n") && strstr(out, "secure_agg = false\n"), "%s", out);
     /* A parent that cannot exist is named. */
     char *pf = tu_path(scratch, "plainfile");
     ck_assert_int_eq(tu_write_file(pf, "x", 1), 0);
@@ -432,6 +454,32 @@ START_TEST(test_readme_deployment)
     ck_assert_msg(strstr(out, "round 1 acknowledged") != NULL, "%s", out);
     ck_assert_int_eq(sh(out, sizeof(out), AGG " status dep --json"), 0);
     ck_assert_msg(strstr(out, "\"global_version\": 2") != NULL, "%s", out);
+    /* A round that can never fill (one device enrolled, two needed) says so when it opens, not a minute later. */
+    ck_assert_int_eq(sh(out, sizeof(out),
+                        "true; { (" AGG " serve dep --port 0 --port-file p2.json --set metrics_enabled=false "
+                        "--set target_cohort=3 --set min_cohort=2 --set secure_agg=false --set selection_timeout_s=3600 "
+                        "2>fill.log & echo $! > fill.pid); "
+                        "for i in $(seq 1200); do grep -q 'never fill' fill.log && break; sleep 0.1; done; "
+                        "kill $(cat fill.pid); cat fill.log; }"),
+                     0);
+    ck_assert_msg(strstr(out, "this round can never fill: it needs min_cohort = 2 devices and 1 is enrolled") != NULL,
+                  "%s", out);
+    /* Robust aggregation from the config: refused with secure aggregation in one line, then a median round commits. */
+    ck_assert_int_eq(sh(out, sizeof(out), AGG " serve dep --port 0 --set aggregation=median --set metrics_enabled=false"), 1);
+    ck_assert_msg(strstr(out, "secure_agg = false") && count_lines(out) == 1, "%s", out);
+    ck_assert_int_eq(sh(out, sizeof(out),
+                        "true; { (" AGG " serve dep --port 0 --port-file p3.json --set metrics_enabled=false "
+                        "--set target_cohort=1 --set min_cohort=1 --set overselect=1 --set secure_agg=false "
+                        "--set aggregation=median --set prox_mu=0.1 2>med.log & echo $! > med.pid); "
+                        "for i in $(seq 600); do [ -s p3.json ] && break; sleep 0.1; done; "
+                        "P=$(sed 's/.*\"port\": *\\([0-9]*\\).*/\\1/' p3.json); " AGENT
+                        " join --server 127.0.0.1:$P --ca dep/ca.crt --cert phone-1.crt --key phone-1.key --db me.db "
+                        "--state phone-1.state --once --allow-plain-aggregation; rc=$?; kill $(cat med.pid); (exit $rc); }"),
+                     0);
+    ck_assert_msg(strstr(out, "acknowledged") != NULL, "%s", out);
+    ck_assert_msg(strstr(out, "fedprox mu 0.1,") != NULL, "the task did not carry FedProx's mu: %s", out);
+    ck_assert_int_eq(sh(out, sizeof(out), AGG " status dep --json"), 0);
+    ck_assert_msg(strstr(out, "\"global_version\": 3") != NULL, "%s", out);
 }
 END_TEST
 

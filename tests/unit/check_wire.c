@@ -352,6 +352,7 @@ static void assert_msg_eq(const plait_msg_t *a, const plait_msg_t *b)
         ck_assert_uint_eq(x->train.batch, y->train.batch);
         ck_assert_uint_eq(x->train.seq_len, y->train.seq_len);
         ck_assert(x->train.lr == y->train.lr);
+        ck_assert(x->train.prox_mu == y->train.prox_mu);
         ck_assert(x->clip_norm == y->clip_norm);
         ck_assert_uint_eq(x->quant_bits, y->quant_bits);
         ck_assert(x->quant_range == y->quant_range);
@@ -510,6 +511,30 @@ static int parse_guarded(const uint8_t *buf, size_t len, const plait_wire_limits
 }
 
 /* ---- round trip ---------------------------------------------------------- */
+
+/* FedProx's mu travels in TrainParams; absent (0) leaves the task's bytes as before. */
+START_TEST(test_task_prox_mu)
+{
+    plait_msg_t m, d;
+    sample(2, &m);
+    ck_assert(m.u.task.train.prox_mu == 0.0);
+    uint8_t *plain = NULL, *prox = NULL;
+    size_t n_plain = 0, n_prox = 0, used = 0;
+    ck_assert_int_eq(plait_wire_encode_alloc(&m, NULL, &plain, &n_plain), 0);
+    m.u.task.train.prox_mu = 0.25;
+    ck_assert_int_eq(plait_wire_encode_alloc(&m, NULL, &prox, &n_prox), 0);
+    ck_assert_uint_eq(n_prox, n_plain + 9); /* one double field: tag byte + 8 bytes */
+    ck_assert_msg(parse_guarded(prox, n_prox, NULL, 0, &d, &used) == 0, "%s", plait_errmsg());
+    ck_assert(d.u.task.train.prox_mu == 0.25);
+    plait_msg_free(&d);
+    ck_assert_msg(parse_guarded(plain, n_plain, NULL, 0, &d, &used) == 0, "%s", plait_errmsg());
+    ck_assert(d.u.task.train.prox_mu == 0.0);
+    plait_msg_free(&d);
+    plait_msg_free(&m);
+    free(plain);
+    free(prox);
+}
+END_TEST
 
 START_TEST(test_roundtrip_all)
 {
@@ -1414,6 +1439,8 @@ START_TEST(test_encode_refuses_invalid)
     REFUSE((sample(2, &m), m.u.task.lora.alpha = -1.0f), "task.lora.alpha");
     REFUSE((sample(2, &m), m.u.task.lora.mode = (plait_lora_mode_t)3), "task.lora.mode");
     REFUSE((sample(2, &m), m.u.task.train.lr = 0), "task.train.lr");
+    REFUSE((sample(2, &m), m.u.task.train.prox_mu = -0.5), "task.train.prox_mu");
+    REFUSE((sample(2, &m), m.u.task.train.prox_mu = 1e5), "task.train.prox_mu");
     REFUSE((sample(2, &m), m.u.task.train.batch = 0), "task.train.batch");
     REFUSE((sample(2, &m), m.u.task.train.local_steps = PLAIT_WIRE_MAX_LOCAL_STEPS + 1),
            "task.train.local_steps");
@@ -1902,6 +1929,7 @@ Suite *wire_suite(void)
     Suite *s = suite_create("wire");
     TCase *tc = tcase_create("roundtrip");
     tcase_add_test(tc, test_roundtrip_all);
+    tcase_add_test(tc, test_task_prox_mu);
     tcase_add_test(tc, test_stream_of_frames);
     tcase_add_test(tc, test_type_names);
     tcase_add_test(tc, test_decline_code_only);
