@@ -129,3 +129,32 @@ int plait_aggstore_evals_foreach(plait_aggstore_t *st, bool newest_first, size_t
     sqlite3_finalize(s);
     return ret;
 }
+
+int plait_aggstore_eval_request(plait_aggstore_t *st)
+{
+    int ret = plait__aggstore_check_usable(st);
+    if (ret != 0) return ret;
+    return plait__aggstore_exec(st, "INSERT OR REPLACE INTO meta(key, value) VALUES ('eval_requested', 1)",
+                                "requesting an evaluation");
+}
+
+int plait_aggstore_eval_take_request(plait_aggstore_t *st, bool *requested)
+{
+    int ret = plait__aggstore_check_usable(st);
+    if (ret != 0) return ret;
+    if (!requested) return plait_fail(PLAIT_EINVAL, "aggstore: requested is NULL");
+    *requested = false;
+    if ((ret = plait__aggstore_tx_begin(st)) != 0) return ret;
+    int64_t n = 0;
+    bool found;
+    if ((ret = plait__aggstore_query_i64(st, "SELECT count(*) FROM meta WHERE key = 'eval_requested'", false, 0, &n,
+                                         &found, "reading the evaluation request")) != 0 ||
+        (n > 0 && (ret = plait__aggstore_exec(st, "DELETE FROM meta WHERE key = 'eval_requested'",
+                                              "taking the evaluation request")) != 0)) {
+        plait__aggstore_tx_rollback(st);
+        return ret;
+    }
+    if ((ret = plait__aggstore_tx_commit(st)) != 0) return ret;
+    *requested = n > 0;
+    return 0;
+}

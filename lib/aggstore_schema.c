@@ -4,6 +4,7 @@
  *
  * Schema (version 4), PRAGMA application_id = 'PLAG' (the device store is 'PLAT'):
  *   meta(key TEXT PRIMARY KEY, value)  'magic' = 'plait-aggstore', 'schema_version',
+ *                                      'eval_requested' (while `evaluate` waits for the service),
  *                                      'deployment_id', 'created'
  *   devices(id TEXT PRIMARY KEY, fingerprint BLOB(32), enrolled, revoked 0/1,
  *           revoked_at, last_seen, rounds_participated, last_round,

@@ -627,6 +627,17 @@ int plait_aggstore_eval_begin(plait_aggstore_t *st, int64_t target_cohort, int64
 int plait_aggstore_eval_commit(plait_aggstore_t *st, int64_t round, int64_t devices, double mean_loss,
                                double loss_max, const plait_aggstore_stats_t *stats) PLAIT_WUR;
 
+/**
+ * \brief Ask the running service for one evaluation round (`plait-aggregator
+ *        evaluate`): a meta row the service takes when it opens its next round.
+ *        Asking twice before it is taken asks once.
+ * \return 0; PLAIT_EINVAL; PLAIT_EBUSY; PLAIT_EIO.
+ */
+int plait_aggstore_eval_request(plait_aggstore_t *st) PLAIT_WUR;
+
+/** \brief Take (and clear) the request: *requested says whether there was one. \return as above. */
+int plait_aggstore_eval_take_request(plait_aggstore_t *st, bool *requested /* OUT */) PLAIT_WUR;
+
 typedef int (*plait_aggstore_eval_cb)(void *ud, const plait_aggstore_eval_t *e);
 
 /**
