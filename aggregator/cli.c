@@ -10,6 +10,7 @@
  * returns 1. Flags take their value as the next argument or as --flag=value.
  */
 #include "cli.h"
+#include "cli_eval.h"
 #include "stagedir.h"
 
 #include <errno.h>
@@ -991,10 +992,14 @@ static int cmd_status(int argc, char **argv, FILE *out, FILE *err)
     scan_t sc;
     memset(&sc, 0, sizeof(sc));
     plait_aggstore_privacy_t pv;
+    plait_aggstore_eval_t ev; /* federated evaluation: the newest committed mean */
+    int64_t n_evals = 0;
+    int have_eval = 0;
     if ((rc = plait_aggstore_info(st, &info)) != 0 || (rc = plait_aggstore_version_latest_number(st, &ver)) != 0 ||
         (rc = plait_aggstore_devices_foreach(st, count_dev, &sc)) != 0 ||
         (rc = plait_aggstore_rounds_foreach(st, false, 0, count_round, &sc)) != 0 ||
         (rc = plait_aggstore_ledger_total(st, &pv)) != 0 ||
+        (rc = plait__cli_eval_latest(st, &ev, &n_evals, &have_eval)) != 0 ||
         (flags[0].value && (rc = plait_aggstore_check_integrity(st)) != 0)) {
         fprintf(err, PROG " status: %s (%s)\n", plait_errmsg(), plait_err_name(rc));
         plait_aggstore_close(st);
@@ -1026,6 +1031,16 @@ static int cmd_status(int argc, char **argv, FILE *out, FILE *err)
         } else {
             plait_buf_printf(&b, "null");
         }
+        plait_buf_printf(&b, ", \"evaluation\": ");
+        if (have_eval) {
+            plait_buf_printf(&b, "{\"evaluations\": %lld, \"round\": %lld, \"version\": %lld, \"devices\": %lld, "
+                                 "\"mean_loss\": ", (long long)n_evals, (long long)ev.round_id, (long long)ev.version,
+                             (long long)ev.devices);
+            plait_buf_json_number(&b, ev.mean_loss);
+            plait_buf_printf(&b, "}");
+        } else {
+            plait_buf_printf(&b, "null");
+        }
         if (flags[0].value) plait_buf_printf(&b, ", \"integrity\": \"ok\"");
         plait_buf_printf(&b, "}\n");
         rc = plait_buf_status(&b);
@@ -1054,6 +1069,9 @@ static int cmd_status(int argc, char **argv, FILE *out, FILE *err)
     } else {
         fputs("privacy: no DP rounds\n", out);
     }
+    if (have_eval)
+        fprintf(out, "evaluation: version %lld mean held-out loss %.4f over %lld devices (round %lld; %lld evaluations)\n",
+                (long long)ev.version, ev.mean_loss, (long long)ev.devices, (long long)ev.round_id, (long long)n_evals);
     if (flags[0].value) fputs("integrity: ok\n", out);
     return 0;
 }
@@ -1065,8 +1083,8 @@ static int print_round(void *ud, const plait_aggstore_round_t *r)
     if (sc->json) { /* one JSON object per line */
         plait_buf_t j;
         plait_buf_init(&j, 0);
-        plait_buf_printf(&j, "{\"round\": %lld, \"state\": \"%s\", \"started\": ", (long long)r->id,
-                         plait_aggstore_round_state_name(r->state));
+        plait_buf_printf(&j, "{\"round\": %lld, \"state\": \"%s\", \"kind\": \"%s\", \"started\": ", (long long)r->id,
+                         plait_aggstore_round_state_name(r->state), plait_aggstore_kind_name(r->kind));
         if (r->started > 0) plait_buf_printf(&j, "\"%s\"", fmt_time(r->started, a, sizeof(a)));
         else plait_buf_printf(&j, "null");
         plait_buf_printf(&j, ", \"ended\": ");
@@ -1083,8 +1101,8 @@ static int print_round(void *ud, const plait_aggstore_round_t *r)
         plait_buf_free(&j);
         return rc;
     }
-    fprintf(sc->out, "%-6lld %-9s %-20s %-20s %5lld %5lld %6lld %8lld %s\n", (long long)r->id,
-            plait_aggstore_round_state_name(r->state), fmt_time(r->started, a, sizeof(a)),
+    fprintf(sc->out, "%-6lld %-9s %-8s %-20s %-20s %5lld %5lld %6lld %8lld %s\n", (long long)r->id,
+            plait_aggstore_round_state_name(r->state), plait_aggstore_kind_name(r->kind), fmt_time(r->started, a, sizeof(a)),
             fmt_time(r->ended, b, sizeof(b)), (long long)r->base_version, (long long)r->new_version,
             (long long)r->stats.participants, (long long)r->stats.dropouts, r->reason);
     return 0;
@@ -1153,7 +1171,7 @@ static int cmd_rounds(int argc, char **argv, FILE *out, FILE *err)
     if (rc != 0) return rc;
     if (help) {
         fputs("usage: " PROG " rounds DIR [--last N] [--json]\n\nOne line per round, oldest first (with --last: the newest N, newest first).\n"
-              "  --json    one JSON object per line (round, state, started, ended, base_version,\n"
+              "  --json    one JSON object per line (round, state, kind, started, ended, base_version,\n"
               "            new_version, participants, dropouts, reason), no header\n",
               out);
         return 0;
@@ -1170,8 +1188,8 @@ static int cmd_rounds(int argc, char **argv, FILE *out, FILE *err)
     sc.out = out;
     sc.json = flags[1].value != NULL;
     if (!sc.json)
-        fprintf(out, "%-6s %-9s %-20s %-20s %5s %5s %6s %8s %s\n", "round", "state", "started", "ended", "base", "new",
-                "sel", "dropouts", "reason");
+        fprintf(out, "%-6s %-9s %-8s %-20s %-20s %5s %5s %6s %8s %s\n", "round", "state", "kind", "started", "ended",
+                "base", "new", "sel", "dropouts", "reason");
     /* --last N: the newest N, newest first. */
     rc = plait_aggstore_rounds_foreach(st, last != 0, (size_t)last, print_round, &sc);
     plait_aggstore_close(st);
@@ -1179,6 +1197,70 @@ static int cmd_rounds(int argc, char **argv, FILE *out, FILE *err)
         fprintf(err, PROG " rounds: %s (%s)\n", plait_errmsg(), plait_err_name(rc));
         return 1;
     }
+    return 0;
+}
+
+/* ---- federated evaluation (cli_eval.c) --------------------------------------- */
+
+static int cmd_evals(int argc, char **argv, FILE *out, FILE *err)
+{
+    flag_t flags[] = {{"--last", 1, NULL}, {"--json", 0, NULL}};
+    const char *dir;
+    int help, rc = parse_dir_args("evals", argc, argv, flags, 2, &dir, NULL, NULL, &help, err);
+    if (rc != 0) return rc;
+    if (help) {
+        fputs("usage: " PROG " evals DIR [--last N] [--json]\n\nFederated evaluations, oldest first (--last: the newest N):\n"
+              "the version measured, the devices in the mean (>= min_cohort) and the mean of\n"
+              "their held-out losses, each clipped to loss_max. No device's own loss exists here.\n"
+              "  --json    one JSON object per line (round, version, created, devices, mean_loss,\n"
+              "            perplexity, loss_max), no header\n",
+              out);
+        return 0;
+    }
+    uint64_t last = 0;
+    if (flags[0].value && parse_count(flags[0].value, 1000000000, &last) != 0) {
+        fprintf(err, PROG " evals: bad value '%s' for --last\n", flags[0].value);
+        return 2;
+    }
+    plait_aggstore_t *st = NULL;
+    if (open_store(dir, 0, &st, err, "evals") != 0) return 1;
+    rc = plait__cli_evals_print(st, (size_t)last, flags[1].value != NULL, out);
+    plait_aggstore_close(st);
+    if (rc != 0) {
+        fprintf(err, PROG " evals: %s (%s)\n", plait_errmsg(), plait_err_name(rc));
+        return 1;
+    }
+    return 0;
+}
+
+static int cmd_evaluate(int argc, char **argv, FILE *out, FILE *err)
+{
+    const char *dir;
+    int help, rc = parse_dir_args("evaluate", argc, argv, NULL, 0, &dir, NULL, NULL, &help, err);
+    if (rc != 0) return rc;
+    if (help) {
+        fputs("usage: " PROG " evaluate DIR\n\nQueue one federated evaluation of the current version: the running service\n"
+              "makes its next round an evaluation round (devices report their clipped held-out\n"
+              "loss through secure aggregation; `evals` shows the mean). Needs secure_agg = true\n"
+              "and dp = none in DIR/aggregator.conf.\n",
+              out);
+        return 0;
+    }
+    plait_aggcfg_t c;
+    if ((rc = load_config("evaluate", dir, NULL, 0, &c, err)) != 0) return rc;
+    if (plait_aggcfg_eval_allowed(&c) != 0) {
+        fprintf(err, PROG " evaluate: %s\n", plait_errmsg());
+        return 1;
+    }
+    plait_aggstore_t *st = NULL;
+    if (open_store(dir, 0, &st, err, "evaluate") != 0) return 1;
+    rc = plait_aggstore_eval_request(st);
+    plait_aggstore_close(st);
+    if (rc != 0) {
+        fprintf(err, PROG " evaluate: %s (%s)\n", plait_errmsg(), plait_err_name(rc));
+        return 1;
+    }
+    fputs("evaluation queued: the service's next round evaluates the current version\n", out);
     return 0;
 }
 
@@ -1384,6 +1466,8 @@ static const command_t commands[] = {
     {"status", "summary of a deployment", cmd_status},
     {"devices", "list enrolled devices: label, id, state", cmd_devices},
     {"rounds", "list a deployment's rounds", cmd_rounds},
+    {"evals", "list federated evaluations: version, devices, mean held-out loss", cmd_evals},
+    {"evaluate", "queue a federated evaluation of the current version", cmd_evaluate},
     {"export", "write a global adapter version (plait, PEFT or GGUF adapter)", cmd_export},
     {"privacy", "privacy spent: of a deployment (DIR), or by given DP-FedAvg settings", cmd_privacy_any},
 };
