@@ -84,6 +84,7 @@ int plait__srv_eval_start(plait_server_t *s)
     s->round = r;
     s->rcfg = rc;
     s->eval_live = 1;
+    s->trained_since_eval = 0; /* counted from here, so an evaluation that fails does not repeat at once */
     return 0;
 }
 
@@ -154,7 +155,6 @@ void plait__srv_eval_committed(plait_server_t *s, int rc, double mean, size_t de
         plait__srv_signal_round_end(s, PLAIT_RETRY_COMMIT_FAILED);
         return;
     }
-    s->trained_since_eval = 0;
     s->m.evals_committed++;
     s->m.eval_mean_loss = mean;
     s->m.eval_version = s->blob->version;

@@ -5,7 +5,8 @@
  * evaluation round of version 2 under secure aggregation. The stored mean
  * (`evals --json`) equals the mean of the devices' held-out losses recomputed
  * with `plait-agent eval` on the exported version 2, within the quantization
- * step; no device's own loss appears in the aggregator's log. The refusals:
+ * step; no device's own loss appears in the aggregator's log. The same with
+ * eval_every = 1 instead of the command. The refusals:
  * `evaluate` and eval_every without secure_agg, or with DP.
  */
 #include <check.h>
@@ -105,11 +106,12 @@ static double device_loss(const it_dep_t *d, const char *db, const char *adapter
     return loss;
 }
 
-START_TEST(test_fedeval_end_to_end)
+/* by_command: the operator's `evaluate` asks for round 2; else eval_every = 1 schedules it. */
+static void fedeval_run(int by_command)
 {
     if (PLAIT_AGENT_BIN[0] == '\0') return; /* built without the agent */
     it_dep_t d;
-    ck_assert_int_eq(it_init(&d, "integ_fedeval", "target_cohort=3", "min_cohort=3", "overselect=1",
+    ck_assert_int_eq(it_init(&d, "integ_fedeval", by_command ? "eval_every=0" : "eval_every=1", "target_cohort=3", "min_cohort=3", "overselect=1",
                              "selection_timeout_s=30", "round_timeout_s=60", "secagg_stage_timeout_s=30",
                              "local_steps=2", "batch=2", "seq_len=32", "retry_ms=300", "idle_timeout_s=60",
                              "secure_agg=true", "eval_loss_max=10", "max_preauth_per_addr=64", NULL),
@@ -136,9 +138,11 @@ START_TEST(test_fedeval_end_to_end)
     /* Round 1 (training) is open; the operator asks for an evaluation: the next round is one. */
     ck_assert(it_log_wait(&d, "round opened round=1", 10000));
     static char out[16384], err[4096];
-    char *ev[] = {"plait-aggregator", "evaluate", d.dir, NULL};
-    ck_assert_msg(cli(out, sizeof(out), err, sizeof(err), 3, ev) == 0, "%s", err);
-    ck_assert_ptr_nonnull(strstr(out, "evaluation queued"));
+    if (by_command) {
+        char *ev[] = {"plait-aggregator", "evaluate", d.dir, NULL};
+        ck_assert_msg(cli(out, sizeof(out), err, sizeof(err), 3, ev) == 0, "%s", err);
+        ck_assert_ptr_nonnull(strstr(out, "evaluation queued"));
+    }
 
     char server[64];
     snprintf(server, sizeof(server), "127.0.0.1:%d", d.port);
@@ -206,6 +210,17 @@ START_TEST(test_fedeval_end_to_end)
     ck_assert_msg(strstr(out, "\"round\": 2, \"state\": \"committed\", \"kind\": \"evaluate\"") != NULL, "%s", out);
     ck_assert_msg(strstr(out, "\"round\": 1, \"state\": \"committed\", \"kind\": \"train\"") != NULL, "%s", out);
 }
+
+START_TEST(test_fedeval_end_to_end)
+{
+    fedeval_run(1);
+}
+END_TEST
+
+START_TEST(test_fedeval_every)
+{
+    fedeval_run(0);
+}
 END_TEST
 
 /* Evaluation is refused, with the reason, without secure aggregation or with DP. */
@@ -227,13 +242,63 @@ START_TEST(test_fedeval_refused)
 }
 END_TEST
 
+/* An evaluation round offers its task only to devices with PLAIT_CAP_EVALUATE: a request queued
+ * before `serve` makes round 1 an evaluation of version 1; its Task carries the evaluation fields. */
+START_TEST(test_fedeval_capability)
+{
+    static char out[4096], err[4096];
+    it_dep_t d;
+    ck_assert_int_eq(it_init(&d, "integ_fedeval_caps", "target_cohort=3", "min_cohort=2", "overselect=1",
+                             "selection_timeout_s=60", "secure_agg=true", "eval_loss_max=6.5",
+                             "max_preauth_per_addr=64", NULL),
+                     0);
+    ck_assert_int_eq(it_enroll(&d, "old"), 0);
+    ck_assert_int_eq(it_enroll(&d, "new"), 0);
+    char *ev[] = {"plait-aggregator", "evaluate", d.dir, NULL};
+    ck_assert_msg(cli(out, sizeof(out), err, sizeof(err), 3, ev) == 0, "%s", err);
+    ck_assert_int_eq(it_start(&d, NULL), 0);
+    ck_assert(it_log_wait(&d, "round opened round=1 version=1 kind=evaluate", 10000));
+    it_client_t c;
+    plait_msg_t m;
+    ck_assert_int_eq(it_client_connect(&c, &d, "old"), 0);
+    ck_assert_int_eq(it_hello_caps(&c, &d, PLAIT_CAP_FFA | PLAIT_CAP_SECURE_AGG | PLAIT_CAP_SECAGG), 0);
+    ck_assert_int_eq(it_recv(&c, &m, 20000), 0);
+    ck_assert_int_eq(m.type, PLAIT_MSG_COME_BACK_LATER);
+    ck_assert_int_eq(m.u.come_back_later.reason, PLAIT_RETRY_INCOMPATIBLE);
+    plait_msg_free(&m);
+    it_client_close(&c);
+    ck_assert_int_eq(it_client_connect(&c, &d, "new"), 0);
+    ck_assert_int_eq(it_hello_caps(&c, &d, PLAIT_CAP_FFA | PLAIT_CAP_SECURE_AGG | PLAIT_CAP_SECAGG | PLAIT_CAP_EVALUATE),
+                     0);
+    ck_assert_int_eq(it_recv(&c, &m, 20000), 0);
+    ck_assert_int_eq(m.type, PLAIT_MSG_TASK);
+    const plait_msg_task_t *t = &m.u.task;
+    ck_assert_int_eq(t->kind, PLAIT_TASK_EVALUATE);
+    ck_assert(t->eval_loss_max == 6.5);
+    ck_assert_uint_eq(t->update_elements, 2);
+    ck_assert_uint_eq(t->adapter_version, 1);
+    ck_assert_uint_eq(t->example_cap, 1);
+    ck_assert(t->quant_range == 1.0);
+    ck_assert_int_eq(t->secure_agg, 1);
+    ck_assert_int_eq(t->has_secagg, 1);
+    ck_assert_int_eq(t->dp.mode, PLAIT_DP_NONE);
+    ck_assert_int_eq(t->clip_bit, 0);
+    plait_msg_free(&m);
+    it_client_close(&c);
+    ck_assert_int_eq(it_stop(&d), 0);
+    ck_assert_int_eq(it_log_count(&d, "cannot evaluate (no evaluation capability)"), 1);
+}
+END_TEST
+
 Suite *fedeval_suite(void)
 {
     Suite *s = suite_create("integ_fedeval");
     TCase *tc = tcase_create("fedeval");
     tcase_set_timeout(tc, 400);
     tcase_add_test(tc, test_fedeval_end_to_end);
+    tcase_add_test(tc, test_fedeval_every);
     tcase_add_test(tc, test_fedeval_refused);
+    tcase_add_test(tc, test_fedeval_capability);
     suite_add_tcase(s, tc);
     return s;
 }
