@@ -167,6 +167,12 @@ static void fedeval_run(int by_command)
     ck_assert_msg(it_log_wait(&d, "round committed round=1 version=2 accepted=3", 10000), "round 1 did not commit");
     ck_assert_msg(it_log_wait(&d, "evaluation committed round=2 version=2 devices=3", 10000),
                   "the evaluation did not commit");
+    char *met = it_metrics(&d);
+    ck_assert_ptr_nonnull(met);
+    ck_assert_msg(strstr(met, "plait_evals_total 1\n") && strstr(met, "plait_eval_version 2\n") &&
+                      strstr(met, "plait_eval_mean_loss "),
+                  "%s", met);
+    free(met);
     ck_assert_int_eq(it_stop(&d), 0);
 
     /* the stored mean against the devices' own losses, recomputed */
