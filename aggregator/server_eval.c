@@ -28,9 +28,7 @@
 
 #include "evalcore.h"
 
-#include <math.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "plait/log.h"
@@ -103,6 +101,7 @@ void plait__srv_eval_fill_task(const plait_server_t *s, plait_msg_task_t *t)
     if (!s->eval_live) return;
     t->kind = PLAIT_TASK_EVALUATE;
     t->eval_loss_max = s->cfg.eval_loss_max;
+    t->clip_norm = plait_round_clip(s->train_core); /* unused by evaluation; the device's policy sees the usual bound */
     t->update_elements = PLAIT_WIRE_EVAL_WORDS;
     t->example_cap = 1; /* every device counts once */
     t->clip_bit = 0;

@@ -41,7 +41,7 @@
 
 typedef struct {
     plait_agent_t *a;
-    const plait_lora_t *lora;
+    plait_lora_t *lora; /* read only: the trainer runs forward */
     int B, T;
     atomic_int done;
     int rc;
@@ -76,7 +76,7 @@ static void *eval_main(void *p)
     tc.threads = a->cfg.threads;
     tc.pool = a->pool;
     /* The trainer only runs forward here: the adapter is read, never stepped. */
-    if ((rc = plait_train_create(&tr, &a->model, (plait_lora_t *)j->lora, &tc)) != 0) goto out;
+    if ((rc = plait_train_create(&tr, &a->model, j->lora, &tc)) != 0) goto out;
     rc = plait_corpus_eval(&corpus, tr, j->T, 0, &j->loss, NULL);
 out:
     if (rc != 0) snprintf(j->err, sizeof(j->err), "%s", plait_errmsg());
@@ -147,7 +147,6 @@ int plait__agent_eval_words(const plait_quant_config_t *qc, double loss, double 
     float v = (float)((loss < loss_max ? loss : loss_max) / loss_max);
     int rc = plait_quant_encode(qc, &v, 1, rng, &words[0]);
     if (rc == 0) rc = plait_quant_encode_weight(qc, 1.0, rng, &words[1]);
-    v = 0.0f;
     if (rc != 0) memset(words, 0, PLAIT_WIRE_EVAL_WORDS * sizeof(uint32_t));
     return rc;
 }

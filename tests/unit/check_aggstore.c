@@ -926,6 +926,16 @@ START_TEST(test_evals)
     ck_assert_int_eq(plait_aggstore_device_enroll(st, "a", FPR), 0);
     int64_t round = 0;
     ck_assert_int_eq(plait_aggstore_eval_begin(st, 3, 2, "{}", 0, &round), PLAIT_EINVAL); /* no version yet */
+    /* the operator's request: set (twice is once), taken once */
+    bool req = true;
+    ck_assert_int_eq(plait_aggstore_eval_take_request(st, &req), 0);
+    ck_assert(!req);
+    ck_assert_int_eq(plait_aggstore_eval_request(st), 0);
+    ck_assert_int_eq(plait_aggstore_eval_request(st), 0);
+    ck_assert_int_eq(plait_aggstore_eval_take_request(st, &req), 0);
+    ck_assert(req);
+    ck_assert_int_eq(plait_aggstore_eval_take_request(st, &req), 0);
+    ck_assert(!req);
     dp_round(st, ids, 1, NULL);                                                          /* version 1 */
     ck_assert_int_eq(plait_aggstore_eval_begin(st, 3, 2, "{\"kind\":\"evaluate\"}", 2, &round), PLAIT_ESTALE);
     ck_assert_int_eq(plait_aggstore_eval_begin(st, 3, 2, "{\"kind\":\"evaluate\"}", 1, &round), 0);
