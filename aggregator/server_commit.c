@@ -51,7 +51,7 @@ typedef struct {
     size_t n_uploaders;
     double duration;
     /* evaluation rounds (server_eval.c) */
-    int eval;         /* BEGIN: 1 opened an evaluation, -1 a request refused by the configuration */
+    int eval;         /* BEGIN: > 0 opened an evaluation (plait__srv_eval_pick), -1 a request refused */
     double eval_mean; /* COMMIT of an evaluation: the mean clipped loss */
     size_t eval_devices;
 } job_t;
@@ -167,8 +167,8 @@ static void work_job(uv_work_t *req)
     switch (j->kind) {
     case JOB_BEGIN:
         j->eval = plait__srv_eval_pick(s);
-        if (j->eval == 1)
-            j->rc = plait__srv_eval_begin(s, &j->rid);
+        if (j->eval > 0)
+            j->rc = plait__srv_eval_begin(s, j->eval == 2, &j->rid);
         else
             j->rc = plait__svc_round_begin(s->store, (int64_t)s->cfg.target_cohort, (int64_t)s->cfg.min_cohort,
                                            j->task_json, (int64_t)s->blob_version_for_job, &j->rid);
@@ -257,7 +257,7 @@ static void after_job(uv_work_t *req, int status)
         if (j->eval < 0 && plait_aggcfg_eval_allowed(&s->cfg) != 0)
             PLAIT_LOG(PLAIT_LOG_WARN, "evaluation request dropped: %s", plait_errmsg());
         uint64_t core = 0;
-        int rc = j->eval == 1 ? plait__srv_eval_start(s) : 0;
+        int rc = j->eval > 0 ? plait__srv_eval_start(s) : 0;
         if (rc == 0 && s->rcfg.poisson) rc = round_rate(s, (uint64_t)j->rid);
         if (rc == 0) rc = plait_round_open(s->round, now, &core);
         s->cur_rid = (uint64_t)j->rid;

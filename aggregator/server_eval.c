@@ -38,8 +38,9 @@ size_t plait__srv_words(const plait_server_t *s)
     return s->eval_live ? PLAIT_WIRE_EVAL_WORDS : s->span_len + 1 + (size_t)s->rcfg.clip_bit;
 }
 
-/* Worker (the BEGIN job): is the round about to open an evaluation? 1 yes, 0 no, -1 an operator
- * request was taken but evaluation is not allowed by the configuration (after_job says why). */
+/* Worker (the BEGIN job): is the round about to open an evaluation? 2 yes (the operator's request),
+ * 1 yes (eval_every), 0 no, -1 an operator request was taken but evaluation is not allowed by the
+ * configuration (after_job says why). */
 int plait__srv_eval_pick(plait_server_t *s)
 {
     int requested = 0;
@@ -51,12 +52,12 @@ int plait__srv_eval_pick(plait_server_t *s)
     plait_clear_error();
     if (!allowed) return requested ? -1 : 0;
     if (s->blob->version < 1) return 0;
-    if (requested) return 1;
+    if (requested) return 2;
     return s->cfg.eval_every > 0 && s->trained_since_eval >= s->cfg.eval_every;
 }
 
 /* Worker: open the evaluation round in the store. */
-int plait__srv_eval_begin(plait_server_t *s, int64_t *rid)
+int plait__srv_eval_begin(plait_server_t *s, int by_request, int64_t *rid)
 {
     char json[256];
     snprintf(json, sizeof(json),
@@ -64,8 +65,17 @@ int plait__srv_eval_begin(plait_server_t *s, int64_t *rid)
              "\"batch\": %llu, \"lora_mode\": \"%s\"}",
              s->cfg.eval_loss_max, (unsigned long long)s->cfg.quant_bits, (unsigned long long)s->cfg.seq_len,
              (unsigned long long)s->cfg.batch, s->cfg.lora_mode);
-    return plait__svc_eval_begin(s->store, (int64_t)s->cfg.target_cohort, (int64_t)s->cfg.min_cohort, json,
-                                     (int64_t)s->blob->version, rid);
+    int rc = plait__svc_eval_begin(s->store, (int64_t)s->cfg.target_cohort, (int64_t)s->cfg.min_cohort, json,
+                                   (int64_t)s->blob->version, rid);
+    if (rc != 0 && by_request) {
+        /* Not opened (the BEGIN job is retried): the operator's request waits for the retry. */
+        char keep[300];
+        snprintf(keep, sizeof(keep), "%s", plait_errmsg());
+        if (plait__svc_eval_request(s->store) != 0)
+            PLAIT_LOG(PLAIT_LOG_WARN, "store: keeping the evaluation request: %s", plait_errmsg());
+        plait_fail(rc, "%s", keep);
+    }
+    return rc;
 }
 
 int plait__srv_eval_start(plait_server_t *s)

@@ -271,11 +271,12 @@ void plait__srv_start_commit(plait_server_t *s);
 
 /** \brief Words a device uploads in the open round: the update's, or PLAIT_WIRE_EVAL_WORDS. */
 size_t plait__srv_words(const plait_server_t *s);
-/** \brief Worker: 1 if the round about to open is an evaluation, 0 if not, -1 if an operator
- * request was taken while evaluation is not allowed. */
+/** \brief Worker: 2 (the operator's request) or 1 (eval_every) if the round about to open is an
+ * evaluation, 0 if not, -1 if an operator request was taken while evaluation is not allowed. */
 int plait__srv_eval_pick(plait_server_t *s);
-/** \brief Worker: open the evaluation round of the current version in the store. */
-int plait__srv_eval_begin(plait_server_t *s, int64_t *rid);
+/** \brief Worker: open the evaluation round of the current version in the store; when that
+ * fails, an operator's request (by_request) is put back for the retry. */
+int plait__srv_eval_begin(plait_server_t *s, int by_request, int64_t *rid);
 /** \brief The evaluation round opened: swap in a fresh evaluation core (training core parked). */
 int plait__srv_eval_start(plait_server_t *s);
 /** \brief The round ended: the training core back (nothing if no evaluation runs). */

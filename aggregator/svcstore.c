@@ -152,6 +152,11 @@ int plait__svc_eval_commit(plait_aggstore_t *st, int64_t rid, int64_t devices, d
     return plait_aggstore_eval_commit(st, rid, devices, mean_loss, loss_max, &s);
 }
 
+int plait__svc_eval_request(plait_aggstore_t *st)
+{
+    return plait_aggstore_eval_request(st);
+}
+
 int plait__svc_eval_take_request(plait_aggstore_t *st, int *requested)
 {
     bool r = false;

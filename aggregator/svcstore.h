@@ -70,6 +70,8 @@ int plait__svc_eval_begin(plait_aggstore_t *st, int64_t target, int64_t min, con
 /** \brief Commit an evaluation round: its counters and the mean of `devices` clipped losses. */
 int plait__svc_eval_commit(plait_aggstore_t *st, int64_t rid, int64_t devices, double mean_loss, double loss_max,
                            const plait__svc_stats_t *stats) PLAIT_WUR;
+/** \brief Put the operator's evaluation request (back). */
+int plait__svc_eval_request(plait_aggstore_t *st) PLAIT_WUR;
 /** \brief Take the operator's evaluation request, if any (*requested). */
 int plait__svc_eval_take_request(plait_aggstore_t *st, int *requested) PLAIT_WUR;
 
