@@ -450,6 +450,8 @@ static const command_t commands[] = {
     {"status", "summary of a deployment", plait__aggcli_status},
     {"devices", "list enrolled devices: label, id, state", plait__aggcli_devices},
     {"rounds", "list a deployment's rounds", plait__aggcli_rounds},
+    {"evals", "list federated evaluations: version, devices, mean held-out loss", plait__aggcli_evals},
+    {"evaluate", "queue a federated evaluation of the current version", plait__aggcli_evaluate},
     {"export", "write a global adapter version (plait, PEFT or GGUF adapter)", cmd_export},
     {"privacy", "privacy spent: of a deployment (DIR), or by given DP-FedAvg settings", plait__aggcli_privacy_any},
 };

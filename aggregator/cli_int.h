@@ -4,7 +4,7 @@
  * cli.c holds the command table, the dispatcher, the shared argument handling
  * and init, serve and export; cli_pki.c the certificate commands (enroll,
  * import-enrollment, revoke, renew, cert-info); cli_report.c the reports
- * (status, devices, rounds, privacy). Every command is
+ * (status, devices, rounds, privacy); cli_eval.c evals and evaluate. Every command is
  * `int f(int argc, char **argv, FILE *out, FILE *err)` (argv[0] is its name)
  * and keeps cli.c's conventions.
  */
@@ -62,5 +62,8 @@ int plait__aggcli_status(int argc, char **argv, FILE *out, FILE *err);
 int plait__aggcli_devices(int argc, char **argv, FILE *out, FILE *err);
 int plait__aggcli_rounds(int argc, char **argv, FILE *out, FILE *err);
 int plait__aggcli_privacy_any(int argc, char **argv, FILE *out, FILE *err);
+/* cli_eval.c: federated evaluation */
+int plait__aggcli_evals(int argc, char **argv, FILE *out, FILE *err);
+int plait__aggcli_evaluate(int argc, char **argv, FILE *out, FILE *err);
 
 #endif /* PLAIT_AGG_CLI_INT_H */

@@ -3,6 +3,7 @@
  * privacy (of a deployment DIR, or the calculator over given DP-FedAvg
  * settings). Conventions: cli.c.
  */
+#include "cli_eval.h"
 #include "cli_int.h"
 #include "stagedir.h"
 
@@ -153,7 +154,8 @@ int plait__aggcli_status(int argc, char **argv, FILE *out, FILE *err)
         .prog = PROG " status",
         .args = "DIR",
         .about = "Deployment summary: latest global adapter version, rounds by state, devices\n"
-                 "enrolled and revoked, privacy spent. Safe while the service runs (read only).\n",
+                 "enrolled and revoked, privacy spent, the latest federated evaluation. Safe\n"
+                 "while the service runs (read only).\n",
         .flags = flags,
         .n_flags = sizeof(flags) / sizeof(flags[0]),
     };
@@ -166,10 +168,14 @@ int plait__aggcli_status(int argc, char **argv, FILE *out, FILE *err)
     scan_t sc;
     memset(&sc, 0, sizeof(sc));
     plait_aggstore_privacy_t pv;
+    plait_aggstore_eval_t ev; /* federated evaluation: the newest committed mean */
+    int64_t n_evals = 0;
+    int have_eval = 0;
     if ((rc = plait_aggstore_info(st, &info)) != 0 || (rc = plait_aggstore_version_latest_number(st, &ver)) != 0 ||
         (rc = plait_aggstore_devices_foreach(st, count_dev, &sc)) != 0 ||
         (rc = plait_aggstore_rounds_foreach(st, false, 0, count_round, &sc)) != 0 ||
         (rc = plait_aggstore_ledger_total(st, &pv)) != 0 ||
+        (rc = plait__cli_eval_latest(st, &ev, &n_evals, &have_eval)) != 0 ||
         (check && (rc = plait_aggstore_check_integrity(st)) != 0)) {
         fprintf(err, PROG " status: %s (%s)\n", plait_errmsg(), plait_err_name(rc));
         plait_aggstore_close(st);
@@ -201,6 +207,16 @@ int plait__aggcli_status(int argc, char **argv, FILE *out, FILE *err)
         } else {
             plait_buf_printf(&b, "null");
         }
+        plait_buf_printf(&b, ", \"evaluation\": ");
+        if (have_eval) {
+            plait_buf_printf(&b, "{\"evaluations\": %lld, \"round\": %lld, \"version\": %lld, \"devices\": %lld, "
+                                 "\"mean_loss\": ", (long long)n_evals, (long long)ev.round_id, (long long)ev.version,
+                             (long long)ev.devices);
+            plait_buf_json_number(&b, ev.mean_loss);
+            plait_buf_printf(&b, "}");
+        } else {
+            plait_buf_printf(&b, "null");
+        }
         if (check) plait_buf_printf(&b, ", \"integrity\": \"ok\"");
         plait_buf_printf(&b, "}\n");
         rc = plait_buf_status(&b);
@@ -229,6 +245,9 @@ int plait__aggcli_status(int argc, char **argv, FILE *out, FILE *err)
     } else {
         fputs("privacy: no DP rounds\n", out);
     }
+    if (have_eval)
+        fprintf(out, "evaluation: version %lld mean held-out loss %.4f over %lld devices (round %lld; %lld evaluations)\n",
+                (long long)ev.version, ev.mean_loss, (long long)ev.devices, (long long)ev.round_id, (long long)n_evals);
     if (check) fputs("integrity: ok\n", out);
     return 0;
 }
@@ -240,8 +259,8 @@ static int print_round(void *ud, const plait_aggstore_round_t *r)
     if (sc->json) { /* one JSON object per line */
         plait_buf_t j;
         plait_buf_init(&j, 0);
-        plait_buf_printf(&j, "{\"round\": %lld, \"state\": \"%s\", \"started\": ", (long long)r->id,
-                         plait_aggstore_round_state_name(r->state));
+        plait_buf_printf(&j, "{\"round\": %lld, \"state\": \"%s\", \"kind\": \"%s\", \"started\": ", (long long)r->id,
+                         plait_aggstore_round_state_name(r->state), plait_aggstore_kind_name(r->kind));
         if (r->started > 0) plait_buf_printf(&j, "\"%s\"", plait__aggcli_fmt_time(r->started, a, sizeof(a)));
         else plait_buf_printf(&j, "null");
         plait_buf_printf(&j, ", \"ended\": ");
@@ -258,8 +277,9 @@ static int print_round(void *ud, const plait_aggstore_round_t *r)
         plait_buf_free(&j);
         return rc;
     }
-    fprintf(sc->out, "%-6lld %-9s %-20s %-20s %5lld %5lld %6lld %8lld %s\n", (long long)r->id,
-            plait_aggstore_round_state_name(r->state), plait__aggcli_fmt_time(r->started, a, sizeof(a)),
+    fprintf(sc->out, "%-6lld %-9s %-8s %-20s %-20s %5lld %5lld %6lld %8lld %s\n", (long long)r->id,
+            plait_aggstore_round_state_name(r->state), plait_aggstore_kind_name(r->kind),
+            plait__aggcli_fmt_time(r->started, a, sizeof(a)),
             plait__aggcli_fmt_time(r->ended, b, sizeof(b)), (long long)r->base_version, (long long)r->new_version,
             (long long)r->stats.participants, (long long)r->stats.dropouts, r->reason);
     return 0;
@@ -326,7 +346,7 @@ int plait__aggcli_rounds(int argc, char **argv, FILE *out, FILE *err)
     plait_flag_t flags[] = {
         PLAIT_F_STR("last", &last_s, "N", "the newest N rounds, newest first"),
         PLAIT_F_SET("json", &json, 1,
-                    "one JSON object per line (round, state, started, ended, base_version,\n"
+                    "one JSON object per line (round, state, kind, started, ended, base_version,\n"
                     "new_version, participants, dropouts, reason), no header"),
     };
     plait_flags_cmd_t cmd = {
@@ -350,8 +370,8 @@ int plait__aggcli_rounds(int argc, char **argv, FILE *out, FILE *err)
     sc.out = out;
     sc.json = json;
     if (!sc.json)
-        fprintf(out, "%-6s %-9s %-20s %-20s %5s %5s %6s %8s %s\n", "round", "state", "started", "ended", "base", "new",
-                "sel", "dropouts", "reason");
+        fprintf(out, "%-6s %-9s %-8s %-20s %-20s %5s %5s %6s %8s %s\n", "round", "state", "kind", "started", "ended",
+                "base", "new", "sel", "dropouts", "reason");
     /* --last N: the newest N, newest first. */
     rc = plait_aggstore_rounds_foreach(st, last != 0, (size_t)last, print_round, &sc);
     plait_aggstore_close(st);

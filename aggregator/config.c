@@ -133,6 +133,10 @@ static const setting_t SETTINGS[] = {
      "secure aggregation: fraction of devices assumed to collude with the aggregator"},
     {"secagg_sigma", T_DOUBLE, F(secagg_sigma), 1, 128, "20",
      "secure aggregation: the parameters fail or leak with probability at most 2^-sigma"},
+    {"eval_every", T_UINT, F(eval_every), 0, 1000000, "0",
+     "federated evaluation after every N committed training rounds (0 = off; needs secure_agg and dp = none)"},
+    {"eval_loss_max", T_DOUBLE, F(eval_loss_max), 1e-6, 1000, "10",
+     "federated evaluation: each device's held-out loss is clipped to this before it is summed"},
     {"log_level", T_STR, F(log_level), 0, 0, "info", "debug, info, warn or error"},
 };
 #define N_SETTINGS (sizeof(SETTINGS) / sizeof(SETTINGS[0]))
@@ -359,6 +363,18 @@ static int check_choice(const plait_aggcfg_t *c, const char *name, const char *c
     return plait_fail(PLAIT_EINVAL, "%s: '%s' is not %s", s->name, v, list);
 }
 
+int plait_aggcfg_eval_allowed(const plait_aggcfg_t *c)
+{
+    if (c == NULL) return plait_fail(PLAIT_EINVAL, "aggcfg_eval_allowed: NULL");
+    if (!c->secure_agg)
+        return plait_fail(PLAIT_EINVAL, "federated evaluation needs secure_agg = true (without it the aggregator would "
+                                        "see each device's held-out loss)");
+    if (strcmp(c->dp, "none") != 0)
+        return plait_fail(PLAIT_EINVAL, "federated evaluation needs dp = none (dp = %s: the metric would be released "
+                                        "without noise and without a privacy ledger row)", c->dp);
+    return 0;
+}
+
 int plait_aggcfg_validate(const plait_aggcfg_t *c)
 {
     if (c == NULL) return plait_fail(PLAIT_EINVAL, "aggcfg_validate: NULL");
@@ -386,6 +402,8 @@ int plait_aggcfg_validate(const plait_aggcfg_t *c)
                                             "sum of clipped updates; use aggregation = mean",
                               c->aggregation, c->dp);
     }
+    if (c->eval_every > 0 && plait_aggcfg_eval_allowed(c) != 0)
+        return plait_fail(PLAIT_EINVAL, "eval_every: %s", plait_errmsg());
     if (c->adaptive_clip && strcmp(c->dp, "central") != 0)
         return plait_fail(PLAIT_EINVAL, "adaptive_clip: needs dp = central");
     if (c->secure_agg) {

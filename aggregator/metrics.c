@@ -37,6 +37,14 @@ int plait__metrics_render(const plait__metrics_t *m, plait_buf_t *b)
     plait_buf_printf(b, "plait_global_version %llu\n", (unsigned long long)m->global_version);
     family(b, "plait_round_id", "gauge", "Id of the current or last round.");
     plait_buf_printf(b, "plait_round_id %llu\n", (unsigned long long)m->round_id);
+    family(b, "plait_evals_total", "counter", "Federated evaluations committed.");
+    plait_buf_printf(b, "plait_evals_total %llu\n", (unsigned long long)m->evals_committed);
+    if (m->eval_version > 0) { /* aggregates over >= min_cohort devices, never one device's loss */
+        family(b, "plait_eval_mean_loss", "gauge", "Mean clipped held-out loss of the last federated evaluation.");
+        plait_buf_printf(b, "plait_eval_mean_loss %.6f\n", m->eval_mean_loss);
+        family(b, "plait_eval_version", "gauge", "Global adapter version the last federated evaluation measured.");
+        plait_buf_printf(b, "plait_eval_version %llu\n", (unsigned long long)m->eval_version);
+    }
     family(b, "plait_clients_connected", "gauge", "Open federation connections.");
     plait_buf_printf(b, "plait_clients_connected %llu\n", (unsigned long long)m->connections_open);
     family(b, "plait_connections_total", "counter", "Federation connections accepted.");

@@ -48,6 +48,9 @@ typedef struct {
     uint64_t preauth_open;       /* connections before their Hello (gauge) */
     uint64_t rejection_logs_suppressed; /* refusal log lines rate-limited away */
     uint64_t metrics_evicted;    /* idle metrics connections closed to make room */
+    uint64_t evals_committed;    /* federated evaluations committed */
+    double eval_mean_loss;       /* the last one's mean clipped held-out loss (an aggregate) */
+    uint64_t eval_version;       /* the version it evaluated (0: none yet) */
 } plait__metrics_t;
 
 /** \brief Label value of a rejection reason ("tls_revoked"). */

@@ -495,6 +495,7 @@ void plait_server_destroy(plait_server_t *s)
         uv_run(&s->loop, UV_RUN_DEFAULT);
         (void)uv_loop_close(&s->loop);
     }
+    plait__srv_eval_end(s); /* an evaluation core, if one runs; s->round is the training core again */
     plait_round_destroy(s->round);
     plait__svc_close(s->store_r);
     plait__svc_close(s->store);

@@ -51,6 +51,10 @@ typedef struct {
     char **uploaders;
     size_t n_uploaders;
     double duration;
+    /* evaluation rounds (server_eval.c) */
+    int eval;         /* BEGIN: > 0 opened an evaluation (plait__srv_eval_pick), -1 a request refused */
+    double eval_mean; /* COMMIT of an evaluation: the mean clipped loss */
+    size_t eval_devices;
 } job_t;
 
 static void job_free(job_t *j)
@@ -163,8 +167,12 @@ static void work_job(uv_work_t *req)
     plait_server_t *s = j->s;
     switch (j->kind) {
     case JOB_BEGIN:
-        j->rc = plait__svc_round_begin(s->store, (int64_t)s->cfg.target_cohort, (int64_t)s->cfg.min_cohort,
-                                       j->task_json, (int64_t)s->blob_version_for_job, &j->rid);
+        j->eval = plait__srv_eval_pick(s);
+        if (j->eval > 0)
+            j->rc = plait__srv_eval_begin(s, j->eval == 2, &j->rid);
+        else
+            j->rc = plait__svc_round_begin(s->store, (int64_t)s->cfg.target_cohort, (int64_t)s->cfg.min_cohort,
+                                           j->task_json, (int64_t)s->blob_version_for_job, &j->rid);
         if (j->rc != 0) snprintf(j->why, sizeof(j->why), "%s", plait_errmsg());
         break;
     case JOB_FAIL:
@@ -172,7 +180,11 @@ static void work_job(uv_work_t *req)
         if (j->rc != 0) snprintf(j->why, sizeof(j->why), "%s", plait_errmsg());
         break;
     case JOB_COMMIT:
-        work_commit(j);
+        if (s->eval_live)
+            j->rc = plait__srv_eval_commit_work(s, &j->stats, &j->eval_mean, &j->eval_devices, j->why,
+                                                sizeof(j->why));
+        else
+            work_commit(j);
         break;
     }
 }
@@ -192,6 +204,7 @@ void plait__srv_cohort_clear(plait_server_t *s)
 
 static void round_ended(plait_server_t *s)
 {
+    plait__srv_eval_end(s); /* an evaluation round's core goes; the training core is back */
     plait__sa_free(s->sa);
     s->sa = NULL;
     s->round_live = 0;
@@ -242,8 +255,11 @@ static void after_job(uv_work_t *req, int status)
         }
         if (s->open_err != 0) PLAIT_LOG(PLAIT_LOG_INFO, "store: rounds open again (the earlier failure cleared)");
         s->open_err = 0;
+        if (j->eval < 0 && plait_aggcfg_eval_allowed(&s->cfg) != 0)
+            PLAIT_LOG(PLAIT_LOG_WARN, "evaluation request dropped: %s", plait_errmsg());
         uint64_t core = 0;
-        int rc = s->rcfg.poisson ? round_rate(s, (uint64_t)j->rid) : 0;
+        int rc = j->eval > 0 ? plait__srv_eval_start(s) : 0;
+        if (rc == 0 && s->rcfg.poisson) rc = round_rate(s, (uint64_t)j->rid);
         if (rc == 0) rc = plait_round_open(s->round, now, &core);
         s->cur_rid = (uint64_t)j->rid;
         s->m.round_id = s->cur_rid;
@@ -263,8 +279,9 @@ static void after_job(uv_work_t *req, int status)
             s->sa_failed = 1;
             break;
         }
-        PLAIT_LOG(PLAIT_LOG_INFO, "round opened round=%llu version=%llu%s", (unsigned long long)s->cur_rid,
-                  (unsigned long long)s->blob->version, s->sa ? " (secure aggregation)" : "");
+        PLAIT_LOG(PLAIT_LOG_INFO, "round opened round=%llu version=%llu%s%s", (unsigned long long)s->cur_rid,
+                  (unsigned long long)s->blob->version, s->eval_live ? " kind=evaluate" : "",
+                  s->sa ? " (secure aggregation)" : "");
         if (!s->rcfg.poisson) { /* say at once why a round cannot fill (once per enrolled count) */
             uint64_t live = 0;
             char why[400];
@@ -284,7 +301,10 @@ static void after_job(uv_work_t *req, int status)
         round_ended(s);
         break;
     case JOB_COMMIT:
-        if (j->rc == 0) {
+        if (s->eval_live) {
+            plait__srv_eval_committed(s, j->rc, j->eval_mean, j->eval_devices, j->why);
+        } else if (j->rc == 0) {
+            s->trained_since_eval++;
             plait_crash_point("server.commit.swap");
             plait__srv_blob_unref(s->blob);
             s->blob = j->blob;

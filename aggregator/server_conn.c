@@ -294,6 +294,7 @@ static void handle_msg(conn_t *c, const plait_msg_t *m)
             plait__srv_conn_close(c, 1);
             return;
         }
+        if (plait__srv_eval_refuse(c, m->u.hello.capabilities)) return;
         plait__srv_offer(c);
         return;
     }

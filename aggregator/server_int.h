@@ -190,6 +190,11 @@ struct plait_server_s {
     uint64_t fill_logged;        /* 1 + the live device count of the last "can never fill" warning, 0: none */
     uint8_t dep[32];             /* deployment id: SHA-256 of the CA certificate */
     char *ca_pem;
+    /* federated evaluation (server_eval.c) */
+    int eval_live;                 /* the open round is an evaluation: s->round and s->rcfg are its core's */
+    plait_round_t *train_core;     /* the training core while an evaluation round runs */
+    plait_round_config_t train_rcfg;
+    uint64_t trained_since_eval;   /* training rounds committed since the last evaluation (or start) */
     uint8_t readbuf[READ_BUF];
     uint8_t plain[PLAIN_CHUNK];
     int read_busy;
@@ -262,6 +267,31 @@ void plait__srv_round_open(plait_server_t *s);
 void plait__srv_round_failed(plait_server_t *s);
 /** \brief The round reached AGGREGATION: queue its commit job (once). */
 void plait__srv_start_commit(plait_server_t *s);
+
+/* ---- server_eval.c ------------------------------------------------------------- */
+
+/** \brief Words a device uploads in the open round: the update's, or PLAIT_WIRE_EVAL_WORDS. */
+size_t plait__srv_words(const plait_server_t *s);
+/** \brief Worker: 2 (the operator's request) or 1 (eval_every) if the round about to open is an
+ * evaluation, 0 if not, -1 if an operator request was taken while evaluation is not allowed. */
+int plait__srv_eval_pick(plait_server_t *s);
+/** \brief Worker: open the evaluation round of the current version in the store; when that
+ * fails, an operator's request (by_request) is put back for the retry. */
+int plait__srv_eval_begin(plait_server_t *s, int by_request, int64_t *rid);
+/** \brief The evaluation round opened: swap in a fresh evaluation core (training core parked). */
+int plait__srv_eval_start(plait_server_t *s);
+/** \brief The round ended: the training core back (nothing if no evaluation runs). */
+void plait__srv_eval_end(plait_server_t *s);
+/** \brief An evaluation round's task fields (kind, L, 2 words, example_cap 1); no-op otherwise. */
+void plait__srv_eval_fill_task(const plait_server_t *s, plait_msg_task_t *t);
+/** \brief In an evaluation round, a device without PLAIT_CAP_EVALUATE is told to come back
+ * (incompatible) and closed: \return 1 then, else 0. */
+int plait__srv_eval_refuse(conn_t *c, uint32_t caps);
+/** \brief Worker: aggregate, decode the mean, commit the evals row. */
+int plait__srv_eval_commit_work(plait_server_t *s, const plait__svc_stats_t *stats, double *mean /* OUT */,
+                                size_t *devices /* OUT */, char *why, size_t why_len);
+/** \brief Loop thread: apply an evaluation commit's result (log, metrics, or record the failure). */
+void plait__srv_eval_committed(plait_server_t *s, int rc, double mean, size_t devices, const char *why);
 
 /* ---- server_metrics.c ---------------------------------------------------------- */
 

@@ -166,6 +166,7 @@ static void fill_task(plait_server_t *s, plait_msg_task_t *t)
     t->clip_bit = s->rcfg.clip_bit; /* adaptive clipping: one more word, the device's "norm <= clip" bit */
     t->example_cap = (uint32_t)cf->example_cap;
     t->max_chunk_bytes = (uint32_t)s->lim.max_chunk_bytes;
+    plait__srv_eval_fill_task(s, t); /* an evaluation round: kind, L, the two metric words */
 }
 
 static void send_task(conn_t *c)
@@ -284,7 +285,7 @@ static int sa_accept(void *ud, uint64_t client)
 {
     plait_server_t *s = ud;
     member_t *mb = plait__srv_member_find(s, client);
-    int rc = plait_round_submit_masked(s->round, client, s->cur_core, s->span_len + 1 + (size_t)s->rcfg.clip_bit, now_s(s));
+    int rc = plait_round_submit_masked(s->round, client, s->cur_core, plait__srv_words(s), now_s(s));
     if (rc == 0 && mb) {
         mb->submitted = 1;
         s->m.updates_accepted++;
@@ -320,7 +321,7 @@ int plait__srv_secagg_open(plait_server_t *s, double now)
         while (lg < 32 && ((uint64_t)1 << lg) < sc.n) lg++;
         if (lg < 32 && 32 - lg > sc.quant_bits) sc.quant_bits = 32 - lg;
     }
-    sc.len = s->span_len + 1 + (size_t)s->rcfg.clip_bit; /* every word of the update is masked */
+    sc.len = plait__srv_words(s); /* every word of the update is masked */
     sc.dropout = s->cfg.secagg_dropout;
     sc.corrupt = s->cfg.secagg_corrupt;
     sc.sigma = s->cfg.secagg_sigma;
@@ -357,7 +358,7 @@ void plait__srv_round_step(plait_server_t *s)
             plait__sa_result_t res = plait__sa_result(s->sa);
             if (res == PLAIT__SA_RUNNING) return;
             if (res == PLAIT__SA_DONE &&
-                plait_round_set_unmasked_sum(s->round, plait__sa_sum(s->sa), s->span_len + 1 + (size_t)s->rcfg.clip_bit) == 0) {
+                plait_round_set_unmasked_sum(s->round, plait__sa_sum(s->sa), plait__srv_words(s)) == 0) {
                 plait__srv_start_commit(s);
                 return;
             }
@@ -419,7 +420,7 @@ static void submit_member(plait_server_t *s, member_t *mb, uint32_t *words, size
 void plait__srv_handle_update(conn_t *c, const plait_msg_update_chunk_t *u)
 {
     plait_server_t *s = c->srv;
-    uint64_t expect = s->span_len + 1 + (uint64_t)s->rcfg.clip_bit;
+    uint64_t expect = plait__srv_words(s);
     if (s->sa) {
         plait__srv_reject(c, PLAIT__REJ_ORDER, "plain update in a secure round %llu", (unsigned long long)u->round_id);
         plait__srv_fail_conn(c, PLAIT__REJ_ORDER, PLAIT_EPROTO, "this round takes masked input only");

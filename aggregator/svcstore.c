@@ -137,6 +137,34 @@ int plait__svc_round_fail(plait_aggstore_t *st, int64_t rid, const char *reason,
     return plait_aggstore_round_fail(st, rid, reason, stats ? &s : NULL);
 }
 
+int plait__svc_eval_begin(plait_aggstore_t *st, int64_t target, int64_t min, const char *task_json, int64_t version,
+                          int64_t *rid)
+{
+    return plait_aggstore_eval_begin(st, target, min, task_json, version, rid);
+}
+
+int plait__svc_eval_commit(plait_aggstore_t *st, int64_t rid, int64_t devices, double mean_loss, double loss_max,
+                           const plait__svc_stats_t *stats)
+{
+    plait_aggstore_stats_t s;
+    plait_aggstore_rejection_t rows[PLAIT__REJ_COUNT];
+    fill_stats(&s, rows, stats);
+    return plait_aggstore_eval_commit(st, rid, devices, mean_loss, loss_max, &s);
+}
+
+int plait__svc_eval_request(plait_aggstore_t *st)
+{
+    return plait_aggstore_eval_request(st);
+}
+
+int plait__svc_eval_take_request(plait_aggstore_t *st, int *requested)
+{
+    bool r = false;
+    int rc = plait_aggstore_eval_take_request(st, &r);
+    *requested = r;
+    return rc;
+}
+
 int plait__svc_round_commit(plait_aggstore_t *st, int64_t rid, const plait__svc_commit_t *c, int64_t *version)
 {
     int rc;

@@ -64,6 +64,17 @@ typedef struct {
     uint64_t rej[PLAIT__REJ_COUNT];
 } plait__svc_stats_t;
 
+/** \brief Open an evaluation round of version (federated evaluation, server_eval.c). */
+int plait__svc_eval_begin(plait_aggstore_t *st, int64_t target, int64_t min, const char *task_json, int64_t version,
+                          int64_t *rid) PLAIT_WUR;
+/** \brief Commit an evaluation round: its counters and the mean of `devices` clipped losses. */
+int plait__svc_eval_commit(plait_aggstore_t *st, int64_t rid, int64_t devices, double mean_loss, double loss_max,
+                           const plait__svc_stats_t *stats) PLAIT_WUR;
+/** \brief Put the operator's evaluation request (back). */
+int plait__svc_eval_request(plait_aggstore_t *st) PLAIT_WUR;
+/** \brief Take the operator's evaluation request, if any (*requested). */
+int plait__svc_eval_take_request(plait_aggstore_t *st, int *requested) PLAIT_WUR;
+
 /** \brief Close a round as failed (reason in words). */
 int plait__svc_round_fail(plait_aggstore_t *st, int64_t rid, const char *reason,
                           const plait__svc_stats_t *stats) PLAIT_WUR;

@@ -63,7 +63,7 @@
 #define CLIENT_VERSION "plait-agent/" PLAIT_VERSION_STRING
 #define AGENT_CAPS                                                                                 \
     (PLAIT_CAP_SECURE_AGG | PLAIT_CAP_LOCAL_DP | PLAIT_CAP_FFA | PLAIT_CAP_FEDIT | PLAIT_CAP_FEDSA |   \
-     PLAIT_CAP_RESUME | PLAIT_CAP_SECAGG)
+     PLAIT_CAP_RESUME | PLAIT_CAP_SECAGG | PLAIT_CAP_EVALUATE)
 
 /* ------------------------------------------------------------------ events */
 
@@ -420,7 +420,9 @@ static int secure_task(plait__agent_conn_t *c, const plait_msg_task_t *t, uint64
     rc = plait__agent_sa_begin(&env, t, deadline, &sa);
     plait_pki_free_pem(key); /* the round keys are signed: the device key is not needed any more */
     key = NULL;
-    if (rc == 0) rc = plait__agent_compute_update(c, t, deadline, &p, res);
+    if (rc == 0)
+        rc = t->kind == PLAIT_TASK_EVALUATE ? plait__agent_evaluate(c, t, deadline, &p, res)
+                                            : plait__agent_compute_update(c, t, deadline, &p, res);
     /* distributed DP: the noise share goes in after quantization, before masking */
     if (rc == 0)
         rc = plait__agent_sa_ddg(t, &a->drbg, p.words, p.n_words - 1 - (t->clip_bit ? 1 : 0));
@@ -550,7 +552,8 @@ static int do_task(plait__agent_conn_t *c, const plait_msg_task_t *t, plait_agen
               t->deadline_s);
     plait__agent_emit(a, PLAIT_AGENT_EV_TASK, round, 0);
     if (t->secure_agg) return secure_task(c, t, deadline, res);
-    rc = plait__agent_compute_update(c, t, deadline, &p, res);
+    rc = t->kind == PLAIT_TASK_EVALUATE ? plait__agent_evaluate(c, t, deadline, &p, res)
+                                        : plait__agent_compute_update(c, t, deadline, &p, res);
     if (rc != 0 && c->got_cbl) return round_ended_outcome(c, round, res);
     if (rc == PLAIT_EMISMATCH || rc == PLAIT_EPROTO || rc == PLAIT_ETOOBIG ||
         (rc == PLAIT_EINVAL && !plait__agent_stopped(a)) ||

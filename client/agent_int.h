@@ -219,6 +219,22 @@ int plait__agent_compute_update(plait__agent_conn_t *c, const plait_msg_task_t *
                                 uint64_t deadline, plait__agent_pending_t *p /* OUT */,
                                 plait_agent_result_t *res) PLAIT_WUR;
 
+/* ---- agent_eval.c: federated evaluation ----------------------------------- */
+
+/** \brief The round's evaluation words for a Task of kind EVALUATE: the held-out loss of the
+ * task's version (as `plait-agent eval`; FedSA: its A with this device's B), as
+ * plait__agent_eval_words. Fills p (words owned; freed on error). Errors: the adapter's, the
+ * evaluator's, PLAIT_EINVAL (too little held-out data), PLAIT_ECANCELED (deadline or stop),
+ * PLAIT_EMISMATCH (the adapter does not fit the task). The loss itself stays on the device. */
+int plait__agent_evaluate(plait__agent_conn_t *c, const plait_msg_task_t *t, uint64_t deadline,
+                          plait__agent_pending_t *p /* OUT */, plait_agent_result_t *res) PLAIT_WUR;
+
+/** \brief words[0] = quantized min(loss, loss_max) / loss_max, words[1] = the weight word of 1
+ * (every device counts once). \return 0; PLAIT_EINVAL (a non-finite or negative loss, a bad
+ * clip, a range below 1: words zeroed). */
+int plait__agent_eval_words(const plait_quant_config_t *qc, double loss, double loss_max, plait_rng_t *rng,
+                            uint32_t words[PLAIT_WIRE_EVAL_WORDS]) PLAIT_WUR;
+
 /* ---- agent_state.c: the directory, a partial download, the personal adapter ---- */
 
 /** \brief "dir/name" into out. \return 0 or PLAIT_EINVAL (too long). */

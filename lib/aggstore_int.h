@@ -84,6 +84,16 @@ int plait__aggstore_check_id(const char *id);
 int plait__aggstore_round_state(plait_aggstore_t *st, int64_t round, plait_aggstore_round_state_t *state,
                                 int64_t *base);
 
+/* Begin a round of a kind (plait_aggstore_round_begin is kind TRAIN). */
+int plait__aggstore_round_begin_kind(plait_aggstore_t *st, int64_t target_cohort, int64_t min_cohort,
+                                     const char *task_config, int64_t base_version, plait_aggstore_kind_t kind,
+                                     int64_t *round_out);
+/* BEGIN IMMEDIATE and check that round is open (rolled back on failure); *base its base version. */
+int plait__aggstore_begin_open_round(plait_aggstore_t *st, int64_t round, int64_t *base);
+/* Validate a round's counters; write them (and its rejections) inside the caller's transaction. */
+int plait__aggstore_check_stats(const plait_aggstore_t *st, const plait_aggstore_stats_t *stats);
+int plait__aggstore_write_stats(plait_aggstore_t *st, int64_t round, const plait_aggstore_stats_t *stats);
+
 /* ---- aggstore_ledger.c -------------------------------------------------- */
 
 /* At most st->max_metrics metrics, printable keys, no NaN. */

@@ -132,6 +132,14 @@ static int write_rejections(plait_aggstore_t *st, int64_t round, const plait_agg
 int plait_aggstore_round_begin(plait_aggstore_t *st, int64_t target_cohort, int64_t min_cohort,
                                const char *task_config, int64_t base_version, int64_t *round_out)
 {
+    return plait__aggstore_round_begin_kind(st, target_cohort, min_cohort, task_config, base_version,
+                                            PLAIT_AGGSTORE_KIND_TRAIN, round_out);
+}
+
+int plait__aggstore_round_begin_kind(plait_aggstore_t *st, int64_t target_cohort, int64_t min_cohort,
+                                     const char *task_config, int64_t base_version, plait_aggstore_kind_t kind,
+                                     int64_t *round_out)
+{
     int ret = plait__aggstore_check_usable(st);
     if (ret != 0) return ret;
     if (!round_out) return plait_fail(PLAIT_EINVAL, "aggstore: round_out is NULL");
@@ -168,8 +176,8 @@ int plait_aggstore_round_begin(plait_aggstore_t *st, int64_t target_cohort, int6
     }
     sqlite3_stmt *s;
     if ((ret = plait__aggstore_prep(st,
-                    "INSERT INTO rounds(state, started, target_cohort, min_cohort, base_version, task_config)"
-                    " VALUES ('open', ?1, ?2, ?3, ?4, ?5)",
+                    "INSERT INTO rounds(state, started, target_cohort, min_cohort, base_version, task_config, kind)"
+                    " VALUES ('open', ?1, ?2, ?3, ?4, ?5, ?6)",
                     &s)) != 0)
         goto fail;
     sqlite3_bind_int64(s, 1, plait__aggstore_now_s());
@@ -177,6 +185,7 @@ int plait_aggstore_round_begin(plait_aggstore_t *st, int64_t target_cohort, int6
     sqlite3_bind_int64(s, 3, min_cohort);
     sqlite3_bind_int64(s, 4, base_version);
     sqlite3_bind_text(s, 5, task_config, (int)clen, SQLITE_STATIC);
+    sqlite3_bind_text(s, 6, plait_aggstore_kind_name(kind), -1, SQLITE_STATIC);
     if ((ret = plait__aggstore_step_done(st, s, "beginning round")) != 0) goto fail;
     int64_t id = sqlite3_last_insert_rowid(st->db);
     if ((ret = plait__aggstore_tx_commit(st)) != 0) return ret;
@@ -375,6 +384,15 @@ int plait_aggstore_round_commit(plait_aggstore_t *st, int64_t round, const plait
     if ((ret = plait__aggstore_query_i64(st, "SELECT coalesce(max(number), 0) FROM versions", false, 0, &latest, &found,
                          "reading latest version")) != 0)
         goto fail;
+    int64_t is_eval = 0;
+    if ((ret = plait__aggstore_query_i64(st, "SELECT kind = 'evaluate' FROM rounds WHERE id = ?1", true, round,
+                                         &is_eval, &found, "reading round kind")) != 0)
+        goto fail;
+    if (is_eval) {
+        ret = plait_fail(PLAIT_EINVAL, "aggstore: round %lld is an evaluation round: it commits no version",
+                         (long long)round);
+        goto fail;
+    }
     if (base != latest) {
         ret = plait_fail(PLAIT_ESTALE, "aggstore: round %lld trained on version %lld, but %lld is the latest",
                          (long long)round, (long long)base, (long long)latest);
@@ -492,7 +510,7 @@ fail:
 #define ROUND_COLS                                                                                   \
     "id, state, started, ended, target_cohort, min_cohort, base_version, new_version, participants," \
     " dropouts, bytes_up, bytes_down, reason, length(task_config), typeof(task_config),"             \
-    " CASE WHEN length(task_config) <= ?9 THEN task_config END"
+    " CASE WHEN length(task_config) <= ?9 THEN task_config END, kind"
 
 /* Rejections of a round, validated, into caller arrays of st->max_reasons entries. */
 typedef struct {
@@ -546,8 +564,16 @@ static int deliver_round(plait_aggstore_t *st, sqlite3_stmt *s, rej_buf_t *b, pl
     int si = -1;
     for (int i = 0; i < 4 && state; i++)
         if (strcmp((const char *)state, STATE_NAMES[i]) == 0) si = i;
+    size_t kl;
+    const unsigned char *kind = plait__aggstore_text_col(s, 16, &kl);
+    int ki = -1;
+    for (int i = 0; i < 2 && kind; i++)
+        if (strcmp((const char *)kind, plait_aggstore_kind_name((plait_aggstore_kind_t)i)) == 0) ki = i;
+    /* A committed training round names its version; an evaluation round never has one. */
+    int want_version = si == PLAIT_AGGSTORE_ROUND_COMMITTED && ki == PLAIT_AGGSTORE_KIND_TRAIN;
     const char *bad = NULL;
     if (si < 0) bad = "state";
+    else if (ki < 0) bad = "kind";
     else if (!plait__aggstore_nonneg(s, 2, &r.started)) bad = "started";
     else if (!plait__aggstore_opt_nonneg(s, 3, &r.ended) ||
              (si == PLAIT_AGGSTORE_ROUND_OPEN) != (sqlite3_column_type(s, 3) == SQLITE_NULL))
@@ -559,8 +585,7 @@ static int deliver_round(plait_aggstore_t *st, sqlite3_stmt *s, rej_buf_t *b, pl
         bad = "min_cohort";
     else if (!plait__aggstore_nonneg(s, 6, &r.base_version)) bad = "base_version";
     else if (!plait__aggstore_opt_nonneg(s, 7, &r.new_version) ||
-             (si == PLAIT_AGGSTORE_ROUND_COMMITTED) !=
-                 (r.new_version >= 1 && sqlite3_column_type(s, 7) == SQLITE_INTEGER))
+             want_version != (r.new_version >= 1 && sqlite3_column_type(s, 7) == SQLITE_INTEGER))
         bad = "new_version";
     else if (!plait__aggstore_nonneg(s, 8, &r.stats.participants)) bad = "participants";
     else if (!plait__aggstore_nonneg(s, 9, &r.stats.dropouts)) bad = "dropouts";
@@ -568,6 +593,7 @@ static int deliver_round(plait_aggstore_t *st, sqlite3_stmt *s, rej_buf_t *b, pl
     else if (!plait__aggstore_nonneg(s, 11, &r.stats.bytes_down)) bad = "bytes_down";
     if (bad) return plait_fail(PLAIT_EPROTO, "aggstore: rounds: round %lld: malformed %s", id, bad);
     r.state = (plait_aggstore_round_state_t)si;
+    r.kind = (plait_aggstore_kind_t)ki;
     size_t rlen;
     const unsigned char *reason = plait__aggstore_text_col(s, 12, &rlen);
     if (!reason || rlen > PLAIT_AGGSTORE_MAX_REASON ||
@@ -661,4 +687,22 @@ int plait_aggstore_rounds_foreach(plait_aggstore_t *st, bool newest_first, size_
                         newest_first ? "SELECT " ROUND_COLS " FROM rounds ORDER BY id DESC LIMIT ?1"
                                      : "SELECT " ROUND_COLS " FROM rounds ORDER BY id LIMIT ?1",
                         lim, false, cb, ud);
+}
+
+/* ---- for aggstore_eval.c ---------------------------------------------------- */
+
+int plait__aggstore_begin_open_round(plait_aggstore_t *st, int64_t round, int64_t *base)
+{
+    return begin_on_open_round(st, round, base);
+}
+
+int plait__aggstore_check_stats(const plait_aggstore_t *st, const plait_aggstore_stats_t *stats)
+{
+    return check_stats(st, stats);
+}
+
+int plait__aggstore_write_stats(plait_aggstore_t *st, int64_t round, const plait_aggstore_stats_t *stats)
+{
+    int ret = write_counters(st, round, stats);
+    return ret != 0 ? ret : write_rejections(st, round, stats);
 }

@@ -2,15 +2,18 @@
  * aggstore_schema.c: the aggregator store's schema, how a file is recognized
  * as one, and how older schemas are brought up to date (part of aggstore.c).
  *
- * Schema (version 3), PRAGMA application_id = 'PLAG' (the device store is 'PLAT'):
+ * Schema (version 4), PRAGMA application_id = 'PLAG' (the device store is 'PLAT'):
  *   meta(key TEXT PRIMARY KEY, value)  'magic' = 'plait-aggstore', 'schema_version',
+ *                                      'eval_requested' (while `evaluate` waits for the service),
  *                                      'deployment_id', 'created'
  *   devices(id TEXT PRIMARY KEY, fingerprint BLOB(32), enrolled, revoked 0/1,
  *           revoked_at, last_seen, rounds_participated, last_round,
  *           dp_rounds: committed ledger rounds it uploaded to)
  *   rounds(id INTEGER PRIMARY KEY AUTOINCREMENT, state, started, ended,
  *          target_cohort, min_cohort, base_version, new_version, participants,
- *          dropouts, bytes_up, bytes_down, task_config TEXT (JSON), reason)
+ *          dropouts, bytes_up, bytes_down, task_config TEXT (JSON), reason,
+ *          kind 'train' | 'evaluate': an evaluation round commits an evals
+ *          row, never a version, so its new_version stays NULL)
  *     + unique partial index on state WHERE state = 'open'
  *   rejections(round_id, reason, count)     PRIMARY KEY(round_id, reason)
  *   versions(number INTEGER PRIMARY KEY, round_id UNIQUE, created, sha256,
@@ -25,6 +28,10 @@
  *                                     Created on open when missing (stores made
  *                                     before it existed).
  *   metrics(round_id, key, value)           PRIMARY KEY(round_id, key)
+ *   evals(round_id PRIMARY KEY, version, created, devices, mean_loss, loss_max)
+ *                                     federated evaluation: the mean clipped held-out
+ *                                     loss of `devices` (>= the round's min_cohort)
+ *                                     devices on `version`; no per-device value exists
  *
  * Migration 1 -> 2 (at a read-write open; a read-only open of a version-1
  * file is refused): ledger gains mechanism ('gaussian'), clip (0: not
@@ -34,6 +41,8 @@
  * non-DP rounds too) and 0 otherwise.
  * Migration 2 -> 3: ledger gains ddg_dim, ddg_var, ddg_n, ddg_l2 (0: not a
  * "ddg" row; every row before it is Gaussian).
+ * Migration 3 -> 4: rounds gains kind ('train': every round before it) and
+ * the evals table is created (empty).
  *
  * Every migration runs in its own write transaction and re-reads the version
  * under the write lock, so two processes opening one old file migrate it once.
@@ -50,6 +59,15 @@
 /* ------------------------------------------------------------------------ */
 /* Schema                                                                    */
 /* ------------------------------------------------------------------------ */
+
+#define EVALS_SQL                                                                                                 \
+    "evals("                                                                                                      \
+    "  round_id INTEGER PRIMARY KEY REFERENCES rounds(id),"                                                       \
+    "  version INTEGER NOT NULL,"                                                                                 \
+    "  created INTEGER NOT NULL,"                                                                                 \
+    "  devices INTEGER NOT NULL,"                                                                                 \
+    "  mean_loss REAL NOT NULL,"                                                                                  \
+    "  loss_max REAL NOT NULL)"
 
 static const char SCHEMA_SQL[] =
     "CREATE TABLE meta(key TEXT PRIMARY KEY NOT NULL, value NOT NULL) WITHOUT ROWID;"
@@ -77,7 +95,8 @@ static const char SCHEMA_SQL[] =
     "  bytes_up INTEGER NOT NULL DEFAULT 0,"
     "  bytes_down INTEGER NOT NULL DEFAULT 0,"
     "  task_config TEXT NOT NULL,"
-    "  reason TEXT NOT NULL DEFAULT '');"
+    "  reason TEXT NOT NULL DEFAULT '',"
+    "  kind TEXT NOT NULL DEFAULT 'train' CHECK (kind IN ('train', 'evaluate')));"
     "CREATE UNIQUE INDEX rounds_one_open ON rounds(state) WHERE state = 'open';"
     "CREATE TABLE rejections("
     "  round_id INTEGER NOT NULL REFERENCES rounds(id),"
@@ -113,7 +132,8 @@ static const char SCHEMA_SQL[] =
     "  round_id INTEGER NOT NULL REFERENCES rounds(id),"
     "  key TEXT NOT NULL,"
     "  value REAL NOT NULL,"
-    "  PRIMARY KEY (round_id, key)) WITHOUT ROWID;";
+    "  PRIMARY KEY (round_id, key)) WITHOUT ROWID;"
+    "CREATE TABLE " EVALS_SQL ";";
 
 #define LABELS_SQL                                                                                                \
     "device_labels(label TEXT PRIMARY KEY NOT NULL, id TEXT NOT NULL UNIQUE REFERENCES devices(id)) WITHOUT ROWID"
@@ -123,13 +143,14 @@ static const char *const PROBES[] = {
     "SELECT id, fingerprint, enrolled, revoked, revoked_at, last_seen, rounds_participated, last_round, dp_rounds"
     " FROM devices LIMIT 0",
     "SELECT id, state, started, ended, target_cohort, min_cohort, base_version, new_version, participants,"
-    " dropouts, bytes_up, bytes_down, task_config, reason FROM rounds LIMIT 0",
+    " dropouts, bytes_up, bytes_down, task_config, reason, kind FROM rounds LIMIT 0",
     "SELECT round_id, reason, count FROM rejections LIMIT 0",
     "SELECT number, round_id, created, sha256, lora_rank, lora_alpha, lora_targets, opt_kind, adapter,"
     " opt_state FROM versions LIMIT 0",
     "SELECT round_id, q, noise_multiplier, steps, delta, epsilon, mechanism, clip, selection, ddg_dim, ddg_var,"
     " ddg_n, ddg_l2 FROM ledger LIMIT 0",
     "SELECT round_id, key, value FROM metrics LIMIT 0",
+    "SELECT round_id, version, created, devices, mean_loss, loss_max FROM evals LIMIT 0",
 };
 
 int plait__aggstore_create_schema(plait_aggstore_t *st, const char *deployment_id)
@@ -285,6 +306,13 @@ static const struct {
      "UPDATE meta SET value = 3 WHERE key = 'schema_version';"
      "PRAGMA user_version = 3;",
      "migrating the schema to version 3"},
+    /* Federated evaluation: the round's kind and the evals table. */
+    {3,
+     "ALTER TABLE rounds ADD COLUMN kind TEXT NOT NULL DEFAULT 'train' CHECK (kind IN ('train', 'evaluate'));"
+     "CREATE TABLE " EVALS_SQL ";"
+     "UPDATE meta SET value = 4 WHERE key = 'schema_version';"
+     "PRAGMA user_version = 4;",
+     "migrating the schema to version 4"},
 };
 #define N_MIGRATIONS (sizeof(MIGRATIONS) / sizeof(MIGRATIONS[0]))
 _Static_assert(N_MIGRATIONS + 1 == PLAIT_AGGSTORE_SCHEMA_VERSION, "one migration per schema version after 1");

@@ -119,6 +119,13 @@ static int from_task(const Plait__Task *p, plait_msg_task_t *t)
     t->max_chunk_bytes = p->has_max_chunk_bytes ? p->max_chunk_bytes : 0;
     if (p->has_max_chunk_bytes && p->max_chunk_bytes == 0) return BAD("task.max_chunk_bytes: 0");
     t->clip_bit = p->has_clip_bit && p->clip_bit ? 1 : 0;
+    t->kind = p->has_kind ? (plait_task_kind_t)p->kind : PLAIT_TASK_TRAIN;
+    if (p->has_eval_loss_max) {
+        if (t->kind != PLAIT_TASK_EVALUATE) return BAD("task.eval_loss_max: set in a training task");
+        t->eval_loss_max = p->eval_loss_max;
+    } else if (t->kind == PLAIT_TASK_EVALUATE) {
+        return BAD("task.eval_loss_max: missing");
+    }
     if (p->secagg) {
         const Plait__SecAggParams *q = p->secagg;
         NEED(q->has_index, "task.secagg.index");
@@ -333,6 +340,11 @@ int plait__wire_to_envelope(const plait_msg_t *m, plait__wire_pb_t *pb)
         if (t->clip_bit) {
             p->has_clip_bit = 1;
             p->clip_bit = 1;
+        }
+        if (t->kind != PLAIT_TASK_TRAIN) { /* absent means TRAIN: old devices see the same bytes */
+            p->has_kind = p->has_eval_loss_max = 1;
+            p->kind = (Plait__TaskKind)t->kind;
+            p->eval_loss_max = t->eval_loss_max;
         }
         if (t->has_secagg) {
             Plait__SecAggParams *q = &pb->sa_params;

@@ -101,7 +101,8 @@ typedef struct {
 
 /* K_FLAG and K_ENUM read an int; K_RANGE and K_LEN read 4 or 8 bytes. */
 _Static_assert(sizeof(plait_lora_mode_t) == sizeof(int) && sizeof(plait_retry_reason_t) == sizeof(int) &&
-                   sizeof(plait_ack_kind_t) == sizeof(int) && sizeof(plait_decline_code_t) == sizeof(int),
+                   sizeof(plait_ack_kind_t) == sizeof(int) && sizeof(plait_decline_code_t) == sizeof(int) &&
+                   sizeof(plait_task_kind_t) == sizeof(int),
                "enum fields are read as int");
 _Static_assert(sizeof(size_t) == 4 || sizeof(size_t) == 8, "size_t fields are read as 4 or 8 bytes");
 
@@ -369,6 +370,23 @@ static int check_task_clip_bit(const void *msg, const plait_wire_limits_t *lim)
     return 0;
 }
 
+/* Task.kind and eval_loss_max: an evaluation task uploads exactly the two metric words. */
+static int check_task_eval(const void *msg, const plait_wire_limits_t *lim)
+{
+    const plait_msg_task_t *t = msg;
+    (void)lim;
+    if (t->kind == PLAIT_TASK_TRAIN) {
+        if (t->eval_loss_max != 0.0) return BAD("task.eval_loss_max: set in a training task");
+        return 0;
+    }
+    if (!finite_pos(t->eval_loss_max) || t->eval_loss_max > PLAIT_WIRE_MAX_EVAL_LOSS)
+        return BAD("task.eval_loss_max: not finite and in (0, %g]", PLAIT_WIRE_MAX_EVAL_LOSS);
+    if (t->update_elements != PLAIT_WIRE_EVAL_WORDS)
+        return BAD("task.update_elements: an evaluation task uploads %u words, not %llu", PLAIT_WIRE_EVAL_WORDS,
+                   (unsigned long long)t->update_elements);
+    return 0;
+}
+
 /* Task.secagg: present exactly with secure_agg; m wide enough for the quantized words. */
 static int check_task_secagg(const void *msg, const plait_wire_limits_t *lim)
 {
@@ -521,6 +539,8 @@ static const rule_t task_rules[] = {
     FLAG(TK, clip_bit, "task.clip_bit"),
     CHECK("task.update_elements", check_task_clip_bit),
     CHECK("task.secagg", check_task_secagg),
+    ENUM(TK, kind, "task.kind", BIT(PLAIT_TASK_TRAIN) | BIT(PLAIT_TASK_EVALUATE)),
+    CHECK("task.eval_loss_max", check_task_eval),
 };
 #undef TK
 

@@ -107,9 +107,21 @@ typedef struct {
     double secagg_dropout;         /**< fraction of the cohort the graph and threshold tolerate dropping (default 0.3) */
     double secagg_corrupt;         /**< fraction of devices assumed to collude with the server (default 0) */
     double secagg_sigma;           /**< failure probability 2^-sigma of the parameter choice (default 20) */
+    /* federated evaluation (docs/operator-guide.md; needs secure_agg and dp = none) */
+    uint64_t eval_every;           /**< an evaluation round after every N committed training rounds (default 0: off) */
+    double eval_loss_max;          /**< L: each device's held-out loss is clipped to L before it is summed (default 10) */
     /* operations */
     char log_level[16];           /**< debug, info, warn or error (default info) */
 } plait_aggcfg_t;
+
+/**
+ * \brief Whether c allows federated evaluation rounds: secure_agg = true (the
+ *        aggregator sees only the sum of >= min_cohort clipped losses) and
+ *        dp = none (under DP the metric would be released without noise and
+ *        without a ledger row).
+ * \return 0, or PLAIT_EINVAL with the reason in plait_errmsg().
+ */
+int plait_aggcfg_eval_allowed(const plait_aggcfg_t *c);
 
 /** \brief Fill c with the defaults documented on each field. Cannot fail. */
 void plait_aggcfg_default(plait_aggcfg_t *c);

@@ -86,7 +86,7 @@ typedef struct plait_aggstore_s plait_aggstore_t;
 
 /** Schema version written by this build; files with a newer one are refused, version-1 files are
  *  migrated at a read-write open (refused read-only). */
-#define PLAIT_AGGSTORE_SCHEMA_VERSION 3
+#define PLAIT_AGGSTORE_SCHEMA_VERSION 4
 /** Device ids (certificate CN): 1..64 printable ASCII bytes (X.509 ub-common-name is 64). */
 #define PLAIT_AGGSTORE_MAX_DEVICE_ID 64
 /** Metric keys and rejection reasons: 1..64 printable ASCII bytes. */
@@ -313,6 +313,15 @@ typedef enum {
 /** \brief "open", "committed", "failed", "abandoned" (or "?"). */
 const char *plait_aggstore_round_state_name(plait_aggstore_round_state_t s);
 
+/** What a round does: train a new version, or evaluate one (federated evaluation). */
+typedef enum {
+    PLAIT_AGGSTORE_KIND_TRAIN = 0,   /**< commits a new version */
+    PLAIT_AGGSTORE_KIND_EVALUATE = 1 /**< commits an evals row; new_version stays 0 */
+} plait_aggstore_kind_t;
+
+/** \brief "train", "evaluate" (or "?"). */
+const char *plait_aggstore_kind_name(plait_aggstore_kind_t k);
+
 /** Updates rejected for one reason ("nan", "shape", "stale", ...). */
 typedef struct plait_aggstore_rejection_s {
     const char *reason; /* 1..PLAIT_AGGSTORE_MAX_KEY printable ASCII bytes, NUL-terminated */
@@ -341,6 +350,7 @@ typedef struct plait_aggstore_round_s {
     const char *task_config;  /* NUL-terminated JSON object, validated */
     size_t task_config_len;
     const char *reason;       /* why it failed or was abandoned; "" otherwise */
+    plait_aggstore_kind_t kind; /* train or evaluate */
 } plait_aggstore_round_t;
 
 /**
@@ -585,5 +595,57 @@ int plait_aggstore_metrics_foreach(plait_aggstore_t *st, int64_t round, plait_ag
  *        atomicity. 0 disables. Not for production use.
  */
 void plait__aggstore_inject_commit_fault(plait_aggstore_t *st, int step);
+
+/* ---- federated evaluation ---------------------------------------------------- */
+
+/** One committed evaluation: the mean of the devices' clipped held-out losses. */
+typedef struct plait_aggstore_eval_s {
+    int64_t round_id; /* the evaluation round */
+    int64_t version;  /* the version evaluated, >= 1 */
+    int64_t created;  /* unix seconds */
+    int64_t devices;  /* devices in the mean, >= the round's min_cohort */
+    double mean_loss; /* mean of min(loss, loss_max) over them, in [0, loss_max] */
+    double loss_max;  /* L, the clip of each device's loss */
+} plait_aggstore_eval_t;
+
+/**
+ * \brief Open an evaluation round of version (the latest, >= 1): a rounds
+ *        row of kind evaluate. As plait_aggstore_round_begin otherwise.
+ */
+int plait_aggstore_eval_begin(plait_aggstore_t *st, int64_t target_cohort, int64_t min_cohort,
+                              const char *task_config, int64_t version, int64_t *round_out /* OUT */) PLAIT_WUR;
+
+/**
+ * \brief Commit an open evaluation round: its state, counters and one evals
+ *        row, in one transaction. No version, ledger row or device counter.
+ * \param devices    devices in the mean, at least the round's min_cohort.
+ * \param mean_loss  finite, in [0, loss_max].
+ * \param stats      final counters, or NULL to keep the recorded ones.
+ * \return 0; PLAIT_ESTALE (round not open); PLAIT_ENOENT; PLAIT_EINVAL (a
+ *         training round, too few devices, a bad value); PLAIT_EBUSY; PLAIT_EIO.
+ */
+int plait_aggstore_eval_commit(plait_aggstore_t *st, int64_t round, int64_t devices, double mean_loss,
+                               double loss_max, const plait_aggstore_stats_t *stats) PLAIT_WUR;
+
+/**
+ * \brief Ask the running service for one evaluation round (`plait-aggregator
+ *        evaluate`): a meta row the service takes when it opens its next round.
+ *        Asking twice before it is taken asks once.
+ * \return 0; PLAIT_EINVAL; PLAIT_EBUSY; PLAIT_EIO.
+ */
+int plait_aggstore_eval_request(plait_aggstore_t *st) PLAIT_WUR;
+
+/** \brief Take (and clear) the request: *requested says whether there was one. \return as above. */
+int plait_aggstore_eval_take_request(plait_aggstore_t *st, bool *requested /* OUT */) PLAIT_WUR;
+
+typedef int (*plait_aggstore_eval_cb)(void *ud, const plait_aggstore_eval_t *e);
+
+/**
+ * \brief Call cb for committed evaluations by round id (newest first if asked),
+ *        at most max_rows (0: all); a nonzero return from cb stops and is returned.
+ * \return 0; PLAIT_EPROTO (a malformed row); PLAIT_EINVAL; PLAIT_EBUSY; PLAIT_EIO.
+ */
+int plait_aggstore_evals_foreach(plait_aggstore_t *st, bool newest_first, size_t max_rows,
+                                 plait_aggstore_eval_cb cb, void *ud);
 
 #endif /* PLAIT_AGGSTORE_H */

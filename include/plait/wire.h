@@ -70,6 +70,16 @@
 #define PLAIT_WIRE_MAX_LOCAL_STEPS 1000000u
 #define PLAIT_WIRE_MAX_BATCH 4096u
 #define PLAIT_WIRE_MAX_SEQ_LEN 65536u
+/** Largest Task.eval_loss_max (a cross-entropy in nats far above ln of any vocabulary). */
+#define PLAIT_WIRE_MAX_EVAL_LOSS 1000.0
+/** Words an evaluation task uploads: [min(loss, L) / L, weight]. */
+#define PLAIT_WIRE_EVAL_WORDS 2u
+
+/** Task.kind. */
+typedef enum {
+    PLAIT_TASK_TRAIN = 0,   /**< train and upload the clipped update (absent on the wire) */
+    PLAIT_TASK_EVALUATE = 1 /**< evaluate the task's version on held-out data, upload the loss */
+} plait_task_kind_t;
 
 /** Message types; the value is the frame's type byte and the Envelope field number. */
 typedef enum {
@@ -104,6 +114,7 @@ typedef enum {
 #define PLAIT_CAP_FEDSA (1u << 4)      /**< can train in FedSA-LoRA mode */
 #define PLAIT_CAP_RESUME (1u << 5)     /**< resumes adapter downloads at an offset */
 #define PLAIT_CAP_SECAGG (1u << 6)     /**< speaks SecAgg+ (the SecAgg* messages, §9) */
+#define PLAIT_CAP_EVALUATE (1u << 7)   /**< does evaluation tasks (Task.kind = EVALUATE, §10) */
 
 /* Secure aggregation field bounds (protocol constants, docs/protocol.md §9). */
 /** X25519 public keys and the graph seed. */
@@ -236,6 +247,9 @@ typedef struct {
                                    receiver's own limit applies), else >= 4 */
     int clip_bit;             /**< 0 or 1: append the word "update norm <= clip_norm" (adaptive clipping),
                                    encoded as a weight word; update_elements then counts span + 2 */
+    plait_task_kind_t kind;   /**< TRAIN or EVALUATE */
+    double eval_loss_max;     /**< EVALUATE: L, finite, in (0, PLAIT_WIRE_MAX_EVAL_LOSS]; then
+                                   update_elements is PLAIT_WIRE_EVAL_WORDS and clip_bit 0. TRAIN: 0 */
     int has_secagg;           /**< set exactly when secure_agg */
     struct {
         uint32_t index;       /**< this device's index, 1..n */

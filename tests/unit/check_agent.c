@@ -414,6 +414,38 @@ START_TEST(test_pipeline_clip_bit)
 }
 END_TEST
 
+/* Federated evaluation's words: [min(loss, L) / L, 1], summed as the aggregator sums them. */
+START_TEST(test_eval_words)
+{
+    plait_quant_config_t qc = {.bits = 16, .range = 1.0};
+    plait_rng_t r;
+    plait_rng_seed_u64(&r, 9, 1);
+    const double losses[3] = {2.0, 5.5, 100.0}; /* the last is clipped to L = 8 */
+    uint32_t w[2], sum[2] = {0, 0};
+    for (int i = 0; i < 3; i++) {
+        ck_assert_int_eq(plait__agent_eval_words(&qc, losses[i], 8.0, &r, w), 0);
+        sum[0] += w[0];
+        sum[1] += w[1];
+    }
+    double v = 0, n = 0;
+    ck_assert_int_eq(plait_quant_decode_sum(&qc, sum, 1, 3, &v), 0);
+    ck_assert_int_eq(plait_quant_decode_weight_sum(&qc, sum[1], 3, &n), 0);
+    ck_assert(n == 3.0);
+    double step = 2.0 * qc.range / 65535.0;
+    ck_assert_msg(fabs(v * 8.0 - (2.0 + 5.5 + 8.0)) <= 3 * step * 8.0, "sum %g", v * 8.0);
+    const double bad[3] = {NAN, -1.0, INFINITY};
+    for (int i = 0; i < 3; i++) {
+        w[0] = w[1] = 7;
+        ck_assert_int_eq(plait__agent_eval_words(&qc, bad[i], 8.0, &r, w), PLAIT_EINVAL);
+        ck_assert_uint_eq(w[0], 0);
+    }
+    ck_assert_int_eq(plait__agent_eval_words(&qc, 1.0, 0.0, &r, w), PLAIT_EINVAL);
+    plait_quant_config_t narrow = {.bits = 16, .range = 0.5}; /* cannot carry a value of 1 */
+    ck_assert_int_eq(plait__agent_eval_words(&narrow, 1.0, 8.0, &r, w), PLAIT_EINVAL);
+    plait_rng_wipe(&r);
+}
+END_TEST
+
 START_TEST(test_pipeline_small_update_not_clipped)
 {
     plait_model_t m;
@@ -2038,6 +2070,7 @@ Suite *agent_suite(void)
     tc = tcase_create("pipeline");
     tcase_add_test(tc, test_pipeline_matches_primitives);
     tcase_add_test(tc, test_pipeline_clip_bit);
+    tcase_add_test(tc, test_eval_words);
     tcase_add_test(tc, test_pipeline_small_update_not_clipped);
     suite_add_tcase(s, tc);
 

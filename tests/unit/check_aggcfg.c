@@ -23,6 +23,33 @@ static plait_aggcfg_t base(void)
 
 static int parse(plait_aggcfg_t *c, const char *text) { return plait_aggcfg_parse(c, text, strlen(text), "t.conf"); }
 
+/* Federated evaluation needs secure_agg and dp = none; the refusal says which. */
+START_TEST(test_eval_settings)
+{
+    plait_aggcfg_t c = base();
+    ck_assert_uint_eq(c.eval_every, 0);
+    ck_assert(c.eval_loss_max == 10.0);
+    ck_assert_int_eq(plait_aggcfg_eval_allowed(&c), 0);
+    ck_assert_int_eq(parse(&c, "eval_every = 5\neval_loss_max = 7.5\n"), 0);
+    ck_assert_int_eq(plait_aggcfg_validate(&c), 0);
+    ck_assert_uint_eq(c.eval_every, 5);
+    ck_assert(c.eval_loss_max == 7.5);
+    ck_assert_int_ne(parse(&c, "eval_loss_max = 0\n"), 0); /* out of range */
+    ck_assert_int_ne(parse(&c, "eval_loss_max = 1001\n"), 0);
+    c = base();
+    ck_assert_int_eq(parse(&c, "eval_every = 2\nsecure_agg = false\n"), 0);
+    ck_assert_int_eq(plait_aggcfg_validate(&c), PLAIT_EINVAL);
+    ck_assert_ptr_nonnull(strstr(plait_errmsg(), "eval_every"));
+    ck_assert_ptr_nonnull(strstr(plait_errmsg(), "secure_agg = true"));
+    c = base();
+    ck_assert_int_eq(parse(&c, "eval_every = 2\ndp = central\nnoise_multiplier = 1\n"), 0);
+    ck_assert_int_eq(plait_aggcfg_validate(&c), PLAIT_EINVAL);
+    ck_assert_ptr_nonnull(strstr(plait_errmsg(), "dp = none"));
+    c.eval_every = 0; /* off: DP deployments validate as before */
+    ck_assert_int_eq(plait_aggcfg_eval_allowed(&c), PLAIT_EINVAL);
+}
+END_TEST
+
 START_TEST(test_defaults)
 {
     plait_aggcfg_t c;
@@ -168,6 +195,7 @@ Suite *aggcfg_suite(void)
     tcase_add_test(tc, test_write_roundtrip);
     tcase_add_test(tc, test_strict);
     tcase_add_test(tc, test_precedence_and_rules);
+    tcase_add_test(tc, test_eval_settings);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -867,6 +867,7 @@ START_TEST(test_dp_participation)
                 "ALTER TABLE ledger DROP COLUMN selection; ALTER TABLE devices DROP COLUMN dp_rounds;"
                 "ALTER TABLE ledger DROP COLUMN ddg_dim; ALTER TABLE ledger DROP COLUMN ddg_var;"
                 "ALTER TABLE ledger DROP COLUMN ddg_n; ALTER TABLE ledger DROP COLUMN ddg_l2;"
+                "ALTER TABLE rounds DROP COLUMN kind; DROP TABLE evals;"
                 "UPDATE meta SET value = 1 WHERE key = 'schema_version'; PRAGMA user_version = 1;");
     plait_aggstore_config_t cfg;
     plait_aggstore_config_default(&cfg);
@@ -892,6 +893,136 @@ START_TEST(test_dp_participation)
     ck_assert_int_eq(raw_count(p, "SELECT dp_rounds FROM devices WHERE id = 'c'"), 3);
     plait_aggstore_close(st);
     ck_assert_int_eq(open_rc(p), 0); /* a migrated file opens as any other */
+}
+END_TEST
+
+/* ---- federated evaluation ---- */
+
+typedef struct {
+    int n;
+    plait_aggstore_eval_t last;
+} eval_list_t;
+
+static int eval_cb(void *ud, const plait_aggstore_eval_t *e)
+{
+    eval_list_t *l = ud;
+    l->n++;
+    l->last = *e;
+    return 0;
+}
+
+static int kind_cb(void *ud, const plait_aggstore_round_t *r)
+{
+    *(plait_aggstore_kind_t *)ud = r->kind;
+    return 0;
+}
+
+/* An evaluation round commits one evals row and no version; a training commit refuses it. */
+START_TEST(test_evals)
+{
+    const char *p = db_path("evals.db");
+    plait_aggstore_t *st = open_agg(p);
+    const char *ids[] = {"a"};
+    ck_assert_int_eq(plait_aggstore_device_enroll(st, "a", FPR), 0);
+    int64_t round = 0;
+    ck_assert_int_eq(plait_aggstore_eval_begin(st, 3, 2, "{}", 0, &round), PLAIT_EINVAL); /* no version yet */
+    /* the operator's request: set (twice is once), taken once */
+    bool req = true;
+    ck_assert_int_eq(plait_aggstore_eval_take_request(st, &req), 0);
+    ck_assert(!req);
+    ck_assert_int_eq(plait_aggstore_eval_request(st), 0);
+    ck_assert_int_eq(plait_aggstore_eval_request(st), 0);
+    ck_assert_int_eq(plait_aggstore_eval_take_request(st, &req), 0);
+    ck_assert(req);
+    ck_assert_int_eq(plait_aggstore_eval_take_request(st, &req), 0);
+    ck_assert(!req);
+    dp_round(st, ids, 1, NULL);                                                          /* version 1 */
+    ck_assert_int_eq(plait_aggstore_eval_begin(st, 3, 2, "{\"kind\":\"evaluate\"}", 2, &round), PLAIT_ESTALE);
+    ck_assert_int_eq(plait_aggstore_eval_begin(st, 3, 2, "{\"kind\":\"evaluate\"}", 1, &round), 0);
+    plait_aggstore_kind_t kind = PLAIT_AGGSTORE_KIND_TRAIN;
+    ck_assert_int_eq(plait_aggstore_round_get(st, round, kind_cb, &kind), 0);
+    ck_assert_int_eq(kind, PLAIT_AGGSTORE_KIND_EVALUATE);
+    /* a training commit of an evaluation round is refused, and writes nothing */
+    size_t len;
+    uint8_t *b = make_blob(2, &len);
+    plait_aggstore_commit_t c;
+    fill_commit(&c, b, len);
+    ck_assert_int_eq(plait_aggstore_round_commit(st, round, &c, NULL), PLAIT_EINVAL);
+    free(b);
+    int64_t latest = 0;
+    ck_assert_int_eq(plait_aggstore_version_latest_number(st, &latest), 0);
+    ck_assert_int_eq(latest, 1);
+    /* hostile values */
+    ck_assert_int_eq(plait_aggstore_eval_commit(st, round, 1, 2.0, 8.0, NULL), PLAIT_EINVAL); /* below min_cohort */
+    ck_assert_int_eq(plait_aggstore_eval_commit(st, round, 2, NAN, 8.0, NULL), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_aggstore_eval_commit(st, round, 2, 9.0, 8.0, NULL), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_aggstore_eval_commit(st, round, 2, -0.5, 8.0, NULL), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_aggstore_eval_commit(st, round, 2, 1.0, INFINITY, NULL), PLAIT_EINVAL);
+    ck_assert_int_eq(raw_count(p, "SELECT count(*) FROM evals"), 0);
+    plait_aggstore_stats_t stx = {3, 1, 24, 99, NULL, 0};
+    ck_assert_int_eq(plait_aggstore_eval_commit(st, round, 2, 2.25, 8.0, &stx), 0);
+    ck_assert_int_eq(plait_aggstore_eval_commit(st, round, 2, 2.25, 8.0, NULL), PLAIT_ESTALE);
+    eval_list_t el = {0};
+    ck_assert_int_eq(plait_aggstore_evals_foreach(st, true, 0, eval_cb, &el), 0);
+    ck_assert_int_eq(el.n, 1);
+    ck_assert_int_eq(el.last.round_id, round);
+    ck_assert_int_eq(el.last.version, 1);
+    ck_assert_int_eq(el.last.devices, 2);
+    ck_assert(el.last.mean_loss == 2.25 && el.last.loss_max == 8.0);
+    round_list_t rl;
+    memset(&rl, 0, sizeof(rl));
+    ck_assert_int_eq(plait_aggstore_round_get(st, round, round_cb, &rl), 0);
+    ck_assert_int_eq(rl.states[0], PLAIT_AGGSTORE_ROUND_COMMITTED);
+    ck_assert_int_eq(rl.new_version, 0);
+    ck_assert_int_eq(rl.participants, 3);
+    /* training goes on from the same version; a training round cannot commit an evaluation */
+    int64_t r2 = 0;
+    ck_assert_int_eq(plait_aggstore_round_begin(st, 2, 1, "{}", 1, &r2), 0);
+    ck_assert_int_eq(plait_aggstore_eval_commit(st, r2, 2, 1.0, 8.0, NULL), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_aggstore_round_fail(st, r2, "test", NULL), 0);
+    plait_aggstore_close(st);
+    /* a tampered row is refused on reading */
+    raw_exec(p, "UPDATE evals SET mean_loss = 100.0");
+    st = open_agg(p);
+    ck_assert_int_eq(plait_aggstore_evals_foreach(st, false, 0, eval_cb, &el), PLAIT_EPROTO);
+    plait_aggstore_close(st);
+    raw_exec(p, "UPDATE evals SET mean_loss = 2.25; UPDATE rounds SET new_version = 7 WHERE kind = 'evaluate'");
+    st = open_agg(p);
+    ck_assert_int_eq(plait_aggstore_round_get(st, round, round_cb, &rl), PLAIT_EPROTO);
+    plait_aggstore_close(st);
+}
+END_TEST
+
+/* A schema-3 file (before federated evaluation) migrates: its rounds are training rounds. */
+START_TEST(test_evals_migration)
+{
+    const char *p = db_path("evals_mig.db");
+    plait_aggstore_t *st = open_agg(p);
+    const char *ids[] = {"a"};
+    ck_assert_int_eq(plait_aggstore_device_enroll(st, "a", FPR), 0);
+    dp_round(st, ids, 1, NULL);
+    plait_aggstore_close(st);
+    raw_exec(p, "ALTER TABLE rounds DROP COLUMN kind; DROP TABLE evals;"
+                "UPDATE meta SET value = 3 WHERE key = 'schema_version'; PRAGMA user_version = 3;");
+    plait_aggstore_config_t cfg;
+    plait_aggstore_config_default(&cfg);
+    cfg.path = p;
+    cfg.read_only = true;
+    ck_assert_int_eq(plait_aggstore_open(&st, &cfg), PLAIT_EMISMATCH); /* read-only cannot migrate */
+    st = open_agg(p);
+    plait_aggstore_info_t info;
+    ck_assert_int_eq(plait_aggstore_info(st, &info), 0);
+    ck_assert_int_eq(info.schema_version, 4);
+    plait_aggstore_kind_t kind = PLAIT_AGGSTORE_KIND_EVALUATE;
+    ck_assert_int_eq(plait_aggstore_round_get(st, 1, kind_cb, &kind), 0);
+    ck_assert_int_eq(kind, PLAIT_AGGSTORE_KIND_TRAIN);
+    int64_t round = 0;
+    ck_assert_int_eq(plait_aggstore_eval_begin(st, 2, 2, "{}", 1, &round), 0);
+    ck_assert_int_eq(plait_aggstore_eval_commit(st, round, 2, 0.5, 4.0, NULL), 0);
+    eval_list_t el = {0};
+    ck_assert_int_eq(plait_aggstore_evals_foreach(st, false, 0, eval_cb, &el), 0);
+    ck_assert_int_eq(el.n, 1);
+    plait_aggstore_close(st);
 }
 END_TEST
 
@@ -1291,12 +1422,12 @@ START_TEST(test_hostile_files)
     scfg.path = p;
     ck_assert_int_eq(plait_store_open(&ds, &scfg), PLAIT_EMISMATCH);
     /* Newer schema, malformed meta, a missing table. */
-    raw_exec(p, "UPDATE meta SET value = 4 WHERE key = 'schema_version';");
+    raw_exec(p, "UPDATE meta SET value = 5 WHERE key = 'schema_version';");
     ck_assert_int_eq(open_rc(p), PLAIT_EMISMATCH);
     ck_assert_ptr_nonnull(strstr(plait_errmsg(), "newer"));
     raw_exec(p, "UPDATE meta SET value = 'one' WHERE key = 'schema_version';");
     ck_assert_int_eq(open_rc(p), PLAIT_EPROTO);
-    raw_exec(p, "UPDATE meta SET value = 3 WHERE key = 'schema_version'; DELETE FROM meta WHERE key = 'deployment_id'");
+    raw_exec(p, "UPDATE meta SET value = 4 WHERE key = 'schema_version'; DELETE FROM meta WHERE key = 'deployment_id'");
     ck_assert_int_eq(open_rc(p), PLAIT_EPROTO);
     ck_assert_ptr_nonnull(strstr(plait_errmsg(), "deployment_id"));
     raw_exec(p, "INSERT INTO meta VALUES ('deployment_id', 'x'); DROP TABLE ledger;");
@@ -1538,6 +1669,8 @@ Suite *aggstore_suite(void)
     tcase_add_test(tc, test_ledger_metrics);
     tcase_add_test(tc, test_dp_participation);
     tcase_add_test(tc, test_ledger_ddg);
+    tcase_add_test(tc, test_evals);
+    tcase_add_test(tc, test_evals_migration);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("durability");

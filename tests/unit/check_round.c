@@ -8,7 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "evalcore.h"
 #include "plait/round.h"
+#include "plait/update.h"
 
 #define P 64
 #define AVG_TOL 1e-6  /* float path: float rounding of a mean of unit-scale values */
@@ -397,6 +399,68 @@ START_TEST(test_dp_and_adaptive_opt)
 }
 END_TEST
 
+/* The federated-evaluation core (aggregator/evalcore.h): from the devices' [v, 1] words,
+ * masked and summed, the committed value is the mean of the v, and L times it the mean loss. */
+START_TEST(test_eval_core_mean)
+{
+    plait_round_config_t train, ec;
+    plait_round_config_default(&train);
+    train.dim = 4096;
+    train.target_cohort = 3;
+    train.min_cohort = 2;
+    train.overselect = 1.0;
+    train.secure = 1;
+    train.quant.bits = 16;
+    train.quant.range = 0.05;
+    train.clip_bit = 1;
+    plait__eval_core_config(&train, &ec);
+    ck_assert_uint_eq(ec.dim, 1);
+    ck_assert(ec.quant.range == 1.0 && ec.clip_bit == 0 && ec.dp == 0 && ec.ddg == 0);
+    ck_assert_uint_eq(ec.quant.bits, 16);
+    const float zero = 0.0f;
+    plait_round_t *r = NULL;
+    ck_assert_int_eq(plait_round_create(&r, &ec, &zero, 1), 0);
+    const double loss_max = 8.0, losses[3] = {2.0, 3.5, 20.0}; /* the last is clipped to 8 */
+    plait_rng_t rng;
+    plait_rng_seed_u64(&rng, 3, 4);
+    for (int round = 0; round < 2; round++) { /* a second round starts from a fresh core, as the service does */
+        uint64_t rid = 0;
+        ck_assert_int_eq(plait_round_open(r, 0.0, &rid), 0);
+        for (uint64_t c = 1; c <= 3; c++) ck_assert_int_eq(plait_round_select(r, c, 0.0), 0);
+        ck_assert_int_eq(plait_round_state(r), PLAIT_ROUND_TRAINING); /* the full cohort starts it */
+        uint32_t sum[2] = {0, 0};
+        double want = 0;
+        for (uint64_t c = 1; c <= 3; c++) {
+            double l = losses[c - 1] < loss_max ? losses[c - 1] : loss_max;
+            want += l / 3.0;
+            float v = (float)(l / loss_max);
+            uint32_t w[2];
+            ck_assert_int_eq(plait_quant_encode(&ec.quant, &v, 1, &rng, &w[0]), 0);
+            ck_assert_int_eq(plait_quant_encode_weight(&ec.quant, 1.0, &rng, &w[1]), 0);
+            sum[0] += w[0];
+            sum[1] += w[1];
+            ck_assert_int_eq(plait_round_submit_masked(r, c, rid, 2, 1.0), 0);
+        }
+        ck_assert_int_eq(plait_round_state(r), PLAIT_ROUND_AGGREGATION);
+        ck_assert_int_eq(plait_round_set_unmasked_sum(r, sum, 2), 0);
+        ck_assert_int_eq(plait_round_aggregate(r, &rng), 0);
+        ck_assert_int_eq(plait_round_commit(r), 0);
+        double mean = -1;
+        size_t n = 0;
+        ck_assert_int_eq(plait__eval_core_mean(r, 2, loss_max, &mean, &n), 0);
+        ck_assert_uint_eq(n, 3);
+        double step = 2.0 / 65535.0 * loss_max; /* one quantization step of L */
+        ck_assert_msg(fabs(mean - want) <= step, "mean %.6f want %.6f", mean, want);
+        ck_assert_int_eq(plait__eval_core_mean(r, 4, loss_max, &mean, &n), PLAIT_EPROTO); /* below min_cohort */
+        plait_round_destroy(r);
+        r = NULL;
+        ck_assert_int_eq(plait_round_create(&r, &ec, &zero, 1), 0);
+    }
+    plait_rng_wipe(&rng);
+    plait_round_destroy(r);
+}
+END_TEST
+
 Suite *round_suite(void)
 {
     Suite *s = suite_create("round");
@@ -412,6 +476,7 @@ Suite *round_suite(void)
     tcase_add_test(tc, test_naive_average_quantized);
     tcase_add_test(tc, test_order_independent);
     tcase_add_test(tc, test_dp_and_adaptive_opt);
+    tcase_add_test(tc, test_eval_core_mean);
     suite_add_tcase(s, tc);
     return s;
 }

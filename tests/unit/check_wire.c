@@ -1236,6 +1236,104 @@ START_TEST(test_decode_task_fields)
 }
 END_TEST
 
+/* Task.kind = EVALUATE: round trip, absent kind is TRAIN, hostile loss bounds and shapes. */
+static void sample_eval_task(plait_msg_t *m)
+{
+    sample_task(m);
+    m->u.task.kind = PLAIT_TASK_EVALUATE;
+    m->u.task.eval_loss_max = 8.0;
+    m->u.task.update_elements = PLAIT_WIRE_EVAL_WORDS;
+}
+
+START_TEST(test_task_evaluate)
+{
+    fill_consts();
+    plait_msg_t m, back;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    sample_eval_task(&m);
+    ck_assert_int_eq(plait_wire_encode_alloc(&m, NULL, &buf, &len), 0);
+    size_t used = 0;
+    ck_assert_int_eq(plait_wire_parse(buf, len, NULL, 0, &back, &used), 0);
+    ck_assert_uint_eq(used, len);
+    ck_assert_int_eq(back.u.task.kind, PLAIT_TASK_EVALUATE);
+    ck_assert(back.u.task.eval_loss_max == 8.0);
+    ck_assert_uint_eq(back.u.task.update_elements, 2);
+    plait_msg_free(&back);
+    free(buf);
+
+    /* a training task carries neither field: its bytes are what an old device knows */
+    pbw_t w;
+    task_inner(&w);
+    ck_assert_int_eq(parse_pb(PLAIT_MSG_TASK, &w, &back), 0);
+    ck_assert_int_eq(back.u.task.kind, PLAIT_TASK_TRAIN);
+    ck_assert(back.u.task.eval_loss_max == 0.0);
+    plait_msg_free(&back);
+    task_inner(&w);
+    pb_double(&w, 25, 4.0); /* a loss clip on a training task */
+    EXPECT_FIELD_ERR(parse_pb(PLAIT_MSG_TASK, &w, &back), "task.eval_loss_max");
+    task_inner(&w);
+    pb_u(&w, 24, 1); /* EVALUATE without L */
+    EXPECT_FIELD_ERR(parse_pb(PLAIT_MSG_TASK, &w, &back), "task.eval_loss_max");
+    const double bad[] = {0.0, -1.0, NAN, INFINITY, 1000.5, 1e300};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        task_inner(&w);
+        pb_u(&w, 13, 2);
+        pb_u(&w, 24, 1);
+        pb_double(&w, 25, bad[i]);
+        EXPECT_FIELD_ERR(parse_pb(PLAIT_MSG_TASK, &w, &back), "task.eval_loss_max");
+    }
+    task_inner(&w); /* 65537 update words: not the two metric words */
+    pb_u(&w, 24, 1);
+    pb_double(&w, 25, 4.0);
+    EXPECT_FIELD_ERR(parse_pb(PLAIT_MSG_TASK, &w, &back), "task.update_elements");
+    task_inner(&w);
+    pb_u(&w, 13, 2);
+    pb_u(&w, 24, 1);
+    pb_double(&w, 25, 4.0);
+    ck_assert_int_eq(parse_pb(PLAIT_MSG_TASK, &w, &back), 0);
+    plait_msg_free(&back);
+    pb_u(&w, 24, 7); /* an unknown kind */
+    int rc = parse_pb(PLAIT_MSG_TASK, &w, &back);
+    ck_assert_int_eq(rc, PLAIT_EPROTO);
+
+    /* the encoder refuses what the decoder would */
+    sample_eval_task(&m);
+    m.u.task.clip_bit = 1;
+    ck_assert_int_eq(plait_wire_encode_alloc(&m, NULL, &buf, &len), PLAIT_EPROTO);
+    ck_assert_ptr_nonnull(strstr(plait_errmsg(), "task.update_elements")); /* the clip bit's word count first */
+    m.u.task.update_elements = 3;
+    ck_assert_int_eq(plait_wire_encode_alloc(&m, NULL, &buf, &len), PLAIT_EPROTO);
+    ck_assert_ptr_nonnull(strstr(plait_errmsg(), "task.update_elements"));
+    sample_eval_task(&m);
+    m.u.task.eval_loss_max = NAN;
+    ck_assert_int_eq(plait_wire_encode_alloc(&m, NULL, &buf, &len), PLAIT_EPROTO);
+    sample_task(&m);
+    m.u.task.eval_loss_max = 3.0;
+    ck_assert_int_eq(plait_wire_encode_alloc(&m, NULL, &buf, &len), PLAIT_EPROTO);
+
+    /* the fuzz corpus's evaluation frames: one valid, one with a NaN loss clip */
+    static const char *const seeds[2] = {"valid_task_evaluate", "bad_task_evaluate_nan"};
+    for (int i = 0; i < 2; i++) {
+        char path[1024];
+        snprintf(path, sizeof(path), "%s/fuzz/corpus/frame/%s", PLAIT_TEST_SOURCE_DIR, seeds[i]);
+        size_t n = 0;
+        uint8_t *seed = tu_read_file(path, &n);
+        ck_assert_ptr_nonnull(seed);
+        rc = plait_wire_parse(seed, n, NULL, 0, &back, &used);
+        if (i == 0) {
+            ck_assert_int_eq(rc, 0);
+            ck_assert_int_eq(back.u.task.kind, PLAIT_TASK_EVALUATE);
+            ck_assert(back.u.task.eval_loss_max == 8.0);
+            plait_msg_free(&back);
+        } else {
+            EXPECT_FIELD_ERR(rc, "task.eval_loss_max");
+        }
+        free(seed);
+    }
+}
+END_TEST
+
 START_TEST(test_decode_chunk_fields)
 {
     fill_consts();
@@ -1951,6 +2049,7 @@ Suite *wire_suite(void)
     tcase_add_test(tc, test_garbage_payloads);
     tcase_add_test(tc, test_decode_hello_fields);
     tcase_add_test(tc, test_decode_task_fields);
+    tcase_add_test(tc, test_task_evaluate);
     tcase_add_test(tc, test_decode_chunk_fields);
     tcase_add_test(tc, test_decode_small_messages);
     tcase_add_test(tc, test_repeated_fields_bounded);
