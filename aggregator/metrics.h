@@ -48,6 +48,8 @@ typedef struct {
     uint64_t preauth_open;       /* connections before their Hello (gauge) */
     uint64_t rejection_logs_suppressed; /* refusal log lines rate-limited away */
     uint64_t metrics_evicted;    /* idle metrics connections closed to make room */
+    /* adapter downloads by encoding (plait_adapter_encoding_t: full, delta, seeded); payload bytes */
+    uint64_t downloads[3], download_bytes[3];
 } plait__metrics_t;
 
 /** \brief Label value of a rejection reason ("tls_revoked"). */
