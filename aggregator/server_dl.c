@@ -63,7 +63,8 @@ void plait__srv_hist_push(plait_server_t *s, blob_t *old)
 
 void plait__srv_hist_clear(plait_server_t *s)
 {
-    for (size_t i = 0; i < s->n_hist; i++) plait__srv_blob_unref(s->hist[i]);
+    for (size_t i = 0; i < s->n_hist; i++)
+        plait__srv_blob_unref(s->hist[i]);
     s->n_hist = 0;
 }
 
@@ -77,7 +78,8 @@ int plait__srv_commit_quant(plait_server_t *s, blob_t *nb)
     if (!com) return plait_fail(PLAIT_ENOMEM, "quantized commit: %zu floats", n);
     uint8_t *d = NULL;
     size_t len = 0;
-    int rc = plait_delta_encode_quant(prev->params, s->lora.params, n, (unsigned)s->cfg.download_delta_bits,
+    int rc = plait_delta_encode_quant(prev->params, s->lora.params, n,
+                                      (unsigned)s->cfg.download_delta_bits,
                                       PLAIT_DELTA_BLOCK_DEFAULT, com, &d, &len);
     if (rc == 0) rc = plait_round_replace_global(s->round, com + s->span_off, s->span_len);
     if (rc != 0) {
@@ -94,16 +96,19 @@ int plait__srv_commit_quant(plait_server_t *s, blob_t *nb)
     return 0;
 }
 
-/* The delta from base to b: cached, or encoded exactly now and cached. NULL when it cannot be built. */
+/* The delta from base to b: cached, or encoded exactly now and cached. NULL when it cannot be
+ * built. */
 static const dl_delta_t *delta_for(blob_t *b, const blob_t *base)
 {
     for (size_t i = 0; i < b->n_delta; i++)
         if (memcmp(b->delta[i].base, base->sha, 32) == 0) return &b->delta[i];
-    if (b->n_delta == sizeof(b->delta) / sizeof(b->delta[0]) || base->n_params != b->n_params) return NULL;
+    if (b->n_delta == sizeof(b->delta) / sizeof(b->delta[0]) || base->n_params != b->n_params)
+        return NULL;
     dl_delta_t *d = &b->delta[b->n_delta];
     if (plait_delta_encode_exact(base->params, b->params, b->n_params, &d->data, &d->len) != 0) {
         PLAIT_LOG(PLAIT_LOG_WARN, "download delta v%llu -> v%llu: %s; sending full adapters",
-                  (unsigned long long)base->version, (unsigned long long)b->version, plait_errmsg());
+                  (unsigned long long)base->version, (unsigned long long)b->version,
+                  plait_errmsg());
         return NULL;
     }
     memcpy(d->base, base->sha, 32);
@@ -154,8 +159,8 @@ int plait__srv_dl_choose(conn_t *c, const plait_msg_adapter_request_t *r)
                 break;
             }
         }
-        if ((r->accept & (1u << PLAIT_ADAPTER_SEEDED)) && s->mode == PLAIT_LORA_MODE_FFA && seeded_for(b) == 0 &&
-            b->seeded_len < c->dl_len) {
+        if ((r->accept & (1u << PLAIT_ADAPTER_SEEDED)) && s->mode == PLAIT_LORA_MODE_FFA &&
+            seeded_for(b) == 0 && b->seeded_len < c->dl_len) {
             c->dl_enc = PLAIT_ADAPTER_SEEDED;
             c->dl_data = b->seeded;
             c->dl_len = b->seeded_len;

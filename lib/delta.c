@@ -38,7 +38,8 @@ static float u2f(uint32_t u)
 
 static void put_u32(uint8_t *p, uint32_t v)
 {
-    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
 }
 
 static uint32_t get_u32(const uint8_t *p)
@@ -66,13 +67,16 @@ static unsigned tag_of(uint32_t x)
     return 3;
 }
 
-int plait_delta_encode_exact(const float *prev, const float *next, size_t n, uint8_t **out, size_t *out_len)
+int plait_delta_encode_exact(const float *prev, const float *next, size_t n, uint8_t **out,
+                             size_t *out_len)
 {
     if (out) *out = NULL;
     if (out_len) *out_len = 0;
-    if (!prev || !next || !out || !out_len || n == 0) return plait_fail(PLAIT_EINVAL, "delta: bad argument");
+    if (!prev || !next || !out || !out_len || n == 0)
+        return plait_fail(PLAIT_EINVAL, "delta: bad argument");
     size_t ntag = (n + 3) / 4, payload = 0;
-    for (size_t i = 0; i < n; i++) payload += TAG_BYTES[tag_of(f2u(prev[i]) ^ f2u(next[i]))];
+    for (size_t i = 0; i < n; i++)
+        payload += TAG_BYTES[tag_of(f2u(prev[i]) ^ f2u(next[i]))];
     size_t len = PLAIT_DELTA_HEADER + ntag + payload;
     uint8_t *b = calloc(1, len);
     if (!b) return plait_fail(PLAIT_ENOMEM, "delta: %zu bytes", len);
@@ -82,7 +86,8 @@ int plait_delta_encode_exact(const float *prev, const float *next, size_t n, uin
         uint32_t x = f2u(prev[i]) ^ f2u(next[i]);
         unsigned t = tag_of(x);
         tags[i / 4] |= (uint8_t)(t << (2 * (i % 4)));
-        for (unsigned k = 0; k < TAG_BYTES[t]; k++) *p++ = (uint8_t)(x >> (8 * k));
+        for (unsigned k = 0; k < TAG_BYTES[t]; k++)
+            *p++ = (uint8_t)(x >> (8 * k));
     }
     *out = b;
     *out_len = len;
@@ -96,16 +101,18 @@ static float dequant_add(float prev, int32_t q, float scale)
     return prev + step;
 }
 
-int plait_delta_encode_quant(const float *prev, const float *target, size_t n, unsigned bits, size_t block,
-                             float *committed, uint8_t **out, size_t *out_len)
+int plait_delta_encode_quant(const float *prev, const float *target, size_t n, unsigned bits,
+                             size_t block, float *committed, uint8_t **out, size_t *out_len)
 {
     if (out) *out = NULL;
     if (out_len) *out_len = 0;
     if (!prev || !target || !committed || !out || !out_len || n == 0)
         return plait_fail(PLAIT_EINVAL, "delta: bad argument");
-    if (bits != 8 && bits != 16) return plait_fail(PLAIT_EINVAL, "delta: bits %u, not 8 or 16", bits);
+    if (bits != 8 && bits != 16)
+        return plait_fail(PLAIT_EINVAL, "delta: bits %u, not 8 or 16", bits);
     if (block < 1 || block > PLAIT_DELTA_BLOCK_MAX)
-        return plait_fail(PLAIT_EINVAL, "delta: block %zu outside 1..%d", block, PLAIT_DELTA_BLOCK_MAX);
+        return plait_fail(PLAIT_EINVAL, "delta: block %zu outside 1..%d", block,
+                          PLAIT_DELTA_BLOCK_MAX);
     const int32_t qmax = (int32_t)((1u << (bits - 1)) - 1);
     const size_t bw = bits / 8, nblk = (n + block - 1) / block;
     size_t len = PLAIT_DELTA_HEADER + nblk * 4 + n * bw; /* upper bound; zero blocks shrink it */
@@ -125,7 +132,8 @@ int plait_delta_encode_quant(const float *prev, const float *target, size_t n, u
             if (fabsf(d) > maxabs) maxabs = fabsf(d);
         }
         float scale = maxabs / (float)qmax;
-        if (!(scale > 0.0f)) { /* unchanged (or a change below the smallest float step): no values */
+        if (!(scale >
+              0.0f)) { /* unchanged (or a change below the smallest float step): no values */
             put_u32(p, 0);
             p += 4;
             memmove(committed + s, prev + s, m * sizeof(float));
@@ -144,7 +152,8 @@ int plait_delta_encode_quant(const float *prev, const float *target, size_t n, u
                 return plait_fail(PLAIT_EINVAL, "delta: element %zu: rebuilt value not finite", i);
             }
             uint32_t u = (uint32_t)(int32_t)q;
-            for (size_t k = 0; k < bw; k++) *p++ = (uint8_t)(u >> (8 * k));
+            for (size_t k = 0; k < bw; k++)
+                *p++ = (uint8_t)(u >> (8 * k));
             committed[i] = v;
         }
     }
@@ -157,7 +166,8 @@ int plait_delta_apply(const float *prev, size_t n, const uint8_t *d, size_t len,
 {
     if (!prev || !d || !out) return plait_fail(PLAIT_EINVAL, "delta: NULL argument");
     if (len < PLAIT_DELTA_HEADER)
-        return plait_fail(PLAIT_EPROTO, "delta: %zu bytes, shorter than its %d-byte header", len, PLAIT_DELTA_HEADER);
+        return plait_fail(PLAIT_EPROTO, "delta: %zu bytes, shorter than its %d-byte header", len,
+                          PLAIT_DELTA_HEADER);
     if (memcmp(d, MAGIC, 4) != 0) return plait_fail(PLAIT_EPROTO, "delta: bad magic");
     if (d[4] != 1) return plait_fail(PLAIT_EPROTO, "delta: format version %u, expected 1", d[4]);
     if (d[7] != 0) return plait_fail(PLAIT_EPROTO, "delta: reserved byte %u, expected 0", d[7]);
@@ -165,63 +175,81 @@ int plait_delta_apply(const float *prev, size_t n, const uint8_t *d, size_t len,
     uint32_t block = get_u32(d + 8);
     uint64_t dn = (uint64_t)get_u32(d + 12) | (uint64_t)get_u32(d + 16) << 32;
     if (dn != (uint64_t)n)
-        return plait_fail(PLAIT_EMISMATCH, "delta: n %llu, the adapter has %zu elements", (unsigned long long)dn, n);
+        return plait_fail(PLAIT_EMISMATCH, "delta: n %llu, the adapter has %zu elements",
+                          (unsigned long long)dn, n);
     if (n == 0) return plait_fail(PLAIT_EPROTO, "delta: n is 0");
     const uint8_t *p = d + PLAIT_DELTA_HEADER, *end = d + len;
     if (kind == PLAIT_DELTA_KIND_EXACT) {
-        if (bits != 0) return plait_fail(PLAIT_EPROTO, "delta: exact kind with bits %u, expected 0", bits);
-        if (block != 0) return plait_fail(PLAIT_EPROTO, "delta: exact kind with block %u, expected 0", block);
+        if (bits != 0)
+            return plait_fail(PLAIT_EPROTO, "delta: exact kind with bits %u, expected 0", bits);
+        if (block != 0)
+            return plait_fail(PLAIT_EPROTO, "delta: exact kind with block %u, expected 0", block);
         size_t ntag = (n + 3) / 4;
         if ((size_t)(end - p) < ntag)
-            return plait_fail(PLAIT_EPROTO, "delta: %zu bytes, too short for %zu tag bytes", len, ntag);
+            return plait_fail(PLAIT_EPROTO, "delta: %zu bytes, too short for %zu tag bytes", len,
+                              ntag);
         const uint8_t *tags = p;
         p += ntag;
         for (size_t i = 0; i < n; i++) {
             unsigned t = (tags[i / 4] >> (2 * (i % 4))) & 3u, nb = TAG_BYTES[t];
             if ((size_t)(end - p) < nb)
-                return plait_fail(PLAIT_EPROTO, "delta: element %zu: truncated (%u bytes needed, %zu left)", i, nb,
-                                  (size_t)(end - p));
+                return plait_fail(PLAIT_EPROTO,
+                                  "delta: element %zu: truncated (%u bytes needed, %zu left)", i,
+                                  nb, (size_t)(end - p));
             uint32_t x = 0;
-            for (unsigned k = 0; k < nb; k++) x |= (uint32_t)p[k] << (8 * k);
+            for (unsigned k = 0; k < nb; k++)
+                x |= (uint32_t)p[k] << (8 * k);
             p += nb;
             float v = u2f(f2u(prev[i]) ^ x);
-            if (!isfinite(v)) return plait_fail(PLAIT_EPROTO, "delta: element %zu: rebuilt value not finite", i);
+            if (!isfinite(v))
+                return plait_fail(PLAIT_EPROTO, "delta: element %zu: rebuilt value not finite", i);
             out[i] = v;
         }
-        if (p != end) return plait_fail(PLAIT_EPROTO, "delta: %zu trailing bytes", (size_t)(end - p));
-        /* A final tag byte with bits set past n would be ignored: refuse it, the encoding is canonical there. */
+        if (p != end)
+            return plait_fail(PLAIT_EPROTO, "delta: %zu trailing bytes", (size_t)(end - p));
+        /* A final tag byte with bits set past n would be ignored: refuse it, the encoding is
+         * canonical there. */
         if (n % 4 != 0 && (tags[ntag - 1] >> (2 * (n % 4))) != 0)
             return plait_fail(PLAIT_EPROTO, "delta: tag bits set past element %zu", n);
         return 0;
     }
-    if (kind != PLAIT_DELTA_KIND_QUANT) return plait_fail(PLAIT_EPROTO, "delta: kind %u, expected 1 or 2", kind);
-    if (bits != 8 && bits != 16) return plait_fail(PLAIT_EPROTO, "delta: bits %u, expected 8 or 16", bits);
+    if (kind != PLAIT_DELTA_KIND_QUANT)
+        return plait_fail(PLAIT_EPROTO, "delta: kind %u, expected 1 or 2", kind);
+    if (bits != 8 && bits != 16)
+        return plait_fail(PLAIT_EPROTO, "delta: bits %u, expected 8 or 16", bits);
     if (block < 1 || block > PLAIT_DELTA_BLOCK_MAX)
-        return plait_fail(PLAIT_EPROTO, "delta: block %u outside 1..%d", block, PLAIT_DELTA_BLOCK_MAX);
+        return plait_fail(PLAIT_EPROTO, "delta: block %u outside 1..%d", block,
+                          PLAIT_DELTA_BLOCK_MAX);
     const int32_t qmax = (int32_t)((1u << (bits - 1)) - 1);
     const size_t bw = bits / 8;
     for (size_t s = 0; s < n; s += block) {
         size_t m = n - s < block ? n - s : block;
         if ((size_t)(end - p) < 4)
-            return plait_fail(PLAIT_EPROTO, "delta: block at element %zu: truncated before its scale", s);
+            return plait_fail(PLAIT_EPROTO,
+                              "delta: block at element %zu: truncated before its scale", s);
         uint32_t su = get_u32(p);
         float scale = u2f(su);
         p += 4;
         if (!isfinite(scale) || scale < 0.0f || (su & 0x80000000u))
-            return plait_fail(PLAIT_EPROTO, "delta: block at element %zu: scale not finite and >= 0", s);
+            return plait_fail(PLAIT_EPROTO,
+                              "delta: block at element %zu: scale not finite and >= 0", s);
         if (scale == 0.0f) {
             if (out != prev) memmove(out + s, prev + s, m * sizeof(float));
             continue;
         }
         if ((size_t)(end - p) / bw < m)
-            return plait_fail(PLAIT_EPROTO, "delta: block at element %zu: truncated (%zu values needed)", s, m);
+            return plait_fail(PLAIT_EPROTO,
+                              "delta: block at element %zu: truncated (%zu values needed)", s, m);
         for (size_t i = s; i < s + m; i++) {
-            int32_t q = bw == 1 ? (int32_t)(int8_t)p[0] : (int32_t)(int16_t)(uint16_t)(p[0] | p[1] << 8);
+            int32_t q =
+                bw == 1 ? (int32_t)(int8_t)p[0] : (int32_t)(int16_t)(uint16_t)(p[0] | p[1] << 8);
             p += bw;
             if (q > qmax || q < -qmax)
-                return plait_fail(PLAIT_EPROTO, "delta: element %zu: value %d outside +-%d", i, (int)q, (int)qmax);
+                return plait_fail(PLAIT_EPROTO, "delta: element %zu: value %d outside +-%d", i,
+                                  (int)q, (int)qmax);
             float v = dequant_add(prev[i], q, scale);
-            if (!isfinite(v)) return plait_fail(PLAIT_EPROTO, "delta: element %zu: rebuilt value not finite", i);
+            if (!isfinite(v))
+                return plait_fail(PLAIT_EPROTO, "delta: element %zu: rebuilt value not finite", i);
             out[i] = v;
         }
     }

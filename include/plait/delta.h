@@ -55,8 +55,8 @@
  * \param out         receives a malloc'd buffer (free()); NULL on failure.
  * \return 0; PLAIT_EINVAL (NULL, n == 0); PLAIT_ENOMEM.
  */
-int plait_delta_encode_exact(const float *prev, const float *next, size_t n, uint8_t **out /* OUT */,
-                             size_t *out_len /* OUT */) PLAIT_WUR;
+int plait_delta_encode_exact(const float *prev, const float *next, size_t n,
+                             uint8_t **out /* OUT */, size_t *out_len /* OUT */) PLAIT_WUR;
 
 /**
  * \brief Quantize target - prev to bits per element in blocks, and give the
@@ -71,8 +71,8 @@ int plait_delta_encode_exact(const float *prev, const float *next, size_t n, uin
  *         rebuilt value that is not finite: the caller keeps target and uses
  *         an exact delta); PLAIT_ENOMEM.
  */
-int plait_delta_encode_quant(const float *prev, const float *target, size_t n, unsigned bits, size_t block,
-                             float *committed /* OUT */, uint8_t **out /* OUT */,
+int plait_delta_encode_quant(const float *prev, const float *target, size_t n, unsigned bits,
+                             size_t block, float *committed /* OUT */, uint8_t **out /* OUT */,
                              size_t *out_len /* OUT */) PLAIT_WUR;
 
 /**
@@ -84,6 +84,7 @@ int plait_delta_encode_quant(const float *prev, const float *target, size_t n, u
  *         value that is not finite); PLAIT_EMISMATCH (n differs from the
  *         receiver's span); PLAIT_EINVAL (NULL).
  */
-int plait_delta_apply(const float *prev, size_t n, const uint8_t *d, size_t len, float *out) PLAIT_WUR;
+int plait_delta_apply(const float *prev, size_t n, const uint8_t *d, size_t len,
+                      float *out) PLAIT_WUR;
 
 #endif /* PLAIT_DELTA_H */

@@ -24,13 +24,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t n = 64;
     if (size >= PLAIT_DELTA_HEADER) {
         uint64_t dn = (uint64_t)data[12] | (uint64_t)data[13] << 8 | (uint64_t)data[14] << 16 |
-                      (uint64_t)data[15] << 24 | (uint64_t)data[16] << 32 | (uint64_t)data[17] << 40 |
-                      (uint64_t)data[18] << 48 | (uint64_t)data[19] << 56;
+                      (uint64_t)data[15] << 24 | (uint64_t)data[16] << 32 |
+                      (uint64_t)data[17] << 40 | (uint64_t)data[18] << 48 |
+                      (uint64_t)data[19] << 56;
         if (dn >= 1 && dn <= 65536) n = (size_t)dn;
     }
-    float *prev = malloc(n * sizeof(float)), *out = malloc(n * sizeof(float)), *again = malloc(n * sizeof(float));
+    float *prev = malloc(n * sizeof(float)), *out = malloc(n * sizeof(float)),
+          *again = malloc(n * sizeof(float));
     if (!prev || !out || !again) abort();
-    for (size_t i = 0; i < n; i++) prev[i] = (float)((int)(i % 17) - 8) * 0.125f;
+    for (size_t i = 0; i < n; i++)
+        prev[i] = (float)((int)(i % 17) - 8) * 0.125f;
     /* a copy of exactly size bytes, so a read past the end is caught by ASan */
     uint8_t *d = malloc(size ? size : 1);
     if (!d) abort();

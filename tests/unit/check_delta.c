@@ -22,7 +22,9 @@ static void fill(float *prev, float *next, size_t n, uint64_t seed)
         prev[i] = (float)(plait_rng_uniform(&r) - 0.5);
         /* a small change for most, none for some, a large one for a few */
         double u = plait_rng_uniform(&r);
-        next[i] = i % 7 == 0 ? prev[i] : u < 0.01 ? prev[i] * -3.0f : prev[i] + (float)((u - 0.5) * 1e-3);
+        next[i] = i % 7 == 0 ? prev[i]
+                  : u < 0.01 ? prev[i] * -3.0f
+                             : prev[i] + (float)((u - 0.5) * 1e-3);
     }
 }
 
@@ -59,7 +61,8 @@ START_TEST(quant_commit_is_rebuilt_exactly)
             fill(prev, target, N, 2 + (uint64_t)k);
             uint8_t *d;
             size_t len;
-            ck_assert_int_eq(plait_delta_encode_quant(prev, target, N, bits[b], blocks[k], com, &d, &len), 0);
+            ck_assert_int_eq(
+                plait_delta_encode_quant(prev, target, N, bits[b], blocks[k], com, &d, &len), 0);
             ck_assert_int_eq(plait_delta_apply(prev, N, d, len, got), 0);
             ck_assert_int_eq(memcmp(got, com, sizeof(got)), 0);
             /* the commit is within half a step of the target: step = block max / qmax */
@@ -67,9 +70,11 @@ START_TEST(quant_commit_is_rebuilt_exactly)
             for (size_t s = 0; s < N; s += blocks[k]) {
                 size_t m = N - s < blocks[k] ? N - s : blocks[k];
                 double mx = 0;
-                for (size_t i = s; i < s + m; i++) mx = fmax(mx, fabs((double)target[i] - prev[i]));
                 for (size_t i = s; i < s + m; i++)
-                    ck_assert(fabs((double)com[i] - target[i]) <= mx / qmax * 0.5 + 1e-6 * fabs((double)target[i]) + 1e-12);
+                    mx = fmax(mx, fabs((double)target[i] - prev[i]));
+                for (size_t i = s; i < s + m; i++)
+                    ck_assert(fabs((double)com[i] - target[i]) <=
+                              mx / qmax * 0.5 + 1e-6 * fabs((double)target[i]) + 1e-12);
             }
             free(d);
         }
@@ -79,7 +84,8 @@ END_TEST
 START_TEST(quant_unchanged_blocks_are_small)
 {
     float prev[N], com[N];
-    for (size_t i = 0; i < N; i++) prev[i] = (float)i * 0.001f;
+    for (size_t i = 0; i < N; i++)
+        prev[i] = (float)i * 0.001f;
     uint8_t *d;
     size_t len;
     ck_assert_int_eq(plait_delta_encode_quant(prev, prev, N, 8, 100, com, &d, &len), 0);
@@ -94,12 +100,14 @@ START_TEST(quant_unchanged_blocks_are_small)
 }
 END_TEST
 
-static void expect_refused(const float *prev, const uint8_t *d, size_t len, int code, const char *needle)
+static void expect_refused(const float *prev, const uint8_t *d, size_t len, int code,
+                           const char *needle)
 {
     float got[N];
     int rc = plait_delta_apply(prev, N, d, len, got);
     ck_assert_int_eq(rc, code);
-    ck_assert_msg(strstr(plait_errmsg(), needle) != NULL, "message '%s' lacks '%s'", plait_errmsg(), needle);
+    ck_assert_msg(strstr(plait_errmsg(), needle) != NULL, "message '%s' lacks '%s'", plait_errmsg(),
+                  needle);
 }
 
 START_TEST(hostile_deltas_refused)
@@ -127,17 +135,23 @@ START_TEST(hostile_deltas_refused)
         free(pre);
     }
     expect_refused(prev, d, 10, PLAIT_EPROTO, "header");
-    memcpy(c, d, len); c[0] = 'X';
+    memcpy(c, d, len);
+    c[0] = 'X';
     expect_refused(prev, c, len, PLAIT_EPROTO, "magic");
-    memcpy(c, d, len); c[4] = 2;
+    memcpy(c, d, len);
+    c[4] = 2;
     expect_refused(prev, c, len, PLAIT_EPROTO, "format version");
-    memcpy(c, d, len); c[5] = 3;
+    memcpy(c, d, len);
+    c[5] = 3;
     expect_refused(prev, c, len, PLAIT_EPROTO, "kind");
-    memcpy(c, d, len); c[12] = (uint8_t)(N + 1);
+    memcpy(c, d, len);
+    c[12] = (uint8_t)(N + 1);
     expect_refused(prev, c, len, PLAIT_EMISMATCH, "elements");
-    memcpy(c, d, len); c[len] = 0;
+    memcpy(c, d, len);
+    c[len] = 0;
     expect_refused(prev, c, len + 1, PLAIT_EPROTO, "trailing");
-    memcpy(c, d, len); c[6] = 8;
+    memcpy(c, d, len);
+    c[6] = 8;
     expect_refused(prev, c, len, PLAIT_EPROTO, "bits");
     /* a word that turns a value into NaN: tag 3 (4 bytes) of 0x7fc00000 ^ bits(prev) */
     {
@@ -154,13 +168,18 @@ START_TEST(hostile_deltas_refused)
     }
     /* quantized: bad bits, block, scale, value */
     uint8_t *qc = malloc(qlen + 8);
-    memcpy(qc, q, qlen); qc[6] = 12;
+    memcpy(qc, q, qlen);
+    qc[6] = 12;
     expect_refused(prev, qc, qlen, PLAIT_EPROTO, "bits");
-    memcpy(qc, q, qlen); memset(qc + 8, 0, 4);
+    memcpy(qc, q, qlen);
+    memset(qc + 8, 0, 4);
     expect_refused(prev, qc, qlen, PLAIT_EPROTO, "block");
-    memcpy(qc, q, qlen); qc[PLAIT_DELTA_HEADER + 3] = 0xff; qc[PLAIT_DELTA_HEADER + 2] = 0x80; /* -inf/NaN-ish */
+    memcpy(qc, q, qlen);
+    qc[PLAIT_DELTA_HEADER + 3] = 0xff;
+    qc[PLAIT_DELTA_HEADER + 2] = 0x80; /* -inf/NaN-ish */
     expect_refused(prev, qc, qlen, PLAIT_EPROTO, "scale");
-    memcpy(qc, q, qlen); qc[PLAIT_DELTA_HEADER + 4] = 0x80; /* -128 is outside +-127 */
+    memcpy(qc, q, qlen);
+    qc[PLAIT_DELTA_HEADER + 4] = 0x80; /* -128 is outside +-127 */
     expect_refused(prev, qc, qlen, PLAIT_EPROTO, "outside");
     free(qc);
     free(c);
