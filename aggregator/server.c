@@ -244,6 +244,7 @@ static int setup_versions(plait_server_t *s)
     }
     s->blob = b;
     s->m.global_version = b->version;
+    plait__srv_hist_load(s);
     return 0;
 }
 

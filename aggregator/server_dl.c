@@ -32,6 +32,8 @@
 
 #include "server_int.h"
 
+#include "plait/adapter.h"
+#include "plait/crypto.h"
 #include "plait/delta.h"
 #include "plait/log.h"
 
@@ -66,6 +68,44 @@ void plait__srv_hist_clear(plait_server_t *s)
     for (size_t i = 0; i < s->n_hist; i++)
         plait__srv_blob_unref(s->hist[i]);
     s->n_hist = 0;
+}
+
+void plait__srv_hist_load(plait_server_t *s)
+{
+    size_t keep = (size_t)s->cfg.download_delta_keep;
+    if (keep > DL_KEEP_MAX) keep = DL_KEEP_MAX;
+    plait_model_t mm;
+    memset(&mm, 0, sizeof(mm));
+    mm.cfg = s->mcfg;
+    memcpy(mm.sha256, s->base_sha, 32);
+    /* oldest first, so that each push leaves the newest at hist[0] */
+    uint64_t v0 = s->blob->version > keep ? s->blob->version - keep : 1;
+    for (uint64_t v = v0; v < s->blob->version; v++) {
+        blob_t *b = calloc(1, sizeof(*b));
+        if (!b) return;
+        b->refs = 1;
+        b->version = v;
+        plait_lora_t l;
+        plait_lora_init(&l);
+        int rc = plait__svc_version(s->store, (int64_t)v, &b->data, &b->len);
+        if (rc == 0) rc = plait_adapter_load_mem(&l, b->data, b->len, &mm, 0);
+        if (rc == 0 && (l.n_params != s->lora.n_params || l.n_a != s->lora.n_a))
+            rc = plait_fail(PLAIT_EMISMATCH, "LoRA shape differs from the configuration");
+        if (rc == 0) rc = plait__srv_blob_set_params(b, l.params, l.n_params, l.n_a);
+        plait_lora_free(&l);
+        if (rc != 0) { /* an older version that does not fit: no deltas from it */
+            PLAIT_LOG(PLAIT_LOG_INFO, "version %llu not kept for download deltas: %s", (unsigned long long)v,
+                      plait_errmsg());
+            plait__srv_blob_unref(b);
+            continue;
+        }
+        plait_sha256(b->data, b->len, b->sha);
+        /* the file is not sent any more: only the arena and the hash are needed */
+        free(b->data);
+        b->data = NULL;
+        b->len = 0;
+        plait__srv_hist_push(s, b);
+    }
 }
 
 int plait__srv_commit_quant(plait_server_t *s, blob_t *nb)

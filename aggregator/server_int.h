@@ -230,6 +230,8 @@ void plait__srv_blob_unref(blob_t *b);
 int plait__srv_blob_set_params(blob_t *b, const float *params, size_t n_params, size_t n_a);
 /** \brief A new version is committed: old (the reference is taken over) joins the kept versions. */
 void plait__srv_hist_push(plait_server_t *s, blob_t *old);
+/** \brief At start: keep the download_delta_keep stored versions before s->blob (best effort). */
+void plait__srv_hist_load(plait_server_t *s);
 /** \brief Drop every kept version. */
 void plait__srv_hist_clear(plait_server_t *s);
 /**
