@@ -85,6 +85,11 @@ static const setting_t SETTINGS[] = {
     {"quant_bits", T_UINT, F(quant_bits), 8, 32, "16", "bits per quantized update word"},
     {"quant_range", T_DOUBLE, F(quant_range), 1e-9, 1e9, "1", "quantization clamps to [-R, R]; R >= clip_norm"},
     {"example_cap", T_UINT, F(example_cap), 1, 4294967295.0, "64", "device weight = min(examples, cap) / cap"},
+    {"download_delta_keep", T_UINT, F(download_delta_keep), 0, 16, "2",
+     "previous versions kept in memory so a device holding one downloads a delta (0 = full downloads only)"},
+    {"download_delta_bits", T_UINT, F(download_delta_bits), 0, 16, "0",
+     "0 = exact download deltas; 8 or 16 = commit each version as the previous one plus a delta quantized to "
+     "this many bits per element (a lossy step the operator chooses)"},
     {"target_cohort", T_UINT, F(target_cohort), 1, 4194304, "8", "updates wanted per round"},
     {"min_cohort", T_UINT, F(min_cohort), 1, 4194304, "2", "a round with fewer updates at its deadline fails"},
     {"overselect", T_DOUBLE, F(overselect), 1, 10, "1.25", "select ceil(target_cohort * overselect) devices"},
@@ -384,6 +389,11 @@ int plait_aggcfg_validate(const plait_aggcfg_t *c)
         if (rc != 0) return rc;
     }
     if (c->min_cohort > c->target_cohort) return plait_fail(PLAIT_EINVAL, "min_cohort: larger than target_cohort");
+    if (c->download_delta_bits != 0 && c->download_delta_bits != 8 && c->download_delta_bits != 16)
+        return plait_fail(PLAIT_EINVAL, "download_delta_bits: %llu, must be 0, 8 or 16",
+                          (unsigned long long)c->download_delta_bits);
+    if (c->download_delta_bits != 0 && c->download_delta_keep == 0)
+        return plait_fail(PLAIT_EINVAL, "download_delta_bits: needs download_delta_keep >= 1");
     if (c->quant_range < c->clip_norm) return plait_fail(PLAIT_EINVAL, "quant_range: smaller than clip_norm");
     if (c->max_frame < c->max_chunk_bytes + 256)
         return plait_fail(PLAIT_EINVAL, "max_frame: must be at least max_chunk_bytes + 256");

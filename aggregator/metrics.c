@@ -65,6 +65,16 @@ int plait__metrics_render(const plait__metrics_t *m, plait_buf_t *b)
     plait_buf_printf(b, "plait_come_back_later_total %llu\n", (unsigned long long)m->come_back_later);
     family(b, "plait_updates_accepted_total", "counter", "Device updates accepted into a round.");
     plait_buf_printf(b, "plait_updates_accepted_total %llu\n", (unsigned long long)m->updates_accepted);
+    static const char *const enc[3] = {"full", "delta", "seeded"};
+    family(b, "plait_adapter_downloads_total", "counter", "Adapter downloads started, by encoding.");
+    for (int e = 0; e < 3; e++)
+        plait_buf_printf(b, "plait_adapter_downloads_total{encoding=\"%s\"} %llu\n", enc[e],
+                         (unsigned long long)m->downloads[e]);
+    family(b, "plait_adapter_download_bytes_total", "counter",
+           "Adapter bytes sent in AdapterChunk data (before framing and TLS), by encoding.");
+    for (int e = 0; e < 3; e++)
+        plait_buf_printf(b, "plait_adapter_download_bytes_total{encoding=\"%s\"} %llu\n", enc[e],
+                         (unsigned long long)m->download_bytes[e]);
     family(b, "plait_rejections_total", "counter", "Connections or updates refused, by reason.");
     for (int r = 0; r < PLAIT__REJ_COUNT; r++)
         plait_buf_printf(b, "plait_rejections_total{reason=\"%s\"} %llu\n", plait__rej_name((plait__rej_t)r),

@@ -51,6 +51,8 @@ typedef struct {
     uint64_t evals_committed;    /* federated evaluations committed */
     double eval_mean_loss;       /* the last one's mean clipped held-out loss (an aggregate) */
     uint64_t eval_version;       /* the version it evaluated (0: none yet) */
+    /* adapter downloads by encoding (plait_adapter_encoding_t: full, delta, seeded); payload bytes */
+    uint64_t downloads[3], download_bytes[3];
 } plait__metrics_t;
 
 /** \brief Label value of a rejection reason ("tls_revoked"). */

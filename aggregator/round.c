@@ -284,6 +284,18 @@ fail:
 
 plait_round_state_t plait_round_state(const plait_round_t *r) { return r->state; }
 const float *plait_round_global(const plait_round_t *r) { return r->global; }
+
+int plait_round_replace_global(plait_round_t *r, const float *g, size_t n)
+{
+    if (!r || !g) return plait_fail(PLAIT_EINVAL, "round: NULL");
+    if (n != r->cfg.dim) return plait_fail(PLAIT_EMISMATCH, "round: global span of %zu, dim %zu", n, r->cfg.dim);
+    if (r->state != PLAIT_ROUND_IDLE || !r->st.committed)
+        return plait_fail(PLAIT_ESTALE, "round: the global span is replaced only just after a commit");
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(g[i])) return plait_fail(PLAIT_EINVAL, "round: non-finite global value at %zu", i);
+    memcpy(r->global, g, n * sizeof(float));
+    return 0;
+}
 uint64_t plait_round_version(const plait_round_t *r) { return r->version; }
 double plait_round_clip(const plait_round_t *r) { return r->cfg.dp ? r->dp.clip : r->cfg.clip_norm; }
 const plait_quant_config_t *plait_round_quant(const plait_round_t *r) { return &r->cfg.quant; }

@@ -37,6 +37,9 @@ void plait__srv_blob_unref(blob_t *b)
 {
     if (b && --b->refs == 0) {
         free(b->data);
+        free(b->params);
+        free(b->seeded);
+        for (size_t i = 0; i < b->n_delta; i++) free(b->delta[i].data);
         free(b);
     }
 }
@@ -235,8 +238,13 @@ static int setup_versions(plait_server_t *s)
         return rc;
     }
     plait_sha256(b->data, b->len, b->sha);
+    if ((rc = plait__srv_blob_set_params(b, s->lora.params, s->lora.n_params, s->lora.n_a)) != 0) {
+        plait__srv_blob_unref(b);
+        return rc;
+    }
     s->blob = b;
     s->m.global_version = b->version;
+    plait__srv_hist_load(s);
     return 0;
 }
 
@@ -503,6 +511,7 @@ void plait_server_destroy(plait_server_t *s)
     plait_pki_revlist_free(&s->rev);
     plait__admit_free(&s->admit);
     plait_lora_free(&s->lora);
+    plait__srv_hist_clear(s);
     plait__srv_blob_unref(s->blob);
     free(s->committed);
     plait__srv_cohort_clear(s);

@@ -96,12 +96,19 @@ static void work_commit(job_t *j)
     }
     b->refs = 1;
     j->blob = b;
+    if (s->cfg.download_delta_bits != 0 && plait__srv_commit_quant(s, b) != 0)
+        PLAIT_LOG(PLAIT_LOG_WARN, "round=%llu: version kept as aggregated, no quantized download delta: %s",
+                  (unsigned long long)s->cur_rid, plait_errmsg());
     j->rc = plait_adapter_save_mem(&s->lora, s->base_sha, &b->data, &b->len);
     if (j->rc != 0) {
         snprintf(j->why, sizeof(j->why), "serializing the adapter: %s", plait_errmsg());
         return;
     }
     plait_sha256(b->data, b->len, b->sha);
+    if ((j->rc = plait__srv_blob_set_params(b, s->lora.params, s->lora.n_params, s->lora.n_a)) != 0) {
+        snprintf(j->why, sizeof(j->why), "%s", plait_errmsg());
+        return;
+    }
     plait__svc_commit_t cm;
     memset(&cm, 0, sizeof(cm));
     cm.adapter = b->data;
@@ -279,6 +286,7 @@ static void after_job(uv_work_t *req, int status)
             s->sa_failed = 1;
             break;
         }
+        s->dl_round_n = s->dl_round_bytes = 0;
         PLAIT_LOG(PLAIT_LOG_INFO, "round opened round=%llu version=%llu%s%s", (unsigned long long)s->cur_rid,
                   (unsigned long long)s->blob->version, s->eval_live ? " kind=evaluate" : "",
                   s->sa ? " (secure aggregation)" : "");
@@ -306,7 +314,7 @@ static void after_job(uv_work_t *req, int status)
         } else if (j->rc == 0) {
             s->trained_since_eval++;
             plait_crash_point("server.commit.swap");
-            plait__srv_blob_unref(s->blob);
+            plait__srv_hist_push(s, s->blob);
             s->blob = j->blob;
             j->blob = NULL;
             memcpy(s->committed, plait_round_global(s->round), s->span_len * sizeof(float));
@@ -317,9 +325,11 @@ static void after_job(uv_work_t *req, int status)
             s->m.global_version = s->blob->version;
             PLAIT_LOG(PLAIT_LOG_INFO,
                       "round committed round=%llu version=%llu accepted=%zu selected=%zu dropouts=%zu "
-                      "stragglers=%zu duration_s=%.3f adapter_bytes=%zu",
+                      "stragglers=%zu duration_s=%.3f adapter_bytes=%zu downloads=%llu download_bytes_mean=%.0f",
                       (unsigned long long)s->cur_rid, (unsigned long long)s->blob->version, j->st.accepted,
-                      j->st.selected, j->st.dropouts, j->st.stragglers, j->duration, s->blob->len);
+                      j->st.selected, j->st.dropouts, j->st.stragglers, j->duration, s->blob->len,
+                      (unsigned long long)s->dl_round_n,
+                      s->dl_round_n ? (double)s->dl_round_bytes / (double)s->dl_round_n : 0.0);
         } else {
             s->m.rounds_failed++;
             PLAIT_LOG(PLAIT_LOG_ERROR,

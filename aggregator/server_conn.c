@@ -233,15 +233,16 @@ static void pump_download(conn_t *c)
     size_t chunk = s->lim.max_chunk_bytes;
     while (c->dl_active && !c->closing && c->out_queued < 2 * chunk + 4096) {
         blob_t *b = c->dl;
-        size_t n = b->len - c->dl_off < chunk ? (size_t)(b->len - c->dl_off) : chunk;
+        size_t n = c->dl_len - c->dl_off < chunk ? (size_t)(c->dl_len - c->dl_off) : chunk;
         plait_msg_t m;
         plait_msg_init(&m, PLAIT_MSG_ADAPTER_CHUNK);
         m.u.adapter_chunk.version = b->version;
         m.u.adapter_chunk.offset = c->dl_off;
-        m.u.adapter_chunk.total_len = b->len;
-        m.u.adapter_chunk.data = b->data + c->dl_off;
+        m.u.adapter_chunk.total_len = c->dl_len;
+        m.u.adapter_chunk.data = c->dl_data + c->dl_off;
         m.u.adapter_chunk.len = n;
-        if (c->dl_off + n == b->len) {
+        m.u.adapter_chunk.encoding = c->dl_enc;
+        if (c->dl_off + n == c->dl_len) {
             m.u.adapter_chunk.has_sha256 = 1;
             memcpy(m.u.adapter_chunk.sha256, b->sha, 32);
         }
@@ -250,10 +251,13 @@ static void pump_download(conn_t *c)
             return;
         }
         c->dl_off += n;
-        if (c->dl_off == b->len) {
+        s->m.download_bytes[c->dl_enc] += n;
+        s->dl_round_bytes += n;
+        if (c->dl_off == c->dl_len) {
             c->dl_active = 0;
             plait__srv_blob_unref(c->dl);
             c->dl = NULL;
+            c->dl_data = NULL;
             PLAIT_LOG(PLAIT_LOG_DEBUG, "conn=%llu adapter sent", (unsigned long long)c->id);
         }
     }
@@ -317,6 +321,7 @@ static void handle_msg(conn_t *c, const plait_msg_t *m)
         c->dl = s->blob;
         c->dl->refs++;
         c->dl_off = r->offset;
+        (void)plait__srv_dl_choose(c, r);
         c->dl_active = 1;
         pump_download(c);
         return;

@@ -55,13 +55,29 @@
 #define REVOKE_SWEEP_S 1.0         /* revocation list reload and live-session sweep period */
 #define TICK_MS 50
 
-/* A serialized global adapter, shared by the connections downloading it. */
+#define DL_KEEP_MAX 16          /* download_delta_keep's upper bound */
+
+/* A download delta to this version from an older one, encoded once (server_dl.c). */
+typedef struct {
+    uint8_t base[32];            /* SHA-256 of the base version */
+    uint8_t *data;
+    size_t len;
+} dl_delta_t;
+
+/* A serialized global adapter, shared by the connections downloading it,
+ * with its encodings (server_dl.c), each built once and immutable after. */
 typedef struct blob_s {
     int refs;
     uint64_t version;
     uint8_t *data;
     size_t len;
     uint8_t sha[32];
+    float *params;               /* the arena it serializes (n_params floats: every A, then every B) */
+    size_t n_params, n_a;
+    uint8_t *seeded;             /* FFA-LoRA: the B span, float32 LE (built on first use) */
+    size_t seeded_len;
+    dl_delta_t delta[DL_KEEP_MAX + 1]; /* from kept older versions (built on first use) */
+    size_t n_delta;
 } blob_t;
 
 typedef struct conn_s conn_t;
@@ -85,6 +101,9 @@ struct conn_s {
     blob_t *dl;
     uint64_t dl_off;
     int dl_active;
+    plait_adapter_encoding_t dl_enc; /* encoding of the transfer: dl_data, dl_len belong to dl */
+    const uint8_t *dl_data;
+    size_t dl_len;
     uint32_t *upd;
     uint64_t upd_total, upd_have;
     uint32_t upd_next;
@@ -153,6 +172,9 @@ struct plait_server_s {
     size_t span_off, span_len;
     float *committed;            /* last committed global span (span_len floats) */
     blob_t *blob;                /* the committed global adapter */
+    blob_t *hist[DL_KEEP_MAX];   /* the versions before it, newest first, for download deltas */
+    size_t n_hist;
+    uint64_t dl_round_n, dl_round_bytes; /* downloads started and adapter bytes sent in the current round */
     /* round core */
     plait_round_config_t rcfg;
     plait_round_t *round;
@@ -207,6 +229,27 @@ static inline double now_s(plait_server_t *s) { return (double)uv_now(&s->loop) 
 
 /** \brief Drop a reference to a serialized adapter; the last one frees it. NULL does nothing. */
 void plait__srv_blob_unref(blob_t *b);
+
+/* ---- server_dl.c --------------------------------------------------------------- */
+
+/** \brief Give b its arena (copied) for the download encodings. \return 0 or PLAIT_ENOMEM. */
+int plait__srv_blob_set_params(blob_t *b, const float *params, size_t n_params, size_t n_a);
+/** \brief A new version is committed: old (the reference is taken over) joins the kept versions. */
+void plait__srv_hist_push(plait_server_t *s, blob_t *old);
+/** \brief At start: keep the download_delta_keep stored versions before s->blob (best effort). */
+void plait__srv_hist_load(plait_server_t *s);
+/** \brief Drop every kept version. */
+void plait__srv_hist_clear(plait_server_t *s);
+/**
+ * \brief Worker, commit job: with download_delta_bits, turn s->lora.params into
+ *        the previous version plus a quantized delta (written back to the
+ *        round core's span) and cache that delta on nb. On any failure the
+ *        version stays as aggregated (exact deltas then). \return 0 when
+ *        quantized, else the reason (logged by the caller).
+ */
+int plait__srv_commit_quant(plait_server_t *s, blob_t *nb);
+/** \brief Pick the encoding of c's download (offset 0: the smallest of what the device accepts). */
+int plait__srv_dl_choose(conn_t *c, const plait_msg_adapter_request_t *r);
 
 /* ---- server_conn.c ------------------------------------------------------------- */
 

@@ -146,7 +146,82 @@ static int round_ended_outcome(plait__agent_conn_t *c, uint64_t round, plait_age
 
 /* --------------------------------------------------------------- the round */
 
-/* Global adapter blob: the cached copy when its hash matches, else downloaded (and cached). */
+static const char *encoding_name(plait_adapter_encoding_t e)
+{
+    return e == PLAIT_ADAPTER_DELTA ? "delta" : e == PLAIT_ADAPTER_SEEDED ? "seeded" : "full";
+}
+
+/* One adapter transfer of t's version from byte start, offering the encodings in accept (and the
+ * held adapter's hash for a delta). A FULL transfer lands in full (t->adapter_len bytes); another
+ * in *enc_buf (x->total bytes, owned by the caller, also on failure). */
+static int transfer(plait__agent_conn_t *c, const plait_msg_task_t *t, uint64_t start, uint32_t accept,
+                    const uint8_t *base_sha, uint8_t *full, plait_wire_xfer_t *x,
+                    plait_adapter_encoding_t *enc, uint8_t **enc_buf)
+{
+    plait_agent_t *a = c->a;
+    plait_msg_t m;
+    int rc, first = 1;
+    *enc = PLAIT_ADAPTER_FULL;
+    *enc_buf = NULL;
+    plait_msg_init(&m, PLAIT_MSG_ADAPTER_REQUEST);
+    m.u.adapter_request.round_id = t->round_id;
+    m.u.adapter_request.version = t->adapter_version;
+    m.u.adapter_request.offset = start;
+    m.u.adapter_request.accept = accept;
+    if (base_sha) {
+        m.u.adapter_request.has_base = 1;
+        memcpy(m.u.adapter_request.base_sha256, base_sha, 32);
+    }
+    /* wire.h's transfer state checks version, total, offsets and the last chunk's hash. */
+    plait_wire_xfer_init(x, t->adapter_version, t->adapter_len, start);
+    if ((rc = plait__agent_conn_send(c, &m)) != 0) return rc;
+    for (;;) {
+        if ((rc = plait__agent_conn_expect(c, plait__agent_now_ms() + a->cfg.io_timeout_ms, &m,
+                                           "an adapter chunk")) != 0)
+            return rc;
+        if (m.type != PLAIT_MSG_ADAPTER_CHUNK) {
+            rc = m.type == PLAIT_MSG_ERROR ? plait__agent_peer_error(c, &m, t->round_id)
+                 : m.type == PLAIT_MSG_COME_BACK_LATER
+                     ? plait__agent_round_ended(c, &m, t->round_id)
+                     : plait__agent_unexpected(&m, "an adapter chunk");
+            plait_msg_free(&m);
+            return rc;
+        }
+        const plait_msg_adapter_chunk_t *ch = &m.u.adapter_chunk;
+        rc = 0;
+        if (first && ch->encoding != PLAIT_ADAPTER_FULL) {
+            /* A compact encoding: only one this device offered, smaller than the adapter, from 0. */
+            if (!(accept & (1u << ch->encoding)))
+                rc = plait_fail(PLAIT_EPROTO, "adapter_chunk.encoding: %s, which this device did not offer",
+                                encoding_name(ch->encoding));
+            else if (ch->total_len >= t->adapter_len)
+                rc = plait_fail(PLAIT_EPROTO, "adapter_chunk.total_len: %llu, not below the adapter's %llu bytes",
+                                (unsigned long long)ch->total_len, (unsigned long long)t->adapter_len);
+            else if (!(*enc_buf = malloc((size_t)ch->total_len)))
+                rc = plait_fail(PLAIT_ENOMEM, "adapter %s: %llu bytes", encoding_name(ch->encoding),
+                                (unsigned long long)ch->total_len);
+            if (rc == 0) {
+                *enc = ch->encoding;
+                plait_wire_xfer_init(x, t->adapter_version, ch->total_len, 0);
+            }
+        } else if (ch->encoding != *enc) {
+            rc = plait_fail(PLAIT_EPROTO, "adapter_chunk.encoding: %s within a %s transfer",
+                            encoding_name(ch->encoding), encoding_name(*enc));
+        }
+        first = 0;
+        int r = rc;
+        if (rc == 0) r = plait_wire_adapter_rx_add(x, ch, t->adapter_sha256, *enc == PLAIT_ADAPTER_FULL ? full : *enc_buf);
+        plait_msg_free(&m);
+        if (rc != 0) return rc;
+        if (r < 0)
+            return plait_fail(r == PLAIT_EMISMATCH ? PLAIT_EPROTO : r, "adapter download: %s", plait_errmsg());
+        if (r == 1) return 0;
+    }
+}
+
+/* Global adapter blob: the cached copy when its hash matches, else downloaded (and cached): as a
+ * delta from the cached copy or, under FFA-LoRA, as its B span, when the aggregator offers one
+ * and it rebuilds the task's hash; else the full file (resuming DIR/global.part). */
 int plait__agent_get_adapter(plait__agent_conn_t *c, const plait_msg_task_t *t, uint8_t **out,
                              size_t *out_len, uint64_t *downloaded)
 {
@@ -158,57 +233,71 @@ int plait__agent_get_adapter(plait__agent_conn_t *c, const plait_msg_task_t *t, 
     *downloaded = 0;
     if ((rc = plait__agent_path_join(path, sizeof(path), a->state_dir, GLOBAL_FILE)) != 0)
         return rc;
-    uint8_t *buf = NULL;
-    size_t len = 0;
+    uint8_t *buf = NULL, *held = NULL, held_sha[32];
+    size_t len = 0, held_len = 0;
     if (plait_file_read(path, NULL, (size_t)t->adapter_len, &buf, &len) == 0) {
-        uint8_t h[32];
-        plait_sha256(buf, len, h);
-        if (len == t->adapter_len && plait_ct_memcmp(h, t->adapter_sha256, 32) == 0) {
+        plait_sha256(buf, len, held_sha);
+        if (len == t->adapter_len && plait_ct_memcmp(held_sha, t->adapter_sha256, 32) == 0) {
             *out = buf;
             *out_len = len;
             return 0;
         }
-        free(buf);
+        held = buf; /* an older version: the base of a delta */
+        held_len = len;
     }
     plait_clear_error();
-    if (t->adapter_len > (uint64_t)SIZE_MAX) return plait_fail(PLAIT_ETOOBIG, "adapter too large");
+    if (t->adapter_len > (uint64_t)SIZE_MAX) {
+        free(held);
+        return plait_fail(PLAIT_ETOOBIG, "adapter too large");
+    }
     len = (size_t)t->adapter_len;
     buf = malloc(len);
-    if (!buf) return plait_fail(PLAIT_ENOMEM, "adapter: %zu bytes", len);
+    if (!buf) {
+        free(held);
+        return plait_fail(PLAIT_ENOMEM, "adapter: %zu bytes", len);
+    }
     size_t start = plait__agent_partial_load(a, t, buf);
     if (start > 0)
         PLAIT_LOG(PLAIT_LOG_INFO, "agent %s: round %llu: resuming the adapter download at byte %zu",
                   a->device_id, (unsigned long long)t->round_id, start);
-    plait_msg_t m;
-    plait_msg_init(&m, PLAIT_MSG_ADAPTER_REQUEST);
-    m.u.adapter_request.round_id = t->round_id;
-    m.u.adapter_request.version = t->adapter_version;
-    m.u.adapter_request.offset = start;
-    /* wire.h's transfer state checks version, total, offsets and the last chunk's hash. */
+    uint32_t accept = 0;
+    if (start == 0 && held) accept |= 1u << PLAIT_ADAPTER_DELTA;
+    if (start == 0 && t->lora.mode == PLAIT_LORA_MODE_FFA) accept |= 1u << PLAIT_ADAPTER_SEEDED;
     plait_wire_xfer_t x;
-    plait_wire_xfer_init(&x, t->adapter_version, t->adapter_len, start);
-    if ((rc = plait__agent_conn_send(c, &m)) != 0) goto fail;
-    for (;;) {
-        if ((rc = plait__agent_conn_expect(c, plait__agent_now_ms() + a->cfg.io_timeout_ms, &m,
-                                           "an adapter chunk")) != 0)
-            goto fail;
-        if (m.type != PLAIT_MSG_ADAPTER_CHUNK) {
-            rc = m.type == PLAIT_MSG_ERROR ? plait__agent_peer_error(c, &m, t->round_id)
-                 : m.type == PLAIT_MSG_COME_BACK_LATER
-                     ? plait__agent_round_ended(c, &m, t->round_id)
-                     : plait__agent_unexpected(&m, "an adapter chunk");
-            plait_msg_free(&m);
-            goto fail;
+    plait_adapter_encoding_t enc;
+    uint8_t *ebuf = NULL;
+    uint64_t extra = 0;
+    rc = transfer(c, t, start, accept, held && accept ? held_sha : NULL, buf, &x, &enc, &ebuf);
+    if (rc == 0 && enc != PLAIT_ADAPTER_FULL) {
+        uint8_t *img = NULL;
+        size_t n = 0;
+        extra = x.total;
+        rc = plait__agent_rebuild_adapter(a, t, enc, held, held_len, ebuf, (size_t)x.total, &img, &n);
+        free(ebuf);
+        ebuf = NULL;
+        if (rc == 0) {
+            free(buf);
+            free(held);
+            PLAIT_LOG(PLAIT_LOG_INFO, "agent %s: round %llu: adapter v%llu rebuilt from a %s download of %llu bytes",
+                      a->device_id, (unsigned long long)t->round_id, (unsigned long long)t->adapter_version,
+                      encoding_name(enc), (unsigned long long)extra);
+            if (plait__agent_atomic_write(a->state_dir, GLOBAL_FILE, img, n) != 0)
+                PLAIT_LOG(PLAIT_LOG_WARN, "agent %s: cannot cache the global adapter: %s", a->device_id,
+                          plait_errmsg());
+            *out = img;
+            *out_len = n;
+            *downloaded = extra;
+            return 0;
         }
-        int r = plait_wire_adapter_rx_add(&x, &m.u.adapter_chunk, t->adapter_sha256, buf);
-        plait_msg_free(&m);
-        if (r < 0) {
-            rc = plait_fail(r == PLAIT_EMISMATCH ? PLAIT_EPROTO : r, "adapter download: %s",
-                            plait_errmsg());
-            goto fail;
-        }
-        if (r == 1) break;
+        if (rc == PLAIT_ENOMEM) goto fail;
+        PLAIT_LOG(PLAIT_LOG_WARN, "agent %s: round %llu: the %s download was refused (%s); downloading the full adapter",
+                  a->device_id, (unsigned long long)t->round_id, encoding_name(enc), plait_errmsg());
+        start = 0;
+        rc = transfer(c, t, 0, 0, NULL, buf, &x, &enc, &ebuf);
     }
+    if (rc != 0) goto fail;
+    free(held);
+    held = NULL;
     uint8_t h[32];
     plait_sha256(buf, len, h);
     if (plait_ct_memcmp(h, t->adapter_sha256, 32) != 0) {
@@ -223,11 +312,13 @@ int plait__agent_get_adapter(plait__agent_conn_t *c, const plait_msg_task_t *t, 
                   plait_errmsg());
     *out = buf;
     *out_len = len;
-    *downloaded = len - start;
+    *downloaded = len - start + extra;
     return 0;
 fail:
+    free(ebuf);
+    free(held);
     /* Keep what arrived for a resumed download, unless the bytes themselves were refused. */
-    if (rc != PLAIT_EPROTO && x.next > start) {
+    if (rc != PLAIT_EPROTO && enc == PLAIT_ADAPTER_FULL && x.next > start) {
         int keep = rc;
         char msg[256];
         snprintf(msg, sizeof(msg), "%s", plait_errmsg());

@@ -210,6 +210,16 @@ int plait__agent_round_ended(plait__agent_conn_t *c, const plait_msg_t *m, uint6
 int plait__agent_get_adapter(plait__agent_conn_t *c, const plait_msg_task_t *t, uint8_t **out,
                              size_t *out_len, uint64_t *downloaded) PLAIT_WUR;
 
+/* ---- agent_dl.c ---------------------------------------------------------- */
+
+/** \brief The task's adapter from a compact encoding: DELTA applied to base (the held adapter
+ * file, base_len bytes), or SEEDED (the B span; A from the task's a_seed). *out (t->adapter_len
+ * bytes) hashes to the task's adapter_sha256. \return 0; PLAIT_EPROTO (a malformed encoding or
+ * base, naming what); PLAIT_EMISMATCH (rebuilt, but another adapter); PLAIT_ENOMEM. */
+int plait__agent_rebuild_adapter(plait_agent_t *a, const plait_msg_task_t *t, plait_adapter_encoding_t enc,
+                                 const uint8_t *base, size_t base_len, const uint8_t *data, size_t len,
+                                 uint8_t **out /* OUT */, size_t *out_len /* OUT */) PLAIT_WUR;
+
 /* ---- agent_train.c ------------------------------------------------------- */
 
 /** \brief The round's update: adapter, training (keeping c alive), pipeline. Fills p (words

@@ -165,6 +165,9 @@ static int from_areq(const Plait__AdapterRequest *p, plait_msg_adapter_request_t
     r->round_id = p->round_id;
     r->version = p->version;
     r->offset = p->offset;
+    r->accept = p->has_accept ? p->accept : 0;
+    r->has_base = p->has_base_sha256 ? 1 : 0;
+    if (p->has_base_sha256) return copy_sha(&p->base_sha256, r->base_sha256, "adapter_request.base_sha256");
     return 0;
 }
 
@@ -180,6 +183,7 @@ static int from_achunk(const Plait__AdapterChunk *p, plait_msg_adapter_chunk_t *
     c->data = p->data.data;
     c->len = p->data.len;
     c->has_sha256 = p->has_sha256 ? 1 : 0;
+    c->encoding = p->has_encoding ? (plait_adapter_encoding_t)p->encoding : PLAIT_ADAPTER_FULL;
     if (p->has_sha256) return copy_sha(&p->sha256, c->sha256, "adapter_chunk.sha256");
     return 0;
 }
@@ -376,6 +380,11 @@ int plait__wire_to_envelope(const plait_msg_t *m, plait__wire_pb_t *pb)
         pb->areq.round_id = m->u.adapter_request.round_id;
         pb->areq.version = m->u.adapter_request.version;
         pb->areq.offset = m->u.adapter_request.offset;
+        pb->areq.has_accept = m->u.adapter_request.accept != 0;
+        pb->areq.accept = m->u.adapter_request.accept;
+        pb->areq.has_base_sha256 = m->u.adapter_request.has_base ? 1 : 0;
+        if (m->u.adapter_request.has_base)
+            pb->areq.base_sha256 = plait__wire_bin(m->u.adapter_request.base_sha256, PLAIT_WIRE_SHA256_LEN);
         pb->env.msg_case = PLAIT__ENVELOPE__MSG_ADAPTER_REQUEST;
         pb->env.adapter_request = &pb->areq;
         break;
@@ -390,6 +399,8 @@ int plait__wire_to_envelope(const plait_msg_t *m, plait__wire_pb_t *pb)
         pb->achunk.data = plait__wire_bin(c->data, c->len);
         pb->achunk.has_sha256 = c->has_sha256 ? 1 : 0;
         if (c->has_sha256) pb->achunk.sha256 = plait__wire_bin(c->sha256, PLAIT_WIRE_SHA256_LEN);
+        pb->achunk.has_encoding = c->encoding != PLAIT_ADAPTER_FULL;
+        pb->achunk.encoding = (Plait__AdapterEncoding)c->encoding;
         pb->env.msg_case = PLAIT__ENVELOPE__MSG_ADAPTER_CHUNK;
         pb->env.adapter_chunk = &pb->achunk;
         break;

@@ -102,7 +102,7 @@ typedef struct {
 /* K_FLAG and K_ENUM read an int; K_RANGE and K_LEN read 4 or 8 bytes. */
 _Static_assert(sizeof(plait_lora_mode_t) == sizeof(int) && sizeof(plait_retry_reason_t) == sizeof(int) &&
                    sizeof(plait_ack_kind_t) == sizeof(int) && sizeof(plait_decline_code_t) == sizeof(int) &&
-                   sizeof(plait_task_kind_t) == sizeof(int),
+                   sizeof(plait_task_kind_t) == sizeof(int) && sizeof(plait_adapter_encoding_t) == sizeof(int),
                "enum fields are read as int");
 _Static_assert(sizeof(size_t) == 4 || sizeof(size_t) == 8, "size_t fields are read as 4 or 8 bytes");
 
@@ -417,6 +417,11 @@ static int check_areq_offset(const void *msg, const plait_wire_limits_t *lim)
     if (r->offset >= lim->max_adapter_bytes)
         return BAD("adapter_request.offset: %llu not below max_adapter_bytes",
                    (unsigned long long)r->offset);
+    if (r->offset != 0 && (r->accept != 0 || r->has_base))
+        return BAD("adapter_request.accept: encodings other than FULL only with offset 0 (offset %llu)",
+                   (unsigned long long)r->offset);
+    if (r->has_base && !(r->accept & (1u << PLAIT_ADAPTER_DELTA)))
+        return BAD("adapter_request.base_sha256: set without the DELTA bit in accept");
     return 0;
 }
 
@@ -566,6 +571,8 @@ static const rule_t achunk_rules[] = {
     RANGE_LIM(AC, total_len, "adapter_chunk.total_len", 1, L_ADAPTER_BYTES),
     LEN_LIM(AC, len, "adapter_chunk.data", 1, L_CHUNK_BYTES),
     PRESENT(AC, data, "adapter_chunk.data"),
+    ENUM(AC, encoding, "adapter_chunk.encoding",
+         BIT(PLAIT_ADAPTER_FULL) | BIT(PLAIT_ADAPTER_DELTA) | BIT(PLAIT_ADAPTER_SEEDED)),
     CHECK("adapter_chunk.offset", check_achunk_span),
 };
 #undef AC

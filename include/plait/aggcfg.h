@@ -74,6 +74,9 @@ typedef struct {
     uint64_t quant_bits;          /**< b (default 16) */
     double quant_range;           /**< R of quantization, >= clip_norm (default 1) */
     uint64_t example_cap;         /**< weight = min(examples, cap) / cap (default 64) */
+    uint64_t download_delta_keep; /**< previous versions kept for download deltas (default 2; 0: full downloads only) */
+    uint64_t download_delta_bits; /**< 0: exact deltas (default); 8 or 16: each version is committed as the previous
+                                       one plus a delta quantized to this many bits per element */
     /* rounds */
     uint64_t target_cohort;       /**< updates wanted per round (default 8) */
     uint64_t min_cohort;          /**< fewer at the deadline fail the round (default 2) */

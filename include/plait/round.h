@@ -198,6 +198,14 @@ void plait_round_destroy(plait_round_t *r);
 plait_round_state_t plait_round_state(const plait_round_t *r);
 /** \brief The committed global span (dim floats); valid until the next commit or destroy. */
 const float *plait_round_global(const plait_round_t *r);
+/**
+ * \brief Replace the global span just committed by a nearby one (the aggregator
+ *        commits prev + a quantized download delta, plait/delta.h); the
+ *        optimizer and DP state are untouched.
+ * \return 0; PLAIT_EINVAL (NULL, a non-finite value); PLAIT_EMISMATCH (n);
+ *         PLAIT_ESTALE (not right after a commit).
+ */
+int plait_round_replace_global(plait_round_t *r, const float *g, size_t n) PLAIT_WUR;
 /** \brief Number of committed global versions (0 before the first commit). */
 uint64_t plait_round_version(const plait_round_t *r);
 /** \brief The clip bound clients must use in the current (or next) round. */

@@ -266,10 +266,21 @@ typedef struct {
     plait_retry_reason_t reason;
 } plait_msg_come_back_later_t;
 
+/** How an adapter transfer is encoded (docs/protocol.md, "Adapter encodings"). */
+typedef enum {
+    PLAIT_ADAPTER_FULL = 0,   /**< the adapter file itself */
+    PLAIT_ADAPTER_DELTA = 1,  /**< a delta (plait/delta.h) from the adapter named by base_sha256 */
+    PLAIT_ADAPTER_SEEDED = 2  /**< FFA-LoRA: the B span (float32 LE); A comes from the task's a_seed */
+} plait_adapter_encoding_t;
+#define PLAIT_ADAPTER_ENCODING_MAX 2
+
 typedef struct {
     uint64_t round_id; /**< > 0 */
     uint64_t version;  /**< Task.adapter_version */
     uint64_t offset;   /**< first byte wanted; < max_adapter_bytes */
+    uint32_t accept;   /**< bit (1 << plait_adapter_encoding_t) the device can rebuild besides FULL; 0 unless offset == 0 */
+    int has_base;      /**< base_sha256 is set: only with offset 0 and the DELTA bit */
+    uint8_t base_sha256[PLAIT_WIRE_SHA256_LEN]; /**< the adapter the device holds */
 } plait_msg_adapter_request_t;
 
 typedef struct {
@@ -279,7 +290,8 @@ typedef struct {
     const uint8_t *data; /**< len bytes; decoded: owned by the plait_msg_t */
     size_t len;          /**< 1..max_chunk_bytes */
     int has_sha256;      /**< set exactly when offset + len == total_len (the last chunk) */
-    uint8_t sha256[PLAIT_WIRE_SHA256_LEN]; /**< of the whole blob */
+    uint8_t sha256[PLAIT_WIRE_SHA256_LEN]; /**< of the adapter the transfer rebuilds */
+    plait_adapter_encoding_t encoding;     /**< FULL (0) unless the device accepted another */
 } plait_msg_adapter_chunk_t;
 
 typedef struct {

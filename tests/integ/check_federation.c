@@ -103,6 +103,67 @@ static double heldout_loss(const it_dep_t *d, const char *adapter, const char *h
     return loss;
 }
 
+
+/* A counter of the aggregator's /metrics text (-1 when absent). */
+static long long metric(const char *text, const char *name)
+{
+    const char *p = text ? strstr(text, name) : NULL;
+    return p ? strtoll(p + strlen(name), NULL, 10) : -1;
+}
+
+/* Adapter downloads (issue 10, item 2): every agent rebuilt at least min_deltas rounds from a
+ * delta of the version it held and, under FFA-LoRA, every round from a compact encoding (the
+ * seeded B span or a delta, whichever is smaller: early rounds move B by more than an exact
+ * delta saves); none fell back to a full download; and its cached adapter is byte for byte the
+ * version it trained on last (exported from the store), so the rebuilt SHA-256 matched. */
+static void check_downloads(const it_dep_t *d, int n_agents, int rounds, int ffa, int min_deltas, const char *metrics)
+{
+    char out[700], vs[8];
+    snprintf(out, sizeof(out), "%s/last.safetensors", d->dir);
+    snprintf(vs, sizeof(vs), "%d", rounds);
+    ck_assert_int_eq(it_cli("export", d->dir, "--version", vs, "--out", out, NULL), 0);
+    size_t want_len = 0;
+    uint8_t *want = tu_read_file(out, &want_len);
+    ck_assert_ptr_nonnull(want);
+    for (int i = 0; i < n_agents; i++) {
+        char path[700];
+        snprintf(path, sizeof(path), "%s/dev%d.log", d->dir, i);
+        char *log = (char *)tu_read_file(path, NULL);
+        ck_assert_ptr_nonnull(log);
+        int deltas = 0;
+        for (const char *p = log; (p = strstr(p, "rebuilt from a delta download")) != NULL; p++) deltas++;
+        int compact = 0;
+        for (const char *p = log; (p = strstr(p, " rebuilt from a ")) != NULL; p++) compact++;
+        ck_assert_msg(deltas >= min_deltas, "dev%d: %d delta downloads in %d rounds", i, deltas, rounds);
+        if (ffa) ck_assert_msg(compact >= rounds, "dev%d: %d compact downloads in %d rounds", i, compact, rounds);
+        ck_assert_msg(strstr(log, "downloading the full adapter") == NULL, "dev%d fell back to a full download", i);
+        free(log);
+        snprintf(path, sizeof(path), "%s/dev%d.state/global.safetensors", d->dir, i);
+        size_t got_len = 0;
+        uint8_t *got = tu_read_file(path, &got_len);
+        ck_assert_ptr_nonnull(got);
+        ck_assert_uint_eq(got_len, want_len);
+        ck_assert_msg(memcmp(got, want, want_len) == 0, "dev%d: cached adapter differs from version %d", i, rounds);
+        free(got);
+    }
+    free(want);
+    long long nd = metric(metrics, "plait_adapter_downloads_total{encoding=\"delta\"} ");
+    long long bd = metric(metrics, "plait_adapter_download_bytes_total{encoding=\"delta\"} ");
+    long long bf = metric(metrics, "plait_adapter_download_bytes_total{encoding=\"full\"} ");
+    long long nf = metric(metrics, "plait_adapter_downloads_total{encoding=\"full\"} ");
+    long long ns = metric(metrics, "plait_adapter_downloads_total{encoding=\"seeded\"} ");
+    ck_assert_int_ge(nd, (long long)n_agents * min_deltas);
+    if (ffa) ck_assert_int_ge(nd + ns, (long long)n_agents * rounds);
+    /* full files only where nothing else can rebuild: round 1 outside FFA-LoRA */
+    ck_assert_int_eq(nf, ffa ? 0 : n_agents);
+    if (ffa)
+        ck_assert_int_eq(bf, 0);
+    else
+        ck_assert_int_gt(bf, 0);
+    fprintf(stderr, "downloads: %lld deltas, %.0f bytes each; %lld seeded; %lld full (adapter %zu bytes)\n", nd,
+            nd ? (double)bd / (double)nd : 0.0, ns, nf, want_len);
+}
+
 START_TEST(test_federation_loss_falls)
 {
     if (PLAIT_AGENT_BIN[0] == '\0') return; /* built without the agent */
@@ -161,8 +222,11 @@ START_TEST(test_federation_loss_falls)
         snprintf(needle, sizeof(needle), "round committed round=%d version=%d accepted=8", r, r + 1);
         ck_assert_msg(it_log_wait(&d, needle, 10000), "missing: %s", needle);
     }
+    char *metrics = it_metrics(&d);
     ck_assert_int_eq(it_stop(&d), 0);
     ck_assert_int_eq(it_log_count(&d, "reason="), 0); /* nobody was refused */
+    check_downloads(&d, N_AGENTS, N_ROUNDS, 1, 0, metrics);
+    free(metrics);
 
     /* held-out loss of versions 1 (initial: B = 0, the base model) .. 4 */
     double loss[N_ROUNDS + 2];
@@ -177,6 +241,66 @@ START_TEST(test_federation_loss_falls)
                                  loss[v - 1]);
     }
     ck_assert(loss[N_ROUNDS + 1] < loss[1] - 0.1);
+}
+END_TEST
+
+/* FedIT (A and B averaged) with download_delta_bits = 8: each version is committed as the
+ * previous one plus an 8-bit block-quantized delta, and 4 agents rebuild rounds 2 and 3 from
+ * that delta bit for bit (their cached adapter equals the stored version). Plain rounds. */
+START_TEST(test_federation_quantized_deltas)
+{
+    if (PLAIT_AGENT_BIN[0] == '\0') return;
+    enum { NA = 4 };
+    it_dep_t d;
+    ck_assert_int_eq(it_init(&d, "integ_fedq", "target_cohort=4", "min_cohort=4", "overselect=1",
+                             "selection_timeout_s=60", "round_timeout_s=60", "local_steps=4", "batch=2",
+                             "seq_len=32", "lr=0.05", "retry_ms=300", "idle_timeout_s=60", "secure_agg=false",
+                             "lora_mode=fedit", "download_delta_bits=8", "max_preauth_per_addr=64", NULL),
+                     0);
+    size_t tlen;
+    char *tp = tu_path(tu_assets_dir(), "tinyshakespeare.txt");
+    char *text = (char *)tu_read_file(tp, &tlen);
+    free(tp);
+    ck_assert_ptr_nonnull(text);
+    for (int i = 0; i < NA; i++) {
+        char id[16], txt[700], db[700];
+        snprintf(id, sizeof(id), "dev%d", i);
+        ck_assert_int_eq(it_enroll(&d, id), 0);
+        snprintf(txt, sizeof(txt), "%s/%s.txt", d.dir, id);
+        snprintf(db, sizeof(db), "%s/%s.db", d.dir, id);
+        write_slice(txt, text, (size_t)i * 8000, 8000);
+        char *argv[] = {(char *)PLAIT_AGENT_BIN, "ingest", "--db", db, "--text", txt, NULL};
+        ck_assert_int_eq(run(argv, NULL, NULL, 30), 0);
+    }
+    free(text);
+    ck_assert_int_eq(it_start(&d, NULL), 0);
+    char server[64];
+    snprintf(server, sizeof(server), "127.0.0.1:%d", d.port);
+    pid_t pids[NA];
+    for (int i = 0; i < NA; i++) {
+        char id[16], crt[700], key[700], db[700], st[700], ca[700], seed[16], log[700];
+        snprintf(id, sizeof(id), "dev%d", i);
+        snprintf(ca, sizeof(ca), "%s/ca.crt", d.dir);
+        snprintf(crt, sizeof(crt), "%s/%s.crt", d.dir, id);
+        snprintf(key, sizeof(key), "%s/%s.key", d.dir, id);
+        snprintf(db, sizeof(db), "%s/%s.db", d.dir, id);
+        snprintf(st, sizeof(st), "%s/%s.state", d.dir, id);
+        snprintf(log, sizeof(log), "%s/%s.log", d.dir, id);
+        snprintf(seed, sizeof(seed), "%d", i + 1);
+        char *argv[] = {(char *)PLAIT_AGENT_BIN, "join", "--server", server, "--ca", ca, "--cert", crt, "--key", key,
+                        "--db", db, "--state", st, "--daemon", "--rounds", "3", "--rejoin-ms", "100", "--seed", seed,
+                        "--allow-plain-aggregation", "--max-runtime", "150", NULL};
+        pids[i] = spawn(argv, NULL, log);
+        ck_assert(pids[i] > 0);
+    }
+    double deadline = mono() + 170;
+    for (int i = 0; i < NA; i++) ck_assert_int_eq(reap(pids[i], deadline), 0);
+    ck_assert(it_log_wait(&d, "round committed round=3 version=4 accepted=4", 10000));
+    char *metrics = it_metrics(&d);
+    ck_assert_int_eq(it_stop(&d), 0);
+    ck_assert_int_eq(it_log_count(&d, "no quantized download delta"), 0);
+    check_downloads(&d, NA, 3, 0, 2, metrics);
+    free(metrics);
 }
 END_TEST
 
@@ -332,6 +456,7 @@ Suite *federation_suite(void)
     TCase *tc = tcase_create("federation");
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_federation_loss_falls);
+    tcase_add_test(tc, test_federation_quantized_deltas);
     tcase_add_test(tc, test_federation_secure_with_kills);
     tcase_add_test(tc, test_federation_distributed_dp);
     suite_add_tcase(s, tc);

@@ -693,6 +693,9 @@ typedef struct {
     int got_error, error_code;
     size_t max_chunk_words; /* largest UpdateChunk seen */
     plait_retry_reason_t cbl_reason; /* FAKE_END_ROUND */
+    plait_adapter_encoding_t hostile; /* not FULL: answer the first request offering it with junk so encoded */
+    uint32_t accept_first, accept_last; /* AdapterRequest.accept of the first and last request */
+    int base_first;                     /* the first request named a held adapter */
     int got_decline, decline_code; /* a Decline: the only thing a declining agent sends */
     uint64_t decline_round;
     char fail[256];
@@ -816,7 +819,32 @@ static void fake_serve(fake_t *f, int fd)
             f->adapter_requests++;
             uint64_t off = m.u.adapter_request.offset;
             f->req_offset = off;
+            uint32_t accept = m.u.adapter_request.accept;
+            if (f->adapter_requests == 1) {
+                f->accept_first = accept;
+                f->base_first = m.u.adapter_request.has_base;
+            }
+            f->accept_last = accept;
             plait_msg_free(&m);
+            if (f->hostile != PLAIT_ADAPTER_FULL && f->adapter_requests == 1 && (accept & (1u << f->hostile))) {
+                /* A compact encoding that cannot rebuild the adapter: a delta of an unknown format
+                 * version, or a B span of the wrong length. */
+                static const uint8_t junk[64] = {'P', 'L', 'D', 'T', 7};
+                plait_msg_init(&m, PLAIT_MSG_ADAPTER_CHUNK);
+                plait_msg_adapter_chunk_t *c = &m.u.adapter_chunk;
+                c->version = f->task.adapter_version;
+                c->total_len = sizeof(junk);
+                c->data = junk;
+                c->len = sizeof(junk);
+                c->has_sha256 = 1;
+                memcpy(c->sha256, f->task.adapter_sha256, 32);
+                c->encoding = f->hostile;
+                if ((rc = fake_send(s, fd, &m)) != 0) {
+                    fake_failf(f, "send hostile chunk", rc);
+                    goto out;
+                }
+                continue;
+            }
             /* Three chunks, so the agent reassembles. */
             size_t piece = f->blob_len / 3 + 1;
             for (size_t o = (size_t)off; o < f->blob_len; o += piece) {
@@ -977,12 +1005,14 @@ typedef struct {
 } server_t;
 
 static plait_retry_reason_t g_cbl_reason = PLAIT_RETRY_ROUND_FAILED; /* FAKE_END_ROUND's answer */
+static plait_adapter_encoding_t g_hostile = PLAIT_ADAPTER_FULL; /* server_start: fake_t.hostile */
 
 static void server_start(server_t *sv, fake_mode_t mode, const round_t *r)
 {
     memset(sv, 0, sizeof(*sv));
     sv->f.mode = mode;
     sv->f.cbl_reason = g_cbl_reason;
+    sv->f.hostile = g_hostile;
     sv->f.lfd = listen_any(&sv->f.port);
     ck_assert_int_eq(
         plait_tls_config_server(&sv->f.cfg, ca_pem, srv_pem, srv_key_pem, 1, NULL, NULL), 0);
@@ -1874,6 +1904,54 @@ START_TEST(test_loopback_download_resume)
 }
 END_TEST
 
+/* A compact download that does not rebuild the task's adapter (a malformed delta from the held
+ * version; a B span of the wrong length) is refused, and the agent downloads the full file on
+ * the same connection and completes the round. */
+START_TEST(test_loopback_hostile_encoding)
+{
+    round_t r;
+    round_setup(&r, 40, PLAIT_LORA_MODE_FFA);
+    for (int k = 0; k < 2; k++) {
+        char *state = fresh_state(k ? "agent_hostile_delta" : "agent_hostile_seeded");
+        if (k) { /* hold an older version: the blob with one B value changed (still a valid adapter) */
+            uint8_t *old = malloc(r.blob_len);
+            memcpy(old, r.blob, r.blob_len);
+            old[r.blob_len - 3] ^= 0x01;
+            char *gp = tu_path(state, "global.safetensors");
+            ck_assert_int_eq(tu_write_file(gp, old, r.blob_len), 0);
+            free(gp);
+            free(old);
+        }
+        server_t sv;
+        g_hostile = k ? PLAIT_ADAPTER_DELTA : PLAIT_ADAPTER_SEEDED;
+        server_start(&sv, FAKE_TASK, &r);
+        g_hostile = PLAIT_ADAPTER_FULL;
+        plait_agent_t *a = make_agent(state, sv.f.port, NULL);
+        plait_agent_result_t res;
+        int rc = plait_agent_run_once(a, &res);
+        server_join(&sv);
+        ck_assert_msg(sv.f.fail[0] == 0, "fake server: %s", sv.f.fail);
+        ck_assert_msg(rc == 0, "run_once: %s", plait_errmsg());
+        ck_assert_int_eq(res.outcome, PLAIT_AGENT_OUT_ACKED);
+        ck_assert_int_eq(sv.f.adapter_requests, 2);
+        ck_assert_uint_ne(sv.f.accept_first & (1u << PLAIT_ADAPTER_SEEDED), 0);
+        ck_assert_int_eq(sv.f.base_first, k);
+        ck_assert_uint_eq(sv.f.accept_last, 0); /* the fallback asks for the file only */
+        char *gp = tu_path(state, "global.safetensors");
+        size_t n = 0;
+        uint8_t *got = tu_read_file(gp, &n);
+        ck_assert_uint_eq(n, r.blob_len);
+        ck_assert_mem_eq(got, r.blob, n);
+        free(got);
+        free(gp);
+        plait_agent_destroy(a);
+        server_free(&sv);
+        free(state);
+    }
+    round_free(&r);
+}
+END_TEST
+
 static int has_bytes(const uint8_t *b, size_t n, const char *needle)
 {
     size_t k = strlen(needle);
@@ -2096,6 +2174,7 @@ Suite *agent_suite(void)
     tcase_add_test(tc, test_loopback_fedit_local_dp_and_cache);
     tcase_add_test(tc, test_loopback_declines);
     tcase_add_test(tc, test_loopback_download_resume);
+    tcase_add_test(tc, test_loopback_hostile_encoding);
     tcase_add_test(tc, test_loopback_task_chunk_limit_and_round_end);
     tcase_add_test(tc, test_forget_leaves_nothing);
     suite_add_tcase(s, tc);

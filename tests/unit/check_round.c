@@ -104,8 +104,20 @@ START_TEST(test_happy_path)
     ck_assert(memcmp(plait_round_global(r), g0, sizeof(g0)) != 0);
     plait_round_stats(r, &st);
     ck_assert_int_eq(st.committed, 1);
+    /* The service may commit a nearby span instead (a quantized download delta, plait/delta.h):
+     * only right after the commit, of the right length, finite. */
+    float q[P];
+    memcpy(q, plait_round_global(r), sizeof(q));
+    q[0] += 1e-3f;
+    ck_assert_int_eq(plait_round_replace_global(r, q, P - 1), PLAIT_EMISMATCH);
+    q[1] = NAN;
+    ck_assert_int_eq(plait_round_replace_global(r, q, P), PLAIT_EINVAL);
+    q[1] = plait_round_global(r)[1];
+    ck_assert_int_eq(plait_round_replace_global(r, q, P), 0);
+    ck_assert(memcmp(plait_round_global(r), q, sizeof(q)) == 0);
     ck_assert_int_eq(plait_round_open(r, 10.0, &rid), 0);
     ck_assert_uint_eq(rid, 2);
+    ck_assert_int_eq(plait_round_replace_global(r, q, P), PLAIT_ESTALE);
     plait_round_destroy(r);
 }
 END_TEST

@@ -382,6 +382,10 @@ static void assert_msg_eq(const plait_msg_t *a, const plait_msg_t *b)
         ck_assert_uint_eq(a->u.adapter_request.round_id, b->u.adapter_request.round_id);
         ck_assert_uint_eq(a->u.adapter_request.version, b->u.adapter_request.version);
         ck_assert_uint_eq(a->u.adapter_request.offset, b->u.adapter_request.offset);
+        ck_assert_uint_eq(a->u.adapter_request.accept, b->u.adapter_request.accept);
+        ck_assert_int_eq(a->u.adapter_request.has_base, b->u.adapter_request.has_base);
+        if (a->u.adapter_request.has_base)
+            ck_assert_mem_eq(a->u.adapter_request.base_sha256, b->u.adapter_request.base_sha256, 32);
         break;
     case PLAIT_MSG_ADAPTER_CHUNK: {
         const plait_msg_adapter_chunk_t *x = &a->u.adapter_chunk, *y = &b->u.adapter_chunk;
@@ -392,6 +396,7 @@ static void assert_msg_eq(const plait_msg_t *a, const plait_msg_t *b)
         ck_assert_mem_eq(x->data, y->data, x->len);
         ck_assert_int_eq(x->has_sha256, y->has_sha256);
         if (x->has_sha256) ck_assert_mem_eq(x->sha256, y->sha256, 32);
+        ck_assert_int_eq(x->encoding, y->encoding);
         break;
     }
     case PLAIT_MSG_UPDATE_CHUNK: {
@@ -904,6 +909,63 @@ START_TEST(test_full_chunks_fit)
     plait_msg_free(&d);
     free(buf);
     free(w);
+}
+END_TEST
+
+/* Download encodings (protocol.md, "Adapter encodings"): the request's accept bits and base hash,
+ * the chunk's encoding, round-trip; the rules on them are enforced at encode and decode. */
+START_TEST(test_adapter_encodings)
+{
+    plait_msg_t m, d;
+    uint8_t *buf;
+    size_t len, used;
+    plait_msg_init(&m, PLAIT_MSG_ADAPTER_REQUEST);
+    plait_msg_adapter_request_t *r = &m.u.adapter_request;
+    r->round_id = 3;
+    r->version = 2;
+    r->offset = 0;
+    r->accept = (1u << PLAIT_ADAPTER_DELTA) | (1u << PLAIT_ADAPTER_SEEDED) | (1u << 20); /* unknown bits pass */
+    r->has_base = 1;
+    memset(r->base_sha256, 0xab, 32);
+    ck_assert_int_eq(plait_wire_encode_alloc(&m, NULL, &buf, &len), 0);
+    ck_assert_int_eq(plait_wire_parse(buf, len, NULL, 0, &d, &used), 0);
+    assert_msg_eq(&m, &d);
+    plait_msg_free(&d);
+    free(buf);
+    /* a base without the DELTA bit, and encodings on a resumed download, are refused by name */
+    r->accept = 1u << PLAIT_ADAPTER_SEEDED;
+    ck_assert_int_eq(plait_wire_encode_alloc(&m, NULL, &buf, &len), PLAIT_EPROTO);
+    ck_assert_ptr_nonnull(strstr(plait_errmsg(), "adapter_request.base_sha256"));
+    r->has_base = 0;
+    r->offset = 100;
+    ck_assert_int_eq(plait_wire_encode_alloc(&m, NULL, &buf, &len), PLAIT_EPROTO);
+    ck_assert_ptr_nonnull(strstr(plait_errmsg(), "adapter_request.accept"));
+    r->accept = 0; /* an old device's request: no encodings */
+    ck_assert_int_eq(plait_wire_encode_alloc(&m, NULL, &buf, &len), 0);
+    ck_assert_int_eq(plait_wire_parse(buf, len, NULL, 0, &d, &used), 0);
+    ck_assert_uint_eq(d.u.adapter_request.accept, 0);
+    ck_assert_int_eq(d.u.adapter_request.has_base, 0);
+    plait_msg_free(&d);
+    free(buf);
+
+    static const uint8_t data[40] = {1, 2, 3};
+    plait_msg_init(&m, PLAIT_MSG_ADAPTER_CHUNK);
+    plait_msg_adapter_chunk_t *c = &m.u.adapter_chunk;
+    c->version = 2;
+    c->offset = 0;
+    c->total_len = sizeof(data);
+    c->data = data;
+    c->len = sizeof(data);
+    c->has_sha256 = 1;
+    c->encoding = PLAIT_ADAPTER_DELTA;
+    ck_assert_int_eq(plait_wire_encode_alloc(&m, NULL, &buf, &len), 0);
+    ck_assert_int_eq(plait_wire_parse(buf, len, NULL, 0, &d, &used), 0);
+    assert_msg_eq(&m, &d);
+    plait_msg_free(&d);
+    free(buf);
+    c->encoding = (plait_adapter_encoding_t)3;
+    ck_assert_int_eq(plait_wire_encode_alloc(&m, NULL, &buf, &len), PLAIT_EPROTO);
+    ck_assert_ptr_nonnull(strstr(plait_errmsg(), "adapter_chunk.encoding"));
 }
 END_TEST
 
@@ -2028,6 +2090,7 @@ Suite *wire_suite(void)
     TCase *tc = tcase_create("roundtrip");
     tcase_add_test(tc, test_roundtrip_all);
     tcase_add_test(tc, test_task_prox_mu);
+    tcase_add_test(tc, test_adapter_encodings);
     tcase_add_test(tc, test_stream_of_frames);
     tcase_add_test(tc, test_type_names);
     tcase_add_test(tc, test_decline_code_only);
