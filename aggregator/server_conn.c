@@ -16,12 +16,15 @@
  * Loop thread only. Logs carry connection and device ids, sizes and error
  * names; never update words, adapter bytes or keys.
  */
+#define _GNU_SOURCE /* POLLRDHUP */
 #include "server_int.h"
 
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 
 #include "plait/crypto.h"
 #include "plait/log.h"
@@ -529,6 +532,61 @@ static int in_append(conn_t *c, const uint8_t *p, size_t n)
     return 0;
 }
 
+/* The peer closed (EOF or reset) and everything it sent has been read. */
+static void peer_left(conn_t *c)
+{
+    if (c->upd_have > 0) {
+        plait__srv_reject(c, PLAIT__REJ_MID_UPLOAD, "connection closed after %llu of %llu update words; update discarded",
+               (unsigned long long)c->upd_have, (unsigned long long)c->upd_total);
+    } else if (c->in_len > 0) {
+        plait__srv_reject(c, PLAIT__REJ_TRUNCATED, "connection closed inside a frame (%zu bytes of it received)", c->in_len);
+    } else if (!c->established) {
+        plait__srv_reject(c, PLAIT__REJ_TLS_OTHER, "connection closed during the TLS handshake");
+    } else {
+        PLAIT_LOG(PLAIT_LOG_INFO, "closed by peer conn=%llu device=%s", (unsigned long long)c->id, c->device);
+    }
+    plait__srv_conn_close(c, 0);
+}
+
+/* Close the connections whose peers have already gone (FIN or RST received,
+ * nothing unread in the socket) but whose end-of-stream this loop iteration
+ * has not read yet. libuv accepts the whole listen backlog in one callback,
+ * before the same iteration's reads: a device that dropped a connection and
+ * opened a new one while the loop was busy was counted twice against
+ * max_connections, and a returning cohort was refused while under the limit.
+ * A socket that still holds unread bytes is left to on_read, so no frame is
+ * lost. Returns how many were closed. */
+static size_t reap_departed(plait_server_t *s, const conn_t *except)
+{
+    size_t n = 0, k = 0, closed = 0;
+    for (conn_t *c = s->conns; c; c = c->next) n += !c->closing && c != except;
+    if (n == 0) return 0;
+    struct pollfd *pf = malloc(n * sizeof(*pf));
+    conn_t **who = malloc(n * sizeof(*who));
+    if (pf && who) {
+        for (conn_t *c = s->conns; c && k < n; c = c->next) {
+            uv_os_fd_t fd;
+            if (c->closing || c == except || uv_fileno((const uv_handle_t *)&c->tcp, &fd) != 0) continue;
+            pf[k].fd = fd;
+            pf[k].events = POLLRDHUP;
+            pf[k].revents = 0;
+            who[k++] = c;
+        }
+        if (k > 0 && poll(pf, (nfds_t)k, 0) > 0) {
+            for (size_t i = 0; i < k; i++) {
+                int unread = 0;
+                if (!(pf[i].revents & (POLLRDHUP | POLLHUP | POLLERR))) continue;
+                if (!(pf[i].revents & POLLERR) && (ioctl(pf[i].fd, FIONREAD, &unread) != 0 || unread != 0)) continue;
+                peer_left(who[i]);
+                closed++;
+            }
+        }
+    }
+    free(pf);
+    free(who);
+    return closed;
+}
+
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 {
     conn_t *c = st->data;
@@ -541,17 +599,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     if (nread < 0) {
-        if (c->upd_have > 0) {
-            plait__srv_reject(c, PLAIT__REJ_MID_UPLOAD, "connection closed after %llu of %llu update words; update discarded",
-                   (unsigned long long)c->upd_have, (unsigned long long)c->upd_total);
-        } else if (c->in_len > 0) {
-            plait__srv_reject(c, PLAIT__REJ_TRUNCATED, "connection closed inside a frame (%zu bytes of it received)", c->in_len);
-        } else if (!c->established) {
-            plait__srv_reject(c, PLAIT__REJ_TLS_OTHER, "connection closed during the TLS handshake");
-        } else {
-            PLAIT_LOG(PLAIT_LOG_INFO, "closed by peer conn=%llu device=%s", (unsigned long long)c->id, c->device);
-        }
-        plait__srv_conn_close(c, 0);
+        peer_left(c);
         return;
     }
     if (nread == 0) return;
@@ -641,6 +689,12 @@ void plait__srv_on_conn(uv_stream_t *l, int status)
     if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&sa, &salen) == 0) {
         if (sa.ss_family == AF_INET) uv_ip4_name((struct sockaddr_in *)&sa, c->addr, sizeof(c->addr));
         else if (sa.ss_family == AF_INET6) uv_ip6_name((struct sockaddr_in6 *)&sa, c->addr, sizeof(c->addr));
+    }
+    if (s->m.connections_open - s->n_closing > s->cfg.max_connections && !s->stopping) {
+        size_t gone = reap_departed(s, c);
+        if (gone > 0)
+            PLAIT_LOG(PLAIT_LOG_INFO, "%zu connections whose peers had left closed before admitting conn=%llu", gone,
+                      (unsigned long long)c->id);
     }
     if (s->m.connections_open - s->n_closing > s->cfg.max_connections || s->stopping) {
         plait__srv_reject(c, PLAIT__REJ_TOO_MANY, "%llu connections open (max_connections %llu) from %s",
