@@ -29,6 +29,8 @@
 #include "plait/crypto.h"
 #include "plait/log.h"
 
+#define IN_KEEP_BYTES 16384 /* plaintext buffer a connection keeps between frames */
+
 static uint64_t client_of(const char *device)
 {
     /* FNV-1a 64 of the certificate CN: the round core's pseudonymous client id. */
@@ -66,7 +68,9 @@ static void on_conn_write(uv_write_t *req, int status)
 {
     wreq_t *w = (wreq_t *)req;
     conn_t *c = w->owner;
+    plait_server_t *s = c->srv;
     c->out_queued -= w->len;
+    s->out_total -= w->len;
     c->t_wprog = now_s(c->srv);
     free(w);
     if (status < 0) {
@@ -77,6 +81,9 @@ static void on_conn_write(uv_write_t *req, int status)
         return;
     }
     if (c->dl_active && !c->closing) pump_download(c);
+    /* Downloads that waited for room in the shared send queue (pump_download) go on. */
+    for (conn_t *o = s->conns; o && s->out_total < DL_QUEUE_MAX; o = o->next)
+        if (o != c && o->dl_active && !o->closing && o->out_queued == 0) pump_download(o);
 }
 
 /* Move the TLS session's pending ciphertext into uv_write requests. */
@@ -100,6 +107,7 @@ static int flush(conn_t *c)
         plait_tls_consume_out(c->tls, n);
         if (c->out_queued == 0) c->t_wprog = now_s(c->srv);
         c->out_queued += n;
+        c->srv->out_total += n;
         c->srv->m.bytes_out += n;
     }
     return 0;
@@ -174,6 +182,8 @@ void plait__srv_on_conn_closed(uv_handle_t *h)
     if (c->preauth) plait__admit_leave(&s->admit, c->addr);
     plait_tls_free(c->tls);
     plait__srv_blob_unref(c->dl);
+    if (c->parked) s->n_parked--;
+    if (c->upd) plait_zeroize(c->upd, c->upd_total * sizeof(uint32_t));
     free(c->upd);
     if (c->in) plait_zeroize(c->in, c->in_cap);
     free(c->in);
@@ -234,7 +244,9 @@ static void pump_download(conn_t *c)
 {
     plait_server_t *s = c->srv;
     size_t chunk = s->lim.max_chunk_bytes;
-    while (c->dl_active && !c->closing && c->out_queued < 2 * chunk + 4096) {
+    /* Two chunks in flight per connection, and at most DL_QUEUE_MAX bytes queued in all: the
+     * copies of a cohort's downloads do not grow with the cohort (on_conn_write resumes). */
+    while (c->dl_active && !c->closing && c->out_queued < 2 * chunk + 4096 && s->out_total < DL_QUEUE_MAX) {
         blob_t *b = c->dl;
         size_t n = b->len - c->dl_off < chunk ? (size_t)(b->len - c->dl_off) : chunk;
         plait_msg_t m;
@@ -392,6 +404,16 @@ static void process_frames(conn_t *c)
             plait__srv_fail_conn(c, PLAIT__REJ_BAD_FRAME, PLAIT_EPROTO, "bad frame");
             break;
         }
+        if (fr.type == PLAIT_MSG_UPDATE_CHUNK && c->authed && c->upd == NULL && !s->sa &&
+            plait__srv_uploads_busy(s) >= s->cfg.max_uploads_in_flight) {
+            /* No update buffer free: leave this upload unread (TCP holds the device back)
+             * until one is; parked connections are not idle (server_round.c resumes them). */
+            c->parked = 1;
+            c->park_seq = ++s->park_seq;
+            s->n_parked++;
+            uv_read_stop((uv_stream_t *)&c->tcp);
+            break;
+        }
         plait_msg_t m;
         rc = plait_wire_decode(&fr, &s->lim, &m);
         if (rc != 0) {
@@ -407,6 +429,14 @@ static void process_frames(conn_t *c)
     if (pos > 0 && !c->closing) {
         memmove(c->in, c->in + pos, c->in_len - pos);
         c->in_len -= pos;
+        if (c->in_len == 0 && c->in_cap > IN_KEEP_BYTES) {
+            /* Emptied after a big frame: give the buffer back, so idle connections
+             * hold no frame-sized buffers (wiped: it held update words). */
+            plait_zeroize(c->in, c->in_cap);
+            free(c->in);
+            c->in = NULL;
+            c->in_cap = 0;
+        }
     }
 }
 
@@ -522,8 +552,13 @@ static int in_append(conn_t *c, const uint8_t *p, size_t n)
         size_t nc = c->in_cap ? c->in_cap : 4096;
         while (nc < c->in_len + n) nc *= 2;
         if (nc > lim) nc = lim;
-        uint8_t *q = realloc(c->in, nc);
+        uint8_t *q = malloc(nc); /* not realloc: the old buffer may hold update words, wiped first */
         if (!q) return PLAIT_ENOMEM;
+        if (c->in) {
+            memcpy(q, c->in, c->in_len);
+            plait_zeroize(c->in, c->in_cap);
+            free(c->in);
+        }
         c->in = q;
         c->in_cap = nc;
     }
@@ -531,6 +566,8 @@ static int in_append(conn_t *c, const uint8_t *p, size_t n)
     c->in_len += n;
     return 0;
 }
+
+static void drain(conn_t *c);
 
 /* The peer closed (EOF or reset) and everything it sent has been read. */
 static void peer_left(conn_t *c)
@@ -624,7 +661,18 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         on_established(c);
         if (c->closing) return;
     }
-    for (;;) {
+    drain(c);
+    plait__srv_uploads_resume(s);
+}
+
+/* Read the plaintext the TLS session holds and handle its frames, until it
+ * runs dry, the connection closes or parks (on_read, and a resumed upload). */
+static void drain(conn_t *c)
+{
+    plait_server_t *s = c->srv;
+    int rc;
+    process_frames(c);
+    while (!c->closing && !c->parked) {
         int r = plait_tls_read(c->tls, s->plain, sizeof(s->plain));
         if (r > 0) {
             rc = in_append(c, s->plain, (size_t)r);
@@ -635,7 +683,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
                 break;
             }
             process_frames(c);
-            if (c->closing) break;
+            if (c->closing || c->parked) break;
             continue;
         }
         if (r == 0) {
@@ -658,6 +706,33 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         break;
     }
     if (!c->closing) (void)flush(c);
+}
+
+size_t plait__srv_uploads_busy(const plait_server_t *s)
+{
+    size_t n = 0;
+    for (const conn_t *c = s->conns; c; c = c->next) n += c->upd != NULL;
+    for (size_t i = 0; i < s->n_cohort; i++) n += s->cohort[i].pending != NULL;
+    return n;
+}
+
+void plait__srv_uploads_resume(plait_server_t *s)
+{
+    while (s->n_parked > 0 && !s->stopping && plait__srv_uploads_busy(s) < s->cfg.max_uploads_in_flight) {
+        conn_t *o = NULL;
+        for (conn_t *c = s->conns; c; c = c->next)
+            if (c->parked && !c->closing && (!o || c->park_seq < o->park_seq)) o = c;
+        if (!o) break;
+        o->parked = 0;
+        s->n_parked--;
+        o->t_last = now_s(s);
+        if (uv_read_start((uv_stream_t *)&o->tcp, on_alloc, on_read) != 0) {
+            plait__srv_conn_close(o, 0);
+            continue;
+        }
+        drain(o);
+        if (o->parked) break; /* took no buffer after all: wait for the next release */
+    }
 }
 
 void plait__srv_on_conn(uv_stream_t *l, int status)

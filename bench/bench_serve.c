@@ -248,6 +248,7 @@ static void cl_pump(srv_client_t *c, const srv_pool_t *p, short rev, double now)
     }
     if (rev & (POLLIN | POLLHUP | POLLERR)) {
         uint8_t buf[65536];
+        int peer_closed = 0;
         for (;;) {
             ssize_t r = recv(c->fd, buf, sizeof(buf), 0);
             if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
@@ -267,7 +268,11 @@ static void cl_pump(srv_client_t *c, const srv_pool_t *p, short rev, double now)
                 }
                 int n = plait_tls_read(c->tls, c->in + c->in_len, c->in_cap - c->in_len);
                 if (n == PLAIT_EAGAIN) break;
-                if (n <= 0) { cl_fail(c, n == 0 ? "server sent close_notify" : plait_tls_reason(c->tls), n ? n : PLAIT_EIO); return; }
+                if (n == 0) { /* close_notify: the frames before it still count (a come-back-later) */
+                    peer_closed = 1;
+                    break;
+                }
+                if (n < 0) { cl_fail(c, plait_tls_reason(c->tls), n); return; }
                 c->in_len += (size_t)n;
             }
             for (;;) {
@@ -282,6 +287,7 @@ static void cl_pump(srv_client_t *c, const srv_pool_t *p, short rev, double now)
                 plait_msg_free(&m);
                 if (c->st == CL_DONE || c->st == CL_FAILED || c->st == CL_IDLE) return;
             }
+            if (peer_closed) { cl_fail(c, "server sent close_notify", PLAIT_EIO); return; }
         }
     }
     if (c->st == CL_HANDSHAKE) {
@@ -566,7 +572,7 @@ static int run_row(const srv_opts_t *o, size_t N, size_t P)
     snprintf(kv[k++], 96, "target_cohort=%zu", N);
     snprintf(kv[k++], 96, "min_cohort=%zu", N);
     snprintf(kv[k++], 96, "overselect=1");
-    snprintf(kv[k++], 96, "max_connections=%zu", N + 64);
+    snprintf(kv[k++], 96, "max_connections=%zu", 2 * N + 64); /* the pre-auth pool is at most 3/4 of it */
     snprintf(kv[k++], 96, "max_preauth_connections=%zu", N + 64);
     snprintf(kv[k++], 96, "max_preauth_per_addr=%zu", N + 64);
     snprintf(kv[k++], 96, "quant_bits=%u", o->bits);
