@@ -382,6 +382,26 @@ static void handle_msg(conn_t *c, const plait_msg_t *m)
     }
 }
 
+/* A frame of `type` is next on c: when it would start an upload and every
+ * update buffer is taken (max_uploads_in_flight), leave it unread (TCP holds
+ * the device back) until one is free: 1 (parked), else 0. A parked connection
+ * is not idle: it waits on us (plait__srv_uploads_resume). */
+static int park_upload(conn_t *c, int type)
+{
+    plait_server_t *s = c->srv;
+    if (type != PLAIT_MSG_UPDATE_CHUNK || !c->authed || c->upd != NULL || c->upd_reserved || s->sa || c->parked)
+        return 0;
+    if (plait__srv_uploads_busy(s) < s->cfg.max_uploads_in_flight) {
+        c->upd_reserved = 1; /* counted from the header on, so that the bound is exact */
+        return 0;
+    }
+    c->parked = 1;
+    c->park_seq = ++s->park_seq;
+    s->n_parked++;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    return 1;
+}
+
 /* Decode and handle every complete frame in c->in. */
 static void process_frames(conn_t *c)
 {
@@ -392,7 +412,11 @@ static void process_frames(conn_t *c)
         size_t used = 0;
         int rc = plait_frame_decode(c->in + pos, c->in_len - pos, &s->lim, c->authed ? 0 : PLAIT_FRAME_PREAUTH, &fr,
                                     &used);
-        if (rc == PLAIT_EAGAIN) break;
+        if (rc == PLAIT_EAGAIN) {
+            /* The header says an upload starts: park before its chunk is buffered. */
+            if (c->in_len - pos >= PLAIT_FRAME_HEADER) (void)park_upload(c, c->in[pos + PLAIT_FRAME_HEADER - 1]);
+            break;
+        }
         if (rc == PLAIT_ETOOBIG) {
             plait__srv_reject(c, PLAIT__REJ_FRAME_TOO_BIG, "%s (limit %zu bytes %s the hello)", plait_errmsg(),
                    c->authed ? s->lim.max_frame : s->lim.max_preauth_frame, c->authed ? "after" : "before");
@@ -404,16 +428,7 @@ static void process_frames(conn_t *c)
             plait__srv_fail_conn(c, PLAIT__REJ_BAD_FRAME, PLAIT_EPROTO, "bad frame");
             break;
         }
-        if (fr.type == PLAIT_MSG_UPDATE_CHUNK && c->authed && c->upd == NULL && !s->sa &&
-            plait__srv_uploads_busy(s) >= s->cfg.max_uploads_in_flight) {
-            /* No update buffer free: leave this upload unread (TCP holds the device back)
-             * until one is; parked connections are not idle (server_round.c resumes them). */
-            c->parked = 1;
-            c->park_seq = ++s->park_seq;
-            s->n_parked++;
-            uv_read_stop((uv_stream_t *)&c->tcp);
-            break;
-        }
+        if (park_upload(c, fr.type)) break;
         plait_msg_t m;
         rc = plait_wire_decode(&fr, &s->lim, &m);
         if (rc != 0) {
@@ -711,7 +726,7 @@ static void drain(conn_t *c)
 size_t plait__srv_uploads_busy(const plait_server_t *s)
 {
     size_t n = 0;
-    for (const conn_t *c = s->conns; c; c = c->next) n += c->upd != NULL;
+    for (const conn_t *c = s->conns; c; c = c->next) n += c->upd != NULL || (c->upd_reserved && !c->closing);
     for (size_t i = 0; i < s->n_cohort; i++) n += s->cohort[i].pending != NULL;
     return n;
 }
@@ -724,6 +739,7 @@ void plait__srv_uploads_resume(plait_server_t *s)
             if (c->parked && !c->closing && (!o || c->park_seq < o->park_seq)) o = c;
         if (!o) break;
         o->parked = 0;
+        o->upd_reserved = 1; /* its upload has the buffer that is free now */
         s->n_parked--;
         o->t_last = now_s(s);
         if (uv_read_start((uv_stream_t *)&o->tcp, on_alloc, on_read) != 0) {

@@ -92,6 +92,7 @@ struct conn_s {
     char addr[PLAIT__ADMIT_ADDR_MAX]; /* peer IP address */
     int preauth;                      /* counted in the pre-auth pool (server_admit.h) */
     int parked;                       /* an upload waits for a buffer: the socket is not read */
+    int upd_reserved;                 /* an upload has started (header seen) and owns a buffer slot */
     uint64_t park_seq;                /* order of parking (the oldest resumes first) */
 };
 
