@@ -399,6 +399,8 @@ static int park_upload(conn_t *c, int type)
     c->park_seq = ++s->park_seq;
     s->n_parked++;
     uv_read_stop((uv_stream_t *)&c->tcp);
+    PLAIT_LOG(PLAIT_LOG_DEBUG, "upload waits for an update buffer conn=%llu device=%s (max_uploads_in_flight %llu)",
+              (unsigned long long)c->id, c->device, (unsigned long long)s->cfg.max_uploads_in_flight);
     return 1;
 }
 

@@ -919,6 +919,54 @@ START_TEST(test_slots_after_leave)
 }
 END_TEST
 
+/* Issue #10 item 4: update buffers are bounded by max_uploads_in_flight, not by
+ * the cohort. With one buffer: dev0's update is held until training starts
+ * (it takes the buffer), dev1's upload waits unread; when dev2 completes the
+ * cohort, dev0's update goes in, dev1's upload resumes, and all three are acked
+ * and the round commits. */
+START_TEST(test_uploads_in_flight)
+{
+    it_dep_t d;
+    ck_assert_int_eq(it_init(&d, "integ_inflight", "max_uploads_in_flight=1", "log_level=debug", "target_cohort=3",
+                             "min_cohort=3", "overselect=1", "selection_timeout_s=120", "round_timeout_s=120",
+                             "retry_ms=200", "secure_agg=false", NULL),
+                     0);
+    for (int i = 0; i < 3; i++) {
+        char id[32];
+        snprintf(id, sizeof(id), "dev%d", i);
+        ck_assert_int_eq(it_enroll(&d, id), 0);
+    }
+    ck_assert_int_eq(it_start(&d, NULL), 0);
+    it_client_t *c[2];
+    plait_msg_task_t t;
+    for (int i = 0; i < 2; i++) {
+        char id[32];
+        snprintf(id, sizeof(id), "dev%d", i);
+        c[i] = malloc(sizeof(*c[i]));
+        ck_assert_int_eq(client_with_task(c[i], &d, id, &t), 0);
+        uint32_t *w = it_update_words(&t, 0.001f);
+        ck_assert_ptr_nonnull(w);
+        ck_assert_int_eq(it_upload(c[i], &t, w, (size_t)t.update_elements, (size_t)t.update_elements, 700), 0);
+        free(w);
+        ck_assert(it_log_wait(&d, i == 0 ? "update held until training starts" : "upload waits for an update buffer",
+                              20000));
+    }
+    ck_assert_int_eq(it_log_count(&d, "update held until training starts"), 1); /* dev1's was not read */
+    ck_assert_int_eq(it_participate(&d, "dev2", 0.001f, NULL), 0);
+    for (int i = 0; i < 2; i++) {
+        plait_msg_t m;
+        ck_assert_int_eq(it_recv(c[i], &m, 20000), 0);
+        ck_assert_int_eq(m.type, PLAIT_MSG_ACK);
+        plait_msg_free(&m);
+        it_client_close(c[i]);
+        free(c[i]);
+    }
+    ck_assert(it_log_wait(&d, "round committed round=1 ", 20000));
+    ck_assert(it_log_count(&d, "accepted=3 ") >= 1);
+    finish(&d);
+}
+END_TEST
+
 /* ---- issue #11: hostile hosts, revocation and failed rounds ---------------- */
 
 /* A plain TCP connection to 127.0.0.1:port from source address src (Linux
@@ -1282,6 +1330,7 @@ Suite *server_suite(void)
         {"failed_round_signalled", test_failed_round_signalled},
         {"shutdown_during_ack_wait", test_shutdown_during_ack_wait},
         {"slots_after_leave", test_slots_after_leave},
+        {"uploads_in_flight", test_uploads_in_flight},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         TCase *tc = tcase_create(cases[i].name);
