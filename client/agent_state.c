@@ -82,13 +82,7 @@ int plait__agent_atomic_write(const char *dir, const char *name, const uint8_t *
         return plait_fail(PLAIT_EIO, "%s: rename: %s", dst, strerror(e));
     }
     /* The rename is durable only once the directory entry is. */
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        int r = fsync(dfd);
-        close(dfd);
-        if (r != 0) return plait_fail(PLAIT_EIO, "%s: fsync of the directory failed", dir);
-    }
-    return 0;
+    return plait_file_sync_dir(dir, 0);
 }
 
 /* A whole file of the state directory (at most max bytes), read by plait_file_read: no blocking
