@@ -608,8 +608,8 @@ static void peer_left(conn_t *c)
  * before the same iteration's reads: a device that dropped a connection and
  * opened a new one while the loop was busy was counted twice against
  * max_connections, and a returning cohort was refused while under the limit.
- * A socket that still holds unread bytes is left to on_read, so no frame is
- * lost. Returns how many were closed. */
+ * A socket that still holds unread bytes, or whose session does (a parked
+ * upload), is left to on_read, so no frame is lost. Returns how many were closed. */
 static size_t reap_departed(plait_server_t *s, const conn_t *except)
 {
     size_t n = 0, k = 0, closed = 0;
@@ -620,7 +620,8 @@ static size_t reap_departed(plait_server_t *s, const conn_t *except)
     if (pf && who) {
         for (conn_t *c = s->conns; c && k < n; c = c->next) {
             uv_os_fd_t fd;
-            if (c->closing || c == except || uv_fileno((const uv_handle_t *)&c->tcp, &fd) != 0) continue;
+            /* parked: its session may hold input not yet handled; on_read sees its end */
+            if (c->closing || c->parked || c == except || uv_fileno((const uv_handle_t *)&c->tcp, &fd) != 0) continue;
             pf[k].fd = fd;
             pf[k].events = POLLRDHUP;
             pf[k].revents = 0;
