@@ -62,6 +62,9 @@ static const setting_t SETTINGS[] = {
      "adapter bytes per download chunk and update bytes per upload chunk"},
     {"max_update_elements", T_UINT, F(max_update_elements), 2, 67108865, "16777216",
      "largest update accepted, in 32-bit words"},
+    {"max_uploads_in_flight", T_UINT, F(max_uploads_in_flight), 1, 1000000, "16",
+     "plain updates buffered at once (being received, or held until training starts); further uploads wait "
+     "unread, so the service's memory is this times the update size, whatever the cohort"},
     {"auth_timeout_s", T_DOUBLE, F(auth_timeout_s), 0.05, 3600, "5",
      "TLS handshake and Hello must complete within this many seconds"},
     {"idle_timeout_s", T_DOUBLE, F(idle_timeout_s), 0.05, 86400, "90",

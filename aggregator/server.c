@@ -74,7 +74,7 @@ static void on_tick(uv_timer_t *t)
             plait__srv_reject(c, PLAIT__REJ_AUTH_TIMEOUT, "no %s within %.3g s", c->established ? "hello" : "TLS handshake",
                    s->cfg.auth_timeout_s);
             plait__srv_conn_close(c, 0);
-        } else if (now - c->t_last > s->cfg.idle_timeout_s) {
+        } else if (!c->parked && now - c->t_last > s->cfg.idle_timeout_s) { /* parked: waits on us */
             plait__srv_reject(c, PLAIT__REJ_IDLE_TIMEOUT, "nothing received for %.3g s", s->cfg.idle_timeout_s);
             if (c->authed) plait__srv_send_error(c, PLAIT_ECANCELED, "idle");
             plait__srv_conn_close(c, 1);
@@ -98,6 +98,7 @@ static void on_tick(uv_timer_t *t)
         }
     }
     plait__srv_round_step(s);
+    plait__srv_uploads_resume(s); /* buffers freed by closes and by held updates going in */
     maybe_finish_shutdown(s);
 }
 

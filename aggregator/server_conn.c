@@ -16,15 +16,20 @@
  * Loop thread only. Logs carry connection and device ids, sizes and error
  * names; never update words, adapter bytes or keys.
  */
+#define _GNU_SOURCE /* POLLRDHUP */
 #include "server_int.h"
 
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 
 #include "plait/crypto.h"
 #include "plait/log.h"
+
+#define IN_KEEP_BYTES 16384 /* plaintext buffer a connection keeps between frames */
 
 static uint64_t client_of(const char *device)
 {
@@ -63,7 +68,9 @@ static void on_conn_write(uv_write_t *req, int status)
 {
     wreq_t *w = (wreq_t *)req;
     conn_t *c = w->owner;
+    plait_server_t *s = c->srv;
     c->out_queued -= w->len;
+    s->out_total -= w->len;
     c->t_wprog = now_s(c->srv);
     free(w);
     if (status < 0) {
@@ -74,6 +81,9 @@ static void on_conn_write(uv_write_t *req, int status)
         return;
     }
     if (c->dl_active && !c->closing) pump_download(c);
+    /* Downloads that waited for room in the shared send queue (pump_download) go on. */
+    for (conn_t *o = s->conns; o && s->out_total < DL_QUEUE_MAX; o = o->next)
+        if (o != c && o->dl_active && !o->closing && o->out_queued == 0) pump_download(o);
 }
 
 /* Move the TLS session's pending ciphertext into uv_write requests. */
@@ -97,6 +107,7 @@ static int flush(conn_t *c)
         plait_tls_consume_out(c->tls, n);
         if (c->out_queued == 0) c->t_wprog = now_s(c->srv);
         c->out_queued += n;
+        c->srv->out_total += n;
         c->srv->m.bytes_out += n;
     }
     return 0;
@@ -171,6 +182,8 @@ void plait__srv_on_conn_closed(uv_handle_t *h)
     if (c->preauth) plait__admit_leave(&s->admit, c->addr);
     plait_tls_free(c->tls);
     plait__srv_blob_unref(c->dl);
+    if (c->parked) s->n_parked--;
+    if (c->upd) plait_zeroize(c->upd, c->upd_total * sizeof(uint32_t));
     free(c->upd);
     if (c->in) plait_zeroize(c->in, c->in_cap);
     free(c->in);
@@ -231,7 +244,9 @@ static void pump_download(conn_t *c)
 {
     plait_server_t *s = c->srv;
     size_t chunk = s->lim.max_chunk_bytes;
-    while (c->dl_active && !c->closing && c->out_queued < 2 * chunk + 4096) {
+    /* Two chunks in flight per connection, and at most DL_QUEUE_MAX bytes queued in all: the
+     * copies of a cohort's downloads do not grow with the cohort (on_conn_write resumes). */
+    while (c->dl_active && !c->closing && c->out_queued < 2 * chunk + 4096 && s->out_total < DL_QUEUE_MAX) {
         blob_t *b = c->dl;
         size_t n = c->dl_len - c->dl_off < chunk ? (size_t)(c->dl_len - c->dl_off) : chunk;
         plait_msg_t m;
@@ -373,6 +388,28 @@ static void handle_msg(conn_t *c, const plait_msg_t *m)
     }
 }
 
+/* A frame of `type` is next on c: when it would start an upload and every
+ * update buffer is taken (max_uploads_in_flight), leave it unread (TCP holds
+ * the device back) until one is free: 1 (parked), else 0. A parked connection
+ * is not idle: it waits on us (plait__srv_uploads_resume). */
+static int park_upload(conn_t *c, int type)
+{
+    plait_server_t *s = c->srv;
+    if (type != PLAIT_MSG_UPDATE_CHUNK || !c->authed || c->upd != NULL || c->upd_reserved || s->sa || c->parked)
+        return 0;
+    if (plait__srv_uploads_busy(s) < s->cfg.max_uploads_in_flight) {
+        c->upd_reserved = 1; /* counted from the header on, so that the bound is exact */
+        return 0;
+    }
+    c->parked = 1;
+    c->park_seq = ++s->park_seq;
+    s->n_parked++;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    PLAIT_LOG(PLAIT_LOG_DEBUG, "upload waits for an update buffer conn=%llu device=%s (max_uploads_in_flight %llu)",
+              (unsigned long long)c->id, c->device, (unsigned long long)s->cfg.max_uploads_in_flight);
+    return 1;
+}
+
 /* Decode and handle every complete frame in c->in. */
 static void process_frames(conn_t *c)
 {
@@ -383,7 +420,11 @@ static void process_frames(conn_t *c)
         size_t used = 0;
         int rc = plait_frame_decode(c->in + pos, c->in_len - pos, &s->lim, c->authed ? 0 : PLAIT_FRAME_PREAUTH, &fr,
                                     &used);
-        if (rc == PLAIT_EAGAIN) break;
+        if (rc == PLAIT_EAGAIN) {
+            /* The header says an upload starts: park before its chunk is buffered. */
+            if (c->in_len - pos >= PLAIT_FRAME_HEADER) (void)park_upload(c, c->in[pos + PLAIT_FRAME_HEADER - 1]);
+            break;
+        }
         if (rc == PLAIT_ETOOBIG) {
             plait__srv_reject(c, PLAIT__REJ_FRAME_TOO_BIG, "%s (limit %zu bytes %s the hello)", plait_errmsg(),
                    c->authed ? s->lim.max_frame : s->lim.max_preauth_frame, c->authed ? "after" : "before");
@@ -395,6 +436,7 @@ static void process_frames(conn_t *c)
             plait__srv_fail_conn(c, PLAIT__REJ_BAD_FRAME, PLAIT_EPROTO, "bad frame");
             break;
         }
+        if (park_upload(c, fr.type)) break;
         plait_msg_t m;
         rc = plait_wire_decode(&fr, &s->lim, &m);
         if (rc != 0) {
@@ -410,6 +452,14 @@ static void process_frames(conn_t *c)
     if (pos > 0 && !c->closing) {
         memmove(c->in, c->in + pos, c->in_len - pos);
         c->in_len -= pos;
+        if (c->in_len == 0 && c->in_cap > IN_KEEP_BYTES) {
+            /* Emptied after a big frame: give the buffer back, so idle connections
+             * hold no frame-sized buffers (wiped: it held update words). */
+            plait_zeroize(c->in, c->in_cap);
+            free(c->in);
+            c->in = NULL;
+            c->in_cap = 0;
+        }
     }
 }
 
@@ -525,14 +575,77 @@ static int in_append(conn_t *c, const uint8_t *p, size_t n)
         size_t nc = c->in_cap ? c->in_cap : 4096;
         while (nc < c->in_len + n) nc *= 2;
         if (nc > lim) nc = lim;
-        uint8_t *q = realloc(c->in, nc);
+        uint8_t *q = malloc(nc); /* not realloc: the old buffer may hold update words, wiped first */
         if (!q) return PLAIT_ENOMEM;
+        if (c->in) {
+            memcpy(q, c->in, c->in_len);
+            plait_zeroize(c->in, c->in_cap);
+            free(c->in);
+        }
         c->in = q;
         c->in_cap = nc;
     }
     memcpy(c->in + c->in_len, p, n);
     c->in_len += n;
     return 0;
+}
+
+static void drain(conn_t *c);
+
+/* The peer closed (EOF or reset) and everything it sent has been read. */
+static void peer_left(conn_t *c)
+{
+    if (c->upd_have > 0) {
+        plait__srv_reject(c, PLAIT__REJ_MID_UPLOAD, "connection closed after %llu of %llu update words; update discarded",
+               (unsigned long long)c->upd_have, (unsigned long long)c->upd_total);
+    } else if (c->in_len > 0) {
+        plait__srv_reject(c, PLAIT__REJ_TRUNCATED, "connection closed inside a frame (%zu bytes of it received)", c->in_len);
+    } else if (!c->established) {
+        plait__srv_reject(c, PLAIT__REJ_TLS_OTHER, "connection closed during the TLS handshake");
+    } else {
+        PLAIT_LOG(PLAIT_LOG_INFO, "closed by peer conn=%llu device=%s", (unsigned long long)c->id, c->device);
+    }
+    plait__srv_conn_close(c, 0);
+}
+
+/* Close the connections whose peers have already gone (FIN or RST received,
+ * nothing unread in the socket) but whose end-of-stream this loop iteration
+ * has not read yet. libuv accepts the whole listen backlog in one callback,
+ * before the same iteration's reads: a device that dropped a connection and
+ * opened a new one while the loop was busy was counted twice against
+ * max_connections, and a returning cohort was refused while under the limit.
+ * A socket that still holds unread bytes, or whose session does (a parked
+ * upload), is left to on_read, so no frame is lost. Returns how many were closed. */
+static size_t reap_departed(plait_server_t *s, const conn_t *except)
+{
+    size_t n = 0, k = 0, closed = 0;
+    for (conn_t *c = s->conns; c; c = c->next) n += !c->closing && c != except;
+    if (n == 0) return 0;
+    struct pollfd *pf = malloc(n * sizeof(*pf));
+    conn_t **who = malloc(n * sizeof(*who));
+    if (pf && who) {
+        for (conn_t *c = s->conns; c && k < n; c = c->next) {
+            uv_os_fd_t fd;
+            /* parked: its session may hold input not yet handled; on_read sees its end */
+            if (c->closing || c->parked || c == except || uv_fileno((const uv_handle_t *)&c->tcp, &fd) != 0) continue;
+            pf[k].fd = fd;
+            pf[k].events = POLLRDHUP;
+            pf[k].revents = 0;
+            who[k++] = c;
+        }
+        if (k > 0 && poll(pf, (nfds_t)k, 0) > 0) {
+            for (size_t i = 0; i < k; i++) {
+                int unread = 0;
+                if (!(pf[i].revents & (POLLRDHUP | POLLHUP | POLLERR))) continue;
+                if (!(pf[i].revents & POLLERR) && (ioctl(pf[i].fd, FIONREAD, &unread) != 0 || unread != 0)) continue;
+                peer_left(who[i]);
+                closed++;
+            }
+        }
+    }
+    free(pf);
+    free(who);
+    return closed;
 }
 
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
@@ -547,17 +660,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     if (nread < 0) {
-        if (c->upd_have > 0) {
-            plait__srv_reject(c, PLAIT__REJ_MID_UPLOAD, "connection closed after %llu of %llu update words; update discarded",
-                   (unsigned long long)c->upd_have, (unsigned long long)c->upd_total);
-        } else if (c->in_len > 0) {
-            plait__srv_reject(c, PLAIT__REJ_TRUNCATED, "connection closed inside a frame (%zu bytes of it received)", c->in_len);
-        } else if (!c->established) {
-            plait__srv_reject(c, PLAIT__REJ_TLS_OTHER, "connection closed during the TLS handshake");
-        } else {
-            PLAIT_LOG(PLAIT_LOG_INFO, "closed by peer conn=%llu device=%s", (unsigned long long)c->id, c->device);
-        }
-        plait__srv_conn_close(c, 0);
+        peer_left(c);
         return;
     }
     if (nread == 0) return;
@@ -582,7 +685,18 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         on_established(c);
         if (c->closing) return;
     }
-    for (;;) {
+    drain(c);
+    plait__srv_uploads_resume(s);
+}
+
+/* Read the plaintext the TLS session holds and handle its frames, until it
+ * runs dry, the connection closes or parks (on_read, and a resumed upload). */
+static void drain(conn_t *c)
+{
+    plait_server_t *s = c->srv;
+    int rc;
+    process_frames(c);
+    while (!c->closing && !c->parked) {
         int r = plait_tls_read(c->tls, s->plain, sizeof(s->plain));
         if (r > 0) {
             rc = in_append(c, s->plain, (size_t)r);
@@ -593,7 +707,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
                 break;
             }
             process_frames(c);
-            if (c->closing) break;
+            if (c->closing || c->parked) break;
             continue;
         }
         if (r == 0) {
@@ -616,6 +730,34 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         break;
     }
     if (!c->closing) (void)flush(c);
+}
+
+size_t plait__srv_uploads_busy(const plait_server_t *s)
+{
+    size_t n = 0;
+    for (const conn_t *c = s->conns; c; c = c->next) n += c->upd != NULL || (c->upd_reserved && !c->closing);
+    for (size_t i = 0; i < s->n_cohort; i++) n += s->cohort[i].pending != NULL;
+    return n;
+}
+
+void plait__srv_uploads_resume(plait_server_t *s)
+{
+    while (s->n_parked > 0 && !s->stopping && plait__srv_uploads_busy(s) < s->cfg.max_uploads_in_flight) {
+        conn_t *o = NULL;
+        for (conn_t *c = s->conns; c; c = c->next)
+            if (c->parked && !c->closing && (!o || c->park_seq < o->park_seq)) o = c;
+        if (!o) break;
+        o->parked = 0;
+        o->upd_reserved = 1; /* its upload has the buffer that is free now */
+        s->n_parked--;
+        o->t_last = now_s(s);
+        if (uv_read_start((uv_stream_t *)&o->tcp, on_alloc, on_read) != 0) {
+            plait__srv_conn_close(o, 0);
+            continue;
+        }
+        drain(o);
+        if (o->parked) break; /* took no buffer after all: wait for the next release */
+    }
 }
 
 void plait__srv_on_conn(uv_stream_t *l, int status)
@@ -647,6 +789,12 @@ void plait__srv_on_conn(uv_stream_t *l, int status)
     if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&sa, &salen) == 0) {
         if (sa.ss_family == AF_INET) uv_ip4_name((struct sockaddr_in *)&sa, c->addr, sizeof(c->addr));
         else if (sa.ss_family == AF_INET6) uv_ip6_name((struct sockaddr_in6 *)&sa, c->addr, sizeof(c->addr));
+    }
+    if (s->m.connections_open - s->n_closing > s->cfg.max_connections && !s->stopping) {
+        size_t gone = reap_departed(s, c);
+        if (gone > 0)
+            PLAIT_LOG(PLAIT_LOG_INFO, "%zu connections whose peers had left closed before admitting conn=%llu", gone,
+                      (unsigned long long)c->id);
     }
     if (s->m.connections_open - s->n_closing > s->cfg.max_connections || s->stopping) {
         plait__srv_reject(c, PLAIT__REJ_TOO_MANY, "%llu connections open (max_connections %llu) from %s",

@@ -54,6 +54,7 @@
 #define METRICS_DEADLINE_S 2.0     /* a metrics connection gets this long to ask and be answered */
 #define REVOKE_SWEEP_S 1.0         /* revocation list reload and live-session sweep period */
 #define TICK_MS 50
+#define DL_QUEUE_MAX (16u << 20) /* adapter bytes queued for sending, all connections together */
 
 #define DL_KEEP_MAX 16          /* download_delta_keep's upper bound */
 
@@ -109,6 +110,9 @@ struct conn_s {
     uint32_t upd_next;
     char addr[PLAIT__ADMIT_ADDR_MAX]; /* peer IP address */
     int preauth;                      /* counted in the pre-auth pool (server_admit.h) */
+    int parked;                       /* an upload waits for a buffer: the socket is not read */
+    int upd_reserved;                 /* an upload has started (header seen) and owns a buffer slot */
+    uint64_t park_seq;                /* order of parking (the oldest resumes first) */
 };
 
 typedef struct mconn_s mconn_t;
@@ -205,6 +209,9 @@ struct plait_server_s {
     plait__admit_t admit;
     size_t preauth_cap;
     size_t n_closing;            /* connections closing (not counted against max_connections) */
+    uint64_t park_seq;           /* last parked connection's sequence number */
+    size_t out_total;            /* ciphertext bytes queued in uv_write requests, all connections */
+    size_t n_parked;             /* connections parked (an upload waiting for a buffer) */
     double rev_swept;
     /* secure aggregation (server_secagg.c): the round's SecAgg+ state, or NULL */
     plait__sa_t *sa;
@@ -276,6 +283,10 @@ void plait__srv_fail_conn(conn_t *c, plait__rej_t why, int code, const char *wir
 void plait__srv_revoke_sweep(plait_server_t *s);
 /** \brief The federation listener's connection callback. */
 void plait__srv_on_conn(uv_stream_t *l, int status);
+/** \brief Update buffers in use: uploads being received plus updates held until training starts. */
+size_t plait__srv_uploads_busy(const plait_server_t *s);
+/** \brief Resume parked uploads, oldest first, while buffers are free (loop thread; tick and reads). */
+void plait__srv_uploads_resume(plait_server_t *s);
 
 /* ---- server_round.c ------------------------------------------------------------ */
 

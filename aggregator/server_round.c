@@ -469,6 +469,7 @@ void plait__srv_handle_update(conn_t *c, const plait_msg_update_chunk_t *u)
             return;
         }
         c->upd_total = expect;
+        c->upd_reserved = 0; /* the slot is c->upd now */
     }
     memcpy(c->upd + c->upd_have, u->words, u->n_words * sizeof(uint32_t));
     c->upd_have += u->n_words;

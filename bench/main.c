@@ -28,6 +28,7 @@ static const command_t commands[] = {
     {"train", "LoRA training tokens/s and peak RSS (stories260K, 15M shape), optionally vs PyTorch", bench_train},
     {"agg", "FedAvg throughput (updates x params / s) and peak RSS vs. number of updates", bench_agg},
     {"secagg", "secure aggregation: client masking, server unmasking vs dropouts, bytes per device", bench_secagg},
+    {"serve", "the real aggregator and N TLS clients: server CPU, wall, bytes per device, peak RSS per round", bench_serve},
 };
 
 double bench_now(void)

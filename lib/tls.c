@@ -335,6 +335,20 @@ int plait_tls_config_client_files(plait_tls_config_t **out, const char *ca_path,
 
 /* ---- BIO over the session's buffers -------------------------------------- */
 
+/* An emptied buffer above this is given back (wiped), so that an idle session
+ * holds no download- or upload-sized ciphertext buffer: a server with a big
+ * cohort keeps N sessions. */
+#define TLS_BUF_KEEP 32768
+
+static void shrink(uint8_t **buf, size_t *cap)
+{
+    if (*cap <= TLS_BUF_KEEP) return;
+    mbedtls_platform_zeroize(*buf, *cap);
+    free(*buf);
+    *buf = NULL;
+    *cap = 0;
+}
+
 static int bio_recv(void *p, unsigned char *buf, size_t len)
 {
     plait_tls_t *s = p;
@@ -344,7 +358,10 @@ static int bio_recv(void *p, unsigned char *buf, size_t len)
     if (n > INT_MAX) n = INT_MAX;
     memcpy(buf, s->in + s->in_off, n);
     s->in_off += n;
-    if (s->in_off == s->in_len) s->in_off = s->in_len = 0;
+    if (s->in_off == s->in_len) {
+        s->in_off = s->in_len = 0;
+        shrink(&s->in, &s->in_cap);
+    }
     return (int)n;
 }
 
@@ -496,7 +513,10 @@ void plait_tls_consume_out(plait_tls_t *s, size_t n)
     size_t pending = s->out_len - s->out_off;
     PLAIT_ASSERT(n <= pending);
     s->out_off += n;
-    if (s->out_off == s->out_len) s->out_off = s->out_len = 0;
+    if (s->out_off == s->out_len) {
+        s->out_off = s->out_len = 0;
+        shrink(&s->out, &s->out_cap);
+    }
 }
 
 /* Alert descriptions (RFC 5246 7.2) that mean "your certificate was refused". */

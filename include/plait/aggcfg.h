@@ -54,6 +54,8 @@ typedef struct {
     uint64_t max_preauth_frame;   /**< largest frame before Hello is accepted (default 4 KiB) */
     uint64_t max_chunk_bytes;     /**< adapter/update bytes per chunk (default 256 KiB) */
     uint64_t max_update_elements; /**< largest update accepted, words (default 2^24) */
+    uint64_t max_uploads_in_flight; /**< update buffers held at once (uploads being received, and updates
+                                         held until training starts); more uploads wait unread (default 16) */
     double auth_timeout_s;        /**< TLS handshake + Hello must finish within this (default 5 s) */
     double idle_timeout_s;        /**< close a connection silent this long (default 90 s, as protocol.md) */
     uint64_t tls_ticket_lifetime_s; /**< session resumption window (default 86400 s; 0 = no tickets) */

@@ -832,6 +832,141 @@ START_TEST(test_limits)
 }
 END_TEST
 
+/* Issue #10 item 5: connection slots after devices leave. libuv accepts the
+ * whole listen backlog before it reads the same iteration's end-of-streams, so
+ * devices that left while the loop was busy, and their successors, were
+ * counted together against max_connections ("165 connections open" for 100
+ * agents). Made deterministic by stopping the server: four selected devices
+ * fill max_connections = 4, the server is stopped, a new device connects
+ * (the listen socket is ready first), the four leave, two more connect; when
+ * the server runs again all three must be admitted and get their tasks. */
+static int open_as(it_client_t *c, const it_dep_t *d, const char *id)
+{
+    char name[64];
+    char *ca = it_read(d, "ca.crt");
+    snprintf(name, sizeof(name), "%s.crt", id);
+    char *crt = it_read(d, name);
+    snprintf(name, sizeof(name), "%s.key", id);
+    char *key = it_read(d, name);
+    int rc = (ca && crt && key) ? it_client_open(c, d->port, ca, crt, key) : PLAIT_ENOENT;
+    free(ca);
+    free(crt);
+    free(key);
+    return rc;
+}
+
+START_TEST(test_slots_after_leave)
+{
+    it_dep_t d;
+    ck_assert_int_eq(it_init(&d, "integ_slots", "max_connections=4", "max_preauth_connections=8",
+                             "max_preauth_per_addr=8", "auth_timeout_s=60", "idle_timeout_s=60", "target_cohort=8",
+                             "min_cohort=2", "overselect=1", "selection_timeout_s=120", "rejoin_grace_s=60",
+                             "secure_agg=false", NULL),
+                     0);
+    char id[32];
+    for (int i = 0; i < 7; i++) {
+        snprintf(id, sizeof(id), "dev%d", i);
+        ck_assert_int_eq(it_enroll(&d, id), 0);
+    }
+    ck_assert_int_eq(it_start(&d, NULL), 0);
+    it_client_t *old[4], *nw[3];
+    plait_msg_task_t t;
+    for (int i = 0; i < 4; i++) {
+        old[i] = malloc(sizeof(*old[i]));
+        snprintf(id, sizeof(id), "dev%d", i);
+        ck_assert_int_eq(client_with_task(old[i], &d, id, &t), 0);
+    }
+    ck_assert_int_eq(kill(d.pid, SIGSTOP), 0);
+    nw[0] = malloc(sizeof(*nw[0]));
+    ck_assert_int_eq(open_as(nw[0], &d, "dev4"), 0); /* in the listen backlog */
+    usleep(100000);
+    for (int i = 0; i < 4; i++) { /* leave without a word: FIN only */
+        it_client_close(old[i]);
+        free(old[i]);
+    }
+    usleep(100000);
+    for (int i = 1; i < 3; i++) {
+        nw[i] = malloc(sizeof(*nw[i]));
+        snprintf(id, sizeof(id), "dev%d", 4 + i);
+        ck_assert_int_eq(open_as(nw[i], &d, id), 0);
+    }
+    usleep(100000);
+    ck_assert_int_eq(kill(d.pid, SIGCONT), 0);
+    for (int i = 0; i < 3; i++) {
+        ck_assert_int_eq(plait_tls_fd_handshake(nw[i]->tls, nw[i]->fd), 0);
+        ck_assert_int_eq(it_hello(nw[i], &d), 0);
+        plait_msg_t m;
+        ck_assert_int_eq(it_recv(nw[i], &m, 10000), 0);
+        ck_assert_int_eq(m.type, PLAIT_MSG_TASK);
+        plait_msg_free(&m);
+    }
+    ck_assert_int_eq(it_log_count(&d, "reason=too_many_connections"), 0);
+    /* The limit still holds against devices that are really there: a fifth is refused. */
+    it_client_t *extra = malloc(sizeof(*extra));
+    ck_assert_int_eq(open_as(extra, &d, "dev3"), 0);
+    it_client_t *extra2 = malloc(sizeof(*extra2));
+    ck_assert_int_eq(open_as(extra2, &d, "dev2"), 0);
+    ck_assert(it_log_wait(&d, "reason=too_many_connections", 5000));
+    it_client_close(extra);
+    it_client_close(extra2);
+    free(extra);
+    free(extra2);
+    for (int i = 0; i < 3; i++) {
+        it_client_close(nw[i]);
+        free(nw[i]);
+    }
+    finish(&d);
+}
+END_TEST
+
+/* Issue #10 item 4: update buffers are bounded by max_uploads_in_flight, not by
+ * the cohort. With one buffer: dev0's update is held until training starts
+ * (it takes the buffer), dev1's upload waits unread; when dev2 completes the
+ * cohort, dev0's update goes in, dev1's upload resumes, and all three are acked
+ * and the round commits. */
+START_TEST(test_uploads_in_flight)
+{
+    it_dep_t d;
+    ck_assert_int_eq(it_init(&d, "integ_inflight", "max_uploads_in_flight=1", "log_level=debug", "target_cohort=3",
+                             "min_cohort=3", "overselect=1", "selection_timeout_s=120", "round_timeout_s=120",
+                             "retry_ms=200", "secure_agg=false", NULL),
+                     0);
+    for (int i = 0; i < 3; i++) {
+        char id[32];
+        snprintf(id, sizeof(id), "dev%d", i);
+        ck_assert_int_eq(it_enroll(&d, id), 0);
+    }
+    ck_assert_int_eq(it_start(&d, NULL), 0);
+    it_client_t *c[2];
+    plait_msg_task_t t;
+    for (int i = 0; i < 2; i++) {
+        char id[32];
+        snprintf(id, sizeof(id), "dev%d", i);
+        c[i] = malloc(sizeof(*c[i]));
+        ck_assert_int_eq(client_with_task(c[i], &d, id, &t), 0);
+        uint32_t *w = it_update_words(&t, 0.001f);
+        ck_assert_ptr_nonnull(w);
+        ck_assert_int_eq(it_upload(c[i], &t, w, (size_t)t.update_elements, (size_t)t.update_elements, 700), 0);
+        free(w);
+        ck_assert(it_log_wait(&d, i == 0 ? "update held until training starts" : "upload waits for an update buffer",
+                              20000));
+    }
+    ck_assert_int_eq(it_log_count(&d, "update held until training starts"), 1); /* dev1's was not read */
+    ck_assert_int_eq(it_participate(&d, "dev2", 0.001f, NULL), 0);
+    for (int i = 0; i < 2; i++) {
+        plait_msg_t m;
+        ck_assert_int_eq(it_recv(c[i], &m, 20000), 0);
+        ck_assert_int_eq(m.type, PLAIT_MSG_ACK);
+        plait_msg_free(&m);
+        it_client_close(c[i]);
+        free(c[i]);
+    }
+    ck_assert(it_log_wait(&d, "round committed round=1 ", 20000));
+    ck_assert(it_log_count(&d, "accepted=3 ") >= 1);
+    finish(&d);
+}
+END_TEST
+
 /* ---- issue #11: hostile hosts, revocation and failed rounds ---------------- */
 
 /* A plain TCP connection to 127.0.0.1:port from source address src (Linux
@@ -1194,6 +1329,8 @@ Suite *server_suite(void)
         {"revoke_mid_round", test_revoke_mid_round},
         {"failed_round_signalled", test_failed_round_signalled},
         {"shutdown_during_ack_wait", test_shutdown_during_ack_wait},
+        {"slots_after_leave", test_slots_after_leave},
+        {"uploads_in_flight", test_uploads_in_flight},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         TCase *tc = tcase_create(cases[i].name);
