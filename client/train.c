@@ -94,6 +94,8 @@ struct plait_trainer_s {
     float *attn_scratch; /* (P, attn_scratch_floats(T, HS)) per-thread attention scratch (attn_scratch_t) */
     float *logits;    /* (P, vc, V) per-thread logit rows */
     double *row_loss; /* (N) per-position loss, summed in order for determinism */
+    const float *prox_ref; /* Ditto proximal reference, indexed like lora->params (borrowed), or NULL */
+    double prox_lambda;    /* its weight lambda: the loss gains lambda/2 ||w - ref||^2 */
     float *rope_cos;  /* (T, HS) cos(pos * freq_i) at 2i and 2i+1 */
     float *rope_sin;  /* (T, HS) -sin at 2i, +sin at 2i+1 */
 
@@ -1149,8 +1151,38 @@ int plait_train_forward_backward(plait_trainer_t *tr, const int32_t *tokens, flo
     if (!isfinite(l))
         return plait_fail(PLAIT_EPROTO, "train: the loss is non-finite (the model or adapter overflows float32)");
     backward(tr);
+    if (tr->prox_ref && tr->prox_lambda > 0.0) {
+        /* The proximal term's gradient lambda (w - ref), a 1/accum_steps share per micro-batch. */
+        double k = tr->prox_lambda / (double)tr->cfg.accum_steps;
+        const float *p = tr->lora->params + tr->goff, *ref = tr->prox_ref + tr->goff;
+        for (size_t i = 0; i < tr->n_grads; i++) tr->grads[i] += (float)(k * ((double)p[i] - (double)ref[i]));
+    }
     tr->n_micro++;
     if (loss) *loss = (float)l;
+    return 0;
+}
+
+int plait_train_set_prox(plait_trainer_t *tr, const float *ref, double lambda)
+{
+    if (!tr) return plait_fail(PLAIT_EINVAL, "train: NULL trainer");
+    if (!(lambda >= 0.0) || !isfinite(lambda) || (lambda > 0.0 && !ref))
+        return plait_fail(PLAIT_EINVAL, "train: proximal lambda must be finite and >= 0, with a reference");
+    tr->prox_ref = lambda > 0.0 ? ref : NULL;
+    tr->prox_lambda = lambda > 0.0 ? lambda : 0.0;
+    return 0;
+}
+
+int plait_train_eval_prefix(plait_trainer_t *tr, const int32_t *tokens, size_t n_pred, double *loss_sum)
+{
+    if (!tr || !tokens || n_pred == 0 || n_pred > tr->T)
+        return plait_fail(PLAIT_EINVAL, "train: prefix eval needs 1..%zu predictions", tr ? tr->T : 0);
+    int rc = check_tokens(tr, tokens, 1);
+    if (rc != 0) return rc;
+    (void)forward(tr, tokens, 1, 0.0f);
+    double sum = 0.0;
+    for (size_t n = 0; n < n_pred; n++) sum += tr->row_loss[n];
+    if (!isfinite(sum)) return plait_fail(PLAIT_EPROTO, "train: prefix eval: non-finite loss");
+    if (loss_sum) *loss_sum = sum;
     return 0;
 }
 
@@ -1220,6 +1252,7 @@ long plait_train_steps_done(const plait_trainer_t *tr) { return tr->steps; }
 double plait_train_last_grad_norm(const plait_trainer_t *tr) { return tr->last_norm; }
 size_t plait_train_memory_bytes(const plait_trainer_t *tr) { return tr->bytes; }
 int plait_train_seq_len(const plait_trainer_t *tr) { return (int)tr->T; }
+int plait_train_batch_size(const plait_trainer_t *tr) { return (int)tr->B; }
 
 void plait_train_reset(plait_trainer_t *tr)
 {
