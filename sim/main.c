@@ -61,7 +61,7 @@ static void usage(FILE *f)
             "  --source S               shakespeare | dir | jsonl (shakespeare)\n"
             "  --max-clients N          keep the first N clients (all)\n"
             "  --eval-clients N         global loss over N clients' held-out data (all)\n"
-            "  --personal-clients N     clients in the personalized loss (8)\n"
+            "  --personal-clients N     clients personalized and compared with global (all)\n"
             "  --eval-every N           evaluate every N rounds (1)\n"
             "  --dropout P, --deadline S  fleet dropout probability (0.05), round deadline in simulated s (15)\n"
             "  --model F, --tokenizer F  base model and tokenizer (shared assets)\n"
