@@ -23,6 +23,7 @@
 #include "plait/gguf.h"
 #include "plait/infer.h"
 #include "plait/ingest.h"
+#include "plait/json.h"
 #include "plait/log.h"
 #include "plait/lora.h"
 #include "plait/model.h"
@@ -336,17 +337,24 @@ static int cmd_info(int argc, char **argv)
 {
     common_t c;
     common_default(&c);
-    static const struct option opts[] = {COMMON_OPTS, {"json", no_argument, 0, OPT_JSON}, {0, 0, 0, 0}};
+    static const struct option opts[] = {COMMON_OPTS, {"json", no_argument, 0, OPT_JSON},
+                                         {"state", required_argument, 0, OPT_STATE}, {0, 0, 0, 0}};
     int json = 0;
+    const char *state = NULL;
     int o;
     while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         if (o == 'h') {
-            printf("usage: plait-agent info --db DB [--json]\n\nPrints how many records the store holds, per split\n"
-                   "(--json: one object {\"records\": N, \"train\": N, \"heldout\": N}).\n");
+            printf("usage: plait-agent info --db DB [--state DIR] [--json]\n\nPrints how many records the store holds, "
+                   "per split\n(--json: one object {\"records\": N, \"train\": N, \"heldout\": N}), and with --state the\n"
+                   "adapter the device serves (global, personal or a mix) and why (\"serving\" in JSON).\n");
             return 0;
         }
         if (o == OPT_JSON) {
             json = 1;
+            continue;
+        }
+        if (o == OPT_STATE) {
+            state = optarg;
             continue;
         }
         int h = common_opt(&c, o, optarg);
@@ -362,12 +370,26 @@ static int cmd_info(int argc, char **argv)
     if (rc == 0) rc = plait_store_count_split(st, PLAIT_STORE_HELDOUT, &held);
     plait_store_close(st);
     if (rc != 0) return die_run(rc);
-    if (json)
-        printf("{\"records\": %lld, \"train\": %lld, \"heldout\": %lld}\n", (long long)total, (long long)train,
+    char serve_path[4096], why[512] = "";
+    int src = state ? plait_agent_serving(state, serve_path, sizeof(serve_path), why, sizeof(why)) : PLAIT_ENOENT;
+    if (state && src != 0 && src != PLAIT_ENOENT) return die_run(src);
+    if (state && src == PLAIT_ENOENT) snprintf(why, sizeof(why), "none chosen yet (after the first round)");
+    if (json) {
+        printf("{\"records\": %lld, \"train\": %lld, \"heldout\": %lld", (long long)total, (long long)train,
                (long long)held);
-    else
+        if (state) {
+            plait_buf_t b;
+            plait_buf_init(&b, 0);
+            plait_buf_json_string(&b, why, strlen(why));
+            printf(", \"serving\": %.*s", (int)b.len, (const char *)b.data);
+            plait_buf_free(&b);
+        }
+        printf("}\n");
+    } else {
         printf("%s: %lld records (%lld train, %lld held out)\n", c.db, (long long)total, (long long)train,
                (long long)held);
+        if (state) printf("serving adapter: %s\n", why);
+    }
     return 0;
 }
 
@@ -863,14 +885,18 @@ static int cmd_generate(int argc, char **argv)
         COMMON_OPTS, {"adapter", required_argument, 0, OPT_ADAPTER}, {"prompt", required_argument, 0, OPT_PROMPT},
         {"temperature", required_argument, 0, OPT_TEMP}, {"top-p", required_argument, 0, OPT_TOPP},
         {"steps", required_argument, 0, OPT_STEPS}, {"seed", required_argument, 0, OPT_SEED},
-        {"unmerged", no_argument, 0, OPT_MERGED}, {0, 0, 0, 0}};
+        {"unmerged", no_argument, 0, OPT_MERGED}, {"state", required_argument, 0, OPT_STATE}, {0, 0, 0, 0}};
+    const char *state = NULL;
+    char serve_path[4096], why[512];
     int o;
     while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         if (o == 'h') {
-            printf("usage: plait-agent generate [--model M] [--tokenizer TOK] [--adapter A] [--prompt TEXT]\n"
+            printf("usage: plait-agent generate [--model M] [--tokenizer TOK] [--adapter A | --state DIR] [--prompt TEXT]\n"
                    "                            [--temperature X] [--top-p X] [--steps N] [--seed N] [--unmerged]\n"
                    "\n"
                    "Samples text as llama2.c does (BOS, then the prompt, then up to --steps positions).\n"
+                   "  --state DIR      the agent's state directory: use the adapter the device serves (chosen\n"
+                   "                   after each round: global, personal or a mix; `info --state` says which)\n"
                    "  --temperature X  0 is greedy (default %g)\n"
                    "  --top-p X        nucleus threshold, 1 disables (default %g)\n"
                    "  --steps N        positions including the prompt (default %d)\n"
@@ -900,10 +926,23 @@ static int cmd_generate(int argc, char **argv)
             if (plait_cli_u64("--seed", optarg, &g.seed) != 0) return die_usage(0);
             break;
         case OPT_MERGED: merged = 0; break;
+        case OPT_STATE: state = optarg; break;
         default: return bad_flag(argv), die_usage(PLAIT_EINVAL);
         }
     }
     if (optind < argc) return plait_fail(PLAIT_EINVAL, "unexpected argument '%.60s'", argv[optind]), die_usage(0);
+    if (state && !c.adapter) {
+        /* The device's serving adapter; none chosen yet: the base model, said so. */
+        int src = plait_agent_serving(state, serve_path, sizeof(serve_path), why, sizeof(why));
+        if (src == 0) {
+            c.adapter = serve_path;
+            fprintf(stderr, "adapter: %s\n", why);
+        } else if (src == PLAIT_ENOENT) {
+            fprintf(stderr, "adapter: none (%s): the base model\n", plait_errmsg());
+        } else {
+            return die_run(src);
+        }
+    }
     engine_t e;
     plait_lora_t lora;
     plait_lora_init(&lora);

@@ -101,6 +101,7 @@ static const key_t_ KEYS[] = {
     {"eval", "personal_val", K_DOUBLE, F(personal_val), 0.05, 0.5},
     {"eval", "personal_lambda", K_DOUBLE, F(personal_lambda), 0, 1e6},
     {"eval", "personal_every", K_INT, F(personal_every), 1, 100000},
+    {"eval", "personal_lr", K_DOUBLE, F(personal_lr), 0, 10},
     {"eval", "every", K_INT, F(eval_every), 1, 1000000},
     {"eval", "centralized", K_BOOL, F(centralized), 0, 0},
     {"eval", "centralized_only", K_BOOL, F(centralized_only), 0, 0},
@@ -178,6 +179,7 @@ void plait_sim_config_default(plait_sim_config_t *c, const char *assets)
     c->personal_val = 0.15;         /* the last 15% of each client's training tokens validate */
     c->personal_lambda = 0;         /* Ditto off */
     c->personal_every = 5;
+    c->personal_lr = 0;             /* = local.lr */
     c->fedsa_lambda = 0;
     c->eval_every = 1;
     c->centralized = false;         /* no centralized baseline */

@@ -67,7 +67,7 @@ static void usage(FILE *f)
             "  --model F, --tokenizer F  base model and tokenizer (shared assets)\n"
             "  --centralized            also train one adapter on the pooled training data (the baseline)\n"
             "  --centralized-only       only that baseline, no federated rounds\n"
-            "  --centralized-steps N    its steps (rounds x clients-per-round x local steps)\n"
+            "  --centralized-steps N    its steps (10000, at batch 16: eval.centralized_batch)\n"
             "  --mode M                 inprocess | network (inprocess): network runs a real plait-aggregator\n"
             "                           and plait-agent processes over loopback TLS\n"
             "  --aggregator-bin F, --agent-bin F  network mode's binaries (default: this build tree)\n"

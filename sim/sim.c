@@ -83,6 +83,7 @@ typedef struct {
     float *diff;       /* (P) */
     int32_t *batch;    /* (B, T + 1) */
     float *ref;        /* (n_params) the adapter personalization starts from */
+    plait_trainer_t *ptr; /* personalization's trainer (eval.personal_lr) over lora; NULL: tr */
 } worker_t;
 
 typedef struct {
@@ -193,8 +194,8 @@ static int start_adapter(sim_t *s, worker_t *w, size_t client, int zero_b)
 /* Validated personalization (personal.h) of the worker's adapter from w->ref on a client's training text:
  * split off the validation tail, fine-tune with early stopping, choose. A text too short to validate keeps
  * the reference. */
-static int personalize(sim_t *s, worker_t *w, const plait_corpus_t *train, int steps, double lambda, uint64_t stream,
-                       plait_personal_result_t *pr)
+static int personalize(sim_t *s, worker_t *w, plait_trainer_t *tr_, const plait_corpus_t *train, int steps,
+                       double lambda, uint64_t stream, plait_personal_result_t *pr)
 {
     const plait_sim_config_t *cfg = s->cfg;
     memset(pr, 0, sizeof(*pr));
@@ -215,7 +216,7 @@ static int personalize(sim_t *s, worker_t *w, const plait_corpus_t *train, int s
     plait_rng_wipe(&r);
     int rc = plait_personal_split(train, cfg->personal_val, cfg->seq_len, &tr, &val);
     if (rc == 0) rc = plait_personal_fill(&tr, cfg->seq_len);
-    if (rc == 0) rc = plait_personal_fit(w->tr, &w->lora, w->ref, &tr, &val, &pc, pr);
+    if (rc == 0) rc = plait_personal_fit(tr_, &w->lora, w->ref, &tr, &val, &pc, pr);
     plait_corpus_free(&tr);
     plait_corpus_free(&val);
     return rc;
@@ -255,7 +256,7 @@ static int do_train(sim_t *s, worker_t *w, job_t *j)
          * stopping, the choice of personal.h), with a proximal pull toward the B it started from. */
         plait_personal_result_t pr;
         memcpy(w->ref, w->lora.params, w->lora.n_params * sizeof(float));
-        rc = personalize(s, w, &train, steps, cfg->fedsa_lambda, stream, &pr);
+        rc = personalize(s, w, w->tr, &train, steps, cfg->fedsa_lambda, stream, &pr);
         j->loss = pr.train_loss;
     } else {
         if (rc == 0) rc = plait_personal_fill(&train, cfg->seq_len);
@@ -306,7 +307,7 @@ static int do_eval(sim_t *s, worker_t *w, job_t *j)
         rc = plait_personal_eval(&held, w->tr, cfg->eval_windows, &j->loss_global, NULL);
         int steps = cfg->personal_steps > 0 ? cfg->personal_steps : 4 * local_steps_for(cfg, &s->pop.clients[i]);
         if (rc == 0)
-            rc = personalize(s, w, &train, steps, cfg->personal_lambda,
+            rc = personalize(s, w, w->ptr ? w->ptr : w->tr, &train, steps, cfg->personal_lambda,
                              plait__sim_stream(PLAIT__SIM_RNG_PERSONAL, (uint64_t)s->cur_round, i), &pr);
         j->mix = pr.mix;
     }
@@ -452,6 +453,7 @@ static void sim_free(sim_t *s)
     if (s->w)
         for (int k = 0; k < s->nw; k++) {
             plait_train_destroy(s->w[k].tr);
+            plait_train_destroy(s->w[k].ptr);
             plait_lora_free(&s->w[k].lora);
             free(s->w[k].diff);
             free(s->w[k].batch);
@@ -548,6 +550,11 @@ static int setup(sim_t *s, const plait_sim_config_t *cfg)
         plait_lora_init(&w->lora);
         if ((rc = plait_lora_setup(&w->lora, &s->model.cfg, &lc)) != 0) return rc;
         if ((rc = plait_train_create(&w->tr, &s->model, &w->lora, &tc)) != 0) return rc;
+        if (cfg->personal_lr > 0 && cfg->personal_lr != cfg->lr) {
+            plait_train_config_t pc = tc;
+            pc.lr = cfg->personal_lr;
+            if ((rc = plait_train_create(&w->ptr, &s->model, &w->lora, &pc)) != 0) return rc;
+        }
         w->diff = malloc(s->len * sizeof(float));
         w->batch = malloc((size_t)cfg->batch * ((size_t)cfg->seq_len + 1) * sizeof(int32_t));
         w->ref = malloc(w->lora.n_params * sizeof(float));

@@ -50,7 +50,7 @@ typedef enum {
     PLAIT_PERSONAL_MIX = 2     /**< (1 - mix) reference + mix fine-tuned */
 } plait_personal_kind_t;
 
-typedef struct {
+typedef struct plait_personal_result_s {
     plait_personal_kind_t kind;
     double mix;           /**< a of the chosen adapter: 0 reference, 1 fine-tuned */
     double val_global;    /**< validation loss (nats/token) of the reference */

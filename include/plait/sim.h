@@ -127,6 +127,7 @@ typedef struct {
     double personal_val;             /**< share of a client's training tokens held for validation (default 0.15) */
     double personal_lambda;          /**< Ditto proximal weight toward the global adapter (default 0: off) */
     int personal_every;              /**< validate every k fine-tuning steps (default 5) */
+    double personal_lr;              /**< their AdamW learning rate; 0 = local.lr (default 0) */
     double fedsa_lambda;             /**< FedSA-LoRA: proximal weight of a client's local training toward the
                                           adapter it started from (its own B) (default 0) */
     int eval_every;                  /**< evaluate every k rounds (and the last) (default 1) */
