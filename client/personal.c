@@ -130,6 +130,32 @@ int plait_personal_eval(const plait_corpus_t *c, plait_trainer_t *tr, size_t max
     return 0;
 }
 
+int plait_personal_eval_windows(const plait_corpus_t *c, plait_trainer_t *tr, size_t max_windows, double *losses,
+                                size_t cap, size_t *n_windows)
+{
+    if (!c || !tr || !losses || cap == 0 || !n_windows) return plait_fail(PLAIT_EINVAL, "personal eval: bad arguments");
+    *n_windows = 0;
+    size_t T = (size_t)plait_train_seq_len(tr);
+    if (c->n < T + 1) {
+        size_t nt = 0;
+        int rc = plait_personal_eval(c, tr, 0, &losses[0], &nt);
+        if (rc == 0) *n_windows = 1;
+        return rc;
+    }
+    size_t nw = plait_corpus_n_windows(c, (int)T);
+    if (max_windows && nw > max_windows) nw = max_windows;
+    if (nw > cap) nw = cap;
+    for (size_t w = 0; w < nw; w++) {
+        float l;
+        int rc = plait_train_eval_loss(tr, c->tokens + w * T, 1, &l);
+        if (rc != 0) return rc;
+        if (!isfinite(l)) return plait_fail(PLAIT_EPROTO, "personal eval: non-finite loss on window %zu", w);
+        losses[w] = (double)l;
+    }
+    *n_windows = nw;
+    return 0;
+}
+
 int plait_personal_fit(plait_trainer_t *tr, plait_lora_t *lora, const float *ref, const plait_corpus_t *train,
                        const plait_corpus_t *val, const plait_personal_config_t *cfg, plait_personal_result_t *res)
 {

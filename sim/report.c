@@ -348,6 +348,8 @@ static void dist_row(plait_buf_t *md, plait_buf_t *csv, const char *what, const 
  * global: negative is better), the share improved, the worst device, and how many kept the global adapter. */
 typedef struct {
     size_t n, improved, worse, kept_global, mixed;
+    size_t beyond;   /* clients worse by more than 2 standard errors of their own paired estimate */
+    size_t no_se;    /* clients with one held-out window: no standard error */
     double p10, p50, p90, worst, mean_rel; /* mean_rel: token-weighted (personal - global) / global */
     double worst_z;  /* the worst difference in standard errors of its held-out estimate */
 } lfl_t;
@@ -375,10 +377,15 @@ static int like_for_like(const plait_sim_result_t *res, lfl_t *o)
         sp += p * (double)t;
         sg += g * (double)t;
         if (di > o->worst) o->worst = di;
-        /* Noise of a per-token mean over t tokens: the per-token loss spreads by about its mean (a rough
-         * standard deviation for cross-entropy), so the standard error is about g / sqrt(t). */
-        double z = di / (g / sqrt((double)t));
-        if (z > o->worst_z) o->worst_z = z;
+        /* Noise: the spread of the paired per-window differences (res->client_se). */
+        double se = res->client_se ? res->client_se[i] : NAN;
+        if (!isfinite(se)) {
+            o->no_se++;
+        } else if (di > 0) {
+            double z = se > 0 ? di / se : INFINITY;
+            if (z > o->worst_z) o->worst_z = z;
+            o->beyond += z > 2.0;
+        }
     }
     if (o->n > 0) {
         qsort(d, o->n, sizeof(double), cmp_double);
@@ -529,12 +536,14 @@ int plait__sim_write_outputs(const plait_sim_config_t *cfg, const plait_sim_resu
                          "adapter the device chose (global, personal, or a mix, on a validation tail of its own "
                          "training text) on the same held-out data, round %d. Difference personalized − global "
                          "(negative: personalization helped):\n\n| clients | mean (token-weighted) | p10 | median "
-                         "| p90 | worst device | worst, in standard errors | improved | worse | kept global | mix "
-                         "|\n|---|---|---|---|---|---|---|---|---|---|---|\n| %zu | %+.2f%% | %+.4f | %+.4f | %+.4f | "
-                         "%+.4f | %+.2f | %.0f%% | %zu | %zu | %zu |\n\nThe standard error of a client's held-out "
-                         "loss is taken as its loss / √tokens.\n\n",
-                         lf.n, last->round, lf.n, 100.0 * lf.mean_rel, lf.p10, lf.p50, lf.p90, lf.worst, lf.worst_z,
-                         100.0 * (double)lf.improved / (double)lf.n, lf.worse, lf.kept_global, lf.mixed);
+                         "| p90 | worst device | worst, in standard errors | improved | worse | worse by > 2 SE | kept "
+                         "global | mix |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n| %zu | %+.2f%% | %+.4f | "
+                         "%+.4f | %+.4f | %+.4f | %+.2f | %.0f%% | %zu | %zu | %zu | %zu |\n\nA client's standard "
+                         "error: the spread of its per-window differences (personalized − global on the same "
+                         "held-out windows) over √windows; %zu clients with a single window have none.\n\n",
+                         lf.n, last->round, lf.n, 100.0 * lf.mean_rel, lf.p10, lf.p50, lf.p90, lf.worst,
+                         isfinite(lf.worst_z) ? lf.worst_z : 0.0, 100.0 * (double)lf.improved / (double)lf.n,
+                         lf.worse, lf.beyond, lf.kept_global, lf.mixed, lf.no_se);
     }
     plait_buf_printf(&md, "## Rounds\n\n| round | ok | clients | dropouts | stragglers | global loss | ppl | "
                           "personal loss | ε | up kB | down kB | sim s | wall s |\n"
@@ -571,8 +580,8 @@ int plait__sim_write_outputs(const plait_sim_config_t *cfg, const plait_sim_resu
         json_num(&sj, "worst", lf.worst);
         json_num(&sj, "worst_se", lf.worst_z);
         json_num(&sj, "improved_share", (double)lf.improved / (double)lf.n);
-        plait_buf_printf(&sj, ",\"worse\":%zu,\"kept_global\":%zu,\"mixed\":%zu}", lf.worse, lf.kept_global,
-                         lf.mixed);
+        plait_buf_printf(&sj, ",\"worse\":%zu,\"worse_beyond_2se\":%zu,\"kept_global\":%zu,\"mixed\":%zu}",
+                         lf.worse, lf.beyond, lf.kept_global, lf.mixed);
     }
     plait_buf_printf(&sj, ",\"centralized_steps\":%d,\"eval_tokens\":%zu,\"checksum\":\"%016llx\"}\n",
                      res->centralized_steps, res->eval_tokens, (unsigned long long)res->checksum);

@@ -75,6 +75,7 @@ typedef struct {
     size_t tokens;     /* held-out tokens evaluated */
     double loss_global; /* PERSONAL: the starting (global) adapter on the same held-out data */
     double mix;        /* PERSONAL: the chosen adapter, 0 global .. 1 personal */
+    double se;         /* PERSONAL: standard error of loss - loss_global from paired windows (NAN: one window) */
 } job_t;
 
 typedef struct {
@@ -84,7 +85,22 @@ typedef struct {
     int32_t *batch;    /* (B, T + 1) */
     float *ref;        /* (n_params) the adapter personalization starts from */
     plait_trainer_t *ptr; /* personalization's trainer (eval.personal_lr) over lora; NULL: tr */
+    double *wl_g, *wl_p;  /* (SE_WINDOWS) per-window held-out losses, global and chosen */
 } worker_t;
+
+/* At most this many held-out windows pair up for a client's standard error. */
+#define SE_WINDOWS 256
+
+/* Standard error of the mean of b - a over n paired windows (NAN for n < 2). */
+static double paired_se(const double *a, const double *b, size_t n)
+{
+    if (n < 2) return NAN;
+    double m = 0, ss = 0;
+    for (size_t i = 0; i < n; i++) m += b[i] - a[i];
+    m /= (double)n;
+    for (size_t i = 0; i < n; i++) ss += (b[i] - a[i] - m) * (b[i] - a[i] - m);
+    return sqrt(ss / (double)(n - 1) / (double)n);
+}
 
 typedef struct {
     const plait_sim_config_t *cfg;
@@ -305,11 +321,15 @@ static int do_eval(sim_t *s, worker_t *w, job_t *j)
         plait_personal_result_t pr;
         memcpy(w->ref, w->lora.params, w->lora.n_params * sizeof(float));
         rc = plait_personal_eval(&held, w->tr, cfg->eval_windows, &j->loss_global, NULL);
+        size_t ng = 0, np = 0;
+        if (rc == 0) rc = plait_personal_eval_windows(&held, w->tr, cfg->eval_windows, w->wl_g, SE_WINDOWS, &ng);
         int steps = cfg->personal_steps > 0 ? cfg->personal_steps : 4 * local_steps_for(cfg, &s->pop.clients[i]);
         if (rc == 0)
             rc = personalize(s, w, w->ptr ? w->ptr : w->tr, &train, steps, cfg->personal_lambda,
                              plait__sim_stream(PLAIT__SIM_RNG_PERSONAL, (uint64_t)s->cur_round, i), &pr);
         j->mix = pr.mix;
+        if (rc == 0) rc = plait_personal_eval_windows(&held, w->tr, cfg->eval_windows, w->wl_p, SE_WINDOWS, &np);
+        j->se = rc == 0 && np == ng ? paired_se(w->wl_g, w->wl_p, np) : NAN;
     }
     if (rc == 0) rc = plait_personal_eval(&held, w->tr, cfg->eval_windows, &j->loss, &j->tokens);
     plait_corpus_free(&train);
@@ -355,7 +375,7 @@ static int evaluate_each(sim_t *s, const size_t *ids, size_t n, int kind, double
 /* The personalized evaluation: the chosen adapters' token-weighted loss into *loss, the global adapter's on the
  * same clients into *gloss; per client (arrays of n, may be NULL) both losses, the mix and the tokens. */
 static int evaluate_personal(sim_t *s, double *loss, double *gloss, double *each, double *each_g, double *mix,
-                             size_t *toks)
+                             size_t *toks, double *se)
 {
     size_t n = s->n_pers;
     *loss = *gloss = NAN;
@@ -374,6 +394,7 @@ static int evaluate_personal(sim_t *s, double *loss, double *gloss, double *each
         if (each_g) each_g[k] = jobs[k].loss_global;
         if (mix) mix[k] = jobs[k].mix;
         if (toks) toks[k] = jobs[k].tokens;
+        if (se) se[k] = jobs[k].se;
     }
     free(jobs);
     if (rc == 0 && tok > 0) {
@@ -458,6 +479,8 @@ static void sim_free(sim_t *s)
             free(s->w[k].diff);
             free(s->w[k].batch);
             free(s->w[k].ref);
+            free(s->w[k].wl_g);
+            free(s->w[k].wl_p);
         }
     free(s->w);
     plait_pool_destroy(s->pool);
@@ -558,7 +581,10 @@ static int setup(sim_t *s, const plait_sim_config_t *cfg)
         w->diff = malloc(s->len * sizeof(float));
         w->batch = malloc((size_t)cfg->batch * ((size_t)cfg->seq_len + 1) * sizeof(int32_t));
         w->ref = malloc(w->lora.n_params * sizeof(float));
-        if (!w->diff || !w->batch || !w->ref) return plait_fail(PLAIT_ENOMEM, "sim: worker buffers");
+        w->wl_g = malloc(SE_WINDOWS * sizeof(double));
+        w->wl_p = malloc(SE_WINDOWS * sizeof(double));
+        if (!w->diff || !w->batch || !w->ref || !w->wl_g || !w->wl_p)
+            return plait_fail(PLAIT_ENOMEM, "sim: worker buffers");
     }
     size_t want = (size_t)ceil((double)cfg->clients_per_round * cfg->overselect);
     s->slab = malloc(want * (s->len + 1) * sizeof(uint32_t));
@@ -722,7 +748,7 @@ static int eval_round(sim_t *s, plait_sim_round_t *m, plait_sim_result_t *res)
     int rc = evaluate_each(s, s->eval_ids, s->n_eval, JOB_EVAL, &m->global_loss, &tok, res->client_global);
     if (rc == 0)
         rc = evaluate_personal(s, &m->personal_loss, &m->personal_global_loss, res->client_personal,
-                               res->client_pglobal, res->client_mix, res->client_tokens);
+                               res->client_pglobal, res->client_mix, res->client_tokens, res->client_se);
     m->global_ppl = exp(m->global_loss);
     m->personal_ppl = exp(m->personal_loss);
     return rc;
@@ -781,6 +807,8 @@ void plait_sim_result_free(plait_sim_result_t *res)
     free(res->client_pglobal);
     free(res->client_mix);
     free(res->client_tokens);
+    free(res->client_se);
+    res->client_se = NULL;
     res->client_base = res->client_global = res->client_local = res->client_personal = NULL;
     res->client_pglobal = res->client_mix = NULL;
     res->client_tokens = NULL;
@@ -827,8 +855,9 @@ int plait_sim_run(const plait_sim_config_t *cfg, plait_sim_result_t *out)
     res.client_pglobal = calloc(s.n_pers ? s.n_pers : 1, sizeof(double));
     res.client_mix = calloc(s.n_pers ? s.n_pers : 1, sizeof(double));
     res.client_tokens = calloc(s.n_pers ? s.n_pers : 1, sizeof(size_t));
+    res.client_se = calloc(s.n_pers ? s.n_pers : 1, sizeof(double));
     if (!res.client_base || !res.client_global || !res.client_local || !res.client_personal || !res.client_pglobal ||
-        !res.client_mix || !res.client_tokens) {
+        !res.client_mix || !res.client_tokens || !res.client_se) {
         rc = plait_fail(PLAIT_ENOMEM, "sim: per-client losses");
         goto exit;
     }
@@ -843,7 +872,7 @@ int plait_sim_run(const plait_sim_config_t *cfg, plait_sim_result_t *out)
     m0->global_loss = res.base_loss;
     m0->global_ppl = exp(res.base_loss);
     if ((rc = evaluate_personal(&s, &m0->personal_loss, &m0->personal_global_loss, res.client_local,
-                                res.client_pglobal, res.client_mix, res.client_tokens)) != 0)
+                                res.client_pglobal, res.client_mix, res.client_tokens, res.client_se)) != 0)
         goto exit;
     memcpy(res.client_personal, res.client_local, s.n_pers * sizeof(double));
     m0->personal_ppl = exp(m0->personal_loss);

@@ -100,6 +100,18 @@ int plait_personal_eval(const plait_corpus_t *c, plait_trainer_t *tr, size_t max
                         size_t *n_tokens /* OUT, may be NULL */) PLAIT_WUR;
 
 /**
+ * \brief Per-window held-out losses of the trainer's adapter on c, the
+ *        windows of plait_personal_eval (at most max_windows of T, or one
+ *        partial window), each its mean loss per token, into
+ *        losses[0..*n_windows) (at most cap; the rest are not evaluated).
+ *        Two adapters evaluated this way pair window by window: the spread
+ *        of the differences gives the noise of a difference of losses.
+ * \return 0; PLAIT_EINVAL (fewer than 2 tokens, cap 0); an evaluation error.
+ */
+int plait_personal_eval_windows(const plait_corpus_t *c, plait_trainer_t *tr, size_t max_windows, double *losses,
+                                size_t cap, size_t *n_windows /* OUT */) PLAIT_WUR;
+
+/**
  * \brief Fit and choose (steps 2 and 3 above). tr must be a trainer over
  *        lora; on return lora->params holds the chosen adapter and the
  *        trainer is reset with no proximal term.

@@ -289,6 +289,8 @@ typedef struct {
     double *client_pglobal;    /**< (n_pers_clients) the global adapter on the same clients, same round */
     double *client_mix;        /**< (n_pers_clients) the chosen adapter: 0 global, 1 personal, else the mix a */
     size_t *client_tokens;     /**< (n_pers_clients) held-out predictions of each of them */
+    double *client_se;         /**< (n_pers_clients) standard error of personal - global from paired held-out
+                                    windows (NAN for a client with one window) */
 } plait_sim_result_t;
 
 /** \brief Free a result's arrays. NULL is safe. */

@@ -168,6 +168,20 @@ START_TEST(test_prefix_eval)
     ck_assert_int_eq(plait_personal_eval(&c, f.tr, 0, &l, &n), 0);
     ck_assert_uint_eq(n, 5);
     ck_assert_double_eq_tol(l, a / 5, 1e-9);
+    double wl[64];
+    size_t nw;
+    ck_assert_int_eq(plait_personal_eval_windows(&c, f.tr, 0, wl, 64, &nw), 0);
+    ck_assert_uint_eq(nw, 1);
+    ck_assert_double_eq_tol(wl[0], l, 1e-12);
+    /* Whole windows: their mean is the corpus loss. */
+    ck_assert_int_eq(plait_personal_eval(&f.text, f.tr, 10, &l, &n), 0);
+    ck_assert_int_eq(plait_personal_eval_windows(&f.text, f.tr, 10, wl, 64, &nw), 0);
+    ck_assert_uint_eq(nw, 10);
+    double m = 0;
+    for (size_t i = 0; i < nw; i++) m += wl[i] / (double)nw;
+    ck_assert_double_eq_tol(m, l, 1e-5);
+    ck_assert_int_eq(plait_personal_eval_windows(&f.text, f.tr, 10, wl, 3, &nw), 0);
+    ck_assert_uint_eq(nw, 3);
     c.n = 1;
     ck_assert_int_eq(plait_personal_eval(&c, f.tr, 0, &l, &n), PLAIT_EINVAL);
     plait_corpus_free(&c);
