@@ -591,6 +591,7 @@ static int setup(sim_t *s, const plait_sim_config_t *cfg)
     s->eval_ids = sample_ids(cfg->seed, PLAIT__SIM_RNG_EVAL, s->pop.n, cfg->eval_clients);
     s->n_eval = cfg->eval_clients && cfg->eval_clients < s->pop.n ? cfg->eval_clients : s->pop.n;
     s->n_pers = cfg->personal_clients < s->pop.n ? cfg->personal_clients : s->pop.n;
+    if (cfg->centralized_only) s->n_pers = 0; /* only the baseline: no personalization to measure */
     s->pers_ids = s->n_pers ? sample_ids(cfg->seed, PLAIT__SIM_RNG_PERSONAL, s->pop.n, s->n_pers) : NULL;
     if (!s->slab || !s->eval_ids || (s->n_pers && !s->pers_ids)) return plait_fail(PLAIT_ENOMEM, "sim: samples");
     return 0;
