@@ -100,7 +100,8 @@ static const key_t_ KEYS[] = {
     {"eval", "personal_steps", K_INT, F(personal_steps), 0, 100000},
     {"eval", "personal_val", K_DOUBLE, F(personal_val), 0.05, 0.5},
     {"eval", "personal_lambda", K_DOUBLE, F(personal_lambda), 0, 1e6},
-    {"eval", "personal_every", K_INT, F(personal_every), 1, 100000},
+    {"eval", "personal_val_every", K_INT, F(personal_val_every), 1, 100000},
+    {"eval", "personal_rounds", K_INT, F(personal_rounds), 0, 1000000},
     {"eval", "personal_lr", K_DOUBLE, F(personal_lr), 0, 10},
     {"eval", "every", K_INT, F(eval_every), 1, 1000000},
     {"eval", "centralized", K_BOOL, F(centralized), 0, 0},
@@ -175,11 +176,12 @@ void plait_sim_config_default(plait_sim_config_t *c, const char *assets)
     c->eval_clients = 0;            /* all */
     c->eval_windows = 8;            /* 256 tokens per client at T = 32 */
     c->personal_clients = 1000000000; /* all: like for like with the global loss */
-    c->personal_steps = 0;          /* = 4 · local steps, early-stopped on validation */
+    c->personal_steps = 0;          /* = 16 · local steps, early-stopped on validation */
     c->personal_val = 0.15;         /* the last 15% of each client's training tokens validate */
     c->personal_lambda = 0;         /* Ditto off */
-    c->personal_every = 5;
-    c->personal_lr = 0;             /* = local.lr */
+    c->personal_val_every = 10;
+    c->personal_rounds = 0;         /* round 0 and the last: all clients cost minutes per evaluation */
+    c->personal_lr = 3e-4;          /* tuned (docs/researcher-guide.md, experiment 4) */
     c->fedsa_lambda = 0;
     c->eval_every = 1;
     c->centralized = false;         /* no centralized baseline */

@@ -223,7 +223,7 @@ static int personalize(sim_t *s, worker_t *w, plait_trainer_t *tr_, const plait_
     plait_personal_config_t pc = plait_personal_config_default();
     pc.val_fraction = cfg->personal_val;
     pc.max_steps = steps;
-    pc.eval_every = cfg->personal_every;
+    pc.eval_every = cfg->personal_val_every;
     pc.prox_lambda = lambda;
     pc.val_windows = 0;
     plait_rng_t r;
@@ -323,7 +323,7 @@ static int do_eval(sim_t *s, worker_t *w, job_t *j)
         rc = plait_personal_eval(&held, w->tr, cfg->eval_windows, &j->loss_global, NULL);
         size_t ng = 0, np = 0;
         if (rc == 0) rc = plait_personal_eval_windows(&held, w->tr, cfg->eval_windows, w->wl_g, SE_WINDOWS, &ng);
-        int steps = cfg->personal_steps > 0 ? cfg->personal_steps : 4 * local_steps_for(cfg, &s->pop.clients[i]);
+        int steps = cfg->personal_steps > 0 ? cfg->personal_steps : 16 * local_steps_for(cfg, &s->pop.clients[i]);
         if (rc == 0)
             rc = personalize(s, w, w->ptr ? w->ptr : w->tr, &train, steps, cfg->personal_lambda,
                              plait__sim_stream(PLAIT__SIM_RNG_PERSONAL, (uint64_t)s->cur_round, i), &pr);
@@ -747,7 +747,8 @@ static int eval_round(sim_t *s, plait_sim_round_t *m, plait_sim_result_t *res)
 {
     size_t tok;
     int rc = evaluate_each(s, s->eval_ids, s->n_eval, JOB_EVAL, &m->global_loss, &tok, res->client_global);
-    if (rc == 0)
+    int last = m->round == s->cfg->rounds, every = s->cfg->personal_rounds;
+    if (rc == 0 && (last || (every > 0 && m->round % every == 0)))
         rc = evaluate_personal(s, &m->personal_loss, &m->personal_global_loss, res->client_personal,
                                res->client_pglobal, res->client_mix, res->client_tokens, res->client_se);
     m->global_ppl = exp(m->global_loss);

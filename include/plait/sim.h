@@ -122,12 +122,14 @@ typedef struct {
     size_t eval_windows;             /**< windows of seq_len per client at most; 0 = all (default 8) */
     size_t personal_clients;         /**< clients personalized and compared with the global adapter on their
                                           own held-out data; at least the population = all (default 1e9: all) */
-    int personal_steps;              /**< their fine-tuning budget (early-stopped on validation); 0 = 4 ·
+    int personal_steps;              /**< their fine-tuning budget (early-stopped on validation); 0 = 16 ·
                                           local steps (default 0) */
     double personal_val;             /**< share of a client's training tokens held for validation (default 0.15) */
     double personal_lambda;          /**< Ditto proximal weight toward the global adapter (default 0: off) */
-    int personal_every;              /**< validate every k fine-tuning steps (default 5) */
-    double personal_lr;              /**< their AdamW learning rate; 0 = local.lr (default 0) */
+    int personal_val_every;          /**< validate every k fine-tuning steps (default 10) */
+    int personal_rounds;             /**< personalize at round 0, the last evaluated round and, when > 0, every
+                                          evaluated round that is a multiple of this (default 0) */
+    double personal_lr;              /**< their AdamW learning rate; 0 = local.lr (default 3e-4) */
     double fedsa_lambda;             /**< FedSA-LoRA: proximal weight of a client's local training toward the
                                           adapter it started from (its own B) (default 0) */
     int eval_every;                  /**< evaluate every k rounds (and the last) (default 1) */
