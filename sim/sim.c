@@ -210,8 +210,8 @@ static int start_adapter(sim_t *s, worker_t *w, size_t client, int zero_b)
 /* Validated personalization (personal.h) of the worker's adapter from w->ref on a client's training text:
  * split off the validation tail, fine-tune with early stopping, choose. A text too short to validate keeps
  * the reference. */
-static int personalize(sim_t *s, worker_t *w, plait_trainer_t *tr_, const plait_corpus_t *train, int steps,
-                       double lambda, uint64_t stream, plait_personal_result_t *pr)
+static int personalize(sim_t *s, worker_t *w, plait_trainer_t *tr_, int round_training, const plait_corpus_t *train,
+                       int steps, double lambda, uint64_t stream, plait_personal_result_t *pr)
 {
     const plait_sim_config_t *cfg = s->cfg;
     memset(pr, 0, sizeof(*pr));
@@ -224,6 +224,8 @@ static int personalize(sim_t *s, worker_t *w, plait_trainer_t *tr_, const plait_
     pc.val_fraction = cfg->personal_val;
     pc.max_steps = steps;
     pc.eval_every = cfg->personal_val_every;
+    if (round_training && pc.eval_every > (steps > 1 ? steps / 2 : 1))
+        pc.eval_every = steps > 1 ? steps / 2 : 1; /* FedSA's local training: validate at least twice */
     pc.prox_lambda = lambda;
     pc.val_windows = 0;
     plait_rng_t r;
@@ -272,7 +274,7 @@ static int do_train(sim_t *s, worker_t *w, job_t *j)
          * stopping, the choice of personal.h), with a proximal pull toward the B it started from. */
         plait_personal_result_t pr;
         memcpy(w->ref, w->lora.params, w->lora.n_params * sizeof(float));
-        rc = personalize(s, w, w->tr, &train, steps, cfg->fedsa_lambda, stream, &pr);
+        rc = personalize(s, w, w->tr, 1, &train, steps, cfg->fedsa_lambda, stream, &pr);
         j->loss = pr.train_loss;
     } else {
         if (rc == 0) rc = plait_personal_fill(&train, cfg->seq_len);
@@ -325,7 +327,7 @@ static int do_eval(sim_t *s, worker_t *w, job_t *j)
         if (rc == 0) rc = plait_personal_eval_windows(&held, w->tr, cfg->eval_windows, w->wl_g, SE_WINDOWS, &ng);
         int steps = cfg->personal_steps > 0 ? cfg->personal_steps : 16 * local_steps_for(cfg, &s->pop.clients[i]);
         if (rc == 0)
-            rc = personalize(s, w, w->ptr ? w->ptr : w->tr, &train, steps, cfg->personal_lambda,
+            rc = personalize(s, w, w->ptr ? w->ptr : w->tr, 0, &train, steps, cfg->personal_lambda,
                              plait__sim_stream(PLAIT__SIM_RNG_PERSONAL, (uint64_t)s->cur_round, i), &pr);
         j->mix = pr.mix;
         if (rc == 0) rc = plait_personal_eval_windows(&held, w->tr, cfg->eval_windows, w->wl_p, SE_WINDOWS, &np);
