@@ -59,6 +59,7 @@ int plait__agent_serve_choose(const plait_model_t *m, const plait_lora_t *ref, c
         pc.max_steps = steps > 0 ? steps : 1;
         pc.eval_every = pc.max_steps >= 20 ? 5 : (pc.max_steps + 3) / 4;
         pc.seed = seed;
+        pc.val_windows = 64; /* a large store's tail: 64 windows validate well enough, at bounded cost */
         rc = plait_personal_fit(tr, &l, ref->params, &tpart, &val, &pc, res);
     }
     if (rc == 0) rc = plait_adapter_save_mem(&l, m->sha256, &img, &len);
