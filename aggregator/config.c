@@ -9,7 +9,8 @@
  * Input here is untrusted in the ordinary sense (an operator's typo must give
  * a line number, not a crash): every line is bounded, every number is parsed
  * whole with its range checked, and strings are bounded by
- * PLAIT_AGGCFG_STR_MAX. Cross-field rules live in plait_aggcfg_validate().
+ * PLAIT_AGGCFG_STR_MAX. plait_aggcfg_validate() checks the words of the
+ * string settings that take a few (CHOICES) and the cross-field rules.
  */
 #include "plait/aggcfg.h"
 #include "plait/ddg.h"
@@ -316,26 +317,46 @@ int plait_aggcfg_set(plait_aggcfg_t *c, const char *kv)
     return 0;
 }
 
-static int one_of(const char *v, const char *const *names)
+/* String settings that take one of a few words, in SETTINGS order: plait_aggcfg_validate() refuses any
+ * other value with "<name>: '<value>' is not a, b or c". */
+static const struct {
+    const char *name;
+    const char *const words[5]; /* NULL-terminated */
+} CHOICES[] = {
+    {"lora_mode", {"ffa", "fedit", "fedsa", NULL}},
+    {"server_opt", {"fedavg", "fedadagrad", "fedadam", "fedyogi", NULL}},
+    {"dp", {"none", "central", "distributed", NULL}},
+    {"log_level", {"debug", "info", "warn", "error", NULL}},
+};
+
+/* 0 when setting `name` of c holds one of `words`, else PLAIT_EINVAL naming them. */
+static int check_choice(const plait_aggcfg_t *c, const char *name, const char *const *words)
 {
-    for (; *names; names++)
-        if (strcmp(v, *names) == 0) return 1;
-    return 0;
+    const setting_t *s = find(name, strlen(name));
+    PLAIT_ASSERT(s != NULL && s->type == T_STR);
+    const char *v = (const char *)c + s->off;
+    char list[128] = "";
+    size_t n = 0;
+    for (size_t i = 0; words[i]; i++) {
+        if (strcmp(v, words[i]) == 0) return 0;
+        n++;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const char *sep = i == 0 ? "" : i + 1 == n ? " or " : ", ";
+        size_t used = strlen(list);
+        snprintf(list + used, sizeof(list) - used, "%s%s", sep, words[i]);
+    }
+    return plait_fail(PLAIT_EINVAL, "%s: '%s' is not %s", s->name, v, list);
 }
 
 int plait_aggcfg_validate(const plait_aggcfg_t *c)
 {
-    static const char *const modes[] = {"ffa", "fedit", "fedsa", NULL};
-    static const char *const opts[] = {"fedavg", "fedadagrad", "fedadam", "fedyogi", NULL};
-    static const char *const dps[] = {"none", "central", "distributed", NULL};
-    static const char *const levels[] = {"debug", "info", "warn", "error", NULL};
     if (c == NULL) return plait_fail(PLAIT_EINVAL, "aggcfg_validate: NULL");
     if (c->base_model[0] == '\0') return plait_fail(PLAIT_EINVAL, "base_model: required (path of the checkpoint)");
-    if (!one_of(c->lora_mode, modes)) return plait_fail(PLAIT_EINVAL, "lora_mode: '%s' is not ffa, fedit or fedsa", c->lora_mode);
-    if (!one_of(c->server_opt, opts))
-        return plait_fail(PLAIT_EINVAL, "server_opt: '%s' is not fedavg, fedadagrad, fedadam or fedyogi", c->server_opt);
-    if (!one_of(c->dp, dps)) return plait_fail(PLAIT_EINVAL, "dp: '%s' is not none, central or distributed", c->dp);
-    if (!one_of(c->log_level, levels)) return plait_fail(PLAIT_EINVAL, "log_level: '%s' is not debug, info, warn or error", c->log_level);
+    for (size_t i = 0; i < sizeof(CHOICES) / sizeof(CHOICES[0]); i++) {
+        int rc = check_choice(c, CHOICES[i].name, CHOICES[i].words);
+        if (rc != 0) return rc;
+    }
     if (c->min_cohort > c->target_cohort) return plait_fail(PLAIT_EINVAL, "min_cohort: larger than target_cohort");
     if (c->quant_range < c->clip_norm) return plait_fail(PLAIT_EINVAL, "quant_range: smaller than clip_norm");
     if (c->max_frame < c->max_chunk_bytes + 256)

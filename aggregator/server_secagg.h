@@ -1,6 +1,6 @@
 /*
  * server_secagg.h: the aggregator's side of SecAgg+ (docs/protocol.md §9) for
- * one round, as a small state machine that server.c drives on its loop
+ * one round, as a small state machine that server_round.c drives on its loop
  * thread. It owns the round's secagg.h objects, the index of every selected
  * device, the adverts, certificates and share ciphertexts it relays, and the
  * masked uploads it reassembles; it never sees an unmasked update.
@@ -16,7 +16,7 @@
  *     UNMASK --(all answered or stage timeout)--> DONE (the sum) | FAILED
  *
  * A device missing a stage is reported as a dropout through io->dropout (the
- * round core then stops waiting for it). server.c hands a masked upload to the
+ * round core then stops waiting for it). server_round.c hands a masked upload to the
  * round core through io->accept before it enters the library's sum, so the
  * core's accepted count and the unmasked sum always cover the same devices.
  *

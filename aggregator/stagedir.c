@@ -2,6 +2,7 @@
  * stagedir.c: build-then-rename directories for `init` (stagedir.h).
  */
 #include "stagedir.h"
+#include "plait/file.h"
 #include "plait/plait.h"
 
 #include <dirent.h>
@@ -75,13 +76,7 @@ int plait__stage_commit(const char *tmp, const char *dir)
     /* rename(2) replaces a missing or empty directory atomically and fails
      * on a non-empty one, so a deployment that appeared meanwhile is kept. */
     /* The staged entries must be durable before the name points at them. */
-    int sfd = open(tmp, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (sfd < 0 || fsync(sfd) != 0) {
-        int e = errno;
-        if (sfd >= 0) close(sfd);
-        return plait_fail(PLAIT_EIO, "%s: cannot sync the directory: %s", tmp, strerror(e));
-    }
-    close(sfd);
+    if ((rc = plait_file_sync_dir(tmp, 1)) != 0) return rc;
     if (rename(tmp, dir) != 0) {
         int e = errno;
         if (e == ENOTEMPTY || e == EEXIST || e == ENOTDIR)
@@ -89,14 +84,7 @@ int plait__stage_commit(const char *tmp, const char *dir)
                               "never overwritten)", dir);
         return plait_fail(PLAIT_EIO, "%s: rename from %s: %s", dir, tmp, strerror(e));
     }
-    int fd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0 || fsync(fd) != 0) {
-        int e = errno;
-        if (fd >= 0) close(fd);
-        return plait_fail(PLAIT_EIO, "%s: cannot sync the directory: %s", parent, strerror(e));
-    }
-    close(fd);
-    return 0;
+    return plait_file_sync_dir(parent, 1);
 }
 
 void plait__stage_discard(const char *tmp)

@@ -2,7 +2,7 @@
  * svcstore.h (private to aggregator/): what the service needs from the
  * aggregator store (aggstore.h), in the service's own terms.
  *
- * It keeps server.c in the service's terms (its stats counters, rejection
+ * It keeps server*.c in the service's terms (its stats counters, rejection
  * reasons and LoRA description) and translates them to the store's rows in
  * one place. (The store's round states are PLAIT_AGGSTORE_ROUND_*, the round
  * core's PLAIT_ROUND_*.)

@@ -1,7 +1,10 @@
 /*
- * agent_int.h: internals of client/agent.c shared with its unit tests
- * (tests/unit/check_agent.c): the update pipeline, the crash-safe state
- * files, and the decision taken on an offered round.
+ * agent_int.h: internals shared by the agent's files (client/agent*.c: the
+ * round conversation in agent.c, setup, transport, training, state files,
+ * secure aggregation, privacy) and with their unit tests
+ * (tests/unit/check_agent*.c): the agent object and its connection, the
+ * update pipeline, the crash-safe state files, and the decision taken on an
+ * offered round. Nothing here is public API (client.h is).
  */
 #ifndef PLAIT_AGENT_INT_H
 #define PLAIT_AGENT_INT_H
@@ -14,6 +17,13 @@
 #include "plait/lora.h"
 #include "plait/rng.h"
 #include "plait/update.h"
+#include "plait/model.h"
+#include "plait/pki.h"
+#include "plait/tensor.h"
+#include "plait/tls.h"
+#include "plait/tok.h"
+
+#include <stdatomic.h>
 
 /* The files of the agent's state directory (docs/client-api.md). */
 #define STATE_FILE "state"
@@ -125,6 +135,130 @@ typedef enum {
  */
 plait__task_decision_t plait__agent_task_decision(const plait__agent_state_t *st,
                                                   uint64_t pending_round, uint64_t round_id);
+
+/* ---- the agent object (agent_setup.c creates it) ----------------------- */
+
+/** The agent (client.h's opaque plait_agent_t). */
+struct plait_agent_s {
+    plait_agent_config_t cfg; /* strings point at the owned copies below */
+    char *host, *name, *ca_path, *cert_path, *key_path, *model_path, *tok_path, *store_path,
+        *state_dir;
+    plait_model_t model;
+    plait_tok_t tok;
+    plait_pool_t *pool;
+    plait_tls_config_t *tls;
+    char device_id[PLAIT_PKI_ID_MAX + 1];
+    plait_wire_limits_t lim;
+    size_t chunk_words;
+    plait__agent_state_t state;
+    plait_drbg_t drbg;  /* system randomness (always seeded: secure-aggregation keys) */
+    plait_rng_t jitter; /* jitter of delays (not secret, but seeded from the DRBG anyway) */
+    int wake[2];        /* self-pipe: stop and worker completion */
+    atomic_int stop;
+    int fatal;          /* the last failure cannot be fixed by retrying (the store is unusable) */
+    plait_agent_result_t last;
+    uint32_t rounds_acked;
+    uint64_t ping_nonce;
+};
+
+/** One connection to the aggregator (agent_net.c); lives for one conversation. */
+typedef struct {
+    plait_agent_t *a;
+    int fd;
+    plait_tls_t *tls;
+    uint8_t *in; /* decrypted bytes not yet parsed into frames */
+    size_t in_len, in_cap;
+    int peer_error; /* the aggregator sent an Error (and closes) */
+    int got_cbl;    /* the aggregator ended our round with a ComeBackLater (and closes) */
+    uint32_t cbl_ms;
+    plait_retry_reason_t cbl_reason;
+} plait__agent_conn_t;
+
+/* ---- agent_setup.c ------------------------------------------------------ */
+
+/** \brief Read a PEM file; errors name what (e.g. "device key") and the path. */
+int plait__agent_load_pem(const char *path, const char *what, char **out /* OUT */) PLAIT_WUR;
+/** \brief "store PATH: <why>" for rc, without repeating the store's own prefix. \return rc. */
+int plait__agent_store_fail(const plait_agent_t *a, int rc);
+/** \brief Open the device store read-only and count its training records. \return 0 or the
+ * store's error. */
+int plait__agent_check_eligible(plait_agent_t *a, int64_t *n_train /* OUT */) PLAIT_WUR;
+
+/* ---- agent_net.c: clock, waits, transport ------------------------------- */
+
+/** \brief CLOCK_MONOTONIC in milliseconds. */
+uint64_t plait__agent_now_ms(void);
+/** \brief 1 once plait_agent_stop() was called (until plait_agent_reset_stop()). */
+int plait__agent_stopped(plait_agent_t *a);
+/** \brief Empty the wake pipe (stop and worker-completion bytes). */
+void plait__agent_drain_wake(plait_agent_t *a);
+/** \brief Sleep up to ms, interruptible by stop. \return 0 or PLAIT_ECANCELED. */
+int plait__agent_sleep_ms(plait_agent_t *a, uint64_t ms);
+/** \brief A closed connection of agent a (conn_close is then safe). */
+void plait__agent_conn_init(plait__agent_conn_t *c, plait_agent_t *a);
+/** \brief TCP connect to the server (every address, in order) and the TLS handshake, within
+ * connect_timeout_ms. \return 0, PLAIT_EIO (naming the step), PLAIT_ECANCELED, TLS errors. */
+int plait__agent_conn_open(plait__agent_conn_t *c) PLAIT_WUR;
+/** \brief Encode and send one message within io_timeout_ms. \return 0 or an error. */
+int plait__agent_conn_send(plait__agent_conn_t *c, const plait_msg_t *m) PLAIT_WUR;
+/** \brief Next message, answering Pings and skipping Pongs. \return 0 (msg to free),
+ * PLAIT_EAGAIN (deadline passed or a wake-up: no message), or an error. */
+int plait__agent_conn_recv(plait__agent_conn_t *c, uint64_t deadline, plait_msg_t *msg /* OUT */) PLAIT_WUR;
+/** \brief Wait for the next message until the deadline. \return 0, or an error (timeout:
+ * PLAIT_EIO "timed out waiting for <what>"). */
+int plait__agent_conn_expect(plait__agent_conn_t *c, uint64_t deadline, plait_msg_t *msg /* OUT */,
+                             const char *what) PLAIT_WUR;
+/** \brief close_notify when established (best effort, 1 s), then free. */
+void plait__agent_conn_close(plait__agent_conn_t *c);
+/** \brief Send an Error (failures ignored: the caller is leaving). */
+void plait__agent_send_error(plait__agent_conn_t *c, int code, const char *text);
+
+/* ---- agent.c: events and the aggregator's answers ------------------------ */
+
+/** \brief Report an event to cfg.on_event, if set. */
+void plait__agent_emit(plait_agent_t *a, plait_agent_event_type_t type, uint64_t round, int rc);
+void plait__agent_emit_ev(plait_agent_t *a, const plait_agent_event_t *ev);
+/** \brief An Error from the aggregator: logged, and returned as our code (unknown: PLAIT_EPROTO). */
+int plait__agent_peer_error(plait__agent_conn_t *c, const plait_msg_t *m, uint64_t round);
+/** \brief PLAIT_EPROTO: the aggregator sent m while the agent waited for `waiting`. */
+int plait__agent_unexpected(const plait_msg_t *m, const char *waiting);
+/** \brief A ComeBackLater inside a round: remembered on c. \return PLAIT_ECANCELED. */
+int plait__agent_round_ended(plait__agent_conn_t *c, const plait_msg_t *m, uint64_t round);
+/** \brief The task's global adapter: the cached DIR/global.safetensors when its hash matches,
+ * else downloaded (resuming DIR/global.part) and cached. *out is freed by the caller;
+ * *downloaded is the bytes that came over the wire. */
+int plait__agent_get_adapter(plait__agent_conn_t *c, const plait_msg_task_t *t, uint8_t **out,
+                             size_t *out_len, uint64_t *downloaded) PLAIT_WUR;
+
+/* ---- agent_train.c ------------------------------------------------------- */
+
+/** \brief The round's update: adapter, training (keeping c alive), pipeline. Fills p (words
+ * owned; freed on error). Errors: the adapter's, the trainer's, PLAIT_ECANCELED (deadline or
+ * stop), PLAIT_EMISMATCH (the adapter or span does not fit the task). */
+int plait__agent_compute_update(plait__agent_conn_t *c, const plait_msg_task_t *t,
+                                uint64_t deadline, plait__agent_pending_t *p /* OUT */,
+                                plait_agent_result_t *res) PLAIT_WUR;
+
+/* ---- agent_state.c: the directory, a partial download, the personal adapter ---- */
+
+/** \brief "dir/name" into out. \return 0 or PLAIT_EINVAL (too long). */
+int plait__agent_path_join(char *out, size_t cap, const char *dir, const char *name) PLAIT_WUR;
+/** \brief Create the state directory (0700) if missing, load DIR/state into a->state, and drop
+ * a stored update that is damaged or for an acknowledged round. \return 0, PLAIT_EIO,
+ * PLAIT_EPROTO (a malformed state file). */
+int plait__agent_state_open(plait_agent_t *a) PLAIT_WUR;
+/** \brief Keep the first got bytes of t's adapter as DIR/global.part (best effort). */
+void plait__agent_partial_save(plait_agent_t *a, const plait_msg_task_t *t, const uint8_t *buf,
+                               size_t got);
+/** \brief Delete DIR/global.part (missing is fine). */
+void plait__agent_partial_remove(plait_agent_t *a);
+/** \brief Bytes of t's adapter already held (copied into buf, of t->adapter_len bytes); 0 when
+ * none fit. */
+size_t plait__agent_partial_load(plait_agent_t *a, const plait_msg_task_t *t, uint8_t *buf);
+/** \brief FedSA: B of local starts from DIR/personal.safetensors when it fits; else unchanged. */
+void plait__agent_load_personal_b(plait_agent_t *a, plait_lora_t *local);
+/** \brief Write l as DIR/personal.safetensors. \return 0 or an error. */
+int plait__agent_save_personal(plait_agent_t *a, const plait_lora_t *l) PLAIT_WUR;
 
 /* ---- secure aggregation (client/agent_secagg.c) ------------------------- */
 

@@ -13,6 +13,7 @@
  * docs/privacy.md).
  */
 #include "agent_int.h"
+#include "plait/file.h"
 #include "plait/pki.h"
 #include "plait/plait.h"
 
@@ -94,13 +95,7 @@ int plait_agent_forget_derived(const char *state_dir, int *removed)
         if (r < 0) rc = r;
         else if (r == 0) n_removed++;
     }
-    if (rc == 0) {
-        int dfd = open(state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd >= 0) {
-            (void)fsync(dfd);
-            close(dfd);
-        }
-    }
+    if (rc == 0) (void)plait_file_sync_dir(state_dir, 0); /* best effort: the files are already wiped */
     if (removed) *removed = n_removed;
     return rc;
 }

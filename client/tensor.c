@@ -1,5 +1,7 @@
 /*
- * tensor.c: the thread pool and the matmul kernels.
+ * tensor.c: the matmul kernels and their run-time dispatch (the thread pool
+ * is in tensor_pool.c; the AVX2 and AVX-512 kernels in tensor_avx2.c and
+ * tensor_avx512.c, declared in tensor_kern.h).
  *
  * Shape letters: N rows (B*T tokens), IC input channels, OC output channels,
  * R LoRA rank. Everything is row-major float; W is (OC, IC) as in llama2.c.
@@ -8,22 +10,6 @@
  * matmuls of N = 1024 rows with IC, OC between 8 (LoRA rank) and a few
  * hundred (32000 for a classifier); inference issues N = 1 matrix-vector
  * products. So both the per-call dispatch cost and the inner loop matter.
- *
- * Pool. A fixed set of workers runs one job at a time. The caller splits
- * [0, n) into min(n, threads) contiguous chunks, publishes the job by bumping
- * a generation counter, then claims and runs chunks itself alongside the
- * workers (chunks are claimed by compare-and-swap on one atomic word that
- * also carries the generation). So a worker that is slow to wake, or whose
- * core is busy with other work, delays nothing: the caller runs its chunk,
- * and waits only for chunks already claimed. Both sides spin briefly
- * (POOL_SPIN_NS, 50 microseconds) before sleeping on a condition
- * variable, because the next job of a training step usually arrives within
- * that time, and a futex wake costs as much as the smaller jobs themselves.
- * The hand-off cannot lose a wake-up: the generation is bumped and the
- * sleeper count read under the mutex, and the thread that finishes the last
- * chunk signals completion under it. The job fields are read only by a
- * thread holding an unfinished chunk, so the caller never rewrites them
- * while they are in use.
  *
  * Matmul. All three products are one GEMM, C (M, NN) (+)= A (M, K) · B (K, NN),
  * with strides that describe the operands in place:
@@ -57,234 +43,11 @@
  */
 #include "plait/tensor.h"
 #include "tensor_int.h"
+#include "tensor_kern.h"
 
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-
-/* How long a waiting thread polls before it sleeps. Long enough to cover the
- * gap between the kernels of a training step, short enough not to burn a
- * phone's battery (or a shared core) when the pool is idle. It is measured
- * on the clock rather than in iterations because a CPU "pause" takes from
- * ~10 to ~150 cycles depending on the core. */
-#define POOL_SPIN_NS 50000u
-
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__) || defined(__arm__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
-static uint64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-/* A spin budget: call spin_more() once per poll; it turns false once
- * POOL_SPIN_NS have passed (reading the clock only every 64 polls). */
-#define CLAIM_GEN_SHIFT 24
-#define CLAIM_GEN_MASK ((UINT64_C(1) << 40) - 1)
-
-typedef struct {
-    unsigned polls;
-    uint64_t start;
-} spin_t;
-
-static int spin_more(spin_t *s)
-{
-    cpu_relax();
-    if ((++s->polls & 63u) != 0) return 1;
-    uint64_t t = mono_ns();
-    if (s->start == 0) s->start = t;
-    return t - s->start < POOL_SPIN_NS;
-}
-
-struct plait_pool_s {
-    int n;                  /* threads including the caller */
-    pthread_t *threads;     /* n - 1 workers */
-    pthread_mutex_t mu;
-    pthread_cond_t cv_work; /* a new job (generation bumped) or stop */
-    pthread_cond_t cv_done; /* the last chunk of the current job finished */
-    atomic_ulong gen;       /* job generation; bumped under mu */
-    /* The claim word of the current job: bits 24..63 the low 40 bits of its
-     * generation, 12..23 its chunk count, 0..11 the next unclaimed chunk
-     * (both at most 256). 40 bits: a worker would have to stall between its
-     * load and its compare-and-swap for 2^40 jobs to be fooled.
-     * Chunks are claimed by compare-and-swap, so a stale worker (one that
-     * wakes after its job ended) sees a different generation and claims
-     * nothing. */
-    atomic_uint_least64_t claim;
-    atomic_uint done;       /* chunks of the current job finished */
-    atomic_int stop;
-    int sleepers;           /* workers blocked on cv_work (under mu) */
-    int caller_waiting;     /* caller blocked on cv_done (under mu) */
-    /* The job: written by the caller before it publishes, read only by a
-     * thread that holds a claimed, unfinished chunk of it, so never while
-     * the caller rewrites it. */
-    plait_pool_fn fn;
-    void *ctx;
-    size_t total;
-};
-
-static void chunk(size_t total, unsigned n, unsigned idx, size_t *b, size_t *e)
-{
-    size_t base = total / n, rem = total % n, i = idx;
-    *b = i * base + (i < rem ? i : rem);
-    *e = *b + base + (i < rem ? 1 : 0);
-}
-
-/* Wait until gen differs from seen: spin, then sleep. Returns the new gen. */
-static unsigned long wait_job(plait_pool_t *p, unsigned long seen)
-{
-    unsigned long g;
-    spin_t sp = {0, 0};
-    do {
-        g = atomic_load_explicit(&p->gen, memory_order_acquire);
-        if (g != seen) return g;
-    } while (spin_more(&sp));
-    pthread_mutex_lock(&p->mu);
-    while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen) {
-        p->sleepers++;
-        pthread_cond_wait(&p->cv_work, &p->mu);
-        p->sleepers--;
-    }
-    pthread_mutex_unlock(&p->mu);
-    return g;
-}
-
-/* Claim and run chunks of job generation g until none is left (or the job
- * is no longer g). The thread that finishes the last chunk wakes the caller. */
-static void run_chunks(plait_pool_t *p, unsigned long g)
-{
-    uint_least64_t c = atomic_load_explicit(&p->claim, memory_order_acquire);
-    for (;;) {
-        if ((c >> CLAIM_GEN_SHIFT) != ((uint_least64_t)g & CLAIM_GEN_MASK))
-            return; /* stale: that job is over */
-        unsigned nchunks = (unsigned)(c >> 12) & 0xfffu, i = (unsigned)c & 0xfffu;
-        if (i >= nchunks) return;
-        if (!atomic_compare_exchange_weak_explicit(&p->claim, &c, c + 1, memory_order_acq_rel,
-                                                   memory_order_acquire))
-            continue; /* c now holds the current word */
-        size_t b, e;
-        chunk(p->total, nchunks, i, &b, &e);
-        p->fn(p->ctx, b, e);
-        if (atomic_fetch_add_explicit(&p->done, 1, memory_order_acq_rel) + 1 == nchunks) {
-            pthread_mutex_lock(&p->mu);
-            if (p->caller_waiting) pthread_cond_signal(&p->cv_done);
-            pthread_mutex_unlock(&p->mu);
-            return;
-        }
-        c = atomic_load_explicit(&p->claim, memory_order_acquire);
-    }
-}
-
-static void *worker(void *arg)
-{
-    plait_pool_t *p = arg;
-    unsigned long seen = 0;
-    for (;;) {
-        seen = wait_job(p, seen);
-        if (atomic_load_explicit(&p->stop, memory_order_relaxed)) break;
-        run_chunks(p, seen);
-    }
-    return NULL;
-}
-
-/* Publish a new generation (a job, or stop) and wake sleepers. The claim
- * word is set before gen is bumped, so a worker that sees the new gen also
- * sees the new claim word. */
-static unsigned long publish(plait_pool_t *p, unsigned nchunks)
-{
-    pthread_mutex_lock(&p->mu);
-    unsigned long g = atomic_load_explicit(&p->gen, memory_order_relaxed) + 1;
-    atomic_store_explicit(&p->done, 0, memory_order_relaxed);
-    atomic_store_explicit(&p->claim,
-                          (((uint_least64_t)g & CLAIM_GEN_MASK) << CLAIM_GEN_SHIFT) |
-                              ((uint_least64_t)nchunks << 12),
-                          memory_order_release);
-    atomic_store_explicit(&p->gen, g, memory_order_release);
-    if (p->sleepers) pthread_cond_broadcast(&p->cv_work);
-    pthread_mutex_unlock(&p->mu);
-    return g;
-}
-
-int plait_pool_create(plait_pool_t **out, int n)
-{
-    *out = NULL;
-    if (n < 1 || n > 256) return plait_fail(PLAIT_EINVAL, "thread count %d is outside 1..256", n);
-    plait_pool_t *p = calloc(1, sizeof(*p));
-    if (!p) return PLAIT_ENOMEM;
-    p->n = 1; /* threads actually started, so destroy joins only those */
-    atomic_init(&p->gen, 0);
-    atomic_init(&p->claim, 0);
-    atomic_init(&p->done, 0);
-    atomic_init(&p->stop, 0);
-    pthread_mutex_init(&p->mu, NULL);
-    pthread_cond_init(&p->cv_work, NULL);
-    pthread_cond_init(&p->cv_done, NULL);
-    if (n > 1) {
-        p->threads = calloc((size_t)n - 1, sizeof(pthread_t));
-        if (!p->threads) { plait_pool_destroy(p); return PLAIT_ENOMEM; }
-    }
-    for (int i = 1; i < n; i++) {
-        if (pthread_create(&p->threads[i - 1], NULL, worker, p) != 0) {
-            plait_pool_destroy(p);
-            return plait_fail(PLAIT_ENOMEM, "cannot start worker thread %d", i);
-        }
-        p->n = i + 1;
-    }
-    *out = p;
-    return 0;
-}
-
-void plait_pool_destroy(plait_pool_t *p)
-{
-    if (!p) return;
-    atomic_store_explicit(&p->stop, 1, memory_order_relaxed);
-    if (p->n > 1) publish(p, 0); /* the release in publish orders stop before gen */
-    for (int i = 1; i < p->n; i++) pthread_join(p->threads[i - 1], NULL);
-    pthread_mutex_destroy(&p->mu);
-    pthread_cond_destroy(&p->cv_work);
-    pthread_cond_destroy(&p->cv_done);
-    free(p->threads);
-    free(p);
-}
-
-int plait_pool_size(const plait_pool_t *p) { return p ? p->n : 1; }
-
-void plait_pool_run(plait_pool_t *p, plait_pool_fn fn, void *ctx, size_t n)
-{
-    if (n == 0) return;
-    if (!p || p->n == 1 || n == 1) {
-        fn(ctx, 0, n);
-        return;
-    }
-    unsigned nchunks = n < (size_t)p->n ? (unsigned)n : (unsigned)p->n;
-    p->fn = fn;
-    p->ctx = ctx;
-    p->total = n;
-    unsigned long g = publish(p, nchunks);
-    /* The caller claims chunks too: if the workers are slow to wake, it
-     * runs the whole job itself and never waits for them. */
-    run_chunks(p, g);
-    spin_t sp = {0, 0};
-    do {
-        if (atomic_load_explicit(&p->done, memory_order_acquire) == nchunks) return;
-    } while (spin_more(&sp));
-    pthread_mutex_lock(&p->mu);
-    p->caller_waiting = 1;
-    while (atomic_load_explicit(&p->done, memory_order_acquire) != nchunks)
-        pthread_cond_wait(&p->cv_done, &p->mu);
-    p->caller_waiting = 0;
-    pthread_mutex_unlock(&p->mu);
-}
 
 /* ---------------------------------------------------------------- matmul */
 
@@ -322,18 +85,6 @@ void plait_matmul_backward_ref(float *dinp, float *dw, const float *dout, const 
 }
 
 /* ------------------------------------------------------- CPU dispatch */
-
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
-#define PLAIT_HAVE_X86_SIMD 1
-#include <immintrin.h>
-#define PLAIT_AVX2 __attribute__((target("avx2,fma")))
-#else
-#define PLAIT_HAVE_X86_SIMD 0
-#endif
-
-#if PLAIT_HAVE_X86_SIMD
-#define PLAIT_AVX512 __attribute__((target("avx512f,avx2,fma")))
-#endif
 
 static atomic_int force_max = -1; /* cap on the path, set by tests and tools only; -1 none */
 
@@ -410,11 +161,6 @@ const char *plait_kernel_path_name(void)
 
 /* ------------------------------------------------------------ blocking */
 
-#define MR 6            /* rows of C per micro-tile */
-#define NR 16           /* columns of C per micro-tile: two 8-float vectors */
-#define MR512 8         /* AVX-512 tile: 8 rows x 32 columns (two 16-float vectors) */
-#define NR512 32
-#define KC 256          /* depth of one packed block of B */
 #define NC_MAX 64       /* columns of one packed block of B (4 panels) */
 #define MB_MIN 24       /* fewest rows per work item, to amortize packing */
 #define SMALL_N 12      /* forward with fewer rows (and IC >= DOT_MIN_IC) uses dot products */
@@ -473,53 +219,6 @@ typedef void (*ukernel_fn)(size_t kc, const float *a, size_t ars, size_t acs, co
 /* Pack B(k0 .. k0+kc, j0 .. j0+nc) into panels of NR columns, each panel kc
  * rows of NR contiguous floats; columns past nc are zero, so the micro-kernel
  * never needs a column remainder loop. */
-#if PLAIT_HAVE_X86_SIMD
-/* One full panel of a transposed pack: d[k * NR + jj] = s[jj * ldb + k] for
- * jj < 16, k < kc, by 8 x 8 register transposes (the scalar loop costs a few
- * cycles per element, which shows when N is small). */
-PLAIT_AVX2 static void pack_bt_panel_avx2(float *restrict d, const float *s, size_t ldb, size_t kc,
-                                          size_t NRW)
-{
-    size_t k = 0;
-    for (; k + 8 <= kc; k += 8) {
-        for (size_t h = 0; h < NRW; h += 8) {
-            const float *r = s + h * ldb + k;
-            __m256 r0 = _mm256_loadu_ps(r), r1 = _mm256_loadu_ps(r + ldb);
-            __m256 r2 = _mm256_loadu_ps(r + 2 * ldb), r3 = _mm256_loadu_ps(r + 3 * ldb);
-            __m256 r4 = _mm256_loadu_ps(r + 4 * ldb), r5 = _mm256_loadu_ps(r + 5 * ldb);
-            __m256 r6 = _mm256_loadu_ps(r + 6 * ldb), r7 = _mm256_loadu_ps(r + 7 * ldb);
-            __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
-            __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
-            __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
-            __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
-            __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-            __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-            __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-            __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-            float *o = d + k * NRW + h;
-            _mm256_storeu_ps(o + 0 * NRW, _mm256_permute2f128_ps(u0, u4, 0x20));
-            _mm256_storeu_ps(o + 1 * NRW, _mm256_permute2f128_ps(u1, u5, 0x20));
-            _mm256_storeu_ps(o + 2 * NRW, _mm256_permute2f128_ps(u2, u6, 0x20));
-            _mm256_storeu_ps(o + 3 * NRW, _mm256_permute2f128_ps(u3, u7, 0x20));
-            _mm256_storeu_ps(o + 4 * NRW, _mm256_permute2f128_ps(u0, u4, 0x31));
-            _mm256_storeu_ps(o + 5 * NRW, _mm256_permute2f128_ps(u1, u5, 0x31));
-            _mm256_storeu_ps(o + 6 * NRW, _mm256_permute2f128_ps(u2, u6, 0x31));
-            _mm256_storeu_ps(o + 7 * NRW, _mm256_permute2f128_ps(u3, u7, 0x31));
-        }
-    }
-    for (; k < kc; k++)
-        for (size_t jj = 0; jj < NRW; jj++) d[k * NRW + jj] = s[jj * ldb + k];
-}
-#endif
-
-#if PLAIT_HAVE_X86_SIMD
-PLAIT_AVX512 static inline void copy32_avx512(float *restrict d, const float *s)
-{
-    _mm512_store_ps(d, _mm512_loadu_ps(s)); /* d: a row of a 64-byte aligned panel */
-    _mm512_store_ps(d + 16, _mm512_loadu_ps(s + 16));
-}
-#endif
-
 /* pack_b for a typed W: each row piece is dequantized straight into the
  * panel (transposed: kc elements of W row j into column jj; not transposed:
  * w elements of W row k0 + k into packed row k). */
@@ -564,7 +263,7 @@ static void pack_b(float *restrict dst, const gemm_t *g, size_t k0, size_t kc, s
             size_t ldb = g->ldb;
 #if PLAIT_HAVE_X86_SIMD
             if (w == NRW && g->path >= PLAIT__KPATH_AVX2) {
-                pack_bt_panel_avx2(d, s, ldb, kc, NRW);
+                plait__pack_bt_panel_avx2(d, s, ldb, kc, NRW);
                 continue;
             }
 #endif
@@ -574,14 +273,14 @@ static void pack_b(float *restrict dst, const gemm_t *g, size_t k0, size_t kc, s
             }
         } else {
             /* B(k, j) = b[k * ldb + j]: each packed row is a slice of a b row. */
+#if PLAIT_HAVE_X86_SIMD
+            if (w == NR512 && g->path == PLAIT__KPATH_AVX512) {
+                plait__pack_rows32_avx512(d, g->b + k0 * g->ldb + j0 + p, g->ldb, kc);
+                continue;
+            }
+#endif
             for (size_t k = 0; k < kc; k++) {
                 const float *src = g->b + (k0 + k) * g->ldb + j0 + p;
-#if PLAIT_HAVE_X86_SIMD
-                if (w == NR512 && g->path == PLAIT__KPATH_AVX512) {
-                    copy32_avx512(d + k * NRW, src); /* a call to memcpy per 128 bytes costs more */
-                    continue;
-                }
-#endif
                 memcpy(d + k * NRW, src, w * sizeof(float));
                 if (w < NRW) memset(d + k * NRW + w, 0, (NRW - w) * sizeof(float));
             }
@@ -651,162 +350,6 @@ static void ukernel_portable(size_t kc, const float *a, size_t ars, size_t acs, 
 }
 #endif
 
-#if PLAIT_HAVE_X86_SIMD
-/* One row of an edge tile: lanes where m0 / m1 are set are real columns. */
-PLAIT_AVX2 static inline void edge_row_avx2(float *cr, __m256i m0, __m256i m1, int n1, int load_c,
-                                            __m256 v0, __m256 v1)
-{
-    if (load_c) v0 = _mm256_add_ps(_mm256_maskload_ps(cr, m0), v0);
-    _mm256_maskstore_ps(cr, m0, v0);
-    if (n1 > 0) {
-        if (load_c) v1 = _mm256_add_ps(_mm256_maskload_ps(cr + 8, m1), v1);
-        _mm256_maskstore_ps(cr + 8, m1, v1);
-    }
-}
-
-/* AVX2 micro-kernel: 6 rows x 16 columns = 12 accumulators, 2 B vectors and
- * one broadcast register: 15 of the 16 ymm registers. Per k: 2 loads,
- * 6 broadcasts, 12 FMAs, no horizontal sums. */
-PLAIT_AVX2 static void ukernel_avx2(size_t kc, const float *a, size_t ars, size_t acs,
-                                    const float *bp, float *c, size_t ldc, size_t mr, size_t nr,
-                                    int load_c)
-{
-    const float *a0 = a;
-    const float *a1 = a + (mr > 1 ? 1 : 0) * ars;
-    const float *a2 = a + (mr > 2 ? 2 : mr - 1) * ars;
-    const float *a3 = a + (mr > 3 ? 3 : mr - 1) * ars;
-    const float *a4 = a + (mr > 4 ? 4 : mr - 1) * ars;
-    const float *a5 = a + (mr > 5 ? 5 : mr - 1) * ars;
-    __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
-    __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
-    __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
-    __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
-    __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
-    __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
-    size_t off = 0;
-    for (size_t k = 0; k < kc; k++, off += acs, bp += NR) {
-        __m256 b0 = _mm256_load_ps(bp), b1 = _mm256_load_ps(bp + 8), x;
-        x = _mm256_broadcast_ss(a0 + off);
-        c00 = _mm256_fmadd_ps(x, b0, c00);
-        c01 = _mm256_fmadd_ps(x, b1, c01);
-        x = _mm256_broadcast_ss(a1 + off);
-        c10 = _mm256_fmadd_ps(x, b0, c10);
-        c11 = _mm256_fmadd_ps(x, b1, c11);
-        x = _mm256_broadcast_ss(a2 + off);
-        c20 = _mm256_fmadd_ps(x, b0, c20);
-        c21 = _mm256_fmadd_ps(x, b1, c21);
-        x = _mm256_broadcast_ss(a3 + off);
-        c30 = _mm256_fmadd_ps(x, b0, c30);
-        c31 = _mm256_fmadd_ps(x, b1, c31);
-        x = _mm256_broadcast_ss(a4 + off);
-        c40 = _mm256_fmadd_ps(x, b0, c40);
-        c41 = _mm256_fmadd_ps(x, b1, c41);
-        x = _mm256_broadcast_ss(a5 + off);
-        c50 = _mm256_fmadd_ps(x, b0, c50);
-        c51 = _mm256_fmadd_ps(x, b1, c51);
-    }
-    if (mr == MR && nr == NR) {
-#define ROW(r, v0, v1)                                                                  \
-    do {                                                                                \
-        float *cr = c + (r) * ldc;                                                      \
-        if (load_c) {                                                                   \
-            v0 = _mm256_add_ps(_mm256_loadu_ps(cr), v0);                                \
-            v1 = _mm256_add_ps(_mm256_loadu_ps(cr + 8), v1);                            \
-        }                                                                               \
-        _mm256_storeu_ps(cr, v0);                                                       \
-        _mm256_storeu_ps(cr + 8, v1);                                                   \
-    } while (0)
-        ROW(0, c00, c01);
-        ROW(1, c10, c11);
-        ROW(2, c20, c21);
-        ROW(3, c30, c31);
-        ROW(4, c40, c41);
-        ROW(5, c50, c51);
-#undef ROW
-        return;
-    }
-    /* Edge tile: masked loads and stores cover the nr columns (masked-off
-     * lanes are never touched), and only mr rows are written. */
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    int n0 = nr < 8 ? (int)nr : 8, n1 = nr > 8 ? (int)nr - 8 : 0;
-    __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(n0), lane);
-    __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(n1), lane);
-    edge_row_avx2(c, m0, m1, n1, load_c, c00, c01);
-    if (mr > 1) edge_row_avx2(c + ldc, m0, m1, n1, load_c, c10, c11);
-    if (mr > 2) edge_row_avx2(c + 2 * ldc, m0, m1, n1, load_c, c20, c21);
-    if (mr > 3) edge_row_avx2(c + 3 * ldc, m0, m1, n1, load_c, c30, c31);
-    if (mr > 4) edge_row_avx2(c + 4 * ldc, m0, m1, n1, load_c, c40, c41);
-    if (mr > 5) edge_row_avx2(c + 5 * ldc, m0, m1, n1, load_c, c50, c51);
-}
-
-/* AVX-512 micro-kernel: 8 rows x 32 columns = 16 zmm accumulators, 2 B
- * vectors and a broadcast (19 of the 32 zmm registers). Per k: 2 loads of
- * B, 8 broadcasts of A (folded into the FMAs as memory operands) and 16
- * FMAs, so the two FMA ports, not the load ports, set the pace. Edge tiles
- * store through 16-lane masks; rows past mr re-read row mr - 1. */
-PLAIT_AVX512 static void ukernel_avx512(size_t kc, const float *a, size_t ars, size_t acs,
-                                        const float *bp, float *c, size_t ldc, size_t mr, size_t nr,
-                                        int load_c)
-{
-    const float *a0 = a;
-    const float *a1 = a + (mr > 1 ? 1 : 0) * ars;
-    const float *a2 = a + (mr > 2 ? 2 : mr - 1) * ars;
-    const float *a3 = a + (mr > 3 ? 3 : mr - 1) * ars;
-    const float *a4 = a + (mr > 4 ? 4 : mr - 1) * ars;
-    const float *a5 = a + (mr > 5 ? 5 : mr - 1) * ars;
-    const float *a6 = a + (mr > 6 ? 6 : mr - 1) * ars;
-    const float *a7 = a + (mr > 7 ? 7 : mr - 1) * ars;
-    __m512 c00 = _mm512_setzero_ps(), c01 = _mm512_setzero_ps();
-    __m512 c10 = _mm512_setzero_ps(), c11 = _mm512_setzero_ps();
-    __m512 c20 = _mm512_setzero_ps(), c21 = _mm512_setzero_ps();
-    __m512 c30 = _mm512_setzero_ps(), c31 = _mm512_setzero_ps();
-    __m512 c40 = _mm512_setzero_ps(), c41 = _mm512_setzero_ps();
-    __m512 c50 = _mm512_setzero_ps(), c51 = _mm512_setzero_ps();
-    __m512 c60 = _mm512_setzero_ps(), c61 = _mm512_setzero_ps();
-    __m512 c70 = _mm512_setzero_ps(), c71 = _mm512_setzero_ps();
-    size_t off = 0;
-    for (size_t k = 0; k < kc; k++, off += acs, bp += NR512) {
-        __m512 b0 = _mm512_load_ps(bp), b1 = _mm512_load_ps(bp + 16), x;
-#define FMA2(ar, v0, v1)                       \
-    x = _mm512_set1_ps((ar)[off]);             \
-    v0 = _mm512_fmadd_ps(x, b0, v0);           \
-    v1 = _mm512_fmadd_ps(x, b1, v1)
-        FMA2(a0, c00, c01);
-        FMA2(a1, c10, c11);
-        FMA2(a2, c20, c21);
-        FMA2(a3, c30, c31);
-        FMA2(a4, c40, c41);
-        FMA2(a5, c50, c51);
-        FMA2(a6, c60, c61);
-        FMA2(a7, c70, c71);
-#undef FMA2
-    }
-    /* Columns past nr are masked off (never read or written); rows past mr
-     * are not stored. A full tile has all-ones masks. */
-    __mmask16 m0 = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1);
-    __mmask16 m1 = nr >= 32 ? (__mmask16)0xFFFF : nr > 16 ? (__mmask16)((1u << (nr - 16)) - 1) : 0;
-#define ROW(r, v0, v1)                                                              \
-    do {                                                                            \
-        float *cr = c + (r) * ldc;                                                  \
-        if (load_c) {                                                               \
-            v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, cr), v0);                  \
-            v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, cr + 16), v1);             \
-        }                                                                           \
-        _mm512_mask_storeu_ps(cr, m0, v0);                                          \
-        _mm512_mask_storeu_ps(cr + 16, m1, v1);                                     \
-    } while (0)
-    ROW(0, c00, c01);
-    if (mr > 1) ROW(1, c10, c11);
-    if (mr > 2) ROW(2, c20, c21);
-    if (mr > 3) ROW(3, c30, c31);
-    if (mr > 4) ROW(4, c40, c41);
-    if (mr > 5) ROW(5, c50, c51);
-    if (mr > 6) ROW(6, c60, c61);
-    if (mr > 7) ROW(7, c70, c71);
-#undef ROW
-}
-#endif
-
 /* Run work items until none is left. Called once per pool thread. */
 static void gemm_task(void *ctx, size_t begin, size_t end)
 {
@@ -816,8 +359,8 @@ static void gemm_task(void *ctx, size_t begin, size_t end)
     _Alignas(64) float bpack[KC * NC_MAX]; /* 64 KiB: one packed block of B */
     ukernel_fn uk = ukernel_portable;
 #if PLAIT_HAVE_X86_SIMD
-    if (g->path == PLAIT__KPATH_AVX512) uk = ukernel_avx512;
-    else if (g->path == PLAIT__KPATH_AVX2) uk = ukernel_avx2;
+    if (g->path == PLAIT__KPATH_AVX512) uk = plait__ukernel_avx512;
+    else if (g->path == PLAIT__KPATH_AVX2) uk = plait__ukernel_avx2;
 #endif
     size_t total = g->m_items * g->n_items;
     for (;;) {
@@ -879,19 +422,7 @@ static void gemm_run(plait_pool_t *pool, gemm_t *g)
 
 /* ------------------------------------------------- dot-product (N small) */
 
-/*
- * Forward for a handful of rows (token-by-token inference is N = 1): packing
- * W would cost as much as the product, so each output is a dot product of an
- * input row with a W row, both contiguous. Threads split OC.
- */
-typedef struct {
-    float *out;
-    const float *inp, *w;
-    const plait_wmat_t *wt; /* typed W instead of w, or NULL */
-    size_t N, IC, OC;
-    int accumulate;
-    int simd;
-} dot_t;
+/* The job (dot_t) is declared in tensor_kern.h. */
 
 #define DOT_OC_CHUNK 16 /* W rows per pool item */
 
@@ -913,101 +444,6 @@ static void dot_portable(const dot_t *d, size_t o0, size_t o1)
         }
     }
 }
-
-#if PLAIT_HAVE_X86_SIMD
-PLAIT_AVX2 static inline float hsum_avx2(__m256 v)
-{
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-/* Eight W rows against one input row at a time: the x vector is loaded once
- * per eight FMAs, the eight independent sums hide the FMA latency, and they
- * are reduced together into one vector of eight outputs. The rows of the
- * batch are the inner loop, so the eight W rows are read from memory once
- * and from L1 for the other rows. Then blocks of four W rows, then one. */
-PLAIT_AVX2 static void dot_avx2(const dot_t *d, size_t o0, size_t o1)
-{
-    size_t IC = d->IC, IC8 = IC & ~(size_t)7;
-    size_t o = o0;
-    for (; o + 8 <= o1; o += 8) {
-        const float *w0 = d->w + o * IC;
-        for (size_t n = 0; n < d->N; n++) {
-            const float *x = d->inp + n * IC;
-            float *y = d->out + n * d->OC + o;
-            __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-            __m256 s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
-            __m256 s4 = _mm256_setzero_ps(), s5 = _mm256_setzero_ps();
-            __m256 s6 = _mm256_setzero_ps(), s7 = _mm256_setzero_ps();
-            for (size_t i = 0; i < IC8; i += 8) {
-                __m256 xv = _mm256_loadu_ps(x + i);
-                const float *wi = w0 + i;
-                s0 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(wi), s0);
-                s1 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(wi + IC), s1);
-                s2 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(wi + 2 * IC), s2);
-                s3 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(wi + 3 * IC), s3);
-                s4 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(wi + 4 * IC), s4);
-                s5 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(wi + 5 * IC), s5);
-                s6 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(wi + 6 * IC), s6);
-                s7 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(wi + 7 * IC), s7);
-            }
-            /* Lane l of h03 (low half) / h47 (high half) holds half of sum l. */
-            __m256 h03 = _mm256_hadd_ps(_mm256_hadd_ps(s0, s1), _mm256_hadd_ps(s2, s3));
-            __m256 h47 = _mm256_hadd_ps(_mm256_hadd_ps(s4, s5), _mm256_hadd_ps(s6, s7));
-            __m256 r = _mm256_add_ps(_mm256_permute2f128_ps(h03, h47, 0x20),
-                                     _mm256_permute2f128_ps(h03, h47, 0x31));
-            _Alignas(32) float t[8];
-            _mm256_store_ps(t, r);
-            for (size_t i = IC8; i < IC; i++)
-                for (size_t l = 0; l < 8; l++) t[l] += x[i] * w0[l * IC + i];
-            for (size_t l = 0; l < 8; l++) y[l] = d->accumulate ? y[l] + t[l] : t[l];
-        }
-    }
-    for (; o + 4 <= o1; o += 4) {
-        const float *w0 = d->w + o * IC, *w1 = w0 + IC, *w2 = w1 + IC, *w3 = w2 + IC;
-        for (size_t n = 0; n < d->N; n++) {
-            const float *x = d->inp + n * IC;
-            float *y = d->out + n * d->OC + o;
-            __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-            __m256 s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
-            for (size_t i = 0; i < IC8; i += 8) {
-                __m256 xv = _mm256_loadu_ps(x + i);
-                s0 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w0 + i), s0);
-                s1 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w1 + i), s1);
-                s2 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w2 + i), s2);
-                s3 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w3 + i), s3);
-            }
-            /* Reduce the four sums at once: lane l of r is the sum of s_l. */
-            __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(s0, s1), _mm256_hadd_ps(s2, s3));
-            __m128 r = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-            _Alignas(16) float t[4];
-            _mm_store_ps(t, r);
-            for (size_t i = IC8; i < IC; i++) {
-                t[0] += x[i] * w0[i];
-                t[1] += x[i] * w1[i];
-                t[2] += x[i] * w2[i];
-                t[3] += x[i] * w3[i];
-            }
-            for (size_t l = 0; l < 4; l++) y[l] = d->accumulate ? y[l] + t[l] : t[l];
-        }
-    }
-    for (; o < o1; o++) {
-        const float *wr = d->w + o * IC;
-        for (size_t n = 0; n < d->N; n++) {
-            const float *x = d->inp + n * IC;
-            float *y = d->out + n * d->OC + o;
-            __m256 s = _mm256_setzero_ps();
-            for (size_t i = 0; i < IC8; i += 8)
-                s = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(wr + i), s);
-            float t = hsum_avx2(s);
-            for (size_t i = IC8; i < IC; i++) t += x[i] * wr[i];
-            *y = d->accumulate ? *y + t : t;
-        }
-    }
-}
-#endif
 
 /* Dot products against a typed W: each row is dequantized KC elements at a
  * time into a stack buffer, which every input row then uses. */
@@ -1044,8 +480,12 @@ static void dot_task(void *ctx, size_t b, size_t e)
         return;
     }
 #if PLAIT_HAVE_X86_SIMD
-    if (d->simd) {
-        dot_avx2(d, o0, o1);
+    if (d->path == PLAIT__KPATH_AVX512) {
+        plait__dot_avx512(d, o0, o1);
+        return;
+    }
+    if (d->path == PLAIT__KPATH_AVX2) {
+        plait__dot_avx2(d, o0, o1);
         return;
     }
 #endif
@@ -1060,7 +500,7 @@ void plait_matmul_forward(plait_pool_t *pool, float *out, const float *inp, cons
     if (N == 0 || OC == 0) return;
     if (N < SMALL_N && IC >= DOT_MIN_IC) {
         dot_t d = {.out = out, .inp = inp, .w = w, .N = N, .IC = IC, .OC = OC,
-                   .accumulate = accumulate, .simd = plait__tensor_simd_active()};
+                   .accumulate = accumulate, .path = plait__tensor_path()};
         size_t items = ceil_div(OC, DOT_OC_CHUNK);
         if (run_inline(N * IC * OC)) dot_task(&d, 0, items);
         else plait_pool_run(pool, dot_task, &d, items);

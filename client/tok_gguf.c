@@ -21,7 +21,6 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -141,19 +140,12 @@ exit:
 
 int plait__tok_load_gguf_file(plait_tok_t *t, const char *path, int vocab_size)
 {
-    int fd;
-    struct stat st;
-    int orc = plait_file_open(path, NULL, &fd, &st);
-    if (orc != 0) return orc == PLAIT_EIO ? orc : plait_fail(PLAIT_EIO, "%s", plait_errmsg());
-    if (st.st_size <= 0) {
-        close(fd);
-        return plait_fail(PLAIT_EIO, "%s: empty file", path);
-    }
-    void *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (map == MAP_FAILED) return plait_fail(PLAIT_EIO, "%s: mmap failed: %s", path, strerror(errno));
-    int rc = plait__tok_parse_gguf(t, map, (size_t)st.st_size, vocab_size);
-    munmap(map, (size_t)st.st_size);
+    void *map;
+    size_t map_len;
+    int rc = plait_file_map(path, NULL, &map, &map_len);
+    if (rc != 0) return rc;
+    rc = plait__tok_parse_gguf(t, map, map_len, vocab_size);
+    plait_file_unmap(map, map_len);
     return rc;
 }
 

@@ -21,10 +21,11 @@
  *  - A LoRA projection stores u = s * x·Aᵀ (N, R) in forward and reuses it
  *    for y += u·Bᵀ, for dB = dyᵀ·u and nowhere recomputes x·Aᵀ.
  *  - Projections and the classifier go through plait_matmul_* (tensor.c) so
- *    they share its optimized kernels. The kernels here are threaded over
- *    rows, or over (sequence, key/value head) pairs for attention, and their
- *    inner loops run on contiguous memory, with an AVX2+FMA path picked at
- *    run time and a portable twin that tests force and compare.
+ *    they share its optimized kernels. The layer kernels (train_layers.c)
+ *    are threaded over rows, or over (sequence, key/value head) pairs for
+ *    attention, and their inner loops run on contiguous memory through a
+ *    table of SIMD kernels picked at run time (train_kern.h; train_avx2.c)
+ *    with portable twins (train_kern.c) that tests force and compare.
  *  - Causal attention probabilities are stored in row blocks of ATT_BLOCK
  *    without the masked triangle; the classifier's (N, V) logits never exist
  *    at once (tr->vc rows per thread at a time, see logit_rows()).
@@ -40,78 +41,15 @@
 #include "plait/train.h"
 #include "plait/crypto.h"
 #include "tensor_int.h"
+#include "train_int.h"
 
 #include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* Rows of one causal attention block (see att_block_offset). */
-#define ATT_BLOCK 32
 /* torch clip_grad_norm_: coef = max_norm / (norm + 1e-6). */
 #define CLIP_EPS 1e-6
-
-struct plait_trainer_s {
-    const plait_model_t *m;
-    plait_lora_t *lora;
-    plait_train_config_t cfg;
-    plait_pool_t *pool;
-    int own_pool;
-    size_t B, T, C, H, L, NH, NKV, HS, KV, V, R, P;
-    size_t att_size;  /* floats of one (b, h) block-triangular probability matrix */
-    size_t vc;        /* classifier rows per matmul call and thread (logit_rows()) */
-
-    /* ---- activation arena: forward values kept for backward ---- */
-    float *acts;      /* the arena */
-    float *resid;     /* (L+1, N, C) residual stream entering each layer; [L] enters the final norm */
-    float *ln1;       /* (L, N, C) attention RMSNorm output */
-    float *rstd1;     /* (L, N) its 1/rms */
-    float *q;         /* (L, N, C) queries after RoPE */
-    float *k;         /* (L, N, KV) keys after RoPE */
-    float *v;         /* (L, N, KV) values */
-    float *att;       /* (L, B, NH, att_size) causal softmax probabilities in row blocks */
-    float *atty;      /* (L, N, C) attention output, input of wo */
-    float *res2;      /* (L, N, C) residual after attention */
-    float *ln2;       /* (L, N, C) FFN RMSNorm output */
-    float *rstd2;     /* (L, N) */
-    float *h1;        /* (L, N, H) w1 output (pre-activation) */
-    float *h3;        /* (L, N, H) w3 output */
-    float *hg;        /* (L, N, H) silu(h1) * h3, input of w2 */
-    float *lnf;       /* (N, C) final RMSNorm output */
-    float *rstdf;     /* (N) */
-    float **u;        /* [L * PLAIT_NPROJ] -> (N, R) s * x·Aᵀ, or NULL if not adapted */
-    /* ---- backward scratch (one layer at a time) ---- */
-    float *dres;      /* (N, C) gradient of the residual stream */
-    float *dln;       /* (N, C) gradient of a norm output */
-    float *datty;     /* (N, C) */
-    float *dq;        /* (N, C) */
-    float *dk;        /* (N, KV) */
-    float *dv;        /* (N, KV) */
-    float *dh1;       /* (N, H) */
-    float *dh3;       /* (N, H) */
-    float *dhg;       /* (N, H) */
-    float *du;        /* (N, R) */
-    float *attn_scratch; /* (P, attn_scratch_floats(T, HS)) per-thread attention scratch (attn_scratch_t) */
-    float *logits;    /* (P, vc, V) per-thread logit rows */
-    double *row_loss; /* (N) per-position loss, summed in order for determinism */
-    const float *prox_ref; /* Ditto proximal reference, indexed like lora->params (borrowed), or NULL */
-    double prox_lambda;    /* its weight lambda: the loss gains lambda/2 ||w - ref||^2 */
-    float *rope_cos;  /* (T, HS) cos(pos * freq_i) at 2i and 2i+1 */
-    float *rope_sin;  /* (T, HS) -sin at 2i, +sin at 2i+1 */
-
-    /* ---- parameters' state ---- */
-    float *grads;     /* (n_grads) mirrors lora->params[goff ..] */
-    float *opt_m;     /* (n_grads) AdamW first moment */
-    float *opt_v;     /* (n_grads) AdamW second moment */
-    size_t n_grads, goff;
-    size_t bytes;     /* everything allocated at create */
-    size_t bytes_acts; /* bytes of the activation arena (wiped on destroy) */
-    int n_micro;      /* micro-batches accumulated since the last step */
-    long steps;       /* optimizer steps taken */
-    double last_norm; /* gradient norm before clipping at the last step */
-};
-
-/* ------------------------------------------------------------------ config */
 
 plait_train_config_t plait_train_config_default(void)
 {
@@ -176,807 +114,6 @@ double plait_train_lr_at(const plait_train_config_t *c, long step)
     if (step >= c->total_steps) return min_lr;
     double progress = (double)(step - c->warmup_steps) / (double)(c->total_steps - c->warmup_steps);
     return min_lr + 0.5 * (1.0 + cos(M_PI * progress)) * (c->lr - min_lr);
-}
-
-/* Probabilities below FLT_MIN are flushed to zero: they contribute nothing
- * measurable, and denormal operands slow every later multiply by ~100x
- * (a confident model on foreign text produces many). */
-static inline float flush(float p) { return p < FLT_MIN ? 0.0f : p; }
-
-/* ------------------------------------------------------------ vector helpers
- * Element-wise spans used by softmax, cross-entropy and SwiGLU. Each has a
- * portable version and an AVX2+FMA one, picked at run time as tensor.c
- * picks its kernels (plait__tensor_simd_active(), which tests can force off), so a default (-O2, baseline
- * x86-64) build still runs them 8 floats at a time. exp is the Cephes
- * single-precision polynomial (relative error ~2e-7), flushed to 0 below
- * -87.33 where the result would be denormal; both paths use the same
- * polynomial. Sums of exponentials accumulate in double. */
-
-#define EXP_LO -87.33f
-#define EXP_HI 88.72f
-#define EXP_LOG2E 1.44269504088896341f
-#define EXP_C1 0.693359375f
-#define EXP_C2 -2.12194440e-4f
-#define EXP_P0 1.9875691500e-4f
-#define EXP_P1 1.3981999507e-3f
-#define EXP_P2 8.3334519073e-3f
-#define EXP_P3 4.1665795894e-2f
-#define EXP_P4 1.6666665459e-1f
-#define EXP_P5 5.0000001201e-1f
-
-static inline float exp_poly(float x)
-{
-    /* NaN (from NaN weights, or an adapter so large that products overflow
-     * to inf - inf) must not reach the (int) cast below, which is undefined
-     * for it: propagate it, and the trainer's non-finite loss check stops. */
-    if (x != x) return x;
-    if (x < EXP_LO) return 0.0f;
-    if (x > EXP_HI) x = EXP_HI;
-    float fx = x * EXP_LOG2E + 0.5f;
-    int n = (int)fx;
-    if ((float)n > fx) n--; /* floor */
-    float fn = (float)n;
-    float r = x - fn * EXP_C1;
-    r = r - fn * EXP_C2;
-    float y = EXP_P0;
-    y = y * r + EXP_P1;
-    y = y * r + EXP_P2;
-    y = y * r + EXP_P3;
-    y = y * r + EXP_P4;
-    y = y * r + EXP_P5;
-    y = y * (r * r) + r + 1.0f;
-    uint32_t bits = (uint32_t)(n + 127) << 23;
-    float p2;
-    memcpy(&p2, &bits, 4);
-    return y * p2;
-}
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#define TRAIN_X86 1
-#include <immintrin.h>
-#define AVX2 __attribute__((target("avx2,fma")))
-
-AVX2 static inline __m256 exp8(__m256 x)
-{
-    __m256 under = _mm256_cmp_ps(x, _mm256_set1_ps(EXP_LO), _CMP_LT_OQ);
-    x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(EXP_HI)), _mm256_set1_ps(EXP_LO));
-    __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(EXP_LOG2E), _mm256_set1_ps(0.5f)));
-    __m256 r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(EXP_C1), x);
-    r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(EXP_C2), r);
-    __m256 y = _mm256_set1_ps(EXP_P0);
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(EXP_P1));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(EXP_P2));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(EXP_P3));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(EXP_P4));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(EXP_P5));
-    y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
-    return _mm256_andnot_ps(under, _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
-}
-
-AVX2 static inline double hsum_pd(__m256d a)
-{
-    __m128d s = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
-    return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
-}
-
-AVX2 static double vexp_sum_avx2(float *x, size_t n, float sub, float mul)
-{
-    __m256 vs = _mm256_set1_ps(sub), vm = _mm256_set1_ps(mul);
-    __m256d acc = _mm256_setzero_pd();
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 e = exp8(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), vs), vm));
-        _mm256_storeu_ps(x + i, e);
-        acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
-        acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
-    }
-    double sum = hsum_pd(acc);
-    for (; i < n; i++) {
-        x[i] = exp_poly((x[i] - sub) * mul);
-        sum += x[i];
-    }
-    return sum;
-}
-
-AVX2 static float vmax_avx2(const float *x, size_t n)
-{
-    __m256 m = _mm256_set1_ps(-INFINITY);
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + i));
-    float buf[8], mx = -INFINITY;
-    _mm256_storeu_ps(buf, m);
-    for (int k = 0; k < 8; k++) mx = buf[k] > mx ? buf[k] : mx;
-    for (; i < n; i++) mx = x[i] > mx ? x[i] : mx;
-    return mx;
-}
-
-AVX2 static void vscale_flush_avx2(float *x, size_t n, float f)
-{
-    __m256 vf = _mm256_set1_ps(f), lo = _mm256_set1_ps(FLT_MIN);
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + i), vf);
-        _mm256_storeu_ps(x + i, _mm256_and_ps(v, _mm256_cmp_ps(v, lo, _CMP_GE_OQ)));
-    }
-    for (; i < n; i++) x[i] = flush(x[i] * f);
-}
-
-AVX2 static double vdot_avx2(const float *a, const float *b, size_t n)
-{
-    __m256 acc = _mm256_setzero_ps();
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
-    __m256d d = _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(acc)),
-                              _mm256_cvtps_pd(_mm256_extractf128_ps(acc, 1)));
-    double s = hsum_pd(d);
-    for (; i < n; i++) s += (double)a[i] * (double)b[i];
-    return s;
-}
-
-/* dr = p * (dr - dot) * scale */
-AVX2 static void vsoftmax_bwd_avx2(float *dr, const float *p, size_t n, float dot, float scale)
-{
-    __m256 vd = _mm256_set1_ps(dot), vs = _mm256_set1_ps(scale);
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 v = _mm256_mul_ps(_mm256_loadu_ps(p + i), _mm256_sub_ps(_mm256_loadu_ps(dr + i), vd));
-        _mm256_storeu_ps(dr + i, _mm256_mul_ps(v, vs));
-    }
-    for (; i < n; i++) dr[i] = p[i] * (dr[i] - dot) * scale;
-}
-
-AVX2 static void swiglu_fwd_avx2(float *out, const float *h1, const float *h3, size_t n)
-{
-    __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 x = _mm256_loadu_ps(h1 + i);
-        __m256 sig = _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_sub_ps(zero, x))));
-        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(x, sig), _mm256_loadu_ps(h3 + i)));
-    }
-    for (; i < n; i++) out[i] = h1[i] / (1.0f + exp_poly(-h1[i])) * h3[i];
-}
-
-AVX2 static void swiglu_bwd_avx2(float *dh1, float *dh3, const float *d, const float *h1, const float *h3, size_t n)
-{
-    __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 x = _mm256_loadu_ps(h1 + i), g = _mm256_loadu_ps(d + i);
-        __m256 sig = _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_sub_ps(zero, x))));
-        _mm256_storeu_ps(dh3 + i, _mm256_mul_ps(_mm256_mul_ps(g, x), sig));
-        __m256 dsilu = _mm256_mul_ps(sig, _mm256_fmadd_ps(x, _mm256_sub_ps(one, sig), one));
-        _mm256_storeu_ps(dh1 + i, _mm256_mul_ps(_mm256_mul_ps(g, _mm256_loadu_ps(h3 + i)), dsilu));
-    }
-    for (; i < n; i++) {
-        float x = h1[i], sig = 1.0f / (1.0f + exp_poly(-x));
-        dh3[i] = d[i] * x * sig;
-        dh1[i] = d[i] * h3[i] * sig * (1.0f + x * (1.0f - sig));
-    }
-}
-
-/* o = x * rstd * w for one row; returns rstd. */
-AVX2 static float rms_fwd_row_avx2(float *o, const float *x, const float *w, size_t C, float eps)
-{
-    __m256 acc = _mm256_setzero_ps();
-    size_t i = 0;
-    for (; i + 8 <= C; i += 8) {
-        __m256 v = _mm256_loadu_ps(x + i);
-        acc = _mm256_fmadd_ps(v, v, acc);
-    }
-    double ss = hsum_pd(_mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(acc)),
-                                      _mm256_cvtps_pd(_mm256_extractf128_ps(acc, 1))));
-    for (size_t k = i; k < C; k++) ss += (double)x[k] * (double)x[k];
-    float rstd = (float)(1.0 / sqrt(ss / (double)C + (double)eps));
-    __m256 vr = _mm256_set1_ps(rstd);
-    for (i = 0; i + 8 <= C; i += 8)
-        _mm256_storeu_ps(o + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), vr), _mm256_loadu_ps(w + i)));
-    for (; i < C; i++) o[i] = x[i] * rstd * w[i];
-    return rstd;
-}
-
-/* dx += dy * w * rstd - x * (mean(dy * w * x) * rstd^3) for one row. */
-AVX2 static void rms_bwd_row_avx2(float *dx, const float *dy, const float *x, const float *w, float rstd, size_t C)
-{
-    __m256 acc = _mm256_setzero_ps();
-    size_t i = 0;
-    for (; i + 8 <= C; i += 8)
-        acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_loadu_ps(dy + i), _mm256_loadu_ps(w + i)), _mm256_loadu_ps(x + i),
-                              acc);
-    double dot = hsum_pd(_mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(acc)),
-                                       _mm256_cvtps_pd(_mm256_extractf128_ps(acc, 1))));
-    for (size_t k = i; k < C; k++) dot += (double)(dy[k] * w[k]) * (double)x[k];
-    float c2 = (float)(dot / (double)C) * rstd * rstd * rstd;
-    __m256 vr = _mm256_set1_ps(rstd), vc = _mm256_set1_ps(c2);
-    for (i = 0; i + 8 <= C; i += 8) {
-        __m256 g = _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(dy + i), _mm256_loadu_ps(w + i)), vr);
-        g = _mm256_fnmadd_ps(_mm256_loadu_ps(x + i), vc, g);
-        _mm256_storeu_ps(dx + i, _mm256_add_ps(_mm256_loadu_ps(dx + i), g));
-    }
-    for (; i < C; i++) dx[i] += dy[i] * w[i] * rstd - x[i] * c2;
-}
-
-/* One head of HS floats: x = x * cs + swap_pairs(x) * sn * sgn. */
-AVX2 static void rope_head_avx2(float *x, const float *cs, const float *sn, size_t HS, float sgn)
-{
-    __m256 vs = _mm256_set1_ps(sgn);
-    size_t i = 0;
-    for (; i + 8 <= HS; i += 8) {
-        __m256 v = _mm256_loadu_ps(x + i);
-        __m256 sw = _mm256_permute_ps(v, 0xB1); /* (x1, x0, x3, x2, ...) */
-        __m256 r = _mm256_mul_ps(sw, _mm256_mul_ps(_mm256_loadu_ps(sn + i), vs));
-        _mm256_storeu_ps(x + i, _mm256_fmadd_ps(v, _mm256_loadu_ps(cs + i), r));
-    }
-    for (; i < HS; i += 2) {
-        float xr = x[i], xi = x[i + 1];
-        x[i] = xr * cs[i] + xi * sn[i] * sgn;
-        x[i + 1] = xi * cs[i + 1] + xr * sn[i + 1] * sgn;
-    }
-}
-#else
-#define TRAIN_X86 0
-#endif
-
-static int use_avx2(void)
-{
-#if TRAIN_X86
-    return plait__tensor_simd_active(); /* the CPU has AVX2+FMA and tests did not force scalar */
-#else
-    return 0;
-#endif
-}
-
-/* x = exp((x - sub) * mul) (0 below the denormal range); returns the sum. */
-static double vexp_sum(float *x, size_t n, float sub, float mul)
-{
-#if TRAIN_X86
-    if (use_avx2()) return vexp_sum_avx2(x, n, sub, mul);
-#endif
-    double sum = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        x[i] = exp_poly((x[i] - sub) * mul);
-        sum += x[i];
-    }
-    return sum;
-}
-
-static float vmax(const float *x, size_t n)
-{
-#if TRAIN_X86
-    if (use_avx2()) return vmax_avx2(x, n);
-#endif
-    float mx = -INFINITY;
-    for (size_t i = 0; i < n; i++) mx = x[i] > mx ? x[i] : mx;
-    return mx;
-}
-
-static void vscale_flush(float *x, size_t n, float f)
-{
-#if TRAIN_X86
-    if (use_avx2()) { vscale_flush_avx2(x, n, f); return; }
-#endif
-    for (size_t i = 0; i < n; i++) x[i] = flush(x[i] * f);
-}
-
-static double vdot(const float *a, const float *b, size_t n)
-{
-#if TRAIN_X86
-    if (use_avx2()) return vdot_avx2(a, b, n);
-#endif
-    double s = 0.0;
-    for (size_t i = 0; i < n; i++) s += (double)a[i] * (double)b[i];
-    return s;
-}
-
-static void vsoftmax_bwd(float *dr, const float *p, size_t n, float dot, float scale)
-{
-#if TRAIN_X86
-    if (use_avx2()) { vsoftmax_bwd_avx2(dr, p, n, dot, scale); return; }
-#endif
-    for (size_t i = 0; i < n; i++) dr[i] = p[i] * (dr[i] - dot) * scale;
-}
-
-/* ------------------------------------------------------------ kernels
- * Each kernel is a pool job over independent rows; `job_t` carries the
- * arguments of whichever kernel runs (as tensor.c's mm_job_t does). */
-
-typedef struct {
-    plait_trainer_t *tr;
-    float *out, *out2, *out3;
-    const float *in, *in2, *in3, *in4, *w;
-    size_t nb, n, C, H;
-    const int32_t *tokens;
-    float scale;
-} job_t;
-
-/* out (N, C) = inp * rstd * w; rstd (N) kept for backward. */
-static void rmsnorm_forward_rows(void *ctx, size_t b, size_t e)
-{
-    job_t *j = ctx;
-    size_t C = j->C;
-    int simd = use_avx2();
-    for (size_t n = b; n < e; n++) {
-        const float *x = j->in + n * C;
-        float *o = j->out + n * C;
-#if TRAIN_X86
-        if (simd) {
-            j->out2[n] = rms_fwd_row_avx2(o, x, j->w, C, j->tr->m->cfg.rms_eps);
-            continue;
-        }
-#endif
-        (void)simd;
-        double ss = 0.0;
-        for (size_t i = 0; i < C; i++) ss += (double)x[i] * (double)x[i];
-        float rstd = (float)(1.0 / sqrt(ss / (double)C + (double)j->tr->m->cfg.rms_eps));
-        for (size_t i = 0; i < C; i++) o[i] = x[i] * rstd * j->w[i];
-        j->out2[n] = rstd;
-    }
-}
-
-static void rmsnorm_forward(plait_trainer_t *tr, float *out, float *rstd, const float *inp, const float *w, size_t N,
-                            size_t C)
-{
-    job_t j = {.tr = tr, .out = out, .out2 = rstd, .in = inp, .w = w, .C = C};
-    plait_pool_run(tr->pool, rmsnorm_forward_rows, &j, N);
-}
-
-/* dinp (N, C) += d/dx of (x * rstd(x) * w) applied to dout. */
-static void rmsnorm_backward_rows(void *ctx, size_t b, size_t e)
-{
-    job_t *j = ctx;
-    size_t C = j->C;
-    int simd = use_avx2();
-    for (size_t n = b; n < e; n++) {
-        const float *x = j->in2 + n * C, *dy = j->in + n * C;
-        float *dx = j->out + n * C;
-        float rstd = j->in3[n];
-#if TRAIN_X86
-        if (simd) {
-            rms_bwd_row_avx2(dx, dy, x, j->w, rstd, C);
-            continue;
-        }
-#endif
-        (void)simd;
-        double dot = 0.0; /* sum_i dy_i w_i x_i */
-        for (size_t i = 0; i < C; i++) dot += (double)(dy[i] * j->w[i]) * (double)x[i];
-        float c2 = (float)(dot / (double)C) * rstd * rstd * rstd;
-        for (size_t i = 0; i < C; i++) dx[i] += dy[i] * j->w[i] * rstd - x[i] * c2;
-    }
-}
-
-static void rmsnorm_backward(plait_trainer_t *tr, float *dinp, const float *dout, const float *inp, const float *rstd,
-                             const float *w, size_t N, size_t C)
-{
-    job_t j = {.out = dinp, .in = dout, .in2 = inp, .in3 = rstd, .w = w, .C = C};
-    plait_pool_run(tr->pool, rmsnorm_backward_rows, &j, N);
-}
-
-/* Rotate interleaved pairs of every head of q (N, C) and k (N, KV) in place;
- * sgn = +1 forward, -1 backward (the transpose of a rotation is its inverse).
- * The tables hold, per position, cos repeated over each pair and sin with the
- * pair's sign (-sin, +sin), so a rotation is x * cs + swap_pairs(x) * sn. */
-static void rope_rows(void *ctx, size_t b, size_t e)
-{
-    job_t *j = ctx;
-    plait_trainer_t *tr = j->tr;
-    size_t T = tr->T, HS = tr->HS, C = tr->C, KV = tr->KV;
-    float sgn = j->scale;
-    int simd = use_avx2(), neox = tr->m->cfg.rope_neox;
-    size_t half = HS / 2;
-    for (size_t n = b; n < e; n++) {
-        const float *cs = tr->rope_cos + (n % T) * HS, *sn = tr->rope_sin + (n % T) * HS;
-        for (int which = 0; which < 2; which++) {
-            float *x = which == 0 ? j->out + n * C : j->out2 + n * KV;
-            size_t width = which == 0 ? C : KV;
-            for (size_t h0 = 0; h0 < width; h0 += HS) {
-                float *xh = x + h0;
-                if (neox) { /* rotate-half: pairs (i, i + HS/2) at angle i */
-                    for (size_t i = 0; i < half; i++) {
-                        float x0 = xh[i], x1 = xh[i + half], c = cs[2 * i], sv = sn[2 * i + 1] * sgn;
-                        xh[i] = x0 * c - x1 * sv;
-                        xh[i + half] = x1 * c + x0 * sv;
-                    }
-                    continue;
-                }
-#if TRAIN_X86
-                if (simd) {
-                    rope_head_avx2(xh, cs, sn, HS, sgn);
-                    continue;
-                }
-#endif
-                (void)simd;
-                for (size_t i = 0; i < HS; i += 2) {
-                    float xr = xh[i], xi = xh[i + 1];
-                    xh[i] = xr * cs[i] + xi * (sn[i] * sgn);
-                    xh[i + 1] = xi * cs[i + 1] + xr * (sn[i + 1] * sgn);
-                }
-            }
-        }
-    }
-}
-
-static void rope_apply(plait_trainer_t *tr, float *q, float *k, size_t N, float sgn)
-{
-    job_t j = {.tr = tr, .out = q, .out2 = k, .scale = sgn};
-    plait_pool_run(tr->pool, rope_rows, &j, N);
-}
-
-/* The causal probabilities of one (b, h) are stored by row blocks of
- * ATT_BLOCK rows: block k covers rows [r0, r1) = [k*ATT_BLOCK, min(r0 +
- * ATT_BLOCK, T)) and only the r1 columns a row of it can see, row-major with
- * row stride r1. Products then skip the masked upper triangle (about half of
- * the T*T work and memory) while each block stays one matmul call. */
-static size_t att_block_offset(size_t k, size_t T)
-{
-    size_t off = 0;
-    for (size_t i = 0; i < k; i++) {
-        size_t r0 = i * ATT_BLOCK, r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;
-        off += (r1 - r0) * r1;
-    }
-    return off;
-}
-
-/* Attention runs per (sequence b, key/value head g): a task gathers that
- * head's keys and values once, then serves the rep = NH / NKV query heads
- * that read them, so under GQA dk and dv are accumulated inside one task
- * and need no synchronization. The products are plait_matmul_* calls on the
- * calling thread (NULL pool) over contiguous per-head copies, which is where
- * the SIMD kernels pay off; the pool splits the (b, g) pairs, one contiguous
- * share per thread with that thread's scratch (tr->attn_scratch). */
-typedef struct {
-    float *qh;  /* (T, HS) */
-    float *kh;  /* (T, HS) */
-    float *vh;  /* (T, HS) */
-    float *oh;  /* (T, HS) output, or dO in backward */
-    float *dqh; /* (T, HS) */
-    float *dkh; /* (T, HS) */
-    float *dvh; /* (T, HS) */
-    float *dp;  /* (ATT_BLOCK, T) gradient of one block's probabilities, then scores */
-    float *kvT; /* (HS, T8) keys (forward) or values (backward) transposed, zero-padded */
-    float *row; /* (T8) one row of scores */
-} attn_scratch_t;
-
-/* T rounded up to a multiple of 8 (one AVX2 vector). */
-static size_t round8(size_t T) { return (T + 7) & ~(size_t)7; }
-
-/* Floats of one thread's attention scratch. */
-static size_t attn_scratch_floats(size_t T, size_t HS) { return ATT_BLOCK * T + 7 * T * HS + HS * round8(T) + round8(T); }
-
-static attn_scratch_t attn_scratch(const plait_trainer_t *tr, size_t item)
-{
-    size_t T = tr->T, HS = tr->HS;
-    float *base = tr->attn_scratch + item * attn_scratch_floats(T, HS);
-    attn_scratch_t s;
-    s.qh = base;
-    s.kh = base + T * HS;
-    s.vh = base + 2 * T * HS;
-    s.oh = base + 3 * T * HS;
-    s.dqh = base + 4 * T * HS;
-    s.dkh = base + 5 * T * HS;
-    s.dvh = base + 6 * T * HS;
-    s.dp = base + 7 * T * HS;
-    s.kvT = s.dp + ATT_BLOCK * T;
-    s.row = s.kvT + HS * round8(T);
-    return s;
-}
-
-/* dst (T, HS) = head `h0 / HS` of rows b*T .. b*T+T-1 of src (N, width). */
-static void gather_head(float *dst, const float *src, size_t width, size_t b, size_t h0, size_t T, size_t HS)
-{
-    for (size_t t = 0; t < T; t++) memcpy(dst + t * HS, src + (b * T + t) * width + h0, HS * sizeof(float));
-}
-
-static void scatter_head(float *dst, const float *src, size_t width, size_t b, size_t h0, size_t T, size_t HS)
-{
-    for (size_t t = 0; t < T; t++) memcpy(dst + (b * T + t) * width + h0, src + t * HS, HS * sizeof(float));
-}
-
-/* dst (HS, T8) = the same head transposed, columns T..T8-1 zero. */
-static void gather_head_t(float *dst, const float *src, size_t width, size_t b, size_t h0, size_t T, size_t HS)
-{
-    size_t T8 = round8(T);
-    for (size_t t = 0; t < T; t++)
-        for (size_t i = 0; i < HS; i++) dst[i * T8 + t] = src[(b * T + t) * width + h0 + i];
-    for (size_t i = 0; i < HS; i++) memset(dst + i * T8 + T, 0, (T8 - T) * sizeof(float));
-}
-
-#if TRAIN_X86
-/* Row-wise attention for one head when HS is a multiple of 8: scores of a
- * query row are built 8 keys at a time from transposed keys, softmaxed in
- * L1 and applied to V at once, so nothing is packed or re-read; this beats
- * the generic matmul for the small head sizes of small models (HS = 8). */
-AVX2 static void attn_head_fwd_avx2(float *att, float *oh, const float *qh, const float *kT, const float *vh, float *row,
-                                    size_t T, size_t HS, float scale)
-{
-    size_t T8 = round8(T);
-    for (size_t r0 = 0; r0 < T; r0 += ATT_BLOCK) {
-        size_t r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;
-        float *blk = att + att_block_offset(r0 / ATT_BLOCK, T);
-        for (size_t t = r0; t < r1; t++) {
-            size_t n = t + 1;
-            const float *qt = qh + t * HS;
-            for (size_t c = 0; c < n; c += 8) {
-                __m256 acc = _mm256_setzero_ps();
-                for (size_t i = 0; i < HS; i++)
-                    acc = _mm256_fmadd_ps(_mm256_set1_ps(qt[i]), _mm256_loadu_ps(kT + i * T8 + c), acc);
-                _mm256_storeu_ps(row + c, acc);
-            }
-            float mx = vmax_avx2(row, n);
-            double sum = vexp_sum_avx2(row, n, mx, scale);
-            vscale_flush_avx2(row, n, (float)(1.0 / sum));
-            float *a = blk + (t - r0) * r1;
-            memcpy(a, row, n * sizeof(float));
-            memset(a + n, 0, (r1 - n) * sizeof(float));
-            for (size_t j = 0; j < HS; j += 8) {
-                __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-                size_t t2 = 0;
-                for (; t2 + 2 <= n; t2 += 2) {
-                    a0 = _mm256_fmadd_ps(_mm256_set1_ps(row[t2]), _mm256_loadu_ps(vh + t2 * HS + j), a0);
-                    a1 = _mm256_fmadd_ps(_mm256_set1_ps(row[t2 + 1]), _mm256_loadu_ps(vh + (t2 + 1) * HS + j), a1);
-                }
-                if (t2 < n) a0 = _mm256_fmadd_ps(_mm256_set1_ps(row[t2]), _mm256_loadu_ps(vh + t2 * HS + j), a0);
-                _mm256_storeu_ps(oh + t * HS + j, _mm256_add_ps(a0, a1));
-            }
-        }
-    }
-}
-
-/* Backward of one head: dqh (T, HS) overwritten, dkh and dvh accumulated. */
-AVX2 static void attn_head_bwd_avx2(const float *att, const float *qh, const float *kh, const float *vT,
-                                    const float *doh, float *dqh, float *dkh, float *dvh, float *row, size_t T,
-                                    size_t HS, float scale)
-{
-    size_t T8 = round8(T);
-    for (size_t r0 = 0; r0 < T; r0 += ATT_BLOCK) {
-        size_t r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;
-        const float *blk = att + att_block_offset(r0 / ATT_BLOCK, T);
-        for (size_t t = r0; t < r1; t++) {
-            size_t n = t + 1;
-            const float *p = blk + (t - r0) * r1, *dot_ = doh + t * HS, *qt = qh + t * HS;
-            /* dP[t2] = dO[t] · V[t2] */
-            for (size_t c = 0; c < n; c += 8) {
-                __m256 acc = _mm256_setzero_ps();
-                for (size_t i = 0; i < HS; i++)
-                    acc = _mm256_fmadd_ps(_mm256_set1_ps(dot_[i]), _mm256_loadu_ps(vT + i * T8 + c), acc);
-                _mm256_storeu_ps(row + c, acc);
-            }
-            vsoftmax_bwd_avx2(row, p, n, (float)vdot_avx2(p, row, n), scale); /* row = dS */
-            for (size_t j = 0; j < HS; j += 8) {
-                __m256 vdo = _mm256_loadu_ps(dot_ + j), vq = _mm256_loadu_ps(qt + j);
-                __m256 dq0 = _mm256_setzero_ps(), dq1 = _mm256_setzero_ps();
-                size_t t2 = 0;
-                for (; t2 < n; t2++) {
-                    __m256 ps = _mm256_set1_ps(p[t2]), ds = _mm256_set1_ps(row[t2]);
-                    float *dv = dvh + t2 * HS + j, *dk = dkh + t2 * HS + j;
-                    _mm256_storeu_ps(dv, _mm256_fmadd_ps(ps, vdo, _mm256_loadu_ps(dv)));
-                    _mm256_storeu_ps(dk, _mm256_fmadd_ps(ds, vq, _mm256_loadu_ps(dk)));
-                    if (t2 & 1)
-                        dq1 = _mm256_fmadd_ps(ds, _mm256_loadu_ps(kh + t2 * HS + j), dq1);
-                    else
-                        dq0 = _mm256_fmadd_ps(ds, _mm256_loadu_ps(kh + t2 * HS + j), dq0);
-                }
-                _mm256_storeu_ps(dqh + t * HS + j, _mm256_add_ps(dq0, dq1));
-            }
-        }
-    }
-}
-#endif
-
-/* att (B, NH, att_size) = causal softmax(q kᵀ / sqrt(HS)) (row t of a block
- * is zero beyond column t), out (N, C) = att · v. */
-static void attention_forward_items(void *ctx, size_t i0, size_t i1)
-{
-    job_t *j = ctx;
-    plait_trainer_t *tr = j->tr;
-    size_t T = tr->T, HS = tr->HS, C = tr->C, KV = tr->KV, NH = tr->NH, NKV = tr->NKV, rep = NH / NKV, P = tr->P;
-    size_t npairs = j->nb * NKV, AS = tr->att_size;
-    const float *q = j->in, *k = j->in2, *v = j->in3;
-    float scale = 1.0f / sqrtf((float)HS);
-    int rowwise = TRAIN_X86 && HS % 8 == 0 && use_avx2();
-    for (size_t item = i0; item < i1; item++) {
-        attn_scratch_t s = attn_scratch(tr, item);
-        for (size_t pair = npairs * item / P; pair < npairs * (item + 1) / P; pair++) {
-            size_t b = pair / NKV, g = pair % NKV;
-            gather_head(s.kh, k, KV, b, g * HS, T, HS);
-            gather_head(s.vh, v, KV, b, g * HS, T, HS);
-            if (rowwise) gather_head_t(s.kvT, k, KV, b, g * HS, T, HS);
-            for (size_t h = g * rep; h < (g + 1) * rep; h++) {
-                float *att = j->out2 + (b * NH + h) * AS;
-                gather_head(s.qh, q, C, b, h * HS, T, HS);
-#if TRAIN_X86
-                if (rowwise) {
-                    attn_head_fwd_avx2(att, s.oh, s.qh, s.kvT, s.vh, s.row, T, HS, scale);
-                    scatter_head(j->out, s.oh, C, b, h * HS, T, HS);
-                    continue;
-                }
-#endif
-                memset(s.oh, 0, T * HS * sizeof(float));
-                for (size_t r0 = 0; r0 < T; r0 += ATT_BLOCK) {
-                    size_t r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T, rows = r1 - r0;
-                    float *blk = att + att_block_offset(r0 / ATT_BLOCK, T); /* (rows, r1) */
-                    plait_matmul_forward(NULL, blk, s.qh + r0 * HS, s.kh, rows, HS, r1, 0);
-                    for (size_t t = r0; t < r1; t++) {
-                        float *a = blk + (t - r0) * r1;
-                        /* scale > 0, so the max of the raw scores is the max of the scaled ones. */
-                        float mx = vmax(a, t + 1);
-                        double sum = vexp_sum(a, t + 1, mx, scale);
-                        vscale_flush(a, t + 1, (float)(1.0 / sum));
-                        memset(a + t + 1, 0, (r1 - t - 1) * sizeof(float));
-                    }
-                    /* O[r0:r1] = P_blk (rows, r1) · V[0:r1] (r1, HS). */
-                    plait_matmul_backward(NULL, s.oh + r0 * HS, NULL, blk, NULL, s.vh, rows, HS, r1);
-                }
-                scatter_head(j->out, s.oh, C, b, h * HS, T, HS);
-            }
-        }
-    }
-}
-
-static void attention_forward(plait_trainer_t *tr, float *out, float *att, const float *q, const float *k,
-                              const float *v, size_t nb)
-{
-    job_t j = {.tr = tr, .out = out, .out2 = att, .in = q, .in2 = k, .in3 = v, .nb = nb};
-    plait_pool_run(tr->pool, attention_forward_items, &j, tr->P);
-}
-
-/* Given dout (N, C): dq (N, C), dk and dv (N, KV), all overwritten. */
-static void attention_backward_items(void *ctx, size_t i0, size_t i1)
-{
-    job_t *j = ctx;
-    plait_trainer_t *tr = j->tr;
-    size_t T = tr->T, HS = tr->HS, C = tr->C, KV = tr->KV, NH = tr->NH, NKV = tr->NKV, rep = NH / NKV, P = tr->P;
-    size_t npairs = j->nb * NKV, AS = tr->att_size;
-    const float *dout = j->in, *att = j->in2, *q = j->in3, *k = j->in4, *v = j->w;
-    float scale = 1.0f / sqrtf((float)HS);
-    int rowwise = TRAIN_X86 && HS % 8 == 0 && use_avx2();
-    for (size_t item = i0; item < i1; item++) {
-        attn_scratch_t s = attn_scratch(tr, item);
-        for (size_t pair = npairs * item / P; pair < npairs * (item + 1) / P; pair++) {
-            size_t b = pair / NKV, g = pair % NKV;
-            gather_head(s.kh, k, KV, b, g * HS, T, HS);
-            gather_head(s.vh, v, KV, b, g * HS, T, HS);
-            if (rowwise) gather_head_t(s.kvT, v, KV, b, g * HS, T, HS);
-            memset(s.dkh, 0, T * HS * sizeof(float));
-            memset(s.dvh, 0, T * HS * sizeof(float));
-            for (size_t h = g * rep; h < (g + 1) * rep; h++) {
-                const float *a_h = att + (b * NH + h) * AS;
-                gather_head(s.qh, q, C, b, h * HS, T, HS);
-                gather_head(s.oh, dout, C, b, h * HS, T, HS);
-#if TRAIN_X86
-                if (rowwise) {
-                    attn_head_bwd_avx2(a_h, s.qh, s.kh, s.kvT, s.oh, s.dqh, s.dkh, s.dvh, s.row, T, HS, scale);
-                    scatter_head(j->out, s.dqh, C, b, h * HS, T, HS);
-                    continue;
-                }
-#endif
-                memset(s.dqh, 0, T * HS * sizeof(float));
-                for (size_t r0 = 0; r0 < T; r0 += ATT_BLOCK) {
-                    size_t r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T, rows = r1 - r0;
-                    const float *blk = a_h + att_block_offset(r0 / ATT_BLOCK, T); /* (rows, r1) */
-                    const float *dob = s.oh + r0 * HS, *qb = s.qh + r0 * HS;
-                    /* dP = dO · Vᵀ; dV[0:r1] += Pᵀ · dO. */
-                    plait_matmul_forward(NULL, s.dp, dob, s.vh, rows, HS, r1, 0);
-                    plait_matmul_backward(NULL, NULL, s.dvh, blk, dob, NULL, rows, HS, r1);
-                    /* dS = P ⊙ (dP - rowsum(P ⊙ dP)) * scale, zero beyond the diagonal. */
-                    for (size_t t = r0; t < r1; t++) {
-                        const float *pr = blk + (t - r0) * r1;
-                        float *dr = s.dp + (t - r0) * r1;
-                        vsoftmax_bwd(dr, pr, t + 1, (float)vdot(pr, dr, t + 1), scale);
-                        memset(dr + t + 1, 0, (r1 - t - 1) * sizeof(float));
-                    }
-                    /* dQ[r0:r1] += dS · K[0:r1]; dK[0:r1] += dSᵀ · Q[r0:r1]. */
-                    plait_matmul_backward(NULL, s.dqh + r0 * HS, s.dkh, s.dp, qb, s.kh, rows, HS, r1);
-                }
-                scatter_head(j->out, s.dqh, C, b, h * HS, T, HS);
-            }
-            scatter_head(j->out2, s.dkh, KV, b, g * HS, T, HS);
-            scatter_head(j->out3, s.dvh, KV, b, g * HS, T, HS);
-        }
-    }
-}
-
-static void attention_backward(plait_trainer_t *tr, float *dq, float *dk, float *dv, const float *dout,
-                               const float *att, const float *q, const float *k, const float *v, size_t nb)
-{
-    job_t j = {.tr = tr, .out = dq, .out2 = dk, .out3 = dv, .in = dout, .in2 = att, .in3 = q, .in4 = k, .w = v,
-               .nb = nb};
-    plait_pool_run(tr->pool, attention_backward_items, &j, tr->P);
-}
-
-/* hg (N, H) = silu(h1) * h3. */
-static void swiglu_forward_rows(void *ctx, size_t b, size_t e)
-{
-    job_t *j = ctx;
-    size_t H = j->H;
-#if TRAIN_X86
-    if (use_avx2()) {
-        swiglu_fwd_avx2(j->out + b * H, j->in + b * H, j->in2 + b * H, (e - b) * H);
-        return;
-    }
-#endif
-    for (size_t i = b * H; i < e * H; i++) {
-        float x = j->in[i];
-        j->out[i] = x / (1.0f + exp_poly(-x)) * j->in2[i];
-    }
-}
-
-static void swiglu_forward(plait_trainer_t *tr, float *hg, const float *h1, const float *h3, size_t N)
-{
-    job_t j = {.out = hg, .in = h1, .in2 = h3, .H = tr->H};
-    plait_pool_run(tr->pool, swiglu_forward_rows, &j, N);
-}
-
-/* dh1 = dhg * h3 * silu'(h1), dh3 = dhg * silu(h1) (both overwritten). */
-static void swiglu_backward_rows(void *ctx, size_t b, size_t e)
-{
-    job_t *j = ctx;
-    size_t H = j->H;
-#if TRAIN_X86
-    if (use_avx2()) {
-        swiglu_bwd_avx2(j->out + b * H, j->out2 + b * H, j->in + b * H, j->in2 + b * H, j->in3 + b * H, (e - b) * H);
-        return;
-    }
-#endif
-    for (size_t i = b * H; i < e * H; i++) {
-        float x = j->in2[i], sig = 1.0f / (1.0f + exp_poly(-x)), d = j->in[i];
-        j->out2[i] = d * x * sig;
-        j->out[i] = d * j->in3[i] * sig * (1.0f + x * (1.0f - sig));
-    }
-}
-
-static void swiglu_backward(plait_trainer_t *tr, float *dh1, float *dh3, const float *dhg, const float *h1,
-                            const float *h3, size_t N)
-{
-    job_t j = {.out = dh1, .out2 = dh3, .in = dhg, .in2 = h1, .in3 = h3, .H = tr->H};
-    plait_pool_run(tr->pool, swiglu_backward_rows, &j, N);
-}
-
-/* Rows of logits per classifier call: each call streams the whole (V, C)
- * classifier through the matmul kernel (packing it as it goes), so more rows
- * per call amortize that; the per-thread scratch of rows x V floats is held
- * near PLAIT_TRAIN_LOGIT_BYTES (16 rows at least, 256 at most). */
-static size_t logit_rows(size_t V)
-{
-    size_t r = PLAIT_TRAIN_LOGIT_BYTES / (V * sizeof(float));
-    return r < 16 ? 16 : r > 256 ? 256 : r;
-}
-
-/* Classifier, softmax and cross-entropy, fused per thread: item i of P owns
- * a contiguous share of the N rows and a vc x V scratch,
- * so the (N, V) logits never exist at once. With dlnf != NULL it also writes
- * dlnf (N, C) = dlogits · Wcls with dlogits = (softmax - onehot) * scale. */
-static void classifier_items(void *ctx, size_t b0, size_t e0)
-{
-    job_t *j = ctx;
-    plait_trainer_t *tr = j->tr;
-    size_t N = j->n, V = tr->V, C = tr->C, P = tr->P, VC = tr->vc;
-    const plait_wmat_t *wcls = plait_model_classifier(tr->m);
-    for (size_t item = b0; item < e0; item++) {
-        size_t r0 = N * item / P, r1 = N * (item + 1) / P;
-        float *lg = tr->logits + item * VC * V;
-        for (size_t c0 = r0; c0 < r1; c0 += VC) {
-            size_t nr = r1 - c0 < VC ? r1 - c0 : VC;
-            plait_matmul_forward_w(NULL, lg, tr->lnf + c0 * C, wcls, nr, C, V, 0);
-            for (size_t r = 0; r < nr; r++) {
-                size_t n = c0 + r, b = n / tr->T, t = n % tr->T;
-                int32_t target = j->tokens[b * (tr->T + 1) + t + 1];
-                float *row = lg + r * V;
-                float mx = vmax(row, V);
-                float zt = row[target] - mx;
-                double sum = vexp_sum(row, V, mx, 1.0f);
-                tr->row_loss[n] = log(sum) - (double)zt;
-                if (j->out) {
-                    vscale_flush(row, V, (float)(1.0 / sum) * j->scale);
-                    row[target] -= j->scale;
-                }
-            }
-            if (j->out) {
-                memset(j->out + c0 * C, 0, nr * C * sizeof(float));
-                plait_matmul_backward_w(NULL, j->out + c0 * C, lg, wcls, nr, C, V);
-            }
-        }
-    }
 }
 
 /* ------------------------------------------------------ LoRA projections */
@@ -1070,25 +207,25 @@ static double forward(plait_trainer_t *tr, const int32_t *tokens, size_t nb, flo
         float *res2 = LNC(tr->res2, l), *ln2 = LNC(tr->ln2, l);
         float *h1 = tr->h1 + l * N_full * H, *h3 = tr->h3 + l * N_full * H, *hg = tr->hg + l * N_full * H;
         float *att = tr->att + l * tr->B * tr->NH * tr->att_size;
-        rmsnorm_forward(tr, ln1, tr->rstd1 + l * N_full, x, w->rms_att + l * C, N, C);
+        plait__rmsnorm_forward(tr, ln1, tr->rstd1 + l * N_full, x, w->rms_att + l * C, N, C);
         proj_forward(tr, q, ln1, l, PLAIT_WQ, N, 0);
         proj_forward(tr, k, ln1, l, PLAIT_WK, N, 0);
         proj_forward(tr, v, ln1, l, PLAIT_WV, N, 0);
-        rope_apply(tr, q, k, N, 1.0f);
-        attention_forward(tr, atty, att, q, k, v, nb);
+        plait__rope_apply(tr, q, k, N, 1.0f);
+        plait__attention_forward(tr, atty, att, q, k, v, nb);
         memcpy(res2, x, N * C * sizeof(float));
         proj_forward(tr, res2, atty, l, PLAIT_WO, N, 1);
-        rmsnorm_forward(tr, ln2, tr->rstd2 + l * N_full, res2, w->rms_ffn + l * C, N, C);
+        plait__rmsnorm_forward(tr, ln2, tr->rstd2 + l * N_full, res2, w->rms_ffn + l * C, N, C);
         proj_forward(tr, h1, ln2, l, PLAIT_W1, N, 0);
         proj_forward(tr, h3, ln2, l, PLAIT_W3, N, 0);
-        swiglu_forward(tr, hg, h1, h3, N);
+        plait__swiglu_forward(tr, hg, h1, h3, N);
         float *xn = LNC(tr->resid, l + 1);
         memcpy(xn, res2, N * C * sizeof(float));
         proj_forward(tr, xn, hg, l, PLAIT_W2, N, 1);
     }
-    rmsnorm_forward(tr, tr->lnf, tr->rstdf, LNC(tr->resid, tr->L), w->rms_final, N, C);
+    plait__rmsnorm_forward(tr, tr->lnf, tr->rstdf, LNC(tr->resid, tr->L), w->rms_final, N, C);
     job_t j = {.tr = tr, .out = dscale > 0.0f ? tr->dln : NULL, .n = N, .tokens = tokens, .scale = dscale};
-    plait_pool_run(tr->pool, classifier_items, &j, tr->P);
+    plait_pool_run(tr->pool, plait__classifier_items, &j, tr->P);
     double sum = 0.0;
     for (size_t n = 0; n < N; n++) sum += tr->row_loss[n];
     return sum / (double)N;
@@ -1101,7 +238,7 @@ static void backward(plait_trainer_t *tr)
     const plait_model_weights_t *w = &tr->m->w;
     const plait_lora_t *lo = tr->lora;
     memset(tr->dres, 0, N * C * sizeof(float));
-    rmsnorm_backward(tr, tr->dres, tr->dln, LNC(tr->resid, tr->L), tr->rstdf, w->rms_final, N, C);
+    plait__rmsnorm_backward(tr, tr->dres, tr->dln, LNC(tr->resid, tr->L), tr->rstdf, w->rms_final, N, C);
     for (size_t li = tr->L; li-- > 0;) {
         size_t l = li;
         float *x = LNC(tr->resid, l), *ln1 = LNC(tr->ln1, l), *q = LNC(tr->q, l), *atty = LNC(tr->atty, l);
@@ -1112,11 +249,11 @@ static void backward(plait_trainer_t *tr)
         /* FFN: resid[l+1] = res2 + W2(silu(W1 ln2) * W3 ln2). */
         memset(tr->dhg, 0, N * H * sizeof(float));
         proj_backward(tr, tr->dhg, tr->dres, hg, l, PLAIT_W2, N);
-        swiglu_backward(tr, tr->dh1, tr->dh3, tr->dhg, h1, h3, N);
+        plait__swiglu_backward(tr, tr->dh1, tr->dh3, tr->dhg, h1, h3, N);
         memset(tr->dln, 0, N * C * sizeof(float));
         proj_backward(tr, tr->dln, tr->dh1, ln2, l, PLAIT_W1, N);
         proj_backward(tr, tr->dln, tr->dh3, ln2, l, PLAIT_W3, N);
-        rmsnorm_backward(tr, tr->dres, tr->dln, res2, tr->rstd2 + l * N_full, w->rms_ffn + l * C, N, C);
+        plait__rmsnorm_backward(tr, tr->dres, tr->dln, res2, tr->rstd2 + l * N_full, w->rms_ffn + l * C, N, C);
         /* Attention: res2 = x + Wo(attention(rope(Wq ln1), rope(Wk ln1), Wv ln1)). */
         memset(tr->datty, 0, N * C * sizeof(float));
         proj_backward(tr, tr->datty, tr->dres, atty, l, PLAIT_WO, N);
@@ -1124,14 +261,14 @@ static void backward(plait_trainer_t *tr)
         int qkv_adapted = lo->A[plait_lora_slot((int)l, PLAIT_WQ)] || lo->A[plait_lora_slot((int)l, PLAIT_WK)] ||
                           lo->A[plait_lora_slot((int)l, PLAIT_WV)];
         if (!need_dx && !qkv_adapted) break; /* nothing below needs a gradient */
-        attention_backward(tr, tr->dq, tr->dk, tr->dv, tr->datty, att, q, k, v, tr->B);
-        rope_apply(tr, tr->dq, tr->dk, N, -1.0f);
+        plait__attention_backward(tr, tr->dq, tr->dk, tr->dv, tr->datty, att, q, k, v, tr->B);
+        plait__rope_apply(tr, tr->dq, tr->dk, N, -1.0f);
         float *dx = need_dx ? tr->dln : NULL;
         if (dx) memset(dx, 0, N * C * sizeof(float));
         proj_backward(tr, dx, tr->dq, ln1, l, PLAIT_WQ, N);
         proj_backward(tr, dx, tr->dk, ln1, l, PLAIT_WK, N);
         proj_backward(tr, dx, tr->dv, ln1, l, PLAIT_WV, N);
-        if (dx) rmsnorm_backward(tr, tr->dres, dx, x, tr->rstd1 + l * N_full, w->rms_att + l * C, N, C);
+        if (dx) plait__rmsnorm_backward(tr, tr->dres, dx, x, tr->rstd1 + l * N_full, w->rms_att + l * C, N, C);
     }
 }
 
@@ -1228,17 +365,9 @@ int plait_train_step(plait_trainer_t *tr)
     double t = (double)(tr->steps + 1);
     double bc1 = 1.0 - pow(c->beta1, t), bc2 = 1.0 - pow(c->beta2, t);
     double step_size = lr / bc1, bc2_sqrt = sqrt(bc2), decay = 1.0 - lr * c->weight_decay;
-    double b1 = c->beta1, b2 = c->beta2;
-    for (size_t i = 0; i < n; i++) {
-        double gi = g[i];
-        double m = b1 * (double)tr->opt_m[i] + (1.0 - b1) * gi;
-        double v = b2 * (double)tr->opt_v[i] + (1.0 - b2) * gi * gi;
-        tr->opt_m[i] = (float)m;
-        tr->opt_v[i] = (float)v;
-        double pi = (double)p[i] * decay;
-        pi -= step_size * m / (sqrt(v) / bc2_sqrt + c->eps);
-        p[i] = (float)pi;
-    }
+    plait__adamw_t h = {.b1 = c->beta1, .b2 = c->beta2, .step_size = step_size, .bc2_sqrt = bc2_sqrt,
+                        .decay = decay, .eps = c->eps};
+    plait__tkern()->adamw(p, tr->opt_m, tr->opt_v, g, n, &h);
     memset(g, 0, n * sizeof(float));
     tr->n_micro = 0;
     tr->steps++;
@@ -1303,7 +432,7 @@ int plait_train_create(plait_trainer_t **out, const plait_model_t *m, plait_lora
     }
     tr->P = (size_t)plait_pool_size(tr->pool);
     tr->att_size = att_block_offset((tr->T + ATT_BLOCK - 1) / ATT_BLOCK, tr->T);
-    tr->vc = logit_rows(tr->V);
+    tr->vc = plait__logit_rows(tr->V);
 
     size_t B = tr->B, T = tr->T, C = tr->C, H = tr->H, L = tr->L, KV = tr->KV, R = tr->R, N = B * T;
     size_t n_slots = 0;
@@ -1331,7 +460,7 @@ int plait_train_create(plait_trainer_t **out, const plait_model_t *m, plait_lora
         N * KV, N * KV,  /* dk dv */
         N * H, N * H, N * H, /* dh1 dh3 dhg */
         N * R,           /* du */
-        tr->P * attn_scratch_floats(T, tr->HS), /* attn_scratch */
+        tr->P * plait__attn_scratch_floats(T, tr->HS), /* attn_scratch */
         tr->P * tr->vc * tr->V, /* logits */
         2 * N,           /* row_loss (doubles = 2 floats each) */
         T * tr->HS, T * tr->HS, /* rope cos, sin */

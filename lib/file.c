@@ -1,5 +1,6 @@
 /*
- * file.c: non-blocking, regular-file-only opens of user-named files (file.h).
+ * file.c: non-blocking, regular-file-only opens of user-named files, whole-
+ * file maps, and directory syncs (file.h).
  */
 #include "plait/file.h"
 #include "plait/crypto.h"
@@ -8,6 +9,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 static const char *kind(mode_t m)
@@ -119,4 +121,44 @@ exit:
     free(b);
     close(fd);
     return rc;
+}
+
+int plait_file_map(const char *path, const char *label, void **map_out, size_t *len_out)
+{
+    *map_out = NULL;
+    *len_out = 0;
+    const char *l = label ? label : path;
+    int fd;
+    struct stat st;
+    int rc = plait_file_open(path, label, &fd, &st); /* non-blocking: a FIFO is refused */
+    if (rc != 0) return rc == PLAIT_EIO ? rc : plait_fail(PLAIT_EIO, "%s", plait_errmsg());
+    if (st.st_size <= 0) {
+        close(fd);
+        return plait_fail(PLAIT_EIO, "%s: empty file", l);
+    }
+    void *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    int e = errno;
+    close(fd);
+    if (map == MAP_FAILED) return plait_fail(PLAIT_EIO, "%s: mmap failed: %s", l, strerror(e));
+    *map_out = map;
+    *len_out = (size_t)st.st_size;
+    return 0;
+}
+
+void plait_file_unmap(void *map, size_t len)
+{
+    if (map) munmap(map, len);
+}
+
+int plait_file_sync_dir(const char *dir, int must_open)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0 && !must_open) return 0;
+    if (fd < 0 || fsync(fd) != 0) {
+        int e = errno;
+        if (fd >= 0) close(fd);
+        return plait_fail(PLAIT_EIO, "%s: cannot sync the directory: %s", dir, strerror(e));
+    }
+    close(fd);
+    return 0;
 }

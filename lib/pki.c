@@ -21,6 +21,11 @@
  * are freed. Nothing here logs; failures return a PLAIT_E* code with the
  * detail (and the mbedTLS code, once) in plait_errmsg(), never key bytes.
  *
+ * The module by concern (shared internals in pki_int.h): pki.c (keys, the
+ * CA, issuing from a key or a CSR), pki_csr.c (device keys, CSRs, enrollment
+ * records), pki_check.c (inspection, offline verification, the revocation
+ * list), pki_dir.c (the deployment directory and its files).
+ *
  * Workload: a handful of calls per enrollment; P-256 keygen and signing take
  * well under a millisecond each, so nothing here is performance-sensitive.
  */
@@ -52,15 +57,13 @@
 
 #include "pki_int.h"
 
-#define PEM_BUF 4096        /* a P-256 certificate with a few SANs is ~800 bytes of PEM */
 #define CSR_MAX (16 * 1024) /* untrusted CSR input cap */
-#define FILE_MAX (1024 * 1024)
 #define SKEW_S 300 /* notBefore is backdated this much for device clock skew */
 #define SAN_MAX 16 /* entries in a server subjectAltName */
 
 /* ---- small helpers ------------------------------------------------------ */
 
-static int mbed_fail(int code, int mrc, const char *what)
+int plait__pki_mbed_fail(int code, int mrc, const char *what)
 {
     return plait_fail(code, "%s (mbedTLS -0x%04x)", what, (unsigned)-mrc);
 }
@@ -71,13 +74,7 @@ int plait__pki_rng(void *p_rng, unsigned char *out, size_t len)
     return plait_drbg_random(p_rng, out, len) == 0 ? 0 : MBEDTLS_ERR_CTR_DRBG_ENTROPY_SOURCE_FAILED;
 }
 
-/* A DRBG for one call: the caller's, or a fresh system-seeded one. */
-typedef struct {
-    plait_drbg_t own;
-    plait_drbg_t *use;
-} rng_t;
-
-static int rng_begin(rng_t *r, plait_drbg_t *given)
+int plait__pki_rng_begin(plait__pki_rng_t *r, plait_drbg_t *given)
 {
     plait_drbg_init(&r->own);
     r->use = given;
@@ -88,7 +85,7 @@ static int rng_begin(rng_t *r, plait_drbg_t *given)
     return rc;
 }
 
-static void rng_end(rng_t *r)
+void plait__pki_rng_end(plait__pki_rng_t *r)
 {
     plait_drbg_free(&r->own);
 }
@@ -128,7 +125,7 @@ const char *plait__pki_flags_reason(uint32_t flags)
 }
 
 /* Names we put in a DN: printable, no DN metacharacters. */
-static int name_ok(const char *s, int allow_space)
+int plait__pki_name_ok(const char *s, int allow_space)
 {
     if (s == NULL) return 0;
     size_t n = strlen(s);
@@ -145,7 +142,7 @@ static int name_ok(const char *s, int allow_space)
 
 int plait_pki_device_id_valid(const char *id)
 {
-    return name_ok(id, 0) && id[0] != '.' && id[0] != '-';
+    return plait__pki_name_ok(id, 0) && id[0] != '.' && id[0] != '-';
 }
 
 static int dns_ok(const char *s, size_t n)
@@ -234,11 +231,12 @@ void plait_pki_config_default(plait_pki_config_t *cfg)
 int plait_pki_config_validate(const plait_pki_config_t *cfg)
 {
     if (cfg == NULL) return plait_fail(PLAIT_EINVAL, "pki: NULL config");
-    if (!name_ok(cfg->org, 1))
+    if (!plait__pki_name_ok(cfg->org, 1))
         return plait_fail(PLAIT_EINVAL, "pki: org must be 1..64 of [A-Za-z0-9 ._-]");
-    if (!name_ok(cfg->ca_name, 1))
+    if (!plait__pki_name_ok(cfg->ca_name, 1))
         return plait_fail(PLAIT_EINVAL, "pki: ca_name must be 1..64 of [A-Za-z0-9 ._-]");
-    if (!name_ok(cfg->server_name, 0) || !dns_ok(cfg->server_name, strlen(cfg->server_name)))
+    if (!plait__pki_name_ok(cfg->server_name, 0) ||
+        !dns_ok(cfg->server_name, strlen(cfg->server_name)))
         return plait_fail(PLAIT_EINVAL, "pki: server_name must be a DNS name of 1..64 characters");
     if (cfg->ca_days < 1 || cfg->ca_days > 36500 || cfg->server_days < 1 ||
         cfg->server_days > 36500 || cfg->device_days < 1 || cfg->device_days > 36500)
@@ -257,7 +255,7 @@ void plait_pki_free_pem(char *pem)
 }
 
 /* Copy a NUL-terminated buffer out, wiping the source. */
-static int pem_out(unsigned char *buf, size_t cap, char **out)
+int plait__pki_pem_out(unsigned char *buf, size_t cap, char **out)
 {
     size_t n = strnlen((const char *)buf, cap);
     char *s = malloc(n + 1);
@@ -272,7 +270,7 @@ static int pem_out(unsigned char *buf, size_t cap, char **out)
 }
 
 /* PEM input must include its NUL in the length mbedTLS sees; DER must not. */
-static int input_view(const uint8_t *buf, size_t len, size_t max, uint8_t **tmp,
+int plait__pki_input_view(const uint8_t *buf, size_t len, size_t max, uint8_t **tmp,
                       const uint8_t **use, size_t *use_len)
 {
     *tmp = NULL;
@@ -295,7 +293,7 @@ static int input_view(const uint8_t *buf, size_t len, size_t max, uint8_t **tmp,
     return 0;
 }
 
-static int load_crt(mbedtls_x509_crt *crt, const char *pem, const char *what)
+int plait__pki_load_crt(mbedtls_x509_crt *crt, const char *pem, const char *what)
 {
     if (pem == NULL) return plait_fail(PLAIT_EINVAL, "pki: %s: NULL", what);
     int mrc = mbedtls_x509_crt_parse(crt, (const unsigned char *)pem, strlen(pem) + 1);
@@ -311,7 +309,7 @@ static int p256_key(const mbedtls_pk_context *pk)
            mbedtls_pk_ec(*pk)->grp.id == MBEDTLS_ECP_DP_SECP256R1;
 }
 
-static int load_key(mbedtls_pk_context *pk, const char *pem, const char *what)
+int plait__pki_load_key(mbedtls_pk_context *pk, const char *pem, const char *what)
 {
     if (pem == NULL) return plait_fail(PLAIT_EINVAL, "pki: %s: NULL", what);
     int mrc = mbedtls_pk_parse_key(pk, (const unsigned char *)pem, strlen(pem) + 1, NULL, 0);
@@ -322,41 +320,25 @@ static int load_key(mbedtls_pk_context *pk, const char *pem, const char *what)
     return 0;
 }
 
-static int gen_key(mbedtls_pk_context *pk, plait_drbg_t *rng)
+int plait__pki_gen_key(mbedtls_pk_context *pk, plait_drbg_t *rng)
 {
     int mrc = mbedtls_pk_setup(pk, mbedtls_pk_info_from_type(MBEDTLS_PK_ECKEY));
-    if (mrc != 0) return mbed_fail(PLAIT_ENOMEM, mrc, "pki: key setup");
+    if (mrc != 0) return plait__pki_mbed_fail(PLAIT_ENOMEM, mrc, "pki: key setup");
     mrc = mbedtls_ecp_gen_key(MBEDTLS_ECP_DP_SECP256R1, mbedtls_pk_ec(*pk), plait__pki_rng, rng);
-    if (mrc != 0) return mbed_fail(PLAIT_EIO, mrc, "pki: key generation");
+    if (mrc != 0) return plait__pki_mbed_fail(PLAIT_EIO, mrc, "pki: key generation");
     return 0;
 }
 
-static int key_pem(mbedtls_pk_context *pk, char **out)
+int plait__pki_key_pem(mbedtls_pk_context *pk, char **out)
 {
-    unsigned char buf[PEM_BUF];
+    unsigned char buf[PKI_PEM_BUF];
     int mrc = mbedtls_pk_write_key_pem(pk, buf, sizeof(buf));
     if (mrc != 0) {
         mbedtls_platform_zeroize(buf, sizeof(buf));
-        return mbed_fail(PLAIT_EINTERNAL, mrc, "pki: writing key PEM");
+        return plait__pki_mbed_fail(PLAIT_EINTERNAL, mrc, "pki: writing key PEM");
     }
-    return pem_out(buf, sizeof(buf), out);
+    return plait__pki_pem_out(buf, sizeof(buf), out);
 }
-
-int plait_pki_key_generate(plait_drbg_t *rng, char **key_pem_out)
-{
-    if (key_pem_out == NULL) return plait_fail(PLAIT_EINVAL, "pki: NULL output");
-    *key_pem_out = NULL;
-    rng_t r;
-    mbedtls_pk_context pk;
-    mbedtls_pk_init(&pk);
-    int rc = rng_begin(&r, rng);
-    if (rc == 0) rc = gen_key(&pk, r.use);
-    if (rc == 0) rc = key_pem(&pk, key_pem_out);
-    mbedtls_pk_free(&pk);
-    rng_end(&r);
-    return rc;
-}
-
 /* "YYYYMMDDhhmmss" (UTC), the form mbedtls_x509write_crt_set_validity() takes. */
 static void fmt_time(int64_t t, char out[15])
 {
@@ -366,7 +348,7 @@ static void fmt_time(int64_t t, char out[15])
     strftime(out, 15, "%Y%m%d%H%M%S", &tm);
 }
 
-static int64_t x509_time_unix(const mbedtls_x509_time *t)
+int64_t plait__pki_x509_time_unix(const mbedtls_x509_time *t)
 {
     struct tm tm;
     memset(&tm, 0, sizeof(tm));
@@ -430,7 +412,7 @@ static int san_der(const plait_pki_config_t *cfg, unsigned char *buf, size_t cap
     *len = total;
     return 0;
 fail:
-    return mbed_fail(PLAIT_EINVAL, w, "pki: subjectAltName too large");
+    return plait__pki_mbed_fail(PLAIT_EINVAL, w, "pki: subjectAltName too large");
 }
 
 /* The issuer's subject as a string mbedtls_x509_string_to_names() parses back
@@ -440,7 +422,7 @@ static int issuer_name(const mbedtls_x509_crt *ca, char *out, size_t cap)
 {
     char tmp[512];
     int w = mbedtls_x509_dn_gets(tmp, sizeof(tmp), &ca->subject);
-    if (w < 0) return mbed_fail(PLAIT_EINVAL, w, "pki: CA subject too long");
+    if (w < 0) return plait__pki_mbed_fail(PLAIT_EINVAL, w, "pki: CA subject too long");
     size_t j = 0;
     for (size_t i = 0; tmp[i] != '\0' && j + 1 < cap; i++) {
         if (tmp[i] == ' ' && i > 0 && tmp[i - 1] == ',') continue;
@@ -480,7 +462,7 @@ static uint8_t *der_hdr(uint8_t *p, uint8_t tag, size_t n)
  * its ecdsa-with-SHA256 AlgorithmIdentifiers (inside the TBSCertificate and
  * before the signature) omit the parameters (RFC 5758 section 3.2), and sign
  * the new TBSCertificate with the issuer key. Lengths stay below 64 KiB (the
- * input fits PEM_BUF).
+ * input fits PKI_PEM_BUF).
  */
 static int crt_rfc5758(const uint8_t *der, size_t der_len, mbedtls_pk_context *issuer_key, plait_drbg_t *rng,
                        uint8_t *out, size_t cap, size_t *out_len)
@@ -507,7 +489,7 @@ static int crt_rfc5758(const uint8_t *der, size_t der_len, mbedtls_pk_context *i
     size_t ntbs = der_hdr_len(nbody) + nbody;
     /* The TBSCertificate goes where the whole certificate will start, after
      * room for the outer header (computed below from the signature's size). */
-    uint8_t tbs[PEM_BUF];
+    uint8_t tbs[PKI_PEM_BUF];
     if (ntbs > sizeof(tbs)) return plait_fail(PLAIT_EINTERNAL, "pki: certificate too large");
     uint8_t *w = der_hdr(tbs, (uint8_t)seq, nbody);
     memcpy(w, body, pre);
@@ -516,9 +498,9 @@ static int crt_rfc5758(const uint8_t *der, size_t der_len, mbedtls_pk_context *i
     uint8_t hash[32], sig[MBEDTLS_PK_SIGNATURE_MAX_SIZE];
     size_t sig_len = 0;
     if ((mrc = mbedtls_sha256_ret(tbs, ntbs, hash, 0)) != 0 ||
-        (mrc = mbedtls_pk_sign(issuer_key, MBEDTLS_MD_SHA256, hash, sizeof(hash), sig, &sig_len, plait__pki_rng,
-                               rng)) != 0)
-        return mbed_fail(PLAIT_EINTERNAL, mrc, "pki: signing certificate");
+        (mrc = mbedtls_pk_sign(issuer_key, MBEDTLS_MD_SHA256, hash, sizeof(hash), sig, &sig_len,
+                               plait__pki_rng, rng)) != 0)
+        return plait__pki_mbed_fail(PLAIT_EINTERNAL, mrc, "pki: signing certificate");
     size_t bits = 1 + sig_len, nsig = der_hdr_len(bits) + bits;
     size_t outer = ntbs + sizeof(ALG_ECDSA_SHA256) + nsig, total = der_hdr_len(outer) + outer;
     if (total > cap) return plait_fail(PLAIT_EINTERNAL, "pki: certificate too large");
@@ -533,7 +515,7 @@ static int crt_rfc5758(const uint8_t *der, size_t der_len, mbedtls_pk_context *i
     *out_len = total;
     return 0;
 bad:
-    return mbed_fail(PLAIT_EINTERNAL, mrc, "pki: parsing a written certificate");
+    return plait__pki_mbed_fail(PLAIT_EINTERNAL, mrc, "pki: parsing a written certificate");
 }
 
 static int issue(const issue_t *q, plait_drbg_t *rng, char **crt_pem, plait_pki_cert_info_t *info)
@@ -541,7 +523,7 @@ static int issue(const issue_t *q, plait_drbg_t *rng, char **crt_pem, plait_pki_
     int rc = PLAIT_EINTERNAL, mrc = 0;
     mbedtls_x509write_cert w;
     mbedtls_mpi serial;
-    unsigned char buf[PEM_BUF];
+    unsigned char buf[PKI_PEM_BUF];
     mbedtls_x509write_crt_init(&w);
     mbedtls_mpi_init(&serial);
 
@@ -606,7 +588,7 @@ static int issue(const issue_t *q, plait_drbg_t *rng, char **crt_pem, plait_pki_
     {
         /* DER (written at the end of der), the AlgorithmIdentifiers made RFC 5758
          * conformant and re-signed, then PEM. */
-        unsigned char der[PEM_BUF], fixed[PEM_BUF];
+        unsigned char der[PKI_PEM_BUF], fixed[PKI_PEM_BUF];
         size_t flen = 0, olen = 0;
         int n = mbedtls_x509write_crt_der(&w, der, sizeof(der), plait__pki_rng, rng);
         if (n < 0) {
@@ -622,7 +604,7 @@ static int issue(const issue_t *q, plait_drbg_t *rng, char **crt_pem, plait_pki_
         mbedtls_platform_zeroize(der, sizeof(der));
         if (mrc != 0) goto fail;
     }
-    if ((rc = pem_out(buf, sizeof(buf), crt_pem)) != 0) goto exit;
+    if ((rc = plait__pki_pem_out(buf, sizeof(buf), crt_pem)) != 0) goto exit;
     if (info != NULL) {
         rc = plait_pki_cert_info((const uint8_t *)*crt_pem, strlen(*crt_pem), info);
         if (rc != 0) {
@@ -632,7 +614,7 @@ static int issue(const issue_t *q, plait_drbg_t *rng, char **crt_pem, plait_pki_
     }
     goto exit;
 fail:
-    rc = mbed_fail(PLAIT_EINTERNAL, mrc, "pki: writing certificate");
+    rc = plait__pki_mbed_fail(PLAIT_EINTERNAL, mrc, "pki: writing certificate");
 exit:
     mbedtls_platform_zeroize(buf, sizeof(buf));
     mbedtls_mpi_free(&serial);
@@ -648,20 +630,20 @@ int plait_pki_ca_create(const plait_pki_config_t *cfg, plait_drbg_t *rng, char *
     *ca_crt_pem = *ca_key_pem = NULL;
     int rc = plait_pki_config_validate(cfg);
     if (rc != 0) return rc;
-    rng_t r;
+    plait__pki_rng_t r;
     mbedtls_pk_context pk;
     mbedtls_pk_init(&pk);
-    if ((rc = rng_begin(&r, rng)) != 0) goto exit;
-    if ((rc = gen_key(&pk, r.use)) != 0) goto exit;
+    if ((rc = plait__pki_rng_begin(&r, rng)) != 0) goto exit;
+    if ((rc = plait__pki_gen_key(&pk, r.use)) != 0) goto exit;
     issue_t q = {KIND_CA, cfg->ca_name, cfg->org, &pk, &pk, NULL, cfg, cfg->ca_days};
     if ((rc = issue(&q, r.use, ca_crt_pem, NULL)) != 0) goto exit;
-    if ((rc = key_pem(&pk, ca_key_pem)) != 0) {
+    if ((rc = plait__pki_key_pem(&pk, ca_key_pem)) != 0) {
         plait_pki_free_pem(*ca_crt_pem);
         *ca_crt_pem = NULL;
     }
 exit:
     mbedtls_pk_free(&pk);
-    rng_end(&r);
+    plait__pki_rng_end(&r);
     return rc;
 }
 
@@ -669,14 +651,15 @@ exit:
 static int load_ca(mbedtls_x509_crt *ca, mbedtls_pk_context *ca_key, const char *crt_pem,
                    const char *key_pem)
 {
-    int rc = load_crt(ca, crt_pem, "CA certificate");
-    if (rc == 0) rc = load_key(ca_key, key_pem, "CA key");
+    int rc = plait__pki_load_crt(ca, crt_pem, "CA certificate");
+    if (rc == 0) rc = plait__pki_load_key(ca_key, key_pem, "CA key");
     if (rc != 0) return rc;
     if (!ca->ca_istrue)
         return plait_fail(PLAIT_EINVAL, "pki: the CA certificate is not a CA (basicConstraints)");
     int mrc = mbedtls_pk_check_pair(&ca->pk, ca_key);
     if (mrc != 0)
-        return mbed_fail(PLAIT_EMISMATCH, mrc, "pki: CA key does not match the CA certificate");
+        return plait__pki_mbed_fail(PLAIT_EMISMATCH, mrc,
+                                    "pki: CA key does not match the CA certificate");
     return 0;
 }
 
@@ -688,22 +671,22 @@ static int issue_leaf(int kind, const plait_pki_config_t *cfg, const char *ca_cr
 {
     int rc = plait_pki_config_validate(cfg);
     if (rc != 0) return rc;
-    rng_t r;
+    plait__pki_rng_t r;
     mbedtls_x509_crt ca;
     mbedtls_pk_context ca_key, key;
     mbedtls_x509_crt_init(&ca);
     mbedtls_pk_init(&ca_key);
     mbedtls_pk_init(&key);
-    if ((rc = rng_begin(&r, rng)) != 0) goto exit;
+    if ((rc = plait__pki_rng_begin(&r, rng)) != 0) goto exit;
     if ((rc = load_ca(&ca, &ca_key, ca_crt_pem, ca_key_pem)) != 0) goto exit;
     if (subject_key == NULL) {
-        if ((rc = gen_key(&key, r.use)) != 0) goto exit;
+        if ((rc = plait__pki_gen_key(&key, r.use)) != 0) goto exit;
         subject_key = &key;
     }
     issue_t q = {kind,    cn,  cfg->org, subject_key,
                  &ca_key, &ca, cfg,      kind == KIND_SERVER ? cfg->server_days : cfg->device_days};
     if ((rc = issue(&q, r.use, crt_pem, info)) != 0) goto exit;
-    if (key_pem_out != NULL && (rc = key_pem(&key, key_pem_out)) != 0) {
+    if (key_pem_out != NULL && (rc = plait__pki_key_pem(&key, key_pem_out)) != 0) {
         plait_pki_free_pem(*crt_pem);
         *crt_pem = NULL;
     }
@@ -711,7 +694,7 @@ exit:
     mbedtls_pk_free(&key);
     mbedtls_pk_free(&ca_key);
     mbedtls_x509_crt_free(&ca);
-    rng_end(&r);
+    plait__pki_rng_end(&r);
     return rc;
 }
 
@@ -739,43 +722,8 @@ int plait_pki_device_issue(const plait_pki_config_t *cfg, const char *ca_crt_pem
                       key_pem_out, info);
 }
 
-int plait_pki_csr_create(const char *device_id, const char *org, const char *key_pem_in,
-                         plait_drbg_t *rng, char **csr_pem)
-{
-    if (csr_pem == NULL) return plait_fail(PLAIT_EINVAL, "pki: NULL output");
-    *csr_pem = NULL;
-    if (org == NULL) org = "plait";
-    if (!plait_pki_device_id_valid(device_id) || !name_ok(org, 1))
-        return plait_fail(PLAIT_EINVAL, "pki: CSR: invalid device id or org");
-    int rc, mrc;
-    rng_t r;
-    mbedtls_pk_context pk;
-    mbedtls_x509write_csr w;
-    unsigned char buf[PEM_BUF];
-    mbedtls_pk_init(&pk);
-    mbedtls_x509write_csr_init(&w);
-    if ((rc = rng_begin(&r, rng)) != 0) goto exit;
-    if ((rc = load_key(&pk, key_pem_in, "device key")) != 0) goto exit;
-    char subject[160];
-    snprintf(subject, sizeof(subject), "CN=%s,O=%s", device_id, org);
-    mbedtls_x509write_csr_set_md_alg(&w, MBEDTLS_MD_SHA256);
-    mbedtls_x509write_csr_set_key(&w, &pk);
-    if ((mrc = mbedtls_x509write_csr_set_subject_name(&w, subject)) != 0 ||
-        (mrc = mbedtls_x509write_csr_pem(&w, buf, sizeof(buf), plait__pki_rng, r.use)) != 0) {
-        rc = mbed_fail(PLAIT_EINTERNAL, mrc, "pki: writing CSR");
-        goto exit;
-    }
-    rc = pem_out(buf, sizeof(buf), csr_pem);
-exit:
-    mbedtls_platform_zeroize(buf, sizeof(buf));
-    mbedtls_x509write_csr_free(&w);
-    mbedtls_pk_free(&pk);
-    rng_end(&r);
-    return rc;
-}
-
 /* Copy the subject CN out of a parsed name; "" if absent or not a plain string. */
-static void name_cn(const mbedtls_x509_name *name, char *out, size_t cap)
+void plait__pki_name_cn(const mbedtls_x509_name *name, char *out, size_t cap)
 {
     out[0] = '\0';
     for (; name != NULL; name = name->next) {
@@ -799,13 +747,13 @@ int plait_pki_issue_from_csr(const plait_pki_config_t *cfg, const char *ca_crt_p
     uint8_t *tmp = NULL;
     const uint8_t *use = NULL;
     size_t use_len = 0;
-    int rc = input_view(csr_buf, csr_len, CSR_MAX, &tmp, &use, &use_len);
+    int rc = plait__pki_input_view(csr_buf, csr_len, CSR_MAX, &tmp, &use, &use_len);
     if (rc != 0) return rc;
     mbedtls_x509_csr csr;
     mbedtls_x509_csr_init(&csr);
     int mrc = mbedtls_x509_csr_parse(&csr, use, use_len);
     if (mrc != 0) {
-        rc = mbed_fail(PLAIT_EPROTO, mrc, "pki: CSR is not a parseable PKCS#10 request");
+        rc = plait__pki_mbed_fail(PLAIT_EPROTO, mrc, "pki: CSR is not a parseable PKCS#10 request");
         goto exit;
     }
     /* Proof of possession: the request must be signed by the key it carries. */
@@ -817,13 +765,13 @@ int plait_pki_issue_from_csr(const plait_pki_config_t *cfg, const char *ca_crt_p
     }
     unsigned char hash[MBEDTLS_MD_MAX_SIZE];
     if ((mrc = mbedtls_md(md, csr.cri.p, csr.cri.len, hash)) != 0) {
-        rc = mbed_fail(PLAIT_EINTERNAL, mrc, "pki: hashing CSR");
+        rc = plait__pki_mbed_fail(PLAIT_EINTERNAL, mrc, "pki: hashing CSR");
         goto exit;
     }
     mrc = mbedtls_pk_verify_ext(csr.sig_pk, csr.sig_opts, &csr.pk, csr.sig_md, hash,
                                 mbedtls_md_get_size(md), csr.sig.p, csr.sig.len);
     if (mrc != 0) {
-        rc = mbed_fail(PLAIT_EAUTH, mrc,
+        rc = plait__pki_mbed_fail(PLAIT_EAUTH, mrc,
                        "pki: CSR self-signature does not verify (request altered or key not held)");
         goto exit;
     }
@@ -832,7 +780,7 @@ int plait_pki_issue_from_csr(const plait_pki_config_t *cfg, const char *ca_crt_p
         goto exit;
     }
     char cn[PLAIT_PKI_ID_MAX + 1];
-    name_cn(&csr.subject, cn, sizeof(cn));
+    plait__pki_name_cn(&csr.subject, cn, sizeof(cn));
     const char *id = device_id != NULL ? device_id : cn;
     if (!plait_pki_device_id_valid(id)) {
         rc = plait_fail(PLAIT_EINVAL, "pki: %s device id is missing or not 1..%d of [A-Za-z0-9._-]",
@@ -845,529 +793,4 @@ exit:
     mbedtls_x509_csr_free(&csr);
     free(tmp);
     return rc;
-}
-
-static void crt_info(const mbedtls_x509_crt *crt, plait_pki_cert_info_t *info)
-{
-    memset(info, 0, sizeof(*info));
-    name_cn(&crt->subject, info->device_id, sizeof(info->device_id));
-    const unsigned char *s = crt->serial.p;
-    size_t n = crt->serial.len;
-    while (n > 1 && *s == 0)
-        s++, n--;
-    if (n > PLAIT_PKI_SERIAL_HEX_MAX / 2)
-        n = PLAIT_PKI_SERIAL_HEX_MAX / 2; /* parser caps at 32; RFC at 20 */
-    plait_hex(s, n, info->serial_hex);
-    plait_sha256(crt->raw.p, crt->raw.len, info->fingerprint);
-    plait_hex(info->fingerprint, 32, info->fingerprint_hex);
-    info->not_before = x509_time_unix(&crt->valid_from);
-    info->not_after = x509_time_unix(&crt->valid_to);
-    info->is_ca = crt->ca_istrue;
-}
-
-int plait_pki_cert_info(const uint8_t *buf, size_t len, plait_pki_cert_info_t *info)
-{
-    if (info == NULL) return plait_fail(PLAIT_EINVAL, "pki: NULL output");
-    uint8_t *tmp = NULL;
-    const uint8_t *use = NULL;
-    size_t use_len = 0;
-    int rc = input_view(buf, len, FILE_MAX, &tmp, &use, &use_len);
-    if (rc != 0) return rc;
-    mbedtls_x509_crt crt;
-    mbedtls_x509_crt_init(&crt);
-    int mrc = mbedtls_x509_crt_parse(&crt, use, use_len);
-    if (mrc != 0)
-        rc = mbed_fail(PLAIT_EPROTO, mrc, "pki: not a parseable certificate");
-    else
-        crt_info(&crt, info);
-    mbedtls_x509_crt_free(&crt);
-    free(tmp);
-    return rc;
-}
-
-int plait_pki_verify(const char *ca_crt_pem, const char *crt_pem, int want_client,
-                     const char **reason)
-{
-    static const char *dummy;
-    if (reason == NULL) reason = &dummy;
-    *reason = NULL;
-    mbedtls_x509_crt ca, crt;
-    mbedtls_x509_crt_init(&ca);
-    mbedtls_x509_crt_init(&crt);
-    uint32_t flags = 0;
-    int rc = load_crt(&ca, ca_crt_pem, "CA certificate");
-    if (rc == 0) rc = load_crt(&crt, crt_pem, "certificate");
-    if (rc != 0) goto exit;
-    int mrc =
-        mbedtls_x509_crt_verify_with_profile(&crt, &ca, NULL, &profile, NULL, &flags, NULL, NULL);
-    if (mbedtls_x509_crt_check_key_usage(&crt, MBEDTLS_X509_KU_DIGITAL_SIGNATURE) != 0)
-        flags |= MBEDTLS_X509_BADCERT_KEY_USAGE;
-    const char *oid = want_client ? MBEDTLS_OID_CLIENT_AUTH : MBEDTLS_OID_SERVER_AUTH;
-    size_t oid_len = want_client ? MBEDTLS_OID_SIZE(MBEDTLS_OID_CLIENT_AUTH)
-                                 : MBEDTLS_OID_SIZE(MBEDTLS_OID_SERVER_AUTH);
-    if (mbedtls_x509_crt_check_extended_key_usage(&crt, oid, oid_len) != 0)
-        flags |= MBEDTLS_X509_BADCERT_EXT_KEY_USAGE;
-    if (mrc != 0 || flags != 0) {
-        *reason = plait__pki_flags_reason(flags);
-        rc = plait_fail(PLAIT_EAUTH, "pki: %s (flags 0x%05x, mbedTLS -0x%04x)", *reason,
-                        (unsigned)flags, (unsigned)-mrc);
-    }
-exit:
-    mbedtls_x509_crt_free(&crt);
-    mbedtls_x509_crt_free(&ca);
-    return rc;
-}
-
-/* ---- enrollment records (offline CA) ------------------------------------ */
-
-#define RECORD_MAGIC "plait-enrollment 1\n"
-
-/* "plait-enrollment 1\nlabel L\nid I\n" into out; 0 or PLAIT_EINVAL. */
-static int record_head(const char *label, const char *id, char *out, size_t cap)
-{
-    if (!plait_pki_device_id_valid(label) || !plait_pki_device_id_valid(id))
-        return plait_fail(PLAIT_EINVAL, "pki: record: invalid label or id");
-    int n = snprintf(out, cap, RECORD_MAGIC "label %s\nid %s\n", label, id);
-    return n > 0 && (size_t)n < cap ? 0 : plait_fail(PLAIT_EINVAL, "pki: record: head too long");
-}
-
-/* SHA-256 of head || crt_pem: what the CA signs. */
-static void record_hash(const char *head, const char *crt_pem, size_t crt_len, uint8_t h[32])
-{
-    plait_sha256_t c;
-    plait_sha256_init(&c);
-    plait_sha256_update(&c, (const uint8_t *)head, strlen(head));
-    plait_sha256_update(&c, (const uint8_t *)crt_pem, crt_len);
-    plait_sha256_finish(&c, h);
-}
-
-int plait_pki_record_create(const char *ca_key_pem, const char *label, const char *id,
-                            const char *crt_pem, char **record)
-{
-    if (record == NULL || crt_pem == NULL) return plait_fail(PLAIT_EINVAL, "pki: NULL argument");
-    *record = NULL;
-    char head[256];
-    int rc = record_head(label, id, head, sizeof(head));
-    if (rc != 0) return rc;
-    plait_pki_cert_info_t info;
-    if ((rc = plait_pki_cert_info((const uint8_t *)crt_pem, strlen(crt_pem) + 1, &info)) != 0) return rc;
-    if (strcmp(info.device_id, id) != 0)
-        return plait_fail(PLAIT_EINVAL, "pki: record: id is not the certificate's CN");
-    mbedtls_pk_context pk;
-    mbedtls_pk_init(&pk);
-    rng_t r;
-    unsigned char sig[MBEDTLS_PK_SIGNATURE_MAX_SIZE];
-    size_t sig_len = 0;
-    uint8_t h[32];
-    if ((rc = rng_begin(&r, NULL)) != 0) goto exit;
-    if ((rc = load_key(&pk, ca_key_pem, "CA key")) != 0) goto exit;
-    record_hash(head, crt_pem, strlen(crt_pem), h);
-    int mrc = mbedtls_pk_sign(&pk, MBEDTLS_MD_SHA256, h, sizeof(h), sig, &sig_len, plait__pki_rng, r.use);
-    if (mrc != 0) {
-        rc = mbed_fail(PLAIT_EINTERNAL, mrc, "pki: record: signing");
-        goto exit;
-    }
-    size_t cap = strlen(head) + 6 + 2 * sig_len + 1 + strlen(crt_pem) + 1;
-    char *out = malloc(cap);
-    if (!out) {
-        rc = plait_fail(PLAIT_ENOMEM, "pki: record");
-        goto exit;
-    }
-    char hex[2 * MBEDTLS_PK_SIGNATURE_MAX_SIZE + 1];
-    plait_hex(sig, sig_len, hex);
-    snprintf(out, cap, "%ssig %s\n%s", head, hex, crt_pem);
-    *record = out;
-exit:
-    mbedtls_pk_free(&pk);
-    rng_end(&r);
-    return rc;
-}
-
-/* The value of line "KEY VALUE\n" at *p (advanced past it) into out[cap]. */
-static int record_line(const char **p, const char *end, const char *key, char *out, size_t cap)
-{
-    size_t k = strlen(key);
-    const char *nl = memchr(*p, '\n', (size_t)(end - *p));
-    if (!nl || (size_t)(nl - *p) <= k + 1 || memcmp(*p, key, k) != 0 || (*p)[k] != ' ')
-        return plait_fail(PLAIT_EPROTO, "pki: record: missing line '%s'", key);
-    size_t n = (size_t)(nl - *p) - k - 1;
-    if (n >= cap) return plait_fail(PLAIT_EPROTO, "pki: record: '%s' too long", key);
-    memcpy(out, *p + k + 1, n);
-    out[n] = '\0';
-    *p = nl + 1;
-    return 0;
-}
-
-int plait_pki_record_verify(const char *ca_crt_pem, const char *record, size_t len, char *label, char *id,
-                            plait_pki_cert_info_t *info_out)
-{
-    if (record == NULL || label == NULL || id == NULL || ca_crt_pem == NULL)
-        return plait_fail(PLAIT_EINVAL, "pki: NULL argument");
-    label[0] = id[0] = '\0';
-    if (len > 0 && record[len - 1] == '\0') len--;
-    if (len > PLAIT_PKI_RECORD_MAX) return plait_fail(PLAIT_ETOOBIG, "pki: record: above %d bytes", PLAIT_PKI_RECORD_MAX);
-    if (memchr(record, '\0', len) != NULL) return plait_fail(PLAIT_EPROTO, "pki: record: NUL byte");
-    const char *p = record, *end = record + len;
-    size_t m = strlen(RECORD_MAGIC);
-    if (len < m || memcmp(p, RECORD_MAGIC, m) != 0) return plait_fail(PLAIT_EPROTO, "pki: record: not a plait enrollment record");
-    p += m;
-    char lab[PLAIT_PKI_ID_MAX + 1], dev[PLAIT_PKI_ID_MAX + 1], hex[2 * MBEDTLS_PK_SIGNATURE_MAX_SIZE + 1];
-    int rc;
-    if ((rc = record_line(&p, end, "label", lab, sizeof(lab))) != 0 ||
-        (rc = record_line(&p, end, "id", dev, sizeof(dev))) != 0 ||
-        (rc = record_line(&p, end, "sig", hex, sizeof(hex))) != 0)
-        return rc;
-    char head[256];
-    if (record_head(lab, dev, head, sizeof(head)) != 0) return plait_fail(PLAIT_EPROTO, "pki: record: invalid label or id");
-    size_t hl = strlen(hex);
-    unsigned char sig[MBEDTLS_PK_SIGNATURE_MAX_SIZE];
-    if (hl == 0 || hl % 2 != 0 || plait_unhex(hex, sig, hl / 2) != 0)
-        return plait_fail(PLAIT_EPROTO, "pki: record: 'sig' is not hex");
-    size_t crt_len = (size_t)(end - p);
-    char *crt = malloc(crt_len + 1);
-    if (!crt) return plait_fail(PLAIT_ENOMEM, "pki: record");
-    memcpy(crt, p, crt_len);
-    crt[crt_len] = '\0';
-    mbedtls_x509_crt ca;
-    mbedtls_x509_crt_init(&ca);
-    plait_pki_cert_info_t info;
-    if ((rc = load_crt(&ca, ca_crt_pem, "CA certificate")) != 0) goto exit;
-    uint8_t h[32];
-    record_hash(head, crt, crt_len, h);
-    int mrc = mbedtls_pk_verify(&ca.pk, MBEDTLS_MD_SHA256, h, sizeof(h), sig, hl / 2);
-    if (mrc != 0) {
-        rc = plait_fail(PLAIT_EAUTH, "pki: record: the signature is not the CA's (mbedTLS -0x%04x)", (unsigned)-mrc);
-        goto exit;
-    }
-    if ((rc = plait_pki_verify(ca_crt_pem, crt, 1, NULL)) != 0) goto exit;
-    if ((rc = plait_pki_cert_info((const uint8_t *)crt, crt_len + 1, &info)) != 0) goto exit;
-    if (strcmp(info.device_id, dev) != 0) {
-        rc = plait_fail(PLAIT_EAUTH, "pki: record: id is not the certificate's CN");
-        goto exit;
-    }
-    memcpy(label, lab, strlen(lab) + 1);
-    memcpy(id, dev, strlen(dev) + 1);
-    if (info_out) *info_out = info;
-exit:
-    mbedtls_x509_crt_free(&ca);
-    free(crt);
-    return rc;
-}
-
-/* ---- revocation list ---------------------------------------------------- */
-
-void plait_pki_revlist_init(plait_pki_revlist_t *rl)
-{
-    memset(rl, 0, sizeof(*rl));
-}
-
-void plait_pki_revlist_free(plait_pki_revlist_t *rl)
-{
-    if (rl == NULL) return;
-    free(rl->serials);
-    free(rl->fprs);
-    memset(rl, 0, sizeof(*rl));
-}
-
-/* Lower-case, leading zeros dropped; "" for invalid. */
-static int serial_norm(const char *in, char out[PLAIT_PKI_SERIAL_HEX_MAX + 1])
-{
-    if (in == NULL) return PLAIT_EINVAL;
-    while (*in == '0')
-        in++;
-    size_t n = strlen(in);
-    if (n == 0 || n > PLAIT_PKI_SERIAL_HEX_MAX) return PLAIT_EINVAL;
-    for (size_t i = 0; i < n; i++) {
-        char c = in[i];
-        if (c >= 'A' && c <= 'F') c = (char)(c - 'A' + 'a');
-        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return PLAIT_EINVAL;
-        out[i] = c;
-    }
-    out[n] = '\0';
-    return 0;
-}
-
-int plait_pki_revlist_add_serial(plait_pki_revlist_t *rl, const char *serial_hex)
-{
-    char norm[PLAIT_PKI_SERIAL_HEX_MAX + 1];
-    if (rl == NULL || serial_norm(serial_hex, norm) != 0)
-        return plait_fail(PLAIT_EINVAL, "pki: serial must be 1..%d hex digits",
-                          PLAIT_PKI_SERIAL_HEX_MAX);
-    if (rl->n_serials == rl->cap_serials) {
-        size_t cap = rl->cap_serials ? 2 * rl->cap_serials : 16;
-        void *p = realloc(rl->serials, cap * sizeof(*rl->serials));
-        if (p == NULL) return plait_fail(PLAIT_ENOMEM, "pki: revocation list of %zu serials", cap);
-        rl->serials = p;
-        rl->cap_serials = cap;
-    }
-    memcpy(rl->serials[rl->n_serials++], norm, sizeof(norm));
-    return 0;
-}
-
-int plait_pki_revlist_add_fingerprint(plait_pki_revlist_t *rl, const uint8_t fpr[32])
-{
-    if (rl == NULL || fpr == NULL) return plait_fail(PLAIT_EINVAL, "pki: NULL argument");
-    if (rl->n_fprs == rl->cap_fprs) {
-        size_t cap = rl->cap_fprs ? 2 * rl->cap_fprs : 16;
-        void *p = realloc(rl->fprs, cap * sizeof(*rl->fprs));
-        if (p == NULL)
-            return plait_fail(PLAIT_ENOMEM, "pki: revocation list of %zu fingerprints", cap);
-        rl->fprs = p;
-        rl->cap_fprs = cap;
-    }
-    memcpy(rl->fprs[rl->n_fprs++], fpr, 32);
-    return 0;
-}
-
-int plait_pki_revlist_contains(const plait_pki_revlist_t *rl, const plait_pki_cert_info_t *info)
-{
-    if (rl == NULL || info == NULL) return 0;
-    char norm[PLAIT_PKI_SERIAL_HEX_MAX + 1];
-    if (serial_norm(info->serial_hex, norm) == 0)
-        for (size_t i = 0; i < rl->n_serials; i++)
-            if (strcmp(rl->serials[i], norm) == 0) return 1;
-    for (size_t i = 0; i < rl->n_fprs; i++)
-        if (memcmp(rl->fprs[i], info->fingerprint, 32) == 0) return 1;
-    return 0;
-}
-
-int plait_pki_revlist_check(void *ud, const plait_pki_cert_info_t *peer)
-{
-    return plait_pki_revlist_contains(ud, peer) ? PLAIT_EAUTH : 0;
-}
-
-int plait_pki_revlist_load(plait_pki_revlist_t *rl, const char *path)
-{
-    if (rl == NULL || path == NULL) return plait_fail(PLAIT_EINVAL, "pki: NULL argument");
-    char *text = NULL;
-    int rc = plait_pki_read_file(path, &text);
-    if (rc == PLAIT_ENOENT) return 0;
-    if (rc != 0) return rc;
-    size_t lineno = 0;
-    for (char *line = text, *next; line != NULL; line = next) {
-        next = strchr(line, '\n');
-        if (next != NULL) *next++ = '\0';
-        lineno++;
-        char *hash = strchr(line, '#');
-        if (hash) *hash = '\0';
-        char kind[16], val[80], extra[2];
-        int k = sscanf(line, "%15s %79s %1s", kind, val, extra);
-        if (k <= 0) continue;
-        if (k == 2 && strcmp(kind, "serial") == 0) {
-            if ((rc = plait_pki_revlist_add_serial(rl, val)) != 0) break;
-        } else if (k == 2 && strcmp(kind, "sha256") == 0) {
-            uint8_t f[32];
-            if (strlen(val) != 64 || plait_unhex(val, f, 32) != 0) {
-                rc = PLAIT_EPROTO;
-                break;
-            }
-            if ((rc = plait_pki_revlist_add_fingerprint(rl, f)) != 0) break;
-        } else {
-            rc = PLAIT_EPROTO;
-            break;
-        }
-    }
-    free(text);
-    if (rc == PLAIT_EINVAL || rc == PLAIT_EPROTO)
-        return plait_fail(PLAIT_EPROTO,
-                          "%s: line %zu: expected 'serial <hex>' or 'sha256 <64 hex>'", path,
-                          lineno);
-    return rc;
-}
-
-/* ---- files and the deployment directory --------------------------------- */
-
-int plait_pki_write_file(const char *path, const char *text, int secret)
-{
-    if (path == NULL || text == NULL) return plait_fail(PLAIT_EINVAL, "pki: NULL argument");
-    char tmp[4096];
-    if (snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof(tmp))
-        return plait_fail(PLAIT_EINVAL, "pki: path too long");
-    (void)unlink(tmp);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, secret ? 0600 : 0644);
-    if (fd < 0) return plait_fail(PLAIT_EIO, "%s: %s", tmp, strerror(errno));
-    size_t n = strlen(text), off = 0;
-    while (off < n) {
-        ssize_t w = write(fd, text + off, n - off);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) {
-            int e = errno;
-            close(fd);
-            unlink(tmp);
-            return plait_fail(PLAIT_EIO, "%s: write: %s", tmp, strerror(e));
-        }
-        off += (size_t)w;
-    }
-    if (fsync(fd) != 0 || close(fd) != 0) {
-        unlink(tmp);
-        return plait_fail(PLAIT_EIO, "%s: fsync/close failed", tmp);
-    }
-    if (rename(tmp, path) != 0) {
-        int e = errno;
-        unlink(tmp);
-        return plait_fail(PLAIT_EIO, "%s: rename: %s", path, strerror(e));
-    }
-    return 0;
-}
-
-int plait_pki_read_file(const char *path, char **text)
-{
-    if (path == NULL || text == NULL) return plait_fail(PLAIT_EINVAL, "pki: NULL argument");
-    *text = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO is refused below, not waited on */
-    if (fd < 0)
-        return plait_fail(errno == ENOENT ? PLAIT_ENOENT : PLAIT_EIO, "%s: %s", path,
-                          strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return plait_fail(PLAIT_EIO, "%s: not a regular file", path);
-    }
-    if (st.st_size > FILE_MAX) {
-        close(fd);
-        return plait_fail(PLAIT_ETOOBIG, "%s: %lld bytes exceeds %d", path, (long long)st.st_size,
-                          FILE_MAX);
-    }
-    size_t cap = (size_t)st.st_size, n = 0;
-    char *buf = malloc(cap + 1);
-    if (buf == NULL) {
-        close(fd);
-        return plait_fail(PLAIT_ENOMEM, "%s: %zu bytes", path, cap + 1);
-    }
-    while (n < cap) {
-        ssize_t r = read(fd, buf + n, cap - n);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) break;
-        n += (size_t)r;
-    }
-    close(fd);
-    buf[n] = '\0';
-    if (memchr(buf, 0, n) != NULL) {
-        plait_zeroize(buf, n);
-        free(buf);
-        return plait_fail(PLAIT_EPROTO, "%s: contains NUL bytes", path);
-    }
-    *text = buf;
-    return 0;
-}
-
-static int dir_path(char *out, size_t cap, const char *dir, const char *name)
-{
-    if (snprintf(out, cap, "%s/%s", dir, name) >= (int)cap)
-        return plait_fail(PLAIT_EINVAL, "pki: path too long");
-    return 0;
-}
-
-int plait_pki_init_deployment(const char *dir, const plait_pki_config_t *cfg)
-{
-    if (dir == NULL) return plait_fail(PLAIT_EINVAL, "pki: NULL directory");
-    int rc = plait_pki_config_validate(cfg);
-    if (rc != 0) return rc;
-    char p[4096];
-    if (mkdir(dir, 0700) != 0 && errno != EEXIST)
-        return plait_fail(PLAIT_EIO, "%s: %s", dir, strerror(errno));
-    if ((rc = dir_path(p, sizeof(p), dir, "ca.key")) != 0) return rc;
-    if (access(p, F_OK) == 0)
-        return plait_fail(PLAIT_EBUSY, "%s: a deployment CA already exists", dir);
-
-    char *ca_crt = NULL, *ca_key = NULL, *srv_crt = NULL, *srv_key = NULL;
-    plait_drbg_t d;
-    plait_drbg_init(&d);
-    static const uint8_t pers[] = "plait-pki-init";
-    if ((rc = plait_drbg_seed(&d, pers, sizeof(pers) - 1)) != 0) goto exit;
-    if ((rc = plait_pki_ca_create(cfg, &d, &ca_crt, &ca_key)) != 0) goto exit;
-    if ((rc = plait_pki_server_issue(cfg, ca_crt, ca_key, &d, &srv_crt, &srv_key)) != 0) goto exit;
-    /* Keys first: a crash half-way leaves ca.key, so a retry refuses to mint a
-     * second CA over an existing one; the operator removes the directory. */
-    if ((rc = dir_path(p, sizeof(p), dir, "ca.key")) != 0 ||
-        (rc = plait_pki_write_file(p, ca_key, 1)) != 0)
-        goto exit;
-    if ((rc = dir_path(p, sizeof(p), dir, "ca.crt")) != 0 ||
-        (rc = plait_pki_write_file(p, ca_crt, 0)) != 0)
-        goto exit;
-    if ((rc = dir_path(p, sizeof(p), dir, "server.key")) != 0 ||
-        (rc = plait_pki_write_file(p, srv_key, 1)) != 0)
-        goto exit;
-    if ((rc = dir_path(p, sizeof(p), dir, "server.crt")) != 0 ||
-        (rc = plait_pki_write_file(p, srv_crt, 0)) != 0)
-        goto exit;
-    if ((rc = dir_path(p, sizeof(p), dir, "revoked.txt")) != 0) goto exit;
-    if (access(p, F_OK) != 0)
-        rc = plait_pki_write_file(
-            p, "# Revoked device certificates: 'serial <hex>' or 'sha256 <hex>' per line.\n", 0);
-exit:
-    plait_pki_free_pem(ca_crt);
-    plait_pki_free_pem(ca_key);
-    plait_pki_free_pem(srv_crt);
-    plait_pki_free_pem(srv_key);
-    plait_drbg_free(&d);
-    return rc;
-}
-
-static int read_ca(const char *dir, char **crt, char **key)
-{
-    char p[4096];
-    int rc = dir_path(p, sizeof(p), dir, "ca.crt");
-    if (rc == 0) rc = plait_pki_read_file(p, crt);
-    if (rc == 0) rc = dir_path(p, sizeof(p), dir, "ca.key");
-    if (rc == 0) rc = plait_pki_read_file(p, key);
-    return rc;
-}
-
-int plait_pki_enroll(const char *dir, const plait_pki_config_t *cfg, const char *device_id,
-                     char **crt_pem, char **key_pem_out, plait_pki_cert_info_t *info)
-{
-    if (dir == NULL || crt_pem == NULL || key_pem_out == NULL)
-        return plait_fail(PLAIT_EINVAL, "pki: NULL argument");
-    *crt_pem = *key_pem_out = NULL;
-    char *ca_crt = NULL, *ca_key = NULL;
-    int rc = read_ca(dir, &ca_crt, &ca_key);
-    if (rc == 0)
-        rc = plait_pki_device_issue(cfg, ca_crt, ca_key, device_id, NULL, crt_pem, key_pem_out,
-                                    info);
-    plait_pki_free_pem(ca_crt);
-    plait_pki_free_pem(ca_key);
-    return rc;
-}
-
-int plait_pki_enroll_csr(const char *dir, const plait_pki_config_t *cfg, const uint8_t *csr,
-                         size_t csr_len, const char *device_id, char **crt_pem,
-                         plait_pki_cert_info_t *info)
-{
-    if (dir == NULL || crt_pem == NULL) return plait_fail(PLAIT_EINVAL, "pki: NULL argument");
-    *crt_pem = NULL;
-    char *ca_crt = NULL, *ca_key = NULL;
-    int rc = read_ca(dir, &ca_crt, &ca_key);
-    if (rc == 0)
-        rc = plait_pki_issue_from_csr(cfg, ca_crt, ca_key, csr, csr_len, device_id, NULL, crt_pem,
-                                      info);
-    plait_pki_free_pem(ca_crt);
-    plait_pki_free_pem(ca_key);
-    return rc;
-}
-
-int plait_pki_revoke(const char *dir, const char *serial_hex, const uint8_t *fingerprint)
-{
-    char norm[PLAIT_PKI_SERIAL_HEX_MAX + 1];
-    if (dir == NULL || (serial_hex == NULL && fingerprint == NULL))
-        return plait_fail(PLAIT_EINVAL, "pki: revoke needs a serial or a fingerprint");
-    if (serial_hex != NULL && serial_norm(serial_hex, norm) != 0)
-        return plait_fail(PLAIT_EINVAL, "pki: serial must be 1..%d hex digits",
-                          PLAIT_PKI_SERIAL_HEX_MAX);
-    char p[4096], line[256];
-    int rc = dir_path(p, sizeof(p), dir, "revoked.txt");
-    if (rc != 0) return rc;
-    size_t n = 0;
-    if (serial_hex != NULL) n += (size_t)snprintf(line + n, sizeof(line) - n, "serial %s\n", norm);
-    if (fingerprint != NULL) {
-        char hex[65];
-        plait_hex(fingerprint, 32, hex);
-        n += (size_t)snprintf(line + n, sizeof(line) - n, "sha256 %s\n", hex);
-    }
-    int fd = open(p, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    if (fd < 0) return plait_fail(PLAIT_EIO, "%s: %s", p, strerror(errno));
-    ssize_t w = write(fd, line, n);
-    int ok = w == (ssize_t)n && fsync(fd) == 0;
-    if (close(fd) != 0) ok = 0;
-    return ok ? 0 : plait_fail(PLAIT_EIO, "%s: append failed", p);
 }

@@ -9,6 +9,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+# The dependency arrows (lib depends on nothing of client, aggregator or sim):
+# a wrong include fails here, before minutes of building.
+scripts/check-layering.sh
 mode=release
 case "${1:-}" in
   --sanitize) mode=sanitize; shift ;;

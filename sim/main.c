@@ -6,11 +6,11 @@
  *   plait-sim compare [flags] NAME=DIR...
  *                                draw the loss curves of several runs in one SVG
  *
- * Settings: defaults < --config FILE < flags. A bad flag, value or config file
+ * Settings: defaults < --config FILE < flags (the flag table, plait/flags.h,
+ * also writes --help). A bad flag, value or config file
  * prints one line naming it and exits with status 2; a failure while running
  * exits with 1.
  */
-#include <getopt.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +18,7 @@
 
 #include "plait/cli.h"
 #include "plait/file.h"
+#include "plait/flags.h"
 #include "plait/json.h"
 #include "plait/log.h"
 #include "plait/lora.h"
@@ -29,79 +30,6 @@
 #ifndef PLAIT_DEFAULT_ASSETS
 #define PLAIT_DEFAULT_ASSETS "../shared/assets"
 #endif
-
-static void usage(FILE *f)
-{
-    fprintf(f,
-            "usage: plait-sim [flags]             run an experiment (no flags: the default demo)\n"
-            "       plait-sim compare --out FILE.svg [--metric global|personal] [--x round|mb] NAME=DIR...\n"
-            "       plait-sim export-config [flags]   print the aggregator.conf of the experiment\n"
-            "       plait-sim --version\n"
-            "\n"
-            "flags (defaults < --config FILE < flags; see docs/researcher-guide.md):\n"
-            "  --config FILE            JSON experiment config\n"
-            "  --set SECTION.KEY=VALUE  any config key (repeatable), e.g. --set local.batch=8 --set lora.mode=fedit\n"
-            "  --seeds N                N runs with seeds seed..seed+N-1 into OUT/seed-S (compare draws the mean\n"
-            "                           and a 95%% CI); OUT/seeds.md has the final losses' mean and CI\n"
-            "  --out DIR                outputs and the clients' stores (default sim-out)\n"
-            "  --rounds N               rounds (20)\n"
-            "  --clients-per-round K    target cohort (10)\n"
-            "  --local-steps E          local optimizer steps per round (10)\n"
-            "  --local-epochs X         local epochs instead of steps\n"
-            "  --lr X                   client learning rate (0.003)\n"
-            "  --strategy S             fedavg | fedadam | fedyogi | fedadagrad (fedavg)\n"
-            "  --server-lr X            server learning rate (strategy default)\n"
-            "  --lora-mode M            ffa | fedit | fedsa (ffa)\n"
-            "  --rank R, --targets L    LoRA rank (8) and projections (wq,wv)\n"
-            "  --clip S                 client L2 clip bound (1.0)\n"
-            "  --noise-multiplier Z     central DP-FedAvg noise multiplier (0: off)\n"
-            "  --seed N, --threads N    master seed (1), worker threads (2)\n"
-            "  --min-lines N            clients need this many lines (20)\n"
-            "  --data PATH              corpus (default: tinyshakespeare.txt)\n"
-            "  --source S               shakespeare | dir | jsonl (shakespeare)\n"
-            "  --max-clients N          keep the first N clients (all)\n"
-            "  --eval-clients N         global loss over N clients' held-out data (all)\n"
-            "  --personal-clients N     clients personalized and compared with global (all)\n"
-            "  --eval-every N           evaluate every N rounds (1)\n"
-            "  --dropout P, --deadline S  fleet dropout probability (0.05), round deadline in simulated s (15)\n"
-            "  --model F, --tokenizer F  base model and tokenizer (shared assets)\n"
-            "  --centralized            also train one adapter on the pooled training data (the baseline)\n"
-            "  --centralized-only       only that baseline, no federated rounds\n"
-            "  --centralized-steps N    its steps (10000, at batch 16: eval.centralized_batch)\n"
-            "  --mode M                 inprocess | network (inprocess): network runs a real plait-aggregator\n"
-            "                           and plait-agent processes over loopback TLS\n"
-            "  --aggregator-bin F, --agent-bin F  network mode's binaries (default: this build tree)\n"
-            "  --quiet                  no per-round lines\n");
-}
-
-enum {
-    O_CONFIG = 256, O_OUT, O_ROUNDS, O_CPR, O_STEPS, O_EPOCHS, O_LR, O_STRATEGY, O_SERVER_LR, O_MODE, O_RANK,
-    O_TARGETS, O_CLIP, O_NOISE, O_SEED, O_THREADS, O_MIN_LINES, O_DATA, O_SOURCE, O_MAX_CLIENTS, O_EVAL_CLIENTS,
-    O_PERS, O_EVAL_EVERY, O_DROPOUT, O_DEADLINE, O_MODEL, O_TOK, O_QUIET, O_HELP,
-    O_CENTRAL, O_CENTRAL_ONLY, O_CENTRAL_STEPS, O_RUN_MODE, O_AGG_BIN, O_AGENT_BIN, O_SET, O_SEEDS
-};
-
-static const struct option OPTS[] = {
-    {"config", required_argument, 0, O_CONFIG}, {"out", required_argument, 0, O_OUT},
-    {"rounds", required_argument, 0, O_ROUNDS}, {"clients-per-round", required_argument, 0, O_CPR},
-    {"local-steps", required_argument, 0, O_STEPS}, {"local-epochs", required_argument, 0, O_EPOCHS},
-    {"lr", required_argument, 0, O_LR}, {"strategy", required_argument, 0, O_STRATEGY},
-    {"server-lr", required_argument, 0, O_SERVER_LR}, {"lora-mode", required_argument, 0, O_MODE},
-    {"rank", required_argument, 0, O_RANK}, {"targets", required_argument, 0, O_TARGETS},
-    {"clip", required_argument, 0, O_CLIP}, {"noise-multiplier", required_argument, 0, O_NOISE},
-    {"seed", required_argument, 0, O_SEED}, {"threads", required_argument, 0, O_THREADS},
-    {"min-lines", required_argument, 0, O_MIN_LINES}, {"data", required_argument, 0, O_DATA},
-    {"source", required_argument, 0, O_SOURCE}, {"max-clients", required_argument, 0, O_MAX_CLIENTS},
-    {"eval-clients", required_argument, 0, O_EVAL_CLIENTS}, {"personal-clients", required_argument, 0, O_PERS},
-    {"eval-every", required_argument, 0, O_EVAL_EVERY}, {"dropout", required_argument, 0, O_DROPOUT},
-    {"deadline", required_argument, 0, O_DEADLINE}, {"model", required_argument, 0, O_MODEL},
-    {"tokenizer", required_argument, 0, O_TOK}, {"quiet", no_argument, 0, O_QUIET},
-    {"help", no_argument, 0, O_HELP}, {"centralized", no_argument, 0, O_CENTRAL},
-    {"centralized-only", no_argument, 0, O_CENTRAL_ONLY}, {"centralized-steps", required_argument, 0, O_CENTRAL_STEPS},
-    {"mode", required_argument, 0, O_RUN_MODE},
-    {"aggregator-bin", required_argument, 0, O_AGG_BIN}, {"agent-bin", required_argument, 0, O_AGENT_BIN},
-    {"set", required_argument, 0, O_SET}, {"seeds", required_argument, 0, O_SEEDS},
-    {0, 0, 0, 0}};
 
 static int bad(void)
 {
@@ -116,78 +44,81 @@ static int set_str(char *dst, const char *flag, const char *v)
     return 0;
 }
 
-static int apply_flag(plait_sim_config_t *c, int opt, const char *v)
-{
-    long long i;
-    double d;
-    uint64_t u;
-    int rc = 0;
-#define INT(flag, lo, hi, field)                                                                                   \
-    if ((rc = plait_cli_int(flag, v, lo, hi, &i)) == 0) c->field = i;                        \
-    break
-#define DBL(flag, lo, hi, field)                                                                                   \
-    if ((rc = plait_cli_double(flag, v, lo, hi, &d)) == 0) c->field = d;                                           \
-    break
-    switch (opt) {
-    case O_OUT: return set_str(c->out_dir, "--out", v);
-    case O_ROUNDS: INT("--rounds", 1, 1000000, rounds);
-    case O_CPR: INT("--clients-per-round", 1, 1000000, clients_per_round);
-    case O_STEPS: INT("--local-steps", 1, 100000, local_steps);
-    case O_EPOCHS: DBL("--local-epochs", 0, 1000, local_epochs);
-    case O_LR: DBL("--lr", 0, 10, lr);
-    case O_SERVER_LR: DBL("--server-lr", 0, 100, server_lr);
-    case O_RANK: INT("--rank", 1, PLAIT_LORA_MAX_RANK, rank);
-    case O_CLIP: DBL("--clip", 1e-9, 1e9, clip);
-    case O_NOISE: DBL("--noise-multiplier", 0, 1e6, noise_multiplier);
-    case O_THREADS: INT("--threads", 1, 256, threads);
-    case O_MIN_LINES: INT("--min-lines", 1, 1000000000, min_lines);
-    case O_MAX_CLIENTS: INT("--max-clients", 0, 1000000000, max_clients);
-    case O_EVAL_CLIENTS: INT("--eval-clients", 0, 1000000000, eval_clients);
-    case O_PERS: INT("--personal-clients", 0, 1000000000, personal_clients);
-    case O_EVAL_EVERY: INT("--eval-every", 1, 1000000, eval_every);
-    case O_DROPOUT: DBL("--dropout", 0, 1, dropout);
-    case O_DEADLINE: DBL("--deadline", 1e-6, 1e9, deadline_s);
-    case O_SEED:
-        if ((rc = plait_cli_u64("--seed", v, &u)) == 0) c->seed = u;
-        break;
-    case O_STRATEGY:
-        if (plait_server_opt_kind_parse(v, &c->strategy) != 0)
-            rc = plait_fail(PLAIT_EINVAL, "--strategy: '%.32s' is not fedavg, fedadam, fedyogi or fedadagrad", v);
-        break;
-    case O_MODE:
-        if (plait_lora_mode_parse(v, &c->lora_mode) != 0)
-            rc = plait_fail(PLAIT_EINVAL, "--lora-mode: '%.32s' is not ffa, fedit or fedsa", v);
-        break;
-    case O_TARGETS:
-        if (plait_lora_parse_targets(v, &c->targets) != 0) rc = plait__sim_wrap(PLAIT_EINVAL, "--targets");
-        break;
-    case O_SOURCE:
-        if (strcmp(v, "shakespeare") == 0) c->source = PLAIT_SIM_SRC_SHAKESPEARE;
-        else if (strcmp(v, "dir") == 0) c->source = PLAIT_SIM_SRC_DIR;
-        else if (strcmp(v, "jsonl") == 0) c->source = PLAIT_SIM_SRC_JSONL;
-        else rc = plait_fail(PLAIT_EINVAL, "--source: '%.32s' is not shakespeare, dir or jsonl", v);
-        break;
-    case O_DATA: return set_str(c->data, "--data", v);
-    case O_MODEL: return set_str(c->model, "--model", v);
-    case O_TOK: return set_str(c->tokenizer, "--tokenizer", v);
-    case O_QUIET: c->quiet = true; break;
-    case O_CENTRAL: c->centralized = true; break;
-    case O_CENTRAL_ONLY: c->centralized = c->centralized_only = true; break;
-    case O_CENTRAL_STEPS: INT("--centralized-steps", 0, 1000000000, centralized_steps);
-    case O_RUN_MODE:
-        if (strcmp(v, "inprocess") != 0 && strcmp(v, "network") != 0)
-            return plait_fail(PLAIT_EINVAL, "--mode: '%.32s' is not inprocess or network", v);
-        snprintf(c->mode, sizeof(c->mode), "%s", v);
-        break;
-    case O_AGG_BIN: return set_str(c->aggregator_bin, "--aggregator-bin", v);
-    case O_AGENT_BIN: return set_str(c->agent_bin, "--agent-bin", v);
-    case O_SET: return plait_sim_config_set(c, v);
-    case O_SEEDS: break; /* main() */
-    default: rc = plait_fail(PLAIT_EINVAL, "unknown flag");
+/* Path-like settings: a char[PLAIT_SIM_PATH_MAX] field each. */
+#define SIM_STR(fn, flag)                                                                                          \
+    static int fn(void *dest, const char *v)                                                                       \
+    {                                                                                                              \
+        return set_str(dest, flag, v);                                                                             \
     }
-#undef INT
-#undef DBL
-    return rc;
+SIM_STR(set_out, "--out")
+SIM_STR(set_data, "--data")
+SIM_STR(set_model, "--model")
+SIM_STR(set_tokenizer, "--tokenizer")
+SIM_STR(set_agg_bin, "--aggregator-bin")
+SIM_STR(set_agent_bin, "--agent-bin")
+
+static int set_strategy(void *dest, const char *v)
+{
+    if (plait_server_opt_kind_parse(v, dest) != 0)
+        return plait_fail(PLAIT_EINVAL, "--strategy: '%.32s' is not fedavg, fedadam, fedyogi or fedadagrad", v);
+    return 0;
+}
+
+static int set_lora_mode(void *dest, const char *v)
+{
+    if (plait_lora_mode_parse(v, dest) != 0)
+        return plait_fail(PLAIT_EINVAL, "--lora-mode: '%.32s' is not ffa, fedit or fedsa", v);
+    return 0;
+}
+
+static int set_targets(void *dest, const char *v)
+{
+    if (plait_lora_parse_targets(v, dest) != 0) return plait__sim_wrap(PLAIT_EINVAL, "--targets");
+    return 0;
+}
+
+static int set_source(void *dest, const char *v)
+{
+    plait_sim_source_t *src = dest;
+    if (strcmp(v, "shakespeare") == 0) *src = PLAIT_SIM_SRC_SHAKESPEARE;
+    else if (strcmp(v, "dir") == 0) *src = PLAIT_SIM_SRC_DIR;
+    else if (strcmp(v, "jsonl") == 0) *src = PLAIT_SIM_SRC_JSONL;
+    else return plait_fail(PLAIT_EINVAL, "--source: '%.32s' is not shakespeare, dir or jsonl", v);
+    return 0;
+}
+
+static int set_run_mode(void *dest, const char *v)
+{
+    plait_sim_config_t *c = dest;
+    if (strcmp(v, "inprocess") != 0 && strcmp(v, "network") != 0)
+        return plait_fail(PLAIT_EINVAL, "--mode: '%.32s' is not inprocess or network", v);
+    snprintf(c->mode, sizeof(c->mode), "%s", v);
+    return 0;
+}
+
+static int set_key(void *dest, const char *v)
+{
+    return plait_sim_config_set(dest, v);
+}
+
+static int set_central_only(void *dest, const char *v)
+{
+    plait_sim_config_t *c = dest;
+    (void)v;
+    c->centralized = c->centralized_only = true;
+    return 0;
+}
+
+/* --config: read on the first pass over the flags only, so that flags override the file wherever they appear. */
+typedef struct {
+    plait_sim_config_t *cfg;
+    int load;
+} config_arg_t;
+
+static int set_config(void *dest, const char *v)
+{
+    config_arg_t *a = dest;
+    return a->load ? plait_sim_config_load(a->cfg, v) : 0;
 }
 
 /* One experiment: run it and print its summary. Returns the exit status; g and p get the final losses. */
@@ -314,30 +245,84 @@ int main(int argc, char **argv)
     if (!assets || !assets[0]) assets = PLAIT_DEFAULT_ASSETS;
     plait_sim_config_t cfg;
     plait_sim_config_default(&cfg, assets);
-    /* First pass: --config and --help, so that flags override the file wherever they appear. */
-    opterr = 0;
-    int opt;
-    while ((opt = getopt_long(argc, argv, "", OPTS, NULL)) != -1) {
-        if (opt == O_HELP) {
-            usage(stdout);
-            return 0;
-        }
-        if (opt == '?' || opt == ':') {
-            const char *flag = argv[optind - 1];
-            fprintf(stderr, "plait-sim: %s: unknown flag or missing value (see --help)\n", flag);
+    long long seeds = 1;
+    config_arg_t config = {&cfg, 1};
+    plait_flag_t flags[] = {
+        PLAIT_F_CUSTOM("config", &config, set_config, "FILE", "JSON experiment config"),
+        PLAIT_F_CUSTOM("set", &cfg, set_key, "SECTION.KEY=VALUE",
+                       "any config key (repeatable), e.g. --set local.batch=8 --set lora.mode=fedit"),
+        PLAIT_F_LLONG("seeds", &seeds, 1, 64, "N",
+                      "N runs with seeds seed..seed+N-1 into OUT/seed-S (compare draws the mean\n"
+                      "and a 95% CI); OUT/seeds.md has the final losses' mean and CI",
+                      0),
+        PLAIT_F_CUSTOM("out", cfg.out_dir, set_out, "DIR", "outputs and the clients' stores (default sim-out)"),
+        PLAIT_F_INT("rounds", &cfg.rounds, 1, 1000000, "N", "rounds", 1),
+        PLAIT_F_SIZE("clients-per-round", &cfg.clients_per_round, 1, 1000000, "K", "target cohort", 1),
+        PLAIT_F_INT("local-steps", &cfg.local_steps, 1, 100000, "E", "local optimizer steps per round", 1),
+        PLAIT_F_DOUBLE("local-epochs", &cfg.local_epochs, 0, 1000, "X", "local epochs instead of steps", 0),
+        PLAIT_F_DOUBLE("lr", &cfg.lr, 0, 10, "X", "client learning rate", 1),
+        PLAIT_F_CUSTOM("strategy", &cfg.strategy, set_strategy, "S",
+                       "fedavg | fedadam | fedyogi | fedadagrad (default fedavg)"),
+        PLAIT_F_DOUBLE("server-lr", &cfg.server_lr, 0, 100, "X", "server learning rate (default: the strategy's)", 0),
+        PLAIT_F_CUSTOM("lora-mode", &cfg.lora_mode, set_lora_mode, "M", "ffa | fedit | fedsa (default ffa)"),
+        PLAIT_F_INT("rank", &cfg.rank, 1, PLAIT_LORA_MAX_RANK, "R", "LoRA rank", 1),
+        PLAIT_F_CUSTOM("targets", &cfg.targets, set_targets, "L", "LoRA projections (default wq,wv)"),
+        PLAIT_F_DOUBLE("clip", &cfg.clip, 1e-9, 1e9, "S", "client L2 clip bound", 1),
+        PLAIT_F_DOUBLE("noise-multiplier", &cfg.noise_multiplier, 0, 1e6, "Z",
+                       "central DP-FedAvg noise multiplier (0: off)", 0),
+        PLAIT_F_U64("seed", &cfg.seed, "N", "master seed", 1),
+        PLAIT_F_INT("threads", &cfg.threads, 1, 256, "N", "worker threads", 1),
+        PLAIT_F_SIZE("min-lines", &cfg.min_lines, 1, 1000000000, "N", "clients need this many lines", 1),
+        PLAIT_F_CUSTOM("data", cfg.data, set_data, "PATH", "corpus (default: tinyshakespeare.txt)"),
+        PLAIT_F_CUSTOM("source", &cfg.source, set_source, "S", "shakespeare | dir | jsonl (default shakespeare)"),
+        PLAIT_F_SIZE("max-clients", &cfg.max_clients, 0, 1000000000, "N", "keep the first N clients (0: all)", 0),
+        PLAIT_F_SIZE("eval-clients", &cfg.eval_clients, 0, 1000000000, "N",
+                     "global loss over N clients' held-out data (0: all)", 0),
+        PLAIT_F_SIZE("personal-clients", &cfg.personal_clients, 0, 1000000000, "N",
+                     "clients personalized and compared with global (default: all)", 0),
+        PLAIT_F_INT("eval-every", &cfg.eval_every, 1, 1000000, "N", "evaluate every N rounds", 1),
+        PLAIT_F_DOUBLE("dropout", &cfg.dropout, 0, 1, "P", "fleet dropout probability", 1),
+        PLAIT_F_DOUBLE("deadline", &cfg.deadline_s, 1e-6, 1e9, "S", "round deadline in simulated s", 1),
+        PLAIT_F_CUSTOM("model", cfg.model, set_model, "F", "base model (default: the shared assets')"),
+        PLAIT_F_CUSTOM("tokenizer", cfg.tokenizer, set_tokenizer, "F", "tokenizer (default: the shared assets')"),
+        PLAIT_F_BOOL("centralized", &cfg.centralized,
+                     "also train one adapter on the pooled training data (the baseline)"),
+        PLAIT_F_ACTION("centralized-only", &cfg, set_central_only, "only that baseline, no federated rounds"),
+        PLAIT_F_INT("centralized-steps", &cfg.centralized_steps, 0, 1000000000, "N",
+                    "its steps (0: 10000, at batch eval.centralized_batch 16)", 0),
+        PLAIT_F_CUSTOM("mode", &cfg, set_run_mode, "M",
+                       "inprocess | network (default inprocess): network runs a real plait-aggregator\n"
+                       "and plait-agent processes over loopback TLS"),
+        PLAIT_F_CUSTOM("aggregator-bin", cfg.aggregator_bin, set_agg_bin, "F",
+                       "network mode's aggregator (default: this build tree's)"),
+        PLAIT_F_CUSTOM("agent-bin", cfg.agent_bin, set_agent_bin, "F", "network mode's agent (default: this build tree's)"),
+        PLAIT_F_BOOL("quiet", &cfg.quiet, "no per-round lines"),
+    };
+    plait_flags_cmd_t cmd = {
+        .prog = "plait-sim",
+        .synopsis = "plait-sim [flags]             run an experiment (no flags: the default demo)\n"
+                    "       plait-sim compare --out FILE.svg [--metric global|personal] [--x round|mb] NAME=DIR...\n"
+                    "       plait-sim export-config [flags]   print the aggregator.conf of the experiment\n"
+                    "       plait-sim --version\n",
+        .about = "flags (defaults < --config FILE < flags; see docs/researcher-guide.md):\n",
+        .flags = flags,
+        .n_flags = sizeof(flags) / sizeof(flags[0]),
+        .extra_args = 1,
+    };
+    /* Two passes: the first reads --config (and --help), the second applies every flag over it. */
+    for (int pass = 0; pass < 2; pass++) {
+        config.load = pass == 0;
+        int first = 0, rc = plait_flags_parse(&cmd, argc, argv, stdout, &first);
+        if (rc == PLAIT_FLAGS_HELP) return 0;
+        if (rc != 0 && cmd.unknown) {
+            fprintf(stderr, "plait-sim: %s: unknown flag or missing value (see --help)\n", cmd.unknown);
             return EXIT_USAGE;
         }
-        if (opt == O_CONFIG && plait_sim_config_load(&cfg, optarg) != 0) return bad();
-    }
-    if (optind < argc) {
-        fprintf(stderr, "plait-sim: unexpected argument '%.64s' (see --help)\n", argv[optind]);
-        return EXIT_USAGE;
-    }
-    optind = 1;
-    long long seeds = 1;
-    while ((opt = getopt_long(argc, argv, "", OPTS, NULL)) != -1) {
-        if (opt == O_SEEDS && plait_cli_int("--seeds", optarg, 1, 64, &seeds) != 0) return bad();
-        if (opt != O_CONFIG && apply_flag(&cfg, opt, optarg) != 0) return bad();
+        if (rc != 0) return bad();
+        if (first < argc) {
+            fprintf(stderr, "plait-sim: unexpected argument '%.64s' (see --help)\n", argv[first]);
+            return EXIT_USAGE;
+        }
     }
     if (plait_sim_config_validate(&cfg) != 0) return bad();
     if (export_config) return plait__sim_export_config(&cfg, "-") == 0 ? 0 : (bad(), EXIT_FAILURE);

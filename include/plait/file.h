@@ -44,4 +44,32 @@ int plait_file_fopen(const char *path, const char *label, FILE **out /* OUT */) 
 int plait_file_read(const char *path, const char *label, size_t max, uint8_t **out /* OUT */,
                     size_t *len /* OUT */) PLAIT_WUR;
 
+/**
+ * \brief Map a whole regular file read-only (MAP_PRIVATE), opened as
+ *        plait_file_open does. The mapping stays valid after the descriptor
+ *        is closed; the file must not be truncated or rewritten while it is
+ *        mapped (a read past a truncated end is SIGBUS).
+ * \param label  what error details start with; NULL means the path.
+ * \return 0 with *map_out (release with plait_file_unmap) and *len_out > 0;
+ *         PLAIT_EIO for a missing, non-regular or empty file or a failed
+ *         mmap ("<label>: empty file", "<label>: mmap failed: <reason>").
+ *         *map_out is NULL on error.
+ */
+int plait_file_map(const char *path, const char *label, void **map_out /* OUT */,
+                   size_t *len_out /* OUT */) PLAIT_WUR;
+
+/** \brief Release a mapping from plait_file_map; NULL does nothing. */
+void plait_file_unmap(void *map, size_t len);
+
+/**
+ * \brief Make a directory's entries durable: open it read-only and fsync it.
+ *        A rename, create or unlink in a directory survives a crash only once
+ *        the directory itself is synced.
+ * \param must_open  0: a directory that cannot be opened (no read
+ *        permission) is skipped and 0 returned; a failed fsync is still
+ *        reported. Non-zero: failing to open it is an error too.
+ * \return 0; PLAIT_EIO ("<dir>: cannot sync the directory: <reason>").
+ */
+int plait_file_sync_dir(const char *dir, int must_open);
+
 #endif /* PLAIT_FILE_H */

@@ -113,12 +113,4 @@ int plait_gguf_write_file(plait_gguf_writer_t *w, const char *path) PLAIT_WUR;
 struct plait_model_s;
 int plait__model_gguf_fill(plait_gguf_writer_t *w, const struct plait_model_s *m, int type) PLAIT_WUR;
 
-/* Internal: llama (SentencePiece-style) tokenizers in GGUF metadata
- * (client/tok_gguf.c). plait_tok_parse and plait_tok_load call the first two
- * for images that start with "GGUF". */
-struct plait_tok_s;
-int plait__tok_parse_gguf(struct plait_tok_s *t, const uint8_t *buf, size_t len, int vocab_size) PLAIT_WUR;
-int plait__tok_load_gguf_file(struct plait_tok_s *t, const char *path, int vocab_size) PLAIT_WUR;
-int plait__tok_gguf_fill(plait_gguf_writer_t *w, const struct plait_tok_s *t) PLAIT_WUR;
-
 #endif /* PLAIT_GGUF_H */

@@ -26,7 +26,7 @@
 #define PLAIT_MODEL_H
 
 #include "plait/plait.h"
-#include "plait/tensor.h"
+#include "plait/quant.h"
 
 /* Limits applied to checkpoint headers before anything is allocated. */
 #define PLAIT_MODEL_MAX_DIM 16384

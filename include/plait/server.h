@@ -15,7 +15,7 @@
  *     plait_server_destroy(s);
  *
  * Deployment directory: ca.crt, server.crt, server.key, revoked.txt (pki.h),
- * plait.db (aggstore.h). uv.h stays inside server.c (STYLE.md §2).
+ * plait.db (aggstore.h). uv.h stays inside aggregator/server*.c (STYLE.md §2).
  *
  * Thread-safety: plait_server_stop() may be called from any thread and from a
  * signal handler's thread; everything else from the thread that created the

@@ -37,6 +37,7 @@
 #ifndef PLAIT_TOK_H
 #define PLAIT_TOK_H
 
+#include "plait/gguf.h"
 #include "plait/plait.h"
 
 #define PLAIT_TOK_UNK 0
@@ -133,5 +134,12 @@ const char *plait_tok_decode(const plait_tok_t *t, int prev_token, int token,
  *        else (and the empty piece) is.
  */
 int plait_tok_piece_is_printable(const char *piece, size_t len);
+
+/* Internal: llama (SentencePiece-style) tokenizers in GGUF metadata
+ * (client/tok_gguf.c). plait_tok_parse and plait_tok_load call the first two
+ * for images that start with "GGUF". */
+int plait__tok_parse_gguf(plait_tok_t *t, const uint8_t *buf, size_t len, int vocab_size) PLAIT_WUR;
+int plait__tok_load_gguf_file(plait_tok_t *t, const char *path, int vocab_size) PLAIT_WUR;
+int plait__tok_gguf_fill(plait_gguf_writer_t *w, const plait_tok_t *t) PLAIT_WUR;
 
 #endif /* PLAIT_TOK_H */

@@ -16,7 +16,7 @@
  * byte of its body is buffered.
  *
  * This header exposes plain C structs only; protobuf-c stays inside
- * proto/wire.c. Worked example (aggregator side, bytes arriving in `in`):
+ * proto/ (wire.c and its wire_*.c). Worked example (aggregator side, bytes arriving in `in`):
  *
  *     plait_wire_limits_t lim;
  *     plait_wire_limits_default(&lim);

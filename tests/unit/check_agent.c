@@ -478,6 +478,42 @@ START_TEST(test_state_files)
 }
 END_TEST
 
+/* The state files are read like user-named files (plait_file_read): a FIFO or a directory
+ * in their place is refused at once as PLAIT_EIO, never waited on, and an oversized pending
+ * update is refused from its size, before it is read. */
+START_TEST(test_state_files_not_regular)
+{
+    char *d = fresh_state("agent_state_odd");
+    char *sp = tu_path(d, "state"), *pp = tu_path(d, "pending.upd");
+    plait__agent_state_t back;
+    plait__agent_pending_t q;
+    ck_assert_int_eq(mkfifo(sp, 0600), 0);
+    ck_assert_int_eq(mkfifo(pp, 0600), 0);
+    ck_assert_int_eq(plait__agent_state_load(d, &back), PLAIT_EIO);
+    ck_assert_msg(strstr(plait_errmsg(), "not a regular file") != NULL, "%s", plait_errmsg());
+    ck_assert_int_eq(plait__agent_pending_load(d, &q), PLAIT_EIO);
+    ck_assert_ptr_null(q.words);
+    ck_assert_int_eq(unlink(sp), 0);
+    ck_assert_int_eq(mkdir(sp, 0700), 0);
+    ck_assert_int_eq(plait__agent_state_load(d, &back), PLAIT_EIO);
+    ck_assert_int_eq(rmdir(sp), 0);
+    /* One byte over the largest update the wire allows (2^26 + 1 words, header, hash): a
+     * sparse file, so nothing big is written. */
+    ck_assert_int_eq(unlink(pp), 0);
+    int fd = open(pp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(ftruncate(fd, (off_t)(8 + 4 + 8 * 4) + ((off_t)(1 << 26) + 1) * 4 + 32 + 1), 0);
+    close(fd);
+    ck_assert_int_eq(plait__agent_pending_load(d, &q), PLAIT_EPROTO);
+    ck_assert_ptr_null(q.words);
+    ck_assert_int_eq(plait__agent_pending_remove(d), 0);
+    ck_assert_int_eq(plait__agent_pending_load(d, &q), PLAIT_ENOENT);
+    free(pp);
+    free(sp);
+    free(d);
+}
+END_TEST
+
 START_TEST(test_task_decision)
 {
     plait__agent_state_t st = {.last_uploaded = 5, .last_acked = 4};
@@ -1954,6 +1990,7 @@ Suite *agent_suite(void)
 
     tc = tcase_create("state");
     tcase_add_test(tc, test_state_files);
+    tcase_add_test(tc, test_state_files_not_regular);
     tcase_add_test(tc, test_task_decision);
     tcase_add_test(tc, test_backoff);
     suite_add_tcase(s, tc);

@@ -1,7 +1,8 @@
 /*
  * check_ingest.c: the text-block and JSON-lines parsers (record boundaries,
  * \r\n, blank lines, field types, line numbers in errors) and file ingest
- * into a store (all or nothing, size limits, the tinyshakespeare corpus).
+ * into a store (all or nothing, size limits, the tinyshakespeare corpus), and
+ * hostile store rows and ingest input that must end in a clear error.
  */
 #include <check.h>
 #include <dirent.h>
@@ -13,6 +14,7 @@
 
 #include "plait/ingest.h"
 #include "plait/json.h"
+#include "plait/store.h"
 #include "testutil.h"
 
 typedef struct {
@@ -351,6 +353,113 @@ START_TEST(test_file_jsonl_all_or_nothing)
 }
 END_TEST
 
+/* ---- hostile store rows and ingest input ---- */
+
+static int count_rec(void *ud, int64_t time, const char *kind, const char *user, const char *text,
+                     size_t len)
+{
+    (void)time, (void)kind, (void)user;
+    ck_assert(len >= 1 && strlen(text) == len);
+    (*(int *)ud)++;
+    return 0;
+}
+
+START_TEST(test_store_ingest_hostile)
+{
+    plait_store_config_t cfg;
+    plait_store_config_default(&cfg);
+    char *db = tu_path(tmpdir, "h.db");
+    cfg.path = db;
+    cfg.max_text = 4096;
+    plait_store_t *st = NULL;
+    ck_assert_int_eq(plait_store_open(&st, &cfg), 0);
+    int64_t id;
+    ck_assert_int_eq(plait_store_add(st, PLAIT_STORE_TIME_NOW, NULL, "a\0b", 3, &id), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_store_add(st, PLAIT_STORE_TIME_NOW, NULL, "a\xff", 2, &id),
+                     PLAIT_EINVAL);
+    ck_assert_int_eq(plait_store_add(st, PLAIT_STORE_TIME_NOW, NULL, "\xed\xa0\x80", 3, &id),
+                     PLAIT_EINVAL); /* surrogate */
+    ck_assert_int_eq(plait_store_add(st, PLAIT_STORE_TIME_NOW, NULL, "\xc0\xaf", 2, &id),
+                     PLAIT_EINVAL); /* overlong */
+    ck_assert_int_eq(plait_store_add(st, PLAIT_STORE_TIME_NOW, NULL, "\xf4\x90\x80\x80", 4, &id),
+                     PLAIT_EINVAL);
+    ck_assert_int_eq(plait_store_add(st, PLAIT_STORE_TIME_NOW, NULL, "x", 0, &id), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_store_add(st, -5, NULL, "x", 1, &id), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_store_add(st, PLAIT_STORE_TIME_NOW, "bad\nkind", "x", 1, &id),
+                     PLAIT_EINVAL);
+    ck_assert_int_eq(plait_store_add(st, PLAIT_STORE_TIME_NOW, "", "x", 1, &id), PLAIT_EINVAL);
+    char *huge = malloc(4097);
+    ck_assert_ptr_nonnull(huge);
+    memset(huge, 'a', 4097);
+    ck_assert_int_eq(plait_store_add(st, PLAIT_STORE_TIME_NOW, NULL, huge, 4097, &id),
+                     PLAIT_ETOOBIG);
+    ck_assert_int_eq(plait_store_add(st, PLAIT_STORE_TIME_NOW, NULL, huge, 4096, &id), 0);
+    ck_assert_int_eq(plait_store_add(st, INT64_MAX, NULL, "\xf0\x9f\x98\x80 ok", 7, &id), 0);
+    int64_t n = 0;
+    ck_assert_int_eq(plait_store_count(st, &n), 0);
+    ck_assert_int_eq(n, 2);
+    plait_store_close(st);
+    free(huge);
+    free(db);
+
+    /* JSONL: every hostile line is refused with a clear code, none crashes. */
+    static const struct {
+        const char *line;
+        int want;
+    } lines[] = {
+        {"{\"text\":\"ok\"}", 0},
+        {"{\"text\":\"ok\",\"time\":1e400}", PLAIT_ETOOBIG},
+        {"{\"text\":\"ok\",\"time\":9223372036854775808}", PLAIT_ETOOBIG},
+        {"{\"text\":\"ok\",\"time\":-1}", PLAIT_EPROTO},
+        {"{\"text\":\"ok\",\"time\":1.5}", PLAIT_EPROTO},
+        {"{\"text\":\"ok\",\"time\":\"now\"}", PLAIT_EPROTO},
+        {"{\"text\":5}", PLAIT_EPROTO},
+        {"{\"text\":null}", PLAIT_EPROTO},
+        {"{\"text\":[\"a\"]}", PLAIT_EPROTO},
+        {"{\"text\":\"\"}", PLAIT_EPROTO},
+        {"{\"text\":\"a\\u0000b\"}", PLAIT_EPROTO},
+        {"{\"text\":\"\\ud800\"}", PLAIT_EPROTO},
+        {"{\"text\":\"a\xff\"}", PLAIT_EPROTO},
+        {"{\"text\":\"a\",\"text\":\"b\"}", PLAIT_EPROTO},
+        {"[\"text\"]", PLAIT_EPROTO},
+        {"\"text\"", PLAIT_EPROTO},
+        {"{\"text\":\"ok\"} trailing", PLAIT_EPROTO},
+        {"{\"text\":\"ok\"", PLAIT_EPROTO},
+        {"{\"text\":\"ok\",\"kind\":7}", PLAIT_EPROTO},
+    };
+    for (size_t i = 0; i < sizeof(lines) / sizeof(lines[0]); i++) {
+        int cnt = 0;
+        int rc = plait_ingest_jsonl(lines[i].line, strlen(lines[i].line), count_rec, &cnt);
+        if (lines[i].want == 0)
+            ck_assert_int_eq(rc, 0);
+        else
+            ck_assert_msg(rc < 0, "line %zu accepted: %s", i, lines[i].line);
+        ck_assert_msg(rc == 0 || rc == lines[i].want || rc == PLAIT_EPROTO || rc == PLAIT_ETOOBIG,
+                      "line %zu: rc %d (%s)", i, rc, plait_errmsg());
+    }
+    /* Deep nesting and a huge number: limits, not a stack overflow. */
+    size_t depth = 200000;
+    char *deep = malloc(2 * depth + 16);
+    ck_assert_ptr_nonnull(deep);
+    size_t k = 0;
+    k += (size_t)sprintf(deep, "{\"x\":");
+    for (size_t i = 0; i < depth; i++)
+        deep[k++] = '[';
+    for (size_t i = 0; i < depth; i++)
+        deep[k++] = ']';
+    deep[k++] = '}';
+    int cnt = 0;
+    ck_assert_int_lt(plait_ingest_jsonl(deep, k, count_rec, &cnt), 0);
+    ck_assert_int_eq(cnt, 0);
+    k = (size_t)sprintf(deep, "{\"text\":\"a\",\"time\":1");
+    for (size_t i = 0; i < 100000; i++)
+        deep[k++] = '0';
+    deep[k++] = '}';
+    ck_assert_int_lt(plait_ingest_jsonl(deep, k, count_rec, &cnt), 0);
+    free(deep);
+}
+END_TEST
+
 Suite *ingest_suite(void)
 {
     Suite *s = suite_create("ingest");
@@ -366,6 +475,7 @@ Suite *ingest_suite(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_file_shakespeare);
     tcase_add_test(tc, test_file_jsonl_all_or_nothing);
+    tcase_add_test(tc, test_store_ingest_hostile);
     suite_add_tcase(s, tc);
     return s;
 }

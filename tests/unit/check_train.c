@@ -231,17 +231,21 @@ START_TEST(test_ref_threads)
 }
 END_TEST
 
-/* The portable (non-SIMD) kernels match the references too. */
-START_TEST(test_ref_scalar)
+/* Every kernel path this CPU has (loop index: portable, AVX2, AVX-512)
+ * matches the references, the portable one included. */
+START_TEST(test_ref_paths)
 {
-    plait__tensor_force_scalar(1);
+    int widest = plait_cpu_has_avx512() ? PLAIT__KPATH_AVX512 : plait_cpu_has_avx2_fma() ? PLAIT__KPATH_AVX2 : 0;
+    if (_i > widest) return; /* not on this CPU */
+    plait__tensor_force_path(_i);
+    ck_assert_int_eq(plait__tensor_path(), _i);
     char *model = tu_path(tu_assets_dir(), "stories260K.bin");
     run_reference("stories260K_wq_wv_r8", model, 2, 32, 18.725818180317074, 2);
     free(model);
     model = case_file("tiny_untied_all7_r4", "model.bin");
     run_reference("tiny_untied_all7_r4", model, 2, 16, 4.558780446288427, 1);
     free(model);
-    plait__tensor_force_scalar(0);
+    plait__tensor_force_path(-1);
 }
 END_TEST
 
@@ -487,14 +491,15 @@ static double naive_loss(const plait_model_t *m, const plait_lora_t *lo, const i
 }
 
 /* The engine's forward equals the naive one at lengths of one, several and
- * partial attention blocks, on the SIMD and the portable path. */
+ * partial attention blocks, on every kernel path this CPU has. */
 START_TEST(test_forward_vs_naive)
 {
     static const int Ts[] = {1, 5, 32, 33, 70, 96};
-    for (int scalar = 0; scalar < 2; scalar++) {
-        plait__tensor_force_scalar(scalar);
+    int widest = plait_cpu_has_avx512() ? PLAIT__KPATH_AVX512 : plait_cpu_has_avx2_fma() ? PLAIT__KPATH_AVX2 : 0;
+    for (int path = 0; path <= widest; path++) {
+        plait__tensor_force_path(path);
         /* shared = 0, 1: head size 4 (the matmul attention path); shared = 2:
-         * head size 8, tied (the row-wise AVX2 path when available). */
+         * head size 8, tied (the row-wise SIMD path when available). */
         for (int shared = 0; shared < 3; shared++) {
             plait_model_t m;
             plait_model_init(&m);
@@ -516,15 +521,15 @@ START_TEST(test_forward_vs_naive)
                 float ours;
                 ck_assert_int_eq(plait_train_eval_loss(tr, tok, 1, &ours), 0);
                 double ref = naive_loss(&m, &lora, tok, Ts[ti]);
-                ck_assert_msg(fabs((double)ours - ref) <= LOSS_RTOL * fabs(ref), "T=%d shared=%d scalar=%d: %.9g vs %.9g",
-                              Ts[ti], shared, scalar, (double)ours, ref);
+                ck_assert_msg(fabs((double)ours - ref) <= LOSS_RTOL * fabs(ref), "T=%d shared=%d path=%d: %.9g vs %.9g",
+                              Ts[ti], shared, path, (double)ours, ref);
                 plait_train_destroy(tr);
             }
             plait_lora_free(&lora);
             plait_model_free(&m);
         }
     }
-    plait__tensor_force_scalar(0);
+    plait__tensor_force_path(-1);
 }
 END_TEST
 
@@ -811,7 +816,7 @@ Suite *train_suite(void)
     tcase_add_test(tc, test_ref_stories260k);
     tcase_add_test(tc, test_ref_tiny_untied);
     tcase_add_test(tc, test_ref_threads);
-    tcase_add_test(tc, test_ref_scalar);
+    tcase_add_loop_test(tc, test_ref_paths, PLAIT__KPATH_PORTABLE, PLAIT__KPATH_AVX512 + 1);
     tcase_add_test(tc, test_ref_detects_error);
     suite_add_tcase(s, tc);
     tc = tcase_create("gradients");

@@ -8,7 +8,7 @@
  * uint8 qs[16] with element j in the low nibble of qs[j] and element j + 16
  * in the high nibble, value d * (nibble - 8).
  */
-#include "plait/tensor.h"
+#include "plait/quant.h"
 
 #include <math.h>
 #include <string.h>

@@ -12,7 +12,7 @@
  * they can be read in place as float).
  */
 #include "plait/gguf.h"
-#include "plait/tensor.h"
+#include "plait/quant.h"
 
 #include <errno.h>
 #include <stdio.h>

@@ -18,7 +18,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -327,19 +326,12 @@ static int import_peft(plait_lora_t *l, const char *dir, const plait_model_t *m)
 
 static int import_gguf(plait_lora_t *l, const char *path, const plait_model_t *m)
 {
-    int fd;
-    struct stat sb;
-    int orc = plait_file_open(path, NULL, &fd, &sb);
-    if (orc != 0) return orc == PLAIT_EIO ? orc : plait_fail(PLAIT_EIO, "%s", plait_errmsg());
-    if (sb.st_size <= 0) {
-        close(fd);
-        return plait_fail(PLAIT_EIO, "%s: empty file", path);
-    }
-    void *map = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (map == MAP_FAILED) return plait_fail(PLAIT_EIO, "%s: mmap failed", path);
+    void *map;
+    size_t map_len;
+    int rc = plait_file_map(path, NULL, &map, &map_len);
+    if (rc != 0) return rc;
     plait_gguf_t g;
-    int rc = plait_gguf_parse(&g, map, (size_t)sb.st_size);
+    rc = plait_gguf_parse(&g, map, map_len);
     half_t *h = NULL;
     if (rc == 0) {
         const char *s;
@@ -377,7 +369,7 @@ static int import_gguf(plait_lora_t *l, const char *path, const plait_model_t *m
     }
     free(h);
     plait_gguf_free(&g);
-    munmap(map, (size_t)sb.st_size);
+    plait_file_unmap(map, map_len);
     return rc;
 }
 

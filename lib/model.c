@@ -29,7 +29,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -334,7 +333,7 @@ int plait_model_init_random(plait_model_t *m, const plait_model_config_t *cfg, u
 void plait_model_free(plait_model_t *m)
 {
     if (!m) return;
-    if (m->is_gguf && m->map) munmap(m->map, m->map_len);
+    if (m->is_gguf) plait_file_unmap(m->map, m->map_len);
     else free(m->map);
     free(m->owned);
     free(m->mats);

@@ -33,7 +33,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -142,24 +141,13 @@ static int read_config(ld_t *x, plait_model_config_t *c, const char *arch)
 int plait_model_load_gguf(plait_model_t *m, const char *path)
 {
     int ret;
-    void *map = MAP_FAILED;
+    void *map = NULL;
     size_t map_len = 0;
     plait_gguf_t g;
     memset(&g, 0, sizeof(g));
-    int fd;
-    struct stat st;
     char label[300];
     snprintf(label, sizeof(label), "model %s", path);
-    if ((ret = plait_file_open(path, label, &fd, &st)) != 0) /* non-blocking: a FIFO is refused */
-        return ret == PLAIT_EIO ? ret : plait_fail(PLAIT_EIO, "%s", plait_errmsg());
-    if (st.st_size <= 0) {
-        close(fd);
-        return plait_fail(PLAIT_EIO, "model %s: empty file", path);
-    }
-    map_len = (size_t)st.st_size;
-    map = mmap(NULL, map_len, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (map == MAP_FAILED) return plait_fail(PLAIT_EIO, "model %s: mmap failed: %s", path, strerror(errno));
+    if ((ret = plait_file_map(path, label, &map, &map_len)) != 0) return ret;
     if ((ret = plait_gguf_parse(&g, map, map_len)) != 0) {
         char d[400];
         snprintf(d, sizeof(d), "%s", plait_errmsg());
@@ -213,7 +201,7 @@ int plait_model_load_gguf(plait_model_t *m, const char *path)
     m->map = map;
     m->map_len = map_len;
     m->is_gguf = 1;
-    map = MAP_FAILED; /* owned by m from here: plait_model_free releases it */
+    map = NULL; /* owned by m from here: plait_model_free releases it */
     m->mats = calloc(L * PLAIT_NPROJ + 2, sizeof(*m->mats));
     m->aux = malloc((2 * L * C + C + (c.qkv_bias ? L * (C + 2 * KV) : 0)) * sizeof(float));
     if (c.qkv_bias) m->bias = calloc(L * 3, sizeof(float *));
@@ -290,7 +278,7 @@ fail_m:
     plait_model_free(m);
 fail:
     plait_gguf_free(&g);
-    if (map != MAP_FAILED) munmap(map, map_len);
+    plait_file_unmap(map, map_len);
     return ret;
 }
 

@@ -1,5 +1,7 @@
 /*
- * check_review.c: adversarial review of the on-device engine.
+ * check_engine.c: the on-device engine (model, LoRA, trainer, inference,
+ * tokenizer, adapter files) against an independent reference, and under
+ * hostile input.
  *
  * Part 1 (generality): many model shapes built with plait_model_init_random
  * (tied/untied, GQA ratios 1..NH, head sizes 2..64, odd hidden and vocab
@@ -14,8 +16,9 @@
  *   (c) two AdamW steps (with and without clipping) against a hand update.
  * A deliberately perturbed gradient must be rejected by the same comparison.
  *
- * Part 2 (hostile input): headers, tokenizers, adapters, token files, store
- * rows, ingest JSONL and CLI flags that must end in a clear error.
+ * Part 2 (hostile input): headers, tokenizers, adapters, token files and the
+ * agent's training flags that must end in a clear error. (Hostile store rows
+ * and ingest input are in check_ingest.c, strict CLI numbers in check_cli.c.)
  */
 #include <check.h>
 #include <float.h>
@@ -1618,146 +1621,11 @@ START_TEST(test_tok_hostile)
 }
 END_TEST
 
-/* ----------------------------------------------------------- store, ingest */
-
-#include "plait/ingest.h"
-#include "plait/store.h"
-
-static int count_rec(void *ud, int64_t time, const char *kind, const char *user, const char *text,
-                     size_t len)
-{
-    (void)time, (void)kind, (void)user;
-    ck_assert(len >= 1 && strlen(text) == len);
-    (*(int *)ud)++;
-    return 0;
-}
-
-START_TEST(test_store_ingest_hostile)
-{
-    plait_store_config_t cfg;
-    plait_store_config_default(&cfg);
-    char *db = tu_path(scratch, "h.db");
-    cfg.path = db;
-    cfg.max_text = 4096;
-    plait_store_t *st = NULL;
-    ck_assert_int_eq(plait_store_open(&st, &cfg), 0);
-    int64_t id;
-    ck_assert_int_eq(plait_store_add(st, PLAIT_STORE_TIME_NOW, NULL, "a\0b", 3, &id), PLAIT_EINVAL);
-    ck_assert_int_eq(plait_store_add(st, PLAIT_STORE_TIME_NOW, NULL, "a\xff", 2, &id),
-                     PLAIT_EINVAL);
-    ck_assert_int_eq(plait_store_add(st, PLAIT_STORE_TIME_NOW, NULL, "\xed\xa0\x80", 3, &id),
-                     PLAIT_EINVAL); /* surrogate */
-    ck_assert_int_eq(plait_store_add(st, PLAIT_STORE_TIME_NOW, NULL, "\xc0\xaf", 2, &id),
-                     PLAIT_EINVAL); /* overlong */
-    ck_assert_int_eq(plait_store_add(st, PLAIT_STORE_TIME_NOW, NULL, "\xf4\x90\x80\x80", 4, &id),
-                     PLAIT_EINVAL);
-    ck_assert_int_eq(plait_store_add(st, PLAIT_STORE_TIME_NOW, NULL, "x", 0, &id), PLAIT_EINVAL);
-    ck_assert_int_eq(plait_store_add(st, -5, NULL, "x", 1, &id), PLAIT_EINVAL);
-    ck_assert_int_eq(plait_store_add(st, PLAIT_STORE_TIME_NOW, "bad\nkind", "x", 1, &id),
-                     PLAIT_EINVAL);
-    ck_assert_int_eq(plait_store_add(st, PLAIT_STORE_TIME_NOW, "", "x", 1, &id), PLAIT_EINVAL);
-    char *huge = malloc(4097);
-    ck_assert_ptr_nonnull(huge);
-    memset(huge, 'a', 4097);
-    ck_assert_int_eq(plait_store_add(st, PLAIT_STORE_TIME_NOW, NULL, huge, 4097, &id),
-                     PLAIT_ETOOBIG);
-    ck_assert_int_eq(plait_store_add(st, PLAIT_STORE_TIME_NOW, NULL, huge, 4096, &id), 0);
-    ck_assert_int_eq(plait_store_add(st, INT64_MAX, NULL, "\xf0\x9f\x98\x80 ok", 7, &id), 0);
-    int64_t n = 0;
-    ck_assert_int_eq(plait_store_count(st, &n), 0);
-    ck_assert_int_eq(n, 2);
-    plait_store_close(st);
-    free(huge);
-    free(db);
-
-    /* JSONL: every hostile line is refused with a clear code, none crashes. */
-    static const struct {
-        const char *line;
-        int want;
-    } lines[] = {
-        {"{\"text\":\"ok\"}", 0},
-        {"{\"text\":\"ok\",\"time\":1e400}", PLAIT_ETOOBIG},
-        {"{\"text\":\"ok\",\"time\":9223372036854775808}", PLAIT_ETOOBIG},
-        {"{\"text\":\"ok\",\"time\":-1}", PLAIT_EPROTO},
-        {"{\"text\":\"ok\",\"time\":1.5}", PLAIT_EPROTO},
-        {"{\"text\":\"ok\",\"time\":\"now\"}", PLAIT_EPROTO},
-        {"{\"text\":5}", PLAIT_EPROTO},
-        {"{\"text\":null}", PLAIT_EPROTO},
-        {"{\"text\":[\"a\"]}", PLAIT_EPROTO},
-        {"{\"text\":\"\"}", PLAIT_EPROTO},
-        {"{\"text\":\"a\\u0000b\"}", PLAIT_EPROTO},
-        {"{\"text\":\"\\ud800\"}", PLAIT_EPROTO},
-        {"{\"text\":\"a\xff\"}", PLAIT_EPROTO},
-        {"{\"text\":\"a\",\"text\":\"b\"}", PLAIT_EPROTO},
-        {"[\"text\"]", PLAIT_EPROTO},
-        {"\"text\"", PLAIT_EPROTO},
-        {"{\"text\":\"ok\"} trailing", PLAIT_EPROTO},
-        {"{\"text\":\"ok\"", PLAIT_EPROTO},
-        {"{\"text\":\"ok\",\"kind\":7}", PLAIT_EPROTO},
-    };
-    for (size_t i = 0; i < sizeof(lines) / sizeof(lines[0]); i++) {
-        int cnt = 0;
-        int rc = plait_ingest_jsonl(lines[i].line, strlen(lines[i].line), count_rec, &cnt);
-        if (lines[i].want == 0)
-            ck_assert_int_eq(rc, 0);
-        else
-            ck_assert_msg(rc < 0, "line %zu accepted: %s", i, lines[i].line);
-        ck_assert_msg(rc == 0 || rc == lines[i].want || rc == PLAIT_EPROTO || rc == PLAIT_ETOOBIG,
-                      "line %zu: rc %d (%s)", i, rc, plait_errmsg());
-    }
-    /* Deep nesting and a huge number: limits, not a stack overflow. */
-    size_t depth = 200000;
-    char *deep = malloc(2 * depth + 16);
-    ck_assert_ptr_nonnull(deep);
-    size_t k = 0;
-    k += (size_t)sprintf(deep, "{\"x\":");
-    for (size_t i = 0; i < depth; i++)
-        deep[k++] = '[';
-    for (size_t i = 0; i < depth; i++)
-        deep[k++] = ']';
-    deep[k++] = '}';
-    int cnt = 0;
-    ck_assert_int_lt(plait_ingest_jsonl(deep, k, count_rec, &cnt), 0);
-    ck_assert_int_eq(cnt, 0);
-    k = (size_t)sprintf(deep, "{\"text\":\"a\",\"time\":1");
-    for (size_t i = 0; i < 100000; i++)
-        deep[k++] = '0';
-    deep[k++] = '}';
-    ck_assert_int_lt(plait_ingest_jsonl(deep, k, count_rec, &cnt), 0);
-    free(deep);
-}
-END_TEST
 
 /* --------------------------------------------------------------------- cli */
 
 #include "plait/cli.h"
 
-START_TEST(test_cli_u64_strict)
-{
-    /* strtoull skips leading blanks and negates a '-' after them: " -1" was
-     * UINT64_MAX, so `ingest --max-bytes " -1"` lifted the file-size cap.
-     * And base 0 read "010" as octal 8 where cli.h promises decimal or 0x. */
-    uint64_t u = 7;
-    ck_assert_int_eq(plait_cli_u64("--max-bytes", " -1", &u), PLAIT_EINVAL);
-    ck_assert_int_eq(plait_cli_u64("--max-bytes", "\t-1", &u), PLAIT_EINVAL);
-    ck_assert_int_eq(plait_cli_u64("--max-bytes", " 5", &u), PLAIT_EINVAL);
-    ck_assert_int_eq(plait_cli_u64("--max-bytes", "+5", &u), PLAIT_EINVAL);
-    ck_assert_int_eq(plait_cli_u64("--max-bytes", "0x", &u), PLAIT_EINVAL);
-    ck_assert_int_eq(plait_cli_u64("--max-bytes", "0x-1", &u), PLAIT_EINVAL);
-    ck_assert_int_eq(plait_cli_u64("--max-bytes", "18446744073709551616", &u), PLAIT_EINVAL);
-    ck_assert_uint_eq(u, 7); /* untouched on error */
-    ck_assert_int_eq(plait_cli_u64("--seed", "010", &u), 0);
-    ck_assert_uint_eq(u, 10);
-    ck_assert_int_eq(plait_cli_u64("--seed", "0x10", &u), 0);
-    ck_assert_uint_eq(u, 16);
-    ck_assert_int_eq(plait_cli_u64("--seed", "0XfF", &u), 0);
-    ck_assert_uint_eq(u, 255);
-    ck_assert_int_eq(plait_cli_u64("--seed", "0", &u), 0);
-    ck_assert_uint_eq(u, 0);
-    ck_assert_int_eq(plait_cli_u64("--seed", "18446744073709551615", &u), 0);
-    ck_assert_uint_eq(u, UINT64_MAX);
-}
-END_TEST
 
 START_TEST(test_lora_targets_trailing_comma)
 {
@@ -1985,9 +1853,9 @@ START_TEST(test_corpus_eval_checks_T)
 }
 END_TEST
 
-Suite *review_suite(void)
+Suite *engine_suite(void)
 {
-    Suite *s = suite_create("review");
+    Suite *s = suite_create("engine");
     TCase *tc = tcase_create("shapes");
     tcase_set_timeout(tc, 120);
     tcase_add_loop_test(tc, test_shape_grad, 0, (int)N_SHAPES);
@@ -2014,8 +1882,6 @@ Suite *review_suite(void)
     tcase_add_test(th, test_cli_nonfinite_train);
     tcase_add_test(th, test_cli_hostile_flags);
     tcase_add_test(th, test_tok_hostile);
-    tcase_add_test(th, test_store_ingest_hostile);
-    tcase_add_test(th, test_cli_u64_strict);
     tcase_add_test(th, test_lora_targets_trailing_comma);
     tcase_add_test(th, test_sampler_tiny_temperature);
     tcase_add_test(th, test_adapter_file_size_bounded);

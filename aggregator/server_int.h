@@ -1,0 +1,272 @@
+/*
+ * server_int.h (private to aggregator/): what the service's files share.
+ *
+ * The service is one object, plait_server_t, split by concern:
+ *
+ *     server.c          setup, listeners, the tick, signals, shutdown, destroy
+ *     server_conn.c     device connections: accept, TLS, frames, writes,
+ *                       closing, message dispatch, revocation of live sessions
+ *     server_round.c    the round glue: cohort and pace steering, Hello → Task
+ *                       or come back later, uploads, declines, the SecAgg+
+ *                       glue, the round's deadlines (plait__srv_round_step)
+ *     server_commit.c   store jobs on a worker: a round opens, fails or
+ *                       commits (aggregate, optimizer step, adapter, one
+ *                       transaction); their results applied on the loop
+ *     server_metrics.c  the plain-HTTP GET /metrics endpoint
+ *
+ * beside server_admit.c (the pre-auth pool), server_secagg.c (the SecAgg+
+ * stages), metrics.c (the text rendering) and svcstore.c (the store).
+ *
+ * Everything here runs on the loop thread, except a commit job on its worker
+ * (server_commit.c says what it may touch). The plait__srv_ functions are
+ * internal to these files, not API; uv.h stays inside them (STYLE.md §2).
+ *
+ * Logs carry connection ids, device ids (pseudonymous certificate CNs), round
+ * ids, sizes and error names; never update words, adapter bytes or keys.
+ */
+#ifndef PLAIT_AGG_SERVER_INT_H
+#define PLAIT_AGG_SERVER_INT_H
+
+#include "plait/server.h"
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "metrics.h"
+#include "server_admit.h"
+#include "server_secagg.h"
+#include "svcstore.h"
+#include "plait/lora.h"
+#include "plait/model.h"
+#include "plait/pki.h"
+#include "plait/rng.h"
+#include "selection.h"
+#include "plait/round.h"
+#include "plait/tls.h"
+#include "plait/wire.h"
+
+#define PLAIN_CHUNK 16384          /* plaintext read per plait_tls_read */
+#define READ_BUF 65536             /* ciphertext read per uv read */
+#define CLOSE_GRACE_S 2.0          /* a closing connection gets this long to drain */
+#define METRICS_REQ_MAX 2048       /* bytes of an HTTP request we read */
+#define METRICS_MAX_CONNS 64
+#define METRICS_DEADLINE_S 2.0     /* a metrics connection gets this long to ask and be answered */
+#define REVOKE_SWEEP_S 1.0         /* revocation list reload and live-session sweep period */
+#define TICK_MS 50
+
+/* A serialized global adapter, shared by the connections downloading it. */
+typedef struct blob_s {
+    int refs;
+    uint64_t version;
+    uint8_t *data;
+    size_t len;
+    uint8_t sha[32];
+} blob_t;
+
+typedef struct conn_s conn_t;
+struct conn_s {
+    uv_tcp_t tcp;
+    uv_shutdown_t shut;
+    plait_server_t *srv;
+    conn_t *prev, *next;
+    plait_tls_t *tls;
+    uint64_t id;
+    int established, authed, closing, uv_closing;
+    char device[PLAIT_PKI_ID_MAX + 1];
+    uint64_t client;
+    double t_open, t_last, t_close;
+    uint8_t *in;
+    size_t in_len, in_cap;
+    size_t out_queued;
+    double t_wprog; /* last write progress (for the write-stall limit) */
+    /* round participation */
+    uint64_t round_id; /* server round id this connection was selected for, 0 if none */
+    blob_t *dl;
+    uint64_t dl_off;
+    int dl_active;
+    uint32_t *upd;
+    uint64_t upd_total, upd_have;
+    uint32_t upd_next;
+    char addr[PLAIT__ADMIT_ADDR_MAX]; /* peer IP address */
+    int preauth;                      /* counted in the pre-auth pool (server_admit.h) */
+};
+
+typedef struct mconn_s mconn_t;
+struct mconn_s {
+    uv_tcp_t tcp;
+    plait_server_t *srv;
+    mconn_t *prev, *next;
+    double t_open;
+    int closing;
+    char req[METRICS_REQ_MAX];
+    size_t len;
+};
+
+typedef struct {
+    uv_write_t req;
+    void *owner; /* conn_t or mconn_t */
+    int metrics;
+    size_t len;
+    uint8_t data[];
+} wreq_t;
+
+typedef struct {
+    uint64_t client;
+    int submitted; /* 0 training, 1 accepted, 2 held (uploaded during selection), -1 refused or
+                      dropped, -2 left during selection, -3 declined during selection */
+    char device[PLAIT_PKI_ID_MAX + 1];
+    uint32_t *pending; /* submitted == 2: the update, owned */
+    size_t n_pending;
+    double left_at;    /* submitted == -2: when its last connection closed */
+    int revoked;       /* revoked while in the round: its update is not taken */
+} member_t;
+
+typedef struct {
+    uint64_t client;
+    uint64_t last_round;
+} pace_t;
+
+struct plait_server_s {
+    uv_loop_t loop;
+    uv_tcp_t listener, mlistener;
+    uv_timer_t tick;
+    uv_signal_t sigterm, sigint;
+    uv_async_t stop_async;
+    int have_metrics;
+    int port, metrics_port;
+    char dir[1024];
+    plait_aggcfg_t cfg;
+    plait_wire_limits_t lim;
+    plait_tls_config_t *tls;
+    plait_pki_revlist_t rev;
+    char rev_path[1100];
+    double rev_checked;
+    plait_aggstore_t *store;     /* writer: loop thread at setup and shutdown, else only inside jobs */
+    plait_aggstore_t *store_r;   /* reader: loop thread (device checks) */
+    plait__svc_stats_t rs;       /* counters of the current round */
+    /* model and adapter */
+    plait_model_config_t mcfg;
+    uint8_t base_sha[32];
+    plait_lora_t lora;           /* worker-owned while busy: template for blobs */
+    plait_lora_mode_t mode;
+    size_t span_off, span_len;
+    float *committed;            /* last committed global span (span_len floats) */
+    blob_t *blob;                /* the committed global adapter */
+    /* round core */
+    plait_round_config_t rcfg;
+    plait_round_t *round;
+    plait_rng_t rng;
+    plait_sel_t *sel;            /* Poisson sampling of the cohort (dp = central) */
+    plait_rng_t sel_rng;         /* its draws: a stream of its own, loop thread only */
+    uint64_t cur_rid;            /* store id of the open (or last) round, 0 before the first */
+    uint64_t cur_core;           /* the round core's id of the same round */
+    int loop_init;
+    uint64_t blob_version_for_job; /* base version of the round being opened */
+    int round_live;              /* a round was opened and has not been ended by the service */
+    double next_open;            /* open the next round at or after this time */
+    int open_err;                /* code of the last failure to open a round (logged once per change), or 0 */
+    member_t *cohort;
+    size_t n_cohort, cap_cohort;
+    pace_t *pace;
+    size_t n_pace, cap_pace;
+    /* commit work */
+    uv_work_t work;
+    int busy;
+    /* connections */
+    conn_t *conns;
+    mconn_t *mconns;
+    size_t n_mconns;
+    uint64_t next_conn_id;
+    int stopping, stopped_handles;
+    plait__metrics_t m;
+    plait__admit_t admit;
+    size_t preauth_cap;
+    size_t n_closing;            /* connections closing (not counted against max_connections) */
+    double rev_swept;
+    /* secure aggregation (server_secagg.c): the round's SecAgg+ state, or NULL */
+    plait__sa_t *sa;
+    int sa_failed;               /* the last round could not start secure aggregation: back off */
+    uint8_t dep[32];             /* deployment id: SHA-256 of the CA certificate */
+    char *ca_pem;
+    uint8_t readbuf[READ_BUF];
+    uint8_t plain[PLAIN_CHUNK];
+    int read_busy;
+};
+
+/* The loop's clock, in seconds. */
+static inline double now_s(plait_server_t *s) { return (double)uv_now(&s->loop) / 1000.0; }
+
+/* ---- server.c ------------------------------------------------------------------ */
+
+/** \brief Drop a reference to a serialized adapter; the last one frees it. NULL does nothing. */
+void plait__srv_blob_unref(blob_t *b);
+
+/* ---- server_conn.c ------------------------------------------------------------- */
+
+/** \brief Count a refusal (rejections_total{why}, and the open round's counters) and log it, rate limited. */
+void plait__srv_reject(conn_t *c, plait__rej_t why, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
+/** \brief Encode m, encrypt it and queue it on c. */
+int plait__srv_send_msg(conn_t *c, const plait_msg_t *m);
+/** \brief Queue an Error frame (best effort). */
+void plait__srv_send_error(conn_t *c, int code, const char *msg);
+/** \brief Queue a ComeBackLater (retry_ms clamped to 1..max_retry_ms), counted in come_back_later. */
+void plait__srv_send_cbl(conn_t *c, plait_retry_reason_t why, uint64_t retry_ms);
+/** \brief The close callback of a connection's handle: unlinks it and frees it. */
+void plait__srv_on_conn_closed(uv_handle_t *h);
+/** \brief Close c once (graceful: close_notify, FIN, lingering read); it leaves the pool and the round. */
+void plait__srv_conn_close(conn_t *c, int graceful);
+/** \brief Refuse with an Error frame (when the session can still carry one), then close. */
+void plait__srv_fail_conn(conn_t *c, plait__rej_t why, int code, const char *wire_msg);
+/** \brief Reload the revocation list; close revoked devices' sessions, take them out of the round. */
+void plait__srv_revoke_sweep(plait_server_t *s);
+/** \brief The federation listener's connection callback. */
+void plait__srv_on_conn(uv_stream_t *l, int status);
+
+/* ---- server_round.c ------------------------------------------------------------ */
+
+/** \brief The open round's member with this client id, or NULL. */
+member_t *plait__srv_member_find(plait_server_t *s, uint64_t client);
+/** \brief c is closing: a selected device that left before its update was in (rejoin grace). */
+void plait__srv_conn_leave_round(conn_t *c);
+/** \brief The answer to an accepted Hello: a task, or come back later. */
+void plait__srv_offer(conn_t *c);
+/** \brief Start the SecAgg+ stages of the round just opened (s->sa). */
+int plait__srv_secagg_open(plait_server_t *s, double now);
+/** \brief Drive the round: deadlines, failure, commit, next round (tick). */
+void plait__srv_round_step(plait_server_t *s);
+/** \brief An UpdateChunk from c. */
+void plait__srv_handle_update(conn_t *c, const plait_msg_update_chunk_t *u);
+/** \brief A Decline from c; closes c. */
+void plait__srv_handle_decline(conn_t *c, const plait_msg_decline_t *d);
+/** \brief A member revoked while in the round: held update dropped, counted as a dropout. */
+void plait__srv_member_revoke(plait_server_t *s, member_t *mb);
+/** \brief The round ended without a commit: tell its connected devices to come back later. */
+void plait__srv_signal_round_end(plait_server_t *s, plait_retry_reason_t why);
+
+/* ---- server_commit.c ----------------------------------------------------------- */
+
+/** \brief Empty the cohort (held updates wiped and freed). */
+void plait__srv_cohort_clear(plait_server_t *s);
+/** \brief Shutdown with a round open and no job running: record it abandoned. */
+void plait__srv_abandon_round(plait_server_t *s, const char *why);
+/** \brief Queue the job that opens the next round in the store. */
+void plait__srv_round_open(plait_server_t *s);
+/** \brief The round failed: log it, tell its devices, queue the job that records it. */
+void plait__srv_round_failed(plait_server_t *s);
+/** \brief The round reached AGGREGATION: queue its commit job (once). */
+void plait__srv_start_commit(plait_server_t *s);
+
+/* ---- server_metrics.c ---------------------------------------------------------- */
+
+/** \brief Close a metrics connection once. */
+void plait__srv_mconn_close(mconn_t *mc);
+/** \brief The metrics listener's connection callback. */
+void plait__srv_on_mconn(uv_stream_t *l, int status);
+
+#endif

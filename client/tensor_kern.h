@@ -1,0 +1,61 @@
+/*
+ * tensor_kern.h: what tensor.c shares with its SIMD kernel files
+ * (tensor_avx2.c, tensor_avx512.c): the micro-tile and block sizes, the
+ * dot-product job, and the x86 kernels, each compiled for its instruction
+ * set through a target attribute so that a baseline build carries all of
+ * them and tensor.c picks one at run time. Internal to client/.
+ */
+#ifndef PLAIT_TENSOR_KERN_H
+#define PLAIT_TENSOR_KERN_H
+
+#include "plait/tensor.h"
+
+#include <stddef.h>
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define PLAIT_HAVE_X86_SIMD 1
+#include <immintrin.h>
+#define PLAIT_AVX2 __attribute__((target("avx2,fma")))
+#define PLAIT_AVX512 __attribute__((target("avx512f,avx2,fma")))
+#else
+#define PLAIT_HAVE_X86_SIMD 0
+#endif
+
+#define MR 6            /* rows of C per micro-tile */
+#define NR 16           /* columns of C per micro-tile: two 8-float vectors */
+#define MR512 8         /* AVX-512 tile: 8 rows x 32 columns (two 16-float vectors) */
+#define NR512 32
+#define KC 256          /* depth of one packed block of B */
+
+/*
+ * Forward for a handful of rows (token-by-token inference is N = 1): packing
+ * W would cost as much as the product, so each output is a dot product of an
+ * input row with a W row, both contiguous. Threads split OC.
+ */
+typedef struct {
+    float *out;
+    const float *inp, *w;
+    const plait_wmat_t *wt; /* typed W instead of w, or NULL */
+    size_t N, IC, OC;
+    int accumulate;
+    int path; /* PLAIT__KPATH_* */
+} dot_t;
+
+#if PLAIT_HAVE_X86_SIMD
+/* One full panel of a transposed pack (tensor_avx2.c): d[k * NRW + jj] =
+ * s[jj * ldb + k] for jj < NRW (a multiple of 8), k < kc. */
+void plait__pack_bt_panel_avx2(float *restrict d, const float *s, size_t ldb, size_t kc, size_t NRW);
+/* Micro-kernels: C (mr, nr) (+)= A (mr, kc) · packed panel (kc, NR or NR512). */
+void plait__ukernel_avx2(size_t kc, const float *a, size_t ars, size_t acs, const float *bp, float *c,
+                         size_t ldc, size_t mr, size_t nr, int load_c);
+void plait__ukernel_avx512(size_t kc, const float *a, size_t ars, size_t acs, const float *bp, float *c,
+                           size_t ldc, size_t mr, size_t nr, int load_c);
+/* d[k * NR512 + j] = s[k * ldb + j] for k < kc, j < 32 (tensor_avx512.c):
+ * the non-transposed pack of one full AVX-512 panel; d is 64-byte aligned. */
+void plait__pack_rows32_avx512(float *restrict d, const float *s, size_t ldb, size_t kc);
+/* Output rows o0 .. o1-1 of a dot-product job (F32 W). */
+void plait__dot_avx2(const dot_t *d, size_t o0, size_t o1);
+void plait__dot_avx512(const dot_t *d, size_t o0, size_t o1);
+#endif
+
+#endif /* PLAIT_TENSOR_KERN_H */

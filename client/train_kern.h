@@ -1,0 +1,157 @@
+/*
+ * train_kern.h: the trainer's element-wise and per-head kernels (softmax,
+ * cross-entropy, RMSNorm, RoPE, SwiGLU, row-wise attention), one table per
+ * kernel path, with the helpers every implementation shares. Internal to
+ * client/ (train.c, train_layers.c, the train_*.c kernel files) and its tests.
+ */
+#ifndef PLAIT_TRAIN_KERN_H
+#define PLAIT_TRAIN_KERN_H
+
+#include <float.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Rows of one causal attention block (see att_block_offset). */
+#define ATT_BLOCK 32
+
+/* Probabilities below FLT_MIN are flushed to zero: they contribute nothing
+ * measurable, and denormal operands slow every later multiply by ~100x
+ * (a confident model on foreign text produces many). */
+static inline float flush(float p)
+{
+    return p < FLT_MIN ? 0.0f : p;
+}
+
+/* ------------------------------------------------------------ vector helpers
+ * Element-wise spans used by softmax, cross-entropy and SwiGLU. Each has a
+ * portable version (train_kern.c) and SIMD ones (train_avx2.c), gathered in
+ * one table per kernel path and picked at run time by the path tensor.c
+ * uses (plait__tensor_path(), which tests can force), so a default (-O2,
+ * baseline x86-64) build still runs them 8 floats at a time. exp is the Cephes
+ * single-precision polynomial (relative error ~2e-7), flushed to 0 below
+ * -87.33 where the result would be denormal; both paths use the same
+ * polynomial. Sums of exponentials accumulate in double. */
+
+#define EXP_LO -87.33f
+#define EXP_HI 88.72f
+#define EXP_LOG2E 1.44269504088896341f
+#define EXP_C1 0.693359375f
+#define EXP_C2 -2.12194440e-4f
+#define EXP_P0 1.9875691500e-4f
+#define EXP_P1 1.3981999507e-3f
+#define EXP_P2 8.3334519073e-3f
+#define EXP_P3 4.1665795894e-2f
+#define EXP_P4 1.6666665459e-1f
+#define EXP_P5 5.0000001201e-1f
+
+static inline float exp_poly(float x)
+{
+    /* NaN (from NaN weights, or an adapter so large that products overflow
+     * to inf - inf) must not reach the (int) cast below, which is undefined
+     * for it: propagate it, and the trainer's non-finite loss check stops. */
+    if (x != x) return x;
+    if (x < EXP_LO) return 0.0f;
+    if (x > EXP_HI) x = EXP_HI;
+    float fx = x * EXP_LOG2E + 0.5f;
+    int n = (int)fx;
+    if ((float)n > fx) n--; /* floor */
+    float fn = (float)n;
+    float r = x - fn * EXP_C1;
+    r = r - fn * EXP_C2;
+    float y = EXP_P0;
+    y = y * r + EXP_P1;
+    y = y * r + EXP_P2;
+    y = y * r + EXP_P3;
+    y = y * r + EXP_P4;
+    y = y * r + EXP_P5;
+    y = y * (r * r) + r + 1.0f;
+    uint32_t bits = (uint32_t)(n + 127) << 23;
+    float p2;
+    memcpy(&p2, &bits, 4);
+    return y * p2;
+}
+
+/* The causal probabilities of one (b, h) are stored by row blocks of
+ * ATT_BLOCK rows: block k covers rows [r0, r1) = [k*ATT_BLOCK, min(r0 +
+ * ATT_BLOCK, T)) and only the r1 columns a row of it can see, row-major with
+ * row stride r1. Products then skip the masked upper triangle (about half of
+ * the T*T work and memory) while each block stays one matmul call. */
+static inline size_t att_block_offset(size_t k, size_t T)
+{
+    size_t off = 0;
+    for (size_t i = 0; i < k; i++) {
+        size_t r0 = i * ATT_BLOCK, r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;
+        off += (r1 - r0) * r1;
+    }
+    return off;
+}
+
+/* T rounded up to a multiple of 8 (one AVX2 vector). */
+static inline size_t round8(size_t T)
+{
+    return (T + 7) & ~(size_t)7;
+}
+
+/* AdamW's per-step constants (train.c, as torch.optim.AdamW computes them). */
+typedef struct {
+    double b1, b2;      /* betas */
+    double step_size;   /* lr / (1 - b1^t) */
+    double bc2_sqrt;    /* sqrt(1 - b2^t) */
+    double decay;       /* 1 - lr * weight_decay */
+    double eps;
+} plait__adamw_t;
+
+/* One path's kernels. n counts floats; spans need no alignment. */
+typedef struct {
+    /* x = exp((x - sub) * mul) (0 below the denormal range); returns the sum. */
+    double (*exp_sum)(float *x, size_t n, float sub, float mul);
+    float (*max)(const float *x, size_t n);
+    /* x = flush(x * f) */
+    void (*scale_flush)(float *x, size_t n, float f);
+    /* sum a[i] * b[i], returned in double */
+    double (*dot)(const float *a, const float *b, size_t n);
+    /* dr = p * (dr - dot) * scale */
+    void (*softmax_bwd)(float *dr, const float *p, size_t n, float dot, float scale);
+    /* out = silu(h1) * h3 */
+    void (*swiglu_fwd)(float *out, const float *h1, const float *h3, size_t n);
+    /* dh1 = d * h3 * silu'(h1), dh3 = d * silu(h1) */
+    void (*swiglu_bwd)(float *dh1, float *dh3, const float *d, const float *h1, const float *h3,
+                       size_t n);
+    /* o = x * rstd * w for one row of C; returns rstd = 1 / sqrt(mean(x^2) + eps) */
+    float (*rms_fwd_row)(float *o, const float *x, const float *w, size_t C, float eps);
+    /* dx += dy * w * rstd - x * (mean(dy * w * x) * rstd^3) for one row */
+    void (*rms_bwd_row)(float *dx, const float *dy, const float *x, const float *w, float rstd,
+                        size_t C);
+    /* One interleaved-pairs head of HS floats: x = x * cs + swap_pairs(x) * sn * sgn. */
+    void (*rope_head)(float *x, const float *cs, const float *sn, size_t HS, float sgn);
+    /* Row-wise causal attention of one head for HS a multiple of 8, or NULL
+     * where the blocked matmul path is used: forward writes att (row blocks)
+     * and oh (T, HS) from qh, kT (HS, round8(T)) and vh; backward overwrites
+     * dqh and accumulates dkh, dvh from vT (HS, round8(T)) and doh. row is
+     * round8(T) floats of scratch. */
+    void (*attn_head_fwd)(float *att, float *oh, const float *qh, const float *kT, const float *vh,
+                          float *row, size_t T, size_t HS, float scale);
+    void (*attn_head_bwd)(const float *att, const float *qh, const float *kh, const float *vT,
+                          const float *doh, float *dqh, float *dkh, float *dvh, float *row,
+                          size_t T, size_t HS, float scale);
+    /* AdamW over n parameters in double, element by element exactly as the
+     * portable loop (no fused multiply-add, so every path is bit-identical):
+     * m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g g,
+     * p = p decay - step_size m / (sqrt(v) / bc2_sqrt + eps). */
+    void (*adamw)(float *p, float *m, float *v, const float *g, size_t n, const plait__adamw_t *h);
+    const char *name; /* "portable", "avx2", "avx512" */
+} plait__tkern_t;
+
+extern const plait__tkern_t plait__tkern_portable;
+extern const plait__tkern_t plait__tkern_avx2;   /* x86 only */
+extern const plait__tkern_t plait__tkern_avx512; /* x86 only */
+
+/* The table of the path the kernels take now (plait__tensor_path()). */
+const plait__tkern_t *plait__tkern(void);
+
+/* The table of a path (PLAIT__KPATH_*), or NULL where this CPU or build
+ * lacks it: for tests, which compare every table with the portable one. */
+const plait__tkern_t *plait__tkern_for(int path);
+
+#endif /* PLAIT_TRAIN_KERN_H */
