@@ -37,7 +37,10 @@ done
 
 # 4. Validated personalization vs the global adapter, every client (the defaults), FedIT, 30 rounds;
 #    FedSA-LoRA's validated personal B over 100 rounds; the tuned centralized reference.
-"$SIM" --rounds 30 --eval-every 30 --lora-mode fedit --set eval.personal_lr=1e-3 --set eval.personal_steps=80 \
-    --quiet --out "$OUT/personal-fedit" > "$OUT/personal-fedit.txt"
-"$SIM" --rounds 100 --eval-every 10 --lora-mode fedsa --quiet --out "$OUT/personal-fedsa" > "$OUT/personal-fedsa.txt"
+"$SIM" --rounds 30 --eval-every 30 --lora-mode fedit --quiet --out "$OUT/personal-fedit" > "$OUT/personal-fedit.txt"
+"$SIM" --rounds 30 --eval-every 30 --lora-mode fedit --set eval.personal_lambda=1 --quiet \
+    --out "$OUT/personal-fedit-ditto" > "$OUT/personal-fedit-ditto.txt"
+"$SIM" --rounds 100 --eval-every 10 --lora-mode fedsa --set eval.personal_rounds=10 --set eval.personal_lr=3e-3 \
+    --set eval.personal_steps=40 --set eval.personal_val_every=5 --quiet --out "$OUT/personal-fedsa" \
+    > "$OUT/personal-fedsa.txt"
 "$SIM" --centralized-only --lora-mode fedit --quiet --out "$OUT/central-default" > "$OUT/central-default.txt"
