@@ -10,6 +10,8 @@
 #define PLAIT_AGENT_INT_H
 
 #include "plait/client.h"
+#include "plait/data.h"
+#include "plait/tensor.h"
 #include "plait/crypto.h"
 #include "plait/wire.h"
 #include "plait/lora.h"
@@ -29,6 +31,8 @@
 #define GLOBAL_FILE "global.safetensors"
 #define PERSONAL_FILE "personal.safetensors"
 #define PARTIAL_FILE "global.part"
+#define SERVE_FILE "serve.safetensors" /* the adapter inference uses (agent_serve.c) */
+#define SERVE_INFO_FILE "serve.txt"    /* which one and why */
 
 /* ---- the update pipeline ------------------------------------------------ */
 
@@ -53,6 +57,22 @@ int plait__agent_make_update(const plait_lora_t *global, const plait_lora_t *loc
                              const plait_quant_config_t *qc, double weight, plait_rng_t *rng,
                              uint32_t *words /* OUT */, size_t n_words,
                              plait_clip_info_t *ci /* OUT, may be NULL */) PLAIT_WUR;
+
+/* ---- the serving adapter (agent_serve.c) --------------------------------- */
+
+struct plait_personal_result_s;
+/**
+ * \brief Choose the adapter this device serves (personal.h: validation tail
+ *        of train, early-stopped fine-tuning from ref, the choice among ref,
+ *        personal and their mix) and write SERVE_FILE and SERVE_INFO_FILE
+ *        into state_dir atomically. Trains on its own trainer (B, T, lr,
+ *        train_a, on pool or `threads` threads) for at most `steps` steps.
+ * \return 0 or an error (the files are then left as they were).
+ */
+int plait__agent_serve_choose(const plait_model_t *m, const plait_lora_t *ref, const plait_corpus_t *train,
+                              const char *state_dir, int B, int T, double lr, int train_a, int steps,
+                              uint64_t seed, plait_pool_t *pool, int threads, uint64_t round,
+                              struct plait_personal_result_s *res) PLAIT_WUR;
 
 /* ---- crash-safe state (files in the state directory) -------------------- */
 

@@ -25,6 +25,7 @@
 #include "plait/log.h"
 #include "plait/lora.h"
 #include "plait/model.h"
+#include "plait/personal.h"
 #include "plait/rng.h"
 #include "plait/store.h"
 #include "plait/train.h"
@@ -103,6 +104,8 @@ typedef struct {
     char err[256];
     size_t n_records;
     double loss; /* mean training loss of the last step (stays on the device) */
+    const plait_lora_t *serve_ref; /* choose the serving adapter from this after training (NULL: from lora) */
+    uint64_t round;
 } job_t;
 
 static void *job_main(void *p)
@@ -157,6 +160,19 @@ static void *job_main(void *p)
         j->loss = loss;
         atomic_store(&j->steps_done, s + 1);
     }
+    /* The adapter this device serves: validated personalization from the global adapter (FedSA: from the
+     * trained global A + own B); a failure keeps the previous one and does not fail the round. */
+    plait_train_destroy(tr);
+    tr = NULL;
+    plait_personal_result_t pr;
+    if (plait__agent_serve_choose(&a->model, j->serve_ref ? j->serve_ref : j->lora, &corpus, a->state_dir, j->B,
+                                  j->T, j->lr, j->train_a, (int)j->steps, j->sample_seed ^ 0x5e12e5eedULL, a->pool,
+                                  a->cfg.threads, j->round, &pr) == 0)
+        PLAIT_LOG(PLAIT_LOG_INFO, "agent %s: round %llu: serving the %s adapter", a->device_id,
+                  (unsigned long long)j->round, plait_personal_kind_name(pr.kind));
+    else
+        PLAIT_LOG(PLAIT_LOG_WARN, "agent %s: round %llu: serving adapter not updated: %s", a->device_id,
+                  (unsigned long long)j->round, plait_errmsg());
 out:
     if (rc != 0) snprintf(j->err, sizeof(j->err), "%s", plait_errmsg());
     if (batch) plait_zeroize(batch, (size_t)j->B * ((size_t)j->T + 1) * sizeof(int32_t));
@@ -309,6 +325,8 @@ int plait__agent_compute_update(plait__agent_conn_t *c, const plait_msg_task_t *
     j->lr = t->train.lr;
     j->prox_mu = t->train.prox_mu;
     j->steps = t->train.local_steps;
+    j->round = round;
+    j->serve_ref = t->lora.mode == PLAIT_LORA_MODE_FEDSA ? NULL : &global;
     if (a->cfg.seed != 0)
         j->sample_seed = a->cfg.seed ^ (round * 0x9E3779B97F4A7C15ull);
     else if ((rc = plait_drbg_random(&a->drbg, (uint8_t *)&j->sample_seed,

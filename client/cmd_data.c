@@ -7,10 +7,12 @@
 
 #include <stdio.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "plait/client.h"
 #include "plait/file.h"
 #include "plait/ingest.h"
+#include "plait/json.h"
 
 /* --------------------------------------------------------------- ingest */
 
@@ -74,9 +76,13 @@ int cmd_info(int argc, char **argv)
     common_t c;
     common_default(&c);
     int json = 0;
+    const char *state = NULL;
     plait_flag_t flags[] = {
         ROW_DB(c, "the device store"),
         PLAIT_F_SET("json", &json, 1, "one object {\"records\": N, \"train\": N, \"heldout\": N}"),
+        PLAIT_F_STR("state", &state, "DIR",
+                    "the agent's state directory: also say which adapter the device serves (global,\n"
+                    "personal or a mix) and why (\"serving\" in JSON)"),
         ROWS_ENGINE_HIDDEN(c), ROW_TEXT(c, NULL),
     };
     static const plait_flag_rule_t rules[] = {{PLAIT_RULE_REQUIRED, {"db"}}};
@@ -97,12 +103,25 @@ int cmd_info(int argc, char **argv)
     if (rc == 0) rc = plait_store_count_split(st, PLAIT_STORE_HELDOUT, &held);
     plait_store_close(st);
     if (rc != 0) return die_run(rc);
-    if (json)
-        printf("{\"records\": %lld, \"train\": %lld, \"heldout\": %lld}\n", (long long)total, (long long)train,
+    char serve_path[4096], why[512] = "";
+    int src = state ? plait_agent_serving(state, serve_path, sizeof(serve_path), why, sizeof(why)) : PLAIT_ENOENT;
+    if (state && src != 0 && src != PLAIT_ENOENT) return die_run(src);
+    if (state && src == PLAIT_ENOENT) snprintf(why, sizeof(why), "none chosen yet (after the first round)");
+    if (json) {
+        printf("{\"records\": %lld, \"train\": %lld, \"heldout\": %lld", (long long)total, (long long)train,
                (long long)held);
-    else
+        if (state) {
+            plait_buf_t b;
+            plait_buf_init(&b, 0);
+            if (plait_buf_json_string(&b, why, strlen(why)) == 0) printf(", \"serving\": %s", b.data);
+            plait_buf_free(&b);
+        }
+        printf("}\n");
+    } else {
         printf("%s: %lld records (%lld train, %lld held out)\n", c.db, (long long)total, (long long)train,
                (long long)held);
+        if (state) printf("serving adapter: %s\n", why);
+    }
     return 0;
 }
 

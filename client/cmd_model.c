@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "plait/adapter.h"
+#include "plait/client.h"
 #include "plait/crypto.h"
 #include "plait/gguf.h"
 #include "plait/infer.h"
@@ -32,10 +33,15 @@ int cmd_generate(int argc, char **argv)
     plait_gen_config_default(&g);
     const char *prompt = NULL;
     int merged = 1;
+    const char *state = NULL;
+    char serve_path[4096], why[512];
     plait_flag_t flags[] = {
         ROW_MODEL(c, HELP_MODEL),
         ROW_TOKENIZER(c, HELP_TOKENIZER),
         ROW_ADAPTER(c, "apply this adapter (plait, PEFT directory or GGUF)"),
+        PLAIT_F_STR("state", &state, "DIR",
+                    "the agent's state directory: without --adapter, use the adapter the device serves\n"
+                    "(chosen after each round: global, personal or a mix; `info --state` says which)"),
         PLAIT_F_STR("prompt", &prompt, "TEXT", "the text to continue"),
         PLAIT_F_FLOAT("temperature", &g.temperature, 0, 100, "X", "0 is greedy", 1),
         PLAIT_F_FLOAT("top-p", &g.topp, 0, 1, "X", "nucleus threshold, 1 disables", 1),
@@ -52,6 +58,18 @@ int cmd_generate(int argc, char **argv)
     };
     int prc = agent_flags(&cmd, argc, argv);
     if (prc != FLAGS_OK) return prc;
+    if (state && !c.adapter) {
+        /* The device's serving adapter; none chosen yet: the base model, said so. */
+        int src = plait_agent_serving(state, serve_path, sizeof(serve_path), why, sizeof(why));
+        if (src == 0) {
+            c.adapter = serve_path;
+            fprintf(stderr, "adapter: %s\n", why);
+        } else if (src == PLAIT_ENOENT) {
+            fprintf(stderr, "adapter: none (%s): the base model\n", plait_errmsg());
+        } else {
+            return die_run(src);
+        }
+    }
     engine_t e;
     plait_lora_t lora;
     plait_lora_init(&lora);

@@ -357,6 +357,12 @@ int plait_train_forward_backward(plait_trainer_t *tr, const int32_t *tokens, flo
         for (size_t i = 0; i < tr->n_grads; i++)
             tr->grads[i] = (float)((double)tr->grads[i] + k * ((double)p[i] - (double)tr->anchor[i]));
     }
+    if (tr->prox_ref && tr->prox_lambda > 0.0) {
+        /* The proximal term's gradient lambda (w - ref), a 1/accum_steps share per micro-batch. */
+        double k = tr->prox_lambda / (double)tr->cfg.accum_steps;
+        const float *p = tr->lora->params + tr->goff, *ref = tr->prox_ref + tr->goff;
+        for (size_t i = 0; i < tr->n_grads; i++) tr->grads[i] += (float)(k * ((double)p[i] - (double)ref[i]));
+    }
     tr->n_micro++;
     if (loss) *loss = (float)l;
     return 0;
@@ -372,6 +378,30 @@ double plait_train_prox_value(const plait_trainer_t *tr)
         s += d * d;
     }
     return 0.5 * tr->cfg.prox_mu * s;
+}
+
+int plait_train_set_prox(plait_trainer_t *tr, const float *ref, double lambda)
+{
+    if (!tr) return plait_fail(PLAIT_EINVAL, "train: NULL trainer");
+    if (!(lambda >= 0.0) || !isfinite(lambda) || (lambda > 0.0 && !ref))
+        return plait_fail(PLAIT_EINVAL, "train: proximal lambda must be finite and >= 0, with a reference");
+    tr->prox_ref = lambda > 0.0 ? ref : NULL;
+    tr->prox_lambda = lambda > 0.0 ? lambda : 0.0;
+    return 0;
+}
+
+int plait_train_eval_prefix(plait_trainer_t *tr, const int32_t *tokens, size_t n_pred, double *loss_sum)
+{
+    if (!tr || !tokens || n_pred == 0 || n_pred > tr->T)
+        return plait_fail(PLAIT_EINVAL, "train: prefix eval needs 1..%zu predictions", tr ? tr->T : 0);
+    int rc = check_tokens(tr, tokens, 1);
+    if (rc != 0) return rc;
+    (void)forward(tr, tokens, 1, 0.0f);
+    double sum = 0.0;
+    for (size_t n = 0; n < n_pred; n++) sum += tr->row_loss[n];
+    if (!isfinite(sum)) return plait_fail(PLAIT_EPROTO, "train: prefix eval: non-finite loss");
+    if (loss_sum) *loss_sum = sum;
+    return 0;
 }
 
 int plait_train_eval_loss(plait_trainer_t *tr, const int32_t *tokens, size_t n_rows, float *loss)
@@ -432,6 +462,7 @@ long plait_train_steps_done(const plait_trainer_t *tr) { return tr->steps; }
 double plait_train_last_grad_norm(const plait_trainer_t *tr) { return tr->last_norm; }
 size_t plait_train_memory_bytes(const plait_trainer_t *tr) { return tr->bytes; }
 int plait_train_seq_len(const plait_trainer_t *tr) { return (int)tr->T; }
+int plait_train_batch_size(const plait_trainer_t *tr) { return (int)tr->B; }
 
 void plait_train_reset(plait_trainer_t *tr)
 {

@@ -17,7 +17,7 @@ set -euo pipefail
 root=${1:-"$(cd "$(dirname "$0")/.." && pwd)"}
 cd "$root"
 
-CLIENT_PUBLIC="client.h data.h infer.h tensor.h tok.h train.h"
+CLIENT_PUBLIC="client.h data.h infer.h personal.h tensor.h tok.h train.h"
 AGG_PUBLIC="agg.h aggcfg.h round.h server.h"
 SIM_PUBLIC="sim.h"
 WIRE_PUBLIC="wire.h"

@@ -280,7 +280,7 @@ int main(int argc, char **argv)
         PLAIT_F_SIZE("eval-clients", &cfg.eval_clients, 0, 1000000000, "N",
                      "global loss over N clients' held-out data (0: all)", 0),
         PLAIT_F_SIZE("personal-clients", &cfg.personal_clients, 0, 1000000000, "N",
-                     "clients in the personalized loss", 1),
+                     "clients personalized and compared with global (default: all)", 0),
         PLAIT_F_INT("eval-every", &cfg.eval_every, 1, 1000000, "N", "evaluate every N rounds", 1),
         PLAIT_F_DOUBLE("dropout", &cfg.dropout, 0, 1, "P", "fleet dropout probability", 1),
         PLAIT_F_DOUBLE("deadline", &cfg.deadline_s, 1e-6, 1e9, "S", "round deadline in simulated s", 1),
@@ -290,7 +290,7 @@ int main(int argc, char **argv)
                      "also train one adapter on the pooled training data (the baseline)"),
         PLAIT_F_ACTION("centralized-only", &cfg, set_central_only, "only that baseline, no federated rounds"),
         PLAIT_F_INT("centralized-steps", &cfg.centralized_steps, 0, 1000000000, "N",
-                    "its steps (0: rounds x clients-per-round x local steps)", 0),
+                    "its steps (0: 10000, at batch eval.centralized_batch 16)", 0),
         PLAIT_F_CUSTOM("mode", &cfg, set_run_mode, "M",
                        "inprocess | network (default inprocess): network runs a real plait-aggregator\n"
                        "and plait-agent processes over loopback TLS"),

@@ -17,8 +17,11 @@
  * the first round(train_fraction · lines) lines train and the rest are held
  * out (a record that straddles the cut is split at the line boundary), as
  * McMahan et al. 2017 split each Shakespeare role 80/20. Clients with fewer
- * than min_lines lines, or too few tokens to fill one window of seq_len + 1
- * tokens on either side, are left out and counted.
+ * than min_lines lines, or with fewer than 4 training or 2 held-out tokens
+ * (too little to validate or to predict one token), are left out and
+ * counted. The population does not depend on seq_len: a text shorter than a
+ * window trains repeated to one window and is evaluated as one partial
+ * window (personal.h).
  *
  * Stores: <dir>/c<index>.db, one sqlite device store per client (store.h),
  * records of kind "train" or "heldout" (the store's own hashed split is set
@@ -487,7 +490,7 @@ static int dirichlet_assign(build_t *b, size_t n_labels, size_t n)
 static uint64_t key_params(uint64_t h, const plait_sim_config_t *cfg, const plait_tok_t *tok)
 {
     uint64_t v[] = {(uint64_t)cfg->source, (uint64_t)cfg->min_lines, (uint64_t)cfg->max_clients,
-                    (uint64_t)cfg->seq_len, (uint64_t)tok->vocab_size};
+                    (uint64_t)2 /* the population no longer depends on seq_len */, (uint64_t)tok->vocab_size};
     h = fnv_more(h, v, sizeof(v));
     h = fnv_more(h, &cfg->train_fraction, sizeof(double));
     if (strcmp(cfg->partition, "dirichlet") == 0) { /* natural partitions keep their earlier keys */
@@ -625,7 +628,6 @@ int plait_sim_pop_build(plait_sim_pop_t *pop, const plait_sim_config_t *cfg, con
         }
         free(fill);
     }
-    size_t T1 = (size_t)cfg->seq_len + 1;
     for (size_t s = 0; s < n_src && rc == 0 && !reused; s++) {
         if (cfg->max_clients && pop->n >= cfg->max_clients) break;
         const size_t *ids = order + start[s];
@@ -641,7 +643,7 @@ int plait_sim_pop_build(plait_sim_pop_t *pop, const plait_sim_config_t *cfg, con
                                &c.train_records, &c.heldout_records);
         if ((rc = side_tokens(tok, pc, np, 0, &c.train_tokens)) != 0) break;
         if ((rc = side_tokens(tok, pc, np, 1, &c.heldout_tokens)) != 0) break;
-        if (c.train_tokens < T1 || c.heldout_tokens < T1) {
+        if (c.train_tokens < PLAIT__SIM_MIN_TRAIN || c.heldout_tokens < PLAIT__SIM_MIN_HELDOUT) {
             pop->n_too_small++;
             continue;
         }

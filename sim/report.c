@@ -20,7 +20,7 @@ void plait__sim_csv_header(plait_buf_t *b)
 {
     plait_buf_printf(b, "round,committed,available,selected,participants,dropouts,stragglers,rejected,bytes_up,"
                         "bytes_down,sim_time_s,wall_s,train_loss,global_loss,global_ppl,personal_loss,personal_ppl,"
-                        "epsilon,clip\n");
+                        "epsilon,clip,personal_global_loss\n");
 }
 
 static void csv_num(plait_buf_t *b, double x, int last)
@@ -42,7 +42,8 @@ void plait__sim_csv_row(plait_buf_t *b, const plait_sim_round_t *m)
     csv_num(b, m->personal_loss, 0);
     csv_num(b, m->personal_ppl, 0);
     csv_num(b, m->epsilon, 0);
-    csv_num(b, m->clip, 1);
+    csv_num(b, m->clip, 0);
+    csv_num(b, m->personal_global_loss, 1);
 }
 
 static void json_num(plait_buf_t *b, const char *key, double x)
@@ -67,6 +68,7 @@ void plait__sim_json_row(plait_buf_t *b, const plait_sim_round_t *m)
     json_num(b, "global_ppl", m->global_ppl);
     json_num(b, "personal_loss", m->personal_loss);
     json_num(b, "personal_ppl", m->personal_ppl);
+    json_num(b, "personal_global_loss", m->personal_global_loss);
     json_num(b, "epsilon", m->epsilon);
     json_num(b, "secagg_s", m->secagg_s);
     json_num(b, "clip", m->clip);
@@ -342,6 +344,60 @@ static void dist_row(plait_buf_t *md, plait_buf_t *csv, const char *what, const 
     free(v);
 }
 
+/* Personalized vs the global adapter on the same clients: quantiles of the per-client difference (personal -
+ * global: negative is better), the share improved, the worst device, and how many kept the global adapter. */
+typedef struct {
+    size_t n, improved, worse, kept_global, mixed;
+    size_t beyond;   /* clients worse by more than 2 standard errors of their own paired estimate */
+    size_t no_se;    /* clients with one held-out window: no standard error */
+    double p10, p50, p90, worst, mean_rel; /* mean_rel: token-weighted (personal - global) / global */
+    double worst_z;  /* the worst difference in standard errors of its held-out estimate */
+} lfl_t;
+
+static int like_for_like(const plait_sim_result_t *res, lfl_t *o)
+{
+    memset(o, 0, sizeof(*o));
+    size_t n = res->n_pers_clients;
+    if (n == 0 || !res->client_pglobal || !res->client_personal) return 0;
+    double *d = malloc(n * sizeof(double));
+    if (!d) return 0;
+    double sp = 0, sg = 0;
+    o->worst = -INFINITY;
+    o->worst_z = -INFINITY;
+    for (size_t i = 0; i < n; i++) {
+        double g = res->client_pglobal[i], p = res->client_personal[i];
+        if (!isfinite(g) || !isfinite(p)) continue;
+        double di = p - g;
+        d[o->n++] = di;
+        o->improved += di < 0;
+        o->worse += di > 0;
+        o->kept_global += res->client_mix[i] == 0.0;
+        o->mixed += res->client_mix[i] > 0.0 && res->client_mix[i] < 1.0;
+        size_t t = res->client_tokens[i] ? res->client_tokens[i] : 1;
+        sp += p * (double)t;
+        sg += g * (double)t;
+        if (di > o->worst) o->worst = di;
+        /* Noise: the spread of the paired per-window differences (res->client_se). */
+        double se = res->client_se ? res->client_se[i] : NAN;
+        if (!isfinite(se)) {
+            o->no_se++;
+        } else if (di > 0) {
+            double z = se > 0 ? di / se : INFINITY;
+            if (z > o->worst_z) o->worst_z = z;
+            o->beyond += z > 2.0;
+        }
+    }
+    if (o->n > 0) {
+        qsort(d, o->n, sizeof(double), cmp_double);
+        o->p10 = quantile(d, o->n, 0.1);
+        o->p50 = quantile(d, o->n, 0.5);
+        o->p90 = quantile(d, o->n, 0.9);
+        o->mean_rel = sg > 0 ? (sp - sg) / sg : NAN;
+    }
+    free(d);
+    return o->n > 0;
+}
+
 /* ---- markdown report -------------------------------------------------------------- */
 
 static void md_num(plait_buf_t *b, double x, int digits)
@@ -441,11 +497,13 @@ int plait__sim_write_outputs(const plait_sim_config_t *cfg, const plait_sim_resu
                      last->epsilon, res->wall_s, res->client_rounds_per_s, res->peak_rss_kb / 1024,
                      (unsigned long long)res->checksum);
     plait_buf_printf(&md, "Global loss: the global adapter on the held-out data of %s clients (token-weighted, at "
-                          "most %zu windows of %d tokens each). Personalized: %zu fixed clients fine-tune the global "
-                          "adapter on their own training data, evaluated on their own held-out data. Round 0 is "
+                          "most %zu windows of %d tokens each; a shorter text is one partial window). Personalized: "
+                          "%zu clients each fine-tune the global adapter on their own training text (early-stopped "
+                          "on its last %.0f%%, held for validation), keep whichever of global, personal or a mix "
+                          "does best there, and are evaluated on their own held-out data. Round 0 is "
                           "the starting point (no federated training yet).\n\n",
                      cfg->eval_clients ? "a fixed sample of" : "all", cfg->eval_windows, cfg->seq_len,
-                     cfg->personal_clients);
+                     res->n_pers_clients, 100 * cfg->personal_val);
     if (cfg->centralized || cfg->centralized_only)
         plait_buf_printf(&md, "Centralized: one adapter (same LoRA config, initial weights, AdamW, lr, batch and "
                               "window as the clients) trained for %d steps on the pooled training data of all %zu "
@@ -466,6 +524,26 @@ int plait__sim_write_outputs(const plait_sim_config_t *cfg, const plait_sim_resu
         dist_row(&md, &ccsv, "personalized vs local-only (round 0)", "personal", res->client_local,
                  res->client_personal, res->n_pers_clients);
         plait_buf_printf(&md, "\n");
+    }
+    lfl_t lf;
+    int have_lf = like_for_like(res, &lf);
+    if (have_lf) {
+        for (size_t i = 0; i < res->n_pers_clients; i++)
+            plait_buf_printf(&ccsv, "personal_vs_global,%zu,%.6f,%.6f\n", i, res->client_pglobal[i],
+                             res->client_personal[i]);
+        plait_buf_printf(&md,
+                         "## Personalized vs global, same clients\n\nEach of %zu clients: the global adapter and the "
+                         "adapter the device chose (global, personal, or a mix, on a validation tail of its own "
+                         "training text) on the same held-out data, round %d. Difference personalized − global "
+                         "(negative: personalization helped):\n\n| clients | mean (token-weighted) | p10 | median "
+                         "| p90 | worst device | worst, in standard errors | improved | worse | worse by > 2 SE | kept "
+                         "global | mix |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n| %zu | %+.2f%% | %+.4f | "
+                         "%+.4f | %+.4f | %+.4f | %+.2f | %.0f%% | %zu | %zu | %zu | %zu |\n\nA client's standard "
+                         "error: the spread of its per-window differences (personalized − global on the same "
+                         "held-out windows) over √windows; %zu clients with a single window have none.\n\n",
+                         lf.n, last->round, lf.n, 100.0 * lf.mean_rel, lf.p10, lf.p50, lf.p90, lf.worst,
+                         isfinite(lf.worst_z) ? lf.worst_z : 0.0, 100.0 * (double)lf.improved / (double)lf.n,
+                         lf.worse, lf.beyond, lf.kept_global, lf.mixed, lf.no_se);
     }
     plait_buf_printf(&md, "## Rounds\n\n| round | ok | clients | dropouts | stragglers | global loss | ppl | "
                           "personal loss | ε | up kB | down kB | sim s | wall s |\n"
@@ -492,6 +570,19 @@ int plait__sim_write_outputs(const plait_sim_config_t *cfg, const plait_sim_resu
     json_num(&sj, "global_loss", last->global_loss);
     json_num(&sj, "personal_loss", last->personal_loss);
     json_num(&sj, "centralized_loss", res->centralized_loss);
+    json_num(&sj, "personal_global_loss", last->personal_global_loss);
+    if (have_lf) {
+        plait_buf_printf(&sj, ",\"personal_vs_global\":{\"clients\":%zu", lf.n);
+        json_num(&sj, "mean_rel", lf.mean_rel);
+        json_num(&sj, "p10", lf.p10);
+        json_num(&sj, "p50", lf.p50);
+        json_num(&sj, "p90", lf.p90);
+        json_num(&sj, "worst", lf.worst);
+        json_num(&sj, "worst_se", lf.worst_z);
+        json_num(&sj, "improved_share", (double)lf.improved / (double)lf.n);
+        plait_buf_printf(&sj, ",\"worse\":%zu,\"worse_beyond_2se\":%zu,\"kept_global\":%zu,\"mixed\":%zu}",
+                         lf.worse, lf.beyond, lf.kept_global, lf.mixed);
+    }
     plait_buf_printf(&sj, ",\"centralized_steps\":%d,\"eval_tokens\":%zu,\"checksum\":\"%016llx\"}\n",
                      res->centralized_steps, res->eval_tokens, (unsigned long long)res->checksum);
     if (rc == 0) rc = write_buf(dir, "summary.json", &sj);

@@ -53,6 +53,7 @@
 #include "plait/log.h"
 #include "plait/lora.h"
 #include "plait/model.h"
+#include "plait/personal.h"
 #include "plait/rng.h"
 #include "plait/round.h"
 #include "plait/sim.h"
@@ -72,6 +73,9 @@ typedef struct {
     int unclipped;
     double loss;       /* last training loss (TRAIN) or held-out loss (others) */
     size_t tokens;     /* held-out tokens evaluated */
+    double loss_global; /* PERSONAL: the starting (global) adapter on the same held-out data */
+    double mix;        /* PERSONAL: the chosen adapter, 0 global .. 1 personal */
+    double se;         /* PERSONAL: standard error of loss - loss_global from paired windows (NAN: one window) */
 } job_t;
 
 typedef struct {
@@ -79,7 +83,24 @@ typedef struct {
     plait_trainer_t *tr;
     float *diff;       /* (P) */
     int32_t *batch;    /* (B, T + 1) */
+    float *ref;        /* (n_params) the adapter personalization starts from */
+    plait_trainer_t *ptr; /* personalization's trainer (eval.personal_lr) over lora; NULL: tr */
+    double *wl_g, *wl_p;  /* (SE_WINDOWS) per-window held-out losses, global and chosen */
 } worker_t;
+
+/* At most this many held-out windows pair up for a client's standard error. */
+#define SE_WINDOWS 256
+
+/* Standard error of the mean of b - a over n paired windows (NAN for n < 2). */
+static double paired_se(const double *a, const double *b, size_t n)
+{
+    if (n < 2) return NAN;
+    double m = 0, ss = 0;
+    for (size_t i = 0; i < n; i++) m += b[i] - a[i];
+    m /= (double)n;
+    for (size_t i = 0; i < n; i++) ss += (b[i] - a[i] - m) * (b[i] - a[i] - m);
+    return sqrt(ss / (double)(n - 1) / (double)n);
+}
 
 typedef struct {
     const plait_sim_config_t *cfg;
@@ -187,6 +208,39 @@ static int start_adapter(sim_t *s, worker_t *w, size_t client, int zero_b)
     return 0;
 }
 
+/* Validated personalization (personal.h) of the worker's adapter from w->ref on a client's training text:
+ * split off the validation tail, fine-tune with early stopping, choose. A text too short to validate keeps
+ * the reference. */
+static int personalize(sim_t *s, worker_t *w, plait_trainer_t *tr_, int round_training, const plait_corpus_t *train,
+                       int steps, double lambda, uint64_t stream, plait_personal_result_t *pr)
+{
+    const plait_sim_config_t *cfg = s->cfg;
+    memset(pr, 0, sizeof(*pr));
+    memcpy(w->lora.params, w->ref, w->lora.n_params * sizeof(float));
+    if (train->n < 4) return 0;
+    plait_corpus_t tr, val;
+    plait_corpus_init(&tr);
+    plait_corpus_init(&val);
+    plait_personal_config_t pc = plait_personal_config_default();
+    pc.val_fraction = cfg->personal_val;
+    pc.max_steps = steps;
+    pc.eval_every = cfg->personal_val_every;
+    if (round_training && pc.eval_every > (steps > 1 ? steps / 2 : 1))
+        pc.eval_every = steps > 1 ? steps / 2 : 1; /* FedSA's local training: validate at least twice */
+    pc.prox_lambda = lambda;
+    pc.val_windows = 0;
+    plait_rng_t r;
+    plait_rng_seed_u64(&r, cfg->seed, stream);
+    pc.seed = plait_rng_u64(&r);
+    plait_rng_wipe(&r);
+    int rc = plait_personal_split(train, cfg->personal_val, cfg->seq_len, &tr, &val);
+    if (rc == 0) rc = plait_personal_fill(&tr, cfg->seq_len);
+    if (rc == 0) rc = plait_personal_fit(tr_, &w->lora, w->ref, &tr, &val, &pc, pr);
+    plait_corpus_free(&tr);
+    plait_corpus_free(&val);
+    return rc;
+}
+
 static int train_steps(sim_t *s, worker_t *w, const plait_corpus_t *c, int steps, uint64_t stream, double *last)
 {
     const plait_sim_config_t *cfg = s->cfg;
@@ -214,9 +268,19 @@ static int do_train(sim_t *s, worker_t *w, job_t *j)
     plait_corpus_init(&train);
     int rc = start_adapter(s, w, i, 0);
     if (rc == 0) rc = plait__sim_load_client(&s->pop, i, &s->tok, &train, NULL);
-    if (rc == 0)
-        rc = train_steps(s, w, &train, local_steps_for(cfg, &s->pop.clients[i]),
-                         plait__sim_stream(PLAIT__SIM_RNG_TRAIN, (uint64_t)s->cur_round, i), &j->loss);
+    uint64_t stream = plait__sim_stream(PLAIT__SIM_RNG_TRAIN, (uint64_t)s->cur_round, i);
+    int steps = local_steps_for(cfg, &s->pop.clients[i]);
+    if (rc == 0 && cfg->lora_mode == PLAIT_LORA_MODE_FEDSA) {
+        /* FedSA-LoRA: the personal B is kept only where it helps on the client's validation tail (early
+         * stopping, the choice of personal.h), with a proximal pull toward the B it started from. */
+        plait_personal_result_t pr;
+        memcpy(w->ref, w->lora.params, w->lora.n_params * sizeof(float));
+        rc = personalize(s, w, w->tr, 1, &train, steps, cfg->fedsa_lambda, stream, &pr);
+        j->loss = pr.train_loss;
+    } else {
+        if (rc == 0) rc = plait_personal_fill(&train, cfg->seq_len);
+        if (rc == 0) rc = train_steps(s, w, &train, steps, stream, &j->loss);
+    }
     plait_corpus_free(&train);
     if (rc != 0) return rc;
     if (cfg->lora_mode == PLAIT_LORA_MODE_FEDSA &&
@@ -256,12 +320,21 @@ static int do_eval(sim_t *s, worker_t *w, job_t *j)
     int rc = start_adapter(s, w, i, j->kind == JOB_BASE);
     if (rc == 0) rc = plait__sim_load_client(&s->pop, i, &s->tok, personal ? &train : NULL, &held);
     if (rc == 0 && personal) {
-        double last;
-        int steps = cfg->personal_steps > 0 ? cfg->personal_steps : local_steps_for(cfg, &s->pop.clients[i]);
-        rc = train_steps(s, w, &train, steps, plait__sim_stream(PLAIT__SIM_RNG_PERSONAL, (uint64_t)s->cur_round, i),
-                         &last);
+        /* Like for like: the starting (global) adapter on the same held-out data, then the chosen one. */
+        plait_personal_result_t pr;
+        memcpy(w->ref, w->lora.params, w->lora.n_params * sizeof(float));
+        rc = plait_personal_eval(&held, w->tr, cfg->eval_windows, &j->loss_global, NULL);
+        size_t ng = 0, np = 0;
+        if (rc == 0) rc = plait_personal_eval_windows(&held, w->tr, cfg->eval_windows, w->wl_g, SE_WINDOWS, &ng);
+        int steps = cfg->personal_steps > 0 ? cfg->personal_steps : 16 * local_steps_for(cfg, &s->pop.clients[i]);
+        if (rc == 0)
+            rc = personalize(s, w, w->ptr ? w->ptr : w->tr, 0, &train, steps, cfg->personal_lambda,
+                             plait__sim_stream(PLAIT__SIM_RNG_PERSONAL, (uint64_t)s->cur_round, i), &pr);
+        j->mix = pr.mix;
+        if (rc == 0) rc = plait_personal_eval_windows(&held, w->tr, cfg->eval_windows, w->wl_p, SE_WINDOWS, &np);
+        j->se = rc == 0 && np == ng ? paired_se(w->wl_g, w->wl_p, np) : NAN;
     }
-    if (rc == 0) rc = plait_corpus_eval(&held, w->tr, cfg->seq_len, cfg->eval_windows, &j->loss, &j->tokens);
+    if (rc == 0) rc = plait_personal_eval(&held, w->tr, cfg->eval_windows, &j->loss, &j->tokens);
     plait_corpus_free(&train);
     plait_corpus_free(&held);
     return rc;
@@ -299,6 +372,41 @@ static int run_jobs(sim_t *s, job_t *jobs, size_t n)
 
 /* Token-weighted held-out loss over clients ids (kind EVAL, PERSONAL or BASE), summed in id order; each (n, may
  * be NULL) gets every client's own loss. */
+static int evaluate_each(sim_t *s, const size_t *ids, size_t n, int kind, double *loss, size_t *tokens,
+                         double *each);
+
+/* The personalized evaluation: the chosen adapters' token-weighted loss into *loss, the global adapter's on the
+ * same clients into *gloss; per client (arrays of n, may be NULL) both losses, the mix and the tokens. */
+static int evaluate_personal(sim_t *s, double *loss, double *gloss, double *each, double *each_g, double *mix,
+                             size_t *toks, double *se)
+{
+    size_t n = s->n_pers;
+    *loss = *gloss = NAN;
+    if (n == 0) return 0;
+    job_t *jobs = calloc(n, sizeof(job_t));
+    if (!jobs) return plait_fail(PLAIT_ENOMEM, "sim: evaluation jobs");
+    for (size_t k = 0; k < n; k++) jobs[k] = (job_t){.client = s->pers_ids[k], .kind = JOB_PERSONAL};
+    int rc = run_jobs(s, jobs, n);
+    double sum = 0, gsum = 0;
+    size_t tok = 0;
+    for (size_t k = 0; rc == 0 && k < n; k++) {
+        sum += jobs[k].loss * (double)jobs[k].tokens;
+        gsum += jobs[k].loss_global * (double)jobs[k].tokens;
+        tok += jobs[k].tokens;
+        if (each) each[k] = jobs[k].loss;
+        if (each_g) each_g[k] = jobs[k].loss_global;
+        if (mix) mix[k] = jobs[k].mix;
+        if (toks) toks[k] = jobs[k].tokens;
+        if (se) se[k] = jobs[k].se;
+    }
+    free(jobs);
+    if (rc == 0 && tok > 0) {
+        *loss = sum / (double)tok;
+        *gloss = gsum / (double)tok;
+    }
+    return rc;
+}
+
 static int evaluate_each(sim_t *s, const size_t *ids, size_t n, int kind, double *loss, size_t *tokens,
                          double *each)
 {
@@ -369,9 +477,13 @@ static void sim_free(sim_t *s)
     if (s->w)
         for (int k = 0; k < s->nw; k++) {
             plait_train_destroy(s->w[k].tr);
+            plait_train_destroy(s->w[k].ptr);
             plait_lora_free(&s->w[k].lora);
             free(s->w[k].diff);
             free(s->w[k].batch);
+            free(s->w[k].ref);
+            free(s->w[k].wl_g);
+            free(s->w[k].wl_p);
         }
     free(s->w);
     plait_pool_destroy(s->pool);
@@ -478,15 +590,25 @@ static int setup(sim_t *s, const plait_sim_config_t *cfg)
         plait_lora_init(&w->lora);
         if ((rc = plait_lora_setup(&w->lora, &s->model.cfg, &lc)) != 0) return rc;
         if ((rc = plait_train_create(&w->tr, &s->model, &w->lora, &tc)) != 0) return rc;
+        if (cfg->personal_lr > 0 && cfg->personal_lr != cfg->lr) {
+            plait_train_config_t pc = tc;
+            pc.lr = cfg->personal_lr;
+            if ((rc = plait_train_create(&w->ptr, &s->model, &w->lora, &pc)) != 0) return rc;
+        }
         w->diff = malloc(s->len * sizeof(float));
         w->batch = malloc((size_t)cfg->batch * ((size_t)cfg->seq_len + 1) * sizeof(int32_t));
-        if (!w->diff || !w->batch) return plait_fail(PLAIT_ENOMEM, "sim: worker buffers");
+        w->ref = malloc(w->lora.n_params * sizeof(float));
+        w->wl_g = malloc(SE_WINDOWS * sizeof(double));
+        w->wl_p = malloc(SE_WINDOWS * sizeof(double));
+        if (!w->diff || !w->batch || !w->ref || !w->wl_g || !w->wl_p)
+            return plait_fail(PLAIT_ENOMEM, "sim: worker buffers");
     }
     size_t want = (size_t)ceil((double)cfg->clients_per_round * cfg->overselect);
     s->slab = malloc(want * (s->len + 1) * sizeof(uint32_t));
     s->eval_ids = sample_ids(cfg->seed, PLAIT__SIM_RNG_EVAL, s->pop.n, cfg->eval_clients);
     s->n_eval = cfg->eval_clients && cfg->eval_clients < s->pop.n ? cfg->eval_clients : s->pop.n;
     s->n_pers = cfg->personal_clients < s->pop.n ? cfg->personal_clients : s->pop.n;
+    if (cfg->centralized_only) s->n_pers = 0; /* only the baseline: no personalization to measure */
     s->pers_ids = s->n_pers ? sample_ids(cfg->seed, PLAIT__SIM_RNG_PERSONAL, s->pop.n, s->n_pers) : NULL;
     if (!s->slab || !s->eval_ids || (s->n_pers && !s->pers_ids)) return plait_fail(PLAIT_ENOMEM, "sim: samples");
     return 0;
@@ -642,8 +764,10 @@ static int eval_round(sim_t *s, plait_sim_round_t *m, plait_sim_result_t *res)
 {
     size_t tok;
     int rc = evaluate_each(s, s->eval_ids, s->n_eval, JOB_EVAL, &m->global_loss, &tok, res->client_global);
-    if (rc == 0)
-        rc = evaluate_each(s, s->pers_ids, s->n_pers, JOB_PERSONAL, &m->personal_loss, NULL, res->client_personal);
+    int last = m->round == s->cfg->rounds, every = s->cfg->personal_rounds;
+    if (rc == 0 && (last || (every > 0 && m->round % every == 0)))
+        rc = evaluate_personal(s, &m->personal_loss, &m->personal_global_loss, res->client_personal,
+                               res->client_pglobal, res->client_mix, res->client_tokens, res->client_se);
     m->global_ppl = exp(m->global_loss);
     m->personal_ppl = exp(m->personal_loss);
     return rc;
@@ -699,7 +823,14 @@ void plait_sim_result_free(plait_sim_result_t *res)
     free(res->client_global);
     free(res->client_local);
     free(res->client_personal);
+    free(res->client_pglobal);
+    free(res->client_mix);
+    free(res->client_tokens);
+    free(res->client_se);
+    res->client_se = NULL;
     res->client_base = res->client_global = res->client_local = res->client_personal = NULL;
+    res->client_pglobal = res->client_mix = NULL;
+    res->client_tokens = NULL;
 }
 
 int plait_sim_run(const plait_sim_config_t *cfg, plait_sim_result_t *out)
@@ -740,7 +871,12 @@ int plait_sim_run(const plait_sim_config_t *cfg, plait_sim_result_t *out)
     res.client_global = calloc(s.n_eval ? s.n_eval : 1, sizeof(double));
     res.client_local = calloc(s.n_pers ? s.n_pers : 1, sizeof(double));
     res.client_personal = calloc(s.n_pers ? s.n_pers : 1, sizeof(double));
-    if (!res.client_base || !res.client_global || !res.client_local || !res.client_personal) {
+    res.client_pglobal = calloc(s.n_pers ? s.n_pers : 1, sizeof(double));
+    res.client_mix = calloc(s.n_pers ? s.n_pers : 1, sizeof(double));
+    res.client_tokens = calloc(s.n_pers ? s.n_pers : 1, sizeof(size_t));
+    res.client_se = calloc(s.n_pers ? s.n_pers : 1, sizeof(double));
+    if (!res.client_base || !res.client_global || !res.client_local || !res.client_personal || !res.client_pglobal ||
+        !res.client_mix || !res.client_tokens || !res.client_se) {
         rc = plait_fail(PLAIT_ENOMEM, "sim: per-client losses");
         goto exit;
     }
@@ -754,7 +890,8 @@ int plait_sim_run(const plait_sim_config_t *cfg, plait_sim_result_t *out)
     /* Every mode starts with B = 0, so the global adapter of round 0 is the base model. */
     m0->global_loss = res.base_loss;
     m0->global_ppl = exp(res.base_loss);
-    if ((rc = evaluate_each(&s, s.pers_ids, s.n_pers, JOB_PERSONAL, &m0->personal_loss, NULL, res.client_local)) != 0)
+    if ((rc = evaluate_personal(&s, &m0->personal_loss, &m0->personal_global_loss, res.client_local,
+                                res.client_pglobal, res.client_mix, res.client_tokens, res.client_se)) != 0)
         goto exit;
     memcpy(res.client_personal, res.client_local, s.n_pers * sizeof(double));
     m0->personal_ppl = exp(m0->personal_loss);
@@ -771,7 +908,7 @@ int plait_sim_run(const plait_sim_config_t *cfg, plait_sim_result_t *out)
         } else if ((rc = one_round(&s, r, &sim_now, m)) != 0) {
             goto exit;
         }
-        m->global_loss = m->personal_loss = m->global_ppl = m->personal_ppl = NAN;
+        m->global_loss = m->personal_loss = m->global_ppl = m->personal_ppl = m->personal_global_loss = NAN;
         if (r % cfg->eval_every == 0 || r == cfg->rounds)
             if ((rc = eval_round(&s, m, &res)) != 0) goto exit;
         m->wall_s = wall_now() - wr;

@@ -16,6 +16,14 @@
 #define PLAIT__SIM_KIND_TRAIN "train"
 #define PLAIT__SIM_KIND_HELDOUT "heldout"
 
+/* The least text a client needs, whatever seq_len is: 4 training tokens (a validation tail of 2 and 2 to
+ * train on) and 2 held-out tokens (one prediction). */
+#define PLAIT__SIM_MIN_TRAIN 4
+#define PLAIT__SIM_MIN_HELDOUT 2
+
+/* The centralized baseline's default steps (eval.centralized_steps = 0), at eval.centralized_batch 16. */
+#define PLAIT__SIM_CENTRAL_STEPS 10000
+
 /* Purposes of the random streams (the high byte of a stream number). */
 enum {
     PLAIT__SIM_RNG_TRAITS = 1,

@@ -356,7 +356,8 @@ uint64_t plait_agent_come_back_ms(const plait_agent_config_t *cfg, uint32_t retr
 
 /**
  * \brief Remove from an agent's state directory everything derived from the
- *        device's records: the personal adapter, a pending (not yet
+ *        device's records: the personal adapter, the serving adapter and its
+ *        serve.txt, a pending (not yet
  *        acknowledged) update, a partial download and temporaries left by a
  *        crash. Each file is overwritten with zeros and synced before it is
  *        unlinked. Call it whenever records are erased (`plait-agent forget
@@ -369,6 +370,18 @@ uint64_t plait_agent_come_back_ms(const plait_agent_config_t *cfg, uint32_t retr
  *         be overwritten or removed; the message names it).
  */
 int plait_agent_forget_derived(const char *state_dir, int *removed /* OUT */) PLAIT_WUR;
+
+/**
+ * \brief The adapter this device serves inference with, chosen after each
+ *        round on a validation tail of its own training text (personal.h):
+ *        the global adapter, its personal fine-tune, or a mix of the two,
+ *        whichever did best there (the global one unless another beat it).
+ * \param path OUT: state_dir/serve.safetensors.
+ * \param why  OUT, may be NULL: which one and why, in words (validation losses).
+ * \return 0; PLAIT_ENOENT (none chosen yet: path is ""); PLAIT_EPROTO (serve.txt malformed).
+ */
+int plait_agent_serving(const char *state_dir, char *path /* OUT */, size_t path_cap, char *why /* OUT */,
+                        size_t why_cap) PLAIT_WUR;
 
 /**
  * \brief Make this device's TLS key and a certificate request, on the device:

@@ -128,15 +128,26 @@ typedef struct {
     /* evaluation */
     size_t eval_clients;             /**< clients whose held-out data measure the global adapter; 0 = all (default 0) */
     size_t eval_windows;             /**< windows of seq_len per client at most; 0 = all (default 8) */
-    size_t personal_clients;         /**< clients fine-tuned for the personalized loss (default 8) */
-    int personal_steps;              /**< their fine-tuning steps; 0 = local_steps (default 0) */
+    size_t personal_clients;         /**< clients personalized and compared with the global adapter on their
+                                          own held-out data; at least the population = all (default 1e9: all) */
+    int personal_steps;              /**< their fine-tuning budget (early-stopped on validation); 0 = 16 ·
+                                          local steps (default 0) */
+    double personal_val;             /**< share of a client's training tokens held for validation (default 0.15) */
+    double personal_lambda;          /**< Ditto proximal weight toward the global adapter (default 0: off) */
+    int personal_val_every;          /**< validate every k fine-tuning steps (default 10) */
+    int personal_rounds;             /**< personalize at round 0, the last evaluated round and, when > 0, every
+                                          evaluated round that is a multiple of this (default 0) */
+    double personal_lr;              /**< their AdamW learning rate; 0 = local.lr (default 3e-4) */
+    double fedsa_lambda;             /**< FedSA-LoRA: proximal weight of a client's local training toward the
+                                          adapter it started from (its own B) (default 0) */
     int eval_every;                  /**< evaluate every k rounds (and the last) (default 1) */
     /* centralized baseline (sim/central.c) */
     bool centralized;                /**< also train one adapter on the pooled training text of every client
                                           and evaluate it like the global adapter (default false) */
     bool centralized_only;           /**< run only that baseline, no federated rounds (default false) */
-    int centralized_steps;           /**< its optimizer steps; 0 = rounds · clients_per_round · local steps
-                                          (the federation's total client steps) (default 0) */
+    int centralized_steps;           /**< its optimizer steps; 0 = 10,000, tuned with centralized_batch 16
+                                          (default 0) */
+    int centralized_batch;           /**< its batch; 0 = local.batch (default 16) */
     /* partition (population.partition): "natural" = one client per author/file/user (default);
      * "dirichlet" = partition_clients clients, each label's records dealt by proportions drawn from
      * Dirichlet(partition_alpha) (Hsu et al. 2019), the label being the record's author ("user") or its
@@ -255,6 +266,7 @@ typedef struct {
     double global_ppl;
     double personal_loss;     /**< token-weighted held-out loss after local fine-tuning (NAN if not evaluated) */
     double personal_ppl;
+    double personal_global_loss; /**< the global adapter on the personalized clients' held-out data (like for like) */
     double epsilon;           /**< ε spent so far (0 without DP) */
     double clip;              /**< clip bound of the round */
     double secagg_s;          /**< wall seconds of the round's secure aggregation (0 when off) */
@@ -284,6 +296,11 @@ typedef struct {
     size_t n_pers_clients;     /**< the personalized loss's clients */
     double *client_local;      /**< (n_pers_clients) round 0: local fine-tuning of the base model only */
     double *client_personal;   /**< (n_pers_clients) personalized, last evaluated round */
+    double *client_pglobal;    /**< (n_pers_clients) the global adapter on the same clients, same round */
+    double *client_mix;        /**< (n_pers_clients) the chosen adapter: 0 global, 1 personal, else the mix a */
+    size_t *client_tokens;     /**< (n_pers_clients) held-out predictions of each of them */
+    double *client_se;         /**< (n_pers_clients) standard error of personal - global from paired held-out
+                                    windows (NAN for a client with one window) */
 } plait_sim_result_t;
 
 /** \brief Free a result's arrays. NULL is safe. */

@@ -148,6 +148,29 @@ int plait_train_step(plait_trainer_t *tr) PLAIT_WUR;
 int plait_train_eval_loss(plait_trainer_t *tr, const int32_t *tokens, size_t n_rows, float *loss /* OUT */) PLAIT_WUR;
 
 /**
+ * \brief Ditto's proximal term (Li et al. 2021): from now on every
+ *        plait_train_forward_backward() also adds the gradient of
+ *        lambda/2 * ||w - ref||^2 over the trained parameters (its
+ *        1/accum_steps share per micro-batch), so a step minimizes the loss
+ *        plus that term; it counts in the clipped norm. The reported loss
+ *        does not include it. Survives plait_train_reset().
+ * \param ref    n_params floats indexed like lora->params (borrowed; must
+ *               outlive its use); NULL with lambda 0.
+ * \param lambda >= 0; 0 turns the term off (the default).
+ * \return 0 or PLAIT_EINVAL.
+ */
+int plait_train_set_prox(plait_trainer_t *tr, const float *ref, double lambda) PLAIT_WUR;
+
+/**
+ * \brief Sum of the cross-entropy of the first n_pred predictions of one
+ *        row of T + 1 tokens (forward only): attention is causal, so
+ *        tokens after position n_pred do not change them (they must still
+ *        be valid ids). Evaluates a text shorter than one window.
+ * \param n_pred 1..T. \return 0, PLAIT_EINVAL, or PLAIT_EPROTO (non-finite).
+ */
+int plait_train_eval_prefix(plait_trainer_t *tr, const int32_t *tokens, size_t n_pred, double *loss_sum /* OUT */) PLAIT_WUR;
+
+/**
  * \brief The gradient arena: grads[i] is the gradient of
  *        lora->params[plait_train_grads_offset(tr) + i]. Offset is 0 when A is
  *        trained and lora->n_a under FFA-LoRA (then only B has gradients).
@@ -171,6 +194,8 @@ size_t plait_train_memory_bytes(const plait_trainer_t *tr);
 double plait_train_prox_value(const plait_trainer_t *tr);
 /** \brief T, the tokens per sequence the trainer was created for. */
 int plait_train_seq_len(const plait_trainer_t *tr);
+/** \brief B, the sequences per micro-batch the trainer was created for. */
+int plait_train_batch_size(const plait_trainer_t *tr);
 
 /**
  * \brief Forget all training state (gradients, AdamW moments, step count,

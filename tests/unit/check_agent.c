@@ -1190,6 +1190,29 @@ START_TEST(test_loopback_round)
     char *gp = tu_path(state, "global.safetensors");
     ck_assert_int_eq(access(gp, F_OK), 0);
     free(gp);
+    /* the serving adapter, chosen on a validation tail: global unless something beat it there */
+    {
+        char sp[4096], why[512];
+        ck_assert_msg(plait_agent_serving(state, sp, sizeof(sp), why, sizeof(why)) == 0, "serving: %s",
+                      plait_errmsg());
+        plait_lora_t sv_l;
+        plait_lora_init(&sv_l);
+        ck_assert_int_eq(plait_adapter_load(&sv_l, sp, &r.model, 0), 0);
+        ck_assert_uint_eq(sv_l.n_params, r.global.n_params);
+        ck_assert_msg(strncmp(why, "global, round 1", 15) == 0 || strncmp(why, "personal, round 1", 17) == 0 ||
+                          strncmp(why, "mix a=", 6) == 0,
+                      "why: %s", why);
+        ck_assert_ptr_nonnull(strstr(why, "validation"));
+        if (strncmp(why, "global", 6) == 0)
+            ck_assert_mem_eq(sv_l.params, r.global.params, r.global.n_params * sizeof(float));
+        plait_lora_free(&sv_l);
+        char *sinfo = tu_path(state, "serve.txt");
+        ck_assert_int_eq(tu_write_file(sinfo, "bogus 1 2\n", 10), 0);
+        ck_assert_int_eq(plait_agent_serving(state, sp, sizeof(sp), why, sizeof(why)), PLAIT_EPROTO);
+        unlink(sinfo);
+        ck_assert_int_eq(plait_agent_serving(state, sp, sizeof(sp), why, sizeof(why)), PLAIT_ENOENT);
+        free(sinfo);
+    }
     ck_assert_uint_eq(plait_agent_rounds_acked(a), 1);
     plait_agent_destroy(a);
 
@@ -2048,8 +2071,16 @@ START_TEST(test_forget_leaves_nothing)
     char *personal = tu_path(state, "personal.safetensors");
     char *pending = tu_path(state, "pending.upd");
     char *tmp = tu_path(state, ".personal.safetensors.tmp");
+    char *serve = tu_path(state, "serve.safetensors");
     ck_assert_int_eq(access(personal, F_OK), 0);
     ck_assert_int_eq(access(pending, F_OK), 0);
+    ck_assert_int_eq(access(serve, F_OK), 0);
+    {
+        char *argv[] = {bin, "info", "--db", db, "--state", state, NULL};
+        ck_assert_int_eq(run_cli(argv, out, 0, 30000), 0);
+        ck_assert(file_has(out, "serving adapter: "));
+        ck_assert(file_has(out, "validation loss") || file_has(out, "on validation"));
+    }
     /* what a crash mid-write would leave */
     ck_assert_int_eq(tu_write_file(tmp, marker, sizeof(marker)), 0);
     ck_assert_int_eq(chmod(tmp, 0600), 0);
@@ -2062,8 +2093,10 @@ START_TEST(test_forget_leaves_nothing)
         char *argv[] = {bin, "forget", "--db", db, "--all", "--state", state, NULL};
         ck_assert_int_eq(run_cli(argv, out, 0, 30000), 0);
         ck_assert(file_has(out, "erased 40 records"));
-        ck_assert(file_has(out, "erased 3 derived files"));
+        ck_assert(file_has(out, "erased 5 derived files")); /* personal, pending, tmp, serve, serve.txt */
     }
+    ck_assert_int_eq(access(serve, F_OK), -1);
+    free(serve);
     ck_assert_int_eq(access(personal, F_OK), -1);
     ck_assert_int_eq(access(pending, F_OK), -1);
     ck_assert_int_eq(access(tmp, F_OK), -1);

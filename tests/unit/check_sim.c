@@ -23,7 +23,7 @@
 /* The checksum of the fixed-seed small run below (FNV-1a of the final global
  * adapter and every deterministic metric). Recorded from a run of this code;
  * a change in training, aggregation, sampling or the fleet model changes it. */
-#define SMALL_RUN_CHECKSUM 0x916dd1b772465e4cULL
+#define SMALL_RUN_CHECKSUM 0x3c9c33710211717bULL
 
 /* Rates over many draws: allow 4 standard errors. */
 #define RATE_SIGMAS 4.0
@@ -48,6 +48,7 @@ static void small_config(plait_sim_config_t *c, const char *tag)
     c->eval_windows = 2;
     c->personal_clients = 2;
     c->personal_steps = 1;
+    c->personal_rounds = 1; /* personalize every evaluated round */
     c->quiet = true;
 }
 
@@ -193,6 +194,75 @@ START_TEST(test_population_jsonl_and_dir)
     free(p3);
     free(fdir);
     plait_tok_free(&tok);
+}
+END_TEST
+
+/* The population does not depend on seq_len: a client with little text is kept, trained and evaluated (one
+ * partial window), whatever the window. */
+START_TEST(test_population_seq_len)
+{
+    plait_sim_config_t c;
+    small_config(&c, "sim_seqlen");
+    c.max_clients = 0;
+    c.min_lines = 3;
+    plait_tok_t tok;
+    load_tok(&tok);
+    char *path = tu_path(c.out_dir, "data.jsonl");
+    const char *doc = "{\"user\":\"a\",\"text\":\"one two three\\nfour five six\\nseven eight\\nnine ten\"}\n"
+                      "{\"user\":\"b\",\"text\":\"the king is dead\\nlong live the king\\nand the queen\"}\n"
+                      "{\"user\":\"c\",\"text\":\"x1 x2 x3 x4 x5\\ny1 y2 y3 y4\\nz1 z2 z3 z4 z5\\nw1\"}\n";
+    ck_assert_int_eq(tu_write_file(path, doc, strlen(doc)), 0);
+    snprintf(c.data, sizeof(c.data), "%s", path);
+    c.source = PLAIT_SIM_SRC_JSONL;
+    char dir[PLAIT_SIM_PATH_MAX + 16];
+    snprintf(dir, sizeof(dir), "%s/clients", c.out_dir);
+    plait_sim_pop_t p8, p128;
+    c.seq_len = 8;
+    ck_assert_int_eq(plait_sim_pop_build(&p8, &c, &tok, dir), 0);
+    c.seq_len = 128;
+    ck_assert_int_eq(plait_sim_pop_build(&p128, &c, &tok, dir), 0);
+    ck_assert_uint_eq(p8.n, 3);
+    ck_assert_uint_eq(p128.n, p8.n);
+    ck_assert(memcmp(p8.clients, p128.clients, p8.n * sizeof(plait_sim_client_t)) == 0);
+    for (size_t i = 0; i < p8.n; i++) ck_assert_uint_lt(p8.clients[i].heldout_tokens, 129); /* shorter than a window */
+    plait_sim_pop_free(&p8);
+    plait_sim_pop_free(&p128);
+    /* Shakespeare: the same 163 speakers at seq_len 16 and 256. */
+    plait_sim_config_t s;
+    small_config(&s, "sim_seqlen_sh");
+    s.max_clients = 0;
+    snprintf(dir, sizeof(dir), "%s/clients", s.out_dir);
+    s.seq_len = 256;
+    ck_assert_int_eq(plait_sim_pop_build(&p128, &s, &tok, dir), 0);
+    ck_assert_uint_eq(p128.n, 163);
+    plait_sim_pop_free(&p128);
+    plait_tok_free(&tok);
+    /* A run at a window longer than every client's held-out text evaluates all of them, like for like. */
+    c.seq_len = 64;
+    c.rounds = 1;
+    c.clients_per_round = 2;
+    c.min_clients = 1;
+    c.dropout = 0;
+    c.deadline_s = 1e6;
+    c.eval_windows = 0;
+    c.personal_steps = 5;
+    c.personal_clients = 1000000000; /* the default: all */
+    c.personal_val_every = 1;
+    plait_sim_result_t r;
+    ck_assert_msg(plait_sim_run(&c, &r) == 0, "run: %s", plait_errmsg());
+    ck_assert_uint_eq(r.n_eval_clients, 3);
+    ck_assert_uint_eq(r.n_pers_clients, 3);
+    for (size_t i = 0; i < 3; i++) {
+        ck_assert(isfinite(r.client_global[i]) && isfinite(r.client_personal[i]));
+        /* The personalized evaluation's global loss is the global evaluation's, client for client. */
+        ck_assert_msg(r.client_pglobal[i] == r.client_global[i], "client %zu: %g vs %g", i, r.client_pglobal[i],
+                      r.client_global[i]);
+        ck_assert_uint_gt(r.client_tokens[i], 0);
+    }
+    ck_assert(isfinite(r.rounds[1].personal_global_loss));
+    ck_assert_double_eq_tol(r.rounds[1].personal_global_loss, r.rounds[1].global_loss, 1e-12);
+    plait_sim_result_free(&r);
+    free(path);
 }
 END_TEST
 
@@ -481,16 +551,20 @@ START_TEST(test_centralized_baseline)
     ck_assert(r1.checksum == r2.checksum);
     plait_sim_result_free(&r1);
     plait_sim_result_free(&r2);
-    /* After a federated run: the default step count is the federation's client steps. */
+    /* After a federated run, with its own batch (the default is the tuned 16 x 10,000 steps: too slow here). */
     plait_sim_config_t c;
     small_config(&c, "sim_central_fed");
+    ck_assert_int_eq(c.centralized_batch, 16);
+    ck_assert_int_eq(c.centralized_steps, 0);
     c.max_clients = 20;
     c.rounds = 2;
     c.centralized = true;
+    c.centralized_steps = 40;
+    c.centralized_batch = 4;
     plait_sim_result_t r;
     ck_assert_msg(plait_sim_run(&c, &r) == 0, "run: %s", plait_errmsg());
     ck_assert_uint_eq(r.n_rounds, 2);
-    ck_assert_int_eq(r.centralized_steps, 2 * 8 * 2);
+    ck_assert_int_eq(r.centralized_steps, 40);
     ck_assert(isfinite(r.centralized_loss) && isfinite(r.rounds[2].global_loss));
     plait_sim_result_free(&r);
 }
@@ -503,6 +577,7 @@ Suite *sim_suite(void)
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_population_shakespeare);
     tcase_add_test(tc, test_population_jsonl_and_dir);
+    tcase_add_test(tc, test_population_seq_len);
     suite_add_tcase(s, tc);
     tc = tcase_create("model");
     tcase_set_timeout(tc, 120);

@@ -169,7 +169,9 @@ START_TEST(test_sim_out_rerun_config)
     ck_assert_ptr_nonnull(lb);
     ck_assert_msg(strstr(md, "| global adapter vs base model | 4 |") != NULL, "%s", md);
     ck_assert_msg(strstr(md, "| personalized vs local-only (round 0) | 2 |") != NULL, "%s", md);
-    ck_assert_int_eq(count_lines(cc), 1 + 4 + 2);
+    ck_assert_int_eq(count_lines(cc), 1 + 4 + 2 + 2); /* + personal_vs_global rows of the 2 personalized clients */
+    ck_assert_msg(strstr(cc, "personal_vs_global,") != NULL, "%s", cc);
+    ck_assert_msg(strstr(md, "## Personalized vs global, same clients") != NULL, "%s", md);
     ck_assert_msg(strstr(lb, "MB moved") != NULL, "no MB axis");
     free(md);
     free(cc);

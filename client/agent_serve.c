@@ -1,0 +1,130 @@
+/*
+ * agent_serve.c: the adapter a device serves inference with (client.h,
+ * plait_agent_serving). After a round's local training the agent runs the
+ * validated personalization of personal.h on its own training text, from
+ * the round's global adapter (FedSA-LoRA: the global A with its own B), and
+ * keeps the winner in its state directory:
+ *
+ *   serve.safetensors  the chosen adapter (global, personal or a mix)
+ *   serve.txt          why: "kind mix val_global val_personal val_chosen
+ *                      best_step val_tokens round", one line of text
+ *
+ * Both are derived from the device's records: they never leave the device
+ * (no message or server log carries them) and `plait-agent forget --state`
+ * erases them (agent_privacy.c).
+ *
+ * Contract: a failure here never fails the round: the caller logs it and the
+ * previous serving adapter (if any) stays. Everything trained is wiped.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "agent_int.h"
+#include "plait/adapter.h"
+#include "plait/personal.h"
+#include "plait/plait.h"
+
+int plait__agent_serve_choose(const plait_model_t *m, const plait_lora_t *ref, const plait_corpus_t *train,
+                              const char *state_dir, int B, int T, double lr, int train_a, int steps,
+                              uint64_t seed, plait_pool_t *pool, int threads, uint64_t round,
+                              plait_personal_result_t *res)
+{
+    if (!m || !ref || !train || !state_dir || !res) return plait_fail(PLAIT_EINVAL, "serve: bad arguments");
+    plait_lora_t l;
+    plait_lora_init(&l);
+    plait_trainer_t *tr = NULL;
+    plait_corpus_t tpart, val;
+    plait_corpus_init(&tpart);
+    plait_corpus_init(&val);
+    uint8_t *img = NULL;
+    size_t len = 0;
+    int rc = plait_lora_setup(&l, &ref->model, &ref->cfg);
+    if (rc == 0 && l.n_params != ref->n_params) rc = plait_fail(PLAIT_EMISMATCH, "serve: adapter shape");
+    if (rc == 0) rc = plait_personal_split(train, 0.15, T, &tpart, &val);
+    if (rc == 0) rc = plait_personal_fill(&tpart, T);
+    if (rc == 0) {
+        plait_train_config_t tc = plait_train_config_default();
+        tc.B = B;
+        tc.T = T;
+        tc.lr = lr;
+        tc.train_a = train_a;
+        tc.threads = threads > 0 ? threads : 1;
+        tc.pool = pool;
+        rc = plait_train_create(&tr, m, &l, &tc);
+    }
+    if (rc == 0) {
+        plait_personal_config_t pc = plait_personal_config_default();
+        pc.max_steps = steps > 0 ? steps : 1;
+        pc.eval_every = pc.max_steps >= 20 ? 5 : (pc.max_steps + 3) / 4;
+        pc.seed = seed;
+        pc.val_windows = 64; /* a large store's tail: 64 windows validate well enough, at bounded cost */
+        rc = plait_personal_fit(tr, &l, ref->params, &tpart, &val, &pc, res);
+    }
+    if (rc == 0) rc = plait_adapter_save_mem(&l, m->sha256, &img, &len);
+    if (rc == 0) rc = plait__agent_atomic_write(state_dir, SERVE_FILE, img, len);
+    if (rc == 0) {
+        char why[256];
+        int k = snprintf(why, sizeof(why), "%s %.4f %.6f %.6f %.6f %d %zu %llu\n", plait_personal_kind_name(res->kind),
+                         res->mix, res->val_global, res->val_personal, res->val_chosen, res->best_step,
+                         res->val_tokens, (unsigned long long)round);
+        rc = plait__agent_atomic_write(state_dir, SERVE_INFO_FILE, (const uint8_t *)why, (size_t)k);
+    }
+    if (img) plait_zeroize(img, len);
+    free(img);
+    plait_train_destroy(tr);
+    if (l.params) plait_zeroize(l.params, l.n_params * sizeof(float));
+    plait_lora_free(&l);
+    plait_corpus_free(&tpart);
+    plait_corpus_free(&val);
+    return rc;
+}
+
+int plait_agent_serving(const char *state_dir, char *path, size_t path_cap, char *why, size_t why_cap)
+{
+    if (!state_dir || !path || path_cap == 0) return plait_fail(PLAIT_EINVAL, "serving: bad arguments");
+    path[0] = '\0';
+    if (why && why_cap) why[0] = '\0';
+    char info[4096];
+    int k = snprintf(info, sizeof(info), "%s/%s", state_dir, SERVE_INFO_FILE);
+    int kp = snprintf(path, path_cap, "%s/%s", state_dir, SERVE_FILE);
+    if (k < 0 || (size_t)k >= sizeof(info) || kp < 0 || (size_t)kp >= path_cap)
+        return plait_fail(PLAIT_EINVAL, "serving: state path too long");
+    FILE *f = fopen(info, "r");
+    if (!f) {
+        path[0] = '\0';
+        return plait_fail(PLAIT_ENOENT, "%s: no serving adapter chosen yet (it is chosen after a round)", state_dir);
+    }
+    char line[256] = {0}, kind[16] = {0};
+    double mix = NAN, vg = NAN, vp = NAN, vc = NAN;
+    int best = 0;
+    size_t vt = 0;
+    unsigned long long round = 0;
+    int ok = fgets(line, sizeof(line), f) != NULL &&
+             sscanf(line, "%15s %lf %lf %lf %lf %d %zu %llu", kind, &mix, &vg, &vp, &vc, &best, &vt, &round) == 8 &&
+             (strcmp(kind, "global") == 0 || strcmp(kind, "personal") == 0 || strcmp(kind, "mix") == 0) &&
+             isfinite(mix) && mix >= 0 && mix <= 1 && isfinite(vg) && isfinite(vp) && isfinite(vc);
+    fclose(f);
+    if (!ok) {
+        path[0] = '\0';
+        return plait_fail(PLAIT_EPROTO, "%s: malformed", info);
+    }
+    if (why && why_cap) {
+        if (strcmp(kind, "mix") == 0)
+            snprintf(why, why_cap,
+                     "mix a=%.2f ((1-a) global + a personal), round %llu: validation loss %.4f vs global %.4f "
+                     "(personal alone %.4f, best step %d, %zu tokens)",
+                     mix, round, vc, vg, vp, best, vt);
+        else if (strcmp(kind, "personal") == 0)
+            snprintf(why, why_cap,
+                     "personal, round %llu: validation loss %.4f vs global %.4f (best step %d, %zu tokens)", round, vc,
+                     vg, best, vt);
+        else
+            snprintf(why, why_cap,
+                     "global, round %llu: nothing beat it on validation (global %.4f, best personal %.4f, %zu "
+                     "tokens)",
+                     round, vg, vp, vt);
+    }
+    return 0;
+}

@@ -1,0 +1,248 @@
+/*
+ * personal.c: validated personalization (personal.h): the device-local
+ * validation split, early-stopped fine-tuning from a reference adapter with
+ * an optional Ditto proximal term, and the choice among the reference, the
+ * fine-tuned adapter and their interpolations, never worse than the
+ * reference on validation.
+ *
+ * Contract: plait_personal_fit leaves lora->params equal to the chosen
+ * adapter, bit for bit one of the candidates it evaluated, and
+ * res->val_chosen <= res->val_global. Every buffer is wiped before it is
+ * freed (adapters trained on private text, and the text itself).
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "plait/crypto.h"
+#include "plait/personal.h"
+#include "plait/plait.h"
+
+/* The interpolation grid (APFL-style): a of (1 - a) ref + a personal. */
+static const double MIX_GRID[] = {0.25, 0.5, 0.75};
+#define N_MIX (sizeof(MIX_GRID) / sizeof(MIX_GRID[0]))
+
+plait_personal_config_t plait_personal_config_default(void)
+{
+    plait_personal_config_t c;
+    memset(&c, 0, sizeof(c));
+    c.val_fraction = 0.15;
+    c.max_steps = 40;
+    c.eval_every = 5;
+    c.patience = 2;
+    c.prox_lambda = 0.0;
+    c.val_windows = 0;
+    c.min_gain = 0.0;
+    c.seed = 0;
+    return c;
+}
+
+int plait_personal_config_validate(const plait_personal_config_t *c)
+{
+    if (!c) return plait_fail(PLAIT_EINVAL, "personal: NULL config");
+    if (!(c->val_fraction >= 0.05 && c->val_fraction <= 0.5))
+        return plait_fail(PLAIT_EINVAL, "personal: val_fraction %g is outside 0.05..0.5", c->val_fraction);
+    if (c->max_steps < 1 || c->max_steps > 1000000)
+        return plait_fail(PLAIT_EINVAL, "personal: max_steps %d is outside 1..1000000", c->max_steps);
+    if (c->eval_every < 1) return plait_fail(PLAIT_EINVAL, "personal: eval_every %d < 1", c->eval_every);
+    if (c->patience < 0) return plait_fail(PLAIT_EINVAL, "personal: patience %d < 0", c->patience);
+    if (!(c->prox_lambda >= 0.0) || !isfinite(c->prox_lambda))
+        return plait_fail(PLAIT_EINVAL, "personal: prox_lambda must be finite and >= 0");
+    if (!(c->min_gain >= 0.0) || !isfinite(c->min_gain))
+        return plait_fail(PLAIT_EINVAL, "personal: min_gain must be finite and >= 0");
+    return 0;
+}
+
+const char *plait_personal_kind_name(plait_personal_kind_t k)
+{
+    switch (k) {
+    case PLAIT_PERSONAL_GLOBAL: return "global";
+    case PLAIT_PERSONAL_OWN: return "personal";
+    case PLAIT_PERSONAL_MIX: return "mix";
+    }
+    return "?";
+}
+
+/* Replace c with a copy of n tokens. */
+static int corpus_set(plait_corpus_t *c, const int32_t *tok, size_t n)
+{
+    int32_t *t = malloc((n ? n : 1) * sizeof(int32_t));
+    if (!t) return plait_fail(PLAIT_ENOMEM, "personal: %zu tokens", n);
+    memcpy(t, tok, n * sizeof(int32_t));
+    plait_corpus_free(c);
+    c->tokens = t;
+    c->n = c->cap = n;
+    return 0;
+}
+
+int plait_personal_split(const plait_corpus_t *all, double frac, int T, plait_corpus_t *train, plait_corpus_t *val)
+{
+    if (!all || !train || !val || T < 1) return plait_fail(PLAIT_EINVAL, "personal split: bad arguments");
+    if (!(frac >= 0.05 && frac <= 0.5)) return plait_fail(PLAIT_EINVAL, "personal split: fraction %g", frac);
+    size_t n = all->n;
+    if (n < 4) return plait_fail(PLAIT_EINVAL, "personal split: %zu tokens are too few to validate", n);
+    size_t v = (size_t)ceil(frac * (double)n);
+    size_t want = (size_t)T + 1 < n / 2 ? (size_t)T + 1 : n / 2; /* one window when the text has two */
+    if (v < want) v = want;
+    if (v < 2) v = 2;
+    if (v > n / 2) v = n / 2;
+    int rc = corpus_set(train, all->tokens, n - v);
+    if (rc == 0) rc = corpus_set(val, all->tokens + (n - v), v);
+    return rc;
+}
+
+int plait_personal_fill(plait_corpus_t *c, int T)
+{
+    if (!c || T < 1) return plait_fail(PLAIT_EINVAL, "personal fill: bad arguments");
+    size_t W = (size_t)T + 1, n = c->n;
+    if (n >= W) return 0;
+    if (n == 0) return plait_fail(PLAIT_EINVAL, "personal fill: empty corpus");
+    int32_t *t = malloc(W * sizeof(int32_t));
+    if (!t) return plait_fail(PLAIT_ENOMEM, "personal fill: %zu tokens", W);
+    for (size_t i = 0; i < W; i++) t[i] = c->tokens[i % n];
+    size_t rec = c->n_records;
+    plait_corpus_free(c);
+    c->tokens = t;
+    c->n = c->cap = W;
+    c->n_records = rec;
+    return 0;
+}
+
+int plait_personal_eval(const plait_corpus_t *c, plait_trainer_t *tr, size_t max_windows, double *loss,
+                        size_t *n_tokens)
+{
+    if (!c || !tr || !loss) return plait_fail(PLAIT_EINVAL, "personal eval: bad arguments");
+    int T = plait_train_seq_len(tr);
+    if (c->n >= (size_t)T + 1) return plait_corpus_eval(c, tr, T, max_windows, loss, n_tokens);
+    if (c->n < 2) return plait_fail(PLAIT_EINVAL, "personal eval: %zu tokens hold no prediction", c->n);
+    size_t W = (size_t)T + 1;
+    int32_t *row = malloc(W * sizeof(int32_t));
+    if (!row) return plait_fail(PLAIT_ENOMEM, "personal eval: one window");
+    /* Pad with the text's own last token: any valid id will do, causality hides it. */
+    for (size_t i = 0; i < W; i++) row[i] = c->tokens[i < c->n ? i : c->n - 1];
+    double sum = 0;
+    int rc = plait_train_eval_prefix(tr, row, c->n - 1, &sum);
+    plait_zeroize(row, W * sizeof(int32_t));
+    free(row);
+    if (rc != 0) return rc;
+    *loss = sum / (double)(c->n - 1);
+    if (n_tokens) *n_tokens = c->n - 1;
+    return 0;
+}
+
+int plait_personal_eval_windows(const plait_corpus_t *c, plait_trainer_t *tr, size_t max_windows, double *losses,
+                                size_t cap, size_t *n_windows)
+{
+    if (!c || !tr || !losses || cap == 0 || !n_windows) return plait_fail(PLAIT_EINVAL, "personal eval: bad arguments");
+    *n_windows = 0;
+    size_t T = (size_t)plait_train_seq_len(tr);
+    if (c->n < T + 1) {
+        size_t nt = 0;
+        int rc = plait_personal_eval(c, tr, 0, &losses[0], &nt);
+        if (rc == 0) *n_windows = 1;
+        return rc;
+    }
+    size_t nw = plait_corpus_n_windows(c, (int)T);
+    if (max_windows && nw > max_windows) nw = max_windows;
+    if (nw > cap) nw = cap;
+    for (size_t w = 0; w < nw; w++) {
+        float l;
+        int rc = plait_train_eval_loss(tr, c->tokens + w * T, 1, &l);
+        if (rc != 0) return rc;
+        if (!isfinite(l)) return plait_fail(PLAIT_EPROTO, "personal eval: non-finite loss on window %zu", w);
+        losses[w] = (double)l;
+    }
+    *n_windows = nw;
+    return 0;
+}
+
+int plait_personal_fit(plait_trainer_t *tr, plait_lora_t *lora, const float *ref, const plait_corpus_t *train,
+                       const plait_corpus_t *val, const plait_personal_config_t *cfg, plait_personal_result_t *res)
+{
+    if (!tr || !lora || !ref || !train || !val || !res || ref == lora->params)
+        return plait_fail(PLAIT_EINVAL, "personal fit: bad arguments");
+    int rc = plait_personal_config_validate(cfg);
+    if (rc != 0) return rc;
+    int B = plait_train_batch_size(tr), T = plait_train_seq_len(tr);
+    if (train->n < (size_t)T + 1)
+        return plait_fail(PLAIT_EINVAL, "personal fit: %zu training tokens, fewer than one window of %d", train->n,
+                          T + 1);
+    memset(res, 0, sizeof(*res));
+    res->train_loss = NAN;
+    size_t np = lora->n_params, bytes = np * sizeof(float);
+    float *best = malloc(bytes ? bytes : 1);
+    int32_t *batch = malloc((size_t)B * ((size_t)T + 1) * sizeof(int32_t));
+    if (!best || !batch) {
+        free(best);
+        free(batch);
+        return plait_fail(PLAIT_ENOMEM, "personal fit: buffers");
+    }
+    memcpy(lora->params, ref, bytes);
+    memcpy(best, ref, bytes);
+    double vbest = NAN, v;
+    size_t vt = 0;
+    rc = plait_personal_eval(val, tr, cfg->val_windows, &vbest, &vt);
+    res->val_global = vbest;
+    res->val_tokens = vt;
+    /* Fine-tune, keeping the best validated step. */
+    plait_train_reset(tr);
+    if (rc == 0) rc = plait_train_set_prox(tr, ref, cfg->prox_lambda);
+    uint64_t st = cfg->seed;
+    int since = 0;
+    for (int k = 1; rc == 0 && k <= cfg->max_steps; k++) {
+        if ((rc = plait_corpus_sample(train, B, T, &st, batch)) != 0) break;
+        float tl;
+        if ((rc = plait_train_forward_backward(tr, batch, &tl)) != 0) break;
+        if ((rc = plait_train_step(tr)) != 0) break;
+        res->steps = k;
+        res->train_loss = tl;
+        if (k % cfg->eval_every != 0 && k != cfg->max_steps) continue;
+        if ((rc = plait_personal_eval(val, tr, cfg->val_windows, &v, NULL)) != 0) break;
+        if (v < vbest) {
+            vbest = v;
+            res->best_step = k;
+            memcpy(best, lora->params, bytes);
+            since = 0;
+        } else if (cfg->patience > 0 && ++since >= cfg->patience) {
+            break;
+        }
+    }
+    if (plait_train_set_prox(tr, NULL, 0.0) != 0 && rc == 0) rc = PLAIT_EINVAL; /* cannot fail: lambda 0 */
+    plait_train_reset(tr);
+    res->val_personal = vbest;
+    /* Choose: the reference unless a candidate beats it by more than min_gain. */
+    res->kind = PLAIT_PERSONAL_GLOBAL;
+    res->mix = 0.0;
+    res->val_chosen = res->val_global;
+    double cut = res->val_global - cfg->min_gain, cand_best = INFINITY;
+    double pick = 0.0;
+    if (rc == 0 && res->best_step > 0) {
+        cand_best = res->val_personal;
+        pick = 1.0;
+        for (size_t m = 0; m < N_MIX && rc == 0; m++) {
+            double a = MIX_GRID[m];
+            for (size_t i = 0; i < np; i++) lora->params[i] = (float)((1.0 - a) * (double)ref[i] + a * (double)best[i]);
+            if ((rc = plait_personal_eval(val, tr, cfg->val_windows, &v, NULL)) != 0) break;
+            if (v < cand_best) {
+                cand_best = v;
+                pick = a;
+            }
+        }
+    }
+    if (rc == 0 && cand_best < cut) {
+        res->kind = pick == 1.0 ? PLAIT_PERSONAL_OWN : PLAIT_PERSONAL_MIX;
+        res->mix = pick;
+        res->val_chosen = cand_best;
+        if (pick == 1.0) memcpy(lora->params, best, bytes);
+        else
+            for (size_t i = 0; i < np; i++)
+                lora->params[i] = (float)((1.0 - pick) * (double)ref[i] + pick * (double)best[i]);
+    } else {
+        memcpy(lora->params, ref, bytes);
+    }
+    plait_zeroize(best, bytes);
+    plait_zeroize(batch, (size_t)B * ((size_t)T + 1) * sizeof(int32_t));
+    free(best);
+    free(batch);
+    return rc;
+}

@@ -1,0 +1,129 @@
+/*
+ * personal.h: personalization that never serves a device an adapter that
+ * does worse than the global one on text it has not trained on.
+ *
+ * One routine, used by the simulator (sim/sim.c) and the agent:
+ *   1. split the device's training text into a training part and a
+ *      device-local validation slice: the LAST val_fraction of its tokens
+ *      (at least one window of T + 1 tokens when the text has two, never
+ *      more than half), deterministic and disjoint (plait_personal_split);
+ *   2. fine-tune from the reference adapter (the global adapter; FedSA-LoRA:
+ *      the global A with the device's own B) on the training part, with an
+ *      optional Ditto proximal term lambda/2 ||w - w_ref||^2 (Li et al. 2021,
+ *      plait_train_set_prox), validating every eval_every steps and keeping
+ *      the best step (early stopping after `patience` validations without
+ *      improvement);
+ *   3. choose, on the validation slice, among the reference, the fine-tuned
+ *      adapter and the interpolations (1 - a) ref + a personal for a in
+ *      {0.25, 0.5, 0.75} (APFL-style mixing, Deng et al. 2020). The
+ *      reference is kept unless another candidate is better by more than
+ *      min_gain nats per token: the choice is never worse than the
+ *      reference on validation.
+ *
+ * Texts shorter than one window are still evaluated: plait_personal_eval
+ * scores a short text as one partial window (every prediction it has).
+ *
+ * Thread-safety: the functions use only their arguments; one trainer per
+ * thread.
+ */
+#ifndef PLAIT_PERSONAL_H
+#define PLAIT_PERSONAL_H
+
+#include "plait/data.h"
+#include "plait/lora.h"
+#include "plait/train.h"
+
+typedef struct {
+    double val_fraction; /**< share of the training tokens held for validation, 0.05..0.5 (default 0.15) */
+    int max_steps;       /**< fine-tuning budget in optimizer steps, >= 1 (default 40) */
+    int eval_every;      /**< validate every k steps, >= 1 (default 5) */
+    int patience;        /**< stop after this many validations without improvement; 0 = never (default 2) */
+    double prox_lambda;  /**< Ditto lambda >= 0; 0 = plain fine-tuning (default 0) */
+    size_t val_windows;  /**< at most this many validation windows; 0 = all (default 0) */
+    double min_gain;     /**< a non-reference choice must beat the reference by more than this (default 0) */
+    uint64_t seed;       /**< state of the batch sampler (plait_corpus_sample) */
+} plait_personal_config_t;
+
+typedef enum {
+    PLAIT_PERSONAL_GLOBAL = 0, /**< the reference adapter, unchanged */
+    PLAIT_PERSONAL_OWN = 1,    /**< the fine-tuned adapter (best validation step) */
+    PLAIT_PERSONAL_MIX = 2     /**< (1 - mix) reference + mix fine-tuned */
+} plait_personal_kind_t;
+
+typedef struct plait_personal_result_s {
+    plait_personal_kind_t kind;
+    double mix;           /**< a of the chosen adapter: 0 reference, 1 fine-tuned */
+    double val_global;    /**< validation loss (nats/token) of the reference */
+    double val_personal;  /**< of the fine-tuned adapter at its best step (= val_global at step 0) */
+    double val_chosen;    /**< of the chosen adapter (<= val_global) */
+    int best_step;        /**< the kept step (0: no step helped) */
+    int steps;            /**< steps run before stopping */
+    size_t val_tokens;    /**< predictions in the validation loss */
+    double train_loss;    /**< training loss of the last step run (NAN when none) */
+} plait_personal_result_t;
+
+/** \brief The defaults commented in plait_personal_config_t (seed 0). */
+plait_personal_config_t plait_personal_config_default(void);
+/** \brief Check ranges. \return 0 or PLAIT_EINVAL naming the field. */
+int plait_personal_config_validate(const plait_personal_config_t *cfg);
+
+/** \brief "global", "personal" or "mix". */
+const char *plait_personal_kind_name(plait_personal_kind_t k);
+
+/**
+ * \brief Split all into train (its first tokens) and val (its last ones):
+ *        v = max(ceil(frac n), min(T + 1, n / 2)) tokens validate, the rest
+ *        train. Deterministic; the two never share a token position.
+ * \param train, val initialized corpora (replaced).
+ * \return 0; PLAIT_EINVAL when all has under 4 tokens (too little to
+ *         validate) or frac is out of range; PLAIT_ENOMEM.
+ */
+int plait_personal_split(const plait_corpus_t *all, double frac, int T, plait_corpus_t *train /* OUT */,
+                         plait_corpus_t *val /* OUT */) PLAIT_WUR;
+
+/**
+ * \brief Repeat c's tokens end to end until it fills one training window of
+ *        T + 1 tokens (a text shorter than a window can still train). A
+ *        corpus already that long is unchanged. \return 0, PLAIT_EINVAL
+ *        (empty corpus), PLAIT_ENOMEM.
+ */
+int plait_personal_fill(plait_corpus_t *c, int T) PLAIT_WUR;
+
+/**
+ * \brief Held-out loss of the trainer's adapter on c: plait_corpus_eval over
+ *        at most max_windows windows of the trainer's T when c has one; a
+ *        shorter text (2..T tokens) is one partial window of all its
+ *        predictions. *n_tokens: the predictions counted.
+ * \return 0; PLAIT_EINVAL (fewer than 2 tokens); an evaluation error.
+ */
+int plait_personal_eval(const plait_corpus_t *c, plait_trainer_t *tr, size_t max_windows, double *loss /* OUT */,
+                        size_t *n_tokens /* OUT, may be NULL */) PLAIT_WUR;
+
+/**
+ * \brief Per-window held-out losses of the trainer's adapter on c, the
+ *        windows of plait_personal_eval (at most max_windows of T, or one
+ *        partial window), each its mean loss per token, into
+ *        losses[0..*n_windows) (at most cap; the rest are not evaluated).
+ *        Two adapters evaluated this way pair window by window: the spread
+ *        of the differences gives the noise of a difference of losses.
+ * \return 0; PLAIT_EINVAL (fewer than 2 tokens, cap 0); an evaluation error.
+ */
+int plait_personal_eval_windows(const plait_corpus_t *c, plait_trainer_t *tr, size_t max_windows, double *losses,
+                                size_t cap, size_t *n_windows /* OUT */) PLAIT_WUR;
+
+/**
+ * \brief Fit and choose (steps 2 and 3 above). tr must be a trainer over
+ *        lora; on return lora->params holds the chosen adapter and the
+ *        trainer is reset with no proximal term.
+ * \param ref   lora->n_params floats: the reference adapter (not modified;
+ *              must not alias lora->params).
+ * \param train at least one window of T + 1 tokens (see plait_personal_fill).
+ * \param val   at least 2 tokens.
+ * \return 0; PLAIT_EINVAL (config, corpora); PLAIT_ENOMEM; a training error
+ *         (lora then holds the reference).
+ */
+int plait_personal_fit(plait_trainer_t *tr, plait_lora_t *lora, const float *ref, const plait_corpus_t *train,
+                       const plait_corpus_t *val, const plait_personal_config_t *cfg,
+                       plait_personal_result_t *res /* OUT */) PLAIT_WUR;
+
+#endif /* PLAIT_PERSONAL_H */

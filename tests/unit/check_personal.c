@@ -1,0 +1,379 @@
+/*
+ * check_personal.c: validated personalization (client/personal.c) and the
+ * trainer hooks it uses: the validation split is deterministic and disjoint;
+ * a text shorter than a window is evaluated exactly (causal prefix); the
+ * Ditto proximal gradient is lambda (w - ref) and matches finite
+ * differences; early stopping keeps the best validated step; the choice is
+ * never worse than the reference on validation. Model: stories260K.
+ */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "plait/data.h"
+#include "plait/lora.h"
+#include "plait/model.h"
+#include "plait/personal.h"
+#include "plait/tok.h"
+#include "plait/train.h"
+#include "testutil.h"
+
+#define TB 2
+#define TT 16
+
+typedef struct {
+    plait_model_t m;
+    plait_tok_t tok;
+    plait_lora_t lora;
+    plait_trainer_t *tr;
+    plait_corpus_t text; /* a few thousand characters of Shakespeare */
+} fx_t;
+
+static void fx_open(fx_t *f, double lr, size_t chars)
+{
+    plait_model_init(&f->m);
+    plait_tok_init(&f->tok);
+    plait_lora_init(&f->lora);
+    plait_corpus_init(&f->text);
+    char *mp = tu_path(tu_assets_dir(), "stories260K.bin"), *tp = tu_path(tu_assets_dir(), "tok512.bin");
+    char *sp = tu_path(tu_assets_dir(), "tinyshakespeare.txt");
+    ck_assert_int_eq(plait_model_load(&f->m, mp), 0);
+    ck_assert_int_eq(plait_tok_load(&f->tok, tp, f->m.cfg.vocab_size), 0);
+    size_t len = 0;
+    uint8_t *txt = tu_read_file(sp, &len);
+    ck_assert_ptr_nonnull(txt);
+    ck_assert_uint_gt(len, chars);
+    ck_assert_int_eq(plait_corpus_add_text(&f->text, &f->tok, (const char *)txt, chars), 0);
+    free(txt);
+    free(mp);
+    free(tp);
+    free(sp);
+    plait_lora_config_t lc;
+    plait_lora_config_default(&lc);
+    ck_assert_int_eq(plait_lora_setup(&f->lora, &f->m.cfg, &lc), 0);
+    plait_lora_init_weights(&f->lora, 7);
+    plait_train_config_t tc = plait_train_config_default();
+    tc.B = TB;
+    tc.T = TT;
+    tc.lr = lr;
+    tc.threads = 1;
+    ck_assert_int_eq(plait_train_create(&f->tr, &f->m, &f->lora, &tc), 0);
+}
+
+static void fx_close(fx_t *f)
+{
+    plait_train_destroy(f->tr);
+    plait_lora_free(&f->lora);
+    plait_corpus_free(&f->text);
+    plait_tok_free(&f->tok);
+    plait_model_free(&f->m);
+}
+
+static void corpus_of(plait_corpus_t *c, size_t n)
+{
+    plait_corpus_init(c);
+    c->tokens = malloc(n * sizeof(int32_t));
+    ck_assert_ptr_nonnull(c->tokens);
+    for (size_t i = 0; i < n; i++) c->tokens[i] = (int32_t)((i * 7 + 3) % 500);
+    c->n = c->cap = n;
+}
+
+START_TEST(test_split_deterministic_disjoint)
+{
+    size_t sizes[] = {4, 10, 40, 100, 1000};
+    for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+        plait_corpus_t all, tr1, va1, tr2, va2;
+        corpus_of(&all, sizes[k]);
+        plait_corpus_init(&tr1);
+        plait_corpus_init(&va1);
+        plait_corpus_init(&tr2);
+        plait_corpus_init(&va2);
+        ck_assert_int_eq(plait_personal_split(&all, 0.15, TT, &tr1, &va1), 0);
+        ck_assert_int_eq(plait_personal_split(&all, 0.15, TT, &tr2, &va2), 0);
+        /* Disjoint and complete: train is the head, validation the tail. */
+        ck_assert_uint_eq(tr1.n + va1.n, all.n);
+        ck_assert_uint_ge(va1.n, 2);
+        ck_assert_uint_ge(tr1.n, 2);
+        ck_assert_uint_le(va1.n, all.n / 2);
+        ck_assert(memcmp(tr1.tokens, all.tokens, tr1.n * sizeof(int32_t)) == 0);
+        ck_assert(memcmp(va1.tokens, all.tokens + tr1.n, va1.n * sizeof(int32_t)) == 0);
+        /* At least 15%, and one whole window when the text holds two. */
+        ck_assert_uint_ge(va1.n, (size_t)ceil(0.15 * (double)all.n) < all.n / 2 ? (size_t)ceil(0.15 * (double)all.n)
+                                                                                  : all.n / 2);
+        if (all.n >= 2 * (TT + 1)) ck_assert_uint_ge(va1.n, TT + 1);
+        /* Deterministic. */
+        ck_assert_uint_eq(tr2.n, tr1.n);
+        ck_assert(memcmp(va2.tokens, va1.tokens, va1.n * sizeof(int32_t)) == 0);
+        plait_corpus_free(&all);
+        plait_corpus_free(&tr1);
+        plait_corpus_free(&va1);
+        plait_corpus_free(&tr2);
+        plait_corpus_free(&va2);
+    }
+    plait_corpus_t all, tr, va;
+    corpus_of(&all, 100);
+    plait_corpus_init(&tr);
+    plait_corpus_init(&va);
+    ck_assert_uint_eq(all.n, 100);
+    ck_assert_int_eq(plait_personal_split(&all, 0.15, TT, &tr, &va), 0);
+    ck_assert_uint_eq(va.n, 17); /* max(15, one window of 17) */
+    ck_assert_int_eq(plait_personal_split(&all, 0.3, TT, &tr, &va), 0);
+    ck_assert_uint_eq(va.n, 30);
+    ck_assert_int_eq(plait_personal_split(&all, 0.9, TT, &tr, &va), PLAIT_EINVAL);
+    all.n = 3;
+    ck_assert_int_eq(plait_personal_split(&all, 0.15, TT, &tr, &va), PLAIT_EINVAL);
+    /* Fill: a short text repeats to one window. */
+    all.n = 5;
+    ck_assert_int_eq(plait_personal_fill(&all, TT), 0);
+    ck_assert_uint_eq(all.n, TT + 1);
+    for (size_t i = 0; i < all.n; i++) ck_assert_int_eq(all.tokens[i], (int32_t)(((i % 5) * 7 + 3) % 500));
+    plait_corpus_free(&all);
+    plait_corpus_free(&tr);
+    plait_corpus_free(&va);
+}
+END_TEST
+
+START_TEST(test_prefix_eval)
+{
+    fx_t f;
+    fx_open(&f, 1e-3, 2000);
+    /* B nonzero so the adapter matters. */
+    for (size_t i = f.lora.n_a; i < f.lora.n_params; i++) f.lora.params[i] = 0.01f * (float)((i % 13) - 6);
+    int32_t row[TT + 1], row2[TT + 1];
+    memcpy(row, f.text.tokens, sizeof(row));
+    float full;
+    ck_assert_int_eq(plait_train_eval_loss(f.tr, row, 1, &full), 0);
+    double sum;
+    ck_assert_int_eq(plait_train_eval_prefix(f.tr, row, TT, &sum), 0);
+    ck_assert_double_eq_tol(sum / TT, (double)full, 1e-5);
+    /* The first k predictions do not depend on the tokens after them. */
+    double a, b;
+    ck_assert_int_eq(plait_train_eval_prefix(f.tr, row, 5, &a), 0);
+    memcpy(row2, row, sizeof(row));
+    for (int i = 6; i <= TT; i++) row2[i] = (row2[i] + 11) % 500;
+    ck_assert_int_eq(plait_train_eval_prefix(f.tr, row2, 5, &b), 0);
+    ck_assert_double_eq_tol(a, b, 1e-9);
+    ck_assert_int_eq(plait_train_eval_prefix(f.tr, row, 0, &b), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_train_eval_prefix(f.tr, row, TT + 1, &b), PLAIT_EINVAL);
+    /* A text of 6 tokens: one partial window of 5 predictions. */
+    plait_corpus_t c;
+    plait_corpus_init(&c);
+    c.tokens = malloc(6 * sizeof(int32_t));
+    memcpy(c.tokens, row, 6 * sizeof(int32_t));
+    c.n = c.cap = 6;
+    double l;
+    size_t n;
+    ck_assert_int_eq(plait_personal_eval(&c, f.tr, 0, &l, &n), 0);
+    ck_assert_uint_eq(n, 5);
+    ck_assert_double_eq_tol(l, a / 5, 1e-9);
+    double wl[64];
+    size_t nw;
+    ck_assert_int_eq(plait_personal_eval_windows(&c, f.tr, 0, wl, 64, &nw), 0);
+    ck_assert_uint_eq(nw, 1);
+    ck_assert_double_eq_tol(wl[0], l, 1e-12);
+    /* Whole windows: their mean is the corpus loss. */
+    ck_assert_int_eq(plait_personal_eval(&f.text, f.tr, 10, &l, &n), 0);
+    ck_assert_int_eq(plait_personal_eval_windows(&f.text, f.tr, 10, wl, 64, &nw), 0);
+    ck_assert_uint_eq(nw, 10);
+    double m = 0;
+    for (size_t i = 0; i < nw; i++) m += wl[i] / (double)nw;
+    ck_assert_double_eq_tol(m, l, 1e-5);
+    ck_assert_int_eq(plait_personal_eval_windows(&f.text, f.tr, 10, wl, 3, &nw), 0);
+    ck_assert_uint_eq(nw, 3);
+    c.n = 1;
+    ck_assert_int_eq(plait_personal_eval(&c, f.tr, 0, &l, &n), PLAIT_EINVAL);
+    plait_corpus_free(&c);
+    fx_close(&f);
+}
+END_TEST
+
+START_TEST(test_prox_gradient)
+{
+    fx_t f;
+    fx_open(&f, 1e-3, 2000);
+    size_t np = f.lora.n_params;
+    float *ref = malloc(np * sizeof(float));
+    for (size_t i = 0; i < np; i++) ref[i] = f.lora.params[i];
+    for (size_t i = f.lora.n_a; i < np; i++) f.lora.params[i] = 0.02f * (float)((int)(i % 11) - 5);
+    int32_t batch[TB * (TT + 1)];
+    memcpy(batch, f.text.tokens, sizeof(batch));
+    size_t ng = plait_train_grads_count(f.tr), off = plait_train_grads_offset(f.tr);
+    float *g0 = malloc(ng * sizeof(float));
+    plait_train_reset(f.tr);
+    ck_assert_int_eq(plait_train_forward_backward(f.tr, batch, NULL), 0);
+    memcpy(g0, plait_train_grads(f.tr), ng * sizeof(float));
+    plait_train_reset(f.tr);
+    const double lambda = 3.0;
+    ck_assert_int_eq(plait_train_set_prox(f.tr, ref, lambda), 0);
+    ck_assert_int_eq(plait_train_forward_backward(f.tr, batch, NULL), 0);
+    const float *g1 = plait_train_grads(f.tr);
+    /* Closed form: the term adds lambda (w - ref), exactly where w != ref and nowhere else. */
+    size_t moved = 0;
+    for (size_t i = 0; i < ng; i++) {
+        double want = lambda * ((double)f.lora.params[off + i] - (double)ref[off + i]);
+        ck_assert_double_eq_tol((double)g1[i] - (double)g0[i], want, 1e-5);
+        moved += want != 0.0;
+    }
+    ck_assert_uint_gt(moved, 100);
+    /* Finite differences of loss + lambda/2 ||w - ref||^2 on a few B coordinates. */
+    size_t idx[] = {f.lora.n_a + 1, f.lora.n_a + 17, np - 3};
+    for (size_t k = 0; k < 3; k++) {
+        size_t i = idx[k];
+        float w0 = f.lora.params[i];
+        double h = 1e-2, obj[2];
+        for (int s = 0; s < 2; s++) {
+            f.lora.params[i] = (float)((double)w0 + (s ? h : -h));
+            float l;
+            ck_assert_int_eq(plait_train_eval_loss(f.tr, batch, TB, &l), 0);
+            double pr = 0;
+            for (size_t j = off; j < np; j++) pr += ((double)f.lora.params[j] - ref[j]) * ((double)f.lora.params[j] - ref[j]);
+            obj[s] = (double)l + 0.5 * lambda * pr;
+        }
+        f.lora.params[i] = w0;
+        double fd = (obj[1] - obj[0]) / (2 * h);
+        ck_assert_msg(fabs(fd - (double)g1[i - off]) < 2e-2 + 0.02 * fabs(fd), "coordinate %zu: fd %g analytic %g", i,
+                      fd, (double)g1[i - off]);
+    }
+    /* Off by lambda 0; a positive lambda needs a reference. */
+    ck_assert_int_eq(plait_train_set_prox(f.tr, NULL, 1.0), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_train_set_prox(f.tr, NULL, -1.0), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_train_set_prox(f.tr, NULL, 0.0), 0);
+    free(ref);
+    free(g0);
+    fx_close(&f);
+}
+END_TEST
+
+/* Replay: train from ref with the fit's sampler and return the validation loss after each step 1..n. */
+static void replay(fx_t *f, const float *ref, const plait_corpus_t *tr, const plait_corpus_t *va, uint64_t seed, int n,
+                   double *vals)
+{
+    memcpy(f->lora.params, ref, f->lora.n_params * sizeof(float));
+    plait_train_reset(f->tr);
+    uint64_t st = seed;
+    int32_t batch[TB * (TT + 1)];
+    for (int k = 1; k <= n; k++) {
+        ck_assert_int_eq(plait_corpus_sample(tr, TB, TT, &st, batch), 0);
+        ck_assert_int_eq(plait_train_forward_backward(f->tr, batch, NULL), 0);
+        ck_assert_int_eq(plait_train_step(f->tr), 0);
+        ck_assert_int_eq(plait_personal_eval(va, f->tr, 0, &vals[k], NULL), 0);
+    }
+}
+
+START_TEST(test_early_stopping_best_step)
+{
+    fx_t f;
+    fx_open(&f, 3e-2, 1500); /* a high lr on little text: validation turns up */
+    plait_corpus_t tr, va;
+    plait_corpus_init(&tr);
+    plait_corpus_init(&va);
+    ck_assert_int_eq(plait_personal_split(&f.text, 0.2, TT, &tr, &va), 0);
+    size_t np = f.lora.n_params;
+    float *ref = malloc(np * sizeof(float));
+    memcpy(ref, f.lora.params, np * sizeof(float));
+    plait_personal_config_t pc = plait_personal_config_default();
+    pc.max_steps = 30;
+    pc.eval_every = 1;
+    pc.patience = 0; /* run every step: the best is the argmin of the whole trajectory */
+    pc.seed = 42;
+    plait_personal_result_t r;
+    ck_assert_int_eq(plait_personal_fit(f.tr, &f.lora, ref, &tr, &va, &pc, &r), 0);
+    ck_assert_int_eq(r.steps, 30);
+    double vals[31];
+    ck_assert_int_eq(plait_personal_eval(&va, f.tr, 0, &vals[0], NULL), 0); /* the chosen adapter */
+    ck_assert_double_eq_tol(vals[0], r.val_chosen, 1e-12);
+    replay(&f, ref, &tr, &va, pc.seed, 30, vals);
+    int arg = 0;
+    double best = r.val_global;
+    for (int k = 1; k <= 30; k++)
+        if (vals[k] < best) best = vals[k], arg = k;
+    ck_assert_int_gt(arg, 0);
+    ck_assert_int_eq(r.best_step, arg);
+    ck_assert_double_eq_tol(r.val_personal, best, 1e-12);
+    ck_assert_double_le(r.val_chosen, r.val_personal);
+    /* With patience, the stop comes after `patience` validations past the best. */
+    pc.patience = 2;
+    pc.eval_every = 1;
+    ck_assert_int_eq(plait_personal_fit(f.tr, &f.lora, ref, &tr, &va, &pc, &r), 0);
+    ck_assert_int_le(r.best_step, arg);
+    if (r.steps < 30) ck_assert_int_eq(r.steps, r.best_step + 2);
+    free(ref);
+    plait_corpus_free(&tr);
+    plait_corpus_free(&va);
+    fx_close(&f);
+}
+END_TEST
+
+START_TEST(test_choice_never_worse)
+{
+    fx_t f;
+    fx_open(&f, 1e-2, 1500);
+    plait_corpus_t tr, va;
+    plait_corpus_init(&tr);
+    plait_corpus_init(&va);
+    ck_assert_int_eq(plait_personal_split(&f.text, 0.15, TT, &tr, &va), 0);
+    size_t np = f.lora.n_params;
+    float *ref = malloc(np * sizeof(float));
+    /* A reference that already fits (a few steps), so fine-tuning can lose. */
+    plait_personal_config_t pc = plait_personal_config_default();
+    memcpy(ref, f.lora.params, np * sizeof(float));
+    pc.max_steps = 10;
+    plait_personal_result_t r;
+    ck_assert_int_eq(plait_personal_fit(f.tr, &f.lora, ref, &tr, &va, &pc, &r), 0);
+    memcpy(ref, f.lora.params, np * sizeof(float));
+    double lambdas[] = {0.0, 1.0, 0.0, 10.0};
+    for (int trial = 0; trial < 4; trial++) {
+        pc = plait_personal_config_default();
+        pc.max_steps = 15;
+        pc.seed = (uint64_t)trial;
+        pc.prox_lambda = lambdas[trial];
+        pc.min_gain = trial == 2 ? 10.0 : 0.0; /* an unreachable margin: the reference must stay */
+        ck_assert_int_eq(plait_personal_fit(f.tr, &f.lora, ref, &tr, &va, &pc, &r), 0);
+        ck_assert_double_le(r.val_chosen, r.val_global);
+        double v;
+        ck_assert_int_eq(plait_personal_eval(&va, f.tr, 0, &v, NULL), 0);
+        ck_assert_double_eq_tol(v, r.val_chosen, 1e-12);
+        if (r.kind == PLAIT_PERSONAL_GLOBAL) {
+            ck_assert(memcmp(f.lora.params, ref, np * sizeof(float)) == 0);
+            ck_assert_double_eq(r.mix, 0.0);
+        } else {
+            ck_assert_double_lt(r.val_chosen, r.val_global);
+            ck_assert(r.mix > 0.0 && r.mix <= 1.0);
+        }
+        if (trial == 2) ck_assert_int_eq(r.kind, PLAIT_PERSONAL_GLOBAL);
+    }
+    /* A huge learning rate ruins fine-tuning: the reference is kept. */
+    fx_close(&f);
+    fx_open(&f, 5.0, 1500);
+    memcpy(f.lora.params, ref, np * sizeof(float));
+    pc = plait_personal_config_default();
+    pc.max_steps = 10;
+    ck_assert_int_eq(plait_personal_fit(f.tr, &f.lora, ref, &tr, &va, &pc, &r), 0);
+    ck_assert_double_le(r.val_chosen, r.val_global);
+    if (r.best_step == 0) {
+        ck_assert_int_eq(r.kind, PLAIT_PERSONAL_GLOBAL);
+        ck_assert(memcmp(f.lora.params, ref, np * sizeof(float)) == 0);
+    }
+    ck_assert_str_eq(plait_personal_kind_name(PLAIT_PERSONAL_MIX), "mix");
+    free(ref);
+    plait_corpus_free(&tr);
+    plait_corpus_free(&va);
+    fx_close(&f);
+}
+END_TEST
+
+Suite *personal_suite(void)
+{
+    Suite *s = suite_create("personal");
+    TCase *tc = tcase_create("personal");
+    tcase_set_timeout(tc, 600);
+    tcase_add_test(tc, test_split_deterministic_disjoint);
+    tcase_add_test(tc, test_prefix_eval);
+    tcase_add_test(tc, test_prox_gradient);
+    tcase_add_test(tc, test_early_stopping_best_step);
+    tcase_add_test(tc, test_choice_never_worse);
+    suite_add_tcase(s, tc);
+    return s;
+}
