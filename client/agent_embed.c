@@ -78,9 +78,10 @@ int plait_agent_personal_load(const plait_agent_t *a, plait_lora_t *out)
 {
     if (!a || !out) return plait_fail(PLAIT_EINVAL, "personal_load: NULL agent or adapter");
     plait_lora_init(out);
+    /* The validated choice (agent_serve.c) when there is one; else the last trained personal copy. */
     char path[4096];
-    int rc = plait__agent_path_join(path, sizeof(path), a->state_dir, PERSONAL_FILE);
-    if (rc != 0) return rc;
+    int rc = plait_agent_serving(a->state_dir, path, sizeof(path), NULL, 0);
+    if (rc != 0 && (rc = plait__agent_path_join(path, sizeof(path), a->state_dir, PERSONAL_FILE)) != 0) return rc;
     struct stat sb;
     if (stat(path, &sb) != 0 && errno == ENOENT)
         return plait_fail(PLAIT_ENOENT, "no personalized adapter yet: it appears once this device has trained in a "

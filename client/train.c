@@ -334,6 +334,16 @@ static void backward(plait_trainer_t *tr)
     }
 }
 
+/* A proximal term's gradient coef·(w - w0) over the trainable parameters, a
+ * 1/accum_steps share per micro-batch. */
+static void prox_grad(plait_trainer_t *tr, const float *w0, double coef)
+{
+    const float *p = tr->lora->params + tr->goff;
+    double k = coef / (double)tr->cfg.accum_steps;
+    for (size_t i = 0; i < tr->n_grads; i++)
+        tr->grads[i] = (float)((double)tr->grads[i] + k * ((double)p[i] - (double)w0[i]));
+}
+
 int plait_train_forward_backward(plait_trainer_t *tr, const int32_t *tokens, float *loss)
 {
     if (!tr || !tokens) return plait_fail(PLAIT_EINVAL, "train: NULL trainer or tokens");
@@ -350,19 +360,10 @@ int plait_train_forward_backward(plait_trainer_t *tr, const int32_t *tokens, flo
     if (!isfinite(l))
         return plait_fail(PLAIT_EPROTO, "train: the loss is non-finite (the model or adapter overflows float32)");
     backward(tr);
-    if (tr->anchor) {
-        /* d/dw of (mu/2)·||w - w0||², split evenly over the step's micro-batches */
-        const float *p = tr->lora->params + tr->goff;
-        double k = tr->cfg.prox_mu / (double)tr->cfg.accum_steps;
-        for (size_t i = 0; i < tr->n_grads; i++)
-            tr->grads[i] = (float)((double)tr->grads[i] + k * ((double)p[i] - (double)tr->anchor[i]));
-    }
-    if (tr->prox_ref && tr->prox_lambda > 0.0) {
-        /* The proximal term's gradient lambda (w - ref), a 1/accum_steps share per micro-batch. */
-        double k = tr->prox_lambda / (double)tr->cfg.accum_steps;
-        const float *p = tr->lora->params + tr->goff, *ref = tr->prox_ref + tr->goff;
-        for (size_t i = 0; i < tr->n_grads; i++) tr->grads[i] += (float)(k * ((double)p[i] - (double)ref[i]));
-    }
+    /* FedProx's (mu/2)·||w - w0||² (w0 = the parameters at create/reset) and Ditto's
+     * (lambda/2)·||w - ref||² (personal.h): each adds coef·(w - w0) to the gradient. */
+    if (tr->anchor) prox_grad(tr, tr->anchor, tr->cfg.prox_mu);
+    if (tr->prox_ref && tr->prox_lambda > 0.0) prox_grad(tr, tr->prox_ref + tr->goff, tr->prox_lambda);
     tr->n_micro++;
     if (loss) *loss = (float)l;
     return 0;

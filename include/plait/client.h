@@ -240,8 +240,9 @@ const struct plait_model_s *plait_agent_model(const plait_agent_t *a);
 /** \brief The agent's tokenizer (read-only, valid until destroy). */
 const struct plait_tok_s *plait_agent_tokenizer(const plait_agent_t *a);
 /**
- * \brief Load the personalized adapter this device trained last into out (plait_lora_free it),
- *        for inference: plait_infer_setup(&s, plait_agent_model(a), out, &icfg) (infer.h).
+ * \brief Load the adapter this device serves into out (plait_lora_free it): the validated choice
+ *        of global, personal or mix made after each round (plait_agent_serving(); personal.h),
+ *        or, before any choice exists, the personal adapter it trained last. For inference: plait_infer_setup(&s, plait_agent_model(a), out, &icfg) (infer.h).
  *        Reload on PLAIT_AGENT_EV_ADAPTER_UPDATED.
  * \return 0; PLAIT_ENOENT (no round trained yet); plait_adapter_load()'s codes.
  */

@@ -1164,13 +1164,16 @@ START_TEST(test_loopback_round)
     /* The agent's lines went to its own sink. */
     ck_assert_int_ge(ev.log_lines, 3);
     ck_assert_int_eq(ev.log_acked, 1);
-    /* The personalized model for inference: the adapter the round trained. */
+    /* The personalized model for inference: the adapter the device serves (the validated
+     * choice after the round, agent_serve.c), else the one the round trained. */
     {
         plait_lora_t pl;
         ck_assert_int_eq(plait_agent_personal_load(a, &pl), 0);
         ck_assert_ptr_nonnull(plait_agent_model(a));
         ck_assert_ptr_nonnull(plait_agent_tokenizer(a));
-        char *pp = tu_path(state, "personal.safetensors");
+        char sp[4096];
+        int serving = plait_agent_serving(state, sp, sizeof(sp), NULL, 0) == 0;
+        char *pp = tu_path(state, serving ? "serve.safetensors" : "personal.safetensors");
         plait_lora_t ref;
         plait_lora_init(&ref);
         ck_assert_int_eq(plait_adapter_load(&ref, pp, plait_agent_model(a), 0), 0);
