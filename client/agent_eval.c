@@ -74,6 +74,7 @@ static void *eval_main(void *p)
     tc.B = j->B;
     tc.T = j->T;
     tc.threads = a->cfg.threads;
+    tc.base_bf16 = a->cfg.base_bf16;
     tc.pool = a->pool;
     /* The trainer only runs forward here: the adapter is read, never stepped. */
     if ((rc = plait_train_create(&tr, &a->model, j->lora, &tc)) != 0) goto out;

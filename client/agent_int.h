@@ -71,7 +71,7 @@ struct plait_personal_result_s;
  */
 int plait__agent_serve_choose(const plait_model_t *m, const plait_lora_t *ref, const plait_corpus_t *train,
                               const char *state_dir, int B, int T, double lr, int train_a, int steps,
-                              uint64_t seed, plait_pool_t *pool, int threads, uint64_t round,
+                              uint64_t seed, plait_pool_t *pool, int threads, int base_bf16, uint64_t round,
                               struct plait_personal_result_s *res) PLAIT_WUR;
 
 /* ---- crash-safe state (files in the state directory) -------------------- */

@@ -28,7 +28,7 @@
 
 int plait__agent_serve_choose(const plait_model_t *m, const plait_lora_t *ref, const plait_corpus_t *train,
                               const char *state_dir, int B, int T, double lr, int train_a, int steps,
-                              uint64_t seed, plait_pool_t *pool, int threads, uint64_t round,
+                              uint64_t seed, plait_pool_t *pool, int threads, int base_bf16, uint64_t round,
                               plait_personal_result_t *res)
 {
     if (!m || !ref || !train || !state_dir || !res) return plait_fail(PLAIT_EINVAL, "serve: bad arguments");
@@ -51,6 +51,7 @@ int plait__agent_serve_choose(const plait_model_t *m, const plait_lora_t *ref, c
         tc.lr = lr;
         tc.train_a = train_a;
         tc.threads = threads > 0 ? threads : 1;
+        tc.base_bf16 = base_bf16;
         tc.pool = pool;
         rc = plait_train_create(&tr, m, &l, &tc);
     }

@@ -97,6 +97,8 @@ int plait_agent_config_validate(const plait_agent_config_t *c)
     if (c->server_port < 1 || c->server_port > 65535)
         return plait_fail(PLAIT_EINVAL, "agent config: server_port %d outside 1..65535",
                           c->server_port);
+    if (c->base_bf16 != 0 && c->base_bf16 != 1)
+        return plait_fail(PLAIT_EINVAL, "agent config: base_bf16 %d is not 0 or 1", c->base_bf16);
     if (c->threads < 1 || c->threads > 256)
         return plait_fail(PLAIT_EINVAL, "agent config: threads %d outside 1..256", c->threads);
     if (c->min_records < 1)

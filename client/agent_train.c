@@ -140,6 +140,7 @@ static void *job_main(void *p)
     tc.prox_mu = j->prox_mu; /* FedProx: the task's proximal weight (0: none) */
     tc.train_a = j->train_a;
     tc.threads = a->cfg.threads;
+    tc.base_bf16 = a->cfg.base_bf16;
     tc.pool = a->pool;
     if ((rc = plait_train_create(&tr, &a->model, j->lora, &tc)) != 0) goto out;
     batch = malloc((size_t)j->B * ((size_t)j->T + 1) * sizeof(int32_t));
@@ -167,7 +168,7 @@ static void *job_main(void *p)
     plait_personal_result_t pr;
     if (plait__agent_serve_choose(&a->model, j->serve_ref ? j->serve_ref : j->lora, &corpus, a->state_dir, j->B,
                                   j->T, j->lr, j->train_a, (int)j->steps, j->sample_seed ^ 0x5e12e5eedULL, a->pool,
-                                  a->cfg.threads, j->round, &pr) == 0)
+                                  a->cfg.threads, a->cfg.base_bf16, j->round, &pr) == 0)
         PLAIT_LOG(PLAIT_LOG_INFO, "agent %s: round %llu: serving the %s adapter", a->device_id,
                   (unsigned long long)j->round, plait_personal_kind_name(pr.kind));
     else

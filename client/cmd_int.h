@@ -45,6 +45,7 @@ typedef struct {
     const char *text;      /* --text */
     const char *adapter;   /* --adapter */
     int threads;           /* --threads (default 1) */
+    int base_bf16;         /* --base-precision bf16 (default f32) */
     int batch;             /* --batch (default 8) */
     int seq;               /* --seq (default 128) */
     char model_buf[1024];
@@ -62,6 +63,12 @@ int resolve_assets(common_t *c, int need_tok);
 #define ROW_DB(c, h) PLAIT_F_STR("db", &(c).db, "DB", h)
 #define ROW_TEXT(c, h) PLAIT_F_STR("text", &(c).text, "FILE", h)
 #define ROW_THREADS(c, h) PLAIT_F_INT("threads", &(c).threads, 1, 256, "N", h, 1)
+/* --base-precision f32|bf16: the frozen base's products (train.h base_bf16). */
+int set_base_precision(void *dest, const char *value);
+#define ROW_BASE_PREC(c)                                                                               \
+    PLAIT_F_CUSTOM("base-precision", &(c).base_bf16, set_base_precision, "P",                          \
+                   "the frozen base's products in f32 (default) or bf16: BF16 where the CPU has\n"     \
+                   "AVX512-BF16 (faster, 8 significant bits; docs/performance.md), else f32")
 #define ROW_ADAPTER(c, h) PLAIT_F_STR("adapter", &(c).adapter, "FILE", h)
 #define ROW_BATCH(c) PLAIT_F_INT("batch", &(c).batch, 1, 4096, "B", "sequences per micro-batch", 1)
 #define ROW_SEQ(c, h) PLAIT_F_INT("seq", &(c).seq, 1, PLAIT_MODEL_MAX_SEQ, "T", h, 1)

@@ -124,6 +124,7 @@ int cmd_join(int argc, char **argv)
         ROW_MODEL(c, HELP_MODEL),
         ROW_TOKENIZER(c, HELP_TOKENIZER),
         ROW_THREADS(c, "training threads"),
+        ROW_BASE_PREC(c),
         PLAIT_F_SET("once", &once, 1, "one conversation, retrying failed connections (default)"),
         PLAIT_F_SET("daemon", &cfg.daemon, 1, "keep taking part until SIGINT/SIGTERM"),
         PLAIT_F_U32("rounds", &cfg.max_rounds, 1, UINT32_MAX, "N", "with --daemon: exit 0 after N acknowledged rounds",
@@ -185,6 +186,7 @@ int cmd_join(int argc, char **argv)
     cfg.tokenizer_path = c.tokenizer;
     cfg.store_path = c.db;
     cfg.threads = c.threads;
+    cfg.base_bf16 = c.base_bf16;
     if (cfg.seed) PLAIT_LOG(PLAIT_LOG_WARN, "join: --seed makes randomness replayable; for tests only");
 
     struct sigaction sa;

@@ -97,6 +97,7 @@ int cmd_train(int argc, char **argv)
         PLAIT_F_DOUBLE("clip", &tc.grad_clip, 0, 1e9, "X", "global gradient-norm clip, 0 = off", 1),
         PLAIT_F_INT("accum", &tc.accum_steps, 1, 65536, "N", "micro-batches per step", 1),
         ROW_THREADS(c, "threads"),
+        ROW_BASE_PREC(c),
         PLAIT_F_LLONG("eval-every", &eval_every, 0, 100000000, "N",
                       "evaluate on the held-out split every N steps (default: start and end)", 0),
         PLAIT_F_LLONG("log-every", &log_every, 1, 100000000, "N", "print progress every N steps", 1),
@@ -145,6 +146,7 @@ int cmd_train(int argc, char **argv)
     if (rc != 0) goto exit;
     tc.pool = e.pool;
     tc.threads = c.threads;
+    tc.base_bf16 = c.base_bf16;
     if ((rc = plait_train_create(&tr, &e.model, &lora, &tc)) != 0) goto exit;
 
     if (verify) {
@@ -247,6 +249,7 @@ int cmd_eval(int argc, char **argv)
         ROW_BATCH(c),
         PLAIT_F_LLONG("max-windows", &max_windows, 0, 1LL << 40, "N", "evaluate at most N windows (0: all)", 0),
         ROW_THREADS(c, "threads"),
+        ROW_BASE_PREC(c),
         PLAIT_F_SET("json", &json, 1, "one JSON object"),
     };
     static const plait_flag_rule_t rules[] = {{PLAIT_RULE_ONE_OF, {"db", "text"}}};
@@ -279,6 +282,7 @@ int cmd_eval(int argc, char **argv)
     tc.B = c.batch;
     tc.T = c.seq;
     tc.threads = c.threads;
+    tc.base_bf16 = c.base_bf16;
     int rc = engine_load(&e, &c, 1);
     if (rc != 0) goto out;
     tc.pool = e.pool;

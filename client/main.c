@@ -110,6 +110,14 @@ void common_default(common_t *c)
     c->seq = 128;
 }
 
+int set_base_precision(void *dest, const char *value)
+{
+    if (strcmp(value, "f32") == 0) *(int *)dest = 0;
+    else if (strcmp(value, "bf16") == 0) *(int *)dest = 1;
+    else return plait_fail(PLAIT_EINVAL, "--base-precision '%.20s' is not f32 or bf16", value);
+    return 0;
+}
+
 int agent_flags(plait_flags_cmd_t *cmd, int argc, char **argv)
 {
     int rc = plait_flags_parse(cmd, argc, argv, stdout, NULL);

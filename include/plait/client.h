@@ -169,6 +169,9 @@ typedef struct {
     const char *state_dir; /**< crash-safe state, adapter cache, personal adapter; created 0700
                               (required) */
     int threads;           /**< training threads, 1..256 (default 1) */
+    int base_bf16; /**< 1: the frozen base's products in BF16 where the CPU has AVX512-BF16 (train.h
+                      base_bf16; training, evaluation and personalization), else float32; 0: float32
+                      (default 0) */
     /* Eligibility. */
     int64_t min_records; /**< fewest training records to take part, >= 1 (default 16) */
     plait_agent_eligible_cb eligible; /**< NULL: always eligible (default NULL) */

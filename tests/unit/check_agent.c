@@ -229,6 +229,7 @@ START_TEST(test_config)
     ck_assert_ptr_nonnull(strstr(plait_errmsg(), "server_host"));
     ck_assert_int_eq(d.server_port, 7443);
     ck_assert_int_eq(d.daemon, 0);
+    ck_assert_int_eq(d.base_bf16, 0);
     ck_assert_uint_eq(d.seed, 0);
 
 #define BAD(field, value, word)                                                                    \
@@ -246,6 +247,7 @@ START_TEST(test_config)
     BAD(store_path, NULL, "store_path");
     BAD(server_name, "", "server_name");
     BAD(threads, 0, "threads");
+    BAD(base_bf16, 2, "base_bf16");
     BAD(min_records, 0, "min_records");
     BAD(keepalive_ms, 90000, "keepalive_ms");
     BAD(backoff_initial_ms, 1000, "backoff_initial_ms"); /* above max 100 */

@@ -23,6 +23,7 @@
  */
 #include <check.h>
 #include <dirent.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -298,6 +299,21 @@ START_TEST(test_agent_first_hour)
     ck_assert_int_eq(sh(out, sizeof(out), "env -u PLAIT_ASSETS " AGENT " eval --db s.db --split all --seq 8"), 0);
     ck_assert_int_eq(sh(out, sizeof(out), "PLAIT_ASSETS=/nonexistent " AGENT " eval --db s.db --split all --seq 8"), 0);
     ck_assert_msg(strstr(out, "base model") != NULL, "%s", out);
+    /* --base-precision: f32 or bf16 (BF16 where the CPU has AVX512-BF16): the base model's loss
+     * agrees to BF16's precision; anything else is a usage error naming the value. */
+    {
+        double l32 = 0, l16 = 0;
+        ck_assert_int_eq(sh(out, sizeof(out), AGENT " eval --db s.db --split all --seq 8 --json"), 0);
+        ck_assert_msg(strstr(out, "\"base_loss\":") && sscanf(strstr(out, "\"base_loss\":") + 12, "%lf", &l32) == 1,
+                      "%s", out);
+        ck_assert_int_eq(
+            sh(out, sizeof(out), AGENT " eval --db s.db --split all --seq 8 --json --base-precision bf16"), 0);
+        ck_assert_msg(strstr(out, "\"base_loss\":") && sscanf(strstr(out, "\"base_loss\":") + 12, "%lf", &l16) == 1,
+                      "%s", out);
+        ck_assert_msg(l32 > 0 && fabs(l16 - l32) < 0.05 * l32, "f32 %g bf16 %g", l32, l16);
+        ck_assert_int_eq(sh(out, sizeof(out), AGENT " eval --db s.db --base-precision fp8"), 2);
+        ck_assert_msg(strstr(out, "--base-precision 'fp8' is not f32 or bf16") != NULL, "%s", out);
+    }
     ck_assert_int_eq(sh(out, sizeof(out), AGENT " eval --db s.db --model nope.bin"), 1);
     ck_assert_msg(strstr(out, "nope.bin") && count_lines(out) == 1, "%s", out);
     /* Eval on too little data says what to do. */
