@@ -474,7 +474,7 @@ static int check_uchunk_form(const void *msg, const plait_wire_limits_t *lim)
             return BAD("update_chunk.words: %zu above %zu", c->n_words, lim->max_chunk_bytes / 4);
         return 0;
     }
-    if (c->packed == NULL) return BAD("update_chunk: neither words nor packed");
+    if (c->packed == NULL) return BAD("update_chunk.words: neither words nor packed");
     if (c->bits < PLAIT_QUANT_MIN_BITS || c->bits > PLAIT_QUANT_MAX_BITS)
         return BAD("update_chunk.bits: %u outside %d..%d", c->bits, PLAIT_QUANT_MIN_BITS,
                    PLAIT_QUANT_MAX_BITS);
