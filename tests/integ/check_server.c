@@ -58,17 +58,27 @@ typedef struct {
     float value;
     int rc;
     plait_msg_task_t task;
+    uint64_t up; /* update frame bytes sent */
 } part_t;
 
 static void *part_main(void *arg)
 {
     part_t *p = arg;
-    p->rc = it_participate(p->d, p->id, p->value, &p->task);
+    p->rc = it_participate_ex(p->d, p->id, p->value, &p->task, &p->up);
     return NULL;
 }
 
 /* n devices dev<first>.. take part concurrently; returns how many were acked. */
+static int run_round_ex(const it_dep_t *d, int first, int n, float value, uint64_t *up, int *packed_tasks);
+
 static int run_round(const it_dep_t *d, int first, int n, float value)
+{
+    return run_round_ex(d, first, n, value, NULL, NULL);
+}
+
+/* As run_round; *up (if not NULL) gets the update frame bytes of all acked devices,
+ * *packed_tasks (if not NULL) how many of their tasks said packed_update. */
+static int run_round_ex(const it_dep_t *d, int first, int n, float value, uint64_t *up, int *packed_tasks)
 {
     pthread_t th[16];
     part_t p[16];
@@ -83,6 +93,8 @@ static int run_round(const it_dep_t *d, int first, int n, float value)
     for (int i = 0; i < n; i++) {
         pthread_join(th[i], NULL);
         if (p[i].rc == 0) ok++;
+        if (p[i].rc == 0 && up) *up += p[i].up;
+        if (p[i].rc == 0 && packed_tasks) *packed_tasks += p[i].task.packed_update;
     }
     return ok;
 }
@@ -192,6 +204,64 @@ START_TEST(test_round_commits)
     plait_lora_free(&l);
     plait_model_free(&mo);
     ck_assert_int_eq(it_cli("privacy", d.dir, NULL), 0);
+}
+END_TEST
+
+/* ---- packed updates ------------------------------------------------------------ */
+
+/* A plain round commits the same global adapter, bit for bit, whether the updates
+ * travel as 32-bit words (packed_updates = false: the tasks do not say packed_update,
+ * as from an aggregator that predates it) or packed at quant_bits, at 8 and 16 bits;
+ * and the packed update frames are about bits/32 of the words'. */
+START_TEST(test_packed_round)
+{
+    static const int bitss[2] = {8, 16};
+    plait_model_t mo;
+    memset(&mo, 0, sizeof(mo));
+    ck_assert_int_eq(plait_model_load(&mo, it_model()), 0);
+    for (int b = 0; b < 2; b++) {
+        plait_lora_t l[2];
+        uint64_t up[2] = {0, 0};
+        for (int packed = 0; packed <= 1; packed++) {
+            it_dep_t d;
+            char tag[40], qb[32], pk[32];
+            snprintf(tag, sizeof(tag), "integ_packed%d_%d", bitss[b], packed);
+            snprintf(qb, sizeof(qb), "quant_bits=%d", bitss[b]);
+            snprintf(pk, sizeof(pk), "packed_updates=%s", packed ? "true" : "false");
+            ck_assert_int_eq(it_init(&d, tag, SETS, qb, pk, NULL), 0);
+            for (int i = 0; i < 3; i++) {
+                char id[32];
+                snprintf(id, sizeof(id), "dev%d", i);
+                ck_assert_int_eq(it_enroll(&d, id), 0);
+            }
+            ck_assert_int_eq(it_start(&d, NULL), 0);
+            int ptasks = 0;
+            ck_assert_int_eq(run_round_ex(&d, 0, 3, 0.01f, &up[packed], &ptasks), 3);
+            ck_assert_int_eq(ptasks, packed ? 3 : 0);
+            ck_assert(it_log_wait(&d, "round committed round=1 version=2", 10000));
+            ck_assert_int_eq(it_log_count(&d, "update accepted round=1"), 3);
+            finish(&d);
+            char out[700];
+            snprintf(out, sizeof(out), "%s/v2.safetensors", d.dir);
+            ck_assert_int_eq(it_cli("export", d.dir, "--version", "2", "--out", out, NULL), 0);
+            plait_lora_init(&l[packed]);
+            ck_assert_int_eq(plait_adapter_load(&l[packed], out, &mo, 0), 0);
+        }
+        ck_assert_uint_eq(l[0].n_params, l[1].n_params);
+        ck_assert_int_eq(memcmp(l[0].params, l[1].params, l[0].n_params * sizeof(float)), 0);
+        /* FedAvg lr 1 from B = 0: B = 0.01 within a few quantization steps */
+        double step = 2.0 / (double)((1u << bitss[b]) - 1);
+        for (size_t i = l[1].n_a; i < l[1].n_params; i++) ck_assert(fabs(l[1].params[i] - 0.01) < 4 * step);
+        /* bytes up: bits/32 of the words' frames, give or take the framing */
+        ck_assert_uint_gt(up[0], 0);
+        ck_assert_msg(up[1] * 32 < up[0] * (uint64_t)bitss[b] * 105 / 100, "packed %llu, words %llu bytes",
+                      (unsigned long long)up[1], (unsigned long long)up[0]);
+        ck_assert_msg(up[1] * 32 > up[0] * (uint64_t)bitss[b] * 95 / 100, "packed %llu, words %llu bytes",
+                      (unsigned long long)up[1], (unsigned long long)up[0]);
+        plait_lora_free(&l[0]);
+        plait_lora_free(&l[1]);
+    }
+    plait_model_free(&mo);
 }
 END_TEST
 
@@ -1314,6 +1384,7 @@ Suite *server_suite(void)
         const TTest *fn;
     } cases[] = {
         {"round_commits", test_round_commits},
+        {"packed_round", test_packed_round},
         {"tls_refusals", test_tls_refusals},
         {"tls_resumption", test_tls_resumption},
         {"bad_bytes", test_bad_bytes},
