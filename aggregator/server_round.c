@@ -489,6 +489,8 @@ void plait__srv_handle_update(conn_t *c, const plait_msg_update_chunk_t *u)
         plait__srv_fail_conn(c, PLAIT__REJ_BAD_MESSAGE, PLAIT_EPROTO, "bad packed update chunk");
         return;
     }
+    s->m.upload_chunks[u->words ? 0 : 1]++;
+    s->m.upload_bytes[u->words ? 0 : 1] += u->words ? (uint64_t)u->n_words * 4 : u->packed_len;
     c->upd_have += u->n_words;
     c->upd_next++;
     if (c->upd_have < c->upd_total) return;

@@ -221,7 +221,7 @@ START_TEST(test_packed_round)
     ck_assert_int_eq(plait_model_load(&mo, it_model()), 0);
     for (int b = 0; b < 2; b++) {
         plait_lora_t l[2];
-        uint64_t up[2] = {0, 0};
+        uint64_t up[2] = {0, 0}, srv_bytes[2] = {0, 0};
         for (int packed = 0; packed <= 1; packed++) {
             it_dep_t d;
             char tag[40], qb[32], pk[32];
@@ -240,6 +240,17 @@ START_TEST(test_packed_round)
             ck_assert_int_eq(ptasks, packed ? 3 : 0);
             ck_assert(it_log_wait(&d, "round committed round=1 version=2", 10000));
             ck_assert_int_eq(it_log_count(&d, "update accepted round=1"), 3);
+            /* the server counted the update bytes by form: 3 updates of update_elements values */
+            char *mt = it_metrics(&d);
+            ck_assert_ptr_nonnull(mt);
+            char want[160];
+            snprintf(want, sizeof(want), "plait_update_bytes_total{form=\"%s\"} 0\n", packed ? "words" : "packed");
+            ck_assert_msg(strstr(mt, want) != NULL, "%s", want);
+            snprintf(want, sizeof(want), "plait_update_bytes_total{form=\"%s\"} ", packed ? "packed" : "words");
+            const char *at = strstr(mt, want);
+            ck_assert_ptr_nonnull(at);
+            srv_bytes[packed] = strtoull(at + strlen(want), NULL, 10);
+            free(mt);
             finish(&d);
             char out[700];
             snprintf(out, sizeof(out), "%s/v2.safetensors", d.dir);
@@ -258,6 +269,10 @@ START_TEST(test_packed_round)
                       (unsigned long long)up[1], (unsigned long long)up[0]);
         ck_assert_msg(up[1] * 32 > up[0] * (uint64_t)bitss[b] * 95 / 100, "packed %llu, words %llu bytes",
                       (unsigned long long)up[1], (unsigned long long)up[0]);
+        /* and the server's counters: 3 x 4 bytes a word as words, exactly 3 x bits/8 packed
+         * (8 and 16 bits: every chunk ends on a byte) */
+        ck_assert_uint_eq(srv_bytes[0] % 12, 0);
+        ck_assert_uint_eq(srv_bytes[1] * 32, srv_bytes[0] * (uint64_t)bitss[b]);
         plait_lora_free(&l[0]);
         plait_lora_free(&l[1]);
     }
