@@ -51,8 +51,7 @@ typedef enum {
     L_UPDATE_ELEMENTS,
     L_DEADLINE_S,
     L_RETRY_MS,
-    L_CHUNK_BYTES,
-    L_CHUNK_WORDS /* max_chunk_bytes / 4 */
+    L_CHUNK_BYTES
 } limit_t;
 
 typedef int (*check_fn)(const void *msg, const plait_wire_limits_t *lim);
@@ -159,8 +158,6 @@ static uint64_t upper(const rule_t *r, const plait_wire_limits_t *lim)
         return lim->max_retry_ms;
     case L_CHUNK_BYTES:
         return lim->max_chunk_bytes;
-    case L_CHUNK_WORDS:
-        return lim->max_chunk_bytes / 4;
     case L_CONST:
         break;
     }
@@ -470,8 +467,8 @@ static int check_uchunk_form(const void *msg, const plait_wire_limits_t *lim)
     if (c->words != NULL) {
         if (c->packed != NULL || c->packed_len != 0 || c->bits != 0)
             return BAD("update_chunk: both words and packed");
-        if (c->n_words > lim->max_chunk_bytes / 4)
-            return BAD("update_chunk.words: %zu above %zu", c->n_words, lim->max_chunk_bytes / 4);
+        if (c->n_words < 1 || c->n_words > lim->max_chunk_bytes / 4)
+            return BAD("update_chunk.words: %zu outside 1..%zu", c->n_words, lim->max_chunk_bytes / 4);
         return 0;
     }
     if (c->packed == NULL) return BAD("update_chunk.words: neither words nor packed");
