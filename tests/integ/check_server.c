@@ -209,6 +209,65 @@ END_TEST
 
 /* ---- packed updates ------------------------------------------------------------ */
 
+/* Round 2 of a packed deployment at 8 bits: a chunk packed at 16 bits is refused
+ * (wrong_shape, PLAIT_EMISMATCH), a chunk with both words and packed bytes (made by hand:
+ * the encoder refuses it) is refused at decode (PLAIT_EPROTO); the service keeps serving. */
+static void packed_refusals(it_dep_t *d)
+{
+    it_client_t *c = malloc(sizeof(*c));
+    plait_msg_task_t t;
+    ck_assert_int_eq(client_with_task(c, d, "dev3", &t), 0);
+    ck_assert_int_eq(t.packed_update, 1);
+    ck_assert_uint_eq(t.quant_bits, 8);
+    uint32_t *w = it_update_words(&t, 0.01f);
+    ck_assert_ptr_nonnull(w);
+    plait_msg_task_t t16 = t;
+    t16.quant_bits = 16; /* every 8-bit word fits in 16 bits: the sender packs it */
+    (void)it_upload_packed(c, &t16, w, (size_t)t.update_elements, NULL);
+    int code = 0;
+    ck_assert_int_eq(expect_type(c, PLAIT_MSG_ERROR, &code), 0);
+    ck_assert_int_eq(code, PLAIT_EMISMATCH);
+    it_client_close(c);
+    ck_assert(it_log_wait(d, "reason=wrong_shape", 5000));
+    free(w);
+
+    ck_assert_int_eq(client_with_task(c, d, "dev4", &t), 0);
+    uint8_t ch[64], fr[80];
+    size_t n = 0;
+    ch[n++] = 0x08, ch[n++] = (uint8_t)t.round_id; /* round ids here are < 128 */
+    ch[n++] = 0x10, ch[n++] = 0;
+    ch[n++] = 0x18, ch[n++] = 0;
+    ch[n++] = 0x20; /* total_elements, a varint */
+    for (uint64_t v = t.update_elements; ; v >>= 7) {
+        if (v < 0x80) {
+            ch[n++] = (uint8_t)v;
+            break;
+        }
+        ch[n++] = (uint8_t)(v | 0x80);
+    }
+    ch[n++] = 0x2a, ch[n++] = 4, ch[n++] = 1, ch[n++] = 0, ch[n++] = 0, ch[n++] = 0; /* words: 1 */
+    ch[n++] = 0x3a, ch[n++] = 1, ch[n++] = 1;                                     /* packed: 1 byte */
+    ch[n++] = 0x40, ch[n++] = 8, ch[n++] = 0x48, ch[n++] = 1;                       /* bits 8, count 1 */
+    size_t len = 0;
+    fr[6 + len++] = 0x32, fr[6 + len++] = (uint8_t)n; /* Envelope.update_chunk */
+    memcpy(fr + 6 + len, ch, n);
+    len += n;
+    uint32_t fl = (uint32_t)len + 2;
+    fr[0] = (uint8_t)(fl >> 24), fr[1] = (uint8_t)(fl >> 16), fr[2] = (uint8_t)(fl >> 8), fr[3] = (uint8_t)fl;
+    fr[4] = PLAIT_WIRE_VERSION, fr[5] = PLAIT_MSG_UPDATE_CHUNK;
+    ck_assert_int_eq(it_send_raw(c, fr, 6 + len), 0);
+    code = 0;
+    ck_assert_int_eq(expect_type(c, PLAIT_MSG_ERROR, &code), 0);
+    ck_assert_int_eq(code, PLAIT_EPROTO);
+    it_client_close(c);
+    free(c);
+    ck_assert(it_log_wait(d, "both words and packed", 5000));
+    /* the service still serves: its metrics answer */
+    char *mt = it_metrics(d);
+    ck_assert_ptr_nonnull(mt);
+    free(mt);
+}
+
 /* A plain round commits the same global adapter, bit for bit, whether the updates
  * travel as 32-bit words (packed_updates = false: the tasks do not say packed_update,
  * as from an aggregator that predates it) or packed at quant_bits, at 8 and 16 bits;
@@ -229,7 +288,7 @@ START_TEST(test_packed_round)
             snprintf(qb, sizeof(qb), "quant_bits=%d", bitss[b]);
             snprintf(pk, sizeof(pk), "packed_updates=%s", packed ? "true" : "false");
             ck_assert_int_eq(it_init(&d, tag, SETS, qb, pk, NULL), 0);
-            for (int i = 0; i < 3; i++) {
+            for (int i = 0; i < 5; i++) {
                 char id[32];
                 snprintf(id, sizeof(id), "dev%d", i);
                 ck_assert_int_eq(it_enroll(&d, id), 0);
@@ -251,6 +310,7 @@ START_TEST(test_packed_round)
             ck_assert_ptr_nonnull(at);
             srv_bytes[packed] = strtoull(at + strlen(want), NULL, 10);
             free(mt);
+            if (packed && b == 0) packed_refusals(&d);
             finish(&d);
             char out[700];
             snprintf(out, sizeof(out), "%s/v2.safetensors", d.dir);
