@@ -253,7 +253,9 @@ int bench_train(int argc, char **argv)
     printf("machine: %s\nkernel path: %s (AVX2+FMA %s, AVX-512 %s; PLAIT_KERNEL=portable|avx2|avx512 narrows it)\n",
            machine, plait_kernel_path_name(), plait_cpu_has_avx2_fma() ? "yes" : "no",
            plait_cpu_has_avx512() ? "yes" : "no");
-    printf("AVX512-BF16: %s; AMX: not used (no AMX code path exists)\n", plait_cpu_has_avx512_bf16() ? "yes" : "no");
+    printf("AVX512-BF16: %s; AMX-BF16: %s\n", plait_cpu_has_avx512_bf16() ? "yes" : "no",
+           plait_amx_bf16_active() ? "yes, the bf16 rows run on AMX tiles (PLAIT_AMX=0 turns it off)"
+                                   : "not used (absent, not granted by the kernel, or PLAIT_AMX=0)");
     double la[3];
     if (getloadavg(la, 3) == 3) printf("load average at start: %.2f %.2f %.2f\n", la[0], la[1], la[2]);
     double peak[8];
