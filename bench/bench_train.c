@@ -108,10 +108,12 @@ static int run_torch(const char *peer, const char *args, int threads, int B, int
                      double *tok_s, double *rss_mib)
 {
     char cmd[2048];
+    const char *py = getenv("PLAIT_PYTHON"); /* a Python with torch (default Debian's) */
+    if (!py || !*py || strchr(py, '\'')) py = "/usr/bin/python3";
     snprintf(cmd, sizeof(cmd),
-             "/usr/bin/python3 '%s' %s --lora-r 8 --lora-alpha 16 --lora-targets wq,wv --batch %d --seq %d "
+             "'%s' '%s' %s --lora-r 8 --lora-alpha 16 --lora-targets wq,wv --batch %d --seq %d "
              "--warmup %d --steps %d --threads %d 2>&1",
-             peer, args, B, T, warmup, steps, threads);
+             py, peer, args, B, T, warmup, steps, threads);
     FILE *p = popen(cmd, "r");
     if (!p) return -1;
     char line[512];

@@ -25,7 +25,6 @@
 
 #include <cpuid.h>
 #include <stdatomic.h>
-#include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -55,17 +54,16 @@ typedef struct {
     uint8_t rows[16];
 } amx_cfg_t;
 
-AMX void plait__amx_begin(void)
-{
-    _Alignas(64) amx_cfg_t cfg;
-    memset(&cfg, 0, sizeof(cfg));
-    cfg.palette = 1;
-    for (int t = 0; t < 8; t++) {
-        cfg.colsb[t] = 64;
-        cfg.rows[t] = 16;
-    }
-    _tile_loadconfig(&cfg);
-}
+/* A static object: GCC's _tile_loadconfig tells the compiler it reads only
+ * 8 bytes, so the stores filling a local configuration were dropped as dead
+ * (every tile left unconfigured, the first tile instruction faulting). */
+static const _Alignas(64) amx_cfg_t amx_cfg = {
+    .palette = 1,
+    .colsb = {64, 64, 64, 64, 64, 64, 64, 64},
+    .rows = {16, 16, 16, 16, 16, 16, 16, 16},
+};
+
+AMX void plait__amx_begin(void) { _tile_loadconfig(&amx_cfg); }
 
 AMX void plait__amx_end(void) { _tile_release(); }
 
