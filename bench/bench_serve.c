@@ -18,7 +18,9 @@
  * each way (TCP payload: TLS records, handshakes included); at the end the
  * medians and the server's peak RSS (VmHWM). The plain protocol is used
  * (secure_agg = false); P = update words = 5780·rank + 1 with FedIT LoRA on
- * all seven projections of stories260K, rank = round(P / 5780).
+ * all seven projections of stories260K, rank = round(P / 5780). The clients
+ * send the update packed at quant_bits when the task says packed_update (the
+ * aggregator's default), as the agent does, else as 32-bit words.
  */
 #define _GNU_SOURCE
 #include <errno.h>
