@@ -798,18 +798,20 @@ static uint64_t checksum(const sim_t *s, const plait_sim_result_t *res)
 static void progress(const plait_sim_config_t *cfg, const plait_sim_round_t *m, int tty)
 {
     if (cfg->quiet) return;
+    /* Losses are measured only in some rounds (eval.every, personal clients): absent ones are not printed. */
+    char gl[40] = "", pl[40] = "";
+    if (isfinite(m->global_loss)) snprintf(gl, sizeof(gl), tty ? "  global %.3f" : ", global loss %.4f", m->global_loss);
+    if (isfinite(m->personal_loss))
+        snprintf(pl, sizeof(pl), tty ? "  personal %.3f" : ", personal loss %.4f", m->personal_loss);
     if (tty) {
         int width = 30, done = (int)((double)width * m->round / cfg->rounds);
-        fprintf(stderr, "\r[%.*s%*s] round %d/%d  global %.3f  personal %.3f  clients %zu/%zu ", done,
-                "##############################", width - done, "", m->round, cfg->rounds, m->global_loss,
-                m->personal_loss, m->participants, m->selected);
+        fprintf(stderr, "\r[%.*s%*s] round %d/%d%s%s  clients %zu/%zu ", done, "##############################",
+                width - done, "", m->round, cfg->rounds, gl, pl, m->participants, m->selected);
         if (m->round == cfg->rounds || cfg->centralized_only) fputc('\n', stderr);
     } else {
-        fprintf(stderr,
-                "round %d/%d: %s, participants %zu/%zu, dropouts %zu, stragglers %zu, global loss %.4f, personal "
-                "loss %.4f, eps %.3g, %.2fs\n",
+        fprintf(stderr, "round %d/%d: %s, participants %zu/%zu, dropouts %zu, stragglers %zu%s%s, eps %.3g, %.2fs\n",
                 m->round, cfg->rounds, m->committed ? "committed" : (m->round ? "failed" : "start"), m->participants,
-                m->selected, m->dropouts, m->stragglers, m->global_loss, m->personal_loss, m->epsilon, m->wall_s);
+                m->selected, m->dropouts, m->stragglers, gl, pl, m->epsilon, m->wall_s);
     }
     fflush(stderr);
 }
