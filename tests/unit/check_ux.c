@@ -70,8 +70,9 @@ static int sh(char *out, size_t cap, const char *fmt, ...)
 #define AGG PLAIT_BINARY_DIR "/aggregator/plait-aggregator"
 
 /* A run of a few seconds: 12 clients, cohort 3, one local step, tiny evaluation. */
-#define SIM_SMALL "--quiet --max-clients 12 --rounds 2 --clients-per-round 3 --local-steps 1 --eval-clients 4 " \
-                  "--personal-clients 2 --set eval.windows=1 --set local.batch=2"
+#define SIM_SMALL_LOUD "--max-clients 12 --rounds 2 --clients-per-round 3 --local-steps 1 --eval-clients 4 " \
+                       "--personal-clients 2 --set eval.windows=1 --set local.batch=2"
+#define SIM_SMALL "--quiet " SIM_SMALL_LOUD
 
 static int count_lines(const char *s)
 {
@@ -136,6 +137,11 @@ START_TEST(test_sim_first_steps)
     ck_assert_msg(strstr(out, "secure aggregation hides") && count_lines(out) == 1, "%s", out);
     ck_assert_int_eq(sh(out, sizeof(out), SIM " export-config --set server.aggregation=trimmed_mean"), 0);
     ck_assert_msg(strstr(out, "aggregation = trimmed_mean\n") && strstr(out, "secure_agg = false\n"), "%s", out);
+    /* Progress lines: one per round, a loss only where the round measured it (never "nan"). */
+    ck_assert_int_eq(sh(out, sizeof(out), SIM " " SIM_SMALL_LOUD " --out loud"), 0);
+    ck_assert_msg(strstr(out, "round 0/2: start") && strstr(out, "round 2/2: committed") && strstr(out, "personal loss") &&
+                      !strstr(out, "nan"),
+                  "%s", out);
     /* A parent that cannot exist is named. */
     char *pf = tu_path(scratch, "plainfile");
     ck_assert_int_eq(tu_write_file(pf, "x", 1), 0);
