@@ -98,36 +98,7 @@ static int eval_with_keepalive(plait__agent_conn_t *c, eval_job_t *j, uint64_t r
     pthread_t th;
     if (pthread_create(&th, NULL, eval_main, j) != 0)
         return plait_fail(PLAIT_ENOMEM, "cannot start the evaluation thread");
-    uint64_t next_ping = plait__agent_now_ms() + a->cfg.keepalive_ms;
-    int rc = 0;
-    while (!atomic_load(&j->done)) {
-        uint64_t now = plait__agent_now_ms();
-        if (now >= deadline) {
-            rc = plait_fail(PLAIT_ECANCELED, "round %llu: deadline passed during evaluation",
-                            (unsigned long long)round);
-            break;
-        }
-        if (now >= next_ping) {
-            plait_msg_t ping;
-            plait_msg_init(&ping, PLAIT_MSG_PING);
-            ping.u.ping.nonce = ++a->ping_nonce;
-            if ((rc = plait__agent_conn_send(c, &ping)) != 0) break;
-            next_ping = now + a->cfg.keepalive_ms;
-        }
-        uint64_t until = next_ping < deadline ? next_ping : deadline;
-        plait_msg_t m;
-        int r = plait__agent_conn_recv(c, until, &m);
-        if (r == PLAIT_EAGAIN) continue;
-        if (r != 0) {
-            rc = r;
-            break;
-        }
-        rc = m.type == PLAIT_MSG_ERROR              ? plait__agent_peer_error(c, &m, round)
-             : m.type == PLAIT_MSG_COME_BACK_LATER ? plait__agent_round_ended(c, &m, round)
-                                                   : plait__agent_unexpected(&m, "nothing during evaluation");
-        plait_msg_free(&m);
-        break;
-    }
+    int rc = plait__agent_keepalive_while(c, &j->done, round, deadline, "evaluation", NULL, NULL);
     /* Evaluation has no cancellation point: a failed conversation waits for it (bounded by the
      * held-out split) and drops the result. */
     pthread_join(th, NULL);

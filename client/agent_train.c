@@ -188,6 +188,64 @@ out:
     return NULL;
 }
 
+int plait__agent_keepalive_while(plait__agent_conn_t *c, atomic_int *done, uint64_t round, uint64_t deadline,
+                                 const char *what, void (*tick)(void *ud), void *ud)
+{
+    plait_agent_t *a = c->a;
+    uint64_t next_ping = plait__agent_now_ms() + a->cfg.keepalive_ms,
+             next_tick = plait__agent_now_ms() + PROGRESS_MS;
+    int rc = 0;
+    while (!atomic_load(done)) {
+        uint64_t now = plait__agent_now_ms();
+        if (now >= deadline)
+            return plait_fail(PLAIT_ECANCELED, "round %llu: deadline passed during %s", (unsigned long long)round,
+                              what);
+        if (now >= next_ping) {
+            plait_msg_t ping;
+            plait_msg_init(&ping, PLAIT_MSG_PING);
+            ping.u.ping.nonce = ++a->ping_nonce;
+            if ((rc = plait__agent_conn_send(c, &ping)) != 0) return rc;
+            next_ping = now + a->cfg.keepalive_ms;
+        }
+        if (tick && now >= next_tick) {
+            tick(ud);
+            next_tick = now + PROGRESS_MS;
+        }
+        uint64_t until = next_ping < deadline ? next_ping : deadline;
+        if (tick && until > now + PROGRESS_MS) until = now + PROGRESS_MS;
+        plait_msg_t m;
+        int r = plait__agent_conn_recv(c, until, &m);
+        if (r == PLAIT_EAGAIN) continue;
+        if (r != 0) return r;
+        char waiting[64];
+        snprintf(waiting, sizeof(waiting), "nothing during %s", what);
+        rc = m.type == PLAIT_MSG_ERROR              ? plait__agent_peer_error(c, &m, round)
+             : m.type == PLAIT_MSG_COME_BACK_LATER ? plait__agent_round_ended(c, &m, round)
+                                                   : plait__agent_unexpected(&m, waiting);
+        plait_msg_free(&m);
+        return rc;
+    }
+    return 0;
+}
+
+typedef struct {
+    plait_agent_t *a;
+    job_t *j;
+    uint64_t round;
+    unsigned last_step;
+} progress_t;
+
+/* A training progress event when steps were done since the last one. */
+static void progress_tick(void *ud)
+{
+    progress_t *pg = ud;
+    unsigned s = atomic_load(&pg->j->steps_done);
+    if (s == pg->last_step) return;
+    plait_agent_event_t ev = {.type = PLAIT_AGENT_EV_TRAINING, .round_id = pg->round, .step = s, .steps = pg->j->steps};
+    plait__agent_emit_ev(pg->a, &ev);
+    pg->last_step = s;
+}
+
 /*
  * Train on the worker thread while this thread keeps the connection alive.
  * \return 0, the worker's error, PLAIT_ECANCELED (stop or deadline), or a
@@ -200,48 +258,8 @@ static int train_with_keepalive(plait__agent_conn_t *c, job_t *j, uint64_t round
     pthread_t th;
     if (pthread_create(&th, NULL, job_main, j) != 0)
         return plait_fail(PLAIT_ENOMEM, "cannot start the training thread");
-    uint64_t next_ping = plait__agent_now_ms() + a->cfg.keepalive_ms,
-             next_progress = plait__agent_now_ms() + PROGRESS_MS;
-    int rc = 0;
-    unsigned last_step = 0;
-    while (!atomic_load(&j->done)) {
-        uint64_t now = plait__agent_now_ms();
-        if (now >= task_deadline) {
-            rc = plait_fail(PLAIT_ECANCELED, "round %llu: deadline passed during training",
-                            (unsigned long long)round);
-            break;
-        }
-        if (now >= next_ping) {
-            plait_msg_t ping;
-            plait_msg_init(&ping, PLAIT_MSG_PING);
-            ping.u.ping.nonce = ++a->ping_nonce;
-            if ((rc = plait__agent_conn_send(c, &ping)) != 0) break;
-            next_ping = now + a->cfg.keepalive_ms;
-        }
-        unsigned s = atomic_load(&j->steps_done);
-        if (now >= next_progress && s != last_step) {
-            plait_agent_event_t ev = {
-                .type = PLAIT_AGENT_EV_TRAINING, .round_id = round, .step = s, .steps = j->steps};
-            plait__agent_emit_ev(a, &ev);
-            last_step = s;
-            next_progress = now + PROGRESS_MS;
-        }
-        uint64_t until = next_ping < task_deadline ? next_ping : task_deadline;
-        if (until > now + PROGRESS_MS) until = now + PROGRESS_MS;
-        plait_msg_t m;
-        int r = plait__agent_conn_recv(c, until, &m);
-        if (r == PLAIT_EAGAIN) continue;
-        if (r != 0) {
-            rc = r;
-            break;
-        }
-        rc = m.type == PLAIT_MSG_ERROR ? plait__agent_peer_error(c, &m, round)
-             : m.type == PLAIT_MSG_COME_BACK_LATER
-                 ? plait__agent_round_ended(c, &m, round)
-                 : plait__agent_unexpected(&m, "nothing during training");
-        plait_msg_free(&m);
-        break;
-    }
+    progress_t pg = {a, j, round, 0};
+    int rc = plait__agent_keepalive_while(c, &j->done, round, task_deadline, "training", progress_tick, &pg);
     if (rc != 0) atomic_store(&j->cancel, 1);
     pthread_join(th, NULL);
     plait__agent_drain_wake(a);
