@@ -550,8 +550,13 @@ static void finish(plait__sa_t *sa)
     }
     size_t n_masked = 0;
     plait_secagg_server_counts(sa->srv, NULL, NULL, &n_masked);
-    PLAIT_LOG(PLAIT_LOG_INFO, "secagg round=%llu: unmasked the sum of %zu masked inputs",
-              (unsigned long long)sa->cfg.round_id, n_masked);
+    size_t n_bad = plait_secagg_server_inconsistent(sa->srv);
+    if (n_bad == 0)
+        PLAIT_LOG(PLAIT_LOG_INFO, "secagg round=%llu: unmasked the sum of %zu masked inputs",
+                  (unsigned long long)sa->cfg.round_id, n_masked);
+    else /* a count only: which device is not logged */
+        PLAIT_LOG(PLAIT_LOG_WARN, "secagg round=%llu: unmasked the sum of %zu masked inputs (%zu devices revealed "
+                  "inconsistent shares: outvoted)", (unsigned long long)sa->cfg.round_id, n_masked, n_bad);
     sa->result = PLAIT__SA_DONE;
 }
 

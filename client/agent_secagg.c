@@ -238,13 +238,15 @@ int plait__agent_sa_begin(const plait__agent_sa_env_t *env, const plait_msg_task
     m.u.secagg_shares.n_shares = n_ct;
     if ((rc = env->send(env->conn, &m)) != 0) goto fail;
 
-    /* the shares addressed to this device: each must decrypt, or no masked input is sent */
+    /* the shares addressed to this device: one that does not open costs only that
+     * neighbour's shares (this device masks with it anyway, as the aggregator expects) */
     if ((rc = wait_for(env, t->round_id, PLAIT_MSG_SECAGG_RELAY, deadline, &m)) != 0) goto fail;
     if (m.u.secagg_shares.round_id != t->round_id) {
         rc = plait_fail(PLAIT_ESTALE, "secagg_relay for round %llu in round %llu",
                         (unsigned long long)m.u.secagg_shares.round_id, (unsigned long long)t->round_id);
         goto fail;
     }
+    size_t n_bad = 0; /* relayed shares that did not open */
     for (size_t i = 0; i < m.u.secagg_shares.n_shares; i++) {
         const plait_secagg_share_t *s = &m.u.secagg_shares.shares[i];
         plait_secagg_ct_t c;
@@ -255,8 +257,18 @@ int plait__agent_sa_begin(const plait__agent_sa_env_t *env, const plait_msg_task
         c.from = s->peer;
         c.to = sa->self;
         memcpy(c.ct, s->data, PLAIT_SECAGG_CT_LEN);
-        if ((rc = plait_secagg_device_recv_share(sa->d, &c)) != 0) {
-            PLAIT_LOG(PLAIT_LOG_WARN, "agent %s: round %llu: the share from neighbour %u does not open (%s): "
+        if ((rc = plait_secagg_device_recv_share(sa->d, &c)) == PLAIT_EAUTH) {
+            /* A hostile or broken neighbour: drop its share, stay in the round. Logged on
+             * this device only; nothing about it goes to the aggregator. */
+            PLAIT_LOG(PLAIT_LOG_WARN, "agent %s: round %llu: the share from neighbour %u does not open: dropped "
+                      "(this device cannot help recover that neighbour)", env->device_id,
+                      (unsigned long long)t->round_id, s->peer);
+            n_bad++;
+            rc = 0;
+            continue;
+        }
+        if (rc != 0) {
+            PLAIT_LOG(PLAIT_LOG_WARN, "agent %s: round %llu: the relayed share from %u is refused (%s): "
                       "leaving the round", env->device_id, (unsigned long long)t->round_id, s->peer,
                       plait_err_name(rc));
             rc = plait_fail(rc == PLAIT_EINVAL ? PLAIT_EPROTO : rc, "secagg_relay: share from %u: %s", s->peer,
@@ -265,8 +277,8 @@ int plait__agent_sa_begin(const plait__agent_sa_env_t *env, const plait_msg_task
         }
     }
     PLAIT_LOG(PLAIT_LOG_INFO, "agent %s: round %llu: secure aggregation index %u: %zu neighbours' keys checked, "
-              "%zu shares received", env->device_id, (unsigned long long)t->round_id, sa->self, n_peers,
-              m.u.secagg_shares.n_shares);
+              "%zu shares received, %zu dropped", env->device_id, (unsigned long long)t->round_id, sa->self, n_peers,
+              m.u.secagg_shares.n_shares - n_bad, n_bad);
     plait_msg_free(&m);
     if (cts) plait_zeroize(cts, k * sizeof(*cts));
     free(cts);

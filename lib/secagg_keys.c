@@ -348,6 +348,9 @@ int plait_secagg_device_recv_share(plait_secagg_device_t *d, const plait_secagg_
         return plait_fail(PLAIT_EINVAL, "secagg: share from device %u, not an accepted neighbour", (unsigned)c->from);
     peer_t *p = &d->peer[pos];
     if (p->received) return plait_fail(PLAIT_EINVAL, "secagg: second share from device %u", (unsigned)c->from);
+    /* The server relayed it, so it counts the pair as masked: we mask with this
+     * peer whether or not its share message opens (docs/secagg.md, hostile devices). */
+    p->relayed = 1;
     uint8_t key[32], aad[64], pt[PLAIT_SECAGG_SHARE_PT_LEN];
     size_t al = share_aad(d->r, c->from, c->to, aad);
     int ret = peer_sz(d, p);
@@ -360,8 +363,9 @@ int plait_secagg_device_recv_share(plait_secagg_device_t *d, const plait_secagg_
         memcpy(p->b_share, pt + 8 + PLAIT_SECAGG_SHARE_LEN, PLAIT_SECAGG_SHARE_LEN);
         p->received = 1;
     } else if (ret == PLAIT_EAUTH) {
-        ret = plait_fail(PLAIT_EAUTH, "secagg: share from device %u does not decrypt (tampered, or another round)",
-                         (unsigned)c->from);
+        /* Only this peer's shares are lost: this device cannot help reconstruct it. */
+        ret = plait_fail(PLAIT_EAUTH, "secagg: share from device %u does not decrypt (tampered, or another round): "
+                         "dropped", (unsigned)c->from);
     }
     plait_zeroize(key, sizeof(key));
     plait_zeroize(pt, sizeof(pt));
