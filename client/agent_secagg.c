@@ -9,9 +9,10 @@
  *          ──> Ack ──> unmask request ──> opened shares (or a refusal)
  *
  * The cryptography is include/plait/secagg.h; this file moves its structs
- * through wire.h messages and decides when to stop: a neighbour key or share
- * that does not verify ends the round for this device before anything masked
- * leaves it, and an unmask request naming one device both as survivor and as
+ * through wire.h messages and decides when to stop: a neighbour key that does
+ * not verify ends the round for this device before anything masked leaves it;
+ * a relayed share that does not open costs only that neighbour's shares (the
+ * device masks with it and stays), and an unmask request naming one device both as survivor and as
  * dropout is refused (the library refuses; this file logs the refusal, without
  * any secret, and tells the aggregator).
  *
@@ -33,6 +34,16 @@
 #include "plait/ddg.h"
 #include "plait/log.h"
 #include "plait/secagg.h"
+
+/* TEST HOOK, for the hostile-device tests only (tests/integ/check_federation.c):
+ * PLAIT_TEST_SECAGG_HOSTILE containing "share" makes this device seal garbage
+ * for its lowest-index neighbour; containing "reveal" makes it reveal a wrong
+ * share (one bit flipped) of every other device. Unset, nothing changes. */
+static int test_hostile(const char *what)
+{
+    const char *e = getenv("PLAIT_TEST_SECAGG_HOSTILE");
+    return e != NULL && strstr(e, what) != NULL;
+}
 
 struct plait__agent_sa_s {
     plait_secagg_round_t r;
@@ -227,6 +238,7 @@ int plait__agent_sa_begin(const plait__agent_sa_env_t *env, const plait_msg_task
     }
     if ((rc = plait_secagg_device_shares(sa->d, env->drbg, cts, k, &n_ct)) != 0) goto fail;
     qsort(cts, n_ct, sizeof(*cts), cmp_ct);
+    if (n_ct > 0 && test_hostile("share")) cts[0].ct[20] ^= 0x5A; /* TEST HOOK (above) */
     for (size_t i = 0; i < n_ct; i++) {
         sh[i].peer = cts[i].to;
         sh[i].data = cts[i].ct;
@@ -390,6 +402,8 @@ int plait__agent_sa_finish(plait__agent_sa_t *sa, const plait__agent_sa_env_t *e
     }
     if (rc != 0) goto out;
     plait_msg_free(&m);
+    for (size_t i = 0; i < n_rev && test_hostile("reveal"); i++) /* TEST HOOK (above) */
+        if (rev[i].owner != sa->self) rev[i].share[3] ^= 0x10;
     qsort(rev, n_rev, sizeof(*rev), cmp_rev);
     size_t nb = 0, nk = 0;
     for (size_t i = 0; i < n_rev; i++)
