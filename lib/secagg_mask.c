@@ -403,9 +403,10 @@ static size_t choose_sat(size_t n, size_t t, size_t cap)
 }
 
 /* Reconstruct device u's secret (b when a survivor, c_sk when a dropout) from
- * its ns shares h[0..ns), robustly: try t-subsets (the trusted holders' first,
- * then cyclic windows, then pseudo-random subsets; at most
- * PLAIT_SECAGG_MAX_SUBSETS) until one verifies. A c_sk verifies when its
+ * its ns shares h[0..ns), robustly: try t-subsets (cyclic windows of the
+ * shares, the trusted holders' first and with starts spread over all ns, then
+ * pseudo-random subsets; at most PLAIT_SECAGG_MAX_SUBSETS in all) until one
+ * verifies: with ns <= 64 every single wrong share is left out by some window. A c_sk verifies when its
  * public key is the advertised one. A b verifies when at least
  * max(t + 1, ceil((ns + t) / 2)) shares lie on its polynomial (unique decoding:
  * a single wrong share can never pass); with exactly t shares it cannot be
@@ -426,8 +427,9 @@ static int reconstruct(plait_secagg_server_t *s, uint32_t u, const held_t *h, si
     size_t tries = choose_sat(ns, t, PLAIT_SECAGG_MAX_SUBSETS);
     uint64_t rs = 0x9E3779B97F4A7C15ull ^ ((uint64_t)u << 17) ^ r->round_id;
     for (size_t a = 0; a < tries; a++) {
-        if (a < ns) { /* window a of the trusted-first order */
-            for (size_t i = 0; i < t; i++) w->xs[i] = (uint32_t)w->ord[(a + i) % ns];
+        if (a < ns) { /* cyclic windows of the trusted-first order, starts spread over all ns */
+            size_t st = ns <= tries ? a : a * ns / tries;
+            for (size_t i = 0; i < t; i++) w->xs[i] = (uint32_t)w->ord[(st + i) % ns];
         } else { /* a pseudo-random t-subset (partial Fisher-Yates with xorshift64) */
             for (size_t i = 0; i < ns; i++) w->deck[i] = (uint32_t)i;
             for (size_t i = 0; i < t; i++) {
