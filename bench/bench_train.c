@@ -108,10 +108,12 @@ static int run_torch(const char *peer, const char *args, int threads, int B, int
                      double *tok_s, double *rss_mib)
 {
     char cmd[2048];
+    const char *py = getenv("PLAIT_PYTHON"); /* a Python with torch (default Debian's) */
+    if (!py || !*py || strchr(py, '\'')) py = "/usr/bin/python3";
     snprintf(cmd, sizeof(cmd),
-             "/usr/bin/python3 '%s' %s --lora-r 8 --lora-alpha 16 --lora-targets wq,wv --batch %d --seq %d "
+             "'%s' '%s' %s --lora-r 8 --lora-alpha 16 --lora-targets wq,wv --batch %d --seq %d "
              "--warmup %d --steps %d --threads %d 2>&1",
-             peer, args, B, T, warmup, steps, threads);
+             py, peer, args, B, T, warmup, steps, threads);
     FILE *p = popen(cmd, "r");
     if (!p) return -1;
     char line[512];
@@ -253,7 +255,9 @@ int bench_train(int argc, char **argv)
     printf("machine: %s\nkernel path: %s (AVX2+FMA %s, AVX-512 %s; PLAIT_KERNEL=portable|avx2|avx512 narrows it)\n",
            machine, plait_kernel_path_name(), plait_cpu_has_avx2_fma() ? "yes" : "no",
            plait_cpu_has_avx512() ? "yes" : "no");
-    printf("AVX512-BF16: %s; AMX: not used (no AMX code path exists)\n", plait_cpu_has_avx512_bf16() ? "yes" : "no");
+    printf("AVX512-BF16: %s; AMX-BF16: %s\n", plait_cpu_has_avx512_bf16() ? "yes" : "no",
+           plait_amx_bf16_active() ? "yes, the bf16 rows run on AMX tiles (PLAIT_AMX=0 turns it off)"
+                                   : "not used (absent, not granted by the kernel, or PLAIT_AMX=0)");
     double la[3];
     if (getloadavg(la, 3) == 3) printf("load average at start: %.2f %.2f %.2f\n", la[0], la[1], la[2]);
     double peak[8];

@@ -177,6 +177,29 @@ int plait__bf16_active(void)
     return plait__tensor_path() == PLAIT__KPATH_AVX512 && plait_cpu_has_avx512_bf16();
 }
 
+static atomic_int amx_off = 0;
+
+void plait__tensor_force_amx_off(int off) { atomic_store(&amx_off, off != 0); }
+
+int plait__amx_active(void)
+{
+#if PLAIT_HAVE_X86_SIMD
+    static atomic_int env_off = -1;
+    int e = atomic_load_explicit(&env_off, memory_order_relaxed);
+    if (e < 0) {
+        const char *v = getenv("PLAIT_AMX");
+        e = v && (strcmp(v, "0") == 0 || strcmp(v, "off") == 0);
+        atomic_store_explicit(&env_off, e, memory_order_relaxed);
+    }
+    return !e && !atomic_load_explicit(&amx_off, memory_order_relaxed) && plait__bf16_active() &&
+           plait__amx_usable();
+#else
+    return 0;
+#endif
+}
+
+int plait_amx_bf16_active(void) { return plait__amx_active(); }
+
 const char *plait_kernel_path_name(void)
 {
     static const char *const names[] = {"portable", "avx2", "avx512"};
@@ -377,6 +400,7 @@ static void ukernel_portable(size_t kc, const float *a, size_t ars, size_t acs, 
 #endif
 
 #define NC_BF16 128 /* columns of one packed BF16 block of B (4 panels of 32) */
+#define MR_AMX 32   /* rows of the AMX kernel's block (tensor_amx.c) */
 
 #if PLAIT_HAVE_X86_SIMD
 /* gemm_task for the BF16 base path: B was packed once, whole (panels of 32
@@ -389,7 +413,9 @@ static void gemm_task_bf16(void *ctx, size_t begin, size_t end)
     (void)begin;
     (void)end;
     gemm_t *g = ctx;
-    _Alignas(64) uint32_t apack[MR512 * KC / 2]; /* 4 KiB */
+    _Alignas(64) uint32_t apack[MR_AMX * KC / 2]; /* 32 KiB: MR_AMX rows (MR512 without AMX) */
+    int amx = g->mr == MR_AMX;
+    if (amx) plait__amx_begin();
     size_t total = g->m_items * g->n_items;
     for (;;) {
         size_t item = atomic_fetch_add_explicit(&g->next, 1, memory_order_relaxed);
@@ -400,17 +426,25 @@ static void gemm_task_bf16(void *ctx, size_t begin, size_t end)
         for (size_t k0 = 0; k0 < g->K; k0 += KC) {
             size_t kc = g->K - k0 < KC ? g->K - k0 : KC, kc2 = (kc + 1) / 2;
             int load_c = g->accumulate || k0 > 0;
-            for (size_t m = m0; m < m1; m += MR512) {
-                size_t mr = m1 - m < MR512 ? m1 - m : MR512;
-                plait__pack_a_bf16(apack, g->a + m * g->ars + k0, g->ars, mr, kc);
+            for (size_t m = m0; m < m1; m += g->mr) {
+                size_t mr = m1 - m < g->mr ? m1 - m : g->mr;
+                /* MR512 rows per pack; rows past mr repeat the last one (not stored) */
+                for (size_t r = 0; r < g->mr; r += MR512) {
+                    size_t rows = r < mr ? (mr - r < MR512 ? mr - r : MR512) : 1;
+                    const float *a = g->a + (m + (r < mr ? r : mr - 1)) * g->ars + k0;
+                    plait__pack_a_bf16(apack + r * (KC / 2), a, g->ars, rows, kc);
+                }
                 for (size_t p = 0; p < nc; p += NR512) {
                     size_t nr = nc - p < NR512 ? nc - p : NR512;
                     const uint16_t *bp = g->bpk + (j0 + p) * 2 * g->K2 + k0 * NR512; /* pair k0 / 2 */
-                    plait__ukernel_bf16(kc2, apack, bp, g->c + m * g->ldc + j0 + p, g->ldc, mr, nr, load_c);
+                    float *c = g->c + m * g->ldc + j0 + p;
+                    if (amx) plait__ukernel_amx(kc2, apack, bp, c, g->ldc, mr, nr, load_c);
+                    else plait__ukernel_bf16(kc2, apack, bp, c, g->ldc, mr, nr, load_c);
                 }
             }
         }
     }
+    if (amx) plait__amx_end();
 }
 #endif
 
@@ -464,6 +498,7 @@ static void gemm_run(plait_pool_t *pool, gemm_t *g)
     }
     g->path = plait__tensor_path();
     g->mr = g->path == PLAIT__KPATH_AVX512 ? MR512 : MR;
+    if (g->bpk && plait__amx_active()) g->mr = MR_AMX;
     g->nr = g->path == PLAIT__KPATH_AVX512 ? NR512 : NR;
     size_t nc_max = g->bpk ? NC_BF16 : NC_MAX;
     int threads = plait_pool_size(pool);

@@ -48,6 +48,15 @@ size_t plait__tensor_set_par_min_macs(size_t macs);
  *         AVX-512. Otherwise plait__matmul_*_bf16 take the float32 base. */
 int plait__bf16_active(void);
 
+/** \brief Nonzero when the BF16 base products run on AMX tiles (tensor_amx.c):
+ *         plait__bf16_active(), the CPU has AMX-BF16 and Linux granted the tile
+ *         state, and neither PLAIT_AMX=0|off nor plait__tensor_force_amx_off(1)
+ *         turned it off (then the vdpbf16ps kernel runs). */
+int plait__amx_active(void);
+/** \brief Turn the AMX kernel off (1) or back on (0), for tests and benchmarks.
+ *         Process-wide; call it only while no kernel runs. */
+void plait__tensor_force_amx_off(int off);
+
 /**
  * \brief A frozen W (OC rows of IC, BF16 row-major) packed once for the BF16
  *        products: bwd = 0 for the forward product (panels of 32 output

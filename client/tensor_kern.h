@@ -60,6 +60,15 @@ void plait__pack_rows32_avx512(float *restrict d, const float *s, size_t ldb, si
 void plait__pack_b_bf16(uint16_t *restrict dst, const uint16_t *w, size_t ldw, int btrans, size_t k0, size_t kc,
                         size_t j0, size_t nc);
 void plait__pack_a_bf16(uint32_t *restrict dst, const float *a, size_t ars, size_t mr, size_t kc);
+/* AMX-BF16 (tensor_amx.c): plait__amx_usable asks Linux for the tile state
+ * once (0 without AMX-BF16 or kernel support); begin/end load and release
+ * the tile configuration on the calling thread; the kernel computes a
+ * 32 x 32 block from a 32-row A tile (rows of KC / 2 words) and a B panel. */
+int plait__amx_usable(void);
+void plait__amx_begin(void);
+void plait__amx_end(void);
+void plait__ukernel_amx(size_t kc2, const uint32_t *ap, const uint16_t *bp, float *c, size_t ldc, size_t mr,
+                        size_t nr, int load_c);
 void plait__ukernel_bf16(size_t kc2, const uint32_t *ap, const uint16_t *bp, float *c, size_t ldc, size_t mr,
                          size_t nr, int load_c);
 /* Output rows o0 .. o1-1 of a dot-product job (F32 W). */

@@ -85,6 +85,10 @@ int plait_cpu_has_avx512(void);
 /** \brief Whether this CPU has AVX512-BF16 (vdpbf16ps), which the trainer's
  *         BF16 base (plait_train_config_t.base_bf16) needs. Any thread. */
 int plait_cpu_has_avx512_bf16(void);
+/** \brief Nonzero when the trainer's BF16 base products run on AMX tiles now: the
+ *         CPU has AMX-BF16, Linux granted the tile state, the kernel path is
+ *         AVX-512 and PLAIT_AMX is not 0 or off. */
+int plait_amx_bf16_active(void);
 
 /**
  * \brief The kernel path in use: "avx512", "avx2" or "portable". The widest

@@ -167,9 +167,7 @@ static void hostile_setup(void)
 
 static void hostile_teardown(void)
 {
-    char cmd[1200];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", scratch);
-    if (system(cmd) != 0) fprintf(stderr, "cannot remove %s\n", scratch);
+    tu_rmdir(scratch);
     free(scratch);
     scratch = NULL;
 }

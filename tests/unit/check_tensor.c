@@ -421,14 +421,19 @@ static float bf16_round(float x)
  * so only the float32 summation differs and MM_RTOL holds. Where the BF16
  * kernels do not run (no AVX512-BF16, a narrower forced path, forward with
  * few rows) the float32 W is used, which the reference on unrounded operands
- * checks. Loop index: bit 0 threaded, bit 1 forces the AVX2 path. */
+ * checks. Loop index: bit 0 threaded, bit 1 forces the AVX2 path, bit 2
+ * turns the AMX kernel off (on CPUs with AMX-BF16, bit 2 clear runs it: 32-row
+ * blocks, groups of 16 pairs and the vdpbf16ps remainder). */
 START_TEST(test_bf16_base)
 {
     static const size_t bN[] = {1, 12, 13, 64, 100};
     static const size_t bIC[] = {1, 7, 16, 17, 33, 173, 300, 513};
     static const size_t bOC[] = {1, 17, 33, 64, 130};
     if ((_i & 2) && !plait_cpu_has_avx2_fma()) return;
+    if ((_i & 4) && ((_i & 2) || !plait__amx_active())) return; /* the same run as without bit 2 */
     plait__tensor_force_path(_i & 2 ? PLAIT__KPATH_AVX2 : -1);
+    plait__tensor_force_amx_off(_i & 4);
+    if (_i == 0 && plait__amx_active()) fprintf(stderr, "test_bf16_base: the AMX-BF16 kernel runs\n");
     size_t saved = plait__tensor_set_par_min_macs(_i & 1 ? 0 : (size_t)-1);
     plait_pool_t *pool = NULL;
     if (_i & 1) ck_assert_int_eq(plait_pool_create(&pool, 3), 0);
@@ -477,6 +482,7 @@ START_TEST(test_bf16_base)
     if (pool) plait_pool_destroy(pool);
     plait__tensor_set_par_min_macs(saved);
     plait__tensor_force_path(-1);
+    plait__tensor_force_amx_off(0);
 }
 END_TEST
 
@@ -493,6 +499,11 @@ START_TEST(test_cpu_query)
     ck_assert_int_eq(plait__tensor_path(), cpu_widest() < 1 ? cpu_widest() : 1);
     plait__tensor_force_path(-1);
     if (plait_cpu_has_avx512()) ck_assert_int_eq(plait_cpu_has_avx2_fma(), 1);
+    /* AMX only under the BF16 base path, and off when asked */
+    if (plait__amx_active()) ck_assert_int_eq(plait__bf16_active(), 1);
+    plait__tensor_force_amx_off(1);
+    ck_assert_int_eq(plait__amx_active(), 0);
+    plait__tensor_force_amx_off(0);
 #if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__)
     ck_assert_int_eq(plait_cpu_has_avx2_fma(), 1); /* built for it, so the CPU has it */
 #endif
@@ -510,7 +521,7 @@ Suite *tensor_suite(void)
     tcase_add_test(tc, test_degenerate);
     tcase_add_test(tc, test_tolerance_can_fail);
     tcase_add_test(tc, test_cpu_query);
-    tcase_add_loop_test(tc, test_bf16_base, 0, 4);
+    tcase_add_loop_test(tc, test_bf16_base, 0, 8);
     suite_add_tcase(s, tc);
     TCase *tp = tcase_create("pool");
     tcase_set_timeout(tp, 300);
