@@ -192,6 +192,8 @@ int plait__agent_sa_begin(const plait__agent_sa_env_t *env, const plait_msg_task
     memcpy(m.u.secagg_advertise.enc_pk, adv.s_pk, 32);
     m.u.secagg_advertise.signature = adv.sig;
     m.u.secagg_advertise.sig_len = adv.sig_len;
+    m.u.secagg_advertise.has_b_commit = adv.has_b_commit;
+    memcpy(m.u.secagg_advertise.b_commit, adv.b_commit, 32);
     m.u.secagg_advertise.cert = (const uint8_t *)env->cert_pem;
     m.u.secagg_advertise.cert_len = strlen(env->cert_pem);
     if ((rc = env->send(env->conn, &m)) != 0) goto fail;
@@ -211,6 +213,8 @@ int plait__agent_sa_begin(const plait__agent_sa_env_t *env, const plait_msg_task
         a.idx = q->index;
         memcpy(a.c_pk, q->mask_pk, 32);
         memcpy(a.s_pk, q->enc_pk, 32);
+        a.has_b_commit = q->has_b_commit;
+        memcpy(a.b_commit, q->b_commit, 32);
         if (q->sig_len > sizeof(a.sig)) {
             rc = plait_fail(PLAIT_EPROTO, "secagg_roster: signature of %zu bytes", q->sig_len);
             goto fail;

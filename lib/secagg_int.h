@@ -57,6 +57,10 @@ long plait__secagg_nbr_pos(const plait_secagg_round_t *r, uint32_t u, uint32_t v
 int plait__shamir_eval(const uint32_t *xs, const uint8_t (*shares)[PLAIT_SECAGG_SHARE_LEN], size_t t,
                        const uint32_t *at, size_t n_at, uint8_t (*out)[PLAIT_SECAGG_SHARE_LEN]);
 
+/* The advert's commitment to the self-mask seed b of device idx:
+ * SHA-256("plait-secagg-bcommit-v1" || round context || idx (BE32) || b). */
+void plait__secagg_b_commit(const plait_secagg_round_t *r, uint32_t idx, const uint8_t b[32], uint8_t out[32]);
+
 /* HKDF with the domain as salt and info = label || ctx || a || b (big endian). */
 int plait__secagg_derive(const plait_secagg_round_t *r, const char *label, const uint8_t ikm[32], uint32_t a,
                          uint32_t b, uint8_t out[32]);

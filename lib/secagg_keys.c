@@ -57,15 +57,33 @@ static size_t share_aad(const plait_secagg_round_t *r, uint32_t from, uint32_t t
 
 /* ---- signatures ------------------------------------------------------------------------- */
 
+void plait__secagg_b_commit(const plait_secagg_round_t *r, uint32_t idx, const uint8_t b[32], uint8_t out[32])
+{
+    static const char lbl[] = "plait-secagg-bcommit-v1";
+    plait_sha256_t h;
+    uint8_t i4[4];
+    be32(i4, idx);
+    plait_sha256_init(&h);
+    plait_sha256_update(&h, (const uint8_t *)lbl, sizeof(lbl) - 1);
+    plait_sha256_update(&h, r->ctx, 32);
+    plait_sha256_update(&h, i4, 4);
+    plait_sha256_update(&h, b, 32);
+    plait_sha256_finish(&h, out);
+}
+
+/* v1: domain || c_pk || s_pk || H(dep) || round || idx; v2 (with a commitment to
+ * b) uses its own domain and puts the commitment after s_pk. */
 static void advert_hash(const plait_secagg_round_t *r, const plait_secagg_advert_t *a, uint8_t out[32])
 {
-    static const char lbl[] = "plait-secagg-adv-v1";
+    static const char v1[] = "plait-secagg-adv-v1", v2[] = "plait-secagg-adv-v2";
     plait_sha256_t h;
     uint8_t b[12];
     plait_sha256_init(&h);
-    plait_sha256_update(&h, (const uint8_t *)lbl, sizeof(lbl) - 1);
+    if (a->has_b_commit) plait_sha256_update(&h, (const uint8_t *)v2, sizeof(v2) - 1);
+    else plait_sha256_update(&h, (const uint8_t *)v1, sizeof(v1) - 1);
     plait_sha256_update(&h, a->c_pk, 32);
     plait_sha256_update(&h, a->s_pk, 32);
+    if (a->has_b_commit) plait_sha256_update(&h, a->b_commit, 32);
     plait_sha256_update(&h, r->dep_hash, 32);
     be64(b, r->round_id);
     be32(b + 8, a->idx);
@@ -222,6 +240,8 @@ int plait_secagg_device_advertise(plait_secagg_device_t *d, const char *key_pem,
     out->idx = d->self;
     memcpy(out->c_pk, d->c_pk, 32);
     memcpy(out->s_pk, d->s_pk, 32);
+    out->has_b_commit = 1;
+    plait__secagg_b_commit(d->r, d->self, d->b, out->b_commit);
     uint8_t hash[32];
     advert_hash(d->r, out, hash);
     mbedtls_pk_context pk;

@@ -201,6 +201,8 @@ struct plait_secagg_server_s {
     uint8_t *st;       /* n + 1: DEV_* per index */
     uint8_t *answered; /* n + 1: reveals stored */
     uint8_t (*c_pk)[32];
+    uint8_t (*b_commit)[32]; /* n + 1: advertised commitments to b */
+    uint8_t *has_commit;     /* n + 1 */
     uint32_t *sum;     /* len: running sum of masked inputs */
     size_t n_adv, n_shared, n_masked;
     int closed;        /* masked-input stage closed by the first request */
@@ -221,9 +223,11 @@ int plait_secagg_server_create(plait_secagg_server_t **out, const plait_secagg_r
     s->st = calloc(n + 1, 1);
     s->answered = calloc(n + 1, 1);
     s->c_pk = calloc(n + 1, 32);
+    s->b_commit = calloc(n + 1, 32);
+    s->has_commit = calloc(n + 1, 1);
     s->sum = calloc(r->len, sizeof(uint32_t));
     s->req = calloc(2 * (size_t)r->p.k + 2, sizeof(uint32_t));
-    if (!s->st || !s->answered || !s->c_pk || !s->sum || !s->req) {
+    if (!s->st || !s->answered || !s->c_pk || !s->b_commit || !s->has_commit || !s->sum || !s->req) {
         plait_secagg_server_free(s);
         return plait_fail(PLAIT_ENOMEM, "secagg: server state for %zu devices x %zu words", n, r->len);
     }
@@ -240,6 +244,8 @@ void plait_secagg_server_free(plait_secagg_server_t *s)
     free(s->st);
     free(s->answered);
     free(s->c_pk);
+    free(s->b_commit);
+    free(s->has_commit);
     free(s->sum);
     free(s->req);
     free(s);
@@ -264,6 +270,8 @@ int plait_secagg_server_add_advert(plait_secagg_server_t *s, const plait_secagg_
     if (s->st[a->idx] != DEV_NONE || s->n_shared > 0)
         return plait_fail(PLAIT_EINVAL, "secagg: advert of device %u repeated or late", (unsigned)a->idx);
     memcpy(s->c_pk[a->idx], a->c_pk, 32);
+    s->has_commit[a->idx] = a->has_b_commit != 0;
+    if (a->has_b_commit) memcpy(s->b_commit[a->idx], a->b_commit, 32);
     s->st[a->idx] = DEV_ADV;
     s->n_adv++;
     return 0;
@@ -407,9 +415,10 @@ static size_t choose_sat(size_t n, size_t t, size_t cap)
  * shares, the trusted holders' first and with starts spread over all ns, then
  * pseudo-random subsets; at most PLAIT_SECAGG_MAX_SUBSETS in all) until one
  * verifies: with ns <= 64 every single wrong share is left out by some window. A c_sk verifies when its
- * public key is the advertised one. A b verifies when at least
+ * public key is the advertised one. A b verifies when it matches the
+ * commitment of a v2 advert; for a v1 advert (no commitment), when at least
  * max(t + 1, ceil((ns + t) / 2)) shares lie on its polynomial (unique decoding:
- * a single wrong share can never pass); with exactly t shares it cannot be
+ * a single wrong share can never pass), and with exactly t shares it cannot be
  * checked and is taken as it is. Holders whose shares are off the verified
  * polynomial are marked in bad[]. */
 static int reconstruct(plait_secagg_server_t *s, uint32_t u, const held_t *h, size_t ns, uint8_t *bad, rec_t *w,
@@ -452,6 +461,10 @@ static int reconstruct(plait_secagg_server_t *s, uint32_t u, const held_t *h, si
         if (sk) {
             uint8_t pk[32];
             ok = plait__secagg_x25519_public(secret, pk) == 0 && plait_ct_memcmp(pk, s->c_pk[u], 32) == 0;
+        } else if (s->has_commit[u]) { /* a v2 advert: b must match its signed commitment */
+            uint8_t cm[32];
+            plait__secagg_b_commit(r, u, secret, cm);
+            ok = plait_ct_memcmp(cm, s->b_commit[u], 32) == 0;
         } else {
             ok = 1;
         }
@@ -461,7 +474,7 @@ static int reconstruct(plait_secagg_server_t *s, uint32_t u, const held_t *h, si
             if (plait__shamir_eval(w->xs, (const uint8_t(*)[PLAIT_SECAGG_SHARE_LEN])w->sh, t, w->all_x, ns, w->ev) != 0)
                 ok = 0;
             for (size_t i = 0; i < ns && ok; i++) agree += plait_ct_memcmp(w->ev[i], h[i].share, PLAIT_SECAGG_SHARE_LEN) == 0;
-            if (!sk && agree < need) ok = 0;
+            if (!sk && !s->has_commit[u] && agree < need) ok = 0;
             for (size_t i = 0; i < ns && ok; i++)
                 if (plait_ct_memcmp(w->ev[i], h[i].share, PLAIT_SECAGG_SHARE_LEN) != 0) {
                     if (!bad[h[i].x]) s->n_bad_holders++;

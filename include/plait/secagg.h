@@ -46,7 +46,9 @@
  *     makes a mask-agreement pair c and a share-encryption pair s per round
  *     and a 32-byte self-mask seed b, and signs SHA-256(domain || c_pk || s_pk
  *     || SHA-256(deployment id) || round id || index) with its enrolled ECDSA
- *     P-256 device key. Peers check the certificate chain (deployment CA,
+ *     P-256 device key (advert v2, made by this library: domain
+ *     "plait-secagg-adv-v2" and a commitment to b after s_pk, so the server
+ *     can check a reconstructed b; v1 adverts without it still verify). Peers check the certificate chain (deployment CA,
  *     EKU clientAuth) and the signature, so the server cannot substitute keys.
  *   - Graph: n <= k + 1 gives the complete graph. Otherwise the Harary graph
  *     H(n, k) (k even: ring positions joined to the k/2 nearest on each side)
@@ -244,6 +246,8 @@ typedef struct {
     uint8_t s_pk[PLAIT_SECAGG_KEY_LEN];   /**< X25519 share-encryption public key */
     uint8_t sig[PLAIT_SECAGG_SIG_MAX];    /**< DER ECDSA-SHA256 signature by the device key */
     size_t sig_len;
+    int has_b_commit;                     /**< 1: a v2 advert, committing to b (0: v1, older devices) */
+    uint8_t b_commit[PLAIT_SECAGG_KEY_LEN]; /**< SHA-256("plait-secagg-bcommit-v1" || ctx || idx || b) */
 } plait_secagg_advert_t;
 
 /**

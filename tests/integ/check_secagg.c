@@ -138,6 +138,8 @@ static int sdev_run(sdev_t *s)
     m.u.secagg_advertise.round_id = t->round_id;
     memcpy(m.u.secagg_advertise.mask_pk, adv.c_pk, 32);
     memcpy(m.u.secagg_advertise.enc_pk, adv.s_pk, 32);
+    m.u.secagg_advertise.has_b_commit = adv.has_b_commit;
+    memcpy(m.u.secagg_advertise.b_commit, adv.b_commit, 32);
     m.u.secagg_advertise.signature = adv.sig;
     m.u.secagg_advertise.sig_len = adv.sig_len;
     m.u.secagg_advertise.cert = (const uint8_t *)crt;
@@ -151,6 +153,8 @@ static int sdev_run(sdev_t *s)
         a.idx = q->index;
         memcpy(a.c_pk, q->mask_pk, 32);
         memcpy(a.s_pk, q->enc_pk, 32);
+        a.has_b_commit = q->has_b_commit;
+        memcpy(a.b_commit, q->b_commit, 32);
         memcpy(a.sig, q->signature, q->sig_len);
         a.sig_len = q->sig_len;
         rc = plait_secagg_device_accept_advert(dv, &a, q->cert, q->cert_len, ca);

@@ -65,6 +65,8 @@ static plait_secagg_advert_t advert_of(const plait_msg_secagg_advertise_t *a, ui
     v.idx = idx;
     memcpy(v.c_pk, a->mask_pk, 32);
     memcpy(v.s_pk, a->enc_pk, 32);
+    v.has_b_commit = a->has_b_commit;
+    memcpy(v.b_commit, a->b_commit, 32);
     memcpy(v.sig, a->signature, a->sig_len);
     v.sig_len = a->sig_len;
     return v;
@@ -102,6 +104,8 @@ static int fake_send(void *conn, const plait_msg_t *m)
             p->cert_len = strlen(f->crt[i]);
             memcpy(p->mask_pk, f->adv[i].c_pk, 32);
             memcpy(p->enc_pk, f->adv[i].s_pk, 32);
+            p->has_b_commit = f->adv[i].has_b_commit;
+            memcpy(p->b_commit, f->adv[i].b_commit, 32);
             p->signature = f->adv[i].sig;
             p->sig_len = f->adv[i].sig_len;
         }

@@ -362,6 +362,7 @@ static void round_make(plait_secagg_round_t *r, uint32_t n, uint32_t k, uint32_t
 static uint32_t bad_ct_from, bad_rev_by, bad_rev_kinds = 3; /* bit 1 << kind: which reveals are wrong */
 static uint64_t bad_ct_to;
 static size_t last_inconsistent;
+static int v1_adverts; /* the server gets adverts without the commitment to b (older devices) */
 
 /* Run one round; stage[u] says where device u stops. Returns finish()'s code;
  * on success sum holds the unmasked sum and plain the sum in the clear. */
@@ -391,7 +392,10 @@ static int run_round(const fleet_t *f, const plait_secagg_round_t *r, const int 
         ck_assert_int_eq(plait_secagg_device_advertise(dev[u], f->key[u], &d, &adv[u]), 0);
         ck_assert_int_eq(plait_secagg_advert_verify(r, &adv[u], (const uint8_t *)f->crt[u], strlen(f->crt[u]), NULL),
                          0);
-        ck_assert_int_eq(plait_secagg_server_add_advert(s, &adv[u]), 0);
+        plait_secagg_advert_t sa = adv[u];
+        ck_assert_int_eq(sa.has_b_commit, 1);
+        if (v1_adverts) sa.has_b_commit = 0;
+        ck_assert_int_eq(plait_secagg_server_add_advert(s, &sa), 0);
         alive[u] = 1;
     }
     /* 1: share keys */
@@ -595,12 +599,26 @@ START_TEST(test_hostile_device)
     ck_assert_msg(run_round(&f, &r, drop9, 0, 44, sum, plain) == 0, "%s", plait_errmsg());
     ck_assert_mem_eq(sum, plain, sizeof(sum));
     ck_assert_uint_eq(last_inconsistent, 1);
-    /* With t + 1 = 7 answers a wrong seed share is detected but cannot be voted
-     * out: the round fails cleanly (PLAIT_EAUTH), never with a wrong sum. */
+    /* t + 1 = 7 answers: each seed is checked against its advert's commitment,
+     * so the wrong share is left out and the sum is exact. */
     int seven[11] = {0, FULL, FULL, FULL, FULL, FULL, FULL, FULL, NO_UNMASK, NO_UNMASK, NO_UNMASK};
+    ck_assert_msg(run_round(&f, &r, seven, 0, 45, sum, plain) == 0, "%s", plait_errmsg());
+    ck_assert_mem_eq(sum, plain, sizeof(sum));
+    /* Exactly t = 6 answers: no subset without the wrong share, and the
+     * commitment catches it: the round fails cleanly, never with a wrong sum. */
+    int six[11] = {0, FULL, FULL, FULL, FULL, FULL, FULL, NO_UNMASK, NO_UNMASK, NO_UNMASK, NO_UNMASK};
     for (size_t i = 0; i < 200; i++) sum[i] = 0xBEEFu;
+    ck_assert_int_eq(run_round(&f, &r, six, 0, 47, sum, plain), PLAIT_EAUTH);
+    for (size_t i = 0; i < 200; i++) ck_assert_uint_eq(sum[i], 0xBEEFu);
+    /* v1 adverts (no commitment): with t + 1 answers the vote detects the wrong
+     * seed share but cannot outvote it: PLAIT_EAUTH, no sum. */
+    v1_adverts = 1;
     ck_assert_int_eq(run_round(&f, &r, seven, 0, 45, sum, plain), PLAIT_EAUTH);
     for (size_t i = 0; i < 200; i++) ck_assert_uint_eq(sum[i], 0xBEEFu);
+    /* ... and with t + 3 = 9 answers (device 9 dropped) it is outvoted. */
+    ck_assert_msg(run_round(&f, &r, drop9, 0, 44, sum, plain) == 0, "%s", plait_errmsg());
+    ck_assert_mem_eq(sum, plain, sizeof(sum));
+    v1_adverts = 0;
     /* A dropout's key is checked against its advert, so t + 1 answers suffice
      * to drop a wrong key share: 7 survivors, devices 8, 9 and 10 dropped. */
     int seven_drop[11] = {0, FULL, FULL, FULL, FULL, FULL, FULL, FULL, NO_MASKED, NO_MASKED, NO_MASKED};
@@ -779,6 +797,15 @@ START_TEST(test_substituted_key)
     bad = adv;
     bad.s_pk[31] ^= 1;
     ck_assert_int_eq(plait_secagg_device_accept_advert(a, &bad, crt2, l2, f.ca_crt), PLAIT_EAUTH);
+    /* The commitment to b is signed too (advert v2): changed or stripped (a
+     * downgrade to v1), the advert no longer verifies. */
+    ck_assert_int_eq(adv.has_b_commit, 1);
+    bad = adv;
+    bad.b_commit[0] ^= 1;
+    ck_assert_int_eq(plait_secagg_advert_verify(&r, &bad, crt2, l2, f.ca_crt), PLAIT_EAUTH);
+    bad = adv;
+    bad.has_b_commit = 0;
+    ck_assert_int_eq(plait_secagg_advert_verify(&r, &bad, crt2, l2, f.ca_crt), PLAIT_EAUTH);
     /* Low-order keys (zero, one) are refused as such, before any signature check. */
     for (int w = 0; w < 2; w++) {
         bad = adv;
