@@ -427,9 +427,10 @@ int plait_secagg_server_add_reveals(plait_secagg_server_t *s, uint32_t v, const 
  *        robust to wrong revealed shares: it tries t-subsets of a device's
  *        shares (at most PLAIT_SECAGG_MAX_SUBSETS; holders already caught
  *        with a wrong share last) until one verifies: a c_sk against the
- *        advertised c_pk; a b by at least max(t + 1, ceil((s + t) / 2)) of
- *        its s shares lying on the polynomial (with exactly t shares a b
- *        cannot be checked and is used as it is).
+ *        advertised c_pk; a b against the advert's commitment or, for a v1
+ *        advert without one, by at least max(t + 1, ceil((s + t) / 2)) of
+ *        its s shares lying on the polynomial (then, with exactly t shares,
+ *        a b cannot be checked and is used as it is).
  * \param sum OUT len words.
  * \return 0; PLAIT_ETHRESHOLD (fewer than t shares for some device: the
  *         round fails and nothing must be committed), PLAIT_EAUTH (no subset
