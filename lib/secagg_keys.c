@@ -1,12 +1,14 @@
 /*
  * secagg_keys.c: SecAgg+ key agreement and share encryption. The device
  * makes its two X25519 key pairs (c: masks, s: share encryption) and its
- * self-mask seed b, signs an advert of its public keys with its device
+ * self-mask seed b, signs an advert of its public keys and a commitment to b
+ * (advert v2; v1 adverts without it still verify) with its device
  * certificate's key, accepts its neighbours' verified adverts, splits c_sk
  * and b into Shamir shares (threshold t) and seals each neighbour's shares
  * with ChaCha20-Poly1305 under a key derived from the s-pair secret, bound to
  * the round context and the (sender, receiver) pair; and it opens the shares
- * it receives. The server checks adverts with the same
+ * it receives (one that does not open is dropped: its sender still counts as
+ * relayed, so the receiver masks with it). The server checks adverts with the same
  * plait_secagg_advert_verify(). Masking is in secagg_mask.c.
  */
 #include "plait/secagg.h"

@@ -5,7 +5,9 @@
  * shares of survivors and the c_sk shares of dropouts (never both for one
  * device). The server sums masked inputs, builds each device's unmask
  * request, checks and keeps the reveals, reconstructs the secrets with
- * Shamir and removes the masks. The PRG is the ChaCha20 keystream (zero
+ * Shamir from t-subsets that verify (a c_sk against its advertised key, a b
+ * against its advert's commitment or a vote of its shares), so one wrong
+ * revealed share is left out or fails the round, and removes the masks. The PRG is the ChaCha20 keystream (zero
  * nonce) read as little-endian words; everything is mod 2^32, reduced to
  * m bits at the end.
  */
