@@ -71,7 +71,7 @@ enum { ST_KEYS = 0, ST_SHARED, ST_MASKED, ST_DONE };
 
 typedef struct {
     int accepted, received, has_sz;
-    int relayed;                              /* a share message from this peer was relayed (good or not): we mask with it */
+    int relayed; /* a share message from this peer was relayed (opened or not): we mask with it */
     uint8_t c_pk[32], s_pk[32];
     uint8_t sz[32];                           /* X25519(s_sk, s_pk): both directions' share keys come from it */
     uint8_t sk_share[PLAIT_SECAGG_SHARE_LEN]; /* neighbour's c_sk share held by us */

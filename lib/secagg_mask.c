@@ -404,8 +404,7 @@ static size_t choose_sat(size_t n, size_t t, size_t cap)
     if (t > n - t) t = n - t;
     size_t c = 1;
     for (size_t i = 1; i <= t; i++) {
-        /* c · (n - t + i) / i stays exact: c is C(n - t + i - 1, i - 1) */
-        if (c > cap * i / (n - t + i) + 1) return cap;
+        /* exact: c · (n - t + i) / i = C(n - t + i, i); c < cap and n <= k + 1, so no overflow */
         c = c * (n - t + i) / i;
         if (c >= cap) return cap;
     }
@@ -416,8 +415,8 @@ static size_t choose_sat(size_t n, size_t t, size_t cap)
  * its ns shares h[0..ns), robustly: try t-subsets (cyclic windows of the
  * shares, the trusted holders' first and with starts spread over all ns, then
  * pseudo-random subsets; at most PLAIT_SECAGG_MAX_SUBSETS in all) until one
- * verifies: with ns <= 64 every single wrong share is left out by some window. A c_sk verifies when its
- * public key is the advertised one. A b verifies when it matches the
+ * verifies; with ns <= 64 every single wrong share is left out by some window.
+ * A c_sk verifies when its public key is the advertised one. A b verifies when it matches the
  * commitment of a v2 advert; for a v1 advert (no commitment), when at least
  * max(t + 1, ceil((ns + t) / 2)) shares lie on its polynomial (unique decoding:
  * a single wrong share can never pass), and with exactly t shares it cannot be
@@ -475,7 +474,8 @@ static int reconstruct(plait_secagg_server_t *s, uint32_t u, const held_t *h, si
         if (ok && ns > t) {
             if (plait__shamir_eval(w->xs, (const uint8_t(*)[PLAIT_SECAGG_SHARE_LEN])w->sh, t, w->all_x, ns, w->ev) != 0)
                 ok = 0;
-            for (size_t i = 0; i < ns && ok; i++) agree += plait_ct_memcmp(w->ev[i], h[i].share, PLAIT_SECAGG_SHARE_LEN) == 0;
+            for (size_t i = 0; i < ns && ok; i++)
+                agree += plait_ct_memcmp(w->ev[i], h[i].share, PLAIT_SECAGG_SHARE_LEN) == 0;
             if (!sk && !s->has_commit[u] && agree < need) ok = 0;
             for (size_t i = 0; i < ns && ok; i++)
                 if (plait_ct_memcmp(w->ev[i], h[i].share, PLAIT_SECAGG_SHARE_LEN) != 0) {

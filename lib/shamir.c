@@ -159,7 +159,8 @@ int plait__shamir_eval(const uint32_t *xs, const uint8_t (*shares)[PLAIT_SECAGG_
         for (size_t j = 0; j < i; j++)
             if (xs[i] == xs[j]) return plait_fail(PLAIT_EINVAL, "shamir: repeated share x %u", (unsigned)xs[i]);
         for (size_t l = 0; l < LIMBS; l++)
-            if (get_le(shares[i] + 8 * l, 8) >= P61) return plait_fail(PLAIT_EAUTH, "shamir: share value out of the field");
+            if (get_le(shares[i] + 8 * l, 8) >= P61)
+                return plait_fail(PLAIT_EAUTH, "shamir: share value out of the field");
     }
     /* w_i = 1 / prod_{j != i} (x_i - x_j), once; then each point costs O(t) with
      * prefix and suffix products of (x - x_j). */

@@ -48,7 +48,8 @@
  *     || SHA-256(deployment id) || round id || index) with its enrolled ECDSA
  *     P-256 device key (advert v2, made by this library: domain
  *     "plait-secagg-adv-v2" and a commitment to b after s_pk, so the server
- *     can check a reconstructed b; v1 adverts without it still verify). Peers check the certificate chain (deployment CA,
+ *     can check a reconstructed b; v1 adverts without it still verify).
+ *     Peers check the certificate chain (deployment CA,
  *     EKU clientAuth) and the signature, so the server cannot substitute keys.
  *   - Graph: n <= k + 1 gives the complete graph. Otherwise the Harary graph
  *     H(n, k) (k even: ring positions joined to the k/2 nearest on each side)
