@@ -8,6 +8,9 @@
  * Combining t shares is Lagrange interpolation at 0; any t shares give the
  * secret, t - 1 shares are independent of it. A combined limb that does not
  * fit its width cannot come from honest shares and is rejected (PLAIT_EAUTH).
+ * plait__shamir_eval() evaluates the polynomial through t shares at other
+ * points (barycentric weights once, O(t) per point): the server's robust
+ * reconstruction uses it to see which revealed shares lie on a candidate.
  *
  * Field arithmetic uses unsigned __int128 products reduced with the Mersenne
  * identity 2^61 = 1 (mod p). Every polynomial coefficient is wiped after use.
