@@ -65,6 +65,9 @@ static const setting_t SETTINGS[] = {
     {"max_uploads_in_flight", T_UINT, F(max_uploads_in_flight), 1, 1000000, "16",
      "plain updates buffered at once (being received, or held until training starts); further uploads wait "
      "unread, so the service's memory is this times the update size, whatever the cohort"},
+    {"packed_updates", T_BOOL, F(packed_updates), 0, 1, "true",
+     "plain rounds: devices may send update chunks packed at quant_bits (a quarter of the 32-bit words at 8 "
+     "bits); false: words only (both forms are accepted either way)"},
     {"auth_timeout_s", T_DOUBLE, F(auth_timeout_s), 0.05, 3600, "5",
      "TLS handshake and Hello must complete within this many seconds"},
     {"idle_timeout_s", T_DOUBLE, F(idle_timeout_s), 0.05, 86400, "90",

@@ -75,6 +75,16 @@ int plait__metrics_render(const plait__metrics_t *m, plait_buf_t *b)
     for (int e = 0; e < 3; e++)
         plait_buf_printf(b, "plait_adapter_download_bytes_total{encoding=\"%s\"} %llu\n", enc[e],
                          (unsigned long long)m->download_bytes[e]);
+    static const char *const form[2] = {"words", "packed"};
+    family(b, "plait_update_chunks_total", "counter", "Plain update chunks taken into an update, by form.");
+    for (int f = 0; f < 2; f++)
+        plait_buf_printf(b, "plait_update_chunks_total{form=\"%s\"} %llu\n", form[f],
+                         (unsigned long long)m->upload_chunks[f]);
+    family(b, "plait_update_bytes_total", "counter",
+           "Plain update bytes received in UpdateChunks (words x 4 or packed bytes, before framing and TLS), by form.");
+    for (int f = 0; f < 2; f++)
+        plait_buf_printf(b, "plait_update_bytes_total{form=\"%s\"} %llu\n", form[f],
+                         (unsigned long long)m->upload_bytes[f]);
     family(b, "plait_rejections_total", "counter", "Connections or updates refused, by reason.");
     for (int r = 0; r < PLAIT__REJ_COUNT; r++)
         plait_buf_printf(b, "plait_rejections_total{reason=\"%s\"} %llu\n", plait__rej_name((plait__rej_t)r),

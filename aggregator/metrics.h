@@ -53,6 +53,8 @@ typedef struct {
     uint64_t eval_version;       /* the version it evaluated (0: none yet) */
     /* adapter downloads by encoding (plait_adapter_encoding_t: full, delta, seeded); payload bytes */
     uint64_t downloads[3], download_bytes[3];
+    /* plain update chunks received by form (0 words, 1 packed); payload bytes (words·4 or packed) */
+    uint64_t upload_chunks[2], upload_bytes[2];
 } plait__metrics_t;
 
 /** \brief Label value of a rejection reason ("tls_revoked"). */

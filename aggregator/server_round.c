@@ -21,6 +21,7 @@
 
 #include "plait/crypto.h"
 #include "plait/log.h"
+#include "plait/secagg.h"
 
 /* ---- the cohort and pace steering ----------------------------------------------- */
 
@@ -166,6 +167,7 @@ static void fill_task(plait_server_t *s, plait_msg_task_t *t)
     t->clip_bit = s->rcfg.clip_bit; /* adaptive clipping: one more word, the device's "norm <= clip" bit */
     t->example_cap = (uint32_t)cf->example_cap;
     t->max_chunk_bytes = (uint32_t)s->lim.max_chunk_bytes;
+    t->packed_update = s->cfg.packed_updates ? 1 : 0; /* plait__sa_task() clears it in a secure round */
     plait__srv_eval_fill_task(s, t); /* an evaluation round: kind, L, the two metric words */
 }
 
@@ -461,6 +463,13 @@ void plait__srv_handle_update(conn_t *c, const plait_msg_update_chunk_t *u)
         plait__srv_fail_conn(c, PLAIT__REJ_BAD_MESSAGE, PLAIT_EPROTO, "update chunks out of order");
         return;
     }
+    unsigned qbits = plait_round_quant(s->round)->bits;
+    if (u->packed && u->bits != qbits) {
+        plait__srv_reject(c, PLAIT__REJ_WRONG_SHAPE, "update chunk packed at %u bits, the task has %u", u->bits,
+                          qbits);
+        plait__srv_fail_conn(c, PLAIT__REJ_WRONG_SHAPE, PLAIT_EMISMATCH, "packed at the wrong bit width");
+        return;
+    }
     if (c->upd == NULL) {
         c->upd = malloc(expect * sizeof(uint32_t));
         if (!c->upd) {
@@ -471,7 +480,17 @@ void plait__srv_handle_update(conn_t *c, const plait_msg_update_chunk_t *u)
         c->upd_total = expect;
         c->upd_reserved = 0; /* the slot is c->upd now */
     }
-    memcpy(c->upd + c->upd_have, u->words, u->n_words * sizeof(uint32_t));
+    /* The decoder checked the form, the span (offset + n_words <= total_elements, and
+     * offset == upd_have above) and, packed, the exact length and zero padding. */
+    if (u->words) {
+        memcpy(c->upd + c->upd_have, u->words, u->n_words * sizeof(uint32_t));
+    } else if (plait_unpack_bits(u->packed, u->packed_len, u->n_words, u->bits, c->upd + c->upd_have) != 0) {
+        plait__srv_reject(c, PLAIT__REJ_BAD_MESSAGE, "update chunk %u: %s", u->chunk_index, plait_errmsg());
+        plait__srv_fail_conn(c, PLAIT__REJ_BAD_MESSAGE, PLAIT_EPROTO, "bad packed update chunk");
+        return;
+    }
+    s->m.upload_chunks[u->words ? 0 : 1]++;
+    s->m.upload_bytes[u->words ? 0 : 1] += u->words ? (uint64_t)u->n_words * 4 : u->packed_len;
     c->upd_have += u->n_words;
     c->upd_next++;
     if (c->upd_have < c->upd_total) return;

@@ -161,6 +161,7 @@ int plait__sa_task(const plait__sa_t *sa, uint64_t client, plait_msg_task_t *t)
     uint32_t idx = 0;
     if (!find(sa, client, &idx)) return plait_fail(PLAIT_ENOENT, "secagg: device has no index");
     t->secure_agg = 1;
+    t->packed_update = 0; /* masked input travels packed at m bits in its own messages */
     t->has_secagg = 1;
     t->secagg.index = idx;
     t->secagg.n = sa->r.p.n;

@@ -18,7 +18,9 @@
  * each way (TCP payload: TLS records, handshakes included); at the end the
  * medians and the server's peak RSS (VmHWM). The plain protocol is used
  * (secure_agg = false); P = update words = 5780·rank + 1 with FedIT LoRA on
- * all seven projections of stories260K, rank = round(P / 5780).
+ * all seven projections of stories260K, rank = round(P / 5780). The clients
+ * send the update packed at quant_bits when the task says packed_update (the
+ * aggregator's default), as the agent does, else as 32-bit words.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -136,9 +138,30 @@ static int cl_flush(srv_client_t *c)
 static int cl_next_chunk(srv_client_t *c, const srv_pool_t *p)
 {
     if (c->up_off >= p->n_words) return 0;
+    plait_msg_t m;
+    if (c->task.packed_update) { /* packed at quant_bits, as the agent sends it */
+        plait_wire_limits_t lim = p->lim;
+        if (c->task.max_chunk_bytes && c->task.max_chunk_bytes < lim.max_chunk_bytes)
+            lim.max_chunk_bytes = c->task.max_chunk_bytes;
+        plait_wire_xfer_t x;
+        plait_wire_xfer_init(&x, c->task.round_id, p->n_words, c->up_off);
+        x.index = c->up_idx;
+        uint8_t *buf = malloc(lim.max_chunk_bytes);
+        int rc = buf ? plait_wire_update_tx_next_packed(&x, &lim, p->words, c->task.quant_bits, buf,
+                                                         lim.max_chunk_bytes, &m)
+                     : PLAIT_ENOMEM;
+        if (rc == 1) rc = cl_queue(c, &m, &p->lim);
+        free(buf);
+        if (rc != 0) {
+            cl_fail(c, "packing an update chunk", rc);
+            return 0;
+        }
+        c->up_off = (size_t)x.next;
+        c->up_idx = x.index;
+        return 1;
+    }
     size_t per = c->task.max_chunk_bytes ? c->task.max_chunk_bytes / 4 : 65536;
     size_t n = p->n_words - c->up_off < per ? p->n_words - c->up_off : per;
-    plait_msg_t m;
     plait_msg_init(&m, PLAIT_MSG_UPDATE_CHUNK);
     m.u.update_chunk.round_id = c->task.round_id;
     m.u.update_chunk.chunk_index = c->up_idx++;

@@ -355,8 +355,9 @@ static int check_task(plait_agent_t *a, const plait_msg_task_t *t)
 
 /* Upload words in chunks, record the upload, wait for the Ack. */
 static int upload(plait__agent_conn_t *c, const plait__agent_pending_t *p, uint64_t deadline,
-                  uint32_t task_chunk_bytes, plait_agent_result_t *res)
+                  const plait_msg_task_t *t, plait_agent_result_t *res)
 {
+    uint32_t task_chunk_bytes = t->max_chunk_bytes;
     plait_agent_t *a = c->a;
     int rc = 0;
     /* Chunks of chunk_words words (wire.h's sequencing: index, offset, examples in chunk 0),
@@ -369,12 +370,28 @@ static int upload(plait__agent_conn_t *c, const plait__agent_pending_t *p, uint6
     plait_wire_xfer_init(&x, p->round_id, p->n_words, 0);
     plait_msg_t m;
     int r;
-    while ((r = plait_wire_update_tx_next(&x, &lim, p->words, &m)) == 1) {
-        if (plait__agent_now_ms() >= deadline)
+    /* Packed at quant_bits when the aggregator reads it (Task.packed_update) and every word
+     * fits (a stored update of another quantization goes as words). */
+    unsigned bits = t->packed_update && !t->secure_agg ? t->quant_bits : 0;
+    for (size_t i = 0; bits != 0 && bits < 32 && i < p->n_words; i++)
+        if (p->words[i] >> bits) bits = 0;
+    uint8_t *pbuf = bits ? malloc(lim.max_chunk_bytes) : NULL;
+    uint64_t sent = 0; /* update bytes (words or packed), framing aside */
+    if (bits && !pbuf) return plait_fail(PLAIT_ENOMEM, "update upload: %zu bytes", lim.max_chunk_bytes);
+    while ((r = bits ? plait_wire_update_tx_next_packed(&x, &lim, p->words, bits, pbuf, lim.max_chunk_bytes, &m)
+                     : plait_wire_update_tx_next(&x, &lim, p->words, &m)) == 1) {
+        if (plait__agent_now_ms() >= deadline) {
+            free(pbuf);
             return plait_fail(PLAIT_ECANCELED, "round %llu: deadline passed during the upload",
                               (unsigned long long)p->round_id);
-        if ((rc = plait__agent_conn_send(c, &m)) != 0) return rc;
+        }
+        if ((rc = plait__agent_conn_send(c, &m)) != 0) {
+            free(pbuf);
+            return rc;
+        }
+        sent += bits ? m.u.update_chunk.packed_len : m.u.update_chunk.n_words * 4;
     }
+    free(pbuf);
     if (r < 0) return plait_fail(r, "update upload: %s", plait_errmsg());
     uint32_t index = x.index;
     if (p->round_id > a->state.last_uploaded) {
@@ -383,11 +400,10 @@ static int upload(plait__agent_conn_t *c, const plait__agent_pending_t *p, uint6
         if ((rc = plait__agent_state_save(a->state_dir, &st)) != 0) return rc;
         a->state = st;
     }
-    PLAIT_LOG(PLAIT_LOG_INFO, "agent %s: round %llu: uploaded %zu words in %u chunks", a->device_id,
-              (unsigned long long)p->round_id, p->n_words, index);
-    plait_agent_event_t ev = {.type = PLAIT_AGENT_EV_UPLOADED,
-                              .round_id = p->round_id,
-                              .bytes = (uint64_t)p->n_words * 4};
+    PLAIT_LOG(PLAIT_LOG_INFO, "agent %s: round %llu: uploaded %zu words in %u chunks (%llu bytes, %s)",
+              a->device_id, (unsigned long long)p->round_id, p->n_words, index, (unsigned long long)sent,
+              bits ? "packed" : "words");
+    plait_agent_event_t ev = {.type = PLAIT_AGENT_EV_UPLOADED, .round_id = p->round_id, .bytes = sent};
     plait__agent_emit_ev(a, &ev);
     /* The Ack may wait for the round (an update uploaded during selection is acknowledged
      * when training starts): wait until the task's deadline, at least io_timeout_ms,
@@ -612,7 +628,7 @@ static int do_task(plait__agent_conn_t *c, const plait_msg_task_t *t, plait_agen
                   "agent %s: round %llu: re-sending the stored update (not retraining)",
                   a->device_id, (unsigned long long)round);
         plait__agent_emit(a, PLAIT_AGENT_EV_TASK, round, 0);
-        rc = upload(c, &p, deadline, t->max_chunk_bytes, res);
+        rc = upload(c, &p, deadline, t, res);
         plait__agent_pending_free(&p);
         return rc;
     }
@@ -664,7 +680,7 @@ static int do_task(plait__agent_conn_t *c, const plait_msg_task_t *t, plait_agen
         plait__agent_pending_free(&p);
         return rc;
     }
-    rc = upload(c, &p, deadline, t->max_chunk_bytes, res);
+    rc = upload(c, &p, deadline, t, res);
     plait__agent_pending_free(&p);
     return rc;
 }

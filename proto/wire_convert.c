@@ -119,6 +119,7 @@ static int from_task(const Plait__Task *p, plait_msg_task_t *t)
     t->max_chunk_bytes = p->has_max_chunk_bytes ? p->max_chunk_bytes : 0;
     if (p->has_max_chunk_bytes && p->max_chunk_bytes == 0) return BAD("task.max_chunk_bytes: 0");
     t->clip_bit = p->has_clip_bit && p->clip_bit ? 1 : 0;
+    t->packed_update = p->has_packed_update && p->packed_update ? 1 : 0;
     t->kind = p->has_kind ? (plait_task_kind_t)p->kind : PLAIT_TASK_TRAIN;
     if (p->has_eval_loss_max) {
         if (t->kind != PLAIT_TASK_EVALUATE) return BAD("task.eval_loss_max: set in a training task");
@@ -194,13 +195,25 @@ static int from_uchunk(const Plait__UpdateChunk *p, plait_msg_update_chunk_t *c)
     NEED(p->has_chunk_index, "update_chunk.chunk_index");
     NEED(p->has_offset, "update_chunk.offset");
     NEED(p->has_total_elements, "update_chunk.total_elements");
-    NEED(p->n_words > 0, "update_chunk.words");
     c->round_id = p->round_id;
     c->chunk_index = p->chunk_index;
     c->offset = p->offset;
     c->total_elements = p->total_elements;
-    c->words = p->words;
-    c->n_words = p->n_words;
+    if (p->n_words > 0 && (p->has_packed || p->has_bits || p->has_count))
+        return BAD("update_chunk: both words and packed");
+    if (p->n_words > 0) {
+        c->words = p->words;
+        c->n_words = p->n_words;
+        return 0;
+    }
+    NEED(p->has_packed, "update_chunk.words or update_chunk.packed");
+    NEED(p->has_bits, "update_chunk.bits");
+    NEED(p->has_count, "update_chunk.count");
+    if (p->packed.len == 0 || p->packed.data == NULL) return BAD("update_chunk.packed: empty");
+    c->packed = p->packed.data;
+    c->packed_len = p->packed.len;
+    c->bits = p->bits;
+    c->n_words = p->count;
     return 0;
 }
 
@@ -341,6 +354,10 @@ int plait__wire_to_envelope(const plait_msg_t *m, plait__wire_pb_t *pb)
         p->example_cap = t->example_cap;
         p->has_max_chunk_bytes = t->max_chunk_bytes != 0;
         p->max_chunk_bytes = t->max_chunk_bytes;
+        if (t->packed_update) { /* absent when off: older devices see the same task */
+            p->has_packed_update = 1;
+            p->packed_update = 1;
+        }
         if (t->clip_bit) {
             p->has_clip_bit = 1;
             p->clip_bit = 1;
@@ -414,8 +431,15 @@ int plait__wire_to_envelope(const plait_msg_t *m, plait__wire_pb_t *pb)
         pb->uchunk.chunk_index = c->chunk_index;
         pb->uchunk.offset = c->offset;
         pb->uchunk.total_elements = c->total_elements;
-        pb->uchunk.n_words = c->n_words;
-        pb->uchunk.words = (uint32_t *)(uintptr_t)c->words;
+        if (c->packed) {
+            pb->uchunk.has_packed = pb->uchunk.has_bits = pb->uchunk.has_count = 1;
+            pb->uchunk.packed = plait__wire_bin(c->packed, c->packed_len);
+            pb->uchunk.bits = c->bits;
+            pb->uchunk.count = (uint32_t)c->n_words;
+        } else {
+            pb->uchunk.n_words = c->n_words;
+            pb->uchunk.words = (uint32_t *)(uintptr_t)c->words;
+        }
         pb->env.msg_case = PLAIT__ENVELOPE__MSG_UPDATE_CHUNK;
         pb->env.update_chunk = &pb->uchunk;
         break;

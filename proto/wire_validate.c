@@ -18,6 +18,8 @@
 #include <stddef.h>
 #include <string.h>
 
+#include "plait/secagg.h"
+#include "plait/update.h"
 #include "wire_int.h"
 
 /* ---- the rule table and its loop ----------------------------------------- */
@@ -49,8 +51,7 @@ typedef enum {
     L_UPDATE_ELEMENTS,
     L_DEADLINE_S,
     L_RETRY_MS,
-    L_CHUNK_BYTES,
-    L_CHUNK_WORDS /* max_chunk_bytes / 4 */
+    L_CHUNK_BYTES
 } limit_t;
 
 typedef int (*check_fn)(const void *msg, const plait_wire_limits_t *lim);
@@ -157,8 +158,6 @@ static uint64_t upper(const rule_t *r, const plait_wire_limits_t *lim)
         return lim->max_retry_ms;
     case L_CHUNK_BYTES:
         return lim->max_chunk_bytes;
-    case L_CHUNK_WORDS:
-        return lim->max_chunk_bytes / 4;
     case L_CONST:
         break;
     }
@@ -361,6 +360,15 @@ static int check_task_chunk(const void *msg, const plait_wire_limits_t *lim)
     return 0;
 }
 
+static int check_task_packed(const void *msg, const plait_wire_limits_t *lim)
+{
+    const plait_msg_task_t *t = msg;
+    (void)lim;
+    if (t->packed_update && t->secure_agg)
+        return BAD("task.packed_update: set in a secure round (masked input is always packed)");
+    return 0;
+}
+
 static int check_task_clip_bit(const void *msg, const plait_wire_limits_t *lim)
 {
     const plait_msg_task_t *t = msg;
@@ -446,6 +454,39 @@ static int check_uchunk_span(const void *msg, const plait_wire_limits_t *lim)
         return BAD("update_chunk.offset: %llu + %zu words exceeds total_elements %llu",
                    (unsigned long long)c->offset, c->n_words,
                    (unsigned long long)c->total_elements);
+    return 0;
+}
+
+/* Exactly one form (decode refuses both; encode checks it here). The packed
+ * form: bits 8..32, 1..max_chunk_bytes bytes, exactly
+ * plait_pack_bits_len(count, bits) of them, the last byte's padding bits
+ * zero (one encoding per chunk). Every unpacked value is then below 2^bits. */
+static int check_uchunk_form(const void *msg, const plait_wire_limits_t *lim)
+{
+    const plait_msg_update_chunk_t *c = msg;
+    if (c->words != NULL) {
+        if (c->packed != NULL || c->packed_len != 0 || c->bits != 0)
+            return BAD("update_chunk: both words and packed");
+        if (c->n_words < 1 || c->n_words > lim->max_chunk_bytes / 4)
+            return BAD("update_chunk.words: %zu outside 1..%zu", c->n_words, lim->max_chunk_bytes / 4);
+        return 0;
+    }
+    if (c->packed == NULL) return BAD("update_chunk.words: neither words nor packed");
+    if (c->bits < PLAIT_QUANT_MIN_BITS || c->bits > PLAIT_QUANT_MAX_BITS)
+        return BAD("update_chunk.bits: %u outside %d..%d", c->bits, PLAIT_QUANT_MIN_BITS,
+                   PLAIT_QUANT_MAX_BITS);
+    if (c->packed_len < 1 || c->packed_len > lim->max_chunk_bytes)
+        return BAD("update_chunk.packed: %zu bytes outside 1..%zu", c->packed_len, lim->max_chunk_bytes);
+    if (c->n_words < 1 || c->n_words > (size_t)lim->max_chunk_bytes * 8 / c->bits)
+        return BAD("update_chunk.count: %zu values outside 1..%zu", c->n_words,
+                   (size_t)lim->max_chunk_bytes * 8 / c->bits);
+    size_t need = plait_pack_bits_len(c->n_words, c->bits);
+    if (c->packed_len != need)
+        return BAD("update_chunk.packed: %zu bytes for %zu values of %u bits (want %zu)", c->packed_len,
+                   c->n_words, c->bits, need);
+    unsigned used = (unsigned)((c->n_words * c->bits) % 8);
+    if (used != 0 && (c->packed[c->packed_len - 1] >> used) != 0)
+        return BAD("update_chunk.packed: nonzero padding bits");
     return 0;
 }
 
@@ -542,6 +583,8 @@ static const rule_t task_rules[] = {
     NONZERO(TK, example_cap, "task.example_cap"),
     CHECK("task.max_chunk_bytes", check_task_chunk),
     FLAG(TK, clip_bit, "task.clip_bit"),
+    FLAG(TK, packed_update, "task.packed_update"),
+    CHECK("task.packed_update", check_task_packed),
     CHECK("task.update_elements", check_task_clip_bit),
     CHECK("task.secagg", check_task_secagg),
     ENUM(TK, kind, "task.kind", BIT(PLAIT_TASK_TRAIN) | BIT(PLAIT_TASK_EVALUATE)),
@@ -581,8 +624,7 @@ static const rule_t achunk_rules[] = {
 static const rule_t uchunk_rules[] = {
     NONZERO(UC, round_id, "update_chunk.round_id"),
     RANGE_LIM(UC, total_elements, "update_chunk.total_elements", 1, L_UPDATE_ELEMENTS),
-    RANGE_LIM(UC, n_words, "update_chunk.words", 1, L_CHUNK_WORDS),
-    PRESENT(UC, words, "update_chunk.words"),
+    CHECK("update_chunk.packed", check_uchunk_form),
     CHECK("update_chunk.offset", check_uchunk_span),
     CHUNK_INDEX(UC, "update_chunk.chunk_index"),
 };

@@ -1,12 +1,15 @@
 /*
  * wire_xfer.c: chunked transfers of an update (words, client to aggregator)
- * and of an adapter (bytes, aggregator to client): the sender cuts chunks
+ * (words, or packed at the task's quant_bits when the aggregator reads
+ * them, client to aggregator) and of an adapter (bytes, aggregator to client): the sender cuts chunks
  * within the limits, the receiver accepts them only in sequence, for the
  * expected round or version and total, and the adapter only with the
  * task's hash in its last chunk.
  */
 #include <string.h>
 
+#include "plait/secagg.h"
+#include "plait/update.h"
 #include "wire_int.h"
 
 /* ---- chunked transfers ---------------------------------------------------- */
@@ -45,9 +48,45 @@ int plait_wire_update_tx_next(plait_wire_xfer_t *x, const plait_wire_limits_t *l
     return 1;
 }
 
+int plait_wire_update_tx_next_packed(plait_wire_xfer_t *x, const plait_wire_limits_t *lim,
+                                     const uint32_t *words, unsigned bits, uint8_t *buf, size_t cap,
+                                     plait_msg_t *out)
+{
+    plait_wire_limits_t tmp;
+    if (!x || !words || !buf || !out) return plait_fail(PLAIT_EINVAL, "update tx: NULL argument");
+    if (!(lim = plait__wire_limits_or_default(lim, &tmp))) return PLAIT_EINVAL;
+    if (bits < PLAIT_QUANT_MIN_BITS || bits > PLAIT_QUANT_MAX_BITS)
+        return plait_fail(PLAIT_EINVAL, "update tx: %u bits", bits);
+    if (x->total < 1 || x->total > lim->max_update_elements || x->next > x->total)
+        return plait_fail(PLAIT_EINVAL, "update tx: total %llu, offset %llu",
+                          (unsigned long long)x->total, (unsigned long long)x->next);
+    if (x->next == x->total) return 0;
+    uint64_t n = x->total - x->next;
+    uint64_t per = (uint64_t)lim->max_chunk_bytes * 8 / bits; /* packs into <= max_chunk_bytes */
+    if (n > per) n = per;
+    size_t len = plait_pack_bits_len((size_t)n, bits);
+    if (cap < len) return plait_fail(PLAIT_ETOOBIG, "update tx: buffer of %zu bytes, need %zu", cap, len);
+    int rc = plait_pack_bits(words + x->next, (size_t)n, bits, buf, cap);
+    if (rc != 0) return rc; /* a word at or above 2^bits: not this task's quantization */
+    plait_msg_init(out, PLAIT_MSG_UPDATE_CHUNK);
+    plait_msg_update_chunk_t *c = &out->u.update_chunk;
+    c->round_id = x->id;
+    c->chunk_index = x->index;
+    c->offset = x->next;
+    c->total_elements = x->total;
+    c->n_words = (size_t)n;
+    c->packed = buf;
+    c->packed_len = len;
+    c->bits = bits;
+    x->next += n;
+    x->index++;
+    return 1;
+}
+
 int plait_wire_update_rx_add(plait_wire_xfer_t *x, const plait_msg_update_chunk_t *c, uint32_t *dst)
 {
-    if (!x || !c || !dst || !c->words) return plait_fail(PLAIT_EINVAL, "update rx: NULL argument");
+    if (!x || !c || !dst || (!c->words && !c->packed))
+        return plait_fail(PLAIT_EINVAL, "update rx: NULL argument");
     if (c->round_id != x->id)
         return plait_fail(PLAIT_ESTALE, "update_chunk.round_id: %llu, the upload is for round %llu",
                           (unsigned long long)c->round_id, (unsigned long long)x->id);
@@ -62,7 +101,12 @@ int plait_wire_update_rx_add(plait_wire_xfer_t *x, const plait_msg_update_chunk_
             c->chunk_index, (unsigned long long)c->offset, x->index, (unsigned long long)x->next);
     if (c->n_words > x->total - c->offset)
         return plait_fail(PLAIT_EMISMATCH, "update_chunk.words: past total_elements");
-    memcpy(dst + c->offset, c->words, c->n_words * sizeof(uint32_t));
+    if (c->words) {
+        memcpy(dst + c->offset, c->words, c->n_words * sizeof(uint32_t));
+    } else {
+        int rc = plait_unpack_bits(c->packed, c->packed_len, c->n_words, c->bits, dst + c->offset);
+        if (rc != 0) return plait_fail(PLAIT_EPROTO, "update_chunk.packed: %s", plait_errmsg());
+    }
     x->next += c->n_words;
     x->index++;
     return x->next == x->total ? 1 : 0;

@@ -56,6 +56,8 @@ typedef struct {
     uint64_t max_update_elements; /**< largest update accepted, words (default 2^24) */
     uint64_t max_uploads_in_flight; /**< update buffers held at once (uploads being received, and updates
                                          held until training starts); more uploads wait unread (default 16) */
+    int packed_updates;        /**< plain tasks say packed_update: devices may send UpdateChunks packed at
+                                    quant_bits (default 1; words are accepted either way) */
     double auth_timeout_s;        /**< TLS handshake + Hello must finish within this (default 5 s) */
     double idle_timeout_s;        /**< close a connection silent this long (default 90 s, as protocol.md) */
     uint64_t tls_ticket_lifetime_s; /**< session resumption window (default 86400 s; 0 = no tickets) */

@@ -101,7 +101,7 @@ typedef enum {
     PLAIT_AGENT_EV_TASK = 4,      /**< a round was offered and accepted (round_id) */
     PLAIT_AGENT_EV_DOWNLOADED = 5,    /**< adapter ready (bytes downloaded; 0 when cached) */
     PLAIT_AGENT_EV_TRAINING = 6,      /**< progress: step of steps done */
-    PLAIT_AGENT_EV_UPLOADED = 7,      /**< all update chunks sent (bytes = words·4) */
+    PLAIT_AGENT_EV_UPLOADED = 7,      /**< all update chunks sent (bytes: words·4, or the packed bytes) */
     PLAIT_AGENT_EV_ACKED = 8,         /**< the aggregator acknowledged the update */
     PLAIT_AGENT_EV_DECLINED = 9,      /**< the agent declined or abandoned the task (rc says why) */
     PLAIT_AGENT_EV_NOT_ELIGIBLE = 10, /**< skipped: too few records, or the app said no */

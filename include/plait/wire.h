@@ -247,6 +247,7 @@ typedef struct {
                                    receiver's own limit applies), else >= 4 */
     int clip_bit;             /**< 0 or 1: append the word "update norm <= clip_norm" (adaptive clipping),
                                    encoded as a weight word; update_elements then counts span + 2 */
+    int packed_update;        /**< 0 or 1: the aggregator reads packed UpdateChunks (absent: 0) */
     plait_task_kind_t kind;   /**< TRAIN or EVALUATE */
     double eval_loss_max;     /**< EVALUATE: L, finite, in (0, PLAIT_WIRE_MAX_EVAL_LOSS]; then
                                    update_elements is PLAIT_WIRE_EVAL_WORDS and clip_bit 0. TRAIN: 0 */
@@ -299,8 +300,14 @@ typedef struct {
     uint32_t chunk_index;    /**< 0, 1, ...; 0 exactly when offset == 0; <= offset */
     uint64_t offset;         /**< in words */
     uint64_t total_elements; /**< 1..max_update_elements; offset + n_words <= total */
-    const uint32_t *words;   /**< n_words words; decoded: owned by the plait_msg_t */
-    size_t n_words;          /**< 1..max_chunk_bytes / 4 */
+    const uint32_t *words;   /**< words form: n_words words (NULL in the packed form);
+                                  decoded: owned by the plait_msg_t */
+    size_t n_words;          /**< values in this chunk, either form: words form 1..max_chunk_bytes / 4,
+                                  packed form >= 1 (the wire's count) */
+    const uint8_t *packed;   /**< packed form: packed_len bytes, n_words values of bits bits
+                                  (plait_pack_bits order); NULL in the words form */
+    size_t packed_len;       /**< packed form: plait_pack_bits_len(n_words, bits), 1..max_chunk_bytes */
+    uint32_t bits;           /**< packed form: 8..32 (the task's quant_bits); 0 in the words form */
 } plait_msg_update_chunk_t;
 
 typedef struct {
@@ -595,8 +602,23 @@ int plait_wire_update_tx_next(plait_wire_xfer_t *x, const plait_wire_limits_t *l
                               const uint32_t *words, plait_msg_t *out /* OUT */) PLAIT_WUR;
 
 /**
+ * \brief As plait_wire_update_tx_next(), in the packed form (the task said
+ *        packed_update): up to lim->max_chunk_bytes * 8 / bits values from
+ *        x->next, packed at bits into buf (plait_pack_bits), so each chunk's
+ *        bytes stay within lim->max_chunk_bytes.
+ * \param bits the task's quant_bits, 8..32; every word must be below 2^bits.
+ * \param buf cap bytes (lim->max_chunk_bytes suffices), borrowed by out until it is encoded.
+ * \return 1 (out filled), 0 (complete), PLAIT_EINVAL (as tx_next, bad bits, a word
+ *         that does not fit in bits), PLAIT_ETOOBIG (cap too small).
+ */
+int plait_wire_update_tx_next_packed(plait_wire_xfer_t *x, const plait_wire_limits_t *lim,
+                                     const uint32_t *words, unsigned bits, uint8_t *buf, size_t cap,
+                                     plait_msg_t *out /* OUT */) PLAIT_WUR;
+
+/**
  * \brief Take the next UpdateChunk of an upload (after plait_wire_decode
- *        validated it) and copy its words into dst at its offset.
+ *        validated it) and copy its words into dst at its offset (a packed
+ *        chunk is unpacked at its bits; the caller checks those are the task's).
  * \param dst x->total words.
  * \return 1 (the upload is complete), 0 (more chunks expected);
  *         PLAIT_ESTALE (another round), PLAIT_EMISMATCH (total_elements is not

@@ -7,16 +7,20 @@
  * Properties checked on every input:
  *   - plait_wire_decode() returns 0, PLAIT_EPROTO or PLAIT_ETOOBIG, and a
  *     zeroed message on failure;
- *   - an accepted chunk satisfies 1 <= n_words <= max_chunk_bytes / 4,
- *     offset + n_words <= total_elements <= max_update_elements, chunk 0 iff
- *     offset 0; its words are readable
- *     (ASan checks the whole span); and encode(decode(x)) is a fixed point.
+ *   - an accepted chunk carries exactly one form: words, 1 <= n_words <=
+ *     max_chunk_bytes / 4, readable (ASan checks the whole span); or packed,
+ *     bits 8..32, 1..max_chunk_bytes bytes, exactly plait_pack_bits_len of
+ *     n_words values, which plait_unpack_bits() takes (zero padding) into
+ *     values below 2^bits; offset + n_words <= total_elements <=
+ *     max_update_elements, chunk 0 iff offset 0; and encode(decode(x)) is a
+ *     fixed point.
  * Any violation calls abort(), which both libFuzzer and replay report.
  */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "plait/secagg.h"
 #include "plait/wire.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -53,13 +57,25 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (m.type != types[t]) abort();
         if (m.type == PLAIT_MSG_UPDATE_CHUNK) {
             const plait_msg_update_chunk_t *u = &m.u.update_chunk;
-            if (u->n_words < 1 || u->n_words > lim.max_chunk_bytes / 4) abort();
+            if ((u->words == NULL) == (u->packed == NULL)) abort();
+            if (u->words && (u->n_words < 1 || u->n_words > lim.max_chunk_bytes / 4)) abort();
+            if (u->packed) {
+                if (u->bits < 8 || u->bits > 32 || u->packed_len < 1 || u->packed_len > lim.max_chunk_bytes ||
+                    u->n_words < 1 || u->packed_len != plait_pack_bits_len(u->n_words, u->bits))
+                    abort();
+                uint32_t *v = malloc(u->n_words * sizeof(uint32_t));
+                if (!v) abort();
+                if (plait_unpack_bits(u->packed, u->packed_len, u->n_words, u->bits, v) != 0) abort();
+                for (size_t i = 0; i < u->n_words; i++)
+                    if (u->bits < 32 && (v[i] >> u->bits) != 0) abort();
+                free(v);
+            }
             if (u->total_elements > lim.max_update_elements || u->offset > u->total_elements ||
                 u->n_words > u->total_elements - u->offset)
                 abort();
             if ((u->chunk_index == 0) != (u->offset == 0)) abort();
             uint32_t acc = 0;
-            for (size_t i = 0; i < u->n_words; i++)
+            for (size_t i = 0; u->words && i < u->n_words; i++)
                 acc += u->words[i]; /* mod 2^32, as the aggregator sums */
             (void)acc;
         } else if (m.type == PLAIT_MSG_ADAPTER_CHUNK) {

@@ -300,6 +300,22 @@ START_TEST(test_federation_quantized_deltas)
     ck_assert_int_eq(it_stop(&d), 0);
     ck_assert_int_eq(it_log_count(&d, "no quantized download delta"), 0);
     check_downloads(&d, NA, 3, 0, 2, metrics);
+    /* the agents packed every update at quant_bits (16: half the words' bytes), as the tasks offered */
+    for (int i = 0; i < NA; i++) {
+        char path[700];
+        snprintf(path, sizeof(path), "%s/dev%d.log", d.dir, i);
+        char *log = (char *)tu_read_file(path, NULL);
+        ck_assert_ptr_nonnull(log);
+        int packed = 0;
+        for (const char *p = log; (p = strstr(p, " bytes, packed)")) != NULL; p++) packed++;
+        ck_assert_msg(packed >= 3, "dev%d: %d packed uploads", i, packed);
+        ck_assert_ptr_null(strstr(log, " bytes, words)"));
+        free(log);
+    }
+    ck_assert_int_eq(metric(metrics, "plait_update_bytes_total{form=\"words\"} "), 0);
+    long long pb = metric(metrics, "plait_update_bytes_total{form=\"packed\"} ");
+    ck_assert_int_gt(pb, 0);
+    ck_assert_int_eq(pb % 2, 0);
     free(metrics);
 }
 END_TEST

@@ -58,17 +58,27 @@ typedef struct {
     float value;
     int rc;
     plait_msg_task_t task;
+    uint64_t up; /* update frame bytes sent */
 } part_t;
 
 static void *part_main(void *arg)
 {
     part_t *p = arg;
-    p->rc = it_participate(p->d, p->id, p->value, &p->task);
+    p->rc = it_participate_ex(p->d, p->id, p->value, &p->task, &p->up);
     return NULL;
 }
 
 /* n devices dev<first>.. take part concurrently; returns how many were acked. */
+static int run_round_ex(const it_dep_t *d, int first, int n, float value, uint64_t *up, int *packed_tasks);
+
 static int run_round(const it_dep_t *d, int first, int n, float value)
+{
+    return run_round_ex(d, first, n, value, NULL, NULL);
+}
+
+/* As run_round; *up (if not NULL) gets the update frame bytes of all acked devices,
+ * *packed_tasks (if not NULL) how many of their tasks said packed_update. */
+static int run_round_ex(const it_dep_t *d, int first, int n, float value, uint64_t *up, int *packed_tasks)
 {
     pthread_t th[16];
     part_t p[16];
@@ -83,6 +93,8 @@ static int run_round(const it_dep_t *d, int first, int n, float value)
     for (int i = 0; i < n; i++) {
         pthread_join(th[i], NULL);
         if (p[i].rc == 0) ok++;
+        if (p[i].rc == 0 && up) *up += p[i].up;
+        if (p[i].rc == 0 && packed_tasks) *packed_tasks += p[i].task.packed_update;
     }
     return ok;
 }
@@ -192,6 +204,139 @@ START_TEST(test_round_commits)
     plait_lora_free(&l);
     plait_model_free(&mo);
     ck_assert_int_eq(it_cli("privacy", d.dir, NULL), 0);
+}
+END_TEST
+
+/* ---- packed updates ------------------------------------------------------------ */
+
+/* Round 2 of a packed deployment at 8 bits: a chunk packed at 16 bits is refused
+ * (wrong_shape, PLAIT_EMISMATCH), a chunk with both words and packed bytes (made by hand:
+ * the encoder refuses it) is refused at decode (PLAIT_EPROTO); the service keeps serving. */
+static void packed_refusals(it_dep_t *d)
+{
+    it_client_t *c = malloc(sizeof(*c));
+    plait_msg_task_t t;
+    ck_assert_int_eq(client_with_task(c, d, "dev3", &t), 0);
+    ck_assert_int_eq(t.packed_update, 1);
+    ck_assert_uint_eq(t.quant_bits, 8);
+    uint32_t *w = it_update_words(&t, 0.01f);
+    ck_assert_ptr_nonnull(w);
+    plait_msg_task_t t16 = t;
+    t16.quant_bits = 16; /* every 8-bit word fits in 16 bits: the sender packs it */
+    (void)it_upload_packed(c, &t16, w, (size_t)t.update_elements, NULL);
+    int code = 0;
+    ck_assert_int_eq(expect_type(c, PLAIT_MSG_ERROR, &code), 0);
+    ck_assert_int_eq(code, PLAIT_EMISMATCH);
+    it_client_close(c);
+    ck_assert(it_log_wait(d, "reason=wrong_shape", 5000));
+    free(w);
+
+    ck_assert_int_eq(client_with_task(c, d, "dev4", &t), 0);
+    uint8_t ch[64], fr[80];
+    size_t n = 0;
+    ch[n++] = 0x08, ch[n++] = (uint8_t)t.round_id; /* round ids here are < 128 */
+    ch[n++] = 0x10, ch[n++] = 0;
+    ch[n++] = 0x18, ch[n++] = 0;
+    ch[n++] = 0x20; /* total_elements, a varint */
+    for (uint64_t v = t.update_elements; ; v >>= 7) {
+        if (v < 0x80) {
+            ch[n++] = (uint8_t)v;
+            break;
+        }
+        ch[n++] = (uint8_t)(v | 0x80);
+    }
+    ch[n++] = 0x2a, ch[n++] = 4, ch[n++] = 1, ch[n++] = 0, ch[n++] = 0, ch[n++] = 0; /* words: 1 */
+    ch[n++] = 0x3a, ch[n++] = 1, ch[n++] = 1;                                     /* packed: 1 byte */
+    ch[n++] = 0x40, ch[n++] = 8, ch[n++] = 0x48, ch[n++] = 1;                       /* bits 8, count 1 */
+    size_t len = 0;
+    fr[6 + len++] = 0x32, fr[6 + len++] = (uint8_t)n; /* Envelope.update_chunk */
+    memcpy(fr + 6 + len, ch, n);
+    len += n;
+    uint32_t fl = (uint32_t)len + 2;
+    fr[0] = (uint8_t)(fl >> 24), fr[1] = (uint8_t)(fl >> 16), fr[2] = (uint8_t)(fl >> 8), fr[3] = (uint8_t)fl;
+    fr[4] = PLAIT_WIRE_VERSION, fr[5] = PLAIT_MSG_UPDATE_CHUNK;
+    ck_assert_int_eq(it_send_raw(c, fr, 6 + len), 0);
+    code = 0;
+    ck_assert_int_eq(expect_type(c, PLAIT_MSG_ERROR, &code), 0);
+    ck_assert_int_eq(code, PLAIT_EPROTO);
+    it_client_close(c);
+    free(c);
+    ck_assert(it_log_wait(d, "both words and packed", 5000));
+    /* the service still serves: its metrics answer */
+    char *mt = it_metrics(d);
+    ck_assert_ptr_nonnull(mt);
+    free(mt);
+}
+
+/* A plain round commits the same global adapter, bit for bit, whether the updates
+ * travel as 32-bit words (packed_updates = false: the tasks do not say packed_update,
+ * as from an aggregator that predates it) or packed at quant_bits, at 8 and 16 bits;
+ * and the packed update frames are about bits/32 of the words'. */
+START_TEST(test_packed_round)
+{
+    static const int bitss[2] = {8, 16};
+    plait_model_t mo;
+    memset(&mo, 0, sizeof(mo));
+    ck_assert_int_eq(plait_model_load(&mo, it_model()), 0);
+    for (int b = 0; b < 2; b++) {
+        plait_lora_t l[2];
+        uint64_t up[2] = {0, 0}, srv_bytes[2] = {0, 0};
+        for (int packed = 0; packed <= 1; packed++) {
+            it_dep_t d;
+            char tag[40], qb[32], pk[32];
+            snprintf(tag, sizeof(tag), "integ_packed%d_%d", bitss[b], packed);
+            snprintf(qb, sizeof(qb), "quant_bits=%d", bitss[b]);
+            snprintf(pk, sizeof(pk), "packed_updates=%s", packed ? "true" : "false");
+            ck_assert_int_eq(it_init(&d, tag, SETS, qb, pk, NULL), 0);
+            for (int i = 0; i < 5; i++) {
+                char id[32];
+                snprintf(id, sizeof(id), "dev%d", i);
+                ck_assert_int_eq(it_enroll(&d, id), 0);
+            }
+            ck_assert_int_eq(it_start(&d, NULL), 0);
+            int ptasks = 0;
+            ck_assert_int_eq(run_round_ex(&d, 0, 3, 0.01f, &up[packed], &ptasks), 3);
+            ck_assert_int_eq(ptasks, packed ? 3 : 0);
+            ck_assert(it_log_wait(&d, "round committed round=1 version=2", 10000));
+            ck_assert_int_eq(it_log_count(&d, "update accepted round=1"), 3);
+            /* the server counted the update bytes by form: 3 updates of update_elements values */
+            char *mt = it_metrics(&d);
+            ck_assert_ptr_nonnull(mt);
+            char want[160];
+            snprintf(want, sizeof(want), "plait_update_bytes_total{form=\"%s\"} 0\n", packed ? "words" : "packed");
+            ck_assert_msg(strstr(mt, want) != NULL, "%s", want);
+            snprintf(want, sizeof(want), "plait_update_bytes_total{form=\"%s\"} ", packed ? "packed" : "words");
+            const char *at = strstr(mt, want);
+            ck_assert_ptr_nonnull(at);
+            srv_bytes[packed] = strtoull(at + strlen(want), NULL, 10);
+            free(mt);
+            if (packed && b == 0) packed_refusals(&d);
+            finish(&d);
+            char out[700];
+            snprintf(out, sizeof(out), "%s/v2.safetensors", d.dir);
+            ck_assert_int_eq(it_cli("export", d.dir, "--version", "2", "--out", out, NULL), 0);
+            plait_lora_init(&l[packed]);
+            ck_assert_int_eq(plait_adapter_load(&l[packed], out, &mo, 0), 0);
+        }
+        ck_assert_uint_eq(l[0].n_params, l[1].n_params);
+        ck_assert_int_eq(memcmp(l[0].params, l[1].params, l[0].n_params * sizeof(float)), 0);
+        /* FedAvg lr 1 from B = 0: B = 0.01 within a few quantization steps */
+        double step = 2.0 / (double)((1u << bitss[b]) - 1);
+        for (size_t i = l[1].n_a; i < l[1].n_params; i++) ck_assert(fabs(l[1].params[i] - 0.01) < 4 * step);
+        /* bytes up: bits/32 of the words' frames, give or take the framing */
+        ck_assert_uint_gt(up[0], 0);
+        ck_assert_msg(up[1] * 32 < up[0] * (uint64_t)bitss[b] * 105 / 100, "packed %llu, words %llu bytes",
+                      (unsigned long long)up[1], (unsigned long long)up[0]);
+        ck_assert_msg(up[1] * 32 > up[0] * (uint64_t)bitss[b] * 95 / 100, "packed %llu, words %llu bytes",
+                      (unsigned long long)up[1], (unsigned long long)up[0]);
+        /* and the server's counters: 3 x 4 bytes a word as words, exactly 3 x bits/8 packed
+         * (8 and 16 bits: every chunk ends on a byte) */
+        ck_assert_uint_eq(srv_bytes[0] % 12, 0);
+        ck_assert_uint_eq(srv_bytes[1] * 32, srv_bytes[0] * (uint64_t)bitss[b]);
+        plait_lora_free(&l[0]);
+        plait_lora_free(&l[1]);
+    }
+    plait_model_free(&mo);
 }
 END_TEST
 
@@ -1314,6 +1459,7 @@ Suite *server_suite(void)
         const TTest *fn;
     } cases[] = {
         {"round_commits", test_round_commits},
+        {"packed_round", test_packed_round},
         {"tls_refusals", test_tls_refusals},
         {"tls_resumption", test_tls_resumption},
         {"bad_bytes", test_bad_bytes},

@@ -434,7 +434,31 @@ int it_upload(it_client_t *c, const plait_msg_task_t *t, const uint32_t *w, size
     return 0;
 }
 
+int it_upload_packed(it_client_t *c, const plait_msg_task_t *t, const uint32_t *w, size_t n_total, uint64_t *bytes)
+{
+    plait_wire_limits_t lim = c->lim;
+    if (t->max_chunk_bytes >= 4 && t->max_chunk_bytes < lim.max_chunk_bytes) lim.max_chunk_bytes = t->max_chunk_bytes;
+    uint8_t *buf = malloc(lim.max_chunk_bytes);
+    if (!buf) return PLAIT_ENOMEM;
+    plait_wire_xfer_t x;
+    plait_wire_xfer_init(&x, t->round_id, n_total, 0);
+    plait_msg_t m;
+    int rc;
+    while ((rc = plait_wire_update_tx_next_packed(&x, &lim, w, t->quant_bits, buf, lim.max_chunk_bytes, &m)) == 1) {
+        size_t len = 0;
+        if ((rc = plait_wire_encoded_size(&m, &c->lim, &len)) != 0 || (rc = it_send(c, &m)) != 0) break;
+        if (bytes) *bytes += len;
+    }
+    free(buf);
+    return rc;
+}
+
 int it_participate(const it_dep_t *d, const char *id, float value, plait_msg_task_t *task)
+{
+    return it_participate_ex(d, id, value, task, NULL);
+}
+
+int it_participate_ex(const it_dep_t *d, const char *id, float value, plait_msg_task_t *task, uint64_t *up_bytes)
 {
     it_client_t *c = malloc(sizeof(*c));
     if (!c) return PLAIT_ENOMEM;
@@ -463,7 +487,24 @@ int it_participate(const it_dep_t *d, const char *id, float value, plait_msg_tas
     if (rc == 0) rc = download(c, &t);
     uint32_t *w = rc == 0 ? it_update_words(&t, value) : NULL;
     if (rc == 0 && !w) rc = PLAIT_ENOMEM;
-    if (rc == 0) rc = it_upload(c, &t, w, (size_t)t.update_elements, (size_t)t.update_elements, 700);
+    if (rc == 0 && t.packed_update) { /* as the agent: packed at quant_bits when the aggregator reads it */
+        rc = it_upload_packed(c, &t, w, (size_t)t.update_elements, up_bytes);
+    } else if (rc == 0) {
+        rc = it_upload(c, &t, w, (size_t)t.update_elements, (size_t)t.update_elements, 700);
+        for (size_t off = 0; rc == 0 && up_bytes && off < t.update_elements; off += 700) {
+            plait_msg_t u; /* the frames it_upload sent, counted the same way */
+            plait_msg_init(&u, PLAIT_MSG_UPDATE_CHUNK);
+            u.u.update_chunk.round_id = t.round_id;
+            u.u.update_chunk.chunk_index = (uint32_t)(off / 700);
+            u.u.update_chunk.offset = off;
+            u.u.update_chunk.total_elements = t.update_elements;
+            u.u.update_chunk.words = w + off;
+            u.u.update_chunk.n_words = t.update_elements - off < 700 ? (size_t)(t.update_elements - off) : 700;
+            size_t len = 0;
+            rc = plait_wire_encoded_size(&u, &c->lim, &len);
+            *up_bytes += len;
+        }
+    }
     free(w);
     if (rc == 0) rc = it_recv(c, &m, 20000);
     if (rc == 0) {

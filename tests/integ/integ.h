@@ -80,6 +80,12 @@ int it_hello_caps(it_client_t *c, const it_dep_t *d, uint32_t caps);
  * weight 1), ack. Returns 0 when acked; task (if not NULL) gets the task.
  */
 int it_participate(const it_dep_t *d, const char *id, float value, plait_msg_task_t *task);
+/** As it_participate(); *up_bytes (if not NULL) grows by the update frames' bytes (before TLS). The
+ *  update goes packed at quant_bits when the task says packed_update, as the agent sends it. */
+int it_participate_ex(const it_dep_t *d, const char *id, float value, plait_msg_task_t *task, uint64_t *up_bytes);
+/** Send w[0, n_total) as packed UpdateChunks at t->quant_bits, within t->max_chunk_bytes; *bytes (if
+ *  not NULL) grows by the frames' bytes. \return 0 or the first error. */
+int it_upload_packed(it_client_t *c, const plait_msg_task_t *t, const uint32_t *w, size_t n_total, uint64_t *bytes);
 
 /** Upload words[0, upto) of an update of n_total words in chunks of chunk_words. */
 int it_upload(it_client_t *c, const plait_msg_task_t *t, const uint32_t *w, size_t n_total, size_t upto,

@@ -22,6 +22,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "plait/secagg.h"
 #include "plait/wire.h"
 #include "testutil.h"
 
@@ -406,7 +407,11 @@ static void assert_msg_eq(const plait_msg_t *a, const plait_msg_t *b)
         ck_assert_uint_eq(x->offset, y->offset);
         ck_assert_uint_eq(x->total_elements, y->total_elements);
         ck_assert_uint_eq(x->n_words, y->n_words);
-        ck_assert_mem_eq(x->words, y->words, x->n_words * 4);
+        ck_assert_int_eq(x->words == NULL, y->words == NULL);
+        if (x->words) ck_assert_mem_eq(x->words, y->words, x->n_words * 4);
+        ck_assert_uint_eq(x->bits, y->bits);
+        ck_assert_uint_eq(x->packed_len, y->packed_len);
+        if (x->packed) ck_assert_mem_eq(x->packed, y->packed, x->packed_len);
         break;
     }
     case PLAIT_MSG_ACK:
@@ -1986,6 +1991,246 @@ START_TEST(test_task_max_chunk_bytes)
 }
 END_TEST
 
+/* ---- packed update chunks (Task.packed_update) ------------------------------------ */
+
+/* The packed form round-trips at 8, 12, 16 and 32 bits: every chunk's bytes within
+ * max_chunk_bytes, the chunks cut at max_chunk_bytes * 8 / bits values, the words
+ * rebuilt exactly, and the frames a bits/32 fraction of the words form's. */
+START_TEST(test_packed_update_transfer)
+{
+    plait_wire_limits_t lim;
+    plait_wire_limits_default(&lim);
+    lim.max_chunk_bytes = 64;
+    lim.max_frame = 64 + PLAIT_WIRE_CHUNK_OVERHEAD;
+    lim.max_preauth_frame = lim.max_frame;
+    ck_assert_int_eq(plait_wire_limits_validate(&lim), 0);
+    const size_t total = 1001;
+    uint32_t *src = malloc(total * 4), *dst = malloc(total * 4);
+    uint8_t buf[64];
+    static const unsigned bitss[] = {8, 12, 16, 32};
+    for (size_t b = 0; b < sizeof(bitss) / sizeof(bitss[0]); b++) {
+        unsigned bits = bitss[b];
+        uint32_t mask = bits == 32 ? 0xffffffffu : (1u << bits) - 1;
+        for (size_t i = 0; i < total; i++)
+            src[i] = (uint32_t)(i * 2654435761u) & mask;
+        memset(dst, 0xa5, total * 4);
+        plait_wire_xfer_t tx, rx;
+        plait_wire_xfer_init(&tx, 42, total, 0);
+        plait_wire_xfer_init(&rx, 42, total, 0);
+        plait_msg_t m, d;
+        int rc, done = 0, chunks = 0;
+        size_t per = 64 * 8 / bits, frames = 0;
+        while ((rc = plait_wire_update_tx_next_packed(&tx, &lim, src, bits, buf, sizeof(buf), &m)) == 1) {
+            ck_assert_ptr_null(m.u.update_chunk.words);
+            ck_assert_uint_le(m.u.update_chunk.packed_len, 64);
+            size_t len = 0;
+            ck_assert_int_eq(plait_wire_encoded_size(&m, &lim, &len), 0);
+            frames += len;
+            over_the_wire(&m, &lim, &d);
+            assert_msg_eq(&m, &d);
+            ck_assert_uint_eq(d.u.update_chunk.n_words, total - (size_t)m.u.update_chunk.offset < per
+                                                             ? total - (size_t)m.u.update_chunk.offset
+                                                             : per);
+            rc = plait_wire_update_rx_add(&rx, &d.u.update_chunk, dst);
+            ck_assert_int_ge(rc, 0);
+            done = rc;
+            chunks++;
+            plait_msg_free(&d);
+        }
+        ck_assert_int_eq(rc, 0);
+        ck_assert_int_eq(done, 1);
+        ck_assert_int_eq(chunks, (int)((total + per - 1) / per));
+        ck_assert_mem_eq(src, dst, total * 4);
+        /* the same update as words: 16 words a chunk */
+        size_t wframes = 0;
+        plait_wire_xfer_init(&tx, 42, total, 0);
+        while ((rc = plait_wire_update_tx_next(&tx, &lim, src, &m)) == 1) {
+            size_t len = 0;
+            ck_assert_int_eq(plait_wire_encoded_size(&m, &lim, &len), 0);
+            wframes += len;
+        }
+        ck_assert_uint_le(frames * 32, wframes * bits + wframes * bits / 4); /* within 25% of bits/32 */
+    }
+    /* a word that does not fit in the bits is refused by the sender */
+    src[500] = 256;
+    plait_wire_xfer_t tx;
+    plait_msg_t m;
+    plait_wire_xfer_init(&tx, 42, total, 496);
+    ck_assert_int_eq(plait_wire_update_tx_next_packed(&tx, &lim, src, 8, buf, sizeof(buf), &m), PLAIT_EINVAL);
+    plait_wire_xfer_init(&tx, 42, total, 0);
+    ck_assert_int_eq(plait_wire_update_tx_next_packed(&tx, &lim, src, 7, buf, sizeof(buf), &m), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_wire_update_tx_next_packed(&tx, &lim, src, 33, buf, sizeof(buf), &m), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_wire_update_tx_next_packed(&tx, &lim, src, 8, buf, 63, &m), PLAIT_ETOOBIG);
+    ck_assert_int_eq(plait_wire_update_tx_next_packed(&tx, &lim, src, 8, NULL, 64, &m), PLAIT_EINVAL);
+    free(src);
+    free(dst);
+}
+END_TEST
+
+static void pb_packed_chunk(pbw_t *w, uint64_t off, uint64_t total, const uint8_t *p, size_t n, int bits,
+                            int count)
+{
+    w->n = 0;
+    pb_u(w, 1, 9);
+    pb_u(w, 2, off ? 1 : 0);
+    pb_u(w, 3, off);
+    pb_u(w, 4, total);
+    if (p) pb_bytes(w, 7, p, n);
+    if (bits >= 0) pb_u(w, 8, (uint64_t)bits);
+    if (count >= 0) pb_u(w, 9, (uint64_t)count);
+}
+
+/* Hostile packed chunks: both forms, neither, a length that is not
+ * plait_pack_bits_len(count, bits), nonzero padding, bits outside 8..32,
+ * a count of 0 or past total_elements or above what max_chunk_bytes holds,
+ * bits or count missing: each refused naming the field. */
+START_TEST(test_decode_packed_chunk)
+{
+    pbw_t w;
+    plait_msg_t m;
+    uint32_t v[7] = {0xfff, 1, 2, 3, 0x800, 5, 6};
+    uint8_t p[16];
+    ck_assert_int_eq(plait_pack_bits(v, 7, 12, p, sizeof(p)), 0); /* 11 bytes, 4 padding bits */
+
+    pb_packed_chunk(&w, 0, 7, p, 11, 12, 7);
+    ck_assert_int_eq(parse_pb(PLAIT_MSG_UPDATE_CHUNK, &w, &m), 0);
+    ck_assert_ptr_null(m.u.update_chunk.words);
+    ck_assert_uint_eq(m.u.update_chunk.n_words, 7);
+    ck_assert_uint_eq(m.u.update_chunk.bits, 12);
+    ck_assert_uint_eq(m.u.update_chunk.packed_len, 11);
+    uint32_t back[7];
+    ck_assert_int_eq(plait_unpack_bits(m.u.update_chunk.packed, 11, 7, 12, back), 0);
+    ck_assert_mem_eq(back, v, sizeof(v));
+    plait_msg_free(&m);
+
+    /* both forms */
+    pb_packed_chunk(&w, 0, 9, p, 11, 12, 7);
+    pb_fixed32(&w, 5, 1);
+    EXPECT_FIELD_ERR(parse_pb(PLAIT_MSG_UPDATE_CHUNK, &w, &m), "update_chunk");
+    /* neither */
+    pb_packed_chunk(&w, 0, 7, NULL, 0, -1, -1);
+    EXPECT_FIELD_ERR(parse_pb(PLAIT_MSG_UPDATE_CHUNK, &w, &m), "update_chunk.words");
+    /* bits or count without packed bytes, or packed without them */
+    pb_packed_chunk(&w, 0, 7, NULL, 0, 12, 7);
+    EXPECT_FIELD_ERR(parse_pb(PLAIT_MSG_UPDATE_CHUNK, &w, &m), "update_chunk.words");
+    pb_packed_chunk(&w, 0, 7, p, 11, -1, 7);
+    EXPECT_FIELD_ERR(parse_pb(PLAIT_MSG_UPDATE_CHUNK, &w, &m), "update_chunk.bits");
+    pb_packed_chunk(&w, 0, 7, p, 11, 12, -1);
+    EXPECT_FIELD_ERR(parse_pb(PLAIT_MSG_UPDATE_CHUNK, &w, &m), "update_chunk.count");
+    pb_packed_chunk(&w, 0, 7, p, 0, 12, 7);
+    EXPECT_FIELD_ERR(parse_pb(PLAIT_MSG_UPDATE_CHUNK, &w, &m), "update_chunk.packed");
+    /* lengths */
+    pb_packed_chunk(&w, 0, 7, p, 10, 12, 7);
+    EXPECT_FIELD_ERR(parse_pb(PLAIT_MSG_UPDATE_CHUNK, &w, &m), "update_chunk.packed");
+    pb_packed_chunk(&w, 0, 7, p, 12, 12, 7);
+    EXPECT_FIELD_ERR(parse_pb(PLAIT_MSG_UPDATE_CHUNK, &w, &m), "update_chunk.packed");
+    pb_packed_chunk(&w, 0, 8, p, 11, 12, 8); /* 8 x 12 bits = 12 bytes */
+    EXPECT_FIELD_ERR(parse_pb(PLAIT_MSG_UPDATE_CHUNK, &w, &m), "update_chunk.packed");
+    pb_packed_chunk(&w, 0, 7, p, 11, 11, 7); /* 77 bits = 10 bytes */
+    EXPECT_FIELD_ERR(parse_pb(PLAIT_MSG_UPDATE_CHUNK, &w, &m), "update_chunk.packed");
+    /* nonzero padding: one encoding per chunk */
+    uint8_t q[16];
+    memcpy(q, p, 11);
+    q[10] |= 0x10;
+    pb_packed_chunk(&w, 0, 7, q, 11, 12, 7);
+    EXPECT_FIELD_ERR(parse_pb(PLAIT_MSG_UPDATE_CHUNK, &w, &m), "update_chunk.packed");
+    /* bits outside 8..32, a count of 0, past the total */
+    pb_packed_chunk(&w, 0, 7, p, 7, 7, 8);
+    EXPECT_FIELD_ERR(parse_pb(PLAIT_MSG_UPDATE_CHUNK, &w, &m), "update_chunk.bits");
+    pb_packed_chunk(&w, 0, 7, p, 11, 33, 2);
+    EXPECT_FIELD_ERR(parse_pb(PLAIT_MSG_UPDATE_CHUNK, &w, &m), "update_chunk.bits");
+    pb_packed_chunk(&w, 0, 7, p, 1, 12, 0);
+    EXPECT_FIELD_ERR(parse_pb(PLAIT_MSG_UPDATE_CHUNK, &w, &m), "update_chunk.count");
+    pb_packed_chunk(&w, 0, 6, p, 11, 12, 7);
+    EXPECT_FIELD_ERR(parse_pb(PLAIT_MSG_UPDATE_CHUNK, &w, &m), "update_chunk.offset");
+    pb_packed_chunk(&w, 3, 9, p, 11, 12, 7);
+    EXPECT_FIELD_ERR(parse_pb(PLAIT_MSG_UPDATE_CHUNK, &w, &m), "update_chunk.offset");
+    pb_packed_chunk(&w, 0, (uint64_t)1 << 40, p, 11, 12, 7);
+    EXPECT_FIELD_ERR(parse_pb(PLAIT_MSG_UPDATE_CHUNK, &w, &m), "update_chunk.total_elements");
+    /* more values than max_chunk_bytes holds at these bits (count 2^32 - 1, far beyond the bytes) */
+    pb_packed_chunk(&w, 0, (uint64_t)1 << 26, p, 11, 12, -1);
+    pb_u(&w, 9, 0xffffffffu);
+    EXPECT_FIELD_ERR(parse_pb(PLAIT_MSG_UPDATE_CHUNK, &w, &m), "update_chunk.count");
+
+    /* the encoder refuses the same */
+    uint8_t out[512];
+    size_t n = 0;
+    plait_msg_init(&m, PLAIT_MSG_UPDATE_CHUNK);
+    plait_msg_update_chunk_t *u = &m.u.update_chunk;
+    u->round_id = 9, u->total_elements = 7, u->n_words = 7, u->packed = p, u->packed_len = 11, u->bits = 12;
+    ck_assert_int_eq(plait_wire_encode(&m, NULL, out, sizeof(out), &n), 0);
+    u->words = v;
+    EXPECT_FIELD_ERR(plait_wire_encode(&m, NULL, out, sizeof(out), &n), "update_chunk");
+    u->words = NULL, u->packed_len = 10;
+    EXPECT_FIELD_ERR(plait_wire_encode(&m, NULL, out, sizeof(out), &n), "update_chunk.packed");
+    u->packed_len = 11, u->packed = q;
+    EXPECT_FIELD_ERR(plait_wire_encode(&m, NULL, out, sizeof(out), &n), "update_chunk.packed");
+    u->packed = p, u->bits = 40;
+    EXPECT_FIELD_ERR(plait_wire_encode(&m, NULL, out, sizeof(out), &n), "update_chunk.bits");
+
+    /* the wire_update corpus entries decode as their names say */
+    static const struct {
+        const char *name;
+        int ok;
+    } seeds[] = {
+        {"valid_packed_8bit_first", 1}, {"valid_packed_12bit_next", 1}, {"valid_packed_32bit", 1},
+        {"bad_packed_and_words", 0},    {"bad_packed_len", 0},          {"bad_packed_padding", 0},
+        {"bad_packed_bits7", 0},        {"bad_packed_no_count", 0},     {"bad_packed_past_total", 0},
+    };
+    char *dir = tu_path(PLAIT_TEST_SOURCE_DIR "/fuzz/corpus", "wire_update");
+    for (size_t i = 0; i < sizeof(seeds) / sizeof(seeds[0]); i++) {
+        char *path = tu_path(dir, seeds[i].name);
+        size_t len = 0;
+        uint8_t *b = tu_read_file(path, &len);
+        ck_assert_msg(b != NULL, "%s missing", path);
+        plait_frame_t f = {PLAIT_WIRE_VERSION, PLAIT_MSG_UPDATE_CHUNK, b, len, len + PLAIT_FRAME_HEADER};
+        int rc = plait_wire_decode(&f, NULL, &m);
+        ck_assert_msg(seeds[i].ok ? rc == 0 : rc == PLAIT_EPROTO, "%s: %s", seeds[i].name, plait_err_name(rc));
+        if (rc == 0) {
+            ck_assert_ptr_nonnull(m.u.update_chunk.packed);
+            plait_msg_free(&m);
+        }
+        free(b);
+        free(path);
+    }
+    free(dir);
+}
+END_TEST
+
+/* Task.packed_update: absent when off (an old device sees the same task), round-trips when
+ * on, and is refused in a secure task (masked input is packed in its own messages). */
+START_TEST(test_task_packed_update)
+{
+    for (int on = 0; on <= 1; on++) {
+        plait_msg_t m, d;
+        sample(2, &m);
+        m.u.task.secure_agg = 0, m.u.task.has_secagg = 0; /* a plain round */
+        m.u.task.packed_update = on;
+        uint8_t *buf = NULL;
+        size_t len = 0, used = 0, len0 = 0;
+        ck_assert_int_eq(plait_wire_encode_alloc(&m, NULL, &buf, &len), 0);
+        ck_assert_int_eq(plait_wire_parse(buf, len, NULL, 0, &d, &used), 0);
+        ck_assert_int_eq(d.u.task.packed_update, on);
+        plait_msg_free(&d);
+        free(buf);
+        m.u.task.packed_update = 0;
+        ck_assert_int_eq(plait_wire_encoded_size(&m, NULL, &len0), 0);
+        ck_assert_uint_eq(len, len0 + (on ? 3 : 0)); /* tag 26 (2 bytes) + 1 */
+    }
+    plait_msg_t m;
+    uint8_t out[4096];
+    size_t n = 0;
+    sample(2, &m);
+    ck_assert_int_eq(m.u.task.secure_agg, 1);
+    m.u.task.packed_update = 1;
+    EXPECT_FIELD_ERR(plait_wire_encode(&m, NULL, out, sizeof(out), &n), "task.packed_update");
+    sample(2, &m);
+    m.u.task.secure_agg = 0, m.u.task.has_secagg = 0;
+    m.u.task.packed_update = 2;
+    EXPECT_FIELD_ERR(plait_wire_encode(&m, NULL, out, sizeof(out), &n), "task.packed_update");
+}
+END_TEST
+
 /* ---- fuzz seeds ------------------------------------------------------------- */
 
 /* Seeds written by this test (PLAIT_WIRE_WRITE_CORPUS=1) into
@@ -2123,6 +2368,9 @@ Suite *wire_suite(void)
     tcase_add_test(tc, test_update_transfer);
     tcase_add_test(tc, test_adapter_transfer);
     tcase_add_test(tc, test_masked_transfer);
+    tcase_add_test(tc, test_packed_update_transfer);
+    tcase_add_test(tc, test_decode_packed_chunk);
+    tcase_add_test(tc, test_task_packed_update);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("encode");
