@@ -392,7 +392,9 @@ static int cmp_held(const void *a, const void *b)
 /* Scratch for robust reconstruction of one device's secret from its revealed shares. */
 typedef struct {
     size_t *ord;                           /* indices into the owner's shares: trusted holders first */
-    uint32_t *xs, *all_x, *deck;           /* t chosen x; every share's x; a shuffle deck */
+    uint32_t *xs, *all_x, *deck;           /* t chosen x; the x of the shares outside them; a shuffle deck */
+    size_t *out_idx;                       /* which shares those are */
+    uint8_t *insub;                        /* 1 for the shares in the chosen subset */
     uint8_t (*sh)[PLAIT_SECAGG_SHARE_LEN]; /* t chosen shares */
     uint8_t (*ev)[PLAIT_SECAGG_SHARE_LEN]; /* the candidate polynomial at every share's x */
 } rec_t;
@@ -431,7 +433,6 @@ static int reconstruct(plait_secagg_server_t *s, uint32_t u, const held_t *h, si
         if (!bad[h[i].x]) w->ord[c++] = i;
     for (size_t i = 0; i < ns; i++)
         if (bad[h[i].x]) w->ord[c++] = i;
-    for (size_t i = 0; i < ns; i++) w->all_x[i] = h[i].x;
     int sk = s->st[u] == DEV_SHARED;
     size_t need = ns == t ? t : (ns + t + 1) / 2 > t + 1 ? (ns + t + 1) / 2 : t + 1;
     size_t tries = choose_sat(ns, t, PLAIT_SECAGG_MAX_SUBSETS);
@@ -452,8 +453,10 @@ static int reconstruct(plait_secagg_server_t *s, uint32_t u, const held_t *h, si
             }
         }
         /* w->xs holds share indices: turn them into x values and shares */
+        memset(w->insub, 0, ns);
         for (size_t i = 0; i < t; i++) {
             size_t hi = w->xs[i];
+            w->insub[hi] = 1;
             memcpy(w->sh[i], h[hi].share, PLAIT_SECAGG_SHARE_LEN);
             w->xs[i] = h[hi].x;
         }
@@ -469,18 +472,25 @@ static int reconstruct(plait_secagg_server_t *s, uint32_t u, const held_t *h, si
         } else {
             ok = 1;
         }
-        /* Where each share should be on this polynomial; count those that are. */
-        size_t agree = 0;
+        /* Where each other share should be on this polynomial (the t chosen ones
+         * are on it by construction); count those that are. */
+        size_t agree = t, no = 0;
         if (ok && ns > t) {
-            if (plait__shamir_eval(w->xs, (const uint8_t(*)[PLAIT_SECAGG_SHARE_LEN])w->sh, t, w->all_x, ns, w->ev) != 0)
+            for (size_t i = 0; i < ns; i++)
+                if (!w->insub[i]) {
+                    w->out_idx[no] = i;
+                    w->all_x[no++] = h[i].x;
+                }
+            if (plait__shamir_eval(w->xs, (const uint8_t(*)[PLAIT_SECAGG_SHARE_LEN])w->sh, t, w->all_x, no, w->ev) != 0)
                 ok = 0;
-            for (size_t i = 0; i < ns && ok; i++)
-                agree += plait_ct_memcmp(w->ev[i], h[i].share, PLAIT_SECAGG_SHARE_LEN) == 0;
+            for (size_t j = 0; j < no && ok; j++)
+                agree += plait_ct_memcmp(w->ev[j], h[w->out_idx[j]].share, PLAIT_SECAGG_SHARE_LEN) == 0;
             if (!sk && !s->has_commit[u] && agree < need) ok = 0;
-            for (size_t i = 0; i < ns && ok; i++)
-                if (plait_ct_memcmp(w->ev[i], h[i].share, PLAIT_SECAGG_SHARE_LEN) != 0) {
-                    if (!bad[h[i].x]) s->n_bad_holders++;
-                    bad[h[i].x] = 1;
+            for (size_t j = 0; j < no && ok; j++)
+                if (plait_ct_memcmp(w->ev[j], h[w->out_idx[j]].share, PLAIT_SECAGG_SHARE_LEN) != 0) {
+                    uint32_t x = h[w->out_idx[j]].x;
+                    if (!bad[x]) s->n_bad_holders++;
+                    bad[x] = 1;
                 }
         }
         if (ok) return 0;
@@ -507,12 +517,14 @@ int plait_secagg_server_finish(plait_secagg_server_t *s, uint32_t *sum, size_t l
     w.xs = malloc(kk * sizeof(uint32_t));
     w.all_x = malloc(kk * sizeof(uint32_t));
     w.deck = malloc(kk * sizeof(uint32_t));
+    w.out_idx = malloc(kk * sizeof(size_t));
+    w.insub = malloc(kk);
     w.sh = malloc(kk * PLAIT_SECAGG_SHARE_LEN);
     w.ev = malloc(kk * PLAIT_SECAGG_SHARE_LEN);
     uint8_t *bad = calloc((size_t)n + 1, 1);
     uint32_t *acc = malloc(len * sizeof(uint32_t));
     int ret = 0;
-    if (!first || !cnt || !w.ord || !w.xs || !w.all_x || !w.deck || !w.sh || !w.ev || !bad || !acc) {
+    if (!first || !cnt || !w.ord || !w.xs || !w.all_x || !w.deck || !w.out_idx || !w.insub || !w.sh || !w.ev || !bad || !acc) {
         ret = plait_fail(PLAIT_ENOMEM, "secagg: unmask scratch");
         goto exit;
     }
@@ -572,6 +584,8 @@ exit:
     free(w.xs);
     free(w.all_x);
     free(w.deck);
+    free(w.out_idx);
+    free(w.insub);
     free(w.sh);
     free(w.ev);
     free(bad);

@@ -167,9 +167,11 @@ int plait__shamir_eval(const uint32_t *xs, const uint8_t (*shares)[PLAIT_SECAGG_
     }
     /* w_i = 1 / prod_{j != i} (x_i - x_j), once; then each point costs O(t) with
      * prefix and suffix products of (x - x_j). */
-    uint64_t *w = malloc(3 * t * sizeof(uint64_t));
+    uint64_t *w = malloc((3 + LIMBS) * t * sizeof(uint64_t));
     if (w == NULL) return plait_fail(PLAIT_ENOMEM, "shamir: %zu weights", t);
-    uint64_t *pre = w + t, *suf = w + 2 * t;
+    uint64_t *pre = w + t, *suf = w + 2 * t, *y = w + 3 * t; /* y[i·LIMBS + l]: share i, limb l */
+    for (size_t i = 0; i < t; i++)
+        for (size_t l = 0; l < LIMBS; l++) y[i * LIMBS + l] = get_le(shares[i] + 8 * l, 8);
     for (size_t i = 0; i < t; i++) {
         uint64_t den = 1;
         for (size_t j = 0; j < t; j++)
@@ -182,11 +184,12 @@ int plait__shamir_eval(const uint32_t *xs, const uint8_t (*shares)[PLAIT_SECAGG_
         for (size_t i = t; i-- > 0;) suf[i] = i == t - 1 ? 1 : fmul(suf[i + 1], fsub(x, xs[i + 1]));
         for (size_t i = 0; i < t; i++) {
             uint64_t li = fmul(fmul(pre[i], suf[i]), w[i]);
-            for (size_t l = 0; l < LIMBS; l++) acc[l] = fadd(acc[l], fmul(li, get_le(shares[i] + 8 * l, 8)));
+            for (size_t l = 0; l < LIMBS; l++) acc[l] = fadd(acc[l], fmul(li, y[i * LIMBS + l]));
         }
         for (size_t l = 0; l < LIMBS; l++) put_le(out[a] + 8 * l, acc[l], 8);
         plait_zeroize(acc, sizeof(acc));
     }
+    plait_zeroize(w, (3 + LIMBS) * t * sizeof(uint64_t));
     free(w);
     return 0;
 }
