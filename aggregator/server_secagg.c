@@ -190,6 +190,8 @@ static int on_advertise(plait__sa_t *sa, member_t *mb, uint32_t idx, const uint8
     adv.idx = idx;
     memcpy(adv.c_pk, a->mask_pk, PLAIT_SECAGG_KEY_LEN);
     memcpy(adv.s_pk, a->enc_pk, PLAIT_SECAGG_KEY_LEN);
+    adv.has_b_commit = a->has_b_commit;
+    memcpy(adv.b_commit, a->b_commit, PLAIT_SECAGG_KEY_LEN);
     if (a->sig_len > PLAIT_SECAGG_SIG_MAX)
         return plait_fail(PLAIT_EPROTO, "secagg_advertise.signature: %zu bytes above %d", a->sig_len,
                           PLAIT_SECAGG_SIG_MAX);
@@ -405,6 +407,8 @@ static void send_rosters(plait__sa_t *sa)
             peers[np].cert_len = o->cert_len;
             memcpy(peers[np].mask_pk, o->adv.c_pk, 32);
             memcpy(peers[np].enc_pk, o->adv.s_pk, 32);
+            peers[np].has_b_commit = o->adv.has_b_commit;
+            memcpy(peers[np].b_commit, o->adv.b_commit, 32);
             peers[np].signature = o->adv.sig;
             peers[np].sig_len = o->adv.sig_len;
             np++;
@@ -551,8 +555,13 @@ static void finish(plait__sa_t *sa)
     }
     size_t n_masked = 0;
     plait_secagg_server_counts(sa->srv, NULL, NULL, &n_masked);
-    PLAIT_LOG(PLAIT_LOG_INFO, "secagg round=%llu: unmasked the sum of %zu masked inputs",
-              (unsigned long long)sa->cfg.round_id, n_masked);
+    size_t n_bad = plait_secagg_server_inconsistent(sa->srv);
+    if (n_bad == 0)
+        PLAIT_LOG(PLAIT_LOG_INFO, "secagg round=%llu: unmasked the sum of %zu masked inputs",
+                  (unsigned long long)sa->cfg.round_id, n_masked);
+    else /* a count only: which device is not logged */
+        PLAIT_LOG(PLAIT_LOG_WARN, "secagg round=%llu: unmasked the sum of %zu masked inputs (%zu devices revealed "
+                  "inconsistent shares: outvoted)", (unsigned long long)sa->cfg.round_id, n_masked, n_bad);
     sa->result = PLAIT__SA_DONE;
 }
 

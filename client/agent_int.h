@@ -330,8 +330,9 @@ int plait__agent_sa_policy(const plait_agent_config_t *cfg, const plait_msg_task
  *        advertise the round keys, check the neighbours' keys in the roster,
  *        send the shares, take the relayed shares. Waits (with keepalive pings)
  *        until deadline_ms.
- * \return 0 (*out to pass to finish and free); PLAIT_EAUTH (a neighbour's keys
- *         or a share do not verify), PLAIT_ETHRESHOLD (too few neighbours),
+ * \return 0 (*out to pass to finish and free; a relayed share that does not
+ *         open is dropped and logged, and the device goes on); PLAIT_EAUTH (a
+ *         neighbour's keys do not verify), PLAIT_ETHRESHOLD (too few neighbours),
  *         PLAIT_EPROTO, connection errors.
  */
 int plait__agent_sa_begin(const plait__agent_sa_env_t *env, const plait_msg_task_t *t, uint64_t deadline_ms,

@@ -9,9 +9,10 @@
  *          ──> Ack ──> unmask request ──> opened shares (or a refusal)
  *
  * The cryptography is include/plait/secagg.h; this file moves its structs
- * through wire.h messages and decides when to stop: a neighbour key or share
- * that does not verify ends the round for this device before anything masked
- * leaves it, and an unmask request naming one device both as survivor and as
+ * through wire.h messages and decides when to stop: a neighbour key that does
+ * not verify ends the round for this device before anything masked leaves it;
+ * a relayed share that does not open costs only that neighbour's shares (the
+ * device masks with it and stays), and an unmask request naming one device both as survivor and as
  * dropout is refused (the library refuses; this file logs the refusal, without
  * any secret, and tells the aggregator).
  *
@@ -33,6 +34,16 @@
 #include "plait/ddg.h"
 #include "plait/log.h"
 #include "plait/secagg.h"
+
+/* TEST HOOK, for the hostile-device tests only (tests/integ/check_federation.c):
+ * PLAIT_TEST_SECAGG_HOSTILE containing "share" makes this device seal garbage
+ * for its lowest-index neighbour; containing "reveal" makes it reveal a wrong
+ * share (one bit flipped) of every other device. Unset, nothing changes. */
+static int test_hostile(const char *what)
+{
+    const char *e = getenv("PLAIT_TEST_SECAGG_HOSTILE");
+    return e != NULL && strstr(e, what) != NULL;
+}
 
 struct plait__agent_sa_s {
     plait_secagg_round_t r;
@@ -181,6 +192,8 @@ int plait__agent_sa_begin(const plait__agent_sa_env_t *env, const plait_msg_task
     memcpy(m.u.secagg_advertise.enc_pk, adv.s_pk, 32);
     m.u.secagg_advertise.signature = adv.sig;
     m.u.secagg_advertise.sig_len = adv.sig_len;
+    m.u.secagg_advertise.has_b_commit = adv.has_b_commit;
+    memcpy(m.u.secagg_advertise.b_commit, adv.b_commit, 32);
     m.u.secagg_advertise.cert = (const uint8_t *)env->cert_pem;
     m.u.secagg_advertise.cert_len = strlen(env->cert_pem);
     if ((rc = env->send(env->conn, &m)) != 0) goto fail;
@@ -200,6 +213,8 @@ int plait__agent_sa_begin(const plait__agent_sa_env_t *env, const plait_msg_task
         a.idx = q->index;
         memcpy(a.c_pk, q->mask_pk, 32);
         memcpy(a.s_pk, q->enc_pk, 32);
+        a.has_b_commit = q->has_b_commit;
+        memcpy(a.b_commit, q->b_commit, 32);
         if (q->sig_len > sizeof(a.sig)) {
             rc = plait_fail(PLAIT_EPROTO, "secagg_roster: signature of %zu bytes", q->sig_len);
             goto fail;
@@ -227,6 +242,7 @@ int plait__agent_sa_begin(const plait__agent_sa_env_t *env, const plait_msg_task
     }
     if ((rc = plait_secagg_device_shares(sa->d, env->drbg, cts, k, &n_ct)) != 0) goto fail;
     qsort(cts, n_ct, sizeof(*cts), cmp_ct);
+    if (n_ct > 0 && test_hostile("share")) cts[0].ct[20] ^= 0x5A; /* TEST HOOK (above) */
     for (size_t i = 0; i < n_ct; i++) {
         sh[i].peer = cts[i].to;
         sh[i].data = cts[i].ct;
@@ -238,13 +254,15 @@ int plait__agent_sa_begin(const plait__agent_sa_env_t *env, const plait_msg_task
     m.u.secagg_shares.n_shares = n_ct;
     if ((rc = env->send(env->conn, &m)) != 0) goto fail;
 
-    /* the shares addressed to this device: each must decrypt, or no masked input is sent */
+    /* the shares addressed to this device: one that does not open costs only that
+     * neighbour's shares (this device masks with it anyway, as the aggregator expects) */
     if ((rc = wait_for(env, t->round_id, PLAIT_MSG_SECAGG_RELAY, deadline, &m)) != 0) goto fail;
     if (m.u.secagg_shares.round_id != t->round_id) {
         rc = plait_fail(PLAIT_ESTALE, "secagg_relay for round %llu in round %llu",
                         (unsigned long long)m.u.secagg_shares.round_id, (unsigned long long)t->round_id);
         goto fail;
     }
+    size_t n_bad = 0; /* relayed shares that did not open */
     for (size_t i = 0; i < m.u.secagg_shares.n_shares; i++) {
         const plait_secagg_share_t *s = &m.u.secagg_shares.shares[i];
         plait_secagg_ct_t c;
@@ -255,8 +273,18 @@ int plait__agent_sa_begin(const plait__agent_sa_env_t *env, const plait_msg_task
         c.from = s->peer;
         c.to = sa->self;
         memcpy(c.ct, s->data, PLAIT_SECAGG_CT_LEN);
-        if ((rc = plait_secagg_device_recv_share(sa->d, &c)) != 0) {
-            PLAIT_LOG(PLAIT_LOG_WARN, "agent %s: round %llu: the share from neighbour %u does not open (%s): "
+        if ((rc = plait_secagg_device_recv_share(sa->d, &c)) == PLAIT_EAUTH) {
+            /* A hostile or broken neighbour: drop its share, stay in the round. Logged on
+             * this device only; nothing about it goes to the aggregator. */
+            PLAIT_LOG(PLAIT_LOG_WARN, "agent %s: round %llu: the share from neighbour %u does not open: dropped "
+                      "(this device cannot help recover that neighbour)", env->device_id,
+                      (unsigned long long)t->round_id, s->peer);
+            n_bad++;
+            rc = 0;
+            continue;
+        }
+        if (rc != 0) {
+            PLAIT_LOG(PLAIT_LOG_WARN, "agent %s: round %llu: the relayed share from %u is refused (%s): "
                       "leaving the round", env->device_id, (unsigned long long)t->round_id, s->peer,
                       plait_err_name(rc));
             rc = plait_fail(rc == PLAIT_EINVAL ? PLAIT_EPROTO : rc, "secagg_relay: share from %u: %s", s->peer,
@@ -265,8 +293,8 @@ int plait__agent_sa_begin(const plait__agent_sa_env_t *env, const plait_msg_task
         }
     }
     PLAIT_LOG(PLAIT_LOG_INFO, "agent %s: round %llu: secure aggregation index %u: %zu neighbours' keys checked, "
-              "%zu shares received", env->device_id, (unsigned long long)t->round_id, sa->self, n_peers,
-              m.u.secagg_shares.n_shares);
+              "%zu shares received, %zu dropped", env->device_id, (unsigned long long)t->round_id, sa->self, n_peers,
+              m.u.secagg_shares.n_shares - n_bad, n_bad);
     plait_msg_free(&m);
     if (cts) plait_zeroize(cts, k * sizeof(*cts));
     free(cts);
@@ -378,6 +406,8 @@ int plait__agent_sa_finish(plait__agent_sa_t *sa, const plait__agent_sa_env_t *e
     }
     if (rc != 0) goto out;
     plait_msg_free(&m);
+    for (size_t i = 0; i < n_rev && test_hostile("reveal"); i++) /* TEST HOOK (above) */
+        if (rev[i].owner != sa->self) rev[i].share[3] ^= 0x10;
     qsort(rev, n_rev, sizeof(*rev), cmp_rev);
     size_t nb = 0, nk = 0;
     for (size_t i = 0; i < n_rev; i++)

@@ -50,6 +50,17 @@ int plait__secagg_x25519_public(const uint8_t sk[32], uint8_t pk[32]);
 /* Position of v in u's sorted neighbour row, or -1. */
 long plait__secagg_nbr_pos(const plait_secagg_round_t *r, uint32_t u, uint32_t v);
 
+/* Evaluate, at each of the n_at points at[] (nonzero), the polynomial of
+ * degree < t through t shares at distinct nonzero xs (shamir.c): out[a] is the
+ * share a holder at at[a] should have. 0; PLAIT_EINVAL, PLAIT_ENOMEM,
+ * PLAIT_EAUTH (a share value outside the field). */
+int plait__shamir_eval(const uint32_t *xs, const uint8_t (*shares)[PLAIT_SECAGG_SHARE_LEN], size_t t,
+                       const uint32_t *at, size_t n_at, uint8_t (*out)[PLAIT_SECAGG_SHARE_LEN]);
+
+/* The advert's commitment to the self-mask seed b of device idx:
+ * SHA-256("plait-secagg-bcommit-v1" || round context || idx (BE32) || b). */
+void plait__secagg_b_commit(const plait_secagg_round_t *r, uint32_t idx, const uint8_t b[32], uint8_t out[32]);
+
 /* HKDF with the domain as salt and info = label || ctx || a || b (big endian). */
 int plait__secagg_derive(const plait_secagg_round_t *r, const char *label, const uint8_t ikm[32], uint32_t a,
                          uint32_t b, uint8_t out[32]);
@@ -60,6 +71,7 @@ enum { ST_KEYS = 0, ST_SHARED, ST_MASKED, ST_DONE };
 
 typedef struct {
     int accepted, received, has_sz;
+    int relayed; /* a share message from this peer was relayed (opened or not): we mask with it */
     uint8_t c_pk[32], s_pk[32];
     uint8_t sz[32];                           /* X25519(s_sk, s_pk): both directions' share keys come from it */
     uint8_t sk_share[PLAIT_SECAGG_SHARE_LEN]; /* neighbour's c_sk share held by us */

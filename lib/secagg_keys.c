@@ -1,12 +1,14 @@
 /*
  * secagg_keys.c: SecAgg+ key agreement and share encryption. The device
  * makes its two X25519 key pairs (c: masks, s: share encryption) and its
- * self-mask seed b, signs an advert of its public keys with its device
+ * self-mask seed b, signs an advert of its public keys and a commitment to b
+ * (advert v2; v1 adverts without it still verify) with its device
  * certificate's key, accepts its neighbours' verified adverts, splits c_sk
  * and b into Shamir shares (threshold t) and seals each neighbour's shares
  * with ChaCha20-Poly1305 under a key derived from the s-pair secret, bound to
  * the round context and the (sender, receiver) pair; and it opens the shares
- * it receives. The server checks adverts with the same
+ * it receives (one that does not open is dropped: its sender still counts as
+ * relayed, so the receiver masks with it). The server checks adverts with the same
  * plait_secagg_advert_verify(). Masking is in secagg_mask.c.
  */
 #include "plait/secagg.h"
@@ -57,15 +59,33 @@ static size_t share_aad(const plait_secagg_round_t *r, uint32_t from, uint32_t t
 
 /* ---- signatures ------------------------------------------------------------------------- */
 
+void plait__secagg_b_commit(const plait_secagg_round_t *r, uint32_t idx, const uint8_t b[32], uint8_t out[32])
+{
+    static const char lbl[] = "plait-secagg-bcommit-v1";
+    plait_sha256_t h;
+    uint8_t i4[4];
+    be32(i4, idx);
+    plait_sha256_init(&h);
+    plait_sha256_update(&h, (const uint8_t *)lbl, sizeof(lbl) - 1);
+    plait_sha256_update(&h, r->ctx, 32);
+    plait_sha256_update(&h, i4, 4);
+    plait_sha256_update(&h, b, 32);
+    plait_sha256_finish(&h, out);
+}
+
+/* v1: domain || c_pk || s_pk || H(dep) || round || idx; v2 (with a commitment to
+ * b) uses its own domain and puts the commitment after s_pk. */
 static void advert_hash(const plait_secagg_round_t *r, const plait_secagg_advert_t *a, uint8_t out[32])
 {
-    static const char lbl[] = "plait-secagg-adv-v1";
+    static const char v1[] = "plait-secagg-adv-v1", v2[] = "plait-secagg-adv-v2";
     plait_sha256_t h;
     uint8_t b[12];
     plait_sha256_init(&h);
-    plait_sha256_update(&h, (const uint8_t *)lbl, sizeof(lbl) - 1);
+    if (a->has_b_commit) plait_sha256_update(&h, (const uint8_t *)v2, sizeof(v2) - 1);
+    else plait_sha256_update(&h, (const uint8_t *)v1, sizeof(v1) - 1);
     plait_sha256_update(&h, a->c_pk, 32);
     plait_sha256_update(&h, a->s_pk, 32);
+    if (a->has_b_commit) plait_sha256_update(&h, a->b_commit, 32);
     plait_sha256_update(&h, r->dep_hash, 32);
     be64(b, r->round_id);
     be32(b + 8, a->idx);
@@ -222,6 +242,8 @@ int plait_secagg_device_advertise(plait_secagg_device_t *d, const char *key_pem,
     out->idx = d->self;
     memcpy(out->c_pk, d->c_pk, 32);
     memcpy(out->s_pk, d->s_pk, 32);
+    out->has_b_commit = 1;
+    plait__secagg_b_commit(d->r, d->self, d->b, out->b_commit);
     uint8_t hash[32];
     advert_hash(d->r, out, hash);
     mbedtls_pk_context pk;
@@ -348,6 +370,9 @@ int plait_secagg_device_recv_share(plait_secagg_device_t *d, const plait_secagg_
         return plait_fail(PLAIT_EINVAL, "secagg: share from device %u, not an accepted neighbour", (unsigned)c->from);
     peer_t *p = &d->peer[pos];
     if (p->received) return plait_fail(PLAIT_EINVAL, "secagg: second share from device %u", (unsigned)c->from);
+    /* The server relayed it, so it counts the pair as masked: we mask with this
+     * peer whether or not its share message opens (docs/secagg.md, hostile devices). */
+    p->relayed = 1;
     uint8_t key[32], aad[64], pt[PLAIT_SECAGG_SHARE_PT_LEN];
     size_t al = share_aad(d->r, c->from, c->to, aad);
     int ret = peer_sz(d, p);
@@ -360,8 +385,9 @@ int plait_secagg_device_recv_share(plait_secagg_device_t *d, const plait_secagg_
         memcpy(p->b_share, pt + 8 + PLAIT_SECAGG_SHARE_LEN, PLAIT_SECAGG_SHARE_LEN);
         p->received = 1;
     } else if (ret == PLAIT_EAUTH) {
-        ret = plait_fail(PLAIT_EAUTH, "secagg: share from device %u does not decrypt (tampered, or another round)",
-                         (unsigned)c->from);
+        /* Only this peer's shares are lost: this device cannot help reconstruct it. */
+        ret = plait_fail(PLAIT_EAUTH, "secagg: share from device %u does not decrypt (tampered, or another round): "
+                         "dropped", (unsigned)c->from);
     }
     plait_zeroize(key, sizeof(key));
     plait_zeroize(pt, sizeof(pt));

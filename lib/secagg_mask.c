@@ -5,7 +5,9 @@
  * shares of survivors and the c_sk shares of dropouts (never both for one
  * device). The server sums masked inputs, builds each device's unmask
  * request, checks and keeps the reveals, reconstructs the secrets with
- * Shamir and removes the masks. The PRG is the ChaCha20 keystream (zero
+ * Shamir from t-subsets that verify (a c_sk against its advertised key, a b
+ * against its advert's commitment or a vote of its shares), so one wrong
+ * revealed share is left out or fails the round, and removes the masks. The PRG is the ChaCha20 keystream (zero
  * nonce) read as little-endian words; everything is mod 2^32, reduced to
  * m bits at the end.
  */
@@ -73,7 +75,7 @@ int plait_secagg_device_mask(plait_secagg_device_t *d, const uint32_t *x, size_t
     if (len != r->len) return plait_fail(PLAIT_EINVAL, "secagg: %zu words, round has %zu", len, r->len);
     uint32_t mask = word_mask(r->m);
     size_t nr = 0;
-    for (uint32_t i = 0; i < r->p.k; i++) nr += d->peer[i].received != 0;
+    for (uint32_t i = 0; i < r->p.k; i++) nr += d->peer[i].relayed != 0;
     if (nr + 1 < r->p.t)
         return plait_fail(PLAIT_ETHRESHOLD, "secagg: shares from %zu neighbours, threshold %u", nr, (unsigned)r->p.t);
     for (size_t i = 0; i < len; i++) {
@@ -85,7 +87,7 @@ int plait_secagg_device_mask(plait_secagg_device_t *d, const uint32_t *x, size_t
     int ret = self_key(r, d->b, d->self, key);
     if (ret == 0) prg_add(key, 0, y, len);
     for (uint32_t i = 0; i < r->p.k && ret == 0; i++) {
-        if (!d->peer[i].received) continue;
+        if (!d->peer[i].relayed) continue;
         uint32_t v = row[i];
         if ((ret = pair_key(r, d->c_sk, d->peer[i].c_pk, d->self, v, key)) == 0) prg_add(key, d->self > v, y, len);
     }
@@ -201,12 +203,15 @@ struct plait_secagg_server_s {
     uint8_t *st;       /* n + 1: DEV_* per index */
     uint8_t *answered; /* n + 1: reveals stored */
     uint8_t (*c_pk)[32];
+    uint8_t (*b_commit)[32]; /* n + 1: advertised commitments to b */
+    uint8_t *has_commit;     /* n + 1 */
     uint32_t *sum;     /* len: running sum of masked inputs */
     size_t n_adv, n_shared, n_masked;
     int closed;        /* masked-input stage closed by the first request */
     uint32_t *req;     /* scratch for request lists (2k + 1) */
     held_t *held;
     size_t n_held, cap_held;
+    size_t n_bad_holders; /* holders whose revealed shares were off a verified polynomial (last finish) */
 };
 
 int plait_secagg_server_create(plait_secagg_server_t **out, const plait_secagg_round_t *r)
@@ -220,9 +225,11 @@ int plait_secagg_server_create(plait_secagg_server_t **out, const plait_secagg_r
     s->st = calloc(n + 1, 1);
     s->answered = calloc(n + 1, 1);
     s->c_pk = calloc(n + 1, 32);
+    s->b_commit = calloc(n + 1, 32);
+    s->has_commit = calloc(n + 1, 1);
     s->sum = calloc(r->len, sizeof(uint32_t));
     s->req = calloc(2 * (size_t)r->p.k + 2, sizeof(uint32_t));
-    if (!s->st || !s->answered || !s->c_pk || !s->sum || !s->req) {
+    if (!s->st || !s->answered || !s->c_pk || !s->b_commit || !s->has_commit || !s->sum || !s->req) {
         plait_secagg_server_free(s);
         return plait_fail(PLAIT_ENOMEM, "secagg: server state for %zu devices x %zu words", n, r->len);
     }
@@ -239,9 +246,16 @@ void plait_secagg_server_free(plait_secagg_server_t *s)
     free(s->st);
     free(s->answered);
     free(s->c_pk);
+    free(s->b_commit);
+    free(s->has_commit);
     free(s->sum);
     free(s->req);
     free(s);
+}
+
+size_t plait_secagg_server_inconsistent(const plait_secagg_server_t *s)
+{
+    return s ? s->n_bad_holders : 0;
 }
 
 void plait_secagg_server_counts(const plait_secagg_server_t *s, size_t *n_adv, size_t *n_shared, size_t *n_masked)
@@ -258,6 +272,8 @@ int plait_secagg_server_add_advert(plait_secagg_server_t *s, const plait_secagg_
     if (s->st[a->idx] != DEV_NONE || s->n_shared > 0)
         return plait_fail(PLAIT_EINVAL, "secagg: advert of device %u repeated or late", (unsigned)a->idx);
     memcpy(s->c_pk[a->idx], a->c_pk, 32);
+    s->has_commit[a->idx] = a->has_b_commit != 0;
+    if (a->has_b_commit) memcpy(s->b_commit[a->idx], a->b_commit, 32);
     s->st[a->idx] = DEV_ADV;
     s->n_adv++;
     return 0;
@@ -373,6 +389,117 @@ static int cmp_held(const void *a, const void *b)
     return (x->x > y->x) - (x->x < y->x);
 }
 
+/* Scratch for robust reconstruction of one device's secret from its revealed shares. */
+typedef struct {
+    size_t *ord;                           /* indices into the owner's shares: trusted holders first */
+    uint32_t *xs, *all_x, *deck;           /* t chosen x; the x of the shares outside them; a shuffle deck */
+    size_t *out_idx;                       /* which shares those are */
+    uint8_t *insub;                        /* 1 for the shares in the chosen subset */
+    uint8_t (*sh)[PLAIT_SECAGG_SHARE_LEN]; /* t chosen shares */
+    uint8_t (*ev)[PLAIT_SECAGG_SHARE_LEN]; /* the candidate polynomial at every share's x */
+} rec_t;
+
+/* C(n, t), saturated at cap. */
+static size_t choose_sat(size_t n, size_t t, size_t cap)
+{
+    if (t > n) return 0;
+    if (t > n - t) t = n - t;
+    size_t c = 1;
+    for (size_t i = 1; i <= t; i++) {
+        /* exact: c · (n - t + i) / i = C(n - t + i, i); c < cap and n <= k + 1, so no overflow */
+        c = c * (n - t + i) / i;
+        if (c >= cap) return cap;
+    }
+    return c;
+}
+
+/* Reconstruct device u's secret (b when a survivor, c_sk when a dropout) from
+ * its ns shares h[0..ns), robustly: try t-subsets (cyclic windows of the
+ * shares, the trusted holders' first and with starts spread over all ns, then
+ * pseudo-random subsets; at most PLAIT_SECAGG_MAX_SUBSETS in all) until one
+ * verifies; with ns <= 64 every single wrong share is left out by some window.
+ * A c_sk verifies when its public key is the advertised one. A b verifies when it matches the
+ * commitment of a v2 advert; for a v1 advert (no commitment), when at least
+ * max(t + 1, ceil((ns + t) / 2)) shares lie on its polynomial (unique decoding:
+ * a single wrong share can never pass), and with exactly t shares it cannot be
+ * checked and is taken as it is. Holders whose shares are off the verified
+ * polynomial are marked in bad[]. */
+static int reconstruct(plait_secagg_server_t *s, uint32_t u, const held_t *h, size_t ns, uint8_t *bad, rec_t *w,
+                       uint8_t secret[32])
+{
+    const plait_secagg_round_t *r = s->r;
+    size_t t = r->p.t, c = 0;
+    for (size_t i = 0; i < ns; i++)
+        if (!bad[h[i].x]) w->ord[c++] = i;
+    for (size_t i = 0; i < ns; i++)
+        if (bad[h[i].x]) w->ord[c++] = i;
+    int sk = s->st[u] == DEV_SHARED;
+    size_t need = ns == t ? t : (ns + t + 1) / 2 > t + 1 ? (ns + t + 1) / 2 : t + 1;
+    size_t tries = choose_sat(ns, t, PLAIT_SECAGG_MAX_SUBSETS);
+    uint64_t rs = 0x9E3779B97F4A7C15ull ^ ((uint64_t)u << 17) ^ r->round_id;
+    for (size_t a = 0; a < tries; a++) {
+        if (a < ns) { /* cyclic windows of the trusted-first order, starts spread over all ns */
+            size_t st = ns <= tries ? a : a * ns / tries;
+            for (size_t i = 0; i < t; i++) w->xs[i] = (uint32_t)w->ord[(st + i) % ns];
+        } else { /* a pseudo-random t-subset (partial Fisher-Yates with xorshift64) */
+            for (size_t i = 0; i < ns; i++) w->deck[i] = (uint32_t)i;
+            for (size_t i = 0; i < t; i++) {
+                rs ^= rs << 13, rs ^= rs >> 7, rs ^= rs << 17;
+                size_t j = i + (size_t)(rs % (ns - i));
+                uint32_t tmp = w->deck[i];
+                w->deck[i] = w->deck[j];
+                w->deck[j] = tmp;
+                w->xs[i] = w->deck[i];
+            }
+        }
+        /* w->xs holds share indices: turn them into x values and shares */
+        memset(w->insub, 0, ns);
+        for (size_t i = 0; i < t; i++) {
+            size_t hi = w->xs[i];
+            w->insub[hi] = 1;
+            memcpy(w->sh[i], h[hi].share, PLAIT_SECAGG_SHARE_LEN);
+            w->xs[i] = h[hi].x;
+        }
+        if (plait_shamir_combine(w->xs, (const uint8_t(*)[PLAIT_SECAGG_SHARE_LEN])w->sh, t, secret) != 0) continue;
+        int ok;
+        if (sk) {
+            uint8_t pk[32];
+            ok = plait__secagg_x25519_public(secret, pk) == 0 && plait_ct_memcmp(pk, s->c_pk[u], 32) == 0;
+        } else if (s->has_commit[u]) { /* a v2 advert: b must match its signed commitment */
+            uint8_t cm[32];
+            plait__secagg_b_commit(r, u, secret, cm);
+            ok = plait_ct_memcmp(cm, s->b_commit[u], 32) == 0;
+        } else {
+            ok = 1;
+        }
+        /* Where each other share should be on this polynomial (the t chosen ones
+         * are on it by construction); count those that are. */
+        size_t agree = t, no = 0;
+        if (ok && ns > t) {
+            for (size_t i = 0; i < ns; i++)
+                if (!w->insub[i]) {
+                    w->out_idx[no] = i;
+                    w->all_x[no++] = h[i].x;
+                }
+            if (plait__shamir_eval(w->xs, (const uint8_t(*)[PLAIT_SECAGG_SHARE_LEN])w->sh, t, w->all_x, no, w->ev) != 0)
+                ok = 0;
+            for (size_t j = 0; j < no && ok; j++)
+                agree += plait_ct_memcmp(w->ev[j], h[w->out_idx[j]].share, PLAIT_SECAGG_SHARE_LEN) == 0;
+            if (!sk && !s->has_commit[u] && agree < need) ok = 0;
+            for (size_t j = 0; j < no && ok; j++)
+                if (plait_ct_memcmp(w->ev[j], h[w->out_idx[j]].share, PLAIT_SECAGG_SHARE_LEN) != 0) {
+                    uint32_t x = h[w->out_idx[j]].x;
+                    if (!bad[x]) s->n_bad_holders++;
+                    bad[x] = 1;
+                }
+        }
+        if (ok) return 0;
+        plait_zeroize(secret, 32);
+    }
+    return plait_fail(PLAIT_EAUTH, "secagg: no %zu of the %zu revealed shares of device %u verify (%zu subsets tried)",
+                      t, ns, (unsigned)u, tries);
+}
+
 int plait_secagg_server_finish(plait_secagg_server_t *s, uint32_t *sum, size_t len)
 {
     if (s == NULL || sum == NULL) return plait_fail(PLAIT_EINVAL, "secagg: NULL argument");
@@ -381,13 +508,23 @@ int plait_secagg_server_finish(plait_secagg_server_t *s, uint32_t *sum, size_t l
     if (!s->closed) return plait_fail(PLAIT_EINVAL, "secagg: finish before any unmask request");
     uint32_t n = r->p.n, t = r->p.t;
     if (s->n_held > 0) qsort(s->held, s->n_held, sizeof(held_t), cmp_held);
-    /* First pass: every survivor's b and every dropout's c_sk must have t shares. */
+    /* First pass: every survivor's b and every dropout's c_sk must have t shares;
+     * then each is reconstructed robustly (reconstruct()). */
     size_t *first = calloc((size_t)n + 2, sizeof(size_t)), *cnt = calloc((size_t)n + 2, sizeof(size_t));
-    uint32_t *xs = malloc((size_t)t * sizeof(uint32_t));
-    uint8_t(*sh)[PLAIT_SECAGG_SHARE_LEN] = malloc((size_t)t * PLAIT_SECAGG_SHARE_LEN);
+    size_t kk = (size_t)r->p.k + 1; /* most shares of one device: its k neighbours and itself */
+    rec_t w;
+    w.ord = malloc(kk * sizeof(size_t));
+    w.xs = malloc(kk * sizeof(uint32_t));
+    w.all_x = malloc(kk * sizeof(uint32_t));
+    w.deck = malloc(kk * sizeof(uint32_t));
+    w.out_idx = malloc(kk * sizeof(size_t));
+    w.insub = malloc(kk);
+    w.sh = malloc(kk * PLAIT_SECAGG_SHARE_LEN);
+    w.ev = malloc(kk * PLAIT_SECAGG_SHARE_LEN);
+    uint8_t *bad = calloc((size_t)n + 1, 1);
     uint32_t *acc = malloc(len * sizeof(uint32_t));
     int ret = 0;
-    if (!first || !cnt || !xs || !sh || !acc) {
+    if (!first || !cnt || !w.ord || !w.xs || !w.all_x || !w.deck || !w.out_idx || !w.insub || !w.sh || !w.ev || !bad || !acc) {
         ret = plait_fail(PLAIT_ENOMEM, "secagg: unmask scratch");
         goto exit;
     }
@@ -399,6 +536,10 @@ int plait_secagg_server_finish(plait_secagg_server_t *s, uint32_t *sum, size_t l
     for (uint32_t u = 1; u <= n; u++) {
         if (s->st[u] == DEV_MASKED && cnt[u] < t) short_b++;
         if (s->st[u] == DEV_SHARED && cnt[u] < t) short_sk++;
+        if (cnt[u] > kk) {
+            ret = plait_fail(PLAIT_EINTERNAL, "secagg: %zu shares of device %u", cnt[u], (unsigned)u);
+            goto exit;
+        }
     }
     if (short_b || short_sk) {
         ret = plait_fail(PLAIT_ETHRESHOLD,
@@ -407,24 +548,17 @@ int plait_secagg_server_finish(plait_secagg_server_t *s, uint32_t *sum, size_t l
         goto exit;
     }
     memcpy(acc, s->sum, len * sizeof(uint32_t));
+    s->n_bad_holders = 0;
     for (uint32_t u = 1; u <= n && ret == 0; u++) {
         if (s->st[u] != DEV_MASKED && s->st[u] != DEV_SHARED) continue;
-        for (uint32_t i = 0; i < t; i++) {
-            xs[i] = s->held[first[u] + i].x;
-            memcpy(sh[i], s->held[first[u] + i].share, PLAIT_SECAGG_SHARE_LEN);
-        }
         uint8_t secret[32], key[32];
-        if ((ret = plait_shamir_combine(xs, (const uint8_t(*)[PLAIT_SECAGG_SHARE_LEN])sh, t, secret)) != 0) {
-            ret = plait_fail(ret, "secagg: shares of device %u do not combine", (unsigned)u);
+        if ((ret = reconstruct(s, u, s->held + first[u], cnt[u], bad, &w, secret)) != 0) {
+            /* the detail names the device and the subsets tried */
         } else if (s->st[u] == DEV_MASKED) {
             /* Survivor: remove its self mask. */
             if ((ret = self_key(r, secret, u, key)) == 0) prg_add(key, 1, acc, len);
         } else {
-            /* Dropout: check the key, then remove its pairwise masks from each surviving neighbour. */
-            uint8_t pk[32];
-            if ((ret = plait__secagg_x25519_public(secret, pk)) == 0 && plait_ct_memcmp(pk, s->c_pk[u], 32) != 0)
-                ret = plait_fail(PLAIT_EAUTH, "secagg: reconstructed key of device %u does not match its advert",
-                                 (unsigned)u);
+            /* Dropout (its key matched its advert): remove its pairwise masks from each surviving neighbour. */
             const uint32_t *row = plait_secagg_neighbours(r, u);
             for (uint32_t i = 0; i < r->p.k && ret == 0; i++) {
                 uint32_t v = row[i];
@@ -441,12 +575,20 @@ int plait_secagg_server_finish(plait_secagg_server_t *s, uint32_t *sum, size_t l
         for (size_t i = 0; i < len; i++) sum[i] = acc[i] & mask;
     }
 exit:
-    if (sh) plait_zeroize(sh, (size_t)t * PLAIT_SECAGG_SHARE_LEN);
+    if (w.sh) plait_zeroize(w.sh, kk * PLAIT_SECAGG_SHARE_LEN);
+    if (w.ev) plait_zeroize(w.ev, kk * PLAIT_SECAGG_SHARE_LEN);
     if (acc) plait_zeroize(acc, len * sizeof(uint32_t));
     free(first);
     free(cnt);
-    free(xs);
-    free(sh);
+    free(w.ord);
+    free(w.xs);
+    free(w.all_x);
+    free(w.deck);
+    free(w.out_idx);
+    free(w.insub);
+    free(w.sh);
+    free(w.ev);
+    free(bad);
     free(acc);
     return ret;
 }

@@ -8,6 +8,9 @@
  * Combining t shares is Lagrange interpolation at 0; any t shares give the
  * secret, t - 1 shares are independent of it. A combined limb that does not
  * fit its width cannot come from honest shares and is rejected (PLAIT_EAUTH).
+ * plait__shamir_eval() evaluates the polynomial through t shares at other
+ * points (barycentric weights once, O(t) per point): the server's robust
+ * reconstruction uses it to see which revealed shares lie on a candidate.
  *
  * Field arithmetic uses unsigned __int128 products reduced with the Mersenne
  * identity 2^61 = 1 (mod p). Every polynomial coefficient is wiped after use.
@@ -16,6 +19,8 @@
 
 #include <stdlib.h>
 #include <string.h>
+
+#include "secagg_int.h"
 
 #define P61 ((uint64_t)0x1FFFFFFFFFFFFFFFull) /* 2^61 - 1 */
 #define LIMBS 5
@@ -145,4 +150,46 @@ int plait_shamir_combine(const uint32_t *xs, const uint8_t (*shares)[PLAIT_SECAG
     if (ret != 0) memset(secret, 0, 32);
     plait_zeroize(acc, sizeof(acc));
     return ret;
+}
+
+int plait__shamir_eval(const uint32_t *xs, const uint8_t (*shares)[PLAIT_SECAGG_SHARE_LEN], size_t t,
+                       const uint32_t *at, size_t n_at, uint8_t (*out)[PLAIT_SECAGG_SHARE_LEN])
+{
+    if (xs == NULL || shares == NULL || t == 0 || (n_at > 0 && (at == NULL || out == NULL)))
+        return plait_fail(PLAIT_EINVAL, "shamir: bad arguments");
+    for (size_t i = 0; i < t; i++) {
+        if (xs[i] == 0) return plait_fail(PLAIT_EINVAL, "shamir: share x must be nonzero");
+        for (size_t j = 0; j < i; j++)
+            if (xs[i] == xs[j]) return plait_fail(PLAIT_EINVAL, "shamir: repeated share x %u", (unsigned)xs[i]);
+        for (size_t l = 0; l < LIMBS; l++)
+            if (get_le(shares[i] + 8 * l, 8) >= P61)
+                return plait_fail(PLAIT_EAUTH, "shamir: share value out of the field");
+    }
+    /* w_i = 1 / prod_{j != i} (x_i - x_j), once; then each point costs O(t) with
+     * prefix and suffix products of (x - x_j). */
+    uint64_t *w = malloc((3 + LIMBS) * t * sizeof(uint64_t));
+    if (w == NULL) return plait_fail(PLAIT_ENOMEM, "shamir: %zu weights", t);
+    uint64_t *pre = w + t, *suf = w + 2 * t, *y = w + 3 * t; /* y[i·LIMBS + l]: share i, limb l */
+    for (size_t i = 0; i < t; i++)
+        for (size_t l = 0; l < LIMBS; l++) y[i * LIMBS + l] = get_le(shares[i] + 8 * l, 8);
+    for (size_t i = 0; i < t; i++) {
+        uint64_t den = 1;
+        for (size_t j = 0; j < t; j++)
+            if (j != i) den = fmul(den, fsub(xs[i], xs[j]));
+        w[i] = finv(den);
+    }
+    for (size_t a = 0; a < n_at; a++) {
+        uint64_t x = at[a] % P61, acc[LIMBS] = {0};
+        for (size_t i = 0; i < t; i++) pre[i] = i == 0 ? 1 : fmul(pre[i - 1], fsub(x, xs[i - 1]));
+        for (size_t i = t; i-- > 0;) suf[i] = i == t - 1 ? 1 : fmul(suf[i + 1], fsub(x, xs[i + 1]));
+        for (size_t i = 0; i < t; i++) {
+            uint64_t li = fmul(fmul(pre[i], suf[i]), w[i]);
+            for (size_t l = 0; l < LIMBS; l++) acc[l] = fadd(acc[l], fmul(li, y[i * LIMBS + l]));
+        }
+        for (size_t l = 0; l < LIMBS; l++) put_le(out[a] + 8 * l, acc[l], 8);
+        plait_zeroize(acc, sizeof(acc));
+    }
+    plait_zeroize(w, (3 + LIMBS) * t * sizeof(uint64_t));
+    free(w);
+    return 0;
 }

@@ -63,6 +63,8 @@ static int from_sa_advertise(const Plait__SecAggAdvertise *p, plait_msg_secagg_a
     if ((rc = copy_key(&p->enc_pk, a->enc_pk, "secagg_advertise.enc_pk", 0)) != 0) return rc;
     a->signature = p->signature.data;
     a->sig_len = p->signature.len;
+    a->has_b_commit = p->has_b_commit;
+    if (p->has_b_commit && (rc = copy_key(&p->b_commit, a->b_commit, "secagg_advertise.b_commit", 0)) != 0) return rc;
     return 0;
 }
 
@@ -90,6 +92,10 @@ static int from_sa_roster(const Plait__SecAggRoster *p, plait_msg_t *m)
             return rc;
         pe[i].signature = q->signature.data;
         pe[i].sig_len = q->signature.len;
+        pe[i].has_b_commit = q->has_b_commit;
+        if (q->has_b_commit &&
+            (rc = copy_key(&q->b_commit, pe[i].b_commit, "secagg_roster.peers.b_commit", i)) != 0)
+            return rc;
     }
     r->peers = pe;
     r->n_peers = p->n_peers;
@@ -231,6 +237,10 @@ int plait__wire_to_envelope_secagg(const plait_msg_t *m, plait__wire_pb_t *pb)
         pb->sa_adv.signature = plait__wire_bin(a->signature, a->sig_len);
         pb->sa_adv.has_device_cert = 1;
         pb->sa_adv.device_cert = plait__wire_bin(a->cert, a->cert_len);
+        if (a->has_b_commit) {
+            pb->sa_adv.has_b_commit = 1;
+            pb->sa_adv.b_commit = plait__wire_bin(a->b_commit, PLAIT_WIRE_X25519_LEN);
+        }
         pb->env.msg_case = PLAIT__ENVELOPE__MSG_SECAGG_ADVERTISE;
         pb->env.secagg_advertise = &pb->sa_adv;
         return 0;
@@ -257,6 +267,10 @@ int plait__wire_to_envelope_secagg(const plait_msg_t *m, plait__wire_pb_t *pb)
                 subs[i].mask_pk = plait__wire_bin(q->mask_pk, PLAIT_WIRE_X25519_LEN);
                 subs[i].enc_pk = plait__wire_bin(q->enc_pk, PLAIT_WIRE_X25519_LEN);
                 subs[i].signature = plait__wire_bin(q->signature, q->sig_len);
+                if (q->has_b_commit) {
+                    subs[i].has_b_commit = 1;
+                    subs[i].b_commit = plait__wire_bin(q->b_commit, PLAIT_WIRE_X25519_LEN);
+                }
                 ptrs[i] = &subs[i];
             }
             p->peers = ptrs;

@@ -46,7 +46,10 @@
  *     makes a mask-agreement pair c and a share-encryption pair s per round
  *     and a 32-byte self-mask seed b, and signs SHA-256(domain || c_pk || s_pk
  *     || SHA-256(deployment id) || round id || index) with its enrolled ECDSA
- *     P-256 device key. Peers check the certificate chain (deployment CA,
+ *     P-256 device key (advert v2, made by this library: domain
+ *     "plait-secagg-adv-v2" and a commitment to b after s_pk, so the server
+ *     can check a reconstructed b; v1 adverts without it still verify).
+ *     Peers check the certificate chain (deployment CA,
  *     EKU clientAuth) and the signature, so the server cannot substitute keys.
  *   - Graph: n <= k + 1 gives the complete graph. Otherwise the Harary graph
  *     H(n, k) (k even: ring positions joined to the k/2 nearest on each side)
@@ -244,6 +247,8 @@ typedef struct {
     uint8_t s_pk[PLAIT_SECAGG_KEY_LEN];   /**< X25519 share-encryption public key */
     uint8_t sig[PLAIT_SECAGG_SIG_MAX];    /**< DER ECDSA-SHA256 signature by the device key */
     size_t sig_len;
+    int has_b_commit;                     /**< 1: a v2 advert, committing to b (0: v1, older devices) */
+    uint8_t b_commit[PLAIT_SECAGG_KEY_LEN]; /**< SHA-256("plait-secagg-bcommit-v1" || ctx || idx || b) */
 } plait_secagg_advert_t;
 
 /**
@@ -313,11 +318,15 @@ int plait_secagg_device_shares(plait_secagg_device_t *d, plait_drbg_t *rng, plai
 
 /**
  * \brief Decrypt and keep a share message addressed to this device from an
- *        accepted neighbour. Its sender joins the set this device masks with.
- *        A device that gets PLAIT_EAUTH here must not send its masked input.
+ *        accepted neighbour. Its sender joins the set this device masks with
+ *        (the server relayed it, so the server counts the pair as masked),
+ *        even when the message does not open: then only that neighbour's
+ *        shares are dropped (this device cannot help reconstruct it later)
+ *        and the device goes on with the round.
  * \return 0; PLAIT_EAUTH (does not decrypt: tampered, or another round,
- *         deployment, sender or recipient), PLAIT_EINVAL (not addressed to
- *         this device, sender not accepted, repeated, wrong state).
+ *         deployment, sender or recipient; the share is dropped and the
+ *         device may continue), PLAIT_EINVAL (not addressed to this device,
+ *         sender not accepted, repeated, wrong state; nothing changes).
  */
 int plait_secagg_device_recv_share(plait_secagg_device_t *d, const plait_secagg_ct_t *c) PLAIT_WUR;
 
@@ -410,16 +419,31 @@ int plait_secagg_server_request(plait_secagg_server_t *s, uint32_t v, const uint
 int plait_secagg_server_add_reveals(plait_secagg_server_t *s, uint32_t v, const plait_secagg_reveal_t *rev,
                                     size_t n) PLAIT_WUR;
 
+/** Most t-subsets of one device's revealed shares that plait_secagg_server_finish() tries. */
+#define PLAIT_SECAGG_MAX_SUBSETS 64u
+
 /**
- * \brief Reconstruct b of every survivor and c_sk of every dropout from t
- *        shares each, remove all masks and write sum over U3 of x mod 2^m.
+ * \brief Reconstruct b of every survivor and c_sk of every dropout, remove
+ *        all masks and write sum over U3 of x mod 2^m. Reconstruction is
+ *        robust to wrong revealed shares: it tries t-subsets of a device's
+ *        shares (at most PLAIT_SECAGG_MAX_SUBSETS; holders already caught
+ *        with a wrong share last) until one verifies: a c_sk against the
+ *        advertised c_pk; a b against the advert's commitment or, for a v1
+ *        advert without one, by at least max(t + 1, ceil((s + t) / 2)) of
+ *        its s shares lying on the polynomial (then, with exactly t shares,
+ *        a b cannot be checked and is used as it is).
  * \param sum OUT len words.
  * \return 0; PLAIT_ETHRESHOLD (fewer than t shares for some device: the
- *         round fails and nothing must be committed), PLAIT_EAUTH (a
- *         reconstructed c_sk does not match its advertised public key, or a
- *         limb is out of range: forged shares), PLAIT_EINVAL, PLAIT_ENOMEM.
+ *         round fails and nothing must be committed), PLAIT_EAUTH (no subset
+ *         of some device's shares verifies: forged shares; the round fails),
+ *         PLAIT_EINVAL, PLAIT_ENOMEM.
  */
 int plait_secagg_server_finish(plait_secagg_server_t *s, uint32_t *sum /* OUT */, size_t len) PLAIT_WUR;
+
+/** \brief Share holders whose revealed shares were off a verified
+ *         reconstruction in the last plait_secagg_server_finish() (a count
+ *         only: for an operator's log). */
+size_t plait_secagg_server_inconsistent(const plait_secagg_server_t *s);
 
 /** \brief Number of devices in U1, U2, U3 (any pointer may be NULL). */
 void plait_secagg_server_counts(const plait_secagg_server_t *s, size_t *n_adv, size_t *n_shared, size_t *n_masked);

@@ -337,6 +337,8 @@ typedef struct {
     size_t sig_len;           /**< 1..PLAIT_WIRE_SECAGG_MAX_SIG */
     const uint8_t *cert;      /**< cert_len bytes: the device's certificate (PEM) */
     size_t cert_len;          /**< 1..PLAIT_WIRE_SECAGG_MAX_CERT */
+    int has_b_commit;         /**< optional (advert v2): commitment to the self-mask seed */
+    uint8_t b_commit[PLAIT_WIRE_X25519_LEN];
 } plait_msg_secagg_advertise_t;
 
 typedef struct {
@@ -347,6 +349,8 @@ typedef struct {
     uint8_t enc_pk[PLAIT_WIRE_X25519_LEN];
     const uint8_t *signature; /**< sig_len bytes */
     size_t sig_len;           /**< 1..PLAIT_WIRE_SECAGG_MAX_SIG */
+    int has_b_commit;         /**< optional (advert v2) */
+    uint8_t b_commit[PLAIT_WIRE_X25519_LEN];
 } plait_secagg_peer_t;
 
 typedef struct {

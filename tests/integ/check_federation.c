@@ -399,6 +399,74 @@ START_TEST(test_federation_secure_with_kills)
 }
 END_TEST
 
+/* One hostile agent (the documented test hook PLAIT_TEST_SECAGG_HOSTILE): dev0 seals
+ * garbage for one neighbour and reveals a wrong share of every other device. The honest
+ * agents finish their round, and the round commits with all 8 masked inputs (the wrong
+ * shares are outvoted: docs/secagg.md, "Hostile devices"). */
+START_TEST(test_federation_secure_hostile_device)
+{
+    if (PLAIT_AGENT_BIN[0] == '\0') return;
+    it_dep_t d;
+    ck_assert_int_eq(it_init(&d, "integ_fed_hostile", "target_cohort=8", "min_cohort=4", "overselect=1",
+                             "selection_timeout_s=15", "round_timeout_s=60", "secagg_stage_timeout_s=20",
+                             "local_steps=2", "batch=2", "seq_len=32", "retry_ms=300", "idle_timeout_s=60",
+                             "max_preauth_per_addr=64", NULL),
+                     0);
+    size_t tlen;
+    char *tp = tu_path(tu_assets_dir(), "tinyshakespeare.txt");
+    char *text = (char *)tu_read_file(tp, &tlen);
+    free(tp);
+    ck_assert_ptr_nonnull(text);
+    for (int i = 0; i < N_AGENTS; i++) {
+        char id[16], txt[700], db[700];
+        snprintf(id, sizeof(id), "dev%d", i);
+        ck_assert_int_eq(it_enroll(&d, id), 0);
+        snprintf(txt, sizeof(txt), "%s/%s.txt", d.dir, id);
+        snprintf(db, sizeof(db), "%s/%s.db", d.dir, id);
+        write_slice(txt, text, (size_t)i * 8000, 8000);
+        char *argv[] = {(char *)PLAIT_AGENT_BIN, "ingest", "--db", db, "--text", txt, NULL};
+        ck_assert_int_eq(run(argv, NULL, NULL, 30), 0);
+    }
+    free(text);
+    ck_assert_int_eq(it_start(&d, NULL), 0);
+    char server[64], logs[N_AGENTS][700];
+    snprintf(server, sizeof(server), "127.0.0.1:%d", d.port);
+    pid_t pids[N_AGENTS];
+    for (int i = 0; i < N_AGENTS; i++) {
+        char id[16], crt[700], key[700], db[700], st[700], ca[700], seed[16];
+        snprintf(id, sizeof(id), "dev%d", i);
+        snprintf(ca, sizeof(ca), "%s/ca.crt", d.dir);
+        snprintf(crt, sizeof(crt), "%s/%s.crt", d.dir, id);
+        snprintf(key, sizeof(key), "%s/%s.key", d.dir, id);
+        snprintf(db, sizeof(db), "%s/%s.db", d.dir, id);
+        snprintf(st, sizeof(st), "%s/%s.state", d.dir, id);
+        snprintf(logs[i], sizeof(logs[i]), "%s/%s.log", d.dir, id);
+        snprintf(seed, sizeof(seed), "%d", i + 1);
+        char *argv[] = {(char *)PLAIT_AGENT_BIN, "join", "--server", server, "--ca", ca, "--cert", crt, "--key", key,
+                        "--db", db, "--state", st, "--daemon", "--rounds", "1", "--rejoin-ms", "100", "--seed", seed,
+                        "--max-runtime", "150", NULL};
+        if (i == 0) setenv("PLAIT_TEST_SECAGG_HOSTILE", "share,reveal", 1);
+        pids[i] = spawn(argv, NULL, logs[i]);
+        if (i == 0) unsetenv("PLAIT_TEST_SECAGG_HOSTILE");
+        ck_assert(pids[i] > 0);
+    }
+    double deadline = mono() + 170;
+    for (int i = 0; i < N_AGENTS; i++) ck_assert_int_eq(reap(pids[i], deadline), 0);
+    ck_assert_msg(it_log_wait(&d, "round committed round=1 version=2 accepted=8", 10000), "round 1 did not commit");
+    ck_assert_int_ge(it_log_count(&d, "revealed inconsistent shares"), 1);
+    /* exactly one honest agent got the garbage, dropped it and stayed */
+    int dropped = 0;
+    for (int i = 1; i < N_AGENTS; i++) {
+        size_t n = 0;
+        char *t = (char *)tu_read_file(logs[i], &n);
+        dropped += t && strstr(t, "does not open: dropped") != NULL;
+        free(t);
+    }
+    ck_assert_int_eq(dropped, 1);
+    ck_assert_int_eq(it_stop(&d), 0);
+}
+END_TEST
+
 /* dp = distributed with real agents: each adds its discrete Gaussian share before masking and
  * the round commits with a "ddg" ledger row. */
 START_TEST(test_federation_distributed_dp)
@@ -474,6 +542,7 @@ Suite *federation_suite(void)
     tcase_add_test(tc, test_federation_loss_falls);
     tcase_add_test(tc, test_federation_quantized_deltas);
     tcase_add_test(tc, test_federation_secure_with_kills);
+    tcase_add_test(tc, test_federation_secure_hostile_device);
     tcase_add_test(tc, test_federation_distributed_dp);
     suite_add_tcase(s, tc);
     return s;

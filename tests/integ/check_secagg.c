@@ -10,7 +10,10 @@
  *     plain round commits from the same updates;
  *   - past the threshold (too few unmask answers) the round fails cleanly,
  *     nothing is committed, and the next round starts from the same version;
- *   - a message of another round is refused (PLAIT_ESTALE).
+ *   - a message of another round is refused (PLAIT_ESTALE);
+ *   - one hostile device (garbage share for a neighbour, wrong unmask shares)
+ *     does not stop the round: the honest devices drop its share as the agent
+ *     does, and the aggregator leaves its wrong shares out.
  * No timing asserts: every wait is a bounded poll of the server log or a
  * blocking receive with a generous timeout.
  */
@@ -30,7 +33,10 @@
 #include "plait/secagg.h"
 #include "testutil.h"
 
-enum { RUN_FULL = 0, STOP_AFTER_TASK, STOP_AFTER_ADVERTISE, STOP_AFTER_SHARES, STOP_AFTER_MASKED };
+/* HOSTILE: runs the whole round but seals garbage for its lowest-index neighbour
+ * and reveals a wrong share (one bit flipped) of every other device. */
+enum { RUN_FULL = 0, STOP_AFTER_TASK, STOP_AFTER_ADVERTISE, STOP_AFTER_SHARES, STOP_AFTER_MASKED, HOSTILE,
+       STOP_AFTER_RELAY };
 
 typedef struct {
     const it_dep_t *d;
@@ -95,7 +101,8 @@ static int cmp_rev(const void *a, const void *b)
     return x->owner < y->owner ? -1 : x->owner > y->owner;
 }
 
-static int ddg_noised; /* devices that added a distributed-DP noise share */
+static int ddg_noised;     /* devices that added a distributed-DP noise share */
+static int shares_dropped; /* relayed shares that did not open */
 
 /* One test device's round; returns 0 when it did what its `stop` says. */
 static int sdev_run(sdev_t *s)
@@ -138,6 +145,8 @@ static int sdev_run(sdev_t *s)
     m.u.secagg_advertise.round_id = t->round_id;
     memcpy(m.u.secagg_advertise.mask_pk, adv.c_pk, 32);
     memcpy(m.u.secagg_advertise.enc_pk, adv.s_pk, 32);
+    m.u.secagg_advertise.has_b_commit = adv.has_b_commit;
+    memcpy(m.u.secagg_advertise.b_commit, adv.b_commit, 32);
     m.u.secagg_advertise.signature = adv.sig;
     m.u.secagg_advertise.sig_len = adv.sig_len;
     m.u.secagg_advertise.cert = (const uint8_t *)crt;
@@ -151,6 +160,8 @@ static int sdev_run(sdev_t *s)
         a.idx = q->index;
         memcpy(a.c_pk, q->mask_pk, 32);
         memcpy(a.s_pk, q->enc_pk, 32);
+        a.has_b_commit = q->has_b_commit;
+        memcpy(a.b_commit, q->b_commit, 32);
         memcpy(a.sig, q->signature, q->sig_len);
         a.sig_len = q->sig_len;
         rc = plait_secagg_device_accept_advert(dv, &a, q->cert, q->cert_len, ca);
@@ -163,6 +174,7 @@ static int sdev_run(sdev_t *s)
     if (rc == 0) rc = plait_secagg_device_shares(dv, &drbg, cts, k, &n_ct);
     if (rc != 0) goto out;
     qsort(cts, n_ct, sizeof(*cts), cmp_ct);
+    if (s->stop == HOSTILE && n_ct > 0) cts[0].ct[20] ^= 0x5A;
     for (size_t i = 0; i < n_ct; i++) {
         sh[i].peer = cts[i].to;
         sh[i].data = cts[i].ct;
@@ -180,9 +192,13 @@ static int sdev_run(sdev_t *s)
         ct.to = self;
         memcpy(ct.ct, m.u.secagg_shares.shares[i].data, PLAIT_SECAGG_CT_LEN);
         rc = plait_secagg_device_recv_share(dv, &ct);
+        if (rc == PLAIT_EAUTH) { /* as the agent: drop that neighbour's share, stay */
+            __atomic_fetch_add(&shares_dropped, 1, __ATOMIC_SEQ_CST);
+            rc = 0;
+        }
     }
     plait_msg_free(&m);
-    if (rc != 0) goto out;
+    if (rc != 0 || s->stop == STOP_AFTER_RELAY) goto out;
     /* the masked update, packed at m bits */
     w = it_update_words(t, s->value);
     y = malloc(len * sizeof(uint32_t));
@@ -223,6 +239,8 @@ static int sdev_run(sdev_t *s)
         rc = plait_secagg_device_unmask(dv, q->survivors, q->n_survivors, q->dropouts, q->n_dropouts, rev, cap, &n_rev);
     plait_msg_free(&m);
     if (rc != 0) goto out;
+    for (size_t i = 0; i < n_rev && s->stop == HOSTILE; i++)
+        if (rev[i].owner != self) rev[i].share[3] ^= 0x10;
     qsort(rev, n_rev, sizeof(*rev), cmp_rev); /* b-shares (kind 0) first, each by owner */
     size_t nb = 0;
     for (size_t i = 0; i < n_rev; i++) {
@@ -315,6 +333,24 @@ START_TEST(test_secure_dropouts_at_each_stage)
     ck_assert_int_eq(run_devices(&d, 0, 12, stop, NULL), 12);
     /* 8 full devices + the one that left right after its masked input are in the sum. */
     ck_assert_msg(it_log_wait(&d, "round committed round=1 version=2 accepted=9", 60000), "round 1 did not commit");
+    ck_assert_int_eq(it_stop(&d), 0);
+}
+END_TEST
+
+START_TEST(test_secure_hostile_device)
+{
+    it_dep_t d;
+    dep_up(&d, "integ_sa_hostile", 10, "target_cohort=10", "min_cohort=6", "secure_agg=true",
+           "secagg_dropout=0.3");
+    /* dev0 is hostile; dev9 leaves after taking its relayed shares, so key shares
+     * are revealed too. */
+    static const int stop[10] = {HOSTILE, RUN_FULL, RUN_FULL, RUN_FULL, RUN_FULL,
+                                 RUN_FULL, RUN_FULL, RUN_FULL, RUN_FULL, STOP_AFTER_RELAY};
+    shares_dropped = 0;
+    ck_assert_int_eq(run_devices(&d, 0, 10, stop, NULL), 10);
+    ck_assert_int_eq(shares_dropped, 1);
+    ck_assert_msg(it_log_wait(&d, "round committed round=1 version=2 accepted=9", 60000), "round 1 did not commit");
+    ck_assert_int_eq(it_log_count(&d, "(1 devices revealed inconsistent shares"), 1);
     ck_assert_int_eq(it_stop(&d), 0);
 }
 END_TEST
@@ -518,6 +554,7 @@ Suite *secagg_suite(void)
     TCase *tc = tcase_create("secagg");
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_secure_dropouts_at_each_stage);
+    tcase_add_test(tc, test_secure_hostile_device);
     tcase_add_test(tc, test_secure_sum_equals_plain_sum);
     tcase_add_test(tc, test_secure_below_threshold_fails_cleanly);
     tcase_add_test(tc, test_secure_distributed_dp);

@@ -8,6 +8,8 @@
  *   - an unmask request naming device 2 both as survivor and as dropout is
  *     refused: the device answers Error(PLAIT_EREFUSED) and reveals nothing;
  *   - a roster of another round is refused (PLAIT_ESTALE) before any share leaves;
+ *   - device 2 is hostile and sends the device a share that does not open: the
+ *     device drops it, stays in the round, and the sum is still exact;
  *   - the policy declines tasks outside the device's bounds.
  */
 #include <check.h>
@@ -26,7 +28,7 @@
 #define BITS 18
 #define ROUND 9
 
-typedef enum { HONEST, BOTH_SHARES, STALE_ROSTER } script_t;
+typedef enum { HONEST, BOTH_SHARES, STALE_ROSTER, BAD_CT } script_t;
 
 typedef struct {
     script_t script;
@@ -63,6 +65,8 @@ static plait_secagg_advert_t advert_of(const plait_msg_secagg_advertise_t *a, ui
     v.idx = idx;
     memcpy(v.c_pk, a->mask_pk, 32);
     memcpy(v.s_pk, a->enc_pk, 32);
+    v.has_b_commit = a->has_b_commit;
+    memcpy(v.b_commit, a->b_commit, 32);
     memcpy(v.sig, a->signature, a->sig_len);
     v.sig_len = a->sig_len;
     return v;
@@ -100,6 +104,8 @@ static int fake_send(void *conn, const plait_msg_t *m)
             p->cert_len = strlen(f->crt[i]);
             memcpy(p->mask_pk, f->adv[i].c_pk, 32);
             memcpy(p->enc_pk, f->adv[i].s_pk, 32);
+            p->has_b_commit = f->adv[i].has_b_commit;
+            memcpy(p->b_commit, f->adv[i].b_commit, 32);
             p->signature = f->adv[i].sig;
             p->sig_len = f->adv[i].sig_len;
         }
@@ -136,6 +142,7 @@ static int fake_send(void *conn, const plait_msg_t *m)
         for (int i = 2; i <= N; i++)
             for (int s = 0; s < 2; s++)
                 if (cts[i][s].to == 1) {
+                    if (f->script == BAD_CT && i == 2) cts[i][s].ct[40] ^= 0xA5; /* hostile device 2 */
                     sh[i - 2].peer = (uint32_t)i;
                     sh[i - 2].data = cts[i][s].ct;
                     sh[i - 2].len = PLAIT_SECAGG_CT_LEN;
@@ -323,6 +330,32 @@ START_TEST(test_honest_round_sums_exactly)
 }
 END_TEST
 
+START_TEST(test_bad_share_from_hostile_neighbour)
+{
+    fake_t f;
+    fake_setup(&f, BAD_CT);
+    int acked = 0;
+    ck_assert_msg(run(&f, &acked) == 0, "%s", plait_errmsg());
+    ck_assert_int_eq(acked, 1);
+    ck_assert_int_eq(f.responses, 1);
+    ck_assert_int_eq(f.error_code, 0);
+    static const uint32_t all[3] = {1, 2, 3};
+    for (uint32_t i = 2; i <= N; i++) {
+        plait_secagg_reveal_t rev[8];
+        size_t n = 0;
+        ck_assert_int_eq(plait_secagg_device_unmask(f.dv[i], all, 3, NULL, 0, rev, 8, &n), 0);
+        ck_assert_int_eq(plait_secagg_server_add_reveals(f.srv, i, rev, n), 0);
+    }
+    /* The device revealed no share of device 2 (it holds none); 2's seed comes
+     * from 2's own share and 3's (t = 2). */
+    uint32_t sum[LEN];
+    ck_assert_msg(plait_secagg_server_finish(f.srv, sum, LEN) == 0, "%s", plait_errmsg());
+    for (int j = 0; j < LEN; j++)
+        ck_assert_uint_eq(sum[j], (f.x[1][j] + f.x[2][j] + f.x[3][j]) & ((1u << BITS) - 1));
+    fake_free(&f);
+}
+END_TEST
+
 START_TEST(test_refuses_both_shares_of_one_device)
 {
     fake_t f;
@@ -451,6 +484,7 @@ Suite *agent_secagg_suite(void)
     TCase *tc = tcase_create("secagg");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_honest_round_sums_exactly);
+    tcase_add_test(tc, test_bad_share_from_hostile_neighbour);
     tcase_add_test(tc, test_refuses_both_shares_of_one_device);
     tcase_add_test(tc, test_roster_of_another_round_refused);
     tcase_add_test(tc, test_policy);

@@ -355,6 +355,15 @@ static void round_make(plait_secagg_round_t *r, uint32_t n, uint32_t k, uint32_t
     ck_assert_int_eq(plait_secagg_round_setup(r, DEP, sizeof(DEP) - 1, round_id, &p, seed, m, len), 0);
 }
 
+/* A hostile participant in run_round() (0: none): bad_ct_from seals garbage
+ * for the recipients in the bit set bad_ct_to (bit v: device v); bad_rev_by
+ * reveals a wrong share (one bit flipped) of every other device it is asked
+ * about (of the kinds in bad_rev_kinds). last_inconsistent: plait_secagg_server_inconsistent() after finish. */
+static uint32_t bad_ct_from, bad_rev_by, bad_rev_kinds = 3; /* bit 1 << kind: which reveals are wrong */
+static uint64_t bad_ct_to;
+static size_t last_inconsistent;
+static int v1_adverts; /* the server gets adverts without the commitment to b (older devices) */
+
 /* Run one round; stage[u] says where device u stops. Returns finish()'s code;
  * on success sum holds the unmasked sum and plain the sum in the clear. */
 static int run_round(const fleet_t *f, const plait_secagg_round_t *r, const int *stage, int check_chain, uint64_t seed,
@@ -383,7 +392,10 @@ static int run_round(const fleet_t *f, const plait_secagg_round_t *r, const int 
         ck_assert_int_eq(plait_secagg_device_advertise(dev[u], f->key[u], &d, &adv[u]), 0);
         ck_assert_int_eq(plait_secagg_advert_verify(r, &adv[u], (const uint8_t *)f->crt[u], strlen(f->crt[u]), NULL),
                          0);
-        ck_assert_int_eq(plait_secagg_server_add_advert(s, &adv[u]), 0);
+        plait_secagg_advert_t sa = adv[u];
+        ck_assert_int_eq(sa.has_b_commit, 1);
+        if (v1_adverts) sa.has_b_commit = 0;
+        ck_assert_int_eq(plait_secagg_server_add_advert(s, &sa), 0);
         alive[u] = 1;
     }
     /* 1: share keys */
@@ -414,8 +426,15 @@ static int run_round(const fleet_t *f, const plait_secagg_round_t *r, const int 
         n_ct += c;
         ck_assert_int_eq(plait_secagg_server_mark_shared(s, u), 0);
     }
-    for (size_t i = 0; i < n_ct; i++)
-        if (alive[cts[i].to]) ck_assert_int_eq(plait_secagg_device_recv_share(dev[cts[i].to], &cts[i]), 0);
+    for (size_t i = 0; i < n_ct; i++) {
+        if (!alive[cts[i].to]) continue;
+        if (cts[i].from == bad_ct_from && cts[i].to < 64 && (bad_ct_to >> cts[i].to & 1)) {
+            cts[i].ct[30] ^= 0x5A; /* the honest recipient drops this share and goes on */
+            ck_assert_int_eq(plait_secagg_device_recv_share(dev[cts[i].to], &cts[i]), PLAIT_EAUTH);
+        } else {
+            ck_assert_int_eq(plait_secagg_device_recv_share(dev[cts[i].to], &cts[i]), 0);
+        }
+    }
     /* 2: masked input */
     uint32_t *x = malloc(len * sizeof(uint32_t)), *y = malloc(len * sizeof(uint32_t));
     memset(plain, 0, len * sizeof(uint32_t));
@@ -449,9 +468,12 @@ static int run_round(const fleet_t *f, const plait_secagg_round_t *r, const int 
         if (ret != 0) break;
         if (stage[v] == NO_UNMASK) continue;
         ck_assert_int_eq(plait_secagg_device_unmask(dev[v], sv, ns, dp, nd, rev, k + 1, &nr), 0);
+        for (size_t i = 0; i < nr && v == bad_rev_by; i++)
+            if (rev[i].owner != v && (bad_rev_kinds >> rev[i].kind & 1)) rev[i].share[3] ^= 0x10;
         ck_assert_int_eq(plait_secagg_server_add_reveals(s, v, rev, nr), 0);
     }
     if (ret == 0) ret = plait_secagg_server_finish(s, sum, len);
+    last_inconsistent = plait_secagg_server_inconsistent(s);
     free(rev);
     free(x);
     free(y);
@@ -535,6 +557,77 @@ START_TEST(test_round_threshold_exact)
     /* Fewer than t masked inputs: the server refuses to start unmasking. */
     int few[9] = {0, FULL, NO_MASKED, FULL, NO_MASKED, FULL, NO_MASKED, FULL, NO_MASKED};
     ck_assert_int_eq(run_round(&f, &r, few, 0, 13, sum, plain), PLAIT_ETHRESHOLD);
+    plait_secagg_round_free(&r);
+    fleet_free(&f);
+}
+END_TEST
+
+/* One hostile device never stops the honest ones' round, and never makes the
+ * sum silently wrong (docs/secagg.md, "Hostile devices"). */
+START_TEST(test_hostile_device)
+{
+    fleet_t f;
+    fleet_make(&f, 10);
+    plait_secagg_round_t r;
+    round_make(&r, 10, 9, 6, 31, 24, 200);
+    uint32_t sum[200], plain[200];
+    int full[11] = {0};
+    /* Device 3 seals garbage for devices 1, 2 and 4: they drop its shares, still
+     * mask with it (the server relayed them), and the round sums exactly. */
+    bad_ct_from = 3;
+    bad_ct_to = (1u << 1) | (1u << 2) | (1u << 4);
+    ck_assert_msg(run_round(&f, &r, full, 0, 41, sum, plain) == 0, "%s", plait_errmsg());
+    ck_assert_mem_eq(sum, plain, sizeof(sum));
+    /* ... also when device 3 then drops (its key comes back from the other shares). */
+    int drop3[11] = {0, FULL, FULL, NO_MASKED, FULL, FULL, FULL, FULL, FULL, FULL, FULL};
+    ck_assert_msg(run_round(&f, &r, drop3, 0, 42, sum, plain) == 0, "%s", plait_errmsg());
+    ck_assert_mem_eq(sum, plain, sizeof(sum));
+    /* Garbage for every neighbour: nobody can rebuild device 3's seed, so the
+     * round fails cleanly (PLAIT_ETHRESHOLD) and writes no sum. */
+    bad_ct_to = ~(uint64_t)0;
+    for (size_t i = 0; i < 200; i++) sum[i] = 0xBEEFu;
+    ck_assert_int_eq(run_round(&f, &r, full, 0, 43, sum, plain), PLAIT_ETHRESHOLD);
+    for (size_t i = 0; i < 200; i++) ck_assert_uint_eq(sum[i], 0xBEEFu);
+    bad_ct_from = 0;
+    bad_ct_to = 0;
+
+    /* Device 2 reveals a wrong share of every other device, with device 9 dropped
+     * (so c_sk shares too): the wrong ones are voted out, the sum is exact, and
+     * the server counts one inconsistent holder. */
+    bad_rev_by = 2;
+    int drop9[11] = {0, FULL, FULL, FULL, FULL, FULL, FULL, FULL, FULL, NO_MASKED, FULL};
+    ck_assert_msg(run_round(&f, &r, drop9, 0, 44, sum, plain) == 0, "%s", plait_errmsg());
+    ck_assert_mem_eq(sum, plain, sizeof(sum));
+    ck_assert_uint_eq(last_inconsistent, 1);
+    /* t + 1 = 7 answers: each seed is checked against its advert's commitment,
+     * so the wrong share is left out and the sum is exact. */
+    int seven[11] = {0, FULL, FULL, FULL, FULL, FULL, FULL, FULL, NO_UNMASK, NO_UNMASK, NO_UNMASK};
+    ck_assert_msg(run_round(&f, &r, seven, 0, 45, sum, plain) == 0, "%s", plait_errmsg());
+    ck_assert_mem_eq(sum, plain, sizeof(sum));
+    /* Exactly t = 6 answers: no subset without the wrong share, and the
+     * commitment catches it: the round fails cleanly, never with a wrong sum. */
+    int six[11] = {0, FULL, FULL, FULL, FULL, FULL, FULL, NO_UNMASK, NO_UNMASK, NO_UNMASK, NO_UNMASK};
+    for (size_t i = 0; i < 200; i++) sum[i] = 0xBEEFu;
+    ck_assert_int_eq(run_round(&f, &r, six, 0, 47, sum, plain), PLAIT_EAUTH);
+    for (size_t i = 0; i < 200; i++) ck_assert_uint_eq(sum[i], 0xBEEFu);
+    /* v1 adverts (no commitment): with t + 1 answers the vote detects the wrong
+     * seed share but cannot outvote it: PLAIT_EAUTH, no sum. */
+    v1_adverts = 1;
+    ck_assert_int_eq(run_round(&f, &r, seven, 0, 45, sum, plain), PLAIT_EAUTH);
+    for (size_t i = 0; i < 200; i++) ck_assert_uint_eq(sum[i], 0xBEEFu);
+    /* ... and with t + 3 = 9 answers (device 9 dropped) it is outvoted. */
+    ck_assert_msg(run_round(&f, &r, drop9, 0, 44, sum, plain) == 0, "%s", plait_errmsg());
+    ck_assert_mem_eq(sum, plain, sizeof(sum));
+    v1_adverts = 0;
+    /* A dropout's key is checked against its advert, so t + 1 answers suffice
+     * to drop a wrong key share: 7 survivors, devices 8, 9 and 10 dropped. */
+    int seven_drop[11] = {0, FULL, FULL, FULL, FULL, FULL, FULL, FULL, NO_MASKED, NO_MASKED, NO_MASKED};
+    bad_rev_kinds = 1u << PLAIT_SECAGG_REVEAL_SK;
+    ck_assert_msg(run_round(&f, &r, seven_drop, 0, 46, sum, plain) == 0, "%s", plait_errmsg());
+    ck_assert_mem_eq(sum, plain, sizeof(sum));
+    ck_assert_uint_eq(last_inconsistent, 1);
+    bad_rev_by = 0;
+    bad_rev_kinds = 3;
     plait_secagg_round_free(&r);
     fleet_free(&f);
 }
@@ -704,6 +797,15 @@ START_TEST(test_substituted_key)
     bad = adv;
     bad.s_pk[31] ^= 1;
     ck_assert_int_eq(plait_secagg_device_accept_advert(a, &bad, crt2, l2, f.ca_crt), PLAIT_EAUTH);
+    /* The commitment to b is signed too (advert v2): changed or stripped (a
+     * downgrade to v1), the advert no longer verifies. */
+    ck_assert_int_eq(adv.has_b_commit, 1);
+    bad = adv;
+    bad.b_commit[0] ^= 1;
+    ck_assert_int_eq(plait_secagg_advert_verify(&r, &bad, crt2, l2, f.ca_crt), PLAIT_EAUTH);
+    bad = adv;
+    bad.has_b_commit = 0;
+    ck_assert_int_eq(plait_secagg_advert_verify(&r, &bad, crt2, l2, f.ca_crt), PLAIT_EAUTH);
     /* Low-order keys (zero, one) are refused as such, before any signature check. */
     for (int w = 0; w < 2; w++) {
         bad = adv;
@@ -832,6 +934,7 @@ Suite *secagg_suite(void)
     tcase_add_test(tc, test_round_n10_dropouts);
     tcase_add_test(tc, test_round_n50_harary);
     tcase_add_test(tc, test_round_threshold_exact);
+    tcase_add_test(tc, test_hostile_device);
     tcase_add_test(tc, test_unmask_refusals);
     tcase_add_test(tc, test_server_rejects_bad_reveals);
     tcase_add_test(tc, test_substituted_key);
