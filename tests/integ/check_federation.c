@@ -33,55 +33,50 @@
 #define N_AGENTS 8
 #define N_ROUNDS 3
 
-/* Start argv with stdout to out_path (NULL: /dev/null) and stderr to err_path. */
-static pid_t spawn(char *const argv[], const char *out_path, const char *err_path)
-{
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid != 0) return pid;
-    int o = open(out_path ? out_path : "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    int e = open(err_path ? err_path : "/dev/null", O_WRONLY | O_CREAT | O_APPEND, 0644);
-    if (o >= 0) dup2(o, 1);
-    if (e >= 0) dup2(e, 2);
-    setenv("PLAIT_ASSETS", tu_assets_dir(), 1);
-    execv(argv[0], argv);
-    _exit(127);
-}
-
-/* Wait for pid until deadline (monotonic seconds); kill it past the deadline. Exit status or -1. */
-static int reap(pid_t pid, double deadline)
-{
-    for (;;) {
-        int st;
-        pid_t r = waitpid(pid, &st, WNOHANG);
-        if (r == pid) return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        if ((double)ts.tv_sec + ts.tv_nsec / 1e9 > deadline) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &st, 0);
-            return -1;
-        }
-        usleep(20000);
-    }
-}
-
-static double mono(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static int run(char *const argv[], const char *out_path, const char *err_path, double timeout_s)
-{
-    pid_t pid = spawn(argv, out_path, err_path);
-    return pid < 0 ? -1 : reap(pid, mono() + timeout_s);
-}
-
 static void write_slice(const char *path, const char *text, size_t off, size_t len)
 {
     ck_assert_int_eq(tu_write_file(path, text + off, len), 0);
+}
+
+/* Enroll dev0..dev<n-1> in d and give each a device store of its 8 KB slice of text. */
+static void enroll_with_stores(it_dep_t *d, int n, const char *text)
+{
+    for (int i = 0; i < n; i++) {
+        char id[16], txt[700], db[700];
+        snprintf(id, sizeof(id), "dev%d", i);
+        ck_assert_int_eq(it_enroll(d, id), 0);
+        snprintf(txt, sizeof(txt), "%s/%s.txt", d->dir, id);
+        snprintf(db, sizeof(db), "%s/%s.db", d->dir, id);
+        write_slice(txt, text, (size_t)i * 8000, 8000);
+        char *argv[] = {(char *)PLAIT_AGENT_BIN, "ingest", "--db", db, "--text", txt, NULL};
+        ck_assert_int_eq(it_run(argv, NULL, NULL, 30), 0);
+    }
+}
+
+/* `plait-agent join` for dev<i> of d, a daemon until `rounds` acknowledged rounds (seed i + 1, at
+ * most 150 s), stderr to d's dev<i>.log (its path into log when not NULL); extra: more flags,
+ * NULL-terminated, or NULL. */
+static pid_t spawn_agent(const it_dep_t *d, int i, int rounds, char log[700], const char *const *extra)
+{
+    char id[16], server[64], ca[700], crt[700], key[700], db[700], st[700], seed[16], rs[16], lg[700];
+    snprintf(id, sizeof(id), "dev%d", i);
+    snprintf(server, sizeof(server), "127.0.0.1:%d", d->port);
+    snprintf(ca, sizeof(ca), "%s/ca.crt", d->dir);
+    snprintf(crt, sizeof(crt), "%s/%s.crt", d->dir, id);
+    snprintf(key, sizeof(key), "%s/%s.key", d->dir, id);
+    snprintf(db, sizeof(db), "%s/%s.db", d->dir, id);
+    snprintf(st, sizeof(st), "%s/%s.state", d->dir, id);
+    snprintf(lg, sizeof(lg), "%s/%s.log", d->dir, id);
+    snprintf(seed, sizeof(seed), "%d", i + 1);
+    snprintf(rs, sizeof(rs), "%d", rounds);
+    if (log) snprintf(log, 700, "%s", lg);
+    char *argv[40] = {(char *)PLAIT_AGENT_BIN, "join", "--server", server, "--ca", ca, "--cert", crt, "--key", key,
+                      "--db", db, "--state", st, "--daemon", "--rounds", rs, "--rejoin-ms", "100", "--seed", seed,
+                      "--max-runtime", "150"};
+    int n = 23;
+    for (; extra && *extra && n < 39; extra++) argv[n++] = (char *)*extra;
+    argv[n] = NULL;
+    return it_spawn(argv, NULL, lg);
 }
 
 /* Held-out loss of base + adapter file. */
@@ -92,7 +87,7 @@ static double heldout_loss(const it_dep_t *d, const char *adapter, const char *h
     snprintf(err, sizeof(err), "%s/eval.log", d->dir);
     char *argv[] = {(char *)PLAIT_AGENT_BIN, "eval", "--text", (char *)heldout, "--adapter", (char *)adapter,
                     "--seq", "32", "--max-windows", "64", "--json", NULL};
-    ck_assert_int_eq(run(argv, out, err, 60), 0);
+    ck_assert_int_eq(it_run(argv, out, err, 60), 0);
     size_t n;
     char *j = (char *)tu_read_file(out, &n);
     ck_assert_ptr_nonnull(j);
@@ -182,41 +177,18 @@ START_TEST(test_federation_loss_falls)
     char heldout[700];
     snprintf(heldout, sizeof(heldout), "%s/heldout.txt", d.dir);
     write_slice(heldout, text, 200000, 16000);
-    for (int i = 0; i < N_AGENTS; i++) {
-        char id[16], txt[700], db[700];
-        snprintf(id, sizeof(id), "dev%d", i);
-        ck_assert_int_eq(it_enroll(&d, id), 0);
-        snprintf(txt, sizeof(txt), "%s/%s.txt", d.dir, id);
-        snprintf(db, sizeof(db), "%s/%s.db", d.dir, id);
-        write_slice(txt, text, (size_t)i * 8000, 8000);
-        char *argv[] = {(char *)PLAIT_AGENT_BIN, "ingest", "--db", db, "--text", txt, NULL};
-        ck_assert_int_eq(run(argv, NULL, NULL, 30), 0);
-    }
+    enroll_with_stores(&d, N_AGENTS, text);
     free(text);
     ck_assert_int_eq(it_start(&d, NULL), 0);
 
     /* 8 agent processes, each until it has 3 acknowledged rounds */
-    char server[64];
-    snprintf(server, sizeof(server), "127.0.0.1:%d", d.port);
     pid_t pids[N_AGENTS];
     for (int i = 0; i < N_AGENTS; i++) {
-        char id[16], crt[700], key[700], db[700], st[700], ca[700], seed[16], log[700];
-        snprintf(id, sizeof(id), "dev%d", i);
-        snprintf(ca, sizeof(ca), "%s/ca.crt", d.dir);
-        snprintf(crt, sizeof(crt), "%s/%s.crt", d.dir, id);
-        snprintf(key, sizeof(key), "%s/%s.key", d.dir, id);
-        snprintf(db, sizeof(db), "%s/%s.db", d.dir, id);
-        snprintf(st, sizeof(st), "%s/%s.state", d.dir, id);
-        snprintf(log, sizeof(log), "%s/%s.log", d.dir, id);
-        snprintf(seed, sizeof(seed), "%d", i + 1);
-        char *argv[] = {(char *)PLAIT_AGENT_BIN, "join", "--server", server, "--ca", ca, "--cert", crt, "--key", key,
-                        "--db", db, "--state", st, "--daemon", "--rounds", "3", "--rejoin-ms", "100", "--seed", seed,
-                        "--max-runtime", "150", NULL};
-        pids[i] = spawn(argv, NULL, log);
+        pids[i] = spawn_agent(&d, i, 3, NULL, NULL);
         ck_assert(pids[i] > 0);
     }
-    double deadline = mono() + 170;
-    for (int i = 0; i < N_AGENTS; i++) ck_assert_int_eq(reap(pids[i], deadline), 0);
+    double deadline = it_mono() + 170;
+    for (int i = 0; i < N_AGENTS; i++) ck_assert_int_eq(it_reap(pids[i], deadline), 0);
     for (int r = 1; r <= N_ROUNDS; r++) {
         char needle[96];
         snprintf(needle, sizeof(needle), "round committed round=%d version=%d accepted=8", r, r + 1);
@@ -262,39 +234,17 @@ START_TEST(test_federation_quantized_deltas)
     char *text = (char *)tu_read_file(tp, &tlen);
     free(tp);
     ck_assert_ptr_nonnull(text);
-    for (int i = 0; i < NA; i++) {
-        char id[16], txt[700], db[700];
-        snprintf(id, sizeof(id), "dev%d", i);
-        ck_assert_int_eq(it_enroll(&d, id), 0);
-        snprintf(txt, sizeof(txt), "%s/%s.txt", d.dir, id);
-        snprintf(db, sizeof(db), "%s/%s.db", d.dir, id);
-        write_slice(txt, text, (size_t)i * 8000, 8000);
-        char *argv[] = {(char *)PLAIT_AGENT_BIN, "ingest", "--db", db, "--text", txt, NULL};
-        ck_assert_int_eq(run(argv, NULL, NULL, 30), 0);
-    }
+    enroll_with_stores(&d, NA, text);
     free(text);
     ck_assert_int_eq(it_start(&d, NULL), 0);
-    char server[64];
-    snprintf(server, sizeof(server), "127.0.0.1:%d", d.port);
     pid_t pids[NA];
     for (int i = 0; i < NA; i++) {
-        char id[16], crt[700], key[700], db[700], st[700], ca[700], seed[16], log[700];
-        snprintf(id, sizeof(id), "dev%d", i);
-        snprintf(ca, sizeof(ca), "%s/ca.crt", d.dir);
-        snprintf(crt, sizeof(crt), "%s/%s.crt", d.dir, id);
-        snprintf(key, sizeof(key), "%s/%s.key", d.dir, id);
-        snprintf(db, sizeof(db), "%s/%s.db", d.dir, id);
-        snprintf(st, sizeof(st), "%s/%s.state", d.dir, id);
-        snprintf(log, sizeof(log), "%s/%s.log", d.dir, id);
-        snprintf(seed, sizeof(seed), "%d", i + 1);
-        char *argv[] = {(char *)PLAIT_AGENT_BIN, "join", "--server", server, "--ca", ca, "--cert", crt, "--key", key,
-                        "--db", db, "--state", st, "--daemon", "--rounds", "3", "--rejoin-ms", "100", "--seed", seed,
-                        "--allow-plain-aggregation", "--max-runtime", "150", NULL};
-        pids[i] = spawn(argv, NULL, log);
+        static const char *const extra[] = {"--allow-plain-aggregation", NULL};
+        pids[i] = spawn_agent(&d, i, 3, NULL, extra);
         ck_assert(pids[i] > 0);
     }
-    double deadline = mono() + 170;
-    for (int i = 0; i < NA; i++) ck_assert_int_eq(reap(pids[i], deadline), 0);
+    double deadline = it_mono() + 170;
+    for (int i = 0; i < NA; i++) ck_assert_int_eq(it_reap(pids[i], deadline), 0);
     ck_assert(it_log_wait(&d, "round committed round=3 version=4 accepted=4", 10000));
     char *metrics = it_metrics(&d);
     ck_assert_int_eq(it_stop(&d), 0);
@@ -323,7 +273,7 @@ END_TEST
 /* Wait (until deadline) for needle in a file; 1 if it appeared. */
 static int file_wait(const char *path, const char *needle, double deadline)
 {
-    while (mono() < deadline) {
+    while (it_mono() < deadline) {
         size_t n = 0;
         char *t = (char *)tu_read_file(path, &n);
         int hit = t && strstr(t, needle);
@@ -353,46 +303,24 @@ START_TEST(test_federation_secure_with_kills)
     char *text = (char *)tu_read_file(tp, &tlen);
     free(tp);
     ck_assert_ptr_nonnull(text);
-    for (int i = 0; i < N_AGENTS; i++) {
-        char id[16], txt[700], db[700];
-        snprintf(id, sizeof(id), "dev%d", i);
-        ck_assert_int_eq(it_enroll(&d, id), 0);
-        snprintf(txt, sizeof(txt), "%s/%s.txt", d.dir, id);
-        snprintf(db, sizeof(db), "%s/%s.db", d.dir, id);
-        write_slice(txt, text, (size_t)i * 8000, 8000);
-        char *argv[] = {(char *)PLAIT_AGENT_BIN, "ingest", "--db", db, "--text", txt, NULL};
-        ck_assert_int_eq(run(argv, NULL, NULL, 30), 0);
-    }
+    enroll_with_stores(&d, N_AGENTS, text);
     free(text);
     ck_assert_int_eq(it_start(&d, NULL), 0);
-    char server[64], logs[N_AGENTS][700];
-    snprintf(server, sizeof(server), "127.0.0.1:%d", d.port);
+    char logs[N_AGENTS][700];
     pid_t pids[N_AGENTS];
     for (int i = 0; i < N_AGENTS; i++) {
-        char id[16], crt[700], key[700], db[700], st[700], ca[700], seed[16];
-        snprintf(id, sizeof(id), "dev%d", i);
-        snprintf(ca, sizeof(ca), "%s/ca.crt", d.dir);
-        snprintf(crt, sizeof(crt), "%s/%s.crt", d.dir, id);
-        snprintf(key, sizeof(key), "%s/%s.key", d.dir, id);
-        snprintf(db, sizeof(db), "%s/%s.db", d.dir, id);
-        snprintf(st, sizeof(st), "%s/%s.state", d.dir, id);
-        snprintf(logs[i], sizeof(logs[i]), "%s/%s.log", d.dir, id);
-        snprintf(seed, sizeof(seed), "%d", i + 1);
-        char *argv[] = {(char *)PLAIT_AGENT_BIN, "join", "--server", server, "--ca", ca, "--cert", crt, "--key", key,
-                        "--db", db, "--state", st, "--daemon", "--rounds", "2", "--rejoin-ms", "100", "--seed", seed,
-                        "--max-runtime", "150", NULL};
-        pids[i] = spawn(argv, NULL, logs[i]);
+        pids[i] = spawn_agent(&d, i, 2, logs[i], NULL);
         ck_assert(pids[i] > 0);
     }
-    double deadline = mono() + 170;
+    double deadline = it_mono() + 170;
     /* dev6 dies after the share stage, dev7 after sending its masked update */
     ck_assert(file_wait(logs[6], "secure aggregation index", deadline));
     kill(pids[6], SIGKILL);
     ck_assert(file_wait(logs[7], "masked update sent", deadline));
     kill(pids[7], SIGKILL);
-    reap(pids[6], deadline);
-    reap(pids[7], deadline);
-    for (int i = 0; i < 6; i++) ck_assert_int_eq(reap(pids[i], deadline), 0);
+    it_reap(pids[6], deadline);
+    it_reap(pids[7], deadline);
+    for (int i = 0; i < 6; i++) ck_assert_int_eq(it_reap(pids[i], deadline), 0);
     ck_assert_msg(it_log_wait(&d, "round committed round=1 version=2", 10000), "round 1 did not commit");
     ck_assert_msg(it_log_wait(&d, "round committed round=2 version=3", 10000), "round 2 did not commit");
     ck_assert_int_eq(it_stop(&d), 0);
@@ -417,41 +345,19 @@ START_TEST(test_federation_secure_hostile_device)
     char *text = (char *)tu_read_file(tp, &tlen);
     free(tp);
     ck_assert_ptr_nonnull(text);
-    for (int i = 0; i < N_AGENTS; i++) {
-        char id[16], txt[700], db[700];
-        snprintf(id, sizeof(id), "dev%d", i);
-        ck_assert_int_eq(it_enroll(&d, id), 0);
-        snprintf(txt, sizeof(txt), "%s/%s.txt", d.dir, id);
-        snprintf(db, sizeof(db), "%s/%s.db", d.dir, id);
-        write_slice(txt, text, (size_t)i * 8000, 8000);
-        char *argv[] = {(char *)PLAIT_AGENT_BIN, "ingest", "--db", db, "--text", txt, NULL};
-        ck_assert_int_eq(run(argv, NULL, NULL, 30), 0);
-    }
+    enroll_with_stores(&d, N_AGENTS, text);
     free(text);
     ck_assert_int_eq(it_start(&d, NULL), 0);
-    char server[64], logs[N_AGENTS][700];
-    snprintf(server, sizeof(server), "127.0.0.1:%d", d.port);
+    char logs[N_AGENTS][700];
     pid_t pids[N_AGENTS];
     for (int i = 0; i < N_AGENTS; i++) {
-        char id[16], crt[700], key[700], db[700], st[700], ca[700], seed[16];
-        snprintf(id, sizeof(id), "dev%d", i);
-        snprintf(ca, sizeof(ca), "%s/ca.crt", d.dir);
-        snprintf(crt, sizeof(crt), "%s/%s.crt", d.dir, id);
-        snprintf(key, sizeof(key), "%s/%s.key", d.dir, id);
-        snprintf(db, sizeof(db), "%s/%s.db", d.dir, id);
-        snprintf(st, sizeof(st), "%s/%s.state", d.dir, id);
-        snprintf(logs[i], sizeof(logs[i]), "%s/%s.log", d.dir, id);
-        snprintf(seed, sizeof(seed), "%d", i + 1);
-        char *argv[] = {(char *)PLAIT_AGENT_BIN, "join", "--server", server, "--ca", ca, "--cert", crt, "--key", key,
-                        "--db", db, "--state", st, "--daemon", "--rounds", "1", "--rejoin-ms", "100", "--seed", seed,
-                        "--max-runtime", "150", NULL};
         if (i == 0) setenv("PLAIT_TEST_SECAGG_HOSTILE", "share,reveal", 1);
-        pids[i] = spawn(argv, NULL, logs[i]);
+        pids[i] = spawn_agent(&d, i, 1, logs[i], NULL);
         if (i == 0) unsetenv("PLAIT_TEST_SECAGG_HOSTILE");
         ck_assert(pids[i] > 0);
     }
-    double deadline = mono() + 170;
-    for (int i = 0; i < N_AGENTS; i++) ck_assert_int_eq(reap(pids[i], deadline), 0);
+    double deadline = it_mono() + 170;
+    for (int i = 0; i < N_AGENTS; i++) ck_assert_int_eq(it_reap(pids[i], deadline), 0);
     ck_assert_msg(it_log_wait(&d, "round committed round=1 version=2 accepted=8", 10000), "round 1 did not commit");
     ck_assert_int_ge(it_log_count(&d, "revealed inconsistent shares"), 1);
     /* exactly one honest agent got the garbage, dropped it and stayed */
@@ -485,39 +391,18 @@ START_TEST(test_federation_distributed_dp)
     char *text = (char *)tu_read_file(tp, &tlen);
     free(tp);
     ck_assert_ptr_nonnull(text);
-    for (int i = 0; i < NA; i++) {
-        char id[16], txt[700], db[700];
-        snprintf(id, sizeof(id), "dev%d", i);
-        ck_assert_int_eq(it_enroll(&d, id), 0);
-        snprintf(txt, sizeof(txt), "%s/%s.txt", d.dir, id);
-        snprintf(db, sizeof(db), "%s/%s.db", d.dir, id);
-        write_slice(txt, text, (size_t)i * 8000, 8000);
-        char *argv[] = {(char *)PLAIT_AGENT_BIN, "ingest", "--db", db, "--text", txt, NULL};
-        ck_assert_int_eq(run(argv, NULL, NULL, 30), 0);
-    }
+    enroll_with_stores(&d, NA, text);
     free(text);
     ck_assert_int_eq(it_start(&d, NULL), 0);
-    char server[64], logs[NA][700];
-    snprintf(server, sizeof(server), "127.0.0.1:%d", d.port);
+    char logs[NA][700];
     pid_t pids[NA];
     for (int i = 0; i < NA; i++) {
-        char id[16], crt[700], key[700], db[700], st[700], ca[700], seed[16];
-        snprintf(id, sizeof(id), "dev%d", i);
-        snprintf(ca, sizeof(ca), "%s/ca.crt", d.dir);
-        snprintf(crt, sizeof(crt), "%s/%s.crt", d.dir, id);
-        snprintf(key, sizeof(key), "%s/%s.key", d.dir, id);
-        snprintf(db, sizeof(db), "%s/%s.db", d.dir, id);
-        snprintf(st, sizeof(st), "%s/%s.state", d.dir, id);
-        snprintf(logs[i], sizeof(logs[i]), "%s/%s.log", d.dir, id);
-        snprintf(seed, sizeof(seed), "%d", i + 1);
-        char *argv[] = {(char *)PLAIT_AGENT_BIN, "join", "--server", server, "--ca", ca, "--cert", crt, "--key", key,
-                        "--db", db, "--state", st, "--daemon", "--rounds", "1", "--rejoin-ms", "100", "--seed", seed,
-                        "--min-noise", "1", "--max-runtime", "150", NULL};
-        pids[i] = spawn(argv, NULL, logs[i]);
+        static const char *const extra[] = {"--min-noise", "1", NULL};
+        pids[i] = spawn_agent(&d, i, 1, logs[i], extra);
         ck_assert(pids[i] > 0);
     }
-    double deadline = mono() + 170;
-    for (int i = 0; i < NA; i++) ck_assert_int_eq(reap(pids[i], deadline), 0);
+    double deadline = it_mono() + 170;
+    for (int i = 0; i < NA; i++) ck_assert_int_eq(it_reap(pids[i], deadline), 0);
     for (int i = 0; i < NA; i++) ck_assert(file_wait(logs[i], "distributed DP noise share added", deadline));
     ck_assert_msg(it_log_wait(&d, "round committed round=1 version=2 accepted=3", 10000), "round 1 did not commit");
     ck_assert_int_eq(it_stop(&d), 0);

@@ -31,48 +31,6 @@
 #define NA 3
 #define LOSS_MAX 10.0
 
-static double mono(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static pid_t spawn(char *const argv[], const char *out_path, const char *err_path)
-{
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid != 0) return pid;
-    int o = open(out_path ? out_path : "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    int e = open(err_path ? err_path : "/dev/null", O_WRONLY | O_CREAT | O_APPEND, 0644);
-    if (o >= 0) dup2(o, 1);
-    if (e >= 0) dup2(e, 2);
-    setenv("PLAIT_ASSETS", tu_assets_dir(), 1);
-    execv(argv[0], argv);
-    _exit(127);
-}
-
-static int reap(pid_t pid, double deadline)
-{
-    for (;;) {
-        int st;
-        pid_t r = waitpid(pid, &st, WNOHANG);
-        if (r == pid) return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-        if (mono() > deadline) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &st, 0);
-            return -1;
-        }
-        usleep(20000);
-    }
-}
-
-static int run(char *const argv[], const char *out_path, const char *err_path, double timeout_s)
-{
-    pid_t pid = spawn(argv, out_path, err_path);
-    return pid < 0 ? -1 : reap(pid, mono() + timeout_s);
-}
-
 /* plait-aggregator argv in-process; stdout into out (NUL-terminated). Exit code. */
 static int cli(char *out, size_t cap, char *err, size_t ecap, int argc, char **argv)
 {
@@ -95,7 +53,7 @@ static double device_loss(const it_dep_t *d, const char *db, const char *adapter
     snprintf(err, sizeof(err), "%s/eval.log", d->dir);
     char *argv[] = {(char *)PLAIT_AGENT_BIN, "eval", "--db", (char *)db, "--split", "heldout", "--adapter",
                     (char *)adapter, "--seq", "32", "--batch", "2", "--json", NULL};
-    ck_assert_int_eq(run(argv, out, err, 60), 0);
+    ck_assert_int_eq(it_run(argv, out, err, 60), 0);
     size_t n;
     char *j = (char *)tu_read_file(out, &n);
     ck_assert_ptr_nonnull(j);
@@ -131,7 +89,7 @@ static void fedeval_run(int by_command)
         snprintf(dbs[i], sizeof(dbs[i]), "%s/%s.db", d.dir, id);
         ck_assert_int_eq(tu_write_file(txt, text + (size_t)i * 24000, 24000), 0); /* ~10% of records held out */
         char *argv[] = {(char *)PLAIT_AGENT_BIN, "ingest", "--db", dbs[i], "--text", txt, NULL};
-        ck_assert_int_eq(run(argv, NULL, NULL, 30), 0);
+        ck_assert_int_eq(it_run(argv, NULL, NULL, 30), 0);
     }
     free(text);
     ck_assert_int_eq(it_start(&d, NULL), 0);
@@ -159,11 +117,11 @@ static void fedeval_run(int by_command)
         char *argv[] = {(char *)PLAIT_AGENT_BIN, "join", "--server", server, "--ca", ca, "--cert", crt, "--key", key,
                         "--db", dbs[i], "--state", st, "--daemon", "--rounds", "2", "--rejoin-ms", "100", "--seed",
                         seed, "--max-runtime", "200", NULL};
-        pids[i] = spawn(argv, NULL, log);
+        pids[i] = it_spawn(argv, NULL, log);
         ck_assert(pids[i] > 0);
     }
-    double deadline = mono() + 220;
-    for (int i = 0; i < NA; i++) ck_assert_int_eq(reap(pids[i], deadline), 0);
+    double deadline = it_mono() + 220;
+    for (int i = 0; i < NA; i++) ck_assert_int_eq(it_reap(pids[i], deadline), 0);
     ck_assert_msg(it_log_wait(&d, "round committed round=1 version=2 accepted=3", 10000), "round 1 did not commit");
     ck_assert_msg(it_log_wait(&d, "evaluation committed round=2 version=2 devices=3", 10000),
                   "the evaluation did not commit");

@@ -42,42 +42,6 @@
 #define N_AGENTS 4
 #define N_ROUNDS 3
 
-static double mono(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static pid_t spawn(char *const argv[], const char *err_path)
-{
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid != 0) return pid;
-    int o = open("/dev/null", O_WRONLY);
-    int e = open(err_path ? err_path : "/dev/null", O_WRONLY | O_CREAT | O_APPEND, 0600);
-    if (o >= 0) dup2(o, 1);
-    if (e >= 0) dup2(e, 2);
-    setenv("PLAIT_ASSETS", tu_assets_dir(), 1);
-    execv(argv[0], argv);
-    _exit(127);
-}
-
-/* Exit status of pid, or -1 (killed past the deadline, monotonic seconds). */
-static int reap(pid_t pid, double deadline)
-{
-    for (;;) {
-        int st;
-        if (waitpid(pid, &st, WNOHANG) == pid) return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-        if (mono() > deadline) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &st, 0);
-            return -1;
-        }
-        usleep(20000);
-    }
-}
-
 static int cli_capture(char *out, char *err, size_t cap, char **argv)
 {
     int argc = 0;
@@ -155,7 +119,7 @@ START_TEST(test_adaptive_clipping_end_to_end)
         snprintf(db, sizeof(db), "%s/%s.db", d.dir, id);
         ck_assert_int_eq(tu_write_file(txt, text + (size_t)i * 8000, 8000), 0);
         char *argv[] = {(char *)PLAIT_AGENT_BIN, "ingest", "--db", db, "--text", txt, NULL};
-        ck_assert_int_eq(reap(spawn(argv, NULL), mono() + 60), 0);
+        ck_assert_int_eq(it_reap(it_spawn(argv, NULL, NULL), it_mono() + 60), 0);
     }
     free(text);
     ck_assert_int_eq(it_start(&d, NULL), 0);
@@ -175,11 +139,11 @@ START_TEST(test_adaptive_clipping_end_to_end)
         char *argv[] = {(char *)PLAIT_AGENT_BIN, "join", "--server", server, "--ca", ca, "--cert", crt, "--key", key,
                         "--db", db, "--state", st, "--daemon", "--rounds", "3", "--rejoin-ms", "100", "--seed", seed,
                         "--max-runtime", "150", "--allow-plain-aggregation", NULL};
-        pids[i] = spawn(argv, log);
+        pids[i] = it_spawn(argv, NULL, log);
         ck_assert(pids[i] > 0);
     }
-    double deadline = mono() + 170;
-    for (int i = 0; i < N_AGENTS; i++) ck_assert_int_eq(reap(pids[i], deadline), 0);
+    double deadline = it_mono() + 170;
+    for (int i = 0; i < N_AGENTS; i++) ck_assert_int_eq(it_reap(pids[i], deadline), 0);
     for (int r = 1; r <= N_ROUNDS; r++) {
         char needle[96];
         snprintf(needle, sizeof(needle), "round committed round=%d version=%d accepted=4", r, r + 1);

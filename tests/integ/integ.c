@@ -516,3 +516,44 @@ int it_participate_ex(const it_dep_t *d, const char *id, float value, plait_msg_
     free(c);
     return rc;
 }
+
+double it_mono(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+pid_t it_spawn(char *const argv[], const char *out_path, const char *err_path)
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid != 0) return pid;
+    int o = open(out_path ? out_path : "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    int e = open(err_path ? err_path : "/dev/null", O_WRONLY | O_CREAT | O_APPEND, 0600);
+    if (o >= 0) dup2(o, 1);
+    if (e >= 0) dup2(e, 2);
+    setenv("PLAIT_ASSETS", tu_assets_dir(), 1);
+    execv(argv[0], argv);
+    _exit(127);
+}
+
+int it_reap(pid_t pid, double deadline)
+{
+    for (;;) {
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid) return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+        if (it_mono() > deadline) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &st, 0);
+            return -1;
+        }
+        usleep(20000);
+    }
+}
+
+int it_run(char *const argv[], const char *out_path, const char *err_path, double timeout_s)
+{
+    pid_t pid = it_spawn(argv, out_path, err_path);
+    return pid < 0 ? -1 : it_reap(pid, it_mono() + timeout_s);
+}

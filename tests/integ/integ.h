@@ -94,6 +94,18 @@ int it_upload(it_client_t *c, const plait_msg_task_t *t, const uint32_t *w, size
 /** Quantized update words for a task: n = update_elements words, all coordinates `value`, weight 1. */
 uint32_t *it_update_words(const plait_msg_task_t *t, float value);
 
+/* Child processes (agents, CLIs), every wait bounded. */
+/** Monotonic seconds. */
+double it_mono(void);
+/** fork + exec argv, stdout to out_path and stderr appended to err_path (NULL: /dev/null; created
+ *  0600), PLAIT_ASSETS set to the tests' assets. The pid, or -1. */
+pid_t it_spawn(char *const argv[], const char *out_path, const char *err_path);
+/** Exit status of pid; -1 when it did not exit normally or was still running at deadline
+ *  (it_mono seconds: then it is SIGKILLed and reaped). */
+int it_reap(pid_t pid, double deadline);
+/** it_spawn, then it_reap within timeout_s. */
+int it_run(char *const argv[], const char *out_path, const char *err_path, double timeout_s);
+
 /** Base model path (shared assets). */
 const char *it_model(void);
 

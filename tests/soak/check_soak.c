@@ -67,27 +67,6 @@ static int scale(void)
     return s < 1 ? 1 : s > 100 ? 100 : s;
 }
 
-static double mono(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static pid_t spawn(char *const argv[], const char *err_path)
-{
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid != 0) return pid;
-    int o = open("/dev/null", O_WRONLY);
-    int e = open(err_path ? err_path : "/dev/null", O_WRONLY | O_CREAT | O_APPEND, 0644);
-    if (o >= 0) dup2(o, 1);
-    if (e >= 0) dup2(e, 2);
-    setenv("PLAIT_ASSETS", tu_assets_dir(), 1);
-    execv(argv[0], argv);
-    _exit(127);
-}
-
 /* Stop a child (SIGTERM, then SIGKILL after 20 s) and reap it; its status is not judged. */
 static void stop_child(pid_t pid)
 {
@@ -99,22 +78,6 @@ static void stop_child(pid_t pid)
     }
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
-}
-
-static int run_wait(char *const argv[], double timeout_s)
-{
-    pid_t pid = spawn(argv, NULL);
-    double end = mono() + timeout_s;
-    for (;;) {
-        int st;
-        if (waitpid(pid, &st, WNOHANG) == pid) return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-        if (mono() > end) {
-            kill(pid, SIGKILL);
-            waitpid(pid, NULL, 0);
-            return -1;
-        }
-        usleep(20000);
-    }
 }
 
 /* A deployment whose devices dev0..dev<n-1> each have a device store of 8 KB of text. */
@@ -134,7 +97,7 @@ static void devices_up(it_dep_t *d, int n)
         snprintf(db, sizeof(db), "%s/%s.db", d->dir, id);
         ck_assert_int_eq(tu_write_file(txt, text + (size_t)i * 8000, 8000), 0);
         char *argv[] = {(char *)PLAIT_AGENT_BIN, "ingest", "--db", db, "--text", txt, NULL};
-        ck_assert_int_eq(run_wait(argv, 120), 0);
+        ck_assert_int_eq(it_run(argv, NULL, NULL, 120), 0);
     }
     free(text);
 }
@@ -169,7 +132,7 @@ static pid_t agent_start_ex(const it_dep_t *d, int i, int max_runtime_s, int ful
     size_t n = 3;
     for (size_t k = 0; argv[k] && n < 39; k++) wrapped[n++] = argv[k];
     wrapped[n] = NULL;
-    pid_t pid = spawn(full_disk ? wrapped : argv, log);
+    pid_t pid = it_spawn(full_disk ? wrapped : argv, NULL, log);
     ck_assert(pid > 0);
     return pid;
 }
@@ -325,9 +288,9 @@ START_TEST(test_revoke_churn)
     if (ok) ok = it_log_wait(&d, "revocation list loaded: 0 serials, 1 fingerprints", 120000);
     /* the others keep committing: two more rounds after the list was reloaded */
     int base = ok ? it_log_count(&d, "round committed round=") : 0;
-    double end = mono() + 240;
+    double end = it_mono() + 240;
     while (ok && it_log_count(&d, "round committed round=") < base + 2) {
-        if (mono() > end) ok = 0;
+        if (it_mono() > end) ok = 0;
         usleep(200000);
     }
     for (int i = 0; i < 4; i++) stop_child(pids[i]);
@@ -548,9 +511,9 @@ static void devs_stop(devs_t *v)
 /* Wait (up to timeout_s) for the newest version to pass `than`; 1 if it did. */
 static int version_past(const it_dep_t *d, long long than, int timeout_s)
 {
-    double end = mono() + timeout_s;
+    double end = it_mono() + timeout_s;
     while (newest_version(d) <= than) {
-        if (mono() > end) return 0;
+        if (it_mono() > end) return 0;
         usleep(100000);
     }
     return 1;
@@ -595,7 +558,7 @@ START_TEST(test_crash_points)
         devs_start(&v, &d);
         /* the process dies by its own SIGKILL at the first commit */
         int st = 0, done = 0;
-        for (double end = mono() + 240; !done && mono() < end;) {
+        for (double end = it_mono() + 240; !done && it_mono() < end;) {
             if (waitpid(d.pid, &st, WNOHANG) == d.pid) done = 1;
             else usleep(50000);
         }
@@ -734,8 +697,8 @@ START_TEST(test_device_disk_full)
      * pending update, so it never uploads: each round it is in waits for
      * round_timeout_s, which is kept short. */
     int ok = 1;
-    for (double end = mono() + 240; ok && it_log_count(&d, "round committed round=") < 2; usleep(200000))
-        if (mono() > end) ok = 0;
+    for (double end = it_mono() + 240; ok && it_log_count(&d, "round committed round=") < 2; usleep(200000))
+        if (it_mono() > end) ok = 0;
     /* the full-disk one did not crash: still running, or ended without a signal */
     int st = 0;
     pid_t r = waitpid(pids[2], &st, WNOHANG);
