@@ -20,7 +20,12 @@
  * (secure_agg = false); P = update words = 5780·rank + 1 with FedIT LoRA on
  * all seven projections of stories260K, rank = round(P / 5780). The clients
  * send the update packed at quant_bits when the task says packed_update (the
- * aggregator's default), as the agent does, else as 32-bit words.
+ * aggregator's default), as the agent does, else as 32-bit words. With
+ * --delta-bits 8|16 the deployment commits quantized download deltas
+ * (download_delta_bits) and each client, from round 2 on, asks for a delta
+ * from the adapter it holds and rebuilds the new one as the agent does (load
+ * the held file, apply the delta, serialize, check the task's SHA-256), so
+ * the server's cost per round includes what a fleet with deltas costs it.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -42,7 +47,10 @@
 
 #include "bench.h"
 #include "cli.h"
+#include "plait/adapter.h"
 #include "plait/crypto.h"
+#include "plait/delta.h"
+#include "plait/lora.h"
 #include "plait/model.h"
 #include "plait/rng.h"
 #include "plait/tls.h"
@@ -74,6 +82,11 @@ typedef struct {
     uint32_t up_idx;
     uint64_t up_bytes, down_bytes;
     int resumed;
+    uint8_t *held, *dl;    /* the adapter file it holds; the download being received */
+    size_t held_len, held_cap, dl_cap;
+    uint8_t held_sha[32];
+    plait_adapter_encoding_t enc;
+    int delta_used;        /* this round's download was a delta */
     char why[320];
 } srv_client_t;
 
@@ -84,6 +97,8 @@ typedef struct {
     size_t n_words;
     int port;
     uint8_t model_sha[32];
+    const plait_model_t *model; /* for rebuilding deltas (read-only, shared by the threads) */
+    int delta;                  /* clients ask for DELTA downloads */
     plait_wire_limits_t lim;
 } srv_pool_t;
 
@@ -175,6 +190,34 @@ static int cl_next_chunk(srv_client_t *c, const srv_pool_t *p)
     return rc == 0;
 }
 
+/* A DELTA download (c->dl, c->have bytes) applied to the held adapter, as the agent rebuilds it
+ * (agent_dl.c): the new file replaces the held one and its SHA-256 goes to got. 0, or -1 (failed). */
+static int cl_rebuild(srv_client_t *c, const srv_pool_t *p, uint8_t got[32])
+{
+    plait_lora_t l;
+    plait_lora_init(&l);
+    if (!c->held) {
+        cl_fail(c, "a delta without a held adapter", PLAIT_EPROTO);
+        return -1;
+    }
+    int rc = plait_adapter_load_mem(&l, c->held, c->held_len, p->model, 0);
+    if (rc == 0) rc = plait_delta_apply(l.params, l.n_params, c->dl, (size_t)c->have, l.params);
+    uint8_t *img = NULL;
+    size_t n = 0;
+    if (rc == 0) rc = plait_adapter_save_mem(&l, p->model_sha, &img, &n);
+    plait_lora_free(&l);
+    if (rc != 0) {
+        cl_fail(c, "rebuilding the adapter from its delta", rc);
+        return -1;
+    }
+    plait_sha256(img, n, got);
+    free(c->held);
+    c->held = img;
+    c->held_len = c->held_cap = n;
+    c->delta_used = 1;
+    return 0;
+}
+
 static void cl_handle(srv_client_t *c, const srv_pool_t *p, plait_msg_t *m, double now)
 {
     if (m->type == PLAIT_MSG_ERROR) {
@@ -204,6 +247,12 @@ static void cl_handle(srv_client_t *c, const srv_pool_t *p, plait_msg_t *m, doub
         plait_msg_init(&r, PLAIT_MSG_ADAPTER_REQUEST);
         r.u.adapter_request.round_id = c->task.round_id;
         r.u.adapter_request.version = c->task.adapter_version;
+        if (p->delta && c->held) { /* as an agent holding the last version asks */
+            r.u.adapter_request.accept = 1u << PLAIT_ADAPTER_DELTA;
+            r.u.adapter_request.has_base = 1;
+            memcpy(r.u.adapter_request.base_sha256, c->held_sha, 32);
+        }
+        c->delta_used = 0;
         int rc = cl_queue(c, &r, &p->lim);
         if (rc != 0) { cl_fail(c, "encoding the adapter request", rc); return; }
         plait_sha256_init(&c->h);
@@ -214,13 +263,35 @@ static void cl_handle(srv_client_t *c, const srv_pool_t *p, plait_msg_t *m, doub
     if (c->st == CL_DOWNLOAD && m->type == PLAIT_MSG_ADAPTER_CHUNK) {
         const plait_msg_adapter_chunk_t *a = &m->u.adapter_chunk;
         if (a->offset != c->have) { cl_fail(c, "adapter chunk out of order", PLAIT_EPROTO); return; }
+        if (a->offset == 0) c->enc = a->encoding;
+        if (a->total_len > p->lim.max_adapter_bytes || a->offset + a->len > a->total_len)
+            { cl_fail(c, "adapter chunk length", PLAIT_EPROTO); return; }
+        if (c->dl_cap < a->total_len) {
+            uint8_t *g = realloc(c->dl, a->total_len);
+            if (!g) { cl_fail(c, "download buffer", PLAIT_ENOMEM); return; }
+            c->dl = g;
+            c->dl_cap = a->total_len;
+        }
+        memcpy(c->dl + a->offset, a->data, a->len);
         plait_sha256_update(&c->h, a->data, a->len);
         c->have += a->len;
         if (a->has_sha256) {
             uint8_t got[32];
             plait_sha256_finish(&c->h, got);
+            if (c->enc == PLAIT_ADAPTER_DELTA) {
+                if (cl_rebuild(c, p, got) != 0) return;
+            } else {
+                uint8_t *t = c->held; /* the file becomes the held adapter; the old buffer is reused */
+                size_t tcap = c->held_cap;
+                c->held = c->dl;
+                c->held_cap = c->dl_cap;
+                c->held_len = (size_t)c->have;
+                c->dl = t;
+                c->dl_cap = tcap;
+            }
             if (memcmp(got, a->sha256, 32) != 0 || memcmp(got, c->task.adapter_sha256, 32) != 0)
                 { cl_fail(c, "adapter hash", PLAIT_EAUTH); return; }
+            memcpy(c->held_sha, got, 32);
             c->st = CL_UPLOAD;
             c->up_off = 0;
             c->up_idx = 0;
@@ -573,7 +644,7 @@ static void server_stop(srv_server_t *s)
 typedef struct {
     const char *bin, *model, *workdir;
     size_t threads, rounds;
-    unsigned bits;
+    unsigned bits, delta_bits;
     int keep;
 } srv_opts_t;
 
@@ -603,9 +674,10 @@ static int run_row(const srv_opts_t *o, size_t N, size_t P)
     snprintf(kv[k++], 96, "round_timeout_s=900");
     snprintf(kv[k++], 96, "retry_ms=200");
     snprintf(kv[k++], 96, "auth_timeout_s=120");
+    snprintf(kv[k++], 96, "download_delta_bits=%u", o->delta_bits);
     int rc = cli("init", s.dir, "--base-model", o->model, "--set", kv[0], "--set", kv[1], "--set", kv[2], "--set", kv[3],
                  "--set", kv[4], "--set", kv[5], "--set", kv[6], "--set", kv[7], "--set", kv[8], "--set", kv[9], "--set",
-                 kv[10], "--set", kv[11], "--set", kv[12], "--set", kv[13], "--set", kv[14], NULL);
+                 kv[10], "--set", kv[11], "--set", kv[12], "--set", kv[13], "--set", kv[14], "--set", kv[15], NULL);
     if (rc != 0) {
         fprintf(stderr, "plait-bench serve: init %s failed\n", s.dir);
         return 1;
@@ -636,7 +708,8 @@ static int run_row(const srv_opts_t *o, size_t N, size_t P)
     memset(&mdl, 0, sizeof(mdl));
     if (ok && plait_model_load(&mdl, o->model) == 0) {
         memcpy(p.model_sha, mdl.sha256, 32);
-        plait_model_free(&mdl);
+        p.model = &mdl;
+        p.delta = o->delta_bits != 0;
     } else {
         ok = 0;
     }
@@ -699,13 +772,14 @@ static int run_row(const srv_opts_t *o, size_t N, size_t P)
             if (pthread_create(&th[nt], NULL, pool_thread, &ta[nt]) != 0) break;
         }
         for (size_t i = 0; i < nt; i++) pthread_join(th[i], NULL);
-        size_t failed = 0, resumed = 0;
+        size_t failed = 0, resumed = 0, deltas = 0;
         uint64_t ub = 0, db = 0;
         for (size_t i = 0; i < N; i++) {
             if (p.cl[i].st != CL_DONE) {
                 if (failed++ == 0) fprintf(stderr, "plait-bench serve: device %s: %s\n", p.cl[i].id, p.cl[i].why);
             }
             resumed += (size_t)p.cl[i].resumed;
+            deltas += (size_t)p.cl[i].delta_used;
             ub += p.cl[i].up_bytes;
             db += p.cl[i].down_bytes;
         }
@@ -725,8 +799,8 @@ static int run_row(const srv_opts_t *o, size_t N, size_t P)
         down[r - 1] = (double)db / (double)N;
         done = r;
         printf("  round %zu: server CPU %.3f s, wall %.3f s, up %.3f MB/device, down %.3f MB/device, resumed %zu/%zu, "
-               "server RSS %.1f MiB\n",
-               r, cpu[r - 1], wall[r - 1], up[r - 1] / 1e6, down[r - 1] / 1e6, resumed, N,
+               "delta downloads %zu/%zu, server RSS %.1f MiB\n",
+               r, cpu[r - 1], wall[r - 1], up[r - 1] / 1e6, down[r - 1] / 1e6, resumed, N, deltas, N,
                (double)proc_kib(s.pid, "VmRSS") / 1024.0);
         fflush(stdout);
     }
@@ -734,7 +808,8 @@ static int run_row(const srv_opts_t *o, size_t N, size_t P)
     server_stop(&s);
     if (done > 0) {
         /* Round 1 pays the full handshakes; the medians are over all rounds. */
-        printf("| %zu | %zu | %u | %zu | %.3f | %.3f | %.3f | %.3f | %.1f |\n", N, n_words, o->bits, done,
+        printf("| %zu | %zu | %u | %s | %zu | %.3f | %.3f | %.3f | %.3f | %.1f |\n", N, n_words, o->bits,
+               o->delta_bits == 8 ? "8" : o->delta_bits == 16 ? "16" : "off", done,
                bench_median(cpu, done), bench_median(wall, done), bench_median(up, done) / 1e6,
                bench_median(down, done) / 1e6, hwm);
         fflush(stdout);
@@ -742,7 +817,10 @@ static int run_row(const srv_opts_t *o, size_t N, size_t P)
     for (size_t i = 0; p.cl && i < N; i++) {
         cl_close(&p.cl[i]);
         plait_tls_config_free(p.cl[i].cfg);
+        free(p.cl[i].held);
+        free(p.cl[i].dl);
     }
+    plait_model_free(&mdl);
     free(p.cl);
     free(words);
     free(cpu);
@@ -760,7 +838,7 @@ static int run_row(const srv_opts_t *o, size_t N, size_t P)
 
 static void serve_usage(FILE *f)
 {
-    fputs("usage: plait-bench serve [--n LIST] [--p LIST] [--rounds R] [--bits B] [--threads T]\n"
+    fputs("usage: plait-bench serve [--n LIST] [--p LIST] [--rounds R] [--bits B] [--delta-bits D] [--threads T]\n"
           "                         [--aggregator PATH] [--model PATH] [--workdir DIR] [--keep]\n"
           "The real plait-aggregator serve on 127.0.0.1 and N TLS clients (enrolled devices, a pool of T\n"
           "threads with non-blocking sockets) uploading P-word updates (plain protocol, FedIT on all\n"
@@ -771,6 +849,8 @@ static void serve_usage(FILE *f)
           "  --p LIST        update words, comma-separated (default 100000,1000000); rows N x P\n"
           "  --rounds R      rounds per row (default 3)\n"
           "  --bits B        quant_bits of the deployment, 8..32 (default 16)\n"
+          "  --delta-bits D  download_delta_bits of the deployment, 0, 8 or 16 (default 0); with 8 or 16\n"
+          "                  the clients ask for deltas from round 2 and rebuild them as agents do\n"
           "  --threads T     client threads (default 2)\n"
           "  --aggregator P  the plait-aggregator binary (default the one built with this bench)\n"
           "  --model PATH    stories260K.bin (default $PLAIT_ASSETS or ../shared/assets)\n"
@@ -794,7 +874,8 @@ static int parse_list(const char *flag, const char *s, size_t max, size_t *out, 
 int bench_serve(int argc, char **argv)
 {
     size_t ns[8] = {10, 100, 1000}, ps[8] = {100000, 1000000}, nn = 3, np = 2, bits = 16;
-    srv_opts_t o = {PLAIT_AGG_BIN, NULL, "/tmp", 2, 3, 16, 0};
+    size_t delta_bits = 0;
+    srv_opts_t o = {PLAIT_AGG_BIN, NULL, "/tmp", 2, 3, 16, 0, 0};
     char model[1024];
     const char *assets = getenv("PLAIT_ASSETS");
     snprintf(model, sizeof(model), "%s/stories260K.bin", assets && *assets ? assets : "../shared/assets");
@@ -819,6 +900,9 @@ int bench_serve(int argc, char **argv)
         } else if (strcmp(a, "--bits") == 0) {
             bad = bench_parse_size("serve", a, v, 32, &bits) || bits < 8;
             o.bits = (unsigned)bits;
+        } else if (strcmp(a, "--delta-bits") == 0) {
+            bad = bench_parse_size("serve", a, v, 16, &delta_bits) || (delta_bits != 0 && delta_bits != 8 && delta_bits != 16);
+            o.delta_bits = (unsigned)delta_bits;
         } else if (strcmp(a, "--threads") == 0) {
             bad = bench_parse_size("serve", a, v, 64, &o.threads) || o.threads == 0;
         } else if (strcmp(a, "--aggregator") == 0) {
@@ -844,8 +928,8 @@ int bench_serve(int argc, char **argv)
     if (getloadavg(la, 3) < 0) la[0] = -1;
     printf("plait-bench serve: %s; load average %.2f at start; %zu rounds per row, %zu client threads\n", mach, la[0],
            o.rounds, o.threads);
-    printf("| devices N | update words P | quant bits | rounds | server CPU/round s | wall/round s | up MB/device | "
-           "down MB/device | server peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|\n");
+    printf("| devices N | update words P | quant bits | download delta bits | rounds | server CPU/round s | "
+           "wall/round s | up MB/device | down MB/device | server peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|\n");
     fflush(stdout);
     int rc = 0;
     for (size_t j = 0; j < np; j++)
