@@ -2,8 +2,8 @@
  * tls.h: mutual-TLS sessions over memory buffers (no sockets inside).
  *
  * Policy, fixed here rather than configurable: TLS 1.2 only; ECDHE-ECDSA with
- * AEAD suites only (AES-128-GCM-SHA256, AES-256-GCM-SHA384,
- * CHACHA20-POLY1305-SHA256); key exchange on X25519 or P-256; certificates
+ * AEAD suites only (CHACHA20-POLY1305-SHA256 preferred, then AES-128-GCM-SHA256,
+ * AES-256-GCM-SHA384); key exchange on X25519 or P-256; certificates
  * ECDSA P-256 signed with SHA-256/384/512 by the deployment CA (pki.h); no
  * renegotiation; session tickets (RFC 5077) only where plait_tls_config_tickets()
  * turns them on. Both sides always present a certificate
