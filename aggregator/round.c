@@ -503,16 +503,21 @@ int plait_round_submit_words(plait_round_t *r, uint64_t client, uint64_t round_i
     if (!words) rc = plait_fail(PLAIT_EINVAL, "round: NULL update");
     const size_t nw = P + 1 + (r->cfg.clip_bit ? 1 : 0);
     if (rc == 0 && n_words != nw) rc = plait_fail(PLAIT_EMISMATCH, "round: %zu words, expected %zu", n_words, nw);
+    int added = 0; /* the span is in wsum already (the fused check below) */
     if (rc == 0 && !r->cfg.secure) {
         /* Decode this update alone: every word must be a valid encoding, the
          * weight positive, and w·x inside the clip ball up to quantization. */
-        double w = 0;
-        rc = plait_quant_decode_sum(&r->cfg.quant, words, P, 1, r->scratch);
+        double w = 0, ss = 0;
+        if (r->robust) { /* the estimators need the decoded values */
+            rc = plait_quant_decode_sum(&r->cfg.quant, words, P, 1, r->scratch);
+            for (size_t i = 0; rc == 0 && i < P; i++) ss += r->scratch[i] * r->scratch[i];
+        } else { /* range check, sum of squares and the sum in one pass; taken back on refusal */
+            rc = plait_quant_add_checked(&r->cfg.quant, r->wsum, words, P, &ss);
+            added = rc == 0;
+        }
         if (rc == 0) rc = plait_quant_decode_weight_sum(&r->cfg.quant, words[P], 1, &w);
         if (rc == 0 && !(w > 0)) rc = plait_fail(PLAIT_EINVAL, "round: zero weight");
         if (rc == 0 && r->cfg.check_norm) {
-            double ss = 0;
-            for (size_t i = 0; i < P; i++) ss += r->scratch[i] * r->scratch[i];
             double bound = plait_round_clip(r) + plait_quant_norm_slack(&r->cfg.quant, P) + 1e-9;
             if (sqrt(ss) > bound)
                 rc = plait_fail(PLAIT_ETOOBIG, "round: update norm above the bound %g (clip plus quantization slack)",
@@ -533,10 +538,12 @@ int plait_round_submit_words(plait_round_t *r, uint64_t client, uint64_t round_i
         if (rc == 0) rc = plait_robust_add(r->robust, r->one, P);
     }
     if (rc != 0) {
+        if (added) plait_update_sub_u32(r->wsum, words, P); /* exact: the sum is mod 2^32 */
         refuse(r, m, rc, now);
         return rc;
     }
-    plait_update_add_u32(r->wsum, words, nw);
+    if (added) plait_update_add_u32(r->wsum + P, words + P, nw - P);
+    else plait_update_add_u32(r->wsum, words, nw);
     accept(r, m, unclipped, now);
     return 0;
 }

@@ -188,6 +188,20 @@ int plait_unpack_bits(const uint8_t *in, size_t len, size_t n, unsigned m, uint3
     size_t need = plait_pack_bits_len(n, m);
     if ((need == 0 && n > 0) || len != need)
         return plait_fail(PLAIT_EPROTO, "unpack: %zu bytes for %zu words of %u bits (want %zu)", len, n, m, need);
+    if (m % 8 == 0) { /* whole bytes, little-endian (the layout below): no padding bits to check */
+        size_t b = m / 8;
+        if (b == 1)
+            for (size_t i = 0; i < n; i++) w[i] = in[i];
+        else if (b == 2)
+            for (size_t i = 0; i < n; i++) w[i] = (uint32_t)in[2 * i] | (uint32_t)in[2 * i + 1] << 8;
+        else
+            for (size_t i = 0; i < n; i++) {
+                uint32_t v = 0;
+                for (size_t k = 0; k < b; k++) v |= (uint32_t)in[b * i + k] << (8 * k);
+                w[i] = v;
+            }
+        return 0;
+    }
     uint32_t mask = word_mask(m);
     uint64_t acc = 0;
     unsigned nb = 0;

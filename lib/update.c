@@ -332,13 +332,18 @@ int plait_quant_decode_sum(const plait_quant_config_t *cfg, const uint32_t *sum,
     if (rc != 0) return rc;
     const uint64_t kmax = n_clients * levels(cfg->bits); /* <= 2^32 - 1 after the cohort check */
     const double step = plait_quant_step(cfg), off = (double)n_clients * cfg->range;
+    /* One branch-free pass (it vectorizes); a word out of range is located afterwards. */
+    int bad = 0;
     for (size_t i = 0; i < n; i++) {
-        if (sum[i] > kmax) {
-            memset(out, 0, n * sizeof(double));
-            return plait_fail(PLAIT_EPROTO, "quant_decode: word %zu exceeds %llu clients x %u bits", i,
-                              (unsigned long long)n_clients, cfg->bits);
-        }
+        bad |= sum[i] > kmax;
         out[i] = (double)sum[i] * step - off;
+    }
+    if (bad) {
+        size_t i = 0;
+        while (sum[i] <= kmax) i++;
+        memset(out, 0, n * sizeof(double));
+        return plait_fail(PLAIT_EPROTO, "quant_decode: word %zu exceeds %llu clients x %u bits", i,
+                          (unsigned long long)n_clients, cfg->bits);
     }
     return 0;
 }
@@ -358,4 +363,46 @@ int plait_quant_decode_weight_sum(const plait_quant_config_t *cfg, uint32_t sum,
 void plait_update_add_u32(uint32_t *acc, const uint32_t *x, size_t n)
 {
     for (size_t i = 0; i < n; i++) acc[i] += x[i]; /* unsigned: wraps mod 2^32 by definition */
+}
+
+void plait_update_sub_u32(uint32_t *acc, const uint32_t *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++) acc[i] -= x[i];
+}
+
+int plait_quant_add_checked(const plait_quant_config_t *cfg, uint32_t *acc, const uint32_t *w, size_t n,
+                            double *sumsq)
+{
+    if (!cfg || !sumsq || (n > 0 && (!acc || !w))) return plait_fail(PLAIT_EINVAL, "quant_add: NULL argument");
+    int rc = plait_quant_config_validate(cfg);
+    if (rc != 0) return rc;
+    *sumsq = 0;
+    const uint32_t kmax = (uint32_t)levels(cfg->bits);
+    const double step = plait_quant_step(cfg), off = cfg->range;
+    /* One pass over the words, branch-free so it vectorizes; 8 partial sums of squares. */
+    double part[8] = {0};
+    uint32_t bad = 0;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (size_t k = 0; k < 8; k++) {
+            uint32_t v = w[i + k];
+            bad |= (uint32_t)(v > kmax);
+            double x = (double)v * step - off;
+            part[k] += x * x;
+            acc[i + k] += v;
+        }
+    for (; i < n; i++) {
+        bad |= (uint32_t)(w[i] > kmax);
+        double x = (double)w[i] * step - off;
+        part[0] += x * x;
+        acc[i] += w[i];
+    }
+    if (bad) {
+        plait_update_sub_u32(acc, w, n);
+        size_t j = 0;
+        while (w[j] <= kmax) j++;
+        return plait_fail(PLAIT_EPROTO, "quant_decode: word %zu exceeds 1 clients x %u bits", j, cfg->bits);
+    }
+    *sumsq = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+    return 0;
 }

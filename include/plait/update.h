@@ -199,5 +199,18 @@ int plait_quant_decode_weight_sum(const plait_quant_config_t *cfg, uint32_t sum,
 
 /** \brief acc[i] += x[i] mod 2^32 (how the aggregator sums masked words). */
 void plait_update_add_u32(uint32_t *acc, const uint32_t *x, size_t n);
+/** \brief acc[i] -= x[i] mod 2^32: takes back exactly what plait_update_add_u32() added. */
+void plait_update_sub_u32(uint32_t *acc, const uint32_t *x, size_t n);
+
+/**
+ * \brief One device's quantized words w[0, n) checked and summed in one pass (the aggregator's
+ *        plain path): every word must be a single-client encoding (<= 2^b - 1); acc[i] += w[i]
+ *        mod 2^32, and *sumsq = the sum of squares of the decoded values w[i]·step - R (in an
+ *        order fixed by n, not left to right).
+ * \return 0; PLAIT_EPROTO naming the first word out of range (acc is then as before);
+ *         PLAIT_EINVAL for a bad config or NULL pointers.
+ */
+int plait_quant_add_checked(const plait_quant_config_t *cfg, uint32_t *acc, const uint32_t *w, size_t n,
+                            double *sumsq /* OUT */) PLAIT_WUR;
 
 #endif /* PLAIT_UPDATE_H */

@@ -4,6 +4,7 @@
  */
 #include <check.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -491,6 +492,58 @@ START_TEST(test_quant_weights_and_errors)
 }
 END_TEST
 
+/* The aggregator's one-pass check-and-add against decode, sum of squares and add done apart:
+ * the same sum bit for bit, the same sum of squares to rounding, a bad word named and the
+ * accumulator left exactly as it was. Lengths around the 8-wide blocks; 8, 13, 16, 32 bits. */
+START_TEST(test_quant_add_checked)
+{
+    static const unsigned bits[] = {8, 13, 16, 32};
+    static const size_t lens[] = {0, 1, 7, 8, 9, 1000, 1003};
+    plait_rng_t rng;
+    plait_rng_seed_u64(&rng, 5, 6);
+    for (size_t b = 0; b < sizeof(bits) / sizeof(bits[0]); b++)
+        for (size_t l = 0; l < sizeof(lens) / sizeof(lens[0]); l++) {
+            size_t n = lens[l];
+            plait_quant_config_t qc = {bits[b], 0.5};
+            uint32_t *w = malloc((n + 1) * 4), *acc = malloc((n + 1) * 4), *ref = malloc((n + 1) * 4);
+            double *dec = malloc((n + 1) * sizeof(double));
+            ck_assert(w && acc && ref && dec);
+            uint64_t lv = bits[b] == 32 ? UINT32_MAX : ((UINT64_C(1) << bits[b]) - 1);
+            for (size_t i = 0; i < n; i++) {
+                w[i] = (uint32_t)(plait_rng_u64(&rng) % (lv + 1));
+                acc[i] = ref[i] = (uint32_t)plait_rng_u64(&rng); /* wraps mod 2^32 */
+            }
+            double ss = -1, want = 0;
+            ck_assert_int_eq(plait_quant_add_checked(&qc, acc, w, n, &ss), 0);
+            ck_assert_int_eq(plait_quant_decode_sum(&qc, w, n, 1, dec), 0);
+            for (size_t i = 0; i < n; i++) want += dec[i] * dec[i];
+            plait_update_add_u32(ref, w, n);
+            ck_assert(n == 0 || memcmp(acc, ref, n * 4) == 0);
+            ck_assert_msg(fabs(ss - want) <= 1e-12 * (want + 1), "n %zu bits %u: %.17g vs %.17g", n, bits[b], ss, want);
+            if (n > 0 && bits[b] < 32) { /* one word out of range: refused, named, acc untouched */
+                size_t j = n / 2;
+                w[j] = (uint32_t)lv + 1;
+                memcpy(ref, acc, n * 4);
+                ck_assert_int_eq(plait_quant_add_checked(&qc, acc, w, n, &ss), PLAIT_EPROTO);
+                char name[32];
+                snprintf(name, sizeof(name), "word %zu ", j);
+                ck_assert_msg(strstr(plait_errmsg(), name) != NULL, "%s", plait_errmsg());
+                ck_assert_int_eq(memcmp(acc, ref, n * 4), 0);
+            }
+            free(w);
+            free(acc);
+            free(ref);
+            free(dec);
+        }
+    plait_quant_config_t bad = {7, 1.0};
+    double ss;
+    uint32_t one = 0;
+    ck_assert_int_eq(plait_quant_add_checked(&bad, &one, &one, 1, &ss), PLAIT_EINVAL);
+    plait_quant_config_t ok = {8, 1.0};
+    ck_assert_int_eq(plait_quant_add_checked(&ok, NULL, &one, 1, &ss), PLAIT_EINVAL);
+}
+END_TEST
+
 Suite *update_suite(void)
 {
     Suite *s = suite_create("update");
@@ -516,6 +569,7 @@ Suite *update_suite(void)
     tcase_add_test(tc, test_quant_sum_with_masks);
     tcase_add_test(tc, test_quant_cohort_bound);
     tcase_add_test(tc, test_quant_weights_and_errors);
+    tcase_add_test(tc, test_quant_add_checked);
     suite_add_tcase(s, tc);
     return s;
 }
