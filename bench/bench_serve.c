@@ -836,91 +836,74 @@ static int run_row(const srv_opts_t *o, size_t N, size_t P)
     return ok && done == o->rounds ? 0 : 1;
 }
 
-static void serve_usage(FILE *f)
-{
-    fputs("usage: plait-bench serve [--n LIST] [--p LIST] [--rounds R] [--bits B] [--delta-bits D] [--threads T]\n"
-          "                         [--aggregator PATH] [--model PATH] [--workdir DIR] [--keep]\n"
-          "The real plait-aggregator serve on 127.0.0.1 and N TLS clients (enrolled devices, a pool of T\n"
-          "threads with non-blocking sockets) uploading P-word updates (plain protocol, FedIT on all\n"
-          "seven projections of stories260K) for R rounds. Prints per round the server's CPU time\n"
-          "(user + system of the server process), wall time, TLS bytes per device each way, and a\n"
-          "Markdown row of medians with the server's peak RSS (VmHWM).\n"
-          "  --n LIST        device counts, comma-separated (default 10,100,1000)\n"
-          "  --p LIST        update words, comma-separated (default 100000,1000000); rows N x P\n"
-          "  --rounds R      rounds per row (default 3)\n"
-          "  --bits B        quant_bits of the deployment, 8..32 (default 16)\n"
-          "  --delta-bits D  download_delta_bits of the deployment, 0, 8 or 16 (default 0); with 8 or 16\n"
-          "                  the clients ask for deltas from round 2 and rebuild them as agents do\n"
-          "  --threads T     client threads (default 2)\n"
-          "  --aggregator P  the plait-aggregator binary (default the one built with this bench)\n"
-          "  --model PATH    stories260K.bin (default $PLAIT_ASSETS or ../shared/assets)\n"
-          "  --workdir DIR   where deployments are made (default /tmp)\n"
-          "  --keep          keep each row's deployment and server log\n",
-          f);
-}
+typedef struct {
+    size_t *v, n, max;
+    const char *flag;
+} size_list_t;
 
-static int parse_list(const char *flag, const char *s, size_t max, size_t *out, size_t *n)
+/* --n / --p: up to 8 comma-separated counts of 1..max. */
+static int set_list(void *dest, const char *value)
 {
+    size_list_t *l = dest;
     char buf[256];
-    snprintf(buf, sizeof(buf), "%s", s);
-    *n = 0;
+    snprintf(buf, sizeof(buf), "%s", value);
+    size_t n = 0;
     for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-        if (*n == 8 || bench_parse_size("serve", flag, t, max, &out[*n]) != 0 || out[*n] == 0) return -1;
-        (*n)++;
+        char *end;
+        errno = 0;
+        unsigned long long x = strtoull(t, &end, 10);
+        if (n == 8 || *end || end == t || errno || x == 0 || x > l->max || t[0] == '-')
+            return plait_fail(PLAIT_EINVAL, "%s '%.60s' is not a list of at most 8 counts of 1..%zu", l->flag, value,
+                              l->max);
+        l->v[n++] = (size_t)x;
     }
-    return *n ? 0 : -1;
+    if (n == 0) return plait_fail(PLAIT_EINVAL, "%s: an empty list", l->flag);
+    l->n = n;
+    return 0;
 }
 
 int bench_serve(int argc, char **argv)
 {
-    size_t ns[8] = {10, 100, 1000}, ps[8] = {100000, 1000000}, nn = 3, np = 2, bits = 16;
-    size_t delta_bits = 0;
+    size_t ns[8] = {10, 100, 1000}, ps[8] = {100000, 1000000};
+    size_list_t nl = {ns, 3, 100000, "--n"}, pl = {ps, 2, 16000000, "--p"};
     srv_opts_t o = {PLAIT_AGG_BIN, NULL, "/tmp", 2, 3, 16, 0, 0};
     char model[1024];
     const char *assets = getenv("PLAIT_ASSETS");
     snprintf(model, sizeof(model), "%s/stories260K.bin", assets && *assets ? assets : "../shared/assets");
     o.model = model;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        int bad = 0;
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            serve_usage(stdout);
-            return 0;
-        } else if (strcmp(a, "--keep") == 0) {
-            o.keep = 1;
-            continue;
-        } else if (!v) {
-            bad = 1;
-        } else if (strcmp(a, "--n") == 0) {
-            bad = parse_list(a, v, 100000, ns, &nn);
-        } else if (strcmp(a, "--p") == 0) {
-            bad = parse_list(a, v, 16000000, ps, &np);
-        } else if (strcmp(a, "--rounds") == 0) {
-            bad = bench_parse_size("serve", a, v, 1000, &o.rounds) || o.rounds == 0;
-        } else if (strcmp(a, "--bits") == 0) {
-            bad = bench_parse_size("serve", a, v, 32, &bits) || bits < 8;
-            o.bits = (unsigned)bits;
-        } else if (strcmp(a, "--delta-bits") == 0) {
-            bad = bench_parse_size("serve", a, v, 16, &delta_bits) || (delta_bits != 0 && delta_bits != 8 && delta_bits != 16);
-            o.delta_bits = (unsigned)delta_bits;
-        } else if (strcmp(a, "--threads") == 0) {
-            bad = bench_parse_size("serve", a, v, 64, &o.threads) || o.threads == 0;
-        } else if (strcmp(a, "--aggregator") == 0) {
-            o.bin = v;
-        } else if (strcmp(a, "--model") == 0) {
-            o.model = v;
-        } else if (strcmp(a, "--workdir") == 0) {
-            o.workdir = v;
-        } else {
-            fprintf(stderr, "plait-bench serve: unknown flag '%s' (try --help)\n", a);
-            return 2;
-        }
-        if (bad) {
-            fprintf(stderr, "plait-bench serve: bad or missing value for %s (try --help)\n", a);
-            return 2;
-        }
-        i++;
+    const char *model_flag = NULL;
+    plait_flag_t flags[] = {
+        PLAIT_F_CUSTOM("n", &nl, set_list, "LIST", "device counts, comma-separated (default 10,100,1000)"),
+        PLAIT_F_CUSTOM("p", &pl, set_list, "LIST", "update words, comma-separated (default 100000,1000000); rows N x P"),
+        PLAIT_F_SIZE("rounds", &o.rounds, 1, 1000, "R", "rounds per row", 1),
+        PLAIT_F_U32("bits", &o.bits, 8, 32, "B", "quant_bits of the deployment", 1),
+        PLAIT_F_U32("delta-bits", &o.delta_bits, 0, 16, "D",
+                    "download_delta_bits of the deployment, 0, 8 or 16 (default 0); with 8 or 16\n"
+                    "the clients ask for deltas from round 2 and rebuild them as agents do", 0),
+        PLAIT_F_SIZE("threads", &o.threads, 1, 64, "T", "client threads", 1),
+        PLAIT_F_STR("aggregator", &o.bin, "PATH", "the plait-aggregator binary (default the one built with this bench)"),
+        PLAIT_F_STR("model", &model_flag, "PATH", "stories260K.bin (default $PLAIT_ASSETS or ../shared/assets)"),
+        PLAIT_F_STR("workdir", &o.workdir, "DIR", "where deployments are made (default /tmp)"),
+        PLAIT_F_SET("keep", &o.keep, 1, "keep each row's deployment and server log"),
+    };
+    plait_flags_cmd_t cmd = {
+        .prog = "plait-bench serve",
+        .about = "The real plait-aggregator serve on 127.0.0.1 and N TLS clients (enrolled devices, a pool of T\n"
+                 "threads with non-blocking sockets) uploading P-word updates (plain protocol, FedIT on all\n"
+                 "seven projections of stories260K) for R rounds. Prints per round the server's CPU time\n"
+                 "(user + system of the server process), wall time, TLS bytes per device each way, and a\n"
+                 "Markdown row of medians with the server's peak RSS (VmHWM).\n",
+        .flags = flags,
+        .n_flags = sizeof(flags) / sizeof(flags[0]),
+    };
+    int st = bench_flags(&cmd, argc, argv);
+    if (st >= 0) return st;
+    if (o.delta_bits != 0 && o.delta_bits != 8 && o.delta_bits != 16) {
+        fprintf(stderr, "plait-bench serve: --delta-bits %u is not 0, 8 or 16\n", o.delta_bits);
+        return 2;
     }
+    if (model_flag) o.model = model_flag;
+    size_t nn = nl.n, np = pl.n;
     signal(SIGPIPE, SIG_IGN);
     char mach[400];
     bench_machine(mach, sizeof(mach));
