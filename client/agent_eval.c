@@ -54,16 +54,8 @@ static void *eval_main(void *p)
     eval_job_t *j = p;
     plait_agent_t *a = j->a;
     plait_corpus_t corpus;
-    plait_corpus_init(&corpus);
-    plait_store_t *st = NULL;
     plait_trainer_t *tr = NULL;
-    plait_store_config_t sc;
-    plait_store_config_default(&sc);
-    sc.path = a->store_path;
-    sc.create = false;
-    int rc = plait_store_open(&st, &sc);
-    if (rc == 0) rc = plait_corpus_add_store(&corpus, &a->tok, st, PLAIT_STORE_HELDOUT);
-    plait_store_close(st);
+    int rc = plait__agent_worker_corpus(a, PLAIT_STORE_HELDOUT, &corpus);
     if (rc != 0) goto out;
     if (corpus.n < (size_t)j->T + 1) {
         rc = plait_fail(PLAIT_EINVAL, "the held-out split holds %zu tokens, fewer than seq_len %d + 1", corpus.n,

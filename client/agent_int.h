@@ -229,6 +229,9 @@ int plait__agent_unexpected(const plait_msg_t *m, const char *waiting);
  * from the aggregator (an Error, a ComeBackLater: the round ended, anything
  * else: unexpected). Returns 0 once *done is set. agent_train.c.
  */
+/* A worker thread's start: the agent's log sink for this thread (cfg.on_log), and the store's
+ * split as a corpus (initialized even on failure: plait_corpus_free it). agent_train.c. */
+int plait__agent_worker_corpus(plait_agent_t *a, plait_store_split_t split, plait_corpus_t *corpus);
 int plait__agent_keepalive_while(plait__agent_conn_t *c, atomic_int *done, uint64_t round, uint64_t deadline,
                                  const char *what, void (*tick)(void *ud), void *ud);
 /** \brief A ComeBackLater inside a round: remembered on c. \return PLAIT_ECANCELED. */

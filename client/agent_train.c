@@ -112,19 +112,10 @@ static void *job_main(void *p)
 {
     job_t *j = p;
     plait_agent_t *a = j->a;
-    if (a->cfg.on_log) plait_log_set_thread_sink(a->cfg.on_log, a->cfg.log_ud, NULL, NULL); /* this thread only */
     plait_corpus_t corpus;
-    plait_corpus_init(&corpus);
-    plait_store_t *st = NULL;
     plait_trainer_t *tr = NULL;
     int32_t *batch = NULL;
-    plait_store_config_t sc;
-    plait_store_config_default(&sc);
-    sc.path = a->store_path;
-    sc.create = false;
-    int rc = plait_store_open(&st, &sc);
-    if (rc == 0) rc = plait_corpus_add_store(&corpus, &a->tok, st, PLAIT_STORE_TRAIN);
-    plait_store_close(st);
+    int rc = plait__agent_worker_corpus(a, PLAIT_STORE_TRAIN, &corpus);
     if (rc != 0) goto out;
     j->n_records = corpus.n_records;
     if (corpus.n < (size_t)j->T + 1) {
@@ -186,6 +177,21 @@ out:
     ssize_t w = write(a->wake[1], &c, 1);
     (void)w;
     return NULL;
+}
+
+int plait__agent_worker_corpus(plait_agent_t *a, plait_store_split_t split, plait_corpus_t *corpus)
+{
+    if (a->cfg.on_log) plait_log_set_thread_sink(a->cfg.on_log, a->cfg.log_ud, NULL, NULL); /* this thread only */
+    plait_corpus_init(corpus);
+    plait_store_t *st = NULL;
+    plait_store_config_t sc;
+    plait_store_config_default(&sc);
+    sc.path = a->store_path;
+    sc.create = false;
+    int rc = plait_store_open(&st, &sc);
+    if (rc == 0) rc = plait_corpus_add_store(corpus, &a->tok, st, split);
+    plait_store_close(st);
+    return rc;
 }
 
 int plait__agent_keepalive_while(plait__agent_conn_t *c, atomic_int *done, uint64_t round, uint64_t deadline,
