@@ -81,6 +81,7 @@ int plait_agent_personal_load(const plait_agent_t *a, plait_lora_t *out)
     /* The validated choice (agent_serve.c) when there is one; else the last trained personal copy. */
     char path[4096];
     int rc = plait_agent_serving(a->state_dir, path, sizeof(path), NULL, 0);
+    if (rc != 0 && rc != PLAIT_ENOENT) return rc; /* a malformed choice is said, not silently replaced */
     if (rc != 0 && (rc = plait__agent_path_join(path, sizeof(path), a->state_dir, PERSONAL_FILE)) != 0) return rc;
     struct stat sb;
     if (stat(path, &sb) != 0 && errno == ENOENT)

@@ -23,6 +23,7 @@
 
 #include "agent_int.h"
 #include "plait/adapter.h"
+#include "plait/file.h"
 #include "plait/personal.h"
 #include "plait/plait.h"
 
@@ -92,21 +93,25 @@ int plait_agent_serving(const char *state_dir, char *path, size_t path_cap, char
     int kp = snprintf(path, path_cap, "%s/%s", state_dir, SERVE_FILE);
     if (k < 0 || (size_t)k >= sizeof(info) || kp < 0 || (size_t)kp >= path_cap)
         return plait_fail(PLAIT_EINVAL, "serving: state path too long");
-    FILE *f = fopen(info, "r");
-    if (!f) {
+    uint8_t *line = NULL; /* one short line; plait_file_read refuses a FIFO or a file past 256 bytes */
+    size_t ll = 0;
+    int rr = plait_file_read(info, "serve.txt", 256, &line, &ll);
+    if (rr != 0) {
         path[0] = '\0';
-        return plait_fail(PLAIT_ENOENT, "%s: no serving adapter chosen yet (it is chosen after a round)", state_dir);
+        if (rr == PLAIT_ENOENT)
+            return plait_fail(PLAIT_ENOENT, "%s: no serving adapter chosen yet (it is chosen after a round)", state_dir);
+        return rr;
     }
-    char line[256] = {0}, kind[16] = {0};
+    char kind[16] = {0};
     double mix = NAN, vg = NAN, vp = NAN, vc = NAN;
     int best = 0;
     size_t vt = 0;
     unsigned long long round = 0;
-    int ok = fgets(line, sizeof(line), f) != NULL &&
-             sscanf(line, "%15s %lf %lf %lf %lf %d %zu %llu", kind, &mix, &vg, &vp, &vc, &best, &vt, &round) == 8 &&
+    int ok = sscanf((const char *)line, "%15s %lf %lf %lf %lf %d %zu %llu", kind, &mix, &vg, &vp, &vc, &best, &vt,
+                    &round) == 8 &&
              (strcmp(kind, "global") == 0 || strcmp(kind, "personal") == 0 || strcmp(kind, "mix") == 0) &&
              isfinite(mix) && mix >= 0 && mix <= 1 && isfinite(vg) && isfinite(vp) && isfinite(vc);
-    fclose(f);
+    free(line);
     if (!ok) {
         path[0] = '\0';
         return plait_fail(PLAIT_EPROTO, "%s: malformed", info);

@@ -157,7 +157,10 @@ static void *job_main(void *p)
     plait_train_destroy(tr);
     tr = NULL;
     plait_personal_result_t pr;
-    if (plait__agent_serve_choose(&a->model, j->serve_ref ? j->serve_ref : j->lora, &corpus, a->state_dir, j->B,
+    if (atomic_load(&j->cancel)) /* stopped or past the deadline: no extra fine-tuning before the join */
+        PLAIT_LOG(PLAIT_LOG_INFO, "agent %s: round %llu: serving adapter not updated (canceled)", a->device_id,
+                  (unsigned long long)j->round);
+    else if (plait__agent_serve_choose(&a->model, j->serve_ref ? j->serve_ref : j->lora, &corpus, a->state_dir, j->B,
                                   j->T, j->lr, j->train_a, (int)j->steps, j->sample_seed ^ 0x5e12e5eedULL, a->pool,
                                   a->cfg.threads, a->cfg.base_bf16, j->round, &pr) == 0)
         PLAIT_LOG(PLAIT_LOG_INFO, "agent %s: round %llu: serving the %s adapter", a->device_id,
