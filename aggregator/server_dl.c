@@ -57,7 +57,7 @@ void plait__srv_hist_push(plait_server_t *s, blob_t *old)
         plait__srv_blob_unref(old);
         return;
     }
-    if (s->n_hist == keep) plait__srv_blob_unref(s->hist[--s->n_hist]);
+    while (s->n_hist >= keep) plait__srv_blob_unref(s->hist[--s->n_hist]); /* never past DL_KEEP_MAX */
     memmove(s->hist + 1, s->hist, s->n_hist * sizeof(s->hist[0]));
     s->hist[0] = old;
     s->n_hist++;
