@@ -846,8 +846,8 @@ END_TEST
 
 /* One enrolled device cannot stand for several neighbours: the server (or a device colluding with it)
  * could otherwise put one certificate's keys at every neighbour index of a victim and receive all of
- * its shares. Each index's advert verifies on its own; the second certificate seen twice is refused,
- * in any of its encodings. */
+ * its shares. Each index's advert verifies on its own; the certificate seen a second time is refused
+ * (compared as DER: here its PEM once without and once with its NUL). */
 START_TEST(test_roster_one_device_twice)
 {
     fleet_t f;
