@@ -175,8 +175,9 @@ int plait__agent_sa_begin(const plait__agent_sa_env_t *env, const plait_msg_task
     p.k = t->secagg.k;
     p.t = t->secagg.t;
     p.complete = t->secagg.k == t->secagg.n - 1;
-    int rc = plait_secagg_round_setup(&sa->r, dep, sizeof(dep), t->round_id, &p, t->secagg.graph_seed,
-                                      t->secagg.bits, sa->len);
+    /* Only this device's row of the graph: a task naming a huge cohort costs the device O(n), not O(n·k). */
+    int rc = plait_secagg_round_setup_device(&sa->r, dep, sizeof(dep), t->round_id, &p, t->secagg.graph_seed,
+                                             t->secagg.bits, sa->len, sa->self);
     if (rc != 0) {
         rc = plait_fail(PLAIT_EPROTO, "task.secagg: %s", plait_errmsg());
         goto fail;
