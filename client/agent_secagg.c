@@ -26,6 +26,7 @@
 #include "agent_int.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -115,7 +116,7 @@ static int wait_for(const plait__agent_sa_env_t *env, uint64_t round, plait_msg_
                     plait_msg_t *m)
 {
     uint64_t next_ping = now_ms() + env->keepalive_ms;
-    static uint64_t nonce;
+    static atomic_uint_least64_t nonce; /* shared by the agents of a process: atomic */
     for (;;) {
         uint64_t now = now_ms();
         if (now >= deadline)
@@ -124,7 +125,7 @@ static int wait_for(const plait__agent_sa_env_t *env, uint64_t round, plait_msg_
         if (now >= next_ping) {
             plait_msg_t p;
             plait_msg_init(&p, PLAIT_MSG_PING);
-            p.u.ping.nonce = ++nonce;
+            p.u.ping.nonce = (uint64_t)atomic_fetch_add(&nonce, 1) + 1;
             int rc = env->send(env->conn, &p);
             if (rc != 0) return rc;
             next_ping = now + env->keepalive_ms;
