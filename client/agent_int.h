@@ -33,6 +33,7 @@
 #define PARTIAL_FILE "global.part"
 #define SERVE_FILE "serve.safetensors" /* the adapter inference uses (agent_serve.c) */
 #define SERVE_INFO_FILE "serve.txt"    /* which one and why */
+#define SERVE_BIAS_FILE "serve_bias.bin" /* the device's output bias, when serve.txt says it serves one */
 
 /* ---- the update pipeline ------------------------------------------------ */
 
