@@ -1211,7 +1211,56 @@ START_TEST(test_loopback_round)
         if (strncmp(why, "global", 6) == 0)
             ck_assert_mem_eq(sv_l.params, r.global.params, r.global.n_params * sizeof(float));
         plait_lora_free(&sv_l);
+        /* Its output bias: present exactly when serve.txt says so, and said in the why. */
+        size_t V = (size_t)r.model.cfg.vocab_size;
+        float *bias = malloc(V * sizeof(float));
+        char *bpath = tu_path(state, "serve_bias.bin");
+        int brc = plait_agent_serving_bias(state, bias, V);
+        ck_assert_msg(brc == 0 || brc == PLAIT_ENOENT, "bias: %s", plait_errmsg());
+        ck_assert_int_eq(brc == 0, strstr(why, "output bias") != NULL);
+        if (brc != 0) ck_assert_int_ne(access(bpath, F_OK), 0);
+        /* A hand-made choice with a bias: read back exactly; a wrong magic, size or vocabulary is refused. */
         char *sinfo = tu_path(state, "serve.txt");
+        const char *line10 = "mix 0.5000 3.0 2.9 2.8 5 100 1 1 2.7\n";
+        ck_assert_int_eq(tu_write_file(sinfo, line10, strlen(line10)), 0);
+        uint8_t *img = calloc(8 + 4 * V, 1);
+        memcpy(img, "PLB2", 4);
+        img[4] = (uint8_t)V, img[5] = (uint8_t)(V >> 8);
+        for (size_t v = 0; v < V; v++) {
+            float x = 0.01f * (float)v - 1.0f;
+            uint32_t u;
+            memcpy(&u, &x, 4);
+            for (int k = 0; k < 4; k++) img[8 + 4 * v + (size_t)k] = (uint8_t)(u >> (8 * k));
+        }
+        ck_assert_int_eq(tu_write_file(bpath, img, 8 + 4 * V), 0);
+        ck_assert_msg(plait_agent_serving_bias(state, bias, V) == 0, "bias: %s", plait_errmsg());
+        for (size_t v = 0; v < V; v++) ck_assert_float_eq(bias[v], 0.01f * (float)v - 1.0f);
+        ck_assert_int_eq(plait_agent_serving(state, sp, sizeof(sp), why, sizeof(why)), 0);
+        ck_assert_ptr_nonnull(strstr(why, "output bias (validation loss 2.7000)"));
+        ck_assert_int_eq(plait_agent_serving_bias(state, bias, V + 1), PLAIT_EPROTO); /* another vocabulary */
+        img[0] = 'X';
+        ck_assert_int_eq(tu_write_file(bpath, img, 8 + 4 * V), 0);
+        ck_assert_int_eq(plait_agent_serving_bias(state, bias, V), PLAIT_EPROTO);
+        img[0] = 'P';
+        ck_assert_int_eq(tu_write_file(bpath, img, 8 + 4 * V - 4), 0);
+        ck_assert_int_eq(plait_agent_serving_bias(state, bias, V), PLAIT_EPROTO);
+        uint32_t nan_bits = 0x7fc00000u;
+        for (int k = 0; k < 4; k++) img[8 + (size_t)k] = (uint8_t)(nan_bits >> (8 * k));
+        ck_assert_int_eq(tu_write_file(bpath, img, 8 + 4 * V), 0);
+        ck_assert_int_eq(plait_agent_serving_bias(state, bias, V), PLAIT_EPROTO);
+        unlink(bpath);
+        ck_assert_int_eq(plait_agent_serving_bias(state, bias, V), PLAIT_ENOENT); /* named but missing */
+        /* An older line without the bias fields: still served, without a bias. */
+        const char *line8 = "global 0.0000 3.0 3.1 3.0 0 100 1\n";
+        ck_assert_int_eq(tu_write_file(sinfo, line8, strlen(line8)), 0);
+        ck_assert_int_eq(plait_agent_serving(state, sp, sizeof(sp), why, sizeof(why)), 0);
+        ck_assert_int_eq(plait_agent_serving_bias(state, bias, V), PLAIT_ENOENT);
+        const char *line9 = "global 0.0000 3.0 3.1 3.0 0 100 1 1\n";
+        ck_assert_int_eq(tu_write_file(sinfo, line9, strlen(line9)), 0);
+        ck_assert_int_eq(plait_agent_serving(state, sp, sizeof(sp), why, sizeof(why)), PLAIT_EPROTO);
+        free(img);
+        free(bias);
+        free(bpath);
         ck_assert_int_eq(tu_write_file(sinfo, "bogus 1 2\n", 10), 0);
         ck_assert_int_eq(plait_agent_serving(state, sp, sizeof(sp), why, sizeof(why)), PLAIT_EPROTO);
         unlink(sinfo);
@@ -2095,10 +2144,15 @@ START_TEST(test_forget_leaves_nothing)
     ck_assert_msg(loose == 0, "after training: %s", what);
 
     {
+        char *bias = tu_path(state, "serve_bias.bin"); /* there when the device kept an output bias */
+        int has_bias = access(bias, F_OK) == 0;
         char *argv[] = {bin, "forget", "--db", db, "--all", "--state", state, NULL};
         ck_assert_int_eq(run_cli(argv, out, 0, 30000), 0);
         ck_assert(file_has(out, "erased 40 records"));
-        ck_assert(file_has(out, "erased 5 derived files")); /* personal, pending, tmp, serve, serve.txt */
+        /* personal, pending, tmp, serve, serve.txt (and serve_bias.bin) */
+        ck_assert(file_has(out, has_bias ? "erased 6 derived files" : "erased 5 derived files"));
+        ck_assert_int_eq(access(bias, F_OK), -1);
+        free(bias);
     }
     ck_assert_int_eq(access(serve, F_OK), -1);
     free(serve);
