@@ -5,15 +5,21 @@
  * the round's global adapter (FedSA-LoRA: the global A with its own B), and
  * keeps the winner in its state directory:
  *
- *   serve.safetensors  the chosen adapter (global, personal or a mix)
- *   serve_bias.bin     its personal output bias (personal.h step 4), when
- *                      one beat the chosen adapter on validation:
+ *   serve.safetensors  the chosen adapter (global, personal or a mix), in one
+ *   serve-b.safetensors  of two slots
+ *   serve_bias.bin     the slot's personal output bias (personal.h step 4),
+ *   serve_bias-b.bin   when one beat the chosen adapter on validation:
  *                      "PLB2", u32 V, then V float32 (little-endian)
  *   serve.txt          why: "kind mix val_global val_personal val_chosen
- *                      best_step val_tokens round bias val_bias", one line
- *                      of text (a line without the last two, written before
- *                      the bias existed, means no bias); written last, so
- *                      it names only files already in place
+ *                      best_step val_tokens round slot bias val_bias", one
+ *                      line of text (slot 0 or 1, bias 0 or 1; a line
+ *                      without the bias fields means no bias, one without
+ *                      the slot, written before the slots, means slot 0)
+ *
+ * A new choice is written to the slot serve.txt does not name, then
+ * serve.txt is replaced (both atomically): a crash between the two leaves
+ * the previous adapter and its reason, never a new adapter with an old
+ * reason (the slot's bias file is written before serve.txt too).
  *
  * Both are derived from the device's records: they never leave the device
  * (no message or server log carries them) and `plait-agent forget --state`
@@ -22,12 +28,11 @@
  * Contract: a failure here never fails the round: the caller logs it and the
  * previous serving adapter (if any) stays. Everything trained is wiped.
  */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include <errno.h>
 #include <unistd.h>
 
 #include "agent_int.h"
@@ -55,10 +60,19 @@ static int bias_image(const float *bias, size_t V, uint8_t **out, size_t *len)
     return 0;
 }
 
+/* Remove dir/name if it is there (best effort: a stale file is never read, serve.txt says which one is). */
+static void drop(const char *dir, const char *name)
+{
+    char p[4096];
+    int k = snprintf(p, sizeof(p), "%s/%s", dir, name);
+    if (k > 0 && (size_t)k < sizeof(p) && unlink(p) != 0 && errno != ENOENT)
+        PLAIT_LOG(PLAIT_LOG_WARN, "serve: %s: cannot remove: %s", name, strerror(errno));
+}
+
 int plait__agent_serve_choose(const plait_model_t *m, const plait_lora_t *ref, const plait_corpus_t *train,
                               const char *state_dir, int B, int T, double lr, int train_a, int steps,
                               uint64_t seed, plait_pool_t *pool, int threads, int base_bf16, uint64_t round,
-                              plait_personal_result_t *res)
+                              int (*stop)(void *ud), void *stop_ud, plait_personal_result_t *res)
 {
     if (!m || !ref || !train || !state_dir || !res) return plait_fail(PLAIT_EINVAL, "serve: bad arguments");
     plait_lora_t l;
@@ -91,27 +105,37 @@ int plait__agent_serve_choose(const plait_model_t *m, const plait_lora_t *ref, c
         pc.eval_every = pc.max_steps >= 20 ? 5 : (pc.max_steps + 3) / 4;
         pc.seed = seed;
         pc.val_windows = 64; /* a large store's tail: 64 windows validate well enough, at bounded cost */
+        pc.stop = stop;
+        pc.stop_ud = stop_ud;
         rc = plait_personal_fit(tr, &l, ref->params, &tpart, &val, &pc, res);
         if (rc == 0 && !(bias = calloc(V, sizeof(float)))) rc = plait_fail(PLAIT_ENOMEM, "serve: bias");
         if (rc == 0) rc = plait_personal_fit_bias(tr, &tpart, &val, &pc, bias, res); /* on the chosen adapter */
     }
     if (rc == 0) rc = plait_adapter_save_mem(&l, m->sha256, &img, &len);
-    if (rc == 0) rc = plait__agent_atomic_write(state_dir, SERVE_FILE, img, len);
+    int slot = 0; /* the slot the current serve.txt does not name (a missing or bad one names none) */
+    if (rc == 0) {
+        char cur[4096];
+        if (plait_agent_serving(state_dir, cur, sizeof(cur), NULL, 0) == 0) {
+            size_t cl = strlen(cur), sl = strlen(SERVE_FILE);
+            slot = cl >= sl && strcmp(cur + cl - sl, SERVE_FILE) == 0 ? 1 : 0;
+        }
+        rc = plait__agent_atomic_write(state_dir, slot ? SERVE_FILE_B : SERVE_FILE, img, len);
+    }
     if (rc == 0 && res->bias) rc = bias_image(bias, V, &bimg, &blen);
-    if (rc == 0 && res->bias) rc = plait__agent_atomic_write(state_dir, SERVE_BIAS_FILE, bimg, blen);
+    if (rc == 0 && res->bias) rc = plait__agent_atomic_write(state_dir, slot ? SERVE_BIAS_FILE_B : SERVE_BIAS_FILE,
+                                                             bimg, blen);
     if (rc == 0) {
         char why[256];
-        int k = snprintf(why, sizeof(why), "%s %.4f %.6f %.6f %.6f %d %zu %llu %d %.6f\n",
+        int k = snprintf(why, sizeof(why), "%s %.4f %.6f %.6f %.6f %d %zu %llu %d %d %.6f\n",
                          plait_personal_kind_name(res->kind), res->mix, res->val_global, res->val_personal,
-                         res->val_chosen, res->best_step, res->val_tokens, (unsigned long long)round, res->bias,
+                         res->val_chosen, res->best_step, res->val_tokens, (unsigned long long)round, slot, res->bias,
                          res->val_bias);
         rc = plait__agent_atomic_write(state_dir, SERVE_INFO_FILE, (const uint8_t *)why, (size_t)k);
     }
-    if (rc == 0 && !res->bias) { /* an older bias no longer applies (serve.txt already says none) */
-        char bp[4096];
-        int k = snprintf(bp, sizeof(bp), "%s/%s", state_dir, SERVE_BIAS_FILE);
-        if (k > 0 && (size_t)k < sizeof(bp) && unlink(bp) != 0 && errno != ENOENT)
-            PLAIT_LOG(PLAIT_LOG_WARN, "serve: %s: cannot remove: %s", SERVE_BIAS_FILE, strerror(errno));
+    if (rc == 0) { /* the previous slot's adapter and bias are no longer served: drop them (best effort) */
+        drop(state_dir, slot ? SERVE_FILE : SERVE_FILE_B);
+        drop(state_dir, slot ? SERVE_BIAS_FILE : SERVE_BIAS_FILE_B);
+        if (!res->bias) drop(state_dir, slot ? SERVE_BIAS_FILE_B : SERVE_BIAS_FILE);
     }
     if (img) plait_zeroize(img, len);
     free(img);
@@ -127,11 +151,11 @@ int plait__agent_serve_choose(const plait_model_t *m, const plait_lora_t *ref, c
     return rc;
 }
 
-/* serve.txt, parsed and checked (8 fields, or 10 with the bias). */
+/* serve.txt, parsed and checked: 8 fields (before the slots), 9 (with the slot) or 11 (with the bias). */
 typedef struct {
     char kind[16];
     double mix, vg, vp, vc, vbias;
-    int best, bias;
+    int best, slot, bias;
     size_t vt;
     unsigned long long round;
 } serve_info_t;
@@ -144,12 +168,13 @@ static int parse_info(const uint8_t *line, size_t len, serve_info_t *si)
     buf[len] = '\0';
     memset(si, 0, sizeof(*si));
     si->vbias = NAN;
-    int n = sscanf(buf, "%15s %lf %lf %lf %lf %d %zu %llu %d %lf", si->kind, &si->mix, &si->vg, &si->vp, &si->vc,
-                   &si->best, &si->vt, &si->round, &si->bias, &si->vbias);
-    if (n == 8) si->bias = 0, si->vbias = si->vc;
-    else if (n != 10 || (si->bias != 0 && si->bias != 1) || !isfinite(si->vbias))
+    int n = sscanf(buf, "%15s %lf %lf %lf %lf %d %zu %llu %d %d %lf", si->kind, &si->mix, &si->vg, &si->vp, &si->vc,
+                   &si->best, &si->vt, &si->round, &si->slot, &si->bias, &si->vbias);
+    if (n == 8 || n == 9) si->bias = 0, si->vbias = si->vc;
+    else if (n != 11 || (si->bias != 0 && si->bias != 1) || !isfinite(si->vbias))
         return 0;
-    return (strcmp(si->kind, "global") == 0 || strcmp(si->kind, "personal") == 0 || strcmp(si->kind, "mix") == 0) &&
+    return (si->slot == 0 || si->slot == 1) &&
+           (strcmp(si->kind, "global") == 0 || strcmp(si->kind, "personal") == 0 || strcmp(si->kind, "mix") == 0) &&
            isfinite(si->mix) && si->mix >= 0 && si->mix <= 1 && isfinite(si->vg) && isfinite(si->vp) &&
            isfinite(si->vc);
 }
@@ -169,9 +194,9 @@ int plait_agent_serving_bias(const char *state_dir, float *bias, size_t V)
     free(line);
     if (!ok) return plait_fail(PLAIT_EPROTO, "%s: malformed", path);
     if (!si.bias) return plait_fail(PLAIT_ENOENT, "%s: the device serves no output bias", state_dir);
-    k = snprintf(path, sizeof(path), "%s/%s", state_dir, SERVE_BIAS_FILE);
+    k = snprintf(path, sizeof(path), "%s/%s", state_dir, si.slot ? SERVE_BIAS_FILE_B : SERVE_BIAS_FILE);
     if (k < 0 || (size_t)k >= sizeof(path)) return plait_fail(PLAIT_EINVAL, "serving bias: state path too long");
-    if ((rc = plait_file_read(path, SERVE_BIAS_FILE, 8 + 4 * V, &img, &il)) != 0) return rc;
+    if ((rc = plait_file_read(path, "serving bias", 8 + 4 * V, &img, &il)) != 0) return rc;
     uint32_t n = 0;
     if (il >= 8) n = (uint32_t)img[4] | (uint32_t)img[5] << 8 | (uint32_t)img[6] << 16 | (uint32_t)img[7] << 24;
     if (il != 8 + 4 * V || memcmp(img, BIAS_MAGIC, 4) != 0 || n != V)
@@ -195,9 +220,7 @@ int plait_agent_serving(const char *state_dir, char *path, size_t path_cap, char
     if (why && why_cap) why[0] = '\0';
     char info[4096];
     int k = snprintf(info, sizeof(info), "%s/%s", state_dir, SERVE_INFO_FILE);
-    int kp = snprintf(path, path_cap, "%s/%s", state_dir, SERVE_FILE);
-    if (k < 0 || (size_t)k >= sizeof(info) || kp < 0 || (size_t)kp >= path_cap)
-        return plait_fail(PLAIT_EINVAL, "serving: state path too long");
+    if (k < 0 || (size_t)k >= sizeof(info)) return plait_fail(PLAIT_EINVAL, "serving: state path too long");
     uint8_t *line = NULL; /* one short line; plait_file_read refuses a FIFO or a file past 256 bytes */
     size_t ll = 0;
     int rr = plait_file_read(info, "serve.txt", 256, &line, &ll);
@@ -207,7 +230,6 @@ int plait_agent_serving(const char *state_dir, char *path, size_t path_cap, char
             return plait_fail(PLAIT_ENOENT, "%s: no serving adapter chosen yet (it is chosen after a round)", state_dir);
         return rr;
     }
-    char kind[16] = {0};
     serve_info_t si;
     int ok = parse_info(line, ll, &si);
     free(line);
@@ -215,14 +237,18 @@ int plait_agent_serving(const char *state_dir, char *path, size_t path_cap, char
         path[0] = '\0';
         return plait_fail(PLAIT_EPROTO, "%s: malformed", info);
     }
-    memcpy(kind, si.kind, sizeof(kind));
+    const char *kind = si.kind;
     double mix = si.mix, vg = si.vg, vp = si.vp, vc = si.vc;
-    int best = si.best;
+    int best = si.best, slot = si.slot;
     size_t vt = si.vt;
     unsigned long long round = si.round;
     char extra[96] = "";
-    if (si.bias)
-        snprintf(extra, sizeof(extra), "; plus its output bias (validation loss %.4f)", si.vbias);
+    if (si.bias) snprintf(extra, sizeof(extra), "; plus its output bias (validation loss %.4f)", si.vbias);
+    int kp = snprintf(path, path_cap, "%s/%s", state_dir, slot ? SERVE_FILE_B : SERVE_FILE);
+    if (kp < 0 || (size_t)kp >= path_cap) {
+        path[0] = '\0';
+        return plait_fail(PLAIT_EINVAL, "serving: state path too long");
+    }
     if (why && why_cap) {
         if (strcmp(kind, "mix") == 0)
             snprintf(why, why_cap,

@@ -53,6 +53,10 @@ typedef struct {
     size_t val_windows;  /**< at most this many validation windows; 0 = all (default 0) */
     double min_gain;     /**< a non-reference choice must beat the reference by more than this (default 0) */
     uint64_t seed;       /**< state of the batch sampler (plait_corpus_sample) */
+    /** Polled before every fine-tuning step and validation (NULL: never): nonzero stops the fit
+     *  with PLAIT_ECANCELED and the adapter left equal to the reference. */
+    int (*stop)(void *ud);
+    void *stop_ud;       /**< passed to stop */
     int bias_steps;      /**< output-bias budget in full-batch Adam steps, >= 0; 0 = no bias (default 100) */
     double bias_lr;      /**< its Adam learning rate, > 0 (default 0.05) */
     double bias_l2;      /**< its L2 weight toward 0, >= 0 (default 1e-3) */
@@ -167,7 +171,8 @@ double plait_personal_bias_objective(const float *prob, const int32_t *y, size_t
  * \param bias OUT: V floats (plait_train_vocab_size): the fitted bias, all
  *             zero when none is kept.
  * \return 0 (also with cfg->bias_steps 0: no bias); PLAIT_EINVAL;
- *         PLAIT_ENOMEM; an evaluation error (bias then zero).
+ *         PLAIT_ENOMEM; PLAIT_ECANCELED (cfg->stop, polled before every
+ *         step); an evaluation error (bias then zero).
  */
 int plait_personal_fit_bias(plait_trainer_t *tr, const plait_corpus_t *train, const plait_corpus_t *val,
                             const plait_personal_config_t *cfg, float *bias /* OUT */,

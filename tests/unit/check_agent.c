@@ -1175,7 +1175,7 @@ START_TEST(test_loopback_round)
         ck_assert_ptr_nonnull(plait_agent_tokenizer(a));
         char sp[4096];
         int serving = plait_agent_serving(state, sp, sizeof(sp), NULL, 0) == 0;
-        char *pp = tu_path(state, serving ? "serve.safetensors" : "personal.safetensors");
+        char *pp = serving ? strdup(sp) : tu_path(state, "personal.safetensors");
         plait_lora_t ref;
         plait_lora_init(&ref);
         ck_assert_int_eq(plait_adapter_load(&ref, pp, plait_agent_model(a), 0), 0);
@@ -1218,11 +1218,13 @@ START_TEST(test_loopback_round)
         int brc = plait_agent_serving_bias(state, bias, V);
         ck_assert_msg(brc == 0 || brc == PLAIT_ENOENT, "bias: %s", plait_errmsg());
         ck_assert_int_eq(brc == 0, strstr(why, "output bias") != NULL);
-        if (brc != 0) ck_assert_int_ne(access(bpath, F_OK), 0);
+        char *bpath_b0 = tu_path(state, "serve_bias-b.bin");
+        if (brc != 0) ck_assert(access(bpath, F_OK) != 0 && access(bpath_b0, F_OK) != 0);
+        free(bpath_b0);
         /* A hand-made choice with a bias: read back exactly; a wrong magic, size or vocabulary is refused. */
         char *sinfo = tu_path(state, "serve.txt");
-        const char *line10 = "mix 0.5000 3.0 2.9 2.8 5 100 1 1 2.7\n";
-        ck_assert_int_eq(tu_write_file(sinfo, line10, strlen(line10)), 0);
+        const char *line11 = "mix 0.5000 3.0 2.9 2.8 5 100 1 0 1 2.7\n"; /* slot 0, with a bias */
+        ck_assert_int_eq(tu_write_file(sinfo, line11, strlen(line11)), 0);
         uint8_t *img = calloc(8 + 4 * V, 1);
         memcpy(img, "PLB2", 4);
         img[4] = (uint8_t)V, img[5] = (uint8_t)(V >> 8);
@@ -1250,17 +1252,41 @@ START_TEST(test_loopback_round)
         ck_assert_int_eq(plait_agent_serving_bias(state, bias, V), PLAIT_EPROTO);
         unlink(bpath);
         ck_assert_int_eq(plait_agent_serving_bias(state, bias, V), PLAIT_ENOENT); /* named but missing */
+        /* Slot 1's bias is its own file. */
+        img[8] = img[9] = img[10] = img[11] = 0;
+        char *bpath_b = tu_path(state, "serve_bias-b.bin");
+        ck_assert_int_eq(tu_write_file(bpath_b, img, 8 + 4 * V), 0);
+        const char *line11b = "personal 1.0 3.0 2.9 2.8 5 100 2 1 1 2.7\n";
+        ck_assert_int_eq(tu_write_file(sinfo, line11b, strlen(line11b)), 0);
+        ck_assert_msg(plait_agent_serving_bias(state, bias, V) == 0, "bias: %s", plait_errmsg());
+        ck_assert_float_eq(bias[0], 0.0f);
+        ck_assert_float_eq(bias[7], 0.07f - 1.0f);
+        unlink(bpath_b);
+        free(bpath_b);
         /* An older line without the bias fields: still served, without a bias. */
         const char *line8 = "global 0.0000 3.0 3.1 3.0 0 100 1\n";
         ck_assert_int_eq(tu_write_file(sinfo, line8, strlen(line8)), 0);
         ck_assert_int_eq(plait_agent_serving(state, sp, sizeof(sp), why, sizeof(why)), 0);
         ck_assert_int_eq(plait_agent_serving_bias(state, bias, V), PLAIT_ENOENT);
-        const char *line9 = "global 0.0000 3.0 3.1 3.0 0 100 1 1\n";
-        ck_assert_int_eq(tu_write_file(sinfo, line9, strlen(line9)), 0);
+        const char *line10 = "global 0.0000 3.0 3.1 3.0 0 100 1 1 1\n"; /* a bias flag without its loss */
+        ck_assert_int_eq(tu_write_file(sinfo, line10, strlen(line10)), 0);
         ck_assert_int_eq(plait_agent_serving(state, sp, sizeof(sp), why, sizeof(why)), PLAIT_EPROTO);
         free(img);
         free(bias);
         free(bpath);
+        /* two slots: serve.txt names the one in use (no slot field: slot 0, as before the slots) */
+        const char *slot1 = "personal 1.0 3.0 2.9 2.9 5 100 7 1\n", *slot0 = "personal 1.0 3.0 2.9 2.9 5 100 7\n",
+                   *slot2 = "personal 1.0 3.0 2.9 2.9 5 100 7 2\n";
+        ck_assert_int_eq(tu_write_file(sinfo, slot1, strlen(slot1)), 0);
+        ck_assert_int_eq(plait_agent_serving(state, sp, sizeof(sp), why, sizeof(why)), 0);
+        ck_assert_str_eq(sp + strlen(sp) - strlen("/serve-b.safetensors"), "/serve-b.safetensors");
+        ck_assert_ptr_nonnull(strstr(why, "round 7"));
+        ck_assert_int_eq(tu_write_file(sinfo, slot0, strlen(slot0)), 0);
+        ck_assert_int_eq(plait_agent_serving(state, sp, sizeof(sp), why, sizeof(why)), 0);
+        ck_assert_str_eq(sp + strlen(sp) - strlen("/serve.safetensors"), "/serve.safetensors");
+        ck_assert_int_eq(tu_write_file(sinfo, slot2, strlen(slot2)), 0);
+        ck_assert_int_eq(plait_agent_serving(state, sp, sizeof(sp), why, sizeof(why)), PLAIT_EPROTO);
+        ck_assert_str_eq(sp, "");
         ck_assert_int_eq(tu_write_file(sinfo, "bogus 1 2\n", 10), 0);
         ck_assert_int_eq(plait_agent_serving(state, sp, sizeof(sp), why, sizeof(why)), PLAIT_EPROTO);
         unlink(sinfo);
@@ -2125,10 +2151,19 @@ START_TEST(test_forget_leaves_nothing)
     char *personal = tu_path(state, "personal.safetensors");
     char *pending = tu_path(state, "pending.upd");
     char *tmp = tu_path(state, ".personal.safetensors.tmp");
-    char *serve = tu_path(state, "serve.safetensors");
+    /* Two rounds chose a serving adapter: the second went to the other slot and the first's
+     * file is gone (serve.txt names the one in use). */
+    char *serve = tu_path(state, "serve-b.safetensors"), *serve0 = tu_path(state, "serve.safetensors");
     ck_assert_int_eq(access(personal, F_OK), 0);
     ck_assert_int_eq(access(pending, F_OK), 0);
     ck_assert_int_eq(access(serve, F_OK), 0);
+    ck_assert_int_eq(access(serve0, F_OK), -1);
+    {
+        char sp[4096];
+        ck_assert_int_eq(plait_agent_serving(state, sp, sizeof(sp), NULL, 0), 0);
+        ck_assert_str_eq(sp, serve);
+    }
+    free(serve0);
     {
         char *argv[] = {bin, "info", "--db", db, "--state", state, NULL};
         ck_assert_int_eq(run_cli(argv, out, 0, 30000), 0);
@@ -2144,12 +2179,12 @@ START_TEST(test_forget_leaves_nothing)
     ck_assert_msg(loose == 0, "after training: %s", what);
 
     {
-        char *bias = tu_path(state, "serve_bias.bin"); /* there when the device kept an output bias */
+        char *bias = tu_path(state, "serve_bias-b.bin"); /* there when the device kept an output bias */
         int has_bias = access(bias, F_OK) == 0;
         char *argv[] = {bin, "forget", "--db", db, "--all", "--state", state, NULL};
         ck_assert_int_eq(run_cli(argv, out, 0, 30000), 0);
         ck_assert(file_has(out, "erased 40 records"));
-        /* personal, pending, tmp, serve, serve.txt (and serve_bias.bin) */
+        /* personal, pending, tmp, serve, serve.txt (and serve_bias-b.bin: the second round used slot 1) */
         ck_assert(file_has(out, has_bias ? "erased 6 derived files" : "erased 5 derived files"));
         ck_assert_int_eq(access(bias, F_OK), -1);
         free(bias);
