@@ -2170,6 +2170,45 @@ START_TEST(test_forget_leaves_nothing)
         ck_assert(file_has(out, "serving adapter: "));
         ck_assert(file_has(out, "validation loss") || file_has(out, "on validation"));
     }
+    {
+        /* generate --state serves the chosen adapter with its output bias: a bias that overwhelms one token
+         * changes greedy text; --adapter (the same file) serves no bias. */
+        size_t V = 512; /* stories260K */
+        uint8_t *img = calloc(8 + 4 * V, 1);
+        memcpy(img, "PLB2", 4);
+        img[4] = (uint8_t)V, img[5] = (uint8_t)(V >> 8);
+        float big = 1000.0f;
+        uint32_t u;
+        memcpy(&u, &big, 4);
+        for (int k = 0; k < 4; k++) img[8 + 4 * 300 + (size_t)k] = (uint8_t)(u >> (8 * k));
+        char *bfile = tu_path(state, "serve_bias-b.bin"), *sinfo = tu_path(state, "serve.txt");
+        const char *line = "personal 1.0 3.0 2.9 2.9 5 100 2 1 1 2.8\n";
+        ck_assert_int_eq(tu_write_file(bfile, img, 8 + 4 * V), 0);
+        ck_assert_int_eq(tu_write_file(sinfo, line, strlen(line)), 0);
+        char *gen1 = tu_path(sdir, "gen1.txt"), *gen2 = tu_path(sdir, "gen2.txt");
+        char *a1[] = {bin, "generate", "--state", state, "--model", g_model, "--tokenizer", g_tok, "--prompt", "ROMEO",
+                      "--temperature", "0", "--steps", "12", NULL};
+        ck_assert_int_eq(run_cli(a1, gen1, 0, 30000), 0);
+        ck_assert(file_has(gen1, "plus its output bias"));
+        char *a2[] = {bin, "generate", "--adapter", serve, "--model", g_model, "--tokenizer", g_tok, "--prompt", "ROMEO",
+                      "--temperature", "0", "--steps", "12", NULL};
+        ck_assert_int_eq(run_cli(a2, gen2, 0, 30000), 0);
+        size_t n1, n2;
+        uint8_t *t1 = tu_read_file(gen1, &n1), *t2 = tu_read_file(gen2, &n2);
+        ck_assert(t1 && t2);
+        const char *g1 = strstr((const char *)t1, "ROMEO"), *g2 = strstr((const char *)t2, "ROMEO");
+        ck_assert(g1 && g2);
+        ck_assert_msg(strcmp(g1, g2) != 0, "the bias changed nothing: %s", g1);
+        free(t1);
+        free(t2);
+        unlink(gen1);
+        unlink(gen2);
+        free(gen1);
+        free(gen2);
+        free(bfile);
+        free(sinfo);
+        free(img);
+    }
     /* what a crash mid-write would leave */
     ck_assert_int_eq(tu_write_file(tmp, marker, sizeof(marker)), 0);
     ck_assert_int_eq(chmod(tmp, 0600), 0);
