@@ -37,7 +37,7 @@ plait_personal_config_t plait_personal_config_default(void)
     c.seed = 0;
     c.bias_steps = 100;
     c.bias_lr = 0.05;
-    c.bias_l2 = 1e-3;
+    c.bias_l2 = 3e-3;
     c.bias_bytes = (size_t)32 << 20;
     return c;
 }

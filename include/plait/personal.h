@@ -59,7 +59,7 @@ typedef struct {
     void *stop_ud;       /**< passed to stop */
     int bias_steps;      /**< output-bias budget in full-batch Adam steps, >= 0; 0 = no bias (default 100) */
     double bias_lr;      /**< its Adam learning rate, > 0 (default 0.05) */
-    double bias_l2;      /**< its L2 weight toward 0, >= 0 (default 1e-3) */
+    double bias_l2;      /**< its L2 weight toward 0, >= 0 (default 3e-3) */
     size_t bias_bytes;   /**< memory for the frozen probabilities it fits on (V floats a prediction; the
                               training predictions are thinned evenly to fit), >= 1 MiB (default 32 MiB) */
 } plait_personal_config_t;

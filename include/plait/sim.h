@@ -141,7 +141,7 @@ typedef struct {
     int personal_bias_steps;         /**< a personal output bias on the chosen adapter (personal.h): full-batch
                                           Adam steps, 0 = none (default 100) */
     double personal_bias_lr;         /**< its learning rate (default 0.05) */
-    double personal_bias_l2;         /**< its L2 weight toward 0 (default 1e-3) */
+    double personal_bias_l2;         /**< its L2 weight toward 0 (default 3e-3) */
     double fedsa_lambda;             /**< FedSA-LoRA: proximal weight of a client's local training toward the
                                           adapter it started from (its own B) (default 0) */
     int eval_every;                  /**< evaluate every k rounds (and the last) (default 1) */
