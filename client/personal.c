@@ -3,12 +3,15 @@
  * validation split, early-stopped fine-tuning from a reference adapter with
  * an optional Ditto proximal term, and the choice among the reference, the
  * fine-tuned adapter and their interpolations, never worse than the
- * reference on validation.
+ * reference on validation; then the personal output bias on top of the
+ * chosen adapter (a convex fit on its frozen next-token probabilities).
  *
  * Contract: plait_personal_fit leaves lora->params equal to the chosen
  * adapter, bit for bit one of the candidates it evaluated, and
- * res->val_chosen <= res->val_global. Every buffer is wiped before it is
- * freed (adapters trained on private text, and the text itself).
+ * res->val_chosen <= res->val_global; plait_personal_fit_bias returns a
+ * bias only when res->val_bias < res->val_chosen - min_gain, else zeros.
+ * Every buffer is wiped before it is freed (adapters trained on private
+ * text, the text itself, and the probabilities and bias derived from it).
  */
 #include <float.h>
 #include <math.h>
