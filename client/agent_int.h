@@ -34,6 +34,8 @@
 #define SERVE_FILE "serve.safetensors"   /* the adapter inference uses (agent_serve.c): slot 0 */
 #define SERVE_FILE_B "serve-b.safetensors" /* slot 1; serve.txt names the slot in use */
 #define SERVE_INFO_FILE "serve.txt"      /* which one and why */
+#define SERVE_BIAS_FILE "serve_bias.bin" /* slot 0's output bias, when serve.txt says it serves one */
+#define SERVE_BIAS_FILE_B "serve_bias-b.bin" /* slot 1's */
 
 /* ---- the update pipeline ------------------------------------------------ */
 

@@ -7,15 +7,19 @@
  *
  *   serve.safetensors  the chosen adapter (global, personal or a mix), in one
  *   serve-b.safetensors  of two slots
+ *   serve_bias.bin     the slot's personal output bias (personal.h step 4),
+ *   serve_bias-b.bin   when one beat the chosen adapter on validation:
+ *                      "PLB2", u32 V, then V float32 (little-endian)
  *   serve.txt          why: "kind mix val_global val_personal val_chosen
- *                      best_step val_tokens round slot", one line of text
- *                      (slot 0 or 1; a line without it, written before the
- *                      slots, means slot 0)
+ *                      best_step val_tokens round slot bias val_bias", one
+ *                      line of text (slot 0 or 1, bias 0 or 1; a line
+ *                      without the bias fields means no bias, one without
+ *                      the slot, written before the slots, means slot 0)
  *
  * A new choice is written to the slot serve.txt does not name, then
  * serve.txt is replaced (both atomically): a crash between the two leaves
  * the previous adapter and its reason, never a new adapter with an old
- * reason.
+ * reason (the slot's bias file is written before serve.txt too).
  *
  * Both are derived from the device's records: they never leave the device
  * (no message or server log carries them) and `plait-agent forget --state`
@@ -24,6 +28,7 @@
  * Contract: a failure here never fails the round: the caller logs it and the
  * previous serving adapter (if any) stays. Everything trained is wiped.
  */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +40,34 @@
 #include "plait/file.h"
 #include "plait/personal.h"
 #include "plait/plait.h"
+
+#define BIAS_MAGIC "PLB2"
+
+/* The bias file image: magic, V, V little-endian floats. */
+static int bias_image(const float *bias, size_t V, uint8_t **out, size_t *len)
+{
+    *len = 8 + 4 * V;
+    uint8_t *b = malloc(*len);
+    if (!b) return plait_fail(PLAIT_ENOMEM, "serve: bias image");
+    memcpy(b, BIAS_MAGIC, 4);
+    for (int k = 0; k < 4; k++) b[4 + k] = (uint8_t)((uint32_t)V >> (8 * k));
+    for (size_t v = 0; v < V; v++) {
+        uint32_t u;
+        memcpy(&u, &bias[v], 4);
+        for (int k = 0; k < 4; k++) b[8 + 4 * v + (size_t)k] = (uint8_t)(u >> (8 * k));
+    }
+    *out = b;
+    return 0;
+}
+
+/* Remove dir/name if it is there (best effort: a stale file is never read, serve.txt says which one is). */
+static void drop(const char *dir, const char *name)
+{
+    char p[4096];
+    int k = snprintf(p, sizeof(p), "%s/%s", dir, name);
+    if (k > 0 && (size_t)k < sizeof(p) && unlink(p) != 0 && errno != ENOENT)
+        PLAIT_LOG(PLAIT_LOG_WARN, "serve: %s: cannot remove: %s", name, strerror(errno));
+}
 
 int plait__agent_serve_choose(const plait_model_t *m, const plait_lora_t *ref, const plait_corpus_t *train,
                               const char *state_dir, int B, int T, double lr, int train_a, int steps,
@@ -48,8 +81,9 @@ int plait__agent_serve_choose(const plait_model_t *m, const plait_lora_t *ref, c
     plait_corpus_t tpart, val;
     plait_corpus_init(&tpart);
     plait_corpus_init(&val);
-    uint8_t *img = NULL;
-    size_t len = 0;
+    uint8_t *img = NULL, *bimg = NULL;
+    size_t len = 0, blen = 0, V = (size_t)m->cfg.vocab_size;
+    float *bias = NULL;
     int rc = plait_lora_setup(&l, &ref->model, &ref->cfg);
     if (rc == 0 && l.n_params != ref->n_params) rc = plait_fail(PLAIT_EMISMATCH, "serve: adapter shape");
     if (rc == 0) rc = plait_personal_split(train, 0.15, T, &tpart, &val);
@@ -74,6 +108,8 @@ int plait__agent_serve_choose(const plait_model_t *m, const plait_lora_t *ref, c
         pc.stop = stop;
         pc.stop_ud = stop_ud;
         rc = plait_personal_fit(tr, &l, ref->params, &tpart, &val, &pc, res);
+        if (rc == 0 && !(bias = calloc(V, sizeof(float)))) rc = plait_fail(PLAIT_ENOMEM, "serve: bias");
+        if (rc == 0) rc = plait_personal_fit_bias(tr, &tpart, &val, &pc, bias, res); /* on the chosen adapter */
     }
     if (rc == 0) rc = plait_adapter_save_mem(&l, m->sha256, &img, &len);
     int slot = 0; /* the slot the current serve.txt does not name (a missing or bad one names none) */
@@ -85,25 +121,95 @@ int plait__agent_serve_choose(const plait_model_t *m, const plait_lora_t *ref, c
         }
         rc = plait__agent_atomic_write(state_dir, slot ? SERVE_FILE_B : SERVE_FILE, img, len);
     }
+    if (rc == 0 && res->bias) rc = bias_image(bias, V, &bimg, &blen);
+    if (rc == 0 && res->bias) rc = plait__agent_atomic_write(state_dir, slot ? SERVE_BIAS_FILE_B : SERVE_BIAS_FILE,
+                                                             bimg, blen);
     if (rc == 0) {
         char why[256];
-        int k = snprintf(why, sizeof(why), "%s %.4f %.6f %.6f %.6f %d %zu %llu %d\n",
+        int k = snprintf(why, sizeof(why), "%s %.4f %.6f %.6f %.6f %d %zu %llu %d %d %.6f\n",
                          plait_personal_kind_name(res->kind), res->mix, res->val_global, res->val_personal,
-                         res->val_chosen, res->best_step, res->val_tokens, (unsigned long long)round, slot);
+                         res->val_chosen, res->best_step, res->val_tokens, (unsigned long long)round, slot, res->bias,
+                         res->val_bias);
         rc = plait__agent_atomic_write(state_dir, SERVE_INFO_FILE, (const uint8_t *)why, (size_t)k);
     }
-    if (rc == 0) { /* the previous slot's adapter is no longer served: drop it (best effort) */
-        char old[4096];
-        int ko = snprintf(old, sizeof(old), "%s/%s", state_dir, slot ? SERVE_FILE : SERVE_FILE_B);
-        if (ko > 0 && (size_t)ko < sizeof(old)) (void)unlink(old);
+    if (rc == 0) { /* the previous slot's adapter and bias are no longer served: drop them (best effort) */
+        drop(state_dir, slot ? SERVE_FILE : SERVE_FILE_B);
+        drop(state_dir, slot ? SERVE_BIAS_FILE : SERVE_BIAS_FILE_B);
+        if (!res->bias) drop(state_dir, slot ? SERVE_BIAS_FILE_B : SERVE_BIAS_FILE);
     }
     if (img) plait_zeroize(img, len);
     free(img);
+    if (bimg) plait_zeroize(bimg, blen);
+    free(bimg);
+    if (bias) plait_zeroize(bias, V * sizeof(float));
+    free(bias);
     plait_train_destroy(tr);
     if (l.params) plait_zeroize(l.params, l.n_params * sizeof(float));
     plait_lora_free(&l);
     plait_corpus_free(&tpart);
     plait_corpus_free(&val);
+    return rc;
+}
+
+/* serve.txt, parsed and checked: 8 fields (before the slots), 9 (with the slot) or 11 (with the bias). */
+typedef struct {
+    char kind[16];
+    double mix, vg, vp, vc, vbias;
+    int best, slot, bias;
+    size_t vt;
+    unsigned long long round;
+} serve_info_t;
+
+static int parse_info(const uint8_t *line, size_t len, serve_info_t *si)
+{
+    char buf[257];
+    if (len >= sizeof(buf)) return 0;
+    memcpy(buf, line, len);
+    buf[len] = '\0';
+    memset(si, 0, sizeof(*si));
+    si->vbias = NAN;
+    int n = sscanf(buf, "%15s %lf %lf %lf %lf %d %zu %llu %d %d %lf", si->kind, &si->mix, &si->vg, &si->vp, &si->vc,
+                   &si->best, &si->vt, &si->round, &si->slot, &si->bias, &si->vbias);
+    if (n == 8 || n == 9) si->bias = 0, si->vbias = si->vc;
+    else if (n != 11 || (si->bias != 0 && si->bias != 1) || !isfinite(si->vbias))
+        return 0;
+    return (si->slot == 0 || si->slot == 1) &&
+           (strcmp(si->kind, "global") == 0 || strcmp(si->kind, "personal") == 0 || strcmp(si->kind, "mix") == 0) &&
+           isfinite(si->mix) && si->mix >= 0 && si->mix <= 1 && isfinite(si->vg) && isfinite(si->vp) &&
+           isfinite(si->vc);
+}
+
+int plait_agent_serving_bias(const char *state_dir, float *bias, size_t V)
+{
+    if (!state_dir || !bias || V == 0) return plait_fail(PLAIT_EINVAL, "serving bias: bad arguments");
+    char path[4096];
+    int k = snprintf(path, sizeof(path), "%s/%s", state_dir, SERVE_INFO_FILE);
+    if (k < 0 || (size_t)k >= sizeof(path)) return plait_fail(PLAIT_EINVAL, "serving bias: state path too long");
+    uint8_t *line = NULL, *img = NULL;
+    size_t ll = 0, il = 0;
+    int rc = plait_file_read(path, "serve.txt", 256, &line, &ll);
+    if (rc != 0) return rc;
+    serve_info_t si;
+    int ok = parse_info(line, ll, &si);
+    free(line);
+    if (!ok) return plait_fail(PLAIT_EPROTO, "%s: malformed", path);
+    if (!si.bias) return plait_fail(PLAIT_ENOENT, "%s: the device serves no output bias", state_dir);
+    k = snprintf(path, sizeof(path), "%s/%s", state_dir, si.slot ? SERVE_BIAS_FILE_B : SERVE_BIAS_FILE);
+    if (k < 0 || (size_t)k >= sizeof(path)) return plait_fail(PLAIT_EINVAL, "serving bias: state path too long");
+    if ((rc = plait_file_read(path, "serving bias", 8 + 4 * V, &img, &il)) != 0) return rc;
+    uint32_t n = 0;
+    if (il >= 8) n = (uint32_t)img[4] | (uint32_t)img[5] << 8 | (uint32_t)img[6] << 16 | (uint32_t)img[7] << 24;
+    if (il != 8 + 4 * V || memcmp(img, BIAS_MAGIC, 4) != 0 || n != V)
+        rc = plait_fail(PLAIT_EPROTO, "%s: not a bias of %zu logits", path, V);
+    for (size_t v = 0; rc == 0 && v < V; v++) {
+        const uint8_t *p = img + 8 + 4 * v;
+        uint32_t u = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+        memcpy(&bias[v], &u, 4);
+        if (!isfinite(bias[v])) rc = plait_fail(PLAIT_EPROTO, "%s: logit %zu is not finite", path, v);
+    }
+    if (rc != 0) memset(bias, 0, V * sizeof(float));
+    plait_zeroize(img, il);
+    free(img);
     return rc;
 }
 
@@ -124,21 +230,20 @@ int plait_agent_serving(const char *state_dir, char *path, size_t path_cap, char
             return plait_fail(PLAIT_ENOENT, "%s: no serving adapter chosen yet (it is chosen after a round)", state_dir);
         return rr;
     }
-    char kind[16] = {0};
-    double mix = NAN, vg = NAN, vp = NAN, vc = NAN;
-    int best = 0;
-    size_t vt = 0;
-    unsigned long long round = 0;
-    int slot = 0, nf = sscanf((const char *)line, "%15s %lf %lf %lf %lf %d %zu %llu %d", kind, &mix, &vg, &vp, &vc,
-                              &best, &vt, &round, &slot);
-    int ok = (nf == 8 || (nf == 9 && (slot == 0 || slot == 1))) &&
-             (strcmp(kind, "global") == 0 || strcmp(kind, "personal") == 0 || strcmp(kind, "mix") == 0) &&
-             isfinite(mix) && mix >= 0 && mix <= 1 && isfinite(vg) && isfinite(vp) && isfinite(vc);
+    serve_info_t si;
+    int ok = parse_info(line, ll, &si);
     free(line);
     if (!ok) {
         path[0] = '\0';
         return plait_fail(PLAIT_EPROTO, "%s: malformed", info);
     }
+    const char *kind = si.kind;
+    double mix = si.mix, vg = si.vg, vp = si.vp, vc = si.vc;
+    int best = si.best, slot = si.slot;
+    size_t vt = si.vt;
+    unsigned long long round = si.round;
+    char extra[96] = "";
+    if (si.bias) snprintf(extra, sizeof(extra), "; plus its output bias (validation loss %.4f)", si.vbias);
     int kp = snprintf(path, path_cap, "%s/%s", state_dir, slot ? SERVE_FILE_B : SERVE_FILE);
     if (kp < 0 || (size_t)kp >= path_cap) {
         path[0] = '\0';
@@ -148,17 +253,17 @@ int plait_agent_serving(const char *state_dir, char *path, size_t path_cap, char
         if (strcmp(kind, "mix") == 0)
             snprintf(why, why_cap,
                      "mix a=%.2f ((1-a) global + a personal), round %llu: validation loss %.4f vs global %.4f "
-                     "(personal alone %.4f, best step %d, %zu tokens)",
-                     mix, round, vc, vg, vp, best, vt);
+                     "(personal alone %.4f, best step %d, %zu tokens)%s",
+                     mix, round, vc, vg, vp, best, vt, extra);
         else if (strcmp(kind, "personal") == 0)
             snprintf(why, why_cap,
-                     "personal, round %llu: validation loss %.4f vs global %.4f (best step %d, %zu tokens)", round, vc,
-                     vg, best, vt);
+                     "personal, round %llu: validation loss %.4f vs global %.4f (best step %d, %zu tokens)%s",
+                     round, vc, vg, best, vt, extra);
         else
             snprintf(why, why_cap,
-                     "global, round %llu: nothing beat it on validation (global %.4f, best personal %.4f, %zu "
-                     "tokens)",
-                     round, vg, vp, vt);
+                     "global, round %llu: no other adapter beat it on validation (global %.4f, best personal "
+                     "%.4f, %zu tokens)%s",
+                     round, vg, vp, vt, extra);
     }
     return 0;
 }

@@ -6,6 +6,7 @@
 #include "cmd_int.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "plait/adapter.h"
@@ -84,9 +85,19 @@ int cmd_generate(int argc, char **argv)
         ic.pool = e.pool;
         rc = plait_infer_setup(&st, &e.model, c.adapter ? &lora : NULL, &ic);
     }
+    float *bias = NULL; /* the device's output bias, served with its adapter when it kept one */
+    if (rc == 0 && c.adapter == serve_path) {
+        size_t V = (size_t)e.model.cfg.vocab_size;
+        bias = calloc(V, sizeof(float));
+        if (!bias) rc = plait_fail(PLAIT_ENOMEM, "generate: output bias");
+        int brc = rc == 0 ? plait_agent_serving_bias(state, bias, V) : rc;
+        if (brc == 0) rc = plait_infer_set_logit_bias(&st, bias);
+        else if (brc != PLAIT_ENOENT) rc = brc;
+    }
     if (rc == 0) rc = plait_generate(&st, &e.tok, prompt, &g, print_piece, stdout, NULL);
     if (rc == 0) printf("\n");
     plait_infer_free(&st);
+    free(bias);
     plait_lora_free(&lora);
     engine_free(&e);
     return rc == 0 ? 0 : die_run(rc);

@@ -446,7 +446,19 @@ static void forward_rows(plait_infer_t *s, const int *tokens, size_t n, size_t p
     if (want_logits) {
         rmsnorm(s->xb, s->x + (n - 1) * C, m->w.rms_final, 1, C, mc->rms_eps);
         mm_w(s, s->logits, s->xb, plait_model_classifier(m), 1, C, (size_t)mc->vocab_size);
+        if (s->logit_bias)
+            for (size_t v = 0; v < (size_t)mc->vocab_size; v++) s->logits[v] += s->logit_bias[v];
     }
+}
+
+int plait_infer_set_logit_bias(plait_infer_t *s, const float *bias)
+{
+    if (!s || !s->model) return plait_fail(PLAIT_EINVAL, "infer: state is not set up");
+    if (bias)
+        for (int v = 0; v < s->model->cfg.vocab_size; v++)
+            if (!isfinite(bias[v])) return plait_fail(PLAIT_EINVAL, "infer: logit bias %d is not finite", v);
+    s->logit_bias = bias;
+    return 0;
 }
 
 static int check_tokens(const plait_infer_t *s, const int *tokens, size_t n, int pos0)

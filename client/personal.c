@@ -3,13 +3,17 @@
  * validation split, early-stopped fine-tuning from a reference adapter with
  * an optional Ditto proximal term, and the choice among the reference, the
  * fine-tuned adapter and their interpolations, never worse than the
- * reference on validation.
+ * reference on validation; then the personal output bias on top of the
+ * chosen adapter (a convex fit on its frozen next-token probabilities).
  *
  * Contract: plait_personal_fit leaves lora->params equal to the chosen
  * adapter, bit for bit one of the candidates it evaluated, and
- * res->val_chosen <= res->val_global. Every buffer is wiped before it is
- * freed (adapters trained on private text, and the text itself).
+ * res->val_chosen <= res->val_global; plait_personal_fit_bias returns a
+ * bias only when res->val_bias < res->val_chosen - min_gain, else zeros.
+ * Every buffer is wiped before it is freed (adapters trained on private
+ * text, the text itself, and the probabilities and bias derived from it).
  */
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +38,10 @@ plait_personal_config_t plait_personal_config_default(void)
     c.val_windows = 0;
     c.min_gain = 0.0;
     c.seed = 0;
+    c.bias_steps = 100;
+    c.bias_lr = 0.05;
+    c.bias_l2 = 3e-3;
+    c.bias_bytes = (size_t)32 << 20;
     return c;
 }
 
@@ -50,6 +58,14 @@ int plait_personal_config_validate(const plait_personal_config_t *c)
         return plait_fail(PLAIT_EINVAL, "personal: prox_lambda must be finite and >= 0");
     if (!(c->min_gain >= 0.0) || !isfinite(c->min_gain))
         return plait_fail(PLAIT_EINVAL, "personal: min_gain must be finite and >= 0");
+    if (c->bias_steps < 0 || c->bias_steps > 1000000)
+        return plait_fail(PLAIT_EINVAL, "personal: bias_steps %d is outside 0..1000000", c->bias_steps);
+    if (!(c->bias_lr > 0.0) || !isfinite(c->bias_lr) || c->bias_lr > 10.0)
+        return plait_fail(PLAIT_EINVAL, "personal: bias_lr %g is outside (0, 10]", c->bias_lr);
+    if (!(c->bias_l2 >= 0.0) || !isfinite(c->bias_l2))
+        return plait_fail(PLAIT_EINVAL, "personal: bias_l2 must be finite and >= 0");
+    if (c->bias_bytes < ((size_t)1 << 20))
+        return plait_fail(PLAIT_EINVAL, "personal: bias_bytes %zu is under 1 MiB", c->bias_bytes);
     return 0;
 }
 
@@ -252,5 +268,200 @@ int plait_personal_fit(plait_trainer_t *tr, plait_lora_t *lora, const float *ref
     plait_zeroize(batch, (size_t)B * ((size_t)T + 1) * sizeof(int32_t));
     free(best);
     free(batch);
+    return rc;
+}
+
+/* ------------------------------------------------------------ output bias */
+
+double plait_personal_bias_objective(const float *prob, const int32_t *y, size_t n, size_t V, const float *b,
+                                     double l2, float *grad)
+{
+    if (!prob || !y || !b || n == 0 || V == 0) return NAN;
+    double *eb = malloc(V * sizeof(double)), *acc = calloc(V, sizeof(double)), *hit = calloc(V, sizeof(double));
+    if (!eb || !acc || !hit) {
+        free(eb);
+        free(acc);
+        free(hit);
+        return NAN;
+    }
+    /* softmax(log p + b) = p e^(b - bmax) / sum: shifting b by its maximum keeps e^b <= 1. */
+    double bmax = -INFINITY, reg = 0.0, sum = 0.0;
+    for (size_t v = 0; v < V; v++) {
+        if (b[v] > bmax) bmax = b[v];
+        reg += (double)b[v] * (double)b[v];
+    }
+    for (size_t v = 0; v < V; v++) eb[v] = exp((double)b[v] - bmax);
+    for (size_t i = 0; i < n && isfinite(sum); i++) {
+        const float *p = prob + i * V;
+        if (y[i] < 0 || (size_t)y[i] >= V) {
+            sum = NAN;
+            break;
+        }
+        double z = 0.0;
+        for (size_t v = 0; v < V; v++) z += (double)p[v] * eb[v];
+        double py = (double)p[y[i]] * eb[y[i]];
+        /* A target the model gives probability 0 (underflow) costs as much as the smallest float would. */
+        sum += -log((py > 0 ? py : (double)FLT_MIN * eb[y[i]]) / z);
+        if (grad) {
+            double iz = 1.0 / z;
+            for (size_t v = 0; v < V; v++) acc[v] += (double)p[v] * iz;
+            hit[y[i]] += 1.0;
+        }
+    }
+    double J = sum / (double)n + 0.5 * l2 * reg;
+    if (grad)
+        for (size_t v = 0; v < V; v++)
+            grad[v] = (float)((acc[v] * eb[v] - hit[v]) / (double)n + l2 * (double)b[v]);
+    free(eb);
+    free(acc);
+    free(hit);
+    return J;
+}
+
+/* Frozen predictions of the trainer's adapter: prob (n, V) softmax rows and y (n) targets. */
+typedef struct {
+    float *prob;
+    int32_t *y;
+    size_t n, cap;
+} frozen_t;
+
+static void frozen_free(frozen_t *f, size_t V)
+{
+    if (f->prob) plait_zeroize(f->prob, f->cap * V * sizeof(float));
+    if (f->y) plait_zeroize(f->y, f->cap * sizeof(int32_t));
+    free(f->prob);
+    free(f->y);
+    memset(f, 0, sizeof(*f));
+}
+
+/* Append the first n_pred predictions of one row of T + 1 tokens (logits scratch (T, V)). */
+static int frozen_row(frozen_t *f, plait_trainer_t *tr, const int32_t *row, size_t n_pred, float *logits)
+{
+    size_t V = plait_train_vocab_size(tr);
+    int rc = plait_train_eval_logits(tr, row, logits);
+    for (size_t t = 0; rc == 0 && t < n_pred && f->n < f->cap; t++) {
+        const float *lg = logits + t * V;
+        float *p = f->prob + f->n * V;
+        float mx = lg[0];
+        for (size_t v = 1; v < V; v++)
+            if (lg[v] > mx) mx = lg[v];
+        double z = 0.0;
+        for (size_t v = 0; v < V; v++) z += (double)(p[v] = expf(lg[v] - mx));
+        float iz = (float)(1.0 / z);
+        for (size_t v = 0; v < V; v++) p[v] *= iz;
+        f->y[f->n++] = row[t + 1];
+    }
+    return rc;
+}
+
+/* The predictions plait_personal_eval scores on c (at most max_windows windows, or one partial window),
+ * thinned evenly to at most cap of them. */
+static int frozen_collect(frozen_t *f, plait_trainer_t *tr, const plait_corpus_t *c, size_t max_windows, size_t cap,
+                          float *logits)
+{
+    size_t T = (size_t)plait_train_seq_len(tr), V = plait_train_vocab_size(tr);
+    size_t nw = c->n >= T + 1 ? plait_corpus_n_windows(c, (int)T) : 0;
+    if (max_windows && nw > max_windows) nw = max_windows;
+    size_t want = nw ? nw * T : (c->n >= 2 ? c->n - 1 : 0);
+    if (want == 0) return plait_fail(PLAIT_EINVAL, "personal bias: a text of %zu tokens holds no prediction", c->n);
+    size_t use = nw; /* windows to use */
+    if (want > cap) {
+        if (nw == 0 || cap < T) return plait_fail(PLAIT_EINVAL, "personal bias: %zu predictions over budget", want);
+        use = cap / T;
+    }
+    f->cap = nw ? use * T : want;
+    f->n = 0;
+    f->prob = malloc(f->cap * V * sizeof(float));
+    f->y = malloc(f->cap * sizeof(int32_t));
+    if (!f->prob || !f->y) return plait_fail(PLAIT_ENOMEM, "personal bias: %zu predictions", f->cap);
+    int rc = 0;
+    if (nw == 0) {
+        int32_t *row = malloc((T + 1) * sizeof(int32_t));
+        if (!row) return plait_fail(PLAIT_ENOMEM, "personal bias: one window");
+        for (size_t i = 0; i <= T; i++) row[i] = c->tokens[i < c->n ? i : c->n - 1];
+        rc = frozen_row(f, tr, row, c->n - 1, logits);
+        plait_zeroize(row, (T + 1) * sizeof(int32_t));
+        free(row);
+        return rc;
+    }
+    for (size_t k = 0; rc == 0 && k < use; k++) {
+        size_t w = use == nw ? k : k * nw / use; /* evenly spread when thinned */
+        rc = frozen_row(f, tr, c->tokens + w * T, T, logits);
+    }
+    return rc;
+}
+
+int plait_personal_fit_bias(plait_trainer_t *tr, const plait_corpus_t *train, const plait_corpus_t *val,
+                            const plait_personal_config_t *cfg, float *bias, plait_personal_result_t *res)
+{
+    if (!tr || !train || !val || !bias || !res) return plait_fail(PLAIT_EINVAL, "personal bias: bad arguments");
+    int rc = plait_personal_config_validate(cfg);
+    if (rc != 0) return rc;
+    size_t V = plait_train_vocab_size(tr), T = (size_t)plait_train_seq_len(tr);
+    memset(bias, 0, V * sizeof(float));
+    res->bias = 0;
+    res->bias_step = 0;
+    res->val_bias = res->val_chosen;
+    if (cfg->bias_steps == 0) return 0;
+    if ((rc = plait_train_set_logit_bias(tr, NULL)) != 0) return rc;
+    size_t rows = cfg->bias_bytes / (V * sizeof(float)); /* the budget, validation first */
+    frozen_t ft = {0}, fv = {0};
+    float *logits = malloc(T * V * sizeof(float));
+    double *m = calloc(V, sizeof(double)), *s2 = calloc(V, sizeof(double));
+    float *b = calloc(V, sizeof(float)), *g = malloc(V * sizeof(float)), *best = calloc(V, sizeof(float));
+    if (!logits || !m || !s2 || !b || !g || !best) rc = plait_fail(PLAIT_ENOMEM, "personal bias: buffers");
+    if (rc == 0) rc = frozen_collect(&fv, tr, val, cfg->val_windows, rows / 2, logits);
+    if (rc == 0) rc = frozen_collect(&ft, tr, train, 0, rows - fv.n, logits);
+    /* Full-batch Adam on the convex objective; the best validated step is kept. */
+    double vbest = rc == 0 ? plait_personal_bias_objective(fv.prob, fv.y, fv.n, V, b, 0.0, NULL) : NAN;
+    const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
+    for (int k = 1; rc == 0 && k <= cfg->bias_steps; k++) {
+        if (cfg->stop && cfg->stop(cfg->stop_ud)) {
+            rc = plait_fail(PLAIT_ECANCELED, "personal bias: stopped at step %d", k);
+            break;
+        }
+        if (!isfinite(plait_personal_bias_objective(ft.prob, ft.y, ft.n, V, b, cfg->bias_l2, g))) {
+            rc = plait_fail(PLAIT_EPROTO, "personal bias: non-finite objective at step %d", k);
+            break;
+        }
+        double c1 = 1.0 - pow(b1, k), c2 = 1.0 - pow(b2, k);
+        for (size_t v = 0; v < V; v++) {
+            m[v] = b1 * m[v] + (1.0 - b1) * g[v];
+            s2[v] = b2 * s2[v] + (1.0 - b2) * (double)g[v] * g[v];
+            b[v] = (float)(b[v] - cfg->bias_lr * (m[v] / c1) / (sqrt(s2[v] / c2) + eps));
+        }
+        if (k % cfg->eval_every != 0 && k != cfg->bias_steps) continue;
+        double vl = plait_personal_bias_objective(fv.prob, fv.y, fv.n, V, b, 0.0, NULL);
+        if (vl < vbest) {
+            vbest = vl;
+            res->bias_step = k;
+            memcpy(best, b, V * sizeof(float));
+        }
+    }
+    /* Keep it only where it beats the chosen adapter on validation, measured as plait_personal_eval does. */
+    if (rc == 0 && res->bias_step > 0) {
+        double vb = NAN;
+        rc = plait_train_set_logit_bias(tr, best);
+        if (rc == 0) rc = plait_personal_eval(val, tr, cfg->val_windows, &vb, NULL);
+        if (plait_train_set_logit_bias(tr, NULL) != 0 && rc == 0) rc = PLAIT_EINVAL; /* cannot fail: NULL */
+        if (rc == 0 && vb < res->val_chosen - cfg->min_gain) {
+            res->bias = 1;
+            res->val_bias = vb;
+            memcpy(bias, best, V * sizeof(float));
+        }
+    }
+    if (!res->bias) res->bias_step = 0;
+    frozen_free(&ft, V);
+    frozen_free(&fv, V);
+    if (logits) plait_zeroize(logits, T * V * sizeof(float));
+    if (best) plait_zeroize(best, V * sizeof(float));
+    if (b) plait_zeroize(b, V * sizeof(float));
+    if (g) plait_zeroize(g, V * sizeof(float));
+    free(logits);
+    free(m);
+    free(s2);
+    free(b);
+    free(g);
+    free(best);
     return rc;
 }

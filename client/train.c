@@ -253,8 +253,9 @@ static int check_tokens(const plait_trainer_t *tr, const int32_t *tokens, size_t
 #define LNC(ptr, l) ((ptr) + (l) * N_full * C)
 
 /* Forward over nb <= B rows; returns the mean loss. With dscale > 0 the
- * classifier also leaves dlnf in tr->dln for backward. */
-static double forward(plait_trainer_t *tr, const int32_t *tokens, size_t nb, float dscale)
+ * classifier also leaves dlnf in tr->dln for backward; with logits != NULL it
+ * writes the (nb * T, V) logit rows there. */
+static double forward_logits(plait_trainer_t *tr, const int32_t *tokens, size_t nb, float dscale, float *logits)
 {
     size_t T = tr->T, C = tr->C, KV = tr->KV, H = tr->H, N = nb * T, N_full = tr->B * T;
     const plait_model_weights_t *w = &tr->m->w;
@@ -286,11 +287,17 @@ static double forward(plait_trainer_t *tr, const int32_t *tokens, size_t nb, flo
         proj_forward(tr, xn, hg, l, PLAIT_W2, N, 1);
     }
     plait__rmsnorm_forward(tr, tr->lnf, tr->rstdf, LNC(tr->resid, tr->L), w->rms_final, N, C);
-    job_t j = {.tr = tr, .out = dscale > 0.0f ? tr->dln : NULL, .n = N, .tokens = tokens, .scale = dscale};
+    job_t j = {.tr = tr, .out = dscale > 0.0f ? tr->dln : NULL, .out3 = logits, .n = N, .tokens = tokens,
+               .scale = dscale};
     plait_pool_run(tr->pool, plait__classifier_items, &j, tr->P);
     double sum = 0.0;
     for (size_t n = 0; n < N; n++) sum += tr->row_loss[n];
     return sum / (double)N;
+}
+
+static double forward(plait_trainer_t *tr, const int32_t *tokens, size_t nb, float dscale)
+{
+    return forward_logits(tr, tokens, nb, dscale, NULL);
 }
 
 /* Backward over the full B rows; expects dlnf in tr->dln (from forward). */
@@ -403,6 +410,32 @@ int plait_train_eval_prefix(plait_trainer_t *tr, const int32_t *tokens, size_t n
     if (!isfinite(sum)) return plait_fail(PLAIT_EPROTO, "train: prefix eval: non-finite loss");
     if (loss_sum) *loss_sum = sum;
     return 0;
+}
+
+int plait_train_eval_logits(plait_trainer_t *tr, const int32_t *tokens, float *logits)
+{
+    if (!tr || !tokens || !logits) return plait_fail(PLAIT_EINVAL, "train: logits need a trainer, a row and a buffer");
+    int rc = check_tokens(tr, tokens, 1);
+    if (rc != 0) return rc;
+    (void)forward_logits(tr, tokens, 1, 0.0f, logits);
+    for (size_t i = 0; i < tr->T * tr->V; i++)
+        if (!isfinite(logits[i])) return plait_fail(PLAIT_EPROTO, "train: non-finite logit at row %zu", i / tr->V);
+    return 0;
+}
+
+int plait_train_set_logit_bias(plait_trainer_t *tr, const float *bias)
+{
+    if (!tr) return plait_fail(PLAIT_EINVAL, "train: NULL trainer");
+    if (bias)
+        for (size_t v = 0; v < tr->V; v++)
+            if (!isfinite(bias[v])) return plait_fail(PLAIT_EINVAL, "train: logit bias %zu is not finite", v);
+    tr->logit_bias = bias;
+    return 0;
+}
+
+size_t plait_train_vocab_size(const plait_trainer_t *tr)
+{
+    return tr ? tr->V : 0;
 }
 
 int plait_train_eval_loss(plait_trainer_t *tr, const int32_t *tokens, size_t n_rows, float *loss)

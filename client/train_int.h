@@ -59,6 +59,8 @@ struct plait_trainer_s {
     double *row_loss;    /* (N) per-position loss, summed in order for determinism */
     const float *prox_ref; /* Ditto proximal reference, indexed like lora->params (borrowed), or NULL */
     double prox_lambda;    /* its weight lambda: the loss gains lambda/2 ||w - ref||^2 */
+    const float *logit_bias; /* (V) added to every logit row (a personal output bias, personal.h), borrowed,
+                              * or NULL */
     float *rope_cos;     /* (T, HS) cos(pos * freq_i) at 2i and 2i+1 */
     float *rope_sin;     /* (T, HS) -sin at 2i, +sin at 2i+1 */
 

@@ -337,7 +337,9 @@ size_t plait__logit_rows(size_t V)
 /* Classifier, softmax and cross-entropy, fused per thread: item i of P owns
  * a contiguous share of the N rows and a vc x V scratch,
  * so the (N, V) logits never exist at once. With dlnf != NULL it also writes
- * dlnf (N, C) = dlogits · Wcls with dlogits = (softmax - onehot) * scale. */
+ * dlnf (N, C) = dlogits · Wcls with dlogits = (softmax - onehot) * scale.
+ * The trainer's logit bias (if any) joins every row first; with j->out3 !=
+ * NULL each row's logits, bias included, are also copied to out3 (N, V). */
 void plait__classifier_items(void *ctx, size_t b0, size_t e0)
 {
     job_t *j = ctx;
@@ -357,6 +359,9 @@ void plait__classifier_items(void *ctx, size_t b0, size_t e0)
                 size_t n = c0 + r, b = n / tr->T, t = n % tr->T;
                 int32_t target = j->tokens[b * (tr->T + 1) + t + 1];
                 float *row = lg + r * V;
+                if (tr->logit_bias)
+                    for (size_t v = 0; v < V; v++) row[v] += tr->logit_bias[v];
+                if (j->out3) memcpy(j->out3 + n * V, row, V * sizeof(float));
                 float mx = K->max(row, V);
                 float zt = row[target] - mx;
                 double sum = K->exp_sum(row, V, mx, 1.0f);

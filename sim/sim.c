@@ -76,6 +76,7 @@ typedef struct {
     double loss_global; /* PERSONAL: the starting (global) adapter on the same held-out data */
     double mix;        /* PERSONAL: the chosen adapter, 0 global .. 1 personal */
     double se;         /* PERSONAL: standard error of loss - loss_global from paired windows (NAN: one window) */
+    int bias;          /* PERSONAL: 1 when the device also kept its output bias */
 } job_t;
 
 typedef struct {
@@ -86,6 +87,7 @@ typedef struct {
     float *ref;        /* (n_params) the adapter personalization starts from */
     plait_trainer_t *ptr; /* personalization's trainer (eval.personal_lr) over lora; NULL: tr */
     double *wl_g, *wl_p;  /* (SE_WINDOWS) per-window held-out losses, global and chosen */
+    float *bias;          /* (V) the personal output bias of the client being evaluated */
 } worker_t;
 
 /* At most this many held-out windows pair up for a client's standard error. */
@@ -212,7 +214,7 @@ static int start_adapter(sim_t *s, worker_t *w, size_t client, int zero_b)
  * split off the validation tail, fine-tune with early stopping, choose. A text too short to validate keeps
  * the reference. */
 static int personalize(sim_t *s, worker_t *w, plait_trainer_t *tr_, int round_training, const plait_corpus_t *train,
-                       int steps, double lambda, uint64_t stream, plait_personal_result_t *pr)
+                       int steps, double lambda, uint64_t stream, plait_personal_result_t *pr, float *bias)
 {
     const plait_sim_config_t *cfg = s->cfg;
     memset(pr, 0, sizeof(*pr));
@@ -236,6 +238,12 @@ static int personalize(sim_t *s, worker_t *w, plait_trainer_t *tr_, int round_tr
     int rc = plait_personal_split(train, cfg->personal_val, cfg->seq_len, &tr, &val);
     if (rc == 0) rc = plait_personal_fill(&tr, cfg->seq_len);
     if (rc == 0) rc = plait_personal_fit(tr_, &w->lora, w->ref, &tr, &val, &pc, pr);
+    if (rc == 0 && bias) { /* the output bias on top of the chosen adapter (w->tr: forward only) */
+        pc.bias_steps = cfg->personal_bias_steps;
+        pc.bias_lr = cfg->personal_bias_lr;
+        pc.bias_l2 = cfg->personal_bias_l2;
+        rc = plait_personal_fit_bias(w->tr, &tr, &val, &pc, bias, pr);
+    }
     plait_corpus_free(&tr);
     plait_corpus_free(&val);
     return rc;
@@ -275,7 +283,7 @@ static int do_train(sim_t *s, worker_t *w, job_t *j)
          * stopping, the choice of personal.h), with a proximal pull toward the B it started from. */
         plait_personal_result_t pr;
         memcpy(w->ref, w->lora.params, w->lora.n_params * sizeof(float));
-        rc = personalize(s, w, w->tr, 1, &train, steps, cfg->fedsa_lambda, stream, &pr);
+        rc = personalize(s, w, w->tr, 1, &train, steps, cfg->fedsa_lambda, stream, &pr, NULL);
         j->loss = pr.train_loss;
     } else {
         if (rc == 0) rc = plait_personal_fill(&train, cfg->seq_len);
@@ -329,12 +337,16 @@ static int do_eval(sim_t *s, worker_t *w, job_t *j)
         int steps = cfg->personal_steps > 0 ? cfg->personal_steps : 16 * local_steps_for(cfg, &s->pop.clients[i]);
         if (rc == 0)
             rc = personalize(s, w, w->ptr ? w->ptr : w->tr, 0, &train, steps, cfg->personal_lambda,
-                             plait__sim_stream(PLAIT__SIM_RNG_PERSONAL, (uint64_t)s->cur_round, i), &pr);
+                             plait__sim_stream(PLAIT__SIM_RNG_PERSONAL, (uint64_t)s->cur_round, i), &pr, w->bias);
         j->mix = pr.mix;
+        j->bias = pr.bias;
+        if (rc == 0 && pr.bias) rc = plait_train_set_logit_bias(w->tr, w->bias); /* served with the adapter */
         if (rc == 0) rc = plait_personal_eval_windows(&held, w->tr, cfg->eval_windows, w->wl_p, SE_WINDOWS, &np);
         j->se = rc == 0 && np == ng ? paired_se(w->wl_g, w->wl_p, np) : NAN;
     }
     if (rc == 0) rc = plait_personal_eval(&held, w->tr, cfg->eval_windows, &j->loss, &j->tokens);
+    if (plait_train_set_logit_bias(w->tr, NULL) != 0 && rc == 0) rc = PLAIT_EINVAL; /* cannot fail: NULL */
+    plait_zeroize(w->bias, s->model.cfg.vocab_size * sizeof(float));
     plait_corpus_free(&train);
     plait_corpus_free(&held);
     return rc;
@@ -378,7 +390,7 @@ static int evaluate_each(sim_t *s, const size_t *ids, size_t n, int kind, double
 /* The personalized evaluation: the chosen adapters' token-weighted loss into *loss, the global adapter's on the
  * same clients into *gloss; per client (arrays of n, may be NULL) both losses, the mix and the tokens. */
 static int evaluate_personal(sim_t *s, double *loss, double *gloss, double *each, double *each_g, double *mix,
-                             size_t *toks, double *se)
+                             size_t *toks, double *se, double *bias)
 {
     size_t n = s->n_pers;
     *loss = *gloss = NAN;
@@ -398,6 +410,7 @@ static int evaluate_personal(sim_t *s, double *loss, double *gloss, double *each
         if (mix) mix[k] = jobs[k].mix;
         if (toks) toks[k] = jobs[k].tokens;
         if (se) se[k] = jobs[k].se;
+        if (bias) bias[k] = jobs[k].bias;
     }
     free(jobs);
     if (rc == 0 && tok > 0) {
@@ -484,6 +497,7 @@ static void sim_free(sim_t *s)
             free(s->w[k].ref);
             free(s->w[k].wl_g);
             free(s->w[k].wl_p);
+            free(s->w[k].bias);
         }
     free(s->w);
     plait_pool_destroy(s->pool);
@@ -600,7 +614,8 @@ static int setup(sim_t *s, const plait_sim_config_t *cfg)
         w->ref = malloc(w->lora.n_params * sizeof(float));
         w->wl_g = malloc(SE_WINDOWS * sizeof(double));
         w->wl_p = malloc(SE_WINDOWS * sizeof(double));
-        if (!w->diff || !w->batch || !w->ref || !w->wl_g || !w->wl_p)
+        w->bias = calloc((size_t)s->model.cfg.vocab_size, sizeof(float));
+        if (!w->diff || !w->batch || !w->ref || !w->wl_g || !w->wl_p || !w->bias)
             return plait_fail(PLAIT_ENOMEM, "sim: worker buffers");
     }
     size_t want = (size_t)ceil((double)cfg->clients_per_round * cfg->overselect);
@@ -767,7 +782,8 @@ static int eval_round(sim_t *s, plait_sim_round_t *m, plait_sim_result_t *res)
     int last = m->round == s->cfg->rounds, every = s->cfg->personal_rounds;
     if (rc == 0 && (last || (every > 0 && m->round % every == 0)))
         rc = evaluate_personal(s, &m->personal_loss, &m->personal_global_loss, res->client_personal,
-                               res->client_pglobal, res->client_mix, res->client_tokens, res->client_se);
+                               res->client_pglobal, res->client_mix, res->client_tokens, res->client_se,
+                               res->client_bias);
     m->global_ppl = exp(m->global_loss);
     m->personal_ppl = exp(m->personal_loss);
     return rc;
@@ -829,7 +845,8 @@ void plait_sim_result_free(plait_sim_result_t *res)
     free(res->client_mix);
     free(res->client_tokens);
     free(res->client_se);
-    res->client_se = NULL;
+    free(res->client_bias);
+    res->client_se = res->client_bias = NULL;
     res->client_base = res->client_global = res->client_local = res->client_personal = NULL;
     res->client_pglobal = res->client_mix = NULL;
     res->client_tokens = NULL;
@@ -877,8 +894,9 @@ int plait_sim_run(const plait_sim_config_t *cfg, plait_sim_result_t *out)
     res.client_mix = calloc(s.n_pers ? s.n_pers : 1, sizeof(double));
     res.client_tokens = calloc(s.n_pers ? s.n_pers : 1, sizeof(size_t));
     res.client_se = calloc(s.n_pers ? s.n_pers : 1, sizeof(double));
+    res.client_bias = calloc(s.n_pers ? s.n_pers : 1, sizeof(double));
     if (!res.client_base || !res.client_global || !res.client_local || !res.client_personal || !res.client_pglobal ||
-        !res.client_mix || !res.client_tokens || !res.client_se) {
+        !res.client_mix || !res.client_tokens || !res.client_se || !res.client_bias) {
         rc = plait_fail(PLAIT_ENOMEM, "sim: per-client losses");
         goto exit;
     }
@@ -893,7 +911,8 @@ int plait_sim_run(const plait_sim_config_t *cfg, plait_sim_result_t *out)
     m0->global_loss = res.base_loss;
     m0->global_ppl = exp(res.base_loss);
     if ((rc = evaluate_personal(&s, &m0->personal_loss, &m0->personal_global_loss, res.client_local,
-                                res.client_pglobal, res.client_mix, res.client_tokens, res.client_se)) != 0)
+                                res.client_pglobal, res.client_mix, res.client_tokens, res.client_se,
+                                res.client_bias)) != 0)
         goto exit;
     memcpy(res.client_personal, res.client_local, s.n_pers * sizeof(double));
     m0->personal_ppl = exp(m0->personal_loss);

@@ -388,6 +388,18 @@ int plait_agent_serving(const char *state_dir, char *path /* OUT */, size_t path
                         size_t why_cap) PLAIT_WUR;
 
 /**
+ * \brief The personal output bias served on top of that adapter, when the
+ *        device kept one (personal.h, plait_personal_fit_bias): V logits to
+ *        add to the model's (plait_infer_set_logit_bias). Like the adapter,
+ *        it is derived from the device's own text and never leaves it.
+ * \param bias OUT: V floats (the model's vocab_size).
+ * \return 0; PLAIT_ENOENT (no choice yet, or the choice has no bias);
+ *         PLAIT_EPROTO (serve.txt or serve_bias.bin malformed, or made for
+ *         another vocabulary size).
+ */
+int plait_agent_serving_bias(const char *state_dir, float *bias /* OUT */, size_t V) PLAIT_WUR;
+
+/**
  * \brief Make this device's TLS key and a certificate request, on the device:
  *        the private key never leaves it. The key (ECDSA P-256) is written to
  *        key_path 0600 whatever the umask; the CSR (PEM, public) to csr_path.

@@ -86,6 +86,7 @@ typedef struct plait_infer_s {
     const float **w; /* [L * PLAIT_NPROJ] (out, in) each */
     float *merged_w; /* merged copies of the targeted projections, or NULL */
     size_t merged_n; /* floats in merged_w */
+    const float *logit_bias; /* (V) added to the logits (a personal output bias), borrowed, or NULL */
 } plait_infer_t;
 
 /** \brief Defaults: whole context, unmerged, chunk 32, no pool. */
@@ -114,6 +115,14 @@ int plait_infer_setup(plait_infer_t *s, const plait_model_t *model, const plait_
  *        an unmerged state or one without adapter).
  */
 void plait_infer_remerge(plait_infer_t *s);
+
+/**
+ * \brief Add bias[v] to the logit of token v from now on (a device's personal
+ *        output bias, personal.h), or stop with NULL (the default).
+ * \param bias vocab_size floats, borrowed: must outlive its use by s.
+ * \return 0 or PLAIT_EINVAL (state not set up, a non-finite value).
+ */
+int plait_infer_set_logit_bias(plait_infer_t *s, const float *bias) PLAIT_WUR;
 
 /** \brief Release the state's buffers (never the model or adapter). NULL and double free are safe.
  */

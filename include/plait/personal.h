@@ -20,6 +20,17 @@
  *      min_gain nats per token: the choice is never worse than the
  *      reference on validation.
  *
+ *   4. optionally (plait_personal_fit_bias), a personal output bias on top
+ *      of the chosen adapter: a vector b of V logits added to the model's
+ *      (a FedPer/FedRep-style personal head, the smallest one), fitted on
+ *      the training part by full-batch Adam on the mean cross-entropy of
+ *      softmax(z + b) plus bias_l2/2 ||b||^2 with the model's logits z
+ *      frozen (a convex problem), validated every eval_every steps, the best
+ *      step kept, and kept at all only when it beats the chosen adapter on
+ *      the validation slice by more than min_gain. It corrects what the
+ *      device writes more or less often than the global model predicts (its
+ *      names, its words) and cannot move far from zero on little text.
+ *
  * Texts shorter than one window are still evaluated: plait_personal_eval
  * scores a short text as one partial window (every prediction it has).
  *
@@ -46,6 +57,11 @@ typedef struct {
      *  with PLAIT_ECANCELED and the adapter left equal to the reference. */
     int (*stop)(void *ud);
     void *stop_ud;       /**< passed to stop */
+    int bias_steps;      /**< output-bias budget in full-batch Adam steps, >= 0; 0 = no bias (default 100) */
+    double bias_lr;      /**< its Adam learning rate, > 0 (default 0.05) */
+    double bias_l2;      /**< its L2 weight toward 0, >= 0 (default 3e-3) */
+    size_t bias_bytes;   /**< memory for the frozen probabilities it fits on (V floats a prediction; the
+                              training predictions are thinned evenly to fit), >= 1 MiB (default 32 MiB) */
 } plait_personal_config_t;
 
 typedef enum {
@@ -64,6 +80,10 @@ typedef struct plait_personal_result_s {
     int steps;            /**< steps run before stopping */
     size_t val_tokens;    /**< predictions in the validation loss */
     double train_loss;    /**< training loss of the last step run (NAN when none) */
+    /* plait_personal_fit_bias (zero until it runs): */
+    int bias;             /**< 1: the device serves its output bias on top of the chosen adapter */
+    double val_bias;      /**< validation loss with the fitted bias (= val_chosen when none helped) */
+    int bias_step;        /**< the kept bias step (0: none) */
 } plait_personal_result_t;
 
 /** \brief The defaults commented in plait_personal_config_t (seed 0). */
@@ -129,5 +149,33 @@ int plait_personal_eval_windows(const plait_corpus_t *c, plait_trainer_t *tr, si
 int plait_personal_fit(plait_trainer_t *tr, plait_lora_t *lora, const float *ref, const plait_corpus_t *train,
                        const plait_corpus_t *val, const plait_personal_config_t *cfg,
                        plait_personal_result_t *res /* OUT */) PLAIT_WUR;
+
+/**
+ * \brief The output-bias objective on frozen probabilities: with p_i the
+ *        model's next-token distribution for prediction i and y_i its target,
+ *        J(b) = (1/n) sum_i -log softmax(log p_i + b)[y_i] + l2/2 ||b||^2;
+ *        grad (may be NULL) gets dJ/db = (1/n) sum_i (q_i - e_{y_i}) + l2 b,
+ *        q_i = softmax(log p_i + b). Sums in double.
+ * \param prob (n, V) probabilities (rows of a softmax); y (n) targets < V.
+ * \return J, or NAN on bad arguments (n or V 0, a target out of range).
+ */
+double plait_personal_bias_objective(const float *prob, const int32_t *y, size_t n, size_t V, const float *b,
+                                     double l2, float *grad /* OUT (V), may be NULL */);
+
+/**
+ * \brief Step 4 above: fit the output bias of the trainer's current adapter
+ *        (call after plait_personal_fit, on the same train and val) and keep
+ *        it only where it beats res->val_chosen by more than cfg->min_gain
+ *        on val. Fills res->bias, res->val_bias, res->bias_step. The trainer
+ *        ends with no logit bias set.
+ * \param bias OUT: V floats (plait_train_vocab_size): the fitted bias, all
+ *             zero when none is kept.
+ * \return 0 (also with cfg->bias_steps 0: no bias); PLAIT_EINVAL;
+ *         PLAIT_ENOMEM; PLAIT_ECANCELED (cfg->stop, polled before every
+ *         step); an evaluation error (bias then zero).
+ */
+int plait_personal_fit_bias(plait_trainer_t *tr, const plait_corpus_t *train, const plait_corpus_t *val,
+                            const plait_personal_config_t *cfg, float *bias /* OUT */,
+                            plait_personal_result_t *res) PLAIT_WUR;
 
 #endif /* PLAIT_PERSONAL_H */

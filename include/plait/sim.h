@@ -138,6 +138,10 @@ typedef struct {
     int personal_rounds;             /**< personalize at round 0, the last evaluated round and, when > 0, every
                                           evaluated round that is a multiple of this (default 0) */
     double personal_lr;              /**< their AdamW learning rate; 0 = local.lr (default 3e-4) */
+    int personal_bias_steps;         /**< a personal output bias on the chosen adapter (personal.h): full-batch
+                                          Adam steps, 0 = none (default 100) */
+    double personal_bias_lr;         /**< its learning rate (default 0.05) */
+    double personal_bias_l2;         /**< its L2 weight toward 0 (default 3e-3) */
     double fedsa_lambda;             /**< FedSA-LoRA: proximal weight of a client's local training toward the
                                           adapter it started from (its own B) (default 0) */
     int eval_every;                  /**< evaluate every k rounds (and the last) (default 1) */
@@ -298,6 +302,7 @@ typedef struct {
     double *client_personal;   /**< (n_pers_clients) personalized, last evaluated round */
     double *client_pglobal;    /**< (n_pers_clients) the global adapter on the same clients, same round */
     double *client_mix;        /**< (n_pers_clients) the chosen adapter: 0 global, 1 personal, else the mix a */
+    double *client_bias;       /**< (n_pers_clients) 1 when the device also serves its output bias, else 0 */
     size_t *client_tokens;     /**< (n_pers_clients) held-out predictions of each of them */
     double *client_se;         /**< (n_pers_clients) standard error of personal - global from paired held-out
                                     windows (NAN for a client with one window) */

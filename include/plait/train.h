@@ -171,6 +171,29 @@ int plait_train_set_prox(plait_trainer_t *tr, const float *ref, double lambda) P
 int plait_train_eval_prefix(plait_trainer_t *tr, const int32_t *tokens, size_t n_pred, double *loss_sum /* OUT */) PLAIT_WUR;
 
 /**
+ * \brief The logits of one row of T + 1 tokens (forward only, the trainer's
+ *        adapter and logit bias included): logits[t * V + v] scores token v
+ *        after tokens[0..t]. Does not touch gradients or optimizer state.
+ * \param logits (T, V) floats (OUT).
+ * \return 0, PLAIT_EINVAL (bad arguments or token id), PLAIT_EPROTO (a
+ *         non-finite logit).
+ */
+int plait_train_eval_logits(plait_trainer_t *tr, const int32_t *tokens, float *logits /* OUT */) PLAIT_WUR;
+
+/**
+ * \brief A logit bias: from now on every forward pass (training, evaluation,
+ *        plait_train_eval_logits) adds bias[v] to the logit of token v, as a
+ *        device's personal output bias does at inference (personal.h). It is
+ *        not trained here. Survives plait_train_reset().
+ * \param bias V floats, borrowed (must outlive its use), or NULL for none
+ *             (the default).
+ * \return 0 or PLAIT_EINVAL (NULL trainer, a non-finite value).
+ */
+int plait_train_set_logit_bias(plait_trainer_t *tr, const float *bias) PLAIT_WUR;
+/** \brief V, the model's vocabulary size (0 for NULL). */
+size_t plait_train_vocab_size(const plait_trainer_t *tr);
+
+/**
  * \brief The gradient arena: grads[i] is the gradient of
  *        lora->params[plait_train_grads_offset(tr) + i]. Offset is 0 when A is
  *        trained and lora->n_a under FFA-LoRA (then only B has gradients).

@@ -1211,7 +1211,69 @@ START_TEST(test_loopback_round)
         if (strncmp(why, "global", 6) == 0)
             ck_assert_mem_eq(sv_l.params, r.global.params, r.global.n_params * sizeof(float));
         plait_lora_free(&sv_l);
+        /* Its output bias: present exactly when serve.txt says so, and said in the why. */
+        size_t V = (size_t)r.model.cfg.vocab_size;
+        float *bias = malloc((V + 1) * sizeof(float)); /* V + 1: also asked for another vocabulary below */
+        char *bpath = tu_path(state, "serve_bias.bin");
+        int brc = plait_agent_serving_bias(state, bias, V);
+        ck_assert_msg(brc == 0 || brc == PLAIT_ENOENT, "bias: %s", plait_errmsg());
+        ck_assert_int_eq(brc == 0, strstr(why, "output bias") != NULL);
+        char *bpath_b0 = tu_path(state, "serve_bias-b.bin");
+        if (brc != 0) ck_assert(access(bpath, F_OK) != 0 && access(bpath_b0, F_OK) != 0);
+        free(bpath_b0);
+        /* A hand-made choice with a bias: read back exactly; a wrong magic, size or vocabulary is refused. */
         char *sinfo = tu_path(state, "serve.txt");
+        const char *line11 = "mix 0.5000 3.0 2.9 2.8 5 100 1 0 1 2.7\n"; /* slot 0, with a bias */
+        ck_assert_int_eq(tu_write_file(sinfo, line11, strlen(line11)), 0);
+        uint8_t *img = calloc(8 + 4 * V, 1);
+        memcpy(img, "PLB2", 4);
+        img[4] = (uint8_t)V, img[5] = (uint8_t)(V >> 8);
+        for (size_t v = 0; v < V; v++) {
+            float x = 0.01f * (float)v - 1.0f;
+            uint32_t u;
+            memcpy(&u, &x, 4);
+            for (int k = 0; k < 4; k++) img[8 + 4 * v + (size_t)k] = (uint8_t)(u >> (8 * k));
+        }
+        ck_assert_int_eq(tu_write_file(bpath, img, 8 + 4 * V), 0);
+        ck_assert_msg(plait_agent_serving_bias(state, bias, V) == 0, "bias: %s", plait_errmsg());
+        for (size_t v = 0; v < V; v++) ck_assert_float_eq(bias[v], 0.01f * (float)v - 1.0f);
+        ck_assert_int_eq(plait_agent_serving(state, sp, sizeof(sp), why, sizeof(why)), 0);
+        ck_assert_ptr_nonnull(strstr(why, "output bias (validation loss 2.7000)"));
+        ck_assert_int_eq(plait_agent_serving_bias(state, bias, V + 1), PLAIT_EPROTO); /* another vocabulary */
+        img[0] = 'X';
+        ck_assert_int_eq(tu_write_file(bpath, img, 8 + 4 * V), 0);
+        ck_assert_int_eq(plait_agent_serving_bias(state, bias, V), PLAIT_EPROTO);
+        img[0] = 'P';
+        ck_assert_int_eq(tu_write_file(bpath, img, 8 + 4 * V - 4), 0);
+        ck_assert_int_eq(plait_agent_serving_bias(state, bias, V), PLAIT_EPROTO);
+        uint32_t nan_bits = 0x7fc00000u;
+        for (int k = 0; k < 4; k++) img[8 + (size_t)k] = (uint8_t)(nan_bits >> (8 * k));
+        ck_assert_int_eq(tu_write_file(bpath, img, 8 + 4 * V), 0);
+        ck_assert_int_eq(plait_agent_serving_bias(state, bias, V), PLAIT_EPROTO);
+        unlink(bpath);
+        ck_assert_int_eq(plait_agent_serving_bias(state, bias, V), PLAIT_ENOENT); /* named but missing */
+        /* Slot 1's bias is its own file. */
+        img[8] = img[9] = img[10] = img[11] = 0;
+        char *bpath_b = tu_path(state, "serve_bias-b.bin");
+        ck_assert_int_eq(tu_write_file(bpath_b, img, 8 + 4 * V), 0);
+        const char *line11b = "personal 1.0 3.0 2.9 2.8 5 100 2 1 1 2.7\n";
+        ck_assert_int_eq(tu_write_file(sinfo, line11b, strlen(line11b)), 0);
+        ck_assert_msg(plait_agent_serving_bias(state, bias, V) == 0, "bias: %s", plait_errmsg());
+        ck_assert_float_eq(bias[0], 0.0f);
+        ck_assert_float_eq(bias[7], 0.07f - 1.0f);
+        unlink(bpath_b);
+        free(bpath_b);
+        /* An older line without the bias fields: still served, without a bias. */
+        const char *line8 = "global 0.0000 3.0 3.1 3.0 0 100 1\n";
+        ck_assert_int_eq(tu_write_file(sinfo, line8, strlen(line8)), 0);
+        ck_assert_int_eq(plait_agent_serving(state, sp, sizeof(sp), why, sizeof(why)), 0);
+        ck_assert_int_eq(plait_agent_serving_bias(state, bias, V), PLAIT_ENOENT);
+        const char *line10 = "global 0.0000 3.0 3.1 3.0 0 100 1 1 1\n"; /* a bias flag without its loss */
+        ck_assert_int_eq(tu_write_file(sinfo, line10, strlen(line10)), 0);
+        ck_assert_int_eq(plait_agent_serving(state, sp, sizeof(sp), why, sizeof(why)), PLAIT_EPROTO);
+        free(img);
+        free(bias);
+        free(bpath);
         /* two slots: serve.txt names the one in use (no slot field: slot 0, as before the slots) */
         const char *slot1 = "personal 1.0 3.0 2.9 2.9 5 100 7 1\n", *slot0 = "personal 1.0 3.0 2.9 2.9 5 100 7\n",
                    *slot2 = "personal 1.0 3.0 2.9 2.9 5 100 7 2\n";
@@ -2108,6 +2170,45 @@ START_TEST(test_forget_leaves_nothing)
         ck_assert(file_has(out, "serving adapter: "));
         ck_assert(file_has(out, "validation loss") || file_has(out, "on validation"));
     }
+    {
+        /* generate --state serves the chosen adapter with its output bias: a bias that overwhelms one token
+         * changes greedy text; --adapter (the same file) serves no bias. */
+        size_t V = 512; /* stories260K */
+        uint8_t *img = calloc(8 + 4 * V, 1);
+        memcpy(img, "PLB2", 4);
+        img[4] = (uint8_t)V, img[5] = (uint8_t)(V >> 8);
+        float big = 1000.0f;
+        uint32_t u;
+        memcpy(&u, &big, 4);
+        for (int k = 0; k < 4; k++) img[8 + 4 * 300 + (size_t)k] = (uint8_t)(u >> (8 * k));
+        char *bfile = tu_path(state, "serve_bias-b.bin"), *sinfo = tu_path(state, "serve.txt");
+        const char *line = "personal 1.0 3.0 2.9 2.9 5 100 2 1 1 2.8\n";
+        ck_assert_int_eq(tu_write_file(bfile, img, 8 + 4 * V), 0);
+        ck_assert_int_eq(tu_write_file(sinfo, line, strlen(line)), 0);
+        char *gen1 = tu_path(sdir, "gen1.txt"), *gen2 = tu_path(sdir, "gen2.txt");
+        char *a1[] = {bin, "generate", "--state", state, "--model", g_model, "--tokenizer", g_tok, "--prompt", "ROMEO",
+                      "--temperature", "0", "--steps", "12", NULL};
+        ck_assert_int_eq(run_cli(a1, gen1, 0, 30000), 0);
+        ck_assert(file_has(gen1, "plus its output bias"));
+        char *a2[] = {bin, "generate", "--adapter", serve, "--model", g_model, "--tokenizer", g_tok, "--prompt", "ROMEO",
+                      "--temperature", "0", "--steps", "12", NULL};
+        ck_assert_int_eq(run_cli(a2, gen2, 0, 30000), 0);
+        size_t n1, n2;
+        uint8_t *t1 = tu_read_file(gen1, &n1), *t2 = tu_read_file(gen2, &n2);
+        ck_assert(t1 && t2);
+        const char *g1 = strstr((const char *)t1, "ROMEO"), *g2 = strstr((const char *)t2, "ROMEO");
+        ck_assert(g1 && g2);
+        ck_assert_msg(strcmp(g1, g2) != 0, "the bias changed nothing: %s", g1);
+        free(t1);
+        free(t2);
+        unlink(gen1);
+        unlink(gen2);
+        free(gen1);
+        free(gen2);
+        free(bfile);
+        free(sinfo);
+        free(img);
+    }
     /* what a crash mid-write would leave */
     ck_assert_int_eq(tu_write_file(tmp, marker, sizeof(marker)), 0);
     ck_assert_int_eq(chmod(tmp, 0600), 0);
@@ -2117,10 +2218,15 @@ START_TEST(test_forget_leaves_nothing)
     ck_assert_msg(loose == 0, "after training: %s", what);
 
     {
+        char *bias = tu_path(state, "serve_bias-b.bin"); /* there when the device kept an output bias */
+        int has_bias = access(bias, F_OK) == 0;
         char *argv[] = {bin, "forget", "--db", db, "--all", "--state", state, NULL};
         ck_assert_int_eq(run_cli(argv, out, 0, 30000), 0);
         ck_assert(file_has(out, "erased 40 records"));
-        ck_assert(file_has(out, "erased 5 derived files")); /* personal, pending, tmp, serve, serve.txt */
+        /* personal, pending, tmp, serve, serve.txt (and serve_bias-b.bin: the second round used slot 1) */
+        ck_assert(file_has(out, has_bias ? "erased 6 derived files" : "erased 5 derived files"));
+        ck_assert_int_eq(access(bias, F_OK), -1);
+        free(bias);
     }
     ck_assert_int_eq(access(serve, F_OK), -1);
     free(serve);

@@ -607,6 +607,45 @@ START_TEST(test_prefill_matches_decode)
 }
 END_TEST
 
+/* A logit bias (a device's personal output bias) is added to the logits exactly, on both paths, and
+ * greedy decoding follows it. */
+START_TEST(test_logit_bias)
+{
+    plait_model_t m;
+    load_stories(&m, NULL);
+    int V = m.cfg.vocab_size;
+    plait_infer_t a;
+    plait_infer_init(&a);
+    float *bias = calloc((size_t)V, sizeof(float)), *l0 = malloc((size_t)V * sizeof(float));
+    ck_assert_int_eq(plait_infer_set_logit_bias(&a, bias), PLAIT_EINVAL); /* not set up */
+    ck_assert_int_eq(plait_infer_setup(&a, &m, NULL, NULL), 0);
+    int tokens[5] = {1, 403, 407, 261, 378};
+    const float *lg;
+    ck_assert_int_eq(plait_infer_prefill(&a, tokens, 5, 0, &lg), 0);
+    memcpy(l0, lg, (size_t)V * sizeof(float));
+    for (int v = 0; v < V; v++) bias[v] = 0.25f * (float)(v % 5) - 0.5f;
+    bias[77] = 100.0f; /* overwhelming: the argmax */
+    ck_assert_int_eq(plait_infer_set_logit_bias(&a, bias), 0);
+    ck_assert_int_eq(plait_infer_prefill(&a, tokens, 5, 0, &lg), 0);
+    for (int v = 0; v < V; v++) ck_assert_float_eq(lg[v], l0[v] + bias[v]);
+    ck_assert_int_eq(plait_infer_forward(&a, tokens[4], 4, &lg), 0);
+    for (int v = 0; v < V; v++) ck_assert_float_eq_tol(lg[v], l0[v] + bias[v], 1e-4f);
+    int best = 0;
+    for (int v = 1; v < V; v++)
+        if (lg[v] > lg[best]) best = v;
+    ck_assert_int_eq(best, 77);
+    ck_assert_int_eq(plait_infer_set_logit_bias(&a, NULL), 0);
+    ck_assert_int_eq(plait_infer_prefill(&a, tokens, 5, 0, &lg), 0);
+    for (int v = 0; v < V; v++) ck_assert_float_eq(lg[v], l0[v]);
+    bias[3] = INFINITY;
+    ck_assert_int_eq(plait_infer_set_logit_bias(&a, bias), PLAIT_EINVAL);
+    free(bias);
+    free(l0);
+    plait_infer_free(&a);
+    plait_model_free(&m);
+}
+END_TEST
+
 START_TEST(test_sampler)
 {
     /* run.c random_u32 from state 42 (values computed independently). */
@@ -792,6 +831,7 @@ Suite *infer_suite(void)
     tcase_add_test(tc, test_naive_no_adapter);
     tcase_add_test(tc, test_merged_vs_unmerged);
     tcase_add_test(tc, test_prefill_matches_decode);
+    tcase_add_test(tc, test_logit_bias);
     suite_add_tcase(s, tc);
     tc = tcase_create("sampling");
     tcase_set_timeout(tc, 300);

@@ -4,7 +4,10 @@
  * a text shorter than a window is evaluated exactly (causal prefix); the
  * Ditto proximal gradient is lambda (w - ref) and matches finite
  * differences; early stopping keeps the best validated step; the choice is
- * never worse than the reference on validation. Model: stories260K.
+ * never worse than the reference on validation; the output-bias objective's
+ * gradient matches finite differences, a logit bias shifts the trainer's
+ * logits and losses exactly, and the fitted bias is kept only where it beats
+ * the chosen adapter on validation. Model: stories260K.
  */
 #include <check.h>
 #include <math.h>
@@ -364,6 +367,160 @@ START_TEST(test_choice_never_worse)
 }
 END_TEST
 
+/* The bias objective against finite differences (double-precision central differences on its float inputs). */
+START_TEST(test_bias_gradient)
+{
+    enum { N = 37, V = 23 };
+    float *p = malloc(N * V * sizeof(float)), b[V], g[V];
+    int32_t y[N];
+    uint64_t st = 99;
+    for (size_t i = 0; i < N; i++) {
+        double z = 0;
+        for (size_t v = 0; v < V; v++) z += p[i * V + v] = (float)exp(3.0 * ((double)(plait_rand_u64(&st) % 1000) / 1000.0));
+        for (size_t v = 0; v < V; v++) p[i * V + v] = (float)(p[i * V + v] / z);
+        y[i] = (int32_t)(plait_rand_u64(&st) % V);
+    }
+    for (size_t v = 0; v < V; v++) b[v] = 0.3f * (float)((int)(v % 7) - 3);
+    /* At b = 0 without L2 the objective is the model's own cross-entropy. */
+    float zero[V] = {0};
+    double ce = 0;
+    for (size_t i = 0; i < N; i++) ce -= log((double)p[i * V + y[i]]);
+    ck_assert_double_eq_tol(plait_personal_bias_objective(p, y, N, V, zero, 0.0, NULL), ce / N, 1e-6);
+    double l2 = 0.05;
+    double J = plait_personal_bias_objective(p, y, N, V, b, l2, g);
+    ck_assert(isfinite(J));
+    for (size_t v = 0; v < V; v++) {
+        float keep = b[v], h = 1e-2f;
+        b[v] = keep + h;
+        double jp = plait_personal_bias_objective(p, y, N, V, b, l2, NULL);
+        b[v] = keep - h;
+        double jm = plait_personal_bias_objective(p, y, N, V, b, l2, NULL);
+        b[v] = keep;
+        double fd = (jp - jm) / (2.0 * (double)h);
+        ck_assert_msg(fabs(fd - (double)g[v]) < 1e-4 + 1e-3 * fabs(fd), "logit %zu: analytic %g, numeric %g", v,
+                      (double)g[v], fd);
+    }
+    /* The gradient of the cross-entropy part sums to zero over the vocabulary (softmax minus one-hot). */
+    double gs = 0;
+    ck_assert(isfinite(plait_personal_bias_objective(p, y, N, V, b, 0.0, g)));
+    for (size_t v = 0; v < V; v++) gs += g[v];
+    ck_assert_double_eq_tol(gs, 0.0, 1e-5);
+    y[3] = V; /* a target out of range */
+    ck_assert(isnan(plait_personal_bias_objective(p, y, N, V, b, 0.0, g)));
+    ck_assert(isnan(plait_personal_bias_objective(p, y, 0, V, b, 0.0, g)));
+    free(p);
+}
+END_TEST
+
+/* A logit bias enters the trainer's logits and losses exactly as an addition. */
+START_TEST(test_trainer_logit_bias)
+{
+    fx_t f;
+    fx_open(&f, 1e-3, 2000);
+    for (size_t i = f.lora.n_a; i < f.lora.n_params; i++) f.lora.params[i] = 0.01f * (float)((i % 13) - 6);
+    size_t V = plait_train_vocab_size(f.tr);
+    ck_assert_uint_eq(V, (size_t)f.m.cfg.vocab_size);
+    float *l0 = malloc(TT * V * sizeof(float)), *l1 = malloc(TT * V * sizeof(float)), *bias = malloc(V * sizeof(float));
+    for (size_t v = 0; v < V; v++) bias[v] = 0.5f * sinf((float)v);
+    const int32_t *row = f.text.tokens;
+    float loss0, loss1;
+    ck_assert_int_eq(plait_train_eval_logits(f.tr, row, l0), 0);
+    ck_assert_int_eq(plait_train_eval_loss(f.tr, row, 1, &loss0), 0);
+    ck_assert_int_eq(plait_train_set_logit_bias(f.tr, bias), 0);
+    ck_assert_int_eq(plait_train_eval_logits(f.tr, row, l1), 0);
+    ck_assert_int_eq(plait_train_eval_loss(f.tr, row, 1, &loss1), 0);
+    double want = 0;
+    for (size_t t = 0; t < TT; t++) {
+        double mx = -INFINITY, z = 0;
+        for (size_t v = 0; v < V; v++) {
+            ck_assert_float_eq_tol(l1[t * V + v], l0[t * V + v] + bias[v], 1e-5f);
+            if (l1[t * V + v] > mx) mx = l1[t * V + v];
+        }
+        for (size_t v = 0; v < V; v++) z += exp((double)l1[t * V + v] - mx);
+        want += log(z) + mx - (double)l1[t * V + (size_t)row[t + 1]];
+    }
+    ck_assert_double_eq_tol((double)loss1, want / TT, 1e-4);
+    ck_assert((double)fabsf(loss1 - loss0) > 1e-4);
+    /* Off again: the loss is back, bit for bit. */
+    ck_assert_int_eq(plait_train_set_logit_bias(f.tr, NULL), 0);
+    ck_assert_int_eq(plait_train_eval_loss(f.tr, row, 1, &loss1), 0);
+    ck_assert_float_eq(loss1, loss0);
+    bias[5] = NAN;
+    ck_assert_int_eq(plait_train_set_logit_bias(f.tr, bias), PLAIT_EINVAL);
+    free(l0);
+    free(l1);
+    free(bias);
+    fx_close(&f);
+}
+END_TEST
+
+/* The fitted bias: kept only when it beats the chosen adapter on validation, and then the loss it reports is the
+ * validation loss with it. A device whose text overuses a few tokens gains from one. */
+START_TEST(test_bias_fit_kept_on_validation)
+{
+    fx_t f;
+    fx_open(&f, 1e-3, 6000);
+    size_t V = plait_train_vocab_size(f.tr), np = f.lora.n_params;
+    float *bias = malloc(V * sizeof(float)), *ref = malloc(np * sizeof(float));
+    memcpy(ref, f.lora.params, np * sizeof(float));
+    for (int trial = 0; trial < 3; trial++) {
+        plait_corpus_t all, tr, va;
+        plait_corpus_init(&all);
+        plait_corpus_init(&tr);
+        plait_corpus_init(&va);
+        all.tokens = malloc(f.text.n * sizeof(int32_t));
+        all.n = all.cap = f.text.n;
+        memcpy(all.tokens, f.text.tokens, f.text.n * sizeof(int32_t));
+        if (trial == 1) /* a device that writes token 300 far more often than Shakespeare does */
+            for (size_t i = 0; i < all.n; i += 3) all.tokens[i] = 300;
+        ck_assert_int_eq(plait_personal_split(&all, 0.15, TT, &tr, &va), 0);
+        plait_personal_config_t pc = plait_personal_config_default();
+        pc.max_steps = 5;
+        pc.min_gain = trial == 2 ? 10.0 : 0.0; /* unreachable: no bias may be kept */
+        plait_personal_result_t r;
+        memcpy(f.lora.params, ref, np * sizeof(float));
+        ck_assert_int_eq(plait_personal_fit(f.tr, &f.lora, ref, &tr, &va, &pc, &r), 0);
+        ck_assert_int_eq(plait_personal_fit_bias(f.tr, &tr, &va, &pc, bias, &r), 0);
+        ck_assert_double_le(r.val_bias, r.val_chosen);
+        double v;
+        if (r.bias) {
+            ck_assert_int_gt(r.bias_step, 0);
+            ck_assert_double_lt(r.val_bias, r.val_chosen);
+            ck_assert_int_eq(plait_train_set_logit_bias(f.tr, bias), 0);
+            ck_assert_int_eq(plait_personal_eval(&va, f.tr, 0, &v, NULL), 0);
+            ck_assert_double_eq_tol(v, r.val_bias, 1e-12);
+            ck_assert_int_eq(plait_train_set_logit_bias(f.tr, NULL), 0);
+        } else {
+            ck_assert_int_eq(r.bias_step, 0);
+            ck_assert_double_eq(r.val_bias, r.val_chosen);
+            for (size_t k = 0; k < V; k++) ck_assert_float_eq(bias[k], 0.0f);
+        }
+        /* The trainer ends without a bias: the chosen adapter's validation loss is unchanged. */
+        ck_assert_int_eq(plait_personal_eval(&va, f.tr, 0, &v, NULL), 0);
+        ck_assert_double_eq_tol(v, r.val_chosen, 1e-12);
+        if (trial == 1) {
+            ck_assert_int_eq(r.bias, 1);
+            ck_assert_double_lt(r.val_bias, r.val_chosen - 0.05);
+            ck_assert_float_gt(bias[300], 0.5f);
+        }
+        if (trial == 2) ck_assert_int_eq(r.bias, 0);
+        /* No budget: no bias. */
+        pc.bias_steps = 0;
+        ck_assert_int_eq(plait_personal_fit_bias(f.tr, &tr, &va, &pc, bias, &r), 0);
+        ck_assert_int_eq(r.bias, 0);
+        pc.bias_bytes = 1000; /* under the 1 MiB floor */
+        pc.bias_steps = 10;
+        ck_assert_int_eq(plait_personal_fit_bias(f.tr, &tr, &va, &pc, bias, &r), PLAIT_EINVAL);
+        plait_corpus_free(&all);
+        plait_corpus_free(&tr);
+        plait_corpus_free(&va);
+    }
+    free(bias);
+    free(ref);
+    fx_close(&f);
+}
+END_TEST
+
 static int stop_after(void *ud) /* stops once it has been polled *ud times */
 {
     int *left = ud;
@@ -413,6 +570,9 @@ Suite *personal_suite(void)
     tcase_add_test(tc, test_prox_gradient);
     tcase_add_test(tc, test_early_stopping_best_step);
     tcase_add_test(tc, test_choice_never_worse);
+    tcase_add_test(tc, test_bias_gradient);
+    tcase_add_test(tc, test_trainer_logit_bias);
+    tcase_add_test(tc, test_bias_fit_kept_on_validation);
     tcase_add_test(tc, test_stop_polled_each_step);
     suite_add_tcase(s, tc);
     return s;
