@@ -202,8 +202,7 @@ static int round_rate(plait_server_t *s, uint64_t rid);
 void plait__srv_cohort_clear(plait_server_t *s)
 {
     for (size_t i = 0; i < s->n_cohort; i++) {
-        if (s->cohort[i].pending) plait_zeroize(s->cohort[i].pending, s->cohort[i].n_pending * sizeof(uint32_t));
-        free(s->cohort[i].pending);
+        plait__srv_upd_free(s->cohort[i].pending, s->cohort[i].n_pending, s->cohort[i].w_pending);
         s->cohort[i].pending = NULL;
     }
     s->n_cohort = 0;
@@ -317,7 +316,6 @@ static void after_job(uv_work_t *req, int status)
             plait__srv_hist_push(s, s->blob);
             s->blob = j->blob;
             j->blob = NULL;
-            memcpy(s->committed, plait_round_global(s->round), s->span_len * sizeof(float));
             s->m.rounds_committed++;
             s->m.round_seconds_sum += j->duration;
             s->m.round_seconds_count++;
@@ -474,7 +472,7 @@ void plait__srv_start_commit(plait_server_t *s)
 static int rebuild_round(plait_server_t *s)
 {
     plait_round_t *r = NULL;
-    int rc = plait_round_create(&r, &s->rcfg, s->committed, s->span_len);
+    int rc = plait_round_create(&r, &s->rcfg, s->blob->params + s->span_off, s->span_len);
     if (rc != 0) return rc;
     plait_round_destroy(s->round);
     s->round = r;
