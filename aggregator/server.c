@@ -515,6 +515,7 @@ void plait_server_destroy(plait_server_t *s)
     plait__srv_hist_clear(s);
     plait__srv_blob_unref(s->blob);
     plait__srv_cohort_clear(s);
+    plait__srv_upd_pool_clear(s);
     if (s->words) plait_zeroize(s->words, s->words_cap * sizeof(uint32_t));
     free(s->words);
     free(s->cohort);

@@ -13,6 +13,9 @@
  */
 #include "server_int.h"
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -202,7 +205,7 @@ static int round_rate(plait_server_t *s, uint64_t rid);
 void plait__srv_cohort_clear(plait_server_t *s)
 {
     for (size_t i = 0; i < s->n_cohort; i++) {
-        plait__srv_upd_free(s->cohort[i].pending, s->cohort[i].n_pending, s->cohort[i].w_pending);
+        plait__srv_upd_free(s, s->cohort[i].pending, s->cohort[i].n_pending, s->cohort[i].w_pending);
         s->cohort[i].pending = NULL;
     }
     s->n_cohort = 0;
@@ -459,6 +462,14 @@ void plait__srv_start_commit(plait_server_t *s)
             if (j->uploaders[j->n_uploaders]) j->n_uploaders++;
         }
     j->kind = JOB_COMMIT;
+    /* The uploads and downloads are over: the pooled update buffers, and the frame and send
+     * buffers kept in the heap during the round (plait-aggregator serve's malloc settings), are
+     * given back before the commit allocates the new version, so that they add neither to its
+     * peak nor to the next round's downloads. */
+    plait__srv_upd_pool_clear(s);
+#if defined(__GLIBC__)
+    (void)malloc_trim(0);
+#endif
     j->stats = s->rs;
     j->stats.participants = (int64_t)s->n_cohort;
     plait_round_stats_t st;

@@ -183,7 +183,7 @@ void plait__srv_on_conn_closed(uv_handle_t *h)
     plait_tls_free(c->tls);
     plait__srv_blob_unref(c->dl);
     if (c->parked) s->n_parked--;
-    plait__srv_upd_free(c->upd, c->upd_total, c->upd_w);
+    plait__srv_upd_free(s, c->upd, c->upd_total, c->upd_w);
     if (c->in) plait_zeroize(c->in, c->in_cap);
     free(c->in);
     free(c);

@@ -233,6 +233,8 @@ struct plait_server_s {
     uint32_t *words;             /* (span_len + 2) one update widened to 32-bit words for the round core, and
                                     a packed chunk being unpacked (loop thread; wiped after each use) */
     size_t words_cap;
+    uint8_t **upool;             /* wiped update buffers kept for the next uploads (server_round.c) */
+    size_t n_upool, cap_upool;
 };
 
 /* The loop's clock, in seconds. */
@@ -290,8 +292,10 @@ void plait__srv_fail_conn(conn_t *c, plait__rej_t why, int code, const char *wir
 void plait__srv_revoke_sweep(plait_server_t *s);
 /** \brief The federation listener's connection callback. */
 void plait__srv_on_conn(uv_stream_t *l, int status);
-/** \brief Wipe and free an update buffer of n words of w bytes (NULL does nothing). */
-void plait__srv_upd_free(uint8_t *b, size_t n, unsigned w);
+/** \brief Wipe an update buffer of n words of w bytes and give it back to the pool (NULL does nothing). */
+void plait__srv_upd_free(plait_server_t *s, uint8_t *b, size_t n, unsigned w);
+/** \brief Free the pool of update buffers (destroy). */
+void plait__srv_upd_pool_clear(plait_server_t *s);
 /** \brief Update buffers in use: uploads being received plus updates held until training starts. */
 size_t plait__srv_uploads_busy(const plait_server_t *s);
 /** \brief Resume parked uploads, oldest first, while buffers are free (loop thread; tick and reads). */

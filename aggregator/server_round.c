@@ -380,26 +380,93 @@ void plait__srv_round_step(plait_server_t *s)
  * copied as they are (the layout is the same); other widths are unpacked, then stored. A word
  * that does not fit in w bytes (a device sending 32-bit words out of range) widens the whole
  * buffer to 4 bytes a word, so every word reaches the round core exactly as sent and is
- * judged there. Only when the update is complete is it widened, once, into s->words. */
+ * judged there. Only when the update is complete is it widened, once, into s->words.
+ *
+ * Freed buffers are wiped and kept in a pool (at most max_uploads_in_flight of them) for the
+ * round's next uploads, instead of being given back to the system and faulted in again for
+ * each device (the page faults cost more than the copy here); the pool is emptied when the
+ * round's commit starts (server_commit.c), so between rounds, and while the next round's
+ * devices download, no update buffer is held.
+ * Each buffer carries its capacity in a header of UHDR bytes before the data. */
 
-void plait__srv_upd_free(uint8_t *b, size_t n, unsigned w)
+#define UHDR 16
+
+static size_t ubuf_cap(const uint8_t *b)
 {
-    if (!b) return;
-    plait_zeroize(b, n * w);
-    free(b);
+    size_t c;
+    memcpy(&c, b - UHDR, sizeof(c));
+    return c;
 }
 
-/* c's buffer from w bytes a word to 4 (in place, from the end). */
+/* A buffer of at least `bytes` (> 0): the smallest pooled one that fits, else a new one. */
+static uint8_t *upd_get(plait_server_t *s, size_t bytes)
+{
+    size_t best = s->n_upool;
+    for (size_t i = 0; i < s->n_upool; i++)
+        if (ubuf_cap(s->upool[i]) >= bytes && (best == s->n_upool || ubuf_cap(s->upool[i]) < ubuf_cap(s->upool[best])))
+            best = i;
+    if (best < s->n_upool) {
+        uint8_t *b = s->upool[best];
+        s->upool[best] = s->upool[--s->n_upool];
+        return b;
+    }
+    uint8_t *raw = malloc(UHDR + bytes);
+    if (!raw) return NULL;
+    memcpy(raw, &bytes, sizeof(bytes));
+    return raw + UHDR;
+}
+
+void plait__srv_upd_free(plait_server_t *s, uint8_t *b, size_t n, unsigned w)
+{
+    if (!b) return;
+    plait_zeroize(b, n * w); /* the rest of a pooled buffer is zero already (wiped at each return) */
+    size_t keep = (size_t)s->cfg.max_uploads_in_flight;
+    if (s->n_upool == s->cap_upool && s->cap_upool < keep) {
+        size_t nc = s->cap_upool ? 2 * s->cap_upool : 16;
+        if (nc > keep) nc = keep;
+        uint8_t **np = realloc(s->upool, nc * sizeof(*np));
+        if (np) {
+            s->upool = np;
+            s->cap_upool = nc;
+        }
+    }
+    if (s->n_upool < s->cap_upool) {
+        s->upool[s->n_upool++] = b;
+        return;
+    }
+    /* Full: keep the larger of b and the smallest pooled buffer. */
+    size_t small = 0;
+    for (size_t i = 1; i < s->n_upool; i++)
+        if (ubuf_cap(s->upool[i]) < ubuf_cap(s->upool[small])) small = i;
+    if (s->n_upool > 0 && ubuf_cap(s->upool[small]) < ubuf_cap(b)) {
+        uint8_t *t = s->upool[small];
+        s->upool[small] = b;
+        b = t;
+    }
+    free(b - UHDR);
+}
+
+void plait__srv_upd_pool_clear(plait_server_t *s)
+{
+    for (size_t i = 0; i < s->n_upool; i++) free(s->upool[i] - UHDR);
+    free(s->upool);
+    s->upool = NULL;
+    s->n_upool = s->cap_upool = 0;
+}
+
+/* c's buffer from w bytes a word to 4. */
 static int upd_widen(conn_t *c)
 {
+    plait_server_t *s = c->srv;
     size_t n = (size_t)c->upd_total, w = c->upd_w;
-    uint8_t *b = realloc(c->upd, n * 4);
+    uint8_t *b = upd_get(s, n * 4);
     if (!b) return plait_fail(PLAIT_ENOMEM, "update buffer of %zu words", n);
-    for (size_t i = (size_t)c->upd_have; i-- > 0;) {
+    for (size_t i = 0; i < (size_t)c->upd_have; i++) {
         uint32_t v = 0;
-        for (size_t k = 0; k < w; k++) v |= (uint32_t)b[w * i + k] << (8 * k);
+        for (size_t k = 0; k < w; k++) v |= (uint32_t)c->upd[w * i + k] << (8 * k);
         for (size_t k = 0; k < 4; k++) b[4 * i + k] = (uint8_t)(v >> (8 * k));
     }
+    plait__srv_upd_free(s, c->upd, n, (unsigned)w);
     c->upd = b;
     c->upd_w = 4;
     return 0;
@@ -432,7 +499,7 @@ static void submit_member(plait_server_t *s, member_t *mb, uint8_t *upd, size_t 
             if (!o->closing && o->client == mb->client && o->round_id == s->cur_rid) c = o;
     int rc = n <= s->words_cap ? plait_unpack_bits(upd, n * w, n, 8 * w, s->words)
                                : plait_fail(PLAIT_EINTERNAL, "update of %zu words, room for %zu", n, s->words_cap);
-    plait__srv_upd_free(upd, n, w);
+    plait__srv_upd_free(s, upd, n, w);
     if (rc == 0) rc = plait_round_submit_words(s->round, mb->client, s->cur_core, s->words, n, 0, now_s(s));
     if (n <= s->words_cap) plait_zeroize(s->words, n * sizeof(uint32_t));
     if (rc == 0) {
@@ -523,7 +590,7 @@ void plait__srv_handle_update(conn_t *c, const plait_msg_update_chunk_t *u)
     }
     if (c->upd == NULL) {
         c->upd_w = (qbits + 7) / 8;
-        c->upd = malloc((size_t)expect * c->upd_w);
+        c->upd = upd_get(s, (size_t)expect * c->upd_w);
         if (!c->upd) {
             PLAIT_LOG(PLAIT_LOG_ERROR, "conn=%llu: out of memory for an update", (unsigned long long)c->id);
             plait__srv_fail_conn(c, PLAIT__REJ_MALFORMED_UPDATE, PLAIT_EBUSY, "out of memory");
@@ -569,7 +636,7 @@ void plait__srv_handle_update(conn_t *c, const plait_msg_update_chunk_t *u)
         /* Trained before selection ended: hold the update (the member owns it
          * now, so a disconnect does not lose it) and submit it when training starts. */
         /* a resumed device uploads its stored update again: keep one */
-        plait__srv_upd_free(mb->pending, mb->n_pending, mb->w_pending);
+        plait__srv_upd_free(s, mb->pending, mb->n_pending, mb->w_pending);
         mb->pending = words;
         mb->n_pending = (size_t)expect;
         mb->w_pending = w;
@@ -627,7 +694,7 @@ void plait__srv_member_revoke(plait_server_t *s, member_t *mb)
                   mb->device, (unsigned long long)s->cur_rid);
         return;
     }
-    plait__srv_upd_free(mb->pending, mb->n_pending, mb->w_pending);
+    plait__srv_upd_free(s, mb->pending, mb->n_pending, mb->w_pending);
     mb->pending = NULL;
     mb->n_pending = 0;
     if (mb->submitted == -1 || mb->submitted == -3) return; /* refused, dropped or declined already */
