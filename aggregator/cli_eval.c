@@ -90,10 +90,11 @@ int plait__cli_eval_latest(plait_aggstore_t *st, plait_aggstore_eval_t *e, int64
 
 int plait__aggcli_evals(int argc, char **argv, FILE *out, FILE *err)
 {
-    const char *dir = NULL, *last_s = NULL;
+    const char *dir = NULL;
+    size_t last = 0; /* 0: all */
     int json = 0;
     plait_flag_t flags[] = {
-        PLAIT_F_STR("last", &last_s, "N", "the newest N evaluations, newest first"),
+        PLAIT_F_SIZE("last", &last, 1, 1000000000, "N", "the newest N evaluations, newest first", 0),
         PLAIT_F_SET("json", &json, 1,
                     "one JSON object per line (round, version, created, devices, mean_loss,\n"
                     "perplexity, loss_max), no header"),
@@ -109,14 +110,9 @@ int plait__aggcli_evals(int argc, char **argv, FILE *out, FILE *err)
     };
     int rc = plait__aggcli_flags("evals", &cmd, &dir, MISSING_DIR, argc, argv, out, err);
     if (rc != AGGCLI_FLAGS_OK) return rc;
-    uint64_t last = 0;
-    if (last_s && plait__aggcli_parse_count(last_s, 1000000000, &last) != 0) {
-        fprintf(err, PROG " evals: bad value '%s' for --last\n", last_s);
-        return 2;
-    }
     plait_aggstore_t *st = NULL;
     if (plait__aggcli_open_store(dir, 0, &st, err, "evals") != 0) return 1;
-    rc = plait__cli_evals_print(st, (size_t)last, json, out);
+    rc = plait__cli_evals_print(st, last, json, out);
     plait_aggstore_close(st);
     if (rc != 0) {
         fprintf(err, PROG " evals: %s (%s)\n", plait_errmsg(), plait_err_name(rc));

@@ -341,10 +341,11 @@ int plait__aggcli_devices(int argc, char **argv, FILE *out, FILE *err)
 
 int plait__aggcli_rounds(int argc, char **argv, FILE *out, FILE *err)
 {
-    const char *dir = NULL, *last_s = NULL;
+    const char *dir = NULL;
+    size_t last = 0; /* 0: all */
     int json = 0;
     plait_flag_t flags[] = {
-        PLAIT_F_STR("last", &last_s, "N", "the newest N rounds, newest first"),
+        PLAIT_F_SIZE("last", &last, 1, 1000000000, "N", "the newest N rounds, newest first", 0),
         PLAIT_F_SET("json", &json, 1,
                     "one JSON object per line (round, state, kind, started, ended, base_version,\n"
                     "new_version, participants, dropouts, reason), no header"),
@@ -358,11 +359,6 @@ int plait__aggcli_rounds(int argc, char **argv, FILE *out, FILE *err)
     };
     int rc = plait__aggcli_flags("rounds", &cmd, &dir, "missing deployment directory DIR (try --help)", argc, argv, out, err);
     if (rc != AGGCLI_FLAGS_OK) return rc;
-    uint64_t last = 0;
-    if (last_s && plait__aggcli_parse_count(last_s, 1000000000, &last) != 0) {
-        fprintf(err, PROG " rounds: bad value '%s' for --last\n", last_s);
-        return 2;
-    }
     plait_aggstore_t *st = NULL;
     if (plait__aggcli_open_store(dir, 0, &st, err, "rounds") != 0) return 1;
     scan_t sc;
@@ -373,7 +369,7 @@ int plait__aggcli_rounds(int argc, char **argv, FILE *out, FILE *err)
         fprintf(out, "%-6s %-9s %-8s %-20s %-20s %5s %5s %6s %8s %s\n", "round", "state", "kind", "started", "ended",
                 "base", "new", "sel", "dropouts", "reason");
     /* --last N: the newest N, newest first. */
-    rc = plait_aggstore_rounds_foreach(st, last != 0, (size_t)last, print_round, &sc);
+    rc = plait_aggstore_rounds_foreach(st, last != 0, last, print_round, &sc);
     plait_aggstore_close(st);
     if (rc != 0) {
         return plait__aggcli_fail(err, rc, "rounds");

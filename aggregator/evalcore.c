@@ -15,6 +15,8 @@ void plait__eval_core_config(const plait_round_config_t *train, plait_round_conf
     rc.weight_cap = 1;
     plait_server_opt_config_default(&rc.opt, PLAIT_OPT_FEDAVG);
     rc.opt.lr = 1.0; /* from 0, one FedAvg step lands exactly on the weighted mean */
+    rc.strategy = NULL; /* the training core's strategy or robust estimator would not give the mean */
+    rc.robust = 0;
     rc.dp = 0;
     rc.ddg = 0;
     rc.ddg_var = 0;

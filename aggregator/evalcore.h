@@ -11,7 +11,8 @@
 #include "plait/round.h"
 
 /** \brief The evaluation core's config from the training core's: dim 1, range 1, FedAvg lr 1,
- * no DP, no clip bit, no Poisson sampling; cohort, timeouts, bits and secure kept. */
+ * no strategy, no robust estimator, no DP, no clip bit, no Poisson sampling; cohort, timeouts, bits and secure
+ * kept. */
 void plait__eval_core_config(const plait_round_config_t *train, plait_round_config_t *out /* OUT */);
 
 /** \brief After aggregate() and commit(): the mean clipped loss (L times the global) and the

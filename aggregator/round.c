@@ -674,7 +674,10 @@ int plait_round_aggregate(plait_round_t *r, plait_rng_t *rng)
         if (r->cfg.dp) {
             plait_dp_round_info_t info;
             rc = plait_dp_finish_round(&r->dp, plait_fedavg_sum(r->fa), P, unclipped, rng, r->pending, &info);
-            if (rc == 0) r->st.noise_stddev = info.noise_stddev;
+            if (rc == 0) {
+                r->st.noise_stddev = info.noise_stddev;
+                r->st.clip_next = info.clip_next;
+            }
         } else if (r->robust) {
             rc = plait_robust_result(r->robust, r->cfg.robust_kind, r->pending, P);
         } else if (mean_direct(r)) {

@@ -300,6 +300,25 @@ static int setup_round(plait_server_t *s)
             rc->dp_cfg.count_stddev = s->cfg.clip_count_stddev;
             rc->dp_cfg.max_clip = s->cfg.quant_range; /* a larger clip would only be clamped by quantization */
             rc->clip_bit = 1;
+            /* Resume the clip where the last committed adaptive round left it (it was released with
+             * that round); a value the configuration now excludes restarts from clip_norm. */
+            double c0 = 0;
+            int64_t r0 = 0;
+            e = plait__svc_adaptive_clip(s->store, &c0, &r0);
+            if (e == 0 && c0 >= rc->dp_cfg.min_clip && c0 <= rc->dp_cfg.max_clip) {
+                rc->dp_cfg.clip = c0;
+                PLAIT_LOG(PLAIT_LOG_INFO, "adaptive clip resumed at %.9g (after round %lld)", c0, (long long)r0);
+            } else if (e == 0) {
+                PLAIT_LOG(PLAIT_LOG_WARN, "adaptive clip: the stored clip after round %lld (%.9g) is outside [%g, "
+                          "quant_range %g]; starting from clip_norm %g", (long long)r0, c0, rc->dp_cfg.min_clip,
+                          rc->dp_cfg.max_clip, s->cfg.clip_norm);
+            } else if (e == PLAIT_EPROTO) {
+                PLAIT_LOG(PLAIT_LOG_WARN, "adaptive clip: %s; starting from clip_norm %g", plait_errmsg(),
+                          s->cfg.clip_norm);
+            } else if (e != PLAIT_ENOENT) {
+                return e;
+            }
+            e = 0;
         }
     } else if (strcmp(s->cfg.dp, "distributed") == 0) {
         /* The devices add the noise (ddg.h); the round core only decodes and accounts. */

@@ -126,6 +126,7 @@ static void work_commit(job_t *j)
         cm.z = s->cfg.noise_multiplier;
         cm.clip = j->st.clip_used;
         cm.adaptive = s->rcfg.dp_cfg.adaptive;
+        cm.next_clip = j->st.clip_next;
         cm.poisson = s->rcfg.poisson;
         cm.delta = plait_round_delta(s->round);
     }

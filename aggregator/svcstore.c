@@ -216,10 +216,55 @@ int plait__svc_round_commit(plait_aggstore_t *st, int64_t rid, const plait__svc_
         snprintf(led.selection, sizeof(led.selection), "%s", c->poisson ? "poisson" : "first-come");
         cm.ledger = &led;
     }
-    plait_aggstore_metric_t mets[2] = {{"accepted", c->accepted}, {"duration_s", c->duration_s}};
+    /* The adaptive clip after this round is a released value (the next Task carries it); stored
+     * with the commit so that a restart resumes it (plait__svc_adaptive_clip). */
+    plait_aggstore_metric_t mets[3] = {{"accepted", c->accepted}, {"duration_s", c->duration_s},
+                                       {"dp_next_clip", c->next_clip}};
     cm.metrics = mets;
-    cm.n_metrics = 2;
+    cm.n_metrics = c->dp && c->adaptive && c->next_clip > 0 ? 3 : 2;
     return plait_aggstore_round_commit(st, rid, &cm, version);
+}
+
+typedef struct {
+    int64_t round;
+    int adaptive;
+    double clip;
+    int found;
+} last_clip_t;
+
+static int last_ledger(void *ud, const plait_aggstore_ledger_t *l)
+{
+    last_clip_t *lc = ud;
+    lc->round = l->round_id; /* rows come in round order: the last one wins */
+    lc->adaptive = strcmp(l->mechanism, "gaussian+clip-count") == 0;
+    return 0;
+}
+
+static int next_clip_metric(void *ud, int64_t round, const plait_aggstore_metric_t *m)
+{
+    (void)round;
+    last_clip_t *lc = ud;
+    if (strcmp(m->key, "dp_next_clip") == 0) {
+        lc->clip = m->value;
+        lc->found = 1;
+    }
+    return 0;
+}
+
+int plait__svc_adaptive_clip(plait_aggstore_t *st, double *clip, int64_t *round)
+{
+    last_clip_t lc;
+    memset(&lc, 0, sizeof(lc));
+    int rc = plait_aggstore_ledger_foreach(st, last_ledger, &lc);
+    if (rc != 0) return rc;
+    if (lc.round == 0 || !lc.adaptive) return PLAIT_ENOENT;
+    if ((rc = plait_aggstore_metrics_foreach(st, lc.round, next_clip_metric, &lc)) != 0) return rc;
+    if (!lc.found) return PLAIT_ENOENT;
+    if (!isfinite(lc.clip) || lc.clip <= 0)
+        return plait_fail(PLAIT_EPROTO, "round %lld: stored dp_next_clip is not finite and > 0", (long long)lc.round);
+    *clip = lc.clip;
+    *round = lc.round;
+    return 0;
 }
 
 int plait__svc_device_revoked(plait_aggstore_t *st, const char *id)

@@ -91,6 +91,7 @@ typedef struct {
     double q, z, delta;
     double clip;       /* clip bound C the round used */
     int adaptive;      /* 1: the round also released the noised unclipped count (adaptive clipping) */
+    double next_clip;  /* adaptive: the clip the next round starts from (metric "dp_next_clip"; 0: none) */
     int poisson;       /* 1: the cohort was Poisson-sampled at rate q */
     int ddg;           /* 1: distributed discrete Gaussian (ledger mechanism "ddg", q = 1) */
     int64_t ddg_dim, ddg_n; /* its dimension and the devices whose noise is in the sum */
@@ -107,6 +108,14 @@ typedef struct {
  */
 int plait__svc_round_commit(plait_aggstore_t *st, int64_t rid, const plait__svc_commit_t *c,
                             int64_t *version /* OUT */) PLAIT_WUR;
+
+/**
+ * \brief The adaptive clip to resume from: the "dp_next_clip" metric of the
+ *        latest ledger round, when that round used adaptive clipping.
+ * \return 0 (*clip, *round set); PLAIT_ENOENT (no such round or metric);
+ *         PLAIT_EPROTO (a stored value that is not finite and > 0); store errors.
+ */
+int plait__svc_adaptive_clip(plait_aggstore_t *st, double *clip /* OUT */, int64_t *round /* OUT */) PLAIT_WUR;
 
 /** \brief Enrolled, non-revoked devices (the population Poisson sampling draws from). */
 int plait__svc_population(plait_aggstore_t *st, uint64_t *n /* OUT */) PLAIT_WUR;

@@ -31,8 +31,9 @@
 #define GLOBAL_FILE "global.safetensors"
 #define PERSONAL_FILE "personal.safetensors"
 #define PARTIAL_FILE "global.part"
-#define SERVE_FILE "serve.safetensors" /* the adapter inference uses (agent_serve.c) */
-#define SERVE_INFO_FILE "serve.txt"    /* which one and why */
+#define SERVE_FILE "serve.safetensors"   /* the adapter inference uses (agent_serve.c): slot 0 */
+#define SERVE_FILE_B "serve-b.safetensors" /* slot 1; serve.txt names the slot in use */
+#define SERVE_INFO_FILE "serve.txt"      /* which one and why */
 
 /* ---- the update pipeline ------------------------------------------------ */
 
@@ -66,13 +67,17 @@ struct plait_personal_result_s;
  *        of train, early-stopped fine-tuning from ref, the choice among ref,
  *        personal and their mix) and write SERVE_FILE and SERVE_INFO_FILE
  *        into state_dir atomically. Trains on its own trainer (B, T, lr,
- *        train_a, on pool or `threads` threads) for at most `steps` steps.
+ *        train_a, on pool or `threads` threads) for at most `steps` steps;
+ *        stop (may be NULL) is polled before each step (personal.h).
+ *        The adapter goes to the slot serve.txt does not name, then
+ *        serve.txt is replaced: a crash between the two leaves the previous
+ *        pair whole.
  * \return 0 or an error (the files are then left as they were).
  */
 int plait__agent_serve_choose(const plait_model_t *m, const plait_lora_t *ref, const plait_corpus_t *train,
                               const char *state_dir, int B, int T, double lr, int train_a, int steps,
                               uint64_t seed, plait_pool_t *pool, int threads, int base_bf16, uint64_t round,
-                              struct plait_personal_result_s *res) PLAIT_WUR;
+                              int (*stop)(void *ud), void *stop_ud, struct plait_personal_result_s *res) PLAIT_WUR;
 
 /* ---- crash-safe state (files in the state directory) -------------------- */
 

@@ -64,7 +64,8 @@ int plait_agent_forget_derived(const char *state_dir, int *removed)
 {
     if (removed) *removed = 0;
     if (!state_dir) return plait_fail(PLAIT_EINVAL, "forget: state_dir is NULL");
-    static const char *const names[] = {PERSONAL_FILE, PENDING_FILE, PARTIAL_FILE, SERVE_FILE, SERVE_INFO_FILE};
+    static const char *const names[] = {PERSONAL_FILE, PENDING_FILE, PARTIAL_FILE, SERVE_FILE, SERVE_FILE_B,
+                                         SERVE_INFO_FILE};
     char path[4096];
     int n_removed = 0;
     DIR *d = opendir(state_dir);

@@ -225,6 +225,9 @@ int plait__agent_pending_remove(const char *dir)
 void plait__agent_pending_free(plait__agent_pending_t *p)
 {
     if (!p) return;
+    /* Under secure aggregation these are the unmasked words (the quantized update or held-out
+     * loss) that only their masked sum may reveal: wiped, as the masked copies are. */
+    if (p->words) plait_zeroize(p->words, p->n_words * sizeof(uint32_t));
     free(p->words);
     memset(p, 0, sizeof(*p));
 }

@@ -108,6 +108,11 @@ typedef struct {
     uint64_t round;
 } job_t;
 
+static int job_canceled(void *p) /* personal.h's stop: the round was stopped or ran past its deadline */
+{
+    return atomic_load(&((job_t *)p)->cancel) != 0;
+}
+
 static void *job_main(void *p)
 {
     job_t *j = p;
@@ -162,7 +167,7 @@ static void *job_main(void *p)
                   (unsigned long long)j->round);
     else if (plait__agent_serve_choose(&a->model, j->serve_ref ? j->serve_ref : j->lora, &corpus, a->state_dir, j->B,
                                   j->T, j->lr, j->train_a, (int)j->steps, j->sample_seed ^ 0x5e12e5eedULL, a->pool,
-                                  a->cfg.threads, a->cfg.base_bf16, j->round, &pr) == 0)
+                                  a->cfg.threads, a->cfg.base_bf16, j->round, job_canceled, j, &pr) == 0)
         PLAIT_LOG(PLAIT_LOG_INFO, "agent %s: round %llu: serving the %s adapter", a->device_id,
                   (unsigned long long)j->round, plait_personal_kind_name(pr.kind));
     else

@@ -190,6 +190,10 @@ int plait_personal_fit(plait_trainer_t *tr, plait_lora_t *lora, const float *ref
     uint64_t st = cfg->seed;
     int since = 0;
     for (int k = 1; rc == 0 && k <= cfg->max_steps; k++) {
+        if (cfg->stop && cfg->stop(cfg->stop_ud)) {
+            rc = plait_fail(PLAIT_ECANCELED, "personal fit: stopped at step %d", k);
+            break;
+        }
         if ((rc = plait_corpus_sample(train, B, T, &st, batch)) != 0) break;
         float tl;
         if ((rc = plait_train_forward_backward(tr, batch, &tl)) != 0) break;
@@ -220,6 +224,10 @@ int plait_personal_fit(plait_trainer_t *tr, plait_lora_t *lora, const float *ref
         cand_best = res->val_personal;
         pick = 1.0;
         for (size_t m = 0; m < N_MIX && rc == 0; m++) {
+            if (cfg->stop && cfg->stop(cfg->stop_ud)) {
+                rc = plait_fail(PLAIT_ECANCELED, "personal fit: stopped while choosing the mix");
+                break;
+            }
             double a = MIX_GRID[m];
             for (size_t i = 0; i < np; i++) lora->params[i] = (float)((1.0 - a) * (double)ref[i] + a * (double)best[i]);
             if ((rc = plait_personal_eval(val, tr, cfg->val_windows, &v, NULL)) != 0) break;

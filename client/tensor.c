@@ -91,14 +91,20 @@ void plait_matmul_backward_ref(float *dinp, float *dw, const float *dout, const 
 
 static atomic_int force_max = -1; /* cap on the path, set by tests and tools only; -1 none */
 
-int plait_cpu_has_avx2_fma(void)
+enum { CPU_AVX2_FMA = 1, CPU_AVX512 = 2, CPU_AVX512_BF16 = 4 };
+
+/* The instruction sets the kernels use, probed once (a bit each; each
+ * wider set implies the narrower ones); probing twice is harmless. */
+static int cpu_features(void)
 {
 #if PLAIT_HAVE_X86_SIMD
-    static atomic_int cached = -1; /* -1 not probed yet; probing twice is harmless */
+    static atomic_int cached = -1; /* -1 not probed yet */
     int v = atomic_load_explicit(&cached, memory_order_relaxed);
     if (v < 0) {
         __builtin_cpu_init();
-        v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? CPU_AVX2_FMA : 0;
+        if (v && __builtin_cpu_supports("avx512f")) v |= CPU_AVX512;
+        if ((v & CPU_AVX512) && __builtin_cpu_supports("avx512bf16")) v |= CPU_AVX512_BF16;
         atomic_store_explicit(&cached, v, memory_order_relaxed);
     }
     return v;
@@ -107,21 +113,11 @@ int plait_cpu_has_avx2_fma(void)
 #endif
 }
 
-int plait_cpu_has_avx512(void)
-{
-#if PLAIT_HAVE_X86_SIMD
-    static atomic_int cached = -1;
-    int v = atomic_load_explicit(&cached, memory_order_relaxed);
-    if (v < 0) {
-        __builtin_cpu_init();
-        v = plait_cpu_has_avx2_fma() && __builtin_cpu_supports("avx512f");
-        atomic_store_explicit(&cached, v, memory_order_relaxed);
-    }
-    return v;
-#else
-    return 0;
-#endif
-}
+int plait_cpu_has_avx2_fma(void) { return (cpu_features() & CPU_AVX2_FMA) != 0; }
+
+int plait_cpu_has_avx512(void) { return (cpu_features() & CPU_AVX512) != 0; }
+
+int plait_cpu_has_avx512_bf16(void) { return (cpu_features() & CPU_AVX512_BF16) != 0; }
 
 /* The widest path the CPU has, capped by PLAIT_KERNEL (portable, avx2,
  * avx512) when the environment sets it: read once, at the first kernel. */
@@ -155,22 +151,6 @@ int plait__tensor_path(void)
 }
 
 int plait__tensor_simd_active(void) { return plait__tensor_path() >= PLAIT__KPATH_AVX2; }
-
-int plait_cpu_has_avx512_bf16(void)
-{
-#if PLAIT_HAVE_X86_SIMD
-    static atomic_int cached = -1;
-    int v = atomic_load_explicit(&cached, memory_order_relaxed);
-    if (v < 0) {
-        __builtin_cpu_init();
-        v = plait_cpu_has_avx512() && __builtin_cpu_supports("avx512bf16");
-        atomic_store_explicit(&cached, v, memory_order_relaxed);
-    }
-    return v;
-#else
-    return 0;
-#endif
-}
 
 int plait__bf16_active(void)
 {

@@ -62,27 +62,8 @@ PLAIT_AVX512 void plait__ukernel_avx512(size_t kc, const float *a, size_t ars, s
     }
     /* Columns past nr are masked off (never read or written); rows past mr
      * are not stored. A full tile has all-ones masks. */
-    __mmask16 m0 = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1);
-    __mmask16 m1 = nr >= 32 ? (__mmask16)0xFFFF : nr > 16 ? (__mmask16)((1u << (nr - 16)) - 1) : 0;
-#define ROW(r, v0, v1)                                                              \
-    do {                                                                            \
-        float *cr = c + (r) * ldc;                                                  \
-        if (load_c) {                                                               \
-            v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, cr), v0);                  \
-            v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, cr + 16), v1);             \
-        }                                                                           \
-        _mm512_mask_storeu_ps(cr, m0, v0);                                          \
-        _mm512_mask_storeu_ps(cr + 16, m1, v1);                                     \
-    } while (0)
-    ROW(0, c00, c01);
-    if (mr > 1) ROW(1, c10, c11);
-    if (mr > 2) ROW(2, c20, c21);
-    if (mr > 3) ROW(3, c30, c31);
-    if (mr > 4) ROW(4, c40, c41);
-    if (mr > 5) ROW(5, c50, c51);
-    if (mr > 6) ROW(6, c60, c61);
-    if (mr > 7) ROW(7, c70, c71);
-#undef ROW
+    plait__store_8x32(c, ldc, mr, nr, load_c, c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70,
+                      c71);
 }
 
 /* Lanes 0 .. r-1 of a 16-lane mask, r < 16. */

@@ -100,27 +100,8 @@ BF16 void plait__ukernel_bf16(size_t kc2, const uint32_t *ap, const uint16_t *bp
         DP2(7, c70, c71);
 #undef DP2
     }
-    __mmask16 m0 = nr >= 16 ? (__mmask16)0xFFFF : lanes16(nr);
-    __mmask16 m1 = nr >= 32 ? (__mmask16)0xFFFF : nr > 16 ? lanes16(nr - 16) : 0;
-#define ROW(r, v0, v1)                                                              \
-    do {                                                                            \
-        float *cr = c + (r) * ldc;                                                  \
-        if (load_c) {                                                               \
-            v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, cr), v0);                  \
-            v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, cr + 16), v1);             \
-        }                                                                           \
-        _mm512_mask_storeu_ps(cr, m0, v0);                                          \
-        _mm512_mask_storeu_ps(cr + 16, m1, v1);                                     \
-    } while (0)
-    ROW(0, c00, c01);
-    if (mr > 1) ROW(1, c10, c11);
-    if (mr > 2) ROW(2, c20, c21);
-    if (mr > 3) ROW(3, c30, c31);
-    if (mr > 4) ROW(4, c40, c41);
-    if (mr > 5) ROW(5, c50, c51);
-    if (mr > 6) ROW(6, c60, c61);
-    if (mr > 7) ROW(7, c70, c71);
-#undef ROW
+    plait__store_8x32(c, ldc, mr, nr, load_c, c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70,
+                      c71);
 }
 
 #endif /* PLAIT_HAVE_X86_SIMD */

@@ -76,4 +76,41 @@ void plait__dot_avx2(const dot_t *d, size_t o0, size_t o1);
 void plait__dot_avx512(const dot_t *d, size_t o0, size_t o1);
 #endif
 
+#if PLAIT_HAVE_X86_SIMD
+/* One row of an AVX-512 micro-tile: v0 to columns 0-15 and v1 to 16-31 of cr
+ * under masks m0, m1 (columns past them never read or written); with load_c
+ * C's values are added first. */
+PLAIT_AVX512 __attribute__((always_inline)) static inline void plait__store_row32(float *cr, __m512 v0, __m512 v1,
+                                                                                  __mmask16 m0, __mmask16 m1,
+                                                                                  int load_c)
+{
+    if (load_c) {
+        v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, cr), v0);
+        v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, cr + 16), v1);
+    }
+    _mm512_mask_storeu_ps(cr, m0, v0);
+    _mm512_mask_storeu_ps(cr + 16, m1, v1);
+}
+
+/* Store an 8 x 32 micro-tile (row r in cR0, cR1) into C at ldc: rows past mr
+ * are not stored, columns past nr are masked off. Shared by the float32 and
+ * BF16 micro-kernels; inlined into either, straight-line. */
+PLAIT_AVX512 __attribute__((always_inline)) static inline void
+plait__store_8x32(float *c, size_t ldc, size_t mr, size_t nr, int load_c, __m512 c00, __m512 c01, __m512 c10,
+                  __m512 c11, __m512 c20, __m512 c21, __m512 c30, __m512 c31, __m512 c40, __m512 c41, __m512 c50,
+                  __m512 c51, __m512 c60, __m512 c61, __m512 c70, __m512 c71)
+{
+    __mmask16 m0 = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1u);
+    __mmask16 m1 = nr >= 32 ? (__mmask16)0xFFFF : nr > 16 ? (__mmask16)((1u << (nr - 16)) - 1u) : 0;
+    plait__store_row32(c, c00, c01, m0, m1, load_c);
+    if (mr > 1) plait__store_row32(c + ldc, c10, c11, m0, m1, load_c);
+    if (mr > 2) plait__store_row32(c + 2 * ldc, c20, c21, m0, m1, load_c);
+    if (mr > 3) plait__store_row32(c + 3 * ldc, c30, c31, m0, m1, load_c);
+    if (mr > 4) plait__store_row32(c + 4 * ldc, c40, c41, m0, m1, load_c);
+    if (mr > 5) plait__store_row32(c + 5 * ldc, c50, c51, m0, m1, load_c);
+    if (mr > 6) plait__store_row32(c + 6 * ldc, c60, c61, m0, m1, load_c);
+    if (mr > 7) plait__store_row32(c + 7 * ldc, c70, c71, m0, m1, load_c);
+}
+#endif
+
 #endif /* PLAIT_TENSOR_KERN_H */

@@ -281,21 +281,8 @@ V16 static void attn_head_bwd_avx512(const float *att, const float *qh, const fl
                 }
                 _mm512_storeu_ps(dqh + t * HS + j, _mm512_add_ps(dq0, dq1));
             }
-            if (j < HS) { /* HS % 16 == 8 */
-                __m256 vdo = _mm256_loadu_ps(dot_ + j), vq = _mm256_loadu_ps(qt + j);
-                __m256 dq0 = _mm256_setzero_ps(), dq1 = _mm256_setzero_ps();
-                for (size_t t2 = 0; t2 < n; t2++) {
-                    __m256 ps = _mm256_set1_ps(p[t2]), ds = _mm256_set1_ps(row[t2]);
-                    float *dv = dvh + t2 * HS + j, *dk = dkh + t2 * HS + j;
-                    _mm256_storeu_ps(dv, _mm256_fmadd_ps(ps, vdo, _mm256_loadu_ps(dv)));
-                    _mm256_storeu_ps(dk, _mm256_fmadd_ps(ds, vq, _mm256_loadu_ps(dk)));
-                    if (t2 & 1)
-                        dq1 = _mm256_fmadd_ps(ds, _mm256_loadu_ps(kh + t2 * HS + j), dq1);
-                    else
-                        dq0 = _mm256_fmadd_ps(ds, _mm256_loadu_ps(kh + t2 * HS + j), dq0);
-                }
-                _mm256_storeu_ps(dqh + t * HS + j, _mm256_add_ps(dq0, dq1));
-            }
+            if (j < HS) /* HS % 16 == 8 */
+                plait__attn_bwd_cols8(p, row, dot_, qt, kh, dqh + t * HS, dkh, dvh, n, HS, j);
         }
     }
 }
@@ -321,16 +308,7 @@ V16 static void adamw_avx512(float *p, float *m, float *v, const float *g, size_
         pi = _mm512_sub_pd(pi, _mm512_div_pd(_mm512_mul_pd(ss, mi), den));
         _mm256_storeu_ps(p + i, _mm512_cvtpd_ps(pi));
     }
-    for (; i < n; i++) {
-        double gi = g[i];
-        double mi = h->b1 * (double)m[i] + (1.0 - h->b1) * gi;
-        double vi = h->b2 * (double)v[i] + (1.0 - h->b2) * gi * gi;
-        m[i] = (float)mi;
-        v[i] = (float)vi;
-        double pi = (double)p[i] * h->decay;
-        pi -= h->step_size * mi / (sqrt(vi) / h->bc2_sqrt + h->eps);
-        p[i] = (float)pi;
-    }
+    if (i < n) plait__tkern_portable.adamw(p + i, m + i, v + i, g + i, n - i, h); /* the tail */
 }
 
 const plait__tkern_t plait__tkern_avx512 = {

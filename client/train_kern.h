@@ -12,6 +12,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "tensor_kern.h" /* PLAIT_HAVE_X86_SIMD, PLAIT_AVX2 */
+
 /* Rows of one causal attention block (see att_block_offset). */
 #define ATT_BLOCK 32
 
@@ -153,5 +155,30 @@ const plait__tkern_t *plait__tkern(void);
 /* The table of a path (PLAIT__KPATH_*), or NULL where this CPU or build
  * lacks it: for tests, which compare every table with the portable one. */
 const plait__tkern_t *plait__tkern_for(int path);
+
+#if PLAIT_HAVE_X86_SIMD
+/* Attention backward of one query row t over 8 head columns at j (the AVX2
+ * kernel's step, and the AVX-512 kernel's tail where HS % 16 == 8):
+ * dV[t2] += p[t2] dO[t], dK[t2] += dS[t2] Q[t], dQ[t] = sum dS[t2] K[t2]
+ * (two chains, even and odd t2). Inlined into either target. */
+PLAIT_AVX2 static inline void plait__attn_bwd_cols8(const float *p, const float *ds_row, const float *dot_,
+                                                   const float *qt, const float *kh, float *dqt, float *dkh,
+                                                   float *dvh, size_t n, size_t HS, size_t j)
+{
+    __m256 vdo = _mm256_loadu_ps(dot_ + j), vq = _mm256_loadu_ps(qt + j);
+    __m256 dq0 = _mm256_setzero_ps(), dq1 = _mm256_setzero_ps();
+    for (size_t t2 = 0; t2 < n; t2++) {
+        __m256 ps = _mm256_set1_ps(p[t2]), ds = _mm256_set1_ps(ds_row[t2]);
+        float *dv = dvh + t2 * HS + j, *dk = dkh + t2 * HS + j;
+        _mm256_storeu_ps(dv, _mm256_fmadd_ps(ps, vdo, _mm256_loadu_ps(dv)));
+        _mm256_storeu_ps(dk, _mm256_fmadd_ps(ds, vq, _mm256_loadu_ps(dk)));
+        if (t2 & 1)
+            dq1 = _mm256_fmadd_ps(ds, _mm256_loadu_ps(kh + t2 * HS + j), dq1);
+        else
+            dq0 = _mm256_fmadd_ps(ds, _mm256_loadu_ps(kh + t2 * HS + j), dq0);
+    }
+    _mm256_storeu_ps(dqt + j, _mm256_add_ps(dq0, dq1));
+}
+#endif
 
 #endif /* PLAIT_TRAIN_KERN_H */

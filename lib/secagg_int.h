@@ -73,6 +73,7 @@ typedef struct {
     int accepted, received, has_sz;
     int relayed; /* a share message from this peer was relayed (opened or not): we mask with it */
     uint8_t c_pk[32], s_pk[32];
+    uint8_t crt_fp[32];                       /* SHA-256 of its certificate (DER): one device, one index */
     uint8_t sz[32];                           /* X25519(s_sk, s_pk): both directions' share keys come from it */
     uint8_t sk_share[PLAIT_SECAGG_SHARE_LEN]; /* neighbour's c_sk share held by us */
     uint8_t b_share[PLAIT_SECAGG_SHARE_LEN];  /* neighbour's b share held by us */

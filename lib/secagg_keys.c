@@ -3,7 +3,8 @@
  * makes its two X25519 key pairs (c: masks, s: share encryption) and its
  * self-mask seed b, signs an advert of its public keys and a commitment to b
  * (advert v2; v1 adverts without it still verify) with its device
- * certificate's key, accepts its neighbours' verified adverts, splits c_sk
+ * certificate's key, accepts its neighbours' verified adverts (each from a
+ * certificate no other accepted neighbour used), splits c_sk
  * and b into Shamir shares (threshold t) and seals each neighbour's shares
  * with ChaCha20-Poly1305 under a key derived from the s-pair secret, bound to
  * the round context and the (sender, receiver) pair; and it opens the shares
@@ -93,8 +94,9 @@ static void advert_hash(const plait_secagg_round_t *r, const plait_secagg_advert
     plait_sha256_finish(&h, out);
 }
 
-int plait_secagg_advert_verify(const plait_secagg_round_t *r, const plait_secagg_advert_t *a, const uint8_t *crt,
-                               size_t crt_len, const char *ca_pem)
+/* plait_secagg_advert_verify(); fp (when not NULL) gets the SHA-256 of the certificate's DER. */
+static int advert_verify_fp(const plait_secagg_round_t *r, const plait_secagg_advert_t *a, const uint8_t *crt,
+                            size_t crt_len, const char *ca_pem, uint8_t fp[32])
 {
     if (r == NULL || r->nbr == NULL || a == NULL || crt == NULL) return plait_fail(PLAIT_EINVAL, "secagg: NULL argument");
     if (a->idx < 1 || a->idx > r->p.n) return plait_fail(PLAIT_EINVAL, "secagg: advert index %u", (unsigned)a->idx);
@@ -163,11 +165,19 @@ int plait_secagg_advert_verify(const plait_secagg_round_t *r, const plait_secagg
     advert_hash(r, a, hash);
     if ((mrc = mbedtls_pk_verify(&c.pk, MBEDTLS_MD_SHA256, hash, 32, a->sig, a->sig_len)) != 0)
         ret = plait_fail(PLAIT_EAUTH, "secagg: device %u key advert signature does not verify", (unsigned)a->idx);
+    else if (fp != NULL)
+        plait_sha256(c.raw.p, c.raw.len, fp);
 exit:
     free(tmp);
     mbedtls_x509_crt_free(&c);
     mbedtls_x509_crt_free(&ca);
     return ret;
+}
+
+int plait_secagg_advert_verify(const plait_secagg_round_t *r, const plait_secagg_advert_t *a, const uint8_t *crt,
+                               size_t crt_len, const char *ca_pem)
+{
+    return advert_verify_fp(r, a, crt, crt_len, ca_pem, NULL);
 }
 
 /* ---- device ------------------------------------------------------------------------------ */
@@ -284,8 +294,17 @@ int plait_secagg_device_accept_advert(plait_secagg_device_t *d, const plait_seca
                           (unsigned)d->self);
     peer_t *p = &d->peer[pos];
     if (p->accepted) return plait_fail(PLAIT_EINVAL, "secagg: second advert from device %u", (unsigned)a->idx);
-    int ret = plait_secagg_advert_verify(d->r, a, crt, crt_len, ca_pem);
+    uint8_t fp[32];
+    int ret = advert_verify_fp(d->r, a, crt, crt_len, ca_pem, fp);
     if (ret != 0) return ret;
+    /* One enrolled device holds one index: a certificate already behind another neighbour's keys
+     * would let one device (with the server) collect several of this device's shares. */
+    const uint32_t *row = plait_secagg_neighbours(d->r, d->self);
+    for (uint32_t i = 0; i < d->r->p.k; i++)
+        if (d->peer[i].accepted && memcmp(d->peer[i].crt_fp, fp, 32) == 0)
+            return plait_fail(PLAIT_EAUTH, "secagg: device %u's certificate already signed the keys of neighbour %u",
+                              (unsigned)a->idx, (unsigned)row[i]);
+    memcpy(p->crt_fp, fp, 32);
     memcpy(p->c_pk, a->c_pk, 32);
     memcpy(p->s_pk, a->s_pk, 32);
     p->accepted = 1;

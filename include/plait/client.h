@@ -380,7 +380,7 @@ int plait_agent_forget_derived(const char *state_dir, int *removed /* OUT */) PL
  *        round on a validation tail of its own training text (personal.h):
  *        the global adapter, its personal fine-tune, or a mix of the two,
  *        whichever did best there (the global one unless another beat it).
- * \param path OUT: state_dir/serve.safetensors.
+ * \param path OUT: the slot serve.txt names, state_dir/serve.safetensors or serve-b.safetensors.
  * \param why  OUT, may be NULL: which one and why, in words (validation losses).
  * \return 0; PLAIT_ENOENT (none chosen yet: path is ""); PLAIT_EPROTO (serve.txt malformed).
  */

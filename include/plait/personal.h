@@ -42,6 +42,10 @@ typedef struct {
     size_t val_windows;  /**< at most this many validation windows; 0 = all (default 0) */
     double min_gain;     /**< a non-reference choice must beat the reference by more than this (default 0) */
     uint64_t seed;       /**< state of the batch sampler (plait_corpus_sample) */
+    /** Polled before every fine-tuning step and validation (NULL: never): nonzero stops the fit
+     *  with PLAIT_ECANCELED and the adapter left equal to the reference. */
+    int (*stop)(void *ud);
+    void *stop_ud;       /**< passed to stop */
 } plait_personal_config_t;
 
 typedef enum {

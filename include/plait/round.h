@@ -169,6 +169,8 @@ typedef struct {
     uint64_t bytes_up;         /**< update bytes received, refused ones included */
     double t_open, t_train, t_close; /**< caller's times of open, start of training, close */
     double clip_used;          /**< clip bound of the round */
+    double clip_next;          /**< DP: the clip bound the next round uses (adaptive clipping moves it; set by
+                                    aggregate, 0 before) */
     double noise_stddev;       /**< DP noise std per averaged coordinate (0 without DP) */
     double epsilon;            /**< ε spent after this round (0 without DP) */
     double sample_rate;        /**< q the accountant composes for this round (0 without DP) */

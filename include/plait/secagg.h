@@ -50,7 +50,9 @@
  *     "plait-secagg-adv-v2" and a commitment to b after s_pk, so the server
  *     can check a reconstructed b; v1 adverts without it still verify).
  *     Peers check the certificate chain (deployment CA,
- *     EKU clientAuth) and the signature, so the server cannot substitute keys.
+ *     EKU clientAuth) and the signature, so the server cannot substitute keys
+ *     of its own, and refuse a certificate behind two neighbours' keys, so one
+ *     enrolled device cannot stand for several neighbours.
  *   - Graph: n <= k + 1 gives the complete graph. Otherwise the Harary graph
  *     H(n, k) (k even: ring positions joined to the k/2 nearest on each side)
  *     with positions permuted by a ChaCha20 stream keyed by the server's
@@ -291,9 +293,12 @@ int plait_secagg_device_advertise(plait_secagg_device_t *d, const char *key_pem,
 
 /**
  * \brief Accept a neighbour's advert after plait_secagg_advert_verify().
- *        Only adverts of graph neighbours are accepted, once each.
+ *        Only adverts of graph neighbours are accepted, once each, and
+ *        each from its own certificate (one device, one index).
  * \return 0; PLAIT_EINVAL (not a neighbour, own index, repeated, wrong
- *         state), PLAIT_EAUTH and PLAIT_EPROTO as plait_secagg_advert_verify().
+ *         state), PLAIT_EAUTH (as plait_secagg_advert_verify(), or the
+ *         certificate already stands behind another accepted neighbour) and
+ *         PLAIT_EPROTO as plait_secagg_advert_verify().
  */
 int plait_secagg_device_accept_advert(plait_secagg_device_t *d, const plait_secagg_advert_t *a, const uint8_t *crt,
                                       size_t crt_len, const char *ca_pem) PLAIT_WUR;

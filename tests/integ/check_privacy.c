@@ -92,6 +92,13 @@ static int ledger_cb(void *ud, const plait_aggstore_ledger_t *row)
     return 0;
 }
 
+static int next_clip_cb(void *ud, int64_t round, const plait_aggstore_metric_t *m)
+{
+    (void)round;
+    if (strcmp(m->key, "dp_next_clip") == 0) *(double *)ud = m->value;
+    return 0;
+}
+
 START_TEST(test_adaptive_clipping_end_to_end)
 {
     if (PLAIT_AGENT_BIN[0] == '\0') return; /* built without the agent */
@@ -166,6 +173,14 @@ START_TEST(test_adaptive_clipping_end_to_end)
     ledger_t l;
     memset(&l, 0, sizeof(l));
     ck_assert_int_eq(plait_aggstore_ledger_foreach(st, ledger_cb, &l), 0);
+    /* each commit stored the clip the next round starts from: the next ledger row's clip */
+    double next[N_ROUNDS];
+    for (int r = 0; r < N_ROUNDS && r < l.n; r++) {
+        next[r] = 0;
+        ck_assert_int_eq(plait_aggstore_metrics_foreach(st, l.rows[r].round_id, next_clip_cb, &next[r]), 0);
+        ck_assert_msg(next[r] > 0, "round %lld: no dp_next_clip", (long long)l.rows[r].round_id);
+        if (r > 0) ck_assert(next[r - 1] == l.rows[r].clip);
+    }
     plait_aggstore_close(st);
     ck_assert_int_eq(l.n, N_ROUNDS);
     for (int r = 0; r < N_ROUNDS; r++) {
@@ -185,6 +200,14 @@ START_TEST(test_adaptive_clipping_end_to_end)
     ck_assert_ptr_nonnull(strstr(out, "\"max_device_rounds\": 3"));
     ck_assert_ptr_nonnull(strstr(out, "\"poisson_rounds\": 3"));
     ck_assert_ptr_nonnull(strstr(out, "\"amortized_valid\": true"));
+
+    /* A restart resumes the clip where round 3 left it, not from clip_norm. */
+    char needle[128];
+    snprintf(needle, sizeof(needle), "adaptive clip resumed at %.9g (after round %lld)", next[N_ROUNDS - 1],
+             (long long)l.rows[N_ROUNDS - 1].round_id);
+    ck_assert_int_eq(it_start(&d, NULL), 0);
+    ck_assert_msg(it_log_wait(&d, needle, 10000), "missing: %s", needle);
+    ck_assert_int_eq(it_stop(&d), 0);
 }
 END_TEST
 

@@ -1175,7 +1175,7 @@ START_TEST(test_loopback_round)
         ck_assert_ptr_nonnull(plait_agent_tokenizer(a));
         char sp[4096];
         int serving = plait_agent_serving(state, sp, sizeof(sp), NULL, 0) == 0;
-        char *pp = tu_path(state, serving ? "serve.safetensors" : "personal.safetensors");
+        char *pp = serving ? strdup(sp) : tu_path(state, "personal.safetensors");
         plait_lora_t ref;
         plait_lora_init(&ref);
         ck_assert_int_eq(plait_adapter_load(&ref, pp, plait_agent_model(a), 0), 0);
@@ -1212,6 +1212,19 @@ START_TEST(test_loopback_round)
             ck_assert_mem_eq(sv_l.params, r.global.params, r.global.n_params * sizeof(float));
         plait_lora_free(&sv_l);
         char *sinfo = tu_path(state, "serve.txt");
+        /* two slots: serve.txt names the one in use (no slot field: slot 0, as before the slots) */
+        const char *slot1 = "personal 1.0 3.0 2.9 2.9 5 100 7 1\n", *slot0 = "personal 1.0 3.0 2.9 2.9 5 100 7\n",
+                   *slot2 = "personal 1.0 3.0 2.9 2.9 5 100 7 2\n";
+        ck_assert_int_eq(tu_write_file(sinfo, slot1, strlen(slot1)), 0);
+        ck_assert_int_eq(plait_agent_serving(state, sp, sizeof(sp), why, sizeof(why)), 0);
+        ck_assert_str_eq(sp + strlen(sp) - strlen("/serve-b.safetensors"), "/serve-b.safetensors");
+        ck_assert_ptr_nonnull(strstr(why, "round 7"));
+        ck_assert_int_eq(tu_write_file(sinfo, slot0, strlen(slot0)), 0);
+        ck_assert_int_eq(plait_agent_serving(state, sp, sizeof(sp), why, sizeof(why)), 0);
+        ck_assert_str_eq(sp + strlen(sp) - strlen("/serve.safetensors"), "/serve.safetensors");
+        ck_assert_int_eq(tu_write_file(sinfo, slot2, strlen(slot2)), 0);
+        ck_assert_int_eq(plait_agent_serving(state, sp, sizeof(sp), why, sizeof(why)), PLAIT_EPROTO);
+        ck_assert_str_eq(sp, "");
         ck_assert_int_eq(tu_write_file(sinfo, "bogus 1 2\n", 10), 0);
         ck_assert_int_eq(plait_agent_serving(state, sp, sizeof(sp), why, sizeof(why)), PLAIT_EPROTO);
         unlink(sinfo);
@@ -2076,10 +2089,19 @@ START_TEST(test_forget_leaves_nothing)
     char *personal = tu_path(state, "personal.safetensors");
     char *pending = tu_path(state, "pending.upd");
     char *tmp = tu_path(state, ".personal.safetensors.tmp");
-    char *serve = tu_path(state, "serve.safetensors");
+    /* Two rounds chose a serving adapter: the second went to the other slot and the first's
+     * file is gone (serve.txt names the one in use). */
+    char *serve = tu_path(state, "serve-b.safetensors"), *serve0 = tu_path(state, "serve.safetensors");
     ck_assert_int_eq(access(personal, F_OK), 0);
     ck_assert_int_eq(access(pending, F_OK), 0);
     ck_assert_int_eq(access(serve, F_OK), 0);
+    ck_assert_int_eq(access(serve0, F_OK), -1);
+    {
+        char sp[4096];
+        ck_assert_int_eq(plait_agent_serving(state, sp, sizeof(sp), NULL, 0), 0);
+        ck_assert_str_eq(sp, serve);
+    }
+    free(serve0);
     {
         char *argv[] = {bin, "info", "--db", db, "--state", state, NULL};
         ck_assert_int_eq(run_cli(argv, out, 0, 30000), 0);

@@ -364,6 +364,45 @@ START_TEST(test_choice_never_worse)
 }
 END_TEST
 
+static int stop_after(void *ud) /* stops once it has been polled *ud times */
+{
+    int *left = ud;
+    return (*left)-- <= 0;
+}
+
+START_TEST(test_stop_polled_each_step)
+{
+    fx_t f;
+    fx_open(&f, 1e-2, 1500);
+    plait_corpus_t tr, va;
+    plait_corpus_init(&tr);
+    plait_corpus_init(&va);
+    ck_assert_int_eq(plait_personal_split(&f.text, 0.2, TT, &tr, &va), 0);
+    size_t np = f.lora.n_params;
+    float *ref = malloc(np * sizeof(float));
+    memcpy(ref, f.lora.params, np * sizeof(float));
+    plait_personal_config_t pc = plait_personal_config_default();
+    pc.max_steps = 30;
+    pc.eval_every = 1;
+    pc.patience = 0;
+    int left = 3; /* three steps run, the fourth poll stops */
+    pc.stop = stop_after;
+    pc.stop_ud = &left;
+    plait_personal_result_t r;
+    ck_assert_int_eq(plait_personal_fit(f.tr, &f.lora, ref, &tr, &va, &pc, &r), PLAIT_ECANCELED);
+    ck_assert_int_eq(r.steps, 3);
+    ck_assert(memcmp(f.lora.params, ref, np * sizeof(float)) == 0); /* stopped: the reference, untouched */
+    ck_assert_ptr_nonnull(strstr(plait_errmsg(), "stopped at step 4"));
+    left = 1000000; /* never stops: the same fit as without a stop */
+    ck_assert_int_eq(plait_personal_fit(f.tr, &f.lora, ref, &tr, &va, &pc, &r), 0);
+    ck_assert_int_eq(r.steps, 30);
+    free(ref);
+    plait_corpus_free(&tr);
+    plait_corpus_free(&va);
+    fx_close(&f);
+}
+END_TEST
+
 Suite *personal_suite(void)
 {
     Suite *s = suite_create("personal");
@@ -374,6 +413,7 @@ Suite *personal_suite(void)
     tcase_add_test(tc, test_prox_gradient);
     tcase_add_test(tc, test_early_stopping_best_step);
     tcase_add_test(tc, test_choice_never_worse);
+    tcase_add_test(tc, test_stop_polled_each_step);
     suite_add_tcase(s, tc);
     return s;
 }

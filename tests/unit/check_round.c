@@ -10,6 +10,7 @@
 
 #include "evalcore.h"
 #include "plait/round.h"
+#include "plait/strategy.h"
 #include "plait/update.h"
 
 #define P 64
@@ -473,6 +474,59 @@ START_TEST(test_eval_core_mean)
 }
 END_TEST
 
+/* The evaluation core is FedAvg from 0 with lr 1 whatever the training core runs: a strategy
+ * (server momentum, adaptive optimizers) or robust aggregation of the training core would turn
+ * the committed value into something other than the mean loss. */
+START_TEST(test_eval_core_drops_training_aggregator)
+{
+    plait_strategy_params_t sp;
+    plait_strategy_params_default(&sp);
+    plait_strategy_inst_t inst;
+    ck_assert_int_eq(plait_strategy_setup(&inst, plait_strategy_find("fedadam"), &sp, 4096), 0);
+    plait_round_config_t train, ec;
+    plait_round_config_default(&train);
+    train.dim = 4096;
+    train.target_cohort = 2;
+    train.min_cohort = 2;
+    train.overselect = 1.0;
+    train.secure = 1;
+    train.strategy = &inst;
+    train.robust = 1;
+    train.robust_kind = PLAIT_ROBUST_TRIMMED_MEAN;
+    plait__eval_core_config(&train, &ec);
+    ck_assert_ptr_null(ec.strategy);
+    ck_assert_int_eq(ec.robust, 0);
+    const float zero = 0.0f;
+    plait_round_t *r = NULL;
+    ck_assert_int_eq(plait_round_create(&r, &ec, &zero, 1), 0);
+    plait_rng_t rng;
+    plait_rng_seed_u64(&rng, 5, 6);
+    uint64_t rid = 0;
+    ck_assert_int_eq(plait_round_open(r, 0.0, &rid), 0);
+    for (uint64_t c = 1; c <= 2; c++) ck_assert_int_eq(plait_round_select(r, c, 0.0), 0);
+    uint32_t sum[2] = {0, 0};
+    const float v[2] = {0.25f, 0.75f};
+    for (uint64_t c = 1; c <= 2; c++) {
+        uint32_t w[2];
+        ck_assert_int_eq(plait_quant_encode(&ec.quant, &v[c - 1], 1, &rng, &w[0]), 0);
+        ck_assert_int_eq(plait_quant_encode_weight(&ec.quant, 1.0, &rng, &w[1]), 0);
+        sum[0] += w[0];
+        sum[1] += w[1];
+        ck_assert_int_eq(plait_round_submit_masked(r, c, rid, 2, 1.0), 0);
+    }
+    ck_assert_int_eq(plait_round_set_unmasked_sum(r, sum, 2), 0);
+    ck_assert_int_eq(plait_round_aggregate(r, &rng), 0);
+    ck_assert_int_eq(plait_round_commit(r), 0);
+    double mean = -1;
+    size_t n = 0;
+    ck_assert_int_eq(plait__eval_core_mean(r, 2, 4.0, &mean, &n), 0);
+    ck_assert_msg(fabs(mean - 2.0) <= 4.0 * 2.0 / 65535.0, "mean %.6f want 2", mean);
+    plait_rng_wipe(&rng);
+    plait_round_destroy(r);
+    plait_strategy_free(&inst);
+}
+END_TEST
+
 Suite *round_suite(void)
 {
     Suite *s = suite_create("round");
@@ -489,6 +543,7 @@ Suite *round_suite(void)
     tcase_add_test(tc, test_order_independent);
     tcase_add_test(tc, test_dp_and_adaptive_opt);
     tcase_add_test(tc, test_eval_core_mean);
+    tcase_add_test(tc, test_eval_core_drops_training_aggregator);
     suite_add_tcase(s, tc);
     return s;
 }

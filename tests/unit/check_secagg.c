@@ -844,6 +844,46 @@ START_TEST(test_substituted_key)
 }
 END_TEST
 
+/* One enrolled device cannot stand for several neighbours: the server (or a device colluding with it)
+ * could otherwise put one certificate's keys at every neighbour index of a victim and receive all of
+ * its shares. Each index's advert verifies on its own; the certificate seen a second time is refused
+ * (compared as DER: here its PEM once without and once with its NUL). */
+START_TEST(test_roster_one_device_twice)
+{
+    fleet_t f;
+    fleet_make(&f, 4);
+    plait_secagg_round_t r;
+    round_make(&r, 4, 3, 3, 1, 16, 4);
+    plait_drbg_t d;
+    drbg_det(&d, 33);
+    plait_secagg_device_t *a, *b, *c;
+    ck_assert_int_eq(plait_secagg_device_create(&a, &r, 1, &d), 0);
+    ck_assert_int_eq(plait_secagg_device_create(&b, &r, 2, &d), 0);
+    ck_assert_int_eq(plait_secagg_device_create(&c, &r, 3, &d), 0);
+    plait_secagg_advert_t adv2, adv3;
+    ck_assert_int_eq(plait_secagg_device_advertise(b, f.key[2], &d, &adv2), 0);
+    ck_assert_int_eq(plait_secagg_device_advertise(c, f.key[2], &d, &adv3), 0); /* index 3, device 2's key */
+    const uint8_t *crt2 = (const uint8_t *)f.crt[2];
+    size_t l2 = strlen(f.crt[2]);
+    ck_assert_int_eq(plait_secagg_advert_verify(&r, &adv3, crt2, l2, f.ca_crt), 0); /* alone it verifies */
+    ck_assert_int_eq(plait_secagg_device_accept_advert(a, &adv2, crt2, l2, f.ca_crt), 0);
+    ck_assert_int_eq(plait_secagg_device_accept_advert(a, &adv3, crt2, l2 + 1, f.ca_crt), PLAIT_EAUTH);
+    ck_assert_ptr_nonnull(strstr(plait_errmsg(), "neighbour 2"));
+    /* Nothing was accepted for index 3: its genuine advert still is. */
+    plait_secagg_advert_t real3;
+    ck_assert_int_eq(plait_secagg_device_advertise(c, f.key[3], &d, &real3), 0);
+    ck_assert_int_eq(plait_secagg_device_accept_advert(a, &real3, (const uint8_t *)f.crt[3], strlen(f.crt[3]),
+                                                       f.ca_crt),
+                     0);
+    plait_secagg_device_free(a);
+    plait_secagg_device_free(b);
+    plait_secagg_device_free(c);
+    plait_drbg_free(&d);
+    plait_secagg_round_free(&r);
+    fleet_free(&f);
+}
+END_TEST
+
 START_TEST(test_share_replay)
 {
     fleet_t f;
@@ -939,6 +979,7 @@ Suite *secagg_suite(void)
     tcase_add_test(tc, test_server_rejects_bad_reveals);
     tcase_add_test(tc, test_substituted_key);
     tcase_add_test(tc, test_share_replay);
+    tcase_add_test(tc, test_roster_one_device_twice);
     suite_add_tcase(s, tc);
     return s;
 }
