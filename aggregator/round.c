@@ -20,6 +20,10 @@
  * Workload: one call per check-in and per update; a quantized update costs a
  * decode and a norm over P values plus a P-word add; aggregate and commit
  * are O(P). The cohort table is an open-addressing hash of 2·want slots.
+ * Memory: 12 bytes a word for plain quantized FedAvg (the global span, the
+ * round's mean, the integer sum: the mean is decoded from the sum in blocks);
+ * float updates, central DP and ddg add the double accumulator, the robust
+ * estimators and ddg a double per word of scratch, the robust ones every update.
  */
 #include "plait/round.h"
 

@@ -29,7 +29,7 @@
 #include "plait/crypto.h"
 #include "plait/log.h"
 
-#define IN_KEEP_BYTES 16384 /* plaintext buffer a connection keeps between frames */
+#define IN_KEEP_BYTES 0 /* plaintext buffer a connection keeps between frames: none (N connections wait) */
 
 static uint64_t client_of(const char *device)
 {
