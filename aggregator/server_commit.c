@@ -1,7 +1,8 @@
 /*
  * server_commit.c: the service's store jobs (server_int.h): a round opens
  * (JOB_BEGIN), fails (JOB_FAIL) or commits (JOB_COMMIT: aggregate, server
- * optimizer step, adapter serialization, one store transaction), and the end
+ * optimizer step, adapter serialization, one store transaction), a secure
+ * round unmasks its sum (JOB_UNMASK: server_secagg.c), and the end
  * of a round on the loop thread (round_ended, plait__srv_abandon_round).
  *
  * Contract: one job at a time (`busy`). work_job runs on a libuv worker and
@@ -33,7 +34,7 @@
  * While a job runs the loop thread touches neither the writer connection nor
  * the round core nor s->lora; after_job applies the result on the loop thread. */
 
-typedef enum { JOB_BEGIN, JOB_FAIL, JOB_COMMIT } job_kind_t;
+typedef enum { JOB_BEGIN, JOB_FAIL, JOB_COMMIT, JOB_UNMASK } job_kind_t;
 
 typedef struct {
     uv_work_t req;
@@ -197,6 +198,9 @@ static void work_job(uv_work_t *req)
         else
             work_commit(j);
         break;
+    case JOB_UNMASK:
+        plait__sa_finish_work(s->sa); /* its outcome is applied by the next step, on the loop */
+        break;
     }
 }
 
@@ -250,6 +254,11 @@ static void after_job(uv_work_t *req, int status)
     if (status != 0 && j->rc == 0) {
         j->rc = PLAIT_ECANCELED;
         snprintf(j->why, sizeof(j->why), "job canceled");
+    }
+    if (j->kind == JOB_UNMASK) { /* the secure stages go on from the unmasked sum (or its failure) */
+        job_free(j);
+        plait__srv_round_step(s);
+        return;
     }
     switch (j->kind) {
     case JOB_BEGIN:
@@ -349,6 +358,8 @@ static void after_job(uv_work_t *req, int status)
         }
         round_ended(s);
         break;
+    case JOB_UNMASK: /* handled above */
+        break;
     }
     job_free(j);
 }
@@ -445,6 +456,17 @@ void plait__srv_round_failed(plait_server_t *s)
     j->stats.participants = (int64_t)st.selected;
     j->stats.dropouts = (int64_t)(st.dropouts + st.stragglers);
     if (start_job(s, j) != 0) round_ended(s);
+}
+
+int plait__srv_start_unmask(plait_server_t *s)
+{
+    job_t *j = s->busy ? NULL : calloc(1, sizeof(*j));
+    if (j) {
+        j->kind = JOB_UNMASK;
+        if (start_job(s, j) == 0) return 1; /* from here the job owns sa until after_job */
+    }
+    plait__sa_finish_work(s->sa); /* no job (no memory): unmask on the loop thread */
+    return 0;
 }
 
 void plait__srv_start_commit(plait_server_t *s)

@@ -334,6 +334,10 @@ void plait__srv_round_open(plait_server_t *s);
 void plait__srv_round_failed(plait_server_t *s);
 /** \brief The round reached AGGREGATION: queue its commit job (once). */
 void plait__srv_start_commit(plait_server_t *s);
+/* A secure round's unmasking (plait__sa_finish_work) in a job, so the loop keeps serving every
+ * other connection meanwhile; the job's end steps the round again. Returns 1 when the job was
+ * queued (the caller must not touch sa until then), 0 when it ran here instead. */
+int plait__srv_start_unmask(plait_server_t *s);
 
 /* ---- server_eval.c ------------------------------------------------------------- */
 

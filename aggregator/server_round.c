@@ -355,6 +355,10 @@ void plait__srv_round_step(plait_server_t *s)
     if (s->sa) {
         /* Secure round: the stages run alongside the core; the sum goes in once unmasked. */
         plait__sa_step(s->sa, st, now);
+        if (plait__sa_finish_due(s->sa)) {
+            if (plait__srv_start_unmask(s)) return; /* the job runs it; its end steps again */
+            plait__sa_step(s->sa, st, now);         /* it ran here (no job): apply it */
+        }
         st = plait_round_state(s->round);
         if (st == PLAIT_ROUND_AGGREGATION) {
             plait__sa_result_t res = plait__sa_result(s->sa);

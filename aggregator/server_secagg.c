@@ -20,13 +20,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "plait/crypto.h"
 #include "plait/log.h"
 #include "plait/pki.h"
 #include "plait/secagg.h"
 
-typedef enum { ST_ADVERTISE, ST_SHARE, ST_MASKED, ST_UNMASK, ST_END } stage_t;
+/* ST_FINISH: every reveal is in (or its time is up); the unmasking runs off the loop thread
+ * (plait__sa_finish_work), and the next step applies its outcome. */
+typedef enum { ST_ADVERTISE, ST_SHARE, ST_MASKED, ST_UNMASK, ST_FINISH, ST_END } stage_t;
 
 typedef struct {
     uint64_t client; /* 0: slot not assigned */
@@ -55,6 +58,8 @@ struct plait__sa_s {
     double t_stage;      /* when the current stage's clock started (0: not yet) */
     plait__sa_result_t result;
     uint32_t *sum;
+    int finish_done; /* ST_FINISH: plait__sa_finish_work ran; finish_why says why it failed ("" ok) */
+    char finish_why[300];
 };
 
 static member_t *find(const plait__sa_t *sa, uint64_t client, uint32_t *idx)
@@ -538,21 +543,47 @@ static void send_requests(plait__sa_t *sa)
               (unsigned long long)sa->cfg.round_id, asked);
 }
 
-static void finish(plait__sa_t *sa)
+/* The unmasking proper: reconstruct the secrets and remove the masks (seconds for a large cohort
+ * with dropouts). Touches only sa's library objects and sum, and sends nothing, so the server runs
+ * it in a job off the loop thread while no message reaches sa (the job holds `busy`). */
+void plait__sa_finish_work(plait__sa_t *sa)
 {
-    sa->stage = ST_END;
+    if (!sa || sa->stage != ST_FINISH || sa->finish_done) return;
+    /* Test hook (integ_secagg): PLAIT_TEST_SECAGG_FINISH_DELAY_MS stretches the unmasking, to show that
+     * the loop serves other connections meanwhile. */
+    const char *delay = getenv("PLAIT_TEST_SECAGG_FINISH_DELAY_MS");
+    if (delay && *delay) {
+        long ms = strtol(delay, NULL, 10);
+        if (ms > 0 && ms <= 60000) {
+            struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+            nanosleep(&ts, NULL);
+        }
+    }
+    sa->finish_done = 1;
+    sa->finish_why[0] = '\0';
     sa->sum = calloc(sa->cfg.len, sizeof(uint32_t));
     if (!sa->sum) {
-        fail(sa, "out of memory for the sum");
+        snprintf(sa->finish_why, sizeof(sa->finish_why), "out of memory for the sum");
         return;
     }
     int rc = plait_secagg_server_finish(sa->srv, sa->sum, sa->cfg.len);
-    if (rc != 0) {
+    if (rc != 0)
+        snprintf(sa->finish_why, sizeof(sa->finish_why), "unmasking: %s (%s)", plait_errmsg(), plait_err_name(rc));
+}
+
+int plait__sa_finish_due(const plait__sa_t *sa) { return sa && sa->stage == ST_FINISH && !sa->finish_done; }
+
+/* Loop thread: the outcome of plait__sa_finish_work (run here if no job did). */
+static void finish_apply(plait__sa_t *sa)
+{
+    if (!sa->finish_done) plait__sa_finish_work(sa);
+    if (sa->finish_why[0]) {
         char why[300];
-        snprintf(why, sizeof(why), "unmasking: %s (%s)", plait_errmsg(), plait_err_name(rc));
+        snprintf(why, sizeof(why), "%s", sa->finish_why);
         fail(sa, why);
         return;
     }
+    sa->stage = ST_END;
     size_t n_masked = 0;
     plait_secagg_server_counts(sa->srv, NULL, NULL, &n_masked);
     size_t n_bad = plait_secagg_server_inconsistent(sa->srv);
@@ -614,8 +645,11 @@ void plait__sa_step(plait__sa_t *sa, plait_round_state_t core, double now)
     }
     if (sa->stage == ST_UNMASK) {
         if (!all(sa, ST_UNMASK) && now - sa->t_stage < to) return;
-        finish(sa);
+        sa->stage = ST_FINISH; /* the server runs plait__sa_finish_work in a job, then steps again */
+        PLAIT_LOG(PLAIT_LOG_INFO, "secagg round=%llu: unmasking", (unsigned long long)sa->cfg.round_id);
+        return;
     }
+    if (sa->stage == ST_FINISH && sa->finish_done) finish_apply(sa);
 }
 
 plait__sa_result_t plait__sa_result(const plait__sa_t *sa) { return sa ? sa->result : PLAIT__SA_FAILED; }

@@ -93,6 +93,16 @@ void plait__sa_left(plait__sa_t *sa, uint64_t client);
 /** \brief Advance the stages (deadlines, the round core's state). */
 void plait__sa_step(plait__sa_t *sa, plait_round_state_t core, double now);
 
+/**
+ * \brief 1 when every reveal is in (or its time is up) and the unmasking is due: the caller runs
+ *        plait__sa_finish_work(), off the loop thread if it likes, while nothing else touches sa,
+ *        then calls plait__sa_step() again, which applies the outcome (DONE, or FAILED with the
+ *        devices told).
+ */
+int plait__sa_finish_due(const plait__sa_t *sa);
+/** \brief The unmasking (seconds for a large cohort with dropouts); sends nothing. */
+void plait__sa_finish_work(plait__sa_t *sa);
+
 /** \brief RUNNING, DONE (plait__sa_sum() is ready) or FAILED. */
 plait__sa_result_t plait__sa_result(const plait__sa_t *sa);
 /** \brief The unmasked sum mod 2^m (len words) once DONE; else NULL. */

@@ -26,6 +26,7 @@
 #include "agent_int.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -115,7 +116,7 @@ static int wait_for(const plait__agent_sa_env_t *env, uint64_t round, plait_msg_
                     plait_msg_t *m)
 {
     uint64_t next_ping = now_ms() + env->keepalive_ms;
-    static uint64_t nonce;
+    static atomic_uint_least64_t nonce; /* shared by the agents of a process: atomic */
     for (;;) {
         uint64_t now = now_ms();
         if (now >= deadline)
@@ -124,7 +125,7 @@ static int wait_for(const plait__agent_sa_env_t *env, uint64_t round, plait_msg_
         if (now >= next_ping) {
             plait_msg_t p;
             plait_msg_init(&p, PLAIT_MSG_PING);
-            p.u.ping.nonce = ++nonce;
+            p.u.ping.nonce = (uint64_t)atomic_fetch_add(&nonce, 1) + 1;
             int rc = env->send(env->conn, &p);
             if (rc != 0) return rc;
             next_ping = now + env->keepalive_ms;
@@ -175,8 +176,9 @@ int plait__agent_sa_begin(const plait__agent_sa_env_t *env, const plait_msg_task
     p.k = t->secagg.k;
     p.t = t->secagg.t;
     p.complete = t->secagg.k == t->secagg.n - 1;
-    int rc = plait_secagg_round_setup(&sa->r, dep, sizeof(dep), t->round_id, &p, t->secagg.graph_seed,
-                                      t->secagg.bits, sa->len);
+    /* Only this device's row of the graph: a task naming a huge cohort costs the device O(n), not O(n·k). */
+    int rc = plait_secagg_round_setup_device(&sa->r, dep, sizeof(dep), t->round_id, &p, t->secagg.graph_seed,
+                                             t->secagg.bits, sa->len, sa->self);
     if (rc != 0) {
         rc = plait_fail(PLAIT_EPROTO, "task.secagg: %s", plait_errmsg());
         goto fail;

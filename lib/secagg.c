@@ -361,8 +361,29 @@ static int cmp_u32(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+static int round_setup(plait_secagg_round_t *r, const uint8_t *dep, size_t dep_len, uint64_t round_id,
+                       const plait_secagg_params_t *p, const uint8_t graph_seed[32], unsigned m, size_t len,
+                       uint32_t only);
+
 int plait_secagg_round_setup(plait_secagg_round_t *r, const uint8_t *dep, size_t dep_len, uint64_t round_id,
                              const plait_secagg_params_t *p, const uint8_t graph_seed[32], unsigned m, size_t len)
+{
+    return round_setup(r, dep, dep_len, round_id, p, graph_seed, m, len, 0);
+}
+
+int plait_secagg_round_setup_device(plait_secagg_round_t *r, const uint8_t *dep, size_t dep_len, uint64_t round_id,
+                                    const plait_secagg_params_t *p, const uint8_t graph_seed[32], unsigned m,
+                                    size_t len, uint32_t self)
+{
+    if (p != NULL && (self < 1 || self > p->n))
+        return plait_fail(PLAIT_EINVAL, "secagg: device index %u outside 1..%u", (unsigned)self, (unsigned)p->n);
+    return round_setup(r, dep, dep_len, round_id, p, graph_seed, m, len, self);
+}
+
+/* Build r; only = 0 keeps every device's row, else only that device's. */
+static int round_setup(plait_secagg_round_t *r, const uint8_t *dep, size_t dep_len, uint64_t round_id,
+                       const plait_secagg_params_t *p, const uint8_t graph_seed[32], unsigned m, size_t len,
+                       uint32_t only)
 {
     if (r == NULL || p == NULL || graph_seed == NULL) return plait_fail(PLAIT_EINVAL, "secagg: NULL argument");
     if (dep == NULL || dep_len < 1 || dep_len > PLAIT_SECAGG_DEP_MAX)
@@ -382,7 +403,7 @@ int plait_secagg_round_setup(plait_secagg_round_t *r, const uint8_t *dep, size_t
     if (m < 1 || m > 32) return plait_fail(PLAIT_EINVAL, "secagg: ring width %u bits (want 1..32)", m);
     if (len < 1 || len > ((size_t)1 << 30)) return plait_fail(PLAIT_EINVAL, "secagg: vector length %zu", len);
     plait_secagg_round_free(r);
-    uint32_t *nbr = malloc((size_t)n * k * sizeof(uint32_t));
+    uint32_t *nbr = malloc((size_t)(only ? 1 : n) * k * sizeof(uint32_t));
     uint32_t *perm = malloc((size_t)n * sizeof(uint32_t));
     if (nbr == NULL || perm == NULL) {
         free(nbr);
@@ -407,9 +428,10 @@ int plait_secagg_round_setup(plait_secagg_round_t *r, const uint8_t *dep, size_t
     r->m = m;
     r->len = len;
     r->nbr = nbr;
+    r->only = only;
     if (k == n - 1) {
-        for (uint32_t u = 1; u <= n; u++) {
-            uint32_t *row = nbr + (size_t)(u - 1) * k, c = 0;
+        for (uint32_t u = only ? only : 1; u <= (only ? only : n); u++) {
+            uint32_t *row = nbr + (only ? 0 : (size_t)(u - 1) * k), c = 0;
             for (uint32_t v = 1; v <= n; v++)
                 if (v != u) row[c++] = v;
         }
@@ -445,7 +467,9 @@ int plait_secagg_round_setup(plait_secagg_round_t *r, const uint8_t *dep, size_t
     mbedtls_chacha20_free(&cc);
     uint32_t half = k / 2;
     for (uint32_t pos = 0; pos < n; pos++) {
-        uint32_t u = perm[pos], *row = nbr + (size_t)(u - 1) * k, c = 0;
+        uint32_t u = perm[pos];
+        if (only && u != only) continue;
+        uint32_t *row = nbr + (only ? 0 : (size_t)(u - 1) * k), c = 0;
         for (uint32_t d = 1; d <= half; d++) {
             row[c++] = perm[(pos + d) % n];
             row[c++] = perm[(pos + n - d) % n];
@@ -459,6 +483,7 @@ int plait_secagg_round_setup(plait_secagg_round_t *r, const uint8_t *dep, size_t
 const uint32_t *plait_secagg_neighbours(const plait_secagg_round_t *r, uint32_t u)
 {
     if (r == NULL || r->nbr == NULL || u < 1 || u > r->p.n) return NULL;
+    if (r->only) return u == r->only ? r->nbr : NULL;
     return r->nbr + (size_t)(u - 1) * r->p.k;
 }
 

@@ -223,6 +223,9 @@ int plait_secagg_device_create(plait_secagg_device_t **out, const plait_secagg_r
     *out = NULL;
     if (self < 1 || self > r->p.n)
         return plait_fail(PLAIT_EINVAL, "secagg: device index %u (cohort %u)", (unsigned)self, (unsigned)r->p.n);
+    if (r->only && r->only != self)
+        return plait_fail(PLAIT_EINVAL, "secagg: the round was set up for device %u, not %u", (unsigned)r->only,
+                          (unsigned)self);
     plait_secagg_device_t *d = calloc(1, sizeof(*d));
     if (d == NULL) return plait_fail(PLAIT_ENOMEM, "secagg: device state");
     d->r = r;

@@ -209,7 +209,9 @@ typedef struct {
     plait_secagg_params_t p;
     unsigned m;               /**< ring width in bits, 1..32 */
     size_t len;               /**< words per masked vector */
-    uint32_t *nbr;            /**< (n, k) sorted neighbour indices of device i at nbr[(i-1)·k]; owned */
+    uint32_t *nbr;            /**< (n, k) sorted neighbour indices of device i at nbr[(i-1)·k]; owned.
+                                   With `only` set, one row: the neighbours of device `only` */
+    uint32_t only;            /**< 0: every device's row (the server); else the one device whose row is kept */
 } plait_secagg_round_t;
 
 /** \brief Make r safe to free. Cannot fail. */
@@ -231,10 +233,24 @@ int plait_secagg_round_setup(plait_secagg_round_t *r, const uint8_t *dep, size_t
                              const plait_secagg_params_t *p, const uint8_t graph_seed[32], unsigned m,
                              size_t len) PLAIT_WUR;
 
-/** \brief 1 when u and v (1..n) are neighbours in r's graph, else 0. */
+/**
+ * \brief plait_secagg_round_setup() for one device: the same context and the
+ *        same graph, but only device `self`'s row is kept (k words, where the
+ *        server's table has n·k), so a task naming a large cohort costs the
+ *        device O(n) memory for the ring permutation, not O(n·k).
+ *        plait_secagg_neighbours() then answers only for self.
+ * \param self 1..n.
+ * \return as plait_secagg_round_setup(); PLAIT_EINVAL for a bad self.
+ */
+int plait_secagg_round_setup_device(plait_secagg_round_t *r, const uint8_t *dep, size_t dep_len, uint64_t round_id,
+                                    const plait_secagg_params_t *p, const uint8_t graph_seed[32], unsigned m,
+                                    size_t len, uint32_t self) PLAIT_WUR;
+
+/** \brief 1 when u and v (1..n) are neighbours in r's graph (a device's round: u is the device), else 0. */
 int plait_secagg_adjacent(const plait_secagg_round_t *r, uint32_t u, uint32_t v);
 
-/** \brief The k sorted neighbours of u (1..n), valid while r lives; NULL for a bad u. */
+/** \brief The k sorted neighbours of u (1..n), valid while r lives; NULL for a bad u (in a
+ *         device's round, any u but the device). */
 const uint32_t *plait_secagg_neighbours(const plait_secagg_round_t *r, uint32_t u);
 
 /** \brief Release the graph. NULL and double free are safe. */

@@ -455,6 +455,48 @@ START_TEST(test_secure_below_threshold_fails_cleanly)
 }
 END_TEST
 
+typedef struct {
+    const it_dep_t *d;
+    int ok;
+} bg_round_t;
+
+static void *bg_round(void *arg)
+{
+    bg_round_t *b = arg;
+    b->ok = run_devices(b->d, 0, 4, NULL, NULL);
+    return NULL;
+}
+
+/* The unmasking runs in a job: while it takes 20 s (test hook), the loop still serves a new
+ * device's handshake and Hello (it is told to come back later), and the round then commits. */
+START_TEST(test_secure_unmask_off_the_loop)
+{
+    it_dep_t d;
+    ck_assert_int_eq(setenv("PLAIT_TEST_SECAGG_FINISH_DELAY_MS", "20000", 1), 0);
+    dep_up(&d, "integ_sa_live", 5, "target_cohort=4", "min_cohort=2", "secure_agg=true", "secagg_dropout=0.2");
+    unsetenv("PLAIT_TEST_SECAGG_FINISH_DELAY_MS"); /* the aggregator has it; the devices need not */
+    bg_round_t b = {&d, 0};
+    pthread_t th;
+    ck_assert_int_eq(pthread_create(&th, NULL, bg_round, &b), 0);
+    ck_assert_msg(it_log_wait(&d, "secagg round=1: unmasking", 120000), "round 1 did not reach the unmasking");
+    it_client_t *c = calloc(1, sizeof(*c));
+    ck_assert_int_eq(it_client_connect(c, &d, "dev4"), 0);
+    ck_assert_int_eq(it_hello_caps(c, &d, PLAIT_CAP_FFA | PLAIT_CAP_SECURE_AGG | PLAIT_CAP_SECAGG), 0);
+    plait_msg_t m;
+    ck_assert_int_eq(it_recv(c, &m, 15000), 0);
+    ck_assert_int_eq(m.type, PLAIT_MSG_COME_BACK_LATER);
+    plait_msg_free(&m);
+    /* answered while the sum was still being unmasked */
+    ck_assert_int_eq(it_log_count(&d, "secagg round=1: unmasked the sum"), 0);
+    it_client_close(c);
+    free(c);
+    pthread_join(th, NULL);
+    ck_assert_int_eq(b.ok, 4);
+    ck_assert_msg(it_log_wait(&d, "round committed round=1 version=2 accepted=4", 60000), "round 1 did not commit");
+    ck_assert_int_eq(it_stop(&d), 0);
+}
+END_TEST
+
 static int cli_capture(char *out, size_t cap, char **argv)
 {
     int argc = 0;
@@ -557,6 +599,7 @@ Suite *secagg_suite(void)
     tcase_add_test(tc, test_secure_hostile_device);
     tcase_add_test(tc, test_secure_sum_equals_plain_sum);
     tcase_add_test(tc, test_secure_below_threshold_fails_cleanly);
+    tcase_add_test(tc, test_secure_unmask_off_the_loop);
     tcase_add_test(tc, test_secure_distributed_dp);
     suite_add_tcase(s, tc);
     return s;

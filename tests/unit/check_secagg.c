@@ -355,6 +355,21 @@ static void round_make(plait_secagg_round_t *r, uint32_t n, uint32_t k, uint32_t
     ck_assert_int_eq(plait_secagg_round_setup(r, DEP, sizeof(DEP) - 1, round_id, &p, seed, m, len), 0);
 }
 
+/* Device u's own view of a round_make() round: the same context and u's row only (what the agent
+ * builds); checked against the server's full table. */
+static void device_round_make(plait_secagg_round_t *dr, const plait_secagg_round_t *r, uint32_t u)
+{
+    uint8_t seed[32];
+    for (int i = 0; i < 32; i++) seed[i] = (uint8_t)(i * 7 + r->p.n);
+    plait_secagg_params_t p = {.n = r->p.n, .k = r->p.k, .t = r->p.t};
+    plait_secagg_round_init(dr);
+    ck_assert_int_eq(plait_secagg_round_setup_device(dr, DEP, sizeof(DEP) - 1, r->round_id, &p, seed, r->m, r->len, u),
+                     0);
+    ck_assert(memcmp(dr->ctx, r->ctx, sizeof(r->ctx)) == 0);
+    ck_assert(memcmp(plait_secagg_neighbours(dr, u), plait_secagg_neighbours(r, u), r->p.k * sizeof(uint32_t)) == 0);
+    ck_assert_ptr_null(plait_secagg_neighbours(dr, u == 1 ? 2 : 1));
+}
+
 /* A hostile participant in run_round() (0: none): bad_ct_from seals garbage
  * for the recipients in the bit set bad_ct_to (bit v: device v); bad_rev_by
  * reveals a wrong share (one bit flipped) of every other device it is asked
@@ -379,6 +394,7 @@ static int run_round(const fleet_t *f, const plait_secagg_round_t *r, const int 
     plait_drbg_t d;
     drbg_det(&d, seed);
     plait_secagg_device_t **dev = calloc(n + 1, sizeof(*dev));
+    plait_secagg_round_t *devr = calloc(n + 1, sizeof(*devr)); /* each device's own row of the graph */
     plait_secagg_advert_t *adv = calloc(n + 1, sizeof(*adv));
     int *alive = calloc(n + 1, sizeof(int));
     plait_secagg_ct_t *cts = calloc((size_t)n * k + 1, sizeof(plait_secagg_ct_t));
@@ -387,7 +403,8 @@ static int run_round(const fleet_t *f, const plait_secagg_round_t *r, const int 
     ck_assert_int_eq(plait_secagg_server_create(&s, r), 0);
     /* 0: advertise */
     for (uint32_t u = 1; u <= n; u++) {
-        ck_assert_int_eq(plait_secagg_device_create(&dev[u], r, u, &d), 0);
+        device_round_make(&devr[u], r, u);
+        ck_assert_int_eq(plait_secagg_device_create(&dev[u], &devr[u], u, &d), 0);
         if (stage[u] == NO_ADVERT) continue;
         ck_assert_int_eq(plait_secagg_device_advertise(dev[u], f->key[u], &d, &adv[u]), 0);
         ck_assert_int_eq(plait_secagg_advert_verify(r, &adv[u], (const uint8_t *)f->crt[u], strlen(f->crt[u]), NULL),
@@ -477,9 +494,13 @@ static int run_round(const fleet_t *f, const plait_secagg_round_t *r, const int 
     free(rev);
     free(x);
     free(y);
-    for (uint32_t u = 1; u <= n; u++) plait_secagg_device_free(dev[u]);
+    for (uint32_t u = 1; u <= n; u++) {
+        plait_secagg_device_free(dev[u]);
+        plait_secagg_round_free(&devr[u]);
+    }
     plait_secagg_server_free(s);
     free(dev);
+    free(devr);
     free(adv);
     free(alive);
     free(cts);
@@ -932,6 +953,31 @@ START_TEST(test_graph)
             ck_assert(i == 0 || nb[i] > nb[i - 1]);
             ck_assert(plait_secagg_adjacent(&r, nb[i], u)); /* symmetric */
         }
+    }
+    /* A device keeps only its own row (agent_secagg.c): the same row as the server's table. */
+    for (uint32_t u = 1; u <= 101; u += 25) {
+        plait_secagg_round_t dr;
+        device_round_make(&dr, &r, u);
+        ck_assert(plait_secagg_adjacent(&dr, u, plait_secagg_neighbours(&r, u)[0]));
+        plait_drbg_t d;
+        drbg_det(&d, 3);
+        plait_secagg_device_t *dev = NULL;
+        ck_assert_int_eq(plait_secagg_device_create(&dev, &dr, u == 101 ? 1 : u + 1, &d), PLAIT_EINVAL);
+        plait_drbg_free(&d);
+        plait_secagg_round_free(&dr);
+    }
+    {
+        plait_secagg_round_t rc, dr;
+        round_make(&rc, 12, 11, 7, 5, 20, 1); /* complete graph */
+        device_round_make(&dr, &rc, 12);
+        plait_secagg_params_t pc = rc.p;
+        uint8_t s0[32] = {0};
+        ck_assert_int_eq(plait_secagg_round_setup_device(&dr, DEP, sizeof(DEP) - 1, 5, &pc, s0, 20, 1, 13),
+                         PLAIT_EINVAL);
+        ck_assert_int_eq(plait_secagg_round_setup_device(&dr, DEP, sizeof(DEP) - 1, 5, &pc, s0, 20, 1, 0),
+                         PLAIT_EINVAL);
+        plait_secagg_round_free(&dr);
+        plait_secagg_round_free(&rc);
     }
     /* Another seed gives another graph; the same seed the same one. */
     plait_secagg_round_t r2;
