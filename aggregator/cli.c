@@ -25,6 +25,9 @@
 #include <string.h>
 
 #include <limits.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include <signal.h>
 #include <time.h>
 #include <unistd.h>
@@ -343,6 +346,17 @@ static int cmd_serve(int argc, char **argv, FILE *out, FILE *err)
     plait_log_set_sink(json_sink, err);
     /* A peer that vanishes must cost a failed write (EPIPE), not the process. */
     signal(SIGPIPE, SIG_IGN);
+#if defined(__GLIBC__)
+    /* glibc raises its mmap threshold to the largest block freed (up to 32 MiB); the service's
+     * P-sized blocks (arenas, encodings, the files it sends) then come from the heaps, where they
+     * fragment, and the resident set grows round over round (docs/performance.md). A fixed
+     * threshold keeps blocks of 1 MiB and more mapped, given back to the system when freed. It
+     * also fixes the trim threshold, at 128 KiB by default: the heap's free top (frame and
+     * send buffers, a few MiB while devices download) would be given back and faulted in again
+     * many times a round, so up to 16 MiB of it is kept. */
+    (void)mallopt(M_MMAP_THRESHOLD, 1 << 20);
+    (void)mallopt(M_TRIM_THRESHOLD, 16 << 20);
+#endif
     plait_server_t *s = NULL;
     if ((rc = plait_server_create(&s, dir, &c)) != 0) {
         PLAIT_LOG(PLAIT_LOG_ERROR, "cannot start: %s (%s)", plait_errmsg(), plait_err_name(rc));

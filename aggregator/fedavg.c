@@ -127,6 +127,76 @@ int plait_fedavg_add_sum(plait_fedavg_t *fa, const double *s, size_t n, double w
     return 0;
 }
 
+/* The decoded span of a quantized sum, in blocks of BLK doubles (so no caller needs P of them),
+ * either added into add[] or turned into the mean (float)((0.0 + x) / (0.0 + weight)) in mean[]:
+ * exactly what plait_agg_decode_secure_sum() then plait_fedavg_add_sum() (into add, or into a
+ * fresh sum) then plait_fedavg_result() compute, with the same checks in the same order. */
+static int quant_sum_pass(const plait_quant_config_t *qc, const uint32_t *words, size_t n_words, uint64_t n_clients,
+                          size_t dim, double *add, float *mean, double *weight_out)
+{
+    enum { BLK = 512 }; /* 4 KiB on the stack */
+    double blk[BLK];
+    if (qc == NULL || words == NULL || n_words < 2)
+        return plait_fail(PLAIT_EINVAL, "decode_secure_sum: need P + 1 >= 2 words and outputs");
+    const size_t n = n_words - 1;
+    /* Pass 1 checks every word as plait_quant_decode_sum() does (the same errors; an index
+     * relative to the block is restated for the whole span), so nothing is written on error. */
+    for (size_t o = 0; o < n; o += BLK) {
+        size_t k = n - o < BLK ? n - o : BLK;
+        int rc = plait_quant_decode_sum(qc, words + o, k, n_clients, blk);
+        if (rc == PLAIT_EPROTO) {
+            const uint64_t kmax = n_clients * (((uint64_t)1 << qc->bits) - 1);
+            size_t i = o;
+            while (words[i] <= kmax) i++;
+            return plait_fail(PLAIT_EPROTO, "quant_decode: word %zu exceeds %llu clients x %u bits", i,
+                              (unsigned long long)n_clients, qc->bits);
+        }
+        if (rc != 0) return rc;
+    }
+    double weight = 0;
+    int rc = plait_quant_decode_weight_sum(qc, words[n], n_clients, &weight);
+    if (rc != 0) return rc;
+    if (n != dim) return plait_fail(PLAIT_EMISMATCH, "fedavg_add_sum: %zu values, expected %zu", n, dim);
+    if (!isfinite(weight) || weight < 0)
+        return plait_fail(PLAIT_EINVAL, "fedavg_add_sum: weight must be finite and >= 0");
+    const double den = 0.0 + weight; /* a fresh accumulator's weight_sum */
+    if (mean && !(den > 0)) return plait_fail(PLAIT_EAGAIN, "fedavg_result: no update accepted yet");
+    /* Pass 2: decode again (the same arithmetic, so the same doubles). A decoded word is finite
+     * (a 32-bit integer times a finite step), which plait_fedavg_add_sum() would check. */
+    for (size_t o = 0; o < n; o += BLK) {
+        size_t k = n - o < BLK ? n - o : BLK;
+        if ((rc = plait_quant_decode_sum(qc, words + o, k, n_clients, blk)) != 0) return rc; /* cannot fail now */
+        for (size_t i = 0; i < k; i++)
+            if (!isfinite(blk[i])) return plait_fail(PLAIT_EINTERNAL, "fedavg_add_sum: non-finite value at %zu", o + i);
+        if (add)
+            for (size_t i = 0; i < k; i++) add[o + i] += blk[i];
+        else
+            for (size_t i = 0; i < k; i++) mean[o + i] = (float)((0.0 + blk[i]) / den);
+    }
+    *weight_out = weight;
+    return 0;
+}
+
+int plait_fedavg_add_quant_sum(plait_fedavg_t *fa, const plait_quant_config_t *qc, const uint32_t *words,
+                               size_t n_words, uint64_t n_clients)
+{
+    if (fa == NULL) return plait_fail(PLAIT_EINVAL, "fedavg_add_sum: NULL argument");
+    double weight = 0;
+    int rc = quant_sum_pass(qc, words, n_words, n_clients, fa->cfg.dim, fa->sum, NULL, &weight);
+    if (rc != 0) return rc;
+    fa->st.weight_sum += weight;
+    fa->st.accepted += n_clients;
+    return 0;
+}
+
+int plait_agg_mean_quant_sum(const plait_quant_config_t *qc, const uint32_t *words, size_t n_words,
+                             uint64_t n_clients, float *out, size_t n)
+{
+    if (out == NULL) return plait_fail(PLAIT_EINVAL, "fedavg_result: NULL argument");
+    double weight = 0;
+    return quant_sum_pass(qc, words, n_words, n_clients, n, NULL, out, &weight);
+}
+
 const double *plait_fedavg_sum(const plait_fedavg_t *fa) { return fa->sum; }
 
 void plait_fedavg_stats(const plait_fedavg_t *fa, plait_fedavg_stats_t *st) { *st = fa->st; }

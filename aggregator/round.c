@@ -20,6 +20,10 @@
  * Workload: one call per check-in and per update; a quantized update costs a
  * decode and a norm over P values plus a P-word add; aggregate and commit
  * are O(P). The cohort table is an open-addressing hash of 2·want slots.
+ * Memory: 12 bytes a word for plain quantized FedAvg (the global span, the
+ * round's mean, the integer sum: the mean is decoded from the sum in blocks);
+ * float updates, central DP and ddg add the double accumulator, the robust
+ * estimators and ddg a double per word of scratch, the robust ones every update.
  */
 #include "plait/round.h"
 
@@ -43,7 +47,7 @@ struct plait_round_s {
     plait_round_state_t state;
     float *global;      /* (P) committed global span */
     float *pending;     /* (P) averaged update Δ awaiting commit */
-    double *scratch;    /* (P) one decoded update */
+    double *scratch;    /* (P) one decoded update (robust or ddg only, else NULL) */
     uint32_t *wsum;     /* (P + 1 + clip_bit) sum mod 2^32 of quantized words */
     plait_fedavg_t *fa; /* float updates, and the decoded sum of quantized ones */
     plait_server_opt_t *opt;
@@ -208,11 +212,19 @@ void plait_round_destroy(plait_round_t *r)
     free(r);
 }
 
+/* The plain mean of quantized updates needs no double accumulator: aggregate() decodes the
+ * integer sum straight into the mean (plait_agg_mean_quant_sum). */
+static int mean_direct(const plait_round_t *r)
+{
+    return r->cfg.quantized && !r->cfg.ddg && !r->cfg.dp && !r->cfg.robust;
+}
+
 /* A fresh accumulator for the round: the clip bound may have moved (adaptive DP). */
 static int make_fedavg(plait_round_t *r)
 {
     plait_fedavg_destroy(r->fa);
     r->fa = NULL;
+    if (mean_direct(r)) return 0;
     plait_fedavg_config_t fc;
     plait_fedavg_config_default(&fc);
     fc.dim = r->cfg.dim;
@@ -241,10 +253,12 @@ int plait_round_create(plait_round_t **out, const plait_round_config_t *cfg, con
     while (r->tab_cap < 2 * want) r->tab_cap <<= 1;
     r->global = malloc(P * sizeof(float));
     r->pending = calloc(P, sizeof(float));
-    r->scratch = calloc(P, sizeof(double));
+    /* One decoded update: only the robust estimators (per update) and a ddg sum need it; the
+     * plain sum is decoded in blocks (plait_fedavg_add_quant_sum), so P doubles are not kept. */
+    if (cfg->robust || cfg->ddg) r->scratch = calloc(P, sizeof(double));
     r->wsum = calloc(P + 2, sizeof(uint32_t));
     r->tab = calloc(r->tab_cap, sizeof(member_t));
-    if (!r->global || !r->pending || !r->scratch || !r->wsum || !r->tab) {
+    if (!r->global || !r->pending || ((cfg->robust || cfg->ddg) && !r->scratch) || !r->wsum || !r->tab) {
         plait_round_destroy(r);
         return plait_fail(PLAIT_ENOMEM, "round: buffers for %zu values", P);
     }
@@ -645,10 +659,16 @@ int plait_round_aggregate(plait_round_t *r, plait_rng_t *rng)
         rc = plait_quant_decode_weight_sum(&r->cfg.quant, r->wsum[P], r->st.accepted, &wsum);
         if (rc == 0) rc = plait_fedavg_add_sum(r->fa, r->scratch, P, wsum, r->st.accepted);
         if (rc == 0) r->st.noise_stddev = sqrt(n * r->cfg.ddg_var) * step / (wsum > 0 ? wsum : 1);
+    } else if (mean_direct(r)) {
+        rc = plait_agg_mean_quant_sum(&r->cfg.quant, r->wsum, P + 1, r->st.accepted, r->pending, P);
+        /* EAGAIN (a zero weight) is the mean's own error: as in the path below, the clip-bit word
+         * is decoded first, and its error, if any, is the one reported. */
+        if ((rc == 0 || rc == PLAIT_EAGAIN) && r->cfg.clip_bit) {
+            int rb = plait_quant_decode_weight_sum(&r->cfg.quant, r->wsum[P + 1], r->st.accepted, &unclipped);
+            if (rb != 0) rc = rb;
+        }
     } else if (r->cfg.quantized) {
-        double wsum = 0;
-        rc = plait_agg_decode_secure_sum(&r->cfg.quant, r->wsum, P + 1, r->st.accepted, r->scratch, &wsum);
-        if (rc == 0) rc = plait_fedavg_add_sum(r->fa, r->scratch, P, wsum, r->st.accepted);
+        rc = plait_fedavg_add_quant_sum(r->fa, &r->cfg.quant, r->wsum, P + 1, r->st.accepted);
         /* Adaptive clipping: the unclipped count is the decoded sum of the clip-bit words. */
         if (rc == 0 && r->cfg.clip_bit)
             rc = plait_quant_decode_weight_sum(&r->cfg.quant, r->wsum[P + 1], r->st.accepted, &unclipped);
@@ -664,6 +684,8 @@ int plait_round_aggregate(plait_round_t *r, plait_rng_t *rng)
             }
         } else if (r->robust) {
             rc = plait_robust_result(r->robust, r->cfg.robust_kind, r->pending, P);
+        } else if (mean_direct(r)) {
+            /* r->pending holds the mean already */
         } else {
             rc = plait_fedavg_result(r->fa, r->pending, P);
         }

@@ -179,9 +179,10 @@ static int setup_model(plait_server_t *s)
     if ((rc = plait_lora_setup(&s->lora, &s->mcfg, &lc)) != 0) return rc;
     plait_lora_init_weights(&s->lora, s->cfg.a_seed);
     if ((rc = plait_update_span(&s->lora, s->mode, &s->span_off, &s->span_len)) != 0) return rc;
-    s->committed = malloc(s->span_len * sizeof(float));
-    if (!s->committed) return PLAIT_ENOMEM;
-    memcpy(s->committed, s->lora.params + s->span_off, s->span_len * sizeof(float));
+    /* The widest update a round takes (span, weight, clip bit; an evaluation's 2 words fit). */
+    s->words_cap = s->span_len + 2;
+    s->words = malloc(s->words_cap * sizeof(uint32_t));
+    if (!s->words) return PLAIT_ENOMEM;
     return 0;
 }
 
@@ -215,7 +216,6 @@ static int setup_versions(plait_server_t *s)
         }
         memcpy(s->lora.params, l.params, l.n_params * sizeof(float));
         plait_lora_free(&l);
-        memcpy(s->committed, s->lora.params + s->span_off, s->span_len * sizeof(float));
         b->version = (uint64_t)number;
     } else if (rc == PLAIT_ENOENT) {
         if ((rc = plait_adapter_save_mem(&s->lora, s->base_sha, &b->data, &b->len)) != 0) {
@@ -343,7 +343,7 @@ static int setup_round(plait_server_t *s)
         return e;
     }
     plait_drbg_free(&d);
-    if ((e = plait_round_create(&s->round, rc, s->committed, s->span_len)) != 0) return e;
+    if ((e = plait_round_create(&s->round, rc, s->blob->params + s->span_off, s->span_len)) != 0) return e;
     /* Resume the server optimizer's state saved with the latest version. */
     int kind = 0;
     float *state = NULL;
@@ -533,8 +533,10 @@ void plait_server_destroy(plait_server_t *s)
     plait_lora_free(&s->lora);
     plait__srv_hist_clear(s);
     plait__srv_blob_unref(s->blob);
-    free(s->committed);
     plait__srv_cohort_clear(s);
+    plait__srv_upd_pool_clear(s);
+    if (s->words) plait_zeroize(s->words, s->words_cap * sizeof(uint32_t));
+    free(s->words);
     free(s->cohort);
     free(s->pace);
     plait__sa_free(s->sa);

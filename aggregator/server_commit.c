@@ -14,6 +14,9 @@
  */
 #include "server_int.h"
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -207,8 +210,7 @@ static int round_rate(plait_server_t *s, uint64_t rid);
 void plait__srv_cohort_clear(plait_server_t *s)
 {
     for (size_t i = 0; i < s->n_cohort; i++) {
-        if (s->cohort[i].pending) plait_zeroize(s->cohort[i].pending, s->cohort[i].n_pending * sizeof(uint32_t));
-        free(s->cohort[i].pending);
+        plait__srv_upd_free(s, s->cohort[i].pending, s->cohort[i].n_pending, s->cohort[i].w_pending);
         s->cohort[i].pending = NULL;
     }
     s->n_cohort = 0;
@@ -327,7 +329,6 @@ static void after_job(uv_work_t *req, int status)
             plait__srv_hist_push(s, s->blob);
             s->blob = j->blob;
             j->blob = NULL;
-            memcpy(s->committed, plait_round_global(s->round), s->span_len * sizeof(float));
             s->m.rounds_committed++;
             s->m.round_seconds_sum += j->duration;
             s->m.round_seconds_count++;
@@ -484,6 +485,14 @@ void plait__srv_start_commit(plait_server_t *s)
             if (j->uploaders[j->n_uploaders]) j->n_uploaders++;
         }
     j->kind = JOB_COMMIT;
+    /* The uploads and downloads are over: the pooled update buffers, and the frame and send
+     * buffers kept in the heap during the round (plait-aggregator serve's malloc settings), are
+     * given back before the commit allocates the new version, so that they add neither to its
+     * peak nor to the next round's downloads. */
+    plait__srv_upd_pool_clear(s);
+#if defined(__GLIBC__)
+    (void)malloc_trim(0);
+#endif
     j->stats = s->rs;
     j->stats.participants = (int64_t)s->n_cohort;
     plait_round_stats_t st;
@@ -497,7 +506,7 @@ void plait__srv_start_commit(plait_server_t *s)
 static int rebuild_round(plait_server_t *s)
 {
     plait_round_t *r = NULL;
-    int rc = plait_round_create(&r, &s->rcfg, s->committed, s->span_len);
+    int rc = plait_round_create(&r, &s->rcfg, s->blob->params + s->span_off, s->span_len);
     if (rc != 0) return rc;
     plait_round_destroy(s->round);
     s->round = r;

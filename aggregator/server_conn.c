@@ -29,7 +29,7 @@
 #include "plait/crypto.h"
 #include "plait/log.h"
 
-#define IN_KEEP_BYTES 16384 /* plaintext buffer a connection keeps between frames */
+#define IN_KEEP_BYTES 0 /* plaintext buffer a connection keeps between frames: none (N connections wait) */
 
 static uint64_t client_of(const char *device)
 {
@@ -183,8 +183,7 @@ void plait__srv_on_conn_closed(uv_handle_t *h)
     plait_tls_free(c->tls);
     plait__srv_blob_unref(c->dl);
     if (c->parked) s->n_parked--;
-    if (c->upd) plait_zeroize(c->upd, c->upd_total * sizeof(uint32_t));
-    free(c->upd);
+    plait__srv_upd_free(s, c->upd, c->upd_total, c->upd_w);
     if (c->in) plait_zeroize(c->in, c->in_cap);
     free(c->in);
     free(c);
@@ -572,8 +571,16 @@ static int in_append(conn_t *c, const uint8_t *p, size_t n)
     size_t lim = (c->authed ? s->lim.max_frame : s->lim.max_preauth_frame) + PLAIN_CHUNK;
     if (c->in_len + n > lim) return PLAIT_ETOOBIG;
     if (c->in_len + n > c->in_cap) {
-        size_t nc = c->in_cap ? c->in_cap : 4096;
-        while (nc < c->in_len + n) nc *= 2;
+        size_t need = c->in_len + n, nc = c->in_cap ? c->in_cap : 4096;
+        while (nc < need) nc *= 2;
+        if (need >= 4) {
+            /* The buffer starts with a frame: doubling stops at its declared size, so a 256 KiB
+             * chunk is held in 256 KiB, not 512 (never more than twice what was received). */
+            uint32_t fl = 0;
+            for (size_t k = 0; k < 4; k++) fl = fl << 8 | (k < c->in_len ? c->in[k] : p[k - c->in_len]);
+            uint64_t total = 4u + (uint64_t)fl;
+            if (total >= need && total < nc) nc = (size_t)total;
+        }
         if (nc > lim) nc = lim;
         uint8_t *q = malloc(nc); /* not realloc: the old buffer may hold update words, wiped first */
         if (!q) return PLAIT_ENOMEM;

@@ -4,7 +4,8 @@
  *
  * Every version (blob_t) keeps the parameter arena it serializes. The
  * service keeps the download_delta_keep versions before the current one
- * (s->hist). A device that asks for the current version from offset 0 says
+ * (s->hist), each as its arena and hash alone (a base for deltas: 4 bytes a
+ * parameter); a version's file and encodings live while a connection sends them. A device that asks for the current version from offset 0 says
  * which encodings it can rebuild and, for a delta, the SHA-256 of the
  * adapter it holds; it gets the smallest of:
  *   - FULL: the adapter file;
@@ -12,7 +13,8 @@
  *   - SEEDED (FFA-LoRA): the B span, A being what the task's a_seed gives.
  * Each encoding is built once per version (and per base for a delta), on
  * first use, and cached on the blob, so its cost does not grow with the
- * cohort; a built encoding is immutable and lives as long as its blob, which
+ * cohort; so is a failure to build one (out of memory), so that the O(n)
+ * attempt is not repeated for every later request of that version; a built encoding is immutable and lives as long as its blob, which
  * every connection sending it holds a reference to. The device checks the
  * rebuilt adapter against the task's adapter_sha256 and falls back to a full
  * download on any mismatch.
@@ -57,6 +59,23 @@ void plait__srv_hist_push(plait_server_t *s, blob_t *old)
         plait__srv_blob_unref(old);
         return;
     }
+    /* Only the arena and the hash serve as a base from now on (no request is for an old
+     * version): they move to a small entry, and the file and encodings go with the last
+     * connection still sending them (at once when none is). */
+    blob_t *h = calloc(1, sizeof(*h));
+    if (!h) { /* best effort: no deltas from it */
+        plait__srv_blob_unref(old);
+        return;
+    }
+    h->refs = 1;
+    h->version = old->version;
+    memcpy(h->sha, old->sha, 32);
+    h->params = old->params;
+    h->n_params = old->n_params;
+    h->n_a = old->n_a;
+    old->params = NULL;
+    plait__srv_blob_unref(old);
+    old = h;
     while (s->n_hist >= keep) plait__srv_blob_unref(s->hist[--s->n_hist]); /* never past DL_KEEP_MAX */
     memmove(s->hist + 1, s->hist, s->n_hist * sizeof(s->hist[0]));
     s->hist[0] = old;
@@ -141,18 +160,20 @@ int plait__srv_commit_quant(plait_server_t *s, blob_t *nb)
 static const dl_delta_t *delta_for(blob_t *b, const blob_t *base)
 {
     for (size_t i = 0; i < b->n_delta; i++)
-        if (memcmp(b->delta[i].base, base->sha, 32) == 0) return &b->delta[i];
+        if (memcmp(b->delta[i].base, base->sha, 32) == 0) return b->delta[i].data ? &b->delta[i] : NULL;
     if (b->n_delta == sizeof(b->delta) / sizeof(b->delta[0]) || base->n_params != b->n_params)
         return NULL;
     dl_delta_t *d = &b->delta[b->n_delta];
+    memcpy(d->base, base->sha, 32);
+    b->n_delta++; /* a failure is kept too (data NULL): each request would pay the O(n) attempt again */
     if (plait_delta_encode_exact(base->params, b->params, b->n_params, &d->data, &d->len) != 0) {
-        PLAIT_LOG(PLAIT_LOG_WARN, "download delta v%llu -> v%llu: %s; sending full adapters",
-                  (unsigned long long)base->version, (unsigned long long)b->version,
-                  plait_errmsg());
+        d->data = NULL;
+        d->len = 0;
+        PLAIT_LOG(PLAIT_LOG_WARN, "download delta v%llu -> v%llu: %s; sending full adapters to devices holding v%llu",
+                  (unsigned long long)base->version, (unsigned long long)b->version, plait_errmsg(),
+                  (unsigned long long)base->version);
         return NULL;
     }
-    memcpy(d->base, base->sha, 32);
-    b->n_delta++;
     PLAIT_LOG(PLAIT_LOG_DEBUG, "download delta v%llu -> v%llu: %zu bytes (adapter %zu)",
               (unsigned long long)base->version, (unsigned long long)b->version, d->len, b->len);
     return d;
@@ -162,10 +183,16 @@ static const dl_delta_t *delta_for(blob_t *b, const blob_t *base)
 static int seeded_for(blob_t *b)
 {
     if (b->seeded) return 0;
+    if (b->seeded_failed) return PLAIT_ENOMEM; /* tried once for this version */
     size_t n = b->n_params - b->n_a;
     if (n == 0) return PLAIT_ENOENT;
     uint8_t *p = malloc(n * 4);
-    if (!p) return plait_fail(PLAIT_ENOMEM, "seeded encoding: %zu bytes", n * 4);
+    if (!p) {
+        b->seeded_failed = 1;
+        PLAIT_LOG(PLAIT_LOG_WARN, "seeded encoding of v%llu: out of memory for %zu bytes; sending full adapters",
+                  (unsigned long long)b->version, n * 4);
+        return plait_fail(PLAIT_ENOMEM, "seeded encoding: %zu bytes", n * 4);
+    }
     for (size_t i = 0; i < n; i++) {
         uint32_t u;
         memcpy(&u, &b->params[b->n_a + i], 4);

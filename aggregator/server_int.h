@@ -61,7 +61,7 @@
 /* A download delta to this version from an older one, encoded once (server_dl.c). */
 typedef struct {
     uint8_t base[32];            /* SHA-256 of the base version */
-    uint8_t *data;
+    uint8_t *data;               /* NULL: encoding it failed (out of memory), not tried again */
     size_t len;
 } dl_delta_t;
 
@@ -77,6 +77,7 @@ typedef struct blob_s {
     size_t n_params, n_a;
     uint8_t *seeded;             /* FFA-LoRA: the B span, float32 LE (built on first use) */
     size_t seeded_len;
+    int seeded_failed;           /* building it failed (out of memory): not tried again for this version */
     dl_delta_t delta[DL_KEEP_MAX + 1]; /* from kept older versions (built on first use) */
     size_t n_delta;
 } blob_t;
@@ -105,7 +106,8 @@ struct conn_s {
     plait_adapter_encoding_t dl_enc; /* encoding of the transfer: dl_data, dl_len belong to dl */
     const uint8_t *dl_data;
     size_t dl_len;
-    uint32_t *upd;
+    uint8_t *upd;                     /* the update as received: upd_total words of upd_w bytes (server_round.c) */
+    unsigned upd_w;
     uint64_t upd_total, upd_have;
     uint32_t upd_next;
     char addr[PLAIT__ADMIT_ADDR_MAX]; /* peer IP address */
@@ -139,8 +141,9 @@ typedef struct {
     int submitted; /* 0 training, 1 accepted, 2 held (uploaded during selection), -1 refused or
                       dropped, -2 left during selection, -3 declined during selection */
     char device[PLAIT_PKI_ID_MAX + 1];
-    uint32_t *pending; /* submitted == 2: the update, owned */
+    uint8_t *pending;  /* submitted == 2: the update (n_pending words of w_pending bytes), owned */
     size_t n_pending;
+    unsigned w_pending;
     double left_at;    /* submitted == -2: when its last connection closed */
     int revoked;       /* revoked while in the round: its update is not taken */
 } member_t;
@@ -174,8 +177,8 @@ struct plait_server_s {
     plait_lora_t lora;           /* worker-owned while busy: template for blobs */
     plait_lora_mode_t mode;
     size_t span_off, span_len;
-    float *committed;            /* last committed global span (span_len floats) */
-    blob_t *blob;                /* the committed global adapter */
+    blob_t *blob;                /* the committed global adapter; its arena's span is the round core's
+                                    global span (the core is rebuilt from it after a failed commit) */
     blob_t *hist[DL_KEEP_MAX];   /* the versions before it, newest first, for download deltas */
     size_t n_hist;
     uint64_t dl_round_n, dl_round_bytes; /* downloads started and adapter bytes sent in the current round */
@@ -227,6 +230,11 @@ struct plait_server_s {
     uint8_t readbuf[READ_BUF];
     uint8_t plain[PLAIN_CHUNK];
     int read_busy;
+    uint32_t *words;             /* (span_len + 2) one update widened to 32-bit words for the round core, and
+                                    a packed chunk being unpacked (loop thread; wiped after each use) */
+    size_t words_cap;
+    uint8_t **upool;             /* wiped update buffers kept for the next uploads (server_round.c) */
+    size_t n_upool, cap_upool;
 };
 
 /* The loop's clock, in seconds. */
@@ -241,7 +249,8 @@ void plait__srv_blob_unref(blob_t *b);
 
 /** \brief Give b its arena (copied) for the download encodings. \return 0 or PLAIT_ENOMEM. */
 int plait__srv_blob_set_params(blob_t *b, const float *params, size_t n_params, size_t n_a);
-/** \brief A new version is committed: old (the reference is taken over) joins the kept versions. */
+/** \brief A new version is committed: old (the reference is taken over) joins the kept versions as
+ *         its arena and hash alone; its file and encodings go with the last connection sending them. */
 void plait__srv_hist_push(plait_server_t *s, blob_t *old);
 /** \brief At start: keep the download_delta_keep stored versions before s->blob (best effort). */
 void plait__srv_hist_load(plait_server_t *s);
@@ -283,6 +292,10 @@ void plait__srv_fail_conn(conn_t *c, plait__rej_t why, int code, const char *wir
 void plait__srv_revoke_sweep(plait_server_t *s);
 /** \brief The federation listener's connection callback. */
 void plait__srv_on_conn(uv_stream_t *l, int status);
+/** \brief Wipe an update buffer of n words of w bytes and give it back to the pool (NULL does nothing). */
+void plait__srv_upd_free(plait_server_t *s, uint8_t *b, size_t n, unsigned w);
+/** \brief Free the pool of update buffers (destroy). */
+void plait__srv_upd_pool_clear(plait_server_t *s);
 /** \brief Update buffers in use: uploads being received plus updates held until training starts. */
 size_t plait__srv_uploads_busy(const plait_server_t *s);
 /** \brief Resume parked uploads, oldest first, while buffers are free (loop thread; tick and reads). */

@@ -103,7 +103,7 @@ void plait__srv_conn_leave_round(conn_t *c)
               (unsigned long long)c->round_id, c->device, s->cfg.rejoin_grace_s);
 }
 
-static void submit_member(plait_server_t *s, member_t *mb, uint32_t *words, size_t n, conn_t *c);
+static void submit_member(plait_server_t *s, member_t *mb, uint8_t *upd, size_t n, unsigned w, conn_t *c);
 
 /* Once training has started: submit updates held since selection, and report
  * devices that left during selection as dropouts. */
@@ -113,9 +113,9 @@ static void report_early_dropouts(plait_server_t *s)
     for (size_t i = 0; i < s->n_cohort && !s->busy && plait_round_state(s->round) == PLAIT_ROUND_TRAINING; i++) {
         member_t *mb = &s->cohort[i];
         if (mb->submitted == 2) {
-            uint32_t *w = mb->pending;
+            uint8_t *w = mb->pending;
             mb->pending = NULL;
-            submit_member(s, mb, w, mb->n_pending, NULL);
+            submit_member(s, mb, w, mb->n_pending, mb->w_pending, NULL);
             continue;
         }
         if (mb->submitted != -3 && (mb->submitted != -2 || now_s(s) - mb->left_at < s->cfg.rejoin_grace_s))
@@ -378,16 +378,134 @@ void plait__srv_round_step(plait_server_t *s)
 
 /* ---- messages ------------------------------------------------------------------ */
 
+/* ---- update buffers ------------------------------------------------------------ *
+ * An update is kept as it arrives, one word in w bytes (little-endian): w = ceil(quant_bits / 8),
+ * so at 8 bits a buffered update costs P bytes, not 4·P. Packed chunks at 8, 16 or 24 bits are
+ * copied as they are (the layout is the same); other widths are unpacked, then stored. A word
+ * that does not fit in w bytes (a device sending 32-bit words out of range) widens the whole
+ * buffer to 4 bytes a word, so every word reaches the round core exactly as sent and is
+ * judged there. Only when the update is complete is it widened, once, into s->words.
+ *
+ * Freed buffers are wiped and kept in a pool (at most max_uploads_in_flight of them) for the
+ * round's next uploads, instead of being given back to the system and faulted in again for
+ * each device (the page faults cost more than the copy here); the pool is emptied when the
+ * round's commit starts (server_commit.c), so between rounds, and while the next round's
+ * devices download, no update buffer is held.
+ * Each buffer carries its capacity in a header of UHDR bytes before the data. */
+
+#define UHDR 16
+
+static size_t ubuf_cap(const uint8_t *b)
+{
+    size_t c;
+    memcpy(&c, b - UHDR, sizeof(c));
+    return c;
+}
+
+/* A buffer of at least `bytes` (> 0): the smallest pooled one that fits, else a new one. */
+static uint8_t *upd_get(plait_server_t *s, size_t bytes)
+{
+    size_t best = s->n_upool;
+    for (size_t i = 0; i < s->n_upool; i++)
+        if (ubuf_cap(s->upool[i]) >= bytes && (best == s->n_upool || ubuf_cap(s->upool[i]) < ubuf_cap(s->upool[best])))
+            best = i;
+    if (best < s->n_upool) {
+        uint8_t *b = s->upool[best];
+        s->upool[best] = s->upool[--s->n_upool];
+        return b;
+    }
+    uint8_t *raw = malloc(UHDR + bytes);
+    if (!raw) return NULL;
+    memcpy(raw, &bytes, sizeof(bytes));
+    return raw + UHDR;
+}
+
+void plait__srv_upd_free(plait_server_t *s, uint8_t *b, size_t n, unsigned w)
+{
+    if (!b) return;
+    plait_zeroize(b, n * w); /* the rest of a pooled buffer is zero already (wiped at each return) */
+    size_t keep = (size_t)s->cfg.max_uploads_in_flight;
+    if (s->n_upool == s->cap_upool && s->cap_upool < keep) {
+        size_t nc = s->cap_upool ? 2 * s->cap_upool : 16;
+        if (nc > keep) nc = keep;
+        uint8_t **np = realloc(s->upool, nc * sizeof(*np));
+        if (np) {
+            s->upool = np;
+            s->cap_upool = nc;
+        }
+    }
+    if (s->n_upool < s->cap_upool) {
+        s->upool[s->n_upool++] = b;
+        return;
+    }
+    /* Full: keep the larger of b and the smallest pooled buffer. */
+    size_t small = 0;
+    for (size_t i = 1; i < s->n_upool; i++)
+        if (ubuf_cap(s->upool[i]) < ubuf_cap(s->upool[small])) small = i;
+    if (s->n_upool > 0 && ubuf_cap(s->upool[small]) < ubuf_cap(b)) {
+        uint8_t *t = s->upool[small];
+        s->upool[small] = b;
+        b = t;
+    }
+    free(b - UHDR);
+}
+
+void plait__srv_upd_pool_clear(plait_server_t *s)
+{
+    for (size_t i = 0; i < s->n_upool; i++) free(s->upool[i] - UHDR);
+    free(s->upool);
+    s->upool = NULL;
+    s->n_upool = s->cap_upool = 0;
+}
+
+/* c's buffer from w bytes a word to 4. */
+static int upd_widen(conn_t *c)
+{
+    plait_server_t *s = c->srv;
+    size_t n = (size_t)c->upd_total, w = c->upd_w;
+    uint8_t *b = upd_get(s, n * 4);
+    if (!b) return plait_fail(PLAIT_ENOMEM, "update buffer of %zu words", n);
+    for (size_t i = 0; i < (size_t)c->upd_have; i++) {
+        uint32_t v = 0;
+        for (size_t k = 0; k < w; k++) v |= (uint32_t)c->upd[w * i + k] << (8 * k);
+        for (size_t k = 0; k < 4; k++) b[4 * i + k] = (uint8_t)(v >> (8 * k));
+    }
+    plait__srv_upd_free(s, c->upd, n, (unsigned)w);
+    c->upd = b;
+    c->upd_w = 4;
+    return 0;
+}
+
+/* Append n words at c->upd_have. */
+static int upd_store(conn_t *c, const uint32_t *v, size_t n)
+{
+    if (c->upd_w < 4) {
+        uint32_t lim = (uint32_t)1 << (8 * c->upd_w), big = 0;
+        for (size_t i = 0; i < n; i++) big |= (uint32_t)(v[i] >= lim);
+        if (big && upd_widen(c) != 0) return PLAIT_ENOMEM;
+    }
+    uint8_t *o = c->upd + (size_t)c->upd_have * c->upd_w;
+    if (c->upd_w == 1) {
+        for (size_t i = 0; i < n; i++) o[i] = (uint8_t)v[i];
+    } else {
+        for (size_t i = 0; i < n; i++)
+            for (size_t k = 0; k < c->upd_w; k++) o[c->upd_w * i + k] = (uint8_t)(v[i] >> (8 * k));
+    }
+    return 0;
+}
+
 /* Hand a complete update to the round core; ack or refuse on c (NULL: the
- * device's connection, if it still has one). Takes ownership of words. */
-static void submit_member(plait_server_t *s, member_t *mb, uint32_t *words, size_t n, conn_t *c)
+ * device's connection, if it still has one). Takes ownership of upd (n words of w bytes). */
+static void submit_member(plait_server_t *s, member_t *mb, uint8_t *upd, size_t n, unsigned w, conn_t *c)
 {
     if (c == NULL)
         for (conn_t *o = s->conns; o; o = o->next)
             if (!o->closing && o->client == mb->client && o->round_id == s->cur_rid) c = o;
-    int rc = plait_round_submit_words(s->round, mb->client, s->cur_core, words, n, 0, now_s(s));
-    plait_zeroize(words, n * sizeof(uint32_t));
-    free(words);
+    int rc = n <= s->words_cap ? plait_unpack_bits(upd, n * w, n, 8 * w, s->words)
+                               : plait_fail(PLAIT_EINTERNAL, "update of %zu words, room for %zu", n, s->words_cap);
+    plait__srv_upd_free(s, upd, n, w);
+    if (rc == 0) rc = plait_round_submit_words(s->round, mb->client, s->cur_core, s->words, n, 0, now_s(s));
+    if (n <= s->words_cap) plait_zeroize(s->words, n * sizeof(uint32_t));
     if (rc == 0) {
         mb->submitted = 1;
         s->m.updates_accepted++;
@@ -475,7 +593,8 @@ void plait__srv_handle_update(conn_t *c, const plait_msg_update_chunk_t *u)
         return;
     }
     if (c->upd == NULL) {
-        c->upd = malloc(expect * sizeof(uint32_t));
+        c->upd_w = (qbits + 7) / 8;
+        c->upd = upd_get(s, (size_t)expect * c->upd_w);
         if (!c->upd) {
             PLAIT_LOG(PLAIT_LOG_ERROR, "conn=%llu: out of memory for an update", (unsigned long long)c->id);
             plait__srv_fail_conn(c, PLAIT__REJ_MALFORMED_UPDATE, PLAIT_EBUSY, "out of memory");
@@ -486,11 +605,24 @@ void plait__srv_handle_update(conn_t *c, const plait_msg_update_chunk_t *u)
     }
     /* The decoder checked the form, the span (offset + n_words <= total_elements, and
      * offset == upd_have above) and, packed, the exact length and zero padding. */
+    int src = 0;
     if (u->words) {
-        memcpy(c->upd + c->upd_have, u->words, u->n_words * sizeof(uint32_t));
-    } else if (plait_unpack_bits(u->packed, u->packed_len, u->n_words, u->bits, c->upd + c->upd_have) != 0) {
+        src = upd_store(c, u->words, u->n_words);
+    } else if (u->bits == 8 * c->upd_w && u->packed_len == u->n_words * c->upd_w) {
+        memcpy(c->upd + (size_t)c->upd_have * c->upd_w, u->packed, u->packed_len); /* the same layout */
+    } else if (u->n_words > s->words_cap) {
+        src = plait_fail(PLAIT_EINTERNAL, "update chunk of %zu words, room for %zu", u->n_words, s->words_cap);
+    } else if ((src = plait_unpack_bits(u->packed, u->packed_len, u->n_words, u->bits, s->words)) != 0) {
         plait__srv_reject(c, PLAIT__REJ_BAD_MESSAGE, "update chunk %u: %s", u->chunk_index, plait_errmsg());
         plait__srv_fail_conn(c, PLAIT__REJ_BAD_MESSAGE, PLAIT_EPROTO, "bad packed update chunk");
+        return;
+    } else {
+        src = upd_store(c, s->words, u->n_words);
+        plait_zeroize(s->words, u->n_words * sizeof(uint32_t));
+    }
+    if (src != 0) {
+        PLAIT_LOG(PLAIT_LOG_ERROR, "conn=%llu: storing an update chunk: %s", (unsigned long long)c->id, plait_errmsg());
+        plait__srv_fail_conn(c, PLAIT__REJ_MALFORMED_UPDATE, PLAIT_EBUSY, "out of memory");
         return;
     }
     s->m.upload_chunks[u->words ? 0 : 1]++;
@@ -499,25 +631,25 @@ void plait__srv_handle_update(conn_t *c, const plait_msg_update_chunk_t *u)
     c->upd_next++;
     if (c->upd_have < c->upd_total) return;
 
-    uint32_t *words = c->upd;
+    uint8_t *words = c->upd;
+    unsigned w = c->upd_w;
     c->upd = NULL;
     c->upd_have = 0;
     c->upd_next = 0;
     if (plait_round_state(s->round) == PLAIT_ROUND_SELECTION) {
         /* Trained before selection ended: hold the update (the member owns it
          * now, so a disconnect does not lose it) and submit it when training starts. */
-        if (mb->pending) { /* a resumed device uploads its stored update again: keep one */
-            plait_zeroize(mb->pending, mb->n_pending * sizeof(uint32_t));
-            free(mb->pending);
-        }
+        /* a resumed device uploads its stored update again: keep one */
+        plait__srv_upd_free(s, mb->pending, mb->n_pending, mb->w_pending);
         mb->pending = words;
         mb->n_pending = (size_t)expect;
+        mb->w_pending = w;
         mb->submitted = 2;
         PLAIT_LOG(PLAIT_LOG_INFO, "update held until training starts round=%llu device=%s",
                   (unsigned long long)u->round_id, c->device);
         return;
     }
-    submit_member(s, mb, words, (size_t)expect, c);
+    submit_member(s, mb, words, (size_t)expect, w, c);
 }
 
 /* A device declined its task (a DeclineCode, never text: only the code is logged). It takes
@@ -566,12 +698,9 @@ void plait__srv_member_revoke(plait_server_t *s, member_t *mb)
                   mb->device, (unsigned long long)s->cur_rid);
         return;
     }
-    if (mb->pending) {
-        plait_zeroize(mb->pending, mb->n_pending * sizeof(uint32_t));
-        free(mb->pending);
-        mb->pending = NULL;
-        mb->n_pending = 0;
-    }
+    plait__srv_upd_free(s, mb->pending, mb->n_pending, mb->w_pending);
+    mb->pending = NULL;
+    mb->n_pending = 0;
     if (mb->submitted == -1 || mb->submitted == -3) return; /* refused, dropped or declined already */
     if (plait_round_state(s->round) == PLAIT_ROUND_TRAINING) {
         mb->submitted = -1;

@@ -98,6 +98,27 @@ int plait_fedavg_add(plait_fedavg_t *fa, const float *u, size_t n, double exampl
  */
 int plait_fedavg_add_sum(plait_fedavg_t *fa, const double *s, size_t n, double weight, uint64_t n_clients);
 
+/**
+ * \brief plait_agg_decode_secure_sum() of words[0, n_words) followed by
+ *        plait_fedavg_add_sum() of the result, bit for bit, without the
+ *        caller's P doubles: the span is decoded in small blocks straight into
+ *        the sum (the round core's memory stays at a few bytes per word).
+ * \param words the mod-2^32 sum of n_clients encoded updates: P span words, then the weight word.
+ * \return 0; the codes of those two functions (the sum is untouched on any error).
+ */
+int plait_fedavg_add_quant_sum(plait_fedavg_t *fa, const plait_quant_config_t *qc, const uint32_t *words,
+                               size_t n_words, uint64_t n_clients);
+
+/**
+ * \brief The weighted mean of a quantized sum, bit for bit what a fresh accumulator (default
+ *        config) gives through plait_fedavg_add_quant_sum() then plait_fedavg_result(), without
+ *        its P doubles: out[i] = (float)(decoded[i] / decoded weight).
+ * \param n the length of out: P = n_words - 1.
+ * \return 0; the codes of those two functions (out is untouched on any error).
+ */
+int plait_agg_mean_quant_sum(const plait_quant_config_t *qc, const uint32_t *words, size_t n_words,
+                             uint64_t n_clients, float *out, size_t n);
+
 /** \brief The running weighted sum (dim doubles); valid until the next call on fa. */
 const double *plait_fedavg_sum(const plait_fedavg_t *fa);
 /** \brief Copy the counters. */

@@ -225,6 +225,72 @@ START_TEST(test_secure_path)
 }
 END_TEST
 
+/* The block-wise decode (plait_fedavg_add_quant_sum, plait_agg_mean_quant_sum: the round core's
+ * plain path, without P doubles) against decode-then-add-then-result, bit for bit; a span that is
+ * not a multiple of the block; a bad word in a later block; a zero weight. */
+START_TEST(test_quant_sum_blockwise)
+{
+    const size_t P = 1300, K = 7;
+    plait_quant_config_t qc = {.bits = 12, .range = 0.5};
+    plait_rng_t r;
+    plait_rng_seed_u64(&r, 21, 0);
+    uint32_t *acc = calloc(P + 1, sizeof(uint32_t)), *words = malloc((P + 1) * sizeof(uint32_t));
+    float *x = malloc(P * sizeof(float));
+    for (size_t c = 0; c < K; c++) {
+        for (size_t i = 0; i < P; i++) x[i] = (float)(0.4 * plait_rng_normal(&r));
+        ck_assert_int_eq(plait_quant_encode(&qc, x, P, &r, words), 0);
+        ck_assert_int_eq(plait_quant_encode_weight(&qc, 0.2 + 0.1 * (double)c, &r, &words[P]), 0);
+        plait_update_add_u32(acc, words, P + 1);
+    }
+    plait_fedavg_config_t cfg;
+    plait_fedavg_config_default(&cfg);
+    cfg.dim = P;
+    plait_fedavg_t *ref, *blk;
+    ck_assert_int_eq(plait_fedavg_create(&ref, &cfg), 0);
+    ck_assert_int_eq(plait_fedavg_create(&blk, &cfg), 0);
+    double *sum = malloc(P * sizeof(double)), wsum = 0;
+    ck_assert_int_eq(plait_agg_decode_secure_sum(&qc, acc, P + 1, K, sum, &wsum), 0);
+    ck_assert_int_eq(plait_fedavg_add_sum(ref, sum, P, wsum, K), 0);
+    ck_assert_int_eq(plait_fedavg_add_quant_sum(blk, &qc, acc, P + 1, K), 0);
+    ck_assert_mem_eq(plait_fedavg_sum(ref), plait_fedavg_sum(blk), P * sizeof(double));
+    plait_fedavg_stats_t sr, sb;
+    plait_fedavg_stats(ref, &sr);
+    plait_fedavg_stats(blk, &sb);
+    ck_assert(sr.weight_sum == sb.weight_sum && sr.accepted == sb.accepted);
+    float *want = malloc(P * sizeof(float)), *got = malloc(P * sizeof(float));
+    ck_assert_int_eq(plait_fedavg_result(ref, want, P), 0);
+    ck_assert_int_eq(plait_agg_mean_quant_sum(&qc, acc, P + 1, K, got, P), 0);
+    ck_assert_mem_eq(want, got, P * sizeof(float));
+    /* A word out of range in the third block: refused, naming it, nothing written. */
+    uint32_t keep = acc[1100];
+    acc[1100] = (uint32_t)(K * 4095u + 1u);
+    memset(got, 0x5a, P * sizeof(float));
+    memcpy(want, got, P * sizeof(float));
+    ck_assert_int_eq(plait_agg_mean_quant_sum(&qc, acc, P + 1, K, got, P), PLAIT_EPROTO);
+    ck_assert_ptr_nonnull(strstr(plait_errmsg(), "word 1100 "));
+    ck_assert_mem_eq(want, got, P * sizeof(float));
+    ck_assert_int_eq(plait_fedavg_add_quant_sum(blk, &qc, acc, P + 1, K), PLAIT_EPROTO);
+    ck_assert_mem_eq(plait_fedavg_sum(ref), plait_fedavg_sum(blk), P * sizeof(double));
+    acc[1100] = keep;
+    /* No weight: no mean (as plait_fedavg_result on a zero weight sum); the wrong length. */
+    uint32_t w0 = acc[P];
+    acc[P] = 0;
+    ck_assert_int_eq(plait_agg_mean_quant_sum(&qc, acc, P + 1, K, got, P), PLAIT_EAGAIN);
+    ck_assert_mem_eq(want, got, P * sizeof(float));
+    acc[P] = w0;
+    ck_assert_int_eq(plait_agg_mean_quant_sum(&qc, acc, P, K, got, P), PLAIT_EMISMATCH);
+    ck_assert_int_eq(plait_agg_mean_quant_sum(&qc, acc, 1, K, got, P), PLAIT_EINVAL);
+    plait_fedavg_destroy(ref);
+    plait_fedavg_destroy(blk);
+    free(acc);
+    free(words);
+    free(x);
+    free(sum);
+    free(want);
+    free(got);
+}
+END_TEST
+
 /* ---- server optimizers: two steps on x = (1, -2) with Δ1 = (0.5, -0.2),
  * Δ2 = (0.1, 0.3), lr 0.1, β1 0.9, β2 0.99, τ 1e-3, v0 = τ². By hand for
  * FedAdam, coordinate 0, step 1: m = 0.1·0.5 = 0.05; v = 0.99e-6 + 0.01·0.25
@@ -589,6 +655,7 @@ Suite *agg_suite(void)
     tcase_add_test(tc, test_fedavg_rejects);
     tcase_add_test(tc, test_fedavg_fixed_denominator_uniform);
     tcase_add_test(tc, test_secure_path);
+    tcase_add_test(tc, test_quant_sum_blockwise);
     suite_add_tcase(s, tc);
     tc = tcase_create("optimizers");
     tcase_set_timeout(tc, 300); /* shared CI machines and sanitizer builds are slow */
