@@ -39,8 +39,14 @@ static void write_slice(const char *path, const char *text, size_t off, size_t l
 }
 
 /* Enroll dev0..dev<n-1> in d and give each a device store of its 8 KB slice of text. */
-static void enroll_with_stores(it_dep_t *d, int n, const char *text)
+static void enroll_with_stores(it_dep_t *d, int n)
 {
+    size_t tlen;
+    char *tp = tu_path(tu_assets_dir(), "tinyshakespeare.txt");
+    char *text = (char *)tu_read_file(tp, &tlen);
+    free(tp);
+    ck_assert_ptr_nonnull(text);
+    ck_assert(tlen >= (size_t)n * 8000);
     for (int i = 0; i < n; i++) {
         char id[16], txt[700], db[700];
         snprintf(id, sizeof(id), "dev%d", i);
@@ -51,6 +57,7 @@ static void enroll_with_stores(it_dep_t *d, int n, const char *text)
         char *argv[] = {(char *)PLAIT_AGENT_BIN, "ingest", "--db", db, "--text", txt, NULL};
         ck_assert_int_eq(it_run(argv, NULL, NULL, 30), 0);
     }
+    free(text);
 }
 
 /* `plait-agent join` for dev<i> of d, a daemon until `rounds` acknowledged rounds (seed i + 1, at
@@ -177,7 +184,7 @@ START_TEST(test_federation_loss_falls)
     char heldout[700];
     snprintf(heldout, sizeof(heldout), "%s/heldout.txt", d.dir);
     write_slice(heldout, text, 200000, 16000);
-    enroll_with_stores(&d, N_AGENTS, text);
+    enroll_with_stores(&d, N_AGENTS);
     free(text);
     ck_assert_int_eq(it_start(&d, NULL), 0);
 
@@ -229,13 +236,7 @@ START_TEST(test_federation_quantized_deltas)
                              "seq_len=32", "lr=0.05", "retry_ms=300", "idle_timeout_s=60", "secure_agg=false",
                              "lora_mode=fedit", "download_delta_bits=8", "max_preauth_per_addr=64", NULL),
                      0);
-    size_t tlen;
-    char *tp = tu_path(tu_assets_dir(), "tinyshakespeare.txt");
-    char *text = (char *)tu_read_file(tp, &tlen);
-    free(tp);
-    ck_assert_ptr_nonnull(text);
-    enroll_with_stores(&d, NA, text);
-    free(text);
+    enroll_with_stores(&d, NA);
     ck_assert_int_eq(it_start(&d, NULL), 0);
     pid_t pids[NA];
     for (int i = 0; i < NA; i++) {
@@ -298,13 +299,7 @@ START_TEST(test_federation_secure_with_kills)
     char *conf = it_read(&d, "aggregator.conf");
     ck_assert_ptr_nonnull(strstr(conf, "secure_agg = true"));
     free(conf);
-    size_t tlen;
-    char *tp = tu_path(tu_assets_dir(), "tinyshakespeare.txt");
-    char *text = (char *)tu_read_file(tp, &tlen);
-    free(tp);
-    ck_assert_ptr_nonnull(text);
-    enroll_with_stores(&d, N_AGENTS, text);
-    free(text);
+    enroll_with_stores(&d, N_AGENTS);
     ck_assert_int_eq(it_start(&d, NULL), 0);
     char logs[N_AGENTS][700];
     pid_t pids[N_AGENTS];
@@ -340,13 +335,7 @@ START_TEST(test_federation_secure_hostile_device)
                              "local_steps=2", "batch=2", "seq_len=32", "retry_ms=300", "idle_timeout_s=60",
                              "max_preauth_per_addr=64", NULL),
                      0);
-    size_t tlen;
-    char *tp = tu_path(tu_assets_dir(), "tinyshakespeare.txt");
-    char *text = (char *)tu_read_file(tp, &tlen);
-    free(tp);
-    ck_assert_ptr_nonnull(text);
-    enroll_with_stores(&d, N_AGENTS, text);
-    free(text);
+    enroll_with_stores(&d, N_AGENTS);
     ck_assert_int_eq(it_start(&d, NULL), 0);
     char logs[N_AGENTS][700];
     pid_t pids[N_AGENTS];
@@ -386,13 +375,7 @@ START_TEST(test_federation_distributed_dp)
                              "secure_agg=true", "dp=distributed", "noise_multiplier=1", "example_cap=1",
                              "dp_delta=1e-5", "max_preauth_per_addr=64", NULL),
                      0);
-    size_t tlen;
-    char *tp = tu_path(tu_assets_dir(), "tinyshakespeare.txt");
-    char *text = (char *)tu_read_file(tp, &tlen);
-    free(tp);
-    ck_assert_ptr_nonnull(text);
-    enroll_with_stores(&d, NA, text);
-    free(text);
+    enroll_with_stores(&d, NA);
     ck_assert_int_eq(it_start(&d, NULL), 0);
     char logs[NA][700];
     pid_t pids[NA];

@@ -305,6 +305,22 @@ static int run(fake_t *f, int *acked)
     return rc;
 }
 
+/* Devices 2..N reveal for survivors {1, 2, 3}; the unmasked sum must be the plain sum. */
+static void others_unmask_and_check_sum(fake_t *f)
+{
+    static const uint32_t all[3] = {1, 2, 3};
+    for (uint32_t i = 2; i <= N; i++) {
+        plait_secagg_reveal_t rev[8];
+        size_t n = 0;
+        ck_assert_int_eq(plait_secagg_device_unmask(f->dv[i], all, 3, NULL, 0, rev, 8, &n), 0);
+        ck_assert_int_eq(plait_secagg_server_add_reveals(f->srv, i, rev, n), 0);
+    }
+    uint32_t sum[LEN];
+    ck_assert_msg(plait_secagg_server_finish(f->srv, sum, LEN) == 0, "%s", plait_errmsg());
+    for (int j = 0; j < LEN; j++)
+        ck_assert_uint_eq(sum[j], (f->x[1][j] + f->x[2][j] + f->x[3][j]) & ((1u << BITS) - 1));
+}
+
 START_TEST(test_honest_round_sums_exactly)
 {
     fake_t f;
@@ -315,17 +331,7 @@ START_TEST(test_honest_round_sums_exactly)
     ck_assert_int_eq(f.responses, 1);
     ck_assert_int_eq(f.error_code, 0);
     /* devices 2 and 3 answer too; then the masks come off */
-    static const uint32_t all[3] = {1, 2, 3};
-    for (uint32_t i = 2; i <= N; i++) {
-        plait_secagg_reveal_t rev[8];
-        size_t n = 0;
-        ck_assert_int_eq(plait_secagg_device_unmask(f.dv[i], all, 3, NULL, 0, rev, 8, &n), 0);
-        ck_assert_int_eq(plait_secagg_server_add_reveals(f.srv, i, rev, n), 0);
-    }
-    uint32_t sum[LEN];
-    ck_assert_int_eq(plait_secagg_server_finish(f.srv, sum, LEN), 0);
-    for (int j = 0; j < LEN; j++)
-        ck_assert_uint_eq(sum[j], (f.x[1][j] + f.x[2][j] + f.x[3][j]) & ((1u << BITS) - 1));
+    others_unmask_and_check_sum(&f);
     fake_free(&f);
 }
 END_TEST
@@ -339,19 +345,9 @@ START_TEST(test_bad_share_from_hostile_neighbour)
     ck_assert_int_eq(acked, 1);
     ck_assert_int_eq(f.responses, 1);
     ck_assert_int_eq(f.error_code, 0);
-    static const uint32_t all[3] = {1, 2, 3};
-    for (uint32_t i = 2; i <= N; i++) {
-        plait_secagg_reveal_t rev[8];
-        size_t n = 0;
-        ck_assert_int_eq(plait_secagg_device_unmask(f.dv[i], all, 3, NULL, 0, rev, 8, &n), 0);
-        ck_assert_int_eq(plait_secagg_server_add_reveals(f.srv, i, rev, n), 0);
-    }
     /* The device revealed no share of device 2 (it holds none); 2's seed comes
      * from 2's own share and 3's (t = 2). */
-    uint32_t sum[LEN];
-    ck_assert_msg(plait_secagg_server_finish(f.srv, sum, LEN) == 0, "%s", plait_errmsg());
-    for (int j = 0; j < LEN; j++)
-        ck_assert_uint_eq(sum[j], (f.x[1][j] + f.x[2][j] + f.x[3][j]) & ((1u << BITS) - 1));
+    others_unmask_and_check_sum(&f);
     fake_free(&f);
 }
 END_TEST

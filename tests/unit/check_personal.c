@@ -265,17 +265,24 @@ static void replay(fx_t *f, const float *ref, const plait_corpus_t *tr, const pl
     }
 }
 
+/* The fixture's text split 80/20 into tr and va, and a copy of its adapter as the reference. */
+static float *split_with_ref(const fx_t *f, plait_corpus_t *tr, plait_corpus_t *va)
+{
+    plait_corpus_init(tr);
+    plait_corpus_init(va);
+    ck_assert_int_eq(plait_personal_split(&f->text, 0.2, TT, tr, va), 0);
+    float *ref = malloc(f->lora.n_params * sizeof(float));
+    ck_assert_ptr_nonnull(ref);
+    memcpy(ref, f->lora.params, f->lora.n_params * sizeof(float));
+    return ref;
+}
+
 START_TEST(test_early_stopping_best_step)
 {
     fx_t f;
     fx_open(&f, 3e-2, 1500); /* a high lr on little text: validation turns up */
     plait_corpus_t tr, va;
-    plait_corpus_init(&tr);
-    plait_corpus_init(&va);
-    ck_assert_int_eq(plait_personal_split(&f.text, 0.2, TT, &tr, &va), 0);
-    size_t np = f.lora.n_params;
-    float *ref = malloc(np * sizeof(float));
-    memcpy(ref, f.lora.params, np * sizeof(float));
+    float *ref = split_with_ref(&f, &tr, &va);
     plait_personal_config_t pc = plait_personal_config_default();
     pc.max_steps = 30;
     pc.eval_every = 1;
@@ -532,12 +539,8 @@ START_TEST(test_stop_polled_each_step)
     fx_t f;
     fx_open(&f, 1e-2, 1500);
     plait_corpus_t tr, va;
-    plait_corpus_init(&tr);
-    plait_corpus_init(&va);
-    ck_assert_int_eq(plait_personal_split(&f.text, 0.2, TT, &tr, &va), 0);
     size_t np = f.lora.n_params;
-    float *ref = malloc(np * sizeof(float));
-    memcpy(ref, f.lora.params, np * sizeof(float));
+    float *ref = split_with_ref(&f, &tr, &va);
     plait_personal_config_t pc = plait_personal_config_default();
     pc.max_steps = 30;
     pc.eval_every = 1;
