@@ -69,6 +69,52 @@ static void drop(const char *dir, const char *name)
         PLAIT_LOG(PLAIT_LOG_WARN, "serve: %s: cannot remove: %s", name, strerror(errno));
 }
 
+/* serve.txt, parsed and checked: 8 fields (before the slots), 9 (with the slot) or 11 (with the bias). */
+typedef struct {
+    char kind[16];
+    double mix, vg, vp, vc, vbias;
+    int best, slot, bias;
+    size_t vt;
+    unsigned long long round;
+} serve_info_t;
+
+static int parse_info(const uint8_t *line, size_t len, serve_info_t *si)
+{
+    char buf[257];
+    if (len >= sizeof(buf)) return 0;
+    memcpy(buf, line, len);
+    buf[len] = '\0';
+    memset(si, 0, sizeof(*si));
+    si->vbias = NAN;
+    int n = sscanf(buf, "%15s %lf %lf %lf %lf %d %zu %llu %d %d %lf", si->kind, &si->mix, &si->vg, &si->vp, &si->vc,
+                   &si->best, &si->vt, &si->round, &si->slot, &si->bias, &si->vbias);
+    if (n == 8 || n == 9) si->bias = 0, si->vbias = si->vc;
+    else if (n != 11 || (si->bias != 0 && si->bias != 1) || !isfinite(si->vbias))
+        return 0;
+    return (si->slot == 0 || si->slot == 1) &&
+           (strcmp(si->kind, "global") == 0 || strcmp(si->kind, "personal") == 0 || strcmp(si->kind, "mix") == 0) &&
+           isfinite(si->mix) && si->mix >= 0 && si->mix <= 1 && isfinite(si->vg) && isfinite(si->vp) &&
+           isfinite(si->vc);
+}
+
+/* dir/serve.txt read and parsed: 0; PLAIT_ENOENT (none chosen yet); PLAIT_EPROTO (malformed);
+ * PLAIT_EINVAL (path too long); plait_file_read's codes. */
+static int read_info(const char *state_dir, serve_info_t *si)
+{
+    char info[4096];
+    int k = snprintf(info, sizeof(info), "%s/%s", state_dir, SERVE_INFO_FILE);
+    if (k < 0 || (size_t)k >= sizeof(info)) return plait_fail(PLAIT_EINVAL, "serving: state path too long");
+    uint8_t *line = NULL; /* one short line; plait_file_read refuses a FIFO or a file past 256 bytes */
+    size_t ll = 0;
+    int rr = plait_file_read(info, "serve.txt", 256, &line, &ll);
+    if (rr == PLAIT_ENOENT)
+        return plait_fail(PLAIT_ENOENT, "%s: no serving adapter chosen yet (it is chosen after a round)", state_dir);
+    if (rr != 0) return rr;
+    int ok = parse_info(line, ll, si);
+    free(line);
+    return ok ? 0 : plait_fail(PLAIT_EPROTO, "%s: malformed", info);
+}
+
 int plait__agent_serve_choose(const plait_model_t *m, const plait_lora_t *ref, const plait_corpus_t *train,
                               const char *state_dir, int B, int T, double lr, int train_a, int steps,
                               uint64_t seed, plait_pool_t *pool, int threads, int base_bf16, uint64_t round,
@@ -109,16 +155,23 @@ int plait__agent_serve_choose(const plait_model_t *m, const plait_lora_t *ref, c
         pc.stop_ud = stop_ud;
         rc = plait_personal_fit(tr, &l, ref->params, &tpart, &val, &pc, res);
         if (rc == 0 && !(bias = calloc(V, sizeof(float)))) rc = plait_fail(PLAIT_ENOMEM, "serve: bias");
-        if (rc == 0) rc = plait_personal_fit_bias(tr, &tpart, &val, &pc, bias, res); /* on the chosen adapter */
+        if (rc == 0) { /* on the chosen adapter; a bias that cannot be fitted is not served, the adapter still is */
+            int rb = plait_personal_fit_bias(tr, &tpart, &val, &pc, bias, res);
+            if (rb == PLAIT_ECANCELED) {
+                rc = rb;
+            } else if (rb != 0) {
+                PLAIT_LOG(PLAIT_LOG_WARN, "serve: no output bias this round: %s", plait_errmsg());
+                res->bias = 0;
+                res->val_bias = res->val_chosen;
+            }
+        }
     }
     if (rc == 0) rc = plait_adapter_save_mem(&l, m->sha256, &img, &len);
     int slot = 0; /* the slot the current serve.txt does not name (a missing or bad one names none) */
     if (rc == 0) {
-        char cur[4096];
-        if (plait_agent_serving(state_dir, cur, sizeof(cur), NULL, 0) == 0) {
-            size_t cl = strlen(cur), sl = strlen(SERVE_FILE);
-            slot = cl >= sl && strcmp(cur + cl - sl, SERVE_FILE) == 0 ? 1 : 0;
-        }
+        serve_info_t cur;
+        if (read_info(state_dir, &cur) == 0) slot = !cur.slot;
+        plait_clear_error();
         rc = plait__agent_atomic_write(state_dir, slot ? SERVE_FILE_B : SERVE_FILE, img, len);
     }
     if (rc == 0 && res->bias) rc = bias_image(bias, V, &bimg, &blen);
@@ -151,50 +204,17 @@ int plait__agent_serve_choose(const plait_model_t *m, const plait_lora_t *ref, c
     return rc;
 }
 
-/* serve.txt, parsed and checked: 8 fields (before the slots), 9 (with the slot) or 11 (with the bias). */
-typedef struct {
-    char kind[16];
-    double mix, vg, vp, vc, vbias;
-    int best, slot, bias;
-    size_t vt;
-    unsigned long long round;
-} serve_info_t;
-
-static int parse_info(const uint8_t *line, size_t len, serve_info_t *si)
-{
-    char buf[257];
-    if (len >= sizeof(buf)) return 0;
-    memcpy(buf, line, len);
-    buf[len] = '\0';
-    memset(si, 0, sizeof(*si));
-    si->vbias = NAN;
-    int n = sscanf(buf, "%15s %lf %lf %lf %lf %d %zu %llu %d %d %lf", si->kind, &si->mix, &si->vg, &si->vp, &si->vc,
-                   &si->best, &si->vt, &si->round, &si->slot, &si->bias, &si->vbias);
-    if (n == 8 || n == 9) si->bias = 0, si->vbias = si->vc;
-    else if (n != 11 || (si->bias != 0 && si->bias != 1) || !isfinite(si->vbias))
-        return 0;
-    return (si->slot == 0 || si->slot == 1) &&
-           (strcmp(si->kind, "global") == 0 || strcmp(si->kind, "personal") == 0 || strcmp(si->kind, "mix") == 0) &&
-           isfinite(si->mix) && si->mix >= 0 && si->mix <= 1 && isfinite(si->vg) && isfinite(si->vp) &&
-           isfinite(si->vc);
-}
-
 int plait_agent_serving_bias(const char *state_dir, float *bias, size_t V)
 {
     if (!state_dir || !bias || V == 0) return plait_fail(PLAIT_EINVAL, "serving bias: bad arguments");
     char path[4096];
-    int k = snprintf(path, sizeof(path), "%s/%s", state_dir, SERVE_INFO_FILE);
-    if (k < 0 || (size_t)k >= sizeof(path)) return plait_fail(PLAIT_EINVAL, "serving bias: state path too long");
-    uint8_t *line = NULL, *img = NULL;
-    size_t ll = 0, il = 0;
-    int rc = plait_file_read(path, "serve.txt", 256, &line, &ll);
-    if (rc != 0) return rc;
+    uint8_t *img = NULL;
+    size_t il = 0;
     serve_info_t si;
-    int ok = parse_info(line, ll, &si);
-    free(line);
-    if (!ok) return plait_fail(PLAIT_EPROTO, "%s: malformed", path);
+    int rc = read_info(state_dir, &si);
+    if (rc != 0) return rc;
     if (!si.bias) return plait_fail(PLAIT_ENOENT, "%s: the device serves no output bias", state_dir);
-    k = snprintf(path, sizeof(path), "%s/%s", state_dir, si.slot ? SERVE_BIAS_FILE_B : SERVE_BIAS_FILE);
+    int k = snprintf(path, sizeof(path), "%s/%s", state_dir, si.slot ? SERVE_BIAS_FILE_B : SERVE_BIAS_FILE);
     if (k < 0 || (size_t)k >= sizeof(path)) return plait_fail(PLAIT_EINVAL, "serving bias: state path too long");
     if ((rc = plait_file_read(path, "serving bias", 8 + 4 * V, &img, &il)) != 0) return rc;
     uint32_t n = 0;
@@ -218,25 +238,9 @@ int plait_agent_serving(const char *state_dir, char *path, size_t path_cap, char
     if (!state_dir || !path || path_cap == 0) return plait_fail(PLAIT_EINVAL, "serving: bad arguments");
     path[0] = '\0';
     if (why && why_cap) why[0] = '\0';
-    char info[4096];
-    int k = snprintf(info, sizeof(info), "%s/%s", state_dir, SERVE_INFO_FILE);
-    if (k < 0 || (size_t)k >= sizeof(info)) return plait_fail(PLAIT_EINVAL, "serving: state path too long");
-    uint8_t *line = NULL; /* one short line; plait_file_read refuses a FIFO or a file past 256 bytes */
-    size_t ll = 0;
-    int rr = plait_file_read(info, "serve.txt", 256, &line, &ll);
-    if (rr != 0) {
-        path[0] = '\0';
-        if (rr == PLAIT_ENOENT)
-            return plait_fail(PLAIT_ENOENT, "%s: no serving adapter chosen yet (it is chosen after a round)", state_dir);
-        return rr;
-    }
     serve_info_t si;
-    int ok = parse_info(line, ll, &si);
-    free(line);
-    if (!ok) {
-        path[0] = '\0';
-        return plait_fail(PLAIT_EPROTO, "%s: malformed", info);
-    }
+    int rr = read_info(state_dir, &si);
+    if (rr != 0) return rr;
     const char *kind = si.kind;
     double mix = si.mix, vg = si.vg, vp = si.vp, vc = si.vc;
     int best = si.best, slot = si.slot;

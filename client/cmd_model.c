@@ -97,6 +97,7 @@ int cmd_generate(int argc, char **argv)
     if (rc == 0) rc = plait_generate(&st, &e.tok, prompt, &g, print_piece, stdout, NULL);
     if (rc == 0) printf("\n");
     plait_infer_free(&st);
+    if (bias) plait_zeroize(bias, (size_t)e.model.cfg.vocab_size * sizeof(float));
     free(bias);
     plait_lora_free(&lora);
     engine_free(&e);

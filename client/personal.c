@@ -312,6 +312,8 @@ double plait_personal_bias_objective(const float *prob, const int32_t *y, size_t
     if (grad)
         for (size_t v = 0; v < V; v++)
             grad[v] = (float)((acc[v] * eb[v] - hit[v]) / (double)n + l2 * (double)b[v]);
+    plait_zeroize(acc, V * sizeof(double)); /* sums over the device's own predictions */
+    plait_zeroize(hit, V * sizeof(double));
     free(eb);
     free(acc);
     free(hit);
@@ -365,11 +367,12 @@ static int frozen_collect(frozen_t *f, plait_trainer_t *tr, const plait_corpus_t
     size_t want = nw ? nw * T : (c->n >= 2 ? c->n - 1 : 0);
     if (want == 0) return plait_fail(PLAIT_EINVAL, "personal bias: a text of %zu tokens holds no prediction", c->n);
     size_t use = nw; /* windows to use */
-    if (want > cap) {
-        if (nw == 0 || cap < T) return plait_fail(PLAIT_EINVAL, "personal bias: %zu predictions over budget", want);
-        use = cap / T;
+    f->cap = nw ? nw * T : want;
+    if (want > cap) { /* thinned to the budget; under one window, the first cap predictions of one */
+        if (cap == 0) return plait_fail(PLAIT_EINVAL, "personal bias: no budget for a prediction (bias_bytes)");
+        use = nw ? (cap / T ? cap / T : 1) : 0;
+        f->cap = nw && use * T <= cap ? use * T : cap;
     }
-    f->cap = nw ? use * T : want;
     f->n = 0;
     f->prob = malloc(f->cap * V * sizeof(float));
     f->y = malloc(f->cap * sizeof(int32_t));
@@ -457,6 +460,8 @@ int plait_personal_fit_bias(plait_trainer_t *tr, const plait_corpus_t *train, co
     if (best) plait_zeroize(best, V * sizeof(float));
     if (b) plait_zeroize(b, V * sizeof(float));
     if (g) plait_zeroize(g, V * sizeof(float));
+    if (m) plait_zeroize(m, V * sizeof(double)); /* the moments carry the gradient of the device's text */
+    if (s2) plait_zeroize(s2, V * sizeof(double));
     free(logits);
     free(m);
     free(s2);
