@@ -192,6 +192,9 @@ static void work_job(uv_work_t *req)
         if (j->rc != 0) snprintf(j->why, sizeof(j->why), "%s", plait_errmsg());
         break;
     case JOB_COMMIT:
+#if defined(__GLIBC__)
+        (void)malloc_trim(0); /* thread-safe; walks the heap, so not on the loop */
+#endif
         if (s->eval_live)
             j->rc = plait__srv_eval_commit_work(s, &j->stats, &j->eval_mean, &j->eval_devices, j->why,
                                                 sizeof(j->why));
@@ -223,6 +226,7 @@ static void round_ended(plait_server_t *s)
     s->sa = NULL;
     s->round_live = 0;
     plait__srv_cohort_clear(s);
+    plait__srv_upd_pool_clear(s); /* also after a failed or abandoned round: no update buffer between rounds */
     s->next_open = now_s(s) + s->cfg.round_pause_s;
     if (s->sa_failed) { /* do not reopen failing rounds in a tight loop */
         double back = (double)s->cfg.retry_ms / 1000.0;
@@ -257,7 +261,8 @@ static void after_job(uv_work_t *req, int status)
     }
     if (j->kind == JOB_UNMASK) { /* the secure stages go on from the unmasked sum (or its failure) */
         job_free(j);
-        plait__srv_round_step(s);
+        if (s->stopping) plait__srv_abandon_round(s, "shutdown"); /* it waited for this job */
+        else plait__srv_round_step(s);
         return;
     }
     switch (j->kind) {
@@ -460,7 +465,7 @@ void plait__srv_round_failed(plait_server_t *s)
 
 int plait__srv_start_unmask(plait_server_t *s)
 {
-    job_t *j = s->busy ? NULL : calloc(1, sizeof(*j));
+    job_t *j = calloc(1, sizeof(*j)); /* only called from the round step, which never runs while busy */
     if (j) {
         j->kind = JOB_UNMASK;
         if (start_job(s, j) == 0) return 1; /* from here the job owns sa until after_job */
@@ -489,10 +494,7 @@ void plait__srv_start_commit(plait_server_t *s)
      * buffers kept in the heap during the round (plait-aggregator serve's malloc settings), are
      * given back before the commit allocates the new version, so that they add neither to its
      * peak nor to the next round's downloads. */
-    plait__srv_upd_pool_clear(s);
-#if defined(__GLIBC__)
-    (void)malloc_trim(0);
-#endif
+    plait__srv_upd_pool_clear(s); /* malloc_trim runs in the job (work_job), off the loop thread */
     j->stats = s->rs;
     j->stats.participants = (int64_t)s->n_cohort;
     plait_round_stats_t st;

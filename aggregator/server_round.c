@@ -613,6 +613,7 @@ void plait__srv_handle_update(conn_t *c, const plait_msg_update_chunk_t *u)
     } else if (u->n_words > s->words_cap) {
         src = plait_fail(PLAIT_EINTERNAL, "update chunk of %zu words, room for %zu", u->n_words, s->words_cap);
     } else if ((src = plait_unpack_bits(u->packed, u->packed_len, u->n_words, u->bits, s->words)) != 0) {
+        plait_zeroize(s->words, u->n_words * sizeof(uint32_t)); /* the words it wrote before the padding check */
         plait__srv_reject(c, PLAIT__REJ_BAD_MESSAGE, "update chunk %u: %s", u->chunk_index, plait_errmsg());
         plait__srv_fail_conn(c, PLAIT__REJ_BAD_MESSAGE, PLAIT_EPROTO, "bad packed update chunk");
         return;
