@@ -229,6 +229,9 @@ void plait__agent_emit_ev(plait_agent_t *a, const plait_agent_event_t *ev);
 int plait__agent_peer_error(plait__agent_conn_t *c, const plait_msg_t *m, uint64_t round);
 /** \brief PLAIT_EPROTO: the aggregator sent m while the agent waited for `waiting`. */
 int plait__agent_unexpected(const plait_msg_t *m, const char *waiting);
+/* A worker thread's start: the agent's log sink for this thread (cfg.on_log), and the store's
+ * split as a corpus (initialized even on failure: plait_corpus_free it). agent_train.c. */
+int plait__agent_worker_corpus(plait_agent_t *a, plait_store_split_t split, plait_corpus_t *corpus);
 /*
  * While a worker thread runs (until *done): send a Ping every keepalive_ms,
  * call tick(ud) about once a second (tick may be NULL), and end at the
@@ -236,9 +239,6 @@ int plait__agent_unexpected(const plait_msg_t *m, const char *waiting);
  * from the aggregator (an Error, a ComeBackLater: the round ended, anything
  * else: unexpected). Returns 0 once *done is set. agent_train.c.
  */
-/* A worker thread's start: the agent's log sink for this thread (cfg.on_log), and the store's
- * split as a corpus (initialized even on failure: plait_corpus_free it). agent_train.c. */
-int plait__agent_worker_corpus(plait_agent_t *a, plait_store_split_t split, plait_corpus_t *corpus);
 int plait__agent_keepalive_while(plait__agent_conn_t *c, atomic_int *done, uint64_t round, uint64_t deadline,
                                  const char *what, void (*tick)(void *ud), void *ud);
 /** \brief A ComeBackLater inside a round: remembered on c. \return PLAIT_ECANCELED. */

@@ -393,7 +393,7 @@ static void gemm_task_bf16(void *ctx, size_t begin, size_t end)
     (void)begin;
     (void)end;
     gemm_t *g = ctx;
-    _Alignas(64) uint32_t apack[MR_AMX * KC / 2]; /* 32 KiB: MR_AMX rows (MR512 without AMX) */
+    _Alignas(64) uint32_t apack[MR_AMX * KC / 2]; /* 16 KiB: MR_AMX rows (MR512 without AMX) */
     int amx = g->mr == MR_AMX;
     if (amx) plait__amx_begin();
     size_t total = g->m_items * g->n_items;
