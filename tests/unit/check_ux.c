@@ -470,7 +470,7 @@ START_TEST(test_readme_deployment)
     ck_assert_int_eq(sh(out, sizeof(out),
                         "true; { (" AGG " serve dep --port 0 --port-file port.json --set metrics_enabled=false "
                         "--set target_cohort=1 --set min_cohort=1 --set overselect=1 --set secure_agg=false 2>serve.log & echo $! > serve.pid); "
-                        "for i in $(seq 600); do [ -s port.json ] && break; sleep 0.1; done; "
+                        /* --once takes one answer: wait for the first round, not only the port */ "for i in $(seq 600); do [ -s port.json ] && grep -q 'round opened' serve.log && break; sleep 0.1; done; "
                         "P=$(sed 's/.*\"port\": *\\([0-9]*\\).*/\\1/' port.json); " AGENT
                         " join --server 127.0.0.1:$P --ca dep/ca.crt --cert phone-1.crt --key phone-1.key --db me.db "
                         "--state phone-1.state --once --allow-plain-aggregation; rc=$?; kill $(cat serve.pid); (exit $rc); }"),
@@ -495,7 +495,7 @@ START_TEST(test_readme_deployment)
                         "true; { (" AGG " serve dep --port 0 --port-file p3.json --set metrics_enabled=false "
                         "--set target_cohort=1 --set min_cohort=1 --set overselect=1 --set secure_agg=false "
                         "--set aggregation=median --set prox_mu=0.1 2>med.log & echo $! > med.pid); "
-                        "for i in $(seq 600); do [ -s p3.json ] && break; sleep 0.1; done; "
+                        /* --once takes one answer: wait for the first round, not only the port */ "for i in $(seq 600); do [ -s p3.json ] && grep -q 'round opened' med.log && break; sleep 0.1; done; "
                         "P=$(sed 's/.*\"port\": *\\([0-9]*\\).*/\\1/' p3.json); " AGENT
                         " join --server 127.0.0.1:$P --ca dep/ca.crt --cert phone-1.crt --key phone-1.key --db me.db "
                         "--state phone-1.state --once --allow-plain-aggregation; rc=$?; kill $(cat med.pid); (exit $rc); }"),
