@@ -504,8 +504,23 @@ static void accept(plait_round_t *r, member_t *m, int unclipped, double now)
     maybe_close(r, now);
 }
 
-int plait_round_submit_words(plait_round_t *r, uint64_t client, uint64_t round_id, const uint32_t *words,
-                             size_t n_words, int unclipped, double now)
+/* A quantized update, as uint32_t words (w32) or as wb-byte little-endian words (nb). */
+typedef struct {
+    const uint32_t *w32;
+    const uint8_t *nb;
+    unsigned wb;
+} qwords_t;
+
+static uint32_t qword(const qwords_t *q, size_t i) { return q->w32 ? q->w32[i] : plait_narrow_word(q->nb, q->wb, i); }
+
+static void qadd(uint32_t *acc, const qwords_t *q, size_t from, size_t n)
+{
+    if (q->w32) plait_update_add_u32(acc + from, q->w32 + from, n);
+    else plait_update_add_narrow(acc + from, q->nb + from * q->wb, q->wb, n);
+}
+
+static int submit_q(plait_round_t *r, uint64_t client, uint64_t round_id, const qwords_t *q, size_t n_words,
+                    int unclipped, double now)
 {
     if (!r) return plait_fail(PLAIT_EINVAL, "round: NULL");
     if (!r->cfg.quantized) return plait_fail(PLAIT_EINVAL, "round: this task takes float updates");
@@ -514,7 +529,7 @@ int plait_round_submit_words(plait_round_t *r, uint64_t client, uint64_t round_i
     int rc = admit(r, client, round_id, n_words * sizeof(uint32_t), &m);
     if (rc != 0) return rc;
     size_t P = r->cfg.dim;
-    if (!words) rc = plait_fail(PLAIT_EINVAL, "round: NULL update");
+    if (!q->w32 && !q->nb) rc = plait_fail(PLAIT_EINVAL, "round: NULL update");
     const size_t nw = P + 1 + (r->cfg.clip_bit ? 1 : 0);
     if (rc == 0 && n_words != nw) rc = plait_fail(PLAIT_EMISMATCH, "round: %zu words, expected %zu", n_words, nw);
     int added = 0; /* the span is in wsum already (the fused check below) */
@@ -523,13 +538,15 @@ int plait_round_submit_words(plait_round_t *r, uint64_t client, uint64_t round_i
          * weight positive, and w·x inside the clip ball up to quantization. */
         double w = 0, ss = 0;
         if (r->robust) { /* the estimators need the decoded values */
-            rc = plait_quant_decode_sum(&r->cfg.quant, words, P, 1, r->scratch);
+            rc = q->w32 ? plait_quant_decode_sum(&r->cfg.quant, q->w32, P, 1, r->scratch)
+                        : plait_quant_decode_narrow(&r->cfg.quant, q->nb, q->wb, P, r->scratch);
             for (size_t i = 0; rc == 0 && i < P; i++) ss += r->scratch[i] * r->scratch[i];
         } else { /* range check, sum of squares and the sum in one pass; taken back on refusal */
-            rc = plait_quant_add_checked(&r->cfg.quant, r->wsum, words, P, &ss);
+            rc = q->w32 ? plait_quant_add_checked(&r->cfg.quant, r->wsum, q->w32, P, &ss)
+                        : plait_quant_add_checked_narrow(&r->cfg.quant, r->wsum, q->nb, q->wb, P, &ss);
             added = rc == 0;
         }
-        if (rc == 0) rc = plait_quant_decode_weight_sum(&r->cfg.quant, words[P], 1, &w);
+        if (rc == 0) rc = plait_quant_decode_weight_sum(&r->cfg.quant, qword(q, P), 1, &w);
         if (rc == 0 && !(w > 0)) rc = plait_fail(PLAIT_EINVAL, "round: zero weight");
         if (rc == 0 && r->cfg.check_norm) {
             double bound = plait_round_clip(r) + plait_quant_norm_slack(&r->cfg.quant, P) + 1e-9;
@@ -540,26 +557,44 @@ int plait_round_submit_words(plait_round_t *r, uint64_t client, uint64_t round_i
         if (rc == 0 && r->cfg.clip_bit) {
             /* The clip bit travels as a weight word: exactly 0 or 1 alone. */
             double b = -1;
-            rc = plait_quant_decode_weight_sum(&r->cfg.quant, words[P + 1], 1, &b);
+            rc = plait_quant_decode_weight_sum(&r->cfg.quant, qword(q, P + 1), 1, &b);
             if (rc == 0 && b != 0.0 && b != 1.0) rc = plait_fail(PLAIT_EPROTO, "round: clip bit word is not 0 or 1");
         }
     }
     if (rc == 0 && r->robust) {
         /* The estimators compare devices' updates x, not their weighted w·x. */
         double w = 0;
-        rc = plait_quant_decode_weight_sum(&r->cfg.quant, words[P], 1, &w);
+        rc = plait_quant_decode_weight_sum(&r->cfg.quant, qword(q, P), 1, &w);
         for (size_t i = 0; rc == 0 && i < P; i++) r->one[i] = (float)(r->scratch[i] / w);
         if (rc == 0) rc = plait_robust_add(r->robust, r->one, P);
     }
     if (rc != 0) {
-        if (added) plait_update_sub_u32(r->wsum, words, P); /* exact: the sum is mod 2^32 */
+        if (added) { /* exact: the sum is mod 2^32 */
+            if (q->w32) plait_update_sub_u32(r->wsum, q->w32, P);
+            else plait_update_sub_narrow(r->wsum, q->nb, q->wb, P);
+        }
         refuse(r, m, rc, now);
         return rc;
     }
-    if (added) plait_update_add_u32(r->wsum + P, words + P, nw - P);
-    else plait_update_add_u32(r->wsum, words, nw);
+    if (added) qadd(r->wsum, q, P, nw - P);
+    else qadd(r->wsum, q, 0, nw);
     accept(r, m, unclipped, now);
     return 0;
+}
+
+int plait_round_submit_words(plait_round_t *r, uint64_t client, uint64_t round_id, const uint32_t *words,
+                             size_t n_words, int unclipped, double now)
+{
+    qwords_t q = {words, NULL, 4};
+    return submit_q(r, client, round_id, &q, n_words, unclipped, now);
+}
+
+int plait_round_submit_narrow(plait_round_t *r, uint64_t client, uint64_t round_id, const uint8_t *b, unsigned wb,
+                              size_t n_words, int unclipped, double now)
+{
+    if (b && (wb < 1 || wb > 4)) return plait_fail(PLAIT_EINVAL, "round: %u bytes a word, not 1..4", wb);
+    qwords_t q = {NULL, b, wb};
+    return submit_q(r, client, round_id, &q, n_words, unclipped, now);
 }
 
 int plait_round_submit_masked(plait_round_t *r, uint64_t client, uint64_t round_id, size_t n_words, double now)

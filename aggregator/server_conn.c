@@ -72,6 +72,7 @@ static void on_conn_write(uv_write_t *req, int status)
     c->out_queued -= w->len;
     s->out_total -= w->len;
     c->t_wprog = now_s(c->srv);
+    free(w->mem);
     free(w);
     if (status < 0) {
         if (!c->closing) {
@@ -86,30 +87,30 @@ static void on_conn_write(uv_write_t *req, int status)
         if (o != c && o->dl_active && !o->closing && o->out_queued == 0) pump_download(o);
 }
 
-/* Move the TLS session's pending ciphertext into uv_write requests. */
+/* Move the TLS session's pending ciphertext into a uv_write request: the
+ * session's buffer itself, not a copy (a download moves megabytes a round). */
 static int flush(conn_t *c)
 {
     const uint8_t *p;
-    size_t n;
-    while (!c->uv_closing && (n = plait_tls_pending_out(c->tls, &p)) > 0) {
-        wreq_t *w = malloc(sizeof(*w) + n);
-        if (!w) return PLAIT_ENOMEM;
-        memcpy(w->data, p, n);
-        w->owner = c;
-        w->metrics = 0;
-        w->len = n;
-        uv_buf_t b = uv_buf_init((char *)w->data, (unsigned)n);
-        int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_conn_write);
-        if (rc < 0) {
-            free(w);
-            return PLAIT_EIO;
-        }
-        plait_tls_consume_out(c->tls, n);
-        if (c->out_queued == 0) c->t_wprog = now_s(c->srv);
-        c->out_queued += n;
-        c->srv->out_total += n;
-        c->srv->m.bytes_out += n;
+    uint8_t *mem;
+    if (c->uv_closing || plait_tls_pending_out(c->tls, &p) == 0) return 0;
+    wreq_t *w = malloc(sizeof(*w));
+    if (!w) return PLAIT_ENOMEM;
+    size_t n = plait_tls_take_out(c->tls, &mem, &p);
+    w->owner = c;
+    w->metrics = 0;
+    w->len = n;
+    w->mem = mem;
+    uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
+    if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_conn_write) < 0) {
+        free(mem);
+        free(w);
+        return PLAIT_EIO;
     }
+    if (c->out_queued == 0) c->t_wprog = now_s(c->srv);
+    c->out_queued += n;
+    c->srv->out_total += n;
+    c->srv->m.bytes_out += n;
     return 0;
 }
 
@@ -118,6 +119,7 @@ static int tls_send(conn_t *c, const uint8_t *buf, size_t len)
 {
     size_t off = 0;
     int guard = 0;
+    if (plait_tls_established(c->tls) && plait_tls_reserve_out(c->tls, len) != 0) return PLAIT_ENOMEM;
     while (off < len) {
         int r = plait_tls_write(c->tls, buf + off, len - off);
         if (r > 0) {

@@ -133,6 +133,7 @@ typedef struct {
     void *owner; /* conn_t or mconn_t */
     int metrics;
     size_t len;
+    uint8_t *mem; /* the TLS session's output buffer, sent in place (freed with the request), or NULL: data[] */
     uint8_t data[];
 } wreq_t;
 

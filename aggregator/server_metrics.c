@@ -56,6 +56,7 @@ static void mconn_reply(mconn_t *mc, const char *status, const char *ctype, cons
     if (blen) memcpy(w->data + hl, body, blen);
     w->owner = mc;
     w->metrics = 1;
+    w->mem = NULL;
     w->len = (size_t)hl + blen;
     uv_buf_t b = uv_buf_init((char *)w->data, (unsigned)w->len);
     uv_read_stop((uv_stream_t *)&mc->tcp);

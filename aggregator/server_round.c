@@ -384,7 +384,8 @@ void plait__srv_round_step(plait_server_t *s)
  * copied as they are (the layout is the same); other widths are unpacked, then stored. A word
  * that does not fit in w bytes (a device sending 32-bit words out of range) widens the whole
  * buffer to 4 bytes a word, so every word reaches the round core exactly as sent and is
- * judged there. Only when the update is complete is it widened, once, into s->words.
+ * judged there. The complete update goes to the round core as it is
+ * (plait_round_submit_narrow reads the w-byte words in place).
  *
  * Freed buffers are wiped and kept in a pool (at most max_uploads_in_flight of them) for the
  * round's next uploads, instead of being given back to the system and faulted in again for
@@ -501,11 +502,9 @@ static void submit_member(plait_server_t *s, member_t *mb, uint8_t *upd, size_t 
     if (c == NULL)
         for (conn_t *o = s->conns; o; o = o->next)
             if (!o->closing && o->client == mb->client && o->round_id == s->cur_rid) c = o;
-    int rc = n <= s->words_cap ? plait_unpack_bits(upd, n * w, n, 8 * w, s->words)
-                               : plait_fail(PLAIT_EINTERNAL, "update of %zu words, room for %zu", n, s->words_cap);
+    /* The round core reads the buffer in place: no widening into 32-bit words. */
+    int rc = plait_round_submit_narrow(s->round, mb->client, s->cur_core, upd, w, n, 0, now_s(s));
     plait__srv_upd_free(s, upd, n, w);
-    if (rc == 0) rc = plait_round_submit_words(s->round, mb->client, s->cur_core, s->words, n, 0, now_s(s));
-    if (n <= s->words_cap) plait_zeroize(s->words, n * sizeof(uint32_t));
     if (rc == 0) {
         mb->submitted = 1;
         s->m.updates_accepted++;

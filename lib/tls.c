@@ -20,9 +20,10 @@
  * detail and one DEBUG log line, never key material.
  *
  * Invariants: state moves HANDSHAKE -> OPEN -> (CLOSED | FAILED) only; FAILED
- * is sticky. The session's own buffers only ever hold ciphertext; they are
- * wiped before they are freed anyway. Plaintext and keys live in mbedTLS's
- * record buffers and transform, which mbedtls_ssl_free() wipes.
+ * is sticky. The session's own buffers only ever hold the bytes that cross
+ * the wire (records and handshake messages), so they are not wiped: the
+ * aggregator moves megabytes a round through them. Plaintext and keys live in
+ * mbedTLS's record buffers and transform, which mbedtls_ssl_free() wipes.
  */
 #include "plait/tls.h"
 
@@ -339,16 +340,13 @@ int plait_tls_config_client_files(plait_tls_config_t **out, const char *ca_path,
 
 /* ---- BIO over the session's buffers -------------------------------------- */
 
-/* An emptied buffer above this is given back (wiped), so that an idle session
- * holds no ciphertext buffer at all: a server with a big cohort keeps N
- * sessions, and 64 KiB kept by each was 64 MiB at N = 1,000. The next record
- * gets a buffer of its size in one allocation (grow() from NULL copies nothing). */
-#define TLS_BUF_KEEP 0
-
+/* An emptied buffer is given back, so that an idle session holds no
+ * ciphertext buffer at all: a server with a big cohort keeps N sessions, and
+ * 64 KiB kept by each was 64 MiB at N = 1,000. The next bytes get a buffer of
+ * their size in one allocation (grow() from NULL copies nothing), or of the
+ * size plait_tls_reserve_out() announced. */
 static void shrink(uint8_t **buf, size_t *cap)
 {
-    if (*cap <= TLS_BUF_KEEP) return;
-    mbedtls_platform_zeroize(*buf, *cap);
     free(*buf);
     *buf = NULL;
     *cap = 0;
@@ -370,17 +368,17 @@ static int bio_recv(void *p, unsigned char *buf, size_t len)
     return (int)n;
 }
 
-static int grow(uint8_t **buf, size_t *cap, size_t need)
+/* Room for need bytes, of which the first used are kept. An empty buffer is
+ * made at need (rounded to 4 KiB) in one allocation; a growing one doubles. */
+static int grow(uint8_t **buf, size_t *cap, size_t used, size_t need)
 {
     if (need <= *cap) return 0;
-    size_t c = *cap ? *cap : 4096;
-    while (c < need)
-        c *= 2;
+    size_t c = (need + 4095) & ~(size_t)4095;
+    if (*cap > 0 && c < 2 * *cap) c = 2 * *cap;
     uint8_t *p = malloc(c);
     if (p == NULL) return -1;
     if (*buf != NULL) {
-        memcpy(p, *buf, *cap);
-        mbedtls_platform_zeroize(*buf, *cap);
+        if (used > 0) memcpy(p, *buf, used);
         free(*buf);
     }
     *buf = p;
@@ -397,7 +395,7 @@ static int bio_send(void *p, const unsigned char *buf, size_t len)
         s->out_len -= s->out_off;
         s->out_off = 0;
     }
-    if (grow(&s->out, &s->out_cap, s->out_len + len) != 0) return MBEDTLS_ERR_SSL_ALLOC_FAILED;
+    if (grow(&s->out, &s->out_cap, s->out_len, s->out_len + len) != 0) return MBEDTLS_ERR_SSL_ALLOC_FAILED;
     memcpy(s->out + s->out_len, buf, len);
     s->out_len += len;
     return (int)len;
@@ -476,8 +474,6 @@ void plait_tls_free(plait_tls_t *s)
 {
     if (s == NULL) return;
     mbedtls_ssl_free(&s->ssl);
-    if (s->in != NULL) mbedtls_platform_zeroize(s->in, s->in_cap);
-    if (s->out != NULL) mbedtls_platform_zeroize(s->out, s->out_cap);
     free(s->in);
     free(s->out);
     mbedtls_platform_zeroize(s, sizeof(*s));
@@ -498,7 +494,7 @@ int plait_tls_feed(plait_tls_t *s, const uint8_t *buf, size_t len)
         s->in_off = 0;
         s->in_len = unconsumed;
     }
-    if (grow(&s->in, &s->in_cap, s->in_len + len) != 0)
+    if (grow(&s->in, &s->in_cap, s->in_len, s->in_len + len) != 0)
         return plait_fail(PLAIT_ENOMEM, "tls: input buffer of %zu bytes", s->in_len + len);
     memcpy(s->in + s->in_len, buf, len);
     s->in_len += len;
@@ -510,6 +506,39 @@ size_t plait_tls_pending_out(const plait_tls_t *s, const uint8_t **buf)
     if (s == NULL) return 0;
     if (buf != NULL) *buf = s->out != NULL ? s->out + s->out_off : NULL;
     return s->out_len - s->out_off;
+}
+
+size_t plait_tls_take_out(plait_tls_t *s, uint8_t **mem, const uint8_t **buf)
+{
+    *mem = NULL;
+    *buf = NULL;
+    if (s == NULL || s->out_len == s->out_off) return 0;
+    size_t n = s->out_len - s->out_off;
+    *mem = s->out;
+    *buf = s->out + s->out_off;
+    s->out = NULL;
+    s->out_off = s->out_len = s->out_cap = 0;
+    return n;
+}
+
+int plait_tls_reserve_out(plait_tls_t *s, size_t len)
+{
+    if (s == NULL) return plait_fail(PLAIT_EINVAL, "tls: NULL session");
+    int exp = mbedtls_ssl_get_record_expansion(&s->ssl);
+    if (exp < 0) exp = 64; /* not known before the handshake: a generous bound */
+    if (len > PLAIT_TLS_OUT_HIGH + 16384) len = PLAIT_TLS_OUT_HIGH + 16384; /* what one write can add */
+    size_t need = len + (len / 16384 + 1) * (size_t)exp;
+    size_t pending = s->out_len - s->out_off;
+    if (s->out_off > 0 && pending > 0) { /* compact first, as bio_send would */
+        memmove(s->out, s->out + s->out_off, pending);
+        s->out_len = pending;
+        s->out_off = 0;
+    } else if (pending == 0) {
+        s->out_off = s->out_len = 0;
+    }
+    if (grow(&s->out, &s->out_cap, s->out_len, s->out_len + need) != 0)
+        return plait_fail(PLAIT_ENOMEM, "tls: output buffer of %zu bytes", s->out_len + need);
+    return 0;
 }
 
 void plait_tls_consume_out(plait_tls_t *s, size_t n)

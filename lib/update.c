@@ -19,6 +19,9 @@
 
 #include <math.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "plait/crypto.h"
 #include "plait/lora.h"
@@ -368,6 +371,157 @@ void plait_update_add_u32(uint32_t *acc, const uint32_t *x, size_t n)
 void plait_update_sub_u32(uint32_t *acc, const uint32_t *x, size_t n)
 {
     for (size_t i = 0; i < n; i++) acc[i] -= x[i];
+}
+
+/* ---- narrow words: w bytes a word, little-endian (how the aggregator buffers updates) ---- */
+
+static inline uint32_t narrow_at(const uint8_t *b, unsigned wb, size_t i)
+{
+    const uint8_t *p = b + (size_t)wb * i;
+    uint32_t v = 0;
+    for (unsigned k = 0; k < wb; k++) v |= (uint32_t)p[k] << (8 * k);
+    return v;
+}
+
+uint32_t plait_narrow_word(const uint8_t *b, unsigned wb, size_t i) { return narrow_at(b, wb, i); }
+
+void plait_update_add_narrow(uint32_t *acc, const uint8_t *b, unsigned wb, size_t n)
+{
+    if (wb == 1) {
+        for (size_t i = 0; i < n; i++) acc[i] += b[i];
+    } else if (wb == 2) {
+        for (size_t i = 0; i < n; i++) acc[i] += (uint32_t)b[2 * i] | (uint32_t)b[2 * i + 1] << 8;
+    } else {
+        for (size_t i = 0; i < n; i++) acc[i] += narrow_at(b, wb, i);
+    }
+}
+
+void plait_update_sub_narrow(uint32_t *acc, const uint8_t *b, unsigned wb, size_t n)
+{
+    if (wb == 1) {
+        for (size_t i = 0; i < n; i++) acc[i] -= b[i];
+    } else if (wb == 2) {
+        for (size_t i = 0; i < n; i++) acc[i] -= (uint32_t)b[2 * i] | (uint32_t)b[2 * i + 1] << 8;
+    } else {
+        for (size_t i = 0; i < n; i++) acc[i] -= narrow_at(b, wb, i);
+    }
+}
+
+int plait_quant_decode_narrow(const plait_quant_config_t *cfg, const uint8_t *b, unsigned wb, size_t n, double *out)
+{
+    if (wb < 1 || wb > 4) return plait_fail(PLAIT_EINVAL, "quant_decode: %u bytes a word, not 1..4", wb);
+    int rc = check_sum_args(cfg, b, n, 1, out);
+    if (rc != 0) return rc;
+    const uint32_t kmax = (uint32_t)levels(cfg->bits);
+    const double step = plait_quant_step(cfg), off = cfg->range;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t v = narrow_at(b, wb, i);
+        if (v > kmax) {
+            memset(out, 0, n * sizeof(double));
+            return plait_fail(PLAIT_EPROTO, "quant_decode: word %zu exceeds 1 clients x %u bits", i, cfg->bits);
+        }
+        out[i] = (double)v * step - off;
+    }
+    return 0;
+}
+
+/* Exact sums of squares of d = 2v - L (L = 2^bits - 1): the decoded value is v·step - R =
+ * d·R/L, so the sum of squares is (R/L)^2 · sum d^2, with the sum in integers. */
+static uint32_t add_sq_u8(uint32_t *acc, const uint8_t *b, size_t n, int32_t L, uint32_t kmax, uint64_t *ss)
+{
+    uint32_t bad = 0;
+    uint64_t tot = 0;
+    size_t s = 0;
+#if defined(__SSE2__)
+    if (kmax == 255) { /* every byte is in range: 16 words a step (SSE2 is x86-64's baseline) */
+        const __m128i zero = _mm_setzero_si128(), vl = _mm_set1_epi16((short)L);
+        while (n - s >= 16) {
+            /* a step adds 4 squares to each of the 4 lanes: 16,384 · 4 · 255^2 < 2^32 */
+            size_t steps = (n - s) / 16 < 16384 ? (n - s) / 16 : 16384;
+            __m128i part = zero;
+            for (size_t k = 0; k < steps; k++, s += 16) {
+                __m128i v = _mm_loadu_si128((const __m128i *)(b + s));
+                __m128i lo = _mm_unpacklo_epi8(v, zero), hi = _mm_unpackhi_epi8(v, zero);
+                __m128i dl = _mm_sub_epi16(_mm_add_epi16(lo, lo), vl), dh = _mm_sub_epi16(_mm_add_epi16(hi, hi), vl);
+                part = _mm_add_epi32(part, _mm_add_epi32(_mm_madd_epi16(dl, dl), _mm_madd_epi16(dh, dh)));
+                __m128i *a = (__m128i *)(acc + s);
+                _mm_storeu_si128(a + 0, _mm_add_epi32(_mm_loadu_si128(a + 0), _mm_unpacklo_epi16(lo, zero)));
+                _mm_storeu_si128(a + 1, _mm_add_epi32(_mm_loadu_si128(a + 1), _mm_unpackhi_epi16(lo, zero)));
+                _mm_storeu_si128(a + 2, _mm_add_epi32(_mm_loadu_si128(a + 2), _mm_unpacklo_epi16(hi, zero)));
+                _mm_storeu_si128(a + 3, _mm_add_epi32(_mm_loadu_si128(a + 3), _mm_unpackhi_epi16(hi, zero)));
+            }
+            uint32_t l4[4];
+            _mm_storeu_si128((__m128i *)l4, part);
+            tot += (uint64_t)l4[0] + l4[1] + l4[2] + l4[3];
+        }
+    }
+#endif
+    for (; s < n; s += 65536) { /* 65,536 squares of at most 255^2 fit in 32 bits */
+        size_t e = n - s < 65536 ? n : s + 65536;
+        uint32_t part = 0;
+        for (size_t i = s; i < e; i++) {
+            uint32_t v = b[i];
+            int32_t d = 2 * (int32_t)v - L;
+            part += (uint32_t)(d * d);
+            bad |= (uint32_t)(v > kmax);
+            acc[i] += v;
+        }
+        tot += part;
+    }
+    *ss = tot;
+    return bad;
+}
+
+static uint32_t add_sq_u16(uint32_t *acc, const uint8_t *b, size_t n, int32_t L, uint32_t kmax, uint64_t *ss)
+{
+    uint32_t bad = 0;
+    uint64_t tot = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t v = (uint32_t)b[2 * i] | (uint32_t)b[2 * i + 1] << 8;
+        int64_t d = 2 * (int64_t)v - L;
+        tot += (uint64_t)(d * d); /* < 2^32 each: n < 2^32 of them fit */
+        bad |= (uint32_t)(v > kmax);
+        acc[i] += v;
+    }
+    *ss = tot;
+    return bad;
+}
+
+int plait_quant_add_checked_narrow(const plait_quant_config_t *cfg, uint32_t *acc, const uint8_t *b, unsigned wb,
+                                   size_t n, double *sumsq)
+{
+    if (!cfg || !sumsq || (n > 0 && (!acc || !b))) return plait_fail(PLAIT_EINVAL, "quant_add: NULL argument");
+    if (wb < 1 || wb > 4) return plait_fail(PLAIT_EINVAL, "quant_add: %u bytes a word, not 1..4", wb);
+    int rc = plait_quant_config_validate(cfg);
+    if (rc != 0) return rc;
+    *sumsq = 0;
+    const uint32_t kmax = (uint32_t)levels(cfg->bits);
+    if (wb > 2 || cfg->bits > 8 * wb || n > UINT32_MAX) { /* wide words: squares overflow 64-bit sums */
+        double part[8] = {0};
+        const double step = plait_quant_step(cfg), off = cfg->range;
+        uint32_t bad = 0;
+        for (size_t i = 0; i < n; i++) {
+            uint32_t v = narrow_at(b, wb, i);
+            bad |= (uint32_t)(v > kmax);
+            double x = (double)v * step - off;
+            part[i & 7] += x * x;
+            acc[i] += v;
+        }
+        if (bad) goto refused;
+        *sumsq = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+        return 0;
+    }
+    uint64_t ss = 0;
+    uint32_t bad = wb == 1 ? add_sq_u8(acc, b, n, (int32_t)kmax, kmax, &ss) : add_sq_u16(acc, b, n, (int32_t)kmax, kmax, &ss);
+    if (bad) goto refused;
+    const double rl = cfg->range / (double)kmax;
+    *sumsq = (double)ss * rl * rl;
+    return 0;
+refused:
+    plait_update_sub_narrow(acc, b, wb, n);
+    size_t j = 0;
+    while (narrow_at(b, wb, j) <= kmax) j++;
+    return plait_fail(PLAIT_EPROTO, "quant_decode: word %zu exceeds 1 clients x %u bits", j, cfg->bits);
 }
 
 int plait_quant_add_checked(const plait_quant_config_t *cfg, uint32_t *acc, const uint32_t *w, size_t n,

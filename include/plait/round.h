@@ -274,6 +274,16 @@ int plait_round_submit_words(plait_round_t *r, uint64_t client, uint64_t round_i
                              size_t n_words, int unclipped, double now) PLAIT_WUR;
 
 /**
+ * \brief plait_round_submit_words() for an update kept as it arrived: n_words words of wb
+ *        bytes each, little-endian (1 <= wb <= 4; the aggregator buffers wb = ceil(bits / 8)),
+ *        read in place, with the same checks and results (the norm check's sum of squares is
+ *        exact for wb <= 2, see plait_quant_add_checked_narrow()).
+ * \return as plait_round_submit_words(); PLAIT_EINVAL for wb outside 1..4.
+ */
+int plait_round_submit_narrow(plait_round_t *r, uint64_t client, uint64_t round_id, const uint8_t *b, unsigned wb,
+                              size_t n_words, int unclipped, double now) PLAIT_WUR;
+
+/**
  * \brief Secure aggregation: count a client's masked update (dim + 1 masked
  *        words that the caller sums outside the core, see server_secagg.c).
  *        Nothing is checked but its length: the device's clip is the bound.

@@ -185,6 +185,23 @@ size_t plait_tls_pending_out(const plait_tls_t *s, const uint8_t **buf /* OUT */
 void plait_tls_consume_out(plait_tls_t *s, size_t n);
 
 /**
+ * \brief Take all pending output without copying it: the session hands over
+ *        its output buffer (and starts a new one with its next bytes).
+ * \param mem OUT: the allocation to free() once the bytes are sent (NULL when none).
+ * \param buf OUT: the pending bytes, inside *mem.
+ * \return the number of pending bytes (0: nothing pending, *mem is NULL).
+ */
+size_t plait_tls_take_out(plait_tls_t *s, uint8_t **mem /* OUT */, const uint8_t **buf /* OUT */);
+
+/**
+ * \brief Make room in the output buffer for the records that sealing len more
+ *        bytes of plaintext makes (an optimization: without it the buffer
+ *        grows by doubling as records are appended).
+ * \return 0; PLAIT_ENOMEM; PLAIT_EINVAL for a NULL session.
+ */
+int plait_tls_reserve_out(plait_tls_t *s, size_t len) PLAIT_WUR;
+
+/**
  * \brief Advance the handshake with the input fed so far.
  * \return 0 when established (also on later calls); PLAIT_EAGAIN (send the
  *         pending output, feed more input); PLAIT_EAUTH (a certificate was

@@ -213,4 +213,27 @@ void plait_update_sub_u32(uint32_t *acc, const uint32_t *x, size_t n);
 int plait_quant_add_checked(const plait_quant_config_t *cfg, uint32_t *acc, const uint32_t *w, size_t n,
                             double *sumsq /* OUT */) PLAIT_WUR;
 
+/* Narrow words: the aggregator keeps an update as it arrives, wb = ceil(bits / 8) bytes a
+ * word, little-endian (1 <= wb <= 4). These read such a buffer where the functions above
+ * read uint32_t words, with the same results. */
+
+/** \brief Word i of a buffer of wb-byte little-endian words. */
+uint32_t plait_narrow_word(const uint8_t *b, unsigned wb, size_t i);
+/** \brief acc[i] += word i, mod 2^32. */
+void plait_update_add_narrow(uint32_t *acc, const uint8_t *b, unsigned wb, size_t n);
+/** \brief acc[i] -= word i, mod 2^32: takes back what plait_update_add_narrow() added. */
+void plait_update_sub_narrow(uint32_t *acc, const uint8_t *b, unsigned wb, size_t n);
+/** \brief plait_quant_decode_sum() for one client's narrow words. */
+int plait_quant_decode_narrow(const plait_quant_config_t *cfg, const uint8_t *b, unsigned wb, size_t n,
+                              double *out /* OUT */) PLAIT_WUR;
+/**
+ * \brief plait_quant_add_checked() for one client's narrow words. With wb <= 2 (and bits <=
+ *        8·wb) the sum of squares is exact: (R/L)^2 times an integer sum of (2v - L)^2, one
+ *        rounding; wider words sum doubles as plait_quant_add_checked() does.
+ * \return 0; PLAIT_EPROTO naming the first word out of range (acc is then as before);
+ *         PLAIT_EINVAL for a bad config, a width outside 1..4 or NULL pointers.
+ */
+int plait_quant_add_checked_narrow(const plait_quant_config_t *cfg, uint32_t *acc, const uint8_t *b, unsigned wb,
+                                   size_t n, double *sumsq /* OUT */) PLAIT_WUR;
+
 #endif /* PLAIT_UPDATE_H */

@@ -544,6 +544,82 @@ START_TEST(test_quant_add_checked)
 }
 END_TEST
 
+/* The narrow-word forms (how the aggregator keeps an update: ceil(bits / 8) bytes a word, or 4
+ * after a device sent a 32-bit word) against the uint32_t ones on the same words: the same
+ * sums bit for bit, the same sum of squares to rounding (exact in integers for 1 and 2 bytes;
+ * lengths past the 65,536-word and 262,144-word blocks of the 8-bit sums), the same decode, the same word named
+ * when one is out of range and the accumulator left as it was. */
+START_TEST(test_quant_add_checked_narrow)
+{
+    static const unsigned bits[] = {8, 8, 12, 16, 16, 20, 24, 32};
+    static const unsigned wbs[] = {1, 4, 2, 2, 3, 3, 3, 4};
+    static const size_t lens[] = {0, 1, 9, 1003, 65536, 65537, 140001, 600011};
+    plait_rng_t rng;
+    plait_rng_seed_u64(&rng, 7, 8);
+    for (size_t b = 0; b < sizeof(bits) / sizeof(bits[0]); b++)
+        for (size_t l = 0; l < sizeof(lens) / sizeof(lens[0]); l++) {
+            size_t n = lens[l];
+            unsigned wb = wbs[b];
+            plait_quant_config_t qc = {bits[b], 0.25};
+            uint32_t *w = malloc((n + 1) * 4), *acc = malloc((n + 1) * 4), *ref = malloc((n + 1) * 4);
+            uint8_t *nb = malloc((n + 1) * wb);
+            double *dec = malloc((n + 1) * sizeof(double)), *dec2 = malloc((n + 1) * sizeof(double));
+            ck_assert(w && acc && ref && nb && dec && dec2);
+            uint64_t lv = bits[b] == 32 ? UINT32_MAX : ((UINT64_C(1) << bits[b]) - 1);
+            for (size_t i = 0; i < n; i++) {
+                /* the extremes often: they carry the largest squares */
+                uint64_t r = plait_rng_u64(&rng);
+                w[i] = (uint32_t)(r % 4 == 0 ? 0 : r % 4 == 1 ? lv : (r >> 8) % (lv + 1));
+                for (unsigned k = 0; k < wb; k++) nb[(size_t)wb * i + k] = (uint8_t)(w[i] >> (8 * k));
+                ck_assert_uint_eq(plait_narrow_word(nb, wb, i), w[i]);
+                acc[i] = ref[i] = (uint32_t)plait_rng_u64(&rng);
+            }
+            double ss = -1, want = -1;
+            ck_assert_int_eq(plait_quant_add_checked(&qc, ref, w, n, &want), 0);
+            ck_assert_int_eq(plait_quant_add_checked_narrow(&qc, acc, nb, wb, n, &ss), 0);
+            ck_assert(n == 0 || memcmp(acc, ref, n * 4) == 0);
+            ck_assert_msg(fabs(ss - want) <= 1e-12 * (want + 1), "n %zu bits %u wb %u: %.17g vs %.17g", n, bits[b], wb,
+                          ss, want);
+            ck_assert_int_eq(plait_quant_decode_sum(&qc, w, n, 1, dec), 0);
+            ck_assert_int_eq(plait_quant_decode_narrow(&qc, nb, wb, n, dec2), 0);
+            ck_assert(n == 0 || memcmp(dec, dec2, n * sizeof(double)) == 0);
+            plait_update_sub_narrow(acc, nb, wb, n);
+            plait_update_sub_u32(ref, w, n);
+            ck_assert(n == 0 || memcmp(acc, ref, n * 4) == 0);
+            plait_update_add_narrow(acc, nb, wb, n);
+            plait_update_add_u32(ref, w, n);
+            ck_assert(n == 0 || memcmp(acc, ref, n * 4) == 0);
+            if (n > 0 && lv < ((UINT64_C(1) << (8 * wb)) - 1)) { /* a word that fits wb bytes but not the bits */
+                size_t j = n - 1 - n / 3;
+                uint32_t big = (uint32_t)lv + 1;
+                for (unsigned k = 0; k < wb; k++) nb[(size_t)wb * j + k] = (uint8_t)(big >> (8 * k));
+                memcpy(ref, acc, n * 4);
+                ck_assert_int_eq(plait_quant_add_checked_narrow(&qc, acc, nb, wb, n, &ss), PLAIT_EPROTO);
+                char name[32];
+                snprintf(name, sizeof(name), "word %zu ", j);
+                ck_assert_msg(strstr(plait_errmsg(), name) != NULL, "%s", plait_errmsg());
+                ck_assert_int_eq(memcmp(acc, ref, n * 4), 0);
+                ck_assert_int_eq(plait_quant_decode_narrow(&qc, nb, wb, n, dec2), PLAIT_EPROTO);
+                ck_assert_msg(strstr(plait_errmsg(), name) != NULL, "%s", plait_errmsg());
+            }
+            free(w);
+            free(acc);
+            free(ref);
+            free(nb);
+            free(dec);
+            free(dec2);
+        }
+    plait_quant_config_t ok = {8, 1.0};
+    double ss;
+    uint32_t one = 0;
+    uint8_t b1 = 0;
+    ck_assert_int_eq(plait_quant_add_checked_narrow(&ok, &one, &b1, 0, 1, &ss), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_quant_add_checked_narrow(&ok, &one, &b1, 5, 1, &ss), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_quant_add_checked_narrow(&ok, NULL, &b1, 1, 1, &ss), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_quant_decode_narrow(&ok, &b1, 0, 1, (double[1]){0}), PLAIT_EINVAL);
+}
+END_TEST
+
 Suite *update_suite(void)
 {
     Suite *s = suite_create("update");
@@ -570,6 +646,7 @@ Suite *update_suite(void)
     tcase_add_test(tc, test_quant_cohort_bound);
     tcase_add_test(tc, test_quant_weights_and_errors);
     tcase_add_test(tc, test_quant_add_checked);
+    tcase_add_test(tc, test_quant_add_checked_narrow);
     suite_add_tcase(s, tc);
     return s;
 }
