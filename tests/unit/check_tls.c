@@ -210,6 +210,61 @@ START_TEST(test_handshake_and_data)
 }
 END_TEST
 
+/* Output taken without a copy (how the aggregator sends): the taken buffer holds exactly the
+ * pending bytes, also after part of them was consumed; the session starts a new buffer; with
+ * room reserved for a frame, its records land in one buffer that decrypts to the frame. */
+START_TEST(test_take_and_reserve_out)
+{
+    duo_t d;
+    duo_run(&d, &dev, "plait-aggregator", &srv, NULL, NULL);
+    ck_assert_int_eq(d.src, 0);
+    uint8_t *mem = (uint8_t *)1;
+    const uint8_t *p = (const uint8_t *)1;
+    ck_assert_uint_eq(plait_tls_take_out(d.s, &mem, &p), 0); /* nothing pending */
+    ck_assert_ptr_null(mem);
+    ck_assert_ptr_null(p);
+    size_t len = 300000; /* more than PLAIT_TLS_OUT_HIGH: two writes */
+    uint8_t *msg = malloc(len), *got = malloc(len);
+    ck_assert(msg && got);
+    for (size_t i = 0; i < len; i++) msg[i] = (uint8_t)(i * 7 + 3);
+    ck_assert_int_eq(plait_tls_reserve_out(d.s, len), 0);
+    size_t sent = 0, recvd = 0, takes = 0;
+    while (recvd < len) {
+        if (sent < len) {
+            int w = plait_tls_write(d.s, msg + sent, len - sent);
+            ck_assert_int_gt(w, 0);
+            sent += (size_t)w;
+        }
+        const uint8_t *q;
+        size_t pend = plait_tls_pending_out(d.s, &q);
+        ck_assert_uint_gt(pend, 100);
+        ck_assert_int_eq(plait_tls_feed(d.c, q, 100), 0); /* part consumed the usual way */
+        plait_tls_consume_out(d.s, 100);
+        size_t n = plait_tls_take_out(d.s, &mem, &p);
+        ck_assert_uint_eq(n, pend - 100);
+        ck_assert_ptr_nonnull(mem);
+        ck_assert(p >= mem);
+        ck_assert_uint_eq(plait_tls_pending_out(d.s, &q), 0);
+        for (size_t off = 0; off < n; off += 4000) { /* the peer gets it in pieces */
+            size_t k = n - off < 4000 ? n - off : 4000;
+            ck_assert_int_eq(plait_tls_feed(d.c, p + off, k), 0);
+            int r = PLAIT_EAGAIN;
+            while (recvd < len && (r = plait_tls_read(d.c, got + recvd, len - recvd)) > 0) recvd += (size_t)r;
+            if (recvd < len) ck_assert_int_eq(r, PLAIT_EAGAIN);
+        }
+        free(mem);
+        takes++;
+    }
+    ck_assert_uint_eq(takes, 2);
+    ck_assert_int_eq(memcmp(msg, got, len), 0);
+    ck_assert_int_eq(plait_tls_reserve_out(NULL, 1), PLAIT_EINVAL);
+    transfer(d.s, d.c, 1000); /* the session goes on with a new buffer */
+    free(msg);
+    free(got);
+    duo_free(&d);
+}
+END_TEST
+
 START_TEST(test_x25519_preferred)
 {
     /* TLS 1.2 handshake messages travel in clear: the server's first flight
@@ -910,6 +965,7 @@ Suite *tls_suite(void)
     tcase_add_unchecked_fixture(tm, certs_setup, certs_teardown);
     tcase_set_timeout(tm, 60);
     tcase_add_test(tm, test_handshake_and_data);
+    tcase_add_test(tm, test_take_and_reserve_out);
     tcase_add_test(tm, test_x25519_preferred);
     tcase_add_test(tm, test_write_before_handshake);
     tcase_add_test(tm, test_ip_server_name);
