@@ -63,12 +63,17 @@ void plait__srv_reject(conn_t *c, plait__rej_t why, const char *fmt, ...)
 /* ---- writing ------------------------------------------------------------------ */
 
 static void pump_download(conn_t *c);
+static void resume_downloads(plait_server_t *s, const conn_t *except);
 
 static void on_conn_write(uv_write_t *req, int status)
 {
     wreq_t *w = (wreq_t *)req;
     conn_t *c = w->owner;
     plait_server_t *s = c->srv;
+    if (c->wstalled) { /* progress (or the end): its bytes count in the shared queue again */
+        s->out_stalled -= c->out_queued;
+        c->wstalled = 0;
+    }
     c->out_queued -= w->len;
     s->out_total -= w->len;
     c->t_wprog = now_s(c->srv);
@@ -82,9 +87,29 @@ static void on_conn_write(uv_write_t *req, int status)
         return;
     }
     if (c->dl_active && !c->closing) pump_download(c);
-    /* Downloads that waited for room in the shared send queue (pump_download) go on. */
-    for (conn_t *o = s->conns; o && s->out_total < DL_QUEUE_MAX; o = o->next)
-        if (o != c && o->dl_active && !o->closing && o->out_queued == 0) pump_download(o);
+    resume_downloads(s, c);
+}
+
+/* The shared send queue in use: stalled connections' bytes wait apart. */
+static size_t queue_used(const plait_server_t *s) { return s->out_total - s->out_stalled; }
+
+/* Downloads that waited for room in the shared send queue (pump_download) go on. */
+static void resume_downloads(plait_server_t *s, const conn_t *except)
+{
+    for (conn_t *o = s->conns; o && queue_used(s) < DL_QUEUE_MAX; o = o->next)
+        if (o != except && o->dl_active && !o->closing && o->out_queued == 0) pump_download(o);
+}
+
+void plait__srv_mark_write_stalls(plait_server_t *s, double now)
+{
+    int freed = 0;
+    for (conn_t *c = s->conns; c; c = c->next)
+        if (!c->wstalled && c->out_queued > 0 && now - c->t_wprog > DL_STALL_S) {
+            c->wstalled = 1;
+            s->out_stalled += c->out_queued;
+            freed = 1;
+        }
+    if (freed) resume_downloads(s, NULL);
 }
 
 /* Move the TLS session's pending ciphertext into a uv_write request: the
@@ -110,6 +135,7 @@ static int flush(conn_t *c)
     if (c->out_queued == 0) c->t_wprog = now_s(c->srv);
     c->out_queued += n;
     c->srv->out_total += n;
+    if (c->wstalled) c->srv->out_stalled += n;
     c->srv->m.bytes_out += n;
     return 0;
 }
@@ -247,7 +273,7 @@ static void pump_download(conn_t *c)
     size_t chunk = s->lim.max_chunk_bytes;
     /* Two chunks in flight per connection, and at most DL_QUEUE_MAX bytes queued in all: the
      * copies of a cohort's downloads do not grow with the cohort (on_conn_write resumes). */
-    while (c->dl_active && !c->closing && c->out_queued < 2 * chunk + 4096 && s->out_total < DL_QUEUE_MAX) {
+    while (c->dl_active && !c->closing && c->out_queued < 2 * chunk + 4096 && queue_used(s) < DL_QUEUE_MAX) {
         blob_t *b = c->dl;
         size_t n = c->dl_len - c->dl_off < chunk ? (size_t)(c->dl_len - c->dl_off) : chunk;
         plait_msg_t m;

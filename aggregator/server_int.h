@@ -54,7 +54,13 @@
 #define METRICS_DEADLINE_S 2.0     /* a metrics connection gets this long to ask and be answered */
 #define REVOKE_SWEEP_S 1.0         /* revocation list reload and live-session sweep period */
 #define TICK_MS 50
-#define DL_QUEUE_MAX (16u << 20) /* adapter bytes queued for sending, all connections together */
+/* Adapter bytes queued for sending, all connections together, not counting connections whose
+ * peer has read nothing for DL_STALL_S (their bytes wait apart, bounded by two chunks each,
+ * until they read or hit write_stall), so peers that stop reading cannot hold the queue.
+ * 4 MiB keeps the send buffers few and warm: at 16 MiB the server spent a tenth of its CPU
+ * faulting them in again (docs/performance.md). */
+#define DL_QUEUE_MAX (4u << 20)
+#define DL_STALL_S 2.0
 
 #define DL_KEEP_MAX 16          /* download_delta_keep's upper bound */
 
@@ -98,6 +104,7 @@ struct conn_s {
     size_t in_len, in_cap;
     size_t out_queued;
     double t_wprog; /* last write progress (for the write-stall limit) */
+    int wstalled;   /* no write progress for DL_STALL_S: out_queued counts in out_stalled */
     /* round participation */
     uint64_t round_id; /* server round id this connection was selected for, 0 if none */
     blob_t *dl;
@@ -215,6 +222,7 @@ struct plait_server_s {
     size_t n_closing;            /* connections closing (not counted against max_connections) */
     uint64_t park_seq;           /* last parked connection's sequence number */
     size_t out_total;            /* ciphertext bytes queued in uv_write requests, all connections */
+    size_t out_stalled;          /* the part of out_total queued on stalled connections (wstalled) */
     size_t n_parked;             /* connections parked (an upload waiting for a buffer) */
     double rev_swept;
     /* secure aggregation (server_secagg.c): the round's SecAgg+ state, or NULL */
@@ -278,6 +286,8 @@ void plait__srv_reject(conn_t *c, plait__rej_t why, const char *fmt, ...)
     ;
 
 /** \brief Encode m, encrypt it and queue it on c. */
+/* Mark connections whose peer stopped reading (on_tick) so the send queue goes on without them. */
+void plait__srv_mark_write_stalls(plait_server_t *s, double now);
 int plait__srv_send_msg(conn_t *c, const plait_msg_t *m);
 /** \brief Queue an Error frame (best effort). */
 void plait__srv_send_error(conn_t *c, int code, const char *msg);
