@@ -1112,6 +1112,54 @@ START_TEST(test_uploads_in_flight)
 }
 END_TEST
 
+/* Peers that ask for the adapter and then read nothing: each fills its socket and two chunks
+ * of the aggregator's shared 4 MiB send queue, ten of them more than all of it. Once they
+ * have read nothing for 2 s their bytes no longer count in the queue, so an honest device
+ * still downloads, uploads and is acked; idle_timeout_s is long, so write_stall is not what
+ * frees the queue. */
+START_TEST(test_stalled_readers)
+{
+    enum { NH = 10 };
+    it_dep_t d;
+    ck_assert_int_eq(it_init(&d, "integ_stalled", "lora_targets=wq,wk,wv,wo,w1,w2,w3", "lora_rank=160",
+                             "target_cohort=11", "min_cohort=11", "overselect=1", "selection_timeout_s=300",
+                             "round_timeout_s=300", "idle_timeout_s=600", "retry_ms=200", "secure_agg=false", NULL),
+                     0);
+    char id[32];
+    for (int i = 0; i < NH; i++) {
+        snprintf(id, sizeof(id), "stall%d", i);
+        ck_assert_int_eq(it_enroll(&d, id), 0);
+    }
+    ck_assert_int_eq(it_enroll(&d, "honest"), 0);
+    ck_assert_int_eq(it_start(&d, NULL), 0);
+    it_client_t *h[NH];
+    it_client_rcvbuf(4096);
+    for (int i = 0; i < NH; i++) {
+        snprintf(id, sizeof(id), "stall%d", i);
+        h[i] = malloc(sizeof(*h[i]));
+        ck_assert_ptr_nonnull(h[i]);
+        plait_msg_task_t t;
+        ck_assert_int_eq(client_with_task(h[i], &d, id, &t), 0);
+        ck_assert_uint_gt(t.adapter_len, 3u << 20); /* more than the socket buffers take */
+        plait_msg_t m;
+        plait_msg_init(&m, PLAIT_MSG_ADAPTER_REQUEST);
+        m.u.adapter_request.round_id = t.round_id;
+        m.u.adapter_request.version = t.adapter_version;
+        m.u.adapter_request.offset = 0;
+        ck_assert_int_eq(it_send(h[i], &m), 0); /* and never read again */
+    }
+    it_client_rcvbuf(0);
+    ck_assert_int_eq(it_participate(&d, "honest", 0.001f, NULL), 0);
+    ck_assert_int_eq(it_log_count(&d, "update accepted round=1 "), 1);
+    ck_assert_int_eq(it_log_count(&d, "write_stall"), 0);
+    for (int i = 0; i < NH; i++) {
+        it_client_close(h[i]);
+        free(h[i]);
+    }
+    finish(&d);
+}
+END_TEST
+
 /* ---- issue #11: hostile hosts, revocation and failed rounds ---------------- */
 
 /* A plain TCP connection to 127.0.0.1:port from source address src (Linux
@@ -1477,6 +1525,7 @@ Suite *server_suite(void)
         {"shutdown_during_ack_wait", test_shutdown_during_ack_wait},
         {"slots_after_leave", test_slots_after_leave},
         {"uploads_in_flight", test_uploads_in_flight},
+        {"stalled_readers", test_stalled_readers},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         TCase *tc = tcase_create(cases[i].name);

@@ -210,10 +210,15 @@ int it_log_wait(const it_dep_t *d, const char *needle, int timeout_ms)
     return 0;
 }
 
+static int rcvbuf_next; /* it_client_rcvbuf() */
+
+void it_client_rcvbuf(int bytes) { rcvbuf_next = bytes; }
+
 static int tcp_connect(int port)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     if (fd < 0) return -1;
+    if (rcvbuf_next > 0) (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf_next, sizeof(rcvbuf_next));
     struct sockaddr_in sa;
     memset(&sa, 0, sizeof(sa));
     sa.sin_family = AF_INET;

@@ -56,6 +56,9 @@ typedef struct {
     plait_wire_limits_t lim;
 } it_client_t;
 
+/** Later connections ask for a receive buffer of this many bytes before they connect (0: the
+ *  system's default), so a peer that stops reading stops the sender soon. */
+void it_client_rcvbuf(int bytes);
 /** Connect to 127.0.0.1:port; no handshake yet. crt/key may be NULL (no certificate). */
 int it_client_open(it_client_t *c, int port, const char *ca_pem, const char *crt_pem, const char *key_pem);
 /** Open with DIR's CA and DIR/<id>.crt/.key, and complete the handshake. 0 or an error code. */
