@@ -251,11 +251,167 @@ V16 static void attn_head_fwd_avx512(float *att, float *oh, const float *qh, con
     }
 }
 
+/* sum_{t2 < n} w[t2] m[t2] over rows of 8 floats (m is (n, 8)): two rows
+ * per register, [w[t2] x 8, w[t2+1] x 8] * m[t2 .. t2+1], the weights
+ * spread by permutes of 16 loaded at a time, in four chains. */
+V16 static inline __m256 rows8_weighted(const float *w, const float *m, size_t n)
+{
+    const __m512i i0 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0), two = _mm512_set1_epi32(2);
+    const __m512i i1 = _mm512_add_epi32(i0, two), i2 = _mm512_add_epi32(i1, two), i3 = _mm512_add_epi32(i2, two),
+                  i4 = _mm512_add_epi32(i3, two), i5 = _mm512_add_epi32(i4, two), i6 = _mm512_add_epi32(i5, two),
+                  i7 = _mm512_add_epi32(i6, two);
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    size_t c = 0;
+    for (; c + 16 <= n; c += 16) {
+        __m512 wv = _mm512_loadu_ps(w + c);
+        const float *mc = m + c * 8;
+        a0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(i0, wv), _mm512_loadu_ps(mc), a0);
+        a1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(i1, wv), _mm512_loadu_ps(mc + 16), a1);
+        a2 = _mm512_fmadd_ps(_mm512_permutexvar_ps(i2, wv), _mm512_loadu_ps(mc + 32), a2);
+        a3 = _mm512_fmadd_ps(_mm512_permutexvar_ps(i3, wv), _mm512_loadu_ps(mc + 48), a3);
+        a0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(i4, wv), _mm512_loadu_ps(mc + 64), a0);
+        a1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(i5, wv), _mm512_loadu_ps(mc + 80), a1);
+        a2 = _mm512_fmadd_ps(_mm512_permutexvar_ps(i6, wv), _mm512_loadu_ps(mc + 96), a2);
+        a3 = _mm512_fmadd_ps(_mm512_permutexvar_ps(i7, wv), _mm512_loadu_ps(mc + 112), a3);
+    }
+    if (c < n) { /* 1 .. 15 rows left: weights past n load as 0, and no row past n is read */
+        size_t r = n - c;
+        __m512 wv = _mm512_maskz_loadu_ps(lanes(r), w + c);
+        const float *mc = m + c * 8;
+        const __m512i idx[8] = {i0, i1, i2, i3, i4, i5, i6, i7};
+        for (size_t k = 0; 2 * k < r; k++) {
+            __mmask16 mk = 2 * k + 1 < r ? (__mmask16)0xFFFF : (__mmask16)0x00FF;
+            a0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(idx[k], wv), _mm512_maskz_loadu_ps(mk, mc + 16 * k), a0);
+        }
+    }
+    __m512 s = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
+    return _mm256_add_ps(_mm512_castps512_ps256(s), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1)));
+}
+
+/* d[r * 8 + c] += s[c * ld + r] for r, c < 8: one 8 x 8 tile of a
+ * transposed (8, ld) head added back into (rows, 8). */
+V16 static inline void add_transposed8x8(float *d, const float *s, size_t ld)
+{
+    __m256 r0 = _mm256_loadu_ps(s), r1 = _mm256_loadu_ps(s + ld), r2 = _mm256_loadu_ps(s + 2 * ld),
+           r3 = _mm256_loadu_ps(s + 3 * ld), r4 = _mm256_loadu_ps(s + 4 * ld), r5 = _mm256_loadu_ps(s + 5 * ld),
+           r6 = _mm256_loadu_ps(s + 6 * ld), r7 = _mm256_loadu_ps(s + 7 * ld);
+    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1), t2 = _mm256_unpacklo_ps(r2, r3),
+           t3 = _mm256_unpackhi_ps(r2, r3), t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5),
+           t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE),
+           u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE),
+           u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE),
+           u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    __m256 o[8] = {_mm256_permute2f128_ps(u0, u4, 0x20), _mm256_permute2f128_ps(u1, u5, 0x20),
+                   _mm256_permute2f128_ps(u2, u6, 0x20), _mm256_permute2f128_ps(u3, u7, 0x20),
+                   _mm256_permute2f128_ps(u0, u4, 0x31), _mm256_permute2f128_ps(u1, u5, 0x31),
+                   _mm256_permute2f128_ps(u2, u6, 0x31), _mm256_permute2f128_ps(u3, u7, 0x31)};
+    for (int r = 0; r < 8; r++)
+        _mm256_storeu_ps(d + r * 8, _mm256_add_ps(_mm256_loadu_ps(d + r * 8), o[r]));
+}
+
+/* Backward of one head of HS = 8. A row of dK or dV is half a register, so
+ * adding every query row into them row by row (the general kernel below)
+ * reads and writes each 32-byte row once per query row at half the vector
+ * width. Here each block of query rows first writes its dS rows (stride r1,
+ * zero past the diagonal like P's), then dK and dV are accumulated
+ * transposed, (8, T16) in scr, 16 key positions per register with the 16
+ * accumulators held in registers over the block's rows: dKT[i][c..c+16] +=
+ * Q[t][i] dS[t][c..c+16], dVT[i][c..c+16] += dO[t][i] P[t][c..c+16]. They
+ * are added into dkh and dvh once, at the end. dQ[t] = sum dS[t2] K[t2]
+ * runs row by row in four chains. */
+V16 static void attn_head_bwd8_avx512(const float *att, const float *qh, const float *kh, const float *vT,
+                                      const float *doh, float *dqh, float *dkh, float *dvh, float *scr, size_t T,
+                                      float scale)
+{
+    size_t T8 = round8(T), T16 = round16(T);
+    float *ds = scr, *dkT = scr + ATT_BLOCK * T, *dvT = dkT + 8 * T16;
+    memset(dkT, 0, 16 * T16 * sizeof(float));
+    for (size_t r0 = 0; r0 < T; r0 += ATT_BLOCK) {
+        size_t r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;
+        const float *blk = att + att_block_offset(r0 / ATT_BLOCK, T);
+        for (size_t t = r0; t < r1; t++) {
+            size_t n = t + 1;
+            const float *p = blk + (t - r0) * r1, *dot_ = doh + t * 8;
+            float *d = ds + (t - r0) * r1;
+            row_scores(d, dot_, vT, T8, 8, n);                              /* dP[t2] = dO[t] . V[t2] */
+            softmax_bwd_avx512(d, p, n, (float)dot_avx512(p, d, n), scale); /* dS */
+            memset(d + n, 0, (r1 - n) * sizeof(float));
+            _mm256_storeu_ps(dqh + t * 8, rows8_weighted(d, kh, n)); /* dQ[t] */
+        }
+        /* Key positions c .. c+15; rows above c see none of them. */
+        for (size_t c = 0; c < r1; c += 16) {
+            __mmask16 k = r1 - c >= 16 ? (__mmask16)0xFFFF : lanes(r1 - c);
+            /* sixteen accumulators, named so that they stay in registers */
+            float *kc = dkT + c, *vc = dvT + c;
+            __m512 k0 = _mm512_loadu_ps(kc + 0 * T16), k1 = _mm512_loadu_ps(kc + 1 * T16),
+                   k2 = _mm512_loadu_ps(kc + 2 * T16), k3 = _mm512_loadu_ps(kc + 3 * T16),
+                   k4 = _mm512_loadu_ps(kc + 4 * T16), k5 = _mm512_loadu_ps(kc + 5 * T16),
+                   k6 = _mm512_loadu_ps(kc + 6 * T16), k7 = _mm512_loadu_ps(kc + 7 * T16);
+            __m512 v0 = _mm512_loadu_ps(vc + 0 * T16), v1 = _mm512_loadu_ps(vc + 1 * T16),
+                   v2 = _mm512_loadu_ps(vc + 2 * T16), v3 = _mm512_loadu_ps(vc + 3 * T16),
+                   v4 = _mm512_loadu_ps(vc + 4 * T16), v5 = _mm512_loadu_ps(vc + 5 * T16),
+                   v6 = _mm512_loadu_ps(vc + 6 * T16), v7 = _mm512_loadu_ps(vc + 7 * T16);
+            for (size_t t = c > r0 ? c : r0; t < r1; t++) {
+                __m512 s = _mm512_maskz_loadu_ps(k, ds + (t - r0) * r1 + c);
+                __m512 pp = _mm512_maskz_loadu_ps(k, blk + (t - r0) * r1 + c);
+                const float *q = qh + t * 8, *o = doh + t * 8;
+                k0 = _mm512_fmadd_ps(_mm512_set1_ps(q[0]), s, k0);
+                v0 = _mm512_fmadd_ps(_mm512_set1_ps(o[0]), pp, v0);
+                k1 = _mm512_fmadd_ps(_mm512_set1_ps(q[1]), s, k1);
+                v1 = _mm512_fmadd_ps(_mm512_set1_ps(o[1]), pp, v1);
+                k2 = _mm512_fmadd_ps(_mm512_set1_ps(q[2]), s, k2);
+                v2 = _mm512_fmadd_ps(_mm512_set1_ps(o[2]), pp, v2);
+                k3 = _mm512_fmadd_ps(_mm512_set1_ps(q[3]), s, k3);
+                v3 = _mm512_fmadd_ps(_mm512_set1_ps(o[3]), pp, v3);
+                k4 = _mm512_fmadd_ps(_mm512_set1_ps(q[4]), s, k4);
+                v4 = _mm512_fmadd_ps(_mm512_set1_ps(o[4]), pp, v4);
+                k5 = _mm512_fmadd_ps(_mm512_set1_ps(q[5]), s, k5);
+                v5 = _mm512_fmadd_ps(_mm512_set1_ps(o[5]), pp, v5);
+                k6 = _mm512_fmadd_ps(_mm512_set1_ps(q[6]), s, k6);
+                v6 = _mm512_fmadd_ps(_mm512_set1_ps(o[6]), pp, v6);
+                k7 = _mm512_fmadd_ps(_mm512_set1_ps(q[7]), s, k7);
+                v7 = _mm512_fmadd_ps(_mm512_set1_ps(o[7]), pp, v7);
+            }
+            _mm512_storeu_ps(kc + 0 * T16, k0);
+            _mm512_storeu_ps(kc + 1 * T16, k1);
+            _mm512_storeu_ps(kc + 2 * T16, k2);
+            _mm512_storeu_ps(kc + 3 * T16, k3);
+            _mm512_storeu_ps(kc + 4 * T16, k4);
+            _mm512_storeu_ps(kc + 5 * T16, k5);
+            _mm512_storeu_ps(kc + 6 * T16, k6);
+            _mm512_storeu_ps(kc + 7 * T16, k7);
+            _mm512_storeu_ps(vc + 0 * T16, v0);
+            _mm512_storeu_ps(vc + 1 * T16, v1);
+            _mm512_storeu_ps(vc + 2 * T16, v2);
+            _mm512_storeu_ps(vc + 3 * T16, v3);
+            _mm512_storeu_ps(vc + 4 * T16, v4);
+            _mm512_storeu_ps(vc + 5 * T16, v5);
+            _mm512_storeu_ps(vc + 6 * T16, v6);
+            _mm512_storeu_ps(vc + 7 * T16, v7);
+        }
+    }
+    size_t t2 = 0;
+    for (; t2 + 8 <= T; t2 += 8) {
+        add_transposed8x8(dkh + t2 * 8, dkT + t2, T16);
+        add_transposed8x8(dvh + t2 * 8, dvT + t2, T16);
+    }
+    for (; t2 < T; t2++)
+        for (size_t i = 0; i < 8; i++) {
+            dkh[t2 * 8 + i] += dkT[i * T16 + t2];
+            dvh[t2 * 8 + i] += dvT[i * T16 + t2];
+        }
+}
+
 /* Backward of one head: dqh (T, HS) overwritten, dkh and dvh accumulated. */
 V16 static void attn_head_bwd_avx512(const float *att, const float *qh, const float *kh, const float *vT,
                                      const float *doh, float *dqh, float *dkh, float *dvh, float *row, size_t T,
                                      size_t HS, float scale)
 {
+    if (HS == 8) {
+        attn_head_bwd8_avx512(att, qh, kh, vT, doh, dqh, dkh, dvh, row, T, scale);
+        return;
+    }
     size_t T8 = round8(T);
     for (size_t r0 = 0; r0 < T; r0 += ATT_BLOCK) {
         size_t r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;

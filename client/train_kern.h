@@ -95,6 +95,19 @@ static inline size_t round8(size_t T)
     return (T + 7) & ~(size_t)7;
 }
 
+/* T rounded up to a multiple of 16 (one AVX-512 vector). */
+static inline size_t round16(size_t T)
+{
+    return (T + 15) & ~(size_t)15;
+}
+
+/* Floats of the scratch attn_head_bwd takes: one block of dS (ATT_BLOCK
+ * rows of at most T) and dK, dV transposed, (HS, round16(T)) each. */
+static inline size_t plait__attn_bwd_scratch_floats(size_t T, size_t HS)
+{
+    return ATT_BLOCK * T + 2 * HS * round16(T);
+}
+
 /* AdamW's per-step constants (train.c, as torch.optim.AdamW computes them). */
 typedef struct {
     double b1, b2;      /* betas */
@@ -131,7 +144,8 @@ typedef struct {
      * where the blocked matmul path is used: forward writes att (row blocks)
      * and oh (T, HS) from qh, kT (HS, round8(T)) and vh; backward overwrites
      * dqh and accumulates dkh, dvh from vT (HS, round8(T)) and doh. row is
-     * round8(T) floats of scratch. */
+     * scratch: round8(T) floats forward, plait__attn_bwd_scratch_floats(T,
+     * HS) backward. */
     void (*attn_head_fwd)(float *att, float *oh, const float *qh, const float *kT, const float *vh,
                           float *row, size_t T, size_t HS, float scale);
     void (*attn_head_bwd)(const float *att, const float *qh, const float *kh, const float *vT,

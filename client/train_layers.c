@@ -104,7 +104,8 @@ typedef struct {
     float *dqh; /* (T, HS) */
     float *dkh; /* (T, HS) */
     float *dvh; /* (T, HS) */
-    float *dp;  /* (ATT_BLOCK, T) gradient of one block's probabilities, then scores */
+    float *dp;  /* (ATT_BLOCK, T) gradient of one block's probabilities, then scores; the
+                 * row-wise backward's scratch (plait__attn_bwd_scratch_floats) */
     float *kvT; /* (HS, T8) keys (forward) or values (backward) transposed, zero-padded */
     float *row; /* (T8) one row of scores */
 } attn_scratch_t;
@@ -112,7 +113,7 @@ typedef struct {
 /* Floats of one thread's attention scratch. */
 size_t plait__attn_scratch_floats(size_t T, size_t HS)
 {
-    return ATT_BLOCK * T + 7 * T * HS + HS * round8(T) + round8(T);
+    return plait__attn_bwd_scratch_floats(T, HS) + 7 * T * HS + HS * round8(T) + round8(T);
 }
 
 static attn_scratch_t attn_scratch(const plait_trainer_t *tr, size_t item)
@@ -128,7 +129,7 @@ static attn_scratch_t attn_scratch(const plait_trainer_t *tr, size_t item)
     s.dkh = base + 5 * T * HS;
     s.dvh = base + 6 * T * HS;
     s.dp = base + 7 * T * HS;
-    s.kvT = s.dp + ATT_BLOCK * T;
+    s.kvT = s.dp + plait__attn_bwd_scratch_floats(T, HS);
     s.row = s.kvT + HS * round8(T);
     return s;
 }
@@ -244,7 +245,7 @@ static void attention_backward_items(void *ctx, size_t i0, size_t i1)
                 gather_head(s.qh, q, C, b, h * HS, T, HS);
                 gather_head(s.oh, dout, C, b, h * HS, T, HS);
                 if (rowwise) {
-                    K->attn_head_bwd(a_h, s.qh, s.kh, s.kvT, s.oh, s.dqh, s.dkh, s.dvh, s.row, T,
+                    K->attn_head_bwd(a_h, s.qh, s.kh, s.kvT, s.oh, s.dqh, s.dkh, s.dvh, s.dp, T,
                                      HS, scale);
                     scatter_head(j->out, s.dqh, C, b, h * HS, T, HS);
                     continue;

@@ -199,7 +199,7 @@ static float *transpose8(const float *x, size_t T, size_t HS)
 
 static void check_attention(const plait__tkern_t *K)
 {
-    static const size_t Ts[] = {1, 5, 17, 32, 33, 70};
+    static const size_t Ts[] = {1, 2, 5, 16, 17, 32, 33, 70, 97};
     static const size_t HSs[] = {8, 16, 24, 48};
     for (size_t a = 0; a < sizeof(Ts) / sizeof(Ts[0]); a++)
         for (size_t b = 0; b < sizeof(HSs) / sizeof(HSs[0]); b++) {
@@ -208,8 +208,8 @@ static void check_attention(const plait__tkern_t *K)
             float scale = 1.0f / sqrtf((float)HS);
             float *q = rvec(T * HS, -2, 2), *k = rvec(T * HS, -2, 2), *v = rvec(T * HS, -1, 1);
             float *dO = rvec(T * HS, -1, 1), *att = rvec(AS, 0, 1), *oh = rvec(T * HS, 0, 1);
-            float *row = calloc(round8(T), sizeof(float)), *kT = transpose8(k, T, HS),
-                  *vT = transpose8(v, T, HS);
+            float *row = calloc(plait__attn_bwd_scratch_floats(T, HS), sizeof(float)),
+                  *kT = transpose8(k, T, HS), *vT = transpose8(v, T, HS);
             double *p = calloc(T * T, sizeof(double)), *o = calloc(T * HS, sizeof(double));
             ck_assert_ptr_nonnull(row);
             K->attn_head_fwd(att, oh, q, kT, v, row, T, HS, scale);
