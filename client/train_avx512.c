@@ -207,6 +207,61 @@ V16 static inline void row_scores(float *row, const float *q, const float *kT, s
     }
 }
 
+/* Four accumulators of rows8_chunk: two rows of 8 floats each. */
+typedef struct {
+    __m512 a0, a1, a2, a3;
+} rows8_acc_t;
+
+/* a += sum_{i < r} w[i] m[i] for r (1 .. 16) rows of 8 floats, m (r, 8):
+ * two rows per register, [w[i] x 8, w[i+1] x 8] * m[i .. i+1], the
+ * weights spread by permutes of wv (w[0 .. 15], 0 past r); no row past r is
+ * read. */
+V16 __attribute__((always_inline)) static inline void rows8_chunk(rows8_acc_t *a, __m512 wv, const float *m, size_t r)
+{
+    const __m512i two = _mm512_set1_epi32(2);
+    __m512i ix = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    if (r == 16) {
+        a->a0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(ix, wv), _mm512_loadu_ps(m), a->a0);
+        ix = _mm512_add_epi32(ix, two);
+        a->a1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(ix, wv), _mm512_loadu_ps(m + 16), a->a1);
+        ix = _mm512_add_epi32(ix, two);
+        a->a2 = _mm512_fmadd_ps(_mm512_permutexvar_ps(ix, wv), _mm512_loadu_ps(m + 32), a->a2);
+        ix = _mm512_add_epi32(ix, two);
+        a->a3 = _mm512_fmadd_ps(_mm512_permutexvar_ps(ix, wv), _mm512_loadu_ps(m + 48), a->a3);
+        ix = _mm512_add_epi32(ix, two);
+        a->a0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(ix, wv), _mm512_loadu_ps(m + 64), a->a0);
+        ix = _mm512_add_epi32(ix, two);
+        a->a1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(ix, wv), _mm512_loadu_ps(m + 80), a->a1);
+        ix = _mm512_add_epi32(ix, two);
+        a->a2 = _mm512_fmadd_ps(_mm512_permutexvar_ps(ix, wv), _mm512_loadu_ps(m + 96), a->a2);
+        ix = _mm512_add_epi32(ix, two);
+        a->a3 = _mm512_fmadd_ps(_mm512_permutexvar_ps(ix, wv), _mm512_loadu_ps(m + 112), a->a3);
+        return;
+    }
+    for (size_t k = 0; 2 * k < r; k++, ix = _mm512_add_epi32(ix, two)) {
+        __mmask16 mk = 2 * k + 1 < r ? (__mmask16)0xFFFF : (__mmask16)0x00FF;
+        a->a0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(ix, wv), _mm512_maskz_loadu_ps(mk, m + 16 * k), a->a0);
+    }
+}
+
+/* The 8 floats sum_i w[i] m[i] that a holds. */
+V16 static inline __m256 rows8_sum(const rows8_acc_t *a)
+{
+    __m512 s = _mm512_add_ps(_mm512_add_ps(a->a0, a->a1), _mm512_add_ps(a->a2, a->a3));
+    return _mm256_add_ps(_mm512_castps512_ps256(s), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1)));
+}
+
+/* sum_{t2 < n} w[t2] m[t2] over rows of 8 floats, m (n, 8). */
+V16 static inline __m256 rows8_weighted(const float *w, const float *m, size_t n)
+{
+    rows8_acc_t a = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (size_t c = 0; c < n; c += 16) {
+        size_t r = n - c < 16 ? n - c : 16;
+        rows8_chunk(&a, _mm512_maskz_loadu_ps(r == 16 ? (__mmask16)0xFFFF : lanes(r), w + c), m + c * 8, r);
+    }
+    return rows8_sum(&a);
+}
+
 /* Row-wise attention for one head when HS is a multiple of 8 (see the AVX2
  * twin in train_avx2.c): columns j of the head go 16 at a time, and the last
  * 8 through a ymm register when HS is an odd multiple of 8. */
@@ -226,6 +281,10 @@ V16 static void attn_head_fwd_avx512(float *att, float *oh, const float *qh, con
             float *a = blk + (t - r0) * r1;
             memcpy(a, row, n * sizeof(float));
             memset(a + n, 0, (r1 - n) * sizeof(float));
+            if (HS == 8) {
+                _mm256_storeu_ps(oh + t * 8, rows8_weighted(row, vh, n));
+                continue;
+            }
             size_t j = 0;
             for (; j + 16 <= HS; j += 16) {
                 __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
@@ -251,43 +310,6 @@ V16 static void attn_head_fwd_avx512(float *att, float *oh, const float *qh, con
     }
 }
 
-/* sum_{t2 < n} w[t2] m[t2] over rows of 8 floats (m is (n, 8)): two rows
- * per register, [w[t2] x 8, w[t2+1] x 8] * m[t2 .. t2+1], the weights
- * spread by permutes of 16 loaded at a time, in four chains. */
-V16 static inline __m256 rows8_weighted(const float *w, const float *m, size_t n)
-{
-    const __m512i i0 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0), two = _mm512_set1_epi32(2);
-    const __m512i i1 = _mm512_add_epi32(i0, two), i2 = _mm512_add_epi32(i1, two), i3 = _mm512_add_epi32(i2, two),
-                  i4 = _mm512_add_epi32(i3, two), i5 = _mm512_add_epi32(i4, two), i6 = _mm512_add_epi32(i5, two),
-                  i7 = _mm512_add_epi32(i6, two);
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
-    size_t c = 0;
-    for (; c + 16 <= n; c += 16) {
-        __m512 wv = _mm512_loadu_ps(w + c);
-        const float *mc = m + c * 8;
-        a0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(i0, wv), _mm512_loadu_ps(mc), a0);
-        a1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(i1, wv), _mm512_loadu_ps(mc + 16), a1);
-        a2 = _mm512_fmadd_ps(_mm512_permutexvar_ps(i2, wv), _mm512_loadu_ps(mc + 32), a2);
-        a3 = _mm512_fmadd_ps(_mm512_permutexvar_ps(i3, wv), _mm512_loadu_ps(mc + 48), a3);
-        a0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(i4, wv), _mm512_loadu_ps(mc + 64), a0);
-        a1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(i5, wv), _mm512_loadu_ps(mc + 80), a1);
-        a2 = _mm512_fmadd_ps(_mm512_permutexvar_ps(i6, wv), _mm512_loadu_ps(mc + 96), a2);
-        a3 = _mm512_fmadd_ps(_mm512_permutexvar_ps(i7, wv), _mm512_loadu_ps(mc + 112), a3);
-    }
-    if (c < n) { /* 1 .. 15 rows left: weights past n load as 0, and no row past n is read */
-        size_t r = n - c;
-        __m512 wv = _mm512_maskz_loadu_ps(lanes(r), w + c);
-        const float *mc = m + c * 8;
-        const __m512i idx[8] = {i0, i1, i2, i3, i4, i5, i6, i7};
-        for (size_t k = 0; 2 * k < r; k++) {
-            __mmask16 mk = 2 * k + 1 < r ? (__mmask16)0xFFFF : (__mmask16)0x00FF;
-            a0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(idx[k], wv), _mm512_maskz_loadu_ps(mk, mc + 16 * k), a0);
-        }
-    }
-    __m512 s = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
-    return _mm256_add_ps(_mm512_castps512_ps256(s), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1)));
-}
-
 /* d[r * 8 + c] += s[c * ld + r] for r, c < 8: one 8 x 8 tile of a
  * transposed (8, ld) head added back into (rows, 8). */
 V16 static inline void add_transposed8x8(float *d, const float *s, size_t ld)
@@ -311,33 +333,61 @@ V16 static inline void add_transposed8x8(float *d, const float *s, size_t ld)
 }
 
 /* Backward of one head of HS = 8. A row of dK or dV is half a register, so
- * adding every query row into them row by row (the general kernel below)
- * reads and writes each 32-byte row once per query row at half the vector
- * width. Here each block of query rows first writes its dS rows (stride r1,
- * zero past the diagonal like P's), then dK and dV are accumulated
- * transposed, (8, T16) in scr, 16 key positions per register with the 16
- * accumulators held in registers over the block's rows: dKT[i][c..c+16] +=
- * Q[t][i] dS[t][c..c+16], dVT[i][c..c+16] += dO[t][i] P[t][c..c+16]. They
- * are added into dkh and dvh once, at the end. dQ[t] = sum dS[t2] K[t2]
- * runs row by row in four chains. */
+ * the general kernel below (one query row at a time, adding into every
+ * dK[t2], dV[t2] row) reads and writes each 32-byte row once per query row
+ * at half the vector width, and its dQ chains wait on each other. Here,
+ * per query row t: dP = dO[t] V^T and its dot with P[t] in registers (dP
+ * stored whole, so the next pass reads it back from the store buffer),
+ * then dS = P (dP - dot) scale, stored in a block of dS rows (stride
+ * round16(r1), 0 past the diagonal) and fed straight into dQ[t] = sum
+ * dS[t2] K[t2] (two key rows per register, rows8_chunk). Then per block,
+ * dK and dV accumulate transposed, (8, round16(T)) each in scr, 16 key
+ * positions per register, all 16 accumulators in registers over the
+ * block's rows: dKT[i][c..c+16] += Q[t][i] dS[t][c..c+16], dVT[i][..] +=
+ * dO[t][i] P[t][..]. They are added into dkh and dvh once, at the end. */
 V16 static void attn_head_bwd8_avx512(const float *att, const float *qh, const float *kh, const float *vT,
                                       const float *doh, float *dqh, float *dkh, float *dvh, float *scr, size_t T,
                                       float scale)
 {
     size_t T8 = round8(T), T16 = round16(T);
-    float *ds = scr, *dkT = scr + ATT_BLOCK * T, *dvT = dkT + 8 * T16;
+    float *dp = scr, *ds = dp + T16, *dkT = ds + ATT_BLOCK * T16, *dvT = dkT + 8 * T16;
+    const __m512 vs = _mm512_set1_ps(scale);
     memset(dkT, 0, 16 * T16 * sizeof(float));
     for (size_t r0 = 0; r0 < T; r0 += ATT_BLOCK) {
-        size_t r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;
+        size_t r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T, R16 = round16(r1);
         const float *blk = att + att_block_offset(r0 / ATT_BLOCK, T);
         for (size_t t = r0; t < r1; t++) {
             size_t n = t + 1;
-            const float *p = blk + (t - r0) * r1, *dot_ = doh + t * 8;
-            float *d = ds + (t - r0) * r1;
-            row_scores(d, dot_, vT, T8, 8, n);                              /* dP[t2] = dO[t] . V[t2] */
-            softmax_bwd_avx512(d, p, n, (float)dot_avx512(p, d, n), scale); /* dS */
-            memset(d + n, 0, (r1 - n) * sizeof(float));
-            _mm256_storeu_ps(dqh + t * 8, rows8_weighted(d, kh, n)); /* dQ[t] */
+            const float *p = blk + (t - r0) * r1, *o = doh + t * 8;
+            float *d = ds + (t - r0) * R16;
+            /* dP[t2] = dO[t] . V[t2] (0 past n) and its dot with P, kept in
+             * registers: full-width stores only, which later loads can take
+             * straight from the store buffer. */
+            __m512 dot = _mm512_setzero_ps();
+            for (size_t c = 0; c < n; c += 16) {
+                __mmask16 k = n - c >= 16 ? (__mmask16)0xFFFF : lanes(n - c);
+                __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+                for (size_t i = 0; i < 8; i += 2) {
+                    a0 = _mm512_fmadd_ps(_mm512_set1_ps(o[i]), _mm512_maskz_loadu_ps(k, vT + i * T8 + c), a0);
+                    a1 = _mm512_fmadd_ps(_mm512_set1_ps(o[i + 1]), _mm512_maskz_loadu_ps(k, vT + (i + 1) * T8 + c), a1);
+                }
+                __m512 v = _mm512_add_ps(a0, a1);
+                _mm512_storeu_ps(dp + c, v);
+                dot = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, p + c), v, dot);
+            }
+            /* dS = P (dP - dot) scale, stored for dK (0 past n up to R16), and
+             * dQ[t] = sum dS[t2] K[t2] from the registers. */
+            __m512 vd = _mm512_set1_ps((float)hsum16_pd(dot));
+            rows8_acc_t q = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+            for (size_t c = 0; c < n; c += 16) {
+                size_t r = n - c < 16 ? n - c : 16;
+                __mmask16 k = r == 16 ? (__mmask16)0xFFFF : lanes(r);
+                __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, p + c), _mm512_sub_ps(_mm512_loadu_ps(dp + c), vd));
+                v = _mm512_mul_ps(v, vs);
+                _mm512_storeu_ps(d + c, v);
+                rows8_chunk(&q, v, kh + c * 8, r);
+            }
+            _mm256_storeu_ps(dqh + t * 8, rows8_sum(&q));
         }
         /* Key positions c .. c+15; rows above c see none of them. */
         for (size_t c = 0; c < r1; c += 16) {
@@ -353,7 +403,7 @@ V16 static void attn_head_bwd8_avx512(const float *att, const float *qh, const f
                    v4 = _mm512_loadu_ps(vc + 4 * T16), v5 = _mm512_loadu_ps(vc + 5 * T16),
                    v6 = _mm512_loadu_ps(vc + 6 * T16), v7 = _mm512_loadu_ps(vc + 7 * T16);
             for (size_t t = c > r0 ? c : r0; t < r1; t++) {
-                __m512 s = _mm512_maskz_loadu_ps(k, ds + (t - r0) * r1 + c);
+                __m512 s = _mm512_loadu_ps(ds + (t - r0) * R16 + c);
                 __m512 pp = _mm512_maskz_loadu_ps(k, blk + (t - r0) * r1 + c);
                 const float *q = qh + t * 8, *o = doh + t * 8;
                 k0 = _mm512_fmadd_ps(_mm512_set1_ps(q[0]), s, k0);

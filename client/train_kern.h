@@ -101,11 +101,12 @@ static inline size_t round16(size_t T)
     return (T + 15) & ~(size_t)15;
 }
 
-/* Floats of the scratch attn_head_bwd takes: one block of dS (ATT_BLOCK
- * rows of at most T) and dK, dV transposed, (HS, round16(T)) each. */
+/* Floats of the scratch attn_head_bwd takes: a row of dP and a block of
+ * dS (1 + ATT_BLOCK rows of round16(T)), dK and dV transposed, (HS,
+ * round16(T)) each. */
 static inline size_t plait__attn_bwd_scratch_floats(size_t T, size_t HS)
 {
-    return ATT_BLOCK * T + 2 * HS * round16(T);
+    return (1 + ATT_BLOCK + 2 * HS) * round16(T);
 }
 
 /* AdamW's per-step constants (train.c, as torch.optim.AdamW computes them). */
