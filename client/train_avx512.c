@@ -251,15 +251,59 @@ V16 static inline __m256 rows8_sum(const rows8_acc_t *a)
     return _mm256_add_ps(_mm512_castps512_ps256(s), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1)));
 }
 
-/* sum_{t2 < n} w[t2] m[t2] over rows of 8 floats, m (n, 8). */
-V16 static inline __m256 rows8_weighted(const float *w, const float *m, size_t n)
+/* Forward of one head of HS = 8, the general kernel's operations fused per
+ * row over registers: scores (row_scores' chains) and their max, then exp
+ * and its sum (exp_sum's), then the scale and flush (scale_flush's), each
+ * 16 lanes stored straight into P's row and weighting V's rows
+ * (rows8_chunk). row (round16(T) floats) is only written whole, so each
+ * pass reads it back from the store buffer. */
+V16 static void attn_head_fwd8_avx512(float *att, float *oh, const float *qh, const float *kT, const float *vh,
+                                      float *row, size_t T, float scale)
 {
-    rows8_acc_t a = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-    for (size_t c = 0; c < n; c += 16) {
-        size_t r = n - c < 16 ? n - c : 16;
-        rows8_chunk(&a, _mm512_maskz_loadu_ps(r == 16 ? (__mmask16)0xFFFF : lanes(r), w + c), m + c * 8, r);
+    size_t T8 = round8(T);
+    const __m512 ninf = _mm512_set1_ps(-INFINITY), vm = _mm512_set1_ps(scale), lo = _mm512_set1_ps(FLT_MIN);
+    for (size_t r0 = 0; r0 < T; r0 += ATT_BLOCK) {
+        size_t r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;
+        float *blk = att + att_block_offset(r0 / ATT_BLOCK, T);
+        for (size_t t = r0; t < r1; t++) {
+            size_t n = t + 1;
+            const float *q = qh + t * 8;
+            __m512 mx = ninf;
+            for (size_t c = 0; c < n; c += 16) {
+                __mmask16 k = n - c >= 16 ? (__mmask16)0xFFFF : lanes(n - c);
+                __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+                for (size_t i = 0; i < 8; i += 2) {
+                    a0 = _mm512_fmadd_ps(_mm512_set1_ps(q[i]), _mm512_maskz_loadu_ps(k, kT + i * T8 + c), a0);
+                    a1 = _mm512_fmadd_ps(_mm512_set1_ps(q[i + 1]), _mm512_maskz_loadu_ps(k, kT + (i + 1) * T8 + c), a1);
+                }
+                __m512 v = _mm512_add_ps(a0, a1);
+                _mm512_storeu_ps(row + c, v);
+                mx = _mm512_max_ps(mx, _mm512_mask_mov_ps(ninf, k, v));
+            }
+            __m512 vs = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+            __m512d acc = _mm512_setzero_pd();
+            for (size_t c = 0; c < n; c += 16) {
+                __mmask16 k = n - c >= 16 ? (__mmask16)0xFFFF : lanes(n - c);
+                __m512 e = _mm512_maskz_mov_ps(k, exp16(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(row + c), vs), vm)));
+                _mm512_storeu_ps(row + c, e);
+                acc = _mm512_add_pd(acc, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+                acc = _mm512_add_pd(acc, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
+            }
+            __m512 vf = _mm512_set1_ps((float)(1.0 / _mm512_reduce_add_pd(acc)));
+            float *a = blk + (t - r0) * r1;
+            rows8_acc_t o = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+            size_t c = 0;
+            for (; c < n; c += 16) { /* lanes past n are 0; P's row ends at r1 */
+                size_t r = n - c < 16 ? n - c : 16;
+                __m512 v = _mm512_mul_ps(_mm512_loadu_ps(row + c), vf);
+                v = _mm512_maskz_mov_ps((__mmask16)~_mm512_cmp_ps_mask(v, lo, _CMP_LT_OQ), v);
+                _mm512_mask_storeu_ps(a + c, r1 - c >= 16 ? (__mmask16)0xFFFF : lanes(r1 - c), v);
+                rows8_chunk(&o, v, vh + c * 8, r);
+            }
+            if (c < r1) memset(a + c, 0, (r1 - c) * sizeof(float));
+            _mm256_storeu_ps(oh + t * 8, rows8_sum(&o));
+        }
     }
-    return rows8_sum(&a);
 }
 
 /* Row-wise attention for one head when HS is a multiple of 8 (see the AVX2
@@ -268,6 +312,10 @@ V16 static inline __m256 rows8_weighted(const float *w, const float *m, size_t n
 V16 static void attn_head_fwd_avx512(float *att, float *oh, const float *qh, const float *kT, const float *vh,
                                      float *row, size_t T, size_t HS, float scale)
 {
+    if (HS == 8) {
+        attn_head_fwd8_avx512(att, oh, qh, kT, vh, row, T, scale);
+        return;
+    }
     size_t T8 = round8(T);
     for (size_t r0 = 0; r0 < T; r0 += ATT_BLOCK) {
         size_t r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;
@@ -281,10 +329,6 @@ V16 static void attn_head_fwd_avx512(float *att, float *oh, const float *qh, con
             float *a = blk + (t - r0) * r1;
             memcpy(a, row, n * sizeof(float));
             memset(a + n, 0, (r1 - n) * sizeof(float));
-            if (HS == 8) {
-                _mm256_storeu_ps(oh + t * 8, rows8_weighted(row, vh, n));
-                continue;
-            }
             size_t j = 0;
             for (; j + 16 <= HS; j += 16) {
                 __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();

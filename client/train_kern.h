@@ -145,7 +145,7 @@ typedef struct {
      * where the blocked matmul path is used: forward writes att (row blocks)
      * and oh (T, HS) from qh, kT (HS, round8(T)) and vh; backward overwrites
      * dqh and accumulates dkh, dvh from vT (HS, round8(T)) and doh. row is
-     * scratch: round8(T) floats forward, plait__attn_bwd_scratch_floats(T,
+     * scratch: round16(T) floats forward, plait__attn_bwd_scratch_floats(T,
      * HS) backward. */
     void (*attn_head_fwd)(float *att, float *oh, const float *qh, const float *kT, const float *vh,
                           float *row, size_t T, size_t HS, float scale);

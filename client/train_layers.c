@@ -107,13 +107,13 @@ typedef struct {
     float *dp;  /* (ATT_BLOCK, T) gradient of one block's probabilities, then scores; the
                  * row-wise backward's scratch (plait__attn_bwd_scratch_floats) */
     float *kvT; /* (HS, T8) keys (forward) or values (backward) transposed, zero-padded */
-    float *row; /* (T8) one row of scores */
+    float *row; /* (round16(T)) one row of scores */
 } attn_scratch_t;
 
 /* Floats of one thread's attention scratch. */
 size_t plait__attn_scratch_floats(size_t T, size_t HS)
 {
-    return plait__attn_bwd_scratch_floats(T, HS) + 7 * T * HS + HS * round8(T) + round8(T);
+    return plait__attn_bwd_scratch_floats(T, HS) + 7 * T * HS + HS * round8(T) + round16(T);
 }
 
 static attn_scratch_t attn_scratch(const plait_trainer_t *tr, size_t item)
