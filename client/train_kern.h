@@ -194,6 +194,49 @@ PLAIT_AVX2 static inline void plait__attn_bwd_cols8(const float *p, const float 
     }
     _mm256_storeu_ps(dqt + j, _mm256_add_ps(dq0, dq1));
 }
+
+/* plait__attn_bwd_cols8 for two query rows t and t+1 of one block (row t+1
+ * sees one more key, t2 = n), with the same operations in the same order as
+ * two calls, so the results are identical; each dK[t2], dV[t2] row is read
+ * and written once for both. */
+PLAIT_AVX2 static inline void plait__attn_bwd_cols8x2(const float *p0, const float *ds0, const float *p1,
+                                                     const float *ds1, const float *do0, const float *do1,
+                                                     const float *q0, const float *q1, const float *kh,
+                                                     float *dqt0, float *dqt1, float *dkh, float *dvh, size_t n,
+                                                     size_t HS, size_t j)
+{
+    __m256 vdo0 = _mm256_loadu_ps(do0 + j), vq0 = _mm256_loadu_ps(q0 + j);
+    __m256 vdo1 = _mm256_loadu_ps(do1 + j), vq1 = _mm256_loadu_ps(q1 + j);
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps();
+    size_t t2 = 0;
+    for (; t2 < n; t2++) {
+        __m256 s0 = _mm256_set1_ps(ds0[t2]), s1 = _mm256_set1_ps(ds1[t2]);
+        __m256 kk = _mm256_loadu_ps(kh + t2 * HS + j);
+        float *dv = dvh + t2 * HS + j, *dk = dkh + t2 * HS + j;
+        __m256 v = _mm256_fmadd_ps(_mm256_set1_ps(p0[t2]), vdo0, _mm256_loadu_ps(dv));
+        _mm256_storeu_ps(dv, _mm256_fmadd_ps(_mm256_set1_ps(p1[t2]), vdo1, v));
+        __m256 k = _mm256_fmadd_ps(s0, vq0, _mm256_loadu_ps(dk));
+        _mm256_storeu_ps(dk, _mm256_fmadd_ps(s1, vq1, k));
+        if (t2 & 1) {
+            a1 = _mm256_fmadd_ps(s0, kk, a1);
+            b1 = _mm256_fmadd_ps(s1, kk, b1);
+        } else {
+            a0 = _mm256_fmadd_ps(s0, kk, a0);
+            b0 = _mm256_fmadd_ps(s1, kk, b0);
+        }
+    }
+    /* t2 = n: row t+1 only */
+    __m256 s1 = _mm256_set1_ps(ds1[n]);
+    float *dv = dvh + n * HS + j, *dk = dkh + n * HS + j;
+    _mm256_storeu_ps(dv, _mm256_fmadd_ps(_mm256_set1_ps(p1[n]), vdo1, _mm256_loadu_ps(dv)));
+    _mm256_storeu_ps(dk, _mm256_fmadd_ps(s1, vq1, _mm256_loadu_ps(dk)));
+    if (n & 1)
+        b1 = _mm256_fmadd_ps(s1, _mm256_loadu_ps(kh + n * HS + j), b1);
+    else
+        b0 = _mm256_fmadd_ps(s1, _mm256_loadu_ps(kh + n * HS + j), b0);
+    _mm256_storeu_ps(dqt0 + j, _mm256_add_ps(a0, a1));
+    _mm256_storeu_ps(dqt1 + j, _mm256_add_ps(b0, b1));
+}
 #endif
 
 #endif /* PLAIT_TRAIN_KERN_H */
