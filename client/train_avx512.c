@@ -417,6 +417,8 @@ V16 static void attn_head_bwd8_avx512(const float *att, const float *qh, const f
                 }
                 __m512 v = _mm512_add_ps(a0, a1);
                 _mm512_storeu_ps(dp + c, v);
+                /* P was written long before (forward): fetch the next block's rows to L2 */
+                _mm_prefetch((const char *)(p + c + (r1 - r0) * r1), _MM_HINT_T1);
                 dot = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, p + c), v, dot);
             }
             /* dS = P (dP - dot) scale, stored for dK (0 past n up to R16), and
