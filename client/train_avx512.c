@@ -11,6 +11,12 @@
  * (16 lanes), so results agree with the portable path to float rounding, not
  * bit for bit, except AdamW, which does the portable loop's double
  * operations in its order and is identical.
+ *
+ * Attention heads of 8 floats (stories260K) have their own forward and
+ * backward (attn_head_fwd8_avx512, attn_head_bwd8_avx512): a row of 8 is
+ * half a register, so they put two key rows in one register, fuse each
+ * query row's passes over registers, and accumulate dK and dV transposed
+ * (16 key positions per register) instead of row by row.
  */
 #include "train_kern.h"
 #include "tensor_kern.h"
