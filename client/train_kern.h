@@ -101,12 +101,12 @@ static inline size_t round16(size_t T)
     return (T + 15) & ~(size_t)15;
 }
 
-/* Floats of the scratch attn_head_bwd takes: a row of dP and a block of
- * dS (1 + ATT_BLOCK rows of round16(T)), dK and dV transposed, (HS,
- * round16(T)) each. */
+/* Floats of the scratch attn_head_bwd takes: for HS = 8 (the AVX-512
+ * kernel) a row of dP, a block of dS (1 + ATT_BLOCK rows of round16(T))
+ * and dK, dV transposed, (8, round16(T)) each; else two rows of dS. */
 static inline size_t plait__attn_bwd_scratch_floats(size_t T, size_t HS)
 {
-    return (1 + ATT_BLOCK + 2 * HS) * round16(T);
+    return HS == 8 ? (1 + ATT_BLOCK + 2 * 8) * round16(T) : 2 * round8(T);
 }
 
 /* AdamW's per-step constants (train.c, as torch.optim.AdamW computes them). */

@@ -105,15 +105,23 @@ typedef struct {
     float *dkh; /* (T, HS) */
     float *dvh; /* (T, HS) */
     float *dp;  /* (ATT_BLOCK, T) gradient of one block's probabilities, then scores; the
-                 * row-wise backward's scratch (plait__attn_bwd_scratch_floats) */
+                 * row-wise backward's scratch (attn_dp_floats) */
     float *kvT; /* (HS, T8) keys (forward) or values (backward) transposed, zero-padded */
     float *row; /* (round16(T)) one row of scores */
 } attn_scratch_t;
 
+/* Floats of dp: the blocked path's (ATT_BLOCK, T), or the row-wise
+ * backward's scratch where that is larger. */
+static size_t attn_dp_floats(size_t T, size_t HS)
+{
+    size_t bwd = plait__attn_bwd_scratch_floats(T, HS);
+    return bwd > ATT_BLOCK * T ? bwd : ATT_BLOCK * T;
+}
+
 /* Floats of one thread's attention scratch. */
 size_t plait__attn_scratch_floats(size_t T, size_t HS)
 {
-    return plait__attn_bwd_scratch_floats(T, HS) + 7 * T * HS + HS * round8(T) + round16(T);
+    return attn_dp_floats(T, HS) + 7 * T * HS + HS * round8(T) + round16(T);
 }
 
 static attn_scratch_t attn_scratch(const plait_trainer_t *tr, size_t item)
@@ -129,7 +137,7 @@ static attn_scratch_t attn_scratch(const plait_trainer_t *tr, size_t item)
     s.dkh = base + 5 * T * HS;
     s.dvh = base + 6 * T * HS;
     s.dp = base + 7 * T * HS;
-    s.kvT = s.dp + plait__attn_bwd_scratch_floats(T, HS);
+    s.kvT = s.dp + attn_dp_floats(T, HS);
     s.row = s.kvT + HS * round8(T);
     return s;
 }
