@@ -231,7 +231,23 @@ PLAIT_AVX2 static void attn_head_fwd_avx2(float *att, float *oh, const float *qh
     }
 }
 
-/* Backward of one head: dqh (T, HS) overwritten, dkh and dvh accumulated. */
+/* row = dS of one query row: dP[t2] = dO[t] . V[t2], then the softmax
+ * backward with P's row p. */
+PLAIT_AVX2 static inline void ds_row(float *row, const float *p, const float *dot_, const float *vT, size_t T8,
+                                     size_t HS, size_t n, float scale)
+{
+    for (size_t c = 0; c < n; c += 8) {
+        __m256 acc = _mm256_setzero_ps();
+        for (size_t i = 0; i < HS; i++)
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(dot_[i]), _mm256_loadu_ps(vT + i * T8 + c), acc);
+        _mm256_storeu_ps(row + c, acc);
+    }
+    vsoftmax_bwd_avx2(row, p, n, (float)vdot_avx2(p, row, n), scale);
+}
+
+/* Backward of one head: dqh (T, HS) overwritten, dkh and dvh accumulated;
+ * pairs of query rows share one pass over dK and dV (row holds two rows of
+ * dS). */
 PLAIT_AVX2 static void attn_head_bwd_avx2(const float *att, const float *qh, const float *kh, const float *vT,
                                     const float *doh, float *dqh, float *dkh, float *dvh, float *row, size_t T,
                                     size_t HS, float scale)
@@ -243,14 +259,16 @@ PLAIT_AVX2 static void attn_head_bwd_avx2(const float *att, const float *qh, con
         for (size_t t = r0; t < r1; t++) {
             size_t n = t + 1;
             const float *p = blk + (t - r0) * r1, *dot_ = doh + t * HS, *qt = qh + t * HS;
-            /* dP[t2] = dO[t] · V[t2] */
-            for (size_t c = 0; c < n; c += 8) {
-                __m256 acc = _mm256_setzero_ps();
-                for (size_t i = 0; i < HS; i++)
-                    acc = _mm256_fmadd_ps(_mm256_set1_ps(dot_[i]), _mm256_loadu_ps(vT + i * T8 + c), acc);
-                _mm256_storeu_ps(row + c, acc);
+            ds_row(row, p, dot_, vT, T8, HS, n, scale);
+            if (t + 1 < r1) { /* rows t and t+1 in one pass over dK, dV */
+                float *row1 = row + T8;
+                ds_row(row1, p + r1, dot_ + HS, vT, T8, HS, n + 1, scale);
+                for (size_t j = 0; j < HS; j += 8)
+                    plait__attn_bwd_cols8x2(p, row, p + r1, row1, dot_, dot_ + HS, qt, qt + HS, kh, dqh + t * HS,
+                                            dqh + (t + 1) * HS, dkh, dvh, n, HS, j);
+                t++;
+                continue;
             }
-            vsoftmax_bwd_avx2(row, p, n, (float)vdot_avx2(p, row, n), scale); /* row = dS */
             for (size_t j = 0; j < HS; j += 8)
                 plait__attn_bwd_cols8(p, row, dot_, qt, kh, dqh + t * HS, dkh, dvh, n, HS, j);
         }

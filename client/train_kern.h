@@ -95,6 +95,20 @@ static inline size_t round8(size_t T)
     return (T + 7) & ~(size_t)7;
 }
 
+/* T rounded up to a multiple of 16 (one AVX-512 vector). */
+static inline size_t round16(size_t T)
+{
+    return (T + 15) & ~(size_t)15;
+}
+
+/* Floats of the scratch attn_head_bwd takes: for HS = 8 (the AVX-512
+ * kernel) a row of dP, a block of dS (1 + ATT_BLOCK rows of round16(T))
+ * and dK, dV transposed, (8, round16(T)) each; else two rows of dS. */
+static inline size_t plait__attn_bwd_scratch_floats(size_t T, size_t HS)
+{
+    return HS == 8 ? (1 + ATT_BLOCK + 2 * 8) * round16(T) : 2 * round8(T);
+}
+
 /* AdamW's per-step constants (train.c, as torch.optim.AdamW computes them). */
 typedef struct {
     double b1, b2;      /* betas */
@@ -131,7 +145,8 @@ typedef struct {
      * where the blocked matmul path is used: forward writes att (row blocks)
      * and oh (T, HS) from qh, kT (HS, round8(T)) and vh; backward overwrites
      * dqh and accumulates dkh, dvh from vT (HS, round8(T)) and doh. row is
-     * round8(T) floats of scratch. */
+     * scratch: round16(T) floats forward, plait__attn_bwd_scratch_floats(T,
+     * HS) backward. */
     void (*attn_head_fwd)(float *att, float *oh, const float *qh, const float *kT, const float *vh,
                           float *row, size_t T, size_t HS, float scale);
     void (*attn_head_bwd)(const float *att, const float *qh, const float *kh, const float *vT,
@@ -178,6 +193,49 @@ PLAIT_AVX2 static inline void plait__attn_bwd_cols8(const float *p, const float 
             dq0 = _mm256_fmadd_ps(ds, _mm256_loadu_ps(kh + t2 * HS + j), dq0);
     }
     _mm256_storeu_ps(dqt + j, _mm256_add_ps(dq0, dq1));
+}
+
+/* plait__attn_bwd_cols8 for two query rows t and t+1 of one block (row t+1
+ * sees one more key, t2 = n), with the same operations in the same order as
+ * two calls, so the results are identical; each dK[t2], dV[t2] row is read
+ * and written once for both. */
+PLAIT_AVX2 static inline void plait__attn_bwd_cols8x2(const float *p0, const float *ds0, const float *p1,
+                                                     const float *ds1, const float *do0, const float *do1,
+                                                     const float *q0, const float *q1, const float *kh,
+                                                     float *dqt0, float *dqt1, float *dkh, float *dvh, size_t n,
+                                                     size_t HS, size_t j)
+{
+    __m256 vdo0 = _mm256_loadu_ps(do0 + j), vq0 = _mm256_loadu_ps(q0 + j);
+    __m256 vdo1 = _mm256_loadu_ps(do1 + j), vq1 = _mm256_loadu_ps(q1 + j);
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps();
+    size_t t2 = 0;
+    for (; t2 < n; t2++) {
+        __m256 s0 = _mm256_set1_ps(ds0[t2]), s1 = _mm256_set1_ps(ds1[t2]);
+        __m256 kk = _mm256_loadu_ps(kh + t2 * HS + j);
+        float *dv = dvh + t2 * HS + j, *dk = dkh + t2 * HS + j;
+        __m256 v = _mm256_fmadd_ps(_mm256_set1_ps(p0[t2]), vdo0, _mm256_loadu_ps(dv));
+        _mm256_storeu_ps(dv, _mm256_fmadd_ps(_mm256_set1_ps(p1[t2]), vdo1, v));
+        __m256 k = _mm256_fmadd_ps(s0, vq0, _mm256_loadu_ps(dk));
+        _mm256_storeu_ps(dk, _mm256_fmadd_ps(s1, vq1, k));
+        if (t2 & 1) {
+            a1 = _mm256_fmadd_ps(s0, kk, a1);
+            b1 = _mm256_fmadd_ps(s1, kk, b1);
+        } else {
+            a0 = _mm256_fmadd_ps(s0, kk, a0);
+            b0 = _mm256_fmadd_ps(s1, kk, b0);
+        }
+    }
+    /* t2 = n: row t+1 only */
+    __m256 s1 = _mm256_set1_ps(ds1[n]);
+    float *dv = dvh + n * HS + j, *dk = dkh + n * HS + j;
+    _mm256_storeu_ps(dv, _mm256_fmadd_ps(_mm256_set1_ps(p1[n]), vdo1, _mm256_loadu_ps(dv)));
+    _mm256_storeu_ps(dk, _mm256_fmadd_ps(s1, vq1, _mm256_loadu_ps(dk)));
+    if (n & 1)
+        b1 = _mm256_fmadd_ps(s1, _mm256_loadu_ps(kh + n * HS + j), b1);
+    else
+        b0 = _mm256_fmadd_ps(s1, _mm256_loadu_ps(kh + n * HS + j), b0);
+    _mm256_storeu_ps(dqt0 + j, _mm256_add_ps(a0, a1));
+    _mm256_storeu_ps(dqt1 + j, _mm256_add_ps(b0, b1));
 }
 #endif
 

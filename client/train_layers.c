@@ -104,15 +104,24 @@ typedef struct {
     float *dqh; /* (T, HS) */
     float *dkh; /* (T, HS) */
     float *dvh; /* (T, HS) */
-    float *dp;  /* (ATT_BLOCK, T) gradient of one block's probabilities, then scores */
+    float *dp;  /* (ATT_BLOCK, T) gradient of one block's probabilities, then scores; the
+                 * row-wise backward's scratch (attn_dp_floats) */
     float *kvT; /* (HS, T8) keys (forward) or values (backward) transposed, zero-padded */
-    float *row; /* (T8) one row of scores */
+    float *row; /* (round16(T)) one row of scores */
 } attn_scratch_t;
+
+/* Floats of dp: the blocked path's (ATT_BLOCK, T), or the row-wise
+ * backward's scratch where that is larger. */
+static size_t attn_dp_floats(size_t T, size_t HS)
+{
+    size_t bwd = plait__attn_bwd_scratch_floats(T, HS);
+    return bwd > ATT_BLOCK * T ? bwd : ATT_BLOCK * T;
+}
 
 /* Floats of one thread's attention scratch. */
 size_t plait__attn_scratch_floats(size_t T, size_t HS)
 {
-    return ATT_BLOCK * T + 7 * T * HS + HS * round8(T) + round8(T);
+    return attn_dp_floats(T, HS) + 7 * T * HS + HS * round8(T) + round16(T);
 }
 
 static attn_scratch_t attn_scratch(const plait_trainer_t *tr, size_t item)
@@ -128,9 +137,19 @@ static attn_scratch_t attn_scratch(const plait_trainer_t *tr, size_t item)
     s.dkh = base + 5 * T * HS;
     s.dvh = base + 6 * T * HS;
     s.dp = base + 7 * T * HS;
-    s.kvT = s.dp + ATT_BLOCK * T;
+    s.kvT = s.dp + attn_dp_floats(T, HS);
     s.row = s.kvT + HS * round8(T);
     return s;
+}
+
+/* One row of a head: HS = 8 (stories260K) as a constant size, which the
+ * compiler copies inline rather than through a libc call per 32 bytes. */
+static inline void copy_head_row(float *dst, const float *src, size_t HS)
+{
+    if (HS == 8)
+        memcpy(dst, src, 8 * sizeof(float));
+    else
+        memcpy(dst, src, HS * sizeof(float));
 }
 
 /* dst (T, HS) = head `h0 / HS` of rows b*T .. b*T+T-1 of src (N, width). */
@@ -138,14 +157,14 @@ static void gather_head(float *dst, const float *src, size_t width, size_t b, si
                         size_t HS)
 {
     for (size_t t = 0; t < T; t++)
-        memcpy(dst + t * HS, src + (b * T + t) * width + h0, HS * sizeof(float));
+        copy_head_row(dst + t * HS, src + (b * T + t) * width + h0, HS);
 }
 
 static void scatter_head(float *dst, const float *src, size_t width, size_t b, size_t h0, size_t T,
                          size_t HS)
 {
     for (size_t t = 0; t < T; t++)
-        memcpy(dst + (b * T + t) * width + h0, src + t * HS, HS * sizeof(float));
+        copy_head_row(dst + (b * T + t) * width + h0, src + t * HS, HS);
 }
 
 /* dst (HS, T8) = the same head transposed, columns T..T8-1 zero. */
@@ -244,7 +263,7 @@ static void attention_backward_items(void *ctx, size_t i0, size_t i1)
                 gather_head(s.qh, q, C, b, h * HS, T, HS);
                 gather_head(s.oh, dout, C, b, h * HS, T, HS);
                 if (rowwise) {
-                    K->attn_head_bwd(a_h, s.qh, s.kh, s.kvT, s.oh, s.dqh, s.dkh, s.dvh, s.row, T,
+                    K->attn_head_bwd(a_h, s.qh, s.kh, s.kvT, s.oh, s.dqh, s.dkh, s.dvh, s.dp, T,
                                      HS, scale);
                     scatter_head(j->out, s.dqh, C, b, h * HS, T, HS);
                     continue;

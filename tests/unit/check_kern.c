@@ -2,7 +2,8 @@
  * check_kern.c: every SIMD table of the trainer's kernels (train_kern.h:
  * AVX2, AVX-512, whichever this CPU has) against the portable one on random
  * spans of awkward lengths, the row-wise attention heads against a naive
- * double-precision reference, and AdamW bit for bit.
+ * double-precision reference, AdamW bit for bit, and the AVX2 backward's
+ * two-query-row step bit for bit against two one-row steps.
  */
 #include <check.h>
 #include <math.h>
@@ -199,7 +200,7 @@ static float *transpose8(const float *x, size_t T, size_t HS)
 
 static void check_attention(const plait__tkern_t *K)
 {
-    static const size_t Ts[] = {1, 5, 17, 32, 33, 70};
+    static const size_t Ts[] = {1, 2, 5, 16, 17, 32, 33, 70, 97};
     static const size_t HSs[] = {8, 16, 24, 48};
     for (size_t a = 0; a < sizeof(Ts) / sizeof(Ts[0]); a++)
         for (size_t b = 0; b < sizeof(HSs) / sizeof(HSs[0]); b++) {
@@ -208,8 +209,8 @@ static void check_attention(const plait__tkern_t *K)
             float scale = 1.0f / sqrtf((float)HS);
             float *q = rvec(T * HS, -2, 2), *k = rvec(T * HS, -2, 2), *v = rvec(T * HS, -1, 1);
             float *dO = rvec(T * HS, -1, 1), *att = rvec(AS, 0, 1), *oh = rvec(T * HS, 0, 1);
-            float *row = calloc(round8(T), sizeof(float)), *kT = transpose8(k, T, HS),
-                  *vT = transpose8(v, T, HS);
+            float *row = calloc(plait__attn_bwd_scratch_floats(T, HS), sizeof(float)),
+                  *kT = transpose8(k, T, HS), *vT = transpose8(v, T, HS);
             double *p = calloc(T * T, sizeof(double)), *o = calloc(T * HS, sizeof(double));
             ck_assert_ptr_nonnull(row);
             K->attn_head_fwd(att, oh, q, kT, v, row, T, HS, scale);
@@ -295,6 +296,41 @@ START_TEST(test_tables_vs_portable)
 }
 END_TEST
 
+#if PLAIT_HAVE_X86_SIMD
+/* The AVX2 backward's two-row step does one row's operations, in order,
+ * then the other's: dK, dV and dQ bit for bit as two one-row steps. */
+START_TEST(test_attn_cols8x2_identical)
+{
+    if (!plait__tkern_for(PLAIT__KPATH_AVX2)) return; /* no AVX2 here */
+    static const size_t ns[] = {1, 2, 7, 16, 33};
+    static const size_t HSs[] = {8, 24};
+    for (size_t a = 0; a < sizeof(ns) / sizeof(ns[0]); a++)
+        for (size_t b = 0; b < sizeof(HSs) / sizeof(HSs[0]); b++) {
+            size_t n = ns[a], HS = HSs[b], R = n + 1;
+            float *p0 = rvec(n, 0, 1), *p1 = rvec(R, 0, 1), *s0 = rvec(n, -1, 1), *s1 = rvec(R, -1, 1);
+            float *d0 = rvec(HS, -1, 1), *d1 = rvec(HS, -1, 1), *q0 = rvec(HS, -2, 2), *q1 = rvec(HS, -2, 2);
+            float *kh = rvec(R * HS, -2, 2), *dk = rvec(R * HS, -1, 1), *dv = rvec(R * HS, -1, 1);
+            float *dk2 = dup(dk, R * HS), *dv2 = dup(dv, R * HS);
+            float *dq = calloc(2 * HS, sizeof(float)), *dq2 = calloc(2 * HS, sizeof(float));
+            ck_assert_ptr_nonnull(dq);
+            ck_assert_ptr_nonnull(dq2);
+            for (size_t j = 0; j < HS; j += 8) {
+                plait__attn_bwd_cols8(p0, s0, d0, q0, kh, dq, dk, dv, n, HS, j);
+                plait__attn_bwd_cols8(p1, s1, d1, q1, kh, dq + HS, dk, dv, R, HS, j);
+                plait__attn_bwd_cols8x2(p0, s0, p1, s1, d0, d1, q0, q1, kh, dq2, dq2 + HS, dk2, dv2, n, HS, j);
+            }
+            ck_assert_msg(memcmp(dq, dq2, 2 * HS * sizeof(float)) == 0 &&
+                              memcmp(dk, dk2, R * HS * sizeof(float)) == 0 &&
+                              memcmp(dv, dv2, R * HS * sizeof(float)) == 0,
+                          "cols8x2 differs from two cols8 steps, n=%zu HS=%zu", n, HS);
+            float *all[] = {p0, p1, s0, s1, d0, d1, q0, q1, kh, dk, dv, dk2, dv2, dq, dq2};
+            for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+                free(all[i]);
+        }
+}
+END_TEST
+#endif
+
 /* The table in use follows the forced path. */
 START_TEST(test_dispatch_follows_path)
 {
@@ -316,6 +352,9 @@ Suite *kern_suite(void)
     tcase_set_timeout(tc, 120);
     tcase_add_loop_test(tc, test_tables_vs_portable, PLAIT__KPATH_AVX2, PLAIT__KPATH_AVX512 + 1);
     tcase_add_test(tc, test_dispatch_follows_path);
+#if PLAIT_HAVE_X86_SIMD
+    tcase_add_test(tc, test_attn_cols8x2_identical);
+#endif
     suite_add_tcase(s, tc);
     return s;
 }
