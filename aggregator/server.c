@@ -140,7 +140,7 @@ static int bind_listener(plait_server_t *s, uv_tcp_t *h, const char *addr, uint6
     if (rc != 0) return plait_fail(PLAIT_EINVAL, "'%s' is not an IPv4 or IPv6 address", addr);
     uv_tcp_init(&s->loop, h);
     h->data = s;
-    if ((rc = uv_tcp_bind(h, (struct sockaddr *)&sa, 0)) != 0 || (rc = uv_listen((uv_stream_t *)h, 128, cb)) != 0) {
+    if ((rc = uv_tcp_bind(h, (struct sockaddr *)&sa, 0)) != 0 || (rc = uv_listen((uv_stream_t *)h, LISTEN_BACKLOG, cb)) != 0) {
         uv_close((uv_handle_t *)h, NULL);
         return plait_fail(PLAIT_EIO, "listen on %s:%llu: %s", addr, (unsigned long long)port, uv_strerror(rc));
     }

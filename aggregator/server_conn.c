@@ -584,12 +584,24 @@ static void on_established(conn_t *c)
 
 /* ---- reading and accepting ---------------------------------------------------- */
 
+/* Would c's upload, if it started now, be parked (every update buffer taken)? A parked
+ * connection keeps what it had read and not handled; reading it in small pieces until then
+ * keeps that to about one TLS record instead of a whole read (64 KiB each, 1,000 devices
+ * waiting for 16 buffers held 60-100 MiB). */
+static int may_park(const conn_t *c)
+{
+    const plait_server_t *s = c->srv;
+    if (!c->authed || s->sa || c->upd != NULL || c->upd_reserved || c->round_id == 0 || c->round_id != s->cur_rid)
+        return 0;
+    return s->n_parked > 0 || plait__srv_uploads_busy(s) >= s->cfg.max_uploads_in_flight;
+}
+
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     conn_t *c = h->data;
     plait_server_t *s = c->srv;
     /* One read at a time on the loop thread: the server's buffer is free here. */
-    *buf = uv_buf_init((char *)s->readbuf, sizeof(s->readbuf));
+    *buf = uv_buf_init((char *)s->readbuf, may_park(c) ? PARK_READ : sizeof(s->readbuf));
     (void)suggested;
 }
 

@@ -87,6 +87,8 @@ typedef struct {
     uint8_t held_sha[32];
     plait_adapter_encoding_t enc;
     int delta_used;        /* this round's download was a delta */
+    int retries;           /* transport failures before the task, this round (cl_fail) */
+    char first_retry[64];
     char why[320];
 } srv_client_t;
 
@@ -107,9 +109,24 @@ typedef struct {
     size_t t;
 } srv_thread_t;
 
+static void cl_close(srv_client_t *c);
+
+/* A transport failure before the task (connect, handshake, a closed connection: a burst of
+ * 1,000 connects can overflow the listen queue) is retried after 0.5 s, up to CL_RETRIES
+ * times a round, as an agent reconnects; anything later fails the device. */
+#define CL_RETRIES 10
+
 static void cl_fail(srv_client_t *c, const char *what, int rc)
 {
-    if (c->st != CL_FAILED) snprintf(c->why, sizeof(c->why), "%s: %s (%d)", what, plait_err_name(rc), rc);
+    if (c->st == CL_FAILED) return;
+    if (c->st <= CL_WAIT_TASK && c->retries < CL_RETRIES && rc == PLAIT_EIO) {
+        if (c->retries++ == 0) snprintf(c->first_retry, sizeof(c->first_retry), "%s", what);
+        cl_close(c);
+        c->wake = bench_now() + 0.5;
+        c->st = CL_IDLE;
+        return;
+    }
+    snprintf(c->why, sizeof(c->why), "%s: %s (%d)", what, plait_err_name(rc), rc);
     c->st = CL_FAILED;
 }
 
@@ -761,6 +778,7 @@ static int run_row(const srv_opts_t *o, size_t N, size_t P)
             c->st = CL_IDLE;
             c->wake = 0;
             c->up_bytes = c->down_bytes = 0;
+            c->retries = 0;
             c->why[0] = '\0';
         }
         pthread_t th[64];
@@ -772,9 +790,12 @@ static int run_row(const srv_opts_t *o, size_t N, size_t P)
             if (pthread_create(&th[nt], NULL, pool_thread, &ta[nt]) != 0) break;
         }
         for (size_t i = 0; i < nt; i++) pthread_join(th[i], NULL);
-        size_t failed = 0, resumed = 0, deltas = 0;
+        size_t failed = 0, resumed = 0, deltas = 0, retried = 0;
         uint64_t ub = 0, db = 0;
         for (size_t i = 0; i < N; i++) {
+            if (p.cl[i].retries > 0 && retried++ == 0)
+                fprintf(stderr, "plait-bench serve: round %zu: device %s reconnected %d time(s) before its task (first: %s)\n",
+                        r, p.cl[i].id, p.cl[i].retries, p.cl[i].first_retry);
             if (p.cl[i].st != CL_DONE) {
                 if (failed++ == 0) fprintf(stderr, "plait-bench serve: device %s: %s\n", p.cl[i].id, p.cl[i].why);
             }
@@ -783,6 +804,7 @@ static int run_row(const srv_opts_t *o, size_t N, size_t P)
             ub += p.cl[i].up_bytes;
             db += p.cl[i].down_bytes;
         }
+        if (retried > 1) fprintf(stderr, "plait-bench serve: round %zu: %zu devices reconnected\n", r, retried);
         if (failed || nt != o->threads) {
             fprintf(stderr, "plait-bench serve: round %zu: %zu of %zu devices failed\n", r, failed, N);
             ok = 0;
