@@ -196,20 +196,27 @@ V16 static void rope_head_avx512(float *x, const float *cs, const float *sn, siz
     }
 }
 
+/* sum_i q[i] * kT[i * T8 + c + l] for the lanes l of k: 16 columns of a
+ * row of scores (or of dP, dO against transposed values). */
+V16 static inline __m512 cols_dot(const float *q, const float *kT, size_t T8, size_t HS, size_t c, __mmask16 k)
+{
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    size_t i = 0;
+    for (; i + 2 <= HS; i += 2) {
+        a0 = _mm512_fmadd_ps(_mm512_set1_ps(q[i]), _mm512_maskz_loadu_ps(k, kT + i * T8 + c), a0);
+        a1 = _mm512_fmadd_ps(_mm512_set1_ps(q[i + 1]), _mm512_maskz_loadu_ps(k, kT + (i + 1) * T8 + c), a1);
+    }
+    if (i < HS) a0 = _mm512_fmadd_ps(_mm512_set1_ps(q[i]), _mm512_maskz_loadu_ps(k, kT + i * T8 + c), a0);
+    return _mm512_add_ps(a0, a1);
+}
+
 /* row[c] = sum_i q[i] * kT[i * T8 + c] for c < n (scores of one query row,
  * or dP of one row of dO against transposed values). */
 V16 static inline void row_scores(float *row, const float *q, const float *kT, size_t T8, size_t HS, size_t n)
 {
     for (size_t c = 0; c < n; c += 16) {
         __mmask16 k = n - c >= 16 ? (__mmask16)0xFFFF : lanes(n - c);
-        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-        size_t i = 0;
-        for (; i + 2 <= HS; i += 2) {
-            a0 = _mm512_fmadd_ps(_mm512_set1_ps(q[i]), _mm512_maskz_loadu_ps(k, kT + i * T8 + c), a0);
-            a1 = _mm512_fmadd_ps(_mm512_set1_ps(q[i + 1]), _mm512_maskz_loadu_ps(k, kT + (i + 1) * T8 + c), a1);
-        }
-        if (i < HS) a0 = _mm512_fmadd_ps(_mm512_set1_ps(q[i]), _mm512_maskz_loadu_ps(k, kT + i * T8 + c), a0);
-        _mm512_mask_storeu_ps(row + c, k, _mm512_add_ps(a0, a1));
+        _mm512_mask_storeu_ps(row + c, k, cols_dot(q, kT, T8, HS, c, k));
     }
 }
 
@@ -277,12 +284,7 @@ V16 static void attn_head_fwd8_avx512(float *att, float *oh, const float *qh, co
             __m512 mx = ninf;
             for (size_t c = 0; c < n; c += 16) {
                 __mmask16 k = n - c >= 16 ? (__mmask16)0xFFFF : lanes(n - c);
-                __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-                for (size_t i = 0; i < 8; i += 2) {
-                    a0 = _mm512_fmadd_ps(_mm512_set1_ps(q[i]), _mm512_maskz_loadu_ps(k, kT + i * T8 + c), a0);
-                    a1 = _mm512_fmadd_ps(_mm512_set1_ps(q[i + 1]), _mm512_maskz_loadu_ps(k, kT + (i + 1) * T8 + c), a1);
-                }
-                __m512 v = _mm512_add_ps(a0, a1);
+                __m512 v = cols_dot(q, kT, T8, 8, c, k);
                 _mm512_storeu_ps(row + c, v);
                 mx = _mm512_max_ps(mx, _mm512_mask_mov_ps(ninf, k, v));
             }
@@ -416,12 +418,7 @@ V16 static void attn_head_bwd8_avx512(const float *att, const float *qh, const f
             __m512 dot = _mm512_setzero_ps();
             for (size_t c = 0; c < n; c += 16) {
                 __mmask16 k = n - c >= 16 ? (__mmask16)0xFFFF : lanes(n - c);
-                __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-                for (size_t i = 0; i < 8; i += 2) {
-                    a0 = _mm512_fmadd_ps(_mm512_set1_ps(o[i]), _mm512_maskz_loadu_ps(k, vT + i * T8 + c), a0);
-                    a1 = _mm512_fmadd_ps(_mm512_set1_ps(o[i + 1]), _mm512_maskz_loadu_ps(k, vT + (i + 1) * T8 + c), a1);
-                }
-                __m512 v = _mm512_add_ps(a0, a1);
+                __m512 v = cols_dot(o, vT, T8, 8, c, k);
                 _mm512_storeu_ps(dp + c, v);
                 /* P was written long before (forward): fetch the next block's rows to L2 */
                 _mm_prefetch((const char *)(p + c + (r1 - r0) * r1), _MM_HINT_T1);
