@@ -173,21 +173,24 @@ PLAIT_AVX2 static void rms_bwd_row_avx2(float *dx, const float *dy, const float 
     for (; i < C; i++) dx[i] += dy[i] * w[i] * rstd - x[i] * c2;
 }
 
-/* One head of HS floats: x = x * cs + swap_pairs(x) * sn * sgn. */
-PLAIT_AVX2 static void rope_head_avx2(float *x, const float *cs, const float *sn, size_t HS, float sgn)
+/* Every head of HS floats in a row of width: x = x * cs + swap_pairs(x) * sn * sgn. */
+PLAIT_AVX2 static void rope_heads_avx2(float *x, const float *cs, const float *sn, size_t width, size_t HS, float sgn)
 {
     __m256 vs = _mm256_set1_ps(sgn);
-    size_t i = 0;
-    for (; i + 8 <= HS; i += 8) {
-        __m256 v = _mm256_loadu_ps(x + i);
-        __m256 sw = _mm256_permute_ps(v, 0xB1); /* (x1, x0, x3, x2, ...) */
-        __m256 r = _mm256_mul_ps(sw, _mm256_mul_ps(_mm256_loadu_ps(sn + i), vs));
-        _mm256_storeu_ps(x + i, _mm256_fmadd_ps(v, _mm256_loadu_ps(cs + i), r));
-    }
-    for (; i < HS; i += 2) {
-        float xr = x[i], xi = x[i + 1];
-        x[i] = xr * cs[i] + xi * sn[i] * sgn;
-        x[i + 1] = xi * cs[i + 1] + xr * sn[i + 1] * sgn;
+    for (size_t h0 = 0; h0 < width; h0 += HS) {
+        float *xh = x + h0;
+        size_t i = 0;
+        for (; i + 8 <= HS; i += 8) {
+            __m256 v = _mm256_loadu_ps(xh + i);
+            __m256 sw = _mm256_permute_ps(v, 0xB1); /* (x1, x0, x3, x2, ...) */
+            __m256 r = _mm256_mul_ps(sw, _mm256_mul_ps(_mm256_loadu_ps(sn + i), vs));
+            _mm256_storeu_ps(xh + i, _mm256_fmadd_ps(v, _mm256_loadu_ps(cs + i), r));
+        }
+        for (; i < HS; i += 2) {
+            float xr = xh[i], xi = xh[i + 1];
+            xh[i] = xr * cs[i] + xi * sn[i] * sgn;
+            xh[i + 1] = xi * cs[i + 1] + xr * sn[i + 1] * sgn;
+        }
     }
 }
 
@@ -309,7 +312,7 @@ const plait__tkern_t plait__tkern_avx2 = {
     .swiglu_bwd = swiglu_bwd_avx2,
     .rms_fwd_row = rms_fwd_row_avx2,
     .rms_bwd_row = rms_bwd_row_avx2,
-    .rope_head = rope_head_avx2,
+    .rope_heads = rope_heads_avx2,
     .attn_head_fwd = attn_head_fwd_avx2,
     .attn_head_bwd = attn_head_bwd_avx2,
     .adamw = adamw_avx2,

@@ -183,17 +183,31 @@ V16 static void rms_bwd_row_avx512(float *dx, const float *dy, const float *x, c
     }
 }
 
-/* One head of HS (even) floats: x = x * cs + swap_pairs(x) * sn * sgn. */
-V16 static void rope_head_avx512(float *x, const float *cs, const float *sn, size_t HS, float sgn)
+/* Every head of HS (even) floats in a row of width: x = x * cs + swap_pairs(x) * sn * sgn.
+ * Heads of 8 floats go two to a register, with the tables repeated in both halves. */
+V16 static void rope_heads_avx512(float *x, const float *cs, const float *sn, size_t width, size_t HS, float sgn)
 {
     __m512 vs = _mm512_set1_ps(sgn);
-    for (size_t i = 0; i < HS; i += 16) {
-        __mmask16 k = HS - i >= 16 ? (__mmask16)0xFFFF : lanes(HS - i);
-        __m512 v = _mm512_maskz_loadu_ps(k, x + i);
-        __m512 sw = _mm512_permute_ps(v, 0xB1); /* (x1, x0, x3, x2, ...) within each 128-bit lane */
-        __m512 r = _mm512_mul_ps(sw, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, sn + i), vs));
-        _mm512_mask_storeu_ps(x + i, k, _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(k, cs + i), r));
+    size_t h0 = 0;
+    if (HS == 8) {
+        __m256 c8 = _mm256_loadu_ps(cs), s8 = _mm256_loadu_ps(sn);
+        __m512 vc = _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(c8))); /* both halves */
+        __m512 vn = _mm512_mul_ps(_mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(s8))), vs);
+        for (; h0 + 16 <= width; h0 += 16) {
+            __m512 v = _mm512_loadu_ps(x + h0);
+            __m512 r = _mm512_mul_ps(_mm512_permute_ps(v, 0xB1), vn);
+            _mm512_storeu_ps(x + h0, _mm512_fmadd_ps(v, vc, r));
+        }
     }
+    for (; h0 < width; h0 += HS)
+        for (size_t i = 0; i < HS; i += 16) {
+            __mmask16 k = HS - i >= 16 ? (__mmask16)0xFFFF : lanes(HS - i);
+            float *xh = x + h0;
+            __m512 v = _mm512_maskz_loadu_ps(k, xh + i);
+            __m512 sw = _mm512_permute_ps(v, 0xB1); /* (x1, x0, x3, x2, ...) within each 128-bit lane */
+            __m512 r = _mm512_mul_ps(sw, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, sn + i), vs));
+            _mm512_mask_storeu_ps(xh + i, k, _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(k, cs + i), r));
+        }
 }
 
 /* sum_i q[i] * kT[i * T8 + c + l] for the lanes l of k: 16 columns of a
@@ -576,7 +590,7 @@ const plait__tkern_t plait__tkern_avx512 = {
     .swiglu_bwd = swiglu_bwd_avx512,
     .rms_fwd_row = rms_fwd_row_avx512,
     .rms_bwd_row = rms_bwd_row_avx512,
-    .rope_head = rope_head_avx512,
+    .rope_heads = rope_heads_avx512,
     .attn_head_fwd = attn_head_fwd_avx512,
     .attn_head_bwd = attn_head_bwd_avx512,
     .adamw = adamw_avx512,

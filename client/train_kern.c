@@ -87,13 +87,14 @@ static void rms_bwd_row_portable(float *dx, const float *dy, const float *x, con
         dx[i] += dy[i] * w[i] * rstd - x[i] * c2;
 }
 
-static void rope_head_portable(float *x, const float *cs, const float *sn, size_t HS, float sgn)
+static void rope_heads_portable(float *x, const float *cs, const float *sn, size_t width, size_t HS, float sgn)
 {
-    for (size_t i = 0; i < HS; i += 2) {
-        float xr = x[i], xi = x[i + 1];
-        x[i] = xr * cs[i] + xi * (sn[i] * sgn);
-        x[i + 1] = xi * cs[i + 1] + xr * (sn[i + 1] * sgn);
-    }
+    for (size_t h0 = 0; h0 < width; h0 += HS)
+        for (size_t i = 0; i < HS; i += 2) {
+            float xr = x[h0 + i], xi = x[h0 + i + 1];
+            x[h0 + i] = xr * cs[i] + xi * (sn[i] * sgn);
+            x[h0 + i + 1] = xi * cs[i + 1] + xr * (sn[i + 1] * sgn);
+        }
 }
 
 static void adamw_portable(float *p, float *m, float *v, const float *g, size_t n, const plait__adamw_t *h)
@@ -120,7 +121,7 @@ const plait__tkern_t plait__tkern_portable = {
     .swiglu_bwd = swiglu_bwd_portable,
     .rms_fwd_row = rms_fwd_row_portable,
     .rms_bwd_row = rms_bwd_row_portable,
-    .rope_head = rope_head_portable,
+    .rope_heads = rope_heads_portable,
     .attn_head_fwd = NULL,
     .attn_head_bwd = NULL,
     .adamw = adamw_portable,

@@ -139,8 +139,9 @@ typedef struct {
     /* dx += dy * w * rstd - x * (mean(dy * w * x) * rstd^3) for one row */
     void (*rms_bwd_row)(float *dx, const float *dy, const float *x, const float *w, float rstd,
                         size_t C);
-    /* One interleaved-pairs head of HS floats: x = x * cs + swap_pairs(x) * sn * sgn. */
-    void (*rope_head)(float *x, const float *cs, const float *sn, size_t HS, float sgn);
+    /* Every interleaved-pairs head of a row of width floats (a multiple of HS, even), each
+     * with the same tables: x = x * cs + swap_pairs(x) * sn * sgn. */
+    void (*rope_heads)(float *x, const float *cs, const float *sn, size_t width, size_t HS, float sgn);
     /* Row-wise causal attention of one head for HS a multiple of 8, or NULL
      * where the blocked matmul path is used: forward writes att (row blocks)
      * and oh (T, HS) from qh, kT (HS, round8(T)) and vh; backward overwrites

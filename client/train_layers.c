@@ -66,18 +66,17 @@ static void rope_rows(void *ctx, size_t b, size_t e)
         for (int which = 0; which < 2; which++) {
             float *x = which == 0 ? j->out + n * C : j->out2 + n * KV;
             size_t width = which == 0 ? C : KV;
-            for (size_t h0 = 0; h0 < width; h0 += HS) {
+            if (!neox) {
+                K->rope_heads(x, cs, sn, width, HS, sgn);
+                continue;
+            }
+            for (size_t h0 = 0; h0 < width; h0 += HS) { /* rotate-half: pairs (i, i + HS/2) at angle i */
                 float *xh = x + h0;
-                if (neox) { /* rotate-half: pairs (i, i + HS/2) at angle i */
-                    for (size_t i = 0; i < half; i++) {
-                        float x0 = xh[i], x1 = xh[i + half], c = cs[2 * i],
-                              sv = sn[2 * i + 1] * sgn;
-                        xh[i] = x0 * c - x1 * sv;
-                        xh[i + half] = x1 * c + x0 * sv;
-                    }
-                    continue;
+                for (size_t i = 0; i < half; i++) {
+                    float x0 = xh[i], x1 = xh[i + half], c = cs[2 * i], sv = sn[2 * i + 1] * sgn;
+                    xh[i] = x0 * c - x1 * sv;
+                    xh[i + half] = x1 * c + x0 * sv;
                 }
-                K->rope_head(xh, cs, sn, HS, sgn);
             }
         }
     }

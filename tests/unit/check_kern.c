@@ -115,14 +115,25 @@ static void check_spans(const plait__tkern_t *K)
         K->rms_bwd_row(o3, z, y, x, rp, n);
         P->rms_bwd_row(o4, z, y, x, rp, n);
         close_span(o3, o4, n, 1e-2, "rms_bwd_row", K->name, n);
-        /* RoPE over an even head */
+        /* RoPE over the heads of a row: one head of n (even), and rows of heads of 2, 8
+         * (two to a register on AVX-512) and 16 floats, an odd count of heads too */
         if (n % 2 == 0) {
             float *cs = rvec(n, -1, 1), *sn = rvec(n, -1, 1);
             memcpy(a, y, n * sizeof(float));
             memcpy(b, y, n * sizeof(float));
-            K->rope_head(a, cs, sn, n, -1.0f);
-            P->rope_head(b, cs, sn, n, -1.0f);
-            close_span(a, b, n, 1e-3, "rope_head", K->name, n);
+            K->rope_heads(a, cs, sn, n, n, -1.0f);
+            P->rope_heads(b, cs, sn, n, n, -1.0f);
+            close_span(a, b, n, 1e-3, "rope_heads", K->name, n);
+            static const size_t hs[] = {2, 8, 16};
+            for (size_t q = 0; q < 3; q++) {
+                size_t w = n / hs[q] * hs[q];
+                if (w == 0) continue;
+                memcpy(a, y, w * sizeof(float));
+                memcpy(b, y, w * sizeof(float));
+                K->rope_heads(a, cs, sn, w, hs[q], 1.0f);
+                P->rope_heads(b, cs, sn, w, hs[q], 1.0f);
+                close_span(a, b, w, 1e-3, "rope_heads (rows)", K->name, n);
+            }
             free(cs);
             free(sn);
         }
