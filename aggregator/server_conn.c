@@ -744,7 +744,9 @@ static void drain(conn_t *c)
     int rc;
     process_frames(c);
     while (!c->closing && !c->parked) {
-        int r = plait_tls_read(c->tls, s->plain, sizeof(s->plain));
+        /* A connection that may park takes its plaintext in small pieces too: what it has not
+         * taken stays in the session's record buffer, which it holds anyway. */
+        int r = plait_tls_read(c->tls, s->plain, may_park(c) ? PARK_PLAIN : sizeof(s->plain));
         if (r > 0) {
             rc = in_append(c, s->plain, (size_t)r);
             if (rc != 0) {
