@@ -234,6 +234,7 @@ void plait__srv_conn_close(conn_t *c, int graceful)
     if (c->closing) return;
     c->closing = 1;
     c->srv->n_closing++;
+    c->srv->slot_freed = 1; /* it may have held an update buffer */
     /* Closing connections do not count against max_connections, so unauthenticated ones may
      * linger (to flush a TLS alert) only while few do: past the pre-auth pool they are closed
      * at once, and failed handshakes cannot pile up descriptors. */
@@ -584,16 +585,16 @@ static void on_established(conn_t *c)
 
 /* ---- reading and accepting ---------------------------------------------------- */
 
-/* Would c's upload, if it started now, be parked (every update buffer taken)? A parked
- * connection keeps what it had read and not handled; reading it in small pieces until then
- * keeps that to about one TLS record instead of a whole read (64 KiB each, 1,000 devices
+/* Would c's upload, if it started now, likely be parked (uploads already wait for update
+ * buffers)? A parked connection keeps what it had read and not handled; reading it in small
+ * pieces until then keeps that to little (64 KiB reads and 16 KiB records: 1,000 devices
  * waiting for 16 buffers held 60-100 MiB). */
 static int may_park(const conn_t *c)
 {
     const plait_server_t *s = c->srv;
     if (!c->authed || s->sa || c->upd != NULL || c->upd_reserved || c->round_id == 0 || c->round_id != s->cur_rid)
         return 0;
-    return s->n_parked > 0 || plait__srv_uploads_busy(s) >= s->cfg.max_uploads_in_flight;
+    return s->n_parked > 0; /* uploads wait already: every buffer is taken (asked per read, so no O(N) scan) */
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -733,7 +734,9 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         if (c->closing) return;
     }
     drain(c);
-    plait__srv_uploads_resume(s);
+    /* Parked uploads go on when a buffer was freed (the tick resumes them too, whatever freed it):
+     * the scan for free buffers is O(connections), too much to run after every read. */
+    if (s->n_parked > 0 && s->slot_freed) plait__srv_uploads_resume(s);
 }
 
 /* Read the plaintext the TLS session holds and handle its frames, until it
@@ -791,6 +794,7 @@ size_t plait__srv_uploads_busy(const plait_server_t *s)
 
 void plait__srv_uploads_resume(plait_server_t *s)
 {
+    s->slot_freed = 0;
     while (s->n_parked > 0 && !s->stopping && plait__srv_uploads_busy(s) < s->cfg.max_uploads_in_flight) {
         conn_t *o = NULL;
         for (conn_t *c = s->conns; c; c = c->next)

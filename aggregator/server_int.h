@@ -227,6 +227,7 @@ struct plait_server_s {
     size_t out_total;            /* ciphertext bytes queued in uv_write requests, all connections */
     size_t out_stalled;          /* the part of out_total queued on stalled connections (wstalled) */
     size_t n_parked;             /* connections parked (an upload waiting for a buffer) */
+    int slot_freed;              /* an update buffer may have been freed since the last resume on a read */
     double rev_swept;
     /* secure aggregation (server_secagg.c): the round's SecAgg+ state, or NULL */
     plait__sa_t *sa;

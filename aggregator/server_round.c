@@ -424,6 +424,7 @@ static uint8_t *upd_get(plait_server_t *s, size_t bytes)
 void plait__srv_upd_free(plait_server_t *s, uint8_t *b, size_t n, unsigned w)
 {
     if (!b) return;
+    s->slot_freed = 1; /* parked uploads may go on (plait__srv_uploads_resume) */
     plait_zeroize(b, n * w); /* the rest of a pooled buffer is zero already (wiped at each return) */
     size_t keep = (size_t)s->cfg.max_uploads_in_flight;
     if (s->n_upool == s->cap_upool && s->cap_upool < keep) {
