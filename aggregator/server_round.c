@@ -468,8 +468,7 @@ static int upd_widen(conn_t *c)
     uint8_t *b = upd_get(s, n * 4);
     if (!b) return plait_fail(PLAIT_ENOMEM, "update buffer of %zu words", n);
     for (size_t i = 0; i < (size_t)c->upd_have; i++) {
-        uint32_t v = 0;
-        for (size_t k = 0; k < w; k++) v |= (uint32_t)c->upd[w * i + k] << (8 * k);
+        uint32_t v = plait_narrow_word(c->upd, (unsigned)w, i);
         for (size_t k = 0; k < 4; k++) b[4 * i + k] = (uint8_t)(v >> (8 * k));
     }
     plait__srv_upd_free(s, c->upd, n, (unsigned)w);
