@@ -114,7 +114,7 @@ void plait__srv_mark_write_stalls(plait_server_t *s, double now)
 
 /* Move the TLS session's pending ciphertext into a uv_write request: the
  * session's buffer itself, not a copy (a download moves megabytes a round). */
-static int flush(conn_t *c)
+static int flush_out(conn_t *c)
 {
     const uint8_t *p;
     uint8_t *mem;
@@ -140,6 +140,18 @@ static int flush(conn_t *c)
     return 0;
 }
 
+/* Flush, then let the session give its record buffers back if nothing lives
+ * in them: every event on a connection ends here (a read, a send, the
+ * handshake's flights), so the sessions of a cohort that waits (for the round
+ * to fill, its download's turn, the next round) hold no 33 KB of mbedTLS
+ * buffers each. The next read or write takes them back. */
+static int flush(conn_t *c)
+{
+    int rc = flush_out(c);
+    (void)plait_tls_release_buffers(c->tls);
+    return rc;
+}
+
 /* Encrypt a whole buffer (a frame) and queue it. */
 static int tls_send(conn_t *c, const uint8_t *buf, size_t len)
 {
@@ -151,7 +163,7 @@ static int tls_send(conn_t *c, const uint8_t *buf, size_t len)
         if (r > 0) {
             off += (size_t)r;
         } else if (r == PLAIT_EAGAIN && guard++ < 64) {
-            int f = flush(c);
+            int f = flush_out(c); /* mid-frame: the session keeps its buffers */
             if (f != 0) return f;
         } else {
             return r == 0 ? PLAIT_EIO : r;
@@ -781,6 +793,18 @@ static void drain(conn_t *c)
         }
         break;
     }
+    /* Parked: the rest of the record that held the upload's first bytes comes out (at most a
+     * record), so that the session can give its two record buffers back while it waits. */
+    while (c->parked && !c->closing && plait_tls_avail(c->tls) > 0) {
+        size_t want = plait_tls_avail(c->tls);
+        int r = plait_tls_read(c->tls, s->plain, want < sizeof(s->plain) ? want : sizeof(s->plain));
+        if (r <= 0) break;
+        if ((rc = in_append(c, s->plain, (size_t)r)) != 0) {
+            plait__srv_reject(c, PLAIT__REJ_FRAME_TOO_BIG, "more than one frame's worth of unparsed input (%s)",
+                   plait_err_name(rc));
+            plait__srv_fail_conn(c, PLAIT__REJ_FRAME_TOO_BIG, PLAIT_ETOOBIG, "frame too big");
+        }
+    }
     if (!c->closing) (void)flush(c);
 }
 
@@ -876,6 +900,7 @@ void plait__srv_on_conn(uv_stream_t *l, int status)
         plait__srv_conn_close(c, 0);
         return;
     }
+    (void)plait_tls_release_buffers(c->tls); /* until its ClientHello comes */
     uv_tcp_nodelay(&c->tcp, 1);
     PLAIT_LOG(PLAIT_LOG_DEBUG, "accept conn=%llu from %s", (unsigned long long)c->id, c->addr);
     if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0) plait__srv_conn_close(c, 0);

@@ -49,7 +49,7 @@
 #define PLAIN_CHUNK 16384          /* plaintext read per plait_tls_read */
 #define READ_BUF 65536             /* ciphertext read per uv read */
 #define LISTEN_BACKLOG 511         /* a fleet connects in bursts when a round opens (the kernel caps it at somaxconn) */
-#define PARK_READ 4096             /* ... by a connection whose upload would wait for a buffer */
+#define PARK_READ 1024             /* ... by a connection whose upload would wait for a buffer */
 #define PARK_PLAIN 512             /* plaintext per plait_tls_read for such a connection */
 #define CLOSE_GRACE_S 2.0          /* a closing connection gets this long to drain */
 #define METRICS_REQ_MAX 2048       /* bytes of an HTTP request we read */

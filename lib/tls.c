@@ -41,7 +41,9 @@
 #include <mbedtls/oid.h>
 #include <mbedtls/platform_util.h>
 #include <mbedtls/ssl.h>
+#include <mbedtls/ssl_internal.h> /* MBEDTLS_SSL_{IN,OUT}_BUFFER_LEN: the record buffers' sizes */
 #include <mbedtls/ssl_ticket.h>
+#include <mbedtls/version.h>
 #include <mbedtls/x509_crt.h>
 #include <pthread.h>
 
@@ -72,6 +74,23 @@ struct plait_tls_config_s {
 
 enum { ST_HANDSHAKE, ST_OPEN, ST_CLOSED, ST_FAILED };
 
+/* Giving the record buffers back (plait_tls_release_buffers) reaches into the
+ * mbedtls_ssl_context of 2.28 as Debian builds it: fixed-size buffers, TLS
+ * only, no connection IDs, no compression. Elsewhere it does nothing. */
+#if MBEDTLS_VERSION_NUMBER >= 0x02100000 && MBEDTLS_VERSION_NUMBER < 0x03000000 && \
+    !defined(MBEDTLS_SSL_VARIABLE_BUFFER_LENGTH) && !defined(MBEDTLS_SSL_DTLS_CONNECTION_ID) && \
+    !defined(MBEDTLS_ZLIB_SUPPORT)
+#define CAN_RELEASE 1
+#else
+#define CAN_RELEASE 0
+#endif
+
+/* The bytes of a record buffer that outlive a record: in TLS the 8-byte
+ * sequence number sits in front of the 5-byte header, then the explicit IV,
+ * so every pointer into the buffer lies within its first 29 bytes. */
+#define REC_HEAD 64
+enum { RP_CTR, RP_HDR, RP_LEN, RP_IV, RP_MSG, RP_N };
+
 struct plait_tls_s {
     mbedtls_ssl_context ssl;
     plait_tls_config_t *cfg;
@@ -87,6 +106,11 @@ struct plait_tls_s {
     int offered;  /* client: a saved session was offered */
     int resumed;  /* the handshake resumed a session (no certificates exchanged) */
     plait_pki_cert_info_t peer;
+    /* Record buffers given back: what they held between records, and where
+     * mbedTLS's pointers pointed, to rebuild them. */
+    int released;
+    uint8_t in_head[REC_HEAD], out_head[REC_HEAD];
+    uint8_t in_pos[RP_N], out_pos[RP_N];
 };
 
 /* In order of preference, both sides: mbedTLS 2.28's ChaCha20-Poly1305 seals
@@ -369,11 +393,12 @@ static int bio_recv(void *p, unsigned char *buf, size_t len)
 }
 
 /* Room for need bytes, of which the first used are kept. An empty buffer is
- * made at need (rounded to 4 KiB) in one allocation; a growing one doubles. */
+ * made at need (rounded to 4 KiB, or to 256 bytes below that: a waiting
+ * connection holds a few hundred bytes) in one allocation; a growing one doubles. */
 static int grow(uint8_t **buf, size_t *cap, size_t used, size_t need)
 {
     if (need <= *cap) return 0;
-    size_t c = (need + 4095) & ~(size_t)4095;
+    size_t c = need < 4096 ? (need + 255) & ~(size_t)255 : (need + 4095) & ~(size_t)4095;
     if (*cap > 0 && c < 2 * *cap) c = 2 * *cap;
     uint8_t *p = malloc(c);
     if (p == NULL) return -1;
@@ -480,6 +505,113 @@ void plait_tls_free(plait_tls_t *s)
     free(s);
 }
 
+/* ---- record buffers given back while idle --------------------------------- */
+
+static int sticky(const plait_tls_t *s)
+{
+    return plait_fail(s->err, "tls: session already failed: %s", s->reason);
+}
+
+#if CAN_RELEASE
+static void rec_ptrs(mbedtls_ssl_context *ssl, unsigned char **in[RP_N], unsigned char **out[RP_N])
+{
+    in[RP_CTR] = &ssl->in_ctr, in[RP_HDR] = &ssl->in_hdr, in[RP_LEN] = &ssl->in_len;
+    in[RP_IV] = &ssl->in_iv, in[RP_MSG] = &ssl->in_msg;
+    out[RP_CTR] = &ssl->out_ctr, out[RP_HDR] = &ssl->out_hdr, out[RP_LEN] = &ssl->out_len;
+    out[RP_IV] = &ssl->out_iv, out[RP_MSG] = &ssl->out_msg;
+}
+
+/* Offsets of the pointers into buf, or -1 when one is not within its head. */
+static int rec_offsets(unsigned char *buf, unsigned char **p[RP_N], uint8_t pos[RP_N])
+{
+    for (int i = 0; i < RP_N; i++) {
+        if (*p[i] == NULL || *p[i] < buf || *p[i] >= buf + REC_HEAD) return -1;
+        pos[i] = (uint8_t)(*p[i] - buf);
+    }
+    return 0;
+}
+#endif
+
+int plait_tls_release_buffers(plait_tls_t *s)
+{
+#if CAN_RELEASE
+    if (s == NULL) return 0;
+    if (s->released) return 1;
+    mbedtls_ssl_context *ssl = &s->ssl;
+    if (ssl->in_buf == NULL || ssl->out_buf == NULL) return 0;
+    /* A failed session makes no more records (every call answers its error
+     * first), so whatever its buffers hold goes. Otherwise nothing may live
+     * past the head: no partial record read or unsent, no plaintext unread, no
+     * second handshake message behind the current one. */
+    unsigned char **in[RP_N], **out[RP_N];
+    rec_ptrs(ssl, in, out);
+    if (s->state != ST_FAILED) {
+        if (ssl->in_left != 0 || ssl->out_left != 0 || ssl->in_offt != NULL || ssl->keep_current_message ||
+            mbedtls_ssl_check_pending(ssl) || (ssl->in_hslen != 0 && ssl->in_hslen != ssl->in_msglen))
+            return 0;
+        if (rec_offsets(ssl->in_buf, in, s->in_pos) != 0 || rec_offsets(ssl->out_buf, out, s->out_pos) != 0)
+            return 0;
+    }
+    memcpy(s->in_head, ssl->in_buf, REC_HEAD);
+    memcpy(s->out_head, ssl->out_buf, REC_HEAD);
+    /* They held the last records' plaintext: wiped, as mbedtls_ssl_free() would. */
+    mbedtls_platform_zeroize(ssl->in_buf, MBEDTLS_SSL_IN_BUFFER_LEN);
+    mbedtls_platform_zeroize(ssl->out_buf, MBEDTLS_SSL_OUT_BUFFER_LEN);
+    free(ssl->in_buf);
+    free(ssl->out_buf);
+    ssl->in_buf = ssl->out_buf = NULL;
+    for (int i = 0; i < RP_N; i++) *in[i] = *out[i] = NULL;
+    s->released = 1;
+    return 1;
+#else
+    (void)s;
+    return 0;
+#endif
+}
+
+int plait_tls_buffers_released(const plait_tls_t *s) { return s != NULL && s->released; }
+
+size_t plait_tls_avail(const plait_tls_t *s)
+{
+    if (s == NULL || s->released || s->state != ST_OPEN) return 0;
+    return mbedtls_ssl_get_bytes_avail(&s->ssl);
+}
+
+/* Before any call into mbedTLS that may touch a record: the buffers back,
+ * as they were. A session that cannot get them fails (sticky). */
+static int wake(plait_tls_t *s)
+{
+#if CAN_RELEASE
+    if (!s->released) return 0;
+    mbedtls_ssl_context *ssl = &s->ssl;
+    unsigned char *ib = calloc(1, MBEDTLS_SSL_IN_BUFFER_LEN), *ob = calloc(1, MBEDTLS_SSL_OUT_BUFFER_LEN);
+    if (ib == NULL || ob == NULL) {
+        free(ib);
+        free(ob);
+        s->state = ST_FAILED;
+        s->err = PLAIT_ENOMEM;
+        s->reason = "out of memory";
+        return plait_fail(PLAIT_ENOMEM, "tls: record buffers of %d bytes", (int)MBEDTLS_SSL_IN_BUFFER_LEN);
+    }
+    memcpy(ib, s->in_head, REC_HEAD);
+    memcpy(ob, s->out_head, REC_HEAD);
+    mbedtls_platform_zeroize(s->in_head, REC_HEAD);
+    mbedtls_platform_zeroize(s->out_head, REC_HEAD);
+    unsigned char **in[RP_N], **out[RP_N];
+    rec_ptrs(ssl, in, out);
+    ssl->in_buf = ib;
+    ssl->out_buf = ob;
+    for (int i = 0; i < RP_N; i++) {
+        *in[i] = ib + s->in_pos[i];
+        *out[i] = ob + s->out_pos[i];
+    }
+    s->released = 0;
+#else
+    (void)s;
+#endif
+    return 0;
+}
+
 int plait_tls_feed(plait_tls_t *s, const uint8_t *buf, size_t len)
 {
     if (s == NULL || (buf == NULL && len > 0))
@@ -524,6 +656,8 @@ size_t plait_tls_take_out(plait_tls_t *s, uint8_t **mem, const uint8_t **buf)
 int plait_tls_reserve_out(plait_tls_t *s, size_t len)
 {
     if (s == NULL) return plait_fail(PLAIT_EINVAL, "tls: NULL session");
+    if (s->state == ST_FAILED) return sticky(s);
+    if (wake(s) != 0) return PLAIT_ENOMEM; /* the expansion reads the record pointers */
     int exp = mbedtls_ssl_get_record_expansion(&s->ssl);
     if (exp < 0) exp = 64; /* not known before the handshake: a generous bound */
     if (len > PLAIT_TLS_OUT_HIGH + 16384) len = PLAIT_TLS_OUT_HIGH + 16384; /* what one write can add */
@@ -718,16 +852,12 @@ static void save_session(plait_tls_t *s)
     pthread_mutex_unlock(&c->saved_mu);
 }
 
-static int sticky(const plait_tls_t *s)
-{
-    return plait_fail(s->err, "tls: session already failed: %s", s->reason);
-}
-
 int plait_tls_handshake(plait_tls_t *s)
 {
     if (s == NULL) return plait_fail(PLAIT_EINVAL, "tls: NULL session");
     if (s->state == ST_FAILED) return sticky(s);
     if (s->state != ST_HANDSHAKE) return 0;
+    if (wake(s) != 0) return PLAIT_ENOMEM;
     int mrc = mbedtls_ssl_handshake(&s->ssl);
     if (mrc == MBEDTLS_ERR_SSL_WANT_READ || mrc == MBEDTLS_ERR_SSL_WANT_WRITE) return PLAIT_EAGAIN;
     if (mrc != 0) return fail(s, mrc, "handshake");
@@ -773,6 +903,7 @@ int plait_tls_read(plait_tls_t *s, uint8_t *buf, size_t cap)
     int rc = plait_tls_handshake(s);
     if (rc != 0) return rc;
     if (s->state == ST_CLOSED) return 0;
+    if (wake(s) != 0) return PLAIT_ENOMEM;
     if (cap > INT_MAX) cap = INT_MAX;
     int mrc = mbedtls_ssl_read(&s->ssl, buf, cap);
     if (mrc > 0) return mrc;
@@ -793,6 +924,7 @@ int plait_tls_write(plait_tls_t *s, const uint8_t *buf, size_t len)
     if (rc != 0) return rc;
     if (s->state == ST_CLOSED)
         return plait_fail(PLAIT_EIO, "tls: write after the peer closed the session");
+    if (wake(s) != 0) return PLAIT_ENOMEM;
     if (len > INT_MAX) len = INT_MAX;
     size_t done = 0;
     while (done < len && plait_tls_pending_out(s, NULL) < PLAIT_TLS_OUT_HIGH) {
@@ -810,6 +942,7 @@ int plait_tls_close_notify(plait_tls_t *s)
     if (s == NULL) return plait_fail(PLAIT_EINVAL, "tls: NULL session");
     if (s->state == ST_FAILED) return sticky(s);
     if (s->state == ST_HANDSHAKE) return 0;
+    if (wake(s) != 0) return PLAIT_ENOMEM;
     int mrc = mbedtls_ssl_close_notify(&s->ssl);
     if (mrc != 0 && mrc != MBEDTLS_ERR_SSL_WANT_WRITE && mrc != MBEDTLS_ERR_SSL_WANT_READ)
         return fail(s, mrc, "close_notify");

@@ -167,6 +167,32 @@ int plait_tls_new(plait_tls_t **out /* OUT */, plait_tls_config_t *cfg) PLAIT_WU
 void plait_tls_free(plait_tls_t *s);
 
 /**
+ * \brief Give mbedTLS's two record buffers back while the session is idle.
+ *
+ * mbedTLS 2.28 (Debian's build) gives every session two 16.7 KB record
+ * buffers for its whole life; a server holding a thousand sessions that wait
+ * holds 33 MB of them. When nothing lives in them past the record counters (no
+ * partial record in or out, no unread plaintext), this keeps those few bytes,
+ * wipes and frees the buffers; the next call that needs a record
+ * (handshake, read, write, close_notify, reserve_out) allocates them again.
+ * Allowed during the handshake too, between flights. Costs two allocations
+ * and a copy of 64 bytes at the next use.
+ * \return 1 when the buffers are given back (also if they were already); 0
+ *         when the session holds data in them, has ended, or the mbedTLS
+ *         build is not the one this knows (then it never releases).
+ */
+int plait_tls_release_buffers(plait_tls_t *s);
+
+/**
+ * \brief Plaintext of the record being read that plait_tls_read() would
+ *        return without decrypting another record (0 when none).
+ */
+size_t plait_tls_avail(const plait_tls_t *s);
+
+/** \brief 1 while the record buffers are given back, else 0. */
+int plait_tls_buffers_released(const plait_tls_t *s);
+
+/**
  * \brief Hand ciphertext received from the network to the session (copied).
  * \return 0; PLAIT_ETOOBIG when more than PLAIT_TLS_IN_MAX bytes would be
  *         waiting unconsumed (stop reading the socket until read() drains it;

@@ -77,16 +77,29 @@ static void certs_teardown(void)
     pair_free(&dev_revoked);
 }
 
+/* Loop tests run a second time with both sessions giving their record
+ * buffers back whenever they can (as the aggregator does between events). */
+static int g_release;
+
+static void maybe_release(plait_tls_t *a, plait_tls_t *b)
+{
+    if (!g_release) return;
+    (void)plait_tls_release_buffers(a);
+    (void)plait_tls_release_buffers(b);
+}
+
 /* Move everything pending from one session into the other. */
 static void move(plait_tls_t *from, plait_tls_t *to)
 {
     const uint8_t *p;
     size_t n;
+    maybe_release(from, to);
     while ((n = plait_tls_pending_out(from, &p)) > 0) {
         size_t k = n > 1000 ? 1000 : n; /* odd chunking exercises partial records */
         ck_assert_int_eq(plait_tls_feed(to, p, k), 0);
         plait_tls_consume_out(from, k);
     }
+    maybe_release(from, to);
 }
 
 /* Drive both handshakes until each side is done or has failed. */
@@ -150,8 +163,10 @@ static void transfer(plait_tls_t *a, plait_tls_t *b, size_t len)
         }
         move(a, b);
         int r = 0;
-        while (recvd < len && (r = plait_tls_read(b, got + recvd, len - recvd)) > 0)
+        while (recvd < len && (r = plait_tls_read(b, got + recvd, len - recvd)) > 0) {
             recvd += (size_t)r;
+            maybe_release(a, b);
+        }
         if (recvd < len) ck_assert_int_eq(r, PLAIT_EAGAIN);
     }
     ck_assert_int_eq(memcmp(msg, got, len), 0);
@@ -161,6 +176,7 @@ static void transfer(plait_tls_t *a, plait_tls_t *b, size_t len)
 
 START_TEST(test_handshake_and_data)
 {
+    g_release = _i;
     duo_t d;
     duo_run(&d, &dev, "plait-aggregator", &srv, NULL, NULL);
     ck_assert_int_eq(d.crc, 0);
@@ -210,11 +226,106 @@ START_TEST(test_handshake_and_data)
 }
 END_TEST
 
+/* Record buffers given back: only when they hold nothing past the record
+ * counters (a partial record in, plaintext not yet read: refused), and the
+ * session goes on exactly as before once they come back, both ways, also
+ * for the close. */
+START_TEST(test_release_buffers)
+{
+    g_release = 0;
+    duo_t d;
+    memset(&d, 0, sizeof(d));
+    ck_assert_int_eq(plait_tls_config_server(&d.scfg, ca.crt, srv.crt, srv.key, 1, NULL, NULL), 0);
+    ck_assert_int_eq(plait_tls_config_client(&d.ccfg, ca.crt, dev.crt, dev.key, "plait-aggregator"), 0);
+    ck_assert_int_eq(plait_tls_new(&d.s, d.scfg), 0);
+    ck_assert_int_eq(plait_tls_new(&d.c, d.ccfg), 0);
+    ck_assert_int_eq(plait_tls_release_buffers(NULL), 0);
+    ck_assert_int_eq(plait_tls_buffers_released(d.s), 0);
+    ck_assert_int_eq(plait_tls_release_buffers(d.s), 1); /* fresh: nothing in them */
+    ck_assert_int_eq(plait_tls_release_buffers(d.s), 1); /* idempotent */
+    ck_assert_int_eq(plait_tls_buffers_released(d.s), 1);
+    ck_assert_int_eq(plait_tls_handshake(d.c), PLAIT_EAGAIN);
+    const uint8_t *p;
+    size_t n = plait_tls_pending_out(d.c, &p); /* the ClientHello */
+    ck_assert_uint_gt(n, 20);
+    ck_assert_int_eq(plait_tls_feed(d.s, p, 10), 0); /* half a record */
+    plait_tls_consume_out(d.c, 10);
+    ck_assert_int_eq(plait_tls_handshake(d.s), PLAIT_EAGAIN);
+    ck_assert_int_eq(plait_tls_buffers_released(d.s), 0); /* woken by the handshake */
+    ck_assert_int_eq(plait_tls_release_buffers(d.s), 0);  /* holds a partial record */
+    ck_assert_int_eq(plait_tls_feed(d.s, p + 10, n - 10), 0);
+    plait_tls_consume_out(d.c, n - 10);
+    ck_assert_int_eq(plait_tls_handshake(d.s), PLAIT_EAGAIN); /* its flight sent, waits for the client's */
+    ck_assert_uint_gt(plait_tls_pending_out(d.s, &p), 500);
+    ck_assert_int_eq(plait_tls_release_buffers(d.s), 1); /* between flights */
+    pump_handshake(d.c, d.s, &d.crc, &d.src);
+    ck_assert_int_eq(d.crc + d.src, 0);
+    ck_assert_int_eq(plait_tls_release_buffers(d.s), 1);
+    ck_assert_int_eq(plait_tls_release_buffers(d.c), 1);
+
+    /* Unread plaintext stays in the record buffer: refused until read. */
+    ck_assert_int_eq(plait_tls_write(d.c, (const uint8_t *)"0123456789", 10), 10);
+    move(d.c, d.s);
+    uint8_t b[16];
+    ck_assert_int_eq(plait_tls_read(d.s, b, 4), 4);
+    ck_assert_int_eq(plait_tls_release_buffers(d.s), 0);
+    ck_assert_int_eq(plait_tls_read(d.s, b + 4, sizeof(b) - 4), 6);
+    ck_assert_int_eq(memcmp(b, "0123456789", 10), 0);
+    ck_assert_int_eq(plait_tls_release_buffers(d.s), 1);
+
+    /* Many records each way with the buffers given back in between: the
+     * sequence numbers and keys carry over (a wrong counter fails the MAC). */
+    for (int i = 0; i < 20; i++) {
+        transfer(d.c, d.s, (size_t)(1 + i * 997));
+        ck_assert_int_eq(plait_tls_release_buffers(d.s), 1);
+        ck_assert_int_eq(plait_tls_release_buffers(d.c), 1);
+        transfer(d.s, d.c, (size_t)(20000 + i * 13));
+        ck_assert_int_eq(plait_tls_release_buffers(d.s), 1);
+        ck_assert_int_eq(plait_tls_release_buffers(d.c), 1);
+    }
+    /* Output reserved, then given back before the write: still one record run. */
+    ck_assert_int_eq(plait_tls_reserve_out(d.s, 5000), 0);
+    ck_assert_int_eq(plait_tls_release_buffers(d.s), 1);
+    transfer(d.s, d.c, 5000);
+    ck_assert_int_eq(plait_tls_release_buffers(d.c), 1);
+    ck_assert_int_eq(plait_tls_close_notify(d.c), 0);
+    move(d.c, d.s);
+    ck_assert_int_eq(plait_tls_read(d.s, b, sizeof(b)), 0);
+    ck_assert_int_eq(plait_tls_release_buffers(d.s), 1); /* closed by the peer */
+    ck_assert_int_eq(plait_tls_read(d.s, b, sizeof(b)), 0);
+    ck_assert_int_eq(plait_tls_close_notify(d.s), 0); /* our close_notify still goes */
+    ck_assert_int_eq(plait_tls_release_buffers(d.c), 1);
+    duo_free(&d); /* freed while given back: nothing leaks (ASan) */
+
+    /* A failed session gives them back whatever they hold, and stays failed. */
+    duo_run(&d, &dev, "plait-aggregator", &srv, NULL, NULL);
+    ck_assert_int_eq(d.crc + d.src, 0);
+    ck_assert_int_eq(plait_tls_write(d.c, (const uint8_t *)"tampered", 8), 8);
+    uint8_t *mem;
+    n = plait_tls_take_out(d.c, &mem, &p);
+    ck_assert_uint_gt(n, 20);
+    mem[(size_t)(p - mem) + n - 1] ^= 1; /* the tag */
+    ck_assert_int_eq(plait_tls_feed(d.s, p, n - 3), 0);
+    ck_assert_int_eq(plait_tls_read(d.s, b, sizeof(b)), PLAIT_EAGAIN);
+    ck_assert_int_eq(plait_tls_release_buffers(d.s), 0); /* a partial record */
+    ck_assert_int_eq(plait_tls_feed(d.s, p + n - 3, 3), 0);
+    ck_assert_int_eq(plait_tls_read(d.s, b, sizeof(b)), PLAIT_EAUTH);
+    free(mem);
+    ck_assert_int_eq(plait_tls_release_buffers(d.s), 1);
+    ck_assert_int_eq(plait_tls_read(d.s, b, sizeof(b)), PLAIT_EAUTH);
+    ck_assert_int_eq(plait_tls_write(d.s, b, 1), PLAIT_EAUTH);
+    ck_assert_int_eq(plait_tls_close_notify(d.s), PLAIT_EAUTH);
+    ck_assert_int_eq(plait_tls_reserve_out(d.s, 10), PLAIT_EAUTH);
+    duo_free(&d);
+}
+END_TEST
+
 /* Output taken without a copy (how the aggregator sends): the taken buffer holds exactly the
  * pending bytes, also after part of them was consumed; the session starts a new buffer; with
  * room reserved for a frame, its records land in one buffer that decrypts to the frame. */
 START_TEST(test_take_and_reserve_out)
 {
+    g_release = _i;
     duo_t d;
     duo_run(&d, &dev, "plait-aggregator", &srv, NULL, NULL);
     ck_assert_int_eq(d.src, 0);
@@ -251,6 +362,7 @@ START_TEST(test_take_and_reserve_out)
             int r = PLAIT_EAGAIN;
             while (recvd < len && (r = plait_tls_read(d.c, got + recvd, len - recvd)) > 0) recvd += (size_t)r;
             if (recvd < len) ck_assert_int_eq(r, PLAIT_EAGAIN);
+            maybe_release(d.s, d.c);
         }
         free(mem);
         takes++;
@@ -384,6 +496,7 @@ END_TEST
 
 START_TEST(test_revoked)
 {
+    g_release = _i;
     plait_pki_revlist_t rl;
     plait_pki_revlist_init(&rl);
     ck_assert_int_eq(plait_pki_revlist_add_serial(&rl, dev_revoked.info.serial_hex), 0);
@@ -422,6 +535,7 @@ static void sessions(plait_tls_config_t *ccfg, plait_tls_config_t *scfg, plait_t
 
 START_TEST(test_resumption)
 {
+    g_release = _i;
     plait_pki_revlist_t rl;
     plait_pki_revlist_init(&rl);
     plait_tls_config_t *scfg, *scfg2, *ccfg;
@@ -602,6 +716,7 @@ END_TEST
 
 START_TEST(test_tampered_record)
 {
+    g_release = _i;
     duo_t d;
     duo_run(&d, &dev, "plait-aggregator", &srv, NULL, NULL);
     ck_assert_int_eq(d.src, 0);
@@ -683,6 +798,7 @@ END_TEST
 
 START_TEST(test_byte_at_a_time)
 {
+    g_release = _i;
     /* Every split point of every flight: the handshake only ever waits. */
     duo_t d;
     memset(&d, 0, sizeof(d));
@@ -716,6 +832,7 @@ END_TEST
 
 START_TEST(test_tampered_handshake)
 {
+    g_release = _i;
     /* Flip one byte at many positions of each flight: both sides may never
      * end up established, and nothing may crash. */
     plait_tls_config_t *scfg = NULL, *ccfg = NULL;
@@ -964,23 +1081,24 @@ Suite *tls_suite(void)
     TCase *tm = tcase_create("memory");
     tcase_add_unchecked_fixture(tm, certs_setup, certs_teardown);
     tcase_set_timeout(tm, 60);
-    tcase_add_test(tm, test_handshake_and_data);
-    tcase_add_test(tm, test_take_and_reserve_out);
+    tcase_add_loop_test(tm, test_handshake_and_data, 0, 2);
+    tcase_add_loop_test(tm, test_take_and_reserve_out, 0, 2);
+    tcase_add_test(tm, test_release_buffers);
     tcase_add_test(tm, test_x25519_preferred);
     tcase_add_test(tm, test_write_before_handshake);
     tcase_add_test(tm, test_ip_server_name);
     tcase_add_test(tm, test_wrong_server_name);
     tcase_add_test(tm, test_other_ca);
     tcase_add_test(tm, test_expired);
-    tcase_add_test(tm, test_revoked);
-    tcase_add_test(tm, test_resumption);
+    tcase_add_loop_test(tm, test_revoked, 0, 2);
+    tcase_add_loop_test(tm, test_resumption, 0, 2);
     tcase_add_test(tm, test_no_client_cert);
     tcase_add_test(tm, test_wrong_eku);
     tcase_add_test(tm, test_bad_server_cert);
-    tcase_add_test(tm, test_tampered_record);
+    tcase_add_loop_test(tm, test_tampered_record, 0, 2);
     tcase_add_test(tm, test_garbage_and_limits);
-    tcase_add_test(tm, test_byte_at_a_time);
-    tcase_add_test(tm, test_tampered_handshake);
+    tcase_add_loop_test(tm, test_byte_at_a_time, 0, 2);
+    tcase_add_loop_test(tm, test_tampered_handshake, 0, 2);
     tcase_add_test(tm, test_from_files);
     suite_add_tcase(s, tm);
     TCase *tf = tcase_create("fd");
