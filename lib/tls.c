@@ -39,6 +39,7 @@
 #include <mbedtls/ecp.h>
 #include <mbedtls/error.h>
 #include <mbedtls/oid.h>
+#include <mbedtls/platform.h>
 #include <mbedtls/platform_util.h>
 #include <mbedtls/ssl.h>
 #include <mbedtls/ssl_internal.h> /* MBEDTLS_SSL_{IN,OUT}_BUFFER_LEN: the record buffers' sizes */
@@ -507,6 +508,23 @@ void plait_tls_free(plait_tls_t *s)
 
 /* ---- record buffers given back while idle --------------------------------- */
 
+/* A server keeps what it took from the peer's certificate (s->peer), not the
+ * certificate mbedTLS keeps in the session for its whole life (1.8 KB of a
+ * 4 KB idle session): once the handshake is over nothing reads it (its
+ * ticket, if any, was sealed during the handshake; no renegotiation). */
+static void drop_peer_cert(plait_tls_t *s)
+{
+#if defined(MBEDTLS_SSL_KEEP_PEER_CERTIFICATE) && MBEDTLS_VERSION_NUMBER < 0x03000000
+    mbedtls_ssl_session *ss = s->ssl.session;
+    if (ss == NULL || ss->peer_cert == NULL) return;
+    mbedtls_x509_crt_free(ss->peer_cert);
+    mbedtls_free(ss->peer_cert);
+    ss->peer_cert = NULL;
+#else
+    (void)s;
+#endif
+}
+
 static int sticky(const plait_tls_t *s)
 {
     return plait_fail(s->err, "tls: session already failed: %s", s->reason);
@@ -557,8 +575,8 @@ int plait_tls_release_buffers(plait_tls_t *s)
     /* They held the last records' plaintext: wiped, as mbedtls_ssl_free() would. */
     mbedtls_platform_zeroize(ssl->in_buf, MBEDTLS_SSL_IN_BUFFER_LEN);
     mbedtls_platform_zeroize(ssl->out_buf, MBEDTLS_SSL_OUT_BUFFER_LEN);
-    free(ssl->in_buf);
-    free(ssl->out_buf);
+    mbedtls_free(ssl->in_buf);
+    mbedtls_free(ssl->out_buf);
     ssl->in_buf = ssl->out_buf = NULL;
     for (int i = 0; i < RP_N; i++) *in[i] = *out[i] = NULL;
     s->released = 1;
@@ -584,10 +602,10 @@ static int wake(plait_tls_t *s)
 #if CAN_RELEASE
     if (!s->released) return 0;
     mbedtls_ssl_context *ssl = &s->ssl;
-    unsigned char *ib = calloc(1, MBEDTLS_SSL_IN_BUFFER_LEN), *ob = calloc(1, MBEDTLS_SSL_OUT_BUFFER_LEN);
+    unsigned char *ib = mbedtls_calloc(1, MBEDTLS_SSL_IN_BUFFER_LEN), *ob = mbedtls_calloc(1, MBEDTLS_SSL_OUT_BUFFER_LEN);
     if (ib == NULL || ob == NULL) {
-        free(ib);
-        free(ob);
+        mbedtls_free(ib);
+        mbedtls_free(ob);
         s->state = ST_FAILED;
         s->err = PLAIT_ENOMEM;
         s->reason = "out of memory";
@@ -885,6 +903,7 @@ int plait_tls_handshake(plait_tls_t *s)
         return fail(s, MBEDTLS_ERR_X509_CERT_VERIFY_FAILED, "handshake");
     }
     if (s->cfg->endpoint == MBEDTLS_SSL_IS_CLIENT && s->cfg->tickets) save_session(s);
+    if (s->cfg->endpoint == MBEDTLS_SSL_IS_SERVER) drop_peer_cert(s);
     s->state = ST_OPEN;
     return 0;
 }
