@@ -193,6 +193,7 @@ static int cl_next_chunk(srv_client_t *c, const srv_pool_t *p)
         return 1;
     }
     size_t per = c->task.max_chunk_bytes ? c->task.max_chunk_bytes / 4 : 65536;
+    if (c->up_idx == 0 && per > PLAIT_WIRE_UPDATE_LEAD_WORDS) per = PLAIT_WIRE_UPDATE_LEAD_WORDS; /* as the agent */
     size_t n = p->n_words - c->up_off < per ? p->n_words - c->up_off : per;
     plait_msg_init(&m, PLAIT_MSG_UPDATE_CHUNK);
     m.u.update_chunk.round_id = c->task.round_id;

@@ -35,6 +35,7 @@ int plait_wire_update_tx_next(plait_wire_xfer_t *x, const plait_wire_limits_t *l
     uint64_t n = x->total - x->next;
     uint64_t cap = lim->max_chunk_bytes / 4;
     if (n > cap) n = cap;
+    if (x->index == 0 && n > PLAIT_WIRE_UPDATE_LEAD_WORDS) n = PLAIT_WIRE_UPDATE_LEAD_WORDS;
     plait_msg_init(out, PLAIT_MSG_UPDATE_CHUNK);
     plait_msg_update_chunk_t *c = &out->u.update_chunk;
     c->round_id = x->id;
@@ -64,6 +65,7 @@ int plait_wire_update_tx_next_packed(plait_wire_xfer_t *x, const plait_wire_limi
     uint64_t n = x->total - x->next;
     uint64_t per = (uint64_t)lim->max_chunk_bytes * 8 / bits; /* packs into <= max_chunk_bytes */
     if (n > per) n = per;
+    if (x->index == 0 && n > PLAIT_WIRE_UPDATE_LEAD_WORDS) n = PLAIT_WIRE_UPDATE_LEAD_WORDS;
     size_t len = plait_pack_bits_len((size_t)n, bits);
     if (cap < len) return plait_fail(PLAIT_ETOOBIG, "update tx: buffer of %zu bytes, need %zu", cap, len);
     int rc = plait_pack_bits(words + x->next, (size_t)n, bits, buf, cap);

@@ -576,6 +576,16 @@ int plait_wire_encode_alloc(const plait_msg_t *m, const plait_wire_limits_t *lim
  *     // 1: complete, 0: more to come, < 0: send Error(rc) and drop the upload
  */
 
+/**
+ * Words in the first chunk of an upload (at most): a lead chunk that travels
+ * in a record of its own, ahead of the full-size ones. An aggregator whose
+ * update buffers are all taken holds the upload back at that chunk's header,
+ * so what it keeps for a waiting device is this small record, not the first
+ * 16 KiB of the update (docs/protocol.md §6). A multiple of 8: packed chunks
+ * end on a byte at every width.
+ */
+#define PLAIT_WIRE_UPDATE_LEAD_WORDS 64
+
 /** Progress of one chunked transfer (a plain value; no resources). */
 typedef struct {
     uint64_t id;       /**< round id (update) or adapter version (adapter) */
@@ -592,7 +602,8 @@ void plait_wire_xfer_init(plait_wire_xfer_t *x, uint64_t id, uint64_t total, uin
 
 /**
  * \brief Fill out with the next UpdateChunk: up to lim->max_chunk_bytes / 4
- *        words of words[0, x->total) from x->next. Advances x.
+ *        words of words[0, x->total) from x->next (chunk 0: at most
+ *        PLAIT_WIRE_UPDATE_LEAD_WORDS). Advances x.
  * \param words x->total words, borrowed by out until it is encoded.
  * \return 1 (out filled), 0 (the transfer is complete; out untouched),
  *         PLAIT_EINVAL (NULL arguments, bad limits, total

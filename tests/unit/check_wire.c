@@ -1782,6 +1782,24 @@ START_TEST(test_update_transfer)
     ck_assert_mem_eq(src, dst, total * 4);
     ck_assert_int_eq(plait_wire_update_tx_next(&tx, &lim, src, &m), 0); /* stays done */
 
+    /* With room for more, chunk 0 is a small lead chunk (its own record), then full chunks. */
+    {
+        plait_wire_limits_t big;
+        plait_wire_limits_default(&big);
+        plait_wire_xfer_t t2;
+        plait_wire_xfer_init(&t2, 42, total, 0);
+        ck_assert_int_eq(plait_wire_update_tx_next(&t2, &big, src, &m), 1);
+        ck_assert_uint_eq(m.u.update_chunk.n_words, PLAIT_WIRE_UPDATE_LEAD_WORDS);
+        ck_assert_int_eq(plait_wire_update_tx_next(&t2, &big, src, &m), 1);
+        ck_assert_uint_eq(m.u.update_chunk.offset, PLAIT_WIRE_UPDATE_LEAD_WORDS);
+        ck_assert_uint_eq(m.u.update_chunk.n_words, total - PLAIT_WIRE_UPDATE_LEAD_WORDS);
+        uint8_t pk[2048];
+        plait_wire_xfer_init(&t2, 42, total, 0);
+        ck_assert_int_eq(plait_wire_update_tx_next_packed(&t2, &big, src, 32, pk, sizeof(pk), &m), 1);
+        ck_assert_uint_eq(m.u.update_chunk.n_words, PLAIT_WIRE_UPDATE_LEAD_WORDS);
+        ck_assert_uint_eq(m.u.update_chunk.packed_len, PLAIT_WIRE_UPDATE_LEAD_WORDS * 4);
+    }
+
     /* bad sender arguments */
     plait_wire_xfer_init(&tx, 42, total, 0);
     ck_assert_int_eq(plait_wire_update_tx_next(&tx, &lim, NULL, &m), PLAIT_EINVAL);
