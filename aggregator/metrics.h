@@ -24,7 +24,8 @@
     XX(TOO_MANY, "too_many_connections") XX(MODEL_MISMATCH, "model_mismatch")           \
     XX(ORDER, "protocol_order") XX(TLS_BAD_RECORD, "tls_bad_record")           \
     XX(WRITE_STALL, "write_stall") XX(PREAUTH_FULL, "preauth_full")                      \
-    XX(ADDR_FULL, "address_full") XX(REVOKED, "revoked_connected")
+    XX(ADDR_FULL, "address_full") XX(REVOKED, "revoked_connected")                     \
+    XX(SLOW_UPLOAD, "slow_upload")
 
 typedef enum {
 #define PLAIT__XX(e, s) PLAIT__REJ_##e,

@@ -78,6 +78,13 @@ static void on_tick(uv_timer_t *t)
             plait__srv_reject(c, PLAIT__REJ_IDLE_TIMEOUT, "nothing received for %.3g s", s->cfg.idle_timeout_s);
             if (c->authed) plait__srv_send_error(c, PLAIT_ECANCELED, "idle");
             plait__srv_conn_close(c, 1);
+        } else if (plait__srv_upload_too_slow(c, now)) {
+            plait__srv_reject(c, PLAIT__REJ_SLOW_UPLOAD,
+                              "upload held a buffer for %.3g s at %.3g bytes/s (min_upload_rate %llu) while %zu waited",
+                              now - c->t_grant, (double)(c->upd_rx + c->in_len) / (now - c->t_grant),
+                              (unsigned long long)s->cfg.min_upload_rate, s->n_parked);
+            plait__srv_send_error(c, PLAIT_ECANCELED, "upload too slow");
+            plait__srv_conn_close(c, 1);
         } else if (c->out_queued > 0 && now - c->t_wprog > s->cfg.idle_timeout_s) {
             plait__srv_reject(c, PLAIT__REJ_WRITE_STALL, "%zu bytes unsent for %.3g s: the peer does not read", c->out_queued,
                    s->cfg.idle_timeout_s);

@@ -428,6 +428,30 @@ static void handle_msg(conn_t *c, const plait_msg_t *m)
     }
 }
 
+/* The upload on c owns an update buffer slot from now on; its progress is
+ * counted from here (plait__srv_upload_too_slow). */
+static void grant_upload(conn_t *c)
+{
+    c->upd_reserved = 1;
+    c->t_grant = now_s(c->srv);
+    c->upd_rx = 0;
+}
+
+/* An upload that holds a buffer slot while other uploads wait for one, has
+ * held it for upload_grace_s and averaged less than min_upload_rate bytes/s
+ * of update frames since (the frame being received counts as far as it
+ * got): a device trickling its update must not keep honest ones waiting
+ * until the round's deadline. Pings and other frames do not count. */
+int plait__srv_upload_too_slow(const conn_t *c, double now)
+{
+    const plait_server_t *s = c->srv;
+    if (s->cfg.min_upload_rate == 0 || s->n_parked == 0 || c->closing) return 0;
+    if (c->upd == NULL && !c->upd_reserved) return 0;
+    double held = now - c->t_grant;
+    if (held <= s->cfg.upload_grace_s) return 0;
+    return (double)(c->upd_rx + c->in_len) < (double)s->cfg.min_upload_rate * held;
+}
+
 /* A frame of `type` is next on c: when it would start an upload and every
  * update buffer is taken (max_uploads_in_flight), leave it unread (TCP holds
  * the device back) until one is free: 1 (parked), else 0. A parked connection
@@ -438,7 +462,7 @@ static int park_upload(conn_t *c, int type)
     if (type != PLAIT_MSG_UPDATE_CHUNK || !c->authed || c->upd != NULL || c->upd_reserved || s->sa || c->parked)
         return 0;
     if (plait__srv_uploads_busy(s) < s->cfg.max_uploads_in_flight) {
-        c->upd_reserved = 1; /* counted from the header on, so that the bound is exact */
+        grant_upload(c); /* counted from the header on, so that the bound is exact */
         return 0;
     }
     c->parked = 1;
@@ -486,6 +510,7 @@ static void process_frames(conn_t *c)
             break;
         }
         pos += used;
+        if (fr.type == PLAIT_MSG_UPDATE_CHUNK) c->upd_rx += used;
         handle_msg(c, &m);
         plait_msg_free(&m);
     }
@@ -825,7 +850,7 @@ void plait__srv_uploads_resume(plait_server_t *s)
             if (c->parked && !c->closing && (!o || c->park_seq < o->park_seq)) o = c;
         if (!o) break;
         o->parked = 0;
-        o->upd_reserved = 1; /* its upload has the buffer that is free now */
+        grant_upload(o); /* its upload has the buffer that is free now */
         s->n_parked--;
         o->t_last = now_s(s);
         if (uv_read_start((uv_stream_t *)&o->tcp, on_alloc, on_read) != 0) {

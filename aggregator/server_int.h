@@ -125,6 +125,8 @@ struct conn_s {
     int parked;                       /* an upload waits for a buffer: the socket is not read */
     int upd_reserved;                 /* an upload has started (header seen) and owns a buffer slot */
     uint64_t park_seq;                /* order of parking (the oldest resumes first) */
+    double t_grant;                   /* when the upload got its buffer slot */
+    uint64_t upd_rx;                  /* update frame bytes handled since then (the upload's progress) */
 };
 
 typedef struct mconn_s mconn_t;
@@ -292,6 +294,7 @@ void plait__srv_reject(conn_t *c, plait__rej_t why, const char *fmt, ...)
 /** \brief Encode m, encrypt it and queue it on c. */
 /* Mark connections whose peer stopped reading (on_tick) so the send queue goes on without them. */
 void plait__srv_mark_write_stalls(plait_server_t *s, double now);
+int plait__srv_upload_too_slow(const conn_t *c, double now);
 int plait__srv_send_msg(conn_t *c, const plait_msg_t *m);
 /** \brief Queue an Error frame (best effort). */
 void plait__srv_send_error(conn_t *c, int code, const char *msg);

@@ -1499,6 +1499,49 @@ START_TEST(test_cli)
 }
 END_TEST
 
+/* Liveness: a device that takes the only update buffer and then trickles (one
+ * small chunk, then only Pings) is cut once it has held the buffer for
+ * upload_grace_s below min_upload_rate while another upload waits; the honest
+ * device's upload then goes in and is acked. idle_timeout_s is long, so the
+ * idle limit is not what frees the buffer (with min_upload_rate=0 the honest
+ * device waits until its receive timeout). */
+START_TEST(test_slow_upload)
+{
+    it_dep_t d;
+    ck_assert_int_eq(it_init(&d, "integ_slowup", "max_uploads_in_flight=1", "upload_grace_s=1", "target_cohort=2",
+                             "min_cohort=2", "overselect=1", "selection_timeout_s=120", "round_timeout_s=300",
+                             "idle_timeout_s=600", "retry_ms=200", "secure_agg=false", NULL),
+                     0);
+    ck_assert_int_eq(it_enroll(&d, "slow"), 0);
+    ck_assert_int_eq(it_enroll(&d, "honest"), 0);
+    ck_assert_int_eq(it_start(&d, NULL), 0);
+    it_client_t *c = malloc(sizeof(*c));
+    ck_assert_ptr_nonnull(c);
+    plait_msg_task_t t;
+    ck_assert_int_eq(client_with_task(c, &d, "slow", &t), 0);
+    uint32_t *w = it_update_words(&t, 0.001f);
+    ck_assert_ptr_nonnull(w);
+    ck_assert_uint_gt(t.update_elements, 64);
+    ck_assert_int_eq(it_upload(c, &t, w, (size_t)t.update_elements, 8, 8), 0); /* chunk 0 only: takes the buffer */
+    free(w);
+    for (int i = 0; i < 50; i++) { /* keepalives are not upload progress */
+        plait_msg_t m;
+        plait_msg_init(&m, PLAIT_MSG_PING);
+        m.u.ping.nonce = (uint64_t)i + 1;
+        ck_assert_int_eq(it_send(c, &m), 0);
+    }
+    ck_assert_int_eq(it_participate(&d, "honest", 0.001f, NULL), 0);
+    ck_assert_int_eq(it_log_count(&d, "update accepted round=1 "), 1);
+    ck_assert_int_eq(it_log_count(&d, "slow_upload"), 1);
+    int code = 0;
+    ck_assert_int_eq(expect_type(c, PLAIT_MSG_ERROR, &code), 0);
+    ck_assert_int_eq(code, PLAIT_ECANCELED);
+    it_client_close(c);
+    free(c);
+    finish(&d);
+}
+END_TEST
+
 Suite *server_suite(void)
 {
     Suite *s = suite_create("integ_server");
@@ -1526,6 +1569,7 @@ Suite *server_suite(void)
         {"slots_after_leave", test_slots_after_leave},
         {"uploads_in_flight", test_uploads_in_flight},
         {"stalled_readers", test_stalled_readers},
+        {"slow_upload", test_slow_upload},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         TCase *tc = tcase_create(cases[i].name);
