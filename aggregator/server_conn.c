@@ -93,11 +93,43 @@ static void on_conn_write(uv_write_t *req, int status)
 /* The shared send queue in use: stalled connections' bytes wait apart. */
 static size_t queue_used(const plait_server_t *s) { return s->out_total - s->out_stalled; }
 
+/* Downloads with nothing of their own in flight that found the shared queue
+ * full wait in a list, oldest first (a download with bytes in flight goes on
+ * from its own write completion): resuming them costs what they send, not a
+ * scan of every connection after every write. */
+static void dlw_add(conn_t *c)
+{
+    plait_server_t *s = c->srv;
+    if (c->dl_waiting) return;
+    c->dl_waiting = 1;
+    c->dlw_next = NULL;
+    c->dlw_prev = s->dlw_tail;
+    if (s->dlw_tail) s->dlw_tail->dlw_next = c;
+    else s->dlw_head = c;
+    s->dlw_tail = c;
+}
+
+static void dlw_remove(conn_t *c)
+{
+    plait_server_t *s = c->srv;
+    if (!c->dl_waiting) return;
+    if (c->dlw_prev) c->dlw_prev->dlw_next = c->dlw_next;
+    else s->dlw_head = c->dlw_next;
+    if (c->dlw_next) c->dlw_next->dlw_prev = c->dlw_prev;
+    else s->dlw_tail = c->dlw_prev;
+    c->dlw_prev = c->dlw_next = NULL;
+    c->dl_waiting = 0;
+}
+
 /* Downloads that waited for room in the shared send queue (pump_download) go on. */
 static void resume_downloads(plait_server_t *s, const conn_t *except)
 {
-    for (conn_t *o = s->conns; o && queue_used(s) < DL_QUEUE_MAX; o = o->next)
-        if (o != except && o->dl_active && !o->closing && o->out_queued == 0) pump_download(o);
+    (void)except;
+    while (s->dlw_head && queue_used(s) < DL_QUEUE_MAX) {
+        conn_t *o = s->dlw_head;
+        dlw_remove(o);
+        if (o->dl_active && !o->closing && o->out_queued == 0) pump_download(o);
+    }
 }
 
 void plait__srv_mark_write_stalls(plait_server_t *s, double now)
@@ -219,6 +251,7 @@ void plait__srv_on_conn_closed(uv_handle_t *h)
     if (c->next) c->next->prev = c->prev;
     s->m.connections_open--;
     if (c->closing) s->n_closing--;
+    dlw_remove(c);
     if (c->preauth) plait__admit_leave(&s->admit, c->addr);
     plait_tls_free(c->tls);
     plait__srv_blob_unref(c->dl);
@@ -252,6 +285,7 @@ void plait__srv_conn_close(conn_t *c, int graceful)
      * at once, and failed handshakes cannot pile up descriptors. */
     if (graceful && c->preauth && c->srv->n_closing > c->srv->preauth_cap) graceful = 0;
     c->dl_active = 0;
+    dlw_remove(c);
     c->t_close = now_s(c->srv);
     if (c->preauth) {
         plait__admit_leave(&c->srv->admit, c->addr);
@@ -316,6 +350,7 @@ static void pump_download(conn_t *c)
             PLAIT_LOG(PLAIT_LOG_DEBUG, "conn=%llu adapter sent", (unsigned long long)c->id);
         }
     }
+    if (c->dl_active && !c->closing && c->out_queued == 0) dlw_add(c); /* the shared queue is full */
 }
 
 static void handle_msg(conn_t *c, const plait_msg_t *m)

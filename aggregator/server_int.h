@@ -125,6 +125,8 @@ struct conn_s {
     int parked;                       /* an upload waits for a buffer: the socket is not read */
     int upd_reserved;                 /* an upload has started (header seen) and owns a buffer slot */
     uint64_t park_seq;                /* order of parking (the oldest resumes first) */
+    conn_t *dlw_prev, *dlw_next;      /* in the server's list of downloads waiting for send-queue room */
+    int dl_waiting;                   /* ... is in it */
     double t_grant;                   /* when the upload got its buffer slot */
     uint64_t upd_rx;                  /* update frame bytes handled since then (the upload's progress) */
 };
@@ -217,6 +219,7 @@ struct plait_server_s {
     int busy;
     /* connections */
     conn_t *conns;
+    conn_t *dlw_head, *dlw_tail; /* downloads waiting for room in the send queue, oldest first */
     mconn_t *mconns;
     size_t n_mconns;
     uint64_t next_conn_id;
