@@ -61,6 +61,9 @@ static void on_tick(uv_timer_t *t)
 {
     plait_server_t *s = t->data;
     double now = now_s(s);
+    int judge = s->t_tick > 0 && now - s->t_tick < 1.0; /* a late tick: reads may be waiting behind it */
+    s->t_tick = now;
+    double rate = 0;
     for (conn_t *c = s->conns, *nx; c; c = nx) {
         nx = c->next;
         if (c->closing) {
@@ -78,11 +81,10 @@ static void on_tick(uv_timer_t *t)
             plait__srv_reject(c, PLAIT__REJ_IDLE_TIMEOUT, "nothing received for %.3g s", s->cfg.idle_timeout_s);
             if (c->authed) plait__srv_send_error(c, PLAIT_ECANCELED, "idle");
             plait__srv_conn_close(c, 1);
-        } else if (plait__srv_upload_too_slow(c, now)) {
+        } else if (plait__srv_upload_too_slow(c, now, judge, &rate)) {
             plait__srv_reject(c, PLAIT__REJ_SLOW_UPLOAD,
-                              "upload held a buffer for %.3g s at %.3g bytes/s (min_upload_rate %llu) while %zu waited",
-                              now - c->t_grant, (double)(c->upd_rx + c->in_len) / (now - c->t_grant),
-                              (unsigned long long)s->cfg.min_upload_rate, s->n_parked);
+                              "upload made %.3g bytes/s over the last %.3g s (min_upload_rate %llu) while %zu waited",
+                              rate, s->cfg.upload_grace_s, (unsigned long long)s->cfg.min_upload_rate, s->n_parked);
             plait__srv_send_error(c, PLAIT_ECANCELED, "upload too slow");
             plait__srv_conn_close(c, 1);
         } else if (c->out_queued > 0 && now - c->t_wprog > s->cfg.idle_timeout_s) {

@@ -63,7 +63,7 @@ void plait__srv_reject(conn_t *c, plait__rej_t why, const char *fmt, ...)
 /* ---- writing ------------------------------------------------------------------ */
 
 static void pump_download(conn_t *c);
-static void resume_downloads(plait_server_t *s, const conn_t *except);
+static void resume_downloads(plait_server_t *s);
 
 static void on_conn_write(uv_write_t *req, int status)
 {
@@ -84,10 +84,11 @@ static void on_conn_write(uv_write_t *req, int status)
             PLAIT_LOG(PLAIT_LOG_INFO, "conn=%llu write failed: %s", (unsigned long long)c->id, uv_strerror(status));
             plait__srv_conn_close(c, 0);
         }
+        resume_downloads(s); /* its bytes left the shared queue */
         return;
     }
     if (c->dl_active && !c->closing) pump_download(c);
-    resume_downloads(s, c);
+    resume_downloads(s);
 }
 
 /* The shared send queue in use: stalled connections' bytes wait apart. */
@@ -122,9 +123,8 @@ static void dlw_remove(conn_t *c)
 }
 
 /* Downloads that waited for room in the shared send queue (pump_download) go on. */
-static void resume_downloads(plait_server_t *s, const conn_t *except)
+static void resume_downloads(plait_server_t *s)
 {
-    (void)except;
     while (s->dlw_head && queue_used(s) < DL_QUEUE_MAX) {
         conn_t *o = s->dlw_head;
         dlw_remove(o);
@@ -141,7 +141,7 @@ void plait__srv_mark_write_stalls(plait_server_t *s, double now)
             s->out_stalled += c->out_queued;
             freed = 1;
         }
-    if (freed) resume_downloads(s, NULL);
+    if (freed) resume_downloads(s);
 }
 
 /* Move the TLS session's pending ciphertext into a uv_write request: the
@@ -184,8 +184,9 @@ static int flush(conn_t *c)
     return rc;
 }
 
-/* Encrypt a whole buffer (a frame) and queue it. */
-static int tls_send(conn_t *c, const uint8_t *buf, size_t len)
+/* Encrypt a whole buffer (a frame) and queue it; keep: the session keeps its
+ * record buffers (more frames follow at once). */
+static int tls_send(conn_t *c, const uint8_t *buf, size_t len, int keep)
 {
     size_t off = 0;
     int guard = 0;
@@ -201,10 +202,10 @@ static int tls_send(conn_t *c, const uint8_t *buf, size_t len)
             return r == 0 ? PLAIT_EIO : r;
         }
     }
-    return flush(c);
+    return keep ? flush_out(c) : flush(c);
 }
 
-int plait__srv_send_msg(conn_t *c, const plait_msg_t *m)
+static int send_msg(conn_t *c, const plait_msg_t *m, int keep)
 {
     uint8_t *buf = NULL;
     size_t len = 0;
@@ -214,10 +215,12 @@ int plait__srv_send_msg(conn_t *c, const plait_msg_t *m)
                   plait_msg_type_name(m->type), plait_errmsg(), plait_err_name(rc));
         return rc;
     }
-    rc = tls_send(c, buf, len);
+    rc = tls_send(c, buf, len, keep);
     free(buf);
     return rc;
 }
+
+int plait__srv_send_msg(conn_t *c, const plait_msg_t *m) { return send_msg(c, m, 0); }
 
 void plait__srv_send_error(conn_t *c, int code, const char *msg)
 {
@@ -335,7 +338,7 @@ static void pump_download(conn_t *c)
             m.u.adapter_chunk.has_sha256 = 1;
             memcpy(m.u.adapter_chunk.sha256, b->sha, 32);
         }
-        if (plait__srv_send_msg(c, &m) != 0) {
+        if (send_msg(c, &m, 1) != 0) {
             plait__srv_conn_close(c, 0);
             return;
         }
@@ -351,6 +354,7 @@ static void pump_download(conn_t *c)
         }
     }
     if (c->dl_active && !c->closing && c->out_queued == 0) dlw_add(c); /* the shared queue is full */
+    if (!c->closing) (void)plait_tls_release_buffers(c->tls); /* once per pump, not per chunk */
 }
 
 static void handle_msg(conn_t *c, const plait_msg_t *m)
@@ -468,23 +472,35 @@ static void handle_msg(conn_t *c, const plait_msg_t *m)
 static void grant_upload(conn_t *c)
 {
     c->upd_reserved = 1;
-    c->t_grant = now_s(c->srv);
-    c->upd_rx = 0;
+    c->t_grant = c->t_win = now_s(c->srv);
+    c->upd_rx = c->rx_win = 0;
 }
 
-/* An upload that holds a buffer slot while other uploads wait for one, has
- * held it for upload_grace_s and averaged less than min_upload_rate bytes/s
- * of update frames since (the frame being received counts as far as it
- * got): a device trickling its update must not keep honest ones waiting
- * until the round's deadline. Pings and other frames do not count. */
-int plait__srv_upload_too_slow(const conn_t *c, double now)
+/* The floor on an upload that holds a buffer slot: while other uploads wait
+ * for one (judge), every window of upload_grace_s must bring min_upload_rate
+ * bytes/s of update frames (the frame being received counts as far as it
+ * got; Pings and other frames do not), else the upload is cut: a device that
+ * trickles, or sends most of its update and then stops, cannot keep honest
+ * ones waiting until the round's deadline. While nobody waits (or the loop
+ * was stalled and has not read what arrived) the window only restarts, so a
+ * slow upload is judged on what it does once someone waits. */
+int plait__srv_upload_too_slow(conn_t *c, double now, int judge, double *rate)
 {
     const plait_server_t *s = c->srv;
-    if (s->cfg.min_upload_rate == 0 || s->n_parked == 0 || c->closing) return 0;
-    if (c->upd == NULL && !c->upd_reserved) return 0;
-    double held = now - c->t_grant;
-    if (held <= s->cfg.upload_grace_s) return 0;
-    return (double)(c->upd_rx + c->in_len) < (double)s->cfg.min_upload_rate * held;
+    if (c->closing || (c->upd == NULL && !c->upd_reserved)) return 0;
+    uint64_t progress = c->upd_rx + c->in_len;
+    if (!judge || s->cfg.min_upload_rate == 0 || s->n_parked == 0) {
+        c->t_win = now;
+        c->rx_win = progress;
+        return 0;
+    }
+    double span = now - c->t_win;
+    if (span < s->cfg.upload_grace_s) return 0;
+    double got = progress > c->rx_win ? (double)(progress - c->rx_win) : 0.0;
+    *rate = got / span;
+    c->t_win = now;
+    c->rx_win = progress;
+    return got < (double)s->cfg.min_upload_rate * span;
 }
 
 /* A frame of `type` is next on c: when it would start an upload and every

@@ -129,6 +129,8 @@ struct conn_s {
     int dl_waiting;                   /* ... is in it */
     double t_grant;                   /* when the upload got its buffer slot */
     uint64_t upd_rx;                  /* update frame bytes handled since then (the upload's progress) */
+    double t_win;                     /* the rate floor's window: since when, */
+    uint64_t rx_win;                  /* ... and upd_rx then */
 };
 
 typedef struct mconn_s mconn_t;
@@ -220,6 +222,7 @@ struct plait_server_s {
     /* connections */
     conn_t *conns;
     conn_t *dlw_head, *dlw_tail; /* downloads waiting for room in the send queue, oldest first */
+    double t_tick;               /* when the last tick ran (a late one means the loop was stalled) */
     mconn_t *mconns;
     size_t n_mconns;
     uint64_t next_conn_id;
@@ -294,10 +297,11 @@ void plait__srv_reject(conn_t *c, plait__rej_t why, const char *fmt, ...)
 #endif
     ;
 
-/** \brief Encode m, encrypt it and queue it on c. */
 /* Mark connections whose peer stopped reading (on_tick) so the send queue goes on without them. */
 void plait__srv_mark_write_stalls(plait_server_t *s, double now);
-int plait__srv_upload_too_slow(const conn_t *c, double now);
+/* The upload rate floor (on_tick): 1 when c's upload must be cut; judge = 0 only restarts its window. */
+int plait__srv_upload_too_slow(conn_t *c, double now, int judge, double *rate);
+/** \brief Encode m, encrypt it and queue it on c. */
 int plait__srv_send_msg(conn_t *c, const plait_msg_t *m);
 /** \brief Queue an Error frame (best effort). */
 void plait__srv_send_error(conn_t *c, int code, const char *msg);

@@ -22,6 +22,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <mbedtls/config.h>
+#include <mbedtls/version.h>
+
 #include "plait/log.h"
 #include "plait/pki.h"
 #include "plait/tls.h"
@@ -233,6 +236,11 @@ END_TEST
 START_TEST(test_release_buffers)
 {
     g_release = 0;
+#if !(MBEDTLS_VERSION_NUMBER >= 0x02100000 && MBEDTLS_VERSION_NUMBER < 0x03000000 && \
+      !defined(MBEDTLS_SSL_VARIABLE_BUFFER_LENGTH) && !defined(MBEDTLS_SSL_DTLS_CONNECTION_ID) && \
+      !defined(MBEDTLS_ZLIB_SUPPORT))
+    return; /* an mbedTLS layout lib/tls.c does not know: it never releases (the loop tests still run) */
+#endif
     duo_t d;
     memset(&d, 0, sizeof(d));
     ck_assert_int_eq(plait_tls_config_server(&d.scfg, ca.crt, srv.crt, srv.key, 1, NULL, NULL), 0);
