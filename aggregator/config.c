@@ -69,10 +69,10 @@ static const setting_t SETTINGS[] = {
      "plain rounds: devices may send update chunks packed at quant_bits (a quarter of the 32-bit words at 8 "
      "bits); false: words only (both forms are accepted either way)"},
     {"min_upload_rate", T_UINT, F(min_upload_rate), 0, 1000000000, "8192",
-     "bytes/s: while other uploads wait for a buffer, an upload that has held one for upload_grace_s and "
-     "averaged less since is cut (slow_upload), so slow or trickling devices cannot hold every buffer; 0 = no floor"},
+     "bytes/s: while other uploads wait for a buffer, an upload holding one that brings less than this over "
+     "upload_grace_s is cut (slow_upload), so slow or trickling devices cannot hold every buffer; 0 = no floor"},
     {"upload_grace_s", T_DOUBLE, F(upload_grace_s), 0.05, 86400, "10",
-     "seconds an upload holds its buffer before min_upload_rate applies"},
+     "the window, in seconds, over which min_upload_rate is judged"},
     {"auth_timeout_s", T_DOUBLE, F(auth_timeout_s), 0.05, 3600, "5",
      "TLS handshake and Hello must complete within this many seconds"},
     {"idle_timeout_s", T_DOUBLE, F(idle_timeout_s), 0.05, 86400, "90",
