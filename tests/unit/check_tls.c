@@ -143,6 +143,16 @@ static void duo_run(duo_t *d, const pair_t *client, const char *server_name, con
     pump_handshake(d->c, d->s, &d->crc, &d->src);
 }
 
+/* Both sessions made (dev as the client, srv as the server), no handshake yet. */
+static void duo_open(duo_t *d, const char *server_name)
+{
+    memset(d, 0, sizeof(*d));
+    ck_assert_int_eq(plait_tls_config_server(&d->scfg, ca.crt, srv.crt, srv.key, 1, NULL, NULL), 0);
+    ck_assert_int_eq(plait_tls_config_client(&d->ccfg, ca.crt, dev.crt, dev.key, server_name), 0);
+    ck_assert_int_eq(plait_tls_new(&d->s, d->scfg), 0);
+    ck_assert_int_eq(plait_tls_new(&d->c, d->ccfg), 0);
+}
+
 static void duo_free(duo_t *d)
 {
     plait_tls_free(d->c);
@@ -242,11 +252,7 @@ START_TEST(test_release_buffers)
     return; /* an mbedTLS layout lib/tls.c does not know: it never releases (the loop tests still run) */
 #endif
     duo_t d;
-    memset(&d, 0, sizeof(d));
-    ck_assert_int_eq(plait_tls_config_server(&d.scfg, ca.crt, srv.crt, srv.key, 1, NULL, NULL), 0);
-    ck_assert_int_eq(plait_tls_config_client(&d.ccfg, ca.crt, dev.crt, dev.key, "plait-aggregator"), 0);
-    ck_assert_int_eq(plait_tls_new(&d.s, d.scfg), 0);
-    ck_assert_int_eq(plait_tls_new(&d.c, d.ccfg), 0);
+    duo_open(&d, "plait-aggregator");
     ck_assert_int_eq(plait_tls_release_buffers(NULL), 0);
     ck_assert_int_eq(plait_tls_buffers_released(d.s), 0);
     ck_assert_int_eq(plait_tls_release_buffers(d.s), 1); /* fresh: nothing in them */
@@ -391,11 +397,7 @@ START_TEST(test_x25519_preferred)
      * holds its ServerKeyExchange with ECParameters named_curve(3) x25519
      * (0x001d) and a 32-byte public value. */
     duo_t d;
-    memset(&d, 0, sizeof(d));
-    ck_assert_int_eq(plait_tls_config_server(&d.scfg, ca.crt, srv.crt, srv.key, 1, NULL, NULL), 0);
-    ck_assert_int_eq(plait_tls_config_client(&d.ccfg, ca.crt, dev.crt, dev.key, "localhost"), 0);
-    ck_assert_int_eq(plait_tls_new(&d.s, d.scfg), 0);
-    ck_assert_int_eq(plait_tls_new(&d.c, d.ccfg), 0);
+    duo_open(&d, "localhost");
     ck_assert_int_eq(plait_tls_handshake(d.c), PLAIT_EAGAIN);
     move(d.c, d.s);
     ck_assert_int_eq(plait_tls_handshake(d.s), PLAIT_EAGAIN);
@@ -418,11 +420,7 @@ START_TEST(test_write_before_handshake)
 {
     /* write() drives the handshake and says EAGAIN until it can send. */
     duo_t d;
-    memset(&d, 0, sizeof(d));
-    ck_assert_int_eq(plait_tls_config_server(&d.scfg, ca.crt, srv.crt, srv.key, 1, NULL, NULL), 0);
-    ck_assert_int_eq(plait_tls_config_client(&d.ccfg, ca.crt, dev.crt, dev.key, "localhost"), 0);
-    ck_assert_int_eq(plait_tls_new(&d.s, d.scfg), 0);
-    ck_assert_int_eq(plait_tls_new(&d.c, d.ccfg), 0);
+    duo_open(&d, "localhost");
     ck_assert_ptr_null(plait_tls_peer(d.c));
     const uint8_t hello[] = "hello";
     int w = PLAIT_EAGAIN, r = PLAIT_EAGAIN, eagain_writes = 0;
@@ -809,12 +807,7 @@ START_TEST(test_byte_at_a_time)
     g_release = _i;
     /* Every split point of every flight: the handshake only ever waits. */
     duo_t d;
-    memset(&d, 0, sizeof(d));
-    ck_assert_int_eq(plait_tls_config_server(&d.scfg, ca.crt, srv.crt, srv.key, 1, NULL, NULL), 0);
-    ck_assert_int_eq(plait_tls_config_client(&d.ccfg, ca.crt, dev.crt, dev.key, "plait-aggregator"),
-                     0);
-    ck_assert_int_eq(plait_tls_new(&d.s, d.scfg), 0);
-    ck_assert_int_eq(plait_tls_new(&d.c, d.ccfg), 0);
+    duo_open(&d, "plait-aggregator");
     int crc = PLAIT_EAGAIN, src = PLAIT_EAGAIN;
     for (int i = 0; i < 100000 && (crc != 0 || src != 0); i++) {
         const uint8_t *p;
