@@ -282,6 +282,10 @@ void plait__srv_conn_close(conn_t *c, int graceful)
     if (c->closing) return;
     c->closing = 1;
     c->srv->n_closing++;
+    if (c->parked) { /* no longer waits: the rate floor and "may park" stop counting it */
+        c->parked = 0;
+        c->srv->n_parked--;
+    }
     c->srv->slot_freed = 1; /* it may have held an update buffer */
     /* Closing connections do not count against max_connections, so unauthenticated ones may
      * linger (to flush a TLS alert) only while few do: past the pre-auth pool they are closed
@@ -512,7 +516,9 @@ static int park_upload(conn_t *c, int type)
     plait_server_t *s = c->srv;
     if (type != PLAIT_MSG_UPDATE_CHUNK || !c->authed || c->upd != NULL || c->upd_reserved || s->sa || c->parked)
         return 0;
-    if (plait__srv_uploads_busy(s) < s->cfg.max_uploads_in_flight) {
+    /* First come, first served: while uploads are parked a free buffer goes to the oldest of
+     * them (plait__srv_uploads_resume), not to this newcomer. */
+    if (s->n_parked == 0 && plait__srv_uploads_busy(s) < s->cfg.max_uploads_in_flight) {
         grant_upload(c); /* counted from the header on, so that the bound is exact */
         return 0;
     }
