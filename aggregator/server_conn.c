@@ -476,7 +476,7 @@ static void handle_msg(conn_t *c, const plait_msg_t *m)
 static void grant_upload(conn_t *c)
 {
     c->upd_reserved = 1;
-    c->t_grant = c->t_win = now_s(c->srv);
+    c->t_win = now_s(c->srv);
     c->upd_rx = c->rx_win = 0;
 }
 

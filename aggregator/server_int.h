@@ -127,8 +127,7 @@ struct conn_s {
     uint64_t park_seq;                /* order of parking (the oldest resumes first) */
     conn_t *dlw_prev, *dlw_next;      /* in the server's list of downloads waiting for send-queue room */
     int dl_waiting;                   /* ... is in it */
-    double t_grant;                   /* when the upload got its buffer slot */
-    uint64_t upd_rx;                  /* update frame bytes handled since then (the upload's progress) */
+    uint64_t upd_rx;                  /* update frame bytes handled since the upload got its slot */
     double t_win;                     /* the rate floor's window: since when, */
     uint64_t rx_win;                  /* ... and upd_rx then */
 };

@@ -28,12 +28,10 @@
 #include "plait/tls.h"
 
 #include <arpa/inet.h>
-#include <errno.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include <mbedtls/asn1.h>
 #include <mbedtls/ecp.h>
@@ -545,6 +543,7 @@ static int rec_offsets(unsigned char *buf, unsigned char **p[RP_N], uint8_t pos[
     for (int i = 0; i < RP_N; i++) {
         if (*p[i] == NULL || *p[i] < buf || *p[i] >= buf + REC_HEAD) return -1;
         pos[i] = (uint8_t)(*p[i] - buf);
+        if (i > 0 && pos[i] < pos[i - 1]) return -1; /* counter, header, length, IV, message: in that order */
     }
     return 0;
 }
@@ -570,8 +569,13 @@ int plait_tls_release_buffers(plait_tls_t *s)
         if (rec_offsets(ssl->in_buf, in, s->in_pos) != 0 || rec_offsets(ssl->out_buf, out, s->out_pos) != 0)
             return 0;
     }
-    memcpy(s->in_head, ssl->in_buf, REC_HEAD);
-    memcpy(s->out_head, ssl->out_buf, REC_HEAD);
+    /* Only what lies before the message is kept (sequence number, header,
+     * explicit IV), not the start of the last record's plaintext. A failed
+     * session is never woken: nothing is kept. */
+    if (s->state != ST_FAILED) {
+        memcpy(s->in_head, ssl->in_buf, s->in_pos[RP_MSG]);
+        memcpy(s->out_head, ssl->out_buf, s->out_pos[RP_MSG]);
+    }
     /* They held the last records' plaintext: wiped, as mbedtls_ssl_free() would. */
     mbedtls_platform_zeroize(ssl->in_buf, MBEDTLS_SSL_IN_BUFFER_LEN);
     mbedtls_platform_zeroize(ssl->out_buf, MBEDTLS_SSL_OUT_BUFFER_LEN);
@@ -611,8 +615,8 @@ static int wake(plait_tls_t *s)
         s->reason = "out of memory";
         return plait_fail(PLAIT_ENOMEM, "tls: record buffers of %d bytes", (int)MBEDTLS_SSL_IN_BUFFER_LEN);
     }
-    memcpy(ib, s->in_head, REC_HEAD);
-    memcpy(ob, s->out_head, REC_HEAD);
+    memcpy(ib, s->in_head, s->in_pos[RP_MSG]);
+    memcpy(ob, s->out_head, s->out_pos[RP_MSG]);
     mbedtls_platform_zeroize(s->in_head, REC_HEAD);
     mbedtls_platform_zeroize(s->out_head, REC_HEAD);
     unsigned char **in[RP_N], **out[RP_N];
@@ -675,9 +679,11 @@ int plait_tls_reserve_out(plait_tls_t *s, size_t len)
 {
     if (s == NULL) return plait_fail(PLAIT_EINVAL, "tls: NULL session");
     if (s->state == ST_FAILED) return sticky(s);
-    if (wake(s) != 0) return PLAIT_ENOMEM; /* the expansion reads the record pointers */
-    int exp = mbedtls_ssl_get_record_expansion(&s->ssl);
-    if (exp < 0) exp = 64; /* not known before the handshake: a generous bound */
+    /* mbedTLS computes the expansion from its record pointers, which a session
+     * whose buffers are given back does not have: the same generous bound as
+     * before the handshake (a TLS 1.2 AEAD record adds at most 29 bytes). */
+    int exp = s->released ? 64 : mbedtls_ssl_get_record_expansion(&s->ssl);
+    if (exp < 0) exp = 64;
     if (len > PLAIT_TLS_OUT_HIGH + 16384) len = PLAIT_TLS_OUT_HIGH + 16384; /* what one write can add */
     size_t need = len + (len / 16384 + 1) * (size_t)exp;
     size_t pending = s->out_len - s->out_off;
@@ -984,79 +990,4 @@ const char *plait_tls_ciphersuite(const plait_tls_t *s)
     if (s == NULL || !plait_tls_established(s)) return "";
     const char *name = mbedtls_ssl_get_ciphersuite(&s->ssl);
     return name != NULL ? name : "";
-}
-
-/* ---- blocking fd helpers -------------------------------------------------- */
-
-static int flush_fd(plait_tls_t *s, int fd)
-{
-    const uint8_t *p;
-    size_t n;
-    while ((n = plait_tls_pending_out(s, &p)) > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0)
-            return plait_fail(PLAIT_EIO, "tls: write to fd %d: %s", fd,
-                              w < 0 ? strerror(errno) : "0 bytes");
-        plait_tls_consume_out(s, (size_t)w);
-    }
-    return 0;
-}
-
-static int fill_fd(plait_tls_t *s, int fd)
-{
-    uint8_t buf[16 * 1024];
-    for (;;) {
-        ssize_t r = read(fd, buf, sizeof(buf));
-        if (r < 0 && errno == EINTR) continue;
-        if (r == 0) return plait_fail(PLAIT_EIO, "tls: connection closed by peer");
-        if (r < 0) return plait_fail(PLAIT_EIO, "tls: read from fd %d: %s", fd, strerror(errno));
-        return plait_tls_feed(s, buf, (size_t)r);
-    }
-}
-
-int plait_tls_fd_handshake(plait_tls_t *s, int fd)
-{
-    for (;;) {
-        int rc = plait_tls_handshake(s);
-        int frc = s != NULL ? flush_fd(s, fd) : 0; /* also sends the alert after a failure */
-        if (rc != PLAIT_EAGAIN) return rc != 0 ? rc : frc;
-        if (frc != 0) return frc;
-        if ((rc = fill_fd(s, fd)) != 0) return rc;
-    }
-}
-
-int plait_tls_fd_read(plait_tls_t *s, int fd, uint8_t *buf, size_t cap)
-{
-    for (;;) {
-        int rc = plait_tls_read(s, buf, cap);
-        int frc = s != NULL ? flush_fd(s, fd) : 0;
-        if (rc != PLAIT_EAGAIN) return rc;
-        if (frc != 0) return frc;
-        if ((rc = fill_fd(s, fd)) != 0) return rc;
-    }
-}
-
-int plait_tls_fd_write(plait_tls_t *s, int fd, const uint8_t *buf, size_t len)
-{
-    size_t off = 0;
-    while (off < len) {
-        int rc = plait_tls_write(s, buf + off, len - off);
-        int frc = s != NULL ? flush_fd(s, fd) : 0;
-        if (rc > 0)
-            off += (size_t)rc;
-        else if (rc == PLAIT_EAGAIN && !plait_tls_established(s)) {
-            if (frc == 0) frc = fill_fd(s, fd); /* handshake wants the peer's next flight */
-        } else if (rc != PLAIT_EAGAIN)
-            return rc;
-        if (frc != 0) return frc;
-    }
-    return 0;
-}
-
-int plait_tls_fd_close(plait_tls_t *s, int fd)
-{
-    int rc = plait_tls_close_notify(s);
-    int frc = s != NULL ? flush_fd(s, fd) : 0;
-    return rc != 0 ? rc : frc;
 }

@@ -58,8 +58,8 @@ typedef struct {
                                          held until training starts); more uploads wait unread (default 16) */
     int packed_updates;        /**< plain tasks say packed_update: devices may send UpdateChunks packed at
                                     quant_bits (default 1; words are accepted either way) */
-    uint64_t min_upload_rate;     /**< bytes/s an upload holding a buffer must average while others wait (default 8192; 0 = off) */
-    double upload_grace_s;        /**< ... measured once it has held the buffer this long (default 10 s) */
+    uint64_t min_upload_rate;     /**< bytes/s an upload holding a buffer must bring per window while others wait (default 8192; 0 = off) */
+    double upload_grace_s;        /**< ... that window (default 10 s) */
     double auth_timeout_s;        /**< TLS handshake + Hello must finish within this (default 5 s) */
     double idle_timeout_s;        /**< close a connection silent this long (default 90 s, as protocol.md) */
     uint64_t tls_ticket_lifetime_s; /**< session resumption window (default 86400 s; 0 = no tickets) */

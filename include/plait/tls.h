@@ -177,9 +177,11 @@ void plait_tls_free(plait_tls_t *s);
  * (handshake, read, write, close_notify, reserve_out) allocates them again.
  * Allowed during the handshake too, between flights. Costs two allocations
  * and a copy of 64 bytes at the next use.
+ * A failed session gives them back whatever they hold (it makes no more
+ * records); a closed one as an open one.
  * \return 1 when the buffers are given back (also if they were already); 0
- *         when the session holds data in them, has ended, or the mbedTLS
- *         build is not the one this knows (then it never releases).
+ *         when the session holds data in them, or the mbedTLS build is not
+ *         the one this knows (then it never releases).
  */
 int plait_tls_release_buffers(plait_tls_t *s);
 
