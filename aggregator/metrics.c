@@ -91,6 +91,14 @@ int plait__metrics_render(const plait__metrics_t *m, plait_buf_t *b)
                          (unsigned long long)m->rejections[r]);
     family(b, "plait_preauth_connections", "gauge", "Federation connections before their Hello is accepted.");
     plait_buf_printf(b, "plait_preauth_connections %llu\n", (unsigned long long)m->preauth_open);
+    family(b, "plait_send_queue_bytes", "gauge",
+           "Ciphertext queued for devices, by whether the device reads (stalled: nothing read for 2 s).");
+    plait_buf_printf(b, "plait_send_queue_bytes{state=\"flowing\"} %llu\n", (unsigned long long)m->send_flowing);
+    plait_buf_printf(b, "plait_send_queue_bytes{state=\"stalled\"} %llu\n", (unsigned long long)m->send_stalled);
+    family(b, "plait_stalled_connections", "gauge", "Federation connections whose device has read nothing for 2 s.");
+    plait_buf_printf(b, "plait_stalled_connections %llu\n", (unsigned long long)m->stalled_open);
+    family(b, "plait_uploads_parked", "gauge", "Uploads waiting for an update buffer (max_uploads_in_flight).");
+    plait_buf_printf(b, "plait_uploads_parked %llu\n", (unsigned long long)m->uploads_parked);
     family(b, "plait_rejection_logs_suppressed_total", "counter",
            "Refusal log lines not written (rate limit); the refusals are counted in plait_rejections_total.");
     plait_buf_printf(b, "plait_rejection_logs_suppressed_total %llu\n",

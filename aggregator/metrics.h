@@ -47,6 +47,10 @@ typedef struct {
     uint64_t global_version, round_id;
     uint64_t rejections[PLAIT__REJ_COUNT];
     uint64_t preauth_open;       /* connections before their Hello (gauge) */
+    uint64_t send_flowing, send_stalled; /* ciphertext queued for peers that read, and for peers that
+                                          * have read nothing for 2 s (gauges, bytes) */
+    uint64_t stalled_open;       /* connections whose peer has read nothing for 2 s (gauge) */
+    uint64_t uploads_parked;     /* uploads waiting for an update buffer (gauge) */
     uint64_t rejection_logs_suppressed; /* refusal log lines rate-limited away */
     uint64_t metrics_evicted;    /* idle metrics connections closed to make room */
     uint64_t evals_committed;    /* federated evaluations committed */

@@ -64,6 +64,10 @@
  * faulting them in again (docs/performance.md). */
 #define DL_QUEUE_MAX (4u << 20)
 #define DL_STALL_S 2.0
+/* Adapter bytes per AdapterChunk the server sends (at most max_chunk_bytes): a connection has
+ * at most two in flight, so a peer that stops reading holds ~130 KiB of ciphertext here, not two
+ * whole 256 KiB chunks, and a cohort's stalled downloads cost a quarter of what they did. */
+#define DL_PIECE_MAX (64u << 10)
 
 #define DL_KEEP_MAX 16          /* download_delta_keep's upper bound */
 

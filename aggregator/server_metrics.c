@@ -95,9 +95,16 @@ static void on_mread(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
     if (n >= 13 && (memcmp(mc->req, "GET /metrics ", 13) == 0 || memcmp(mc->req, "GET /metrics?", 13) == 0)) {
         plait_buf_t b;
         plait_buf_init(&b, 1 << 20);
-        mc->srv->m.connections_open = 0;
-        for (conn_t *c = mc->srv->conns; c; c = c->next) mc->srv->m.connections_open++;
-        mc->srv->m.preauth_open = mc->srv->admit.preauth;
+        plait_server_t *s = mc->srv;
+        s->m.connections_open = s->m.stalled_open = 0;
+        for (conn_t *c = s->conns; c; c = c->next) {
+            s->m.connections_open++;
+            s->m.stalled_open += c->wstalled != 0;
+        }
+        s->m.preauth_open = s->admit.preauth;
+        s->m.send_flowing = s->out_total - s->out_stalled;
+        s->m.send_stalled = s->out_stalled;
+        s->m.uploads_parked = s->n_parked;
         if (plait__metrics_render(&mc->srv->m, &b) == 0)
             mconn_reply(mc, "200 OK", "text/plain; version=0.0.4; charset=utf-8", b.data, b.len);
         else

@@ -1112,11 +1112,15 @@ START_TEST(test_uploads_in_flight)
 }
 END_TEST
 
-/* Peers that ask for the adapter and then read nothing: each fills its socket and two chunks
- * of the aggregator's shared 4 MiB send queue, ten of them more than all of it. Once they
- * have read nothing for 2 s their bytes no longer count in the queue, so an honest device
- * still downloads, uploads and is acked; idle_timeout_s is long, so write_stall is not what
- * frees the queue. */
+static long long metric(const it_dep_t *d, const char *name);
+static long long metric_wait(const it_dep_t *d, const char *name, long long want);
+
+/* Peers that ask for the adapter and then read nothing: each fills its socket, then the
+ * aggregator's send queue holds at most two download pieces of 64 KiB for it (not two of
+ * max_chunk_bytes: 256 KiB chunks queued 7.8 MB for these ten). Once they have read nothing
+ * for 2 s their bytes no longer count in the shared 4 MiB queue, so an honest device still
+ * downloads, uploads and is acked; idle_timeout_s is long, so write_stall is not what frees
+ * the queue. */
 START_TEST(test_stalled_readers)
 {
     enum { NH = 10 };
@@ -1149,6 +1153,10 @@ START_TEST(test_stalled_readers)
         ck_assert_int_eq(it_send(h[i], &m), 0); /* and never read again */
     }
     it_client_rcvbuf(0);
+    ck_assert_int_eq(metric_wait(&d, "plait_stalled_connections", NH), NH);
+    long long stalled = metric(&d, "plait_send_queue_bytes{state=\"stalled\"}");
+    ck_assert_int_gt(stalled, 0);
+    ck_assert_int_le(stalled, NH * 2 * (65536 + 1024)); /* two pieces each, framing and TLS included */
     ck_assert_int_eq(it_participate(&d, "honest", 0.001f, NULL), 0);
     ck_assert_int_eq(it_log_count(&d, "update accepted round=1 "), 1);
     ck_assert_int_eq(it_log_count(&d, "write_stall"), 0);
