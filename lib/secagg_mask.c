@@ -74,10 +74,23 @@ int plait_secagg_device_mask(plait_secagg_device_t *d, const uint32_t *x, size_t
     if (d->state != ST_SHARED) return plait_fail(PLAIT_EINVAL, "secagg: masking needs shared keys, once");
     if (len != r->len) return plait_fail(PLAIT_EINVAL, "secagg: %zu words, round has %zu", len, r->len);
     uint32_t mask = word_mask(r->m);
-    size_t nr = 0;
-    for (uint32_t i = 0; i < r->p.k; i++) nr += d->peer[i].relayed != 0;
+    size_t nr = 0, na = 0;
+    for (uint32_t i = 0; i < r->p.k; i++) {
+        nr += d->peer[i].relayed != 0;
+        na += d->peer[i].accepted != 0;
+    }
     if (nr + 1 < r->p.t)
         return plait_fail(PLAIT_ETHRESHOLD, "secagg: shares from %zu neighbours, threshold %u", nr, (unsigned)r->p.t);
+    /* Every accepted neighbour may hold a share of our b, but we mask only with those whose
+     * share messages reached us. If the holders outside that set, with our own share, were t,
+     * a server could withhold their share messages from us, drop the rest of our neighbours
+     * from the round (their c_sk is then revealed, as for any dropout) and ask the withheld
+     * holders, consistently, for b: every mask on y would be known. So fewer than t - 1 may
+     * miss; a device that lost more than k - t neighbours in the share stage could not be
+     * reconstructed anyway (docs/secagg.md). */
+    if (na - nr + 1 >= r->p.t)
+        return plait_fail(PLAIT_ETHRESHOLD, "secagg: share messages of %zu of the %zu neighbours holding our shares "
+                          "did not arrive (at most %u may miss)", na - nr, na, (unsigned)r->p.t - 2);
     for (size_t i = 0; i < len; i++) {
         if (x[i] & ~mask) return plait_fail(PLAIT_EINVAL, "secagg: word %zu does not fit in %u bits", i, r->m);
         y[i] = x[i];

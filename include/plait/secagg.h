@@ -356,7 +356,10 @@ int plait_secagg_device_recv_share(plait_secagg_device_t *d, const plait_secagg_
  *        shares were received. Callable once.
  * \param x len words, each < 2^m (len as in the round). \param y OUT len words.
  * \return 0; PLAIT_EINVAL (a word >= 2^m, wrong len or state),
- *         PLAIT_ETHRESHOLD (shares from fewer than t - 1 neighbours), PLAIT_ENOMEM.
+ *         PLAIT_ETHRESHOLD (shares from fewer than t - 1 neighbours, or the share
+ *         messages of t - 1 or more accepted neighbours missing: those holders and
+ *         this device could rebuild b while none of them is in the mask set, so a
+ *         server that withheld their messages could unmask y), PLAIT_ENOMEM.
  */
 int plait_secagg_device_mask(plait_secagg_device_t *d, const uint32_t *x, size_t len, uint32_t *y /* OUT */) PLAIT_WUR;
 

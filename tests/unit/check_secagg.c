@@ -752,6 +752,59 @@ START_TEST(test_unmask_refusals)
 }
 END_TEST
 
+/* A server that withholds share messages from a victim v: v masks only with the neighbours
+ * whose messages reached it (M), while every accepted neighbour holds a share of v's b. With
+ * k = 6, t = 4 (complete graph of 7) and the messages of 2, 3 and 4 withheld from device 1,
+ * M = {5, 6, 7}: the server would drop 5, 6 and 7 from the round (their c_sk is then revealed,
+ * as for any dropout, so every pair mask on y_1 is known) and ask 2, 3 and 4 for b_1, which with
+ * device 1's own share makes t; every request is consistent with one survivor list {1, 2, 3, 4}.
+ * So device 1 must not mask with t - 1 holders missing; with t - 2 missing it goes on. */
+static void withheld_run(const fleet_t *f, const plait_secagg_round_t *r, uint32_t n_withheld, int want)
+{
+    plait_drbg_t d;
+    drbg_det(&d, 77 + n_withheld);
+    plait_secagg_device_t *dev[8] = {0};
+    plait_secagg_advert_t adv[8];
+    plait_secagg_ct_t ct[8][6];
+    size_t n_ct[8];
+    for (uint32_t u = 1; u <= 7; u++) {
+        ck_assert_int_eq(plait_secagg_device_create(&dev[u], r, u, &d), 0);
+        ck_assert_int_eq(plait_secagg_device_advertise(dev[u], f->key[u], &d, &adv[u]), 0);
+    }
+    for (uint32_t u = 1; u <= 7; u++)
+        for (uint32_t v = 1; v <= 7; v++)
+            if (u != v)
+                ck_assert_int_eq(plait_secagg_device_accept_advert(dev[u], &adv[v], (const uint8_t *)f->crt[v],
+                                                                   strlen(f->crt[v]), NULL),
+                                 0);
+    for (uint32_t u = 1; u <= 7; u++) ck_assert_int_eq(plait_secagg_device_shares(dev[u], &d, ct[u], 6, &n_ct[u]), 0);
+    for (uint32_t u = 1; u <= 7; u++)
+        for (size_t i = 0; i < n_ct[u]; i++) {
+            uint32_t to = ct[u][i].to;
+            if (to == 1 && u >= 2 && u < 2 + n_withheld) continue; /* withheld from the victim */
+            ck_assert_int_eq(plait_secagg_device_recv_share(dev[to], &ct[u][i]), 0);
+        }
+    uint32_t x[4] = {1, 2, 3, 4}, y[4];
+    ck_assert_int_eq(plait_secagg_device_mask(dev[1], x, 4, y), want);
+    if (want != 0) ck_assert_ptr_nonnull(strstr(plait_errmsg(), "did not arrive"));
+    for (uint32_t u = 2; u <= 7; u++) ck_assert_int_eq(plait_secagg_device_mask(dev[u], x, 4, y), 0);
+    for (uint32_t u = 1; u <= 7; u++) plait_secagg_device_free(dev[u]);
+    plait_drbg_free(&d);
+}
+
+START_TEST(test_withheld_shares)
+{
+    fleet_t f;
+    fleet_make(&f, 7);
+    plait_secagg_round_t r;
+    round_make(&r, 7, 6, 4, 9, 16, 4);
+    withheld_run(&f, &r, 3, PLAIT_ETHRESHOLD); /* t - 1 missing: b_1 rebuildable outside the mask set */
+    withheld_run(&f, &r, 2, 0);                /* t - 2 missing: a t-set of b_1 holders meets the mask set */
+    plait_secagg_round_free(&r);
+    fleet_free(&f);
+}
+END_TEST
+
 START_TEST(test_server_rejects_bad_reveals)
 {
     fleet_t f;
@@ -1022,6 +1075,7 @@ Suite *secagg_suite(void)
     tcase_add_test(tc, test_round_threshold_exact);
     tcase_add_test(tc, test_hostile_device);
     tcase_add_test(tc, test_unmask_refusals);
+    tcase_add_test(tc, test_withheld_shares);
     tcase_add_test(tc, test_server_rejects_bad_reveals);
     tcase_add_test(tc, test_substituted_key);
     tcase_add_test(tc, test_share_replay);
