@@ -45,6 +45,9 @@ else
 fi
 cmake --build "$dir" -j "$jobs"
 cd "$dir"
+# Tests make their scratch directories here (tmp-TAG-XXXXXX) and leave them for
+# inspection; the previous run's go now, so they do not pile up.
+rm -rf ./tmp-*
 # The failed assertions are printed again at the end, so that a log cut to
 # its tail (as CI shows it) still says what failed.
 log=$(mktemp)
