@@ -74,23 +74,10 @@ int plait_secagg_device_mask(plait_secagg_device_t *d, const uint32_t *x, size_t
     if (d->state != ST_SHARED) return plait_fail(PLAIT_EINVAL, "secagg: masking needs shared keys, once");
     if (len != r->len) return plait_fail(PLAIT_EINVAL, "secagg: %zu words, round has %zu", len, r->len);
     uint32_t mask = word_mask(r->m);
-    size_t nr = 0, na = 0;
-    for (uint32_t i = 0; i < r->p.k; i++) {
-        nr += d->peer[i].relayed != 0;
-        na += d->peer[i].accepted != 0;
-    }
+    size_t nr = 0;
+    for (uint32_t i = 0; i < r->p.k; i++) nr += d->peer[i].relayed != 0;
     if (nr + 1 < r->p.t)
         return plait_fail(PLAIT_ETHRESHOLD, "secagg: shares from %zu neighbours, threshold %u", nr, (unsigned)r->p.t);
-    /* Every accepted neighbour may hold a share of our b, but we mask only with those whose
-     * share messages reached us. If the holders outside that set, with our own share, were t,
-     * a server could withhold their share messages from us, drop the rest of our neighbours
-     * from the round (their c_sk is then revealed, as for any dropout) and ask the withheld
-     * holders, consistently, for b: every mask on y would be known. So fewer than t - 1 may
-     * miss; a device that lost more than k - t neighbours in the share stage could not be
-     * reconstructed anyway (docs/secagg.md). */
-    if (na - nr + 1 >= r->p.t)
-        return plait_fail(PLAIT_ETHRESHOLD, "secagg: share messages of %zu of the %zu neighbours holding our shares "
-                          "did not arrive (at most %u may miss)", na - nr, na, (unsigned)r->p.t - 2);
     for (size_t i = 0; i < len; i++) {
         if (x[i] & ~mask) return plait_fail(PLAIT_EINVAL, "secagg: word %zu does not fit in %u bits", i, r->m);
         y[i] = x[i];
@@ -163,6 +150,18 @@ int plait_secagg_device_unmask(plait_secagg_device_t *d, const uint32_t *surv, s
     if (ret == 0 && cls[d->self] != 1)
         ret = plait_fail(PLAIT_EREFUSED, "secagg: unmask request refused: this device is not listed as a survivor");
     const uint32_t *row = plait_secagg_neighbours(r, d->self);
+    /* Our b has holders outside our mask set too: every accepted neighbour whose share message
+     * did not reach us (at most k - (t - 1) <= t - 1 of them, as 2t > k + 1). With our own share
+     * they make t, so if none of the neighbours we masked with is a survivor (each one's pair
+     * key is then revealable, as a dropout's), our share of b would complete the unmasking of
+     * y: a server that withheld share messages from us could ask exactly that (docs/secagg.md,
+     * "Withheld share messages"). An honest round with no surviving mask partner cannot
+     * finish anyway: our b would have no holder in the sum but us. */
+    int partner = 0;
+    for (uint32_t i = 0; i < r->p.k && ret == 0; i++) partner |= d->peer[i].relayed && cls[row[i]] == 1;
+    if (ret == 0 && !partner)
+        ret = plait_fail(PLAIT_EREFUSED, "secagg: unmask request refused: none of the neighbours this device masked "
+                         "with is listed as a survivor");
     size_t c = 0;
     if (ret == 0) {
         if (cap < 1) ret = plait_fail(PLAIT_ETOOBIG, "secagg: no room for reveals");

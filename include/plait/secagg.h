@@ -92,7 +92,8 @@
  *   - Unmask: a survivor reveals its b-share of each survivor neighbour and
  *     its c_sk-share of each dropped neighbour, once per round, and refuses
  *     (PLAIT_EREFUSED) a request that names one device in both lists, names
- *     itself as dropped, or differs from the one it already answered.
+ *     itself as dropped, names none of the neighbours it masked with as a
+ *     survivor, or differs from the one it already answered.
  *
  * Round context: SHA-256("plait-secagg-v1" || len(dep) || dep || round id);
  * every key derivation, signature and AAD is bound to it.
@@ -356,10 +357,7 @@ int plait_secagg_device_recv_share(plait_secagg_device_t *d, const plait_secagg_
  *        shares were received. Callable once.
  * \param x len words, each < 2^m (len as in the round). \param y OUT len words.
  * \return 0; PLAIT_EINVAL (a word >= 2^m, wrong len or state),
- *         PLAIT_ETHRESHOLD (shares from fewer than t - 1 neighbours, or the share
- *         messages of t - 1 or more accepted neighbours missing: those holders and
- *         this device could rebuild b while none of them is in the mask set, so a
- *         server that withheld their messages could unmask y), PLAIT_ENOMEM.
+ *         PLAIT_ETHRESHOLD (shares from fewer than t - 1 neighbours), PLAIT_ENOMEM.
  */
 int plait_secagg_device_mask(plait_secagg_device_t *d, const uint32_t *x, size_t len, uint32_t *y /* OUT */) PLAIT_WUR;
 
@@ -384,9 +382,12 @@ typedef struct {
  * \param out cap entries (k + 1 is always enough: this device's own b-share
  *            comes first).
  * \return the count in *n_out and 0; PLAIT_EREFUSED (a device in both lists,
- *         this device listed as dropped or missing from the survivors, a
- *         different second request, any request after a refusal, or no
- *         masked input sent yet); PLAIT_EPROTO (index
+ *         this device listed as dropped or missing from the survivors, none of
+ *         the neighbours it masked with listed as a survivor (its own b-share
+ *         would then complete b for holders outside its mask set: a server
+ *         that withheld their share messages could unmask y), a different
+ *         second request, any request after a refusal, or no masked input
+ *         sent yet); PLAIT_EPROTO (index
  *         out of range or repeated in a list); PLAIT_ETOOBIG (cap).
  */
 int plait_secagg_device_unmask(plait_secagg_device_t *d, const uint32_t *surv, size_t n_surv, const uint32_t *drop,

@@ -753,20 +753,21 @@ START_TEST(test_unmask_refusals)
 END_TEST
 
 /* A server that withholds share messages from a victim v: v masks only with the neighbours
- * whose messages reached it (M), while every accepted neighbour holds a share of v's b. With
- * k = 6, t = 4 (complete graph of 7) and the messages of 2, 3 and 4 withheld from device 1,
- * M = {5, 6, 7}: the server would drop 5, 6 and 7 from the round (their c_sk is then revealed,
- * as for any dropout, so every pair mask on y_1 is known) and ask 2, 3 and 4 for b_1, which with
- * device 1's own share makes t; every request is consistent with one survivor list {1, 2, 3, 4}.
- * So device 1 must not mask with t - 1 holders missing; with t - 2 missing it goes on. */
-static void withheld_run(const fleet_t *f, const plait_secagg_round_t *r, uint32_t n_withheld, int want)
+ * whose messages reached it (its mask set M), while every accepted neighbour holds a share of
+ * v's b. With k = 6, t = 4 (complete graph of 7) and the messages of 2, 3 and 4 withheld from
+ * device 1, M = {5, 6, 7}: the server would drop 5, 6 and 7 (their c_sk is then revealed, as
+ * for any dropout, so every pair mask on y_1 is known) and ask 2, 3 and 4 for b_1 with
+ * requests consistent with the one survivor list {1, 2, 3, 4}; device 1's own share would make
+ * t. Device 1 refuses a request naming none of M as a survivor. The same edge in an honest
+ * round (2, 3 and 4 dropped before sharing: n = 2D + 1 with t = n - D) still finishes. */
+static void withheld_run(const fleet_t *f, const plait_secagg_round_t *r, int honest)
 {
     plait_drbg_t d;
-    drbg_det(&d, 77 + n_withheld);
+    drbg_det(&d, 77 + honest);
     plait_secagg_device_t *dev[8] = {0};
     plait_secagg_advert_t adv[8];
     plait_secagg_ct_t ct[8][6];
-    size_t n_ct[8];
+    size_t n_ct[8] = {0};
     for (uint32_t u = 1; u <= 7; u++) {
         ck_assert_int_eq(plait_secagg_device_create(&dev[u], r, u, &d), 0);
         ck_assert_int_eq(plait_secagg_device_advertise(dev[u], f->key[u], &d, &adv[u]), 0);
@@ -777,17 +778,39 @@ static void withheld_run(const fleet_t *f, const plait_secagg_round_t *r, uint32
                 ck_assert_int_eq(plait_secagg_device_accept_advert(dev[u], &adv[v], (const uint8_t *)f->crt[v],
                                                                    strlen(f->crt[v]), NULL),
                                  0);
-    for (uint32_t u = 1; u <= 7; u++) ck_assert_int_eq(plait_secagg_device_shares(dev[u], &d, ct[u], 6, &n_ct[u]), 0);
+    for (uint32_t u = 1; u <= 7; u++) {
+        if (honest && u >= 2 && u <= 4) continue; /* dropped after advertising */
+        ck_assert_int_eq(plait_secagg_device_shares(dev[u], &d, ct[u], 6, &n_ct[u]), 0);
+    }
     for (uint32_t u = 1; u <= 7; u++)
         for (size_t i = 0; i < n_ct[u]; i++) {
             uint32_t to = ct[u][i].to;
-            if (to == 1 && u >= 2 && u < 2 + n_withheld) continue; /* withheld from the victim */
+            if (honest && to >= 2 && to <= 4) continue;
+            if (!honest && to == 1 && u >= 2 && u <= 4) continue; /* withheld from the victim */
             ck_assert_int_eq(plait_secagg_device_recv_share(dev[to], &ct[u][i]), 0);
         }
     uint32_t x[4] = {1, 2, 3, 4}, y[4];
-    ck_assert_int_eq(plait_secagg_device_mask(dev[1], x, 4, y), want);
-    if (want != 0) ck_assert_ptr_nonnull(strstr(plait_errmsg(), "did not arrive"));
-    for (uint32_t u = 2; u <= 7; u++) ck_assert_int_eq(plait_secagg_device_mask(dev[u], x, 4, y), 0);
+    for (uint32_t u = 1; u <= 7; u++)
+        if (!honest || u < 2 || u > 4) ck_assert_int_eq(plait_secagg_device_mask(dev[u], x, 4, y), 0);
+    plait_secagg_reveal_t rev[8];
+    size_t nr = 99;
+    if (!honest) {
+        uint32_t surv[4] = {1, 2, 3, 4}, drop[3] = {5, 6, 7};
+        ck_assert_int_eq(plait_secagg_device_unmask(dev[1], surv, 4, drop, 3, rev, 8, &nr), PLAIT_EREFUSED);
+        ck_assert_uint_eq(nr, 0);
+        ck_assert_ptr_nonnull(strstr(plait_errmsg(), "none of the neighbours this device masked with"));
+        /* The holders asked for b_1 answer (their requests look like any other): the refusal is
+         * what keeps the count of b_1's shares at t - 1. */
+        ck_assert_int_eq(plait_secagg_device_unmask(dev[2], surv, 4, drop, 3, rev, 8, &nr), 0);
+        /* One survivor among the neighbours it masked with: its pair key stays secret. */
+        uint32_t surv2[5] = {1, 2, 3, 4, 5}, drop2[2] = {6, 7};
+        ck_assert_int_eq(plait_secagg_device_unmask(dev[3], surv2, 5, drop2, 2, rev, 8, &nr), 0);
+    } else {
+        /* Honest: 2, 3 and 4 never shared (not dropouts of the sum: no shares of theirs exist). */
+        uint32_t surv[4] = {1, 5, 6, 7};
+        ck_assert_int_eq(plait_secagg_device_unmask(dev[1], surv, 4, NULL, 0, rev, 8, &nr), 0);
+        ck_assert_uint_eq(nr, 4); /* its own b share and those of 5, 6 and 7 */
+    }
     for (uint32_t u = 1; u <= 7; u++) plait_secagg_device_free(dev[u]);
     plait_drbg_free(&d);
 }
@@ -798,8 +821,13 @@ START_TEST(test_withheld_shares)
     fleet_make(&f, 7);
     plait_secagg_round_t r;
     round_make(&r, 7, 6, 4, 9, 16, 4);
-    withheld_run(&f, &r, 3, PLAIT_ETHRESHOLD); /* t - 1 missing: b_1 rebuildable outside the mask set */
-    withheld_run(&f, &r, 2, 0);                /* t - 2 missing: a t-set of b_1 holders meets the mask set */
+    withheld_run(&f, &r, 0);
+    withheld_run(&f, &r, 1);
+    /* The honest edge as a whole round: 3 of 7 drop before sharing, t = 4 survivors finish. */
+    int stage[8] = {0, FULL, NO_SHARES, NO_SHARES, NO_SHARES, FULL, FULL, FULL};
+    uint32_t sum[4], plain[4];
+    ck_assert_msg(run_round(&f, &r, stage, 0, 31, sum, plain) == 0, "%s", plait_errmsg());
+    ck_assert_mem_eq(sum, plain, sizeof(sum));
     plait_secagg_round_free(&r);
     fleet_free(&f);
 }
