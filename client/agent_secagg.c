@@ -298,6 +298,12 @@ int plait__agent_sa_begin(const plait__agent_sa_env_t *env, const plait_msg_task
               "%zu shares received, %zu dropped", env->device_id, (unsigned long long)t->round_id, sa->self, n_peers,
               m.u.secagg_shares.n_shares - n_bad, n_bad);
     plait_msg_free(&m);
+    /* Too few relayed share messages to mask: leave now, not after training. */
+    if ((rc = plait_secagg_device_check_relayed(sa->d)) != 0) {
+        PLAIT_LOG(PLAIT_LOG_WARN, "agent %s: round %llu: leaving the round before training: %s", env->device_id,
+                  (unsigned long long)t->round_id, plait_errmsg());
+        goto fail;
+    }
     if (cts) plait_zeroize(cts, k * sizeof(*cts));
     free(cts);
     free(sh);

@@ -67,6 +67,17 @@ static int pair_key(const plait_secagg_round_t *r, const uint8_t c_sk[32], const
 
 /* ---- device ------------------------------------------------------------------------------ */
 
+int plait_secagg_device_check_relayed(const plait_secagg_device_t *d)
+{
+    if (d == NULL) return plait_fail(PLAIT_EINVAL, "secagg: NULL argument");
+    size_t nr = 0;
+    for (uint32_t i = 0; i < d->r->p.k; i++) nr += d->peer[i].relayed != 0;
+    if (nr + 1 < d->r->p.t)
+        return plait_fail(PLAIT_ETHRESHOLD, "secagg: shares from %zu neighbours, threshold %u", nr,
+                          (unsigned)d->r->p.t);
+    return 0;
+}
+
 int plait_secagg_device_mask(plait_secagg_device_t *d, const uint32_t *x, size_t len, uint32_t *y)
 {
     if (d == NULL || x == NULL || y == NULL) return plait_fail(PLAIT_EINVAL, "secagg: NULL argument");
@@ -74,10 +85,8 @@ int plait_secagg_device_mask(plait_secagg_device_t *d, const uint32_t *x, size_t
     if (d->state != ST_SHARED) return plait_fail(PLAIT_EINVAL, "secagg: masking needs shared keys, once");
     if (len != r->len) return plait_fail(PLAIT_EINVAL, "secagg: %zu words, round has %zu", len, r->len);
     uint32_t mask = word_mask(r->m);
-    size_t nr = 0;
-    for (uint32_t i = 0; i < r->p.k; i++) nr += d->peer[i].relayed != 0;
-    if (nr + 1 < r->p.t)
-        return plait_fail(PLAIT_ETHRESHOLD, "secagg: shares from %zu neighbours, threshold %u", nr, (unsigned)r->p.t);
+    int rc = plait_secagg_device_check_relayed(d);
+    if (rc != 0) return rc;
     for (size_t i = 0; i < len; i++) {
         if (x[i] & ~mask) return plait_fail(PLAIT_EINVAL, "secagg: word %zu does not fit in %u bits", i, r->m);
         y[i] = x[i];

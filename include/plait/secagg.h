@@ -353,6 +353,15 @@ int plait_secagg_device_shares(plait_secagg_device_t *d, plait_drbg_t *rng, plai
 int plait_secagg_device_recv_share(plait_secagg_device_t *d, const plait_secagg_ct_t *c) PLAIT_WUR;
 
 /**
+ * \brief Whether enough share messages were relayed to this device for it to
+ *        mask (plait_secagg_device_mask() checks the same): a device can ask
+ *        right after the relay, before it trains.
+ * \return 0; PLAIT_ETHRESHOLD (shares from fewer than t - 1 neighbours: the
+ *         device must leave the round); PLAIT_EINVAL (NULL).
+ */
+int plait_secagg_device_check_relayed(const plait_secagg_device_t *d) PLAIT_WUR;
+
+/**
  * \brief y = x + PRG(b) + sum of ±PRG(s_uv) mod 2^m over the neighbours whose
  *        shares were received. Callable once.
  * \param x len words, each < 2^m (len as in the round). \param y OUT len words.

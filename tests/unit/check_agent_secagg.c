@@ -10,7 +10,9 @@
  *   - a roster of another round is refused (PLAIT_ESTALE) before any share leaves;
  *   - device 2 is hostile and sends the device a share that does not open: the
  *     device drops it, stays in the round, and the sum is still exact;
- *   - the policy declines tasks outside the device's bounds.
+ *   - the policy declines tasks outside the device's bounds;
+ *   - with fewer than t - 1 share messages relayed the device leaves right after the relay,
+ *     before training, and sends no masked input.
  */
 #include <check.h>
 #include <math.h>
@@ -28,7 +30,7 @@
 #define BITS 18
 #define ROUND 9
 
-typedef enum { HONEST, BOTH_SHARES, STALE_ROSTER, BAD_CT } script_t;
+typedef enum { HONEST, BOTH_SHARES, STALE_ROSTER, BAD_CT, NO_RELAY } script_t;
 
 typedef struct {
     script_t script;
@@ -44,7 +46,7 @@ typedef struct {
     uint8_t *q[8];
     size_t qlen[8], qn, qpos;
     /* what the device sent */
-    int adverts, shares, error_code, responses;
+    int adverts, shares, error_code, responses, masked_msgs;
     uint8_t packed[4096];
     plait_wire_xfer_t mx;
     int masked_done;
@@ -151,11 +153,12 @@ static int fake_send(void *conn, const plait_msg_t *m)
         plait_msg_init(&r, PLAIT_MSG_SECAGG_RELAY);
         r.u.secagg_shares.round_id = ROUND;
         r.u.secagg_shares.shares = sh;
-        r.u.secagg_shares.n_shares = 2;
+        r.u.secagg_shares.n_shares = f->script == NO_RELAY ? 0 : 2; /* withheld: fewer than t - 1 */
         push(f, &r);
         break;
     }
     case PLAIT_MSG_SECAGG_MASKED_INPUT: {
+        f->masked_msgs++;
         int rc = plait_wire_masked_rx_add(&f->mx, &d.u.secagg_masked_input, BITS, f->packed);
         ck_assert_int_ge(rc, 0);
         if (rc == 1) {
@@ -365,6 +368,25 @@ START_TEST(test_refuses_both_shares_of_one_device)
 }
 END_TEST
 
+/* Fewer than t - 1 share messages relayed: the device cannot mask, and it leaves the round
+ * right after the relay, before training, sending no masked input. */
+START_TEST(test_too_few_relayed_leaves_before_training)
+{
+    fake_t f;
+    fake_setup(&f, NO_RELAY);
+    plait_wire_limits_t lim;
+    plait_wire_limits_default(&lim);
+    plait__agent_sa_env_t env = {&f,       fake_send, fake_recv, fake_peer_error, &f.drbg, "dev1", f.ca, f.crt[1],
+                                 f.key[1], &lim,      32,        1000};
+    plait__agent_sa_t *sa = NULL;
+    ck_assert_int_eq(plait__agent_sa_begin(&env, &f.task, UINT64_MAX / 2, &sa), PLAIT_ETHRESHOLD);
+    ck_assert_ptr_null(sa);
+    ck_assert_int_eq(f.shares, 1);      /* its own shares went out */
+    ck_assert_int_eq(f.masked_msgs, 0); /* nothing masked */
+    fake_free(&f);
+}
+END_TEST
+
 START_TEST(test_roster_of_another_round_refused)
 {
     fake_t f;
@@ -483,6 +505,7 @@ Suite *agent_secagg_suite(void)
     tcase_add_test(tc, test_bad_share_from_hostile_neighbour);
     tcase_add_test(tc, test_refuses_both_shares_of_one_device);
     tcase_add_test(tc, test_roster_of_another_round_refused);
+    tcase_add_test(tc, test_too_few_relayed_leaves_before_training);
     tcase_add_test(tc, test_policy);
     tcase_add_test(tc, test_distributed_dp);
     suite_add_tcase(s, tc);
