@@ -167,9 +167,13 @@ int plait__sim_sa_round(plait__sim_sa_t *sa, const plait_sim_config_t *cfg, int 
         if (!accepted[v - 1]) continue;
         const uint32_t *sv, *dp;
         size_t ns, nd, nr = 0;
-        if ((rc = plait_secagg_server_request(s, v, &sv, &ns, &dp, &nd)) == 0 &&
-            (rc = plait_secagg_device_unmask(dev[v], sv, ns, dp, nd, rev, kk + 1, &nr)) == 0)
-            rc = plait_secagg_server_add_reveals(s, v, rev, nr);
+        if ((rc = plait_secagg_server_request(s, v, &sv, &ns, &dp, &nd)) != 0) break;
+        rc = plait_secagg_device_unmask(dev[v], sv, ns, dp, nd, rev, kk + 1, &nr);
+        if (rc == PLAIT_EREFUSED) { /* e.g. none of its neighbours survived: it answers nothing, as on the service */
+            rc = 0;
+            continue;
+        }
+        if (rc == 0) rc = plait_secagg_server_add_reveals(s, v, rev, nr);
     }
     if (rc == 0 && n_acc == 0) rc = PLAIT_ETHRESHOLD;
     if (rc == 0) rc = plait_secagg_server_finish(s, sum, len);

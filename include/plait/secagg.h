@@ -393,7 +393,7 @@ typedef struct {
  * \return the count in *n_out and 0; PLAIT_EREFUSED (a device in both lists,
  *         this device listed as dropped or missing from the survivors, none of
  *         the neighbours it masked with listed as a survivor (its own b-share
- *         would then complete b for holders outside its mask set: a server
+ *         could then complete b for holders outside its mask set: a server
  *         that withheld their share messages could unmask y), a different
  *         second request, any request after a refusal, or no masked input
  *         sent yet); PLAIT_EPROTO (index

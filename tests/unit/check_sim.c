@@ -467,6 +467,25 @@ START_TEST(test_small_run_secure_agg)
         if (plain.rounds[r].committed) ck_assert(strict.rounds[r].secagg_s > 0); /* it ran, and failed */
     }
     ck_assert(strict.rounds[3].global_loss == strict.base_loss); /* nothing was committed */
+    /* A sparse graph (k = 4, t = 3) with heavy dropout: a survivor whose neighbours all dropped
+     * refuses its unmask request (docs/secagg.md, "Withheld share messages"); as on the service
+     * it answers nothing and the round fails uncommitted, not the run. */
+    plait_sim_result_t sparse;
+    small_config(&c, "sim_sa4");
+    c.threads = 2;
+    c.max_clients = 200;
+    c.clients_per_round = 40;
+    c.min_clients = 27;
+    c.dropout = 0.35;
+    c.rounds = 4;
+    c.local_steps = 1;
+    c.eval_clients = 4;
+    c.eval_windows = 1;
+    c.personal_clients = 0;
+    c.secure_agg = true;
+    c.secure_agg_dropout = 0.01;
+    ck_assert_msg(plait_sim_run(&c, &sparse) == 0, "run: %s", plait_errmsg());
+    plait_sim_result_free(&sparse);
     /* A minimum cohort of half the selected has no secure threshold: refused up front. */
     small_config(&c, "sim_sa3");
     c.secure_agg = true;
