@@ -65,6 +65,14 @@ int plait__agent_sa_policy(const plait_agent_config_t *cfg, const plait_msg_task
 {
     if (cfg->require_secure_agg && !t->secure_agg)
         return plait_fail(PLAIT_EREFUSED, "the task does not use secure aggregation, which this device requires");
+    /* Local DP noises the span only: the weight word and the clip bit go out as they are, so
+     * under it they must carry no data (a malicious aggregator could ask for them). */
+    if (t->dp.mode == PLAIT_DP_LOCAL && t->example_cap != 1)
+        return plait_fail(PLAIT_EREFUSED, "the task asks for local DP with example_cap %u: the weight word would "
+                          "carry the record count without noise (needs 1)", t->example_cap);
+    if (t->dp.mode == PLAIT_DP_LOCAL && t->clip_bit)
+        return plait_fail(PLAIT_EREFUSED, "the task asks for local DP with a clip bit, which would go out without "
+                          "noise");
     double z = t->dp.mode == PLAIT_DP_NONE ? 0.0 : t->dp.noise_multiplier;
     if (cfg->min_noise_multiplier > 0 && !(z >= cfg->min_noise_multiplier))
         return plait_fail(PLAIT_EREFUSED, "the task's noise multiplier %g is below this device's minimum %g", z,

@@ -304,8 +304,8 @@ static int do_train(sim_t *s, worker_t *w, job_t *j)
     plait_rng_t q;
     plait_rng_seed_u64(&q, cfg->seed, plait__sim_stream(PLAIT__SIM_RNG_QUANT, (uint64_t)s->cur_round, i));
     if (cfg->local_noise > 0) rc = plait_update_add_noise(w->diff, P, cfg->local_noise * S, &q);
-    double wgt = 1.0;
-    if (cfg->noise_multiplier <= 0) {
+    double wgt = 1.0; /* central DP and local noise: uniform (local noise leaves the weight word un-noised) */
+    if (cfg->noise_multiplier <= 0 && cfg->local_noise <= 0) {
         double ex = (double)s->pop.clients[i].train_tokens;
         wgt = (ex < cfg->weight_cap ? ex : cfg->weight_cap) / cfg->weight_cap;
     }

@@ -1100,8 +1100,8 @@ static void check_words_match_personal(const round_t *r, const char *state, cons
     plait_rng_t rng;
     plait_rng_seed_u64(&rng, AGENT_SEED, r->task.round_id);
     plait_quant_config_t qc = {.bits = QBITS, .range = QRANGE};
-    uint64_t ex = examples < EXAMPLE_CAP ? examples : EXAMPLE_CAP;
-    double w = (double)ex / EXAMPLE_CAP;
+    uint64_t cap = r->task.example_cap, ex = examples < cap ? examples : cap;
+    double w = (double)ex / (double)cap;
     ck_assert_int_eq(plait__agent_make_update(&r->global, &local, r->task.lora.mode, CLIP, stddev,
                                               &qc, w, &rng, want, n, NULL),
                      0);
@@ -1841,6 +1841,7 @@ START_TEST(test_loopback_fedit_local_dp_and_cache)
     round_setup(&r, 10, PLAIT_LORA_MODE_FEDIT);
     r.task.dp.mode = PLAIT_DP_LOCAL;
     r.task.dp.noise_multiplier = 0.5;
+    r.task.example_cap = 1; /* the device refuses local DP with a data-dependent weight word */
     ck_assert_uint_eq(r.task.update_elements, r.global.n_params + 1);
     server_t sv;
     server_start(&sv, FAKE_TASK, &r);
@@ -1882,7 +1883,7 @@ static int flip(void *ud)
 START_TEST(test_loopback_declines)
 {
     char *state = fresh_state("agent_decl");
-    for (int k = 0; k < 6; k++) {
+    for (int k = 0; k < 8; k++) {
         round_t r;
         round_setup(&r, 20 + (uint64_t)k, PLAIT_LORA_MODE_FFA);
         int want = 0, calls = 0, want_code = PLAIT_DECLINE_INCOMPATIBLE_TASK;
@@ -1918,6 +1919,20 @@ START_TEST(test_loopback_declines)
             want = PLAIT_EREFUSED;
             want_code = PLAIT_DECLINE_POLICY;
             break; /* policy: a clip norm above this device's maximum */
+        case 6:
+        case 7:
+            r.task.dp.mode = PLAIT_DP_LOCAL;
+            r.task.dp.noise_multiplier = 1.0;
+            if (k == 6) {
+                r.task.example_cap = 64; /* the weight word would carry the record count, un-noised */
+            } else {
+                r.task.example_cap = 1;
+                r.task.clip_bit = 1; /* the bit "norm <= clip" would go out un-noised */
+                r.task.update_elements += 1;
+            }
+            want = PLAIT_EREFUSED;
+            want_code = PLAIT_DECLINE_POLICY;
+            break; /* policy: local DP whose extra words are data, not noise */
         }
         server_t sv;
         server_start(&sv, FAKE_TASK, &r);
