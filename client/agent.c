@@ -330,6 +330,19 @@ fail:
 }
 
 /* Why a task cannot be taken, checked before anything is downloaded. 0 if it can. */
+/* The Decline code for a task this device started and cannot finish. PLAIT_EINVAL is too little
+ * local data (or a non-finite result): computed from the device's data, so it goes out as
+ * NOT_ELIGIBLE, like a device that is busy or on battery, never as NOT_ENOUGH_DATA (the reason
+ * stays in the device's own log). secure: the failure came from a secure round's steps, where a
+ * key, share or request that did not verify is a policy refusal. */
+plait_decline_code_t plait__agent_work_decline_code(int rc, int secure)
+{
+    if (rc == PLAIT_EINVAL) return PLAIT_DECLINE_NOT_ELIGIBLE;
+    if (rc == PLAIT_ECANCELED) return PLAIT_DECLINE_DEADLINE;
+    if (secure && (rc == PLAIT_EAUTH || rc == PLAIT_ETHRESHOLD || rc == PLAIT_EREFUSED)) return PLAIT_DECLINE_POLICY;
+    return PLAIT_DECLINE_INCOMPATIBLE_TASK;
+}
+
 static int check_task(plait_agent_t *a, const plait_msg_task_t *t)
 {
     if (t->lora.mode != PLAIT_LORA_MODE_FFA && t->lora.mode != PLAIT_LORA_MODE_FEDIT &&
@@ -566,11 +579,7 @@ static int secure_task(plait__agent_conn_t *c, const plait_msg_task_t *t, uint64
      * cannot be done here): say so and decline. */
     snprintf(why, sizeof(why), "%s", plait_errmsg());
     {
-        plait_decline_code_t wc = rc == PLAIT_EINVAL      ? PLAIT_DECLINE_NOT_ENOUGH_DATA
-                                  : rc == PLAIT_ECANCELED ? PLAIT_DECLINE_DEADLINE
-                                  : rc == PLAIT_EAUTH || rc == PLAIT_ETHRESHOLD || rc == PLAIT_EREFUSED
-                                      ? PLAIT_DECLINE_POLICY
-                                      : PLAIT_DECLINE_INCOMPATIBLE_TASK;
+        plait_decline_code_t wc = plait__agent_work_decline_code(rc, 1);
         rc = decline(c, res, round, rc == PLAIT_EINVAL ? PLAIT_ECANCELED : rc, wc, why);
     }
 out:
@@ -669,9 +678,7 @@ static int do_task(plait__agent_conn_t *c, const plait_msg_task_t *t, plait_agen
          * deadline): say so. */
         snprintf(why, sizeof(why), "%s", plait_errmsg());
         int code = rc == PLAIT_EINVAL ? PLAIT_ECANCELED : rc;
-        plait_decline_code_t wc = rc == PLAIT_EINVAL      ? PLAIT_DECLINE_NOT_ENOUGH_DATA
-                                  : rc == PLAIT_ECANCELED ? PLAIT_DECLINE_DEADLINE
-                                                          : PLAIT_DECLINE_INCOMPATIBLE_TASK;
+        plait_decline_code_t wc = plait__agent_work_decline_code(rc, 0);
         return decline(c, res, round, code, wc, why);
     }
     if (rc != 0) return rc;

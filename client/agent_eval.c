@@ -18,7 +18,7 @@
  *     message other than as the clipped, quantized word (and, under secure
  *     aggregation, masked). The held-out tokens are wiped.
  *   - Too little held-out data (fewer than seq_len + 1 tokens) is
- *     PLAIT_EINVAL: the caller declines with DECLINE_NOT_ENOUGH_DATA.
+ *     PLAIT_EINVAL: the caller declines with DECLINE_NOT_ELIGIBLE (never NOT_ENOUGH_DATA: data-derived).
  */
 #include "agent_int.h"
 

@@ -335,6 +335,11 @@ typedef struct plait__agent_sa_s plait__agent_sa_t;
  */
 int plait__agent_sa_policy(const plait_agent_config_t *cfg, const plait_msg_task_t *t) PLAIT_WUR;
 
+/** \brief Decline code for a task the device started and cannot finish (rc: why; secure: in a
+ *         secure round's steps). Never DECLINE_NOT_ENOUGH_DATA: a reason computed from the
+ *         device's data does not go to the aggregator (too little data is NOT_ELIGIBLE). */
+plait_decline_code_t plait__agent_work_decline_code(int rc, int secure);
+
 /**
  * \brief Steps 0 and 1 of SecAgg+ for a task with secure_agg: make and
  *        advertise the round keys, check the neighbours' keys in the roster,

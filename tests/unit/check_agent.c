@@ -1879,6 +1879,21 @@ static int flip(void *ud)
     return (*n)++ == 0; /* eligible when asked before connecting, not when the task comes */
 }
 
+/* No decline code says anything computed from the device's data: too little data (EINVAL)
+ * goes out as NOT_ELIGIBLE, and no failure maps to NOT_ENOUGH_DATA. */
+START_TEST(test_decline_codes)
+{
+    for (int secure = 0; secure <= 1; secure++) {
+        ck_assert_int_eq(plait__agent_work_decline_code(PLAIT_EINVAL, secure), PLAIT_DECLINE_NOT_ELIGIBLE);
+        ck_assert_int_eq(plait__agent_work_decline_code(PLAIT_ECANCELED, secure), PLAIT_DECLINE_DEADLINE);
+        for (int rc = -40; rc < 0; rc++)
+            ck_assert_int_ne(plait__agent_work_decline_code(rc, secure), PLAIT_DECLINE_NOT_ENOUGH_DATA);
+    }
+    ck_assert_int_eq(plait__agent_work_decline_code(PLAIT_ETHRESHOLD, 1), PLAIT_DECLINE_POLICY);
+    ck_assert_int_eq(plait__agent_work_decline_code(PLAIT_EMISMATCH, 0), PLAIT_DECLINE_INCOMPATIBLE_TASK);
+}
+END_TEST
+
 /* Tasks the agent must refuse, each answered with a Decline code and nothing uploaded. */
 START_TEST(test_loopback_declines)
 {
@@ -2337,6 +2352,7 @@ Suite *agent_suite(void)
     tc = tcase_create("pipeline");
     tcase_add_test(tc, test_pipeline_matches_primitives);
     tcase_add_test(tc, test_pipeline_clip_bit);
+    tcase_add_test(tc, test_decline_codes);
     tcase_add_test(tc, test_eval_words);
     tcase_add_test(tc, test_pipeline_small_update_not_clipped);
     suite_add_tcase(s, tc);
