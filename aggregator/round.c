@@ -748,7 +748,13 @@ int plait_round_commit(plait_round_t *r)
         return rc;
     }
     if (r->cfg.dp) {
-        if (plait_accountant_compose(&r->acc, rate_of(r), r->cfg.dp_cfg.noise_multiplier, 1) == 0) {
+        /* Sensitivity is the clip plus the quantization slack (a device's decoded words may
+         * exceed the clip by √P·step), while the noise was sized on the clip alone. With
+         * adaptive clipping the configured multiplier is the pair's combined one; scaling it
+         * whole is conservative (the clip count's own sensitivity has no slack). */
+        double c = r->st.clip_used, slack = plait_quant_norm_slack(&r->cfg.quant, r->cfg.dim);
+        r->st.noise_multiplier = r->cfg.dp_cfg.noise_multiplier * (c > 0 ? c / (c + slack) : 0.0);
+        if (plait_accountant_compose(&r->acc, rate_of(r), r->st.noise_multiplier, 1) == 0) {
             double eps = INFINITY;
             if (plait_accountant_epsilon(&r->acc, r->delta, PLAIT_EPS_IMPROVED, &eps, NULL) == 0) r->epsilon = eps;
         }

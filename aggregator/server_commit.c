@@ -124,7 +124,7 @@ static void work_commit(job_t *j)
     cm.dp = s->rcfg.dp;
     if (cm.dp) {
         cm.q = j->st.sample_rate;
-        cm.z = s->cfg.noise_multiplier;
+        cm.z = j->st.noise_multiplier; /* with the quantization slack (round.h) */
         cm.clip = j->st.clip_used;
         cm.adaptive = s->rcfg.dp_cfg.adaptive;
         cm.next_clip = j->st.clip_next;

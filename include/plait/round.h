@@ -174,6 +174,10 @@ typedef struct {
     double noise_stddev;       /**< DP noise std per averaged coordinate (0 without DP) */
     double epsilon;            /**< ε spent after this round (0 without DP) */
     double sample_rate;        /**< q the accountant composes for this round (0 without DP) */
+    double noise_multiplier;   /**< central DP: the multiplier the accountant composes for this round:
+                                    the configured one × clip / (clip + √P·step), since stochastic
+                                    rounding lets a quantized update's norm reach clip + √P·step
+                                    (plait_quant_norm_slack; privacy.md §2.4); 0 without DP */
 } plait_round_stats_t;
 
 typedef struct plait_round_s plait_round_t;

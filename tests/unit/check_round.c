@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "evalcore.h"
+#include "plait/privacy.h"
 #include "plait/round.h"
 #include "plait/strategy.h"
 #include "plait/update.h"
@@ -386,6 +387,17 @@ START_TEST(test_dp_and_adaptive_opt)
         ck_assert(st.noise_stddev > 0);
         ck_assert(st.epsilon > eps_prev && isfinite(st.epsilon));
         eps_prev = st.epsilon;
+        /* The accountant's multiplier counts the quantization slack: a decoded update may
+         * reach clip + √P·step, and the noise was sized on the clip alone. */
+        double slack = sqrt((double)P) * plait_quant_step(&c.quant);
+        ck_assert(slack > 0);
+        ck_assert_double_eq_tol(st.noise_multiplier, 1.0 * 0.9 / (0.9 + slack), 1e-12);
+        plait_accountant_t ref;
+        ck_assert_int_eq(plait_accountant_init(&ref, NULL, 0), 0);
+        ck_assert_int_eq(plait_accountant_compose(&ref, st.sample_rate, st.noise_multiplier, round + 1), 0);
+        double eps_ref = 0;
+        ck_assert_int_eq(plait_accountant_epsilon(&ref, plait_round_delta(r), PLAIT_EPS_IMPROVED, &eps_ref, NULL), 0);
+        ck_assert_double_eq_tol(st.epsilon, eps_ref, 1e-9 * eps_ref);
     }
     ck_assert(plait_round_delta(r) > 0 && plait_round_delta(r) < 1.0 / 100);
     for (size_t i = 0; i < P; i++) ck_assert(isfinite(plait_round_global(r)[i]));
