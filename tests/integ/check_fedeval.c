@@ -164,6 +164,20 @@ static void fedeval_run(int by_command)
     }
     free(log);
     ck_assert_int_eq(it_log_count(&d, "loss"), it_log_count(&d, "evaluation committed"));
+    /* nor in the devices' own logs (privacy.md 2.9: the device logs neither its loss nor its
+     * held-out size) */
+    for (int i = 0; i < NA; i++) {
+        char name[32], needle[32];
+        snprintf(name, sizeof(name), "dev%d.log", i);
+        char *dlog = it_read(&d, name);
+        ck_assert_ptr_nonnull(dlog);
+        for (int j = 0; j < NA; j++) {
+            snprintf(needle, sizeof(needle), "%.4f", loss[j]);
+            ck_assert_msg(strstr(dlog, needle) == NULL, "a device loss %s in %s", needle, name);
+        }
+        ck_assert_msg(strstr(dlog, "loss=") == NULL && strstr(dlog, "held-out tokens") == NULL, "%s", dlog);
+        free(dlog);
+    }
 
     /* status and rounds show it */
     char *stv[] = {"plait-aggregator", "status", d.dir, NULL};
