@@ -77,6 +77,13 @@ START_TEST(test_population_refused)
                   NULL};
     ck_assert_int_eq(cli_capture(out, err, sizeof(out), a2), 1);
     ck_assert_msg(strstr(err, "population: 3 is more than the 2 enrolled") != NULL, "%s", err);
+    /* the default delta (1 / population^1.1) needs 2 devices: with one left, serve refuses */
+    ck_assert_int_eq(it_cli("revoke", d.dir, "--device", "dev1", NULL), 0);
+    char *a3[] = {"plait-aggregator", "serve", d.dir, "--port", "0", "--metrics-port", "0", NULL};
+    ck_assert_int_eq(cli_capture(out, err, sizeof(out), a3), 1);
+    ck_assert_msg(strstr(err, "dp_delta: the default 1 / population^1.1 needs at least 2 enrolled devices (1 now)") !=
+                      NULL,
+                  "%s", err);
 }
 END_TEST
 

@@ -434,6 +434,32 @@ START_TEST(test_ledger_matches_calculator)
     ck_assert_int_eq(r.rc, 0);
     ck_assert_ptr_nonnull(strstr(r.out, "privacy: worst case per device epsilon"));
     ck_assert_ptr_nonnull(strstr(r.out, "holds if Poisson sampling stays secret"));
+    /* one first-come DP round: the amortized figure's assumption no longer holds, and both
+     * forms say so (privacy.md 2.7) */
+    ck_assert_int_eq(plait_aggstore_open(&st, &cfg), 0);
+    {
+        int64_t round = 0;
+        ck_assert_int_eq(plait_aggstore_round_begin(st, 1, 1, "{}", 6, &round), 0);
+        ck_assert_int_eq(plait_aggstore_device_mark_uploaded(st, "a", round), 0);
+        plait_aggstore_ledger_t led = {0, 1.0, 1.3, 1, delta, 0.0, "gaussian", 1.0, "first-come", 0, 0, 0, 0};
+        plait_aggstore_commit_t c;
+        memset(&c, 0, sizeof(c));
+        blob[0] = 99;
+        c.adapter = blob;
+        c.adapter_len = sizeof(blob);
+        c.lora_rank = 4;
+        c.lora_alpha = 8;
+        c.lora_targets = 1;
+        c.ledger = &led;
+        ck_assert_int_eq(plait_aggstore_round_commit(st, round, &c, NULL), 0);
+    }
+    plait_aggstore_close(st);
+    r = cli(a1);
+    ck_assert_msg(r.rc == 0, "%s", r.err);
+    ck_assert_ptr_nonnull(strstr(r.out, "\"amortized_valid\": false"));
+    r = cli(a4);
+    ck_assert_int_eq(r.rc, 0);
+    ck_assert_ptr_nonnull(strstr(r.out, "NOT VALID here: 1 of 7 DP rounds were not Poisson-sampled"));
     tu_rmdir(dir);
     free(db);
     free(dir);
