@@ -1043,6 +1043,8 @@ typedef struct {
     uint32_t last_step;
     int log_lines;     /* lines that reached this agent's own sink */
     int log_acked;     /* ... of which "round 1: acknowledged" ones */
+    char log_text[65536]; /* the lines, as far as they fit */
+    size_t log_len;
 } evlog_t;
 
 static void on_log(plait_log_level_t level, const char *line, void *ud)
@@ -1051,6 +1053,13 @@ static void on_log(plait_log_level_t level, const char *line, void *ud)
     (void)level;
     e->log_lines++;
     if (strstr(line, "round 1: acknowledged")) e->log_acked++;
+    size_t n = strlen(line);
+    if (e->log_len + n + 2 < sizeof(e->log_text)) {
+        memcpy(e->log_text + e->log_len, line, n);
+        e->log_len += n;
+        e->log_text[e->log_len++] = '\n';
+        e->log_text[e->log_len] = 0;
+    }
 }
 
 static void on_event(void *ud, const plait_agent_event_t *ev)
@@ -1216,6 +1225,29 @@ START_TEST(test_loopback_round)
                           strncmp(why, "mix a=", 6) == 0,
                       "why: %s", why);
         ck_assert_ptr_nonnull(strstr(why, "validation"));
+        /* The validation losses behind the choice stay in serve.txt: none reached the agent's
+         * log, which names only the kind chosen (privacy.md 1). */
+        {
+            char *sinfo0 = tu_path(state, "serve.txt");
+            size_t sl = 0;
+            char *sv_txt = (char *)tu_read_file(sinfo0, &sl);
+            ck_assert_ptr_nonnull(sv_txt);
+            int losses = 0;
+            for (char *tok = strtok(sv_txt, " \n"); tok; tok = strtok(NULL, " \n")) {
+                const char *dot = strchr(tok, '.');
+                if (!dot || strlen(dot + 1) < 3) continue; /* a loss is written with decimals */
+                double v = strtod(tok, NULL);
+                if (!(v > 0.5 && v < 20)) continue;        /* a per-token loss, not the mixing weight */
+                char needle[32];
+                snprintf(needle, sizeof(needle), "%.3f", v);
+                ck_assert_msg(strstr(ev.log_text, needle) == NULL, "validation loss %s in the agent's log:\n%s", needle,
+                              ev.log_text);
+                losses++;
+            }
+            ck_assert_int_ge(losses, 2); /* the global's and the personal's, at least */
+            free(sv_txt);
+            free(sinfo0);
+        }
         if (strncmp(why, "global", 6) == 0)
             ck_assert_mem_eq(sv_l.params, r.global.params, r.global.n_params * sizeof(float));
         plait_lora_free(&sv_l);
