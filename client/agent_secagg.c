@@ -70,6 +70,9 @@ int plait__agent_sa_policy(const plait_agent_config_t *cfg, const plait_msg_task
     if (t->dp.mode == PLAIT_DP_LOCAL && t->example_cap != 1)
         return plait_fail(PLAIT_EREFUSED, "the task asks for local DP with example_cap %u: the weight word would "
                           "carry the record count without noise (needs 1)", t->example_cap);
+    if (t->dp.mode == PLAIT_DP_LOCAL && t->kind == PLAIT_TASK_EVALUATE)
+        return plait_fail(PLAIT_EREFUSED, "the task asks for an evaluation under local DP: the held-out loss would "
+                          "go out without noise");
     if (t->dp.mode == PLAIT_DP_LOCAL && t->clip_bit)
         return plait_fail(PLAIT_EREFUSED, "the task asks for local DP with a clip bit, which would go out without "
                           "noise");

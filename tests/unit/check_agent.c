@@ -1930,7 +1930,7 @@ END_TEST
 START_TEST(test_loopback_declines)
 {
     char *state = fresh_state("agent_decl");
-    for (int k = 0; k < 8; k++) {
+    for (int k = 0; k < 9; k++) {
         round_t r;
         round_setup(&r, 20 + (uint64_t)k, PLAIT_LORA_MODE_FFA);
         int want = 0, calls = 0, want_code = PLAIT_DECLINE_INCOMPATIBLE_TASK;
@@ -1980,6 +1980,16 @@ START_TEST(test_loopback_declines)
             want = PLAIT_EREFUSED;
             want_code = PLAIT_DECLINE_POLICY;
             break; /* policy: local DP whose extra words are data, not noise */
+        case 8:
+            r.task.kind = PLAIT_TASK_EVALUATE; /* an evaluation adds no local noise to its loss */
+            r.task.eval_loss_max = 10.0;
+            r.task.update_elements = PLAIT_WIRE_EVAL_WORDS;
+            r.task.dp.mode = PLAIT_DP_LOCAL;
+            r.task.dp.noise_multiplier = 1.0;
+            r.task.example_cap = 1;
+            want = PLAIT_EREFUSED;
+            want_code = PLAIT_DECLINE_POLICY;
+            break;
         }
         server_t sv;
         server_start(&sv, FAKE_TASK, &r);
