@@ -368,6 +368,23 @@ static void ck_close(double a, double b)
     ck_assert_msg(fabs(a - b) <= 1e-9 * fabs(b), "%.17g != %.17g", a, b);
 }
 
+/* Commit round with a small adapter (first byte tag) and the ledger row led. */
+static void commit_dp_round(plait_aggstore_t *st, int64_t round, uint8_t tag, const plait_aggstore_ledger_t *led)
+{
+    uint8_t blob[64];
+    memset(blob, 7, sizeof(blob));
+    blob[0] = tag;
+    plait_aggstore_commit_t c;
+    memset(&c, 0, sizeof(c));
+    c.adapter = blob;
+    c.adapter_len = sizeof(blob);
+    c.lora_rank = 4;
+    c.lora_alpha = 8;
+    c.lora_targets = 1;
+    c.ledger = led;
+    ck_assert_int_eq(plait_aggstore_round_commit(st, round, &c, NULL), 0);
+}
+
 /* 6 central-DP rounds at q = 0.25, z = 1.3 over 4 devices; "a" joins every one. */
 START_TEST(test_ledger_matches_calculator)
 {
@@ -381,8 +398,6 @@ START_TEST(test_ledger_matches_calculator)
     const char *ids[] = {"a", "b", "c", "d"};
     uint8_t fpr[32] = {9};
     for (int i = 0; i < 4; i++) ck_assert_int_eq(plait_aggstore_device_enroll(st, ids[i], fpr), 0);
-    uint8_t blob[64];
-    memset(blob, 7, sizeof(blob));
     const double delta = 1e-3;
     for (int64_t k = 0; k < 6; k++) {
         int64_t round = 0;
@@ -390,16 +405,7 @@ START_TEST(test_ledger_matches_calculator)
         ck_assert_int_eq(plait_aggstore_device_mark_uploaded(st, "a", round), 0);
         if (k % 3 == 0) ck_assert_int_eq(plait_aggstore_device_mark_uploaded(st, ids[1 + k % 2], round), 0);
         plait_aggstore_ledger_t led = {0, 0.25, 1.3, 1, delta, 0.0, "gaussian", 1.0, "poisson", 0, 0, 0, 0};
-        plait_aggstore_commit_t c;
-        memset(&c, 0, sizeof(c));
-        blob[0] = (uint8_t)k;
-        c.adapter = blob;
-        c.adapter_len = sizeof(blob);
-        c.lora_rank = 4;
-        c.lora_alpha = 8;
-        c.lora_targets = 1;
-        c.ledger = &led;
-        ck_assert_int_eq(plait_aggstore_round_commit(st, round, &c, NULL), 0);
+        commit_dp_round(st, round, (uint8_t)k, &led);
     }
     plait_aggstore_close(st);
 
@@ -442,16 +448,7 @@ START_TEST(test_ledger_matches_calculator)
         ck_assert_int_eq(plait_aggstore_round_begin(st, 1, 1, "{}", 6, &round), 0);
         ck_assert_int_eq(plait_aggstore_device_mark_uploaded(st, "a", round), 0);
         plait_aggstore_ledger_t led = {0, 1.0, 1.3, 1, delta, 0.0, "gaussian", 1.0, "first-come", 0, 0, 0, 0};
-        plait_aggstore_commit_t c;
-        memset(&c, 0, sizeof(c));
-        blob[0] = 99;
-        c.adapter = blob;
-        c.adapter_len = sizeof(blob);
-        c.lora_rank = 4;
-        c.lora_alpha = 8;
-        c.lora_targets = 1;
-        c.ledger = &led;
-        ck_assert_int_eq(plait_aggstore_round_commit(st, round, &c, NULL), 0);
+        commit_dp_round(st, round, 99, &led);
     }
     plait_aggstore_close(st);
     r = cli(a1);
