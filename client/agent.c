@@ -652,6 +652,11 @@ static int do_task(plait__agent_conn_t *c, const plait_msg_task_t *t, plait_agen
     if (a->cfg.eligible && !a->cfg.eligible(a->cfg.eligible_ud))
         return decline(c, res, round, PLAIT_ECANCELED, PLAIT_DECLINE_NOT_ELIGIBLE,
                        "the device is no longer eligible (not idle or not charging)");
+    /* Too little text: declined here, where an ineligible device declines, not after the
+     * download (when a device declined would tell the aggregator it was the data). */
+    if ((rc = plait__agent_data_check(a, t)) == PLAIT_EINVAL)
+        return decline(c, res, round, PLAIT_ECANCELED, PLAIT_DECLINE_NOT_ELIGIBLE, plait_errmsg());
+    if (rc != 0) return rc;
     char prox_txt[40] = "";
     if (t->train.prox_mu > 0) snprintf(prox_txt, sizeof(prox_txt), ", fedprox mu %g", t->train.prox_mu);
     PLAIT_LOG(PLAIT_LOG_INFO,

@@ -335,6 +335,12 @@ typedef struct plait__agent_sa_s plait__agent_sa_t;
  */
 int plait__agent_sa_policy(const plait_agent_config_t *cfg, const plait_msg_task_t *t) PLAIT_WUR;
 
+/** \brief Whether the store holds enough text for t's windows (training split, or held-out for an
+ *         evaluation): asked before the download and before a secure round's keys, so a device
+ *         short of data declines where a device no longer eligible does. agent_train.c.
+ * \return 0; PLAIT_EINVAL (too little: decline NOT_ELIGIBLE); store errors. */
+int plait__agent_data_check(plait_agent_t *a, const plait_msg_task_t *t) PLAIT_WUR;
+
 /** \brief Decline code for a task the device started and cannot finish (rc: why; secure: in a
  *         secure round's steps). Never DECLINE_NOT_ENOUGH_DATA: a reason computed from the
  *         device's data does not go to the aggregator (too little data is NOT_ELIGIBLE). */

@@ -202,6 +202,29 @@ int plait__agent_worker_corpus(plait_agent_t *a, plait_store_split_t split, plai
     return rc;
 }
 
+int plait__agent_data_check(plait_agent_t *a, const plait_msg_task_t *t)
+{
+    plait_store_split_t split = t->kind == PLAIT_TASK_EVALUATE ? PLAIT_STORE_HELDOUT : PLAIT_STORE_TRAIN;
+    plait_corpus_t corpus;
+    plait_corpus_init(&corpus);
+    plait_store_t *st = NULL;
+    plait_store_config_t sc;
+    plait_store_config_default(&sc);
+    sc.path = a->store_path;
+    sc.create = false;
+    int rc = plait_store_open(&st, &sc);
+    if (rc == 0) rc = plait_corpus_add_store(&corpus, &a->tok, st, split);
+    plait_store_close(st);
+    int enough = corpus.n >= (size_t)t->train.seq_len + 1;
+    plait_corpus_free(&corpus);
+    if (rc != 0) return rc;
+    /* No token count in the detail: the device's log keeps its held-out size to itself too. */
+    if (!enough)
+        return plait_fail(PLAIT_EINVAL, "the %s split is shorter than seq_len %u + 1 tokens",
+                          split == PLAIT_STORE_HELDOUT ? "held-out" : "training", t->train.seq_len);
+    return 0;
+}
+
 int plait__agent_keepalive_while(plait__agent_conn_t *c, atomic_int *done, uint64_t round, uint64_t deadline,
                                  const char *what, void (*tick)(void *ud), void *ud)
 {

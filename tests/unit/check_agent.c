@@ -1930,7 +1930,18 @@ END_TEST
 START_TEST(test_loopback_declines)
 {
     char *state = fresh_state("agent_decl");
-    for (int k = 0; k < 9; k++) {
+    /* A store with the records the agent needs to check in, but fewer tokens than a window. */
+    char *tiny = tu_path(state, "tiny.db"), *state9 = fresh_state("agent_decl_data");
+    {
+        plait_store_config_t sc;
+        plait_store_config_default(&sc);
+        sc.path = tiny;
+        plait_store_t *st = NULL;
+        ck_assert_int_eq(plait_store_open(&st, &sc), 0);
+        for (int i = 0; i < 6; i++) ck_assert_int_eq(plait_store_add(st, 1700000000 + i, NULL, "hi", 2, NULL), 0);
+        plait_store_close(st);
+    }
+    for (int k = 0; k < 10; k++) {
         round_t r;
         round_setup(&r, 20 + (uint64_t)k, PLAIT_LORA_MODE_FFA);
         int want = 0, calls = 0, want_code = PLAIT_DECLINE_INCOMPATIBLE_TASK;
@@ -1990,6 +2001,14 @@ START_TEST(test_loopback_declines)
             want = PLAIT_EREFUSED;
             want_code = PLAIT_DECLINE_POLICY;
             break;
+        case 9:
+            /* Too little text: declined as NOT_ELIGIBLE before the download, where a device that
+             * is no longer eligible declines, so when it declined says nothing about its data. */
+            cfg.store_path = tiny;
+            cfg.state_dir = state9; /* nothing cached: the adapter would be asked for */
+            want = PLAIT_ECANCELED;
+            want_code = PLAIT_DECLINE_NOT_ELIGIBLE;
+            break;
         }
         server_t sv;
         server_start(&sv, FAKE_TASK, &r);
@@ -2007,12 +2026,15 @@ START_TEST(test_loopback_declines)
         ck_assert_int_eq(sv.f.decline_code, want_code);
         ck_assert_uint_eq(sv.f.decline_round, r.task.round_id);
         ck_assert_uint_eq(sv.f.n_words, 0);
+        if (k == 9) ck_assert_int_eq(sv.f.adapter_requests, 0); /* declined before the download */
         plait__agent_pending_t p;
-        ck_assert_int_eq(plait__agent_pending_load(state, &p), PLAIT_ENOENT);
+        ck_assert_int_eq(plait__agent_pending_load(k == 9 ? state9 : state, &p), PLAIT_ENOENT);
         plait_agent_destroy(a);
         server_free(&sv);
         round_free(&r);
     }
+    free(tiny);
+    free(state9);
     free(state);
 }
 END_TEST
