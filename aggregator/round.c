@@ -752,7 +752,7 @@ int plait_round_commit(plait_round_t *r)
          * exceed the clip by √P·step), while the noise was sized on the clip alone. With
          * adaptive clipping the configured multiplier is the pair's combined one; scaling it
          * whole is conservative (the clip count's own sensitivity has no slack). */
-        double c = r->st.clip_used, slack = plait_quant_norm_slack(&r->cfg.quant, r->cfg.dim);
+        double c = r->st.clip_used, slack = r->cfg.quantized ? plait_quant_norm_slack(&r->cfg.quant, r->cfg.dim) : 0.0;
         r->st.noise_multiplier = r->cfg.dp_cfg.noise_multiplier * (c > 0 ? c / (c + slack) : 0.0);
         if (plait_accountant_compose(&r->acc, rate_of(r), r->st.noise_multiplier, 1) == 0) {
             double eps = INFINITY;

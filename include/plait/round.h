@@ -177,7 +177,8 @@ typedef struct {
     double noise_multiplier;   /**< central DP: the multiplier the accountant composes for this round:
                                     the configured one × clip / (clip + √P·step), since stochastic
                                     rounding lets a quantized update's norm reach clip + √P·step
-                                    (plait_quant_norm_slack; privacy.md §2.4); 0 without DP */
+                                    (plait_quant_norm_slack; privacy.md §2.4; float updates: the
+                                    configured one); 0 without DP */
 } plait_round_stats_t;
 
 typedef struct plait_round_s plait_round_t;

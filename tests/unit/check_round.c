@@ -400,6 +400,32 @@ START_TEST(test_dp_and_adaptive_opt)
         ck_assert_double_eq_tol(st.epsilon, eps_ref, 1e-9 * eps_ref);
     }
     ck_assert(plait_round_delta(r) > 0 && plait_round_delta(r) < 1.0 / 100);
+    /* Float updates carry no quantization slack: the configured multiplier is the one accounted. */
+    {
+        plait_round_config_t cf;
+        cfg_small(&cf, 0);
+        cf.overselect = 1.0;
+        cf.dp = 1;
+        cf.population = 100;
+        cf.dp_cfg.noise_multiplier = 1.0;
+        cf.dp_cfg.clip = 0.9;
+        float gf[P];
+        plait_round_t *rf = make(&cf, gf);
+        uint64_t rid;
+        ck_assert_int_eq(plait_round_open(rf, 0, &rid), 0);
+        select_n(rf, 0, 4, 0);
+        for (uint64_t k = 0; k < 4; k++) {
+            float u[P];
+            rand_update(&rng, u);
+            ck_assert_int_eq(plait_round_submit_float(rf, k, rid, u, P, 1, 1, 1.0), 0);
+        }
+        ck_assert_int_eq(plait_round_aggregate(rf, &noise), 0);
+        ck_assert_int_eq(plait_round_commit(rf), 0);
+        plait_round_stats_t sf;
+        plait_round_stats(rf, &sf);
+        ck_assert(sf.noise_multiplier == 1.0);
+        plait_round_destroy(rf);
+    }
     for (size_t i = 0; i < P; i++) ck_assert(isfinite(plait_round_global(r)[i]));
     /* The FedAdam moments survive an export/import into a fresh round core
      * (what the service does across a restart), and nothing else fits. */
