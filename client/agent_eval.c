@@ -71,6 +71,9 @@ static void *eval_main(void *p)
     /* The trainer only runs forward here: the adapter is read, never stepped. */
     if ((rc = plait_train_create(&tr, &a->model, j->lora, &tc)) != 0) goto out;
     rc = plait_corpus_eval(&corpus, tr, j->T, 0, &j->loss, NULL);
+    /* A non-finite loss is a fact about this device's data and adapter: declined as too little
+     * data is (EINVAL: NOT_ELIGIBLE), never with a code of its own. */
+    if (rc == PLAIT_EPROTO) rc = plait_fail(PLAIT_EINVAL, "%s", plait_errmsg());
 out:
     if (rc != 0) snprintf(j->err, sizeof(j->err), "%s", plait_errmsg());
     plait_train_destroy(tr);

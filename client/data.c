@@ -135,7 +135,7 @@ int plait_corpus_eval(const plait_corpus_t *c, plait_trainer_t *tr, int T, size_
         if (!isfinite(l)) {
             /* The model or adapter overflows float32: a NaN perplexity is
              * not a measurement. */
-            rc = plait_fail(PLAIT_EINVAL, "eval: non-finite loss (the model or adapter overflows float32)");
+            rc = plait_fail(PLAIT_EPROTO, "eval: non-finite loss (the model or adapter overflows float32)");
             break;
         }
         sum += (double)l * (double)k;
