@@ -187,9 +187,9 @@ out:
     return NULL;
 }
 
-int plait__agent_worker_corpus(plait_agent_t *a, plait_store_split_t split, plait_corpus_t *corpus)
+/* One split of the device store as a corpus (initialized even on failure). */
+static int load_corpus(plait_agent_t *a, plait_store_split_t split, plait_corpus_t *corpus)
 {
-    if (a->cfg.on_log) plait_log_set_thread_sink(a->cfg.on_log, a->cfg.log_ud, NULL, NULL); /* this thread only */
     plait_corpus_init(corpus);
     plait_store_t *st = NULL;
     plait_store_config_t sc;
@@ -202,19 +202,17 @@ int plait__agent_worker_corpus(plait_agent_t *a, plait_store_split_t split, plai
     return rc;
 }
 
+int plait__agent_worker_corpus(plait_agent_t *a, plait_store_split_t split, plait_corpus_t *corpus)
+{
+    if (a->cfg.on_log) plait_log_set_thread_sink(a->cfg.on_log, a->cfg.log_ud, NULL, NULL); /* this thread only */
+    return load_corpus(a, split, corpus);
+}
+
 int plait__agent_data_check(plait_agent_t *a, const plait_msg_task_t *t)
 {
     plait_store_split_t split = t->kind == PLAIT_TASK_EVALUATE ? PLAIT_STORE_HELDOUT : PLAIT_STORE_TRAIN;
     plait_corpus_t corpus;
-    plait_corpus_init(&corpus);
-    plait_store_t *st = NULL;
-    plait_store_config_t sc;
-    plait_store_config_default(&sc);
-    sc.path = a->store_path;
-    sc.create = false;
-    int rc = plait_store_open(&st, &sc);
-    if (rc == 0) rc = plait_corpus_add_store(&corpus, &a->tok, st, split);
-    plait_store_close(st);
+    int rc = load_corpus(a, split, &corpus);
     int enough = corpus.n >= (size_t)t->train.seq_len + 1;
     plait_corpus_free(&corpus);
     if (rc != 0) return rc;

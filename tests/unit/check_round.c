@@ -350,15 +350,21 @@ START_TEST(test_order_independent)
 }
 END_TEST
 
+/* Central DP over a population of 100, z = 1, clip 0.9, no over-selection. */
+static void cfg_dp(plait_round_config_t *c, int quantized)
+{
+    cfg_small(c, quantized);
+    c->overselect = 1.0;
+    c->dp = 1;
+    c->population = 100;
+    c->dp_cfg.noise_multiplier = 1.0;
+    c->dp_cfg.clip = 0.9;
+}
+
 START_TEST(test_dp_and_adaptive_opt)
 {
     plait_round_config_t c;
-    cfg_small(&c, 1);
-    c.overselect = 1.0;
-    c.dp = 1;
-    c.population = 100;
-    c.dp_cfg.noise_multiplier = 1.0;
-    c.dp_cfg.clip = 0.9;
+    cfg_dp(&c, 1);
     c.opt.kind = PLAIT_OPT_FEDADAM;
     c.opt.lr = 0.01;
     float g0[P];
@@ -403,12 +409,7 @@ START_TEST(test_dp_and_adaptive_opt)
     /* Float updates carry no quantization slack: the configured multiplier is the one accounted. */
     {
         plait_round_config_t cf;
-        cfg_small(&cf, 0);
-        cf.overselect = 1.0;
-        cf.dp = 1;
-        cf.population = 100;
-        cf.dp_cfg.noise_multiplier = 1.0;
-        cf.dp_cfg.clip = 0.9;
+        cfg_dp(&cf, 0);
         float gf[P];
         plait_round_t *rf = make(&cf, gf);
         uint64_t rid;
