@@ -324,13 +324,13 @@ void plait__srv_fail_conn(conn_t *c, plait__rej_t why, int code, const char *wir
 static void pump_download(conn_t *c)
 {
     plait_server_t *s = c->srv;
-    size_t chunk = s->lim.max_chunk_bytes < DL_PIECE_MAX ? s->lim.max_chunk_bytes : DL_PIECE_MAX;
+    size_t piece = s->lim.max_chunk_bytes < DL_PIECE_MAX ? s->lim.max_chunk_bytes : DL_PIECE_MAX;
     /* At most two pieces in flight per connection (another goes out while one piece and some
      * bytes of a small message are queued), and at most DL_QUEUE_MAX bytes queued in all: the
      * copies of a cohort's downloads do not grow with the cohort (on_conn_write resumes). */
-    while (c->dl_active && !c->closing && c->out_queued <= chunk + 4096 && queue_used(s) < DL_QUEUE_MAX) {
+    while (c->dl_active && !c->closing && c->out_queued <= piece + 4096 && queue_used(s) < DL_QUEUE_MAX) {
         blob_t *b = c->dl;
-        size_t n = c->dl_len - c->dl_off < chunk ? (size_t)(c->dl_len - c->dl_off) : chunk;
+        size_t n = c->dl_len - c->dl_off < piece ? (size_t)(c->dl_len - c->dl_off) : piece;
         plait_msg_t m;
         plait_msg_init(&m, PLAIT_MSG_ADAPTER_CHUNK);
         m.u.adapter_chunk.version = b->version;
@@ -359,7 +359,7 @@ static void pump_download(conn_t *c)
         }
     }
     if (c->dl_active && !c->closing && c->out_queued == 0) dlw_add(c); /* the shared queue is full */
-    if (!c->closing) (void)plait_tls_release_buffers(c->tls); /* once per pump, not per chunk */
+    if (!c->closing) (void)plait_tls_release_buffers(c->tls); /* once per pump, not per piece */
 }
 
 static void handle_msg(conn_t *c, const plait_msg_t *m)

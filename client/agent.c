@@ -329,7 +329,6 @@ fail:
     return rc;
 }
 
-/* Why a task cannot be taken, checked before anything is downloaded. 0 if it can. */
 /* The Decline code for a task this device started and cannot finish. PLAIT_EINVAL is too little
  * local data (or a non-finite result): computed from the device's data, so it goes out as
  * NOT_ELIGIBLE, like a device that is busy or on battery, never as NOT_ENOUGH_DATA (the reason
@@ -343,6 +342,7 @@ plait_decline_code_t plait__agent_work_decline_code(int rc, int secure)
     return PLAIT_DECLINE_INCOMPATIBLE_TASK;
 }
 
+/* Why a task cannot be taken, checked before anything is downloaded. 0 if it can. */
 static int check_task(plait_agent_t *a, const plait_msg_task_t *t)
 {
     if (t->lora.mode != PLAIT_LORA_MODE_FFA && t->lora.mode != PLAIT_LORA_MODE_FEDIT &&
