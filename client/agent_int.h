@@ -36,6 +36,9 @@
 #define SERVE_INFO_FILE "serve.txt"      /* which one and why */
 #define SERVE_BIAS_FILE "serve_bias.bin" /* slot 0's output bias, when serve.txt says it serves one */
 #define SERVE_BIAS_FILE_B "serve_bias-b.bin" /* slot 1's */
+#define SERVE_KNN_FILE "serve_knn.bin"   /* slot 0's kNN memory (knn.h), when serve.txt says it serves one */
+#define SERVE_KNN_FILE_B "serve_knn-b.bin" /* slot 1's */
+#define SERVE_KNN_MAX_BYTES ((size_t)64 << 20) /* a memory file larger than this is refused unread */
 
 /* ---- the update pipeline ------------------------------------------------ */
 

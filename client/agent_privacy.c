@@ -64,8 +64,9 @@ int plait_agent_forget_derived(const char *state_dir, int *removed)
 {
     if (removed) *removed = 0;
     if (!state_dir) return plait_fail(PLAIT_EINVAL, "forget: state_dir is NULL");
-    static const char *const names[] = {PERSONAL_FILE,   PENDING_FILE,   PARTIAL_FILE,     SERVE_FILE,
-                                         SERVE_FILE_B,    SERVE_INFO_FILE, SERVE_BIAS_FILE, SERVE_BIAS_FILE_B};
+    static const char *const names[] = {PERSONAL_FILE,   PENDING_FILE,    PARTIAL_FILE,      SERVE_FILE,
+                                         SERVE_FILE_B,    SERVE_INFO_FILE, SERVE_BIAS_FILE,   SERVE_BIAS_FILE_B,
+                                         SERVE_KNN_FILE,  SERVE_KNN_FILE_B};
     char path[4096];
     int n_removed = 0;
     DIR *d = opendir(state_dir);

@@ -10,16 +10,20 @@
  *   serve_bias.bin     the slot's personal output bias (personal.h step 4),
  *   serve_bias-b.bin   when one beat the chosen adapter on validation:
  *                      "PLB2", u32 V, then V float32 (little-endian)
+ *   serve_knn.bin      the slot's kNN memory of the device's text (personal.h
+ *   serve_knn-b.bin    step 5, knn.h), when one beat the rest on validation:
+ *                      plait_knn_save_mem's "PLK1" image
  *   serve.txt          why: "kind mix val_global val_personal val_chosen
- *                      best_step val_tokens round slot bias val_bias", one
- *                      line of text (slot 0 or 1, bias 0 or 1; a line
- *                      without the bias fields means no bias, one without
- *                      the slot, written before the slots, means slot 0)
+ *                      best_step val_tokens round slot bias val_bias knn
+ *                      val_knn", one line of text (slot 0 or 1, bias and knn
+ *                      0 or 1; a line without the knn fields means no memory,
+ *                      one without the bias fields no bias, one without the
+ *                      slot, written before the slots, means slot 0)
  *
  * A new choice is written to the slot serve.txt does not name, then
  * serve.txt is replaced (both atomically): a crash between the two leaves
  * the previous adapter and its reason, never a new adapter with an old
- * reason (the slot's bias file is written before serve.txt too).
+ * reason (the slot's bias and memory files are written before serve.txt too).
  *
  * Both are derived from the device's records: they never leave the device
  * (no message or server log carries them) and `plait-agent forget --state`
@@ -69,11 +73,12 @@ static void drop(const char *dir, const char *name)
         PLAIT_LOG(PLAIT_LOG_WARN, "serve: %s: cannot remove: %s", name, strerror(errno));
 }
 
-/* serve.txt, parsed and checked: 8 fields (before the slots), 9 (with the slot) or 11 (with the bias). */
+/* serve.txt, parsed and checked: 8 fields (before the slots), 9 (with the slot), 11 (with the bias) or 13 (with
+ * the kNN memory). */
 typedef struct {
     char kind[16];
-    double mix, vg, vp, vc, vbias;
-    int best, slot, bias;
+    double mix, vg, vp, vc, vbias, vknn;
+    int best, slot, bias, knn;
     size_t vt;
     unsigned long long round;
 } serve_info_t;
@@ -85,11 +90,14 @@ static int parse_info(const uint8_t *line, size_t len, serve_info_t *si)
     memcpy(buf, line, len);
     buf[len] = '\0';
     memset(si, 0, sizeof(*si));
-    si->vbias = NAN;
-    int n = sscanf(buf, "%15s %lf %lf %lf %lf %d %zu %llu %d %d %lf", si->kind, &si->mix, &si->vg, &si->vp, &si->vc,
-                   &si->best, &si->vt, &si->round, &si->slot, &si->bias, &si->vbias);
+    si->vbias = si->vknn = NAN;
+    int n = sscanf(buf, "%15s %lf %lf %lf %lf %d %zu %llu %d %d %lf %d %lf", si->kind, &si->mix, &si->vg, &si->vp,
+                   &si->vc, &si->best, &si->vt, &si->round, &si->slot, &si->bias, &si->vbias, &si->knn, &si->vknn);
     if (n == 8 || n == 9) si->bias = 0, si->vbias = si->vc;
-    else if (n != 11 || (si->bias != 0 && si->bias != 1) || !isfinite(si->vbias))
+    else if ((n != 11 && n != 13) || (si->bias != 0 && si->bias != 1) || !isfinite(si->vbias))
+        return 0;
+    if (n < 13) si->knn = 0, si->vknn = si->vbias;
+    else if ((si->knn != 0 && si->knn != 1) || !isfinite(si->vknn))
         return 0;
     return (si->slot == 0 || si->slot == 1) &&
            (strcmp(si->kind, "global") == 0 || strcmp(si->kind, "personal") == 0 || strcmp(si->kind, "mix") == 0) &&
@@ -127,9 +135,11 @@ int plait__agent_serve_choose(const plait_model_t *m, const plait_lora_t *ref, c
     plait_corpus_t tpart, val;
     plait_corpus_init(&tpart);
     plait_corpus_init(&val);
-    uint8_t *img = NULL, *bimg = NULL;
-    size_t len = 0, blen = 0, V = (size_t)m->cfg.vocab_size;
+    uint8_t *img = NULL, *bimg = NULL, *kimg = NULL;
+    size_t len = 0, blen = 0, klen = 0, V = (size_t)m->cfg.vocab_size;
     float *bias = NULL;
+    plait_knn_t knn;
+    plait_knn_init(&knn);
     int rc = plait_lora_setup(&l, &ref->model, &ref->cfg);
     if (rc == 0 && l.n_params != ref->n_params) rc = plait_fail(PLAIT_EMISMATCH, "serve: adapter shape");
     if (rc == 0) rc = plait_personal_split(train, 0.15, T, &tpart, &val);
@@ -165,6 +175,16 @@ int plait__agent_serve_choose(const plait_model_t *m, const plait_lora_t *ref, c
                 res->val_bias = res->val_chosen;
             }
         }
+        if (rc == 0) { /* the kNN memory on top; likewise optional */
+            int rk = plait_personal_fit_knn(tr, &tpart, &val, &pc, res->bias ? bias : NULL, &knn, res);
+            if (rk == PLAIT_ECANCELED) {
+                rc = rk;
+            } else if (rk != 0) {
+                PLAIT_LOG(PLAIT_LOG_WARN, "serve: no kNN memory this round: %s", plait_errmsg());
+                res->knn = 0;
+                res->val_knn = res->bias ? res->val_bias : res->val_chosen;
+            }
+        }
     }
     if (rc == 0) rc = plait_adapter_save_mem(&l, m->sha256, &img, &len);
     int slot = 0; /* the slot the current serve.txt does not name (a missing or bad one names none) */
@@ -177,23 +197,31 @@ int plait__agent_serve_choose(const plait_model_t *m, const plait_lora_t *ref, c
     if (rc == 0 && res->bias) rc = bias_image(bias, V, &bimg, &blen);
     if (rc == 0 && res->bias) rc = plait__agent_atomic_write(state_dir, slot ? SERVE_BIAS_FILE_B : SERVE_BIAS_FILE,
                                                              bimg, blen);
+    if (rc == 0 && res->knn) rc = plait_knn_save_mem(&knn, &kimg, &klen);
+    if (rc == 0 && res->knn)
+        rc = plait__agent_atomic_write(state_dir, slot ? SERVE_KNN_FILE_B : SERVE_KNN_FILE, kimg, klen);
     if (rc == 0) {
         char why[256];
-        int k = snprintf(why, sizeof(why), "%s %.4f %.6f %.6f %.6f %d %zu %llu %d %d %.6f\n",
+        int k = snprintf(why, sizeof(why), "%s %.4f %.6f %.6f %.6f %d %zu %llu %d %d %.6f %d %.6f\n",
                          plait_personal_kind_name(res->kind), res->mix, res->val_global, res->val_personal,
                          res->val_chosen, res->best_step, res->val_tokens, (unsigned long long)round, slot, res->bias,
-                         res->val_bias);
+                         res->val_bias, res->knn, res->val_knn);
         rc = plait__agent_atomic_write(state_dir, SERVE_INFO_FILE, (const uint8_t *)why, (size_t)k);
     }
     if (rc == 0) { /* the previous slot's adapter and bias are no longer served: drop them (best effort) */
         drop(state_dir, slot ? SERVE_FILE : SERVE_FILE_B);
         drop(state_dir, slot ? SERVE_BIAS_FILE : SERVE_BIAS_FILE_B);
         if (!res->bias) drop(state_dir, slot ? SERVE_BIAS_FILE_B : SERVE_BIAS_FILE);
+        drop(state_dir, slot ? SERVE_KNN_FILE : SERVE_KNN_FILE_B);
+        if (!res->knn) drop(state_dir, slot ? SERVE_KNN_FILE_B : SERVE_KNN_FILE);
     }
     if (img) plait_zeroize(img, len);
     free(img);
     if (bimg) plait_zeroize(bimg, blen);
     free(bimg);
+    if (kimg) plait_zeroize(kimg, klen);
+    free(kimg);
+    plait_knn_free(&knn);
     if (bias) plait_zeroize(bias, V * sizeof(float));
     free(bias);
     plait_train_destroy(tr);
@@ -233,6 +261,28 @@ int plait_agent_serving_bias(const char *state_dir, float *bias, size_t V)
     return rc;
 }
 
+int plait_agent_serving_knn(const char *state_dir, plait_knn_t *knn, size_t C, size_t V)
+{
+    if (!state_dir || !knn || C == 0 || V == 0) return plait_fail(PLAIT_EINVAL, "serving memory: bad arguments");
+    plait_knn_free(knn);
+    char path[4096];
+    uint8_t *img = NULL;
+    size_t il = 0;
+    serve_info_t si;
+    int rc = read_info(state_dir, &si);
+    if (rc != 0) return rc;
+    if (!si.knn) return plait_fail(PLAIT_ENOENT, "%s: the device serves no kNN memory", state_dir);
+    int k = snprintf(path, sizeof(path), "%s/%s", state_dir, si.slot ? SERVE_KNN_FILE_B : SERVE_KNN_FILE);
+    if (k < 0 || (size_t)k >= sizeof(path)) return plait_fail(PLAIT_EINVAL, "serving memory: state path too long");
+    if ((rc = plait_file_read(path, "serving memory", SERVE_KNN_MAX_BYTES, &img, &il)) != 0) return rc;
+    rc = plait_knn_load_mem(knn, img, il, C, V);
+    if (rc == PLAIT_EMISMATCH) rc = plait_fail(PLAIT_EPROTO, "%s: %s", path, plait_errmsg());
+    else if (rc != 0) rc = plait_fail(rc, "%s: %s", path, plait_errmsg());
+    plait_zeroize(img, il);
+    free(img);
+    return rc;
+}
+
 int plait_agent_serving(const char *state_dir, char *path, size_t path_cap, char *why, size_t why_cap)
 {
     if (!state_dir || !path || path_cap == 0) return plait_fail(PLAIT_EINVAL, "serving: bad arguments");
@@ -246,8 +296,11 @@ int plait_agent_serving(const char *state_dir, char *path, size_t path_cap, char
     int best = si.best, slot = si.slot;
     size_t vt = si.vt;
     unsigned long long round = si.round;
-    char extra[96] = "";
-    if (si.bias) snprintf(extra, sizeof(extra), "; plus its output bias (validation loss %.4f)", si.vbias);
+    char extra[192] = "";
+    int ke = si.bias ? snprintf(extra, sizeof(extra), "; plus its output bias (validation loss %.4f)", si.vbias) : 0;
+    if (si.knn && ke >= 0 && (size_t)ke < sizeof(extra))
+        snprintf(extra + ke, sizeof(extra) - (size_t)ke, "; plus its kNN memory of its own text (validation loss %.4f)",
+                 si.vknn);
     int kp = snprintf(path, path_cap, "%s/%s", state_dir, slot ? SERVE_FILE_B : SERVE_FILE);
     if (kp < 0 || (size_t)kp >= path_cap) {
         path[0] = '\0';

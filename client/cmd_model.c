@@ -86,6 +86,8 @@ int cmd_generate(int argc, char **argv)
         rc = plait_infer_setup(&st, &e.model, c.adapter ? &lora : NULL, &ic);
     }
     float *bias = NULL; /* the device's output bias, served with its adapter when it kept one */
+    plait_knn_t knn;    /* and its kNN memory */
+    plait_knn_init(&knn);
     if (rc == 0 && c.adapter == serve_path) {
         size_t V = (size_t)e.model.cfg.vocab_size;
         bias = calloc(V, sizeof(float));
@@ -93,12 +95,16 @@ int cmd_generate(int argc, char **argv)
         int brc = rc == 0 ? plait_agent_serving_bias(state, bias, V) : rc;
         if (brc == 0) rc = plait_infer_set_logit_bias(&st, bias);
         else if (brc != PLAIT_ENOENT) rc = brc;
+        int krc = rc == 0 ? plait_agent_serving_knn(state, &knn, (size_t)e.model.cfg.dim, V) : rc;
+        if (krc == 0) rc = plait_infer_set_knn(&st, &knn);
+        else if (krc != PLAIT_ENOENT) rc = krc;
     }
     if (rc == 0) rc = plait_generate(&st, &e.tok, prompt, &g, print_piece, stdout, NULL);
     if (rc == 0) printf("\n");
     plait_infer_free(&st);
     if (bias) plait_zeroize(bias, (size_t)e.model.cfg.vocab_size * sizeof(float));
     free(bias);
+    plait_knn_free(&knn);
     plait_lora_free(&lora);
     engine_free(&e);
     return rc == 0 ? 0 : die_run(rc);

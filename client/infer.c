@@ -448,7 +448,24 @@ static void forward_rows(plait_infer_t *s, const int *tokens, size_t n, size_t p
         mm_w(s, s->logits, s->xb, plait_model_classifier(m), 1, C, (size_t)mc->vocab_size);
         if (s->logit_bias)
             for (size_t v = 0; v < (size_t)mc->vocab_size; v++) s->logits[v] += s->logit_bias[v];
+        /* Cannot fail: plait_infer_set_knn checked the width and every token. */
+        if (s->knn && plait_knn_mix_logits(s->knn, s->xb, s->logits, (size_t)mc->vocab_size) != 0) s->knn = NULL;
     }
+}
+
+int plait_infer_set_knn(plait_infer_t *s, const plait_knn_t *knn)
+{
+    if (!s || !s->model) return plait_fail(PLAIT_EINVAL, "infer: state is not set up");
+    if (knn && knn->n > 0) {
+        if (knn->C != (size_t)s->model->cfg.dim)
+            return plait_fail(PLAIT_EINVAL, "infer: a kNN memory of width %zu for a model of %d", knn->C, s->model->cfg.dim);
+        for (size_t i = 0; i < knn->n; i++)
+            if (knn->vals[i] < 0 || knn->vals[i] >= s->model->cfg.vocab_size)
+                return plait_fail(PLAIT_EINVAL, "infer: kNN entry %zu holds token %d outside the vocabulary", i,
+                                  (int)knn->vals[i]);
+    }
+    s->knn = knn;
+    return 0;
 }
 
 int plait_infer_set_logit_bias(plait_infer_t *s, const float *bias)

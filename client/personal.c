@@ -42,6 +42,8 @@ plait_personal_config_t plait_personal_config_default(void)
     c.bias_lr = 0.05;
     c.bias_l2 = 3e-3;
     c.bias_bytes = (size_t)32 << 20;
+    c.knn_bytes = (size_t)8 << 20;
+    c.guard_z = 2.0;
     return c;
 }
 
@@ -64,6 +66,8 @@ int plait_personal_config_validate(const plait_personal_config_t *c)
         return plait_fail(PLAIT_EINVAL, "personal: bias_lr %g is outside (0, 10]", c->bias_lr);
     if (!(c->bias_l2 >= 0.0) || !isfinite(c->bias_l2))
         return plait_fail(PLAIT_EINVAL, "personal: bias_l2 must be finite and >= 0");
+    if (!(c->guard_z >= 0.0 && c->guard_z <= 100.0))
+        return plait_fail(PLAIT_EINVAL, "personal: guard_z %g is outside 0..100", c->guard_z);
     if (c->bias_bytes < ((size_t)1 << 20))
         return plait_fail(PLAIT_EINVAL, "personal: bias_bytes %zu is under 1 MiB", c->bias_bytes);
     return 0;
@@ -447,7 +451,22 @@ int plait_personal_fit_bias(plait_trainer_t *tr, const plait_corpus_t *train, co
         rc = plait_train_set_logit_bias(tr, best);
         if (rc == 0) rc = plait_personal_eval(val, tr, cfg->val_windows, &vb, NULL);
         if (plait_train_set_logit_bias(tr, NULL) != 0 && rc == 0) rc = PLAIT_EINVAL; /* cannot fail: NULL */
-        if (rc == 0 && vb < res->val_chosen - cfg->min_gain) {
+        double se = 0.0;
+        if (cfg->guard_z > 0 && fv.n >= 2) { /* paired per-prediction differences on the frozen validation rows */
+            double mean = 0.0, ss = 0.0;
+            for (size_t i = 0; i < fv.n; i++) {
+                const float *p = fv.prob + i * V;
+                double z = 0.0;
+                for (size_t v = 0; v < V; v++) z += (double)p[v] * exp((double)best[v]);
+                double py = p[fv.y[i]] > 0 ? (double)p[fv.y[i]] : (double)FLT_MIN;
+                double dl = -(log(py) + best[fv.y[i]] - log(z)) + log(py);
+                double dm = dl - mean;
+                mean += dm / (double)(i + 1);
+                ss += dm * (dl - mean);
+            }
+            se = sqrt(ss / (double)(fv.n - 1) / (double)fv.n);
+        }
+        if (rc == 0 && vb < res->val_chosen - cfg->min_gain - cfg->guard_z * se) {
             res->bias = 1;
             res->val_bias = vb;
             memcpy(bias, best, V * sizeof(float));

@@ -414,12 +414,18 @@ int plait_train_eval_prefix(plait_trainer_t *tr, const int32_t *tokens, size_t n
 
 int plait_train_eval_logits(plait_trainer_t *tr, const int32_t *tokens, float *logits)
 {
+    return plait_train_eval_hidden(tr, tokens, logits, NULL);
+}
+
+int plait_train_eval_hidden(plait_trainer_t *tr, const int32_t *tokens, float *logits, float *hidden)
+{
     if (!tr || !tokens || !logits) return plait_fail(PLAIT_EINVAL, "train: logits need a trainer, a row and a buffer");
     int rc = check_tokens(tr, tokens, 1);
     if (rc != 0) return rc;
     (void)forward_logits(tr, tokens, 1, 0.0f, logits);
     for (size_t i = 0; i < tr->T * tr->V; i++)
         if (!isfinite(logits[i])) return plait_fail(PLAIT_EPROTO, "train: non-finite logit at row %zu", i / tr->V);
+    if (hidden) memcpy(hidden, tr->lnf, tr->T * tr->C * sizeof(float)); /* row 0's final normed states */
     return 0;
 }
 
@@ -496,6 +502,7 @@ long plait_train_steps_done(const plait_trainer_t *tr) { return tr->steps; }
 double plait_train_last_grad_norm(const plait_trainer_t *tr) { return tr->last_norm; }
 size_t plait_train_memory_bytes(const plait_trainer_t *tr) { return tr->bytes; }
 int plait_train_seq_len(const plait_trainer_t *tr) { return (int)tr->T; }
+size_t plait_train_dim(const plait_trainer_t *tr) { return tr ? tr->C : 0; }
 int plait_train_batch_size(const plait_trainer_t *tr) { return (int)tr->B; }
 
 void plait_train_reset(plait_trainer_t *tr)

@@ -112,6 +112,8 @@ static const key_t_ KEYS[] = {
     {"eval", "personal_bias_steps", K_INT, F(personal_bias_steps), 0, 1000000},
     {"eval", "personal_bias_lr", K_DOUBLE, F(personal_bias_lr), 1e-6, 10},
     {"eval", "personal_bias_l2", K_DOUBLE, F(personal_bias_l2), 0, 1e6},
+    {"eval", "personal_knn_bytes", K_SIZE, F(personal_knn_bytes), 0, 1e12},
+    {"eval", "personal_guard_z", K_DOUBLE, F(personal_guard_z), 0, 100},
     {"eval", "every", K_INT, F(eval_every), 1, 1000000},
     {"eval", "centralized", K_BOOL, F(centralized), 0, 0},
     {"eval", "centralized_only", K_BOOL, F(centralized_only), 0, 0},
@@ -198,6 +200,8 @@ void plait_sim_config_default(plait_sim_config_t *c, const char *assets)
     c->personal_bias_steps = 100;   /* a personal output bias on top (personal.h), experiment 4 */
     c->personal_bias_lr = 0.05;
     c->personal_bias_l2 = 3e-3;   /* 1e-3: a 0.08-point better mean, a worse tail (experiment 4) */
+    c->personal_knn_bytes = (size_t)8 << 20; /* a kNN memory of the device's text on top (knn.h), experiment 4 */
+    c->personal_guard_z = 2;      /* the bias and the memory must beat validation by 2 standard errors */
     c->fedsa_lambda = 0;
     c->eval_every = 1;
     c->centralized = false;         /* no centralized baseline */

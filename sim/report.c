@@ -347,7 +347,7 @@ static void dist_row(plait_buf_t *md, plait_buf_t *csv, const char *what, const 
 /* Personalized vs the global adapter on the same clients: quantiles of the per-client difference (personal -
  * global: negative is better), the share improved, the worst device, and how many kept the global adapter. */
 typedef struct {
-    size_t n, improved, worse, kept_global, mixed, biased;
+    size_t n, improved, worse, kept_global, mixed, biased, knn;
     size_t beyond;   /* clients worse by more than 2 standard errors of their own paired estimate */
     size_t no_se;    /* clients with one held-out window: no standard error */
     double p10, p50, p90, worst, mean_rel; /* mean_rel: token-weighted (personal - global) / global */
@@ -372,7 +372,9 @@ static int like_for_like(const plait_sim_result_t *res, lfl_t *o)
         o->improved += di < 0;
         o->worse += di > 0;
         int b = res->client_bias && res->client_bias[i] != 0.0;
-        o->kept_global += res->client_mix[i] == 0.0 && !b;
+        int kn = res->client_knn && res->client_knn[i] != 0.0;
+        o->kept_global += res->client_mix[i] == 0.0 && !b && !kn;
+        o->knn += kn;
         o->mixed += res->client_mix[i] > 0.0 && res->client_mix[i] < 1.0;
         o->biased += b;
         size_t t = res->client_tokens[i] ? res->client_tokens[i] : 1;
@@ -536,18 +538,18 @@ int plait__sim_write_outputs(const plait_sim_config_t *cfg, const plait_sim_resu
         plait_buf_printf(&md,
                          "## Personalized vs global, same clients\n\nEach of %zu clients: the global adapter and the "
                          "adapter the device chose (global, personal, or a mix, on a validation tail of its own "
-                         "training text, with its output bias where that helped there too) on the same held-out "
+                         "training text, with its output bias and its kNN memory where they helped there too) on the same held-out "
                          "data, round %d. Difference personalized − global "
                          "(negative: personalization helped):\n\n| clients | mean (token-weighted) | p10 | median "
                          "| p90 | worst device | worst, in standard errors | improved | worse | worse by > 2 SE | kept "
-                         "global | mix | output bias |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n| %zu | "
-                         "%+.2f%% | %+.4f | %+.4f | %+.4f | %+.4f | %+.2f | %.0f%% | %zu | %zu | %zu | %zu | %zu "
+                         "global | mix | output bias | kNN memory |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n| %zu | "
+                         "%+.2f%% | %+.4f | %+.4f | %+.4f | %+.4f | %+.2f | %.0f%% | %zu | %zu | %zu | %zu | %zu | %zu "
                          "|\n\nA client's standard "
                          "error: the spread of its per-window differences (personalized − global on the same "
                          "held-out windows) over √windows; %zu clients with a single window have none.\n\n",
                          lf.n, last->round, lf.n, 100.0 * lf.mean_rel, lf.p10, lf.p50, lf.p90, lf.worst,
                          isfinite(lf.worst_z) ? lf.worst_z : 0.0, 100.0 * (double)lf.improved / (double)lf.n,
-                         lf.worse, lf.beyond, lf.kept_global, lf.mixed, lf.biased, lf.no_se);
+                         lf.worse, lf.beyond, lf.kept_global, lf.mixed, lf.biased, lf.knn, lf.no_se);
     }
     plait_buf_printf(&md, "## Rounds\n\n| round | ok | clients | dropouts | stragglers | global loss | ppl | "
                           "personal loss | ε | up kB | down kB | sim s | wall s |\n"
@@ -586,8 +588,8 @@ int plait__sim_write_outputs(const plait_sim_config_t *cfg, const plait_sim_resu
         json_num(&sj, "improved_share", (double)lf.improved / (double)lf.n);
         plait_buf_printf(&sj,
                          ",\"worse\":%zu,\"worse_beyond_2se\":%zu,\"kept_global\":%zu,\"mixed\":%zu,"
-                         "\"output_bias\":%zu}",
-                         lf.worse, lf.beyond, lf.kept_global, lf.mixed, lf.biased);
+                         "\"output_bias\":%zu,\"knn_memory\":%zu}",
+                         lf.worse, lf.beyond, lf.kept_global, lf.mixed, lf.biased, lf.knn);
     }
     plait_buf_printf(&sj, ",\"centralized_steps\":%d,\"eval_tokens\":%zu,\"checksum\":\"%016llx\"}\n",
                      res->centralized_steps, res->eval_tokens, (unsigned long long)res->checksum);

@@ -77,6 +77,7 @@ typedef struct {
     double mix;        /* PERSONAL: the chosen adapter, 0 global .. 1 personal */
     double se;         /* PERSONAL: standard error of loss - loss_global from paired windows (NAN: one window) */
     int bias;          /* PERSONAL: 1 when the device also kept its output bias */
+    int knn;           /* PERSONAL: 1 when the device also kept its kNN memory */
 } job_t;
 
 typedef struct {
@@ -88,6 +89,7 @@ typedef struct {
     plait_trainer_t *ptr; /* personalization's trainer (eval.personal_lr) over lora; NULL: tr */
     double *wl_g, *wl_p;  /* (SE_WINDOWS) per-window held-out losses, global and chosen */
     float *bias;          /* (V) the personal output bias of the client being evaluated */
+    plait_knn_t knn;      /* its kNN memory (knn.h) */
 } worker_t;
 
 /* At most this many held-out windows pair up for a client's standard error. */
@@ -231,6 +233,7 @@ static int personalize(sim_t *s, worker_t *w, plait_trainer_t *tr_, int round_tr
         pc.eval_every = steps > 1 ? steps / 2 : 1; /* FedSA's local training: validate at least twice */
     pc.prox_lambda = lambda;
     pc.val_windows = 0;
+    pc.guard_z = cfg->personal_guard_z;
     plait_rng_t r;
     plait_rng_seed_u64(&r, cfg->seed, stream);
     pc.seed = plait_rng_u64(&r);
@@ -243,6 +246,9 @@ static int personalize(sim_t *s, worker_t *w, plait_trainer_t *tr_, int round_tr
         pc.bias_lr = cfg->personal_bias_lr;
         pc.bias_l2 = cfg->personal_bias_l2;
         rc = plait_personal_fit_bias(w->tr, &tr, &val, &pc, bias, pr);
+        pc.knn_bytes = cfg->personal_knn_bytes;
+        pc.guard_z = cfg->personal_guard_z;
+        if (rc == 0) rc = plait_personal_fit_knn(w->tr, &tr, &val, &pc, pr->bias ? bias : NULL, &w->knn, pr);
     }
     plait_corpus_free(&tr);
     plait_corpus_free(&val);
@@ -340,11 +346,17 @@ static int do_eval(sim_t *s, worker_t *w, job_t *j)
                              plait__sim_stream(PLAIT__SIM_RNG_PERSONAL, (uint64_t)s->cur_round, i), &pr, w->bias);
         j->mix = pr.mix;
         j->bias = pr.bias;
+        j->knn = pr.knn;
         if (rc == 0 && pr.bias) rc = plait_train_set_logit_bias(w->tr, w->bias); /* served with the adapter */
-        if (rc == 0) rc = plait_personal_eval_windows(&held, w->tr, cfg->eval_windows, w->wl_p, SE_WINDOWS, &np);
+        if (rc == 0 && pr.knn) /* and the memory */
+            rc = plait_personal_eval_knn(&held, w->tr, &w->knn, cfg->eval_windows, &j->loss, &j->tokens, w->wl_p,
+                                         SE_WINDOWS, &np);
+        else if (rc == 0)
+            rc = plait_personal_eval_windows(&held, w->tr, cfg->eval_windows, w->wl_p, SE_WINDOWS, &np);
         j->se = rc == 0 && np == ng ? paired_se(w->wl_g, w->wl_p, np) : NAN;
     }
-    if (rc == 0) rc = plait_personal_eval(&held, w->tr, cfg->eval_windows, &j->loss, &j->tokens);
+    if (rc == 0 && !j->knn) rc = plait_personal_eval(&held, w->tr, cfg->eval_windows, &j->loss, &j->tokens);
+    plait_knn_free(&w->knn);
     if (plait_train_set_logit_bias(w->tr, NULL) != 0 && rc == 0) rc = PLAIT_EINVAL; /* cannot fail: NULL */
     plait_zeroize(w->bias, s->model.cfg.vocab_size * sizeof(float));
     plait_corpus_free(&train);
@@ -390,7 +402,7 @@ static int evaluate_each(sim_t *s, const size_t *ids, size_t n, int kind, double
 /* The personalized evaluation: the chosen adapters' token-weighted loss into *loss, the global adapter's on the
  * same clients into *gloss; per client (arrays of n, may be NULL) both losses, the mix and the tokens. */
 static int evaluate_personal(sim_t *s, double *loss, double *gloss, double *each, double *each_g, double *mix,
-                             size_t *toks, double *se, double *bias)
+                             size_t *toks, double *se, double *bias, double *knn)
 {
     size_t n = s->n_pers;
     *loss = *gloss = NAN;
@@ -411,6 +423,7 @@ static int evaluate_personal(sim_t *s, double *loss, double *gloss, double *each
         if (toks) toks[k] = jobs[k].tokens;
         if (se) se[k] = jobs[k].se;
         if (bias) bias[k] = jobs[k].bias;
+        if (knn) knn[k] = jobs[k].knn;
     }
     free(jobs);
     if (rc == 0 && tok > 0) {
@@ -498,6 +511,7 @@ static void sim_free(sim_t *s)
             free(s->w[k].wl_g);
             free(s->w[k].wl_p);
             free(s->w[k].bias);
+            plait_knn_free(&s->w[k].knn);
         }
     free(s->w);
     plait_pool_destroy(s->pool);
@@ -615,6 +629,7 @@ static int setup(sim_t *s, const plait_sim_config_t *cfg)
         w->wl_g = malloc(SE_WINDOWS * sizeof(double));
         w->wl_p = malloc(SE_WINDOWS * sizeof(double));
         w->bias = calloc((size_t)s->model.cfg.vocab_size, sizeof(float));
+        plait_knn_init(&w->knn);
         if (!w->diff || !w->batch || !w->ref || !w->wl_g || !w->wl_p || !w->bias)
             return plait_fail(PLAIT_ENOMEM, "sim: worker buffers");
     }
@@ -783,7 +798,7 @@ static int eval_round(sim_t *s, plait_sim_round_t *m, plait_sim_result_t *res)
     if (rc == 0 && (last || (every > 0 && m->round % every == 0)))
         rc = evaluate_personal(s, &m->personal_loss, &m->personal_global_loss, res->client_personal,
                                res->client_pglobal, res->client_mix, res->client_tokens, res->client_se,
-                               res->client_bias);
+                               res->client_bias, res->client_knn);
     m->global_ppl = exp(m->global_loss);
     m->personal_ppl = exp(m->personal_loss);
     return rc;
@@ -846,7 +861,8 @@ void plait_sim_result_free(plait_sim_result_t *res)
     free(res->client_tokens);
     free(res->client_se);
     free(res->client_bias);
-    res->client_se = res->client_bias = NULL;
+    free(res->client_knn);
+    res->client_se = res->client_bias = res->client_knn = NULL;
     res->client_base = res->client_global = res->client_local = res->client_personal = NULL;
     res->client_pglobal = res->client_mix = NULL;
     res->client_tokens = NULL;
@@ -895,7 +911,8 @@ int plait_sim_run(const plait_sim_config_t *cfg, plait_sim_result_t *out)
     res.client_tokens = calloc(s.n_pers ? s.n_pers : 1, sizeof(size_t));
     res.client_se = calloc(s.n_pers ? s.n_pers : 1, sizeof(double));
     res.client_bias = calloc(s.n_pers ? s.n_pers : 1, sizeof(double));
-    if (!res.client_base || !res.client_global || !res.client_local || !res.client_personal || !res.client_pglobal ||
+    res.client_knn = calloc(s.n_pers ? s.n_pers : 1, sizeof(double));
+    if (!res.client_knn || !res.client_base || !res.client_global || !res.client_local || !res.client_personal || !res.client_pglobal ||
         !res.client_mix || !res.client_tokens || !res.client_se || !res.client_bias) {
         rc = plait_fail(PLAIT_ENOMEM, "sim: per-client losses");
         goto exit;
@@ -912,7 +929,7 @@ int plait_sim_run(const plait_sim_config_t *cfg, plait_sim_result_t *out)
     m0->global_ppl = exp(res.base_loss);
     if ((rc = evaluate_personal(&s, &m0->personal_loss, &m0->personal_global_loss, res.client_local,
                                 res.client_pglobal, res.client_mix, res.client_tokens, res.client_se,
-                                res.client_bias)) != 0)
+                                res.client_bias, res.client_knn)) != 0)
         goto exit;
     memcpy(res.client_personal, res.client_local, s.n_pers * sizeof(double));
     m0->personal_ppl = exp(m0->personal_loss);

@@ -63,6 +63,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "plait/knn.h"
 #include "plait/log.h"
 #include "plait/plait.h"
 
@@ -398,6 +399,21 @@ int plait_agent_serving(const char *state_dir, char *path /* OUT */, size_t path
  *         another vocabulary size).
  */
 int plait_agent_serving_bias(const char *state_dir, float *bias /* OUT */, size_t V) PLAIT_WUR;
+
+/**
+ * \brief The kNN memory of the device's own text served on top of that
+ *        adapter and bias, when the device kept one (personal.h,
+ *        plait_personal_fit_knn; knn.h): pass it to plait_infer_set_knn.
+ *        Its entries are hidden states of the device's text and the tokens
+ *        that followed: it never leaves the device, and `plait-agent forget
+ *        --state` erases it.
+ * \param knn OUT: replaced (plait_knn_free it); C and V the model's dim and
+ *            vocab_size.
+ * \return 0; PLAIT_ENOENT (no choice yet, or the choice has no memory);
+ *         PLAIT_EPROTO (serve.txt or serve_knn.bin malformed, made for
+ *         another model, or over 64 MiB).
+ */
+int plait_agent_serving_knn(const char *state_dir, plait_knn_t *knn /* OUT */, size_t C, size_t V) PLAIT_WUR;
 
 /**
  * \brief Make this device's TLS key and a certificate request, on the device:

@@ -47,6 +47,7 @@
 #ifndef PLAIT_INFER_H
 #define PLAIT_INFER_H
 
+#include "plait/knn.h"
 #include "plait/lora.h"
 #include "plait/model.h"
 #include "plait/tensor.h"
@@ -87,6 +88,7 @@ typedef struct plait_infer_s {
     float *merged_w; /* merged copies of the targeted projections, or NULL */
     size_t merged_n; /* floats in merged_w */
     const float *logit_bias; /* (V) added to the logits (a personal output bias), borrowed, or NULL */
+    const plait_knn_t *knn;  /* a kNN memory mixed into the next-token distribution (knn.h), borrowed, or NULL */
 } plait_infer_t;
 
 /** \brief Defaults: whole context, unmerged, chunk 32, no pool. */
@@ -123,6 +125,17 @@ void plait_infer_remerge(plait_infer_t *s);
  * \return 0 or PLAIT_EINVAL (state not set up, a non-finite value).
  */
 int plait_infer_set_logit_bias(plait_infer_t *s, const float *bias) PLAIT_WUR;
+
+/**
+ * \brief Mix a kNN memory into the next-token distribution from now on (a
+ *        device's memory of its own text, knn.h): after the bias, the logits
+ *        become log((1 - lambda) softmax(logits) + lambda p_knn), p_knn voted
+ *        by the entries nearest to the final normed hidden state. NULL stops.
+ * \param knn borrowed: must outlive its use by s.
+ * \return 0; PLAIT_EINVAL (state not set up; a memory of another width, or
+ *         holding a token outside the vocabulary).
+ */
+int plait_infer_set_knn(plait_infer_t *s, const plait_knn_t *knn) PLAIT_WUR;
 
 /** \brief Release the state's buffers (never the model or adapter). NULL and double free are safe.
  */

@@ -41,6 +41,7 @@
 #define PLAIT_PERSONAL_H
 
 #include "plait/data.h"
+#include "plait/knn.h"
 #include "plait/lora.h"
 #include "plait/train.h"
 
@@ -62,6 +63,11 @@ typedef struct {
     double bias_l2;      /**< its L2 weight toward 0, >= 0 (default 3e-3) */
     size_t bias_bytes;   /**< memory for the frozen probabilities it fits on (V floats a prediction; the
                               training predictions are thinned evenly to fit), >= 1 MiB (default 32 MiB) */
+    size_t knn_bytes;    /**< room for the kNN memory of the training part (knn.h; C + 2 floats an entry, the
+                              training positions thinned evenly to fit); 0 = no memory (default 8 MiB) */
+    double guard_z;      /**< the bias and the memory are kept only when their validation gain also exceeds
+                              guard_z standard errors of the paired per-prediction differences (a small
+                              validation tail is noisy); 0..100, 0 = no guard (default 2) */
 } plait_personal_config_t;
 
 typedef enum {
@@ -84,6 +90,10 @@ typedef struct plait_personal_result_s {
     int bias;             /**< 1: the device serves its output bias on top of the chosen adapter */
     double val_bias;      /**< validation loss with the fitted bias (= val_chosen when none helped) */
     int bias_step;        /**< the kept bias step (0: none) */
+    /* plait_personal_fit_knn (zero until it runs): */
+    int knn;              /**< 1: the device serves its kNN memory on top of the adapter and bias */
+    double val_knn;       /**< validation loss with the memory (= the loss without it when none is kept) */
+    size_t knn_entries;   /**< entries in the kept memory */
 } plait_personal_result_t;
 
 /** \brief The defaults commented in plait_personal_config_t (seed 0). */
@@ -177,5 +187,37 @@ double plait_personal_bias_objective(const float *prob, const int32_t *y, size_t
 int plait_personal_fit_bias(plait_trainer_t *tr, const plait_corpus_t *train, const plait_corpus_t *val,
                             const plait_personal_config_t *cfg, float *bias /* OUT */,
                             plait_personal_result_t *res) PLAIT_WUR;
+
+/**
+ * \brief Step 5: a kNN memory of the device's own text (knn.h) on top of
+ *        the trainer's current adapter and the served bias (call after
+ *        plait_personal_fit_bias, on the same train and val). The memory
+ *        holds the training part's positions (at most cfg->knn_bytes);
+ *        k, tau and lambda are chosen on val over a grid (k in 4..64, tau
+ *        in multiples of the validation queries' mean spread of squared
+ *        distances, lambda in 0.05..0.7), and the memory is kept only
+ *        where it beats the loss without it (res->val_bias when a bias is
+ *        served, else res->val_chosen) by more than cfg->min_gain. Fills
+ *        res->knn, res->val_knn, res->knn_entries.
+ * \param bias V floats of the served bias, or NULL when none is served.
+ * \param knn  OUT: the memory (replaced), empty and off when none is kept.
+ * \return 0 (also with knn_bytes 0); PLAIT_EINVAL; PLAIT_ENOMEM;
+ *         PLAIT_ECANCELED (cfg->stop, polled per window); an evaluation
+ *         error. The trainer ends with no logit bias set.
+ */
+int plait_personal_fit_knn(plait_trainer_t *tr, const plait_corpus_t *train, const plait_corpus_t *val,
+                           const plait_personal_config_t *cfg, const float *bias, plait_knn_t *knn /* OUT */,
+                           plait_personal_result_t *res) PLAIT_WUR;
+
+/**
+ * \brief Held-out loss of the trainer's adapter (and logit bias, if set)
+ *        with the kNN memory mixed in, on the windows plait_personal_eval
+ *        uses; per-window losses as plait_personal_eval_windows gives them
+ *        into losses[0..*n_windows) (at most cap; NULL for none).
+ * \return 0; PLAIT_EINVAL (fewer than 2 tokens); an evaluation error.
+ */
+int plait_personal_eval_knn(const plait_corpus_t *c, plait_trainer_t *tr, const plait_knn_t *knn,
+                            size_t max_windows, double *loss /* OUT */, size_t *n_tokens /* OUT, may be NULL */,
+                            double *losses /* OUT, may be NULL */, size_t cap, size_t *n_windows /* OUT, may be NULL */) PLAIT_WUR;
 
 #endif /* PLAIT_PERSONAL_H */

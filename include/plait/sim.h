@@ -142,6 +142,10 @@ typedef struct {
                                           Adam steps, 0 = none (default 100) */
     double personal_bias_lr;         /**< its learning rate (default 0.05) */
     double personal_bias_l2;         /**< its L2 weight toward 0 (default 3e-3) */
+    size_t personal_knn_bytes;       /**< room for a kNN memory of the device's training text on top (knn.h,
+                                          plait_personal_fit_knn); 0: none (default 8 MiB) */
+    double personal_guard_z;         /**< the bias and the memory must beat validation by this many standard
+                                          errors too (personal.h guard_z; default 2) */
     double fedsa_lambda;             /**< FedSA-LoRA: proximal weight of a client's local training toward the
                                           adapter it started from (its own B) (default 0) */
     int eval_every;                  /**< evaluate every k rounds (and the last) (default 1) */
@@ -303,6 +307,7 @@ typedef struct {
     double *client_pglobal;    /**< (n_pers_clients) the global adapter on the same clients, same round */
     double *client_mix;        /**< (n_pers_clients) the chosen adapter: 0 global, 1 personal, else the mix a */
     double *client_bias;       /**< (n_pers_clients) 1 when the device also serves its output bias, else 0 */
+    double *client_knn;        /**< (n_pers_clients) 1 when the device also serves its kNN memory, else 0 */
     size_t *client_tokens;     /**< (n_pers_clients) held-out predictions of each of them */
     double *client_se;         /**< (n_pers_clients) standard error of personal - global from paired held-out
                                     windows (NAN for a client with one window) */

@@ -181,6 +181,15 @@ int plait_train_eval_prefix(plait_trainer_t *tr, const int32_t *tokens, size_t n
 int plait_train_eval_logits(plait_trainer_t *tr, const int32_t *tokens, float *logits /* OUT */) PLAIT_WUR;
 
 /**
+ * \brief plait_train_eval_logits, and the final normed hidden states the
+ *        classifier reads: hidden[t * C + c] (C = plait_train_dim) for the
+ *        prediction after tokens[0..t] (the keys of a kNN memory, knn.h).
+ * \param hidden (T, C) floats (OUT), or NULL.
+ */
+int plait_train_eval_hidden(plait_trainer_t *tr, const int32_t *tokens, float *logits /* OUT */,
+                            float *hidden /* OUT, may be NULL */) PLAIT_WUR;
+
+/**
  * \brief A logit bias: from now on every forward pass (training, evaluation,
  *        plait_train_eval_logits) adds bias[v] to the logit of token v, as a
  *        device's personal output bias does at inference (personal.h). It is
@@ -217,6 +226,8 @@ size_t plait_train_memory_bytes(const plait_trainer_t *tr);
 double plait_train_prox_value(const plait_trainer_t *tr);
 /** \brief T, the tokens per sequence the trainer was created for. */
 int plait_train_seq_len(const plait_trainer_t *tr);
+/** \brief C, the model's hidden width (0 for NULL). */
+size_t plait_train_dim(const plait_trainer_t *tr);
 /** \brief B, the sequences per micro-batch the trainer was created for. */
 int plait_train_batch_size(const plait_trainer_t *tr);
 

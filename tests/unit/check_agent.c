@@ -48,6 +48,7 @@
 #include "plait/model.h"
 #include "plait/pki.h"
 #include "plait/store.h"
+#include "plait/tok.h"
 #include "plait/tls.h"
 #include "plait/update.h"
 #include "plait/wire.h"
@@ -1261,6 +1262,16 @@ START_TEST(test_loopback_round)
         char *bpath_b0 = tu_path(state, "serve_bias-b.bin");
         if (brc != 0) ck_assert(access(bpath, F_OK) != 0 && access(bpath_b0, F_OK) != 0);
         free(bpath_b0);
+        /* Its kNN memory likewise: present exactly when serve.txt says so, of the model's width. */
+        {
+            plait_knn_t km;
+            plait_knn_init(&km);
+            int krc = plait_agent_serving_knn(state, &km, (size_t)r.model.cfg.dim, V);
+            ck_assert_msg(krc == 0 || krc == PLAIT_ENOENT, "memory: %s", plait_errmsg());
+            ck_assert_int_eq(krc == 0, strstr(why, "kNN memory") != NULL);
+            if (krc == 0) ck_assert(km.n > 0 && km.lambda > 0 && km.C == (size_t)r.model.cfg.dim);
+            plait_knn_free(&km);
+        }
         /* A hand-made choice with a bias: read back exactly; a wrong magic, size or vocabulary is refused. */
         char *sinfo = tu_path(state, "serve.txt");
         const char *line11 = "mix 0.5000 3.0 2.9 2.8 5 100 1 0 1 2.7\n"; /* slot 0, with a bias */
@@ -1310,6 +1321,12 @@ START_TEST(test_loopback_round)
         ck_assert_int_eq(plait_agent_serving_bias(state, bias, V), PLAIT_ENOENT);
         const char *line10 = "global 0.0000 3.0 3.1 3.0 0 100 1 1 1\n"; /* a bias flag without its loss */
         ck_assert_int_eq(tu_write_file(sinfo, line10, strlen(line10)), 0);
+        ck_assert_int_eq(plait_agent_serving(state, sp, sizeof(sp), why, sizeof(why)), PLAIT_EPROTO);
+        const char *line12 = "global 0.0000 3.0 3.1 3.0 0 100 1 1 0 3.0 1\n"; /* a memory flag without its loss */
+        ck_assert_int_eq(tu_write_file(sinfo, line12, strlen(line12)), 0);
+        ck_assert_int_eq(plait_agent_serving(state, sp, sizeof(sp), why, sizeof(why)), PLAIT_EPROTO);
+        const char *line13 = "global 0.0000 3.0 3.1 3.0 0 100 1 1 0 3.0 2 2.9\n"; /* a memory flag of 2 */
+        ck_assert_int_eq(tu_write_file(sinfo, line13, strlen(line13)), 0);
         ck_assert_int_eq(plait_agent_serving(state, sp, sizeof(sp), why, sizeof(why)), PLAIT_EPROTO);
         free(img);
         free(bias);
@@ -2312,6 +2329,57 @@ START_TEST(test_forget_leaves_nothing)
         free(sinfo);
         free(img);
     }
+    {
+        /* generate --state serves the kNN memory too: a memory of one entry with lambda 1 makes every next
+         * token its token; a memory for another width is refused by name. */
+        plait_knn_t knn;
+        plait_knn_init(&knn);
+        ck_assert_int_eq(plait_knn_setup(&knn, 64, 1), 0); /* stories260K: C = 64 */
+        float key[64] = {0};
+        ck_assert_int_eq(plait_knn_add(&knn, key, 300), 0);
+        knn.k = 1;
+        knn.tau = 1.0;
+        knn.lambda = 1.0;
+        uint8_t *kimg = NULL;
+        size_t klen = 0;
+        ck_assert_int_eq(plait_knn_save_mem(&knn, &kimg, &klen), 0);
+        char *kfile = tu_path(state, "serve_knn-b.bin"), *sinfo = tu_path(state, "serve.txt");
+        const char *line = "personal 1.0 3.0 2.9 2.9 5 100 2 1 0 2.9 1 2.5\n";
+        ck_assert_int_eq(tu_write_file(kfile, kimg, klen), 0);
+        ck_assert_int_eq(tu_write_file(sinfo, line, strlen(line)), 0);
+        plait_knn_t back;
+        plait_knn_init(&back);
+        ck_assert_int_eq(plait_agent_serving_knn(state, &back, 64, 512), 0);
+        ck_assert_uint_eq(back.n, 1);
+        ck_assert_int_eq(plait_agent_serving_knn(state, &back, 32, 512), PLAIT_EPROTO);
+        ck_assert_ptr_nonnull(strstr(plait_errmsg(), "serve_knn-b.bin"));
+        plait_knn_free(&back);
+        char *gen = tu_path(sdir, "gen3.txt");
+        char *a1[] = {bin, "generate", "--state", state, "--model", g_model, "--tokenizer", g_tok, "--prompt", "ROMEO",
+                      "--temperature", "0", "--steps", "16", NULL};
+        ck_assert_int_eq(run_cli(a1, gen, 0, 30000), 0);
+        ck_assert(file_has(gen, "plus its kNN memory"));
+        plait_tok_t tok;
+        plait_tok_init(&tok);
+        ck_assert_int_eq(plait_tok_load(&tok, g_tok, 512), 0);
+        const char *piece = plait_tok_decode(&tok, 300, 300, NULL);
+        ck_assert_ptr_nonnull(piece);
+        char want[128];
+        snprintf(want, sizeof(want), "%s%s%s", piece, piece, piece); /* the memory's token, again and again */
+        ck_assert_msg(file_has(gen, want), "no run of token 300 (%s)", piece);
+        plait_tok_free(&tok);
+        /* A line without the memory's fields (written before it existed) serves none. */
+        const char *old_line = "personal 1.0 3.0 2.9 2.9 5 100 2 1 0 2.9\n";
+        ck_assert_int_eq(tu_write_file(sinfo, old_line, strlen(old_line)), 0);
+        ck_assert_int_eq(plait_agent_serving_knn(state, &back, 64, 512), PLAIT_ENOENT);
+        ck_assert_int_eq(tu_write_file(sinfo, line, strlen(line)), 0);
+        unlink(gen);
+        free(gen);
+        free(kfile);
+        free(sinfo);
+        free(kimg);
+        plait_knn_free(&knn);
+    }
     /* what a crash mid-write would leave */
     ck_assert_int_eq(tu_write_file(tmp, marker, sizeof(marker)), 0);
     ck_assert_int_eq(chmod(tmp, 0600), 0);
@@ -2322,14 +2390,20 @@ START_TEST(test_forget_leaves_nothing)
 
     {
         char *bias = tu_path(state, "serve_bias-b.bin"); /* there when the device kept an output bias */
-        int has_bias = access(bias, F_OK) == 0;
+        char *kmem = tu_path(state, "serve_knn-b.bin"); /* and its kNN memory (written above) */
+        int has_bias = access(bias, F_OK) == 0, has_knn = access(kmem, F_OK) == 0;
+        char erased[64];
+        snprintf(erased, sizeof(erased), "erased %d derived files", 5 + has_bias + has_knn);
         char *argv[] = {bin, "forget", "--db", db, "--all", "--state", state, NULL};
         ck_assert_int_eq(run_cli(argv, out, 0, 30000), 0);
         ck_assert(file_has(out, "erased 40 records"));
-        /* personal, pending, tmp, serve, serve.txt (and serve_bias-b.bin: the second round used slot 1) */
-        ck_assert(file_has(out, has_bias ? "erased 6 derived files" : "erased 5 derived files"));
+        /* personal, pending, tmp, serve, serve.txt (and serve_bias-b.bin, serve_knn-b.bin: the second round
+         * used slot 1) */
+        ck_assert_msg(file_has(out, erased), "wanted '%s'", erased);
         ck_assert_int_eq(access(bias, F_OK), -1);
+        ck_assert_int_eq(access(kmem, F_OK), -1);
         free(bias);
+        free(kmem);
     }
     ck_assert_int_eq(access(serve, F_OK), -1);
     free(serve);

@@ -563,6 +563,124 @@ START_TEST(test_stop_polled_each_step)
 }
 END_TEST
 
+
+/* The kNN memory (step 5): a device whose text repeats phrases the model cannot predict keeps a memory that beats
+ * the bias on validation; the memory holds the training part's and then the validation part's positions; the
+ * held-out loss with it agrees with the mixture computed from the logits (knn.h, a second implementation); it is
+ * refused when it cannot clear min_gain or the guard, and the stop callback cancels it. */
+START_TEST(test_knn_memory)
+{
+    fx_t f;
+    fx_open(&f, 1e-3, 6000);
+    size_t V = plait_train_vocab_size(f.tr), C = plait_train_dim(f.tr), np = f.lora.n_params;
+    ck_assert_uint_eq(C, (size_t)f.m.cfg.dim);
+    float *bias = malloc(V * sizeof(float)), *ref = malloc(np * sizeof(float));
+    memcpy(ref, f.lora.params, np * sizeof(float));
+    for (int trial = 0; trial < 2; trial++) {
+        plait_corpus_t all, tr, va;
+        plait_corpus_init(&all);
+        plait_corpus_init(&tr);
+        plait_corpus_init(&va);
+        all.tokens = malloc(f.text.n * sizeof(int32_t));
+        all.n = all.cap = f.text.n;
+        memcpy(all.tokens, f.text.tokens, f.text.n * sizeof(int32_t));
+        if (trial == 1) /* a device that keeps writing the same odd phrase of 6 tokens */
+            for (size_t i = 0; i + 6 <= all.n; i += 23)
+                for (size_t j = 0; j < 6; j++) all.tokens[i + j] = (int32_t)(400 + 13 * j);
+        ck_assert_int_eq(plait_personal_split(&all, 0.15, TT, &tr, &va), 0);
+        plait_personal_config_t pc = plait_personal_config_default();
+        pc.max_steps = 5;
+        plait_personal_result_t r;
+        memcpy(f.lora.params, ref, np * sizeof(float));
+        ck_assert_int_eq(plait_personal_fit(f.tr, &f.lora, ref, &tr, &va, &pc, &r), 0);
+        ck_assert_int_eq(plait_personal_fit_bias(f.tr, &tr, &va, &pc, bias, &r), 0);
+        double before = r.bias ? r.val_bias : r.val_chosen;
+        plait_knn_t knn;
+        plait_knn_init(&knn);
+        ck_assert_int_eq(plait_personal_fit_knn(f.tr, &tr, &va, &pc, r.bias ? bias : NULL, &knn, &r), 0);
+        ck_assert_double_le(r.val_knn, before);
+        if (trial == 1) {
+            ck_assert_int_eq(r.knn, 1);
+            ck_assert_double_lt(r.val_knn, before - 0.1);
+            size_t ntr = plait_corpus_n_windows(&tr, TT) * TT, nva = plait_corpus_n_windows(&va, TT) * TT;
+            ck_assert_uint_eq(knn.n, ntr + nva); /* room for all: training part, then validation */
+            ck_assert_uint_eq(r.knn_entries, knn.n);
+            ck_assert_double_gt(knn.lambda, 0.0);
+            ck_assert_double_le(knn.lambda, 1.0);
+            ck_assert_int_eq(knn.vals[0], tr.tokens[1]);
+            ck_assert_int_eq(knn.vals[ntr], va.tokens[1]);
+            /* The held-out loss with the memory, against the mixture of knn.h computed from the logits. */
+            plait_corpus_t held;
+            plait_corpus_init(&held);
+            held.tokens = malloc((TT + 1) * sizeof(int32_t));
+            held.n = held.cap = TT + 1;
+            memcpy(held.tokens, all.tokens + 23 * 3 + 2, (TT + 1) * sizeof(int32_t));
+            if (r.bias) ck_assert_int_eq(plait_train_set_logit_bias(f.tr, bias), 0);
+            double lk = 0, lw[4];
+            size_t nt = 0, nw = 0;
+            ck_assert_int_eq(plait_personal_eval_knn(&held, f.tr, &knn, 0, &lk, &nt, lw, 4, &nw), 0);
+            ck_assert_uint_eq(nt, TT);
+            ck_assert_uint_eq(nw, 1);
+            ck_assert_double_eq_tol(lw[0], lk, 1e-12);
+            float *lg = malloc(TT * V * sizeof(float)), *hid = malloc(TT * C * sizeof(float));
+            ck_assert_int_eq(plait_train_eval_hidden(f.tr, held.tokens, lg, hid), 0);
+            double want = 0;
+            for (size_t t = 0; t < TT; t++) {
+                ck_assert_int_eq(plait_knn_mix_logits(&knn, hid + t * C, lg + t * V, V), 0);
+                double z = 0;
+                for (size_t v = 0; v < V; v++) z += exp((double)lg[t * V + v]);
+                want -= (double)lg[t * V + (size_t)held.tokens[t + 1]] - log(z);
+            }
+            ck_assert_double_eq_tol(lk, want / TT, 1e-5);
+            /* lambda 0: the plain held-out loss. */
+            double lam = knn.lambda, l0 = 0, lp = 0;
+            knn.lambda = 0;
+            ck_assert_int_eq(plait_personal_eval_knn(&held, f.tr, &knn, 0, &l0, NULL, NULL, 0, NULL), 0);
+            ck_assert_int_eq(plait_personal_eval(&held, f.tr, 0, &lp, NULL), 0);
+            ck_assert_double_eq_tol(l0, lp, 1e-5);
+            ck_assert_double_lt(lk, lp);
+            knn.lambda = lam;
+            ck_assert_int_eq(plait_train_set_logit_bias(f.tr, NULL), 0);
+            free(lg);
+            free(hid);
+            plait_corpus_free(&held);
+        }
+        /* Cannot clear min_gain, or the guard: no memory, and the loss is the one without it. */
+        plait_personal_config_t strict = pc;
+        strict.min_gain = 10.0;
+        ck_assert_int_eq(plait_personal_fit_knn(f.tr, &tr, &va, &strict, r.bias ? bias : NULL, &knn, &r), 0);
+        ck_assert_int_eq(r.knn, 0);
+        ck_assert_uint_eq(knn.n, 0);
+        ck_assert_double_eq(r.val_knn, before);
+        strict.min_gain = 0.0;
+        strict.guard_z = 100.0;
+        ck_assert_int_eq(plait_personal_fit_knn(f.tr, &tr, &va, &strict, r.bias ? bias : NULL, &knn, &r), 0);
+        ck_assert_int_eq(r.knn, 0);
+        strict.guard_z = 2.0;
+        strict.knn_bytes = 0; /* no room: no memory */
+        ck_assert_int_eq(plait_personal_fit_knn(f.tr, &tr, &va, &strict, r.bias ? bias : NULL, &knn, &r), 0);
+        ck_assert_int_eq(r.knn, 0);
+        strict.knn_bytes = 200 * (C + 2) * sizeof(float); /* room for 200 entries: thinned */
+        ck_assert_int_eq(plait_personal_fit_knn(f.tr, &tr, &va, &strict, r.bias ? bias : NULL, &knn, &r), 0);
+        ck_assert_uint_le(knn.n, 200);
+        int left = 2;
+        strict.stop = stop_after;
+        strict.stop_ud = &left;
+        ck_assert_int_eq(plait_personal_fit_knn(f.tr, &tr, &va, &strict, r.bias ? bias : NULL, &knn, &r),
+                         PLAIT_ECANCELED);
+        ck_assert_int_eq(r.knn, 0);
+        ck_assert_uint_eq(knn.n, 0);
+        plait_knn_free(&knn);
+        plait_corpus_free(&all);
+        plait_corpus_free(&tr);
+        plait_corpus_free(&va);
+    }
+    free(bias);
+    free(ref);
+    fx_close(&f);
+}
+END_TEST
+
 Suite *personal_suite(void)
 {
     Suite *s = suite_create("personal");
@@ -577,6 +695,7 @@ Suite *personal_suite(void)
     tcase_add_test(tc, test_trainer_logit_bias);
     tcase_add_test(tc, test_bias_fit_kept_on_validation);
     tcase_add_test(tc, test_stop_polled_each_step);
+    tcase_add_test(tc, test_knn_memory);
     suite_add_tcase(s, tc);
     return s;
 }
