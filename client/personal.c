@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "personal_int.h"
 #include "plait/crypto.h"
 #include "plait/personal.h"
 #include "plait/plait.h"
@@ -256,6 +257,25 @@ int plait_personal_fit(plait_trainer_t *tr, plait_lora_t *lora, const float *ref
                 pick = a;
             }
         }
+    }
+    if (rc == 0 && cand_best < cut && cfg->guard_z > 0) {
+        /* The guard: the gain must also exceed guard_z paired standard errors of the per-prediction losses. */
+        double *lr = NULL, *lc = NULL;
+        size_t nr = 0, nc = 0;
+        memcpy(lora->params, ref, bytes);
+        rc = plait__personal_pred_losses(val, tr, cfg->val_windows, &lr, &nr);
+        if (pick == 1.0) memcpy(lora->params, best, bytes);
+        else
+            for (size_t i = 0; i < np; i++)
+                lora->params[i] = (float)((1.0 - pick) * (double)ref[i] + pick * (double)best[i]);
+        if (rc == 0) rc = plait__personal_pred_losses(val, tr, cfg->val_windows, &lc, &nc);
+        if (rc == 0 && (nr != nc || res->val_global - cand_best <= cfg->min_gain +
+                                                                     cfg->guard_z * plait__personal_paired_se(lr, lc, nr)))
+            cand_best = INFINITY; /* within the noise of a small validation tail: the reference */
+        if (lr) plait_zeroize(lr, nr * sizeof(double));
+        if (lc) plait_zeroize(lc, nc * sizeof(double));
+        free(lr);
+        free(lc);
     }
     if (rc == 0 && cand_best < cut) {
         res->kind = pick == 1.0 ? PLAIT_PERSONAL_OWN : PLAIT_PERSONAL_MIX;

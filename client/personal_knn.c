@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "personal_int.h"
 #include "plait/crypto.h"
 #include "plait/personal.h"
 #include "plait/plait.h"
@@ -85,6 +86,49 @@ static double mix_loss(double lpm, double pk, double lambda)
 {
     double p = (1.0 - lambda) * exp(lpm) + lambda * pk;
     return p > 0.0 ? -log(p) : -(lpm + log1p(-lambda));
+}
+
+int plait__personal_pred_losses(const plait_corpus_t *c, plait_trainer_t *tr, size_t max_windows, double **out,
+                                size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    size_t T = (size_t)plait_train_seq_len(tr), V = plait_train_vocab_size(tr);
+    rows_t r;
+    int rc = rows_plan(&r, c, T, max_windows, 0);
+    size_t cap = rc == 0 ? (r.pad ? r.n_pred : r.use * T) : 0;
+    float *logits = malloc(T * V * sizeof(float));
+    double *l = malloc((cap ? cap : 1) * sizeof(double));
+    if (rc == 0 && (!logits || !l)) rc = plait_fail(PLAIT_ENOMEM, "personal: validation losses");
+    for (size_t k = 0; rc == 0 && k < r.use; k++) {
+        size_t np;
+        const int32_t *row = rows_get(&r, k, &np);
+        if ((rc = plait_train_eval_logits(tr, row, logits)) != 0) break;
+        for (size_t t = 0; t < np; t++) l[(*n)++] = -log_prob(logits + t * V, V, row[t + 1]);
+    }
+    rows_free(&r);
+    if (logits) plait_zeroize(logits, T * V * sizeof(float));
+    free(logits);
+    if (rc != 0) {
+        if (l) plait_zeroize(l, cap * sizeof(double));
+        free(l);
+        *n = 0;
+        return rc;
+    }
+    *out = l;
+    return 0;
+}
+
+double plait__personal_paired_se(const double *a, const double *b, size_t n)
+{
+    if (n < 2) return INFINITY;
+    double m = 0.0, ss = 0.0;
+    for (size_t i = 0; i < n; i++) { /* Welford */
+        double d = b[i] - a[i], dm = d - m;
+        m += dm / (double)(i + 1);
+        ss += dm * (d - m);
+    }
+    return sqrt(ss / (double)(n - 1) / (double)n);
 }
 
 int plait_personal_eval_knn(const plait_corpus_t *c, plait_trainer_t *tr, const plait_knn_t *knn, size_t max_windows,

@@ -21,6 +21,7 @@
 #include "plait/personal.h"
 #include "plait/tok.h"
 #include "plait/train.h"
+#include "personal_int.h"
 #include "testutil.h"
 
 #define TB 2
@@ -681,6 +682,47 @@ START_TEST(test_knn_memory)
 }
 END_TEST
 
+
+/* The guard: a candidate is chosen over the reference only when its validation gain also exceeds guard_z paired
+ * standard errors. From a fresh adapter (B = 0) a few steps clearly help: chosen with guard 0 and 2, and the
+ * reference is kept with an unreachable guard. The helper's paired standard error is the textbook one. */
+START_TEST(test_choice_guard)
+{
+    fx_t f;
+    fx_open(&f, 1e-2, 3000);
+    plait_corpus_t tr, va;
+    float *ref = split_with_ref(&f, &tr, &va);
+    size_t np = f.lora.n_params;
+    double zs[] = {0.0, 2.0, 100.0};
+    for (int i = 0; i < 3; i++) {
+        plait_personal_config_t pc = plait_personal_config_default();
+        pc.max_steps = 20;
+        pc.guard_z = zs[i];
+        plait_personal_result_t r;
+        ck_assert_int_eq(plait_personal_fit(f.tr, &f.lora, ref, &tr, &va, &pc, &r), 0);
+        ck_assert_int_gt(r.best_step, 0);
+        ck_assert_double_lt(r.val_personal, r.val_global);
+        if (i < 2) {
+            ck_assert_int_ne(r.kind, PLAIT_PERSONAL_GLOBAL);
+        } else {
+            ck_assert_int_eq(r.kind, PLAIT_PERSONAL_GLOBAL);
+            ck_assert_double_eq(r.val_chosen, r.val_global);
+            ck_assert(memcmp(f.lora.params, ref, np * sizeof(float)) == 0);
+        }
+    }
+    double a[4] = {1, 2, 3, 4}, b[4] = {1.5, 2.0, 3.5, 5.0}; /* d = 0.5 0 0.5 1: mean 0.5, sd sqrt(1/6) */
+    ck_assert_double_eq_tol(plait__personal_paired_se(a, b, 4), sqrt(1.0 / 6.0) / 2.0, 1e-12);
+    ck_assert(isinf(plait__personal_paired_se(a, b, 1)));
+    plait_personal_config_t bad = plait_personal_config_default();
+    bad.guard_z = -1;
+    ck_assert_int_eq(plait_personal_config_validate(&bad), PLAIT_EINVAL);
+    free(ref);
+    plait_corpus_free(&tr);
+    plait_corpus_free(&va);
+    fx_close(&f);
+}
+END_TEST
+
 Suite *personal_suite(void)
 {
     Suite *s = suite_create("personal");
@@ -696,6 +738,7 @@ Suite *personal_suite(void)
     tcase_add_test(tc, test_bias_fit_kept_on_validation);
     tcase_add_test(tc, test_stop_polled_each_step);
     tcase_add_test(tc, test_knn_memory);
+    tcase_add_test(tc, test_choice_guard);
     suite_add_tcase(s, tc);
     return s;
 }
