@@ -232,19 +232,31 @@ int plait__agent_serve_choose(const plait_model_t *m, const plait_lora_t *ref, c
     return rc;
 }
 
+/* The file of the slot serve.txt names, for the output bias (knn 0) or the kNN memory (knn 1), read whole (at
+ * most max bytes); its path into path. PLAIT_ENOENT when the choice serves none. */
+static int read_served(const char *state_dir, int knn, size_t max, char *path, size_t path_cap, uint8_t **img,
+                       size_t *il)
+{
+    serve_info_t si;
+    int rc = read_info(state_dir, &si);
+    if (rc != 0) return rc;
+    const char *what = knn ? "kNN memory" : "output bias";
+    if (!(knn ? si.knn : si.bias)) return plait_fail(PLAIT_ENOENT, "%s: the device serves no %s", state_dir, what);
+    const char *name = knn ? (si.slot ? SERVE_KNN_FILE_B : SERVE_KNN_FILE)
+                           : (si.slot ? SERVE_BIAS_FILE_B : SERVE_BIAS_FILE);
+    int k = snprintf(path, path_cap, "%s/%s", state_dir, name);
+    if (k < 0 || (size_t)k >= path_cap) return plait_fail(PLAIT_EINVAL, "serving %s: state path too long", what);
+    return plait_file_read(path, knn ? "serving memory" : "serving bias", max, img, il);
+}
+
 int plait_agent_serving_bias(const char *state_dir, float *bias, size_t V)
 {
     if (!state_dir || !bias || V == 0) return plait_fail(PLAIT_EINVAL, "serving bias: bad arguments");
     char path[4096];
     uint8_t *img = NULL;
     size_t il = 0;
-    serve_info_t si;
-    int rc = read_info(state_dir, &si);
+    int rc = read_served(state_dir, 0, 8 + 4 * V, path, sizeof(path), &img, &il);
     if (rc != 0) return rc;
-    if (!si.bias) return plait_fail(PLAIT_ENOENT, "%s: the device serves no output bias", state_dir);
-    int k = snprintf(path, sizeof(path), "%s/%s", state_dir, si.slot ? SERVE_BIAS_FILE_B : SERVE_BIAS_FILE);
-    if (k < 0 || (size_t)k >= sizeof(path)) return plait_fail(PLAIT_EINVAL, "serving bias: state path too long");
-    if ((rc = plait_file_read(path, "serving bias", 8 + 4 * V, &img, &il)) != 0) return rc;
     uint32_t n = 0;
     if (il >= 8) n = (uint32_t)img[4] | (uint32_t)img[5] << 8 | (uint32_t)img[6] << 16 | (uint32_t)img[7] << 24;
     if (il != 8 + 4 * V || memcmp(img, BIAS_MAGIC, 4) != 0 || n != V)
@@ -268,13 +280,8 @@ int plait_agent_serving_knn(const char *state_dir, plait_knn_t *knn, size_t C, s
     char path[4096];
     uint8_t *img = NULL;
     size_t il = 0;
-    serve_info_t si;
-    int rc = read_info(state_dir, &si);
+    int rc = read_served(state_dir, 1, SERVE_KNN_MAX_BYTES, path, sizeof(path), &img, &il);
     if (rc != 0) return rc;
-    if (!si.knn) return plait_fail(PLAIT_ENOENT, "%s: the device serves no kNN memory", state_dir);
-    int k = snprintf(path, sizeof(path), "%s/%s", state_dir, si.slot ? SERVE_KNN_FILE_B : SERVE_KNN_FILE);
-    if (k < 0 || (size_t)k >= sizeof(path)) return plait_fail(PLAIT_EINVAL, "serving memory: state path too long");
-    if ((rc = plait_file_read(path, "serving memory", SERVE_KNN_MAX_BYTES, &img, &il)) != 0) return rc;
     rc = plait_knn_load_mem(knn, img, il, C, V);
     if (rc == PLAIT_EMISMATCH) rc = plait_fail(PLAIT_EPROTO, "%s: %s", path, plait_errmsg());
     else if (rc != 0) rc = plait_fail(rc, "%s: %s", path, plait_errmsg());

@@ -458,7 +458,8 @@ int plait_infer_set_knn(plait_infer_t *s, const plait_knn_t *knn)
     if (!s || !s->model) return plait_fail(PLAIT_EINVAL, "infer: state is not set up");
     if (knn && knn->n > 0) {
         if (knn->C != (size_t)s->model->cfg.dim)
-            return plait_fail(PLAIT_EINVAL, "infer: a kNN memory of width %zu for a model of %d", knn->C, s->model->cfg.dim);
+            return plait_fail(PLAIT_EINVAL, "infer: a kNN memory of width %zu for a model of %d", knn->C,
+                              s->model->cfg.dim);
         for (size_t i = 0; i < knn->n; i++)
             if (knn->vals[i] < 0 || knn->vals[i] >= s->model->cfg.vocab_size)
                 return plait_fail(PLAIT_EINVAL, "infer: kNN entry %zu holds token %d outside the vocabulary", i,

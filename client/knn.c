@@ -36,7 +36,8 @@ int plait_knn_setup(plait_knn_t *s, size_t C, size_t cap)
 {
     if (!s) return plait_fail(PLAIT_EINVAL, "knn: NULL memory");
     plait_knn_free(s);
-    if (C == 0 || C > PLAIT_KNN_MAX_DIM) return plait_fail(PLAIT_EINVAL, "knn: key width %zu outside 1..%d", C, PLAIT_KNN_MAX_DIM);
+    if (C == 0 || C > PLAIT_KNN_MAX_DIM)
+        return plait_fail(PLAIT_EINVAL, "knn: key width %zu outside 1..%d", C, PLAIT_KNN_MAX_DIM);
     if (cap == 0 || cap > PLAIT_KNN_MAX_ENTRIES)
         return plait_fail(PLAIT_EINVAL, "knn: %zu entries outside 1..%u", cap, PLAIT_KNN_MAX_ENTRIES);
     s->keys = malloc(cap * C * sizeof(float));
@@ -124,7 +125,8 @@ int plait_knn_mix_logits(const plait_knn_t *s, const float *q, float *logits, si
     int32_t y[PLAIT_KNN_MAX_K];
     size_t r = plait_knn_search(s, q, (size_t)s->k, d, y);
     for (size_t j = 0; j < r; j++)
-        if ((size_t)y[j] >= V) return plait_fail(PLAIT_EINVAL, "knn mix: token %d of the memory >= V %zu", (int)y[j], V);
+        if ((size_t)y[j] >= V)
+            return plait_fail(PLAIT_EINVAL, "knn mix: token %d of the memory >= V %zu", (int)y[j], V);
     float mx = logits[0];
     for (size_t v = 1; v < V; v++)
         if (logits[v] > mx) mx = logits[v];
@@ -200,7 +202,8 @@ int plait_knn_load_mem(plait_knn_t *s, const uint8_t *buf, size_t len, size_t C,
 {
     if (!s) return plait_fail(PLAIT_EINVAL, "knn load: NULL memory");
     plait_knn_free(s);
-    if (!buf || len < HDR || memcmp(buf, "PLK1", 4) != 0) return plait_fail(PLAIT_EPROTO, "knn memory: not a PLK1 image");
+    if (!buf || len < HDR || memcmp(buf, "PLK1", 4) != 0)
+        return plait_fail(PLAIT_EPROTO, "knn memory: not a PLK1 image");
     uint32_t c = get32(buf + 4), n = get32(buf + 8), k = get32(buf + 12), res = get32(buf + 32);
     uint64_t u = get64(buf + 16);
     double tau, lambda;
@@ -208,8 +211,10 @@ int plait_knn_load_mem(plait_knn_t *s, const uint8_t *buf, size_t len, size_t C,
     u = get64(buf + 24);
     memcpy(&lambda, &u, 8);
     if (c != C) return plait_fail(PLAIT_EMISMATCH, "knn memory: keys of %u floats, the model's are %zu", c, C);
-    if (n == 0 || n > PLAIT_KNN_MAX_ENTRIES) return plait_fail(PLAIT_EPROTO, "knn memory: %u entries outside 1..%u", n, PLAIT_KNN_MAX_ENTRIES);
-    if (k < 1 || k > PLAIT_KNN_MAX_K) return plait_fail(PLAIT_EPROTO, "knn memory: k %u outside 1..%d", k, PLAIT_KNN_MAX_K);
+    if (n == 0 || n > PLAIT_KNN_MAX_ENTRIES)
+        return plait_fail(PLAIT_EPROTO, "knn memory: %u entries outside 1..%u", n, PLAIT_KNN_MAX_ENTRIES);
+    if (k < 1 || k > PLAIT_KNN_MAX_K)
+        return plait_fail(PLAIT_EPROTO, "knn memory: k %u outside 1..%d", k, PLAIT_KNN_MAX_K);
     if (!(tau > 0.0) || !isfinite(tau)) return plait_fail(PLAIT_EPROTO, "knn memory: tau must be finite and > 0");
     if (!(lambda > 0.0 && lambda <= 1.0)) return plait_fail(PLAIT_EPROTO, "knn memory: lambda outside (0, 1]");
     if (res != 0) return plait_fail(PLAIT_EPROTO, "knn memory: reserved field is not 0");

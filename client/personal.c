@@ -269,8 +269,8 @@ int plait_personal_fit(plait_trainer_t *tr, plait_lora_t *lora, const float *ref
             for (size_t i = 0; i < np; i++)
                 lora->params[i] = (float)((1.0 - pick) * (double)ref[i] + pick * (double)best[i]);
         if (rc == 0) rc = plait__personal_pred_losses(val, tr, cfg->val_windows, &lc, &nc);
-        if (rc == 0 && (nr != nc || res->val_global - cand_best <= cfg->min_gain +
-                                                                     cfg->guard_z * plait__personal_paired_se(lr, lc, nr)))
+        double margin = cfg->min_gain + cfg->guard_z * plait__personal_paired_se(lr, lc, nr);
+        if (rc == 0 && (nr != nc || res->val_global - cand_best <= margin))
             cand_best = INFINITY; /* within the noise of a small validation tail: the reference */
         if (lr) plait_zeroize(lr, nr * sizeof(double));
         if (lc) plait_zeroize(lc, nc * sizeof(double));

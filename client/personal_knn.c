@@ -36,7 +36,7 @@ static int rows_plan(rows_t *r, const plait_corpus_t *c, size_t T, size_t max_wi
     memset(r, 0, sizeof(*r));
     r->c = c;
     r->T = T;
-    if (c->n < 2) return plait_fail(PLAIT_EINVAL, "personal knn: %zu tokens hold no prediction", c->n);
+    if (c->n < 2) return plait_fail(PLAIT_EINVAL, "personal knn: a text too short to hold a prediction");
     if (c->n >= T + 1) {
         r->nw = plait_corpus_n_windows(c, (int)T);
         if (max_windows && r->nw > max_windows) r->nw = max_windows;
@@ -145,7 +145,7 @@ int plait_personal_eval_knn(const plait_corpus_t *c, plait_trainer_t *tr, const 
     if (rc == 0 && (!logits || !hid)) rc = plait_fail(PLAIT_ENOMEM, "personal knn eval: buffers");
     float d[PLAIT_KNN_MAX_K];
     int32_t y[PLAIT_KNN_MAX_K];
-    double sum = 0.0;
+    double sum = 0.0, lam = knn->n > 0 ? knn->lambda : 0.0; /* an empty memory is off */
     size_t nt = 0, nl = 0;
     for (size_t k = 0; rc == 0 && k < r.use; k++) {
         size_t np;
@@ -154,11 +154,11 @@ int plait_personal_eval_knn(const plait_corpus_t *c, plait_trainer_t *tr, const 
         double ws = 0.0;
         for (size_t t = 0; t < np; t++) {
             double lpm = log_prob(logits + t * V, V, row[t + 1]), pk = 0.0;
-            if (knn->lambda > 0.0 && knn->n > 0) {
+            if (lam > 0.0) {
                 size_t nn = plait_knn_search(knn, hid + t * C, (size_t)knn->k, d, y);
                 pk = plait_knn_prob(d, y, nn, knn->tau, row[t + 1]);
             }
-            ws += knn->lambda > 0.0 ? mix_loss(lpm, pk, knn->lambda) : -lpm;
+            ws += lam > 0.0 ? mix_loss(lpm, pk, lam) : -lpm;
         }
         if (!isfinite(ws)) rc = plait_fail(PLAIT_EPROTO, "personal knn eval: non-finite loss");
         sum += ws;
@@ -248,7 +248,8 @@ int plait_personal_fit_knn(plait_trainer_t *tr, const plait_corpus_t *train, con
         const int32_t *row = rows_get(&rt, k, &np);
         if (cfg->stop && cfg->stop(cfg->stop_ud)) rc = plait_fail(PLAIT_ECANCELED, "personal knn: stopped");
         if (rc == 0) rc = plait_train_eval_hidden(tr, row, logits, hid);
-        for (size_t t = 0; rc == 0 && t < np && knn->n < knn->cap; t++) rc = plait_knn_add(knn, hid + t * C, row[t + 1]);
+        for (size_t t = 0; rc == 0 && t < np && knn->n < knn->cap; t++)
+            rc = plait_knn_add(knn, hid + t * C, row[t + 1]);
     }
     rows_free(&rt);
     /* The validation queries, each with its K nearest. */
@@ -264,7 +265,8 @@ int plait_personal_fit_knn(plait_trainer_t *tr, const plait_corpus_t *train, con
         q.r = malloc(q.cap * sizeof(size_t));
         q.h = malloc(q.cap * C * sizeof(float));
         pk = malloc(q.cap * sizeof(double));
-        if (!q.lpm || !q.tgt || !q.d || !q.y || !q.r || !q.h || !pk) rc = plait_fail(PLAIT_ENOMEM, "personal knn: %zu queries", q.cap);
+        if (!q.lpm || !q.tgt || !q.d || !q.y || !q.r || !q.h || !pk)
+            rc = plait_fail(PLAIT_ENOMEM, "personal knn: validation queries");
     }
     for (size_t k = 0; rc == 0 && k < rv.use; k++) {
         size_t np;

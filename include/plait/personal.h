@@ -17,8 +17,9 @@
  *      adapter and the interpolations (1 - a) ref + a personal for a in
  *      {0.25, 0.5, 0.75} (APFL-style mixing, Deng et al. 2020). The
  *      reference is kept unless another candidate is better by more than
- *      min_gain nats per token: the choice is never worse than the
- *      reference on validation.
+ *      min_gain nats per token plus guard_z standard errors of the paired
+ *      per-prediction differences (a short validation tail is noisy): the
+ *      choice is never worse than the reference on validation.
  *
  *   4. optionally (plait_personal_fit_bias), a personal output bias on top
  *      of the chosen adapter: a vector b of V logits added to the model's
@@ -27,9 +28,15 @@
  *      softmax(z + b) plus bias_l2/2 ||b||^2 with the model's logits z
  *      frozen (a convex problem), validated every eval_every steps, the best
  *      step kept, and kept at all only when it beats the chosen adapter on
- *      the validation slice by more than min_gain. It corrects what the
- *      device writes more or less often than the global model predicts (its
- *      names, its words) and cannot move far from zero on little text.
+ *      the validation slice by the same margin (min_gain and the guard). It
+ *      corrects what the device writes more or less often than the global
+ *      model predicts (its names, its words) and cannot move far from zero
+ *      on little text.
+ *
+ *   5. optionally (plait_personal_fit_knn), a kNN memory of the device's own
+ *      text on top (knn.h, kNN-LM): the training part's hidden states and
+ *      next tokens; k, tau and lambda chosen on the validation slice, kept
+ *      by the same margin, then the validation positions join it.
  *
  * Texts shorter than one window are still evaluated: plait_personal_eval
  * scores a short text as one partial window (every prediction it has).

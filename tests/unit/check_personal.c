@@ -462,6 +462,18 @@ START_TEST(test_trainer_logit_bias)
 }
 END_TEST
 
+/* A copy of the fixture's text to edit, and two empty corpora for its split. */
+static void text_copy(const fx_t *f, plait_corpus_t *all, plait_corpus_t *tr, plait_corpus_t *va)
+{
+    plait_corpus_init(all);
+    plait_corpus_init(tr);
+    plait_corpus_init(va);
+    all->tokens = malloc(f->text.n * sizeof(int32_t));
+    ck_assert_ptr_nonnull(all->tokens);
+    all->n = all->cap = f->text.n;
+    memcpy(all->tokens, f->text.tokens, f->text.n * sizeof(int32_t));
+}
+
 /* The fitted bias: kept only when it beats the chosen adapter on validation, and then the loss it reports is the
  * validation loss with it. A device whose text overuses a few tokens gains from one. */
 START_TEST(test_bias_fit_kept_on_validation)
@@ -473,12 +485,7 @@ START_TEST(test_bias_fit_kept_on_validation)
     memcpy(ref, f.lora.params, np * sizeof(float));
     for (int trial = 0; trial < 3; trial++) {
         plait_corpus_t all, tr, va;
-        plait_corpus_init(&all);
-        plait_corpus_init(&tr);
-        plait_corpus_init(&va);
-        all.tokens = malloc(f.text.n * sizeof(int32_t));
-        all.n = all.cap = f.text.n;
-        memcpy(all.tokens, f.text.tokens, f.text.n * sizeof(int32_t));
+        text_copy(&f, &all, &tr, &va);
         if (trial == 1) /* a device that writes token 300 far more often than Shakespeare does */
             for (size_t i = 0; i < all.n; i += 3) all.tokens[i] = 300;
         ck_assert_int_eq(plait_personal_split(&all, 0.15, TT, &tr, &va), 0);
@@ -579,12 +586,7 @@ START_TEST(test_knn_memory)
     memcpy(ref, f.lora.params, np * sizeof(float));
     for (int trial = 0; trial < 2; trial++) {
         plait_corpus_t all, tr, va;
-        plait_corpus_init(&all);
-        plait_corpus_init(&tr);
-        plait_corpus_init(&va);
-        all.tokens = malloc(f.text.n * sizeof(int32_t));
-        all.n = all.cap = f.text.n;
-        memcpy(all.tokens, f.text.tokens, f.text.n * sizeof(int32_t));
+        text_copy(&f, &all, &tr, &va);
         if (trial == 1) /* a device that keeps writing the same odd phrase of 6 tokens */
             for (size_t i = 0; i + 6 <= all.n; i += 23)
                 for (size_t j = 0; j < 6; j++) all.tokens[i + j] = (int32_t)(400 + 13 * j);
