@@ -40,6 +40,10 @@
 #define SERVE_KNN_FILE_B "serve_knn-b.bin" /* slot 1's */
 #define SERVE_KNN_MAX_BYTES ((size_t)64 << 20) /* a memory file larger than this is refused unread */
 
+/** Overwrite path with zeros, sync, unlink (agent_privacy.c): 0 when removed, 1 when absent; a path that is
+ *  neither a regular file nor a link is refused (PLAIT_EIO). */
+int plait__agent_wipe_file(const char *path) PLAIT_WUR;
+
 /* ---- the update pipeline ------------------------------------------------ */
 
 /**

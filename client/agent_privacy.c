@@ -25,8 +25,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* Overwrite path with zeros, sync, unlink. 0 when removed, 1 when absent. */
-static int wipe_file(const char *path)
+int plait__agent_wipe_file(const char *path)
 {
     struct stat sb;
     if (lstat(path, &sb) != 0)
@@ -85,7 +84,7 @@ int plait_agent_forget_derived(const char *state_dir, int *removed)
             rc = plait_fail(PLAIT_EINVAL, "forget: state path too long");
             break;
         }
-        int r = wipe_file(path);
+        int r = plait__agent_wipe_file(path);
         if (r < 0) rc = r;
         else if (r == 0) n_removed++;
     }
@@ -93,7 +92,7 @@ int plait_agent_forget_derived(const char *state_dir, int *removed)
     for (size_t i = 0; rc == 0 && i < sizeof(names) / sizeof(names[0]); i++) {
         int k = snprintf(path, sizeof(path), "%s/%s", state_dir, names[i]);
         if (k < 0 || (size_t)k >= sizeof(path)) return plait_fail(PLAIT_EINVAL, "forget: state path too long");
-        int r = wipe_file(path);
+        int r = plait__agent_wipe_file(path);
         if (r < 0) rc = r;
         else if (r == 0) n_removed++;
     }

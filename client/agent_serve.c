@@ -64,13 +64,15 @@ static int bias_image(const float *bias, size_t V, uint8_t **out, size_t *len)
     return 0;
 }
 
-/* Remove dir/name if it is there (best effort: a stale file is never read, serve.txt says which one is). */
+/* Overwrite and remove dir/name if it is there (best effort: a stale file is never read, serve.txt says which
+ * one is). Every file here is derived from the device's text (the memory holds its tokens): none is left to
+ * the filesystem's free blocks, and a slot is wiped before it is written again. */
 static void drop(const char *dir, const char *name)
 {
     char p[4096];
     int k = snprintf(p, sizeof(p), "%s/%s", dir, name);
-    if (k > 0 && (size_t)k < sizeof(p) && unlink(p) != 0 && errno != ENOENT)
-        PLAIT_LOG(PLAIT_LOG_WARN, "serve: %s: cannot remove: %s", name, strerror(errno));
+    if (k > 0 && (size_t)k < sizeof(p) && plait__agent_wipe_file(p) < 0)
+        PLAIT_LOG(PLAIT_LOG_WARN, "serve: %s: cannot remove: %s", name, plait_errmsg());
 }
 
 /* serve.txt, parsed and checked: 8 fields (before the slots), 9 (with the slot), 11 (with the bias) or 13 (with
@@ -192,6 +194,10 @@ int plait__agent_serve_choose(const plait_model_t *m, const plait_lora_t *ref, c
         serve_info_t cur;
         if (read_info(state_dir, &cur) == 0) slot = !cur.slot;
         plait_clear_error();
+        /* The slot not in use: what an older choice left there is wiped before it is replaced. */
+        drop(state_dir, slot ? SERVE_FILE_B : SERVE_FILE);
+        drop(state_dir, slot ? SERVE_BIAS_FILE_B : SERVE_BIAS_FILE);
+        drop(state_dir, slot ? SERVE_KNN_FILE_B : SERVE_KNN_FILE);
         rc = plait__agent_atomic_write(state_dir, slot ? SERVE_FILE_B : SERVE_FILE, img, len);
     }
     if (rc == 0 && res->bias) rc = bias_image(bias, V, &bimg, &blen);

@@ -173,7 +173,8 @@ int cmd_forget(int argc, char **argv)
     printf("erased %lld records from %s\n", (long long)n, c.db);
     if (!state) {
         printf("no --state given: an agent state directory used with this store still holds its\n"
-               "personal adapter; run again with --state DIR to erase it\n");
+               "personal adapter, output bias and kNN memory (its text's tokens); run again with\n"
+               "--state DIR to erase them\n");
         return 0;
     }
     int removed = 0;

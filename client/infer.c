@@ -462,8 +462,7 @@ int plait_infer_set_knn(plait_infer_t *s, const plait_knn_t *knn)
                               s->model->cfg.dim);
         for (size_t i = 0; i < knn->n; i++)
             if (knn->vals[i] < 0 || knn->vals[i] >= s->model->cfg.vocab_size)
-                return plait_fail(PLAIT_EINVAL, "infer: kNN entry %zu holds token %d outside the vocabulary", i,
-                                  (int)knn->vals[i]);
+                return plait_fail(PLAIT_EINVAL, "infer: kNN entry %zu holds a token outside the vocabulary", i);
     }
     s->knn = knn;
     return 0;

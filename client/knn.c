@@ -13,6 +13,10 @@
 #include "plait/crypto.h"
 #include "plait/knn.h"
 
+/* A key's squared norm at most: far below FLT_MAX, so that |q|^2 + |k|^2 - 2 q.k cannot overflow in float for
+ * any query of the model's scale (a hidden state after RMSNorm). */
+#define KEY_NORM_MAX 1e30
+
 void plait_knn_init(plait_knn_t *s)
 {
     memset(s, 0, sizeof(*s));
@@ -38,8 +42,9 @@ int plait_knn_setup(plait_knn_t *s, size_t C, size_t cap)
     plait_knn_free(s);
     if (C == 0 || C > PLAIT_KNN_MAX_DIM)
         return plait_fail(PLAIT_EINVAL, "knn: key width %zu outside 1..%d", C, PLAIT_KNN_MAX_DIM);
-    if (cap == 0 || cap > PLAIT_KNN_MAX_ENTRIES)
-        return plait_fail(PLAIT_EINVAL, "knn: %zu entries outside 1..%u", cap, PLAIT_KNN_MAX_ENTRIES);
+    if (cap == 0 || cap > PLAIT_KNN_MAX_ENTRIES || cap > SIZE_MAX / sizeof(float) / C)
+        return plait_fail(PLAIT_EINVAL, "knn: %zu entries outside 1..%u (or too many to address)", cap,
+                          PLAIT_KNN_MAX_ENTRIES);
     s->keys = malloc(cap * C * sizeof(float));
     s->norms = malloc(cap * sizeof(float));
     s->vals = malloc(cap * sizeof(int32_t));
@@ -65,21 +70,22 @@ int plait_knn_add(plait_knn_t *s, const float *key, int32_t val)
         if (!isfinite(key[c])) return plait_fail(PLAIT_EINVAL, "knn: key value %zu is not finite", c);
         nn += (double)key[c] * key[c];
     }
-    if (!(nn <= FLT_MAX)) return plait_fail(PLAIT_EINVAL, "knn: a key too large to measure distances in float");
+    if (!(nn <= KEY_NORM_MAX)) return plait_fail(PLAIT_EINVAL, "knn: a key too large to measure distances in float");
     memcpy(s->keys + s->n * s->C, key, s->C * sizeof(float));
     s->norms[s->n] = (float)nn;
     s->vals[s->n++] = val;
     return 0;
 }
 
-/* Squared distance of q (norm qq) to entry i: |q|^2 + |k|^2 - 2 q.k, floored at 0 (rounding). */
+/* Squared distance of q (norm qq) to entry i: |q|^2 + |k|^2 - 2 q.k, floored at 0 (rounding); a NaN (a query
+ * of non-finite values) is as far as can be. */
 static float dist(const plait_knn_t *s, const float *q, float qq, size_t i)
 {
     const float *k = s->keys + i * s->C;
     float dot = 0.0f;
     for (size_t c = 0; c < s->C; c++) dot += q[c] * k[c];
     float d = qq + s->norms[i] - 2.0f * dot;
-    return d > 0.0f ? d : 0.0f;
+    return d > 0.0f ? d : d == d ? 0.0f : INFINITY;
 }
 
 size_t plait_knn_search(const plait_knn_t *s, const float *q, size_t k, float *d, int32_t *y)
@@ -125,8 +131,11 @@ int plait_knn_mix_logits(const plait_knn_t *s, const float *q, float *logits, si
     int32_t y[PLAIT_KNN_MAX_K];
     size_t r = plait_knn_search(s, q, (size_t)s->k, d, y);
     for (size_t j = 0; j < r; j++)
-        if ((size_t)y[j] >= V)
-            return plait_fail(PLAIT_EINVAL, "knn mix: token %d of the memory >= V %zu", (int)y[j], V);
+        if ((size_t)y[j] >= V) {
+            plait_zeroize(d, sizeof(d));
+            plait_zeroize(y, sizeof(y)); /* the neighbours' tokens are the device's text: not in the message */
+            return plait_fail(PLAIT_EINVAL, "knn mix: the memory holds a token outside the vocabulary of %zu", V);
+        }
     float mx = logits[0];
     for (size_t v = 1; v < V; v++)
         if (logits[v] > mx) mx = logits[v];
@@ -146,7 +155,7 @@ int plait_knn_mix_logits(const plait_knn_t *s, const float *q, float *logits, si
 
 /* ---------------------------------------------------------------- image */
 
-#define HDR 36 /* magic, C, n, k, tau, lambda */
+#define HDR 36 /* magic, C, n, k, tau, lambda, reserved */
 
 static void put32(uint8_t *p, uint32_t v)
 {
@@ -173,6 +182,7 @@ int plait_knn_save_mem(const plait_knn_t *s, uint8_t **out, size_t *out_len)
     if (s->k < 1 || s->k > PLAIT_KNN_MAX_K || !(s->tau > 0.0) || !isfinite(s->tau) ||
         !(s->lambda > 0.0 && s->lambda <= 1.0))
         return plait_fail(PLAIT_EINVAL, "knn save: a memory that is off or has k, tau or lambda out of range");
+    if (s->C > (SIZE_MAX - HDR) / 4 / s->n - 1) return plait_fail(PLAIT_EINVAL, "knn save: too large to address");
     size_t len = HDR + s->n * s->C * 4 + s->n * 4;
     uint8_t *b = malloc(len);
     if (!b) return plait_fail(PLAIT_ENOMEM, "knn save: %zu bytes", len);
@@ -235,10 +245,10 @@ int plait_knn_load_mem(plait_knn_t *s, const uint8_t *buf, size_t len, size_t C,
             nn += (double)key[j] * key[j];
         }
         int32_t v = (int32_t)get32(pv + i * 4);
-        if (!(nn <= FLT_MAX)) /* NaN, infinite, or too large to measure distances in float */
+        if (!(nn <= KEY_NORM_MAX)) /* NaN, infinite, or too large to measure distances in float */
             rc = plait_fail(PLAIT_EPROTO, "knn memory: entry %zu has a key that is not finite or too large", i);
         else if (v < 0 || (size_t)v >= V)
-            rc = plait_fail(PLAIT_EPROTO, "knn memory: entry %zu holds token %d outside 0..%zu", i, (int)v, V - 1);
+            rc = plait_fail(PLAIT_EPROTO, "knn memory: entry %zu holds a token outside 0..%zu", i, V - 1);
         s->norms[i] = (float)nn;
         s->vals[i] = v;
         s->n = i + 1;

@@ -5,11 +5,13 @@
  * fine-tuned adapter and their interpolations, never worse than the
  * reference on validation; then the personal output bias on top of the
  * chosen adapter (a convex fit on its frozen next-token probabilities).
+ * The kNN memory (step 5) is in personal_knn.c.
  *
  * Contract: plait_personal_fit leaves lora->params equal to the chosen
  * adapter, bit for bit one of the candidates it evaluated, and
  * res->val_chosen <= res->val_global; plait_personal_fit_bias returns a
- * bias only when res->val_bias < res->val_chosen - min_gain, else zeros.
+ * bias only when res->val_bias < res->val_chosen - min_gain - the guard
+ * (guard_z standard errors), else zeros.
  * Every buffer is wiped before it is freed (adapters trained on private
  * text, the text itself, and the probabilities and bias derived from it).
  */
@@ -269,8 +271,7 @@ int plait_personal_fit(plait_trainer_t *tr, plait_lora_t *lora, const float *ref
             for (size_t i = 0; i < np; i++)
                 lora->params[i] = (float)((1.0 - pick) * (double)ref[i] + pick * (double)best[i]);
         if (rc == 0) rc = plait__personal_pred_losses(val, tr, cfg->val_windows, &lc, &nc);
-        double margin = cfg->min_gain + cfg->guard_z * plait__personal_paired_se(lr, lc, nr);
-        if (rc == 0 && (nr != nc || res->val_global - cand_best <= margin))
+        if (rc == 0 && (nr != nc || res->val_global - cand_best <= plait__personal_margin(cfg, lr, lc, nr, (size_t)T)))
             cand_best = INFINITY; /* within the noise of a small validation tail: the reference */
         if (lr) plait_zeroize(lr, nr * sizeof(double));
         if (lc) plait_zeroize(lc, nc * sizeof(double));
@@ -471,22 +472,24 @@ int plait_personal_fit_bias(plait_trainer_t *tr, const plait_corpus_t *train, co
         rc = plait_train_set_logit_bias(tr, best);
         if (rc == 0) rc = plait_personal_eval(val, tr, cfg->val_windows, &vb, NULL);
         if (plait_train_set_logit_bias(tr, NULL) != 0 && rc == 0) rc = PLAIT_EINVAL; /* cannot fail: NULL */
-        double se = 0.0;
-        if (cfg->guard_z > 0 && fv.n >= 2) { /* paired per-prediction differences on the frozen validation rows */
-            double mean = 0.0, ss = 0.0;
-            for (size_t i = 0; i < fv.n; i++) {
-                const float *p = fv.prob + i * V;
-                double z = 0.0;
-                for (size_t v = 0; v < V; v++) z += (double)p[v] * exp((double)best[v]);
-                double py = p[fv.y[i]] > 0 ? (double)p[fv.y[i]] : (double)FLT_MIN;
-                double dl = -(log(py) + best[fv.y[i]] - log(z)) + log(py);
-                double dm = dl - mean;
-                mean += dm / (double)(i + 1);
-                ss += dm * (dl - mean);
-            }
-            se = sqrt(ss / (double)(fv.n - 1) / (double)fv.n);
+        /* The margin: min_gain and the guard, from the paired per-prediction losses on the frozen validation rows
+         * (windows of T, or one partial window), without and with the bias. */
+        double margin = INFINITY, *la = malloc(fv.n * sizeof(double)), *lb = malloc(fv.n * sizeof(double));
+        if (rc == 0 && (!la || !lb)) rc = plait_fail(PLAIT_ENOMEM, "personal bias: validation losses");
+        for (size_t i = 0; rc == 0 && i < fv.n; i++) {
+            const float *p = fv.prob + i * V;
+            double z = 0.0;
+            for (size_t v = 0; v < V; v++) z += (double)p[v] * exp((double)best[v]);
+            double py = p[fv.y[i]] > 0 ? (double)p[fv.y[i]] : (double)FLT_MIN;
+            la[i] = -log(py);
+            lb[i] = -(log(py) + best[fv.y[i]] - log(z));
         }
-        if (rc == 0 && vb < res->val_chosen - cfg->min_gain - cfg->guard_z * se) {
+        if (rc == 0) margin = plait__personal_margin(cfg, la, lb, fv.n, T);
+        if (la) plait_zeroize(la, fv.n * sizeof(double));
+        if (lb) plait_zeroize(lb, fv.n * sizeof(double));
+        free(la);
+        free(lb);
+        if (rc == 0 && vb < res->val_chosen - margin) {
             res->bias = 1;
             res->val_bias = vb;
             memcpy(bias, best, V * sizeof(float));

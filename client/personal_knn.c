@@ -119,16 +119,32 @@ int plait__personal_pred_losses(const plait_corpus_t *c, plait_trainer_t *tr, si
     return 0;
 }
 
-double plait__personal_paired_se(const double *a, const double *b, size_t n)
+double plait__personal_paired_se(const double *a, const double *b, size_t n, size_t W)
 {
-    if (n < 2) return INFINITY;
+    if (W == 0) W = 1;
+    size_t g = (n + W - 1) / W;
+    if (g < 2) return INFINITY;
     double m = 0.0, ss = 0.0;
-    for (size_t i = 0; i < n; i++) { /* Welford */
-        double d = b[i] - a[i], dm = d - m;
-        m += dm / (double)(i + 1);
+    for (size_t k = 0; k < g; k++) { /* Welford over the groups' mean differences */
+        size_t e = (k + 1) * W < n ? (k + 1) * W : n;
+        double d = 0.0;
+        for (size_t i = k * W; i < e; i++) d += b[i] - a[i];
+        d /= (double)(e - k * W);
+        double dm = d - m;
+        m += dm / (double)(k + 1);
         ss += dm * (d - m);
     }
-    return sqrt(ss / (double)(n - 1) / (double)n);
+    return sqrt(ss / (double)(g - 1) / (double)g);
+}
+
+double plait__personal_margin(const plait_personal_config_t *cfg, const double *a, const double *b, size_t n,
+                              size_t W)
+{
+    if (!(cfg->guard_z > 0.0)) return cfg->min_gain;
+    /* The larger of the windows' and the single predictions' standard errors: windows are the honest unit
+     * (their predictions are correlated) but two or three of them can agree by chance. */
+    double se = plait__personal_paired_se(a, b, n, W), s1 = plait__personal_paired_se(a, b, n, 1);
+    return cfg->min_gain + cfg->guard_z * (se > s1 ? se : s1);
 }
 
 int plait_personal_eval_knn(const plait_corpus_t *c, plait_trainer_t *tr, const plait_knn_t *knn, size_t max_windows,
@@ -187,8 +203,8 @@ typedef struct {
     float *d;    /* (cap, K) */
     int32_t *y;  /* (cap, K) */
     size_t *r;   /* neighbours found */
-    float *h;    /* (cap, C) hidden states */
-    size_t C;
+    float *h;    /* (hcap, C) hidden states of the first hcap queries (those the memory has room for) */
+    size_t hcap, C;
 } queries_t;
 
 static void queries_free(queries_t *q)
@@ -202,7 +218,7 @@ static void queries_free(queries_t *q)
     free(q->d);
     free(q->y);
     free(q->r);
-    if (q->h) plait_zeroize(q->h, q->cap * q->C * sizeof(float));
+    if (q->h) plait_zeroize(q->h, (q->hcap ? q->hcap : 1) * q->C * sizeof(float));
     free(q->h);
     memset(q, 0, sizeof(*q));
 }
@@ -212,14 +228,14 @@ int plait_personal_fit_knn(plait_trainer_t *tr, const plait_corpus_t *train, con
                            plait_personal_result_t *res)
 {
     if (!tr || !train || !val || !knn || !res) return plait_fail(PLAIT_EINVAL, "personal knn: bad arguments");
-    int rc = plait_personal_config_validate(cfg);
-    if (rc != 0) return rc;
-    plait_knn_free(knn);
+    plait_knn_free(knn); /* every return below leaves no memory, or the kept one, and no logit bias */
     double before = res->bias ? res->val_bias : res->val_chosen;
     res->knn = 0;
     res->val_knn = before;
     res->knn_entries = 0;
-    if (cfg->knn_bytes == 0) return 0;
+    int rc = plait_train_set_logit_bias(tr, NULL);
+    if (rc == 0) rc = plait_personal_config_validate(cfg);
+    if (rc != 0 || cfg->knn_bytes == 0) return rc;
     size_t T = (size_t)plait_train_seq_len(tr), V = plait_train_vocab_size(tr), C = plait_train_dim(tr);
     size_t entry = (C + 2) * sizeof(float); /* key, norm, token */
     size_t room = cfg->knn_bytes / entry, rows_room = room / T;
@@ -263,7 +279,9 @@ int plait_personal_fit_knn(plait_trainer_t *tr, const plait_corpus_t *train, con
         q.d = malloc(q.cap * PLAIT_KNN_MAX_K * sizeof(float));
         q.y = malloc(q.cap * PLAIT_KNN_MAX_K * sizeof(int32_t));
         q.r = malloc(q.cap * sizeof(size_t));
-        q.h = malloc(q.cap * C * sizeof(float));
+        /* Hidden states only for the validation positions the memory has room left for. */
+        q.hcap = knn->cap - knn->n < q.cap ? knn->cap - knn->n : q.cap;
+        q.h = malloc((q.hcap ? q.hcap : 1) * C * sizeof(float));
         pk = malloc(q.cap * sizeof(double));
         if (!q.lpm || !q.tgt || !q.d || !q.y || !q.r || !q.h || !pk)
             rc = plait_fail(PLAIT_ENOMEM, "personal knn: validation queries");
@@ -276,7 +294,7 @@ int plait_personal_fit_knn(plait_trainer_t *tr, const plait_corpus_t *train, con
         for (size_t t = 0; rc == 0 && t < np; t++, q.n++) {
             q.lpm[q.n] = log_prob(logits + t * V, V, row[t + 1]);
             q.tgt[q.n] = row[t + 1];
-            memcpy(q.h + q.n * C, hid + t * C, C * sizeof(float));
+            if (q.n < q.hcap) memcpy(q.h + q.n * C, hid + t * C, C * sizeof(float));
             q.r[q.n] = plait_knn_search(knn, hid + t * C, PLAIT_KNN_MAX_K, q.d + q.n * PLAIT_KNN_MAX_K,
                                         q.y + q.n * PLAIT_KNN_MAX_K);
         }
@@ -315,29 +333,34 @@ int plait_personal_fit_knn(plait_trainer_t *tr, const plait_corpus_t *train, con
             }
         }
     }
-    /* The chosen point's paired per-prediction differences on validation: their standard error. */
-    double se = INFINITY;
-    if (rc == 0 && bk > 0 && q.n >= 2) {
-        double m = 0.0, ss = 0.0;
-        for (size_t i = 0; i < q.n; i++) {
+    /* The chosen point's margin (min_gain and the guard) from its paired per-prediction validation losses. */
+    double margin = INFINITY;
+    if (rc == 0 && bk > 0) {
+        double *lm = malloc(q.n * sizeof(double)), *lk = malloc(q.n * sizeof(double));
+        if (!lm || !lk) rc = plait_fail(PLAIT_ENOMEM, "personal knn: validation losses");
+        for (size_t i = 0; rc == 0 && i < q.n; i++) {
             size_t r = q.r[i] < (size_t)bk ? q.r[i] : (size_t)bk;
-            double dl = mix_loss(q.lpm[i], plait_knn_prob(q.d + i * PLAIT_KNN_MAX_K, q.y + i * PLAIT_KNN_MAX_K, r, btau,
-                                                          q.tgt[i]), blam) + q.lpm[i];
-            double dm = dl - m;
-            m += dm / (double)(i + 1);
-            ss += dm * (dl - m);
+            lm[i] = -q.lpm[i];
+            lk[i] = mix_loss(q.lpm[i],
+                             plait_knn_prob(q.d + i * PLAIT_KNN_MAX_K, q.y + i * PLAIT_KNN_MAX_K, r, btau, q.tgt[i]),
+                             blam);
         }
-        se = sqrt(ss / (double)(q.n - 1) / (double)q.n);
+        if (rc == 0) margin = plait__personal_margin(cfg, lm, lk, q.n, T);
+        if (lm) plait_zeroize(lm, q.n * sizeof(double));
+        if (lk) plait_zeroize(lk, q.n * sizeof(double));
+        free(lm);
+        free(lk);
     }
     /* Kept only where it beats what the device serves without it, on the same validation predictions. */
-    if (rc == 0 && bk > 0 && best < fmin(before, base / (double)q.n) - cfg->min_gain - cfg->guard_z * se) {
+    if (rc == 0 && bk > 0 && best < fmin(before, base / (double)q.n) - margin) {
         knn->k = bk;
         knn->tau = btau;
         knn->lambda = blam;
         res->knn = 1;
         res->val_knn = best;
         /* Chosen: the validation positions join the memory the device serves. */
-        for (size_t i = 0; rc == 0 && i < q.n && knn->n < knn->cap; i++) rc = plait_knn_add(knn, q.h + i * C, q.tgt[i]);
+        for (size_t i = 0; rc == 0 && i < q.n && i < q.hcap && knn->n < knn->cap; i++)
+            rc = plait_knn_add(knn, q.h + i * C, q.tgt[i]);
         res->knn_entries = knn->n;
     } else {
         plait_knn_free(knn);

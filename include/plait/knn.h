@@ -84,7 +84,8 @@ int plait_knn_mix_logits(const plait_knn_t *s, const float *q, float *logits, si
 
 /**
  * \brief The memory as a file image (little-endian): "PLK1", u32 C, u32 n,
- *        u32 k, f64 tau, f64 lambda, n * C f32 keys, n i32 tokens.
+ *        u32 k, f64 tau, f64 lambda, u32 0 (reserved), n * C f32 keys, n i32
+ *        tokens. A memory that is off (lambda 0) has no image.
  * \param out malloc'd image (OUT; the caller wipes and frees it).
  * \return 0; PLAIT_EINVAL; PLAIT_ENOMEM.
  */
@@ -92,10 +93,11 @@ int plait_knn_save_mem(const plait_knn_t *s, uint8_t **out, size_t *out_len) PLA
 
 /**
  * \brief Parse an image of plait_knn_save_mem for a model of width C and
- *        vocabulary V into s (replaced). Every field is checked before
- *        anything is allocated: the size must be exactly the header's,
- *        keys finite, tokens < V, k in 1..PLAIT_KNN_MAX_K, tau > 0 and
- *        finite, lambda in (0, 1].
+ *        vocabulary V into s (replaced). The header is checked before
+ *        anything is allocated (the size must be exactly the header's, k
+ *        in 1..PLAIT_KNN_MAX_K, tau > 0 and finite, lambda in (0, 1]);
+ *        each entry as it is copied (keys finite with a squared norm of at
+ *        most 1e30, tokens < V). Messages name an entry, never a token.
  * \return 0; PLAIT_EPROTO naming what is wrong; PLAIT_EMISMATCH (another
  *         width); PLAIT_ENOMEM. On error s is empty and off.
  */

@@ -72,9 +72,11 @@ typedef struct {
                               training predictions are thinned evenly to fit), >= 1 MiB (default 32 MiB) */
     size_t knn_bytes;    /**< room for the kNN memory of the training part (knn.h; C + 2 floats an entry, the
                               training positions thinned evenly to fit); 0 = no memory (default 8 MiB) */
-    double guard_z;      /**< the bias and the memory are kept only when their validation gain also exceeds
-                              guard_z standard errors of the paired per-prediction differences (a small
-                              validation tail is noisy); 0..100, 0 = no guard (default 2) */
+    double guard_z;      /**< a fine-tuned or mixed adapter, the bias and the memory are kept only when their
+                              validation gain also exceeds guard_z standard errors of the paired differences:
+                              the larger of the per-window (T predictions; one window gives no estimate, so
+                              nothing is kept) and the per-prediction one. A small validation tail is noisy;
+                              0..100, 0 = no guard (default 2) */
 } plait_personal_config_t;
 
 typedef enum {
@@ -182,8 +184,9 @@ double plait_personal_bias_objective(const float *prob, const int32_t *y, size_t
 /**
  * \brief Step 4 above: fit the output bias of the trainer's current adapter
  *        (call after plait_personal_fit, on the same train and val) and keep
- *        it only where it beats res->val_chosen by more than cfg->min_gain
- *        on val. Fills res->bias, res->val_bias, res->bias_step. The trainer
+ *        it only where it beats res->val_chosen on val by more than
+ *        cfg->min_gain plus guard_z standard errors (see guard_z). Fills
+ *        res->bias, res->val_bias, res->bias_step. The trainer
  *        ends with no logit bias set.
  * \param bias OUT: V floats (plait_train_vocab_size): the fitted bias, all
  *             zero when none is kept.
@@ -204,8 +207,12 @@ int plait_personal_fit_bias(plait_trainer_t *tr, const plait_corpus_t *train, co
  *        in multiples of the validation queries' mean spread of squared
  *        distances, lambda in 0.05..0.7), and the memory is kept only
  *        where it beats the loss without it (res->val_bias when a bias is
- *        served, else res->val_chosen) by more than cfg->min_gain. Fills
- *        res->knn, res->val_knn, res->knn_entries.
+ *        served, else res->val_chosen) by more than cfg->min_gain plus
+ *        guard_z standard errors (see guard_z); the validation positions
+ *        then join it while it has room. Fills res->knn, res->val_knn,
+ *        res->knn_entries. Besides the memory the fit holds about 520
+ *        bytes per validation prediction (at most val_windows windows) and
+ *        C floats per validation position that can join the memory.
  * \param bias V floats of the served bias, or NULL when none is served.
  * \param knn  OUT: the memory (replaced), empty and off when none is kept.
  * \return 0 (also with knn_bytes 0); PLAIT_EINVAL; PLAIT_ENOMEM;

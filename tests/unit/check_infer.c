@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "plait/infer.h"
+#include "plait/train.h"
 #include "testutil.h"
 
 /* Logits may differ from a reference by this fraction of the row's largest
@@ -646,6 +647,80 @@ START_TEST(test_logit_bias)
 }
 END_TEST
 
+/* A kNN memory at inference: the query is the final normed hidden state of the last position, the same vector
+ * the trainer gives as a key (plait_train_eval_hidden), so a memory filled from the trainer and mixed into the
+ * trainer's logits agrees with the inference engine's mixed logits at every position; with the adapter too. */
+START_TEST(test_knn_query_matches_trainer)
+{
+    plait_model_t m;
+    load_stories(&m, NULL);
+    size_t V = (size_t)m.cfg.vocab_size, C = (size_t)m.cfg.dim, T = 16;
+    plait_lora_t lo;
+    plait_lora_init(&lo);
+    plait_lora_config_t lc;
+    plait_lora_config_default(&lc);
+    ck_assert_int_eq(plait_lora_setup(&lo, &m.cfg, &lc), 0);
+    plait_lora_init_weights(&lo, 3);
+    for (size_t i = lo.n_a; i < lo.n_params; i++) lo.params[i] = 0.01f * (float)((int)(i % 7) - 3); /* B != 0 */
+    plait_train_config_t tc = plait_train_config_default();
+    tc.B = 1;
+    tc.T = (int)T;
+    tc.threads = 1;
+    plait_trainer_t *tr = NULL;
+    ck_assert_int_eq(plait_train_create(&tr, &m, &lo, &tc), 0);
+    int32_t row[17] = {1, 403, 407, 261, 378, 300, 45, 12, 99, 260, 301, 17, 404, 88, 77, 5, 61};
+    float *lg = malloc(T * V * sizeof(float)), *hid = malloc(T * C * sizeof(float)), *want = malloc(V * sizeof(float));
+    ck_assert_int_eq(plait_train_eval_hidden(tr, row, lg, hid), 0);
+    plait_knn_t knn;
+    plait_knn_init(&knn);
+    ck_assert_int_eq(plait_knn_setup(&knn, C, T), 0);
+    for (size_t t = 0; t < T; t++) ck_assert_int_eq(plait_knn_add(&knn, hid + t * C, row[t + 1]), 0);
+    knn.k = 4;
+    knn.tau = 0.5;
+    knn.lambda = 0.5;
+    plait_infer_t st;
+    plait_infer_init(&st);
+    ck_assert_int_eq(plait_infer_setup(&st, &m, &lo, NULL), 0);
+    ck_assert_int_eq(plait_infer_set_knn(&st, &knn), 0);
+    int toks[17];
+    for (size_t i = 0; i < 17; i++) toks[i] = row[i];
+    for (size_t t = 0; t < T; t++) {
+        const float *got;
+        ck_assert_int_eq(plait_infer_prefill(&st, toks, t + 1, 0, &got), 0);
+        memcpy(want, lg + t * V, V * sizeof(float));
+        ck_assert_int_eq(plait_knn_mix_logits(&knn, hid + t * C, want, V), 0);
+        double tot = 0;
+        for (size_t v = 0; v < V; v++) {
+            ck_assert_msg(fabsf(got[v] - want[v]) < 2e-3f, "pos %zu token %zu: %g vs %g", t, v, got[v], want[v]);
+            tot += exp((double)got[v]);
+        }
+        ck_assert_double_eq_tol(tot, 1.0, 1e-3); /* log-probabilities */
+        ck_assert_double_gt(exp((double)got[row[t + 1]]), 0.5 * 0.9); /* the memory's own entry votes */
+    }
+    /* A memory of another width, or holding a token outside the vocabulary, is refused. */
+    plait_knn_t bad;
+    plait_knn_init(&bad);
+    ck_assert_int_eq(plait_knn_setup(&bad, C + 1, 1), 0);
+    float *k1 = calloc(C + 1, sizeof(float));
+    ck_assert_int_eq(plait_knn_add(&bad, k1, 3), 0);
+    ck_assert_int_eq(plait_infer_set_knn(&st, &bad), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_knn_setup(&bad, C, 1), 0);
+    ck_assert_int_eq(plait_knn_add(&bad, k1, (int32_t)V), 0);
+    ck_assert_int_eq(plait_infer_set_knn(&st, &bad), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_infer_set_knn(&st, NULL), 0);
+    free(k1);
+    plait_knn_free(&bad);
+    plait_knn_free(&knn);
+    plait_infer_free(&st);
+    plait_train_destroy(tr);
+    plait_lora_free(&lo);
+    free(lg);
+    free(hid);
+    free(want);
+    plait_model_free(&m);
+}
+END_TEST
+
 START_TEST(test_sampler)
 {
     /* run.c random_u32 from state 42 (values computed independently). */
@@ -832,6 +907,7 @@ Suite *infer_suite(void)
     tcase_add_test(tc, test_merged_vs_unmerged);
     tcase_add_test(tc, test_prefill_matches_decode);
     tcase_add_test(tc, test_logit_bias);
+    tcase_add_test(tc, test_knn_query_matches_trainer);
     suite_add_tcase(s, tc);
     tc = tcase_create("sampling");
     tcase_set_timeout(tc, 300);

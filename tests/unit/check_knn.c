@@ -135,9 +135,10 @@ START_TEST(test_add_checks)
     ck_assert_int_eq(plait_knn_setup(&s, 0, 4), PLAIT_EINVAL);
     ck_assert_int_eq(plait_knn_setup(&s, 2, 0), PLAIT_EINVAL);
     ck_assert_int_eq(plait_knn_setup(&s, 2, 2), 0);
-    float k1[2] = {1, 2}, bad[2] = {NAN, 0}, big[2] = {3e38f, 3e38f};
+    float k1[2] = {1, 2}, bad[2] = {NAN, 0}, big[2] = {3e38f, 3e38f}, large[2] = {1e16f, 0};
     ck_assert_int_eq(plait_knn_add(&s, bad, 1), PLAIT_EINVAL);
     ck_assert_int_eq(plait_knn_add(&s, big, 1), PLAIT_EINVAL);
+    ck_assert_int_eq(plait_knn_add(&s, large, 1), PLAIT_EINVAL); /* finite, but its square norm is 1e32 */
     ck_assert_int_eq(plait_knn_add(&s, k1, -1), PLAIT_EINVAL);
     ck_assert_int_eq(plait_knn_add(&s, k1, 1), 0);
     ck_assert_int_eq(plait_knn_add(&s, k1, 2), 0);
@@ -239,9 +240,12 @@ START_TEST(test_image_round_trip_and_refusals)
     memcpy(b4, &nanf_, 4);
     refused(img, len, 36 + 2 * C * 4 + 4, b4, 4, PLAIT_EPROTO, "entry 2 has a key");
     put32(b4, (uint32_t)V);
-    refused(img, len, 36 + n * C * 4 + 3 * 4, b4, 4, PLAIT_EPROTO, "entry 3 holds token 10");
+    refused(img, len, 36 + n * C * 4 + 3 * 4, b4, 4, PLAIT_EPROTO, "entry 3 holds a token outside 0..9");
     put32(b4, 0xffffffffu);
-    refused(img, len, 36 + n * C * 4, b4, 4, PLAIT_EPROTO, "entry 0 holds token -1");
+    refused(img, len, 36 + n * C * 4, b4, 4, PLAIT_EPROTO, "entry 0 holds a token");
+    float huge = 1e20f; /* finite, but its square is past what distances in float can hold */
+    memcpy(b4, &huge, 4);
+    refused(img, len, 36 + 4 * C * 4, b4, 4, PLAIT_EPROTO, "entry 4 has a key that is not finite or too large");
     /* A count past the limit is refused before any allocation. */
     put32(b4, PLAIT_KNN_MAX_ENTRIES + 1);
     refused(img, len, 8, b4, 4, PLAIT_EPROTO, "entries");

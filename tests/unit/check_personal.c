@@ -519,6 +519,13 @@ START_TEST(test_bias_fit_kept_on_validation)
             ck_assert_float_gt(bias[300], 0.5f);
         }
         if (trial == 2) ck_assert_int_eq(r.bias, 0);
+        if (trial == 1) { /* an unreachable guard: the same bias is not kept */
+            plait_personal_config_t g = pc;
+            g.guard_z = 100.0;
+            ck_assert_int_eq(plait_personal_fit_bias(f.tr, &tr, &va, &g, bias, &r), 0);
+            ck_assert_int_eq(r.bias, 0);
+            ck_assert_double_eq(r.val_bias, r.val_chosen);
+        }
         /* No budget: no bias. */
         pc.bias_steps = 0;
         ck_assert_int_eq(plait_personal_fit_bias(f.tr, &tr, &va, &pc, bias, &r), 0);
@@ -663,9 +670,22 @@ START_TEST(test_knn_memory)
         strict.knn_bytes = 0; /* no room: no memory */
         ck_assert_int_eq(plait_personal_fit_knn(f.tr, &tr, &va, &strict, r.bias ? bias : NULL, &knn, &r), 0);
         ck_assert_int_eq(r.knn, 0);
-        strict.knn_bytes = 200 * (C + 2) * sizeof(float); /* room for 200 entries: thinned */
+        strict.knn_bytes = 200 * (C + 2) * sizeof(float); /* room for 200 entries: 12 windows, then 8 of val */
         ck_assert_int_eq(plait_personal_fit_knn(f.tr, &tr, &va, &strict, r.bias ? bias : NULL, &knn, &r), 0);
         ck_assert_uint_le(knn.n, 200);
+        if (trial == 1) {
+            ck_assert_int_eq(r.knn, 1);
+            ck_assert_uint_eq(knn.n, 200);
+            size_t nw = plait_corpus_n_windows(&tr, TT);
+            ck_assert_uint_gt(nw, 12);
+            for (size_t w = 0; w < 12; w++) /* window w*nw/12, evenly spread, its first prediction */
+                ck_assert_int_eq(knn.vals[w * TT], tr.tokens[(w * nw / 12) * TT + 1]);
+            ck_assert_int_eq(knn.vals[192], va.tokens[1]);
+        }
+        /* The trainer ends with no logit bias: the plain validation loss is the chosen adapter's. */
+        double vnow = 0;
+        ck_assert_int_eq(plait_personal_eval(&va, f.tr, 0, &vnow, NULL), 0);
+        ck_assert_double_eq_tol(vnow, r.val_chosen, 1e-12);
         int left = 2;
         strict.stop = stop_after;
         strict.stop_ud = &left;
@@ -713,8 +733,22 @@ START_TEST(test_choice_guard)
         }
     }
     double a[4] = {1, 2, 3, 4}, b[4] = {1.5, 2.0, 3.5, 5.0}; /* d = 0.5 0 0.5 1: mean 0.5, sd sqrt(1/6) */
-    ck_assert_double_eq_tol(plait__personal_paired_se(a, b, 4), sqrt(1.0 / 6.0) / 2.0, 1e-12);
-    ck_assert(isinf(plait__personal_paired_se(a, b, 1)));
+    ck_assert_double_eq_tol(plait__personal_paired_se(a, b, 4, 1), sqrt(1.0 / 6.0) / 2.0, 1e-12);
+    ck_assert(isinf(plait__personal_paired_se(a, b, 1, 1)));
+    /* In windows of 2: the group means 0.25 and 0.75, sd sqrt(1/8), over sqrt(2). */
+    ck_assert_double_eq_tol(plait__personal_paired_se(a, b, 4, 2), 0.25, 1e-12);
+    ck_assert_double_eq_tol(plait__personal_paired_se(a, b, 3, 2), 0.125, 1e-12); /* means 0.25 and 0.5 */
+    ck_assert(isinf(plait__personal_paired_se(a, b, 4, 4))); /* one window: no spread to measure */
+    /* The margin: min_gain alone without a guard, else guard_z times the larger standard error. */
+    plait_personal_config_t mc = plait_personal_config_default();
+    mc.min_gain = 0.01;
+    mc.guard_z = 0.0;
+    ck_assert_double_eq(plait__personal_margin(&mc, a, b, 4, 2), 0.01);
+    ck_assert_double_eq(plait__personal_margin(&mc, a, b, 1, 2), 0.01); /* no NaN from 0 x infinity */
+    mc.guard_z = 2.0;
+    ck_assert_double_eq_tol(plait__personal_margin(&mc, a, b, 4, 2), 0.01 + 2.0 * 0.25, 1e-12);
+    ck_assert_double_eq_tol(plait__personal_margin(&mc, a, b, 4, 1), 0.01 + 2.0 * sqrt(1.0 / 6.0) / 2.0, 1e-12);
+    ck_assert(isinf(plait__personal_margin(&mc, a, b, 4, 4)));
     plait_personal_config_t bad = plait_personal_config_default();
     bad.guard_z = -1;
     ck_assert_int_eq(plait_personal_config_validate(&bad), PLAIT_EINVAL);
