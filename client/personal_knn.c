@@ -22,6 +22,8 @@ static const int K_GRID[] = {4, 8, 16, 32, 64};
 static const double TAU_GRID[] = {0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 16.0};
 static const double LAMBDA_GRID[] = {0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7};
 #define N_OF(a) (sizeof(a) / sizeof((a)[0]))
+/* Validation predictions the fit searches the memory for, at most (a device's cost per round). */
+#define KNN_MAX_QUERIES 4096
 
 /* The windows of c that plait_personal_eval scores (at most max_windows, the first ones), or one partial window
  * of every prediction of a text shorter than T + 1 tokens. rows() gives row k, padded into pad when partial. */
@@ -269,7 +271,9 @@ int plait_personal_fit_knn(plait_trainer_t *tr, const plait_corpus_t *train, con
     }
     rows_free(&rt);
     /* The validation queries, each with its K nearest. */
-    if (rc == 0) rc = rows_plan(&rv, val, T, cfg->val_windows, 0);
+    /* At most KNN_MAX_QUERIES of them (whole windows, thinned evenly): each searches the whole memory. */
+    if (rc == 0) rc = rows_plan(&rv, val, T, cfg->val_windows, KNN_MAX_QUERIES / T ? KNN_MAX_QUERIES / T : 1);
+    int rv_all = rc == 0 && rv.use == (rv.pad ? 1 : rv.nw); /* the same predictions as res->val_chosen's */
     if (rc == 0) {
         size_t np0;
         (void)rows_get(&rv, 0, &np0);
@@ -352,7 +356,7 @@ int plait_personal_fit_knn(plait_trainer_t *tr, const plait_corpus_t *train, con
         free(lk);
     }
     /* Kept only where it beats what the device serves without it, on the same validation predictions. */
-    if (rc == 0 && bk > 0 && best < fmin(before, base / (double)q.n) - margin) {
+    if (rc == 0 && bk > 0 && best < fmin(rv_all ? before : INFINITY, base / (double)q.n) - margin) {
         knn->k = bk;
         knn->tau = btau;
         knn->lambda = blam;

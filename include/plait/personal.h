@@ -210,9 +210,11 @@ int plait_personal_fit_bias(plait_trainer_t *tr, const plait_corpus_t *train, co
  *        served, else res->val_chosen) by more than cfg->min_gain plus
  *        guard_z standard errors (see guard_z); the validation positions
  *        then join it while it has room. Fills res->knn, res->val_knn,
- *        res->knn_entries. Besides the memory the fit holds about 520
- *        bytes per validation prediction (at most val_windows windows) and
- *        C floats per validation position that can join the memory.
+ *        res->knn_entries. The fit searches the memory for at most 4,096
+ *        validation predictions (whole windows, thinned evenly; then
+ *        res->val_knn is measured on those), and besides the memory holds
+ *        about 520 bytes per such prediction and C floats per validation
+ *        position that can join the memory.
  * \param bias V floats of the served bias, or NULL when none is served.
  * \param knn  OUT: the memory (replaced), empty and off when none is kept.
  * \return 0 (also with knn_bytes 0); PLAIT_EINVAL; PLAIT_ENOMEM;

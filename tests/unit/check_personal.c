@@ -759,6 +759,41 @@ START_TEST(test_choice_guard)
 }
 END_TEST
 
+/* A long validation tail: the fit searches the memory for at most 4,096 validation predictions (whole windows
+ * thinned evenly), and those are the positions that join the memory. */
+START_TEST(test_knn_validation_capped)
+{
+    fx_t f;
+    fx_open(&f, 1e-3, 60000);
+    plait_corpus_t all, tr, va;
+    text_copy(&f, &all, &tr, &va);
+    for (size_t i = 0; i + 6 <= all.n; i += 23) /* the repeated phrase of test_knn_memory: the memory is kept */
+        for (size_t j = 0; j < 6; j++) all.tokens[i + j] = (int32_t)(400 + 13 * j);
+    ck_assert_int_eq(plait_personal_split(&all, 0.5, TT, &tr, &va), 0);
+    ck_assert_uint_gt(plait_corpus_n_windows(&va, TT), 4096 / TT);
+    size_t np = f.lora.n_params;
+    float *ref = malloc(np * sizeof(float));
+    memcpy(ref, f.lora.params, np * sizeof(float));
+    plait_personal_config_t pc = plait_personal_config_default();
+    pc.max_steps = 2;
+    pc.bias_steps = 0;
+    plait_personal_result_t r;
+    ck_assert_int_eq(plait_personal_fit(f.tr, &f.lora, ref, &tr, &va, &pc, &r), 0);
+    plait_knn_t knn;
+    plait_knn_init(&knn);
+    ck_assert_int_eq(plait_personal_fit_knn(f.tr, &tr, &va, &pc, NULL, &knn, &r), 0);
+    ck_assert_int_eq(r.knn, 1);
+    size_t ntr = plait_corpus_n_windows(&tr, TT) * TT;
+    ck_assert_uint_eq(knn.n, ntr + 4096);
+    plait_knn_free(&knn);
+    free(ref);
+    plait_corpus_free(&all);
+    plait_corpus_free(&tr);
+    plait_corpus_free(&va);
+    fx_close(&f);
+}
+END_TEST
+
 Suite *personal_suite(void)
 {
     Suite *s = suite_create("personal");
@@ -775,6 +810,7 @@ Suite *personal_suite(void)
     tcase_add_test(tc, test_stop_polled_each_step);
     tcase_add_test(tc, test_knn_memory);
     tcase_add_test(tc, test_choice_guard);
+    tcase_add_test(tc, test_knn_validation_capped);
     suite_add_tcase(s, tc);
     return s;
 }
