@@ -17,6 +17,7 @@ int bench_train(int argc, char **argv);
 int bench_train_135m(size_t repeats, const int *threads, int n_threads, size_t steps_opt, size_t warmup_opt);
 int bench_secagg(int argc, char **argv);
 int bench_serve(int argc, char **argv);
+int bench_knn(int argc, char **argv);
 
 /** Monotonic seconds. */
 double bench_now(void);

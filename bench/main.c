@@ -29,6 +29,7 @@ static const command_t commands[] = {
     {"agg", "FedAvg throughput (updates x params / s) and peak RSS vs. number of updates", bench_agg},
     {"secagg", "secure aggregation: client masking, server unmasking vs dropouts, bytes per device", bench_secagg},
     {"serve", "the real aggregator and N TLS clients: server CPU, wall, bytes per device, peak RSS per round", bench_serve},
+    {"knn", "a device's kNN memory per generated token: search and mixture vs the plain search", bench_knn},
 };
 
 double bench_now(void)

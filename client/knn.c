@@ -82,8 +82,14 @@ int plait_knn_add(plait_knn_t *s, const float *key, int32_t val)
 static float dist(const plait_knn_t *s, const float *q, float qq, size_t i)
 {
     const float *k = s->keys + i * s->C;
-    float dot = 0.0f;
-    for (size_t c = 0; c < s->C; c++) dot += q[c] * k[c];
+    /* Eight partial sums: the compiler vectorizes this without reassociating (no -ffast-math), and the order
+     * is fixed, so results do not depend on the machine's vector width. */
+    float a[8] = {0, 0, 0, 0, 0, 0, 0, 0}, dot = 0.0f;
+    size_t c = 0;
+    for (; c + 8 <= s->C; c += 8)
+        for (size_t j = 0; j < 8; j++) a[j] += q[c + j] * k[c + j];
+    for (; c < s->C; c++) dot += q[c] * k[c];
+    dot += ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
     float d = qq + s->norms[i] - 2.0f * dot;
     return d > 0.0f ? d : d == d ? 0.0f : INFINITY;
 }
