@@ -169,9 +169,7 @@ int plait__agent_serve_choose(const plait_model_t *m, const plait_lora_t *ref, c
         if (rc == 0 && !(bias = calloc(V, sizeof(float)))) rc = plait_fail(PLAIT_ENOMEM, "serve: bias");
         if (rc == 0) { /* on the chosen adapter; a bias that cannot be fitted is not served, the adapter still is */
             int rb = plait_personal_fit_bias(tr, &tpart, &val, &pc, bias, res);
-            if (rb == PLAIT_ECANCELED) {
-                rc = rb;
-            } else if (rb != 0) {
+            if (rb != 0) { /* stopped too (out of time): the chosen adapter is still served */
                 PLAIT_LOG(PLAIT_LOG_WARN, "serve: no output bias this round: %s", plait_errmsg());
                 res->bias = 0;
                 res->val_bias = res->val_chosen;
@@ -179,9 +177,7 @@ int plait__agent_serve_choose(const plait_model_t *m, const plait_lora_t *ref, c
         }
         if (rc == 0) { /* the kNN memory on top; likewise optional */
             int rk = plait_personal_fit_knn(tr, &tpart, &val, &pc, res->bias ? bias : NULL, &knn, res);
-            if (rk == PLAIT_ECANCELED) {
-                rc = rk;
-            } else if (rk != 0) {
+            if (rk != 0) { /* stopped too (out of time): the adapter and bias are still served */
                 PLAIT_LOG(PLAIT_LOG_WARN, "serve: no kNN memory this round: %s", plait_errmsg());
                 res->knn = 0;
                 res->val_knn = res->bias ? res->val_bias : res->val_chosen;

@@ -106,11 +106,15 @@ typedef struct {
     double loss; /* mean training loss of the last step (stays on the device) */
     const plait_lora_t *serve_ref; /* choose the serving adapter from this after training (NULL: from lora) */
     uint64_t round;
+    uint64_t serve_by_ms; /* choosing the serving adapter stops here (0: no limit); the update waits for it */
 } job_t;
 
-static int job_canceled(void *p) /* personal.h's stop: the round was stopped or ran past its deadline */
+/* personal.h's stop: the round was stopped or ran past its deadline, or the serving choice has used its share
+ * of the round's time (it runs before the upload: it must never cost the device its round). */
+static int job_canceled(void *p)
 {
-    return atomic_load(&((job_t *)p)->cancel) != 0;
+    const job_t *j = p;
+    return atomic_load(&j->cancel) != 0 || (j->serve_by_ms && plait__agent_now_ms() > j->serve_by_ms);
 }
 
 static void *job_main(void *p)
@@ -392,6 +396,8 @@ int plait__agent_compute_update(plait__agent_conn_t *c, const plait_msg_task_t *
     atomic_init(&j->steps_done, 0);
     atomic_init(&j->done, 0);
     uint64_t t0 = plait__agent_now_ms();
+    /* Training and the serving choice may use half the time the task left; the rest is for the upload. */
+    j->serve_by_ms = deadline > t0 ? t0 + (deadline - t0) / 2 : t0;
     rc = train_with_keepalive(c, j, round, deadline);
     size_t n_records = j->n_records;
     uint32_t steps = j->steps;
