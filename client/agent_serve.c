@@ -210,12 +210,11 @@ int plait__agent_serve_choose(const plait_model_t *m, const plait_lora_t *ref, c
                          res->val_bias, res->knn, res->val_knn);
         rc = plait__agent_atomic_write(state_dir, SERVE_INFO_FILE, (const uint8_t *)why, (size_t)k);
     }
-    if (rc == 0) { /* the previous slot's adapter and bias are no longer served: drop them (best effort) */
+    if (rc == 0) { /* the previous slot's files are no longer served: wipe them (best effort); this slot's were
+                    * wiped before it was written, so a bias or memory not kept this round is not there */
         drop(state_dir, slot ? SERVE_FILE : SERVE_FILE_B);
         drop(state_dir, slot ? SERVE_BIAS_FILE : SERVE_BIAS_FILE_B);
-        if (!res->bias) drop(state_dir, slot ? SERVE_BIAS_FILE_B : SERVE_BIAS_FILE);
         drop(state_dir, slot ? SERVE_KNN_FILE : SERVE_KNN_FILE_B);
-        if (!res->knn) drop(state_dir, slot ? SERVE_KNN_FILE_B : SERVE_KNN_FILE);
     }
     if (img) plait_zeroize(img, len);
     free(img);

@@ -382,40 +382,27 @@ static int frozen_row(frozen_t *f, plait_trainer_t *tr, const int32_t *row, size
 }
 
 /* The predictions plait_personal_eval scores on c (at most max_windows windows, or one partial window),
- * thinned evenly to at most cap of them. */
+ * thinned evenly to at most cap of them (whole windows; under one window, the first cap predictions of one). */
 static int frozen_collect(frozen_t *f, plait_trainer_t *tr, const plait_corpus_t *c, size_t max_windows, size_t cap,
                           float *logits)
 {
     size_t T = (size_t)plait_train_seq_len(tr), V = plait_train_vocab_size(tr);
-    size_t nw = c->n >= T + 1 ? plait_corpus_n_windows(c, (int)T) : 0;
-    if (max_windows && nw > max_windows) nw = max_windows;
-    size_t want = nw ? nw * T : (c->n >= 2 ? c->n - 1 : 0);
-    if (want == 0) return plait_fail(PLAIT_EINVAL, "personal bias: a text of %zu tokens holds no prediction", c->n);
-    size_t use = nw; /* windows to use */
-    f->cap = nw ? nw * T : want;
-    if (want > cap) { /* thinned to the budget; under one window, the first cap predictions of one */
-        if (cap == 0) return plait_fail(PLAIT_EINVAL, "personal bias: no budget for a prediction (bias_bytes)");
-        use = nw ? (cap / T ? cap / T : 1) : 0;
-        f->cap = nw && use * T <= cap ? use * T : cap;
-    }
+    if (cap == 0) return plait_fail(PLAIT_EINVAL, "personal bias: no budget for a prediction (bias_bytes)");
+    plait__rows_t r;
+    int rc = plait__rows_plan(&r, c, T, max_windows, cap / T ? cap / T : 1);
+    if (rc != 0) return rc;
+    size_t total = plait__rows_total(&r);
+    f->cap = total < cap ? total : cap;
     f->n = 0;
     f->prob = malloc(f->cap * V * sizeof(float));
     f->y = malloc(f->cap * sizeof(int32_t));
-    if (!f->prob || !f->y) return plait_fail(PLAIT_ENOMEM, "personal bias: %zu predictions", f->cap);
-    int rc = 0;
-    if (nw == 0) {
-        int32_t *row = malloc((T + 1) * sizeof(int32_t));
-        if (!row) return plait_fail(PLAIT_ENOMEM, "personal bias: one window");
-        for (size_t i = 0; i <= T; i++) row[i] = c->tokens[i < c->n ? i : c->n - 1];
-        rc = frozen_row(f, tr, row, c->n - 1, logits);
-        plait_zeroize(row, (T + 1) * sizeof(int32_t));
-        free(row);
-        return rc;
+    if (!f->prob || !f->y) rc = plait_fail(PLAIT_ENOMEM, "personal bias: its predictions");
+    for (size_t k = 0; rc == 0 && k < r.use; k++) {
+        size_t np;
+        const int32_t *row = plait__rows_get(&r, k, &np);
+        rc = frozen_row(f, tr, row, np, logits);
     }
-    for (size_t k = 0; rc == 0 && k < use; k++) {
-        size_t w = use == nw ? k : k * nw / use; /* evenly spread when thinned */
-        rc = frozen_row(f, tr, c->tokens + w * T, T, logits);
-    }
+    plait__rows_free(&r);
     return rc;
 }
 

@@ -6,6 +6,25 @@
 
 #include "plait/personal.h"
 
+/* The windows of a text that plait_personal_eval scores (at most max_windows, the first ones), thinned evenly
+ * to at most max_rows (0: all), or one partial window of every prediction of a text shorter than T + 1 tokens
+ * (padded with its last token: causality hides the pad). */
+typedef struct {
+    const plait_corpus_t *c;
+    size_t T, nw, use, n_pred; /* windows, those used, predictions of a partial window */
+    int32_t *pad;              /* (T + 1) tokens for a partial window, else NULL */
+} plait__rows_t;
+
+/** Plan c's rows. \return 0; PLAIT_EINVAL (under 2 tokens); PLAIT_ENOMEM. */
+int plait__rows_plan(plait__rows_t *r, const plait_corpus_t *c, size_t T, size_t max_windows,
+                     size_t max_rows) PLAIT_WUR;
+/** Row k (< r->use) of T + 1 tokens and its number of predictions. */
+const int32_t *plait__rows_get(const plait__rows_t *r, size_t k, size_t *n_pred);
+/** The predictions of all rows of the plan. */
+size_t plait__rows_total(const plait__rows_t *r);
+/** Wipe and free the pad (safe twice). */
+void plait__rows_free(plait__rows_t *r);
+
 /**
  * Per-prediction losses (nats) of the trainer's adapter and logit bias on c's
  * windows as plait_personal_eval picks them, into out (malloc'd, *n of them;

@@ -25,20 +25,12 @@ static const double LAMBDA_GRID[] = {0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7};
 /* Validation predictions the fit searches the memory for, at most (a device's cost per round). */
 #define KNN_MAX_QUERIES 4096
 
-/* The windows of c that plait_personal_eval scores (at most max_windows, the first ones), or one partial window
- * of every prediction of a text shorter than T + 1 tokens. rows() gives row k, padded into pad when partial. */
-typedef struct {
-    const plait_corpus_t *c;
-    size_t T, nw, use, n_pred; /* windows, those used (thinned evenly), predictions of a partial window */
-    int32_t *pad;              /* (T + 1) tokens for a partial window, else NULL */
-} rows_t;
-
-static int rows_plan(rows_t *r, const plait_corpus_t *c, size_t T, size_t max_windows, size_t max_rows)
+int plait__rows_plan(plait__rows_t *r, const plait_corpus_t *c, size_t T, size_t max_windows, size_t max_rows)
 {
     memset(r, 0, sizeof(*r));
     r->c = c;
     r->T = T;
-    if (c->n < 2) return plait_fail(PLAIT_EINVAL, "personal knn: a text too short to hold a prediction");
+    if (c->n < 2) return plait_fail(PLAIT_EINVAL, "personal: a text too short to hold a prediction");
     if (c->n >= T + 1) {
         r->nw = plait_corpus_n_windows(c, (int)T);
         if (max_windows && r->nw > max_windows) r->nw = max_windows;
@@ -46,26 +38,30 @@ static int rows_plan(rows_t *r, const plait_corpus_t *c, size_t T, size_t max_wi
         return 0;
     }
     r->pad = malloc((T + 1) * sizeof(int32_t));
-    if (!r->pad) return plait_fail(PLAIT_ENOMEM, "personal knn: one window");
-    for (size_t i = 0; i <= T; i++) r->pad[i] = c->tokens[i < c->n ? i : c->n - 1]; /* causality hides the pad */
+    if (!r->pad) return plait_fail(PLAIT_ENOMEM, "personal: one window");
+    for (size_t i = 0; i <= T; i++) r->pad[i] = c->tokens[i < c->n ? i : c->n - 1];
     r->use = 1;
     r->n_pred = c->n - 1;
     return 0;
 }
 
-/* Row k of the plan (k < r->use) and its number of predictions. */
-static const int32_t *rows_get(const rows_t *r, size_t k, size_t *n_pred)
+const int32_t *plait__rows_get(const plait__rows_t *r, size_t k, size_t *n_pred)
 {
     if (r->pad) {
         *n_pred = r->n_pred;
         return r->pad;
     }
     *n_pred = r->T;
-    size_t w = r->use == r->nw ? k : k * r->nw / r->use;
+    size_t w = r->use == r->nw ? k : k * r->nw / r->use; /* evenly spread when thinned */
     return r->c->tokens + w * r->T;
 }
 
-static void rows_free(rows_t *r)
+size_t plait__rows_total(const plait__rows_t *r)
+{
+    return r->pad ? r->n_pred : r->use * r->T;
+}
+
+void plait__rows_free(plait__rows_t *r)
 {
     if (r->pad) plait_zeroize(r->pad, (r->T + 1) * sizeof(int32_t));
     free(r->pad);
@@ -96,19 +92,19 @@ int plait__personal_pred_losses(const plait_corpus_t *c, plait_trainer_t *tr, si
     *out = NULL;
     *n = 0;
     size_t T = (size_t)plait_train_seq_len(tr), V = plait_train_vocab_size(tr);
-    rows_t r;
-    int rc = rows_plan(&r, c, T, max_windows, 0);
-    size_t cap = rc == 0 ? (r.pad ? r.n_pred : r.use * T) : 0;
+    plait__rows_t r;
+    int rc = plait__rows_plan(&r, c, T, max_windows, 0);
+    size_t cap = rc == 0 ? plait__rows_total(&r) : 0;
     float *logits = malloc(T * V * sizeof(float));
     double *l = malloc((cap ? cap : 1) * sizeof(double));
     if (rc == 0 && (!logits || !l)) rc = plait_fail(PLAIT_ENOMEM, "personal: validation losses");
     for (size_t k = 0; rc == 0 && k < r.use; k++) {
         size_t np;
-        const int32_t *row = rows_get(&r, k, &np);
+        const int32_t *row = plait__rows_get(&r, k, &np);
         if ((rc = plait_train_eval_logits(tr, row, logits)) != 0) break;
         for (size_t t = 0; t < np; t++) l[(*n)++] = -log_prob(logits + t * V, V, row[t + 1]);
     }
-    rows_free(&r);
+    plait__rows_free(&r);
     if (logits) plait_zeroize(logits, T * V * sizeof(float));
     free(logits);
     if (rc != 0) {
@@ -157,8 +153,8 @@ int plait_personal_eval_knn(const plait_corpus_t *c, plait_trainer_t *tr, const 
     if (knn->n > 0 && knn->C != C)
         return plait_fail(PLAIT_EMISMATCH, "personal knn eval: keys of %zu floats, the model's are %zu", knn->C, C);
     if (n_windows) *n_windows = 0;
-    rows_t r;
-    int rc = rows_plan(&r, c, T, max_windows, 0);
+    plait__rows_t r;
+    int rc = plait__rows_plan(&r, c, T, max_windows, 0);
     float *logits = malloc(T * V * sizeof(float)), *hid = malloc(T * C * sizeof(float));
     if (rc == 0 && (!logits || !hid)) rc = plait_fail(PLAIT_ENOMEM, "personal knn eval: buffers");
     float d[PLAIT_KNN_MAX_K];
@@ -167,7 +163,7 @@ int plait_personal_eval_knn(const plait_corpus_t *c, plait_trainer_t *tr, const 
     size_t nt = 0, nl = 0;
     for (size_t k = 0; rc == 0 && k < r.use; k++) {
         size_t np;
-        const int32_t *row = rows_get(&r, k, &np);
+        const int32_t *row = plait__rows_get(&r, k, &np);
         if ((rc = plait_train_eval_hidden(tr, row, logits, hid)) != 0) break;
         double ws = 0.0;
         for (size_t t = 0; t < np; t++) {
@@ -183,7 +179,7 @@ int plait_personal_eval_knn(const plait_corpus_t *c, plait_trainer_t *tr, const 
         nt += np;
         if (losses && nl < cap) losses[nl++] = ws / (double)np;
     }
-    rows_free(&r);
+    plait__rows_free(&r);
     plait_zeroize(d, sizeof(d));
     plait_zeroize(y, sizeof(y));
     if (logits) plait_zeroize(logits, T * V * sizeof(float));
@@ -240,10 +236,12 @@ int plait_personal_fit_knn(plait_trainer_t *tr, const plait_corpus_t *train, con
     if (rc != 0 || cfg->knn_bytes == 0) return rc;
     size_t T = (size_t)plait_train_seq_len(tr), V = plait_train_vocab_size(tr), C = plait_train_dim(tr);
     size_t entry = (C + 2) * sizeof(float); /* key, norm, token */
-    size_t room = cfg->knn_bytes / entry, rows_room = room / T;
+    size_t room = cfg->knn_bytes / entry;
+    if (room > PLAIT_KNN_MAX_ENTRIES) room = PLAIT_KNN_MAX_ENTRIES; /* a huge budget: the memory's own limit */
+    size_t rows_room = room / T;
     if (room == 0) return 0;
     if ((rc = plait_train_set_logit_bias(tr, bias)) != 0) return rc;
-    rows_t rt, rv;
+    plait__rows_t rt, rv;
     memset(&rt, 0, sizeof(rt));
     memset(&rv, 0, sizeof(rv));
     queries_t q;
@@ -253,31 +251,26 @@ int plait_personal_fit_knn(plait_trainer_t *tr, const plait_corpus_t *train, con
     double *pk = NULL;
     if (!logits || !hid) rc = plait_fail(PLAIT_ENOMEM, "personal knn: buffers");
     /* The memory: the training part's positions, whole windows thinned evenly to the room. */
-    if (rc == 0) rc = rows_plan(&rt, train, T, 0, rows_room ? rows_room : 1);
-    if (rc == 0) {
-        size_t np0;
-        (void)rows_get(&rt, 0, &np0);
-        size_t want = rt.pad ? np0 : rt.use * T;
-        want += val->n; /* the validation positions join the memory once it is chosen */
+    if (rc == 0) rc = plait__rows_plan(&rt, train, T, 0, rows_room ? rows_room : 1);
+    if (rc == 0) { /* the validation positions join the memory once it is chosen */
+        size_t want = plait__rows_total(&rt) + val->n;
         rc = plait_knn_setup(knn, C, want < room ? want : room);
     }
     for (size_t k = 0; rc == 0 && k < rt.use; k++) {
         size_t np;
-        const int32_t *row = rows_get(&rt, k, &np);
+        const int32_t *row = plait__rows_get(&rt, k, &np);
         if (cfg->stop && cfg->stop(cfg->stop_ud)) rc = plait_fail(PLAIT_ECANCELED, "personal knn: stopped");
         if (rc == 0) rc = plait_train_eval_hidden(tr, row, logits, hid);
         for (size_t t = 0; rc == 0 && t < np && knn->n < knn->cap; t++)
             rc = plait_knn_add(knn, hid + t * C, row[t + 1]);
     }
-    rows_free(&rt);
+    plait__rows_free(&rt);
     /* The validation queries, each with its K nearest. */
     /* At most KNN_MAX_QUERIES of them (whole windows, thinned evenly): each searches the whole memory. */
-    if (rc == 0) rc = rows_plan(&rv, val, T, cfg->val_windows, KNN_MAX_QUERIES / T ? KNN_MAX_QUERIES / T : 1);
+    if (rc == 0) rc = plait__rows_plan(&rv, val, T, cfg->val_windows, KNN_MAX_QUERIES / T ? KNN_MAX_QUERIES / T : 1);
     int rv_all = rc == 0 && rv.use == (rv.pad ? 1 : rv.nw); /* the same predictions as res->val_chosen's */
     if (rc == 0) {
-        size_t np0;
-        (void)rows_get(&rv, 0, &np0);
-        q.cap = rv.pad ? np0 : rv.use * T;
+        q.cap = plait__rows_total(&rv);
         q.lpm = malloc(q.cap * sizeof(double));
         q.tgt = malloc(q.cap * sizeof(int32_t));
         q.d = malloc(q.cap * PLAIT_KNN_MAX_K * sizeof(float));
@@ -292,7 +285,7 @@ int plait_personal_fit_knn(plait_trainer_t *tr, const plait_corpus_t *train, con
     }
     for (size_t k = 0; rc == 0 && k < rv.use; k++) {
         size_t np;
-        const int32_t *row = rows_get(&rv, k, &np);
+        const int32_t *row = plait__rows_get(&rv, k, &np);
         if (cfg->stop && cfg->stop(cfg->stop_ud)) rc = plait_fail(PLAIT_ECANCELED, "personal knn: stopped");
         if (rc == 0) rc = plait_train_eval_hidden(tr, row, logits, hid);
         for (size_t t = 0; rc == 0 && t < np; t++, q.n++) {
@@ -303,7 +296,7 @@ int plait_personal_fit_knn(plait_trainer_t *tr, const plait_corpus_t *train, con
                                         q.y + q.n * PLAIT_KNN_MAX_K);
         }
     }
-    rows_free(&rv);
+    plait__rows_free(&rv);
     /* The grid. The scale of tau: the mean spread d_15 - d_0 of the queries (d_(r-1) - d_0 with fewer). */
     double base = 0.0, spread = 0.0;
     for (size_t i = 0; rc == 0 && i < q.n; i++) {

@@ -247,7 +247,6 @@ static int personalize(sim_t *s, worker_t *w, plait_trainer_t *tr_, int round_tr
         pc.bias_l2 = cfg->personal_bias_l2;
         rc = plait_personal_fit_bias(w->tr, &tr, &val, &pc, bias, pr);
         pc.knn_bytes = cfg->personal_knn_bytes;
-        pc.guard_z = cfg->personal_guard_z;
         if (rc == 0) rc = plait_personal_fit_knn(w->tr, &tr, &val, &pc, pr->bias ? bias : NULL, &w->knn, pr);
     }
     plait_corpus_free(&tr);
