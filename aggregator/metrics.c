@@ -91,6 +91,11 @@ int plait__metrics_render(const plait__metrics_t *m, plait_buf_t *b)
                          (unsigned long long)m->rejections[r]);
     family(b, "plait_preauth_connections", "gauge", "Federation connections before their Hello is accepted.");
     plait_buf_printf(b, "plait_preauth_connections %llu\n", (unsigned long long)m->preauth_open);
+    family(b, "plait_accept_waiting", "gauge",
+           "1 while new connections wait in the listen backlog because the pre-auth pool is full.");
+    plait_buf_printf(b, "plait_accept_waiting %llu\n", (unsigned long long)m->accept_waiting);
+    family(b, "plait_accept_waits_total", "counter", "Times accepting paused because the pre-auth pool was full.");
+    plait_buf_printf(b, "plait_accept_waits_total %llu\n", (unsigned long long)m->accept_waits);
     family(b, "plait_send_queue_bytes", "gauge",
            "Ciphertext queued for devices, by whether the device reads (stalled: nothing read for 2 s).");
     plait_buf_printf(b, "plait_send_queue_bytes{state=\"flowing\"} %llu\n", (unsigned long long)m->send_flowing);

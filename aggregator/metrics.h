@@ -23,7 +23,7 @@
     XX(NORM, "norm") XX(AUTH_TIMEOUT, "auth_timeout") XX(IDLE_TIMEOUT, "idle_timeout")  \
     XX(TOO_MANY, "too_many_connections") XX(MODEL_MISMATCH, "model_mismatch")           \
     XX(ORDER, "protocol_order") XX(TLS_BAD_RECORD, "tls_bad_record")           \
-    XX(WRITE_STALL, "write_stall") XX(PREAUTH_FULL, "preauth_full")                      \
+    XX(WRITE_STALL, "write_stall")                                                      \
     XX(ADDR_FULL, "address_full") XX(REVOKED, "revoked_connected")                     \
     XX(SLOW_UPLOAD, "slow_upload")
 
@@ -47,6 +47,8 @@ typedef struct {
     uint64_t global_version, round_id;
     uint64_t rejections[PLAIT__REJ_COUNT];
     uint64_t preauth_open;       /* connections before their Hello (gauge) */
+    uint64_t accept_waiting;     /* 1 while new connections wait in the listen backlog for the pre-auth pool (gauge) */
+    uint64_t accept_waits;       /* times accepting paused because the pre-auth pool was full */
     uint64_t send_flowing, send_stalled; /* ciphertext queued for peers that read, and for peers that
                                           * have read nothing for 2 s (gauges, bytes) */
     uint64_t stalled_open;       /* connections whose peer has read nothing for 2 s (gauge) */

@@ -94,6 +94,7 @@ static void on_tick(uv_timer_t *t)
         }
     }
     plait__srv_mark_write_stalls(s, now);
+    plait__srv_accept_resume(s); /* pool slots freed by closes still draining */
     for (mconn_t *mc = s->mconns, *nx; mc; mc = nx) {
         nx = mc->next;
         if (now - mc->t_open > METRICS_DEADLINE_S) plait__srv_mconn_close(mc);

@@ -91,8 +91,10 @@ static void on_conn_write(uv_write_t *req, int status)
     resume_downloads(s);
 }
 
-/* The shared send queue in use: stalled connections' bytes wait apart. */
-static size_t queue_used(const plait_server_t *s) { return s->out_total - s->out_stalled; }
+/* The shared send queue in use: every connection's bytes, stalled ones' too
+ * (a stalled peer that holds its share while downloads wait is closed:
+ * plait__srv_mark_write_stalls). */
+static size_t queue_used(const plait_server_t *s) { return s->out_total; }
 
 /* Downloads with nothing of their own in flight that found the shared queue
  * full wait in a list, oldest first (a download with bytes in flight goes on
@@ -134,14 +136,22 @@ static void resume_downloads(plait_server_t *s)
 
 void plait__srv_mark_write_stalls(plait_server_t *s, double now)
 {
-    int freed = 0;
-    for (conn_t *c = s->conns; c; c = c->next)
-        if (!c->wstalled && c->out_queued > 0 && now - c->t_wprog > DL_STALL_S) {
+    for (conn_t *c = s->conns; c; c = c->next) {
+        if (c->closing || c->out_queued == 0) continue;
+        if (!c->wstalled && now - c->t_wprog > DL_STALL_S) {
             c->wstalled = 1;
             s->out_stalled += c->out_queued;
-            freed = 1;
         }
-    if (freed) resume_downloads(s);
+        /* Its bytes count in the queue other downloads wait for: a peer that
+         * has read nothing for DL_EVICT_S gives its place up (it may come
+         * back for a later round), so peers that stop reading delay honest
+         * downloads by seconds, not until write_stall. */
+        if (c->wstalled && s->dlw_head && now - c->t_wprog > DL_EVICT_S) {
+            plait__srv_reject(c, PLAIT__REJ_WRITE_STALL, "%zu bytes unsent for %.3g s while downloads waited: the peer does not read",
+                              c->out_queued, now - c->t_wprog);
+            plait__srv_conn_close(c, 0); /* its queued writes are cancelled: resume_downloads runs */
+        }
+    }
 }
 
 /* Move the TLS session's pending ciphertext into a uv_write request: the
@@ -245,6 +255,18 @@ void plait__srv_send_cbl(conn_t *c, plait_retry_reason_t why, uint64_t retry_ms)
 
 /* ---- closing ------------------------------------------------------------------ */
 
+/* Called where a pool slot may have freed and no connection is mid-callback:
+ * a closed connection's callback, the end of a read, the tick. */
+void plait__srv_accept_resume(plait_server_t *s)
+{
+    if (!s->accept_waiting) return;
+    if (s->stopping) { /* the listener's close drops what libuv held */
+        s->accept_waiting = 0;
+        return;
+    }
+    if (s->admit.preauth < s->preauth_cap) plait__srv_on_conn((uv_stream_t *)&s->listener, 0);
+}
+
 void plait__srv_on_conn_closed(uv_handle_t *h)
 {
     conn_t *c = h->data;
@@ -263,6 +285,7 @@ void plait__srv_on_conn_closed(uv_handle_t *h)
     if (c->in) plait_zeroize(c->in, c->in_cap);
     free(c->in);
     free(c);
+    plait__srv_accept_resume(s);
 }
 
 /* Our FIN is out. Lingering close: keep reading (and discarding) until the
@@ -707,7 +730,7 @@ static int in_append(conn_t *c, const uint8_t *p, size_t n)
     size_t lim = (c->authed ? s->lim.max_frame : s->lim.max_preauth_frame) + PLAIN_CHUNK;
     if (c->in_len + n > lim) return PLAIT_ETOOBIG;
     if (c->in_len + n > c->in_cap) {
-        size_t need = c->in_len + n, nc = c->in_cap ? c->in_cap : 4096;
+        size_t need = c->in_len + n, nc = c->in_cap ? c->in_cap : PARK_PLAIN; /* a parked upload holds a few hundred bytes */
         while (nc < need) nc *= 2;
         if (need >= 4) {
             /* The buffer starts with a frame: doubling stops at its declared size, so a 256 KiB
@@ -832,6 +855,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
     /* Parked uploads go on when a buffer was freed (the tick resumes them too, whatever freed it):
      * the scan for free buffers is O(connections), too much to run after every read. */
     if (s->n_parked > 0 && s->slot_freed) plait__srv_uploads_resume(s);
+    plait__srv_accept_resume(s); /* its Hello may have left a pool slot */
 }
 
 /* Read the plaintext the TLS session holds and handle its frames, until it
@@ -927,6 +951,20 @@ void plait__srv_on_conn(uv_stream_t *l, int status)
         PLAIT_LOG(PLAIT_LOG_WARN, "accept: %s", uv_strerror(status));
         return;
     }
+    /* A full pre-auth pool: leave the connection to libuv, which stops
+     * accepting, so a burst of connections waits in the kernel's listen
+     * backlog (no TLS session, no handshake state here) until an earlier one
+     * authenticates or closes; handshakes in progress are bounded by the pool,
+     * not by the fleet (plait__srv_accept_resume). Its auth_timeout_s starts
+     * when it is accepted. At max_connections it is accepted and refused, as
+     * before (too_many_connections). */
+    if (!s->stopping && s->admit.preauth >= s->preauth_cap &&
+        s->m.connections_open - s->n_closing < s->cfg.max_connections) {
+        if (!s->accept_waiting) s->m.accept_waits++;
+        s->accept_waiting = 1;
+        return;
+    }
+    s->accept_waiting = 0;
     conn_t *c = calloc(1, sizeof(*c));
     if (!c) return;
     c->srv = s;
@@ -964,7 +1002,8 @@ void plait__srv_on_conn(uv_stream_t *l, int status)
         return;
     }
     /* Admission before authentication (server_admit.h): a bounded pool, a
-     * per-address share of it, and the slots above it left to devices. */
+     * per-address share of it, and the slots above it left to devices. The
+     * pool is never full here (the accept waited for room). */
     plait__admit_result_t ar =
         plait__admit_enter(&s->admit, c->addr, s->preauth_cap, (size_t)s->cfg.max_preauth_per_addr);
     if (ar != PLAIT__ADMIT_OK) {
@@ -972,8 +1011,7 @@ void plait__srv_on_conn(uv_stream_t *l, int status)
             plait__srv_reject(c, PLAIT__REJ_ADDR_FULL, "%zu connections from %s before their hello (max_preauth_per_addr %llu)",
                    plait__admit_count(&s->admit, c->addr), c->addr, (unsigned long long)s->cfg.max_preauth_per_addr);
         else
-            plait__srv_reject(c, PLAIT__REJ_PREAUTH_FULL, "%zu connections before their hello (pre-auth cap %zu) from %s",
-                   s->admit.preauth, s->preauth_cap, c->addr);
+            PLAIT_LOG(PLAIT_LOG_ERROR, "pre-auth pool: %s", ar == PLAIT__ADMIT_NOMEM ? "out of memory" : "full");
         plait__srv_conn_close(c, 0);
         return;
     }

@@ -57,12 +57,13 @@
 #define METRICS_DEADLINE_S 2.0     /* a metrics connection gets this long to ask and be answered */
 #define REVOKE_SWEEP_S 1.0         /* revocation list reload and live-session sweep period */
 #define TICK_MS 50
-/* Adapter bytes queued for sending, all connections together, not counting connections whose
- * peer has read nothing for DL_STALL_S (their bytes wait apart, bounded by two chunks each,
- * until they read or hit write_stall), so peers that stop reading cannot hold the queue.
- * 4 MiB keeps the send buffers few and warm: at 16 MiB the server spent a tenth of its CPU
- * faulting them in again (docs/performance.md). */
-#define DL_QUEUE_MAX (4u << 20)
+/* Ciphertext queued for sending, all connections together, stalled ones included: what the
+ * kernel's socket buffers did not take. A connection whose peer has read nothing for
+ * DL_STALL_S counts as stalled (a gauge); one stalled for DL_EVICT_S while downloads wait for
+ * room in the queue is closed (write_stall), so peers that stop reading hold it up for seconds
+ * and the server's send buffers do not grow with the cohort. */
+#define DL_QUEUE_MAX (2u << 20)
+#define DL_EVICT_S 10.0
 #define DL_STALL_S 2.0
 /* Adapter bytes per AdapterChunk the server sends (at most max_chunk_bytes): a connection has
  * at most two in flight, so a peer that stops reading holds ~130 KiB of ciphertext here, not two
@@ -233,6 +234,7 @@ struct plait_server_s {
     plait__metrics_t m;
     plait__admit_t admit;
     size_t preauth_cap;
+    int accept_waiting;          /* the pool was full: libuv holds a new connection, the rest wait in the backlog */
     size_t n_closing;            /* connections closing (not counted against max_connections) */
     uint64_t park_seq;           /* last parked connection's sequence number */
     size_t out_total;            /* ciphertext bytes queued in uv_write requests, all connections */
@@ -302,6 +304,8 @@ void plait__srv_reject(conn_t *c, plait__rej_t why, const char *fmt, ...)
 
 /* Mark connections whose peer stopped reading (on_tick) so the send queue goes on without them. */
 void plait__srv_mark_write_stalls(plait_server_t *s, double now);
+/* Accept the connection that waited for room in the pre-auth pool, if there is room now. */
+void plait__srv_accept_resume(plait_server_t *s);
 /* The upload rate floor (on_tick): 1 when c's upload must be cut; judge = 0 only restarts its window. */
 int plait__srv_upload_too_slow(conn_t *c, double now, int judge, double *rate);
 /** \brief Encode m, encrypt it and queue it on c. */

@@ -102,6 +102,7 @@ static void on_mread(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
             s->m.stalled_open += c->wstalled != 0;
         }
         s->m.preauth_open = s->admit.preauth;
+        s->m.accept_waiting = s->accept_waiting != 0;
         s->m.send_flowing = s->out_total - s->out_stalled;
         s->m.send_stalled = s->out_stalled;
         s->m.uploads_parked = s->n_parked;

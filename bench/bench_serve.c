@@ -569,6 +569,18 @@ static long proc_kib(pid_t pid, const char *field)
     return v;
 }
 
+/* Restart the process's VmHWM from its current resident set (Linux 4.0+), so
+ * that a round's own peak can be read; 0 on success. */
+static int proc_reset_hwm(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/clear_refs", (int)pid);
+    FILE *f = fopen(path, "w");
+    if (!f) return -1;
+    int ok = fputs("5", f) >= 0;
+    return (fclose(f) == 0 && ok) ? 0 : -1;
+}
+
 /* Wait until the server's log has a line containing needle (read from where the last wait stopped). */
 static int log_wait(srv_server_t *s, const char *needle, double timeout_s)
 {
@@ -661,7 +673,7 @@ static void server_stop(srv_server_t *s)
 
 typedef struct {
     const char *bin, *model, *workdir;
-    size_t threads, rounds;
+    size_t threads, rounds, preauth;
     unsigned bits, delta_bits;
     int keep;
 } srv_opts_t;
@@ -684,9 +696,9 @@ static int run_row(const srv_opts_t *o, size_t N, size_t P)
     snprintf(kv[k++], 96, "target_cohort=%zu", N);
     snprintf(kv[k++], 96, "min_cohort=%zu", N);
     snprintf(kv[k++], 96, "overselect=1");
-    snprintf(kv[k++], 96, "max_connections=%zu", 2 * N + 64); /* the pre-auth pool is at most 3/4 of it */
-    snprintf(kv[k++], 96, "max_preauth_connections=%zu", N + 64);
-    snprintf(kv[k++], 96, "max_preauth_per_addr=%zu", N + 64);
+    snprintf(kv[k++], 96, "max_connections=%zu", 2 * N + 4 * o->preauth); /* the pre-auth pool is at most 3/4 of it */
+    snprintf(kv[k++], 96, "max_preauth_connections=%zu", o->preauth);
+    snprintf(kv[k++], 96, "max_preauth_per_addr=%zu", o->preauth); /* every client is 127.0.0.1 */
     snprintf(kv[k++], 96, "quant_bits=%u", o->bits);
     snprintf(kv[k++], 96, "selection_timeout_s=900");
     snprintf(kv[k++], 96, "round_timeout_s=900");
@@ -765,6 +777,7 @@ static int run_row(const srv_opts_t *o, size_t N, size_t P)
     double *up = calloc(o->rounds, sizeof(double)), *down = calloc(o->rounds, sizeof(double));
     if (!cpu || !wall || !up || !down) ok = 0;
     size_t done = 0;
+    long hwm_max = -1; /* KiB: the peak over start-up and every round (VmHWM is restarted per round) */
     if (ok) fprintf(stderr, "  [N=%zu P=%zu: %zu devices enrolled in %.1f s]\n", N, n_words, N, t_enroll);
     for (size_t r = 1; ok && r <= o->rounds; r++) {
         char needle[96];
@@ -773,6 +786,11 @@ static int run_row(const srv_opts_t *o, size_t N, size_t P)
             ok = 0;
             break;
         }
+        /* The peak before this round (start-up, earlier rounds) is kept in
+         * hwm_max; the round's own peak is read when it commits. */
+        long h = proc_kib(s.pid, "VmHWM");
+        if (h > hwm_max) hwm_max = h;
+        int hwm_reset = proc_reset_hwm(s.pid) == 0;
         double c0 = proc_cpu(s.pid), t0 = bench_now();
         for (size_t i = 0; i < N; i++) {
             srv_client_t *c = &p.cl[i];
@@ -821,13 +839,20 @@ static int run_row(const srv_opts_t *o, size_t N, size_t P)
         up[r - 1] = (double)ub / (double)N;
         down[r - 1] = (double)db / (double)N;
         done = r;
+        long rh = proc_kib(s.pid, "VmHWM");
+        char rpeak[48] = "";
+        if (hwm_reset && rh > 0) snprintf(rpeak, sizeof(rpeak), ", round peak %.1f MiB", (double)rh / 1024.0);
         printf("  round %zu: server CPU %.3f s, wall %.3f s, up %.3f MB/device, down %.3f MB/device, resumed %zu/%zu, "
-               "delta downloads %zu/%zu, server RSS %.1f MiB\n",
+               "delta downloads %zu/%zu, server RSS %.1f MiB%s\n",
                r, cpu[r - 1], wall[r - 1], up[r - 1] / 1e6, down[r - 1] / 1e6, resumed, N, deltas, N,
-               (double)proc_kib(s.pid, "VmRSS") / 1024.0);
+               (double)proc_kib(s.pid, "VmRSS") / 1024.0, rpeak);
         fflush(stdout);
     }
-    double hwm = s.pid > 0 ? (double)proc_kib(s.pid, "VmHWM") / 1024.0 : -1;
+    if (s.pid > 0) {
+        long h = proc_kib(s.pid, "VmHWM");
+        if (h > hwm_max) hwm_max = h;
+    }
+    double hwm = hwm_max > 0 ? (double)hwm_max / 1024.0 : -1;
     server_stop(&s);
     if (done > 0) {
         /* Round 1 pays the full handshakes; the medians are over all rounds. */
@@ -889,7 +914,7 @@ int bench_serve(int argc, char **argv)
 {
     size_t ns[8] = {10, 100, 1000}, ps[8] = {100000, 1000000};
     size_list_t nl = {ns, 3, 100000, "--n"}, pl = {ps, 2, 16000000, "--p"};
-    srv_opts_t o = {PLAIT_AGG_BIN, NULL, "/tmp", 2, 3, 16, 0, 0};
+    srv_opts_t o = {PLAIT_AGG_BIN, NULL, "/tmp", 2, 3, 64, 16, 0, 0};
     char model[1024];
     const char *assets = getenv("PLAIT_ASSETS");
     snprintf(model, sizeof(model), "%s/stories260K.bin", assets && *assets ? assets : "../shared/assets");
@@ -904,6 +929,9 @@ int bench_serve(int argc, char **argv)
                     "download_delta_bits of the deployment, 0, 8 or 16 (default 0); with 8 or 16\n"
                     "the clients ask for deltas from round 2 and rebuild them as agents do", 0),
         PLAIT_F_SIZE("threads", &o.threads, 1, 64, "T", "client threads", 1),
+        PLAIT_F_SIZE("preauth", &o.preauth, 1, 1000000, "K",
+                     "max_preauth_connections of the deployment (handshakes in progress at once;\n"
+                     "the rest wait in the listen backlog)", 1),
         PLAIT_F_STR("aggregator", &o.bin, "PATH", "the plait-aggregator binary (default the one built with this bench)"),
         PLAIT_F_STR("model", &model_flag, "PATH", "stories260K.bin (default $PLAIT_ASSETS or ../shared/assets)"),
         PLAIT_F_STR("workdir", &o.workdir, "DIR", "where deployments are made (default /tmp)"),

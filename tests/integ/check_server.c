@@ -1117,10 +1117,9 @@ static long long metric_wait(const it_dep_t *d, const char *name, long long want
 
 /* Peers that ask for the adapter and then read nothing: each fills its socket, then the
  * aggregator's send queue holds at most two download pieces of 64 KiB for it (not two of
- * max_chunk_bytes: 256 KiB chunks queued 7.8 MB for these ten). Once they have read nothing
- * for 2 s their bytes no longer count in the shared 4 MiB queue, so an honest device still
- * downloads, uploads and is acked; idle_timeout_s is long, so write_stall is not what frees
- * the queue. */
+ * max_chunk_bytes: 256 KiB chunks queued 7.8 MB for these ten). Ten such peers hold
+ * about 1.3 MB of the shared 2 MiB queue, so an honest device still downloads, uploads and
+ * is acked without anyone closed (test_stalled_evicted: more of them). */
 START_TEST(test_stalled_readers)
 {
     enum { NH = 10 };
@@ -1160,6 +1159,62 @@ START_TEST(test_stalled_readers)
     ck_assert_int_eq(it_participate(&d, "honest", 0.001f, NULL), 0);
     ck_assert_int_eq(it_log_count(&d, "update accepted round=1 "), 1);
     ck_assert_int_eq(it_log_count(&d, "write_stall"), 0);
+    for (int i = 0; i < NH; i++) {
+        it_client_close(h[i]);
+        free(h[i]);
+    }
+    finish(&d);
+}
+END_TEST
+
+/* The send queue's cap counts stalled connections too, so the server's send
+ * buffers do not grow with the number of peers that stop reading: 24 peers
+ * that ask for the adapter and never read fill the 2 MiB queue (16 of them
+ * hold two 64 KiB pieces each, the rest wait for room). An honest device's
+ * download waits behind them only until the stalled ones, having read nothing
+ * for 10 s while downloads wait, are closed (write_stall); it then downloads,
+ * uploads and is acked. */
+START_TEST(test_stalled_evicted)
+{
+    enum { NH = 24 };
+    it_dep_t d;
+    ck_assert_int_eq(it_init(&d, "integ_evict", "lora_targets=wq,wk,wv,wo,w1,w2,w3", "lora_rank=160",
+                             "target_cohort=25", "min_cohort=25", "overselect=1", "selection_timeout_s=300",
+                             "round_timeout_s=300", "idle_timeout_s=600", "retry_ms=200", "secure_agg=false", NULL),
+                     0);
+    char id[32];
+    for (int i = 0; i < NH; i++) {
+        snprintf(id, sizeof(id), "stall%d", i);
+        ck_assert_int_eq(it_enroll(&d, id), 0);
+    }
+    ck_assert_int_eq(it_enroll(&d, "honest"), 0);
+    ck_assert_int_eq(it_start(&d, NULL), 0);
+    it_client_t *h[NH];
+    it_client_rcvbuf(4096);
+    for (int i = 0; i < NH; i++) {
+        snprintf(id, sizeof(id), "stall%d", i);
+        h[i] = malloc(sizeof(*h[i]));
+        ck_assert_ptr_nonnull(h[i]);
+        plait_msg_task_t t;
+        ck_assert_int_eq(client_with_task(h[i], &d, id, &t), 0);
+        plait_msg_t m;
+        plait_msg_init(&m, PLAIT_MSG_ADAPTER_REQUEST);
+        m.u.adapter_request.round_id = t.round_id;
+        m.u.adapter_request.version = t.adapter_version;
+        m.u.adapter_request.offset = 0;
+        ck_assert_int_eq(it_send(h[i], &m), 0); /* and never read again */
+    }
+    it_client_rcvbuf(0);
+    ck_assert_int_ge(metric_wait(&d, "plait_stalled_connections", 12), 12);
+    long long q = metric(&d, "plait_send_queue_bytes{state=\"stalled\"}") +
+                  metric(&d, "plait_send_queue_bytes{state=\"flowing\"}");
+    ck_assert_int_ge(q, 3 << 19);                             /* the queue is full ... */
+    ck_assert_int_le(q, (2 << 20) + 2 * (65536 + 1024));      /* ... and no fuller than its cap and a piece */
+    ck_assert_int_eq(it_log_count(&d, "write_stall"), 0);
+    ck_assert_int_eq(it_participate(&d, "honest", 0.001f, NULL), 0);
+    ck_assert_int_eq(it_log_count(&d, "update accepted round=1 "), 1);
+    ck_assert_int_ge(it_log_count(&d, "reason=write_stall: "), 1);
+    ck_assert_int_ge(it_log_count(&d, "while downloads waited"), 1);
     for (int i = 0; i < NH; i++) {
         it_client_close(h[i]);
         free(h[i]);
@@ -1229,7 +1284,9 @@ static int expect_type_within(it_client_t *c, plait_msg_type_t type, int *code, 
 /* Item 1: idle sockets from one host took every slot. Now one address gets
  * max_preauth_per_addr of the pre-auth pool, the pool gets at most 3/4 of
  * max_connections, devices keep the rest, and refusal logs are rate-limited
- * with the refusals still counted. */
+ * with the refusals still counted. A connection that finds the pool full is
+ * not refused: it waits in the listen backlog (handshakes in progress stay
+ * bounded by the pool, whatever the fleet) and is taken when a slot frees. */
 START_TEST(test_admission)
 {
     it_dep_t d;
@@ -1238,6 +1295,7 @@ START_TEST(test_admission)
                              "target_cohort=3", "min_cohort=2", "selection_timeout_s=120", "secure_agg=false", NULL),
                      0);
     ck_assert_int_eq(it_enroll(&d, "dev0"), 0);
+    ck_assert_int_eq(it_enroll(&d, "dev1"), 0);
     ck_assert_int_eq(it_start(&d, NULL), 0);
     int fds[64], n = 0;
     for (int i = 0; i < 40; i++) {
@@ -1252,30 +1310,63 @@ START_TEST(test_admission)
     plait_msg_task_t t;
     ck_assert_int_eq(client_with_task(c, &d, "dev0", &t), 0);
     ck_assert_uint_eq(t.max_chunk_bytes, 262144); /* item 5: the limit travels in the task */
-    /* three more hosts, 8 connections: the pool fills (3 + 3 + 2 = 8), the last 3 are refused */
+    ck_assert_int_eq(metric(&d, "plait_accept_waiting"), 0);
+    long long accepted = metric(&d, "plait_connections_total"); /* dev0 may have needed more than one */
+    /* three more hosts, 8 connections: the pool fills (3 + 3 + 2 = 8), the last 3 wait unaccepted */
     const char *hosts[] = {"127.0.0.3", "127.0.0.4", "127.0.0.5"};
-    for (int h = 0; h < 3; h++)
+    int first_of[3];
+    for (int h = 0; h < 3; h++) {
+        first_of[h] = n;
         for (int i = 0; i < 3 && !(h == 2 && i == 2); i++) {
             int fd = raw_connect(d.port, hosts[h]);
             ck_assert_int_ge(fd, 0);
             fds[n++] = fd;
         }
-    ck_assert_int_eq(metric_wait(&d, "plait_rejections_total{reason=\"preauth_full\"}", 3), 3);
+    }
+    ck_assert_int_eq(metric_wait(&d, "plait_accept_waiting", 1), 1);
     ck_assert_int_eq(metric(&d, "plait_preauth_connections"), 8);
+    ck_assert_int_ge(metric(&d, "plait_accept_waits_total"), 1);
+    ck_assert_int_eq(metric(&d, "plait_connections_total"), accepted + 5); /* the waiting ones are not accepted yet */
     /* the authenticated device is unaffected */
     plait_msg_t p;
     plait_msg_init(&p, PLAIT_MSG_PING);
     p.u.ping.nonce = 5;
     ck_assert_int_eq(it_send(c, &p), 0);
     ck_assert_int_eq(expect_type(c, PLAIT_MSG_PONG, NULL), 0);
+    /* three idle pool members leave: the three waiting are taken */
+    for (int i = 0; i < 3; i++) {
+        close(fds[first_of[0] + i]);
+        fds[first_of[0] + i] = -1;
+    }
+    ck_assert_int_eq(metric_wait(&d, "plait_connections_total", accepted + 8), accepted + 8);
+    ck_assert_int_eq(metric(&d, "plait_accept_waiting"), 0);
+    ck_assert_int_eq(metric(&d, "plait_preauth_connections"), 8);
+    /* the pool is full of idle peers again: a device's connection waits, and is taken when one leaves */
+    it_client_t *c1 = malloc(sizeof(*c1));
+    ck_assert_int_eq(open_as(c1, &d, "dev1"), 0);
+    ck_assert_int_eq(metric_wait(&d, "plait_accept_waiting", 1), 1);
+    close(fds[first_of[1]]);
+    fds[first_of[1]] = -1;
+    ck_assert_int_eq(plait_tls_fd_handshake(c1->tls, c1->fd), 0);
+    ck_assert_int_eq(it_hello(c1, &d), 0);
+    plait_msg_t m;
+    ck_assert_int_eq(it_recv(c1, &m, 10000), 0);
+    ck_assert_int_eq(m.type, PLAIT_MSG_TASK);
+    plait_msg_free(&m);
+    ck_assert_int_eq(metric(&d, "plait_accept_waiting"), 0);
+    it_client_close(c1);
+    free(c1);
     it_client_close(c);
     free(c);
-    /* every refusal is counted; each is either logged or counted as suppressed */
-    long long logged = it_log_count(&d, "reason=address_full") + it_log_count(&d, "reason=preauth_full");
+    /* every refusal is counted (37 over the address's share, 4 idle peers that left before a
+     * handshake); each is either logged or counted as suppressed */
+    ck_assert_int_eq(metric(&d, "plait_rejections_total{reason=\"tls_handshake\"}"), 4);
+    long long logged = it_log_count(&d, "reason=address_full") + it_log_count(&d, "reason=tls_handshake");
     long long supp = metric(&d, "plait_rejection_logs_suppressed_total");
     ck_assert_int_ge(supp, 0);
-    ck_assert_int_eq(logged + supp, 40);
-    for (int i = 0; i < n; i++) close(fds[i]);
+    ck_assert_int_eq(logged + supp, 37 + 4);
+    for (int i = 0; i < n; i++)
+        if (fds[i] >= 0) close(fds[i]);
     finish(&d);
 }
 END_TEST
@@ -1577,6 +1668,7 @@ Suite *server_suite(void)
         {"slots_after_leave", test_slots_after_leave},
         {"uploads_in_flight", test_uploads_in_flight},
         {"stalled_readers", test_stalled_readers},
+        {"stalled_evicted", test_stalled_evicted},
         {"slow_upload", test_slow_upload},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
