@@ -65,6 +65,10 @@ static const setting_t SETTINGS[] = {
     {"max_uploads_in_flight", T_UINT, F(max_uploads_in_flight), 1, 1000000, "16",
      "plain updates buffered at once (being received, or held until training starts); further uploads wait "
      "unread, so the service's memory is this times the update size, whatever the cohort"},
+    {"max_send_queue", T_UINT, F(max_send_queue), 65536, 1073741824, "2097152",
+     "bytes of ciphertext queued for sending beyond what the sockets take, all connections together (one "
+     "32 KiB download piece a connection at most); a peer that has read nothing for 10 s while downloads wait "
+     "for room is closed (write_stall)"},
     {"packed_updates", T_BOOL, F(packed_updates), 0, 1, "true",
      "plain rounds: devices may send update chunks packed at quant_bits (a quarter of the 32-bit words at 8 "
      "bits); false: words only (both forms are accepted either way)"},

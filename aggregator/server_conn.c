@@ -127,7 +127,7 @@ static void dlw_remove(conn_t *c)
 /* Downloads that waited for room in the shared send queue (pump_download) go on. */
 static void resume_downloads(plait_server_t *s)
 {
-    while (s->dlw_head && queue_used(s) < DL_QUEUE_MAX) {
+    while (s->dlw_head && queue_used(s) < s->cfg.max_send_queue) {
         conn_t *o = s->dlw_head;
         dlw_remove(o);
         if (o->dl_active && !o->closing && o->out_queued == 0) pump_download(o);
@@ -348,10 +348,11 @@ static void pump_download(conn_t *c)
 {
     plait_server_t *s = c->srv;
     size_t piece = s->lim.max_chunk_bytes < DL_PIECE_MAX ? s->lim.max_chunk_bytes : DL_PIECE_MAX;
-    /* At most two pieces in flight per connection (another goes out while one piece and some
-     * bytes of a small message are queued), and at most DL_QUEUE_MAX bytes queued in all: the
-     * copies of a cohort's downloads do not grow with the cohort (on_conn_write resumes). */
-    while (c->dl_active && !c->closing && c->out_queued <= piece + 4096 && queue_used(s) < DL_QUEUE_MAX) {
+    /* One piece in flight per connection beyond what its socket took (the next goes out when
+     * the kernel has taken it; a few bytes of small messages may be queued too), and at most
+     * max_send_queue bytes queued in all: the copies of a cohort's downloads do not grow with
+     * the cohort (on_conn_write resumes). */
+    while (c->dl_active && !c->closing && c->out_queued <= 4096 && queue_used(s) < s->cfg.max_send_queue) {
         blob_t *b = c->dl;
         size_t n = c->dl_len - c->dl_off < piece ? (size_t)(c->dl_len - c->dl_off) : piece;
         plait_msg_t m;

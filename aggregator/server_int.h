@@ -57,18 +57,17 @@
 #define METRICS_DEADLINE_S 2.0     /* a metrics connection gets this long to ask and be answered */
 #define REVOKE_SWEEP_S 1.0         /* revocation list reload and live-session sweep period */
 #define TICK_MS 50
-/* Ciphertext queued for sending, all connections together, stalled ones included: what the
- * kernel's socket buffers did not take. A connection whose peer has read nothing for
- * DL_STALL_S counts as stalled (a gauge); one stalled for DL_EVICT_S while downloads wait for
- * room in the queue is closed (write_stall), so peers that stop reading hold it up for seconds
- * and the server's send buffers do not grow with the cohort. */
-#define DL_QUEUE_MAX (2u << 20)
+/* Ciphertext queued for sending (what the kernel's socket buffers did not take) is capped by
+ * max_send_queue, all connections together, stalled ones included. A connection whose peer has
+ * read nothing for DL_STALL_S counts as stalled (a gauge); one stalled for DL_EVICT_S while
+ * downloads wait for room in the queue is closed (write_stall), so peers that stop reading hold
+ * it up for seconds and the server's send buffers do not grow with the cohort. */
 #define DL_EVICT_S 10.0
 #define DL_STALL_S 2.0
 /* Adapter bytes per AdapterChunk the server sends (at most max_chunk_bytes): a connection has
- * at most two in flight, so a peer that stops reading holds ~130 KiB of ciphertext here, not two
- * whole 256 KiB chunks, and a cohort's stalled downloads cost a quarter of what they did. */
-#define DL_PIECE_MAX (64u << 10)
+ * one in flight beyond its socket, so a peer that reads slowly or not at all holds ~33 KiB of
+ * the send queue, and 2 MiB lets 64 such peers download at once before others wait. */
+#define DL_PIECE_MAX (32u << 10)
 
 #define DL_KEEP_MAX 16          /* download_delta_keep's upper bound */
 

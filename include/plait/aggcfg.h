@@ -56,6 +56,7 @@ typedef struct {
     uint64_t max_update_elements; /**< largest update accepted, words (default 2^24) */
     uint64_t max_uploads_in_flight; /**< update buffers held at once (uploads being received, and updates
                                          held until training starts); more uploads wait unread (default 16) */
+    uint64_t max_send_queue;      /**< ciphertext queued beyond what sockets take, all connections, bytes (default 2 MiB) */
     int packed_updates;        /**< plain tasks say packed_update: devices may send UpdateChunks packed at
                                     quant_bits (default 1; words are accepted either way) */
     uint64_t min_upload_rate;     /**< bytes/s an upload holding a buffer must bring per window while others wait (default 8192; 0 = off) */

@@ -1116,10 +1116,10 @@ static long long metric(const it_dep_t *d, const char *name);
 static long long metric_wait(const it_dep_t *d, const char *name, long long want);
 
 /* Peers that ask for the adapter and then read nothing: each fills its socket, then the
- * aggregator's send queue holds at most two download pieces of 64 KiB for it (not two of
+ * aggregator's send queue holds one download piece of 32 KiB for it (not two of
  * max_chunk_bytes: 256 KiB chunks queued 7.8 MB for these ten). Ten such peers hold
- * about 1.3 MB of the shared 2 MiB queue, so an honest device still downloads, uploads and
- * is acked without anyone closed (test_stalled_evicted: more of them). */
+ * about 330 KB of the shared 2 MiB queue, so an honest device still downloads, uploads and
+ * is acked without anyone closed (test_stalled_evicted: a queue they fill). */
 START_TEST(test_stalled_readers)
 {
     enum { NH = 10 };
@@ -1155,7 +1155,7 @@ START_TEST(test_stalled_readers)
     ck_assert_int_eq(metric_wait(&d, "plait_stalled_connections", NH), NH);
     long long stalled = metric(&d, "plait_send_queue_bytes{state=\"stalled\"}");
     ck_assert_int_gt(stalled, 0);
-    ck_assert_int_le(stalled, NH * 2 * (65536 + 1024)); /* two pieces each, framing and TLS included */
+    ck_assert_int_le(stalled, NH * (32768 + 1024 + 4096)); /* a piece each, framing, TLS and a small message included */
     ck_assert_int_eq(it_participate(&d, "honest", 0.001f, NULL), 0);
     ck_assert_int_eq(it_log_count(&d, "update accepted round=1 "), 1);
     ck_assert_int_eq(it_log_count(&d, "write_stall"), 0);
@@ -1167,20 +1167,21 @@ START_TEST(test_stalled_readers)
 }
 END_TEST
 
-/* The send queue's cap counts stalled connections too, so the server's send
- * buffers do not grow with the number of peers that stop reading: 24 peers
- * that ask for the adapter and never read fill the 2 MiB queue (16 of them
- * hold two 64 KiB pieces each, the rest wait for room). An honest device's
- * download waits behind them only until the stalled ones, having read nothing
- * for 10 s while downloads wait, are closed (write_stall); it then downloads,
- * uploads and is acked. */
+/* The send queue's cap (max_send_queue) counts stalled connections too, so the
+ * server's send buffers do not grow with the number of peers that stop
+ * reading: 16 peers that ask for the adapter and never read fill a 256 KiB
+ * queue (8 of them hold a 32 KiB piece each, the rest wait for room). An
+ * honest device's download waits behind them only until the stalled ones,
+ * having read nothing for 10 s while downloads wait, are closed
+ * (write_stall); it then downloads, uploads and is acked. */
 START_TEST(test_stalled_evicted)
 {
-    enum { NH = 24 };
+    enum { NH = 16, QMAX = 262144 };
     it_dep_t d;
     ck_assert_int_eq(it_init(&d, "integ_evict", "lora_targets=wq,wk,wv,wo,w1,w2,w3", "lora_rank=160",
-                             "target_cohort=25", "min_cohort=25", "overselect=1", "selection_timeout_s=300",
-                             "round_timeout_s=300", "idle_timeout_s=600", "retry_ms=200", "secure_agg=false", NULL),
+                             "target_cohort=17", "min_cohort=17", "overselect=1", "selection_timeout_s=300",
+                             "round_timeout_s=300", "idle_timeout_s=600", "retry_ms=200", "secure_agg=false",
+                             "max_send_queue=262144", NULL),
                      0);
     char id[32];
     for (int i = 0; i < NH; i++) {
@@ -1205,11 +1206,11 @@ START_TEST(test_stalled_evicted)
         ck_assert_int_eq(it_send(h[i], &m), 0); /* and never read again */
     }
     it_client_rcvbuf(0);
-    ck_assert_int_ge(metric_wait(&d, "plait_stalled_connections", 12), 12);
+    ck_assert_int_ge(metric_wait(&d, "plait_stalled_connections", 6), 6);
     long long q = metric(&d, "plait_send_queue_bytes{state=\"stalled\"}") +
                   metric(&d, "plait_send_queue_bytes{state=\"flowing\"}");
-    ck_assert_int_ge(q, 3 << 19);                             /* the queue is full ... */
-    ck_assert_int_le(q, (2 << 20) + 2 * (65536 + 1024));      /* ... and no fuller than its cap and a piece */
+    ck_assert_int_ge(q, QMAX - 32768);              /* the queue is full ... */
+    ck_assert_int_le(q, QMAX + 32768 + 1024 + 4096); /* ... and no fuller than its cap and a piece */
     ck_assert_int_eq(it_log_count(&d, "write_stall"), 0);
     ck_assert_int_eq(it_participate(&d, "honest", 0.001f, NULL), 0);
     ck_assert_int_eq(it_log_count(&d, "update accepted round=1 "), 1);

@@ -397,9 +397,10 @@ static int download(it_client_t *c, const plait_msg_task_t *t)
     plait_sha256_t h;
     plait_sha256_init(&h);
     uint64_t have = 0;
+    /* 30 s a chunk: a download may wait behind stalled peers until they are closed (10 s) */
     while (have < t->adapter_len) {
         plait_msg_t r;
-        if ((rc = it_recv(c, &r, 10000)) != 0) return rc;
+        if ((rc = it_recv(c, &r, 30000)) != 0) return rc;
         if (r.type != PLAIT_MSG_ADAPTER_CHUNK || r.u.adapter_chunk.offset != have) {
             plait_msg_free(&r);
             return PLAIT_EPROTO;
