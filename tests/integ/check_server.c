@@ -1115,6 +1115,36 @@ END_TEST
 static long long metric(const it_dep_t *d, const char *name);
 static long long metric_wait(const it_dep_t *d, const char *name, long long want);
 
+/* Enroll n devices stall0.. and "honest", start the service, and have the
+ * stall devices take their task, ask for the adapter with a 4 KiB receive
+ * buffer, and never read again. */
+static void stall_downloads(it_dep_t *d, it_client_t **h, int n)
+{
+    char id[32];
+    for (int i = 0; i < n; i++) {
+        snprintf(id, sizeof(id), "stall%d", i);
+        ck_assert_int_eq(it_enroll(d, id), 0);
+    }
+    ck_assert_int_eq(it_enroll(d, "honest"), 0);
+    ck_assert_int_eq(it_start(d, NULL), 0);
+    it_client_rcvbuf(4096);
+    for (int i = 0; i < n; i++) {
+        snprintf(id, sizeof(id), "stall%d", i);
+        h[i] = malloc(sizeof(*h[i]));
+        ck_assert_ptr_nonnull(h[i]);
+        plait_msg_task_t t;
+        ck_assert_int_eq(client_with_task(h[i], d, id, &t), 0);
+        ck_assert_uint_gt(t.adapter_len, 3u << 20); /* more than the socket buffers take */
+        plait_msg_t m;
+        plait_msg_init(&m, PLAIT_MSG_ADAPTER_REQUEST);
+        m.u.adapter_request.round_id = t.round_id;
+        m.u.adapter_request.version = t.adapter_version;
+        m.u.adapter_request.offset = 0;
+        ck_assert_int_eq(it_send(h[i], &m), 0);
+    }
+    it_client_rcvbuf(0);
+}
+
 /* Peers that ask for the adapter and then read nothing: each fills its socket, then the
  * aggregator's send queue holds one download piece of 32 KiB for it (not two of
  * max_chunk_bytes: 256 KiB chunks queued 7.8 MB for these ten). Ten such peers hold
@@ -1128,30 +1158,8 @@ START_TEST(test_stalled_readers)
                              "target_cohort=11", "min_cohort=11", "overselect=1", "selection_timeout_s=300",
                              "round_timeout_s=300", "idle_timeout_s=600", "retry_ms=200", "secure_agg=false", NULL),
                      0);
-    char id[32];
-    for (int i = 0; i < NH; i++) {
-        snprintf(id, sizeof(id), "stall%d", i);
-        ck_assert_int_eq(it_enroll(&d, id), 0);
-    }
-    ck_assert_int_eq(it_enroll(&d, "honest"), 0);
-    ck_assert_int_eq(it_start(&d, NULL), 0);
     it_client_t *h[NH];
-    it_client_rcvbuf(4096);
-    for (int i = 0; i < NH; i++) {
-        snprintf(id, sizeof(id), "stall%d", i);
-        h[i] = malloc(sizeof(*h[i]));
-        ck_assert_ptr_nonnull(h[i]);
-        plait_msg_task_t t;
-        ck_assert_int_eq(client_with_task(h[i], &d, id, &t), 0);
-        ck_assert_uint_gt(t.adapter_len, 3u << 20); /* more than the socket buffers take */
-        plait_msg_t m;
-        plait_msg_init(&m, PLAIT_MSG_ADAPTER_REQUEST);
-        m.u.adapter_request.round_id = t.round_id;
-        m.u.adapter_request.version = t.adapter_version;
-        m.u.adapter_request.offset = 0;
-        ck_assert_int_eq(it_send(h[i], &m), 0); /* and never read again */
-    }
-    it_client_rcvbuf(0);
+    stall_downloads(&d, h, NH);
     ck_assert_int_eq(metric_wait(&d, "plait_stalled_connections", NH), NH);
     long long stalled = metric(&d, "plait_send_queue_bytes{state=\"stalled\"}");
     ck_assert_int_gt(stalled, 0);
@@ -1169,43 +1177,22 @@ END_TEST
 
 /* The send queue's cap (max_send_queue) counts stalled connections too, so the
  * server's send buffers do not grow with the number of peers that stop
- * reading: 16 peers that ask for the adapter and never read fill a 256 KiB
- * queue (8 of them hold a 32 KiB piece each, the rest wait for room). An
- * honest device's download waits behind them only until the stalled ones,
+ * reading: 8 peers that ask for the adapter and never read fill a 256 KiB
+ * queue with a 32 KiB piece each. An honest device's download waits behind
+ * them only until the stalled ones,
  * having read nothing for 10 s while downloads wait, are closed
  * (write_stall); it then downloads, uploads and is acked. */
 START_TEST(test_stalled_evicted)
 {
-    enum { NH = 16, QMAX = 262144 };
+    enum { NH = 8, QMAX = 262144 };
     it_dep_t d;
     ck_assert_int_eq(it_init(&d, "integ_evict", "lora_targets=wq,wk,wv,wo,w1,w2,w3", "lora_rank=160",
-                             "target_cohort=17", "min_cohort=17", "overselect=1", "selection_timeout_s=300",
+                             "target_cohort=9", "min_cohort=9", "overselect=1", "selection_timeout_s=300",
                              "round_timeout_s=300", "idle_timeout_s=600", "retry_ms=200", "secure_agg=false",
                              "max_send_queue=262144", NULL),
                      0);
-    char id[32];
-    for (int i = 0; i < NH; i++) {
-        snprintf(id, sizeof(id), "stall%d", i);
-        ck_assert_int_eq(it_enroll(&d, id), 0);
-    }
-    ck_assert_int_eq(it_enroll(&d, "honest"), 0);
-    ck_assert_int_eq(it_start(&d, NULL), 0);
     it_client_t *h[NH];
-    it_client_rcvbuf(4096);
-    for (int i = 0; i < NH; i++) {
-        snprintf(id, sizeof(id), "stall%d", i);
-        h[i] = malloc(sizeof(*h[i]));
-        ck_assert_ptr_nonnull(h[i]);
-        plait_msg_task_t t;
-        ck_assert_int_eq(client_with_task(h[i], &d, id, &t), 0);
-        plait_msg_t m;
-        plait_msg_init(&m, PLAIT_MSG_ADAPTER_REQUEST);
-        m.u.adapter_request.round_id = t.round_id;
-        m.u.adapter_request.version = t.adapter_version;
-        m.u.adapter_request.offset = 0;
-        ck_assert_int_eq(it_send(h[i], &m), 0); /* and never read again */
-    }
-    it_client_rcvbuf(0);
+    stall_downloads(&d, h, NH);
     ck_assert_int_ge(metric_wait(&d, "plait_stalled_connections", 6), 6);
     long long q = metric(&d, "plait_send_queue_bytes{state=\"stalled\"}") +
                   metric(&d, "plait_send_queue_bytes{state=\"flowing\"}");
