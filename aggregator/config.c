@@ -413,6 +413,8 @@ int plait_aggcfg_validate(const plait_aggcfg_t *c)
     if (c->max_frame < c->max_chunk_bytes + 256)
         return plait_fail(PLAIT_EINVAL, "max_frame: must be at least max_chunk_bytes + 256");
     if (c->max_preauth_frame > c->max_frame) return plait_fail(PLAIT_EINVAL, "max_preauth_frame: larger than max_frame");
+    if (c->max_send_queue < 65536) /* below one download piece and its framing no download would go out */
+        return plait_fail(PLAIT_EINVAL, "max_send_queue: %llu, must be at least 65536", (unsigned long long)c->max_send_queue);
     if (strcmp(c->dp, "central") == 0 && c->pace_rounds != 0)
         return plait_fail(PLAIT_EINVAL, "pace_rounds: must be 0 with dp = central (the accountant assumes each device "
                                         "is sampled independently every round)");

@@ -94,7 +94,6 @@ static void on_tick(uv_timer_t *t)
         }
     }
     plait__srv_mark_write_stalls(s, now);
-    plait__srv_accept_resume(s); /* pool slots freed by closes still draining */
     for (mconn_t *mc = s->mconns, *nx; mc; mc = nx) {
         nx = mc->next;
         if (now - mc->t_open > METRICS_DEADLINE_S) plait__srv_mconn_close(mc);
@@ -108,6 +107,7 @@ static void on_tick(uv_timer_t *t)
             s->admit.suppressed_reported = s->admit.suppressed;
         }
     }
+    plait__srv_accept_resume(s); /* pool slots freed by closes still draining, revocations, a failed calloc */
     plait__srv_round_step(s);
     plait__srv_uploads_resume(s); /* buffers freed by closes and by held updates going in */
     maybe_finish_shutdown(s);

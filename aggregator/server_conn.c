@@ -25,6 +25,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#ifdef __linux__
+#include <linux/sockios.h> /* SIOCOUTQ */
+#endif
 
 #include "plait/crypto.h"
 #include "plait/log.h"
@@ -138,6 +141,26 @@ void plait__srv_mark_write_stalls(plait_server_t *s, double now)
 {
     for (conn_t *c = s->conns; c; c = c->next) {
         if (c->closing || c->out_queued == 0) continue;
+        /* A slow reader completes a 32 KiB write rarely, but between ticks the
+         * peer acknowledges some of what the kernel holds (SIOCOUTQ: sent, not
+         * yet acknowledged) or the kernel takes some of libuv's queue: that is
+         * progress too. Writes are added only when a piece completes, which
+         * counts as progress anyway. */
+        size_t wq = uv_stream_get_write_queue_size((const uv_stream_t *)&c->tcp);
+#ifdef SIOCOUTQ
+        uv_os_fd_t fd;
+        int outq = 0;
+        if (uv_fileno((const uv_handle_t *)&c->tcp, &fd) == 0 && ioctl(fd, SIOCOUTQ, &outq) == 0 && outq > 0)
+            wq += (size_t)outq;
+#endif
+        if (wq < c->wq_seen) {
+            c->t_wprog = now;
+            if (c->wstalled) {
+                s->out_stalled -= c->out_queued;
+                c->wstalled = 0;
+            }
+        }
+        c->wq_seen = wq;
         if (!c->wstalled && now - c->t_wprog > DL_STALL_S) {
             c->wstalled = 1;
             s->out_stalled += c->out_queued;
@@ -965,9 +988,12 @@ void plait__srv_on_conn(uv_stream_t *l, int status)
         s->accept_waiting = 1;
         return;
     }
-    s->accept_waiting = 0;
     conn_t *c = calloc(1, sizeof(*c));
-    if (!c) return;
+    if (!c) { /* libuv holds the connection: the tick tries again */
+        s->accept_waiting = 1;
+        return;
+    }
+    s->accept_waiting = 0;
     c->srv = s;
     c->id = ++s->next_conn_id;
     c->t_open = c->t_last = now_s(s);
@@ -978,6 +1004,10 @@ void plait__srv_on_conn(uv_stream_t *l, int status)
     s->conns = c;
     s->m.connections_open++;
     if (uv_accept(l, (uv_stream_t *)&c->tcp) != 0) {
+        /* libuv restarts polling the listener only after a successful accept:
+         * outside its own callback (a deferred accept) nobody else would */
+        if (!s->stopping && uv_listen(l, LISTEN_BACKLOG, plait__srv_on_conn) != 0)
+            PLAIT_LOG(PLAIT_LOG_ERROR, "listener: polling could not be restarted after a failed accept");
         plait__srv_conn_close(c, 0);
         return;
     }

@@ -66,7 +66,7 @@
 #define DL_STALL_S 2.0
 /* Adapter bytes per AdapterChunk the server sends (at most max_chunk_bytes): a connection has
  * one in flight beyond its socket, so a peer that reads slowly or not at all holds ~33 KiB of
- * the send queue, and 2 MiB lets 64 such peers download at once before others wait. */
+ * the send queue, and 2 MiB lets about 60 such peers download at once before others wait. */
 #define DL_PIECE_MAX (32u << 10)
 
 #define DL_KEEP_MAX 16          /* download_delta_keep's upper bound */
@@ -110,7 +110,9 @@ struct conn_s {
     uint8_t *in;
     size_t in_len, in_cap;
     size_t out_queued;
-    double t_wprog; /* last write progress (for the write-stall limit) */
+    double t_wprog; /* last write progress: a write completed, or the kernel took part of one (tick) */
+    size_t wq_seen; /* bytes not yet acknowledged by the peer at the last tick: libuv's write queue and the
+                     * kernel's send queue (it shrinks as the peer reads) */
     int wstalled;   /* no write progress for DL_STALL_S: out_queued counts in out_stalled */
     /* round participation */
     uint64_t round_id; /* server round id this connection was selected for, 0 if none */

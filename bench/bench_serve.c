@@ -929,7 +929,7 @@ int bench_serve(int argc, char **argv)
                     "download_delta_bits of the deployment, 0, 8 or 16 (default 0); with 8 or 16\n"
                     "the clients ask for deltas from round 2 and rebuild them as agents do", 0),
         PLAIT_F_SIZE("threads", &o.threads, 1, 64, "T", "client threads", 1),
-        PLAIT_F_SIZE("preauth", &o.preauth, 1, 1000000, "K",
+        PLAIT_F_SIZE("preauth", &o.preauth, 1, 100000, "K",
                      "max_preauth_connections of the deployment (handshakes in progress at once;\n"
                      "the rest wait in the listen backlog)", 1),
         PLAIT_F_STR("aggregator", &o.bin, "PATH", "the plait-aggregator binary (default the one built with this bench)"),

@@ -60,8 +60,14 @@ START_TEST(test_defaults)
     ck_assert_int_eq(plait_aggcfg_validate(&c), 0);
     ck_assert_uint_eq(c.port, 7443);
     ck_assert_uint_eq(c.max_preauth_frame, 4096);
+    ck_assert_uint_eq(c.max_send_queue, 2u << 20);
     ck_assert_str_eq(c.lora_mode, "ffa");
     ck_assert(c.metrics_enabled == 1);
+    /* a send queue below one download piece would send nothing, parsed or set directly */
+    ck_assert_int_ne(parse(&c, "max_send_queue = 4096\n"), 0);
+    c.max_send_queue = 0;
+    ck_assert_int_eq(plait_aggcfg_validate(&c), PLAIT_EINVAL);
+    ck_assert_ptr_nonnull(strstr(plait_errmsg(), "max_send_queue"));
 }
 END_TEST
 
