@@ -16,6 +16,7 @@
 #include "plait/adapter.h"
 #include "plait/crypto.h"
 #include "plait/delta.h"
+#include "plait/le.h"
 #include "plait/lora.h"
 
 #include <stdlib.h>
@@ -56,8 +57,7 @@ int plait__agent_rebuild_adapter(plait_agent_t *a, const plait_msg_task_t *t,
         }
         plait_lora_init_weights(&l, t->lora.a_seed);
         for (size_t i = 0; i < nb; i++) {
-            uint32_t u = (uint32_t)data[4 * i] | (uint32_t)data[4 * i + 1] << 8 |
-                         (uint32_t)data[4 * i + 2] << 16 | (uint32_t)data[4 * i + 3] << 24;
+            uint32_t u = plait_le32(data + 4 * i);
             memcpy(&l.params[l.n_a + i], &u, 4);
         }
     } else {

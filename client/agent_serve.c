@@ -42,6 +42,7 @@
 #include "agent_int.h"
 #include "plait/adapter.h"
 #include "plait/file.h"
+#include "plait/le.h"
 #include "plait/personal.h"
 #include "plait/plait.h"
 
@@ -259,12 +260,12 @@ int plait_agent_serving_bias(const char *state_dir, float *bias, size_t V)
     int rc = read_served(state_dir, 0, 8 + 4 * V, path, sizeof(path), &img, &il);
     if (rc != 0) return rc;
     uint32_t n = 0;
-    if (il >= 8) n = (uint32_t)img[4] | (uint32_t)img[5] << 8 | (uint32_t)img[6] << 16 | (uint32_t)img[7] << 24;
+    if (il >= 8) n = plait_le32(img + 4);
     if (il != 8 + 4 * V || memcmp(img, BIAS_MAGIC, 4) != 0 || n != V)
         rc = plait_fail(PLAIT_EPROTO, "%s: not a bias of %zu logits", path, V);
     for (size_t v = 0; rc == 0 && v < V; v++) {
         const uint8_t *p = img + 8 + 4 * v;
-        uint32_t u = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+        uint32_t u = plait_le32(p);
         memcpy(&bias[v], &u, 4);
         if (!isfinite(bias[v])) rc = plait_fail(PLAIT_EPROTO, "%s: logit %zu is not finite", path, v);
     }

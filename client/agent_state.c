@@ -22,6 +22,7 @@
 #include "plait/adapter.h"
 #include "plait/crypto.h"
 #include "plait/file.h"
+#include "plait/le.h"
 #include "plait/log.h"
 #include "plait/lora.h"
 
@@ -125,20 +126,6 @@ int plait__agent_state_save(const char *dir, const plait__agent_state_t *st)
     return plait__agent_atomic_write(dir, STATE_FILE, (const uint8_t *)buf, (size_t)n);
 }
 
-static void put_u64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint64_t get_u64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v |= (uint64_t)p[i] << (8 * i);
-    return v;
-}
-
 #define PENDING_HEADER (8 + 4 + 8 * 4)
 
 int plait__agent_pending_save(const char *dir, const plait__agent_pending_t *p)
@@ -149,15 +136,12 @@ int plait__agent_pending_save(const char *dir, const plait__agent_pending_t *p)
     uint8_t *b = malloc(len);
     if (!b) return plait_fail(PLAIT_ENOMEM, "pending update: %zu bytes", len);
     memcpy(b, PENDING_MAGIC, 8);
-    for (int i = 0; i < 4; i++)
-        b[8 + i] = (uint8_t)(PENDING_VERSION >> (8 * i));
-    put_u64(b + 12, p->round_id);
-    put_u64(b + 20, p->adapter_version);
-    put_u64(b + 28, p->num_examples);
-    put_u64(b + 36, (uint64_t)p->n_words);
-    for (size_t i = 0; i < p->n_words; i++)
-        for (int k = 0; k < 4; k++)
-            b[PENDING_HEADER + 4 * i + (size_t)k] = (uint8_t)(p->words[i] >> (8 * k));
+    plait_put_le32(b + 8, PENDING_VERSION);
+    plait_put_le64(b + 12, p->round_id);
+    plait_put_le64(b + 20, p->adapter_version);
+    plait_put_le64(b + 28, p->num_examples);
+    plait_put_le64(b + 36, (uint64_t)p->n_words);
+    for (size_t i = 0; i < p->n_words; i++) plait_put_le32(b + PENDING_HEADER + 4 * i, p->words[i]);
     plait_sha256(b, len - 32, b + len - 32);
     int rc = plait__agent_atomic_write(dir, PENDING_FILE, b, len);
     free(b);
@@ -178,10 +162,9 @@ int plait__agent_pending_load(const char *dir, plait__agent_pending_t *p)
     rc = PLAIT_EPROTO;
     uint8_t h[32];
     if (len < PENDING_HEADER + 4 + 32 || memcmp(b, PENDING_MAGIC, 8) != 0) goto bad;
-    uint32_t ver =
-        (uint32_t)b[8] | (uint32_t)b[9] << 8 | (uint32_t)b[10] << 16 | (uint32_t)b[11] << 24;
+    uint32_t ver = plait_le32(b + 8);
     if (ver != PENDING_VERSION) goto bad;
-    uint64_t n = get_u64(b + 36);
+    uint64_t n = plait_le64(b + 36);
     if (n == 0 || n > (uint64_t)(len - PENDING_HEADER - 32) / 4 ||
         PENDING_HEADER + n * 4 + 32 != len)
         goto bad;
@@ -192,15 +175,11 @@ int plait__agent_pending_load(const char *dir, plait__agent_pending_t *p)
         free(b);
         return plait_fail(PLAIT_ENOMEM, "pending update: %llu words", (unsigned long long)n);
     }
-    p->round_id = get_u64(b + 12);
-    p->adapter_version = get_u64(b + 20);
-    p->num_examples = get_u64(b + 28);
+    p->round_id = plait_le64(b + 12);
+    p->adapter_version = plait_le64(b + 20);
+    p->num_examples = plait_le64(b + 28);
     p->n_words = (size_t)n;
-    for (size_t i = 0; i < p->n_words; i++) {
-        const uint8_t *w = b + PENDING_HEADER + 4 * i;
-        p->words[i] =
-            (uint32_t)w[0] | (uint32_t)w[1] << 8 | (uint32_t)w[2] << 16 | (uint32_t)w[3] << 24;
-    }
+    for (size_t i = 0; i < p->n_words; i++) p->words[i] = plait_le32(b + PENDING_HEADER + 4 * i);
     free(b);
     if (p->round_id == 0 || p->num_examples == 0) {
         plait__agent_pending_free(p);
@@ -259,9 +238,9 @@ void plait__agent_partial_save(plait_agent_t *a, const plait_msg_task_t *t, cons
     uint8_t *b = malloc(PART_HEADER + got);
     if (!b) return;
     memcpy(b, PART_MAGIC, 8);
-    put_u64(b + 8, t->adapter_len);
+    plait_put_le64(b + 8, t->adapter_len);
     memcpy(b + 16, t->adapter_sha256, 32);
-    put_u64(b + 48, (uint64_t)got);
+    plait_put_le64(b + 48, (uint64_t)got);
     memcpy(b + PART_HEADER, buf, got);
     if (plait__agent_atomic_write(a->state_dir, PARTIAL_FILE, b, PART_HEADER + got) == 0)
         PLAIT_LOG(PLAIT_LOG_INFO, "agent %s: kept %zu of %llu adapter bytes to resume",
@@ -283,9 +262,9 @@ size_t plait__agent_partial_load(plait_agent_t *a, const plait_msg_task_t *t, ui
     size_t len = 0, got = 0;
     if (plait__agent_path_join(path, sizeof(path), a->state_dir, PARTIAL_FILE) != 0) return 0;
     if (read_file(path, PART_HEADER + (size_t)t->adapter_len, &b, &len) == 0 &&
-        len >= PART_HEADER && memcmp(b, PART_MAGIC, 8) == 0 && get_u64(b + 8) == t->adapter_len &&
+        len >= PART_HEADER && memcmp(b, PART_MAGIC, 8) == 0 && plait_le64(b + 8) == t->adapter_len &&
         plait_ct_memcmp(b + 16, t->adapter_sha256, 32) == 0 &&
-        get_u64(b + 48) == (uint64_t)(len - PART_HEADER) && len - PART_HEADER < t->adapter_len) {
+        plait_le64(b + 48) == (uint64_t)(len - PART_HEADER) && len - PART_HEADER < t->adapter_len) {
         got = len - PART_HEADER;
         memcpy(buf, b + PART_HEADER, got);
     }

@@ -12,6 +12,7 @@
 
 #include "plait/crypto.h"
 #include "plait/knn.h"
+#include "plait/le.h"
 
 /* A key's squared norm at most: far below FLT_MAX, so that |q|^2 + |k|^2 - 2 q.k cannot overflow in float for
  * any query of the model's scale (a hidden state after RMSNorm). */
@@ -163,23 +164,6 @@ int plait_knn_mix_logits(const plait_knn_t *s, const float *q, float *logits, si
 
 #define HDR 36 /* magic, C, n, k, tau, lambda, reserved */
 
-static void put32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
-}
-static uint32_t get32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-static void put64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
-}
-static uint64_t get64(const uint8_t *p)
-{
-    return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32;
-}
-
 int plait_knn_save_mem(const plait_knn_t *s, uint8_t **out, size_t *out_len)
 {
     if (out) *out = NULL;
@@ -193,22 +177,22 @@ int plait_knn_save_mem(const plait_knn_t *s, uint8_t **out, size_t *out_len)
     uint8_t *b = malloc(len);
     if (!b) return plait_fail(PLAIT_ENOMEM, "knn save: %zu bytes", len);
     memcpy(b, "PLK1", 4);
-    put32(b + 4, (uint32_t)s->C);
-    put32(b + 8, (uint32_t)s->n);
-    put32(b + 12, (uint32_t)s->k);
+    plait_put_le32(b + 4, (uint32_t)s->C);
+    plait_put_le32(b + 8, (uint32_t)s->n);
+    plait_put_le32(b + 12, (uint32_t)s->k);
     uint64_t u;
     memcpy(&u, &s->tau, 8);
-    put64(b + 16, u);
+    plait_put_le64(b + 16, u);
     memcpy(&u, &s->lambda, 8);
-    put64(b + 24, u);
-    put32(b + 32, 0); /* reserved */
+    plait_put_le64(b + 24, u);
+    plait_put_le32(b + 32, 0); /* reserved */
     uint8_t *p = b + HDR;
     for (size_t i = 0; i < s->n * s->C; i++, p += 4) {
         uint32_t f;
         memcpy(&f, &s->keys[i], 4);
-        put32(p, f);
+        plait_put_le32(p, f);
     }
-    for (size_t i = 0; i < s->n; i++, p += 4) put32(p, (uint32_t)s->vals[i]);
+    for (size_t i = 0; i < s->n; i++, p += 4) plait_put_le32(p, (uint32_t)s->vals[i]);
     *out = b;
     *out_len = len;
     return 0;
@@ -220,11 +204,11 @@ int plait_knn_load_mem(plait_knn_t *s, const uint8_t *buf, size_t len, size_t C,
     plait_knn_free(s);
     if (!buf || len < HDR || memcmp(buf, "PLK1", 4) != 0)
         return plait_fail(PLAIT_EPROTO, "knn memory: not a PLK1 image");
-    uint32_t c = get32(buf + 4), n = get32(buf + 8), k = get32(buf + 12), res = get32(buf + 32);
-    uint64_t u = get64(buf + 16);
+    uint32_t c = plait_le32(buf + 4), n = plait_le32(buf + 8), k = plait_le32(buf + 12), res = plait_le32(buf + 32);
+    uint64_t u = plait_le64(buf + 16);
     double tau, lambda;
     memcpy(&tau, &u, 8);
-    u = get64(buf + 24);
+    u = plait_le64(buf + 24);
     memcpy(&lambda, &u, 8);
     if (c != C) return plait_fail(PLAIT_EMISMATCH, "knn memory: keys of %u floats, the model's are %zu", c, C);
     if (n == 0 || n > PLAIT_KNN_MAX_ENTRIES)
@@ -246,11 +230,11 @@ int plait_knn_load_mem(plait_knn_t *s, const uint8_t *buf, size_t len, size_t C,
         float *key = s->keys + i * C;
         double nn = 0.0;
         for (size_t j = 0; j < C; j++) {
-            uint32_t f = get32(p + (i * C + j) * 4);
+            uint32_t f = plait_le32(p + (i * C + j) * 4);
             memcpy(&key[j], &f, 4);
             nn += (double)key[j] * key[j];
         }
-        int32_t v = (int32_t)get32(pv + i * 4);
+        int32_t v = (int32_t)plait_le32(pv + i * 4);
         if (!(nn <= KEY_NORM_MAX)) /* NaN, infinite, or too large to measure distances in float */
             rc = plait_fail(PLAIT_EPROTO, "knn memory: entry %zu has a key that is not finite or too large", i);
         else if (v < 0 || (size_t)v >= V)

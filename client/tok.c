@@ -38,6 +38,7 @@
 #include <unistd.h>
 
 #include "plait/model.h"
+#include "plait/le.h"
 
 void plait_tok_init(plait_tok_t *t)
 {
@@ -59,7 +60,7 @@ void plait_tok_free(plait_tok_t *t)
 
 static int32_t rd_i32(const uint8_t *p)
 {
-    uint32_t v = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+    uint32_t v = plait_le32(p);
     int32_t r;
     memcpy(&r, &v, 4);
     return r;
@@ -67,7 +68,7 @@ static int32_t rd_i32(const uint8_t *p)
 
 static float rd_f32(const uint8_t *p)
 {
-    uint32_t v = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+    uint32_t v = plait_le32(p);
     float r;
     memcpy(&r, &v, 4);
     return r;

@@ -13,6 +13,7 @@
  */
 #include "plait/gguf.h"
 #include "plait/file.h"
+#include "plait/le.h"
 #include "plait/model.h"
 #include "plait/tok.h"
 #include "tok_bpe_int.h"
@@ -98,9 +99,7 @@ int plait__tok_parse_gguf(plait_tok_t *t, const uint8_t *buf, size_t len, int vo
     size_t V = (size_t)vocab_size, total = 4, mtl = 1;
     const uint8_t *p = toks->val;
     for (size_t i = 0; i < V; i++) {
-        size_t n = (size_t)((uint64_t)p[0] | (uint64_t)p[1] << 8 | (uint64_t)p[2] << 16 | (uint64_t)p[3] << 24 |
-                            (uint64_t)p[4] << 32 | (uint64_t)p[5] << 40 | (uint64_t)p[6] << 48 |
-                            (uint64_t)p[7] << 56);
+        size_t n = (size_t)plait_le64(p);
         size_t u = unspace((const char *)p + 8, n, NULL);
         if (u > mtl) mtl = u;
         total += 8 + u;

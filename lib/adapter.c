@@ -25,6 +25,7 @@
 #include "plait/crypto.h"
 #include "plait/file.h"
 #include "plait/json.h"
+#include "plait/le.h"
 
 #include <errno.h>
 #include <math.h>
@@ -427,7 +428,7 @@ int plait_safetensors_write_mem(const plait_st_out_t *t, size_t n, const plait_s
         return plait_fail(PLAIT_ENOMEM, "safetensors image of %zu bytes", total);
     }
     uint64_t hl = s.n;
-    for (int i = 0; i < 8; i++) buf[i] = (uint8_t)(hl >> (8 * i));
+    plait_put_le64(buf, hl);
     memcpy(buf + 8, s.p, s.n);
     free(s.p);
     uint8_t *d = buf + 8 + hl;

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "plait/crypto.h"
+#include "plait/le.h"
 
 /* ------------------------------------------------------------------------ */
 /* Reading versions                                                          */
@@ -130,7 +131,7 @@ static int version_get_tx(plait_aggstore_t *st, int64_t number, plait_aggstore_v
     v->opt_state = (float *)(void *)o;
     for (size_t i = 0; i < v->opt_state_len; i++) {
         const uint8_t *p = o + 4 * i;
-        uint32_t u = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+        uint32_t u = plait_le32(p);
         float f;
         memcpy(&f, &u, 4);
         if (!isfinite(f))

@@ -14,6 +14,7 @@
  * encoded delta is cached), once per download on a device; O(n), one pass.
  */
 #include "plait/delta.h"
+#include "plait/le.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -36,17 +37,6 @@ static float u2f(uint32_t u)
     return f;
 }
 
-static void put_u32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint32_t get_u32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
 static void put_header(uint8_t *p, int kind, unsigned bits, uint32_t block, uint64_t n)
 {
     memcpy(p, MAGIC, 4);
@@ -54,9 +44,9 @@ static void put_header(uint8_t *p, int kind, unsigned bits, uint32_t block, uint
     p[5] = (uint8_t)kind;
     p[6] = (uint8_t)bits;
     p[7] = 0;
-    put_u32(p + 8, block);
-    put_u32(p + 12, (uint32_t)n);
-    put_u32(p + 16, (uint32_t)(n >> 32));
+    plait_put_le32(p + 8, block);
+    plait_put_le32(p + 12, (uint32_t)n);
+    plait_put_le32(p + 16, (uint32_t)(n >> 32));
 }
 
 static unsigned tag_of(uint32_t x)
@@ -134,12 +124,12 @@ int plait_delta_encode_quant(const float *prev, const float *target, size_t n, u
         float scale = maxabs / (float)qmax;
         if (!(scale >
               0.0f)) { /* unchanged (or a change below the smallest float step): no values */
-            put_u32(p, 0);
+            plait_put_le32(p, 0);
             p += 4;
             memmove(committed + s, prev + s, m * sizeof(float));
             continue;
         }
-        put_u32(p, f2u(scale));
+        plait_put_le32(p, f2u(scale));
         p += 4;
         for (size_t i = s; i < s + m; i++) {
             float d = target[i] - prev[i];
@@ -172,8 +162,8 @@ int plait_delta_apply(const float *prev, size_t n, const uint8_t *d, size_t len,
     if (d[4] != 1) return plait_fail(PLAIT_EPROTO, "delta: format version %u, expected 1", d[4]);
     if (d[7] != 0) return plait_fail(PLAIT_EPROTO, "delta: reserved byte %u, expected 0", d[7]);
     unsigned kind = d[5], bits = d[6];
-    uint32_t block = get_u32(d + 8);
-    uint64_t dn = (uint64_t)get_u32(d + 12) | (uint64_t)get_u32(d + 16) << 32;
+    uint32_t block = plait_le32(d + 8);
+    uint64_t dn = plait_le64(d + 12);
     if (dn != (uint64_t)n)
         return plait_fail(PLAIT_EMISMATCH, "delta: n %llu, the adapter has %zu elements",
                           (unsigned long long)dn, n);
@@ -227,7 +217,7 @@ int plait_delta_apply(const float *prev, size_t n, const uint8_t *d, size_t len,
         if ((size_t)(end - p) < 4)
             return plait_fail(PLAIT_EPROTO,
                               "delta: block at element %zu: truncated before its scale", s);
-        uint32_t su = get_u32(p);
+        uint32_t su = plait_le32(p);
         float scale = u2f(su);
         p += 4;
         if (!isfinite(scale) || scale < 0.0f || (su & 0x80000000u))

@@ -19,6 +19,7 @@
  * kernels never see one from the file. The SHA-256 of the bytes is computed
  * at load (it binds adapters to their base model).
  */
+#include "plait/le.h"
 #include "plait/model.h"
 #include "plait/crypto.h"
 #include "plait/file.h"
@@ -155,8 +156,7 @@ int plait_model_is_f32(const plait_model_t *m)
 
 static int32_t rd_i32(const uint8_t *b)
 {
-    uint32_t u = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
-    return (int32_t)u;
+    return (int32_t)plait_le32(b);
 }
 
 /* Every named tensor of the checkpoint, in file order, for naming a bad value. */

@@ -9,6 +9,7 @@
  * in the high nibble, value d * (nibble - 8).
  */
 #include "plait/quant.h"
+#include "plait/le.h"
 
 #include <math.h>
 #include <string.h>
@@ -92,18 +93,16 @@ static uint16_t f32_to_bf16(float f)
     return (uint16_t)(x >> 16);
 }
 
-static uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
-
 void plait_dequant_row(float *dst, const plait_wmat_t *w, size_t row, size_t i0, size_t n)
 {
     const uint8_t *r = (const uint8_t *)w->data + row * w->row_bytes;
     switch (w->type) {
     case PLAIT_DT_F32: memcpy(dst, r + i0 * 4, n * 4); return;
     case PLAIT_DT_F16:
-        for (size_t i = 0; i < n; i++) dst[i] = plait_f16_to_f32(rd16(r + (i0 + i) * 2));
+        for (size_t i = 0; i < n; i++) dst[i] = plait_f16_to_f32(plait_le16(r + (i0 + i) * 2));
         return;
     case PLAIT_DT_BF16:
-        for (size_t i = 0; i < n; i++) dst[i] = bf16_to_f32(rd16(r + (i0 + i) * 2));
+        for (size_t i = 0; i < n; i++) dst[i] = bf16_to_f32(plait_le16(r + (i0 + i) * 2));
         return;
     case PLAIT_DT_Q8_0:
     case PLAIT_DT_Q4_0: {
@@ -111,7 +110,7 @@ void plait_dequant_row(float *dst, const plait_wmat_t *w, size_t row, size_t i0,
         while (i < n) {
             size_t e = i0 + i, b = e / PLAIT_QBLOCK, j = e % PLAIT_QBLOCK;
             const uint8_t *blk = r + b * bytes;
-            float d = plait_f16_to_f32(rd16(blk)), q[PLAIT_QBLOCK];
+            float d = plait_f16_to_f32(plait_le16(blk)), q[PLAIT_QBLOCK];
             /* Whole block into q (straight-line loops the compiler vectorizes), then the wanted part. */
             if (w->type == PLAIT_DT_Q8_0) {
                 const int8_t *qs = (const int8_t *)(blk + 2);

@@ -16,6 +16,7 @@
  * normal. plait_rng_wipe() clears them.
  */
 #include "plait/rng.h"
+#include "plait/le.h"
 
 #include <math.h>
 #include <string.h>
@@ -43,18 +44,13 @@ static void chacha_block(const uint32_t in[16], uint32_t out[16])
     plait_zeroize(x, sizeof(x));
 }
 
-static uint32_t load32_le(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
 void plait_rng_seed(plait_rng_t *r, const uint8_t key[32], uint64_t stream)
 {
     r->input[0] = 0x61707865u; /* "expand 32-byte k" */
     r->input[1] = 0x3320646eu;
     r->input[2] = 0x79622d32u;
     r->input[3] = 0x6b206574u;
-    for (int i = 0; i < 8; i++) r->input[4 + i] = load32_le(key + 4 * i);
+    for (int i = 0; i < 8; i++) r->input[4 + i] = plait_le32(key + 4 * i);
     r->input[12] = 0;
     r->input[13] = 0;
     r->input[14] = (uint32_t)stream;
@@ -68,7 +64,7 @@ void plait_rng_seed_u64(plait_rng_t *r, uint64_t seed, uint64_t stream)
 {
     uint8_t buf[12 + 8], key[32];
     memcpy(buf, "plait-rng-v1", 12);
-    for (int i = 0; i < 8; i++) buf[12 + i] = (uint8_t)(seed >> (8 * i));
+    plait_put_le64(buf + 12, seed);
     plait_sha256(buf, sizeof(buf), key);
     plait_rng_seed(r, key, stream);
     plait_zeroize(key, sizeof(key));

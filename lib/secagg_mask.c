@@ -11,6 +11,7 @@
  * nonce) read as little-endian words; everything is mod 2^32, reduced to
  * m bits at the end.
  */
+#include "plait/le.h"
 #include "plait/secagg.h"
 
 #include <stdlib.h>
@@ -36,12 +37,10 @@ static void prg_add(const uint8_t key[32], int negate, uint32_t *acc, size_t len
         mbedtls_chacha20_update(&cc, nw * 4, zeros, ks);
         if (negate)
             for (size_t j = 0; j < nw; j++)
-                acc[i + j] -= (uint32_t)ks[4 * j] | ((uint32_t)ks[4 * j + 1] << 8) | ((uint32_t)ks[4 * j + 2] << 16) |
-                              ((uint32_t)ks[4 * j + 3] << 24);
+                acc[i + j] -= plait_le32(ks + 4 * j);
         else
             for (size_t j = 0; j < nw; j++)
-                acc[i + j] += (uint32_t)ks[4 * j] | ((uint32_t)ks[4 * j + 1] << 8) | ((uint32_t)ks[4 * j + 2] << 16) |
-                              ((uint32_t)ks[4 * j + 3] << 24);
+                acc[i + j] += plait_le32(ks + 4 * j);
         i += nw;
     }
     plait_zeroize(ks, sizeof(ks));
