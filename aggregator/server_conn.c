@@ -1034,15 +1034,19 @@ void plait__srv_on_conn(uv_stream_t *l, int status)
     }
     /* Admission before authentication (server_admit.h): a bounded pool, a
      * per-address share of it, and the slots above it left to devices. The
-     * pool is never full here (the accept waited for room). */
+     * pool is full here only when the accept did not wait: at max_connections,
+     * with departed peers reaped since. */
     plait__admit_result_t ar =
         plait__admit_enter(&s->admit, c->addr, s->preauth_cap, (size_t)s->cfg.max_preauth_per_addr);
     if (ar != PLAIT__ADMIT_OK) {
         if (ar == PLAIT__ADMIT_ADDR_FULL)
             plait__srv_reject(c, PLAIT__REJ_ADDR_FULL, "%zu connections from %s before their hello (max_preauth_per_addr %llu)",
                    plait__admit_count(&s->admit, c->addr), c->addr, (unsigned long long)s->cfg.max_preauth_per_addr);
+        else if (ar == PLAIT__ADMIT_POOL_FULL)
+            plait__srv_reject(c, PLAIT__REJ_TOO_MANY, "%zu connections before their hello (pre-auth cap %zu) at max_connections %llu, from %s",
+                              s->admit.preauth, s->preauth_cap, (unsigned long long)s->cfg.max_connections, c->addr);
         else
-            PLAIT_LOG(PLAIT_LOG_ERROR, "pre-auth pool: %s", ar == PLAIT__ADMIT_NOMEM ? "out of memory" : "full");
+            PLAIT_LOG(PLAIT_LOG_ERROR, "pre-auth pool: out of memory");
         plait__srv_conn_close(c, 0);
         return;
     }
