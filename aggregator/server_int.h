@@ -4,8 +4,10 @@
  * The service is one object, plait_server_t, split by concern:
  *
  *     server.c          setup, listeners, the tick, signals, shutdown, destroy
- *     server_conn.c     device connections: accept, TLS, frames, writes,
+ *     server_conn.c     device connections: accept, TLS, reading frames,
  *                       closing, message dispatch, revocation of live sessions
+ *     server_send.c     sending: frames into TLS and libuv, the send queue,
+ *                       download pacing, stalled readers
  *     server_round.c    the round glue: cohort and pace steering, Hello → Task
  *                       or come back later, uploads, declines, the SecAgg+
  *                       glue, the round's deadlines (plait__srv_round_step)
@@ -113,7 +115,7 @@ struct conn_s {
     double t_wprog; /* last write progress: a write completed, or the kernel took part of one (tick) */
     size_t wq_seen; /* bytes not yet acknowledged by the peer at the last tick: libuv's write queue and the
                      * kernel's send queue (it shrinks as the peer reads) */
-    int wstalled;   /* no write progress for DL_STALL_S: out_queued counts in out_stalled */
+    int wstalled;   /* no write progress for DL_STALL_S (as of the last tick; metrics count its out_queued) */
     /* round participation */
     uint64_t round_id; /* server round id this connection was selected for, 0 if none */
     blob_t *dl;
@@ -239,7 +241,6 @@ struct plait_server_s {
     size_t n_closing;            /* connections closing (not counted against max_connections) */
     uint64_t park_seq;           /* last parked connection's sequence number */
     size_t out_total;            /* ciphertext bytes queued in uv_write requests, all connections */
-    size_t out_stalled;          /* the part of out_total queued on stalled connections (wstalled) */
     size_t n_parked;             /* connections parked (an upload waiting for a buffer) */
     int slot_freed;              /* an update buffer may have been freed since the last resume on a read */
     double rev_swept;
@@ -294,6 +295,24 @@ int plait__srv_commit_quant(plait_server_t *s, blob_t *nb);
 /** \brief Pick the encoding of c's download (offset 0: the smallest of what the device accepts). */
 int plait__srv_dl_choose(conn_t *c, const plait_msg_adapter_request_t *r);
 
+/* ---- server_send.c ------------------------------------------------------------- */
+
+/** \brief Encode m, encrypt it and queue it on c. */
+int plait__srv_send_msg(conn_t *c, const plait_msg_t *m);
+/** \brief Queue an Error frame (best effort). */
+void plait__srv_send_error(conn_t *c, int code, const char *msg);
+/** \brief Queue a ComeBackLater (retry_ms clamped to 1..max_retry_ms), counted in come_back_later. */
+void plait__srv_send_cbl(conn_t *c, plait_retry_reason_t why, uint64_t retry_ms);
+/** \brief Queue the session's pending ciphertext; the session gives its record buffers back if it can. */
+int plait__srv_flush(conn_t *c);
+/** \brief Send c's download on while it has no piece in flight and the send queue has room. */
+void plait__srv_pump_download(conn_t *c);
+/** \brief Take c off the list of downloads waiting for room in the send queue (if on it). */
+void plait__srv_dlw_remove(conn_t *c);
+/** \brief On the tick: mark connections whose peer stopped reading; close those stalled DL_EVICT_S
+ *         while downloads wait. */
+void plait__srv_mark_write_stalls(plait_server_t *s, double now);
+
 /* ---- server_conn.c ------------------------------------------------------------- */
 
 /** \brief Count a refusal (rejections_total{why}, and the open round's counters) and log it, rate limited. */
@@ -303,18 +322,10 @@ void plait__srv_reject(conn_t *c, plait__rej_t why, const char *fmt, ...)
 #endif
     ;
 
-/* Mark connections whose peer stopped reading (on_tick) so the send queue goes on without them. */
-void plait__srv_mark_write_stalls(plait_server_t *s, double now);
 /* Accept the connection that waited for room in the pre-auth pool, if there is room now. */
 void plait__srv_accept_resume(plait_server_t *s);
 /* The upload rate floor (on_tick): 1 when c's upload must be cut; judge = 0 only restarts its window. */
 int plait__srv_upload_too_slow(conn_t *c, double now, int judge, double *rate);
-/** \brief Encode m, encrypt it and queue it on c. */
-int plait__srv_send_msg(conn_t *c, const plait_msg_t *m);
-/** \brief Queue an Error frame (best effort). */
-void plait__srv_send_error(conn_t *c, int code, const char *msg);
-/** \brief Queue a ComeBackLater (retry_ms clamped to 1..max_retry_ms), counted in come_back_later. */
-void plait__srv_send_cbl(conn_t *c, plait_retry_reason_t why, uint64_t retry_ms);
 /** \brief The close callback of a connection's handle: unlinks it and frees it. */
 void plait__srv_on_conn_closed(uv_handle_t *h);
 /** \brief Close c once (graceful: close_notify, FIN, lingering read); it leaves the pool and the round. */

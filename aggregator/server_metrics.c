@@ -96,15 +96,17 @@ static void on_mread(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         plait_buf_t b;
         plait_buf_init(&b, 1 << 20);
         plait_server_t *s = mc->srv;
-        s->m.connections_open = s->m.stalled_open = 0;
+        s->m.connections_open = s->m.stalled_open = s->m.send_stalled = 0;
         for (conn_t *c = s->conns; c; c = c->next) {
             s->m.connections_open++;
-            s->m.stalled_open += c->wstalled != 0;
+            if (c->wstalled && c->out_queued > 0) {
+                s->m.stalled_open++;
+                s->m.send_stalled += c->out_queued;
+            }
         }
         s->m.preauth_open = s->admit.preauth;
         s->m.accept_waiting = s->accept_waiting != 0;
-        s->m.send_flowing = s->out_total - s->out_stalled;
-        s->m.send_stalled = s->out_stalled;
+        s->m.send_flowing = s->out_total - s->m.send_stalled;
         s->m.uploads_parked = s->n_parked;
         if (plait__metrics_render(&mc->srv->m, &b) == 0)
             mconn_reply(mc, "200 OK", "text/plain; version=0.0.4; charset=utf-8", b.data, b.len);

@@ -25,49 +25,6 @@ static const double LAMBDA_GRID[] = {0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7};
 /* Validation predictions the fit searches the memory for, at most (a device's cost per round). */
 #define KNN_MAX_QUERIES 4096
 
-int plait__rows_plan(plait__rows_t *r, const plait_corpus_t *c, size_t T, size_t max_windows, size_t max_rows)
-{
-    memset(r, 0, sizeof(*r));
-    r->c = c;
-    r->T = T;
-    if (c->n < 2) return plait_fail(PLAIT_EINVAL, "personal: a text too short to hold a prediction");
-    if (c->n >= T + 1) {
-        r->nw = plait_corpus_n_windows(c, (int)T);
-        if (max_windows && r->nw > max_windows) r->nw = max_windows;
-        r->use = max_rows && r->nw > max_rows ? max_rows : r->nw;
-        return 0;
-    }
-    r->pad = malloc((T + 1) * sizeof(int32_t));
-    if (!r->pad) return plait_fail(PLAIT_ENOMEM, "personal: one window");
-    for (size_t i = 0; i <= T; i++) r->pad[i] = c->tokens[i < c->n ? i : c->n - 1];
-    r->use = 1;
-    r->n_pred = c->n - 1;
-    return 0;
-}
-
-const int32_t *plait__rows_get(const plait__rows_t *r, size_t k, size_t *n_pred)
-{
-    if (r->pad) {
-        *n_pred = r->n_pred;
-        return r->pad;
-    }
-    *n_pred = r->T;
-    size_t w = r->use == r->nw ? k : k * r->nw / r->use; /* evenly spread when thinned */
-    return r->c->tokens + w * r->T;
-}
-
-size_t plait__rows_total(const plait__rows_t *r)
-{
-    return r->pad ? r->n_pred : r->use * r->T;
-}
-
-void plait__rows_free(plait__rows_t *r)
-{
-    if (r->pad) plait_zeroize(r->pad, (r->T + 1) * sizeof(int32_t));
-    free(r->pad);
-    r->pad = NULL;
-}
-
 /* log p_model(y) from one row of V logits, in double. */
 static double log_prob(const float *lg, size_t V, int32_t y)
 {
